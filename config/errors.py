@@ -1,0 +1,111 @@
+"""The one error tree of sporeflow.
+
+It lives in ``config`` because that is the lowest layer: the steps and the
+runtime both raise these, and ``config`` imports nothing of either.
+
+    SporeflowError
+    ├── ConfigError            an organism file (or dict) is wrong; carries every Problem
+    ├── SporeError             a spore is malformed (decoding, construction)
+    │   └── LimitExceeded      a spore breaks a declared limit (size, depth, hops, ...)
+    ├── DeliveryError          a spore could not be delivered (refused, unroutable, expired)
+    │   └── NotAPeer           the sender may not address that agent or channel
+    ├── HandlerError           the handler of a request failed; carries the cause
+    ├── RequestTimeout         no response arrived in time
+    ├── OrganismStateError     the organism is not running, or already running
+    └── BrokerError            the message broker failed or is unreachable
+
+Every message names the place, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "BrokerError",
+    "ConfigError",
+    "DeliveryError",
+    "HandlerError",
+    "LimitExceeded",
+    "NotAPeer",
+    "OrganismStateError",
+    "Problem",
+    "RequestTimeout",
+    "SporeError",
+    "SporeflowError",
+]
+
+
+class SporeflowError(Exception):
+    """The root of every error sporeflow raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One located mistake in an organism file."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+    warning: bool = False
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        kind = "warning: " if self.warning else ""
+        return f"{where}: {self.path or '<root>'}: {kind}{self.message}"
+
+
+class ConfigError(SporeflowError):
+    """An organism declaration is invalid; ``problems`` lists every mistake found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        count = len(problems)
+        head = f"{count} problem{'s' if count != 1 else ''} in the organism"
+        super().__init__("\n".join([head, *(str(p) for p in problems)]))
+
+
+class SporeError(SporeflowError):
+    """A spore is malformed: a field is missing, of the wrong type, or out of range."""
+
+
+class LimitExceeded(SporeError):
+    """A spore breaks one of the organism's limits; the message names limit and value."""
+
+
+class DeliveryError(SporeflowError):
+    """A spore could not be delivered; ``reason`` is the dead-letter reason."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class NotAPeer(DeliveryError):
+    """The sender's ``peers`` (or a channel's ``publish`` list) forbid this destination."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="not a peer")
+
+
+class HandlerError(SporeflowError):
+    """A handler failed on a request; the original exception is ``__cause__``."""
+
+    def __init__(self, message: str, *, agent: str, spore_id: str) -> None:
+        super().__init__(message)
+        self.agent = agent
+        self.spore_id = spore_id
+
+
+class RequestTimeout(SporeflowError, TimeoutError):
+    """A request got no response within its timeout."""
+
+
+class OrganismStateError(SporeflowError):
+    """The organism is not in a state that allows this call (not started, stopping...)."""
+
+
+class BrokerError(SporeflowError):
+    """The message broker failed; the broker's own exception is ``__cause__``."""

@@ -1,0 +1,88 @@
+"""Read YAML with the safe loader and remember where every key and value stands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from sporeflow.config.errors import Problem
+
+__all__ = ["Located", "Path", "read_yaml"]
+
+Path = tuple[str | int, ...]
+
+
+@dataclass
+class Located:
+    """Parsed YAML data plus the (line, column) of each value and mapping key, 1-based."""
+
+    data: Any
+    file: str
+    values: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    duplicates: list[Problem] = field(default_factory=list)
+
+    def where(self, path: Path, *, key: bool = False) -> tuple[int, int]:
+        """The position of ``path``, or of its nearest ancestor that has one."""
+        table = self.keys if key else self.values
+        probe = tuple(path)
+        while probe:
+            if probe in table:
+                return table[probe]
+            if probe in self.values:
+                return self.values[probe]
+            probe = probe[:-1]
+        return self.values.get((), (1, 1))
+
+    def problem(self, path: Path, message: str, *, key: bool = False,
+                warning: bool = False) -> Problem:
+        line, column = self.where(path, key=key)
+        dotted = ".".join(str(p) for p in path)
+        return Problem(self.file, line, column, dotted, message, warning)
+
+
+def read_yaml(text: str, file: str) -> Located:
+    """Parse ``text`` safely; a syntax error becomes one located Problem in a ValueError."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        message = f"YAML does not parse: {exc.problem or exc.context}"
+        raise YamlSyntaxError(Problem(file, line, column, "", message)) from None
+    except yaml.YAMLError as exc:
+        raise YamlSyntaxError(Problem(file, 1, 1, "", f"YAML does not parse: {exc}")) from None
+    located = Located(data, file)
+    if node is not None:
+        _walk(node, (), located)
+    return located
+
+
+class YamlSyntaxError(ValueError):
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+def _walk(node: yaml.Node, path: Path, located: Located) -> None:
+    located.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            child = (*path, key)
+            if key in seen:
+                located.duplicates.append(Problem(
+                    located.file, key_node.start_mark.line + 1,
+                    key_node.start_mark.column + 1, ".".join(map(str, child)),
+                    f"key {key!r} appears twice; the second would silently win, keep one",
+                ))
+            seen.add(key)
+            located.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            _walk(value_node, child, located)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _walk(item, (*path, index), located)

@@ -1,0 +1,102 @@
+"""The JSON Schema of an organism file: the structural contract, exported for editors.
+
+Cross references (an ``emit`` naming an agent that does not exist, ...) are
+checked by the loader, which can say "did you mean"; this schema checks shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sporeflow.config.units import DURATION_PATTERN, SIZE_PATTERN
+
+__all__ = ["ORGANISM_SCHEMA", "NAME_PATTERN"]
+
+# Names of agents and channels: short, printable, usable as AMQP routing-key parts.
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
+
+_name: dict[str, Any] = {"type": "string", "pattern": NAME_PATTERN}
+_names: dict[str, Any] = {"type": "array", "items": _name, "uniqueItems": True}
+_duration: dict[str, Any] = {
+    "oneOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": DURATION_PATTERN}],
+    "description": "seconds, or a string like 250ms, 5s, 2m",
+}
+_size: dict[str, Any] = {
+    "oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": SIZE_PATTERN}],
+    "description": "bytes, or a string like 512KiB, 1MiB",
+}
+_count: dict[str, Any] = {"type": "integer", "minimum": 1}
+
+
+def _closed(properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "additionalProperties": False, **extra}
+
+
+_emit = _closed(
+    {"to": {**_name, "description": "the agent that receives returned knowledge"},
+     "channel": {**_name, "description": "the channel returned knowledge is broadcast on"}},
+    minProperties=1, maxProperties=1,
+    description="where a handler's returned knowledge goes; without it, back to the sender",
+)
+
+_retry = _closed(
+    {"attempts": {**_count, "description": "tries in all, the first included"},
+     "backoff": {**_duration, "description": "wait before the 2nd try; doubles each time"},
+     "max_backoff": {**_duration, "description": "the longest wait between tries"}},
+)
+
+_agent = _closed(
+    {
+        "handler": {"type": "string", "pattern": r"^[\w.]+:[\w.]+$",
+                    "description": "module:function, resolved beside the organism file"},
+        "description": {"type": "string"},
+        "subscribe": {**_names, "description": "channels whose broadcasts it receives"},
+        "emit": _emit,
+        "peers": {**_names, "description": "the only agents it may address; [] is no one"},
+        "concurrency": {**_count, "description": "handlers running at once (default 1)"},
+        "timeout": {**_duration, "description": "a handler running longer is cancelled"},
+        "retry": _retry,
+        "boot": {"type": "object", "description": "knowledge of a spore sent to it at start"},
+    },
+    required=["handler"],
+)
+
+_channel = _closed(
+    {
+        "description": {"type": "string"},
+        "capacity": {**_count, "description": "outside spores queued before senders wait"},
+        "publish": {**_names, "description": "agents allowed to broadcast here (absent: all)"},
+        "subscribe": {**_names, "description": "agents allowed to subscribe (absent: all)"},
+    },
+)
+
+_limits = _closed(
+    {
+        "max_spore_bytes": {**_size, "description": "largest spore, as JSON"},
+        "max_hops": {**_count, "description": "handler hops before a spore is refused"},
+        "max_in_flight": {**_count, "description": "spores held before outside senders wait"},
+        "max_depth": {**_count, "description": "deepest nesting of knowledge"},
+        "max_dead_letters": {**_count, "description": "dead letters kept in memory"},
+    },
+)
+
+ORGANISM_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "sporeflow organism",
+    **_closed(
+        {
+            "organism": _closed(
+                {"name": _name,
+                 "description": {"type": "string"},
+                 "backend": {"type": "string", "pattern": r"^(memory|amqps?://.*)$",
+                             "description": "memory, or an amqp:// URL"}},
+            ),
+            "channels": {"type": "object", "propertyNames": _name,
+                         "additionalProperties": {"oneOf": [_channel, {"type": "null"}]}},
+            "agents": {"type": "object", "propertyNames": _name,
+                       "additionalProperties": _agent},
+            "limits": _limits,
+        },
+        required=["agents"],
+    ),
+}

@@ -1,0 +1,40 @@
+"""Durations (``250ms``, ``5s``, ``2m``) and sizes (``512KiB``, ``1MiB``) as written in YAML."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["DURATION_PATTERN", "SIZE_PATTERN", "parse_duration", "parse_size"]
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
+               "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+
+DURATION_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$"
+SIZE_PATTERN = r"^\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$"
+_DURATION = re.compile(DURATION_PATTERN)
+_SIZE = re.compile(SIZE_PATTERN)
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Return seconds; a bare number is seconds already."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"duration {value!r} is negative; use 0 or more")
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"duration {value!r} is not understood; write it like 250ms, 5s or 2m")
+    return float(match[1]) * _DURATION_UNITS[match[2]]
+
+
+def parse_size(value: str | int) -> int:
+    """Return bytes; a bare integer is bytes already."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"size {value!r} is negative; use 0 or more")
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"size {value!r} is not understood; write it like 512KiB or 1MiB")
+    return int(match[1]) * _SIZE_UNITS[match[2] or ""]

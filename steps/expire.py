@@ -1,0 +1,41 @@
+"""expire-filter: drop spores whose ``expires_at`` has passed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from datetime import UTC, datetime
+
+from aiostream import pipable_operator, streamcontext
+
+from sporeflow.config.errors import DeliveryError
+from sporeflow.steps.types import Batch, Reject
+
+__all__ = ["expire_filter", "utc_now"]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@pipable_operator
+async def expire_filter(
+    source: AsyncIterable[Batch],
+    *,
+    on_reject: Reject,
+    now: Callable[[], datetime] = utc_now,
+) -> AsyncIterator[Batch]:
+    """Pass on the spores still alive; reject the expired ones with reason ``expired``."""
+    async with streamcontext(source) as batches:
+        async for batch in batches:
+            moment = now()  # one clock read per batch, not per spore
+            alive = []
+            for spore in batch:
+                expires_at = spore.expires_at
+                if expires_at is not None and expires_at <= moment:
+                    on_reject(spore, "expired", DeliveryError(
+                        f"spore {spore.id} expired at {expires_at.isoformat()}",
+                        reason="expired"))
+                else:
+                    alive.append(spore)
+            if alive:
+                yield alive

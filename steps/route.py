@@ -1,0 +1,123 @@
+"""route: turn spores into deliveries (direct, broadcast), resolve awaited responses.
+
+The stage reads plain tables: which agents exist, who subscribes to what, whom
+each agent may address. It enforces permissions and refuses what it cannot
+route, so nothing leaves it unaccounted for: each spore becomes a delivery, a
+resolved response, a spore for the outside world, or a rejection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Container, Mapping
+from dataclasses import dataclass, field
+
+from aiostream import pipable_operator, streamcontext
+
+from sporeflow.config.errors import DeliveryError, NotAPeer
+from sporeflow.steps.spore import Spore, SporeType
+from sporeflow.steps.types import Batch, Delivery, Reject
+
+__all__ = ["RoutingTable", "permission_error", "route"]
+
+_RESPONSE = SporeType.RESPONSE
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    """Who exists and who may talk to whom; rebuilt by the runtime on every change."""
+
+    agents: frozenset[str]
+    subscribers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    peers: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    publishers: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    channels: frozenset[str] = frozenset()
+
+
+def permission_error(table: RoutingTable, spore: Spore) -> NotAPeer | None:
+    """Return why ``table`` forbids ``spore``, or None when it is allowed."""
+    sender, target = spore.from_agent, spore.to_agent
+    if target is not None:
+        allowed = table.peers.get(sender)
+        if allowed is not None and target not in allowed and spore.spore_type is not _RESPONSE:
+            return NotAPeer(
+                f"agent {sender!r} may not address {target!r}: its peers are "
+                f"{sorted(allowed)!r}")
+        return None
+    publishers = table.publishers.get(spore.channel)
+    if publishers is not None and sender not in publishers:
+        return NotAPeer(
+            f"agent {sender!r} may not broadcast on {spore.channel!r}: its publish list is "
+            f"{sorted(publishers)!r}")
+    return None
+
+
+@pipable_operator
+async def route(
+    source: AsyncIterable[Batch],
+    *,
+    table: Callable[[], RoutingTable],
+    on_reject: Reject,
+    awaited: Container[str] = frozenset(),
+    abandoned: Container[str] = frozenset(),
+    on_response: Callable[[Spore], None] = lambda spore: None,
+    outside: Container[str] = frozenset(),
+    on_outside: Callable[[Spore], None] = lambda spore: None,
+    on_fanout: Callable[[int], None] = lambda extra: None,
+) -> AsyncIterator[list[Delivery]]:
+    """Yield one delivery per routable spore; settle or reject every other spore.
+
+    ``awaited`` holds the ids of requests someone awaits: their responses go to
+    ``on_response`` instead of a handler; ``abandoned`` holds requests whose
+    waiter gave up, and their late responses are rejected. ``on_fanout`` gets,
+    per batch, how many deliveries beyond one per spore the broadcasts made.
+    """
+    async with streamcontext(source) as batches:
+        async for batch in batches:
+            routes = table()
+            agents, subscribers = routes.agents, routes.subscribers
+            check_permissions = bool(routes.peers or routes.publishers)
+            deliveries: list[Delivery] = []
+            extra = 0
+            for spore in batch:
+                if spore.spore_type is _RESPONSE and spore.reply_to is not None:
+                    if spore.reply_to in awaited:
+                        on_response(spore)
+                        continue
+                    if spore.reply_to in abandoned:
+                        on_reject(spore, "late response", DeliveryError(
+                            f"response {spore.id} came after request {spore.reply_to} "
+                            f"timed out", reason="late response"))
+                        continue
+                if check_permissions:
+                    refusal = permission_error(routes, spore)
+                    if refusal is not None:
+                        on_reject(spore, refusal.reason, refusal)
+                        continue
+                target = spore.to_agent
+                if target is not None:
+                    if target in agents:
+                        deliveries.append((spore, (target,)))
+                    elif target in outside:
+                        on_outside(spore)
+                    else:
+                        on_reject(spore, "unknown agent", DeliveryError(
+                            f"spore {spore.id} from {spore.from_agent!r} is addressed to "
+                            f"{target!r}, which is no agent of this organism",
+                            reason="unknown agent"))
+                    continue
+                targets = subscribers.get(spore.channel, ())
+                if spore.from_agent in targets:
+                    targets = tuple(a for a in targets if a != spore.from_agent)
+                if targets:
+                    deliveries.append((spore, targets))
+                    extra += len(targets) - 1
+                else:
+                    reason = ("no subscribers" if spore.channel in routes.channels
+                              else "unknown channel")
+                    on_reject(spore, reason, DeliveryError(
+                        f"broadcast {spore.id} from {spore.from_agent!r} on channel "
+                        f"{spore.channel!r} reaches no agent ({reason})", reason=reason))
+            if extra:
+                on_fanout(extra)
+            if deliveries:
+                yield deliveries

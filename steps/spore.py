@@ -1,0 +1,212 @@
+"""The spore: the one message type that flows through the chain.
+
+Field names follow Praval's ``Spore`` so that its users feel at home and the
+wire forms can interoperate. A spore is immutable and slotted; it is created
+on the hot path, so construction does no validation: the ``validate`` step
+does that once, where spores enter. ``from_dict``/``from_json`` validate
+fully and raise only :class:`SporeError`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sporeflow.config.errors import SporeError
+
+__all__ = ["DEFAULT_CHANNEL", "JSONObject", "Spore", "SporeType", "new_spore_id"]
+
+JSONObject = dict[str, Any]
+DEFAULT_CHANNEL = "main"
+PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 1, 10, 5
+
+
+class SporeType(StrEnum):
+    KNOWLEDGE = "knowledge"
+    REQUEST = "request"
+    RESPONSE = "response"
+    BROADCAST = "broadcast"
+    NOTIFICATION = "notification"
+
+
+# Ids are a random per-process prefix plus a counter: unique across processes,
+# and ten times cheaper than uuid4 on the hot path.
+_ID_PREFIX = os.urandom(6).hex()
+_id_counter = itertools.count(1)
+
+
+def new_spore_id() -> str:
+    return f"{_ID_PREFIX}-{next(_id_counter):x}"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Spore:
+    """One message: knowledge with a type, a sender and a destination."""
+
+    knowledge: JSONObject
+    spore_type: SporeType = SporeType.KNOWLEDGE
+    from_agent: str = "system"
+    to_agent: str | None = None
+    channel: str = DEFAULT_CHANNEL
+    priority: int = PRIORITY_DEFAULT
+    expires_at: datetime | None = None
+    reply_to: str | None = None
+    thread_id: str | None = None
+    hops: int = 0
+    metadata: JSONObject = field(default_factory=dict)
+    knowledge_references: tuple[str, ...] = ()
+    data_references: tuple[str, ...] = ()
+    id: str = field(default_factory=new_spore_id)
+    created_at: datetime = field(default_factory=_utcnow)
+
+    @property
+    def thread(self) -> str:
+        """The conversation this spore belongs to (its own id when it starts one)."""
+        return self.thread_id or self.id
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or _utcnow())
+
+    def to_dict(self) -> JSONObject:
+        """Return the JSON form: datetimes as ISO 8601 strings, the type as its value."""
+        return {
+            "id": self.id,
+            "spore_type": self.spore_type.value,
+            "from_agent": self.from_agent,
+            "to_agent": self.to_agent,
+            "channel": self.channel,
+            "knowledge": self.knowledge,
+            "created_at": self.created_at.isoformat(),
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "priority": self.priority,
+            "reply_to": self.reply_to,
+            "thread_id": self.thread_id,
+            "hops": self.hops,
+            "metadata": self.metadata,
+            "knowledge_references": list(self.knowledge_references),
+            "data_references": list(self.data_references),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Spore:
+        """Decode a spore from JSON; raise :class:`SporeError` on any malformed input."""
+        try:
+            data = json.loads(text)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise SporeError(f"spore JSON does not parse: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: object) -> Spore:
+        """Build a spore from its JSON form, checking every field."""
+        if not isinstance(data, Mapping):
+            raise SporeError(f"a spore must be a JSON object, got {type(data).__name__}")
+        unknown = set(data) - _FIELD_NAMES
+        if unknown:
+            raise SporeError(
+                f"unknown spore field(s) {sorted(map(str, unknown))!r}; "
+                f"the fields are {sorted(_FIELD_NAMES)!r}"
+            )
+        if "knowledge" not in data:
+            raise SporeError("spore field 'knowledge' is missing; add a JSON object")
+        fields: dict[str, Any] = {}
+        for name, value in data.items():
+            decode = _DECODERS[name]
+            if value is None and name in _NULLABLE:
+                continue
+            fields[name] = decode(name, value)
+        return cls(**fields)
+
+
+# -- field decoders: each checks one field and names it in its error ---------
+
+
+def _str(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise SporeError(f"spore field {name!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _spore_type(name: str, value: object) -> SporeType:
+    try:
+        return SporeType(value)
+    except ValueError:
+        choices = ", ".join(t.value for t in SporeType)
+        raise SporeError(f"spore field {name!r} is {value!r}; use one of: {choices}") from None
+
+
+def _object(name: str, value: object) -> JSONObject:
+    if not isinstance(value, dict):
+        raise SporeError(f"spore field {name!r} must be a JSON object, got {value!r:.80}")
+    return value
+
+
+def _priority(name: str, value: object) -> int:
+    if type(value) is not int or not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise SporeError(
+            f"spore field {name!r} is {value!r}; use an integer from "
+            f"{PRIORITY_MIN} to {PRIORITY_MAX}"
+        )
+    return value
+
+
+def _hops(name: str, value: object) -> int:
+    if type(value) is not int or value < 0:
+        raise SporeError(f"spore field {name!r} is {value!r}; use an integer >= 0")
+    return value
+
+
+def _timestamp(name: str, value: object) -> datetime:
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise SporeError(
+                f"spore field {name!r} is {value!r:.80}; use an ISO 8601 timestamp"
+            ) from None
+    else:
+        raise SporeError(f"spore field {name!r} is {value!r:.80}; use an ISO 8601 timestamp")
+    # Praval writes naive local-free timestamps; read them as UTC.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _references(name: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise SporeError(f"spore field {name!r} must be a list of strings, got {value!r:.80}")
+    return tuple(value)
+
+
+_DECODERS: dict[str, Any] = {
+    "id": _str,
+    "spore_type": _spore_type,
+    "from_agent": _str,
+    "to_agent": _str,
+    "channel": _str,
+    "knowledge": _object,
+    "created_at": _timestamp,
+    "expires_at": _timestamp,
+    "priority": _priority,
+    "reply_to": _str,
+    "thread_id": _str,
+    "hops": _hops,
+    "metadata": _object,
+    "knowledge_references": _references,
+    "data_references": _references,
+}
+_FIELD_NAMES = frozenset(_DECODERS)
+_NULLABLE = frozenset({"to_agent", "expires_at", "reply_to", "thread_id"})

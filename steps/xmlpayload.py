@@ -1,0 +1,706 @@
+"""XML payloads: a reversible mapping between JSON objects and XML elements, and a
+safe, recovering parser for the XML-tagged text that language-model agents reply with.
+
+Everything here is a pure function over ``str``/``bytes`` and lxml elements.
+
+The mapping
+===========
+
+``knowledge_to_element(tag, knowledge)`` writes a JSON object as one element named
+``tag``; ``element_to_knowledge(el)`` reads an element back as a JSON object. For every
+object whose keys and strings hold only characters XML allows, reading what was written
+gives back an equal object with the same types (``int`` stays ``int``, ``"42"`` stays
+``str``, ``True`` stays ``bool``), also after serialising to bytes and parsing again.
+
+Writing
+-------
+
+* The object becomes the children of the element named ``tag``; the element itself gets
+  no attributes. Every value is written as one *value element* per the rules below.
+* **Keys.** A key that is an XML name without a colon, other than ``_``, is the child's
+  tag: ``{"title": "x"}`` -> ``<title>x</title>``. Any other key (``"1 a"``, ``""``,
+  ``"a:b"``, ``"_"``) is written as an element ``_`` carrying the key in attribute ``k``:
+  ``{"1 a": 1}`` -> ``<_ k="1 a">1</_>``.
+* **Scalars** are text: a ``str`` as is; an ``int`` in decimal (``<count>3</count>``);
+  a ``float`` as ``repr`` gives it (``<ratio>0.5</ratio>``, ``<big>1e+16</big>``);
+  ``True``/``False`` as ``true``/``false``; ``None`` as ``null``.
+* **Objects** are child elements, one per key, in key order, recursively.
+* **Lists** of two or more items are repeated elements, one per item, all named after
+  the key, in order: ``{"tags": ["a", "b"]}`` -> ``<tags>a</tags><tags>b</tags>``.
+  A list with zero or one items, and a list that is itself an item of a list, is one
+  container element ``type="list"`` holding one ``<item>`` value element per item:
+  ``{"tags": ["a"]}`` -> ``<tags type="list"><item>a</item></tags>``. Tuples are
+  written as lists.
+* **The ``type`` attribute** is added only where the text alone would read back as
+  something else. Its values are ``str int float bool null dict list``; the writer uses
+  ``type="str"`` for a string that would read as another type (``"42"``, ``"-1.5e3"``,
+  ``"true"``, ``"false"``, ``"null"``) or that starts or ends with XML whitespace (space,
+  tab, CR, LF); ``type="dict"`` for the empty object; ``type="list"`` for the container
+  above; ``type="float"`` for ``nan``, ``inf`` and ``-inf``.
+* Strings or keys with characters XML cannot hold (most C0 controls, lone surrogates,
+  U+FFFE, U+FFFF) raise ``ValueError``; keys that are not ``str`` and values that are not
+  JSON types raise ``TypeError``.
+
+Reading
+-------
+
+* The element handed to ``element_to_knowledge`` is always read as an object, by the
+  object rule below; all of its attributes are data (``parse_payloads`` first removes the
+  addressing attributes).
+* A value element is read by the first rule that applies:
+
+  1. It has a ``type`` attribute with one of the seven values above: ``str`` gives the
+     text verbatim (``""`` when empty); ``int``, ``float``, ``bool``, ``null`` parse the
+     text (if it does not parse, the attribute is ignored and rules 2-3 apply); ``dict``
+     reads it as an object; ``list`` gives one item per child element, in order, by
+     these same rules (the children's tags do not matter). Any other ``type`` value is
+     ordinary data (``<bug type="crash">`` reads as ``{"type": "crash", ...}``).
+  2. It has child elements or attributes (other than ``k`` on ``<_>``): it is an object.
+     Attributes come first, their values read like text (rule 3); then child elements,
+     keyed by tag (or by ``k`` on ``<_ k="...">``); several children with the same key,
+     adjacent or not, become a list in document order, and so does an attribute that
+     shares a name with a child. Non-whitespace text directly inside the element goes
+     under the key ``"#text"`` (``TEXT_KEY``): ``<price currency="EUR">3.5</price>``
+     -> ``{"currency": "EUR", "#text": 3.5}``.
+  3. Otherwise it is a scalar, from its text with XML whitespace stripped: empty
+     (``<x/>``, ``<x></x>``) -> ``""``; ``null`` -> ``None``; ``true``/``false`` ->
+     ``bool``; a JSON integer (``-?(0|[1-9][0-9]*)``) -> ``int``; a JSON number with a
+     fraction or exponent -> ``float``; anything else -> ``str``. So ``<count>3</count>``
+     -> ``3``, ``<ok>true</ok>`` -> ``True``, ``<name> Ada </name>`` -> ``"Ada"``, and
+     ``007``, ``True``, ``1.``, ``yes`` stay strings.
+
+* Comments and processing instructions are ignored; a namespaced tag or attribute is
+  read by its local name.
+
+Parsing replies
+===============
+
+``parse_payloads(text)`` turns a reply into one ``Payload`` per top-level element, in
+order. The text is scanned once, repaired into well-formed XML inside a synthetic root,
+and parsed by lxml's recovering parser. Repairs, best effort:
+
+* Prose between elements is dropped; a bare ``<``, ``>`` or ``&`` in text is taken
+  literally; an undeclared entity such as ``&nbsp;`` stays literal text; characters XML
+  cannot hold become U+FFFD; comments, processing instructions and the XML declaration
+  are dropped; unquoted attribute values are accepted; a tag whose attribute has no
+  value (``<b and c>``) is not a tag but text.
+* An end tag that matches no open element is dropped; one that matches an element
+  further up closes the elements opened inside it.
+* An element whose end tag never comes is closed early when its content changes shape:
+  before its first child element if text comes first (``<a>1<b/>`` -> ``a`` holds
+  ``1``); otherwise after the child element after which the whitespace or prose that
+  separates children differs from what preceded its first child, or after the last child
+  if prose follows it. ``<note><text>hi</text> <report>...</report>`` thus yields
+  ``note`` and ``report`` side by side.
+
+Safety: a document type declaration (``<!DOCTYPE``, ``<!ENTITY``...) anywhere in the
+text is refused before parsing, which stops entity expansion ("billion laughs") and
+external entities; the parser additionally runs with ``resolve_entities=False``,
+``load_dtd=False``, ``no_network=True``, ``huge_tree=False``. Input over ``max_bytes``
+(UTF-8) and nesting deeper than ``max_depth`` elements (a payload element is depth 1) are
+refused while scanning, before lxml sees the text. All refusals and unrecoverable text
+raise ``XmlPayloadError``, which carries the offending excerpt.
+"""
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from lxml import etree
+
+__all__ = [
+    "ADDRESSING_ATTRS",
+    "TEXT_KEY",
+    "Payload",
+    "XmlPayloadError",
+    "canonical_bytes",
+    "element_to_knowledge",
+    "knowledge_to_element",
+    "looks_like_xml",
+    "parse_payloads",
+]
+
+ADDRESSING_ATTRS: Final[tuple[str, ...]] = ("to", "channel", "priority", "expires_in", "type")
+"""Attributes of a payload element that address the message rather than carry knowledge."""
+
+TEXT_KEY: Final = "#text"
+"""Key under which an object element's own text is read."""
+
+_ESCAPE_TAG: Final = "_"
+_ESCAPE_ATTR: Final = "k"
+_TYPE_ATTR: Final = "type"
+_LIST_ITEM_TAG: Final = "item"
+_MARKERS: Final = frozenset({"str", "int", "float", "bool", "null", "dict", "list"})
+_ROOT_TAG: Final = "sporeflow-payloads"
+_EXCERPT_CHARS: Final = 200
+_WS: Final = " \t\r\n"
+
+# XML 1.0 (fifth edition) names.
+_NAME_START: Final = (
+    "A-Z_a-z\xc0-\xd6\xd8-\xf6\xf8-\u02ff\u0370-\u037d\u037f-\u1fff\u200c\u200d"
+    "\u2070-\u218f\u2c00-\u2fef\u3001-\ud7ff\uf900-\ufdcf\ufdf0-\ufffd\U00010000-\U000effff"
+)
+_NAME_CHAR: Final = _NAME_START + r"\-.0-9\xb7\u0300-\u036f\u203f\u2040"
+_NCNAME: Final = f"[{_NAME_START}][{_NAME_CHAR}]*"
+_QNAME: Final = f"[{_NAME_START}][{_NAME_CHAR}:]*"
+_NCNAME_RE: Final = re.compile(_NCNAME)
+
+_S: Final = "[ \t\r\n]"
+_QUOTED: Final = "\"([^\"<]*)\"|'([^'<]*)'"
+_UNQUOTED: Final = "([^ \t\r\n\"'<>`=]+?)"
+_ATTR_RE: Final = re.compile(f"({_QNAME}){_S}*={_S}*(?:{_QUOTED}|{_UNQUOTED})")
+_ANY_ATTR: Final = f"{_QNAME}{_S}*={_S}*(?:\"[^\"<]*\"|'[^'<]*'|[^ \t\r\n\"'<>`=]+?)"
+_START_RE: Final = re.compile(f"<({_QNAME})((?:{_S}+{_ANY_ATTR})*){_S}*(/?)>")
+_END_RE: Final = re.compile(rf"</({_QNAME})[^<>]*>")
+_DTD_RE: Final = re.compile(r"<!\s*(?:DOCTYPE|ENTITY|ELEMENT|ATTLIST|NOTATION)", re.IGNORECASE)
+_ILLEGAL_RE: Final = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_ESCAPE_RE: Final = re.compile(
+    r"&(?:#([0-9]{1,8});|#x([0-9a-fA-F]{1,8});|(?:lt|gt|amp|quot|apos);)?|[<>]"
+)
+_NUMBER_RE: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+_INT_MARKED_RE: Final = re.compile(r"[+-]?[0-9]+")
+_FLOAT_MARKED_RE: Final = re.compile(
+    r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|nan)"
+)
+_XML_START_STR: Final = re.compile(r"[\s\ufeff]*<")
+_XML_START_BYTES: Final = re.compile(rb"(?:\s|\xef\xbb\xbf)*<")
+
+
+class XmlPayloadError(ValueError):
+    """Text that cannot be turned into payloads, or that was refused as unsafe.
+
+    ``message`` says why (for unrecoverable text, in the parser's words); ``excerpt`` is
+    the offending part of the input, at most about 200 characters.
+    """
+
+    def __init__(self, message: str, excerpt: str = "") -> None:
+        super().__init__(message, excerpt)
+        self.message = message
+        self.excerpt = excerpt
+
+    def __str__(self) -> str:
+        if not self.excerpt:
+            return self.message
+        return f"{self.message} (near {self.excerpt[:60]!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """One top-level element of a reply.
+
+    ``attrs`` holds the addressing attributes that were present (see
+    ``ADDRESSING_ATTRS``), as written; ``knowledge`` is the element read as an object
+    without them.
+    """
+
+    tag: str
+    attrs: dict[str, str]
+    knowledge: dict[str, object]
+
+
+# ---------------------------------------------------------------------------------------
+# JSON object -> element
+
+
+def knowledge_to_element(tag: str, knowledge: Mapping[str, object]) -> etree._Element:
+    """Write ``knowledge`` as an element named ``tag`` (see the module docstring)."""
+    if not isinstance(knowledge, Mapping):
+        raise TypeError(f"knowledge must be a mapping, not {type(knowledge).__name__}")
+    if not isinstance(tag, str) or _NCNAME_RE.fullmatch(tag) is None:
+        raise ValueError(f"not an XML element name: {tag!r}")
+    root = etree.Element(tag)
+    _write_object(root, knowledge)
+    return root
+
+
+def _write_object(el: etree._Element, obj: Mapping[str, object]) -> None:
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise TypeError(f"object keys must be str, not {type(key).__name__}: {key!r}")
+        if isinstance(value, list | tuple) and len(value) >= 2:
+            for item in value:
+                _write_value(_new_child(el, key), item)
+        else:
+            _write_value(_new_child(el, key), value)
+
+
+def _new_child(parent: etree._Element, key: str) -> etree._Element:
+    if key != _ESCAPE_TAG and _NCNAME_RE.fullmatch(key) is not None:
+        return etree.SubElement(parent, key)
+    _check_xml_text(key)
+    child = etree.SubElement(parent, _ESCAPE_TAG)
+    child.set(_ESCAPE_ATTR, key)
+    return child
+
+
+def _write_value(el: etree._Element, value: object) -> None:
+    if value is None:
+        el.text = "null"
+    elif isinstance(value, bool):
+        el.text = "true" if value else "false"
+    elif isinstance(value, int):
+        el.text = str(value)
+    elif isinstance(value, float):
+        el.text = repr(value)
+        if not math.isfinite(value):
+            el.set(_TYPE_ATTR, "float")
+    elif isinstance(value, str):
+        _check_xml_text(value)
+        el.text = value
+        if _needs_str_marker(value):
+            el.set(_TYPE_ATTR, "str")
+    elif isinstance(value, Mapping):
+        if value:
+            _write_object(el, value)
+        else:
+            el.set(_TYPE_ATTR, "dict")
+    elif isinstance(value, list | tuple):
+        el.set(_TYPE_ATTR, "list")
+        for item in value:
+            _write_value(etree.SubElement(el, _LIST_ITEM_TAG), item)
+    else:
+        raise TypeError(f"not a JSON value: {type(value).__name__}")
+
+
+def _needs_str_marker(value: str) -> bool:
+    return value != value.strip(_WS) or not isinstance(_infer(value), str)
+
+
+def _check_xml_text(value: str) -> None:
+    bad = _ILLEGAL_RE.search(value)
+    if bad is not None:
+        raise ValueError(f"character {bad.group()!r} cannot be written in XML: {value[:60]!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# element -> JSON object
+
+
+def element_to_knowledge(el: etree._Element) -> dict[str, object]:
+    """Read ``el`` as a JSON object (see the module docstring)."""
+    return _read_object(el, _attributes(el))
+
+
+def _read_object(el: etree._Element, attrs: list[tuple[str, str]]) -> dict[str, object]:
+    groups: dict[str, list[object]] = {}
+    for name, value in attrs:
+        groups.setdefault(name, []).append(_infer(value.strip(_WS)))
+    pieces = [el.text or ""]
+    for child in el:
+        pieces.append(child.tail or "")
+        if isinstance(child.tag, str):
+            groups.setdefault(_key_of(child), []).append(_read_value(child))
+    text = "".join(pieces).strip(_WS)
+    if text:
+        groups.setdefault(TEXT_KEY, []).append(_infer(text))
+    return {key: values[0] if len(values) == 1 else values for key, values in groups.items()}
+
+
+def _read_value(el: etree._Element) -> object:
+    marker = el.get(_TYPE_ATTR)
+    if marker in _MARKERS:
+        text = el.text or ""
+        if marker == "str":
+            return text
+        if marker == "null":
+            return None
+        if marker == "dict":
+            return _read_object(el, _data_attributes(el, drop_type=True))
+        if marker == "list":
+            return [_read_value(child) for child in el if isinstance(child.tag, str)]
+        stripped = text.strip(_WS)
+        if marker == "bool" and stripped in ("true", "false"):
+            return stripped == "true"
+        if marker == "int" and _INT_MARKED_RE.fullmatch(stripped):
+            try:
+                return int(stripped)
+            except ValueError:  # more digits than int() accepts
+                pass
+        if marker == "float" and _FLOAT_MARKED_RE.fullmatch(stripped):
+            return float(stripped)
+    attrs = _data_attributes(el, drop_type=marker in _MARKERS)
+    if attrs or any(isinstance(child.tag, str) for child in el):
+        return _read_object(el, attrs)
+    return _infer((el.text or "").strip(_WS))
+
+
+def _infer(text: str) -> object:
+    """Read stripped text as a JSON scalar literal, else as the string itself."""
+    if text == "null":
+        return None
+    if text == "true":
+        return True
+    if text == "false":
+        return False
+    number = _NUMBER_RE.fullmatch(text)
+    if number is not None:
+        try:
+            if number.group(1) is None and number.group(2) is None:
+                return int(text)
+            return float(text)
+        except ValueError:  # more digits than int() accepts
+            return text
+    return text
+
+
+def _local(name: str | bytes) -> str:
+    text = name if isinstance(name, str) else name.decode()
+    return text.rpartition("}")[2]
+
+
+def _key_of(el: etree._Element) -> str:
+    tag = _local(el.tag)
+    if tag == _ESCAPE_TAG:
+        key = el.get(_ESCAPE_ATTR)
+        if key is not None:
+            return key
+    return tag
+
+
+def _attributes(el: etree._Element) -> list[tuple[str, str]]:
+    return [
+        (_local(name), value if isinstance(value, str) else value.decode())
+        for name, value in el.attrib.items()
+    ]
+
+
+def _data_attributes(el: etree._Element, *, drop_type: bool) -> list[tuple[str, str]]:
+    escaped = _local(el.tag) == _ESCAPE_TAG
+    return [
+        (name, value)
+        for name, value in _attributes(el)
+        if not (escaped and name == _ESCAPE_ATTR) and not (drop_type and name == _TYPE_ATTR)
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# parsing replies
+
+
+def looks_like_xml(value: object) -> bool:
+    """True for ``str``/``bytes`` whose first non-whitespace character is ``<``."""
+    if isinstance(value, str):
+        return _XML_START_STR.match(value) is not None
+    if isinstance(value, bytes | bytearray):
+        return _XML_START_BYTES.match(value) is not None
+    return False
+
+
+def canonical_bytes(el: etree._Element) -> bytes:
+    """The C14N 2.0 serialisation of ``el`` (without its tail, comments dropped)."""
+    return etree.tostring(el, method="c14n2")
+
+
+def parse_payloads(
+    text: str | bytes, *, max_bytes: int = 1 << 20, max_depth: int = 64
+) -> list[Payload]:
+    """Split a reply into payloads, one per top-level element, in order.
+
+    See "Parsing replies" in the module docstring for the repairs and the limits.
+    Raises ``XmlPayloadError`` for oversize, too deep or DTD-bearing input and for text
+    in which no element can be recovered.
+    """
+    source = _decode(text, max_bytes)
+    dtd = _DTD_RE.search(source)
+    if dtd is not None:
+        raise XmlPayloadError(
+            "document type declarations are not allowed (entity expansion and external "
+            "entities are refused)",
+            _excerpt(source, dtd.start()),
+        )
+    source = _ILLEGAL_RE.sub("\ufffd", source)
+    repaired = _Repairer(source, max_depth).run()
+    parser = _make_parser()
+    try:
+        root = etree.fromstring(repaired, parser)
+    except etree.XMLSyntaxError as exc:  # pragma: no cover - the repaired text is balanced
+        raise XmlPayloadError(str(exc), _excerpt(source)) from exc
+    if root is None:  # pragma: no cover - idem
+        raise XmlPayloadError(_first_error(parser) or "no element", _excerpt(source))
+    payloads: list[Payload] = []
+    for child in root:
+        if not isinstance(child.tag, str):
+            continue
+        _check_depth(child, max_depth, source)
+        attrs = {name: value for name in ADDRESSING_ATTRS if (value := child.get(name)) is not None}
+        data = [(name, value) for name, value in _attributes(child) if name not in attrs]
+        payloads.append(Payload(_local(child.tag), attrs, _read_object(child, data)))
+    if not payloads:
+        raise XmlPayloadError(
+            f"no XML element could be recovered: {_raw_parser_message(source)}",
+            _excerpt(source),
+        )
+    return payloads
+
+
+def _decode(text: str | bytes, max_bytes: int) -> str:
+    if isinstance(text, bytes | bytearray):
+        if len(text) > max_bytes:
+            raise XmlPayloadError(
+                f"input is {len(text)} bytes, over max_bytes={max_bytes}",
+                _excerpt(bytes(text[: _EXCERPT_CHARS * 4]).decode("utf-8", "replace")),
+            )
+        try:
+            return bytes(text).decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise XmlPayloadError(
+                f"input is not UTF-8: {exc.reason}",
+                _excerpt(bytes(text).decode("utf-8", "replace"), exc.start),
+            ) from exc
+    if not isinstance(text, str):
+        raise TypeError(f"text must be str or bytes, not {type(text).__name__}")
+    # A character is 1 to 4 bytes in UTF-8: only encode when the length is ambiguous.
+    if len(text) > max_bytes or (
+        len(text) * 4 > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes
+    ):
+        raise XmlPayloadError(f"input is over max_bytes={max_bytes} bytes", _excerpt(text))
+    return text
+
+
+def _excerpt(text: str, start: int = 0) -> str:
+    return text[start : start + _EXCERPT_CHARS]
+
+
+def _make_parser() -> etree.XMLParser:
+    return etree.XMLParser(
+        recover=True,
+        resolve_entities=False,
+        load_dtd=False,
+        dtd_validation=False,
+        attribute_defaults=False,
+        no_network=True,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
+        collect_ids=False,
+    )
+
+
+def _first_error(parser: etree.XMLParser) -> str:
+    for entry in parser.error_log:
+        return str(entry.message)
+    return ""
+
+
+def _raw_parser_message(source: str) -> str:
+    """What lxml's recovering parser says about the text as given (no DTD is in it)."""
+    parser = _make_parser()
+    try:
+        etree.fromstring(source.encode("utf-8"), parser)
+    except (etree.XMLSyntaxError, ValueError) as exc:
+        return str(exc)
+    return _first_error(parser) or "no element in the text"
+
+
+def _check_depth(el: etree._Element, max_depth: int, source: str) -> None:
+    stack = [(el, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise XmlPayloadError(f"elements nested deeper than max_depth={max_depth}", "")
+        stack.extend((child, depth + 1) for child in node if isinstance(child.tag, str))
+
+
+# --- the repairing scanner ---------------------------------------------------------------
+
+_TEXT: Final = 0
+_CDATA: Final = 1
+_START: Final = 2
+_EMPTY: Final = 3
+_END: Final = 4
+
+
+@dataclass(slots=True)
+class _Token:
+    kind: int
+    pos: int
+    raw: str = ""
+    name: str = ""
+    attrs: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(slots=True)
+class _Frame:
+    index: int
+    name: str
+    unclosed: bool
+    first_gap: str | None = None
+
+
+def _tokenize(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    text_start = pos = 0
+    while (lt := text.find("<", pos)) >= 0:
+        token, end = _markup_at(text, lt)
+        if end < 0:  # a '<' that starts nothing: literal text
+            pos = lt + 1
+            continue
+        if lt > text_start:
+            tokens.append(_Token(_TEXT, text_start, raw=text[text_start:lt]))
+        if token is not None:
+            tokens.append(token)
+        pos = text_start = end
+    if text_start < len(text):
+        tokens.append(_Token(_TEXT, text_start, raw=text[text_start:]))
+    return tokens
+
+
+def _markup_at(text: str, lt: int) -> tuple[_Token | None, int]:
+    """The markup starting at ``lt`` and where it ends; end -1 if there is none."""
+    if text.startswith("<!--", lt):
+        end = text.find("-->", lt + 4)
+        return None, (end + 3 if end >= 0 else -1)
+    if text.startswith("<![CDATA[", lt):
+        end = text.find("]]>", lt + 9)
+        if end < 0:
+            return None, -1
+        return _Token(_CDATA, lt, raw=text[lt : end + 3]), end + 3
+    if text.startswith("<?", lt):
+        end = text.find("?>", lt + 2)
+        return None, (end + 2 if end >= 0 else -1)
+    if text.startswith("</", lt):
+        match = _END_RE.match(text, lt)
+        if match is None:
+            return None, -1
+        return _Token(_END, lt, name=match.group(1)), match.end()
+    match = _START_RE.match(text, lt)
+    if match is None:
+        return None, -1
+    attrs: dict[str, str] = {}
+    for attr in _ATTR_RE.finditer(match.group(2)):
+        value = next(group for group in attr.groups()[1:] if group is not None)
+        attrs.setdefault(attr.group(1), value)
+    kind = _EMPTY if match.group(3) else _START
+    return _Token(kind, lt, name=match.group(1), attrs=tuple(attrs.items())), match.end()
+
+
+def _escape_text(text: str) -> str:
+    return _ESCAPE_RE.sub(_escape_match, text)
+
+
+def _escape_match(match: re.Match[str]) -> str:
+    found = match.group()
+    if found == "<":
+        return "&lt;"
+    if found == ">":
+        return "&gt;"
+    if found == "&":
+        return "&amp;"
+    decimal, hexadecimal = match.group(1), match.group(2)
+    if decimal is None and hexadecimal is None:
+        return found  # one of the five predefined entities
+    code = int(decimal, 10) if decimal is not None else int(hexadecimal, 16)
+    if code in (0x9, 0xA, 0xD) or 0x20 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD:
+        return found
+    if 0x10000 <= code <= 0x10FFFF:
+        return found
+    return "&amp;" + found[1:]
+
+
+def _render_start(token: _Token) -> str:
+    attrs = "".join(
+        f' {name}="{_escape_text(value).replace(chr(34), "&quot;")}"'
+        for name, value in token.attrs
+    )
+    return f"<{token.name}{attrs}{'/' if token.kind == _EMPTY else ''}>"
+
+
+class _Repairer:
+    """Rewrites sloppy text as balanced XML under one synthetic root."""
+
+    def __init__(self, text: str, max_depth: int) -> None:
+        self.text = text
+        self.tokens = _tokenize(text)
+        self.matches, self.unclosed = self._match_tags(max_depth)
+        self.out: list[str] = []
+        self.frames: list[_Frame] = []
+        self.pending: list[str] = []
+
+    def _match_tags(self, max_depth: int) -> tuple[dict[int, int], set[int]]:
+        """Pair end tags with start tags as a stack would; enforce the depth limit."""
+        stack: list[int] = []
+        matches: dict[int, int] = {}
+        closed: set[int] = set()
+        for index, token in enumerate(self.tokens):
+            if token.kind in (_START, _EMPTY):
+                if len(stack) + 1 > max_depth:
+                    raise XmlPayloadError(
+                        f"elements nested deeper than max_depth={max_depth}",
+                        _excerpt(self.text, token.pos),
+                    )
+                if token.kind == _START:
+                    stack.append(index)
+            elif token.kind == _END:
+                for level in range(len(stack) - 1, -1, -1):
+                    if self.tokens[stack[level]].name == token.name:
+                        matches[index] = stack[level]
+                        closed.add(stack[level])
+                        del stack[level:]
+                        break
+        unclosed = {
+            index
+            for index, token in enumerate(self.tokens)
+            if token.kind == _START and index not in closed
+        }
+        return matches, unclosed
+
+    def run(self) -> str:
+        self.out.append(f"<{_ROOT_TAG}>")
+        for index, token in enumerate(self.tokens):
+            if token.kind == _TEXT:
+                self.pending.append(_escape_text(token.raw))
+            elif token.kind == _CDATA:
+                self.pending.append(token.raw)
+            elif token.kind == _END:
+                start = self.matches.get(index)
+                if start is None:
+                    continue  # stray end tag
+                self._settle(opening=False)
+                self._flush()
+                while self.frames:
+                    frame = self.frames.pop()
+                    self.out.append(f"</{frame.name}>")
+                    if frame.index == start:
+                        break
+            else:
+                self._settle(opening=True)
+                self._flush()
+                self.out.append(_render_start(token))
+                if token.kind == _START:
+                    self.frames.append(_Frame(index, token.name, index in self.unclosed))
+        self._settle(opening=False)
+        self._flush()
+        self.out.extend(f"</{frame.name}>" for frame in reversed(self.frames))
+        self.out.append(f"</{_ROOT_TAG}>")
+        return "".join(self.out)
+
+    def _flush(self) -> None:
+        self.out.extend(self.pending)
+        self.pending.clear()
+
+    def _settle(self, *, opening: bool) -> None:
+        """Close never-closed elements early where their content changes shape.
+
+        Called before a start tag (``opening``), an end tag or the end of the text, with
+        the text since the previous tag pending.
+        """
+        gap = "".join(self.pending)
+        prose = gap.strip(_WS) != ""
+        while self.frames and self.frames[-1].unclosed:
+            frame = self.frames[-1]
+            if frame.first_gap is None:  # no child element yet
+                if not opening:
+                    return
+                if not prose:
+                    frame.first_gap = gap
+                    return
+                self._flush()  # the text is the element's content; the child is not
+                gap, prose = "", False
+            elif (opening and gap != frame.first_gap) or (not opening and prose):
+                pass  # the element ends before the gap
+            else:
+                return
+            self.out.append(f"</{frame.name}>")
+            self.frames.pop()
