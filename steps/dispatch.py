@@ -202,12 +202,13 @@ class AgentLane:
             self._on_failed(spore, "expired", error, attempt)
             return
         timeout = self.policy.timeout
+        deadline = None
         started = time.perf_counter()
         try:
             if timeout is None:
                 result = await self.invoke(spore, attempt)
             else:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(timeout) as deadline:
                     result = await self.invoke(spore, attempt)
             replies = self.shape(result, spore) if result is not None else []
             if not isinstance(replies, list):
@@ -223,9 +224,11 @@ class AgentLane:
             self._fail(spore, attempt, "handler failed", asyncio.CancelledError(
                 f"handler of {self.name!r} was cancelled from inside"))
         except TimeoutError as exc:
-            reason = "timeout" if timeout is not None and time.perf_counter() - started >= (
-                timeout) else "handler failed"
-            self._fail(spore, attempt, reason, exc)
+            expired = deadline is not None and deadline.expired()
+            if expired:
+                exc = TimeoutError(f"handler of {self.name!r} ran past its timeout of "
+                                   f"{timeout}s")
+            self._fail(spore, attempt, "timeout" if expired else "handler failed", exc)
         except Exception as exc:
             self._fail(spore, attempt, "handler failed", exc)
         else:

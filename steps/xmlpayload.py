@@ -17,10 +17,12 @@ Writing
 
 * The object becomes the children of the element named ``tag``; the element itself gets
   no attributes. Every value is written as one *value element* per the rules below.
-* **Keys.** A key that is an XML name without a colon, other than ``_``, is the child's
-  tag: ``{"title": "x"}`` -> ``<title>x</title>``. Any other key (``"1 a"``, ``""``,
-  ``"a:b"``, ``"_"``) is written as an element ``_`` carrying the key in attribute ``k``:
-  ``{"1 a": 1}`` -> ``<_ k="1 a">1</_>``.
+* **Keys.** A key that is an ASCII XML name without a colon (``[A-Za-z_][A-Za-z0-9_.-]*``),
+  other than ``_``, is the child's tag: ``{"title": "x"}`` -> ``<title>x</title>``. Any
+  other key (``"1 a"``, ``""``, ``"a:b"``, ``"_"``, ``"名前"``) is written as an element
+  ``_`` carrying the key in attribute ``k``: ``{"1 a": 1}`` -> ``<_ k="1 a">1</_>``.
+  (Non-ASCII names are valid XML, and are read as keys, but lxml's default ASCII
+  serialisation cannot write them as tags.)
 * **Scalars** are text: a ``str`` as is; an ``int`` in decimal (``<count>3</count>``);
   a ``float`` as ``repr`` gives it (``<ratio>0.5</ratio>``, ``<big>1e+16</big>``);
   ``True``/``False`` as ``true``/``false``; ``None`` as ``null``.
@@ -146,6 +148,7 @@ _NAME_CHAR: Final = _NAME_START + r"\-.0-9\xb7\u0300-\u036f\u203f\u2040"
 _NCNAME: Final = f"[{_NAME_START}][{_NAME_CHAR}]*"
 _QNAME: Final = f"[{_NAME_START}][{_NAME_CHAR}:]*"
 _NCNAME_RE: Final = re.compile(_NCNAME)
+_PLAIN_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 
 _S: Final = "[ \t\r\n]"
 _QUOTED: Final = "\"([^\"<]*)\"|'([^'<]*)'"
@@ -227,7 +230,7 @@ def _write_object(el: etree._Element, obj: Mapping[str, object]) -> None:
 
 
 def _new_child(parent: etree._Element, key: str) -> etree._Element:
-    if key != _ESCAPE_TAG and _NCNAME_RE.fullmatch(key) is not None:
+    if key != _ESCAPE_TAG and _PLAIN_KEY_RE.fullmatch(key) is not None:
         return etree.SubElement(parent, key)
     _check_xml_text(key)
     child = etree.SubElement(parent, _ESCAPE_TAG)
