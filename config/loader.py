@@ -9,6 +9,7 @@ reaches) never stop a load; ``check`` returns them.
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from sporeflow.config.model import (
     OrganismSpec,
     Retry,
 )
-from sporeflow.config.positions import Located, Path as DataPath, YamlSyntaxError, read_yaml
+from sporeflow.config.positions import Located, YamlSyntaxError, read_yaml
+from sporeflow.config.positions import Path as DataPath
 from sporeflow.config.schema import ORGANISM_SCHEMA
 from sporeflow.config.units import parse_duration, parse_size
 
@@ -48,9 +50,11 @@ def check_organism(path: str | Path) -> tuple[OrganismSpec, list[Problem]]:
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([Problem(str(file), 1, 1, "", f"cannot read the file: {exc.strerror}")])
+        problem = Problem(str(file), 1, 1, "", f"cannot read the file: {exc.strerror}")
+        raise ConfigError([problem]) from None
     except UnicodeDecodeError as exc:
-        raise ConfigError([Problem(str(file), 1, 1, "", f"the file is not UTF-8: {exc.reason}")])
+        problem = Problem(str(file), 1, 1, "", f"the file is not UTF-8: {exc.reason}")
+        raise ConfigError([problem]) from None
     try:
         located = read_yaml(text, str(file))
     except YamlSyntaxError as exc:
@@ -75,8 +79,9 @@ def _build(
     callables = _take_callables(data)
     problems = list(located.duplicates)
     problems += _schema_problems(located, callables)
-    if problems:  # the passes below assume the shapes are right
+    if not isinstance(data, dict):
         raise ConfigError(_sorted(problems))
+    # The name checks below skip whatever has the wrong shape: that is reported already.
     problems += _reference_problems(located)
     handlers = _resolve_handlers(located, base_dir, callables, problems)
     if [p for p in problems if not p.warning]:
@@ -129,7 +134,7 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
     if error.validator == "required":
         return [located.problem(path, f"{error.message}; add it")]
     if error.validator == "oneOf" and isinstance(instance, str | int | float):
-        hint = schema.get("description", "")
+        hint = schema.get("x-write", "a value of the documented form")
         return [located.problem(path, f"{instance!r} is not valid here; write {hint}")]
     if error.validator == "oneOf":
         return [located.problem(path, f"{_short(instance)} is not valid here; "
@@ -168,8 +173,10 @@ def _pattern_advice(path: DataPath) -> str:
 
 def _reference_problems(located: Located) -> list[Problem]:
     data = located.data
-    agents: dict[str, Any] = data.get("agents") or {}
-    channels: dict[str, Any] = {n: (c or {}) for n, c in (data.get("channels") or {}).items()}
+    agents = _mapping(data.get("agents"))
+    agents = {name: agent for name, agent in agents.items() if isinstance(agent, dict)}
+    channels = {n: c for n, c in _mapping(data.get("channels")).items() if isinstance(c, dict)}
+    channels.update({n: {} for n, c in _mapping(data.get("channels")).items() if c is None})
     channel_names = [*channels, *BUILTIN_CHANNELS]
     problems: list[Problem] = []
 
@@ -188,7 +195,7 @@ def _reference_problems(located: Located) -> list[Problem]:
 
     for name, agent in agents.items():
         base: DataPath = ("agents", name)
-        for i, channel in enumerate(agent.get("subscribe", ())):
+        for i, channel in _names(agent.get("subscribe")):
             if unknown_channel((*base, "subscribe", i), channel):
                 continue
             allowed = channels.get(channel, {}).get("subscribe")
@@ -197,16 +204,16 @@ def _reference_problems(located: Located) -> list[Problem]:
                     (*base, "subscribe", i),
                     f"agent {name!r} may not subscribe to {channel!r}: its subscribe list is "
                     f"{allowed!r}; add {name!r} there or remove this subscription"))
-        emit = agent.get("emit") or {}
-        peers = agent.get("peers")
-        if "to" in emit:
+        emit = _mapping(agent.get("emit"))
+        peers = agent.get("peers") if isinstance(agent.get("peers"), list) else None
+        if isinstance(emit.get("to"), str):
             unknown_agent((*base, "emit", "to"), emit["to"])
             if peers is not None and emit["to"] not in peers:
                 problems.append(located.problem(
                     (*base, "emit", "to"),
                     f"emit to {emit['to']!r} is forbidden by this agent's own peers "
                     f"{peers!r}; add it to peers or change emit"))
-        if "channel" in emit and not unknown_channel((*base, "emit", "channel"),
+        if isinstance(emit.get("channel"), str) and not unknown_channel((*base, "emit", "channel"),
                                                      emit["channel"]):
             allowed = channels.get(emit["channel"], {}).get("publish")
             if allowed is not None and name not in allowed:
@@ -214,13 +221,23 @@ def _reference_problems(located: Located) -> list[Problem]:
                     (*base, "emit", "channel"),
                     f"agent {name!r} may not publish on {emit['channel']!r}: its publish list "
                     f"is {allowed!r}; add {name!r} there or change emit"))
-        for i, peer in enumerate(peers or ()):
+        for i, peer in _names(peers):
             unknown_agent((*base, "peers", i), peer)
-    for cname, channel in channels.items():
+    for cname, conf in channels.items():
         for key in ("publish", "subscribe"):
-            for i, agent_name in enumerate(channel.get(key) or ()):
+            for i, agent_name in _names(conf.get(key)):
                 unknown_agent(("channels", cname, key, i), agent_name)
     return problems
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _names(value: Any) -> list[tuple[int, str]]:
+    """The (index, name) pairs of a list of names, skipping what is not a string."""
+    items = value if isinstance(value, list) else []
+    return [(i, item) for i, item in enumerate(items) if isinstance(item, str)]
 
 
 def _resolve_handlers(
@@ -228,9 +245,11 @@ def _resolve_handlers(
     problems: list[Problem],
 ) -> dict[str, Callable[..., Any]]:
     handlers: dict[str, Callable[..., Any]] = dict(callables)
-    for name, agent in (located.data.get("agents") or {}).items():
-        if name in handlers:
+    for name, agent in _mapping(located.data.get("agents")).items():
+        if name in handlers or not isinstance(agent, dict):
             continue
+        if not isinstance(agent.get("handler"), str) or ":" not in agent["handler"]:
+            continue  # reported by the schema pass
         try:
             handlers[name] = resolve_handler(agent["handler"], base_dir)
         except HandlerImportError as exc:
@@ -254,7 +273,7 @@ def _to_spec(
             publish=_frozen(conf.get("publish")),
             subscribe=_frozen(conf.get("subscribe")),
         )
-        for name, conf in ((n, c or {}) for n, c in (data.get("channels") or {}).items())
+        for name, conf in ((n, _mapping(c)) for n, c in _mapping(data.get("channels")).items())
     }
     for builtin in BUILTIN_CHANNELS:
         channels.setdefault(builtin, ChannelSpec(name=builtin))
@@ -312,15 +331,18 @@ def _warnings(located: Located, spec: OrganismSpec) -> list[Problem]:
     warnings: list[Problem] = []
     emitted_to = {a.emit.to for a in spec.agents.values() if a.emit and a.emit.to}
     named_peers = {p for a in spec.agents.values() for p in (a.peers or ())}
+    # Only an organism that drives itself (it has boot spores) can be judged for agents
+    # nothing reaches: otherwise the entry points are fed from outside by design.
+    self_driving = any(a.boot is not None for a in spec.agents.values())
     for agent in spec.agents.values():
         reached = (agent.subscribe or agent.boot is not None or agent.name in emitted_to
                    or agent.name in named_peers)
-        if not reached:
+        if self_driving and not reached:
             warnings.append(located.problem(
                 ("agents", agent.name),
                 f"nothing in the organism reaches {agent.name!r} (no subscribe, no boot, "
                 f"no emit or peers naming it): only outside sends will", warning=True))
-        if agent.emit is not None:
+        if agent.emit is not None or _returns_none(agent.handler):
             continue
         # Without emit, replies go back to the sender: a sender that emits here again loops.
         for other in spec.agents.values():
@@ -356,6 +378,15 @@ def _short(value: Any) -> str:
 def _json_type(value: Any) -> str:
     return {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer",
             float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _returns_none(handler: Callable[..., Any]) -> bool:
+    """True when the handler is annotated ``-> None``: it never replies, so cannot loop."""
+    try:
+        annotation = inspect.signature(handler).return_annotation
+    except (TypeError, ValueError):
+        return False
+    return annotation is None or annotation == "None"
 
 
 def _qualname(handler: Callable[..., Any]) -> str:

@@ -19,11 +19,11 @@ _name: dict[str, Any] = {"type": "string", "pattern": NAME_PATTERN}
 _names: dict[str, Any] = {"type": "array", "items": _name, "uniqueItems": True}
 _duration: dict[str, Any] = {
     "oneOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": DURATION_PATTERN}],
-    "description": "seconds, or a string like 250ms, 5s, 2m",
+    "x-write": "seconds, or a string like 250ms, 5s or 2m",
 }
 _size: dict[str, Any] = {
     "oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": SIZE_PATTERN}],
-    "description": "bytes, or a string like 512KiB, 1MiB",
+    "x-write": "bytes, or a string like 512KiB or 1MiB",
 }
 _count: dict[str, Any] = {"type": "integer", "minimum": 1}
 

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -99,7 +98,7 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float) -> int:
         loop.add_signal_handler(sig, on_signal)
     started = time.perf_counter()
     await org.start()
-    waiters = [asyncio.ensure_future(stop.wait())]
+    waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
     if until_idle:
         waiters.append(asyncio.ensure_future(org.idle()))
     try:
@@ -186,4 +185,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

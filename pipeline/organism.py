@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import inspect
 import logging
 import time
@@ -122,13 +123,15 @@ class Organism:
 
     def _build_agent(self, spec: AgentSpec) -> AgentRuntime:
         latency = self._latency.setdefault(spec.name, LatencyHistogram())
+        name = spec.name
+
+        def on_failed(spore: Spore, reason: str, error: BaseException, attempts: int) -> None:
+            self._on_failed(name, spore, reason, error, attempts)
+
         lane = AgentLane(
-            spec.name, self._invoker(spec), self._shaper(spec),
+            name, self._invoker(spec), self._shaper(spec),
             LanePolicy(spec.concurrency, spec.timeout, spec.retry),
-            on_done=self._on_done,
-            on_failed=lambda spore, reason, error, attempts, name=spec.name: self._on_failed(
-                name, spore, reason, error, attempts),
-            observe=latency.observe, now=self.now,
+            on_done=self._on_done, on_failed=on_failed, observe=latency.observe, now=self.now,
         )
         runtime = AgentRuntime(spec, lane, logging.getLogger(f"sporeflow.agent.{spec.name}"))
         runtime.lane = lane
@@ -137,8 +140,9 @@ class Organism:
     def _invoker(self, spec: AgentSpec) -> Callable[[Spore, int], Any]:
         handler = spec.handler
         name = spec.name
+        # A callable object counts as async when its class's __call__ is.
         is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-            getattr(handler, "__call__", None))
+            type(handler).__call__)
 
         def invoke_async(spore: Spore, attempt: int) -> Any:
             return handler(spore, Context(self, self._agents[name], spore, attempt))
@@ -298,12 +302,11 @@ class Organism:
     def _outside_spore(self, knowledge: dict[str, Any], *, to: str | None, channel: str | None,
                        sender: str, spore_type: SporeType, priority: int,
                        expires_in: float | None, **extra: Any) -> Spore:
+        self._require_running()
         if type(knowledge) is not dict:
             raise SporeError(f"knowledge must be a dict (a JSON object), got "
                              f"{type(knowledge).__name__}: {knowledge!r:.60}")
         if to is not None and to not in self._table.agents:
-            import difflib
-
             close = difflib.get_close_matches(to, list(self._table.agents), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise DeliveryError(f"no agent {to!r} in organism {self.spec.name!r}{hint}",

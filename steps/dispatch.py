@@ -44,8 +44,9 @@ class LanePolicy:
 
 def backoff_delay(retry: Retry, attempt: int, rng: random.Random | None = None) -> float:
     """Seconds to wait after failed ``attempt``: exponential, capped, with equal jitter."""
-    ceiling = min(retry.max_backoff, retry.backoff * 2 ** (attempt - 1))
-    return ceiling / 2 + (rng or random).random() * ceiling / 2
+    ceiling = min(retry.max_backoff, retry.backoff * 2.0 ** (attempt - 1))
+    draw: float = (rng or random).random()
+    return ceiling / 2 + draw * ceiling / 2
 
 
 class AgentLane:
@@ -223,7 +224,7 @@ class AgentLane:
                 raise
             self._fail(spore, attempt, "handler failed", asyncio.CancelledError(
                 f"handler of {self.name!r} was cancelled from inside"))
-        except TimeoutError as exc:
+        except TimeoutError:
             expired = deadline is not None and deadline.expired()
             if expired:
                 exc = TimeoutError(f"handler of {self.name!r} ran past its timeout of "

@@ -142,7 +142,7 @@ def _str(name: str, value: object) -> str:
 
 def _spore_type(name: str, value: object) -> SporeType:
     try:
-        return SporeType(value)
+        return SporeType(value)  # type: ignore[arg-type]  # any value: the error says why
     except ValueError:
         choices = ", ".join(t.value for t in SporeType)
         raise SporeError(f"spore field {name!r} is {value!r}; use one of: {choices}") from None

@@ -39,8 +39,9 @@ async def validate(
             for spore in batch:
                 try:
                     check_spore(spore, limits)
-                    if spore.to_agent in schemas:
-                        schemas[spore.to_agent](spore)
+                    target = spore.to_agent
+                    if target is not None and target in schemas:
+                        schemas[target](spore)
                 except SporeError as exc:
                     on_reject(spore, _reason(exc), exc)
                 else:

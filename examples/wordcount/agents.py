@@ -63,7 +63,7 @@ def count_words(spore: Spore, ctx: Context) -> dict[str, Any]:
     }
 
 
-async def measure(spore: Spore, ctx: Context) -> dict[str, Any]:
+def measure(spore: Spore, ctx: Context) -> dict[str, Any]:
     """Measure one file's size in lines and bytes, filed under its top-level package."""
     data = Path(spore.knowledge["path"]).read_bytes()
     return {"kind": "size", "package": spore.knowledge["package"], "bytes": len(data),

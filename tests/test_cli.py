@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sporeflow.pipeline.cli import cli
+
+ROOT = Path(__file__).parent.parent
+SMALL = Path(__file__).parent / "organisms" / "small" / "organism.yaml"
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_check_good_file_prints_one_line_summary() -> None:
+    code, out, _ = invoke("check", str(SMALL))
+    assert code == 0
+    assert out.strip() == f"{SMALL}: ok: organism 'small', 7 agents, 1 channels, 0 warnings"
+
+
+def test_check_bad_file_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "organism.yaml"
+    bad.write_text("agents:\n  a:\n    handler: nowhere:h\n    emit: {to: bb}\n  b:\n"
+                   "    handler: nowhere:h\n    timout: 5s\n")
+    code, _, err = invoke("check", str(bad))
+    assert code == 1
+    assert err.startswith("ConfigError: 4 problems in the organism")
+    assert f"{bad}:4:16: agents.a.emit.to: unknown agent 'bb' (did you mean 'b'?)" in err
+    assert f"{bad}:7:5: agents.b.timout: unknown key 'timout' (did you mean 'timeout'?)" in err
+    assert "Traceback" not in err
+
+
+def test_missing_file_is_one_clear_line() -> None:
+    code, _, err = invoke("check", "/no/such/organism.yaml")
+    assert code == 1
+    assert err.strip() == ("ConfigError: 1 problem in the organism\n/no/such/organism.yaml:1:1: "
+                           "<root>: cannot read the file: No such file or directory")
+
+
+def test_debug_shows_the_traceback() -> None:
+    result = CliRunner().invoke(cli, ["--debug", "check", "/no/such/organism.yaml"])
+    assert result.exit_code == 1
+    assert type(result.exception).__name__ == "ConfigError"
+
+
+def test_send_prints_what_comes_back_as_json_lines() -> None:
+    code, out, err = invoke("send", str(SMALL), "--to", "picky", '{"n": 4}')
+    assert code == 0, err
+    [line] = out.strip().splitlines()
+    spore = json.loads(line)
+    assert spore["knowledge"] == {"n": 4}
+    assert spore["to_agent"] == "cli"
+
+
+def test_send_request_prints_the_response() -> None:
+    code, out, _ = invoke("send", str(SMALL), "--to", "squarer", "--request", '{"n": 5}')
+    assert code == 0
+    responses = [json.loads(line) for line in out.strip().splitlines()]
+    assert responses[0]["knowledge"] == {"square": 25}
+    assert responses[0]["spore_type"] == "response"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--to", "picky", "not json"), "SporeError: KNOWLEDGE is not JSON"),
+    (("--to", "pickie", "{}"), "DeliveryError: no agent 'pickie' in organism 'small' "
+                               "(did you mean 'picky'?)"),
+])
+def test_send_errors_are_one_line(args: tuple[str, ...], message: str) -> None:
+    code, _, err = invoke("send", str(SMALL), *args)
+    assert code == 1
+    assert err.startswith(message)
+
+
+def test_schema_prints_json_schema() -> None:
+    code, out, _ = invoke("schema")
+    assert code == 0
+    assert json.loads(out)["title"] == "sporeflow organism"
+
+
+def test_run_until_idle_on_the_small_organism(tmp_path: Path) -> None:
+    organism = tmp_path / "organism.yaml"
+    organism.write_text(SMALL.read_text().replace("ear1: {", "ear1: {boot: {text: x}, "))
+    (tmp_path / "small_handlers.py").write_text((SMALL.parent / "small_handlers.py").read_text())
+    code, _, err = invoke("run", str(organism), "--until-idle")
+    assert code == 0, err
+    assert "1 spores handled" in err
+    assert "0 dead letters" in err
+
+
+def test_demo_runs_to_completion_with_its_result() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sporeflow.pipeline.cli", "run", "--until-idle"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Python standard library:" in done.stdout
+    assert "top identifiers: self" in done.stdout
+    assert "0 dead letters" in done.stderr

@@ -1,0 +1,165 @@
+"""The whole chain through the Python API, on the small organism in tests/organisms."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sporeflow.pipeline import (
+    DeliveryError,
+    HandlerError,
+    Organism,
+    OrganismStateError,
+    Spore,
+    SporeError,
+    SporeType,
+)
+
+SMALL = Path(__file__).parent / "organisms" / "small" / "organism.yaml"
+
+
+async def test_emit_to_agent_then_to_channel_reaches_every_subscriber() -> None:
+    organism = Organism.from_file(SMALL)
+    async with organism.running():
+        for text in ("hi", "there"):
+            await organism.send("intake", {"text": text})
+        await organism.idle()
+        heard = {name: organism._agents[name].state["heard"] for name in ("ear1", "ear2")}
+    assert heard == {"ear1": ["HI", "THERE"], "ear2": ["HI", "THERE"]}
+    stats = organism.stats()
+    assert stats["agents"]["shouter"]["handled"] == 2
+    assert stats["totals"]["dead_letters"] == 0
+
+
+async def test_request_is_answered_with_a_response_to_the_sender() -> None:
+    organism = Organism.from_file(SMALL)
+    async with organism.running():
+        answer = await organism.request("squarer", {"n": 7}, timeout=5)
+        nested = await organism.request("asker", {"n": 3}, timeout=5)
+    assert answer.spore_type is SporeType.RESPONSE
+    assert answer.knowledge == {"square": 49}
+    assert answer.to_agent == "system"
+    assert answer.reply_to is not None
+    assert nested.knowledge == {"asked": 3, "square": 9}
+
+
+async def test_failing_handler_is_counted_dead_lettered_and_the_rest_flow() -> None:
+    organism = Organism.from_file(SMALL)
+    async with organism.running():
+        for n in range(1, 10):
+            await organism.send("picky", {"n": n})
+        await organism.send("squarer", {"n": 2})
+        await organism.idle()
+    stats = organism.stats()["agents"]
+    assert (stats["picky"]["handled"], stats["picky"]["failed"]) == (6, 3)
+    assert stats["squarer"]["handled"] == 1
+    letters = list(organism.dead_letters)
+    assert sorted(letter.spore.knowledge["n"] for letter in letters) == [3, 6, 9]
+    assert all(letter.reason == "handler failed" and letter.agent == "picky" for letter in letters)
+    assert "ValueError: 3 is a multiple of three" in letters[0].traceback or \
+        "is a multiple of three" in (letters[0].traceback or "")
+
+
+async def test_request_to_failing_handler_raises_promptly_with_the_cause() -> None:
+    organism = Organism.from_file(SMALL)
+    async with organism.running():
+        with pytest.raises(HandlerError, match="multiple of three") as caught:
+            await organism.request("picky", {"n": 6}, timeout=30)
+    assert isinstance(caught.value.__cause__, ValueError)
+
+
+async def test_replies_to_the_outside_world_are_kept_and_announced() -> None:
+    organism = Organism.from_file(SMALL)
+    seen: list[Spore] = []
+    async with organism.running():
+        organism.on_outside(seen.append)
+        await organism.send("picky", {"n": 1}, sender="tester")
+        await organism.idle()
+    assert [s.knowledge for s in seen] == [{"n": 1}]
+    assert seen[0].to_agent == "tester"
+    assert list(organism.outbox) == seen
+
+
+async def test_outside_send_errors_are_immediate_and_clear() -> None:
+    organism = Organism.from_file(SMALL)
+    with pytest.raises(OrganismStateError, match="not running"):
+        await organism.send("picky", {"n": 1})
+    async with organism.running():
+        with pytest.raises(DeliveryError, match=r"no agent 'pickky'.*did you mean 'picky'"):
+            await organism.send("pickky", {"n": 1})
+        with pytest.raises(SporeError, match="knowledge must be a dict"):
+            await organism.send("picky", [1, 2])  # type: ignore[arg-type]
+
+
+async def test_handlers_may_return_many_spores_and_async_iterables() -> None:
+    got: list[int] = []
+
+    async def fan(spore: Spore, ctx: Any) -> Any:
+        async def numbers() -> Any:
+            for i in range(3):
+                yield {"i": i}
+        return numbers() if spore.knowledge.get("async") else [{"i": 10}, None, {"i": 11}]
+
+    async def sink(spore: Spore, ctx: Any) -> None:
+        got.append(spore.knowledge["i"])
+
+    organism = Organism.from_dict({"agents": {"fan": {"handler": fan, "emit": {"to": "sink"}},
+                                              "sink": {"handler": sink}}})
+    async with organism.running():
+        await organism.send("fan", {})
+        await organism.send("fan", {"async": True})
+        await organism.idle()
+    assert sorted(got) == [0, 1, 2, 10, 11]
+
+
+async def test_a_bad_return_value_is_a_handler_failure_with_advice() -> None:
+    async def bad(spore: Spore, ctx: Any) -> Any:
+        return 42
+
+    organism = Organism.from_dict({"agents": {"bad": {"handler": bad}}})
+    async with organism.running():
+        await organism.send("bad", {})
+        await organism.idle()
+    [letter] = organism.dead_letters
+    assert "returned a int (42); return None, a dict, a Spore" in letter.error
+
+
+async def test_replies_carry_lineage_and_hops() -> None:
+    seen: list[Spore] = []
+
+    async def first(spore: Spore, ctx: Any) -> dict[str, Any]:
+        return {"step": 1}
+
+    async def second(spore: Spore, ctx: Any) -> None:
+        seen.append(spore)
+
+    organism = Organism.from_dict({"agents": {"first": {"handler": first, "emit": {"to": "b"}},
+                                              "b": {"handler": second}}})
+    async with organism.running():
+        origin = await organism.send("first", {}, priority=8)
+        await organism.idle()
+    [reply] = seen
+    assert (reply.from_agent, reply.thread_id, reply.hops, reply.priority) == (
+        "first", origin.id, 1, 8)
+
+
+async def test_boot_spores_are_sent_at_start() -> None:
+    booted = asyncio.Event()
+
+    async def boot(spore: Spore, ctx: Any) -> None:
+        assert spore.knowledge == {"root": "."}
+        booted.set()
+
+    organism = Organism.from_dict({"agents": {"b": {"handler": boot, "boot": {"root": "."}}}})
+    async with organism.running():
+        await asyncio.wait_for(booted.wait(), 5)
+
+
+async def test_organism_cannot_start_twice() -> None:
+    organism = Organism.from_file(SMALL)
+    async with organism.running():
+        with pytest.raises(OrganismStateError, match="already running"):
+            await organism.start()

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from typing import Any
+
+from sporeflow.steps import RoutingTable, Spore, SporeType, route
+
+from .conftest import aiter_of, collect
+
+TABLE = RoutingTable(
+    agents=frozenset({"a", "b", "c", "closed"}),
+    subscribers={"news": ("a", "b", "c")},
+    peers={"closed": frozenset({"b"})},
+    publishers={"quiet": frozenset({"a"})},
+    channels=frozenset({"news", "quiet", "main"}),
+)
+
+
+async def run(*spores: Spore, **options: Any) -> tuple[list[Any], list[tuple[Spore, str]]]:
+    rejected: list[tuple[Spore, str]] = []
+    out = await collect(route.raw(
+        aiter_of(list(spores)), table=lambda: TABLE,
+        on_reject=lambda spore, reason, error: rejected.append((spore, reason)), **options))
+    return [d for batch in out for d in batch], rejected
+
+
+async def test_direct_spore_goes_to_its_agent() -> None:
+    spore = Spore(knowledge={}, to_agent="b")
+    deliveries, rejected = await run(spore)
+    assert deliveries == [(spore, ("b",))]
+    assert not rejected
+
+
+async def test_broadcast_skips_sender_and_counts_fanout() -> None:
+    spore = Spore(knowledge={}, from_agent="a", channel="news")
+    extra: list[int] = []
+    deliveries, _ = await run(spore, on_fanout=extra.append)
+    assert deliveries == [(spore, ("b", "c"))]
+    assert extra == [1]
+
+
+async def test_unknown_agent_and_unheard_broadcast_are_rejected() -> None:
+    lost = Spore(knowledge={}, to_agent="z")
+    unheard = Spore(knowledge={}, channel="quiet", from_agent="a")
+    nowhere = Spore(knowledge={}, channel="void")
+    _, rejected = await run(lost, unheard, nowhere)
+    assert rejected == [(lost, "unknown agent"), (unheard, "no subscribers"),
+                        (nowhere, "unknown channel")]
+
+
+async def test_peers_and_publishers_are_enforced() -> None:
+    allowed = Spore(knowledge={}, from_agent="closed", to_agent="b")
+    refused = Spore(knowledge={}, from_agent="closed", to_agent="c")
+    answer = Spore(knowledge={}, from_agent="closed", to_agent="c",
+                   spore_type=SporeType.RESPONSE, reply_to="q1")
+    shout = Spore(knowledge={}, from_agent="b", channel="quiet")
+    deliveries, rejected = await run(allowed, refused, answer, shout)
+    assert [d[0] for d in deliveries] == [allowed, answer]
+    assert rejected == [(refused, "not a peer"), (shout, "not a peer")]
+
+
+async def test_awaited_responses_resolve_and_late_ones_are_rejected() -> None:
+    awaited = Spore(knowledge={}, to_agent="a", spore_type=SporeType.RESPONSE, reply_to="r1")
+    late = Spore(knowledge={}, to_agent="a", spore_type=SporeType.RESPONSE, reply_to="r2")
+    unasked = Spore(knowledge={}, to_agent="a", spore_type=SporeType.RESPONSE, reply_to="r3")
+    resolved: list[Spore] = []
+    deliveries, rejected = await run(awaited, late, unasked, awaited={"r1"}, abandoned={"r2"},
+                                     on_response=resolved.append)
+    assert resolved == [awaited]
+    assert rejected == [(late, "late response")]
+    assert deliveries == [(unasked, ("a",))]
+
+
+async def test_spores_for_the_outside_world_are_handed_out() -> None:
+    home = Spore(knowledge={}, from_agent="a", to_agent="cli")
+    out: list[Spore] = []
+    deliveries, rejected = await run(home, outside={"cli"}, on_outside=out.append)
+    assert out == [home]
+    assert not deliveries
+    assert not rejected

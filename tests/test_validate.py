@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sporeflow.config import Limits, SporeError
+from sporeflow.steps import Spore, check_spore, validate
+
+from .conftest import aiter_of, collect
+
+
+def rejecting() -> tuple[list[tuple[Spore, str, Any]], Any]:
+    seen: list[tuple[Spore, str, Any]] = []
+    return seen, lambda spore, reason, error: seen.append((spore, reason, error))
+
+
+async def test_validate_passes_good_spores_and_rejects_bad_ones_in_order() -> None:
+    good = [Spore(knowledge={"i": i}) for i in range(3)]
+    too_many_hops = Spore(knowledge={}, hops=33)
+    not_json = Spore(knowledge={"s": {1, 2}})
+    seen, on_reject = rejecting()
+    out = await collect(validate.raw(aiter_of([good[0], too_many_hops, good[1]],
+                                              [not_json], [good[2]]),
+                                     limits=Limits(), on_reject=on_reject))
+    assert out == [[good[0], good[1]], [good[2]]]
+    assert [(s, r) for s, r, _ in seen] == [(too_many_hops, "limit exceeded"),
+                                            (not_json, "invalid")]
+    assert "over limits.max_hops=32" in str(seen[0][2])
+    assert "set" in str(seen[1][2])
+
+
+@pytest.mark.parametrize(
+    ("spore", "message"),
+    [
+        (Spore(knowledge=[1]), "knowledge must be a JSON object"),  # type: ignore[arg-type]
+        (Spore(knowledge={}, priority=0), "priority 0 is out of range"),
+        (Spore(knowledge={}, from_agent=""), "from_agent must be a non-empty string"),
+        (Spore(knowledge={}, to_agent="x" * 200), "to_agent must be a non-empty string"),
+        (Spore(knowledge={1: "a"}), "keys must be strings"),  # type: ignore[dict-item]
+        (Spore(knowledge={"f": float("nan")}), "which JSON cannot represent"),
+        (Spore(knowledge={"o": object()}), "which is not JSON"),
+    ],
+)
+def test_check_spore_names_the_problem(spore: Spore, message: str) -> None:
+    with pytest.raises(SporeError, match=message):
+        check_spore(spore, Limits())
+
+
+def test_size_limit_names_limit_and_value() -> None:
+    spore = Spore(knowledge={"text": "x" * 2000})
+    check_spore(spore, Limits(max_spore_bytes=4000))  # the bound is loose; exact size passes
+    with pytest.raises(SporeError, match=r"is \d+ bytes as JSON, over limits.max_spore_bytes=1000"):
+        check_spore(spore, Limits(max_spore_bytes=1000))
+
+
+def test_depth_limit() -> None:
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(40):
+        node["n"] = {}
+        node = node["n"]
+    with pytest.raises(SporeError, match="nested deeper than limits.max_depth=32"):
+        check_spore(Spore(knowledge=deep), Limits())
+
+
+def test_not_a_spore_is_refused() -> None:
+    with pytest.raises(SporeError, match="expected a Spore, got dict"):
+        check_spore({"knowledge": {}}, Limits())
+
+
+async def test_schema_checks_run_for_the_recipient() -> None:
+    def needs_name(spore: Spore) -> None:
+        if "name" not in spore.knowledge:
+            raise SporeError("knowledge.name is required")
+
+    ok, bad = Spore(knowledge={"name": "a"}, to_agent="b"), Spore(knowledge={}, to_agent="b")
+    other = Spore(knowledge={}, to_agent="c")
+    seen, on_reject = rejecting()
+    out = await collect(validate.raw(aiter_of([ok, bad, other]), limits=Limits(),
+                                     on_reject=on_reject, schemas={"b": needs_name}))
+    assert out == [[ok, other]]
+    assert seen[0][0] is bad
