@@ -56,6 +56,16 @@ class Intake:
             raise OrganismStateError("the organism is stopping; it admits no new spores")
         if self._senders or not self._has_room(spore.channel):
             await self._wait_for_room(spore.channel)
+        self._push_ingress(spore)
+
+    def try_admit(self, spore: Spore) -> bool:
+        """Admit without waiting if there is room and nobody waits before us."""
+        if self._closed or self._senders or not self._has_room(spore.channel):
+            return False
+        self._push_ingress(spore)
+        return True
+
+    def _push_ingress(self, spore: Spore) -> None:
         self.ingress.push(spore.priority, spore)
         self.queued_by_channel[spore.channel] = self.queued_by_channel.get(spore.channel, 0) + 1
         self.admitted += 1

@@ -294,9 +294,10 @@ class Organism:
         if self._state != "running":
             raise OrganismStateError(f"organism {self.spec.name!r} is {self._state}; it "
                                      f"admits no new spores")
-        if spore.from_agent not in self._table.agents:
+        if spore.from_agent not in self._outside and spore.from_agent not in self._table.agents:
             self._outside.add(spore.from_agent)
-        await intake.admit(spore)
+        if not intake.try_admit(spore):
+            await intake.admit(spore)
         return spore
 
     def _outside_spore(self, knowledge: dict[str, Any], *, to: str | None, channel: str | None,

@@ -39,11 +39,12 @@ class PriorityBuckets(Generic[T]):
         return max(boxes) if len(boxes) > 1 else next(iter(boxes))
 
     def pop(self) -> T:
-        priority = self.top()
-        box = self._boxes[priority]
+        boxes = self._boxes
+        priority = next(iter(boxes)) if len(boxes) == 1 else max(boxes)
+        box = boxes[priority]
         item = box.popleft()
         if not box:
-            del self._boxes[priority]
+            del boxes[priority]
         self._size -= 1
         return item
 

@@ -188,15 +188,32 @@ class AgentLane:
     # -- running handlers -------------------------------------------------------------
 
     async def _work(self) -> None:
+        mailbox, invoke, clock = self._mailbox, self.invoke, time.perf_counter
+        on_done, observe = self._on_done, self._observe
         try:
-            mailbox = self._mailbox
+            # The common case, inline: no timeout, a quick handler, no expiry.
             while mailbox and not self.paused:
                 spore, attempt = mailbox.pop()
-                await self._run(spore, attempt)
+                if self.policy.timeout is not None or spore.expires_at is not None:
+                    await self._run(spore, attempt)
+                    continue
+                started = clock()
+                try:
+                    result = await invoke(spore, attempt)
+                    replies = self.shape(result, spore) if result is not None else []
+                    if replies.__class__ is not list:
+                        replies = await replies  # type: ignore[misc]
+                except BaseException as exc:
+                    self._failed_run(spore, attempt, exc, None)
+                    continue
+                self.handled += 1
+                observe(clock() - started)
+                on_done(replies)  # type: ignore[arg-type]
         finally:
             self._release()
 
     async def _run(self, spore: Spore, attempt: int) -> None:
+        """Run one handler with its timeout and the expiry re-check."""
         if spore.expires_at is not None and spore.expires_at <= self._now():
             error = DeliveryError(f"spore {spore.id} expired before {self.name!r} could handle "
                                   f"it", reason="expired")
@@ -214,28 +231,33 @@ class AgentLane:
             replies = self.shape(result, spore) if result is not None else []
             if not isinstance(replies, list):
                 replies = await replies
-        except asyncio.CancelledError:
+        except BaseException as exc:
+            self._failed_run(spore, attempt, exc, deadline)
+        else:
+            self.handled += 1
+            self._observe(time.perf_counter() - started)
+            self._on_done(replies)
+
+    def _failed_run(self, spore: Spore, attempt: int, exc: BaseException,
+                    deadline: asyncio.Timeout | None) -> None:
+        """Sort out why a handler run ended in an exception, then fail or re-raise."""
+        if isinstance(exc, asyncio.CancelledError):
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 # We are being stopped, not the handler failing: account for the spore.
                 self._cancelled += 1
                 self._on_failed(spore, self._cancel_reason, asyncio.CancelledError(
                     f"{self.name!r} was stopped while handling it"), attempt)
-                raise
+                raise exc
             self._fail(spore, attempt, "handler failed", asyncio.CancelledError(
                 f"handler of {self.name!r} was cancelled from inside"))
-        except TimeoutError:
-            expired = deadline is not None and deadline.expired()
-            if expired:
-                exc = TimeoutError(f"handler of {self.name!r} ran past its timeout of "
-                                   f"{timeout}s")
-            self._fail(spore, attempt, "timeout" if expired else "handler failed", exc)
-        except Exception as exc:
+        elif isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
+            self._fail(spore, attempt, "timeout", TimeoutError(
+                f"handler of {self.name!r} ran past its timeout of {self.policy.timeout}s"))
+        elif isinstance(exc, Exception):
             self._fail(spore, attempt, "handler failed", exc)
         else:
-            self.handled += 1
-            self._observe(time.perf_counter() - started)
-            self._on_done(replies)
+            raise exc  # KeyboardInterrupt, SystemExit: not ours to swallow
 
     def _fail(self, spore: Spore, attempt: int, reason: str, error: BaseException) -> None:
         if attempt < self.policy.retry.attempts:
