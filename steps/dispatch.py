@@ -208,7 +208,7 @@ class AgentLane:
                     continue
                 self.handled += 1
                 observe(clock() - started)
-                on_done(replies)  # type: ignore[arg-type]
+                on_done(replies)
         finally:
             self._release()
 
