@@ -4,7 +4,10 @@
 - a dict: one spore with that knowledge: a ``response`` to the sender when the
   handled spore was a ``request``; else to ``emit``; else back to the sender.
 - a :class:`Spore`: itself, stamped with the agent as sender and the lineage.
-- XML text (str or bytes): one spore per top-level element (see ``xmlpayload``).
+- XML text (str or bytes), as language models write it: repaired, split into its
+  top-level elements, one spore each (see ``xmlpayload`` for the mapping). The
+  attributes ``to``, ``channel``, ``priority``, ``expires_in`` address a spore
+  (else ``emit`` applies); the element's tag is its ``metadata["kind"]``.
 - any other iterable: each item as above (one spore in, N out: the flatmap).
 """
 
@@ -12,11 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 from sporeflow.config.errors import SporeError
 from sporeflow.config.model import Emit
+from sporeflow.config.units import parse_duration
 from sporeflow.steps.spore import Spore, SporeType
+from sporeflow.steps.xmlpayload import parse_payloads
 
 __all__ = ["reply_spore", "shape_replies"]
 
@@ -87,8 +93,42 @@ def _adopt(spore: Spore, parent: Spore, agent: str) -> Spore:
 
 def _xml_replies(text: str | bytes, *, parent: Spore, agent: str,
                  emit: Emit | None) -> list[Spore]:
-    raise SporeError(
-        f"agent {agent!r} returned text ({text[:40]!r}...); return a dict, a Spore, or XML")
+    """One spore per top-level element; its attributes address it, its tag is its kind."""
+    spores = []
+    for payload in parse_payloads(text):
+        attrs = payload.attrs
+        spore = reply_spore(
+            payload.knowledge, parent=parent, agent=agent, emit=emit, to=attrs.get("to"),
+            channel=attrs.get("channel"), priority=_int_attr(attrs, "priority", agent))
+        expires_in = attrs.get("expires_in")
+        spores.append(dataclasses.replace(
+            spore, metadata={"kind": payload.tag},
+            expires_at=None if expires_in is None else spore.created_at + timedelta(
+                seconds=_seconds_attr(expires_in, agent))))
+    return spores
+
+
+def _int_attr(attrs: dict[str, str], name: str, agent: str) -> int | None:
+    value = attrs.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise SporeError(f"agent {agent!r} wrote {name}={value!r} in its XML; use an integer "
+                         f"from 1 to 10") from None
+
+
+def _seconds_attr(value: str, agent: str) -> float:
+    """``expires_in`` as seconds: a bare number, or a duration like ``30s``."""
+    try:
+        return parse_duration(float(value))
+    except ValueError:
+        pass
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise SporeError(f"agent {agent!r} wrote expires_in={value!r} in its XML: {exc}") from None
 
 
 def _bad_return(agent: str, value: object) -> str:

@@ -112,6 +112,8 @@ from typing import Final
 
 from lxml import etree
 
+from sporeflow.config.errors import SporeError
+
 __all__ = [
     "ADDRESSING_ATTRS",
     "TEXT_KEY",
@@ -152,7 +154,7 @@ _PLAIN_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 
 _S: Final = "[ \t\r\n]"
 _QUOTED: Final = "\"([^\"<]*)\"|'([^'<]*)'"
-_UNQUOTED: Final = "([^ \t\r\n\"'<>`=]+?)"
+_UNQUOTED: Final = "([^ \t\r\n\"'<>`=]+)"
 _ATTR_RE: Final = re.compile(f"({_QNAME}){_S}*={_S}*(?:{_QUOTED}|{_UNQUOTED})")
 _ANY_ATTR: Final = f"{_QNAME}{_S}*={_S}*(?:\"[^\"<]*\"|'[^'<]*'|[^ \t\r\n\"'<>`=]+?)"
 _START_RE: Final = re.compile(f"<({_QNAME})((?:{_S}+{_ANY_ATTR})*){_S}*(/?)>")
@@ -171,7 +173,7 @@ _XML_START_STR: Final = re.compile(r"[\s\ufeff]*<")
 _XML_START_BYTES: Final = re.compile(rb"(?:\s|\xef\xbb\xbf)*<")
 
 
-class XmlPayloadError(ValueError):
+class XmlPayloadError(SporeError, ValueError):
     """Text that cannot be turned into payloads, or that was refused as unsafe.
 
     ``message`` says why (for unrecoverable text, in the parser's words); ``excerpt`` is
@@ -392,8 +394,8 @@ def looks_like_xml(value: object) -> bool:
 
 
 def canonical_bytes(el: etree._Element) -> bytes:
-    """The C14N 2.0 serialisation of ``el`` (without its tail, comments dropped)."""
-    return etree.tostring(el, method="c14n2")
+    """The C14N 2.0 serialisation of ``el``: UTF-8, without its tail, comments dropped."""
+    return etree.tostring(el, method="c14n2", with_comments=False)
 
 
 def parse_payloads(
@@ -534,9 +536,10 @@ class _Frame:
 
 def _tokenize(text: str) -> list[_Token]:
     tokens: list[_Token] = []
+    scanner = _Scanner(text)
     text_start = pos = 0
     while (lt := text.find("<", pos)) >= 0:
-        token, end = _markup_at(text, lt)
+        token, end = scanner.markup_at(lt)
         if end < 0:  # a '<' that starts nothing: literal text
             pos = lt + 1
             continue
@@ -550,33 +553,47 @@ def _tokenize(text: str) -> list[_Token]:
     return tokens
 
 
-def _markup_at(text: str, lt: int) -> tuple[_Token | None, int]:
-    """The markup starting at ``lt`` and where it ends; end -1 if there is none."""
-    if text.startswith("<!--", lt):
-        end = text.find("-->", lt + 4)
-        return None, (end + 3 if end >= 0 else -1)
-    if text.startswith("<![CDATA[", lt):
-        end = text.find("]]>", lt + 9)
-        if end < 0:
-            return None, -1
-        return _Token(_CDATA, lt, raw=text[lt : end + 3]), end + 3
-    if text.startswith("<?", lt):
-        end = text.find("?>", lt + 2)
-        return None, (end + 2 if end >= 0 else -1)
-    if text.startswith("</", lt):
-        match = _END_RE.match(text, lt)
+class _Scanner:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.found: dict[str, int] = {}  # terminator -> its next known position, or -1
+
+    def find(self, terminator: str, start: int) -> int:
+        """``text.find(terminator, start)`` for increasing starts, linear overall."""
+        known = self.found.get(terminator)
+        if known is not None and (known < 0 or known >= start):
+            return known
+        self.found[terminator] = position = self.text.find(terminator, start)
+        return position
+
+    def markup_at(self, lt: int) -> tuple[_Token | None, int]:
+        """The markup starting at ``lt`` and where it ends; end -1 if there is none."""
+        text = self.text
+        if text.startswith("<!--", lt):
+            end = self.find("-->", lt + 4)
+            return None, (end + 3 if end >= 0 else -1)
+        if text.startswith("<![CDATA[", lt):
+            end = self.find("]]>", lt + 9)
+            if end < 0:
+                return None, -1
+            return _Token(_CDATA, lt, raw=text[lt : end + 3]), end + 3
+        if text.startswith("<?", lt):
+            end = self.find("?>", lt + 2)
+            return None, (end + 2 if end >= 0 else -1)
+        if text.startswith("</", lt):
+            match = _END_RE.match(text, lt)
+            if match is None:
+                return None, -1
+            return _Token(_END, lt, name=match.group(1)), match.end()
+        match = _START_RE.match(text, lt)
         if match is None:
             return None, -1
-        return _Token(_END, lt, name=match.group(1)), match.end()
-    match = _START_RE.match(text, lt)
-    if match is None:
-        return None, -1
-    attrs: dict[str, str] = {}
-    for attr in _ATTR_RE.finditer(match.group(2)):
-        value = next(group for group in attr.groups()[1:] if group is not None)
-        attrs.setdefault(attr.group(1), value)
-    kind = _EMPTY if match.group(3) else _START
-    return _Token(kind, lt, name=match.group(1), attrs=tuple(attrs.items())), match.end()
+        attrs: dict[str, str] = {}
+        for attr in _ATTR_RE.finditer(match.group(2)):
+            value = next(group for group in attr.groups()[1:] if group is not None)
+            attrs.setdefault(attr.group(1), value)
+        kind = _EMPTY if match.group(3) else _START
+        return _Token(kind, lt, name=match.group(1), attrs=tuple(attrs.items())), match.end()
 
 
 def _escape_text(text: str) -> str:

@@ -163,3 +163,47 @@ async def test_organism_cannot_start_twice() -> None:
     async with organism.running():
         with pytest.raises(OrganismStateError, match="already running"):
             await organism.start()
+
+
+async def test_sloppy_xml_reply_fans_out_into_addressed_spores() -> None:
+    got: dict[str, list[Spore]] = {"worker": [], "logger": [], "sink": []}
+
+    async def writer(spore: Spore, ctx: Any) -> str:
+        return ('Sure! <task to="worker" priority="7"><title>Fix bug</title><tags>a</tags>'
+                '<tags>b</tags></task> some prose <note channel="log"><text>hi</text> '
+                '<report><count>3</count><ok>true</ok></report>')
+
+    def keep(name: str) -> Any:
+        async def handler(spore: Spore, ctx: Any) -> None:
+            got[name].append(spore)
+        return handler
+
+    organism = Organism.from_dict({
+        "channels": {"log": {}},
+        "agents": {"writer": {"handler": writer, "emit": {"to": "sink"}},
+                   "worker": {"handler": keep("worker")},
+                   "logger": {"handler": keep("logger"), "subscribe": ["log"]},
+                   "sink": {"handler": keep("sink")}}})
+    async with organism.running():
+        await organism.send("writer", {})
+        await organism.idle()
+    [task], [note], [report] = got["worker"], got["logger"], got["sink"]
+    assert (task.knowledge, task.priority, task.metadata) == (
+        {"title": "Fix bug", "tags": ["a", "b"]}, 7, {"kind": "task"})
+    assert note.knowledge == {"text": "hi"}
+    assert note.channel == "log"
+    assert report.knowledge == {"count": 3, "ok": True}
+
+
+async def test_unrecoverable_xml_is_dead_lettered_with_the_excerpt() -> None:
+    async def writer(spore: Spore, ctx: Any) -> str:
+        return "no markup at all, just prose"
+
+    organism = Organism.from_dict({"agents": {"writer": {"handler": writer}}})
+    async with organism.running():
+        await organism.send("writer", {})
+        await organism.idle()
+    [letter] = organism.dead_letters
+    assert letter.reason == "handler failed"
+    assert "XmlPayloadError" in letter.error
+    assert "just prose" in letter.error
