@@ -41,7 +41,8 @@ _emit = _closed(
 
 _retry = _closed(
     {"attempts": {**_count, "description": "tries in all, the first included"},
-     "backoff": {**_duration, "description": "wait before the 2nd try; doubles each time"},
+     "backoff": {**_duration, "description": "wait before the 2nd try, doubling each time; "
+                               "jittered to between half and all of it"},
      "max_backoff": {**_duration, "description": "the longest wait between tries"}},
 )
 

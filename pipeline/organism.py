@@ -230,9 +230,15 @@ class Organism:
         intake.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.idle(), drain_timeout)
+        # Pause every lane before cancelling any: a handler's cancellation may still send
+        # replies, and they must find lanes that keep them for the dead letters below.
+        for agent in self._agents.values():
+            agent.lane.pause()
         left = 0
         for agent in self._agents.values():
-            left += await self._abandon_lane(agent.spec.name, agent.lane, "shutdown")
+            left += await agent.lane.cancel("shutdown")
+        for agent in self._agents.values():
+            left += self._abandon_queued(agent.spec.name, agent.lane, "shutdown")
         for spore in intake.finish():
             self._record(spore, "shutdown", OrganismStateError("the organism stopped first"))
             intake.settle(1)
@@ -248,15 +254,15 @@ class Organism:
                                 "'shutdown'", left)
         return left
 
-    async def _abandon_lane(self, name: str, lane: AgentLane, reason: str) -> int:
-        """Cancel a lane's work; dead-letter what it held with ``reason``."""
+    def _abandon_queued(self, name: str, lane: AgentLane, reason: str) -> int:
+        """Dead-letter with ``reason`` what a lane still queues or waits to retry."""
         assert self._intake is not None
         held = lane.drain_queue() + lane.cancel_timers()
         for spore, attempts in held:
             self._record(spore, reason, OrganismStateError(f"agent {name!r} stopped first"),
                          agent=name, attempts=attempts)
             self._intake.settle(1)
-        return len(held) + await lane.cancel(reason)
+        return len(held)
 
     @contextlib.asynccontextmanager
     async def running(self, *, drain_timeout: float | None = 30.0) -> AsyncIterator[Organism]:

@@ -114,9 +114,9 @@ class AgentLane:
     def cancel_timers(self) -> list[tuple[Spore, int]]:
         """Cancel pending retries and return their spores (shutdown)."""
         entries = []
-        for timer, spore, attempt in self._timers.values():
+        for timer, spore, next_attempt in self._timers.values():
             timer.cancel()
-            entries.append((spore, attempt))
+            entries.append((spore, next_attempt - 1))  # the tries made, not the next one
         self._timers.clear()
         return entries
 
@@ -191,8 +191,9 @@ class AgentLane:
         mailbox, invoke, clock = self._mailbox, self.invoke, time.perf_counter
         on_done, observe = self._on_done, self._observe
         try:
-            # The common case, inline: no timeout, a quick handler, no expiry.
-            while mailbox and not self.paused:
+            # The common case, inline: no timeout, a quick handler, no expiry. A handler
+            # back from a request waits for a slot: this worker gives its slot up to it.
+            while mailbox and not self.paused and not self._resumers:
                 spore, attempt = mailbox.pop()
                 if self.policy.timeout is not None or spore.expires_at is not None:
                     await self._run(spore, attempt)

@@ -1,0 +1,375 @@
+"""Graceful drain: ``Organism.stop`` and the ``sporeflow run`` command on SIGTERM/SIGINT.
+
+In-process tests that need time (drain timeouts, backoff) run on the virtual clock.
+The CLI tests run a real subprocess; the test itself never sleeps: it waits on the
+child's output with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sporeflow.pipeline import Organism, OrganismStateError, Spore
+
+BACKSTOP = 30.0
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Yield to the loop until ``condition()`` holds (never for timer-driven conditions
+    on the virtual clock); fail after ``timeout`` real seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0)
+
+
+def accounted(org: Organism) -> tuple[int, int]:
+    """(handled + dead letters, received by the lanes): equal when nothing vanished,
+    provided every dead letter of the test is of a spore that reached a lane."""
+    stats = org.stats()
+    totals = stats["totals"]
+    return totals["handled"] + totals["dead_letters"], totals["received"]
+
+
+# -- in-process drain -------------------------------------------------------------------------
+
+
+async def test_stop_finishes_in_flight_handlers_and_the_replies_they_cause() -> None:
+    gate = asyncio.Event()
+    started = 0
+    two_started = asyncio.Event()
+    second_step: list[int] = []
+
+    async def first(spore: Spore, ctx: Any) -> dict[str, int]:
+        nonlocal started
+        started += 1
+        if started == 2:
+            two_started.set()
+        await gate.wait()
+        return {"n": spore.knowledge["n"], "step": 2}
+
+    async def second(spore: Spore, ctx: Any) -> None:
+        await asyncio.sleep(0)
+        second_step.append(spore.knowledge["n"])
+
+    org = Organism.from_dict({"agents": {
+        "first": {"handler": first, "emit": {"to": "second"}, "concurrency": 2},
+        "second": {"handler": second},
+    }})
+    await org.start()
+    for n in range(6):
+        await org.send("first", {"n": n})
+    await asyncio.wait_for(two_started.wait(), BACKSTOP)
+    stopping = asyncio.ensure_future(org.stop(drain_timeout=BACKSTOP))
+    await wait_until(lambda: org.state == "stopping")
+    with pytest.raises(OrganismStateError):
+        await org.send("first", {"n": 99})
+    gate.set()
+    unfinished = await asyncio.wait_for(stopping, BACKSTOP)
+
+    stats = org.stats()
+    assert unfinished == 0
+    assert org.state == "stopped"
+    assert sorted(second_step) == list(range(6))
+    assert stats["agents"]["first"]["handled"] == 6
+    assert stats["agents"]["second"]["handled"] == 6
+    assert stats["dead_letters"]["total"] == 0
+    totals = stats["totals"]
+    assert (totals["admitted"], totals["replies"]) == (6, 6)
+    assert totals["handled"] + totals["dead_letters"] == totals["admitted"] + totals["replies"]
+    assert totals["held"] == 0
+
+
+def test_stop_dead_letters_what_cannot_finish_within_the_drain_timeout(virtual: Any) -> None:
+    async def main(loop: Any) -> None:
+        async def stuck(spore: Spore, ctx: Any) -> None:
+            await asyncio.Event().wait()
+
+        async def quick(spore: Spore, ctx: Any) -> None:
+            await asyncio.sleep(0.1)
+
+        org = Organism.from_dict({"agents": {
+            "stuck": {"handler": stuck, "concurrency": 2},
+            "quick": {"handler": quick},
+        }})
+        await org.start()
+        for n in range(5):
+            await org.send("stuck", {"n": n})
+        for n in range(4):
+            await org.send("quick", {"n": n})
+        began = loop.time()
+        unfinished = await org.stop(drain_timeout=1.0)
+
+        assert 1.0 <= loop.time() - began < 1.5  # waited the drain timeout, not forever
+        assert unfinished == 5  # 2 running + 3 queued
+        shutdown = [d for d in org.dead_letters if d.reason == "shutdown"]
+        assert sorted(d.spore.knowledge["n"] for d in shutdown) == list(range(5))
+        assert all(d.agent == "stuck" for d in shutdown)
+        stats = org.stats()
+        assert stats["agents"]["quick"]["handled"] == 4
+        assert stats["agents"]["stuck"]["received"] == 5
+        handled_or_dead, received = accounted(org)
+        assert handled_or_dead == received == 9
+        assert stats["totals"]["held"] == 0
+        assert org.state == "stopped"
+
+    virtual(main)
+
+
+def test_stop_loses_nothing_delivered_while_lanes_are_being_cancelled(virtual: Any) -> None:
+    """A handler's cancellation cleanup may take time; meanwhile the other agents keep
+    working and their replies keep being routed. None of them may vanish."""
+
+    async def main(loop: Any) -> None:
+        async def stuck(spore: Spore, ctx: Any) -> None:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.5)  # e.g. closing a connection politely
+                raise
+
+        async def producer(spore: Spore, ctx: Any) -> dict[str, int]:
+            await asyncio.sleep(0.1)
+            return {"n": spore.knowledge["n"]}
+
+        org = Organism.from_dict({"agents": {
+            "stuck": {"handler": stuck},
+            "producer": {"handler": producer, "emit": {"to": "stuck"}},
+        }})
+        await org.start()
+        for n in range(50):
+            await org.send("producer", {"n": n})
+        unfinished = await org.stop(drain_timeout=1.0)
+
+        stats = org.stats()
+        handled_or_dead, received = accounted(org)
+        assert handled_or_dead == received, (
+            f"{received - handled_or_dead} spore(s) were neither handled nor dead-lettered")
+        assert stats["agents"]["stuck"]["queued"] == 0
+        assert stats["totals"]["held"] == 0
+        assert unfinished == stats["dead_letters"]["by_reason"]["shutdown"]
+
+    virtual(main)
+
+
+def test_stop_cancels_a_handler_waiting_in_a_request_and_dead_letters_both(virtual: Any) -> None:
+    async def main(loop: Any) -> None:
+        async def asker(spore: Spore, ctx: Any) -> dict[str, Any]:
+            response = await ctx.request("silent", {"q": 1}, timeout=3600)
+            return dict(response.knowledge)
+
+        async def silent(spore: Spore, ctx: Any) -> None:
+            await asyncio.Event().wait()
+
+        org = Organism.from_dict({"agents": {
+            "asker": {"handler": asker}, "silent": {"handler": silent}}})
+        await org.start()
+        await org.send("asker", {})
+        unfinished = await org.stop(drain_timeout=1.0)
+        assert unfinished == 2
+        assert sorted((d.agent, d.reason) for d in org.dead_letters) == [
+            ("asker", "shutdown"), ("silent", "shutdown")]
+        assert org.stats()["totals"]["held"] == 0
+
+    virtual(main)
+
+
+def test_a_retry_waiting_at_shutdown_is_dead_lettered_with_the_attempts_made(
+    virtual: Any,
+) -> None:
+    async def main(loop: Any) -> None:
+        tries: list[int] = []
+
+        async def fails(spore: Spore, ctx: Any) -> None:
+            tries.append(ctx.attempt)
+            raise RuntimeError("down")
+
+        org = Organism.from_dict({"agents": {"fails": {
+            "handler": fails, "retry": {"attempts": 3, "backoff": "10s"}}}})
+        await org.start()
+        await org.send("fails", {})
+        unfinished = await org.stop(drain_timeout=1.0)
+        assert tries == [1]
+        assert unfinished == 1
+        [letter] = org.dead_letters
+        assert letter.reason == "shutdown"
+        assert letter.attempts == len(tries)  # one try was made, not two
+
+    virtual(main)
+
+
+async def test_sends_after_stop_began_raise_organism_state_error() -> None:
+    gate = asyncio.Event()
+    started = asyncio.Event()
+
+    async def blocker(spore: Spore, ctx: Any) -> None:
+        started.set()
+        await gate.wait()
+
+    org = Organism.from_dict({"agents": {"blocker": {"handler": blocker}},
+                              "limits": {"max_in_flight": 1}})
+    await org.start()
+    await org.send("blocker", {"n": 0})
+    await asyncio.wait_for(started.wait(), BACKSTOP)
+    waiting = asyncio.ensure_future(org.send("blocker", {"n": 1}))  # the organism is full
+    await wait_until(lambda: bool(org._intake and org._intake._senders))
+    assert not waiting.done()
+
+    stopping = asyncio.ensure_future(org.stop(drain_timeout=BACKSTOP))
+    await wait_until(lambda: org.state == "stopping")
+    with pytest.raises(OrganismStateError):
+        await asyncio.wait_for(waiting, BACKSTOP)  # the waiting sender is refused too
+    with pytest.raises(OrganismStateError):
+        await org.send("blocker", {"n": 2})
+    with pytest.raises(OrganismStateError):
+        await org.broadcast({"n": 3})
+    with pytest.raises(OrganismStateError):
+        await org.request("blocker", {"n": 4}, timeout=BACKSTOP)
+    gate.set()
+    assert await asyncio.wait_for(stopping, BACKSTOP) == 0
+    with pytest.raises(OrganismStateError):
+        await org.send("blocker", {"n": 5})
+    stats = org.stats()
+    assert stats["totals"]["admitted"] == 1
+    assert stats["agents"]["blocker"]["handled"] == 1
+    assert stats["dead_letters"]["total"] == 0
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+
+HANDLERS = '''
+import asyncio
+import sys
+
+seen = 0
+
+
+async def emit_many(spore, ctx):
+    return [{"i": i, "delay": spore.knowledge["delay"], "ready": spore.knowledge["ready"]}
+            for i in range(spore.knowledge["count"])]
+
+
+async def work(spore, ctx):
+    global seen
+    await asyncio.sleep(spore.knowledge["delay"])
+    seen += 1
+    if seen == spore.knowledge["ready"]:
+        print(f"ready after {seen}", flush=True)
+'''
+
+ORGANISM = '''
+organism: {{name: drainjob}}
+agents:
+  source:
+    handler: drainjob_handlers:emit_many
+    boot: {{count: {count}, delay: {delay}, ready: {ready}}}
+    emit: {{to: worker}}
+  worker:
+    handler: drainjob_handlers:work
+    concurrency: {concurrency}
+'''
+
+SUMMARY = re.compile(
+    r"([\d,]+) spores handled in [\d.]+s .*?; ([\d,]+) admitted from outside, "
+    r"([\d,]+) replies, ([\d,]+) dead letters")
+
+
+def write_job(tmp_path: Path, *, count: int, delay: float, ready: int,
+              concurrency: int) -> Path:
+    (tmp_path / "drainjob_handlers.py").write_text(textwrap.dedent(HANDLERS))
+    path = tmp_path / "drainjob.yaml"
+    path.write_text(ORGANISM.format(count=count, delay=delay, ready=ready,
+                                    concurrency=concurrency))
+    return path
+
+
+def start_run(path: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sporeflow.pipeline.cli", "run", str(path), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=path.parent)
+
+
+def read_until(stream: Any, marker: bytes, timeout: float) -> bytes:
+    """Read ``stream`` until ``marker`` shows up; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    seen = b""
+    fd = stream.fileno()
+    while marker not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"{marker!r} not seen within {timeout}s; got {seen!r}")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"stream closed before {marker!r}; got {seen!r}")
+            seen += chunk
+    return seen
+
+
+def test_cli_run_drains_on_sigterm_and_exits_zero_with_a_consistent_summary(
+    tmp_path: Path,
+) -> None:
+    count = 3000
+    path = write_job(tmp_path, count=count, delay=0.001, ready=200, concurrency=4)
+    with start_run(path, "--drain-timeout", "30") as proc:
+        try:
+            read_until(proc.stdout, b"ready after 200", timeout=BACKSTOP)
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=BACKSTOP)
+            took = time.monotonic() - signalled
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    stderr = err.decode()
+    assert proc.returncode == 0, stderr
+    assert took < 30.0  # within the drain timeout
+    assert "stopping: finishing in-flight work" in stderr
+    match = SUMMARY.search(stderr)
+    assert match is not None, stderr
+    handled, admitted, replies, dead = (int(g.replace(",", "")) for g in match.groups())
+    assert (admitted, replies) == (1, count)  # the boot spore, and what it emitted
+    assert handled + dead == admitted + replies
+    assert dead == 0  # the drain finished everything already admitted
+    assert "could not finish" not in stderr
+
+
+def test_cli_run_exits_at_once_on_a_second_sigint(tmp_path: Path) -> None:
+    # A drain of this work would take minutes: 3000 spores at 50 ms, one at a time.
+    path = write_job(tmp_path, count=3000, delay=0.05, ready=3, concurrency=1)
+    with start_run(path, "--drain-timeout", "600") as proc:
+        try:
+            read_until(proc.stdout, b"ready after 3", timeout=BACKSTOP)
+            proc.send_signal(signal.SIGINT)
+            early = read_until(proc.stderr, b"stopping: finishing in-flight work",
+                               timeout=BACKSTOP)
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=10)
+            took = time.monotonic() - signalled
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    stderr = early.decode() + err.decode()
+    assert proc.returncode != 0, stderr
+    assert proc.returncode == 130
+    assert took < 5.0
+    assert "interrupted twice" in stderr
+    assert SUMMARY.search(stderr) is None  # it did not wait for the drain
