@@ -1,0 +1,1 @@
+"""One runner per system; each defines `RUNS`, run through `bench.harness`."""

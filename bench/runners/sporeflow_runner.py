@@ -1,0 +1,149 @@
+"""sporeflow: an Organism built with from_dict, default limits, as users run it.
+
+Handlers are the plain `async def handler(spore, ctx)` of the handler contract;
+wiring (subscriptions, `emit`) is declared, not coded. Completion is `org.idle()`.
+Every run checks its own count against the organism's per-agent `handled` stats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from time import perf_counter, perf_counter_ns
+from typing import Any
+
+from bench.outcome import Outcome, WorkloadRun
+from bench.workloads import Workload
+from sporeflow.pipeline import Context, Organism, Spore
+
+Knowledge = dict[str, Any]
+
+
+@dataclass
+class Tally:
+    handled: int = 0
+
+    async def count(self, spore: Spore, ctx: Context) -> None:
+        self.handled += 1
+
+
+def organism(agents: dict[str, dict[str, Any]], channels: Iterable[str] = ()) -> Organism:
+    return Organism.from_dict(
+        {
+            "organism": {"name": "bench"},
+            "channels": {name: {} for name in channels},
+            "agents": agents,
+            "limits": {},
+        },
+        base_dir=".",
+    )
+
+
+def check_stats(org: Organism, tally: Tally, names: Iterable[str]) -> None:
+    """Fail unless the organism's stats agree with the handlers' own count."""
+    agents = org.stats()["agents"]
+    reported = sum(agents[name]["handled"] for name in names)
+    if reported != tally.handled:
+        raise RuntimeError(f"stats() reports {reported} handled, handlers counted {tally.handled}")
+
+
+async def point_to_point(w: Workload) -> Outcome:
+    tally = Tally()
+    org = organism({"sink": {"handler": tally.count}})
+    async with org.running():
+        start = perf_counter()
+        for i in range(w.count):
+            await org.send("sink", {"i": i})
+        await org.idle()
+        elapsed = perf_counter() - start
+        check_stats(org, tally, ["sink"])
+    return Outcome(tally.handled, elapsed)
+
+
+async def broadcast(w: Workload) -> Outcome:
+    tally = Tally()
+    names = [f"sub{k}" for k in range(w.width)]
+    org = organism(
+        {name: {"handler": tally.count, "subscribe": ["news"]} for name in names},
+        channels=["news"],
+    )
+    async with org.running():
+        start = perf_counter()
+        for i in range(w.count):
+            await org.broadcast({"i": i}, channel="news")
+        await org.idle()
+        elapsed = perf_counter() - start
+        check_stats(org, tally, names)
+    return Outcome(tally.handled, elapsed)
+
+
+async def request_reply(w: Workload) -> Outcome:
+    tally = Tally()
+
+    async def echo(spore: Spore, ctx: Context) -> Knowledge:
+        tally.handled += 1
+        return {"i": spore.knowledge["i"]}
+
+    org = organism({"echo": {"handler": echo}})
+    latencies: list[float] = []
+    async with org.running():
+        start = perf_counter()
+        for i in range(w.count):
+            sent = perf_counter_ns()
+            answer = await org.request("echo", {"i": i}, timeout=5.0)
+            latencies.append((perf_counter_ns() - sent) / 1000)
+            assert answer.knowledge == {"i": i}, answer
+        elapsed = perf_counter() - start
+        await org.idle()
+        check_stats(org, tally, ["echo"])
+    return Outcome(tally.handled, elapsed, latencies)
+
+
+async def many_agents(w: Workload) -> Outcome:
+    tally = Tally()
+    names = [f"agent{k}" for k in range(w.width)]
+    org = organism({name: {"handler": tally.count} for name in names})
+    async with org.running():
+        start = perf_counter()
+        for r in range(w.count):
+            for name in names:
+                await org.send(name, {"r": r})
+        await org.idle()
+        elapsed = perf_counter() - start
+        check_stats(org, tally, names)
+    return Outcome(tally.handled, elapsed)
+
+
+async def reply_chain(w: Workload) -> Outcome:
+    tally = Tally()
+
+    async def step(spore: Spore, ctx: Context) -> Knowledge:
+        tally.handled += 1
+        return {"n": spore.knowledge["n"] + 1}
+
+    names = [f"a{k + 1}" for k in range(w.width)]
+    # a1..a4 emit to the next; the last one only counts (returning a dict without
+    # `emit` would send it back to its sender).
+    agents: dict[str, dict[str, Any]] = {
+        name: {"handler": step, "emit": {"to": nxt}}
+        for name, nxt in zip(names, names[1:], strict=False)
+    }
+    agents[names[-1]] = {"handler": tally.count}
+    org = organism(agents)
+    async with org.running():
+        start = perf_counter()
+        for _ in range(w.count):
+            await org.send(names[0], {"n": 0})
+        await org.idle()
+        elapsed = perf_counter() - start
+        check_stats(org, tally, names)
+    return Outcome(tally.handled, elapsed)
+
+
+RUNS: dict[str, WorkloadRun] = {
+    "W1": point_to_point,
+    "W2": broadcast,
+    "W3": request_reply,
+    "W4": many_agents,
+    "W5": reply_chain,
+}

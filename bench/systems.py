@@ -1,0 +1,29 @@
+"""The systems under benchmark: which runner module, which package it needs, which size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class System:
+    name: str
+    module: str
+    requires: str  # top-level package; when it is missing the runner skips, it does not fail
+    peer: bool  # peers run from --python-peers, sporeflow and the limit from --python
+    scale: float = 1.0  # default size factor for this system
+
+
+SYSTEMS: dict[str, System] = {
+    s.name: s
+    for s in (
+        # Hand-written asyncio: the limit sporeflow is measured against.
+        System("asyncio", "bench.runners.asyncio_runner", "asyncio", peer=False),
+        System("sporeflow", "bench.runners.sporeflow_runner", "sporeflow", peer=False),
+        System("autogen-core", "bench.runners.autogen_runner", "autogen_core", peer=True),
+        # praval handles ~2k spores/s: full sizes would take ~12 minutes for 5 runs.
+        System("praval", "bench.runners.praval_runner", "praval", peer=True, scale=0.1),
+    )
+}
+LIMIT = "asyncio"
+SUBJECT = "sporeflow"

@@ -1,0 +1,94 @@
+"""The five benchmark workloads, defined once and shared by every runner.
+
+Each workload has a `count` that scales (spores, broadcasts, round trips, rounds, seeds)
+and a `width` that does not (subscribers, agents, chain length), so a scaled-down run
+keeps the shape of the full one. `deliveries` is the number of handler calls a run
+must observe; runners fail if they see any other number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+Metric = Literal["rate", "latency"]
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    key: str
+    name: str
+    count: int
+    width: int
+    unit: str
+    metric: Metric
+    description: str
+
+    @property
+    def deliveries(self) -> int:
+        return self.count * self.width
+
+    def scaled(self, factor: float) -> Workload:
+        """Return this workload with `count` scaled (never below 1); `width` is kept."""
+        return replace(self, count=max(1, round(self.count * factor)))
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.key: w
+    for w in (
+        Workload(
+            key="W1",
+            name="point-to-point",
+            count=100_000,
+            width=1,
+            unit="spores/s",
+            metric="rate",
+            description="count spores sent from outside to one handler that counts them.",
+        ),
+        Workload(
+            key="W2",
+            name="broadcast",
+            count=1_000,
+            width=100,
+            unit="deliveries/s",
+            metric="rate",
+            description="count broadcasts on one channel, each delivered to width subscribers.",
+        ),
+        Workload(
+            key="W3",
+            name="request/reply",
+            count=10_000,
+            width=1,
+            unit="us p50",
+            metric="latency",
+            description=(
+                "count sequential round trips from outside to one responder that echoes; "
+                "each round trip is timed on its own (p50 and p99)."
+            ),
+        ),
+        Workload(
+            key="W4",
+            name="many agents",
+            count=100,
+            width=1_000,
+            unit="spores/s",
+            metric="rate",
+            description=(
+                "width agents, count direct spores each, sent round-robin "
+                "(one spore to every agent per round); peak RSS is reported."
+            ),
+        ),
+        Workload(
+            key="W5",
+            name="reply chain",
+            count=10_000,
+            width=5,
+            unit="hops/s",
+            metric="rate",
+            description=(
+                "count seeds through a chain of width handlers a1 -> ... -> a5; each "
+                "handler returns {'n': n + 1}, which becomes the next handler's input."
+            ),
+        ),
+    )
+}
