@@ -60,11 +60,3 @@ class DeadLetterStore:
 
     def __iter__(self) -> Iterator[DeadLetter]:
         return iter(list(self._letters))
-
-    def take(self, spore_ids: set[str] | None = None) -> list[DeadLetter]:
-        """Remove and return the letters for ``spore_ids`` (all when None), for replay."""
-        taken = [d for d in self._letters if spore_ids is None or d.spore.id in spore_ids]
-        kept = [d for d in self._letters if d not in taken]
-        self._letters.clear()
-        self._letters.extend(kept)
-        return taken

@@ -28,6 +28,7 @@ from aiostream import stream
 from sporeflow.config import (
     AgentSpec,
     DeliveryError,
+    Emit,
     HandlerError,
     OrganismSpec,
     OrganismStateError,
@@ -133,9 +134,7 @@ class Organism:
             LanePolicy(spec.concurrency, spec.timeout, spec.retry),
             on_done=self._on_done, on_failed=on_failed, observe=latency.observe, now=self.now,
         )
-        runtime = AgentRuntime(spec, lane, logging.getLogger(f"sporeflow.agent.{spec.name}"))
-        runtime.lane = lane
-        return runtime
+        return AgentRuntime(spec, lane, logging.getLogger(f"sporeflow.agent.{spec.name}"))
 
     def _invoker(self, spec: AgentSpec) -> Callable[[Spore, int], Any]:
         handler = spec.handler
@@ -159,16 +158,17 @@ class Organism:
 
         def shape(result: Any, parent: Spore) -> Any:
             if hasattr(result, "__aiter__"):
-                return self._collect(result, parent, name, spec)
+                return self._collect(result, parent, name, emit)
             return shape_replies(result, parent=parent, agent=name, emit=emit)
 
         return shape
 
     async def _collect(self, results: Any, parent: Spore, name: str,
-                       spec: AgentSpec) -> list[Spore]:
+                       emit: Emit | None) -> list[Spore]:
+        """Shape what an async-iterable return value yields, item by item."""
         replies: list[Spore] = []
         async for item in results:
-            replies.extend(shape_replies(item, parent=parent, agent=name, emit=spec.emit))
+            replies.extend(shape_replies(item, parent=parent, agent=name, emit=emit))
         return replies
 
     # -- lifecycle ----------------------------------------------------------------

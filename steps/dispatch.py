@@ -157,13 +157,8 @@ class AgentLane:
             raise
 
     def pause(self) -> None:
-        """Stop starting handlers; queued spores wait (a reload swaps the lane meanwhile)."""
+        """Stop starting handlers; queued spores stay queued (used when stopping)."""
         self.paused = True
-
-    def resume(self) -> None:
-        self.paused = False
-        while self.queued and self.busy < self.policy.concurrency:
-            self._spawn()
 
     async def cancel(self, reason: str) -> int:
         """Cancel running handlers; each one's spore goes to ``on_failed`` with ``reason``.

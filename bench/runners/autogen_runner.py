@@ -9,6 +9,7 @@ returns once the runtime's queue is drained and every handler finished.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from time import perf_counter, perf_counter_ns
@@ -73,20 +74,27 @@ class Step(RoutedAgent):
             await self.publish_message(out, TopicId(self._next_topic, self.id.key))
 
 
+async def publish_timed(
+    runtime: SingleThreadedAgentRuntime, tally: Tally, sends: Iterable[tuple[Note, TopicId]]
+) -> Outcome:
+    """Start the runtime, publish every (note, topic), and time until it is idle."""
+    runtime.start()
+    start = perf_counter()
+    for note, topic in sends:
+        await runtime.publish_message(note, topic)
+    await runtime.stop_when_idle()
+    elapsed = perf_counter() - start
+    await runtime.close()
+    return Outcome(tally.handled, elapsed)
+
+
 async def point_to_point(w: Workload) -> Outcome:
     tally = Tally()
     runtime = SingleThreadedAgentRuntime()
     await Counter.register(runtime, "sink", lambda: Counter(tally))
     await runtime.add_subscription(TypeSubscription(topic_type="sink", agent_type="sink"))
-    runtime.start()
     topic = TopicId("sink", "default")
-    start = perf_counter()
-    for i in range(w.count):
-        await runtime.publish_message(Note({"i": i}), topic)
-    await runtime.stop_when_idle()
-    elapsed = perf_counter() - start
-    await runtime.close()
-    return Outcome(tally.handled, elapsed)
+    return await publish_timed(runtime, tally, ((Note({"i": i}), topic) for i in range(w.count)))
 
 
 async def broadcast(w: Workload) -> Outcome:
@@ -95,15 +103,8 @@ async def broadcast(w: Workload) -> Outcome:
     for k in range(w.width):
         await Counter.register(runtime, f"sub{k}", lambda: Counter(tally))
         await runtime.add_subscription(TypeSubscription(topic_type="news", agent_type=f"sub{k}"))
-    runtime.start()
     topic = TopicId("news", "default")
-    start = perf_counter()
-    for i in range(w.count):
-        await runtime.publish_message(Note({"i": i}), topic)
-    await runtime.stop_when_idle()
-    elapsed = perf_counter() - start
-    await runtime.close()
-    return Outcome(tally.handled, elapsed)
+    return await publish_timed(runtime, tally, ((Note({"i": i}), topic) for i in range(w.count)))
 
 
 async def request_reply(w: Workload) -> Outcome:
@@ -131,16 +132,9 @@ async def many_agents(w: Workload) -> Outcome:
     # One agent type, one instance per key: the topic source picks the instance.
     await Counter.register(runtime, "agent", lambda: Counter(tally))
     await runtime.add_subscription(TypeSubscription(topic_type="agent", agent_type="agent"))
-    runtime.start()
     topics = [TopicId("agent", str(k)) for k in range(w.width)]
-    start = perf_counter()
-    for r in range(w.count):
-        for topic in topics:
-            await runtime.publish_message(Note({"r": r}), topic)
-    await runtime.stop_when_idle()
-    elapsed = perf_counter() - start
-    await runtime.close()
-    return Outcome(tally.handled, elapsed)
+    return await publish_timed(
+        runtime, tally, ((Note({"r": r}), topic) for r in range(w.count) for topic in topics))
 
 
 async def reply_chain(w: Workload) -> Outcome:
@@ -150,15 +144,8 @@ async def reply_chain(w: Workload) -> Outcome:
     for name, nxt in zip(names, [*names[1:], None], strict=True):
         await Step.register(runtime, name, partial(Step, tally, nxt))
         await runtime.add_subscription(TypeSubscription(topic_type=name, agent_type=name))
-    runtime.start()
     topic = TopicId(names[0], "default")
-    start = perf_counter()
-    for _ in range(w.count):
-        await runtime.publish_message(Note({"n": 0}), topic)
-    await runtime.stop_when_idle()
-    elapsed = perf_counter() - start
-    await runtime.close()
-    return Outcome(tally.handled, elapsed)
+    return await publish_timed(runtime, tally, ((Note({"n": 0}), topic) for _ in range(w.count)))
 
 
 RUNS: dict[str, WorkloadRun] = {

@@ -7,7 +7,7 @@ Every run checks its own count against the organism's per-agent `handled` stats.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from time import perf_counter, perf_counter_ns
 from typing import Any
@@ -47,17 +47,28 @@ def check_stats(org: Organism, tally: Tally, names: Iterable[str]) -> None:
         raise RuntimeError(f"stats() reports {reported} handled, handlers counted {tally.handled}")
 
 
+async def send_timed(
+    org: Organism, tally: Tally, names: list[str], send: Callable[[], Awaitable[None]]
+) -> Outcome:
+    """Run the organism, time ``send()`` until the organism is idle, check the counts."""
+    async with org.running():
+        start = perf_counter()
+        await send()
+        await org.idle()
+        elapsed = perf_counter() - start
+        check_stats(org, tally, names)
+    return Outcome(tally.handled, elapsed)
+
+
 async def point_to_point(w: Workload) -> Outcome:
     tally = Tally()
     org = organism({"sink": {"handler": tally.count}})
-    async with org.running():
-        start = perf_counter()
+
+    async def send() -> None:
         for i in range(w.count):
             await org.send("sink", {"i": i})
-        await org.idle()
-        elapsed = perf_counter() - start
-        check_stats(org, tally, ["sink"])
-    return Outcome(tally.handled, elapsed)
+
+    return await send_timed(org, tally, ["sink"], send)
 
 
 async def broadcast(w: Workload) -> Outcome:
@@ -67,14 +78,12 @@ async def broadcast(w: Workload) -> Outcome:
         {name: {"handler": tally.count, "subscribe": ["news"]} for name in names},
         channels=["news"],
     )
-    async with org.running():
-        start = perf_counter()
+
+    async def send() -> None:
         for i in range(w.count):
             await org.broadcast({"i": i}, channel="news")
-        await org.idle()
-        elapsed = perf_counter() - start
-        check_stats(org, tally, names)
-    return Outcome(tally.handled, elapsed)
+
+    return await send_timed(org, tally, names, send)
 
 
 async def request_reply(w: Workload) -> Outcome:
@@ -103,15 +112,13 @@ async def many_agents(w: Workload) -> Outcome:
     tally = Tally()
     names = [f"agent{k}" for k in range(w.width)]
     org = organism({name: {"handler": tally.count} for name in names})
-    async with org.running():
-        start = perf_counter()
+
+    async def send() -> None:
         for r in range(w.count):
             for name in names:
                 await org.send(name, {"r": r})
-        await org.idle()
-        elapsed = perf_counter() - start
-        check_stats(org, tally, names)
-    return Outcome(tally.handled, elapsed)
+
+    return await send_timed(org, tally, names, send)
 
 
 async def reply_chain(w: Workload) -> Outcome:
@@ -130,14 +137,12 @@ async def reply_chain(w: Workload) -> Outcome:
     }
     agents[names[-1]] = {"handler": tally.count}
     org = organism(agents)
-    async with org.running():
-        start = perf_counter()
+
+    async def send() -> None:
         for _ in range(w.count):
             await org.send(names[0], {"n": 0})
-        await org.idle()
-        elapsed = perf_counter() - start
-        check_stats(org, tally, names)
-    return Outcome(tally.handled, elapsed)
+
+    return await send_timed(org, tally, names, send)
 
 
 RUNS: dict[str, WorkloadRun] = {
