@@ -20,6 +20,10 @@ SYSTEMS: dict[str, System] = {
         # Hand-written asyncio: the limit sporeflow is measured against.
         System("asyncio", "bench.runners.asyncio_runner", "asyncio", peer=False),
         System("sporeflow", "bench.runners.sporeflow_runner", "sporeflow", peer=False),
+        # The same runs with the journal, or the live view, on: what each costs.
+        System("sporeflow+journal", "bench.runners.sporeflow_journal_runner", "sporeflow",
+               peer=False),
+        System("sporeflow+live", "bench.runners.sporeflow_live_runner", "sporeflow", peer=False),
         System("autogen-core", "bench.runners.autogen_runner", "autogen_core", peer=True),
         # praval handles ~2k spores/s: full sizes would take ~12 minutes for 5 runs.
         System("praval", "bench.runners.praval_runner", "praval", peer=True, scale=0.1),

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-__all__ = ["HandlerImportError", "resolve_handler"]
+__all__ = ["HandlerImportError", "agent_method", "reimport", "resolve_handler"]
 
 
 class HandlerImportError(ValueError):
@@ -22,6 +25,13 @@ def resolve_handler(ref: str, base_dir: Path, *, reload: bool = False) -> Callab
     module_name, _, attr_path = ref.partition(":")
     if not module_name or not attr_path:
         raise HandlerImportError(f"handler {ref!r} must be written module:function")
+    if not all(part.isidentifier() for part in (*module_name.split("."),
+                                                *attr_path.split("."))):
+        # Never a file path or a relative import: only the organism's folder and
+        # installed packages are searched.
+        raise HandlerImportError(
+            f"handler {ref!r} must be module:function with dotted Python names (no file "
+            f"paths, no leading dots)")
     try:
         module = _import(module_name, base_dir.resolve(), reload=reload)
     except HandlerImportError:
@@ -45,6 +55,20 @@ def resolve_handler(ref: str, base_dir: Path, *, reload: bool = False) -> Callab
     return target  # type: ignore[no-any-return]
 
 
+def agent_method(cls: type) -> str:
+    """The method a class handler's instance is called through: ``handle``, else ``__call__``.
+
+    Raises :class:`HandlerImportError` when the class defines neither.
+    """
+    if callable(getattr(cls, "handle", None)):
+        return "handle"
+    if any("__call__" in vars(klass) for klass in cls.__mro__[:-1]):
+        return "__call__"
+    raise HandlerImportError(
+        f"class handler {cls.__qualname__!r} has no handle method; define "
+        f"`async def handle(self, spore, ctx)` (or __call__)")
+
+
 def _import(module_name: str, base_dir: Path, *, reload: bool) -> Any:
     top = module_name.split(".")[0]
     loaded = sys.modules.get(top)
@@ -66,7 +90,42 @@ def _import(module_name: str, base_dir: Path, *, reload: bool) -> Any:
                 f"({base_dir}) nor an installed package"
             )
     module = importlib.import_module(module_name)
-    return importlib.reload(module) if reload else module
+    return reimport(module_name, base_dir) if reload else module
+
+
+def reimport(module_name: str, base_dir: Path) -> ModuleType:
+    """Re-execute the imported module ``module_name`` from its file, in place.
+
+    This is :func:`importlib.reload`, with the organism's folder searched first as
+    on the first import: a module found there is not on ``sys.path``, and a plain
+    reload could not find it again.
+    """
+    module = sys.modules[module_name]
+    file = getattr(module, "__file__", None)
+    if file:
+        # Cached bytecode records its source's mtime in whole seconds and its size: an
+        # edit within the same second that keeps the size would load the old code.
+        with contextlib.suppress(OSError, ValueError, NotImplementedError):
+            Path(importlib.util.cache_from_source(file)).unlink(missing_ok=True)
+    finder = _BesideOrganism(base_dir.resolve())
+    sys.meta_path.insert(0, finder)
+    try:
+        return importlib.reload(module)
+    finally:
+        sys.meta_path.remove(finder)
+
+
+class _BesideOrganism(importlib.abc.MetaPathFinder):
+    """Finds top-level modules in an organism's folder (for :func:`reimport`)."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = str(base_dir)
+
+    def find_spec(self, fullname: str, path: Any, target: ModuleType | None = None,
+                  ) -> importlib.machinery.ModuleSpec | None:
+        if path is not None:  # a submodule: its package's __path__ finds it
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, [self.base_dir])
 
 
 def _closest(word: str, choices: list[str]) -> str:

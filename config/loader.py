@@ -1,15 +1,18 @@
 """Load an organism: YAML (or a dict) in, an :class:`OrganismSpec` out, every problem at once.
 
-Three passes, each adding located problems: the JSON Schema (shapes), the
-cross references (names of agents and channels, with "did you mean"), and
-the handler imports. Warnings (wiring that can only loop, agents nothing
-reaches) never stop a load; ``check`` returns them.
+Passes, each adding located problems: the JSON Schema (shapes), the
+cross references (names of agents and channels, with "did you mean"),
+the handler imports, and the agents' message schemas (compiled once here).
+Warnings (wiring that can only loop, agents nothing reaches) never stop a
+load; ``check`` returns them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,22 +20,27 @@ from typing import Any
 import jsonschema
 
 from sporeflow.config.errors import ConfigError, Problem
-from sporeflow.config.handlers import HandlerImportError, resolve_handler
+from sporeflow.config.handlers import HandlerImportError, agent_method, resolve_handler
 from sporeflow.config.model import (
     BUILTIN_CHANNELS,
     AgentSpec,
+    BrokerSpec,
     ChannelSpec,
     Emit,
+    GatherSpec,
     Limits,
     OrganismSpec,
     Retry,
+    SequenceSpec,
 )
 from sporeflow.config.positions import Located, YamlSyntaxError, read_yaml
 from sporeflow.config.positions import Path as DataPath
-from sporeflow.config.schema import ORGANISM_SCHEMA
+from sporeflow.config.schema import HANDLER_PATTERN, ORGANISM_SCHEMA
+from sporeflow.config.schemas import SchemaFileError, SchemaSpec, load_schema
+from sporeflow.config.secrets import Secret, read_secret_env, redact_text
 from sporeflow.config.units import parse_duration, parse_size
 
-__all__ = ["check_organism", "load_organism", "organism_from_dict"]
+__all__ = ["check_organism", "load_organism", "organism_from_dict", "organism_from_text"]
 
 _VALIDATOR = jsonschema.Draft202012Validator(ORGANISM_SCHEMA)
 _CALLABLE_PLACEHOLDER = "python:callable"
@@ -70,6 +78,27 @@ def organism_from_dict(
     return spec
 
 
+def organism_from_text(
+    text: str | bytes, *, base_dir: str | Path = ".", name: str = "<text>"
+) -> OrganismSpec:
+    """Validate YAML text as if it were an organism file named ``name``.
+
+    Any input gives a spec or a :class:`ConfigError`; nothing else escapes.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError([Problem(name, 1, 1, "", f"the text is not UTF-8: {exc.reason}")]
+                              ) from None
+    try:
+        located = read_yaml(text, name)
+    except YamlSyntaxError as exc:
+        raise ConfigError([exc.problem]) from None
+    spec, _ = _build(located, Path(base_dir).resolve(), source=None)
+    return spec
+
+
 def _build(
     located: Located, base_dir: Path, source: Path | None
 ) -> tuple[OrganismSpec, list[Problem]]:
@@ -84,9 +113,15 @@ def _build(
     # The name checks below skip whatever has the wrong shape: that is reported already.
     problems += _reference_problems(located)
     handlers = _resolve_handlers(located, base_dir, callables, problems)
+    store = _resolve_store(located, base_dir, problems)
+    schemas = _compile_schemas(located, base_dir, problems)
+    signing_key = _signing_key(located, problems)
     if [p for p in problems if not p.warning]:
         raise ConfigError(_sorted(problems))
-    spec = _to_spec(data, handlers, base_dir, source)
+    spec = _with_schemas(_to_spec(data, handlers, base_dir, source, store), schemas)
+    if signing_key is not None:
+        spec = dataclasses.replace(spec, signing_key=signing_key,
+                                   signing_key_env=data["organism"]["signing_key_env"])
     return spec, _sorted(problems + _warnings(located, spec))
 
 
@@ -110,10 +145,12 @@ def _take_callables(data: Any) -> dict[str, Callable[..., Any]]:
 
 
 def _schema_problems(located: Located, callables: Mapping[str, Any]) -> list[Problem]:
-    problems = []
+    problems: list[Problem] = []
     for error in _VALIDATOR.iter_errors(located.data):
         path: DataPath = tuple(error.absolute_path)
-        problems.extend(_describe(located, path, error))
+        # A message quotes the bad value: hide the password of a URL it holds.
+        problems.extend(dataclasses.replace(p, message=redact_text(p.message))
+                        for p in _describe(located, path, error))
     return problems
 
 
@@ -161,9 +198,17 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
 def _pattern_advice(path: DataPath) -> str:
     last = str(path[-1]) if path else ""
     if last == "handler":
-        return "is not a handler reference; write module:function"
+        return ("is not a handler reference; write module:function with dotted Python "
+                "names, found beside the organism file or installed (no file paths, no "
+                "leading dots)")
+    if last == "signing_key_env":
+        return "is not an environment variable name; use letters, digits and '_'"
     if last == "backend":
-        return "is not a backend; write memory or an amqp:// URL"
+        return ("is not a backend; write memory, an amqp:// or amqps:// URL, or ${NAME} "
+                "naming an environment variable that holds one")
+    if last in ("direct_key", "broadcast_key"):
+        return ("is not a routing-key template; put {agent} (direct_key) or {channel} "
+                "(broadcast_key) in it, e.g. agent.{agent}.{type}")
     return ("is not a valid name; use letters, digits, '_', '.', '-', "
             "starting with a letter or '_', at most 64 characters")
 
@@ -223,10 +268,43 @@ def _reference_problems(located: Located) -> list[Problem]:
                     f"is {allowed!r}; add {name!r} there or change emit"))
         for i, peer in _names(peers):
             unknown_agent((*base, "peers", i), peer)
+        problems.extend(_kind_problems(located, base, agent, unknown_agent, unknown_channel))
     for cname, conf in channels.items():
         for key in ("publish", "subscribe"):
             for i, agent_name in _names(conf.get(key)):
                 unknown_agent(("channels", cname, key, i), agent_name)
+    return problems
+
+
+def _kind_problems(located: Located, base: DataPath, agent: dict[str, Any],
+                   unknown_agent: Callable[[DataPath, str], None],
+                   unknown_channel: Callable[[DataPath, str], bool]) -> list[Problem]:
+    """An agent is exactly one of a handler, a gather or a sequence; check their names."""
+    kinds = [key for key in ("handler", "gather", "sequence") if key in agent]
+    if not kinds:
+        return [located.problem(base, "'handler' is a required property; add it (or a "
+                                      "gather or a sequence)")]
+    if len(kinds) > 1:
+        return [located.problem(base, f"give one of handler, gather or sequence, not "
+                                      f"{' and '.join(kinds)}")]
+    problems: list[Problem] = []
+    gather = _mapping(agent.get("gather"))
+    if "gather" in agent and ("to" in gather) == ("channel" in gather):
+        problems.append(located.problem((*base, "gather"), "give exactly one of 'to' (a list "
+                                                           "of agents) or 'channel'"))
+    for i, name in _names(gather.get("to")):
+        unknown_agent((*base, "gather", "to", i), name)
+    if isinstance(gather.get("channel"), str):
+        unknown_channel((*base, "gather", "channel"), gather["channel"])
+    sequence = agent.get("sequence")
+    steps = sequence if isinstance(sequence, list) else _mapping(sequence).get("steps")
+    step_path = (*base, "sequence") if isinstance(sequence, list) else (*base, "sequence",
+                                                                         "steps")
+    for i, name in _names(steps):
+        unknown_agent((*step_path, i), name)
+    if agent.get("cpu_bound") and kinds != ["handler"]:
+        problems.append(located.problem((*base, "cpu_bound"), "only a handler can be "
+                                                              "cpu_bound; remove it"))
     return problems
 
 
@@ -248,13 +326,87 @@ def _resolve_handlers(
     for name, agent in _mapping(located.data.get("agents")).items():
         if name in handlers or not isinstance(agent, dict):
             continue
-        if not isinstance(agent.get("handler"), str) or ":" not in agent["handler"]:
+        if not isinstance(agent.get("handler"), str) or not re.fullmatch(
+                HANDLER_PATTERN, agent["handler"]):
             continue  # reported by the schema pass
         try:
             handlers[name] = resolve_handler(agent["handler"], base_dir)
         except HandlerImportError as exc:
             problems.append(located.problem(("agents", name, "handler"), str(exc)))
+    for name, handler in handlers.items():
+        agent = _mapping(located.data["agents"].get(name))
+        problem = _handler_kind_problem(handler, cpu_bound=agent.get("cpu_bound") is True)
+        if problem:
+            problems.append(located.problem(("agents", name, "handler"), problem))
     return handlers
+
+
+def _handler_kind_problem(handler: Callable[..., Any], *, cpu_bound: bool) -> str | None:
+    """Why this handler cannot run as declared: a class without a method, or a cpu_bound
+    handler that a worker process could not import and call."""
+    if inspect.isclass(handler):
+        if cpu_bound:
+            return (f"class {handler.__qualname__!r} cannot be cpu_bound: a worker process "
+                    f"keeps no agent instance; use a module-level plain function")
+        try:
+            agent_method(handler)
+        except HandlerImportError as exc:
+            return str(exc)
+        return None
+    if cpu_bound and (inspect.iscoroutinefunction(handler) or not inspect.isfunction(handler)
+                      or "<" in handler.__qualname__):
+        return (f"{_qualname(handler)!r} cannot be cpu_bound: a worker process imports and "
+                f"calls it, so it must be a plain (not async) module-level function")
+    return None
+
+
+def _signing_key(located: Located, problems: list[Problem]) -> Secret | None:
+    """The HMAC key from the variable ``organism.signing_key_env`` names (None: unsigned)."""
+    name = _mapping(located.data.get("organism")).get("signing_key_env")
+    if not isinstance(name, str) or not name.isidentifier():
+        return None  # absent, or a bad name the schema pass reported
+    try:
+        return read_secret_env(name)
+    except LookupError as exc:
+        problems.append(located.problem(("organism", "signing_key_env"), str(exc)))
+        return None
+
+
+def _resolve_store(located: Located, base_dir: Path,
+                   problems: list[Problem]) -> Callable[[], Any] | None:
+    """The knowledge store factory named by ``organism.knowledge_store`` (None: memory)."""
+    ref = _mapping(located.data.get("organism")).get("knowledge_store", "memory")
+    if not isinstance(ref, str) or ref == "memory" or ":" not in ref:
+        return None
+    try:
+        return resolve_handler(ref, base_dir)
+    except HandlerImportError as exc:
+        problems.append(located.problem(("organism", "knowledge_store"),
+                                        str(exc).replace("handler", "knowledge store", 1)))
+        return None
+
+
+def _compile_schemas(located: Located, base_dir: Path,
+                     problems: list[Problem]) -> dict[str, SchemaSpec]:
+    """Each agent's ``schema`` file, compiled once (a reload loads them afresh)."""
+    compiled: dict[str, SchemaSpec] = {}
+    for name, agent in _mapping(located.data.get("agents")).items():
+        ref = _mapping(agent).get("schema")
+        if not isinstance(ref, str) or not ref:
+            continue  # absent, or reported by the schema pass
+        try:
+            compiled[name] = load_schema(base_dir / ref)
+        except SchemaFileError as exc:
+            problems.append(located.problem(("agents", name, "schema"), str(exc)))
+    return compiled
+
+
+def _with_schemas(spec: OrganismSpec, schemas: Mapping[str, SchemaSpec]) -> OrganismSpec:
+    if not schemas:
+        return spec
+    agents = {name: dataclasses.replace(agent, schema=schemas[name]) if name in schemas
+              else agent for name, agent in spec.agents.items()}
+    return dataclasses.replace(spec, agents=agents)
 
 
 # -- building the value objects ---------------------------------------------------
@@ -262,7 +414,7 @@ def _resolve_handlers(
 
 def _to_spec(
     data: Mapping[str, Any], handlers: Mapping[str, Callable[..., Any]],
-    base_dir: Path, source: Path | None,
+    base_dir: Path, source: Path | None, store: Callable[[], Any] | None = None,
 ) -> OrganismSpec:
     head = data.get("organism") or {}
     channels = {
@@ -277,7 +429,8 @@ def _to_spec(
     }
     for builtin in BUILTIN_CHANNELS:
         channels.setdefault(builtin, ChannelSpec(name=builtin))
-    agents = {name: _agent(name, conf, handlers[name]) for name, conf in data["agents"].items()}
+    agents = {name: _agent(name, conf, handlers.get(name, _orchestrated))
+              for name, conf in data["agents"].items()}
     limits_conf = data.get("limits") or {}
     defaults = Limits()
     limits = Limits(
@@ -286,16 +439,23 @@ def _to_spec(
         max_in_flight=limits_conf.get("max_in_flight", defaults.max_in_flight),
         max_depth=limits_conf.get("max_depth", defaults.max_depth),
         max_dead_letters=limits_conf.get("max_dead_letters", defaults.max_dead_letters),
+        max_spores_per_thread=limits_conf.get("max_spores_per_thread"),
+        max_cost_per_thread=limits_conf.get("max_cost_per_thread"),
+        process_pool=limits_conf.get("process_pool"),
     )
     return OrganismSpec(
         name=head.get("name", source.stem if source else "organism"),
         description=head.get("description", ""),
         backend=head.get("backend", "memory"),
+        broker=BrokerSpec(**(head.get("broker") or {})),
         agents=agents,
         channels=channels,
         limits=limits,
         source=source,
         base_dir=base_dir,
+        knowledge_store=head.get("knowledge_store", "memory"),
+        knowledge_store_factory=store,
+        journal=base_dir / head["journal"] if head.get("journal") else None,
     )
 
 
@@ -304,10 +464,10 @@ def _agent(name: str, conf: Mapping[str, Any], handler: Callable[..., Any]) -> A
     retry = conf.get("retry") or {}
     default_retry = Retry()
     timeout = conf.get("timeout")
+    ref = conf.get("handler", "gather" if "gather" in conf else "sequence")
     return AgentSpec(
         name=name,
-        handler_ref=conf["handler"] if conf["handler"] != _CALLABLE_PLACEHOLDER
-        else _qualname(handler),
+        handler_ref=ref if ref != _CALLABLE_PLACEHOLDER else _qualname(handler),
         handler=handler,
         description=conf.get("description", ""),
         subscribe=tuple(conf.get("subscribe", ())),
@@ -321,7 +481,33 @@ def _agent(name: str, conf: Mapping[str, Any], handler: Callable[..., Any]) -> A
             max_backoff=parse_duration(retry.get("max_backoff", default_retry.max_backoff)),
         ),
         boot=conf.get("boot"),
+        lazy=conf.get("lazy", True),
+        cpu_bound=conf.get("cpu_bound", False),
+        gather=_gather(conf.get("gather")),
+        sequence=_sequence(conf.get("sequence")),
     )
+
+
+def _gather(conf: Mapping[str, Any] | None) -> GatherSpec | None:
+    if conf is None:
+        return None
+    to = conf.get("to")
+    return GatherSpec(to=tuple(to) if to is not None else None, channel=conf.get("channel"),
+                      timeout=parse_duration(conf.get("timeout", GatherSpec().timeout)))
+
+
+def _sequence(conf: list[str] | Mapping[str, Any] | None) -> SequenceSpec | None:
+    if conf is None:
+        return None
+    if isinstance(conf, list):
+        return SequenceSpec(steps=tuple(conf))
+    return SequenceSpec(steps=tuple(conf["steps"]),
+                        timeout=parse_duration(conf.get("timeout", SequenceSpec(()).timeout)))
+
+
+def _orchestrated(spore: Any, ctx: Any) -> None:
+    """The handler slot of a gather or sequence agent: the runtime runs those itself."""
+    raise NotImplementedError("gather and sequence agents are run by the organism")
 
 
 # -- warnings ------------------------------------------------------------------
@@ -331,6 +517,7 @@ def _warnings(located: Located, spec: OrganismSpec) -> list[Problem]:
     warnings: list[Problem] = []
     emitted_to = {a.emit.to for a in spec.agents.values() if a.emit and a.emit.to}
     named_peers = {p for a in spec.agents.values() for p in (a.peers or ())}
+    named_peers |= {p for a in spec.agents.values() for p in _orchestrated_names(a)}
     # Only an organism that drives itself (it has boot spores) can be judged for agents
     # nothing reaches: otherwise the entry points are fed from outside by design.
     self_driving = any(a.boot is not None for a in spec.agents.values())
@@ -378,6 +565,13 @@ def _short(value: Any) -> str:
 def _json_type(value: Any) -> str:
     return {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer",
             float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _orchestrated_names(agent: AgentSpec) -> tuple[str, ...]:
+    """The agents a gather or sequence agent addresses."""
+    if agent.gather is not None:
+        return agent.gather.to or ()
+    return agent.sequence.steps if agent.sequence is not None else ()
 
 
 def _returns_none(handler: Callable[..., Any]) -> bool:

@@ -8,15 +8,21 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from sporeflow.config.schemas import SchemaSpec
+from sporeflow.config.secrets import Secret
+
 __all__ = [
     "DEAD_LETTER_CHANNEL",
     "DEFAULT_CHANNEL",
     "AgentSpec",
+    "BrokerSpec",
     "ChannelSpec",
     "Emit",
+    "GatherSpec",
     "Limits",
     "OrganismSpec",
     "Retry",
+    "SequenceSpec",
 ]
 
 DEFAULT_CHANNEL = "main"
@@ -40,6 +46,23 @@ class Retry:
 
 
 @dataclass(frozen=True, slots=True)
+class GatherSpec:
+    """A built-in agent: ask agents ``to`` (or a channel's subscribers), combine the answers."""
+
+    to: tuple[str, ...] | None = None
+    channel: str | None = None
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceSpec:
+    """A built-in agent: pass knowledge through ``steps`` in order, each a request."""
+
+    steps: tuple[str, ...]
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class AgentSpec:
     name: str
     handler_ref: str
@@ -52,6 +75,11 @@ class AgentSpec:
     timeout: float | None = None
     retry: Retry = Retry()
     boot: Mapping[str, Any] | None = None
+    lazy: bool = True  # a class handler is instantiated on its first spore, else at start
+    cpu_bound: bool = False  # run the (sync) handler in the organism's process pool
+    gather: GatherSpec | None = None
+    sequence: SequenceSpec | None = None
+    schema: SchemaSpec | None = None  # what knowledge sent to it must satisfy
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +98,18 @@ class Limits:
     max_in_flight: int = 10_000
     max_depth: int = 32
     max_dead_letters: int = 10_000
+    max_spores_per_thread: int | None = None
+    max_cost_per_thread: float | None = None
+    process_pool: int | None = None  # worker processes for cpu_bound agents; None: cpu count
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSpec:
+    """Names on the broker: the exchange (None: ``sporeflow.<organism>``), routing keys."""
+
+    exchange: str | None = None
+    direct_key: str = "agent.{agent}.{type}"  # Praval's layout
+    broadcast_key: str = "channel.{channel}.{type}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +119,16 @@ class OrganismSpec:
     channels: Mapping[str, ChannelSpec]
     limits: Limits = Limits()
     backend: str = "memory"
+    broker: BrokerSpec = BrokerSpec()
     description: str = ""
     source: Path | None = None
     base_dir: Path = Path(".")
+    knowledge_store: str = "memory"  # or module:factory
+    knowledge_store_factory: Callable[[], Any] | None = field(default=None, compare=False)
+    # The HMAC key of signed spores, read from the variable signing_key_env names.
+    signing_key_env: str | None = None
+    signing_key: Secret | None = field(default=None, repr=False)
+    journal: Path | None = None  # the durable journal's file, resolved against base_dir
 
     def __post_init__(self) -> None:
         # Freeze the tables so that nobody mutates a loaded organism behind the runtime.

@@ -47,6 +47,8 @@ def read_yaml(text: str, file: str) -> Located:
     """Parse ``text`` safely; a syntax error becomes one located Problem in a ValueError."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _check_shape(node, file)
         data = yaml.load(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -55,10 +57,54 @@ def read_yaml(text: str, file: str) -> Located:
         raise YamlSyntaxError(Problem(file, line, column, "", message)) from None
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(Problem(file, 1, 1, "", f"YAML does not parse: {exc}")) from None
+    except RecursionError:  # the parser itself recurses per level of nesting
+        raise YamlSyntaxError(Problem(
+            file, 1, 1, "", f"YAML nests deeper than {MAX_NESTING} levels; flatten it")) from None
     located = Located(data, file)
     if node is not None:
         _walk(node, (), located)
     return located
+
+
+# Hostile YAML: deep nesting exhausts recursion, and aliases can expand exponentially
+# ("billion laughs") or refer to themselves. Both are refused before anything walks the data.
+MAX_NESTING = 100
+MAX_EXPANDED_VALUES = 1_000_000
+
+
+def _check_shape(root: yaml.Node, file: str) -> None:
+    """Refuse nesting over MAX_NESTING, self-referring aliases, and alias bombs."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def refuse(node: yaml.Node, message: str) -> YamlSyntaxError:
+        mark = node.start_mark
+        return YamlSyntaxError(Problem(file, mark.line + 1, mark.column + 1, "", message))
+
+    def expanded(node: yaml.Node, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise refuse(node, "an alias refers to the value that contains it, which would "
+                               "be infinite; copy the part you need instead")
+        if depth > MAX_NESTING:
+            raise refuse(node, f"YAML nests deeper than {MAX_NESTING} levels; flatten it")
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        open_nodes.add(key)
+        total = 1 + sum(expanded(child, depth + 1) for child in children)
+        open_nodes.discard(key)
+        if total > MAX_EXPANDED_VALUES:
+            raise refuse(node, f"aliases expand this value to over {MAX_EXPANDED_VALUES} "
+                               f"values; write it out or use fewer aliases")
+        sizes[key] = total
+        return total
+
+    expanded(root, 1)
 
 
 class YamlSyntaxError(ValueError):

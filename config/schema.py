@@ -10,10 +10,17 @@ from typing import Any
 
 from sporeflow.config.units import DURATION_PATTERN, SIZE_PATTERN
 
-__all__ = ["ORGANISM_SCHEMA", "NAME_PATTERN"]
+__all__ = ["ENV_NAME_PATTERN", "HANDLER_PATTERN", "MAX_DEPTH_CEILING", "NAME_PATTERN",
+           "ORGANISM_SCHEMA"]
 
 # Names of agents and channels: short, printable, usable as AMQP routing-key parts.
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
+
+# module:function with dotted Python names only: no file paths, no relative imports.
+HANDLER_PATTERN = r"^[^\W\d]\w*(\.[^\W\d]\w*)*:[^\W\d]\w*(\.[^\W\d]\w*)*$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# Deeper knowledge would let a spore exhaust the interpreter's recursion on checks.
+MAX_DEPTH_CEILING = 256
 
 _name: dict[str, Any] = {"type": "string", "pattern": NAME_PATTERN}
 _names: dict[str, Any] = {"type": "array", "items": _name, "uniqueItems": True}
@@ -48,7 +55,7 @@ _retry = _closed(
 
 _agent = _closed(
     {
-        "handler": {"type": "string", "pattern": r"^[\w.]+:[\w.]+$",
+        "handler": {"type": "string", "pattern": HANDLER_PATTERN,
                     "description": "module:function, resolved beside the organism file"},
         "description": {"type": "string"},
         "subscribe": {**_names, "description": "channels whose broadcasts it receives"},
@@ -58,8 +65,29 @@ _agent = _closed(
         "timeout": {**_duration, "description": "a handler running longer is cancelled"},
         "retry": _retry,
         "boot": {"type": "object", "description": "knowledge of a spore sent to it at start"},
+        "schema": {"type": "string", "minLength": 1,
+                   "description": "JSON Schema (.json, .yaml, .yml) or XML Schema (.xsd) "
+                                  "that knowledge sent to it must satisfy; relative to the "
+                                  "organism file"},
+        "lazy": {"type": "boolean", "description": "a class handler is made on its first "
+                                                   "spore (true, default) or at start"},
+        "cpu_bound": {"type": "boolean", "description": "run the plain-function handler in "
+                                                        "a worker process"},
+        "gather": _closed(
+            {"to": {**_names, "minItems": 1, "description": "the agents asked"},
+             "channel": {**_name, "description": "ask every subscriber of this channel"},
+             "timeout": {**_duration, "description": "combine what came after this long"}},
+            description="instead of a handler: ask several agents, combine their answers"),
+        "sequence": {
+            "oneOf": [  # a list of steps, which may visit an agent twice
+                {"type": "array", "items": _name, "minItems": 1},
+                _closed({"steps": {"type": "array", "items": _name, "minItems": 1},
+                         "timeout": {**_duration, "description": "longest wait per step"}},
+                        required=["steps"]),
+            ],
+            "description": "instead of a handler: pass knowledge through these agents in order",
+        },
     },
-    required=["handler"],
 )
 
 _channel = _closed(
@@ -76,8 +104,15 @@ _limits = _closed(
         "max_spore_bytes": {**_size, "description": "largest spore, as JSON"},
         "max_hops": {**_count, "description": "handler hops before a spore is refused"},
         "max_in_flight": {**_count, "description": "spores held before outside senders wait"},
-        "max_depth": {**_count, "description": "deepest nesting of knowledge"},
+        "max_depth": {**_count, "maximum": MAX_DEPTH_CEILING,
+                      "description": "deepest nesting of knowledge"},
         "max_dead_letters": {**_count, "description": "dead letters kept in memory"},
+        "max_spores_per_thread": {**_count, "description": "spores one conversation may make "
+                                                           "before it is stopped"},
+        "max_cost_per_thread": {"type": "number", "exclusiveMinimum": 0,
+                                "description": "cost (ctx.spend) one conversation may reach"},
+        "process_pool": {**_count, "description": "worker processes for cpu_bound agents "
+                                                  "(default: the number of CPUs)"},
     },
 )
 
@@ -89,8 +124,33 @@ ORGANISM_SCHEMA: dict[str, Any] = {
             "organism": _closed(
                 {"name": _name,
                  "description": {"type": "string"},
-                 "backend": {"type": "string", "pattern": r"^(memory|amqps?://.*)$",
-                             "description": "memory, or an amqp:// URL"}},
+                 "backend": {"type": "string",
+                             "pattern": r"^(memory|amqps?://.*|\$\{[A-Za-z_][A-Za-z0-9_]*\})$",
+                             "description": "memory, an amqp:// or amqps:// URL, or ${NAME} "
+                                            "to read it from the environment (${NAME} also "
+                                            "works inside the URL)"},
+                 "broker": _closed(
+                     {"exchange": {"type": "string", "minLength": 1, "maxLength": 200,
+                                   "description": "the topic exchange (default "
+                                                  "sporeflow.<organism name>)"},
+                      "direct_key": {"type": "string", "pattern": r"\{agent\}",
+                                     "description": "routing key of direct spores; "
+                                                    "{agent} and {type} are filled in"},
+                      "broadcast_key": {"type": "string", "pattern": r"\{channel\}",
+                                        "description": "routing key of channel broadcasts; "
+                                                       "{channel} and {type} are filled in"}},
+                     description="names on the broker, for amqp backends"),
+                 "journal": {"type": "string", "minLength": 1,
+                             "description": "SQLite file recording unfinished spores and dead "
+                                            "letters, so a crash loses none; relative to the "
+                                            "organism file"},
+                 "signing_key_env": {"type": "string", "pattern": ENV_NAME_PATTERN,
+                                     "description": "environment variable holding the HMAC "
+                                                    "key that signs and verifies spores "
+                                                    "on the broker"},
+                 "knowledge_store": {"type": "string", "pattern": r"^(memory|[\w.]+:[\w.]+)$",
+                                     "description": "memory, or module:factory of a store "
+                                                    "resolving knowledge_references"}},
             ),
             "channels": {"type": "object", "propertyNames": _name,
                          "additionalProperties": {"oneOf": [_channel, {"type": "null"}]}},

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sporeflow.config import AgentSpec
+from sporeflow.pipeline.orchestration import Gathered, gather_replies
+from sporeflow.pipeline.peers import peers_prompt
 from sporeflow.steps import AgentLane, Spore, SporeType, reply_spore
 
 if TYPE_CHECKING:
@@ -24,6 +28,7 @@ class AgentRuntime:
     lane: AgentLane
     logger: logging.Logger
     state: dict[str, Any] = field(default_factory=dict)
+    actor: Any = None  # the ClassAgent (pipeline.state) of a class handler, else None
 
 
 class Context:
@@ -108,5 +113,52 @@ class Context:
         lane.lend()
         try:
             return await self._organism._request(spore, timeout, from_handler=True)
+        finally:
+            await lane.reclaim()
+
+    def peers_prompt(self) -> str:
+        """A short text describing the agents this one may address: each one's
+        description, what it accepts (from its schema) and an example payload; made
+        for the system prompt of a handler backed by a language model."""
+        return peers_prompt(self._agent.spec, self._organism.agents)
+
+    async def store(self, knowledge: dict[str, Any]) -> str:
+        """Keep ``knowledge`` in the organism's knowledge store; return its reference, for
+        a spore's ``knowledge_references``."""
+        return await self._organism.knowledge_store.put(knowledge)
+
+    async def resolve(self, spore: Spore | None = None) -> list[dict[str, Any]]:
+        """The knowledge ``spore`` (default: the one being handled) refers to, in the order
+        of its ``knowledge_references``."""
+        refs = (spore or self.spore).knowledge_references
+        get = self._organism.knowledge_store.get
+        return list(await asyncio.gather(*(get(ref) for ref in refs)))
+
+    def spend(self, amount: float) -> float:
+        """Add ``amount`` to this conversation's cost; return its total so far.
+
+        Past ``limits.max_cost_per_thread`` the conversation is stopped: its further
+        spores are dead-lettered with reason ``budget``.
+        """
+        return self._organism._budget.spend(self.spore.thread, amount)
+
+    async def gather(self, to: Sequence[str] | None, knowledge: dict[str, Any], *,
+                     channel: str | None = None, timeout: float = 30.0) -> Gathered:
+        """Request ``knowledge`` from each agent in ``to`` (or, with ``to=None``, from every
+        subscriber of ``channel`` but this agent) at once; return what came within
+        ``timeout``, naming who is missing or failed (see ``pipeline.orchestration``)."""
+        if to is None:
+            subscribers = self._organism._table.subscribers.get(channel or self.spore.channel, ())
+            to = [name for name in subscribers if name != self.agent]
+
+        async def ask(target: str, payload: dict[str, Any], wait: float) -> Spore:
+            spore = self._spore(payload, to=target, channel=None, spore_type=SporeType.REQUEST,
+                                priority=None, expires_in=None)
+            return await self._organism._request(spore, wait, from_handler=True)
+
+        lane = self._agent.lane
+        lane.lend()  # once for all the requests: they wait together
+        try:
+            return await gather_replies(ask, list(to), knowledge, timeout=timeout)
         finally:
             await lane.reclaim()

@@ -60,9 +60,17 @@ class Intake:
 
     def try_admit(self, spore: Spore) -> bool:
         """Admit without waiting if there is room and nobody waits before us."""
-        if self._closed or self._senders or not self._has_room(spore.channel):
+        # The hot path of every outside send: _has_room and _push_ingress, inlined.
+        if self._closed or self._senders or self.held >= self.max_in_flight:
             return False
-        self._push_ingress(spore)
+        channel = spore.channel
+        queued = self.queued_by_channel.get(channel, 0)
+        if queued >= self.capacities.get(channel, self.default_capacity):
+            return False
+        self.ingress.push(spore.priority, spore)
+        self.queued_by_channel[channel] = queued + 1
+        self.admitted += 1
+        self._hold(1)
         return True
 
     def _push_ingress(self, spore: Spore) -> None:

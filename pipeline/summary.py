@@ -1,4 +1,8 @@
-"""The summary printed when a run ends: per-agent counts, totals and throughput."""
+"""The summary printed when a run ends: per-agent counts, channels, totals and throughput.
+
+Plain text, so it needs no extra and reads the same on a terminal, in a log file
+or in CI output.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,29 @@ from typing import Any
 __all__ = ["render_summary"]
 
 _COLUMNS = ("received", "handled", "failed", "retried", "in_flight", "queued")
+_CHANNEL_COLUMNS = ("broadcasts", "deliveries", "refused")
 
 
 def render_summary(stats: dict[str, Any], elapsed: float) -> str:
+    """Render ``organism.stats()`` after a run of ``elapsed`` seconds as a text table."""
     agents = stats["agents"]
     width = max([len("agent"), *map(len, agents)])
-    header = f"{'agent':<{width}}  " + "  ".join(f"{c:>9}" for c in _COLUMNS) + "     p50 ms"
+    header = (f"{'agent':<{width}}  " + "  ".join(f"{c:>9}" for c in _COLUMNS)
+              + f"  {'p50 ms':>9}  {'p99 ms':>9}")
     rows = [header, "-" * len(header)]
     for name, counts in agents.items():
-        p50 = counts["latency"]["p50_ms"]
+        latency = counts["latency"]
         rows.append(f"{name:<{width}}  " + "  ".join(f"{counts[c]:>9,}" for c in _COLUMNS)
-                    + f"  {p50 if p50 is not None else '-':>9}")
+                    + f"  {_ms(latency['p50_ms']):>9}  {_ms(latency['p99_ms']):>9}")
+    channels = {name: counts for name, counts in stats.get("channels", {}).items()
+                if any(counts.values())}
+    if channels:
+        cwidth = max([len("channel"), *map(len, channels)])
+        rows.append("")
+        rows.append(f"{'channel':<{cwidth}}  " + "  ".join(f"{c:>10}" for c in _CHANNEL_COLUMNS))
+        for name, counts in channels.items():
+            rows.append(f"{name:<{cwidth}}  "
+                        + "  ".join(f"{counts[c]:>10,}" for c in _CHANNEL_COLUMNS))
     totals = stats["totals"]
     rate = totals["handled"] / elapsed if elapsed > 0 else 0.0
     dead = stats["dead_letters"]
@@ -27,3 +43,9 @@ def render_summary(stats: dict[str, Any], elapsed: float) -> str:
                 f"{totals['admitted']:,} admitted from outside, {totals['replies']:,} replies, "
                 f"{dead['total']:,} dead letters" + (f" ({reasons})" if reasons else ""))
     return "\n".join(rows)
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"

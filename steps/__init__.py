@@ -4,17 +4,30 @@ Stages see spores and plain options only: no YAML, no broker, no globals.
 """
 
 from sporeflow.steps.buckets import PriorityBuckets
-from sporeflow.steps.dispatch import AgentLane, LanePolicy, backoff_delay, dispatch
+from sporeflow.steps.dispatch import AgentLane, LanePolicy, RunnerPool, backoff_delay, dispatch
+from sporeflow.steps.envelope import payload_from_xml, spore_from_xml, spore_to_xml
 from sporeflow.steps.expire import expire_filter, utc_now
 from sporeflow.steps.replies import reply_spore, shape_replies
 from sporeflow.steps.route import RoutingTable, permission_error, route
+from sporeflow.steps.schemagate import check_broadcasts, knowledge_element, schema_check
+from sporeflow.steps.signing import (
+    SIGNATURE_FIELD,
+    BadSignature,
+    sign,
+    signature_check,
+    signed,
+    signing_bytes,
+    verify,
+)
 from sporeflow.steps.spore import DEFAULT_CHANNEL, JSONObject, Spore, SporeType, new_spore_id
 from sporeflow.steps.types import Batch, Delivery, Reject
 from sporeflow.steps.validate import check_spore, validate
 
 __all__ = [
     "DEFAULT_CHANNEL",
+    "SIGNATURE_FIELD",
     "AgentLane",
+    "BadSignature",
     "Batch",
     "Delivery",
     "JSONObject",
@@ -22,17 +35,29 @@ __all__ = [
     "PriorityBuckets",
     "Reject",
     "RoutingTable",
+    "RunnerPool",
     "Spore",
     "SporeType",
     "backoff_delay",
+    "check_broadcasts",
     "check_spore",
     "dispatch",
     "expire_filter",
+    "knowledge_element",
     "new_spore_id",
+    "payload_from_xml",
     "permission_error",
     "reply_spore",
     "route",
+    "schema_check",
     "shape_replies",
+    "sign",
+    "signature_check",
+    "signed",
+    "signing_bytes",
+    "spore_from_xml",
+    "spore_to_xml",
     "utc_now",
     "validate",
+    "verify",
 ]

@@ -1,7 +1,9 @@
 """Priority buckets: higher priority first, FIFO within a priority, O(1) per item.
 
 A heap would cost a tuple and a log-time sift per spore; priorities are a small
-fixed range (1..10), so one deque per priority in use is both simpler and faster.
+fixed range (1..10), so one deque per priority is both simpler and faster. The
+highest non-empty bucket is kept at hand, and emptied deques are kept for reuse:
+a mailbox that goes empty and full again per spore allocates nothing.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ T = TypeVar("T")
 
 
 class PriorityBuckets(Generic[T]):
-    __slots__ = ("_boxes", "_size")
+    __slots__ = ("_boxes", "_size", "_top", "_top_box")
 
     def __init__(self) -> None:
         self._boxes: dict[int, deque[T]] = {}
         self._size = 0
+        self._top = 0  # the highest priority holding an item, while _size > 0
+        self._top_box: deque[T] = deque()
 
     def __len__(self) -> int:
         return self._size
@@ -30,23 +34,24 @@ class PriorityBuckets(Generic[T]):
             box = self._boxes[priority] = deque()
         box.append(item)
         self._size += 1
+        if priority > self._top or self._size == 1:
+            self._top, self._top_box = priority, box
 
     def top(self) -> int:
         """The highest priority held (0 when empty)."""
-        boxes = self._boxes
-        if not boxes:
-            return 0
-        return max(boxes) if len(boxes) > 1 else next(iter(boxes))
+        return self._top if self._size else 0
 
     def pop(self) -> T:
-        boxes = self._boxes
-        priority = next(iter(boxes)) if len(boxes) == 1 else max(boxes)
-        box = boxes[priority]
-        item = box.popleft()
-        if not box:
-            del boxes[priority]
+        """Remove and return the oldest item of the highest priority (IndexError if empty)."""
+        item = self._top_box.popleft()
         self._size -= 1
+        if not self._top_box and self._size:
+            self._find_top()
         return item
+
+    def _find_top(self) -> None:
+        self._top = max(p for p, box in self._boxes.items() if box)
+        self._top_box = self._boxes[self._top]
 
     def take(self, priority: int, limit: int, into: list[T]) -> None:
         """Move up to ``limit`` items of ``priority`` into ``into``, oldest first."""
@@ -54,15 +59,18 @@ class PriorityBuckets(Generic[T]):
         count = min(limit, len(box))
         if count == len(box):
             into.extend(box)
-            del self._boxes[priority]
+            box.clear()
         else:
             popleft = box.popleft
             into.extend(popleft() for _ in range(count))
         self._size -= count
+        if self._size and priority == self._top and not box:
+            self._find_top()
 
     def clear(self) -> list[T]:
         """Remove and return everything, highest priority first."""
         items = [item for p in sorted(self._boxes, reverse=True) for item in self._boxes[p]]
-        self._boxes.clear()
+        for box in self._boxes.values():
+            box.clear()
         self._size = 0
         return items

@@ -1,12 +1,17 @@
 """flatmap-dispatch: hand each delivery to its agent's lane, which runs the handler.
 
-A lane is an agent's mailbox (priority first, FIFO within a priority) served by
-at most ``concurrency`` worker tasks. A worker drains the mailbox, awaiting one
-handler at a time, so quick handlers cost no task of their own: tasks are made
-per burst of work, not per spore. A worker lends its slot while its handler
-awaits a ``request`` (``lend``/``reclaim``), so a responder on the same lane
-always finds one. A failed attempt with tries left is retried after a backoff
-without holding a slot; the last failure goes to ``on_failed``.
+A lane is an agent's mailbox (priority first, FIFO within a priority) and its
+``concurrency`` slots. Handlers run on a :class:`RunnerPool` that all lanes of
+an organism share: a runner takes a runnable lane, runs its spores' handlers
+one after another, and moves on. A quick handler therefore costs no task of its
+own, however many agents there are: tasks are made only when a handler really
+suspends and other lanes are waiting (each handler still runs start to end in
+one task, so ``asyncio.timeout`` and ``current_task()`` behave as usual).
+
+A handler waiting on ``ctx.request`` lends its slot (``lend``/``reclaim``), so a
+responder on the same lane always finds one. A failed attempt with tries left
+is retried after a backoff without holding a slot; the last failure goes to
+``on_failed``.
 """
 
 from __future__ import annotations
@@ -29,10 +34,14 @@ from sporeflow.steps.expire import utc_now
 from sporeflow.steps.spore import Spore
 from sporeflow.steps.types import Delivery, Reject
 
-__all__ = ["AgentLane", "LanePolicy", "backoff_delay", "dispatch"]
+__all__ = ["AgentLane", "LanePolicy", "RunnerPool", "backoff_delay", "dispatch"]
 
 Invoke = Callable[[Spore, int], Awaitable[Any]]
 Shape = Callable[[Any, Spore], Awaitable[list[Spore]] | list[Spore]]
+
+# Spores a runner takes from one lane before letting the next runnable lane go.
+_BURST = 64
+_clock = time.perf_counter
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +58,136 @@ def backoff_delay(retry: Retry, attempt: int, rng: random.Random | None = None) 
     return ceiling / 2 + draw * ceiling / 2
 
 
+class RunnerPool:
+    """The tasks that run handlers for every lane of one organism.
+
+    Runners park when there is nothing to run (at most ``max_idle`` of them; the
+    rest end). A runner about to start a handler while other lanes wait makes sure
+    some other runner will take them should this handler suspend: it wakes a
+    parked runner or, when none is left, creates one. So the pool grows with the
+    number of handlers suspended at once, and no further.
+    """
+
+    def __init__(self, *, max_idle: int = 2, name: str = "sporeflow") -> None:
+        self.max_idle = max_idle
+        self.name = name
+        self.ready: deque[AgentLane] = deque()
+        self.runners = 0
+        self._parked: deque[asyncio.Future[None]] = deque()
+        self._coming = 0  # runners created or woken that have not yet looked for work
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def schedule(self, lane: AgentLane) -> None:
+        """Queue a runnable ``lane`` and make sure a runner is coming for it."""
+        self.ready.append(lane)
+        if not self._coming:
+            self.call_runner()
+
+    def call_runner(self) -> None:
+        """Wake a parked runner, or create one."""
+        self._coming += 1
+        parked = self._parked
+        while parked:
+            waiter = parked.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.runners += 1
+        task = asyncio.get_running_loop().create_task(self._run(), name=f"{self.name}:runner")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self) -> None:
+        ready, parked = self.ready, self._parked
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            while not self._closed:
+                self._coming -= 1
+                while ready:
+                    lane = ready.popleft()
+                    lane.scheduled = False
+                    if lane._mailbox:
+                        await self._serve(lane, task)
+                if len(parked) >= self.max_idle:
+                    return
+                waiter = loop.create_future()
+                parked.append(waiter)
+                await waiter
+        finally:
+            self.runners -= 1
+            if self.ready and not self._coming and not self._closed:
+                self.call_runner()  # this runner was cancelled with lanes still waiting
+
+    async def _serve(self, lane: AgentLane, task: asyncio.Task[Any]) -> None:
+        """Run up to a burst of ``lane``'s spores, one handler at a time, on ``task``."""
+        mailbox, ready, resumers = lane._mailbox, self.ready, lane._resumers
+        policy = lane.policy
+        concurrency, quick = policy.concurrency, policy.timeout is None
+        invoke, shape, on_done = lane.invoke, lane.shape, lane._on_done
+        burst = _BURST
+        # While serving the lane this task is only ever suspended inside its handlers:
+        # that is when `cancel` and `wait_quiet` look at it.
+        lane._running.add(task)
+        try:
+            while mailbox and burst and not lane.paused and not resumers and (
+                    lane.busy < concurrency):
+                burst -= 1
+                lane.busy += 1
+                spore, attempt = mailbox.pop()
+                if mailbox and lane.busy < concurrency and not lane.scheduled:
+                    # More slots free: let another runner start one too, should we suspend.
+                    lane.scheduled = True
+                    ready.append(lane)
+                if ready and not self._coming:
+                    self.call_runner()  # someone must take the others if this handler waits
+                try:
+                    if not quick or spore.expires_at is not None:
+                        await lane._run(spore, attempt)
+                        continue
+                    # The common case, inline: no timeout, no expiry to re-check.
+                    started = _clock()
+                    try:
+                        result = await invoke(spore, attempt)
+                        replies = shape(result, spore) if result is not None else []
+                        if replies.__class__ is not list:
+                            replies = await replies  # type: ignore[misc]
+                    except BaseException as exc:
+                        lane._failed_run(spore, attempt, exc, None)
+                        continue
+                    lane.handled += 1
+                    on_done(spore, replies, _clock() - started)
+                finally:
+                    lane.busy -= 1
+                    if resumers:
+                        lane.busy += 1
+                        resumers.popleft().set_result(None)
+                if task.cancelling():
+                    # The handler swallowed a cancellation meant to stop this runner.
+                    raise asyncio.CancelledError
+        finally:
+            lane._running.discard(task)
+            if mailbox and not lane.scheduled:
+                lane._schedule_if_runnable()
+            if lane._quiet is not None:
+                lane._check_quiet()
+
+    async def close(self) -> None:
+        """End the parked runners (handlers still running are their lanes' to cancel)."""
+        self._closed = True
+        for waiter in self._parked:
+            if not waiter.done():
+                waiter.cancel()
+        self._parked.clear()
+        tasks = [task for task in self._tasks if not task.done()]
+        if tasks:
+            await asyncio.wait(tasks)
+
+
 class AgentLane:
-    """One agent's mailbox and workers."""
+    """One agent's mailbox and slots; its handlers run on a :class:`RunnerPool`."""
 
     def __init__(
         self,
@@ -59,11 +196,11 @@ class AgentLane:
         shape: Shape,
         policy: LanePolicy,
         *,
-        on_done: Callable[[list[Spore]], None],
+        on_done: Callable[[Spore, list[Spore], float], None],
         on_failed: Callable[[Spore, str, BaseException, int], None],
-        observe: Callable[[float], None] = lambda seconds: None,
         now: Callable[[], datetime] = utc_now,
         rng: random.Random | None = None,
+        pool: RunnerPool | None = None,
     ) -> None:
         self.name = name
         self.invoke = invoke
@@ -71,14 +208,17 @@ class AgentLane:
         self.policy = policy
         self._on_done = on_done
         self._on_failed = on_failed
-        self._observe = observe
         self._now = now
         self._rng = rng
+        # A lane on its own gets a pool of its own whose runners end when idle.
+        self.pool = pool if pool is not None else RunnerPool(max_idle=0, name=f"lane:{name}")
         self._mailbox: PriorityBuckets[tuple[Spore, int]] = PriorityBuckets()
         self._resumers: deque[asyncio.Future[None]] = deque()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Task[Any]] = set()  # runners inside one of our handlers
+        self._quiet: asyncio.Future[None] | None = None
         self._timers: dict[int, tuple[asyncio.TimerHandle, Spore, int]] = {}
         self._timer_tokens = 0
+        self.scheduled = False  # in the pool's ready queue
         self.busy = 0
         self.paused = False
         self.received = 0
@@ -91,12 +231,13 @@ class AgentLane:
     # -- intake -------------------------------------------------------------
 
     def deliver(self, spore: Spore, attempt: int = 1) -> None:
-        """Queue ``spore`` and start a worker if a slot is free."""
+        """Queue ``spore``; the lane becomes runnable if a slot is free."""
         self._mailbox.push(spore.priority, (spore, attempt))
         if attempt == 1:
             self.received += 1
-        if self.busy < self.policy.concurrency and not self.paused:
-            self._spawn()
+        if not self.scheduled and self.busy < self.policy.concurrency and not self.paused:
+            self.scheduled = True
+            self.pool.schedule(self)
 
     @property
     def queued(self) -> int:
@@ -122,19 +263,20 @@ class AgentLane:
 
     # -- slots ----------------------------------------------------------------
 
-    def _spawn(self) -> None:
-        self.busy += 1
-        task = asyncio.get_running_loop().create_task(self._work(), name=f"lane:{self.name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _schedule_if_runnable(self) -> None:
+        if (self._mailbox and not self.scheduled and not self.paused
+                and self.busy < self.policy.concurrency):
+            self.scheduled = True
+            self.pool.schedule(self)
 
     def _release(self) -> None:
+        """Free a slot: waiting handlers go before queued spores."""
         self.busy -= 1
         if self._resumers:
             self.busy += 1
             self._resumers.popleft().set_result(None)
-        elif self.queued and self.busy < self.policy.concurrency and not self.paused:
-            self._spawn()
+        else:
+            self._schedule_if_runnable()
 
     def lend(self) -> None:
         """Give the caller's slot back while its handler waits on another agent."""
@@ -157,8 +299,14 @@ class AgentLane:
             raise
 
     def pause(self) -> None:
-        """Stop starting handlers; queued spores stay queued (used when stopping)."""
+        """Stop starting handlers; queued spores stay queued (stopping, reloading)."""
         self.paused = True
+        self._check_quiet()
+
+    def resume(self) -> None:
+        """Start handlers again after ``pause`` (a reload swaps settings while paused)."""
+        self.paused = False
+        self._schedule_if_runnable()
 
     async def cancel(self, reason: str) -> int:
         """Cancel running handlers; each one's spore goes to ``on_failed`` with ``reason``.
@@ -167,7 +315,7 @@ class AgentLane:
         """
         self.paused = True
         self._cancel_reason = reason
-        tasks = list(self._tasks)
+        tasks = list(self._running)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -176,37 +324,19 @@ class AgentLane:
         return cancelled
 
     async def wait_quiet(self) -> None:
-        """Return once no handler of this lane is running."""
-        while self._tasks:
-            await asyncio.wait(list(self._tasks))
+        """Return once no handler of this lane runs and, unless paused, nothing is queued."""
+        while self._running or (self._mailbox and not self.paused):
+            if self._quiet is None or self._quiet.done():
+                self._quiet = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._quiet)
+
+    def _check_quiet(self) -> None:
+        quiet = self._quiet
+        if (quiet is not None and not quiet.done() and not self._running
+                and (not self._mailbox or self.paused)):
+            quiet.set_result(None)
 
     # -- running handlers -------------------------------------------------------------
-
-    async def _work(self) -> None:
-        mailbox, invoke, clock = self._mailbox, self.invoke, time.perf_counter
-        on_done, observe = self._on_done, self._observe
-        try:
-            # The common case, inline: no timeout, a quick handler, no expiry. A handler
-            # back from a request waits for a slot: this worker gives its slot up to it.
-            while mailbox and not self.paused and not self._resumers:
-                spore, attempt = mailbox.pop()
-                if self.policy.timeout is not None or spore.expires_at is not None:
-                    await self._run(spore, attempt)
-                    continue
-                started = clock()
-                try:
-                    result = await invoke(spore, attempt)
-                    replies = self.shape(result, spore) if result is not None else []
-                    if replies.__class__ is not list:
-                        replies = await replies  # type: ignore[misc]
-                except BaseException as exc:
-                    self._failed_run(spore, attempt, exc, None)
-                    continue
-                self.handled += 1
-                observe(clock() - started)
-                on_done(replies)
-        finally:
-            self._release()
 
     async def _run(self, spore: Spore, attempt: int) -> None:
         """Run one handler with its timeout and the expiry re-check."""
@@ -231,8 +361,7 @@ class AgentLane:
             self._failed_run(spore, attempt, exc, deadline)
         else:
             self.handled += 1
-            self._observe(time.perf_counter() - started)
-            self._on_done(replies)
+            self._on_done(spore, replies, time.perf_counter() - started)
 
     def _failed_run(self, spore: Spore, attempt: int, exc: BaseException,
                     deadline: asyncio.Timeout | None) -> None:

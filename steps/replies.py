@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sporeflow.config.errors import SporeError
@@ -103,9 +103,18 @@ def _xml_replies(text: str | bytes, *, parent: Spore, agent: str,
         expires_in = attrs.get("expires_in")
         spores.append(dataclasses.replace(
             spore, metadata={"kind": payload.tag},
-            expires_at=None if expires_in is None else spore.created_at + timedelta(
-                seconds=_seconds_attr(expires_in, agent))))
+            expires_at=None if expires_in is None else _expiry(
+                spore.created_at, expires_in, agent)))
     return spores
+
+
+def _expiry(start: datetime, value: str, agent: str) -> datetime:
+    """``start`` plus the ``expires_in`` an agent wrote; nan, inf or huge are refused."""
+    try:
+        return start + timedelta(seconds=_seconds_attr(value, agent))
+    except (OverflowError, ValueError):
+        raise SporeError(f"agent {agent!r} wrote expires_in={value!r:.40} in its XML, which "
+                         f"is out of range; use a duration like 30s or 5m") from None
 
 
 def _int_attr(attrs: dict[str, str], name: str, agent: str) -> int | None:

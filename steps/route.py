@@ -33,12 +33,18 @@ class RoutingTable:
     channels: frozenset[str] = frozenset()
 
 
-def permission_error(table: RoutingTable, spore: Spore) -> NotAPeer | None:
-    """Return why ``table`` forbids ``spore``, or None when it is allowed."""
+def permission_error(table: RoutingTable, spore: Spore, *,
+                     outside: Container[str] = frozenset()) -> NotAPeer | None:
+    """Return why ``table`` forbids ``spore``, or None when it is allowed.
+
+    ``peers`` limit whom an agent addresses among the agents: a response, and a reply
+    to an ``outside`` sender (the caller of ``organism.send``, the CLI), always pass.
+    """
     sender, target = spore.from_agent, spore.to_agent
     if target is not None:
         allowed = table.peers.get(sender)
-        if allowed is not None and target not in allowed and spore.spore_type is not _RESPONSE:
+        if (allowed is not None and target not in allowed and spore.spore_type is not _RESPONSE
+                and target not in outside):
             return NotAPeer(
                 f"agent {sender!r} may not address {target!r}: its peers are "
                 f"{sorted(allowed)!r}")
@@ -89,7 +95,7 @@ async def route(
                             f"timed out", reason="late response"))
                         continue
                 if check_permissions:
-                    refusal = permission_error(routes, spore)
+                    refusal = permission_error(routes, spore, outside=outside)
                     if refusal is not None:
                         on_reject(spore, refusal.reason, refusal)
                         continue

@@ -49,7 +49,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class Spore:
     """One message: knowledge with a type, a sender and a destination."""
 
@@ -68,6 +68,43 @@ class Spore:
     data_references: tuple[str, ...] = ()
     id: str = field(default_factory=new_spore_id)
     created_at: datetime = field(default_factory=_utcnow)
+
+    # Written out rather than generated: a frozen dataclass's own __init__ goes through
+    # object.__setattr__ per field, a third slower than the slot setters used here.
+    def __init__(
+        self,
+        *,
+        knowledge: JSONObject,
+        spore_type: SporeType = SporeType.KNOWLEDGE,
+        from_agent: str = "system",
+        to_agent: str | None = None,
+        channel: str = DEFAULT_CHANNEL,
+        priority: int = PRIORITY_DEFAULT,
+        expires_at: datetime | None = None,
+        reply_to: str | None = None,
+        thread_id: str | None = None,
+        hops: int = 0,
+        metadata: JSONObject | None = None,
+        knowledge_references: tuple[str, ...] = (),
+        data_references: tuple[str, ...] = (),
+        id: str | None = None,
+        created_at: datetime | None = None,
+    ) -> None:
+        _set_knowledge(self, knowledge)
+        _set_spore_type(self, spore_type)
+        _set_from_agent(self, from_agent)
+        _set_to_agent(self, to_agent)
+        _set_channel(self, channel)
+        _set_priority(self, priority)
+        _set_expires_at(self, expires_at)
+        _set_reply_to(self, reply_to)
+        _set_thread_id(self, thread_id)
+        _set_hops(self, hops)
+        _set_metadata(self, {} if metadata is None else metadata)
+        _set_knowledge_references(self, knowledge_references)
+        _set_data_references(self, data_references)
+        _set_id(self, new_spore_id() if id is None else id)
+        _set_created_at(self, _utcnow() if created_at is None else created_at)
 
     @property
     def thread(self) -> str:
@@ -99,6 +136,19 @@ class Spore:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+    def to_xml(self) -> bytes:
+        """The canonical XML envelope (see :mod:`sporeflow.steps.envelope`)."""
+        from sporeflow.steps.envelope import spore_to_xml  # the envelope imports Spore
+
+        return spore_to_xml(self)
+
+    @classmethod
+    def from_xml(cls, data: str | bytes) -> Spore:
+        """Decode an XML envelope; raise :class:`SporeError` on any malformed input."""
+        from sporeflow.steps.envelope import spore_from_xml
+
+        return spore_from_xml(data)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Spore:
@@ -132,6 +182,16 @@ class Spore:
 
 
 # -- field decoders: each checks one field and names it in its error ---------
+
+
+# The slots' own setters, for Spore.__init__ (they bypass the frozen __setattr__).
+(_set_knowledge, _set_spore_type, _set_from_agent, _set_to_agent, _set_channel, _set_priority,
+ _set_expires_at, _set_reply_to, _set_thread_id, _set_hops, _set_metadata,
+ _set_knowledge_references, _set_data_references, _set_id, _set_created_at) = (
+    Spore.__dict__[name].__set__ for name in (
+        "knowledge", "spore_type", "from_agent", "to_agent", "channel", "priority", "expires_at",
+        "reply_to", "thread_id", "hops", "metadata", "knowledge_references", "data_references",
+        "id", "created_at"))
 
 
 def _str(name: str, value: object) -> str:
@@ -182,7 +242,11 @@ def _timestamp(name: str, value: object) -> datetime:
     else:
         raise SporeError(f"spore field {name!r} is {value!r:.80}; use an ISO 8601 timestamp")
     # Praval writes naive local-free timestamps; read them as UTC.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before the first UTC moment
+        raise SporeError(f"spore field {name!r} is {value!r:.80}, out of range in UTC; use "
+                         f"a timestamp between years 1 and 9999") from None
 
 
 def _references(name: str, value: object) -> tuple[str, ...]:

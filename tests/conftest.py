@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import sys
+import textwrap
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -63,3 +67,20 @@ async def aiter_of(*batches: Any) -> Any:
     """An async iterable of the given batches: a stage's input in tests."""
     for batch in batches:
         yield batch
+
+
+@pytest.fixture
+def handler_modules(tmp_path: Path) -> Iterator[Callable[[str, str | None], str]]:
+    """Write handler modules beside a test's organism under unique names; forget them
+    after, so that no test sees another's module in ``sys.modules``."""
+    names: list[str] = []
+
+    def write(source: str, name: str | None = None) -> str:
+        name = name or f"handlers_{uuid.uuid4().hex[:12]}"
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        names.append(name)
+        return name
+
+    yield write
+    for name in names:
+        sys.modules.pop(name, None)

@@ -12,7 +12,7 @@ from .conftest import aiter_of, collect
 
 def lane(invoke: Any, policy: LanePolicy | None = None, **hooks: Any) -> AgentLane:
     return AgentLane("a", invoke, lambda result, spore: [result], policy or LanePolicy(),
-                     on_done=hooks.get("on_done", lambda replies: None),
+                     on_done=hooks.get("on_done", lambda spore, replies, seconds: None),
                      on_failed=hooks.get("on_failed", lambda *args: None))
 
 
@@ -24,7 +24,7 @@ async def test_quick_handlers_share_one_worker_task_per_burst() -> None:
         return spore.knowledge
 
     done: list[Any] = []
-    agent = lane(invoke, on_done=done.extend)
+    agent = lane(invoke, on_done=lambda spore, replies, seconds: done.extend(replies))
     for i in range(100):
         agent.deliver(Spore(knowledge={"i": i}))
     await agent.wait_quiet()
@@ -35,21 +35,23 @@ async def test_quick_handlers_share_one_worker_task_per_burst() -> None:
 
 async def test_concurrency_caps_running_handlers() -> None:
     running, peak = 0, 0
-    gate = asyncio.Event()
+    gate, three_running = asyncio.Event(), asyncio.Event()
 
     async def invoke(spore: Spore, attempt: int) -> None:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
+        if running == 3:
+            three_running.set()
         await gate.wait()
         running -= 1
 
     agent = lane(invoke, LanePolicy(concurrency=3))
     for _ in range(10):
         agent.deliver(Spore(knowledge={}))
-    assert agent.busy == 3
     assert agent.queued == 10
-    await asyncio.sleep(0)  # let the three workers start their handlers
+    await asyncio.wait_for(three_running.wait(), 5)
+    assert (agent.busy, agent.queued) == (3, 7)
     gate.set()
     await agent.wait_quiet()
     assert peak == 3

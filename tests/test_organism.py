@@ -207,3 +207,32 @@ async def test_unrecoverable_xml_is_dead_lettered_with_the_excerpt() -> None:
     assert letter.reason == "handler failed"
     assert "XmlPayloadError" in letter.error
     assert "just prose" in letter.error
+
+
+async def test_agents_subscribed_to_the_dead_letter_channel_hear_each_dead_letter() -> None:
+    heard: list[Spore] = []
+
+    async def fail(spore: Spore, ctx: Any) -> None:
+        raise ValueError(f"cannot take {spore.knowledge['n']}")
+
+    async def watch(spore: Spore, ctx: Any) -> None:
+        heard.append(spore)
+
+    organism = Organism.from_dict({
+        "organism": {"name": "dlq-channel"},
+        "agents": {
+            "fragile": {"handler": fail},
+            "watcher": {"handler": watch, "subscribe": ["dead-letter"]},
+        },
+    })
+    async with organism.running():
+        for n in range(3):
+            await organism.send("fragile", {"n": n})
+        await organism.idle()
+    assert [s.knowledge["spore"]["knowledge"] for s in heard] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert {s.knowledge["reason"] for s in heard} == {"handler failed"}
+    assert all("ValueError: cannot take" in s.knowledge["error"] for s in heard)
+    assert {(s.channel, s.from_agent, s.spore_type) for s in heard} == {
+        ("dead-letter", "system", SporeType.NOTIFICATION)}
+    # The watcher's own notifications are never dead-letters about dead letters.
+    assert organism.stats()["dead_letters"]["total"] == 3

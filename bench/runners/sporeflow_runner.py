@@ -3,12 +3,20 @@
 Handlers are the plain `async def handler(spore, ctx)` of the handler contract;
 wiring (subscriptions, `emit`) is declared, not coded. Completion is `org.idle()`.
 Every run checks its own count against the organism's per-agent `handled` stats.
+
+`variant(journal=True)` and `variant(live=True)` give the same workloads with the
+durable journal on (a fresh SQLite file per run) or with the live view redrawing
+into an in-memory terminal, so their costs show side by side with the plain run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+import contextlib
+import io
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from time import perf_counter, perf_counter_ns
 from typing import Any
 
@@ -27,16 +35,44 @@ class Tally:
         self.handled += 1
 
 
+@dataclass
+class Options:
+    journal: bool = False
+    live: bool = False
+
+
+OPTIONS = Options()
+
+
 def organism(agents: dict[str, dict[str, Any]], channels: Iterable[str] = ()) -> Organism:
+    head: dict[str, Any] = {"name": "bench"}
+    if OPTIONS.journal:
+        head["journal"] = str(Path(tempfile.mkdtemp(prefix="sporeflow-bench-")) / "journal.db")
     return Organism.from_dict(
         {
-            "organism": {"name": "bench"},
+            "organism": head,
             "channels": {name: {} for name in channels},
             "agents": agents,
             "limits": {},
         },
         base_dir=".",
     )
+
+
+@contextlib.asynccontextmanager
+async def running(org: Organism) -> AsyncIterator[Organism]:
+    """`org.running()`, with the live view around it when the variant asks for one."""
+    async with org.running():
+        if not OPTIONS.live:
+            yield org
+            return
+        from rich.console import Console
+
+        from sporeflow.pipeline import LiveView
+
+        console = Console(file=io.StringIO(), force_terminal=True, width=120)
+        async with LiveView(org, console=console):
+            yield org
 
 
 def check_stats(org: Organism, tally: Tally, names: Iterable[str]) -> None:
@@ -51,7 +87,7 @@ async def send_timed(
     org: Organism, tally: Tally, names: list[str], send: Callable[[], Awaitable[None]]
 ) -> Outcome:
     """Run the organism, time ``send()`` until the organism is idle, check the counts."""
-    async with org.running():
+    async with running(org):
         start = perf_counter()
         await send()
         await org.idle()
@@ -95,7 +131,7 @@ async def request_reply(w: Workload) -> Outcome:
 
     org = organism({"echo": {"handler": echo}})
     latencies: list[float] = []
-    async with org.running():
+    async with running(org):
         start = perf_counter()
         for i in range(w.count):
             sent = perf_counter_ns()
@@ -152,3 +188,9 @@ RUNS: dict[str, WorkloadRun] = {
     "W4": many_agents,
     "W5": reply_chain,
 }
+
+
+def variant(**options: bool) -> dict[str, WorkloadRun]:
+    """The workloads with ``Options(**options)`` in force (one variant per process)."""
+    OPTIONS.__init__(**options)  # type: ignore[misc]
+    return RUNS

@@ -1,0 +1,178 @@
+"""The AMQP wire form of a spore, laid out as Praval 0.8.4's ``Spore.to_amqp_message``.
+
+    headers   spore_id, spore_type, from_agent, to_agent, created_at, expires_at,
+              priority, reply_to, version  (Praval's, strings, "" for none)
+              channel, thread_id, hops     (sporeflow's; Praval ignores them)
+    body      the knowledge as JSON; or, when the spore carries metadata or
+              references, Praval's envelope {"_praval_spore_envelope": "2.0", ...}
+    props     message_id, priority, timestamp, expiration (from expires_at),
+              persistent delivery, content type application/json
+
+So a Praval agent on its RabbitMQ backend reads what sporeflow publishes and the
+other way round. Decoding checks every field and raises only :class:`SporeError`:
+whatever arrives from a broker is untrusted. Naive timestamps (Praval writes
+``datetime.now()``) are read as local time, as Praval means them.
+
+This module does not import aio-pika: properties are a plain dict of keyword
+arguments for ``aio_pika.Message``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sporeflow.config.errors import SporeError
+from sporeflow.steps import Spore, utc_now
+
+__all__ = ["SIGNATURE_HEADER", "WIRE_VERSION", "spore_from_amqp", "spore_to_amqp"]
+
+WIRE_VERSION = "1.0"  # Praval's schema_version of the layout
+SIGNATURE_HEADER = "x-sporeflow-signature"
+_ENVELOPE_KEY, _ENVELOPE_VERSION = "_praval_spore_envelope", "2.0"
+_MAX_HEADER_CHARS = 1024
+
+
+def spore_to_amqp(
+    spore: Spore, *, now: datetime | None = None,
+) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
+    """Return ``(body, headers, properties)`` for publishing ``spore``.
+
+    ``properties["expiration"]`` is the seconds left until ``expires_at`` (0 when it
+    has passed: the broker dead-letters it at once), absent without ``expires_at``.
+    """
+    if spore.metadata or spore.knowledge_references or spore.data_references:
+        payload: Any = {
+            _ENVELOPE_KEY: _ENVELOPE_VERSION, "knowledge": spore.knowledge,
+            "payload": spore.knowledge, "metadata": spore.metadata, "content_parts": [],
+            "knowledge_references": list(spore.knowledge_references),
+            "data_references": list(spore.data_references), "trace_context": {},
+        }
+    else:
+        payload = spore.knowledge
+    try:
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise SporeError(f"spore {spore.id} cannot be written as JSON: {exc}") from None
+    headers: dict[str, Any] = {
+        "spore_id": spore.id,
+        "spore_type": spore.spore_type.value,
+        "from_agent": spore.from_agent,
+        "to_agent": spore.to_agent or "",
+        "created_at": spore.created_at.isoformat(),
+        "expires_at": spore.expires_at.isoformat() if spore.expires_at else "",
+        "priority": str(spore.priority),
+        "reply_to": spore.reply_to or "",
+        "version": WIRE_VERSION,
+        "channel": spore.channel,
+        "thread_id": spore.thread_id or "",
+        "hops": spore.hops,
+    }
+    properties: dict[str, Any] = {
+        "message_id": spore.id, "priority": spore.priority, "timestamp": spore.created_at,
+        "content_type": "application/json", "delivery_mode": 2,
+    }
+    if spore.expires_at is not None:
+        left = (spore.expires_at - (now or utc_now())).total_seconds()
+        properties["expiration"] = timedelta(seconds=max(left, 0.0))
+    return body, headers, properties
+
+
+def spore_from_amqp(body: bytes, headers: Mapping[str, Any]) -> Spore:
+    """Decode a spore from an AMQP body and headers; raise only :class:`SporeError`."""
+    try:
+        return _decode(body, headers)
+    except SporeError:
+        raise
+    except Exception as exc:  # untrusted input: any surprise is a bad spore
+        raise SporeError(f"AMQP message is not a spore: {type(exc).__name__}: {exc}") from None
+
+
+def _decode(body: bytes, headers: Mapping[str, Any]) -> Spore:
+    if not isinstance(headers, Mapping):
+        raise SporeError(f"AMQP headers must be a table, got {type(headers).__name__}")
+    if not isinstance(body, bytes | bytearray | memoryview):
+        raise SporeError(f"AMQP body must be bytes, got {type(body).__name__}")
+    try:
+        payload = json.loads(bytes(body))
+    except (ValueError, RecursionError) as exc:
+        raise SporeError(f"AMQP body of spore {_text(headers, 'spore_id')!r} is not JSON: "
+                         f"{exc}") from None
+    fields: dict[str, Any] = {}
+    if isinstance(payload, dict) and payload.get(_ENVELOPE_KEY) == _ENVELOPE_VERSION:
+        knowledge = payload.get("knowledge")
+        fields["knowledge"] = {} if knowledge is None else knowledge
+        for name in ("metadata", "knowledge_references", "data_references"):
+            if payload.get(name):
+                fields[name] = payload[name]
+    else:
+        fields["knowledge"] = payload
+    for name in ("spore_id", "spore_type", "from_agent"):
+        if not _text(headers, name):
+            raise SporeError(f"AMQP header {name!r} is missing or empty; a spore needs "
+                             f"spore_id, spore_type and from_agent")
+    fields["id"] = _text(headers, "spore_id")
+    fields["spore_type"] = _text(headers, "spore_type")
+    fields["from_agent"] = _text(headers, "from_agent")
+    for name in ("to_agent", "reply_to", "thread_id", "channel"):
+        value = _text(headers, name)
+        if value:
+            fields[name] = value
+    for name in ("created_at", "expires_at"):
+        value = _text(headers, name)
+        if value:
+            fields[name] = _timestamp(name, value)
+    priority = _number(headers, "priority")
+    if priority is not None:
+        fields["priority"] = priority
+    hops = _number(headers, "hops")
+    if hops is not None:
+        fields["hops"] = hops
+    return Spore.from_dict(fields)
+
+
+def _text(headers: Mapping[str, Any], name: str) -> str:
+    """A header as text: "" when absent; bytes are UTF-8; any other type is refused."""
+    value = headers.get(name)
+    if value is None:
+        return ""
+    if isinstance(value, bytes | bytearray):
+        try:
+            value = bytes(value).decode()
+        except UnicodeDecodeError:
+            raise SporeError(f"AMQP header {name!r} is not UTF-8 text") from None
+    if not isinstance(value, str):
+        raise SporeError(f"AMQP header {name!r} must be text, got {value!r:.60}")
+    if len(value) > _MAX_HEADER_CHARS:
+        raise SporeError(f"AMQP header {name!r} is {len(value)} characters long; at most "
+                         f"{_MAX_HEADER_CHARS}")
+    return value
+
+
+def _number(headers: Mapping[str, Any], name: str) -> int | None:
+    """An integer header, written as a number (sporeflow) or as digits (Praval)."""
+    value = headers.get(name)
+    if value is None or value == "" or value == b"":
+        return None
+    if type(value) is int:
+        return value
+    text = _text(headers, name).strip()
+    if not text.lstrip("-").isdigit() or len(text) > 9:
+        raise SporeError(f"AMQP header {name!r} is {text!r:.40}; use an integer")
+    return int(text)
+
+
+def _timestamp(name: str, text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise SporeError(f"AMQP header {name!r} is {text!r:.60}; use an ISO 8601 "
+                         f"timestamp") from None
+    # A naive timestamp is local time (Praval's datetime.now()); astimezone reads it so.
+    try:
+        return moment.astimezone(UTC)
+    except (OverflowError, ValueError, OSError):
+        raise SporeError(f"AMQP header {name!r} is {text!r:.60}, out of range") from None

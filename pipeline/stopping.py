@@ -1,0 +1,134 @@
+"""Stop conditions: a safe little expression language over ``organism.stats()``.
+
+``sporeflow run --until 'totals.handled >= 1000 and totals.dead_letters == 0'``
+is parsed with the standard ``ast`` module and evaluated by walking the tree:
+nothing is ever passed to ``eval``. The language has only what a condition
+needs:
+
+- names and dotted paths into the stats dict (``totals.handled``,
+  ``agents.counter.failed``); ``agents["my-agent"].handled`` for names that are
+  not identifiers; a reason missing under ``by_reason`` counts as 0;
+- numbers, strings (``state == "running"``), ``True``/``False``;
+- comparisons (``==  !=  <  <=  >  >=``, chained too), ``and``, ``or``, ``not``,
+  and a unary minus.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import difflib
+import operator
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["StopCondition", "parse_condition", "wait_until"]
+
+Stats = Mapping[str, Any]
+
+_COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
+    ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+}
+_ZERO_WHEN_MISSING = frozenset({"by_reason"})  # counters that only list what happened
+
+
+class StopCondition:
+    """A parsed condition; call it with a stats dict to get True or False."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        try:
+            tree = ast.parse(text.strip(), mode="eval")
+        except SyntaxError as exc:
+            raise ValueError(f"condition {text!r} is not an expression ({exc.msg}); write "
+                             f"it like 'totals.handled >= 1000'") from None
+        self._check(tree.body)
+        self._tree = tree.body
+
+    def __call__(self, stats: Stats) -> bool:
+        return bool(self._eval(self._tree, stats))
+
+    def __repr__(self) -> str:
+        return f"StopCondition({self.text!r})"
+
+    def _check(self, node: ast.AST) -> None:
+        """Refuse, before any evaluation, every construct outside the tiny grammar."""
+        allowed = (ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.Compare,
+                   ast.Name, ast.Attribute, ast.Subscript, ast.Constant, ast.Load,
+                   *_COMPARE)
+        for child in ast.walk(node):
+            if not isinstance(child, allowed):
+                raise ValueError(f"condition {self.text!r}: {type(child).__name__} is not "
+                                 f"allowed; use names like totals.handled, numbers, "
+                                 f"comparisons, and, or, not")
+            if isinstance(child, ast.Constant) and not isinstance(
+                    child.value, int | float | str):
+                raise ValueError(f"condition {self.text!r}: {child.value!r} is not a number "
+                                 f"or a string")
+            if isinstance(child, ast.Subscript) and not (
+                    isinstance(child.slice, ast.Constant) and isinstance(child.slice.value, str)):
+                raise ValueError(f"condition {self.text!r}: write a subscript as "
+                                 f"[\"name\"], with a quoted name")
+
+    def _eval(self, node: ast.AST, stats: Stats) -> Any:
+        if isinstance(node, ast.BoolOp):
+            if isinstance(node.op, ast.And):
+                return all(self._eval(value, stats) for value in node.values)
+            return any(self._eval(value, stats) for value in node.values)
+        if isinstance(node, ast.UnaryOp):
+            operand = self._eval(node.operand, stats)
+            return (not operand) if isinstance(node.op, ast.Not) else -operand
+        if isinstance(node, ast.Compare):
+            left = self._eval(node.left, stats)
+            for op, right_node in zip(node.ops, node.comparators, strict=True):
+                right = self._eval(right_node, stats)
+                if not _COMPARE[type(op)](left, right):
+                    return False
+                left = right
+            return True
+        if isinstance(node, ast.Constant):
+            return node.value
+        return self._lookup(node, stats)
+
+    def _lookup(self, node: ast.AST, stats: Stats) -> Any:
+        path: list[str] = []
+        while not isinstance(node, ast.Name):
+            if isinstance(node, ast.Attribute):
+                path.append(node.attr)
+                node = node.value
+            else:
+                assert isinstance(node, ast.Subscript)  # _check allowed nothing else
+                path.append(str(ast.literal_eval(node.slice)))
+                node = node.value
+        path.append(node.id)
+        path.reverse()
+        value: Any = stats
+        for depth, key in enumerate(path):
+            if isinstance(value, Mapping) and key in value:
+                value = value[key]
+                continue
+            if depth and path[depth - 1] in _ZERO_WHEN_MISSING:
+                return 0
+            known = sorted(value) if isinstance(value, Mapping) else []
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {'.'.join([*path[:depth], close[0]])!r}?)" if close else ""
+            where = ".".join(path[:depth]) or "the stats"
+            raise ValueError(f"condition {self.text!r}: {where} has no {key!r}{hint}")
+        return value
+
+
+def parse_condition(text: str) -> StopCondition:
+    """Parse ``text``; raise ValueError naming what is not allowed."""
+    return StopCondition(text)
+
+
+async def wait_until(stats: Callable[[], Stats], predicate: Callable[[Stats], bool], *,
+                     interval: float = 0.1) -> None:
+    """Return once ``predicate(stats())`` holds, checking every ``interval`` seconds.
+
+    A periodic tick, not a check per spore: the hot path never pays for it.
+    """
+    # Polling is the point: an event set per spore would put the check on the hot path.
+    while not predicate(stats()):  # noqa: ASYNC110
+        await asyncio.sleep(interval)

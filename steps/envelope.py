@@ -1,0 +1,218 @@
+"""The XML envelope of a spore: every field, namespaced, canonical.
+
+``spore_to_xml(spore)`` writes one element ``spore`` in the namespace ``NAMESPACE``
+(``urn:sporeflow:spore:1``, prefix ``sf``), serialised as C14N 2.0, so the same spore
+(its dicts' keys in the same order) always gives the same bytes, and decoding then
+encoding gives the bytes back::
+
+    <sf:spore xmlns:sf="urn:sporeflow:spore:1" channel="main"
+              created_at="2026-01-01T00:00:00+00:00" from_agent="cli" hops="0"
+              id="1f2e-1" priority="5" spore_type="knowledge" to_agent="shop">
+      <sf:knowledge><sku>A-1</sku><qty>2</qty></sf:knowledge>
+      <sf:metadata><kind>order</kind></sf:metadata>
+      <sf:knowledge_references><sf:ref>doc-7</sf:ref></sf:knowledge_references>
+      <sf:data_references><sf:ref>s3://b/k</sf:ref></sf:data_references>
+    </sf:spore>
+
+(shown indented; the canonical form has no whitespace between elements).
+
+* The scalar fields are attributes named as the :class:`Spore` fields: ``id``,
+  ``spore_type``, ``from_agent``, ``to_agent``, ``channel``, ``priority``, ``hops``,
+  ``created_at``, ``expires_at``, ``reply_to``, ``thread_id``; timestamps in ISO 8601,
+  as in the JSON form. A field that is None is left out.
+* ``knowledge`` (always) and ``metadata`` (when not empty) are elements whose content is
+  the object written by the mapping of :mod:`sporeflow.steps.xmlpayload`, in no
+  namespace; the round trip is exact for every JSON object whose keys and strings hold
+  only characters XML allows (others raise :class:`SporeError` on encoding).
+* ``knowledge_references`` and ``data_references`` (when not empty) hold one ``sf:ref``
+  element per reference, in order.
+
+``spore_from_xml`` accepts any well-formed document of that shape (whitespace between
+the envelope's elements, an XML declaration) and checks every field like
+``Spore.from_dict``. It parses safely: a document type declaration is refused before
+parsing (no entity expansion, no external entities), the parser resolves no entities,
+loads no DTD, never touches the network or files, and input over ``max_bytes`` or
+nested deeper than ``max_depth`` elements (never more than 256) is refused. Every
+failure raises :class:`SporeError`, or its subclass :class:`XmlPayloadError` when the
+bytes are not acceptable XML.
+
+``payload_from_xml(text)`` reads one payload element, as ``sporeflow send --xml``
+takes it: the element's tag is the kind, its attributes and children the knowledge.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+from lxml import etree
+
+from sporeflow.config.errors import SporeError
+from sporeflow.steps.spore import Spore
+from sporeflow.steps.xmlpayload import (
+    Payload,
+    XmlPayloadError,
+    canonical_bytes,
+    element_to_knowledge,
+    knowledge_to_element,
+    parse_payloads,
+)
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_DEPTH",
+    "NAMESPACE",
+    "payload_from_xml",
+    "spore_from_xml",
+    "spore_to_xml",
+]
+
+NAMESPACE: Final = "urn:sporeflow:spore:1"
+PREFIX: Final = "sf"
+DEFAULT_MAX_BYTES: Final = 4 << 20
+DEFAULT_MAX_DEPTH: Final = 128
+
+_ATTRIBUTE_FIELDS: Final = (
+    "id", "spore_type", "from_agent", "to_agent", "channel", "priority", "hops",
+    "created_at", "expires_at", "reply_to", "thread_id",
+)
+_INTEGER_FIELDS: Final = frozenset({"priority", "hops"})
+_OBJECT_FIELDS: Final = ("knowledge", "metadata")
+_REFERENCE_FIELDS: Final = ("knowledge_references", "data_references")
+_REF: Final = f"{{{NAMESPACE}}}ref"
+_ROOT: Final = f"{{{NAMESPACE}}}spore"
+_DTD_RE: Final = re.compile(r"<!\s*(?:DOCTYPE|ENTITY)", re.IGNORECASE)
+_INTEGER_RE: Final = re.compile(r"-?[0-9]{1,20}")
+_WS: Final = " \t\r\n"
+_EXCERPT: Final = 120
+
+
+def spore_to_xml(spore: Spore) -> bytes:
+    """The canonical (C14N 2.0) XML envelope of ``spore``; see the module docstring."""
+    try:
+        return canonical_bytes(_envelope(spore))
+    except (ValueError, TypeError) as exc:
+        raise SporeError(f"spore {spore.id} has no XML form: {exc}") from None
+
+
+def _envelope(spore: Spore) -> etree._Element:
+    root = etree.Element(_ROOT, nsmap={PREFIX: NAMESPACE})
+    data = spore.to_dict()
+    for name in _ATTRIBUTE_FIELDS:
+        value = data[name]
+        if value is not None:
+            root.set(name, str(value))
+    for name in _OBJECT_FIELDS:
+        if name == "knowledge" or data[name]:
+            element = knowledge_to_element(name, data[name])
+            element.tag = f"{{{NAMESPACE}}}{name}"  # its content stays in no namespace
+            root.append(element)
+    for name in _REFERENCE_FIELDS:
+        if data[name]:
+            container = etree.SubElement(root, f"{{{NAMESPACE}}}{name}")
+            for reference in data[name]:
+                etree.SubElement(container, _REF).text = reference
+    return root
+
+
+def spore_from_xml(
+    data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_depth: int = DEFAULT_MAX_DEPTH
+) -> Spore:
+    """Decode an XML envelope, checking every field; raise only :class:`SporeError`."""
+    root = _parse(data, max_bytes, max_depth)
+    if root.tag != _ROOT:
+        raise SporeError(
+            f"the XML is not a spore envelope: its root is <{root.tag}>, expected "
+            f"<spore> in namespace {NAMESPACE!r}")
+    fields: dict[str, Any] = {}
+    for name, value in root.attrib.items():
+        key = str(name)
+        if key not in _ATTRIBUTE_FIELDS:
+            raise SporeError(
+                f"unknown attribute {key!r} on the spore envelope; the attributes are "
+                f"{', '.join(_ATTRIBUTE_FIELDS)}")
+        text = str(value)
+        fields[key] = int(text) if key in _INTEGER_FIELDS and _INTEGER_RE.fullmatch(
+            text) else text
+    if (root.text or "").strip(_WS):
+        raise SporeError(f"the spore envelope holds stray text {root.text!r:.60}")
+    for child in root:
+        fields.update(_field_element(child, fields))
+    if "knowledge" not in fields:
+        raise SporeError("the spore envelope has no <sf:knowledge> element; add one")
+    return Spore.from_dict(fields)
+
+
+def _field_element(child: etree._Element, seen: dict[str, Any]) -> dict[str, Any]:
+    if (child.tail or "").strip(_WS):
+        raise SporeError(f"the spore envelope holds stray text {child.tail!r:.60}")
+    qname = etree.QName(child)
+    name = qname.localname
+    if qname.namespace != NAMESPACE or name not in (*_OBJECT_FIELDS, *_REFERENCE_FIELDS):
+        raise SporeError(
+            f"unknown element <{child.tag}> in the spore envelope; the elements are "
+            f"sf:knowledge, sf:metadata, sf:knowledge_references, sf:data_references")
+    if name in seen:
+        raise SporeError(f"the spore envelope has <sf:{name}> twice; keep one")
+    if name in _OBJECT_FIELDS:
+        return {name: element_to_knowledge(child)}
+    references = []
+    for ref in child:
+        if ref.tag != _REF or len(ref):
+            raise SporeError(f"<sf:{name}> may hold only <sf:ref> elements with text, "
+                             f"found <{ref.tag}>")
+        references.append(ref.text or "")
+    return {name: references}
+
+
+def _parse(data: str | bytes, max_bytes: int, max_depth: int) -> etree._Element:
+    if isinstance(data, str):
+        raw = data.encode("utf-8", "surrogatepass")
+    elif isinstance(data, bytes | bytearray):
+        raw = bytes(data)
+    else:
+        raise SporeError(f"a spore envelope is str or bytes, not {type(data).__name__}")
+    if len(raw) > max_bytes:
+        raise XmlPayloadError(f"spore XML is {len(raw)} bytes, over max_bytes={max_bytes}")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise XmlPayloadError(f"spore XML is not UTF-8: {exc.reason}") from None
+    dtd = _DTD_RE.search(text)
+    if dtd is not None:
+        raise XmlPayloadError(
+            "document type declarations are not allowed in spore XML (entity expansion "
+            "and external entities are refused)", text[dtd.start():dtd.start() + _EXCERPT])
+    parser = etree.XMLParser(
+        resolve_entities=False, load_dtd=False, dtd_validation=False, no_network=True,
+        huge_tree=False, remove_comments=True, remove_pis=True, attribute_defaults=False,
+        collect_ids=False)
+    try:
+        root = etree.fromstring(raw, parser)
+    except etree.XMLSyntaxError as exc:
+        raise XmlPayloadError(f"spore XML does not parse: {exc}", text[:_EXCERPT]) from None
+    if root.getroottree().docinfo.internalDTD is not None:  # pragma: no cover - refused above
+        raise XmlPayloadError("document type declarations are not allowed in spore XML")
+    _check_depth(root, max_depth)
+    return root
+
+
+def _check_depth(root: etree._Element, max_depth: int) -> None:
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise XmlPayloadError(f"spore XML nests elements deeper than max_depth={max_depth}")
+        stack.extend((child, depth + 1) for child in node)
+
+
+def payload_from_xml(text: str | bytes) -> Payload:
+    """Read exactly one payload element (recovering sloppy XML, safely, as for replies).
+
+    Raises :class:`XmlPayloadError` when the text holds no element or several.
+    """
+    payloads = parse_payloads(text)
+    if len(payloads) != 1:
+        tags = ", ".join(f"<{payload.tag}>" for payload in payloads)
+        raise XmlPayloadError(f"expected one payload element, found {len(payloads)}: {tags}")
+    return payloads[0]

@@ -1,0 +1,127 @@
+"""Schema checks of spores against their recipients' schemas.
+
+An agent may declare a schema (``agents.<name>.schema``; compiled by
+:mod:`sporeflow.config.schemas`). Spores addressed to it are checked in the validate
+stage, through the ``schemas`` mapping of agent name to :func:`schema_check`. A
+broadcast has no single recipient: :func:`check_broadcasts`, after ``route``, checks it
+once per subscriber that has a schema, and refuses it to those whose schema it fails
+only; the other subscribers still get it. Each refusal is one dead letter, reason
+``schema``, naming the agent and the failing field.
+
+The XML form of the knowledge, which an XSD is applied to, is
+:func:`knowledge_element`: the knowledge written by the mapping of
+:mod:`sporeflow.steps.xmlpayload` under a root element named after the spore's
+``metadata["kind"]`` (the tag of the XML payload it came from) when that is an XML
+name, else ``knowledge`` (``DEFAULT_ROOT``). The mapping's scalar type markers
+(``type="str"``, ``type="float"``, ...) are left out: XSD types the text itself, so
+the string ``"42"`` is checked as the text ``42``. Structure is as in the mapping:
+every key is a child element in key order (``xs:all`` accepts any order), a list of two
+or more items is repeated elements, and a list of zero or one item is a container
+``<key type="list">`` with ``<item>`` children.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from typing import Final
+
+from aiostream import pipable_operator, streamcontext
+from lxml import etree
+
+from sporeflow.config.errors import SporeError
+from sporeflow.config.schemas import SchemaSpec, SchemaViolation
+from sporeflow.steps.spore import Spore
+from sporeflow.steps.types import Delivery, Reject
+from sporeflow.steps.validate import SchemaCheck
+from sporeflow.steps.xmlpayload import knowledge_to_element
+
+__all__ = ["DEFAULT_ROOT", "check_broadcasts", "knowledge_element", "schema_check"]
+
+DEFAULT_ROOT: Final = "knowledge"
+"""The root element of the XML form of knowledge that has no ``metadata["kind"]``."""
+
+_SCALAR_MARKERS: Final = frozenset({"str", "int", "float", "bool", "null"})
+
+
+def knowledge_element(spore: Spore) -> etree._Element:
+    """The XML form of ``spore``'s knowledge, as an XSD sees it (see the module docstring).
+
+    Raises ``ValueError``/``TypeError`` for knowledge that XML cannot hold.
+    """
+    kind = spore.metadata.get("kind") if spore.metadata else None
+    root = etree.Element(DEFAULT_ROOT)
+    if type(kind) is str:
+        try:
+            root = etree.Element(kind)
+        except ValueError:
+            pass  # not an XML name: the default root
+    element = knowledge_to_element(str(root.tag), spore.knowledge)
+    for node in element.iter():
+        if node.get("type") in _SCALAR_MARKERS:
+            del node.attrib["type"]
+    return element
+
+
+def schema_check(agent: str, schema: SchemaSpec) -> SchemaCheck:
+    """The check of spores addressed to ``agent``: raises :class:`SchemaViolation`."""
+    where = str(schema.path)
+
+    def check_knowledge(spore: Spore) -> None:
+        try:
+            schema.check(spore.knowledge)
+        except SchemaViolation as exc:
+            raise SchemaViolation(exc.field, exc.detail, where, agent=agent) from None
+
+    def check_xml(spore: Spore) -> None:
+        try:
+            element = knowledge_element(spore)
+        except (ValueError, TypeError) as exc:
+            raise SchemaViolation(DEFAULT_ROOT, f"has no XML form: {exc}", where,
+                                  agent=agent) from None
+        try:
+            schema.check(element)
+        except SchemaViolation as exc:
+            raise SchemaViolation(exc.field, exc.detail, where, agent=agent) from None
+
+    return check_xml if schema.wants_xml else check_knowledge
+
+
+@pipable_operator
+async def check_broadcasts(
+    source: AsyncIterable[list[Delivery]],
+    *,
+    schemas: Mapping[str, SchemaCheck],
+    on_reject: Reject,
+) -> AsyncIterator[list[Delivery]]:
+    """Refuse each broadcast to the subscribers whose schema it fails; pass the rest."""
+    async with streamcontext(source) as batches:
+        async for deliveries in batches:
+            if schemas:
+                deliveries = _admitted(deliveries, schemas, on_reject)
+            if deliveries:
+                yield deliveries
+
+
+def _admitted(deliveries: list[Delivery], schemas: Mapping[str, SchemaCheck],
+              on_reject: Reject) -> list[Delivery]:
+    admitted: list[Delivery] = []
+    for spore, targets in deliveries:
+        if spore.to_agent is not None:  # addressed: checked by the validate stage
+            admitted.append((spore, targets))
+            continue
+        kept: list[str] = []
+        for target in targets:
+            check = schemas.get(target)
+            if check is None:
+                kept.append(target)
+                continue
+            try:
+                check(spore)
+            except SporeError as exc:
+                # One dead letter per refused subscriber: the delivery is settled per target.
+                on_reject(spore, getattr(exc, "reason", "invalid"), exc)
+            else:
+                kept.append(target)
+        if kept:
+            admitted.append((spore, tuple(kept)))
+    return admitted

@@ -1,0 +1,78 @@
+"""Priorities and expiry, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sporeflow.pipeline import Spore
+
+from .harness import Harness, wait_for
+
+
+async def test_spores_waiting_for_a_busy_agent_are_taken_highest_priority_first(
+        backend: Harness) -> None:
+    handled: list[str] = []
+    gate, started = asyncio.Event(), asyncio.Event()
+
+    async def busy(spore: Spore, ctx: Any) -> None:
+        handled.append(spore.knowledge["tag"])
+        if spore.knowledge["tag"] == "gate":
+            started.set()
+            await gate.wait()
+
+    async with backend.running({"agents": {"busy": {"handler": busy}}}) as org:
+        await org.send("busy", {"tag": "gate"})
+        await asyncio.wait_for(started.wait(), 10)
+        # The filler takes what room the process has beyond the running handler (its
+        # prefetch on a broker), so that every later spore waits where priority rules.
+        await org.send("busy", {"tag": "filler"}, priority=1)
+        await wait_for(lambda: org.stats()["agents"]["busy"]["received"] >= 2)
+        priorities = list(range(2, 11))
+        random.Random(7).shuffle(priorities)
+        for priority in priorities:
+            await org.send("busy", {"tag": f"p{priority}"}, priority=priority)
+        await backend.published(org, 11)
+        gate.set()
+        await backend.quiet(org)
+    ranked = [tag for tag in handled if tag.startswith("p")]
+    assert ranked == [f"p{p}" for p in range(10, 1, -1)]
+    assert sorted(handled) == sorted(["gate", "filler", *ranked])
+
+
+class Clock:
+    """A wall clock the test moves by hand (the organism's ``now``)."""
+
+    def __init__(self) -> None:
+        self.moment = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.moment
+
+
+async def test_a_spore_that_expires_while_waiting_is_dead_lettered_never_handled(
+        backend: Harness) -> None:
+    clock = Clock()
+    handled: list[str] = []
+    gate, started = asyncio.Event(), asyncio.Event()
+
+    async def busy(spore: Spore, ctx: Any) -> None:
+        handled.append(spore.knowledge["tag"])
+        if spore.knowledge["tag"] == "gate":
+            started.set()
+            await gate.wait()
+
+    async with backend.running({"agents": {"busy": {"handler": busy}}}, now=clock) as org:
+        await org.send("busy", {"tag": "gate"})
+        await asyncio.wait_for(started.wait(), 10)
+        await org.send("busy", {"tag": "short"}, expires_in=60)
+        await org.send("busy", {"tag": "long"}, expires_in=3600)
+        await backend.published(org, 3)
+        clock.moment += timedelta(seconds=120)
+        gate.set()
+        await backend.quiet(org)
+    assert handled == ["gate", "long"]
+    assert [(d.reason, d.spore.knowledge) for d in org.dead_letters] == [
+        ("expired", {"tag": "short"})]

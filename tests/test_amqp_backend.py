@@ -1,0 +1,131 @@
+"""The RabbitMQ backend on the real broker: dead letters, signatures, bad messages, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aio_pika
+import pytest
+
+from sporeflow.config import organism_from_dict
+from sporeflow.pipeline import BrokerError, Organism, Spore
+from sporeflow.pipeline.amqp_backend import AmqpBackend
+from sporeflow.pipeline.amqp_codec import spore_to_amqp
+from sporeflow.pipeline.backend import Topology
+
+from .conformance.harness import AMQP_URL, Harness, broker_reachable, wait_for
+
+pytestmark = pytest.mark.amqp
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    why = broker_reachable()
+    if why is not None:
+        pytest.fail(f"RabbitMQ is not reachable at 127.0.0.1:5672 ({why}); start it")
+    made = Harness("amqp")
+    try:
+        yield made
+    finally:
+        await made.cleanup()
+
+
+async def dead_letters(topology: Topology) -> list[tuple[dict[str, Any], bytes]]:
+    """Take what the broker's dead-letter queue holds: (headers, body) each."""
+    connection = await aio_pika.connect(AMQP_URL)
+    letters = []
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(topology.dead_letter_queue, passive=True)
+        while (message := await queue.get(fail=False)) is not None:
+            letters.append((dict(message.headers), message.body))
+            await message.ack()
+    return letters
+
+
+async def inject(topology: Topology, agent: str, body: bytes, headers: dict[str, Any]) -> None:
+    """Publish straight into an agent's queue, as an intruder without the key would."""
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.default_exchange.publish(aio_pika.Message(body, headers=headers),
+                                               routing_key=topology.queue(agent))
+
+
+async def test_the_last_failure_is_dead_lettered_on_the_broker_with_why(
+        harness: Harness) -> None:
+    async def broken(spore: Spore, ctx: Any) -> None:
+        raise KeyError("missing")
+
+    async with harness.running({"agents": {"broken": {"handler": broken,
+                                                      "retry": {"attempts": 2,
+                                                                "backoff": "1ms"}}}}) as org:
+        await org.send("broken", {"n": 1})
+        await harness.quiet(org)
+        topology = Topology.of(org.spec)
+    [(headers, body)] = await dead_letters(topology)
+    assert json.loads(body) == {"n": 1}
+    assert (headers["x-sporeflow-reason"], headers["x-sporeflow-agent"],
+            headers["x-sporeflow-attempts"]) == ("handler failed", "broken", 2)
+    assert "KeyError" in headers["x-sporeflow-error"]
+
+
+async def test_a_spore_injected_without_the_key_is_dead_lettered_as_bad_signature(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONFORMANCE_KEY", "k" * 32)
+    handled: list[Any] = []
+
+    async def double(spore: Spore, ctx: Any) -> dict[str, Any]:
+        handled.append(spore.knowledge)
+        return {"n": spore.knowledge["n"] * 2}
+
+    data = {"organism": {"signing_key_env": "CONFORMANCE_KEY"},
+            "agents": {"double": {"handler": double}}}
+    async with harness.running(data) as org:
+        answer = await org.request("double", {"n": 4}, timeout=10)  # signed: accepted
+        topology = Topology.of(org.spec)
+        body, headers, _ = spore_to_amqp(Spore(knowledge={"n": 99}, to_agent="double"))
+        await inject(topology, "double", body, headers)
+        await wait_for(lambda: len(org.dead_letters) == 1)
+    assert answer.knowledge == {"n": 8}
+    assert handled == [{"n": 4}]
+    assert [d.reason for d in org.dead_letters] == ["bad signature"]
+    [(letter, _)] = await dead_letters(topology)
+    assert letter["x-sporeflow-reason"] == "bad signature"
+
+
+async def test_a_message_that_is_no_spore_is_dead_lettered_and_the_rest_flow(
+        harness: Harness) -> None:
+    seen: list[int] = []
+
+    async def sink(spore: Spore, ctx: Any) -> None:
+        seen.append(spore.knowledge["n"])
+
+    async with harness.running({"agents": {"sink": {"handler": sink}}}) as org:
+        topology = Topology.of(org.spec)
+        await inject(topology, "sink", b"not json", {"spore_id": "x"})
+        await org.send("sink", {"n": 1})
+        await wait_for(lambda: seen == [1] and org.stats()["broker"]["refused"] == 1)
+        await harness.quiet(org)
+    [(letter, body)] = await dead_letters(topology)
+    assert (letter["x-sporeflow-reason"], body) == ("invalid", b"not json")
+    assert "not JSON" in letter["x-sporeflow-error"]
+
+
+async def test_an_unreachable_broker_raises_broker_error_without_the_password() -> None:
+    backend = AmqpBackend("amqp://app:hunter2@127.0.0.1:1/", connect_timeout=2)
+    with pytest.raises(BrokerError, match=r"cannot reach RabbitMQ at "
+                                          r"amqp://app:\*\*\*@127.0.0.1:1/") as caught:
+        await backend.open(Topology(exchange="x", subscriptions={}))
+    assert "hunter2" not in str(caught.value)
+
+
+async def test_an_organism_on_an_unreachable_broker_fails_to_start_cleanly() -> None:
+    spec = organism_from_dict({"agents": {"a": {"handler": print}}})
+    organism = Organism(spec, backend="amqp://guest:guest@127.0.0.1:1/")
+    with pytest.raises(BrokerError, match="cannot reach RabbitMQ"):
+        await asyncio.wait_for(organism.start(), 30)
+    assert organism.state == "stopped"

@@ -1,0 +1,203 @@
+"""``sporeflow dlq``: dead letters survive a restart, can be listed, shown, replayed, purged."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from sporeflow.pipeline import Organism, Spore
+from sporeflow.pipeline.cli import cli
+from sporeflow.pipeline.journal import JournalFile
+
+BROKEN = '''
+from pathlib import Path
+
+def work(spore, ctx):
+    n = spore.knowledge["item"]
+    if n % 2 == 0:
+        raise ValueError(f"even item {n}")
+    with (Path(__file__).parent / "out.txt").open("a") as out:
+        out.write(f"{n}\\n")
+'''
+FIXED = '''
+from pathlib import Path
+
+def work(spore, ctx):
+    with (Path(__file__).parent / "out.txt").open("a") as out:
+        out.write(f"{spore.knowledge['item']}\\n")
+'''
+SOURCE = '''
+def spawn(spore, ctx):
+    return [{"item": i} for i in range(spore.knowledge["count"])]
+'''
+ORGANISM = """
+organism: {name: dlq-demo, journal: state/journal.db}
+agents:
+  source: {handler: dlq_source:spawn, boot: {count: 6}, emit: {to: worker}}
+  worker: {handler: dlq_worker:work}
+"""
+
+
+def sporeflow(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real command in its own process: each run imports the handlers afresh."""
+    return subprocess.run([sys.executable, "-m", "sporeflow.pipeline.cli", *args],
+                          capture_output=True, text=True, timeout=60, env=dict(os.environ))
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_dead_letters_survive_a_restart_and_replay_to_a_fixed_handler(tmp_path: Path) -> None:
+    (tmp_path / "organism.yaml").write_text(ORGANISM)
+    (tmp_path / "dlq_source.py").write_text(SOURCE)
+    (tmp_path / "dlq_worker.py").write_text(BROKEN)
+    organism = str(tmp_path / "organism.yaml")
+    run = sporeflow("run", organism, "--until-idle", "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert sorted((tmp_path / "out.txt").read_text().split()) == ["1", "3", "5"]
+
+    listed = sporeflow("dlq", "list", organism)  # a new process: read from the journal
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 3
+    assert all("worker" in line and "handler failed" in line for line in lines)
+    assert [line.split("ValueError: even item ")[1].split()[0] for line in lines] == [
+        "0", "2", "4"]
+
+    (tmp_path / "dlq_worker.py").write_text(FIXED)
+    replayed = sporeflow("dlq", "replay", organism, "--reason", "handler failed", "--run")
+    assert replayed.returncode == 0, replayed.stderr
+    assert "3 dead letter(s) moved back" in replayed.stderr
+    # Each item handled exactly once overall: the replay did not boot the organism again.
+    assert sorted((tmp_path / "out.txt").read_text().split()) == ["0", "1", "2", "3", "4", "5"]
+    with JournalFile(tmp_path / "state" / "journal.db") as journal:
+        assert journal.dead_letters() == []
+        assert journal.pending() == []
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> Path:
+    """A journal holding four dead letters: picky failed on 1 and 3, grumpy on 10 and 11."""
+
+    def picky(spore: Spore, ctx: Any) -> None:
+        if spore.knowledge["n"] % 2:
+            raise ValueError(f"odd {spore.knowledge['n']}")
+
+    def grumpy(spore: Spore, ctx: Any) -> None:
+        raise KeyError("never")
+
+    spec = Organism.from_dict({"agents": {"picky": {"handler": picky},
+                                          "grumpy": {"handler": grumpy}}}).spec
+    org = Organism(spec, journal=tmp_path / "j.db")
+    async with org.running():
+        for n in range(4):
+            await org.send("picky", {"n": n})
+        await org.idle()  # picky's dead letters first, numbered 1 and 2
+        await org.send("grumpy", {"n": 10})
+        await org.send("grumpy", {"n": 11})
+        await org.idle()
+    return tmp_path / "j.db"
+
+
+def numbers(out: str) -> list[int]:
+    return [int(line.split()[0]) for line in out.splitlines()]
+
+
+def test_list_prints_one_line_per_dead_letter(journal: Path) -> None:
+    code, out, err = invoke("dlq", "list", "--journal", str(journal))
+    assert code == 0, err
+    assert numbers(out) == [1, 2, 3, 4]
+    first = out.splitlines()[0]
+    assert "picky" in first
+    assert "handler failed" in first
+    assert "ValueError: odd 1" in first
+    assert f"4 dead letter(s) in {journal}" in err
+
+
+def test_list_filters_by_agent_reason_and_id(journal: Path) -> None:
+    def listed(*filters: str) -> list[int]:
+        code, out, err = invoke("dlq", "list", "--journal", str(journal), *filters)
+        assert code == 0, err
+        return numbers(out)
+
+    assert listed("--agent", "grumpy") == [3, 4]
+    assert listed("--agent", "grumpy", "--agent", "picky") == [1, 2, 3, 4]
+    assert listed("--reason", "handler failed", "--id", "2", "--id", "4") == [2, 4]
+    assert listed("--reason", "expired") == []
+    with JournalFile(journal) as file:
+        spore_id = file.dead_letters()[2].letter.spore.id
+    assert listed("--id", spore_id) == [3]
+
+
+def test_list_json_gives_each_dead_letter_whole(journal: Path) -> None:
+    code, out, _ = invoke("dlq", "list", "--journal", str(journal), "--json", "--id", "3")
+    assert code == 0
+    [letter] = [json.loads(line) for line in out.splitlines()]
+    assert letter["number"] == 3
+    assert (letter["agent"], letter["reason"], letter["attempts"]) == (
+        "grumpy", "handler failed", 1)
+    assert letter["spore"]["knowledge"] == {"n": 10}
+    assert "KeyError" in letter["traceback"]
+
+
+def test_show_prints_the_traceback_and_the_spore(journal: Path) -> None:
+    code, out, _ = invoke("dlq", "show", "--journal", str(journal), "--id", "1")
+    assert code == 0
+    assert out.startswith("dead letter 1\n")
+    assert "  error:    ValueError: odd 1" in out
+    assert "traceback:\nTraceback (most recent call last):" in out
+    assert '"knowledge": {\n    "n": 1\n  }' in out
+
+
+def test_purge_deletes_only_the_chosen_dead_letters(journal: Path) -> None:
+    code, _, err = invoke("dlq", "purge", "--journal", str(journal), "--agent", "grumpy")
+    assert code == 0
+    assert "2 dead letter(s) purged" in err
+    with JournalFile(journal) as file:
+        assert [s.number for s in file.dead_letters()] == [1, 2]
+        assert file.pending() == []
+
+
+def test_replay_moves_the_chosen_ones_back_to_pending(journal: Path) -> None:
+    code, _, err = invoke("dlq", "replay", "--journal", str(journal), "--id", "1")
+    assert code == 0, err
+    with JournalFile(journal) as file:
+        assert [s.knowledge for s in file.pending()] == [{"n": 1}]
+        assert [s.number for s in file.dead_letters()] == [2, 3, 4]
+
+
+@pytest.mark.parametrize("command", ["replay", "purge"])
+def test_replay_and_purge_need_a_choice_or_all(journal: Path, command: str) -> None:
+    code, _, err = invoke("dlq", command, "--journal", str(journal))
+    assert code == 2
+    assert "--all" in err
+    code, _, _ = invoke("dlq", command, "--journal", str(journal), "--all")
+    assert code == 0
+    with JournalFile(journal) as file:
+        assert file.dead_letters() == []
+
+
+def test_an_organism_without_a_journal_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "organism.yaml").write_text("agents:\n  a: {handler: json:dumps}\n")
+    code, _, err = invoke("dlq", "list", str(tmp_path / "organism.yaml"))
+    assert code == 1
+    assert err.startswith("JournalError: ")
+    assert "dead letters are only persisted with one" in err
+    assert "journal: FILE" in err
+    assert "Traceback" not in err
+
+
+def test_a_journal_that_does_not_exist_yet_is_a_clear_error(tmp_path: Path) -> None:
+    code, _, err = invoke("dlq", "list", "--journal", str(tmp_path / "none.db"))
+    assert code == 1
+    assert "no journal here yet" in err
+    assert not (tmp_path / "none.db").exists()

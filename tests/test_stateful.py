@@ -1,0 +1,177 @@
+"""Stateful agents: class handlers, their hooks, snapshots, and ``run --state``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from sporeflow.pipeline import ConfigError, Organism, OrganismStateError, Spore
+from sporeflow.pipeline.cli import cli
+from sporeflow.pipeline.state import read_snapshot, write_snapshot
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def totaliser_organism(**agent: Any) -> Organism:
+    return Organism.from_dict(
+        {"organism": {"name": "stateful"},
+         "agents": {"totaliser": {"handler": "stateful_agents:Totaliser", **agent}}},
+        base_dir=FIXTURES)
+
+
+async def add(organism: Organism, n: int) -> int:
+    answer = await organism.request("totaliser", {"n": n}, timeout=5)
+    total: int = answer.knowledge["total"]
+    return total
+
+
+async def test_class_agent_total_continues_after_a_saved_stop_and_restart() -> None:
+    first = totaliser_organism()
+    async with first.running():
+        assert [await add(first, n) for n in (1, 2, 3)] == [1, 3, 6]
+    snapshot = first.save_state()
+    assert json.loads(json.dumps(snapshot)) == snapshot
+    assert snapshot["agents"] == {"totaliser": {"total": 6}}
+
+    second = totaliser_organism()
+    second.load_state(snapshot)  # before start: applied when the instance is made
+    async with second.running():
+        assert await add(second, 4) == 10
+
+
+async def test_lazy_class_is_made_on_first_spore_eager_one_at_start() -> None:
+    lazy, eager = totaliser_organism(), totaliser_organism(lazy=False)
+    async with lazy.running(), eager.running():
+        assert lazy._agents["totaliser"].actor.instance is None
+        made = eager._agents["totaliser"].actor.instance
+        assert made is not None
+        assert made.started
+        await add(lazy, 1)
+        assert lazy._agents["totaliser"].actor.instance.started
+
+
+async def test_on_stop_runs_after_the_drain_sees_every_spore() -> None:
+    organism = totaliser_organism()
+    await organism.start()
+    for n in range(1, 11):
+        await organism.send("totaliser", {"n": n})
+    await organism.stop()  # no idle() first: the drain must finish them
+    instance = organism._agents["totaliser"].actor.instance
+    assert instance.total_at_stop == 55
+
+
+async def test_concurrent_first_spores_make_one_instance() -> None:
+    made: list[object] = []
+
+    class Slow:
+        def __init__(self) -> None:
+            made.append(self)
+
+        async def on_start(self) -> None:
+            await asyncio.sleep(0)  # let the other first spores arrive meanwhile
+
+        async def handle(self, spore: Spore, ctx: Any) -> None:
+            return None
+
+    organism = Organism.from_dict({"agents": {"slow": {"handler": Slow, "concurrency": 4}}})
+    async with organism.running():
+        for _ in range(8):
+            await organism.send("slow", {})
+        await organism.idle()
+    assert len(made) == 1
+    assert organism.stats()["agents"]["slow"]["handled"] == 8
+
+
+async def test_plain_call_method_runs_and_function_state_is_snapshotted() -> None:
+    class Counter:
+        def __init__(self) -> None:
+            self.seen = 0
+
+        def __call__(self, spore: Spore, ctx: Any) -> None:  # sync: runs on a thread
+            self.seen += 1
+
+    async def remember(spore: Spore, ctx: Any) -> None:
+        ctx.state.setdefault("words", []).append(spore.knowledge["word"])
+
+    spec = {"agents": {"counter": {"handler": Counter}, "memo": {"handler": remember}}}
+    organism = Organism.from_dict(spec)
+    async with organism.running():
+        await organism.send("counter", {})
+        for word in ("a", "b"):
+            await organism.send("memo", {"word": word})
+        await organism.idle()
+        assert organism._agents["counter"].actor.instance.seen == 1
+    snapshot = organism.save_state()
+    # Counter has no save_state: nothing is saved for it.
+    assert snapshot["agents"] == {"memo": {"words": ["a", "b"]}}
+
+    again = Organism.from_dict(spec)
+    async with again.running():
+        again.load_state(snapshot)  # while running: applied at once, in place
+        await again.send("memo", {"word": "c"})
+        await again.idle()
+        assert again._agents["memo"].state == {"words": ["a", "b", "c"]}
+
+
+async def test_state_that_is_not_json_is_refused_naming_the_agent() -> None:
+    async def hoard(spore: Spore, ctx: Any) -> None:
+        ctx.state["when"] = object()
+
+    organism = Organism.from_dict({"agents": {"hoarder": {"handler": hoard}}})
+    async with organism.running():
+        await organism.send("hoarder", {})
+        await organism.idle()
+    with pytest.raises(OrganismStateError, match=r"agent 'hoarder': ctx.state is not JSON"):
+        organism.save_state()
+
+
+def test_a_snapshot_of_the_wrong_shape_is_refused() -> None:
+    with pytest.raises(OrganismStateError, match="not a sporeflow state snapshot"):
+        totaliser_organism().load_state({"totaliser": {"total": 1}})
+
+
+def test_class_without_handle_method_is_a_config_problem() -> None:
+    class Mute:
+        pass
+
+    with pytest.raises(ConfigError, match=r"agents.mute.handler: class handler .*Mute' has "
+                                          r"no handle method; define `async def handle"):
+        Organism.from_dict({"agents": {"mute": {"handler": Mute}}})
+
+
+async def test_failing_on_start_of_an_eager_agent_fails_start_and_stops() -> None:
+    class Broken:
+        async def on_start(self) -> None:
+            raise RuntimeError("no database")
+
+        async def handle(self, spore: Spore, ctx: Any) -> None:
+            return None
+
+    organism = Organism.from_dict({"agents": {"b": {"handler": Broken, "lazy": False}}})
+    with pytest.raises(OrganismStateError, match="agent 'b' could not start.*no database"):
+        await organism.start()
+    assert organism.state == "stopped"
+
+
+def test_snapshot_file_is_written_atomically_and_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    assert read_snapshot(path) is None
+    write_snapshot(path, {"sporeflow_state": 1, "agents": {"a": {"n": 1}}})
+    write_snapshot(path, {"sporeflow_state": 1, "agents": {"a": {"n": 2}}})
+    assert read_snapshot(path) == {"sporeflow_state": 1, "agents": {"a": {"n": 2}}}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary left
+
+
+def test_run_with_state_file_restores_the_total_on_the_next_run(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    organism = FIXTURES / "stateful_organism.yaml"  # boot sends {n: 5} at each start
+    for expected in (5, 10):
+        result = CliRunner().invoke(
+            cli, ["run", str(organism), "--until-idle", "--quiet", "--state", str(state)])
+        assert result.exit_code == 0, result.output
+        assert json.loads(state.read_text())["agents"] == {"totaliser": {"total": expected}}
