@@ -21,10 +21,11 @@ from sporeflow.steps.signing import (
 )
 from sporeflow.steps.spore import DEFAULT_CHANNEL, JSONObject, Spore, SporeType, new_spore_id
 from sporeflow.steps.types import Batch, Delivery, Reject
-from sporeflow.steps.validate import check_spore, validate
+from sporeflow.steps.validate import MAX_NAME_LENGTH, check_size, check_spore, validate
 
 __all__ = [
     "DEFAULT_CHANNEL",
+    "MAX_NAME_LENGTH",
     "SIGNATURE_FIELD",
     "AgentLane",
     "BadSignature",
@@ -40,6 +41,7 @@ __all__ = [
     "SporeType",
     "backoff_delay",
     "check_broadcasts",
+    "check_size",
     "check_spore",
     "dispatch",
     "expire_filter",

@@ -17,35 +17,37 @@ T = TypeVar("T")
 
 
 class PriorityBuckets(Generic[T]):
-    __slots__ = ("_boxes", "_size", "_top", "_top_box")
+    __slots__ = ("_boxes", "_top", "_top_box", "size")
 
     def __init__(self) -> None:
         self._boxes: dict[int, deque[T]] = {}
-        self._size = 0
-        self._top = 0  # the highest priority holding an item, while _size > 0
+        # How many items are held: read it, never write it. Hot loops read ``size``
+        # rather than call len(), which costs a Python-level __len__ each time.
+        self.size = 0
+        self._top = 0  # the highest priority holding an item, while size > 0
         self._top_box: deque[T] = deque()
 
     def __len__(self) -> int:
-        return self._size
+        return self.size
 
     def push(self, priority: int, item: T) -> None:
         box = self._boxes.get(priority)
         if box is None:
             box = self._boxes[priority] = deque()
         box.append(item)
-        self._size += 1
-        if priority > self._top or self._size == 1:
+        self.size += 1
+        if priority > self._top or self.size == 1:
             self._top, self._top_box = priority, box
 
     def top(self) -> int:
         """The highest priority held (0 when empty)."""
-        return self._top if self._size else 0
+        return self._top if self.size else 0
 
     def pop(self) -> T:
         """Remove and return the oldest item of the highest priority (IndexError if empty)."""
         item = self._top_box.popleft()
-        self._size -= 1
-        if not self._top_box and self._size:
+        self.size -= 1
+        if not self._top_box and self.size:
             self._find_top()
         return item
 
@@ -63,8 +65,8 @@ class PriorityBuckets(Generic[T]):
         else:
             popleft = box.popleft
             into.extend(popleft() for _ in range(count))
-        self._size -= count
-        if self._size and priority == self._top and not box:
+        self.size -= count
+        if self.size and priority == self._top and not box:
             self._find_top()
 
     def clear(self) -> list[T]:
@@ -72,5 +74,5 @@ class PriorityBuckets(Generic[T]):
         items = [item for p in sorted(self._boxes, reverse=True) for item in self._boxes[p]]
         for box in self._boxes.values():
             box.clear()
-        self._size = 0
+        self.size = 0
         return items

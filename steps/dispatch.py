@@ -109,7 +109,7 @@ class RunnerPool:
                 while ready:
                     lane = ready.popleft()
                     lane.scheduled = False
-                    if lane._mailbox:
+                    if lane._mailbox.size:
                         await self._serve(lane, task)
                 if len(parked) >= self.max_idle:
                     return
@@ -132,12 +132,12 @@ class RunnerPool:
         # that is when `cancel` and `wait_quiet` look at it.
         lane._running.add(task)
         try:
-            while mailbox and burst and not lane.paused and not resumers and (
+            while mailbox.size and burst and not lane.paused and not resumers and (
                     lane.busy < concurrency):
                 burst -= 1
                 lane.busy += 1
                 spore, attempt = mailbox.pop()
-                if mailbox and lane.busy < concurrency and not lane.scheduled:
+                if mailbox.size and lane.busy < concurrency and not lane.scheduled:
                     # More slots free: let another runner start one too, should we suspend.
                     lane.scheduled = True
                     ready.append(lane)
@@ -164,12 +164,13 @@ class RunnerPool:
                     if resumers:
                         lane.busy += 1
                         resumers.popleft().set_result(None)
-                if task.cancelling():
-                    # The handler swallowed a cancellation meant to stop this runner.
-                    raise asyncio.CancelledError
+            # A handler that swallowed a cancellation meant to stop this runner ran on;
+            # its lane was paused first (AgentLane.cancel), so the burst has ended here.
+            if task.cancelling():
+                raise asyncio.CancelledError
         finally:
             lane._running.discard(task)
-            if mailbox and not lane.scheduled:
+            if mailbox.size and not lane.scheduled:
                 lane._schedule_if_runnable()
             if lane._quiet is not None:
                 lane._check_quiet()
@@ -264,7 +265,7 @@ class AgentLane:
     # -- slots ----------------------------------------------------------------
 
     def _schedule_if_runnable(self) -> None:
-        if (self._mailbox and not self.scheduled and not self.paused
+        if (self._mailbox.size and not self.scheduled and not self.paused
                 and self.busy < self.policy.concurrency):
             self.scheduled = True
             self.pool.schedule(self)

@@ -69,10 +69,12 @@ class Spore:
     id: str = field(default_factory=new_spore_id)
     created_at: datetime = field(default_factory=_utcnow)
 
-    # Written out rather than generated: a frozen dataclass's own __init__ goes through
-    # object.__setattr__ per field, a third slower than the slot setters used here.
-    def __init__(
-        self,
+    # Built in __new__ rather than by a generated __init__: a frozen dataclass sets each
+    # field through object.__setattr__, which makes construction, done for every spore
+    # and reply, the costliest step of a delivery. A _Draft has the same slots without
+    # the frozen __setattr__; filled with plain stores, it then becomes a Spore.
+    def __new__(
+        cls,
         *,
         knowledge: JSONObject,
         spore_type: SporeType = SporeType.KNOWLEDGE,
@@ -89,22 +91,31 @@ class Spore:
         data_references: tuple[str, ...] = (),
         id: str | None = None,
         created_at: datetime | None = None,
-    ) -> None:
-        _set_knowledge(self, knowledge)
-        _set_spore_type(self, spore_type)
-        _set_from_agent(self, from_agent)
-        _set_to_agent(self, to_agent)
-        _set_channel(self, channel)
-        _set_priority(self, priority)
-        _set_expires_at(self, expires_at)
-        _set_reply_to(self, reply_to)
-        _set_thread_id(self, thread_id)
-        _set_hops(self, hops)
-        _set_metadata(self, {} if metadata is None else metadata)
-        _set_knowledge_references(self, knowledge_references)
-        _set_data_references(self, data_references)
-        _set_id(self, new_spore_id() if id is None else id)
-        _set_created_at(self, _utcnow() if created_at is None else created_at)
+    ) -> Spore:
+        draft = _Draft()
+        draft.knowledge = knowledge
+        draft.spore_type = spore_type
+        draft.from_agent = from_agent
+        draft.to_agent = to_agent
+        draft.channel = channel
+        draft.priority = priority
+        draft.expires_at = expires_at
+        draft.reply_to = reply_to
+        draft.thread_id = thread_id
+        draft.hops = hops
+        draft.metadata = {} if metadata is None else metadata
+        draft.knowledge_references = knowledge_references
+        draft.data_references = data_references
+        draft.id = new_spore_id() if id is None else id
+        draft.created_at = _utcnow() if created_at is None else created_at
+        if cls is Spore:
+            draft.__class__ = Spore  # type: ignore[assignment]  # same slots: allowed
+            return draft  # type: ignore[return-value]
+        return _subclass_instance(cls, draft)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # copy and pickle rebuild through __new__, which takes the fields by keyword.
+        return _rebuild, (type(self), {name: getattr(self, name) for name in _FIELD_ORDER})
 
     @property
     def thread(self) -> str:
@@ -184,14 +195,40 @@ class Spore:
 # -- field decoders: each checks one field and names it in its error ---------
 
 
-# The slots' own setters, for Spore.__init__ (they bypass the frozen __setattr__).
-(_set_knowledge, _set_spore_type, _set_from_agent, _set_to_agent, _set_channel, _set_priority,
- _set_expires_at, _set_reply_to, _set_thread_id, _set_hops, _set_metadata,
- _set_knowledge_references, _set_data_references, _set_id, _set_created_at) = (
-    Spore.__dict__[name].__set__ for name in (
-        "knowledge", "spore_type", "from_agent", "to_agent", "channel", "priority", "expires_at",
-        "reply_to", "thread_id", "hops", "metadata", "knowledge_references", "data_references",
-        "id", "created_at"))
+_FIELD_ORDER = Spore.__slots__
+
+
+class _Draft:
+    """A Spore under construction: its slots, writable (see ``Spore.__new__``)."""
+
+    __slots__ = _FIELD_ORDER
+    knowledge: JSONObject
+    spore_type: SporeType
+    from_agent: str
+    to_agent: str | None
+    channel: str
+    priority: int
+    expires_at: datetime | None
+    reply_to: str | None
+    thread_id: str | None
+    hops: int
+    metadata: JSONObject
+    knowledge_references: tuple[str, ...]
+    data_references: tuple[str, ...]
+    id: str
+    created_at: datetime
+
+
+def _subclass_instance(cls: type[Spore], draft: _Draft) -> Spore:
+    """A subclass may add slots or a __dict__: copy the fields over one by one."""
+    spore = object.__new__(cls)
+    for name in _FIELD_ORDER:
+        object.__setattr__(spore, name, getattr(draft, name))
+    return spore
+
+
+def _rebuild(cls: type[Spore], fields: dict[str, Any]) -> Spore:
+    return cls(**fields)
 
 
 def _str(name: str, value: object) -> str:

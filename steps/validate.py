@@ -14,7 +14,7 @@ from sporeflow.config.schemas import SCHEMA_REASON, SchemaViolation
 from sporeflow.steps.spore import PRIORITY_MAX, PRIORITY_MIN, Spore, SporeType
 from sporeflow.steps.types import Batch, Reject
 
-__all__ = ["check_spore", "validate"]
+__all__ = ["MAX_NAME_LENGTH", "check_size", "check_spore", "validate"]
 
 MAX_NAME_LENGTH = 128
 _SCALARS = (str, int, float, bool, type(None))
@@ -103,6 +103,12 @@ def check_spore(spore: Any, limits: Limits) -> None:
             and (reply_to is None or type(reply_to) is str)) or (
             expires_at is not None and expires_at.utcoffset() is None):
         _check_fields_the_chain_reads(spore)
+    check_size(spore, limits)
+
+
+def check_size(spore: Spore, limits: Limits) -> None:
+    """Raise unless ``spore``'s knowledge and metadata are JSON within the size and depth
+    limits (the part of :func:`check_spore` that a spore's own fields cannot vouch for)."""
     size = _ENVELOPE_BYTES + _bound(spore.knowledge, limits.max_depth, 1)
     if spore.metadata:
         size += _bound(spore.metadata, limits.max_depth, 1)

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import pickle
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -48,6 +50,29 @@ def test_spore_is_immutable_and_slotted() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         spore.priority = 9  # type: ignore[misc]
     assert not hasattr(spore, "__dict__")
+
+
+def test_copy_pickle_and_replace_give_equal_spores() -> None:
+    spore = Spore(knowledge={"a": [1, 2]}, to_agent="x", priority=7, metadata={"m": 1})
+    assert type(copy.copy(spore)) is Spore
+    assert copy.copy(spore) == spore
+    assert copy.deepcopy(spore) == spore
+    assert pickle.loads(pickle.dumps(spore)) == spore
+    moved = dataclasses.replace(spore, hops=3)
+    assert (moved.hops, moved.id, moved.knowledge) == (3, spore.id, spore.knowledge)
+
+
+class TaggedSpore(Spore):
+    """A subclass with a __dict__ of its own: a layout a Spore cannot be turned into."""
+
+
+def test_a_subclass_gets_every_field_and_stays_frozen() -> None:
+    spore = TaggedSpore(knowledge={"a": 1}, to_agent="x")
+    assert type(spore) is TaggedSpore
+    assert (spore.to_agent, spore.channel, spore.hops, spore.metadata) == ("x", "main", 0, {})
+    assert pickle.loads(pickle.dumps(spore)) == spore
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spore.hops = 1  # type: ignore[misc]
 
 
 def test_ids_are_unique_and_created_at_is_aware_utc() -> None:
