@@ -11,23 +11,32 @@ BOUNDS: tuple[float, ...] = tuple(1e-6 * 2 ** (i / 4) for i in range(108))
 
 
 class LatencyHistogram:
-    __slots__ = ("counts", "count", "total")
+    """Counts per bucket and the sum of seconds observed.
+
+    ``observe`` is the whole of recording; the organism's hot path does the same two
+    updates inline (see ``Organism._build_agent``).
+    """
+
+    __slots__ = ("counts", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(BOUNDS) + 1)
-        self.count = 0
         self.total = 0.0
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
 
     def observe(self, seconds: float) -> None:
         self.counts[bisect_left(BOUNDS, seconds)] += 1
-        self.count += 1
         self.total += seconds
 
     def quantile(self, q: float) -> float | None:
         """The upper bound of the bucket holding quantile ``q``, in seconds."""
-        if not self.count:
+        total = self.count
+        if not total:
             return None
-        rank = q * self.count
+        rank = q * total
         seen = 0
         for index, count in enumerate(self.counts):
             seen += count
@@ -36,9 +45,10 @@ class LatencyHistogram:
         return BOUNDS[-1]
 
     def summary(self) -> dict[str, float | int | None]:
+        count = self.count
         return {
-            "count": self.count,
-            "mean_ms": (self.total / self.count * 1000) if self.count else None,
+            "count": count,
+            "mean_ms": (self.total / count * 1000) if count else None,
             "p50_ms": _ms(self.quantile(0.5)),
             "p99_ms": _ms(self.quantile(0.99)),
         }

@@ -51,6 +51,15 @@ class LanePolicy:
     retry: Retry = Retry()
 
 
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    """A spore queued again after a failed attempt. First attempts, nearly all of them,
+    are queued as bare spores: no wrapper to allocate, nor for the GC to track."""
+
+    spore: Spore
+    attempt: int
+
+
 def backoff_delay(retry: Retry, attempt: int, rng: random.Random | None = None) -> float:
     """Seconds to wait after failed ``attempt``: exponential, capped, with equal jitter."""
     ceiling = min(retry.max_backoff, retry.backoff * 2.0 ** (attempt - 1))
@@ -136,7 +145,11 @@ class RunnerPool:
                     lane.busy < concurrency):
                 burst -= 1
                 lane.busy += 1
-                spore, attempt = mailbox.pop()
+                item = mailbox.pop()
+                if item.__class__ is _Retry:
+                    spore, attempt = item.spore, item.attempt
+                else:
+                    spore, attempt = item, 1  # type: ignore[assignment]
                 if mailbox.size and lane.busy < concurrency and not lane.scheduled:
                     # More slots free: let another runner start one too, should we suspend.
                     lane.scheduled = True
@@ -213,7 +226,7 @@ class AgentLane:
         self._rng = rng
         # A lane on its own gets a pool of its own whose runners end when idle.
         self.pool = pool if pool is not None else RunnerPool(max_idle=0, name=f"lane:{name}")
-        self._mailbox: PriorityBuckets[tuple[Spore, int]] = PriorityBuckets()
+        self._mailbox: PriorityBuckets[Spore | _Retry] = PriorityBuckets()
         self._resumers: deque[asyncio.Future[None]] = deque()
         self._running: set[asyncio.Task[Any]] = set()  # runners inside one of our handlers
         self._quiet: asyncio.Future[None] | None = None
@@ -233,9 +246,11 @@ class AgentLane:
 
     def deliver(self, spore: Spore, attempt: int = 1) -> None:
         """Queue ``spore``; the lane becomes runnable if a slot is free."""
-        self._mailbox.push(spore.priority, (spore, attempt))
         if attempt == 1:
+            self._mailbox.push(spore.priority, spore)
             self.received += 1
+        else:
+            self._mailbox.push(spore.priority, _Retry(spore, attempt))
         if not self.scheduled and self.busy < self.policy.concurrency and not self.paused:
             self.scheduled = True
             self.pool.schedule(self)
@@ -246,7 +261,8 @@ class AgentLane:
 
     def drain_queue(self) -> list[tuple[Spore, int]]:
         """Take every queued spore out (for shutdown or removal), highest priority first."""
-        return self._mailbox.clear()
+        return [(item.spore, item.attempt) if isinstance(item, _Retry) else (item, 1)
+                for item in self._mailbox.clear()]
 
     @property
     def timers(self) -> int:

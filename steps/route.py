@@ -77,6 +77,9 @@ async def route(
     waiter gave up, and their late responses are rejected. ``on_fanout`` gets,
     per batch, how many deliveries beyond one per spore the broadcasts made.
     """
+    # One ``(name,)`` per agent, reused: a tuple per direct spore would be one more
+    # object to allocate and for the garbage collector to track while it is queued.
+    alone: dict[str, tuple[str]] = {}
     async with streamcontext(source) as batches:
         async for batch in batches:
             routes = table()
@@ -102,7 +105,10 @@ async def route(
                 target = spore.to_agent
                 if target is not None:
                     if target in agents:
-                        deliveries.append((spore, (target,)))
+                        single = alone.get(target)
+                        if single is None:
+                            single = alone[target] = (target,)
+                        deliveries.append((spore, single))
                     elif target in outside:
                         on_outside(spore)
                     else:

@@ -36,13 +36,13 @@ class SporeType(StrEnum):
 
 
 # Ids are a random per-process prefix plus a counter: unique across processes,
-# and ten times cheaper than uuid4 on the hot path.
-_ID_PREFIX = os.urandom(6).hex()
+# and far cheaper than uuid4 on the hot path (a decimal counter formats fastest).
+_ID_PREFIX = os.urandom(6).hex() + "-"
 _id_counter = itertools.count(1)
 
 
 def new_spore_id() -> str:
-    return f"{_ID_PREFIX}-{next(_id_counter):x}"
+    return f"{_ID_PREFIX}{next(_id_counter)}"
 
 
 def _utcnow() -> datetime:
