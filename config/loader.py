@@ -23,6 +23,7 @@ from sporeflow.config.errors import ConfigError, Problem
 from sporeflow.config.handlers import HandlerImportError, agent_method, resolve_handler
 from sporeflow.config.model import (
     BUILTIN_CHANNELS,
+    DEFAULT_CAPACITY,
     AgentSpec,
     BrokerSpec,
     ChannelSpec,
@@ -420,7 +421,7 @@ def _to_spec(
     channels = {
         name: ChannelSpec(
             name=name,
-            capacity=conf.get("capacity", 1000),
+            capacity=conf.get("capacity", DEFAULT_CAPACITY),
             description=conf.get("description", ""),
             publish=_frozen(conf.get("publish")),
             subscribe=_frozen(conf.get("subscribe")),

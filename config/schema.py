@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sporeflow.config.model import DEFAULT_CAPACITY
 from sporeflow.config.units import DURATION_PATTERN, SIZE_PATTERN
 
 __all__ = ["ENV_NAME_PATTERN", "HANDLER_PATTERN", "MAX_DEPTH_CEILING", "NAME_PATTERN",
@@ -93,7 +94,8 @@ _agent = _closed(
 _channel = _closed(
     {
         "description": {"type": "string"},
-        "capacity": {**_count, "description": "outside spores queued before senders wait"},
+        "capacity": {**_count, "description": f"outside spores queued before senders wait "
+                                              f"(default {DEFAULT_CAPACITY})"},
         "publish": {**_names, "description": "agents allowed to broadcast here (absent: all)"},
         "subscribe": {**_names, "description": "agents allowed to subscribe (absent: all)"},
     },

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 
 from sporeflow.config.errors import OrganismStateError
+from sporeflow.config.model import DEFAULT_CAPACITY
 from sporeflow.steps import PriorityBuckets, Spore
 
 __all__ = ["Intake"]
@@ -25,7 +26,7 @@ __all__ = ["Intake"]
 class Intake:
     def __init__(
         self, *, max_in_flight: int, capacities: Mapping[str, int],
-        default_capacity: int = 1000, max_batch: int = 512,
+        default_capacity: int = DEFAULT_CAPACITY, max_batch: int = 512,
     ) -> None:
         self.max_in_flight = max_in_flight
         self.capacities = dict(capacities)
