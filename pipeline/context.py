@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sporeflow.config import AgentSpec
 from sporeflow.pipeline.orchestration import Gathered, gather_replies
 from sporeflow.pipeline.peers import peers_prompt
-from sporeflow.steps import AgentLane, Spore, SporeType, reply_spore
+from sporeflow.steps import AgentLane, Spore, SporeType, new_spore, reply_spore
 
 if TYPE_CHECKING:
     from sporeflow.pipeline.organism import Organism
@@ -65,7 +65,7 @@ class Context:
                spore_type: SporeType, priority: int | None, expires_in: float | None,
                ) -> Spore:
         parent = self.spore
-        return Spore(
+        return new_spore(
             knowledge=knowledge, spore_type=spore_type, from_agent=self.agent, to_agent=to,
             channel=channel or parent.channel,
             priority=priority if priority is not None else parent.priority,

@@ -87,6 +87,7 @@ from sporeflow.steps import (
     check_spore,
     dispatch,
     expire_filter,
+    new_spore,
     permission_error,
     route,
     schema_check,
@@ -653,18 +654,24 @@ class Organism:
                                 reason="unknown agent")
         expires_at = (self.now() + timedelta(seconds=expires_in)
                       if expires_in is not None else None)
-        spore = Spore(knowledge=knowledge, spore_type=spore_type, from_agent=sender,
-                      to_agent=to, channel=channel or "main", priority=priority,
-                      expires_at=expires_at, **extra)
+        if extra:  # fields of the caller's own (id, metadata, ...): check every one
+            spore = Spore(knowledge=knowledge, spore_type=spore_type, from_agent=sender,
+                          to_agent=to, channel=channel or "main", priority=priority,
+                          expires_at=expires_at, **extra)
+            check_spore(spore, self.spec.limits)
+            return spore
+        spore = new_spore(knowledge=knowledge, spore_type=spore_type, from_agent=sender,
+                          to_agent=to, channel=channel or "main", priority=priority,
+                          expires_at=expires_at)
         # The fields built here are right by construction, so only the caller's are
         # tested, quickly; should one fail, check_spore names it and what is wrong.
-        if extra or not (type(priority) is int and 1 <= priority <= 10
-                         and type(sender) is str and 0 < len(sender) <= MAX_NAME_LENGTH
-                         and (channel is None or (type(channel) is str
-                                                  and 0 < len(channel) <= MAX_NAME_LENGTH))):
-            check_spore(spore, self.spec.limits)
-        else:
+        if (type(priority) is int and 1 <= priority <= 10
+                and type(sender) is str and 0 < len(sender) <= MAX_NAME_LENGTH
+                and (channel is None or (type(channel) is str
+                                         and 0 < len(channel) <= MAX_NAME_LENGTH))):
             check_size(spore, self.spec.limits)
+        else:
+            check_spore(spore, self.spec.limits)
         return spore
 
     # send and broadcast return _admit's coroutine rather than being coroutines of their

@@ -19,7 +19,14 @@ from sporeflow.steps.signing import (
     signing_bytes,
     verify,
 )
-from sporeflow.steps.spore import DEFAULT_CHANNEL, JSONObject, Spore, SporeType, new_spore_id
+from sporeflow.steps.spore import (
+    DEFAULT_CHANNEL,
+    JSONObject,
+    Spore,
+    SporeType,
+    new_spore,
+    new_spore_id,
+)
 from sporeflow.steps.types import Batch, Delivery, Reject
 from sporeflow.steps.validate import MAX_NAME_LENGTH, check_size, check_spore, validate
 
@@ -46,6 +53,7 @@ __all__ = [
     "dispatch",
     "expire_filter",
     "knowledge_element",
+    "new_spore",
     "new_spore_id",
     "payload_from_xml",
     "permission_error",

@@ -21,7 +21,7 @@ from typing import Any
 from sporeflow.config.errors import SporeError
 from sporeflow.config.model import Emit
 from sporeflow.config.units import parse_duration
-from sporeflow.steps.spore import Spore, SporeType
+from sporeflow.steps.spore import Spore, SporeType, new_spore
 from sporeflow.steps.xmlpayload import parse_payloads
 
 __all__ = ["reply_spore", "shape_replies"]
@@ -71,7 +71,7 @@ def reply_spore(
             to, channel = emit.to, emit.channel
         else:
             to = parent.from_agent
-    return Spore(
+    return new_spore(
         knowledge=knowledge,
         spore_type=spore_type if to is not None else SporeType.BROADCAST,
         from_agent=agent,
