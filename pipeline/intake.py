@@ -133,7 +133,7 @@ class Intake:
         self.held -= count
         if not self.held:
             self._idle.set()
-        if self._senders:
+        if self._senders and self.held < self.max_in_flight:
             self._wake_senders(self.max_in_flight - self.held)
 
     def _wake_senders(self, count: int) -> None:

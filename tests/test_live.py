@@ -16,36 +16,20 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from sporeflow.pipeline import Context, LiveView, Organism, Spore, SporeflowError
+from sporeflow.pipeline import LiveView, Organism, SporeflowError
+
+from .newsroom import news_agents
 
 SMALL = Path(__file__).parent / "organisms" / "small" / "organism.yaml"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 COLUMNS = ("received", "handled", "failed", "in flight", "queued", "rate/s", "p50", "p99")
 
 
-async def relay(spore: Spore, ctx: Context) -> dict[str, Any]:
-    return {"n": spore.knowledge["n"]}
-
-
-async def listen(spore: Spore, ctx: Context) -> None:
-    return None
-
-
-async def flaky(spore: Spore, ctx: Context) -> None:
-    if spore.knowledge["n"] % 2:
-        raise ValueError("odd")
-
-
 def news_organism() -> Organism:
     return Organism.from_dict({
         "organism": {"name": "news"},
         "channels": {"news": {}},
-        "agents": {
-            "source": {"handler": relay, "emit": {"channel": "news"}},
-            "reader1": {"handler": listen, "subscribe": ["news"]},
-            "reader2": {"handler": listen, "subscribe": ["news"]},
-            "flaky": {"handler": flaky},
-        },
+        "agents": news_agents(),
     })
 
 

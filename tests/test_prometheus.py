@@ -27,21 +27,10 @@ from sporeflow.pipeline import (
 )
 from sporeflow.pipeline.prometheus import StatsCollector, take_snapshot
 
+from .newsroom import news_agents
+
 SMALL = Path(__file__).parent / "organisms" / "small" / "organism.yaml"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def relay(spore: Spore, ctx: Context) -> dict[str, Any]:
-    return {"n": spore.knowledge["n"]}
-
-
-async def listen(spore: Spore, ctx: Context) -> None:
-    return None
-
-
-async def flaky(spore: Spore, ctx: Context) -> None:
-    if spore.knowledge["n"] % 2:
-        raise ValueError("odd")
 
 
 async def rogue(spore: Spore, ctx: Context) -> None:
@@ -53,13 +42,7 @@ def news_organism() -> Organism:
     return Organism.from_dict({
         "organism": {"name": "news"},
         "channels": {"news": {"publish": ["source"]}},
-        "agents": {
-            "source": {"handler": relay, "emit": {"channel": "news"}},
-            "reader1": {"handler": listen, "subscribe": ["news"]},
-            "reader2": {"handler": listen, "subscribe": ["news"]},
-            "flaky": {"handler": flaky},
-            "rogue": {"handler": rogue},
-        },
+        "agents": {**news_agents(), "rogue": {"handler": rogue}},
     })
 
 

@@ -12,20 +12,26 @@ from sporeflow.pipeline import Spore
 from .harness import Harness, wait_for
 
 
+class Busy:
+    """A handler noting each spore's tag; the one tagged ``gate`` holds it until opened."""
+
+    def __init__(self) -> None:
+        self.handled: list[str] = []
+        self.started, self.gate = asyncio.Event(), asyncio.Event()
+
+    async def __call__(self, spore: Spore, ctx: Any) -> None:
+        self.handled.append(spore.knowledge["tag"])
+        if spore.knowledge["tag"] == "gate":
+            self.started.set()
+            await self.gate.wait()
+
+
 async def test_spores_waiting_for_a_busy_agent_are_taken_highest_priority_first(
         backend: Harness) -> None:
-    handled: list[str] = []
-    gate, started = asyncio.Event(), asyncio.Event()
-
-    async def busy(spore: Spore, ctx: Any) -> None:
-        handled.append(spore.knowledge["tag"])
-        if spore.knowledge["tag"] == "gate":
-            started.set()
-            await gate.wait()
-
+    busy = Busy()
     async with backend.running({"agents": {"busy": {"handler": busy}}}) as org:
         await org.send("busy", {"tag": "gate"})
-        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.wait_for(busy.started.wait(), 10)
         # The filler takes what room the process has beyond the running handler (its
         # prefetch on a broker), so that every later spore waits where priority rules.
         await org.send("busy", {"tag": "filler"}, priority=1)
@@ -35,11 +41,11 @@ async def test_spores_waiting_for_a_busy_agent_are_taken_highest_priority_first(
         for priority in priorities:
             await org.send("busy", {"tag": f"p{priority}"}, priority=priority)
         await backend.published(org, 11)
-        gate.set()
+        busy.gate.set()
         await backend.quiet(org)
-    ranked = [tag for tag in handled if tag.startswith("p")]
+    ranked = [tag for tag in busy.handled if tag.startswith("p")]
     assert ranked == [f"p{p}" for p in range(10, 1, -1)]
-    assert sorted(handled) == sorted(["gate", "filler", *ranked])
+    assert sorted(busy.handled) == sorted(["gate", "filler", *ranked])
 
 
 class Clock:
@@ -55,24 +61,16 @@ class Clock:
 async def test_a_spore_that_expires_while_waiting_is_dead_lettered_never_handled(
         backend: Harness) -> None:
     clock = Clock()
-    handled: list[str] = []
-    gate, started = asyncio.Event(), asyncio.Event()
-
-    async def busy(spore: Spore, ctx: Any) -> None:
-        handled.append(spore.knowledge["tag"])
-        if spore.knowledge["tag"] == "gate":
-            started.set()
-            await gate.wait()
-
+    busy = Busy()
     async with backend.running({"agents": {"busy": {"handler": busy}}}, now=clock) as org:
         await org.send("busy", {"tag": "gate"})
-        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.wait_for(busy.started.wait(), 10)
         await org.send("busy", {"tag": "short"}, expires_in=60)
         await org.send("busy", {"tag": "long"}, expires_in=3600)
         await backend.published(org, 3)
         clock.moment += timedelta(seconds=120)
-        gate.set()
+        busy.gate.set()
         await backend.quiet(org)
-    assert handled == ["gate", "long"]
+    assert busy.handled == ["gate", "long"]
     assert [(d.reason, d.spore.knowledge) for d in org.dead_letters] == [
         ("expired", {"tag": "short"})]
