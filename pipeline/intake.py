@@ -71,12 +71,7 @@ class Intake:
         self.ingress.push(spore.priority, spore)
         self.queued_by_channel[channel] = queued + 1
         self.admitted += 1
-        if not self.held:  # _hold(1), inlined
-            self._idle.clear()
-        self.held += 1
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        self._hold(1)
         return True
 
     def _push_ingress(self, spore: Spore) -> None:

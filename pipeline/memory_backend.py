@@ -26,22 +26,12 @@ from functools import lru_cache
 
 from sporeflow.config import BrokerError, SporeflowError
 from sporeflow.pipeline.backend import Backend, BackendStatistics, Inbound, OnMessage, Topology
+from sporeflow.pipeline.deadletters import DeadLetter
 from sporeflow.steps import PriorityBuckets, Spore, utc_now
 
-__all__ = ["DeadLetterRecord", "MemoryBackend", "MemoryBroker"]
+__all__ = ["MemoryBackend", "MemoryBroker"]
 
 _connection_ids = itertools.count(1)
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterRecord:
-    """A message the broker dead-lettered, with why (the headers RabbitMQ would carry)."""
-
-    spore: Spore
-    reason: str
-    error: str
-    agent: str | None = None
-    attempts: int = 0
 
 
 @dataclass(slots=True)
@@ -79,7 +69,7 @@ class MemoryBroker:
         self.now = now
         self.queues: dict[str, _Queue] = {}
         self.bindings: dict[str, list[tuple[str, str]]] = {}  # exchange -> (pattern, queue)
-        self.dead_letters: deque[DeadLetterRecord] = deque(maxlen=max_dead_letters)
+        self.dead_letters: deque[DeadLetter] = deque(maxlen=max_dead_letters)
 
     def declare(self, topology: Topology) -> None:
         bindings = self.bindings.setdefault(topology.exchange, [])
@@ -116,7 +106,7 @@ class MemoryBroker:
             queue.room.set()
             expires_at = message.spore.expires_at
             if expires_at is not None and expires_at <= self.now():
-                self.dead_letters.append(DeadLetterRecord(
+                self.dead_letters.append(DeadLetter(
                     message.spore, "expired", f"expired at {expires_at.isoformat()} while "
                                               f"queued in {queue.name!r}"))
                 continue
@@ -191,7 +181,7 @@ class _MemoryInbound:
         if requeue:
             self._broker.give_back(self._queue, self._message)
         else:
-            self._broker.dead_letters.append(DeadLetterRecord(
+            self._broker.dead_letters.append(DeadLetter(
                 self._message.spore, "rejected", "a consumer rejected it"))
             self._broker.pump(self._queue)
 
@@ -260,7 +250,7 @@ class MemoryBackend(Backend):
         spore = message.spore
         if spore is None:
             raise BrokerError("an undecodable message has no spore to dead-letter here")
-        self.broker.dead_letters.append(DeadLetterRecord(spore, reason, error, agent, attempts))
+        self.broker.dead_letters.append(DeadLetter(spore, reason, error, agent, attempts))
         self.stats.dead_lettered += 1
 
     async def cancel(self) -> None:

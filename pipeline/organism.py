@@ -75,7 +75,6 @@ from sporeflow.pipeline.stopping import Stats, parse_condition, wait_until
 from sporeflow.pipeline.subscriptions import set_subscription
 from sporeflow.pipeline.tracing import SporeTracer, make_tracer
 from sporeflow.steps import (
-    MAX_NAME_LENGTH,
     AgentLane,
     LanePolicy,
     RoutingTable,
@@ -83,7 +82,7 @@ from sporeflow.steps import (
     Spore,
     SporeType,
     check_broadcasts,
-    check_size,
+    check_sent_spore,
     check_spore,
     dispatch,
     expire_filter,
@@ -663,15 +662,7 @@ class Organism:
         spore = new_spore(knowledge=knowledge, spore_type=spore_type, from_agent=sender,
                           to_agent=to, channel=channel or "main", priority=priority,
                           expires_at=expires_at)
-        # The fields built here are right by construction, so only the caller's are
-        # tested, quickly; should one fail, check_spore names it and what is wrong.
-        if (type(priority) is int and 1 <= priority <= 10
-                and type(sender) is str and 0 < len(sender) <= MAX_NAME_LENGTH
-                and (channel is None or (type(channel) is str
-                                         and 0 < len(channel) <= MAX_NAME_LENGTH))):
-            check_size(spore, self.spec.limits)
-        else:
-            check_spore(spore, self.spec.limits)
+        check_sent_spore(spore, self.spec.limits)
         return spore
 
     # send and broadcast return _admit's coroutine rather than being coroutines of their

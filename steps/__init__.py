@@ -28,11 +28,10 @@ from sporeflow.steps.spore import (
     new_spore_id,
 )
 from sporeflow.steps.types import Batch, Delivery, Reject
-from sporeflow.steps.validate import MAX_NAME_LENGTH, check_size, check_spore, validate
+from sporeflow.steps.validate import check_sent_spore, check_spore, validate
 
 __all__ = [
     "DEFAULT_CHANNEL",
-    "MAX_NAME_LENGTH",
     "SIGNATURE_FIELD",
     "AgentLane",
     "BadSignature",
@@ -48,7 +47,7 @@ __all__ = [
     "SporeType",
     "backoff_delay",
     "check_broadcasts",
-    "check_size",
+    "check_sent_spore",
     "check_spore",
     "dispatch",
     "expire_filter",

@@ -14,7 +14,7 @@ from sporeflow.config.schemas import SCHEMA_REASON, SchemaViolation
 from sporeflow.steps.spore import PRIORITY_MAX, PRIORITY_MIN, Spore, SporeType
 from sporeflow.steps.types import Batch, Reject
 
-__all__ = ["MAX_NAME_LENGTH", "check_size", "check_spore", "validate"]
+__all__ = ["check_sent_spore", "check_spore", "validate"]
 
 MAX_NAME_LENGTH = 128
 _SCALARS = (str, int, float, bool, type(None))
@@ -103,12 +103,26 @@ def check_spore(spore: Any, limits: Limits) -> None:
             and (reply_to is None or type(reply_to) is str)) or (
             expires_at is not None and expires_at.utcoffset() is None):
         _check_fields_the_chain_reads(spore)
-    check_size(spore, limits)
+    _check_size(spore, limits)
 
 
-def check_size(spore: Spore, limits: Limits) -> None:
+def check_sent_spore(spore: Spore, limits: Limits) -> None:
+    """:func:`check_spore` for a spore built from a sender's arguments (``Organism.send``,
+    ``broadcast``): the fields the builder filled in are right by construction, so only
+    the sender's are tested, quickly, and the knowledge measured; should the quick test
+    fail, ``check_spore`` names what is wrong."""
+    priority, sender, channel = spore.priority, spore.from_agent, spore.channel
+    if (type(priority) is int and PRIORITY_MIN <= priority <= PRIORITY_MAX
+            and type(sender) is str and 0 < len(sender) <= MAX_NAME_LENGTH
+            and type(channel) is str and 0 < len(channel) <= MAX_NAME_LENGTH):
+        _check_size(spore, limits)
+    else:
+        check_spore(spore, limits)
+
+
+def _check_size(spore: Spore, limits: Limits) -> None:
     """Raise unless ``spore``'s knowledge and metadata are JSON within the size and depth
-    limits (the part of :func:`check_spore` that a spore's own fields cannot vouch for)."""
+    limits (the part of a check that a spore's own fields cannot vouch for)."""
     size = _ENVELOPE_BYTES + _bound(spore.knowledge, limits.max_depth, 1)
     if spore.metadata:
         size += _bound(spore.metadata, limits.max_depth, 1)
