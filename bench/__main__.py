@@ -2,11 +2,18 @@
 
     python -m bench [--runs 5] [--systems sporeflow,autogen-core] [--workloads W1,W3]
                     [--quick] [--python PY] [--python-peers PY] [--json-out FILE]
+                    [--baseline-python PY]
 
 A fresh process per run keeps peak RSS per run and one system's warm state out of the
 next. Runs interleave (for each workload, run i of every system, then run i + 1), so
 a drift of the machine spreads over all systems. A runner that fails or whose system
 is not installed is reported in the table; it never stops the suite.
+
+Before and after in one run: `--baseline-python PY`, PY a venv with another (older)
+build of sporeflow installed, runs sporeflow and sporeflow+journal a second time
+under PY, as sporeflow@base and sporeflow+journal@base, interleaved like every
+system: the bench code of this checkout, the sporeflow of PY. The report adds the
+ratio this build / baseline per workload.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bench.report import render
-from bench.systems import SYSTEMS, System
+from bench.systems import BASE, BASELINES, SYSTEMS, System, origin
 from bench.workloads import WORKLOADS
 
 ROOT = Path(__file__).resolve().parent.parent  # runners import `bench` from here
@@ -76,6 +83,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--python-peers",
         default=sys.executable,
         help="interpreter for autogen-core and praval (default: this one)",
+    )
+    p.add_argument(
+        "--baseline-python",
+        metavar="PY",
+        help="also run sporeflow and sporeflow+journal under PY, a venv with another build "
+        f"of sporeflow, as NAME{BASE}; the report adds this build / baseline per workload",
     )
     p.add_argument(
         "--json-out",
@@ -147,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     factor = scales(args)
     systems = [SYSTEMS[name] for name in args.systems]
+    if args.baseline_python:  # each baseline twin right after the system it runs again
+        systems = [t for s in systems for t in (s, BASELINES.get(s.name + BASE)) if t]
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
     lines: list[dict[str, Any]] = []
@@ -158,7 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if system.name in skipped:
                         continue
                     python = args.python_peers if system.peer else args.python
-                    line = run_one(python, system, workload, run, factor[system.name], args.timeout)
+                    if system.baseline:
+                        python = args.baseline_python
+                    scale = factor[origin(system.name)]  # a twin runs the sizes of its origin
+                    line = run_one(python, system, workload, run, scale, args.timeout)
                     if "skipped" in line:
                         skipped.add(system.name)  # not installed: no use trying again
                     lines.append(line)
@@ -167,10 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     progress(line, args.runs, sys.stderr)
     print(f"\nMachine: {machine()}")
     print(f"Interpreters: {args.python} (sporeflow, asyncio); {args.python_peers} (peers)")
+    if args.baseline_python:
+        print(f"Baseline: {args.baseline_python} (*{BASE})")
     # Other work on the machine skews every number: say how busy it was.
     print(f"Load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
     print(f"Result lines: {args.json_out}\n")
-    print(render(lines, args.systems, args.workloads, args.runs))
+    print(render(lines, [s.name for s in systems], args.workloads, args.runs))
     return 1 if any("error" in line for line in lines) else 0
 
 

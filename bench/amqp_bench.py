@@ -34,7 +34,7 @@ import aio_pika
 
 from sporeflow.config import organism_from_dict
 from sporeflow.pipeline import Organism, Spore, Topology
-from sporeflow.pipeline.amqp_backend import AmqpBackend
+from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 CONCURRENCY = 8

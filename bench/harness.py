@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bench.outcome import Outcome, WorkloadRun
-from bench.systems import SYSTEMS, System
+from bench.systems import BASELINES, SYSTEMS, System
 from bench.workloads import WORKLOADS, Workload
 
 
@@ -99,13 +99,13 @@ def run_one(system: System, workload: Workload, run: int, scale: float) -> dict[
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.harness", description=__doc__)
-    parser.add_argument("--system", required=True, choices=sorted(SYSTEMS))
+    parser.add_argument("--system", required=True, choices=sorted(SYSTEMS | BASELINES))
     parser.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
     parser.add_argument("--run", type=int, default=0, help="run index, recorded in the line")
     parser.add_argument("--scale", type=float, default=1.0, help="factor on the workload count")
     args = parser.parse_args(argv)
     workload = WORKLOADS[args.workload].scaled(args.scale)
-    line = run_one(SYSTEMS[args.system], workload, args.run, args.scale)
+    line = run_one((SYSTEMS | BASELINES)[args.system], workload, args.run, args.scale)
     print(json.dumps(line), flush=True)
 
 

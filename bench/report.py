@@ -1,4 +1,5 @@
-"""Turn result lines into the side-by-side tables: medians, ratios and targets, peak RSS.
+"""Turn result lines into the side-by-side tables: medians, ratios and targets, peak RSS,
+and with baseline twins (NAME@base) this build against the baseline.
 
 The tables are Markdown, so a run's output can be pasted into BENCHMARKS.md as it is.
 """
@@ -9,7 +10,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from bench.systems import LIMIT, SUBJECT
+from bench.systems import BASE, LIMIT, SUBJECT, origin
 from bench.targets import TARGETS
 from bench.workloads import WORKLOADS
 
@@ -116,7 +117,7 @@ def verdicts(results: Results, workload: str, field: str) -> list[tuple[str, str
 
 
 def subject_table(results: Results, systems: Sequence[str], workloads: Sequence[str]) -> str:
-    others = [s for s in systems if s != SUBJECT]
+    others = [s for s in systems if s != SUBJECT and not s.endswith(BASE)]
     rows = []
     for key in workloads:
         subject = results.median(SUBJECT, key)
@@ -126,6 +127,24 @@ def subject_table(results: Results, systems: Sequence[str], workloads: Sequence[
             rows.append([*lead, label, verdict])
             lead = [""] * len(lead)  # one row per target, the ratios on the first
     header = ["workload", *(f"vs {system_label(results, o)}" for o in others), "target", "result"]
+    return table(header, rows)
+
+
+def baseline_table(results: Results, twins: Sequence[str], workloads: Sequence[str]) -> str:
+    """This build against the baseline build, per workload: medians, >1x faster now."""
+
+    def cell(twin: str, key: str, field: str) -> str:
+        now, base = results.median(origin(twin), key, field), results.median(twin, key, field)
+        ratio = speedup(key, now, base)
+        return "-" if ratio is None else f"{ratio:.2f}x"
+
+    rows = []
+    for key in workloads:
+        w = WORKLOADS[key]
+        rows.append([f"{key} {w.name}", w.unit, *(cell(t, key, "value") for t in twins)])
+        if w.metric == "latency":
+            rows.append([f"{key} {w.name}", "us p99", *(cell(t, key, "p99_us") for t in twins)])
+    header = ["workload", "unit", *(f"{origin(t)} / {t}" for t in twins)]
     return table(header, rows)
 
 
@@ -156,6 +175,15 @@ def render(
             "hand-written limit), and its targets:",
             "",
             subject_table(results, systems, workloads),
+        ]
+    twins = [s for s in systems if s.endswith(BASE)]
+    if twins:
+        parts += [
+            "",
+            f"This build against the baseline ({BASE}), median against median "
+            "(>1x: this build faster):",
+            "",
+            baseline_table(results, twins, workloads),
         ]
     if RSS_WORKLOAD in workloads:
         parts += ["", rss_table(results, systems)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,6 +12,7 @@ class System:
     requires: str  # top-level package; when it is missing the runner skips, it does not fail
     peer: bool  # peers run from --python-peers, sporeflow and the limit from --python
     scale: float = 1.0  # default size factor for this system
+    baseline: bool = False  # runs from --baseline-python: another build of sporeflow
 
 
 SYSTEMS: dict[str, System] = {
@@ -31,3 +32,16 @@ SYSTEMS: dict[str, System] = {
 }
 LIMIT = "asyncio"
 SUBJECT = "sporeflow"
+
+# `--baseline-python PY` runs these again under PY (a venv with an older sporeflow),
+# as NAME@base: the bench code of this checkout, the sporeflow build of PY.
+BASE = "@base"
+BASELINES: dict[str, System] = {
+    s.name + BASE: replace(s, name=s.name + BASE, baseline=True)
+    for s in (SYSTEMS["sporeflow"], SYSTEMS["sporeflow+journal"])
+}
+
+
+def origin(name: str) -> str:
+    """Return the system a baseline twin runs again (`sporeflow@base` -> `sporeflow`)."""
+    return name.removesuffix(BASE)

@@ -29,7 +29,9 @@ from sporeflow.config.model import (
     OrganismSpec,
     Retry,
     SequenceSpec,
+    StageSpec,
 )
+from sporeflow.config.reasons import Reason, did_you_mean, reason_of
 from sporeflow.config.schema import ORGANISM_SCHEMA
 from sporeflow.config.schemas import SchemaSpec, SchemaViolation, load_schema
 from sporeflow.config.secrets import (
@@ -60,6 +62,7 @@ __all__ = [
     "OrganismSpec",
     "OrganismStateError",
     "Problem",
+    "Reason",
     "RequestTimeout",
     "Retry",
     "SchemaSpec",
@@ -67,6 +70,7 @@ __all__ = [
     "Secret",
     "SecretFilter",
     "SequenceSpec",
+    "StageSpec",
     "SporeError",
     "SporeflowError",
     "check_organism",
@@ -78,6 +82,8 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "read_secret_env",
+    "did_you_mean",
+    "reason_of",
     "redact_text",
     "redact_url",
     "url_password",

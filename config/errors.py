@@ -6,14 +6,19 @@ runtime both raise these, and ``config`` imports nothing of either.
     SporeflowError
     ├── ConfigError            an organism file (or dict) is wrong; carries every Problem
     ├── SporeError             a spore is malformed (decoding, construction)
-    │   └── LimitExceeded      a spore breaks a declared limit (size, depth, hops, ...)
+    │   ├── LimitExceeded      a spore breaks a declared limit (size, depth, hops, ...)
+    │   ├── SchemaViolation    its knowledge fails the recipient's schema (config.schemas)
+    │   ├── XmlPayloadError    XML a handler returned cannot be read (steps.xmlpayload)
+    │   └── BadSignature       a brokered spore's signature is missing or wrong (steps.signing)
     ├── DeliveryError          a spore could not be delivered (refused, unroutable, expired)
     │   └── NotAPeer           the sender may not address that agent or channel
     ├── HandlerError           the handler of a request failed; carries the cause
     ├── RequestTimeout         no response arrived in time
     ├── OrganismStateError     the organism is not running, or already running
-    └── BrokerError            the message broker failed or is unreachable
+    ├── BrokerError            the message broker failed or is unreachable
+    └── JournalError           the journal file is foreign, damaged or failed (journal.store)
 
+The dead-letter reason of each refusal is a :class:`~sporeflow.config.reasons.Reason`.
 Every message names the place, the bad value and the fix.
 """
 

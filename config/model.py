@@ -24,6 +24,7 @@ __all__ = [
     "OrganismSpec",
     "Retry",
     "SequenceSpec",
+    "StageSpec",
 ]
 
 DEFAULT_CHANNEL = "main"
@@ -120,6 +121,23 @@ class BrokerSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class StageSpec:
+    """A stage of the user's in the chain: ``operator`` is an aiostream pipable operator
+    over batches, called with ``reject=`` and ``options`` as keywords; it goes ``before``
+    or ``after`` the named stage (``validate``, ``expire``, ``route``, ``schema``,
+    ``dispatch``, ...)."""
+
+    operator: Any
+    before: str | None = None
+    after: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+    def label(self) -> str:
+        return self.name or getattr(self.operator, "__qualname__", repr(self.operator))
+
+
+@dataclass(frozen=True, slots=True)
 class OrganismSpec:
     name: str
     agents: Mapping[str, AgentSpec]
@@ -136,6 +154,7 @@ class OrganismSpec:
     signing_key_env: str | None = None
     signing_key: Secret | None = field(default=None, repr=False)
     journal: Path | None = None  # the durable journal's file, resolved against base_dir
+    stages: tuple[StageSpec, ...] = ()  # pipeline.stages: the user's stages in the chain
 
     def __post_init__(self) -> None:
         # Freeze the tables so that nobody mutates a loaded organism behind the runtime.

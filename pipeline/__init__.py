@@ -12,19 +12,24 @@ from sporeflow.config.errors import (
     SporeError,
     SporeflowError,
 )
-from sporeflow.pipeline.amqp_codec import spore_from_amqp, spore_to_amqp
-from sporeflow.pipeline.backend import (
+from sporeflow.pipeline.agents.context import Context
+from sporeflow.pipeline.agents.knowledge import KnowledgeStore, MemoryKnowledgeStore
+from sporeflow.pipeline.agents.orchestration import Gathered
+from sporeflow.pipeline.agents.procpool import ProcessContext
+from sporeflow.pipeline.broker.amqp_codec import spore_from_amqp, spore_to_amqp
+from sporeflow.pipeline.broker.backend import (
     Backend,
     BackendStatistics,
     Inbound,
     Topology,
-    open_backend,
     resolve_backend_url,
 )
-from sporeflow.pipeline.bridge import Bridge
-from sporeflow.pipeline.context import Context
-from sporeflow.pipeline.deadletters import DeadLetter, DeadLetterStore
-from sporeflow.pipeline.events import (
+from sporeflow.pipeline.broker.bridge import Bridge
+from sporeflow.pipeline.broker.factory import open_backend
+from sporeflow.pipeline.broker.memory_backend import MemoryBackend, MemoryBroker
+from sporeflow.pipeline.core.deadletters import DeadLetter, DeadLetterStore
+from sporeflow.pipeline.journal.store import Journal, JournalError, JournalFile, StoredDeadLetter
+from sporeflow.pipeline.observe.events import (
     AgentStateChanged,
     Event,
     EventBus,
@@ -38,7 +43,7 @@ from sporeflow.pipeline.events import (
     SporeFailed,
     SporeHandled,
 )
-from sporeflow.pipeline.graph import (
+from sporeflow.pipeline.observe.graph import (
     Wiring,
     WiringEdge,
     WiringNode,
@@ -46,19 +51,18 @@ from sporeflow.pipeline.graph import (
     render_mermaid,
     wiring,
 )
-from sporeflow.pipeline.journal import Journal, JournalError, JournalFile, StoredDeadLetter
-from sporeflow.pipeline.knowledge import KnowledgeStore, MemoryKnowledgeStore
-from sporeflow.pipeline.live import LiveView
-from sporeflow.pipeline.memory_backend import MemoryBackend, MemoryBroker
-from sporeflow.pipeline.orchestration import Gathered
+from sporeflow.pipeline.observe.live import LiveView
+from sporeflow.pipeline.observe.prometheus import MetricsServer, StatsCollector
+from sporeflow.pipeline.observe.stopping import StopCondition, parse_condition
+from sporeflow.pipeline.observe.summary import render_summary
+from sporeflow.pipeline.observe.tracing import (
+    SporeTracer,
+    extract_trace_context,
+    inject_trace_context,
+)
 from sporeflow.pipeline.organism import Organism
-from sporeflow.pipeline.procpool import ProcessContext
-from sporeflow.pipeline.prometheus import MetricsServer, StatsCollector
-from sporeflow.pipeline.reload import ReloadReport, SpecDiff, diff_specs
-from sporeflow.pipeline.stopping import StopCondition, parse_condition
-from sporeflow.pipeline.summary import render_summary
-from sporeflow.pipeline.tracing import SporeTracer, extract_trace_context, inject_trace_context
-from sporeflow.pipeline.watch import watch_changes
+from sporeflow.pipeline.reload.reloader import ReloadReport, SpecDiff, diff_specs
+from sporeflow.pipeline.reload.watch import watch_changes
 from sporeflow.steps.spore import Spore, SporeType
 
 __all__ = [

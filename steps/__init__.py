@@ -9,7 +9,7 @@ from sporeflow.steps.envelope import payload_from_xml, spore_from_xml, spore_to_
 from sporeflow.steps.expire import expire_filter, utc_now
 from sporeflow.steps.replies import reply_spore, shape_replies
 from sporeflow.steps.route import RoutingTable, permission_error, route
-from sporeflow.steps.schemagate import check_broadcasts, knowledge_element, schema_check
+from sporeflow.steps.schemagate import check_schemas, knowledge_element, schema_check
 from sporeflow.steps.signing import (
     SIGNATURE_FIELD,
     BadSignature,
@@ -21,17 +21,21 @@ from sporeflow.steps.signing import (
 )
 from sporeflow.steps.spore import (
     DEFAULT_CHANNEL,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
     JSONObject,
     Spore,
     SporeType,
     new_spore,
     new_spore_id,
 )
-from sporeflow.steps.types import Batch, Delivery, Reject
-from sporeflow.steps.validate import check_sent_spore, check_spore, validate
+from sporeflow.steps.types import Batch, Delivery, Reject, SchemaCheck
+from sporeflow.steps.validate import check_spore, validate
 
 __all__ = [
     "DEFAULT_CHANNEL",
+    "PRIORITY_MAX",
+    "PRIORITY_MIN",
     "SIGNATURE_FIELD",
     "AgentLane",
     "BadSignature",
@@ -43,11 +47,11 @@ __all__ = [
     "Reject",
     "RoutingTable",
     "RunnerPool",
+    "SchemaCheck",
     "Spore",
     "SporeType",
     "backoff_delay",
-    "check_broadcasts",
-    "check_sent_spore",
+    "check_schemas",
     "check_spore",
     "dispatch",
     "expire_filter",

@@ -86,9 +86,11 @@ def reply_spore(
 
 def _adopt(spore: Spore, parent: Spore, agent: str) -> Spore:
     # A handler may build its own spore, but not forge its sender or reset its lineage.
+    # A malformed field is left as it is, for the validate stage to refuse by name.
+    hops = spore.hops
     return dataclasses.replace(
         spore, from_agent=agent, thread_id=spore.thread_id or parent.thread_id or parent.id,
-        hops=max(spore.hops, parent.hops + 1))
+        hops=max(hops, parent.hops + 1) if type(hops) is int else hops)
 
 
 def _xml_replies(text: str | bytes, *, parent: Spore, agent: str,

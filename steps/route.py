@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from aiostream import pipable_operator, streamcontext
 
 from sporeflow.config.errors import DeliveryError, NotAPeer
+from sporeflow.config.reasons import Reason, did_you_mean
 from sporeflow.steps.spore import Spore, SporeType
 from sporeflow.steps.types import Batch, Delivery, Reject
 
@@ -63,19 +64,23 @@ async def route(
     *,
     table: Callable[[], RoutingTable],
     on_reject: Reject,
-    awaited: Container[str] = frozenset(),
+    asked: Callable[[str], str | None] = lambda request_id: None,
     abandoned: Container[str] = frozenset(),
     on_response: Callable[[Spore], None] = lambda spore: None,
     outside: Container[str] = frozenset(),
     on_outside: Callable[[Spore], None] = lambda spore: None,
     on_fanout: Callable[[int], None] = lambda extra: None,
+    arrived: Callable[[Spore], str | None] | None = None,
 ) -> AsyncIterator[list[Delivery]]:
     """Yield one delivery per routable spore; settle or reject every other spore.
 
-    ``awaited`` holds the ids of requests someone awaits: their responses go to
-    ``on_response`` instead of a handler; ``abandoned`` holds requests whose
-    waiter gave up, and their late responses are rejected. ``on_fanout`` gets,
-    per batch, how many deliveries beyond one per spore the broadcasts made.
+    A response goes to ``on_response`` only when ``asked(reply_to)`` names its sender:
+    the agent a still pending request went to. Any other response is refused
+    (``late response`` when its request was ``abandoned``, else ``unexpected
+    response``) and never reaches a handler. ``arrived`` tells, for a spore consumed
+    from a broker, the agent whose queue it came from: it goes to that agent only,
+    and only if that agent is its recipient or subscribes to its channel. ``on_fanout``
+    gets, per batch, how many deliveries beyond one per spore the broadcasts made.
     """
     # One ``(name,)`` per agent, reused: a tuple per direct spore would be one more
     # object to allocate and for the garbage collector to track while it is queued.
@@ -88,20 +93,26 @@ async def route(
             deliveries: list[Delivery] = []
             extra = 0
             for spore in batch:
-                if spore.spore_type is _RESPONSE and spore.reply_to is not None:
-                    if spore.reply_to in awaited:
+                if spore.spore_type is _RESPONSE:
+                    refusal = _response_refusal(spore, asked, abandoned)
+                    if refusal is None:
                         on_response(spore)
-                        continue
-                    if spore.reply_to in abandoned:
-                        on_reject(spore, "late response", DeliveryError(
-                            f"response {spore.id} came after request {spore.reply_to} "
-                            f"timed out", reason="late response"))
-                        continue
+                    else:
+                        on_reject(spore, refusal.reason, refusal)
+                    continue
                 if check_permissions:
                     refusal = permission_error(routes, spore, outside=outside)
                     if refusal is not None:
                         on_reject(spore, refusal.reason, refusal)
                         continue
+                queue = arrived(spore) if arrived is not None else None
+                if queue is not None:
+                    refusal = _queue_refusal(spore, queue, subscribers)
+                    if refusal is None:
+                        deliveries.append((spore, (queue,)))
+                    else:
+                        on_reject(spore, refusal.reason, refusal)
+                    continue
                 target = spore.to_agent
                 if target is not None:
                     if target in agents:
@@ -112,10 +123,10 @@ async def route(
                     elif target in outside:
                         on_outside(spore)
                     else:
-                        on_reject(spore, "unknown agent", DeliveryError(
+                        on_reject(spore, Reason.UNKNOWN_AGENT, DeliveryError(
                             f"spore {spore.id} from {spore.from_agent!r} is addressed to "
-                            f"{target!r}, which is no agent of this organism",
-                            reason="unknown agent"))
+                            f"{target!r}, which is no agent of this organism"
+                            f"{did_you_mean(target, agents)}", reason=Reason.UNKNOWN_AGENT))
                     continue
                 targets = subscribers.get(spore.channel, ())
                 if spore.from_agent in targets:
@@ -124,8 +135,8 @@ async def route(
                     deliveries.append((spore, targets))
                     extra += len(targets) - 1
                 else:
-                    reason = ("no subscribers" if spore.channel in routes.channels
-                              else "unknown channel")
+                    reason = (Reason.NO_SUBSCRIBERS if spore.channel in routes.channels
+                              else Reason.UNKNOWN_CHANNEL)
                     on_reject(spore, reason, DeliveryError(
                         f"broadcast {spore.id} from {spore.from_agent!r} on channel "
                         f"{spore.channel!r} reaches no agent ({reason})", reason=reason))
@@ -133,3 +144,41 @@ async def route(
                 on_fanout(extra)
             if deliveries:
                 yield deliveries
+
+
+def _response_refusal(spore: Spore, asked: Callable[[str], str | None],
+                      abandoned: Container[str]) -> DeliveryError | None:
+    """Why ``spore``, a response, may not resolve anything; None when it may."""
+    reply_to = spore.reply_to
+    if reply_to is None:
+        return DeliveryError(f"response {spore.id} from {spore.from_agent!r} answers no "
+                             f"request (reply_to is empty)", reason=Reason.UNEXPECTED_RESPONSE)
+    responder = asked(reply_to)
+    if responder is not None and responder == spore.from_agent:
+        return None
+    if responder is not None:
+        return DeliveryError(
+            f"response {spore.id} to request {reply_to} comes from {spore.from_agent!r}, "
+            f"but the request went to {responder!r}", reason=Reason.UNEXPECTED_RESPONSE)
+    if reply_to in abandoned:
+        return DeliveryError(f"response {spore.id} came after request {reply_to} timed out",
+                             reason=Reason.LATE_RESPONSE)
+    return DeliveryError(f"response {spore.id} from {spore.from_agent!r} answers "
+                         f"{reply_to!r:.80}, which is no pending request",
+                         reason=Reason.UNEXPECTED_RESPONSE)
+
+
+def _queue_refusal(spore: Spore, queue: str,
+                   subscribers: Mapping[str, tuple[str, ...]]) -> DeliveryError | None:
+    """Why ``spore``, consumed from agent ``queue``'s queue, may not go to that agent."""
+    target = spore.to_agent
+    if target is not None:
+        if target == queue:
+            return None
+        return DeliveryError(f"spore {spore.id} is addressed to {target!r} but arrived in "
+                             f"the queue of {queue!r}", reason=Reason.WRONG_QUEUE)
+    if queue in subscribers.get(spore.channel, ()) and spore.from_agent != queue:
+        return None
+    return DeliveryError(f"broadcast {spore.id} on channel {spore.channel!r} arrived in the "
+                         f"queue of {queue!r}, which does not subscribe to it",
+                         reason=Reason.WRONG_QUEUE)

@@ -2,10 +2,10 @@
 
 An agent may declare a schema (``agents.<name>.schema``; compiled by
 :mod:`sporeflow.config.schemas`). Spores addressed to it are checked in the validate
-stage, through the ``schemas`` mapping of agent name to :func:`schema_check`. A
-broadcast has no single recipient: :func:`check_broadcasts`, after ``route``, checks it
-once per subscriber that has a schema, and refuses it to those whose schema it fails
-only; the other subscribers still get it. Each refusal is one dead letter, reason
+stage :func:`check_schemas`, after ``route``, through the current mapping of agent name
+to :func:`schema_check`. A broadcast is checked once per subscriber that has a schema,
+and refused to those whose schema it fails only; the other subscribers still get it.
+Each refusal is one dead letter, reason
 ``schema``, naming the agent and the failing field.
 
 The XML form of the knowledge, which an XSD is applied to, is
@@ -22,20 +22,19 @@ or more items is repeated elements, and a list of zero or one item is a containe
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import Final
 
 from aiostream import pipable_operator, streamcontext
 from lxml import etree
 
-from sporeflow.config.errors import SporeError
+from sporeflow.config.reasons import reason_of
 from sporeflow.config.schemas import SchemaSpec, SchemaViolation
 from sporeflow.steps.spore import Spore
-from sporeflow.steps.types import Delivery, Reject
-from sporeflow.steps.validate import SchemaCheck
+from sporeflow.steps.types import Delivery, Reject, SchemaCheck
 from sporeflow.steps.xmlpayload import knowledge_to_element
 
-__all__ = ["DEFAULT_ROOT", "check_broadcasts", "knowledge_element", "schema_check"]
+__all__ = ["DEFAULT_ROOT", "check_schemas", "knowledge_element", "schema_check"]
 
 DEFAULT_ROOT: Final = "knowledge"
 """The root element of the XML form of knowledge that has no ``metadata["kind"]``."""
@@ -87,17 +86,22 @@ def schema_check(agent: str, schema: SchemaSpec) -> SchemaCheck:
 
 
 @pipable_operator
-async def check_broadcasts(
+async def check_schemas(
     source: AsyncIterable[list[Delivery]],
     *,
-    schemas: Mapping[str, SchemaCheck],
+    schemas: Callable[[], Mapping[str, SchemaCheck]],
     on_reject: Reject,
 ) -> AsyncIterator[list[Delivery]]:
-    """Refuse each broadcast to the subscribers whose schema it fails; pass the rest."""
+    """Refuse each delivery to the recipients whose schema it fails; pass the rest.
+
+    ``schemas`` gives the current agent -> check mapping, read once per batch, so an
+    agent added while the chain runs is checked from its first spore on.
+    """
     async with streamcontext(source) as batches:
         async for deliveries in batches:
-            if schemas:
-                deliveries = _admitted(deliveries, schemas, on_reject)
+            current = schemas()
+            if current:
+                deliveries = _admitted(deliveries, current, on_reject)
             if deliveries:
                 yield deliveries
 
@@ -106,7 +110,7 @@ def _admitted(deliveries: list[Delivery], schemas: Mapping[str, SchemaCheck],
               on_reject: Reject) -> list[Delivery]:
     admitted: list[Delivery] = []
     for spore, targets in deliveries:
-        if spore.to_agent is not None:  # addressed: checked by the validate stage
+        if len(targets) == 1 and targets[0] not in schemas:
             admitted.append((spore, targets))
             continue
         kept: list[str] = []
@@ -117,9 +121,9 @@ def _admitted(deliveries: list[Delivery], schemas: Mapping[str, SchemaCheck],
                 continue
             try:
                 check(spore)
-            except SporeError as exc:
-                # One dead letter per refused subscriber: the delivery is settled per target.
-                on_reject(spore, getattr(exc, "reason", "invalid"), exc)
+            except Exception as exc:  # hostile knowledge broke a check: refuse, never crash
+                # One dead letter per refused recipient: a delivery is settled per target.
+                on_reject(spore, reason_of(exc), exc)
             else:
                 kept.append(target)
         if kept:

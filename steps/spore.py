@@ -21,7 +21,16 @@ from typing import Any
 
 from sporeflow.config.errors import SporeError
 
-__all__ = ["DEFAULT_CHANNEL", "JSONObject", "Spore", "SporeType", "new_spore", "new_spore_id"]
+__all__ = [
+    "DEFAULT_CHANNEL",
+    "PRIORITY_MAX",
+    "PRIORITY_MIN",
+    "JSONObject",
+    "Spore",
+    "SporeType",
+    "new_spore",
+    "new_spore_id",
+]
 
 JSONObject = dict[str, Any]
 DEFAULT_CHANNEL = "main"

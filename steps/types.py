@@ -7,7 +7,7 @@ from typing import TypeAlias
 
 from sporeflow.steps.spore import Spore
 
-__all__ = ["Batch", "Delivery", "Reject"]
+__all__ = ["Batch", "Delivery", "Reject", "SchemaCheck"]
 
 Batch: TypeAlias = list[Spore]
 """The unit every stage consumes and yields: spores in priority order."""
@@ -17,3 +17,6 @@ Delivery: TypeAlias = tuple[Spore, tuple[str, ...]]
 
 Reject: TypeAlias = Callable[[Spore, str, "BaseException | None"], None]
 """Called with (spore, reason, error) for each spore a stage refuses."""
+
+SchemaCheck: TypeAlias = Callable[[Spore], None]
+"""Raises a :class:`~sporeflow.config.errors.SporeError` when a spore fails a check."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -10,11 +10,11 @@ from aiostream import pipable_operator, streamcontext
 
 from sporeflow.config.errors import LimitExceeded, SporeError
 from sporeflow.config.model import Limits
-from sporeflow.config.schemas import SCHEMA_REASON, SchemaViolation
+from sporeflow.config.reasons import reason_of
 from sporeflow.steps.spore import PRIORITY_MAX, PRIORITY_MIN, Spore, SporeType
-from sporeflow.steps.types import Batch, Reject
+from sporeflow.steps.types import Batch, Reject, SchemaCheck
 
-__all__ = ["check_sent_spore", "check_spore", "validate"]
+__all__ = ["check_spore", "validate"]
 
 MAX_NAME_LENGTH = 128
 _SCALARS = (str, int, float, bool, type(None))
@@ -22,7 +22,6 @@ _SCALARS = (str, int, float, bool, type(None))
 _STRING_GROWTH = 6
 _ENVELOPE_BYTES = 512
 
-SchemaCheck = Callable[[Spore], None]
 
 
 @pipable_operator
@@ -31,18 +30,17 @@ async def validate(
     *,
     limits: Limits,
     on_reject: Reject,
-    schemas: Mapping[str, SchemaCheck] | None = None,
     verify: SchemaCheck | None = None,
     checked: set[int] | None = None,
 ) -> AsyncIterator[Batch]:
     """Pass on the spores that are well formed and within limits; reject the rest.
 
-    ``verify`` runs on each well-formed spore (the broker consumer passes a signature
-    check); it raises a :class:`SporeError` whose ``reason`` names the dead-letter reason.
+    ``verify`` runs on each well-formed spore (a signature check, when signing is on);
+    it raises a :class:`SporeError` whose ``reason`` names the dead-letter reason.
     ``checked`` holds the ``id()`` of spores that passed :func:`check_spore` where they
-    entered and are held unchanged since: each is checked once, not twice.
+    entered (a sender that must hear of a refusal at once) and are held unchanged
+    since: each is checked once, not twice.
     """
-    schemas = schemas if schemas is not None else {}
     checked = checked if checked is not None else set()
     async with streamcontext(source) as batches:
         async for batch in batches:
@@ -55,13 +53,8 @@ async def validate(
                         check_spore(spore, limits)
                     if verify is not None:
                         verify(spore)
-                    target = spore.to_agent
-                    if target is not None and target in schemas:
-                        schemas[target](spore)
-                except SporeError as exc:
-                    on_reject(spore, _reason(exc), exc)
                 except Exception as exc:  # hostile input broke a check: refuse, never crash
-                    on_reject(spore, "invalid", exc)
+                    on_reject(spore, reason_of(exc), exc)
                 else:
                     valid.append(spore)
             if valid:
@@ -69,55 +62,78 @@ async def validate(
 
 
 def check_spore(spore: Any, limits: Limits) -> None:
-    """Raise :class:`SporeError` naming the field or limit that ``spore`` breaks."""
+    """Raise :class:`SporeError` naming the field (and its bad value) or the limit that
+    ``spore`` breaks: every field is checked with its type."""
     if type(spore) is not Spore:
         raise SporeError(f"expected a Spore, got {type(spore).__name__}")
+    priority, hops = spore.priority, spore.hops
+    from_agent, channel, to_agent = spore.from_agent, spore.channel, spore.to_agent
+    spore_id, expires_at, reply_to = spore.id, spore.expires_at, spore.reply_to
+    created_at, thread_id = spore.created_at, spore.thread_id
+    # One quick test for the common case; the detailed checks (and their messages)
+    # only when it fails.
+    if not (type(spore.knowledge) is dict and spore.spore_type.__class__ is SporeType
+            and type(priority) is int and PRIORITY_MIN <= priority <= PRIORITY_MAX
+            and type(hops) is int and 0 <= hops <= limits.max_hops
+            and type(from_agent) is str and 0 < len(from_agent) <= MAX_NAME_LENGTH
+            and type(channel) is str and 0 < len(channel) <= MAX_NAME_LENGTH
+            and (to_agent is None or (type(to_agent) is str
+                                      and 0 < len(to_agent) <= MAX_NAME_LENGTH))
+            and type(spore_id) is str and spore_id and type(spore.metadata) is dict
+            and type(created_at) is datetime and created_at.tzinfo is not None
+            and (expires_at is None or (type(expires_at) is datetime
+                                        and expires_at.tzinfo is not None))
+            and (reply_to is None or type(reply_to) is str)
+            and (thread_id is None or type(thread_id) is str)
+            and (not spore.knowledge_references or _strings(spore.knowledge_references))
+            and (not spore.data_references or _strings(spore.data_references))):
+        _explain(spore, limits)
+    _check_size(spore, limits)
+
+
+def _strings(values: object) -> bool:
+    return type(values) is tuple and all(type(v) is str for v in values)
+
+
+def _explain(spore: Spore, limits: Limits) -> None:
+    """Raise the error that names what the quick test of :func:`check_spore` found."""
     if type(spore.knowledge) is not dict:
         raise SporeError(f"knowledge must be a JSON object (dict), got {spore.knowledge!r:.80}")
     if spore.spore_type.__class__ is not SporeType:
-        raise SporeError(f"spore_type {spore.spore_type!r} is not a SporeType")
+        raise SporeError(f"spore_type {spore.spore_type!r:.40} is not a SporeType; use one of "
+                         f"{', '.join('SporeType.' + t.name for t in SporeType)}")
     priority = spore.priority
     if type(priority) is not int or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise LimitExceeded(
-            f"priority {priority!r} is out of range; use {PRIORITY_MIN}..{PRIORITY_MAX}")
+            f"priority {priority!r:.40} is out of range; use {PRIORITY_MIN}..{PRIORITY_MAX}")
     hops = spore.hops
     if type(hops) is not int or hops < 0:
         raise SporeError(f"hops must be an integer >= 0, got {hops!r:.40}")
     if hops > limits.max_hops:
         raise LimitExceeded(
             f"spore {spore.id} made {hops} hops, over limits.max_hops={limits.max_hops}")
-    # Names and the fields later stages compare or hash: one quick test for the common
-    # case, the detailed checks (and their messages) only when it fails.
-    from_agent, channel, to_agent = spore.from_agent, spore.channel, spore.to_agent
-    if not (type(from_agent) is str and 0 < len(from_agent) <= MAX_NAME_LENGTH
-            and type(channel) is str and 0 < len(channel) <= MAX_NAME_LENGTH
-            and (to_agent is None or (type(to_agent) is str
-                                      and 0 < len(to_agent) <= MAX_NAME_LENGTH))):
-        _check_name("from_agent", from_agent)
-        _check_name("channel", channel)
-        if to_agent is not None:
-            _check_name("to_agent", to_agent)
-    spore_id, expires_at, reply_to = spore.id, spore.expires_at, spore.reply_to
-    if not (type(spore_id) is str and spore_id and type(spore.metadata) is dict
-            and (expires_at is None or type(expires_at) is datetime)
-            and (reply_to is None or type(reply_to) is str)) or (
-            expires_at is not None and expires_at.utcoffset() is None):
-        _check_fields_the_chain_reads(spore)
-    _check_size(spore, limits)
-
-
-def check_sent_spore(spore: Spore, limits: Limits) -> None:
-    """:func:`check_spore` for a spore built from a sender's arguments (``Organism.send``,
-    ``broadcast``): the fields the builder filled in are right by construction, so only
-    the sender's are tested, quickly, and the knowledge measured; should the quick test
-    fail, ``check_spore`` names what is wrong."""
-    priority, sender, channel = spore.priority, spore.from_agent, spore.channel
-    if (type(priority) is int and PRIORITY_MIN <= priority <= PRIORITY_MAX
-            and type(sender) is str and 0 < len(sender) <= MAX_NAME_LENGTH
-            and type(channel) is str and 0 < len(channel) <= MAX_NAME_LENGTH):
-        _check_size(spore, limits)
-    else:
-        check_spore(spore, limits)
+    _check_name("from_agent", spore.from_agent)
+    _check_name("channel", spore.channel)
+    if spore.to_agent is not None:
+        _check_name("to_agent", spore.to_agent)
+    if type(spore.id) is not str or not spore.id:
+        raise SporeError(f"id must be a non-empty string, got {spore.id!r:.80}")
+    for name in ("created_at", "expires_at"):
+        value = getattr(spore, name)
+        if (value is not None or name == "created_at") and (
+                type(value) is not datetime or value.tzinfo is None):
+            raise SporeError(f"{name} must be a timezone-aware datetime, got {value!r:.80}; "
+                             f"use datetime.now(UTC) (+ timedelta(...))")
+    for name in ("reply_to", "thread_id"):
+        value = getattr(spore, name)
+        if value is not None and type(value) is not str:
+            raise SporeError(f"{name} must be a spore id (a string), got {value!r:.80}")
+    if type(spore.metadata) is not dict:
+        raise SporeError(f"metadata must be a JSON object (dict), got {spore.metadata!r:.80}")
+    for name in ("knowledge_references", "data_references"):
+        value = getattr(spore, name)
+        if value and not _strings(value):
+            raise SporeError(f"{name} must be a tuple of strings, got {value!r:.80}")
 
 
 def _check_size(spore: Spore, limits: Limits) -> None:
@@ -134,21 +150,6 @@ def _check_size(spore: Spore, limits: Limits) -> None:
                 f"spore {spore.id} is {size} bytes as JSON, over "
                 f"limits.max_spore_bytes={limits.max_spore_bytes} "
                 f"({_human(size)} > {_human(limits.max_spore_bytes)})")
-
-
-def _check_fields_the_chain_reads(spore: Spore) -> None:
-    """Refuse values that would break a later stage (compare, hash) rather than the spore."""
-    if type(spore.id) is not str or not spore.id:
-        raise SporeError(f"id must be a non-empty string, got {spore.id!r:.80}")
-    expires_at = spore.expires_at
-    if expires_at is not None and (type(expires_at) is not datetime
-                                   or expires_at.utcoffset() is None):
-        raise SporeError(f"expires_at must be a timezone-aware datetime, got "
-                         f"{expires_at!r:.80}; use datetime.now(UTC) + timedelta(...)")
-    if spore.reply_to is not None and type(spore.reply_to) is not str:
-        raise SporeError(f"reply_to must be a spore id (a string), got {spore.reply_to!r:.80}")
-    if type(spore.metadata) is not dict:
-        raise SporeError(f"metadata must be a JSON object (dict), got {spore.metadata!r:.80}")
 
 
 def _human(size: int) -> str:
@@ -196,12 +197,3 @@ def _bound(value: Any, max_depth: int, depth: int) -> int:
     if isinstance(value, _SCALARS):
         return 24
     raise SporeError(f"knowledge holds a {kind.__name__} ({value!r:.40}), which is not JSON")
-
-
-def _reason(exc: SporeError) -> str:
-    reason = getattr(exc, "reason", None)  # e.g. "bad signature" from the verify hook
-    if type(reason) is str:
-        return reason
-    if isinstance(exc, SchemaViolation):
-        return SCHEMA_REASON
-    return "limit exceeded" if isinstance(exc, LimitExceeded) else "invalid"

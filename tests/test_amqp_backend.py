@@ -12,9 +12,9 @@ import pytest
 
 from sporeflow.config import organism_from_dict
 from sporeflow.pipeline import BrokerError, Organism, Spore
-from sporeflow.pipeline.amqp_backend import AmqpBackend
-from sporeflow.pipeline.amqp_codec import spore_to_amqp
-from sporeflow.pipeline.backend import Topology
+from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
+from sporeflow.pipeline.broker.amqp_codec import spore_to_amqp
+from sporeflow.pipeline.broker.backend import Topology
 
 from .conformance.harness import AMQP_URL, Harness, broker_reachable, wait_for
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sporeflow.pipeline import Spore, SporeError, SporeType
-from sporeflow.pipeline.amqp_codec import spore_from_amqp, spore_to_amqp
+from sporeflow.pipeline.broker.amqp_codec import spore_from_amqp, spore_to_amqp
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from sporeflow.pipeline import Organism
-from sporeflow.pipeline.amqp_backend import AmqpBackend
-from sporeflow.pipeline.backend import Topology
+from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
+from sporeflow.pipeline.broker.backend import Topology
 
 from .conformance.harness import AMQP_URL, broker_reachable
 

@@ -10,8 +10,9 @@ from click.testing import CliRunner
 
 from sporeflow.config import organism_from_dict
 from sporeflow.pipeline import BrokerError, ConfigError, Organism, Spore, SporeType
-from sporeflow.pipeline.backend import Topology, open_backend, resolve_backend_url
-from sporeflow.pipeline.cli import cli
+from sporeflow.pipeline.broker.backend import Topology, resolve_backend_url
+from sporeflow.pipeline.broker.factory import open_backend
+from sporeflow.pipeline.cli.main import cli
 
 
 def test_env_references_are_expanded_and_a_missing_one_names_the_variable() -> None:
@@ -30,7 +31,7 @@ def test_memory_is_the_embedded_path_and_other_schemes_are_refused() -> None:
 
 def test_without_aio_pika_the_error_says_how_to_install_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "sporeflow.pipeline.amqp_backend", None)
+    monkeypatch.setitem(sys.modules, "sporeflow.pipeline.broker.amqp_backend", None)
     with pytest.raises(BrokerError, match=r"pip install 'sporeflow\[amqp\]'") as caught:
         open_backend("amqp://guest:hunter2@127.0.0.1/")
     assert "hunter2" not in str(caught.value)

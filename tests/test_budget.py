@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from sporeflow.pipeline import ConfigError, LimitExceeded, Organism, Spore
-from sporeflow.pipeline.budget import ThreadBudget
+from sporeflow.pipeline.core.budget import ThreadBudget
 
 
 async def bounce(spore: Spore, ctx: Any) -> dict[str, Any]:
@@ -53,7 +53,7 @@ async def test_cost_spent_past_the_limit_stops_the_conversation() -> None:
     async with organism.running():
         await organism.send("a", {"n": 0})
         await organism.idle()
-        assert organism._agents["a"].state["totals"] == [3, 6, 9, 12]
+        assert organism.wiring().agents["a"].state["totals"] == [3, 6, 9, 12]
     [letter] = list(organism.dead_letters)
     assert letter.reason == "budget"
     assert "limits.max_cost_per_thread is 10 and its cost reached 12" in letter.error

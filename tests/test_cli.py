@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sporeflow.pipeline.cli import cli
+from sporeflow.pipeline.cli.main import cli
 
 ROOT = Path(__file__).parent.parent
 SMALL = Path(__file__).parent / "organisms" / "small" / "organism.yaml"

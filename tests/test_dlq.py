@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from sporeflow.pipeline import Organism, Spore
-from sporeflow.pipeline.cli import cli
-from sporeflow.pipeline.journal import JournalFile
+from sporeflow.pipeline.cli.main import cli
+from sporeflow.pipeline.journal.store import JournalFile
 
 BROKEN = '''
 from pathlib import Path

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sporeflow.pipeline import ConfigError, Organism, Spore
-from sporeflow.pipeline.graph import wiring
+from sporeflow.pipeline.observe.graph import wiring
 
 
 def news_organism(gate: asyncio.Event | None = None) -> Organism:
@@ -41,7 +41,7 @@ async def test_subscribe_and_unsubscribe_change_who_a_broadcast_reaches() -> Non
         assert organism.unsubscribe("a", "news") is False
         await organism.broadcast({"text": "two"}, channel="news")
         await organism.idle()
-        heard = {name: organism._agents[name].state["heard"] for name in ("a", "b")}
+        heard = {name: organism.wiring().agents[name].state["heard"] for name in ("a", "b")}
         assert organism.stats()["agents"]["a"]["subscribe"] == []
         assert ("channel:news", "agent:a") not in subscribe_edges(organism)
 
@@ -59,13 +59,13 @@ async def test_a_subscription_leaves_the_agents_lane_and_work_alone() -> None:
     async with organism.running():
         await organism.send("b", {"text": "held", "wait": True})
         await organism.send("b", {"text": "queued"})
-        lane = organism._lanes["b"]
+        lane = organism.wiring().lanes["b"]
         organism.subscribe("b", "news")
         await organism.broadcast({"text": "new"}, channel="news")
         gate.set()
         await organism.idle()
-        assert organism._lanes["b"] is lane
-        assert organism._agents["b"].state["heard"] == ["held", "queued", "new"]
+        assert organism.wiring().lanes["b"] is lane
+        assert organism.wiring().agents["b"].state["heard"] == ["held", "queued", "new"]
 
 
 async def test_subscribing_before_start_applies_at_start() -> None:
@@ -74,7 +74,7 @@ async def test_subscribing_before_start_applies_at_start() -> None:
     async with organism.running():
         await organism.broadcast({"text": "hi"}, channel="news")
         await organism.idle()
-        assert organism._agents["b"].state["heard"] == ["hi"]
+        assert organism.wiring().agents["b"].state["heard"] == ["hi"]
 
 
 @pytest.mark.parametrize(("agent", "channel", "message"), [

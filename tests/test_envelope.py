@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from sporeflow.config import SporeError
-from sporeflow.pipeline.cli import cli
+from sporeflow.pipeline.cli.main import cli
 from sporeflow.steps import Spore, SporeType, payload_from_xml, spore_from_xml, spore_to_xml
 from sporeflow.steps.envelope import NAMESPACE
 from sporeflow.steps.xmlpayload import (

@@ -28,6 +28,7 @@ from sporeflow.pipeline import (
     SporeHandled,
 )
 from sporeflow.pipeline import organism as organism_module
+from sporeflow.pipeline.observe import eventhook as eventhook_module
 
 SMALL = Path(__file__).parent / "organisms" / "small" / "organism.yaml"
 
@@ -63,7 +64,8 @@ def outcome(organism: Organism) -> dict[str, Any]:
     """What the pipeline delivered: heard texts, per-agent counts, dead letters."""
     stats = organism.stats()
     return {
-        "heard": {name: organism._agents[name].state.get("heard") for name in ("ear1", "ear2")},
+        "heard": {name: organism.wiring().agents[name].state.get("heard")
+                  for name in ("ear1", "ear2")},
         "counts": {name: (a["handled"], a["failed"]) for name, a in stats["agents"].items()},
         "dead": sorted((letter.reason, str(letter.spore.knowledge))
                        for letter in organism.dead_letters),
@@ -329,10 +331,12 @@ def test_stream_needs_room_for_one_event() -> None:
 
 async def test_no_event_is_built_while_nobody_listens(monkeypatch: pytest.MonkeyPatch) -> None:
     built: list[str] = []
-    for name in ("SporeAdmitted", "SporeHandled", "SporeFailed", "SporeExpired",
-                 "SporeDeadLettered", "AgentStateChanged", "OrganismStateChanged"):
-        monkeypatch.setattr(organism_module, name,
-                            lambda *args, _name=name, **kwargs: built.append(_name))
+    for module, names in ((eventhook_module, ("SporeAdmitted", "SporeHandled", "SporeFailed",
+                                              "SporeExpired", "SporeDeadLettered")),
+                          (organism_module, ("AgentStateChanged", "OrganismStateChanged"))):
+        for name in names:
+            monkeypatch.setattr(module, name,
+                                lambda *args, _name=name, **kwargs: built.append(_name))
     organism, result = await run_small()
     assert result["counts"]["ear1"] == (1, 0)  # the run did happen
     assert built == []

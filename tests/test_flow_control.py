@@ -196,7 +196,7 @@ async def test_a_handler_whose_response_arrived_resumes_before_newer_queued_spor
             await org.send("worker", {"name": f"f{n}"})
         await asyncio.wait_for(filler_started.wait(), BACKSTOP)  # f0 holds the only slot
         responder_gate.set()
-        lane = org._agents["worker"].lane
+        lane = org.wiring().agents["worker"].lane
         await wait_until(lambda: bool(lane._resumers))  # R has its response, wants a slot
         filler_gate.set()
         await asyncio.wait_for(org.idle(), BACKSTOP)

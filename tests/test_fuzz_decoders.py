@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 import sporeflow.config.loader as loader
 from sporeflow.config import ConfigError, Emit, SporeError, organism_from_text
 from sporeflow.config.handlers import HandlerImportError
-from sporeflow.pipeline.amqp_codec import spore_from_amqp, spore_to_amqp
+from sporeflow.pipeline.broker.amqp_codec import spore_from_amqp, spore_to_amqp
 from sporeflow.steps import (
     Spore,
     SporeType,

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from sporeflow.config import OrganismSpec, load_organism, organism_from_dict
 from sporeflow.pipeline import render_dot, render_mermaid, wiring
-from sporeflow.pipeline.cli import cli
+from sporeflow.pipeline.cli.main import cli
 
 ROOT = Path(__file__).parent.parent
 DEMO = ROOT / "organism.yaml"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from sporeflow.pipeline import Organism, Spore
-from sporeflow.pipeline.journal import Journal, JournalError, JournalFile
+from sporeflow.pipeline.journal.store import Journal, JournalError, JournalFile
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sporeflow.pipeline import ConfigError, Organism, Spore, SporeError
-from sporeflow.pipeline.knowledge import MemoryKnowledgeStore
+from sporeflow.pipeline.agents.knowledge import MemoryKnowledgeStore
 
 BIG = {"text": "word " * 10_000}
 
@@ -35,7 +35,7 @@ async def test_a_light_spore_carries_a_reference_the_receiver_resolves() -> None
     async with organism.running():
         await organism.send("writer", {})
         await organism.idle()
-        state = organism._agents["reader"].state
+        state = organism.wiring().agents["reader"].state
     assert state["light"] == {"about": "a long text"}
     assert state["resolved"] == [BIG]
 
@@ -47,7 +47,7 @@ async def test_outside_senders_store_through_the_organism() -> None:
                 await organism.knowledge_store.put({"b": 2}))
         await organism.send("reader", {}, knowledge_references=refs)
         await organism.idle()
-        assert organism._agents["reader"].state["resolved"] == [{"a": 1}, {"b": 2}]
+        assert organism.wiring().agents["reader"].state["resolved"] == [{"a": 1}, {"b": 2}]
 
 
 async def test_an_unknown_reference_fails_the_handler_naming_it() -> None:

@@ -22,7 +22,7 @@ from sporeflow.pipeline import (
     Spore,
     SporeError,
 )
-from sporeflow.pipeline.cli import cli
+from sporeflow.pipeline.cli.main import cli
 from sporeflow.steps import check_spore
 
 from .conftest import VirtualClockLoop
@@ -84,7 +84,7 @@ async def test_outside_sends_breaking_a_limit_raise_at_once(
             await send(org)
         await org.send("sink", {"ok": True})
         await org.idle()
-    assert org._agents["sink"].state["got"] == [{"ok": True}]
+    assert org.wiring().agents["sink"].state["got"] == [{"ok": True}]
     assert org.stats()["totals"]["admitted"] == 1
     assert list(org.dead_letters) == []
 
@@ -101,7 +101,7 @@ def test_expiry_in_the_past_at_send_is_dead_lettered_as_expired(virtual: Any) ->
             await org.send("sink", {"fresh": True}, expires_in=60)
             await org.send("early", {})
             await org.idle()
-        return list(org.dead_letters), org._agents["sink"].state["got"]
+        return list(org.dead_letters), org.wiring().agents["sink"].state["got"]
 
     letters, got = virtual(main)
     assert [(letter.reason, letter.spore.knowledge) for letter in letters] == [
@@ -146,7 +146,7 @@ async def test_ctx_sends_breaking_a_limit_are_dead_lettered_and_raised_in_the_ha
     async with org.running():
         await org.send("greedy", {})
         await org.idle()
-        caught = dict(org._agents["greedy"].state)
+        caught = dict(org.wiring().agents["greedy"].state)
     assert isinstance(caught["big"], LimitExceeded)
     assert "limits.max_spore_bytes=1024" in str(caught["big"])
     assert "limits.max_depth=4" in str(caught["deep"])
@@ -154,7 +154,7 @@ async def test_ctx_sends_breaking_a_limit_are_dead_lettered_and_raised_in_the_ha
     assert isinstance(caught["broadcast"], LimitExceeded)
     assert [letter.reason for letter in org.dead_letters] == ["limit exceeded"] * 4
     assert all(letter.agent == "greedy" for letter in org.dead_letters)
-    assert org._agents["sink"].state["got"] == [{"after": "all that"}]
+    assert org.wiring().agents["sink"].state["got"] == [{"after": "all that"}]
     assert org.stats()["agents"]["greedy"]["failed"] == 0
 
 
@@ -201,7 +201,7 @@ async def test_handler_replies_breaking_a_limit_are_dead_lettered(
     assert [letter.reason for letter in letters] == [reason]
     assert message in letters[0].error
     assert letters[0].spore.from_agent == "replier"
-    assert org._agents["sink"].state["got"] == [{"fine": True}]
+    assert org.wiring().agents["sink"].state["got"] == [{"fine": True}]
     assert state == "running"
 
 

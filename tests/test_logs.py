@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from sporeflow.pipeline import Organism, OrganismStateChanged, Spore, SporeError
-from sporeflow.pipeline.events import EventBus, SporeHandled
-from sporeflow.pipeline.logs import (
+from sporeflow.pipeline.observe.events import EventBus, SporeHandled
+from sporeflow.pipeline.observe.logs import (
     JsonFormatter,
     TextFormatter,
     configure_logging,

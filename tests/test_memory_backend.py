@@ -10,8 +10,8 @@ import pytest
 
 from sporeflow.config import organism_from_dict
 from sporeflow.pipeline import BrokerError, Organism, Spore
-from sporeflow.pipeline.backend import Inbound, Topology
-from sporeflow.pipeline.memory_backend import MemoryBackend, MemoryBroker
+from sporeflow.pipeline.broker.backend import Inbound, Topology
+from sporeflow.pipeline.broker.memory_backend import MemoryBackend, MemoryBroker
 
 from .conformance.harness import wait_for
 

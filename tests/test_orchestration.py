@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sporeflow.pipeline import ConfigError, HandlerError, Organism, Spore
-from sporeflow.pipeline.orchestration import Gathered
+from sporeflow.pipeline.agents.orchestration import Gathered
 from tests.conftest import VirtualClockLoop
 
 Virtual = Callable[[Callable[[VirtualClockLoop], Coroutine[Any, Any, Any]]], Any]
@@ -44,7 +44,7 @@ def test_gather_delivers_the_combined_spore_after_the_timeout_naming_the_missing
             await organism.send("poll", {"question": "ship it?"})
             await organism.idle()
             waited = loop.time() - started
-            return organism._agents["judge"].state["verdicts"], waited, organism.stats()
+            return organism.wiring().agents["judge"].state["verdicts"], waited, organism.stats()
 
     verdicts, waited, stats = virtual(main)
     assert verdicts == [{
@@ -74,7 +74,7 @@ async def test_sequence_of_three_agents_yields_the_composed_result() -> None:
         response = await organism.request("chain", {"n": 3}, timeout=5)
         await organism.send("chain_out", {"n": 5})
         await organism.idle()
-        emitted = organism._agents["judge"].state["verdicts"]
+        emitted = organism.wiring().agents["judge"].state["verdicts"]
     assert response.knowledge == {"text": "=8"}  # (3 + 1) * 2, shown
     assert emitted == [{"n": 12}]  # 5 * 2 + 1 + 1 (a step may repeat), to the emit
 

@@ -27,7 +27,7 @@ async def test_emit_to_agent_then_to_channel_reaches_every_subscriber() -> None:
         for text in ("hi", "there"):
             await organism.send("intake", {"text": text})
         await organism.idle()
-        heard = {name: organism._agents[name].state["heard"] for name in ("ear1", "ear2")}
+        heard = {name: organism.wiring().agents[name].state["heard"] for name in ("ear1", "ear2")}
     assert heard == {"ear1": ["HI", "THERE"], "ear2": ["HI", "THERE"]}
     stats = organism.stats()
     assert stats["agents"]["shouter"]["handled"] == 2

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sporeflow.pipeline import Organism, Spore
-from sporeflow.pipeline.peers import example_payload
+from sporeflow.pipeline.agents.peers import example_payload
 
 COUNTS_SCHEMA = {
     "type": "object",

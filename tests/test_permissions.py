@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from sporeflow.config import ConfigError, check_organism, organism_from_dict
 from sporeflow.pipeline import Context, NotAPeer, Organism, Spore, SporeType
-from sporeflow.pipeline.cli import cli
+from sporeflow.pipeline.cli.main import cli
 
 
 class Records(logging.Handler):
@@ -81,7 +81,7 @@ def trio(**alice_conf: Any) -> Organism:
 
 
 def got(organism: Organism, agent: str) -> list[Any]:
-    return list(organism._agents[agent].state.get("got", []))
+    return list(organism.wiring().agents[agent].state.get("got", []))
 
 
 async def test_non_peer_is_refused_by_send_request_returned_spore_and_xml(
@@ -91,7 +91,7 @@ async def test_non_peer_is_refused_by_send_request_returned_spore_and_xml(
         for via in ("send", "request", "reply-spore", "xml", "peer"):
             await organism.send("alice", {"via": via})
         await organism.idle()
-        refused_in_handler = organism._agents["alice"].state["refused"]
+        refused_in_handler = organism.wiring().agents["alice"].state["refused"]
         state = organism.state
     assert got(organism, "carol") == []
     assert sorted(map(str, got(organism, "bob"))) == [str({"#text": "hello"}),
@@ -155,7 +155,7 @@ async def test_empty_peers_means_no_one_but_answers_and_replies_to_outside_pass(
         await organism.send("hermit", {}, sender="tester")
         await organism.send("hermit", {"reach": True})
         await organism.idle()
-        refused = organism._agents["hermit"].state.get("refused")
+        refused = organism.wiring().agents["hermit"].state.get("refused")
     assert answer.knowledge == {"alone": True}
     assert [spore.to_agent for spore in organism.outbox] == ["tester"]
     assert refused is True
@@ -188,7 +188,7 @@ async def test_broadcast_by_an_agent_not_in_publish_is_refused_at_run_time() -> 
         await organism.send("troll", {})
         await organism.send("editor", {})
         await organism.idle()
-        troll_state = dict(organism._agents["troll"].state)
+        troll_state = dict(organism.wiring().agents["troll"].state)
         # An outside caller posing as the troll learns it at once.
         with pytest.raises(NotAPeer, match="may not broadcast on 'news'"):
             await organism.broadcast({}, channel="news", sender="troll")

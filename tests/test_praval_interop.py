@@ -18,8 +18,8 @@ import pytest
 
 from sporeflow.config import organism_from_dict
 from sporeflow.pipeline import Organism, Spore, SporeType
-from sporeflow.pipeline.amqp_backend import AmqpBackend
-from sporeflow.pipeline.backend import Topology
+from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
+from sporeflow.pipeline.broker.backend import Topology
 
 from .conformance.harness import AMQP_URL, broker_reachable
 

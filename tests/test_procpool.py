@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from sporeflow.pipeline import ConfigError, Organism, Spore
-from sporeflow.pipeline.procpool import decode_result, encode_result
+from sporeflow.pipeline.agents.procpool import decode_result, encode_result
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -82,7 +82,7 @@ async def test_results_cross_the_process_boundary_as_json() -> None:
     async with organism.running():
         await organism.send("fan", {})
         await organism.idle()
-        got = organism._agents["sink"].state["got"]
+        got = organism.wiring().agents["sink"].state["got"]
     assert len(got) == 2
     assert got[0] == (None, {"n": 1})
     assert got[1][0] == "note"

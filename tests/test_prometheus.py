@@ -25,7 +25,7 @@ from sporeflow.pipeline import (
     Spore,
     SporeflowError,
 )
-from sporeflow.pipeline.prometheus import StatsCollector, take_snapshot
+from sporeflow.pipeline.observe.prometheus import StatsCollector, take_snapshot
 
 from .newsroom import news_agents
 

@@ -24,10 +24,10 @@ import pytest
 
 from sporeflow.config import organism_from_dict
 from sporeflow.pipeline import Organism, Spore
-from sporeflow.pipeline.amqp_backend import AmqpBackend
-from sporeflow.pipeline.backend import Topology
-from sporeflow.pipeline.events import Event, OrganismReloaded, SporeHandled
-from sporeflow.pipeline.reload import ReloadReport, diff_specs
+from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
+from sporeflow.pipeline.broker.backend import Topology
+from sporeflow.pipeline.observe.events import Event, OrganismReloaded, SporeHandled
+from sporeflow.pipeline.reload.reloader import ReloadReport, diff_specs
 
 from .conformance.harness import AMQP_URL, broker_reachable
 from .conftest import VirtualClockLoop
@@ -93,7 +93,7 @@ def write_organism(folder: Path, text: str, **modules: str) -> Path:
 
 
 def state(organism: Organism, agent: str) -> list[Any]:
-    seen: list[Any] = organism._agents[agent].state.get("seen", [])
+    seen: list[Any] = organism.wiring().agents[agent].state.get("seen", [])
     return seen
 
 
@@ -267,7 +267,7 @@ async def test_broken_file_is_refused_with_located_errors_and_a_later_fix_applie
     organism.events.subscribe(
         lambda event: reloads.append(event) if isinstance(event, OrganismReloaded) else None)
     async with organism.running():
-        lanes = dict(organism._lanes)
+        lanes = dict(organism.wiring().lanes)
         expected = spoil(tmp_path, mod)
         refused = await organism.reload()
         await organism.send("fwd", {"n": 1})  # the old wiring keeps handling
@@ -286,7 +286,7 @@ async def test_broken_file_is_refused_with_located_errors_and_a_later_fix_applie
     assert applied.ok
     assert "fwd" in applied.changed
     if spoil is not _module_that_raises:  # else its module was re-imported: all agents swap
-        assert organism._lanes["a"] is lanes["a"]
+        assert organism.wiring().lanes["a"] is lanes["a"]
     stats = organism.stats()["reload"]
     assert stats["count"] == 2
     assert stats["last"]["ok"] is True
@@ -349,7 +349,7 @@ async def test_add_remove_change_in_one_reload_leaves_unchanged_agents_untouched
         for n in range(3):
             await organism.send("gone", {"n": n})
         await started(handlers, 0)
-        keep_lane, gone = organism._lanes["keep"], organism._agents["gone"]
+        keep_lane, gone = organism.wiring().lanes["keep"], organism.wiring().agents["gone"]
         write_organism(tmp_path, """
             organism: {{name: many}}
             agents:
@@ -366,7 +366,7 @@ async def test_add_remove_change_in_one_reload_leaves_unchanged_agents_untouched
 
     assert (report.added, report.removed, dict(report.changed)) == (
         ("fresh",), ("gone",), {"tweak": ("concurrency",)})
-    assert organism._lanes["keep"] is keep_lane
+    assert organism.wiring().lanes["keep"] is keep_lane
     assert keep_lane.handled == 10
     assert state(organism, "keep") == list(range(10))
     assert sorted(gone.state["seen"]) == [0, 1, 2]  # in flight and queued: all finished
@@ -396,10 +396,10 @@ async def test_new_concurrency_applies_once_in_flight_work_finished(
         await organism.send("slow", {"n": 2, "gate": "rest"})
         await organism.send("slow", {"n": 3, "gate": "rest"})
         await started(handlers, 1)
-        old_lane = organism._lanes["slow"]
+        old_lane = organism.wiring().lanes["slow"]
         write_organism(tmp_path, text, mod=mod, n=3)
         report = await organism.reload()
-        new_lane = organism._lanes["slow"]
+        new_lane = organism.wiring().lanes["slow"]
         # The old lane's handler still runs; the new lane holds the rest, not running yet.
         assert (old_lane.busy, new_lane.queued, new_lane.busy) == (1, 2, 0)
         await organism.send("slow", {"n": 4, "gate": "rest"})  # new spores queue there too
@@ -512,7 +512,7 @@ async def test_edited_handler_module_is_reimported_and_its_agents_swap(
     async with organism.running():
         await organism.send("tagged", {})
         await organism.idle()
-        plain_lane = organism._lanes["plain"]
+        plain_lane = organism.wiring().lanes["plain"]
         # Same size, same second: stale bytecode would bring v1 back.
         module(tagger.replace("v1", "v2"), name=mod)
         report = await organism.reload()
@@ -522,7 +522,7 @@ async def test_edited_handler_module_is_reimported_and_its_agents_swap(
     assert report.reimported == (mod,)
     assert dict(report.changed) == {"tagged": ("handler",)}
     assert state(organism, "tagged") == ["v1", "v2"]
-    assert organism._lanes["plain"] is plain_lane
+    assert organism.wiring().lanes["plain"] is plain_lane
     assert unchanged.reimported == ()
     assert not unchanged.changed
 
@@ -574,7 +574,7 @@ async def test_a_reload_waits_only_for_swaps_of_the_agents_it_touches(
     assert dict(other.changed) == {"fwd": ("emit",)}
     assert waited
     assert dict(last.changed) == {"slow": ("concurrency",)}
-    assert organism._lanes["slow"].policy.concurrency == 3
+    assert organism.wiring().lanes["slow"].policy.concurrency == 3
     assert state(organism, "b") == [2]
 
 

@@ -50,24 +50,45 @@ async def test_unknown_agent_and_unheard_broadcast_are_rejected() -> None:
 async def test_peers_and_publishers_are_enforced() -> None:
     allowed = Spore(knowledge={}, from_agent="closed", to_agent="b")
     refused = Spore(knowledge={}, from_agent="closed", to_agent="c")
+    # A response passes the sender's peers only when it answers a request sent to it.
     answer = Spore(knowledge={}, from_agent="closed", to_agent="c",
                    spore_type=SporeType.RESPONSE, reply_to="q1")
+    forged = Spore(knowledge={}, from_agent="closed", to_agent="c",
+                   spore_type=SporeType.RESPONSE, reply_to="q2")
     shout = Spore(knowledge={}, from_agent="b", channel="quiet")
-    deliveries, rejected = await run(allowed, refused, answer, shout)
-    assert [d[0] for d in deliveries] == [allowed, answer]
-    assert rejected == [(refused, "not a peer"), (shout, "not a peer")]
+    resolved: list[Spore] = []
+    deliveries, rejected = await run(allowed, refused, answer, forged, shout,
+                                     asked={"q1": "closed"}.get, on_response=resolved.append)
+    assert [d[0] for d in deliveries] == [allowed]
+    assert resolved == [answer]
+    assert rejected == [(refused, "not a peer"), (forged, "unexpected response"),
+                        (shout, "not a peer")]
 
 
-async def test_awaited_responses_resolve_and_late_ones_are_rejected() -> None:
-    awaited = Spore(knowledge={}, to_agent="a", spore_type=SporeType.RESPONSE, reply_to="r1")
+async def test_only_the_asked_agent_resolves_a_pending_request() -> None:
+    awaited = Spore(knowledge={}, from_agent="b", to_agent="a",
+                    spore_type=SporeType.RESPONSE, reply_to="r1")
+    impostor = Spore(knowledge={}, from_agent="c", to_agent="a",
+                     spore_type=SporeType.RESPONSE, reply_to="r1")
     late = Spore(knowledge={}, to_agent="a", spore_type=SporeType.RESPONSE, reply_to="r2")
     unasked = Spore(knowledge={}, to_agent="a", spore_type=SporeType.RESPONSE, reply_to="r3")
     resolved: list[Spore] = []
-    deliveries, rejected = await run(awaited, late, unasked, awaited={"r1"}, abandoned={"r2"},
-                                     on_response=resolved.append)
+    deliveries, rejected = await run(awaited, impostor, late, unasked, asked={"r1": "b"}.get,
+                                     abandoned={"r2"}, on_response=resolved.append)
     assert resolved == [awaited]
-    assert rejected == [(late, "late response")]
-    assert deliveries == [(unasked, ("a",))]
+    assert rejected == [(impostor, "unexpected response"), (late, "late response"),
+                        (unasked, "unexpected response")]
+    assert deliveries == []
+
+
+async def test_a_spore_from_a_queue_goes_only_to_that_queues_agent() -> None:
+    mine = Spore(knowledge={}, from_agent="a", to_agent="b")
+    theirs = Spore(knowledge={}, from_agent="a", to_agent="c")
+    heard = Spore(knowledge={}, from_agent="a", channel="news")
+    unheard = Spore(knowledge={}, from_agent="a", channel="quiet")
+    deliveries, rejected = await run(mine, theirs, heard, unheard, arrived=lambda spore: "b")
+    assert deliveries == [(mine, ("b",)), (heard, ("b",))]
+    assert rejected == [(theirs, "wrong queue"), (unheard, "wrong queue")]
 
 
 async def test_spores_for_the_outside_world_are_handed_out() -> None:

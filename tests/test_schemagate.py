@@ -8,7 +8,7 @@ import pytest
 from lxml import etree
 
 from sporeflow.config import SchemaViolation, SporeError
-from sporeflow.steps import Spore, check_broadcasts, knowledge_element
+from sporeflow.steps import Spore, check_schemas, knowledge_element
 from sporeflow.steps.types import Delivery
 
 from .conftest import aiter_of, collect
@@ -49,20 +49,38 @@ async def test_broadcast_loses_only_the_refusing_subscribers() -> None:
     unanimous = Spore(knowledge={"n": 10}, from_agent="editor")
     direct = Spore(knowledge={"n": 11}, from_agent="editor", to_agent="b")
     batch: list[Delivery] = [(broadcast, ("a", "b", "c")), (unanimous, ("b",)), (direct, ("b",))]
-    gate = check_broadcasts.raw(
-        aiter_of(batch), schemas={"a": _accept, "b": _refuse("b")},
+    gate = check_schemas.raw(
+        aiter_of(batch), schemas=lambda: {"a": _accept, "b": _refuse("b")},
         on_reject=lambda spore, reason, error: rejected.append((spore, reason, error)))
     out = await collect(gate)
-    # The addressed spore was checked by validate already: it passes through untouched.
-    assert out == [[(broadcast, ("a", "c")), (direct, ("b",))]]
+    # One stage checks every delivery, addressed or broadcast, per recipient.
+    assert out == [[(broadcast, ("a", "c"))]]
     assert [(spore, reason) for spore, reason, _ in rejected] == [
-        (broadcast, "schema"), (unanimous, "schema")]
+        (broadcast, "schema"), (unanimous, "schema"), (direct, "schema")]
     assert all(isinstance(error, SporeError) and "of agent 'b'" in str(error)
                for _, _, error in rejected)
 
 
+async def test_schemas_are_read_per_batch_so_a_later_agent_is_checked() -> None:
+    current: dict[str, object] = {}
+    rejected: list[str] = []
+    first = Spore(knowledge={}, to_agent="b")
+    second = Spore(knowledge={}, to_agent="b")
+
+    async def batches():  # type: ignore[no-untyped-def]
+        yield [(first, ("b",))]
+        current["b"] = _refuse("b")  # an agent with a schema added between two batches
+        yield [(second, ("b",))]
+
+    out = await collect(check_schemas.raw(
+        batches(), schemas=lambda: current,  # type: ignore[arg-type]
+        on_reject=lambda spore, reason, error: rejected.append(reason)))
+    assert out == [[(first, ("b",))]]
+    assert rejected == ["schema"]
+
+
 async def test_without_schemas_deliveries_pass_as_they_are() -> None:
     batch: list[Delivery] = [(Spore(knowledge={}), ("a", "b"))]
-    out = await collect(check_broadcasts.raw(
-        aiter_of(batch), schemas={}, on_reject=lambda *args: pytest.fail("no refusal")))
+    out = await collect(check_schemas.raw(
+        aiter_of(batch), schemas=lambda: {}, on_reject=lambda *args: pytest.fail("no refusal")))
     assert out == [batch]

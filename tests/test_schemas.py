@@ -147,7 +147,7 @@ async def test_agents_without_schemas_get_no_check() -> None:
     async with organism.running():
         await organism.broadcast({"anything": [1, {"goes": None}]}, channel="news")
         await organism.idle()
-        checked = set(organism._schemas)
+        checked = set(organism.wiring().schemas)
     assert checked == {"orders", "strict", "shipping"}
     assert [s.knowledge for s in seen["loose"]] == [{"anything": [1, {"goes": None}]}]
 

@@ -27,8 +27,8 @@ from sporeflow.config import (
 )
 from sporeflow.config.handlers import HandlerImportError, resolve_handler
 from sporeflow.pipeline import Organism
-from sporeflow.pipeline.cli import cli
-from sporeflow.pipeline.logs import configure_logging
+from sporeflow.pipeline.cli.main import cli
+from sporeflow.pipeline.observe.logs import configure_logging
 
 PASSWORD = "s3cr3t-pa55"
 KEY = "k3y-0f-the-0rganism"

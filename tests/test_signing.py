@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sporeflow.config import ConfigError, Limits, Secret, organism_from_dict
-from sporeflow.pipeline.amqp_codec import spore_from_amqp, spore_to_amqp
+from sporeflow.pipeline.broker.amqp_codec import spore_from_amqp, spore_to_amqp
 from sporeflow.steps import (
     SIGNATURE_FIELD,
     BadSignature,

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from sporeflow.pipeline import ConfigError, Organism, OrganismStateError, Spore
-from sporeflow.pipeline.cli import cli
-from sporeflow.pipeline.state import read_snapshot, write_snapshot
+from sporeflow.pipeline.agents.state import read_snapshot, write_snapshot
+from sporeflow.pipeline.cli.main import cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -47,12 +47,12 @@ async def test_class_agent_total_continues_after_a_saved_stop_and_restart() -> N
 async def test_lazy_class_is_made_on_first_spore_eager_one_at_start() -> None:
     lazy, eager = totaliser_organism(), totaliser_organism(lazy=False)
     async with lazy.running(), eager.running():
-        assert lazy._agents["totaliser"].actor.instance is None
-        made = eager._agents["totaliser"].actor.instance
+        assert lazy.wiring().agents["totaliser"].actor.instance is None
+        made = eager.wiring().agents["totaliser"].actor.instance
         assert made is not None
         assert made.started
         await add(lazy, 1)
-        assert lazy._agents["totaliser"].actor.instance.started
+        assert lazy.wiring().agents["totaliser"].actor.instance.started
 
 
 async def test_on_stop_runs_after_the_drain_sees_every_spore() -> None:
@@ -61,7 +61,7 @@ async def test_on_stop_runs_after_the_drain_sees_every_spore() -> None:
     for n in range(1, 11):
         await organism.send("totaliser", {"n": n})
     await organism.stop()  # no idle() first: the drain must finish them
-    instance = organism._agents["totaliser"].actor.instance
+    instance = organism.wiring().agents["totaliser"].actor.instance
     assert instance.total_at_stop == 55
 
 
@@ -105,7 +105,7 @@ async def test_plain_call_method_runs_and_function_state_is_snapshotted() -> Non
         for word in ("a", "b"):
             await organism.send("memo", {"word": word})
         await organism.idle()
-        assert organism._agents["counter"].actor.instance.seen == 1
+        assert organism.wiring().agents["counter"].actor.instance.seen == 1
     snapshot = organism.save_state()
     # Counter has no save_state: nothing is saved for it.
     assert snapshot["agents"] == {"memo": {"words": ["a", "b"]}}
@@ -115,7 +115,7 @@ async def test_plain_call_method_runs_and_function_state_is_snapshotted() -> Non
         again.load_state(snapshot)  # while running: applied at once, in place
         await again.send("memo", {"word": "c"})
         await again.idle()
-        assert again._agents["memo"].state == {"words": ["a", "b", "c"]}
+        assert again.wiring().agents["memo"].state == {"words": ["a", "b", "c"]}
 
 
 async def test_state_that_is_not_json_is_refused_naming_the_agent() -> None:

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from sporeflow.pipeline import Organism, Spore
-from sporeflow.pipeline.cli import cli
-from sporeflow.pipeline.stopping import parse_condition
+from sporeflow.pipeline.cli.main import cli
+from sporeflow.pipeline.observe.stopping import parse_condition
 from tests.conftest import VirtualClockLoop
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -20,8 +20,8 @@ from sporeflow.pipeline import (
     SporeHandled,
     SporeType,
 )
-from sporeflow.pipeline.cli import cli
-from sporeflow.pipeline.cli_tail import Tail, TailFilter, event_line, follow
+from sporeflow.pipeline.cli.main import cli
+from sporeflow.pipeline.cli.tail import Tail, TailFilter, event_line, follow
 
 AGENTS = '''
 async def start(spore, ctx):

@@ -25,8 +25,8 @@ from sporeflow.pipeline import (
     extract_trace_context,
     inject_trace_context,
 )
-from sporeflow.pipeline import tracing as tracing_module
-from sporeflow.pipeline.cli import cli
+from sporeflow.pipeline.cli.main import cli
+from sporeflow.pipeline.observe import tracing as tracing_module
 
 SMALL = Path(__file__).parent / "organisms" / "small" / "organism.yaml"
 
@@ -249,7 +249,7 @@ def test_tracing_off_never_imports_opentelemetry() -> None:
     script = textwrap.dedent(f"""
         import asyncio, sys
         from sporeflow.pipeline import Organism
-        from sporeflow.pipeline.cli import cli
+        from sporeflow.pipeline.cli.main import cli
 
         async def main():
             organism = Organism.from_file({str(SMALL)!r})

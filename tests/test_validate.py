@@ -67,17 +67,3 @@ def test_depth_limit() -> None:
 def test_not_a_spore_is_refused() -> None:
     with pytest.raises(SporeError, match="expected a Spore, got dict"):
         check_spore({"knowledge": {}}, Limits())
-
-
-async def test_schema_checks_run_for_the_recipient() -> None:
-    def needs_name(spore: Spore) -> None:
-        if "name" not in spore.knowledge:
-            raise SporeError("knowledge.name is required")
-
-    ok, bad = Spore(knowledge={"name": "a"}, to_agent="b"), Spore(knowledge={}, to_agent="b")
-    other = Spore(knowledge={}, to_agent="c")
-    seen, on_reject = rejecting()
-    out = await collect(validate.raw(aiter_of([ok, bad, other]), limits=Limits(),
-                                     on_reject=on_reject, schemas={"b": needs_name}))
-    assert out == [[ok, other]]
-    assert seen[0][0] is bad

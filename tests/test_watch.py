@@ -15,9 +15,14 @@ from watchfiles import Change
 
 from sporeflow.config import SporeflowError
 from sporeflow.pipeline import Organism
-from sporeflow.pipeline.cli import cli
-from sporeflow.pipeline.reload import ReloadReport
-from sporeflow.pipeline.watch import Changes, require_watchfiles, watch_changes, watched_files
+from sporeflow.pipeline.cli.main import cli
+from sporeflow.pipeline.reload.reloader import ReloadReport
+from sporeflow.pipeline.reload.watch import (
+    Changes,
+    require_watchfiles,
+    watch_changes,
+    watched_files,
+)
 
 from .test_reload import Lines, stop
 
@@ -140,8 +145,8 @@ async def test_an_edited_handler_module_is_reimported_and_a_new_one_is_watched(
     assert reports[0].added == ("b",)
     assert dict(reports[0].changed) == {"a": ("handler",)}
     assert reports[1].reimported == (late,)
-    assert organism._agents["a"].state["seen"] == [{"n": 1, "v": 1}]
-    assert organism._agents["b"].state["seen"] == [{"n": 2, "v": 2}]
+    assert organism.wiring().agents["a"].state["seen"] == [{"n": 1, "v": 1}]
+    assert organism.wiring().agents["b"].state["seen"] == [{"n": 2, "v": 2}]
 
 
 def test_without_watchfiles_the_error_names_the_extra(
@@ -166,7 +171,8 @@ def test_run_watch_applies_edits_to_the_organism_file_and_to_a_handler_module(
     mod = module(HELLO)
     file = organism_file(tmp_path, f"  first: {{handler: {mod}:hello, boot: {{who: first}}}}\n")
     process = subprocess.Popen(
-        [sys.executable, "-m", "sporeflow.pipeline.cli", "run", str(file), "--watch", "--quiet"],
+        [sys.executable, "-m", "sporeflow.pipeline.cli", "run", str(file), "--watch",
+         "--quiet"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = Lines(process.stdout), Lines(process.stderr)
     try:

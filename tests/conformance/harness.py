@@ -23,8 +23,8 @@ from typing import Any
 
 from sporeflow.config import organism_from_dict
 from sporeflow.pipeline import Organism
-from sporeflow.pipeline.backend import Backend, Topology
-from sporeflow.pipeline.memory_backend import MemoryBackend
+from sporeflow.pipeline.broker.backend import Backend, Topology
+from sporeflow.pipeline.broker.memory_backend import MemoryBackend
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 BACKSTOP = 20.0  # seconds: a healthy test here takes well under one
@@ -56,7 +56,7 @@ class Harness:
         if self.kind == "memory-broker":
             backend = MemoryBackend()
         elif self.kind == "amqp":
-            from sporeflow.pipeline.amqp_backend import AmqpBackend
+            from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
             backend = AmqpBackend(AMQP_URL)
         extra: dict[str, Any] = {"now": now} if now is not None else {}
         organism = Organism(spec, backend=backend, **extra)

@@ -1,0 +1,57 @@
+"""Why a spore became a dead letter: one closed vocabulary, and the one mapping from an
+exception to its reason.
+
+Every stage, the ledger, the journal and the broker use :class:`Reason`; a
+``StrEnum`` compares equal to its text, so ``letter.reason == "expired"`` holds and
+JSON, SQLite and AMQP headers carry the plain text.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from enum import StrEnum
+
+from sporeflow.config.errors import LimitExceeded
+
+__all__ = ["Reason", "did_you_mean", "reason_of"]
+
+
+class Reason(StrEnum):
+    INVALID = "invalid"
+    LIMIT_EXCEEDED = "limit exceeded"
+    SCHEMA = "schema"
+    EXPIRED = "expired"
+    BUDGET = "budget"
+    BAD_SIGNATURE = "bad signature"
+    UNKNOWN_AGENT = "unknown agent"
+    UNKNOWN_CHANNEL = "unknown channel"
+    NO_SUBSCRIBERS = "no subscribers"
+    NOT_A_PEER = "not a peer"
+    WRONG_QUEUE = "wrong queue"
+    UNEXPECTED_RESPONSE = "unexpected response"
+    LATE_RESPONSE = "late response"
+    HANDLER_FAILED = "handler failed"
+    TIMEOUT = "timeout"
+    SHUTDOWN = "shutdown"
+    REMOVED = "removed"
+    BROKER_ERROR = "broker error"
+
+
+def reason_of(error: BaseException | None) -> Reason:
+    """The dead-letter reason of a refusal: the error's own ``reason``, else by its kind."""
+    reason = getattr(error, "reason", None)
+    if isinstance(reason, str):
+        try:
+            return Reason(reason)
+        except ValueError:
+            return Reason.INVALID
+    return Reason.LIMIT_EXCEEDED if isinstance(error, LimitExceeded) else Reason.INVALID
+
+
+def did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""``."""
+    if not isinstance(word, str):
+        return ""
+    match = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""

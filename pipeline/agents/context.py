@@ -1,0 +1,171 @@
+"""What a handler gets besides its spore: who it is, and how to talk to others."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sporeflow.config import AgentSpec
+from sporeflow.pipeline.agents.knowledge import KnowledgeStore
+from sporeflow.pipeline.agents.orchestration import Gathered, gather_replies
+from sporeflow.pipeline.agents.peers import peers_prompt
+from sporeflow.pipeline.core.requests import new_request_id
+from sporeflow.pipeline.core.wiring import AgentRuntime
+from sporeflow.steps import Spore, SporeType, new_spore, reply_spore
+
+__all__ = ["Context", "HandlerPort"]
+
+
+class HandlerPort(Protocol):
+    """What a handler's context needs of the running organism."""
+
+    knowledge_store: KnowledgeStore
+
+    def now(self) -> datetime: ...
+
+    def emit(self, spore: Spore, parent: Spore, agent: str) -> None: ...
+
+    async def ask(self, spore: Spore, timeout: float, parent: Spore, agent: str) -> Spore: ...
+
+    def agent_specs(self) -> Mapping[str, AgentSpec]: ...
+
+    def subscribers(self, channel: str) -> tuple[str, ...]: ...
+
+    def spend(self, thread: str, amount: float) -> float: ...
+
+
+class Context:
+    """Handed to each handler call, bound to the spore being handled.
+
+    ``send``, ``broadcast`` and ``reply`` never wait for room: what a handler
+    sends is part of work already admitted. ``request`` gives this agent's slot
+    back while it waits, so the responder can run even on this same agent.
+    """
+
+    __slots__ = ("_organism", "_agent", "spore", "attempt")
+
+    def __init__(self, organism: HandlerPort, agent: AgentRuntime, spore: Spore,
+                 attempt: int) -> None:
+        self._organism = organism
+        self._agent = agent
+        self.spore = spore
+        self.attempt = attempt
+
+    @property
+    def agent(self) -> str:
+        return self._agent.spec.name
+
+    @property
+    def logger(self) -> logging.Logger:
+        return self._agent.logger
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """This agent's own mutable state, kept across spores."""
+        return self._agent.state
+
+    def _spore(self, knowledge: dict[str, Any], *, to: str | None, channel: str | None,
+               spore_type: SporeType, priority: int | None, expires_in: float | None,
+               ) -> Spore:
+        parent = self.spore
+        return new_spore(
+            id=new_request_id() if spore_type is SporeType.REQUEST else None,
+            knowledge=knowledge, spore_type=spore_type, from_agent=self.agent, to_agent=to,
+            channel=channel or parent.channel,
+            priority=priority if priority is not None else parent.priority,
+            expires_at=(self._organism.now() + timedelta(seconds=expires_in)
+                        if expires_in is not None else None),
+            thread_id=parent.thread, hops=parent.hops + 1,
+        )
+
+    async def send(self, to: str, knowledge: dict[str, Any], *,
+                   spore_type: SporeType = SporeType.KNOWLEDGE, priority: int | None = None,
+                   expires_in: float | None = None) -> Spore:
+        """Send knowledge to one agent; refused peers raise :class:`NotAPeer`."""
+        spore = self._spore(knowledge, to=to, channel=None, spore_type=spore_type,
+                            priority=priority, expires_in=expires_in)
+        self._organism.emit(spore, self.spore, self.agent)
+        return spore
+
+    async def broadcast(self, knowledge: dict[str, Any], *, channel: str | None = None,
+                        priority: int | None = None, expires_in: float | None = None) -> Spore:
+        """Broadcast on ``channel`` (default: the channel of the spore being handled)."""
+        spore = self._spore(knowledge, to=None, channel=channel,
+                            spore_type=SporeType.BROADCAST, priority=priority,
+                            expires_in=expires_in)
+        self._organism.emit(spore, self.spore, self.agent)
+        return spore
+
+    async def reply(self, knowledge: dict[str, Any]) -> Spore:
+        """Answer the spore being handled: a response to a request, else to the sender."""
+        spore = reply_spore(knowledge, parent=self.spore, agent=self.agent, emit=None,
+                            to=None if self.spore.spore_type is SporeType.REQUEST
+                            else self.spore.from_agent)
+        self._organism.emit(spore, self.spore, self.agent)
+        return spore
+
+    async def request(self, to: str, knowledge: dict[str, Any], *,
+                      timeout: float = 30.0, priority: int | None = None) -> Spore:
+        """Send a request to ``to`` and return its response spore.
+
+        Raises :class:`RequestTimeout` after ``timeout`` seconds, :class:`HandlerError`
+        when the responder's handler fails, :class:`DeliveryError` when it is refused.
+        """
+        spore = self._spore(knowledge, to=to, channel=None, spore_type=SporeType.REQUEST,
+                            priority=priority, expires_in=None)
+        lane = self._agent.lane
+        lane.lend()
+        try:
+            return await self._organism.ask(spore, timeout, self.spore, self.agent)
+        finally:
+            await lane.reclaim()
+
+    def peers_prompt(self) -> str:
+        """A short text describing the agents this one may address: each one's
+        description, what it accepts (from its schema) and an example payload; made
+        for the system prompt of a handler backed by a language model."""
+        return peers_prompt(self._agent.spec, self._organism.agent_specs())
+
+    async def store(self, knowledge: dict[str, Any]) -> str:
+        """Keep ``knowledge`` in the organism's knowledge store; return its reference, for
+        a spore's ``knowledge_references``."""
+        return await self._organism.knowledge_store.put(knowledge)
+
+    async def resolve(self, spore: Spore | None = None) -> list[dict[str, Any]]:
+        """The knowledge ``spore`` (default: the one being handled) refers to, in the order
+        of its ``knowledge_references``."""
+        refs = (spore or self.spore).knowledge_references
+        get = self._organism.knowledge_store.get
+        return list(await asyncio.gather(*(get(ref) for ref in refs)))
+
+    def spend(self, amount: float) -> float:
+        """Add ``amount`` to this conversation's cost; return its total so far.
+
+        Past ``limits.max_cost_per_thread`` the conversation is stopped: its further
+        spores are dead-lettered with reason ``budget``.
+        """
+        return self._organism.spend(self.spore.thread, amount)
+
+    async def gather(self, to: Sequence[str] | None, knowledge: dict[str, Any], *,
+                     channel: str | None = None, timeout: float = 30.0) -> Gathered:
+        """Request ``knowledge`` from each agent in ``to`` (or, with ``to=None``, from every
+        subscriber of ``channel`` but this agent) at once; return what came within
+        ``timeout``, naming who is missing or failed (see ``pipeline.orchestration``)."""
+        if to is None:
+            subscribers = self._organism.subscribers(channel or self.spore.channel)
+            to = [name for name in subscribers if name != self.agent]
+
+        async def ask(target: str, payload: dict[str, Any], wait: float) -> Spore:
+            spore = self._spore(payload, to=target, channel=None, spore_type=SporeType.REQUEST,
+                                priority=None, expires_in=None)
+            return await self._organism.ask(spore, wait, self.spore, self.agent)
+
+        lane = self._agent.lane
+        lane.lend()  # once for all the requests: they wait together
+        try:
+            return await gather_replies(ask, list(to), knowledge, timeout=timeout)
+        finally:
+            await lane.reclaim()

@@ -1,0 +1,231 @@
+"""Agent state: class agents (one instance per agent, with hooks) and organism snapshots.
+
+A handler may be a class. The organism makes one instance per agent, on its
+first spore or, with ``lazy: false``, at start; each spore is handled by the
+instance's ``handle(spore, ctx)`` (or ``__call__``). Optional hooks:
+``async on_start()`` after the instance is made, ``async on_stop()`` on a
+graceful stop after the drain, ``save_state() -> JSON`` and
+``load_state(state)``. Function handlers keep their state in ``ctx.state``.
+
+A snapshot is plain JSON: ``{"sporeflow_state": 1, "organism": name,
+"agents": {agent: state}}``. State loaded for an agent whose instance does not
+exist yet (or that is not running yet) is kept and applied when it appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sporeflow.config import OrganismStateError
+from sporeflow.config.handlers import agent_method
+from sporeflow.pipeline.core.wiring import AgentRuntime
+from sporeflow.steps import Spore
+
+__all__ = ["AgentStates", "ClassAgent", "read_snapshot", "write_snapshot"]
+
+SNAPSHOT_VERSION = 1
+_NOTHING: Any = object()
+
+
+class ClassAgent:
+    """The one instance of an agent's handler class, made once, on demand."""
+
+    def __init__(self, cls: type, name: str) -> None:
+        self.cls = cls
+        self.name = name
+        self.method = agent_method(cls)
+        function = getattr(cls, self.method)
+        self.is_async = inspect.iscoroutinefunction(function)
+        self.is_async_gen = inspect.isasyncgenfunction(function)
+        self.instance: Any = None
+        self.pending: Any = _NOTHING  # state loaded before the instance existed
+        self._lock = asyncio.Lock()
+
+    async def ensure(self) -> Any:
+        """Return the instance, making it (and running ``on_start``) the first time."""
+        if self.instance is None:
+            async with self._lock:  # concurrent first spores make one instance
+                if self.instance is None:
+                    instance = self.cls()
+                    if self.pending is not _NOTHING:
+                        _load_into(instance, self.pending, self.name)
+                        self.pending = _NOTHING
+                    on_start = getattr(instance, "on_start", None)
+                    if on_start is not None:
+                        await on_start()
+                    self.instance = instance
+        return self.instance
+
+    def save(self) -> Any:
+        """The instance's ``save_state()``; what was loaded if it is not made yet."""
+        if self.instance is None:
+            return None if self.pending is _NOTHING else self.pending
+        save = getattr(self.instance, "save_state", None)
+        return save() if save is not None else None
+
+    def load(self, state: Any) -> None:
+        if self.instance is None:
+            self.pending = state
+        else:
+            _load_into(self.instance, state, self.name)
+
+    async def stop(self) -> None:
+        on_stop = getattr(self.instance, "on_stop", None) if self.instance is not None else None
+        if on_stop is not None:
+            await on_stop()
+
+    async def call(self, spore: Spore, ctx: Any) -> Any:
+        """Handle ``spore`` with the instance's method (making the instance first)."""
+        instance = self.instance
+        if instance is None:
+            instance = await self.ensure()
+        method = getattr(instance, self.method)
+        if self.is_async:
+            return await method(spore, ctx)
+        if self.is_async_gen:
+            return method(spore, ctx)
+        # A plain method may block: it runs on a worker thread, off the loop.
+        return await asyncio.to_thread(method, spore, ctx)
+
+
+def _load_into(instance: Any, state: Any, name: str) -> None:
+    load = getattr(instance, "load_state", None)
+    if load is None:
+        raise OrganismStateError(
+            f"agent {name!r} has saved state but its class {type(instance).__qualname__!r} "
+            f"has no load_state(state) method; add one or drop its entry from the snapshot")
+    load(state)
+
+
+class AgentStates:
+    """The organism's side of agent state: class instances, hooks, and snapshots."""
+
+    def __init__(self, organism: str, logger: logging.Logger) -> None:
+        self.organism = organism
+        self.logger = logger
+        self.pending: dict[str, Any] = {}  # state for agents not built yet
+
+    def attach(self, agent: AgentRuntime) -> None:
+        """Give a newly built agent its class holder and any state loaded for it."""
+        handler = agent.spec.handler
+        if inspect.isclass(handler) and agent.spec.gather is None and (
+                agent.spec.sequence is None):
+            agent.actor = ClassAgent(handler, agent.spec.name)
+        state = self.pending.pop(agent.spec.name, _NOTHING)
+        if state is not _NOTHING:
+            _apply(agent, state)
+
+    async def start(self, agents: Mapping[str, AgentRuntime]) -> None:
+        """Make the instances of ``lazy: false`` class agents, running their ``on_start``."""
+        for agent in agents.values():
+            if agent.actor is not None and not agent.spec.lazy:
+                try:
+                    await agent.actor.ensure()
+                except Exception as exc:
+                    raise OrganismStateError(
+                        f"agent {agent.spec.name!r} could not start: its class "
+                        f"{agent.actor.cls.__qualname__!r} raised {type(exc).__name__}: "
+                        f"{exc}") from exc
+
+    async def stop(self, agents: Mapping[str, AgentRuntime]) -> None:
+        """Run each made instance's ``on_stop``; a failing hook is logged, not raised."""
+        for agent in agents.values():
+            if agent.actor is not None:
+                try:
+                    await agent.actor.stop()
+                except Exception:
+                    self.logger.exception("on_stop of agent %r failed", agent.spec.name)
+
+    def save(self, agents: Mapping[str, AgentRuntime]) -> dict[str, Any]:
+        """A JSON-serialisable snapshot of every agent's state (and of state still pending)."""
+        states: dict[str, Any] = dict(self.pending)
+        for name, agent in agents.items():
+            state = agent.actor.save() if agent.actor is not None else (agent.state or None)
+            if state is None:
+                continue
+            try:  # a JSON round trip both checks the state and detaches it from the agent
+                states[name] = json.loads(json.dumps(state))
+            except (TypeError, ValueError) as exc:
+                where = "save_state()" if agent.actor is not None else "ctx.state"
+                raise OrganismStateError(
+                    f"agent {name!r}: {where} is not JSON-serialisable ({exc}); keep only "
+                    f"dicts, lists, strings, numbers, booleans and None there") from exc
+        return {"sporeflow_state": SNAPSHOT_VERSION, "organism": self.organism,
+                "agents": states}
+
+    def load(self, snapshot: Mapping[str, Any], agents: Mapping[str, AgentRuntime]) -> None:
+        """Restore ``snapshot``: running agents now, the others when they are built."""
+        if not isinstance(snapshot, Mapping) or snapshot.get(
+                "sporeflow_state") != SNAPSHOT_VERSION or not isinstance(
+                snapshot.get("agents"), Mapping):
+            raise OrganismStateError(
+                f"not a sporeflow state snapshot (version {SNAPSHOT_VERSION}): expected "
+                f"{{'sporeflow_state': 1, 'agents': {{...}}}}, got {snapshot!r:.80}")
+        for name, state in snapshot["agents"].items():
+            agent = agents.get(name)
+            if agent is None:
+                self.pending[name] = state
+            else:
+                _apply(agent, state)
+        if snapshot.get("organism") not in (None, self.organism):
+            self.logger.warning("loading state saved by organism %r into %r",
+                                snapshot.get("organism"), self.organism)
+
+
+def _apply(agent: AgentRuntime, state: Any) -> None:
+    if agent.actor is not None:
+        agent.actor.load(state)
+        return
+    if not isinstance(state, dict):
+        raise OrganismStateError(
+            f"agent {agent.spec.name!r} is a function agent: its state must be a dict "
+            f"(ctx.state), got {type(state).__name__}")
+    agent.state.clear()  # in place: running handlers hold this very dict
+    agent.state.update(state)
+
+
+def read_snapshot(path: str | Path) -> dict[str, Any] | None:
+    """The snapshot saved at ``path``, or None when there is no such file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OrganismStateError(f"cannot read the state file {str(file)!r}: "
+                                 f"{exc.strerror}") from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise OrganismStateError(f"the state file {str(file)!r} is not JSON ({exc}); "
+                                 f"remove it to start afresh") from exc
+    if not isinstance(data, dict):
+        raise OrganismStateError(f"the state file {str(file)!r} holds a "
+                                 f"{type(data).__name__}, not a snapshot object")
+    return data
+
+
+def write_snapshot(path: str | Path, snapshot: Mapping[str, Any]) -> None:
+    """Write ``snapshot`` atomically: a temporary file beside ``path``, then a rename."""
+    file = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp",
+                                         dir=file.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(snapshot, out, indent=1, sort_keys=True)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, file)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

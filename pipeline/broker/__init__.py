@@ -1,0 +1,1 @@
+"""Backends (memory, RabbitMQ) and the bridge that runs an organism's chain over one."""

@@ -1,0 +1,449 @@
+"""The bridge: an organism's chain over a broker, with at-least-once delivery.
+
+On the embedded path (``backend: memory``) route's deliveries go straight to the
+agents' lanes. With a broker, what route yields for agents is published; what the
+broker hands back for the agents hosted here enters the chain's source again, as
+untrusted input, and passes every stage (signature, validate, expiry, budget,
+route, schemas) before its agent's lane:
+
+    chain ─▶ publish (confirmed) ─▶ broker ─▶ consumer of each hosted agent ─┐
+      ▲                                                                      │
+      └──────────────────────── source (checked like any spore) ◀────────────┘
+
+- A delivery stays unacked while its handler runs, retries included, and until
+  every spore the handler produced (returned replies, ``ctx.send``/``broadcast``/
+  ``request``) has been confirmed by the broker or settled here (resolved,
+  returned, dead-lettered). Then it is acked; after the last failed attempt, or a
+  refusal by the chain, it is dead-lettered on the broker first. A process that
+  dies leaves it unacked, and the broker redelivers it to another consumer.
+- A spore that arrives in agent X's queue goes to X only: route refuses one
+  addressed to another agent, or a broadcast on a channel X does not subscribe to.
+- Requests carry this process's reply queue; their responses are published
+  straight to it. A responder that fails sends a failure response there: the
+  requester's ``request`` raises :class:`HandlerError` at once.
+- Spores from senders that are no agent of the organism (a Praval agent) are
+  handled like outside spores; what goes back to such a sender is published by
+  its direct routing key.
+
+The bridge is a :class:`LedgerHook`: it learns of handled, failed, refused and
+settled spores from the ledger, and acks or dead-letters deliveries then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from aiostream import pipable_operator, streamcontext
+
+from sporeflow.config import (
+    BrokerError,
+    ConfigError,
+    OrganismSpec,
+    Problem,
+    Secret,
+    SporeError,
+    SporeflowError,
+)
+from sporeflow.config.reasons import Reason
+from sporeflow.pipeline.broker.backend import Backend, Inbound, Topology
+from sporeflow.pipeline.broker.factory import open_backend
+from sporeflow.pipeline.core.deadletters import DeadLetter
+from sporeflow.pipeline.core.ledger import LedgerHook
+from sporeflow.pipeline.core.requests import FAILURE_KEY
+from sporeflow.pipeline.core.run import RunParts
+from sporeflow.steps import Delivery, Spore, SporeType
+from sporeflow.steps.signing import signed, verify
+
+__all__ = ["Bridge", "make_bridge", "publish_deliveries"]
+
+_RESPONSE, _REQUEST = SporeType.RESPONSE, SporeType.REQUEST
+_REPLY_ROUTES_KEPT = 10_000
+
+
+@dataclass(eq=False, slots=True)
+class _Ticket:
+    """One delivery from the broker: acked once handled and its offspring confirmed."""
+
+    message: Inbound
+    agent: str
+    pending: int = 0  # spores it produced, not yet confirmed or settled
+    finished: bool = False
+    settling: bool = False
+    failure: tuple[str, str, int] | None = None  # (reason, error, attempts): dead-letter it
+
+
+def make_bridge(spec: OrganismSpec, backend: Backend | str | None,
+                hosted: Iterable[str] | None) -> Bridge | None:
+    """The bridge for ``spec``: None on the embedded path (``memory``)."""
+    chosen = open_backend(spec.backend if backend is None else backend) if (
+        backend is None or isinstance(backend, str)) else backend
+    if chosen is None:
+        if hosted is not None:
+            raise _usage(spec, "hosting some agents (--agents) needs a broker: set "
+                               "organism.backend or --backend to an amqp:// URL")
+        return None
+    return Bridge(spec, chosen, hosted=hosted)
+
+
+def _usage(spec: OrganismSpec, message: str) -> ConfigError:
+    source = str(spec.source or f"<organism {spec.name}>")
+    return ConfigError([Problem(source, 1, 1, "organism.backend", message)])
+
+
+class Bridge(LedgerHook):
+    """Runs an organism's chain over ``backend``, hosting the agents named in ``hosted``
+    (all of them when None)."""
+
+    def __init__(self, spec: OrganismSpec, backend: Backend, *,
+                 hosted: Iterable[str] | None = None) -> None:
+        names = frozenset(spec.agents) if hosted is None else frozenset(hosted)
+        unknown = sorted(names - set(spec.agents))
+        if unknown:
+            raise _usage(spec, f"--agents names {unknown!r}, which organism {spec.name!r} "
+                               f"does not have; its agents are {sorted(spec.agents)!r}")
+        self.spec = spec
+        self.backend = backend
+        self.hosted = names
+        self.topology = Topology.of(spec)
+        self.logger = logging.getLogger(f"sporeflow.bridge.{spec.name}")
+        self._key: Secret | None = spec.signing_key
+        self._run: RunParts | None = None
+        self._reply_queue: str | None = None
+        self._inflight: dict[int, _Ticket] = {}  # id(delivered spore) -> its ticket
+        self._untrusted: set[int] = set()  # id() of spores from the broker, until settled
+        self._owners: dict[int, _Ticket] = {}  # id(spore a handler produced) -> parent's
+        self._reply_routes: OrderedDict[str, str] = OrderedDict()  # request id -> queue
+        self._remote: set[str] = set()  # senders that are no agent of the organism
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._expected = 0  # published to agents hosted here, not yet consumed back
+        self._changed = asyncio.Event()
+        self.counts = {"consumed": 0, "redelivered": 0, "own_broadcasts": 0, "refused": 0,
+                       "acked": 0, "dead_lettered": 0, "ack_failures": 0, "published": 0,
+                       "publish_failures": 0, "failure_notices": 0}
+
+    @property
+    def run(self) -> RunParts:
+        assert self._run is not None, "the bridge is used before start()"
+        return self._run
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self, run: RunParts) -> None:
+        """Declare the topology, the reply queue, and consume each hosted agent's queue."""
+        self._run = run
+        await self.backend.open(self.topology)
+        self._reply_queue = await self.backend.reply_queue(self._on_reply)
+        for name in sorted(self.hosted):
+            agent = self.spec.agents[name]
+            # Room beyond concurrency for slots lent while handlers await ctx.request:
+            # a request to this same agent must be able to arrive meanwhile.
+            prefetch = agent.concurrency * 2
+            await self.backend.consume(self.topology.queue(name),
+                                       partial(self._on_message, name), prefetch=prefetch)
+        self.logger.info("on %s: hosting %s; exchange %r, reply queue %r",
+                         self.backend.address, sorted(self.hosted) or "no agent",
+                         self.topology.exchange, self._reply_queue)
+
+    async def stop_consuming(self) -> None:
+        """Take no new deliveries (a stop drains those already taken)."""
+        with contextlib.suppress(SporeflowError):
+            await self.backend.cancel()
+
+    async def close(self) -> None:
+        """Finish pending acks and publishes, then disconnect (the broker requeues the
+        rest)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.backend.close()
+
+    async def quiet(self) -> None:
+        """Wait until this process holds nothing and each spore it published to an agent it
+        hosts came back; with one process hosting everything: until all work is done."""
+        while True:
+            await self.run.idle()
+            if self._expected <= 0 and not self._tasks and not self.run.intake.held:
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
+    # -- from the broker: into the chain's source -------------------------------------------
+
+    def arrived(self, spore: Spore) -> str | None:
+        """The hosted agent whose queue ``spore`` came from (None: not from an agent queue)."""
+        ticket = self._inflight.get(id(spore))
+        return ticket.agent if ticket is not None else None
+
+    def verify(self, spore: Spore) -> None:
+        """The validate stage's hook: a spore from the broker must carry a good signature."""
+        if self._key is not None and id(spore) in self._untrusted:
+            verify(spore, self._key)
+
+    def _on_message(self, agent: str, message: Inbound) -> None:
+        self.counts["consumed"] += 1
+        self._expected -= 1
+        self._changed.set()
+        if message.redelivered:
+            self.counts["redelivered"] += 1
+        spore = self._decoded(agent, message)
+        if spore is None:
+            return
+        if spore.to_agent is None and spore.from_agent == agent:
+            self.counts["own_broadcasts"] += 1  # a broadcast never goes back to its sender
+            self._spawn(self._ack(message))
+            return
+        run = self._run
+        if run is None or not run.running():
+            self._spawn(self._give_back(message))
+            return
+        sender = spore.from_agent
+        if (type(sender) is str and sender not in self.spec.agents
+                and sender not in run.outside):
+            # A foreign agent (Praval's, say): what goes back to it goes through the broker.
+            self._remote.add(sender)
+            run.outside.add(sender)
+        if spore.spore_type is _REQUEST and type(spore.id) is str:
+            run.requests.expect(spore.id, agent)  # its response, from `agent`, may pass
+            if message.reply_queue:
+                routes = self._reply_routes
+                routes[spore.id] = message.reply_queue
+                if len(routes) > _REPLY_ROUTES_KEPT:
+                    routes.popitem(last=False)
+        self._inflight[id(spore)] = _Ticket(message, agent)
+        self._untrusted.add(id(spore))
+        run.intake.feed((spore,))  # the chain checks it, then route hands it to `agent`
+
+    def _decoded(self, agent: str | None, message: Inbound) -> Spore | None:
+        """The message's spore, or None (dead-lettered) when it holds none."""
+        if message.rejection is None and message.spore is not None:
+            return message.spore
+        reason, error = message.rejection or (Reason.INVALID,
+                                              SporeError("the message holds no spore"))
+        self.counts["refused"] += 1
+        self.logger.warning("refused a message from the broker for %r: %s: %s", agent,
+                            reason, error)
+        if message.spore is not None and self._run is not None:
+            self._run.ledger.refused(message.spore, reason, error, agent=agent)
+        if agent is not None:
+            self._spawn(self._dead_letter_now(message, agent, reason, str(error)))
+        return None
+
+    def _on_reply(self, message: Inbound) -> None:
+        """A response (or a failure response) for a request awaited in this process."""
+        self.counts["consumed"] += 1
+        spore = self._decoded(None, message)
+        if spore is None or self._run is None:
+            return
+        self._untrusted.add(id(spore))
+        self._run.intake.feed((spore,))  # route resolves it, or refuses it
+
+    # -- the ledger's hooks -----------------------------------------------------------------
+
+    def admitted(self, spores: Sequence[Spore], agent: str | None,
+                 parent: Spore | None) -> None:
+        """Spores sent by a running handler: its delivery waits for them too."""
+        ticket = self._inflight.get(id(parent)) if parent is not None else None
+        if ticket is not None:
+            for spore in spores:
+                self._owners[id(spore)] = ticket
+                ticket.pending += 1
+
+    def handled(self, spore: Spore, replies: list[Spore], agent: str, latency: float) -> None:
+        self._untrusted.discard(id(spore))
+        ticket = self._inflight.pop(id(spore), None)
+        if ticket is None:
+            return
+        for reply in replies:
+            self._owners[id(reply)] = ticket
+            ticket.pending += 1
+        ticket.finished = True
+        self._maybe_settle(ticket)
+
+    def failed(self, spore: Spore, agent: str, reason: str, error: BaseException,
+               attempts: int) -> None:
+        self._untrusted.discard(id(spore))
+        ticket = self._inflight.pop(id(spore), None)
+        if ticket is None or reason == Reason.SHUTDOWN:
+            return  # left unacked: the broker gives it to the next consumer
+        text = f"{type(error).__name__}: {error}"
+        ticket.failure = (reason, text, attempts)
+        ticket.finished = True
+        queue = self._reply_routes.pop(spore.id, None)
+        if spore.spore_type is _REQUEST and queue is not None:
+            self._notify_failure(spore, agent, reason, text, queue)
+        self._maybe_settle(ticket)
+
+    def dead_lettered(self, letter: DeadLetter) -> None:
+        """A spore from the broker refused by the chain: dead-letter its delivery there."""
+        ticket = self._inflight.get(id(letter.spore))
+        if ticket is not None and not ticket.finished:
+            ticket.failure = (letter.reason, letter.error, letter.attempts)
+
+    def released(self, spore: Spore) -> None:
+        """``spore`` left this process (confirmed, resolved, returned or dead-lettered)."""
+        self._untrusted.discard(id(spore))
+        ticket = self._inflight.pop(id(spore), None)
+        if ticket is not None:  # refused by the chain before any handler ran
+            ticket.finished = True
+            self._maybe_settle(ticket)
+        owner = self._owners.pop(id(spore), None)
+        if owner is not None:
+            owner.pending -= 1
+            self._maybe_settle(owner)
+
+    def _maybe_settle(self, ticket: _Ticket) -> None:
+        if ticket.finished and ticket.pending <= 0 and not ticket.settling:
+            ticket.settling = True
+            if ticket.failure is None:
+                self._spawn(self._ack(ticket.message))
+            else:
+                reason, error, attempts = ticket.failure
+                self._spawn(self._dead_letter_now(ticket.message, ticket.agent, reason, error,
+                                                  attempts))
+
+    # -- to the broker ----------------------------------------------------------------------
+
+    def deliver_or_publish(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """The chain's last stage with a broker: a spore that came from the broker goes to
+        its agent's lane here; the others are published."""
+        lanes = self.run.wiring().lanes
+        jobs = []
+        for spore, targets in deliveries:
+            ticket = self._inflight.get(id(spore))
+            if ticket is None:
+                jobs.append(self._publish(spore, len(targets), targets))
+                continue
+            lane = lanes.get(ticket.agent)
+            if lane is None:  # removed by a reload meanwhile
+                self.run.ledger.reject(spore, Reason.UNKNOWN_AGENT, SporeError(
+                    f"agent {ticket.agent!r} was removed before spore {spore.id} reached it"))
+            else:
+                lane.deliver(spore)
+        if jobs:
+            self._spawn(_gather(jobs))
+        return deliveries
+
+    def outside(self, spore: Spore) -> bool:
+        """Publish ``spore`` if it goes to another process (a response to a request from
+        there, or a spore for a remote sender); False if it stays in this one."""
+        if (spore.spore_type is _RESPONSE and spore.reply_to in self._reply_routes) or (
+                spore.to_agent in self._remote):
+            self._spawn(self._publish(spore, 1, ()))
+            return True
+        return False
+
+    async def _publish(self, spore: Spore, count: int, targets: tuple[str, ...]) -> None:
+        queue = routing_key = reply_queue = None
+        if spore.spore_type is _RESPONSE and spore.reply_to is not None:
+            queue = self._reply_routes.pop(spore.reply_to, None)
+        if queue is None:
+            routing_key = self.topology.routing_key(spore)
+            if spore.spore_type is _REQUEST and self.run.requests.awaits(spore.id):
+                reply_queue = self._reply_queue
+        wire = signed(spore, self._key) if self._key is not None else spore
+        expected = self._expected_back(spore, targets) if queue is None else 0
+        self._expected += expected
+        try:
+            await self.backend.publish(wire, routing_key=routing_key, queue=queue,
+                                       reply_queue=reply_queue)
+            self.counts["published"] += 1
+        except BrokerError as exc:
+            self._expected -= expected
+            self.counts["publish_failures"] += 1
+            self.logger.warning("could not publish spore %s: %s", spore.id, exc)
+            self.run.ledger.record(spore, Reason.BROKER_ERROR, exc)
+        finally:
+            self.run.intake.settle(count)
+            self.released(spore)
+            self._changed.set()
+
+    def _expected_back(self, spore: Spore, targets: tuple[str, ...]) -> int:
+        """How many copies of ``spore`` the broker hands to agents hosted here."""
+        if spore.to_agent is not None:
+            return 1 if spore.to_agent in self.hosted else 0
+        subscribers = self.run.wiring().table.subscribers.get(spore.channel, ())
+        return sum(1 for name in subscribers if name in self.hosted)
+
+    def _notify_failure(self, spore: Spore, agent: str, reason: str, error: str,
+                        queue: str) -> None:
+        notice = Spore(knowledge={}, spore_type=_RESPONSE, from_agent=agent,
+                       to_agent=spore.from_agent, reply_to=spore.id, thread_id=spore.thread,
+                       metadata={FAILURE_KEY: {"agent": agent, "reason": str(reason),
+                                               "error": error[:2000]}})
+        wire = signed(notice, self._key) if self._key is not None else notice
+
+        async def send() -> None:
+            try:
+                await self.backend.publish(wire, queue=queue)
+                self.counts["failure_notices"] += 1
+            except BrokerError as exc:  # the requester is gone: its timeout will tell it
+                self.logger.info("could not tell %s that request %s failed: %s", queue,
+                                 spore.id, exc)
+
+        self._spawn(send())
+
+    async def _ack(self, message: Inbound) -> None:
+        try:
+            await message.ack()
+            self.counts["acked"] += 1
+        except BrokerError as exc:
+            self.counts["ack_failures"] += 1
+            self.logger.warning("could not ack a delivery (the broker will redeliver it): %s",
+                                exc)
+
+    async def _give_back(self, message: Inbound) -> None:
+        with contextlib.suppress(BrokerError):
+            await message.nack(requeue=True)
+
+    async def _dead_letter_now(self, message: Inbound, agent: str, reason: str, error: str,
+                               attempts: int = 0) -> None:
+        try:
+            await self.backend.dead_letter(message, reason=reason, error=error, agent=agent,
+                                           attempts=attempts)
+            self.counts["dead_lettered"] += 1
+        except BrokerError as exc:
+            self.logger.warning("could not dead-letter a delivery on the broker (it is "
+                                "recorded here): %s", exc)
+        await self._ack(message)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        self._changed.set()
+        if not task.cancelled() and task.exception() is not None:
+            self.logger.error("a broker task failed", exc_info=task.exception())
+
+    # -- observing --------------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        """This process's view: its hosted agents, counters, and its connection's counters."""
+        return {
+            "backend": self.backend.address, "exchange": self.topology.exchange,
+            "hosted": sorted(self.hosted), "reply_queue": self._reply_queue,
+            "in_flight": len(self._inflight), "awaiting_confirms": len(self._owners),
+            "expected_back": self._expected, **self.counts,
+            "connection": self.backend.statistics().as_dict(),
+        }
+
+
+@pipable_operator
+async def publish_deliveries(source: AsyncIterable[list[Delivery]], *,
+                             bridge: Bridge) -> AsyncIterator[list[Delivery]]:
+    """Hand deliveries from the broker to their lanes, publish the others; pass them on."""
+    async with streamcontext(source) as batches:
+        async for deliveries in batches:
+            yield bridge.deliver_or_publish(deliveries)
+
+
+async def _gather(jobs: list[Coroutine[Any, Any, None]]) -> None:
+    await asyncio.gather(*jobs)

@@ -1,0 +1,310 @@
+"""The ``sporeflow`` command: thin: parse, load, build, run.
+
+It catches only :class:`SporeflowError` and prints ``TypeName: message`` with
+exit code 1; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from sporeflow.config import (
+    ORGANISM_SCHEMA,
+    SporeError,
+    SporeflowError,
+    check_organism,
+    parse_duration,
+)
+from sporeflow.pipeline.agents.state import read_snapshot, write_snapshot
+from sporeflow.pipeline.cli.dlq import dlq
+from sporeflow.pipeline.cli.graph import graph
+from sporeflow.pipeline.cli.tail import tail
+from sporeflow.pipeline.cli.util import ORGANISM_ARG, ORGANISM_FILE, fail, guarded
+from sporeflow.pipeline.observe.live import LiveView
+from sporeflow.pipeline.observe.logs import configure_logging, log_events
+from sporeflow.pipeline.observe.prometheus import MetricsServer
+from sporeflow.pipeline.observe.stopping import StopCondition, parse_condition, wait_until
+from sporeflow.pipeline.observe.summary import render_summary
+from sporeflow.pipeline.observe.tracing import ensure_tracer_provider
+from sporeflow.pipeline.organism import Organism
+from sporeflow.pipeline.reload.watch import ReloadTriggers, require_watchfiles
+from sporeflow.steps import Spore, payload_from_xml
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """sporeflow: agents are plain handlers; the wiring is organism.yaml."""
+    ctx.obj = {"debug": debug}
+
+
+def _parsed(parse: Callable[[str], T], value: str | None, option: str) -> T | None:
+    """An option's value through ``parse``; a ValueError becomes a usage error."""
+    try:
+        return parse(value) if value is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'{option}'") from None
+
+
+@cli.command()
+@ORGANISM_ARG
+@click.option("--journal", type=click.Path(dir_okay=False, path_type=Path),
+              help="Record unfinished spores and dead letters in this SQLite FILE, replayed "
+                   "at the next start (overrides organism.journal).")
+@click.option("--until-idle", is_flag=True, help="Exit 0 once nothing is queued or running.")
+@click.option("--drain-timeout", default=30.0, show_default=True,
+              help="Seconds to finish in-flight work on stop.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
+@click.option("--log-level", default="WARNING", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics on this port (needs sporeflow[metrics]).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="Address the metrics endpoint listens on.")
+@click.option("--state", "state_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Load agent state from FILE at start (if it exists); save it there on a "
+                   "graceful stop.")
+@click.option("--until", metavar="EXPRESSION",
+              help="Stop once this holds over the stats, e.g. 'totals.handled >= 1000'.")
+@click.option("--max-duration", metavar="DURATION", help="Stop after this long, e.g. 30s or 5m.")
+@click.option("--watch", is_flag=True, help="Reload when the organism file or its handler "
+              "modules change (needs sporeflow[watch]); SIGHUP reloads too.")
+@click.option("--trace", is_flag=True, help="OpenTelemetry span per handler call (needs "
+              "sporeflow[tracing]); to stderr unless a tracer provider is configured.")
+@click.option("--backend", metavar="URL", help="memory, or an amqp:// / amqps:// URL (${NAME} "
+              "reads the environment); overrides organism.backend.")
+@click.option("--agents", metavar="A,B", help="Host only these agents in this process; the "
+              "others run in other processes on the same broker.")
+@click.pass_context
+def run(ctx: click.Context, organism: Path, until_idle: bool, drain_timeout: float,
+        log_format: str, log_level: str, quiet: bool, metrics_port: int | None,
+        metrics_host: str, state_file: Path | None, until: str | None, journal: Path | None,
+        max_duration: str | None, trace: bool, watch: bool, backend: str | None = None,
+        agents: str | None = None) -> None:
+    """Run ORGANISM (default ./organism.yaml) until Ctrl-C, SIGTERM, or idle.
+
+    On a terminal it shows a live per-agent table (unless --quiet); the final
+    summary is always printed on exit.
+    """
+    configure_logging(log_format, log_level)
+    if watch:
+        guarded(ctx, require_watchfiles)
+    flush_spans = guarded(ctx, ensure_tracer_provider) if trace else None
+    hosted = None if agents is None else [a.strip() for a in agents.split(",") if a.strip()]
+    org = guarded(ctx, lambda: Organism.from_file(organism, tracing=trace, journal=journal,
+                                                  backend=backend, hosted=hosted))
+    log_events(org.events)  # each event as a DEBUG line, only with --log-level debug
+    observers = partial(_observers, live=not quiet and sys.stderr.isatty(), quiet=quiet,
+                        metrics_port=metrics_port, metrics_host=metrics_host)
+    condition = _parsed(parse_condition, until, "--until")
+    duration = _parsed(parse_duration, max_duration, "--max-duration")
+    try:
+        if state_file is not None and (snapshot := read_snapshot(state_file)) is not None:
+            org.load_state(snapshot)
+        code = asyncio.run(_run(org, until_idle=until_idle, drain_timeout=drain_timeout,
+                                observers=observers, until=condition, max_duration=duration,
+                                watch=watch))
+        if state_file is not None:  # only after a graceful stop: a crash raised above
+            write_snapshot(state_file, org.save_state())
+    except SporeflowError as exc:
+        fail(ctx, exc)
+    finally:
+        if flush_spans is not None:
+            flush_spans()
+    ctx.exit(code)
+
+
+async def _observers(org: Organism, *, live: bool, quiet: bool, metrics_port: int | None,
+                     metrics_host: str) -> contextlib.AsyncExitStack:
+    """Enter what watches the run: the metrics endpoint, the live view."""
+    async with contextlib.AsyncExitStack() as stack:
+        if metrics_port is not None:
+            server = await stack.enter_async_context(
+                MetricsServer(org, port=metrics_port, host=metrics_host))
+            if not quiet:
+                click.echo(f"metrics: http://{metrics_host}:{server.port}/metrics", err=True)
+        if live:
+            try:
+                view = LiveView(org)
+            except SporeflowError as exc:  # rich is an extra: run on without the view
+                click.echo(f"no live view: {exc}", err=True)
+            else:
+                await stack.enter_async_context(view)
+        return stack.pop_all()
+
+
+async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
+               observers: Callable[[Organism], Awaitable[contextlib.AsyncExitStack]]
+               | None = None, until: StopCondition | None = None,
+               max_duration: float | None = None, watch: bool = False) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            # Second Ctrl-C: the user does not want to wait for the drain.
+            click.echo("interrupted twice: exiting without draining", err=True)
+            os._exit(130)
+        # file=sys.stderr, not err=True: click would write past the live view's redirection.
+        click.echo("stopping: finishing in-flight work (Ctrl-C again to exit now)",
+                   file=sys.stderr)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    started = time.perf_counter()
+    waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+    # Observers outlive the drain (the live view shows it) and close before the summary.
+    watching = contextlib.AsyncExitStack()
+    reloads = ReloadTriggers(org, watch=watch, echo=partial(click.echo, err=True))
+    try:
+        await org.start()
+        reloads.start()  # SIGHUP (and --watch) reload the organism
+        if observers is not None:
+            watching = await observers(org)
+        if until_idle:
+            waiters.append(asyncio.ensure_future(org.idle()))
+        if until is not None:
+            try:
+                until(org.stats())  # a name the stats lack fails now, not mid-run
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="'--until'") from None
+            waiters.append(asyncio.ensure_future(wait_until(org.stats, until)))
+        if max_duration is not None:
+            waiters.append(asyncio.ensure_future(asyncio.sleep(max_duration)))
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # surfaces a crashed organism
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await reloads.aclose()
+        unfinished = await org.stop(drain_timeout=drain_timeout)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await watching.aclose()
+    click.echo(render_summary(org.stats(), time.perf_counter() - started), err=True)
+    if unfinished and org.journal is not None:
+        click.echo(f"{unfinished} spore(s) could not finish; they stay in the journal "
+                   f"{org.journal.path} and are replayed at the next start", err=True)
+    elif unfinished:
+        click.echo(f"{unfinished} spore(s) could not finish and were dead-lettered "
+                   f"as 'shutdown'", err=True)
+    return 0
+
+
+@cli.command()
+@ORGANISM_FILE
+@click.pass_context
+def check(ctx: click.Context, organism: Path) -> None:
+    """Validate ORGANISM; print every problem with its line and column."""
+    spec, warnings = guarded(ctx, lambda: check_organism(organism))
+    for warning in warnings:
+        click.echo(str(warning), err=True)
+    channels = [c for c in spec.channels if c not in ("main", "dead-letter")]
+    click.echo(f"{organism}: ok: organism {spec.name!r}, {len(spec.agents)} agents, "
+               f"{len(channels)} channels, {len(warnings)} warnings")
+
+
+@cli.command()
+@ORGANISM_FILE
+@click.option("--to", "to_agent", required=True, help="The agent to send to.")
+@click.option("--request", "as_request", is_flag=True,
+              help="Send a request and print its response.")
+@click.option("--timeout", default=30.0, show_default=True)
+@click.option("--xml", "xml_payload", metavar="ELEMENT",
+              help="Send an XML payload element instead of KNOWLEDGE: its tag becomes the "
+                   "kind (metadata), its attributes and children the knowledge.")
+@click.argument("knowledge", required=False)
+@click.pass_context
+def send(ctx: click.Context, organism: Path, to_agent: str, as_request: bool, timeout: float,
+         knowledge: str | None, xml_payload: str | None) -> None:
+    """Run ORGANISM, send KNOWLEDGE (JSON) or --xml ELEMENT to an agent, print what comes
+    back as JSON lines."""
+    if (knowledge is None) == (xml_payload is None):
+        raise click.UsageError("give KNOWLEDGE (JSON) or --xml ELEMENT, exactly one")
+    extra: dict[str, Any] = {}
+    if xml_payload is not None:
+        payload, extra = guarded(ctx, lambda: _xml_knowledge(xml_payload, as_request))
+    else:
+        try:
+            payload = json.loads(knowledge or "")
+        except ValueError as exc:
+            click.echo(f"SporeError: KNOWLEDGE is not JSON: {exc}; quote it like "
+                       f"'{{\"a\": 1}}'", err=True)
+            ctx.exit(1)
+    configure_logging("text", "WARNING")
+    org = guarded(ctx, lambda: Organism.from_file(organism))
+    try:
+        asyncio.run(_send(org, to_agent, payload, as_request=as_request, timeout=timeout,
+                          extra=extra))
+    except SporeflowError as exc:
+        fail(ctx, exc)
+
+
+def _xml_knowledge(text: str, as_request: bool) -> tuple[Any, dict[str, Any]]:
+    """``--xml``: one payload element, read by the mapping of replies; its tag is the kind."""
+    if as_request:
+        raise SporeError("--xml cannot be combined with --request: a request carries no "
+                         "kind; send the knowledge as JSON")
+    payload = payload_from_xml(text)
+    if payload.attrs:
+        raise SporeError(
+            f"--xml: <{payload.tag}> has addressing attribute(s) {', '.join(payload.attrs)}; "
+            f"on the command line --to addresses the spore: remove them, or write the data "
+            f"as child elements")
+    return payload.knowledge, {"metadata": {"kind": payload.tag}}
+
+
+async def _send(org: Organism, to_agent: str, payload: Any, *, as_request: bool,
+                timeout: float, extra: dict[str, Any] | None = None) -> None:
+    def show(spore: Spore) -> None:
+        if spore.to_agent == "cli":
+            click.echo(spore.to_json())
+
+    async with org.running():
+        org.on_outside(show)
+        if as_request:
+            response = await org.request(to_agent, payload, sender="cli", timeout=timeout)
+            click.echo(response.to_json())
+        else:
+            await org.send(to_agent, payload, sender="cli", **(extra or {}))
+        await asyncio.wait_for(org.idle(), timeout)
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of organism files (for editors)."""
+    click.echo(json.dumps(ORGANISM_SCHEMA, indent=2))
+
+
+cli.add_command(graph)
+cli.add_command(dlq)
+cli.add_command(tail)
+
+
+def main() -> None:
+    """The console script."""
+    logging.captureWarnings(True)
+    cli(prog_name="sporeflow")

@@ -1,0 +1,252 @@
+"""The ledger: where every admitted spore is settled, exactly once.
+
+A spore the intake holds ends in one of these ways, and each has one method here:
+
+    handled   its handler returned; its replies are fed back     (``handled``)
+    failed    its last attempt failed                            (``failed``)
+    rejected  a stage refused it                                 (``reject``)
+    resolved  a response that answered a pending request         (``resolve``)
+    returned  addressed to the outside world                     (``return_outside``)
+
+Each settles the intake's count once (``idle()`` and ``max_in_flight`` rest on it).
+What watches settlement, the journal, typed events, the broker bridge, attaches as
+a :class:`LedgerHook`, registered only while active: an unobserved organism pays one
+empty-list test per settlement and nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from sporeflow.config import HandlerError, OrganismStateError
+from sporeflow.pipeline.core.deadletters import DeadLetter, DeadLetterStore
+from sporeflow.pipeline.core.intake import Intake
+from sporeflow.pipeline.core.logfields import describe_error, spore_fields
+from sporeflow.pipeline.core.requests import RequestBook
+from sporeflow.pipeline.core.wiring import WiringSnapshot
+from sporeflow.steps import Spore, SporeType
+
+__all__ = ["Ledger", "LedgerHook"]
+
+DEAD_LETTER_CHANNEL = "dead-letter"
+
+
+class LedgerHook:
+    """What a watcher of settlement may override; each default does nothing.
+
+    ``admitted`` gets spores a handler sent (``parent`` is the spore it was handling)
+    or the outside world sent (``parent`` None). ``released`` is called for each
+    spore settled without a handler: rejected, resolved or returned.
+    """
+
+    def admitted(self, spores: Sequence[Spore], agent: str | None,
+                 parent: Spore | None) -> None:
+        """Spores entered the organism."""
+
+    def handled(self, spore: Spore, replies: list[Spore], agent: str, latency: float) -> None:
+        """A handler finished ``spore``; ``replies`` are about to be fed back."""
+
+    def failed(self, spore: Spore, agent: str, reason: str, error: BaseException,
+               attempts: int) -> None:
+        """``spore``'s last attempt failed (it is dead-lettered right after)."""
+
+    def dead_lettered(self, letter: DeadLetter) -> None:
+        """A dead letter was recorded."""
+
+    def ended(self, spore: Spore) -> None:
+        """``spore`` finished without a handler: it resolved a request or went outside."""
+
+    def released(self, spore: Spore) -> None:
+        """``spore`` is settled without a handler (rejected, resolved or returned)."""
+
+
+def _overrides(hooks: Sequence[LedgerHook], name: str) -> list[Callable[..., None]]:
+    base = getattr(LedgerHook, name)
+    return [getattr(hook, name) for hook in hooks if getattr(type(hook), name) is not base]
+
+
+class Ledger:
+    """Settles spores for one organism run; see the module docstring."""
+
+    def __init__(self, *, intake: Intake, dead_letters: DeadLetterStore,
+                 requests: RequestBook, wiring: Callable[[], WiringSnapshot],
+                 logger: logging.Logger, now: Callable[[], datetime],
+                 outbox: deque[Spore], listeners: list[Callable[[Spore], None]]) -> None:
+        self.intake = intake
+        self.dead_letters = dead_letters
+        self.requests = requests
+        self._wiring = wiring
+        self.logger = logger
+        self.now = now
+        self.outbox = outbox  # the organism's: kept across runs
+        self.returned = 0
+        self.outside_listeners = listeners
+        self.on_outside: Callable[[Spore], None] = self.return_outside
+        # Tallies for stats(): refusals by sender and reason, per channel, and fan-out.
+        self.refused_from: Counter[str] = Counter()
+        self.refused_why: Counter[tuple[str, str]] = Counter()
+        self.refused_on: Counter[str] = Counter()
+        self.fanout: dict[str, list[int]] = {}  # channel -> [broadcasts, deliveries]
+        self._hooks: list[LedgerHook] = []
+        self._index()
+
+    # -- hooks -----------------------------------------------------------------------
+
+    def add_hook(self, hook: LedgerHook) -> None:
+        if hook not in self._hooks:
+            self._hooks.append(hook)
+            self._index()
+
+    def remove_hook(self, hook: LedgerHook) -> None:
+        if hook in self._hooks:
+            self._hooks.remove(hook)
+            self._index()
+
+    def _index(self) -> None:
+        hooks = self._hooks
+        self._on_admitted = _overrides(hooks, "admitted")
+        self._on_handled = _overrides(hooks, "handled")
+        self._on_failed = _overrides(hooks, "failed")
+        self._on_dead = _overrides(hooks, "dead_lettered")
+        self._on_ended = _overrides(hooks, "ended")
+        self._on_released = _overrides(hooks, "released")
+        self.watched = bool(hooks)
+
+    # -- entering ----------------------------------------------------------------------
+
+    def admitted(self, spores: Sequence[Spore], agent: str | None = None,
+                 parent: Spore | None = None) -> None:
+        for hook in self._on_admitted:
+            hook(spores, agent, parent)
+
+    def feed(self, spores: Sequence[Spore], agent: str | None = None,
+             parent: Spore | None = None) -> None:
+        """Queue spores made inside the organism (handler sends, notices); never waits."""
+        self.intake.feed(spores)
+        if self._on_admitted:
+            self.admitted(spores, agent, parent)
+
+    # -- settling ----------------------------------------------------------------------
+
+    def handled(self, spore: Spore, replies: list[Spore], agent: str, latency: float) -> None:
+        """``agent`` handled ``spore``: feed its replies back, then settle it."""
+        for hook in self._on_handled:
+            hook(spore, replies, agent, latency)
+        if replies:
+            self.intake.feed(replies)
+        self.intake.settle(1)
+
+    def failed(self, agent: str, spore: Spore, reason: str, error: BaseException,
+               attempts: int) -> None:
+        """``spore``'s last attempt at ``agent`` failed: dead-letter and settle it."""
+        self.logger.warning("agent %r failed on spore %s (attempt %d): %s", agent,
+                            spore.id, attempts, describe_error(error),
+                            extra=spore_fields(spore, agent=agent, event="failed",
+                                               reason=reason))
+        for hook in self._on_failed:
+            hook(spore, agent, reason, error, attempts)
+        self.record(spore, reason, error, agent=agent, attempts=attempts)
+        failure = HandlerError(f"agent {agent!r} failed on request {spore.id} ({reason}): "
+                               f"{type(error).__name__}: {error}", agent=agent,
+                               spore_id=spore.id)
+        failure.__cause__ = error
+        self.requests.fail(spore.id, failure)
+        self.intake.settle(1)
+
+    def reject(self, spore: Spore, reason: str, error: BaseException | None) -> None:
+        """A stage refused ``spore`` (or one delivery of it): dead-letter and settle it."""
+        self.logger.info("dead letter %s from %r: %s: %s", spore.id, spore.from_agent,
+                         reason, describe_error(error),
+                         extra=spore_fields(spore, event="dead-lettered", reason=reason))
+        self.refused(spore, reason, error)
+        self.intake.settle(1)
+        for hook in self._on_released:
+            hook(spore)
+
+    def refused(self, spore: Spore, reason: str, error: BaseException | None, *,
+                agent: str | None = None) -> None:
+        """Record a refusal (no settlement: the caller settles, or it was never held)."""
+        self.record(spore, reason, error, agent=agent)
+        # A refused spore may be malformed in any field: hash only what is a string.
+        if type(spore.from_agent) is str and spore.from_agent in self._wiring().lanes:
+            self.refused_from[spore.from_agent] += 1
+            self.refused_why[spore.from_agent, reason] += 1
+        if spore.to_agent is None and type(spore.channel) is str:
+            self.refused_on[spore.channel] += 1
+        # A refused request fails its waiter now, and so does a refused response from
+        # the agent that was asked (a forged one fails nothing).
+        if type(spore.id) is str:
+            self.requests.refused(spore.id, reason, error)
+        if spore.spore_type is SporeType.RESPONSE and type(spore.reply_to) is str:
+            self.requests.refused(spore.reply_to, reason, error, responder=spore.from_agent)
+
+    def record(self, spore: Spore, reason: str, error: BaseException | None, *,
+               agent: str | None = None, attempts: int = 0) -> DeadLetter:
+        """Keep a dead letter and tell whoever listens (hooks, the dead-letter channel)."""
+        letter = DeadLetter.of(spore, reason, error, agent=agent, attempts=attempts)
+        self.dead_letters.add(letter)
+        for hook in self._on_dead:
+            hook(letter)
+        self._announce(letter)
+        return letter
+
+    def _announce(self, letter: DeadLetter) -> None:
+        """Broadcast on the ``dead-letter`` channel when some agent listens there."""
+        if (not self._wiring().table.subscribers.get(DEAD_LETTER_CHANNEL)
+                or letter.spore.channel == DEAD_LETTER_CHANNEL):
+            return
+        notice = Spore(
+            knowledge={"reason": str(letter.reason), "error": letter.error,
+                       "agent": letter.agent, "attempts": letter.attempts,
+                       "spore": letter.spore.to_dict()},
+            spore_type=SporeType.NOTIFICATION, from_agent="system",
+            channel=DEAD_LETTER_CHANNEL, thread_id=letter.spore.thread)
+        self.feed((notice,))
+
+    def resolve(self, response: Spore) -> None:
+        """``response`` answers a pending request: hand it to its waiter."""
+        if not self.requests.resolve(response):
+            self.on_outside(response)  # the requester is in another process
+            return
+        self.ended(response)
+
+    def return_outside(self, spore: Spore) -> None:
+        """``spore`` is addressed to the outside world: keep it and tell the listeners."""
+        self.outbox.append(spore)
+        self.returned += 1
+        for listener in list(self.outside_listeners):
+            try:
+                listener(spore)
+            except Exception:  # a listener is the caller's code: never let it stop the chain
+                self.logger.exception("an outside listener failed on spore %s", spore.id,
+                                      extra=spore_fields(spore, event="returned"))
+        self.ended(spore)
+
+    def ended(self, spore: Spore) -> None:
+        """``spore`` is finished without a handler."""
+        for hook in self._on_ended:
+            hook(spore)
+        self.intake.settle(1)
+        for hook in self._on_released:
+            hook(spore)
+
+    def count_fanout(self, spore: Spore, targets: int) -> None:
+        """A broadcast on ``spore.channel`` reached ``targets`` agents."""
+        counts = self.fanout.get(spore.channel)
+        if counts is None:
+            counts = self.fanout[spore.channel] = [0, 0]
+        counts[0] += 1
+        counts[1] += targets
+
+    def abandon(self, spores: Sequence[tuple[Spore, int]], agent: str | None,
+                reason: str) -> int:
+        """Dead-letter and settle held spores a stop or removal leaves behind."""
+        for spore, attempts in spores:
+            where = f"agent {agent!r}" if agent is not None else "the organism"
+            self.record(spore, reason, OrganismStateError(f"{where} stopped first"),
+                        agent=agent, attempts=attempts)
+            self.intake.settle(1)
+        return len(spores)

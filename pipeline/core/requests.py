@@ -1,0 +1,110 @@
+"""Pending requests: who awaits which request, and from whom the answer must come.
+
+A request's id is random (as AMQP RPC correlation ids are), so a response cannot
+be forged by guessing it, and the book remembers the agent each request went to: a
+response resolves its request only when it comes from that agent (``route`` asks
+:meth:`RequestBook.asked`). Requests that arrived from another process over a broker
+are expected too (``expect``): their responses go back through the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+
+from sporeflow.config import DeliveryError, HandlerError
+from sporeflow.steps import Spore
+
+__all__ = ["FAILURE_KEY", "RequestBook", "new_request_id"]
+
+FAILURE_KEY = "sporeflow.failure"
+"""Metadata of a response that tells the requester its responder failed."""
+
+_ABANDONED_REMEMBERED = 10_000
+_REMOTE_REMEMBERED = 10_000
+
+
+def new_request_id() -> str:
+    """An unguessable spore id for a request (128 random bits)."""
+    return secrets.token_hex(16)
+
+
+class RequestBook:
+    def __init__(self) -> None:
+        self._waiting: dict[str, tuple[asyncio.Future[Spore], str]] = {}
+        self._remote: OrderedDict[str, str] = OrderedDict()  # request id -> asked agent
+        self.abandoned: OrderedDict[str, None] = OrderedDict()
+
+    def open(self, spore: Spore) -> asyncio.Future[Spore]:
+        """Await a response to ``spore`` (a request) from ``spore.to_agent``."""
+        future: asyncio.Future[Spore] = asyncio.get_running_loop().create_future()
+        self._waiting[spore.id] = (future, spore.to_agent or "")
+        return future
+
+    def close(self, request_id: str, *, timed_out: bool = False) -> None:
+        """Stop waiting; a response that comes after a timeout is a ``late response``."""
+        self._waiting.pop(request_id, None)
+        if timed_out:
+            self.abandoned[request_id] = None
+            if len(self.abandoned) > _ABANDONED_REMEMBERED:
+                self.abandoned.popitem(last=False)
+
+    def expect(self, request_id: str, agent: str) -> None:
+        """A request from another process went to ``agent`` here: its response may pass."""
+        self._remote[request_id] = agent
+        if len(self._remote) > _REMOTE_REMEMBERED:
+            self._remote.popitem(last=False)
+
+    def awaits(self, request_id: str) -> bool:
+        return request_id in self._waiting
+
+    def asked(self, request_id: str) -> str | None:
+        """The agent pending request ``request_id`` went to, or None if none is pending."""
+        entry = self._waiting.get(request_id)
+        if entry is not None:
+            return entry[1] if not entry[0].done() else None
+        return self._remote.get(request_id)
+
+    def resolve(self, response: Spore) -> bool:
+        """Hand ``response`` to its waiter here; False if the request is another
+        process's (the response goes back over the broker)."""
+        request_id = response.reply_to or ""
+        entry = self._waiting.get(request_id)
+        if entry is None:
+            self._remote.pop(request_id, None)
+            return False
+        future = entry[0]
+        if not future.done():
+            failure = response.metadata.get(FAILURE_KEY)
+            if isinstance(failure, dict):
+                future.set_exception(HandlerError(
+                    f"agent {failure.get('agent')!r} failed on request {request_id} "
+                    f"({failure.get('reason')}): {failure.get('error')}",
+                    agent=str(failure.get("agent")), spore_id=request_id))
+            else:
+                future.set_result(response)
+        return True
+
+    def fail(self, request_id: str, error: BaseException) -> None:
+        """The handler of request ``request_id`` failed: its waiter raises ``error``."""
+        entry = self._waiting.get(request_id)
+        if entry is not None and not entry[0].done():
+            entry[0].set_exception(error)
+
+    def refused(self, request_id: str, reason: str, error: BaseException | None, *,
+                responder: str | None = None) -> None:
+        """The request (or, with ``responder``, its response) was refused."""
+        entry = self._waiting.get(request_id)
+        if entry is None or entry[0].done() or (responder is not None
+                                                and responder != entry[1]):
+            return
+        entry[0].set_exception(error if isinstance(error, Exception) else DeliveryError(
+            f"request {request_id} was refused: {reason}", reason=reason))
+
+    def stop(self, error: Callable[[], BaseException]) -> None:
+        """The organism stopped: every waiter raises ``error()``."""
+        for future, _ in self._waiting.values():
+            if not future.done():
+                future.set_exception(error())

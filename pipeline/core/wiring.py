@@ -1,0 +1,74 @@
+"""The wiring snapshot: agents, their lanes, the routing table and the schema checks,
+as one immutable value.
+
+Stages read the current snapshot once per batch; reload, ``add_agent``/
+``remove_agent`` and ``subscribe``/``unsubscribe`` build a new one and swap it in
+one assignment, so a stage never sees half of a change, and never misses an agent
+added after the chain started.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sporeflow.config import AgentSpec, OrganismSpec
+from sporeflow.steps import AgentLane, RoutingTable, SchemaCheck, schema_check
+
+__all__ = ["AgentRuntime", "WiringSnapshot", "routing_table"]
+
+
+@dataclass(eq=False)
+class AgentRuntime:
+    """An agent as the running organism holds it: its spec, lane, logger and state."""
+
+    spec: AgentSpec
+    lane: AgentLane
+    logger: logging.Logger
+    state: dict[str, Any] = field(default_factory=dict)
+    actor: Any = None  # the ClassAgent (agents.state) of a class handler, else None
+
+
+def routing_table(spec: OrganismSpec) -> RoutingTable:
+    """Who exists, who subscribes to what and who may address whom, per ``spec``."""
+    subscribers: dict[str, list[str]] = {}
+    for agent in spec.agents.values():
+        for channel in agent.subscribe:
+            subscribers.setdefault(channel, []).append(agent.name)
+    return RoutingTable(
+        agents=frozenset(spec.agents),
+        subscribers={c: tuple(names) for c, names in subscribers.items()},
+        peers={a.name: a.peers for a in spec.agents.values() if a.peers is not None},
+        publishers={c.name: c.publish for c in spec.channels.values() if c.publish is not None},
+        channels=frozenset(spec.channels),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WiringSnapshot:
+    """Read it, never change it: its mappings are plain dicts for the stages' speed."""
+
+    spec: OrganismSpec
+    agents: Mapping[str, AgentRuntime]
+    lanes: Mapping[str, AgentLane]
+    table: RoutingTable
+    schemas: Mapping[str, SchemaCheck]
+
+    @classmethod
+    def of(cls, spec: OrganismSpec, agents: Mapping[str, AgentRuntime]) -> WiringSnapshot:
+        """The snapshot of ``spec`` run by ``agents`` (one runtime per agent of ``spec``)."""
+        return cls(
+            spec=spec,
+            agents=dict(agents),
+            lanes={name: agent.lane for name, agent in agents.items()},
+            table=routing_table(spec),
+            schemas={name: schema_check(name, a.schema)
+                     for name, a in spec.agents.items() if a.schema is not None},
+        )
+
+    @classmethod
+    def empty(cls, spec: OrganismSpec) -> WiringSnapshot:
+        return cls(spec=spec, agents={}, lanes={}, table=RoutingTable(agents=frozenset()),
+                   schemas={})

@@ -1,0 +1,1 @@
+"""The durable journal: an SQLite file of unfinished spores and dead letters."""

@@ -1,0 +1,650 @@
+"""Hot reload: re-read the organism file and apply it to the running organism as a diff.
+
+    file ─▶ re-import edited handler modules ─▶ check_organism ─▶ diff_specs ─▶ apply
+                                                      │ invalid
+                                                      └─▶ refused: nothing changes
+
+Applying works per agent. An unchanged agent keeps its lane: its queue, its
+in-flight work and its counters are not touched. A changed agent gets a new
+lane at once, so every new spore queues there, but the new lane runs nothing
+until the old lane's in-flight handlers have finished with the old settings; the
+old lane's queue and pending retries move over, in priority order (a pending
+retry runs without waiting out the rest of its backoff). A removed
+agent leaves the routing table (spores for it become ``unknown agent`` dead
+letters) and its lane drains what it already holds. A new agent starts and
+gets its ``boot`` spore. Channels update the intake and the routing table;
+``limits.max_in_flight`` applies to the next admission.
+
+What cannot change in a running organism (``organism.*`` such as the backend,
+and the limits the chain's stages hold) is kept, and the report warns that it
+takes effect at the next start.
+
+This module is the organism's own machinery, kept out of ``organism.py``: it
+works on the organism's internals on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import importlib
+import logging
+import sys
+import time
+from collections.abc import Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from sporeflow.config import AgentSpec, ConfigError, OrganismSpec, SporeflowError, check_organism
+from sporeflow.config.handlers import reimport
+from sporeflow.config.positions import read_yaml
+from sporeflow.pipeline.core.wiring import AgentRuntime, WiringSnapshot
+from sporeflow.pipeline.observe.events import AgentStateChanged, EventBus, OrganismReloaded
+from sporeflow.steps import AgentLane
+
+
+class ReloadPort(Protocol):
+    """What a reload needs of the running organism."""
+
+    spec: OrganismSpec
+    logger: logging.Logger
+    events: EventBus
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def brokered(self) -> bool: ...
+
+    def now(self) -> Any: ...
+
+    def wiring(self) -> WiringSnapshot: ...
+
+    def build_agent(self, spec: AgentSpec) -> AgentRuntime: ...
+
+    def rewire(self, spec: OrganismSpec, agents: Mapping[str, AgentRuntime]) -> None: ...
+
+    async def start_agent(self, agent: AgentRuntime) -> None: ...
+
+    async def boot(self, name: str, knowledge: Mapping[str, Any]) -> Any: ...
+
+__all__ = ["ReloadReport", "Reloader", "SpecDiff", "diff_specs", "handler_files"]
+
+_logger = logging.getLogger("sporeflow.reload")
+
+# How often a hand-over looks whether the old lane's remaining handlers all wait on a
+# request (they then hold no slot, and the responder may be the new lane itself).
+_LENT_CHECK = 0.05
+
+# Fields that name or describe something without changing how it runs.
+_AGENT_IGNORED = frozenset({"name", "description", "handler_ref", "handler"})
+_CHANNEL_IGNORED = frozenset({"name", "description"})
+_ORGANISM_IGNORED = frozenset({"agents", "channels", "limits", "source", "base_dir",
+                               "description"})
+# The limits a running organism takes at once; the chain's stages hold the others.
+_LIVE_LIMITS = ("max_in_flight",)
+
+
+# -- the diff ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SpecDiff:
+    """What differs between two organism specs, by agent, by channel and in the limits.
+
+    ``changed`` and ``channels_changed`` map a name to the fields that changed
+    (``handler``, ``emit``, ``peers``, ``subscribe``, ``concurrency``, ``timeout``,
+    ``retry``, ``schema``, ``boot``, ...); ``organism_changed`` lists the
+    ``organism.*`` settings that changed.
+    """
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    unchanged: tuple[str, ...] = ()
+    channels_added: tuple[str, ...] = ()
+    channels_removed: tuple[str, ...] = ()
+    channels_changed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    limits_changed: tuple[str, ...] = ()
+    organism_changed: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "changed", MappingProxyType(dict(self.changed)))
+        object.__setattr__(self, "channels_changed",
+                           MappingProxyType(dict(self.channels_changed)))
+
+    @property
+    def empty(self) -> bool:
+        """True when the two specs run the same way."""
+        return not (self.added or self.removed or self.changed or self.channels_added
+                    or self.channels_removed or self.channels_changed or self.limits_changed
+                    or self.organism_changed)
+
+
+def diff_specs(old: OrganismSpec, new: OrganismSpec) -> SpecDiff:
+    """Compare ``old`` with ``new``, agent by agent and channel by channel.
+
+    A handler counts as changed when its import path differs or when it is
+    another function object, as after its module was re-imported.
+    """
+    changed = {name: fields_ for name in old.agents.keys() & new.agents.keys()
+               if (fields_ := _agent_changes(old.agents[name], new.agents[name]))}
+    channels = {name: fields_ for name in old.channels.keys() & new.channels.keys()
+                if (fields_ := _changed_fields(old.channels[name], new.channels[name],
+                                               _CHANNEL_IGNORED))}
+    return SpecDiff(
+        added=tuple(n for n in new.agents if n not in old.agents),
+        removed=tuple(n for n in old.agents if n not in new.agents),
+        changed={n: changed[n] for n in new.agents if n in changed},
+        unchanged=tuple(n for n in new.agents if n in old.agents and n not in changed),
+        channels_added=tuple(n for n in new.channels if n not in old.channels),
+        channels_removed=tuple(n for n in old.channels if n not in new.channels),
+        channels_changed={n: channels[n] for n in new.channels if n in channels},
+        limits_changed=_changed_fields(old.limits, new.limits, frozenset()),
+        organism_changed=_changed_fields(old, new, _ORGANISM_IGNORED),
+    )
+
+
+def _agent_changes(old: AgentSpec, new: AgentSpec) -> tuple[str, ...]:
+    changes = _changed_fields(old, new, _AGENT_IGNORED)
+    if old.handler_ref != new.handler_ref or old.handler is not new.handler:
+        changes = ("handler", *changes)
+    return changes
+
+
+def _changed_fields(old: Any, new: Any, ignored: frozenset[str]) -> tuple[str, ...]:
+    """The compared dataclass fields of ``old`` and ``new`` that differ."""
+    return tuple(f.name for f in fields(old) if f.compare and f.name not in ignored
+                 and getattr(old, f.name) != getattr(new, f.name))
+
+
+# -- the report ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadReport:
+    """What one reload did: applied (``ok``) or refused with located ``errors``."""
+
+    ok: bool
+    source: str
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    channels_added: tuple[str, ...] = ()
+    channels_removed: tuple[str, ...] = ()
+    channels_changed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    limits_changed: tuple[str, ...] = ()
+    reimported: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    duration: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "changed", MappingProxyType(dict(self.changed)))
+        object.__setattr__(self, "channels_changed",
+                           MappingProxyType(dict(self.channels_changed)))
+
+    @property
+    def refused(self) -> bool:
+        return not self.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain JSON-serialisable dict (as in ``stats()["reload"]["last"]``)."""
+        return {
+            "ok": self.ok, "refused": not self.ok, "source": self.source,
+            "added": list(self.added), "removed": list(self.removed),
+            "changed": {name: list(what) for name, what in self.changed.items()},
+            "channels": {"added": list(self.channels_added),
+                         "removed": list(self.channels_removed),
+                         "changed": {n: list(w) for n, w in self.channels_changed.items()}},
+            "limits_changed": list(self.limits_changed),
+            "reimported": list(self.reimported),
+            "errors": list(self.errors), "warnings": list(self.warnings),
+            "duration_s": round(self.duration, 6),
+        }
+
+    def summary(self) -> str:
+        """One line: what was applied, or how many problems refused the file."""
+        if not self.ok:
+            count = len(self.errors)
+            return f"{self.source}: refused, {count} problem{'s' if count != 1 else ''}"
+        parts = [f"{label} {', '.join(names)}" for label, names in (
+            ("added", self.added), ("removed", self.removed),
+            ("changed", [f"{n} ({', '.join(w)})" for n, w in self.changed.items()]),
+            ("channels added", self.channels_added),
+            ("channels removed", self.channels_removed),
+            ("channels changed", [f"{n} ({', '.join(w)})"
+                                  for n, w in self.channels_changed.items()]),
+            ("limits changed", self.limits_changed),
+            ("re-imported", self.reimported)) if names]
+        done = "; ".join(parts) if parts else "no change"
+        return f"{self.source}: applied: {done} ({self.duration * 1000:.1f} ms)"
+
+
+# -- handler modules -----------------------------------------------------------------
+
+
+def handler_files(spec: OrganismSpec) -> dict[str, Path]:
+    """The source files of ``spec``'s handler modules under its folder, by module name.
+
+    Installed packages and sporeflow's own modules are left out: a reload never
+    re-imports them.
+    """
+    base = spec.base_dir.resolve()
+    found: dict[str, Path] = {}
+    for agent in spec.agents.values():
+        name = getattr(agent.handler, "__module__", None)
+        if isinstance(name, str) and name not in found:
+            file = _module_file(name, base)
+            if file is not None:
+                found[name] = file
+    return found
+
+
+def _module_file(name: str, base: Path) -> Path | None:
+    if name == "__main__" or name.partition(".")[0] == "sporeflow":
+        return None
+    file = getattr(sys.modules.get(name), "__file__", None)
+    if not isinstance(file, str):
+        return None
+    path = Path(file).resolve()
+    if path.suffix != ".py" or not path.is_relative_to(base):
+        return None
+    # An organism folder may hold a virtualenv: what is installed there is not the user's.
+    return None if {"site-packages", "dist-packages"} & set(path.parts) else path
+
+
+def _digest(file: Path) -> str | None:
+    try:
+        return hashlib.sha256(file.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+class _HandlerSources:
+    """The handler modules seen so far, each with the digest of its file when imported."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[Path, Path, str | None]] = {}  # name: file, folder, digest
+
+    def track(self, spec: OrganismSpec) -> None:
+        for name, file in handler_files(spec).items():
+            self._known.setdefault(name, (file, spec.base_dir.resolve(), _digest(file)))
+
+    def track_imported(self, before: Iterable[str], organism_file: Path) -> None:
+        """Track the modules beside ``organism_file`` imported since ``before`` (a refused
+        check may have imported a new handler module: an edit to it must be seen next time).
+        """
+        base, seen = organism_file.resolve().parent, set(before)
+        for name in [n for n in sys.modules if n not in seen]:
+            file = _module_file(name, base)
+            if file is not None:
+                self._known.setdefault(name, (file, base, _digest(file)))
+
+    def reimport_edited(self) -> list[str]:
+        """Re-import, in place, the tracked modules whose file changed; return their names.
+
+        A module that fails to re-import is dropped from ``sys.modules``: the check that
+        follows imports it again and reports the failure where the file names it.
+        """
+        done = []
+        for name, (file, base, digest) in list(self._known.items()):
+            current = _digest(file)
+            if current is None or current == digest:
+                continue
+            self._known[name] = (file, base, current)
+            if name not in sys.modules:
+                continue  # the check imports it afresh
+            try:
+                reimport(name, base)
+            except Exception:  # an import runs user code; the check reports it, located
+                sys.modules.pop(name, None)
+            else:
+                done.append(name)
+        return done
+
+
+# -- applying ------------------------------------------------------------------------
+
+
+class Reloader:
+    """Reloads one organism: ``Organism.reload`` calls :meth:`reload`.
+
+    Reloads run one at a time. A reload that changes or removes an agent still
+    handing over from the previous reload waits for that hand-over first.
+    """
+
+    def __init__(self, organism: ReloadPort) -> None:
+        self._organism = organism
+        self._lock = asyncio.Lock()
+        self._sources = _HandlerSources()
+        self._sources.track(organism.spec)
+        self._handovers: dict[str, asyncio.Task[None]] = {}  # by agent
+        # Lanes that left the routing table and still finish work: stop() cancels them.
+        self._retiring: dict[AgentLane, tuple[str, asyncio.Task[None] | None]] = {}
+        self._closing = False
+        self.count = 0
+        self.last: ReloadReport | None = None
+
+    def stats(self) -> dict[str, Any]:
+        """``{"count": reloads so far, "last": the last report as a dict, or None}``."""
+        return {"count": self.count, "last": self.last.to_dict() if self.last else None}
+
+    def close(self) -> list[tuple[str, AgentLane]]:
+        """The organism stops: end the hand-overs, and return the lanes still draining
+        (name, lane) so that ``stop()`` cancels and dead-letters what they hold."""
+        self._closing = True
+        for handover in self._handovers.values():
+            handover.cancel()
+        self._handovers.clear()
+        lanes = []
+        for lane, (name, task) in self._retiring.items():
+            if task is not None:
+                task.cancel()
+            lanes.append((name, lane))
+        self._retiring.clear()
+        return lanes
+
+    async def reload(self, path: str | Path | None = None) -> ReloadReport:
+        """Re-read ``path`` (default: the organism's file), validate it fully, apply it."""
+        async with self._lock:
+            started = time.perf_counter()
+            organism = self._organism
+            file = Path(path) if path is not None else organism.spec.source
+            if file is None:
+                report = _refusal("<dict>", started, [
+                    f"organism {organism.spec.name!r} was built from a dict and has no file "
+                    f"to re-read; call reload(path=...) with an organism file"])
+            elif organism.state in ("stopping", "failed"):
+                report = _refusal(str(file), started, [
+                    f"{file}: organism {organism.spec.name!r} is {organism.state}; a reload "
+                    f"applies only to a new, running or stopped organism"])
+            else:
+                report = await self._reload_file(file, started)
+            self._record(report)
+            return report
+
+    async def _reload_file(self, file: Path, started: float) -> ReloadReport:
+        importlib.invalidate_caches()  # a handler module written just now must be found
+        reimported = self._sources.reimport_edited()
+        before = list(sys.modules)
+        try:
+            new, warnings = check_organism(file)
+        except ConfigError as exc:
+            self._sources.track_imported(before, file)
+            return _refusal(str(file), started,
+                            [str(p) for p in exc.problems if not p.warning],
+                            warnings=[str(p) for p in exc.problems if p.warning],
+                            reimported=reimported)
+        self._sources.track(new)
+        return await self._apply(new, [str(w) for w in warnings], str(file), started,
+                                 reimported)
+
+    async def apply(self, new: OrganismSpec, *, source: str) -> ReloadReport:
+        """Apply an already checked spec exactly as a reload applies a file (the path
+        ``Organism.add_agent`` and ``remove_agent`` take); ``source`` names it in the report."""
+        async with self._lock:
+            started = time.perf_counter()
+            organism = self._organism
+            if organism.state in ("stopping", "failed"):
+                report = _refusal(source, started, [
+                    f"{source}: organism {organism.spec.name!r} is {organism.state}; nothing "
+                    f"was applied"])
+            else:
+                report = await self._apply(new, [], source, started, [])
+            self._record(report)
+            return report
+
+    async def _apply(self, new: OrganismSpec, warnings: list[str], source: str,
+                     started: float, reimported: list[str]) -> ReloadReport:
+        file = source  # a path, or a name such as "add_agent('x')" for changes from Python
+        organism = self._organism
+        old = organism.spec
+        diff = diff_specs(old, new)
+        if organism.brokered and (broker := _broker_bound(diff)):
+            return _refusal(str(file), started, [
+                f"{file}: over a broker, {broker}: the broker's queues and bindings are "
+                f"declared at start; restart the organism to apply this file"],
+                reimported=reimported)
+        notes = warnings + _restart_only(Path(file), diff)
+        previous = [task for name, task in self._handovers.items()
+                    if name in diff.changed or name in diff.removed]
+        if previous:  # one swap at a time per agent; the others go ahead
+            await asyncio.wait(previous)
+            if organism.state in ("stopping", "failed"):
+                return _refusal(str(file), started, [
+                    f"{file}: organism {organism.spec.name!r} began stopping during the "
+                    f"reload; nothing was applied"], reimported=reimported)
+        applied = replace(
+            old, agents=new.agents, channels=new.channels, source=new.source,
+            base_dir=new.base_dir, description=new.description,
+            limits=replace(old.limits, **{k: getattr(new.limits, k) for k in _LIVE_LIMITS}))
+        if organism.state == "running":
+            self._switch(applied, diff)
+            notes += await self._start_added(diff.added)
+        else:
+            organism.spec = applied  # the next start builds from it
+        return ReloadReport(
+            ok=True, source=str(file), added=diff.added, removed=diff.removed,
+            changed=diff.changed, channels_added=diff.channels_added,
+            channels_removed=diff.channels_removed, channels_changed=diff.channels_changed,
+            limits_changed=diff.limits_changed, reimported=tuple(reimported),
+            warnings=tuple(notes), duration=time.perf_counter() - started)
+
+    def _switch(self, applied: OrganismSpec, diff: SpecDiff) -> None:
+        """Swap the tables the chain reads, all at once (no await in here)."""
+        organism = self._organism
+        self._closing = False
+        old_agents = organism.wiring().agents
+        built: dict[str, AgentRuntime] = {}
+        for name in diff.changed:
+            agent = organism.build_agent(applied.agents[name])
+            agent.lane.pause()  # it runs nothing until the old lane's handlers are done
+            previous = old_agents[name]
+            agent.state = previous.state  # ctx.state is the agent's data, not its code
+            if previous.actor is not None and agent.actor is not None and (
+                    previous.actor.cls is agent.actor.cls):
+                agent.actor = previous.actor  # the same class: keep its instance
+            built[name] = agent
+        for name in diff.added:
+            built[name] = organism.build_agent(applied.agents[name])
+
+        # One swap of the snapshot the stages read (and of the admission limits).
+        organism.rewire(applied, {name: built.get(name) or old_agents[name]
+                                  for name in applied.agents})
+
+        bases = {}
+        for name in diff.changed:
+            old_lane, new_lane = old_agents[name].lane, built[name].lane
+            old_lane.pause()
+            _move(old_lane, new_lane)
+            bases[name] = base = _counters(old_lane)
+            for counter, value in base.items():  # the agent's counts go on, not restart
+                setattr(new_lane, counter, value)
+            self._retiring[old_lane] = (name, None)
+            self._announce(name, "running", "reloading")
+        for name in diff.removed:
+            lane = old_agents[name].lane
+            self._retiring[lane] = (name, self._spawn(self._retire(name, old_agents[name])))
+            self._announce(name, "running", "stopping")
+        for name in diff.changed:
+            self._handovers[name] = self._spawn(
+                self._hand_over(name, old_agents[name], built[name], bases[name]))
+
+    async def _start_added(self, names: Iterable[str]) -> list[str]:
+        """Start the new agents: class agents with ``lazy: false``, then boot spores."""
+        organism, notes = self._organism, []
+        for name in names:
+            agent = organism.wiring().agents[name]
+            try:
+                await organism.start_agent(agent)
+            except SporeflowError as exc:
+                notes.append(f"agent {name!r} did not start: {exc}")
+            self._announce(name, "new", "running")
+            if agent.spec.boot is not None:
+                try:
+                    await organism.boot(name, agent.spec.boot)
+                except SporeflowError as exc:
+                    notes.append(f"the boot spore of new agent {name!r} was not sent: {exc}")
+        return notes
+
+    async def _hand_over(self, name: str, old: AgentRuntime, new: AgentRuntime,
+                         base: dict[str, int]) -> None:
+        """Let the old lane's in-flight handlers finish, then run the new lane.
+
+        ``base`` holds the old lane's counters when the new lane took over.
+        """
+        old_lane, new_lane = old.lane, new.lane
+        try:
+            await _until_no_slot_held(old_lane)
+            if self._closing:
+                return
+            if old.actor is not None and new.actor is not None and old.actor is not new.actor:
+                state = old.actor.save()  # a class agent's state outlives its code
+                if state is not None:
+                    new.actor.load(state)
+            new_lane.resume()
+            await old_lane.wait_quiet()
+            if self._closing:
+                return
+            # What the last handlers of the old lane left: retries now due on the new one.
+            counted_twice = _move(old_lane, new_lane)
+            for counter, value in _counters(old_lane).items():  # what they did meanwhile
+                setattr(new_lane, counter, getattr(new_lane, counter) + value - base[counter])
+            new_lane.received -= counted_twice
+            if old.actor is not None and old.actor is not new.actor:
+                await self._stop_actor(name, old)
+            self._announce(name, "reloading", "running")
+        finally:
+            self._retiring.pop(old_lane, None)
+            if self._handovers.get(name) is asyncio.current_task():
+                del self._handovers[name]
+
+    async def _retire(self, name: str, agent: AgentRuntime) -> None:
+        """Let a removed agent's lane finish what it holds, retries included."""
+        lane = agent.lane
+        try:
+            while True:
+                await lane.wait_quiet()
+                if self._closing:
+                    return
+                retries = lane.cancel_timers()
+                if not retries:
+                    break
+                for spore, tries in retries:  # nothing will swap in: retry at once
+                    lane.deliver(spore, tries + 1)
+            await self._stop_actor(name, agent)
+            self._announce(name, "stopping", "stopped")
+        finally:
+            self._retiring.pop(lane, None)
+
+    async def _stop_actor(self, name: str, agent: AgentRuntime) -> None:
+        if agent.actor is None:
+            return
+        try:
+            await agent.actor.stop()
+        except Exception:  # the hook is the user's code: log it, the reload goes on
+            self._organism.logger.exception("on_stop of agent %r failed", name)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(
+            work, name=f"sporeflow:{self._organism.spec.name}:reload")
+        task.add_done_callback(_log_crash)
+        return task
+
+    # -- reporting -------------------------------------------------------------------
+
+    def _announce(self, agent: str, old: str, new: str) -> None:
+        events = self._organism.events
+        if events.active:
+            events.emit(AgentStateChanged(agent=agent, old=old, new=new,
+                                          at=self._organism.now()))
+
+    def _record(self, report: ReloadReport) -> None:
+        organism = self._organism
+        self.count += 1
+        self.last = report
+        if report.ok:
+            organism.logger.info("reload: %s", report.summary())
+            for warning in report.warnings:
+                organism.logger.warning("reload: %s", warning)
+        else:
+            organism.logger.error("reload: %s; the organism runs on unchanged:\n%s",
+                                  report.summary(), "\n".join(report.errors))
+        if organism.events.active:
+            organism.events.emit(OrganismReloaded(organism=organism.spec.name,
+                                                  report=report.to_dict(), at=organism.now()))
+
+
+def _refusal(source: str, started: float, errors: list[str], *,
+             warnings: list[str] | None = None,
+             reimported: list[str] | None = None) -> ReloadReport:
+    return ReloadReport(ok=False, source=source, errors=tuple(errors),
+                        warnings=tuple(warnings or ()), reimported=tuple(reimported or ()),
+                        duration=time.perf_counter() - started)
+
+
+def _broker_bound(diff: SpecDiff) -> str:
+    """What in ``diff`` the broker's topology would have to follow ('' when nothing)."""
+    if diff.added or diff.removed:
+        return "a reload cannot add or remove agents"
+    moved = [name for name, what in diff.changed.items() if "subscribe" in what]
+    if moved:
+        return f"a reload cannot change subscriptions ({', '.join(moved)})"
+    if diff.channels_added or diff.channels_removed:
+        return "a reload cannot add or remove channels"
+    return ""
+
+
+def _restart_only(file: Path, diff: SpecDiff) -> list[str]:
+    """Warnings, located in ``file``, for the changes that wait for the next start."""
+    paths = [("organism", name) for name in diff.organism_changed]
+    paths += [("limits", name) for name in diff.limits_changed if name not in _LIVE_LIMITS]
+    if not paths:
+        return []
+    try:
+        located = read_yaml(file.read_text(encoding="utf-8"), str(file))
+    except (OSError, ValueError):
+        return [f"{file}: {'.'.join(p)}: changed; it takes effect at the next start"
+                for p in paths]
+    return [str(located.problem(p, "changed; the running organism keeps the old value until "
+                                   "its next start", warning=True)) for p in paths]
+
+
+def _move(old: AgentLane, new: AgentLane) -> int:
+    """Move ``old``'s queued spores and pending retries to ``new``, highest priority
+    first; return how many were first attempts (``new`` counts those as received)."""
+    entries = old.drain_queue() + [(spore, tries + 1) for spore, tries in old.cancel_timers()]
+    entries.sort(key=lambda entry: -entry[0].priority)  # stable: FIFO within a priority
+    for spore, attempt in entries:
+        new.deliver(spore, attempt)
+    return sum(1 for _, attempt in entries if attempt == 1)
+
+
+def _counters(lane: AgentLane) -> dict[str, int]:
+    return {"received": lane.received, "handled": lane.handled, "failed": lane.failed,
+            "retried": lane.retried}
+
+
+async def _until_no_slot_held(lane: AgentLane) -> None:
+    """Wait until no handler of ``lane`` holds a slot: all finished, or all awaiting a
+    request (whose responder may be the agent's new lane: it must be able to run)."""
+    if not lane.busy:
+        return
+    quiet = asyncio.ensure_future(lane.wait_quiet())
+    try:
+        while lane.busy and not quiet.done():
+            await asyncio.wait([quiet], timeout=_LENT_CHECK)
+    finally:
+        quiet.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await quiet
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _logger.error("a reload hand-over failed", exc_info=task.exception())
+

@@ -1,0 +1,218 @@
+"""Spores from RabbitMQ are untrusted input and pass the chain's checks (issue 15).
+
+Without signing, anyone who may publish on the broker can put a spore on an agent's
+queue. Each test here publishes a crafted spore with a plain aio-pika client, as such
+an intruder would, and expects the organism to refuse it as it refuses the same spore
+from any other sender: dead-lettered with the chain's reason, the handler never called.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+
+from sporeflow.pipeline import Organism, Spore, SporeType
+from sporeflow.pipeline.broker.amqp_codec import spore_to_amqp
+from sporeflow.pipeline.broker.backend import Topology
+
+from .conformance.harness import AMQP_URL, Harness, broker_reachable, wait_for
+
+pytestmark = pytest.mark.amqp
+
+Calls = list[tuple[str, Spore]]
+Handler = Callable[[Spore, Any], Coroutine[Any, Any, None]]
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    why = broker_reachable()
+    if why is not None:
+        pytest.fail(f"RabbitMQ is not reachable at 127.0.0.1:5672 ({why}); start it")
+    made = Harness("amqp")
+    try:
+        yield made
+    finally:
+        await made.cleanup()
+
+
+def recorder(calls: Calls) -> Callable[[str], Handler]:
+    """Handlers that append ``(agent, spore)`` to ``calls`` and return nothing."""
+
+    def handler(name: str) -> Handler:
+        async def handle(spore: Spore, ctx: Any) -> None:
+            calls.append((name, spore))
+        return handle
+
+    return handler
+
+
+async def publish(topology: Topology, spore: Spore, *, queue: str | None = None,
+                  headers: dict[str, Any] | None = None) -> None:
+    """Publish ``spore`` in its wire form as a plain client would: on the organism's
+    exchange by the spore's own routing key, or, given ``queue``, straight into that
+    queue through the default exchange. ``headers`` override the encoded ones."""
+    body, wire_headers, properties = spore_to_amqp(spore)
+    message = aio_pika.Message(body, headers={**wire_headers, **(headers or {})},
+                               **properties)
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        if queue is None:
+            exchange = await channel.get_exchange(topology.exchange)
+            await exchange.publish(message, routing_key=topology.routing_key(spore))
+        else:
+            await channel.default_exchange.publish(message, routing_key=queue)
+
+
+async def broker_dead_letters(topology: Topology) -> list[str]:
+    """The reasons of what the broker's dead-letter queue holds (taken off it)."""
+    connection = await aio_pika.connect(AMQP_URL)
+    reasons = []
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(topology.dead_letter_queue, passive=True)
+        while (message := await queue.get(fail=False)) is not None:
+            reasons.append(str(message.headers.get("x-sporeflow-reason")))
+            await message.ack()
+    return reasons
+
+
+async def outcome(harness: Harness, organism: Organism, calls: Calls
+                  ) -> tuple[list[str], list[str]]:
+    """Wait until the organism refused the spore or a handler took it, and all settled;
+    return (the reasons dead-lettered, the agents whose handler ran)."""
+    await wait_for(lambda: len(organism.dead_letters) > 0 or bool(calls))
+    await harness.quiet(organism)
+    return [letter.reason for letter in organism.dead_letters], [name for name, _ in calls]
+
+
+async def test_spore_posing_as_a_peer_restricted_agent_is_dead_lettered_as_not_a_peer(
+        harness: Harness) -> None:
+    calls: Calls = []
+    handler = recorder(calls)
+    data = {"agents": {"editor": {"handler": handler("editor"), "peers": ["reporter"]},
+                       "reporter": {"handler": handler("reporter")},
+                       "vault": {"handler": handler("vault")}}}
+    async with harness.running(data) as org:
+        await publish(Topology.of(org.spec), Spore(knowledge={"open": "sesame"},
+                                                   from_agent="editor", to_agent="vault"))
+        reasons, handled = await outcome(harness, org, calls)
+    assert (reasons, handled) == (["not a peer"], [])
+
+
+async def test_spore_breaking_the_recipients_schema_is_dead_lettered_as_schema(
+        harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "orders.json").write_text(json.dumps({
+        "type": "object", "required": ["qty"], "properties": {"qty": {"type": "integer"}}}))
+    monkeypatch.chdir(tmp_path)  # the organism's base_dir: schema paths are relative to it
+    calls: Calls = []
+    data = {"agents": {"orders": {"handler": recorder(calls)("orders"),
+                                  "schema": "orders.json"}}}
+    async with harness.running(data) as org:
+        await publish(Topology.of(org.spec), Spore(knowledge={"qty": "x"}, to_agent="orders"))
+        reasons, handled = await outcome(harness, org, calls)
+    assert (reasons, handled) == (["schema"], [])
+
+
+async def test_broadcast_from_a_sender_off_the_channels_publish_list_is_dead_lettered(
+        harness: Harness) -> None:
+    calls: Calls = []
+    handler = recorder(calls)
+    data = {"channels": {"news": {"publish": ["editor"]}},
+            "agents": {"editor": {"handler": handler("editor")},
+                       "reporter": {"handler": handler("reporter")},
+                       "reader": {"handler": handler("reader"), "subscribe": ["news"]}}}
+    async with harness.running(data) as org:
+        await publish(Topology.of(org.spec), Spore(
+            knowledge={"headline": "fake"}, from_agent="reporter", channel="news",
+            spore_type=SporeType.BROADCAST))
+        reasons, handled = await outcome(harness, org, calls)
+    assert (reasons, handled) == (["not a peer"], [])
+
+
+async def test_response_to_no_pending_request_is_dead_lettered_as_unexpected(
+        harness: Harness) -> None:
+    calls: Calls = []
+    handler = recorder(calls)
+    data = {"agents": {"asker": {"handler": handler("asker")},
+                       "helper": {"handler": handler("helper")}}}
+    async with harness.running(data) as org:
+        await publish(Topology.of(org.spec), Spore(
+            knowledge={"answer": 42}, spore_type=SporeType.RESPONSE, from_agent="helper",
+            to_agent="asker", reply_to=uuid.uuid4().hex))
+        reasons, handled = await outcome(harness, org, calls)
+    assert (reasons, handled) == (["unexpected response"], [])
+
+
+async def test_spore_for_one_agent_put_into_anothers_queue_is_dead_lettered(
+        harness: Harness) -> None:
+    calls: Calls = []
+    handler = recorder(calls)
+    data = {"agents": {"vault": {"handler": handler("vault")},
+                       "clerk": {"handler": handler("clerk")}}}
+    async with harness.running(data) as org:
+        topology = Topology.of(org.spec)
+        await publish(topology, Spore(knowledge={"take": "all"}, to_agent="vault"),
+                      queue=topology.queue("clerk"))
+        reasons, handled = await outcome(harness, org, calls)
+    assert (reasons, handled) == (["wrong queue"], [])
+
+
+async def test_broadcast_on_an_unsubscribed_channel_put_into_a_queue_is_dead_lettered(
+        harness: Harness) -> None:
+    calls: Calls = []
+    handler = recorder(calls)
+    data = {"channels": {"news": {}, "chores": {}},
+            "agents": {"reader": {"handler": handler("reader"), "subscribe": ["news"]},
+                       "clerk": {"handler": handler("clerk"), "subscribe": ["chores"]}}}
+    async with harness.running(data) as org:
+        topology = Topology.of(org.spec)
+        await publish(topology, Spore(knowledge={"headline": "psst"}, channel="news",
+                                      spore_type=SporeType.BROADCAST),
+                      queue=topology.queue("clerk"))
+        reasons, handled = await outcome(harness, org, calls)
+    assert (reasons, handled) == (["wrong queue"], [])
+
+
+@pytest.mark.parametrize(("headers", "reason"), [
+    ({"priority": "high"}, "invalid"),
+    ({"created_at": "yesterday"}, "invalid"),
+    ({"to_agent": 5}, "invalid"),
+    ({"hops": "999"}, "limit exceeded"),
+], ids=["priority-text", "created_at-no-timestamp", "to_agent-number", "hops-over-limit"])
+async def test_spore_with_a_wrongly_typed_field_is_dead_lettered_and_the_rest_flow(
+        harness: Harness, headers: dict[str, Any], reason: str) -> None:
+    calls: Calls = []
+    async with harness.running({"agents": {"sink": {"handler": recorder(calls)("sink")}}}
+                               ) as org:
+        topology = Topology.of(org.spec)
+        await publish(topology, Spore(knowledge={"n": 1}, to_agent="sink"), headers=headers)
+        await publish(topology, Spore(knowledge={"n": 2}, to_agent="sink"))
+        await wait_for(lambda: bool(calls))
+        await harness.quiet(org)
+        organism_reasons = [letter.reason for letter in org.dead_letters]
+    # A message that decodes to no spore cannot be a DeadLetter (it holds a spore): then
+    # the broker's dead-letter queue is the record of the refusal.
+    refused = set(organism_reasons) | set(await broker_dead_letters(topology))
+    assert (refused, [spore.knowledge for _, spore in calls]) == ({reason}, [{"n": 2}])
+
+
+async def test_well_formed_spore_from_a_plain_client_to_a_peer_is_handled(
+        harness: Harness) -> None:
+    calls: Calls = []
+    handler = recorder(calls)
+    data = {"agents": {"editor": {"handler": handler("editor"), "peers": ["reporter"]},
+                       "reporter": {"handler": handler("reporter")},
+                       "vault": {"handler": handler("vault")}}}
+    async with harness.running(data) as org:
+        await publish(Topology.of(org.spec), Spore(knowledge={"story": 1},
+                                                   from_agent="editor", to_agent="reporter"))
+        reasons, handled = await outcome(harness, org, calls)
+    assert (reasons, handled) == ([], ["reporter"])
+    assert calls[0][1].knowledge == {"story": 1}

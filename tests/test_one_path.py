@@ -1,0 +1,242 @@
+"""One path for every spore (issue 15): forged responses, wrongly typed fields from every
+entry, stages that exist for agents added later, and a user's own stage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterable, AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiostream import pipable_operator, streamcontext
+
+from sporeflow.config import StageSpec
+from sporeflow.pipeline import Context, Organism, Spore, SporeDeadLettered, SporeError
+from sporeflow.pipeline.core.requests import new_request_id
+from sporeflow.steps import SporeType
+
+
+def reasons(organism: Organism) -> list[str]:
+    return [str(letter.reason) for letter in organism.dead_letters]
+
+
+# -- responses ------------------------------------------------------------------------
+
+async def test_a_hermit_cannot_reach_another_agent_by_any_spore_type() -> None:
+    handled: list[str] = []
+
+    async def victim(spore: Spore, ctx: Context) -> None:
+        handled.append(spore.spore_type)
+
+    async def hermit(spore: Spore, ctx: Context) -> list[Spore]:
+        return [Spore(knowledge={"x": kind.value}, spore_type=kind, to_agent="victim",
+                      reply_to="guess-1")
+                for kind in SporeType if kind is not SporeType.BROADCAST]
+
+    organism = Organism.from_dict({"agents": {
+        "victim": {"handler": victim}, "hermit": {"handler": hermit, "peers": []}}})
+    async with organism.running():
+        await organism.send("hermit", {})
+        await organism.idle()
+    assert handled == []
+    assert sorted(reasons(organism)) == sorted(
+        ["not a peer"] * 3 + ["unexpected response"])
+
+
+async def test_a_forged_response_never_resolves_another_agents_request() -> None:
+    asked = asyncio.Event()
+    release = asyncio.Event()
+    seen_request: list[str] = []
+
+    async def oracle(spore: Spore, ctx: Context) -> dict[str, Any]:
+        seen_request.append(spore.id)
+        asked.set()
+        await release.wait()
+        return {"answer": "genuine"}
+
+    async def forger(spore: Spore, ctx: Context) -> Spore:
+        # It knows the request's id (the worst case) but is not the agent asked.
+        return Spore(knowledge={"answer": "forged"}, spore_type=SporeType.RESPONSE,
+                     to_agent="system", reply_to=spore.knowledge["target"])
+
+    organism = Organism.from_dict({"agents": {"oracle": {"handler": oracle},
+                                              "forger": {"handler": forger}}})
+    refused = asyncio.Event()
+    organism.events.subscribe(
+        lambda event: refused.set() if isinstance(event, SporeDeadLettered) else None)
+    async with organism.running():
+        pending = asyncio.ensure_future(organism.request("oracle", {}, timeout=10))
+        await asyncio.wait_for(asked.wait(), 5)
+        await organism.send("forger", {"target": seen_request[0]})
+        await asyncio.wait_for(refused.wait(), 5)
+        release.set()
+        answer = await pending
+    assert answer.knowledge == {"answer": "genuine"}
+    assert reasons(organism) == ["unexpected response"]
+
+
+def test_request_ids_are_unguessable() -> None:
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 32 for i in ids)  # 128 random bits, not a counter
+
+
+async def test_requests_from_handlers_and_outside_carry_random_ids() -> None:
+    ids: list[str] = []
+
+    async def echo(spore: Spore, ctx: Context) -> dict[str, Any]:
+        ids.append(spore.id)
+        return {}
+
+    async def asker(spore: Spore, ctx: Context) -> None:
+        await ctx.request("echo", {})
+
+    organism = Organism.from_dict({"agents": {"echo": {"handler": echo},
+                                              "asker": {"handler": asker}}})
+    async with organism.running():
+        await organism.request("echo", {}, timeout=5)
+        await organism.send("asker", {})
+        await organism.idle()
+    assert len(ids) == 2
+    assert all(len(i) == 32 and "-" not in i for i in ids)
+
+
+# -- wrongly typed fields -----------------------------------------------------------
+
+BAD_FIELDS: list[tuple[str, Any]] = [
+    ("spore_type", "request"), ("created_at", "2026-01-01T00:00:00Z"), ("created_at", 17),
+    ("created_at", datetime(2026, 1, 1)), ("expires_at", "soon"), ("priority", "high"),
+    ("hops", "1"), ("thread_id", 5), ("reply_to", 5), ("metadata", []), ("id", 7),
+    ("knowledge_references", ["not", "a", "tuple"]), ("data_references", (1,)),
+    ("to_agent", 3), ("from_agent", ""), ("channel", None),
+]
+
+
+def bad_spore(field: str, value: Any) -> Spore:
+    fields: dict[str, Any] = {"knowledge": {"n": 1}, "to_agent": "sink", field: value}
+    return Spore(**fields)
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_FIELDS)
+async def test_a_wrongly_typed_field_from_outside_is_refused_naming_it(
+        field: str, value: Any) -> None:
+    organism = Organism.from_dict({"agents": {"sink": {"handler": lambda s, c: None}}})
+    async with organism.running():
+        with pytest.raises(SporeError) as refused:
+            await organism.submit(bad_spore(field, value))
+        await organism.send("sink", {"n": 2})
+        await organism.idle()
+        assert organism.stats()["agents"]["sink"]["handled"] == 1
+    assert field in str(refused.value)
+
+
+# A handler's spore gets its sender set to the agent (and, with a journal, an id derived
+# from its parent's): those two fields cannot be wrong on this path.
+@pytest.mark.parametrize(("field", "value", "journal"), [
+    (field, value, journal) for field, value in BAD_FIELDS for journal in (False, True)
+    if field != "from_agent" and not (journal and field == "id")])
+async def test_a_wrongly_typed_field_returned_by_a_handler_is_a_dead_letter(
+        field: str, value: Any, journal: bool, tmp_path: Path) -> None:
+    handled: list[int] = []
+
+    async def maker(spore: Spore, ctx: Context) -> Spore:
+        return bad_spore(field, value)
+
+    async def sink(spore: Spore, ctx: Context) -> None:
+        handled.append(spore.knowledge["n"])
+
+    organism = Organism(Organism.from_dict({"agents": {
+        "maker": {"handler": maker}, "sink": {"handler": sink}}}).spec,
+        journal=tmp_path / "j.db" if journal else None)
+    async with organism.running():
+        await organism.send("maker", {})
+        await organism.idle()
+        # The organism (and its journal) keep working.
+        await asyncio.wait_for(organism.send("sink", {"n": 2}), 5)
+        await organism.idle()
+        if organism.journal is not None:
+            assert organism.stats()["journal"]["failed"] is False
+    assert handled == [2]
+    letters = list(organism.dead_letters)
+    assert [str(letter.reason) for letter in letters] in (["invalid"], ["limit exceeded"])
+    assert field in letters[0].error
+
+
+# -- the wiring snapshot and the declared chain -------------------------------------------
+
+async def test_an_added_agents_schema_refuses_a_breaking_broadcast_every_time(
+        tmp_path: Path) -> None:
+    (tmp_path / "needs_n.json").write_text(json.dumps(
+        {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}))
+    heard: list[Any] = []
+
+    async def late(spore: Spore, ctx: Context) -> None:
+        heard.append(spore.knowledge)
+
+    organism = Organism.from_dict({"channels": {"news": {}}, "agents": {
+        "early": {"handler": lambda s, c: None, "subscribe": ["news"]}}}, base_dir=tmp_path)
+    async with organism.running():
+        await organism.add_agent("late", {"handler": late, "subscribe": ["news"],
+                                          "schema": "needs_n.json"})
+        for _ in range(3):
+            await organism.broadcast({"n": "not a number"}, channel="news")
+        await organism.broadcast({"n": 1}, channel="news")
+        await organism.idle()
+    assert heard == [{"n": 1}]
+    assert reasons(organism) == ["schema"] * 3
+
+
+@pipable_operator
+async def redact(source: AsyncIterable[list[Spore]], *, reject: Any,
+                 seen: list[str]) -> AsyncIterator[list[Spore]]:
+    """Hide the `secret` field of every knowledge; refuse spores marked `drop`."""
+    async with streamcontext(source) as batches:
+        async for batch in batches:
+            kept = []
+            for spore in batch:
+                seen.append(spore.from_agent)
+                if spore.knowledge.get("drop"):
+                    reject(spore, "invalid", SporeError("dropped by the redaction stage"))
+                    continue
+                if "secret" in spore.knowledge:
+                    spore = Spore(**{**{f: getattr(spore, f) for f in (
+                        "spore_type", "from_agent", "to_agent", "channel", "priority",
+                        "reply_to", "thread_id", "hops", "metadata", "id", "created_at")},
+                        "knowledge": {**spore.knowledge, "secret": "***"}})
+                kept.append(spore)
+            if kept:
+                yield kept
+
+
+async def test_a_user_stage_sees_every_spore_including_replayed_ones(tmp_path: Path) -> None:
+    received: list[Any] = []
+    blocking = asyncio.Event()
+
+    async def keep(spore: Spore, ctx: Context) -> None:
+        if spore.knowledge.get("hold") and not received:
+            blocking.set()
+            await asyncio.Event().wait()  # never finishes: the stop leaves it in the journal
+        received.append(spore.knowledge)
+
+    seen: list[str] = []
+    stage = StageSpec(operator=redact, before="route", options={"seen": seen})
+    spec = Organism.from_dict({"agents": {"keep": {"handler": keep}}}).spec
+    journal = tmp_path / "j.db"
+    first = Organism(spec, journal=journal, stages=[stage])
+    await first.start()
+    await first.send("keep", {"drop": True})
+    await first.send("keep", {"hold": True, "secret": "b"}, sender="holder")
+    await asyncio.wait_for(blocking.wait(), 5)
+    assert await first.stop(drain_timeout=0) == 1
+    assert seen == ["system", "holder"]
+    assert reasons(first) == ["invalid", "shutdown"]
+    received.append({"first run": "over"})
+    second = Organism(spec, journal=journal, stages=[stage])
+    async with second.running():
+        await second.idle()
+    # Replayed from the journal, through the user's stage: seen and redacted again.
+    assert seen == ["system", "holder", "holder"]
+    assert received == [{"first run": "over"}, {"hold": True, "secret": "***"}]
