@@ -24,8 +24,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from aiostream import stream
-
 from sporeflow.config import (
     AgentSpec,
     ConfigError,
@@ -355,29 +353,23 @@ class Organism:
                 table=lambda: self._wiring.table, on_reject=reject, asked=requests.asked,
                 abandoned=requests.abandoned, on_response=ledger.resolve,
                 outside=self._outside, on_outside=lambda spore: ledger.on_outside(spore),
-                on_fanout=intake.fanout, arrived=bridge.arrived if bridge else None)),
+                on_broadcast=ledger.broadcast_routed,
+                arrived=bridge.arrived if bridge else None)),
             Stage("schema", check_schemas.pipe(schemas=lambda: self._wiring.schemas,
                                                on_reject=reject)),
         ]
-        if self._journal is not None:  # a broadcast to N agents is done after the N-th
-            stages.append(Stage("journal", stream.map.pipe(self._journal.count_deliveries)))
         stages.append(Stage("dispatch", dispatch.pipe(lanes=lambda: self._wiring.lanes,
                                                       on_reject=reject)
                             if bridge is None else publish_deliveries.pipe(bridge=bridge)))
         return place(stages, self._user_stages, reject)
 
     async def _run_chain(self, stages: list[Stage]) -> None:
-        ledger, intake, bridge = self._ledger, self._intake, self._bridge
-        assert ledger is not None
+        intake = self._intake
         assert intake is not None
         try:
             async with assemble(intake.batches(), stages).stream() as deliveries:
-                async for batch in deliveries:
-                    for spore, targets in batch:
-                        # A broadcast, counted for its channel once: where it was sent.
-                        if spore.to_agent is None and (bridge is None
-                                                       or bridge.arrived(spore) is None):
-                            ledger.count_fanout(spore, len(targets))
+                async for _ in deliveries:
+                    pass  # the stages did the work; the lanes run the handlers
         except Exception:
             self.logger.critical("the chain of %r crashed; the organism stops", self.spec.name,
                                  exc_info=True)

@@ -69,7 +69,7 @@ async def route(
     on_response: Callable[[Spore], None] = lambda spore: None,
     outside: Container[str] = frozenset(),
     on_outside: Callable[[Spore], None] = lambda spore: None,
-    on_fanout: Callable[[int], None] = lambda extra: None,
+    on_broadcast: Callable[[Spore, int], None] = lambda spore, targets: None,
     arrived: Callable[[Spore], str | None] | None = None,
 ) -> AsyncIterator[list[Delivery]]:
     """Yield one delivery per routable spore; settle or reject every other spore.
@@ -79,8 +79,8 @@ async def route(
     (``late response`` when its request was ``abandoned``, else ``unexpected
     response``) and never reaches a handler. ``arrived`` tells, for a spore consumed
     from a broker, the agent whose queue it came from: it goes to that agent only,
-    and only if that agent is its recipient or subscribes to its channel. ``on_fanout``
-    gets, per batch, how many deliveries beyond one per spore the broadcasts made.
+    and only if that agent is its recipient or subscribes to its channel.
+    ``on_broadcast`` is told, for each broadcast routed here, how many agents it reaches.
     """
     # One ``(name,)`` per agent, reused: a tuple per direct spore would be one more
     # object to allocate and for the garbage collector to track while it is queued.
@@ -91,7 +91,6 @@ async def route(
             agents, subscribers = routes.agents, routes.subscribers
             check_permissions = bool(routes.peers or routes.publishers)
             deliveries: list[Delivery] = []
-            extra = 0
             for spore in batch:
                 if spore.spore_type is _RESPONSE:
                     refusal = _response_refusal(spore, asked, abandoned)
@@ -133,15 +132,13 @@ async def route(
                     targets = tuple(a for a in targets if a != spore.from_agent)
                 if targets:
                     deliveries.append((spore, targets))
-                    extra += len(targets) - 1
+                    on_broadcast(spore, len(targets))
                 else:
                     reason = (Reason.NO_SUBSCRIBERS if spore.channel in routes.channels
                               else Reason.UNKNOWN_CHANNEL)
                     on_reject(spore, reason, DeliveryError(
                         f"broadcast {spore.id} from {spore.from_agent!r} on channel "
                         f"{spore.channel!r} reaches no agent ({reason})", reason=reason))
-            if extra:
-                on_fanout(extra)
             if deliveries:
                 yield deliveries
 

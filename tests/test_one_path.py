@@ -179,6 +179,8 @@ async def test_an_added_agents_schema_refuses_a_breaking_broadcast_every_time(
     organism = Organism.from_dict({"channels": {"news": {}}, "agents": {
         "early": {"handler": lambda s, c: None, "subscribe": ["news"]}}}, base_dir=tmp_path)
     async with organism.running():
+        await organism.broadcast({"n": 0}, channel="news")  # the chain is running already
+        await organism.idle()
         await organism.add_agent("late", {"handler": late, "subscribe": ["news"],
                                           "schema": "needs_n.json"})
         for _ in range(3):
@@ -240,3 +242,32 @@ async def test_a_user_stage_sees_every_spore_including_replayed_ones(tmp_path: P
     # Replayed from the journal, through the user's stage: seen and redacted again.
     assert seen == ["system", "holder", "holder"]
     assert received == [{"first run": "over"}, {"hold": True, "secret": "***"}]
+
+
+async def test_a_journaled_broadcast_refused_by_one_schema_stays_pending_for_the_others(
+        tmp_path: Path) -> None:
+    (tmp_path / "needs_n.json").write_text(json.dumps({"type": "object", "required": ["n"]}))
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def slow(spore: Spore, ctx: Context) -> None:
+        started.set()
+        await release.wait()
+
+    spec = Organism.from_dict({"channels": {"news": {}}, "agents": {
+        "strict": {"handler": lambda s, c: None, "subscribe": ["news"],
+                   "schema": "needs_n.json"},
+        "slow": {"handler": slow, "subscribe": ["news"]}}}, base_dir=tmp_path).spec
+    organism = Organism(spec, journal=tmp_path / "j.db")
+    async with organism.running():
+        await organism.broadcast({"no": "n"}, channel="news")
+        await asyncio.wait_for(started.wait(), 5)
+        assert organism.journal is not None
+        await organism.journal.flush()
+        # strict refused it; slow still has it: the spore is unfinished, not deleted.
+        assert organism.journal.pending == 1
+        release.set()
+        await organism.idle()
+        await organism.journal.flush()
+        assert organism.journal.pending == 0
+    assert reasons(organism) == ["schema"]

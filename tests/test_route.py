@@ -32,10 +32,10 @@ async def test_direct_spore_goes_to_its_agent() -> None:
 
 async def test_broadcast_skips_sender_and_counts_fanout() -> None:
     spore = Spore(knowledge={}, from_agent="a", channel="news")
-    extra: list[int] = []
-    deliveries, _ = await run(spore, on_fanout=extra.append)
+    routed: list[tuple[Spore, int]] = []
+    deliveries, _ = await run(spore, on_broadcast=lambda s, n: routed.append((s, n)))
     assert deliveries == [(spore, ("b", "c"))]
-    assert extra == [1]
+    assert routed == [(spore, 2)]
 
 
 async def test_unknown_agent_and_unheard_broadcast_are_rejected() -> None:

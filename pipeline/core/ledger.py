@@ -59,6 +59,9 @@ class LedgerHook:
     def ended(self, spore: Spore) -> None:
         """``spore`` finished without a handler: it resolved a request or went outside."""
 
+    def fanned_out(self, spore: Spore, targets: int) -> None:
+        """Broadcast ``spore`` became ``targets`` (> 1) deliveries, each settled alone."""
+
     def released(self, spore: Spore) -> None:
         """``spore`` is settled without a handler (rejected, resolved or returned)."""
 
@@ -113,6 +116,7 @@ class Ledger:
         self._on_dead = _overrides(hooks, "dead_lettered")
         self._on_ended = _overrides(hooks, "ended")
         self._on_released = _overrides(hooks, "released")
+        self._on_fanned_out = _overrides(hooks, "fanned_out")
         self.watched = bool(hooks)
 
     # -- entering ----------------------------------------------------------------------
@@ -233,8 +237,13 @@ class Ledger:
         for hook in self._on_released:
             hook(spore)
 
-    def count_fanout(self, spore: Spore, targets: int) -> None:
-        """A broadcast on ``spore.channel`` reached ``targets`` agents."""
+    def broadcast_routed(self, spore: Spore, targets: int) -> None:
+        """Broadcast ``spore`` goes to ``targets`` agents: each delivery is held and settled
+        on its own, and the channel's tallies count it (the one place fan-out is counted)."""
+        if targets > 1:
+            self.intake.fanout(targets - 1)
+            for hook in self._on_fanned_out:
+                hook(spore, targets)
         counts = self.fanout.get(spore.channel)
         if counts is None:
             counts = self.fanout[spore.channel] = [0, 0]

@@ -32,6 +32,9 @@ class JournalHook(LedgerHook):
         # Done, and its replies recorded, in one transaction; replies get derived ids.
         self.journal.done(spore, replies)
 
+    def fanned_out(self, spore: Spore, targets: int) -> None:
+        self.journal.count_fanout(spore.id, targets)  # done after the last delivery
+
     def ended(self, spore: Spore) -> None:
         self.journal.settle(spore)
 

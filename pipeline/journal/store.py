@@ -413,16 +413,9 @@ class Journal:
         self.booted.add(agent)
         return spore_id
 
-    def count_deliveries(self, deliveries: list[Delivery], *_: object) -> list[Delivery]:
-        """Note broadcasts that go to several agents: their spore is done after the last.
-
-        A stage of the chain (``stream.map``), between route and dispatch.
-        """
-        fanout = self._fanout
-        for spore, targets in deliveries:
-            if len(targets) > 1:
-                fanout[spore.id] = fanout.get(spore.id, 0) + len(targets)
-        return deliveries
+    def count_fanout(self, spore_id: str, targets: int) -> None:
+        """Broadcast ``spore_id`` went to ``targets`` agents: it is done after the last."""
+        self._fanout[spore_id] = self._fanout.get(spore_id, 0) + targets
 
     def _last_delivery(self, spore_id: str) -> bool:
         fanout = self._fanout
