@@ -40,7 +40,6 @@ from typing import Any, Literal
 from sporeflow.config import SporeError, SporeflowError
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.steps import Spore, new_spore_id
-from sporeflow.steps.types import Delivery
 
 try:  # an advisory lock keeps two processes from replaying one journal; POSIX only
     import fcntl
