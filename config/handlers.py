@@ -13,6 +13,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from sporeflow.config.reasons import did_you_mean
+
 __all__ = ["HandlerImportError", "agent_method", "reimport", "resolve_handler"]
 
 
@@ -46,7 +48,7 @@ def resolve_handler(ref: str, base_dir: Path, *, reload: bool = False) -> Callab
             target = getattr(target, part)
         except AttributeError:
             names = [n for n in dir(module) if not n.startswith("_")]
-            hint = _closest(part, names)
+            hint = did_you_mean(part, names)
             raise HandlerImportError(
                 f"handler {ref!r}: module {module_name!r} has no {part!r}{hint}"
             ) from None
@@ -126,10 +128,3 @@ class _BesideOrganism(importlib.abc.MetaPathFinder):
         if path is not None:  # a submodule: its package's __path__ finds it
             return None
         return importlib.machinery.PathFinder.find_spec(fullname, [self.base_dir])
-
-
-def _closest(word: str, choices: list[str]) -> str:
-    import difflib
-
-    match = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""

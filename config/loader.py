@@ -10,7 +10,6 @@ load; ``check`` returns them.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -36,10 +35,13 @@ from sporeflow.config.model import (
 )
 from sporeflow.config.positions import Located, YamlSyntaxError, read_yaml
 from sporeflow.config.positions import Path as DataPath
+from sporeflow.config.reasons import did_you_mean
+from sporeflow.config.references import mapping, reference_problems
 from sporeflow.config.schema import HANDLER_PATTERN, ORGANISM_SCHEMA
 from sporeflow.config.schemas import SchemaFileError, SchemaSpec, load_schema
 from sporeflow.config.secrets import Secret, read_secret_env, redact_text
 from sporeflow.config.units import parse_duration, parse_size
+from sporeflow.config.wiring_checks import wiring_warnings
 
 __all__ = ["check_organism", "load_organism", "organism_from_dict", "organism_from_text"]
 
@@ -112,7 +114,7 @@ def _build(
     if not isinstance(data, dict):
         raise ConfigError(_sorted(problems))
     # The name checks below skip whatever has the wrong shape: that is reported already.
-    problems += _reference_problems(located)
+    problems += reference_problems(located)
     handlers = _resolve_handlers(located, base_dir, callables, problems)
     store = _resolve_store(located, base_dir, problems)
     schemas = _compile_schemas(located, base_dir, problems)
@@ -123,7 +125,7 @@ def _build(
     if signing_key is not None:
         spec = dataclasses.replace(spec, signing_key=signing_key,
                                    signing_key_env=data["organism"]["signing_key_env"])
-    return spec, _sorted(problems + _warnings(located, spec))
+    return spec, _sorted(problems + wiring_warnings(located, spec))
 
 
 def _take_callables(data: Any) -> dict[str, Callable[..., Any]]:
@@ -162,7 +164,7 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
         return [
             located.problem(
                 (*path, key),
-                f"unknown key {key!r}{_hint(str(key), known)}; the keys here are "
+                f"unknown key {key!r}{did_you_mean(str(key), known)}; the keys here are "
                 f"{', '.join(known)}",
                 key=True,
             )
@@ -217,114 +219,12 @@ def _pattern_advice(path: DataPath) -> str:
 # -- pass 2: names -----------------------------------------------------------
 
 
-def _reference_problems(located: Located) -> list[Problem]:
-    data = located.data
-    agents = _mapping(data.get("agents"))
-    agents = {name: agent for name, agent in agents.items() if isinstance(agent, dict)}
-    channels = {n: c for n, c in _mapping(data.get("channels")).items() if isinstance(c, dict)}
-    channels.update({n: {} for n, c in _mapping(data.get("channels")).items() if c is None})
-    channel_names = [*channels, *BUILTIN_CHANNELS]
-    problems: list[Problem] = []
-
-    def unknown_agent(path: DataPath, name: str) -> None:
-        if name not in agents:
-            problems.append(located.problem(
-                path, f"unknown agent {name!r}{_hint(name, list(agents))}"))
-
-    def unknown_channel(path: DataPath, name: str) -> bool:
-        if name in channel_names:
-            return False
-        problems.append(located.problem(
-            path, f"unknown channel {name!r}{_hint(name, channel_names)}; "
-                  f"declare it under channels:"))
-        return True
-
-    for name, agent in agents.items():
-        base: DataPath = ("agents", name)
-        for i, channel in _names(agent.get("subscribe")):
-            if unknown_channel((*base, "subscribe", i), channel):
-                continue
-            allowed = channels.get(channel, {}).get("subscribe")
-            if allowed is not None and name not in allowed:
-                problems.append(located.problem(
-                    (*base, "subscribe", i),
-                    f"agent {name!r} may not subscribe to {channel!r}: its subscribe list is "
-                    f"{allowed!r}; add {name!r} there or remove this subscription"))
-        emit = _mapping(agent.get("emit"))
-        peers = agent.get("peers") if isinstance(agent.get("peers"), list) else None
-        if isinstance(emit.get("to"), str):
-            unknown_agent((*base, "emit", "to"), emit["to"])
-            if peers is not None and emit["to"] not in peers:
-                problems.append(located.problem(
-                    (*base, "emit", "to"),
-                    f"emit to {emit['to']!r} is forbidden by this agent's own peers "
-                    f"{peers!r}; add it to peers or change emit"))
-        if isinstance(emit.get("channel"), str) and not unknown_channel((*base, "emit", "channel"),
-                                                     emit["channel"]):
-            allowed = channels.get(emit["channel"], {}).get("publish")
-            if allowed is not None and name not in allowed:
-                problems.append(located.problem(
-                    (*base, "emit", "channel"),
-                    f"agent {name!r} may not publish on {emit['channel']!r}: its publish list "
-                    f"is {allowed!r}; add {name!r} there or change emit"))
-        for i, peer in _names(peers):
-            unknown_agent((*base, "peers", i), peer)
-        problems.extend(_kind_problems(located, base, agent, unknown_agent, unknown_channel))
-    for cname, conf in channels.items():
-        for key in ("publish", "subscribe"):
-            for i, agent_name in _names(conf.get(key)):
-                unknown_agent(("channels", cname, key, i), agent_name)
-    return problems
-
-
-def _kind_problems(located: Located, base: DataPath, agent: dict[str, Any],
-                   unknown_agent: Callable[[DataPath, str], None],
-                   unknown_channel: Callable[[DataPath, str], bool]) -> list[Problem]:
-    """An agent is exactly one of a handler, a gather or a sequence; check their names."""
-    kinds = [key for key in ("handler", "gather", "sequence") if key in agent]
-    if not kinds:
-        return [located.problem(base, "'handler' is a required property; add it (or a "
-                                      "gather or a sequence)")]
-    if len(kinds) > 1:
-        return [located.problem(base, f"give one of handler, gather or sequence, not "
-                                      f"{' and '.join(kinds)}")]
-    problems: list[Problem] = []
-    gather = _mapping(agent.get("gather"))
-    if "gather" in agent and ("to" in gather) == ("channel" in gather):
-        problems.append(located.problem((*base, "gather"), "give exactly one of 'to' (a list "
-                                                           "of agents) or 'channel'"))
-    for i, name in _names(gather.get("to")):
-        unknown_agent((*base, "gather", "to", i), name)
-    if isinstance(gather.get("channel"), str):
-        unknown_channel((*base, "gather", "channel"), gather["channel"])
-    sequence = agent.get("sequence")
-    steps = sequence if isinstance(sequence, list) else _mapping(sequence).get("steps")
-    step_path = (*base, "sequence") if isinstance(sequence, list) else (*base, "sequence",
-                                                                         "steps")
-    for i, name in _names(steps):
-        unknown_agent((*step_path, i), name)
-    if agent.get("cpu_bound") and kinds != ["handler"]:
-        problems.append(located.problem((*base, "cpu_bound"), "only a handler can be "
-                                                              "cpu_bound; remove it"))
-    return problems
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _names(value: Any) -> list[tuple[int, str]]:
-    """The (index, name) pairs of a list of names, skipping what is not a string."""
-    items = value if isinstance(value, list) else []
-    return [(i, item) for i, item in enumerate(items) if isinstance(item, str)]
-
-
 def _resolve_handlers(
     located: Located, base_dir: Path, callables: Mapping[str, Callable[..., Any]],
     problems: list[Problem],
 ) -> dict[str, Callable[..., Any]]:
     handlers: dict[str, Callable[..., Any]] = dict(callables)
-    for name, agent in _mapping(located.data.get("agents")).items():
+    for name, agent in mapping(located.data.get("agents")).items():
         if name in handlers or not isinstance(agent, dict):
             continue
         if not isinstance(agent.get("handler"), str) or not re.fullmatch(
@@ -335,7 +235,7 @@ def _resolve_handlers(
         except HandlerImportError as exc:
             problems.append(located.problem(("agents", name, "handler"), str(exc)))
     for name, handler in handlers.items():
-        agent = _mapping(located.data["agents"].get(name))
+        agent = mapping(located.data["agents"].get(name))
         problem = _handler_kind_problem(handler, cpu_bound=agent.get("cpu_bound") is True)
         if problem:
             problems.append(located.problem(("agents", name, "handler"), problem))
@@ -363,7 +263,7 @@ def _handler_kind_problem(handler: Callable[..., Any], *, cpu_bound: bool) -> st
 
 def _signing_key(located: Located, problems: list[Problem]) -> Secret | None:
     """The HMAC key from the variable ``organism.signing_key_env`` names (None: unsigned)."""
-    name = _mapping(located.data.get("organism")).get("signing_key_env")
+    name = mapping(located.data.get("organism")).get("signing_key_env")
     if not isinstance(name, str) or not name.isidentifier():
         return None  # absent, or a bad name the schema pass reported
     try:
@@ -376,7 +276,7 @@ def _signing_key(located: Located, problems: list[Problem]) -> Secret | None:
 def _resolve_store(located: Located, base_dir: Path,
                    problems: list[Problem]) -> Callable[[], Any] | None:
     """The knowledge store factory named by ``organism.knowledge_store`` (None: memory)."""
-    ref = _mapping(located.data.get("organism")).get("knowledge_store", "memory")
+    ref = mapping(located.data.get("organism")).get("knowledge_store", "memory")
     if not isinstance(ref, str) or ref == "memory" or ":" not in ref:
         return None
     try:
@@ -391,8 +291,8 @@ def _compile_schemas(located: Located, base_dir: Path,
                      problems: list[Problem]) -> dict[str, SchemaSpec]:
     """Each agent's ``schema`` file, compiled once (a reload loads them afresh)."""
     compiled: dict[str, SchemaSpec] = {}
-    for name, agent in _mapping(located.data.get("agents")).items():
-        ref = _mapping(agent).get("schema")
+    for name, agent in mapping(located.data.get("agents")).items():
+        ref = mapping(agent).get("schema")
         if not isinstance(ref, str) or not ref:
             continue  # absent, or reported by the schema pass
         try:
@@ -426,7 +326,7 @@ def _to_spec(
             publish=_frozen(conf.get("publish")),
             subscribe=_frozen(conf.get("subscribe")),
         )
-        for name, conf in ((n, _mapping(c)) for n, c in _mapping(data.get("channels")).items())
+        for name, conf in ((n, mapping(c)) for n, c in mapping(data.get("channels")).items())
     }
     for builtin in BUILTIN_CHANNELS:
         channels.setdefault(builtin, ChannelSpec(name=builtin))
@@ -511,49 +411,6 @@ def _orchestrated(spore: Any, ctx: Any) -> None:
     raise NotImplementedError("gather and sequence agents are run by the organism")
 
 
-# -- warnings ------------------------------------------------------------------
-
-
-def _warnings(located: Located, spec: OrganismSpec) -> list[Problem]:
-    warnings: list[Problem] = []
-    emitted_to = {a.emit.to for a in spec.agents.values() if a.emit and a.emit.to}
-    named_peers = {p for a in spec.agents.values() for p in (a.peers or ())}
-    named_peers |= {p for a in spec.agents.values() for p in _orchestrated_names(a)}
-    # Only an organism that drives itself (it has boot spores) can be judged for agents
-    # nothing reaches: otherwise the entry points are fed from outside by design.
-    self_driving = any(a.boot is not None for a in spec.agents.values())
-    for agent in spec.agents.values():
-        reached = (agent.subscribe or agent.boot is not None or agent.name in emitted_to
-                   or agent.name in named_peers)
-        if self_driving and not reached:
-            warnings.append(located.problem(
-                ("agents", agent.name),
-                f"nothing in the organism reaches {agent.name!r} (no subscribe, no boot, "
-                f"no emit or peers naming it): only outside sends will", warning=True))
-        if agent.emit is not None or _returns_none(agent.handler):
-            continue
-        # Without emit, replies go back to the sender: a sender that emits here again loops.
-        for other in spec.agents.values():
-            target = other.emit
-            if target is None or other.name == agent.name:
-                continue
-            if target.to == agent.name or (target.channel and target.channel in agent.subscribe):
-                warnings.append(located.problem(
-                    ("agents", agent.name),
-                    f"{agent.name!r} has no emit, so its replies go back to {other.name!r}, "
-                    f"which emits to it again: this can only loop until max_hops; give "
-                    f"{agent.name!r} an emit or return None", warning=True))
-    return warnings
-
-
-# -- small helpers -----------------------------------------------------------------
-
-
-def _hint(word: str, choices: Iterable[str]) -> str:
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
 def _frozen(names: Iterable[str] | None) -> frozenset[str] | None:
     return None if names is None else frozenset(names)
 
@@ -566,22 +423,6 @@ def _short(value: Any) -> str:
 def _json_type(value: Any) -> str:
     return {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer",
             float: "number", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def _orchestrated_names(agent: AgentSpec) -> tuple[str, ...]:
-    """The agents a gather or sequence agent addresses."""
-    if agent.gather is not None:
-        return agent.gather.to or ()
-    return agent.sequence.steps if agent.sequence is not None else ()
-
-
-def _returns_none(handler: Callable[..., Any]) -> bool:
-    """True when the handler is annotated ``-> None``: it never replies, so cannot loop."""
-    try:
-        annotation = inspect.signature(handler).return_annotation
-    except (TypeError, ValueError):
-        return False
-    return annotation is None or annotation == "None"
 
 
 def _qualname(handler: Callable[..., Any]) -> str:

@@ -49,9 +49,12 @@ def reason_of(error: BaseException | None) -> Reason:
     return Reason.LIMIT_EXCEEDED if isinstance(error, LimitExceeded) else Reason.INVALID
 
 
-def did_you_mean(word: object, choices: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""``."""
+def did_you_mean(word: object, choices: Iterable[str], *, within: str = "") -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""``; ``within``
+    prefixes the suggestion (``within.x``) where the word is part of a dotted path."""
     if not isinstance(word, str):
         return ""
     match = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+    if not match:
+        return ""
+    return f" (did you mean {f'{within}.{match[0]}' if within else match[0]!r}?)"

@@ -28,7 +28,9 @@ from sporeflow.pipeline.broker.bridge import Bridge
 from sporeflow.pipeline.broker.factory import open_backend
 from sporeflow.pipeline.broker.memory_backend import MemoryBackend, MemoryBroker
 from sporeflow.pipeline.core.deadletters import DeadLetter, DeadLetterStore
-from sporeflow.pipeline.journal.store import Journal, JournalError, JournalFile, StoredDeadLetter
+from sporeflow.pipeline.journal.offline import JournalFile
+from sporeflow.pipeline.journal.sqlite import JournalError, StoredDeadLetter
+from sporeflow.pipeline.journal.store import Journal
 from sporeflow.pipeline.observe.events import (
     AgentStateChanged,
     Event,
@@ -61,7 +63,7 @@ from sporeflow.pipeline.observe.tracing import (
     inject_trace_context,
 )
 from sporeflow.pipeline.organism import Organism
-from sporeflow.pipeline.reload.reloader import ReloadReport, SpecDiff, diff_specs
+from sporeflow.pipeline.reload.diff import ReloadReport, SpecDiff, diff_specs
 from sporeflow.pipeline.reload.watch import watch_changes
 from sporeflow.steps.spore import Spore, SporeType
 

@@ -4,18 +4,16 @@
       ▲                                                                          │
       └──────────────── the ledger feeds handler replies back ◀──────────────────┘
 
-Every spore, from outside, from a handler, from the broker or a journal replay,
-enters the intake and passes every stage. The :class:`~sporeflow.pipeline.core.
-ledger.Ledger` settles each exactly once; the journal, events, the broker bridge
-attach to it as hooks. Agents, lanes, routes and schemas are one
-:class:`~sporeflow.pipeline.core.wiring.WiringSnapshot`, swapped whole by reload.
+Every spore, whatever its origin, enters the intake and passes every stage; the
+ledger (``core.ledger``) settles each once, with the journal, events and broker bridge
+as its hooks; the wiring (``core.wiring``) is one snapshot, swapped whole. See
+ARCHITECTURE.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections import deque
@@ -26,11 +24,8 @@ from typing import Any
 
 from sporeflow.config import (
     AgentSpec,
-    ConfigError,
-    DeliveryError,
     OrganismSpec,
     OrganismStateError,
-    Problem,
     StageSpec,
     load_organism,
     mask_in_logs,
@@ -38,24 +33,21 @@ from sporeflow.config import (
     redact_url,
     url_password,
 )
-from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.agents.builder import AgentBuilder
-from sporeflow.pipeline.agents.context import Context
 from sporeflow.pipeline.agents.knowledge import make_knowledge_store
 from sporeflow.pipeline.agents.procpool import ProcessPool
 from sporeflow.pipeline.agents.state import AgentStates
 from sporeflow.pipeline.broker.backend import Backend
 from sporeflow.pipeline.broker.bridge import Bridge, make_bridge, publish_deliveries
-from sporeflow.pipeline.core.budget import ThreadBudget, enforce_budget
-from sporeflow.pipeline.core.chain import Stage, assemble, place
+from sporeflow.pipeline.core.budget import ThreadBudget
+from sporeflow.pipeline.core.chain import Stage, declare_chain
 from sporeflow.pipeline.core.deadletters import DeadLetterStore
-from sporeflow.pipeline.core.ingress import OUTSIDE_SENDERS, Ingress
-from sporeflow.pipeline.core.intake import Intake
+from sporeflow.pipeline.core.ingress import OUTSIDE_SENDERS
 from sporeflow.pipeline.core.latency import LatencyHistogram
-from sporeflow.pipeline.core.ledger import Ledger
 from sporeflow.pipeline.core.lifecycle import State
 from sporeflow.pipeline.core.requests import RequestBook
-from sporeflow.pipeline.core.run import RunParts
+from sporeflow.pipeline.core.run import Run
+from sporeflow.pipeline.core.shutdown import abandon_all
 from sporeflow.pipeline.core.subscriptions import set_subscription
 from sporeflow.pipeline.core.wiring import AgentRuntime, WiringSnapshot
 from sporeflow.pipeline.journal.hook import JournalHook
@@ -63,26 +55,19 @@ from sporeflow.pipeline.journal.store import Journal
 from sporeflow.pipeline.observe.eventhook import EventHook
 from sporeflow.pipeline.observe.events import AgentStateChanged, EventBus, OrganismStateChanged
 from sporeflow.pipeline.observe.stats import organism_stats
-from sporeflow.pipeline.observe.stopping import Stats, parse_condition, wait_until
+from sporeflow.pipeline.observe.stopping import Stats, stop_task
 from sporeflow.pipeline.observe.tracing import SporeTracer, make_tracer
-from sporeflow.pipeline.reload.reloader import Reloader, ReloadReport
+from sporeflow.pipeline.reload.diff import ReloadReport
+from sporeflow.pipeline.reload.edits import with_agent, without_agent
+from sporeflow.pipeline.reload.reloader import Reloader
 from sporeflow.steps import (
     RunnerPool,
     Spore,
     SporeType,
-    check_schemas,
-    dispatch,
-    expire_filter,
-    route,
     utc_now,
-    validate,
 )
 
 __all__ = ["Organism"]
-
-
-async def _stub(spore: Spore, ctx: Context) -> None:
-    """Stands in for the existing agents while a new agent's references are checked."""
 
 
 class Organism:
@@ -129,10 +114,7 @@ class Organism:
         self._budget = ThreadBudget.from_limits(spec.limits)
         self._procpool = ProcessPool(spec.limits.process_pool)
         self.knowledge_store = make_knowledge_store(spec)  # what knowledge_references name
-        self._intake: Intake | None = None
-        self._ledger: Ledger | None = None
-        self._ingress: Ingress | None = None
-        self._chain: asyncio.Task[None] | None = None
+        self._run: Run | None = None  # this run's intake, ledger, ingress and chain
         self._builder: AgentBuilder | None = None
         self._reloader = Reloader(self)  # notes the handler modules' files as imported now
 
@@ -175,8 +157,8 @@ class Organism:
     @property
     def returned(self) -> int:
         """How many spores were returned to the outside world."""
-        ledger = self._ledger
-        return self._returned_before + (ledger.returned if ledger is not None else 0)
+        run = self._run
+        return self._returned_before + (run.ledger.returned if run is not None else 0)
 
     @property
     def brokered(self) -> bool:
@@ -192,8 +174,8 @@ class Organism:
         """Swap in the wiring of ``spec`` run by ``agents``, at once."""
         self.spec = spec
         self._wiring = WiringSnapshot.of(spec, agents)
-        if self._intake is not None:
-            self._intake.configure(
+        if self._run is not None:
+            self._run.intake.configure(
                 max_in_flight=spec.limits.max_in_flight,
                 capacities={c.name: c.capacity for c in spec.channels.values()})
 
@@ -205,14 +187,11 @@ class Organism:
         await self._agent_states.start({agent.spec.name: agent})
 
     def emit(self, spore: Spore, parent: Spore, agent: str) -> None:
-        self._require_ingress().emit(spore, parent, agent)
+        self._require_running().ingress.emit(spore, parent, agent)
 
     async def ask(self, spore: Spore, timeout: float, parent: Spore, agent: str) -> Spore:
-        return await self._require_ingress().request(spore, timeout, parent=parent,
-                                                     agent=agent)
-
-    def agent_specs(self) -> Mapping[str, AgentSpec]:
-        return self.agents
+        return await self._require_running().ingress.request(spore, timeout, parent=parent,
+                                                             agent=agent)
 
     def subscribers(self, channel: str) -> tuple[str, ...]:
         return self._wiring.table.subscribers.get(channel, ())
@@ -231,28 +210,23 @@ class Organism:
         self._bridge = make_bridge(self.spec, self._backend, self._hosted)
         # A foreign or damaged journal is refused here, before anything starts.
         unfinished = await self._journal.open() if self._journal is not None else []
-        self._open_run()
-        ledger, intake = self._ledger, self._intake
-        assert ledger is not None
-        assert intake is not None
+        run = self._open_run()
         self.rewire(self.spec, {name: self.build_agent(a) for name, a in
                                 self.spec.agents.items()})
-        chain = self._declare_chain()
         self._set_state(State.RUNNING)
         self._started_at = time.monotonic()
-        self._chain = asyncio.get_running_loop().create_task(
-            self._run_chain(chain), name=f"sporeflow:{self.spec.name}")
+        run.start_chain(self._declare_chain(run), lambda: self._set_state(State.FAILED))
         try:
             await self._agent_states.start(self._wiring.agents)  # lazy: false classes
             if self._bridge is not None:
-                await self._bridge.start(self._run_parts())
+                await self._bridge.start(run)
         except Exception:
             await self.stop(drain_timeout=0)
             raise
         if unfinished:  # replayed through the whole chain, before anything new
             assert self._journal is not None
             self._journal.replayed += len(unfinished)
-            intake.feed(unfinished)
+            run.intake.feed(unfinished)
             self.logger.info("replaying %d unfinished spore(s) from %s", len(unfinished),
                              self._journal.path)
         for agent in self.spec.agents.values():
@@ -261,58 +235,36 @@ class Organism:
                                            or agent.name in self._bridge.hosted):
                 await self.boot(agent.name, agent.boot)
 
-    def _open_run(self) -> None:
+    def _open_run(self) -> Run:
         """Make this run's intake, ledger and ingress, and attach the active hooks."""
-        spec = self.spec
-        if self._ledger is not None:
-            self._returned_before += self._ledger.returned
-        intake = self._intake = Intake(
-            max_in_flight=spec.limits.max_in_flight,
-            capacities={c.name: c.capacity for c in spec.channels.values()})
-        ledger = self._ledger = Ledger(
-            intake=intake, dead_letters=self.dead_letters, requests=self._requests,
+        if self._run is not None:
+            self._returned_before += self._run.ledger.returned
+        run = self._run = Run(
+            spec=self.spec, dead_letters=self.dead_letters, requests=self._requests,
             wiring=self.wiring, logger=self.logger, now=self.now, outbox=self.outbox,
-            listeners=self._outside_listeners)
+            listeners=self._outside_listeners, checked=self._checked, outside=self._outside,
+            admitting=self._admission_refusal, running=lambda: self._state == State.RUNNING)
+        ledger, ingress = run.ledger, run.ingress
         if self._journal is not None:
             ledger.add_hook(JournalHook(self._journal, self._requests))
+            ingress.persist = self._journal.record
         if self.events.active:
             ledger.add_hook(self._event_hook)
-        bridge = self._bridge
-        if bridge is not None:
-            ledger.add_hook(bridge)
-            local = ledger.return_outside
-
-            def on_outside(spore: Spore) -> None:
-                if not bridge.outside(spore):  # not for another process: it stays here
-                    local(spore)
-
-            ledger.on_outside = on_outside
-        self._ingress = ingress = Ingress(
-            intake=intake, ledger=ledger, requests=self._requests, wiring=self.wiring,
-            limits=spec.limits, admitting=self._admission_refusal, now=self.now,
-            checked=self._checked, outside=self._outside, organism=spec.name)
+        if self._bridge is not None:
+            ledger.add_hook(self._bridge)
+            ledger.on_outside = self._bridge.outside_or(ledger.return_outside)
         if self.tracer is not None:  # the caller's span, if any, becomes the spore's origin
             ingress.stamp_outside, ingress.stamp_sent = self.tracer.stamp, self.tracer.stamp_sent
-        if self._journal is not None:
-            ingress.persist = self._journal.record
         self._builder = AgentBuilder(
             port=self, ledger=ledger, pool=self._pool, procpool=self._procpool,
-            states=self._agent_states, latency=self._latency, base_dir=spec.base_dir,
+            states=self._agent_states, latency=self._latency, base_dir=self.spec.base_dir,
             now=self.now, wrapper=self.tracer)
-
-    def _run_parts(self) -> RunParts:
-        assert self._intake is not None
-        assert self._ledger is not None
-        return RunParts(intake=self._intake, ledger=self._ledger, requests=self._requests,
-                        wiring=self.wiring, outside=self._outside,
-                        running=lambda: self._state == State.RUNNING, idle=self.idle)
+        return run
 
     def _watch_events(self, active: bool) -> None:
-        if self._ledger is not None:
-            if active:
-                self._ledger.add_hook(self._event_hook)
-            else:
-                self._ledger.remove_hook(self._event_hook)
+        if self._run is not None:  # events are built only while someone listens
+            ledger = self._run.ledger
+            (ledger.add_hook if active else ledger.remove_hook)(self._event_hook)
 
     async def boot(self, agent: str, knowledge: Mapping[str, Any]) -> Spore | None:
         """Send ``agent`` its boot spore (once per journal, when there is one)."""
@@ -332,49 +284,16 @@ class Organism:
             for name in self._wiring.agents:
                 self.events.emit(AgentStateChanged(agent=name, old=old, new=new, at=at))
 
-    def _declare_chain(self) -> list[Stage]:
+    def _declare_chain(self, run: Run) -> list[Stage]:
         """The chain's stages, in order, with the user's stages in their places."""
-        ledger, intake, bridge = self._ledger, self._intake, self._bridge
-        assert ledger is not None
-        assert intake is not None
-        reject = ledger.reject
-        stages = [
-            Stage("validate", validate.pipe(limits=self.spec.limits, on_reject=reject,
-                                            checked=self._checked,
-                                            verify=bridge.verify if bridge else None)),
-            Stage("expire", expire_filter.pipe(on_reject=reject, now=self.now)),
-        ]
-        if self._budget.enforcing:  # only with a per-thread limit: no cost otherwise
-            stages.append(Stage("budget", enforce_budget.pipe(budget=self._budget,
-                                                              on_reject=reject)))
-        requests = self._requests
-        stages += [
-            Stage("route", route.pipe(
-                table=lambda: self._wiring.table, on_reject=reject, asked=requests.asked,
-                abandoned=requests.abandoned, on_response=ledger.resolve,
-                outside=self._outside, on_outside=lambda spore: ledger.on_outside(spore),
-                on_broadcast=ledger.broadcast_routed,
-                arrived=bridge.arrived if bridge else None)),
-            Stage("schema", check_schemas.pipe(schemas=lambda: self._wiring.schemas,
-                                               on_reject=reject)),
-        ]
-        stages.append(Stage("dispatch", dispatch.pipe(lanes=lambda: self._wiring.lanes,
-                                                      on_reject=reject)
-                            if bridge is None else publish_deliveries.pipe(bridge=bridge)))
-        return place(stages, self._user_stages, reject)
-
-    async def _run_chain(self, stages: list[Stage]) -> None:
-        intake = self._intake
-        assert intake is not None
-        try:
-            async with assemble(intake.batches(), stages).stream() as deliveries:
-                async for _ in deliveries:
-                    pass  # the stages did the work; the lanes run the handlers
-        except Exception:
-            self.logger.critical("the chain of %r crashed; the organism stops", self.spec.name,
-                                 exc_info=True)
-            self._set_state(State.FAILED)
-            raise
+        bridge = self._bridge
+        last = (Stage("dispatch", publish_deliveries.pipe(bridge=bridge))
+                if bridge is not None else None)
+        return declare_chain(
+            limits=self.spec.limits, ledger=run.ledger, requests=self._requests,
+            wiring=self.wiring, outside=self._outside, checked=self._checked, now=self.now,
+            budget=self._budget, verify=bridge.verify if bridge else None,
+            arrived=bridge.arrived if bridge else None, last=last, user=self._user_stages)
 
     async def stop(self, *, drain_timeout: float | None = 30.0) -> int:
         """Stop admitting, finish in-flight work and its replies, then stop.
@@ -382,34 +301,20 @@ class Organism:
         What could not finish within ``drain_timeout`` is dead-lettered with reason
         ``shutdown``; returns how many spores that was.
         """
-        intake, chain, ledger = self._intake, self._chain, self._ledger
-        if (self._state not in (State.RUNNING, State.FAILED) or intake is None or chain is None
-                or ledger is None):
+        run = self._run
+        if self._state not in (State.RUNNING, State.FAILED) or run is None:
             return 0
         self._set_state(State.STOPPING)
-        intake.close()
+        run.intake.close()
         if self._bridge is not None:  # take no new deliveries; finish those taken
             await self._bridge.stop_consuming()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.idle(), drain_timeout)
-        # Pause every lane before cancelling any: a handler's cancellation may still send
-        # replies, and they must find lanes that keep them for the dead letters below.
+            await asyncio.wait_for(run.idle(), drain_timeout)
         # Lanes a reload retired (removed or replaced agents) may still hold work too.
         lanes = [(name, agent.lane) for name, agent in self._wiring.agents.items()]
-        lanes += self._reloader.close()
-        for _, lane in lanes:
-            lane.pause()
-        left = 0
-        for _, lane in lanes:
-            left += await lane.cancel(Reason.SHUTDOWN)
-        for name, lane in lanes:
-            left += ledger.abandon(lane.drain_queue() + lane.cancel_timers(), name,
-                                   Reason.SHUTDOWN)
-        self._checked.clear()  # what the chain did not take is dead-lettered below
-        left += ledger.abandon([(spore, 0) for spore in intake.finish()], None,
-                               Reason.SHUTDOWN)
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await chain
+        self._checked.clear()  # what the chain did not take is dead-lettered
+        left = await abandon_all([*lanes, *self._reloader.close()], run.ledger)
+        await run.finish_chain()
         self._requests.stop(lambda: OrganismStateError("the organism stopped"))
         await self._agent_states.stop(self._wiring.agents)  # on_stop hooks, after the drain
         await self._procpool.close()
@@ -449,12 +354,8 @@ class Organism:
         Its references (emit, peers, subscriptions) are checked against this organism;
         a problem raises :class:`ConfigError` and changes nothing.
         """
-        if name in self.spec.agents:
-            raise _python_problem(f"agents.{name}", f"agent {name!r} exists already; reload a "
-                                                    f"changed file to change it")
-        added = self._agent_spec(name, agent)
-        spec = dataclasses.replace(self.spec, agents={**self.spec.agents, name: added})
-        return await self._reloader.apply(spec, source=f"add_agent({name!r})")
+        return await self._reloader.apply(with_agent(self.spec, name, agent),
+                                          source=f"add_agent({name!r})")
 
     async def remove_agent(self, name: str) -> ReloadReport:
         """Remove agent ``name`` as a reload would: it finishes what it holds, and spores
@@ -463,44 +364,12 @@ class Organism:
         Raises :class:`ConfigError` while another agent still emits to it or names it
         among its peers.
         """
-        if name not in self.spec.agents:
-            raise DeliveryError(f"no agent {name!r} in organism {self.spec.name!r}",
-                                reason=Reason.UNKNOWN_AGENT)
-        users = sorted(a.name for a in self.spec.agents.values() if a.name != name and (
-            (a.emit is not None and a.emit.to == name) or (a.peers and name in a.peers)))
-        if users:
-            raise _python_problem(f"agents.{name}", f"agents {users} still emit to or name "
-                                                    f"{name!r} as a peer; change them first")
-        agents = {n: a for n, a in self.spec.agents.items() if n != name}
-        spec = dataclasses.replace(self.spec, agents=agents)
-        return await self._reloader.apply(spec, source=f"remove_agent({name!r})")
-
-    def _agent_spec(self, name: str, agent: Mapping[str, Any]) -> AgentSpec:
-        """Check one agent's declaration against this organism's names; return its spec."""
-        spec = self.spec
-        builtin = ("main", "dead-letter")
-        probe = organism_from_dict({
-            "organism": {"name": spec.name},
-            # The others as stubs: enough for the new agent's references to resolve.
-            "agents": {**{n: {"handler": _stub} for n in spec.agents}, name: dict(agent)},
-            "channels": {c.name: {k: list(v) for k, v in (("publish", c.publish),
-                                                          ("subscribe", c.subscribe))
-                                  if v is not None}
-                         for c in spec.channels.values() if c.name not in builtin},
-        }, base_dir=spec.base_dir)
-        return probe.agents[name]
+        return await self._reloader.apply(without_agent(self.spec, name),
+                                          source=f"remove_agent({name!r})")
 
     async def idle(self) -> None:
         """Return once nothing is queued or in flight (raise if the chain crashed)."""
-        intake, chain = self._require_running()
-        waiter = asyncio.ensure_future(intake.idle())
-        try:
-            await asyncio.wait([waiter, chain], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-        if chain.done() and not chain.cancelled() and chain.exception() is not None:
-            raise OrganismStateError(f"organism {self.spec.name!r} crashed") from (
-                chain.exception())
+        await self._require_running().idle()
 
     def stop_when(self, condition: str | Callable[[Stats], bool], *, interval: float = 0.1,
                   drain_timeout: float | None = 30.0) -> asyncio.Task[int]:
@@ -513,31 +382,19 @@ class Organism:
         stopped otherwise first).
         """
         self._require_running()
-        predicate = parse_condition(condition) if isinstance(condition, str) else condition
-
-        async def watch() -> int:
-            await wait_until(self.stats, lambda stats: self._state != State.RUNNING
-                             or predicate(stats), interval=interval)
-            if self._state != State.RUNNING:
-                return 0
-            return await self.stop(drain_timeout=drain_timeout)
-
-        task = asyncio.get_running_loop().create_task(watch(), name="sporeflow:stop_when")
+        task = stop_task(self.stats, lambda: self._state == State.RUNNING,
+                         lambda: self.stop(drain_timeout=drain_timeout), condition,
+                         interval=interval)
         self._stop_watchers.add(task)
         task.add_done_callback(self._stop_watchers.discard)
         return task
 
-    def _require_running(self) -> tuple[Intake, asyncio.Task[None]]:
-        if self._intake is None or self._chain is None or self._state == State.NEW:
+    def _require_running(self) -> Run:
+        if self._run is None or self._state == State.NEW:
             raise OrganismStateError(
                 f"organism {self.spec.name!r} is not running; use `async with "
                 f"organism.running():` or `await organism.start()` first")
-        return self._intake, self._chain
-
-    def _require_ingress(self) -> Ingress:
-        self._require_running()
-        assert self._ingress is not None
-        return self._ingress
+        return self._run
 
     def _admission_refusal(self) -> OrganismStateError | None:
         if self._state == State.RUNNING:
@@ -554,7 +411,7 @@ class Organism:
         refusal = self._admission_refusal()
         if refusal is not None:
             raise refusal
-        return await self._require_ingress().submit(spore)
+        return await self._require_running().ingress.submit(spore)
 
     # send and broadcast return submit's coroutine rather than being coroutines of their
     # own: one frame less per spore, and a bad argument raises at the call already.
@@ -563,7 +420,7 @@ class Organism:
              spore_type: SporeType = SporeType.KNOWLEDGE,
              **extra: Any) -> Coroutine[Any, Any, Spore]:
         """Send knowledge to one agent; await it for the spore sent."""
-        ingress = self._require_ingress()
+        ingress = self._require_running().ingress
         return ingress.submit(ingress.outside_spore(
             knowledge, to=to_agent, channel=channel, sender=sender, spore_type=spore_type,
             priority=priority, expires_in=expires_in, extra=extra))
@@ -572,7 +429,7 @@ class Organism:
                   sender: str = "system", priority: int = 5,
                   expires_in: float | None = None) -> Coroutine[Any, Any, Spore]:
         """Broadcast knowledge to every subscriber of ``channel``; await it for the spore."""
-        ingress = self._require_ingress()
+        ingress = self._require_running().ingress
         return ingress.submit(ingress.outside_spore(
             knowledge, to=None, channel=channel, sender=sender,
             spore_type=SporeType.BROADCAST, priority=priority, expires_in=expires_in,
@@ -586,7 +443,7 @@ class Organism:
         seconds, and :class:`HandlerError` (caused by the handler's exception) as
         soon as the responder fails, without waiting for the timeout.
         """
-        ingress = self._require_ingress()
+        ingress = self._require_running().ingress
         spore = ingress.outside_spore(knowledge, to=to_agent, channel=None, sender=sender,
                                       spore_type=SporeType.REQUEST, priority=priority,
                                       expires_in=None, extra={})
@@ -630,7 +487,8 @@ class Organism:
             name=self.spec.name, state=str(self._state),
             uptime=round(time.monotonic() - self._started_at, 3) if self._started_at else 0.0,
             wiring=self._wiring, channels=self.spec.channels, latency=self._latency,
-            intake=self._intake, ledger=self._ledger, returned=self.returned,
+            intake=self._run.intake if self._run else None,
+            ledger=self._run.ledger if self._run else None, returned=self.returned,
             dead_letters=self.dead_letters,
             journal=self._journal.stats() if self._journal is not None else None,
             broker=self._bridge.statistics() if self._bridge is not None else None,
@@ -640,6 +498,3 @@ class Organism:
         """Each agent's handler-latency histogram (live objects: read them on the loop)."""
         return dict(self._latency)
 
-
-def _python_problem(path: str, message: str) -> ConfigError:
-    return ConfigError([Problem(file="<python>", line=0, column=0, path=path, message=message)])

@@ -5,7 +5,7 @@ Stages see spores and plain options only: no YAML, no broker, no globals.
 
 from sporeflow.steps.buckets import PriorityBuckets
 from sporeflow.steps.dispatch import AgentLane, LanePolicy, RunnerPool, backoff_delay, dispatch
-from sporeflow.steps.envelope import payload_from_xml, spore_from_xml, spore_to_xml
+from sporeflow.steps.envelope import payload_from_xml
 from sporeflow.steps.expire import expire_filter, utc_now
 from sporeflow.steps.replies import reply_spore, shape_replies
 from sporeflow.steps.route import RoutingTable, permission_error, route
@@ -28,6 +28,8 @@ from sporeflow.steps.spore import (
     SporeType,
     new_spore,
     new_spore_id,
+    spore_from_xml,
+    spore_to_xml,
 )
 from sporeflow.steps.types import Batch, Delivery, Reject, SchemaCheck
 from sporeflow.steps.validate import check_spore, validate

@@ -1,7 +1,8 @@
-"""The XML envelope of a spore: every field, namespaced, canonical.
+"""The XML envelope of a spore: every field, namespaced, canonical. It works on a spore's
+JSON form (a dict), so that ``steps.spore`` can use it without a cycle.
 
-``spore_to_xml(spore)`` writes one element ``spore`` in the namespace ``NAMESPACE``
-(``urn:sporeflow:spore:1``, prefix ``sf``), serialised as C14N 2.0, so the same spore
+``Spore.to_xml()`` (:func:`fields_to_xml`) writes one element ``spore`` in the namespace
+``NAMESPACE`` (``urn:sporeflow:spore:1``, prefix ``sf``), serialised as C14N 2.0, so the same spore
 (its dicts' keys in the same order) always gives the same bytes, and decoding then
 encoding gives the bytes back::
 
@@ -27,8 +28,8 @@ encoding gives the bytes back::
 * ``knowledge_references`` and ``data_references`` (when not empty) hold one ``sf:ref``
   element per reference, in order.
 
-``spore_from_xml`` accepts any well-formed document of that shape (whitespace between
-the envelope's elements, an XML declaration) and checks every field like
+``Spore.from_xml`` (:func:`xml_to_fields`) accepts any well-formed document of that shape
+(whitespace between the envelope's elements, an XML declaration) and checks every field like
 ``Spore.from_dict``. It parses safely: a document type declaration is refused before
 parsing (no entity expansion, no external entities), the parser resolves no entities,
 loads no DTD, never touches the network or files, and input over ``max_bytes`` or
@@ -43,12 +44,12 @@ takes it: the element's tag is the kind, its attributes and children the knowled
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Final
 
 from lxml import etree
 
 from sporeflow.config.errors import SporeError
-from sporeflow.steps.spore import Spore
 from sporeflow.steps.xmlpayload import (
     Payload,
     XmlPayloadError,
@@ -63,8 +64,8 @@ __all__ = [
     "DEFAULT_MAX_DEPTH",
     "NAMESPACE",
     "payload_from_xml",
-    "spore_from_xml",
-    "spore_to_xml",
+    "fields_to_xml",
+    "xml_to_fields",
 ]
 
 NAMESPACE: Final = "urn:sporeflow:spore:1"
@@ -87,17 +88,17 @@ _WS: Final = " \t\r\n"
 _EXCERPT: Final = 120
 
 
-def spore_to_xml(spore: Spore) -> bytes:
-    """The canonical (C14N 2.0) XML envelope of ``spore``; see the module docstring."""
+def fields_to_xml(data: Mapping[str, Any]) -> bytes:
+    """The canonical (C14N 2.0) XML envelope of a spore's JSON form (``Spore.to_dict``);
+    see the module docstring."""
     try:
-        return canonical_bytes(_envelope(spore))
+        return canonical_bytes(_envelope(data))
     except (ValueError, TypeError) as exc:
-        raise SporeError(f"spore {spore.id} has no XML form: {exc}") from None
+        raise SporeError(f"spore {data.get('id')} has no XML form: {exc}") from None
 
 
-def _envelope(spore: Spore) -> etree._Element:
+def _envelope(data: Mapping[str, Any]) -> etree._Element:
     root = etree.Element(_ROOT, nsmap={PREFIX: NAMESPACE})
-    data = spore.to_dict()
     for name in _ATTRIBUTE_FIELDS:
         value = data[name]
         if value is not None:
@@ -115,10 +116,11 @@ def _envelope(spore: Spore) -> etree._Element:
     return root
 
 
-def spore_from_xml(
+def xml_to_fields(
     data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_depth: int = DEFAULT_MAX_DEPTH
-) -> Spore:
-    """Decode an XML envelope, checking every field; raise only :class:`SporeError`."""
+) -> dict[str, Any]:
+    """Decode an XML envelope into a spore's JSON form, for ``Spore.from_dict`` to check
+    every field; raise only :class:`SporeError`."""
     root = _parse(data, max_bytes, max_depth)
     if root.tag != _ROOT:
         raise SporeError(
@@ -140,7 +142,7 @@ def spore_from_xml(
         fields.update(_field_element(child, fields))
     if "knowledge" not in fields:
         raise SporeError("the spore envelope has no <sf:knowledge> element; add one")
-    return Spore.from_dict(fields)
+    return fields
 
 
 def _field_element(child: etree._Element, seen: dict[str, Any]) -> dict[str, Any]:

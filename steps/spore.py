@@ -20,6 +20,12 @@ from enum import StrEnum
 from typing import Any
 
 from sporeflow.config.errors import SporeError
+from sporeflow.steps.envelope import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_DEPTH,
+    fields_to_xml,
+    xml_to_fields,
+)
 
 __all__ = [
     "DEFAULT_CHANNEL",
@@ -30,6 +36,8 @@ __all__ = [
     "SporeType",
     "new_spore",
     "new_spore_id",
+    "spore_from_xml",
+    "spore_to_xml",
 ]
 
 JSONObject = dict[str, Any]
@@ -160,15 +168,11 @@ class Spore:
 
     def to_xml(self) -> bytes:
         """The canonical XML envelope (see :mod:`sporeflow.steps.envelope`)."""
-        from sporeflow.steps.envelope import spore_to_xml  # the envelope imports Spore
-
-        return spore_to_xml(self)
+        return fields_to_xml(self.to_dict())
 
     @classmethod
     def from_xml(cls, data: str | bytes) -> Spore:
         """Decode an XML envelope; raise :class:`SporeError` on any malformed input."""
-        from sporeflow.steps.envelope import spore_from_xml
-
         return spore_from_xml(data)
 
     @classmethod
@@ -211,6 +215,17 @@ _FIELD_ORDER = Spore.__slots__
 # skips type.__call__, which packs the keywords into a dict and then runs
 # object.__init__, a quarter of the cost of making a spore.
 new_spore = functools.partial(Spore.__new__, Spore)
+
+
+def spore_to_xml(spore: Spore) -> bytes:
+    """The canonical (C14N 2.0) XML envelope of ``spore``."""
+    return spore.to_xml()
+
+
+def spore_from_xml(data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                   max_depth: int = DEFAULT_MAX_DEPTH) -> Spore:
+    """Decode an XML envelope, checking every field; raise only :class:`SporeError`."""
+    return Spore.from_dict(xml_to_fields(data, max_bytes=max_bytes, max_depth=max_depth))
 
 
 class _Draft:

@@ -112,7 +112,7 @@ from typing import Final
 
 from lxml import etree
 
-from sporeflow.config.errors import SporeError
+from sporeflow.steps.xmlrepair import EXCERPT_CHARS, NCNAME, WS, XmlPayloadError, excerpt, repair
 
 __all__ = [
     "ADDRESSING_ATTRS",
@@ -137,33 +137,10 @@ _ESCAPE_ATTR: Final = "k"
 _TYPE_ATTR: Final = "type"
 _LIST_ITEM_TAG: Final = "item"
 _MARKERS: Final = frozenset({"str", "int", "float", "bool", "null", "dict", "list"})
-_ROOT_TAG: Final = "sporeflow-payloads"
-_EXCERPT_CHARS: Final = 200
-_WS: Final = " \t\r\n"
-
-# XML 1.0 (fifth edition) names.
-_NAME_START: Final = (
-    "A-Z_a-z\xc0-\xd6\xd8-\xf6\xf8-\u02ff\u0370-\u037d\u037f-\u1fff\u200c\u200d"
-    "\u2070-\u218f\u2c00-\u2fef\u3001-\ud7ff\uf900-\ufdcf\ufdf0-\ufffd\U00010000-\U000effff"
-)
-_NAME_CHAR: Final = _NAME_START + r"\-.0-9\xb7\u0300-\u036f\u203f\u2040"
-_NCNAME: Final = f"[{_NAME_START}][{_NAME_CHAR}]*"
-_QNAME: Final = f"[{_NAME_START}][{_NAME_CHAR}:]*"
-_NCNAME_RE: Final = re.compile(_NCNAME)
+_NCNAME_RE: Final = re.compile(NCNAME)
 _PLAIN_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
-
-_S: Final = "[ \t\r\n]"
-_QUOTED: Final = "\"([^\"<]*)\"|'([^'<]*)'"
-_UNQUOTED: Final = "([^ \t\r\n\"'<>`=]+)"
-_ATTR_RE: Final = re.compile(f"({_QNAME}){_S}*={_S}*(?:{_QUOTED}|{_UNQUOTED})")
-_ANY_ATTR: Final = f"{_QNAME}{_S}*={_S}*(?:\"[^\"<]*\"|'[^'<]*'|[^ \t\r\n\"'<>`=]+?)"
-_START_RE: Final = re.compile(f"<({_QNAME})((?:{_S}+{_ANY_ATTR})*){_S}*(/?)>")
-_END_RE: Final = re.compile(rf"</({_QNAME})[^<>]*>")
 _DTD_RE: Final = re.compile(r"<!\s*(?:DOCTYPE|ENTITY|ELEMENT|ATTLIST|NOTATION)", re.IGNORECASE)
 _ILLEGAL_RE: Final = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-_ESCAPE_RE: Final = re.compile(
-    r"&(?:#([0-9]{1,8});|#x([0-9a-fA-F]{1,8});|(?:lt|gt|amp|quot|apos);)?|[<>]"
-)
 _NUMBER_RE: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 _INT_MARKED_RE: Final = re.compile(r"[+-]?[0-9]+")
 _FLOAT_MARKED_RE: Final = re.compile(
@@ -171,24 +148,6 @@ _FLOAT_MARKED_RE: Final = re.compile(
 )
 _XML_START_STR: Final = re.compile(r"[\s\ufeff]*<")
 _XML_START_BYTES: Final = re.compile(rb"(?:\s|\xef\xbb\xbf)*<")
-
-
-class XmlPayloadError(SporeError, ValueError):
-    """Text that cannot be turned into payloads, or that was refused as unsafe.
-
-    ``message`` says why (for unrecoverable text, in the parser's words); ``excerpt`` is
-    the offending part of the input, at most about 200 characters.
-    """
-
-    def __init__(self, message: str, excerpt: str = "") -> None:
-        super().__init__(message, excerpt)
-        self.message = message
-        self.excerpt = excerpt
-
-    def __str__(self) -> str:
-        if not self.excerpt:
-            return self.message
-        return f"{self.message} (near {self.excerpt[:60]!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +229,7 @@ def _write_value(el: etree._Element, value: object) -> None:
 
 
 def _needs_str_marker(value: str) -> bool:
-    return value != value.strip(_WS) or not isinstance(_infer(value), str)
+    return value != value.strip(WS) or not isinstance(_infer(value), str)
 
 
 def _check_xml_text(value: str) -> None:
@@ -291,13 +250,13 @@ def element_to_knowledge(el: etree._Element) -> dict[str, object]:
 def _read_object(el: etree._Element, attrs: list[tuple[str, str]]) -> dict[str, object]:
     groups: dict[str, list[object]] = {}
     for name, value in attrs:
-        groups.setdefault(name, []).append(_infer(value.strip(_WS)))
+        groups.setdefault(name, []).append(_infer(value.strip(WS)))
     pieces = [el.text or ""]
     for child in el:
         pieces.append(child.tail or "")
         if isinstance(child.tag, str):
             groups.setdefault(_key_of(child), []).append(_read_value(child))
-    text = "".join(pieces).strip(_WS)
+    text = "".join(pieces).strip(WS)
     if text:
         groups.setdefault(TEXT_KEY, []).append(_infer(text))
     return {key: values[0] if len(values) == 1 else values for key, values in groups.items()}
@@ -315,7 +274,7 @@ def _read_value(el: etree._Element) -> object:
             return _read_object(el, _data_attributes(el, drop_type=True))
         if marker == "list":
             return [_read_value(child) for child in el if isinstance(child.tag, str)]
-        stripped = text.strip(_WS)
+        stripped = text.strip(WS)
         if marker == "bool" and stripped in ("true", "false"):
             return stripped == "true"
         if marker == "int" and _INT_MARKED_RE.fullmatch(stripped):
@@ -328,7 +287,7 @@ def _read_value(el: etree._Element) -> object:
     attrs = _data_attributes(el, drop_type=marker in _MARKERS)
     if attrs or any(isinstance(child.tag, str) for child in el):
         return _read_object(el, attrs)
-    return _infer((el.text or "").strip(_WS))
+    return _infer((el.text or "").strip(WS))
 
 
 def _infer(text: str) -> object:
@@ -413,17 +372,17 @@ def parse_payloads(
         raise XmlPayloadError(
             "document type declarations are not allowed (entity expansion and external "
             "entities are refused)",
-            _excerpt(source, dtd.start()),
+            excerpt(source, dtd.start()),
         )
     source = _ILLEGAL_RE.sub("\ufffd", source)
-    repaired = _Repairer(source, max_depth).run()
+    repaired = repair(source, max_depth)
     parser = _make_parser()
     try:
         root = etree.fromstring(repaired, parser)
     except etree.XMLSyntaxError as exc:  # pragma: no cover - the repaired text is balanced
-        raise XmlPayloadError(str(exc), _excerpt(source)) from exc
+        raise XmlPayloadError(str(exc), excerpt(source)) from exc
     if root is None:  # pragma: no cover - idem
-        raise XmlPayloadError(_first_error(parser) or "no element", _excerpt(source))
+        raise XmlPayloadError(_first_error(parser) or "no element", excerpt(source))
     payloads: list[Payload] = []
     for child in root:
         if not isinstance(child.tag, str):
@@ -435,7 +394,7 @@ def parse_payloads(
     if not payloads:
         raise XmlPayloadError(
             f"no XML element could be recovered: {_raw_parser_message(source)}",
-            _excerpt(source),
+            excerpt(source),
         )
     return payloads
 
@@ -445,14 +404,14 @@ def _decode(text: str | bytes, max_bytes: int) -> str:
         if len(text) > max_bytes:
             raise XmlPayloadError(
                 f"input is {len(text)} bytes, over max_bytes={max_bytes}",
-                _excerpt(bytes(text[: _EXCERPT_CHARS * 4]).decode("utf-8", "replace")),
+                excerpt(bytes(text[: EXCERPT_CHARS * 4]).decode("utf-8", "replace")),
             )
         try:
             return bytes(text).decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise XmlPayloadError(
                 f"input is not UTF-8: {exc.reason}",
-                _excerpt(bytes(text).decode("utf-8", "replace"), exc.start),
+                excerpt(bytes(text).decode("utf-8", "replace"), exc.start),
             ) from exc
     if not isinstance(text, str):
         raise TypeError(f"text must be str or bytes, not {type(text).__name__}")
@@ -460,12 +419,9 @@ def _decode(text: str | bytes, max_bytes: int) -> str:
     if len(text) > max_bytes or (
         len(text) * 4 > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes
     ):
-        raise XmlPayloadError(f"input is over max_bytes={max_bytes} bytes", _excerpt(text))
+        raise XmlPayloadError(f"input is over max_bytes={max_bytes} bytes", excerpt(text))
     return text
 
-
-def _excerpt(text: str, start: int = 0) -> str:
-    return text[start : start + _EXCERPT_CHARS]
 
 
 def _make_parser() -> etree.XMLParser:
@@ -507,220 +463,3 @@ def _check_depth(el: etree._Element, max_depth: int, source: str) -> None:
             raise XmlPayloadError(f"elements nested deeper than max_depth={max_depth}", "")
         stack.extend((child, depth + 1) for child in node if isinstance(child.tag, str))
 
-
-# --- the repairing scanner ---------------------------------------------------------------
-
-_TEXT: Final = 0
-_CDATA: Final = 1
-_START: Final = 2
-_EMPTY: Final = 3
-_END: Final = 4
-
-
-@dataclass(slots=True)
-class _Token:
-    kind: int
-    pos: int
-    raw: str = ""
-    name: str = ""
-    attrs: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(slots=True)
-class _Frame:
-    index: int
-    name: str
-    unclosed: bool
-    first_gap: str | None = None
-
-
-def _tokenize(text: str) -> list[_Token]:
-    tokens: list[_Token] = []
-    scanner = _Scanner(text)
-    text_start = pos = 0
-    while (lt := text.find("<", pos)) >= 0:
-        token, end = scanner.markup_at(lt)
-        if end < 0:  # a '<' that starts nothing: literal text
-            pos = lt + 1
-            continue
-        if lt > text_start:
-            tokens.append(_Token(_TEXT, text_start, raw=text[text_start:lt]))
-        if token is not None:
-            tokens.append(token)
-        pos = text_start = end
-    if text_start < len(text):
-        tokens.append(_Token(_TEXT, text_start, raw=text[text_start:]))
-    return tokens
-
-
-class _Scanner:
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.found: dict[str, int] = {}  # terminator -> its next known position, or -1
-
-    def find(self, terminator: str, start: int) -> int:
-        """``text.find(terminator, start)`` for increasing starts, linear overall."""
-        known = self.found.get(terminator)
-        if known is not None and (known < 0 or known >= start):
-            return known
-        self.found[terminator] = position = self.text.find(terminator, start)
-        return position
-
-    def markup_at(self, lt: int) -> tuple[_Token | None, int]:
-        """The markup starting at ``lt`` and where it ends; end -1 if there is none."""
-        text = self.text
-        if text.startswith("<!--", lt):
-            end = self.find("-->", lt + 4)
-            return None, (end + 3 if end >= 0 else -1)
-        if text.startswith("<![CDATA[", lt):
-            end = self.find("]]>", lt + 9)
-            if end < 0:
-                return None, -1
-            return _Token(_CDATA, lt, raw=text[lt : end + 3]), end + 3
-        if text.startswith("<?", lt):
-            end = self.find("?>", lt + 2)
-            return None, (end + 2 if end >= 0 else -1)
-        if text.startswith("</", lt):
-            match = _END_RE.match(text, lt)
-            if match is None:
-                return None, -1
-            return _Token(_END, lt, name=match.group(1)), match.end()
-        match = _START_RE.match(text, lt)
-        if match is None:
-            return None, -1
-        attrs: dict[str, str] = {}
-        for attr in _ATTR_RE.finditer(match.group(2)):
-            value = next(group for group in attr.groups()[1:] if group is not None)
-            attrs.setdefault(attr.group(1), value)
-        kind = _EMPTY if match.group(3) else _START
-        return _Token(kind, lt, name=match.group(1), attrs=tuple(attrs.items())), match.end()
-
-
-def _escape_text(text: str) -> str:
-    return _ESCAPE_RE.sub(_escape_match, text)
-
-
-def _escape_match(match: re.Match[str]) -> str:
-    found = match.group()
-    if found == "<":
-        return "&lt;"
-    if found == ">":
-        return "&gt;"
-    if found == "&":
-        return "&amp;"
-    decimal, hexadecimal = match.group(1), match.group(2)
-    if decimal is None and hexadecimal is None:
-        return found  # one of the five predefined entities
-    code = int(decimal, 10) if decimal is not None else int(hexadecimal, 16)
-    if code in (0x9, 0xA, 0xD) or 0x20 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD:
-        return found
-    if 0x10000 <= code <= 0x10FFFF:
-        return found
-    return "&amp;" + found[1:]
-
-
-def _render_start(token: _Token) -> str:
-    attrs = "".join(
-        f' {name}="{_escape_text(value).replace(chr(34), "&quot;")}"'
-        for name, value in token.attrs
-    )
-    return f"<{token.name}{attrs}{'/' if token.kind == _EMPTY else ''}>"
-
-
-class _Repairer:
-    """Rewrites sloppy text as balanced XML under one synthetic root."""
-
-    def __init__(self, text: str, max_depth: int) -> None:
-        self.text = text
-        self.tokens = _tokenize(text)
-        self.matches, self.unclosed = self._match_tags(max_depth)
-        self.out: list[str] = []
-        self.frames: list[_Frame] = []
-        self.pending: list[str] = []
-
-    def _match_tags(self, max_depth: int) -> tuple[dict[int, int], set[int]]:
-        """Pair end tags with start tags as a stack would; enforce the depth limit."""
-        stack: list[int] = []
-        matches: dict[int, int] = {}
-        closed: set[int] = set()
-        for index, token in enumerate(self.tokens):
-            if token.kind in (_START, _EMPTY):
-                if len(stack) + 1 > max_depth:
-                    raise XmlPayloadError(
-                        f"elements nested deeper than max_depth={max_depth}",
-                        _excerpt(self.text, token.pos),
-                    )
-                if token.kind == _START:
-                    stack.append(index)
-            elif token.kind == _END:
-                for level in range(len(stack) - 1, -1, -1):
-                    if self.tokens[stack[level]].name == token.name:
-                        matches[index] = stack[level]
-                        closed.add(stack[level])
-                        del stack[level:]
-                        break
-        unclosed = {
-            index
-            for index, token in enumerate(self.tokens)
-            if token.kind == _START and index not in closed
-        }
-        return matches, unclosed
-
-    def run(self) -> str:
-        self.out.append(f"<{_ROOT_TAG}>")
-        for index, token in enumerate(self.tokens):
-            if token.kind == _TEXT:
-                self.pending.append(_escape_text(token.raw))
-            elif token.kind == _CDATA:
-                self.pending.append(token.raw)
-            elif token.kind == _END:
-                start = self.matches.get(index)
-                if start is None:
-                    continue  # stray end tag
-                self._settle(opening=False)
-                self._flush()
-                while self.frames:
-                    frame = self.frames.pop()
-                    self.out.append(f"</{frame.name}>")
-                    if frame.index == start:
-                        break
-            else:
-                self._settle(opening=True)
-                self._flush()
-                self.out.append(_render_start(token))
-                if token.kind == _START:
-                    self.frames.append(_Frame(index, token.name, index in self.unclosed))
-        self._settle(opening=False)
-        self._flush()
-        self.out.extend(f"</{frame.name}>" for frame in reversed(self.frames))
-        self.out.append(f"</{_ROOT_TAG}>")
-        return "".join(self.out)
-
-    def _flush(self) -> None:
-        self.out.extend(self.pending)
-        self.pending.clear()
-
-    def _settle(self, *, opening: bool) -> None:
-        """Close never-closed elements early where their content changes shape.
-
-        Called before a start tag (``opening``), an end tag or the end of the text, with
-        the text since the previous tag pending.
-        """
-        gap = "".join(self.pending)
-        prose = gap.strip(_WS) != ""
-        while self.frames and self.frames[-1].unclosed:
-            frame = self.frames[-1]
-            if frame.first_gap is None:  # no child element yet
-                if not opening:
-                    return
-                if not prose:
-                    frame.first_gap = gap
-                    return
-                self._flush()  # the text is the element's content; the child is not
-                gap, prose = "", False
-            elif (opening and gap != frame.first_gap) or (not opening and prose):
-                pass  # the element ends before the gap
-            else:
-                return
-            self.out.append(f"</{frame.name}>")
-            self.frames.pop()

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from sporeflow.pipeline import Organism, Spore
 from sporeflow.pipeline.cli.main import cli
-from sporeflow.pipeline.journal.store import JournalFile
+from sporeflow.pipeline.journal.offline import JournalFile
 
 BROKEN = '''
 from pathlib import Path

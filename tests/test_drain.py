@@ -226,7 +226,7 @@ async def test_sends_after_stop_began_raise_organism_state_error() -> None:
     await org.send("blocker", {"n": 0})
     await asyncio.wait_for(started.wait(), BACKSTOP)
     waiting = asyncio.ensure_future(org.send("blocker", {"n": 1}))  # the organism is full
-    await wait_until(lambda: bool(org._intake and org._intake._senders))
+    await wait_until(lambda: bool(org._run and org._run.intake._senders))
     assert not waiting.done()
 
     stopping = asyncio.ensure_future(org.stop(drain_timeout=BACKSTOP))

@@ -63,8 +63,8 @@ async def test_reply_storm_completes_without_deadlock_and_admission_bounds_what_
     async def storm(spore: Spore, ctx: Any) -> list[dict[str, int]] | None:
         nonlocal peak, handled
         handled += 1
-        assert org._intake is not None
-        peak = max(peak, org._intake.held)
+        assert org._run is not None
+        peak = max(peak, org._run.intake.held)
         level = spore.knowledge["level"]
         if level >= LEVELS:
             return None

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from sporeflow.pipeline import Organism, Spore
-from sporeflow.pipeline.journal.store import Journal, JournalError, JournalFile
+from sporeflow.pipeline.journal.offline import JournalFile
+from sporeflow.pipeline.journal.sqlite import JournalError
+from sporeflow.pipeline.journal.store import Journal
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -10,7 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
-from sporeflow.pipeline.journal.store import JournalError, JournalFile
+from sporeflow.pipeline.journal.offline import JournalFile
+from sporeflow.pipeline.journal.sqlite import JournalError
 
 ORGANISM = Path(__file__).parent / "organisms" / "journal" / "organism.yaml"
 COUNT = 3000  # the organism's boot: {count: 3000}

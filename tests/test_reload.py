@@ -27,7 +27,7 @@ from sporeflow.pipeline import Organism, Spore
 from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
 from sporeflow.pipeline.broker.backend import Topology
 from sporeflow.pipeline.observe.events import Event, OrganismReloaded, SporeHandled
-from sporeflow.pipeline.reload.reloader import ReloadReport, diff_specs
+from sporeflow.pipeline.reload.diff import ReloadReport, diff_specs
 
 from .conformance.harness import AMQP_URL, broker_reachable
 from .conftest import VirtualClockLoop

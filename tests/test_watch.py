@@ -16,7 +16,7 @@ from watchfiles import Change
 from sporeflow.config import SporeflowError
 from sporeflow.pipeline import Organism
 from sporeflow.pipeline.cli.main import cli
-from sporeflow.pipeline.reload.reloader import ReloadReport
+from sporeflow.pipeline.reload.diff import ReloadReport
 from sporeflow.pipeline.reload.watch import (
     Changes,
     require_watchfiles,

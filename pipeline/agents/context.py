@@ -30,7 +30,8 @@ class HandlerPort(Protocol):
 
     async def ask(self, spore: Spore, timeout: float, parent: Spore, agent: str) -> Spore: ...
 
-    def agent_specs(self) -> Mapping[str, AgentSpec]: ...
+    @property
+    def agents(self) -> Mapping[str, AgentSpec]: ...
 
     def subscribers(self, channel: str) -> tuple[str, ...]: ...
 
@@ -127,7 +128,7 @@ class Context:
         """A short text describing the agents this one may address: each one's
         description, what it accepts (from its schema) and an example payload; made
         for the system prompt of a handler backed by a language model."""
-        return peers_prompt(self._agent.spec, self._organism.agent_specs())
+        return peers_prompt(self._agent.spec, self._organism.agents)
 
     async def store(self, knowledge: dict[str, Any]) -> str:
         """Keep ``knowledge`` in the organism's knowledge store; return its reference, for

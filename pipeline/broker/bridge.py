@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -57,7 +57,7 @@ from sporeflow.pipeline.broker.factory import open_backend
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.core.requests import FAILURE_KEY
-from sporeflow.pipeline.core.run import RunParts
+from sporeflow.pipeline.core.run import Run
 from sporeflow.steps import Delivery, Spore, SporeType
 from sporeflow.steps.signing import signed, verify
 
@@ -114,7 +114,7 @@ class Bridge(LedgerHook):
         self.topology = Topology.of(spec)
         self.logger = logging.getLogger(f"sporeflow.bridge.{spec.name}")
         self._key: Secret | None = spec.signing_key
-        self._run: RunParts | None = None
+        self._run: Run | None = None
         self._reply_queue: str | None = None
         self._inflight: dict[int, _Ticket] = {}  # id(delivered spore) -> its ticket
         self._untrusted: set[int] = set()  # id() of spores from the broker, until settled
@@ -129,13 +129,13 @@ class Bridge(LedgerHook):
                        "publish_failures": 0, "failure_notices": 0}
 
     @property
-    def run(self) -> RunParts:
+    def run(self) -> Run:
         assert self._run is not None, "the bridge is used before start()"
         return self._run
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def start(self, run: RunParts) -> None:
+    async def start(self, run: Run) -> None:
         """Declare the topology, the reply queue, and consume each hosted agent's queue."""
         self._run = run
         await self.backend.open(self.topology)
@@ -329,14 +329,19 @@ class Bridge(LedgerHook):
             self._spawn(_gather(jobs))
         return deliveries
 
-    def outside(self, spore: Spore) -> bool:
-        """Publish ``spore`` if it goes to another process (a response to a request from
-        there, or a spore for a remote sender); False if it stays in this one."""
-        if (spore.spore_type is _RESPONSE and spore.reply_to in self._reply_routes) or (
-                spore.to_agent in self._remote):
-            self._spawn(self._publish(spore, 1, ()))
-            return True
-        return False
+    def outside_or(self, local: Callable[[Spore], None]) -> Callable[[Spore], None]:
+        """The ledger's outside callback: a spore for another process (a response to a
+        request from there, or a spore for a remote sender) is published, the rest go to
+        ``local``, this process's outside world."""
+
+        def on_outside(spore: Spore) -> None:
+            if (spore.spore_type is _RESPONSE and spore.reply_to in self._reply_routes) or (
+                    spore.to_agent in self._remote):
+                self._spawn(self._publish(spore, 1, ()))
+            else:
+                local(spore)
+
+        return on_outside
 
     async def _publish(self, spore: Spore, count: int, targets: tuple[str, ...]) -> None:
         queue = routing_key = reply_queue = None

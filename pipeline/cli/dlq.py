@@ -24,7 +24,8 @@ import click
 
 from sporeflow.config import SporeflowError, load_organism
 from sporeflow.pipeline.cli.util import ORGANISM_ARG, fail, guarded
-from sporeflow.pipeline.journal.store import JournalError, JournalFile, StoredDeadLetter
+from sporeflow.pipeline.journal.offline import JournalFile
+from sporeflow.pipeline.journal.sqlite import JournalError, StoredDeadLetter
 from sporeflow.pipeline.observe.logs import configure_logging
 from sporeflow.pipeline.observe.summary import render_summary
 from sporeflow.pipeline.organism import Organism

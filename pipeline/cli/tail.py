@@ -11,7 +11,6 @@ tail (events read from a running organism's exchange) plugs in there.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import json
 import os
 import signal
@@ -23,7 +22,7 @@ from typing import Any
 
 import click
 
-from sporeflow.config import SporeflowError
+from sporeflow.config import SporeflowError, did_you_mean
 from sporeflow.pipeline.cli.util import ORGANISM_ARG, fail, guarded
 from sporeflow.pipeline.observe.events import (
     Event,
@@ -185,8 +184,7 @@ def _check_names(option: str, given: Iterable[str], known: Iterable[str], what: 
     names = sorted(known)
     for name in given:
         if name not in names:
-            close = difflib.get_close_matches(name, names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f"; there are: {', '.join(names)}"
+            hint = did_you_mean(name, names) or f"; there are: {', '.join(names)}"
             raise click.BadParameter(f"no {what} {name!r} in organism {organism!r}{hint}",
                                      param_hint=f"'{option}'")
 

@@ -12,17 +12,31 @@ batches (lists) of spores before ``route``, or over batches of deliveries
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Callable, Container, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from aiostream import stream
 
-from sporeflow.config import ConfigError, Problem, StageSpec
+from sporeflow.config import ConfigError, Limits, Problem, StageSpec
 from sporeflow.config.reasons import did_you_mean
-from sporeflow.steps import Reject
+from sporeflow.pipeline.core.budget import ThreadBudget, enforce_budget
+from sporeflow.pipeline.core.ledger import Ledger
+from sporeflow.pipeline.core.requests import RequestBook
+from sporeflow.pipeline.core.wiring import WiringSnapshot
+from sporeflow.steps import (
+    Reject,
+    SchemaCheck,
+    Spore,
+    check_schemas,
+    dispatch,
+    expire_filter,
+    route,
+    validate,
+)
 
-__all__ = ["Stage", "assemble", "place"]
+__all__ = ["Stage", "assemble", "declare_chain", "place"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +45,38 @@ class Stage:
 
     name: str
     piped: Any
+
+
+def declare_chain(*, limits: Limits, ledger: Ledger, requests: RequestBook,
+                  wiring: Callable[[], WiringSnapshot], outside: Container[str],
+                  checked: set[int], now: Callable[[], datetime], budget: ThreadBudget,
+                  verify: SchemaCheck | None = None,
+                  arrived: Callable[[Spore], str | None] | None = None,
+                  last: Stage | None = None, user: Sequence[StageSpec] = ()) -> list[Stage]:
+    """An organism's stages, in order, with the user's in their places.
+
+    ``verify`` and ``arrived`` come from a broker bridge (signatures, the queue a spore
+    came from); ``last`` replaces ``dispatch`` (a bridge publishes instead).
+    """
+    reject = ledger.reject
+    stages = [
+        Stage("validate", validate.pipe(limits=limits, on_reject=reject, checked=checked,
+                                        verify=verify)),
+        Stage("expire", expire_filter.pipe(on_reject=reject, now=now)),
+    ]
+    if budget.enforcing:  # only with a per-thread limit: no cost otherwise
+        stages.append(Stage("budget", enforce_budget.pipe(budget=budget, on_reject=reject)))
+    stages += [
+        Stage("route", route.pipe(
+            table=lambda: wiring().table, on_reject=reject, asked=requests.asked,
+            abandoned=requests.abandoned, on_response=ledger.resolve, outside=outside,
+            on_outside=lambda spore: ledger.on_outside(spore),
+            on_broadcast=ledger.broadcast_routed, arrived=arrived)),
+        Stage("schema", check_schemas.pipe(schemas=lambda: wiring().schemas, on_reject=reject)),
+        last or Stage("dispatch", dispatch.pipe(lanes=lambda: wiring().lanes,
+                                                on_reject=reject)),
+    ]
+    return place(stages, user, reject)
 
 
 def place(stages: Sequence[Stage], user: Sequence[StageSpec], reject: Reject) -> list[Stage]:

@@ -1,24 +1,89 @@
-"""What one run of an organism is made of, as features see it (the broker bridge)."""
+"""One run of an organism, from start to stop: its intake, ledger, ingress and chain.
+
+A restart makes a new :class:`Run`; what outlives runs (dead letters, the outbox,
+pending requests, the wiring) is handed in. Features that work per run (the broker
+bridge) receive the run itself.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import datetime
 
+from sporeflow.config import OrganismSpec, OrganismStateError
+from sporeflow.pipeline.core.chain import Stage, assemble
+from sporeflow.pipeline.core.deadletters import DeadLetterStore
+from sporeflow.pipeline.core.ingress import Ingress
 from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.ledger import Ledger
 from sporeflow.pipeline.core.requests import RequestBook
 from sporeflow.pipeline.core.wiring import WiringSnapshot
+from sporeflow.steps import Spore
 
-__all__ = ["RunParts"]
+__all__ = ["Run"]
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class RunParts:
-    intake: Intake
-    ledger: Ledger
-    requests: RequestBook
-    wiring: Callable[[], WiringSnapshot]
-    outside: set[str]  # senders whose spores are returned outside, not routed to agents
-    running: Callable[[], bool]
-    idle: Callable[[], Awaitable[None]]
+class Run:
+    def __init__(self, *, spec: OrganismSpec, dead_letters: DeadLetterStore,
+                 requests: RequestBook, wiring: Callable[[], WiringSnapshot],
+                 logger: logging.Logger, now: Callable[[], datetime], outbox: deque[Spore],
+                 listeners: list[Callable[[Spore], None]], checked: set[int],
+                 outside: set[str], admitting: Callable[[], OrganismStateError | None],
+                 running: Callable[[], bool]) -> None:
+        self.spec = spec
+        self.requests = requests
+        self.wiring = wiring
+        self.outside = outside  # senders whose spores are returned outside, not routed
+        self.running = running
+        self.logger = logger
+        self.intake = Intake(max_in_flight=spec.limits.max_in_flight,
+                             capacities={c.name: c.capacity for c in spec.channels.values()})
+        self.ledger = Ledger(intake=self.intake, dead_letters=dead_letters, requests=requests,
+                             wiring=wiring, logger=logger, now=now, outbox=outbox,
+                             listeners=listeners)
+        self.ingress = Ingress(intake=self.intake, ledger=self.ledger, requests=requests,
+                               wiring=wiring, limits=spec.limits, admitting=admitting,
+                               now=now, checked=checked, outside=outside,
+                               organism=spec.name)
+        self.chain: asyncio.Task[None] | None = None
+
+    def start_chain(self, stages: Sequence[Stage], on_crash: Callable[[], None]) -> None:
+        """Run the chain of ``stages`` over the intake, in a task of its own."""
+
+        async def pump() -> None:
+            try:
+                async with assemble(self.intake.batches(), stages).stream() as deliveries:
+                    async for _ in deliveries:
+                        pass  # the stages did the work; the lanes run the handlers
+            except Exception:
+                self.logger.critical("the chain of %r crashed; the organism stops",
+                                     self.spec.name, exc_info=True)
+                on_crash()
+                raise
+
+        self.chain = asyncio.get_running_loop().create_task(pump(),
+                                                            name=f"sporeflow:{self.spec.name}")
+
+    async def idle(self) -> None:
+        """Return once nothing is queued or in flight (raise if the chain crashed)."""
+        chain = self.chain
+        assert chain is not None, "the chain starts with the run"
+        waiter = asyncio.ensure_future(self.intake.idle())
+        try:
+            await asyncio.wait([waiter, chain], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if chain.done() and not chain.cancelled() and chain.exception() is not None:
+            raise OrganismStateError(f"organism {self.spec.name!r} crashed") from (
+                chain.exception())
+
+    async def finish_chain(self) -> None:
+        """Wait for the chain to end (after ``intake.finish()``), whatever its end."""
+        if self.chain is not None:
+            try:
+                await self.chain
+            except (Exception, asyncio.CancelledError):  # already logged by pump
+                pass

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import difflib
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-__all__ = ["StopCondition", "parse_condition", "wait_until"]
+from sporeflow.config.reasons import did_you_mean
+
+__all__ = ["StopCondition", "parse_condition", "stop_task", "wait_until"]
 
 Stats = Mapping[str, Any]
 
@@ -111,8 +112,7 @@ class StopCondition:
             if depth and path[depth - 1] in _ZERO_WHEN_MISSING:
                 return 0
             known = sorted(value) if isinstance(value, Mapping) else []
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {'.'.join([*path[:depth], close[0]])!r}?)" if close else ""
+            hint = did_you_mean(key, known, within=".".join(path[:depth]))
             where = ".".join(path[:depth]) or "the stats"
             raise ValueError(f"condition {self.text!r}: {where} has no {key!r}{hint}")
         return value
@@ -132,3 +132,19 @@ async def wait_until(stats: Callable[[], Stats], predicate: Callable[[Stats], bo
     # Polling is the point: an event set per spore would put the check on the hot path.
     while not predicate(stats()):  # noqa: ASYNC110
         await asyncio.sleep(interval)
+
+
+def stop_task(stats: Callable[[], Stats], running: Callable[[], bool],
+              stop: Callable[[], Coroutine[Any, Any, int]],
+              condition: str | Callable[[Stats], bool], *,
+              interval: float) -> asyncio.Task[int]:
+    """A task that calls ``stop()`` once ``condition`` holds over ``stats()`` (checked
+    every ``interval`` seconds); it ends with 0 if the run ended otherwise first."""
+    predicate = parse_condition(condition) if isinstance(condition, str) else condition
+
+    async def watch() -> int:
+        await wait_until(stats, lambda current: not running() or predicate(current),
+                         interval=interval)
+        return await stop() if running() else 0
+
+    return asyncio.get_running_loop().create_task(watch(), name="sporeflow:stop_when")

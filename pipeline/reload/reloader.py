@@ -19,30 +19,37 @@ What cannot change in a running organism (``organism.*`` such as the backend,
 and the limits the chain's stages hold) is kept, and the report warns that it
 takes effect at the next start.
 
-This module is the organism's own machinery, kept out of ``organism.py``: it
-works on the organism's internals on purpose.
+The reloader sees the organism through :class:`ReloadPort`: it builds agents and
+swaps the wiring snapshot (``rewire``), never the organism's fields. The diff and the
+report are in :mod:`.diff`, the handler files in :mod:`.sources`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import importlib
 import logging
 import sys
 import time
 from collections.abc import Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Protocol
 
 from sporeflow.config import AgentSpec, ConfigError, OrganismSpec, SporeflowError, check_organism
-from sporeflow.config.handlers import reimport
-from sporeflow.config.positions import read_yaml
 from sporeflow.pipeline.core.wiring import AgentRuntime, WiringSnapshot
 from sporeflow.pipeline.observe.events import AgentStateChanged, EventBus, OrganismReloaded
+from sporeflow.pipeline.reload.diff import (
+    LIVE_LIMITS,
+    ReloadReport,
+    SpecDiff,
+    broker_bound,
+    diff_specs,
+    refusal,
+    restart_only,
+)
+from sporeflow.pipeline.reload.sources import HandlerSources
 from sporeflow.steps import AgentLane
 
 
@@ -71,7 +78,7 @@ class ReloadPort(Protocol):
 
     async def boot(self, name: str, knowledge: Mapping[str, Any]) -> Any: ...
 
-__all__ = ["ReloadReport", "Reloader", "SpecDiff", "diff_specs", "handler_files"]
+__all__ = ["ReloadPort", "Reloader"]
 
 _logger = logging.getLogger("sporeflow.reload")
 
@@ -79,235 +86,6 @@ _logger = logging.getLogger("sporeflow.reload")
 # request (they then hold no slot, and the responder may be the new lane itself).
 _LENT_CHECK = 0.05
 
-# Fields that name or describe something without changing how it runs.
-_AGENT_IGNORED = frozenset({"name", "description", "handler_ref", "handler"})
-_CHANNEL_IGNORED = frozenset({"name", "description"})
-_ORGANISM_IGNORED = frozenset({"agents", "channels", "limits", "source", "base_dir",
-                               "description"})
-# The limits a running organism takes at once; the chain's stages hold the others.
-_LIVE_LIMITS = ("max_in_flight",)
-
-
-# -- the diff ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SpecDiff:
-    """What differs between two organism specs, by agent, by channel and in the limits.
-
-    ``changed`` and ``channels_changed`` map a name to the fields that changed
-    (``handler``, ``emit``, ``peers``, ``subscribe``, ``concurrency``, ``timeout``,
-    ``retry``, ``schema``, ``boot``, ...); ``organism_changed`` lists the
-    ``organism.*`` settings that changed.
-    """
-
-    added: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    changed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    unchanged: tuple[str, ...] = ()
-    channels_added: tuple[str, ...] = ()
-    channels_removed: tuple[str, ...] = ()
-    channels_changed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    limits_changed: tuple[str, ...] = ()
-    organism_changed: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "changed", MappingProxyType(dict(self.changed)))
-        object.__setattr__(self, "channels_changed",
-                           MappingProxyType(dict(self.channels_changed)))
-
-    @property
-    def empty(self) -> bool:
-        """True when the two specs run the same way."""
-        return not (self.added or self.removed or self.changed or self.channels_added
-                    or self.channels_removed or self.channels_changed or self.limits_changed
-                    or self.organism_changed)
-
-
-def diff_specs(old: OrganismSpec, new: OrganismSpec) -> SpecDiff:
-    """Compare ``old`` with ``new``, agent by agent and channel by channel.
-
-    A handler counts as changed when its import path differs or when it is
-    another function object, as after its module was re-imported.
-    """
-    changed = {name: fields_ for name in old.agents.keys() & new.agents.keys()
-               if (fields_ := _agent_changes(old.agents[name], new.agents[name]))}
-    channels = {name: fields_ for name in old.channels.keys() & new.channels.keys()
-                if (fields_ := _changed_fields(old.channels[name], new.channels[name],
-                                               _CHANNEL_IGNORED))}
-    return SpecDiff(
-        added=tuple(n for n in new.agents if n not in old.agents),
-        removed=tuple(n for n in old.agents if n not in new.agents),
-        changed={n: changed[n] for n in new.agents if n in changed},
-        unchanged=tuple(n for n in new.agents if n in old.agents and n not in changed),
-        channels_added=tuple(n for n in new.channels if n not in old.channels),
-        channels_removed=tuple(n for n in old.channels if n not in new.channels),
-        channels_changed={n: channels[n] for n in new.channels if n in channels},
-        limits_changed=_changed_fields(old.limits, new.limits, frozenset()),
-        organism_changed=_changed_fields(old, new, _ORGANISM_IGNORED),
-    )
-
-
-def _agent_changes(old: AgentSpec, new: AgentSpec) -> tuple[str, ...]:
-    changes = _changed_fields(old, new, _AGENT_IGNORED)
-    if old.handler_ref != new.handler_ref or old.handler is not new.handler:
-        changes = ("handler", *changes)
-    return changes
-
-
-def _changed_fields(old: Any, new: Any, ignored: frozenset[str]) -> tuple[str, ...]:
-    """The compared dataclass fields of ``old`` and ``new`` that differ."""
-    return tuple(f.name for f in fields(old) if f.compare and f.name not in ignored
-                 and getattr(old, f.name) != getattr(new, f.name))
-
-
-# -- the report ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadReport:
-    """What one reload did: applied (``ok``) or refused with located ``errors``."""
-
-    ok: bool
-    source: str
-    added: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    changed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    channels_added: tuple[str, ...] = ()
-    channels_removed: tuple[str, ...] = ()
-    channels_changed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    limits_changed: tuple[str, ...] = ()
-    reimported: tuple[str, ...] = ()
-    errors: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
-    duration: float = 0.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "changed", MappingProxyType(dict(self.changed)))
-        object.__setattr__(self, "channels_changed",
-                           MappingProxyType(dict(self.channels_changed)))
-
-    @property
-    def refused(self) -> bool:
-        return not self.ok
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain JSON-serialisable dict (as in ``stats()["reload"]["last"]``)."""
-        return {
-            "ok": self.ok, "refused": not self.ok, "source": self.source,
-            "added": list(self.added), "removed": list(self.removed),
-            "changed": {name: list(what) for name, what in self.changed.items()},
-            "channels": {"added": list(self.channels_added),
-                         "removed": list(self.channels_removed),
-                         "changed": {n: list(w) for n, w in self.channels_changed.items()}},
-            "limits_changed": list(self.limits_changed),
-            "reimported": list(self.reimported),
-            "errors": list(self.errors), "warnings": list(self.warnings),
-            "duration_s": round(self.duration, 6),
-        }
-
-    def summary(self) -> str:
-        """One line: what was applied, or how many problems refused the file."""
-        if not self.ok:
-            count = len(self.errors)
-            return f"{self.source}: refused, {count} problem{'s' if count != 1 else ''}"
-        parts = [f"{label} {', '.join(names)}" for label, names in (
-            ("added", self.added), ("removed", self.removed),
-            ("changed", [f"{n} ({', '.join(w)})" for n, w in self.changed.items()]),
-            ("channels added", self.channels_added),
-            ("channels removed", self.channels_removed),
-            ("channels changed", [f"{n} ({', '.join(w)})"
-                                  for n, w in self.channels_changed.items()]),
-            ("limits changed", self.limits_changed),
-            ("re-imported", self.reimported)) if names]
-        done = "; ".join(parts) if parts else "no change"
-        return f"{self.source}: applied: {done} ({self.duration * 1000:.1f} ms)"
-
-
-# -- handler modules -----------------------------------------------------------------
-
-
-def handler_files(spec: OrganismSpec) -> dict[str, Path]:
-    """The source files of ``spec``'s handler modules under its folder, by module name.
-
-    Installed packages and sporeflow's own modules are left out: a reload never
-    re-imports them.
-    """
-    base = spec.base_dir.resolve()
-    found: dict[str, Path] = {}
-    for agent in spec.agents.values():
-        name = getattr(agent.handler, "__module__", None)
-        if isinstance(name, str) and name not in found:
-            file = _module_file(name, base)
-            if file is not None:
-                found[name] = file
-    return found
-
-
-def _module_file(name: str, base: Path) -> Path | None:
-    if name == "__main__" or name.partition(".")[0] == "sporeflow":
-        return None
-    file = getattr(sys.modules.get(name), "__file__", None)
-    if not isinstance(file, str):
-        return None
-    path = Path(file).resolve()
-    if path.suffix != ".py" or not path.is_relative_to(base):
-        return None
-    # An organism folder may hold a virtualenv: what is installed there is not the user's.
-    return None if {"site-packages", "dist-packages"} & set(path.parts) else path
-
-
-def _digest(file: Path) -> str | None:
-    try:
-        return hashlib.sha256(file.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-class _HandlerSources:
-    """The handler modules seen so far, each with the digest of its file when imported."""
-
-    def __init__(self) -> None:
-        self._known: dict[str, tuple[Path, Path, str | None]] = {}  # name: file, folder, digest
-
-    def track(self, spec: OrganismSpec) -> None:
-        for name, file in handler_files(spec).items():
-            self._known.setdefault(name, (file, spec.base_dir.resolve(), _digest(file)))
-
-    def track_imported(self, before: Iterable[str], organism_file: Path) -> None:
-        """Track the modules beside ``organism_file`` imported since ``before`` (a refused
-        check may have imported a new handler module: an edit to it must be seen next time).
-        """
-        base, seen = organism_file.resolve().parent, set(before)
-        for name in [n for n in sys.modules if n not in seen]:
-            file = _module_file(name, base)
-            if file is not None:
-                self._known.setdefault(name, (file, base, _digest(file)))
-
-    def reimport_edited(self) -> list[str]:
-        """Re-import, in place, the tracked modules whose file changed; return their names.
-
-        A module that fails to re-import is dropped from ``sys.modules``: the check that
-        follows imports it again and reports the failure where the file names it.
-        """
-        done = []
-        for name, (file, base, digest) in list(self._known.items()):
-            current = _digest(file)
-            if current is None or current == digest:
-                continue
-            self._known[name] = (file, base, current)
-            if name not in sys.modules:
-                continue  # the check imports it afresh
-            try:
-                reimport(name, base)
-            except Exception:  # an import runs user code; the check reports it, located
-                sys.modules.pop(name, None)
-            else:
-                done.append(name)
-        return done
-
-
-# -- applying ------------------------------------------------------------------------
 
 
 class Reloader:
@@ -320,7 +98,7 @@ class Reloader:
     def __init__(self, organism: ReloadPort) -> None:
         self._organism = organism
         self._lock = asyncio.Lock()
-        self._sources = _HandlerSources()
+        self._sources = HandlerSources()
         self._sources.track(organism.spec)
         self._handovers: dict[str, asyncio.Task[None]] = {}  # by agent
         # Lanes that left the routing table and still finish work: stop() cancels them.
@@ -355,11 +133,11 @@ class Reloader:
             organism = self._organism
             file = Path(path) if path is not None else organism.spec.source
             if file is None:
-                report = _refusal("<dict>", started, [
+                report = refusal("<dict>", started, [
                     f"organism {organism.spec.name!r} was built from a dict and has no file "
                     f"to re-read; call reload(path=...) with an organism file"])
             elif organism.state in ("stopping", "failed"):
-                report = _refusal(str(file), started, [
+                report = refusal(str(file), started, [
                     f"{file}: organism {organism.spec.name!r} is {organism.state}; a reload "
                     f"applies only to a new, running or stopped organism"])
             else:
@@ -375,7 +153,7 @@ class Reloader:
             new, warnings = check_organism(file)
         except ConfigError as exc:
             self._sources.track_imported(before, file)
-            return _refusal(str(file), started,
+            return refusal(str(file), started,
                             [str(p) for p in exc.problems if not p.warning],
                             warnings=[str(p) for p in exc.problems if p.warning],
                             reimported=reimported)
@@ -390,7 +168,7 @@ class Reloader:
             started = time.perf_counter()
             organism = self._organism
             if organism.state in ("stopping", "failed"):
-                report = _refusal(source, started, [
+                report = refusal(source, started, [
                     f"{source}: organism {organism.spec.name!r} is {organism.state}; nothing "
                     f"was applied"])
             else:
@@ -404,24 +182,24 @@ class Reloader:
         organism = self._organism
         old = organism.spec
         diff = diff_specs(old, new)
-        if organism.brokered and (broker := _broker_bound(diff)):
-            return _refusal(str(file), started, [
+        if organism.brokered and (broker := broker_bound(diff)):
+            return refusal(str(file), started, [
                 f"{file}: over a broker, {broker}: the broker's queues and bindings are "
                 f"declared at start; restart the organism to apply this file"],
                 reimported=reimported)
-        notes = warnings + _restart_only(Path(file), diff)
+        notes = warnings + restart_only(Path(file), diff)
         previous = [task for name, task in self._handovers.items()
                     if name in diff.changed or name in diff.removed]
         if previous:  # one swap at a time per agent; the others go ahead
             await asyncio.wait(previous)
             if organism.state in ("stopping", "failed"):
-                return _refusal(str(file), started, [
+                return refusal(str(file), started, [
                     f"{file}: organism {organism.spec.name!r} began stopping during the "
                     f"reload; nothing was applied"], reimported=reimported)
         applied = replace(
             old, agents=new.agents, channels=new.channels, source=new.source,
             base_dir=new.base_dir, description=new.description,
-            limits=replace(old.limits, **{k: getattr(new.limits, k) for k in _LIVE_LIMITS}))
+            limits=replace(old.limits, **{k: getattr(new.limits, k) for k in LIVE_LIMITS}))
         if organism.state == "running":
             self._switch(applied, diff)
             notes += await self._start_added(diff.added)
@@ -577,41 +355,6 @@ class Reloader:
         if organism.events.active:
             organism.events.emit(OrganismReloaded(organism=organism.spec.name,
                                                   report=report.to_dict(), at=organism.now()))
-
-
-def _refusal(source: str, started: float, errors: list[str], *,
-             warnings: list[str] | None = None,
-             reimported: list[str] | None = None) -> ReloadReport:
-    return ReloadReport(ok=False, source=source, errors=tuple(errors),
-                        warnings=tuple(warnings or ()), reimported=tuple(reimported or ()),
-                        duration=time.perf_counter() - started)
-
-
-def _broker_bound(diff: SpecDiff) -> str:
-    """What in ``diff`` the broker's topology would have to follow ('' when nothing)."""
-    if diff.added or diff.removed:
-        return "a reload cannot add or remove agents"
-    moved = [name for name, what in diff.changed.items() if "subscribe" in what]
-    if moved:
-        return f"a reload cannot change subscriptions ({', '.join(moved)})"
-    if diff.channels_added or diff.channels_removed:
-        return "a reload cannot add or remove channels"
-    return ""
-
-
-def _restart_only(file: Path, diff: SpecDiff) -> list[str]:
-    """Warnings, located in ``file``, for the changes that wait for the next start."""
-    paths = [("organism", name) for name in diff.organism_changed]
-    paths += [("limits", name) for name in diff.limits_changed if name not in _LIVE_LIMITS]
-    if not paths:
-        return []
-    try:
-        located = read_yaml(file.read_text(encoding="utf-8"), str(file))
-    except (OSError, ValueError):
-        return [f"{file}: {'.'.join(p)}: changed; it takes effect at the next start"
-                for p in paths]
-    return [str(located.problem(p, "changed; the running organism keeps the old value until "
-                                   "its next start", warning=True)) for p in paths]
 
 
 def _move(old: AgentLane, new: AgentLane) -> int:

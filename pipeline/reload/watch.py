@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sporeflow.config import OrganismSpec, SporeflowError
-from sporeflow.pipeline.reload.reloader import ReloadReport, handler_files
+from sporeflow.pipeline.reload.diff import ReloadReport
+from sporeflow.pipeline.reload.sources import handler_files
 
 __all__ = [
     "Changes",

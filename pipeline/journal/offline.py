@@ -1,0 +1,140 @@
+"""A journal opened outside a running organism (``sporeflow dlq``)."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sporeflow.pipeline.core.deadletters import DeadLetter
+from sporeflow.pipeline.journal.sqlite import (
+    JournalError,
+    StoredDeadLetter,
+    booted_agents,
+    check_file,
+    connect,
+    spore_of,
+)
+from sporeflow.steps import Spore
+
+__all__ = ["JournalFile"]
+
+
+# -- the journal file at rest (for `sporeflow dlq`) -------------------------------------
+
+
+class JournalFile:
+    """A journal opened outside a running organism: its dead letters and pending spores.
+
+    ``with JournalFile(path) as journal: ...``; the file must exist and be a journal.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise JournalError(f"{self.path}: no journal here yet; it is created by the first "
+                               f"`sporeflow run` of an organism with this journal")
+        if not check_file(self.path):
+            raise JournalError(f"{self.path}: the file is empty; it is not a journal yet")
+        self._conn = connect(self.path, "normal", exists=True)
+
+    def __enter__(self) -> JournalFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def booted(self) -> set[str]:
+        """The agents whose boot spore this journal has recorded (it sends them once)."""
+        return booted_agents(self._conn)
+
+    def pending(self) -> list[Spore]:
+        """The unfinished spores, in the order they would be replayed."""
+        rows = self._conn.execute("SELECT spore FROM pending ORDER BY priority DESC, seq")
+        return [spore_of(self.path, row[0]) for row in rows]
+
+    def dead_letters(self, *, agents: Sequence[str] = (), reasons: Sequence[str] = (),
+                     ids: Sequence[str] = ()) -> list[StoredDeadLetter]:
+        """The dead letters matching every filter given, oldest first.
+
+        ``ids`` match a dead letter's number or its spore's id.
+        """
+        sql, params = _where(agents, reasons, ids)
+        rows = self._conn.execute(
+            "SELECT seq, spore, reason, error, agent, attempts, traceback, at "
+            f"FROM dead_letters{sql} ORDER BY seq", params)
+        return [StoredDeadLetter(row[0], DeadLetter(
+            spore_of(self.path, row[1]), row[2], row[3], row[4], row[5], row[6],
+            datetime.fromisoformat(row[7]))) for row in rows]
+
+    def replay(self, letters: Iterable[StoredDeadLetter]) -> int:
+        """Move ``letters`` back among the pending spores; returns how many were moved.
+
+        A broadcast goes back to the agent that failed on it only; an expired spore
+        loses its expiry (replaying it asks for it to be handled).
+        """
+        chosen = list(letters)
+        rows = [(s.id, s.priority, s.to_json()) for s in map(_replayable, chosen)]
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO pending (id, priority, spore) VALUES (?, ?, ?)", rows)
+            conn.executemany("DELETE FROM dead_letters WHERE seq = ?",
+                             [(s.number,) for s in chosen])
+        return len(chosen)
+
+    def purge(self, letters: Iterable[StoredDeadLetter]) -> int:
+        """Delete ``letters`` for good; returns how many were deleted."""
+        numbers = [(s.number,) for s in letters]
+        with self._transaction() as conn:
+            conn.executemany("DELETE FROM dead_letters WHERE seq = ?", numbers)
+        return len(numbers)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # a failed COMMIT may have ended it already
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: writing the journal failed: {exc}") from None
+
+
+def _replayable(stored: StoredDeadLetter) -> Spore:
+    letter = stored.letter
+    spore = letter.spore
+    if spore.to_agent is None and letter.agent is not None:
+        spore = replace(spore, to_agent=letter.agent)
+    if letter.reason == "expired":
+        spore = replace(spore, expires_at=None)
+    return spore
+
+
+def _where(agents: Sequence[str], reasons: Sequence[str],
+           ids: Sequence[str]) -> tuple[str, list[Any]]:
+    """The WHERE clause of the dead letters matching every filter given."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if agents:
+        clauses.append(f"agent IN ({', '.join('?' * len(agents))})")
+        params.extend(agents)
+    if reasons:
+        clauses.append(f"reason IN ({', '.join('?' * len(reasons))})")
+        params.extend(reasons)
+    if ids:
+        clauses.append("(" + " OR ".join("seq = ? OR spore_id = ?" for _ in ids) + ")")
+        for ident in ids:
+            params.extend((int(ident) if ident.isdigit() else -1, ident))
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params

@@ -1,0 +1,238 @@
+"""The journal's file: its SQLite schema, how a file is checked, opened and locked, and
+how spores and dead letters become rows."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from sporeflow.config import SporeError, SporeflowError
+from sporeflow.pipeline.core.deadletters import DeadLetter
+from sporeflow.steps import Spore
+
+try:  # an advisory lock keeps two processes from replaying one journal; POSIX only
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+
+__all__ = [
+    "APPLICATION_ID",
+    "DEAD_SQL",
+    "DELETE_SQL",
+    "INSERT_SQL",
+    "JournalError",
+    "NOT_JSON",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "SQLITE_MAGIC",
+    "StoredDeadLetter",
+    "Synchronous",
+    "TABLES",
+    "WAL_LIMIT",
+    "booted_agents",
+    "check_file",
+    "connect",
+    "letter_row",
+    "lock",
+    "logger",
+    "refuse",
+    "spore_of",
+    "spores_json",
+    "to_json",
+]
+
+APPLICATION_ID = 0x53504A4C  # "SPJL": marks the file as a sporeflow journal
+SCHEMA_VERSION = 1
+SQLITE_MAGIC = b"SQLite format 3\x00"
+TABLES = frozenset({"pending", "dead_letters", "meta"})
+SCHEMA = """
+CREATE TABLE pending (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    priority INTEGER NOT NULL,
+    spore TEXT NOT NULL
+);
+CREATE TABLE dead_letters (
+    seq INTEGER PRIMARY KEY,
+    spore_id TEXT NOT NULL,
+    at TEXT NOT NULL,
+    agent TEXT,
+    reason TEXT NOT NULL,
+    error TEXT NOT NULL,
+    traceback TEXT,
+    attempts INTEGER NOT NULL,
+    spore TEXT NOT NULL
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+WAL_LIMIT = 8 * 1024 * 1024  # the WAL file is truncated back to this after checkpoints
+
+
+logger = logging.getLogger("sporeflow.journal")
+
+Synchronous = Literal["normal", "full"]
+
+
+class JournalError(SporeflowError):
+    """The journal file cannot be used (foreign, damaged, in use) or a write failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDeadLetter:
+    """A dead letter kept in a journal, with its number there (what ``--id`` takes)."""
+
+    number: int
+    letter: DeadLetter
+
+
+# -- opening and checking a file ---------------------------------------------------
+
+
+def refuse(path: Path, why: str) -> JournalError:
+    return JournalError(f"{path}: {why}; it was left untouched: point the journal at "
+                        f"another file (a new path is created)")
+
+
+def check_file(path: Path) -> bool:
+    """Return True when ``path`` is a sporeflow journal, False when it is new or empty.
+
+    Raise :class:`JournalError` for anything else, without writing to the file.
+    """
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(SQLITE_MAGIC))
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise JournalError(f"{path}: cannot read the journal: {exc.strerror}") from None
+    if not head:
+        return False
+    if head != SQLITE_MAGIC:
+        raise refuse(path, "not a sporeflow journal (not an SQLite database)")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise JournalError(f"{path}: cannot open the journal: {exc}") from None
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if app_id != APPLICATION_ID or not TABLES <= tables:
+            raise refuse(path, "not a sporeflow journal (an SQLite database of something "
+                                "else)")
+        if version != SCHEMA_VERSION:
+            raise refuse(path, f"a sporeflow journal of format {version}, and this sporeflow "
+                                f"reads format {SCHEMA_VERSION}")
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise refuse(path, f"the journal is damaged ({problems[0]})")
+    except sqlite3.DatabaseError as exc:
+        raise refuse(path, f"the journal is damaged ({exc})") from None
+    finally:
+        conn.close()
+    return True
+
+
+def connect(path: Path, synchronous: Synchronous, *, exists: bool) -> sqlite3.Connection:
+    """Open ``path`` for writing (creating the schema if new), in WAL mode."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        if not exists:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
+        if not exists:  # one transaction: a file is a whole journal or an empty one
+            conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} "
+                               f"PRAGMA application_id = {APPLICATION_ID}; "
+                               f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+    except sqlite3.Error as exc:
+        raise JournalError(f"{path}: cannot open the journal for writing: {exc}") from None
+    return conn
+
+
+def booted_agents(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute("SELECT key FROM meta WHERE key LIKE 'booted:%'")
+    return {row[0].removeprefix("booted:") for row in rows}
+
+
+def spore_of(path: Path, text: str) -> Spore:
+    try:
+        return Spore.from_json(text)
+    except SporeError as exc:
+        raise refuse(path, f"the journal holds a spore that does not decode ({exc})") from None
+
+
+INSERT_SQL = ("INSERT OR IGNORE INTO pending (id, priority, spore) "
+               "SELECT value ->> 'id', value ->> 'priority', value FROM json_each(?)")
+DELETE_SQL = "DELETE FROM pending WHERE id IN (SELECT value FROM json_each(?))"
+DEAD_SQL = ("INSERT INTO dead_letters (spore_id, at, agent, reason, error, traceback, attempts, "
+             "spore) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, "
+             "value ->> 5, value ->> 6, value -> 7 FROM json_each(?)")
+NOT_JSON = (TypeError, ValueError, RecursionError)
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def spores_json(spores: Iterable[Spore]) -> str:
+    """The spores as one JSON array, leaving out (and logging) any that is not JSON."""
+    forms = []
+    for spore in spores:
+        try:
+            forms.append(spore.to_dict())
+        except Exception as exc:  # a field of the wrong type: validation refuses it
+            logger.warning("spore %r has a malformed field (%s: %s): not journaled",
+                           getattr(spore, "id", None), type(exc).__name__, exc)
+    try:
+        return to_json(forms)
+    except NOT_JSON:
+        kept = []
+        for form in forms:
+            try:
+                to_json(form)
+            except NOT_JSON as exc:
+                # Validation dead-letters it: it never runs, so has nothing to replay.
+                logger.warning("spore %s is not JSON (%s): not journaled", form["id"], exc)
+            else:
+                kept.append(form)
+        return to_json(kept)
+
+
+def letter_row(letter: DeadLetter) -> list[Any]:
+    spore = letter.spore
+    row: list[Any] = [str(spore.id), letter.at.isoformat(), letter.agent, letter.reason,
+                      letter.error, letter.traceback, letter.attempts, None]
+    try:
+        row[7] = spore.to_dict()
+        to_json(row[7])
+    except Exception:  # not JSON, or a malformed field: kept readable, as text
+        row[7] = {"id": str(spore.id), "not_json": repr(spore)[:10_000]}
+    return row
+
+
+def lock(path: Path) -> int:
+    """Hold an advisory lock on ``path`` (created if missing) for as long as the fd is open."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise JournalError(f"{path}: cannot open the journal: {exc.strerror}") from None
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise JournalError(f"{path}: the journal is in use by another running organism; "
+                               f"stop it first or use another journal file") from None
+    return fd
