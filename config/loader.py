@@ -23,6 +23,7 @@ from sporeflow.config.handlers import HandlerImportError, agent_method, resolve_
 from sporeflow.config.model import (
     BUILTIN_CHANNELS,
     DEFAULT_CAPACITY,
+    STAGE_NAMES,
     AgentSpec,
     BrokerSpec,
     ChannelSpec,
@@ -32,6 +33,7 @@ from sporeflow.config.model import (
     OrganismSpec,
     Retry,
     SequenceSpec,
+    StageSpec,
 )
 from sporeflow.config.positions import Located, YamlSyntaxError, read_yaml
 from sporeflow.config.positions import Path as DataPath
@@ -116,12 +118,14 @@ def _build(
     # The name checks below skip whatever has the wrong shape: that is reported already.
     problems += reference_problems(located)
     handlers = _resolve_handlers(located, base_dir, callables, problems)
+    stages = _resolve_stages(located, base_dir, problems)
     store = _resolve_store(located, base_dir, problems)
     schemas = _compile_schemas(located, base_dir, problems)
     signing_key = _signing_key(located, problems)
     if [p for p in problems if not p.warning]:
         raise ConfigError(_sorted(problems))
     spec = _with_schemas(_to_spec(data, handlers, base_dir, source, store), schemas)
+    spec = dataclasses.replace(spec, stages=stages)
     if signing_key is not None:
         spec = dataclasses.replace(spec, signing_key=signing_key,
                                    signing_key_env=data["organism"]["signing_key_env"])
@@ -240,6 +244,36 @@ def _resolve_handlers(
         if problem:
             problems.append(located.problem(("agents", name, "handler"), problem))
     return handlers
+
+
+def _resolve_stages(located: Located, base_dir: Path,
+                    problems: list[Problem]) -> tuple[StageSpec, ...]:
+    """The ``pipeline.stages`` of the file, their operators imported as handlers are."""
+    stages = []
+    declared = mapping(located.data.get("pipeline")).get("stages")
+    for index, conf in enumerate(declared if isinstance(declared, list) else []):
+        if not isinstance(conf, dict) or not isinstance(conf.get("use"), str):
+            continue  # reported by the schema pass
+        where = ("pipeline", "stages", index, "use")
+        if ("before" in conf) == ("after" in conf):
+            problems.append(located.problem(
+                ("pipeline", "stages", index), f"give exactly one of before: or after:, naming "
+                                               f"a stage of {list(STAGE_NAMES)}"))
+            continue
+        try:
+            operator = resolve_handler(conf["use"], base_dir)
+        except HandlerImportError as exc:
+            problems.append(located.problem(where, str(exc)))
+            continue
+        if not callable(getattr(operator, "pipe", None)):
+            problems.append(located.problem(where, f"{conf['use']!r} is not an aiostream "
+                                                   f"pipable operator; decorate it with "
+                                                   f"@aiostream.pipable_operator"))
+            continue
+        stages.append(StageSpec(operator=operator, before=conf.get("before"),
+                                after=conf.get("after"), options=dict(conf.get("options") or {}),
+                                name=str(conf.get("name", conf["use"]))))
+    return tuple(stages)
 
 
 def _handler_kind_problem(handler: Callable[..., Any], *, cpu_bound: bool) -> str | None:

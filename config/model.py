@@ -27,6 +27,10 @@ __all__ = [
     "StageSpec",
 ]
 
+STAGE_NAMES = ("validate", "expire", "budget", "route", "schema", "dispatch")
+"""The chain's own stages, in order; a user stage goes before or after one of them
+(``budget`` is in the chain only with a per-thread limit)."""
+
 DEFAULT_CHANNEL = "main"
 DEAD_LETTER_CHANNEL = "dead-letter"
 BUILTIN_CHANNELS = (DEFAULT_CHANNEL, DEAD_LETTER_CHANNEL)

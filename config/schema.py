@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sporeflow.config.model import DEFAULT_CAPACITY
+from sporeflow.config.model import DEFAULT_CAPACITY, STAGE_NAMES
 from sporeflow.config.units import DURATION_PATTERN, SIZE_PATTERN
 
 __all__ = ["ENV_NAME_PATTERN", "HANDLER_PATTERN", "MAX_DEPTH_CEILING", "NAME_PATTERN",
@@ -159,6 +159,18 @@ ORGANISM_SCHEMA: dict[str, Any] = {
             "agents": {"type": "object", "propertyNames": _name,
                        "additionalProperties": _agent},
             "limits": _limits,
+            "pipeline": _closed(
+                {"stages": {"type": "array", "items": _closed(
+                    {"use": {"type": "string", "pattern": HANDLER_PATTERN,
+                             "description": "module:operator, an aiostream pipable operator "
+                                            "over batches, beside this file or installed"},
+                     "before": {"enum": list(STAGE_NAMES)},
+                     "after": {"enum": list(STAGE_NAMES)},
+                     "name": {"type": "string", "minLength": 1},
+                     "options": {"type": "object",
+                                 "description": "keyword arguments of the operator"}},
+                    required=["use"])}},
+                description="the user's own stages in the chain"),
         },
         required=["agents"],
     ),

@@ -271,3 +271,80 @@ async def test_a_journaled_broadcast_refused_by_one_schema_stays_pending_for_the
         await organism.journal.flush()
         assert organism.journal.pending == 0
     assert reasons(organism) == ["schema"]
+
+
+STAGE_MODULE = '''
+from aiostream import pipable_operator, streamcontext
+
+
+@pipable_operator
+async def tag(source, *, reject, label):
+    async with streamcontext(source) as batches:
+        async for batch in batches:
+            yield [type(spore)(**{**{f: getattr(spore, f) for f in spore.__dataclass_fields__},
+                                  "metadata": {**spore.metadata, "tag": label}})
+                   for spore in batch]
+
+
+def not_an_operator(source):
+    return source
+'''
+
+
+def write_staged_organism(tmp_path: Path, stages: str) -> Path:
+    (tmp_path / "stages_mod.py").write_text(STAGE_MODULE)
+    (tmp_path / "keep_mod.py").write_text(
+        "seen = []\n\nasync def keep(spore, ctx):\n    seen.append(spore.metadata.get('tag'))\n")
+    file = tmp_path / "organism.yaml"
+    file.write_text(f"agents:\n  keep: {{handler: keep_mod:keep}}\npipeline:\n{stages}")
+    return file
+
+
+async def test_a_stage_declared_in_organism_yaml_runs_in_the_chain(tmp_path: Path) -> None:
+    file = write_staged_organism(tmp_path, "  stages:\n    - {use: stages_mod:tag, before: route,"
+                                           " options: {label: seen-by-yaml}}\n")
+    organism = Organism.from_file(file)
+    async with organism.running():
+        await organism.send("keep", {})
+        await organism.idle()
+    import keep_mod  # type: ignore[import-not-found]  # beside the organism file
+
+    assert keep_mod.seen == ["seen-by-yaml"]
+
+
+@pytest.mark.parametrize(("stages", "hint"), [
+    ("  stages:\n    - {use: stages_mod:missing, before: route}\n",
+     "pipeline.stages.0.use: handler 'stages_mod:missing'"),
+    ("  stages:\n    - {use: stages_mod:not_an_operator, after: route}\n",
+     "not an aiostream pipable operator"),
+    ("  stages:\n    - {use: stages_mod:tag, before: rout}\n", "pipeline.stages.0.before: 'rout'"),
+    ("  stages:\n    - {use: stages_mod:tag}\n", "give exactly one of before: or after:"),
+])
+def test_a_bad_stage_declaration_is_a_located_error(tmp_path: Path, stages: str,
+                                                     hint: str) -> None:
+    from sporeflow.config import ConfigError, load_organism
+
+    with pytest.raises(ConfigError) as error:
+        load_organism(write_staged_organism(tmp_path, stages))
+    assert hint in str(error.value)
+    assert "organism.yaml:" in str(error.value)
+
+
+def test_the_stage_names_a_user_may_name_are_the_chains() -> None:
+    from sporeflow.config.model import STAGE_NAMES
+    from sporeflow.pipeline.core.budget import ThreadBudget
+
+    spec = Organism.from_dict({"agents": {"a": {"handler": lambda s, c: None}}}).spec
+    organism = Organism(spec)
+    budget = ThreadBudget(max_spores=10)
+    from sporeflow.pipeline.core.chain import declare_chain
+    from sporeflow.pipeline.core.run import Run
+
+    run = Run(spec=spec, dead_letters=organism.dead_letters, requests=organism._requests,
+              wiring=organism.wiring, logger=organism.logger, now=organism.now,
+              outbox=organism.outbox, listeners=[], checked=set(), outside=set(),
+              admitting=lambda: None, running=lambda: True)
+    stages = declare_chain(limits=spec.limits, ledger=run.ledger, requests=run.requests,
+                           wiring=organism.wiring, outside=set(), checked=set(),
+                           now=organism.now, budget=budget)
+    assert tuple(stage.name for stage in stages) == STAGE_NAMES
