@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sporeflow.config.reasons import Reason
+
 __all__ = [
     "BrokerError",
     "ConfigError",
@@ -79,6 +81,8 @@ class SporeError(SporeflowError):
 class LimitExceeded(SporeError):
     """A spore breaks one of the organism's limits; the message names limit and value."""
 
+    reason = Reason.LIMIT_EXCEEDED
+
 
 class DeliveryError(SporeflowError):
     """A spore could not be delivered; ``reason`` is the dead-letter reason."""
@@ -92,7 +96,7 @@ class NotAPeer(DeliveryError):
     """The sender's ``peers`` (or a channel's ``publish`` list) forbid this destination."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, reason="not a peer")
+        super().__init__(message, reason=Reason.NOT_A_PEER)
 
 
 class HandlerError(SporeflowError):

@@ -12,8 +12,6 @@ import difflib
 from collections.abc import Iterable
 from enum import StrEnum
 
-from sporeflow.config.errors import LimitExceeded
-
 __all__ = ["Reason", "did_you_mean", "reason_of"]
 
 
@@ -34,19 +32,17 @@ class Reason(StrEnum):
     HANDLER_FAILED = "handler failed"
     TIMEOUT = "timeout"
     SHUTDOWN = "shutdown"
-    REMOVED = "removed"
     BROKER_ERROR = "broker error"
 
 
 def reason_of(error: BaseException | None) -> Reason:
-    """The dead-letter reason of a refusal: the error's own ``reason``, else by its kind."""
+    """The dead-letter reason of a refusal: the error's own ``reason`` (a class or an
+    instance attribute), else ``invalid``."""
     reason = getattr(error, "reason", None)
-    if isinstance(reason, str):
-        try:
-            return Reason(reason)
-        except ValueError:
-            return Reason.INVALID
-    return Reason.LIMIT_EXCEEDED if isinstance(error, LimitExceeded) else Reason.INVALID
+    try:
+        return Reason(reason) if isinstance(reason, str) else Reason.INVALID
+    except ValueError:
+        return Reason.INVALID
 
 
 def did_you_mean(word: object, choices: Iterable[str], *, within: str = "") -> str:

@@ -34,6 +34,7 @@ from sporeflow.config import (
     url_password,
 )
 from sporeflow.pipeline.agents.builder import AgentBuilder
+from sporeflow.pipeline.agents.context import RunPort
 from sporeflow.pipeline.agents.knowledge import make_knowledge_store
 from sporeflow.pipeline.agents.procpool import ProcessPool
 from sporeflow.pipeline.agents.state import AgentStates
@@ -44,6 +45,7 @@ from sporeflow.pipeline.core.chain import Stage, declare_chain
 from sporeflow.pipeline.core.deadletters import DeadLetterStore
 from sporeflow.pipeline.core.ingress import OUTSIDE_SENDERS
 from sporeflow.pipeline.core.latency import LatencyHistogram
+from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.core.lifecycle import State
 from sporeflow.pipeline.core.requests import RequestBook
 from sporeflow.pipeline.core.run import Run
@@ -115,6 +117,7 @@ class Organism:
         self._procpool = ProcessPool(spec.limits.process_pool)
         self.knowledge_store = make_knowledge_store(spec)  # what knowledge_references name
         self._run: Run | None = None  # this run's intake, ledger, ingress and chain
+        self._hooks: list[LedgerHook] = []  # the user's, attached at every start
         self._builder: AgentBuilder | None = None
         self._reloader = Reloader(self)  # notes the handler modules' files as imported now
 
@@ -186,19 +189,6 @@ class Organism:
     async def start_agent(self, agent: AgentRuntime) -> None:
         await self._agent_states.start({agent.spec.name: agent})
 
-    def emit(self, spore: Spore, parent: Spore, agent: str) -> None:
-        self._require_running().ingress.emit(spore, parent, agent)
-
-    async def ask(self, spore: Spore, timeout: float, parent: Spore, agent: str) -> Spore:
-        return await self._require_running().ingress.request(spore, timeout, parent=parent,
-                                                             agent=agent)
-
-    def subscribers(self, channel: str) -> tuple[str, ...]:
-        return self._wiring.table.subscribers.get(channel, ())
-
-    def spend(self, thread: str, amount: float) -> float:
-        return self._budget.spend(thread, amount)
-
     # -- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
@@ -245,6 +235,8 @@ class Organism:
             listeners=self._outside_listeners, checked=self._checked, outside=self._outside,
             admitting=self._admission_refusal, running=lambda: self._state == State.RUNNING)
         ledger, ingress = run.ledger, run.ingress
+        for hook in self._hooks:
+            ledger.add_hook(hook)
         if self._journal is not None:
             ledger.add_hook(JournalHook(self._journal, self._requests))
             ingress.persist = self._journal.record
@@ -255,8 +247,10 @@ class Organism:
             ledger.on_outside = self._bridge.outside_or(ledger.return_outside)
         if self.tracer is not None:  # the caller's span, if any, becomes the spore's origin
             ingress.stamp_outside, ingress.stamp_sent = self.tracer.stamp, self.tracer.stamp_sent
+        port = RunPort(ingress=ingress, wiring=self.wiring, budget=self._budget,
+                       knowledge_store=self.knowledge_store, now=self.now)
         self._builder = AgentBuilder(
-            port=self, ledger=ledger, pool=self._pool, procpool=self._procpool,
+            port=port, ledger=ledger, pool=self._pool, procpool=self._procpool,
             states=self._agent_states, latency=self._latency, base_dir=self.spec.base_dir,
             now=self.now, wrapper=self.tracer)
         return run
@@ -448,6 +442,12 @@ class Organism:
                                       spore_type=SporeType.REQUEST, priority=priority,
                                       expires_in=None, extra={})
         return await ingress.request(spore, timeout)
+
+    def add_hook(self, hook: LedgerHook) -> None:
+        """Watch how every spore is settled (see ``pipeline.core.ledger.LedgerHook``)."""
+        self._hooks.append(hook)
+        if self._run is not None:
+            self._run.ledger.add_hook(hook)
 
     def on_outside(self, listener: Callable[[Spore], None]) -> Callable[[], None]:
         """Call ``listener`` with each spore addressed to the outside world; returns an

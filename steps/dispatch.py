@@ -29,6 +29,7 @@ from aiostream import pipable_operator, streamcontext
 
 from sporeflow.config.errors import DeliveryError
 from sporeflow.config.model import Retry
+from sporeflow.config.reasons import Reason
 from sporeflow.steps.buckets import PriorityBuckets
 from sporeflow.steps.expire import utc_now
 from sporeflow.steps.spore import Spore
@@ -239,7 +240,7 @@ class AgentLane:
         self.handled = 0
         self.failed = 0
         self.retried = 0
-        self._cancel_reason = "shutdown"
+        self._cancel_reason: str = Reason.SHUTDOWN
         self._cancelled = 0
 
     # -- intake -------------------------------------------------------------
@@ -263,11 +264,6 @@ class AgentLane:
         """Take every queued spore out (for shutdown or removal), highest priority first."""
         return [(item.spore, item.attempt) if isinstance(item, _Retry) else (item, 1)
                 for item in self._mailbox.clear()]
-
-    @property
-    def timers(self) -> int:
-        """Retries waiting for their backoff."""
-        return len(self._timers)
 
     def cancel_timers(self) -> list[tuple[Spore, int]]:
         """Cancel pending retries and return their spores (shutdown)."""
@@ -359,8 +355,8 @@ class AgentLane:
         """Run one handler with its timeout and the expiry re-check."""
         if spore.expires_at is not None and spore.expires_at <= self._now():
             error = DeliveryError(f"spore {spore.id} expired before {self.name!r} could handle "
-                                  f"it", reason="expired")
-            self._on_failed(spore, "expired", error, attempt)
+                                  f"it", reason=Reason.EXPIRED)
+            self._on_failed(spore, Reason.EXPIRED, error, attempt)
             return
         timeout = self.policy.timeout
         deadline = None
@@ -391,13 +387,13 @@ class AgentLane:
                 self._on_failed(spore, self._cancel_reason, asyncio.CancelledError(
                     f"{self.name!r} was stopped while handling it"), attempt)
                 raise exc
-            self._fail(spore, attempt, "handler failed", asyncio.CancelledError(
+            self._fail(spore, attempt, Reason.HANDLER_FAILED, asyncio.CancelledError(
                 f"handler of {self.name!r} was cancelled from inside"))
         elif isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
-            self._fail(spore, attempt, "timeout", TimeoutError(
+            self._fail(spore, attempt, Reason.TIMEOUT, TimeoutError(
                 f"handler of {self.name!r} ran past its timeout of {self.policy.timeout}s"))
         elif isinstance(exc, Exception):
-            self._fail(spore, attempt, "handler failed", exc)
+            self._fail(spore, attempt, Reason.HANDLER_FAILED, exc)
         else:
             raise exc  # KeyboardInterrupt, SystemExit: not ours to swallow
 
@@ -433,9 +429,9 @@ async def dispatch(
                 for name in targets:
                     lane = current.get(name)
                     if lane is None:  # removed by a reload between route and here
-                        on_reject(spore, "unknown agent", DeliveryError(
+                        on_reject(spore, Reason.UNKNOWN_AGENT, DeliveryError(
                             f"agent {name!r} was removed before spore {spore.id} reached it",
-                            reason="unknown agent"))
+                            reason=Reason.UNKNOWN_AGENT))
                     else:
                         lane.deliver(spore)
             yield deliveries

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from aiostream import pipable_operator, streamcontext
 
 from sporeflow.config.errors import DeliveryError
+from sporeflow.config.reasons import Reason
 from sporeflow.steps.types import Batch, Reject
 
 __all__ = ["expire_filter", "utc_now"]
@@ -32,9 +33,9 @@ async def expire_filter(
             for spore in batch:
                 expires_at = spore.expires_at
                 if expires_at is not None and expires_at <= moment:
-                    on_reject(spore, "expired", DeliveryError(
+                    on_reject(spore, Reason.EXPIRED, DeliveryError(
                         f"spore {spore.id} expired at {expires_at.isoformat()}",
-                        reason="expired"))
+                        reason=Reason.EXPIRED))
                 else:
                     alive.append(spore)
             if alive:

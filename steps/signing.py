@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sporeflow.config.errors import SporeError
+from sporeflow.config.reasons import Reason
 from sporeflow.config.secrets import Secret
 from sporeflow.steps.spore import Spore
 
@@ -44,7 +45,7 @@ Key = bytes | str | Secret
 class BadSignature(SporeError):
     """A spore is unsigned, or its signature does not match this organism's key."""
 
-    reason = "bad signature"
+    reason = Reason.BAD_SIGNATURE
 
 
 def signing_bytes(spore: Spore) -> bytes:

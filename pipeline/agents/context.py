@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -12,11 +12,13 @@ from sporeflow.config import AgentSpec
 from sporeflow.pipeline.agents.knowledge import KnowledgeStore
 from sporeflow.pipeline.agents.orchestration import Gathered, gather_replies
 from sporeflow.pipeline.agents.peers import peers_prompt
+from sporeflow.pipeline.core.budget import ThreadBudget
+from sporeflow.pipeline.core.ingress import Ingress
 from sporeflow.pipeline.core.requests import new_request_id
-from sporeflow.pipeline.core.wiring import AgentRuntime
+from sporeflow.pipeline.core.wiring import AgentRuntime, WiringSnapshot
 from sporeflow.steps import Spore, SporeType, new_spore, reply_spore
 
-__all__ = ["Context", "HandlerPort"]
+__all__ = ["Context", "HandlerPort", "RunPort"]
 
 
 class HandlerPort(Protocol):
@@ -36,6 +38,30 @@ class HandlerPort(Protocol):
     def subscribers(self, channel: str) -> tuple[str, ...]: ...
 
     def spend(self, thread: str, amount: float) -> float: ...
+
+
+class RunPort:
+    """The :class:`HandlerPort` of one run: handlers' sends go to its ingress."""
+
+    def __init__(self, *, ingress: Ingress, wiring: Callable[[], WiringSnapshot],
+                 budget: ThreadBudget, knowledge_store: KnowledgeStore,
+                 now: Callable[[], datetime]) -> None:
+        self.emit = ingress.emit
+        self._ingress = ingress
+        self._wiring = wiring
+        self.spend = budget.spend
+        self.knowledge_store = knowledge_store
+        self.now = now
+
+    async def ask(self, spore: Spore, timeout: float, parent: Spore, agent: str) -> Spore:
+        return await self._ingress.request(spore, timeout, parent=parent, agent=agent)
+
+    @property
+    def agents(self) -> Mapping[str, AgentSpec]:
+        return {name: agent.spec for name, agent in self._wiring().agents.items()}
+
+    def subscribers(self, channel: str) -> tuple[str, ...]:
+        return self._wiring().table.subscribers.get(channel, ())
 
 
 class Context:

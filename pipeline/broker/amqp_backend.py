@@ -29,7 +29,6 @@ from typing import Any
 import aio_pika
 import aiormq
 from aio_pika.abc import (
-    AbstractChannel,
     AbstractConnection,
     AbstractExchange,
     AbstractIncomingMessage,
@@ -37,6 +36,7 @@ from aio_pika.abc import (
 )
 
 from sporeflow.config import BrokerError, SporeError, SporeflowError, redact_text, redact_url
+from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.broker.amqp_codec import spore_from_amqp, spore_to_amqp
 from sporeflow.pipeline.broker.backend import Backend, BackendStatistics, OnMessage, Topology
 from sporeflow.steps import Spore
@@ -61,7 +61,6 @@ class AmqpBackend(Backend):
         self.connect_timeout = connect_timeout
         self.stats = BackendStatistics(self.address)
         self._connection: AbstractConnection | None = None
-        self._publisher: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._default: AbstractExchange | None = None
         self._dead: AbstractExchange | None = None
@@ -85,7 +84,6 @@ class AmqpBackend(Backend):
         try:
             channel = await self._connection.channel(publisher_confirms=True,
                                                      on_return_raises=True)
-            self._publisher = channel
             self._exchange = await channel.declare_exchange(
                 topology.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
             self._dead = await channel.declare_exchange(
@@ -195,7 +193,7 @@ class AmqpBackend(Backend):
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
-        self._exchange = self._default = self._dead = self._publisher = None
+        self._exchange = self._default = self._dead = None
         self._consumers = []
         if connection is not None and not connection.is_closed:
             try:
@@ -222,21 +220,6 @@ class AmqpBackend(Backend):
             if owned and connection is not None:
                 await connection.close()
 
-    async def queue_depths(self, topology: Topology) -> dict[str, int]:
-        """Messages ready in each agent queue and the dead-letter queue (passive declares)."""
-        connection = self._require_connection()
-        depths: dict[str, int] = {}
-        try:
-            channel = await connection.channel()
-            for name in [*map(topology.queue, topology.subscriptions),
-                         topology.dead_letter_queue]:
-                queue = await channel.declare_queue(name, passive=True)
-                depths[name] = queue.declaration_result.message_count or 0
-            await channel.close()
-        except _ERRORS as exc:
-            raise self._fail("counting queued messages", exc) from exc
-        return depths
-
     def statistics(self) -> BackendStatistics:
         return BackendStatistics(**self.stats.as_dict())
 
@@ -260,7 +243,7 @@ class _AmqpInbound:
         try:
             self.spore = spore_from_amqp(raw.body, headers)
         except SporeError as exc:
-            self.rejection = ("invalid", exc)
+            self.rejection = (Reason.INVALID, exc)
 
     @property
     def redelivered(self) -> bool:

@@ -21,7 +21,6 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from types import TracebackType
 from typing import Any, Protocol
 
 from sporeflow.config import BrokerError, OrganismSpec, SporeflowError
@@ -179,8 +178,7 @@ class Backend(abc.ABC):
     async def __aenter__(self) -> Backend:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(self, *_: object) -> None:
         await self.close()
 
 # -- choosing a backend --------------------------------------------------------------

@@ -25,6 +25,7 @@ from datetime import datetime
 from functools import lru_cache
 
 from sporeflow.config import BrokerError, SporeflowError
+from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.broker.backend import (
     Backend,
     BackendStatistics,
@@ -113,7 +114,7 @@ class MemoryBroker:
             expires_at = message.spore.expires_at
             if expires_at is not None and expires_at <= self.now():
                 self.dead_letters.append(DeadLetter(
-                    message.spore, "expired", f"expired at {expires_at.isoformat()} while "
+                    message.spore, Reason.EXPIRED, f"expired at {expires_at.isoformat()} while "
                                               f"queued in {queue.name!r}"))
                 continue
             inbound = _MemoryInbound(self, queue, consumer, message)

@@ -17,7 +17,6 @@ import signal
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import click
@@ -129,8 +128,7 @@ class Tail:
             follow(self._stream, self._write, knowledge=self._knowledge), name="sporeflow:tail")
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(self, *_: object) -> None:
         self._stream.close()
         if self.finished is not None:
             await self.finished

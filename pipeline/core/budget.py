@@ -20,6 +20,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from aiostream import pipable_operator, streamcontext
 
 from sporeflow.config import LimitExceeded, Limits
+from sporeflow.config.reasons import Reason
 from sporeflow.steps import Batch, Reject, Spore
 
 __all__ = ["ThreadBudget", "enforce_budget"]
@@ -117,6 +118,6 @@ async def enforce_budget(source: AsyncIterable[Batch], *, budget: ThreadBudget,
                 if refusal is None:
                     kept.append(spore)
                 else:
-                    on_reject(spore, "budget", refusal)
+                    on_reject(spore, Reason.BUDGET, refusal)
             if kept:
                 yield kept

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from bisect import bisect_left
-
 __all__ = ["LatencyHistogram"]
 
 # 1 us to ~100 s, four buckets per doubling: a quantile is off by at most ~19%.
@@ -26,10 +24,6 @@ class LatencyHistogram:
     @property
     def count(self) -> int:
         return sum(self.counts)
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(BOUNDS, seconds)] += 1
-        self.total += seconds
 
     def quantile(self, q: float) -> float | None:
         """The upper bound of the bucket holding quantile ``q``, in seconds."""

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.pipeline.journal.sqlite import (
     JournalError,
@@ -117,7 +118,7 @@ def _replayable(stored: StoredDeadLetter) -> Spore:
     spore = letter.spore
     if spore.to_agent is None and letter.agent is not None:
         spore = replace(spore, to_agent=letter.agent)
-    if letter.reason == "expired":
+    if letter.reason == Reason.EXPIRED:
         spore = replace(spore, expires_at=None)
     return spore
 

@@ -19,7 +19,6 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, ClassVar
 
 from sporeflow.steps import Spore
@@ -300,8 +299,7 @@ class EventStream:
     async def __aenter__(self) -> EventStream:
         return self.open()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(self, *_: object) -> None:
         self.close()
 
     def __aiter__(self) -> EventStream:

@@ -68,7 +68,6 @@ class SporeTracer:
         from opentelemetry import trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        self._trace = trace
         self._tracer = trace.get_tracer("sporeflow", tracer_provider=tracer_provider)
         self._propagator = TraceContextTextMapPropagator()
         self._consumer = trace.SpanKind.CONSUMER
