@@ -233,7 +233,7 @@ class Organism:
             spec=self.spec, dead_letters=self.dead_letters, requests=self._requests,
             wiring=self.wiring, logger=self.logger, now=self.now, outbox=self.outbox,
             listeners=self._outside_listeners, checked=self._checked, outside=self._outside,
-            admitting=self._admission_refusal, running=lambda: self._state == State.RUNNING)
+            running=lambda: self._state == State.RUNNING)
         ledger, ingress = run.ledger, run.ingress
         for hook in self._hooks:
             ledger.add_hook(hook)
@@ -271,6 +271,9 @@ class Organism:
 
     def _set_state(self, new: State) -> None:
         old, self._state = self._state, new
+        if self._run is not None:  # what outside senders are told while not running
+            self._run.ingress.refusal = None if new == State.RUNNING else OrganismStateError(
+                f"organism {self.spec.name!r} is {new}; it admits no new spores")
         if self.events.active and old != new:
             at = self.now()
             self.events.emit(OrganismStateChanged(organism=self.spec.name, old=old, new=new,
@@ -390,32 +393,22 @@ class Organism:
                 f"organism.running():` or `await organism.start()` first")
         return self._run
 
-    def _admission_refusal(self) -> OrganismStateError | None:
-        if self._state == State.RUNNING:
-            return None
-        if self._state == State.NEW:
-            self._require_running()
-        return OrganismStateError(f"organism {self.spec.name!r} is {self._state}; it "
-                                  f"admits no new spores")
-
     # -- talking to the organism from outside ----------------------------------------
 
-    async def submit(self, spore: Spore) -> Spore:
+    def submit(self, spore: Spore) -> Coroutine[Any, Any, Spore]:
         """Admit a ready-made spore from outside; wait while the organism is full."""
-        refusal = self._admission_refusal()
-        if refusal is not None:
-            raise refusal
-        return await self._require_running().ingress.submit(spore)
+        return self._require_running().ingress.submit(spore)
 
-    # send and broadcast return submit's coroutine rather than being coroutines of their
-    # own: one frame less per spore, and a bad argument raises at the call already.
+    # submit, send and broadcast return the ingress's coroutine rather than being
+    # coroutines of their own: one frame less per spore, and a bad argument raises at
+    # the call already.
     def send(self, to_agent: str, knowledge: dict[str, Any], *, sender: str = "system",
              channel: str | None = None, priority: int = 5, expires_in: float | None = None,
              spore_type: SporeType = SporeType.KNOWLEDGE,
              **extra: Any) -> Coroutine[Any, Any, Spore]:
         """Send knowledge to one agent; await it for the spore sent."""
         ingress = self._require_running().ingress
-        return ingress.submit(ingress.outside_spore(
+        return ingress.enter(ingress.outside_spore(
             knowledge, to=to_agent, channel=channel, sender=sender, spore_type=spore_type,
             priority=priority, expires_in=expires_in, extra=extra))
 
@@ -424,7 +417,7 @@ class Organism:
                   expires_in: float | None = None) -> Coroutine[Any, Any, Spore]:
         """Broadcast knowledge to every subscriber of ``channel``; await it for the spore."""
         ingress = self._require_running().ingress
-        return ingress.submit(ingress.outside_spore(
+        return ingress.enter(ingress.outside_spore(
             knowledge, to=None, channel=channel, sender=sender,
             spore_type=SporeType.BROADCAST, priority=priority, expires_in=expires_in,
             extra={}))

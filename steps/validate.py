@@ -61,32 +61,42 @@ async def validate(
                 yield valid
 
 
-def check_spore(spore: Any, limits: Limits) -> None:
+def check_spore(spore: Any, limits: Limits, *, built: bool = False) -> None:
     """Raise :class:`SporeError` naming the field (and its bad value) or the limit that
-    ``spore`` breaks: every field is checked with its type."""
+    ``spore`` breaks: every field is checked with its type.
+
+    ``built`` says that ``spore`` was just made by :func:`new_spore` from a sender's
+    arguments (``organism.send``, ``ctx.send``): the fields the constructor set itself
+    (id, timestamps, lineage, metadata, references) are right by construction, and only
+    the sender's are tested.
+    """
     if type(spore) is not Spore:
         raise SporeError(f"expected a Spore, got {type(spore).__name__}")
     priority, hops = spore.priority, spore.hops
     from_agent, channel, to_agent = spore.from_agent, spore.channel, spore.to_agent
-    spore_id, expires_at, reply_to = spore.id, spore.expires_at, spore.reply_to
-    created_at, thread_id = spore.created_at, spore.thread_id
     # One quick test for the common case; the detailed checks (and their messages)
-    # only when it fails.
-    if not (type(spore.knowledge) is dict and spore.spore_type.__class__ is SporeType
-            and type(priority) is int and PRIORITY_MIN <= priority <= PRIORITY_MAX
-            and type(hops) is int and 0 <= hops <= limits.max_hops
-            and type(from_agent) is str and 0 < len(from_agent) <= MAX_NAME_LENGTH
-            and type(channel) is str and 0 < len(channel) <= MAX_NAME_LENGTH
-            and (to_agent is None or (type(to_agent) is str
-                                      and 0 < len(to_agent) <= MAX_NAME_LENGTH))
-            and type(spore_id) is str and spore_id and type(spore.metadata) is dict
-            and type(created_at) is datetime and created_at.tzinfo is not None
-            and (expires_at is None or (type(expires_at) is datetime
-                                        and expires_at.tzinfo is not None))
-            and (reply_to is None or type(reply_to) is str)
-            and (thread_id is None or type(thread_id) is str)
-            and (not spore.knowledge_references or _strings(spore.knowledge_references))
-            and (not spore.data_references or _strings(spore.data_references))):
+    # only when it fails. First the fields a sender gives, then the others.
+    ok = (type(spore.knowledge) is dict and spore.spore_type.__class__ is SporeType
+          and type(priority) is int and PRIORITY_MIN <= priority <= PRIORITY_MAX
+          and type(from_agent) is str and 0 < len(from_agent) <= MAX_NAME_LENGTH
+          and type(channel) is str and 0 < len(channel) <= MAX_NAME_LENGTH
+          and (to_agent is None or (type(to_agent) is str
+                                    and 0 < len(to_agent) <= MAX_NAME_LENGTH)))
+    if ok and not built:
+        spore_id, expires_at, reply_to = spore.id, spore.expires_at, spore.reply_to
+        created_at, thread_id = spore.created_at, spore.thread_id
+        ok = (type(hops) is int and 0 <= hops <= limits.max_hops
+              and type(spore_id) is str and spore_id != "" and type(spore.metadata) is dict
+              and type(created_at) is datetime and created_at.tzinfo is not None
+              and (expires_at is None or (type(expires_at) is datetime
+                                          and expires_at.tzinfo is not None))
+              and (reply_to is None or type(reply_to) is str)
+              and (thread_id is None or type(thread_id) is str)
+              and (not spore.knowledge_references or _strings(spore.knowledge_references))
+              and (not spore.data_references or _strings(spore.data_references)))
+    elif ok and hops > limits.max_hops:  # built: a handler's send is one hop further
+        ok = False
+    if not ok:
         _explain(spore, limits)
     _check_size(spore, limits)
 

@@ -343,7 +343,7 @@ def test_the_stage_names_a_user_may_name_are_the_chains() -> None:
     run = Run(spec=spec, dead_letters=organism.dead_letters, requests=organism._requests,
               wiring=organism.wiring, logger=organism.logger, now=organism.now,
               outbox=organism.outbox, listeners=[], checked=set(), outside=set(),
-              admitting=lambda: None, running=lambda: True)
+              running=lambda: True)
     stages = declare_chain(limits=spec.limits, ledger=run.ledger, requests=run.requests,
                            wiring=organism.wiring, outside=set(), checked=set(),
                            now=organism.now, budget=budget)

@@ -28,7 +28,8 @@ class HandlerPort(Protocol):
 
     def now(self) -> datetime: ...
 
-    def emit(self, spore: Spore, parent: Spore, agent: str) -> None: ...
+    def emit(self, spore: Spore, parent: Spore, agent: str, *, built: bool = False) -> None:
+        ...
 
     async def ask(self, spore: Spore, timeout: float, parent: Spore, agent: str) -> Spore: ...
 
@@ -114,7 +115,7 @@ class Context:
         """Send knowledge to one agent; refused peers raise :class:`NotAPeer`."""
         spore = self._spore(knowledge, to=to, channel=None, spore_type=spore_type,
                             priority=priority, expires_in=expires_in)
-        self._organism.emit(spore, self.spore, self.agent)
+        self._organism.emit(spore, self.spore, self.agent, built=True)
         return spore
 
     async def broadcast(self, knowledge: dict[str, Any], *, channel: str | None = None,
@@ -123,7 +124,7 @@ class Context:
         spore = self._spore(knowledge, to=None, channel=channel,
                             spore_type=SporeType.BROADCAST, priority=priority,
                             expires_in=expires_in)
-        self._organism.emit(spore, self.spore, self.agent)
+        self._organism.emit(spore, self.spore, self.agent, built=True)
         return spore
 
     async def reply(self, knowledge: dict[str, Any]) -> Spore:

@@ -11,7 +11,7 @@ stage does not measure it twice. Nothing else is checked here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Container
+from collections.abc import Awaitable, Callable, Container, Coroutine
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,14 +37,9 @@ OUTSIDE_SENDERS = frozenset({"system", "cli"})
 Stamp = Callable[[Spore], Spore]
 
 
-def _same(spore: Spore) -> Spore:
-    return spore
-
-
 class Ingress:
     def __init__(self, *, intake: Intake, ledger: Ledger, requests: RequestBook,
                  wiring: Callable[[], WiringSnapshot], limits: Limits,
-                 admitting: Callable[[], OrganismStateError | None],
                  now: Callable[[], datetime], checked: set[int],
                  outside: set[str], organism: str) -> None:
         self.organism = organism  # its name, for messages
@@ -53,20 +48,22 @@ class Ingress:
         self.requests = requests
         self._wiring = wiring
         self.limits = limits
-        self._admitting = admitting  # None while the organism admits, else why not
+        # Why outside spores are refused now (the organism is not running), or None.
+        self.refusal: OrganismStateError | None = None
         self.now = now
         self.checked = checked  # shared with the validate stage
         self.outside = outside
-        # Set by the organism when tracing or a journal is on; identity / None otherwise.
-        self.stamp_outside: Stamp = _same
-        self.stamp_sent: Stamp = _same
+        # Set by the organism when tracing or a journal is on; None otherwise.
+        self.stamp_outside: Stamp | None = None
+        self.stamp_sent: Stamp | None = None
         self.persist: Callable[[tuple[Spore, ...]], Awaitable[None]] | None = None
 
     # -- the early check -------------------------------------------------------------
 
-    def screen(self, spore: Spore, outside: Container[str]) -> None:
-        """Raise what the chain would refuse ``spore`` for, by the chain's own rules."""
-        check_spore(spore, self.limits)
+    def screen(self, spore: Spore, outside: Container[str], *, built: bool = False) -> None:
+        """Raise what the chain would refuse ``spore`` for, by the chain's own rules
+        (``built``: made by ``new_spore`` from a sender's arguments, see ``check_spore``)."""
+        check_spore(spore, self.limits, built=built)
         table = self._wiring().table
         if table.peers or table.publishers:
             refusal = permission_error(table, spore, outside=outside)
@@ -79,10 +76,10 @@ class Ingress:
                       channel: str | None, sender: str, spore_type: SporeType,
                       priority: int, expires_in: float | None,
                       extra: dict[str, Any]) -> Spore:
-        """Build the spore an outside caller asked for; raise at once if it is wrong."""
-        refusal = self._admitting()
-        if refusal is not None:
-            raise refusal
+        """Build and screen the spore an outside caller asked for; raise at once if it is
+        wrong. Hand it to :meth:`enter`."""
+        if self.refusal is not None:
+            raise self.refusal
         if type(knowledge) is not dict:
             raise SporeError(f"knowledge must be a dict (a JSON object), got "
                              f"{type(knowledge).__name__}: {knowledge!r:.60}")
@@ -95,27 +92,41 @@ class Ingress:
                       if expires_in is not None else None)
         if spore_type is SporeType.REQUEST and "id" not in extra:
             extra = {**extra, "id": new_request_id()}
-        if extra:  # fields of the caller's own (id, metadata, ...)
-            return Spore(knowledge=knowledge, spore_type=spore_type, from_agent=sender,
-                         to_agent=to, channel=channel or "main", priority=priority,
-                         expires_at=expires_at, **extra)
-        return new_spore(knowledge=knowledge, spore_type=spore_type, from_agent=sender,
-                         to_agent=to, channel=channel or "main", priority=priority,
-                         expires_at=expires_at)
+        if extra:  # fields of the caller's own (id, metadata, ...): all are checked
+            spore = Spore(knowledge=knowledge, spore_type=spore_type, from_agent=sender,
+                          to_agent=to, channel=channel or "main", priority=priority,
+                          expires_at=expires_at, **extra)
+            self._screen_outside(spore, built=False)
+            return spore
+        spore = new_spore(knowledge=knowledge, spore_type=spore_type, from_agent=sender,
+                          to_agent=to, channel=channel or "main", priority=priority,
+                          expires_at=expires_at)
+        self._screen_outside(spore, built=True)
+        return spore
 
-    async def submit(self, spore: Spore) -> Spore:
-        """Admit a spore from outside; wait while the organism is full."""
-        refusal = self._admitting()
-        if refusal is not None:
-            raise refusal
-        sender = spore.from_agent
-        self.screen(spore, self.outside if sender in self.outside else
-                    self.outside | {sender})
-        if sender not in self.outside and sender not in self._wiring().table.agents:
-            self.outside.add(sender)  # what comes back to it is returned outside
-        spore = self.stamp_outside(spore)
+    def submit(self, spore: Spore) -> Coroutine[Any, Any, Spore]:
+        """Admit a ready-made spore from outside; wait while the organism is full."""
+        if self.refusal is not None:
+            raise self.refusal
+        self._screen_outside(spore, built=False)
+        return self.enter(spore)
+
+    def _screen_outside(self, spore: Spore, *, built: bool) -> None:
+        sender, outside = spore.from_agent, self.outside
+        if sender in outside:
+            self.screen(spore, outside, built=built)
+            return
+        self.screen(spore, {*outside, sender}, built=built)
+        if sender not in self._wiring().table.agents:
+            outside.add(sender)  # what comes back to it is returned outside
+
+    async def enter(self, spore: Spore) -> Spore:
+        """Queue a screened spore from outside: wait while the organism is full, and, with
+        a journal, until it is on disk."""
+        if self.stamp_outside is not None:  # the caller's span becomes the spore's origin
+            spore = self.stamp_outside(spore)
         intake = self.intake
-        self.checked.add(id(spore))
+        self.checked.add(id(spore))  # the validate stage need not check it again
         if not intake.try_admit(spore):
             try:
                 await intake.admit(spore)
@@ -137,9 +148,9 @@ class Ingress:
         try:
             async with asyncio.timeout(timeout):
                 if parent is not None and agent is not None:
-                    self.emit(spore, parent, agent)
+                    self.emit(spore, parent, agent, built=True)
                 else:
-                    await self.submit(spore)
+                    await self.enter(spore)
                 return await future
         except TimeoutError:
             if future.done() and not future.cancelled():
@@ -153,14 +164,16 @@ class Ingress:
 
     # -- from handlers -----------------------------------------------------------------
 
-    def emit(self, spore: Spore, parent: Spore, agent: str) -> None:
-        """Feed what a running handler sends; refusals are dead letters and raise."""
+    def emit(self, spore: Spore, parent: Spore, agent: str, *, built: bool = False) -> None:
+        """Feed what a running handler sends; refusals are dead letters and raise.
+        ``built``: made by ``new_spore`` from the handler's arguments."""
         try:
-            self.screen(spore, self.outside)
+            self.screen(spore, self.outside, built=built)
         except (SporeError, DeliveryError) as exc:
             self._refuse(spore, exc, agent)
             raise
-        spore = self.stamp_sent(spore)
+        if self.stamp_sent is not None:  # sent from inside the handler's span
+            spore = self.stamp_sent(spore)
         self.checked.add(id(spore))  # the validate stage need not check it again
         self.ledger.feed((spore,), agent, parent)
 

@@ -31,8 +31,7 @@ class Run:
                  requests: RequestBook, wiring: Callable[[], WiringSnapshot],
                  logger: logging.Logger, now: Callable[[], datetime], outbox: deque[Spore],
                  listeners: list[Callable[[Spore], None]], checked: set[int],
-                 outside: set[str], admitting: Callable[[], OrganismStateError | None],
-                 running: Callable[[], bool]) -> None:
+                 outside: set[str], running: Callable[[], bool]) -> None:
         self.spec = spec
         self.requests = requests
         self.wiring = wiring
@@ -45,9 +44,8 @@ class Run:
                              wiring=wiring, logger=logger, now=now, outbox=outbox,
                              listeners=listeners)
         self.ingress = Ingress(intake=self.intake, ledger=self.ledger, requests=requests,
-                               wiring=wiring, limits=spec.limits, admitting=admitting,
-                               now=now, checked=checked, outside=outside,
-                               organism=spec.name)
+                               wiring=wiring, limits=spec.limits, now=now, checked=checked,
+                               outside=outside, organism=spec.name)
         self.chain: asyncio.Task[None] | None = None
 
     def start_chain(self, stages: Sequence[Stage], on_crash: Callable[[], None]) -> None:
