@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sporeflow.config import (
     AgentSpec,
@@ -43,7 +43,7 @@ from sporeflow.pipeline.broker.bridge import Bridge, make_bridge, publish_delive
 from sporeflow.pipeline.core.budget import ThreadBudget
 from sporeflow.pipeline.core.chain import Stage, declare_chain
 from sporeflow.pipeline.core.deadletters import DeadLetterStore
-from sporeflow.pipeline.core.ingress import OUTSIDE_SENDERS
+from sporeflow.pipeline.core.ingress import OUTSIDE_SENDERS, Ingress
 from sporeflow.pipeline.core.latency import LatencyHistogram
 from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.core.lifecycle import State
@@ -51,7 +51,7 @@ from sporeflow.pipeline.core.requests import RequestBook
 from sporeflow.pipeline.core.run import Run
 from sporeflow.pipeline.core.shutdown import abandon_all
 from sporeflow.pipeline.core.subscriptions import set_subscription
-from sporeflow.pipeline.core.wiring import AgentRuntime, WiringSnapshot
+from sporeflow.pipeline.core.wiring import AgentRuntime, WiringCell, WiringSnapshot
 from sporeflow.pipeline.journal.hook import JournalHook
 from sporeflow.pipeline.journal.store import Journal
 from sporeflow.pipeline.observe.eventhook import EventHook
@@ -103,7 +103,7 @@ class Organism:
         self._outside_listeners: list[Callable[[Spore], None]] = []
         self._outside: set[str] = set(OUTSIDE_SENDERS)
         self._requests = RequestBook()
-        self._wiring = WiringSnapshot.empty(spec)
+        self._cell = WiringCell(WiringSnapshot.empty(spec))  # the current wiring
         self._latency: dict[str, LatencyHistogram] = {}
         self._checked: set[int] = set()  # ids of held spores checked where they entered
         self._user_stages = [*spec.stages, *stages]
@@ -117,6 +117,7 @@ class Organism:
         self._procpool = ProcessPool(spec.limits.process_pool)
         self.knowledge_store = make_knowledge_store(spec)  # what knowledge_references name
         self._run: Run | None = None  # this run's intake, ledger, ingress and chain
+        self._ingress: Ingress | None = None  # the run's, at hand for the hot path
         self._hooks: list[LedgerHook] = []  # the user's, attached at every start
         self._builder: AgentBuilder | None = None
         self._reloader = Reloader(self)  # notes the handler modules' files as imported now
@@ -155,7 +156,7 @@ class Organism:
 
     @property
     def agents(self) -> Mapping[str, AgentSpec]:
-        return {name: agent.spec for name, agent in self._wiring.agents.items()}
+        return {name: agent.spec for name, agent in self._cell.current.agents.items()}
 
     @property
     def returned(self) -> int:
@@ -171,12 +172,12 @@ class Organism:
 
     def wiring(self) -> WiringSnapshot:
         """The current wiring snapshot (read it, never change it)."""
-        return self._wiring
+        return self._cell.current
 
     def rewire(self, spec: OrganismSpec, agents: Mapping[str, AgentRuntime]) -> None:
         """Swap in the wiring of ``spec`` run by ``agents``, at once."""
         self.spec = spec
-        self._wiring = WiringSnapshot.of(spec, agents)
+        self._cell.current = WiringSnapshot.of(spec, agents)
         if self._run is not None:
             self._run.intake.configure(
                 max_in_flight=spec.limits.max_in_flight,
@@ -207,7 +208,7 @@ class Organism:
         self._started_at = time.monotonic()
         run.start_chain(self._declare_chain(run), lambda: self._set_state(State.FAILED))
         try:
-            await self._agent_states.start(self._wiring.agents)  # lazy: false classes
+            await self._agent_states.start(self._cell.current.agents)  # lazy: false classes
             if self._bridge is not None:
                 await self._bridge.start(run)
         except Exception:
@@ -231,10 +232,12 @@ class Organism:
             self._returned_before += self._run.ledger.returned
         run = self._run = Run(
             spec=self.spec, dead_letters=self.dead_letters, requests=self._requests,
-            wiring=self.wiring, logger=self.logger, now=self.now, outbox=self.outbox,
-            listeners=self._outside_listeners, checked=self._checked, outside=self._outside,
+            wiring=self._cell, logger=self.logger, now=self.now,
+            outbox=self.outbox, listeners=self._outside_listeners, checked=self._checked,
+            outside=self._outside,
             running=lambda: self._state == State.RUNNING)
         ledger, ingress = run.ledger, run.ingress
+        self._ingress = ingress
         for hook in self._hooks:
             ledger.add_hook(hook)
         if self._journal is not None:
@@ -278,7 +281,7 @@ class Organism:
             at = self.now()
             self.events.emit(OrganismStateChanged(organism=self.spec.name, old=old, new=new,
                                                   at=at))
-            for name in self._wiring.agents:
+            for name in self._cell.current.agents:
                 self.events.emit(AgentStateChanged(agent=name, old=old, new=new, at=at))
 
     def _declare_chain(self, run: Run) -> list[Stage]:
@@ -308,12 +311,12 @@ class Organism:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(run.idle(), drain_timeout)
         # Lanes a reload retired (removed or replaced agents) may still hold work too.
-        lanes = [(name, agent.lane) for name, agent in self._wiring.agents.items()]
+        lanes = [(name, agent.lane) for name, agent in self._cell.current.agents.items()]
         self._checked.clear()  # what the chain did not take is dead-lettered
         left = await abandon_all([*lanes, *self._reloader.close()], run.ledger)
         await run.finish_chain()
         self._requests.stop(lambda: OrganismStateError("the organism stopped"))
-        await self._agent_states.stop(self._wiring.agents)  # on_stop hooks, after the drain
+        await self._agent_states.stop(self._cell.current.agents)  # on_stop hooks, after the drain
         await self._procpool.close()
         await self._pool.close()
         self._pool = RunnerPool(name=f"sporeflow:{self.spec.name}")  # for a restart
@@ -386,6 +389,10 @@ class Organism:
         task.add_done_callback(self._stop_watchers.discard)
         return task
 
+    def _not_started(self) -> NoReturn:
+        self._require_running()
+        raise AssertionError("unreachable")
+
     def _require_running(self) -> Run:
         if self._run is None or self._state == State.NEW:
             raise OrganismStateError(
@@ -407,7 +414,7 @@ class Organism:
              spore_type: SporeType = SporeType.KNOWLEDGE,
              **extra: Any) -> Coroutine[Any, Any, Spore]:
         """Send knowledge to one agent; await it for the spore sent."""
-        ingress = self._require_running().ingress
+        ingress = self._ingress or self._not_started()
         return ingress.enter(ingress.outside_spore(
             knowledge, to=to_agent, channel=channel, sender=sender, spore_type=spore_type,
             priority=priority, expires_in=expires_in, extra=extra))
@@ -416,7 +423,7 @@ class Organism:
                   sender: str = "system", priority: int = 5,
                   expires_in: float | None = None) -> Coroutine[Any, Any, Spore]:
         """Broadcast knowledge to every subscriber of ``channel``; await it for the spore."""
-        ingress = self._require_running().ingress
+        ingress = self._ingress or self._not_started()
         return ingress.enter(ingress.outside_spore(
             knowledge, to=None, channel=channel, sender=sender,
             spore_type=SporeType.BROADCAST, priority=priority, expires_in=expires_in,
@@ -466,11 +473,11 @@ class Organism:
 
     def save_state(self) -> dict[str, Any]:
         """A JSON-serialisable snapshot of every agent's state (see ``agents.state``)."""
-        return self._agent_states.save(self._wiring.agents)
+        return self._agent_states.save(self._cell.current.agents)
 
     def load_state(self, snapshot: Mapping[str, Any]) -> None:
         """Restore a :meth:`save_state` snapshot; before start, it applies at start."""
-        self._agent_states.load(snapshot, self._wiring.agents)
+        self._agent_states.load(snapshot, self._cell.current.agents)
 
     # -- observing ----------------------------------------------------------------------
 
@@ -479,7 +486,7 @@ class Organism:
         return organism_stats(
             name=self.spec.name, state=str(self._state),
             uptime=round(time.monotonic() - self._started_at, 3) if self._started_at else 0.0,
-            wiring=self._wiring, channels=self.spec.channels, latency=self._latency,
+            wiring=self._cell.current, channels=self.spec.channels, latency=self._latency,
             intake=self._run.intake if self._run else None,
             ledger=self._run.ledger if self._run else None, returned=self.returned,
             dead_letters=self.dead_letters,

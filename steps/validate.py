@@ -70,32 +70,36 @@ def check_spore(spore: Any, limits: Limits, *, built: bool = False) -> None:
     (id, timestamps, lineage, metadata, references) are right by construction, and only
     the sender's are tested.
     """
-    if type(spore) is not Spore:
+    if spore.__class__ is not Spore:
         raise SporeError(f"expected a Spore, got {type(spore).__name__}")
-    priority, hops = spore.priority, spore.hops
-    from_agent, channel, to_agent = spore.from_agent, spore.channel, spore.to_agent
     # One quick test for the common case; the detailed checks (and their messages)
     # only when it fails. First the fields a sender gives, then the others.
-    ok = (type(spore.knowledge) is dict and spore.spore_type.__class__ is SporeType
-          and type(priority) is int and PRIORITY_MIN <= priority <= PRIORITY_MAX
-          and type(from_agent) is str and 0 < len(from_agent) <= MAX_NAME_LENGTH
-          and type(channel) is str and 0 < len(channel) <= MAX_NAME_LENGTH
-          and (to_agent is None or (type(to_agent) is str
+    priority, from_agent, channel, to_agent = (spore.priority, spore.from_agent, spore.channel,
+                                               spore.to_agent)
+    ok = (spore.knowledge.__class__ is dict and spore.spore_type.__class__ is SporeType
+          and priority.__class__ is int and PRIORITY_MIN <= priority <= PRIORITY_MAX
+          and from_agent.__class__ is str and 0 < len(from_agent) <= MAX_NAME_LENGTH
+          and channel.__class__ is str and 0 < len(channel) <= MAX_NAME_LENGTH
+          and (to_agent is None or (to_agent.__class__ is str
                                     and 0 < len(to_agent) <= MAX_NAME_LENGTH)))
-    if ok and not built:
+    hops = spore.hops
+    if not ok:
+        pass
+    elif built:  # a handler's send is one hop further than what it handles
+        ok = hops <= limits.max_hops
+    else:
         spore_id, expires_at, reply_to = spore.id, spore.expires_at, spore.reply_to
         created_at, thread_id = spore.created_at, spore.thread_id
-        ok = (type(hops) is int and 0 <= hops <= limits.max_hops
-              and type(spore_id) is str and spore_id != "" and type(spore.metadata) is dict
-              and type(created_at) is datetime and created_at.tzinfo is not None
-              and (expires_at is None or (type(expires_at) is datetime
+        ok = (hops.__class__ is int and 0 <= hops <= limits.max_hops
+              and spore_id.__class__ is str and spore_id != ""
+              and spore.metadata.__class__ is dict
+              and created_at.__class__ is datetime and created_at.tzinfo is not None
+              and (expires_at is None or (expires_at.__class__ is datetime
                                           and expires_at.tzinfo is not None))
-              and (reply_to is None or type(reply_to) is str)
-              and (thread_id is None or type(thread_id) is str)
+              and (reply_to is None or reply_to.__class__ is str)
+              and (thread_id is None or thread_id.__class__ is str)
               and (not spore.knowledge_references or _strings(spore.knowledge_references))
               and (not spore.data_references or _strings(spore.data_references)))
-    elif ok and hops > limits.max_hops:  # built: a handler's send is one hop further
-        ok = False
     if not ok:
         _explain(spore, limits)
     _check_size(spore, limits)

@@ -16,34 +16,21 @@ from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
 from sporeflow.pipeline.broker.amqp_codec import spore_to_amqp
 from sporeflow.pipeline.broker.backend import Topology
 
-from .conformance.harness import AMQP_URL, Harness, broker_reachable, wait_for
+from .conformance.harness import (
+    AMQP_URL,
+    Harness,
+    amqp_harness,
+    broker_dead_letters,
+    wait_for,
+)
 
 pytestmark = pytest.mark.amqp
 
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
-    why = broker_reachable()
-    if why is not None:
-        pytest.fail(f"RabbitMQ is not reachable at 127.0.0.1:5672 ({why}); start it")
-    made = Harness("amqp")
-    try:
+    async with amqp_harness() as made:
         yield made
-    finally:
-        await made.cleanup()
-
-
-async def dead_letters(topology: Topology) -> list[tuple[dict[str, Any], bytes]]:
-    """Take what the broker's dead-letter queue holds: (headers, body) each."""
-    connection = await aio_pika.connect(AMQP_URL)
-    letters = []
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(topology.dead_letter_queue, passive=True)
-        while (message := await queue.get(fail=False)) is not None:
-            letters.append((dict(message.headers), message.body))
-            await message.ack()
-    return letters
 
 
 async def inject(topology: Topology, agent: str, body: bytes, headers: dict[str, Any]) -> None:
@@ -66,7 +53,7 @@ async def test_the_last_failure_is_dead_lettered_on_the_broker_with_why(
         await org.send("broken", {"n": 1})
         await harness.quiet(org)
         topology = Topology.of(org.spec)
-    [(headers, body)] = await dead_letters(topology)
+    [(headers, body)] = await broker_dead_letters(topology)
     assert json.loads(body) == {"n": 1}
     assert (headers["x-sporeflow-reason"], headers["x-sporeflow-agent"],
             headers["x-sporeflow-attempts"]) == ("handler failed", "broken", 2)
@@ -93,7 +80,7 @@ async def test_a_spore_injected_without_the_key_is_dead_lettered_as_bad_signatur
     assert answer.knowledge == {"n": 8}
     assert handled == [{"n": 4}]
     assert [d.reason for d in org.dead_letters] == ["bad signature"]
-    [(letter, _)] = await dead_letters(topology)
+    [(letter, _)] = await broker_dead_letters(topology)
     assert letter["x-sporeflow-reason"] == "bad signature"
 
 
@@ -110,7 +97,7 @@ async def test_a_message_that_is_no_spore_is_dead_lettered_and_the_rest_flow(
         await org.send("sink", {"n": 1})
         await wait_for(lambda: seen == [1] and org.stats()["broker"]["refused"] == 1)
         await harness.quiet(org)
-    [(letter, body)] = await dead_letters(topology)
+    [(letter, body)] = await broker_dead_letters(topology)
     assert (letter["x-sporeflow-reason"], body) == ("invalid", b"not json")
     assert "not JSON" in letter["x-sporeflow-error"]
 

@@ -21,7 +21,13 @@ from sporeflow.pipeline import Organism, Spore, SporeType
 from sporeflow.pipeline.broker.amqp_codec import spore_to_amqp
 from sporeflow.pipeline.broker.backend import Topology
 
-from .conformance.harness import AMQP_URL, Harness, broker_reachable, wait_for
+from .conformance.harness import (
+    AMQP_URL,
+    Harness,
+    amqp_harness,
+    broker_dead_letters,
+    wait_for,
+)
 
 pytestmark = pytest.mark.amqp
 
@@ -31,14 +37,8 @@ Handler = Callable[[Spore, Any], Coroutine[Any, Any, None]]
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
-    why = broker_reachable()
-    if why is not None:
-        pytest.fail(f"RabbitMQ is not reachable at 127.0.0.1:5672 ({why}); start it")
-    made = Harness("amqp")
-    try:
+    async with amqp_harness() as made:
         yield made
-    finally:
-        await made.cleanup()
 
 
 def recorder(calls: Calls) -> Callable[[str], Handler]:
@@ -68,19 +68,6 @@ async def publish(topology: Topology, spore: Spore, *, queue: str | None = None,
             await exchange.publish(message, routing_key=topology.routing_key(spore))
         else:
             await channel.default_exchange.publish(message, routing_key=queue)
-
-
-async def broker_dead_letters(topology: Topology) -> list[str]:
-    """The reasons of what the broker's dead-letter queue holds (taken off it)."""
-    connection = await aio_pika.connect(AMQP_URL)
-    reasons = []
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(topology.dead_letter_queue, passive=True)
-        while (message := await queue.get(fail=False)) is not None:
-            reasons.append(str(message.headers.get("x-sporeflow-reason")))
-            await message.ack()
-    return reasons
 
 
 async def outcome(harness: Harness, organism: Organism, calls: Calls
@@ -199,7 +186,8 @@ async def test_spore_with_a_wrongly_typed_field_is_dead_lettered_and_the_rest_fl
         organism_reasons = [letter.reason for letter in org.dead_letters]
     # A message that decodes to no spore cannot be a DeadLetter (it holds a spore): then
     # the broker's dead-letter queue is the record of the refusal.
-    refused = set(organism_reasons) | set(await broker_dead_letters(topology))
+    refused = set(organism_reasons) | {str(headers.get("x-sporeflow-reason")) for headers, _
+                                       in await broker_dead_letters(topology)}
     assert (refused, [spore.knowledge for _, spore in calls]) == ({reason}, [{"n": 2}])
 
 

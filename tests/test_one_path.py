@@ -341,7 +341,7 @@ def test_the_stage_names_a_user_may_name_are_the_chains() -> None:
     from sporeflow.pipeline.core.run import Run
 
     run = Run(spec=spec, dead_letters=organism.dead_letters, requests=organism._requests,
-              wiring=organism.wiring, logger=organism.logger, now=organism.now,
+              wiring=organism._cell, logger=organism.logger, now=organism.now,
               outbox=organism.outbox, listeners=[], checked=set(), outside=set(),
               running=lambda: True)
     stages = declare_chain(limits=spec.limits, ledger=run.ledger, requests=run.requests,

@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from sporeflow.config import Limits, SporeError
-from sporeflow.steps import Spore, check_spore, validate
+from sporeflow.config import LimitExceeded, Limits, SporeError
+from sporeflow.steps import Spore, check_spore, new_spore, validate
 
 from .conftest import aiter_of, collect
 
@@ -67,3 +67,15 @@ def test_depth_limit() -> None:
 def test_not_a_spore_is_refused() -> None:
     with pytest.raises(SporeError, match="expected a Spore, got dict"):
         check_spore({"knowledge": {}}, Limits())
+
+
+def test_a_built_spore_is_still_checked_in_every_field_its_sender_gave() -> None:
+    # built=True skips only what new_spore set itself; the sender's values are checked.
+    for field, value in (("priority", "high"), ("spore_type", "request"), ("from_agent", ""),
+                         ("channel", 7), ("to_agent", "x" * 200), ("knowledge", [])):
+        spore = new_spore(**{"knowledge": {}, "to_agent": "a", field: value})
+        with pytest.raises(SporeError, match=field):
+            check_spore(spore, Limits(), built=True)
+    too_far = new_spore(knowledge={}, hops=Limits().max_hops + 1)
+    with pytest.raises(LimitExceeded, match="max_hops"):
+        check_spore(too_far, Limits(), built=True)

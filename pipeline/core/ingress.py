@@ -27,26 +27,34 @@ from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.ledger import Ledger
 from sporeflow.pipeline.core.logfields import describe_error, spore_fields
 from sporeflow.pipeline.core.requests import RequestBook, new_request_id
-from sporeflow.pipeline.core.wiring import WiringSnapshot
-from sporeflow.steps import Spore, SporeType, check_spore, new_spore, permission_error
+from sporeflow.pipeline.core.wiring import WiringCell
+from sporeflow.steps import (
+    DEFAULT_CHANNEL,
+    Spore,
+    SporeType,
+    check_spore,
+    new_spore,
+    permission_error,
+)
 
 __all__ = ["OUTSIDE_SENDERS", "Ingress"]
 
 OUTSIDE_SENDERS = frozenset({"system", "cli"})
+_REQUEST = SporeType.REQUEST
 
 Stamp = Callable[[Spore], Spore]
 
 
 class Ingress:
     def __init__(self, *, intake: Intake, ledger: Ledger, requests: RequestBook,
-                 wiring: Callable[[], WiringSnapshot], limits: Limits,
+                 wiring: WiringCell, limits: Limits,
                  now: Callable[[], datetime], checked: set[int],
                  outside: set[str], organism: str) -> None:
         self.organism = organism  # its name, for messages
         self.intake = intake
         self.ledger = ledger
         self.requests = requests
-        self._wiring = wiring
+        self._cell = wiring  # the current wiring, read per spore
         self.limits = limits
         # Why outside spores are refused now (the organism is not running), or None.
         self.refusal: OrganismStateError | None = None
@@ -64,7 +72,7 @@ class Ingress:
         """Raise what the chain would refuse ``spore`` for, by the chain's own rules
         (``built``: made by ``new_spore`` from a sender's arguments, see ``check_spore``)."""
         check_spore(spore, self.limits, built=built)
-        table = self._wiring().table
+        table = self._cell.current.table
         if table.peers or table.publishers:
             refusal = permission_error(table, spore, outside=outside)
             if refusal is not None:
@@ -83,42 +91,50 @@ class Ingress:
         if type(knowledge) is not dict:
             raise SporeError(f"knowledge must be a dict (a JSON object), got "
                              f"{type(knowledge).__name__}: {knowledge!r:.60}")
-        agents = self._wiring().table.agents
-        if to is not None and to not in agents:
+        table = self._cell.current.table
+        if to is not None and to not in table.agents:
             raise DeliveryError(f"no agent {to!r} in organism {self.organism!r}"
-                                f"{did_you_mean(to, agents)}",
+                                f"{did_you_mean(to, table.agents)}",
                                 reason=Reason.UNKNOWN_AGENT)
         expires_at = (self.now() + timedelta(seconds=expires_in)
                       if expires_in is not None else None)
-        if spore_type is SporeType.REQUEST and "id" not in extra:
-            extra = {**extra, "id": new_request_id()}
-        if extra:  # fields of the caller's own (id, metadata, ...): all are checked
+        channel = channel or DEFAULT_CHANNEL
+        built = not extra  # else fields of the caller's own (metadata, ...): all checked
+        if built and spore_type is not _REQUEST:
+            spore = new_spore(knowledge=knowledge, spore_type=spore_type, from_agent=sender,
+                              to_agent=to, channel=channel, priority=priority,
+                              expires_at=expires_at)
+        else:
+            if spore_type is SporeType.REQUEST and "id" not in extra:
+                extra = {**extra, "id": new_request_id()}  # unguessable: see core.requests
             spore = Spore(knowledge=knowledge, spore_type=spore_type, from_agent=sender,
-                          to_agent=to, channel=channel or "main", priority=priority,
+                          to_agent=to, channel=channel, priority=priority,
                           expires_at=expires_at, **extra)
-            self._screen_outside(spore, built=False)
-            return spore
-        spore = new_spore(knowledge=knowledge, spore_type=spore_type, from_agent=sender,
-                          to_agent=to, channel=channel or "main", priority=priority,
-                          expires_at=expires_at)
-        self._screen_outside(spore, built=True)
+        # The chain's own checks, run now so that the caller hears of a refusal at once.
+        check_spore(spore, self.limits, built=built)
+        outside = self.outside
+        if sender not in outside:
+            outside = {*outside, sender}
+            if sender not in table.agents:
+                self.outside.add(sender)  # what comes back to it is returned outside
+        if table.peers or table.publishers:
+            refusal = permission_error(table, spore, outside=outside)
+            if refusal is not None:
+                raise refusal
         return spore
 
     def submit(self, spore: Spore) -> Coroutine[Any, Any, Spore]:
         """Admit a ready-made spore from outside; wait while the organism is full."""
         if self.refusal is not None:
             raise self.refusal
-        self._screen_outside(spore, built=False)
-        return self.enter(spore)
-
-    def _screen_outside(self, spore: Spore, *, built: bool) -> None:
         sender, outside = spore.from_agent, self.outside
         if sender in outside:
-            self.screen(spore, outside, built=built)
-            return
-        self.screen(spore, {*outside, sender}, built=built)
-        if sender not in self._wiring().table.agents:
-            outside.add(sender)  # what comes back to it is returned outside
+            self.screen(spore, outside)
+        else:
+            self.screen(spore, {*outside, sender})
+            if sender not in self._cell.current.table.agents:
+                outside.add(sender)  # what comes back to it is returned outside
+        return self.enter(spore)
 
     async def enter(self, spore: Spore) -> Spore:
         """Queue a screened spore from outside: wait while the organism is full, and, with

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sporeflow.config import HandlerError, OrganismStateError
+from sporeflow.config.model import DEAD_LETTER_CHANNEL
 from sporeflow.pipeline.core.deadletters import DeadLetter, DeadLetterStore
 from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.logfields import describe_error, spore_fields
@@ -31,7 +32,6 @@ from sporeflow.steps import Spore, SporeType
 
 __all__ = ["Ledger", "LedgerHook"]
 
-DEAD_LETTER_CHANNEL = "dead-letter"
 
 
 class LedgerHook:

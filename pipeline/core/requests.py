@@ -10,7 +10,7 @@ are expected too (``expect``): their responses go back through the broker.
 from __future__ import annotations
 
 import asyncio
-import secrets
+import os
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -27,8 +27,9 @@ _REMOTE_REMEMBERED = 10_000
 
 
 def new_request_id() -> str:
-    """An unguessable spore id for a request (128 random bits)."""
-    return secrets.token_hex(16)
+    """An unguessable spore id for a request: 128 bits from the OS's CSPRNG (what
+    ``secrets`` uses, without its extra call)."""
+    return os.urandom(16).hex()
 
 
 class RequestBook:

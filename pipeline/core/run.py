@@ -20,7 +20,7 @@ from sporeflow.pipeline.core.ingress import Ingress
 from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.ledger import Ledger
 from sporeflow.pipeline.core.requests import RequestBook
-from sporeflow.pipeline.core.wiring import WiringSnapshot
+from sporeflow.pipeline.core.wiring import WiringCell
 from sporeflow.steps import Spore
 
 __all__ = ["Run"]
@@ -28,7 +28,7 @@ __all__ = ["Run"]
 
 class Run:
     def __init__(self, *, spec: OrganismSpec, dead_letters: DeadLetterStore,
-                 requests: RequestBook, wiring: Callable[[], WiringSnapshot],
+                 requests: RequestBook, wiring: WiringCell,
                  logger: logging.Logger, now: Callable[[], datetime], outbox: deque[Spore],
                  listeners: list[Callable[[Spore], None]], checked: set[int],
                  outside: set[str], running: Callable[[], bool]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from sporeflow.config import AgentSpec, OrganismSpec
 from sporeflow.steps import AgentLane, RoutingTable, SchemaCheck, schema_check
 
-__all__ = ["AgentRuntime", "WiringSnapshot", "routing_table"]
+__all__ = ["AgentRuntime", "WiringCell", "WiringSnapshot", "routing_table"]
 
 
 @dataclass(eq=False)
@@ -72,3 +72,16 @@ class WiringSnapshot:
     def empty(cls, spec: OrganismSpec) -> WiringSnapshot:
         return cls(spec=spec, agents={}, lanes={}, table=RoutingTable(agents=frozenset()),
                    schemas={})
+
+
+class WiringCell:
+    """Holds the current snapshot; swapping it is one assignment. Calling the cell gives
+    the snapshot; hot paths read ``cell.current`` and save the call."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, current: WiringSnapshot) -> None:
+        self.current = current
+
+    def __call__(self) -> WiringSnapshot:
+        return self.current

@@ -21,6 +21,8 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
+import pytest
+
 from sporeflow.config import organism_from_dict
 from sporeflow.pipeline import Organism
 from sporeflow.pipeline.broker.backend import Backend, Topology
@@ -104,3 +106,31 @@ async def wait_for(condition: Callable[[], bool], timeout: float = BACKSTOP) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.002)
+
+
+@asynccontextmanager
+async def amqp_harness() -> AsyncIterator[Harness]:
+    """A harness on the real broker; fails (never skips) when it is unreachable."""
+    why = broker_reachable()
+    if why is not None:
+        pytest.fail(f"RabbitMQ is not reachable at 127.0.0.1:5672 ({why}); start it")
+    made = Harness("amqp")
+    try:
+        yield made
+    finally:
+        await made.cleanup()
+
+
+async def broker_dead_letters(topology: Topology) -> list[tuple[dict[str, Any], bytes]]:
+    """Take what the broker's dead-letter queue holds: (headers, body) each."""
+    import aio_pika  # the amqp extra: only the RabbitMQ tests call this
+
+    connection = await aio_pika.connect(AMQP_URL)
+    letters = []
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(topology.dead_letter_queue, passive=True)
+        while (message := await queue.get(fail=False)) is not None:
+            letters.append((dict(message.headers), message.body))
+            await message.ack()
+    return letters
