@@ -79,18 +79,27 @@ async def outcome(harness: Harness, organism: Organism, calls: Calls
     return [letter.reason for letter in organism.dead_letters], [name for name, _ in calls]
 
 
-async def test_spore_posing_as_a_peer_restricted_agent_is_dead_lettered_as_not_a_peer(
-        harness: Harness) -> None:
+async def inject(harness: Harness, agents: dict[str, dict[str, Any]], spore: Spore, *,
+                 channels: dict[str, Any] | None = None,
+                 into: str | None = None) -> tuple[list[str], list[str]]:
+    """Run an organism whose agents (name -> their settings) record what they handle,
+    publish ``spore`` as a plain client would (straight into agent ``into``'s queue when
+    given); return (the reasons dead-lettered, the agents whose handler ran)."""
     calls: Calls = []
     handler = recorder(calls)
-    data = {"agents": {"editor": {"handler": handler("editor"), "peers": ["reporter"]},
-                       "reporter": {"handler": handler("reporter")},
-                       "vault": {"handler": handler("vault")}}}
+    data: dict[str, Any] = {"channels": channels or {}, "agents": {
+        name: {"handler": handler(name), **settings} for name, settings in agents.items()}}
     async with harness.running(data) as org:
-        await publish(Topology.of(org.spec), Spore(knowledge={"open": "sesame"},
-                                                   from_agent="editor", to_agent="vault"))
-        reasons, handled = await outcome(harness, org, calls)
-    assert (reasons, handled) == (["not a peer"], [])
+        topology = Topology.of(org.spec)
+        await publish(topology, spore, queue=topology.queue(into) if into else None)
+        return await outcome(harness, org, calls)
+
+
+async def test_spore_posing_as_a_peer_restricted_agent_is_dead_lettered_as_not_a_peer(
+        harness: Harness) -> None:
+    agents = {"editor": {"peers": ["reporter"]}, "reporter": {}, "vault": {}}
+    spore = Spore(knowledge={"open": "sesame"}, from_agent="editor", to_agent="vault")
+    assert await inject(harness, agents, spore) == (["not a peer"], [])
 
 
 async def test_spore_breaking_the_recipients_schema_is_dead_lettered_as_schema(
@@ -98,73 +107,42 @@ async def test_spore_breaking_the_recipients_schema_is_dead_lettered_as_schema(
     (tmp_path / "orders.json").write_text(json.dumps({
         "type": "object", "required": ["qty"], "properties": {"qty": {"type": "integer"}}}))
     monkeypatch.chdir(tmp_path)  # the organism's base_dir: schema paths are relative to it
-    calls: Calls = []
-    data = {"agents": {"orders": {"handler": recorder(calls)("orders"),
-                                  "schema": "orders.json"}}}
-    async with harness.running(data) as org:
-        await publish(Topology.of(org.spec), Spore(knowledge={"qty": "x"}, to_agent="orders"))
-        reasons, handled = await outcome(harness, org, calls)
-    assert (reasons, handled) == (["schema"], [])
+    spore = Spore(knowledge={"qty": "x"}, to_agent="orders")
+    assert await inject(harness, {"orders": {"schema": "orders.json"}}, spore) == (
+        ["schema"], [])
 
 
 async def test_broadcast_from_a_sender_off_the_channels_publish_list_is_dead_lettered(
         harness: Harness) -> None:
-    calls: Calls = []
-    handler = recorder(calls)
-    data = {"channels": {"news": {"publish": ["editor"]}},
-            "agents": {"editor": {"handler": handler("editor")},
-                       "reporter": {"handler": handler("reporter")},
-                       "reader": {"handler": handler("reader"), "subscribe": ["news"]}}}
-    async with harness.running(data) as org:
-        await publish(Topology.of(org.spec), Spore(
-            knowledge={"headline": "fake"}, from_agent="reporter", channel="news",
-            spore_type=SporeType.BROADCAST))
-        reasons, handled = await outcome(harness, org, calls)
-    assert (reasons, handled) == (["not a peer"], [])
+    agents = {"editor": {}, "reporter": {}, "reader": {"subscribe": ["news"]}}
+    spore = Spore(knowledge={"headline": "fake"}, from_agent="reporter", channel="news",
+                  spore_type=SporeType.BROADCAST)
+    assert await inject(harness, agents, spore,
+                        channels={"news": {"publish": ["editor"]}}) == (["not a peer"], [])
 
 
 async def test_response_to_no_pending_request_is_dead_lettered_as_unexpected(
         harness: Harness) -> None:
-    calls: Calls = []
-    handler = recorder(calls)
-    data = {"agents": {"asker": {"handler": handler("asker")},
-                       "helper": {"handler": handler("helper")}}}
-    async with harness.running(data) as org:
-        await publish(Topology.of(org.spec), Spore(
-            knowledge={"answer": 42}, spore_type=SporeType.RESPONSE, from_agent="helper",
-            to_agent="asker", reply_to=uuid.uuid4().hex))
-        reasons, handled = await outcome(harness, org, calls)
-    assert (reasons, handled) == (["unexpected response"], [])
+    spore = Spore(knowledge={"answer": 42}, spore_type=SporeType.RESPONSE, from_agent="helper",
+                  to_agent="asker", reply_to=uuid.uuid4().hex)
+    assert await inject(harness, {"asker": {}, "helper": {}}, spore) == (
+        ["unexpected response"], [])
 
 
 async def test_spore_for_one_agent_put_into_anothers_queue_is_dead_lettered(
         harness: Harness) -> None:
-    calls: Calls = []
-    handler = recorder(calls)
-    data = {"agents": {"vault": {"handler": handler("vault")},
-                       "clerk": {"handler": handler("clerk")}}}
-    async with harness.running(data) as org:
-        topology = Topology.of(org.spec)
-        await publish(topology, Spore(knowledge={"take": "all"}, to_agent="vault"),
-                      queue=topology.queue("clerk"))
-        reasons, handled = await outcome(harness, org, calls)
-    assert (reasons, handled) == (["wrong queue"], [])
+    spore = Spore(knowledge={"take": "all"}, to_agent="vault")
+    assert await inject(harness, {"vault": {}, "clerk": {}}, spore, into="clerk") == (
+        ["wrong queue"], [])
 
 
 async def test_broadcast_on_an_unsubscribed_channel_put_into_a_queue_is_dead_lettered(
         harness: Harness) -> None:
-    calls: Calls = []
-    handler = recorder(calls)
-    data = {"channels": {"news": {}, "chores": {}},
-            "agents": {"reader": {"handler": handler("reader"), "subscribe": ["news"]},
-                       "clerk": {"handler": handler("clerk"), "subscribe": ["chores"]}}}
-    async with harness.running(data) as org:
-        topology = Topology.of(org.spec)
-        await publish(topology, Spore(knowledge={"headline": "psst"}, channel="news",
-                                      spore_type=SporeType.BROADCAST),
-                      queue=topology.queue("clerk"))
-        reasons, handled = await outcome(harness, org, calls)
-    assert (reasons, handled) == (["wrong queue"], [])
+    agents = {"reader": {"subscribe": ["news"]}, "clerk": {"subscribe": ["chores"]}}
+    spore = Spore(knowledge={"headline": "psst"}, channel="news",
+                  spore_type=SporeType.BROADCAST)
+    assert await inject(harness, agents, spore, channels={"news": {}, "chores": {}},
+                        into="clerk") == (["wrong queue"], [])
 
 
 @pytest.mark.parametrize(("headers", "reason"), [

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +17,7 @@ from sporeflow.pipeline.journal.sqlite import (
     check_file,
     connect,
     spore_of,
+    transaction,
 )
 from sporeflow.steps import Spore
 
@@ -83,7 +82,7 @@ class JournalFile:
         """
         chosen = list(letters)
         rows = [(s.id, s.priority, s.to_json()) for s in map(_replayable, chosen)]
-        with self._transaction() as conn:
+        with transaction(self._conn, self.path) as conn:
             conn.executemany(
                 "INSERT OR IGNORE INTO pending (id, priority, spore) VALUES (?, ?, ?)", rows)
             conn.executemany("DELETE FROM dead_letters WHERE seq = ?",
@@ -93,24 +92,9 @@ class JournalFile:
     def purge(self, letters: Iterable[StoredDeadLetter]) -> int:
         """Delete ``letters`` for good; returns how many were deleted."""
         numbers = [(s.number,) for s in letters]
-        with self._transaction() as conn:
+        with transaction(self._conn, self.path) as conn:
             conn.executemany("DELETE FROM dead_letters WHERE seq = ?", numbers)
         return len(numbers)
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # a failed COMMIT may have ended it already
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise JournalError(f"{self.path}: writing the journal failed: {exc}") from None
 
 
 def _replayable(stored: StoredDeadLetter) -> Spore:

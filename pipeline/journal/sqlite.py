@@ -3,11 +3,12 @@ how spores and dead letters become rows."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,7 @@ except ImportError:  # pragma: no cover - Windows
 
 
 __all__ = [
+    "transaction",
     "APPLICATION_ID",
     "DEAD_SQL",
     "DELETE_SQL",
@@ -236,3 +238,20 @@ def lock(path: Path) -> int:
             raise JournalError(f"{path}: the journal is in use by another running organism; "
                                f"stop it first or use another journal file") from None
     return fd
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection, path: Path) -> Iterator[sqlite3.Connection]:
+    """One write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``); any SQLite error ends it
+    and is raised as a :class:`JournalError` naming ``path``."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # a failed COMMIT may have ended it already
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise JournalError(f"{path}: writing the journal failed: {exc}") from None

@@ -49,6 +49,7 @@ from sporeflow.pipeline.journal.sqlite import (
     spore_of,
     spores_json,
     to_json,
+    transaction,
 )
 from sporeflow.steps import Spore, new_spore_id
 
@@ -337,27 +338,17 @@ class Journal:
             raise JournalError(f"{self.path}: the journal is closed")
         # Each statement takes its whole batch as one JSON array: one step of SQLite, so
         # the writer thread takes the GIL back once per statement, not once per row.
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                removed = added = 0
-                if deletes:
-                    removed = conn.execute(DELETE_SQL, (to_json(deletes),)).rowcount
-                if inserts:
-                    added = conn.execute(INSERT_SQL, (spores_json(inserts.values()),)).rowcount
-                if letters:
-                    conn.execute(DEAD_SQL, (to_json(letters),))
-                if meta:
-                    conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                                     meta)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # a failed COMMIT may have ended it already
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise JournalError(f"{self.path}: writing the journal failed: {exc}; the "
-                               f"organism keeps running without it") from None
+        with transaction(conn, self.path):
+            removed = added = 0
+            if deletes:
+                removed = conn.execute(DELETE_SQL, (to_json(deletes),)).rowcount
+            if inserts:
+                added = conn.execute(INSERT_SQL, (spores_json(inserts.values()),)).rowcount
+            if letters:
+                conn.execute(DEAD_SQL, (to_json(letters),))
+            if meta:
+                conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                 meta)
         self.commits += 1
         self._pending_rows += added - removed
         self._dead_rows += len(letters)

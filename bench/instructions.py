@@ -1,0 +1,136 @@
+"""Instructions per spore, counted by callgrind: a measure the machine's noise leaves alone.
+
+    python -m bench.instructions [--python PY ...] [--workloads W1,W2] [--count 20000]
+
+For each interpreter (a venv with a build of sporeflow) and workload, runs the workload
+twice under ``valgrind --tool=callgrind`` (10 spores, then 10 + ``count``) with a fixed
+hash seed, and prints (second - first) / count: the instructions one more spore costs,
+start-up left out. Compare two builds by naming both venvs' interpreters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
+
+
+async def _w1(n: int) -> None:
+    from sporeflow.pipeline import Organism
+
+    async def count(spore: Any, ctx: Any) -> None:
+        return None
+
+    org = Organism.from_dict({"agents": {"a": {"handler": count}}})
+    async with org.running():
+        for i in range(n):
+            await org.send("a", {"i": i})
+        await org.idle()
+
+
+async def _w2(n: int) -> None:
+    from sporeflow.pipeline import Organism
+
+    async def count(spore: Any, ctx: Any) -> None:
+        return None
+
+    org = Organism.from_dict({"channels": {"news": {}}, "agents": {
+        f"s{i}": {"handler": count, "subscribe": ["news"]} for i in range(50)}})
+    async with org.running():
+        for i in range(n // 50):
+            await org.broadcast({"i": i}, channel="news")
+        await org.idle()
+
+
+async def _w3(n: int) -> None:
+    from sporeflow.pipeline import Organism
+
+    async def echo(spore: Any, ctx: Any) -> dict[str, int]:
+        return {"ok": 1}
+
+    org = Organism.from_dict({"agents": {"e": {"handler": echo}}})
+    async with org.running():
+        for i in range(n):
+            await org.request("e", {"i": i}, timeout=5)
+
+
+async def _w4(n: int) -> None:
+    from sporeflow.pipeline import Organism
+
+    async def count(spore: Any, ctx: Any) -> None:
+        return None
+
+    org = Organism.from_dict({"agents": {f"a{i}": {"handler": count} for i in range(1000)}})
+    async with org.running():
+        for i in range(n):
+            await org.send(f"a{i % 1000}", {"i": i})
+        await org.idle()
+
+
+async def _w5(n: int) -> None:
+    from sporeflow.pipeline import Organism
+
+    async def hop(spore: Any, ctx: Any) -> dict[str, Any]:
+        return {"n": spore.knowledge["n"]}
+
+    agents: dict[str, Any] = {f"h{i}": {"handler": hop, "emit": {"to": f"h{i + 1}"}}
+                              for i in range(9)}
+    agents["h9"] = {"handler": hop}
+    org = Organism.from_dict({"agents": agents})
+    async with org.running():
+        for i in range(n // 10):
+            await org.send("h0", {"n": i})
+        await org.idle()
+
+
+RUNNERS: dict[str, Callable[[int], Awaitable[None]]] = {
+    "W1": _w1, "W2": _w2, "W3": _w3, "W4": _w4, "W5": _w5}
+
+
+def _instructions(python: str, workload: str, count: int) -> int:
+    with tempfile.TemporaryDirectory() as folder:
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={folder}/cg.out",
+             python, "-m", "bench.instructions", "--run", workload, str(count)],
+            capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent,
+            env={**os.environ, "PYTHONHASHSEED": "0"})
+    match = re.search(r"Collected : (\d+)", out.stderr)
+    if match is None:
+        raise RuntimeError(f"callgrind printed no count:\n{out.stderr[-2000:]}")
+    return int(match.group(1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--python", action="append", help="interpreter(s) to measure")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument("--run", nargs=2, metavar=("WORKLOAD", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.run:  # inside valgrind
+        asyncio.run(RUNNERS[args.run[0]](int(args.run[1])))
+        return
+    pythons = args.python or [sys.executable]
+    print("| workload | " + " | ".join(pythons) + " |")
+    print("|---" * (len(pythons) + 1) + "|")
+    for workload in args.workloads.split(","):
+        cells = []
+        for python in pythons:
+            base = _instructions(python, workload, 10)
+            full = _instructions(python, workload, 10 + args.count)
+            cells.append(f"{(full - base) / args.count:,.0f}")
+        print(f"| {workload} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
