@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from aiostream import pipable_operator, streamcontext
 
-from sporeflow.config.errors import DeliveryError
+from sporeflow.config.errors import DeliveryError, SporeError
 from sporeflow.config.reasons import Reason
 from sporeflow.steps.types import Batch, Reject
 
-__all__ = ["expire_filter", "utc_now"]
+__all__ = ["expire_filter", "expiry_after", "utc_now"]
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def expiry_after(now: datetime, expires_in: object) -> datetime | None:
+    """``expires_at`` for a spore that expires ``expires_in`` seconds after ``now``
+    (None: never); refuse what is not a number of seconds."""
+    if expires_in is None:
+        return None
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+        raise SporeError(f"expires_in must be a number of seconds, got {expires_in!r:.40}; "
+                         f"write expires_in=30 for 30 seconds")
+    return now + timedelta(seconds=expires_in)
 
 
 @pipable_operator

@@ -348,3 +348,33 @@ def test_the_stage_names_a_user_may_name_are_the_chains() -> None:
                            wiring=organism.wiring, outside=set(), checked=set(),
                            now=organism.now, budget=budget)
     assert tuple(stage.name for stage in stages) == STAGE_NAMES
+
+
+@pytest.mark.parametrize(("argument", "value"), [
+    ("priority", "high"), ("spore_type", "request"), ("expires_in", "soon")])
+async def test_a_wrongly_typed_argument_of_ctx_send_raises_in_the_handler_and_is_refused(
+        argument: str, value: Any) -> None:
+    raised: list[BaseException] = []
+
+    async def sender(spore: Spore, ctx: Context) -> None:
+        try:
+            await ctx.send("sink", {"n": 1}, **{argument: value})
+        except Exception as exc:  # the refusal reaches the handler
+            raised.append(exc)
+
+    handled: list[Any] = []
+
+    async def sink(spore: Spore, ctx: Context) -> None:
+        handled.append(spore.knowledge)
+
+    organism = Organism.from_dict({"agents": {"sender": {"handler": sender},
+                                              "sink": {"handler": sink}}})
+    async with organism.running():
+        await organism.send("sender", {})
+        await organism.idle()
+        await organism.send("sink", {"n": 2})
+        await organism.idle()
+    assert handled == [{"n": 2}]
+    assert len(raised) == 1
+    assert isinstance(raised[0], SporeError)
+    assert argument in str(raised[0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 from sporeflow.config import AgentSpec
@@ -16,7 +16,7 @@ from sporeflow.pipeline.core.budget import ThreadBudget
 from sporeflow.pipeline.core.ingress import Ingress
 from sporeflow.pipeline.core.requests import new_request_id
 from sporeflow.pipeline.core.wiring import AgentRuntime, WiringSnapshot
-from sporeflow.steps import Spore, SporeType, new_spore, reply_spore
+from sporeflow.steps import Spore, SporeType, expiry_after, new_spore, reply_spore
 
 __all__ = ["Context", "HandlerPort", "RunPort"]
 
@@ -104,8 +104,7 @@ class Context:
             knowledge=knowledge, spore_type=spore_type, from_agent=self.agent, to_agent=to,
             channel=channel or parent.channel,
             priority=priority if priority is not None else parent.priority,
-            expires_at=(self._organism.now() + timedelta(seconds=expires_in)
-                        if expires_in is not None else None),
+            expires_at=expiry_after(self._organism.now(), expires_in),
             thread_id=parent.thread, hops=parent.hops + 1,
         )
 

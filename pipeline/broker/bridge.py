@@ -255,6 +255,7 @@ class Bridge(LedgerHook):
                 ticket.pending += 1
 
     def handled(self, spore: Spore, replies: list[Spore], agent: str, latency: float) -> None:
+        self._changed.set()
         self._untrusted.discard(id(spore))
         ticket = self._inflight.pop(id(spore), None)
         if ticket is None:
@@ -267,6 +268,7 @@ class Bridge(LedgerHook):
 
     def failed(self, spore: Spore, agent: str, reason: str, error: BaseException,
                attempts: int) -> None:
+        self._changed.set()
         self._untrusted.discard(id(spore))
         ticket = self._inflight.pop(id(spore), None)
         if ticket is None or reason == Reason.SHUTDOWN:
@@ -287,6 +289,7 @@ class Bridge(LedgerHook):
 
     def released(self, spore: Spore) -> None:
         """``spore`` left this process (confirmed, resolved, returned or dead-lettered)."""
+        self._changed.set()  # quiet() looks again: this may have been the last one held
         self._untrusted.discard(id(spore))
         ticket = self._inflight.pop(id(spore), None)
         if ticket is not None:  # refused by the chain before any handler ran

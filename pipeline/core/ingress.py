@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Container, Coroutine
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sporeflow.config import (
@@ -33,6 +33,7 @@ from sporeflow.steps import (
     Spore,
     SporeType,
     check_spore,
+    expiry_after,
     new_spore,
     permission_error,
 )
@@ -96,8 +97,7 @@ class Ingress:
             raise DeliveryError(f"no agent {to!r} in organism {self.organism!r}"
                                 f"{did_you_mean(to, table.agents)}",
                                 reason=Reason.UNKNOWN_AGENT)
-        expires_at = (self.now() + timedelta(seconds=expires_in)
-                      if expires_in is not None else None)
+        expires_at = expiry_after(self.now(), expires_in) if expires_in is not None else None
         channel = channel or DEFAULT_CHANNEL
         built = not extra  # else fields of the caller's own (metadata, ...): all checked
         if built and spore_type is not _REQUEST:

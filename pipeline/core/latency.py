@@ -12,7 +12,7 @@ class LatencyHistogram:
     """Counts per bucket and the sum of seconds observed.
 
     ``observe`` is the whole of recording; the organism's hot path does the same two
-    updates inline (see ``Organism._build_agent``).
+    updates inline (see ``pipeline.agents.builder``).
     """
 
     __slots__ = ("counts", "total")
