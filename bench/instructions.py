@@ -82,12 +82,15 @@ async def _w5(n: int) -> None:
     async def hop(spore: Any, ctx: Any) -> dict[str, Any]:
         return {"n": spore.knowledge["n"]}
 
+    async def end(spore: Any, ctx: Any) -> None:
+        return None
+
     agents: dict[str, Any] = {f"h{i}": {"handler": hop, "emit": {"to": f"h{i + 1}"}}
                               for i in range(9)}
-    agents["h9"] = {"handler": hop}
+    agents["h9"] = {"handler": end}
     org = Organism.from_dict({"agents": agents})
     async with org.running():
-        for i in range(n // 10):
+        for i in range(n // 10):  # n hops in all
             await org.send("h0", {"n": i})
         await org.idle()
 

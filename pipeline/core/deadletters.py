@@ -26,10 +26,12 @@ class DeadLetter:
 
     @classmethod
     def of(cls, spore: Spore, reason: str, error: BaseException | None, *,
-           agent: str | None = None, attempts: int = 0) -> DeadLetter:
+           agent: str | None = None, attempts: int = 0, trace_it: bool = True) -> DeadLetter:
+        """``trace_it``: keep the error's traceback (a handler's failure); a refusal by
+        the chain keeps none, its frames would be sporeflow's own checks."""
         text = f"{type(error).__name__}: {error}" if error is not None else reason
         trace = None
-        if error is not None and error.__traceback__ is not None:
+        if trace_it and error is not None and error.__traceback__ is not None:
             trace = "".join(traceback.format_exception(error))
         return cls(spore, reason, text, agent, attempts, trace)
 

@@ -173,7 +173,7 @@ class Ledger:
     def refused(self, spore: Spore, reason: str, error: BaseException | None, *,
                 agent: str | None = None) -> None:
         """Record a refusal (no settlement: the caller settles, or it was never held)."""
-        self.record(spore, reason, error, agent=agent)
+        self.record(spore, reason, error, agent=agent, trace_it=False)
         # A refused spore may be malformed in any field: hash only what is a string.
         if type(spore.from_agent) is str and spore.from_agent in self._wiring().lanes:
             self.refused_from[spore.from_agent] += 1
@@ -188,9 +188,11 @@ class Ledger:
             self.requests.refused(spore.reply_to, reason, error, responder=spore.from_agent)
 
     def record(self, spore: Spore, reason: str, error: BaseException | None, *,
-               agent: str | None = None, attempts: int = 0) -> DeadLetter:
+               agent: str | None = None, attempts: int = 0,
+               trace_it: bool = True) -> DeadLetter:
         """Keep a dead letter and tell whoever listens (hooks, the dead-letter channel)."""
-        letter = DeadLetter.of(spore, reason, error, agent=agent, attempts=attempts)
+        letter = DeadLetter.of(spore, reason, error, agent=agent, attempts=attempts,
+                               trace_it=trace_it)
         self.dead_letters.add(letter)
         for hook in self._on_dead:
             hook(letter)
