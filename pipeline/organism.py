@@ -390,14 +390,13 @@ class Organism:
         return task
 
     def _not_started(self) -> NoReturn:
-        self._require_running()
-        raise AssertionError("unreachable")
+        raise OrganismStateError(
+            f"organism {self.spec.name!r} is not running; use `async with "
+            f"organism.running():` or `await organism.start()` first")
 
     def _require_running(self) -> Run:
         if self._run is None or self._state == State.NEW:
-            raise OrganismStateError(
-                f"organism {self.spec.name!r} is not running; use `async with "
-                f"organism.running():` or `await organism.start()` first")
+            self._not_started()
         return self._run
 
     # -- talking to the organism from outside ----------------------------------------
