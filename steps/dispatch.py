@@ -52,6 +52,16 @@ class LanePolicy:
     retry: Retry = Retry()
 
 
+class _Overrun(TimeoutError):
+    """A handler that blocked the loop past its deadline: no await let the timeout fire."""
+
+
+def _check_overrun(deadline: asyncio.Timeout) -> None:
+    when = deadline.when()
+    if when is not None and when <= asyncio.get_running_loop().time():
+        raise _Overrun
+
+
 @dataclass(frozen=True, slots=True)
 class _Retry:
     """A spore queued again after a failed attempt. First attempts, nearly all of them,
@@ -175,9 +185,8 @@ class RunnerPool:
                     on_done(spore, replies, _clock() - started)
                 finally:
                     lane.busy -= 1
-                    if resumers:
+                    if resumers and lane._hand_over():
                         lane.busy += 1
-                        resumers.popleft().set_result(None)
             # A handler that swallowed a cancellation meant to stop this runner ran on;
             # its lane was paused first (AgentLane.cancel), so the burst has ended here.
             if task.cancelling():
@@ -232,9 +241,13 @@ class AgentLane:
         self._running: set[asyncio.Task[Any]] = set()  # runners inside one of our handlers
         self._quiet: asyncio.Future[None] | None = None
         self._timers: dict[int, tuple[asyncio.TimerHandle, Spore, int]] = {}
+        # The timeout of each handler running under one, by its task (reclaim pauses it).
+        self._deadlines: dict[asyncio.Task[Any] | None, asyncio.Timeout] = {}
         self._timer_tokens = 0
         self.scheduled = False  # in the pool's ready queue
         self.busy = 0
+        self.stuck = 0  # slots held by abandoned threads (see hold_slot)
+        self.lent = 0  # handlers waiting on a request, their slot lent (see lend)
         self.paused = False
         self.received = 0
         self.handled = 0
@@ -285,31 +298,83 @@ class AgentLane:
     def _release(self) -> None:
         """Free a slot: waiting handlers go before queued spores."""
         self.busy -= 1
-        if self._resumers:
+        if self._resumers and self._hand_over():
             self.busy += 1
-            self._resumers.popleft().set_result(None)
         else:
             self._schedule_if_runnable()
 
+    def _hand_over(self) -> bool:
+        """Give a freed slot to the oldest handler waiting in ``reclaim``, if any is still
+        waiting (a cancelled one stays queued until its task runs again: skip it)."""
+        resumers = self._resumers
+        while resumers:
+            waiter = resumers.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self.lent -= 1  # the slot is that handler's again
+                return True
+        return False
+
+    def hold_slot(self) -> Callable[[], None]:
+        """Keep one slot taken beyond its handler's end (a thread that ran past its
+        timeout still runs it): returns the function that frees it, once."""
+        self.busy += 1
+        self.stuck += 1
+        freed = False
+
+        def free() -> None:
+            nonlocal freed
+            if not freed:
+                freed = True
+                self.stuck -= 1
+                self._release()
+
+        return free
+
+    @property
+    def in_flight(self) -> int:
+        """Handlers running now: holding a slot, or waiting on a request with it lent."""
+        return self.busy - self.stuck + self.lent
+
     def lend(self) -> None:
         """Give the caller's slot back while its handler waits on another agent."""
+        self.lent += 1
         self._release()
 
     async def reclaim(self) -> None:
-        """Take a slot again after ``lend``; waiting handlers go before new spores."""
-        if self.busy < self.policy.concurrency:
+        """Take a slot again after ``lend``; waiting handlers go before new spores.
+
+        The wait for the slot is not the handler's own running time: its timeout is
+        paused meanwhile. Cancelled while waiting (its timeout, a stop), the handler
+        still takes the slot back, over the limit for the moment its run needs to end,
+        since the runner frees one slot when it does.
+        """
+        if self.busy < self.policy.concurrency and not self._resumers:
             self.busy += 1
+            self.lent -= 1
             return
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        deadline = self._deadlines.get(asyncio.current_task()) if self._deadlines else None
+        remaining = None
+        if deadline is not None and not deadline.expired() and deadline.when() is not None:
+            remaining = deadline.when() - loop.time()  # type: ignore[operator]
+            deadline.reschedule(None)
+        waiter = loop.create_future()
         self._resumers.append(waiter)
         try:
             await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._release()  # the slot was handed to us as we were cancelled
-            else:
-                self._resumers.remove(waiter)
+            if waiter.cancelled():
+                try:
+                    self._resumers.remove(waiter)
+                except ValueError:
+                    pass  # _hand_over skipped it already
+                self.busy += 1
+                self.lent -= 1
             raise
+        finally:
+            if remaining is not None:
+                deadline.reschedule(loop.time() + remaining)  # type: ignore[union-attr]
 
     def pause(self) -> None:
         """Stop starting handlers; queued spores stay queued (stopping, reloading)."""
@@ -354,9 +419,9 @@ class AgentLane:
     async def _run(self, spore: Spore, attempt: int) -> None:
         """Run one handler with its timeout and the expiry re-check."""
         if spore.expires_at is not None and spore.expires_at <= self._now():
-            error = DeliveryError(f"spore {spore.id} expired before {self.name!r} could handle "
-                                  f"it", reason=Reason.EXPIRED)
-            self._on_failed(spore, Reason.EXPIRED, error, attempt)
+            self._failed(spore, Reason.EXPIRED, DeliveryError(
+                f"spore {spore.id} expired before {self.name!r} could handle it",
+                reason=Reason.EXPIRED), attempt)
             return
         timeout = self.policy.timeout
         deadline = None
@@ -364,12 +429,21 @@ class AgentLane:
         try:
             if timeout is None:
                 result = await self.invoke(spore, attempt)
+                replies = self.shape(result, spore) if result is not None else []
+                if replies.__class__ is not list:
+                    replies = await replies  # type: ignore[misc]
             else:
+                task = asyncio.current_task()
                 async with asyncio.timeout(timeout) as deadline:
-                    result = await self.invoke(spore, attempt)
-            replies = self.shape(result, spore) if result is not None else []
-            if not isinstance(replies, list):
-                replies = await replies
+                    self._deadlines[task] = deadline
+                    try:
+                        result = await self.invoke(spore, attempt)
+                        replies = self.shape(result, spore) if result is not None else []
+                        if replies.__class__ is not list:
+                            replies = await replies  # type: ignore[misc]
+                    finally:
+                        del self._deadlines[task]
+                    _check_overrun(deadline)
         except BaseException as exc:
             self._failed_run(spore, attempt, exc, deadline)
         else:
@@ -384,18 +458,20 @@ class AgentLane:
             if task is not None and task.cancelling():
                 # We are being stopped, not the handler failing: account for the spore.
                 self._cancelled += 1
-                self._on_failed(spore, self._cancel_reason, asyncio.CancelledError(
+                self._failed(spore, self._cancel_reason, asyncio.CancelledError(
                     f"{self.name!r} was stopped while handling it"), attempt)
                 raise exc
             self._fail(spore, attempt, Reason.HANDLER_FAILED, asyncio.CancelledError(
                 f"handler of {self.name!r} was cancelled from inside"))
-        elif isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
+        elif isinstance(exc, TimeoutError) and deadline is not None and (
+                deadline.expired() or isinstance(exc, _Overrun)):
             self._fail(spore, attempt, Reason.TIMEOUT, TimeoutError(
                 f"handler of {self.name!r} ran past its timeout of {self.policy.timeout}s"))
-        elif isinstance(exc, Exception):
-            self._fail(spore, attempt, Reason.HANDLER_FAILED, exc)
         else:
-            raise exc  # KeyboardInterrupt, SystemExit: not ours to swallow
+            # Any other exception, SystemExit and KeyboardInterrupt included: raised by
+            # the handler (a stop of the organism arrives as a cancellation), so it is
+            # this spore's failure, never the organism's end.
+            self._fail(spore, attempt, Reason.HANDLER_FAILED, exc)
 
     def _fail(self, spore: Spore, attempt: int, reason: str, error: BaseException) -> None:
         if attempt < self.policy.retry.attempts:
@@ -406,6 +482,10 @@ class AgentLane:
             timer = asyncio.get_running_loop().call_later(delay, self._retry, token)
             self._timers[token] = (timer, spore, attempt + 1)
             return
+        self._failed(spore, reason, error, attempt)
+
+    def _failed(self, spore: Spore, reason: str, error: BaseException, attempt: int) -> None:
+        """The one place a spore leaves this lane as failed: counted, then reported."""
         self.failed += 1
         self._on_failed(spore, reason, error, attempt)
 

@@ -30,7 +30,7 @@ def organism_stats(*, name: str, state: str, uptime: float, wiring: WiringSnapsh
         lane = agent.lane
         agents[agent_name] = {
             "received": lane.received, "handled": lane.handled, "failed": lane.failed,
-            "retried": lane.retried, "in_flight": lane.busy, "queued": lane.queued,
+            "retried": lane.retried, "in_flight": lane.in_flight, "queued": lane.queued,
             "refused_sent": refused_from.get(agent_name, 0),
             "refused_by_reason": {str(why): count for (sender, why), count
                                   in refused_why.items() if sender == agent_name},

@@ -1,0 +1,144 @@
+"""Handlers that misbehave: requests under timeouts, SystemExit, blocking the loop.
+
+In-process scenarios run on the virtual clock; the CLI case runs a real subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from sporeflow.pipeline import Organism, Spore
+
+from .conftest import VirtualClockLoop
+
+
+def test_requests_under_timeouts_keep_the_books_and_the_loop_clean(virtual: Any) -> None:
+    """The issue's case: concurrency 2, timeout 500 ms, handlers awaiting ctx.request
+    while siblings run past the timeout. No loop error, no negative in_flight, and
+    every received spore is handled or dead-lettered."""
+    errors: list[Any] = []
+
+    async def main(loop: VirtualClockLoop) -> None:
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+
+        async def reader(spore: Spore, ctx: Any) -> None:
+            if spore.knowledge["n"] % 3 == 0:
+                await asyncio.sleep(0.7)  # runs past its timeout
+                return
+            await ctx.request("classifier", {"n": spore.knowledge["n"]}, timeout=5)
+            await asyncio.sleep(0.1)
+
+        async def classifier(spore: Spore, ctx: Any) -> dict[str, int]:
+            await asyncio.sleep(0.2)
+            return {"label": spore.knowledge["n"] % 2}
+
+        org = Organism.from_dict({"agents": {
+            "reader": {"handler": reader, "concurrency": 2, "timeout": "500ms",
+                       "retry": {"attempts": 2, "backoff": "100ms"}, "peers": ["classifier"]},
+            "classifier": {"handler": classifier, "concurrency": 2},
+        }})
+        org.now = loop.wall
+        seen: list[int] = []
+
+        def watch() -> None:
+            agent = org.stats()["agents"]["reader"]
+            seen.append(agent["in_flight"])
+            if org.state == "running":
+                loop.call_later(0.05, watch)
+
+        async with org.running():
+            watch()
+            for n in range(60):
+                await org.send("reader", {"n": n})
+            await org.idle()
+        stats = org.stats()["agents"]["reader"]
+        assert min(seen) >= 0
+        assert stats["in_flight"] == 0
+        assert stats["received"] == 60
+        assert stats["handled"] + stats["failed"] == 60
+        assert stats["failed"] == 20  # the slow ones, after both tries; no other timed out
+        assert {d.reason for d in org.dead_letters} == {"timeout"}
+
+    virtual(main)
+    assert errors == []
+
+
+def test_system_exit_in_a_handler_is_that_spores_failure() -> None:
+    async def main() -> None:
+        async def quitter(spore: Spore, ctx: Any) -> None:
+            if spore.knowledge["n"] == 1:
+                sys.exit(3)
+            if spore.knowledge["n"] == 2:
+                raise KeyboardInterrupt
+
+        def sync_quitter(spore: Spore, ctx: Any) -> None:
+            raise SystemExit("bad arguments")
+
+        handled: list[int] = []
+
+        async def innocent(spore: Spore, ctx: Any) -> None:
+            handled.append(spore.knowledge["n"])
+
+        org = Organism.from_dict({"agents": {
+            "quitter": {"handler": quitter}, "sync_quitter": {"handler": sync_quitter},
+            "innocent": {"handler": innocent}}})
+        async with org.running():
+            for n in range(4):
+                await org.send("quitter", {"n": n})
+                await org.send("innocent", {"n": n})
+            await org.send("sync_quitter", {"n": 0})
+            await org.idle()
+            assert org.state == "running"
+        letters = sorted((d.agent or "", d.reason, d.error.partition(":")[0])
+                         for d in org.dead_letters)
+        assert letters == [("quitter", "handler failed", "KeyboardInterrupt"),
+                           ("quitter", "handler failed", "SystemExit"),
+                           ("sync_quitter", "handler failed", "SystemExit")]
+        assert handled == [0, 1, 2, 3]
+
+    asyncio.run(main())  # a sync handler runs on a worker thread: the real clock
+
+
+def test_sporeflow_run_survives_a_handler_calling_sys_exit(tmp_path: Path) -> None:
+    (tmp_path / "quits.py").write_text(textwrap.dedent("""
+        import argparse
+
+        def parse(spore, ctx):  # a sync handler using argparse on bad input
+            argparse.ArgumentParser(prog="x").parse_args(["--nope"])
+
+        async def done(spore, ctx):
+            ctx.state["ok"] = True
+    """))
+    (tmp_path / "organism.yaml").write_text(textwrap.dedent("""
+        organism: {name: quits}
+        agents:
+          parser: {handler: quits:parse, boot: {go: 1}}
+          other: {handler: quits:done, boot: {go: 1}}
+    """))
+    result = subprocess.run(
+        [sys.executable, "-m", "sporeflow.pipeline.cli", "run", "organism.yaml",
+         "--until-idle"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "handler failed" in result.stdout + result.stderr
+
+
+def test_a_handler_blocking_past_its_timeout_is_timed_out(virtual: Any) -> None:
+    """An async handler that blocks (no await) past its timeout: the timeout could not
+    fire meanwhile, but the run is still a timeout, not a success."""
+    async def main(loop: VirtualClockLoop) -> None:
+        async def blocker(spore: Spore, ctx: Any) -> None:
+            loop._now += 3.0  # what time.sleep(3) does to the clock
+
+        org = Organism.from_dict({"agents": {"blocker": {"handler": blocker,
+                                                         "timeout": "1s"}}})
+        async with org.running():
+            await org.send("blocker", {})
+            await org.idle()
+        assert [d.reason for d in org.dead_letters] == ["timeout"]
+
+    virtual(main)
