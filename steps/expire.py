@@ -1,7 +1,18 @@
-"""expire-filter: drop spores whose ``expires_at`` has passed."""
+"""expire-filter: drop spores whose ``expires_at`` has passed.
+
+``expires_at`` is wall-clock UTC: the spore's serialized form, the same in every
+process. Inside one process expiry runs on the event loop's monotonic clock instead,
+so that a step of the wall clock (NTP, a suspended laptop, an operator) neither
+expires waiting spores early nor keeps them alive: where a spore passes this stage,
+its ``expires_at`` is turned, once, into a deadline on ``loop.time()``, kept with the
+spore and never serialized (a copy, a decoded or replayed spore is a new spore, and
+gets its own where it enters a chain). Every later check in this process, the lane's
+just before a handler runs, is :func:`expired`.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -9,9 +20,10 @@ from aiostream import pipable_operator, streamcontext
 
 from sporeflow.config.errors import DeliveryError, SporeError
 from sporeflow.config.reasons import Reason
+from sporeflow.steps.spore import Spore, set_deadline
 from sporeflow.steps.types import Batch, Reject
 
-__all__ = ["expire_filter", "expiry_after", "utc_now"]
+__all__ = ["expire_filter", "expired", "expiry_after", "utc_now"]
 
 
 def utc_now() -> datetime:
@@ -29,25 +41,59 @@ def expiry_after(now: datetime, expires_in: object) -> datetime | None:
     return now + timedelta(seconds=expires_in)
 
 
+def expired(spore: Spore, now: float, *, wall: Callable[[], datetime] = utc_now) -> bool:
+    """Whether ``spore`` has passed its deadline at ``now``, a reading of the running
+    loop's ``time()`` (a spore without ``expires_at`` never does).
+
+    The deadline is the one the expire stage gave it; a spore that never passed that
+    stage (a lane used on its own) gets it here, at its first check, from ``wall``.
+    """
+    try:
+        return spore._deadline <= now
+    except AttributeError:  # no deadline yet
+        expires_at = spore.expires_at
+        if expires_at is None:
+            return False
+        deadline = now + (expires_at - wall()).total_seconds()
+        set_deadline(spore, deadline)
+        return deadline <= now
+
+
 @pipable_operator
 async def expire_filter(
     source: AsyncIterable[Batch],
     *,
     on_reject: Reject,
     now: Callable[[], datetime] = utc_now,
+    clock: Callable[[], float] | None = None,
 ) -> AsyncIterator[Batch]:
-    """Pass on the spores still alive; reject the expired ones with reason ``expired``."""
+    """Pass on the spores still alive; reject the expired ones with reason ``expired``.
+
+    Each spore with an ``expires_at`` gets its monotonic deadline here: ``clock()``
+    (the running loop's ``time``, by default) plus what is left of it by ``now()``, the
+    wall clock. Both are read at most once per batch, and only for a batch that holds
+    such a spore.
+    """
     async with streamcontext(source) as batches:
+        if clock is None:
+            clock = asyncio.get_running_loop().time
         async for batch in batches:
-            moment = now()  # one clock read per batch, not per spore
+            wall: datetime | None = None
+            mono = 0.0
             alive = []
             for spore in batch:
                 expires_at = spore.expires_at
-                if expires_at is not None and expires_at <= moment:
+                if expires_at is None:
+                    alive.append(spore)
+                    continue
+                if wall is None:
+                    wall, mono = now(), clock()
+                if expires_at <= wall:
                     on_reject(spore, Reason.EXPIRED, DeliveryError(
                         f"spore {spore.id} expired at {expires_at.isoformat()}",
                         reason=Reason.EXPIRED))
                 else:
+                    set_deadline(spore, mono + (expires_at - wall).total_seconds())
                     alive.append(spore)
             if alive:
                 yield alive

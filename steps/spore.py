@@ -13,7 +13,7 @@ import functools
 import itertools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -67,8 +67,17 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class _Local:
+    """What this process keeps with a spore and never sends: the monotonic deadline
+    the expire stage gives it (see :mod:`sporeflow.steps.expire`). Not a field: no part
+    of the spore's value, equality, repr, copies or any serialized form."""
+
+    __slots__ = ("_deadline",)
+    _deadline: float
+
+
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
-class Spore:
+class Spore(_Local):
     """One message: knowledge with a type, a sender and a destination."""
 
     knowledge: JSONObject
@@ -210,6 +219,9 @@ class Spore:
 
 
 _FIELD_ORDER = Spore.__slots__
+# Sets a spore's monotonic deadline (for the expire stage only): the slot's own setter,
+# since a frozen dataclass refuses every assignment.
+set_deadline: Callable[[Spore, float], None] = _Local.__dict__["_deadline"].__set__
 
 # ``Spore(...)``, for the paths that make a spore per message: calling __new__ directly
 # skips type.__call__, which packs the keywords into a dict and then runs
@@ -228,7 +240,7 @@ def spore_from_xml(data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
     return Spore.from_dict(xml_to_fields(data, max_bytes=max_bytes, max_depth=max_depth))
 
 
-class _Draft:
+class _Draft(_Local):
     """A Spore under construction: its slots, writable (see ``Spore.__new__``)."""
 
     __slots__ = _FIELD_ORDER

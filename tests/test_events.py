@@ -146,32 +146,35 @@ async def test_every_dead_letter_is_one_event_including_shutdown_leftovers() -> 
     assert {e.spore.id for e in letters} == {d.spore.id for d in organism.dead_letters}
 
 
-async def test_a_spore_expiring_in_an_agents_mailbox_is_an_expired_event() -> None:
-    clock = Clock()
-    release = asyncio.Event()
-    started = asyncio.Event()
+def test_a_spore_expiring_in_an_agents_mailbox_is_an_expired_event(virtual: Any) -> None:
+    async def main(loop: Any) -> tuple[list[Event], Spore]:
+        release = asyncio.Event()
+        started = asyncio.Event()
 
-    async def gate(spore: Spore, ctx: Any) -> None:
-        if spore.knowledge.get("first"):
-            started.set()
-            await release.wait()
+        async def gate(spore: Spore, ctx: Any) -> None:
+            if spore.knowledge.get("first"):
+                started.set()
+                await release.wait()
 
-    async def witness(spore: Spore, ctx: Any) -> None:
-        # Sent after the late spore: by now that one waits in gate's mailbox.
-        clock.advance(60)
-        release.set()
+        async def witness(spore: Spore, ctx: Any) -> None:
+            # Sent after the late spore: by now that one waits in gate's mailbox.
+            await asyncio.sleep(60)  # virtual: on the loop's clock, the one expiry runs on
+            release.set()
 
-    spec = organism_from_dict({"organism": {"name": "mailbox"}, "agents": {
-        "gate": {"handler": gate, "concurrency": 1}, "witness": {"handler": witness}}})
-    organism = Organism(spec, now=clock)
-    events: list[Event] = []
-    organism.events.subscribe(events.append)
-    async with organism.running():
-        await organism.send("gate", {"first": True})
-        await asyncio.wait_for(started.wait(), 5)
-        late = await organism.send("gate", {"first": False}, expires_in=10)
-        await organism.send("witness", {})
-        await organism.idle()
+        spec = organism_from_dict({"organism": {"name": "mailbox"}, "agents": {
+            "gate": {"handler": gate, "concurrency": 1}, "witness": {"handler": witness}}})
+        organism = Organism(spec, now=loop.wall)
+        events: list[Event] = []
+        organism.events.subscribe(events.append)
+        async with organism.running():
+            await organism.send("gate", {"first": True})
+            await asyncio.wait_for(started.wait(), 5)
+            late = await organism.send("gate", {"first": False}, expires_in=10)
+            await organism.send("witness", {})
+            await organism.idle()
+        return events, late
+
+    events, late = virtual(main)
     [expired] = of(events, SporeExpired)
     assert (expired.spore.id, expired.agent) == (late.id, "gate")
     assert not of(events, SporeFailed)

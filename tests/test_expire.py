@@ -22,13 +22,19 @@ async def test_expired_spores_are_rejected_and_the_rest_pass() -> None:
     assert seen == [(expired, "expired"), (expired, "expired")]
 
 
-async def test_clock_is_read_once_per_batch() -> None:
-    reads = []
+async def test_clocks_are_read_once_per_batch_and_only_for_spores_that_expire() -> None:
+    reads: list[str] = []
 
     def now() -> datetime:
-        reads.append(1)
+        reads.append("wall")
         return NOW
 
-    await collect(expire_filter.raw(aiter_of([Spore(knowledge={})] * 50),
-                                    on_reject=lambda *a: None, now=now))
-    assert len(reads) == 1
+    def clock() -> float:
+        reads.append("monotonic")
+        return 0.0
+
+    later = NOW + timedelta(seconds=1)
+    await collect(expire_filter.raw(
+        aiter_of([Spore(knowledge={})] * 50, [Spore(knowledge={}, expires_at=later)] * 50),
+        on_reject=lambda *a: None, now=now, clock=clock))
+    assert reads == ["wall", "monotonic"]  # none for the batch where nothing expires
