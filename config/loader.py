@@ -5,12 +5,19 @@ cross references (names of agents and channels, with "did you mean"),
 the handler imports, and the agents' message schemas (compiled once here).
 Warnings (wiring that can only loop, agents nothing reaches) never stop a
 load; ``check`` returns them.
+
+Scale: a file over ``DEFAULT_MAX_ORGANISM_BYTES`` (8 MiB; the environment variable
+``SPOREFLOW_MAX_ORGANISM_BYTES`` sets another cap) is refused from its size, before it
+is read or parsed. Every pass is linear in the agents (or n log n, sorting the
+problems); "did you mean" compares an unknown name with every known one, so past a few
+hints a file with thousands of unknown names gets its problems without hints.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -23,6 +30,7 @@ from sporeflow.config.handlers import HandlerImportError, agent_method, resolve_
 from sporeflow.config.model import (
     BUILTIN_CHANNELS,
     DEFAULT_CAPACITY,
+    DEFAULT_MAX_CRASHES,
     STAGE_NAMES,
     AgentSpec,
     BrokerSpec,
@@ -45,7 +53,19 @@ from sporeflow.config.secrets import Secret, read_secret_env, redact_text
 from sporeflow.config.units import parse_duration, parse_size
 from sporeflow.config.wiring_checks import wiring_warnings
 
-__all__ = ["check_organism", "load_organism", "organism_from_dict", "organism_from_text"]
+__all__ = [
+    "DEFAULT_MAX_ORGANISM_BYTES",
+    "MAX_ORGANISM_BYTES_ENV",
+    "check_organism",
+    "load_organism",
+    "organism_from_dict",
+    "organism_from_text",
+]
+
+DEFAULT_MAX_ORGANISM_BYTES = 8 << 20
+"""The largest organism file or text read: some 150,000 agents of one line each."""
+MAX_ORGANISM_BYTES_ENV = "SPOREFLOW_MAX_ORGANISM_BYTES"
+"""The environment variable that sets another cap: bytes, or a size like 32MiB."""
 
 _VALIDATOR = jsonschema.Draft202012Validator(ORGANISM_SCHEMA)
 _CALLABLE_PLACEHOLDER = "python:callable"
@@ -60,14 +80,7 @@ def load_organism(path: str | Path) -> OrganismSpec:
 def check_organism(path: str | Path) -> tuple[OrganismSpec, list[Problem]]:
     """Like :func:`load_organism`, also returning the warnings."""
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        problem = Problem(str(file), 1, 1, "", f"cannot read the file: {exc.strerror}")
-        raise ConfigError([problem]) from None
-    except UnicodeDecodeError as exc:
-        problem = Problem(str(file), 1, 1, "", f"the file is not UTF-8: {exc.reason}")
-        raise ConfigError([problem]) from None
+    text = _read_capped(file, _max_organism_bytes(str(file)))
     try:
         located = read_yaml(text, str(file))
     except YamlSyntaxError as exc:
@@ -90,6 +103,10 @@ def organism_from_text(
 
     Any input gives a spec or a :class:`ConfigError`; nothing else escapes.
     """
+    cap = _max_organism_bytes(name)
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if size > cap:
+        raise ConfigError([Problem(name, 1, 1, "", _over_cap("the text", size, cap))])
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -102,6 +119,47 @@ def organism_from_text(
         raise ConfigError([exc.problem]) from None
     spec, _ = _build(located, Path(base_dir).resolve(), source=None)
     return spec
+
+
+def _max_organism_bytes(name: str) -> int:
+    raw = os.environ.get(MAX_ORGANISM_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_ORGANISM_BYTES
+    try:
+        return parse_size(int(raw) if raw.isdigit() else raw)
+    except ValueError:
+        raise ConfigError([Problem(
+            name, 1, 1, "", f"{MAX_ORGANISM_BYTES_ENV}={raw!r} is not a size; write bytes "
+                            f"or a size like 32MiB")]) from None
+
+
+def _over_cap(what: str, size: int | None, cap: int) -> str:
+    amount = f"is {size} bytes, over" if size is not None else "is larger than"
+    return (f"{what} {amount} the {cap}-byte cap on organism files; split it, or set "
+            f"{MAX_ORGANISM_BYTES_ENV} to a larger size (e.g. {MAX_ORGANISM_BYTES_ENV}=32MiB)")
+
+
+def _read_capped(file: Path, cap: int) -> str:
+    """The file's text, refused from its size before anything is read when over ``cap``,
+    and read no further than ``cap`` when its size is unknown (a pipe, a device)."""
+    def refuse(message: str) -> ConfigError:
+        return ConfigError([Problem(str(file), 1, 1, "", message)])
+
+    try:
+        with file.open("rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size > cap:
+                raise refuse(_over_cap("the file", size, cap))
+            data = stream.read(cap + 1)
+    except OSError as exc:
+        raise refuse(f"cannot read the file: {exc.strerror}") from None
+    if len(data) > cap:
+        raise refuse(_over_cap("the file", None, cap))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise refuse(f"the file is not UTF-8: {exc.reason}") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as read_text() reads it
 
 
 def _build(
@@ -372,11 +430,16 @@ def _to_spec(
         max_spore_bytes=parse_size(limits_conf.get("max_spore_bytes", defaults.max_spore_bytes)),
         max_hops=limits_conf.get("max_hops", defaults.max_hops),
         max_in_flight=limits_conf.get("max_in_flight", defaults.max_in_flight),
+        max_in_memory=limits_conf.get("max_in_memory", defaults.max_in_memory),
         max_depth=limits_conf.get("max_depth", defaults.max_depth),
+        max_xml_elements=limits_conf.get("max_xml_elements", defaults.max_xml_elements),
+        max_xml_attributes=limits_conf.get("max_xml_attributes", defaults.max_xml_attributes),
         max_dead_letters=limits_conf.get("max_dead_letters", defaults.max_dead_letters),
         max_spores_per_thread=limits_conf.get("max_spores_per_thread"),
         max_cost_per_thread=limits_conf.get("max_cost_per_thread"),
         process_pool=limits_conf.get("process_pool"),
+        loop_stall_warning=parse_duration(limits_conf.get("loop_stall_warning",
+                                                          defaults.loop_stall_warning or 0)),
     )
     return OrganismSpec(
         name=head.get("name", source.stem if source else "organism"),
@@ -416,6 +479,7 @@ def _agent(name: str, conf: Mapping[str, Any], handler: Callable[..., Any]) -> A
             max_backoff=parse_duration(retry.get("max_backoff", default_retry.max_backoff)),
         ),
         boot=conf.get("boot"),
+        max_crashes=conf.get("max_crashes", DEFAULT_MAX_CRASHES),
         lazy=conf.get("lazy", True),
         cpu_bound=conf.get("cpu_bound", False),
         gather=_gather(conf.get("gather")),

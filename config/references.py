@@ -1,9 +1,15 @@
 """The cross references of an organism file: names of agents and channels that must
-exist, each problem located, with "did you mean"."""
+exist, each problem located, with "did you mean".
+
+Linear in the agents: names are looked up in dicts and sets, never in lists, and "did
+you mean", which compares an unknown name with every known one, is given to the first
+``ALWAYS_HINTED`` unknown names and then while fewer than ``HINT_BUDGET`` names have
+been compared in all (a file with thousands of unknown names gets them without hints).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sporeflow.config.errors import Problem
@@ -14,7 +20,27 @@ from sporeflow.config.positions import Located
 from sporeflow.config.positions import Path as DataPath
 from sporeflow.config.reasons import did_you_mean
 
-__all__ = ["mapping", "names", "reference_problems"]
+__all__ = ["ALWAYS_HINTED", "HINT_BUDGET", "mapping", "names", "reference_problems"]
+
+ALWAYS_HINTED = 10
+"""Unknown names that get a "did you mean" however many names there are."""
+HINT_BUDGET = 200_000
+"""Known names compared with unknown ones in all, past the first ``ALWAYS_HINTED``."""
+
+
+class _Hints:
+    """"did you mean", within the budget above."""
+
+    def __init__(self) -> None:
+        self.given = 0
+        self.compared = 0
+
+    def __call__(self, name: str, choices: Sequence[str]) -> str:
+        if self.given >= ALWAYS_HINTED and self.compared + len(choices) > HINT_BUDGET:
+            return ""
+        self.given += 1
+        self.compared += len(choices)
+        return did_you_mean(name, choices)
 
 
 def reference_problems(located: Located) -> list[Problem]:
@@ -24,32 +50,49 @@ def reference_problems(located: Located) -> list[Problem]:
     channels = {n: c for n, c in mapping(data.get("channels")).items() if isinstance(c, dict)}
     channels.update({n: {} for n, c in mapping(data.get("channels")).items() if c is None})
     channel_names = [*channels, *BUILTIN_CHANNELS]
+    known_channels = set(channel_names)
+    agent_names: list[str] = []  # filled on the first unknown agent
+    listed: dict[tuple[str, str], frozenset[str] | None] = {}
+    hint = _Hints()
     problems: list[Problem] = []
 
     def unknown_agent(path: DataPath, name: str) -> None:
         if name not in agents:
+            if not agent_names:
+                agent_names.extend(agents)
             problems.append(located.problem(
-                path, f"unknown agent {name!r}{did_you_mean(name, list(agents))}"))
+                path, f"unknown agent {name!r}{hint(name, agent_names)}"))
 
     def unknown_channel(path: DataPath, name: str) -> bool:
-        if name in channel_names:
+        if name in known_channels:
             return False
         problems.append(located.problem(
-            path, f"unknown channel {name!r}{did_you_mean(name, channel_names)}; "
+            path, f"unknown channel {name!r}{hint(name, channel_names)}; "
                   f"declare it under channels:"))
         return True
+
+    def allowed(channel: str, key: str) -> frozenset[str] | None:
+        """The agents a channel's ``publish`` or ``subscribe`` lists, as a set made once
+        (None: not restricted, or not a list, which the schema pass reports)."""
+        if (channel, key) not in listed:
+            value = channels.get(channel, {}).get(key)
+            listed[channel, key] = frozenset(
+                item for item in value if isinstance(item, str)) if isinstance(
+                value, list) else None
+        return listed[channel, key]
 
     for name, agent in agents.items():
         base: DataPath = ("agents", name)
         for i, channel in names(agent.get("subscribe")):
             if unknown_channel((*base, "subscribe", i), channel):
                 continue
-            allowed = channels.get(channel, {}).get("subscribe")
-            if allowed is not None and name not in allowed:
+            members = allowed(channel, "subscribe")
+            if members is not None and name not in members:
                 problems.append(located.problem(
                     (*base, "subscribe", i),
                     f"agent {name!r} may not subscribe to {channel!r}: its subscribe list is "
-                    f"{allowed!r}; add {name!r} there or remove this subscription"))
+                    f"{_listed(channels[channel]['subscribe'])}; add {name!r} there or "
+                    f"remove this subscription"))
         emit = mapping(agent.get("emit"))
         peers = agent.get("peers") if isinstance(agent.get("peers"), list) else None
         if isinstance(emit.get("to"), str):
@@ -61,12 +104,13 @@ def reference_problems(located: Located) -> list[Problem]:
                     f"{peers!r}; add it to peers or change emit"))
         if isinstance(emit.get("channel"), str) and not unknown_channel((*base, "emit", "channel"),
                                                      emit["channel"]):
-            allowed = channels.get(emit["channel"], {}).get("publish")
-            if allowed is not None and name not in allowed:
+            members = allowed(emit["channel"], "publish")
+            if members is not None and name not in members:
                 problems.append(located.problem(
                     (*base, "emit", "channel"),
                     f"agent {name!r} may not publish on {emit['channel']!r}: its publish list "
-                    f"is {allowed!r}; add {name!r} there or change emit"))
+                    f"is {_listed(channels[emit['channel']]['publish'])}; add {name!r} there "
+                    f"or change emit"))
         for i, peer in names(peers):
             unknown_agent((*base, "peers", i), peer)
         problems.extend(_kind_problems(located, base, agent, unknown_agent, unknown_channel))
@@ -107,6 +151,13 @@ def _kind_problems(located: Located, base: DataPath, agent: dict[str, Any],
         problems.append(located.problem((*base, "cpu_bound"), "only a handler can be "
                                                               "cpu_bound; remove it"))
     return problems
+
+
+def _listed(names: list[Any]) -> str:
+    """A channel's list of agents as a problem quotes it: whole while short."""
+    if len(names) <= 10:
+        return repr(names)
+    return f"{repr(names[:10])[:-1]}, ... ({len(names)} agents)]"
 
 
 def mapping(value: Any) -> dict[str, Any]:

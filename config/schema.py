@@ -65,6 +65,10 @@ _agent = _closed(
         "concurrency": {**_count, "description": "handlers running at once (default 1)"},
         "timeout": {**_duration, "description": "a handler running longer is cancelled"},
         "retry": _retry,
+        "max_crashes": {**_count, "description": "with a journal: times the process may die "
+                                                 "while this agent handles a spore before the "
+                                                 "spore is dead-lettered 'poison' instead of "
+                                                 "replayed (default 3)"},
         "boot": {"type": "object", "description": "knowledge of a spore sent to it at start"},
         "schema": {"type": "string", "minLength": 1,
                    "description": "JSON Schema (.json, .yaml, .yml) or XML Schema (.xsd) "
@@ -106,8 +110,14 @@ _limits = _closed(
         "max_spore_bytes": {**_size, "description": "largest spore, as JSON"},
         "max_hops": {**_count, "description": "handler hops before a spore is refused"},
         "max_in_flight": {**_count, "description": "spores held before outside senders wait"},
+        "max_in_memory": {**_count, "minimum": 1, "description": "spores held in memory; "
+                          "handler output past it is paged out to a temporary file"},
         "max_depth": {**_count, "maximum": MAX_DEPTH_CEILING,
                       "description": "deepest nesting of knowledge"},
+        "max_xml_elements": {**_count, "description": "elements in all in XML a handler "
+                                                      "returns (default 100000)"},
+        "max_xml_attributes": {**_count, "description": "attributes in all in XML a handler "
+                                                        "returns (default 50000)"},
         "max_dead_letters": {**_count, "description": "dead letters kept in memory"},
         "max_spores_per_thread": {**_count, "description": "spores one conversation may make "
                                                            "before it is stopped"},
@@ -115,6 +125,9 @@ _limits = _closed(
                                 "description": "cost (ctx.spend) one conversation may reach"},
         "process_pool": {**_count, "description": "worker processes for cpu_bound agents "
                                                   "(default: the number of CPUs)"},
+        "loop_stall_warning": {**_duration, "description": "warn, naming the agent and the "
+                               "spore, when a handler blocks the event loop this long "
+                               "(default 1s; 0: never)"},
     },
 )
 

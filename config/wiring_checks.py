@@ -1,9 +1,15 @@
-"""What ``check`` warns about: wiring that can only loop, and agents nothing reaches."""
+"""What ``check`` warns about: wiring that can only loop, and agents nothing reaches.
+
+Linear in the agents: who emits to an agent or on a channel is indexed once, and an
+agent that can loop gets one warning naming its first senders and how many others.
+"""
 
 from __future__ import annotations
 
+import heapq
 import inspect
 from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 from sporeflow.config.errors import Problem
@@ -24,6 +30,15 @@ def wiring_warnings(located: Located, spec: OrganismSpec) -> list[Problem]:
     # Only an organism that drives itself (it has boot spores) can be judged for agents
     # nothing reaches: otherwise the entry points are fed from outside by design.
     self_driving = any(a.boot is not None for a in spec.agents.values())
+    # Who emits to each agent and on each channel, in the order of the agents. An emit
+    # names one of an agent or a channel (the schema); each emitter is listed once.
+    to_agent: dict[str, list[tuple[int, str]]] = {}
+    on_channel: dict[str, list[tuple[int, str]]] = {}
+    for index, other in enumerate(spec.agents.values()):
+        target = other.emit
+        if target is not None and (target.to or target.channel):
+            table, key = (to_agent, target.to) if target.to else (on_channel, target.channel)
+            table.setdefault(str(key), []).append((index, other.name))
     for agent in spec.agents.values():
         reached = (agent.subscribe or agent.boot is not None or agent.name in emitted_to
                    or agent.name in named_peers)
@@ -32,20 +47,36 @@ def wiring_warnings(located: Located, spec: OrganismSpec) -> list[Problem]:
                 ("agents", agent.name),
                 f"nothing in the organism reaches {agent.name!r} (no subscribe, no boot, "
                 f"no emit or peers naming it): only outside sends will", warning=True))
-        if agent.emit is not None or _returns_none(agent.handler):
+        if agent.emit is not None:
             continue
         # Without emit, replies go back to the sender: a sender that emits here again loops.
-        for other in spec.agents.values():
-            target = other.emit
-            if target is None or other.name == agent.name:
-                continue
-            if target.to == agent.name or (target.channel and target.channel in agent.subscribe):
-                warnings.append(located.problem(
-                    ("agents", agent.name),
-                    f"{agent.name!r} has no emit, so its replies go back to {other.name!r}, "
-                    f"which emits to it again: this can only loop until max_hops; give "
-                    f"{agent.name!r} an emit or return None", warning=True))
+        # (The agent itself has no emit, so it is none of the senders.)
+        senders = [to_agent.get(agent.name, []),
+                   *(on_channel.get(channel, []) for channel in dict.fromkeys(agent.subscribe))]
+        count = sum(map(len, senders))
+        if not count or _returns_none(agent.handler):
+            continue
+        first = [name for _, name in islice(heapq.merge(*senders), _NAMED_SENDERS)]
+        warnings.append(located.problem(
+            ("agents", agent.name),
+            f"{agent.name!r} has no emit, so its replies go back to "
+            f"{_some(first, count)}, which {'emits' if count == 1 else 'emit'} to it again: "
+            f"this can only loop until max_hops; give {agent.name!r} an emit or return None",
+            warning=True))
     return warnings
+
+
+_NAMED_SENDERS = 3
+
+
+def _some(names: list[str], count: int) -> str:
+    """``'a'``, ``'a' and 'b'``, ``'a', 'b' and 'c'``, ``'a', 'b', 'c' and 7 others``."""
+    quoted = [repr(name) for name in names]
+    if count > len(quoted):
+        return f"{', '.join(quoted)} and {count - len(quoted)} others"
+    if len(quoted) == 1:
+        return quoted[0]
+    return f"{', '.join(quoted[:-1])} and {quoted[-1]}"
 
 
 # -- small helpers -----------------------------------------------------------------

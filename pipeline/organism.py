@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -49,7 +49,7 @@ from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.core.lifecycle import State
 from sporeflow.pipeline.core.requests import RequestBook
 from sporeflow.pipeline.core.run import Run
-from sporeflow.pipeline.core.shutdown import abandon_all
+from sporeflow.pipeline.core.shutdown import drain_then_abandon
 from sporeflow.pipeline.core.subscriptions import set_subscription
 from sporeflow.pipeline.core.wiring import AgentRuntime, WiringCell, WiringSnapshot
 from sporeflow.pipeline.journal.hook import JournalHook
@@ -59,20 +59,21 @@ from sporeflow.pipeline.observe.events import AgentStateChanged, EventBus, Organ
 from sporeflow.pipeline.observe.stats import organism_stats
 from sporeflow.pipeline.observe.stopping import Stats, stop_task
 from sporeflow.pipeline.observe.tracing import SporeTracer, make_tracer
+from sporeflow.pipeline.observe.watchdog import LoopWatchdog
+from sporeflow.pipeline.outside import OutsideApi
 from sporeflow.pipeline.reload.diff import ReloadReport
 from sporeflow.pipeline.reload.edits import with_agent, without_agent
 from sporeflow.pipeline.reload.reloader import Reloader
 from sporeflow.steps import (
     RunnerPool,
     Spore,
-    SporeType,
     utc_now,
 )
 
 __all__ = ["Organism"]
 
 
-class Organism:
+class Organism(OutsideApi):
     """Agents wired by an :class:`OrganismSpec`, running on one event loop."""
 
     def __init__(self, spec: OrganismSpec, *, now: Callable[[], datetime] = utc_now,
@@ -115,6 +116,7 @@ class Organism:
         self._stop_watchers: set[asyncio.Task[int]] = set()
         self._budget = ThreadBudget.from_limits(spec.limits)
         self._procpool = ProcessPool(spec.limits.process_pool)
+        self._watchdog = LoopWatchdog(spec.limits.loop_stall_warning, self.logger)
         self.knowledge_store = make_knowledge_store(spec)  # what knowledge_references name
         self._run: Run | None = None  # this run's intake, ledger, ingress and chain
         self._ingress: Ingress | None = None  # the run's, at hand for the hot path
@@ -200,12 +202,13 @@ class Organism:
             self._backend if isinstance(self._backend, str) else self.spec.backend))
         self._bridge = make_bridge(self.spec, self._backend, self._hosted)
         # A foreign or damaged journal is refused here, before anything starts.
-        unfinished = await self._journal.open() if self._journal is not None else []
+        unfinished = await self._journal.open(self.spec) if self._journal is not None else []
         run = self._open_run()
         self.rewire(self.spec, {name: self.build_agent(a) for name, a in
                                 self.spec.agents.items()})
         self._set_state(State.RUNNING)
         self._started_at = time.monotonic()
+        self._watchdog.start()  # a daemon thread that names a handler blocking the loop
         run.start_chain(self._declare_chain(run), lambda: self._set_state(State.FAILED))
         try:
             await self._agent_states.start(self._cell.current.agents)  # lazy: false classes
@@ -243,6 +246,7 @@ class Organism:
         if self._journal is not None:
             ledger.add_hook(JournalHook(self._journal, self._requests))
             ingress.persist = self._journal.record
+            self._journal.on_failure = self._journal_failed  # fail stop: see journal.store
         if self.events.active:
             ledger.add_hook(self._event_hook)
         if self._bridge is not None:
@@ -255,8 +259,13 @@ class Organism:
         self._builder = AgentBuilder(
             port=port, ledger=ledger, pool=self._pool, procpool=self._procpool,
             states=self._agent_states, latency=self._latency, base_dir=self.spec.base_dir,
-            now=self.now, wrapper=self.tracer)
+            now=self.now, limits=self.spec.limits, wrapper=self.tracer if self._journal is None
+            else self._journal.wrapping(self.tracer))  # marks what runs: journal.inflight
         return run
+
+    def _journal_failed(self) -> None:
+        if self._state == State.RUNNING:  # admit nothing more; the failure says why
+            self._set_state(State.FAILED)
 
     def _watch_events(self, active: bool) -> None:
         if self._run is not None:  # events are built only while someone listens
@@ -265,12 +274,15 @@ class Organism:
 
     async def boot(self, agent: str, knowledge: Mapping[str, Any]) -> Spore | None:
         """Send ``agent`` its boot spore (once per journal, when there is one)."""
-        if self._journal is None:
-            return await self.send(agent, dict(knowledge))
-        boot_id = self._journal.boot_id(agent)  # None: this journal sent it already
-        if boot_id is None:
-            return None
-        return await self.send(agent, dict(knowledge), id=boot_id)
+        boot_id = None
+        if self._journal is not None:
+            boot_id = self._journal.boot_id(agent)  # None: this journal sent it already
+            if boot_id is None:
+                return None
+        spore = await (self.send(agent, dict(knowledge)) if boot_id is None
+                       else self.send(agent, dict(knowledge), id=boot_id))
+        self._require_running().ingress.sources.add(spore.id)
+        return spore
 
     def _set_state(self, new: State) -> None:
         old, self._state = self._state, new
@@ -299,7 +311,9 @@ class Organism:
         """Stop admitting, finish in-flight work and its replies, then stop.
 
         What could not finish within ``drain_timeout`` is dead-lettered with reason
-        ``shutdown``; returns how many spores that was.
+        ``shutdown``; returns how many spores that was. ``drain_timeout`` bounds the
+        whole stop: in-flight work gets it less a grace of up to 0.5 s in which cancelled
+        handlers end; one that ignores its cancellation is abandoned and reported.
         """
         run = self._run
         if self._state not in (State.RUNNING, State.FAILED) or run is None:
@@ -308,15 +322,16 @@ class Organism:
         run.intake.close()
         if self._bridge is not None:  # take no new deliveries; finish those taken
             await self._bridge.stop_consuming()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(run.idle(), drain_timeout)
-        # Lanes a reload retired (removed or replaced agents) may still hold work too.
-        lanes = [(name, agent.lane) for name, agent in self._cell.current.agents.items()]
-        self._checked.clear()  # what the chain did not take is dead-lettered
-        left = await abandon_all([*lanes, *self._reloader.close()], run.ledger)
+        # Lanes a reload retired (removed or replaced agents) may still hold work too;
+        # what the chain did not take is dead-lettered: forget it was checked.
+        left = await drain_then_abandon(run, lambda: [
+            *((name, agent.lane) for name, agent in self._cell.current.agents.items()),
+            *self._reloader.close()], drain_timeout, drained=self._checked.clear)
         await run.finish_chain()
         self._requests.stop(lambda: OrganismStateError("the organism stopped"))
         await self._agent_states.stop(self._cell.current.agents)  # on_stop hooks, after the drain
+        if self._builder is not None:  # sync handlers' threads; abandoned ones not waited for
+            self._builder.close()
         await self._procpool.close()
         await self._pool.close()
         self._pool = RunnerPool(name=f"sporeflow:{self.spec.name}")  # for a restart
@@ -324,6 +339,7 @@ class Organism:
             await self._bridge.close()
         if self._journal is not None:
             await self._journal.close()  # what was unfinished stays there, for the next start
+        self._watchdog.stop()
         self._set_state(State.STOPPED)
         if left:
             self.logger.warning("stopped with %d spore(s) unfinished: %s", left,
@@ -398,49 +414,6 @@ class Organism:
         if self._run is None or self._state == State.NEW:
             self._not_started()
         return self._run
-
-    # -- talking to the organism from outside ----------------------------------------
-
-    def submit(self, spore: Spore) -> Coroutine[Any, Any, Spore]:
-        """Admit a ready-made spore from outside; wait while the organism is full."""
-        return self._require_running().ingress.submit(spore)
-
-    # submit, send and broadcast return the ingress's coroutine rather than being
-    # coroutines of their own: one frame less per spore, and a bad argument raises at
-    # the call already.
-    def send(self, to_agent: str, knowledge: dict[str, Any], *, sender: str = "system",
-             channel: str | None = None, priority: int = 5, expires_in: float | None = None,
-             spore_type: SporeType = SporeType.KNOWLEDGE,
-             **extra: Any) -> Coroutine[Any, Any, Spore]:
-        """Send knowledge to one agent; await it for the spore sent."""
-        ingress = self._ingress or self._not_started()
-        return ingress.enter(ingress.outside_spore(
-            knowledge, to=to_agent, channel=channel, sender=sender, spore_type=spore_type,
-            priority=priority, expires_in=expires_in, extra=extra))
-
-    def broadcast(self, knowledge: dict[str, Any], *, channel: str = "main",
-                  sender: str = "system", priority: int = 5,
-                  expires_in: float | None = None) -> Coroutine[Any, Any, Spore]:
-        """Broadcast knowledge to every subscriber of ``channel``; await it for the spore."""
-        ingress = self._ingress or self._not_started()
-        return ingress.enter(ingress.outside_spore(
-            knowledge, to=None, channel=channel, sender=sender,
-            spore_type=SporeType.BROADCAST, priority=priority, expires_in=expires_in,
-            extra={}))
-
-    async def request(self, to_agent: str, knowledge: dict[str, Any], *, timeout: float = 30.0,
-                      sender: str = "system", priority: int = 5) -> Spore:
-        """Send a request and return the response spore.
-
-        Raises :class:`RequestTimeout` when no response comes within ``timeout``
-        seconds, and :class:`HandlerError` (caused by the handler's exception) as
-        soon as the responder fails, without waiting for the timeout.
-        """
-        ingress = self._require_running().ingress
-        spore = ingress.outside_spore(knowledge, to=to_agent, channel=None, sender=sender,
-                                      spore_type=SporeType.REQUEST, priority=priority,
-                                      expires_in=None, extra={})
-        return await ingress.request(spore, timeout)
 
     def add_hook(self, hook: LedgerHook) -> None:
         """Watch how every spore is settled (see ``pipeline.core.ledger.LedgerHook``)."""

@@ -4,11 +4,13 @@ Stages see spores and plain options only: no YAML, no broker, no globals.
 """
 
 from sporeflow.steps.buckets import PriorityBuckets
-from sporeflow.steps.dispatch import AgentLane, LanePolicy, RunnerPool, backoff_delay, dispatch
+from sporeflow.steps.dispatch import dispatch
 from sporeflow.steps.envelope import payload_from_xml
 from sporeflow.steps.expire import expire_filter, expiry_after, utc_now
+from sporeflow.steps.lanes import AgentLane, LanePolicy, backoff_delay
 from sporeflow.steps.replies import reply_spore, shape_replies
 from sporeflow.steps.route import RoutingTable, permission_error, route
+from sporeflow.steps.runners import RunnerPool
 from sporeflow.steps.schemagate import check_schemas, knowledge_element, schema_check
 from sporeflow.steps.signing import (
     SIGNATURE_FIELD,

@@ -32,8 +32,10 @@ encoding gives the bytes back::
 (whitespace between the envelope's elements, an XML declaration) and checks every field like
 ``Spore.from_dict``. It parses safely: a document type declaration is refused before
 parsing (no entity expansion, no external entities), the parser resolves no entities,
-loads no DTD, never touches the network or files, and input over ``max_bytes`` or
-nested deeper than ``max_depth`` elements (never more than 256) is refused. Every
+loads no DTD, never touches the network or files, and input over ``max_bytes``,
+nested deeper than ``max_depth`` elements (never more than 256), or holding more than
+``max_elements`` elements or ``max_attributes`` attributes is refused; reading is linear
+in the input (see :func:`~sporeflow.steps.xmlpayload.element_attributes`). Every
 failure raises :class:`SporeError`, or its subclass :class:`XmlPayloadError` when the
 bytes are not acceptable XML.
 
@@ -50,18 +52,23 @@ from typing import Any, Final
 from lxml import etree
 
 from sporeflow.config.errors import SporeError
+from sporeflow.config.model import Limits
 from sporeflow.steps.xmlpayload import (
     Payload,
     XmlPayloadError,
     canonical_bytes,
+    element_attributes,
     element_to_knowledge,
     knowledge_to_element,
     parse_payloads,
 )
+from sporeflow.steps.xmlrepair import over_cap
 
 __all__ = [
+    "DEFAULT_MAX_ATTRIBUTES",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_DEPTH",
+    "DEFAULT_MAX_ELEMENTS",
     "NAMESPACE",
     "payload_from_xml",
     "fields_to_xml",
@@ -72,6 +79,9 @@ NAMESPACE: Final = "urn:sporeflow:spore:1"
 PREFIX: Final = "sf"
 DEFAULT_MAX_BYTES: Final = 4 << 20
 DEFAULT_MAX_DEPTH: Final = 128
+# A 1 MiB JSON spore can hold some 500,000 values; its envelope is bounded by max_bytes.
+DEFAULT_MAX_ELEMENTS: Final = 500_000
+DEFAULT_MAX_ATTRIBUTES: Final = 100_000
 
 _ATTRIBUTE_FIELDS: Final = (
     "id", "spore_type", "from_agent", "to_agent", "channel", "priority", "hops",
@@ -117,23 +127,23 @@ def _envelope(data: Mapping[str, Any]) -> etree._Element:
 
 
 def xml_to_fields(
-    data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_depth: int = DEFAULT_MAX_DEPTH
+    data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_depth: int = DEFAULT_MAX_DEPTH,
+    max_elements: int = DEFAULT_MAX_ELEMENTS, max_attributes: int = DEFAULT_MAX_ATTRIBUTES,
 ) -> dict[str, Any]:
     """Decode an XML envelope into a spore's JSON form, for ``Spore.from_dict`` to check
     every field; raise only :class:`SporeError`."""
     root = _parse(data, max_bytes, max_depth)
+    _check_counts(root, max_elements, max_attributes)
     if root.tag != _ROOT:
         raise SporeError(
             f"the XML is not a spore envelope: its root is <{root.tag}>, expected "
             f"<spore> in namespace {NAMESPACE!r}")
     fields: dict[str, Any] = {}
-    for name, value in root.attrib.items():
-        key = str(name)
+    for key, text in element_attributes(root):
         if key not in _ATTRIBUTE_FIELDS:
             raise SporeError(
                 f"unknown attribute {key!r} on the spore envelope; the attributes are "
                 f"{', '.join(_ATTRIBUTE_FIELDS)}")
-        text = str(value)
         fields[key] = int(text) if key in _INTEGER_FIELDS and _INTEGER_RE.fullmatch(
             text) else text
     if (root.text or "").strip(_WS):
@@ -199,6 +209,19 @@ def _parse(data: str | bytes, max_bytes: int, max_depth: int) -> etree._Element:
     return root
 
 
+def _check_counts(root: etree._Element, max_elements: int, max_attributes: int) -> None:
+    elements = attributes = 0
+    for element in root.iter():
+        elements += 1
+        attributes += len(element.attrib)
+    for what, count, setting, cap in (("elements", elements, "max_elements", max_elements),
+                                      ("attributes", attributes, "max_attributes",
+                                       max_attributes)):
+        if count > cap:
+            raise over_cap(what, count, setting, cap,
+                           f"pass a larger {setting}= to decode this envelope")
+
+
 def _check_depth(root: etree._Element, max_depth: int) -> None:
     stack = [(root, 1)]
     while stack:
@@ -208,12 +231,16 @@ def _check_depth(root: etree._Element, max_depth: int) -> None:
         stack.extend((child, depth + 1) for child in node)
 
 
-def payload_from_xml(text: str | bytes) -> Payload:
-    """Read exactly one payload element (recovering sloppy XML, safely, as for replies).
+def payload_from_xml(text: str | bytes, *, limits: Limits | None = None) -> Payload:
+    """Read exactly one payload element (recovering sloppy XML, safely, as for replies),
+    under ``limits.max_xml_elements`` and ``limits.max_xml_attributes`` (the defaults
+    when None).
 
     Raises :class:`XmlPayloadError` when the text holds no element or several.
     """
-    payloads = parse_payloads(text)
+    limits = limits or Limits()
+    payloads = parse_payloads(text, max_elements=limits.max_xml_elements,
+                              max_attributes=limits.max_xml_attributes)
     if len(payloads) != 1:
         tags = ", ".join(f"<{payload.tag}>" for payload in payloads)
         raise XmlPayloadError(f"expected one payload element, found {len(payloads)}: {tags}")

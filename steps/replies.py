@@ -9,27 +9,44 @@
   attributes ``to``, ``channel``, ``priority``, ``expires_in`` address a spore
   (else ``emit`` applies); the element's tag is its ``metadata["kind"]``.
 - any other iterable: each item as above (one spore in, N out: the flatmap).
+
+XML is read under the organism's ``limits.max_xml_elements`` and
+``limits.max_xml_attributes``. :func:`shape_replies_off_loop` is what an agent's lane
+uses: XML text over ``OFFLOAD_XML_BYTES`` (alone or in an iterable) is parsed on a worker
+thread, and an awaitable of the spores is returned instead of the list; the lane awaits
+it inside the handler's timeout, so parsing a large reply counts against the handler
+that wrote it and never holds the event loop. A timed-out parse runs on to its end on
+its thread (it is linear and bounded by the parser's ``max_bytes``); its result is
+dropped. Smaller XML, dicts and spores are shaped inline, the list returned directly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable, Iterator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from sporeflow.config.errors import SporeError
-from sporeflow.config.model import Emit
+from sporeflow.config.model import Emit, Limits
 from sporeflow.config.units import parse_duration
 from sporeflow.steps.spore import Spore, SporeType, new_spore
-from sporeflow.steps.xmlpayload import parse_payloads
+from sporeflow.steps.xmlpayload import Payload, parse_payloads
 
-__all__ = ["reply_spore", "shape_replies"]
+__all__ = ["OFFLOAD_XML_BYTES", "reply_spore", "shape_replies", "shape_replies_off_loop"]
+
+OFFLOAD_XML_BYTES: Final = 64 * 1024
+"""XML text longer than this (characters of a str, bytes of bytes) is parsed on a worker
+thread by :func:`shape_replies_off_loop`; shorter text is parsed inline, quicker than a
+trip to a thread."""
 
 _REQUEST = SporeType.REQUEST
+_DEFAULT_LIMITS: Final = Limits()
 
 
-def shape_replies(result: Any, *, parent: Spore, agent: str, emit: Emit | None) -> list[Spore]:
+def shape_replies(result: Any, *, parent: Spore, agent: str, emit: Emit | None,
+                  limits: Limits = _DEFAULT_LIMITS) -> list[Spore]:
     """Return the spores that ``result``, returned by ``agent`` for ``parent``, stands for."""
     if result is None:
         return []
@@ -39,22 +56,85 @@ def shape_replies(result: Any, *, parent: Spore, agent: str, emit: Emit | None) 
     if kind is Spore:
         return [_adopt(result, parent, agent)]
     if kind is str or kind is bytes:
-        return _xml_replies(result, parent=parent, agent=agent, emit=emit)
+        return _xml_replies(result, parent=parent, agent=agent, emit=emit, limits=limits)
     if isinstance(result, Iterable) and not isinstance(result, str | bytes | dict):
         shaped: list[Spore] = []
-        for item in result:
-            if item is None:
-                continue
-            if type(item) is dict:
-                shaped.append(reply_spore(item, parent=parent, agent=agent, emit=emit))
-            elif type(item) is Spore:
-                shaped.append(_adopt(item, parent, agent))
-            elif type(item) in (str, bytes):
-                shaped.extend(_xml_replies(item, parent=parent, agent=agent, emit=emit))
-            else:
-                raise SporeError(_bad_return(agent, item))
+        _shape_items(iter(result), shaped, parent=parent, agent=agent, emit=emit,
+                     limits=limits, offload=None)
         return shaped
     raise SporeError(_bad_return(agent, result))
+
+
+def shape_replies_off_loop(
+    result: Any, *, parent: Spore, agent: str, emit: Emit | None,
+    limits: Limits = _DEFAULT_LIMITS,
+) -> list[Spore] | Awaitable[list[Spore]]:
+    """:func:`shape_replies`, or, when ``result`` is or holds XML text over
+    ``OFFLOAD_XML_BYTES``, an awaitable of the same spores that parses it on a worker
+    thread (nothing is parsed before it is awaited). The items of an iterable keep their
+    order; those after a large one are taken when the awaitable gets to them.
+    """
+    kind = type(result)
+    if kind is dict:
+        return [reply_spore(result, parent=parent, agent=agent, emit=emit)]
+    if kind is str or kind is bytes:
+        if len(result) > OFFLOAD_XML_BYTES:
+            return _rest_off_loop([], result, iter(()), parent=parent, agent=agent, emit=emit,
+                                  limits=limits)
+        return _xml_replies(result, parent=parent, agent=agent, emit=emit, limits=limits)
+    if result is None or kind is Spore or not isinstance(result, Iterable) or isinstance(
+            result, str | bytes | dict):
+        return shape_replies(result, parent=parent, agent=agent, emit=emit, limits=limits)
+    items = iter(result)
+    shaped: list[Spore] = []
+    large = _shape_items(items, shaped, parent=parent, agent=agent, emit=emit, limits=limits,
+                         offload=OFFLOAD_XML_BYTES)
+    if large is None:
+        return shaped
+    return _rest_off_loop(shaped, large, items, parent=parent, agent=agent, emit=emit,
+                          limits=limits)
+
+
+def _shape_items(items: Iterator[Any], shaped: list[Spore], *, parent: Spore, agent: str,
+                 emit: Emit | None, limits: Limits, offload: int | None) -> str | bytes | None:
+    """Shape ``items`` into ``shaped`` until XML text over ``offload`` comes; return it
+    (None: every item is shaped)."""
+    for item in items:
+        kind = type(item)
+        if kind is dict:
+            shaped.append(reply_spore(item, parent=parent, agent=agent, emit=emit))
+        elif item is None:
+            continue
+        elif kind is Spore:
+            shaped.append(_adopt(item, parent, agent))
+        elif kind is str or kind is bytes:
+            if offload is not None and len(item) > offload:
+                return item  # type: ignore[no-any-return]
+            shaped.extend(_xml_replies(item, parent=parent, agent=agent, emit=emit,
+                                       limits=limits))
+        else:
+            raise SporeError(_bad_return(agent, item))
+    return None
+
+
+async def _rest_off_loop(shaped: list[Spore], large: str | bytes | None, items: Iterator[Any],
+                         *, parent: Spore, agent: str, emit: Emit | None,
+                         limits: Limits) -> list[Spore]:
+    """Parse ``large`` on a worker thread, then shape the rest of ``items`` the same way."""
+    while large is not None:
+        shaped.extend(await _xml_replies_off_loop(large, parent=parent, agent=agent,
+                                                  emit=emit, limits=limits))
+        large = _shape_items(items, shaped, parent=parent, agent=agent, emit=emit,
+                             limits=limits, offload=OFFLOAD_XML_BYTES)
+    return shaped
+
+
+async def _xml_replies_off_loop(text: str | bytes, *, parent: Spore, agent: str,
+                                emit: Emit | None, limits: Limits) -> list[Spore]:
+    payloads = await asyncio.to_thread(
+        parse_payloads, text, max_elements=limits.max_xml_elements,
+        max_attributes=limits.max_xml_attributes)
+    return _payload_spores(payloads, parent=parent, agent=agent, emit=emit)
 
 
 def reply_spore(
@@ -93,11 +173,18 @@ def _adopt(spore: Spore, parent: Spore, agent: str) -> Spore:
         hops=max(hops, parent.hops + 1) if type(hops) is int else hops)
 
 
-def _xml_replies(text: str | bytes, *, parent: Spore, agent: str,
-                 emit: Emit | None) -> list[Spore]:
+def _xml_replies(text: str | bytes, *, parent: Spore, agent: str, emit: Emit | None,
+                 limits: Limits) -> list[Spore]:
+    payloads = parse_payloads(text, max_elements=limits.max_xml_elements,
+                              max_attributes=limits.max_xml_attributes)
+    return _payload_spores(payloads, parent=parent, agent=agent, emit=emit)
+
+
+def _payload_spores(payloads: list[Payload], *, parent: Spore, agent: str,
+                    emit: Emit | None) -> list[Spore]:
     """One spore per top-level element; its attributes address it, its tag is its kind."""
     spores = []
-    for payload in parse_payloads(text):
+    for payload in payloads:
         attrs = payload.attrs
         spore = reply_spore(
             payload.knowledge, parent=parent, agent=agent, emit=emit, to=attrs.get("to"),

@@ -10,7 +10,9 @@ from typing import Final
 
 from sporeflow.config.errors import SporeError
 
-__all__ = ["EXCERPT_CHARS", "NCNAME", "ROOT_TAG", "WS", "XmlPayloadError", "excerpt", "repair"]
+__all__ = [
+    "EXCERPT_CHARS", "NCNAME", "ROOT_TAG", "WS", "XmlPayloadError", "excerpt", "over_cap", "repair",
+]
 
 ROOT_TAG: Final = "sporeflow-payloads"
 """The root element a repaired reply is wrapped in."""
@@ -33,7 +35,10 @@ _UNQUOTED: Final = "([^ \t\r\n\"'<>`=]+)"
 _ATTR_RE: Final = re.compile(f"({_QNAME}){_S}*={_S}*(?:{_QUOTED}|{_UNQUOTED})")
 _ANY_ATTR: Final = f"{_QNAME}{_S}*={_S}*(?:\"[^\"<]*\"|'[^'<]*'|[^ \t\r\n\"'<>`=]+?)"
 _START_RE: Final = re.compile(f"<({_QNAME})((?:{_S}+{_ANY_ATTR})*){_S}*(/?)>")
-_END_RE: Final = re.compile(rf"</({_QNAME})[^<>]*>")
+# Possessive quantifiers (``*+``): an end tag whose '>' never comes would otherwise be
+# retried at every length its name could give back to ``[^<>]*``, quadratic in the
+# name (52 s for 200,000 characters). Giving back never helps: both stop at '<'.
+_END_RE: Final = re.compile(rf"</([{_NAME_START}][{_NAME_CHAR}:]*+)[^<>]*+>")
 _ESCAPE_RE: Final = re.compile(
     r"&(?:#([0-9]{1,8});|#x([0-9a-fA-F]{1,8});|(?:lt|gt|amp|quot|apos);)?|[<>]"
 )
@@ -59,6 +64,16 @@ class XmlPayloadError(SporeError, ValueError):
 
 def excerpt(text: str, start: int = 0) -> str:
     return text[start : start + EXCERPT_CHARS]
+
+
+def over_cap(what: str, count: int, setting: str, cap: int, fix: str,
+             near: str = "") -> XmlPayloadError:
+    """The refusal of XML holding more ``what`` than a cap allows: the count, the cap's
+    setting and value, and ``fix``, how to raise it."""
+    return XmlPayloadError(f"the XML holds {count} {what}, over {setting}={cap}; {fix}", near)
+
+
+_ORGANISM_FIX: Final = "raise limits.{0} in the organism file, or write fewer {1}"
 
 
 # --- the repairing scanner ---------------------------------------------------------------
@@ -183,10 +198,12 @@ def _render_start(token: _Token) -> str:
 class _Repairer:
     """Rewrites sloppy text as balanced XML under one synthetic root."""
 
-    def __init__(self, text: str, max_depth: int) -> None:
+    def __init__(self, text: str, max_depth: int, max_elements: int,
+                 max_attributes: int) -> None:
         self.text = text
         self.tokens = _tokenize(text)
         self.matches, self.unclosed = self._match_tags(max_depth)
+        self._check_counts(max_elements, max_attributes)
         self.out: list[str] = []
         self.frames: list[_Frame] = []
         self.pending: list[str] = []
@@ -218,6 +235,26 @@ class _Repairer:
             if token.kind == _START and index not in closed
         }
         return matches, unclosed
+
+    def _check_counts(self, max_elements: int, max_attributes: int) -> None:
+        """Refuse more elements or attributes than allowed, before lxml builds them."""
+        elements = attributes = 0
+        first_over: dict[str, int] = {}
+        for token in self.tokens:
+            if token.kind == _START or token.kind == _EMPTY:
+                elements += 1
+                attributes += len(token.attrs)
+                if elements > max_elements:
+                    first_over.setdefault("max_xml_elements", token.pos)
+                if attributes > max_attributes:
+                    first_over.setdefault("max_xml_attributes", token.pos)
+        for setting, count, cap, what in (
+                ("max_xml_elements", elements, max_elements, "elements"),
+                ("max_xml_attributes", attributes, max_attributes, "attributes")):
+            if count > cap:
+                raise over_cap(what, count, f"limits.{setting}", cap,
+                               _ORGANISM_FIX.format(setting, what),
+                               excerpt(self.text, first_over[setting]))
 
     def run(self) -> str:
         self.out.append(f"<{ROOT_TAG}>")
@@ -279,6 +316,8 @@ class _Repairer:
             self.frames.pop()
 
 
-def repair(source: str, max_depth: int) -> str:
-    """``source`` made a balanced document under one root; raise on too deep nesting."""
-    return _Repairer(source, max_depth).run()
+def repair(source: str, max_depth: int, max_elements: int, max_attributes: int) -> str:
+    """``source`` made a balanced document under one root; raise on too deep nesting and
+    on more elements or attributes than allowed (counted as written, the synthetic root
+    aside, a repeated attribute once)."""
+    return _Repairer(source, max_depth, max_elements, max_attributes).run()

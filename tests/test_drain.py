@@ -114,7 +114,8 @@ def test_stop_dead_letters_what_cannot_finish_within_the_drain_timeout(virtual: 
         began = loop.time()
         unfinished = await org.stop(drain_timeout=1.0)
 
-        assert 1.0 <= loop.time() - began < 1.5  # waited the drain timeout, not forever
+        # The drain (less the cancellation grace) was waited for, and no longer.
+        assert 0.75 <= loop.time() - began <= 1.0
         assert unfinished == 5  # 2 running + 3 queued
         shutdown = [d for d in org.dead_letters if d.reason == "shutdown"]
         assert sorted(d.spore.knowledge["n"] for d in shutdown) == list(range(5))
@@ -139,7 +140,7 @@ def test_stop_loses_nothing_delivered_while_lanes_are_being_cancelled(virtual: A
             try:
                 await asyncio.Event().wait()
             except asyncio.CancelledError:
-                await asyncio.sleep(0.5)  # e.g. closing a connection politely
+                await asyncio.sleep(0.2)  # e.g. closing a connection politely, within the grace
                 raise
 
         async def producer(spore: Spore, ctx: Any) -> dict[str, int]:

@@ -142,3 +142,62 @@ def test_a_handler_blocking_past_its_timeout_is_timed_out(virtual: Any) -> None:
         assert [d.reason for d in org.dead_letters] == ["timeout"]
 
     virtual(main)
+
+
+def test_stop_abandons_a_handler_that_ignores_its_cancellation(virtual: Any,
+                                                               caplog: Any) -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        released = False
+
+        async def stubborn(spore: Spore, ctx: Any) -> None:
+            while True:
+                try:
+                    await asyncio.sleep(10)
+                except asyncio.CancelledError:
+                    if released:
+                        raise
+                    # the fault: swallows every cancellation
+
+        org = Organism.from_dict({"agents": {"stubborn": {"handler": stubborn}}})
+        await org.start()
+        await org.send("stubborn", {})
+        began = loop.time()
+        left = await org.stop(drain_timeout=2.0)
+        assert loop.time() - began <= 2.0  # the drain timeout bounds the whole stop
+        assert left == 1
+        assert [d.reason for d in org.dead_letters] == ["shutdown"]
+        assert org.state == "stopped"
+        released = True  # let the abandoned task end, so the test leaves nothing behind
+        left_behind = {task for task in asyncio.all_tasks()
+                       if task.get_name().endswith(":runner")}
+        for task in left_behind:
+            task.cancel()
+        await asyncio.wait(left_behind)
+
+    virtual(main)
+    assert "ignored their cancellation" in caplog.text
+
+
+def test_sporeflow_run_exits_past_a_handler_that_ignores_cancellation(
+        tmp_path: Path) -> None:
+    (tmp_path / "stubborn.py").write_text(textwrap.dedent("""
+        import asyncio
+
+        async def loop_forever(spore, ctx):
+            while True:
+                try:
+                    await asyncio.sleep(10)
+                except asyncio.CancelledError:
+                    pass
+    """))
+    (tmp_path / "organism.yaml").write_text(textwrap.dedent("""
+        organism: {name: stubborn}
+        agents:
+          stubborn: {handler: stubborn:loop_forever, boot: {go: 1}}
+    """))
+    result = subprocess.run(
+        [sys.executable, "-m", "sporeflow.pipeline.cli", "run", "organism.yaml", "--quiet",
+         "--max-duration", "0.5s", "--drain-timeout", "1s"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "abandoned" in result.stderr

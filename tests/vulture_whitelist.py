@@ -26,3 +26,4 @@ signing_key_env  # OrganismSpec field, set by the loader, shown by `check`
 # server class, click's command registered by decorator, exception chaining.
 _.collect, _.log_message, address_family, list_, _.__cause__
 _.destroy  # Backend.destroy: tests delete their unique queues and exchanges with it
+_.convert  # click.ParamType.convert: click calls it for a DURATION option

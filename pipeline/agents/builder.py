@@ -3,25 +3,29 @@ orchestrator, worker process), how its results become spores, and its lane."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import inspect
 import logging
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sporeflow.config import AgentSpec, Emit
+from sporeflow.config import AgentSpec, Emit, Limits
 from sporeflow.pipeline.agents.context import Context, HandlerPort
 from sporeflow.pipeline.agents.orchestration import orchestrator
 from sporeflow.pipeline.agents.procpool import ProcessPool
 from sporeflow.pipeline.agents.state import AgentStates
+from sporeflow.pipeline.agents.threads import AgentThreads
+from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.latency import BOUNDS as LATENCY_BOUNDS
 from sporeflow.pipeline.core.latency import LatencyHistogram
 from sporeflow.pipeline.core.ledger import Ledger
 from sporeflow.pipeline.core.wiring import AgentRuntime
-from sporeflow.steps import AgentLane, LanePolicy, RunnerPool, Spore, shape_replies
+from sporeflow.steps import AgentLane, LanePolicy, RunnerPool, Spore
+from sporeflow.steps.replies import shape_replies_off_loop
 
 __all__ = ["AgentBuilder", "InvocationWrapper"]
 
@@ -41,9 +45,10 @@ class AgentBuilder:
     def __init__(self, *, port: HandlerPort, ledger: Ledger, pool: RunnerPool,
                  procpool: ProcessPool, states: AgentStates,
                  latency: dict[str, LatencyHistogram], base_dir: Path,
-                 now: Callable[[], datetime],
+                 now: Callable[[], datetime], limits: Limits,
                  wrapper: InvocationWrapper | None = None) -> None:
         self.port = port
+        self.limits = limits  # the XML caps of handlers' replies
         self.ledger = ledger
         self.pool = pool
         self.procpool = procpool
@@ -52,6 +57,13 @@ class AgentBuilder:
         self.base_dir = base_dir
         self.now = now
         self.wrapper = wrapper
+        # The sync handlers' threads of the agents built (those still in use).
+        self.threads: weakref.WeakSet[AgentThreads] = weakref.WeakSet()
+
+    def close(self) -> None:
+        """The run ends: every agent's idle threads end; abandoned ones are not waited for."""
+        for threads in list(self.threads):
+            threads.close()
 
     def build(self, spec: AgentSpec) -> AgentRuntime:
         name = spec.name
@@ -73,7 +85,7 @@ class AgentBuilder:
 
         # Bound to this runtime, not looked up by name: after a reload, a removed or
         # replaced agent's lane still finishes its work with its own runtime.
-        invoke, shape = self._invoker(spec, lambda: agent), self._shaper(spec)
+        invoke, shape = self._invoker(spec, lambda: agent), self._shaper(spec, lambda: agent)
         if self.wrapper is not None:
             invoke, shape = self.wrapper.wrap(name, invoke, shape)
         lane = AgentLane(name, invoke, shape,
@@ -88,14 +100,25 @@ class AgentBuilder:
         port = self.port
         if spec.cpu_bound:  # in a worker process; spores and results cross as JSON
             return self.procpool.invoker(spec, self.base_dir)
+        # Sync handlers block: they run on the agent's own threads (made when first needed).
+        threads = AgentThreads(spec.name, spec.concurrency, lambda: runtime().lane,
+                               self.ledger.logger)
         if inspect.isclass(handler):  # one instance per agent handles every spore
+            self.threads.add(threads)  # its method may be sync
 
             async def invoke_instance(spore: Spore, attempt: int) -> Any:
                 agent = runtime()
-                return await agent.actor.call(spore, Context(port, agent, spore, attempt))
+                return await agent.actor.call(spore, Context(port, agent, spore, attempt),
+                                              threads)
 
             return invoke_instance
         # A callable object counts as async when its class's __call__ is.
+        if inspect.isasyncgenfunction(handler):  # streams: see _stream
+
+            async def invoke_generator(spore: Spore, attempt: int) -> Any:
+                return handler(spore, Context(port, runtime(), spore, attempt))
+
+            return invoke_generator
         is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
             type(handler).__call__)
 
@@ -103,27 +126,55 @@ class AgentBuilder:
             return handler(spore, Context(port, runtime(), spore, attempt))
 
         def invoke_sync(spore: Spore, attempt: int) -> Any:
-            # Plain functions may block: they run on a worker thread, off the loop.
             context = Context(port, runtime(), spore, attempt)
-            return asyncio.to_thread(handler, spore, context)
+            return threads.run(handler, spore, context, spore=spore)
 
-        return invoke_async if is_async else invoke_sync
+        if is_async:
+            return invoke_async
+        self.threads.add(threads)
+        return invoke_sync
 
-    @staticmethod
-    def _shaper(spec: AgentSpec) -> Shape:
+    def _shaper(self, spec: AgentSpec, runtime: Callable[[], AgentRuntime]) -> Shape:
         name, emit = spec.name, spec.emit
+        port, ledger, limits = self.port, self.ledger, self.limits
 
         def shape(result: Any, parent: Spore) -> Any:
-            if hasattr(result, "__aiter__"):
-                return _collect(result, parent, name, emit)
-            return shape_replies(result, parent=parent, agent=name, emit=emit)
+            if result.__class__ is not dict and hasattr(result, "__aiter__"):
+                return _stream(result, parent, name, emit, port, ledger.intake, runtime,
+                               limits)
+            # Large XML comes back as an awaitable that parses on a worker thread.
+            return shape_replies_off_loop(result, parent=parent, agent=name, emit=emit,
+                                          limits=limits)
 
         return shape
 
 
-async def _collect(results: Any, parent: Spore, name: str, emit: Emit | None) -> list[Spore]:
-    """Shape what an async-iterable return value yields, item by item."""
-    replies: list[Spore] = []
-    async for item in results:
-        replies.extend(shape_replies(item, parent=parent, agent=name, emit=emit))
-    return replies
+async def _stream(results: Any, parent: Spore, name: str, emit: Emit | None,
+                  port: HandlerPort, intake: Intake, runtime: Callable[[], AgentRuntime],
+                  limits: Limits) -> list[Spore]:
+    """Route what an async generator (or iterable) yields as it yields it, under the
+    handler's timeout: a continuous source is a generator that yields forever.
+
+    It stops at its next item once the organism is stopping, and waits, its slot lent,
+    while spores are paged out to disk, so that a fast source keeps memory and disk
+    bounded (see ``Intake.feed``).
+    """
+    async with contextlib.aclosing(results) if hasattr(results, "aclose") else (
+            contextlib.nullcontext(results)) as items:
+        async for item in items:
+            replies = shape_replies_off_loop(item, parent=parent, agent=name, emit=emit,
+                                             limits=limits)
+            if not isinstance(replies, list):
+                replies = await replies  # large XML, parsed on a worker thread
+            if replies:
+                port.output(replies, parent, name)
+            if intake.closed:
+                break
+            if intake.spill.count:
+                lane = runtime().lane
+                lane.lend()
+                try:
+                    await intake.paged_in()
+                finally:
+                    await lane.reclaim()
+    return []

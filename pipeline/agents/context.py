@@ -31,6 +31,8 @@ class HandlerPort(Protocol):
     def emit(self, spore: Spore, parent: Spore, agent: str, *, built: bool = False) -> None:
         ...
 
+    def output(self, spores: list[Spore], parent: Spore, agent: str) -> None: ...
+
     async def ask(self, spore: Spore, timeout: float, parent: Spore, agent: str) -> Spore: ...
 
     @property
@@ -48,6 +50,7 @@ class RunPort:
                  budget: ThreadBudget, knowledge_store: KnowledgeStore,
                  now: Callable[[], datetime]) -> None:
         self.emit = ingress.emit
+        self.output = ingress.output
         self._ingress = ingress
         self._wiring = wiring
         self.spend = budget.spend

@@ -27,6 +27,7 @@ from typing import Any
 
 from sporeflow.config import OrganismStateError
 from sporeflow.config.handlers import agent_method
+from sporeflow.pipeline.agents.threads import AgentThreads
 from sporeflow.pipeline.core.wiring import AgentRuntime
 from sporeflow.steps import Spore
 
@@ -83,8 +84,9 @@ class ClassAgent:
         if on_stop is not None:
             await on_stop()
 
-    async def call(self, spore: Spore, ctx: Any) -> Any:
-        """Handle ``spore`` with the instance's method (making the instance first)."""
+    async def call(self, spore: Spore, ctx: Any, threads: AgentThreads) -> Any:
+        """Handle ``spore`` with the instance's method (making the instance first); a
+        sync method runs on one of ``threads``, the agent's."""
         instance = self.instance
         if instance is None:
             instance = await self.ensure()
@@ -93,8 +95,8 @@ class ClassAgent:
             return await method(spore, ctx)
         if self.is_async_gen:
             return method(spore, ctx)
-        # A plain method may block: it runs on a worker thread, off the loop.
-        return await asyncio.to_thread(method, spore, ctx)
+        # A plain method may block: it runs on a thread of the agent, off the loop.
+        return await threads.run(method, spore, ctx, spore=spore)
 
 
 def _load_into(instance: Any, state: Any, name: str) -> None:

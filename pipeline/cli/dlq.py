@@ -13,7 +13,6 @@ moves the chosen ones back among the journal's unfinished spores: the next
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from typing import Any, TypeVar
 import click
 
 from sporeflow.config import SporeflowError, load_organism
-from sporeflow.pipeline.cli.util import ORGANISM_ARG, fail, guarded
+from sporeflow.pipeline.cli.util import DURATION, ORGANISM_ARG, fail, guarded, run_to_end
 from sporeflow.pipeline.journal.offline import JournalFile
 from sporeflow.pipeline.journal.sqlite import JournalError, StoredDeadLetter
 from sporeflow.pipeline.observe.logs import configure_logging
@@ -157,8 +156,8 @@ def show(ctx: click.Context, organism: Path, journal: Path | None, agents: tuple
 @click.option("--all", "everything", is_flag=True, help="Replay every dead letter.")
 @click.option("--run", "run_now", is_flag=True,
               help="Then run the organism until idle, so that they are delivered now.")
-@click.option("--drain-timeout", default=30.0, show_default=True,
-              help="With --run: seconds to finish in-flight work on stop.")
+@click.option("--drain-timeout", type=DURATION, default="30s", show_default=True,
+              help="With --run: how long a stop may take, e.g. 30s.")
 @click.pass_context
 def replay(ctx: click.Context, organism: Path, journal: Path | None, agents: tuple[str, ...],
            reasons: tuple[str, ...], ids: tuple[str, ...], everything: bool, run_now: bool,
@@ -176,7 +175,7 @@ def replay(ctx: click.Context, organism: Path, journal: Path | None, agents: tup
         org = guarded(ctx, lambda: Organism(load_organism(organism), journal=path))
         started = time.perf_counter()
         try:
-            asyncio.run(_run_until_idle(org, drain_timeout))
+            run_to_end(_run_until_idle(org, drain_timeout))
         except SporeflowError as exc:
             fail(ctx, exc)
         click.echo(render_summary(org.stats(), time.perf_counter() - started), err=True)

@@ -23,16 +23,23 @@ import click
 
 from sporeflow.config import (
     ORGANISM_SCHEMA,
+    Limits,
     SporeError,
     SporeflowError,
     check_organism,
-    parse_duration,
 )
 from sporeflow.pipeline.agents.state import read_snapshot, write_snapshot
 from sporeflow.pipeline.cli.dlq import dlq
 from sporeflow.pipeline.cli.graph import graph
 from sporeflow.pipeline.cli.tail import tail
-from sporeflow.pipeline.cli.util import ORGANISM_ARG, ORGANISM_FILE, fail, guarded
+from sporeflow.pipeline.cli.util import (
+    DURATION,
+    ORGANISM_ARG,
+    ORGANISM_FILE,
+    fail,
+    guarded,
+    run_to_end,
+)
 from sporeflow.pipeline.observe.live import LiveView
 from sporeflow.pipeline.observe.logs import configure_logging, log_events
 from sporeflow.pipeline.observe.prometheus import MetricsServer
@@ -70,8 +77,8 @@ def _parsed(parse: Callable[[str], T], value: str | None, option: str) -> T | No
               help="Record unfinished spores and dead letters in this SQLite FILE, replayed "
                    "at the next start (overrides organism.journal).")
 @click.option("--until-idle", is_flag=True, help="Exit 0 once nothing is queued or running.")
-@click.option("--drain-timeout", default=30.0, show_default=True,
-              help="Seconds to finish in-flight work on stop.")
+@click.option("--drain-timeout", type=DURATION, default="30s", show_default=True,
+              help="How long a stop may take (finishing in-flight work), e.g. 30s.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option("--log-level", default="WARNING", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
@@ -84,7 +91,7 @@ def _parsed(parse: Callable[[str], T], value: str | None, option: str) -> T | No
                    "graceful stop.")
 @click.option("--until", metavar="EXPRESSION",
               help="Stop once this holds over the stats, e.g. 'totals.handled >= 1000'.")
-@click.option("--max-duration", metavar="DURATION", help="Stop after this long, e.g. 30s or 5m.")
+@click.option("--max-duration", type=DURATION, help="Stop after this long, e.g. 30s or 5m.")
 @click.option("--watch", is_flag=True, help="Reload when the organism file or its handler "
               "modules change (needs sporeflow[watch]); SIGHUP reloads too.")
 @click.option("--trace", is_flag=True, help="OpenTelemetry span per handler call (needs "
@@ -97,7 +104,7 @@ def _parsed(parse: Callable[[str], T], value: str | None, option: str) -> T | No
 def run(ctx: click.Context, organism: Path, until_idle: bool, drain_timeout: float,
         log_format: str, log_level: str, quiet: bool, metrics_port: int | None,
         metrics_host: str, state_file: Path | None, until: str | None, journal: Path | None,
-        max_duration: str | None, trace: bool, watch: bool, backend: str | None = None,
+        max_duration: float | None, trace: bool, watch: bool, backend: str | None = None,
         agents: str | None = None) -> None:
     """Run ORGANISM (default ./organism.yaml) until Ctrl-C, SIGTERM, or idle.
 
@@ -115,12 +122,11 @@ def run(ctx: click.Context, organism: Path, until_idle: bool, drain_timeout: flo
     observers = partial(_observers, live=not quiet and sys.stderr.isatty(), quiet=quiet,
                         metrics_port=metrics_port, metrics_host=metrics_host)
     condition = _parsed(parse_condition, until, "--until")
-    duration = _parsed(parse_duration, max_duration, "--max-duration")
     try:
         if state_file is not None and (snapshot := read_snapshot(state_file)) is not None:
             org.load_state(snapshot)
-        code = asyncio.run(_run(org, until_idle=until_idle, drain_timeout=drain_timeout,
-                                observers=observers, until=condition, max_duration=duration,
+        code = run_to_end(_run(org, until_idle=until_idle, drain_timeout=drain_timeout,
+                                observers=observers, until=condition, max_duration=max_duration,
                                 watch=watch))
         if state_file is not None:  # only after a graceful stop: a crash raised above
             write_snapshot(state_file, org.save_state())
@@ -181,6 +187,8 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
     try:
         await org.start()
         reloads.start()  # SIGHUP (and --watch) reload the organism
+        if org.journal is not None:  # a journal that fails stops the run (journal.store)
+            waiters.append(asyncio.ensure_future(org.journal.failed()))
         if observers is not None:
             watching = await observers(org)
         if until_idle:
@@ -189,6 +197,7 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
             try:
                 until(org.stats())  # a name the stats lack fails now, not mid-run
             except ValueError as exc:
+                drain_timeout = 0  # nothing ran for long: stop at once, then say why
                 raise click.BadParameter(str(exc), param_hint="'--until'") from None
             waiters.append(asyncio.ensure_future(wait_until(org.stats, until)))
         if max_duration is not None:
@@ -200,11 +209,15 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
         for waiter in waiters:
             waiter.cancel()
         await reloads.aclose()
+        if org.journal is not None and org.journal.failure is not None:
+            drain_timeout = 0  # fail stop: nothing more runs that could not be recorded
         unfinished = await org.stop(drain_timeout=drain_timeout)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await watching.aclose()
     click.echo(render_summary(org.stats(), time.perf_counter() - started), err=True)
+    if org.journal is not None and org.journal.failure is not None:
+        raise org.journal.failure  # its cause, and what the next start will do: exit 1
     if unfinished and org.journal is not None:
         click.echo(f"{unfinished} spore(s) could not finish; they stay in the journal "
                    f"{org.journal.path} and are replayed at the next start", err=True)
@@ -244,9 +257,12 @@ def send(ctx: click.Context, organism: Path, to_agent: str, as_request: bool, ti
     back as JSON lines."""
     if (knowledge is None) == (xml_payload is None):
         raise click.UsageError("give KNOWLEDGE (JSON) or --xml ELEMENT, exactly one")
+    configure_logging("text", "WARNING")
+    org = guarded(ctx, lambda: Organism.from_file(organism))
     extra: dict[str, Any] = {}
     if xml_payload is not None:
-        payload, extra = guarded(ctx, lambda: _xml_knowledge(xml_payload, as_request))
+        payload, extra = guarded(ctx, lambda: _xml_knowledge(xml_payload, as_request,
+                                                             org.spec.limits))
     else:
         try:
             payload = json.loads(knowledge or "")
@@ -254,21 +270,19 @@ def send(ctx: click.Context, organism: Path, to_agent: str, as_request: bool, ti
             click.echo(f"SporeError: KNOWLEDGE is not JSON: {exc}; quote it like "
                        f"'{{\"a\": 1}}'", err=True)
             ctx.exit(1)
-    configure_logging("text", "WARNING")
-    org = guarded(ctx, lambda: Organism.from_file(organism))
     try:
-        asyncio.run(_send(org, to_agent, payload, as_request=as_request, timeout=timeout,
+        run_to_end(_send(org, to_agent, payload, as_request=as_request, timeout=timeout,
                           extra=extra))
     except SporeflowError as exc:
         fail(ctx, exc)
 
 
-def _xml_knowledge(text: str, as_request: bool) -> tuple[Any, dict[str, Any]]:
+def _xml_knowledge(text: str, as_request: bool, limits: Limits) -> tuple[Any, dict[str, Any]]:
     """``--xml``: one payload element, read by the mapping of replies; its tag is the kind."""
     if as_request:
         raise SporeError("--xml cannot be combined with --request: a request carries no "
                          "kind; send the knowledge as JSON")
-    payload = payload_from_xml(text)
+    payload = payload_from_xml(text, limits=limits)
     if payload.attrs:
         raise SporeError(
             f"--xml: <{payload.tag}> has addressing attribute(s) {', '.join(payload.attrs)}; "

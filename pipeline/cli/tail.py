@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from sporeflow.config import SporeflowError, did_you_mean
-from sporeflow.pipeline.cli.util import ORGANISM_ARG, fail, guarded
+from sporeflow.pipeline.cli.util import DURATION, ORGANISM_ARG, fail, guarded, run_to_end
 from sporeflow.pipeline.observe.events import (
     Event,
     EventBus,
@@ -146,8 +146,8 @@ class Tail:
               help="Only these events (repeatable; default: all).")
 @click.option("--no-knowledge", is_flag=True, help="Leave each spore's knowledge out.")
 @click.option("--until-idle", is_flag=True, help="Stop once nothing is queued or running.")
-@click.option("--drain-timeout", default=30.0, show_default=True,
-              help="Seconds to finish in-flight work on stop.")
+@click.option("--drain-timeout", type=DURATION, default="30s", show_default=True,
+              help="How long a stop may take (finishing in-flight work), e.g. 30s.")
 @click.option("--buffer", "maxsize", default=10_000, show_default=True,
               type=click.IntRange(min=1),
               help="Events held for a slow reader before the oldest are dropped.")
@@ -167,7 +167,7 @@ def tail(ctx: click.Context, organism: Path, agents: tuple[str, ...],
     _check_names("--channel", channels, org.spec.channels, "channel", org.spec.name)
     accept = TailFilter.of(agents=agents, channels=channels, types=types, kinds=kinds)
     try:
-        dropped = asyncio.run(_tail(org, accept, until_idle=until_idle,
+        dropped = run_to_end(_tail(org, accept, until_idle=until_idle,
                                     drain_timeout=drain_timeout, maxsize=maxsize,
                                     knowledge=not no_knowledge))
     except SporeflowError as exc:

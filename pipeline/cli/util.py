@@ -6,15 +6,16 @@ group in ``cli.py``; they import these helpers rather than ``cli`` itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
-from sporeflow.config import ConfigError, SporeflowError
+from sporeflow.config import ConfigError, SporeflowError, parse_duration
 
-__all__ = ["ORGANISM_ARG", "ORGANISM_FILE", "fail", "guarded"]
+__all__ = ["DURATION", "ORGANISM_ARG", "ORGANISM_FILE", "fail", "guarded", "run_to_end"]
 
 T = TypeVar("T")
 
@@ -24,6 +25,32 @@ ORGANISM_ARG = click.argument(
     type=click.Path(dir_okay=False, path_type=Path))
 # Required: commands that inspect a named file.
 ORGANISM_FILE = click.argument("organism", type=click.Path(dir_okay=False, path_type=Path))
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]
+    """Seconds, written as in organism.yaml: ``30``, ``1.5``, ``250ms``, ``5s``, ``2m``."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_duration(float(value) if _is_number(value) else value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+DURATION = Duration()
 
 
 def fail(ctx: click.Context, exc: BaseException) -> NoReturn:
@@ -41,3 +68,23 @@ def guarded(ctx: click.Context, work: Callable[[], T]) -> T:
         return work()
     except SporeflowError as exc:
         fail(ctx, exc)
+
+
+def run_to_end(main: Coroutine[Any, Any, T], *, grace: float = 1.0) -> T:
+    """``asyncio.run(main)``, except that tasks left running at the end (a handler the
+    stop abandoned because it ignores cancellation) get ``grace`` seconds to end once
+    cancelled, not forever: the command exits when its work is done."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            if left:
+                loop.run_until_complete(asyncio.wait(left, timeout=grace))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()

@@ -66,6 +66,8 @@ class Ingress:
         self.stamp_outside: Stamp | None = None
         self.stamp_sent: Stamp | None = None
         self.persist: Callable[[tuple[Spore, ...]], Awaitable[None]] | None = None
+        # Ids of the boot spores sent: their handlers are sources, stopped first at a stop.
+        self.sources: set[str] = set()
 
     # -- the early check -------------------------------------------------------------
 
@@ -183,6 +185,10 @@ class Ingress:
     def emit(self, spore: Spore, parent: Spore, agent: str, *, built: bool = False) -> None:
         """Feed what a running handler sends; refusals are dead letters and raise.
         ``built``: made by ``new_spore`` from the handler's arguments."""
+        if self.intake.closed and parent.id in self.sources:
+            raise OrganismStateError(
+                f"organism {self.organism!r} is stopping: {agent!r}, handling its boot spore, "
+                f"may start no new work (stop at the next send, or use an async generator)")
         try:
             self.screen(spore, self.outside, built=built)
         except (SporeError, DeliveryError) as exc:
@@ -192,6 +198,13 @@ class Ingress:
             spore = self.stamp_sent(spore)
         self.checked.add(id(spore))  # the validate stage need not check it again
         self.ledger.feed((spore,), agent, parent)
+
+    def output(self, spores: list[Spore], parent: Spore, agent: str) -> None:
+        """Feed what a running handler yields (a stream's items); the chain checks them
+        as it checks returned replies."""
+        if self.stamp_sent is not None:  # yielded inside the handler's span
+            spores = [self.stamp_sent(spore) for spore in spores]
+        self.ledger.feed(spores, agent, parent)
 
     def _refuse(self, spore: Spore, error: Exception, agent: str) -> None:
         reason = reason_of(error)

@@ -1,9 +1,15 @@
 """The chain's source: the ingress lane, the feedback lane, and the count of spores held.
 
 Outside senders ``admit`` into the ingress lane and wait while the organism is
-full (a channel's ``capacity`` queued, or ``max_in_flight`` spores held).
+full: ``max_in_flight`` spores held, a channel's ``capacity`` queued here, or a
+target agent's mailbox holding that many. Waiting senders are admitted in arrival
+order: one that finds no room when its turn comes keeps its place, and a new sender
+never overtakes those waiting.
+
 Handler replies ``feed`` the feedback lane and never wait: a pump that blocked
-on the queue it drains would deadlock. Admission is what bounds memory.
+on the queue it drains would deadlock. Past ``max_in_memory`` spores held, what is
+fed is paged out to disk (:mod:`.spill`) and read back as memory frees up, so
+memory stays bounded whatever the handlers produce.
 
 ``batches`` hands the chain everything queued, up to ``max_batch``, highest
 priority first; at equal priority the feedback lane goes first, so work
@@ -14,21 +20,35 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 from sporeflow.config.errors import OrganismStateError
 from sporeflow.config.model import DEFAULT_CAPACITY
-from sporeflow.steps import PRIORITY_MAX, PriorityBuckets, Spore
+from sporeflow.pipeline.core.spill import SpillFile
+from sporeflow.steps import PRIORITY_MAX, AgentLane, PriorityBuckets, Spore, SporeType
 
 __all__ = ["Intake"]
+
+_NEVER_PAGED = frozenset({SporeType.REQUEST, SporeType.RESPONSE})
+_REFILL = 4096  # spores read back from disk at a time
+
+# A target of an outside spore whose mailbox holds the given number (the channel's
+# capacity less what is queued here already), or None (see Run).
+FullTarget = Callable[[Spore, int], AgentLane | None]
 
 
 class Intake:
     def __init__(
         self, *, max_in_flight: int, capacities: Mapping[str, int],
         default_capacity: int = DEFAULT_CAPACITY, max_batch: int = 512,
+        max_in_memory: int | None = None, full_target: FullTarget | None = None,
     ) -> None:
         self.max_in_flight = max_in_flight
+        self.max_in_memory = max_in_memory
+        self.full_target = full_target
+        self.spill = SpillFile()
+        self._paged_in = asyncio.Event()  # set while nothing is paged out
+        self._paged_in.set()
         self.capacities = dict(capacities)
         self.default_capacity = default_capacity
         self.max_batch = max_batch
@@ -41,22 +61,40 @@ class Intake:
         self._idle = asyncio.Event()
         self._idle.set()
         self._wake: asyncio.Future[None] | None = None
-        self._senders: deque[asyncio.Future[None]] = deque()
+        # Waiting outside senders, oldest first; a woken one stays queued until admitted.
+        self._senders: deque[list[asyncio.Future[None]]] = deque()
+        self._asleep = 0  # senders in the queue not yet woken
         self._closed = False
         self._finished = False
 
     # -- entering ---------------------------------------------------------------
 
-    def _has_room(self, channel: str) -> bool:
-        return (self.held < self.max_in_flight and self.queued_by_channel.get(channel, 0)
-                < self.capacities.get(channel, self.default_capacity))
+    def _has_room(self, spore: Spore) -> bool:
+        channel = spore.channel
+        if not (self.held < self.max_in_flight and self.queued_by_channel.get(channel, 0)
+                < self.capacities.get(channel, self.default_capacity)):
+            return False
+        if self.full_target is None:
+            return True
+        full = self.full_target(spore, self.capacities.get(channel, self.default_capacity)
+                                - self.queued_by_channel.get(channel, 0))
+        if full is not None:
+            self._wait_on(full, self.capacities.get(channel, self.default_capacity))
+            return False
+        return True
+
+    def _wait_on(self, lane: AgentLane, capacity: int) -> None:
+        """Be told when ``lane``'s mailbox is down to half of ``capacity``: waking at
+        every spore it takes would make senders and lane trade single spores."""
+        lane.room_at = capacity // 2
+        lane.on_room = self._room_freed
 
     async def admit(self, spore: Spore) -> None:
         """Queue a spore from outside; wait (in arrival order) while the organism is full."""
         if self._closed:
             raise OrganismStateError("the organism is stopping; it admits no new spores")
-        if self._senders or not self._has_room(spore.channel):
-            await self._wait_for_room(spore.channel)
+        if self._senders or not self._has_room(spore):
+            await self._wait_for_room(spore)
         self._push_ingress(spore)
 
     def try_admit(self, spore: Spore) -> bool:
@@ -66,7 +104,12 @@ class Intake:
             return False
         channel = spore.channel
         queued = self.queued_by_channel.get(channel, 0)
-        if queued >= self.capacities.get(channel, self.default_capacity):
+        capacity = self.capacities.get(channel, self.default_capacity)
+        if queued >= capacity:
+            return False
+        if self.full_target is not None and (
+                full := self.full_target(spore, capacity - queued)) is not None:
+            self._wait_on(full, capacity)
             return False
         self.ingress.push(spore.priority, spore)
         self.queued_by_channel[channel] = queued + 1
@@ -80,23 +123,37 @@ class Intake:
         self.admitted += 1
         self._hold(1)
 
-    async def _wait_for_room(self, channel: str) -> None:
+    async def _wait_for_room(self, spore: Spore) -> None:
+        """Wait for our turn and room. Our place in the queue is kept from the first wait
+        to admission: woken without room, we wait again where we were."""
         loop = asyncio.get_running_loop()
-        while True:
-            waiter = loop.create_future()
-            self._senders.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter in self._senders:
-                    self._senders.remove(waiter)
-                else:
-                    self._wake_senders(1)  # pass on the turn we were given
-                raise
-            if self._closed:
-                raise OrganismStateError("the organism is stopping; it admits no new spores")
-            if self._has_room(channel):
-                return
+        place: list[asyncio.Future[None]] = [loop.create_future()]
+        self._senders.append(place)
+        self._asleep += 1
+        try:
+            while True:
+                try:
+                    await place[0]
+                except asyncio.CancelledError:
+                    if place[0].done() and not place[0].cancelled():
+                        self._wake_senders(1, after=place)  # pass on the turn we were given
+                    else:
+                        self._asleep -= 1
+                    raise
+                if self._closed:
+                    raise OrganismStateError(
+                        "the organism is stopping; it admits no new spores")
+                if self._has_room(spore):
+                    return
+                place[0] = loop.create_future()
+                self._asleep += 1
+                self._wake_senders(1, after=place)  # pass the turn on to the next in line
+        finally:
+            self._senders.remove(place)
+
+    def _room_freed(self) -> None:
+        if self._asleep:
+            self._wake_senders(1)
 
     def configure(self, *, max_in_flight: int, capacities: Mapping[str, int]) -> None:
         """Apply new admission limits (a reload); waiting senders look for room again."""
@@ -110,6 +167,16 @@ class Intake:
         They are not checked yet: a priority out of range is queued as the highest, so
         that the validate stage refuses it first thing.
         """
+        limit = self.max_in_memory
+        if limit is not None and (self.held >= limit or self.spill.count):
+            self._feed_paged(list(spores), limit)
+            return
+        count = self._push_feedback(spores)
+        if count:
+            self.fed += count
+            self._hold(count)
+
+    def _push_feedback(self, spores: Iterable[Spore]) -> int:
         count = 0
         push = self.feedback.push
         for spore in spores:
@@ -117,9 +184,43 @@ class Intake:
             push(priority if priority.__class__ is int and 0 < priority <= PRIORITY_MAX
                  else PRIORITY_MAX, spore)
             count += 1
-        if count:
-            self.fed += count
-            self._hold(count)
+        return count
+
+    def _feed_paged(self, spores: list[Spore], limit: int) -> None:
+        """Feed what fits in memory; page the rest out, behind what is paged out already.
+        Requests and responses stay in memory: a handler awaiting one holds its spore
+        and slot meanwhile, so paging them out could stall the organism."""
+        room = 0 if self.spill.count else max(0, limit - (self.held - self.spill.count))
+        now, later = spores[:room], list[Spore]()
+        for spore in spores[room:]:
+            (now if spore.spore_type in _NEVER_PAGED else later).append(spore)
+        self._push_feedback(now)
+        if later:
+            self._push_feedback(self.spill.push(later))
+            if self.spill.count:
+                self._paged_in.clear()
+        self.fed += len(spores)
+        self._hold(len(spores))
+
+    def _refill(self) -> None:
+        """Read paged-out spores back while memory has room (below half the limit, or
+        when the chain has nothing else to do)."""
+        limit = self.max_in_memory or 0
+        room = limit - (self.held - self.spill.count)
+        if room > 0 and (room >= limit // 2 or not (self.feedback or self.ingress)):
+            self._push_feedback(self.spill.pop(min(room, _REFILL)))
+            if not self.spill.count:
+                self._paged_in.set()
+
+    async def paged_in(self) -> None:
+        """Return once nothing is paged out (a streaming source waits here, its slot
+        lent, so that a source alone cannot fill the disk)."""
+        await self._paged_in.wait()
+
+    @property
+    def closed(self) -> bool:
+        """Stopping: no outside spore is admitted, and sources stop at their next item."""
+        return self._closed
 
     def _hold(self, count: int) -> None:
         if not self.held:
@@ -140,16 +241,26 @@ class Intake:
         self.held -= count
         if not self.held:
             self._idle.set()
-        if self._senders and self.held < self.max_in_flight:
+        elif self.spill.count and (wake := self._wake) is not None and not wake.done():
+            wake.set_result(None)  # the chain reads paged-out spores back if there is room
+        if self._asleep and self.held < self.max_in_flight:
             self._wake_senders(self.max_in_flight - self.held)
 
-    def _wake_senders(self, count: int) -> None:
-        """Let up to ``count`` waiting senders re-check for room, oldest first."""
-        senders = self._senders
-        while senders and count > 0:
-            waiter = senders.popleft()
+    def _wake_senders(self, count: int, after: list[asyncio.Future[None]] | None = None,
+                      ) -> None:
+        """Let up to ``count`` waiting senders (those queued behind ``after``, if given)
+        re-check for room, oldest first; those already woken are not counted."""
+        passed = after is None
+        for place in self._senders:
+            if not passed:
+                passed = place is after
+                continue
+            if count <= 0:
+                return
+            waiter = place[0]
             if not waiter.done():
                 waiter.set_result(None)
+                self._asleep -= 1
                 count -= 1
 
     # -- leaving ------------------------------------------------------------------
@@ -164,9 +275,15 @@ class Intake:
         loop = asyncio.get_running_loop()
         feedback, ingress = self.feedback, self.ingress
         while True:
+            if self.spill.count:
+                self._refill()
             while not feedback and not ingress:
                 if self._finished:
                     return
+                if self.spill.count:
+                    self._refill()
+                    if feedback:
+                        break
                 self._wake = loop.create_future()
                 await self._wake
                 self._wake = None
@@ -185,7 +302,7 @@ class Intake:
                 counts = self.queued_by_channel
                 for spore in batch[start:]:
                     counts[spore.channel] -= 1
-                if self._senders:
+                if self._asleep:
                     self._wake_senders(len(batch) - start)
         return batch
 
@@ -194,15 +311,17 @@ class Intake:
     def close(self) -> None:
         """Refuse new outside spores; replies are still taken so work can finish."""
         self._closed = True
-        for waiter in self._senders:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._senders.clear()
+        for place in self._senders:
+            if not place[0].done():
+                place[0].set_result(None)
+        self._asleep = 0
 
     def finish(self) -> list[Spore]:
         """End the source and return what was still queued, for the dead letters."""
         self._finished = True
-        left = self.feedback.clear() + self.ingress.clear()
+        left = self.feedback.clear() + self.ingress.clear() + self.spill.clear()
+        self.spill.close()
+        self._paged_in.set()
         self.queued_by_channel.clear()
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)

@@ -2,25 +2,55 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
 
 from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.core.ledger import Ledger
+from sporeflow.pipeline.core.run import Run
 from sporeflow.steps import AgentLane
 
-__all__ = ["abandon_all"]
+__all__ = ["CANCEL_GRACE", "abandon_all", "drain_then_abandon"]
+
+# Seconds a cancelled handler gets to end at a stop (at most a quarter of the drain).
+CANCEL_GRACE = 0.5
 
 
-async def abandon_all(lanes: Sequence[tuple[str, AgentLane]], ledger: Ledger) -> int:
+async def drain_then_abandon(run: Run, lanes: Callable[[], Sequence[tuple[str, AgentLane]]],
+                             drain_timeout: float | None, drained: Callable[[], None]) -> int:
+    """Let ``run`` finish its work, call ``drained``, then cancel and dead-letter what is
+    left (see :func:`abandon_all`). ``drain_timeout`` bounds both: the drain gets it
+    less the grace cancelled handlers get to end."""
+    grace = CANCEL_GRACE if drain_timeout is None else min(CANCEL_GRACE, drain_timeout / 4)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(run.idle(), None if drain_timeout is None
+                               else drain_timeout - grace)
+    drained()
+    return await abandon_all(lanes(), run.ledger, grace)
+
+
+async def abandon_all(lanes: Sequence[tuple[str, AgentLane]], ledger: Ledger,
+                      grace: float | None = None) -> int:
     """Cancel the handlers still running in ``lanes`` and dead-letter (reason
-    ``shutdown``) what they and the intake still hold; return how many spores."""
+    ``shutdown``) what they and the intake still hold; return how many spores.
+
+    A handler that has not ended ``grace`` seconds after its cancellation is abandoned
+    and reported: a stop never waits on it longer.
+    """
     # Pause every lane before cancelling any: a handler's cancellation may still send
     # replies, and they must find lanes that keep them for the dead letters below.
     for _, lane in lanes:
         lane.pause()
     left = 0
-    for _, lane in lanes:
-        left += await lane.cancel(Reason.SHUTDOWN)
+    for name, lane in lanes:
+        before = lane.abandoned
+        left += await lane.cancel(Reason.SHUTDOWN, grace)
+        if lane.abandoned > before:
+            ledger.logger.error(
+                "%d handler(s) of agent %r ignored their cancellation for %ss and were "
+                "abandoned; their spores are dead-lettered as 'shutdown' (a handler must "
+                "not swallow asyncio.CancelledError)", lane.abandoned - before, name, grace)
     for name, lane in lanes:
         left += ledger.abandon(lane.drain_queue() + lane.cancel_timers(), name, Reason.SHUTDOWN)
     left += ledger.abandon([(spore, 0) for spore in ledger.intake.finish()], None,

@@ -11,6 +11,7 @@ from typing import Any
 from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.pipeline.journal.sqlite import (
+    CRASHES_SQL,
     JournalError,
     StoredDeadLetter,
     booted_agents,
@@ -87,6 +88,9 @@ class JournalFile:
                 "INSERT OR IGNORE INTO pending (id, priority, spore) VALUES (?, ?, ?)", rows)
             conn.executemany("DELETE FROM dead_letters WHERE seq = ?",
                              [(s.number,) for s in chosen])
+            # A replayed spore's crashes are counted afresh (see journal.inflight).
+            conn.execute(CRASHES_SQL)
+            conn.executemany("DELETE FROM crashes WHERE id = ?", [(row[0],) for row in rows])
         return len(chosen)
 
     def purge(self, letters: Iterable[StoredDeadLetter]) -> int:

@@ -4,6 +4,7 @@ how spores and dead letters become rows."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -21,11 +22,16 @@ try:  # an advisory lock keeps two processes from replaying one journal; POSIX o
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+try:  # the file size limit, named when a write fails on it; POSIX only
+    import resource
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
 
 
 __all__ = [
     "transaction",
     "APPLICATION_ID",
+    "CRASHES_SQL",
     "DEAD_SQL",
     "DELETE_SQL",
     "INSERT_SQL",
@@ -41,6 +47,7 @@ __all__ = [
     "booted_agents",
     "check_file",
     "connect",
+    "describe_failure",
     "letter_row",
     "lock",
     "logger",
@@ -74,6 +81,15 @@ CREATE TABLE dead_letters (
 );
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# How often the process died while a spore was being handled (see journal.inflight).
+# Not in SCHEMA: journals made before it get it at their next start, and older
+# sporeflow versions read journals that have it.
+CRASHES_SQL = """CREATE TABLE IF NOT EXISTS crashes (
+    id TEXT PRIMARY KEY,
+    count INTEGER NOT NULL,
+    agent TEXT
+)"""
+_SLACK = 64 * 1024  # "full": less room than this is left
 WAL_LIMIT = 8 * 1024 * 1024  # the WAL file is truncated back to this after checkpoints
 
 
@@ -243,15 +259,72 @@ def lock(path: Path) -> int:
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection, path: Path) -> Iterator[sqlite3.Connection]:
     """One write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``); any SQLite error ends it
-    and is raised as a :class:`JournalError` naming ``path``."""
+    and is raised as a :class:`JournalError` naming ``path``, caused by that error.
+
+    A ROLLBACK that fails too (SQLite may have ended the transaction itself, as after a
+    full disk) never hides the error that made it necessary: it becomes a note on it.
+    """
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as failure:
             if conn.in_transaction:  # a failed COMMIT may have ended it already
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as rollback:
+                    failure.add_note(f"the rollback after it failed too: {rollback}")
             raise
     except sqlite3.Error as exc:
-        raise JournalError(f"{path}: writing the journal failed: {exc}") from None
+        raise JournalError(f"{path}: writing the journal failed: {exc}") from exc
+
+
+def describe_failure(path: Path, error: BaseException) -> str:
+    """What made a write to the journal at ``path`` fail, in words: a full disk, the
+    process's file size limit, an I/O error, or the exception itself."""
+    if isinstance(error, JournalError) and error.__cause__ is not None:
+        error = error.__cause__
+    if isinstance(error, sqlite3.Error):
+        text = str(error)
+        name = getattr(error, "sqlite_errorname", "") or ""
+        limit = _file_size_limit_reached(path)
+        if limit is not None:
+            return f"file size limit reached (RLIMIT_FSIZE is {limit} bytes: {text})"
+        if name == "SQLITE_FULL" or text == "database or disk is full" or (
+                name.startswith("SQLITE_IOERR") and _disk_full(path)):
+            return f"disk full ({text})"
+        if name.startswith("SQLITE_IOERR"):
+            return f"I/O error ({text}, {name})"
+        return f"{text} ({name})" if name else text
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return f"disk full ({error.strerror})"
+    if isinstance(error, OSError) and error.errno == errno.EFBIG:
+        return f"file size limit reached ({error.strerror})"
+    return f"{type(error).__name__}: {error}"
+
+
+def _file_size_limit_reached(path: Path) -> int | None:
+    """The process's file size limit, if one of the journal's files has reached it."""
+    if resource is None:  # pragma: no cover - Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    # The journal's files that grow: the file, SQLite's WAL and shared memory, the marks
+    # of what runs (journal.inflight).
+    for suffix in ("", "-wal", "-shm", "-inflight"):
+        try:
+            if os.stat(f"{path}{suffix}").st_size + _SLACK >= soft:
+                return soft
+        except OSError:
+            continue
+    return None
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        fs = os.statvfs(path.parent)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
+    return min(fs.f_bavail, fs.f_bfree) * fs.f_frsize < _SLACK

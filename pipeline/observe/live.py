@@ -38,7 +38,10 @@ class StatsSource(Protocol):
 _RATE_SAMPLES = 5
 _HEADERS = ("agent", "received", "handled", "failed", "in flight", "queued", "rate/s",
             "p50 ms", "p99 ms")
-_FAILED = _HEADERS.index("failed")
+# With threads abandoned past their timeout (agents.threads), one more column after
+# "in flight": the slots they still hold.
+_WITH_ABANDONED = (*_HEADERS[:5], "abandoned", *_HEADERS[5:])
+_ALARMING = ("failed", "abandoned")  # shown in red when not 0
 
 
 def _require_rich() -> None:
@@ -84,24 +87,28 @@ class LiveView:
         rates = self._rates(now, handled)
         self._samples.append((now, handled))
 
-        rows = [_HEADERS]
+        abandoned = any(agent.get("abandoned") for agent in stats["agents"].values())
+        headers = _WITH_ABANDONED if abandoned else _HEADERS
+        alarming = {headers.index(name) for name in _ALARMING if name in headers}
+        rows: list[tuple[str, ...]] = [headers]
         for name, agent in stats["agents"].items():
             latency = agent["latency"]
             rows.append((
                 name, f"{agent['received']:,}", f"{agent['handled']:,}",
-                f"{agent['failed']:,}", f"{agent['in_flight']:,}", f"{agent['queued']:,}",
+                f"{agent['failed']:,}", f"{agent['in_flight']:,}",
+                *((f"{agent['abandoned']:,}",) if abandoned else ()), f"{agent['queued']:,}",
                 f"{rates[name]:,.0f}" if name in rates else "-",
                 _ms(latency["p50_ms"]), _ms(latency["p99_ms"])))
         # Columns aligned here rather than by rich's Table: its layout pass costs ~15
         # times as much per frame, and frames are drawn on the organism's loop.
-        widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADERS))]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
         text = Text(f"sporeflow · {stats['organism']} · {stats['state']}\n", style="bold",
                     no_wrap=True, overflow="crop")
         for index, row in enumerate(rows):
             for column, (cell, width) in enumerate(zip(row, widths, strict=True)):
                 padded = cell.ljust(width) if column == 0 else cell.rjust(width)
                 style = ("bold underline" if index == 0 else "bold" if column == 0
-                         else "red" if column == _FAILED and cell != "0" else "")
+                         else "red" if column in alarming and cell != "0" else "")
                 text.append(padded, style)
                 text.append("  " if column < len(row) - 1 else "\n")
         totals, dead = stats["totals"], stats["dead_letters"]

@@ -54,6 +54,8 @@ _AGENT_COUNTERS = (
 _AGENT_GAUGES = (
     ("in_flight", "Handler invocations running now."),
     ("queued", "Spores waiting in the agent's mailbox."),
+    ("abandoned", "Slots held by sync handler threads given up on (past their timeout) "
+                  "that still run."),
 )
 _CHANNEL_COUNTERS = (
     ("broadcasts", "Broadcasts routed on the channel."),

@@ -31,6 +31,8 @@ def organism_stats(*, name: str, state: str, uptime: float, wiring: WiringSnapsh
         agents[agent_name] = {
             "received": lane.received, "handled": lane.handled, "failed": lane.failed,
             "retried": lane.retried, "in_flight": lane.in_flight, "queued": lane.queued,
+            # Slots kept by threads still running a handler given up on (agents.threads).
+            "abandoned": lane.stuck,
             "refused_sent": refused_from.get(agent_name, 0),
             "refused_by_reason": {str(why): count for (sender, why), count
                                   in refused_why.items() if sender == agent_name},
@@ -52,6 +54,9 @@ def organism_stats(*, name: str, state: str, uptime: float, wiring: WiringSnapsh
             "returned": returned,
             "dead_letters": dead_letters.total,
             "held": intake.held if intake else 0,
+            # Spores paged out to disk past limits.max_in_memory: now, and ever.
+            "paged_out": intake.spill.count if intake else 0,
+            "paged_out_total": intake.spill.spilled_total if intake else 0,
         },
         "dead_letters": {
             "total": dead_letters.total, "kept": len(dead_letters),

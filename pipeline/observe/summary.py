@@ -11,19 +11,24 @@ from typing import Any
 __all__ = ["render_summary"]
 
 _COLUMNS = ("received", "handled", "failed", "retried", "in_flight", "queued")
+# Shown when some agent has threads abandoned past their timeout (agents.threads).
+_ABANDONED = "abandoned"
 _CHANNEL_COLUMNS = ("broadcasts", "deliveries", "refused")
 
 
 def render_summary(stats: dict[str, Any], elapsed: float) -> str:
     """Render ``organism.stats()`` after a run of ``elapsed`` seconds as a text table."""
     agents = stats["agents"]
+    columns: tuple[str, ...] = _COLUMNS
+    if any(counts.get(_ABANDONED) for counts in agents.values()):
+        columns = (*columns, _ABANDONED)
     width = max([len("agent"), *map(len, agents)])
-    header = (f"{'agent':<{width}}  " + "  ".join(f"{c:>9}" for c in _COLUMNS)
+    header = (f"{'agent':<{width}}  " + "  ".join(f"{c:>9}" for c in columns)
               + f"  {'p50 ms':>9}  {'p99 ms':>9}")
     rows = [header, "-" * len(header)]
     for name, counts in agents.items():
         latency = counts["latency"]
-        rows.append(f"{name:<{width}}  " + "  ".join(f"{counts[c]:>9,}" for c in _COLUMNS)
+        rows.append(f"{name:<{width}}  " + "  ".join(f"{counts[c]:>9,}" for c in columns)
                     + f"  {_ms(latency['p50_ms']):>9}  {_ms(latency['p99_ms']):>9}")
     channels = {name: counts for name, counts in stats.get("channels", {}).items()
                 if any(counts.values())}

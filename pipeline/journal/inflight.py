@@ -1,0 +1,214 @@
+"""Which spores were being handled when the process died, and poison: a spore whose
+handler keeps killing the process is dead-lettered instead of replayed forever.
+
+The rule (RabbitMQ's delivery-limit, per agent: ``agents.X.max_crashes``, default 3):
+
+- Before a handler starts on a spore, the line ``+agent<TAB>id`` is appended to
+  ``JOURNAL-inflight``; once the handler returns or raises, ``-id`` is (for a handler
+  whose result is an async iterable, once the spore is settled). One ``write`` each,
+  no fsync: a process that dies leaves its writes to the operating system, and power
+  cuts are not what poison is about. An orderly stop deletes the file. The ``-`` is
+  written at once, not later with the next ``+`` or at settlement: a process is often
+  killed while it is stuck, and the spore it finished last before getting stuck, the
+  same one at every replay, would count as running each time.
+- A start that finds the file knows the last run died. In one transaction, before any
+  replay, it adds one crash to each spore whose handler was running then (a ``+``
+  without its ``-``). A spore with ``max_crashes`` crashes or more (the limit of the
+  agent that was running it) among the unfinished ones is moved to the dead letters
+  with reason ``poison`` and not replayed; the others that crashed are replayed after
+  the rest of their priority. An innocent spore that was running at ``max_crashes``
+  deaths is dead-lettered too, as RabbitMQ counts every delivery a dead consumer
+  held: tests that kill the process again and again at the same point of its work
+  need a higher ``max_crashes``.
+- A spore may be running before it is in the journal (a reply is written in the next
+  group commit, and its handler may start first). Its crash is counted by its id, which
+  a reply keeps when its parent is handled again (see ``store``; a boot spore keeps
+  its id too); such a *suspect* is written to the journal before its handler runs
+  again, so that a later start can dead-letter it. A suspect that has reached its
+  limit already is not run again: it is dead-lettered where its handler would start
+  (its lane counts it handled, with nothing returned). Spores sent with ``ctx.send``
+  get new ids when their sender runs again: a death they cause is counted on their
+  sender only if that was still running.
+- The counts live in the journal's ``crashes`` table; a count ends when its spore is
+  finished, and a poison letter moved back by ``sporeflow dlq replay`` starts afresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sporeflow.config.reasons import Reason
+from sporeflow.pipeline.core.deadletters import DeadLetter
+from sporeflow.pipeline.journal.sqlite import (
+    CRASHES_SQL,
+    DEAD_SQL,
+    letter_row,
+    spore_of,
+    to_json,
+)
+
+__all__ = ["CrashCount", "InFlightMarks", "count_crashes", "limits_of", "poison_error"]
+
+HEADER = "sporeflow-inflight 1 "
+COMPACT_AT = 1024 * 1024  # the file is rewritten with what still runs past this size
+
+
+class InFlightMarks:
+    """The ``JOURNAL-inflight`` file of one journal: see the module docstring."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.token = ""  # this run's, in the file's first line
+        self.running: dict[str, str] = {}  # spore id -> agent, marked and not settled
+        self._fd: int | None = None
+        self._size = 0
+
+    @property
+    def active(self) -> bool:
+        return self._fd is not None
+
+    def previous(self) -> tuple[str, dict[str, str]] | None:
+        """What a run that died left: its token and ``{spore id: agent}`` of the spores
+        being handled then; None when the last run stopped in order (or never ran)."""
+        try:
+            text = self.path.read_bytes().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+        lines = text.split("\n")
+        token = lines[0].removeprefix(HEADER) if lines[0].startswith(HEADER) else ""
+        running: dict[str, str] = {}
+        for line in lines[1:-1]:  # the last is empty, or cut short by the death
+            if line.startswith("+"):
+                agent, _, spore_id = line[1:].partition("\t")
+                if spore_id:
+                    running[spore_id] = agent
+            elif line.startswith("-"):
+                running.pop(line[1:], None)
+        return token, running
+
+    def start(self) -> None:
+        """Begin this run's file (replacing the last run's)."""
+        self.token = secrets.token_hex(8)
+        self.running.clear()
+        self._rewrite()
+
+    def mark(self, agent: str, spore_id: str) -> None:
+        """A handler of ``agent`` starts on ``spore_id`` (raises OSError if unwritable)."""
+        fd = self._fd
+        if fd is None or not spore_id.isprintable() or "\t" in spore_id:
+            return  # an id with a line break could forge marks: it is not marked
+        data = f"+{agent}\t{spore_id}\n".encode()
+        os.write(fd, data)
+        self.running[spore_id] = agent
+        self._size += len(data)
+        if self._size > COMPACT_AT:
+            self._rewrite()
+
+    def settled(self, spore_id: str) -> None:
+        """``spore_id`` is settled (raises OSError if unwritable)."""
+        if self.running.pop(spore_id, None) is not None and self._fd is not None:
+            data = f"-{spore_id}\n".encode()
+            os.write(self._fd, data)
+            self._size += len(data)
+
+    def _rewrite(self) -> None:
+        """Write the file anew: the header and what runs now; replace the old at once."""
+        fresh = Path(f"{self.path}.new")
+        data = (f"{HEADER}{self.token}\n" + "".join(
+            f"+{agent}\t{spore_id}\n" for spore_id, agent in self.running.items())).encode()
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, data)
+            os.replace(fresh, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._size = len(data)
+        old, self._fd = self._fd, fd
+        if old is not None:
+            os.close(old)
+
+    def close(self, *, remove: bool) -> None:
+        """Stop marking; ``remove``: the run ended in order, forget its marks."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        self.running.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class CrashCount:
+    """What counting a death changed: the spores now poison (moved to the dead letters),
+    and the suspects (counted, not in the journal yet) with their count and agent."""
+
+    poisoned: list[DeadLetter]
+    suspects: dict[str, tuple[int, str | None]]
+
+
+def count_crashes(conn: sqlite3.Connection, path: Path, died: tuple[str, dict[str, str]] | None,
+                  limit: Callable[[str | None], int]) -> CrashCount:
+    """Inside an open transaction: count the death ``died`` left (see the module
+    docstring), dead-letter the spores that reached ``limit(agent)``, and return them
+    with the suspects. ``died`` is None when the last run stopped in order."""
+    conn.execute(CRASHES_SQL)
+    marked: dict[str, str] = {}
+    if died is not None:
+        token, running = died
+        counted = conn.execute("SELECT value FROM meta WHERE key = 'inflight'").fetchone()
+        if token and counted is not None and counted[0] == token:
+            running = {}  # this death was counted already (the file outlived its count)
+        marked = running
+        if marked:
+            conn.execute(
+                "INSERT INTO crashes (id, count, agent) SELECT value ->> 0, 1, value ->> 1 "
+                "FROM json_each(?) WHERE true "
+                "ON CONFLICT (id) DO UPDATE SET count = count + 1, agent = excluded.agent",
+                (to_json(list(marked.items())),))
+        if token:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('inflight', ?)",
+                         (token,))
+    # A count ends with its spore; a suspect's lasts until the next start.
+    conn.execute("DELETE FROM crashes WHERE id NOT IN (SELECT id FROM pending) "
+                 "AND id NOT IN (SELECT value FROM json_each(?))", (to_json(list(marked)),))
+    poisoned: list[DeadLetter] = []
+    rows = conn.execute("SELECT c.id, c.count, c.agent, p.spore FROM crashes c "
+                        "JOIN pending p ON p.id = c.id ORDER BY p.seq").fetchall()
+    for _, count, agent, text in rows:
+        if count >= limit(agent):
+            poisoned.append(DeadLetter(spore_of(path, text), Reason.POISON,
+                                       poison_error(count, agent), agent, count))
+    if poisoned:
+        ids = to_json([letter.spore.id for letter in poisoned])
+        conn.execute(DEAD_SQL, (to_json([letter_row(letter) for letter in poisoned]),))
+        conn.execute("DELETE FROM pending WHERE id IN (SELECT value FROM json_each(?))", (ids,))
+        conn.execute("DELETE FROM crashes WHERE id IN (SELECT value FROM json_each(?))", (ids,))
+    suspects = {row[0]: (row[1], row[2]) for row in conn.execute(
+        "SELECT id, count, agent FROM crashes WHERE id NOT IN (SELECT id FROM pending)")}
+    return CrashCount(poisoned, suspects)
+
+
+def poison_error(count: int, agent: str | None) -> str:
+    who = f"agent {agent!r}" if agent else "its handler"
+    return (f"PoisonError: the process died {count} times while {who} handled this spore; "
+            f"it is not replayed again (agents.{agent or 'X'}.max_crashes)")
+
+
+def limits_of(agents: Mapping[str, object], default: int) -> Callable[[str | None], int]:
+    """``limit(agent)``: the agent's ``max_crashes``, or ``default`` for an agent the
+    organism no longer has."""
+
+    def limit(agent: str | None) -> int:
+        spec = agents.get(agent) if agent is not None else None
+        value = getattr(spec, "max_crashes", None)
+        return value if isinstance(value, int) else default
+
+    return limit

@@ -1,0 +1,477 @@
+"""An agent's lane: its mailbox (priority first, FIFO within a priority), its
+``concurrency`` slots, and how one handler run goes (timeout, expiry re-check,
+retries, failure).
+
+Handlers run on a :class:`~sporeflow.steps.runners.RunnerPool` that all lanes of an
+organism share; a runner calls :meth:`AgentLane.serve` for a burst of spores. A
+handler waiting on ``ctx.request`` lends its slot (``lend``/``reclaim``), so a
+responder on the same lane always finds one; its timeout is paused while it waits to
+get the slot back. A failed attempt with tries left is retried after a backoff
+without holding a slot; the last failure goes to ``on_failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sporeflow.config.errors import DeliveryError
+from sporeflow.config.model import Retry
+from sporeflow.config.reasons import Reason
+from sporeflow.steps.buckets import PriorityBuckets
+from sporeflow.steps.expire import expired, utc_now
+from sporeflow.steps.spore import Spore
+
+if TYPE_CHECKING:
+    from sporeflow.steps.runners import RunnerPool
+
+__all__ = ["AgentLane", "Invoke", "LanePolicy", "Shape", "backoff_delay", "handler_at"]
+
+Invoke = Callable[[Spore, int], Awaitable[Any]]
+Shape = Callable[[Any, Spore], Awaitable[list[Spore]] | list[Spore]]
+
+# Spores a runner takes from one lane before letting the next runnable lane go.
+_BURST = 64
+_clock = time.perf_counter
+
+
+@dataclass(frozen=True, slots=True)
+class LanePolicy:
+    concurrency: int = 1
+    timeout: float | None = None
+    retry: Retry = Retry()
+
+
+class _Overrun(TimeoutError):
+    """A handler that blocked the loop past its deadline: no await let the timeout fire."""
+
+
+def _check_overrun(deadline: asyncio.Timeout) -> None:
+    when = deadline.when()
+    if when is not None and when <= asyncio.get_running_loop().time():
+        raise _Overrun
+
+
+def _ignore(*_: Any) -> None:
+    pass
+
+
+def handler_at(task: asyncio.Task[Any]) -> tuple[Spore, int] | None:
+    """The spore (and attempt) whose handler ``task`` is running, read off its
+    suspended coroutines: nothing on the hot path keeps it."""
+    found = None
+    coro: Any = task.get_coro()
+    while coro is not None and getattr(coro, "cr_frame", None) is not None:
+        frame = coro.cr_frame
+        if frame.f_code in _HANDLER_FRAMES:
+            found = frame.f_locals["spore"], frame.f_locals.get("attempt", 1)
+        coro = coro.cr_await
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    """A spore queued again after a failed attempt. First attempts, nearly all of them,
+    are queued as bare spores: no wrapper to allocate, nor for the GC to track."""
+
+    spore: Spore
+    attempt: int
+
+
+def backoff_delay(retry: Retry, attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait after failed ``attempt``: exponential, capped, with equal jitter."""
+    ceiling = min(retry.max_backoff, retry.backoff * 2.0 ** (attempt - 1))
+    draw: float = (rng or random).random()
+    return ceiling / 2 + draw * ceiling / 2
+
+
+class AgentLane:
+    """One agent's mailbox and slots; its handlers run on a :class:`RunnerPool`."""
+
+    def __init__(
+        self,
+        name: str,
+        invoke: Invoke,
+        shape: Shape,
+        policy: LanePolicy,
+        *,
+        on_done: Callable[[Spore, list[Spore], float], None],
+        on_failed: Callable[[Spore, str, BaseException, int], None],
+        now: Callable[[], datetime] = utc_now,
+        rng: random.Random | None = None,
+        pool: RunnerPool | None = None,
+    ) -> None:
+        self.name = name
+        self.invoke = invoke
+        self.shape = shape
+        self.policy = policy
+        self._on_done = on_done
+        self._on_failed = on_failed
+        self._now = now
+        self._rng = rng
+        # A lane on its own gets a pool of its own whose runners end when idle.
+        if pool is None:
+            from sporeflow.steps.runners import RunnerPool  # runners import lanes
+            pool = RunnerPool(max_idle=0, name=f"lane:{name}")
+        self.pool = pool
+        self._mailbox: PriorityBuckets[Spore | _Retry] = PriorityBuckets()
+        self.backlog = self._mailbox  # read-only view: ``backlog.size`` spores queued
+        self._resumers: deque[asyncio.Future[None]] = deque()
+        self._running: set[asyncio.Task[Any]] = set()  # runners inside one of our handlers
+        self._quiet: asyncio.Future[None] | None = None
+        self._timers: dict[int, tuple[asyncio.TimerHandle, Spore, int]] = {}
+        # The timeout of each handler running under one, by its task (reclaim pauses it).
+        self._deadlines: dict[asyncio.Task[Any] | None, asyncio.Timeout] = {}
+        self._timer_tokens = 0
+        self.scheduled = False  # in the pool's ready queue
+        self.busy = 0
+        self.stuck = 0  # slots held by abandoned threads (see hold_slot)
+        self.lent = 0  # handlers waiting on a request, their slot lent (see lend)
+        self.abandoned = 0  # handlers that ignored their cancellation at a stop
+        # Called once when the mailbox has shrunk to ``room_at`` spores (set by an outside
+        # sender waiting: half its capacity, so that senders and lane work in batches).
+        self.on_room: Callable[[], None] | None = None
+        self.room_at = 0
+        self.paused = False
+        self.received = 0
+        self.handled = 0
+        self.failed = 0
+        self.retried = 0
+        self._cancel_reason: str = Reason.SHUTDOWN
+        self._cancelled = 0
+
+    async def serve(self, pool: RunnerPool, task: asyncio.Task[Any]) -> None:
+        """Run up to a burst of this lane's spores, one handler at a time, on ``task`` (a
+        runner of ``pool``)."""
+        lane = self
+        mailbox, ready, resumers = lane._mailbox, pool.ready, lane._resumers
+        policy = lane.policy
+        concurrency, quick = policy.concurrency, policy.timeout is None
+        invoke, shape = lane.invoke, lane.shape
+        burst = _BURST
+        # While serving the lane this task is only ever suspended inside its handlers:
+        # that is when `cancel` and `wait_quiet` look at it.
+        lane._running.add(task)
+        try:
+            while mailbox.size and burst and not lane.paused and not resumers and (
+                    lane.busy < concurrency):
+                burst -= 1
+                lane.busy += 1
+                item = mailbox.pop()
+                if lane.on_room is not None and mailbox.size <= lane.room_at:
+                    lane.room_freed()  # an outside sender waits for room here
+                if item.__class__ is _Retry:
+                    spore, attempt = item.spore, item.attempt
+                else:
+                    spore, attempt = item, 1  # type: ignore[assignment]
+                if mailbox.size and lane.busy < concurrency and not lane.scheduled:
+                    # More slots free: let another runner start one too, should we suspend.
+                    lane.scheduled = True
+                    ready.append(lane)
+                if ready and not pool.coming:
+                    pool.call_runner()  # someone must take the others if this handler waits
+                try:
+                    if not quick or spore.expires_at is not None:
+                        await lane._run(spore, attempt)
+                        continue
+                    # The common case, inline: no timeout, no expiry to re-check.
+                    started = _clock()
+                    try:
+                        result = await invoke(spore, attempt)
+                        replies = shape(result, spore) if result is not None else []
+                        if replies.__class__ is not list:
+                            replies = await replies  # type: ignore[misc]
+                    except BaseException as exc:
+                        lane._failed_run(spore, attempt, exc, None)
+                        continue
+                    lane.handled += 1
+                    lane._on_done(spore, replies, _clock() - started)
+                finally:
+                    lane.busy -= 1
+                    if resumers and lane._hand_over():
+                        lane.busy += 1
+            # A handler that swallowed a cancellation meant to stop this runner ran on;
+            # its lane was paused first (AgentLane.cancel), so the burst has ended here.
+            if task.cancelling():
+                raise asyncio.CancelledError
+        finally:
+            lane._running.discard(task)
+            if mailbox.size and not lane.scheduled:
+                lane._schedule_if_runnable()
+            if lane._quiet is not None:
+                lane._check_quiet()
+
+    # -- intake -------------------------------------------------------------
+
+    def deliver(self, spore: Spore, attempt: int = 1) -> None:
+        """Queue ``spore``; the lane becomes runnable if a slot is free."""
+        if attempt == 1:
+            self._mailbox.push(spore.priority, spore)
+            self.received += 1
+        else:
+            self._mailbox.push(spore.priority, _Retry(spore, attempt))
+        if not self.scheduled and self.busy < self.policy.concurrency and not self.paused:
+            self.scheduled = True
+            self.pool.schedule(self)
+
+    @property
+    def queued(self) -> int:
+        return len(self._mailbox)
+
+    def room_freed(self) -> None:
+        wake, self.on_room = self.on_room, None
+        if wake is not None:
+            wake()
+
+    def drain_queue(self) -> list[tuple[Spore, int]]:
+        """Take every queued spore out (for shutdown or removal), highest priority first."""
+        taken = [(item.spore, item.attempt) if isinstance(item, _Retry) else (item, 1)
+                 for item in self._mailbox.clear()]
+        self.room_freed()
+        return taken
+
+    def cancel_timers(self) -> list[tuple[Spore, int]]:
+        """Cancel pending retries and return their spores (shutdown)."""
+        entries = []
+        for timer, spore, next_attempt in self._timers.values():
+            timer.cancel()
+            entries.append((spore, next_attempt - 1))  # the tries made, not the next one
+        self._timers.clear()
+        return entries
+
+    # -- slots ----------------------------------------------------------------
+
+    def _schedule_if_runnable(self) -> None:
+        if (self._mailbox.size and not self.scheduled and not self.paused
+                and self.busy < self.policy.concurrency):
+            self.scheduled = True
+            self.pool.schedule(self)
+
+    def _release(self) -> None:
+        """Free a slot: waiting handlers go before queued spores."""
+        self.busy -= 1
+        if self._resumers and self._hand_over():
+            self.busy += 1
+        else:
+            self._schedule_if_runnable()
+
+    def _hand_over(self) -> bool:
+        """Give a freed slot to the oldest handler waiting in ``reclaim``, if any is still
+        waiting (a cancelled one stays queued until its task runs again: skip it)."""
+        resumers = self._resumers
+        while resumers:
+            waiter = resumers.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self.lent -= 1  # the slot is that handler's again
+                return True
+        return False
+
+    def hold_slot(self) -> Callable[[], None]:
+        """Keep one slot taken beyond its handler's end (a thread that ran past its
+        timeout still runs it): returns the function that frees it, once."""
+        self.busy += 1
+        self.stuck += 1
+        freed = False
+
+        def free() -> None:
+            nonlocal freed
+            if not freed:
+                freed = True
+                self.stuck -= 1
+                self._release()
+
+        return free
+
+    @property
+    def in_flight(self) -> int:
+        """Handlers running now: holding a slot, or waiting on a request with it lent."""
+        return self.busy - self.stuck + self.lent
+
+    def lend(self) -> None:
+        """Give the caller's slot back while its handler waits on another agent."""
+        self.lent += 1
+        self._release()
+
+    async def reclaim(self) -> None:
+        """Take a slot again after ``lend``; waiting handlers go before new spores.
+
+        The wait for the slot is not the handler's own running time: its timeout is
+        paused meanwhile. Cancelled while waiting (its timeout, a stop), the handler
+        still takes the slot back, over the limit for the moment its run needs to end,
+        since the runner frees one slot when it does.
+        """
+        if self.busy < self.policy.concurrency and not self._resumers:
+            self.busy += 1
+            self.lent -= 1
+            return
+        loop = asyncio.get_running_loop()
+        deadline = self._deadlines.get(asyncio.current_task()) if self._deadlines else None
+        remaining = None
+        if deadline is not None and not deadline.expired() and deadline.when() is not None:
+            remaining = deadline.when() - loop.time()  # type: ignore[operator]
+            deadline.reschedule(None)
+        waiter = loop.create_future()
+        self._resumers.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.cancelled():
+                try:
+                    self._resumers.remove(waiter)
+                except ValueError:
+                    pass  # _hand_over skipped it already
+                self.busy += 1
+                self.lent -= 1
+            raise
+        finally:
+            if remaining is not None:
+                deadline.reschedule(loop.time() + remaining)  # type: ignore[union-attr]
+
+    def pause(self) -> None:
+        """Stop starting handlers; queued spores stay queued (stopping, reloading)."""
+        self.paused = True
+        self._check_quiet()
+
+    def resume(self) -> None:
+        """Start handlers again after ``pause`` (a reload swaps settings while paused)."""
+        self.paused = False
+        self._schedule_if_runnable()
+
+    async def cancel(self, reason: str, grace: float | None = None) -> int:
+        """Cancel running handlers; each one's spore goes to ``on_failed`` with ``reason``.
+
+        A handler still running ``grace`` seconds later ignored its cancellation: it is
+        abandoned (its spore fails now, whatever it does later goes nowhere, and the
+        lane reports nothing more). Returns how many were cancelled or abandoned.
+        """
+        self.paused = True
+        self._cancel_reason = reason
+        tasks = list(self._running)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            done, stuck = await asyncio.wait(tasks, timeout=grace)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: a runner ends by its cancellation
+            if stuck:
+                self._abandon(stuck, reason)
+        cancelled, self._cancelled = self._cancelled, 0
+        return cancelled
+
+    def _abandon(self, tasks: set[asyncio.Task[Any]], reason: str) -> None:
+        for task in tasks:
+            running = handler_at(task)
+            self.abandoned += 1
+            self._cancelled += 1
+            if running is not None:
+                spore, attempt = running
+                self._failed(spore, reason, asyncio.CancelledError(
+                    f"the handler of {self.name!r} ignored its cancellation; abandoned"),
+                    attempt)
+        self._running.difference_update(tasks)
+        self.pool.forget(tasks)
+        self._on_done = self._on_failed = _ignore  # the abandoned report nothing more
+
+    async def wait_quiet(self) -> None:
+        """Return once no handler of this lane runs and, unless paused, nothing is queued."""
+        while self._running or (self._mailbox and not self.paused):
+            if self._quiet is None or self._quiet.done():
+                self._quiet = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._quiet)
+
+    def _check_quiet(self) -> None:
+        quiet = self._quiet
+        if (quiet is not None and not quiet.done() and not self._running
+                and (not self._mailbox or self.paused)):
+            quiet.set_result(None)
+
+    # -- running handlers -------------------------------------------------------------
+
+    async def _run(self, spore: Spore, attempt: int) -> None:
+        """Run one handler with its timeout and the expiry re-check."""
+        if spore.expires_at is not None and expired(
+                spore, asyncio.get_running_loop().time(), wall=self._now):
+            self._failed(spore, Reason.EXPIRED, DeliveryError(
+                f"spore {spore.id} expired before {self.name!r} could handle it",
+                reason=Reason.EXPIRED), attempt)
+            return
+        timeout = self.policy.timeout
+        deadline = None
+        started = time.perf_counter()
+        try:
+            if timeout is None:
+                result = await self.invoke(spore, attempt)
+                replies = self.shape(result, spore) if result is not None else []
+                if replies.__class__ is not list:
+                    replies = await replies  # type: ignore[misc]
+            else:
+                task = asyncio.current_task()
+                async with asyncio.timeout(timeout) as deadline:
+                    self._deadlines[task] = deadline
+                    try:
+                        result = await self.invoke(spore, attempt)
+                        replies = self.shape(result, spore) if result is not None else []
+                        if replies.__class__ is not list:
+                            replies = await replies  # type: ignore[misc]
+                    finally:
+                        del self._deadlines[task]
+                    _check_overrun(deadline)
+        except BaseException as exc:
+            self._failed_run(spore, attempt, exc, deadline)
+        else:
+            self.handled += 1
+            self._on_done(spore, replies, time.perf_counter() - started)
+
+    def _failed_run(self, spore: Spore, attempt: int, exc: BaseException,
+                    deadline: asyncio.Timeout | None) -> None:
+        """Sort out why a handler run ended in an exception, then fail or re-raise."""
+        if isinstance(exc, asyncio.CancelledError):
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # We are being stopped, not the handler failing: account for the spore.
+                self._cancelled += 1
+                self._failed(spore, self._cancel_reason, asyncio.CancelledError(
+                    f"{self.name!r} was stopped while handling it"), attempt)
+                raise exc
+            self._fail(spore, attempt, Reason.HANDLER_FAILED, asyncio.CancelledError(
+                f"handler of {self.name!r} was cancelled from inside"))
+        elif isinstance(exc, TimeoutError) and deadline is not None and (
+                deadline.expired() or isinstance(exc, _Overrun)):
+            self._fail(spore, attempt, Reason.TIMEOUT, TimeoutError(
+                f"handler of {self.name!r} ran past its timeout of {self.policy.timeout}s"))
+        else:
+            # Any other exception, SystemExit and KeyboardInterrupt included: raised by
+            # the handler (a stop of the organism arrives as a cancellation), so it is
+            # this spore's failure, never the organism's end.
+            self._fail(spore, attempt, Reason.HANDLER_FAILED, exc)
+
+    def _fail(self, spore: Spore, attempt: int, reason: str, error: BaseException) -> None:
+        if attempt < self.policy.retry.attempts:
+            self.retried += 1
+            delay = backoff_delay(self.policy.retry, attempt, self._rng)
+            self._timer_tokens += 1
+            token = self._timer_tokens
+            timer = asyncio.get_running_loop().call_later(delay, self._retry, token)
+            self._timers[token] = (timer, spore, attempt + 1)
+            return
+        self._failed(spore, reason, error, attempt)
+
+    def _failed(self, spore: Spore, reason: str, error: BaseException, attempt: int) -> None:
+        """The one place a spore leaves this lane as failed: counted, then reported."""
+        self.failed += 1
+        self._on_failed(spore, reason, error, attempt)
+
+    def _retry(self, token: int) -> None:
+        _, spore, attempt = self._timers.pop(token)
+        self.deliver(spore, attempt)
+
+
+_HANDLER_FRAMES = frozenset({AgentLane.serve.__code__, AgentLane._run.__code__})

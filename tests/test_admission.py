@@ -1,0 +1,129 @@
+"""Bounded memory without deadlock: fair admission, mailboxes that push back, paging.
+
+Outside senders wait, in arrival order, while the organism or their target is full;
+handler output never waits, and past ``limits.max_in_memory`` it is paged to disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from sporeflow.pipeline import Organism, Spore
+
+from .conftest import VirtualClockLoop
+
+
+def test_senders_waiting_on_one_channel_are_admitted_in_turn(virtual: Any) -> None:
+    """Issue 20's case: a busy sender took every freed place while others waited."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async def sink(spore: Spore, ctx: Any) -> None:
+            await asyncio.sleep(0.001)
+
+        org = Organism.from_dict({
+            "channels": {"work": {"capacity": 4}},
+            "agents": {"sink": {"handler": sink, "subscribe": ["work"]}}})
+        admitted: Counter[str] = Counter()
+        async with org.running():
+            async def sender(name: str) -> None:
+                while loop.time() < 2.0:
+                    await org.send(None, {"from": name}, channel="work")
+                    admitted[name] += 1
+
+            await asyncio.gather(*(sender(name) for name in "ABC"))
+            await org.idle()
+        total = sum(admitted.values())
+        assert total > 300
+        for name in "ABC":  # each within 2x of a third of the total
+            assert total / 6 <= admitted[name] <= total * 2 / 3, admitted
+
+    virtual(main)
+
+
+def test_a_full_mailbox_makes_outside_senders_wait(virtual: Any) -> None:
+    """Issue 16's case: 12 sends to a slow agent behind a channel of capacity 3 were all
+    admitted at once (its mailbox held 11)."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async def slow(spore: Spore, ctx: Any) -> None:
+            await asyncio.sleep(1.0)
+
+        org = Organism.from_dict({
+            "channels": {"jobs": {"capacity": 3}},
+            "agents": {"slow": {"handler": slow, "subscribe": ["jobs"]}}})
+        most_queued = 0
+
+        def watch() -> None:
+            nonlocal most_queued
+            if org.state == "running":
+                lane = org.wiring().agents["slow"].lane
+                most_queued = max(most_queued, lane.queued)
+                loop.call_later(0.01, watch)
+
+        async with org.running():
+            watch()
+            sends = [asyncio.ensure_future(org.send(None, {"n": n}, channel="jobs"))
+                     for n in range(12)]
+            await asyncio.sleep(0.5)
+            assert sum(send.done() for send in sends) <= 3 + 3 + 1  # mailbox, intake, running
+            await asyncio.gather(*sends)
+            await org.idle()
+        assert most_queued <= 3
+        assert org.stats()["agents"]["slow"]["handled"] == 12
+
+    virtual(main)
+
+
+def test_handler_output_past_the_memory_limit_is_paged_out_and_read_back(
+        virtual: Any) -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        leaves = 0
+
+        async def fan(spore: Spore, ctx: Any) -> list[dict[str, int]] | None:
+            nonlocal leaves
+            depth = spore.knowledge["depth"]
+            if depth == 2:
+                leaves += 1
+                return None
+            return [{"depth": depth + 1} for _ in range(60)]
+
+        async def ask(spore: Spore, ctx: Any) -> None:
+            # A request made while the organism pages: its answer is never paged out.
+            answer = await ctx.request("echo", {"q": 1}, timeout=60)
+            assert answer.knowledge == {"q": 1}
+
+        async def echo(spore: Spore, ctx: Any) -> dict[str, Any]:
+            return dict(spore.knowledge)
+
+        org = Organism.from_dict({
+            "limits": {"max_in_memory": 200, "max_hops": 8},
+            "agents": {"fan": {"handler": fan, "emit": {"to": "fan"}},
+                       "ask": {"handler": ask, "peers": ["echo"], "concurrency": 4},
+                       "echo": {"handler": echo}}})
+        peak_in_memory = 0
+
+        def watch() -> None:
+            nonlocal peak_in_memory
+            run = org._run
+            if org.state == "running" and run is not None:
+                intake = run.intake
+                peak_in_memory = max(peak_in_memory, intake.held - intake.spill.count)
+                loop.call_soon(watch)
+
+        async with org.running():
+            watch()
+            await org.send("fan", {"depth": 0})
+            for _ in range(20):
+                await org.send("ask", {})
+            await org.idle()
+            spilled = org._run.intake.spill.spilled_total  # type: ignore[union-attr]
+        assert leaves == 60 * 60
+        assert spilled > 1000
+        assert peak_in_memory <= 200 + 60 + 20  # the limit, one handler's output, requests
+        stats = org.stats()
+        assert stats["agents"]["ask"]["handled"] == 20
+        assert stats["totals"]["dead_letters"] == 0
+
+    virtual(main)

@@ -1,0 +1,251 @@
+"""The journal fails stop: a write that fails (a full disk, any exception) stops the run
+with its real cause and a non-zero exit, and no work the journal knew was done is
+replayed later."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sporeflow.pipeline import Organism, Spore
+from sporeflow.pipeline.cli.main import _run
+from sporeflow.pipeline.journal.offline import JournalFile
+from sporeflow.pipeline.journal.sqlite import JournalError, transaction
+from sporeflow.pipeline.journal.store import Journal
+
+BACKSTOP_S = 60.0
+CHUNKS, SIZE = 10, 100  # the workload: CHUNKS x SIZE items, made a chunk at a time
+FILE_LIMIT = 3 * 512 * 1024  # RLIMIT_FSIZE: far less than the run writes to the WAL
+
+HANDLERS = '''
+import asyncio
+import os
+
+async def chunk(spore, ctx):
+    k = spore.knowledge
+    return [{**k, "item": k["chunk"] * k["size"] + i} for i in range(k["size"])]
+
+async def square(spore, ctx):
+    item = spore.knowledge["item"]
+    return {**spore.knowledge, "square": item * item}
+
+async def record(spore, ctx):
+    # A millisecond of work per item: the run lasts thousands of group commits, so the WAL
+    # outgrows the file size limit however the commits batch, while what is unfinished
+    # at any moment (a chunk or two) stays small.
+    await asyncio.sleep(0.001)
+    k = spore.knowledge
+    fd = os.open(os.environ["SINK_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{k['item']}\\n".encode())
+    finally:
+        os.close(fd)
+    # The last item of a chunk asks for the next: the work goes on a chunk at a time.
+    if k["item"] % k["size"] == k["size"] - 1 and k["chunk"] + 1 < k["chunks"]:
+        await ctx.send("source", {"chunk": k["chunk"] + 1, "chunks": k["chunks"],
+                                  "size": k["size"]})
+'''
+
+ORGANISM = f'''
+organism: {{name: disk-full}}
+agents:
+  source:
+    handler: handlers:chunk
+    boot: {{chunk: 0, chunks: {CHUNKS}, size: {SIZE}}}
+    emit: {{to: square}}
+  square:
+    handler: handlers:square
+    emit: {{to: sink}}
+    concurrency: 4
+  sink:
+    handler: handlers:record
+limits: {{max_hops: 1000}}
+'''
+
+
+def write_organism(folder: Path) -> Path:
+    (folder / "handlers.py").write_text(HANDLERS)
+    path = folder / "organism.yaml"
+    path.write_text(ORGANISM)
+    return path
+
+
+def run(organism: Path, journal: Path, sink: Path,
+        file_limit: int | None = None) -> subprocess.CompletedProcess[str]:
+    def limit_files() -> None:  # in the child: writes past the limit fail with EFBIG
+        if file_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+
+    return subprocess.run(
+        [sys.executable, "-m", "sporeflow.pipeline.cli", "run", str(organism), "--until-idle",
+         "--quiet", "--journal", str(journal)],
+        preexec_fn=limit_files, capture_output=True, text=True, timeout=BACKSTOP_S,
+        env={**os.environ, "SINK_FILE": str(sink)})
+
+
+def test_a_full_disk_stops_the_run_with_its_cause_and_nothing_done_is_done_again(
+        tmp_path: Path) -> None:
+    organism = write_organism(tmp_path)
+    journal, sink = tmp_path / "journal.db", tmp_path / "sink.txt"
+
+    full = run(organism, journal, sink, file_limit=FILE_LIMIT)
+    assert full.returncode != 0, full.stderr
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith("JournalError: journal "), full.stderr
+    assert str(journal) in last, full.stderr
+    assert "file size limit" in last, full.stderr
+    assert "cannot rollback" not in full.stderr
+    done_before = len(sink.read_text().split()) if sink.exists() else 0
+    assert done_before < CHUNKS * SIZE, "the run went on without its journal"
+
+    again = run(organism, journal, sink)
+    assert again.returncode == 0, again.stderr
+    counts = Counter(int(line) for line in sink.read_text().split())
+    assert set(counts) == set(range(CHUNKS * SIZE))
+    twice = sorted(item for item, n in counts.items() if n > 1)
+    assert twice == [], f"{len(twice)} items handled twice, of {done_before} before the restart"
+    with JournalFile(journal) as left:
+        assert left.pending() == []
+
+
+# -- in one process ---------------------------------------------------------------------
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def organism_with(handlers: dict[str, Any], journal: Path) -> Organism:
+    built = Organism.from_dict({"agents": {name: {"handler": handler}
+                                           for name, handler in handlers.items()}})
+    return Organism(built.spec, journal=journal)
+
+
+async def test_any_exception_of_the_writer_stops_admission_and_is_reported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    handled: list[int] = []
+
+    async def work(spore: Spore, ctx: Any) -> None:
+        handled.append(spore.knowledge["n"])
+
+    org = organism_with({"work": work}, tmp_path / "j.db")
+    async with org.running():
+        await org.send("work", {"n": 1})
+        await org.idle()
+
+        def broken(*args: Any) -> None:
+            raise Boom("the writer broke")
+
+        monkeypatch.setattr(org.journal, "_commit", broken)
+        with pytest.raises(JournalError, match="Boom: the writer broke") as caught:
+            await org.send("work", {"n": 2})
+        assert isinstance(caught.value.__cause__, Boom)
+        assert org.state == "failed"
+        with pytest.raises(Exception, match="admits no new spores"):
+            await org.send("work", {"n": 3})
+        assert org.journal is not None
+        assert org.journal.failure is not None
+    assert handled[0] == 1
+    assert 3 not in handled
+    assert org.stats()["journal"]["failed"] is True
+
+
+async def test_the_cli_run_ends_with_the_journal_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started = asyncio.Event()
+
+    async def work(spore: Spore, ctx: Any) -> None:
+        started.set()
+
+    built = Organism.from_dict({"agents": {"work": {"handler": work, "boot": {"n": 1}}}})
+    org = Organism(built.spec, journal=tmp_path / "j.db")
+    # No --until-idle: only the journal's failure ends this run.
+    task = asyncio.ensure_future(_run(org, until_idle=False, drain_timeout=5.0))
+    await asyncio.wait_for(started.wait(), BACKSTOP_S)
+    assert org.journal is not None
+
+    def broken(*args: Any) -> None:
+        raise Boom("no more writes")
+
+    monkeypatch.setattr(org.journal, "_commit", broken)
+    org.journal.add([Spore(knowledge={"n": 2}, to_agent="work")])
+    with pytest.raises(JournalError, match="Boom: no more writes"):
+        await asyncio.wait_for(task, BACKSTOP_S)
+    assert org.state == "stopped"
+
+
+def test_a_failing_rollback_does_not_hide_why_the_commit_failed(tmp_path: Path) -> None:
+    class Connection:  # COMMIT fails, and so does the ROLLBACK after it
+        in_transaction = True
+
+        def execute(self, sql: str) -> None:
+            if sql == "COMMIT":
+                raise sqlite3.OperationalError("database or disk is full")
+            if sql == "ROLLBACK":
+                raise sqlite3.OperationalError("cannot rollback - no transaction is active")
+
+    with pytest.raises(JournalError, match="database or disk is full") as caught:
+        with transaction(Connection(), tmp_path / "j.db"):  # type: ignore[arg-type]
+            pass
+    assert "cannot rollback" not in str(caught.value)
+    assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+
+
+async def test_work_finished_after_a_failure_is_recorded_when_the_journal_closes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "j.db"
+    journal = Journal(path)
+    await journal.open()
+    a, b = Spore(knowledge={"n": 1}, to_agent="x"), Spore(knowledge={"n": 2}, to_agent="x")
+    await journal.record([a, b])
+    real_write = journal._write
+
+    def full(*args: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(journal, "_write", full)
+    with pytest.raises(JournalError, match="disk full"):
+        await journal.record([Spore(knowledge={"n": 3}, to_agent="x")])
+    journal.done(a, [])  # known done after the failure: must not be replayed
+    monkeypatch.setattr(journal, "_write", real_write)  # the disk has room again
+    await journal.close()
+    assert journal.failure is not None
+    assert "recorded" in str(journal.failure)
+    with JournalFile(path) as file:
+        assert sorted(s.knowledge["n"] for s in file.pending()) == [2, 3]
+
+
+async def test_when_nothing_can_be_recorded_the_next_start_refuses_to_replay(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "j.db"
+    journal = Journal(path)
+    await journal.open()
+    a = Spore(knowledge={"n": 1}, to_agent="x")
+    await journal.record([a])
+
+    def full(*args: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(journal, "_write", full)
+    journal.done(a, [])
+    with pytest.raises(JournalError):
+        await journal.flush()
+    await journal.close()
+    assert "refuses" in str(journal.failure)
+    again = Journal(path)
+    with pytest.raises(JournalError, match="could not record") as caught:
+        await again.open()
+    assert "delete" in str(caught.value)
+    # The user frees space and accepts replaying (at least once): it opens again.
+    os.unlink(f"{path}-unrecorded")
+    assert [s.id for s in await again.open()] == [a.id]
+    await again.close()
