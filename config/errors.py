@@ -16,7 +16,7 @@ runtime both raise these, and ``config`` imports nothing of either.
     ├── RequestTimeout         no response arrived in time
     ├── OrganismStateError     the organism is not running, or already running
     ├── BrokerError            the message broker failed or is unreachable
-    └── JournalError           the journal file is foreign, damaged or failed (journal.store)
+    └── JournalError           the journal file is foreign, damaged or failed (journal.failstop)
 
 The dead-letter reason of each refusal is a :class:`~sporeflow.config.reasons.Reason`.
 Every message names the place, the bad value and the fix.

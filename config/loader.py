@@ -8,16 +8,16 @@ load; ``check`` returns them.
 
 Scale: a file over ``DEFAULT_MAX_ORGANISM_BYTES`` (8 MiB; the environment variable
 ``SPOREFLOW_MAX_ORGANISM_BYTES`` sets another cap) is refused from its size, before it
-is read or parsed. Every pass is linear in the agents (or n log n, sorting the
-problems); "did you mean" compares an unknown name with every known one, so past a few
-hints a file with thousands of unknown names gets its problems without hints.
+is read or parsed (:mod:`sporeflow.config.size_cap`). Every pass is linear in the
+agents (or n log n, sorting the problems); "did you mean" compares an unknown name with
+every known one, so past a few hints a file with thousands of unknown names gets its
+problems without hints.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -50,6 +50,12 @@ from sporeflow.config.references import mapping, reference_problems
 from sporeflow.config.schema import HANDLER_PATTERN, ORGANISM_SCHEMA
 from sporeflow.config.schemas import SchemaFileError, SchemaSpec, load_schema
 from sporeflow.config.secrets import Secret, read_secret_env, redact_text
+from sporeflow.config.size_cap import (
+    DEFAULT_MAX_ORGANISM_BYTES,
+    MAX_ORGANISM_BYTES_ENV,
+    capped_text,
+    read_capped,
+)
 from sporeflow.config.units import parse_duration, parse_size
 from sporeflow.config.wiring_checks import wiring_warnings
 
@@ -61,11 +67,6 @@ __all__ = [
     "organism_from_dict",
     "organism_from_text",
 ]
-
-DEFAULT_MAX_ORGANISM_BYTES = 8 << 20
-"""The largest organism file or text read: some 150,000 agents of one line each."""
-MAX_ORGANISM_BYTES_ENV = "SPOREFLOW_MAX_ORGANISM_BYTES"
-"""The environment variable that sets another cap: bytes, or a size like 32MiB."""
 
 _VALIDATOR = jsonschema.Draft202012Validator(ORGANISM_SCHEMA)
 _CALLABLE_PLACEHOLDER = "python:callable"
@@ -80,7 +81,7 @@ def load_organism(path: str | Path) -> OrganismSpec:
 def check_organism(path: str | Path) -> tuple[OrganismSpec, list[Problem]]:
     """Like :func:`load_organism`, also returning the warnings."""
     file = Path(path)
-    text = _read_capped(file, _max_organism_bytes(str(file)))
+    text = read_capped(file)
     try:
         located = read_yaml(text, str(file))
     except YamlSyntaxError as exc:
@@ -103,63 +104,13 @@ def organism_from_text(
 
     Any input gives a spec or a :class:`ConfigError`; nothing else escapes.
     """
-    cap = _max_organism_bytes(name)
-    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
-    if size > cap:
-        raise ConfigError([Problem(name, 1, 1, "", _over_cap("the text", size, cap))])
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigError([Problem(name, 1, 1, "", f"the text is not UTF-8: {exc.reason}")]
-                              ) from None
+    text = capped_text(text, name)
     try:
         located = read_yaml(text, name)
     except YamlSyntaxError as exc:
         raise ConfigError([exc.problem]) from None
     spec, _ = _build(located, Path(base_dir).resolve(), source=None)
     return spec
-
-
-def _max_organism_bytes(name: str) -> int:
-    raw = os.environ.get(MAX_ORGANISM_BYTES_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_ORGANISM_BYTES
-    try:
-        return parse_size(int(raw) if raw.isdigit() else raw)
-    except ValueError:
-        raise ConfigError([Problem(
-            name, 1, 1, "", f"{MAX_ORGANISM_BYTES_ENV}={raw!r} is not a size; write bytes "
-                            f"or a size like 32MiB")]) from None
-
-
-def _over_cap(what: str, size: int | None, cap: int) -> str:
-    amount = f"is {size} bytes, over" if size is not None else "is larger than"
-    return (f"{what} {amount} the {cap}-byte cap on organism files; split it, or set "
-            f"{MAX_ORGANISM_BYTES_ENV} to a larger size (e.g. {MAX_ORGANISM_BYTES_ENV}=32MiB)")
-
-
-def _read_capped(file: Path, cap: int) -> str:
-    """The file's text, refused from its size before anything is read when over ``cap``,
-    and read no further than ``cap`` when its size is unknown (a pipe, a device)."""
-    def refuse(message: str) -> ConfigError:
-        return ConfigError([Problem(str(file), 1, 1, "", message)])
-
-    try:
-        with file.open("rb") as stream:
-            size = os.fstat(stream.fileno()).st_size
-            if size > cap:
-                raise refuse(_over_cap("the file", size, cap))
-            data = stream.read(cap + 1)
-    except OSError as exc:
-        raise refuse(f"cannot read the file: {exc.strerror}") from None
-    if len(data) > cap:
-        raise refuse(_over_cap("the file", None, cap))
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise refuse(f"the file is not UTF-8: {exc.reason}") from None
-    return text.replace("\r\n", "\n").replace("\r", "\n")  # as read_text() reads it
 
 
 def _build(

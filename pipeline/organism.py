@@ -246,7 +246,7 @@ class Organism(OutsideApi):
         if self._journal is not None:
             ledger.add_hook(JournalHook(self._journal, self._requests))
             ingress.persist = self._journal.record
-            self._journal.on_failure = self._journal_failed  # fail stop: see journal.store
+            self._journal.on_failure = self._journal_failed  # fail stop: see journal.failstop
         if self.events.active:
             ledger.add_hook(self._event_hook)
         if self._bridge is not None:

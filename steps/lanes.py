@@ -62,6 +62,14 @@ def _ignore(*_: Any) -> None:
     pass
 
 
+def _closing() -> bool:
+    """No task runs: a GeneratorExit comes from closing a coroutine, not from a handler."""
+    try:
+        return asyncio.current_task() is None
+    except RuntimeError:  # no running loop
+        return True
+
+
 def handler_at(task: asyncio.Task[Any]) -> tuple[Spore, int] | None:
     """The spore (and attempt) whose handler ``task`` is running, read off its
     suspended coroutines: nothing on the hot path keeps it."""
@@ -433,6 +441,8 @@ class AgentLane:
     def _failed_run(self, spore: Spore, attempt: int, exc: BaseException,
                     deadline: asyncio.Timeout | None) -> None:
         """Sort out why a handler run ended in an exception, then fail or re-raise."""
+        if exc.__class__ is GeneratorExit and _closing():
+            raise exc  # our own coroutine is being closed (an abandoned one, at exit)
         if isinstance(exc, asyncio.CancelledError):
             task = asyncio.current_task()
             if task is not None and task.cancelling():

@@ -93,23 +93,19 @@ def test_envelope_root_with_many_attributes_is_refused_quickly() -> None:
 # -- the caps ---------------------------------------------------------------------------
 
 
-def test_attributes_over_the_cap_are_refused_naming_limit_count_and_fix() -> None:
+@pytest.mark.parametrize(("xml", "cap", "what"), [
+    (attribute_heavy(101), {"max_attributes": 100}, "attributes"),
+    (elements(101), {"max_elements": 100}, "elements"),
+])
+def test_over_the_cap_is_refused_naming_limit_count_and_fix(
+        xml: str, cap: dict[str, int], what: str) -> None:
     with pytest.raises(XmlPayloadError) as caught:
-        parse_payloads(attribute_heavy(101), max_attributes=100)
+        parse_payloads(xml, **cap)
     message = str(caught.value)
-    assert "101 attributes" in message
-    assert "limits.max_xml_attributes=100" in message
-    assert "raise limits.max_xml_attributes" in message
+    assert f"101 {what}" in message
+    assert f"limits.max_xml_{what}=100" in message
+    assert f"raise limits.max_xml_{what}" in message
     assert isinstance(caught.value, SporeError)
-
-
-def test_elements_over_the_cap_are_refused_naming_limit_count_and_fix() -> None:
-    with pytest.raises(XmlPayloadError) as caught:
-        parse_payloads(elements(101), max_elements=100)
-    message = str(caught.value)
-    assert "101 elements" in message
-    assert "limits.max_xml_elements=100" in message
-    assert "raise limits.max_xml_elements" in message
 
 
 def test_exactly_the_cap_is_accepted() -> None:

@@ -187,7 +187,7 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
     try:
         await org.start()
         reloads.start()  # SIGHUP (and --watch) reload the organism
-        if org.journal is not None:  # a journal that fails stops the run (journal.store)
+        if org.journal is not None:  # a journal that fails stops the run (journal.failstop)
             waiters.append(asyncio.ensure_future(org.journal.failed()))
         if observers is not None:
             watching = await observers(org)

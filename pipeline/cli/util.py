@@ -70,10 +70,10 @@ def guarded(ctx: click.Context, work: Callable[[], T]) -> T:
         fail(ctx, exc)
 
 
-def run_to_end(main: Coroutine[Any, Any, T], *, grace: float = 1.0) -> T:
+def run_to_end(main: Coroutine[Any, Any, T], *, grace: float = 0.1) -> T:
     """``asyncio.run(main)``, except that tasks left running at the end (a handler the
-    stop abandoned because it ignores cancellation) get ``grace`` seconds to end once
-    cancelled, not forever: the command exits when its work is done."""
+    stop abandoned because it ignores cancellation, reported then) get ``grace`` seconds
+    to end once cancelled, not forever: the command exits when its work is done."""
     loop = asyncio.new_event_loop()
     try:
         return loop.run_until_complete(main)
@@ -84,6 +84,10 @@ def run_to_end(main: Coroutine[Any, Any, T], *, grace: float = 1.0) -> T:
                 task.cancel()
             if left:
                 loop.run_until_complete(asyncio.wait(left, timeout=grace))
+            stuck = {task for task in left if not task.done()}
+            if stuck:  # reported by the stop already: not again as "destroyed pending"
+                loop.set_exception_handler(lambda loop, context: None if context.get(
+                    "task") in stuck else loop.default_exception_handler(context))
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             asyncio.set_event_loop(None)

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 
 from sporeflow.config.errors import OrganismStateError
 from sporeflow.config.model import DEFAULT_CAPACITY
 from sporeflow.pipeline.core.spill import SpillFile
+from sporeflow.pipeline.core.wiring import WiringCell
 from sporeflow.steps import PRIORITY_MAX, AgentLane, PriorityBuckets, Spore, SporeType
 
 __all__ = ["Intake"]
@@ -32,20 +33,17 @@ __all__ = ["Intake"]
 _NEVER_PAGED = frozenset({SporeType.REQUEST, SporeType.RESPONSE})
 _REFILL = 4096  # spores read back from disk at a time
 
-# A target of an outside spore whose mailbox holds the given number (the channel's
-# capacity less what is queued here already), or None (see Run).
-FullTarget = Callable[[Spore, int], AgentLane | None]
 
 
 class Intake:
     def __init__(
         self, *, max_in_flight: int, capacities: Mapping[str, int],
         default_capacity: int = DEFAULT_CAPACITY, max_batch: int = 512,
-        max_in_memory: int | None = None, full_target: FullTarget | None = None,
+        max_in_memory: int | None = None, wiring: WiringCell | None = None,
     ) -> None:
         self.max_in_flight = max_in_flight
         self.max_in_memory = max_in_memory
-        self.full_target = full_target
+        self.wiring = wiring  # where the targets' lanes are; None: mailboxes not counted
         self.spill = SpillFile()
         self._paged_in = asyncio.Event()  # set while nothing is paged out
         self._paged_in.set()
@@ -74,14 +72,28 @@ class Intake:
         if not (self.held < self.max_in_flight and self.queued_by_channel.get(channel, 0)
                 < self.capacities.get(channel, self.default_capacity)):
             return False
-        if self.full_target is None:
+        if self.wiring is None:
             return True
-        full = self.full_target(spore, self.capacities.get(channel, self.default_capacity)
-                                - self.queued_by_channel.get(channel, 0))
+        full = self._full_target(spore, self.capacities.get(channel, self.default_capacity)
+                                 - self.queued_by_channel.get(channel, 0))
         if full is not None:
             self._wait_on(full, self.capacities.get(channel, self.default_capacity))
             return False
         return True
+
+    def _full_target(self, spore: Spore, room: int) -> AgentLane | None:
+        """A lane the outside ``spore`` would go to whose mailbox holds ``room`` spores
+        or more (a channel's capacity counts its spores here and in mailboxes)."""
+        assert self.wiring is not None
+        snapshot = self.wiring.current
+        agents = snapshot.agents
+        names = ((spore.to_agent,) if spore.to_agent is not None
+                 else snapshot.table.subscribers.get(spore.channel, ()))
+        for name in names:
+            agent = agents.get(name)
+            if agent is not None and agent.lane.backlog.size >= room:
+                return agent.lane
+        return None
 
     def _wait_on(self, lane: AgentLane, capacity: int) -> None:
         """Be told when ``lane``'s mailbox is down to half of ``capacity``: waking at
@@ -107,10 +119,17 @@ class Intake:
         capacity = self.capacities.get(channel, self.default_capacity)
         if queued >= capacity:
             return False
-        if self.full_target is not None and (
-                full := self.full_target(spore, capacity - queued)) is not None:
-            self._wait_on(full, capacity)
-            return False
+        wiring = self.wiring
+        if wiring is not None:
+            to = spore.to_agent
+            if to is not None:  # _full_target's direct case, inlined
+                agent = wiring.current.agents.get(to)
+                if agent is not None and agent.lane.backlog.size >= capacity - queued:
+                    self._wait_on(agent.lane, capacity)
+                    return False
+            elif (full := self._full_target(spore, capacity - queued)) is not None:
+                self._wait_on(full, capacity)
+                return False
         self.ingress.push(spore.priority, spore)
         self.queued_by_channel[channel] = queued + 1
         self.admitted += 1

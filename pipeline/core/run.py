@@ -21,7 +21,7 @@ from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.ledger import Ledger
 from sporeflow.pipeline.core.requests import RequestBook
 from sporeflow.pipeline.core.wiring import WiringCell
-from sporeflow.steps import AgentLane, Spore
+from sporeflow.steps import Spore
 
 __all__ = ["Run"]
 
@@ -41,7 +41,7 @@ class Run:
         self.intake = Intake(max_in_flight=spec.limits.max_in_flight,
                              capacities={c.name: c.capacity for c in spec.channels.values()},
                              max_in_memory=spec.limits.max_in_memory,
-                             full_target=self._full_target)
+                             wiring=wiring)
         self.ledger = Ledger(intake=self.intake, dead_letters=dead_letters, requests=requests,
                              wiring=wiring, logger=logger, now=now, outbox=outbox,
                              listeners=listeners)
@@ -49,22 +49,6 @@ class Run:
                                wiring=wiring, limits=spec.limits, now=now, checked=checked,
                                outside=outside, organism=spec.name)
         self.chain: asyncio.Task[None] | None = None
-
-    def _full_target(self, spore: Spore, capacity: int) -> AgentLane | None:
-        """A lane the outside ``spore`` would go to whose mailbox holds ``capacity``
-        spores or more (the channel's capacity counts them together with the intake's)."""
-        snapshot = self.wiring.current
-        if spore.to_agent is not None:
-            agent = snapshot.agents.get(spore.to_agent)
-            if agent is not None and agent.lane.backlog.size >= capacity:
-                return agent.lane
-            return None
-        agents = snapshot.agents
-        for name in snapshot.table.subscribers.get(spore.channel, ()):
-            agent = agents.get(name)
-            if agent is not None and agent.lane.backlog.size >= capacity:
-                return agent.lane
-        return None
 
     def start_chain(self, stages: Sequence[Stage], on_crash: Callable[[], None]) -> None:
         """Run the chain of ``stages`` over the intake, in a task of its own."""
