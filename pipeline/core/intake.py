@@ -86,13 +86,12 @@ class Intake:
         or more (a channel's capacity counts its spores here and in mailboxes)."""
         assert self.wiring is not None
         snapshot = self.wiring.current
-        agents = snapshot.agents
-        names = ((spore.to_agent,) if spore.to_agent is not None
-                 else snapshot.table.subscribers.get(spore.channel, ()))
-        for name in names:
-            agent = agents.get(name)
-            if agent is not None and agent.lane.backlog.size >= room:
-                return agent.lane
+        if spore.to_agent is not None:
+            lane = snapshot.lanes.get(spore.to_agent)
+            return lane if lane is not None and lane.backlog.size >= room else None
+        for lane in snapshot.channel_lanes.get(spore.channel, ()):
+            if lane.backlog.size >= room:
+                return lane
         return None
 
     def _wait_on(self, lane: AgentLane, capacity: int) -> None:
@@ -123,9 +122,9 @@ class Intake:
         if wiring is not None:
             to = spore.to_agent
             if to is not None:  # _full_target's direct case, inlined
-                agent = wiring.current.agents.get(to)
-                if agent is not None and agent.lane.backlog.size >= capacity - queued:
-                    self._wait_on(agent.lane, capacity)
+                lane = wiring.current.lanes.get(to)
+                if lane is not None and lane.backlog.size >= capacity - queued:
+                    self._wait_on(lane, capacity)
                     return False
             elif (full := self._full_target(spore, capacity - queued)) is not None:
                 self._wait_on(full, capacity)

@@ -55,23 +55,29 @@ class WiringSnapshot:
     lanes: Mapping[str, AgentLane]
     table: RoutingTable
     schemas: Mapping[str, SchemaCheck]
+    # Each channel's subscribers' lanes: what outside admission looks at per broadcast.
+    channel_lanes: Mapping[str, tuple[AgentLane, ...]]
 
     @classmethod
     def of(cls, spec: OrganismSpec, agents: Mapping[str, AgentRuntime]) -> WiringSnapshot:
         """The snapshot of ``spec`` run by ``agents`` (one runtime per agent of ``spec``)."""
+        lanes = {name: agent.lane for name, agent in agents.items()}
+        table = routing_table(spec)
         return cls(
             spec=spec,
             agents=dict(agents),
-            lanes={name: agent.lane for name, agent in agents.items()},
-            table=routing_table(spec),
+            lanes=lanes,
+            table=table,
             schemas={name: schema_check(name, a.schema)
                      for name, a in spec.agents.items() if a.schema is not None},
+            channel_lanes={channel: tuple(lanes[name] for name in names if name in lanes)
+                           for channel, names in table.subscribers.items()},
         )
 
     @classmethod
     def empty(cls, spec: OrganismSpec) -> WiringSnapshot:
         return cls(spec=spec, agents={}, lanes={}, table=RoutingTable(agents=frozenset()),
-                   schemas={})
+                   schemas={}, channel_lanes={})
 
 
 class WiringCell:
