@@ -30,6 +30,8 @@ from sporeflow.steps.spore import (
     SporeType,
     new_spore,
     new_spore_id,
+    spore_fields,
+    spore_from_fields,
     spore_from_xml,
     spore_to_xml,
 )
@@ -73,6 +75,8 @@ __all__ = [
     "signature_check",
     "signed",
     "signing_bytes",
+    "spore_fields",
+    "spore_from_fields",
     "spore_from_xml",
     "spore_to_xml",
     "utc_now",

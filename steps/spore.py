@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import operator
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ __all__ = [
     "SporeType",
     "new_spore",
     "new_spore_id",
+    "spore_fields",
+    "spore_from_fields",
     "spore_from_xml",
     "spore_to_xml",
 ]
@@ -222,6 +225,20 @@ _FIELD_ORDER = Spore.__slots__
 # Sets a spore's monotonic deadline (for the expire stage only): the slot's own setter,
 # since a frozen dataclass refuses every assignment.
 set_deadline: Callable[[Spore, float], None] = _Local.__dict__["_deadline"].__set__
+
+# A spore's fields as a tuple, in slot order, and back: a compact, fast form for the
+# intake's disk spill (the values are a spore's own, already made; nothing is checked).
+spore_fields: Callable[[Spore], tuple[Any, ...]] = operator.attrgetter(*_FIELD_ORDER)
+
+
+def spore_from_fields(values: tuple[Any, ...]) -> Spore:
+    """The :class:`Spore` whose :func:`spore_fields` are ``values``."""
+    draft = _Draft()
+    for name, value in zip(_FIELD_ORDER, values, strict=True):
+        setattr(draft, name, value)
+    draft.__class__ = Spore  # type: ignore[assignment]  # same slots: allowed
+    return draft  # type: ignore[return-value]
+
 
 # ``Spore(...)``, for the paths that make a spore per message: calling __new__ directly
 # skips type.__call__, which packs the keywords into a dict and then runs

@@ -7,10 +7,12 @@ handler output never waits, and past ``limits.max_in_memory`` it is paged to dis
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter
 from typing import Any
 
 from sporeflow.pipeline import Organism, Spore
+from sporeflow.pipeline.core.spill import SpillFile
 
 from .conftest import VirtualClockLoop
 
@@ -127,3 +129,19 @@ def test_handler_output_past_the_memory_limit_is_paged_out_and_read_back(
         assert stats["totals"]["dead_letters"] == 0
 
     virtual(main)
+
+
+def test_the_spill_file_is_a_fifo_that_keeps_unpicklable_spores_in_memory() -> None:
+    spill = SpillFile()
+    first = [Spore(knowledge={"n": n}, priority=1 + n % 10) for n in range(5)]
+    live = Spore(knowledge={"lock": threading.Lock()})  # cannot be pickled
+    assert spill.push(first) == []
+    assert spill.push([Spore(knowledge={"n": 5}), live]) == [live]
+    assert len(spill) == 6
+    taken = spill.pop(4) + spill.pop(10)
+    assert [s.knowledge["n"] for s in taken] == [0, 1, 2, 3, 4, 5]
+    assert taken[:5] == first  # every field comes back
+    assert len(spill) == 0
+    assert spill.push(first[:2]) == []
+    assert [s.knowledge["n"] for s in spill.clear()] == [0, 1]
+    spill.close()

@@ -6,10 +6,11 @@ output is written here, first in first out, and read back as memory frees up, mu
 as RabbitMQ pages queues out under memory pressure.
 
 The file is an anonymous temporary file (unlinked at once, mode 0600), private to
-this process: records are length-prefixed pickles of spores, which are checked
-again by the chain when they are read back, like any fed spore. A spore that cannot
-be pickled (knowledge holding a live object) is kept in memory instead; the chain
-refuses it soon after.
+this process. A record is one push: the pickled list of the spores' fields as tuples
+(``spore_fields``: no per-spore dict, rebuilt without checks, since the values are
+the spores' own); the chain checks them again when they are read back, like any fed
+spore. A spore that cannot be pickled (knowledge holding a live object) is kept in
+memory instead; the chain refuses it soon after.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from __future__ import annotations
 import pickle
 import struct
 import tempfile
-from collections.abc import Iterable
+from collections import deque
 from typing import IO
 
-from sporeflow.steps import Spore
+from sporeflow.steps import Spore, spore_fields, spore_from_fields
 
 __all__ = ["SpillFile"]
 
@@ -34,54 +35,59 @@ class SpillFile:
         self._file: IO[bytes] | None = None
         self._read_at = 0
         self._write_at = 0
-        self.count = 0
+        self._ready: deque[Spore] = deque()  # read back from the file, not yet taken
+        self.count = 0  # spores paged out and not yet taken, in the file or read back
         self.spilled_total = 0  # spores ever paged out, for stats
 
     def __len__(self) -> int:
         return self.count
 
-    def push(self, spores: Iterable[Spore]) -> list[Spore]:
+    def push(self, spores: list[Spore]) -> list[Spore]:
         """Page ``spores`` out; return those that could not be (kept in memory)."""
-        records: list[bytes] = []
         kept: list[Spore] = []
-        for spore in spores:
-            try:
-                record = pickle.dumps(spore, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception:  # a live object in its knowledge: the chain refuses it
-                kept.append(spore)
-                continue
-            records.append(_LENGTH.pack(len(record)))
-            records.append(record)
-        if records:
-            file = self._open()
-            file.seek(self._write_at)
-            data = b"".join(records)
-            file.write(data)
-            self._write_at += len(data)
-            added = len(records) // 2
-            self.count += added
-            self.spilled_total += added
+        try:
+            record = pickle.dumps([spore_fields(spore) for spore in spores],
+                                  protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # some live object in there: sort them out one by one
+            paged = []
+            for spore in spores:
+                try:
+                    pickle.dumps(spore_fields(spore))
+                except Exception:
+                    kept.append(spore)
+                else:
+                    paged.append(spore)
+            if not paged:
+                return kept
+            spores = paged
+            record = pickle.dumps([spore_fields(spore) for spore in spores],
+                                  protocol=pickle.HIGHEST_PROTOCOL)
+        file = self._open()
+        file.seek(self._write_at)
+        file.write(_LENGTH.pack(len(record)))
+        file.write(record)
+        self._write_at = file.tell()
+        self.count += len(spores)
+        self.spilled_total += len(spores)
         return kept
 
     def pop(self, limit: int) -> list[Spore]:
         """Read back up to ``limit`` spores, oldest first."""
-        if not self.count or limit <= 0:
-            return []
-        file = self._open()
-        file.flush()
-        file.seek(self._read_at)
-        spores: list[Spore] = []
-        read = file.read
-        while len(spores) < limit and self.count:
-            (size,) = _LENGTH.unpack(read(_LENGTH.size))
-            spores.append(pickle.loads(read(size)))
-            self.count -= 1
-        self._read_at = file.tell()
-        if not self.count:  # empty: start the file over
-            file.seek(0)
-            file.truncate()
-            self._read_at = self._write_at = 0
-        return spores
+        ready = self._ready
+        if len(ready) < limit and self._read_at < self._write_at:
+            file = self._open()
+            file.seek(self._read_at)
+            while len(ready) < limit and self._read_at < self._write_at:
+                (size,) = _LENGTH.unpack(file.read(_LENGTH.size))
+                ready.extend(map(spore_from_fields, pickle.loads(file.read(size))))
+                self._read_at += _LENGTH.size + size
+            if self._read_at == self._write_at:  # all read: start the file over
+                file.seek(0)
+                file.truncate()
+                self._read_at = self._write_at = 0
+        taken = [ready.popleft() for _ in range(min(limit, len(ready)))]
+        self.count -= len(taken)
+        return taken
 
     def clear(self) -> list[Spore]:
         """Take every spore out (a stop dead-letters them)."""
@@ -92,6 +98,7 @@ class SpillFile:
             self._file.close()
             self._file = None
         self._read_at = self._write_at = self.count = 0
+        self._ready.clear()
 
     def _open(self) -> IO[bytes]:
         if self._file is None:
