@@ -102,3 +102,13 @@ def test_demo_runs_to_completion_with_its_result() -> None:
     assert "Python standard library:" in done.stdout
     assert "top identifiers: self" in done.stdout
     assert "0 dead letters" in done.stderr
+
+
+def test_check_without_an_argument_checks_organism_yaml_here(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             ) -> None:
+    (tmp_path / "organism.yaml").write_text("organism: {name: here}\nagents: {}\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["check"])
+    assert result.exit_code == 0, result.output
+    assert "organism.yaml: ok: organism 'here'" in result.output

@@ -228,10 +228,11 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
 
 
 @cli.command()
-@ORGANISM_FILE
+@ORGANISM_ARG
 @click.pass_context
 def check(ctx: click.Context, organism: Path) -> None:
-    """Validate ORGANISM; print every problem with its line and column."""
+    """Validate ORGANISM (default ./organism.yaml); print every problem with its line and
+    column."""
     spec, warnings = guarded(ctx, lambda: check_organism(organism))
     for warning in warnings:
         click.echo(str(warning), err=True)
