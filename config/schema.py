@@ -26,7 +26,9 @@ MAX_DEPTH_CEILING = 256
 _name: dict[str, Any] = {"type": "string", "pattern": NAME_PATTERN}
 _names: dict[str, Any] = {"type": "array", "items": _name, "uniqueItems": True}
 _duration: dict[str, Any] = {
-    "oneOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": DURATION_PATTERN}],
+    # At most a year: more is a mistake (.inf, 1e20), and overflows the platform's timers.
+    "oneOf": [{"type": "number", "minimum": 0, "maximum": 365 * 24 * 3600},
+              {"type": "string", "pattern": DURATION_PATTERN}],
     "x-write": "seconds, or a string like 250ms, 5s or 2m",
 }
 _size: dict[str, Any] = {

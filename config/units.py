@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 __all__ = ["DURATION_PATTERN", "SIZE_PATTERN", "parse_duration", "parse_size"]
@@ -13,12 +14,16 @@ _SIZE_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
 DURATION_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$"
 SIZE_PATTERN = r"^\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$"
 _DURATION = re.compile(DURATION_PATTERN)
+_LONGEST = 365 * 24 * 3600.0  # longer is a mistake (and overflows the platform's timers)
 _SIZE = re.compile(SIZE_PATTERN)
 
 
 def parse_duration(value: str | int | float) -> float:
     """Return seconds; a bare number is seconds already."""
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value) or value > _LONGEST:
+            raise ValueError(f"duration {value!r} is not a usable number of seconds; write "
+                             f"one up to {_LONGEST:.0f} (a year), like 30 or 5s")
         if value < 0:
             raise ValueError(f"duration {value!r} is negative; use 0 or more")
         return float(value)

@@ -203,6 +203,9 @@ class Organism(OutsideApi):
         self._bridge = make_bridge(self.spec, self._backend, self._hosted)
         # A foreign or damaged journal is refused here, before anything starts.
         unfinished = await self._journal.open(self.spec) if self._journal is not None else []
+        if self._journal is not None:  # dead-lettered 'poison' by the journal as it opened
+            for letter in self._journal.poisoned:
+                self.dead_letters.add(letter)
         run = self._open_run()
         self.rewire(self.spec, {name: self.build_agent(a) for name, a in
                                 self.spec.agents.items()})

@@ -210,8 +210,12 @@ class AgentLane:
                 raise asyncio.CancelledError
         finally:
             lane._running.discard(task)
-            if mailbox.size and not lane.scheduled:
-                lane._schedule_if_runnable()
+            if (mailbox.size and not lane.scheduled and not lane.paused
+                    and lane.busy < concurrency):
+                # This runner takes it again once the loop has run (or, cancelled, calls
+                # another): no new runner for it.
+                lane.scheduled = True
+                ready.append(lane)
             if lane._quiet is not None:
                 lane._check_quiet()
 

@@ -71,6 +71,8 @@ class RunnerPool:
                     lane.scheduled = False
                     if lane.backlog.size:
                         await lane.serve(self, task)
+                        if ready:  # a burst is done: let the loop run before the next
+                            await asyncio.sleep(0)
                 if len(parked) >= self.max_idle:
                     return
                 waiter = loop.create_future()

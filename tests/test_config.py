@@ -229,6 +229,20 @@ def test_bad_units_say_how_to_write_them() -> None:
         parse_size("big")
 
 
+@pytest.mark.parametrize("seconds", [float("inf"), float("nan"), 1e20])
+def test_a_duration_must_be_a_usable_number_of_seconds(seconds: float) -> None:
+    with pytest.raises(ValueError, match="not a usable number of seconds"):
+        parse_duration(seconds)
+
+
+def test_an_infinite_duration_in_the_organism_file_is_refused_at_its_place(
+        tmp_path: Path) -> None:
+    path = write(tmp_path, "limits: {loop_stall_warning: .inf}\nagents: {}\n")
+    [problem] = problems_of(path)
+    assert "limits.loop_stall_warning" in problem
+    assert "inf" in problem
+
+
 def test_exported_schema_is_valid_and_accepts_the_demo() -> None:
     import yaml
 

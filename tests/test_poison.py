@@ -72,15 +72,18 @@ def run(organism: Path, journal: Path, sink: Path, how: str) -> subprocess.Compl
 
 
 def crash_until_done(organism: Path, journal: Path, sink: Path, how: str,
-                     most: int = 8) -> list[int]:
-    """Start the organism again each time it dies; return the exit codes of its runs."""
+                     most: int = 8) -> tuple[list[int], str]:
+    """Start the organism again each time it dies; return the exit codes of its runs
+    and what the last one printed."""
     codes: list[int] = []
+    printed = ""
     while not codes or codes[-1] != 0:
         assert len(codes) < most, f"still crashing after {most} starts: {codes}"
         done = run(organism, journal, sink, how)
         assert done.returncode in (0, 70, -9), done.stderr
         codes.append(done.returncode)
-    return codes
+        printed = done.stderr
+    return codes, printed
 
 
 @pytest.mark.parametrize("how", ["sigkill", "exit"])
@@ -88,9 +91,10 @@ def test_a_spore_that_kills_the_process_is_poison_after_three_crashes(
         tmp_path: Path, how: str) -> None:
     organism = write_organism(tmp_path)
     journal, sink = tmp_path / "journal.db", tmp_path / "sink.txt"
-    codes = crash_until_done(organism, journal, sink, how)
+    codes, printed = crash_until_done(organism, journal, sink, how)
     death = 70 if how == "exit" else -9
     assert codes == [death, death, death, 0]  # three deaths, then a clean run
+    assert "1 dead letters (poison: 1)" in printed  # the last run's summary counts it
     items = {int(line) for line in sink.read_text().split()}
     assert items == set(range(COUNT)) - {POISON}  # the others finished
     with JournalFile(journal) as file:
@@ -109,7 +113,7 @@ def test_max_crashes_is_per_agent(tmp_path: Path) -> None:
     assert load_organism(organism).agents["worker"].max_crashes == 2
     assert load_organism(organism).agents["sink"].max_crashes == 3
     journal, sink = tmp_path / "journal.db", tmp_path / "sink.txt"
-    assert crash_until_done(organism, journal, sink, "sigkill") == [-9, -9, 0]
+    assert crash_until_done(organism, journal, sink, "sigkill")[0] == [-9, -9, 0]
     with JournalFile(journal) as file:
         assert [s.letter.reason for s in file.dead_letters()] == [Reason.POISON]
 
@@ -117,12 +121,12 @@ def test_max_crashes_is_per_agent(tmp_path: Path) -> None:
 def test_a_replayed_poison_letter_counts_its_crashes_afresh(tmp_path: Path) -> None:
     organism = write_organism(tmp_path, worker="max_crashes: 1")
     journal, sink = tmp_path / "journal.db", tmp_path / "sink.txt"
-    assert crash_until_done(organism, journal, sink, "sigkill") == [-9, 0]
+    assert crash_until_done(organism, journal, sink, "sigkill")[0] == [-9, 0]
     with JournalFile(journal) as file:
         letters = file.dead_letters(reasons=[Reason.POISON])
         assert len(letters) == 1
         file.replay(letters)
     # Back among the pending spores, it kills the process once more, and only once.
-    assert crash_until_done(organism, journal, sink, "sigkill") == [-9, 0]
+    assert crash_until_done(organism, journal, sink, "sigkill")[0] == [-9, 0]
     with JournalFile(journal) as file:
         assert [s.letter.reason for s in file.dead_letters()] == [Reason.POISON]

@@ -134,3 +134,10 @@ def test_run_max_duration_stops_an_organism_that_never_idles() -> None:
     code, output = run_cli(str(FIXTURES / "stateful_organism.yaml"), "--max-duration", "soon")
     assert code == 2
     assert "write it like 250ms, 5s or 2m" in output
+
+
+def test_run_until_comparing_a_count_with_text_is_a_usage_error() -> None:
+    code, output = run_cli(str(FIXTURES / "stateful_organism.yaml"),
+                           "--until", 'totals.handled >= "x"')
+    assert code == 2
+    assert "compare counts with numbers" in output

@@ -84,7 +84,13 @@ class StopCondition:
             left = self._eval(node.left, stats)
             for op, right_node in zip(node.ops, node.comparators, strict=True):
                 right = self._eval(right_node, stats)
-                if not _COMPARE[type(op)](left, right):
+                try:
+                    holds = _COMPARE[type(op)](left, right)
+                except TypeError:
+                    raise ValueError(f"condition {self.text!r} compares {left!r} with "
+                                     f"{right!r}; compare counts with numbers, like "
+                                     f"'totals.handled >= 100'") from None
+                if not holds:
                     return False
                 left = right
             return True
