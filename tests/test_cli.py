@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,9 @@ def test_check_without_an_argument_checks_organism_yaml_here(tmp_path: Path,
     result = CliRunner().invoke(cli, ["check"])
     assert result.exit_code == 0, result.output
     assert "organism.yaml: ok: organism 'here'" in result.output
+
+
+def test_version_prints_the_installed_version() -> None:
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"sporeflow, version {version('sporeflow')}"
