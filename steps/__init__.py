@@ -30,10 +30,10 @@ from sporeflow.steps.spore import (
     SporeType,
     new_spore,
     new_spore_id,
-    spore_fields,
-    spore_from_fields,
+    spore_from_values,
     spore_from_xml,
     spore_to_xml,
+    spore_values,
 )
 from sporeflow.steps.types import Batch, Delivery, Reject, SchemaCheck
 from sporeflow.steps.validate import check_spore, validate
@@ -75,8 +75,8 @@ __all__ = [
     "signature_check",
     "signed",
     "signing_bytes",
-    "spore_fields",
-    "spore_from_fields",
+    "spore_values",
+    "spore_from_values",
     "spore_from_xml",
     "spore_to_xml",
     "utc_now",

@@ -17,6 +17,8 @@ from sporeflow.steps.lanes import AgentLane
 
 __all__ = ["RunnerPool"]
 
+_HOLD_LOOP_AT_MOST = 0.01  # seconds a runner runs bursts before it lets the loop run
+
 
 class RunnerPool:
     """The tasks that run handlers for every lane of one organism.
@@ -66,13 +68,18 @@ class RunnerPool:
         try:
             while not self._closed:
                 self.coming -= 1
+                since = loop.time()
                 while ready:
                     lane = ready.popleft()
                     lane.scheduled = False
                     if lane.backlog.size:
                         await lane.serve(self, task)
-                        if ready:  # a burst is done: let the loop run before the next
+                        # Let the loop run between bursts now and then: not after every
+                        # one (a turn of the loop is a system call), but often enough
+                        # that quick handlers never hold it for long.
+                        if ready and loop.time() - since > _HOLD_LOOP_AT_MOST:
                             await asyncio.sleep(0)
+                            since = loop.time()
                 if len(parked) >= self.max_idle:
                     return
                 waiter = loop.create_future()

@@ -37,8 +37,8 @@ __all__ = [
     "SporeType",
     "new_spore",
     "new_spore_id",
-    "spore_fields",
-    "spore_from_fields",
+    "spore_values",
+    "spore_from_values",
     "spore_from_xml",
     "spore_to_xml",
 ]
@@ -228,11 +228,11 @@ set_deadline: Callable[[Spore, float], None] = _Local.__dict__["_deadline"].__se
 
 # A spore's fields as a tuple, in slot order, and back: a compact, fast form for the
 # intake's disk spill (the values are a spore's own, already made; nothing is checked).
-spore_fields: Callable[[Spore], tuple[Any, ...]] = operator.attrgetter(*_FIELD_ORDER)
+spore_values: Callable[[Spore], tuple[Any, ...]] = operator.attrgetter(*_FIELD_ORDER)
 
 
-def spore_from_fields(values: tuple[Any, ...]) -> Spore:
-    """The :class:`Spore` whose :func:`spore_fields` are ``values``."""
+def spore_from_values(values: tuple[Any, ...]) -> Spore:
+    """The :class:`Spore` whose :func:`spore_values` are ``values``."""
     draft = _Draft()
     for name, value in zip(_FIELD_ORDER, values, strict=True):
         setattr(draft, name, value)

@@ -17,6 +17,14 @@ from sporeflow.pipeline.core.spill import SpillFile
 from .conftest import VirtualClockLoop
 
 
+def subscriber_behind(channel: str, capacity: int, handler: Any, *,
+                      name: str = "sink") -> Organism:
+    """One agent subscribed to ``channel``, whose capacity is ``capacity``."""
+    return Organism.from_dict({
+        "channels": {channel: {"capacity": capacity}},
+        "agents": {name: {"handler": handler, "subscribe": [channel]}}})
+
+
 def test_senders_waiting_on_one_channel_are_admitted_in_turn(virtual: Any) -> None:
     """Issue 20's case: a busy sender took every freed place while others waited."""
 
@@ -24,9 +32,7 @@ def test_senders_waiting_on_one_channel_are_admitted_in_turn(virtual: Any) -> No
         async def sink(spore: Spore, ctx: Any) -> None:
             await asyncio.sleep(0.001)
 
-        org = Organism.from_dict({
-            "channels": {"work": {"capacity": 4}},
-            "agents": {"sink": {"handler": sink, "subscribe": ["work"]}}})
+        org = subscriber_behind("work", 4, sink)
         admitted: Counter[str] = Counter()
         async with org.running():
             async def sender(name: str) -> None:
@@ -52,9 +58,7 @@ def test_a_full_mailbox_makes_outside_senders_wait(virtual: Any) -> None:
         async def slow(spore: Spore, ctx: Any) -> None:
             await asyncio.sleep(1.0)
 
-        org = Organism.from_dict({
-            "channels": {"jobs": {"capacity": 3}},
-            "agents": {"slow": {"handler": slow, "subscribe": ["jobs"]}}})
+        org = subscriber_behind("jobs", 3, slow, name="slow")
         most_queued = 0
 
         def watch() -> None:

@@ -7,7 +7,7 @@ as RabbitMQ pages queues out under memory pressure.
 
 The file is an anonymous temporary file (unlinked at once, mode 0600), private to
 this process. A record is one push: the pickled list of the spores' fields as tuples
-(``spore_fields``: no per-spore dict, rebuilt without checks, since the values are
+(``spore_values``: no per-spore dict, rebuilt without checks, since the values are
 the spores' own); the chain checks them again when they are read back, like any fed
 spore. A spore that cannot be pickled (knowledge holding a live object) is kept in
 memory instead; the chain refuses it soon after.
@@ -21,11 +21,19 @@ import tempfile
 from collections import deque
 from typing import IO
 
-from sporeflow.steps import Spore, spore_fields, spore_from_fields
+from sporeflow.steps import Spore, spore_from_values, spore_values
 
 __all__ = ["SpillFile"]
 
 _LENGTH = struct.Struct("<I")
+
+
+def _picklable(value: object) -> bool:
+    try:
+        pickle.dumps(value)
+    except Exception:
+        return False
+    return True
 
 
 class SpillFile:
@@ -44,31 +52,24 @@ class SpillFile:
 
     def push(self, spores: list[Spore]) -> list[Spore]:
         """Page ``spores`` out; return those that could not be (kept in memory)."""
+        values = [spore_values(spore) for spore in spores]
         kept: list[Spore] = []
         try:
-            record = pickle.dumps([spore_fields(spore) for spore in spores],
-                                  protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:  # some live object in there: sort them out one by one
-            paged = []
-            for spore in spores:
-                try:
-                    pickle.dumps(spore_fields(spore))
-                except Exception:
-                    kept.append(spore)
-                else:
-                    paged.append(spore)
-            if not paged:
+            record = pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # some live object in there: keep those spores in memory
+            picklable = [_picklable(value) for value in values]
+            kept = [spore for spore, ok in zip(spores, picklable, strict=True) if not ok]
+            values = [value for value, ok in zip(values, picklable, strict=True) if ok]
+            if not values:
                 return kept
-            spores = paged
-            record = pickle.dumps([spore_fields(spore) for spore in spores],
-                                  protocol=pickle.HIGHEST_PROTOCOL)
+            record = pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
         file = self._open()
         file.seek(self._write_at)
         file.write(_LENGTH.pack(len(record)))
         file.write(record)
         self._write_at = file.tell()
-        self.count += len(spores)
-        self.spilled_total += len(spores)
+        self.count += len(values)
+        self.spilled_total += len(values)
         return kept
 
     def pop(self, limit: int) -> list[Spore]:
@@ -79,7 +80,7 @@ class SpillFile:
             file.seek(self._read_at)
             while len(ready) < limit and self._read_at < self._write_at:
                 (size,) = _LENGTH.unpack(file.read(_LENGTH.size))
-                ready.extend(map(spore_from_fields, pickle.loads(file.read(size))))
+                ready.extend(map(spore_from_values, pickle.loads(file.read(size))))
                 self._read_at += _LENGTH.size + size
             if self._read_at == self._write_at:  # all read: start the file over
                 file.seek(0)
