@@ -28,6 +28,8 @@ from asyncio import AbstractEventLoop, events, get_running_loop
 from pathlib import Path
 from types import FrameType
 
+import sporeflow.config
+import sporeflow.steps
 from sporeflow.steps.lanes import AgentLane
 
 __all__ = ["LoopWatchdog", "describe_stall"]
@@ -38,7 +40,11 @@ _RUNNERS = {
     AgentLane._run.__code__: "self",  # with a timeout or an expiry
 }
 _LOOP = events.Handle._run.__code__  # where the loop runs a callback: outside are its drivers
-_OURS = str(Path(AgentLane.serve.__code__.co_filename).parent.parent) + os.sep
+# sporeflow's own packages (not the folder above them: in a plain editable install that
+# is the whole checkout, tests and user handlers beside the organism included).
+_OURS = tuple(str(folder) + os.sep for folder in (
+    Path(sporeflow.config.__file__ or "").parent, Path(sporeflow.steps.__file__ or "").parent,
+    Path(__file__).parent.parent))  # pipeline/, which is still being imported here
 _LIBRARIES = tuple(sorted({str(Path(path)) + os.sep for key, path in sysconfig.get_paths().items()
                            if key in ("stdlib", "platstdlib", "purelib", "platlib")}))
 _ADVICE = "use a sync handler (runs in a thread) or await instead of blocking"
