@@ -41,6 +41,7 @@ from sporeflow.config.secrets import (
     read_secret_env,
     redact_text,
     redact_url,
+    secrets_of,
     url_password,
 )
 from sporeflow.config.units import parse_duration, parse_size
@@ -86,5 +87,6 @@ __all__ = [
     "reason_of",
     "redact_text",
     "redact_url",
+    "secrets_of",
     "url_password",
 ]

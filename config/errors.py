@@ -9,7 +9,8 @@ runtime both raise these, and ``config`` imports nothing of either.
     │   ├── LimitExceeded      a spore breaks a declared limit (size, depth, hops, ...)
     │   ├── SchemaViolation    its knowledge fails the recipient's schema (config.schemas)
     │   ├── XmlPayloadError    XML a handler returned cannot be read (steps.xmlpayload)
-    │   └── BadSignature       a brokered spore's signature is missing or wrong (steps.signing)
+    │   ├── BadSignature       a brokered spore's signature is missing or wrong (steps.signing)
+    │   └── Replayed           a signature outside the window or seen before (steps.signing)
     ├── DeliveryError          a spore could not be delivered (refused, unroutable, expired)
     │   └── NotAPeer           the sender may not address that agent or channel
     ├── HandlerError           the handler of a request failed; carries the cause

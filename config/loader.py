@@ -49,7 +49,8 @@ from sporeflow.config.reasons import did_you_mean
 from sporeflow.config.references import mapping, reference_problems
 from sporeflow.config.schema import HANDLER_PATTERN, ORGANISM_SCHEMA
 from sporeflow.config.schemas import SchemaFileError, SchemaSpec, load_schema
-from sporeflow.config.secrets import Secret, read_secret_env, redact_text
+from sporeflow.config.secrets import redact_text
+from sporeflow.config.signing_keys import read_signing
 from sporeflow.config.size_cap import (
     DEFAULT_MAX_ORGANISM_BYTES,
     MAX_ORGANISM_BYTES_ENV,
@@ -130,14 +131,16 @@ def _build(
     stages = _resolve_stages(located, base_dir, problems)
     store = _resolve_store(located, base_dir, problems)
     schemas = _compile_schemas(located, base_dir, problems)
-    signing_key = _signing_key(located, problems)
+    signing = read_signing(mapping(data.get("organism")), mapping(data.get("agents")),
+                           lambda path, message: problems.append(located.problem(path,
+                                                                                 message)))
     if [p for p in problems if not p.warning]:
         raise ConfigError(_sorted(problems))
     spec = _with_schemas(_to_spec(data, handlers, base_dir, source, store), schemas)
     spec = dataclasses.replace(spec, stages=stages)
-    if signing_key is not None:
-        spec = dataclasses.replace(spec, signing_key=signing_key,
-                                   signing_key_env=data["organism"]["signing_key_env"])
+    if signing is not None:
+        spec = dataclasses.replace(spec, signing=signing, signing_key=signing.shared_key,
+                                   signing_key_env=_shared_key_env(data))
     return spec, _sorted(problems + wiring_warnings(located, spec))
 
 
@@ -304,16 +307,10 @@ def _handler_kind_problem(handler: Callable[..., Any], *, cpu_bound: bool) -> st
     return None
 
 
-def _signing_key(located: Located, problems: list[Problem]) -> Secret | None:
-    """The HMAC key from the variable ``organism.signing_key_env`` names (None: unsigned)."""
-    name = mapping(located.data.get("organism")).get("signing_key_env")
-    if not isinstance(name, str) or not name.isidentifier():
-        return None  # absent, or a bad name the schema pass reported
-    try:
-        return read_secret_env(name)
-    except LookupError as exc:
-        problems.append(located.problem(("organism", "signing_key_env"), str(exc)))
-        return None
+def _shared_key_env(data: dict[str, Any]) -> str | None:
+    organism = mapping(data.get("organism"))
+    name = organism.get("signing_key_env") or mapping(organism.get("signing")).get("key_env")
+    return name if isinstance(name, str) else None
 
 
 def _resolve_store(located: Located, base_dir: Path,
@@ -391,12 +388,18 @@ def _to_spec(
         process_pool=limits_conf.get("process_pool"),
         loop_stall_warning=parse_duration(limits_conf.get("loop_stall_warning",
                                                           defaults.loop_stall_warning or 0)),
+        max_outside_senders=limits_conf.get("max_outside_senders",
+                                            defaults.max_outside_senders),
+        max_journal_dead_letters=limits_conf.get("max_journal_dead_letters",
+                                                 defaults.max_journal_dead_letters),
+        max_journal_dead_letter_age=parse_duration(limits_conf.get(
+            "max_journal_dead_letter_age", defaults.max_journal_dead_letter_age) or 0) or None,
     )
     return OrganismSpec(
         name=head.get("name", source.stem if source else "organism"),
         description=head.get("description", ""),
         backend=head.get("backend", "memory"),
-        broker=BrokerSpec(**(head.get("broker") or {})),
+        broker=_broker(head.get("broker") or {}),
         agents=agents,
         channels=channels,
         limits=limits,
@@ -405,7 +408,15 @@ def _to_spec(
         knowledge_store=head.get("knowledge_store", "memory"),
         knowledge_store_factory=store,
         journal=base_dir / head["journal"] if head.get("journal") else None,
+        insecure=head.get("insecure", False),
     )
+
+
+def _broker(conf: Mapping[str, Any]) -> BrokerSpec:
+    sizes = {key: parse_size(conf[key]) for key in ("max_length_bytes",
+                                                     "dead_letter_max_length_bytes")
+             if conf.get(key) is not None}  # null: no bound
+    return BrokerSpec(**{**conf, **sizes})
 
 
 def _agent(name: str, conf: Mapping[str, Any], handler: Callable[..., Any]) -> AgentSpec:

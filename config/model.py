@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from sporeflow.config.schemas import SchemaSpec
-from sporeflow.config.secrets import Secret
+from sporeflow.config.secrets import Secret, redact_url
+from sporeflow.config.signing_keys import SigningSpec
 
 __all__ = [
     "DEAD_LETTER_CHANNEL",
@@ -124,15 +125,32 @@ class Limits:
     max_cost_per_thread: float | None = None
     process_pool: int | None = None  # worker processes for cpu_bound agents; None: cpu count
     loop_stall_warning: float | None = 1.0  # seconds a handler may block the loop; 0/None: off
+    # Senders that are no agent (outside callers, a broker's foreign agents), remembered so
+    # that what goes back to them is returned: the least recently seen are forgotten first.
+    max_outside_senders: int = 10_000
+    # Dead letters a journal keeps, by count and by age (seconds; None: any age); the
+    # oldest are dropped first, counted and logged.
+    max_journal_dead_letters: int = 100_000
+    max_journal_dead_letter_age: float | None = 30 * 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
 class BrokerSpec:
-    """Names on the broker: the exchange (None: ``sporeflow.<organism>``), routing keys."""
+    """Names on the broker: the exchange (None: ``sporeflow.<organism>``), routing keys;
+    and the bounds of its queues."""
 
     exchange: str | None = None
     direct_key: str = "agent.{agent}.{type}"  # Praval's layout
     broadcast_key: str = "channel.{channel}.{type}"
+    # Each agent's queue and the dead-letter queue hold at most this many messages and
+    # bytes (None: no bound); past it, ``overflow`` (RabbitMQ's x-overflow) decides:
+    # reject-publish (the publisher's confirm is a nack: a dead letter here),
+    # reject-publish-dlx, or drop-head (the oldest goes to the dead letters).
+    max_length: int | None = 100_000
+    max_length_bytes: int | None = 1024 ** 3
+    overflow: str = "reject-publish"
+    dead_letter_max_length: int | None = 100_000
+    dead_letter_max_length_bytes: int | None = 1024 ** 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +176,7 @@ class OrganismSpec:
     agents: Mapping[str, AgentSpec]
     channels: Mapping[str, ChannelSpec]
     limits: Limits = Limits()
-    backend: str = "memory"
+    backend: str = "memory"  # may hold a password: __repr__ masks it
     broker: BrokerSpec = BrokerSpec()
     description: str = ""
     source: Path | None = None
@@ -169,12 +187,27 @@ class OrganismSpec:
     signing_key_env: str | None = None
     signing_key: Secret | None = field(default=None, repr=False)
     journal: Path | None = None  # the durable journal's file, resolved against base_dir
+    # Accept unsigned spores on a broker beyond this machine (the runtime refuses it else).
+    insecure: bool = False
     stages: tuple[StageSpec, ...] = ()  # pipeline.stages: the user's stages in the chain
+    signing: SigningSpec | None = field(default=None, repr=False)  # keys, window: signing_keys.py
 
     def __post_init__(self) -> None:
         # Freeze the tables so that nobody mutates a loaded organism behind the runtime.
         object.__setattr__(self, "agents", MappingProxyType(dict(self.agents)))
         object.__setattr__(self, "channels", MappingProxyType(dict(self.channels)))
+
+    def __repr__(self) -> str:
+        # As dataclass writes it, but with the backend URL's password masked: a spec
+        # printed in a log, an error or a debugger shows no secret.
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        shown["backend"] = redact_url(self.backend)
+        return f"{type(self).__qualname__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+    @property
+    def signs(self) -> bool:
+        """True when spores on the broker are signed (and unsigned ones refused)."""
+        return self.signing is not None
 
     def subscribers(self, channel: str) -> tuple[str, ...]:
         return tuple(a.name for a in self.agents.values() if channel in a.subscribe)

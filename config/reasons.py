@@ -34,6 +34,7 @@ class Reason(StrEnum):
     SHUTDOWN = "shutdown"
     BROKER_ERROR = "broker error"
     POISON = "poison"  # the process died handling it max_crashes times (with a journal)
+    REPLAYED = "replayed"  # a signature outside the window, or seen before within it
 
 
 def reason_of(error: BaseException | None) -> Reason:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from sporeflow.config.model import DEFAULT_CAPACITY, STAGE_NAMES
+from sporeflow.config.signing_keys import SIGNING_SCHEMA
 from sporeflow.config.units import DURATION_PATTERN, SIZE_PATTERN
 
 __all__ = ["ENV_NAME_PATTERN", "HANDLER_PATTERN", "MAX_DEPTH_CEILING", "NAME_PATTERN",
@@ -40,6 +41,11 @@ _count: dict[str, Any] = {"type": "integer", "minimum": 1}
 
 def _closed(properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "additionalProperties": False, **extra}
+
+
+def _or_null(kind: dict[str, Any]) -> dict[str, Any]:
+    what = kind.get("x-write", "an integer of 1 or more")
+    return {"oneOf": [kind, {"type": "null"}], "x-write": f"{what}; or null for none"}
 
 
 _emit = _closed(
@@ -130,8 +136,30 @@ _limits = _closed(
         "loop_stall_warning": {**_duration, "description": "warn, naming the agent and the "
                                "spore, when a handler blocks the event loop this long "
                                "(default 1s; 0: never)"},
+        "max_outside_senders": {**_count, "description": "senders that are no agent "
+                                "remembered, so what goes back to them is returned; the least "
+                                "recently seen are forgotten first (default 10000)"},
+        "max_journal_dead_letters": {**_count, "description": "dead letters a journal keeps; "
+                                     "the oldest are dropped first (default 100000)"},
+        "max_journal_dead_letter_age": {**_or_null(_duration),
+                                        "description": "a journal drops dead letters older "
+                                        "than this (default 720h; 0 or null: any age)"},
     },
 )
+
+_queue_bounds: dict[str, Any] = {
+    "max_length": {**_or_null(_count), "description": "messages each agent's queue holds "
+                   "(x-max-length; default 100000; null: no bound)"},
+    "max_length_bytes": {**_or_null(_size), "description": "bytes each agent's queue holds "
+                         "(x-max-length-bytes; default 1GiB; null: no bound)"},
+    "overflow": {"enum": ["reject-publish", "reject-publish-dlx", "drop-head"],
+                 "description": "what a full queue does (x-overflow; default reject-publish: "
+                                "the publisher's confirm is a nack, a dead letter there)"},
+    "dead_letter_max_length": {**_or_null(_count), "description": "messages the dead-letter "
+                               "queue holds (default 100000; null: no bound)"},
+    "dead_letter_max_length_bytes": {**_or_null(_size), "description": "bytes the dead-letter "
+                                     "queue holds (default 1GiB; null: no bound)"},
+}
 
 ORGANISM_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -155,7 +183,8 @@ ORGANISM_SCHEMA: dict[str, Any] = {
                                                     "{agent} and {type} are filled in"},
                       "broadcast_key": {"type": "string", "pattern": r"\{channel\}",
                                         "description": "routing key of channel broadcasts; "
-                                                       "{channel} and {type} are filled in"}},
+                                                       "{channel} and {type} are filled in"},
+                      **_queue_bounds},
                      description="names on the broker, for amqp backends"),
                  "journal": {"type": "string", "minLength": 1,
                              "description": "SQLite file recording unfinished spores and dead "
@@ -165,6 +194,12 @@ ORGANISM_SCHEMA: dict[str, Any] = {
                                      "description": "environment variable holding the HMAC "
                                                     "key that signs and verifies spores "
                                                     "on the broker"},
+                 "signing": SIGNING_SCHEMA,
+                 "insecure": {"type": "boolean",
+                              "description": "run unsigned over a broker that is not on "
+                                             "this machine, where any of its clients can "
+                                             "read spores and inject them as any agent "
+                                             "(default false: such a start is refused)"},
                  "knowledge_store": {"type": "string", "pattern": r"^(memory|[\w.]+:[\w.]+)$",
                                      "description": "memory, or module:factory of a store "
                                                     "resolving knowledge_references"}},

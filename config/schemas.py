@@ -12,10 +12,12 @@ language:
   knowledge (see :func:`sporeflow.steps.schemagate.knowledge_element`): the knowledge
   written by the mapping of ``sporeflow.steps.xmlpayload`` under a root element named
   after the spore's ``metadata["kind"]`` (the tag of the XML payload it came from), or
-  ``knowledge`` when it has none. The file is parsed without entities, DTDs or network,
-  at most ``MAX_SCHEMA_BYTES`` and 256 levels deep; ``xs:include``, ``xs:import``,
-  ``xs:redefine`` and ``xs:override`` with a ``schemaLocation`` are refused, since
-  sporeflow reads no other file: inline what they would bring in.
+  ``knowledge`` when it has none. The file is parsed in the encoding it declares,
+  without entities, DTDs or network (:mod:`sporeflow.config.safexml`: a document type
+  declaration is refused), at most ``MAX_SCHEMA_BYTES`` and 256 levels deep;
+  ``xs:include``, ``xs:import``, ``xs:redefine`` and ``xs:override`` with a
+  ``schemaLocation`` are refused, since sporeflow reads no other file: inline what
+  they would bring in.
 
 A schema that is missing, too big, or does not parse is an error of the organism
 file, located at the agent's ``schema`` key. :meth:`SchemaSpec.check` raises
@@ -47,6 +49,7 @@ from jsonschema.exceptions import best_match
 from lxml import etree
 
 from sporeflow.config.errors import SporeError
+from sporeflow.config.safexml import DoctypeRefused, parse_xml
 
 __all__ = [
     "JSON_SCHEMA_SUFFIXES",
@@ -70,7 +73,6 @@ MAX_SCHEMA_BYTES: Final = 4 << 20
 _XS: Final = "{http://www.w3.org/2001/XMLSchema}"
 _OTHER_DOCUMENTS: Final = tuple(f"{_XS}{tag}" for tag in ("include", "import", "redefine",
                                                           "override"))
-_DTD_RE: Final = re.compile(r"<!\s*(?:DOCTYPE|ENTITY)", re.IGNORECASE)
 _IDENTIFIER_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DETAIL_CHARS: Final = 300
 # The mapping's escape element for keys that are no XML name, and its list marker.
@@ -261,20 +263,15 @@ def _pointer(document: Any, pointer: str) -> Any:
 
 def _compile_xsd(data: bytes, name: str) -> Callable[[Any], None]:
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise SchemaFileError(f"the XML Schema is not UTF-8: {exc.reason}") from None
-    if _DTD_RE.search(text) is not None:
+        document = parse_xml(data)
+    except DoctypeRefused as exc:
         raise SchemaFileError(
-            "the XML Schema holds a document type declaration; sporeflow refuses DTDs "
-            "and entities in XML (entity expansion, external entities): remove it")
-    parser = etree.XMLParser(
-        resolve_entities=False, load_dtd=False, dtd_validation=False, no_network=True,
-        huge_tree=False, remove_comments=True, remove_pis=True, attribute_defaults=False)
-    try:
-        document = etree.fromstring(data, parser)
+            f"the XML Schema {name} holds a document type declaration ({exc.doctype}); "
+            f"sporeflow refuses DTDs and entities in XML (entity expansion, external "
+            f"entities): remove it") from None
     except etree.XMLSyntaxError as exc:
         raise SchemaFileError(f"the XML Schema does not parse: {exc}") from None
+    assert document is not None  # a parser that does not recover raises instead
     for element in document.iter(*_OTHER_DOCUMENTS):
         location = element.get("schemaLocation")
         if location is not None:

@@ -8,6 +8,10 @@
   record's message (with its args) and exception text, hiding URL passwords and
   every value added to it. ``configure_logging`` installs one;
   :func:`mask_in_logs` adds values to the filters installed on a logger's handlers.
+  An organism holds one as its masker too: its ``mask`` runs over every failure's
+  text before it is stored, published or printed.
+- :func:`secrets_of` lists what an organism must never show: the secrets its spec
+  holds, the variables they came from, its backend URL's password.
 
 It lives in ``config`` because the loader reads the keys: the runtime only carries
 them, wrapped.
@@ -15,14 +19,17 @@ them, wrapped.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import os
 import re
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 __all__ = [
+    "ENV_REFERENCE",
     "MASK",
     "Secret",
     "SecretFilter",
@@ -30,10 +37,13 @@ __all__ = [
     "read_secret_env",
     "redact_text",
     "redact_url",
+    "secrets_of",
     "url_password",
 ]
 
 MASK = "***"
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+"""``${NAME}`` in a backend URL, read from the environment."""
 
 # scheme://user:password@ : greedy, so a password with a stray '@' is masked whole.
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]*:)[^\s/]*@")
@@ -175,3 +185,43 @@ def mask_in_logs(logger: logging.Logger, *secrets: str | bytes | Secret | None) 
     for found in filters:
         found.add(*values)
     return len(filters)
+
+
+def secrets_of(spec: Any, *backends: str | None,
+               environ: Mapping[str, str] | None = None) -> list[str | Secret]:
+    """What no output may show of an organism: every :class:`Secret` its spec holds
+    (signing keys, in whatever field), the value of the variable each was read from,
+    and the password of its backend URL and of ``backends`` (a ``--backend``), with
+    each ``${NAME}`` read from the environment as the backend reads it."""
+    env = os.environ if environ is None else environ
+    found: list[str | Secret] = []
+    for secret in _held(spec, depth=5):
+        found.append(secret)
+        name = secret.source[1:] if secret.source.startswith("$") else ""
+        if env.get(name):  # the variable's own text (a base64 key decodes to other bytes)
+            found.append(env[name])
+    for url in (getattr(spec, "backend", None), *backends):
+        if isinstance(url, str):
+            password = url_password(
+                ENV_REFERENCE.sub(lambda ref: env.get(ref.group(1), ref.group(0)), url))
+            if password:
+                found.append(password)
+    return found
+
+
+def _held(value: Any, *, depth: int) -> Iterator[Secret]:
+    """The Secrets inside ``value``: its dataclass fields and containers, ``depth`` deep
+    (a spec's keys sit in nested specs; agents' boot knowledge is not walked far)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        children: Iterable[Any] = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    elif isinstance(value, Mapping):
+        children = value.values()
+    elif isinstance(value, tuple | list | frozenset | set):
+        children = value
+    else:
+        return
+    for child in children:
+        if isinstance(child, Secret):
+            yield child
+        elif depth > 1:
+            yield from _held(child, depth=depth - 1)

@@ -26,12 +26,13 @@ from sporeflow.config import (
     AgentSpec,
     OrganismSpec,
     OrganismStateError,
+    SecretFilter,
     StageSpec,
     load_organism,
     mask_in_logs,
     organism_from_dict,
     redact_url,
-    url_password,
+    secrets_of,
 )
 from sporeflow.pipeline.agents.builder import AgentBuilder
 from sporeflow.pipeline.agents.context import RunPort
@@ -40,6 +41,7 @@ from sporeflow.pipeline.agents.procpool import ProcessPool
 from sporeflow.pipeline.agents.state import AgentStates
 from sporeflow.pipeline.broker.backend import Backend
 from sporeflow.pipeline.broker.bridge import Bridge, make_bridge, publish_deliveries
+from sporeflow.pipeline.broker.transport import check_transport
 from sporeflow.pipeline.core.budget import ThreadBudget
 from sporeflow.pipeline.core.chain import Stage, declare_chain
 from sporeflow.pipeline.core.deadletters import DeadLetterStore
@@ -47,6 +49,7 @@ from sporeflow.pipeline.core.ingress import OUTSIDE_SENDERS, Ingress
 from sporeflow.pipeline.core.latency import LatencyHistogram
 from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.core.lifecycle import State
+from sporeflow.pipeline.core.recent import RecentNames
 from sporeflow.pipeline.core.requests import RequestBook
 from sporeflow.pipeline.core.run import Run
 from sporeflow.pipeline.core.shutdown import drain_then_abandon
@@ -89,20 +92,22 @@ class Organism(OutsideApi):
         self._bridge: Bridge | None = None
         self.now = now
         self.logger = logging.getLogger(f"sporeflow.organism.{spec.name}")
-        # The key and the broker password are masked in every log line from here on.
-        mask_in_logs(self.logger, spec.signing_key, url_password(spec.backend),
-                     url_password(backend) if isinstance(backend, str) else None)
+        # Its keys and broker password are masked in every log line from here on, and
+        # in every failure's text (dead letters, events, the broker's headers).
+        secrets = secrets_of(spec, backend if isinstance(backend, str) else None)
+        self.masker = SecretFilter(secrets)
+        mask_in_logs(self.logger, *secrets)
         self.events = EventBus()
         self.events.on_active = self._watch_events
-        self._event_hook = EventHook(self.events, now)
-        self.tracer = make_tracer(tracing)  # None: no span, no per-spore cost
+        self._event_hook = EventHook(self.events, now, self.masker)
+        self.tracer = make_tracer(tracing, self.masker)  # None: no span, no per-spore cost
         if journal is None and spec.journal is not None:
             journal = spec.journal
         self._journal = journal if isinstance(journal, Journal | None) else Journal(journal)
         self.dead_letters = DeadLetterStore(spec.limits.max_dead_letters)
         self.outbox: deque[Spore] = deque(maxlen=10_000)
         self._outside_listeners: list[Callable[[Spore], None]] = []
-        self._outside: set[str] = set(OUTSIDE_SENDERS)
+        self._outside = RecentNames(OUTSIDE_SENDERS, cap=spec.limits.max_outside_senders)
         self._requests = RequestBook()
         self._cell = WiringCell(WiringSnapshot.empty(spec))  # the current wiring
         self._latency: dict[str, LatencyHistogram] = {}
@@ -200,7 +205,10 @@ class Organism(OutsideApi):
             raise OrganismStateError(f"organism {self.spec.name!r} is already {self._state}")
         self.logger.debug("starting organism %r on backend %s", self.spec.name, redact_url(
             self._backend if isinstance(self._backend, str) else self.spec.backend))
-        self._bridge = make_bridge(self.spec, self._backend, self._hosted)
+        bridge = make_bridge(self.spec, self._backend, self._hosted)
+        if bridge is not None:  # unsigned over a network: refused unless organism.insecure
+            check_transport(self.spec, bridge.backend.address, self.logger)
+        self._bridge = bridge
         # A foreign or damaged journal is refused here, before anything starts.
         unfinished = await self._journal.open(self.spec) if self._journal is not None else []
         if self._journal is not None:  # dead-lettered 'poison' by the journal as it opened
@@ -236,11 +244,12 @@ class Organism(OutsideApi):
         """Make this run's intake, ledger and ingress, and attach the active hooks."""
         if self._run is not None:
             self._returned_before += self._run.ledger.returned
+        self._outside.cap = self.spec.limits.max_outside_senders  # a reload's, from now
         run = self._run = Run(
             spec=self.spec, dead_letters=self.dead_letters, requests=self._requests,
             wiring=self._cell, logger=self.logger, now=self.now,
             outbox=self.outbox, listeners=self._outside_listeners, checked=self._checked,
-            outside=self._outside,
+            outside=self._outside, masker=self.masker,
             running=lambda: self._state == State.RUNNING)
         ledger, ingress = run.ledger, run.ingress
         self._ingress = ingress
@@ -467,7 +476,7 @@ class Organism(OutsideApi):
             dead_letters=self.dead_letters,
             journal=self._journal.stats() if self._journal is not None else None,
             broker=self._bridge.statistics() if self._bridge is not None else None,
-            reload=self._reloader.stats())
+            reload=self._reloader.stats(), outside=self._outside)
 
     def latency_histograms(self) -> dict[str, LatencyHistogram]:
         """Each agent's handler-latency histogram (live objects: read them on the loop)."""

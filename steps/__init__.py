@@ -15,6 +15,8 @@ from sporeflow.steps.schemagate import check_schemas, knowledge_element, schema_
 from sporeflow.steps.signing import (
     SIGNATURE_FIELD,
     BadSignature,
+    Replayed,
+    ReplayGuard,
     sign,
     signature_check,
     signed,
@@ -51,6 +53,8 @@ __all__ = [
     "LanePolicy",
     "PriorityBuckets",
     "Reject",
+    "ReplayGuard",
+    "Replayed",
     "RoutingTable",
     "RunnerPool",
     "SchemaCheck",

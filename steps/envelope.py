@@ -30,9 +30,10 @@ encoding gives the bytes back::
 
 ``Spore.from_xml`` (:func:`xml_to_fields`) accepts any well-formed document of that shape
 (whitespace between the envelope's elements, an XML declaration) and checks every field like
-``Spore.from_dict``. It parses safely: a document type declaration is refused before
-parsing (no entity expansion, no external entities), the parser resolves no entities,
-loads no DTD, never touches the network or files, and input over ``max_bytes``,
+``Spore.from_dict``. It parses safely (:mod:`sporeflow.config.safexml`): the parser
+resolves no entities, loads no DTD, never touches the network or files, a document
+type declaration is refused in the parsed document, whatever encoding it declares
+(no entity expansion, no external entities), and input over ``max_bytes``,
 nested deeper than ``max_depth`` elements (never more than 256), or holding more than
 ``max_elements`` elements or ``max_attributes`` attributes is refused; reading is linear
 in the input (see :func:`~sporeflow.steps.xmlpayload.element_attributes`). Every
@@ -53,6 +54,7 @@ from lxml import etree
 
 from sporeflow.config.errors import SporeError
 from sporeflow.config.model import Limits
+from sporeflow.config.safexml import DoctypeRefused, parse_xml
 from sporeflow.steps.xmlpayload import (
     Payload,
     XmlPayloadError,
@@ -92,7 +94,6 @@ _OBJECT_FIELDS: Final = ("knowledge", "metadata")
 _REFERENCE_FIELDS: Final = ("knowledge_references", "data_references")
 _REF: Final = f"{{{NAMESPACE}}}ref"
 _ROOT: Final = f"{{{NAMESPACE}}}spore"
-_DTD_RE: Final = re.compile(r"<!\s*(?:DOCTYPE|ENTITY)", re.IGNORECASE)
 _INTEGER_RE: Final = re.compile(r"-?[0-9]{1,20}")
 _WS: Final = " \t\r\n"
 _EXCERPT: Final = 120
@@ -190,21 +191,15 @@ def _parse(data: str | bytes, max_bytes: int, max_depth: int) -> etree._Element:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise XmlPayloadError(f"spore XML is not UTF-8: {exc.reason}") from None
-    dtd = _DTD_RE.search(text)
-    if dtd is not None:
+    try:
+        root = parse_xml(raw)
+    except DoctypeRefused as exc:
         raise XmlPayloadError(
             "document type declarations are not allowed in spore XML (entity expansion "
-            "and external entities are refused)", text[dtd.start():dtd.start() + _EXCERPT])
-    parser = etree.XMLParser(
-        resolve_entities=False, load_dtd=False, dtd_validation=False, no_network=True,
-        huge_tree=False, remove_comments=True, remove_pis=True, attribute_defaults=False,
-        collect_ids=False)
-    try:
-        root = etree.fromstring(raw, parser)
+            "and external entities are refused)", exc.doctype) from None
     except etree.XMLSyntaxError as exc:
         raise XmlPayloadError(f"spore XML does not parse: {exc}", text[:_EXCERPT]) from None
-    if root.getroottree().docinfo.internalDTD is not None:  # pragma: no cover - refused above
-        raise XmlPayloadError("document type declarations are not allowed in spore XML")
+    assert root is not None  # a parser that does not recover raises instead
     _check_depth(root, max_depth)
     return root
 

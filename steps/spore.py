@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from sporeflow.config.errors import SporeError
 from sporeflow.steps.envelope import (
@@ -35,8 +35,10 @@ __all__ = [
     "JSONObject",
     "Spore",
     "SporeType",
+    "Unreadable",
     "new_spore",
     "new_spore_id",
+    "spore_as_found",
     "spore_values",
     "spore_from_values",
     "spore_from_xml",
@@ -255,6 +257,50 @@ def spore_from_xml(data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
                    max_depth: int = DEFAULT_MAX_DEPTH) -> Spore:
     """Decode an XML envelope, checking every field; raise only :class:`SporeError`."""
     return Spore.from_dict(xml_to_fields(data, max_bytes=max_bytes, max_depth=max_depth))
+
+
+def spore_as_found(data: object) -> Spore:
+    """A spore from its JSON form as stored (a journal's row), checking nothing: each
+    field is decoded where it decodes and kept as found where not, for the validate
+    stage to refuse it naming that field, as it would any malformed spore.
+
+    Raises :class:`SporeError` only for what holds no spore at all: not an object, or
+    fields a spore does not have.
+    """
+    if not isinstance(data, Mapping):
+        raise SporeError(f"a spore must be a JSON object, got {type(data).__name__}")
+    unknown = set(data) - _FIELD_NAMES
+    if unknown:
+        raise SporeError(f"unknown spore field(s) {sorted(map(str, unknown))!r}")
+    fields: dict[str, Any] = {"knowledge": None}
+    found: dict[str, Any] = {}
+    for name, value in data.items():
+        if value is None and name in _NULLABLE:
+            continue
+        try:
+            fields[name] = _DECODERS[name](name, value)
+        except SporeError:
+            found[name] = value
+    spore = new_spore(**fields)
+    for name, value in found.items():  # set after: the constructor would replace a None id
+        object.__setattr__(spore, name, value)
+    return spore
+
+
+class Unreadable(Spore):
+    """Stands for stored data that holds no spore (a journal row that is none), so that it
+    takes the one path like any spore: the validate stage refuses it with ``problem``.
+    Its knowledge is the data as found, kept with its dead letter (a copy of it, as the
+    intake's disk spill makes, is still refused: its knowledge is no object)."""
+
+    __slots__ = ("problem",)
+    problem: SporeError
+
+    @classmethod
+    def of(cls, problem: SporeError, *, id: str, data: str) -> Unreadable:
+        spore = cast(Unreadable, Spore.__new__(cls, knowledge=cast(Any, data), id=id))
+        object.__setattr__(spore, "problem", problem)
+        return spore
 
 
 class _Draft(_Local):

@@ -11,7 +11,7 @@ from aiostream import pipable_operator, streamcontext
 from sporeflow.config.errors import LimitExceeded, SporeError
 from sporeflow.config.model import Limits
 from sporeflow.config.reasons import reason_of
-from sporeflow.steps.spore import PRIORITY_MAX, PRIORITY_MIN, Spore, SporeType
+from sporeflow.steps.spore import PRIORITY_MAX, PRIORITY_MIN, Spore, SporeType, Unreadable
 from sporeflow.steps.types import Batch, Reject, SchemaCheck
 
 __all__ = ["check_spore", "validate"]
@@ -71,6 +71,9 @@ def check_spore(spore: Any, limits: Limits, *, built: bool = False) -> None:
     the sender's are tested.
     """
     if spore.__class__ is not Spore:
+        problem = getattr(spore, "problem", None) if isinstance(spore, Unreadable) else None
+        if problem is not None:  # stored data that held no spore: why it did not
+            raise problem
         raise SporeError(f"expected a Spore, got {type(spore).__name__}")
     # One quick test for the common case; the detailed checks (and their messages)
     # only when it fails. First the fields a sender gives, then the others.

@@ -95,10 +95,12 @@ and parsed by lxml's recovering parser. Repairs, best effort:
   if prose follows it. ``<note><text>hi</text> <report>...</report>`` thus yields
   ``note`` and ``report`` side by side.
 
-Safety: a document type declaration (``<!DOCTYPE``, ``<!ENTITY``...) anywhere in the
-text is refused before parsing, which stops entity expansion ("billion laughs") and
-external entities; the parser additionally runs with ``resolve_entities=False``,
-``load_dtd=False``, ``no_network=True``, ``huge_tree=False``. Input over ``max_bytes``
+Safety: a reply is text, read as UTF-8 whatever it declares (bytes are decoded so, and
+the repair drops the XML declaration). A document type declaration (``<!DOCTYPE``,
+``<!ENTITY``...) anywhere in it is refused before parsing, which stops entity expansion
+("billion laughs") and external entities; the parser (:mod:`sporeflow.config.safexml`)
+additionally resolves no entities and loads no DTD, file or network resource, and
+refuses a declaration it finds. Input over ``max_bytes``
 (UTF-8), nesting deeper than ``max_depth`` elements (a payload element is depth 1), and
 more than ``max_elements`` elements or ``max_attributes`` attributes in all (the
 organism's ``limits.max_xml_elements`` and ``limits.max_xml_attributes``) are refused
@@ -122,6 +124,7 @@ from typing import Any, Final
 from lxml import etree
 
 from sporeflow.config.model import Limits
+from sporeflow.config.safexml import DoctypeRefused, parse_xml, xml_parser
 from sporeflow.steps.xmlrepair import EXCERPT_CHARS, NCNAME, WS, XmlPayloadError, excerpt, repair
 
 __all__ = [
@@ -405,9 +408,9 @@ def parse_payloads(
     source = _ILLEGAL_RE.sub("\ufffd", source)
     repaired = repair(source, max_depth, max_elements, max_attributes)
     parser = _make_parser()
-    try:
-        root = etree.fromstring(repaired, parser)
-    except etree.XMLSyntaxError as exc:  # pragma: no cover - the repaired text is balanced
+    try:  # the repaired text is balanced, and holds no DTD: the scan refused them
+        root = parse_xml(repaired, parser)
+    except (etree.XMLSyntaxError, DoctypeRefused) as exc:  # pragma: no cover
         raise XmlPayloadError(str(exc), excerpt(source)) from exc
     if root is None:  # pragma: no cover - idem
         raise XmlPayloadError(_first_error(parser) or "no element", excerpt(source))
@@ -453,18 +456,7 @@ def _decode(text: str | bytes, max_bytes: int) -> str:
 
 
 def _make_parser() -> etree.XMLParser:
-    return etree.XMLParser(
-        recover=True,
-        resolve_entities=False,
-        load_dtd=False,
-        dtd_validation=False,
-        attribute_defaults=False,
-        no_network=True,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-        collect_ids=False,
-    )
+    return xml_parser(recover=True)
 
 
 def _first_error(parser: etree.XMLParser) -> str:
@@ -475,10 +467,11 @@ def _first_error(parser: etree.XMLParser) -> str:
 
 def _raw_parser_message(source: str) -> str:
     """What lxml's recovering parser says about the text as given (no DTD is in it)."""
-    parser = _make_parser()
+    # In UTF-8 whatever the text declares: the text the scan and the repair read.
+    parser = xml_parser(recover=True, encoding="utf-8")
     try:
-        etree.fromstring(source.encode("utf-8"), parser)
-    except (etree.XMLSyntaxError, ValueError) as exc:
+        parse_xml(source.encode("utf-8"), parser)
+    except (etree.XMLSyntaxError, ValueError) as exc:  # DoctypeRefused is a ValueError
         return str(exc)
     return _first_error(parser) or "no element in the text"
 

@@ -46,9 +46,11 @@ def test_missing_file_is_one_clear_line() -> None:
 
 
 def test_debug_shows_the_traceback() -> None:
+    # Printed (masked, as every output: see test_secret_leaks), then exit 1.
     result = CliRunner().invoke(cli, ["--debug", "check", "/no/such/organism.yaml"])
     assert result.exit_code == 1
-    assert type(result.exception).__name__ == "ConfigError"
+    assert result.stderr.startswith("Traceback (most recent call last):")
+    assert "sporeflow.config.errors.ConfigError: 1 problem in the organism" in result.stderr
 
 
 def test_send_prints_what_comes_back_as_json_lines() -> None:

@@ -21,9 +21,10 @@ acked, nacked, consumed, published, dead_lettered, failed_publishes
 _.failures, _.replaced, _.runners, _.stopped
 unchanged  # SpecDiff.unchanged, in the reload report
 signing_key_env  # OrganismSpec field, set by the loader, shown by `check`
+signing_key  # OrganismSpec field: the current shared key, for users of the Python API
 
-# Framework callbacks: prometheus_client's collector, wsgiref's request handler and
-# server class, click's command registered by decorator, exception chaining.
-_.collect, _.log_message, address_family, list_, _.__cause__
+# Framework callbacks: prometheus_client's collector, click's command registered by
+# decorator, exception chaining.
+_.collect, list_, _.__cause__
 _.destroy  # Backend.destroy: tests delete their unique queues and exchanges with it
 _.convert  # click.ParamType.convert: click calls it for a DURATION option

@@ -18,6 +18,7 @@ import yaml
 from lxml import etree
 
 from sporeflow.config import AgentSpec
+from sporeflow.config.safexml import DoctypeRefused, parse_xml
 
 __all__ = ["example_payload", "peers_prompt"]
 
@@ -80,10 +81,11 @@ def _json_schema(path: Any) -> Any:
 
 def _xsd_elements(path: Any) -> list[str]:
     try:
-        root = etree.parse(str(path), etree.XMLParser(resolve_entities=False,
-                                                      no_network=True)).getroot()
-    except (OSError, etree.XMLSyntaxError):
+        with open(path, "rb") as file:
+            root = parse_xml(file.read())
+    except (OSError, DoctypeRefused, etree.XMLSyntaxError):
         return []
+    assert root is not None  # a parser that does not recover raises instead
     return [str(element.get("name")) for element in root.findall(f"{_XSD}element")
             if element.get("name")]
 

@@ -20,7 +20,6 @@ import inspect
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 from sporeflow.config import OrganismStateError
 from sporeflow.config.handlers import agent_method
 from sporeflow.pipeline.agents.threads import AgentThreads
+from sporeflow.pipeline.core.privatefiles import private_temporary
 from sporeflow.pipeline.core.wiring import AgentRuntime
 from sporeflow.steps import Spore
 
@@ -217,10 +217,10 @@ def read_snapshot(path: str | Path) -> dict[str, Any] | None:
 
 
 def write_snapshot(path: str | Path, snapshot: Mapping[str, Any]) -> None:
-    """Write ``snapshot`` atomically: a temporary file beside ``path``, then a rename."""
+    """Write ``snapshot`` atomically: a temporary file beside ``path``, then a rename; the
+    file is 0600, its folder made 0700 if missing (see ``core.privatefiles``)."""
     file = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp",
-                                         dir=file.parent)
+    handle, temporary = private_temporary(file.parent, f".{file.name}.", ".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump(snapshot, out, indent=1, sort_keys=True)

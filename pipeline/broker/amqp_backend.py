@@ -12,7 +12,16 @@ Topology, declared by every process of an organism (declarations are idempotent)
     exchange <name>.dead        durable fanout, into
     queue <name>.dead-letters   durable; reason, error, agent and attempts in
                                 ``x-sporeflow-*`` headers
-    reply queue                 one per connection, exclusive, server-named
+    queue <name>.reply.<user>.<token>
+                                the reply queue: one per connection, exclusive,
+                                bound by ``reply.<user>.<token>``; responses go
+                                there through the exchange, never by the default
+                                exchange (which reaches any queue by its name)
+
+Every message published carries ``user_id``, the user this connection logged in as,
+which RabbitMQ validates: no client passes for another. A user allowed to declare
+only its reply queues (``sporeflow broker-permissions``) joins the topology an
+administrator declared (``sporeflow broker-declare``), checking it passively.
 
 Publishing waits for the broker's confirm and is mandatory (an unroutable spore
 is an error, not a silent drop). Each consumer has its own channel and prefetch.
@@ -23,6 +32,8 @@ the URL's password never appears in a message.
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,11 +45,18 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
 )
+from yarl import URL
 
 from sporeflow.config import BrokerError, SporeError, SporeflowError, redact_text, redact_url
-from sporeflow.config.reasons import Reason
-from sporeflow.pipeline.broker.amqp_codec import spore_from_amqp, spore_to_amqp
+from sporeflow.config.reasons import reason_of
+from sporeflow.pipeline.broker.amqp_codec import (
+    MAX_HEADERS_BYTES,
+    headers_size,
+    spore_from_amqp,
+    spore_to_amqp,
+)
 from sporeflow.pipeline.broker.backend import Backend, BackendStatistics, OnMessage, Topology
+from sporeflow.pipeline.broker.queue_bounds import full_queue_message, redeclared_message
 from sporeflow.steps import Spore
 
 __all__ = ["AmqpBackend"]
@@ -46,6 +64,7 @@ __all__ = ["AmqpBackend"]
 _ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError,
            ConnectionError, OSError, asyncio.TimeoutError, RuntimeError)
 _MAX_ERROR_HEADER = 2000
+_log = logging.getLogger("sporeflow.broker.amqp")
 
 
 class AmqpBackend(Backend):
@@ -66,6 +85,9 @@ class AmqpBackend(Backend):
         self._dead: AbstractExchange | None = None
         self._topology: Topology | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
+        self.user, self._user_id = _login(url)
+        self.declared = False  # True: open() declared the topology, not just joined it
+        self._reopening = asyncio.Lock()
 
     def _fail(self, doing: str, exc: BaseException) -> BrokerError:
         detail = redact_text(f"{type(exc).__name__}: {exc}")
@@ -89,26 +111,80 @@ class AmqpBackend(Backend):
             self._dead = await channel.declare_exchange(
                 topology.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
             self._default = channel.default_exchange
-            dead_letters = await channel.declare_queue(topology.dead_letter_queue, durable=True)
+            await self._check_signing(topology)
+            dead_letters = await channel.declare_queue(
+                topology.dead_letter_queue, durable=True,
+                arguments=topology.dead_letter_arguments())
             await dead_letters.bind(self._dead, routing_key="")
-            arguments: dict[str, Any] = {"x-max-priority": topology.max_priority,
-                                         "x-dead-letter-exchange":
-                                             topology.dead_letter_exchange}
+            arguments = topology.queue_arguments()
             for agent in topology.subscriptions:
                 queue = await channel.declare_queue(topology.queue(agent), durable=True,
                                                     arguments=arguments)
                 for pattern in topology.bindings(agent):
                     await queue.bind(self._exchange, routing_key=pattern)
+            self.declared = True
+        except aiormq.exceptions.ChannelAccessRefused:
+            await self._join(topology)  # a per-process user: the topology is declared
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             await self.close()
-            raise BrokerError(
+            raise BrokerError(redeclared_message(self.address, topology, str(exc)) or (
                 f"RabbitMQ at {self.address} holds exchange or queues of {topology.exchange!r} "
                 f"declared with other settings ({exc}); delete them (rabbitmqctl "
-                f"delete_queue ...) or set organism.broker.exchange to a new name") from exc
+                f"delete_queue ...) or set organism.broker.exchange to a new name")) from exc
         except _ERRORS as exc:
             await self.close()
             raise self._fail(f"declaring the topology of {topology.exchange!r}", exc) from exc
         self._topology = topology
+
+    async def _publish_on(self, exchange: str, dead: str, *, ensure: bool) -> None:
+        """Publish from now on through a new confirming channel, on exchanges that exist
+        (``ensure``: checked by a passive declaration, which needs no permission)."""
+        channel = await self._require_connection().channel(publisher_confirms=True,
+                                                           on_return_raises=True)
+        self._exchange = await channel.get_exchange(exchange, ensure=ensure)
+        self._dead = await channel.get_exchange(dead, ensure=ensure)
+        self._default = channel.default_exchange
+
+    async def _join(self, topology: Topology) -> None:
+        """Use the exchanges an administrator declared (a passive declaration needs no
+        permission); this user may not declare them."""
+        try:
+            await self._publish_on(topology.exchange, topology.dead_letter_exchange,
+                                   ensure=True)
+            if not topology.signed:  # declaring the signing mark is the administrator's too
+                await self._check_signing(topology)
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            await self.close()
+            raise BrokerError(
+                f"RabbitMQ at {self.address}: user {self.user!r} may not declare the "
+                f"exchanges and queues of {topology.exchange!r}, and they are not declared "
+                f"yet ({exc}); declare them once as an administrator: sporeflow "
+                f"broker-declare ORGANISM --backend amqp://ADMIN@HOST/VHOST") from exc
+        except BrokerError:
+            await self.close()
+            raise
+        except _ERRORS as exc:
+            await self.close()
+            raise self._fail(f"joining the topology of {topology.exchange!r}", exc) from exc
+        _log.info("RabbitMQ at %s: user %r may not declare the topology of %r; using the "
+                  "one declared on the broker", self.address, self.user, topology.exchange)
+
+    async def _check_signing(self, topology: Topology) -> None:
+        """A signing process marks the organism signed; one without a key must not join."""
+        channel = await self._require_connection().channel()  # a failed check closes it
+        try:
+            if topology.signed:
+                await channel.declare_exchange(topology.signing_marker,
+                                               aio_pika.ExchangeType.FANOUT, durable=True)
+                return
+            try:
+                await channel.get_exchange(topology.signing_marker, ensure=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return
+            raise topology.unsigned_joiner(self.address)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
 
     async def publish(self, spore: Spore, *, routing_key: str | None = None,
                       queue: str | None = None, reply_queue: str | None = None) -> None:
@@ -116,18 +192,48 @@ class AmqpBackend(Backend):
         if exchange is None:
             raise BrokerError(f"RabbitMQ at {self.address} is not open; call open() first")
         body, headers, properties = spore_to_amqp(spore)
-        message = aio_pika.Message(body, headers=headers, reply_to=reply_queue, **properties)
+        message = aio_pika.Message(body, headers=headers, reply_to=reply_queue,
+                                   user_id=self._user_id, **properties)
         key = queue if queue is not None else routing_key or ""
+        reply_key = self._topology.reply_key(queue) if (
+            queue is not None and self._topology is not None) else None
+        if reply_key is not None:  # one of our reply queues: bound to the exchange
+            exchange, key = self._exchange or exchange, reply_key
         try:
             await exchange.publish(message, routing_key=key, mandatory=True)
         except aiormq.exceptions.PublishError as exc:
             self.stats.failed_publishes += 1
             raise BrokerError(f"RabbitMQ at {self.address} returned spore {spore.id}: no queue "
                               f"takes routing key {key!r} ({exc})") from exc
+        except aiormq.exceptions.DeliveryError as exc:  # a nack: a full queue refused it
+            self.stats.failed_publishes += 1
+            raise BrokerError(full_queue_message(
+                self._topology, f"spore {spore.id} with routing key {key!r} at "
+                                f"{self.address}")) from exc
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            self.stats.failed_publishes += 1
+            await self._reopen_publishing(exchange)
+            raise BrokerError(
+                f"RabbitMQ at {self.address} refused spore {spore.id}: user {self.user!r} may "
+                f"not publish to {exchange.name or 'the default exchange'!r} with routing key "
+                f"{key!r} ({exc}); see sporeflow broker-permissions") from exc
         except _ERRORS as exc:
             self.stats.failed_publishes += 1
             raise self._fail(f"publishing spore {spore.id}", exc) from exc
         self.stats.published += 1
+
+    async def _reopen_publishing(self, refused: AbstractExchange) -> None:
+        """The broker closes a channel on a refused publish: open another for the next."""
+        async with self._reopening:
+            exchange, dead = self._exchange, self._dead
+            if exchange is None or dead is None or (
+                    refused is not exchange and refused is not self._default):
+                return  # closed by close(), or reopened for a publish refused alongside
+            try:
+                await self._publish_on(exchange.name, dead.name, ensure=False)
+            except (*_ERRORS, BrokerError) as exc:  # the connection is gone: the next says so
+                _log.warning("RabbitMQ at %s: cannot reopen the publishing channel: %s",
+                             self.address, redact_text(str(exc)))
 
     async def consume(self, queue: str, on_message: OnMessage, *, prefetch: int) -> None:
         connection = self._require_connection()
@@ -155,9 +261,15 @@ class AmqpBackend(Backend):
             self.stats.consumed += 1
             on_message(_AmqpInbound(self, message))
 
+        topology, exchange = self._topology, self._exchange
+        if topology is None or exchange is None:
+            raise BrokerError(f"RabbitMQ at {self.address} is not open; call open() first")
+        # Named after the user, so that its permissions can name its reply queues only.
+        name = f"{topology.reply_prefix(self.user)}{secrets.token_hex(8)}"
         try:
             channel = await connection.channel(publisher_confirms=False)
-            queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+            queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
+            await queue.bind(exchange, routing_key=topology.reply_key(name))
             await queue.consume(deliver, no_ack=True)
         except _ERRORS as exc:
             raise self._fail("declaring the reply queue", exc) from exc
@@ -169,6 +281,9 @@ class AmqpBackend(Backend):
             raise BrokerError(f"RabbitMQ at {self.address}: cannot dead-letter {message!r}")
         raw = message.raw
         headers = dict(raw.headers or {})
+        if headers_size(headers, MAX_HEADERS_BYTES) > MAX_HEADERS_BYTES:
+            # Refused for them: with ours added they may not fit in one frame.
+            headers = {"x-sporeflow-headers-dropped": len(headers)}
         headers.update({"x-sporeflow-reason": reason,
                         "x-sporeflow-error": error[:_MAX_ERROR_HEADER],
                         "x-sporeflow-agent": agent or "", "x-sporeflow-attempts": attempts,
@@ -178,6 +293,10 @@ class AmqpBackend(Backend):
                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
         try:
             await self._dead.publish(letter, routing_key="", mandatory=True)
+        except aiormq.exceptions.DeliveryError as exc:  # a nack: the dead-letter queue is full
+            raise BrokerError(full_queue_message(
+                self._topology, f"a dead letter for the dead-letter queue at "
+                                f"{self.address}")) from exc
         except _ERRORS as exc:
             raise self._fail("dead-lettering a message", exc) from exc
         self.stats.dead_lettered += 1
@@ -213,6 +332,7 @@ class AmqpBackend(Backend):
             await channel.queue_delete(topology.dead_letter_queue)
             await channel.exchange_delete(topology.exchange)
             await channel.exchange_delete(topology.dead_letter_exchange)
+            await channel.exchange_delete(topology.signing_marker)
             await channel.close()
         except _ERRORS as exc:
             raise self._fail(f"deleting the topology of {topology.exchange!r}", exc) from exc
@@ -241,9 +361,11 @@ class _AmqpInbound:
         self.rejection: tuple[str, SporeflowError] | None = None
         headers: Mapping[str, Any] = raw.headers or {}
         try:
-            self.spore = spore_from_amqp(raw.body, headers)
+            topology = backend._topology  # a body too large for a spore is refused unread
+            self.spore = spore_from_amqp(raw.body, headers, max_spore_bytes=(
+                topology.max_spore_bytes if topology is not None else None))
         except SporeError as exc:
-            self.rejection = (Reason.INVALID, exc)
+            self.rejection = (reason_of(exc), exc)
 
     @property
     def redelivered(self) -> bool:
@@ -252,6 +374,10 @@ class _AmqpInbound:
     @property
     def reply_queue(self) -> str | None:
         return self.raw.reply_to or None
+
+    @property
+    def user_id(self) -> str | None:
+        return self.raw.user_id or None
 
     async def ack(self) -> None:
         try:
@@ -266,3 +392,13 @@ class _AmqpInbound:
         except _ERRORS as exc:
             raise self._backend._fail("rejecting a message", exc) from exc
         self._backend.stats.nacked += 1
+
+
+def _login(url: str) -> tuple[str, str | None]:
+    """The user ``url`` logs in as (aiormq's default: guest), and the ``user_id`` to
+    publish with: none under EXTERNAL authentication, where the certificate names the
+    user (name it in the URL too, ``amqps://NAME@host/?auth=external``, for its reply
+    queues' names)."""
+    parsed = URL(url)
+    user = parsed.user or "guest"
+    return user, (user if parsed.query.get("auth", "plain").lower() == "plain" else None)

@@ -24,15 +24,19 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sporeflow.config.errors import SporeError
+from sporeflow.config.errors import LimitExceeded, SporeError
 from sporeflow.steps import Spore, utc_now
 
-__all__ = ["SIGNATURE_HEADER", "WIRE_VERSION", "spore_from_amqp", "spore_to_amqp"]
+__all__ = ["MAX_HEADERS_BYTES", "SIGNATURE_HEADER", "WIRE_VERSION", "headers_size",
+           "spore_from_amqp", "spore_to_amqp"]
 
 WIRE_VERSION = "1.0"  # Praval's schema_version of the layout
 SIGNATURE_HEADER = "x-sporeflow-signature"
 _ENVELOPE_KEY, _ENVELOPE_VERSION = "_praval_spore_envelope", "2.0"
 _MAX_HEADER_CHARS = 1024
+# A spore's own headers are a dozen short fields; tracing and dead-letter headers add a few.
+MAX_HEADERS_BYTES = 64 * 1024
+_MiB = 1024 * 1024
 
 
 def spore_to_amqp(
@@ -81,14 +85,57 @@ def spore_to_amqp(
     return body, headers, properties
 
 
-def spore_from_amqp(body: bytes, headers: Mapping[str, Any]) -> Spore:
-    """Decode a spore from an AMQP body and headers; raise only :class:`SporeError`."""
+def spore_from_amqp(body: bytes, headers: Mapping[str, Any], *,
+                    max_spore_bytes: int | None = None) -> Spore:
+    """Decode a spore from an AMQP body and headers; raise only :class:`SporeError`.
+
+    With ``max_spore_bytes``, a message too large to hold a spore within that limit is
+    refused (:class:`LimitExceeded`) before a byte of it is parsed: parsing JSON takes
+    many times its size in memory.
+    """
     try:
+        if max_spore_bytes is not None:
+            _check_sizes(body, headers, max_spore_bytes)
         return _decode(body, headers)
     except SporeError:
         raise
     except Exception as exc:  # untrusted input: any surprise is a bad spore
         raise SporeError(f"AMQP message is not a spore: {type(exc).__name__}: {exc}") from None
+
+
+def _check_sizes(body: bytes, headers: Mapping[str, Any], max_spore_bytes: int) -> None:
+    # Praval's envelope carries the knowledge twice ("knowledge" and "payload"): a body up
+    # to twice the limit may hold a spore within it, which the validate stage measures.
+    size = len(body)
+    if size > 2 * max_spore_bytes:
+        named = headers.get("spore_id") if isinstance(headers, Mapping) else None
+        raise LimitExceeded(
+            f"AMQP message of spore {str(named)[:80]!r} is too large: its body "
+            f"is {size} bytes ({size / _MiB:.1f} MiB), and a spore within "
+            f"limits.max_spore_bytes={max_spore_bytes} has a body of at most "
+            f"{2 * max_spore_bytes} bytes; refused unread")
+    if isinstance(headers, Mapping) and headers_size(headers, MAX_HEADERS_BYTES) > (
+            MAX_HEADERS_BYTES):
+        raise LimitExceeded(f"AMQP message is too large: its headers hold over "
+                            f"{MAX_HEADERS_BYTES} bytes; refused unread")
+
+
+def headers_size(value: Any, budget: int) -> int:
+    """``value``'s size in bytes, roughly; counting stops once past ``budget``."""
+    if isinstance(value, str | bytes | bytearray):
+        return len(value)
+    if isinstance(value, Mapping):
+        items: Any = (part for pair in value.items() for part in pair)
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        return 8
+    total = 0
+    for item in items:
+        total += headers_size(item, budget - total)
+        if total > budget:
+            break
+    return total
 
 
 def _decode(body: bytes, headers: Mapping[str, Any]) -> Spore:

@@ -2,7 +2,7 @@
 
     Topology     the names on the broker: one exchange per organism, one queue per
                  agent, routing keys for direct spores and channel broadcasts, the
-                 dead-letter exchange and queue
+                 dead-letter exchange and queue, each broker user's reply queues
     Inbound      one message handed to a consumer: its spore (or why it is not one),
                  ack() once handled, nack(requeue=...) otherwise
     Backend      open / publish / consume / dead_letter / close, an async context
@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from sporeflow.config import BrokerError, OrganismSpec, SporeflowError
+from sporeflow.config.secrets import ENV_REFERENCE  # secrets_of reads ${NAME} the same way
 from sporeflow.steps import Spore
 
 __all__ = [
@@ -34,8 +35,18 @@ __all__ = [
     "resolve_backend_url",
 ]
 
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 AMQP_EXTRA_HINT = "pip install 'sporeflow[amqp]'"
+# Reply queues are <exchange>.reply.<user>.<token>, bound by the key reply.<user>.<token>.
+REPLY_WORD = "reply"
+_KEY_WORD_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def key_word(text: str) -> str:
+    """``text`` as one word of a routing key: ``.``, ``*``, ``#`` and the like %-encoded,
+    so that no user name can reach into another's keys or act as a wildcard."""
+    return "".join(c if c in _KEY_WORD_SAFE else "".join(f"%{b:02X}" for b in c.encode())
+                   for c in text)
+
 
 @dataclass(frozen=True, slots=True)
 class Topology:
@@ -46,6 +57,15 @@ class Topology:
     direct_key: str = "agent.{agent}.{type}"
     broadcast_key: str = "channel.{channel}.{type}"
     max_priority: int = 10
+    signed: bool = False  # its spores are signed: a process without the key must not join
+    # Queue bounds (None: unbounded), as in BrokerSpec: agents' queues, then dead letters'.
+    max_length: int | None = None
+    max_length_bytes: int | None = None
+    overflow: str = "reject-publish"
+    dead_letter_max_length: int | None = None
+    dead_letter_max_length_bytes: int | None = None
+    # A message too large to hold a spore within it is refused unread (None: not checked).
+    max_spore_bytes: int | None = None
 
     @classmethod
     def of(cls, spec: OrganismSpec) -> Topology:
@@ -54,7 +74,23 @@ class Topology:
         return cls(
             exchange=broker.exchange or f"sporeflow.{spec.name}",
             subscriptions={name: agent.subscribe for name, agent in spec.agents.items()},
-            direct_key=broker.direct_key, broadcast_key=broker.broadcast_key)
+            direct_key=broker.direct_key, broadcast_key=broker.broadcast_key,
+            signed=spec.signs,
+            max_length=broker.max_length, max_length_bytes=broker.max_length_bytes,
+            overflow=broker.overflow, dead_letter_max_length=broker.dead_letter_max_length,
+            dead_letter_max_length_bytes=broker.dead_letter_max_length_bytes,
+            max_spore_bytes=spec.limits.max_spore_bytes)
+
+    def queue_arguments(self) -> dict[str, Any]:
+        """The arguments of every agent's queue (RabbitMQ's ``x-`` names)."""
+        return {"x-max-priority": self.max_priority,
+                "x-dead-letter-exchange": self.dead_letter_exchange,
+                **_bounds(self.max_length, self.max_length_bytes, self.overflow)}
+
+    def dead_letter_arguments(self) -> dict[str, Any]:
+        """The arguments of the dead-letter queue."""
+        return _bounds(self.dead_letter_max_length, self.dead_letter_max_length_bytes,
+                       self.overflow)
 
     def queue(self, agent: str) -> str:
         """The durable queue an agent's consumers (in any process) share."""
@@ -65,8 +101,34 @@ class Topology:
         return f"{self.exchange}.dead"
 
     @property
+    def signing_marker(self) -> str:
+        """An exchange that exists on the broker once a signing process has declared it."""
+        return f"{self.exchange}.signed"
+
+    def unsigned_joiner(self, address: str) -> BrokerError:
+        """The error of a process without a key joining an organism that signs."""
+        return BrokerError(
+            f"the processes of {self.exchange!r} on {address} sign their spores (the "
+            f"broker holds the exchange {self.signing_marker!r}), but this process has no "
+            f"signing key, so every spore it sent would be refused: set organism.signing "
+            f"(the same key_env) here too; if signing was turned off for good, delete that "
+            f"exchange")
+
+    @property
     def dead_letter_queue(self) -> str:
         return f"{self.exchange}.dead-letters"
+
+    def reply_prefix(self, user: str) -> str:
+        """How the reply queues of broker user ``user`` are named: a per-process user may
+        declare and read these queues only (``sporeflow broker-permissions``)."""
+        return f"{self.exchange}.{REPLY_WORD}.{key_word(user)}."
+
+    def reply_key(self, queue: str) -> str | None:
+        """The routing key that reaches reply queue ``queue`` through the exchange, where
+        it is bound (None: not a reply queue of this organism). Responses never go by the
+        default exchange: publishing there would reach any queue by its name."""
+        head = f"{self.exchange}.{REPLY_WORD}."
+        return f"{REPLY_WORD}.{queue[len(head):]}" if queue.startswith(head) else None
 
     def routing_key(self, spore: Spore) -> str:
         """Direct spores go by their recipient, broadcasts by their channel."""
@@ -79,6 +141,16 @@ class Topology:
         own = self.direct_key.format(agent=agent, type="*")
         return (own, *(self.broadcast_key.format(channel=c, type="*")
                        for c in self.subscriptions.get(agent, ())))
+
+def _bounds(length: int | None, size: int | None, overflow: str) -> dict[str, Any]:
+    bounds: dict[str, Any] = {}
+    if length is not None:
+        bounds["x-max-length"] = length
+    if size is not None:
+        bounds["x-max-length-bytes"] = size
+    if bounds:
+        bounds["x-overflow"] = overflow
+    return bounds
 
 class Inbound(Protocol):
     """A message a consumer received; settle it exactly once with ack or nack."""
@@ -98,6 +170,11 @@ class Inbound(Protocol):
     @property
     def reply_queue(self) -> str | None:
         """Where the sender of a request awaits its response (AMQP ``reply_to``)."""
+
+    @property
+    def user_id(self) -> str | None:
+        """The broker user that published it, as the broker validated it (AMQP ``user_id``;
+        None when the publisher set none)."""
 
     async def ack(self) -> None:
         """Done with it: the broker forgets it."""
@@ -200,4 +277,4 @@ def resolve_backend_url(text: str, environ: Mapping[str, str] | None = None) -> 
                 f"it stands for)")
         return env[name]
 
-    return _ENV_REFERENCE.sub(expand, text)
+    return ENV_REFERENCE.sub(expand, text)

@@ -47,7 +47,6 @@ from sporeflow.config import (
     ConfigError,
     OrganismSpec,
     Problem,
-    Secret,
     SporeError,
     SporeflowError,
 )
@@ -56,10 +55,11 @@ from sporeflow.pipeline.broker.backend import Backend, Inbound, Topology
 from sporeflow.pipeline.broker.factory import open_backend
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.pipeline.core.ledger import LedgerHook
+from sporeflow.pipeline.core.recent import RecentNames
 from sporeflow.pipeline.core.requests import FAILURE_KEY
 from sporeflow.pipeline.core.run import Run
 from sporeflow.steps import Delivery, Spore, SporeType
-from sporeflow.steps.signing import signed, verify
+from sporeflow.steps.signing import BadSignature, ReplayGuard, signed, verify
 
 __all__ = ["Bridge", "make_bridge", "publish_deliveries"]
 
@@ -108,19 +108,28 @@ class Bridge(LedgerHook):
         if unknown:
             raise _usage(spec, f"--agents names {unknown!r}, which organism {spec.name!r} "
                                f"does not have; its agents are {sorted(spec.agents)!r}")
+        keyless = sorted(name for name in names if spec.signing is not None
+                         and name in spec.signing.owners and spec.signing.signer(name) is None)
+        if keyless:
+            raise _usage(spec, f"this process hosts {keyless!r}, which sign with keys of their "
+                               f"own, but holds no private key for them: set the variables "
+                               f"organism.signing.agents.<agent>.private_key_env name")
         self.spec = spec
         self.backend = backend
         self.hosted = names
         self.topology = Topology.of(spec)
         self.logger = logging.getLogger(f"sporeflow.bridge.{spec.name}")
-        self._key: Secret | None = spec.signing_key
+        self._keys = spec.signing
+        self._replays = ReplayGuard(spec.signing.window, spec.signing.max_seen) if (
+            spec.signing is not None) else None
         self._run: Run | None = None
         self._reply_queue: str | None = None
         self._inflight: dict[int, _Ticket] = {}  # id(delivered spore) -> its ticket
         self._untrusted: set[int] = set()  # id() of spores from the broker, until settled
         self._owners: dict[int, _Ticket] = {}  # id(spore a handler produced) -> parent's
         self._reply_routes: OrderedDict[str, str] = OrderedDict()  # request id -> queue
-        self._remote: set[str] = set()  # senders that are no agent of the organism
+        # Senders that are no agent of the organism, the least recently seen forgotten.
+        self._remote = RecentNames(cap=spec.limits.max_outside_senders)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._expected = 0  # published to agents hosted here, not yet consumed back
         self._changed = asyncio.Event()
@@ -181,9 +190,24 @@ class Bridge(LedgerHook):
         return ticket.agent if ticket is not None else None
 
     def verify(self, spore: Spore) -> None:
-        """The validate stage's hook: a spore from the broker must carry a good signature."""
-        if self._key is not None and id(spore) in self._untrusted:
-            verify(spore, self._key)
+        """The validate stage's hook on a spore from the broker: with signing, its signature
+        must be good, fresh and not seen before; then (never before: a forged copy must
+        not redirect the answer) a request's reply route is kept."""
+        if id(spore) not in self._untrusted:
+            return
+        ticket = self._inflight.get(id(spore))
+        reply_queue = ticket.message.reply_queue if ticket is not None else None
+        if self._keys is not None and self._replays is not None:
+            signature = verify(spore, self._keys, reply_queue=reply_queue or "")
+            if ticket is None or not ticket.message.redelivered:  # a redelivery is no replay
+                self._replays.check(ticket.agent if ticket is not None else "", signature)
+        if ticket is not None and spore.spore_type is _REQUEST and type(spore.id) is str:
+            self.run.requests.expect(spore.id, ticket.agent)  # its answer, from that agent
+            if reply_queue:
+                routes = self._reply_routes
+                routes[spore.id] = reply_queue
+                if len(routes) > _REPLY_ROUTES_KEPT:
+                    routes.popitem(last=False)
 
     def _on_message(self, agent: str, message: Inbound) -> None:
         self.counts["consumed"] += 1
@@ -204,17 +228,10 @@ class Bridge(LedgerHook):
             return
         sender = spore.from_agent
         if (type(sender) is str and sender not in self.spec.agents
-                and sender not in run.outside):
+                and (sender not in run.outside or sender in self._remote)):
             # A foreign agent (Praval's, say): what goes back to it goes through the broker.
-            self._remote.add(sender)
+            self._remote.add(sender)  # again when known: the last to be forgotten
             run.outside.add(sender)
-        if spore.spore_type is _REQUEST and type(spore.id) is str:
-            run.requests.expect(spore.id, agent)  # its response, from `agent`, may pass
-            if message.reply_queue:
-                routes = self._reply_routes
-                routes[spore.id] = message.reply_queue
-                if len(routes) > _REPLY_ROUTES_KEPT:
-                    routes.popitem(last=False)
         self._inflight[id(spore)] = _Ticket(message, agent)
         self._untrusted.add(id(spore))
         run.intake.feed((spore,))  # the chain checks it, then route hands it to `agent`
@@ -273,7 +290,7 @@ class Bridge(LedgerHook):
         ticket = self._inflight.pop(id(spore), None)
         if ticket is None or reason == Reason.SHUTDOWN:
             return  # left unacked: the broker gives it to the next consumer
-        text = f"{type(error).__name__}: {error}"
+        text = self.run.ledger.describe(error)  # masked: it goes out on the broker
         ticket.failure = (reason, text, attempts)
         ticket.finished = True
         queue = self._reply_routes.pop(spore.id, None)
@@ -354,13 +371,17 @@ class Bridge(LedgerHook):
             routing_key = self.topology.routing_key(spore)
             if spore.spore_type is _REQUEST and self.run.requests.awaits(spore.id):
                 reply_queue = self._reply_queue
-        wire = signed(spore, self._key) if self._key is not None else spore
         expected = self._expected_back(spore, targets) if queue is None else 0
         self._expected += expected
         try:
+            wire = self._signed(spore, reply_queue)
             await self.backend.publish(wire, routing_key=routing_key, queue=queue,
                                        reply_queue=reply_queue)
             self.counts["published"] += 1
+        except BadSignature as exc:  # no key here for its sender
+            self._expected -= expected
+            self.logger.warning("could not sign spore %s: %s", spore.id, exc)
+            self.run.ledger.record(spore, Reason.BAD_SIGNATURE, exc)
         except BrokerError as exc:
             self._expected -= expected
             self.counts["publish_failures"] += 1
@@ -370,6 +391,12 @@ class Bridge(LedgerHook):
             self.run.intake.settle(count)
             self.released(spore)
             self._changed.set()
+
+    def _signed(self, spore: Spore, reply_queue: str | None) -> Spore:
+        """``spore`` as published: signed for its sender and reply queue, with signing."""
+        if self._keys is None:
+            return spore
+        return signed(spore, self._keys, reply_queue=reply_queue or "")
 
     def _expected_back(self, spore: Spore, targets: tuple[str, ...]) -> int:
         """How many copies of ``spore`` the broker hands to agents hosted here."""
@@ -384,13 +411,12 @@ class Bridge(LedgerHook):
                        to_agent=spore.from_agent, reply_to=spore.id, thread_id=spore.thread,
                        metadata={FAILURE_KEY: {"agent": agent, "reason": str(reason),
                                                "error": error[:2000]}})
-        wire = signed(notice, self._key) if self._key is not None else notice
 
         async def send() -> None:
             try:
-                await self.backend.publish(wire, queue=queue)
+                await self.backend.publish(self._signed(notice, None), queue=queue)
                 self.counts["failure_notices"] += 1
-            except BrokerError as exc:  # the requester is gone: its timeout will tell it
+            except (BrokerError, BadSignature) as exc:  # its timeout will tell the requester
                 self.logger.info("could not tell %s that request %s failed: %s", queue,
                                  spore.id, exc)
 

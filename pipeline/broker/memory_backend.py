@@ -78,7 +78,11 @@ class MemoryBroker:
         self.bindings: dict[str, list[tuple[str, str]]] = {}  # exchange -> (pattern, queue)
         self.dead_letters: deque[DeadLetter] = deque(maxlen=max_dead_letters)
 
-    def declare(self, topology: Topology) -> None:
+    def declare(self, topology: Topology, address: str) -> None:
+        if topology.signed:  # a process without a key must not join a signing organism
+            self.bindings.setdefault(topology.signing_marker, [])
+        elif topology.signing_marker in self.bindings:
+            raise topology.unsigned_joiner(address)
         bindings = self.bindings.setdefault(topology.exchange, [])
         for agent in topology.subscriptions:
             name = topology.queue(agent)
@@ -168,6 +172,10 @@ class _MemoryInbound:
     def reply_queue(self) -> str | None:
         return self._message.reply_queue
 
+    @property
+    def user_id(self) -> str | None:
+        return None  # in-process: there are no broker users
+
     def _settle(self) -> bool:
         if self._settled:
             return False  # settled already, or its connection closed and gave it back
@@ -212,7 +220,7 @@ class MemoryBackend(Backend):
         return self._topology
 
     async def open(self, topology: Topology) -> None:
-        self.broker.declare(topology)
+        self.broker.declare(topology, self.address)
         self._topology = topology
         self._closed = False
 

@@ -13,6 +13,7 @@ moves the chosen ones back among the journal's unfinished spores: the next
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -21,8 +22,16 @@ from typing import Any, TypeVar
 
 import click
 
-from sporeflow.config import SporeflowError, load_organism
-from sporeflow.pipeline.cli.util import DURATION, ORGANISM_ARG, fail, guarded, run_to_end
+from sporeflow.config import OrganismSpec, SecretFilter, SporeflowError, load_organism, secrets_of
+from sporeflow.pipeline.cli.util import (
+    DURATION,
+    ORGANISM_ARG,
+    fail,
+    guarded,
+    mask_with,
+    masked,
+    run_to_end,
+)
 from sporeflow.pipeline.journal.offline import JournalFile
 from sporeflow.pipeline.journal.sqlite import JournalError, StoredDeadLetter
 from sporeflow.pipeline.observe.logs import configure_logging
@@ -53,15 +62,24 @@ def _filters(command: F) -> F:
 
 
 def _journal_of(ctx: click.Context, organism: Path, journal: Path | None) -> Path:
+    """The journal's path; the organism's secrets are masked in what is printed from now
+    on (a journal written by an older sporeflow may hold them unmasked)."""
     if journal is not None:
+        with contextlib.suppress(SporeflowError):  # no organism: URL passwords only
+            _mask_secrets_of(ctx, load_organism(organism))
         return journal
     spec = guarded(ctx, lambda: load_organism(organism))
+    _mask_secrets_of(ctx, spec)
     if spec.journal is None:
         fail(ctx, JournalError(
             f"{organism}: organism {spec.name!r} has no journal, and dead letters are only "
             f"persisted with one: add `journal: FILE` under `organism:` in the file, or pass "
             f"--journal FILE"))
     return spec.journal
+
+
+def _mask_secrets_of(ctx: click.Context, spec: OrganismSpec) -> None:
+    mask_with(ctx, SecretFilter(secrets_of(spec)))
 
 
 def _chosen(ctx: click.Context, path: Path, agents: tuple[str, ...], reasons: tuple[str, ...],
@@ -96,9 +114,10 @@ def _require_choice(ctx: click.Context, everything: bool, *filters: tuple[str, .
                                "--all for every one", ctx=ctx)
 
 
-def _summary_line(stored: StoredDeadLetter) -> str:
+def _summary_line(ctx: click.Context, stored: StoredDeadLetter) -> str:
     letter = stored.letter
-    error = letter.error.splitlines()[0] if letter.error else ""
+    # Masked before it is cut short: a secret cut in two would no longer match.
+    error = masked(ctx, letter.error).splitlines()[0] if letter.error else ""
     if len(error) > _ERROR_WIDTH:
         error = error[:_ERROR_WIDTH - 3] + "..."
     return (f"{stored.number:>6}  {letter.at:%Y-%m-%d %H:%M:%S}  {letter.agent or '-':<16}  "
@@ -124,7 +143,7 @@ def list_(ctx: click.Context, organism: Path, journal: Path | None, agents: tupl
     path = _journal_of(ctx, organism, journal)
     letters = _chosen(ctx, path, agents, reasons, ids)
     for stored in letters:
-        click.echo(_as_json(stored) if as_json else _summary_line(stored))
+        click.echo(masked(ctx, _as_json(stored)) if as_json else _summary_line(ctx, stored))
     if not as_json:
         click.echo(f"{len(letters)} dead letter(s) in {path}", err=True)
 
@@ -138,17 +157,18 @@ def show(ctx: click.Context, organism: Path, journal: Path | None, agents: tuple
     path = _journal_of(ctx, organism, journal)
     for stored in _chosen(ctx, path, agents, reasons, ids):
         letter = stored.letter
-        click.echo(f"dead letter {stored.number}\n"
-                   f"  spore:    {letter.spore.id}\n"
-                   f"  at:       {letter.at.isoformat()}\n"
-                   f"  agent:    {letter.agent or '-'}\n"
-                   f"  reason:   {letter.reason}\n"
-                   f"  attempts: {letter.attempts}\n"
-                   f"  error:    {letter.error}")
+        text = (f"dead letter {stored.number}\n"
+                f"  spore:    {letter.spore.id}\n"
+                f"  at:       {letter.at.isoformat()}\n"
+                f"  agent:    {letter.agent or '-'}\n"
+                f"  reason:   {letter.reason}\n"
+                f"  attempts: {letter.attempts}\n"
+                f"  error:    {letter.error}\n")
         if letter.traceback:
-            click.echo("traceback:\n" + letter.traceback.rstrip())
-        click.echo("spore:\n" + json.dumps(letter.spore.to_dict(), indent=2,
-                                           ensure_ascii=False) + "\n")
+            text += "traceback:\n" + letter.traceback.rstrip() + "\n"
+        text += "spore:\n" + json.dumps(letter.spore.to_dict(), indent=2,
+                                        ensure_ascii=False) + "\n"
+        click.echo(masked(ctx, text))
 
 
 @dlq.command()
@@ -173,6 +193,7 @@ def replay(ctx: click.Context, organism: Path, journal: Path | None, agents: tup
     if run_now and moved:
         configure_logging("text", "WARNING")
         org = guarded(ctx, lambda: Organism(load_organism(organism), journal=path))
+        mask_with(ctx, org.masker)
         started = time.perf_counter()
         try:
             run_to_end(_run_until_idle(org, drain_timeout))

@@ -29,8 +29,10 @@ from sporeflow.config import (
     check_organism,
 )
 from sporeflow.pipeline.agents.state import read_snapshot, write_snapshot
+from sporeflow.pipeline.cli.broker import broker_declare, broker_permissions
 from sporeflow.pipeline.cli.dlq import dlq
 from sporeflow.pipeline.cli.graph import graph
+from sporeflow.pipeline.cli.keygen import keygen
 from sporeflow.pipeline.cli.tail import tail
 from sporeflow.pipeline.cli.util import (
     DURATION,
@@ -38,6 +40,7 @@ from sporeflow.pipeline.cli.util import (
     ORGANISM_FILE,
     fail,
     guarded,
+    mask_with,
     run_to_end,
 )
 from sporeflow.pipeline.observe.live import LiveView
@@ -119,6 +122,7 @@ def run(ctx: click.Context, organism: Path, until_idle: bool, drain_timeout: flo
     hosted = None if agents is None else [a.strip() for a in agents.split(",") if a.strip()]
     org = guarded(ctx, lambda: Organism.from_file(organism, tracing=trace, journal=journal,
                                                   backend=backend, hosted=hosted))
+    mask_with(ctx, org.masker)
     log_events(org.events)  # each event as a DEBUG line, only with --log-level debug
     observers = partial(_observers, live=not quiet and sys.stderr.isatty(), quiet=quiet,
                         metrics_port=metrics_port, metrics_host=metrics_host)
@@ -261,6 +265,7 @@ def send(ctx: click.Context, organism: Path, to_agent: str, as_request: bool, ti
         raise click.UsageError("give KNOWLEDGE (JSON) or --xml ELEMENT, exactly one")
     configure_logging("text", "WARNING")
     org = guarded(ctx, lambda: Organism.from_file(organism))
+    mask_with(ctx, org.masker)
     extra: dict[str, Any] = {}
     if xml_payload is not None:
         payload, extra = guarded(ctx, lambda: _xml_knowledge(xml_payload, as_request,
@@ -297,13 +302,13 @@ async def _send(org: Organism, to_agent: str, payload: Any, *, as_request: bool,
                 timeout: float, extra: dict[str, Any] | None = None) -> None:
     def show(spore: Spore) -> None:
         if spore.to_agent == "cli":
-            click.echo(spore.to_json())
+            click.echo(org.masker.mask(spore.to_json()))
 
     async with org.running():
         org.on_outside(show)
         if as_request:
             response = await org.request(to_agent, payload, sender="cli", timeout=timeout)
-            click.echo(response.to_json())
+            click.echo(org.masker.mask(response.to_json()))
         else:
             await org.send(to_agent, payload, sender="cli", **(extra or {}))
         await asyncio.wait_for(org.idle(), timeout)
@@ -318,6 +323,9 @@ def schema() -> None:
 cli.add_command(graph)
 cli.add_command(dlq)
 cli.add_command(tail)
+cli.add_command(keygen)
+cli.add_command(broker_permissions)
+cli.add_command(broker_declare)
 
 
 def main() -> None:

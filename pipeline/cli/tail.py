@@ -22,7 +22,14 @@ from typing import Any
 import click
 
 from sporeflow.config import SporeflowError, did_you_mean
-from sporeflow.pipeline.cli.util import DURATION, ORGANISM_ARG, fail, guarded, run_to_end
+from sporeflow.pipeline.cli.util import (
+    DURATION,
+    ORGANISM_ARG,
+    fail,
+    guarded,
+    mask_with,
+    run_to_end,
+)
 from sporeflow.pipeline.observe.events import (
     Event,
     EventBus,
@@ -163,6 +170,7 @@ def tail(ctx: click.Context, organism: Path, agents: tuple[str, ...],
     """
     configure_logging("text", "WARNING")
     org = guarded(ctx, lambda: Organism.from_file(organism))
+    mask_with(ctx, org.masker)
     _check_names("--agent", agents, org.spec.agents, "agent", org.spec.name)
     _check_names("--channel", channels, org.spec.channels, "channel", org.spec.name)
     accept = TailFilter.of(agents=agents, channels=channels, types=types, kinds=kinds)
@@ -201,8 +209,9 @@ async def _tail(org: Organism, accept: TailFilter, *, until_idle: bool, drain_ti
         loop.add_signal_handler(sig, on_signal)
     try:
         # Follow before starting: the boot spores are events too.
-        async with Tail(org.events, accept, click.echo, maxsize=maxsize,
-                        knowledge=knowledge) as following:
+        # Masked as every output: a spore or an error may quote the organism's secrets.
+        async with Tail(org.events, accept, lambda line: click.echo(org.masker.mask(line)),
+                        maxsize=maxsize, knowledge=knowledge) as following:
             await org.start()
             waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
             if until_idle:

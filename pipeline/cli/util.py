@@ -7,15 +7,18 @@ group in ``cli.py``; they import these helpers rather than ``cli`` itself.
 from __future__ import annotations
 
 import asyncio
+import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
 
-from sporeflow.config import ConfigError, SporeflowError, parse_duration
+from sporeflow.config import ConfigError, SporeflowError, parse_duration, redact_text
+from sporeflow.pipeline.core.deadletters import Masker
 
-__all__ = ["DURATION", "ORGANISM_ARG", "ORGANISM_FILE", "fail", "guarded", "run_to_end"]
+__all__ = ["DURATION", "ORGANISM_ARG", "ORGANISM_FILE", "fail", "guarded", "masked",
+           "mask_with", "run_to_end"]
 
 T = TypeVar("T")
 
@@ -53,12 +56,27 @@ def _is_number(text: str) -> bool:
 DURATION = Duration()
 
 
+def mask_with(ctx: click.Context, masker: Masker) -> None:
+    """Mask what this command prints with ``masker`` (the loaded organism's secrets)."""
+    ctx.ensure_object(dict)["masker"] = masker
+
+
+def masked(ctx: click.Context, text: str) -> str:
+    """``text`` with the organism's secrets hidden (before one is loaded: URL passwords)."""
+    masker = (ctx.obj or {}).get("masker")
+    return masker.mask(text) if masker is not None else redact_text(text)
+
+
 def fail(ctx: click.Context, exc: BaseException) -> NoReturn:
-    """Print ``TypeName: message`` and exit 1 (or re-raise under ``--debug``)."""
+    """Print ``TypeName: message`` and exit 1; under ``--debug`` the traceback instead.
+
+    Both are masked: a handler's error, and what caused it, may quote a secret.
+    """
     if ctx.obj and ctx.obj.get("debug"):
-        raise exc
+        click.echo(masked(ctx, "".join(traceback.format_exception(exc))).rstrip(), err=True)
+        ctx.exit(1)
     name = "ConfigError" if isinstance(exc, ConfigError) else type(exc).__name__
-    click.echo(f"{name}: {exc}", err=True)
+    click.echo(masked(ctx, f"{name}: {exc}"), err=True)
     ctx.exit(1)
 
 

@@ -1,4 +1,9 @@
-"""Dead letters: every spore the organism could not deliver or handle, with why."""
+"""Dead letters: every spore the organism could not deliver or handle, with why.
+
+Also where a failure becomes text (:func:`error_text`, :meth:`DeadLetter.of`): the
+organism's :class:`Masker` runs over it there, before the journal stores it, the
+broker publishes it (dead-letter headers, failure responses) or a command prints it.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,32 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
+from sporeflow.config import redact_text
 from sporeflow.steps import Spore
 
-__all__ = ["DeadLetter", "DeadLetterStore"]
+__all__ = ["URL_PASSWORDS", "DeadLetter", "DeadLetterStore", "Masker", "error_text"]
+
+
+class Masker(Protocol):
+    """Hides secrets in a text (an organism's is a :class:`SecretFilter` of its secrets)."""
+
+    def mask(self, text: str) -> str: ...
+
+
+class _UrlPasswords:
+    def mask(self, text: str) -> str:
+        return redact_text(text)
+
+
+URL_PASSWORDS: Masker = _UrlPasswords()
+"""The masker where no organism's is at hand: URL passwords only."""
+
+
+def error_text(error: BaseException, masker: Masker = URL_PASSWORDS) -> str:
+    """``Type: message`` of a failure, masked: how every failure is written."""
+    return masker.mask(f"{type(error).__name__}: {error}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,13 +52,15 @@ class DeadLetter:
 
     @classmethod
     def of(cls, spore: Spore, reason: str, error: BaseException | None, *,
-           agent: str | None = None, attempts: int = 0, trace_it: bool = True) -> DeadLetter:
+           agent: str | None = None, attempts: int = 0, trace_it: bool = True,
+           masker: Masker = URL_PASSWORDS) -> DeadLetter:
         """``trace_it``: keep the error's traceback (a handler's failure); a refusal by
-        the chain keeps none, its frames would be sporeflow's own checks."""
-        text = f"{type(error).__name__}: {error}" if error is not None else reason
+        the chain keeps none, its frames would be sporeflow's own checks. The error and
+        its traceback are masked with ``masker``."""
+        text = error_text(error, masker) if error is not None else reason
         trace = None
         if trace_it and error is not None and error.__traceback__ is not None:
-            trace = "".join(traceback.format_exception(error))
+            trace = masker.mask("".join(traceback.format_exception(error)))
         return cls(spore, reason, text, agent, attempts, trace)
 
     def to_dict(self) -> dict[str, Any]:

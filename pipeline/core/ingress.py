@@ -26,6 +26,7 @@ from sporeflow.config.reasons import Reason, did_you_mean, reason_of
 from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.ledger import Ledger
 from sporeflow.pipeline.core.logfields import describe_error, spore_fields
+from sporeflow.pipeline.core.recent import OneMore, RecentNames
 from sporeflow.pipeline.core.requests import RequestBook, new_request_id
 from sporeflow.pipeline.core.wiring import WiringCell
 from sporeflow.steps import (
@@ -50,7 +51,7 @@ class Ingress:
     def __init__(self, *, intake: Intake, ledger: Ledger, requests: RequestBook,
                  wiring: WiringCell, limits: Limits,
                  now: Callable[[], datetime], checked: set[int],
-                 outside: set[str], organism: str) -> None:
+                 outside: RecentNames, organism: str) -> None:
         self.organism = organism  # its name, for messages
         self.intake = intake
         self.ledger = ledger
@@ -114,11 +115,13 @@ class Ingress:
                           expires_at=expires_at, **extra)
         # The chain's own checks, run now so that the caller hears of a refusal at once.
         check_spore(spore, self.limits, built=built)
-        outside = self.outside
+        outside: Container[str] = self.outside
         if sender not in outside:
-            outside = {*outside, sender}
+            outside = OneMore(outside, sender)
             if sender not in table.agents:
                 self.outside.add(sender)  # what comes back to it is returned outside
+        elif self.outside.full:
+            self.outside.add(sender)  # used now: the last to be forgotten
         if table.peers or table.publishers:
             refusal = permission_error(table, spore, outside=outside)
             if refusal is not None:
@@ -132,8 +135,10 @@ class Ingress:
         sender, outside = spore.from_agent, self.outside
         if sender in outside:
             self.screen(spore, outside)
+            if outside.full:
+                outside.add(sender)  # used now: the last to be forgotten
         else:
-            self.screen(spore, {*outside, sender})
+            self.screen(spore, OneMore(outside, sender))
             if sender not in self._cell.current.table.agents:
                 outside.add(sender)  # what comes back to it is returned outside
         return self.enter(spore)
@@ -210,6 +215,6 @@ class Ingress:
         reason = reason_of(error)
         self.ledger.logger.warning(
             "refused: %s -> %s: %s", spore.from_agent, spore.to_agent or f"#{spore.channel}",
-            describe_error(error), extra=spore_fields(spore, agent=agent, event="refused",
-                                                      reason=reason))
+            describe_error(error, self.ledger.masker),
+            extra=spore_fields(spore, agent=agent, event="refused", reason=reason))
         self.ledger.refused(spore, reason, error, agent=agent)

@@ -319,7 +319,11 @@ class Intake:
                 ingress.take(top_ingress, limit - len(batch), batch)
                 counts = self.queued_by_channel
                 for spore in batch[start:]:
-                    counts[spore.channel] -= 1
+                    left = counts[spore.channel] - 1
+                    if left:
+                        counts[spore.channel] = left
+                    else:  # no key stays behind for a channel name an outside sender made up
+                        del counts[spore.channel]
                 if self._asleep:
                     self._wake_senders(len(batch) - start)
         return batch

@@ -23,14 +23,22 @@ from datetime import datetime
 
 from sporeflow.config import HandlerError, OrganismStateError
 from sporeflow.config.model import DEAD_LETTER_CHANNEL
-from sporeflow.pipeline.core.deadletters import DeadLetter, DeadLetterStore
+from sporeflow.pipeline.core.deadletters import (
+    URL_PASSWORDS,
+    DeadLetter,
+    DeadLetterStore,
+    Masker,
+    error_text,
+)
 from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.logfields import describe_error, spore_fields
 from sporeflow.pipeline.core.requests import RequestBook
 from sporeflow.pipeline.core.wiring import WiringSnapshot
 from sporeflow.steps import Spore, SporeType
 
-__all__ = ["Ledger", "LedgerHook"]
+__all__ = ["OTHER", "Ledger", "LedgerHook"]
+
+OTHER = "other"  # the one name undeclared channels are counted under: input names none
 
 
 
@@ -77,8 +85,11 @@ class Ledger:
     def __init__(self, *, intake: Intake, dead_letters: DeadLetterStore,
                  requests: RequestBook, wiring: Callable[[], WiringSnapshot],
                  logger: logging.Logger, now: Callable[[], datetime],
-                 outbox: deque[Spore], listeners: list[Callable[[Spore], None]]) -> None:
+                 outbox: deque[Spore], listeners: list[Callable[[Spore], None]],
+                 masker: Masker = URL_PASSWORDS) -> None:
         self.intake = intake
+        # The organism's secrets: masked in every failure's text, before a hook sees it.
+        self.masker = masker
         self.dead_letters = dead_letters
         self.requests = requests
         self._wiring = wiring
@@ -147,23 +158,26 @@ class Ledger:
                attempts: int) -> None:
         """``spore``'s last attempt at ``agent`` failed: dead-letter and settle it."""
         self.logger.warning("agent %r failed on spore %s (attempt %d): %s", agent,
-                            spore.id, attempts, describe_error(error),
+                            spore.id, attempts, describe_error(error, self.masker),
                             extra=spore_fields(spore, agent=agent, event="failed",
                                                reason=reason))
         for hook in self._on_failed:
             hook(spore, agent, reason, error, attempts)
-        self.record(spore, reason, error, agent=agent, attempts=attempts)
+        letter = self.record(spore, reason, error, agent=agent, attempts=attempts)
         failure = HandlerError(f"agent {agent!r} failed on request {spore.id} ({reason}): "
-                               f"{type(error).__name__}: {error}", agent=agent,
-                               spore_id=spore.id)
+                               f"{letter.error}", agent=agent, spore_id=spore.id)
         failure.__cause__ = error
         self.requests.fail(spore.id, failure)
         self.intake.settle(1)
 
+    def describe(self, error: BaseException) -> str:
+        """``Type: message`` of ``error``, masked: for a hook that writes a failure."""
+        return error_text(error, self.masker)
+
     def reject(self, spore: Spore, reason: str, error: BaseException | None) -> None:
         """A stage refused ``spore`` (or one delivery of it): dead-letter and settle it."""
         self.logger.info("dead letter %s from %r: %s: %s", spore.id, spore.from_agent,
-                         reason, describe_error(error),
+                         reason, describe_error(error, self.masker),
                          extra=spore_fields(spore, event="dead-lettered", reason=reason))
         self.refused(spore, reason, error)
         self.intake.settle(1)
@@ -179,7 +193,8 @@ class Ledger:
             self.refused_from[spore.from_agent] += 1
             self.refused_why[spore.from_agent, reason] += 1
         if spore.to_agent is None and type(spore.channel) is str:
-            self.refused_on[spore.channel] += 1
+            channel = spore.channel
+            self.refused_on[channel if channel in self._wiring().table.channels else OTHER] += 1
         # A refused request fails its waiter now, and so does a refused response from
         # the agent that was asked (a forged one fails nothing).
         if type(spore.id) is str:
@@ -192,7 +207,7 @@ class Ledger:
                trace_it: bool = True) -> DeadLetter:
         """Keep a dead letter and tell whoever listens (hooks, the dead-letter channel)."""
         letter = DeadLetter.of(spore, reason, error, agent=agent, attempts=attempts,
-                               trace_it=trace_it)
+                               trace_it=trace_it, masker=self.masker)
         self.dead_letters.add(letter)
         for hook in self._on_dead:
             hook(letter)

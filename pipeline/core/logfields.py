@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sporeflow.config import SporeError
+from sporeflow.pipeline.core.deadletters import URL_PASSWORDS, Masker, error_text
 from sporeflow.steps import Spore
 
 __all__ = ["CONTEXT_FIELDS", "describe_error", "spore_fields"]
@@ -26,8 +27,9 @@ def spore_fields(spore: Spore, *, agent: str | None = None, event: str | None = 
     return fields
 
 
-def describe_error(error: BaseException | None) -> str:
-    """``Type: message`` of ``error`` for a log line, without quoting any knowledge.
+def describe_error(error: BaseException | None, masker: Masker = URL_PASSWORDS) -> str:
+    """``Type: message`` of ``error`` for a log line, without quoting any knowledge, its
+    secrets masked with ``masker``.
 
     A :class:`SporeError`'s message may quote the knowledge it found wrong, so only
     its type is given; the dead letter keeps the whole message.
@@ -36,4 +38,4 @@ def describe_error(error: BaseException | None) -> str:
         return "no error"
     if isinstance(error, SporeError):
         return f"{type(error).__name__} (the dead letter has the details)"
-    return f"{type(error).__name__}: {error}"
+    return error_text(error, masker)

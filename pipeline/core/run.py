@@ -15,10 +15,11 @@ from datetime import datetime
 
 from sporeflow.config import OrganismSpec, OrganismStateError
 from sporeflow.pipeline.core.chain import Stage, assemble
-from sporeflow.pipeline.core.deadletters import DeadLetterStore
+from sporeflow.pipeline.core.deadletters import URL_PASSWORDS, DeadLetterStore, Masker
 from sporeflow.pipeline.core.ingress import Ingress
 from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.ledger import Ledger
+from sporeflow.pipeline.core.recent import RecentNames
 from sporeflow.pipeline.core.requests import RequestBook
 from sporeflow.pipeline.core.wiring import WiringCell
 from sporeflow.steps import Spore
@@ -31,7 +32,8 @@ class Run:
                  requests: RequestBook, wiring: WiringCell,
                  logger: logging.Logger, now: Callable[[], datetime], outbox: deque[Spore],
                  listeners: list[Callable[[Spore], None]], checked: set[int],
-                 outside: set[str], running: Callable[[], bool]) -> None:
+                 outside: RecentNames, running: Callable[[], bool],
+                 masker: Masker = URL_PASSWORDS) -> None:
         self.spec = spec
         self.requests = requests
         self.wiring = wiring
@@ -44,7 +46,7 @@ class Run:
                              wiring=wiring)
         self.ledger = Ledger(intake=self.intake, dead_letters=dead_letters, requests=requests,
                              wiring=wiring, logger=logger, now=now, outbox=outbox,
-                             listeners=listeners)
+                             listeners=listeners, masker=masker)
         self.ingress = Ingress(intake=self.intake, ledger=self.ledger, requests=requests,
                                wiring=wiring, limits=spec.limits, now=now, checked=checked,
                                outside=outside, organism=spec.name)

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sporeflow.pipeline.core.privatefiles import open_private
 from sporeflow.pipeline.journal.sqlite import JournalError, describe_failure, logger
 
 __all__ = ["LOST_LIMIT", "RESERVE_BYTES", "FailStop", "Ops"]
@@ -123,7 +124,7 @@ class FailStop:
     def _leave_note(self) -> None:
         """Say in the file system, for the next start, that finished work is unrecorded."""
         try:
-            fd = os.open(self.note, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = open_private(self.note, os.O_WRONLY | os.O_TRUNC)
         except OSError as exc:
             logger.critical("%s: cannot leave the note %s either (%s): the next start may "
                             "replay finished work", self.path, self.note, exc.strerror)
@@ -151,7 +152,7 @@ class FailStop:
         if not hasattr(os, "posix_fallocate"):  # pragma: no cover - not POSIX
             return
         try:
-            fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT, 0o644)
+            fd = open_private(self.reserve, os.O_WRONLY)
             try:
                 os.posix_fallocate(fd, 0, RESERVE_BYTES)
             finally:

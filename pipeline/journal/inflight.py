@@ -45,11 +45,12 @@ from pathlib import Path
 
 from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.core.deadletters import DeadLetter
+from sporeflow.pipeline.core.privatefiles import open_private
 from sporeflow.pipeline.journal.sqlite import (
     CRASHES_SQL,
     DEAD_SQL,
     letter_row,
-    spore_of,
+    stored_spore,
     to_json,
 )
 
@@ -122,7 +123,7 @@ class InFlightMarks:
         fresh = Path(f"{self.path}.new")
         data = (f"{HEADER}{self.token}\n" + "".join(
             f"+{agent}\t{spore_id}\n" for spore_id, agent in self.running.items())).encode()
-        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        fd = open_private(fresh, os.O_WRONLY | os.O_TRUNC | os.O_APPEND)
         try:
             os.write(fd, data)
             os.replace(fresh, self.path)
@@ -182,9 +183,9 @@ def count_crashes(conn: sqlite3.Connection, path: Path, died: tuple[str, dict[st
     poisoned: list[DeadLetter] = []
     rows = conn.execute("SELECT c.id, c.count, c.agent, p.spore FROM crashes c "
                         "JOIN pending p ON p.id = c.id ORDER BY p.seq").fetchall()
-    for _, count, agent, text in rows:
+    for key, count, agent, text in rows:
         if count >= limit(agent):
-            poisoned.append(DeadLetter(spore_of(path, text), Reason.POISON,
+            poisoned.append(DeadLetter(stored_spore(text, key), Reason.POISON,
                                        poison_error(count, agent), agent, count))
     if poisoned:
         ids = to_json([letter.spore.id for letter in poisoned])

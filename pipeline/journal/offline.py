@@ -17,7 +17,7 @@ from sporeflow.pipeline.journal.sqlite import (
     booted_agents,
     check_file,
     connect,
-    spore_of,
+    stored_spore,
     transaction,
 )
 from sporeflow.steps import Spore
@@ -58,8 +58,8 @@ class JournalFile:
 
     def pending(self) -> list[Spore]:
         """The unfinished spores, in the order they would be replayed."""
-        rows = self._conn.execute("SELECT spore FROM pending ORDER BY priority DESC, seq")
-        return [spore_of(self.path, row[0]) for row in rows]
+        rows = self._conn.execute("SELECT spore, id FROM pending ORDER BY priority DESC, seq")
+        return [stored_spore(text, key) for text, key in rows]
 
     def dead_letters(self, *, agents: Sequence[str] = (), reasons: Sequence[str] = (),
                      ids: Sequence[str] = ()) -> list[StoredDeadLetter]:
@@ -69,10 +69,10 @@ class JournalFile:
         """
         sql, params = _where(agents, reasons, ids)
         rows = self._conn.execute(
-            "SELECT seq, spore, reason, error, agent, attempts, traceback, at "
+            "SELECT seq, spore, reason, error, agent, attempts, traceback, at, spore_id "
             f"FROM dead_letters{sql} ORDER BY seq", params)
         return [StoredDeadLetter(row[0], DeadLetter(
-            spore_of(self.path, row[1]), row[2], row[3], row[4], row[5], row[6],
+            stored_spore(row[1], row[8]), row[2], row[3], row[4], row[5], row[6],
             datetime.fromisoformat(row[7]))) for row in rows]
 
     def replay(self, letters: Iterable[StoredDeadLetter]) -> int:

@@ -16,7 +16,9 @@ from typing import Any, Literal
 
 from sporeflow.config import SporeError, SporeflowError
 from sporeflow.pipeline.core.deadletters import DeadLetter
+from sporeflow.pipeline.core.privatefiles import make_folder, open_private
 from sporeflow.steps import Spore
+from sporeflow.steps.spore import Unreadable, spore_as_found
 
 try:  # an advisory lock keeps two processes from replaying one journal; POSIX only
     import fcntl
@@ -52,8 +54,8 @@ __all__ = [
     "lock",
     "logger",
     "refuse",
-    "spore_of",
     "spores_json",
+    "stored_spore",
     "to_json",
 ]
 
@@ -183,11 +185,24 @@ def booted_agents(conn: sqlite3.Connection) -> set[str]:
     return {row[0].removeprefix("booted:") for row in rows}
 
 
-def spore_of(path: Path, text: str) -> Spore:
+def stored_spore(text: object, key: object) -> Spore:
+    """The spore a row holds under ``key`` (its id), read as found: a row changed behind
+    sporeflow's back is refused by the validate stage like any malformed spore, never
+    here, so that one bad row stops neither a start nor ``sporeflow dlq``. A row that
+    holds no spore, or another spore than its key says, stands as an ``Unreadable``."""
     try:
-        return Spore.from_json(text)
-    except SporeError as exc:
-        raise refuse(path, f"the journal holds a spore that does not decode ({exc})") from None
+        data = json.loads(text)  # type: ignore[arg-type]  # any column type: checked here
+        spore = spore_as_found(data)
+    except (*NOT_JSON, SporeError) as exc:
+        why = f"its text is not JSON ({exc})" if isinstance(exc, NOT_JSON) else str(exc)
+        problem = SporeError(f"journal row {key!r} holds no spore: {why}")
+    else:
+        # As text: a row keeps a malformed id (7) under its text ('7'); validate refuses it.
+        if str(data.get("id")) == str(key):
+            return spore
+        problem = SporeError(f"journal row {key!r} holds spore {data.get('id')!r}, not its "
+                             f"own: the row was changed")
+    return Unreadable.of(problem, id=str(key), data=text if isinstance(text, str) else repr(text))
 
 
 INSERT_SQL = ("INSERT OR IGNORE INTO pending (id, priority, spore) "
@@ -242,8 +257,8 @@ def letter_row(letter: DeadLetter) -> list[Any]:
 def lock(path: Path) -> int:
     """Hold an advisory lock on ``path`` (created if missing) for as long as the fd is open."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        make_folder(path.parent)
+        fd = open_private(path, os.O_RDWR)  # made first, so SQLite's side files are 0600 too
     except OSError as exc:
         raise JournalError(f"{path}: cannot open the journal: {exc.strerror}") from None
     if fcntl is not None:

@@ -18,7 +18,9 @@ also syncs every commit to the disk, at the cost of one fsync per batch.
 
 A file that is not a sporeflow journal (not SQLite, another application's
 database, or a damaged one) is refused with :class:`JournalError` and left
-untouched.
+untouched. A row of a journal is untrusted input: one changed behind sporeflow's
+back is replayed as found, and the chain's validate stage dead-letters it with why,
+like any malformed spore (see ``sqlite.stored_spore``).
 
 The journal fails stop: any error of the writer stops the run, and what happened after
 its last commit is recorded at close if it can be, or the next start refuses to replay
@@ -43,13 +45,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sporeflow.config import OrganismSpec
+from sporeflow.config import Limits, OrganismSpec
 from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.pipeline.journal.batch import DEAD, DELETE, INSERT, Batch, fold, write_batch
 from sporeflow.pipeline.journal.failstop import FailStop, Ops
 from sporeflow.pipeline.journal.inflight import count_crashes
 from sporeflow.pipeline.journal.marking import HandlerMarking, InvocationWrapper, Invoke
+from sporeflow.pipeline.journal.retention import DeadLetterRetention
 from sporeflow.pipeline.journal.sqlite import (
     JournalError,
     Synchronous,
@@ -58,7 +61,7 @@ from sporeflow.pipeline.journal.sqlite import (
     connect,
     lock,
     logger,
-    spore_of,
+    stored_spore,
     transaction,
 )
 from sporeflow.steps import Spore, new_spore_id
@@ -118,6 +121,7 @@ class Journal:
         self._stop = FailStop(self.path)
         self._marking = HandlerMarking(self.path, self, self._stop.fail)
         self._key = new_spore_id()  # the journal's name in its file, read at open
+        self._retention = DeadLetterRetention(self.path, Limits())  # spec's, from open
 
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r})"
@@ -152,6 +156,7 @@ class Journal:
         self._fanout.clear()
         self._boots.clear()
         self._marking.reset(spec.agents if spec is not None else {})
+        self._retention = DeadLetterRetention(self.path, spec.limits if spec else Limits())
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sporeflow-journal")
         loop = asyncio.get_running_loop()
         try:
@@ -184,12 +189,12 @@ class Journal:
         self._marking.counted(counted)
         # Within a priority, spores that were running at a death go last: the others are
         # not held up by one that kills the process again (see journal.inflight).
-        rows = conn.execute("SELECT spore FROM pending ORDER BY priority DESC, "
+        rows = conn.execute("SELECT spore, id FROM pending ORDER BY priority DESC, "
                             "id IN (SELECT id FROM crashes), seq").fetchall()
         self._pending_rows = len(rows)
-        self._dead_rows = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        self._dead_rows = self._retention.sweep(conn)  # what is left of the last runs'
         self.booted = booted_agents(conn)
-        pending = [spore_of(self.path, row[0]) for row in rows]
+        pending = [stored_spore(text, key) for text, key in rows]  # the chain checks them
         self._stop.make_reserve()
         self._marking.start()  # this run's marks; the last run's are counted
         return pending
@@ -433,6 +438,8 @@ class Journal:
         self.commits += 1
         self._pending_rows += added - removed
         self._dead_rows += len(batch.letters)
+        if self._retention.due(self._dead_rows):
+            self._dead_rows = self._retention.sweep(conn)
         self._deleted_since_compaction += removed
         if self._deleted_since_compaction >= self.compact_every:
             self._compact(conn)
@@ -471,6 +478,6 @@ class Journal:
             "pending": self._pending_rows, "written": self.written, "commits": self.commits,
             "compactions": self.compactions, "dead_letters": self._dead_rows,
             "synchronous": self.synchronous, "failed": self._stop.failure is not None,
-            "poisoned": len(self.poisoned),
+            "poisoned": len(self.poisoned), "dead_letters_dropped": self._retention.dropped,
         }
 

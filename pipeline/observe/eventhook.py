@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sporeflow.config.reasons import Reason
-from sporeflow.pipeline.core.deadletters import DeadLetter
+from sporeflow.pipeline.core.deadletters import URL_PASSWORDS, DeadLetter, Masker, error_text
 from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.observe.events import (
     EventBus,
@@ -22,9 +22,11 @@ __all__ = ["EventHook"]
 
 
 class EventHook(LedgerHook):
-    def __init__(self, bus: EventBus, now: Callable[[], datetime]) -> None:
+    def __init__(self, bus: EventBus, now: Callable[[], datetime],
+                 masker: Masker = URL_PASSWORDS) -> None:
         self.bus = bus
         self.now = now
+        self.masker = masker  # the organism's: an event's error is printed by `tail`
 
     def admitted(self, spores: Sequence[Spore], agent: str | None,
                  parent: Spore | None) -> None:
@@ -45,7 +47,7 @@ class EventHook(LedgerHook):
             self.bus.emit(SporeExpired(spore=spore, agent=agent, at=self.now()))
         else:
             self.bus.emit(SporeFailed(spore=spore, agent=agent, reason=reason,
-                                      error=f"{type(error).__name__}: {error}",
+                                      error=error_text(error, self.masker),
                                       attempt=attempts, at=self.now()))
 
     def dead_lettered(self, letter: DeadLetter) -> None:

@@ -1,6 +1,7 @@
 """Prometheus exposition of ``organism.stats()``, served while an organism runs.
 
-The HTTP server answers scrapes on a thread of its own, and that thread never
+The HTTP server (``metrics_http``: one thread, idle connections timed out, their
+number bounded) answers scrapes on a thread of its own, and that thread never
 touches the live organism: a task on the event loop takes a :class:`Snapshot`
 (``stats()`` plus the latency buckets) a few times a second and swaps it in
 whole; a scrape turns the latest one into metric families. So a scrape never
@@ -13,19 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from sporeflow.config.errors import SporeflowError
 from sporeflow.pipeline.core.latency import BOUNDS, LatencyHistogram
+from sporeflow.pipeline.observe.metrics_http import MetricsHttp
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from prometheus_client.metrics_core import Metric
 
 
@@ -43,7 +40,6 @@ class MetricsSource(Protocol):
 # Export every eighth bound of the histogram (a factor of 4: 1 us .. 67 s): 14 buckets
 # per agent, each exactly on one of the histogram's own bounds, so counts stay exact.
 _EXPORTED = tuple(range(0, len(BOUNDS), 8))
-_POLL = 0.05
 _AGENT_COUNTERS = (
     ("received", "Spores delivered to the agent's lane."),
     ("handled", "Spores the agent's handler finished."),
@@ -184,13 +180,6 @@ def _buckets(counts: list[int], fmt: Callable[[float], str]) -> list[tuple[str, 
     return buckets
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """No access log on stderr for every scrape."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 class MetricsServer:
     """Serve an organism's metrics in Prometheus text format on ``host:port``.
 
@@ -200,18 +189,22 @@ class MetricsServer:
             ...
 
     ``port=0`` picks a free port (see :attr:`port`). The snapshot is refreshed
-    every ``period`` seconds by a task on the loop, and once more on exit.
+    every ``period`` seconds by a task on the loop, and once more on exit. A
+    connection has ``timeout`` seconds to send its request; at most
+    ``max_connections`` wait at once (see ``metrics_http``).
     """
 
     def __init__(self, organism: MetricsSource, *, port: int, host: str = "127.0.0.1",
-                 period: float = 0.25) -> None:
+                 period: float = 0.25, timeout: float = 5.0,
+                 max_connections: int = 64) -> None:
         self.organism = organism
         self.host = host
         self.period = period
+        self.timeout = timeout
+        self.max_connections = max_connections
         self._requested_port = port
         self._snapshot: Snapshot | None = None
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: MetricsHttp | None = None
         self._refresher: asyncio.Task[None] | None = None
 
     @property
@@ -220,7 +213,7 @@ class MetricsServer:
         if self._server is None:
             raise SporeflowError("the metrics server is not running; enter it with "
                                  "`async with MetricsServer(...)` first")
-        return int(self._server.server_port)
+        return self._server.port
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -235,28 +228,19 @@ class MetricsServer:
 
     async def __aenter__(self) -> MetricsServer:
         client = _require_client()
-        from prometheus_client.exposition import ThreadingWSGIServer
-
         registry = client.CollectorRegistry(auto_describe=False)
         registry.register(StatsCollector(lambda: self._snapshot))
         self.refresh()
-
-        class Server(ThreadingWSGIServer):
-            address_family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-
+        server = MetricsHttp(client.make_wsgi_app(registry), host=self.host,
+                             port=self._requested_port, timeout=self.timeout,
+                             max_connections=self.max_connections)
         try:
-            self._server = make_server(self.host, self._requested_port,
-                                       client.make_wsgi_app(registry), Server,
-                                       handler_class=_QuietHandler)
+            server.start()
         except OSError as exc:
             raise SporeflowError(
                 f"cannot serve metrics on {self.host}:{self._requested_port}: {exc}; pick "
                 f"another --metrics-port") from exc
-        # A short poll interval: shutdown() waits for it, on the loop, at exit.
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": _POLL}, daemon=True,
-                                        name="sporeflow:metrics-http")
-        self._thread.start()
+        self._server = server
         self._refresher = asyncio.get_running_loop().create_task(
             self._refresh_forever(), name="sporeflow:metrics")
         return self
@@ -272,10 +256,6 @@ class MetricsServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
         self.refresh()
-        server, thread = self._server, self._thread
+        server, self._server = self._server, None
         if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-        self._server = self._thread = None
+            server.close()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sporeflow.config import ChannelSpec
 from sporeflow.pipeline.core.deadletters import DeadLetterStore
 from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.latency import LatencyHistogram
-from sporeflow.pipeline.core.ledger import Ledger
+from sporeflow.pipeline.core.ledger import OTHER, Ledger
+from sporeflow.pipeline.core.recent import RecentNames
 from sporeflow.pipeline.core.wiring import WiringSnapshot
 
 __all__ = ["organism_stats"]
@@ -20,7 +21,8 @@ def organism_stats(*, name: str, state: str, uptime: float, wiring: WiringSnapsh
                    latency: Mapping[str, LatencyHistogram], intake: Intake | None,
                    ledger: Ledger | None, returned: int, dead_letters: DeadLetterStore,
                    journal: dict[str, Any] | None, broker: dict[str, Any] | None,
-                   reload: dict[str, Any]) -> dict[str, Any]:
+                   reload: dict[str, Any], outside: RecentNames | None = None
+                   ) -> dict[str, Any]:
     refused_from = ledger.refused_from if ledger is not None else {}
     refused_why = ledger.refused_why if ledger is not None else {}
     refused_on = ledger.refused_on if ledger is not None else {}
@@ -57,19 +59,38 @@ def organism_stats(*, name: str, state: str, uptime: float, wiring: WiringSnapsh
             # Spores paged out to disk past limits.max_in_memory: now, and ever.
             "paged_out": intake.spill.count if intake else 0,
             "paged_out_total": intake.spill.spilled_total if intake else 0,
+            # Senders that are no agent, remembered now, and forgotten past the limit.
+            "outside_senders": len(outside) if outside is not None else 0,
+            "outside_senders_forgotten": outside.forgotten if outside is not None else 0,
         },
         "dead_letters": {
             "total": dead_letters.total, "kept": len(dead_letters),
             "evicted": dead_letters.evicted,
             "by_reason": {str(reason): count for reason, count in dead_letters.by_reason.items()},
         },
-        "channels": {
-            channel: {"broadcasts": fanout.get(channel, (0, 0))[0],
-                      "deliveries": fanout.get(channel, (0, 0))[1],
-                      "refused": refused_on.get(channel, 0)}
-            for channel in dict.fromkeys([*channels, *fanout, *refused_on])
-        },
+        "channels": _channels(channels, fanout, refused_on),
         "journal": journal,
         "broker": broker,
         "reload": reload,
     }
+
+
+def _channels(declared: Mapping[str, ChannelSpec], fanout: Mapping[str, Sequence[int]],
+              refused_on: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """Counts per declared channel; any other name (made up by a sender, or of a channel
+    since removed) is counted under ``other``, so that input never adds a key."""
+    table = {name: {"broadcasts": 0, "deliveries": 0, "refused": 0} for name in declared}
+
+    def row(name: str) -> dict[str, int]:
+        found = table.get(name)
+        if found is None:
+            found = table.setdefault(OTHER, {"broadcasts": 0, "deliveries": 0, "refused": 0})
+        return found
+
+    for name, (broadcasts, deliveries) in fanout.items():
+        counts = row(name)
+        counts["broadcasts"] += broadcasts
+        counts["deliveries"] += deliveries
+    for name, refused in refused_on.items():
+        row(name)["refused"] += refused
+    return table

@@ -16,10 +16,12 @@ import dataclasses
 import importlib.util
 import os
 import sys
+import traceback
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from sporeflow.config import SporeflowError
+from sporeflow.pipeline.core.deadletters import URL_PASSWORDS, Masker, error_text
 from sporeflow.steps import Spore
 
 if TYPE_CHECKING:
@@ -60,11 +62,14 @@ class SporeTracer:
     """Opens a span per handler invocation and carries trace context in spore metadata.
 
     ``tracer_provider`` defaults to the globally configured one (see
-    :func:`ensure_tracer_provider`); tests pass their own.
+    :func:`ensure_tracer_provider`); tests pass their own. A failure is recorded on its
+    span with ``masker`` over its text (the organism that uses the tracer sets its own).
     """
 
-    def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
+    def __init__(self, tracer_provider: TracerProvider | None = None,
+                 masker: Masker = URL_PASSWORDS) -> None:
         _require_opentelemetry()
+        self.masker = masker
         from opentelemetry import trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -94,17 +99,33 @@ class SporeTracer:
                 "sporeflow.attempt": attempt,
             }
             origin = propagator.extract(spore.metadata)
+            # OpenTelemetry would record the exception as it is: recorded masked below.
             with tracer.start_as_current_span(name, context=origin, kind=consumer,
-                                              attributes=attributes):
-                result = await invoke(spore, attempt)
-                if result is None:
-                    return None
-                replies = shape(result, spore)
-                if not isinstance(replies, list):
-                    replies = await replies
+                                              attributes=attributes, record_exception=False,
+                                              set_status_on_exception=False) as span:
+                try:
+                    result = await invoke(spore, attempt)
+                    if result is None:
+                        return None
+                    replies = shape(result, spore)
+                    if not isinstance(replies, list):
+                        replies = await replies
+                except Exception as exc:
+                    self._failed(span, exc)
+                    raise
                 return [stamp(reply, replace=True) for reply in replies]
 
         return traced, _passthrough
+
+    def _failed(self, span: Any, error: Exception) -> None:
+        """Record ``error`` on ``span``, masked: spans leave the process (an exporter)."""
+        from opentelemetry.trace import Status, StatusCode
+
+        span.record_exception(error, attributes={
+            "exception.message": self.masker.mask(str(error)),
+            "exception.stacktrace": self.masker.mask("".join(traceback.format_exception(error))),
+        })
+        span.set_status(Status(StatusCode.ERROR, error_text(error, self.masker)))
 
     def stamp(self, spore: Spore) -> Spore:
         """``spore`` carrying the current span's context, unless it carries one already.
@@ -132,11 +153,14 @@ def _passthrough(result: Any, parent: Spore) -> Any:
     return result
 
 
-def make_tracer(tracing: bool | SporeTracer) -> SporeTracer | None:
-    """The tracer an organism uses for its ``tracing`` option (None: tracing off)."""
+def make_tracer(tracing: bool | SporeTracer,
+                masker: Masker = URL_PASSWORDS) -> SporeTracer | None:
+    """The tracer an organism uses for its ``tracing`` option (None: tracing off); it
+    masks failures with ``masker``, the organism's."""
     if isinstance(tracing, SporeTracer):
+        tracing.masker = masker
         return tracing
-    return SporeTracer() if tracing else None
+    return SporeTracer(masker=masker) if tracing else None
 
 
 def inject_trace_context(carrier: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -1,0 +1,114 @@
+"""A journal file is untrusted input: a row changed behind sporeflow's back is refused on
+replay by the chain, like any spore, and dead-lettered with why; the others run."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sporeflow.pipeline import Organism, Spore
+from sporeflow.pipeline.journal.offline import JournalFile
+from sporeflow.pipeline.journal.store import Journal
+
+Form = dict[str, Any]
+
+
+def _set(**fields: Any) -> Callable[[Form], str]:
+    return lambda form: json.dumps({**form, **fields})
+
+
+def _knowledge_nan(form: Form) -> str:
+    return json.dumps({**form, "knowledge": {"x": math.nan}})  # NaN: Python's, not JSON
+
+
+def _truncated(form: Form) -> str:
+    return json.dumps(form)[:-9]
+
+
+# how the row is changed -> (the dead letter's reason, a piece of its error)
+TAMPERINGS: dict[str, tuple[Callable[[Form], str], str, str]] = {
+    "not json": (_truncated, "invalid", "holds no spore: its text is not JSON"),
+    "not an object": (lambda form: "[1, 2]", "invalid", "must be a JSON object"),
+    "unknown field": (_set(evil=1), "invalid", "unknown spore field(s) ['evil']"),
+    "another id": (_set(id="someone-else"), "invalid", "'someone-else'"),
+    "knowledge not JSON": (_knowledge_nan, "invalid", "which JSON cannot represent"),
+    "knowledge a string": (_set(knowledge="{}"), "invalid", "knowledge must be a JSON object"),
+    "hops a string": (_set(hops="3"), "invalid", "hops must be an integer"),
+    "created_at garbage": (_set(created_at="yesterday"), "invalid", "created_at"),
+    "priority out of range": (_set(priority=99), "limit exceeded", "priority 99"),
+    "hops past the limit": (_set(hops=33), "limit exceeded", "over limits.max_hops=32"),
+    "unknown agent": (_set(to_agent="nobody"), "unknown agent", "nobody"),
+    "oversized": (_set(knowledge={"pad": "x" * (1 << 20)}), "limit exceeded",
+                  "over limits.max_spore_bytes"),
+}
+
+
+async def test_tampered_rows_are_dead_lettered_on_replay_and_the_good_ones_handled(
+        tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    good = [Spore(knowledge={"n": n}, to_agent="worker") for n in range(3)]
+    victims = {name: Spore(knowledge={"n": 100 + i}, to_agent="worker")
+               for i, name in enumerate(TAMPERINGS)}
+    journal = Journal(path)
+    await journal.open()
+    await journal.record([good[0], *victims.values(), *good[1:]])
+    await journal.close()
+    with sqlite3.connect(path) as conn:  # as anyone with access to the file could
+        for name, spore in victims.items():
+            tamper = TAMPERINGS[name][0]
+            conn.execute("UPDATE pending SET spore = ? WHERE id = ?",
+                         (tamper(spore.to_dict()), spore.id))
+    conn.close()
+    handled: list[Any] = []
+
+    async def worker(spore: Spore, ctx: Any) -> None:
+        handled.append(spore.knowledge)
+
+    spec = Organism.from_dict({"agents": {"worker": {"handler": worker}}}).spec
+    org = Organism(spec, journal=path)
+    async with org.running():
+        await org.idle()
+        assert org.stats()["journal"]["failed"] is False
+    assert handled == [{"n": 0}, {"n": 1}, {"n": 2}]
+    letters = {letter.spore.id: letter for letter in org.dead_letters}
+    assert set(letters) == {spore.id for spore in victims.values()}
+    for name, spore in victims.items():
+        letter = letters[spore.id]
+        _, reason, hint = TAMPERINGS[name]
+        assert (name, str(letter.reason)) == (name, reason)
+        assert hint in letter.error, (name, letter.error)
+    with JournalFile(path) as file:  # settled for good, and `sporeflow dlq` reads them
+        assert file.pending() == []
+        assert {stored.letter.spore.id for stored in file.dead_letters()} == set(letters)
+
+
+@pytest.mark.parametrize("name", ["not json", "priority out of range"])
+async def test_a_replayed_dead_letter_of_a_tampered_row_is_refused_again(
+        name: str, tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    spore = Spore(knowledge={"n": 1}, to_agent="worker")
+    journal = Journal(path)
+    await journal.open()
+    await journal.record([spore])
+    await journal.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE pending SET spore = ?",
+                     (TAMPERINGS[name][0](spore.to_dict()),))
+    conn.close()
+    handled: list[Any] = []
+    spec = Organism.from_dict({"agents": {"worker": {
+        "handler": lambda s, c: handled.append(s)}}}).spec
+    for _ in range(2):
+        org = Organism(spec, journal=path)
+        async with org.running():
+            await org.idle()
+        assert [letter.spore.id for letter in org.dead_letters] == [spore.id]
+        with JournalFile(path) as file:  # `sporeflow dlq replay`
+            assert file.replay(file.dead_letters()) == 1
+    assert handled == []
