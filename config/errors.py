@@ -17,6 +17,8 @@ runtime both raise these, and ``config`` imports nothing of either.
     ├── RequestTimeout         no response arrived in time
     ├── OrganismStateError     the organism is not running, or already running
     ├── BrokerError            the message broker failed or is unreachable
+    │   ├── Disconnected       the link went down before the broker confirmed (broker.link)
+    │   └── Requeued           a delivery's link went down: the broker took it back
     └── JournalError           the journal file is foreign, damaged or failed (journal.failstop)
 
 The dead-letter reason of each refusal is a :class:`~sporeflow.config.reasons.Reason`.

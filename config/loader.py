@@ -175,6 +175,8 @@ def _schema_problems(located: Located, callables: Mapping[str, Any]) -> list[Pro
 
 def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
     instance, schema = error.instance, error.schema
+    if isinstance(schema, dict) and "x-why" in schema:  # a rule the schema explains itself
+        return [located.problem(path, f"{_short(instance)}: {schema['x-why']}")]
     if error.validator == "additionalProperties" and isinstance(instance, dict):
         known = list(schema.get("properties", {}))
         return [
@@ -413,10 +415,11 @@ def _to_spec(
 
 
 def _broker(conf: Mapping[str, Any]) -> BrokerSpec:
-    sizes = {key: parse_size(conf[key]) for key in ("max_length_bytes",
-                                                     "dead_letter_max_length_bytes")
-             if conf.get(key) is not None}  # null: no bound
-    return BrokerSpec(**{**conf, **sizes})
+    units: dict[str, Callable[[Any], Any]] = {
+        "max_length_bytes": parse_size, "dead_letter_max_length_bytes": parse_size,
+        "give_up_after": parse_duration, "send_timeout": parse_duration}
+    return BrokerSpec(**{key: units[key](value) if key in units and value is not None
+                         else value for key, value in conf.items()})  # null: no bound, never
 
 
 def _agent(name: str, conf: Mapping[str, Any], handler: Callable[..., Any]) -> AgentSpec:
@@ -442,6 +445,7 @@ def _agent(name: str, conf: Mapping[str, Any], handler: Callable[..., Any]) -> A
         ),
         boot=conf.get("boot"),
         max_crashes=conf.get("max_crashes", DEFAULT_MAX_CRASHES),
+        dedupe=parse_duration(conf.get("dedupe") or 0) or None,  # 0: off
         lazy=conf.get("lazy", True),
         cpu_bound=conf.get("cpu_bound", False),
         gather=_gather(conf.get("gather")),

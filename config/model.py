@@ -92,6 +92,8 @@ class AgentSpec:
     sequence: SequenceSpec | None = None
     schema: SchemaSpec | None = None  # what knowledge sent to it must satisfy
     max_crashes: int = DEFAULT_MAX_CRASHES  # deaths handling a spore before it is poison
+    # Seconds: a spore whose id it handled this recently is dropped (None: all are handled).
+    dedupe: float | None = None
 
 
 # Outside spores a channel queues before senders wait. Small on purpose: a short queue
@@ -151,6 +153,16 @@ class BrokerSpec:
     overflow: str = "reject-publish"
     dead_letter_max_length: int | None = 100_000
     dead_letter_max_length_bytes: int | None = 1024 ** 3
+    # classic: priorities (x-max-priority). quorum: replicated, no priorities, and RabbitMQ's
+    # delivery-limit from each agent's max_crashes: a spore given back that often is
+    # dead-lettered by the broker, read as poison by `dlq`. The dead-letter queue stays
+    # classic: reading it gives its letters back, which a quorum queue would count.
+    queue_type: str = "classic"
+    # An outage: a process reconnects (publishing waits) for at most give_up_after seconds
+    # (None: for ever), then fails stop; an outside send() waits send_timeout for the
+    # broker's confirm while it is unreachable, then raises BrokerError.
+    give_up_after: float | None = 300.0
+    send_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

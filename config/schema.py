@@ -76,7 +76,13 @@ _agent = _closed(
         "max_crashes": {**_count, "description": "with a journal: times the process may die "
                                                  "while this agent handles a spore before the "
                                                  "spore is dead-lettered 'poison' instead of "
-                                                 "replayed (default 3)"},
+                                                 "replayed (default 3); on quorum queues, "
+                                                 "times a delivery of it may be given back "
+                                                 "unfinished (RabbitMQ's delivery-limit is one "
+                                                 "less)"},
+        "dedupe": {**_duration, "description": "drop a spore whose id this agent handled "
+                                               "within this long (a redelivered copy); "
+                                               "default: off"},
         "boot": {"type": "object", "description": "knowledge of a spore sent to it at start"},
         "schema": {"type": "string", "minLength": 1,
                    "description": "JSON Schema (.json, .yaml, .yml) or XML Schema (.xsd) "
@@ -159,6 +165,18 @@ _queue_bounds: dict[str, Any] = {
                                "queue holds (default 100000; null: no bound)"},
     "dead_letter_max_length_bytes": {**_or_null(_size), "description": "bytes the dead-letter "
                                      "queue holds (default 1GiB; null: no bound)"},
+    "queue_type": {"enum": ["classic", "quorum"],
+                   "description": "the agents' queues: classic (the default; priorities) or "
+                                  "quorum (replicated; no priorities; a spore given back "
+                                  "max_crashes times is dead-lettered as poison)"},
+}
+# RabbitMQ's quorum queues know drop-head and reject-publish only.
+_quorum_overflow: dict[str, Any] = {
+    "if": {"properties": {"queue_type": {"const": "quorum"}}, "required": ["queue_type"]},
+    "then": {"properties": {"overflow": {
+        "enum": ["reject-publish", "drop-head"],
+        "x-why": "quorum queues (queue_type: quorum) overflow by reject-publish or drop-head "
+                 "only; RabbitMQ does not support reject-publish-dlx on them"}}},
 }
 
 ORGANISM_SCHEMA: dict[str, Any] = {
@@ -184,8 +202,14 @@ ORGANISM_SCHEMA: dict[str, Any] = {
                       "broadcast_key": {"type": "string", "pattern": r"\{channel\}",
                                         "description": "routing key of channel broadcasts; "
                                                        "{channel} and {type} are filled in"},
-                      **_queue_bounds},
-                     description="names on the broker, for amqp backends"),
+                      **_queue_bounds,
+                      "give_up_after": {**_or_null(_duration), "description": "how long a "
+                                        "process reconnects to a broker it lost before it "
+                                        "exits with an error (default 5m; null: for ever)"},
+                      "send_timeout": {**_duration, "description": "how long an outside send "
+                                       "waits for the confirm of a broker it lost, then "
+                                       "raises (default 30s)"}},
+                     description="names on the broker, for amqp backends", **_quorum_overflow),
                  "journal": {"type": "string", "minLength": 1,
                              "description": "SQLite file recording unfinished spores and dead "
                                             "letters, so a crash loses none; relative to the "

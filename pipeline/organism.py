@@ -40,6 +40,7 @@ from sporeflow.pipeline.agents.knowledge import make_knowledge_store
 from sporeflow.pipeline.agents.procpool import ProcessPool
 from sporeflow.pipeline.agents.state import AgentStates
 from sporeflow.pipeline.broker.backend import Backend
+from sporeflow.pipeline.broker.boots import refuse_journal
 from sporeflow.pipeline.broker.bridge import Bridge, make_bridge, publish_deliveries
 from sporeflow.pipeline.broker.transport import check_transport
 from sporeflow.pipeline.core.budget import ThreadBudget
@@ -114,6 +115,8 @@ class Organism(OutsideApi):
         self._checked: set[int] = set()  # ids of held spores checked where they entered
         self._user_stages = [*spec.stages, *stages]
         self._state = State.NEW
+        self.failure: Exception | None = None  # why it failed stop: a broker given up on
+        self.failing = asyncio.Event()  # set then; `sporeflow run` exits 1, saying why
         self._started_at = 0.0
         self._returned_before = 0
         self._pool = RunnerPool(name=f"sporeflow:{spec.name}")
@@ -199,14 +202,15 @@ class Organism(OutsideApi):
 
     # -- lifecycle ----------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start the chain and every agent, then send each agent's ``boot`` spore."""
+    async def start(self, *, reboot: bool = False) -> None:
+        """Start the chain and every agent, then send the ``boot`` spores (:meth:`boot`)."""
         if self._state in (State.RUNNING, State.STOPPING):
             raise OrganismStateError(f"organism {self.spec.name!r} is already {self._state}")
         self.logger.debug("starting organism %r on backend %s", self.spec.name, redact_url(
             self._backend if isinstance(self._backend, str) else self.spec.backend))
         bridge = make_bridge(self.spec, self._backend, self._hosted)
-        if bridge is not None:  # unsigned over a network: refused unless organism.insecure
+        if bridge is not None:  # no journal; unsigned over a network if organism.insecure
+            refuse_journal(self.spec, self._journal)  # the broker keeps the spores
             check_transport(self.spec, bridge.backend.address, self.logger)
         self._bridge = bridge
         # A foreign or damaged journal is refused here, before anything starts.
@@ -238,13 +242,14 @@ class Organism(OutsideApi):
             # With a broker, each process boots the agents it hosts.
             if agent.boot is not None and (self._bridge is None
                                            or agent.name in self._bridge.hosted):
-                await self.boot(agent.name, agent.boot)
+                await self.boot(agent.name, agent.boot, again=reboot)
 
     def _open_run(self) -> Run:
         """Make this run's intake, ledger and ingress, and attach the active hooks."""
         if self._run is not None:
             self._returned_before += self._run.ledger.returned
         self._outside.cap = self.spec.limits.max_outside_senders  # a reload's, from now
+        self.failure, self.failing = None, asyncio.Event()  # a new run has not failed
         run = self._run = Run(
             spec=self.spec, dead_letters=self.dead_letters, requests=self._requests,
             wiring=self._cell, logger=self.logger, now=self.now,
@@ -258,12 +263,14 @@ class Organism(OutsideApi):
         if self._journal is not None:
             ledger.add_hook(JournalHook(self._journal, self._requests))
             ingress.persist = self._journal.record
-            self._journal.on_failure = self._journal_failed  # fail stop: see journal.failstop
+            self._journal.on_failure = self._fail_stop  # fail stop: see journal.failstop
         if self.events.active:
             ledger.add_hook(self._event_hook)
         if self._bridge is not None:
             ledger.add_hook(self._bridge)
             ledger.on_outside = self._bridge.outside_or(ledger.return_outside)
+            ingress.confirm = self._bridge.publisher.confirmed  # a lost broker: publisher
+            self._bridge.publisher.on_failure = self._fail_stop
         if self.tracer is not None:  # the caller's span, if any, becomes the spore's origin
             ingress.stamp_outside, ingress.stamp_sent = self.tracer.stamp, self.tracer.stamp_sent
         port = RunPort(ingress=ingress, wiring=self.wiring, budget=self._budget,
@@ -275,7 +282,11 @@ class Organism(OutsideApi):
             else self._journal.wrapping(self.tracer))  # marks what runs: journal.inflight
         return run
 
-    def _journal_failed(self) -> None:
+    def _fail_stop(self, failure: Exception | None = None) -> None:
+        """Admit nothing more: the journal failed, or the broker was given up on."""
+        if failure is not None:
+            self.failure = failure
+            self.failing.set()
         if self._state == State.RUNNING:  # admit nothing more; the failure says why
             self._set_state(State.FAILED)
 
@@ -283,18 +294,6 @@ class Organism(OutsideApi):
         if self._run is not None:  # events are built only while someone listens
             ledger = self._run.ledger
             (ledger.add_hook if active else ledger.remove_hook)(self._event_hook)
-
-    async def boot(self, agent: str, knowledge: Mapping[str, Any]) -> Spore | None:
-        """Send ``agent`` its boot spore (once per journal, when there is one)."""
-        boot_id = None
-        if self._journal is not None:
-            boot_id = self._journal.boot_id(agent)  # None: this journal sent it already
-            if boot_id is None:
-                return None
-        spore = await (self.send(agent, dict(knowledge)) if boot_id is None
-                       else self.send(agent, dict(knowledge), id=boot_id))
-        self._require_running().ingress.sources.add(spore.id)
-        return spore
 
     def _set_state(self, new: State) -> None:
         old, self._state = self._state, new
@@ -360,9 +359,10 @@ class Organism(OutsideApi):
         return left
 
     @contextlib.asynccontextmanager
-    async def running(self, *, drain_timeout: float | None = 30.0) -> AsyncIterator[Organism]:
+    async def running(self, *, drain_timeout: float | None = 30.0,
+                      reboot: bool = False) -> AsyncIterator[Organism]:
         """``async with organism.running():`` starts it, and drains and stops it after."""
-        await self.start()
+        await self.start(reboot=reboot)
         try:
             yield self
         finally:

@@ -1,13 +1,16 @@
 """What the outside world calls to talk to a running organism: ``send``, ``broadcast``,
-``submit`` and ``request``, all through the run's ingress (see ``core.ingress``)."""
+``submit`` and ``request``, all through the run's ingress (see ``core.ingress``); and
+the boot spores an organism sends at its start, as from outside (``boot``)."""
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, NoReturn
 
+from sporeflow.pipeline.broker.bridge import Bridge
 from sporeflow.pipeline.core.ingress import Ingress
 from sporeflow.pipeline.core.run import Run
+from sporeflow.pipeline.journal.store import Journal
 from sporeflow.steps import Spore, SporeType
 
 __all__ = ["OutsideApi"]
@@ -17,6 +20,8 @@ class OutsideApi:
     """The sending half of :class:`~sporeflow.pipeline.Organism`."""
 
     _ingress: Ingress | None  # the current run's, at hand for the hot path
+    _bridge: Bridge | None  # the broker's, when there is one
+    _journal: Journal | None
 
     def _not_started(self) -> NoReturn:
         raise NotImplementedError
@@ -50,6 +55,30 @@ class OutsideApi:
             knowledge, to=None, channel=channel, sender=sender,
             spore_type=SporeType.BROADCAST, priority=priority, expires_in=expires_in,
             extra={}))
+
+    async def boot(self, agent: str, knowledge: Mapping[str, Any], *,
+                   again: bool = False) -> Spore | None:
+        """Send ``agent`` its boot spore: over a broker once per deployment (see
+        ``broker.boots``), with a journal once per journal, else at every start;
+        ``again``: even so. Returns it, or None when it was not sent."""
+        if self._bridge is not None:
+            return await self._bridge.boots.boot(
+                agent, lambda spore_id: self._boot_spore(agent, knowledge, spore_id), again=again)
+        boot_id = None
+        if self._journal is not None and not again:
+            boot_id = self._journal.boot_id(agent)  # None: this journal sent it already
+            if boot_id is None:
+                return None
+        return await self._boot_spore(agent, knowledge, boot_id)
+
+    async def _boot_spore(self, agent: str, knowledge: Mapping[str, Any],
+                          spore_id: str | None = None) -> Spore:
+        """Send ``agent`` a boot spore, with ``spore_id`` if given; its handler is a source
+        of work, stopped first at a stop (see ``core.ingress``)."""
+        spore = await (self.send(agent, dict(knowledge)) if spore_id is None
+                       else self.send(agent, dict(knowledge), id=spore_id))
+        self._require_running().ingress.sources.add(spore.id)
+        return spore
 
     async def request(self, to_agent: str, knowledge: dict[str, Any], *, timeout: float = 30.0,
                       sender: str = "system", priority: int = 5) -> Spore:

@@ -102,6 +102,10 @@ def backoff_delay(retry: Retry, attempt: int, rng: random.Random | None = None) 
 class AgentLane:
     """One agent's mailbox and slots; its handlers run on a :class:`RunnerPool`."""
 
+    # False in a lane that must see each spore in _run (steps.dedupe): no inline path.
+    inline = True
+    deduplicated = 0  # copies dropped (steps.dedupe)
+
     def __init__(
         self,
         name: str,
@@ -160,7 +164,7 @@ class AgentLane:
         lane = self
         mailbox, ready, resumers = lane._mailbox, pool.ready, lane._resumers
         policy = lane.policy
-        concurrency, quick = policy.concurrency, policy.timeout is None
+        concurrency, quick = policy.concurrency, policy.timeout is None and lane.inline
         invoke, shape = lane.invoke, lane.shape
         burst = _BURST
         # While serving the lane this task is only ever suspended inside its handlers:

@@ -10,6 +10,10 @@
   (else ``emit`` applies); the element's tag is its ``metadata["kind"]``.
 - any other iterable: each item as above (one spore in, N out: the flatmap).
 
+Each spore gets the id :func:`~sporeflow.steps.ids.derived_id` makes of the parent's id,
+the agent and its position among them (``start``, ``start + 1``, ...): handled again,
+the parent gives the same output the same ids.
+
 XML is read under the organism's ``limits.max_xml_elements`` and
 ``limits.max_xml_attributes``. :func:`shape_replies_off_loop` is what an agent's lane
 uses: XML text over ``OFFLOAD_XML_BYTES`` (alone or in an iterable) is parsed on a worker
@@ -31,6 +35,7 @@ from typing import Any, Final
 from sporeflow.config.errors import SporeError
 from sporeflow.config.model import Emit, Limits
 from sporeflow.config.units import parse_duration
+from sporeflow.steps.ids import derived_id
 from sporeflow.steps.spore import Spore, SporeType, new_spore
 from sporeflow.steps.xmlpayload import Payload, parse_payloads
 
@@ -46,28 +51,31 @@ _DEFAULT_LIMITS: Final = Limits()
 
 
 def shape_replies(result: Any, *, parent: Spore, agent: str, emit: Emit | None,
-                  limits: Limits = _DEFAULT_LIMITS) -> list[Spore]:
-    """Return the spores that ``result``, returned by ``agent`` for ``parent``, stands for."""
+                  limits: Limits = _DEFAULT_LIMITS, start: int = 0) -> list[Spore]:
+    """Return the spores that ``result``, returned by ``agent`` for ``parent``, stands for,
+    their ids derived from positions ``start`` on."""
     if result is None:
         return []
     kind = type(result)
     if kind is dict:
-        return [reply_spore(result, parent=parent, agent=agent, emit=emit)]
+        return [reply_spore(result, parent=parent, agent=agent, emit=emit,
+                            id=derived_id(parent.id, agent, start))]
     if kind is Spore:
-        return [_adopt(result, parent, agent)]
+        return _numbered([_adopt(result, parent, agent)], parent, agent, start)
     if kind is str or kind is bytes:
-        return _xml_replies(result, parent=parent, agent=agent, emit=emit, limits=limits)
+        return _numbered(_xml_replies(result, parent=parent, agent=agent, emit=emit,
+                                      limits=limits), parent, agent, start)
     if isinstance(result, Iterable) and not isinstance(result, str | bytes | dict):
         shaped: list[Spore] = []
         _shape_items(iter(result), shaped, parent=parent, agent=agent, emit=emit,
                      limits=limits, offload=None)
-        return shaped
+        return _numbered(shaped, parent, agent, start)
     raise SporeError(_bad_return(agent, result))
 
 
 def shape_replies_off_loop(
     result: Any, *, parent: Spore, agent: str, emit: Emit | None,
-    limits: Limits = _DEFAULT_LIMITS,
+    limits: Limits = _DEFAULT_LIMITS, start: int = 0,
 ) -> list[Spore] | Awaitable[list[Spore]]:
     """:func:`shape_replies`, or, when ``result`` is or holds XML text over
     ``OFFLOAD_XML_BYTES``, an awaitable of the same spores that parses it on a worker
@@ -76,23 +84,35 @@ def shape_replies_off_loop(
     """
     kind = type(result)
     if kind is dict:
-        return [reply_spore(result, parent=parent, agent=agent, emit=emit)]
+        return [reply_spore(result, parent=parent, agent=agent, emit=emit,
+                            id=derived_id(parent.id, agent, start))]
     if kind is str or kind is bytes:
         if len(result) > OFFLOAD_XML_BYTES:
             return _rest_off_loop([], result, iter(()), parent=parent, agent=agent, emit=emit,
-                                  limits=limits)
-        return _xml_replies(result, parent=parent, agent=agent, emit=emit, limits=limits)
+                                  limits=limits, start=start)
+        return _numbered(_xml_replies(result, parent=parent, agent=agent, emit=emit,
+                                      limits=limits), parent, agent, start)
     if result is None or kind is Spore or not isinstance(result, Iterable) or isinstance(
             result, str | bytes | dict):
-        return shape_replies(result, parent=parent, agent=agent, emit=emit, limits=limits)
+        return shape_replies(result, parent=parent, agent=agent, emit=emit, limits=limits,
+                             start=start)
     items = iter(result)
     shaped: list[Spore] = []
     large = _shape_items(items, shaped, parent=parent, agent=agent, emit=emit, limits=limits,
                          offload=OFFLOAD_XML_BYTES)
     if large is None:
-        return shaped
+        return _numbered(shaped, parent, agent, start)
     return _rest_off_loop(shaped, large, items, parent=parent, agent=agent, emit=emit,
-                          limits=limits)
+                          limits=limits, start=start)
+
+
+def _numbered(spores: list[Spore], parent: Spore, agent: str, start: int) -> list[Spore]:
+    """Give ``spores`` their derived ids, in place: each was made just now and nothing
+    else holds it yet (dataclasses.replace would cost ten times more)."""
+    parent_id = parent.id
+    for position, spore in enumerate(spores, start):
+        object.__setattr__(spore, "id", derived_id(parent_id, agent, position))
+    return spores
 
 
 def _shape_items(items: Iterator[Any], shaped: list[Spore], *, parent: Spore, agent: str,
@@ -119,14 +139,14 @@ def _shape_items(items: Iterator[Any], shaped: list[Spore], *, parent: Spore, ag
 
 async def _rest_off_loop(shaped: list[Spore], large: str | bytes | None, items: Iterator[Any],
                          *, parent: Spore, agent: str, emit: Emit | None,
-                         limits: Limits) -> list[Spore]:
+                         limits: Limits, start: int) -> list[Spore]:
     """Parse ``large`` on a worker thread, then shape the rest of ``items`` the same way."""
     while large is not None:
         shaped.extend(await _xml_replies_off_loop(large, parent=parent, agent=agent,
                                                   emit=emit, limits=limits))
         large = _shape_items(items, shaped, parent=parent, agent=agent, emit=emit,
                              limits=limits, offload=OFFLOAD_XML_BYTES)
-    return shaped
+    return _numbered(shaped, parent, agent, start)
 
 
 async def _xml_replies_off_loop(text: str | bytes, *, parent: Spore, agent: str,
@@ -140,8 +160,10 @@ async def _xml_replies_off_loop(text: str | bytes, *, parent: Spore, agent: str,
 def reply_spore(
     knowledge: dict[str, Any], *, parent: Spore, agent: str, emit: Emit | None,
     to: str | None = None, channel: str | None = None, priority: int | None = None,
+    id: str | None = None,
 ) -> Spore:
-    """One reply to ``parent``: explicit address first, then the request rule, then emit."""
+    """One reply to ``parent``: explicit address first, then the request rule, then emit.
+    ``id``: its derived id (see ``steps.ids``); a fresh one when None."""
     spore_type = SporeType.KNOWLEDGE
     reply_to = None
     if to is None and channel is None:
@@ -161,6 +183,7 @@ def reply_spore(
         reply_to=reply_to,
         thread_id=parent.thread_id or parent.id,
         hops=parent.hops + 1,
+        id=id,
     )
 
 

@@ -31,7 +31,6 @@ import hashlib
 import hmac
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -39,6 +38,7 @@ from sporeflow.config.errors import SporeError
 from sporeflow.config.reasons import Reason
 from sporeflow.config.secrets import Secret
 from sporeflow.config.signing_keys import KeySpec, SigningSpec, key_id
+from sporeflow.steps.seen import SeenWindow
 from sporeflow.steps.spore import Spore
 
 __all__ = [
@@ -253,14 +253,14 @@ class ReplayGuard:
     def __init__(self, window: float, max_seen: int) -> None:
         self.window = window
         self.max_seen = max_seen
-        self._seen: OrderedDict[int, float] = OrderedDict()  # digest -> signed at
+        self._seen = SeenWindow(window, max_seen)  # digest -> signed at
         self._forgotten_up_to = 0.0  # signatures this old or older may have been seen
         self.refused = 0
 
     def check(self, scope: str, signature: Signature, *, now: float | None = None) -> None:
         """Remember ``signature``; raise :class:`Replayed` when it was seen before."""
         now = time.time() if now is None else now
-        self._forget(now)
+        self._seen.forget(now)
         digest = int.from_bytes(hashlib.blake2b(
             f"{scope}\0{signature.token}".encode("utf-8", "surrogatepass"),
             digest_size=8).digest(), "big")
@@ -268,19 +268,9 @@ class ReplayGuard:
             self.refused += 1
             raise Replayed(f"signature {signature.token[:40]}... was seen before within the "
                            f"{self.window:.0f} s window on {scope!r}: a replay")
-        self._seen[digest] = signature.signed_at
-        if len(self._seen) > self.max_seen:
-            _, signed_at = self._seen.popitem(last=False)
-            self._forgotten_up_to = max(self._forgotten_up_to, signed_at)
-
-    def _forget(self, now: float) -> None:
-        horizon = now - self.window
-        seen = self._seen
-        while seen:
-            oldest = next(iter(seen.values()))
-            if oldest >= horizon:
-                break
-            seen.popitem(last=False)
+        dropped = self._seen.add(digest, signature.signed_at)
+        if dropped is not None:
+            self._forgotten_up_to = max(self._forgotten_up_to, dropped)
 
     def __len__(self) -> int:
         return len(self._seen)

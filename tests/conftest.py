@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from .private_broker import private_broker  # noqa: F401  (a fixture for every module)
+
 T = TypeVar("T")
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -45,7 +45,7 @@ channels:
   news: {publish: [b]}
 agents:
   a: {handler: brokerperm_handlers:ask_b, peers: [b], subscribe: [news]}
-  b: {handler: brokerperm_handlers:answer, subscribe: [news]}
+  b: {handler: brokerperm_handlers:answer, subscribe: [news], boot: {n: 0}}
   c: {handler: brokerperm_handlers:answer, peers: []}
 """
 HANDLERS = '''
@@ -93,6 +93,19 @@ def test_a_process_consumes_and_binds_only_its_own(spec: OrganismSpec) -> None:
                    "sporeflow.shop.b", theirs) == [True, True, True, False, False, False]
     assert matches(perms.topic_read, "reply.shop-a.0f3c", "#", "agent.a.*", "reply.shop-b.0f3c",
                    "reply.*.0f3c") == [True, False, False, False, False]
+
+
+def test_a_process_records_only_the_boots_of_its_own_booted_agents(spec: OrganismSpec) -> None:
+    topology = Topology.of(spec)
+    names = [topology.boot_lock("b"), topology.boot_marker("b"), topology.boot_lock("a"),
+             topology.boot_marker("a"), topology.queue("b"), f"{topology.boot_marker('b')}x"]
+    perms_b = permissions(spec, ["b"], user="shop-b")
+    assert matches(perms_b.configure, *names) == [True, True, False, False, False, False]
+    assert matches(perms_b.write, *names[:2]) == matches(perms_b.read, *names[:2]) == [
+        False, False]
+    # a has no boot spore, and a client boots nothing.
+    for perms in (permissions(spec, ["a"]), permissions(spec, [])):
+        assert matches(perms.configure, *names[:4]) == [False] * 4
 
 
 def test_a_process_publishes_only_where_its_agents_may(spec: OrganismSpec) -> None:
@@ -297,6 +310,8 @@ async def test_user_a_is_refused_what_is_not_its_own(vhost: Vhost) -> None:
         assert topology.queue("b") in await refused(
             connection, lambda ch: ch.queue_delete(topology.queue("b")))
         assert "spy" in await refused(connection, lambda ch: ch.declare_queue("spy"))
+        assert topology.boot_lock("b") in await refused(
+            connection, lambda ch: ch.declare_queue(topology.boot_lock("b"), exclusive=True))
         assert f"authenticated user was '{user_a}'" in await refused(
             connection, lambda ch: publish(ch, "agent.b.request", aio_pika.Message(
                 b"{}", user_id=vhost.users["b"][0])),
@@ -362,7 +377,8 @@ def spawn_b(vhost: Vhost) -> subprocess.Popen[bytes]:
 @pytest.mark.amqp
 async def test_two_processes_with_their_own_users_answer_a_request(vhost: Vhost) -> None:
     """Process B (``sporeflow run --agents b``, user b) answers agent a, hosted here as
-    user a; responses reach a's reply queue through the exchange."""
+    user a; responses reach a's reply queue through the exchange. B boots b, recording it
+    with its user's permissions."""
     process_b = spawn_b(vhost)
     org_a = Organism.from_file(vhost.organism, backend=vhost.url("a"), hosted=["a"])
     try:
@@ -379,3 +395,6 @@ async def test_two_processes_with_their_own_users_answer_a_request(vhost: Vhost)
     assert process_b.returncode == 0, stderr
     assert "Traceback" not in stderr
     assert stderr.count("spores are unsigned on the broker at 127.0.0.1:5672") == 1
+    async with await aio_pika.connect(vhost.admin) as connection:  # b's boot is recorded
+        channel = await connection.channel()
+        await channel.get_exchange(vhost.topology.boot_marker("b"), ensure=True)

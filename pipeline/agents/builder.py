@@ -25,6 +25,7 @@ from sporeflow.pipeline.core.latency import LatencyHistogram
 from sporeflow.pipeline.core.ledger import Ledger
 from sporeflow.pipeline.core.wiring import AgentRuntime
 from sporeflow.steps import AgentLane, LanePolicy, RunnerPool, Spore
+from sporeflow.steps.dedupe import Dedupe, DedupingLane
 from sporeflow.steps.replies import shape_replies_off_loop
 
 __all__ = ["AgentBuilder", "InvocationWrapper"]
@@ -59,6 +60,7 @@ class AgentBuilder:
         self.wrapper = wrapper
         # The sync handlers' threads of the agents built (those still in use).
         self.threads: weakref.WeakSet[AgentThreads] = weakref.WeakSet()
+        self.dedupes: dict[str, Dedupe] = {}  # by agent, for this run (see steps.dedupe)
 
     def close(self) -> None:
         """The run ends: every agent's idle threads end; abandoned ones are not waited for."""
@@ -88,12 +90,26 @@ class AgentBuilder:
         invoke, shape = self._invoker(spec, lambda: agent), self._shaper(spec, lambda: agent)
         if self.wrapper is not None:
             invoke, shape = self.wrapper.wrap(name, invoke, shape)
-        lane = AgentLane(name, invoke, shape,
-                         LanePolicy(spec.concurrency, spec.timeout, spec.retry),
-                         on_done=on_done, on_failed=on_failed, now=self.now, pool=self.pool)
+        policy = LanePolicy(spec.concurrency, spec.timeout, spec.retry)
+        if spec.dedupe is None:  # the plain lane: no dedupe, nothing paid for it
+            lane = AgentLane(name, invoke, shape, policy, on_done=on_done,
+                             on_failed=on_failed, now=self.now, pool=self.pool)
+        else:
+            lane = DedupingLane(name, invoke, shape, policy, on_done=on_done,
+                                on_failed=on_failed, now=self.now, pool=self.pool,
+                                dedupe=self._dedupe(name, spec.dedupe),
+                                on_dropped=lambda spore: ledger.dropped(spore, name))
         agent = AgentRuntime(spec, lane, logging.getLogger(f"sporeflow.agent.{name}"))
         self.states.attach(agent)  # a class agent's holder, state loaded beforehand
         return agent
+
+    def _dedupe(self, name: str, window: float) -> Dedupe:
+        """``name``'s dedupe window: the same ids and count across reloads of the agent."""
+        dedupe = self.dedupes.get(name)
+        if dedupe is None:
+            dedupe = self.dedupes[name] = Dedupe(window, self.now)
+        dedupe.window = window
+        return dedupe
 
     def _invoker(self, spec: AgentSpec, runtime: Callable[[], AgentRuntime]) -> Invoke:
         handler: Callable[..., Any] = orchestrator(spec) or spec.handler  # gather, sequence
@@ -157,16 +173,19 @@ async def _stream(results: Any, parent: Spore, name: str, emit: Emit | None,
 
     It stops at its next item once the organism is stopping, and waits, its slot lent,
     while spores are paged out to disk, so that a fast source keeps memory and disk
-    bounded (see ``Intake.feed``).
+    bounded (see ``Intake.feed``). What it yields is numbered across the stream, for the
+    derived ids (see ``steps.ids``).
     """
+    position = 0
     async with contextlib.aclosing(results) if hasattr(results, "aclose") else (
             contextlib.nullcontext(results)) as items:
         async for item in items:
             replies = shape_replies_off_loop(item, parent=parent, agent=name, emit=emit,
-                                             limits=limits)
+                                             limits=limits, start=position)
             if not isinstance(replies, list):
                 replies = await replies  # large XML, parsed on a worker thread
             if replies:
+                position += len(replies)
                 port.output(replies, parent, name)
             if intake.closed:
                 break

@@ -17,6 +17,7 @@ from sporeflow.pipeline.core.ingress import Ingress
 from sporeflow.pipeline.core.requests import new_request_id
 from sporeflow.pipeline.core.wiring import AgentRuntime, WiringSnapshot
 from sporeflow.steps import Spore, SporeType, expiry_after, new_spore, reply_spore
+from sporeflow.steps.ids import derived_id
 
 __all__ = ["Context", "HandlerPort", "RunPort"]
 
@@ -74,9 +75,13 @@ class Context:
     ``send``, ``broadcast`` and ``reply`` never wait for room: what a handler
     sends is part of work already admitted. ``request`` gives this agent's slot
     back while it waits, so the responder can run even on this same agent.
+
+    What it sends gets an id derived from the spore handled and the order of the sends
+    in this run (``s0``, ``s1``, ...; see ``steps.ids``); a request keeps a random id.
     """
 
-    __slots__ = ("_organism", "_agent", "spore", "attempt")
+    __slots__ = ("_organism", "_agent", "spore", "attempt", "_sent")
+    _sent: int  # this run's sends so far, set at the first: one that sends none pays nothing
 
     def __init__(self, organism: HandlerPort, agent: AgentRuntime, spore: Spore,
                  attempt: int) -> None:
@@ -98,12 +103,21 @@ class Context:
         """This agent's own mutable state, kept across spores."""
         return self._agent.state
 
+    def _sent_id(self) -> str:
+        """The derived id of this run's next send."""
+        try:
+            position = self._sent
+        except AttributeError:
+            position = 0
+        self._sent = position + 1
+        return derived_id(self.spore.id, self.agent, f"s{position}")
+
     def _spore(self, knowledge: dict[str, Any], *, to: str | None, channel: str | None,
                spore_type: SporeType, priority: int | None, expires_in: float | None,
                ) -> Spore:
         parent = self.spore
         return new_spore(
-            id=new_request_id() if spore_type is SporeType.REQUEST else None,
+            id=new_request_id() if spore_type is SporeType.REQUEST else self._sent_id(),
             knowledge=knowledge, spore_type=spore_type, from_agent=self.agent, to_agent=to,
             channel=channel or parent.channel,
             priority=priority if priority is not None else parent.priority,
@@ -133,7 +147,7 @@ class Context:
         """Answer the spore being handled: a response to a request, else to the sender."""
         spore = reply_spore(knowledge, parent=self.spore, agent=self.agent, emit=None,
                             to=None if self.spore.spore_type is SporeType.REQUEST
-                            else self.spore.from_agent)
+                            else self.spore.from_agent, id=self._sent_id())
         self._organism.emit(spore, self.spore, self.agent)
         return spore
 

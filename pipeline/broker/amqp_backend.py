@@ -1,4 +1,5 @@
-"""The RabbitMQ backend, through aio-pika: the only module that imports it.
+"""The RabbitMQ backend, through aio-pika (``dead_letter_queue`` reads the dead letters
+at rest, for ``sporeflow dlq``).
 
 Topology, declared by every process of an organism (declarations are idempotent):
 
@@ -8,14 +9,20 @@ Topology, declared by every process of an organism (declarations are idempotent)
     queue <name>.<agent>        durable, one per agent, shared by every process
                                 hosting it (competing consumers); bound to its
                                 own key and to its channels' keys;
-                                ``x-max-priority: 10``, dead-lettering to:
+                                ``x-max-priority: 10``, or quorum with an
+                                ``x-delivery-limit`` (``Topology.queue_arguments``);
+                                dead-lettering to:
     exchange <name>.dead        durable fanout, into
     queue <name>.dead-letters   durable; reason, error, agent and attempts in
                                 ``x-sporeflow-*`` headers
     queue <name>.reply.<user>.<token>
-                                the reply queue: one per connection, exclusive,
-                                bound by ``reply.<user>.<token>``; responses go
-                                there through the exchange, never by the default
+                                the reply queue: one per process, consumed by it
+                                alone; durable, deleted by RabbitMQ once unused for
+                                ``x-expires`` (``broker.give_up_after`` and a
+                                minute), so that it outlives an outage with the
+                                responses sent during it; bound by
+                                ``reply.<user>.<token>``; responses go there
+                                through the exchange, never by the default
                                 exchange (which reaches any queue by its name)
 
 Every message published carries ``user_id``, the user this connection logged in as,
@@ -25,6 +32,11 @@ administrator declared (``sporeflow broker-declare``), checking it passively.
 
 Publishing waits for the broker's confirm and is mandatory (an unroutable spore
 is an error, not a silent drop). Each consumer has its own channel and prefetch.
+The connection is aio-pika's robust one (``amqp_link``): after an outage it is made
+again and all of the above declared and consumed again; ``link`` says its state.
+A publish cut off by the loss raises :class:`Disconnected` (publish it again once
+``link`` is up); a delivery of a lost connection raises :class:`Requeued` when
+settled (the broker gave it back to its queue).
 Every aio-pika/aiormq error is translated here into :class:`BrokerError`, and
 the URL's password never appears in a message.
 """
@@ -32,14 +44,15 @@ the URL's password never appears in a message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
-from collections.abc import Mapping
 from typing import Any
 
 import aio_pika
 import aiormq
 from aio_pika.abc import (
+    AbstractChannel,
     AbstractConnection,
     AbstractExchange,
     AbstractIncomingMessage,
@@ -47,23 +60,28 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
-from sporeflow.config import BrokerError, SporeError, SporeflowError, redact_text, redact_url
-from sporeflow.config.reasons import reason_of
-from sporeflow.pipeline.broker.amqp_codec import (
-    MAX_HEADERS_BYTES,
-    headers_size,
-    spore_from_amqp,
-    spore_to_amqp,
+from sporeflow.config import BrokerError, redact_text, redact_url
+from sporeflow.pipeline.broker.amqp_boots import AmqpBootRecord
+from sporeflow.pipeline.broker.amqp_codec import MAX_HEADERS_BYTES, headers_size, spore_to_amqp
+from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, AmqpInbound, broker_failure
+from sporeflow.pipeline.broker.amqp_link import ReconnectingConnection, connect
+from sporeflow.pipeline.broker.backend import (
+    Backend,
+    BackendStatistics,
+    BootRecord,
+    OnMessage,
+    Topology,
 )
-from sporeflow.pipeline.broker.backend import Backend, BackendStatistics, OnMessage, Topology
+from sporeflow.pipeline.broker.link import Disconnected, Link
 from sporeflow.pipeline.broker.queue_bounds import full_queue_message, redeclared_message
 from sporeflow.steps import Spore
 
 __all__ = ["AmqpBackend"]
 
-_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError,
-           ConnectionError, OSError, asyncio.TimeoutError, RuntimeError)
+_ERRORS = AMQP_ERRORS
 _MAX_ERROR_HEADER = 2000
+_LOSS_REPORTED = 1.0  # seconds: an error caused by a lost connection precedes its report
+_REPLY_EXPIRES = 3600.0  # seconds a reply queue outlives its process without give_up_after
 _log = logging.getLogger("sporeflow.broker.amqp")
 
 
@@ -74,12 +92,18 @@ class AmqpBackend(Backend):
     ``amqps://user:password@host:5671/?cafile=ca.pem&certfile=client.pem&keyfile=key.pem``.
     """
 
+    _link: Link  # never None here: made with the backend, renewed by open()
+
     def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
         self._url = url
         self.address = redact_url(url)
         self.connect_timeout = connect_timeout
         self.stats = BackendStatistics(self.address)
-        self._connection: AbstractConnection | None = None
+        self._connection: ReconnectingConnection | None = None
+        self._link = Link(self.address)
+        self._reply: AbstractQueue | None = None
+        self._stopping: asyncio.Task[None] | None = None  # closing, after giving up
+        self._publishing: AbstractChannel | None = None  # the channel of _exchange
         self._exchange: AbstractExchange | None = None
         self._default: AbstractExchange | None = None
         self._dead: AbstractExchange | None = None
@@ -90,22 +114,30 @@ class AmqpBackend(Backend):
         self._reopening = asyncio.Lock()
 
     def _fail(self, doing: str, exc: BaseException) -> BrokerError:
-        detail = redact_text(f"{type(exc).__name__}: {exc}")
-        return BrokerError(f"RabbitMQ at {self.address}: {doing} failed: {detail}")
+        return broker_failure(self.address, doing, exc)
+
+    def _received(self, message: AbstractIncomingMessage) -> AmqpInbound:
+        self.stats.consumed += 1
+        topology = self._topology
+        return AmqpInbound(message, link=self._link, stats=self.stats, address=self.address,
+                           max_spore_bytes=topology.max_spore_bytes if topology else None)
 
     async def open(self, topology: Topology) -> None:
+        self._link = link = self._link.renewed()  # a new connection; the settings kept
+        link.on_give_up.append(self._gave_up)
+        self._stopping = None
         try:
-            self._connection = await aio_pika.connect(
-                self._url, timeout=self.connect_timeout,
-                client_properties={"connection_name": f"sporeflow {topology.exchange}"})
+            self._connection = await connect(
+                self._url, link, timeout=self.connect_timeout,
+                name=f"sporeflow {topology.exchange}")
         except _ERRORS as exc:
             raise BrokerError(
                 f"cannot reach RabbitMQ at {self.address}: "
                 f"{redact_text(f'{type(exc).__name__}: {exc}')}; is the broker running and "
                 f"are the host, port and credentials right?") from exc
-        try:
-            channel = await self._connection.channel(publisher_confirms=True,
-                                                     on_return_raises=True)
+        channel = self._connection.lasting(publisher_confirms=True)
+        try:  # declared again on this channel after each reconnection
+            await channel
             self._exchange = await channel.declare_exchange(
                 topology.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
             self._dead = await channel.declare_exchange(
@@ -116,14 +148,18 @@ class AmqpBackend(Backend):
                 topology.dead_letter_queue, durable=True,
                 arguments=topology.dead_letter_arguments())
             await dead_letters.bind(self._dead, routing_key="")
-            arguments = topology.queue_arguments()
             for agent in topology.subscriptions:
                 queue = await channel.declare_queue(topology.queue(agent), durable=True,
-                                                    arguments=arguments)
+                                                    arguments=topology.queue_arguments(agent))
                 for pattern in topology.bindings(agent):
                     await queue.bind(self._exchange, routing_key=pattern)
             self.declared = True
+            # Published apart: a refused publish closes that channel, not the topology's.
+            await self._publish_on(topology.exchange, topology.dead_letter_exchange,
+                                   ensure=False)
         except aiormq.exceptions.ChannelAccessRefused:
+            with contextlib.suppress(*_ERRORS):  # else aio-pika would open it again
+                await channel.close()
             await self._join(topology)  # a per-process user: the topology is declared
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             await self.close()
@@ -139,8 +175,8 @@ class AmqpBackend(Backend):
     async def _publish_on(self, exchange: str, dead: str, *, ensure: bool) -> None:
         """Publish from now on through a new confirming channel, on exchanges that exist
         (``ensure``: checked by a passive declaration, which needs no permission)."""
-        channel = await self._require_connection().channel(publisher_confirms=True,
-                                                           on_return_raises=True)
+        channel = await self._require_connection().lasting(publisher_confirms=True)
+        self._publishing = channel
         self._exchange = await channel.get_exchange(exchange, ensure=ensure)
         self._dead = await channel.get_exchange(dead, ensure=ensure)
         self._default = channel.default_exchange
@@ -199,6 +235,11 @@ class AmqpBackend(Backend):
             queue is not None and self._topology is not None) else None
         if reply_key is not None:  # one of our reply queues: bound to the exchange
             exchange, key = self._exchange or exchange, reply_key
+        link = self._link
+        if not link.up:
+            raise Disconnected(f"RabbitMQ at {self.address} is {link.state}: spore {spore.id} "
+                               f"waits for the connection")
+        generation = link.generation
         try:
             await exchange.publish(message, routing_key=key, mandatory=True)
         except aiormq.exceptions.PublishError as exc:
@@ -218,8 +259,11 @@ class AmqpBackend(Backend):
                 f"not publish to {exchange.name or 'the default exchange'!r} with routing key "
                 f"{key!r} ({exc}); see sporeflow broker-permissions") from exc
         except _ERRORS as exc:
+            failure = self._fail(f"publishing spore {spore.id}", exc)
+            if await link.wait_lost(generation, _LOSS_REPORTED):  # not refused: cut off
+                raise Disconnected(str(failure)) from exc
             self.stats.failed_publishes += 1
-            raise self._fail(f"publishing spore {spore.id}", exc) from exc
+            raise failure from exc
         self.stats.published += 1
 
     async def _reopen_publishing(self, refused: AbstractExchange) -> None:
@@ -229,6 +273,9 @@ class AmqpBackend(Backend):
             if exchange is None or dead is None or (
                     refused is not exchange and refused is not self._default):
                 return  # closed by close(), or reopened for a publish refused alongside
+            if self._publishing is not None:
+                with contextlib.suppress(*_ERRORS):  # else aio-pika would reopen it too
+                    await self._publishing.close()
             try:
                 await self._publish_on(exchange.name, dead.name, ensure=False)
             except (*_ERRORS, BrokerError) as exc:  # the connection is gone: the next says so
@@ -238,15 +285,14 @@ class AmqpBackend(Backend):
     async def consume(self, queue: str, on_message: OnMessage, *, prefetch: int) -> None:
         connection = self._require_connection()
         try:
-            channel = await connection.channel(publisher_confirms=False)
+            channel = await connection.lasting(publisher_confirms=False)
             await channel.set_qos(prefetch_count=max(prefetch, 1))
             declared = await channel.declare_queue(queue, passive=True)
         except _ERRORS as exc:
             raise self._fail(f"consuming {queue!r}", exc) from exc
 
         async def deliver(message: AbstractIncomingMessage) -> None:
-            self.stats.consumed += 1
-            on_message(_AmqpInbound(self, message))
+            on_message(self._received(message))
 
         try:
             tag = await declared.consume(deliver)
@@ -258,27 +304,33 @@ class AmqpBackend(Backend):
         connection = self._require_connection()
 
         async def deliver(message: AbstractIncomingMessage) -> None:
-            self.stats.consumed += 1
-            on_message(_AmqpInbound(self, message))
+            on_message(self._received(message))
 
         topology, exchange = self._topology, self._exchange
         if topology is None or exchange is None:
             raise BrokerError(f"RabbitMQ at {self.address} is not open; call open() first")
         # Named after the user, so that its permissions can name its reply queues only.
         name = f"{topology.reply_prefix(self.user)}{secrets.token_hex(8)}"
+        # Not exclusive (RabbitMQ deletes those with their connection), so that it outlives
+        # an outage with the responses sent during it; nobody else may consume it.
+        limit = self._link.give_up_after
+        expires = round(((limit if limit is not None else _REPLY_EXPIRES) + 60) * 1000)
         try:
-            channel = await connection.channel(publisher_confirms=False)
-            queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
+            channel = await connection.lasting(publisher_confirms=False)
+            queue = await channel.declare_queue(name, durable=True,
+                                                arguments={"x-expires": expires})
             await queue.bind(exchange, routing_key=topology.reply_key(name))
-            await queue.consume(deliver, no_ack=True)
+            await queue.consume(deliver, no_ack=True, exclusive=True)
         except _ERRORS as exc:
             raise self._fail("declaring the reply queue", exc) from exc
+        self._reply = queue
         return queue.name
 
     async def dead_letter(self, message: Any, *, reason: str, error: str,
                           agent: str | None = None, attempts: int = 0) -> None:
-        if not isinstance(message, _AmqpInbound) or self._dead is None:
+        if not isinstance(message, AmqpInbound) or self._dead is None:
             raise BrokerError(f"RabbitMQ at {self.address}: cannot dead-letter {message!r}")
+        message.check_current("dead-lettering")
         raw = message.raw
         headers = dict(raw.headers or {})
         if headers_size(headers, MAX_HEADERS_BYTES) > MAX_HEADERS_BYTES:
@@ -304,6 +356,8 @@ class AmqpBackend(Backend):
     async def cancel(self) -> None:
         """Stop every consumer; what they hold unacked stays held until ack or close."""
         consumers, self._consumers = self._consumers, []
+        if not self._link.up:  # aio-pika would wait for the connection: close() ends it
+            return
         for queue, tag in consumers:
             try:
                 await queue.cancel(tag)
@@ -312,16 +366,21 @@ class AmqpBackend(Backend):
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
+        reply, self._reply = self._reply, None
+        self._link.close("the backend was closed")
         self._exchange = self._default = self._dead = None
         self._consumers = []
         if connection is not None and not connection.is_closed:
+            if reply is not None and connection.connected.is_set():
+                with contextlib.suppress(*_ERRORS):  # it would wait for x-expires else
+                    await reply.delete(if_unused=False, if_empty=False)
             try:
                 await connection.close()
             except _ERRORS:
                 pass  # closing a broken connection: the broker requeues what it held
 
     async def destroy(self, topology: Topology) -> None:
-        connection = self._connection
+        connection: AbstractConnection | None = self._connection
         owned = connection is None
         try:
             if connection is None:
@@ -333,6 +392,8 @@ class AmqpBackend(Backend):
             await channel.exchange_delete(topology.exchange)
             await channel.exchange_delete(topology.dead_letter_exchange)
             await channel.exchange_delete(topology.signing_marker)
+            for agent in topology.subscriptions:  # the deployment's boot record too
+                await channel.exchange_delete(topology.boot_marker(agent))
             await channel.close()
         except _ERRORS as exc:
             raise self._fail(f"deleting the topology of {topology.exchange!r}", exc) from exc
@@ -341,57 +402,27 @@ class AmqpBackend(Backend):
                 await connection.close()
 
     def statistics(self) -> BackendStatistics:
-        return BackendStatistics(**self.stats.as_dict())
+        return BackendStatistics(**{**self.stats.as_dict(), "state": self._link.state,
+                                    "reconnects": self._link.reconnects})
 
-    def _require_connection(self) -> AbstractConnection:
+    @property
+    def link(self) -> Link:
+        return self._link
+
+    def _gave_up(self, _: BrokerError) -> None:
+        """Stop reconnecting: a supervisor restarts the process (see ``link``)."""
+        connection = self._connection
+        if connection is not None and self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(connection.close())
+
+    def boot_record(self, topology: Topology) -> BootRecord:
+        return AmqpBootRecord(topology, self._require_connection, fail=self._fail,
+                              errors=_ERRORS, address=self.address, user=self.user)
+
+    def _require_connection(self) -> ReconnectingConnection:
         if self._connection is None:
             raise BrokerError(f"RabbitMQ at {self.address} is not open; call open() first")
         return self._connection
-
-
-class _AmqpInbound:
-    """One delivered message, decoded; its ack and nack raise only :class:`BrokerError`."""
-
-    __slots__ = ("_backend", "raw", "spore", "rejection")
-
-    def __init__(self, backend: AmqpBackend, raw: AbstractIncomingMessage) -> None:
-        self._backend = backend
-        self.raw = raw
-        self.spore: Spore | None = None
-        self.rejection: tuple[str, SporeflowError] | None = None
-        headers: Mapping[str, Any] = raw.headers or {}
-        try:
-            topology = backend._topology  # a body too large for a spore is refused unread
-            self.spore = spore_from_amqp(raw.body, headers, max_spore_bytes=(
-                topology.max_spore_bytes if topology is not None else None))
-        except SporeError as exc:
-            self.rejection = (reason_of(exc), exc)
-
-    @property
-    def redelivered(self) -> bool:
-        return bool(self.raw.redelivered)
-
-    @property
-    def reply_queue(self) -> str | None:
-        return self.raw.reply_to or None
-
-    @property
-    def user_id(self) -> str | None:
-        return self.raw.user_id or None
-
-    async def ack(self) -> None:
-        try:
-            await self.raw.ack()
-        except _ERRORS as exc:
-            raise self._backend._fail("acknowledging a message", exc) from exc
-        self._backend.stats.acked += 1
-
-    async def nack(self, *, requeue: bool) -> None:
-        try:
-            await self.raw.nack(requeue=requeue)
-        except _ERRORS as exc:
-            raise self._backend._fail("rejecting a message", exc) from exc
-        self._backend.stats.nacked += 1
 
 
 def _login(url: str) -> tuple[str, str | None]:

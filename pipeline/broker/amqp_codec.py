@@ -1,8 +1,9 @@
 """The AMQP wire form of a spore, laid out as Praval 0.8.4's ``Spore.to_amqp_message``.
 
     headers   spore_id, spore_type, from_agent, to_agent, created_at, expires_at,
-              priority, reply_to, version  (Praval's, strings, "" for none)
+              priority, reply_to, version  (Praval's, strings)
               channel, thread_id, hops     (sporeflow's; Praval ignores them)
+              each left out when empty or at its default (Praval reads it so too)
     body      the knowledge as JSON; or, when the spore carries metadata or
               references, Praval's envelope {"_praval_spore_envelope": "2.0", ...}
     props     message_id, priority, timestamp, expiration (from expires_at),
@@ -25,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sporeflow.config.errors import LimitExceeded, SporeError
-from sporeflow.steps import Spore, utc_now
+from sporeflow.steps import DEFAULT_CHANNEL, Spore, utc_now
 
 __all__ = ["MAX_HEADERS_BYTES", "SIGNATURE_HEADER", "WIRE_VERSION", "headers_size",
            "spore_from_amqp", "spore_to_amqp"]
@@ -61,20 +62,29 @@ def spore_to_amqp(
                           allow_nan=False).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise SporeError(f"spore {spore.id} cannot be written as JSON: {exc}") from None
+    # Each header costs the client, the broker and the consumer a table entry to encode
+    # or decode: empty and default ones are left out (both decoders, ours and Praval's,
+    # read a missing header as its default).
     headers: dict[str, Any] = {
         "spore_id": spore.id,
         "spore_type": spore.spore_type.value,
         "from_agent": spore.from_agent,
-        "to_agent": spore.to_agent or "",
         "created_at": spore.created_at.isoformat(),
-        "expires_at": spore.expires_at.isoformat() if spore.expires_at else "",
         "priority": str(spore.priority),
-        "reply_to": spore.reply_to or "",
         "version": WIRE_VERSION,
-        "channel": spore.channel,
-        "thread_id": spore.thread_id or "",
-        "hops": spore.hops,
     }
+    if spore.to_agent is not None:
+        headers["to_agent"] = spore.to_agent
+    if spore.expires_at is not None:
+        headers["expires_at"] = spore.expires_at.isoformat()
+    if spore.reply_to is not None:
+        headers["reply_to"] = spore.reply_to
+    if spore.channel != DEFAULT_CHANNEL:
+        headers["channel"] = spore.channel
+    if spore.thread_id is not None:
+        headers["thread_id"] = spore.thread_id
+    if spore.hops:
+        headers["hops"] = spore.hops
     properties: dict[str, Any] = {
         "message_id": spore.id, "priority": spore.priority, "timestamp": spore.created_at,
         "content_type": "application/json", "delivery_mode": 2,

@@ -20,16 +20,20 @@ import abc
 import os
 import re
 from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from sporeflow.config import BrokerError, OrganismSpec, SporeflowError
+from sporeflow.config.model import DEFAULT_MAX_CRASHES
 from sporeflow.config.secrets import ENV_REFERENCE  # secrets_of reads ${NAME} the same way
+from sporeflow.pipeline.broker.link import Link
 from sporeflow.steps import Spore
 
 __all__ = [
     "Backend",
     "BackendStatistics",
+    "BootRecord",
     "Inbound",
     "Topology",
     "resolve_backend_url",
@@ -66,6 +70,10 @@ class Topology:
     dead_letter_max_length_bytes: int | None = None
     # A message too large to hold a spore within it is refused unread (None: not checked).
     max_spore_bytes: int | None = None
+    # The agents' queues: classic (priorities) or quorum, where RabbitMQ dead-letters a
+    # message given back each agent's max_crashes times (x-delivery-limit, one less).
+    queue_type: str = "classic"
+    max_crashes: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, spec: OrganismSpec) -> Topology:
@@ -79,13 +87,25 @@ class Topology:
             max_length=broker.max_length, max_length_bytes=broker.max_length_bytes,
             overflow=broker.overflow, dead_letter_max_length=broker.dead_letter_max_length,
             dead_letter_max_length_bytes=broker.dead_letter_max_length_bytes,
-            max_spore_bytes=spec.limits.max_spore_bytes)
+            max_spore_bytes=spec.limits.max_spore_bytes, queue_type=broker.queue_type,
+            max_crashes={name: agent.max_crashes for name, agent in spec.agents.items()})
 
-    def queue_arguments(self) -> dict[str, Any]:
-        """The arguments of every agent's queue (RabbitMQ's ``x-`` names)."""
-        return {"x-max-priority": self.max_priority,
-                "x-dead-letter-exchange": self.dead_letter_exchange,
-                **_bounds(self.max_length, self.max_length_bytes, self.overflow)}
+    def queue_arguments(self, agent: str) -> dict[str, Any]:
+        """The arguments of ``agent``'s queue (RabbitMQ's ``x-`` names)."""
+        arguments = {"x-dead-letter-exchange": self.dead_letter_exchange,
+                     **_bounds(self.max_length, self.max_length_bytes, self.overflow)}
+        if self.queue_type != "quorum":  # classic: declared as before quorum existed
+            return {"x-max-priority": self.max_priority, **arguments}
+        # A quorum queue refuses x-max-priority (RabbitMQ 3.10). A message given back
+        # (its consumer died, stopped or nacked it) more than x-delivery-limit times is
+        # dead-lettered `delivery_limit`: max_crashes deliveries in all, as the journal's
+        # poison rule counts. At-least-once: kept until the dead-letter queue confirms it
+        # (RabbitMQ does so with reject-publish only).
+        limit = self.max_crashes.get(agent, DEFAULT_MAX_CRASHES) - 1
+        arguments.update({"x-queue-type": "quorum", "x-delivery-limit": limit})
+        if self.overflow == "reject-publish":
+            arguments["x-dead-letter-strategy"] = "at-least-once"
+        return arguments
 
     def dead_letter_arguments(self) -> dict[str, Any]:
         """The arguments of the dead-letter queue."""
@@ -113,6 +133,15 @@ class Topology:
             f"signing key, so every spore it sent would be refused: set organism.signing "
             f"(the same key_env) here too; if signing was turned off for good, delete that "
             f"exchange")
+
+    # A ':' is in no agent's name: these never meet an agent's queue.
+    def boot_marker(self, agent: str) -> str:
+        """An exchange that exists once the deployment sent ``agent``'s boot spore."""
+        return f"{self.exchange}.booted:{agent}"
+
+    def boot_lock(self, agent: str) -> str:
+        """An exclusive queue held by the one process booting ``agent`` just now."""
+        return f"{self.exchange}.booting:{agent}"
 
     @property
     def dead_letter_queue(self) -> str:
@@ -184,6 +213,19 @@ class Inbound(Protocol):
 
 OnMessage = Callable[[Inbound], None]
 
+class BootRecord(Protocol):
+    """What a deployment on a broker knows of its boot spores (see ``boots``)."""
+
+    def holding(self, agent: str) -> AbstractAsyncContextManager[None]:
+        """Hold ``agent``'s boot lock, waiting while another process holds it; a process
+        that dies lets go of it."""
+
+    async def booted(self, agent: str) -> bool:
+        """Whether the deployment sent ``agent``'s boot spore."""
+
+    async def note(self, agent: str) -> None:
+        """Record for good that ``agent``'s boot spore was sent."""
+
 @dataclass(slots=True)
 class BackendStatistics:
     """Counters of one backend connection, for tests and ``organism.stats()``."""
@@ -196,6 +238,8 @@ class BackendStatistics:
     dead_lettered: int = 0
     failed_publishes: int = 0
     queues: dict[str, int] = field(default_factory=dict)  # messages ready, where known
+    state: str = "connected"  # the link's: connecting, connected, disconnected, gave up...
+    reconnects: int = 0  # connections made again after a loss
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -206,9 +250,18 @@ class Backend(abc.ABC):
     ``publish`` returns once the broker has taken the spore (publisher confirms);
     a consumer's messages stay the broker's until acked, and a consumer that goes
     away (``close``, or a killed process) gives its unacked messages back.
+    ``link`` is the connection's state across outages (see ``link``).
     """
 
     address: str = "?"
+    _link: Link | None = None
+
+    @property
+    def link(self) -> Link:
+        """The connection's state; a backend that cannot lose it is always up."""
+        if self._link is None:
+            self._link = Link(self.address, up=True)
+        return self._link
 
     @abc.abstractmethod
     async def open(self, topology: Topology) -> None:
@@ -251,6 +304,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def statistics(self) -> BackendStatistics:
         """A snapshot of this connection's counters."""
+
+    def boot_record(self, topology: Topology) -> BootRecord | None:
+        """Where the deployment of ``topology`` records its boot spores, once open (None:
+        nowhere, and every start boots)."""
+        return None
 
     async def __aenter__(self) -> Backend:
         return self

@@ -21,6 +21,8 @@ route, schemas) before its agent's lane:
 - Requests carry this process's reply queue; their responses are published
   straight to it. A responder that fails sends a failure response there: the
   requester's ``request`` raises :class:`HandlerError` at once.
+- Across an outage of the broker, publishing waits and is made again once
+  reconnected (``publisher``); after ``broker.give_up_after`` the organism fails stop.
 - Spores from senders that are no agent of the organism (a Praval agent) are
   handled like outside spores; what goes back to such a sender is published by
   its direct routing key.
@@ -52,11 +54,13 @@ from sporeflow.config import (
 )
 from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.broker.backend import Backend, Inbound, Topology
+from sporeflow.pipeline.broker.boots import BootOnce
 from sporeflow.pipeline.broker.factory import open_backend
+from sporeflow.pipeline.broker.publisher import Publisher, failure_notice
+from sporeflow.pipeline.broker.settling import Settler
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.core.recent import RecentNames
-from sporeflow.pipeline.core.requests import FAILURE_KEY
 from sporeflow.pipeline.core.run import Run
 from sporeflow.steps import Delivery, Spore, SporeType
 from sporeflow.steps.signing import BadSignature, ReplayGuard, signed, verify
@@ -119,6 +123,7 @@ class Bridge(LedgerHook):
         self.hosted = names
         self.topology = Topology.of(spec)
         self.logger = logging.getLogger(f"sporeflow.bridge.{spec.name}")
+        self.boots = BootOnce(backend, self.topology, lambda: self.run.ledger, self.logger)
         self._keys = spec.signing
         self._replays = ReplayGuard(spec.signing.window, spec.signing.max_seen) if (
             spec.signing is not None) else None
@@ -136,6 +141,8 @@ class Bridge(LedgerHook):
         self.counts = {"consumed": 0, "redelivered": 0, "own_broadcasts": 0, "refused": 0,
                        "acked": 0, "dead_lettered": 0, "ack_failures": 0, "published": 0,
                        "publish_failures": 0, "failure_notices": 0}
+        self.publisher = Publisher(backend, spec.broker, self.counts)  # across outages
+        self._settle = Settler(backend, self.counts, self.logger)
 
     @property
     def run(self) -> Run:
@@ -148,6 +155,7 @@ class Bridge(LedgerHook):
         """Declare the topology, the reply queue, and consume each hosted agent's queue."""
         self._run = run
         await self.backend.open(self.topology)
+        self.publisher.opened()
         self._reply_queue = await self.backend.reply_queue(self._on_reply)
         for name in sorted(self.hosted):
             agent = self.spec.agents[name]
@@ -168,6 +176,7 @@ class Bridge(LedgerHook):
     async def close(self) -> None:
         """Finish pending acks and publishes, then disconnect (the broker requeues the
         rest)."""
+        self.publisher.closing()  # a publish waiting for a lost broker waits no more
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         await self.backend.close()
@@ -220,11 +229,11 @@ class Bridge(LedgerHook):
             return
         if spore.to_agent is None and spore.from_agent == agent:
             self.counts["own_broadcasts"] += 1  # a broadcast never goes back to its sender
-            self._spawn(self._ack(message))
+            self._spawn(self._settle.ack(message))
             return
         run = self._run
         if run is None or not run.running():
-            self._spawn(self._give_back(message))
+            self._spawn(self._settle.give_back(message))
             return
         sender = spore.from_agent
         if (type(sender) is str and sender not in self.spec.agents
@@ -248,7 +257,7 @@ class Bridge(LedgerHook):
         if message.spore is not None and self._run is not None:
             self._run.ledger.refused(message.spore, reason, error, agent=agent)
         if agent is not None:
-            self._spawn(self._dead_letter_now(message, agent, reason, str(error)))
+            self._spawn(self._settle.dead_letter(message, agent, reason, str(error)))
         return None
 
     def _on_reply(self, message: Inbound) -> None:
@@ -308,6 +317,7 @@ class Bridge(LedgerHook):
         """``spore`` left this process (confirmed, resolved, returned or dead-lettered)."""
         self._changed.set()  # quiet() looks again: this may have been the last one held
         self._untrusted.discard(id(spore))
+        self.publisher.settled(spore)
         ticket = self._inflight.pop(id(spore), None)
         if ticket is not None:  # refused by the chain before any handler ran
             ticket.finished = True
@@ -321,11 +331,11 @@ class Bridge(LedgerHook):
         if ticket.finished and ticket.pending <= 0 and not ticket.settling:
             ticket.settling = True
             if ticket.failure is None:
-                self._spawn(self._ack(ticket.message))
+                self._spawn(self._settle.ack(ticket.message))
             else:
                 reason, error, attempts = ticket.failure
-                self._spawn(self._dead_letter_now(ticket.message, ticket.agent, reason, error,
-                                                  attempts))
+                self._spawn(self._settle.dead_letter(ticket.message, ticket.agent, reason,
+                                                     error, attempts))
 
     # -- to the broker ----------------------------------------------------------------------
 
@@ -374,10 +384,12 @@ class Bridge(LedgerHook):
         expected = self._expected_back(spore, targets) if queue is None else 0
         self._expected += expected
         try:
-            wire = self._signed(spore, reply_queue)
-            await self.backend.publish(wire, routing_key=routing_key, queue=queue,
-                                       reply_queue=reply_queue)
+            await self.publisher.publish(spore, partial(self._signed, spore, reply_queue),
+                                         routing_key=routing_key, queue=queue,
+                                         reply_queue=reply_queue)
             self.counts["published"] += 1
+            if self.boots.waiting:  # a boot is recorded once the broker holds its spore
+                self.boots.confirmed(spore)
         except BadSignature as exc:  # no key here for its sender
             self._expected -= expected
             self.logger.warning("could not sign spore %s: %s", spore.id, exc)
@@ -385,7 +397,8 @@ class Bridge(LedgerHook):
         except BrokerError as exc:
             self._expected -= expected
             self.counts["publish_failures"] += 1
-            self.logger.warning("could not publish spore %s: %s", spore.id, exc)
+            (self.logger.warning if self.backend.link.up else self.logger.debug)(
+                "could not publish spore %s: %s", spore.id, exc)  # else the link said why
             self.run.ledger.record(spore, Reason.BROKER_ERROR, exc)
         finally:
             self.run.intake.settle(count)
@@ -407,44 +420,18 @@ class Bridge(LedgerHook):
 
     def _notify_failure(self, spore: Spore, agent: str, reason: str, error: str,
                         queue: str) -> None:
-        notice = Spore(knowledge={}, spore_type=_RESPONSE, from_agent=agent,
-                       to_agent=spore.from_agent, reply_to=spore.id, thread_id=spore.thread,
-                       metadata={FAILURE_KEY: {"agent": agent, "reason": str(reason),
-                                               "error": error[:2000]}})
+        notice = failure_notice(spore, agent, reason, error)
 
         async def send() -> None:
             try:
-                await self.backend.publish(self._signed(notice, None), queue=queue)
+                await self.publisher.publish(notice, partial(self._signed, notice, None),
+                                             queue=queue)
                 self.counts["failure_notices"] += 1
             except (BrokerError, BadSignature) as exc:  # its timeout will tell the requester
                 self.logger.info("could not tell %s that request %s failed: %s", queue,
                                  spore.id, exc)
 
         self._spawn(send())
-
-    async def _ack(self, message: Inbound) -> None:
-        try:
-            await message.ack()
-            self.counts["acked"] += 1
-        except BrokerError as exc:
-            self.counts["ack_failures"] += 1
-            self.logger.warning("could not ack a delivery (the broker will redeliver it): %s",
-                                exc)
-
-    async def _give_back(self, message: Inbound) -> None:
-        with contextlib.suppress(BrokerError):
-            await message.nack(requeue=True)
-
-    async def _dead_letter_now(self, message: Inbound, agent: str, reason: str, error: str,
-                               attempts: int = 0) -> None:
-        try:
-            await self.backend.dead_letter(message, reason=reason, error=error, agent=agent,
-                                           attempts=attempts)
-            self.counts["dead_lettered"] += 1
-        except BrokerError as exc:
-            self.logger.warning("could not dead-letter a delivery on the broker (it is "
-                                "recorded here): %s", exc)
-        await self._ack(message)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -466,6 +453,7 @@ class Bridge(LedgerHook):
             "hosted": sorted(self.hosted), "reply_queue": self._reply_queue,
             "in_flight": len(self._inflight), "awaiting_confirms": len(self._owners),
             "expected_back": self._expected, **self.counts,
+            "waiting_sends": self.publisher.waiting,  # outside sends, on a lost broker
             "connection": self.backend.statistics().as_dict(),
         }
 

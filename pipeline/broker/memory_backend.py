@@ -19,7 +19,8 @@ import dataclasses
 import itertools
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -29,6 +30,7 @@ from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.broker.backend import (
     Backend,
     BackendStatistics,
+    BootRecord,
     Inbound,
     OnMessage,
     Topology,
@@ -77,6 +79,8 @@ class MemoryBroker:
         self.queues: dict[str, _Queue] = {}
         self.bindings: dict[str, list[tuple[str, str]]] = {}  # exchange -> (pattern, queue)
         self.dead_letters: deque[DeadLetter] = deque(maxlen=max_dead_letters)
+        self.booted: set[str] = set()  # boot markers (see Topology.boot_marker)
+        self.boot_locks: dict[str, asyncio.Lock] = {}
 
     def declare(self, topology: Topology, address: str) -> None:
         if topology.signed:  # a process without a key must not join a signing organism
@@ -142,6 +146,7 @@ class MemoryBroker:
         for agent in topology.subscriptions:
             self.queues.pop(topology.queue(agent), None)
         self.bindings.pop(topology.exchange, None)
+        self.booted -= {topology.boot_marker(agent) for agent in topology.subscriptions}
 
 
 class _MemoryInbound:
@@ -294,12 +299,34 @@ class MemoryBackend(Backend):
     async def destroy(self, topology: Topology) -> None:
         self.broker.delete(topology)
 
+    def boot_record(self, topology: Topology) -> BootRecord:
+        return _MemoryBootRecord(self.broker, topology)
+
     def statistics(self) -> BackendStatistics:
         topology = self._topology
         if topology is not None:
             self.stats.queues = {topology.queue(a): self.broker.ready(topology.queue(a))
                                  for a in topology.subscriptions}
         return BackendStatistics(**self.stats.as_dict())
+
+
+class _MemoryBootRecord:
+    """A deployment's boot record on a :class:`MemoryBroker` (see ``broker.boots``)."""
+
+    def __init__(self, broker: MemoryBroker, topology: Topology) -> None:
+        self._broker, self._topology = broker, topology
+
+    @asynccontextmanager
+    async def holding(self, agent: str) -> AsyncIterator[None]:
+        locks = self._broker.boot_locks
+        async with locks.setdefault(self._topology.boot_lock(agent), asyncio.Lock()):
+            yield
+
+    async def booted(self, agent: str) -> bool:
+        return self._topology.boot_marker(agent) in self._broker.booted
+
+    async def note(self, agent: str) -> None:
+        self._broker.booted.add(self._topology.boot_marker(agent))
 
 
 @lru_cache(maxsize=4096)

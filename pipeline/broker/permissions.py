@@ -7,7 +7,9 @@ exchange, two over routing keys: write (the key of a message published) and read
 (the key of a binding made). From the organism's :class:`Topology` and wiring, a
 process hosting agents H as user U gets:
 
-    configure    U's reply queues (``<exchange>.reply.<U>.*``) and nothing else: an
+    configure    U's reply queues (``<exchange>.reply.<U>.*``), and the boot lock and
+                 record of each agent of H with a ``boot`` (``<exchange>.booting:<a>``,
+                 ``<exchange>.booted:<a>``, see ``boots``); nothing else: an
                  administrator declares the exchanges, queues and bindings once
                  (``sporeflow broker-declare``), so no process can delete them
     write        the exchange (publish), ``<exchange>.dead`` (dead letters), U's reply
@@ -87,6 +89,8 @@ def permissions(spec: OrganismSpec, agents: Iterable[str] | None = None, *,
     own = [re.escape(topology.queue(name)) for name in hosted]
     reply_queues = f"{re.escape(topology.reply_prefix(user))}{_TOKEN}"
     reply_key = topology.reply_key(topology.reply_prefix(user)) or ""
+    boots = [re.escape(name) for agent in hosted if spec.agents[agent].boot is not None
+             for name in (topology.boot_lock(agent), topology.boot_marker(agent))]
     sends = [_key(topology.direct_key, agent=addresses),
              *([_key(topology.broadcast_key, channel=channels)] if channels else [])]
     if hosted:  # a process answers requests in any other process's reply queue
@@ -95,7 +99,7 @@ def permissions(spec: OrganismSpec, agents: Iterable[str] | None = None, *,
     return Permissions(
         user=user, vhost=vhost, exchange=topology.exchange, agents=hosted,
         addresses=addresses, channels=channels,
-        configure=_any_of([reply_queues]),
+        configure=_any_of([reply_queues, *boots]),
         write=_any_of([exchange, *dead, reply_queues]),
         read=_any_of([exchange, *own, reply_queues]),
         topic_write=_any_of(sends),
@@ -183,7 +187,9 @@ def shell_script(perms: Permissions, *, organism: str,
         f'  printf \'%s\' "${env}" | rabbitmqctl add_user -- {q(user)}',
         "fi",
         "",
-        "# configure: its reply queues only (<exchange>.reply.<user>.<token>).",
+        "# configure: its reply queues (<exchange>.reply.<user>.<token>), and the boot lock",
+        "# and record of its agents with a boot spore (<exchange>.booting:<agent>, and",
+        "# <exchange>.booted:<agent>, which says the deployment sent it).",
         "# write: publish to the exchange"
         + (", dead-letter to <exchange>.dead" if perms.agents else "")
         + ", bind its reply queues.",

@@ -24,7 +24,7 @@ _INEQUIVALENT = re.compile(
     r"received (?P<new>.+?) but current is (?P<old>.+?)\s*$")
 _VALUE = re.compile(r"^(?:the value )?'(?P<value>[^']*)'(?: of type '[^']*')?$")
 _KEYS = {"x-max-length": "max_length", "x-max-length-bytes": "max_length_bytes",
-         "x-overflow": "overflow"}
+         "x-overflow": "overflow", "x-queue-type": "queue_type"}
 
 
 def redeclared_message(address: str, topology: Topology, error: str) -> str | None:
@@ -35,16 +35,26 @@ def redeclared_message(address: str, topology: Topology, error: str) -> str | No
         return None
     arg, queue = found["arg"], found["queue"]
     old, new = _value(found["old"]), _value(found["new"])
+    if arg == "x-max-priority" and topology.queue_type == "quorum":
+        # Checked before the type: a queue with priorities is classic, a quorum one has none.
+        arg, old, new = "x-queue-type", None, "quorum"
     head = (f"RabbitMQ at {address} holds queue {queue!r} with {arg}={old or 'unset'}, and "
             f"this organism declares it with {arg}={new or 'unset'}")
     key = _KEYS.get(arg)
+    if arg == "x-delivery-limit":  # an agent's max_crashes, less one
+        agent = queue.removeprefix(f"{topology.exchange}.")
+        return (f"{head}: agents.{agent}.max_crashes changed on a quorum queue; RabbitMQ "
+                f"never changes a queue's arguments: delete the queue (rabbitmqctl "
+                f"delete_queue {queue}; the messages in it are lost) and start again, or keep "
+                f"the old setting (agents.{agent}.max_crashes: "
+                f"{int(old) + 1 if old and old.isdigit() else 'as before'})")
     if key is None:  # not a setting of ours (x-max-priority, x-dead-letter-exchange)
         return (f"{head}; RabbitMQ never changes a queue's arguments: delete the queue "
                 f"(rabbitmqctl delete_queue {queue}; the messages in it are lost) or set "
                 f"organism.broker.exchange to a new name")
     if queue == topology.dead_letter_queue and key != "overflow":
         key = f"dead_letter_{key}"
-    keep = old if old is not None else "null"
+    keep = old if old is not None else "classic" if key == "queue_type" else "null"
     return (f"{head} (organism.broker.{key}); RabbitMQ never changes a queue's arguments: "
             f"delete the queue (rabbitmqctl delete_queue {queue}; the messages in it are "
             f"lost) and start again, or keep the old setting (organism.broker.{key}: {keep})")

@@ -1,28 +1,45 @@
-"""``sporeflow dlq``: the dead letters kept in an organism's journal.
+"""``sporeflow dlq``: the dead letters kept in an organism's journal or on its broker.
 
     sporeflow dlq list    ORGANISM [--agent A] [--reason R] [--id ID] [--json]
     sporeflow dlq show    ORGANISM [filters]
     sporeflow dlq replay  ORGANISM (filters | --all) [--run]
     sporeflow dlq purge   ORGANISM (filters | --all)
 
-Dead letters are persisted only when the organism has a journal
-(``organism.journal`` in its file, or ``--journal FILE`` here). ``replay``
-moves the chosen ones back among the journal's unfinished spores: the next
-``sporeflow run`` delivers them (``--run`` does it now, until idle).
+Where they are: on an amqp organism (or with ``--backend URL``), the broker's
+dead-letter queue (``pipeline.broker.dead_letter_queue``); in one process, the
+journal (``organism.journal`` in its file, or ``--journal FILE`` here); ``--from``
+says which when an organism has both. Both give the same letters to the same
+filters (``LetterChoice``) and the same printing below. ``replay`` moves the
+chosen ones back among the journal's unfinished spores (the next ``sporeflow
+run`` delivers them; ``--run`` does it now, until idle), or publishes them to the
+organism's exchange, taking them off the dead-letter queue once the broker has
+confirmed them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import click
 
-from sporeflow.config import OrganismSpec, SecretFilter, SporeflowError, load_organism, secrets_of
+from sporeflow.config import (
+    BrokerError,
+    OrganismSpec,
+    SecretFilter,
+    SporeflowError,
+    load_organism,
+    redact_url,
+    secrets_of,
+)
+from sporeflow.pipeline.broker.backend import Topology, resolve_backend_url
+from sporeflow.pipeline.broker.factory import open_backend
 from sporeflow.pipeline.cli.util import (
     DURATION,
     ORGANISM_ARG,
@@ -32,8 +49,9 @@ from sporeflow.pipeline.cli.util import (
     masked,
     run_to_end,
 )
+from sporeflow.pipeline.core.deadletters import LetterChoice, StoredDeadLetter
 from sporeflow.pipeline.journal.offline import JournalFile
-from sporeflow.pipeline.journal.sqlite import JournalError, StoredDeadLetter
+from sporeflow.pipeline.journal.sqlite import JournalError
 from sporeflow.pipeline.observe.logs import configure_logging
 from sporeflow.pipeline.observe.summary import render_summary
 from sporeflow.pipeline.organism import Organism
@@ -41,6 +59,7 @@ from sporeflow.pipeline.organism import Organism
 __all__ = ["dlq"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+Action = Literal["read", "replay", "purge"]
 _ERROR_WIDTH = 80
 
 
@@ -50,6 +69,13 @@ def _filters(command: F) -> F:
         ORGANISM_ARG,
         click.option("--journal", "journal", type=click.Path(dir_okay=False, path_type=Path),
                      help="The journal file (default: the organism file's journal)."),
+        click.option("--backend", metavar="URL",
+                     help="The broker whose dead-letter queue to read, e.g. an "
+                          "administrator's amqp:// URL (${NAME} reads the environment; "
+                          "default: organism.backend)."),
+        click.option("--from", "origin", type=click.Choice(["journal", "broker"]),
+                     help="Read the journal or the broker (default: the broker of an amqp "
+                          "organism, else the journal)."),
         click.option("--agent", "agents", multiple=True, metavar="AGENT",
                      help="Only dead letters of this agent (repeatable)."),
         click.option("--reason", "reasons", multiple=True, metavar="REASON",
@@ -61,57 +87,109 @@ def _filters(command: F) -> F:
     return command
 
 
-def _journal_of(ctx: click.Context, organism: Path, journal: Path | None) -> Path:
-    """The journal's path; the organism's secrets are masked in what is printed from now
-    on (a journal written by an older sporeflow may hold them unmasked)."""
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """Where the dead letters are: a journal file, or a broker's dead-letter queue."""
+
+    where: str
+    journal: Path | None = None
+    spec: OrganismSpec | None = None  # with a broker
+    url: str = ""  # the broker's, resolved
+    note: str = ""  # said after a list: the other place the organism keeps letters
+
+
+@dataclass(slots=True)
+class _Outcome:
+    letters: list[StoredDeadLetter]
+    done: int = 0  # replayed or purged
+    problems: list[str] = field(default_factory=list)  # letters left in place, and why
+
+
+def _source(ctx: click.Context, organism: Path, journal: Path | None, backend: str | None,
+            origin: str | None) -> _Source:
+    """Where to read: ``--journal``, ``--backend`` or ``--from`` say; else the broker of
+    an amqp organism, the journal of one in memory. The organism's secrets are masked in
+    what is printed from now on (a letter written by an older sporeflow may hold them)."""
     if journal is not None:
+        if backend is not None or origin == "broker":
+            raise click.UsageError("--journal reads a journal file: not with --backend or "
+                                   "--from broker", ctx=ctx)
         with contextlib.suppress(SporeflowError):  # no organism: URL passwords only
             _mask_secrets_of(ctx, load_organism(organism))
-        return journal
+        return _Source(str(journal), journal=journal)
+    if backend is not None and origin == "journal":
+        raise click.UsageError("--backend names a broker: not with --from journal", ctx=ctx)
     spec = guarded(ctx, lambda: load_organism(organism))
-    _mask_secrets_of(ctx, spec)
-    if spec.journal is None:
-        fail(ctx, JournalError(
-            f"{organism}: organism {spec.name!r} has no journal, and dead letters are only "
-            f"persisted with one: add `journal: FILE` under `organism:` in the file, or pass "
-            f"--journal FILE"))
-    return spec.journal
+    url = backend or spec.backend
+    _mask_secrets_of(ctx, dataclasses.replace(spec, backend=url))
+    if origin == "journal" or (origin is None and url == "memory"):
+        if spec.journal is None:
+            fail(ctx, JournalError(
+                f"{organism}: organism {spec.name!r} has no journal, and in one process dead "
+                f"letters are only persisted with one: add `journal: FILE` under `organism:` "
+                f"in the file, or pass --journal FILE"))
+        return _Source(str(spec.journal), journal=spec.journal)
+    resolved = guarded(ctx, lambda: resolve_backend_url(url))
+    if guarded(ctx, lambda: open_backend(resolved)) is None:  # checks the URL and aio-pika
+        fail(ctx, BrokerError(
+            f"{organism}: organism {spec.name!r} runs in one process (backend: memory), so "
+            f"its dead letters are in its journal, if any (--from journal); pass --backend "
+            f"URL to read a broker's"))
+    note = (f" (organism {spec.name!r} keeps a journal too: --from journal lists its own)"
+            if spec.journal is not None and origin is None else "")
+    return _Source(f"{Topology.of(spec).dead_letter_queue} at {redact_url(resolved)}",
+                   spec=spec, url=resolved, note=note)
 
 
 def _mask_secrets_of(ctx: click.Context, spec: OrganismSpec) -> None:
     mask_with(ctx, SecretFilter(secrets_of(spec)))
 
 
-def _chosen(ctx: click.Context, path: Path, agents: tuple[str, ...], reasons: tuple[str, ...],
-            ids: tuple[str, ...]) -> list[StoredDeadLetter]:
-    def read() -> list[StoredDeadLetter]:
+def _apply(ctx: click.Context, source: _Source, choice: LetterChoice,
+           action: Action) -> _Outcome:
+    """Read the letters ``choice`` matches at ``source``, and replay or purge them."""
+    path = source.journal
+    if path is None:
+        return guarded(ctx, lambda: run_to_end(_on_broker(source, choice, action)))
+
+    def on_journal() -> _Outcome:
         with JournalFile(path) as journal:
-            return journal.dead_letters(agents=agents, reasons=reasons, ids=ids)
+            letters = journal.dead_letters(agents=choice.agents, reasons=choice.reasons,
+                                           ids=choice.ids)
+            done = (journal.replay(letters) if action == "replay" else
+                    journal.purge(letters) if action == "purge" else 0)
+        return _Outcome(letters, done)
 
-    return guarded(ctx, read)
-
-
-def _on_chosen(ctx: click.Context, organism: Path, journal: Path | None,
-               agents: tuple[str, ...], reasons: tuple[str, ...], ids: tuple[str, ...],
-               everything: bool, act: Callable[[JournalFile, list[StoredDeadLetter]], int],
-               ) -> tuple[Path, int]:
-    """Apply ``act`` (replay, purge) to the dead letters the filters choose; return the
-    journal's path and how many it acted on."""
-    _require_choice(ctx, everything, agents, reasons, ids)
-    path = _journal_of(ctx, organism, journal)
-    letters = _chosen(ctx, path, agents, reasons, ids)
-
-    def apply() -> int:
-        with JournalFile(path) as journal_file:
-            return act(journal_file, letters)
-
-    return path, guarded(ctx, apply)
+    return guarded(ctx, on_journal)
 
 
-def _require_choice(ctx: click.Context, everything: bool, *filters: tuple[str, ...]) -> None:
-    if not everything and not any(filters):
+async def _on_broker(source: _Source, choice: LetterChoice, action: Action) -> _Outcome:
+    # Imported here: it needs aio-pika, which `_source` has checked is installed.
+    from sporeflow.pipeline.broker.dead_letter_queue import DeadLetterQueue
+
+    assert source.spec is not None
+    topology = Topology.of(source.spec)
+    async with DeadLetterQueue(source.url, topology) as queue:
+        letters = await queue.read(choice)
+        if action == "purge":
+            return _Outcome(letters, await queue.purge(letters))
+        backend = open_backend(source.url) if action == "replay" and letters else None
+        if backend is None:
+            return _Outcome(letters)
+        async with backend:
+            await backend.open(topology)
+            done, problems = await queue.replay(letters, backend, source.spec.signing)
+        return _Outcome(letters, done, problems)
+
+
+def _choice(ctx: click.Context, agents: tuple[str, ...], reasons: tuple[str, ...],
+            ids: tuple[str, ...], everything: bool | None = None) -> LetterChoice:
+    """The filters given; replay and purge (``everything`` not None) need one, or --all."""
+    choice = LetterChoice(agents, reasons, ids)
+    if everything is False and not choice:
         raise click.UsageError("choose dead letters with --agent, --reason or --id, or pass "
                                "--all for every one", ctx=ctx)
+    return choice
 
 
 def _summary_line(ctx: click.Context, stored: StoredDeadLetter) -> str:
@@ -130,32 +208,38 @@ def _as_json(stored: StoredDeadLetter) -> str:
 
 @click.group()
 def dlq() -> None:
-    """Dead letters kept in an organism's journal: list, show, replay, purge."""
+    """Dead letters kept in an organism's journal or its broker's dead-letter queue: list,
+    show, replay, purge."""
 
 
 @dlq.command(name="list")
 @_filters
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
-def list_(ctx: click.Context, organism: Path, journal: Path | None, agents: tuple[str, ...],
-          reasons: tuple[str, ...], ids: tuple[str, ...], as_json: bool) -> None:
+def list_(ctx: click.Context, organism: Path, journal: Path | None, backend: str | None,
+          origin: str | None, agents: tuple[str, ...], reasons: tuple[str, ...],
+          ids: tuple[str, ...], as_json: bool) -> None:
     """One line per dead letter: number, time, agent, reason, error."""
-    path = _journal_of(ctx, organism, journal)
-    letters = _chosen(ctx, path, agents, reasons, ids)
+    choice = _choice(ctx, agents, reasons, ids)
+    source = _source(ctx, organism, journal, backend, origin)
+    letters = _apply(ctx, source, choice, "read").letters
     for stored in letters:
         click.echo(masked(ctx, _as_json(stored)) if as_json else _summary_line(ctx, stored))
     if not as_json:
-        click.echo(f"{len(letters)} dead letter(s) in {path}", err=True)
+        click.echo(masked(ctx, f"{len(letters)} dead letter(s) in {source.where}{source.note}"),
+                   err=True)
 
 
 @dlq.command()
 @_filters
 @click.pass_context
-def show(ctx: click.Context, organism: Path, journal: Path | None, agents: tuple[str, ...],
-         reasons: tuple[str, ...], ids: tuple[str, ...]) -> None:
+def show(ctx: click.Context, organism: Path, journal: Path | None, backend: str | None,
+         origin: str | None, agents: tuple[str, ...], reasons: tuple[str, ...],
+         ids: tuple[str, ...]) -> None:
     """Each chosen dead letter whole: its error, traceback and spore."""
-    path = _journal_of(ctx, organism, journal)
-    for stored in _chosen(ctx, path, agents, reasons, ids):
+    choice = _choice(ctx, agents, reasons, ids)
+    source = _source(ctx, organism, journal, backend, origin)
+    for stored in _apply(ctx, source, choice, "read").letters:
         letter = stored.letter
         text = (f"dead letter {stored.number}\n"
                 f"  spore:    {letter.spore.id}\n"
@@ -175,22 +259,42 @@ def show(ctx: click.Context, organism: Path, journal: Path | None, agents: tuple
 @_filters
 @click.option("--all", "everything", is_flag=True, help="Replay every dead letter.")
 @click.option("--run", "run_now", is_flag=True,
-              help="Then run the organism until idle, so that they are delivered now.")
+              help="From a journal: then run the organism until idle, so that they are "
+                   "delivered now.")
 @click.option("--drain-timeout", type=DURATION, default="30s", show_default=True,
               help="With --run: how long a stop may take, e.g. 30s.")
 @click.pass_context
-def replay(ctx: click.Context, organism: Path, journal: Path | None, agents: tuple[str, ...],
-           reasons: tuple[str, ...], ids: tuple[str, ...], everything: bool, run_now: bool,
+def replay(ctx: click.Context, organism: Path, journal: Path | None, backend: str | None,
+           origin: str | None, agents: tuple[str, ...], reasons: tuple[str, ...],
+           ids: tuple[str, ...], everything: bool, run_now: bool,
            drain_timeout: float) -> None:
-    """Move the chosen dead letters back among the journal's unfinished spores.
+    """Deliver the chosen dead letters again (a broadcast only to the agent that failed on
+    it; an expired spore without its expiry).
 
-    The next `sporeflow run` delivers them (a broadcast only to the agent that
-    failed on it); --run delivers them now.
+    From a journal, they move back among its unfinished spores: the next `sporeflow run`
+    delivers them, --run now. On a broker, each is published to the organism's exchange
+    (signed, when the organism signs) and leaves the dead-letter queue once the broker
+    has confirmed it: the organism's running processes deliver them.
     """
-    path, moved = _on_chosen(ctx, organism, journal, agents, reasons, ids, everything,
-                             JournalFile.replay)
-    click.echo(f"{moved} dead letter(s) moved back to the pending spores of {path}", err=True)
-    if run_now and moved:
+    choice = _choice(ctx, agents, reasons, ids, everything)
+    source = _source(ctx, organism, journal, backend, origin)
+    if run_now and source.journal is None:
+        raise click.UsageError("--run delivers what a journal replays; on a broker the "
+                               "organism's running processes deliver them", ctx=ctx)
+    outcome = _apply(ctx, source, choice, "replay")
+    for problem in outcome.problems:
+        click.echo(masked(ctx, f"not replayed: {problem}"), err=True)
+    if source.journal is None:
+        exchange = Topology.of(source.spec).exchange if source.spec is not None else "?"
+        click.echo(masked(ctx, f"{outcome.done} dead letter(s) published again to exchange "
+                               f"{exchange} at {redact_url(source.url)}"), err=True)
+        if outcome.problems:
+            ctx.exit(1)
+        return
+    path = source.journal
+    click.echo(f"{outcome.done} dead letter(s) moved back to the pending spores of {path}",
+               err=True)
+    if run_now and outcome.done:
         configure_logging("text", "WARNING")
         org = guarded(ctx, lambda: Organism(load_organism(organism), journal=path))
         mask_with(ctx, org.masker)
@@ -211,9 +315,11 @@ async def _run_until_idle(org: Organism, drain_timeout: float) -> None:
 @_filters
 @click.option("--all", "everything", is_flag=True, help="Purge every dead letter.")
 @click.pass_context
-def purge(ctx: click.Context, organism: Path, journal: Path | None, agents: tuple[str, ...],
-          reasons: tuple[str, ...], ids: tuple[str, ...], everything: bool) -> None:
-    """Delete the chosen dead letters from the journal for good."""
-    path, purged = _on_chosen(ctx, organism, journal, agents, reasons, ids, everything,
-                              JournalFile.purge)
-    click.echo(f"{purged} dead letter(s) purged from {path}", err=True)
+def purge(ctx: click.Context, organism: Path, journal: Path | None, backend: str | None,
+          origin: str | None, agents: tuple[str, ...], reasons: tuple[str, ...],
+          ids: tuple[str, ...], everything: bool) -> None:
+    """Delete the chosen dead letters for good (from the journal, or the broker)."""
+    choice = _choice(ctx, agents, reasons, ids, everything)
+    source = _source(ctx, organism, journal, backend, origin)
+    purged = _apply(ctx, source, choice, "purge").done
+    click.echo(masked(ctx, f"{purged} dead letter(s) purged from {source.where}"), err=True)

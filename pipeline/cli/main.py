@@ -104,12 +104,14 @@ def _parsed(parse: Callable[[str], T], value: str | None, option: str) -> T | No
               "reads the environment); overrides organism.backend.")
 @click.option("--agents", metavar="A,B", help="Host only these agents in this process; the "
               "others run in other processes on the same broker.")
+@click.option("--reboot", is_flag=True, help="Send the boot spores again: over a broker "
+              "they are sent once per deployment, with a journal once per journal.")
 @click.pass_context
 def run(ctx: click.Context, organism: Path, until_idle: bool, drain_timeout: float,
         log_format: str, log_level: str, quiet: bool, metrics_port: int | None,
         metrics_host: str, state_file: Path | None, until: str | None, journal: Path | None,
         max_duration: float | None, trace: bool, watch: bool, backend: str | None = None,
-        agents: str | None = None) -> None:
+        agents: str | None = None, reboot: bool = False) -> None:
     """Run ORGANISM (default ./organism.yaml) until Ctrl-C, SIGTERM, or idle.
 
     On a terminal it shows a live per-agent table (unless --quiet); the final
@@ -132,7 +134,7 @@ def run(ctx: click.Context, organism: Path, until_idle: bool, drain_timeout: flo
             org.load_state(snapshot)
         code = run_to_end(_run(org, until_idle=until_idle, drain_timeout=drain_timeout,
                                 observers=observers, until=condition, max_duration=max_duration,
-                                watch=watch))
+                                watch=watch, reboot=reboot))
         if state_file is not None:  # only after a graceful stop: a crash raised above
             write_snapshot(state_file, org.save_state())
     except SporeflowError as exc:
@@ -165,7 +167,8 @@ async def _observers(org: Organism, *, live: bool, quiet: bool, metrics_port: in
 async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
                observers: Callable[[Organism], Awaitable[contextlib.AsyncExitStack]]
                | None = None, until: StopCondition | None = None,
-               max_duration: float | None = None, watch: bool = False) -> int:
+               max_duration: float | None = None, watch: bool = False,
+               reboot: bool = False) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0
@@ -190,10 +193,11 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
     watching = contextlib.AsyncExitStack()
     reloads = ReloadTriggers(org, watch=watch, echo=partial(click.echo, err=True))
     try:
-        await org.start()
+        await org.start(reboot=reboot)
         reloads.start()  # SIGHUP (and --watch) reload the organism
         if org.journal is not None:  # a journal that fails stops the run (journal.failstop)
             waiters.append(asyncio.ensure_future(org.journal.failed()))
+        waiters.append(asyncio.ensure_future(org.failing.wait()))  # a broker given up on
         if observers is not None:
             watching = await observers(org)
         if until_idle:
@@ -223,6 +227,8 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
     click.echo(render_summary(org.stats(), time.perf_counter() - started), err=True)
     if org.journal is not None and org.journal.failure is not None:
         raise org.journal.failure  # its cause, and what the next start will do: exit 1
+    if org.failure is not None:
+        raise org.failure  # exit 1: a supervisor starts the process again
     if unfinished and org.journal is not None:
         click.echo(f"{unfinished} spore(s) could not finish; they stay in the journal "
                    f"{org.journal.path} and are replayed at the next start", err=True)

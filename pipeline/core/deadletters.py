@@ -10,14 +10,16 @@ from __future__ import annotations
 import traceback
 from collections import Counter, deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sporeflow.config import redact_text
+from sporeflow.config.reasons import Reason
 from sporeflow.steps import Spore
 
-__all__ = ["URL_PASSWORDS", "DeadLetter", "DeadLetterStore", "Masker", "error_text"]
+__all__ = ["URL_PASSWORDS", "DeadLetter", "DeadLetterStore", "LetterChoice", "Masker",
+           "StoredDeadLetter", "error_text"]
 
 
 class Masker(Protocol):
@@ -67,6 +69,45 @@ class DeadLetter:
         return {"reason": self.reason, "error": self.error, "agent": self.agent,
                 "attempts": self.attempts, "at": self.at.isoformat(),
                 "traceback": self.traceback, "spore": self.spore.to_dict()}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDeadLetter:
+    """A dead letter kept outside the process (a journal, the broker's dead-letter queue),
+    with its number there (what ``--id`` takes)."""
+
+    number: int
+    letter: DeadLetter
+
+    def replayable(self) -> Spore:
+        """The spore to deliver again: a broadcast goes back to the agent that failed on it
+        only; an expired spore loses its expiry (replaying it asks for it to be handled)."""
+        letter = self.letter
+        spore = letter.spore
+        if spore.to_agent is None and letter.agent is not None:
+            spore = replace(spore, to_agent=letter.agent)
+        if letter.reason == Reason.EXPIRED:
+            spore = replace(spore, expires_at=None)
+        return spore
+
+
+@dataclass(frozen=True, slots=True)
+class LetterChoice:
+    """The dead letters ``sporeflow dlq`` acts on: those matching every filter given (none
+    given: all). ``ids`` match a letter's number or its spore's id."""
+
+    agents: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.agents or self.reasons or self.ids)
+
+    def matches(self, number: int, spore_id: str, agent: str | None, reason: str) -> bool:
+        return ((not self.agents or agent in self.agents)
+                and (not self.reasons or reason in self.reasons)
+                and (not self.ids or any(ident == spore_id or (
+                    ident.isdigit() and int(ident) == number) for ident in self.ids)))
 
 
 class DeadLetterStore:

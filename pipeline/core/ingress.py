@@ -67,6 +67,9 @@ class Ingress:
         self.stamp_outside: Stamp | None = None
         self.stamp_sent: Stamp | None = None
         self.persist: Callable[[tuple[Spore, ...]], Awaitable[None]] | None = None
+        # Set over a broker: while it is unreachable, waits for its confirm of an outside
+        # spore until the deadline (loop time; None: its own) and raises BrokerError then.
+        self.confirm: Callable[[Spore, float | None], Awaitable[None]] | None = None
         # Ids of the boot spores sent: their handlers are sources, stopped first at a stop.
         self.sources: set[str] = set()
 
@@ -143,9 +146,9 @@ class Ingress:
                 outside.add(sender)  # what comes back to it is returned outside
         return self.enter(spore)
 
-    async def enter(self, spore: Spore) -> Spore:
-        """Queue a screened spore from outside: wait while the organism is full, and, with
-        a journal, until it is on disk."""
+    async def enter(self, spore: Spore, *, confirm: bool = True) -> Spore:
+        """Queue a screened spore from outside: wait while the organism is full, with a
+        journal until it is on disk, and over a broker it lost until the broker has it."""
         if self.stamp_outside is not None:  # the caller's span becomes the spore's origin
             spore = self.stamp_outside(spore)
         intake = self.intake
@@ -160,6 +163,8 @@ class Ingress:
             self.ledger.admitted((spore,))
         if self.persist is not None:  # the sender hears back once it is on disk
             await self.persist((spore,))
+        if confirm and self.confirm is not None:
+            await self.confirm(spore, None)
         return spore
 
     async def request(self, spore: Spore, timeout: float, *,
@@ -168,12 +173,16 @@ class Ingress:
         and await its response."""
         future = self.requests.open(spore)
         timed_out = False
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(deadline):
                 if parent is not None and agent is not None:
                     self.emit(spore, parent, agent, built=True)
                 else:
-                    await self.enter(spore)
+                    spore = await self.enter(spore, confirm=False)
+            if parent is None and self.confirm is not None:  # BrokerError at the deadline
+                await self.confirm(spore, deadline)  # if a lost broker never confirmed it
+            async with asyncio.timeout_at(deadline):
                 return await future
         except TimeoutError:
             if future.done() and not future.cancelled():

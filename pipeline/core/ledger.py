@@ -7,6 +7,7 @@ A spore the intake holds ends in one of these ways, and each has one method here
     rejected  a stage refused it                                 (``reject``)
     resolved  a response that answered a pending request         (``resolve``)
     returned  addressed to the outside world                     (``return_outside``)
+    dropped   a copy of one its agent handled lately (dedupe)    (``dropped``)
 
 Each settles the intake's count once (``idle()`` and ``max_in_flight`` rest on it).
 What watches settlement, the journal, typed events, the broker bridge, attaches as
@@ -65,13 +66,15 @@ class LedgerHook:
         """A dead letter was recorded."""
 
     def ended(self, spore: Spore) -> None:
-        """``spore`` finished without a handler: it resolved a request or went outside."""
+        """``spore`` finished without a handler: it resolved a request, went outside, or
+        was dropped as a copy (dedupe)."""
 
     def fanned_out(self, spore: Spore, targets: int) -> None:
         """Broadcast ``spore`` became ``targets`` (> 1) deliveries, each settled alone."""
 
     def released(self, spore: Spore) -> None:
-        """``spore`` is settled without a handler (rejected, resolved or returned)."""
+        """``spore`` is settled without a handler (rejected, resolved, returned or
+        dropped)."""
 
 
 def _overrides(hooks: Sequence[LedgerHook], name: str) -> list[Callable[..., None]]:
@@ -244,6 +247,15 @@ class Ledger:
             except Exception:  # a listener is the caller's code: never let it stop the chain
                 self.logger.exception("an outside listener failed on spore %s", spore.id,
                                       extra=spore_fields(spore, event="returned"))
+        self.ended(spore)
+
+    def dropped(self, spore: Spore, agent: str) -> None:
+        """``agent`` handled a spore of this id within its dedupe window: ``spore``, a copy,
+        ends without its handler, and without a dead letter (a copy is no error: a broker
+        acks it, a journal finishes it)."""
+        self.logger.debug("agent %r dropped spore %s: a copy of one it handled within its "
+                          "dedupe window", agent, spore.id,
+                          extra=spore_fields(spore, agent=agent, event="deduplicated"))
         self.ended(spore)
 
     def ended(self, spore: Spore) -> None:

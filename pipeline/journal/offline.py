@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from sporeflow.config.reasons import Reason
-from sporeflow.pipeline.core.deadletters import DeadLetter
+from sporeflow.pipeline.core.deadletters import DeadLetter, LetterChoice
 from sporeflow.pipeline.journal.sqlite import (
     CRASHES_SQL,
     JournalError,
@@ -67,13 +64,15 @@ class JournalFile:
 
         ``ids`` match a dead letter's number or its spore's id.
         """
-        sql, params = _where(agents, reasons, ids)
+        choice = LetterChoice(tuple(agents), tuple(reasons), tuple(ids))
         rows = self._conn.execute(
             "SELECT seq, spore, reason, error, agent, attempts, traceback, at, spore_id "
-            f"FROM dead_letters{sql} ORDER BY seq", params)
+            "FROM dead_letters ORDER BY seq")
+        # Filtered here, not in SQL: the rule is the broker's dead-letter queue's too.
         return [StoredDeadLetter(row[0], DeadLetter(
             stored_spore(row[1], row[8]), row[2], row[3], row[4], row[5], row[6],
-            datetime.fromisoformat(row[7]))) for row in rows]
+            datetime.fromisoformat(row[7]))) for row in rows
+            if choice.matches(row[0], row[8], row[4], row[2])]
 
     def replay(self, letters: Iterable[StoredDeadLetter]) -> int:
         """Move ``letters`` back among the pending spores; returns how many were moved.
@@ -82,7 +81,7 @@ class JournalFile:
         loses its expiry (replaying it asks for it to be handled).
         """
         chosen = list(letters)
-        rows = [(s.id, s.priority, s.to_json()) for s in map(_replayable, chosen)]
+        rows = [(s.id, s.priority, s.to_json()) for s in (c.replayable() for c in chosen)]
         with transaction(self._conn, self.path) as conn:
             conn.executemany(
                 "INSERT OR IGNORE INTO pending (id, priority, spore) VALUES (?, ?, ?)", rows)
@@ -100,30 +99,3 @@ class JournalFile:
             conn.executemany("DELETE FROM dead_letters WHERE seq = ?", numbers)
         return len(numbers)
 
-
-def _replayable(stored: StoredDeadLetter) -> Spore:
-    letter = stored.letter
-    spore = letter.spore
-    if spore.to_agent is None and letter.agent is not None:
-        spore = replace(spore, to_agent=letter.agent)
-    if letter.reason == Reason.EXPIRED:
-        spore = replace(spore, expires_at=None)
-    return spore
-
-
-def _where(agents: Sequence[str], reasons: Sequence[str],
-           ids: Sequence[str]) -> tuple[str, list[Any]]:
-    """The WHERE clause of the dead letters matching every filter given."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if agents:
-        clauses.append(f"agent IN ({', '.join('?' * len(agents))})")
-        params.extend(agents)
-    if reasons:
-        clauses.append(f"reason IN ({', '.join('?' * len(reasons))})")
-        params.extend(reasons)
-    if ids:
-        clauses.append("(" + " OR ".join("seq = ? OR spore_id = ?" for _ in ids) + ")")
-        for ident in ids:
-            params.extend((int(ident) if ident.isdigit() else -1, ident))
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params

@@ -10,12 +10,11 @@ import logging
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from sporeflow.config import SporeError, SporeflowError
-from sporeflow.pipeline.core.deadletters import DeadLetter
+from sporeflow.pipeline.core.deadletters import DeadLetter, StoredDeadLetter
 from sporeflow.pipeline.core.privatefiles import make_folder, open_private
 from sporeflow.steps import Spore
 from sporeflow.steps.spore import Unreadable, spore_as_found
@@ -102,14 +101,6 @@ Synchronous = Literal["normal", "full"]
 
 class JournalError(SporeflowError):
     """The journal file cannot be used (foreign, damaged, in use) or a write failed."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredDeadLetter:
-    """A dead letter kept in a journal, with its number there (what ``--id`` takes)."""
-
-    number: int
-    letter: DeadLetter
 
 
 # -- opening and checking a file ---------------------------------------------------

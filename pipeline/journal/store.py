@@ -4,9 +4,9 @@ What the organism admits is recorded before the sender hears back; a spore is
 deleted once it is settled (handled with its replies recorded in the same
 transaction, dead-lettered, resolved as a response, or returned outside).
 What is left at the next start was unfinished and is replayed: delivery is
-at-least-once, and replies returned by a handler get ids derived from their
-parent's, so a replayed handler produces the same ids and receivers can
-de-duplicate by spore id.
+at-least-once. What a handler produces has ids derived from its parent's (see
+``sporeflow.steps.ids``), given before it reaches the journal, so a replayed handler
+produces the same ids and receivers can de-duplicate by spore id.
 
 Writes go through one writer thread, which commits everything queued since
 its last commit in one transaction (group commit): a burst of N admissions
@@ -67,15 +67,6 @@ from sporeflow.pipeline.journal.sqlite import (
 from sporeflow.steps import Spore, new_spore_id
 
 __all__ = ["Journal"]
-
-
-def _set_id(spore: Spore, spore_id: str) -> None:
-    object.__setattr__(spore, "id", spore_id)  # frozen: bypass it, for a fresh spore only
-
-
-def _derived_id(parent: str, agent: str, index: int) -> str:
-    digest = hashlib.blake2b(f"{parent}|{agent}|{index}".encode(), digest_size=9)
-    return f"r-{digest.hexdigest()}"
 
 
 # -- the journal a running organism writes -------------------------------------------
@@ -272,26 +263,17 @@ class Journal:
             self.written += 1
         self._kick()
 
-    def done(self, spore: Spore, replies: list[Spore]) -> list[Spore]:
-        """Queue ``spore`` as handled and its ``replies`` as new, for one transaction.
-
-        The replies, fresh from the handler, get ids derived from ``spore``'s (so a
-        replayed handler gives its replies the same ids again); returns them.
-        """
+    def done(self, spore: Spore, replies: list[Spore]) -> None:
+        """Queue ``spore`` as handled and its ``replies`` (their ids derived already, by
+        the lane's shaper) as new, for one transaction."""
         self._marking.settled(spore.id)  # first: it stops counting as running at once
         ops = self._ops
         if replies:
-            parent = spore.id
-            for index, reply in enumerate(replies):
-                # The lane's shaper made each reply just now and nothing else holds it yet,
-                # so its id is set in place: dataclasses.replace would cost ten times more.
-                _set_id(reply, _derived_id(parent, reply.from_agent, index))
-                ops.append((INSERT, reply))
+            ops.extend([(INSERT, reply) for reply in replies])
             self.written += len(replies)
         if self._last_delivery(spore.id):
             ops.append((DELETE, spore.id))
         self._kick()
-        return replies
 
     def settle(self, spore: Spore) -> None:
         """Queue ``spore`` as finished without replies (a resolved response, returned outside)."""

@@ -74,6 +74,11 @@ def configure_logging(fmt: str = "text", level: str = "WARNING") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    # aio-pika and aiormq log every attempt to reconnect to a lost broker; the broker's
+    # link logs each change of state once instead. Theirs show at --log-level debug.
+    for library in ("aio_pika", "aiormq"):
+        logging.getLogger(library).handlers[:] = [
+            handler if level.upper() == "DEBUG" else logging.NullHandler()]
 
 
 def log_events(bus: EventBus, logger: logging.Logger | None = None) -> Callable[[], None]:

@@ -45,6 +45,7 @@ _AGENT_COUNTERS = (
     ("handled", "Spores the agent's handler finished."),
     ("failed", "Spores whose last attempt failed (dead-lettered)."),
     ("retried", "Failed attempts that were retried."),
+    ("deduplicated", "Copies of spores the agent handled within its dedupe window, dropped."),
     ("refused_sent", "Spores the agent sent that were refused (dead-lettered)."),
 )
 _AGENT_GAUGES = (

@@ -33,6 +33,7 @@ def organism_stats(*, name: str, state: str, uptime: float, wiring: WiringSnapsh
         agents[agent_name] = {
             "received": lane.received, "handled": lane.handled, "failed": lane.failed,
             "retried": lane.retried, "in_flight": lane.in_flight, "queued": lane.queued,
+            "deduplicated": lane.deduplicated,  # copies dropped (agents.X.dedupe)
             # Slots kept by threads still running a handler given up on (agents.threads).
             "abandoned": lane.stuck,
             "refused_sent": refused_from.get(agent_name, 0),
@@ -53,6 +54,7 @@ def organism_stats(*, name: str, state: str, uptime: float, wiring: WiringSnapsh
             "handled": sum(a["handled"] for a in agents.values()),
             "failed": sum(a["failed"] for a in agents.values()),
             "retried": sum(a["retried"] for a in agents.values()),
+            "deduplicated": sum(a["deduplicated"] for a in agents.values()),
             "returned": returned,
             "dead_letters": dead_letters.total,
             "held": intake.held if intake else 0,

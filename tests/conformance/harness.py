@@ -19,11 +19,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sporeflow.config import organism_from_dict
+from sporeflow.config import OrganismSpec, organism_from_dict
 from sporeflow.pipeline import Organism
 from sporeflow.pipeline.broker.backend import Backend, Topology
 from sporeflow.pipeline.broker.memory_backend import MemoryBackend
@@ -48,20 +49,35 @@ class Harness:
         self.kind = kind
         self._made: list[tuple[Organism, Backend | None]] = []
 
-    def organism(self, data: dict[str, Any], *, now: Callable[[], datetime] | None = None
-                 ) -> Organism:
+    def organism(self, data: dict[str, Any], *, now: Callable[[], datetime] | None = None,
+                 journal: Path | None = None) -> Organism:
         """An organism of ``data`` (a dict as in organism.yaml) on this backend, uniquely
-        named so that its exchange and queues are its own."""
+        named so that its exchange and queues are its own. ``journal``: the embedded
+        path's durable journal (see :meth:`successor`); the broker paths have the broker."""
         head = {**data.get("organism", {}), "name": f"conf-{uuid.uuid4().hex[:12]}"}
         spec = organism_from_dict({**data, "organism": head})
+        return self._made_on(spec, None, now, journal if not self.brokered else None)
+
+    def successor(self, organism: Organism, *,
+                  now: Callable[[], datetime] | None = None) -> Organism:
+        """The next process of ``organism`` after it died: the same organism on the same
+        broker, whose queues give it what the dead one left unacked; on the embedded path,
+        the same organism on the same journal, which replays what was unfinished."""
+        broker = next((backend for made, backend in self._made if made is organism), None)
+        journal = organism.journal.path if organism.journal is not None else None
+        return self._made_on(organism.spec, broker, now, journal)
+
+    def _made_on(self, spec: OrganismSpec, previous: Backend | None,
+                 now: Callable[[], datetime] | None, journal: Path | None) -> Organism:
         backend: Backend | None = None
         if self.kind == "memory-broker":
-            backend = MemoryBackend()
+            backend = MemoryBackend(previous.broker if isinstance(previous, MemoryBackend)
+                                    else None)
         elif self.kind == "amqp":
             from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
             backend = AmqpBackend(AMQP_URL)
         extra: dict[str, Any] = {"now": now} if now is not None else {}
-        organism = Organism(spec, backend=backend, **extra)
+        organism = Organism(spec, backend=backend, journal=journal, **extra)
         self._made.append((organism, backend))
         return organism
 
@@ -92,11 +108,14 @@ class Harness:
             await wait_for(lambda: bridge.counts["published"] >= count)
 
     async def cleanup(self) -> None:
+        destroyed: set[str] = set()  # a successor shares its predecessor's topology
         for organism, backend in self._made:
             if organism.state in ("running", "failed"):
                 await organism.stop(drain_timeout=1)
-            if backend is not None:
-                await backend.destroy(Topology.of(organism.spec))
+            topology = Topology.of(organism.spec)
+            if backend is not None and topology.exchange not in destroyed:
+                destroyed.add(topology.exchange)
+                await backend.destroy(topology)
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float = BACKSTOP) -> None:

@@ -1,0 +1,89 @@
+"""A message a RabbitMQ consumer received, decoded, to be settled once: the ``Inbound``
+of ``amqp_backend``; and the errors aio-pika and aiormq raise, as :class:`BrokerError`.
+
+A message that came on a connection since lost can no longer be acked or rejected: the
+broker gave it back to its queue when the connection went, and delivers it again (the
+ack of an old delivery tag on the new connection would settle another message). Such a
+message raises :class:`Requeued` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage
+
+from sporeflow.config import BrokerError, SporeError, SporeflowError, redact_text
+from sporeflow.config.reasons import reason_of
+from sporeflow.pipeline.broker.amqp_codec import spore_from_amqp
+from sporeflow.pipeline.broker.backend import BackendStatistics
+from sporeflow.pipeline.broker.link import Link, Requeued
+from sporeflow.steps import Spore
+
+__all__ = ["AMQP_ERRORS", "AmqpInbound", "broker_failure"]
+
+# What aio-pika and aiormq raise; each becomes a BrokerError, the URL's password masked.
+AMQP_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError,
+               ConnectionError, OSError, asyncio.TimeoutError, RuntimeError)
+
+
+def broker_failure(address: str, doing: str, exc: BaseException) -> BrokerError:
+    detail = redact_text(f"{type(exc).__name__}: {exc}")
+    return BrokerError(f"RabbitMQ at {address}: {doing} failed: {detail}")
+
+
+class AmqpInbound:
+    """One delivered message, decoded; its ack and nack raise only :class:`BrokerError`."""
+
+    __slots__ = ("raw", "spore", "rejection", "generation", "_link", "_stats", "_address")
+
+    def __init__(self, raw: AbstractIncomingMessage, *, link: Link, stats: BackendStatistics,
+                 address: str, max_spore_bytes: int | None) -> None:
+        self.raw = raw
+        self._link, self._stats, self._address = link, stats, address
+        self.generation = link.generation  # of the connection it came on
+        self.spore: Spore | None = None
+        self.rejection: tuple[str, SporeflowError] | None = None
+        headers: Mapping[str, Any] = raw.headers or {}
+        try:  # a body too large for a spore is refused unread
+            self.spore = spore_from_amqp(raw.body, headers, max_spore_bytes=max_spore_bytes)
+        except SporeError as exc:
+            self.rejection = (reason_of(exc), exc)
+
+    @property
+    def redelivered(self) -> bool:
+        return bool(self.raw.redelivered)
+
+    @property
+    def reply_queue(self) -> str | None:
+        return self.raw.reply_to or None
+
+    @property
+    def user_id(self) -> str | None:
+        return self.raw.user_id or None
+
+    def check_current(self, doing: str) -> None:
+        """Raise :class:`Requeued` if its connection was lost: the broker gave it back."""
+        if self.generation != self._link.generation:
+            raise Requeued(f"RabbitMQ at {self._address}: {doing} a message of a lost "
+                           f"connection: the broker gave it back to its queue, and delivers "
+                           f"it again")
+
+    async def ack(self) -> None:
+        self.check_current("acknowledging")
+        try:
+            await self.raw.ack()
+        except AMQP_ERRORS as exc:
+            raise broker_failure(self._address, "acknowledging a message", exc) from exc
+        self._stats.acked += 1
+
+    async def nack(self, *, requeue: bool) -> None:
+        self.check_current("rejecting")
+        try:
+            await self.raw.nack(requeue=requeue)
+        except AMQP_ERRORS as exc:
+            raise broker_failure(self._address, "rejecting a message", exc) from exc
+        self._stats.nacked += 1

@@ -1,0 +1,92 @@
+"""The RabbitMQ backend's connection: aio-pika's robust connection, its state in a ``Link``.
+
+``aio_pika.connect_robust`` reconnects by itself and, on the new connection, declares
+again what was declared through its channels: exchanges, queues and their bindings,
+consumers (same callbacks, same prefetch), the reply queue. Deliveries that were not
+acked go back to their queues (the broker requeues them when a connection goes) and
+come again, marked redelivered; a publish the loss cut off is not repeated by aio-pika
+(its docs leave that to the application: the bridge's ``publisher`` does it). Here:
+
+- the pause between attempts grows (``link.Backoff``: from the URL's
+  ``reconnect_interval``, aio-pika's own parameter, 0.5 s unless given, doubling up to
+  20 times that, with jitter) rather than staying the same;
+- the connection's close and reconnect callbacks drive the backend's ``Link`` (lost,
+  each failed attempt, reconnected once everything was declared again);
+- ``channel()`` gives one-off channels, never restored (a check, a lock: what a
+  failed declaration closes must stay closed); ``lasting()`` gives the channels that
+  are restored, for the topology, publishing, consumers and the reply queue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractRobustChannel
+from yarl import URL
+
+from sporeflow.pipeline.broker.link import Backoff, Link
+
+__all__ = ["RECONNECT_BASE", "ReconnectingConnection", "connect"]
+
+RECONNECT_BASE = 0.5  # seconds: the first pause after a failed attempt
+
+
+class ReconnectingConnection(aio_pika.RobustConnection):
+    """aio-pika's robust connection, pausing longer after each failed attempt."""
+
+    backoff: Backoff
+
+    # aio-pika sleeps this long between attempts, and sets it from ``reconnect_interval``:
+    # here that is the backoff's base, and each read the pause now due.
+    @property
+    def reconnect_interval(self) -> float:
+        return self.backoff.pause()
+
+    @reconnect_interval.setter
+    def reconnect_interval(self, base: float) -> None:
+        self.backoff = Backoff(base)
+
+    # A plain channel where aio-pika's gives a robust one: the lasting ones are asked for.
+    def channel(self, channel_number: int | None = None,  # type: ignore[override]
+                publisher_confirms: bool = True,
+                on_return_raises: bool = False) -> AbstractChannel:
+        """A one-off channel: not restored after a reconnection, nor after the broker
+        closed it (a refused or failed declaration)."""
+        if self.transport is None:
+            raise aiormq.exceptions.ChannelInvalidStateError("the connection is not open")
+        return aio_pika.Channel(self, channel_number=channel_number,
+                                publisher_confirms=publisher_confirms,
+                                on_return_raises=on_return_raises)
+
+    def lasting(self, *, publisher_confirms: bool) -> AbstractRobustChannel:
+        """A channel declared again, with what was declared and consumed through it,
+        after each reconnection (and after the broker closed it)."""
+        return super().channel(publisher_confirms=publisher_confirms,
+                               on_return_raises=publisher_confirms)
+
+
+async def connect(url: str, link: Link, *, timeout: float, name: str) -> ReconnectingConnection:
+    """Connect to ``url`` (raising aio-pika's error if the first attempt fails) and report
+    the connection's losses, failed attempts and reconnections to ``link``."""
+    pace: dict[str, Any] = ({} if "reconnect_interval" in URL(url).query
+                            else {"reconnect_interval": RECONNECT_BASE})
+    connection = await aio_pika.connect_robust(
+        url, timeout=timeout, client_properties={"connection_name": name},
+        connection_class=ReconnectingConnection, **pace)
+    assert isinstance(connection, ReconnectingConnection)
+
+    def on_close(_: object, cause: BaseException | None = None) -> None:
+        if link.up:
+            connection.backoff.reset()  # each outage starts from the shortest pause
+        link.lost(cause)
+
+    def on_reconnect(_: object) -> None:
+        connection.backoff.reset()
+        link.connected()
+
+    connection.close_callbacks.add(on_close)
+    connection.reconnect_callbacks.add(on_reconnect)
+    link.connected()
+    return connection

@@ -1,0 +1,138 @@
+"""The bridge's publishing across an outage of the broker: at least once, never lost.
+
+- A spore is published while the backend's ``link`` is up. A publish that the loss of
+  the connection cut off (``Disconnected``: the broker may hold it or not) is made
+  again once the link is up again, so a spore may reach its queue twice (at least
+  once; consumers see the same ``spore.id``).
+- Handler output waits so, its delivery unacked meanwhile (``bridge``), for as long as
+  the link tries: ``broker.give_up_after``. Then the link gives up, the publish raises
+  :class:`BrokerError` (a dead letter here, ``broker error``), the organism fails stop
+  (``on_failure``), and the delivery goes back to its queue when the broker returns.
+- An outside ``send``/``request`` made while the link is down waits for the broker's
+  confirm (:meth:`Publisher.confirmed`) up to its timeout: ``broker.send_timeout``, or
+  the request's own. Then it raises :class:`BrokerError` and the spore is withdrawn:
+  dead-lettered here, never published later, unless it was on the wire already (then
+  it may still arrive). While the link is up, ``send`` returns once the spore is
+  admitted, as on the embedded path; an outage after that delays its publish only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from sporeflow.config import BrokerError, BrokerSpec, SporeflowError
+from sporeflow.pipeline.broker.backend import Backend
+from sporeflow.pipeline.broker.link import Disconnected
+from sporeflow.pipeline.core.requests import FAILURE_KEY
+from sporeflow.steps import Spore, SporeType
+
+__all__ = ["Publisher", "failure_notice"]
+
+
+class Publisher:
+    """Publishes through ``backend`` across its outages; see the module docstring."""
+
+    def __init__(self, backend: Backend, broker: BrokerSpec, counts: dict[str, int]) -> None:
+        self.backend = backend
+        backend.link.give_up_after = broker.give_up_after  # before open: it sizes x-expires
+        self.send_timeout = broker.send_timeout
+        self.counts = counts  # the bridge's: "republished" is ours
+        counts["republished"] = 0
+        # Told once when the link gives up: the organism fails stop.
+        self.on_failure: Callable[[SporeflowError], None] | None = None
+        self._waiting: dict[int, asyncio.Future[None]] = {}  # id(outside spore) -> confirm
+        self._withdrawn: set[int] = set()  # id() of outside spores whose sender gave up
+
+    @property
+    def waiting(self) -> int:
+        """Outside sends waiting now for the confirm of a broker the link lost."""
+        return len(self._waiting)
+
+    def opened(self) -> None:
+        """The backend is open (its link renewed): hear when it gives up."""
+        self.backend.link.on_give_up.append(self._gave_up)
+
+    def closing(self) -> None:
+        """The bridge closes: what still waits for a lost connection stops waiting."""
+        link = self.backend.link
+        if not link.up:
+            link.close("the organism stopped while the broker was unreachable")
+
+    async def publish(self, spore: Spore, wire: Callable[[], Spore], *,
+                      routing_key: str | None = None, queue: str | None = None,
+                      reply_queue: str | None = None) -> None:
+        """Publish ``wire()`` (``spore`` as it goes out: signed, with signing) once the
+        link is up, again after a loss; raise :class:`BrokerError` when the broker refuses
+        it, the link gave up or closed, or its sender withdrew it."""
+        link = self.backend.link
+        try:
+            while True:
+                await link.wait_up()
+                if id(spore) in self._withdrawn:
+                    raise BrokerError(f"spore {spore.id} was withdrawn: its sender stopped "
+                                      f"waiting for RabbitMQ at {self.backend.address}")
+                try:  # signed anew each time: a copy of the first is no replay
+                    await self.backend.publish(wire(), routing_key=routing_key, queue=queue,
+                                               reply_queue=reply_queue)
+                except Disconnected:
+                    self.counts["republished"] += 1  # when the link is up again
+                    continue
+                self._done(spore, None)
+                return
+        except BrokerError as exc:
+            self._done(spore, exc)
+            raise
+
+    def settled(self, spore: Spore) -> None:
+        """``spore`` left this process another way (resolved, returned, dead-lettered)."""
+        self._done(spore, None)
+
+    async def confirmed(self, spore: Spore, deadline: float | None) -> None:
+        """An outside spore just admitted: return at once while the link is up; else once
+        the broker confirmed it. Raise :class:`BrokerError` if it failed, or, withdrawing
+        it, at ``deadline`` (the loop's time; None: ``send_timeout`` from now)."""
+        link = self.backend.link
+        if link.up:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiting.setdefault(id(spore), loop.create_future())
+        when = deadline if deadline is not None else loop.time() + self.send_timeout
+        try:
+            async with asyncio.timeout_at(when):
+                await waiter
+        except TimeoutError:
+            self._withdraw(spore)
+            raise BrokerError(
+                f"RabbitMQ at {self.backend.address} did not confirm spore {spore.id} in "
+                f"time: the connection is {link.state} ({link.down_for:.1f} s); it was not "
+                f"sent (retry it, or raise organism.broker.send_timeout)") from None
+        except asyncio.CancelledError:
+            self._withdraw(spore)
+            raise
+
+    def _withdraw(self, spore: Spore) -> None:
+        self._waiting.pop(id(spore), None)
+        self._withdrawn.add(id(spore))
+
+    def _done(self, spore: Spore, failure: BrokerError | None) -> None:
+        self._withdrawn.discard(id(spore))
+        waiter = self._waiting.pop(id(spore), None)
+        if waiter is not None and not waiter.done():
+            if failure is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(BrokerError(str(failure)))
+
+    def _gave_up(self, failure: BrokerError) -> None:
+        if self.on_failure is not None:
+            self.on_failure(failure)
+
+
+def failure_notice(spore: Spore, agent: str, reason: str, error: str) -> Spore:
+    """The response telling the requester of ``spore`` that ``agent`` failed it."""
+    failure: dict[str, Any] = {"agent": agent, "reason": str(reason), "error": error[:2000]}
+    return Spore(knowledge={}, spore_type=SporeType.RESPONSE, from_agent=agent,
+                 to_agent=spore.from_agent, reply_to=spore.id, thread_id=spore.thread,
+                 metadata={FAILURE_KEY: failure})

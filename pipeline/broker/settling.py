@@ -1,0 +1,56 @@
+"""Settling a delivery on the broker once the bridge is done with it: ack, give it back,
+or dead-letter it there (then ack it).
+
+A delivery that came on a connection since lost can no longer be settled: the broker
+gave it back to its queue when the connection went, and delivers it again, marked
+redelivered (``Requeued``). That is the outage's doing, which the link logs once: it is
+counted here, and logged at debug only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sporeflow.config import BrokerError
+from sporeflow.pipeline.broker.backend import Backend, Inbound
+from sporeflow.pipeline.broker.link import Requeued
+
+__all__ = ["Settler"]
+
+
+class Settler:
+    """Settles deliveries of ``backend``, counting into the bridge's ``counts``."""
+
+    def __init__(self, backend: Backend, counts: dict[str, int],
+                 logger: logging.Logger) -> None:
+        self.backend = backend
+        self.counts = counts
+        self.logger = logger
+
+    async def ack(self, message: Inbound) -> None:
+        try:
+            await message.ack()
+            self.counts["acked"] += 1
+        except BrokerError as exc:
+            self.counts["ack_failures"] += 1
+            self._report("could not ack a delivery (the broker will redeliver it): %s", exc)
+
+    async def give_back(self, message: Inbound) -> None:
+        try:
+            await message.nack(requeue=True)
+        except BrokerError:
+            pass  # gone with its connection: the broker gave it back already
+
+    async def dead_letter(self, message: Inbound, agent: str, reason: str, error: str,
+                          attempts: int = 0) -> None:
+        try:
+            await self.backend.dead_letter(message, reason=reason, error=error, agent=agent,
+                                           attempts=attempts)
+            self.counts["dead_lettered"] += 1
+        except BrokerError as exc:
+            self._report("could not dead-letter a delivery on the broker (it is recorded "
+                         "here): %s", exc)
+        await self.ack(message)
+
+    def _report(self, text: str, exc: BrokerError) -> None:
+        (self.logger.debug if isinstance(exc, Requeued) else self.logger.warning)(text, exc)

@@ -1,0 +1,199 @@
+"""A broker connection across outages, without a broker: the pauses between attempts to
+reconnect (``Backoff``), the connection's states (``Link``), and publishing through them
+(``Publisher``). Timers run on the virtual clock; RabbitMQ itself is in
+tests/test_broker_outage.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from sporeflow.config import BrokerError, BrokerSpec
+from sporeflow.pipeline.broker.link import Backoff, Disconnected, Link
+from sporeflow.pipeline.broker.memory_backend import MemoryBackend
+from sporeflow.pipeline.broker.publisher import Publisher
+from sporeflow.steps import Spore
+
+from .conftest import VirtualClockLoop
+
+
+def test_pauses_double_between_half_and_all_of_their_length_up_to_the_cap() -> None:
+    now = [0.0]
+    draws = iter([0.0, 1.0, 0.5, 1.0, 1.0, 0.0])
+    backoff = Backoff(1.0, 4.0, clock=lambda: now[0], draw=lambda: next(draws))
+    pauses = []
+    for _ in range(5):
+        pauses.append(backoff.pause())
+        now[0] += pauses[-1]
+    assert pauses == [0.5, 2.0, 3.0, 4.0, 4.0]  # 1, 2, 4, 4, 4 with jitter
+    backoff.reset()
+    assert backoff.pause() == 0.5  # from the base again: the last draw, 0.0, halves it
+
+
+def test_reading_a_pause_twice_gives_what_is_left_of_it_not_a_new_one() -> None:
+    now = [10.0]
+    backoff = Backoff(2.0, clock=lambda: now[0], draw=lambda: 1.0)
+    assert backoff.pause() == 2.0
+    now[0] += 0.5
+    assert backoff.pause() == 1.5  # aio-pika logs the pause, then sleeps it
+    assert backoff.attempt == 1
+    now[0] += 1.5
+    assert backoff.pause() == 4.0
+    assert backoff.cap == 40.0  # 20 times the base unless given
+
+
+def test_a_link_logs_each_change_once_and_gives_up_after_its_limit(
+        virtual: Any, caplog: pytest.LogCaptureFixture) -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        link = Link("amqp://host/", clock=loop.time)
+        link.give_up_after = 10.0
+        told: list[BrokerError] = []
+        link.on_give_up.append(told.append)
+        link.connected()
+        link.lost(ConnectionResetError("reset by peer"))
+        assert (link.state, link.generation, link.up) == ("disconnected", 1, False)
+        for _ in range(5):
+            link.lost(ConnectionRefusedError("refused"))
+        waiter = asyncio.ensure_future(link.wait_up())
+        await asyncio.sleep(9.9)
+        assert not waiter.done()
+        await asyncio.sleep(0.2)
+        with pytest.raises(BrokerError, match=r"gave up .* disconnected for 10\.0 s, 5 "
+                                              r"attempt\(s\) .*ConnectionRefusedError"):
+            await waiter
+        assert link.state == "gave up"
+        assert len(told) == 1
+        link.lost(None)  # ended: nothing changes, nothing is logged
+        link.connected()
+        assert link.state == "gave up"
+
+    with caplog.at_level(logging.WARNING, logger="sporeflow.broker.link"):
+        virtual(main)
+    lines = [record.getMessage() for record in caplog.records]
+    assert sum("connection lost (ConnectionResetError" in line for line in lines) == 1
+    attempts = [line.split("attempt ")[1].split()[0] for line in lines if "attempt " in line
+                and "failed after" in line]
+    assert attempts == ["1", "2", "4"]  # of 5: a falling rate
+    assert sum("gave up on RabbitMQ at amqp://host/" in line for line in lines) == 1
+
+
+def test_a_reconnection_in_time_counts_and_cancels_giving_up(virtual: Any) -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        link = Link("amqp://host/", clock=loop.time)
+        link.give_up_after = 10.0
+        link.connected()
+        link.lost(None)
+        waiter = asyncio.ensure_future(link.wait_up())
+        await asyncio.sleep(5)
+        assert not waiter.done()
+        link.connected()
+        await waiter
+        await asyncio.sleep(60)  # past the limit: it was cancelled
+        assert (link.state, link.reconnects, link.down_for) == ("connected", 1, 0.0)
+        renewed = link.renewed()
+        assert (renewed.state, renewed.give_up_after, renewed.reconnects) == (
+            "connecting", 10.0, 0)
+
+    virtual(main)
+
+
+class _Flaky(MemoryBackend):
+    """A MemoryBackend whose first ``cuts`` publishes are cut off by a lost connection."""
+
+    def __init__(self, link: Link, cuts: int) -> None:
+        super().__init__()
+        self._flaky_link, self.cuts, self.attempts = link, cuts, 0
+
+    @property
+    def link(self) -> Link:
+        return self._flaky_link
+
+    async def publish(self, spore: Spore, **where: Any) -> None:
+        self.attempts += 1
+        if self.cuts:
+            self.cuts -= 1
+            self._flaky_link.lost(ConnectionResetError("cut"))
+            raise Disconnected("cut off")
+
+
+def _publisher(backend: MemoryBackend, **broker: Any) -> tuple[Publisher, dict[str, int]]:
+    counts: dict[str, int] = {}
+    return Publisher(backend, BrokerSpec(**broker), counts), counts
+
+
+def test_a_publish_cut_off_by_a_loss_is_made_again_once_reconnected(virtual: Any) -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        link = Link("x", up=True, clock=loop.time)
+        backend = _Flaky(link, cuts=1)
+        publisher, counts = _publisher(backend, give_up_after=60)
+        spore = Spore(knowledge={"n": 1}, to_agent="a")
+        publishing = asyncio.ensure_future(publisher.publish(spore, lambda: spore, routing_key="k"))
+        await asyncio.sleep(30)
+        assert (publishing.done(), backend.attempts, link.generation) == (False, 1, 1)
+        link.connected()
+        await publishing
+        assert (backend.attempts, counts["republished"]) == (2, 1)
+        assert link.give_up_after == 60  # set on the backend's link, before it opens
+
+    virtual(main)
+
+
+def test_handler_output_waits_until_the_link_gives_up_then_fails(virtual: Any) -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        link = Link("x", up=True, clock=loop.time)
+        publisher, _ = _publisher(_Flaky(link, cuts=1), give_up_after=60)
+        failures: list[Exception] = []
+        publisher.on_failure = failures.append
+        publisher.opened()
+        spore = Spore(knowledge={}, to_agent="a")
+        started = loop.time()
+        with pytest.raises(BrokerError, match="gave up"):
+            await publisher.publish(spore, lambda: spore, routing_key="k")
+        assert loop.time() - started == 60
+        assert len(failures) == 1
+
+    virtual(main)
+
+
+def test_an_outside_send_while_disconnected_waits_for_the_confirm(virtual: Any) -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        link = Link("x", up=True, clock=loop.time)
+        backend = _Flaky(link, cuts=0)
+        publisher, _ = _publisher(backend, send_timeout=5)
+        spore = Spore(knowledge={}, to_agent="a")
+        await publisher.confirmed(spore, None)  # connected: returns at admission
+        link.lost(None)
+        confirming = asyncio.ensure_future(publisher.confirmed(spore, None))
+        publishing = asyncio.ensure_future(publisher.publish(spore, lambda: spore, routing_key="k"))
+        await asyncio.sleep(3)
+        assert publisher.waiting == 1
+        assert not confirming.done()
+        link.connected()
+        await publishing
+        await confirming  # returns once the broker has it
+        assert (backend.attempts, publisher.waiting) == (1, 0)
+
+    virtual(main)
+
+
+def test_an_unconfirmed_send_raises_at_its_deadline_and_is_never_published(
+        virtual: Any) -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        link = Link("x", up=True, clock=loop.time)
+        backend = _Flaky(link, cuts=0)
+        publisher, _ = _publisher(backend, send_timeout=5)
+        link.lost(None)
+        spore = Spore(knowledge={}, to_agent="a")
+        started = loop.time()
+        with pytest.raises(BrokerError, match="did not confirm .* it was not sent"):
+            await publisher.confirmed(spore, loop.time() + 2)  # a request's own deadline
+        assert loop.time() - started == 2
+        link.connected()
+        with pytest.raises(BrokerError, match="withdrawn"):
+            await publisher.publish(spore, lambda: spore, routing_key="k")
+        assert backend.attempts == 0
+
+    virtual(main)

@@ -1,0 +1,233 @@
+"""Surviving the broker (issue 19): RabbitMQ stopped and started, or its node killed with
+SIGKILL and started again, in the middle of a run of three ``sporeflow run --agents``
+processes and a producer (this test process, hosting no agent).
+
+Every test runs against a RabbitMQ node of this module's own (``private_broker``): the
+shared one on 5672 is never stopped. The processes reconnect (pausing from 0.1 s,
+``reconnect_interval`` in the URL), declare their topology, consumers and reply queues
+again, and resume: every spore is handled at least once (a duplicate is counted, not
+refused), and a send made during the outage returns only once the broker has the spore.
+One that cannot reconnect within ``broker.give_up_after`` exits with status 1. The tests
+wait on the processes' output and logs, never on a clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sporeflow.config import BrokerError, OrganismStateError
+from sporeflow.pipeline import Organism
+from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
+from sporeflow.pipeline.broker.backend import Topology
+
+from .private_broker import PrivateBroker
+
+pytestmark = pytest.mark.amqp
+
+RELAY = Path(__file__).parent / "organisms" / "amqp_relay"
+BACKSTOP = 40.0  # seconds: a node starts in about 5, and the processes resume within 2
+BEFORE, DURING, AFTER = 100, 50, 150  # spores sent before, during and after the outage
+LOST, BACK = "connection lost", "reconnected after"
+OUTAGES: dict[str, tuple[Callable[[PrivateBroker], None], Callable[[PrivateBroker], None]]] = {
+    "stop_app": (PrivateBroker.stop_app, PrivateBroker.start_app),
+    "kill -9": (PrivateBroker.kill, PrivateBroker.start),
+}
+
+
+def relay_copy(folder: Path, broker: str = "") -> Path:
+    """The relay organism under a unique name in ``folder``, ``broker:`` settings added."""
+    name = f"outage-{uuid.uuid4().hex[:10]}"
+    head = f"{{name: {name}{', broker: {' + broker + '}' if broker else ''}}}"
+    text = (RELAY / "organism.yaml").read_text().replace("{name: relay}", head)
+    (folder / "organism.yaml").write_text(text)
+    shutil.copy(RELAY / "relay_handlers.py", folder / "relay_handlers.py")
+    (folder / "out").mkdir()
+    return folder / "organism.yaml"
+
+
+@pytest.fixture
+def relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    organism = relay_copy(tmp_path)
+    monkeypatch.setenv("RELAY_OUT", str(tmp_path / "out"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return organism
+
+
+def url_of(broker: PrivateBroker) -> str:
+    return f"{broker.url}?reconnect_interval=0.1"
+
+
+def spawn(relay: Path, url: str, agents: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """``sporeflow run --agents``; its stderr (the logs) goes to a file the test reads."""
+    log = relay.parent / f"{agents.replace(',', '+')}-{uuid.uuid4().hex[:6]}.log"
+    with log.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sporeflow.pipeline.cli", "run", str(relay), "--quiet",
+             "--backend", url, "--agents", agents, "--drain-timeout", "10"],
+            cwd=relay.parent, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.DEVNULL, stderr=err)
+    return process, log
+
+
+def records(relay: Path, agent: str) -> list[dict[str, Any]]:
+    """The complete lines the processes wrote so far."""
+    lines = []
+    for file in sorted((relay.parent / "out").glob(f"{agent}-*.jsonl")):
+        text = file.read_text()
+        lines += [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
+    return lines
+
+
+async def wait_for(condition: Callable[[], bool], processes: list[subprocess.Popen[bytes]],
+                   what: str) -> None:
+    """Poll ``condition``; fail at once if a process died, or after the backstop."""
+    deadline = time.monotonic() + BACKSTOP
+    while not condition():
+        dead = [p.args for p in processes if p.poll() is not None]
+        if dead:
+            raise AssertionError(f"{dead} exited before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {BACKSTOP}s: {what}")
+        await asyncio.sleep(0.02)
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=BACKSTOP)
+
+
+def state_of(organism: Organism) -> dict[str, Any]:
+    broker = organism.stats()["broker"]
+    assert broker is not None
+    return broker
+
+
+@pytest.mark.parametrize("outage", sorted(OUTAGES))
+async def test_an_outage_mid_run_loses_no_spore_and_every_process_resumes(
+        outage: str, private_broker: PrivateBroker, relay: Path) -> None:
+    down, up = OUTAGES[outage]
+    url = url_of(private_broker)
+    spawned = [spawn(relay, url, agents) for agents in
+               ("source,oracle,tick_a", "worker,sink", "worker,oracle,tick_b")]
+    processes, logs = [p for p, _ in spawned], [log for _, log in spawned]
+    client = Organism.from_file(relay, backend=url, hosted=[])
+    await client.start()
+    sends: list[asyncio.Task[Any]] = []
+    broker_down = False
+    try:
+        for n in range(BEFORE):
+            await client.send("source", {"n": n})
+        await wait_for(lambda: len(records(relay, "sink")) >= BEFORE // 2, processes,
+                       "half of the first spores reached the sink")
+
+        began = time.monotonic()
+        broker_down = True
+        await asyncio.to_thread(down, private_broker)
+        await wait_for(lambda: all(LOST in log.read_text() for log in logs)
+                       and state_of(client)["connection"]["state"] == "disconnected",
+                       processes, "every process noticed the outage")
+        # Sent now, they wait for the broker's confirm: none returns while it is away.
+        sends = [asyncio.create_task(client.send("source", {"n": n}))
+                 for n in range(BEFORE, BEFORE + DURING)]
+        await wait_for(lambda: state_of(client)["waiting_sends"] == DURING, processes,
+                       "the sends made during the outage wait for the broker")
+        assert not any(send.done() for send in sends)
+
+        await asyncio.to_thread(up, private_broker)
+        broker_down = False
+        outage_length = time.monotonic() - began
+        returned = time.monotonic()
+        await asyncio.gather(*sends)  # each returns, or raises: here all return
+        resumed = time.monotonic() - returned
+        for n in range(BEFORE + DURING, BEFORE + DURING + AFTER):
+            await client.send("source", {"n": n})
+        everything = set(range(BEFORE + DURING + AFTER))
+        await wait_for(lambda: {r["n"] for r in records(relay, "sink")} >= everything
+                       and {r["n"] for r in records(relay, "tick_b")} >= {
+                           n for n in everything if n % 10 == 0}, processes,
+                       "every spore reached the sink, every tick the second listener")
+        handled = time.monotonic() - returned
+        connection = state_of(client)["connection"]
+    finally:
+        for send in sends:
+            send.cancel()
+        if broker_down:  # for the next tests, and to delete this one's queues
+            await asyncio.to_thread(up, private_broker)
+        codes = [stop(process) for process in processes]
+        await client.stop(drain_timeout=5)
+        await AmqpBackend(private_broker.url).destroy(Topology.of(client.spec))
+
+    sink = Counter(r["n"] for r in records(relay, "sink"))
+    duplicates = sum(sink.values()) - len(sink)
+    print(f"\n{outage}: outage {outage_length:.1f} s; the sends made during it returned "
+          f"{resumed:.1f} s after the broker did, everything was handled after "
+          f"{handled:.1f} s; {duplicates} duplicate(s) at the sink of {len(sink)} spores")
+    assert set(sink) == everything
+    assert all(r["square"] == r["n"] ** 2 for r in records(relay, "sink"))
+    assert {r["n"] for r in records(relay, "tick_a")} == {n for n in everything if n % 10 == 0}
+    assert codes == [0, 0, 0], [log.read_text()[-2000:] for log in logs]
+    assert connection["state"] == "connected"
+    assert connection["reconnects"] == 1
+    for log in logs:  # each change of state is logged once
+        text = log.read_text()
+        assert (text.count(LOST), text.count(BACK)) == (1, 1), text[-3000:]
+        assert "could not publish" not in text, text[-3000:]
+
+
+async def test_a_process_that_cannot_reconnect_gives_up_and_exits_non_zero(
+        private_broker: PrivateBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    relay = relay_copy(tmp_path, "give_up_after: 2s, send_timeout: 500ms")
+    monkeypatch.setenv("RELAY_OUT", str(tmp_path / "out"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    url = url_of(private_broker)
+    process, log = spawn(relay, url, "crunch")
+    client = Organism.from_file(relay, backend=url, hosted=[])
+    await client.start()
+    try:
+        await client.send("crunch", {"n": 0})
+        await wait_for(lambda: len(records(relay, "crunch")) == 1, [process], "crunch ran")
+        await asyncio.to_thread(private_broker.stop_app)
+        await wait_for(lambda: state_of(client)["connection"]["state"] == "disconnected",
+                       [process], "the client noticed the outage")
+
+        with pytest.raises(BrokerError, match="did not confirm spore .* it was not sent"):
+            await client.send("crunch", {"n": 1})  # send_timeout: 500ms
+        with pytest.raises(BrokerError, match="did not confirm spore .* it was not sent"):
+            await client.request("oracle", {"n": 1}, timeout=0.3)  # its own timeout
+        await asyncio.wait_for(client.failing.wait(), BACKSTOP)
+        assert client.state == "failed"
+        assert isinstance(client.failure, BrokerError)
+        assert "gave up on RabbitMQ" in str(client.failure)
+        assert state_of(client)["connection"]["state"] == "gave up"
+        with pytest.raises(OrganismStateError, match="failed"):
+            await client.send("crunch", {"n": 2})
+        code = await asyncio.to_thread(process.wait, BACKSTOP)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        await asyncio.to_thread(private_broker.start_app)
+        await client.stop(drain_timeout=5)
+        await AmqpBackend(private_broker.url).destroy(Topology.of(client.spec))
+    text = log.read_text()
+    assert code == 1, text[-3000:]
+    assert text.count(LOST) == 1, text
+    assert text.count("gave up on RabbitMQ") == 2, text  # logged, then the exit's line
+    assert "BrokerError: gave up on RabbitMQ" in text.splitlines()[-1]
+    attempts = [line for line in text.splitlines() if "reconnecting, attempt" in line]
+    assert [line.split("attempt ")[1].split()[0] for line in attempts][:3] == ["1", "2", "4"]
