@@ -47,6 +47,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import weakref
 from typing import Any
 
 import aio_pika
@@ -61,6 +62,7 @@ from aio_pika.abc import (
 from yarl import URL
 
 from sporeflow.config import BrokerError, redact_text, redact_url
+from sporeflow.pipeline.broker.ack_window import AckWindow
 from sporeflow.pipeline.broker.amqp_boots import AmqpBootRecord
 from sporeflow.pipeline.broker.amqp_codec import MAX_HEADERS_BYTES, headers_size, spore_to_amqp
 from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, AmqpInbound, broker_failure
@@ -109,6 +111,7 @@ class AmqpBackend(Backend):
         self._dead: AbstractExchange | None = None
         self._topology: Topology | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._windows: weakref.WeakKeyDictionary[Any, AckWindow] = weakref.WeakKeyDictionary()
         self.user, self._user_id = _login(url)
         self.declared = False  # True: open() declared the topology, not just joined it
         self._reopening = asyncio.Lock()
@@ -116,11 +119,27 @@ class AmqpBackend(Backend):
     def _fail(self, doing: str, exc: BaseException) -> BrokerError:
         return broker_failure(self.address, doing, exc)
 
-    def _received(self, message: AbstractIncomingMessage) -> AmqpInbound:
+    def _received(self, message: AbstractIncomingMessage,
+                  window: AckWindow | None = None) -> AmqpInbound:
         self.stats.consumed += 1
         topology = self._topology
         return AmqpInbound(message, link=self._link, stats=self.stats, address=self.address,
-                           max_spore_bytes=topology.max_spore_bytes if topology else None)
+                           max_spore_bytes=topology.max_spore_bytes if topology else None,
+                           window=window)
+
+    def _window(self, message: AbstractIncomingMessage) -> AckWindow:
+        """The ack window of the channel ``message`` came on (a new one after a
+        reconnect: delivery tags start again on a new channel)."""
+        channel = message.channel
+        window = self._windows.get(channel)
+        if window is None:
+            window = self._windows[channel] = AckWindow(channel, self._ack_failed)
+        window.delivered(message.delivery_tag or 0)
+        return window
+
+    def _ack_failed(self, exc: BaseException) -> None:
+        # The channel went with its connection: the broker redelivers what was unacked.
+        _log.debug("RabbitMQ at %s: acks not sent: %s", self.address, redact_text(str(exc)))
 
     async def open(self, topology: Topology) -> None:
         self._link = link = self._link.renewed()  # a new connection; the settings kept
@@ -292,7 +311,7 @@ class AmqpBackend(Backend):
             raise self._fail(f"consuming {queue!r}", exc) from exc
 
         async def deliver(message: AbstractIncomingMessage) -> None:
-            on_message(self._received(message))
+            on_message(self._received(message, self._window(message)))
 
         try:
             tag = await declared.consume(deliver)

@@ -18,6 +18,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from sporeflow.config import BrokerError, SporeError, SporeflowError, redact_text
 from sporeflow.config.reasons import reason_of
+from sporeflow.pipeline.broker.ack_window import AckWindow
 from sporeflow.pipeline.broker.amqp_codec import spore_from_amqp
 from sporeflow.pipeline.broker.backend import BackendStatistics
 from sporeflow.pipeline.broker.link import Link, Requeued
@@ -38,11 +39,14 @@ def broker_failure(address: str, doing: str, exc: BaseException) -> BrokerError:
 class AmqpInbound:
     """One delivered message, decoded; its ack and nack raise only :class:`BrokerError`."""
 
-    __slots__ = ("raw", "spore", "rejection", "generation", "_link", "_stats", "_address")
+    __slots__ = ("raw", "spore", "rejection", "generation", "_link", "_stats", "_address",
+                 "_window")
 
     def __init__(self, raw: AbstractIncomingMessage, *, link: Link, stats: BackendStatistics,
-                 address: str, max_spore_bytes: int | None) -> None:
+                 address: str, max_spore_bytes: int | None,
+                 window: AckWindow | None = None) -> None:
         self.raw = raw
+        self._window = window  # its channel's batched acks (None: acked on its own)
         self._link, self._stats, self._address = link, stats, address
         self.generation = link.generation  # of the connection it came on
         self.spore: Spore | None = None
@@ -74,10 +78,13 @@ class AmqpInbound:
 
     async def ack(self) -> None:
         self.check_current("acknowledging")
-        try:
-            await self.raw.ack()
-        except AMQP_ERRORS as exc:
-            raise broker_failure(self._address, "acknowledging a message", exc) from exc
+        if self._window is not None:
+            self._window.settled(self.raw.delivery_tag or 0, ack=True)
+        else:
+            try:
+                await self.raw.ack()
+            except AMQP_ERRORS as exc:
+                raise broker_failure(self._address, "acknowledging a message", exc) from exc
         self._stats.acked += 1
 
     async def nack(self, *, requeue: bool) -> None:
@@ -86,4 +93,7 @@ class AmqpInbound:
             await self.raw.nack(requeue=requeue)
         except AMQP_ERRORS as exc:
             raise broker_failure(self._address, "rejecting a message", exc) from exc
+        finally:
+            if self._window is not None:  # settled either way: acks behind it may go
+                self._window.settled(self.raw.delivery_tag or 0, ack=False)
         self._stats.nacked += 1
