@@ -67,6 +67,7 @@ from sporeflow.pipeline.broker.amqp_boots import AmqpBootRecord
 from sporeflow.pipeline.broker.amqp_codec import MAX_HEADERS_BYTES, headers_size, spore_to_amqp
 from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, AmqpInbound, broker_failure
 from sporeflow.pipeline.broker.amqp_link import ReconnectingConnection, connect
+from sporeflow.pipeline.broker.amqp_marks import mark, marked
 from sporeflow.pipeline.broker.backend import (
     Backend,
     BackendStatistics,
@@ -226,20 +227,11 @@ class AmqpBackend(Backend):
 
     async def _check_signing(self, topology: Topology) -> None:
         """A signing process marks the organism signed; one without a key must not join."""
-        channel = await self._require_connection().channel()  # a failed check closes it
-        try:
-            if topology.signed:
-                await channel.declare_exchange(topology.signing_marker,
-                                               aio_pika.ExchangeType.FANOUT, durable=True)
-                return
-            try:
-                await channel.get_exchange(topology.signing_marker, ensure=True)
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                return
+        connection = self._require_connection()
+        if topology.signed:
+            await mark(connection, topology.signing_marker)
+        elif await marked(connection, topology.signing_marker):
             raise topology.unsigned_joiner(self.address)
-        finally:
-            if not channel.is_closed:
-                await channel.close()
 
     async def publish(self, spore: Spore, *, routing_key: str | None = None,
                       queue: str | None = None, reply_queue: str | None = None) -> None:

@@ -22,11 +22,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from sporeflow.config import BrokerError
+from sporeflow.pipeline.broker.amqp_marks import mark, marked
 from sporeflow.pipeline.broker.backend import Topology
 
 __all__ = ["AmqpBootRecord"]
@@ -86,39 +86,25 @@ class AmqpBootRecord:
 
     async def booted(self, agent: str) -> bool:
         name = self._topology.boot_marker(agent)
-        channel = await self._channel(f"reading the boot record {name!r}")
         try:
-            await channel.get_exchange(name, ensure=True)  # passive: no permission needed
-            return True
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            return False
+            return await marked(self._connection(), name)
         except self._errors as exc:
             raise self._fail(f"reading the boot record {name!r}", exc) from exc
-        finally:
-            await self._close(channel)
 
     async def note(self, agent: str) -> None:
         name = self._topology.boot_marker(agent)
-        channel = await self._channel(f"recording the boot record {name!r}")
         try:
-            await channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=True)
+            await mark(self._connection(), name)
         except aiormq.exceptions.ChannelAccessRefused as exc:
             raise self._refused(name, agent, exc) from exc
         except self._errors as exc:
             raise self._fail(f"recording the boot record {name!r}", exc) from exc
-        finally:
-            await self._close(channel)
 
     async def _channel(self, doing: str) -> AbstractChannel:
         try:
             return await self._connection().channel()
         except self._errors as exc:
             raise self._fail(doing, exc) from exc
-
-    async def _close(self, channel: AbstractChannel) -> None:
-        if not channel.is_closed:  # a refusal closed it already
-            with contextlib.suppress(*self._errors):
-                await channel.close()
 
     def _refused(self, name: str, agent: str, exc: BaseException) -> BrokerError:
         return BrokerError(
