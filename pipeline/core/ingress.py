@@ -118,13 +118,8 @@ class Ingress:
                           expires_at=expires_at, **extra)
         # The chain's own checks, run now so that the caller hears of a refusal at once.
         check_spore(spore, self.limits, built=built)
-        outside: Container[str] = self.outside
-        if sender not in outside:
-            outside = OneMore(outside, sender)
-            if sender not in table.agents:
-                self.outside.add(sender)  # what comes back to it is returned outside
-        elif self.outside.full:
-            self.outside.add(sender)  # used now: the last to be forgotten
+        outside = self._senders_with(sender)
+        self._remember(sender)
         if table.peers or table.publishers:
             refusal = permission_error(table, spore, outside=outside)
             if refusal is not None:
@@ -135,16 +130,25 @@ class Ingress:
         """Admit a ready-made spore from outside; wait while the organism is full."""
         if self.refusal is not None:
             raise self.refusal
-        sender, outside = spore.from_agent, self.outside
-        if sender in outside:
-            self.screen(spore, outside)
-            if outside.full:
-                outside.add(sender)  # used now: the last to be forgotten
-        else:
-            self.screen(spore, OneMore(outside, sender))
-            if sender not in self._cell.current.table.agents:
-                outside.add(sender)  # what comes back to it is returned outside
+        self.screen(spore, self._senders_with(spore.from_agent))
+        self._remember(spore.from_agent)
         return self.enter(spore)
+
+    def _senders_with(self, sender: str) -> Container[str]:
+        """The outside senders, ``sender`` among them: what a spore from outside is
+        checked against (a response to it may pass)."""
+        outside = self.outside
+        return outside if sender in outside else OneMore(outside, sender)
+
+    def _remember(self, sender: str) -> None:
+        """``sender`` sent from outside: what comes back to it is returned outside, and
+        a name used now is the last one forgotten."""
+        outside = self.outside
+        if sender in outside:
+            if outside.full:
+                outside.add(sender)
+        elif sender not in self._cell.current.table.agents:
+            outside.add(sender)
 
     async def enter(self, spore: Spore, *, confirm: bool = True) -> Spore:
         """Queue a screened spore from outside: wait while the organism is full, with a
