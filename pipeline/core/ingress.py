@@ -179,14 +179,20 @@ class Ingress:
         timed_out = False
         deadline = asyncio.get_running_loop().time() + timeout
         try:
+            if parent is None and self.confirm is not None:  # from outside, over a broker
+                async with asyncio.timeout_at(deadline):
+                    spore = await self.enter(spore, confirm=False)
+                # Apart from the timeout: BrokerError at the deadline, if a broker it lost
+                # never confirmed the request.
+                await self.confirm(spore, deadline)
+                async with asyncio.timeout_at(deadline):
+                    return await future
+            # One timeout for all (each costs a timer handle: this is the hot path).
             async with asyncio.timeout_at(deadline):
                 if parent is not None and agent is not None:
                     self.emit(spore, parent, agent, built=True)
                 else:
-                    spore = await self.enter(spore, confirm=False)
-            if parent is None and self.confirm is not None:  # BrokerError at the deadline
-                await self.confirm(spore, deadline)  # if a lost broker never confirmed it
-            async with asyncio.timeout_at(deadline):
+                    spore = await self.enter(spore)
                 return await future
         except TimeoutError:
             if future.done() and not future.cancelled():
