@@ -303,7 +303,10 @@ class Bridge(LedgerHook):
         ticket.failure = (reason, text, attempts)
         ticket.finished = True
         queue = self._reply_routes.pop(spore.id, None)
-        if spore.spore_type is _REQUEST and queue is not None:
+        # A requester in this process hears of it from the ledger itself; a notice to our
+        # own reply queue would only come back, possibly as the organism stops.
+        if (spore.spore_type is _REQUEST and queue is not None
+                and not self.run.requests.awaits(spore.id)):
             self._notify_failure(spore, agent, reason, text, queue)
         self._maybe_settle(ticket)
 
