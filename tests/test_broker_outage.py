@@ -71,6 +71,14 @@ def url_of(broker: PrivateBroker) -> str:
     return f"{broker.url}?reconnect_interval=0.1"
 
 
+LOG_OF: dict[int, Path] = {}  # a spawned process's pid -> its log, for a failure's message
+
+
+def tail_of(process: subprocess.Popen[bytes]) -> str:
+    log = LOG_OF.get(process.pid)
+    return f"exit {process.returncode}: " + (log.read_text()[-4000:] if log else "(no log)")
+
+
 def spawn(relay: Path, url: str, agents: str) -> tuple[subprocess.Popen[bytes], Path]:
     """``sporeflow run --agents``; its stderr (the logs) goes to a file the test reads."""
     log = relay.parent / f"{agents.replace(',', '+')}-{uuid.uuid4().hex[:6]}.log"
@@ -80,6 +88,7 @@ def spawn(relay: Path, url: str, agents: str) -> tuple[subprocess.Popen[bytes], 
              "--backend", url, "--agents", agents, "--drain-timeout", "10"],
             cwd=relay.parent, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             stdout=subprocess.DEVNULL, stderr=err)
+    LOG_OF[process.pid] = log
     return process, log
 
 
@@ -97,9 +106,10 @@ async def wait_for(condition: Callable[[], bool], processes: list[subprocess.Pop
     """Poll ``condition``; fail at once if a process died, or after the backstop."""
     deadline = time.monotonic() + BACKSTOP
     while not condition():
-        dead = [p.args for p in processes if p.poll() is not None]
+        dead = [p for p in processes if p.poll() is not None]
         if dead:
-            raise AssertionError(f"{dead} exited before {what}")
+            raise AssertionError(f"{[p.args for p in dead]} exited before {what}:\n"
+                                 + "\n".join(tail_of(p) for p in dead))
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {BACKSTOP}s: {what}")
         await asyncio.sleep(0.02)
