@@ -16,6 +16,11 @@ runtime both raise these, and ``config`` imports nothing of either.
     ├── HandlerError           the handler of a request failed; carries the cause
     ├── RequestTimeout         no response arrived in time
     ├── OrganismStateError     the organism is not running, or already running
+    ├── OrganismFull           it stayed full as long as the sender would wait (admit_within)
+    ├── MissingExtra           a feature's optional extra is not installed (config.extras)
+    ├── ControlError           a running organism's control endpoint (pipeline.service)
+    │   ├── AlreadyRunning     a run of that organism file is going on already
+    │   └── NotRunning         no run of that organism file answers on its socket
     ├── BrokerError            the message broker failed or is unreachable
     │   ├── Disconnected       the link went down before the broker confirmed (broker.link)
     │   └── Requeued           a delivery's link went down: the broker took it back
@@ -38,6 +43,7 @@ __all__ = [
     "HandlerError",
     "LimitExceeded",
     "NotAPeer",
+    "OrganismFull",
     "OrganismStateError",
     "Problem",
     "RequestTimeout",
@@ -117,6 +123,11 @@ class RequestTimeout(SporeflowError, TimeoutError):
 
 class OrganismStateError(SporeflowError):
     """The organism is not in a state that allows this call (not started, stopping...)."""
+
+
+class OrganismFull(SporeflowError):
+    """The organism had no room for a spore for as long as its sender would wait to be
+    admitted (``admit_within``); nothing was admitted: try again later."""
 
 
 class BrokerError(SporeflowError):

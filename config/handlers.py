@@ -8,6 +8,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -19,7 +20,17 @@ __all__ = ["HandlerImportError", "agent_method", "reimport", "resolve_handler"]
 
 
 class HandlerImportError(ValueError):
-    """A handler reference does not import or does not name a callable."""
+    """A handler reference does not import or does not name a callable.
+
+    ``module`` is set when the module itself is at fault (missing, or raising as it is
+    imported): every reference into it fails alike, and ``handler module {module!r}
+    {cause}`` says why.
+    """
+
+    def __init__(self, message: str, *, module: str | None = None, cause: str = "") -> None:
+        super().__init__(message)
+        self.module = module
+        self.cause = cause
 
 
 def resolve_handler(ref: str, base_dir: Path, *, reload: bool = False) -> Callable[..., Any]:
@@ -39,9 +50,9 @@ def resolve_handler(ref: str, base_dir: Path, *, reload: bool = False) -> Callab
     except HandlerImportError:
         raise
     except Exception as exc:  # an import runs user code: any failure is a config problem
-        raise HandlerImportError(
-            f"handler {ref!r} does not import: {type(exc).__name__}: {exc}"
-        ) from exc
+        cause = f"does not import: {type(exc).__name__}: {exc}{_where_raised(exc, base_dir)}"
+        raise HandlerImportError(f"handler {ref!r} {cause}", module=module_name,
+                                 cause=cause) from exc
     target: Any = module
     for part in attr_path.split("."):
         try:
@@ -55,6 +66,18 @@ def resolve_handler(ref: str, base_dir: Path, *, reload: bool = False) -> Callab
     if not callable(target):
         raise HandlerImportError(f"handler {ref!r} is a {type(target).__name__}, not callable")
     return target  # type: ignore[no-any-return]
+
+
+def _where_raised(exc: BaseException, base_dir: Path) -> str:
+    """`` (at mod.py:3)``: the last line of the organism's own files in ``exc``'s traceback
+    (a SyntaxError names its file and line itself)."""
+    if isinstance(exc, SyntaxError):
+        return ""
+    root = base_dir.resolve()
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        with contextlib.suppress(ValueError):
+            return f" (at {Path(frame.filename).relative_to(root)}:{frame.lineno})"
+    return ""
 
 
 def agent_method(cls: type) -> str:
@@ -87,10 +110,9 @@ def _import(module_name: str, base_dir: Path, *, reload: bool) -> Any:
                 del sys.modules[top]
                 raise
         elif importlib.util.find_spec(top) is None:
-            raise HandlerImportError(
-                f"handler module {module_name!r} is neither beside the organism file "
-                f"({base_dir}) nor an installed package"
-            )
+            cause = f"is neither beside the organism file ({base_dir}) nor an installed package"
+            raise HandlerImportError(f"handler module {module_name!r} {cause}",
+                                     module=module_name, cause=cause)
     module = importlib.import_module(module_name)
     return reimport(module_name, base_dir) if reload else module
 

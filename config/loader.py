@@ -2,7 +2,8 @@
 
 Passes, each adding located problems: the JSON Schema (shapes), the
 cross references (names of agents and channels, with "did you mean"),
-the handler imports, and the agents' message schemas (compiled once here).
+the handler imports (:mod:`sporeflow.config.resolve`), and the agents' message
+schemas (compiled once here).
 Warnings (wiring that can only loop, agents nothing reaches) never stop a
 load; ``check`` returns them.
 
@@ -17,8 +18,7 @@ problems without hints.
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import re
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,10 @@ from typing import Any
 import jsonschema
 
 from sporeflow.config.errors import ConfigError, Problem
-from sporeflow.config.handlers import HandlerImportError, agent_method, resolve_handler
 from sporeflow.config.model import (
     BUILTIN_CHANNELS,
     DEFAULT_CAPACITY,
     DEFAULT_MAX_CRASHES,
-    STAGE_NAMES,
     AgentSpec,
     BrokerSpec,
     ChannelSpec,
@@ -41,13 +39,13 @@ from sporeflow.config.model import (
     OrganismSpec,
     Retry,
     SequenceSpec,
-    StageSpec,
 )
 from sporeflow.config.positions import Located, YamlSyntaxError, read_yaml
 from sporeflow.config.positions import Path as DataPath
 from sporeflow.config.reasons import did_you_mean
 from sporeflow.config.references import mapping, reference_problems
-from sporeflow.config.schema import HANDLER_PATTERN, ORGANISM_SCHEMA
+from sporeflow.config.resolve import qualname, resolve_handlers, resolve_stages, resolve_store
+from sporeflow.config.schema import ORGANISM_SCHEMA
 from sporeflow.config.schemas import SchemaFileError, SchemaSpec, load_schema
 from sporeflow.config.secrets import redact_text
 from sporeflow.config.signing_keys import read_signing
@@ -57,6 +55,8 @@ from sporeflow.config.size_cap import (
     capped_text,
     read_capped,
 )
+from sporeflow.config.sources import read_sources
+from sporeflow.config.unit_hints import bare_duration_warnings
 from sporeflow.config.units import parse_duration, parse_size
 from sporeflow.config.wiring_checks import wiring_warnings
 
@@ -71,11 +71,18 @@ __all__ = [
 
 _VALIDATOR = jsonschema.Draft202012Validator(ORGANISM_SCHEMA)
 _CALLABLE_PLACEHOLDER = "python:callable"
+_logger = logging.getLogger("sporeflow.config")
 
 
 def load_organism(path: str | Path) -> OrganismSpec:
-    """Read and validate an organism file; raise :class:`ConfigError` listing every problem."""
-    spec, _ = check_organism(path)
+    """Read and validate an organism file; raise :class:`ConfigError` listing every problem.
+
+    Its warnings are logged (on ``sporeflow.config``): a load that runs the organism
+    shows them too; :func:`check_organism` returns them instead.
+    """
+    spec, warnings = check_organism(path)
+    for warning in warnings:
+        _logger.warning("%s", warning)
     return spec
 
 
@@ -126,18 +133,19 @@ def _build(
     if not isinstance(data, dict):
         raise ConfigError(_sorted(problems))
     # The name checks below skip whatever has the wrong shape: that is reported already.
-    problems += reference_problems(located)
-    handlers = _resolve_handlers(located, base_dir, callables, problems)
-    stages = _resolve_stages(located, base_dir, problems)
-    store = _resolve_store(located, base_dir, problems)
+    problems += reference_problems(located) + bare_duration_warnings(located)
+    handlers = resolve_handlers(located, base_dir, callables, problems)
+    stages = resolve_stages(located, base_dir, problems)
+    store = resolve_store(located, base_dir, problems)
     schemas = _compile_schemas(located, base_dir, problems)
+    sources = read_sources(located, base_dir, problems)
     signing = read_signing(mapping(data.get("organism")), mapping(data.get("agents")),
                            lambda path, message: problems.append(located.problem(path,
                                                                                  message)))
     if [p for p in problems if not p.warning]:
         raise ConfigError(_sorted(problems))
     spec = _with_schemas(_to_spec(data, handlers, base_dir, source, store), schemas)
-    spec = dataclasses.replace(spec, stages=stages)
+    spec = dataclasses.replace(spec, stages=stages, sources=sources)
     if signing is not None:
         spec = dataclasses.replace(spec, signing=signing, signing_key=signing.shared_key,
                                    signing_key_env=_shared_key_env(data))
@@ -191,6 +199,13 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
         ]
     if error.validator == "required":
         return [located.problem(path, f"{error.message}; add it")]
+    if isinstance(schema, dict) and "x-expect" in schema and error.validator in (
+            "type", "minimum"):
+        return [located.problem(path, f"expected {schema['x-expect']}, got {_short(instance)}")]
+    if error.validator == "oneOf" and isinstance(instance, dict) and (
+            inner := _mapping_branch_errors(error)):
+        # The value is a mapping, as one branch wants: say what is wrong inside it.
+        return [p for e in inner for p in _describe(located, tuple(e.absolute_path), e)]
     if error.validator == "oneOf" and isinstance(instance, str | int | float):
         hint = schema.get("x-write", "a value of the documented form")
         return [located.problem(path, f"{instance!r} is not valid here; write {hint}")]
@@ -216,6 +231,14 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
     return [located.problem(path, f"{_short(instance)}: {error.message}")]
 
 
+def _mapping_branch_errors(error: Any) -> list[Any]:
+    """The errors of a ``oneOf`` error's branch that accepts a mapping (none: no such branch)."""
+    branches = error.validator_value
+    return [e for e in error.context or ()
+            if e.relative_schema_path and isinstance(branches[e.relative_schema_path[0]], dict)
+            and branches[e.relative_schema_path[0]].get("type") == "object"]
+
+
 def _pattern_advice(path: DataPath) -> str:
     last = str(path[-1]) if path else ""
     if last == "handler":
@@ -234,99 +257,13 @@ def _pattern_advice(path: DataPath) -> str:
             "starting with a letter or '_', at most 64 characters")
 
 
-# -- pass 2: names -----------------------------------------------------------
-
-
-def _resolve_handlers(
-    located: Located, base_dir: Path, callables: Mapping[str, Callable[..., Any]],
-    problems: list[Problem],
-) -> dict[str, Callable[..., Any]]:
-    handlers: dict[str, Callable[..., Any]] = dict(callables)
-    for name, agent in mapping(located.data.get("agents")).items():
-        if name in handlers or not isinstance(agent, dict):
-            continue
-        if not isinstance(agent.get("handler"), str) or not re.fullmatch(
-                HANDLER_PATTERN, agent["handler"]):
-            continue  # reported by the schema pass
-        try:
-            handlers[name] = resolve_handler(agent["handler"], base_dir)
-        except HandlerImportError as exc:
-            problems.append(located.problem(("agents", name, "handler"), str(exc)))
-    for name, handler in handlers.items():
-        agent = mapping(located.data["agents"].get(name))
-        problem = _handler_kind_problem(handler, cpu_bound=agent.get("cpu_bound") is True)
-        if problem:
-            problems.append(located.problem(("agents", name, "handler"), problem))
-    return handlers
-
-
-def _resolve_stages(located: Located, base_dir: Path,
-                    problems: list[Problem]) -> tuple[StageSpec, ...]:
-    """The ``pipeline.stages`` of the file, their operators imported as handlers are."""
-    stages = []
-    declared = mapping(located.data.get("pipeline")).get("stages")
-    for index, conf in enumerate(declared if isinstance(declared, list) else []):
-        if not isinstance(conf, dict) or not isinstance(conf.get("use"), str):
-            continue  # reported by the schema pass
-        where = ("pipeline", "stages", index, "use")
-        if ("before" in conf) == ("after" in conf):
-            problems.append(located.problem(
-                ("pipeline", "stages", index), f"give exactly one of before: or after:, naming "
-                                               f"a stage of {list(STAGE_NAMES)}"))
-            continue
-        try:
-            operator = resolve_handler(conf["use"], base_dir)
-        except HandlerImportError as exc:
-            problems.append(located.problem(where, str(exc)))
-            continue
-        if not callable(getattr(operator, "pipe", None)):
-            problems.append(located.problem(where, f"{conf['use']!r} is not an aiostream "
-                                                   f"pipable operator; decorate it with "
-                                                   f"@aiostream.pipable_operator"))
-            continue
-        stages.append(StageSpec(operator=operator, before=conf.get("before"),
-                                after=conf.get("after"), options=dict(conf.get("options") or {}),
-                                name=str(conf.get("name", conf["use"]))))
-    return tuple(stages)
-
-
-def _handler_kind_problem(handler: Callable[..., Any], *, cpu_bound: bool) -> str | None:
-    """Why this handler cannot run as declared: a class without a method, or a cpu_bound
-    handler that a worker process could not import and call."""
-    if inspect.isclass(handler):
-        if cpu_bound:
-            return (f"class {handler.__qualname__!r} cannot be cpu_bound: a worker process "
-                    f"keeps no agent instance; use a module-level plain function")
-        try:
-            agent_method(handler)
-        except HandlerImportError as exc:
-            return str(exc)
-        return None
-    if cpu_bound and (inspect.iscoroutinefunction(handler) or not inspect.isfunction(handler)
-                      or "<" in handler.__qualname__):
-        return (f"{_qualname(handler)!r} cannot be cpu_bound: a worker process imports and "
-                f"calls it, so it must be a plain (not async) module-level function")
-    return None
+# -- pass 3: signing and message schemas ----------------------------------------
 
 
 def _shared_key_env(data: dict[str, Any]) -> str | None:
     organism = mapping(data.get("organism"))
     name = organism.get("signing_key_env") or mapping(organism.get("signing")).get("key_env")
     return name if isinstance(name, str) else None
-
-
-def _resolve_store(located: Located, base_dir: Path,
-                   problems: list[Problem]) -> Callable[[], Any] | None:
-    """The knowledge store factory named by ``organism.knowledge_store`` (None: memory)."""
-    ref = mapping(located.data.get("organism")).get("knowledge_store", "memory")
-    if not isinstance(ref, str) or ref == "memory" or ":" not in ref:
-        return None
-    try:
-        return resolve_handler(ref, base_dir)
-    except HandlerImportError as exc:
-        problems.append(located.problem(("organism", "knowledge_store"),
-                                        str(exc).replace("handler", "knowledge store", 1)))
-        return None
 
 
 def _compile_schemas(located: Located, base_dir: Path,
@@ -430,7 +367,7 @@ def _agent(name: str, conf: Mapping[str, Any], handler: Callable[..., Any]) -> A
     ref = conf.get("handler", "gather" if "gather" in conf else "sequence")
     return AgentSpec(
         name=name,
-        handler_ref=ref if ref != _CALLABLE_PLACEHOLDER else _qualname(handler),
+        handler_ref=ref if ref != _CALLABLE_PLACEHOLDER else qualname(handler),
         handler=handler,
         description=conf.get("description", ""),
         subscribe=tuple(conf.get("subscribe", ())),
@@ -487,10 +424,6 @@ def _short(value: Any) -> str:
 def _json_type(value: Any) -> str:
     return {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer",
             float: "number", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def _qualname(handler: Callable[..., Any]) -> str:
-    return f"{getattr(handler, '__module__', '?')}:{getattr(handler, '__qualname__', handler)}"
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:

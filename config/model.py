@@ -6,11 +6,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sporeflow.config.schemas import SchemaSpec
 from sporeflow.config.secrets import Secret, redact_url
 from sporeflow.config.signing_keys import SigningSpec
+
+if TYPE_CHECKING:  # config.sources reads the channels declared here
+    from sporeflow.config.sources import SourceSpec
 
 __all__ = [
     "DEAD_LETTER_CHANNEL",
@@ -203,6 +206,8 @@ class OrganismSpec:
     insecure: bool = False
     stages: tuple[StageSpec, ...] = ()  # pipeline.stages: the user's stages in the chain
     signing: SigningSpec | None = field(default=None, repr=False)  # keys, window: signing_keys.py
+    # The inputs it reads by itself (sources:), by name; see config.sources.
+    sources: Mapping[str, SourceSpec] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         # Freeze the tables so that nobody mutates a loaded organism behind the runtime.

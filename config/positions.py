@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from sporeflow.config.errors import Problem
+from sporeflow.config.yaml_errors import syntax_problem
 
 __all__ = ["SAFE_LOADER", "Located", "Path", "read_yaml"]
 
@@ -64,10 +65,7 @@ def read_yaml(text: str, file: str) -> Located:
             _check_shape(node, file)
             data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        message = f"YAML does not parse: {exc.problem or exc.context}"
-        raise YamlSyntaxError(Problem(file, line, column, "", message)) from None
+        raise YamlSyntaxError(syntax_problem(exc, text, file)) from None
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(Problem(file, 1, 1, "", f"YAML does not parse: {exc}")) from None
     except RecursionError:  # the parser itself recurses per level of nesting

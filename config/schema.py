@@ -10,6 +10,7 @@ from typing import Any
 
 from sporeflow.config.model import DEFAULT_CAPACITY, STAGE_NAMES
 from sporeflow.config.signing_keys import SIGNING_SCHEMA
+from sporeflow.config.sources import sources_schema
 from sporeflow.config.units import DURATION_PATTERN, SIZE_PATTERN
 
 __all__ = ["ENV_NAME_PATTERN", "HANDLER_PATTERN", "MAX_DEPTH_CEILING", "NAME_PATTERN",
@@ -36,7 +37,7 @@ _size: dict[str, Any] = {
     "oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": SIZE_PATTERN}],
     "x-write": "bytes, or a string like 512KiB or 1MiB",
 }
-_count: dict[str, Any] = {"type": "integer", "minimum": 1}
+_count: dict[str, Any] = {"type": "integer", "minimum": 1, "x-expect": "a positive integer"}
 
 
 def _closed(properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -229,10 +230,13 @@ ORGANISM_SCHEMA: dict[str, Any] = {
                                                     "resolving knowledge_references"}},
             ),
             "channels": {"type": "object", "propertyNames": _name,
-                         "additionalProperties": {"oneOf": [_channel, {"type": "null"}]}},
+                         "additionalProperties": {"oneOf": [_channel, {"type": "null"}],
+                                                  "x-write": "a mapping of settings, like "
+                                                             "{capacity: 100}, or {}"}},
             "agents": {"type": "object", "propertyNames": _name,
                        "additionalProperties": _agent},
             "limits": _limits,
+            "sources": sources_schema(_name, _duration, ENV_NAME_PATTERN),
             "pipeline": _closed(
                 {"stages": {"type": "array", "items": _closed(
                     {"use": {"type": "string", "pattern": HANDLER_PATTERN,

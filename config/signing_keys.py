@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sporeflow.config.extras import extra_hint
 from sporeflow.config.secrets import Secret, read_secret_env
 from sporeflow.config.units import parse_duration
 
@@ -45,7 +46,7 @@ __all__ = [
 
 DEFAULT_WINDOW = 300.0  # seconds; JetStream's duplicate window is 2 minutes
 DEFAULT_MAX_SEEN = 500_000  # signatures remembered against replays, per process
-SIGNING_EXTRA_HINT = "pip install 'sporeflow[signing]'"
+SIGNING_EXTRA_HINT = extra_hint("signing")
 _ED25519_BYTES = 32
 
 Algorithm = Literal["hmac-sha256", "ed25519"]

@@ -7,12 +7,10 @@ agent that can loop gets one warning naming its first senders and how many other
 from __future__ import annotations
 
 import heapq
-import inspect
-from collections.abc import Callable
 from itertools import islice
-from typing import Any
 
 from sporeflow.config.errors import Problem
+from sporeflow.config.handler_returns import never_replies
 from sporeflow.config.model import (
     AgentSpec,
     OrganismSpec,
@@ -34,6 +32,7 @@ def wiring_warnings(located: Located, spec: OrganismSpec) -> list[Problem]:
     # names one of an agent or a channel (the schema); each emitter is listed once.
     to_agent: dict[str, list[tuple[int, str]]] = {}
     on_channel: dict[str, list[tuple[int, str]]] = {}
+    sinks: dict[int, bool] = {}  # id of a handler -> it never replies
     for index, other in enumerate(spec.agents.values()):
         target = other.emit
         if target is not None and (target.to or target.channel):
@@ -54,7 +53,11 @@ def wiring_warnings(located: Located, spec: OrganismSpec) -> list[Problem]:
         senders = [to_agent.get(agent.name, []),
                    *(on_channel.get(channel, []) for channel in dict.fromkeys(agent.subscribe))]
         count = sum(map(len, senders))
-        if not count or _returns_none(agent.handler):
+        if not count:
+            continue
+        if id(agent.handler) not in sinks:  # agents often share a handler: read it once
+            sinks[id(agent.handler)] = never_replies(agent.handler)
+        if sinks[id(agent.handler)]:
             continue
         first = [name for _, name in islice(heapq.merge(*senders), _NAMED_SENDERS)]
         warnings.append(located.problem(
@@ -87,12 +90,3 @@ def _orchestrated_names(agent: AgentSpec) -> tuple[str, ...]:
     if agent.gather is not None:
         return agent.gather.to or ()
     return agent.sequence.steps if agent.sequence is not None else ()
-
-
-def _returns_none(handler: Callable[..., Any]) -> bool:
-    """True when the handler is annotated ``-> None``: it never replies, so cannot loop."""
-    try:
-        annotation = inspect.signature(handler).return_annotation
-    except (TypeError, ValueError):
-        return False
-    return annotation is None or annotation == "None"

@@ -68,6 +68,7 @@ from sporeflow.pipeline.outside import OutsideApi
 from sporeflow.pipeline.reload.diff import ReloadReport
 from sporeflow.pipeline.reload.edits import with_agent, without_agent
 from sporeflow.pipeline.reload.reloader import Reloader
+from sporeflow.pipeline.sources import Sources
 from sporeflow.steps import (
     RunnerPool,
     Spore,
@@ -131,6 +132,7 @@ class Organism(OutsideApi):
         self._hooks: list[LedgerHook] = []  # the user's, attached at every start
         self._builder: AgentBuilder | None = None
         self._reloader = Reloader(self)  # notes the handler modules' files as imported now
+        self.sources = Sources(self, self.logger)  # sources: in the file, run while it runs
 
     # -- construction -------------------------------------------------------
 
@@ -202,8 +204,9 @@ class Organism(OutsideApi):
 
     # -- lifecycle ----------------------------------------------------------------
 
-    async def start(self, *, reboot: bool = False) -> None:
-        """Start the chain and every agent, then send the ``boot`` spores (:meth:`boot`)."""
+    async def start(self, *, reboot: bool = False, boot: bool = True) -> None:
+        """Start the chain and every agent, then send the ``boot`` spores (:meth:`boot`);
+        ``boot=False`` sends none (a one-off run: ``sporeflow send --start``)."""
         if self._state in (State.RUNNING, State.STOPPING):
             raise OrganismStateError(f"organism {self.spec.name!r} is already {self._state}")
         self.logger.debug("starting organism %r on backend %s", self.spec.name, redact_url(
@@ -240,9 +243,11 @@ class Organism(OutsideApi):
                              self._journal.path)
         for agent in self.spec.agents.values():
             # With a broker, each process boots the agents it hosts.
-            if agent.boot is not None and (self._bridge is None
-                                           or agent.name in self._bridge.hosted):
+            if boot and agent.boot is not None and (self._bridge is None
+                                                    or agent.name in self._bridge.hosted):
                 await self.boot(agent.name, agent.boot, again=reboot)
+        if boot:  # its inputs, last: a one-off run (boot=False) reads none
+            await self.sources.start(self.spec)
 
     def _open_run(self) -> Run:
         """Make this run's intake, ledger and ingress, and attach the active hooks."""
@@ -264,7 +269,7 @@ class Organism(OutsideApi):
             ledger.add_hook(JournalHook(self._journal, self._requests))
             ingress.persist = self._journal.record
             self._journal.on_failure = self._fail_stop  # fail stop: see journal.failstop
-        if self.events.active:
+        if self.events.spores_active:  # events per spore only for those who want them
             ledger.add_hook(self._event_hook)
         if self._bridge is not None:
             ledger.add_hook(self._bridge)
@@ -331,6 +336,7 @@ class Organism(OutsideApi):
             return 0
         self._set_state(State.STOPPING)
         run.intake.close()
+        await self.sources.stop()  # first: they admit nothing more (see sources.runner)
         if self._bridge is not None:  # take no new deliveries; finish those taken
             await self._bridge.stop_consuming()
         # Lanes a reload retired (removed or replaced agents) may still hold work too;
@@ -467,7 +473,7 @@ class Organism(OutsideApi):
 
     def stats(self) -> dict[str, Any]:
         """Counts per agent and in total; a plain JSON-serialisable dict."""
-        return organism_stats(
+        return {**organism_stats(
             name=self.spec.name, state=str(self._state),
             uptime=round(time.monotonic() - self._started_at, 3) if self._started_at else 0.0,
             wiring=self._cell.current, channels=self.spec.channels, latency=self._latency,
@@ -476,7 +482,8 @@ class Organism(OutsideApi):
             dead_letters=self.dead_letters,
             journal=self._journal.stats() if self._journal is not None else None,
             broker=self._bridge.statistics() if self._bridge is not None else None,
-            reload=self._reloader.stats(), outside=self._outside)
+            reload=self._reloader.stats(), outside=self._outside),
+            "sources": self.sources.stats()}
 
     def latency_histograms(self) -> dict[str, LatencyHistogram]:
         """Each agent's handler-latency histogram (live objects: read them on the loop)."""

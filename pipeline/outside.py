@@ -29,9 +29,19 @@ class OutsideApi:
     def _require_running(self) -> Run:
         raise NotImplementedError
 
-    def submit(self, spore: Spore) -> Coroutine[Any, Any, Spore]:
-        """Admit a ready-made spore from outside; wait while the organism is full."""
-        return self._require_running().ingress.submit(spore)
+    def submit(self, spore: Spore, *, admit_within: float | None = None,
+               whole: bool = False) -> Coroutine[Any, Any, Spore]:
+        """Admit a ready-made spore from outside; wait while the organism is full, at most
+        ``admit_within`` seconds if given (then :class:`OrganismFull`: nothing admitted).
+        ``whole``: refuse now, rather than dead-letter later, a spore no agent would get
+        (unknown recipient, a channel nobody hears, the recipient's schema refuses it)."""
+        return self._require_running().ingress.submit(spore, admit_within=admit_within,
+                                                      whole=whole)
+
+    def refuse(self, spore: Spore, error: Exception) -> None:
+        """Dead-letter ``spore``, which a source of the organism's own (``sources:``) could
+        not send: a bad line, a spore the organism refused. Nobody else is told."""
+        self._require_running().ingress.refuse(spore, error)
 
     # submit, send and broadcast return the ingress's coroutine rather than being
     # coroutines of their own: one frame less per spore, and a bad argument raises at
@@ -81,16 +91,19 @@ class OutsideApi:
         return spore
 
     async def request(self, to_agent: str, knowledge: dict[str, Any], *, timeout: float = 30.0,
-                      sender: str = "system", priority: int = 5) -> Spore:
+                      sender: str = "system", priority: int = 5,
+                      admit_within: float | None = None) -> Spore:
         """Send a request and return the response spore.
 
         Raises :class:`RequestTimeout` when no response comes within ``timeout``
         seconds, and :class:`HandlerError` (caused by the handler's exception) as
-        soon as the responder fails, without waiting for the timeout.
+        soon as the responder fails, without waiting for the timeout; with
+        ``admit_within``, :class:`OrganismFull` when the organism had no room for it
+        within that many seconds.
         """
         ingress = self._require_running().ingress
         spore = ingress.outside_spore(knowledge, to=to_agent, channel=None, sender=sender,
                                       spore_type=SporeType.REQUEST, priority=priority,
                                       expires_in=None, extra={})
-        return await ingress.request(spore, timeout)
+        return await ingress.request(spore, timeout, admit_within=admit_within)
 

@@ -9,7 +9,14 @@ from sporeflow.steps.envelope import payload_from_xml
 from sporeflow.steps.expire import expire_filter, expiry_after, utc_now
 from sporeflow.steps.lanes import AgentLane, LanePolicy, backoff_delay
 from sporeflow.steps.replies import reply_spore, shape_replies
-from sporeflow.steps.route import RoutingTable, permission_error, route
+from sporeflow.steps.route import (
+    RoutingTable,
+    no_agent_error,
+    permission_error,
+    route,
+    unheard_error,
+    unroutable,
+)
 from sporeflow.steps.runners import RunnerPool
 from sporeflow.steps.schemagate import check_schemas, knowledge_element, schema_check
 from sporeflow.steps.signing import (
@@ -70,6 +77,7 @@ __all__ = [
     "new_spore",
     "new_spore_id",
     "payload_from_xml",
+    "no_agent_error",
     "permission_error",
     "reply_spore",
     "route",
@@ -83,6 +91,8 @@ __all__ = [
     "spore_from_values",
     "spore_from_xml",
     "spore_to_xml",
+    "unheard_error",
+    "unroutable",
     "utc_now",
     "validate",
     "verify",

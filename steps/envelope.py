@@ -54,7 +54,7 @@ from lxml import etree
 
 from sporeflow.config.errors import SporeError
 from sporeflow.config.model import Limits
-from sporeflow.config.safexml import DoctypeRefused, parse_xml
+from sporeflow.config.safexml import DoctypeRefused, parse_xml, xml_parser
 from sporeflow.steps.xmlpayload import (
     Payload,
     XmlPayloadError,
@@ -64,7 +64,7 @@ from sporeflow.steps.xmlpayload import (
     knowledge_to_element,
     parse_payloads,
 )
-from sporeflow.steps.xmlrepair import over_cap
+from sporeflow.steps.xmlrepair import excerpt, over_cap
 
 __all__ = [
     "DEFAULT_MAX_ATTRIBUTES",
@@ -226,12 +226,15 @@ def _check_depth(root: etree._Element, max_depth: int) -> None:
         stack.extend((child, depth + 1) for child in node)
 
 
-def payload_from_xml(text: str | bytes, *, limits: Limits | None = None) -> Payload:
+def payload_from_xml(text: str | bytes, *, limits: Limits | None = None,
+                     strict: bool = False) -> Payload:
     """Read exactly one payload element (recovering sloppy XML, safely, as for replies),
     under ``limits.max_xml_elements`` and ``limits.max_xml_attributes`` (the defaults
-    when None).
+    when None). ``strict``: the text must be well-formed as it is; for XML a person
+    wrote, where a repair would guess at what they meant.
 
-    Raises :class:`XmlPayloadError` when the text holds no element or several.
+    Raises :class:`XmlPayloadError` when the text holds no element or several, or with
+    ``strict``, when it is not well-formed.
     """
     limits = limits or Limits()
     payloads = parse_payloads(text, max_elements=limits.max_xml_elements,
@@ -239,4 +242,20 @@ def payload_from_xml(text: str | bytes, *, limits: Limits | None = None) -> Payl
     if len(payloads) != 1:
         tags = ", ".join(f"<{payload.tag}>" for payload in payloads)
         raise XmlPayloadError(f"expected one payload element, found {len(payloads)}: {tags}")
+    if strict:
+        _check_well_formed(text)
     return payloads[0]
+
+
+def _check_well_formed(text: str | bytes) -> None:
+    """Raise :class:`XmlPayloadError` unless ``text`` parses without a repair (the caller
+    checked it for a DTD, size and limits already)."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    parser = xml_parser(encoding="utf-8")
+    try:
+        parse_xml(data, parser)
+    except etree.XMLSyntaxError as exc:  # its message ends with the line and column
+        raise XmlPayloadError(
+            f"not well-formed XML: {exc.msg}; XML sent from outside is read as it is (only "
+            f"handlers' replies are repaired): correct it",
+            excerpt(data.decode("utf-8", "replace"))) from None

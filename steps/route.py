@@ -18,7 +18,8 @@ from sporeflow.config.reasons import Reason, did_you_mean
 from sporeflow.steps.spore import Spore, SporeType
 from sporeflow.steps.types import Batch, Delivery, Reject
 
-__all__ = ["RoutingTable", "permission_error", "route"]
+__all__ = ["RoutingTable", "no_agent_error", "permission_error", "route", "unheard_error",
+           "unroutable"]
 
 _RESPONSE = SporeType.RESPONSE
 
@@ -32,6 +33,41 @@ class RoutingTable:
     peers: Mapping[str, frozenset[str]] = field(default_factory=dict)
     publishers: Mapping[str, frozenset[str]] = field(default_factory=dict)
     channels: frozenset[str] = frozenset()
+    organism: str = ""  # its name, for messages
+
+
+def no_agent_error(table: RoutingTable, target: str, spore: Spore | None = None
+                   ) -> DeliveryError:
+    """Why a spore (``spore``, or one about to be built) to ``target`` is refused when no
+    agent of ``table`` has that name: the one text of this rule, at the door and in route."""
+    about = (f"spore {spore.id} from {spore.from_agent!r} is addressed to {target!r}: "
+             if spore is not None else "")
+    return DeliveryError(f"{about}no agent {target!r} in organism {table.organism!r}"
+                         f"{did_you_mean(target, table.agents)}", reason=Reason.UNKNOWN_AGENT)
+
+
+def unheard_error(table: RoutingTable, spore: Spore) -> DeliveryError:
+    """Why broadcast ``spore`` is refused when its channel reaches no agent but its sender."""
+    reason = (Reason.NO_SUBSCRIBERS if spore.channel in table.channels
+              else Reason.UNKNOWN_CHANNEL)
+    return DeliveryError(
+        f"broadcast {spore.id} from {spore.from_agent!r} on channel {spore.channel!r} "
+        f"reaches no agent ({reason}){did_you_mean(spore.channel, table.channels)}",
+        reason=reason)
+
+
+def unroutable(table: RoutingTable, spore: Spore, *,
+               outside: Container[str] = frozenset()) -> DeliveryError | None:
+    """Why route would find no agent for ``spore`` (not a response), or None: what a
+    sender that wants to hear of it at once (the HTTP ingress) is told before admission."""
+    target = spore.to_agent
+    if target is not None:
+        if target in table.agents or target in outside:
+            return None
+        return no_agent_error(table, target, spore)
+    if any(name != spore.from_agent for name in table.subscribers.get(spore.channel, ())):
+        return None
+    return unheard_error(table, spore)
 
 
 def permission_error(table: RoutingTable, spore: Spore, *,
@@ -122,10 +158,8 @@ async def route(
                     elif target in outside:
                         on_outside(spore)
                     else:
-                        on_reject(spore, Reason.UNKNOWN_AGENT, DeliveryError(
-                            f"spore {spore.id} from {spore.from_agent!r} is addressed to "
-                            f"{target!r}, which is no agent of this organism"
-                            f"{did_you_mean(target, agents)}", reason=Reason.UNKNOWN_AGENT))
+                        on_reject(spore, Reason.UNKNOWN_AGENT,
+                                  no_agent_error(routes, target, spore))
                     continue
                 targets = subscribers.get(spore.channel, ())
                 if spore.from_agent in targets:
@@ -134,11 +168,8 @@ async def route(
                     deliveries.append((spore, targets))
                     on_broadcast(spore, len(targets))
                 else:
-                    reason = (Reason.NO_SUBSCRIBERS if spore.channel in routes.channels
-                              else Reason.UNKNOWN_CHANNEL)
-                    on_reject(spore, reason, DeliveryError(
-                        f"broadcast {spore.id} from {spore.from_agent!r} on channel "
-                        f"{spore.channel!r} reaches no agent ({reason})", reason=reason))
+                    refusal = unheard_error(routes, spore)
+                    on_reject(spore, refusal.reason, refusal)
             if deliveries:
                 yield deliveries
 

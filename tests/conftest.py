@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
+import tempfile
 import textwrap
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
@@ -86,3 +88,14 @@ def handler_modules(tmp_path: Path) -> Iterator[Callable[[str, str | None], str]
     yield write
     for name in names:
         sys.modules.pop(name, None)
+
+
+@pytest.fixture(autouse=True)
+def private_runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Each test's own XDG_RUNTIME_DIR, where organisms' control sockets live: a run in
+    one test (or on the developer's machine) is never another's "already running".
+    Short, under /tmp: a Unix socket's path takes at most 107 bytes."""
+    folder = Path(tempfile.mkdtemp(prefix="sf-", dir="/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

@@ -14,7 +14,7 @@ class Channel:
     def __init__(self) -> None:
         self.frames: list[tuple[int, bool]] = []
 
-    async def basic_ack(self, tag: int, *, multiple: bool) -> None:
+    async def basic_ack(self, tag: int, *, multiple: bool, wait: bool = True) -> None:
         self.frames.append((tag, multiple))
 
 
@@ -78,7 +78,7 @@ async def test_a_failed_send_is_reported_not_raised() -> None:
     errors: list[BaseException] = []
 
     class Gone(Channel):
-        async def basic_ack(self, tag: int, *, multiple: bool) -> None:
+        async def basic_ack(self, tag: int, *, multiple: bool, wait: bool = True) -> None:
             raise ConnectionError("the connection is gone")
 
     window = AckWindow(Gone(), on_error=errors.append)

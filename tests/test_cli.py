@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -32,8 +30,11 @@ def test_check_bad_file_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
                    "    handler: nowhere:h\n    timout: 5s\n")
     code, _, err = invoke("check", str(bad))
     assert code == 1
-    assert err.startswith("ConfigError: 4 problems in the organism")
+    assert err.startswith("ConfigError: 3 problems in the organism")
     assert f"{bad}:4:16: agents.a.emit.to: unknown agent 'bb' (did you mean 'b'?)" in err
+    assert (f"{bad}:3:14: agents.a.handler: handler module 'nowhere' is neither beside the "
+            f"organism file") in err  # once, for both agents that name it
+    assert "; agents 'a' and 'b' use it" in err
     assert f"{bad}:7:5: agents.b.timout: unknown key 'timout' (did you mean 'timeout'?)" in err
     assert "Traceback" not in err
 
@@ -53,17 +54,19 @@ def test_debug_shows_the_traceback() -> None:
     assert "sporeflow.config.errors.ConfigError: 1 problem in the organism" in result.stderr
 
 
-def test_send_prints_what_comes_back_as_json_lines() -> None:
-    code, out, err = invoke("send", str(SMALL), "--to", "picky", '{"n": 4}')
+def test_send_start_prints_what_comes_back_as_json_lines_then_the_id() -> None:
+    code, out, err = invoke("send", str(SMALL), "--start", "--to", "picky", '{"n": 4}')
     assert code == 0, err
-    [line] = out.strip().splitlines()
+    line, spore_id = out.strip().splitlines()
     spore = json.loads(line)
     assert spore["knowledge"] == {"n": 4}
     assert spore["to_agent"] == "cli"
+    assert spore["thread_id"] == spore_id
 
 
 def test_send_request_prints_the_response() -> None:
-    code, out, _ = invoke("send", str(SMALL), "--to", "squarer", "--request", '{"n": 5}')
+    code, out, _ = invoke("send", str(SMALL), "--start", "--to", "squarer", "--request",
+                          '{"n": 5}')
     assert code == 0
     responses = [json.loads(line) for line in out.strip().splitlines()]
     assert responses[0]["knowledge"] == {"square": 25}
@@ -72,13 +75,15 @@ def test_send_request_prints_the_response() -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (("--to", "picky", "not json"), "SporeError: KNOWLEDGE is not JSON"),
-    (("--to", "pickie", "{}"), "DeliveryError: no agent 'pickie' in organism 'small' "
-                               "(did you mean 'picky'?)"),
+    (("--to", "pickie", "{}"), "refused: unknown agent: DeliveryError: no agent 'pickie' in "
+                               "organism 'small' (did you mean 'picky'?)"),
+    (("--to", "picky", '{"n": 3}'), "dead letter (agent 'picky'): handler failed: "
+                                    "ValueError: 3 is a multiple of three"),
 ])
 def test_send_errors_are_one_line(args: tuple[str, ...], message: str) -> None:
-    code, _, err = invoke("send", str(SMALL), *args)
+    code, _, err = invoke("send", str(SMALL), "--start", *args)
     assert code == 1
-    assert err.startswith(message)
+    assert err.strip().splitlines()[-1].startswith(message)  # after the run's own log lines
 
 
 def test_schema_prints_json_schema() -> None:
@@ -95,16 +100,6 @@ def test_run_until_idle_on_the_small_organism(tmp_path: Path) -> None:
     assert code == 0, err
     assert "1 spores handled" in err
     assert "0 dead letters" in err
-
-
-def test_demo_runs_to_completion_with_its_result() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "sporeflow.pipeline.cli", "run", "--until-idle"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    assert "Python standard library:" in done.stdout
-    assert "top identifiers: self" in done.stdout
-    assert "0 dead letters" in done.stderr
 
 
 def test_check_without_an_argument_checks_organism_yaml_here(tmp_path: Path,

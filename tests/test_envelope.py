@@ -277,7 +277,8 @@ def test_utf16_document_cannot_smuggle_a_doctype_past_the_scan() -> None:
 
 
 def _send(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, ["send", str(SCHEMAS_ORGANISM), "--to", "echo", *args])
+    result = CliRunner().invoke(cli, ["send", str(SCHEMAS_ORGANISM), "--start", "--to", "echo",
+                                      *args])
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -285,7 +286,7 @@ def test_send_xml_element_becomes_knowledge_and_kind() -> None:
     code, out, err = _send("--xml", '<order id="1"><line><sku>a</sku><qty>2</qty></line>'
                                     "</order>")
     assert (code, err) == (0, "")
-    [line] = out.splitlines()
+    line, _spore_id = out.splitlines()
     assert json.loads(line)["knowledge"] == {
         "kind": "order", "knowledge": {"id": 1, "line": {"sku": "a", "qty": 2}}}
 

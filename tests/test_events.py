@@ -345,6 +345,44 @@ async def test_no_event_is_built_while_nobody_listens(monkeypatch: pytest.Monkey
     assert built == []
 
 
+async def test_a_subscriber_to_organism_events_only_costs_no_event_per_spore(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[str] = []
+    for name in ("SporeAdmitted", "SporeHandled", "SporeFailed", "SporeExpired",
+                 "SporeDeadLettered"):
+        monkeypatch.setattr(eventhook_module, name,
+                            lambda *args, _name=name, **kwargs: built.append(_name))
+    seen: list[Event] = []
+    organism, result = await run_small(
+        lambda o: o.events.subscribe(seen.append, spores=False))
+    assert result["counts"]["ear1"] == (1, 0)
+    assert built == []
+    assert {"running", "stopped"} <= {e.new for e in of(seen, OrganismStateChanged)}
+    assert organism.events.active
+    assert not organism.events.spores_active
+
+
+def test_spore_events_reach_only_subscribers_that_want_them() -> None:
+    bus = EventBus()
+    told: list[bool] = []
+    bus.on_active = told.append
+    mine: list[Event] = []
+    bus.subscribe(mine.append, spores=False)
+    assert (bus.active, bus.spores_active, told) == (True, False, [])
+    theirs: list[Event] = []
+    stop = bus.subscribe(theirs.append)
+    assert told == [True]
+    spore_event = SporeHandled(spore=Spore(knowledge={}), agent="a", latency=0.0)
+    state = OrganismStateChanged(organism="o", old="a", new="b")
+    bus.emit(spore_event)
+    bus.emit(state)
+    assert mine == [state]
+    assert theirs == [spore_event, state]
+    stop()
+    assert told == [True, False]
+    assert bus.active
+
+
 def test_events_have_a_json_form() -> None:
     spore = Spore(knowledge={"n": 1})
     handled = SporeHandled(spore=spore, agent="a", latency=0.0015, replies=2)

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import sporeflow.config.loader as loader
+import sporeflow.config.resolve as resolve
 from sporeflow.config import ConfigError, Emit, SporeError, organism_from_text
 from sporeflow.config.handlers import HandlerImportError
 from sporeflow.pipeline.broker.amqp_codec import spore_from_amqp, spore_to_amqp
@@ -302,7 +302,7 @@ def _fake_resolver(ref: str, base_dir: Path, *, reload: bool = False) -> Callabl
 
 @pytest.fixture
 def no_imports(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loader, "resolve_handler", _fake_resolver)
+    monkeypatch.setattr(resolve, "resolve_handler", _fake_resolver)
 
 
 @budget(400)

@@ -115,12 +115,12 @@ def test_cli_send_over_the_size_limit_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "organism.yaml"
     path.write_text("agents: {sink: {handler: limit_handlers:sink}}\n"
                     "limits: {max_spore_bytes: 1KiB}\n")
-    result = CliRunner().invoke(cli, ["send", str(path), "--to", "sink",
+    result = CliRunner().invoke(cli, ["send", str(path), "--start", "--to", "sink",
                                       '{"text": "' + "x" * 2000 + '"}'])
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("LimitExceeded: spore ")
+    assert lines[0].startswith("refused: limit exceeded: LimitExceeded: spore ")
     assert "over limits.max_spore_bytes=1024 (2.3 KiB > 1 KiB)" in lines[0]
 
 

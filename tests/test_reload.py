@@ -231,7 +231,7 @@ GOOD = """
 
 def _bad_yaml(folder: Path, mod: str) -> str:
     (folder / "organism.yaml").write_text("agents:\n  fwd: {handler: x:y\n")
-    return r":3:1: <root>: YAML does not parse"
+    return r":2:8: <root>: YAML does not parse: the \{ opened here is not closed"
 
 
 def _unknown_agent(folder: Path, mod: str) -> str:
@@ -251,8 +251,9 @@ def _missing_module(folder: Path, mod: str) -> str:
 
 def _module_that_raises(folder: Path, mod: str) -> str:
     (folder / f"{mod}.py").write_text(HANDLERS + "\nraise RuntimeError('half-saved file')\n")
-    return (r":4:\d+: agents\.fwd\.handler: handler '\w+:forward' does not import: "
-            r"RuntimeError: half-saved file")
+    return (r":4:\d+: agents\.fwd\.handler: handler module '\w+' does not import: "
+            r"RuntimeError: half-saved file \(at \w+\.py:\d+\); agents 'fwd', 'a' and 'b' "
+            r"use it")
 
 
 @pytest.mark.parametrize("spoil", [_bad_yaml, _unknown_agent, _missing_module,

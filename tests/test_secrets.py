@@ -209,8 +209,8 @@ def test_a_debug_run_with_a_url_password_and_a_key_never_prints_them(
         broker = runner.invoke(cli, ["run", str(path), "--until-idle", "--log-level", "DEBUG",
                                      "--log-format", log_format])
         others = [runner.invoke(cli, args) for args in (
-            ["check", str(path)], ["graph", str(path)], ["send", str(path), "--to", "leaky",
-                                                          json.dumps({"url": URL})])]
+            ["check", str(path)], ["graph", str(path)], ["send", str(path), "--start", "--to",
+                                                          "leaky", json.dumps({"url": URL})])]
     finally:
         configure_logging("text", "WARNING")
     assert memory.exit_code == 0, memory.output

@@ -1,7 +1,8 @@
-"""``sporeflow tail``: one JSON line per spore event of a run, filtered."""
+"""``sporeflow tail``: one JSON line per spore event of a running organism, filtered."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import textwrap
@@ -10,18 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from aiohttp.test_utils import TestClient, TestServer
 
 from sporeflow.pipeline import (
     EventBus,
+    Organism,
     OrganismStateChanged,
     Spore,
     SporeAdmitted,
     SporeHandled,
     SporeType,
 )
-from sporeflow.pipeline.cli.main import cli
 from sporeflow.pipeline.cli.tail import Tail, TailFilter, event_line, follow
+from sporeflow.pipeline.service.control import control_app
 
 AGENTS = '''
 async def start(spore, ctx):
@@ -69,15 +71,31 @@ def _keep_logging() -> Iterator[None]:
     logger.handlers[:], logger.level, logger.propagate = saved
 
 
-def tail(organism_file: Path, *options: str) -> tuple[int, list[dict[str, Any]], str]:
-    result = CliRunner().invoke(cli, ["tail", str(organism_file), "--until-idle", *options])
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
-    return result.exit_code, lines, result.stderr
+async def tail(organism_file: Path, count: int,
+               **options: str | list[str]) -> list[dict[str, Any]]:
+    """The first ``count`` lines ``sporeflow tail`` would print with ``options``: what the
+    control endpoint streams (``GET /v1/events``), attached before the organism starts,
+    so that its boot spore is seen too. (tests/test_control_cli.py runs the command.)"""
+    organism = Organism.from_file(organism_file)
+    served: TestClient[Any, Any] = TestClient(TestServer(control_app(organism)))
+    await served.start_server()
+    try:
+        reply = await served.get("/v1/events", params=[
+            (key, value) for key, values in options.items()
+            for value in ([values] if isinstance(values, str) else values)])
+        assert reply.status == 200, await reply.text()
+        async with organism.running(drain_timeout=5):
+            await organism.idle()
+            lines = [json.loads(await asyncio.wait_for(reply.content.readline(), 10))
+                     for _ in range(count)]
+        reply.close()
+    finally:
+        await served.close()
+    return lines
 
 
-def test_tail_prints_every_spore_event_of_the_run_as_json(organism_file: Path) -> None:
-    code, lines, _ = tail(organism_file)
-    assert code == 0
+async def test_tail_prints_every_spore_event_of_the_run_as_json(organism_file: Path) -> None:
+    lines = await tail(organism_file, 14)
     handled = sorted((line["agent"], json.dumps(line["spore"]["knowledge"]))
                      for line in lines if line["event"] == "handled")
     assert handled == sorted(
@@ -92,26 +110,32 @@ def test_tail_prints_every_spore_event_of_the_run_as_json(organism_file: Path) -
                for line in lines)
 
 
-def test_tail_filters_by_channel_agent_type_and_event(organism_file: Path) -> None:
-    _, on_numbers, _ = tail(organism_file, "--channel", "numbers", "--event", "handled")
+async def test_tail_filters_by_channel_agent_type_and_event(organism_file: Path) -> None:
+    on_numbers = await tail(organism_file, 6, channel="numbers", event="handled")
     # Replies stay on their parent's channel; the boot spore went on 'main'.
     assert sorted(line["agent"] for line in on_numbers) == ["doubler"] * 3 + ["keeper"] * 3
 
-    _, keeper, _ = tail(organism_file, "--agent", "keeper")
+    keeper = await tail(organism_file, 6, agent="keeper")
     assert {(line["event"], line["spore"]["to_agent"]) for line in keeper} == {
         ("admitted", "keeper"), ("handled", "keeper")}
-    assert len(keeper) == 6
 
-    _, broadcasts, _ = tail(organism_file, "--type", "broadcast", "--event", "admitted",
-                            "--no-knowledge")
-    assert len(broadcasts) == 3
+    broadcasts = await tail(organism_file, 3, type="broadcast", event="admitted",
+                            knowledge="false")
+    assert all(line["spore"]["spore_type"] == "broadcast" for line in broadcasts)
     assert all("knowledge" not in line["spore"] for line in broadcasts)
 
 
-def test_tail_refuses_an_unknown_agent_with_a_hint(organism_file: Path) -> None:
-    result = CliRunner().invoke(cli, ["tail", str(organism_file), "--agent", "keepr"])
-    assert result.exit_code == 2
-    assert "no agent 'keepr' in organism 'tailed' (did you mean 'keeper'?)" in result.output
+async def test_tail_refuses_an_unknown_agent_with_a_hint(organism_file: Path) -> None:
+    served: TestClient[Any, Any] = TestClient(TestServer(control_app(
+        Organism.from_file(organism_file))))
+    await served.start_server()
+    try:
+        reply = await served.get("/v1/events", params={"agent": "keepr"})
+        assert reply.status == 400
+        assert ("no agent 'keepr' in organism 'tailed' (did you mean 'keeper'?)"
+                in (await reply.json())["message"])
+    finally:
+        await served.close()
 
 
 def test_filter_matches_an_agent_as_handler_sender_or_recipient() -> None:

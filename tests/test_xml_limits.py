@@ -137,7 +137,8 @@ def test_xml_limits_are_read_from_the_organism_file() -> None:
     spec = organism_from_text("agents: {}\nlimits: {max_xml_elements: 500, "
                               "max_xml_attributes: 20}\n")
     assert (spec.limits.max_xml_elements, spec.limits.max_xml_attributes) == (500, 20)
-    with pytest.raises(ConfigError, match="limits.max_xml_attributes: 0 is too small"):
+    with pytest.raises(ConfigError,
+                       match="limits.max_xml_attributes: expected a positive integer, got 0"):
         organism_from_text("agents: {}\nlimits: {max_xml_attributes: 0}\n")
 
 

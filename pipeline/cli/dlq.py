@@ -5,7 +5,10 @@
     sporeflow dlq replay  ORGANISM (filters | --all) [--run]
     sporeflow dlq purge   ORGANISM (filters | --all)
 
-Where they are: on an amqp organism (or with ``--backend URL``), the broker's
+Where they are: while the organism runs in one process (``sporeflow run``), in that
+process: ``list``, ``show`` and ``replay`` reach it through its control socket (unless
+``--journal``, ``--backend`` or ``--from`` say otherwise), and a replay is delivered by
+it at once. Else, on an amqp organism (or with ``--backend URL``), the broker's
 dead-letter queue (``pipeline.broker.dead_letter_queue``); in one process, the
 journal (``organism.journal`` in its file, or ``--journal FILE`` here); ``--from``
 says which when an organism has both. Both give the same letters to the same
@@ -24,6 +27,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -40,6 +44,7 @@ from sporeflow.config import (
 )
 from sporeflow.pipeline.broker.backend import Topology, resolve_backend_url
 from sporeflow.pipeline.broker.factory import open_backend
+from sporeflow.pipeline.cli.control import attached, call, refused
 from sporeflow.pipeline.cli.util import (
     DURATION,
     ORGANISM_ARG,
@@ -49,12 +54,13 @@ from sporeflow.pipeline.cli.util import (
     masked,
     run_to_end,
 )
-from sporeflow.pipeline.core.deadletters import LetterChoice, StoredDeadLetter
+from sporeflow.pipeline.core.deadletters import DeadLetter, LetterChoice, StoredDeadLetter
 from sporeflow.pipeline.journal.offline import JournalFile
 from sporeflow.pipeline.journal.sqlite import JournalError
 from sporeflow.pipeline.observe.logs import configure_logging
 from sporeflow.pipeline.observe.summary import render_summary
 from sporeflow.pipeline.organism import Organism
+from sporeflow.steps import Spore
 
 __all__ = ["dlq"]
 
@@ -182,6 +188,31 @@ async def _on_broker(source: _Source, choice: LetterChoice, action: Action) -> _
         return _Outcome(letters, done, problems)
 
 
+def _in_running(ctx: click.Context, organism: Path, explicit: bool,
+                choice: LetterChoice) -> tuple[Path, list[StoredDeadLetter]] | None:
+    """The running organism's socket and its letters ``choice`` matches, when ``dlq`` acts
+    on it: no source was named, a run of the file answers, and it keeps them (over a broker
+    the dead-letter queue holds every process's: it is read as before)."""
+    path = None if explicit else attached(organism)
+    if path is None:
+        return None
+    status, answer = call(ctx, path, "GET", "dead-letters", params={
+        "agent": choice.agents, "reason": choice.reasons, "id": choice.ids})
+    if status != 200:
+        refused(ctx, answer)
+    if answer.get("brokered"):
+        return None
+    return path, [_stored(data) for data in answer["letters"]]
+
+
+def _stored(data: dict[str, Any]) -> StoredDeadLetter:
+    """A dead letter as the control endpoint answers it (``operations.letter_dict``)."""
+    return StoredDeadLetter(int(data["number"]), DeadLetter(
+        Spore.from_dict(data["spore"]), data["reason"], data["error"], data.get("agent"),
+        int(data.get("attempts", 0)), data.get("traceback"),
+        datetime.fromisoformat(data["at"])))
+
+
 def _choice(ctx: click.Context, agents: tuple[str, ...], reasons: tuple[str, ...],
             ids: tuple[str, ...], everything: bool | None = None) -> LetterChoice:
     """The filters given; replay and purge (``everything`` not None) need one, or --all."""
@@ -221,13 +252,17 @@ def list_(ctx: click.Context, organism: Path, journal: Path | None, backend: str
           ids: tuple[str, ...], as_json: bool) -> None:
     """One line per dead letter: number, time, agent, reason, error."""
     choice = _choice(ctx, agents, reasons, ids)
-    source = _source(ctx, organism, journal, backend, origin)
-    letters = _apply(ctx, source, choice, "read").letters
+    running = _in_running(ctx, organism, bool(journal or backend or origin), choice)
+    if running is not None:
+        letters, where = running[1], f"the running organism (control socket {running[0]})"
+    else:
+        source = _source(ctx, organism, journal, backend, origin)
+        letters = _apply(ctx, source, choice, "read").letters
+        where = f"{source.where}{source.note}"
     for stored in letters:
         click.echo(masked(ctx, _as_json(stored)) if as_json else _summary_line(ctx, stored))
     if not as_json:
-        click.echo(masked(ctx, f"{len(letters)} dead letter(s) in {source.where}{source.note}"),
-                   err=True)
+        click.echo(masked(ctx, f"{len(letters)} dead letter(s) in {where}"), err=True)
 
 
 @dlq.command()
@@ -238,8 +273,11 @@ def show(ctx: click.Context, organism: Path, journal: Path | None, backend: str 
          ids: tuple[str, ...]) -> None:
     """Each chosen dead letter whole: its error, traceback and spore."""
     choice = _choice(ctx, agents, reasons, ids)
-    source = _source(ctx, organism, journal, backend, origin)
-    for stored in _apply(ctx, source, choice, "read").letters:
+    running = _in_running(ctx, organism, bool(journal or backend or origin), choice)
+    letters = (running[1] if running is not None else
+               _apply(ctx, _source(ctx, organism, journal, backend, origin), choice,
+                      "read").letters)
+    for stored in letters:
         letter = stored.letter
         text = (f"dead letter {stored.number}\n"
                 f"  spore:    {letter.spore.id}\n"
@@ -277,6 +315,10 @@ def replay(ctx: click.Context, organism: Path, journal: Path | None, backend: st
     has confirmed it: the organism's running processes deliver them.
     """
     choice = _choice(ctx, agents, reasons, ids, everything)
+    running = _in_running(ctx, organism, bool(journal or backend or origin), choice)
+    if running is not None:  # the running organism delivers them now (--run or not)
+        _replay_in_running(ctx, running[0], choice)
+        return
     source = _source(ctx, organism, journal, backend, origin)
     if run_now and source.journal is None:
         raise click.UsageError("--run delivers what a journal replays; on a broker the "
@@ -304,6 +346,20 @@ def replay(ctx: click.Context, organism: Path, journal: Path | None, backend: st
         except SporeflowError as exc:
             fail(ctx, exc)
         click.echo(render_summary(org.stats(), time.perf_counter() - started), err=True)
+
+
+def _replay_in_running(ctx: click.Context, path: Path, choice: LetterChoice) -> None:
+    status, answer = call(ctx, path, "POST", "dead-letters/replay", {
+        "agents": list(choice.agents), "reasons": list(choice.reasons),
+        "ids": list(choice.ids), "all": not choice})
+    if status != 200:
+        refused(ctx, answer)
+    for problem in answer["problems"]:
+        click.echo(masked(ctx, f"not replayed: {problem}"), err=True)
+    click.echo(f"{answer['replayed']} dead letter(s) replayed in the running organism "
+               f"(control socket {path})", err=True)
+    if answer["problems"]:
+        ctx.exit(1)
 
 
 async def _run_until_idle(org: Organism, drain_timeout: float) -> None:

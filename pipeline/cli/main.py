@@ -30,8 +30,17 @@ from sporeflow.config import (
 )
 from sporeflow.pipeline.agents.state import read_snapshot, write_snapshot
 from sporeflow.pipeline.cli.broker import broker_declare, broker_permissions
+from sporeflow.pipeline.cli.control import (
+    attached,
+    call,
+    reload,
+    send_outcome,
+    send_started,
+    stats,
+)
 from sporeflow.pipeline.cli.dlq import dlq
 from sporeflow.pipeline.cli.graph import graph
+from sporeflow.pipeline.cli.init import init
 from sporeflow.pipeline.cli.keygen import keygen
 from sporeflow.pipeline.cli.tail import tail
 from sporeflow.pipeline.cli.util import (
@@ -51,7 +60,9 @@ from sporeflow.pipeline.observe.summary import render_summary
 from sporeflow.pipeline.observe.tracing import ensure_tracer_provider
 from sporeflow.pipeline.organism import Organism
 from sporeflow.pipeline.reload.watch import ReloadTriggers, require_watchfiles
-from sporeflow.steps import Spore, payload_from_xml
+from sporeflow.pipeline.service.address import NotRunning
+from sporeflow.pipeline.service.server import ControlServer
+from sporeflow.steps import payload_from_xml
 
 __all__ = ["main"]
 
@@ -96,7 +107,8 @@ def _parsed(parse: Callable[[str], T], value: str | None, option: str) -> T | No
 @click.option("--until", metavar="EXPRESSION",
               help="Stop once this holds over the stats, e.g. 'totals.handled >= 1000'.")
 @click.option("--max-duration", type=DURATION, help="Stop after this long, e.g. 30s or 5m.")
-@click.option("--watch", is_flag=True, help="Reload when the organism file or its handler "
+@click.option("--watch", "--reload", "watch", is_flag=True, help="Reload when the organism "
+              "file or its handler "
               "modules change (needs sporeflow[watch]); SIGHUP reloads too.")
 @click.option("--trace", is_flag=True, help="OpenTelemetry span per handler call (needs "
               "sporeflow[tracing]); to stderr unless a tracer provider is configured.")
@@ -106,17 +118,31 @@ def _parsed(parse: Callable[[str], T], value: str | None, option: str) -> T | No
               "others run in other processes on the same broker.")
 @click.option("--reboot", is_flag=True, help="Send the boot spores again: over a broker "
               "they are sent once per deployment, with a journal once per journal.")
+@click.option("--no-control", is_flag=True, help="Serve no control endpoint: `sporeflow "
+              "send/tail/stats/reload/dlq` cannot reach this run, nor refuse a second run.")
+@click.option("--control-http", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Also serve the control endpoint over HTTP on 127.0.0.1:PORT (0: any free "
+                   "port), with a token: $SPOREFLOW_CONTROL_TOKEN, else a new one, printed.")
+@click.option("--dashboard", is_flag=True, help="Serve the web dashboard over the control "
+              "endpoint's HTTP (port 8787 unless --control-http says).")
 @click.pass_context
 def run(ctx: click.Context, organism: Path, until_idle: bool, drain_timeout: float,
         log_format: str, log_level: str, quiet: bool, metrics_port: int | None,
         metrics_host: str, state_file: Path | None, until: str | None, journal: Path | None,
         max_duration: float | None, trace: bool, watch: bool, backend: str | None = None,
-        agents: str | None = None, reboot: bool = False) -> None:
+        agents: str | None = None, reboot: bool = False, no_control: bool = False,
+        control_http: int | None = None, dashboard: bool = False) -> None:
     """Run ORGANISM (default ./organism.yaml) until Ctrl-C, SIGTERM, or idle.
 
     On a terminal it shows a live per-agent table (unless --quiet); the final
-    summary is always printed on exit.
+    summary is always printed on exit. It serves a control endpoint on a Unix socket
+    (see README, "Reaching a running organism"); a second run of the file is refused.
+    SIGHUP reloads, as `sporeflow reload` does, unless stdin is a terminal: then it
+    means the terminal went away, and the run stops as on SIGTERM.
     """
+    if no_control and (dashboard or control_http is not None):
+        raise click.UsageError("--no-control turns the control endpoint off: not with "
+                               "--control-http or --dashboard", ctx=ctx)
     configure_logging(log_format, log_level)
     if watch:
         guarded(ctx, require_watchfiles)
@@ -129,12 +155,17 @@ def run(ctx: click.Context, organism: Path, until_idle: bool, drain_timeout: flo
     observers = partial(_observers, live=not quiet and sys.stderr.isatty(), quiet=quiet,
                         metrics_port=metrics_port, metrics_host=metrics_host)
     condition = _parsed(parse_condition, until, "--until")
+    control = None if no_control else partial(
+        ControlServer, organism_file=organism, hosted=hosted, http_port=control_http,
+        dashboard=dashboard, echo=partial(click.echo, err=True),
+        quiet=quiet or not sys.stderr.isatty(),
+        replicas=(backend or org.spec.backend) != "memory")  # a broker's processes: replicas
     try:
         if state_file is not None and (snapshot := read_snapshot(state_file)) is not None:
             org.load_state(snapshot)
         code = run_to_end(_run(org, until_idle=until_idle, drain_timeout=drain_timeout,
                                 observers=observers, until=condition, max_duration=max_duration,
-                                watch=watch, reboot=reboot))
+                                watch=watch, reboot=reboot, control=control))
         if state_file is not None:  # only after a graceful stop: a crash raised above
             write_snapshot(state_file, org.save_state())
     except SporeflowError as exc:
@@ -168,10 +199,17 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
                observers: Callable[[Organism], Awaitable[contextlib.AsyncExitStack]]
                | None = None, until: StopCondition | None = None,
                max_duration: float | None = None, watch: bool = False,
-               reboot: bool = False) -> int:
+               reboot: bool = False,
+               control: Callable[..., contextlib.AbstractAsyncContextManager[Any]]
+               | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0
+    # SIGHUP from a terminal: it was closed, stop (not reload and run on, orphaned); from a
+    # service manager (no terminal): reload, as `sporeflow reload` does.
+    on_terminal = sys.stdin is not None and sys.stdin.isatty()
+    hangup = getattr(signal, "SIGHUP", None) if on_terminal else None
+    stopping = (signal.SIGINT, signal.SIGTERM, *((hangup,) if hangup is not None else ()))
 
     def on_signal() -> None:
         nonlocal signals
@@ -185,14 +223,24 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
                    file=sys.stderr)
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    def on_hangup() -> None:
+        stop.set()
+        _forget_terminal()  # writing to a closed terminal fails: the state file is still saved
+
+    for sig in stopping:
+        loop.add_signal_handler(sig, on_hangup if sig == hangup else on_signal)
     started = time.perf_counter()
     waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
     # Observers outlive the drain (the live view shows it) and close before the summary.
     watching = contextlib.AsyncExitStack()
-    reloads = ReloadTriggers(org, watch=watch, echo=partial(click.echo, err=True))
+    reloads = ReloadTriggers(org, watch=watch, echo=partial(click.echo, err=True),
+                             hangup=hangup is None)
+    # The control endpoint first: it refuses a second run of the file before anything
+    # starts, and it closes after the drain (health answers meanwhile).
+    serving = contextlib.AsyncExitStack()
     try:
+        if control is not None:
+            await serving.enter_async_context(control(org, on_reload=reloads.report))
         await org.start(reboot=reboot)
         reloads.start()  # SIGHUP (and --watch) reload the organism
         if org.journal is not None:  # a journal that fails stops the run (journal.failstop)
@@ -221,8 +269,9 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
         if org.journal is not None and org.journal.failure is not None:
             drain_timeout = 0  # fail stop: nothing more runs that could not be recorded
         unfinished = await org.stop(drain_timeout=drain_timeout)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in stopping:
             loop.remove_signal_handler(sig)
+        await serving.aclose()
         await watching.aclose()
     click.echo(render_summary(org.stats(), time.perf_counter() - started), err=True)
     if org.journal is not None and org.journal.failure is not None:
@@ -236,6 +285,15 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
         click.echo(f"{unfinished} spore(s) could not finish and were dead-lettered "
                    f"as 'shutdown'", err=True)
     return 0
+
+
+def _forget_terminal() -> None:
+    """Send what is still printed to /dev/null: the terminal it went to is gone."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            os.dup2(null, fd)
+    os.close(null)
 
 
 @cli.command()
@@ -254,28 +312,39 @@ def check(ctx: click.Context, organism: Path) -> None:
 
 @cli.command()
 @ORGANISM_FILE
-@click.option("--to", "to_agent", required=True, help="The agent to send to.")
+@click.option("--to", "to_agent", help="The agent to send to.")
+@click.option("--channel", help="Broadcast on this channel (with --to: the spore's channel).")
 @click.option("--request", "as_request", is_flag=True,
               help="Send a request and print its response.")
-@click.option("--timeout", default=30.0, show_default=True)
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0,
+              min_open=True), help="Seconds to wait for the spore to be handled (or for "
+              "the response to a request).")
+@click.option("--start", is_flag=True, help="With no run of ORGANISM going on, run one here "
+              "without its boot spores: send, wait until idle, stop.")
 @click.option("--xml", "xml_payload", metavar="ELEMENT",
               help="Send an XML payload element instead of KNOWLEDGE: its tag becomes the "
                    "kind (metadata), its attributes and children the knowledge.")
 @click.argument("knowledge", required=False)
 @click.pass_context
-def send(ctx: click.Context, organism: Path, to_agent: str, as_request: bool, timeout: float,
-         knowledge: str | None, xml_payload: str | None) -> None:
-    """Run ORGANISM, send KNOWLEDGE (JSON) or --xml ELEMENT to an agent, print what comes
-    back as JSON lines."""
+def send(ctx: click.Context, organism: Path, to_agent: str | None, as_request: bool,
+         timeout: float, knowledge: str | None, xml_payload: str | None,
+         channel: str | None = None, start: bool = False) -> None:
+    """Send KNOWLEDGE (JSON) or --xml ELEMENT to an agent (or a channel) of the running
+    ORGANISM; print the spore's id once it is handled, or a request's response.
+
+    It reaches the run of ORGANISM (`sporeflow run`) through its control socket. A spore
+    dead-lettered (unknown agent, schema, not a peer...) prints the reason and exits 1.
+    With no run going on it says so, and --start runs a one-off organism here instead,
+    without its boot spores, printing what comes back to the command line.
+    """
     if (knowledge is None) == (xml_payload is None):
         raise click.UsageError("give KNOWLEDGE (JSON) or --xml ELEMENT, exactly one")
-    configure_logging("text", "WARNING")
-    org = guarded(ctx, lambda: Organism.from_file(organism))
-    mask_with(ctx, org.masker)
+    if to_agent is None and channel is None:
+        raise click.UsageError("say where the spore goes: --to AGENT, or --channel CHANNEL")
     extra: dict[str, Any] = {}
     if xml_payload is not None:
         payload, extra = guarded(ctx, lambda: _xml_knowledge(xml_payload, as_request,
-                                                             org.spec.limits))
+                                                             Limits()))
     else:
         try:
             payload = json.loads(knowledge or "")
@@ -283,11 +352,18 @@ def send(ctx: click.Context, organism: Path, to_agent: str, as_request: bool, ti
             click.echo(f"SporeError: KNOWLEDGE is not JSON: {exc}; quote it like "
                        f"'{{\"a\": 1}}'", err=True)
             ctx.exit(1)
-    try:
-        run_to_end(_send(org, to_agent, payload, as_request=as_request, timeout=timeout,
-                          extra=extra))
-    except SporeflowError as exc:
-        fail(ctx, exc)
+    path = attached(organism)
+    if path is None and not start:
+        fail(ctx, NotRunning(f"no organism running for {organism}; start it with `sporeflow "
+                             f"run {organism}`, or pass --start to run one now without its "
+                             f"boot agents"))
+    body = {"to": to_agent, "channel": channel, "knowledge": payload, "request": as_request,
+            "timeout": timeout, **extra}
+    if path is None:
+        send_started(ctx, organism, body, timeout)
+        return
+    status, answer = call(ctx, path, "POST", "send", body)
+    send_outcome(ctx, status, answer, timeout=timeout)
 
 
 def _xml_knowledge(text: str, as_request: bool, limits: Limits) -> tuple[Any, dict[str, Any]]:
@@ -295,29 +371,13 @@ def _xml_knowledge(text: str, as_request: bool, limits: Limits) -> tuple[Any, di
     if as_request:
         raise SporeError("--xml cannot be combined with --request: a request carries no "
                          "kind; send the knowledge as JSON")
-    payload = payload_from_xml(text, limits=limits)
+    payload = payload_from_xml(text, limits=limits, strict=True)  # not repaired: a user wrote it
     if payload.attrs:
         raise SporeError(
             f"--xml: <{payload.tag}> has addressing attribute(s) {', '.join(payload.attrs)}; "
             f"on the command line --to addresses the spore: remove them, or write the data "
             f"as child elements")
     return payload.knowledge, {"metadata": {"kind": payload.tag}}
-
-
-async def _send(org: Organism, to_agent: str, payload: Any, *, as_request: bool,
-                timeout: float, extra: dict[str, Any] | None = None) -> None:
-    def show(spore: Spore) -> None:
-        if spore.to_agent == "cli":
-            click.echo(org.masker.mask(spore.to_json()))
-
-    async with org.running():
-        org.on_outside(show)
-        if as_request:
-            response = await org.request(to_agent, payload, sender="cli", timeout=timeout)
-            click.echo(org.masker.mask(response.to_json()))
-        else:
-            await org.send(to_agent, payload, sender="cli", **(extra or {}))
-        await asyncio.wait_for(org.idle(), timeout)
 
 
 @cli.command()
@@ -327,8 +387,11 @@ def schema() -> None:
 
 
 cli.add_command(graph)
+cli.add_command(init)
 cli.add_command(dlq)
 cli.add_command(tail)
+cli.add_command(stats)
+cli.add_command(reload)
 cli.add_command(keygen)
 cli.add_command(broker_permissions)
 cli.add_command(broker_declare)

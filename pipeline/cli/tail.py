@@ -1,94 +1,30 @@
-"""``sporeflow tail``: run an organism and follow its spores, one JSON line per event.
+"""``sporeflow tail``: follow a running organism's spores, one JSON line per event.
 
     sporeflow tail organism.yaml --channel files --event handled --until-idle
 
-Built on the organism's event bus, through a bounded :class:`EventStream`: a slow
-terminal loses the oldest lines (counted, and reported at the end), never slows
-the organism. :func:`follow` prints any async iterable of events, so a brokered
-tail (events read from a running organism's exchange) plugs in there.
+It attaches to the run of the file through its control socket (``GET /v1/events``,
+``pipeline.service.control``); the filters apply there, on the organism's event bus,
+through a bounded :class:`EventStream`: a slow terminal loses the oldest lines
+(counted, and reported at the end), never slows the organism. With no run going on it
+says so: it never starts one of its own. :class:`Tail` and :func:`follow` print the
+events of an organism in this process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-from collections.abc import AsyncIterable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
-from sporeflow.config import SporeflowError, did_you_mean
-from sporeflow.pipeline.cli.util import (
-    DURATION,
-    ORGANISM_ARG,
-    fail,
-    guarded,
-    mask_with,
-    run_to_end,
-)
-from sporeflow.pipeline.observe.events import (
-    Event,
-    EventBus,
-    EventStream,
-    SporeAdmitted,
-    SporeDeadLettered,
-    SporeEvent,
-    SporeExpired,
-    SporeFailed,
-    SporeHandled,
-)
-from sporeflow.pipeline.observe.logs import configure_logging
-from sporeflow.pipeline.organism import Organism
+from sporeflow.pipeline.cli.control import follow_events, require_attached
+from sporeflow.pipeline.cli.util import ORGANISM_ARG
+from sporeflow.pipeline.observe.events import Event, EventBus, EventStream
+from sporeflow.pipeline.service.following import SPORE_EVENT_KINDS, TailFilter, event_line
 from sporeflow.steps import SporeType
 
-__all__ = ["SPORE_EVENT_KINDS", "Tail", "TailFilter", "follow", "tail"]
-
-SPORE_EVENT_KINDS = tuple(kind.kind for kind in (
-    SporeAdmitted, SporeHandled, SporeFailed, SporeExpired, SporeDeadLettered))
-
-
-@dataclass(frozen=True, slots=True)
-class TailFilter:
-    """Which spore events to show; an empty set lets everything of its kind through.
-
-    An event concerns an agent when the agent handled or failed it, sent it, or it
-    is addressed to that agent.
-    """
-
-    agents: frozenset[str] = frozenset()
-    channels: frozenset[str] = frozenset()
-    types: frozenset[str] = frozenset()
-    kinds: frozenset[str] = frozenset()
-
-    @classmethod
-    def of(cls, *, agents: Iterable[str] = (), channels: Iterable[str] = (),
-           types: Iterable[str] = (), kinds: Iterable[str] = ()) -> TailFilter:
-        return cls(frozenset(agents), frozenset(channels), frozenset(types), frozenset(kinds))
-
-    def __call__(self, event: Event) -> bool:
-        if not isinstance(event, SporeEvent):
-            return False
-        spore = event.spore
-        if self.kinds and event.kind not in self.kinds:
-            return False
-        if self.channels and spore.channel not in self.channels:
-            return False
-        if self.types and spore.spore_type.value not in self.types:
-            return False
-        return not self.agents or not self.agents.isdisjoint(
-            (event.agent, spore.from_agent, spore.to_agent))
-
-
-def event_line(event: Event, *, knowledge: bool = True) -> str:
-    """The JSON line ``tail`` prints for ``event``."""
-    fields = event.to_dict()
-    if not knowledge and isinstance(fields.get("spore"), dict):
-        fields["spore"] = {k: v for k, v in fields["spore"].items() if k != "knowledge"}
-    return json.dumps(fields, default=str, ensure_ascii=False)
+__all__ = ["SPORE_EVENT_KINDS", "Tail", "TailFilter", "event_line", "follow", "tail"]
 
 
 async def follow(events: AsyncIterable[Event], write: Callable[[str], None], *,
@@ -152,81 +88,27 @@ class Tail:
 @click.option("--event", "kinds", multiple=True, type=click.Choice(SPORE_EVENT_KINDS),
               help="Only these events (repeatable; default: all).")
 @click.option("--no-knowledge", is_flag=True, help="Leave each spore's knowledge out.")
-@click.option("--until-idle", is_flag=True, help="Stop once nothing is queued or running.")
-@click.option("--drain-timeout", type=DURATION, default="30s", show_default=True,
-              help="How long a stop may take (finishing in-flight work), e.g. 30s.")
+@click.option("--until-idle", is_flag=True,
+              help="Stop once nothing is queued or running in the organism.")
 @click.option("--buffer", "maxsize", default=10_000, show_default=True,
               type=click.IntRange(min=1),
               help="Events held for a slow reader before the oldest are dropped.")
 @click.pass_context
 def tail(ctx: click.Context, organism: Path, agents: tuple[str, ...],
          channels: tuple[str, ...], types: tuple[str, ...], kinds: tuple[str, ...],
-         no_knowledge: bool, until_idle: bool, drain_timeout: float, maxsize: int) -> None:
-    """Run ORGANISM and print its spores' events as JSON lines, filtered.
+         no_knowledge: bool, until_idle: bool, maxsize: int) -> None:
+    """Follow the running ORGANISM's spores: print their events as JSON lines, filtered.
 
     Each line has "event" (admitted, handled, failed, expired, dead-lettered), "at",
-    "spore_id", "thread_id", "agent" and the spore. Runs until Ctrl-C, or idle with
-    --until-idle. Logs and the count of dropped lines go to stderr.
+    "spore_id", "thread_id", "agent" and the spore. It attaches to the run of ORGANISM
+    (`sporeflow run`) through its control socket, and follows until Ctrl-C, the run's
+    end, or idle with --until-idle. The count of dropped lines goes to stderr.
     """
-    configure_logging("text", "WARNING")
-    org = guarded(ctx, lambda: Organism.from_file(organism))
-    mask_with(ctx, org.masker)
-    _check_names("--agent", agents, org.spec.agents, "agent", org.spec.name)
-    _check_names("--channel", channels, org.spec.channels, "channel", org.spec.name)
-    accept = TailFilter.of(agents=agents, channels=channels, types=types, kinds=kinds)
-    try:
-        dropped = run_to_end(_tail(org, accept, until_idle=until_idle,
-                                    drain_timeout=drain_timeout, maxsize=maxsize,
-                                    knowledge=not no_knowledge))
-    except SporeflowError as exc:
-        fail(ctx, exc)
+    path = require_attached(ctx, organism, hint=" (tail follows a running organism)")
+    params = {"agent": agents, "channel": channels, "type": types, "event": kinds,
+              "knowledge": "false" if no_knowledge else "true",
+              "until_idle": "true" if until_idle else "false", "buffer": str(maxsize)}
+    dropped = follow_events(ctx, path, params, click.echo)
     if dropped:
         click.echo(f"tail: {dropped} event(s) dropped: the output could not keep up "
                    f"(raise --buffer, or filter more)", err=True)
-
-
-def _check_names(option: str, given: Iterable[str], known: Iterable[str], what: str,
-                 organism: str) -> None:
-    names = sorted(known)
-    for name in given:
-        if name not in names:
-            hint = did_you_mean(name, names) or f"; there are: {', '.join(names)}"
-            raise click.BadParameter(f"no {what} {name!r} in organism {organism!r}{hint}",
-                                     param_hint=f"'{option}'")
-
-
-async def _tail(org: Organism, accept: TailFilter, *, until_idle: bool, drain_timeout: float,
-                maxsize: int, knowledge: bool) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def on_signal() -> None:
-        if stop.is_set():  # second Ctrl-C: do not wait for the drain
-            os._exit(130)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-    try:
-        # Follow before starting: the boot spores are events too.
-        # Masked as every output: a spore or an error may quote the organism's secrets.
-        async with Tail(org.events, accept, lambda line: click.echo(org.masker.mask(line)),
-                        maxsize=maxsize, knowledge=knowledge) as following:
-            await org.start()
-            waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
-            if until_idle:
-                waiters.append(asyncio.ensure_future(org.idle()))
-            assert following.finished is not None
-            try:
-                done, _ = await asyncio.wait([*waiters, following.finished],
-                                             return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()  # surfaces a crashed organism
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
-                await org.stop(drain_timeout=drain_timeout)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-    return following.dropped

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import traceback
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -111,10 +111,14 @@ class LetterChoice:
 
 
 class DeadLetterStore:
-    """The most recent ``capacity`` dead letters; older ones are evicted and counted."""
+    """The most recent ``capacity`` dead letters; older ones are evicted and counted.
+
+    Each letter gets a number when it is added (1, 2, ...; never reused), what ``dlq``
+    and the control endpoint name it by; a replay takes letters out by number.
+    """
 
     def __init__(self, capacity: int) -> None:
-        self._letters: deque[DeadLetter] = deque(maxlen=capacity)
+        self._letters: deque[StoredDeadLetter] = deque(maxlen=capacity)
         self.by_reason: Counter[str] = Counter()
         self.total = 0
         self.evicted = 0
@@ -122,12 +126,35 @@ class DeadLetterStore:
     def add(self, letter: DeadLetter) -> None:
         if len(self._letters) == self._letters.maxlen:
             self.evicted += 1
-        self._letters.append(letter)
-        self.by_reason[letter.reason] += 1
         self.total += 1
+        self._letters.append(StoredDeadLetter(self.total, letter))
+        self.by_reason[letter.reason] += 1
+
+    def numbered(self, choice: LetterChoice | None = None) -> list[StoredDeadLetter]:
+        """The letters kept, oldest first, with their numbers; those ``choice`` matches."""
+        if not choice:
+            return list(self._letters)
+        return [stored for stored in self._letters if choice.matches(
+            stored.number, stored.letter.spore.id, stored.letter.agent, stored.letter.reason)]
+
+    def take(self, numbers: Iterable[int]) -> list[StoredDeadLetter]:
+        """Remove the letters with these numbers (those still kept) and return them."""
+        wanted = set(numbers)
+        taken = [stored for stored in self._letters if stored.number in wanted]
+        if taken:
+            kept = [stored for stored in self._letters if stored.number not in wanted]
+            self._letters.clear()
+            self._letters.extend(kept)
+        return taken
+
+    def restore(self, letters: Iterable[StoredDeadLetter]) -> None:
+        """Put taken letters back in their places (a replay that was refused)."""
+        merged = sorted([*self._letters, *letters], key=lambda stored: stored.number)
+        self._letters.clear()
+        self._letters.extend(merged)  # past capacity, the deque drops the oldest
 
     def __len__(self) -> int:
         return len(self._letters)
 
     def __iter__(self) -> Iterator[DeadLetter]:
-        return iter(list(self._letters))
+        return iter([stored.letter for stored in self._letters])

@@ -18,11 +18,13 @@ from typing import Any
 from sporeflow.config import (
     DeliveryError,
     Limits,
+    OrganismFull,
     OrganismStateError,
     RequestTimeout,
     SporeError,
+    SporeflowError,
 )
-from sporeflow.config.reasons import Reason, did_you_mean, reason_of
+from sporeflow.config.reasons import reason_of
 from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.ledger import Ledger
 from sporeflow.pipeline.core.logfields import describe_error, spore_fields
@@ -36,7 +38,9 @@ from sporeflow.steps import (
     check_spore,
     expiry_after,
     new_spore,
+    no_agent_error,
     permission_error,
+    unroutable,
 )
 
 __all__ = ["OUTSIDE_SENDERS", "Ingress"]
@@ -100,9 +104,7 @@ class Ingress:
                              f"{type(knowledge).__name__}: {knowledge!r:.60}")
         table = self._cell.current.table
         if to is not None and to not in table.agents:
-            raise DeliveryError(f"no agent {to!r} in organism {self.organism!r}"
-                                f"{did_you_mean(to, table.agents)}",
-                                reason=Reason.UNKNOWN_AGENT)
+            raise no_agent_error(table, to)
         expires_at = expiry_after(self.now(), expires_in) if expires_in is not None else None
         channel = channel or DEFAULT_CHANNEL
         built = not extra  # else fields of the caller's own (metadata, ...): all checked
@@ -126,13 +128,35 @@ class Ingress:
                 raise refusal
         return spore
 
-    def submit(self, spore: Spore) -> Coroutine[Any, Any, Spore]:
-        """Admit a ready-made spore from outside; wait while the organism is full."""
+    def submit(self, spore: Spore, *, admit_within: float | None = None,
+               whole: bool = False) -> Coroutine[Any, Any, Spore]:
+        """Admit a ready-made spore from outside; wait while the organism is full (at
+        most ``admit_within`` seconds, then raise :class:`OrganismFull`). ``whole``: also
+        raise now what route or the recipient's schema would refuse (by their own rules),
+        for a caller that can be told (the HTTP ingress); else those are dead letters."""
         if self.refusal is not None:
             raise self.refusal
-        self.screen(spore, self._senders_with(spore.from_agent))
+        outside = self._senders_with(spore.from_agent)
+        self.screen(spore, outside)
+        if whole:
+            self._deliverable(spore, outside)
         self._remember(spore.from_agent)
-        return self.enter(spore)
+        return self.enter(spore, admit_within=admit_within)
+
+    def _deliverable(self, spore: Spore, outside: Container[str]) -> None:
+        wiring = self._cell.current
+        refusal = unroutable(wiring.table, spore, outside=outside)
+        if refusal is not None:
+            raise refusal
+        check = wiring.schemas.get(spore.to_agent) if spore.to_agent is not None else None
+        if check is not None:
+            try:
+                check(spore)  # SchemaViolation: what the schema gate would dead-letter
+            except SporeflowError:
+                raise
+            except Exception as exc:  # hostile knowledge broke the check, as in the gate
+                raise SporeError(f"the schema of {spore.to_agent!r} could not check spore "
+                                 f"{spore.id}: {type(exc).__name__}: {exc}") from exc
 
     def _senders_with(self, sender: str) -> Container[str]:
         """The outside senders, ``sender`` among them: what a spore from outside is
@@ -150,16 +174,21 @@ class Ingress:
         elif sender not in self._cell.current.table.agents:
             outside.add(sender)
 
-    async def enter(self, spore: Spore, *, confirm: bool = True) -> Spore:
-        """Queue a screened spore from outside: wait while the organism is full, with a
-        journal until it is on disk, and over a broker it lost until the broker has it."""
+    async def enter(self, spore: Spore, *, confirm: bool = True,
+                    admit_within: float | None = None) -> Spore:
+        """Queue a screened spore from outside: wait while the organism is full (at most
+        ``admit_within`` seconds, then raise :class:`OrganismFull`, nothing admitted), with
+        a journal until it is on disk, and over a broker it lost until the broker has it."""
         if self.stamp_outside is not None:  # the caller's span becomes the spore's origin
             spore = self.stamp_outside(spore)
         intake = self.intake
         self.checked.add(id(spore))  # the validate stage need not check it again
         if not intake.try_admit(spore):
             try:
-                await intake.admit(spore)
+                if admit_within is None:
+                    await intake.admit(spore)
+                else:  # only the wait for room is bounded: once admitted, it is sent whole
+                    await self._admit_within(spore, admit_within)
             except BaseException:
                 self.checked.discard(id(spore))  # never admitted: its id may be reused
                 raise
@@ -171,17 +200,28 @@ class Ingress:
             await self.confirm(spore, None)
         return spore
 
+    async def _admit_within(self, spore: Spore, seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await self.intake.admit(spore)
+        except TimeoutError:
+            target = (repr(spore.to_agent) if spore.to_agent is not None
+                      else f"channel {spore.channel!r}")
+            raise OrganismFull(f"organism {self.organism!r} had no room for a spore to "
+                               f"{target} within {seconds}s; send it again later") from None
+
     async def request(self, spore: Spore, timeout: float, *,
-                      parent: Spore | None = None, agent: str | None = None) -> Spore:
+                      parent: Spore | None = None, agent: str | None = None,
+                      admit_within: float | None = None) -> Spore:
         """Send request ``spore`` (from outside, or from a handler handling ``parent``)
-        and await its response."""
+        and await its response (``admit_within``: as :meth:`enter`)."""
         future = self.requests.open(spore)
         timed_out = False
         deadline = asyncio.get_running_loop().time() + timeout
         try:
             if parent is None and self.confirm is not None:  # from outside, over a broker
                 async with asyncio.timeout_at(deadline):
-                    spore = await self.enter(spore, confirm=False)
+                    spore = await self.enter(spore, confirm=False, admit_within=admit_within)
                 # Apart from the timeout: BrokerError at the deadline, if a broker it lost
                 # never confirmed the request.
                 await self.confirm(spore, deadline)
@@ -192,7 +232,7 @@ class Ingress:
                 if parent is not None and agent is not None:
                     self.emit(spore, parent, agent, built=True)
                 else:
-                    spore = await self.enter(spore)
+                    spore = await self.enter(spore, admit_within=admit_within)
                 return await future
         except TimeoutError:
             if future.done() and not future.cancelled():
@@ -229,6 +269,11 @@ class Ingress:
         if self.stamp_sent is not None:  # yielded inside the handler's span
             spores = [self.stamp_sent(spore) for spore in spores]
         self.ledger.feed(spores, agent, parent)
+
+    def refuse(self, spore: Spore, error: Exception) -> None:
+        """Dead-letter ``spore``, which an outside source (``sources:``) could not send and
+        has no caller to tell, as a handler's refused send is; its sender is named."""
+        self._refuse(spore, error, spore.from_agent)
 
     def _refuse(self, spore: Spore, error: Exception, agent: str) -> None:
         reason = reason_of(error)

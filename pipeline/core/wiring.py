@@ -43,6 +43,7 @@ def routing_table(spec: OrganismSpec) -> RoutingTable:
         peers={a.name: a.peers for a in spec.agents.values() if a.peers is not None},
         publishers={c.name: c.publish for c in spec.channels.values() if c.publish is not None},
         channels=frozenset(spec.channels),
+        organism=spec.name,
     )
 
 

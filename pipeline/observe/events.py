@@ -5,7 +5,9 @@
         async for event in events: ...
 
 The organism checks ``events.active`` (one attribute) before it builds an event,
-so nothing is spent on events while nobody listens. A subscriber cannot hurt the
+so nothing is spent on events while nobody listens; and ``events.spores_active``
+before it builds one per spore, so a subscriber to its own events only (``spores=False``:
+its state, its agents', reloads) costs nothing per spore. A subscriber cannot hurt the
 pipeline: a callback that raises is logged and skipped, and a slow consumer of a
 stream loses its oldest events (counted in ``dropped``) rather than holding the
 chain up.
@@ -193,41 +195,53 @@ Callback = Callable[[Event], None]
 class EventBus:
     """Hands each event to every subscriber, in subscription order.
 
-    ``active`` is true while anyone subscribes; producers check it first so that
-    an organism nobody watches builds no event at all.
+    ``active`` is true while anyone subscribes, ``spores_active`` while anyone wants
+    the events about single spores; producers check them first so that an organism
+    nobody watches builds no event at all.
     """
 
     def __init__(self) -> None:
         self.active = False
+        self.spores_active = False
         self.failures = 0
-        # Told when ``active`` changes: the organism attaches its event hook only then.
+        # Told when ``spores_active`` changes: the organism attaches its event hook (what
+        # builds an event per spore) only then.
         self.on_active: Callable[[bool], None] | None = None
         # A tuple, replaced on (un)subscribe: emit iterates it without copying, and a
         # callback that unsubscribes mid-emit does not disturb the loop.
         self._callbacks: tuple[Callback, ...] = ()
+        self._spore_watchers = 0
 
-    def subscribe(self, callback: Callback) -> Callable[[], None]:
+    def subscribe(self, callback: Callback, *, spores: bool = True) -> Callable[[], None]:
         """Call ``callback(event)`` for every event; returns a function that unsubscribes.
 
         The callback runs in line, on the event loop: keep it quick (or use
         :meth:`stream`). An exception it raises is logged and counted in ``failures``.
+        ``spores=False``: only the organism's own events, never a :class:`SporeEvent`;
+        with no other subscriber, the organism then builds no event per spore.
         """
+        if not spores:
+            callback = _without_spore_events(callback)
         self._callbacks = (*self._callbacks, callback)
-        self._set_active(True)
+        self._spore_watchers += 1 if spores else 0
+        self._set_active()
 
         def unsubscribe() -> None:
             callbacks = list(self._callbacks)
             if callback in callbacks:
                 callbacks.remove(callback)
                 self._callbacks = tuple(callbacks)
-                self._set_active(bool(callbacks))
+                self._spore_watchers -= 1 if spores else 0
+                self._set_active()
 
         return unsubscribe
 
-    def _set_active(self, active: bool) -> None:
-        changed, self.active = active != self.active, active
+    def _set_active(self) -> None:
+        self.active = bool(self._callbacks)
+        wanted = self._spore_watchers > 0
+        changed, self.spores_active = wanted != self.spores_active, wanted
         if changed and self.on_active is not None:
-            self.on_active(active)
+            self.on_active(wanted)
 
     def stream(self, maxsize: int = 10_000, *,
                accept: Callable[[Event], bool] | None = None) -> EventStream:
@@ -247,6 +261,14 @@ class EventBus:
                 self.failures += 1
                 _logger.exception("an event subscriber failed on a %r event", event.kind,
                                   extra={"event": event.kind})
+
+
+def _without_spore_events(callback: Callback) -> Callback:
+    def organism_events(event: Event) -> None:
+        if not isinstance(event, SporeEvent):
+            callback(event)
+
+    return organism_events
 
 
 class EventStream:

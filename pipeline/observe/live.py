@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sporeflow.config.errors import SporeflowError
+from sporeflow.config.extras import missing_extra
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -48,8 +48,7 @@ def _require_rich() -> None:
     try:
         import rich  # noqa: F401
     except ImportError:
-        raise SporeflowError("the live view needs rich, which is not installed; install it "
-                             "with: pip install 'sporeflow[live]'") from None
+        raise missing_extra("the live view", "rich", "live") from None
 
 
 class LiveView:

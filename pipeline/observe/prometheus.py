@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sporeflow.config.errors import SporeflowError
+from sporeflow.config.extras import missing_extra
 from sporeflow.pipeline.core.latency import BOUNDS, LatencyHistogram
 from sporeflow.pipeline.observe.metrics_http import MetricsHttp
 
@@ -87,9 +88,8 @@ def _require_client() -> Any:
     try:
         import prometheus_client
     except ImportError:
-        raise SporeflowError(
-            "serving Prometheus metrics needs prometheus-client, which is not installed; "
-            "install it with: pip install 'sporeflow[metrics]'") from None
+        raise missing_extra("serving Prometheus metrics", "prometheus-client",
+                            "metrics") from None
     return prometheus_client
 
 

@@ -13,14 +13,13 @@ organism without one pays nothing per spore.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from sporeflow.config import SporeflowError
+from sporeflow.config.extras import extra_hint, has_modules, missing_extra
 from sporeflow.pipeline.core.deadletters import URL_PASSWORDS, Masker, error_text
 from sporeflow.steps import Spore
 
@@ -40,7 +39,7 @@ __all__ = [
 ]
 
 TRACEPARENT = "traceparent"
-INSTALL_HINT = "pip install 'sporeflow[tracing]'"
+INSTALL_HINT = extra_hint("tracing")
 
 Invoke = Callable[[Spore, int], Awaitable[Any]]
 Shape = Callable[[Any, Spore], Any]
@@ -48,14 +47,12 @@ Shape = Callable[[Any, Spore], Any]
 
 def tracing_available() -> bool:
     """Whether the OpenTelemetry API and SDK are installed."""
-    return all(importlib.util.find_spec(name) is not None
-               for name in ("opentelemetry.trace", "opentelemetry.sdk"))
+    return has_modules("opentelemetry.trace", "opentelemetry.sdk")
 
 
 def _require_opentelemetry() -> None:
     if not tracing_available():
-        raise SporeflowError(f"tracing needs OpenTelemetry, which is not installed; "
-                             f"install it with: {INSTALL_HINT}")
+        raise missing_extra("tracing", "OpenTelemetry", "tracing")
 
 
 class SporeTracer:

@@ -18,7 +18,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Set
 from pathlib import Path
 from typing import Any, Protocol
 
-from sporeflow.config import OrganismSpec, SporeflowError
+from sporeflow.config import OrganismSpec
+from sporeflow.config.extras import missing_extra
 from sporeflow.pipeline.reload.diff import ReloadReport
 from sporeflow.pipeline.reload.sources import handler_files
 
@@ -106,8 +107,7 @@ def require_watchfiles() -> Callable[..., AsyncIterator[Changes]]:
     try:
         from watchfiles import awatch
     except ImportError:
-        raise SporeflowError("watching files needs watchfiles, which is not installed; "
-                             "install it with: pip install 'sporeflow[watch]'") from None
+        raise missing_extra("watching files", "watchfiles", "watch") from None
     return awatch
 
 
@@ -150,16 +150,18 @@ async def file_changes(
 
 
 class ReloadTriggers:
-    """What reloads an organism run from the command line: SIGHUP and, with ``watch``,
-    edits to its files. Each report goes to ``echo`` as lines of text.
+    """What reloads an organism run from the command line: SIGHUP (unless ``hangup`` is
+    false: on a terminal it means the terminal went away) and, with ``watch``, edits to
+    its files. Each report goes to ``echo`` as lines of text.
 
     ``async with ReloadTriggers(organism, watch=True, echo=print):`` around the run.
     """
 
     def __init__(self, organism: Reloadable, *, watch: bool,
-                 echo: Callable[[str], None]) -> None:
+                 echo: Callable[[str], None], hangup: bool = True) -> None:
         self.organism = organism
         self.watch = watch
+        self.hangup = hangup
         self.echo = echo
         self._tasks: set[asyncio.Task[Any]] = set()
         self._signal: int | None = None
@@ -168,7 +170,7 @@ class ReloadTriggers:
         """Reload on SIGHUP and, with ``watch``, on edits; call it on the running loop."""
         if self.watch:
             require_watchfiles()
-        hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+        hangup = getattr(signal, "SIGHUP", None) if self.hangup else None  # not on Windows
         if hangup is not None:
             asyncio.get_running_loop().add_signal_handler(hangup, self._on_hangup)
             self._signal = hangup
@@ -194,10 +196,9 @@ class ReloadTriggers:
         await self.aclose()
 
     def report(self, report: ReloadReport) -> None:
-        """Echo ``report``: one line, then one per located error or warning."""
+        """Echo ``report`` in one line; its errors and warnings are the reloader's log
+        records already (echoed too, each showed twice)."""
         self.echo(f"reload: {report.summary()}")
-        for line in (*report.errors, *report.warnings):
-            self.echo(f"  {line}")
 
     def _on_hangup(self) -> None:
         self._spawn(self._reload())

@@ -1,0 +1,152 @@
+"""The loader's import pass: handlers, the user's stages and the knowledge store.
+
+A module that does not import (missing, or raising as it runs) is imported once per
+load and reported once, at its first reference, naming every agent that uses it: one
+broken module shared by six agents is one problem, not six, and its code runs once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sporeflow.config.errors import Problem
+from sporeflow.config.handlers import HandlerImportError, agent_method, resolve_handler
+from sporeflow.config.model import STAGE_NAMES, StageSpec
+from sporeflow.config.positions import Located
+from sporeflow.config.positions import Path as DataPath
+from sporeflow.config.references import mapping
+from sporeflow.config.schema import HANDLER_PATTERN
+
+__all__ = ["qualname", "resolve_handlers", "resolve_stages", "resolve_store"]
+
+
+def qualname(handler: Callable[..., Any]) -> str:
+    """``module:qualified.name`` of a callable given through the Python API."""
+    return f"{getattr(handler, '__module__', '?')}:{getattr(handler, '__qualname__', handler)}"
+
+
+class _Imports:
+    """``resolve_handler`` for one load, remembering the modules that failed to import."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+        self.broken: dict[str, HandlerImportError] = {}
+
+    def resolve(self, ref: str) -> Callable[..., Any]:
+        known = self.broken.get(ref.partition(":")[0])
+        if known is not None:
+            raise known
+        try:
+            return resolve_handler(ref, self.base_dir)
+        except HandlerImportError as exc:
+            if exc.module is not None:
+                self.broken[exc.module] = exc
+            raise
+
+
+def resolve_handlers(
+    located: Located, base_dir: Path, callables: Mapping[str, Callable[..., Any]],
+    problems: list[Problem],
+) -> dict[str, Callable[..., Any]]:
+    """Each agent's handler, imported; what fails is added to ``problems``."""
+    handlers: dict[str, Callable[..., Any]] = dict(callables)
+    imports = _Imports(base_dir)
+    users: dict[str, list[str]] = {}  # a broken module -> the agents that name it
+    for name, agent in mapping(located.data.get("agents")).items():
+        if name in handlers or not isinstance(agent, dict):
+            continue
+        if not isinstance(agent.get("handler"), str) or not re.fullmatch(
+                HANDLER_PATTERN, agent["handler"]):
+            continue  # reported by the schema pass
+        try:
+            handlers[name] = imports.resolve(agent["handler"])
+        except HandlerImportError as exc:
+            if exc.module is None:
+                problems.append(located.problem(("agents", name, "handler"), str(exc)))
+            else:
+                users.setdefault(exc.module, []).append(name)
+    for module, agents in users.items():
+        problems.append(_broken_module(located, module, imports.broken[module], agents))
+    for name, handler in handlers.items():
+        agent = mapping(located.data["agents"].get(name))
+        problem = _handler_kind_problem(handler, cpu_bound=agent.get("cpu_bound") is True)
+        if problem:
+            problems.append(located.problem(("agents", name, "handler"), problem))
+    return handlers
+
+
+def _broken_module(located: Located, module: str, error: HandlerImportError,
+                   agents: list[str]) -> Problem:
+    where: DataPath = ("agents", agents[0], "handler")
+    if len(agents) == 1:
+        return located.problem(where, str(error))
+    named = ", ".join(repr(agent) for agent in agents[:-1]) + f" and {agents[-1]!r}"
+    return located.problem(where, f"handler module {module!r} {error.cause}; agents {named} "
+                                  f"use it")
+
+
+def resolve_stages(located: Located, base_dir: Path,
+                   problems: list[Problem]) -> tuple[StageSpec, ...]:
+    """The ``pipeline.stages`` of the file, their operators imported as handlers are."""
+    stages = []
+    declared = mapping(located.data.get("pipeline")).get("stages")
+    for index, conf in enumerate(declared if isinstance(declared, list) else []):
+        if not isinstance(conf, dict) or not isinstance(conf.get("use"), str):
+            continue  # reported by the schema pass
+        where = ("pipeline", "stages", index, "use")
+        if ("before" in conf) == ("after" in conf):
+            problems.append(located.problem(
+                ("pipeline", "stages", index), f"give exactly one of before: or after:, naming "
+                                               f"a stage of {list(STAGE_NAMES)}"))
+            continue
+        try:
+            operator = resolve_handler(conf["use"], base_dir)
+        except HandlerImportError as exc:
+            problems.append(located.problem(where, str(exc)))
+            continue
+        if not callable(getattr(operator, "pipe", None)):
+            problems.append(located.problem(where, f"{conf['use']!r} is not an aiostream "
+                                                   f"pipable operator; decorate it with "
+                                                   f"@aiostream.pipable_operator"))
+            continue
+        stages.append(StageSpec(operator=operator, before=conf.get("before"),
+                                after=conf.get("after"), options=dict(conf.get("options") or {}),
+                                name=str(conf.get("name", conf["use"]))))
+    return tuple(stages)
+
+
+def _handler_kind_problem(handler: Callable[..., Any], *, cpu_bound: bool) -> str | None:
+    """Why this handler cannot run as declared: a class without a method, or a cpu_bound
+    handler that a worker process could not import and call."""
+    if inspect.isclass(handler):
+        if cpu_bound:
+            return (f"class {handler.__qualname__!r} cannot be cpu_bound: a worker process "
+                    f"keeps no agent instance; use a module-level plain function")
+        try:
+            agent_method(handler)
+        except HandlerImportError as exc:
+            return str(exc)
+        return None
+    if cpu_bound and (inspect.iscoroutinefunction(handler) or not inspect.isfunction(handler)
+                      or "<" in handler.__qualname__):
+        return (f"{qualname(handler)!r} cannot be cpu_bound: a worker process imports and "
+                f"calls it, so it must be a plain (not async) module-level function")
+    return None
+
+
+def resolve_store(located: Located, base_dir: Path,
+                  problems: list[Problem]) -> Callable[[], Any] | None:
+    """The knowledge store factory named by ``organism.knowledge_store`` (None: memory)."""
+    ref = mapping(located.data.get("organism")).get("knowledge_store", "memory")
+    if not isinstance(ref, str) or ref == "memory" or ":" not in ref:
+        return None
+    try:
+        return resolve_handler(ref, base_dir)
+    except HandlerImportError as exc:
+        problems.append(located.problem(("organism", "knowledge_store"),
+                                        str(exc).replace("handler", "knowledge store", 1)))
+        return None

@@ -1,0 +1,224 @@
+"""The commands that reach a running organism through its control socket
+(``pipeline.service``): ``stats`` and ``reload`` here; ``send``, ``tail`` and ``dlq`` call
+:func:`attached` and the helpers below.
+
+    sporeflow stats  ORGANISM        its organism.stats(), as JSON
+    sporeflow reload ORGANISM        reload it, and say what the reload did
+
+None of them ever starts a second copy of a running organism: with none running, ``send``
+says so (``--start`` runs a one-off one, without its boot spores), ``tail``, ``stats`` and
+``reload`` say so, and ``dlq`` reads the journal or broker as it always did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from sporeflow.config import SporeflowError
+from sporeflow.pipeline.cli.util import ORGANISM_ARG, fail, guarded, mask_with, run_to_end
+from sporeflow.pipeline.observe.logs import configure_logging
+from sporeflow.pipeline.organism import Organism
+from sporeflow.pipeline.service import operations
+from sporeflow.pipeline.service.address import ControlAddress, ControlError, NotRunning, claim
+from sporeflow.pipeline.service.client import ControlClient, Reply, running_socket
+from sporeflow.steps import Spore
+
+__all__ = ["attached", "call", "follow_events", "reload", "require_attached", "send_outcome",
+           "send_started", "stats"]
+
+
+def attached(organism: Path) -> Path | None:
+    """The control socket of the run of ``organism`` that answers, or None."""
+    return running_socket(organism)
+
+
+def require_attached(ctx: click.Context, organism: Path, hint: str = "") -> Path:
+    """The running organism's socket; with none running, say so and exit 1."""
+    path = attached(organism)
+    if path is None:
+        fail(ctx, NotRunning(f"no organism running for {organism}; start it with "
+                             f"`sporeflow run {organism}`{hint}"))
+    return path
+
+
+def call(ctx: click.Context, path: Path, method: str, route: str,
+         body: Mapping[str, Any] | None = None,
+         params: Mapping[str, str | Sequence[str]] | None = None) -> Reply:
+    """One call to the running organism; a lost connection is a one-line error."""
+    async def go() -> Reply:
+        async with ControlClient(path) as client:
+            if method == "POST":
+                return await client.post(route, body or {})
+            return await client.get(route, params)
+
+    return guarded(ctx, lambda: run_to_end(go()))
+
+
+def refused(ctx: click.Context, answer: Any) -> NoReturn:
+    """Print an error the endpoint answered, ``Name: message``, and exit 1."""
+    if isinstance(answer, dict) and "message" in answer:
+        click.echo(f"{answer.get('error', 'ControlError')}: {answer['message']}", err=True)
+    else:
+        click.echo(f"ControlError: {answer}", err=True)
+    ctx.exit(1)
+
+
+# -- stats and reload --------------------------------------------------------------------
+
+
+@click.command()
+@ORGANISM_ARG
+@click.pass_context
+def stats(ctx: click.Context, organism: Path) -> None:
+    """Print the running ORGANISM's statistics (organism.stats()) as JSON."""
+    path = require_attached(ctx, organism)
+    status, answer = call(ctx, path, "GET", "stats")
+    if status != 200:
+        refused(ctx, answer)
+    click.echo(json.dumps(answer, indent=2, ensure_ascii=False))
+
+
+@click.command()
+@ORGANISM_ARG
+@click.pass_context
+def reload(ctx: click.Context, organism: Path) -> None:
+    """Reload the running ORGANISM from its file: what changed is applied agent by agent;
+    a file with problems is refused, and the organism runs on unchanged (exit 1)."""
+    path = require_attached(ctx, organism)
+    status, answer = call(ctx, path, "POST", "reload")
+    if status not in (200, 422) or "summary" not in answer:
+        refused(ctx, answer)
+    click.echo(f"reload: {answer['summary']}")
+    for line in (*answer.get("errors", ()), *answer.get("warnings", ())):
+        click.echo(f"  {line}", err=status != 200)
+    ctx.exit(0 if status == 200 else 1)
+
+
+# -- send ----------------------------------------------------------------------------------
+
+
+def send_outcome(ctx: click.Context, status: int, answer: Any, *, timeout: float) -> None:
+    """Print what became of a spore sent: its id (or a request's response) on stdout; a
+    dead letter's reason on stderr, and exit 1 then."""
+    if not isinstance(answer, dict) or "status" not in answer:
+        refused(ctx, answer)
+    spore_id, fate = answer.get("id"), answer["status"]
+    if "response" in answer:
+        click.echo(json.dumps(answer["response"], ensure_ascii=False))
+    elif spore_id is not None:
+        click.echo(spore_id)
+    if fate == "pending":
+        click.echo(f"spore {spore_id}: not handled within {timeout:g}s; it is still queued "
+                   f"or running", err=True)
+    if 200 <= status < 300:
+        return
+    if answer.get("traceback") and (ctx.obj or {}).get("debug"):
+        click.echo(answer["traceback"].rstrip(), err=True)
+    if fate in ("dead-lettered", "refused"):
+        what = (f"dead letter (agent {answer['agent']!r})" if answer.get("agent")
+                else "dead letter" if fate == "dead-lettered" else "refused")
+        click.echo(f"{what}: {answer.get('reason')}: {answer.get('error')}", err=True)
+    else:
+        click.echo(f"{fate}: {answer.get('error') or answer.get('message')}", err=True)
+    ctx.exit(1)
+
+
+def send_started(ctx: click.Context, organism: Path, body: Mapping[str, Any],
+                 timeout: float) -> None:
+    """``send --start``: run ORGANISM here without its boot spores, send, wait until it
+    is idle, stop. It holds the file's control address meanwhile: a `sporeflow run` of
+    the file started now is refused, as this one is while that one runs."""
+    configure_logging("text", "WARNING")
+    org = guarded(ctx, lambda: Organism.from_file(organism))
+    mask_with(ctx, org.masker)
+    address = ControlAddress.of(organism, org.spec.name)
+    held = guarded(ctx, lambda: claim(address, organism))
+    try:
+        outcome = run_to_end(_send_once(org, body, timeout))
+    except SporeflowError as exc:
+        fail(ctx, exc)
+    finally:
+        held.release()
+    send_outcome(ctx, operations.refusal_status(outcome), outcome.to_dict(), timeout=timeout)
+
+
+async def _send_once(org: Organism, body: Mapping[str, Any],
+                     timeout: float) -> operations.SendOutcome:
+    sender = body.get("sender", "cli")
+
+    def show(spore: Spore) -> None:  # what comes back to the command line
+        if spore.to_agent == sender:
+            click.echo(org.masker.mask(spore.to_json()))
+
+    await org.start(boot=False)  # a one-off run: its boot agents are the real run's
+    try:
+        org.on_outside(show)
+        outcome = await operations.send_spore(
+            org, body["knowledge"], to=body.get("to"), channel=body.get("channel"),
+            sender=sender, request=body.get("request", False), timeout=timeout,
+            extra={"metadata": body["metadata"]} if body.get("metadata") else None)
+        try:
+            async with asyncio.timeout(timeout):
+                await org.idle()
+        except TimeoutError:
+            pass  # the stop dead-letters what is left as 'shutdown', and says so
+    finally:
+        await org.stop()
+    return outcome
+
+
+# -- tail ----------------------------------------------------------------------------------
+
+
+def follow_events(ctx: click.Context, path: Path, params: Mapping[str, str | Sequence[str]],
+                  write: Callable[[str], None]) -> int:
+    """Print the running organism's events as they come, until Ctrl-C or the stream ends
+    (the organism stopped, or was idle with ``until_idle``); returns the events dropped
+    because the output could not keep up."""
+    try:
+        return run_to_end(_follow(path, params, write))
+    except ControlError as exc:
+        fail(ctx, exc)
+
+
+async def _follow(path: Path, params: Mapping[str, str | Sequence[str]],
+                  write: Callable[[str], None]) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    dropped = 0
+
+    async def lines() -> None:
+        nonlocal dropped
+        async with ControlClient(path) as client:
+            async for line in client.lines("events", params, attached=lambda: click.echo(
+                    f"tail: following the organism at {path} (Ctrl-C to stop)", err=True)):
+                if line.startswith('{"event": "dropped"'):
+                    dropped = json.loads(line)["count"]
+                    continue
+                try:
+                    write(line)
+                except BrokenPipeError:  # the reader went away: stop quietly
+                    return
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    following = asyncio.ensure_future(lines())
+    waiting = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([following, waiting], return_when=asyncio.FIRST_COMPLETED)
+        if following.done():
+            following.result()  # a refusal or a lost endpoint: say so
+    finally:
+        for task in (following, waiting):
+            task.cancel()
+        await asyncio.gather(following, waiting, return_exceptions=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return dropped

@@ -1,0 +1,359 @@
+"""The control endpoint of a running organism: a small JSON API, served by ``sporeflow
+run`` on a Unix socket (``service.address``) and, on request, over HTTP on 127.0.0.1
+with a bearer token.
+
+    GET  /v1/health                  alive: 200 while the process serves
+    GET  /v1/ready                   200 once started (over a broker: connected), else 503
+    GET  /v1/stats                   organism.stats()
+    POST /v1/send                    {to | channel, knowledge, sender?, request?, timeout?,
+                                      metadata?} -> the spore's fate, or the response
+    GET  /v1/events                  NDJSON of spore events; ?agent= &channel= &type=
+                                     &event= (repeatable) &knowledge=false &until_idle=true
+    POST /v1/reload                  the reload's report (422 when refused)
+    GET  /v1/dead-letters            ?agent= &reason= &id= (repeatable)
+    GET  /v1/dead-letters/{number}
+    POST /v1/dead-letters/replay     {agents?, reasons?, ids?, all?}
+
+Every route goes through ``service.operations``, which uses the organism's public API
+only: a spore sent here passes every stage, like any other. What is answered is masked
+with the organism's masker. Over HTTP every route but health and ready (for probes)
+needs the token: ``Authorization: Bearer TOKEN``, or ``?token=TOKEN`` once in a browser,
+which sets a cookie for the pages that follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import math
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from sporeflow.config import OrganismSpec, SporeflowError, did_you_mean
+from sporeflow.pipeline.core.deadletters import LetterChoice
+from sporeflow.pipeline.observe.events import Event, EventStream
+from sporeflow.pipeline.reload.diff import ReloadReport
+from sporeflow.pipeline.service import operations
+from sporeflow.pipeline.service.following import SPORE_EVENT_KINDS, TailFilter, event_line
+from sporeflow.steps import SporeType
+
+__all__ = ["ControlOrganism", "OPEN_ROUTES", "control_app", "token_guard"]
+
+OPEN_ROUTES = frozenset({"/v1/health", "/v1/ready"})  # probes carry no token
+_MAX_BODY = 1 << 20  # a spore is capped far below this by limits.max_spore_bytes
+_MAX_TIMEOUT = 24 * 3600.0
+_SEND_KEYS = frozenset({"to", "channel", "knowledge", "sender", "request", "timeout",
+                        "metadata"})
+_REPLAY_KEYS = frozenset({"agents", "reasons", "ids", "all"})
+
+
+class ControlOrganism(operations.Controlled, Protocol):
+    """What the endpoint uses of an organism, beyond the operations: its spec, ``idle``."""
+
+    @property
+    def spec(self) -> OrganismSpec: ...
+
+    async def idle(self) -> None: ...
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def control_app(organism: ControlOrganism, *,
+                on_reload: Callable[[ReloadReport], None] | None = None,
+                middlewares: tuple[Any, ...] = ()) -> web.Application:
+    """The API's routes over ``organism``; ``on_reload`` hears of each reload done here."""
+    app = web.Application(middlewares=[*middlewares, _errors], client_max_size=_MAX_BODY)
+    routes = _Routes(organism, on_reload)
+    app.add_routes([
+        web.get("/v1/", routes.index),
+        web.get("/v1/health", routes.health),
+        web.get("/v1/ready", routes.ready),
+        web.get("/v1/stats", routes.stats),
+        web.post("/v1/send", routes.send),
+        web.get("/v1/events", routes.events),
+        web.post("/v1/reload", routes.reload),
+        web.get("/v1/dead-letters", routes.dead_letters),
+        web.get("/v1/dead-letters/{number}", routes.dead_letter),
+        web.post("/v1/dead-letters/replay", routes.replay),
+    ])
+    app.on_shutdown.append(routes.end_streams)
+    return app
+
+
+def token_guard(token: str, cookie: str | None = None) -> Any:
+    """A middleware that lets through requests carrying ``token`` (header, query or the
+    cookie ``cookie``, which a right ``?token=`` sets), and the open routes. The cookie is
+    named by the port unless ``cookie`` is given: browsers share cookies between the
+    ports of a host, and two organisms may serve on one."""
+    expected = token.encode()
+
+    def right(given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(given.encode(), expected)
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_ROUTES:
+            return await handler(request)
+        name = cookie or f"sporeflow_token_{request.url.port or 0}"
+        header = request.headers.get("Authorization", "")
+        bearer = header[7:].strip() if header[:7].lower() == "bearer " else None
+        query = request.query.get("token")
+        if right(bearer) or right(request.cookies.get(name)) or right(query):
+            response = await handler(request)
+            if right(query) and not response.prepared:  # a browser: keep it for the pages
+                response.set_cookie(name, token, httponly=True, samesite="Strict",
+                                    path="/")
+            return response
+        return _error(401, "Unauthorized",
+                      "this endpoint needs its token: send `Authorization: Bearer TOKEN` "
+                      "(or ?token=TOKEN in a browser); `sporeflow run` printed it, and wrote "
+                      "it next to the control socket",
+                      headers={"WWW-Authenticate": 'Bearer realm="sporeflow"'})
+
+    return guard
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A bad request is answered in JSON, naming what was wrong."""
+    try:
+        return await handler(request)
+    except _BadRequest as exc:
+        return _error(400, "BadRequest", str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason.replace(" ", ""),
+                      f"{request.method} {request.path}: {exc.reason.lower()}; the routes "
+                      f"are listed at GET /v1/")
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _error(status: int, name: str, message: str, *, reason: str | None = None,
+           headers: dict[str, str] | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": name, "message": message}
+    if reason is not None:
+        body["reason"] = reason
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json",
+                        headers=headers)
+
+
+class _Routes:
+    def __init__(self, organism: ControlOrganism,
+                 on_reload: Callable[[ReloadReport], None] | None) -> None:
+        self.organism = organism
+        self.on_reload = on_reload
+        self.streams: set[EventStream] = set()  # the followers' (GET /v1/events)
+
+    async def end_streams(self, app: web.Application) -> None:
+        """The endpoint closes: end every follower's stream (what is buffered is sent)."""
+        for stream in list(self.streams):
+            stream.close()
+
+    def json(self, data: Any, status: int = 200,
+             headers: dict[str, str] | None = None) -> web.Response:
+        """``data`` as JSON, masked: a spore or an error may quote the organism's secrets."""
+        text = self.organism.masker.mask(json.dumps(data, default=str, ensure_ascii=False))
+        return web.Response(status=status, text=text, content_type="application/json",
+                            headers=headers)
+
+    def not_ready(self) -> web.Response | None:
+        """503 with Retry-After while the organism does not take spores."""
+        ready, why = operations.readiness(self.organism)
+        if ready:
+            return None
+        return _error(503, "NotReady", f"organism {self.organism.spec.name!r}: {why}; "
+                      f"GET /v1/ready answers 200 once it takes spores",
+                      headers={"Retry-After": "1"})
+
+    async def index(self, request: web.Request) -> web.Response:
+        routes = sorted({f"{r.method} {r.resource.canonical}" for r in request.app.router.routes()
+                         if r.resource is not None and r.method != "HEAD"})
+        return self.json({"organism": self.organism.spec.name, "routes": routes})
+
+    async def health(self, request: web.Request) -> web.Response:
+        return self.json({"alive": True, "organism": self.organism.spec.name,
+                          "state": self.organism.state, "pid": os.getpid()})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        ready, why = operations.readiness(self.organism)
+        return self.json({"ready": ready, "organism": self.organism.spec.name, "why": why},
+                         status=200 if ready else 503)
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return self.json(self.organism.stats())
+
+    async def send(self, request: web.Request) -> web.Response:
+        body = await _body(request, _SEND_KEYS)
+        to, channel = _text(body, "to"), _text(body, "channel")
+        sender = _text(body, "sender") or "cli"
+        if to is None and channel is None:
+            raise _BadRequest("say where the spore goes: \"to\" (an agent) or \"channel\"")
+        if "knowledge" not in body:
+            raise _BadRequest("\"knowledge\" is missing: the spore's knowledge, a JSON object")
+        request_it = body.get("request", False)
+        if not isinstance(request_it, bool):
+            raise _BadRequest(f"\"request\" must be true or false, got {request_it!r}")
+        timeout = body.get("timeout", 30.0)
+        if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                or not 0 < timeout <= _MAX_TIMEOUT or math.isnan(timeout)):
+            raise _BadRequest(f"\"timeout\" must be seconds, above 0 and at most "
+                              f"{_MAX_TIMEOUT:.0f}, got {timeout!r}")
+        metadata = body.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise _BadRequest(f"\"metadata\" must be a JSON object, got {metadata!r:.60}")
+        if (refusal := self.not_ready()) is not None:
+            return refusal
+        outcome = await operations.send_spore(
+            self.organism, body["knowledge"], to=to, channel=channel, sender=sender,
+            request=request_it, timeout=float(timeout),
+            extra={"metadata": metadata} if metadata else None)
+        return self.json(outcome.to_dict(), status=operations.refusal_status(outcome))
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        accept = self._event_filter(request)
+        knowledge = _flag(request, "knowledge", True)
+        until_idle = _flag(request, "until_idle", False)
+        try:
+            buffer = int(request.query.get("buffer", "10000"))
+        except ValueError:
+            buffer = 0
+        if buffer < 1:
+            raise _BadRequest(f"buffer must be a whole number above 0, got "
+                              f"{request.query.get('buffer')!r}")
+        stream = self.organism.events.stream(buffer, accept=accept).open()
+        self.streams.add(stream)
+        idle = asyncio.ensure_future(self._idle_then_close(stream)) if until_idle else None
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        try:
+            await response.prepare(request)  # the follower knows it is attached
+            reported = 0
+            async for event in stream:
+                await response.write(self._line(event, knowledge))
+                if stream.dropped > reported:  # a slow reader: say how many it lost
+                    reported = stream.dropped
+                    await response.write(json.dumps(
+                        {"event": "dropped", "count": reported}).encode() + b"\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass  # the follower went away, or the endpoint is closing
+        finally:
+            stream.close()
+            self.streams.discard(stream)
+            if idle is not None:
+                idle.cancel()
+        return response
+
+    def _line(self, event: Event, knowledge: bool) -> bytes:
+        return (self.organism.masker.mask(event_line(event, knowledge=knowledge))
+                + "\n").encode()
+
+    async def _idle_then_close(self, stream: EventStream) -> None:
+        try:
+            await self.organism.idle()
+        except SporeflowError:
+            pass  # not running (yet, or any more): no spore will come either
+        finally:
+            stream.close()
+
+    def _event_filter(self, request: web.Request) -> TailFilter:
+        spec = self.organism.spec
+        query = request.query
+        agents, channels = query.getall("agent", []), query.getall("channel", [])
+        types, kinds = query.getall("type", []), query.getall("event", [])
+        _known("agent", agents, spec.agents, spec.name)
+        _known("channel", channels, spec.channels, spec.name)
+        _known("type", types, [t.value for t in SporeType], spec.name)
+        _known("event", kinds, SPORE_EVENT_KINDS, spec.name)
+        return TailFilter.of(agents=agents, channels=channels, types=types, kinds=kinds)
+
+    async def reload(self, request: web.Request) -> web.Response:
+        report = await operations.reload(self.organism)
+        if self.on_reload is not None:
+            self.on_reload(report)
+        return self.json({**report.to_dict(), "summary": report.summary()},
+                         status=200 if report.ok else 422)
+
+    async def dead_letters(self, request: web.Request) -> web.Response:
+        query = request.query
+        choice = LetterChoice(tuple(query.getall("agent", [])),
+                              tuple(query.getall("reason", [])), tuple(query.getall("id", [])))
+        store = self.organism.dead_letters
+        letters = operations.dead_letters(self.organism, choice)
+        return self.json({"letters": [operations.letter_dict(s) for s in letters],
+                          "kept": len(store), "total": store.total, "evicted": store.evicted,
+                          "brokered": self.organism.brokered})
+
+    async def dead_letter(self, request: web.Request) -> web.Response:
+        text = request.match_info["number"]
+        stored = operations.dead_letter(self.organism, int(text)) if text.isdigit() else None
+        if stored is None:
+            return _error(404, "NotFound", f"no dead letter {text!r} kept in organism "
+                          f"{self.organism.spec.name!r}; GET /v1/dead-letters lists them")
+        return self.json(operations.letter_dict(stored))
+
+    async def replay(self, request: web.Request) -> web.Response:
+        body = await _body(request, _REPLAY_KEYS)
+        lists = {key: body.get(key, []) for key in ("agents", "reasons", "ids")}
+        for key, value in lists.items():
+            if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
+                raise _BadRequest(f"\"{key}\" must be a list of names, got {value!r:.60}")
+        choice = LetterChoice(*(tuple(map(str, lists[key])) for key in
+                                ("agents", "reasons", "ids")))
+        if not choice and body.get("all") is not True:
+            raise _BadRequest("choose dead letters with \"agents\", \"reasons\" or \"ids\", or "
+                              "pass \"all\": true for every one")
+        if (refusal := self.not_ready()) is not None:
+            return refusal
+        done = await operations.replay(self.organism, choice)
+        return self.json({"replayed": done.count, "numbers": list(done.numbers),
+                          "problems": list(done.problems)})
+
+
+async def _body(request: web.Request, keys: frozenset[str]) -> dict[str, Any]:
+    """The request's JSON object, with only ``keys``."""
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise _BadRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise _BadRequest(f"the body must be a JSON object, got {type(body).__name__}")
+    unknown = sorted(set(body) - keys)
+    if unknown:
+        raise _BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}"
+                          f"{did_you_mean(unknown[0], keys)}; the fields are "
+                          f"{', '.join(sorted(keys))}")
+    return body
+
+
+def _text(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise _BadRequest(f"\"{key}\" must be a name, got {value!r:.60}")
+    return value
+
+
+def _flag(request: web.Request, name: str, default: bool) -> bool:
+    value = request.query.get(name)
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise _BadRequest(f"{name} must be true or false, got {value!r}")
+
+
+def _known(what: str, given: list[str], known: Any, organism: str) -> None:
+    names = sorted(known)
+    for name in given:
+        if name not in names:
+            hint = did_you_mean(name, names) or f"; there are: {', '.join(names)}"
+            raise _BadRequest(f"no {what} {name!r} in organism {organism!r}{hint}")

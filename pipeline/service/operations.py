@@ -1,0 +1,344 @@
+"""What can be done to a running organism from outside its process, in one place: the
+control endpoint (``service.control``), the web dashboard and ``sporeflow send --start``
+all call these, and these call only the organism's public API (``submit``, ``send``,
+``request``, ``reload``, ``stats``, its event bus and dead letters): no rule is written
+here a second time.
+
+    dead_letters(organism, choice)         the letters kept in the process, numbered
+    dead_letter(organism, number)          one of them, or None
+    replay_dead_letters(organism, choice)  submit them again (the one path); -> how many
+    send_spore(organism, ...)              send (or request) and wait for the spore's fate
+    readiness(organism)                    started, and with a broker connected
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sporeflow.config import (
+    HandlerError,
+    OrganismStateError,
+    RequestTimeout,
+    SporeError,
+    SporeflowError,
+)
+from sporeflow.config.reasons import Reason, reason_of
+from sporeflow.pipeline.core.deadletters import (
+    DeadLetter,
+    DeadLetterStore,
+    LetterChoice,
+    Masker,
+    StoredDeadLetter,
+)
+from sporeflow.pipeline.observe.events import (
+    Event,
+    EventBus,
+    SporeDeadLettered,
+    SporeExpired,
+    SporeFailed,
+    SporeHandled,
+)
+from sporeflow.pipeline.reload.diff import ReloadReport
+from sporeflow.steps import Spore
+
+__all__ = [
+    "Controlled",
+    "Replayed",
+    "SendOutcome",
+    "dead_letter",
+    "dead_letters",
+    "letter_dict",
+    "readiness",
+    "refusal_status",
+    "reload",
+    "replay",
+    "replay_dead_letters",
+    "send_spore",
+]
+
+
+class Controlled(Protocol):
+    """What these operations use of an organism (an ``Organism`` is one)."""
+
+    @property
+    def dead_letters(self) -> DeadLetterStore: ...
+
+    @property
+    def events(self) -> EventBus: ...
+
+    @property
+    def masker(self) -> Masker: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def brokered(self) -> bool: ...
+
+    def submit(self, spore: Spore) -> Coroutine[Any, Any, Spore]: ...
+
+    def send(self, to_agent: str, knowledge: dict[str, Any], *, sender: str = ...,
+             channel: str | None = ..., **extra: Any) -> Coroutine[Any, Any, Spore]: ...
+
+    def broadcast(self, knowledge: dict[str, Any], *, channel: str = ...,
+                  sender: str = ...) -> Coroutine[Any, Any, Spore]: ...
+
+    async def request(self, to_agent: str, knowledge: dict[str, Any], *,
+                      timeout: float = ..., sender: str = ...) -> Spore: ...
+
+    async def reload(self) -> ReloadReport: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+# -- dead letters ------------------------------------------------------------------------
+
+
+def dead_letters(organism: Controlled,
+                 choice: LetterChoice | None = None) -> list[StoredDeadLetter]:
+    """The dead letters the running organism keeps, oldest first, those ``choice``
+    matches (None or empty: all), with the numbers they are named by."""
+    return organism.dead_letters.numbered(choice)
+
+
+def dead_letter(organism: Controlled, number: int) -> StoredDeadLetter | None:
+    """Dead letter ``number``, while the organism still keeps it."""
+    found = organism.dead_letters.numbered(LetterChoice(ids=(str(number),)))
+    return next((stored for stored in found if stored.number == number), None)
+
+
+def letter_dict(stored: StoredDeadLetter) -> dict[str, Any]:
+    """The JSON form of a numbered dead letter (as ``dlq list --json`` prints one)."""
+    return {"number": stored.number, **stored.letter.to_dict()}
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """What a replay did: the numbers of the letters submitted again, and why others were
+    refused (they stay dead letters, under their numbers)."""
+
+    numbers: tuple[int, ...] = ()
+    problems: tuple[str, ...] = ()
+
+    @property
+    def count(self) -> int:
+        return len(self.numbers)
+
+
+async def replay(organism: Controlled, choice: LetterChoice) -> Replayed:
+    """Submit the dead letters ``choice`` matches again, through ``organism.submit`` (every
+    stage checks them again), and take them out of the organism's dead letters.
+
+    A broadcast goes back only to the agent that failed on it, an expired spore loses its
+    expiry (``StoredDeadLetter.replayable``). They are taken out before the first is
+    submitted, so two replays never submit one letter twice; one the organism refuses is
+    put back.
+    """
+    chosen = organism.dead_letters.numbered(choice)
+    taken = organism.dead_letters.take(stored.number for stored in chosen)
+    done: list[int] = []
+    problems: list[str] = []
+    refused: list[StoredDeadLetter] = []
+    for stored in taken:
+        try:
+            await organism.submit(stored.replayable())
+        except SporeflowError as exc:
+            refused.append(stored)
+            problems.append(f"dead letter {stored.number} (spore {stored.letter.spore.id}): "
+                            f"{type(exc).__name__}: {organism.masker.mask(str(exc))}")
+        else:
+            done.append(stored.number)
+    if refused:
+        organism.dead_letters.restore(refused)
+    return Replayed(tuple(done), tuple(problems))
+
+
+async def replay_dead_letters(organism: Controlled, choice: LetterChoice) -> int:
+    """:func:`replay`, returning how many letters were submitted again."""
+    return (await replay(organism, choice)).count
+
+
+# -- sending -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """What became of a spore sent from outside.
+
+    ``status``: ``handled`` (by ``agent``), ``answered`` (a request's ``response``),
+    ``sent`` (admitted; over a broker its fate is another process's), ``pending`` (not
+    handled within the time waited), ``dead-lettered`` or ``refused`` (with ``reason`` and
+    ``error``), ``timeout`` (a request unanswered), ``not running``.
+    """
+
+    status: str
+    spore_id: str | None = None
+    agent: str | None = None
+    reason: str | None = None
+    error: str | None = None
+    response: Spore | None = None
+    traceback: str | None = None  # a handler's failure: its traceback, masked
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("handled", "answered", "sent", "pending")
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"status": self.status, "id": self.spore_id}
+        for name in ("agent", "reason", "error", "traceback"):
+            if getattr(self, name) is not None:
+                data[name] = getattr(self, name)
+        if self.response is not None:
+            data["response"] = self.response.to_dict()
+        return data
+
+
+_ENDS = (SporeHandled, SporeFailed, SporeDeadLettered, SporeExpired)
+
+
+class _Fates:
+    """The ends of spores (handled, dead-lettered, expired), watched from before a send so
+    that a quick one is not missed; once the spore's id is known, only its own are kept.
+    Bounded, as an event stream is."""
+
+    def __init__(self, bus: EventBus, maxsize: int = 10_000) -> None:
+        self._seen: deque[Event] = deque(maxlen=maxsize)
+        self._id: str | None = None
+        self._changed = asyncio.Event()
+        self._unsubscribe = bus.subscribe(self._note)
+
+    def _note(self, event: Event) -> None:
+        # A failure is followed by its dead letter, which carries the reason: wait for it.
+        if isinstance(event, _ENDS) and not isinstance(event, SporeFailed) and (
+                self._id is None or event.spore.id == self._id):
+            self._seen.append(event)
+            self._changed.set()
+
+    def close(self) -> None:
+        self._unsubscribe()
+
+    async def first(self, spore_id: str) -> Event:
+        """The first end of spore ``spore_id``, waiting for it."""
+        self._id = spore_id
+        while True:
+            self._changed.clear()
+            for event in self._seen:
+                if isinstance(event, _ENDS) and event.spore.id == spore_id:
+                    return event
+            self._seen.clear()  # none of them was its: from now on only its own come
+            await self._changed.wait()
+
+
+async def send_spore(organism: Controlled, knowledge: dict[str, Any], *,
+                     to: str | None = None, channel: str | None = None,
+                     sender: str = "cli", request: bool = False, timeout: float = 30.0,
+                     extra: dict[str, Any] | None = None) -> SendOutcome:
+    """Send ``knowledge`` to agent ``to`` (or broadcast it on ``channel``), as any outside
+    sender does, and wait up to ``timeout`` seconds for what became of it: handled, or
+    dead-lettered with its reason. A ``request`` waits for its response instead.
+
+    A refusal at the door (unknown agent, not a peer, a malformed spore) is ``refused``
+    with the reason a dead letter would carry; over a broker the spore is ``sent`` once
+    the broker has it (its handler may run in another process).
+    """
+    if to is None and channel is None:
+        raise SporeError("say where the spore goes: an agent (to) or a channel")
+    if request and to is None:
+        raise SporeError("a request goes to one agent: give `to`")
+    fates = None if request or organism.brokered else _Fates(organism.events)
+    try:
+        if request:
+            assert to is not None
+            response = await organism.request(to, knowledge, timeout=timeout, sender=sender)
+            return SendOutcome("answered", response.reply_to, agent=response.from_agent,
+                               response=response)
+        spore = await (organism.send(to, knowledge, sender=sender, channel=channel,
+                                     **(extra or {})) if to is not None
+                       else organism.broadcast(knowledge, channel=channel or "main",
+                                               sender=sender))
+        if fates is None:
+            return SendOutcome("sent", spore.id)
+        try:
+            async with asyncio.timeout(timeout):
+                end = await fates.first(spore.id)
+        except TimeoutError:
+            return SendOutcome("pending", spore.id)
+        if isinstance(end, SporeDeadLettered):
+            return SendOutcome("dead-lettered", spore.id, agent=end.agent,
+                               reason=str(end.reason), error=end.error,
+                               traceback=_traceback(organism, spore.id))
+        if isinstance(end, SporeExpired):
+            return SendOutcome("dead-lettered", spore.id, agent=end.agent,
+                               reason=str(Reason.EXPIRED), error="it expired")
+        assert isinstance(end, SporeHandled)
+        return SendOutcome("handled", spore.id, agent=end.agent)
+    except RequestTimeout as exc:
+        return SendOutcome("timeout", error=organism.masker.mask(str(exc)), agent=to)
+    except OrganismStateError as exc:
+        return SendOutcome("not running", error=organism.masker.mask(str(exc)))
+    except HandlerError as exc:  # the responder failed: what its dead letter says
+        letter = _letter(organism, exc.spore_id)
+        return SendOutcome("dead-lettered", exc.spore_id, agent=exc.agent,
+                           reason=letter.reason if letter else str(Reason.HANDLER_FAILED),
+                           error=letter.error if letter else organism.masker.mask(str(exc)),
+                           traceback=letter.traceback if letter else None)
+    except SporeflowError as exc:  # DeliveryError, SporeError...: the reason is theirs
+        return SendOutcome("refused", reason=str(reason_of(exc)),
+                           error=organism.masker.mask(f"{type(exc).__name__}: {exc}"))
+    finally:
+        if fates is not None:
+            fates.close()
+
+
+def _letter(organism: Controlled, spore_id: str) -> DeadLetter | None:
+    """The latest dead letter of spore ``spore_id`` the organism keeps."""
+    found = organism.dead_letters.numbered(LetterChoice(ids=(spore_id,)))
+    return found[-1].letter if found else None
+
+
+def _traceback(organism: Controlled, spore_id: str) -> str | None:
+    letter = _letter(organism, spore_id)
+    return letter.traceback if letter is not None else None
+
+
+def refusal_status(outcome: SendOutcome) -> int:
+    """The HTTP status that tells ``outcome``: 200 done, 202 not yet known, 4xx refused."""
+    if outcome.status in ("handled", "answered"):
+        return 200
+    if outcome.status in ("sent", "pending"):
+        return 202
+    if outcome.status == "not running":
+        return 503
+    if outcome.status == "timeout":
+        return 504
+    if outcome.reason == str(Reason.UNKNOWN_AGENT):
+        return 404
+    if outcome.reason == str(Reason.NOT_A_PEER):
+        return 403
+    return 422
+
+
+# -- the rest ----------------------------------------------------------------------------
+
+
+def readiness(organism: Controlled) -> tuple[bool, str]:
+    """Whether the organism takes spores: started (running) and, over a broker,
+    connected to it; and what it is doing otherwise."""
+    stats = organism.stats()
+    if stats["state"] != "running":
+        return False, f"organism is {stats['state']}"
+    broker = stats.get("broker")
+    if broker is not None:
+        link = broker.get("connection", {}).get("state", "connected")
+        if link != "connected":
+            return False, f"broker is {link}"
+    return True, "running"
+
+
+async def reload(organism: Controlled) -> ReloadReport:
+    """Re-read the organism file and apply it (``organism.reload``)."""
+    return await organism.reload()

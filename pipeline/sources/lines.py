@@ -1,0 +1,103 @@
+"""A ``lines`` source: each line of a file (or of standard input) is a spore.
+
+The knowledge is ``{"line": TEXT, "number": N}`` (N counts from 1, blank lines
+included), or with ``json: true`` the line's JSON object itself (blank lines skipped).
+A line that is no JSON object, or longer than ``limits.max_spore_bytes``, is a dead
+letter naming ``FILE:N``, and reading goes on. With ``follow: true`` the source waits at
+the end of the file for lines appended (a part of a line waits for its newline; a file
+truncated is read again from its start); standard input ends at its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+from sporeflow.config import LimitExceeded, SporeError
+from sporeflow.config.sources import LinesSource
+from sporeflow.pipeline.sources.linereader import ChunkReader
+from sporeflow.pipeline.sources.port import Feed, Source
+
+__all__ = ["Lines"]
+
+_SHOWN = 200  # characters of a refused line kept with its dead letter
+
+
+class Lines(Source):
+    def __init__(self, feed: Feed, spec: LinesSource, max_bytes: int) -> None:
+        super().__init__(feed)
+        self.spec = spec
+        self.max_bytes = max_bytes
+        self.where = str(spec.path) if spec.path is not None else "<stdin>"
+        self._reader: ChunkReader | None = None
+
+    async def open(self) -> None:
+        if self.spec.path is None:
+            if sys.stdin is None:  # a process started without one (pythonw, some services)
+                raise OSError("this process has no standard input to read lines from")
+            stream, owned = sys.stdin.buffer, False
+        else:
+            # The reader closes it; opened off the loop, as any file may be slow to open.
+            stream, owned = await asyncio.to_thread(open, self.spec.path, "rb"), True
+        self._reader = ChunkReader(stream, self.max_bytes + 1, name=self.feed.spec.name,
+                                   owned=owned)
+
+    async def run(self) -> None:
+        assert self._reader is not None, "opened first"
+        reader, follow = self._reader, self.spec.follow and self.spec.path is not None
+        number, pending, too_long = 0, b"", False
+        try:
+            while True:
+                chunk = await reader.read()
+                if not chunk:
+                    if not follow:
+                        if pending or too_long:  # the last line has no newline
+                            await self._line(number + 1, pending, too_long=too_long)
+                        return
+                    await asyncio.sleep(self.spec.poll)  # as tail -f: look again later
+                    continue
+                if not chunk.endswith(b"\n"):  # a part of a line: the rest is to come
+                    pending += chunk
+                    if len(pending) > self.max_bytes:
+                        pending, too_long = pending[:_SHOWN], True
+                    continue
+                number += 1
+                line, pending = pending + chunk, b""
+                long_line, too_long = too_long or len(line) > self.max_bytes + 1, False
+                await self._line(number, line, too_long=long_line)
+        finally:
+            reader.close()
+
+    async def _line(self, number: int, raw: bytes, *, too_long: bool) -> None:
+        self.stats.counts["lines"] += 1
+        text = raw.decode("utf-8", "replace").rstrip("\n").removesuffix("\r")
+        where = f"{self.where}:{number}"
+        if too_long:
+            self._bad(number, text, LimitExceeded(
+                f"{where}: the line is longer than limits.max_spore_bytes "
+                f"({self.max_bytes} bytes); split it, or raise the limit"))
+            return
+        if not self.spec.json:
+            await self.feed.send({"line": text, "number": number})
+            return
+        if not text.strip():
+            return
+        try:
+            knowledge: Any = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            self._bad(number, text, SporeError(f"{where}: the line is not JSON ({exc}); "
+                                               f"write one JSON object per line"))
+            return
+        if not isinstance(knowledge, dict):
+            self._bad(number, text, SporeError(
+                f"{where}: the line is a JSON {type(knowledge).__name__}, not an object; "
+                f"write one JSON object per line"))
+            return
+        await self.feed.send(knowledge)
+
+    def _bad(self, number: int, text: str, error: SporeError) -> None:
+        """The line holds no spore: a dead letter with the line as found (its start)."""
+        self.stats.counts["bad_lines"] += 1
+        self.feed.refuse(self.feed.spore({"line": text[:_SHOWN], "number": number}), error)

@@ -1,0 +1,61 @@
+"""``sporeflow init [DIR]``: an organism that check, run and pytest accept as written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sporeflow.pipeline.cli.init import FILES
+from sporeflow.pipeline.cli.main import cli
+
+
+def test_init_writes_an_organism_that_checks_runs_and_passes_its_test(
+        tmp_path: Path) -> None:
+    folder = tmp_path / "triage-bot"
+    result = CliRunner().invoke(cli, ["init", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in folder.iterdir()) == sorted(FILES)
+    assert "next: cd " in result.output
+
+    checked = CliRunner().invoke(cli, ["check", str(folder / "organism.yaml")])
+    assert checked.exit_code == 0, checked.output
+    assert checked.stdout.endswith("organism 'triage-bot', 2 agents, 1 channels, 0 warnings\n")
+    assert checked.stderr == ""
+
+    # A process of its own per tool, in the new folder, as a user runs them.
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    ran = subprocess.run([sys.executable, "-m", "sporeflow", "run", "--until-idle", "-q"],
+                         cwd=folder, env=env, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == "hello, world\n"
+    tested = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                            cwd=folder, env=env, capture_output=True, text=True, timeout=60)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "1 passed" in tested.stdout
+
+
+def test_init_never_overwrites_and_then_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "agents.py").write_text("mine = True\n")
+    result = CliRunner().invoke(cli, ["init", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"SporeflowError: {tmp_path / 'agents.py'} already exists;"
+                                    f" sporeflow init never overwrites")
+    assert [p.name for p in tmp_path.iterdir()] == ["agents.py"]
+    assert (tmp_path / "agents.py").read_text() == "mine = True\n"
+
+
+def test_init_defaults_to_the_current_folder_and_names_the_organism_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "2nd try!"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    result = CliRunner().invoke(cli, ["init"])
+    assert result.exit_code == 0, result.output
+    assert "next: sporeflow check" in result.output
+    assert "organism: {name: organism-2nd-try}" in (folder / "organism.yaml").read_text()
+    assert CliRunner().invoke(cli, ["check"]).exit_code == 0

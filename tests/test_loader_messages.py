@@ -1,0 +1,39 @@
+"""Shape errors say what is wrong with the value itself, at its own line."""
+
+from __future__ import annotations
+
+import pytest
+
+from sporeflow.config import ConfigError, organism_from_text
+
+
+def problems_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        organism_from_text(text, name="o.yaml")
+    return [str(p) for p in caught.value.problems]
+
+
+@pytest.mark.parametrize(("value", "shown"), [("0", "0"), ('"big"', "'big'"),
+                                              ("2.5", "2.5"), ("-3", "-3")])
+def test_a_bad_channel_capacity_is_named_at_its_line(value: str, shown: str) -> None:
+    text = f"channels:\n  files:\n    description: x\n    capacity: {value}\nagents: {{}}\n"
+    assert problems_of(text) == [
+        f"o.yaml:4:15: channels.files.capacity: expected a positive integer, got {shown}"]
+
+
+def test_an_unknown_key_of_a_channel_gets_its_hint() -> None:
+    [problem] = problems_of("channels:\n  files: {capacty: 5}\nagents: {}\n")
+    assert problem.startswith("o.yaml:2:11: channels.files.capacty: unknown key 'capacty' "
+                              "(did you mean 'capacity'?)")
+
+
+def test_a_channel_that_is_no_mapping_says_what_to_write() -> None:
+    assert problems_of("channels:\n  files: 7\nagents: {}\n") == [
+        "o.yaml:2:10: channels.files: 7 is not valid here; write a mapping of settings, like "
+        "{capacity: 100}, or {}"]
+
+
+def test_other_counts_say_the_same() -> None:
+    text = "agents:\n  a: {handler: json:dumps, concurrency: 0}\n"
+    assert problems_of(text) == [
+        "o.yaml:2:41: agents.a.concurrency: expected a positive integer, got 0"]

@@ -1,0 +1,69 @@
+"""Handler imports: a broken module is imported once and reported once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sporeflow.config import ConfigError, load_organism
+
+BROKEN = """
+import builtins
+builtins.__dict__.setdefault("sporeflow_test_runs", []).append(__name__)  # counts runs
+
+def a(spore, ctx):
+    return None
+
+x = 1 / 0
+"""
+
+
+def organism(folder: Path, agents: dict[str, str]) -> Path:
+    file = folder / "organism.yaml"
+    file.write_text("agents:\n" + "".join(f"  {name}: {{handler: {ref}}}\n"
+                                          for name, ref in agents.items()))
+    return file
+
+
+def test_a_broken_module_is_reported_once_naming_its_agents(
+        tmp_path: Path, handler_modules: Callable[[str], str]) -> None:
+    import builtins
+
+    mod = handler_modules(BROKEN)
+    agents = {name: f"{mod}:a" for name in ("a", "b", "c", "d", "e", "f")}
+    file = organism(tmp_path, {**agents, "g": "json:dumps"})
+    with pytest.raises(ConfigError) as caught:
+        load_organism(file)
+    [problem] = caught.value.problems
+    assert (problem.line, problem.path) == (2, "agents.a.handler")
+    assert problem.message == (
+        f"handler module {mod!r} does not import: ZeroDivisionError: division by zero "
+        f"(at {mod}.py:8); agents 'a', 'b', 'c', 'd', 'e' and 'f' use it")
+    runs = builtins.__dict__.pop("sporeflow_test_runs")
+    assert runs == [mod]  # its code ran once, not once per agent
+
+
+def test_a_missing_module_is_reported_once_and_a_lone_user_as_before(tmp_path: Path) -> None:
+    file = organism(tmp_path, {"a": "no_such_mod_x1:f", "b": "no_such_mod_x1:g",
+                               "c": "no_such_mod_x2:f"})
+    with pytest.raises(ConfigError) as caught:
+        load_organism(file)
+    first, second = caught.value.problems
+    assert first.message.startswith("handler module 'no_such_mod_x1' is neither beside the "
+                                    "organism file")
+    assert first.message.endswith("; agents 'a' and 'b' use it")
+    assert second.path == "agents.c.handler"
+    assert second.message.startswith("handler module 'no_such_mod_x2' is neither beside")
+    assert "use it" not in second.message
+
+
+def test_a_missing_function_is_still_reported_per_agent(
+        tmp_path: Path, handler_modules: Callable[[str], str]) -> None:
+    mod = handler_modules("def handle(spore, ctx):\n    return None\n")
+    file = organism(tmp_path, {"x": f"{mod}:handel", "y": f"{mod}:c"})
+    with pytest.raises(ConfigError) as caught:
+        load_organism(file)
+    assert [p.path for p in caught.value.problems] == ["agents.x.handler", "agents.y.handler"]
+    assert "has no 'handel' (did you mean 'handle'?)" in caught.value.problems[0].message

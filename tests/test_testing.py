@@ -1,0 +1,150 @@
+"""``sporeflow.testing``: the helper users test their own organisms with."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sporeflow import Context, Spore
+from sporeflow.config import OrganismStateError
+from sporeflow.testing import TestOrganism, VirtualClock
+
+
+def greeter_organism() -> dict[str, Any]:
+    async def greet(spore: Spore, ctx: Context) -> dict[str, Any]:
+        return {"text": f"hello, {spore.knowledge['name']}"}
+
+    async def shout(spore: Spore, ctx: Context) -> None:
+        await ctx.send("printer", {"text": spore.knowledge["text"].upper()})
+
+    def show(spore: Spore, ctx: Context) -> None:
+        ctx.state.setdefault("shown", []).append(spore.knowledge["text"])
+
+    return {"channels": {"greetings": {}},
+            "agents": {"greeter": {"handler": greet, "emit": {"channel": "greetings"}},
+                       "shouter": {"handler": shout, "subscribe": ["greetings"]},
+                       "printer": {"handler": show}}}
+
+
+async def test_outputs_are_captured_per_agent_and_per_channel() -> None:
+    async with TestOrganism(greeter_organism()) as t:
+        sent = await t.send("greeter", {"name": "Ada"})
+        await t.idle()
+    assert t.knowledge("greeter") == [{"text": "hello, Ada"}]  # returned: broadcast
+    assert [s.knowledge for s in t.broadcasts("greetings")] == [{"text": "hello, Ada"}]
+    assert t.knowledge("shouter") == [{"text": "HELLO, ADA"}]  # sent with ctx.send
+    assert t.outputs("shouter")[0].to_agent == "printer"
+    assert [s.id for s in t.handled("greeter")] == [sent.id]
+    assert t.knowledge("printer") == []
+    assert len(t.handled("printer")) == 1
+    assert sent.from_agent == "test"
+    assert t.dead_letters == []
+
+
+async def test_a_failing_handler_is_a_dead_letter_with_its_error() -> None:
+    def broken(spore: Spore, ctx: Context) -> None:
+        raise ValueError(f"cannot take {spore.knowledge['n']}")
+
+    async with TestOrganism({"agents": {"b": {"handler": broken}}}) as t:
+        await t.send("b", {"n": 7})
+        await t.idle()
+    [letter] = t.dead_letters
+    assert (letter.agent, letter.spore.knowledge) == ("b", {"n": 7})
+    assert "ValueError: cannot take 7" in letter.error
+
+
+async def test_a_request_gets_its_response() -> None:
+    async with TestOrganism(greeter_organism()) as t:
+        response = await t.request("greeter", {"name": "Bob"})
+    assert response.knowledge == {"text": "hello, Bob"}
+
+
+async def test_expiry_follows_the_virtual_clock_in_a_lane_too() -> None:
+    release, passed = asyncio.Event(), asyncio.Event()
+
+    async def gate(spore: Spore, ctx: Context) -> None:
+        if spore.knowledge["n"] == 1:
+            await release.wait()  # holds the one slot: the next spore waits in the lane
+
+    async def marker(spore: Spore, ctx: Context) -> None:
+        passed.set()
+
+    organism = {"agents": {"gate": {"handler": gate}, "marker": {"handler": marker}}}
+    async with TestOrganism(organism) as t:
+        await t.send("gate", {"n": 1})
+        await t.send("gate", {"n": 2}, expires_in=30)
+        await t.send("marker", {})  # handled: the spore before it is in gate's lane
+        await asyncio.wait_for(passed.wait(), 5)
+        await t.advance(31)  # past its expiry, by the loop's clock as by the wall's
+        release.set()
+        await t.idle()
+    assert [s.knowledge["n"] for s in t.handled("gate")] == [1]
+    [letter] = t.dead_letters
+    assert (letter.reason, letter.spore.knowledge) == ("expired", {"n": 2})
+
+
+async def test_an_hour_of_retry_backoff_passes_in_an_advance() -> None:
+    failing = asyncio.Event()
+
+    async def flaky(spore: Spore, ctx: Context) -> dict[str, int]:
+        if ctx.attempt == 1:
+            failing.set()  # the lane schedules the retry as this raises, in this task
+            raise ConnectionError("the first try fails")
+        return {"attempt": ctx.attempt}
+
+    organism = {"agents": {"f": {"handler": flaky, "retry": {"attempts": 2,
+                                                             "backoff": "1h"}}}}
+    async with TestOrganism(organism) as t:
+        await t.send("f", {})
+        await asyncio.wait_for(failing.wait(), 5)
+        assert t.organism.stats()["agents"]["f"]["retried"] == 1
+        await t.advance(3600)  # the backoff is jittered within 30 to 60 minutes
+        await t.idle(timeout=5)
+    assert t.knowledge("f") == [{"attempt": 2}]
+    assert t.dead_letters == []
+
+
+async def test_the_clock_is_frozen_until_advanced_and_the_loop_gets_its_own_back() -> None:
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    loop = asyncio.get_running_loop()
+    async with TestOrganism(greeter_organism(), start=start) as t:
+        assert t.now() == start
+        assert "time" in vars(loop)  # moved with the virtual clock
+        before = loop.time()
+        await t.advance(90)
+        assert t.now() == start + timedelta(seconds=90)
+        assert loop.time() - before >= 90
+    assert "time" not in vars(loop)
+
+
+async def test_one_virtual_clock_per_loop() -> None:
+    async with TestOrganism(greeter_organism()):
+        with pytest.raises(OrganismStateError, match="virtual clock already"):
+            VirtualClock().attach(asyncio.get_running_loop())
+    with pytest.raises(ValueError, match="timezone-aware"):
+        VirtualClock(datetime(2030, 1, 1))  # noqa: DTZ001 - the mistake under test
+
+
+BOOTED = """
+def hello(spore, ctx):
+    return {"booted": True}
+"""
+
+
+async def test_from_a_file_with_no_boot_spores_unless_asked(
+        tmp_path: Path, handler_modules: Callable[[str], str]) -> None:
+    mod = handler_modules(BOOTED)
+    file = tmp_path / "organism.yaml"
+    file.write_text(f"agents:\n  hello: {{handler: {mod}:hello, boot: {{}}, "
+                    f"emit: {{channel: out}}}}\nchannels: {{out: {{}}}}\n")
+    async with TestOrganism(file) as quiet:
+        await quiet.idle()
+    async with TestOrganism(file, boot=True) as booted:
+        await booted.idle()
+    assert quiet.handled("hello") == []
+    assert booted.knowledge("hello") == [{"booted": True}]

@@ -1,0 +1,58 @@
+"""The top-level name: ``from sporeflow import Organism``, ``python -m sporeflow``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sporeflow
+import sporeflow.config
+import sporeflow.pipeline
+import sporeflow.steps
+
+SMALL = Path(__file__).parent / "organisms" / "small" / "organism.yaml"
+
+
+def test_the_public_names_are_the_layers_own() -> None:
+    from sporeflow import Context, Organism, Spore, StageSpec
+
+    assert Organism is sporeflow.pipeline.Organism
+    assert Context is sporeflow.pipeline.Context
+    assert Spore is sporeflow.steps.Spore
+    assert StageSpec is sporeflow.config.StageSpec
+
+
+def test_all_lists_names_that_all_resolve() -> None:
+    for name in sporeflow.__all__:
+        assert getattr(sporeflow, name) is not None, name
+    assert set(sporeflow.__all__) <= set(dir(sporeflow))
+    assert sorted(sporeflow.__all__) == sporeflow.__all__
+    with pytest.raises(AttributeError, match="no attribute 'Organsim'"):
+        sporeflow.Organsim  # noqa: B018 - the attribute access is the test
+
+
+def test_the_version_is_the_installed_distributions() -> None:
+    from importlib.metadata import version
+
+    assert sporeflow.__version__ == version("sporeflow")
+
+
+def test_a_lower_layer_alone_does_not_load_the_runtime() -> None:
+    script = ("import sys, sporeflow.config; "
+              "print(sorted(m for m in sys.modules if m.startswith('sporeflow.pipeline')))")
+    shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert shown == "[]"
+
+
+def test_python_m_sporeflow_is_the_command() -> None:
+    result = subprocess.run([sys.executable, "-m", "sporeflow", "check", str(SMALL)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{SMALL}: ok: organism 'small'")
+    usage = subprocess.run([sys.executable, "-m", "sporeflow", "--help"],
+                           capture_output=True, text=True, check=True).stdout
+    assert usage.startswith("Usage: sporeflow ")
