@@ -47,8 +47,10 @@ def reference_problems(located: Located) -> list[Problem]:
     data = located.data
     agents = mapping(data.get("agents"))
     agents = {name: agent for name, agent in agents.items() if isinstance(agent, dict)}
-    channels = {n: c for n, c in mapping(data.get("channels")).items() if isinstance(c, dict)}
-    channels.update({n: {} for n, c in mapping(data.get("channels")).items() if c is None})
+    declared = mapping(data.get("channels"))
+    # A channel whose settings are wrong (reported by the schema pass) is still declared:
+    # its name stays known, its settings count as none.
+    channels = {n: c if isinstance(c, dict) else {} for n, c in declared.items()}
     channel_names = [*channels, *BUILTIN_CHANNELS]
     known_channels = set(channel_names)
     agent_names: list[str] = []  # filled on the first unknown agent

@@ -12,22 +12,27 @@ source's name, as from any outside sender (so no agent may have that name, and n
 channel with a ``publish`` list can take them). The runtime is
 ``sporeflow.pipeline.sources``; this module turns the YAML into frozen specs and reports
 each mistake located, with "did you mean".
+
+An http source's token is read from ``token_env`` when the source starts
+(``pipeline.sources.runner``), not here: loading (``check``, ``graph``, tests that start
+no source) only warns that the variable is unset now.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from sporeflow.config.errors import Problem
 from sporeflow.config.model import BUILTIN_CHANNELS
 from sporeflow.config.positions import Located
 from sporeflow.config.reasons import did_you_mean
-from sporeflow.config.secrets import Secret, read_secret_env
+from sporeflow.config.secrets import Secret
 from sporeflow.config.units import parse_duration
 
 __all__ = [
@@ -38,12 +43,15 @@ __all__ = [
     "HttpSource",
     "LinesSource",
     "SourceSpec",
+    "StartAt",
     "TimerSource",
     "read_sources",
     "sources_schema",
 ]
 
 KINDS = ("http", "timer", "lines", "folder")
+StartAt = Literal["beginning", "end"]
+_START_AT: tuple[StartAt, ...] = ("beginning", "end")
 DEFAULT_HOST = "127.0.0.1"
 STDIN = "-"  # a lines source's path that reads standard input
 _LOOPBACK_NAMES = frozenset({"localhost"})
@@ -58,17 +66,26 @@ class _Source:
     channel: str | None = None  # the channel it broadcasts on
     kind: ClassVar[str]
 
+    @property
+    def ends(self) -> bool:
+        """Whether it ends by itself (``run --until-idle`` waits for those only)."""
+        return False
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpSource(_Source):
     """HTTP ingress: ``POST /spores``, ``POST /requests``, ``GET /openapi.json``,
-    ``GET /healthz``. ``token`` None: no token asked (a loopback host, ``insecure``)."""
+    ``GET /healthz``. ``token_env`` None: no token asked (a loopback host, ``insecure``).
+    ``token`` is None as loaded; the runner reads ``token_env`` into it at start."""
 
     kind: ClassVar[str] = "http"
     host: str = DEFAULT_HOST
     port: int = 0
     token: Secret | None = field(default=None, repr=False)
     token_env: str | None = None
+    # Where token_env is written (a Problem with no message): a start without the
+    # variable names that place.
+    token_env_at: Problem | None = field(default=None, repr=False, compare=False)
     request_timeout: float = _REQUEST_TIMEOUT  # the longest a POST /requests waits
     admission_wait: float = _ADMISSION_WAIT  # a POST's wait for room before it answers 429
 
@@ -82,6 +99,10 @@ class TimerSource(_Source):
     knowledge: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     count: int | None = None  # None: until the organism stops
 
+    @property
+    def ends(self) -> bool:
+        return self.count is not None
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LinesSource(_Source):
@@ -92,6 +113,13 @@ class LinesSource(_Source):
     follow: bool = False  # at the end, wait for lines appended (as tail -f does)
     json: bool = False  # each line is a JSON object, sent as the knowledge
     poll: float = _LINES_POLL  # while following: how often the end of the file is read again
+    # Where a start reads from: "end" skips what the file holds (a followed log read
+    # again at each restart would be handled twice). Standard input: always its start.
+    start_at: StartAt = "beginning"
+
+    @property
+    def ends(self) -> bool:
+        return not self.follow or self.path is None  # standard input ends at its end
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,6 +182,9 @@ def sources_schema(name: Mapping[str, Any], duration: Mapping[str, Any],
             "json": {**flag, "description": "each line is a JSON object, sent as knowledge"},
             "poll": {**duration, "description": "while following, how often the end of the "
                      "file is read again (default 500ms)"},
+            "start_at": {"enum": list(_START_AT), "x-why": "is not a place to start; write "
+                         "beginning or end", "description": "where each start reads from "
+                         "(default: end with follow, else beginning; stdin: its start)"},
         }, ["kind", "path"]),
         "folder": closed({
             **common,
@@ -233,13 +264,7 @@ class _Reader:
                                knowledge=MappingProxyType(dict(conf.get("knowledge") or {})),
                                count=conf.get("count"))
         if kind == "lines":
-            path = None if conf["path"] == STDIN else self.base_dir / conf["path"]
-            if path is not None and not conf.get("follow") and not path.is_file():
-                self.problem((*where, "path"), f"no file {str(path)!r} (yet); the source "
-                             f"fails at start unless it is there then", warning=True)
-            return LinesSource(**target, path=path, follow=bool(conf.get("follow")),
-                               json=bool(conf.get("json")),
-                               poll=durations.get("poll", _LINES_POLL))
+            return self._lines(where, conf, target, durations)
         return self._folder(where, conf, target, durations)
 
     def _target(self, where: tuple[str, ...], conf: dict[str, Any], *, required: bool) -> None:
@@ -259,7 +284,8 @@ class _Reader:
                          f"{did_you_mean(channel, self.channel_names)}; declare it under "
                          f"channels:")
             return
-        publish = (self.channels.get(channel) or {}).get("publish")
+        settings = self.channels.get(channel)  # not a mapping: reported by the schema
+        publish = settings.get("publish") if isinstance(settings, dict) else None
         if isinstance(publish, list):
             self.problem((*where, "channel"), f"channel {channel!r} takes broadcasts from "
                          f"its publish list {publish!r} only, which names agents; target an "
@@ -284,29 +310,46 @@ class _Reader:
               durations: dict[str, float]) -> HttpSource | None:
         host = conf.get("host", DEFAULT_HOST)
         env, insecure = conf.get("token_env"), conf.get("insecure", False)
-        token, count = None, len(self.problems)
+        count = len(self.problems)
         if env is not None and insecure:
             self.problem((*where, "insecure"), "give token_env or insecure: true, not both; "
                                                "with a token, drop insecure")
-        elif env is not None:
-            try:
-                token = read_secret_env(env)
-            except LookupError as exc:
-                self.problem((*where, "token_env"), str(exc).replace("the key", "the token"))
-        elif not insecure:
+        elif env is None and not insecure:
             self.problem(where, "an http source needs token_env: the environment variable "
                                 "holding the bearer token its callers send; or, on a "
                                 "loopback host only, insecure: true to serve without one")
-        elif not _loopback(host):
+        elif env is None and not _loopback(host):  # insecure
             self.problem((*where, "insecure"), f"insecure: true serves without a token, so "
                          f"only on a loopback host (127.0.0.1, ::1, localhost), not on "
                          f"{host!r}; set token_env to listen there")
         if len(self.problems) > count:
             return None
+        if env is not None and not os.environ.get(env, "").strip():
+            # Read at start, not now: check, graph and tests that start no source need no
+            # secret. Only a warning: the variable may well be set where it runs.
+            self.problem((*where, "token_env"), f"environment variable {env!r} is not set "
+                         f"(or empty) now; the source fails at start unless it holds the "
+                         f"token then", warning=True)
         return HttpSource(
-            **target, host=host, port=conf["port"], token=token, token_env=env,
+            **target, host=host, port=conf["port"], token_env=env,
+            token_env_at=None if env is None else self.located.problem((*where, "token_env"), ""),
             request_timeout=durations.get("request_timeout", _REQUEST_TIMEOUT),
             admission_wait=durations.get("admission_wait", _ADMISSION_WAIT))
+
+    def _lines(self, where: tuple[str, ...], conf: dict[str, Any], target: dict[str, Any],
+               durations: dict[str, float]) -> LinesSource | None:
+        path = None if conf["path"] == STDIN else self.base_dir / conf["path"]
+        follow = bool(conf.get("follow"))
+        if path is None and "start_at" in conf:
+            self.problem((*where, "start_at"), "standard input is read from its start, "
+                         "whatever start_at says; remove start_at or read a file")
+            return None
+        if path is not None and not follow and not path.is_file():
+            self.problem((*where, "path"), f"no file {str(path)!r} (yet); the source "
+                         f"fails at start unless it is there then", warning=True)
+        start_at = conf.get("start_at", "end" if follow and path is not None else "beginning")
+        return LinesSource(**target, path=path, follow=follow, json=bool(conf.get("json")),
+                           poll=durations.get("poll", _LINES_POLL), start_at=start_at)
 
     def _folder(self, where: tuple[str, ...], conf: dict[str, Any], target: dict[str, Any],
                 durations: dict[str, float]) -> FolderSource | None:

@@ -1,4 +1,5 @@
-"""What ``check`` warns about: wiring that can only loop, and agents nothing reaches.
+"""What ``check`` warns about: wiring that can only loop, and agents nothing reaches
+(a declared source's target is reached).
 
 Linear in the agents: who emits to an agent or on a channel is indexed once, and an
 agent that can loop gets one warning naming its first senders and how many others.
@@ -25,6 +26,8 @@ def wiring_warnings(located: Located, spec: OrganismSpec) -> list[Problem]:
     emitted_to = {a.emit.to for a in spec.agents.values() if a.emit and a.emit.to}
     named_peers = {p for a in spec.agents.values() for p in (a.peers or ())}
     named_peers |= {p for a in spec.agents.values() for p in _orchestrated_names(a)}
+    # A declared source feeds its agent (a channel's subscribers are reached already).
+    fed = {source.to for source in spec.sources.values() if source.to is not None}
     # Only an organism that drives itself (it has boot spores) can be judged for agents
     # nothing reaches: otherwise the entry points are fed from outside by design.
     self_driving = any(a.boot is not None for a in spec.agents.values())
@@ -40,12 +43,13 @@ def wiring_warnings(located: Located, spec: OrganismSpec) -> list[Problem]:
             table.setdefault(str(key), []).append((index, other.name))
     for agent in spec.agents.values():
         reached = (agent.subscribe or agent.boot is not None or agent.name in emitted_to
-                   or agent.name in named_peers)
+                   or agent.name in named_peers or agent.name in fed)
         if self_driving and not reached:
             warnings.append(located.problem(
                 ("agents", agent.name),
                 f"nothing in the organism reaches {agent.name!r} (no subscribe, no boot, "
-                f"no emit or peers naming it): only outside sends will", warning=True))
+                f"no emit, peers or source naming it): only outside sends will",
+                warning=True))
         if agent.emit is not None:
             continue
         # Without emit, replies go back to the sender: a sender that emits here again loops.

@@ -209,6 +209,8 @@ class Organism(OutsideApi):
         ``boot=False`` sends none (a one-off run: ``sporeflow send --start``)."""
         if self._state in (State.RUNNING, State.STOPPING):
             raise OrganismStateError(f"organism {self.spec.name!r} is already {self._state}")
+        if boot:  # a source's unset token fails here, before anything starts
+            self.sources.prepare(self.spec)
         self.logger.debug("starting organism %r on backend %s", self.spec.name, redact_url(
             self._backend if isinstance(self._backend, str) else self.spec.backend))
         bridge = make_bridge(self.spec, self._backend, self._hosted)
@@ -402,7 +404,8 @@ class Organism(OutsideApi):
                                           source=f"remove_agent({name!r})")
 
     async def idle(self) -> None:
-        """Return once nothing is queued or in flight (raise if the chain crashed)."""
+        """Return once nothing is queued or in flight (raise if the chain crashed). No
+        source is waited for: ``--until-idle`` awaits ``sources.ended()`` first."""
         await self._require_running().idle()
 
     def stop_when(self, condition: str | Callable[[Stats], bool], *, interval: float = 0.1,

@@ -13,7 +13,7 @@ In the spirit of FastStream's ``TestBroker``::
 
 The organism runs in this process on the memory backend, without its journal, whatever
 its file says. Nothing happens that the test does not send: no boot spores and no
-declared sources unless ``boot=True``.
+declared sources unless ``boot=True`` (so an http source's token need not be set).
 
 Time is virtual: :class:`VirtualClock` is the organism's wall clock (``now``), frozen
 until :meth:`TestOrganism.advance`, and, while the organism runs, the event loop's clock

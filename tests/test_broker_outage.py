@@ -23,10 +23,11 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 
 from sporeflow.config import BrokerError, OrganismStateError
@@ -79,6 +80,16 @@ def tail_of(process: subprocess.Popen[bytes]) -> str:
     return f"exit {process.returncode}: " + (log.read_text()[-4000:] if log else "(no log)")
 
 
+@pytest.fixture(autouse=True)
+def logs_shown_on_failure() -> Iterator[None]:
+    """Print the end of each spawned process's log after the test: pytest shows it when
+    the test failed (an outage's failure is in the processes' logs, not the test's)."""
+    before = set(LOG_OF)
+    yield
+    for pid in sorted(set(LOG_OF) - before):
+        print(f"--- process {pid}, {LOG_OF[pid].name}:\n{LOG_OF[pid].read_text()[-3000:]}")
+
+
 def spawn(relay: Path, url: str, agents: str) -> tuple[subprocess.Popen[bytes], Path]:
     """``sporeflow run --agents``; its stderr (the logs) goes to a file the test reads."""
     log = relay.parent / f"{agents.replace(',', '+')}-{uuid.uuid4().hex[:6]}.log"
@@ -115,6 +126,37 @@ async def wait_for(condition: Callable[[], bool], processes: list[subprocess.Pop
         await asyncio.sleep(0.02)
 
 
+async def consumers(url: str, topology: Topology, agents: Counter[str]) -> Counter[str]:
+    """How many consumers the queues of ``agents`` have now (a passive declaration)."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        found: Counter[str] = Counter()
+        for agent in agents:
+            queue = await channel.declare_queue(topology.queue(agent), passive=True)
+            found[agent] = queue.declaration_result.consumer_count or 0
+        return found
+    finally:
+        await connection.close()
+
+
+async def all_started(url: str, topology: Topology, processes: list[subprocess.Popen[bytes]],
+                      hosted: Counter[str]) -> None:
+    """Wait until every process consumes each queue it hosts: the last step of its start
+    (its reply queue is declared before). A process whose first connection fails exits:
+    the broker must not go away before then."""
+    deadline = time.monotonic() + BACKSTOP
+    while (found := await consumers(url, topology, hosted)) != hosted:
+        dead = [p for p in processes if p.poll() is not None]
+        if dead:
+            raise AssertionError(f"{[p.args for p in dead]} exited before they all started:"
+                                 f"\n" + "\n".join(tail_of(p) for p in dead))
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {BACKSTOP}s: every process started ({found} "
+                                 f"consumers, {hosted} expected)")
+        await asyncio.sleep(0.05)
+
+
 def stop(process: subprocess.Popen[bytes]) -> int:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -132,8 +174,8 @@ async def test_an_outage_mid_run_loses_no_spore_and_every_process_resumes(
         outage: str, private_broker: PrivateBroker, relay: Path) -> None:
     down, up = OUTAGES[outage]
     url = url_of(private_broker)
-    spawned = [spawn(relay, url, agents) for agents in
-               ("source,oracle,tick_a", "worker,sink", "worker,oracle,tick_b")]
+    hosts = ("source,oracle,tick_a", "worker,sink", "worker,oracle,tick_b")
+    spawned = [spawn(relay, url, agents) for agents in hosts]
     processes, logs = [p for p, _ in spawned], [log for _, log in spawned]
     client = Organism.from_file(relay, backend=url, hosted=[])
     await client.start()
@@ -144,6 +186,10 @@ async def test_an_outage_mid_run_loses_no_spore_and_every_process_resumes(
             await client.send("source", {"n": n})
         await wait_for(lambda: len(records(relay, "sink")) >= BEFORE // 2, processes,
                        "half of the first spores reached the sink")
+        # Every process up before the outage: one still starting would exit on its first
+        # failed connection (only an established connection reconnects).
+        await all_started(url, Topology.of(client.spec), processes,
+                          Counter(a for agents in hosts for a in agents.split(",")))
 
         began = time.monotonic()
         broker_down = True

@@ -21,7 +21,7 @@ def invoke(*args: str) -> tuple[int, str, str]:
 def test_check_good_file_prints_one_line_summary() -> None:
     code, out, _ = invoke("check", str(SMALL))
     assert code == 0
-    assert out.strip() == f"{SMALL}: ok: organism 'small', 7 agents, 1 channels, 0 warnings"
+    assert out.strip() == f"{SMALL}: ok: organism 'small', 7 agents, 1 channel, 0 warnings"
 
 
 def test_check_bad_file_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def test_run_until_idle_on_the_small_organism(tmp_path: Path) -> None:
     (tmp_path / "small_handlers.py").write_text((SMALL.parent / "small_handlers.py").read_text())
     code, _, err = invoke("run", str(organism), "--until-idle")
     assert code == 0, err
-    assert "1 spores handled" in err
+    assert "1 spore handled" in err
     assert "0 dead letters" in err
 
 
@@ -116,3 +116,56 @@ def test_version_prints_the_installed_version() -> None:
     result = CliRunner().invoke(cli, ["--version"])
     assert result.exit_code == 0
     assert result.output.strip() == f"sporeflow, version {version('sporeflow')}"
+
+
+@pytest.fixture
+def small_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The small organism copied to a folder that is the working directory."""
+    for name in ("organism.yaml", "small_handlers.py"):
+        (tmp_path / name).write_text((SMALL.parent / name).read_text())
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_send_without_an_organism_sends_to_organism_yaml_here(small_here: Path) -> None:
+    code, out, err = invoke("send", "--start", "--to", "picky", '{"n": 4}')
+    assert code == 0, err
+    assert json.loads(out.splitlines()[0])["knowledge"] == {"n": 4}
+
+
+def test_send_with_an_organism_and_no_knowledge_asks_for_the_knowledge() -> None:
+    code, _, err = invoke("send", str(SMALL), "--to", "picky")
+    assert code == 2
+    assert "give KNOWLEDGE (JSON) or --xml ELEMENT, exactly one" in err
+
+
+def test_send_here_with_knowledge_that_is_not_json_says_so(small_here: Path) -> None:
+    code, _, err = invoke("send", "--start", "--to", "picky", "hello")
+    assert code == 1
+    assert err.startswith("SporeError: KNOWLEDGE is not JSON")
+
+
+def test_send_timeout_takes_a_duration() -> None:
+    code, out, err = invoke("send", str(SMALL), "--start", "--timeout", "5s", "--to", "picky",
+                            '{"n": 4}')
+    assert code == 0, err
+    assert json.loads(out.splitlines()[0])["knowledge"] == {"n": 4}
+
+
+def test_check_where_there_is_no_organism_yaml_says_how_to_make_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = invoke("check")
+    assert code == 1
+    assert err.strip().endswith("organism.yaml:1:1: <root>: cannot read the file: No such file "
+                                "or directory; create one with `sporeflow init`, or name the "
+                                "organism file")
+
+
+def test_check_counts_in_words_singular_and_plural(tmp_path: Path) -> None:
+    organism = tmp_path / "organism.yaml"
+    organism.write_text("organism: {name: one}\nchannels: {news: {}}\n"
+                        "agents:\n  a: {handler: json:dumps, retry: {attempts: 2, backoff: 100}}\n")
+    code, out, _ = invoke("check", str(organism))
+    assert code == 0
+    assert out.strip().endswith("organism 'one', 1 agent, 1 channel, 1 warning")

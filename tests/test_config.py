@@ -191,6 +191,23 @@ def test_check_warns_about_wiring_that_can_only_loop(tmp_path: Path) -> None:
     assert all(w.warning for w in warnings)
 
 
+def test_a_source_reaches_the_agent_it_feeds(tmp_path: Path) -> None:
+    (tmp_path / "inbox").mkdir()
+    path = write(tmp_path, """
+        agents:
+          starter: {handler: handlers_ok:echo, boot: {}}
+          reader: {handler: handlers_ok:echo}
+          lonely: {handler: handlers_ok:echo}
+        sources:
+          inbox: {kind: folder, path: inbox, to: reader}
+        """)
+    _, warnings = check_organism(path)
+    text = "\n".join(map(str, warnings))
+    assert "reaches 'reader'" not in text
+    assert ("nothing in the organism reaches 'lonely' (no subscribe, no boot, no emit, peers "
+            "or source naming it): only outside sends will") in text
+
+
 def test_from_dict_accepts_callables_and_checks_the_rest() -> None:
     async def handler(spore: object, ctx: object) -> None:
         return None

@@ -222,7 +222,7 @@ def test_a_dead_letter_is_listed_and_replayed_in_the_running_process(
     code, out, err = invoke("dlq", "list", str(organism))
     assert code == 0, err
     [line] = out.splitlines()
-    assert re.match(r"\s+1 .* flaky\s+handler failed\s+ValueError: not yet", line), line
+    assert re.match(r"\s*1 .* flaky\s+handler failed\s+ValueError: not yet", line), line
     assert "1 dead letter(s) in the running organism" in err
 
     (organism.parent / "allow").touch()

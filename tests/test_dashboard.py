@@ -149,6 +149,33 @@ async def test_graph_draws_every_agent_and_channel_with_places_and_declared_edge
     assert len(places) == len(nodes)  # no two nodes on one spot
 
 
+async def test_graph_draws_each_source_feeding_its_agent_and_counts_its_spores(
+        tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("a\nb\nc\n")
+    organism = Organism.from_dict({
+        "agents": {"reader": {"handler": sink}},
+        "sources": {"file": {"kind": "lines", "path": "in.txt", "to": "reader"}}},
+        base_dir=tmp_path)
+    async with organism.running(drain_timeout=5):
+        client = await client_for(organism)
+        try:
+            await asyncio.wait_for(organism.sources.ended(), 10)
+            await organism.idle()
+            graph = await get_json(client, "/dashboard/api/graph")
+            state = await get_json(client, "/dashboard/api/state")
+        finally:
+            await client.close()
+    nodes = {node["key"]: node for node in graph["nodes"]}
+    assert nodes["source:file"]["kind"] == "source"
+    assert (nodes["source:file"]["label"], nodes["source:file"]["source_kind"]) == (
+        "file (lines)", "lines")
+    assert {"source": "source:file", "target": "agent:reader", "kind": "feed",
+            "label": ""} in graph["edges"]
+    assert nodes["source:file"]["x"] < nodes["agent:reader"]["x"]
+    counts = {(e["source"], e["target"]): e["count"] for e in state["edges"]}
+    assert counts == {("source:file", "agent:reader"): 3}  # not from 'outside'
+
+
 # -- counts ------------------------------------------------------------------------------
 
 

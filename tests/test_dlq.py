@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from sporeflow.pipeline import Organism, Spore
+from sporeflow.pipeline import Organism, Spore, SporeType
 from sporeflow.pipeline.cli.main import cli
 from sporeflow.pipeline.journal.offline import JournalFile
 
@@ -201,3 +201,33 @@ def test_a_journal_that_does_not_exist_yet_is_a_clear_error(tmp_path: Path) -> N
     assert code == 1
     assert "no journal here yet" in err
     assert not (tmp_path / "none.db").exists()
+
+
+
+
+async def test_list_sizes_its_columns_to_the_longest_agent_and_reason(tmp_path: Path) -> None:
+    def hermit(spore: Spore, ctx: Any) -> Spore:  # a response nobody asked for
+        return Spore(knowledge={}, spore_type=SporeType.RESPONSE, to_agent="hermit",
+                     reply_to="guess-1")
+
+    def picky(spore: Spore, ctx: Any) -> None:
+        raise ValueError("never")
+
+    spec = Organism.from_dict({"agents": {"a_picky_agent_with_a_long_name": {"handler": picky},
+                                          "hermit": {"handler": hermit}}}).spec
+    org = Organism(spec, journal=tmp_path / "j.db")
+    async with org.running():
+        await org.send("hermit", {})
+        await org.send("a_picky_agent_with_a_long_name", {})
+        await org.idle()
+    code, out, err = invoke("dlq", "list", "--journal", str(tmp_path / "j.db"))
+    assert code == 0, err
+    unexpected, failed = out.splitlines()
+    # The reason, then the error, start at the same column on both lines, past the
+    # longest agent and the longest reason and two spaces.
+    reason_at = failed.index("handler failed")
+    assert (unexpected.index("unexpected response"), reason_at) == (
+        reason_at, failed.index("a_picky_agent_with_a_long_name") + 32)
+    error_at = failed.index("ValueError: never")
+    assert (unexpected.index("DeliveryError: "), error_at) == (
+        error_at, reason_at + len("unexpected response") + 2)

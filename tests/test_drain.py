@@ -285,8 +285,8 @@ agents:
 '''
 
 SUMMARY = re.compile(
-    r"([\d,]+) spores handled in [\d.]+s .*?; ([\d,]+) admitted from outside, "
-    r"([\d,]+) replies, ([\d,]+) dead letters")
+    r"([\d,]+) spores? handled in [\d.]+s .*?; ([\d,]+) admitted from outside, "
+    r"([\d,]+) repl(?:y|ies), ([\d,]+) dead letters?")
 
 
 def write_job(tmp_path: Path, *, count: int, delay: float, ready: int,

@@ -83,7 +83,8 @@ WIRED_EDGES = {
 # -- parsing what was rendered ------------------------------------------------------------
 
 NODE = re.compile(r'^    (?P<id>[A-Za-z][A-Za-z0-9_]*)'
-                  r'(?:\["(?P<box>[^"]+)"\]|\[\("(?P<cyl>[^"]+)"\)\]|\(\("(?P<circle>[^"]+)"\)\))$')
+                  r'(?:\["(?P<box>[^"]+)"\]|\[\("(?P<cyl>[^"]+)"\)\]|\(\("(?P<circle>[^"]+)"\)\)'
+                  r'|\[/"(?P<input>[^"]+)"/\])$')
 EDGE = re.compile(r'^    (?P<src>[A-Za-z][A-Za-z0-9_]*) (?P<arrow>-->|-\.->)'
                   r'(?:\|"(?P<label>[^"]+)"\|)? (?P<dst>[A-Za-z][A-Za-z0-9_]*)$')
 
@@ -105,7 +106,7 @@ def parse_mermaid(text: str) -> tuple[dict[str, str], set[Edge]]:
             ident = node["id"]
             assert ident not in names, line
             assert ident not in ("end", "graph", "subgraph"), line
-            label = node["box"] or node["cyl"] or node["circle"]
+            label = node["box"] or node["cyl"] or node["circle"] or node["input"]
             names[ident] = label.split(" ×")[0]
         elif edge := EDGE.match(line):
             assert edge["src"] in names, line
@@ -212,6 +213,41 @@ def test_builtin_channels_appear_only_when_used() -> None:
     labels = {node.label for node in wiring(without).nodes}
     assert labels == {"x", "c"}
     assert "dead-letter" in {node.label for node in wiring(wired()).nodes}
+
+
+def fed(monkeypatch: pytest.MonkeyPatch) -> OrganismSpec:
+    """Sources of each kind, to an agent and to a channel; an http one with no target."""
+    monkeypatch.delenv("GRAPH_TOKEN", raising=False)  # the graph is drawn without the secret
+    return organism_from_dict({
+        "channels": {"events": {}},
+        "agents": {"reader": {"handler": noop}, "other": {"handler": noop,
+                                                          "subscribe": ["events"]}},
+        "sources": {"inbox": {"kind": "folder", "path": ".", "to": "reader"},
+                    "tick": {"kind": "timer", "every": "1s", "channel": "events"},
+                    "api": {"kind": "http", "port": 8080, "token_env": "GRAPH_TOKEN"}}})
+
+
+FED_EDGES = {("inbox (folder)", "reader", ""), ("tick (timer)", "events", ""),
+             ("events", "other", "")}
+
+
+def test_each_source_is_a_node_with_an_edge_to_what_it_feeds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = fed(monkeypatch)
+    graph = wiring(spec)
+    kinds = {node.key: node.kind for node in graph.nodes}
+    assert {key for key, kind in kinds.items() if kind == "source"} == {
+        "source:inbox", "source:tick", "source:api"}
+    assert {(e.source, e.target, e.kind) for e in graph.edges if e.kind == "feed"} == {
+        ("source:inbox", "agent:reader", "feed"), ("source:tick", "channel:events", "feed")}
+    names, edges = parse_mermaid(render_mermaid(spec))
+    assert edges == FED_EDGES
+    assert "api (http)" in names.values()  # its target is each request's: no edge
+    text = render_dot(spec)
+    assert '"source:inbox" [label="inbox (folder)", shape=parallelogram' in text
+    assert '"source:inbox" -> "agent:reader";' in text
+    if shutil.which("dot"):
+        assert parse_dot(text)[1] == FED_EDGES
 
 
 def test_secrets_never_appear_in_the_graph() -> None:

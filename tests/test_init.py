@@ -24,7 +24,7 @@ def test_init_writes_an_organism_that_checks_runs_and_passes_its_test(
 
     checked = CliRunner().invoke(cli, ["check", str(folder / "organism.yaml")])
     assert checked.exit_code == 0, checked.output
-    assert checked.stdout.endswith("organism 'triage-bot', 2 agents, 1 channels, 0 warnings\n")
+    assert checked.stdout.endswith("organism 'triage-bot', 2 agents, 1 channel, 0 warnings\n")
     assert checked.stderr == ""
 
     # A process of its own per tool, in the new folder, as a user runs them.

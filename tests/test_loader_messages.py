@@ -37,3 +37,14 @@ def test_other_counts_say_the_same() -> None:
     text = "agents:\n  a: {handler: json:dumps, concurrency: 0}\n"
     assert problems_of(text) == [
         "o.yaml:2:41: agents.a.concurrency: expected a positive integer, got 0"]
+
+
+@pytest.mark.parametrize("value", ["5", "[a]", '"x"', "{capacity: 0}"])
+def test_a_channel_with_bad_settings_is_still_known_by_its_name(value: str) -> None:
+    text = (f"channels:\n  news: {value}\nagents:\n"
+            f"  x: {{handler: json:dumps, subscribe: [news], emit: {{channel: news}}}}\n"
+            f"  g: {{gather: {{channel: news}}}}\n"
+            f"sources:\n  tick: {{kind: timer, every: 1s, channel: news}}\n")
+    problems = problems_of(text)
+    assert len(problems) == 1, problems  # only the settings: no "unknown channel 'news'"
+    assert problems[0].startswith("o.yaml:2:")

@@ -3,6 +3,8 @@ time every way a handler can reach another agent (send, request, returned spores
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 import textwrap
 from collections.abc import Iterator
@@ -259,3 +261,23 @@ def test_permission_lists_must_name_agents() -> None:
     messages = [p.message for p in caught.value.problems]
     assert "unknown agent 'edtor' (did you mean 'editor'?)" in messages
     assert "unknown agent 'nobody'" in messages
+
+
+async def test_a_refused_request_leaves_no_unretrieved_future_behind() -> None:
+    """ctx.request to a non-peer raises NotAPeer in the handler; the waiter the request
+    book opened for it must not be left holding that error for asyncio to report at
+    exit ("Future exception was never retrieved", with a traceback)."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        organism = trio()
+        async with organism.running():
+            await organism.send("alice", {"via": "request"})
+            await organism.idle()
+        del organism
+        gc.collect()  # a future's unretrieved exception is reported when it is collected
+    finally:
+        loop.set_exception_handler(previous)
+    assert [context["message"] for context in reported] == []

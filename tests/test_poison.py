@@ -94,7 +94,7 @@ def test_a_spore_that_kills_the_process_is_poison_after_three_crashes(
     codes, printed = crash_until_done(organism, journal, sink, how)
     death = 70 if how == "exit" else -9
     assert codes == [death, death, death, 0]  # three deaths, then a clean run
-    assert "1 dead letters (poison: 1)" in printed  # the last run's summary counts it
+    assert "1 dead letter (poison: 1)" in printed  # the last run's summary counts it
     items = {int(line) for line in sink.read_text().split()}
     assert items == set(range(COUNT)) - {POISON}  # the others finished
     with JournalFile(journal) as file:

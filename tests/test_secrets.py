@@ -215,7 +215,7 @@ def test_a_debug_run_with_a_url_password_and_a_key_never_prints_them(
         configure_logging("text", "WARNING")
     assert memory.exit_code == 0, memory.output
     assert "careless: url=amqp://user:***@127.0.0.1:5672/ key=***" in memory.output
-    assert "1 dead letters" in memory.output
+    assert "1 dead letter" in memory.output
     assert broker.exit_code == 1
     assert "amqp://user:***@127.0.0.1:5672/" in broker.output
     for result in (memory, broker, *others):

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from sporeflow.config import ORGANISM_SCHEMA, ConfigError, organism_from_dict, secrets_of
+from sporeflow.config import ORGANISM_SCHEMA, ConfigError, organism_from_dict
 from sporeflow.config.loader import organism_from_text
 from sporeflow.config.sources import FolderSource, HttpSource, LinesSource, TimerSource
 from sporeflow.pipeline import Organism, Spore
@@ -93,17 +93,17 @@ def test_each_kind_loads_into_a_frozen_spec(tmp_path: Path, handler_modules: Any
     assert isinstance(api, HttpSource)
     assert (api.host, api.port, api.admission_wait, api.request_timeout) == (
         "127.0.0.1", 8080, 0.25, 30.0)
-    assert api.token is not None
-    assert api.token.reveal() == b"t0ken-of-the-api"
+    # The token is read at the source's start (test_http_ingress.py), not at load.
+    assert (api.token, api.token_env) == (None, "FED_TOKEN")
     assert "t0ken" not in repr(spec)
-    assert api.token in secrets_of(spec)  # masked in every output
     assert isinstance(tick, TimerSource)
     assert (tick.every, tick.count, tick.channel) == (120.0, 3, "events")
     assert dict(tick.knowledge) == {"job": "sweep"}
     assert isinstance(log, LinesSource)
-    assert (log.path, log.json, log.follow) == (tmp_path / "log.jsonl", True, True)
+    assert (log.path, log.json, log.follow, log.start_at) == (
+        tmp_path / "log.jsonl", True, True, "end")
     assert isinstance(stdin, LinesSource)
-    assert (stdin.path, stdin.follow) == (None, False)
+    assert (stdin.path, stdin.follow, stdin.start_at) == (None, False, "beginning")
     assert isinstance(box, FolderSource)
     assert box.path == tmp_path / "inbox"
     assert (box.pattern, box.existing, box.poll) == ("*.pdf", True, 1.0)
@@ -143,6 +143,8 @@ def test_shapes_and_rules_of_each_kind_are_located(tmp_path: Path, handler_modul
         reader: {kind: timer, every: 1s, to: reader}
         g: {kind: folder, path: ., pattern: "sub/*.txt", to: reader}
         h: {kind: timer, every: 1s, channel: locked}
+        i: {kind: lines, path: "-", start_at: end, to: reader}
+        j: {kind: lines, path: x.log, start_at: middle, to: reader}
         """, channels="events: {}\n  locked: {publish: [reader]}")
     assert found == [
         "organism.yaml:8:13: sources.a.kind: 'htp': is not a kind of source; write one of "
@@ -158,8 +160,6 @@ def test_shapes_and_rules_of_each_kind_are_located(tmp_path: Path, handler_modul
         "organism.yaml:12:39: sources.e.insecure: insecure: true serves without a token, so "
         "only on a loopback host (127.0.0.1, ::1, localhost), not on '0.0.0.0'; set "
         "token_env to listen there",
-        "organism.yaml:13:40: sources.f.token_env: environment variable 'FED_UNSET' is not "
-        "set; export it with the token",
         "organism.yaml:14:3: sources.reader: source 'reader' has the name of an agent: the "
         "replies to its spores would go to that agent; rename the source",
         "organism.yaml:15:39: sources.g.pattern: pattern 'sub/*.txt' matches file names in "
@@ -167,6 +167,14 @@ def test_shapes_and_rules_of_each_kind_are_located(tmp_path: Path, handler_modul
         "organism.yaml:16:40: sources.h.channel: channel 'locked' takes broadcasts from its "
         "publish list ['reader'] only, which names agents; target an agent that broadcasts "
         "there, or drop the publish list",
+        "organism.yaml:17:41: sources.i.start_at: standard input is read from its start, "
+        "whatever start_at says; remove start_at or read a file",
+        "organism.yaml:18:43: sources.j.start_at: 'middle': is not a place to start; write "
+        "beginning or end",
+        # Read at the source's start: loading (check, graph, tests) only warns.
+        "organism.yaml:13:40: sources.f.token_env: warning: environment variable "
+        "'FED_UNSET' is not set (or empty) now; the source fails at start unless it holds "
+        "the token then",
     ]
 
 
@@ -309,7 +317,8 @@ async def test_following_a_file_sends_the_lines_appended(tmp_path: Path) -> None
     organism = Organism.from_dict({
         "agents": {"reader": {"handler": take}},
         "sources": {"log": {"kind": "lines", "path": "grow.log", "follow": True,
-                            "poll": "10ms", "to": "reader"}}}, base_dir=tmp_path)
+                            "start_at": "beginning", "poll": "10ms", "to": "reader"}}},
+        base_dir=tmp_path)
     async with organism.running():
         await until(lambda: len(got) == 1, "the first line")
         with path.open("a") as file:

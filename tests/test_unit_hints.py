@@ -48,7 +48,7 @@ def test_check_prints_it_and_a_load_logs_it(tmp_path: Path,
     result = CliRunner().invoke(cli, ["check", str(file)])
     assert result.exit_code == 0
     assert "agents.a.retry.backoff: warning: 100 is read as 100 seconds" in result.stderr
-    assert result.stdout.endswith("1 warnings\n")
+    assert result.stdout.endswith("1 warning\n")
     with caplog.at_level(logging.WARNING, logger="sporeflow.config"):
         load_organism(file)
     assert ["100 is read as 100 seconds" in r.getMessage() for r in caplog.records] == [True]

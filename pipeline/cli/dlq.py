@@ -223,14 +223,24 @@ def _choice(ctx: click.Context, agents: tuple[str, ...], reasons: tuple[str, ...
     return choice
 
 
-def _summary_line(ctx: click.Context, stored: StoredDeadLetter) -> str:
+def _summary_lines(ctx: click.Context, letters: list[StoredDeadLetter]) -> list[str]:
+    """One line per letter, each column as wide as its longest value in this listing."""
+    number = max((len(str(stored.number)) for stored in letters), default=0)
+    agent = max((len(stored.letter.agent or "-") for stored in letters), default=0)
+    reason = max((len(stored.letter.reason) for stored in letters), default=0)
+    return [_summary_line(ctx, stored, number, agent, reason) for stored in letters]
+
+
+def _summary_line(ctx: click.Context, stored: StoredDeadLetter, number: int, agent: int,
+                  reason: int) -> str:
     letter = stored.letter
     # Masked before it is cut short: a secret cut in two would no longer match.
     error = masked(ctx, letter.error).splitlines()[0] if letter.error else ""
     if len(error) > _ERROR_WIDTH:
         error = error[:_ERROR_WIDTH - 3] + "..."
-    return (f"{stored.number:>6}  {letter.at:%Y-%m-%d %H:%M:%S}  {letter.agent or '-':<16}  "
-            f"{letter.reason:<16}  {error}  [spore {letter.spore.id}]")
+    return (f"{stored.number:>{number}}  {letter.at:%Y-%m-%d %H:%M:%S}  "
+            f"{letter.agent or '-':<{agent}}  {letter.reason:<{reason}}  {error}  "
+            f"[spore {letter.spore.id}]")
 
 
 def _as_json(stored: StoredDeadLetter) -> str:
@@ -259,8 +269,9 @@ def list_(ctx: click.Context, organism: Path, journal: Path | None, backend: str
         source = _source(ctx, organism, journal, backend, origin)
         letters = _apply(ctx, source, choice, "read").letters
         where = f"{source.where}{source.note}"
-    for stored in letters:
-        click.echo(masked(ctx, _as_json(stored)) if as_json else _summary_line(ctx, stored))
+    for line in ([masked(ctx, _as_json(stored)) for stored in letters] if as_json
+                 else _summary_lines(ctx, letters)):
+        click.echo(line)
     if not as_json:
         click.echo(masked(ctx, f"{len(letters)} dead letter(s) in {where}"), err=True)
 

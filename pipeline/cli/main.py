@@ -28,6 +28,7 @@ from sporeflow.config import (
     SporeflowError,
     check_organism,
 )
+from sporeflow.config.words import plural
 from sporeflow.pipeline.agents.state import read_snapshot, write_snapshot
 from sporeflow.pipeline.cli.broker import broker_declare, broker_permissions
 from sporeflow.pipeline.cli.control import (
@@ -44,9 +45,9 @@ from sporeflow.pipeline.cli.init import init
 from sporeflow.pipeline.cli.keygen import keygen
 from sporeflow.pipeline.cli.tail import tail
 from sporeflow.pipeline.cli.util import (
+    DEFAULT_ORGANISM,
     DURATION,
     ORGANISM_ARG,
-    ORGANISM_FILE,
     fail,
     guarded,
     mask_with,
@@ -91,7 +92,9 @@ def _parsed(parse: Callable[[str], T], value: str | None, option: str) -> T | No
 @click.option("--journal", type=click.Path(dir_okay=False, path_type=Path),
               help="Record unfinished spores and dead letters in this SQLite FILE, replayed "
                    "at the next start (overrides organism.journal).")
-@click.option("--until-idle", is_flag=True, help="Exit 0 once nothing is queued or running.")
+@click.option("--until-idle", is_flag=True,
+              help="Exit 0 once the sources that end (a file, stdin, a timer with count) "
+                   "have ended and nothing is queued or running.")
 @click.option("--drain-timeout", type=DURATION, default="30s", show_default=True,
               help="How long a stop may take (finishing in-flight work), e.g. 30s.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
@@ -195,6 +198,12 @@ async def _observers(org: Organism, *, live: bool, quiet: bool, metrics_port: in
         return stack.pop_all()
 
 
+async def _until_idle(org: Organism) -> None:
+    """The declared sources that end by themselves first: idle before they sent is no end."""
+    await org.sources.ended()
+    await org.idle()
+
+
 async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
                observers: Callable[[Organism], Awaitable[contextlib.AsyncExitStack]]
                | None = None, until: StopCondition | None = None,
@@ -249,7 +258,7 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
         if observers is not None:
             watching = await observers(org)
         if until_idle:
-            waiters.append(asyncio.ensure_future(org.idle()))
+            waiters.append(asyncio.ensure_future(_until_idle(org)))
         if until is not None:
             try:
                 until(org.stats())  # a name the stats lack fails now, not mid-run
@@ -306,19 +315,19 @@ def check(ctx: click.Context, organism: Path) -> None:
     for warning in warnings:
         click.echo(str(warning), err=True)
     channels = [c for c in spec.channels if c not in ("main", "dead-letter")]
-    click.echo(f"{organism}: ok: organism {spec.name!r}, {len(spec.agents)} agents, "
-               f"{len(channels)} channels, {len(warnings)} warnings")
+    click.echo(f"{organism}: ok: organism {spec.name!r}, {plural(len(spec.agents), 'agent')}, "
+               f"{plural(len(channels), 'channel')}, {plural(len(warnings), 'warning')}")
 
 
 @cli.command()
-@ORGANISM_FILE
+@click.argument("organism", required=False)  # a string: it may turn out to be the KNOWLEDGE
 @click.option("--to", "to_agent", help="The agent to send to.")
 @click.option("--channel", help="Broadcast on this channel (with --to: the spore's channel).")
 @click.option("--request", "as_request", is_flag=True,
               help="Send a request and print its response.")
-@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0,
-              min_open=True), help="Seconds to wait for the spore to be handled (or for "
-              "the response to a request).")
+@click.option("--timeout", default="30s", show_default=True, type=DURATION,
+              help="How long to wait for the spore to be handled (or for the response to a "
+                   "request), e.g. 5s.")
 @click.option("--start", is_flag=True, help="With no run of ORGANISM going on, run one here "
               "without its boot spores: send, wait until idle, stop.")
 @click.option("--xml", "xml_payload", metavar="ELEMENT",
@@ -326,17 +335,23 @@ def check(ctx: click.Context, organism: Path) -> None:
                    "kind (metadata), its attributes and children the knowledge.")
 @click.argument("knowledge", required=False)
 @click.pass_context
-def send(ctx: click.Context, organism: Path, to_agent: str | None, as_request: bool,
+def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_request: bool,
          timeout: float, knowledge: str | None, xml_payload: str | None,
          channel: str | None = None, start: bool = False) -> None:
     """Send KNOWLEDGE (JSON) or --xml ELEMENT to an agent (or a channel) of the running
-    ORGANISM; print the spore's id once it is handled, or a request's response.
+    ORGANISM (default ./organism.yaml); print the spore's id once it is handled, or a
+    request's response. A single argument is the KNOWLEDGE, unless --xml is given or it
+    names a file (or ends in .yaml or .yml): then it is the ORGANISM.
 
     It reaches the run of ORGANISM (`sporeflow run`) through its control socket. A spore
     dead-lettered (unknown agent, schema, not a peer...) prints the reason and exits 1.
     With no run going on it says so, and --start runs a one-off organism here instead,
     without its boot spores, printing what comes back to the command line.
     """
+    file, knowledge = _send_arguments(organism, knowledge, xml=xml_payload is not None)
+    ctx.params["organism"] = file  # what a one-line error speaks of
+    if timeout <= 0:
+        raise click.BadParameter("must be more than 0, e.g. 5s", param_hint="'--timeout'")
     if (knowledge is None) == (xml_payload is None):
         raise click.UsageError("give KNOWLEDGE (JSON) or --xml ELEMENT, exactly one")
     if to_agent is None and channel is None:
@@ -352,18 +367,37 @@ def send(ctx: click.Context, organism: Path, to_agent: str | None, as_request: b
             click.echo(f"SporeError: KNOWLEDGE is not JSON: {exc}; quote it like "
                        f"'{{\"a\": 1}}'", err=True)
             ctx.exit(1)
-    path = attached(organism)
+    path = attached(file)
     if path is None and not start:
-        fail(ctx, NotRunning(f"no organism running for {organism}; start it with `sporeflow "
-                             f"run {organism}`, or pass --start to run one now without its "
+        fail(ctx, NotRunning(f"no organism running for {file}; start it with `sporeflow "
+                             f"run {file}`, or pass --start to run one now without its "
                              f"boot agents"))
     body = {"to": to_agent, "channel": channel, "knowledge": payload, "request": as_request,
             "timeout": timeout, **extra}
     if path is None:
-        send_started(ctx, organism, body, timeout)
+        send_started(ctx, file, body, timeout)
         return
     status, answer = call(ctx, path, "POST", "send", body)
     send_outcome(ctx, status, answer, timeout=timeout)
+
+
+def _send_arguments(first: str | None, second: str | None, *,
+                    xml: bool) -> tuple[Path, str | None]:
+    """``send [ORGANISM] [KNOWLEDGE]``: the organism file and the knowledge. One argument
+    alone is the knowledge, as the other commands default to ./organism.yaml, unless it
+    can only be the organism: --xml gives the knowledge, or it is a file or reads as one."""
+    if first is None:
+        return DEFAULT_ORGANISM, None
+    if second is not None or xml or first.endswith((".yaml", ".yml")) or _is_file(first):
+        return Path(first), second
+    return DEFAULT_ORGANISM, first
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except OSError:  # long JSON is too long a file name
+        return False
 
 
 def _xml_knowledge(text: str, as_request: bool, limits: Limits) -> tuple[Any, dict[str, Any]]:

@@ -17,14 +17,15 @@ import click
 from sporeflow.config import ConfigError, SporeflowError, parse_duration, redact_text
 from sporeflow.pipeline.core.deadletters import Masker
 
-__all__ = ["DURATION", "ORGANISM_ARG", "ORGANISM_FILE", "fail", "guarded", "masked",
-           "mask_with", "run_to_end"]
+__all__ = ["DEFAULT_ORGANISM", "DURATION", "ORGANISM_ARG", "ORGANISM_FILE", "fail", "guarded",
+           "mask_with", "masked", "run_to_end"]
 
 T = TypeVar("T")
 
+DEFAULT_ORGANISM = Path("organism.yaml")
 # Optional: `sporeflow run` with no argument runs ./organism.yaml.
 ORGANISM_ARG = click.argument(
-    "organism", required=False, default="organism.yaml",
+    "organism", required=False, default=str(DEFAULT_ORGANISM),
     type=click.Path(dir_okay=False, path_type=Path))
 # Required: commands that inspect a named file.
 ORGANISM_FILE = click.argument("organism", type=click.Path(dir_okay=False, path_type=Path))
@@ -76,8 +77,17 @@ def fail(ctx: click.Context, exc: BaseException) -> NoReturn:
         click.echo(masked(ctx, "".join(traceback.format_exception(exc))).rstrip(), err=True)
         ctx.exit(1)
     name = "ConfigError" if isinstance(exc, ConfigError) else type(exc).__name__
-    click.echo(masked(ctx, f"{name}: {exc}"), err=True)
+    click.echo(masked(ctx, f"{name}: {exc}{_no_organism_here(ctx, exc)}"), err=True)
     ctx.exit(1)
+
+
+def _no_organism_here(ctx: click.Context, exc: BaseException) -> str:
+    """The way on when a command read the default ./organism.yaml and there is none: a
+    new user's first command, in a folder they have not set up yet."""
+    organism = ctx.params.get("organism")
+    if isinstance(exc, ConfigError) and organism == DEFAULT_ORGANISM and not organism.exists():
+        return "; create one with `sporeflow init`, or name the organism file"
+    return ""
 
 
 def guarded(ctx: click.Context, work: Callable[[], T]) -> T:

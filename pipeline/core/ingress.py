@@ -243,6 +243,8 @@ class Ingress:
                 f"{timeout}s") from None
         finally:
             self.requests.close(spore.id, timed_out=timed_out)
+            if future.done() and not future.cancelled():
+                future.exception()  # a refusal raised here already: asyncio must not report it
 
     # -- from handlers -----------------------------------------------------------------
 

@@ -1,12 +1,14 @@
 """The wiring of an organism as a graph, rendered as Mermaid (for READMEs) or DOT (Graphviz).
 
-Nodes are the agents (name, and concurrency when above one), the channels, and
-the outside world when some agent gets a ``boot`` spore. Edges are what the
-file declares: subscriptions (channel to agent), ``emit`` routes (to an agent or
-a channel), ``peers`` and channel ``publish`` lists (dashed: may address, may
+Nodes are the agents (name, and concurrency when above one), the channels, the
+declared sources (name and kind), and the outside world when some agent gets a
+``boot`` spore. Edges are what the file declares: what each source feeds (its
+agent or channel), subscriptions (channel to agent), ``emit`` routes (to an agent
+or a channel), ``peers`` and channel ``publish`` lists (dashed: may address, may
 publish), and the requests of built-in gather and sequence agents. Only names
-are drawn: never the backend URL, handler paths or boot knowledge, which may
-hold secrets. The built-in channels appear only when something uses them.
+are drawn: never the backend URL, handler paths, boot knowledge, file paths or
+ports, which may hold secrets. The built-in channels appear only when something
+uses them.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ from sporeflow.config.model import BUILTIN_CHANNELS, DEAD_LETTER_CHANNEL, Organi
 
 __all__ = ["Wiring", "WiringEdge", "WiringNode", "render_dot", "render_mermaid", "wiring"]
 
-NodeKind = Literal["agent", "channel", "outside"]
-EdgeKind = Literal["boot", "subscribe", "emit", "peer", "publish", "request"]
+NodeKind = Literal["agent", "channel", "outside", "source"]
+EdgeKind = Literal["boot", "feed", "subscribe", "emit", "peer", "publish", "request"]
 _DASHED: frozenset[str] = frozenset({"peer", "publish"})
 
 
 @dataclass(frozen=True, slots=True)
 class WiringNode:
-    """An agent, a channel, or the outside world; ``key`` is unique in its graph."""
+    """An agent, a channel, a source, or the outside world; ``key`` is unique in its
+    graph."""
 
     key: str
     kind: NodeKind
@@ -60,6 +63,10 @@ def _channel(name: str) -> str:
     return f"channel:{name}"
 
 
+def _source(name: str) -> str:
+    return f"source:{name}"
+
+
 _OUTSIDE = "outside"
 
 
@@ -76,6 +83,11 @@ def wiring(spec: OrganismSpec) -> Wiring:
     for agent in spec.agents.values():
         if agent.boot is not None:
             add(_OUTSIDE, _agent(agent.name), "boot", "boot")
+    for name, source in spec.sources.items():
+        if source.to is not None:  # an http source's is a default: a body may name another
+            add(_source(name), _agent(source.to), "feed")
+        elif source.channel is not None:
+            add(_source(name), _channel(source.channel), "feed")
     for agent in spec.agents.values():
         for channel in agent.subscribe:
             add(_channel(channel), _agent(agent.name), "subscribe")
@@ -101,6 +113,8 @@ def wiring(spec: OrganismSpec) -> Wiring:
     nodes: list[WiringNode] = []
     if _OUTSIDE in used:
         nodes.append(WiringNode(_OUTSIDE, "outside", "outside"))
+    for name, source in spec.sources.items():
+        nodes.append(WiringNode(_source(name), "source", f"{name} ({source.kind})"))
     for agent in spec.agents.values():
         label = agent.name if agent.concurrency == 1 else f"{agent.name} ×{agent.concurrency}"
         nodes.append(WiringNode(_agent(agent.name), "agent", label))
@@ -136,7 +150,9 @@ def _requests(agent: Any) -> list[tuple[str, str]]:
 
 # -- Mermaid ---------------------------------------------------------------------------
 
-_MERMAID_SHAPES = {"agent": '["{}"]', "channel": '[("{}")]', "outside": '(("{}"))'}
+# A source is a parallelogram: a flowchart's input.
+_MERMAID_SHAPES = {"agent": '["{}"]', "channel": '[("{}")]', "outside": '(("{}"))',
+                   "source": '[/"{}"/]'}
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -145,7 +161,8 @@ def _mermaid_ids(nodes: tuple[WiringNode, ...]) -> dict[str, str]:
     ids: dict[str, str] = {}
     taken: set[str] = set()
     for node in nodes:
-        base = {"agent": "a_", "channel": "c_", "outside": ""}[node.kind] + _UNSAFE_ID.sub(
+        base = {"agent": "a_", "channel": "c_", "outside": "", "source": "s_"}[
+            node.kind] + _UNSAFE_ID.sub(
             "_", node.key.split(":", 1)[-1])
         candidate, n = base, 1
         while candidate in taken:
@@ -181,6 +198,7 @@ _DOT_SHAPES = {
     "agent": 'shape=box, style="rounded,filled", fillcolor="#e8f0fe"',
     "channel": 'shape=cylinder, style=filled, fillcolor="#fef7e0"',
     "outside": "shape=circle",
+    "source": 'shape=parallelogram, style=filled, fillcolor="#e6f4ea"',
 }
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sporeflow.config.words import plural
+
 __all__ = ["render_summary"]
 
 _COLUMNS = ("received", "handled", "failed", "retried", "in_flight", "queued")
@@ -44,9 +46,10 @@ def render_summary(stats: dict[str, Any], elapsed: float) -> str:
     dead = stats["dead_letters"]
     reasons = ", ".join(f"{r}: {n}" for r, n in sorted(dead["by_reason"].items()))
     rows.append("")
-    rows.append(f"{totals['handled']:,} spores handled in {elapsed:.2f}s ({rate:,.0f} spores/s); "
-                f"{totals['admitted']:,} admitted from outside, {totals['replies']:,} replies, "
-                f"{dead['total']:,} dead letters" + (f" ({reasons})" if reasons else ""))
+    rows.append(f"{plural(totals['handled'], 'spore')} handled in {elapsed:.2f}s "
+                f"({rate:,.0f} spores/s); {totals['admitted']:,} admitted from outside, "
+                f"{plural(totals['replies'], 'reply', 'replies')}, "
+                f"{plural(dead['total'], 'dead letter')}" + (f" ({reasons})" if reasons else ""))
     return "\n".join(rows)
 
 

@@ -1,7 +1,8 @@
 """The dashboard's wiring graph: the declared nodes and edges, placed in layers.
 
-The nodes and edges are :func:`sporeflow.pipeline.observe.graph.wiring`'s, plus the
-outside world, always (senders through the control endpoint, HTTP or the CLI are
+The nodes and edges are :func:`sporeflow.pipeline.observe.graph.wiring`'s (the
+declared sources among them, each with an edge to what it feeds), plus the outside
+world, always (senders through the control endpoint, HTTP or the CLI are
 drawn from it). The layout is a plain layered one, left to right: edges that close a
 cycle are set aside, each node goes one layer right of its furthest predecessor,
 and a few barycentre sweeps order each layer to cross fewer edges. The page only
@@ -151,4 +152,6 @@ def _node(node: WiringNode, at: tuple[int, int], spec: OrganismSpec) -> dict[str
         data["concurrency"] = spec.agents[name].concurrency
     elif node.kind == "channel" and name in spec.channels:
         data["description"] = spec.channels[name].description
+    elif node.kind == "source" and name in spec.sources:
+        data["source_kind"] = spec.sources[name].kind
     return data

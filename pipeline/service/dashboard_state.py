@@ -65,7 +65,7 @@ class EdgeTally(LedgerHook):
     A spore sent or returned by agent A to agent B counts on ``agent:A -> agent:B``, to
     channel C on ``agent:A -> channel:C``; a broadcast handled by subscriber S counts on
     ``channel:C -> agent:S``; what the outside world sends, and replies addressed to it,
-    count on edges from and to ``outside``.
+    count on edges from and to ``outside``, but a declared source's on ``source:NAME``.
     """
 
     def __init__(self, wiring: Callable[[], WiringSnapshot]) -> None:
@@ -76,8 +76,11 @@ class EdgeTally(LedgerHook):
                  parent: Spore | None) -> None:
         snapshot = self._wiring()
         source = f"agent:{agent}" if agent is not None and agent in snapshot.agents else _OUTSIDE
+        sources = snapshot.spec.sources
         for spore in spores:
-            self._sent(snapshot, source, spore)
+            sender = spore.from_agent  # a declared source's spores count on its own node
+            fed = source == _OUTSIDE and type(sender) is str and sender in sources
+            self._sent(snapshot, f"source:{sender}" if fed else source, spore)
 
     def handled(self, spore: Spore, replies: list[Spore], agent: str, latency: float) -> None:
         snapshot = self._wiring()

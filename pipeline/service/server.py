@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sporeflow.pipeline.core.http_serving import app_runner
 from sporeflow.pipeline.core.privatefiles import open_private
 from sporeflow.pipeline.reload.diff import ReloadReport
 from sporeflow.pipeline.service.address import Claim, ControlAddress, ControlError, claim
@@ -87,7 +88,7 @@ class ControlServer:
 
     async def _start(self, app: web.Application, site: Callable[[web.AppRunner],
                      web.BaseSite]) -> web.AppRunner:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_GRACE)
+        runner = app_runner(app, _log, shutdown_timeout=_GRACE)
         await runner.setup()
         self._runners.append(runner)
         await site(runner).start()

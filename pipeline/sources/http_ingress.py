@@ -43,6 +43,7 @@ from sporeflow.config import (
     reason_of,
 )
 from sporeflow.config.sources import HttpSource
+from sporeflow.pipeline.core.http_serving import app_runner
 from sporeflow.pipeline.sources.openapi import (
     openapi_document,
     request_body_schema,
@@ -108,7 +109,7 @@ class HttpIngress(Source):
         app.router.add_post("/requests", self._requests)
         app.router.add_get("/openapi.json", self._openapi)
         app.router.add_get("/healthz", self._health)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_GRACE)
+        runner = app_runner(app, self.logger, shutdown_timeout=_GRACE)
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.spec.host, self.spec.port)

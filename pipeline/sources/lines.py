@@ -6,14 +6,20 @@ A line that is no JSON object, or longer than ``limits.max_spore_bytes``, is a d
 letter naming ``FILE:N``, and reading goes on. With ``follow: true`` the source waits at
 the end of the file for lines appended (a part of a line waits for its newline; a file
 truncated is read again from its start); standard input ends at its end.
+
+Each start reads a file from ``start_at``: its beginning, or its end (the default when
+following: a log read again at each restart would be handled twice), and then N counts
+the lines read since the start. Standard input is always read from its start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from sporeflow.config import LimitExceeded, SporeError
 from sporeflow.config.sources import LinesSource
@@ -32,6 +38,7 @@ class Lines(Source):
         self.max_bytes = max_bytes
         self.where = str(spec.path) if spec.path is not None else "<stdin>"
         self._reader: ChunkReader | None = None
+        self._mid_line = False  # started at the end, inside a line still being written
 
     async def open(self) -> None:
         if self.spec.path is None:
@@ -40,7 +47,9 @@ class Lines(Source):
             stream, owned = sys.stdin.buffer, False
         else:
             # The reader closes it; opened off the loop, as any file may be slow to open.
-            stream, owned = await asyncio.to_thread(open, self.spec.path, "rb"), True
+            stream, self._mid_line = await asyncio.to_thread(
+                _open_at, self.spec.path, end=self.spec.start_at == "end")
+            owned = True
         self._reader = ChunkReader(stream, self.max_bytes + 1, name=self.feed.spec.name,
                                    owned=owned)
 
@@ -53,7 +62,7 @@ class Lines(Source):
                 chunk = await reader.read()
                 if not chunk:
                     if not follow:
-                        if pending or too_long:  # the last line has no newline
+                        if (pending or too_long) and not self._mid_line:  # no newline last
                             await self._line(number + 1, pending, too_long=too_long)
                         return
                     await asyncio.sleep(self.spec.poll)  # as tail -f: look again later
@@ -62,6 +71,9 @@ class Lines(Source):
                     pending += chunk
                     if len(pending) > self.max_bytes:
                         pending, too_long = pending[:_SHOWN], True
+                    continue
+                if self._mid_line:  # the rest of a line begun before the start: not ours
+                    self._mid_line, pending, too_long = False, b"", False
                     continue
                 number += 1
                 line, pending = pending + chunk, b""
@@ -101,3 +113,20 @@ class Lines(Source):
         """The line holds no spore: a dead letter with the line as found (its start)."""
         self.stats.counts["bad_lines"] += 1
         self.feed.refuse(self.feed.spore({"line": text[:_SHOWN], "number": number}), error)
+
+
+def _open_at(path: Path, *, end: bool) -> tuple[BinaryIO, bool]:
+    """``path`` opened at its beginning or its end; True if that end is inside a line."""
+    stream = open(path, "rb")  # the reader closes it
+    if not end:
+        return stream, False
+    try:
+        size = stream.seek(0, os.SEEK_END)
+        if size == 0:
+            return stream, False
+        stream.seek(size - 1)
+        mid_line = stream.read(1) != b"\n"
+        return stream, mid_line
+    except BaseException:
+        stream.close()
+        raise

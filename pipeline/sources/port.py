@@ -17,8 +17,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sporeflow.config import DeliveryError, OrganismStateError, SporeError
+from sporeflow.config.secrets import SecretFilter
 from sporeflow.config.sources import SourceSpec
-from sporeflow.pipeline.core.deadletters import Masker
 from sporeflow.pipeline.core.wiring import WiringSnapshot
 from sporeflow.steps import DEFAULT_CHANNEL, Spore, SporeType, new_spore
 
@@ -31,8 +31,9 @@ class SourcePort(Protocol):
     now: Callable[[], datetime]
 
     @property
-    def masker(self) -> Masker:
-        """Hides the organism's secrets in what a source shows (answers, stats)."""
+    def masker(self) -> SecretFilter:
+        """Hides the organism's secrets in what a source shows (answers, stats); a
+        secret a source reads at its start (a token) is added to it."""
 
     @property
     def state(self) -> str: ...

@@ -6,16 +6,23 @@ a source between two sends ends at once; one waiting for admission is refused by
 closed organism (nothing is admitted half); one whose spore was admitted finishes that
 send. A source that fails, at its start or later, is logged and shown in ``stats()``
 (``state: failed`` with the error); the organism and the other sources go on.
+
+Before anything starts, :meth:`Sources.prepare` reads what the sources need from the
+environment (an http source's token): a variable unset fails the organism's start,
+naming it and the source, and what was read is masked as the organism's secrets.
+:meth:`Sources.ended` waits for the sources that end by themselves (``run --until-idle``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sporeflow.config import OrganismSpec
+from sporeflow.config import ConfigError, OrganismSpec, Problem
+from sporeflow.config.secrets import mask_in_logs, read_secret_env, secrets_of
 from sporeflow.config.sources import (
     FolderSource,
     HttpSource,
@@ -49,11 +56,39 @@ class Sources:
         self._logger = logger
         self._running: dict[str, tuple[Source, asyncio.Task[None]]] = {}
         self._stats: dict[str, SourceStats] = {}
+        self._ending: set[asyncio.Task[None]] = set()  # the tasks of sources that end
+        self._prepared: tuple[OrganismSpec, Mapping[str, SourceSpec]] | None = None
+
+    def prepare(self, spec: OrganismSpec) -> None:
+        """Read the secrets the sources of ``spec`` need (the http tokens) and mask them;
+        raise :class:`ConfigError` naming the variable and the source if one is unset."""
+        ready: dict[str, SourceSpec] = {}
+        for name, declared in spec.sources.items():
+            if isinstance(declared, HttpSource) and declared.token_env is not None:
+                try:
+                    token = read_secret_env(declared.token_env)
+                except LookupError as exc:
+                    message = (f"{str(exc).replace('the key', 'the token')} its callers "
+                               f"send; the http source {name!r} cannot start without it")
+                    at = declared.token_env_at or Problem(
+                        str(spec.source or spec.name), 0, 0, f"sources.{name}.token_env", "")
+                    raise ConfigError([dataclasses.replace(at, message=message)]) from None
+                declared = dataclasses.replace(declared, token=token)
+                secrets = secrets_of(declared)  # the token and its variable's text
+                self._port.masker.add(*secrets)
+                mask_in_logs(self._logger, *secrets)
+            ready[name] = declared
+        self._prepared = (spec, ready)
 
     async def start(self, spec: OrganismSpec) -> None:
-        """Open and run every source of ``spec``; one that cannot open is failed, alone."""
+        """Open and run every source of ``spec`` (:meth:`prepare` first, unless it was);
+        one that cannot open is failed, alone."""
+        if self._prepared is None or self._prepared[0] is not spec:
+            self.prepare(spec)
+        assert self._prepared is not None
+        ready, self._prepared = self._prepared[1], None
         self._stats = {}
-        for name, declared in spec.sources.items():
+        for name, declared in ready.items():
             stats = self._stats[name] = SourceStats(declared.kind, target_of(declared))
             source = self._make(declared, Feed(self._port, declared, stats), spec)
             try:
@@ -63,6 +98,17 @@ class Sources:
                 continue
             task = asyncio.create_task(self._run(name, source), name=f"sporeflow source {name}")
             self._running[name] = (source, task)
+            if declared.ends:
+                self._ending.add(task)
+                task.add_done_callback(self._ending.discard)
+
+    async def ended(self) -> None:
+        """Return once every running source that ends by itself has ended (done, failed
+        or stopped): a ``lines`` source at the end of its file or of standard input, a
+        timer with a ``count``. Sources that never end (http, folder, follow, a timer
+        without count) are not waited for; this waits for nothing before a start."""
+        while self._ending:  # a restart meanwhile adds its own
+            await asyncio.wait(set(self._ending))
 
     async def stop(self) -> None:
         """Stop every source (see the module docstring); return once all ended."""

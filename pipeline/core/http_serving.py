@@ -1,0 +1,56 @@
+"""How sporeflow's aiohttp servers (the HTTP ingress, the control endpoint) are run: one
+place for both, so a client's malformed request is logged alike on every port.
+
+aiohttp logs a request it cannot parse with ``logger.exception`` ("Error handling
+request from ..." and a traceback). That is the client's fault, and anyone can send
+it before any token is checked: here it is one WARNING line naming the peer and the
+error, through the ``logger=`` aiohttp's ``AppRunner`` hands its request handlers.
+A failure of the server itself keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+__all__ = ["ClientErrorLog", "app_runner"]
+
+_SHORT = 120  # characters of the parser's message kept: it may quote what the client sent
+
+
+class ClientErrorLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server logger: a client's malformed request (a 4xx the parser raised)
+    is one WARNING line without a traceback; anything else passes as it was logged."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, None)
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True,
+                  **kwargs: Any) -> None:
+        error = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(error, HttpProcessingError) and 400 <= error.code < 500:
+            # aiohttp's message is "Error handling request from %s", the peer first.
+            peer = args[0] if args else "an unknown peer"
+            self.logger.warning("malformed HTTP request from %s, answered %d: %s", peer,
+                                error.code, _short(error))
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+def _short(error: HttpProcessingError) -> str:
+    """The parser's message, first line only (the next ones quote the bytes at fault)."""
+    lines = (error.message or type(error).__name__).strip().splitlines()
+    first = lines[0].rstrip(":. ") if lines else type(error).__name__
+    return first if len(first) <= _SHORT else f"{first[:_SHORT]}..."
+
+
+def app_runner(app: web.Application, logger: logging.Logger, *,
+               shutdown_timeout: float) -> web.AppRunner:
+    """The runner of one of sporeflow's servers: no access log, and what aiohttp logs
+    goes to ``logger``, a client's malformed request as one line."""
+    return web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout,
+                         logger=ClientErrorLog(logger))
