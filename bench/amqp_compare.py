@@ -5,6 +5,8 @@ CPU time each process spends per message.
                                  [--systems plain,sporeflow,faststream]
                                  [--workloads oneway,rr] [--signed] [--url amqp://...]
                                  [--broker-pid PID] [--json-out FILE]
+                                 [--base-path DIR]  (system sporeflow-base: another
+                                                     build's sporeflow package in DIR)
 
 Workloads (sides in ``bench.amqp_sides``; each side in a fresh process):
 
@@ -57,9 +59,10 @@ from bench.amqp_sides import (
     topic_exchange,
 )
 
-SYSTEMS = ("plain", *VARIANTS, "sporeflow", "faststream")
+SYSTEMS = ("plain", *VARIANTS, "sporeflow-base", "sporeflow", "faststream")
 DEFAULT_SYSTEMS = ("plain", "sporeflow", "faststream")
 LABELS = {"plain": "plain aio-pika", "sporeflow": "sporeflow", "faststream": "FastStream",
+          "sporeflow-base": "sporeflow (--base-path)",
           **{variant: f"plain {variant[6:]}" for variant in VARIANTS}}
 WORKLOADS = ("oneway", "rr")
 SIDES = ("producer", "consumer", "broker")
@@ -153,7 +156,14 @@ class Meter:
 # -- one run ------------------------------------------------------------------------------
 
 
+def _sporeflow_from(setup: Setup) -> None:
+    """sporeflow-base imports the build at ``--base-path`` (before the one installed)."""
+    if setup.path:
+        sys.path.insert(0, setup.path)
+
+
 def consumer_main(setup: Setup, signals: Signals) -> None:
+    _sporeflow_from(setup)
     tally = Tally(setup, signals)
     if setup.profile:
         from bench.amqp_profile import profiled_tally
@@ -163,6 +173,7 @@ def consumer_main(setup: Setup, signals: Signals) -> None:
 
 def producer_main(setup: Setup, signals: Signals, consumer: int, broker: int,
                   conn: Any) -> None:
+    _sporeflow_from(setup)
     meter: Any = Meter(consumer, broker)
     if setup.profile:
         from bench.amqp_profile import profiled_meter
@@ -197,7 +208,7 @@ async def _declare(setup: Setup) -> str:
         transport = connection.transport
         properties = getattr(transport.connection if transport else None,
                              "server_properties", None) or {}
-        if setup.system != "sporeflow":
+        if not setup.system.startswith("sporeflow"):
             channel = await connection.channel()
             queue = await channel.declare_queue(setup.name, durable=True,
                                                 arguments=setup.arguments)
@@ -210,7 +221,7 @@ async def _declare(setup: Setup) -> str:
 
 
 async def _clean(setup: Setup) -> None:
-    if setup.system == "sporeflow":
+    if setup.system.startswith("sporeflow"):
         from sporeflow.pipeline import Topology
         from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
 
@@ -235,14 +246,31 @@ def _idle_broker(broker: int, seconds: float) -> float:
     return (cpu_seconds(broker) - before) / (time.perf_counter() - started)
 
 
+def _start(process: Any, executable: str | None) -> None:
+    """Start ``process``, spawned through ``executable`` if given (a valgrind wrapper)."""
+    if executable is None:
+        process.start()
+        return
+    from multiprocessing import spawn
+
+    spawn.set_executable(executable)
+    try:
+        process.start()
+    finally:
+        spawn.set_executable(sys.executable)
+
+
 def run_once(system: str, mode: str, options: argparse.Namespace, broker: int,
-             profile: str | None = None) -> dict[str, Any]:
-    """One measured run of ``system`` on ``mode``, in two fresh processes."""
+             profile: str | None = None,
+             wrap: tuple[str, str] | None = None) -> dict[str, Any]:
+    """One measured run of ``system`` on ``mode``, in two fresh processes (``wrap``:
+    ``(side, executable)``, that side spawned through ``executable``)."""
     name = f"bench-{system}-{mode}-{uuid.uuid4().hex[:8]}"
     count = options.spores if mode == "oneway" else options.requests
     warmup = options.warmup if mode == "oneway" else options.warmup_rr
     setup = Setup(system, mode, options.url, name, queue_arguments(name, options.signed),
-                  warmup, count, options.signed, profile)
+                  warmup, count, options.signed, profile,
+                  options.base_path if system == "sporeflow-base" else None)
     line: dict[str, Any] = {"system": system, "mode": mode, "count": count,
                             "loadavg_before": loadavg(),
                             "broker_idle": round(_idle_broker(broker, options.idle_sample), 4)}
@@ -251,13 +279,14 @@ def run_once(system: str, mode: str, options: argparse.Namespace, broker: int,
     try:
         line["rabbitmq"] = asyncio.run(_declare(setup))
         consumer = SPAWN.Process(target=consumer_main, args=(setup, signals), daemon=True)
-        consumer.start()
-        if not signals.ready.wait(60):
+        wrapped = dict([wrap]) if wrap else {}
+        _start(consumer, wrapped.get("consumer"))
+        if not signals.ready.wait(600 if wrap else 60):
             raise RuntimeError("the consumer did not start within 60s")
         receive, send = SPAWN.Pipe(duplex=False)
         producer = SPAWN.Process(target=producer_main, daemon=True,
                                  args=(setup, signals, consumer.pid, broker, send))
-        producer.start()
+        _start(producer, wrapped.get("producer"))
         if not receive.poll(WAIT + 60):
             raise RuntimeError(f"the producer did not finish within {WAIT + 60}s")
         line.update(receive.recv())
@@ -267,7 +296,7 @@ def run_once(system: str, mode: str, options: argparse.Namespace, broker: int,
         signals.stop.set()
         for process in (producer, consumer):
             if process is not None:
-                process.join(30)
+                process.join(300 if wrap else 30)
                 if process.is_alive():
                     process.kill()
         try:
@@ -414,7 +443,8 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument("--warmup", type=int, default=500, help="one-way warm-up messages")
     parse.add_argument("--warmup-rr", type=int, default=50, help="warm-up round trips")
     parse.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
-                       help=f"of {','.join(SYSTEMS)} (the plain-... variants: one-way only)")
+                       help=f"of {','.join(SYSTEMS)} (on request/reply: plain-topic and "
+                            f"plain-wire only)")
     parse.add_argument("--workloads", default=",".join(WORKLOADS))
     parse.add_argument("--signed", action="store_true",
                        help="sporeflow signs and verifies every spore (a random key)")
@@ -422,6 +452,9 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument("--broker-pid", type=int, help="the broker's beam.smp (found if one)")
     parse.add_argument("--idle-sample", type=float, default=1.0,
                        help="seconds of the broker's idle CPU sampled before each run")
+    parse.add_argument("--base-path",
+                       help="for system sporeflow-base: a folder holding another build's "
+                            "sporeflow package, imported before the installed one")
     parse.add_argument("--json-out")
     return parse
 

@@ -70,7 +70,8 @@ def codec_cases() -> dict[str, Callable[[], Any]]:
     publish = commands.Basic.Publish(exchange="sporeflow.x", routing_key="agent.sink.knowledge",
                                      mandatory=True)
     return {
-        "spore_to_amqp (body, 12 headers, 5 properties)": lambda: spore_to_amqp(spore),
+        f"spore_to_amqp (body, {len(headers)} headers, {len(properties)} properties)":
+            lambda: spore_to_amqp(spore),
         "json.dumps of the payload alone (the plain loop's encoding)":
             lambda: json.dumps({**PAYLOAD, "n": 1}).encode(),
         "aio_pika.Message with sporeflow's headers and properties":

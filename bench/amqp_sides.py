@@ -1,12 +1,14 @@
 """The two sides of each system that ``bench.amqp_compare`` measures on RabbitMQ.
 
     plain       hand-written aio-pika: the limit for these guarantees
-    plain-...   the same loop with one thing of sporeflow's each (one-way only), to
-                tell what the wire form costs from what sporeflow's code costs:
-                -topic     through a topic exchange by sporeflow's routing key
-                -headers   sporeflow's headers and properties (and user_id)
+    plain-...   the same loop with one thing of sporeflow's each, to tell what the wire
+                form and the topology cost from what sporeflow's code costs:
+                -topic     through a topic exchange by sporeflow's routing key; on
+                           request/reply the responses too, to a durable reply queue
+                           bound by its key (sporeflow's, which outlives an outage)
+                -headers   sporeflow's headers and properties (and user_id; one-way)
                 -wire      both: what sporeflow publishes, byte for byte
-                -batchack  the consumer acks every 8th delivery (multiple=True)
+                -batchack  the consumer acks every 8th delivery (one-way)
     sporeflow   an Organism hosting the agent in the consumer process, a client
                 Organism (hosting nothing) sending from outside
     faststream  FastStream's RabbitBroker, a subscriber in the consumer process
@@ -65,6 +67,7 @@ class Setup:
     count: int
     signed: bool = False
     profile: str | None = None  # a cProfile output file for this side (bench.amqp_profile)
+    path: str | None = None  # sporeflow-base: where its sporeflow package is
 
 
 class Tally:
@@ -125,15 +128,17 @@ async def plain_consumer(setup: Setup, tally: Tally, signals: Signals) -> None:
         replies = await connection.channel(publisher_confirms=True, on_return_raises=True)
         queue = await channel.declare_queue(setup.name, passive=True)
         echo = setup.mode == "rr"
+        exchange = replies.default_exchange
+        if echo and setup.system in TOPIC_VARIANTS:
+            exchange = await replies.get_exchange(topic_exchange(setup))
+        answer = reply_form(setup)
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             knowledge = json.loads(message.body)
             if echo and message.reply_to:  # answered (and confirmed) before the ack
-                await replies.default_exchange.publish(aio_pika.Message(
-                    json.dumps({"n": knowledge["n"]}).encode(),
-                    correlation_id=message.correlation_id,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                    routing_key=message.reply_to, mandatory=True)
+                await exchange.publish(answer(knowledge["n"], message.correlation_id),
+                                       routing_key=reply_key(setup, message.reply_to),
+                                       mandatory=True)
             tally()
             if not batched:
                 await message.ack()
@@ -187,7 +192,15 @@ async def plain_rr(setup: Setup, signals: Signals, meter: Any) -> dict[str, Any]
     connection = await aio_pika.connect(setup.url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        replies = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        exchange, key = channel.default_exchange, setup.name
+        if setup.system in TOPIC_VARIANTS:  # sporeflow's reply queue: durable, x-expires
+            exchange, key = await channel.get_exchange(topic_exchange(setup)), TOPIC_KEY
+            replies = await channel.declare_queue(f"{setup.name}.reply.1", durable=True,
+                                                  arguments={"x-expires": 600_000})
+            await replies.bind(exchange, routing_key=reply_key(setup, replies.name))
+        else:
+            replies = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        wire = wire_form(setup) if setup.system == "plain-wire" else None
         waiting: dict[str, asyncio.Future[bytes]] = {}
         loop = asyncio.get_running_loop()
 
@@ -199,16 +212,50 @@ async def plain_rr(setup: Setup, signals: Signals, meter: Any) -> dict[str, Any]
         await replies.consume(on_reply, no_ack=True)
 
         async def request(n: int) -> None:
-            key = f"{setup.name}-{n}"
-            answer = waiting[key] = loop.create_future()
-            await channel.default_exchange.publish(aio_pika.Message(
-                body(n), correlation_id=key, reply_to=replies.name, priority=5,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=setup.name, mandatory=True)
+            asked = f"{setup.name}-{n}"
+            answer = waiting[asked] = loop.create_future()
+            message = aio_pika.Message(
+                body(n), priority=5, delivery_mode=aio_pika.DeliveryMode.PERSISTENT) if (
+                wire is None) else wire(n)
+            message.correlation_id, message.reply_to = asked, replies.name
+            await exchange.publish(message, routing_key=key, mandatory=True)
             if json.loads(await answer)["n"] != n:
                 raise RuntimeError(f"request {n} got another's answer")
 
-        return await _round_trips(request, setup, meter)
+        try:
+            return await _round_trips(request, setup, meter)
+        finally:
+            if setup.system in TOPIC_VARIANTS:
+                await replies.delete(if_unused=False, if_empty=False)
+
+
+def reply_key(setup: Setup, reply_queue: str) -> str:
+    """The key a response goes by: the queue's name, or through the topic exchange the
+    key its queue is bound by (as sporeflow's ``Topology.reply_key``)."""
+    if setup.system not in TOPIC_VARIANTS:
+        return reply_queue
+    return f"reply.{reply_queue.rsplit('.', 1)[1]}"
+
+
+def reply_form(setup: Setup) -> Callable[[int, str | None], Any]:
+    """A response: the plain loop's, or with sporeflow's headers and properties."""
+    import aio_pika
+    from yarl import URL as Address
+
+    if setup.system != "plain-wire":
+        return lambda n, asked: aio_pika.Message(
+            json.dumps({"n": n}).encode(), correlation_id=asked,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+    from sporeflow.pipeline.broker.amqp_codec import spore_to_amqp
+    from sporeflow.steps import Spore, SporeType
+
+    _, headers, properties = spore_to_amqp(Spore(
+        knowledge={"n": 0}, spore_type=SporeType.RESPONSE, from_agent="echo",
+        to_agent="system", reply_to="0" * 32))
+    user = Address(setup.url).user or "guest"
+    return lambda n, asked: aio_pika.Message(
+        json.dumps({"n": n}).encode(), headers={**headers, "reply_to": asked},
+        correlation_id=asked, user_id=user, **properties)
 
 
 TOPIC_KEY = "agent.sink.knowledge"  # what sporeflow's direct_key makes of a spore to sink
@@ -405,9 +452,14 @@ async def faststream_rr(setup: Setup, signals: Signals, meter: Any) -> dict[str,
 
 
 VARIANTS = ("plain-topic", "plain-headers", "plain-wire", "plain-batchack")
+TOPIC_VARIANTS = ("plain-topic", "plain-wire")
 CONSUMERS = {"plain": plain_consumer, "sporeflow": sporeflow_consumer,
+             "sporeflow-base": sporeflow_consumer,
              "faststream": faststream_consumer, **dict.fromkeys(VARIANTS, plain_consumer)}
 PRODUCERS = {**{(variant, "oneway"): plain_oneway for variant in VARIANTS},
+             **{(variant, "rr"): plain_rr for variant in TOPIC_VARIANTS},
              ("plain", "oneway"): plain_oneway, ("plain", "rr"): plain_rr,
              ("sporeflow", "oneway"): sporeflow_oneway, ("sporeflow", "rr"): sporeflow_rr,
+             ("sporeflow-base", "oneway"): sporeflow_oneway,
+             ("sporeflow-base", "rr"): sporeflow_rr,
              ("faststream", "oneway"): faststream_oneway, ("faststream", "rr"): faststream_rr}

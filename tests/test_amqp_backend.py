@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -100,6 +101,32 @@ async def test_a_message_that_is_no_spore_is_dead_lettered_and_the_rest_flow(
     [(letter, body)] = await broker_dead_letters(topology)
     assert (letter["x-sporeflow-reason"], body) == ("invalid", b"not json")
     assert "not JSON" in letter["x-sporeflow-error"]
+
+
+async def test_a_consumer_the_broker_cancelled_consumes_again_once_its_queue_is_back(
+        harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="sporeflow.broker.amqp")
+    seen: list[int] = []
+
+    async def sink(spore: Spore, ctx: Any) -> None:
+        seen.append(spore.knowledge["n"])
+
+    async with harness.running({"agents": {"sink": {"handler": sink}}}) as org:
+        topology = Topology.of(org.spec)
+        await org.send("sink", {"n": 1})
+        await wait_for(lambda: seen == [1])
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            channel = await connection.channel()
+            await channel.queue_delete(topology.queue("sink"))  # the broker cancels it
+            # While the queue is missing, an attempt to consume it again fails.
+            await wait_for(lambda: "consuming" in caplog.text and "failed" in caplog.text)
+            queue = await channel.declare_queue(topology.queue("sink"), durable=True,
+                                                arguments=topology.queue_arguments("sink"))
+            await queue.bind(topology.exchange, routing_key=topology.bindings("sink")[0])
+        await org.send("sink", {"n": 2})
+        await wait_for(lambda: seen == [1, 2])
+    assert "the broker cancelled the consumer" in caplog.text
 
 
 async def test_an_unreachable_broker_raises_broker_error_without_the_password() -> None:

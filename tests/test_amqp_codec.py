@@ -19,14 +19,23 @@ def test_headers_and_body_follow_pravals_layout() -> None:
                   to_agent="b", priority=7, created_at=NOW, expires_at=NOW + timedelta(seconds=30))
     body, headers, properties = spore_to_amqp(spore, now=NOW)
     assert json.loads(body) == {"n": 1}
-    # Empty and default headers (reply_to, thread_id, channel main, hops 0) are left out.
+    # Empty and default headers (reply_to, thread_id, channel main, hops 0, version 1.0)
+    # are left out.
     assert headers == {
         "spore_id": spore.id, "spore_type": "request", "from_agent": "a", "to_agent": "b",
-        "priority": "7", "version": "1.0", "created_at": NOW.isoformat(),
+        "priority": "7", "created_at": NOW.isoformat(),
         "expires_at": (NOW + timedelta(seconds=30)).isoformat()}
     assert spore_from_amqp(body, headers) == spore
     assert properties["expiration"] == timedelta(seconds=30)
     assert (properties["priority"], properties["message_id"]) == (7, spore.id)
+
+
+def test_the_default_priority_is_left_out_and_read_back() -> None:
+    spore = Spore(knowledge={}, from_agent="a", to_agent="b", created_at=NOW)
+    body, headers, properties = spore_to_amqp(spore)
+    assert "priority" not in headers
+    assert properties["priority"] == 5
+    assert spore_from_amqp(body, headers) == spore
 
 
 def test_every_field_survives_a_round_trip() -> None:

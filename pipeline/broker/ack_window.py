@@ -27,6 +27,8 @@ class AckWindow:
     __slots__ = ("_acked", "_ahead", "_channel", "_done", "_flushing", "_on_error",
                  "_open", "_up_to")
 
+    _sending: set[asyncio.Task[None]] = set()  # a reference to each flush, of any window
+
     def __init__(self, channel: Any, on_error: Callable[[BaseException], None]) -> None:
         self._channel = channel  # aiormq's channel: basic_ack(tag, multiple=...)
         self._on_error = on_error
@@ -54,8 +56,8 @@ class AckWindow:
                 self._acked.add(tag)
                 self._ahead.append(tag)
         if (self._up_to or self._ahead) and not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._flushing = True  # after what else settles in this turn of the loop:
+            self._sending.add(asyncio.get_running_loop().create_task(self._flush()))
 
     def _advance(self) -> None:
         opened, done = self._open, self._done
@@ -66,7 +68,7 @@ class AckWindow:
                 self._acked.discard(tag)
                 self._up_to = tag
 
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
         self._flushing = False
         up_to, self._up_to = self._up_to, 0
         # Acked on their own: the ones still behind an open delivery (none is in the range
@@ -77,12 +79,10 @@ class AckWindow:
             self._acked.discard(tag)
         frames = [(up_to, True)] if up_to else []
         frames += [(tag, False) for tag in ahead]
-        if frames:
-            asyncio.get_running_loop().create_task(self._send(frames))
-
-    async def _send(self, frames: list[tuple[int, bool]]) -> None:
-        try:
+        try:  # queued for the connection's writer: nothing waits for it to be written
             for tag, multiple in frames:
-                await self._channel.basic_ack(tag, multiple=multiple)
+                await self._channel.basic_ack(tag, multiple=multiple, wait=False)
         except Exception as exc:  # the channel or connection is gone: they come again
             self._on_error(exc)
+        finally:
+            self._sending.discard(asyncio.current_task())

@@ -31,7 +31,8 @@ only its reply queues (``sporeflow broker-permissions``) joins the topology an
 administrator declared (``sporeflow broker-declare``), checking it passively.
 
 Publishing waits for the broker's confirm and is mandatory (an unroutable spore
-is an error, not a silent drop). Each consumer has its own channel and prefetch.
+is an error, not a silent drop), many publishes in flight at once (``amqp_outbound``).
+Each consumer has its own channel and prefetch.
 The connection is aio-pika's robust one (``amqp_link``): after an outage it is made
 again and all of the above declared and consumed again; ``link`` says its state.
 A publish cut off by the loss raises :class:`Disconnected` (publish it again once
@@ -53,10 +54,8 @@ from typing import Any
 import aio_pika
 import aiormq
 from aio_pika.abc import (
-    AbstractChannel,
     AbstractConnection,
     AbstractExchange,
-    AbstractIncomingMessage,
     AbstractQueue,
 )
 from yarl import URL
@@ -64,15 +63,18 @@ from yarl import URL
 from sporeflow.config import BrokerError, redact_text, redact_url
 from sporeflow.pipeline.broker.ack_window import AckWindow
 from sporeflow.pipeline.broker.amqp_boots import AmqpBootRecord
-from sporeflow.pipeline.broker.amqp_codec import MAX_HEADERS_BYTES, headers_size, spore_to_amqp
+from sporeflow.pipeline.broker.amqp_codec import MAX_HEADERS_BYTES, headers_size
+from sporeflow.pipeline.broker.amqp_consumer import Consumer
 from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, AmqpInbound, broker_failure
 from sporeflow.pipeline.broker.amqp_link import ReconnectingConnection, connect
 from sporeflow.pipeline.broker.amqp_marks import mark, marked
+from sporeflow.pipeline.broker.amqp_outbound import Outbound
 from sporeflow.pipeline.broker.backend import (
     Backend,
     BackendStatistics,
     BootRecord,
     OnMessage,
+    Published,
     Topology,
 )
 from sporeflow.pipeline.broker.link import Disconnected, Link
@@ -83,7 +85,6 @@ __all__ = ["AmqpBackend"]
 
 _ERRORS = AMQP_ERRORS
 _MAX_ERROR_HEADER = 2000
-_LOSS_REPORTED = 1.0  # seconds: an error caused by a lost connection precedes its report
 _REPLY_EXPIRES = 3600.0  # seconds a reply queue outlives its process without give_up_after
 _log = logging.getLogger("sporeflow.broker.amqp")
 
@@ -105,13 +106,13 @@ class AmqpBackend(Backend):
         self._connection: ReconnectingConnection | None = None
         self._link = Link(self.address)
         self._reply: AbstractQueue | None = None
+        self._reply_consumer: Consumer | None = None
         self._stopping: asyncio.Task[None] | None = None  # closing, after giving up
-        self._publishing: AbstractChannel | None = None  # the channel of _exchange
+        self._out: Outbound | None = None  # publishing, on a channel of its own
         self._exchange: AbstractExchange | None = None
-        self._default: AbstractExchange | None = None
         self._dead: AbstractExchange | None = None
         self._topology: Topology | None = None
-        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._consumers: list[Consumer] = []
         self._windows: weakref.WeakKeyDictionary[Any, AckWindow] = weakref.WeakKeyDictionary()
         self.user, self._user_id = _login(url)
         self.declared = False  # True: open() declared the topology, not just joined it
@@ -120,7 +121,7 @@ class AmqpBackend(Backend):
     def _fail(self, doing: str, exc: BaseException) -> BrokerError:
         return broker_failure(self.address, doing, exc)
 
-    def _received(self, message: AbstractIncomingMessage,
+    def _received(self, message: aiormq.abc.DeliveredMessage,
                   window: AckWindow | None = None) -> AmqpInbound:
         self.stats.consumed += 1
         topology = self._topology
@@ -128,7 +129,7 @@ class AmqpBackend(Backend):
                            max_spore_bytes=topology.max_spore_bytes if topology else None,
                            window=window)
 
-    def _window(self, message: AbstractIncomingMessage) -> AckWindow:
+    def _window(self, message: aiormq.abc.DeliveredMessage) -> AckWindow:
         """The ack window of the channel ``message`` came on (a new one after a
         reconnect: delivery tags start again on a new channel)."""
         channel = message.channel
@@ -162,7 +163,6 @@ class AmqpBackend(Backend):
                 topology.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
             self._dead = await channel.declare_exchange(
                 topology.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
-            self._default = channel.default_exchange
             await self._check_signing(topology)
             dead_letters = await channel.declare_queue(
                 topology.dead_letter_queue, durable=True,
@@ -176,7 +176,7 @@ class AmqpBackend(Backend):
             self.declared = True
             # Published apart: a refused publish closes that channel, not the topology's.
             await self._publish_on(topology.exchange, topology.dead_letter_exchange,
-                                   ensure=False)
+                                   ensure=False, topology=topology)
         except aiormq.exceptions.ChannelAccessRefused:
             with contextlib.suppress(*_ERRORS):  # else aio-pika would open it again
                 await channel.close()
@@ -192,21 +192,25 @@ class AmqpBackend(Backend):
             raise self._fail(f"declaring the topology of {topology.exchange!r}", exc) from exc
         self._topology = topology
 
-    async def _publish_on(self, exchange: str, dead: str, *, ensure: bool) -> None:
+    async def _publish_on(self, exchange: str, dead: str, *, ensure: bool,
+                          topology: Topology | None) -> None:
         """Publish from now on through a new confirming channel, on exchanges that exist
         (``ensure``: checked by a passive declaration, which needs no permission)."""
         channel = await self._require_connection().lasting(publisher_confirms=True)
-        self._publishing = channel
         self._exchange = await channel.get_exchange(exchange, ensure=ensure)
         self._dead = await channel.get_exchange(dead, ensure=ensure)
-        self._default = channel.default_exchange
+        out = Outbound(channel, exchange, user=self.user, user_id=self._user_id,
+                       link=self._link, stats=self.stats, address=self.address,
+                       topology=topology, refused=self._reopen_publishing)
+        await out.opened()
+        self._out = out
 
     async def _join(self, topology: Topology) -> None:
         """Use the exchanges an administrator declared (a passive declaration needs no
         permission); this user may not declare them."""
         try:
             await self._publish_on(topology.exchange, topology.dead_letter_exchange,
-                                   ensure=True)
+                                   ensure=True, topology=topology)
             if not topology.signed:  # declaring the signing mark is the administrator's too
                 await self._check_signing(topology)
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
@@ -235,86 +239,67 @@ class AmqpBackend(Backend):
 
     async def publish(self, spore: Spore, *, routing_key: str | None = None,
                       queue: str | None = None, reply_queue: str | None = None) -> None:
-        exchange = self._default if queue is not None else self._exchange
-        if exchange is None:
+        out, exchange, key = self._route(spore, routing_key, queue)
+        await out.publish(spore, exchange, key, reply_queue)
+
+    def publish_soon(self, spore: Spore, done: Published, *, routing_key: str | None = None,
+                     queue: str | None = None, reply_queue: str | None = None) -> None:
+        out, exchange, key = self._route(spore, routing_key, queue)
+        out.publish_soon(spore, exchange, key, reply_queue, done)
+
+    def _route(self, spore: Spore, routing_key: str | None,
+               queue: str | None) -> tuple[Outbound, str, str]:
+        """Where ``spore`` goes: the publishing channel, the exchange's name and the key;
+        raise :class:`Disconnected` while the link is down."""
+        out = self._out
+        if out is None:
             raise BrokerError(f"RabbitMQ at {self.address} is not open; call open() first")
-        body, headers, properties = spore_to_amqp(spore)
-        message = aio_pika.Message(body, headers=headers, reply_to=reply_queue,
-                                   user_id=self._user_id, **properties)
-        key = queue if queue is not None else routing_key or ""
-        reply_key = self._topology.reply_key(queue) if (
-            queue is not None and self._topology is not None) else None
-        if reply_key is not None:  # one of our reply queues: bound to the exchange
-            exchange, key = self._exchange or exchange, reply_key
         link = self._link
         if not link.up:
             raise Disconnected(f"RabbitMQ at {self.address} is {link.state}: spore {spore.id} "
                                f"waits for the connection")
-        generation = link.generation
-        try:
-            await exchange.publish(message, routing_key=key, mandatory=True)
-        except aiormq.exceptions.PublishError as exc:
-            self.stats.failed_publishes += 1
-            raise BrokerError(f"RabbitMQ at {self.address} returned spore {spore.id}: no queue "
-                              f"takes routing key {key!r} ({exc})") from exc
-        except aiormq.exceptions.DeliveryError as exc:  # a nack: a full queue refused it
-            self.stats.failed_publishes += 1
-            raise BrokerError(full_queue_message(
-                self._topology, f"spore {spore.id} with routing key {key!r} at "
-                                f"{self.address}")) from exc
-        except aiormq.exceptions.ChannelAccessRefused as exc:
-            self.stats.failed_publishes += 1
-            await self._reopen_publishing(exchange)
-            raise BrokerError(
-                f"RabbitMQ at {self.address} refused spore {spore.id}: user {self.user!r} may "
-                f"not publish to {exchange.name or 'the default exchange'!r} with routing key "
-                f"{key!r} ({exc}); see sporeflow broker-permissions") from exc
-        except _ERRORS as exc:
-            failure = self._fail(f"publishing spore {spore.id}", exc)
-            if await link.wait_lost(generation, _LOSS_REPORTED):  # not refused: cut off
-                raise Disconnected(str(failure)) from exc
-            self.stats.failed_publishes += 1
-            raise failure from exc
-        self.stats.published += 1
+        if queue is None:
+            return out, out.exchange, routing_key or ""
+        reply_key = self._topology.reply_key(queue) if self._topology is not None else None
+        if reply_key is not None:  # one of our reply queues: bound to the exchange
+            return out, out.exchange, reply_key
+        return out, "", queue  # the default exchange: straight to that queue
 
-    async def _reopen_publishing(self, refused: AbstractExchange) -> None:
+    async def _reopen_publishing(self, refused: Outbound) -> None:
         """The broker closes a channel on a refused publish: open another for the next."""
         async with self._reopening:
             exchange, dead = self._exchange, self._dead
-            if exchange is None or dead is None or (
-                    refused is not exchange and refused is not self._default):
+            if exchange is None or dead is None or refused is not self._out:
                 return  # closed by close(), or reopened for a publish refused alongside
-            if self._publishing is not None:
-                with contextlib.suppress(*_ERRORS):  # else aio-pika would reopen it too
-                    await self._publishing.close()
+            with contextlib.suppress(*_ERRORS):  # else aio-pika would reopen it too
+                await refused.channel.close()
             try:
-                await self._publish_on(exchange.name, dead.name, ensure=False)
+                await self._publish_on(exchange.name, dead.name, ensure=False,
+                                       topology=self._topology)
             except (*_ERRORS, BrokerError) as exc:  # the connection is gone: the next says so
                 _log.warning("RabbitMQ at %s: cannot reopen the publishing channel: %s",
                              self.address, redact_text(str(exc)))
 
     async def consume(self, queue: str, on_message: OnMessage, *, prefetch: int) -> None:
         connection = self._require_connection()
-        try:
-            channel = await connection.lasting(publisher_confirms=False)
-            await channel.set_qos(prefetch_count=max(prefetch, 1))
-            declared = await channel.declare_queue(queue, passive=True)
-        except _ERRORS as exc:
-            raise self._fail(f"consuming {queue!r}", exc) from exc
 
-        async def deliver(message: AbstractIncomingMessage) -> None:
+        def deliver(message: aiormq.abc.DeliveredMessage) -> None:
             on_message(self._received(message, self._window(message)))
 
         try:
-            tag = await declared.consume(deliver)
+            channel = await connection.lasting(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=max(prefetch, 1))
+            await channel.declare_queue(queue, passive=True)
+            consumer = Consumer(channel, queue, deliver, link=self._link, address=self.address)
+            await consumer.start()
         except _ERRORS as exc:
             raise self._fail(f"consuming {queue!r}", exc) from exc
-        self._consumers.append((declared, tag))
+        self._consumers.append(consumer)
 
     async def reply_queue(self, on_message: OnMessage) -> str:
         connection = self._require_connection()
 
-        async def deliver(message: AbstractIncomingMessage) -> None:
+        def deliver(message: aiormq.abc.DeliveredMessage) -> None:
             on_message(self._received(message))
 
         topology, exchange = self._topology, self._exchange
@@ -331,10 +316,13 @@ class AmqpBackend(Backend):
             queue = await channel.declare_queue(name, durable=True,
                                                 arguments={"x-expires": expires})
             await queue.bind(exchange, routing_key=topology.reply_key(name))
-            await queue.consume(deliver, no_ack=True, exclusive=True)
+            consumer = Consumer(channel, name, deliver, link=self._link, address=self.address,
+                                no_ack=True, exclusive=True)
+            await consumer.start()
         except _ERRORS as exc:
             raise self._fail("declaring the reply queue", exc) from exc
         self._reply = queue
+        self._reply_consumer = consumer
         return queue.name
 
     async def dead_letter(self, message: Any, *, reason: str, error: str,
@@ -342,8 +330,8 @@ class AmqpBackend(Backend):
         if not isinstance(message, AmqpInbound) or self._dead is None:
             raise BrokerError(f"RabbitMQ at {self.address}: cannot dead-letter {message!r}")
         message.check_current("dead-lettering")
-        raw = message.raw
-        headers = dict(raw.headers or {})
+        raw, properties = message.raw, message.properties
+        headers = dict(properties.headers or {})
         if headers_size(headers, MAX_HEADERS_BYTES) > MAX_HEADERS_BYTES:
             # Refused for them: with ours added they may not fit in one frame.
             headers = {"x-sporeflow-headers-dropped": len(headers)}
@@ -351,8 +339,10 @@ class AmqpBackend(Backend):
                         "x-sporeflow-error": error[:_MAX_ERROR_HEADER],
                         "x-sporeflow-agent": agent or "", "x-sporeflow-attempts": attempts,
                         "x-sporeflow-routing-key": raw.routing_key or ""})
-        letter = aio_pika.Message(raw.body, headers=headers, content_type=raw.content_type,
-                                  message_id=raw.message_id, timestamp=raw.timestamp,
+        letter = aio_pika.Message(raw.body, headers=headers,
+                                  content_type=properties.content_type,
+                                  message_id=properties.message_id,
+                                  timestamp=properties.timestamp,
                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
         try:
             await self._dead.publish(letter, routing_key="", mandatory=True)
@@ -367,11 +357,13 @@ class AmqpBackend(Backend):
     async def cancel(self) -> None:
         """Stop every consumer; what they hold unacked stays held until ack or close."""
         consumers, self._consumers = self._consumers, []
+        for consumer in consumers:
+            consumer.stop()  # not consumed again after a reconnection either
         if not self._link.up:  # aio-pika would wait for the connection: close() ends it
             return
-        for queue, tag in consumers:
+        for consumer in consumers:
             try:
-                await queue.cancel(tag)
+                await consumer.cancel()
             except _ERRORS:
                 pass  # the channel is gone already: nothing more will come from it
 
@@ -379,8 +371,11 @@ class AmqpBackend(Backend):
         connection, self._connection = self._connection, None
         reply, self._reply = self._reply, None
         self._link.close("the backend was closed")
-        self._exchange = self._default = self._dead = None
-        self._consumers = []
+        self._exchange = self._dead = self._out = None
+        for consumer in [*self._consumers, self._reply_consumer]:
+            if consumer is not None:  # deleting the reply queue cancels its consumer
+                consumer.stop()
+        self._consumers, self._reply_consumer = [], None
         if connection is not None and not connection.is_closed:
             if reply is not None and connection.connected.is_set():
                 with contextlib.suppress(*_ERRORS):  # it would wait for x-expires else

@@ -3,7 +3,8 @@
     headers   spore_id, spore_type, from_agent, to_agent, created_at, expires_at,
               priority, reply_to, version  (Praval's, strings)
               channel, thread_id, hops     (sporeflow's; Praval ignores them)
-              each left out when empty or at its default (Praval reads it so too)
+              each left out when empty or at its default (Praval reads it so too):
+              version always (1.0), priority at 5
     body      the knowledge as JSON; or, when the spore carries metadata or
               references, Praval's envelope {"_praval_spore_envelope": "2.0", ...}
     props     message_id, priority, timestamp, expiration (from expires_at),
@@ -15,7 +16,8 @@ whatever arrives from a broker is untrusted. Naive timestamps (Praval writes
 ``datetime.now()``) are read as local time, as Praval means them.
 
 This module does not import aio-pika: properties are a plain dict of keyword
-arguments for ``aio_pika.Message``.
+arguments for ``aio_pika.Message`` (``amqp_outbound`` builds aiormq's from the same
+fields, with :func:`spore_body_headers` and :func:`expiration_ms`).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from typing import Any
 
 from sporeflow.config.errors import LimitExceeded, SporeError
 from sporeflow.steps import DEFAULT_CHANNEL, Spore, utc_now
+from sporeflow.steps.spore import PRIORITY_DEFAULT
 
-__all__ = ["MAX_HEADERS_BYTES", "SIGNATURE_HEADER", "WIRE_VERSION", "headers_size",
+__all__ = ["CONTENT_TYPE", "MAX_HEADERS_BYTES", "PERSISTENT", "SIGNATURE_HEADER",
+           "WIRE_VERSION", "expiration_ms", "headers_size", "spore_body_headers",
            "spore_from_amqp", "spore_to_amqp"]
 
 WIRE_VERSION = "1.0"  # Praval's schema_version of the layout
@@ -38,6 +42,9 @@ _MAX_HEADER_CHARS = 1024
 # A spore's own headers are a dozen short fields; tracing and dead-letter headers add a few.
 MAX_HEADERS_BYTES = 64 * 1024
 _MiB = 1024 * 1024
+CONTENT_TYPE = "application/json"
+PERSISTENT = 2  # AMQP delivery mode: written to disk by the broker
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 def spore_to_amqp(
@@ -48,6 +55,18 @@ def spore_to_amqp(
     ``properties["expiration"]`` is the seconds left until ``expires_at`` (0 when it
     has passed: the broker dead-letters it at once), absent without ``expires_at``.
     """
+    body, headers = spore_body_headers(spore)
+    properties: dict[str, Any] = {
+        "message_id": spore.id, "priority": spore.priority, "timestamp": spore.created_at,
+        "content_type": CONTENT_TYPE, "delivery_mode": PERSISTENT,
+    }
+    if spore.expires_at is not None:
+        properties["expiration"] = timedelta(seconds=_seconds_left(spore, now))
+    return body, headers, properties
+
+
+def spore_body_headers(spore: Spore) -> tuple[bytes, dict[str, Any]]:
+    """The body and headers of ``spore`` (its properties: see :func:`spore_to_amqp`)."""
     if spore.metadata or spore.knowledge_references or spore.data_references:
         payload: Any = {
             _ENVELOPE_KEY: _ENVELOPE_VERSION, "knowledge": spore.knowledge,
@@ -58,21 +77,20 @@ def spore_to_amqp(
     else:
         payload = spore.knowledge
     try:
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False).encode()
+        body = _dumps(payload).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise SporeError(f"spore {spore.id} cannot be written as JSON: {exc}") from None
     # Each header costs the client, the broker and the consumer a table entry to encode
     # or decode: empty and default ones are left out (both decoders, ours and Praval's,
-    # read a missing header as its default).
+    # read a missing header as its default: priority 5, version WIRE_VERSION).
     headers: dict[str, Any] = {
         "spore_id": spore.id,
         "spore_type": spore.spore_type.value,
         "from_agent": spore.from_agent,
         "created_at": spore.created_at.isoformat(),
-        "priority": str(spore.priority),
-        "version": WIRE_VERSION,
     }
+    if spore.priority != PRIORITY_DEFAULT:
+        headers["priority"] = str(spore.priority)
     if spore.to_agent is not None:
         headers["to_agent"] = spore.to_agent
     if spore.expires_at is not None:
@@ -85,14 +103,18 @@ def spore_to_amqp(
         headers["thread_id"] = spore.thread_id
     if spore.hops:
         headers["hops"] = spore.hops
-    properties: dict[str, Any] = {
-        "message_id": spore.id, "priority": spore.priority, "timestamp": spore.created_at,
-        "content_type": "application/json", "delivery_mode": 2,
-    }
-    if spore.expires_at is not None:
-        left = (spore.expires_at - (now or utc_now())).total_seconds()
-        properties["expiration"] = timedelta(seconds=max(left, 0.0))
-    return body, headers, properties
+    return body, headers
+
+
+def expiration_ms(spore: Spore, now: datetime | None = None) -> str:
+    """The AMQP ``expiration`` property of a spore with ``expires_at``: milliseconds left,
+    as text (what aio-pika makes of :func:`spore_to_amqp`'s ``timedelta``)."""
+    return str(int(_seconds_left(spore, now) * 1000))
+
+
+def _seconds_left(spore: Spore, now: datetime | None) -> float:
+    assert spore.expires_at is not None
+    return max((spore.expires_at - (now or utc_now())).total_seconds(), 0.0)
 
 
 def spore_from_amqp(body: bytes, headers: Mapping[str, Any], *,
@@ -134,6 +156,20 @@ def headers_size(value: Any, budget: int) -> int:
     """``value``'s size in bytes, roughly; counting stops once past ``budget``."""
     if isinstance(value, str | bytes | bytearray):
         return len(value)
+    if type(value) is dict:  # a decoded table: text keys, mostly text and number values
+        total = 0
+        for key, item in value.items():
+            kind = type(item)
+            total += len(key) if type(key) is str else headers_size(key, budget - total)
+            if kind is str or kind is bytes:
+                total += len(item)
+            elif kind is int or kind is bool or kind is float or item is None:
+                total += 8
+            else:
+                total += headers_size(item, budget - total)
+            if total > budget:
+                break
+        return total
     if isinstance(value, Mapping):
         items: Any = (part for pair in value.items() for part in pair)
     elif isinstance(value, list | tuple):
@@ -167,28 +203,29 @@ def _decode(body: bytes, headers: Mapping[str, Any]) -> Spore:
                 fields[name] = payload[name]
     else:
         fields["knowledge"] = payload
-    for name in ("spore_id", "spore_type", "from_agent"):
-        if not _text(headers, name):
+    for name, field in _REQUIRED:
+        value = _text(headers, name)
+        if not value:
             raise SporeError(f"AMQP header {name!r} is missing or empty; a spore needs "
                              f"spore_id, spore_type and from_agent")
-    fields["id"] = _text(headers, "spore_id")
-    fields["spore_type"] = _text(headers, "spore_type")
-    fields["from_agent"] = _text(headers, "from_agent")
-    for name in ("to_agent", "reply_to", "thread_id", "channel"):
-        value = _text(headers, name)
-        if value:
-            fields[name] = value
-    for name in ("created_at", "expires_at"):
-        value = _text(headers, name)
-        if value:
-            fields[name] = _timestamp(name, value)
-    priority = _number(headers, "priority")
-    if priority is not None:
-        fields["priority"] = priority
-    hops = _number(headers, "hops")
-    if hops is not None:
-        fields["hops"] = hops
+        fields[field] = value
+    for name in _OPTIONAL:  # most are left out: looked up once each
+        if headers.get(name) is not None:
+            value = _text(headers, name)
+            if value:
+                fields[name] = _timestamp(name, value) if name in _TIMES else value
+    for name in _NUMBERS:
+        if headers.get(name) is not None:
+            number = _number(headers, name)
+            if number is not None:
+                fields[name] = number
     return Spore.from_dict(fields)
+
+
+_REQUIRED = (("spore_id", "id"), ("spore_type", "spore_type"), ("from_agent", "from_agent"))
+_OPTIONAL = ("to_agent", "reply_to", "thread_id", "channel", "created_at", "expires_at")
+_TIMES = frozenset({"created_at", "expires_at"})
+_NUMBERS = ("priority", "hops")
 
 
 def _text(headers: Mapping[str, Any], name: str) -> str:

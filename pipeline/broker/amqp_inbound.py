@@ -1,5 +1,6 @@
 """A message a RabbitMQ consumer received, decoded, to be settled once: the ``Inbound``
-of ``amqp_backend``; and the errors aio-pika and aiormq raise, as :class:`BrokerError`.
+of ``amqp_backend`` (aiormq's message, as ``amqp_consumer`` receives it); and the errors
+aio-pika and aiormq raise, as :class:`BrokerError`.
 
 A message that came on a connection since lost can no longer be acked or rejected: the
 broker gave it back to its queue when the connection went, and delivers it again (the
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiormq
-from aio_pika.abc import AbstractIncomingMessage
+from pamqp.commands import Basic
 
 from sporeflow.config import BrokerError, SporeError, SporeflowError, redact_text
 from sporeflow.config.reasons import reason_of
@@ -39,19 +40,20 @@ def broker_failure(address: str, doing: str, exc: BaseException) -> BrokerError:
 class AmqpInbound:
     """One delivered message, decoded; its ack and nack raise only :class:`BrokerError`."""
 
-    __slots__ = ("raw", "spore", "rejection", "generation", "_link", "_stats", "_address",
-                 "_window")
+    __slots__ = ("raw", "properties", "spore", "rejection", "generation", "_link", "_stats",
+                 "_address", "_window")
 
-    def __init__(self, raw: AbstractIncomingMessage, *, link: Link, stats: BackendStatistics,
-                 address: str, max_spore_bytes: int | None,
+    def __init__(self, raw: aiormq.abc.DeliveredMessage, *, link: Link,
+                 stats: BackendStatistics, address: str, max_spore_bytes: int | None,
                  window: AckWindow | None = None) -> None:
         self.raw = raw
+        self.properties: Basic.Properties = raw.header.properties
         self._window = window  # its channel's batched acks (None: acked on its own)
         self._link, self._stats, self._address = link, stats, address
         self.generation = link.generation  # of the connection it came on
         self.spore: Spore | None = None
         self.rejection: tuple[str, SporeflowError] | None = None
-        headers: Mapping[str, Any] = raw.headers or {}
+        headers: Mapping[str, Any] = self.properties.headers or {}
         try:  # a body too large for a spore is refused unread
             self.spore = spore_from_amqp(raw.body, headers, max_spore_bytes=max_spore_bytes)
         except SporeError as exc:
@@ -63,11 +65,11 @@ class AmqpInbound:
 
     @property
     def reply_queue(self) -> str | None:
-        return self.raw.reply_to or None
+        return self.properties.reply_to or None
 
     @property
     def user_id(self) -> str | None:
-        return self.raw.user_id or None
+        return self.properties.user_id or None
 
     def check_current(self, doing: str) -> None:
         """Raise :class:`Requeued` if its connection was lost: the broker gave it back."""
@@ -76,21 +78,29 @@ class AmqpInbound:
                            f"connection: the broker gave it back to its queue, and delivers "
                            f"it again")
 
-    async def ack(self) -> None:
+    def ack_nowait(self) -> bool:
+        window = self._window
+        if window is None:
+            return False
         self.check_current("acknowledging")
-        if self._window is not None:
-            self._window.settled(self.raw.delivery_tag or 0, ack=True)
-        else:
-            try:
-                await self.raw.ack()
-            except AMQP_ERRORS as exc:
-                raise broker_failure(self._address, "acknowledging a message", exc) from exc
+        window.settled(self.raw.delivery_tag or 0, ack=True)
+        self._stats.acked += 1
+        return True
+
+    async def ack(self) -> None:
+        if self.ack_nowait():
+            return
+        self.check_current("acknowledging")
+        try:
+            await self.raw.channel.basic_ack(self.raw.delivery_tag or 0)
+        except AMQP_ERRORS as exc:
+            raise broker_failure(self._address, "acknowledging a message", exc) from exc
         self._stats.acked += 1
 
     async def nack(self, *, requeue: bool) -> None:
         self.check_current("rejecting")
         try:
-            await self.raw.nack(requeue=requeue)
+            await self.raw.channel.basic_reject(self.raw.delivery_tag or 0, requeue=requeue)
         except AMQP_ERRORS as exc:
             raise broker_failure(self._address, "rejecting a message", exc) from exc
         finally:

@@ -17,14 +17,17 @@ processes; see ``bridge`` for how the organism runs on one.
 from __future__ import annotations
 
 import abc
+import asyncio
 import os
 import re
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from sporeflow.config import BrokerError, OrganismSpec, SporeflowError
+from sporeflow.config.extras import extra_hint
 from sporeflow.config.model import DEFAULT_MAX_CRASHES
 from sporeflow.config.secrets import ENV_REFERENCE  # secrets_of reads ${NAME} the same way
 from sporeflow.pipeline.broker.link import Link
@@ -39,7 +42,7 @@ __all__ = [
     "resolve_backend_url",
 ]
 
-AMQP_EXTRA_HINT = "pip install 'sporeflow[amqp]'"
+AMQP_EXTRA_HINT = extra_hint("amqp")
 # Reply queues are <exchange>.reply.<user>.<token>, bound by the key reply.<user>.<token>.
 REPLY_WORD = "reply"
 _KEY_WORD_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -205,6 +208,10 @@ class Inbound(Protocol):
         """The broker user that published it, as the broker validated it (AMQP ``user_id``;
         None when the publisher set none)."""
 
+    def ack_nowait(self) -> bool:
+        """Done with it, acked without waiting (with others of this turn of the loop):
+        True if so; False when :meth:`ack` must be awaited instead. Raises as ``ack``."""
+
     async def ack(self) -> None:
         """Done with it: the broker forgets it."""
 
@@ -212,6 +219,8 @@ class Inbound(Protocol):
         """Give it back (``requeue=True``) or drop it to the dead-letter exchange."""
 
 OnMessage = Callable[[Inbound], None]
+# Told once per publish_soon: None once the broker took the spore, else the error.
+Published = Callable[[BaseException | None], None]
 
 class BootRecord(Protocol):
     """What a deployment on a broker knows of its boot spores (see ``boots``)."""
@@ -244,6 +253,13 @@ class BackendStatistics:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+_PUBLISHING: set[asyncio.Task[None]] = set()  # a reference to each publish_soon's task
+
+
+def _tell(done: Published, task: asyncio.Task[None]) -> None:
+    _PUBLISHING.discard(task)
+    done(asyncio.CancelledError() if task.cancelled() else task.exception())
+
 class Backend(abc.ABC):
     """A connection to a broker that carries spores between the processes of an organism.
 
@@ -275,6 +291,17 @@ class Backend(abc.ABC):
         ``reply_queue`` tells the consumer of a request where to send its response.
         Raises :class:`BrokerError` when the broker refuses or cannot route it.
         """
+
+    def publish_soon(self, spore: Spore, done: Published, *,
+                     routing_key: str | None = None, queue: str | None = None,
+                     reply_queue: str | None = None) -> None:
+        """Start :meth:`publish` and return; ``done`` is told None once the broker took
+        the spore, or the error ``publish`` would raise. (A backend may publish many so
+        without a coroutine each.)"""
+        task = asyncio.get_running_loop().create_task(self.publish(
+            spore, routing_key=routing_key, queue=queue, reply_queue=reply_queue))
+        _PUBLISHING.add(task)
+        task.add_done_callback(partial(_tell, done))
 
     @abc.abstractmethod
     async def consume(self, queue: str, on_message: OnMessage, *, prefetch: int) -> None:

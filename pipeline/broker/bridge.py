@@ -38,7 +38,6 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -52,12 +51,12 @@ from sporeflow.config import (
     SporeError,
     SporeflowError,
 )
-from sporeflow.config.reasons import Reason
+from sporeflow.config.reasons import Reason, reason_of
 from sporeflow.pipeline.broker.backend import Backend, Inbound, Topology
 from sporeflow.pipeline.broker.boots import BootOnce
 from sporeflow.pipeline.broker.factory import open_backend
 from sporeflow.pipeline.broker.publisher import Publisher, failure_notice
-from sporeflow.pipeline.broker.settling import Settler
+from sporeflow.pipeline.broker.settling import Settler, Ticket
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.core.recent import RecentNames
@@ -69,18 +68,6 @@ __all__ = ["Bridge", "make_bridge", "publish_deliveries"]
 
 _RESPONSE, _REQUEST = SporeType.RESPONSE, SporeType.REQUEST
 _REPLY_ROUTES_KEPT = 10_000
-
-
-@dataclass(eq=False, slots=True)
-class _Ticket:
-    """One delivery from the broker: acked once handled and its offspring confirmed."""
-
-    message: Inbound
-    agent: str
-    pending: int = 0  # spores it produced, not yet confirmed or settled
-    finished: bool = False
-    settling: bool = False
-    failure: tuple[str, str, int] | None = None  # (reason, error, attempts): dead-letter it
 
 
 def make_bridge(spec: OrganismSpec, backend: Backend | str | None,
@@ -129,20 +116,21 @@ class Bridge(LedgerHook):
             spec.signing is not None) else None
         self._run: Run | None = None
         self._reply_queue: str | None = None
-        self._inflight: dict[int, _Ticket] = {}  # id(delivered spore) -> its ticket
+        self._inflight: dict[int, Ticket] = {}  # id(delivered spore) -> its ticket
         self._untrusted: set[int] = set()  # id() of spores from the broker, until settled
-        self._owners: dict[int, _Ticket] = {}  # id(spore a handler produced) -> parent's
+        self._owners: dict[int, Ticket] = {}  # id(spore a handler produced) -> parent's
         self._reply_routes: OrderedDict[str, str] = OrderedDict()  # request id -> queue
         # Senders that are no agent of the organism, the least recently seen forgotten.
         self._remote = RecentNames(cap=spec.limits.max_outside_senders)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._in_air = 0  # publishes started, not yet confirmed or failed
         self._expected = 0  # published to agents hosted here, not yet consumed back
         self._changed = asyncio.Event()
         self.counts = {"consumed": 0, "redelivered": 0, "own_broadcasts": 0, "refused": 0,
                        "acked": 0, "dead_lettered": 0, "ack_failures": 0, "published": 0,
                        "publish_failures": 0, "failure_notices": 0}
         self.publisher = Publisher(backend, spec.broker, self.counts)  # across outages
-        self._settle = Settler(backend, self.counts, self.logger)
+        self._settle = Settler(backend, self.counts, self.logger, self._spawn)
 
     @property
     def run(self) -> Run:
@@ -177,8 +165,12 @@ class Bridge(LedgerHook):
         """Finish pending acks and publishes, then disconnect (the broker requeues the
         rest)."""
         self.publisher.closing()  # a publish waiting for a lost broker waits no more
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while self._tasks or self._in_air:
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            else:
+                self._changed.clear()
+                await self._changed.wait()
         await self.backend.close()
 
     async def quiet(self) -> None:
@@ -186,7 +178,8 @@ class Bridge(LedgerHook):
         hosts came back; with one process hosting everything: until all work is done."""
         while True:
             await self.run.idle()
-            if self._expected <= 0 and not self._tasks and not self.run.intake.held:
+            if (self._expected <= 0 and not self._tasks and not self._in_air
+                    and not self.run.intake.held):
                 return
             self._changed.clear()
             await self._changed.wait()
@@ -229,7 +222,7 @@ class Bridge(LedgerHook):
             return
         if spore.to_agent is None and spore.from_agent == agent:
             self.counts["own_broadcasts"] += 1  # a broadcast never goes back to its sender
-            self._spawn(self._settle.ack(message))
+            self._settle.ack_soon(message)
             return
         run = self._run
         if run is None or not run.running():
@@ -241,7 +234,7 @@ class Bridge(LedgerHook):
             # A foreign agent (Praval's, say): what goes back to it goes through the broker.
             self._remote.add(sender)  # again when known: the last to be forgotten
             run.outside.add(sender)
-        self._inflight[id(spore)] = _Ticket(message, agent)
+        self._inflight[id(spore)] = Ticket(message, agent)
         self._untrusted.add(id(spore))
         run.intake.feed((spore,))  # the chain checks it, then route hands it to `agent`
 
@@ -290,7 +283,7 @@ class Bridge(LedgerHook):
             self._owners[id(reply)] = ticket
             ticket.pending += 1
         ticket.finished = True
-        self._maybe_settle(ticket)
+        self._settle.when_done(ticket)
 
     def failed(self, spore: Spore, agent: str, reason: str, error: BaseException,
                attempts: int) -> None:
@@ -308,7 +301,7 @@ class Bridge(LedgerHook):
         if (spore.spore_type is _REQUEST and queue is not None
                 and not self.run.requests.awaits(spore.id)):
             self._notify_failure(spore, agent, reason, text, queue)
-        self._maybe_settle(ticket)
+        self._settle.when_done(ticket)
 
     def dead_lettered(self, letter: DeadLetter) -> None:
         """A spore from the broker refused by the chain: dead-letter its delivery there."""
@@ -324,21 +317,11 @@ class Bridge(LedgerHook):
         ticket = self._inflight.pop(id(spore), None)
         if ticket is not None:  # refused by the chain before any handler ran
             ticket.finished = True
-            self._maybe_settle(ticket)
+            self._settle.when_done(ticket)
         owner = self._owners.pop(id(spore), None)
         if owner is not None:
             owner.pending -= 1
-            self._maybe_settle(owner)
-
-    def _maybe_settle(self, ticket: _Ticket) -> None:
-        if ticket.finished and ticket.pending <= 0 and not ticket.settling:
-            ticket.settling = True
-            if ticket.failure is None:
-                self._spawn(self._settle.ack(ticket.message))
-            else:
-                reason, error, attempts = ticket.failure
-                self._spawn(self._settle.dead_letter(ticket.message, ticket.agent, reason,
-                                                     error, attempts))
+            self._settle.when_done(owner)
 
     # -- to the broker ----------------------------------------------------------------------
 
@@ -346,11 +329,10 @@ class Bridge(LedgerHook):
         """The chain's last stage with a broker: a spore that came from the broker goes to
         its agent's lane here; the others are published."""
         lanes = self.run.wiring().lanes
-        jobs = []
         for spore, targets in deliveries:
             ticket = self._inflight.get(id(spore))
             if ticket is None:
-                jobs.append(self._publish(spore, len(targets), targets))
+                self._publish(spore, len(targets), targets)
                 continue
             lane = lanes.get(ticket.agent)
             if lane is None:  # removed by a reload meanwhile
@@ -358,8 +340,6 @@ class Bridge(LedgerHook):
                     f"agent {ticket.agent!r} was removed before spore {spore.id} reached it"))
             else:
                 lane.deliver(spore)
-        if jobs:
-            self._spawn(_gather(jobs))
         return deliveries
 
     def outside_or(self, local: Callable[[Spore], None]) -> Callable[[Spore], None]:
@@ -370,13 +350,15 @@ class Bridge(LedgerHook):
         def on_outside(spore: Spore) -> None:
             if (spore.spore_type is _RESPONSE and spore.reply_to in self._reply_routes) or (
                     spore.to_agent in self._remote):
-                self._spawn(self._publish(spore, 1, ()))
+                self._publish(spore, 1, ())
             else:
                 local(spore)
 
         return on_outside
 
-    async def _publish(self, spore: Spore, count: int, targets: tuple[str, ...]) -> None:
+    def _publish(self, spore: Spore, count: int, targets: tuple[str, ...]) -> None:
+        """Start publishing ``spore`` (``count`` deliveries of the intake's); it is settled
+        once the broker confirmed it (:meth:`_published`)."""
         queue = routing_key = reply_queue = None
         if spore.spore_type is _RESPONSE and spore.reply_to is not None:
             queue = self._reply_routes.pop(spore.reply_to, None)
@@ -386,27 +368,41 @@ class Bridge(LedgerHook):
                 reply_queue = self._reply_queue
         expected = self._expected_back(spore, targets) if queue is None else 0
         self._expected += expected
+        self._in_air += 1
+        done = partial(self._published, spore, count, expected)
         try:
-            await self.publisher.publish(spore, partial(self._signed, spore, reply_queue),
-                                         routing_key=routing_key, queue=queue,
-                                         reply_queue=reply_queue)
+            self.publisher.publish_soon(spore, partial(self._signed, spore, reply_queue), done,
+                                        routing_key=routing_key, queue=queue,
+                                        reply_queue=reply_queue)
+        except (BadSignature, BrokerError) as exc:  # told after this stage, as any failure
+            asyncio.get_running_loop().call_soon(done, exc)
+
+    def _published(self, spore: Spore, count: int, expected: int,
+                   failure: BaseException | None) -> None:
+        self._in_air -= 1
+        if failure is None:
             self.counts["published"] += 1
             if self.boots.waiting:  # a boot is recorded once the broker holds its spore
                 self.boots.confirmed(spore)
-        except BadSignature as exc:  # no key here for its sender
+        else:
             self._expected -= expected
-            self.logger.warning("could not sign spore %s: %s", spore.id, exc)
-            self.run.ledger.record(spore, Reason.BAD_SIGNATURE, exc)
-        except BrokerError as exc:
-            self._expected -= expected
-            self.counts["publish_failures"] += 1
-            (self.logger.warning if self.backend.link.up else self.logger.debug)(
-                "could not publish spore %s: %s", spore.id, exc)  # else the link said why
-            self.run.ledger.record(spore, Reason.BROKER_ERROR, exc)
-        finally:
-            self.run.intake.settle(count)
-            self.released(spore)
-            self._changed.set()
+            if isinstance(failure, BadSignature):  # no key here for its sender
+                self.logger.warning("could not sign spore %s: %s", spore.id, failure)
+                self.run.ledger.record(spore, Reason.BAD_SIGNATURE, failure)
+            elif isinstance(failure, BrokerError):
+                self.counts["publish_failures"] += 1
+                (self.logger.warning if self.backend.link.up else self.logger.debug)(
+                    "could not publish spore %s: %s", spore.id, failure)  # else the link said
+                self.run.ledger.record(spore, Reason.BROKER_ERROR, failure)
+            elif isinstance(failure, SporeflowError):  # e.g. not written as JSON
+                self.logger.warning("could not publish spore %s: %s", spore.id, failure)
+                self.run.ledger.record(spore, reason_of(failure), failure)
+            elif not isinstance(failure, asyncio.CancelledError):
+                self.logger.error("publishing spore %s failed", spore.id, exc_info=failure)
+                self.run.ledger.record(spore, Reason.BROKER_ERROR, failure)
+        self.run.intake.settle(count)
+        self.released(spore)
+        self._changed.set()
 
     def _signed(self, spore: Spore, reply_queue: str | None) -> Spore:
         """``spore`` as published: signed for its sender and reply queue, with signing."""
@@ -468,7 +464,3 @@ async def publish_deliveries(source: AsyncIterable[list[Delivery]], *,
     async with streamcontext(source) as batches:
         async for deliveries in batches:
             yield bridge.deliver_or_publish(deliveries)
-
-
-async def _gather(jobs: list[Coroutine[Any, Any, None]]) -> None:
-    await asyncio.gather(*jobs)

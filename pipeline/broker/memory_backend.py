@@ -189,6 +189,9 @@ class _MemoryInbound:
         self._consumer.connection.unacked.pop(id(self), None)
         return True
 
+    def ack_nowait(self) -> bool:
+        return False  # acked by ack(), which may deliver the next at once
+
     async def ack(self) -> None:
         if self._settle():
             self._consumer.connection.stats.acked += 1

@@ -14,16 +14,20 @@
   dead-lettered here, never published later, unless it was on the wire already (then
   it may still arrive). While the link is up, ``send`` returns once the spore is
   admitted, as on the embedded path; an outage after that delays its publish only.
+- The bridge publishes with :meth:`Publisher.publish_soon`: while the link is up, the
+  backend publishes and tells a callback once confirmed (many confirms in flight, no
+  task of ours per spore); a publish cut off goes on as :meth:`Publisher.publish`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from sporeflow.config import BrokerError, BrokerSpec, SporeflowError
-from sporeflow.pipeline.broker.backend import Backend
+from sporeflow.pipeline.broker.backend import Backend, Published
 from sporeflow.pipeline.broker.link import Disconnected
 from sporeflow.pipeline.core.requests import FAILURE_KEY
 from sporeflow.steps import Spore, SporeType
@@ -44,6 +48,7 @@ class Publisher:
         self.on_failure: Callable[[SporeflowError], None] | None = None
         self._waiting: dict[int, asyncio.Future[None]] = {}  # id(outside spore) -> confirm
         self._withdrawn: set[int] = set()  # id() of outside spores whose sender gave up
+        self._retrying: set[asyncio.Task[None]] = set()  # publish_soon's, after a loss
 
     @property
     def waiting(self) -> int:
@@ -84,6 +89,43 @@ class Publisher:
         except BrokerError as exc:
             self._done(spore, exc)
             raise
+
+    def publish_soon(self, spore: Spore, wire: Callable[[], Spore], done: Published, *,
+                     routing_key: str | None = None, queue: str | None = None,
+                     reply_queue: str | None = None) -> None:
+        """:meth:`publish`, started here; ``done`` is told None once the broker confirmed
+        it, or the error ``publish`` raises. While the link is up, no task of ours waits
+        for it: the backend tells us. A publish cut off by a loss goes on as ``publish``
+        does, in a task, once the link is up again."""
+        where = {"routing_key": routing_key, "queue": queue, "reply_queue": reply_queue}
+        if self.backend.link.up and id(spore) not in self._withdrawn:
+            try:  # wire() raises for a spore it cannot sign: the caller's to handle
+                self.backend.publish_soon(wire(), partial(self._landed, spore, wire, where,
+                                                          done), **where)
+                return
+            except Disconnected:
+                pass  # lost just now: publish() waits for the link
+        self._again(spore, wire, where, done)
+
+    def _landed(self, spore: Spore, wire: Callable[[], Spore], where: dict[str, Any],
+                done: Published, failure: BaseException | None) -> None:
+        if isinstance(failure, Disconnected):
+            self.counts["republished"] += 1  # when the link is up again
+            self._again(spore, wire, where, done)
+            return
+        if failure is None or isinstance(failure, BrokerError):
+            self._done(spore, failure)
+        done(failure)
+
+    def _again(self, spore: Spore, wire: Callable[[], Spore], where: dict[str, Any],
+               done: Published) -> None:
+        task = asyncio.get_running_loop().create_task(self.publish(spore, wire, **where))
+        self._retrying.add(task)
+        task.add_done_callback(partial(self._retried, done))
+
+    def _retried(self, done: Published, task: asyncio.Task[None]) -> None:
+        self._retrying.discard(task)
+        done(asyncio.CancelledError() if task.cancelled() else task.exception())
 
     def settled(self, spore: Spore) -> None:
         """``spore`` left this process another way (resolved, returned, dead-lettered)."""

@@ -1,5 +1,6 @@
-"""Settling a delivery on the broker once the bridge is done with it: ack, give it back,
-or dead-letter it there (then ack it).
+"""Settling a delivery on the broker once the bridge is done with it: when (its
+:class:`Ticket`: handled, and each spore its handler produced confirmed by the broker or
+settled here) and how (ack it, give it back, or dead-letter it there, then ack it).
 
 A delivery that came on a connection since lost can no longer be settled: the broker
 gave it back to its queue when the connection went, and delivers it again, marked
@@ -10,22 +11,62 @@ counted here, and logged at debug only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
 
 from sporeflow.config import BrokerError
 from sporeflow.pipeline.broker.backend import Backend, Inbound
 from sporeflow.pipeline.broker.link import Requeued
 
-__all__ = ["Settler"]
+__all__ = ["Settler", "Ticket"]
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    """One delivery from the broker: acked once handled and its offspring confirmed."""
+
+    message: Inbound
+    agent: str
+    pending: int = 0  # spores it produced, not yet confirmed or settled
+    finished: bool = False
+    settling: bool = False
+    failure: tuple[str, str, int] | None = None  # (reason, error, attempts): dead-letter it
 
 
 class Settler:
-    """Settles deliveries of ``backend``, counting into the bridge's ``counts``."""
+    """Settles deliveries of ``backend``, counting into the bridge's ``counts``; ``spawn``
+    runs what must be awaited."""
 
-    def __init__(self, backend: Backend, counts: dict[str, int],
-                 logger: logging.Logger) -> None:
+    def __init__(self, backend: Backend, counts: dict[str, int], logger: logging.Logger,
+                 spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         self.backend = backend
         self.counts = counts
         self.logger = logger
+        self.spawn = spawn
+
+    def when_done(self, ticket: Ticket) -> None:
+        """Settle ``ticket``'s delivery once it is finished and owes nothing more: acked,
+        or dead-lettered (its ``failure``), once."""
+        if ticket.finished and ticket.pending <= 0 and not ticket.settling:
+            ticket.settling = True
+            if ticket.failure is None:
+                self.ack_soon(ticket.message)
+            else:
+                self.spawn(self.dead_letter(ticket.message, ticket.agent, *ticket.failure))
+
+    def ack_soon(self, message: Inbound) -> None:
+        """Ack ``message``: at once where its backend batches acks (no task for it), else
+        in a task."""
+        try:
+            if not message.ack_nowait():
+                self.spawn(self.ack(message))
+                return
+        except BrokerError as exc:
+            self.counts["ack_failures"] += 1
+            self._report("could not ack a delivery (the broker will redeliver it): %s", exc)
+            return
+        self.counts["acked"] += 1
 
     async def ack(self, message: Inbound) -> None:
         try:
