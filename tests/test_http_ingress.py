@@ -173,6 +173,20 @@ async def test_a_refused_spore_is_4xx_with_its_reason(tmp_path: Path, body: dict
     assert organism.stats()["sources"]["api"]["refused"] == 1
 
 
+async def test_a_schema_refusal_names_the_field_not_the_servers_schema_file(
+        tmp_path: Path) -> None:
+    """A remote caller hears which field is wrong, never where the organism keeps its
+    schema files (the dead letters and the CLI, on the organism's side, keep the path)."""
+    organism = organism_with_api(tmp_path, {})
+    async with serving(organism) as (session, url):
+        _, body, _ = await post(session, f"{url}/spores",
+                                {"to": "strict", "knowledge": {"n": "one"}})
+    assert body["message"].startswith("SchemaViolation: knowledge.n: 'one' is not of type")
+    assert "of agent 'strict'" in body["message"]
+    assert str(tmp_path) not in body["message"]
+    assert "needs_n.json" not in body["message"]
+
+
 @pytest.mark.parametrize(("body", "says"), [
     (b"{not json", "the body is not JSON"),
     (b'{"to": "echo", "knowledge": {"x": NaN}}', "NaN is not JSON"),

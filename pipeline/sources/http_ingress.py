@@ -39,6 +39,7 @@ from sporeflow.config import (
     OrganismStateError,
     Reason,
     RequestTimeout,
+    SchemaViolation,
     SporeError,
     reason_of,
 )
@@ -242,8 +243,14 @@ class HttpIngress(Source):
     def _refused(self, error: Exception) -> _Answer:
         reason = reason_of(error)
         self.stats.refused += 1
-        return _Answer(_error(_STATUS_OF_REASON.get(reason, 422), "refused",
-                              self._mask(error, named=True), reason=str(reason)))
+        if isinstance(error, SchemaViolation):  # the field and the agent, not our file's path
+            whose = f" (of agent {error.agent!r})" if error.agent is not None else ""
+            message = self.feed.port.masker.mask(
+                f"SchemaViolation: {error.field}: {error.detail}{whose}")
+        else:
+            message = self._mask(error, named=True)
+        return _Answer(_error(_STATUS_OF_REASON.get(reason, 422), "refused", message,
+                              reason=str(reason)))
 
     def _mask(self, error: BaseException, *, named: bool = False) -> str:
         """The text of ``error`` for a caller: the organism's secrets hidden."""
