@@ -17,7 +17,20 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-__all__ = ["ClientErrorLog", "app_runner"]
+from sporeflow.config.reasons import Reason
+
+__all__ = ["ClientErrorLog", "app_runner", "refusal_status"]
+
+# The HTTP status of a spore refused for a reason (a dead letter's), on every port: no
+# such agent or channel, not allowed; any other refusal is the body's fault.
+_STATUS_OF_REASON: dict[str, int] = {Reason.UNKNOWN_AGENT: 404, Reason.UNKNOWN_CHANNEL: 404,
+                     Reason.NOT_A_PEER: 403}
+
+
+def refusal_status(reason: str) -> int:
+    """The status that answers a spore refused for ``reason``."""
+    return _STATUS_OF_REASON.get(reason, 422)
+
 
 _SHORT = 120  # characters of the parser's message kept: it may quote what the client sent
 

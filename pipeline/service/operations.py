@@ -34,6 +34,7 @@ from sporeflow.pipeline.core.deadletters import (
     Masker,
     StoredDeadLetter,
 )
+from sporeflow.pipeline.core.http_serving import refusal_status as status_of_reason
 from sporeflow.pipeline.observe.events import (
     Event,
     EventBus,
@@ -315,11 +316,7 @@ def refusal_status(outcome: SendOutcome) -> int:
         return 503
     if outcome.status == "timeout":
         return 504
-    if outcome.reason == str(Reason.UNKNOWN_AGENT):
-        return 404
-    if outcome.reason == str(Reason.NOT_A_PEER):
-        return 403
-    return 422
+    return status_of_reason(outcome.reason or "")
 
 
 # -- the rest ----------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from sporeflow.config import (
     reason_of,
 )
 from sporeflow.config.sources import HttpSource
-from sporeflow.pipeline.core.http_serving import app_runner
+from sporeflow.pipeline.core.http_serving import app_runner, refusal_status
 from sporeflow.pipeline.sources.openapi import (
     openapi_document,
     request_body_schema,
@@ -63,8 +63,6 @@ __all__ = ["HttpIngress"]
 
 _GRACE = 2.0  # seconds open POSTs get to finish when the source stops
 _MAX_PENDING = 1024  # POSTs open at once (waiting for room or a response); more: 429
-_STATUS_OF_REASON = {Reason.UNKNOWN_AGENT: 404, Reason.UNKNOWN_CHANNEL: 404,
-                     Reason.NOT_A_PEER: 403}
 _CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
           405: "method_not_allowed", 413: "too_large"}
 
@@ -249,7 +247,7 @@ class HttpIngress(Source):
                 f"SchemaViolation: {error.field}: {error.detail}{whose}")
         else:
             message = self._mask(error, named=True)
-        return _Answer(_error(_STATUS_OF_REASON.get(reason, 422), "refused", message,
+        return _Answer(_error(refusal_status(reason), "refused", message,
                               reason=str(reason)))
 
     def _mask(self, error: BaseException, *, named: bool = False) -> str:
