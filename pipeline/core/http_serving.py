@@ -10,6 +10,7 @@ A failure of the server itself keeps its traceback.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import sys
 from typing import Any
@@ -19,12 +20,28 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from sporeflow.config.reasons import Reason
 
-__all__ = ["ClientErrorLog", "app_runner", "refusal_status"]
+__all__ = ["BEARER_CHALLENGE", "ClientErrorLog", "app_runner", "bearer_token", "refusal_status",
+           "token_matches"]
 
 # The HTTP status of a spore refused for a reason (a dead letter's), on every port: no
 # such agent or channel, not allowed; any other refusal is the body's fault.
 _STATUS_OF_REASON: dict[str, int] = {Reason.UNKNOWN_AGENT: 404, Reason.UNKNOWN_CHANNEL: 404,
                      Reason.NOT_A_PEER: 403}
+
+
+# The header of a 401 on every port that takes a bearer token.
+BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sporeflow"'}
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of the request's ``Authorization: Bearer TOKEN`` header, or None."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return (given.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def token_matches(given: str | None, expected: bytes) -> bool:
+    """Whether ``given`` is the token, compared in constant time."""
+    return given is not None and hmac.compare_digest(given.encode(), expected)
 
 
 def refusal_status(reason: str) -> int:

@@ -24,7 +24,6 @@ which sets a cookie for the pages that follow.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from aiohttp import web
 
 from sporeflow.config import OrganismSpec, SporeflowError, did_you_mean
 from sporeflow.pipeline.core.deadletters import LetterChoice
+from sporeflow.pipeline.core.http_serving import BEARER_CHALLENGE, bearer_token, token_matches
 from sporeflow.pipeline.observe.events import Event, EventStream
 from sporeflow.pipeline.reload.diff import ReloadReport
 from sporeflow.pipeline.service import operations
@@ -93,15 +93,14 @@ def token_guard(token: str, cookie: str | None = None) -> Any:
     expected = token.encode()
 
     def right(given: str | None) -> bool:
-        return given is not None and hmac.compare_digest(given.encode(), expected)
+        return token_matches(given, expected)
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in OPEN_ROUTES:
             return await handler(request)
         name = cookie or f"sporeflow_token_{request.url.port or 0}"
-        header = request.headers.get("Authorization", "")
-        bearer = header[7:].strip() if header[:7].lower() == "bearer " else None
+        bearer = bearer_token(request)
         query = request.query.get("token")
         if right(bearer) or right(request.cookies.get(name)) or right(query):
             response = await handler(request)
@@ -113,7 +112,7 @@ def token_guard(token: str, cookie: str | None = None) -> Any:
                       "this endpoint needs its token: send `Authorization: Bearer TOKEN` "
                       "(or ?token=TOKEN in a browser); `sporeflow run` printed it, and wrote "
                       "it next to the control socket",
-                      headers={"WWW-Authenticate": 'Bearer realm="sporeflow"'})
+                      headers=BEARER_CHALLENGE)
 
     return guard
 

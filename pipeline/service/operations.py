@@ -325,10 +325,12 @@ def refusal_status(outcome: SendOutcome) -> int:
 def readiness(organism: Controlled) -> tuple[bool, str]:
     """Whether the organism takes spores: started (running) and, over a broker,
     connected to it; and what it is doing otherwise."""
-    stats = organism.stats()
-    if stats["state"] != "running":
-        return False, f"organism is {stats['state']}"
-    broker = stats.get("broker")
+    state = organism.state
+    if state != "running":
+        return False, f"organism is {state}"
+    if not organism.brokered:  # stats() builds every agent's figures: only for the broker's
+        return True, "running"
+    broker = organism.stats().get("broker")
     if broker is not None:
         link = broker.get("connection", {}).get("state", "connected")
         if link != "connected":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import math
@@ -44,7 +43,13 @@ from sporeflow.config import (
     reason_of,
 )
 from sporeflow.config.sources import HttpSource
-from sporeflow.pipeline.core.http_serving import app_runner, refusal_status
+from sporeflow.pipeline.core.http_serving import (
+    BEARER_CHALLENGE,
+    app_runner,
+    bearer_token,
+    refusal_status,
+    token_matches,
+)
 from sporeflow.pipeline.sources.openapi import (
     openapi_document,
     request_body_schema,
@@ -190,15 +195,14 @@ class HttpIngress(Source):
         token = self.spec.token
         if token is None:
             return
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
+        given = bearer_token(request)
+        if given is None:
             message = "send the token as: Authorization: Bearer <token>"
-        elif not hmac.compare_digest(given.strip().encode(), token.reveal()):
+        elif not token_matches(given, token.reveal()):
             message = f"wrong token; send the one in ${self.spec.token_env}"
         else:
             return
-        raise _Answer(_error(401, "unauthorized", message,
-                             headers={"WWW-Authenticate": 'Bearer realm="sporeflow"'}))
+        raise _Answer(_error(401, "unauthorized", message, headers=BEARER_CHALLENGE))
 
     async def _body(self, request: web.Request,
                     validator: jsonschema.Draft202012Validator) -> dict[str, Any]:
