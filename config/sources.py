@@ -20,7 +20,6 @@ no source) only warns that the variable is unset now.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 from sporeflow.config.errors import Problem
+from sporeflow.config.hosts import is_loopback
 from sporeflow.config.model import BUILTIN_CHANNELS
 from sporeflow.config.positions import Located
 from sporeflow.config.reasons import did_you_mean
@@ -54,7 +54,6 @@ StartAt = Literal["beginning", "end"]
 _START_AT: tuple[StartAt, ...] = ("beginning", "end")
 DEFAULT_HOST = "127.0.0.1"
 STDIN = "-"  # a lines source's path that reads standard input
-_LOOPBACK_NAMES = frozenset({"localhost"})
 # Defaults, named here: a slotted dataclass's class attribute is no default value.
 _REQUEST_TIMEOUT, _ADMISSION_WAIT, _LINES_POLL, _FOLDER_POLL = 30.0, 1.0, 0.5, 1.0
 
@@ -318,7 +317,7 @@ class _Reader:
             self.problem(where, "an http source needs token_env: the environment variable "
                                 "holding the bearer token its callers send; or, on a "
                                 "loopback host only, insecure: true to serve without one")
-        elif env is None and not _loopback(host):  # insecure
+        elif env is None and not is_loopback(host):  # insecure
             self.problem((*where, "insecure"), f"insecure: true serves without a token, so "
                          f"only on a loopback host (127.0.0.1, ::1, localhost), not on "
                          f"{host!r}; set token_env to listen there")
@@ -366,12 +365,3 @@ class _Reader:
         return FolderSource(**target, path=path, pattern=pattern,
                             existing=bool(conf.get("existing")),
                             poll=durations.get("poll", _FOLDER_POLL))
-
-
-def _loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

@@ -141,6 +141,14 @@ async def test_an_unknown_agent_is_a_404_with_the_dead_letter_reason(
     assert "did you mean 'echo'?" in data["error"]
 
 
+async def test_a_broadcast_on_an_unknown_channel_is_a_404_as_on_the_ingress(
+        client: TestClient[Any, Any]) -> None:
+    reply = await client.post("/v1/send", json={"channel": "nowhere", "knowledge": {}})
+    assert reply.status == 404
+    data = await reply.json()
+    assert (data["status"], data["reason"]) == ("dead-lettered", "unknown channel")
+
+
 async def test_a_spore_its_handler_fails_on_is_a_422_dead_letter(
         client: TestClient[Any, Any], organism: Organism) -> None:
     reply = await client.post("/v1/send", json={"to": "picky", "knowledge": {"key": "k"}})

@@ -40,6 +40,7 @@ from sporeflow.config.model import DEFAULT_MAX_CRASHES
 from sporeflow.config.reasons import Reason, reason_of
 from sporeflow.config.signing_keys import SigningSpec
 from sporeflow.pipeline.broker.amqp_codec import spore_from_amqp
+from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, broker_failure
 from sporeflow.pipeline.broker.backend import Backend, Topology
 from sporeflow.pipeline.core.deadletters import DeadLetter, LetterChoice, StoredDeadLetter
 from sporeflow.steps import Spore
@@ -47,8 +48,7 @@ from sporeflow.steps.signing import signed
 
 __all__ = ["DeadLetterQueue", "read_letter"]
 
-_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError,
-           ConnectionError, OSError, TimeoutError, RuntimeError)
+_ERRORS = AMQP_ERRORS
 _MAX_TEXT = 4000  # an error header is cut at 2000 when written; anyone may write one
 
 
@@ -192,8 +192,7 @@ class DeadLetterQueue:
             f"pass --backend with an administrator's URL")
 
     def _fail(self, doing: str, exc: BaseException) -> BrokerError:
-        detail = redact_text(f"{type(exc).__name__}: {exc}")
-        return BrokerError(f"RabbitMQ at {self.address}: {doing} failed: {detail}")
+        return broker_failure(self.address, doing, exc)
 
 
 # -- a message of the dead-letter queue as a dead letter -------------------------------

@@ -8,12 +8,12 @@ any other, it does not start unless the organism accepts it.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 from urllib.parse import urlsplit
 
 from sporeflow.config import ConfigError, OrganismSpec, Problem
+from sporeflow.config.hosts import is_loopback
 
 __all__ = ["check_transport"]
 
@@ -29,7 +29,7 @@ def check_transport(spec: OrganismSpec, address: str, logger: logging.Logger) ->
         return  # in-process, signed, or accepted
     host = parts.hostname or "localhost"
     where = f"{host}:{parts.port}" if parts.port else host
-    if not _loopback(host):
+    if not is_loopback(host):
         source = str(spec.source or f"<organism {spec.name}>")
         raise ConfigError([Problem(source, 1, 1, "organism.insecure", (
             f"organism {spec.name!r} would run unsigned over the broker at {where}, which "
@@ -41,12 +41,3 @@ def check_transport(spec: OrganismSpec, address: str, logger: logging.Logger) ->
         logger.warning("spores are unsigned on the broker at %s: any client of it can read "
                        "them and send spores as any agent; fine on this machine, but "
                        "configure organism.signing before a broker elsewhere", where)
-
-
-def _loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: not resolved here, so not assumed local
