@@ -497,6 +497,8 @@ def main(argv: list[str] | None = None) -> None:
         with open(options.json_out, "w", encoding="utf-8") as file:
             json.dump({"meta": meta, "options": vars(options), "summary": summary,
                        "runs": lines}, file, indent=2)
+    if any("error" in line for line in lines):
+        raise SystemExit(1)  # a failed run is reported in the table, and fails the command
 
 
 if __name__ == "__main__":
