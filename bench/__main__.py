@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         python = args.baseline_python
                     scale = factor[origin(system.name)]  # a twin runs the sizes of its origin
                     line = run_one(python, system, workload, run, scale, args.timeout)
-                    if "skipped" in line:
+                    if "skipped" in line and not line.get("undefined"):
                         skipped.add(system.name)  # not installed: no use trying again
                     lines.append(line)
                     sink.write(json.dumps(line) + "\n")

@@ -24,6 +24,10 @@ SYSTEMS: dict[str, System] = {
         # The same runs with the journal, or the live view, on: what each costs.
         System("sporeflow+journal", "bench.runners.sporeflow_journal_runner", "sporeflow",
                peer=False),
+        System("sporeflow+journal-pipelined",
+               "bench.runners.sporeflow_journal_pipelined_runner", "sporeflow", peer=False),
+        # The journal's limit: plain SQLite, WAL, 256 rows per commit (W1, W4, W5 only).
+        System("sqlite", "bench.runners.sqlite_runner", "sqlite3", peer=False),
         System("sporeflow+live", "bench.runners.sporeflow_live_runner", "sporeflow", peer=False),
         System("autogen-core", "bench.runners.autogen_runner", "autogen_core", peer=True),
         # praval handles ~2k spores/s: full sizes would take ~12 minutes for 5 runs.

@@ -269,7 +269,7 @@ class Organism(OutsideApi):
             ledger.add_hook(hook)
         if self._journal is not None:
             ledger.add_hook(JournalHook(self._journal, self._requests))
-            ingress.persist = self._journal.record
+            ingress.persist = self._journal
             self._journal.on_failure = self._fail_stop  # fail stop: see journal.failstop
         if self.events.spores_active:  # events per spore only for those who want them
             ledger.add_hook(self._event_hook)

@@ -30,13 +30,14 @@ class OutsideApi:
         raise NotImplementedError
 
     def submit(self, spore: Spore, *, admit_within: float | None = None,
-               whole: bool = False) -> Coroutine[Any, Any, Spore]:
+               whole: bool = False, confirm: bool = True) -> Coroutine[Any, Any, Spore]:
         """Admit a ready-made spore from outside; wait while the organism is full, at most
         ``admit_within`` seconds if given (then :class:`OrganismFull`: nothing admitted).
         ``whole``: refuse now, rather than dead-letter later, a spore no agent would get
-        (unknown recipient, a channel nobody hears, the recipient's schema refuses it)."""
+        (unknown recipient, a channel nobody hears, the recipient's schema refuses it).
+        ``confirm``: as for :meth:`send`."""
         return self._require_running().ingress.submit(spore, admit_within=admit_within,
-                                                      whole=whole)
+                                                      whole=whole, confirm=confirm)
 
     def refuse(self, spore: Spore, error: Exception) -> None:
         """Dead-letter ``spore``, which a source of the organism's own (``sources:``) could
@@ -48,23 +49,38 @@ class OutsideApi:
     # the call already.
     def send(self, to_agent: str, knowledge: dict[str, Any], *, sender: str = "system",
              channel: str | None = None, priority: int = 5, expires_in: float | None = None,
-             spore_type: SporeType = SporeType.KNOWLEDGE,
+             spore_type: SporeType = SporeType.KNOWLEDGE, confirm: bool = True,
              **extra: Any) -> Coroutine[Any, Any, Spore]:
-        """Send knowledge to one agent; await it for the spore sent."""
+        """Send knowledge to one agent; await it for the spore sent.
+
+        With a journal it returns once the spore is on disk. ``confirm=False`` returns
+        once it is admitted, and the journal writes it with the next group commit:
+        ``await organism.confirmed()`` returns once every spore sent so far is on disk
+        (pipelined sends, as publisher confirms are)."""
         ingress = self._ingress or self._not_started()
         return ingress.enter(ingress.outside_spore(
             knowledge, to=to_agent, channel=channel, sender=sender, spore_type=spore_type,
-            priority=priority, expires_in=expires_in, extra=extra))
+            priority=priority, expires_in=expires_in, extra=extra), confirm=confirm)
 
     def broadcast(self, knowledge: dict[str, Any], *, channel: str = "main",
                   sender: str = "system", priority: int = 5,
-                  expires_in: float | None = None) -> Coroutine[Any, Any, Spore]:
-        """Broadcast knowledge to every subscriber of ``channel``; await it for the spore."""
+                  expires_in: float | None = None,
+                  confirm: bool = True) -> Coroutine[Any, Any, Spore]:
+        """Broadcast knowledge to every subscriber of ``channel``; await it for the spore.
+        ``confirm``: as for :meth:`send`."""
         ingress = self._ingress or self._not_started()
         return ingress.enter(ingress.outside_spore(
             knowledge, to=None, channel=channel, sender=sender,
             spore_type=SporeType.BROADCAST, priority=priority, expires_in=expires_in,
-            extra={}))
+            extra={}), confirm=confirm)
+
+    async def confirmed(self) -> None:
+        """Return once every spore sent so far (``confirm=False`` ones included) is on
+        disk; at once without a journal. Raises the journal's :class:`JournalError` if
+        it failed."""
+        self._require_running()
+        if self._journal is not None:
+            await self._journal.flush()
 
     async def boot(self, agent: str, knowledge: Mapping[str, Any], *,
                    again: bool = False) -> Spore | None:

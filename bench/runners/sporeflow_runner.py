@@ -39,9 +39,17 @@ class Tally:
 class Options:
     journal: bool = False
     live: bool = False
+    # Outside sends with confirm=False, and one `confirmed()` (all on disk) at the end:
+    # the journal groups a single sender's spores into few commits.
+    pipelined: bool = False
 
 
 OPTIONS = Options()
+
+
+def CONFIRM() -> bool:  # noqa: N802 - read as a constant of the variant
+    """Whether each outside send waits for its own commit."""
+    return not OPTIONS.pipelined
 
 
 def organism(agents: dict[str, dict[str, Any]], channels: Iterable[str] = ()) -> Organism:
@@ -90,6 +98,7 @@ async def send_timed(
     async with running(org):
         start = perf_counter()
         await send()
+        await org.confirmed()  # with a journal: every spore sent is (or was) on disk
         await org.idle()
         elapsed = perf_counter() - start
         check_stats(org, tally, names)
@@ -102,7 +111,7 @@ async def point_to_point(w: Workload) -> Outcome:
 
     async def send() -> None:
         for i in range(w.count):
-            await org.send("sink", {"i": i})
+            await org.send("sink", {"i": i}, confirm=CONFIRM())
 
     return await send_timed(org, tally, ["sink"], send)
 
@@ -117,7 +126,7 @@ async def broadcast(w: Workload) -> Outcome:
 
     async def send() -> None:
         for i in range(w.count):
-            await org.broadcast({"i": i}, channel="news")
+            await org.broadcast({"i": i}, channel="news", confirm=CONFIRM())
 
     return await send_timed(org, tally, names, send)
 
@@ -152,7 +161,7 @@ async def many_agents(w: Workload) -> Outcome:
     async def send() -> None:
         for r in range(w.count):
             for name in names:
-                await org.send(name, {"r": r})
+                await org.send(name, {"r": r}, confirm=CONFIRM())
 
     return await send_timed(org, tally, names, send)
 
@@ -176,7 +185,7 @@ async def reply_chain(w: Workload) -> Outcome:
 
     async def send() -> None:
         for _ in range(w.count):
-            await org.send(names[0], {"n": 0})
+            await org.send(names[0], {"n": 0}, confirm=CONFIRM())
 
     return await send_timed(org, tally, names, send)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Container, Coroutine
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sporeflow.config import (
     DeliveryError,
@@ -51,6 +51,16 @@ _REQUEST = SporeType.REQUEST
 Stamp = Callable[[Spore], Spore]
 
 
+class Durable(Protocol):
+    """Where outside spores are kept across a crash (the journal)."""
+
+    def record(self, spores: tuple[Spore, ...]) -> Awaitable[None]:
+        """Queue ``spores``; resolves once they are on disk."""
+
+    def add(self, spores: tuple[Spore, ...]) -> None:
+        """Queue ``spores`` for the next group commit; nobody waits."""
+
+
 class Ingress:
     def __init__(self, *, intake: Intake, ledger: Ledger, requests: RequestBook,
                  wiring: WiringCell, limits: Limits,
@@ -70,7 +80,7 @@ class Ingress:
         # Set by the organism when tracing or a journal is on; None otherwise.
         self.stamp_outside: Stamp | None = None
         self.stamp_sent: Stamp | None = None
-        self.persist: Callable[[tuple[Spore, ...]], Awaitable[None]] | None = None
+        self.persist: Durable | None = None
         # Set over a broker: while it is unreachable, waits for its confirm of an outside
         # spore until the deadline (loop time; None: its own) and raises BrokerError then.
         self.confirm: Callable[[Spore, float | None], Awaitable[None]] | None = None
@@ -129,11 +139,12 @@ class Ingress:
         return spore
 
     def submit(self, spore: Spore, *, admit_within: float | None = None,
-               whole: bool = False) -> Coroutine[Any, Any, Spore]:
+               whole: bool = False, confirm: bool = True) -> Coroutine[Any, Any, Spore]:
         """Admit a ready-made spore from outside; wait while the organism is full (at
         most ``admit_within`` seconds, then raise :class:`OrganismFull`). ``whole``: also
         raise now what route or the recipient's schema would refuse (by their own rules),
-        for a caller that can be told (the HTTP ingress); else those are dead letters."""
+        for a caller that can be told (the HTTP ingress); else those are dead letters.
+        ``confirm``: as :meth:`enter`."""
         if self.refusal is not None:
             raise self.refusal
         outside = self._senders_with(spore.from_agent)
@@ -141,7 +152,7 @@ class Ingress:
         if whole:
             self._deliverable(spore, outside)
         self._remember(spore.from_agent)
-        return self.enter(spore, admit_within=admit_within)
+        return self.enter(spore, admit_within=admit_within, confirm=confirm)
 
     def _deliverable(self, spore: Spore, outside: Container[str]) -> None:
         wiring = self._cell.current
@@ -177,8 +188,10 @@ class Ingress:
     async def enter(self, spore: Spore, *, confirm: bool = True,
                     admit_within: float | None = None) -> Spore:
         """Queue a screened spore from outside: wait while the organism is full (at most
-        ``admit_within`` seconds, then raise :class:`OrganismFull`, nothing admitted), with
-        a journal until it is on disk, and over a broker it lost until the broker has it."""
+        ``admit_within`` seconds, then raise :class:`OrganismFull`, nothing admitted), then,
+        if ``confirm``, with a journal until it is on disk, and over a broker it lost until
+        the broker has it. Without ``confirm`` the journal writes it with the next group
+        commit (the organism's ``confirmed()`` waits for that)."""
         if self.stamp_outside is not None:  # the caller's span becomes the spore's origin
             spore = self.stamp_outside(spore)
         intake = self.intake
@@ -194,10 +207,13 @@ class Ingress:
                 raise
         if self.ledger.watched:  # told before any await, so before it can be handled
             self.ledger.admitted((spore,))
-        if self.persist is not None:  # the sender hears back once it is on disk
-            await self.persist((spore,))
-        if confirm and self.confirm is not None:
-            await self.confirm(spore, None)
+        if confirm:
+            if self.persist is not None:  # the sender hears back once it is on disk
+                await self.persist.record((spore,))
+            if self.confirm is not None:
+                await self.confirm(spore, None)
+        elif self.persist is not None:  # pipelined: on disk with the next group commit
+            self.persist.add((spore,))
         return spore
 
     async def _admit_within(self, spore: Spore, seconds: float) -> None:
@@ -219,7 +235,8 @@ class Ingress:
         timed_out = False
         deadline = asyncio.get_running_loop().time() + timeout
         try:
-            if parent is None and self.confirm is not None:  # from outside, over a broker
+            # From outside, over a broker (never with a journal: refused at start).
+            if parent is None and self.confirm is not None:
                 async with asyncio.timeout_at(deadline):
                     spore = await self.enter(spore, confirm=False, admit_within=admit_within)
                 # Apart from the timeout: BrokerError at the deadline, if a broker it lost

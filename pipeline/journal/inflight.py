@@ -5,12 +5,13 @@ The rule (RabbitMQ's delivery-limit, per agent: ``agents.X.max_crashes``, defaul
 
 - Before a handler starts on a spore, the line ``+agent<TAB>id`` is appended to
   ``JOURNAL-inflight``; once the handler returns or raises, ``-id`` is (for a handler
-  whose result is an async iterable, once the spore is settled). One ``write`` each,
-  no fsync: a process that dies leaves its writes to the operating system, and power
-  cuts are not what poison is about. An orderly stop deletes the file. The ``-`` is
-  written at once, not later with the next ``+`` or at settlement: a process is often
-  killed while it is stuck, and the spore it finished last before getting stuck, the
-  same one at every replay, would count as running each time.
+  whose result is an async iterable, once the spore is settled). No fsync: a process
+  that dies leaves its writes to the operating system, and power cuts are not what
+  poison is about. An orderly stop deletes the file. The ``-`` lines of a turn of the
+  loop go out in one ``write`` with the next ``+``, or at the end of that turn
+  (``marking`` flushes them), never later: a process is often killed while it is
+  stuck, and the spore it finished last before getting stuck, the same one at every
+  replay, would count as running each time.
 - A start that finds the file knows the last run died. In one transaction, before any
   replay, it adds one crash to each spore whose handler was running then (a ``+``
   without its ``-``). A spore with ``max_crashes`` crashes or more (the limit of the
@@ -69,6 +70,7 @@ class InFlightMarks:
         self.running: dict[str, str] = {}  # spore id -> agent, marked and not settled
         self._fd: int | None = None
         self._size = 0
+        self._unwritten: list[str] = []  # "-id" lines for the next write
 
     @property
     def active(self) -> bool:
@@ -104,17 +106,31 @@ class InFlightMarks:
         fd = self._fd
         if fd is None or not spore_id.isprintable() or "\t" in spore_id:
             return  # an id with a line break could forge marks: it is not marked
-        data = f"+{agent}\t{spore_id}\n".encode()
+        line = f"+{agent}\t{spore_id}\n"
+        if self._unwritten:  # the settled ones of this turn first, in the same write
+            line = "".join(self._unwritten) + line
+            self._unwritten.clear()
+        data = line.encode()
         os.write(fd, data)
         self.running[spore_id] = agent
         self._size += len(data)
         if self._size > COMPACT_AT:
             self._rewrite()
 
-    def settled(self, spore_id: str) -> None:
-        """``spore_id`` is settled (raises OSError if unwritable)."""
-        if self.running.pop(spore_id, None) is not None and self._fd is not None:
-            data = f"-{spore_id}\n".encode()
+    def settled(self, spore_id: str) -> bool:
+        """``spore_id`` is settled: written with the next mark or :meth:`flush`. True
+        when it is the first unwritten one (the caller then arranges a flush)."""
+        if self.running.pop(spore_id, None) is None or self._fd is None:
+            return False
+        unwritten = self._unwritten
+        unwritten.append(f"-{spore_id}\n")
+        return len(unwritten) == 1
+
+    def flush(self) -> None:
+        """Write the settled lines not written yet (raises OSError if unwritable)."""
+        if self._unwritten and self._fd is not None:
+            data = "".join(self._unwritten).encode()
+            self._unwritten.clear()
             os.write(self._fd, data)
             self._size += len(data)
 
@@ -123,6 +139,7 @@ class InFlightMarks:
         fresh = Path(f"{self.path}.new")
         data = (f"{HEADER}{self.token}\n" + "".join(
             f"+{agent}\t{spore_id}\n" for spore_id, agent in self.running.items())).encode()
+        self._unwritten.clear()  # what settled is out of `running` already
         fd = open_private(fresh, os.O_WRONLY | os.O_TRUNC | os.O_APPEND)
         try:
             os.write(fd, data)
@@ -138,6 +155,9 @@ class InFlightMarks:
     def close(self, *, remove: bool) -> None:
         """Stop marking; ``remove``: the run ended in order, forget its marks."""
         if self._fd is not None:
+            if not remove:  # what settled still counts as settled at the next start
+                with contextlib.suppress(OSError):
+                    self.flush()
             os.close(self._fd)
             self._fd = None
         if remove:

@@ -5,6 +5,7 @@ the counting of a death at start)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -96,11 +97,14 @@ class HandlerMarking:
     # -- while the organism runs ---------------------------------------------------------
 
     def settled(self, spore_id: str) -> None:
-        """``spore_id`` stops counting as running, at once."""
-        if not self._marks.running:
-            return
+        """``spore_id`` stops counting as running: written with the next mark, at the
+        latest at the end of this turn of the loop (one write for the turn's)."""
+        if self._marks.running and self._marks.settled(spore_id):
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
         try:
-            self._marks.settled(spore_id)
+            self._marks.flush()
         except OSError as exc:  # the marks are the journal's: it fails stop
             self._marks.close(remove=False)
             self._fail(exc)

@@ -72,6 +72,12 @@ __all__ = ["Journal"]
 # -- the journal a running organism writes -------------------------------------------
 
 
+# A commit nobody waits for waits this long for more (as Kafka's linger.ms), or until
+# this many operations are queued.
+_LINGER_S = 0.005
+_LINGER_OPS = 4096
+
+
 class Journal:
     """An organism's durable record of unfinished spores and of its dead letters.
 
@@ -103,6 +109,7 @@ class Journal:
         self._waiters: list[asyncio.Future[None]] = []
         self._fanout: dict[str, int] = {}
         self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()  # ends a linger: a waiter, a close, a full batch
         self._writer: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
@@ -197,6 +204,7 @@ class Journal:
         if writer is None:
             return
         self._closing = True
+        self._urgent.set()
         self._wake.set()
         await asyncio.wait([writer])  # however it ends: a failure is in self.failure
         self._writer = None
@@ -252,6 +260,7 @@ class Journal:
             waiter.set_exception(failure)
             return waiter
         self._waiters.append(waiter)
+        self._urgent.set()
         self._kick()
         return waiter
 
@@ -325,6 +334,8 @@ class Journal:
     def _kick(self) -> None:
         if not self._wake.is_set():
             self._wake.set()
+        elif len(self._ops) >= _LINGER_OPS:
+            self._urgent.set()
 
     async def flush(self) -> None:
         """Return once everything queued so far is committed."""
@@ -378,6 +389,8 @@ class Journal:
         wake = self._wake
         while True:
             await wake.wait()
+            if not self._waiters and not self._closing and len(self._ops) < _LINGER_OPS:
+                await self._linger()
             wake.clear()
             ops, waiters = self._ops, self._waiters
             if not ops and not waiters:
@@ -403,6 +416,15 @@ class Journal:
                         waiter.set_exception(failure)
             if self._closing and not self._ops:
                 return
+
+    async def _linger(self) -> None:
+        """Nobody waits for what is queued (pipelined sends, handlers' output): let more
+        gather for up to ``_LINGER_S``, so that spores admitted and finished meanwhile
+        never reach the disk. A waiter, a close or a full batch ends it at once."""
+        self._urgent.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_LINGER_S):
+                await self._urgent.wait()
 
     def _write(self, conn: sqlite3.Connection, batch: Batch) -> tuple[int, int]:
         """Write ``batch`` in one transaction; return the rows removed and added."""
