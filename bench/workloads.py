@@ -90,5 +90,54 @@ WORKLOADS: dict[str, Workload] = {
                 "handler returns {'n': n + 1}, which becomes the next handler's input."
             ),
         ),
+        Workload(
+            key="W7",
+            name="awaiting handler",
+            count=50_000,
+            width=1,
+            unit="spores/s",
+            metric="rate",
+            description=(
+                "W1 as I/O handlers run: the handler awaits once (asyncio.sleep(0)) and "
+                "runs under a 5 s timeout; every spore expires in 60 s."
+            ),
+        ),
+        Workload(
+            key="W8a",
+            name="10 KiB records",
+            count=10_000,
+            width=1,
+            unit="spores/s",
+            metric="rate",
+            description="W1 with knowledge of 10 KiB: a list of 104 records of 5 fields.",
+        ),
+        Workload(
+            key="W8b",
+            name="200 KB text",
+            count=2_000,
+            width=1,
+            unit="spores/s",
+            metric="rate",
+            description="W1 with knowledge holding one 200 KB string of plain text.",
+        ),
     )
 }
+
+
+ROWS_10K = [{"id": n, "name": f"item-{n}", "price": n * 1.25, "tags": ["a", "b"],
+             "note": "a short note of text"} for n in range(104)]
+
+
+def records_10k(i: int) -> dict[str, object]:
+    """W8a's knowledge: about 10 KiB as JSON (the records built once: a sender's cost
+    of building them is not the pipeline's)."""
+    return {"i": i, "rows": ROWS_10K}
+
+
+TEXT_200K = "plain words of a document, " * 7_400  # 199,800 characters
+
+
+def text_200k(i: int) -> dict[str, object]:
+    """W8b's knowledge: one 200 KB string."""
+    return {"i": i, "text": TEXT_200K}
+

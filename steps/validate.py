@@ -18,9 +18,16 @@ __all__ = ["check_spore", "validate"]
 
 MAX_NAME_LENGTH = 128
 _SCALARS = (str, int, float, bool, type(None))
-# A cheap upper bound on a value's JSON size: a string may grow 6x when escaped.
+# A cheap upper bound on a short string's JSON size: it may grow 6x when escaped. A
+# longer one is measured exactly (_string_bytes): a 6x bound would send a 200 KB text
+# to the costly exact measure of the whole spore at every check.
 _STRING_GROWTH = 6
+_SHORT = 64
+_EXACT = -1  # as _bound's `short`: every string measured exactly
 _ENVELOPE_BYTES = 512
+_ESCAPED = bytes(range(0x20)) + b'"\\'
+_UNESCAPED = bytes(b for b in range(256) if b not in _ESCAPED)
+_SHORT_ESCAPES = b'"\\\b\f\n\r\t'
 
 
 
@@ -156,11 +163,14 @@ def _explain(spore: Spore, limits: Limits) -> None:
 def _check_size(spore: Spore, limits: Limits) -> None:
     """Raise unless ``spore``'s knowledge and metadata are JSON within the size and depth
     limits (the part of a check that a spore's own fields cannot vouch for)."""
-    size = _ENVELOPE_BYTES + _bound(spore.knowledge, limits.max_depth, 1)
+    size = _ENVELOPE_BYTES + _bound(spore.knowledge, limits.max_depth, 1, _SHORT)
     if spore.metadata:
-        size += _bound(spore.metadata, limits.max_depth, 1)
-    if size > limits.max_spore_bytes:
-        # The bound is loose for long strings: measure exactly before refusing.
+        size += _bound(spore.metadata, limits.max_depth, 1, _SHORT)
+    if size > limits.max_spore_bytes:  # loose for short strings: bound them exactly
+        size = _ENVELOPE_BYTES + _bound(spore.knowledge, limits.max_depth, 1, _EXACT)
+        if spore.metadata:
+            size += _bound(spore.metadata, limits.max_depth, 1, _EXACT)
+    if size > limits.max_spore_bytes:  # still a bound (numbers, the envelope): measure
         size = len(spore.to_json().encode("utf-8", "surrogatepass"))
         if size > limits.max_spore_bytes:
             raise LimitExceeded(
@@ -184,8 +194,22 @@ def _check_name(field: str, value: object) -> None:
             f"got {value!r:.80}")
 
 
-def _bound(value: Any, max_depth: int, depth: int) -> int:
-    """Return an upper bound of ``value``'s JSON size; refuse what JSON cannot hold."""
+def _string_bytes(text: str) -> int:
+    """The exact UTF-8 size of ``text`` as a JSON string, quotes included, as
+    ``Spore.to_json`` writes it (``ensure_ascii=False``): two C passes over its bytes
+    (escaping in Python, or ``str.isprintable``, cost several times more)."""
+    data = text.encode("utf-8", "surrogatepass")
+    escaped = data.translate(None, _UNESCAPED)  # what JSON escapes: " \ and controls
+    if not escaped:
+        return len(data) + 2
+    # \" \\ \b \f \n \r \t take one byte more; the other controls \u00XX, five more.
+    long = len(escaped.translate(None, _SHORT_ESCAPES))
+    return len(data) + 2 + len(escaped) + 4 * long
+
+
+def _bound(value: Any, max_depth: int, depth: int, short: int) -> int:
+    """Return an upper bound of ``value``'s JSON size; refuse what JSON cannot hold.
+    Strings of at most ``short`` characters are bounded at 6x, longer ones exactly."""
     if depth > max_depth:
         raise LimitExceeded(f"knowledge is nested deeper than limits.max_depth={max_depth}")
     kind = type(value)
@@ -194,19 +218,22 @@ def _bound(value: Any, max_depth: int, depth: int) -> int:
         for key, item in value.items():
             if type(key) is not str:
                 raise SporeError(f"knowledge keys must be strings, got {key!r:.40}")
-            total += len(key) * _STRING_GROWTH + 4
+            total += (len(key) * _STRING_GROWTH + 2 if len(key) <= short
+                      else _string_bytes(key)) + 2
             item_kind = type(item)
             if item_kind is str:
-                total += len(item) * _STRING_GROWTH + 2
+                total += (len(item) * _STRING_GROWTH + 2 if len(item) <= short
+                          else _string_bytes(item))
             elif item_kind is int or item_kind is bool or item_kind is type(None):
                 total += 24
             else:
-                total += _bound(item, max_depth, depth + 1)
+                total += _bound(item, max_depth, depth + 1, short)
         return total
     if kind is list or kind is tuple:
-        return 2 + sum(_bound(item, max_depth, depth + 1) + 1 for item in value)
+        return 2 + sum(_bound(item, max_depth, depth + 1, short) + 1 for item in value)
     if kind is str:
-        return len(value) * _STRING_GROWTH + 2
+        return (len(value) * _STRING_GROWTH + 2 if len(value) <= short
+                else _string_bytes(value))
     if kind is float:
         if value != value or value in (float("inf"), float("-inf")):
             raise SporeError(f"knowledge holds {value!r}, which JSON cannot represent")

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from bench.outcome import Outcome, WorkloadRun
-from bench.workloads import Workload
+from bench.workloads import Workload, records_10k, text_200k
 
 Knowledge = dict[str, Any]
 Handler = Callable[[Knowledge], Awaitable[Knowledge | None]]
@@ -199,10 +199,59 @@ async def reply_chain(w: Workload) -> Outcome:
     return Outcome(hops, elapsed)
 
 
+async def awaiting_handler(w: Workload) -> Outcome:
+    """W7: each call under its own 5 s timeout, each spore dropped once past its expiry,
+    as one writes it by hand."""
+    handled = 0
+    loop = asyncio.get_running_loop()
+
+    async def count(knowledge: Knowledge) -> None:
+        nonlocal handled
+        if loop.time() > knowledge["deadline"]:
+            return  # expired: dropped
+        async with asyncio.timeout(5.0):
+            await asyncio.sleep(0)
+            handled += 1
+
+    async with Hive() as hive:
+        hive.add("sink", count)
+        start = perf_counter()
+        for i in range(w.count):
+            hive.send("sink", {"i": i, "deadline": loop.time() + 60.0})
+        await hive.idle()
+        elapsed = perf_counter() - start
+    return Outcome(handled, elapsed)
+
+
+def payloads(make: Callable[[int], Knowledge]) -> WorkloadRun:
+    """W8: W1 with the knowledge ``make`` builds."""
+
+    async def run(w: Workload) -> Outcome:
+        handled = 0
+
+        async def count(knowledge: Knowledge) -> None:
+            nonlocal handled
+            handled += 1
+
+        async with Hive() as hive:
+            hive.add("sink", count)
+            start = perf_counter()
+            for i in range(w.count):
+                hive.send("sink", make(i))
+            await hive.idle()
+            elapsed = perf_counter() - start
+        return Outcome(handled, elapsed)
+
+    return run
+
+
 RUNS: dict[str, WorkloadRun] = {
     "W1": point_to_point,
     "W2": broadcast,
     "W3": request_reply,
     "W4": many_agents,
     "W5": reply_chain,
+    "W7": awaiting_handler,
+    "W8a": payloads(records_10k),
+    "W8b": payloads(text_200k),
 }

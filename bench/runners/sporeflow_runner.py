@@ -11,6 +11,7 @@ into an in-memory terminal, so their costs show side by side with the plain run.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import tempfile
@@ -21,7 +22,7 @@ from time import perf_counter, perf_counter_ns
 from typing import Any
 
 from bench.outcome import Outcome, WorkloadRun
-from bench.workloads import Workload
+from bench.workloads import Workload, records_10k, text_200k
 from sporeflow.pipeline import Context, Organism, Spore
 
 Knowledge = dict[str, Any]
@@ -190,12 +191,48 @@ async def reply_chain(w: Workload) -> Outcome:
     return await send_timed(org, tally, names, send)
 
 
+async def awaiting_handler(w: Workload) -> Outcome:
+    """W7: the handler awaits once, under `timeout: 5s`; each spore expires in 60 s."""
+    tally = Tally()
+
+    async def count(spore: Spore, ctx: Context) -> None:
+        await asyncio.sleep(0)
+        tally.handled += 1
+
+    org = organism({"sink": {"handler": count, "timeout": "5s"}})
+
+    async def send() -> None:
+        for i in range(w.count):
+            await org.send("sink", {"i": i}, expires_in=60.0, confirm=CONFIRM())
+
+    return await send_timed(org, tally, ["sink"], send)
+
+
+def payloads(make: Callable[[int], Knowledge]) -> WorkloadRun:
+    """W8: W1 with the knowledge ``make`` builds."""
+
+    async def run(w: Workload) -> Outcome:
+        tally = Tally()
+        org = organism({"sink": {"handler": tally.count}})
+
+        async def send() -> None:
+            for i in range(w.count):
+                await org.send("sink", make(i), confirm=CONFIRM())
+
+        return await send_timed(org, tally, ["sink"], send)
+
+    return run
+
+
 RUNS: dict[str, WorkloadRun] = {
     "W1": point_to_point,
     "W2": broadcast,
     "W3": request_reply,
     "W4": many_agents,
     "W5": reply_chain,
+    "W7": awaiting_handler,
+    "W8a": payloads(records_10k),
+    "W8b": payloads(text_200k),
 }
 
 

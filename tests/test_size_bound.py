@@ -1,0 +1,66 @@
+"""The size check of the validate stage: a bound that is never below a spore's JSON size,
+exact for long strings, so that a long text is not measured by serialising the whole
+spore at every check (issue 20: a 200 KB string cost 127x a small spore)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sporeflow.config.errors import LimitExceeded
+from sporeflow.config.model import Limits
+from sporeflow.steps import Spore, check_spore
+from sporeflow.steps.validate import _EXACT, _SHORT, _bound, _string_bytes
+
+
+def json_bytes(value: Any) -> int:
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+@given(st.text())
+def test_a_strings_json_size_is_exact(text: str) -> None:
+    assert _string_bytes(text) == json_bytes(text)
+
+
+KNOWLEDGE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text() | st.text(min_size=60, max_size=300)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=30)
+
+
+@given(st.dictionaries(st.text(), KNOWLEDGE, max_size=6))
+def test_the_bound_is_never_below_the_json_size(knowledge: dict[str, Any]) -> None:
+    for short in (_SHORT, _EXACT):
+        assert _bound(knowledge, 64, 1, short) >= json_bytes(knowledge)
+
+
+def test_a_long_text_is_checked_without_serialising_the_spore(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    spore = Spore(knowledge={"text": "plain words, " * 16_000})  # 208 KB
+    def serialised(self: Spore) -> str:
+        raise AssertionError("measured by to_json")
+
+    monkeypatch.setattr(Spore, "to_json", serialised)
+    check_spore(spore, Limits())  # the default 1 MiB: a 6x bound (1.2 MB) was over it
+
+
+def test_many_short_strings_near_the_limit_are_bounded_exactly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    spore = Spore(knowledge={"words": ["word"] * 40_000})  # 280 KB; 6x: 1.7 MB
+    def serialised(self: Spore) -> str:
+        raise AssertionError("measured by to_json")
+
+    monkeypatch.setattr(Spore, "to_json", serialised)
+    check_spore(spore, Limits())
+
+
+def test_a_spore_over_the_limit_is_still_refused_with_its_exact_size() -> None:
+    spore = Spore(knowledge={"text": "x" * 2_000_000})
+    with pytest.raises(LimitExceeded, match=r"is 2000\d{3} bytes as JSON"):
+        check_spore(spore, Limits())
