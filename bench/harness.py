@@ -62,7 +62,8 @@ def result_line(
                 f"expected {workload.count}"
             )
         ordered = sorted(out.latencies_us)
-        line.update(value=percentile(ordered, 50), p99_us=percentile(ordered, 99))
+        line.update(value=percentile(ordered, 50), p99_us=percentile(ordered, 99),
+                    p999_us=percentile(ordered, 99.9))
     else:
         line["value"] = workload.deliveries / out.elapsed_s
     line.update(

@@ -33,6 +33,8 @@ class Workload:
         return replace(self, count=max(1, round(self.count * factor)))
 
 
+LOAD_PER_MS = 20  # W6's steady load: 20,000 spores/s, well within every system's rate
+
 WORKLOADS: dict[str, Workload] = {
     w.key: w
     for w in (
@@ -90,6 +92,21 @@ WORKLOADS: dict[str, Workload] = {
                 "handler returns {'n': n + 1}, which becomes the next handler's input."
             ),
         ),
+        *(Workload(
+            key=f"W6{suffix}",
+            name=f"latency under load, {what}",
+            count=2_000,
+            width=1,
+            unit="us p50",
+            metric="latency",
+            description=(
+                f"a steady load of {LOAD_PER_MS} spores a millisecond on channel 'load' to "
+                f"one agent, and one probe a millisecond: {what}; each probe's end-to-end "
+                "latency, from the send to its handler (or the response), p50/p99/p99.9."
+            ),
+        ) for suffix, what in (("s", "a spore on the load's channel"),
+                               ("o", "a spore on another channel"),
+                               ("r", "a request to a third agent"))),
         Workload(
             key="W7",
             name="awaiting handler",

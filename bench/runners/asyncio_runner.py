@@ -16,7 +16,8 @@ from types import TracebackType
 from typing import Any
 
 from bench.outcome import Outcome, WorkloadRun
-from bench.workloads import Workload, records_10k, text_200k
+from bench.pacing import paced
+from bench.workloads import LOAD_PER_MS, Workload, records_10k, text_200k
 
 Knowledge = dict[str, Any]
 Handler = Callable[[Knowledge], Awaitable[Knowledge | None]]
@@ -223,6 +224,44 @@ async def awaiting_handler(w: Workload) -> Outcome:
     return Outcome(handled, elapsed)
 
 
+def latency_under_load(probe: str) -> WorkloadRun:
+    """W6, as sporeflow's runner runs it (see there)."""
+
+    async def run(w: Workload) -> Outcome:
+        latencies: list[float] = []
+
+        async def worker(knowledge: Knowledge) -> None:
+            if "t0" in knowledge:
+                latencies.append((perf_counter_ns() - knowledge["t0"]) / 1000)
+
+        async def echo(knowledge: Knowledge) -> Knowledge:
+            return {"ok": 1}
+
+        async def load() -> None:
+            for n in range(LOAD_PER_MS):
+                hive.broadcast({"n": n}, "load")
+
+        async def send_probe() -> None:
+            if probe == "r":
+                sent = perf_counter_ns()
+                await hive.request("echo", {"x": 1})
+                latencies.append((perf_counter_ns() - sent) / 1000)
+            else:
+                hive.broadcast({"t0": perf_counter_ns()}, "load" if probe == "s" else "quiet")
+
+        async with Hive() as hive:
+            hive.add("worker", worker, subscribe=["load"])
+            hive.add("other", worker, subscribe=["quiet"])
+            hive.add("echo", echo)
+            start = perf_counter()
+            await asyncio.gather(paced(w.count, load), paced(w.count, send_probe))
+            await hive.idle()
+            elapsed = perf_counter() - start
+        return Outcome(len(latencies), elapsed, latencies)
+
+    return run
+
+
 def payloads(make: Callable[[int], Knowledge]) -> WorkloadRun:
     """W8: W1 with the knowledge ``make`` builds."""
 
@@ -251,6 +290,9 @@ RUNS: dict[str, WorkloadRun] = {
     "W3": request_reply,
     "W4": many_agents,
     "W5": reply_chain,
+    "W6s": latency_under_load("s"),
+    "W6o": latency_under_load("o"),
+    "W6r": latency_under_load("r"),
     "W7": awaiting_handler,
     "W8a": payloads(records_10k),
     "W8b": payloads(text_200k),

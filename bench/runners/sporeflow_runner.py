@@ -22,7 +22,8 @@ from time import perf_counter, perf_counter_ns
 from typing import Any
 
 from bench.outcome import Outcome, WorkloadRun
-from bench.workloads import Workload, records_10k, text_200k
+from bench.pacing import paced
+from bench.workloads import LOAD_PER_MS, Workload, records_10k, text_200k
 from sporeflow.pipeline import Context, Organism, Spore
 
 Knowledge = dict[str, Any]
@@ -224,12 +225,63 @@ def payloads(make: Callable[[int], Knowledge]) -> WorkloadRun:
     return run
 
 
+def latency_under_load(probe: str) -> WorkloadRun:
+    """W6: LOAD_PER_MS broadcasts a millisecond on 'load' to one agent, and a probe a
+    millisecond: on 'load' too (``s``), on 'quiet' to another agent (``o``), or a
+    request to a third (``r``); each probe's latency from its send."""
+
+    async def run(w: Workload) -> Outcome:
+        latencies: list[float] = []
+
+        def arrived(spore: Spore) -> None:
+            latencies.append((perf_counter_ns() - spore.knowledge["t0"]) / 1000)
+
+        async def worker(spore: Spore, ctx: Context) -> None:
+            if "t0" in spore.knowledge:
+                arrived(spore)
+
+        async def other(spore: Spore, ctx: Context) -> None:
+            arrived(spore)
+
+        async def echo(spore: Spore, ctx: Context) -> Knowledge:
+            return {"ok": 1}
+
+        org = organism({"worker": {"handler": worker, "subscribe": ["load"]},
+                        "other": {"handler": other, "subscribe": ["quiet"]},
+                        "echo": {"handler": echo}}, channels=["load", "quiet"])
+
+        async def load() -> None:
+            for n in range(LOAD_PER_MS):
+                await org.broadcast({"n": n}, channel="load")
+
+        async def send_probe() -> None:
+            if probe == "r":
+                sent = perf_counter_ns()
+                await org.request("echo", {"x": 1}, timeout=30.0)
+                latencies.append((perf_counter_ns() - sent) / 1000)
+            else:
+                await org.broadcast({"t0": perf_counter_ns()},
+                                    channel="load" if probe == "s" else "quiet")
+
+        async with running(org):
+            start = perf_counter()
+            await asyncio.gather(paced(w.count, load), paced(w.count, send_probe))
+            await org.idle()
+            elapsed = perf_counter() - start
+        return Outcome(len(latencies), elapsed, latencies)
+
+    return run
+
+
 RUNS: dict[str, WorkloadRun] = {
     "W1": point_to_point,
     "W2": broadcast,
     "W3": request_reply,
     "W4": many_agents,
     "W5": reply_chain,
+    "W6s": latency_under_load("s"),
+    "W6o": latency_under_load("o"),
+    "W6r": latency_under_load("r"),
     "W7": awaiting_handler,
     "W8a": payloads(records_10k),
     "W8b": payloads(text_200k),
