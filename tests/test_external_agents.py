@@ -131,3 +131,14 @@ def test_a_broker_user_may_publish_to_the_external_agents_its_agents_address() -
     assert "pr" in permissions(loaded, ["a"]).addresses  # a has no peers: everyone
     assert "pr" in permissions(loaded, []).addresses  # a client
     assert "pr" not in permissions(loaded, ["b"]).addresses
+
+
+def test_a_reload_over_a_broker_refuses_to_change_external_agents() -> None:
+    from sporeflow.pipeline.reload.diff import broker_bound, diff_specs
+
+    before = spec({"a": {"handler": handler}, "pr": {"external": "praval"}})
+    after = spec({"a": {"handler": handler},
+                  "pr": {"external": "praval", "channel": "alerts"}})
+    assert broker_bound(diff_specs(before, after)) == (
+        "a reload cannot add, remove or change external agents")
+    assert broker_bound(diff_specs(before, before)) == ""

@@ -342,3 +342,29 @@ async def test_with_signing_a_sporeflow_request_to_an_accepted_praval_agent_reso
         await AmqpBackend(AMQP_URL).destroy(Topology.of(org.spec))
     assert answers == [{"double": 8}]
     assert list(org.dead_letters) == []
+
+
+async def test_a_response_from_another_praval_agent_than_the_one_asked_is_refused(
+        exchange: str, reef: Any) -> None:
+    answers: list[dict[str, Any]] = []
+
+    async def ask(spore: Spore, ctx: Any) -> None:
+        answers.append((await ctx.request("pr", {"n": 1}, timeout=BACKSTOP)).knowledge)
+
+    def praval_pair(request: Any) -> None:  # an impostor answers first, then pr itself
+        reef.reply("impostor", request.from_agent, {"by": "impostor"}, request.id)
+        reef.reply("pr", request.from_agent, {"by": "pr"}, request.id)
+
+    org = organism(exchange, {"asker": {"handler": ask}, "pr": PRAVAL})
+    try:
+        async with org.running():
+            handle = await reef.backend.subscribe_handler("agent.pr", praval_pair)
+            await org.send("asker", {})
+            await wait_for(lambda: bool(answers) and len(org.dead_letters) == 1)
+            await org.idle()
+            await reef.backend.unsubscribe_handler(handle)
+    finally:
+        await AmqpBackend(AMQP_URL).destroy(Topology.of(org.spec))
+    assert answers == [{"by": "pr"}]
+    [letter] = org.dead_letters
+    assert (letter.reason, letter.spore.from_agent) == ("unexpected response", "impostor")
