@@ -20,12 +20,13 @@ from typing import Any
 
 from sporeflow.config.model import BUILTIN_CHANNELS, DEFAULT_CHANNEL, ExternalAgentSpec
 from sporeflow.config.reasons import did_you_mean
-from sporeflow.config.schema import NAME_PATTERN
+from sporeflow.config.schema import EXTERNAL_AGENT_SCHEMA, NAME_PATTERN
 
 __all__ = ["EXTERNAL_KINDS", "take_external"]
 
-EXTERNAL_KINDS = ("praval",)
-_SETTINGS = ("external", "description", "subscribe", "channel")
+# The published schema's (`sporeflow schema`, for editors) are the ones checked here.
+EXTERNAL_KINDS = tuple(EXTERNAL_AGENT_SCHEMA["properties"]["external"]["enum"])
+_SETTINGS = tuple(EXTERNAL_AGENT_SCHEMA["properties"])
 _NAME = re.compile(NAME_PATTERN)
 Problem = Callable[[tuple[str | int, ...], str], None]
 

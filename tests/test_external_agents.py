@@ -142,3 +142,17 @@ def test_a_reload_over_a_broker_refuses_to_change_external_agents() -> None:
     assert broker_bound(diff_specs(before, after)) == (
         "a reload cannot add, remove or change external agents")
     assert broker_bound(diff_specs(before, before)) == ""
+
+
+def test_the_published_schema_takes_external_agents_as_the_loader_does() -> None:
+    import jsonschema
+
+    from sporeflow.config import ORGANISM_SCHEMA
+
+    validator = jsonschema.Draft202012Validator(ORGANISM_SCHEMA)
+    good = {"agents": {"a": {"handler": "m:f"},
+                       "pr": {"external": "praval", "subscribe": ["main"], "channel": "main"}}}
+    assert list(validator.iter_errors(good)) == []
+    bad = {"agents": {"pr": {"external": "praval", "handler": "m:f"}}}
+    assert [error.message for error in validator.iter_errors(bad)] == [
+        "Additional properties are not allowed ('handler' was unexpected)"]
