@@ -368,3 +368,21 @@ async def test_a_response_from_another_praval_agent_than_the_one_asked_is_refuse
     assert answers == [{"by": "pr"}]
     [letter] = org.dead_letters
     assert (letter.reason, letter.spore.from_agent) == ("unexpected response", "impostor")
+
+
+async def test_with_signing_a_request_from_an_accepted_praval_agent_is_answered(
+        exchange: str, reef: Any, signing_key: str) -> None:
+    async def square(spore: Spore, ctx: Any) -> dict[str, Any]:
+        return {"square": spore.knowledge["n"] ** 2}
+
+    org = organism(exchange, {"squarer": {"handler": square}, "pr": PRAVAL},
+                   signing={"key_env": signing_key, "accept_unsigned_from": ["pr"]})
+    try:
+        async with org.running():
+            response = await reef.arequest_and_wait("pr", "squarer", {"n": 5},
+                                                    timeout=BACKSTOP)
+    finally:
+        await AmqpBackend(AMQP_URL).destroy(Topology.of(org.spec))
+    assert (response.spore_type.value, response.from_agent, response.knowledge) == (
+        "response", "squarer", {"square": 25})
+    assert list(org.dead_letters) == []
