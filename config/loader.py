@@ -26,6 +26,7 @@ from typing import Any
 import jsonschema
 
 from sporeflow.config.errors import ConfigError, Problem
+from sporeflow.config.external import take_external
 from sporeflow.config.model import (
     BUILTIN_CHANNELS,
     DEFAULT_CAPACITY,
@@ -127,13 +128,15 @@ def _build(
     data = located.data
     if data is None:
         data = located.data = {}
-    callables = _take_callables(data)
     problems = list(located.duplicates)
+    external = take_external(data, lambda path, message: problems.append(
+        located.problem(path, message))) if isinstance(data, dict) else {}
+    callables = _take_callables(data)
     problems += _schema_problems(located, callables)
     if not isinstance(data, dict):
         raise ConfigError(_sorted(problems))
     # The name checks below skip whatever has the wrong shape: that is reported already.
-    problems += reference_problems(located) + bare_duration_warnings(located)
+    problems += reference_problems(located, external) + bare_duration_warnings(located)
     handlers = resolve_handlers(located, base_dir, callables, problems)
     stages = resolve_stages(located, base_dir, problems)
     store = resolve_store(located, base_dir, problems)
@@ -141,11 +144,12 @@ def _build(
     sources = read_sources(located, base_dir, problems)
     signing = read_signing(mapping(data.get("organism")), mapping(data.get("agents")),
                            lambda path, message: problems.append(located.problem(path,
-                                                                                 message)))
+                                                                                 message)),
+                           external=external)
     if [p for p in problems if not p.warning]:
         raise ConfigError(_sorted(problems))
     spec = _with_schemas(_to_spec(data, handlers, base_dir, source, store), schemas)
-    spec = dataclasses.replace(spec, stages=stages, sources=sources)
+    spec = dataclasses.replace(spec, stages=stages, sources=sources, external=external)
     if signing is not None:
         spec = dataclasses.replace(spec, signing=signing, signing_key=signing.shared_key,
                                    signing_key_env=_shared_key_env(data))

@@ -24,6 +24,7 @@ __all__ = [
     "BrokerSpec",
     "ChannelSpec",
     "Emit",
+    "ExternalAgentSpec",
     "GatherSpec",
     "Limits",
     "OrganismSpec",
@@ -97,6 +98,19 @@ class AgentSpec:
     max_crashes: int = DEFAULT_MAX_CRASHES  # deaths handling a spore before it is poison
     # Seconds: a spore whose id it handled this recently is dropped (None: all are handled).
     dedupe: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalAgentSpec:
+    """An agent of another framework (``kind``: praval) on the organism's broker, which
+    sporeflow agents address; sporeflow hosts no handler and declares no queue for it
+    (see ``config.external``)."""
+
+    name: str
+    kind: str = "praval"
+    description: str = ""
+    subscribe: tuple[str, ...] = ()  # our channels whose broadcasts it hears
+    channel: str = DEFAULT_CHANNEL  # the channel its broadcasts are delivered on here
 
 
 # Outside spores a channel queues before senders wait. Small on purpose: a short queue
@@ -208,6 +222,9 @@ class OrganismSpec:
     signing: SigningSpec | None = field(default=None, repr=False)  # keys, window: signing_keys.py
     # The inputs it reads by itself (sources:), by name; see config.sources.
     sources: Mapping[str, SourceSpec] = field(default_factory=lambda: MappingProxyType({}))
+    # Agents outside sporeflow on the same broker (agents: {pr: {external: praval}}).
+    external: Mapping[str, ExternalAgentSpec] = field(
+        default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         # Freeze the tables so that nobody mutates a loaded organism behind the runtime.

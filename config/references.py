@@ -9,7 +9,7 @@ been compared in all (a file with thousands of unknown names gets them without h
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from sporeflow.config.errors import Problem
@@ -43,7 +43,8 @@ class _Hints:
         return did_you_mean(name, choices)
 
 
-def reference_problems(located: Located) -> list[Problem]:
+def reference_problems(located: Located, external: Collection[str] = ()) -> list[Problem]:
+    """Every unknown name; ``external`` agents (``config.external``) are known too."""
     data = located.data
     agents = mapping(data.get("agents"))
     agents = {name: agent for name, agent in agents.items() if isinstance(agent, dict)}
@@ -59,9 +60,9 @@ def reference_problems(located: Located) -> list[Problem]:
     problems: list[Problem] = []
 
     def unknown_agent(path: DataPath, name: str) -> None:
-        if name not in agents:
+        if name not in agents and name not in external:
             if not agent_names:
-                agent_names.extend(agents)
+                agent_names.extend([*agents, *external])
             problems.append(located.problem(
                 path, f"unknown agent {name!r}{hint(name, agent_names)}"))
 

@@ -13,8 +13,8 @@ from sporeflow.config.signing_keys import SIGNING_SCHEMA
 from sporeflow.config.sources import sources_schema
 from sporeflow.config.units import DURATION_PATTERN, SIZE_PATTERN
 
-__all__ = ["ENV_NAME_PATTERN", "HANDLER_PATTERN", "MAX_DEPTH_CEILING", "NAME_PATTERN",
-           "ORGANISM_SCHEMA"]
+__all__ = ["ENV_NAME_PATTERN", "EXTERNAL_AGENT_SCHEMA", "HANDLER_PATTERN", "MAX_DEPTH_CEILING",
+           "NAME_PATTERN", "ORGANISM_SCHEMA"]
 
 # Names of agents and channels: short, printable, usable as AMQP routing-key parts.
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
@@ -62,6 +62,16 @@ _retry = _closed(
                                "jittered to between half and all of it"},
      "max_backoff": {**_duration, "description": "the longest wait between tries"}},
 )
+
+EXTERNAL_AGENT_SCHEMA = _closed(
+    {"external": {"enum": ["praval"], "description": "the framework it runs in, on the same "
+                                                     "broker (Praval 0.8.4)"},
+     "description": {"type": "string"},
+     "subscribe": {**_names, "description": "our channels whose broadcasts it hears"},
+     "channel": {**_name, "description": "the channel its broadcasts are delivered on here "
+                                         "(default main)"}},
+    required=["external"],
+    description="an agent outside sporeflow, addressed over the broker; no handler here")
 
 _agent = _closed(
     {
@@ -234,7 +244,11 @@ ORGANISM_SCHEMA: dict[str, Any] = {
                                                   "x-write": "a mapping of settings, like "
                                                              "{capacity: 100}, or {}"}},
             "agents": {"type": "object", "propertyNames": _name,
-                       "additionalProperties": _agent},
+                       # An entry with `external` is another framework's agent; the loader
+                       # checks those itself (config.external), before this schema.
+                       "additionalProperties": {"if": {"required": ["external"]},
+                                                "then": EXTERNAL_AGENT_SCHEMA,
+                                                "else": _agent}},
             "limits": _limits,
             "sources": sources_schema(_name, _duration, ENV_NAME_PATTERN),
             "pipeline": _closed(

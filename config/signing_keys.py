@@ -5,6 +5,7 @@
         key_env: SPOREFLOW_KEY            # HMAC-SHA256, the organism's shared key
         accept_key_env: SPOREFLOW_KEY_2   # also accepted, never used to sign (rotation)
         window: 5m                        # a signature older (or newer) than this is refused
+        accept_unsigned_from: [pr]        # external agents whose unsigned spores pass
         agents:                           # Ed25519 keys of single agents (sporeflow[signing])
           vault:
             public_key: <base64 of the 32-byte public key>
@@ -79,6 +80,9 @@ class SigningSpec:
     keys: tuple[KeySpec, ...]
     window: float = DEFAULT_WINDOW
     max_seen: int = DEFAULT_MAX_SEEN
+    # External agents (a Praval agent signs nothing) whose unsigned spores are accepted:
+    # a spore claiming one of these senders is taken on the broker's word alone.
+    unsigned_from: frozenset[str] = frozenset()
     _by_id: Mapping[str, KeySpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -131,6 +135,11 @@ SIGNING_SCHEMA: dict[str, Any] = {
         "window": {"oneOf": [{"type": "number", "minimum": 1, "maximum": 7 * 24 * 3600},
                              {"type": "string"}],
                    "x-write": "a duration like 5m: signatures older than this are refused"},
+        "accept_unsigned_from": {
+            "type": "array", "uniqueItems": True, "items": {"type": "string"},
+            "description": "external agents (agents: {x: {external: praval}}) whose "
+                           "unsigned spores are accepted; anyone who may publish on the "
+                           "exchange can claim to be one of them"},
         "max_seen": {"type": "integer", "minimum": 1000,
                      "description": "signatures remembered against replays in one process"},
         "agents": {"type": "object", "additionalProperties": {
@@ -146,7 +155,7 @@ SIGNING_SCHEMA: dict[str, Any] = {
 
 
 def read_signing(organism: Mapping[str, Any], agents: Iterable[str],
-                 problem: Problem) -> SigningSpec | None:
+                 problem: Problem, *, external: Iterable[str] = ()) -> SigningSpec | None:
     """The signing keys ``organism`` declares (None: unsigned); each mistake is reported
     through ``problem(path, message)``."""
     conf = organism.get("signing")
@@ -187,7 +196,24 @@ def read_signing(organism: Mapping[str, Any], agents: Iterable[str],
         problem(("organism", "signing", "window"), str(exc))
         window = DEFAULT_WINDOW
     return SigningSpec(tuple(keys), window=window,
-                       max_seen=int(conf.get("max_seen", DEFAULT_MAX_SEEN)))
+                       max_seen=int(conf.get("max_seen", DEFAULT_MAX_SEEN)),
+                       unsigned_from=_unsigned_from(conf, set(external), problem))
+
+
+def _unsigned_from(conf: Mapping[str, Any], external: set[str],
+                   problem: Problem) -> frozenset[str]:
+    """The external agents whose unsigned spores pass: only those (an agent of ours signs)."""
+    named = conf.get("accept_unsigned_from") or []
+    accepted = set()
+    for i, name in enumerate(named if isinstance(named, list) else []):
+        if name in external:
+            accepted.add(name)
+        elif isinstance(name, str):  # else the schema reported it
+            problem(("organism", "signing", "accept_unsigned_from", i),
+                    f"{name!r} is no external agent of this organism; only those may send "
+                    f"unsigned spores (declare it under agents: as {{{name}: {{external: "
+                    f"praval}}}}); its external agents are {sorted(external)!r}")
+    return frozenset(accepted)
 
 
 def _secret(env: str, where: tuple[str | int, ...], problem: Problem) -> Secret | None:

@@ -45,6 +45,9 @@ __all__ = [
 AMQP_EXTRA_HINT = extra_hint("amqp")
 # Reply queues are <exchange>.reply.<user>.<token>, bound by the key reply.<user>.<token>.
 REPLY_WORD = "reply"
+# What Praval 0.8.4's RabbitMQ backend publishes a broadcast by: broadcast.<type>, with no
+# word for the channel (its channels are its own process's), whatever channel it was on.
+PRAVAL_BROADCAST_KEY = "broadcast.*"
 _KEY_WORD_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
@@ -77,6 +80,9 @@ class Topology:
     # message given back each agent's max_crashes times (x-delivery-limit, one less).
     queue_type: str = "classic"
     max_crashes: Mapping[str, int] = field(default_factory=dict)
+    # The channels external agents' broadcasts are delivered on (config.external): the
+    # queues of their subscribers are bound by PRAVAL_BROADCAST_KEY too.
+    external_channels: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, spec: OrganismSpec) -> Topology:
@@ -91,7 +97,8 @@ class Topology:
             overflow=broker.overflow, dead_letter_max_length=broker.dead_letter_max_length,
             dead_letter_max_length_bytes=broker.dead_letter_max_length_bytes,
             max_spore_bytes=spec.limits.max_spore_bytes, queue_type=broker.queue_type,
-            max_crashes={name: agent.max_crashes for name, agent in spec.agents.items()})
+            max_crashes={name: agent.max_crashes for name, agent in spec.agents.items()},
+            external_channels=frozenset(agent.channel for agent in spec.external.values()))
 
     def queue_arguments(self, agent: str) -> dict[str, Any]:
         """The arguments of ``agent``'s queue (RabbitMQ's ``x-`` names)."""
@@ -171,8 +178,11 @@ class Topology:
     def bindings(self, agent: str) -> tuple[str, ...]:
         """The topic patterns binding ``agent``'s queue: its own key, its channels' keys."""
         own = self.direct_key.format(agent=agent, type="*")
-        return (own, *(self.broadcast_key.format(channel=c, type="*")
-                       for c in self.subscriptions.get(agent, ())))
+        channels = self.subscriptions.get(agent, ())
+        foreign = ((PRAVAL_BROADCAST_KEY,) if not self.external_channels.isdisjoint(channels)
+                   else ())
+        return (own, *(self.broadcast_key.format(channel=c, type="*") for c in channels),
+                *foreign)
 
 def _bounds(length: int | None, size: int | None, overflow: str) -> dict[str, Any]:
     bounds: dict[str, Any] = {}

@@ -25,7 +25,8 @@ route, schemas) before its agent's lane:
   reconnected (``publisher``); after ``broker.give_up_after`` the organism fails stop.
 - Spores from senders that are no agent of the organism (a Praval agent) are
   handled like outside spores; what goes back to such a sender is published by
-  its direct routing key.
+  its direct routing key. Declared external agents (``external``) are addressed
+  like ours; their broadcasts land on the channel declared for them.
 
 The bridge is a :class:`LedgerHook`: it learns of handled, failed, refused and
 settled spores from the ledger, and acks or dead-letters deliveries then.
@@ -54,6 +55,7 @@ from sporeflow.config import (
 from sporeflow.config.reasons import Reason, reason_of
 from sporeflow.pipeline.broker.backend import Backend, Inbound, Topology
 from sporeflow.pipeline.broker.boots import BootOnce
+from sporeflow.pipeline.broker.external import ExternalAgents
 from sporeflow.pipeline.broker.factory import open_backend
 from sporeflow.pipeline.broker.publisher import Publisher, failure_notice
 from sporeflow.pipeline.broker.settling import Settler, Ticket
@@ -76,6 +78,10 @@ def make_bridge(spec: OrganismSpec, backend: Backend | str | None,
     chosen = open_backend(spec.backend if backend is None else backend) if (
         backend is None or isinstance(backend, str)) else backend
     if chosen is None:
+        if spec.external:
+            raise _usage(spec, f"agents {sorted(spec.external)!r} are external: they are "
+                               f"reached through a broker; set organism.backend or "
+                               f"--backend to an amqp:// URL")
         if hosted is not None:
             raise _usage(spec, "hosting some agents (--agents) needs a broker: set "
                                "organism.backend or --backend to an amqp:// URL")
@@ -112,6 +118,7 @@ class Bridge(LedgerHook):
         self.logger = logging.getLogger(f"sporeflow.bridge.{spec.name}")
         self.boots = BootOnce(backend, self.topology, lambda: self.run.ledger, self.logger)
         self._keys = spec.signing
+        self.external = ExternalAgents(spec)
         self._replays = ReplayGuard(spec.signing.window, spec.signing.max_seen) if (
             spec.signing is not None) else None
         self._run: Run | None = None
@@ -126,7 +133,8 @@ class Bridge(LedgerHook):
         self._in_air = 0  # publishes started, not yet confirmed or failed
         self._expected = 0  # published to agents hosted here, not yet consumed back
         self._changed = asyncio.Event()
-        self.counts = {"consumed": 0, "redelivered": 0, "own_broadcasts": 0, "refused": 0,
+        self.counts = {"consumed": 0, "redelivered": 0, "own_broadcasts": 0,
+                       "external_elsewhere": 0, "refused": 0,
                        "acked": 0, "dead_lettered": 0, "ack_failures": 0, "published": 0,
                        "publish_failures": 0, "failure_notices": 0}
         self.publisher = Publisher(backend, spec.broker, self.counts)  # across outages
@@ -199,7 +207,8 @@ class Bridge(LedgerHook):
             return
         ticket = self._inflight.get(id(spore))
         reply_queue = ticket.message.reply_queue if ticket is not None else None
-        if self._keys is not None and self._replays is not None:
+        if (self._keys is not None and self._replays is not None
+                and not self.external.unsigned_accepted(spore)):
             signature = verify(spore, self._keys, reply_queue=reply_queue or "")
             if ticket is None or not ticket.message.redelivered:  # a redelivery is no replay
                 self._replays.check(ticket.agent if ticket is not None else "", signature)
@@ -228,7 +237,12 @@ class Bridge(LedgerHook):
         if run is None or not run.running():
             self._spawn(self._settle.give_back(message))
             return
-        sender = spore.from_agent
+        heard = self.external.broadcast_for(agent, spore, run.wiring().table.subscribers)
+        if heard is None:
+            self.counts["external_elsewhere"] += 1  # a copy for another agent's queue
+            self._settle.ack_soon(message)
+            return
+        spore, sender = heard, heard.from_agent
         if (type(sender) is str and sender not in self.spec.agents
                 and (sender not in run.outside or sender in self._remote)):
             # A foreign agent (Praval's, say): what goes back to it goes through the broker.

@@ -109,13 +109,14 @@ def permissions(spec: OrganismSpec, agents: Iterable[str] | None = None, *,
 def _reach(spec: OrganismSpec, hosted: tuple[str, ...]) -> tuple[tuple[str, ...],
                                                                   tuple[str, ...]]:
     """Whom ``hosted`` may address, and where they may broadcast, as route allows it."""
+    everyone = {*spec.agents, *spec.external}  # external agents are addressed alike
     if not hosted:  # an outside sender: any agent, the channels without a publish list
-        return tuple(sorted(spec.agents)), tuple(sorted(
+        return tuple(sorted(everyone)), tuple(sorted(
             name for name, channel in spec.channels.items() if channel.publish is None))
     addresses = set(hosted)  # boot spores, and outside senders in the process
     for name in hosted:
         peers = spec.agents[name].peers
-        addresses |= set(spec.agents) if peers is None else peers
+        addresses |= everyone if peers is None else peers
     channels = {name for name, channel in spec.channels.items()
                 if channel.publish is None or channel.publish & set(hosted)}
     return tuple(sorted(addresses)), tuple(sorted(channels))

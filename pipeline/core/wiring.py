@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sporeflow.config import AgentSpec, OrganismSpec
+from sporeflow.config import AgentSpec, ExternalAgentSpec, OrganismSpec
 from sporeflow.steps import AgentLane, RoutingTable, SchemaCheck, schema_check
 
 __all__ = ["AgentRuntime", "WiringCell", "WiringSnapshot", "routing_table"]
@@ -34,11 +34,15 @@ class AgentRuntime:
 def routing_table(spec: OrganismSpec) -> RoutingTable:
     """Who exists, who subscribes to what and who may address whom, per ``spec``."""
     subscribers: dict[str, list[str]] = {}
-    for agent in spec.agents.values():
+    # External agents (on the broker, outside sporeflow) are addressed like ours; the
+    # bridge publishes what goes to them, and no lane or queue of theirs exists here.
+    listeners: list[AgentSpec | ExternalAgentSpec] = [*spec.agents.values(),
+                                                       *spec.external.values()]
+    for agent in listeners:
         for channel in agent.subscribe:
             subscribers.setdefault(channel, []).append(agent.name)
     return RoutingTable(
-        agents=frozenset(spec.agents),
+        agents=frozenset((*spec.agents, *spec.external)),
         subscribers={c: tuple(names) for c, names in subscribers.items()},
         peers={a.name: a.peers for a in spec.agents.values() if a.peers is not None},
         publishers={c.name: c.publish for c in spec.channels.values() if c.publish is not None},

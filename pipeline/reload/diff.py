@@ -177,6 +177,8 @@ def broker_bound(diff: SpecDiff) -> str:
     """What in ``diff`` the broker's topology would have to follow ('' when nothing)."""
     if diff.added or diff.removed:
         return "a reload cannot add or remove agents"
+    if "external" in diff.organism_changed:  # their broadcasts' bindings, their addresses
+        return "a reload cannot add, remove or change external agents"
     moved = [name for name, what in diff.changed.items() if "subscribe" in what]
     if moved:
         return f"a reload cannot change subscriptions ({', '.join(moved)})"
