@@ -117,8 +117,21 @@ async def _w5(n: int) -> None:
         await org.idle()
 
 
+async def _w7(n: int) -> None:
+    async def count(spore: Any, ctx: Any) -> None:
+        await asyncio.sleep(0)
+
+    org = _built({"agents": {"a": {"handler": count, "timeout": "5s"}}})
+    async with org.running():
+        for i in range(n):
+            await org.send("a", {"i": i}, expires_in=60.0, **PIPELINED)
+        if PIPELINED:
+            await org.confirmed()
+        await org.idle()
+
+
 RUNNERS: dict[str, Callable[[int], Awaitable[None]]] = {
-    "W1": _w1, "W2": _w2, "W3": _w3, "W4": _w4, "W5": _w5}
+    "W1": _w1, "W2": _w2, "W3": _w3, "W4": _w4, "W5": _w5, "W7": _w7}
 
 
 def _instructions(python: str, workload: str, count: int, journal: bool) -> int:

@@ -25,6 +25,7 @@ from sporeflow.config.errors import DeliveryError
 from sporeflow.config.model import Retry
 from sporeflow.config.reasons import Reason
 from sporeflow.steps.buckets import PriorityBuckets
+from sporeflow.steps.deadlines import Deadline, DeadlineWatch, Overrun
 from sporeflow.steps.expire import expired, utc_now
 from sporeflow.steps.spore import Spore
 
@@ -46,16 +47,6 @@ class LanePolicy:
     concurrency: int = 1
     timeout: float | None = None
     retry: Retry = Retry()
-
-
-class _Overrun(TimeoutError):
-    """A handler that blocked the loop past its deadline: no await let the timeout fire."""
-
-
-def _check_overrun(deadline: asyncio.Timeout) -> None:
-    when = deadline.when()
-    if when is not None and when <= asyncio.get_running_loop().time():
-        raise _Overrun
 
 
 def _ignore(*_: Any) -> None:
@@ -138,8 +129,8 @@ class AgentLane:
         self._running: set[asyncio.Task[Any]] = set()  # runners inside one of our handlers
         self._quiet: asyncio.Future[None] | None = None
         self._timers: dict[int, tuple[asyncio.TimerHandle, Spore, int]] = {}
-        # The timeout of each handler running under one, by its task (reclaim pauses it).
-        self._deadlines: dict[asyncio.Task[Any] | None, asyncio.Timeout] = {}
+        # The timeouts of the handlers running under one, by task (reclaim pauses them).
+        self._watch = DeadlineWatch()
         self._timer_tokens = 0
         self.scheduled = False  # in the pool's ready queue
         self.busy = 0
@@ -328,7 +319,8 @@ class AgentLane:
             self.lent -= 1
             return
         loop = asyncio.get_running_loop()
-        deadline = self._deadlines.get(asyncio.current_task()) if self._deadlines else None
+        running = self._watch.running
+        deadline = running.get(asyncio.current_task()) if running else None  # type: ignore[arg-type]
         remaining = None
         if deadline is not None and not deadline.expired() and deadline.when() is not None:
             remaining = deadline.when() - loop.time()  # type: ignore[operator]
@@ -429,17 +421,16 @@ class AgentLane:
                 if replies.__class__ is not list:
                     replies = await replies  # type: ignore[misc]
             else:
-                task = asyncio.current_task()
-                async with asyncio.timeout(timeout) as deadline:
-                    self._deadlines[task] = deadline
-                    try:
-                        result = await self.invoke(spore, attempt)
-                        replies = self.shape(result, spore) if result is not None else []
-                        if replies.__class__ is not list:
-                            replies = await replies  # type: ignore[misc]
-                    finally:
-                        del self._deadlines[task]
-                    _check_overrun(deadline)
+                deadline = self._watch.start(timeout)  # one timer per lane, not per run
+                try:
+                    result = await self.invoke(spore, attempt)
+                    replies = self.shape(result, spore) if result is not None else []
+                    if replies.__class__ is not list:
+                        replies = await replies  # type: ignore[misc]
+                except BaseException as exc:
+                    deadline.finish(exc)  # raises: exc, or the timeout it stands for
+                    raise
+                deadline.finish(None)  # raises if it ran past its deadline
         except BaseException as exc:
             self._failed_run(spore, attempt, exc, deadline)
         else:
@@ -447,7 +438,7 @@ class AgentLane:
             self._on_done(spore, replies, time.perf_counter() - started)
 
     def _failed_run(self, spore: Spore, attempt: int, exc: BaseException,
-                    deadline: asyncio.Timeout | None) -> None:
+                    deadline: Deadline | None) -> None:
         """Sort out why a handler run ended in an exception, then fail or re-raise."""
         if exc.__class__ is GeneratorExit and _closing():
             raise exc  # our own coroutine is being closed (an abandoned one, at exit)
@@ -462,7 +453,7 @@ class AgentLane:
             self._fail(spore, attempt, Reason.HANDLER_FAILED, asyncio.CancelledError(
                 f"handler of {self.name!r} was cancelled from inside"))
         elif isinstance(exc, TimeoutError) and deadline is not None and (
-                deadline.expired() or isinstance(exc, _Overrun)):
+                deadline.expired() or isinstance(exc, Overrun)):
             self._fail(spore, attempt, Reason.TIMEOUT, TimeoutError(
                 f"handler of {self.name!r} ran past its timeout of {self.policy.timeout}s"))
         else:
