@@ -35,6 +35,7 @@ from sporeflow.config.positions import Located
 from sporeflow.config.references import mapping
 from sporeflow.config.resolve import qualname
 from sporeflow.config.schemas import SchemaSpec, SchemaViolation, field_path
+from sporeflow.config.xsdgen import xsd_from_json_schema
 
 __all__ = ["TYPE_LANGUAGE", "PayloadRoute", "PayloadRoutes", "is_record", "payload_type",
            "read_payloads", "routes_for", "to_knowledge"]
@@ -169,6 +170,10 @@ class PayloadRoutes:
         union: Any = kinds[0] if len(kinds) == 1 else typing.Union[kinds]  # noqa: UP007
         schema: dict[str, Any] = _adapter(union).json_schema()
         return schema
+
+    def xsd(self) -> str:
+        """An XML Schema of the same types, for XML senders (see ``config.xsdgen``)."""
+        return xsd_from_json_schema(self.json_schema())
 
     def schema_spec(self) -> SchemaSpec:
         """The schema the chain's schema stage applies: this :meth:`select`."""
