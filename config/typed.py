@@ -24,7 +24,7 @@ import inspect
 import json
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -114,7 +114,7 @@ class PayloadRoute:
 
     kind: type
     ref: str
-    handler: Callable[..., Any] = field(compare=False)
+    handler: Callable[..., Any]  # compared by identity: a reimported module's differs
 
     @property
     def name(self) -> str:

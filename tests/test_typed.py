@@ -3,6 +3,7 @@ checked by the chain's schema stage, and what it returns is dumped to knowledge.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from sporeflow.config import ConfigError, load_organism, organism_from_dict
 from sporeflow.config import typed as typed_module
 from sporeflow.config.typed import TYPE_LANGUAGE, payload_type, to_knowledge
+from sporeflow.pipeline import Organism
 from sporeflow.steps import Spore
 from sporeflow.testing import TestOrganism
 from tests import typed_handlers as h
@@ -196,3 +198,25 @@ def test_without_pydantic_a_typed_handler_names_the_extra(
     assert ("agents.shop.handler: a typed handler (a dataclass or model payload) needs "
             "pydantic, which is not installed; install it with: "
             "pip install 'sporeflow[typed]'") in str(caught.value)
+
+
+async def test_an_edit_to_any_module_of_a_handlers_list_is_reimported_by_reload(
+        tmp_path: Path, handler_modules: Callable[[str, str | None], str]) -> None:
+    orders = handler_modules(
+        "from dataclasses import dataclass\n"
+        "@dataclass\nclass Order:\n    sku: str\n"
+        "async def on_order(order: Order, ctx): return {'v': 1}\n", None)
+    refund = ("from dataclasses import dataclass\n"
+              "@dataclass\nclass Refund:\n    amount: int\n"
+              "async def on_refund(refund: Refund, ctx): return {'v': 1}\n")
+    refunds = handler_modules(refund, None)
+    path = tmp_path / "organism.yaml"
+    path.write_text(f"agents:\n  shop: {{handlers: [{orders}:on_order, {refunds}:on_refund]}}\n")
+    organism = Organism.from_file(path)
+    async with organism.running():
+        handler_modules(refund.replace("{'v': 1}", "{'v': 2}"), refunds)
+        report = await organism.reload()
+        answer = await organism.request("shop", {"amount": 3}, timeout=5)
+    assert report.reimported == (refunds,)
+    assert dict(report.changed) == {"shop": ("handler",)}
+    assert answer.knowledge == {"v": 2}
