@@ -149,9 +149,6 @@ class PayloadRoutes:
         raise SchemaViolation(best.field, f"{best.detail} (as {route.name}; it fits none of "
                                           f"{self.names()})", self.label)
 
-    def check(self, knowledge: Any) -> None:
-        self.select(knowledge)
-
     def refs(self) -> str:
         """The handlers' references, as ``handler_ref`` shows them."""
         return ", ".join(route.ref for route in self.routes)
