@@ -82,6 +82,7 @@ def payload_type(handler: Callable[..., Any]) -> type | None:
     return annotation if is_record(annotation) else None
 
 
+@functools.cache  # once found: it is asked on every typed spore
 def _pydantic() -> Any:
     if not has_modules("pydantic"):
         raise missing_extra("a typed handler (a dataclass or model payload)", "pydantic",
