@@ -45,7 +45,13 @@ from sporeflow.config.positions import Located, YamlSyntaxError, read_yaml
 from sporeflow.config.positions import Path as DataPath
 from sporeflow.config.reasons import did_you_mean
 from sporeflow.config.references import mapping, reference_problems
-from sporeflow.config.resolve import qualname, resolve_handlers, resolve_stages, resolve_store
+from sporeflow.config.resolve import (
+    qualname,
+    resolve_handlers,
+    resolve_listed,
+    resolve_stages,
+    resolve_store,
+)
 from sporeflow.config.schema import ORGANISM_SCHEMA
 from sporeflow.config.schemas import SchemaFileError, SchemaSpec, load_schema
 from sporeflow.config.secrets import redact_text
@@ -57,6 +63,7 @@ from sporeflow.config.size_cap import (
     read_capped,
 )
 from sporeflow.config.sources import read_sources
+from sporeflow.config.typed import PayloadRoutes, read_payloads
 from sporeflow.config.unit_hints import bare_duration_warnings
 from sporeflow.config.units import parse_duration, parse_size
 from sporeflow.config.wiring_checks import wiring_warnings
@@ -132,12 +139,15 @@ def _build(
     external = take_external(data, lambda path, message: problems.append(
         located.problem(path, message))) if isinstance(data, dict) else {}
     callables = _take_callables(data)
+    listed_callables = _take_listed_callables(data)
     problems += _schema_problems(located, callables)
     if not isinstance(data, dict):
         raise ConfigError(_sorted(problems))
     # The name checks below skip whatever has the wrong shape: that is reported already.
     problems += reference_problems(located, external) + bare_duration_warnings(located)
     handlers = resolve_handlers(located, base_dir, callables, problems)
+    listed = resolve_listed(located, base_dir, listed_callables, problems)
+    payloads = read_payloads(located, handlers, listed, problems)
     stages = resolve_stages(located, base_dir, problems)
     store = resolve_store(located, base_dir, problems)
     schemas = _compile_schemas(located, base_dir, problems)
@@ -148,7 +158,9 @@ def _build(
                            external=external)
     if [p for p in problems if not p.warning]:
         raise ConfigError(_sorted(problems))
-    spec = _with_schemas(_to_spec(data, handlers, base_dir, source, store), schemas)
+    handlers = {**handlers, **{name: routes.routes[0].handler
+                               for name, routes in payloads.items()}}
+    spec = _with_schemas(_to_spec(data, handlers, base_dir, source, store), schemas, payloads)
     spec = dataclasses.replace(spec, stages=stages, sources=sources, external=external)
     if signing is not None:
         spec = dataclasses.replace(spec, signing=signing, signing_key=signing.shared_key,
@@ -169,6 +181,24 @@ def _take_callables(data: Any) -> dict[str, Callable[..., Any]]:
                 name: ({**agent, "handler": _CALLABLE_PLACEHOLDER} if name in found else agent)
                 for name, agent in agents.items()
             }
+    return found
+
+
+def _take_listed_callables(data: Any) -> dict[str, dict[int, Callable[..., Any]]]:
+    """As :func:`_take_callables`, for the callables in an agent's ``handlers`` list."""
+    agents = data.get("agents") if isinstance(data, dict) else None
+    found: dict[str, dict[int, Callable[..., Any]]] = {}
+    if not isinstance(agents, dict):
+        return found
+    for name, agent in agents.items():
+        listed = agent.get("handlers") if isinstance(agent, dict) else None
+        given = {i: ref for i, ref in enumerate(listed or ()) if callable(ref)}
+        if isinstance(listed, list) and given:
+            found[name] = given
+    if found:  # a new mapping, as above: the caller's dicts stay as they were
+        data["agents"] = {name: ({**agent, "handlers": [
+            _CALLABLE_PLACEHOLDER if callable(ref) else ref for ref in agent["handlers"]]}
+            if name in found else agent) for name, agent in agents.items()}
     return found
 
 
@@ -285,10 +315,15 @@ def _compile_schemas(located: Located, base_dir: Path,
     return compiled
 
 
-def _with_schemas(spec: OrganismSpec, schemas: Mapping[str, SchemaSpec]) -> OrganismSpec:
-    if not schemas:
+def _with_schemas(spec: OrganismSpec, schemas: Mapping[str, SchemaSpec],
+                  payloads: Mapping[str, PayloadRoutes]) -> OrganismSpec:
+    """Each agent's schema: its file's, or the one generated from its payload types."""
+    if not schemas and not payloads:
         return spec
     agents = {name: dataclasses.replace(agent, schema=schemas[name]) if name in schemas
+              else dataclasses.replace(agent, schema=payloads[name].schema_spec(),
+                                       payloads=payloads[name],
+                                       handler_ref=payloads[name].refs()) if name in payloads
               else agent for name, agent in spec.agents.items()}
     return dataclasses.replace(spec, agents=agents)
 
@@ -368,7 +403,8 @@ def _agent(name: str, conf: Mapping[str, Any], handler: Callable[..., Any]) -> A
     retry = conf.get("retry") or {}
     default_retry = Retry()
     timeout = conf.get("timeout")
-    ref = conf.get("handler", "gather" if "gather" in conf else "sequence")
+    ref = conf.get("handler", "handlers" if "handlers" in conf else
+                   "gather" if "gather" in conf else "sequence")
     return AgentSpec(
         name=name,
         handler_ref=ref if ref != _CALLABLE_PLACEHOLDER else qualname(handler),

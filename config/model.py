@@ -14,6 +14,7 @@ from sporeflow.config.signing_keys import SigningSpec
 
 if TYPE_CHECKING:  # config.sources reads the channels declared here
     from sporeflow.config.sources import SourceSpec
+    from sporeflow.config.typed import PayloadRoutes
 
 __all__ = [
     "DEAD_LETTER_CHANNEL",
@@ -95,6 +96,8 @@ class AgentSpec:
     gather: GatherSpec | None = None
     sequence: SequenceSpec | None = None
     schema: SchemaSpec | None = None  # what knowledge sent to it must satisfy
+    # Typed handlers (config.typed): the payload types it takes; its schema is made of them.
+    payloads: PayloadRoutes | None = None
     max_crashes: int = DEFAULT_MAX_CRASHES  # deaths handling a spore before it is poison
     # Seconds: a spore whose id it handled this recently is dropped (None: all are handled).
     dedupe: float | None = None

@@ -128,12 +128,12 @@ def _kind_problems(located: Located, base: DataPath, agent: dict[str, Any],
                    unknown_agent: Callable[[DataPath, str], None],
                    unknown_channel: Callable[[DataPath, str], bool]) -> list[Problem]:
     """An agent is exactly one of a handler, a gather or a sequence; check their names."""
-    kinds = [key for key in ("handler", "gather", "sequence") if key in agent]
+    kinds = [key for key in ("handler", "handlers", "gather", "sequence") if key in agent]
     if not kinds:
         return [located.problem(base, "'handler' is a required property; add it (or a "
                                       "gather or a sequence)")]
     if len(kinds) > 1:
-        return [located.problem(base, f"give one of handler, gather or sequence, not "
+        return [located.problem(base, f"give one of handler, handlers, gather or sequence, not "
                                       f"{' and '.join(kinds)}")]
     problems: list[Problem] = []
     gather = mapping(agent.get("gather"))
@@ -150,7 +150,7 @@ def _kind_problems(located: Located, base: DataPath, agent: dict[str, Any],
                                                                          "steps")
     for i, name in names(steps):
         unknown_agent((*step_path, i), name)
-    if agent.get("cpu_bound") and kinds != ["handler"]:
+    if agent.get("cpu_bound") and kinds not in (["handler"], ["handlers"]):
         problems.append(located.problem((*base, "cpu_bound"), "only a handler can be "
                                                               "cpu_bound; remove it"))
     return problems

@@ -21,7 +21,7 @@ from sporeflow.config.positions import Path as DataPath
 from sporeflow.config.references import mapping
 from sporeflow.config.schema import HANDLER_PATTERN
 
-__all__ = ["qualname", "resolve_handlers", "resolve_stages", "resolve_store"]
+__all__ = ["qualname", "resolve_handlers", "resolve_listed", "resolve_stages", "resolve_store"]
 
 
 def qualname(handler: Callable[..., Any]) -> str:
@@ -77,6 +77,34 @@ def resolve_handlers(
         if problem:
             problems.append(located.problem(("agents", name, "handler"), problem))
     return handlers
+
+
+def resolve_listed(
+    located: Located, base_dir: Path, callables: Mapping[str, Mapping[int, Callable[..., Any]]],
+    problems: list[Problem],
+) -> dict[str, list[Callable[..., Any]]]:
+    """Each ``handlers:`` list (typed handlers, see ``config.typed``), imported; a callable
+    given through the Python API (in ``callables``, by agent and place) is taken as is."""
+    listed: dict[str, list[Callable[..., Any]]] = {}
+    imports = _Imports(base_dir)
+    for name, agent in mapping(located.data.get("agents")).items():
+        refs = mapping(agent).get("handlers")
+        if not isinstance(refs, list) or not refs:
+            continue  # absent, or reported by the schema pass
+        given = callables.get(name, {})
+        resolved: list[Callable[..., Any]] = []
+        for index, ref in enumerate(refs):
+            if index in given:
+                resolved.append(given[index])
+            elif isinstance(ref, str) and re.fullmatch(HANDLER_PATTERN, ref):
+                try:
+                    resolved.append(imports.resolve(ref))
+                except HandlerImportError as exc:
+                    problems.append(located.problem(("agents", name, "handlers", index),
+                                                    str(exc)))
+        if len(resolved) == len(refs):
+            listed[name] = resolved
+    return listed
 
 
 def _broken_module(located: Located, module: str, error: HandlerImportError,

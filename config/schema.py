@@ -77,6 +77,11 @@ _agent = _closed(
     {
         "handler": {"type": "string", "pattern": HANDLER_PATTERN,
                     "description": "module:function, resolved beside the organism file"},
+        "handlers": {"type": "array", "minItems": 1,
+                     "items": {"type": "string", "pattern": HANDLER_PATTERN},
+                     "description": "instead of handler: module:function handlers, each "
+                                    "taking a typed payload (a dataclass or pydantic model); "
+                                    "a spore goes to the first whose type it fits"},
         "description": {"type": "string"},
         "subscribe": {**_names, "description": "channels whose broadcasts it receives"},
         "emit": _emit,

@@ -157,7 +157,7 @@ async def test_ctx_gather_reports_failed_agents_and_keeps_the_lane_usable() -> N
       "beta": {"handler": silent}},
      "agents.s.sequence.1: unknown agent 'betta' (did you mean 'beta'?)"),
     ({"s": {"sequence": ["x"], "handler": silent}, "x": {"handler": silent}},
-     "agents.s: give one of handler, gather or sequence, not handler and sequence"),
+     "agents.s: give one of handler, handlers, gather or sequence, not handler and sequence"),
     ({"g": {"gather": {"channel": "nowhere"}}}, "agents.g.gather.channel: unknown channel"),
 ])
 def test_orchestration_mistakes_are_config_problems(agents: dict[str, Any],

@@ -65,7 +65,8 @@ async def test_prompt_lists_each_peer_with_what_it_accepts_and_an_example(
         "- reporter: Prints a report.",
         "  accepts: any JSON object",
         "- scribe: (no description)",
-        "  accepts: XML valid against note.xsd (top-level elements: note)",
+        "  accepts: XML valid against note.xsd: <note> (string)",
+        "  example: <note>text</note>",
     ]
 
 
@@ -94,3 +95,38 @@ async def test_an_agent_with_no_peers_is_told_so(organism: Organism) -> None:
 ])
 def test_example_payload_fits_the_schema(schema: dict[str, Any], example: Any) -> None:
     assert example_payload(schema) == example
+
+
+async def test_typed_peers_show_each_type_s_fields_and_an_example() -> None:
+    from tests import typed_handlers as h
+
+    organism = Organism.from_dict({"agents": {
+        "writer": {"handler": tell_peers, "peers": ["shop", "till"]},
+        "shop": {"handlers": [h.take_order, h.on_refund]},
+        "till": {"handler": h.take_order, "description": "Rings orders up."}}})
+    assert (await prompt_of(organism, "writer")).splitlines()[1:] == [
+        "- shop: (no description)",
+        "  accepts one of:",
+        "  - Order: an object with customer (string, required); items (list of Item, "
+        "required); note (string/null)",
+        '    example: {"customer": "text", "items": [{"count": 1, "sku": "text"}]}',
+        "  - Refund: an object with order_id (integer, required); amount (number, required); "
+        "reason (string, required)",
+        '    example: {"amount": 1.5, "order_id": 1, "reason": "text"}',
+        "- till: Rings orders up.",
+        "  accepts: an object with customer (string, required); items (list of Item, "
+        "required); note (string/null)",
+        '  example: {"customer": "text", "items": [{"count": 1, "sku": "text"}]}',
+    ]
+
+
+async def test_an_xsd_peer_shows_its_element_s_fields_and_an_example_element() -> None:
+    schemas = Path(__file__).parent / "organisms" / "schemas"
+    organism = Organism.from_dict({"agents": {
+        "writer": {"handler": tell_peers, "peers": ["shipping"]},
+        "shipping": {"handler": tell_peers, "schema": "order.xsd"}}}, base_dir=schemas)
+    assert (await prompt_of(organism, "writer")).splitlines()[2:] == [
+        "  accepts: XML valid against order.xsd: <order> with id (positiveInteger); "
+        "line (repeated): {sku (string); qty (positiveInteger)}",
+        "  example: <order><id>1</id><line><sku>text</sku><qty>1</qty></line></order>",
+    ]

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from sporeflow.config import AgentSpec, Emit, Limits
 from sporeflow.pipeline.agents.context import Context, HandlerPort
 from sporeflow.pipeline.agents.orchestration import orchestrator
+from sporeflow.pipeline.agents.payloads import typed_invoker, typed_shaper
 from sporeflow.pipeline.agents.procpool import ProcessPool
 from sporeflow.pipeline.agents.state import AgentStates
 from sporeflow.pipeline.agents.threads import AgentThreads
@@ -88,6 +89,8 @@ class AgentBuilder:
         # Bound to this runtime, not looked up by name: after a reload, a removed or
         # replaced agent's lane still finishes its work with its own runtime.
         invoke, shape = self._invoker(spec, lambda: agent), self._shaper(spec, lambda: agent)
+        if spec.payloads is not None:  # typed handlers: records out as knowledge
+            shape = typed_shaper(shape)
         if self.wrapper is not None:
             invoke, shape = self.wrapper.wrap(name, invoke, shape)
         policy = LanePolicy(spec.concurrency, spec.timeout, spec.retry)
@@ -119,6 +122,9 @@ class AgentBuilder:
         # Sync handlers block: they run on the agent's own threads (made when first needed).
         threads = AgentThreads(spec.name, spec.concurrency, lambda: runtime().lane,
                                self.ledger.logger)
+        if spec.payloads is not None:  # typed: the handler its payload's type picks
+            self.threads.add(threads)
+            return typed_invoker(spec.payloads, port, runtime, threads)
         if inspect.isclass(handler):  # one instance per agent handles every spore
             self.threads.add(threads)  # its method may be sync
 

@@ -2,10 +2,11 @@
 
 For each agent the caller may address (its ``peers``, else every other agent):
 its ``description``, what it accepts (read from its ``schema``: the fields of a
-JSON Schema with their types, or the top-level elements of an XSD) and an
+JSON Schema with their types, the fields of each top-level element of an XSD, or
+the payload types of typed handlers, through the JSON Schema made of them) and an
 example payload (the schema's first ``examples`` entry, else one made from the
-schema). A handler backed by a language model puts the text in its system
-prompt.
+schema; for an XSD, an XML element). A handler backed by a language model puts the
+text in its system prompt.
 """
 
 from __future__ import annotations
@@ -15,15 +16,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import yaml
-from lxml import etree
 
 from sporeflow.config import AgentSpec
-from sporeflow.config.safexml import DoctypeRefused, parse_xml
+from sporeflow.pipeline.agents.xsdpeers import xsd_lines
 
 __all__ = ["example_payload", "peers_prompt"]
 
 _MAX_DEPTH = 6
-_XSD = "{http://www.w3.org/2001/XMLSchema}"
 
 
 def peers_prompt(agent: AgentSpec, agents: Mapping[str, AgentSpec]) -> str:
@@ -44,18 +43,38 @@ def _describe(peer: AgentSpec, agents: Mapping[str, AgentSpec]) -> list[str]:
     lines = [f"- {peer.name}: {peer.description.strip() or _implied_description(peer)}"]
     schema_of = _accepting(peer, agents)
     schema = getattr(schema_of, "schema", None)
+    if schema_of.payloads is not None:  # typed handlers: the schema made of their types
+        return lines + _typed_lines(schema_of.payloads.json_schema())
     if schema is None:
         lines.append("  accepts: any JSON object")
         return lines
     if schema.language == "xsd":
-        elements = _xsd_elements(schema.path)
-        lines.append(f"  accepts: XML valid against {schema.path.name}"
-                     + (f" (top-level elements: {', '.join(elements)})" if elements else ""))
-        return lines
+        return lines + xsd_lines(schema.path)
     document = _json_schema(schema.path)
     lines.append(f"  accepts: {_summary(document)}")
     lines.append(f"  example: {json.dumps(example_payload(document), sort_keys=True)}")
     return lines
+
+
+def _typed_lines(document: dict[str, Any]) -> list[str]:
+    branches = document.get("anyOf")
+    if not isinstance(branches, list):
+        return [f"  accepts: {_summary(document, document)}",
+                f"  example: {json.dumps(example_payload(document), sort_keys=True)}"]
+    lines = ["  accepts one of:"]
+    for branch in branches:
+        record = _resolved(branch, document)
+        lines.append(f"  - {record.get('title', 'object')}: {_summary(record, document)}")
+        lines.append(f"    example: "
+                     f"{json.dumps(example_payload(branch, document), sort_keys=True)}")
+    return lines
+
+
+def _resolved(schema: Any, root: Any) -> Any:
+    ref = schema.get("$ref") if isinstance(schema, Mapping) else None
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        return root.get("$defs", {}).get(ref.removeprefix("#/$defs/"), {})
+    return schema
 
 
 def _implied_description(peer: AgentSpec) -> str:
@@ -79,18 +98,7 @@ def _json_schema(path: Any) -> Any:
         return yaml.safe_load(file)  # JSON is YAML too: one reader for both suffixes
 
 
-def _xsd_elements(path: Any) -> list[str]:
-    try:
-        with open(path, "rb") as file:
-            root = parse_xml(file.read())
-    except (OSError, DoctypeRefused, etree.XMLSyntaxError):
-        return []
-    assert root is not None  # a parser that does not recover raises instead
-    return [str(element.get("name")) for element in root.findall(f"{_XSD}element")
-            if element.get("name")]
-
-
-def _summary(schema: Any) -> str:
+def _summary(schema: Any, root: Any = None) -> str:
     """One line: the object's fields, their types, which are required."""
     if not isinstance(schema, Mapping):
         return "any JSON object"
@@ -100,13 +108,29 @@ def _summary(schema: Any) -> str:
     required = set(schema.get("required", ()))
     fields = []
     for name, spec in properties.items():
-        kind = spec.get("type", "any") if isinstance(spec, Mapping) else "any"
-        kind = "/".join(kind) if isinstance(kind, list) else kind
+        kind = _kind(spec, root)
         note = f"{name} ({kind}{', required' if name in required else ''})"
         if isinstance(spec, Mapping) and spec.get("description"):
             note += f": {spec['description']}"
         fields.append(note)
     return "an object with " + "; ".join(fields)
+
+
+def _kind(spec: Any, root: Any) -> str:
+    """A field's type in words: its JSON type, a type it refers to by name, a list of."""
+    if not isinstance(spec, Mapping):
+        return "any"
+    kind = spec.get("type")
+    if kind == "array" and isinstance(spec.get("items"), Mapping) and root is not None:
+        return f"list of {_kind(spec['items'], root)}"
+    if kind is not None:
+        return "/".join(kind) if isinstance(kind, list) else str(kind)
+    if root is not None and isinstance(spec.get("$ref"), str):
+        return str(_resolved(spec, root).get("title") or "object")
+    options = spec.get("anyOf")
+    if root is not None and isinstance(options, list):
+        return "/".join(_kind(option, root) for option in options)
+    return "any"
 
 
 def example_payload(schema: Any, root: Any = None, depth: int = 0) -> Any:

@@ -84,19 +84,22 @@ class ClassAgent:
         if on_stop is not None:
             await on_stop()
 
-    async def call(self, spore: Spore, ctx: Any, threads: AgentThreads) -> Any:
+    async def call(self, spore: Spore, ctx: Any, threads: AgentThreads, *,
+                   payload: Any = _NOTHING) -> Any:
         """Handle ``spore`` with the instance's method (making the instance first); a
-        sync method runs on one of ``threads``, the agent's."""
+        sync method runs on one of ``threads``, the agent's. A typed method gets
+        ``payload``, the value made of the spore's knowledge, instead of the spore."""
         instance = self.instance
         if instance is None:
             instance = await self.ensure()
         method = getattr(instance, self.method)
+        given = spore if payload is _NOTHING else payload
         if self.is_async:
-            return await method(spore, ctx)
+            return await method(given, ctx)
         if self.is_async_gen:
-            return method(spore, ctx)
+            return method(given, ctx)
         # A plain method may block: it runs on a thread of the agent, off the loop.
-        return await threads.run(method, spore, ctx, spore=spore)
+        return await threads.run(method, given, ctx, spore=spore)
 
 
 def _load_into(instance: Any, state: Any, name: str) -> None:

@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 import click
 
 from sporeflow.config import (
-    ORGANISM_SCHEMA,
     Limits,
     SporeError,
     SporeflowError,
@@ -43,6 +42,7 @@ from sporeflow.pipeline.cli.dlq import dlq
 from sporeflow.pipeline.cli.graph import graph
 from sporeflow.pipeline.cli.init import init
 from sporeflow.pipeline.cli.keygen import keygen
+from sporeflow.pipeline.cli.schemas import schema
 from sporeflow.pipeline.cli.tail import tail
 from sporeflow.pipeline.cli.util import (
     DEFAULT_ORGANISM,
@@ -414,13 +414,8 @@ def _xml_knowledge(text: str, as_request: bool, limits: Limits) -> tuple[Any, di
     return payload.knowledge, {"metadata": {"kind": payload.tag}}
 
 
-@cli.command()
-def schema() -> None:
-    """Print the JSON Schema of organism files (for editors)."""
-    click.echo(json.dumps(ORGANISM_SCHEMA, indent=2))
-
-
 cli.add_command(graph)
+cli.add_command(schema)
 cli.add_command(init)
 cli.add_command(dlq)
 cli.add_command(tail)

@@ -17,7 +17,7 @@ __all__ = ["LIVE_LIMITS", "ReloadReport", "SpecDiff", "broker_bound", "diff_spec
 
 
 # Fields that name or describe something without changing how it runs.
-_AGENT_IGNORED = frozenset({"name", "description", "handler_ref", "handler"})
+_AGENT_IGNORED = frozenset({"name", "description", "handler_ref", "handler", "payloads"})
 _CHANNEL_IGNORED = frozenset({"name", "description"})
 _ORGANISM_IGNORED = frozenset({"agents", "channels", "limits", "source", "base_dir",
                                "description"})
@@ -87,7 +87,8 @@ def diff_specs(old: OrganismSpec, new: OrganismSpec) -> SpecDiff:
 
 def _agent_changes(old: AgentSpec, new: AgentSpec) -> tuple[str, ...]:
     changes = _changed_fields(old, new, _AGENT_IGNORED)
-    if old.handler_ref != new.handler_ref or old.handler is not new.handler:
+    if (old.handler_ref != new.handler_ref or old.handler is not new.handler
+            or old.payloads != new.payloads):  # typed handlers: any of them
         changes = ("handler", *changes)
     return changes
 

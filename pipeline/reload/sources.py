@@ -22,11 +22,15 @@ def handler_files(spec: OrganismSpec) -> dict[str, Path]:
     base = spec.base_dir.resolve()
     found: dict[str, Path] = {}
     for agent in spec.agents.values():
-        name = getattr(agent.handler, "__module__", None)
-        if isinstance(name, str) and name not in found:
-            file = _module_file(name, base)
-            if file is not None:
-                found[name] = file
+        # A handlers: list's functions may live in several modules.
+        handlers = ([route.handler for route in agent.payloads.routes]
+                    if agent.payloads is not None else [agent.handler])
+        for handler in handlers:
+            name = getattr(handler, "__module__", None)
+            if isinstance(name, str) and name not in found:
+                file = _module_file(name, base)
+                if file is not None:
+                    found[name] = file
     return found
 
 
