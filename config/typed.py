@@ -122,11 +122,19 @@ class PayloadRoute:
         return self.kind.__name__
 
 
+_CHECKED_MAX = 4096  # selections kept between the schema stage and the invoker
+
+
 @dataclass(frozen=True, slots=True)
 class PayloadRoutes:
     """An agent's typed handlers, in the order declared."""
 
     routes: tuple[PayloadRoute, ...]
+    # What the schema stage selected, for the invoker to take rather than validate the
+    # same knowledge again: id -> (the knowledge, kept so that its id stays its own; the
+    # route; the value). Bounded: a spore checked and then never run is forgotten.
+    _checked: dict[int, tuple[Any, PayloadRoute, Any]] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False)
 
     def select(self, knowledge: Any) -> tuple[PayloadRoute, Any]:
         """The first route (in the order declared) whose type accepts ``knowledge``, and
@@ -180,7 +188,19 @@ class PayloadRoutes:
         return SchemaSpec(Path(self.label), TYPE_LANGUAGE, digest, self._check_dict)
 
     def _check_dict(self, knowledge: Any) -> None:
-        self.select(knowledge)
+        route, value = self.select(knowledge)
+        checked = self._checked
+        if len(checked) >= _CHECKED_MAX:
+            del checked[next(iter(checked))]  # the oldest
+        checked[id(knowledge)] = (knowledge, route, value)
+
+    def selected(self, knowledge: Any) -> tuple[PayloadRoute, Any]:
+        """For the invoker: what the schema stage selected for ``knowledge`` (validated
+        once), else :meth:`select` now."""
+        found = self._checked.pop(id(knowledge), None)
+        if found is not None and found[0] is knowledge:
+            return found[1], found[2]
+        return self.select(knowledge)
 
 
 def _validate(kind: type, knowledge: Any, label: str,

@@ -220,3 +220,23 @@ async def test_an_edit_to_any_module_of_a_handlers_list_is_reimported_by_reload(
     assert report.reimported == (refunds,)
     assert dict(report.changed) == {"shop": ("handler",)}
     assert answer.knowledge == {"v": 2}
+
+
+async def test_a_payload_is_validated_once_on_its_way_to_the_handler(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The schema stage's selection is the one the invoker uses: pydantic ran twice per
+    spore before (in the stage, then again in the invoker)."""
+    calls: list[type] = []
+    validate = typed_module._validate
+
+    def counted(kind: type, knowledge: Any, label: str) -> Any:
+        calls.append(kind)
+        return validate(kind, knowledge, label)
+
+    monkeypatch.setattr(typed_module, "_validate", counted)
+    async with TestOrganism({"agents": {"shop": {"handler": h.take_order}}}) as t:
+        for n in range(20):
+            await t.send("shop", _order(n + 1))
+        await t.idle()
+    assert len(h.SEEN) == 20
+    assert len(calls) == 20

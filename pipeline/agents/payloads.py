@@ -31,7 +31,7 @@ def typed_invoker(routes: PayloadRoutes, port: HandlerPort,
     kinds = {route.kind: _kind_of(route.handler) for route in routes.routes}
 
     async def invoke_typed(spore: Spore, attempt: int) -> Any:
-        route, value = routes.select(spore.knowledge)
+        route, value = routes.selected(spore.knowledge)  # validated by the schema stage
         agent = runtime()
         context = Context(port, agent, spore, attempt)
         if agent.actor is not None:  # a class agent: its handle method is typed
