@@ -58,13 +58,14 @@ class OutsideApi:
 
     def broadcast(self, knowledge: dict[str, Any], *, channel: str = "main",
                   sender: str = "system", priority: int = 5,
-                  expires_in: float | None = None) -> Coroutine[Any, Any, Spore]:
-        """Broadcast knowledge to every subscriber of ``channel``; await it for the spore."""
+                  expires_in: float | None = None, **extra: Any) -> Coroutine[Any, Any, Spore]:
+        """Broadcast knowledge to every subscriber of ``channel``; await it for the spore.
+        ``extra``: further fields of the spore, as for :meth:`send` (``metadata``...)."""
         ingress = self._ingress or self._not_started()
         return ingress.enter(ingress.outside_spore(
             knowledge, to=None, channel=channel, sender=sender,
             spore_type=SporeType.BROADCAST, priority=priority, expires_in=expires_in,
-            extra={}))
+            extra=extra))
 
     async def boot(self, agent: str, knowledge: Mapping[str, Any], *,
                    again: bool = False) -> Spore | None:

@@ -118,7 +118,7 @@ and thread-safe: each call has its own parser.
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from lxml import etree
@@ -174,12 +174,14 @@ class Payload:
 
     ``attrs`` holds the addressing attributes that were present (see
     ``ADDRESSING_ATTRS``), as written; ``knowledge`` is the element read as an object
-    without them.
+    without them; ``element`` the element as parsed (for
+    :mod:`sporeflow.steps.xmldocument`).
     """
 
     tag: str
     attrs: dict[str, str]
     knowledge: dict[str, object]
+    element: etree._Element | None = field(default=None, compare=False, repr=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -421,7 +423,7 @@ def parse_payloads(
         _check_depth(child, max_depth, source)
         attrs = {name: value for name in ADDRESSING_ATTRS if (value := child.get(name)) is not None}
         data = [(name, value) for name, value in _attributes(child) if name not in attrs]
-        payloads.append(Payload(_local(child.tag), attrs, _read_object(child, data)))
+        payloads.append(Payload(_local(child.tag), attrs, _read_object(child, data), child))
     if not payloads:
         raise XmlPayloadError(
             f"no XML element could be recovered: {_raw_parser_message(source)}",

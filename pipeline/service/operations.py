@@ -86,7 +86,7 @@ class Controlled(Protocol):
              channel: str | None = ..., **extra: Any) -> Coroutine[Any, Any, Spore]: ...
 
     def broadcast(self, knowledge: dict[str, Any], *, channel: str = ...,
-                  sender: str = ...) -> Coroutine[Any, Any, Spore]: ...
+                  sender: str = ..., **extra: Any) -> Coroutine[Any, Any, Spore]: ...
 
     async def request(self, to_agent: str, knowledge: dict[str, Any], *,
                       timeout: float = ..., sender: str = ...) -> Spore: ...
@@ -260,7 +260,7 @@ async def send_spore(organism: Controlled, knowledge: dict[str, Any], *,
         spore = await (organism.send(to, knowledge, sender=sender, channel=channel,
                                      **(extra or {})) if to is not None
                        else organism.broadcast(knowledge, channel=channel or "main",
-                                               sender=sender))
+                                               sender=sender, **(extra or {})))
         if fates is None:
             return SendOutcome("sent", spore.id)
         try:
