@@ -14,6 +14,7 @@ here a second time.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -73,6 +74,9 @@ class Controlled(Protocol):
 
     @property
     def masker(self) -> Masker: ...
+
+    @property
+    def logger(self) -> logging.Logger: ...
 
     @property
     def state(self) -> str: ...
@@ -149,8 +153,11 @@ async def replay(organism: Controlled, choice: LetterChoice) -> Replayed:
             await organism.submit(stored.replayable())
         except SporeflowError as exc:
             refused.append(stored)
-            problems.append(f"dead letter {stored.number} (spore {stored.letter.spore.id}): "
-                            f"{type(exc).__name__}: {organism.masker.mask(str(exc))}")
+            problem = (f"dead letter {stored.number} (spore {stored.letter.spore.id}): "
+                       f"{type(exc).__name__}: {organism.masker.mask(str(exc))}")
+            problems.append(problem)
+            # The caller is told, and so is the organism's log: the letter stays.
+            organism.logger.warning("replay refused, kept as a dead letter: %s", problem)
         else:
             done.append(stored.number)
     if refused:
