@@ -93,7 +93,8 @@ and parsed by lxml's recovering parser. Repairs, best effort:
   ``1``); otherwise after the child element after which the whitespace or prose that
   separates children differs from what preceded its first child, or after the last child
   if prose follows it. ``<note><text>hi</text> <report>...</report>`` thus yields
-  ``note`` and ``report`` side by side.
+  ``note`` and ``report`` side by side. It also ends before a start tag of its own name:
+  ``<note to="a"><t>x</t><note to="b">...</note>`` is two notes, not one inside the other.
 
 Safety: a reply is text, read as UTF-8 whatever it declares (bytes are decoded so, and
 the repair drops the XML declaration). A document type declaration (``<!DOCTYPE``,
