@@ -173,6 +173,14 @@ class Organism(OutsideApi):
     def brokered(self) -> bool:
         return self._bridge is not None
 
+    @property
+    def hosted(self) -> frozenset[str] | None:
+        """The agents this process runs when a broker has others run elsewhere; None when
+        it runs them all (with a broker or without)."""
+        bridge = self._bridge
+        return None if bridge is None or bridge.hosted >= self.spec.agents.keys() else (
+            frozenset(bridge.hosted))
+
     # -- what the parts see of the organism (narrow ports, see agents/ and reload/) ----
 
     def wiring(self) -> WiringSnapshot:

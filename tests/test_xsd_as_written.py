@@ -101,3 +101,58 @@ def test_send_that_ends_in_a_dead_letter_says_so_and_exits_1() -> None:
     assert err.startswith("dead letter")
     assert ": schema: " in err
     assert "knowledge.priority" in err
+
+
+async def test_over_a_broker_a_send_hosted_here_tells_its_dead_letter() -> None:
+    # It was "sent" (exit 0, nothing said) although this process refused it at once.
+    from sporeflow.pipeline.broker.memory_backend import MemoryBackend
+    from sporeflow.pipeline.service import operations
+
+    spec = organism_from_dict({"organism": {"name": "xsd"}, "agents": {
+        "notes": {"handler": "tests.organisms.schemas.schema_handlers:accept",
+                  "schema": "note.xsd"}}}, base_dir=SCHEMAS)
+    organism = Organism(spec, backend=MemoryBackend())
+    async with organism.running():
+        assert organism.brokered
+        payload = payload_from_xml(NOTE.replace(">2<", ">0<"))
+        refused = await operations.send_spore(
+            organism, payload.knowledge, to="notes", timeout=5,
+            extra={"metadata": {"kind": "note"}})
+        handled = await operations.send_spore(
+            organism, {"id": "n2", "title": "Spores", "priority": 1}, to="notes", timeout=5,
+            extra={"metadata": {"kind": "note", "xml": NOTE.replace("n1", "n2").replace(
+                ">2<", ">1<")}})
+    assert (refused.status, refused.reason) == ("dead-lettered", "schema")
+    assert handled.status == "handled"
+
+
+async def test_over_a_broker_a_send_to_an_agent_run_elsewhere_is_sent() -> None:
+    from sporeflow.pipeline.broker.memory_backend import MemoryBackend
+    from sporeflow.pipeline.service import operations
+
+    spec = organism_from_dict({"organism": {"name": "split"}, "agents": {
+        "here": {"handler": "tests.organisms.schemas.schema_handlers:accept"},
+        "there": {"handler": "tests.organisms.schemas.schema_handlers:accept"}}})
+    organism = Organism(spec, backend=MemoryBackend(), hosted=["here"])
+    async with organism.running():
+        assert organism.hosted == {"here"}
+        here = await operations.send_spore(organism, {}, to="here", timeout=5)
+        there = await operations.send_spore(organism, {}, to="there", timeout=5)
+        everyone = await operations.send_spore(organism, {}, channel="main", timeout=5)
+    assert (here.status, there.status, everyone.status) == ("handled", "sent", "sent")
+
+
+def test_the_cli_says_a_spore_was_sent_elsewhere_rather_than_nothing() -> None:
+    import click
+
+    from sporeflow.pipeline.cli.control import send_outcome
+
+    @click.command()
+    @click.pass_context
+    def show(ctx: click.Context) -> None:
+        send_outcome(ctx, 202, {"status": "sent", "id": "s-1"}, timeout=5)
+
+    result = CliRunner().invoke(show, [])
+    assert (result.exit_code, result.stdout) == (0, "s-1\n")
+    assert result.stderr.startswith("spore s-1: sent over the broker; its recipient runs in "
+                                    "another process")

@@ -84,6 +84,9 @@ class Controlled(Protocol):
     @property
     def brokered(self) -> bool: ...
 
+    @property
+    def hosted(self) -> frozenset[str] | None: ...
+
     def submit(self, spore: Spore) -> Coroutine[Any, Any, Spore]: ...
 
     def send(self, to_agent: str, knowledge: dict[str, Any], *, sender: str = ...,
@@ -178,7 +181,7 @@ class SendOutcome:
     """What became of a spore sent from outside.
 
     ``status``: ``handled`` (by ``agent``), ``answered`` (a request's ``response``),
-    ``sent`` (admitted; over a broker its fate is another process's), ``pending`` (not
+    ``sent`` (admitted; its recipient runs in another process), ``pending`` (not
     handled within the time waited), ``dead-lettered`` or ``refused`` (with ``reason`` and
     ``error``), ``timeout`` (a request unanswered), ``not running``.
     """
@@ -250,14 +253,14 @@ async def send_spore(organism: Controlled, knowledge: dict[str, Any], *,
     dead-lettered with its reason. A ``request`` waits for its response instead.
 
     A refusal at the door (unknown agent, not a peer, a malformed spore) is ``refused``
-    with the reason a dead letter would carry; over a broker the spore is ``sent`` once
-    the broker has it (its handler may run in another process).
+    with the reason a dead letter would carry; over a broker whose recipient runs in
+    another process, the spore is ``sent`` once the broker has it.
     """
     if to is None and channel is None:
         raise SporeError("say where the spore goes: an agent (to) or a channel")
     if request and to is None:
         raise SporeError("a request goes to one agent: give `to`")
-    fates = None if request or organism.brokered else _Fates(organism.events)
+    fates = None if request or not _sees_fate(organism, to) else _Fates(organism.events)
     try:
         if request:
             assert to is not None
@@ -300,6 +303,14 @@ async def send_spore(organism: Controlled, knowledge: dict[str, Any], *,
     finally:
         if fates is not None:
             fates.close()
+
+
+def _sees_fate(organism: Controlled, to: str | None) -> bool:
+    """Whether what becomes of a spore sent happens in this process: it runs the
+    recipient (every agent, for a broadcast), with a broker or without. Over a broker
+    that runs it elsewhere, the spore is ``sent``: its end is another process's."""
+    hosted = organism.hosted
+    return hosted is None or (to is not None and to in hosted)
 
 
 def _letter(organism: Controlled, spore_id: str) -> DeadLetter | None:
