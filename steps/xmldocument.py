@@ -5,9 +5,10 @@ The mapping of :mod:`sporeflow.steps.xmlpayload` reads ``<note id="n1"><title>t<
 </note>`` as ``{"id": "n1", "title": "t"}``, and writing that back makes ``id`` a child
 element: an XSD written for the real document (``id`` an attribute) would refuse it.
 So a payload read from XML keeps, beside its ``kind``, the document as written
-(``metadata["xml"]``: canonical XML, its addressing attributes left out) whenever the
-mapping would not write the same document: attributes, text beside children, repeated
-elements apart, namespaces. Plain child elements keep no copy, and cost no bytes.
+(``metadata["xml"]``: canonical XML, its addressing attributes left out) whenever it
+holds what the mapping would not write back: attributes, text beside children,
+repeated elements apart, namespaces. Plain child elements keep no copy, and cost no
+bytes (whitespace between elements and the spelling of numbers are not told apart).
 
 The schema stage checks that document only if it reads as the spore's knowledge,
 exactly (types included): handlers get the knowledge, so a copy that says something
@@ -30,6 +31,7 @@ from sporeflow.steps.xmlpayload import (
     element_to_knowledge,
     knowledge_to_element,
 )
+from sporeflow.steps.xmlrepair import WS
 
 __all__ = ["DEFAULT_ROOT", "WRITTEN_KEY", "mapped_document", "payload_metadata",
            "spore_document"]
@@ -66,19 +68,43 @@ def payload_metadata(payload: Payload) -> dict[str, object]:
 
 def _written(payload: Payload) -> str | None:
     element = payload.element
-    if element is None:
+    if element is None or not _beyond_mapping(element, len(payload.attrs)):
         return None
     if payload.attrs:  # they address the spore: not part of the document
         element = copy.deepcopy(element)
         for name in payload.attrs:
             del element.attrib[name]
-    written = canonical_bytes(element)
-    try:
-        if canonical_bytes(mapped_document(payload.tag, payload.knowledge)) == written:
-            return None
-    except (ValueError, TypeError):
-        pass
-    return written.decode("utf-8")
+    return canonical_bytes(element).decode("utf-8")
+
+
+def _beyond_mapping(root: etree._Element, addressing: int) -> bool:
+    """Whether ``root`` holds what the mapping cannot write back: an attribute (other
+    than the ``addressing`` ones of the root), a namespace, text beside child elements
+    (or in the root, always read as an object), or repeated elements apart. Whitespace
+    between elements and the spelling of numbers are not told apart: an XSD checks the
+    same either way. One pass, no serialisation, for every XML payload."""
+    if len(root.attrib) > addressing or (root.text or "").strip(WS):
+        return True
+    for node in root.iter():
+        if not isinstance(node.tag, str):
+            continue  # a comment or a processing instruction
+        if node is not root and node.attrib or "}" in node.tag:
+            return True
+        seen: set[str] = set()
+        previous = None
+        for child in node:
+            if (child.tail or "").strip(WS):
+                return True
+            tag = child.tag
+            if not isinstance(tag, str):
+                continue
+            if tag != previous and tag in seen:
+                return True
+            seen.add(tag)
+            previous = tag
+        if previous is not None and (node.text or "").strip(WS):
+            return True
+    return False
 
 
 def spore_document(kind: object, knowledge: dict[str, object],

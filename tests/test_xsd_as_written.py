@@ -156,3 +156,19 @@ def test_the_cli_says_a_spore_was_sent_elsewhere_rather_than_nothing() -> None:
     assert (result.exit_code, result.stdout) == (0, "s-1\n")
     assert result.stderr.startswith("spore s-1: sent over the broker; its recipient runs in "
                                     "another process")
+
+
+def test_what_the_mapping_writes_back_keeps_no_copy() -> None:
+    from sporeflow.steps.xmldocument import payload_metadata
+
+    def kept(text: str) -> bool:
+        return "xml" in payload_metadata(payload_from_xml(text))
+
+    # Indentation, addressing attributes and the spelling of numbers are not kept for.
+    assert not kept('<note to="a">\n  <title>t</title>\n  <n>1.50</n>\n</note>')
+    assert not kept("<note><tags>a</tags><tags>b</tags><x><y>1</y></x></note>")
+    assert kept('<note><title lang="en">t</title></note>')        # an attribute inside
+    assert kept("<note>hi</note>")                                # text of the root
+    assert kept("<note><a>1</a>and<b/></note>")                   # text beside children
+    assert kept("<note><a>1</a><b/><a>2</a></note>")              # repeated apart
+    assert kept('<n:note xmlns:n="urn:x"><title>t</title></n:note>')  # a namespace
