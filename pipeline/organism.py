@@ -175,11 +175,9 @@ class Organism(OutsideApi):
 
     @property
     def hosted(self) -> frozenset[str] | None:
-        """The agents this process runs when a broker has others run elsewhere; None when
-        it runs them all (with a broker or without)."""
+        """The agents this process runs if a broker runs others elsewhere, else None."""
         bridge = self._bridge
-        return None if bridge is None or bridge.hosted >= self.spec.agents.keys() else (
-            frozenset(bridge.hosted))
+        return None if bridge is None or bridge.hosted >= self.spec.agents.keys() else bridge.hosted
 
     # -- what the parts see of the organism (narrow ports, see agents/ and reload/) ----
 
