@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from sporeflow.config import NotAPeer, organism_from_dict
 from sporeflow.pipeline import Organism, Spore, SporeType
+from sporeflow.pipeline.cli.main import cli
 from sporeflow.pipeline.core.deadletters import LetterChoice
+from sporeflow.pipeline.journal.offline import JournalFile
 from sporeflow.pipeline.service import operations
 
 
@@ -94,3 +98,63 @@ async def test_a_broadcast_typed_spore_reaches_no_agent_beyond_the_channel() -> 
         await organism.submit(allowed)
         await organism.idle()
     assert [s.knowledge for s in received] == [{"n": 3}]
+
+
+async def direct_sender(spore: Spore, ctx: Any) -> None:
+    try:
+        await ctx.send("archiver", {"n": 2})
+    except NotAPeer:
+        pass  # its dead letter is kept
+
+
+async def keep(spore: Spore, ctx: Any) -> None:
+    return None
+
+
+ORGANISM = """
+organism: {name: replays, journal: j.db}
+agents:
+  triage: {handler: tests.test_replay_permissions:direct_sender, peers: []}
+  archiver: {handler: tests.test_replay_permissions:keep}
+"""
+
+
+async def test_a_journal_replay_refused_by_the_rules_says_so_and_keeps_the_letter(
+        tmp_path: Path) -> None:
+    organism_file = tmp_path / "organism.yaml"
+    organism_file.write_text(ORGANISM)
+    organism = Organism.from_file(organism_file)
+    async with organism.running():
+        await organism.send("triage", {})
+        await organism.idle()
+    result = CliRunner().invoke(cli, ["dlq", "replay", str(organism_file), "--all"])
+    assert result.exit_code == 1
+    assert "not replayed: dead letter 1 (spore " in result.stderr
+    assert "NotAPeer: agent 'triage' may not address 'archiver'" in result.stderr
+    assert "0 dead letter(s) moved back" in result.stderr
+    with JournalFile(tmp_path / "j.db") as journal:
+        assert [stored.letter.reason for stored in journal.dead_letters()] == ["not a peer"]
+        assert journal.pending() == []
+
+
+def test_replay_refusals_let_a_broadcast_delivery_through_and_hold_a_direct_spore() -> None:
+    from sporeflow.pipeline.core.deadletters import (
+        DeadLetter,
+        StoredDeadLetter,
+        replay_refusals,
+    )
+    from sporeflow.steps import RoutingTable
+
+    table = RoutingTable(agents=frozenset({"triage", "archiver"}),
+                         subscribers={"news": ("archiver",)},
+                         peers={"triage": frozenset()})
+    broadcast = Spore(knowledge={}, spore_type=SporeType.BROADCAST, from_agent="triage",
+                      channel="news")
+    direct = Spore(knowledge={}, from_agent="triage", to_agent="archiver")
+    letters = [StoredDeadLetter(1, DeadLetter(broadcast, "handler failed", "x", "archiver")),
+               StoredDeadLetter(2, DeadLetter(direct, "not a peer", "x"))]
+    allowed, refused = replay_refusals(letters, table, frozenset({"cli"}))
+    assert [stored.number for stored in allowed] == [1]
+    [why] = refused
+    assert why.startswith("dead letter 2 (spore ")
+    assert "NotAPeer: agent 'triage' may not address 'archiver'" in why
