@@ -37,6 +37,7 @@ from sporeflow.steps.xmldocument import DEFAULT_ROOT, WRITTEN_KEY, spore_documen
 
 __all__ = ["DEFAULT_ROOT", "check_schemas", "knowledge_element", "schema_check"]
 
+
 def knowledge_element(spore: Spore) -> etree._Element:
     """The XML form of ``spore``'s knowledge, as an XSD sees it (see the module docstring).
 
