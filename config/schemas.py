@@ -9,8 +9,9 @@ language:
   metaschema at load. ``$ref`` may point only inside the same file (``#/$defs/...``):
   nothing is fetched or read from elsewhere. It applies to the knowledge (a JSON object).
 * ``.xsd``: a W3C XML Schema, compiled with lxml. It applies to the XML form of the
-  knowledge (see :func:`sporeflow.steps.schemagate.knowledge_element`): the knowledge
-  written by the mapping of ``sporeflow.steps.xmlpayload`` under a root element named
+  knowledge (see :func:`sporeflow.steps.schemagate.knowledge_element`): the payload as
+  written when the spore came from XML (``sporeflow.steps.xmldocument``), else the
+  knowledge written by the mapping of ``sporeflow.steps.xmlpayload`` under a root element named
   after the spore's ``metadata["kind"]`` (the tag of the XML payload it came from), or
   ``knowledge`` when it has none. The file is parsed in the encoding it declares,
   without entities, DTDs or network (:mod:`sporeflow.config.safexml`: a document type

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Unpack
 
 from sporeflow.config import (
     AgentSpec,
@@ -64,6 +64,7 @@ from sporeflow.pipeline.observe.stats import organism_stats
 from sporeflow.pipeline.observe.stopping import Stats, stop_task
 from sporeflow.pipeline.observe.tracing import SporeTracer, make_tracer
 from sporeflow.pipeline.observe.watchdog import LoopWatchdog
+from sporeflow.pipeline.options import OrganismOptions
 from sporeflow.pipeline.outside import OutsideApi
 from sporeflow.pipeline.reload.diff import ReloadReport
 from sporeflow.pipeline.reload.edits import with_agent, without_agent
@@ -137,25 +138,17 @@ class Organism(OutsideApi):
     # -- construction -------------------------------------------------------
 
     @classmethod
-    def from_file(cls, path: str | Path, *, tracing: bool | SporeTracer = False,
-                  journal: str | Path | None = None, backend: Backend | str | None = None,
-                  hosted: Iterable[str] | None = None,
-                  stages: Sequence[StageSpec] = ()) -> Organism:
-        """Load ``path`` (raising :class:`ConfigError` listing every problem).
-
-        ``journal`` overrides the file's ``organism.journal``, ``backend`` its
-        ``organism.backend``; ``hosted`` names the agents this process runs (broker only).
-        """
-        return cls(load_organism(path), tracing=tracing, journal=journal, backend=backend,
-                   hosted=hosted, stages=stages)
+    def from_file(cls, path: str | Path, **options: Unpack[OrganismOptions]) -> Organism:
+        """Load ``path`` (raising :class:`ConfigError` listing every problem); ``options``
+        as :class:`OrganismOptions` says (``journal``, ``backend``, ``hosted``...)."""
+        return cls(load_organism(path), **options)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, base_dir: str | Path = ".",
-                  tracing: bool | SporeTracer = False,
-                  stages: Sequence[StageSpec] = ()) -> Organism:
-        """Build from a dict shaped like an organism file; handlers may be callables."""
-        return cls(organism_from_dict(dict(data), base_dir=base_dir), tracing=tracing,
-                   stages=stages)
+                  **options: Unpack[OrganismOptions]) -> Organism:
+        """Build from a dict shaped like an organism file; handlers may be callables;
+        ``options`` as for :meth:`from_file`."""
+        return cls(organism_from_dict(dict(data), base_dir=base_dir), **options)
 
     @property
     def state(self) -> str:
@@ -179,6 +172,12 @@ class Organism(OutsideApi):
     @property
     def brokered(self) -> bool:
         return self._bridge is not None
+
+    @property
+    def hosted(self) -> frozenset[str] | None:
+        """The agents this process runs if a broker runs others elsewhere, else None."""
+        bridge = self._bridge
+        return None if bridge is None or bridge.hosted >= self.spec.agents.keys() else bridge.hosted
 
     # -- what the parts see of the organism (narrow ports, see agents/ and reload/) ----
 

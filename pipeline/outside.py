@@ -64,15 +64,16 @@ class OutsideApi:
 
     def broadcast(self, knowledge: dict[str, Any], *, channel: str = "main",
                   sender: str = "system", priority: int = 5,
-                  expires_in: float | None = None,
-                  confirm: bool = True) -> Coroutine[Any, Any, Spore]:
+                  expires_in: float | None = None, confirm: bool = True,
+                  **extra: Any) -> Coroutine[Any, Any, Spore]:
         """Broadcast knowledge to every subscriber of ``channel``; await it for the spore.
-        ``confirm``: as for :meth:`send`."""
+        ``confirm`` and ``extra`` (further fields of the spore, ``metadata``...): as for
+        :meth:`send`."""
         ingress = self._ingress or self._not_started()
         return ingress.enter(ingress.outside_spore(
             knowledge, to=None, channel=channel, sender=sender,
             spore_type=SporeType.BROADCAST, priority=priority, expires_in=expires_in,
-            extra={}), confirm=confirm)
+            extra=extra), confirm=confirm)
 
     async def confirmed(self) -> None:
         """Return once every spore sent so far (``confirm=False`` ones included) is on

@@ -37,6 +37,7 @@ from sporeflow.config.model import Emit, Limits
 from sporeflow.config.units import parse_duration
 from sporeflow.steps.ids import derived_id
 from sporeflow.steps.spore import Spore, SporeType, new_spore
+from sporeflow.steps.xmldocument import payload_metadata
 from sporeflow.steps.xmlpayload import Payload, parse_payloads
 
 __all__ = ["OFFLOAD_XML_BYTES", "reply_spore", "shape_replies", "shape_replies_off_loop"]
@@ -214,7 +215,7 @@ def _payload_spores(payloads: list[Payload], *, parent: Spore, agent: str,
             channel=attrs.get("channel"), priority=_int_attr(attrs, "priority", agent))
         expires_in = attrs.get("expires_in")
         spores.append(dataclasses.replace(
-            spore, metadata={"kind": payload.tag},
+            spore, metadata=payload_metadata(payload),
             expires_at=None if expires_in is None else _expiry(
                 spore.created_at, expires_in, agent)))
     return spores

@@ -22,6 +22,7 @@ __all__ = ["RoutingTable", "no_agent_error", "permission_error", "route", "unhea
            "unroutable"]
 
 _RESPONSE = SporeType.RESPONSE
+_BROADCAST = SporeType.BROADCAST
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +77,13 @@ def permission_error(table: RoutingTable, spore: Spore, *,
 
     ``peers`` limit whom an agent addresses among the agents: a response, and a reply
     to an ``outside`` sender (the caller of ``organism.send``, the CLI), always pass.
+    A broadcast addressed to one of its channel's subscribers (a replayed dead letter of
+    one delivery) is held to the broadcast's rule, ``publish``, as its delivery was: it
+    reaches no agent the broadcast itself would not.
     """
     sender, target = spore.from_agent, spore.to_agent
-    if target is not None:
+    if target is not None and not (spore.spore_type is _BROADCAST and target in
+                                   table.subscribers.get(spore.channel, ())):
         allowed = table.peers.get(sender)
         if (allowed is not None and target not in allowed and spore.spore_type is not _RESPONSE
                 and target not in outside):

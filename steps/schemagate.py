@@ -9,10 +9,12 @@ Each refusal is one dead letter, reason
 ``schema``, naming the agent and the failing field.
 
 The XML form of the knowledge, which an XSD is applied to, is
-:func:`knowledge_element`: the knowledge written by the mapping of
-:mod:`sporeflow.steps.xmlpayload` under a root element named after the spore's
-``metadata["kind"]`` (the tag of the XML payload it came from) when that is an XML
-name, else ``knowledge`` (``DEFAULT_ROOT``). The mapping's scalar type markers
+:func:`knowledge_element`: the document as written when the spore came from an XML
+payload whose attributes, text or order the mapping cannot give back and it still reads
+as the knowledge (:mod:`sporeflow.steps.xmldocument`); otherwise the knowledge written
+by the mapping of :mod:`sporeflow.steps.xmlpayload` under a root element named after
+the spore's ``metadata["kind"]`` (the tag of the XML payload it came from) when that is
+an XML name, else ``knowledge`` (``DEFAULT_ROOT``). The mapping's scalar type markers
 (``type="str"``, ``type="float"``, ...) are left out: XSD types the text itself, so
 the string ``"42"`` is checked as the text ``42``. Structure is as in the mapping:
 every key is a child element in key order (``xs:all`` accepts any order), a list of two
@@ -23,7 +25,6 @@ or more items is repeated elements, and a list of zero or one item is a containe
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
-from typing import Final
 
 from aiostream import pipable_operator, streamcontext
 from lxml import etree
@@ -32,14 +33,9 @@ from sporeflow.config.reasons import reason_of
 from sporeflow.config.schemas import SchemaSpec, SchemaViolation
 from sporeflow.steps.spore import Spore
 from sporeflow.steps.types import Delivery, Reject, SchemaCheck
-from sporeflow.steps.xmlpayload import knowledge_to_element
+from sporeflow.steps.xmldocument import DEFAULT_ROOT, WRITTEN_KEY, spore_document
 
 __all__ = ["DEFAULT_ROOT", "check_schemas", "knowledge_element", "schema_check"]
-
-DEFAULT_ROOT: Final = "knowledge"
-"""The root element of the XML form of knowledge that has no ``metadata["kind"]``."""
-
-_SCALAR_MARKERS: Final = frozenset({"str", "int", "float", "bool", "null"})
 
 
 def knowledge_element(spore: Spore) -> etree._Element:
@@ -47,18 +43,8 @@ def knowledge_element(spore: Spore) -> etree._Element:
 
     Raises ``ValueError``/``TypeError`` for knowledge that XML cannot hold.
     """
-    kind = spore.metadata.get("kind") if spore.metadata else None
-    root = etree.Element(DEFAULT_ROOT)
-    if type(kind) is str:
-        try:
-            root = etree.Element(kind)
-        except ValueError:
-            pass  # not an XML name: the default root
-    element = knowledge_to_element(str(root.tag), spore.knowledge)
-    for node in element.iter():
-        if node.get("type") in _SCALAR_MARKERS:
-            del node.attrib["type"]
-    return element
+    metadata = spore.metadata or {}
+    return spore_document(metadata.get("kind"), spore.knowledge, metadata.get(WRITTEN_KEY))
 
 
 def schema_check(agent: str, schema: SchemaSpec) -> SchemaCheck:

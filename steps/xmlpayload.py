@@ -93,7 +93,8 @@ and parsed by lxml's recovering parser. Repairs, best effort:
   ``1``); otherwise after the child element after which the whitespace or prose that
   separates children differs from what preceded its first child, or after the last child
   if prose follows it. ``<note><text>hi</text> <report>...</report>`` thus yields
-  ``note`` and ``report`` side by side.
+  ``note`` and ``report`` side by side. It also ends before a start tag of its own name:
+  ``<note to="a"><t>x</t><note to="b">...</note>`` is two notes, not one inside the other.
 
 Safety: a reply is text, read as UTF-8 whatever it declares (bytes are decoded so, and
 the repair drops the XML declaration). A document type declaration (``<!DOCTYPE``,
@@ -118,7 +119,7 @@ and thread-safe: each call has its own parser.
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from lxml import etree
@@ -174,12 +175,14 @@ class Payload:
 
     ``attrs`` holds the addressing attributes that were present (see
     ``ADDRESSING_ATTRS``), as written; ``knowledge`` is the element read as an object
-    without them.
+    without them; ``element`` the element as parsed (for
+    :mod:`sporeflow.steps.xmldocument`).
     """
 
     tag: str
     attrs: dict[str, str]
     knowledge: dict[str, object]
+    element: etree._Element | None = field(default=None, compare=False, repr=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -421,7 +424,7 @@ def parse_payloads(
         _check_depth(child, max_depth, source)
         attrs = {name: value for name in ADDRESSING_ATTRS if (value := child.get(name)) is not None}
         data = [(name, value) for name, value in _attributes(child) if name not in attrs]
-        payloads.append(Payload(_local(child.tag), attrs, _read_object(child, data)))
+        payloads.append(Payload(_local(child.tag), attrs, _read_object(child, data), child))
     if not payloads:
         raise XmlPayloadError(
             f"no XML element could be recovered: {_raw_parser_message(source)}",

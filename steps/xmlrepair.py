@@ -276,6 +276,7 @@ class _Repairer:
                         break
             else:
                 self._settle(opening=True)
+                self._end_namesake(token.name)
                 self._flush()
                 self.out.append(_render_start(token))
                 if token.kind == _START:
@@ -289,6 +290,20 @@ class _Repairer:
     def _flush(self) -> None:
         self.out.extend(self.pending)
         self.pending.clear()
+
+    def _end_namesake(self, name: str) -> None:
+        """A never-closed element ends before a start tag of its own name: what a model
+        writes next to an unclosed ``<note>`` is the next ``<note>``, not its child (else
+        the next payload would be swallowed, and go where the first one goes). Elements
+        whose end tag comes may hold their namesakes; they are not closed early."""
+        level = len(self.frames)
+        while level and self.frames[level - 1].unclosed:
+            level -= 1
+            if self.frames[level].name == name:
+                self._flush()  # the text before the tag stays inside, as its content
+                while len(self.frames) > level:
+                    self.out.append(f"</{self.frames.pop().name}>")
+                return
 
     def _settle(self, *, opening: bool) -> None:
         """Close never-closed elements early where their content changes shape.

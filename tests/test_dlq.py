@@ -231,3 +231,35 @@ async def test_list_sizes_its_columns_to_the_longest_agent_and_reason(tmp_path: 
     error_at = failed.index("ValueError: never")
     assert (unexpected.index("DeliveryError: "), error_at) == (
         error_at, reason_at + len("unexpected response") + 2)
+
+
+async def test_replies_count_what_handlers_produced_not_what_was_replayed(
+        journal: Path) -> None:
+    # Two letters moved back and handled by handlers that return None: no reply at all.
+    with JournalFile(journal) as file:
+        assert file.replay(file.dead_letters(agents=["picky"])) == 2
+
+    def picky(spore: Spore, ctx: Any) -> None:
+        return None
+
+    async def twice(spore: Spore, ctx: Any) -> list[dict[str, Any]]:
+        await ctx.send("sink", {"sent": 1})
+        return [{"a": 1}, {"b": 2}]
+
+    def sink(spore: Spore, ctx: Any) -> None:
+        return None
+
+    spec = Organism.from_dict({"agents": {"picky": {"handler": picky},
+                                          "grumpy": {"handler": picky},
+                                          "twice": {"handler": twice,
+                                                    "emit": {"to": "sink"}},
+                                          "sink": {"handler": sink}}}).spec
+    org = Organism(spec, journal=journal)
+    async with org.running():
+        await org.idle()
+        assert org.stats()["totals"]["handled"] == 2
+        assert org.stats()["totals"]["replies"] == 0
+        await org.send("twice", {})
+        await org.idle()
+        # One send and two returned: three produced.
+        assert org.stats()["totals"]["replies"] == 3

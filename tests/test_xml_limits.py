@@ -148,7 +148,9 @@ def test_xml_limits_are_read_from_the_organism_file() -> None:
 def test_small_xml_reply_is_shaped_inline() -> None:
     shaped = shape_replies_off_loop("<note>hi</note>", parent=PARENT, agent="llm", emit=None)
     assert isinstance(shaped, list)
-    assert [(s.knowledge, s.metadata) for s in shaped] == [({"#text": "hi"}, {"kind": "note"})]
+    # The mapping would write #text as a child: the document as written is kept.
+    assert [(s.knowledge, s.metadata) for s in shaped] == [
+        ({"#text": "hi"}, {"kind": "note", "xml": "<note>hi</note>"})]
 
 
 def test_dict_reply_is_shaped_inline() -> None:

@@ -128,7 +128,9 @@ class Context:
     async def send(self, to: str, knowledge: dict[str, Any], *,
                    spore_type: SporeType = SporeType.KNOWLEDGE, priority: int | None = None,
                    expires_in: float | None = None) -> Spore:
-        """Send knowledge to one agent; refused peers raise :class:`NotAPeer`."""
+        """Send knowledge to one agent. Raises at the call, as :meth:`request` does:
+        :class:`DeliveryError` when no agent is named ``to`` (with a did-you-mean),
+        :class:`NotAPeer` when ``to`` is not a peer."""
         spore = self._spore(knowledge, to=to, channel=None, spore_type=spore_type,
                             priority=priority, expires_in=expires_in)
         self._organism.emit(spore, self.spore, self.agent, built=True)

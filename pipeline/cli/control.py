@@ -117,6 +117,10 @@ def send_outcome(ctx: click.Context, status: int, answer: Any, *, timeout: float
     if fate == "pending":
         click.echo(f"spore {spore_id}: not handled within {timeout:g}s; it is still queued "
                    f"or running", err=True)
+    elif fate == "sent":  # not silence: what becomes of it is told elsewhere
+        click.echo(f"spore {spore_id}: sent over the broker; its recipient runs in another "
+                   f"process, which keeps its dead letter if it has one (`sporeflow dlq "
+                   f"list`)", err=True)
     if 200 <= status < 300:
         return
     if answer.get("traceback") and (ctx.obj or {}).get("debug"):

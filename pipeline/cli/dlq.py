@@ -54,7 +54,14 @@ from sporeflow.pipeline.cli.util import (
     masked,
     run_to_end,
 )
-from sporeflow.pipeline.core.deadletters import DeadLetter, LetterChoice, StoredDeadLetter
+from sporeflow.pipeline.core.deadletters import (
+    DeadLetter,
+    LetterChoice,
+    StoredDeadLetter,
+    replay_refusals,
+)
+from sporeflow.pipeline.core.ingress import OUTSIDE_SENDERS
+from sporeflow.pipeline.core.wiring import routing_table
 from sporeflow.pipeline.journal.offline import JournalFile
 from sporeflow.pipeline.journal.sqlite import JournalError
 from sporeflow.pipeline.observe.logs import configure_logging
@@ -99,7 +106,7 @@ class _Source:
 
     where: str
     journal: Path | None = None
-    spec: OrganismSpec | None = None  # with a broker
+    spec: OrganismSpec | None = None  # with a broker; with a journal, when it loads
     url: str = ""  # the broker's, resolved
     note: str = ""  # said after a list: the other place the organism keeps letters
 
@@ -120,9 +127,11 @@ def _source(ctx: click.Context, organism: Path, journal: Path | None, backend: s
         if backend is not None or origin == "broker":
             raise click.UsageError("--journal reads a journal file: not with --backend or "
                                    "--from broker", ctx=ctx)
+        loaded = None
         with contextlib.suppress(SporeflowError):  # no organism: URL passwords only
-            _mask_secrets_of(ctx, load_organism(organism))
-        return _Source(str(journal), journal=journal)
+            loaded = load_organism(organism)
+            _mask_secrets_of(ctx, loaded)
+        return _Source(str(journal), journal=journal, spec=loaded)
     if backend is not None and origin == "journal":
         raise click.UsageError("--backend names a broker: not with --from journal", ctx=ctx)
     spec = guarded(ctx, lambda: load_organism(organism))
@@ -134,7 +143,7 @@ def _source(ctx: click.Context, organism: Path, journal: Path | None, backend: s
                 f"{organism}: organism {spec.name!r} has no journal, and in one process dead "
                 f"letters are only persisted with one: add `journal: FILE` under `organism:` "
                 f"in the file, or pass --journal FILE"))
-        return _Source(str(spec.journal), journal=spec.journal)
+        return _Source(str(spec.journal), journal=spec.journal, spec=spec)
     resolved = guarded(ctx, lambda: resolve_backend_url(url))
     if guarded(ctx, lambda: open_backend(resolved)) is None:  # checks the URL and aio-pika
         fail(ctx, BrokerError(
@@ -162,9 +171,12 @@ def _apply(ctx: click.Context, source: _Source, choice: LetterChoice,
         with JournalFile(path) as journal:
             letters = journal.dead_letters(agents=choice.agents, reasons=choice.reasons,
                                            ids=choice.ids)
-            done = (journal.replay(letters) if action == "replay" else
-                    journal.purge(letters) if action == "purge" else 0)
-        return _Outcome(letters, done)
+            if action == "purge":
+                return _Outcome(letters, journal.purge(letters))
+            if action == "read":
+                return _Outcome(letters)
+            allowed, problems = _screened(letters, source.spec)
+            return _Outcome(letters, journal.replay(allowed), problems)
 
     return guarded(ctx, on_journal)
 
@@ -179,13 +191,23 @@ async def _on_broker(source: _Source, choice: LetterChoice, action: Action) -> _
         letters = await queue.read(choice)
         if action == "purge":
             return _Outcome(letters, await queue.purge(letters))
-        backend = open_backend(source.url) if action == "replay" and letters else None
+        allowed, refused = _screened(letters, source.spec)
+        backend = open_backend(source.url) if action == "replay" and allowed else None
         if backend is None:
-            return _Outcome(letters)
+            return _Outcome(letters, 0, refused if action == "replay" else [])
         async with backend:
             await backend.open(topology)
-            done, problems = await queue.replay(letters, backend, source.spec.signing)
-        return _Outcome(letters, done, problems)
+            done, problems = await queue.replay(allowed, backend, source.spec.signing)
+        return _Outcome(letters, done, refused + problems)
+
+
+def _screened(letters: list[StoredDeadLetter],
+              spec: OrganismSpec | None) -> tuple[list[StoredDeadLetter], list[str]]:
+    """The letters the organism's permissions let be replayed, and why not the others:
+    said now, rather than found dead-lettered again at the next run."""
+    if spec is None:  # a journal named without its organism: the run will check them
+        return letters, []
+    return replay_refusals(letters, routing_table(spec), OUTSIDE_SENDERS)
 
 
 def _in_running(ctx: click.Context, organism: Path, explicit: bool,
@@ -357,6 +379,8 @@ def replay(ctx: click.Context, organism: Path, journal: Path | None, backend: st
         except SporeflowError as exc:
             fail(ctx, exc)
         click.echo(render_summary(org.stats(), time.perf_counter() - started), err=True)
+    if outcome.problems:  # those stay dead letters
+        ctx.exit(1)
 
 
 def _replay_in_running(ctx: click.Context, path: Path, choice: LetterChoice) -> None:

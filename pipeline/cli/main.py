@@ -64,6 +64,7 @@ from sporeflow.pipeline.reload.watch import ReloadTriggers, require_watchfiles
 from sporeflow.pipeline.service.address import NotRunning
 from sporeflow.pipeline.service.server import ControlServer
 from sporeflow.steps import payload_from_xml
+from sporeflow.steps.xmldocument import payload_metadata
 
 __all__ = ["main"]
 
@@ -411,7 +412,7 @@ def _xml_knowledge(text: str, as_request: bool, limits: Limits) -> tuple[Any, di
             f"--xml: <{payload.tag}> has addressing attribute(s) {', '.join(payload.attrs)}; "
             f"on the command line --to addresses the spore: remove them, or write the data "
             f"as child elements")
-    return payload.knowledge, {"metadata": {"kind": payload.tag}}
+    return payload.knowledge, {"metadata": payload_metadata(payload)}
 
 
 cli.add_command(graph)

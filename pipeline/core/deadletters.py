@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import traceback
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sporeflow.config import redact_text
 from sporeflow.config.reasons import Reason
-from sporeflow.steps import Spore
+from sporeflow.steps import RoutingTable, Spore, permission_error
 
 __all__ = ["URL_PASSWORDS", "DeadLetter", "DeadLetterStore", "LetterChoice", "Masker",
-           "StoredDeadLetter", "error_text"]
+           "StoredDeadLetter", "error_text", "replay_refusals"]
 
 
 class Masker(Protocol):
@@ -89,6 +89,26 @@ class StoredDeadLetter:
         if letter.reason == Reason.EXPIRED:
             spore = replace(spore, expires_at=None)
         return spore
+
+
+def replay_refusals(letters: Iterable[StoredDeadLetter], table: RoutingTable,
+                    outside: Container[str]) -> tuple[list[StoredDeadLetter], list[str]]:
+    """The letters ``table``'s permissions let be replayed, and why the others are not:
+    route's own rule (``permission_error``), heard at replay rather than as the same dead
+    letter again, for a replay that the organism will deliver later (a journal's, the
+    broker's). A letter never allowed stays; a broadcast's delivery is allowed as it was."""
+    allowed: list[StoredDeadLetter] = []
+    refused: list[str] = []
+    for stored in letters:
+        spore = stored.replayable()
+        refusal = permission_error(table, spore, outside=outside) if (
+            table.peers or table.publishers) else None
+        if refusal is None:
+            allowed.append(stored)
+        else:
+            refused.append(f"dead letter {stored.number} (spore {spore.id}): "
+                           f"{type(refusal).__name__}: {refusal}")
+    return allowed, refused
 
 
 @dataclass(frozen=True, slots=True)

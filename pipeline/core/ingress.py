@@ -112,9 +112,7 @@ class Ingress:
         if type(knowledge) is not dict:
             raise SporeError(f"knowledge must be a dict (a JSON object), got "
                              f"{type(knowledge).__name__}: {knowledge!r:.60}")
-        table = self._cell.current.table
-        if to is not None and to not in table.agents:
-            raise no_agent_error(table, to)
+        self._check_recipient(to, ())
         expires_at = expiry_after(self.now(), expires_in) if expires_in is not None else None
         channel = channel or DEFAULT_CHANNEL
         built = not extra  # else fields of the caller's own (metadata, ...): all checked
@@ -129,13 +127,8 @@ class Ingress:
                           to_agent=to, channel=channel, priority=priority,
                           expires_at=expires_at, **extra)
         # The chain's own checks, run now so that the caller hears of a refusal at once.
-        check_spore(spore, self.limits, built=built)
-        outside = self._senders_with(sender)
+        self.screen(spore, self._senders_with(sender), built=built)
         self._remember(sender)
-        if table.peers or table.publishers:
-            refusal = permission_error(table, spore, outside=outside)
-            if refusal is not None:
-                raise refusal
         return spore
 
     def submit(self, spore: Spore, *, admit_within: float | None = None,
@@ -168,6 +161,17 @@ class Ingress:
             except Exception as exc:  # hostile knowledge broke the check, as in the gate
                 raise SporeError(f"the schema of {spore.to_agent!r} could not check spore "
                                  f"{spore.id}: {type(exc).__name__}: {exc}") from exc
+
+    def _check_recipient(self, to: str | None, outside: Container[str],
+                         spore: Spore | None = None) -> None:
+        """Raise at the call, for a handler's send and request and an outside sender's
+        alike, when ``to`` names no agent (nor an ``outside`` sender): route's own refusal
+        (``no_agent_error``), heard at once rather than as a dead letter only."""
+        if to is None or to in outside:
+            return
+        table = self._cell.current.table
+        if to not in table.agents:
+            raise no_agent_error(table, to, spore)
 
     def _senders_with(self, sender: str) -> Container[str]:
         """The outside senders, ``sender`` among them: what a spore from outside is
@@ -273,6 +277,8 @@ class Ingress:
                 f"organism {self.organism!r} is stopping: {agent!r}, handling its boot spore, "
                 f"may start no new work (stop at the next send, or use an async generator)")
         try:
+            if spore.spore_type is not SporeType.RESPONSE:  # the request book routes those
+                self._check_recipient(spore.to_agent, self.outside, spore)
             self.screen(spore, self.outside, built=built)
         except (SporeError, DeliveryError) as exc:
             self._refuse(spore, exc, agent)

@@ -55,7 +55,6 @@ class Intake:
         self.queued_by_channel: dict[str, int] = {}
         self.held = 0  # spores admitted and not yet settled, in lanes, mailboxes or handlers
         self.admitted = 0
-        self.fed = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._wake: asyncio.Future[None] | None = None
@@ -191,7 +190,6 @@ class Intake:
             return
         count = self._push_feedback(spores)
         if count:
-            self.fed += count
             self._hold(count)
 
     def _push_feedback(self, spores: Iterable[Spore]) -> int:
@@ -217,7 +215,6 @@ class Intake:
             self._push_feedback(self.spill.push(later))
             if self.spill.count:
                 self._paged_in.clear()
-        self.fed += len(spores)
         self._hold(len(spores))
 
     def _refill(self) -> None:

@@ -100,6 +100,8 @@ class Ledger:
         self.now = now
         self.outbox = outbox  # the organism's: kept across runs
         self.returned = 0
+        # What handlers produced (returned, yielded, sent): not replays, deliveries, notices.
+        self.produced = 0
         self.outside_listeners = listeners
         self.on_outside: Callable[[Spore], None] = self.return_outside
         # Tallies for stats(): refusals by sender and reason, per channel, and fan-out.
@@ -142,7 +144,9 @@ class Ledger:
 
     def feed(self, spores: Sequence[Spore], agent: str | None = None,
              parent: Spore | None = None) -> None:
-        """Queue spores made inside the organism (handler sends, notices); never waits."""
+        """Queue spores made inside the organism (``agent``'s sends, notices); never waits."""
+        if agent is not None:
+            self.produced += len(spores)
         self.intake.feed(spores)
         if self._on_admitted:
             self.admitted(spores, agent, parent)
@@ -154,6 +158,7 @@ class Ledger:
         for hook in self._on_handled:
             hook(spore, replies, agent, latency)
         if replies:
+            self.produced += len(replies)
             self.intake.feed(replies)
         self.intake.settle(1)
 

@@ -49,7 +49,8 @@ def organism_stats(*, name: str, state: str, uptime: float, wiring: WiringSnapsh
         "agents": agents,
         "totals": {
             "admitted": intake.admitted if intake else 0,
-            "replies": intake.fed if intake else 0,
+            # What handlers produced: replayed or delivered spores are fed too, not made.
+            "replies": ledger.produced if ledger is not None else 0,
             "received": sum(a["received"] for a in agents.values()),
             "handled": sum(a["handled"] for a in agents.values()),
             "failed": sum(a["failed"] for a in agents.values()),

@@ -14,6 +14,7 @@ here a second time.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -75,10 +76,16 @@ class Controlled(Protocol):
     def masker(self) -> Masker: ...
 
     @property
+    def logger(self) -> logging.Logger: ...
+
+    @property
     def state(self) -> str: ...
 
     @property
     def brokered(self) -> bool: ...
+
+    @property
+    def hosted(self) -> frozenset[str] | None: ...
 
     def submit(self, spore: Spore) -> Coroutine[Any, Any, Spore]: ...
 
@@ -86,7 +93,7 @@ class Controlled(Protocol):
              channel: str | None = ..., **extra: Any) -> Coroutine[Any, Any, Spore]: ...
 
     def broadcast(self, knowledge: dict[str, Any], *, channel: str = ...,
-                  sender: str = ...) -> Coroutine[Any, Any, Spore]: ...
+                  sender: str = ..., **extra: Any) -> Coroutine[Any, Any, Spore]: ...
 
     async def request(self, to_agent: str, knowledge: dict[str, Any], *,
                       timeout: float = ..., sender: str = ...) -> Spore: ...
@@ -149,8 +156,11 @@ async def replay(organism: Controlled, choice: LetterChoice) -> Replayed:
             await organism.submit(stored.replayable())
         except SporeflowError as exc:
             refused.append(stored)
-            problems.append(f"dead letter {stored.number} (spore {stored.letter.spore.id}): "
-                            f"{type(exc).__name__}: {organism.masker.mask(str(exc))}")
+            problem = (f"dead letter {stored.number} (spore {stored.letter.spore.id}): "
+                       f"{type(exc).__name__}: {organism.masker.mask(str(exc))}")
+            problems.append(problem)
+            # The caller is told, and so is the organism's log: the letter stays.
+            organism.logger.warning("replay refused, kept as a dead letter: %s", problem)
         else:
             done.append(stored.number)
     if refused:
@@ -171,7 +181,7 @@ class SendOutcome:
     """What became of a spore sent from outside.
 
     ``status``: ``handled`` (by ``agent``), ``answered`` (a request's ``response``),
-    ``sent`` (admitted; over a broker its fate is another process's), ``pending`` (not
+    ``sent`` (admitted; its recipient runs in another process), ``pending`` (not
     handled within the time waited), ``dead-lettered`` or ``refused`` (with ``reason`` and
     ``error``), ``timeout`` (a request unanswered), ``not running``.
     """
@@ -243,14 +253,14 @@ async def send_spore(organism: Controlled, knowledge: dict[str, Any], *,
     dead-lettered with its reason. A ``request`` waits for its response instead.
 
     A refusal at the door (unknown agent, not a peer, a malformed spore) is ``refused``
-    with the reason a dead letter would carry; over a broker the spore is ``sent`` once
-    the broker has it (its handler may run in another process).
+    with the reason a dead letter would carry; over a broker whose recipient runs in
+    another process, the spore is ``sent`` once the broker has it.
     """
     if to is None and channel is None:
         raise SporeError("say where the spore goes: an agent (to) or a channel")
     if request and to is None:
         raise SporeError("a request goes to one agent: give `to`")
-    fates = None if request or organism.brokered else _Fates(organism.events)
+    fates = None if request or not _sees_fate(organism, to) else _Fates(organism.events)
     try:
         if request:
             assert to is not None
@@ -260,7 +270,7 @@ async def send_spore(organism: Controlled, knowledge: dict[str, Any], *,
         spore = await (organism.send(to, knowledge, sender=sender, channel=channel,
                                      **(extra or {})) if to is not None
                        else organism.broadcast(knowledge, channel=channel or "main",
-                                               sender=sender))
+                                               sender=sender, **(extra or {})))
         if fates is None:
             return SendOutcome("sent", spore.id)
         try:
@@ -293,6 +303,14 @@ async def send_spore(organism: Controlled, knowledge: dict[str, Any], *,
     finally:
         if fates is not None:
             fates.close()
+
+
+def _sees_fate(organism: Controlled, to: str | None) -> bool:
+    """Whether what becomes of a spore sent happens in this process: it runs the
+    recipient (every agent, for a broadcast), with a broker or without. Over a broker
+    that runs it elsewhere, the spore is ``sent``: its end is another process's."""
+    hosted = organism.hosted
+    return hosted is None or (to is not None and to in hosted)
 
 
 def _letter(organism: Controlled, spore_id: str) -> DeadLetter | None:

@@ -1,0 +1,160 @@
+"""A replayed dead letter is delivered under the permission of its original delivery: a
+broadcast's delivery to a subscriber reaches it again although the sender has ``peers``;
+a spore that was never allowed stays refused, and the refusal is logged."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from sporeflow.config import NotAPeer, organism_from_dict
+from sporeflow.pipeline import Organism, Spore, SporeType
+from sporeflow.pipeline.cli.main import cli
+from sporeflow.pipeline.core.deadletters import LetterChoice
+from sporeflow.pipeline.journal.offline import JournalFile
+from sporeflow.pipeline.service import operations
+
+
+def _organism(received: list[Spore], *, fail_first: bool = True) -> Organism:
+    failures = [fail_first]
+
+    async def triage(spore: Spore, ctx: Any) -> None:
+        if spore.knowledge.get("direct"):
+            try:
+                await ctx.send("archiver", {"n": 2})
+            except NotAPeer:
+                pass  # its dead letter is kept
+        else:
+            await ctx.broadcast({"n": 1}, channel="news")
+
+    async def archiver(spore: Spore, ctx: Any) -> None:
+        if failures[0]:
+            failures[0] = False
+            raise RuntimeError("disk full")
+        received.append(spore)
+
+    async def reader(spore: Spore, ctx: Any) -> None:
+        return None
+
+    return Organism(organism_from_dict({
+        "organism": {"name": "replays"}, "channels": {"news": {}},
+        "agents": {"triage": {"handler": triage, "peers": ["reader"]},
+                   "archiver": {"handler": archiver, "subscribe": ["news"]},
+                   "reader": {"handler": reader, "subscribe": ["news"]}}}))
+
+
+async def test_a_replayed_broadcast_delivery_reaches_its_subscriber() -> None:
+    received: list[Spore] = []
+    organism = _organism(received)
+    async with organism.running():
+        await organism.send("triage", {})
+        await organism.idle()
+        [letter] = organism.dead_letters
+        assert (letter.agent, letter.reason) == ("archiver", "handler failed")
+        replayed = await operations.replay(organism, LetterChoice())
+        await organism.idle()
+    assert replayed.problems == ()
+    assert list(organism.dead_letters) == []
+    [spore] = received
+    assert (spore.from_agent, spore.knowledge) == ("triage", {"n": 1})
+
+
+async def test_a_spore_never_allowed_stays_refused_at_replay_and_is_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    received: list[Spore] = []
+    organism = _organism(received, fail_first=False)
+    async with organism.running():
+        await organism.send("triage", {"direct": True})  # triage may not address archiver
+        await organism.idle()
+        [letter] = organism.dead_letters
+        assert letter.reason == "not a peer"
+        with caplog.at_level(logging.WARNING):
+            replayed = await operations.replay(organism, LetterChoice())
+        await organism.idle()
+    assert received == []
+    [problem] = replayed.problems
+    assert "NotAPeer: agent 'triage' may not address 'archiver'" in problem
+    assert len(organism.dead_letters) == 1  # put back
+    [record] = [r for r in caplog.records if "replay" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert "may not address 'archiver'" in record.getMessage()
+
+
+async def test_a_broadcast_typed_spore_reaches_no_agent_beyond_the_channel() -> None:
+    # Calling a direct spore a broadcast gains nothing: only subscribers of its channel.
+    received: list[Spore] = []
+    organism = _organism(received, fail_first=False)
+    async with organism.running():
+        forged = Spore(knowledge={"n": 3}, spore_type=SporeType.BROADCAST,
+                       from_agent="triage", to_agent="archiver", channel="main")
+        with pytest.raises(NotAPeer):
+            await organism.submit(forged)
+        allowed = dataclasses.replace(forged, channel="news")
+        await organism.submit(allowed)
+        await organism.idle()
+    assert [s.knowledge for s in received] == [{"n": 3}]
+
+
+async def direct_sender(spore: Spore, ctx: Any) -> None:
+    try:
+        await ctx.send("archiver", {"n": 2})
+    except NotAPeer:
+        pass  # its dead letter is kept
+
+
+async def keep(spore: Spore, ctx: Any) -> None:
+    return None
+
+
+ORGANISM = """
+organism: {name: replays, journal: j.db}
+agents:
+  triage: {handler: tests.test_replay_permissions:direct_sender, peers: []}
+  archiver: {handler: tests.test_replay_permissions:keep}
+"""
+
+
+async def test_a_journal_replay_refused_by_the_rules_says_so_and_keeps_the_letter(
+        tmp_path: Path) -> None:
+    organism_file = tmp_path / "organism.yaml"
+    organism_file.write_text(ORGANISM)
+    organism = Organism.from_file(organism_file)
+    async with organism.running():
+        await organism.send("triage", {})
+        await organism.idle()
+    result = CliRunner().invoke(cli, ["dlq", "replay", str(organism_file), "--all"])
+    assert result.exit_code == 1
+    assert "not replayed: dead letter 1 (spore " in result.stderr
+    assert "NotAPeer: agent 'triage' may not address 'archiver'" in result.stderr
+    assert "0 dead letter(s) moved back" in result.stderr
+    with JournalFile(tmp_path / "j.db") as journal:
+        assert [stored.letter.reason for stored in journal.dead_letters()] == ["not a peer"]
+        assert journal.pending() == []
+
+
+def test_replay_refusals_let_a_broadcast_delivery_through_and_hold_a_direct_spore() -> None:
+    from sporeflow.pipeline.core.deadletters import (
+        DeadLetter,
+        StoredDeadLetter,
+        replay_refusals,
+    )
+    from sporeflow.steps import RoutingTable
+
+    table = RoutingTable(agents=frozenset({"triage", "archiver"}),
+                         subscribers={"news": ("archiver",)},
+                         peers={"triage": frozenset()})
+    broadcast = Spore(knowledge={}, spore_type=SporeType.BROADCAST, from_agent="triage",
+                      channel="news")
+    direct = Spore(knowledge={}, from_agent="triage", to_agent="archiver")
+    letters = [StoredDeadLetter(1, DeadLetter(broadcast, "handler failed", "x", "archiver")),
+               StoredDeadLetter(2, DeadLetter(direct, "not a peer", "x"))]
+    allowed, refused = replay_refusals(letters, table, frozenset({"cli"}))
+    assert [stored.number for stored in allowed] == [1]
+    [why] = refused
+    assert why.startswith("dead letter 2 (spore ")
+    assert "NotAPeer: agent 'triage' may not address 'archiver'" in why
