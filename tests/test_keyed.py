@@ -304,3 +304,41 @@ async def test_at_a_stop_spores_waiting_for_their_key_are_dead_lettered_not_lost
         ("shutdown", n) for n in range(4)]
     stats = organism.stats()["agents"]["k"]
     assert (stats["queued"], stats["in_flight"], stats["keys"]["running"]) == (0, 0, 0)
+
+
+async def test_spores_behind_a_key_whose_handler_ignores_its_cancellation_are_not_lost(
+        ) -> None:
+    started, let_go = asyncio.Event(), asyncio.Event()
+
+    async def stubborn(spore: Spore, ctx: Any) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await let_go.wait()  # swallows the stop's cancellation: abandoned
+
+    organism = Organism.from_dict(keyed(stubborn, concurrency=2))  # 2: the others park
+    await organism.start()
+    for n in range(3):
+        await organism.send("k", {"user": "a", "n": n})
+    await asyncio.wait_for(started.wait(), 10)
+    await until(lambda: organism.stats()["agents"]["k"]["queued"] == 2)
+    try:
+        assert await organism.stop(drain_timeout=0.6) == 3
+    finally:
+        let_go.set()
+    assert sorted(letter.spore.knowledge["n"] for letter in organism.dead_letters) == [0, 1, 2]
+    assert organism.stats()["agents"]["k"]["queued"] == 0
+
+
+async def test_an_unkeyed_agents_context_has_no_key() -> None:
+    keys: list[Any] = []
+
+    async def look(spore: Spore, ctx: Any) -> None:
+        keys.append(ctx.key)
+
+    organism = Organism.from_dict({"agents": {"plain": {"handler": look}}})
+    async with organism.running():
+        await organism.send("plain", {})
+        await asyncio.wait_for(organism.idle(), 10)
+    assert keys == [None]
