@@ -342,3 +342,44 @@ async def test_an_unkeyed_agents_context_has_no_key() -> None:
         await organism.send("plain", {})
         await asyncio.wait_for(organism.idle(), 10)
     assert keys == [None]
+
+
+KEYED_HANDLERS = """
+import asyncio
+
+GATE = asyncio.Event()
+STARTED = asyncio.Event()
+
+
+async def gated(spore, ctx):
+    if spore.knowledge.get("wait"):
+        STARTED.set()
+        await GATE.wait()
+    ctx.state.setdefault("seen", []).append(spore.knowledge["n"])
+"""
+
+
+async def test_a_reload_keeps_each_keys_state_and_its_spores_order(
+        tmp_path: Path, handler_modules: Any) -> None:
+    mod = handler_modules(KEYED_HANDLERS, None)
+    text = ("organism: {{name: reloading}}\n"
+            "agents:\n"
+            "  k: {{handler: {mod}:gated, key: knowledge.user, concurrency: {n}}}\n")
+    file = tmp_path / "organism.yaml"
+    file.write_text(text.format(mod=mod, n=2))
+    organism = Organism.from_file(file)
+    handlers = __import__(mod)
+    async with organism.running():
+        await organism.send("k", {"user": "b", "n": 0})
+        await organism.send("k", {"user": "a", "n": 0, "wait": True})
+        for n in (1, 2):
+            await organism.send("k", {"user": "a", "n": n})
+        await asyncio.wait_for(handlers.STARTED.wait(), 10)
+        file.write_text(text.format(mod=mod, n=3))
+        report = await organism.reload()
+        await organism.send("k", {"user": "b", "n": 1})
+        handlers.GATE.set()
+        await asyncio.wait_for(organism.idle(), 10)
+    assert dict(report.changed) == {"k": ("concurrency",)}
+    assert organism.save_state()["keys"]["k"] == {"a": {"seen": [0, 1, 2]},
+                                                  "b": {"seen": [0, 1]}}
