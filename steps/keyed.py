@@ -49,21 +49,33 @@ def key_reader(path: str, agent: str) -> Callable[[Spore], str]:
         return DeliveryError(f"spore {spore.id} cannot go to {agent!r}, which is keyed by "
                              f"{path}: {why}", reason=Reason.NO_KEY)
 
-    def key_of(spore: Spore) -> str:
+    def refuse(spore: Spore) -> DeliveryError:
+        """Why ``spore`` has no key (the slow path: only for a refusal)."""
         value: Any = spore.thread if head == "thread_id" else getattr(spore, head)
         for depth, part in enumerate(inside):
             if not isinstance(value, dict) or part not in value:
-                at = ".".join([head, *inside[:depth + 1]])
-                raise missing(spore, f"it has no {at}")
+                return missing(spore, f"it has no {'.'.join([head, *inside[:depth + 1]])}")
             value = value[part]
         if isinstance(value, bool) or not isinstance(value, str | int):
-            raise missing(spore, f"the key is a {type(value).__name__}, not a string or an "
-                                 f"integer")
-        text = str(value)
-        if not text or len(text) > KEY_MAX_CHARS:
-            raise missing(spore, f"the key is {len(text)} characters long; a key has 1 to "
-                                 f"{KEY_MAX_CHARS}")
-        return text
+            return missing(spore, f"the key is a {type(value).__name__}, not a string or "
+                                  f"an integer")
+        return missing(spore, f"the key is {len(str(value))} characters long; a key has 1 "
+                              f"to {KEY_MAX_CHARS}")
+
+    def key_of(spore: Spore) -> str:
+        value: Any = spore.thread if head == "thread_id" else getattr(spore, head)
+        try:
+            for part in inside:
+                value = value[part]
+        except (KeyError, TypeError, IndexError):
+            raise refuse(spore) from None
+        if value.__class__ is not str:  # the plain text of an int, or of a str subclass
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                raise refuse(spore)
+            value = str.__str__(value) if isinstance(value, str) else int.__repr__(value)
+        if 0 < len(value) <= KEY_MAX_CHARS:
+            return value  # type: ignore[no-any-return]
+        raise refuse(spore)
 
     return key_of
 

@@ -8,12 +8,15 @@ the virtual clock and checks after every turn; here each spore also has a random
 from __future__ import annotations
 
 import asyncio
+from enum import IntEnum, StrEnum
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sporeflow.config import Retry
+from sporeflow.config.errors import DeliveryError
 from sporeflow.steps import LanePolicy, Spore
 from sporeflow.steps.keyed import KeyedLane, key_reader
 from sporeflow.steps.keytable import KeyTable
@@ -135,3 +138,27 @@ def test_without_failures_each_key_runs_its_spores_in_arrival_order(
         order = [n for k, n in started if k == key]
         assert order == sorted(order)
     assert lane.handled == len(scripts)
+
+
+def test_the_key_is_read_as_plain_text_and_anything_else_is_refused_with_why() -> None:
+    class Plan(StrEnum):
+        GOLD = "gold"
+
+    class Level(IntEnum):
+        HIGH = 3
+
+    read = key_reader("knowledge.user.id", "a")
+    assert read(Spore(knowledge={"user": {"id": "u1"}})) == "u1"
+    assert read(Spore(knowledge={"user": {"id": 7}})) == "7"
+    assert read(Spore(knowledge={"user": {"id": Plan.GOLD}})) == "gold"
+    assert read(Spore(knowledge={"user": {"id": Level.HIGH}})) == "3"
+    for knowledge, why in (({"user": "u1"}, "it has no knowledge.user.id"),
+                           ({"user": ["id"]}, "it has no knowledge.user.id"),
+                           ({}, "it has no knowledge.user"),
+                           ({"user": {"id": None}}, "the key is a NoneType"),
+                           ({"user": {"id": 1.5}}, "the key is a float"),
+                           ({"user": {"id": ""}}, "0 characters long")):
+        with pytest.raises(DeliveryError, match=why) as caught:
+            read(Spore(knowledge=knowledge))
+        assert caught.value.reason == "no key"
+    assert key_reader("from_agent", "a")(Spore(knowledge={}, from_agent="bob")) == "bob"
