@@ -132,6 +132,9 @@ class KeyedLane(AgentLane):
         except DeliveryError as exc:
             self._failed(spore, Reason.KEY_LIMIT, exc, attempt)
             return
+        except Exception as exc:  # its kept state would not load: the key's spores fail
+            self._failed(spore, Reason.HANDLER_FAILED, exc, attempt)
+            return
         waiting = self._waiting[key] = deque()
         run = super()._run
         try:

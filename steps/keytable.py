@@ -76,7 +76,7 @@ class KeyTable:
         """Mark ``key`` running, making it live first; refuse a new key past the limit."""
         holder = self.live.get(key)
         if holder is None:
-            text = self.kept.pop(key, None)
+            text = self.kept.get(key)
             if text is None and len(self.live) + len(self.kept) >= self.limit:
                 self._sweep()  # keys idle past their time may free room
                 if len(self.live) + len(self.kept) >= self.limit:
@@ -88,6 +88,7 @@ class KeyTable:
                         f"an empty state is forgotten)", reason=Reason.KEY_LIMIT)
             holder = self.live[key] = self.holders.make(
                 key, None if text is None else json.loads(text))
+            self.kept.pop(key, None)  # only now: a state that failed to load stays kept
         self._running.add(key)
         self._released.pop(key, None)
         return holder
@@ -177,6 +178,7 @@ class KeyTable:
             if holder is not None:
                 self.holders.load(holder, state)
             elif not _empty(state):
+                self.holders.make(key, state)  # refused now if it cannot be loaded later
                 self.kept[key] = json.dumps(state)
 
     def stats(self) -> dict[str, int]:

@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from sporeflow.config import ConfigError, organism_from_dict
-from sporeflow.pipeline import LiveView, Organism, Spore
+from sporeflow.pipeline import LiveView, Organism, OrganismStateError, Spore
 from sporeflow.pipeline.testing import TestOrganism
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -383,3 +383,32 @@ async def test_a_reload_keeps_each_keys_state_and_its_spores_order(
     assert dict(report.changed) == {"k": ("concurrency",)}
     assert organism.save_state()["keys"]["k"] == {"a": {"seen": [0, 1, 2]},
                                                   "b": {"seen": [0, 1]}}
+
+
+async def test_a_snapshot_whose_key_state_cannot_load_is_refused_naming_the_agent() -> None:
+    organism = Organism.from_dict(keyed())
+    async with organism.running():
+        with pytest.raises(OrganismStateError, match=r"agent 'k' is a keyed function "
+                                                     r"agent: a key's state must be a dict"):
+            organism.load_state({"sporeflow_state": 1, "agents": {},
+                                 "keys": {"k": {"a": [1, 2]}}})
+        with pytest.raises(OrganismStateError, match=r"the snapshot's 'keys' must map"):
+            organism.load_state({"sporeflow_state": 1, "agents": {}, "keys": ["k"]})
+
+
+async def test_a_key_whose_class_cannot_load_its_state_fails_its_spores_not_the_lane(
+        ) -> None:
+    class NoLoad:
+        async def handle(self, spore: Spore, ctx: Any) -> None:
+            return None
+
+    organism = Organism.from_dict(keyed(NoLoad))
+    organism.load_state({"sporeflow_state": 1, "agents": {}, "keys": {"k": {"a": {"n": 1}}}})
+    async with organism.running():
+        await organism.send("k", {"user": "a"})
+        await organism.send("k", {"user": "b"})
+        await asyncio.wait_for(organism.idle(), 10)
+    letter, = organism.dead_letters
+    assert (letter.reason, letter.spore.knowledge) == ("handler failed", {"user": "a"})
+    assert "has no load_state(state) method" in letter.error
+    assert organism.stats()["agents"]["k"]["handled"] == 1
