@@ -412,3 +412,24 @@ async def test_a_key_whose_class_cannot_load_its_state_fails_its_spores_not_the_
     assert (letter.reason, letter.spore.knowledge) == ("handler failed", {"user": "a"})
     assert "has no load_state(state) method" in letter.error
     assert organism.stats()["agents"]["k"]["handled"] == 1
+
+
+async def test_prometheus_exports_a_keyed_agents_keys_and_nothing_for_the_others() -> None:
+    from sporeflow.pipeline.observe.prometheus import StatsCollector, take_snapshot
+
+    organism = Organism.from_dict({"agents": {
+        "k": {"handler": count, "key": "knowledge.user", "max_keys": 2},
+        "plain": {"handler": count}}})
+    async with organism.running():
+        for user in ("a", "b", "c"):
+            await organism.send("k", {"user": user})
+        await asyncio.wait_for(organism.idle(), 10)
+        snapshot = take_snapshot(organism)
+    samples = {(sample.name, sample.labels["agent"]): sample.value
+               for family in StatsCollector(lambda: snapshot).collect()
+               if family.name.startswith("sporeflow_agent_keys_")
+               for sample in family.samples}
+    assert samples == {("sporeflow_agent_keys_live", "k"): 2,
+                       ("sporeflow_agent_keys_kept", "k"): 0,
+                       ("sporeflow_agent_keys_evicted_total", "k"): 0,
+                       ("sporeflow_agent_keys_refused_total", "k"): 1}
