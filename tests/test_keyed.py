@@ -433,3 +433,23 @@ async def test_prometheus_exports_a_keyed_agents_keys_and_nothing_for_the_others
                        ("sporeflow_agent_keys_kept", "k"): 0,
                        ("sporeflow_agent_keys_evicted_total", "k"): 0,
                        ("sporeflow_agent_keys_refused_total", "k"): 1}
+
+
+async def test_a_reload_that_changes_an_agents_key_is_refused_and_changes_nothing(
+        tmp_path: Path, handler_modules: Any) -> None:
+    mod = handler_modules(KEYED_HANDLERS, None)
+    text = "agents:\n  k: {{handler: {mod}:gated, {key}}}\n"
+    file = tmp_path / "organism.yaml"
+    file.write_text(text.format(mod=mod, key="key: knowledge.user"))
+    organism = Organism.from_file(file)
+    async with organism.running():
+        await organism.send("k", {"user": "a", "n": 0})
+        await asyncio.wait_for(organism.idle(), 10)
+        for change in ("key: knowledge.team", "concurrency: 2"):
+            file.write_text(text.format(mod=mod, key=change))
+            report = await organism.reload()
+            assert not report.ok
+            assert "a reload cannot change the key of 'k'" in report.errors[0]
+        await organism.send("k", {"user": "a", "n": 1})
+        await asyncio.wait_for(organism.idle(), 10)
+    assert organism.save_state()["keys"]["k"] == {"a": {"seen": [0, 1]}}
