@@ -30,7 +30,9 @@ from sporeflow.config.external import take_external
 from sporeflow.config.model import (
     BUILTIN_CHANNELS,
     DEFAULT_CAPACITY,
+    DEFAULT_KEY_IDLE,
     DEFAULT_MAX_CRASHES,
+    DEFAULT_MAX_KEYS,
     AgentSpec,
     BrokerSpec,
     ChannelSpec,
@@ -279,6 +281,9 @@ def _pattern_advice(path: DataPath) -> str:
         return ("is not a handler reference; write module:function with dotted Python "
                 "names, found beside the organism file or installed (no file paths, no "
                 "leading dots)")
+    if last == "key":
+        return ("is not a key path; write knowledge.FIELD (dotted, e.g. "
+                "knowledge.user.id), thread_id, from_agent or channel")
     if last == "signing_key_env":
         return "is not an environment variable name; use letters, digits and '_'"
     if last == "backend":
@@ -423,6 +428,9 @@ def _agent(name: str, conf: Mapping[str, Any], handler: Callable[..., Any]) -> A
         boot=conf.get("boot"),
         max_crashes=conf.get("max_crashes", DEFAULT_MAX_CRASHES),
         dedupe=parse_duration(conf.get("dedupe") or 0) or None,  # 0: off
+        key=conf.get("key"),
+        key_idle=parse_duration(conf.get("key_idle", DEFAULT_KEY_IDLE) or 0) or None,  # 0: never
+        max_keys=conf.get("max_keys", DEFAULT_MAX_KEYS),
         lazy=conf.get("lazy", True),
         cpu_bound=conf.get("cpu_bound", False),
         gather=_gather(conf.get("gather")),

@@ -78,6 +78,12 @@ class SequenceSpec:
     timeout: float = 30.0
 
 
+# A keyed agent's bounds: an idle key's instance is evicted (its state kept) after this
+# long; past this many keys held, live or evicted with a state, a new key is refused.
+DEFAULT_KEY_IDLE = 600.0
+DEFAULT_MAX_KEYS = 10_000
+
+
 @dataclass(frozen=True, slots=True)
 class AgentSpec:
     name: str
@@ -101,6 +107,11 @@ class AgentSpec:
     max_crashes: int = DEFAULT_MAX_CRASHES  # deaths handling a spore before it is poison
     # Seconds: a spore whose id it handled this recently is dropped (None: all are handled).
     dedupe: float | None = None
+    # A keyed agent: one instance and one state per value at this dotted path of a spore
+    # (knowledge.user_id, thread_id, ...; see steps.keyed). None: one for the agent.
+    key: str | None = None
+    key_idle: float | None = DEFAULT_KEY_IDLE  # seconds before an idle key is evicted
+    max_keys: int = DEFAULT_MAX_KEYS  # keys held, live or evicted with a state
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,8 @@ class Reason(StrEnum):
     BROKER_ERROR = "broker error"
     POISON = "poison"  # the process died handling it max_crashes times (with a journal)
     REPLAYED = "replayed"  # a signature outside the window, or seen before within it
+    NO_KEY = "no key"  # a keyed agent's key is missing from the spore, or not a scalar
+    KEY_LIMIT = "key limit"  # a keyed agent holds max_keys keys; this one is new
 
 
 def reason_of(error: BaseException | None) -> Reason:

@@ -153,6 +153,15 @@ def _kind_problems(located: Located, base: DataPath, agent: dict[str, Any],
     if agent.get("cpu_bound") and kinds not in (["handler"], ["handlers"]):
         problems.append(located.problem((*base, "cpu_bound"), "only a handler can be "
                                                               "cpu_bound; remove it"))
+    if "key" in agent and (kinds != ["handler"] or agent.get("cpu_bound")):
+        problems.append(located.problem((*base, "key"), "only a handler in this process can "
+                                                        "be keyed (not a gather, a sequence "
+                                                        "or cpu_bound); remove key"))
+    for setting in ("key_idle", "max_keys"):
+        if setting in agent and "key" not in agent:
+            problems.append(located.problem((*base, setting), f"{setting} applies to a keyed "
+                                                              f"agent only; add key or remove "
+                                                              f"{setting}"))
     return problems
 
 

@@ -13,14 +13,16 @@ from sporeflow.config.signing_keys import SIGNING_SCHEMA
 from sporeflow.config.sources import sources_schema
 from sporeflow.config.units import DURATION_PATTERN, SIZE_PATTERN
 
-__all__ = ["ENV_NAME_PATTERN", "EXTERNAL_AGENT_SCHEMA", "HANDLER_PATTERN", "MAX_DEPTH_CEILING",
-           "NAME_PATTERN", "ORGANISM_SCHEMA"]
+__all__ = ["ENV_NAME_PATTERN", "EXTERNAL_AGENT_SCHEMA", "HANDLER_PATTERN", "KEY_PATTERN",
+           "MAX_DEPTH_CEILING", "NAME_PATTERN", "ORGANISM_SCHEMA"]
 
 # Names of agents and channels: short, printable, usable as AMQP routing-key parts.
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 
 # module:function with dotted Python names only: no file paths, no relative imports.
 HANDLER_PATTERN = r"^[^\W\d]\w*(\.[^\W\d]\w*)*:[^\W\d]\w*(\.[^\W\d]\w*)*$"
+# A keyed agent's key: a field of the spore, or a dotted path into its knowledge.
+KEY_PATTERN = r"^(knowledge(\.[^.\s]{1,64}){1,8}|thread_id|from_agent|channel)$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # Deeper knowledge would let a spore exhaust the interpreter's recursion on checks.
 MAX_DEPTH_CEILING = 256
@@ -99,6 +101,16 @@ _agent = _closed(
         "dedupe": {**_duration, "description": "drop a spore whose id this agent handled "
                                                "within this long (a redelivered copy); "
                                                "default: off"},
+        "key": {"type": "string", "pattern": KEY_PATTERN,
+                "description": "one instance and one state per value at this path of a "
+                               "spore (knowledge.user_id, thread_id, from_agent, channel)"},
+        "key_idle": {**_duration, "description": "a keyed agent's key idle this long is "
+                                                 "evicted, its state kept for its return "
+                                                 "(default 10m; 0: never)"},
+        "max_keys": {**_count, "description": "keys a keyed agent holds, live or evicted "
+                                              "with a state; a spore with a new key past "
+                                              "it is dead-lettered 'key limit' "
+                                              "(default 10000)"},
         "boot": {"type": "object", "description": "knowledge of a spore sent to it at start"},
         "schema": {"type": "string", "minLength": 1,
                    "description": "JSON Schema (.json, .yaml, .yml) or XML Schema (.xsd) "

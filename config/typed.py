@@ -292,5 +292,9 @@ def read_payloads(located: Located, handlers: Mapping[str, Callable[..., Any]],
             problems.append(located.problem(("agents", name, "cpu_bound"), (
                 "a typed handler cannot be cpu_bound (its worker process gets plain JSON); "
                 "remove cpu_bound, or the payload annotation")))
+        if "key" in conf:  # the keyed invoker makes per-key holders, not typed values
+            problems.append(located.problem(("agents", name, "key"), (
+                "a typed handler cannot be keyed (yet); remove key, or the payload "
+                "annotation and read the payload with the type yourself")))
         found[name] = routes
     return found

@@ -39,6 +39,16 @@ class PriorityBuckets(Generic[T]):
         if priority > self._top or self.size == 1:
             self._top, self._top_box = priority, box
 
+    def push_first(self, priority: int, item: T) -> None:
+        """Put ``item`` back before the others of its priority (it was taken out early)."""
+        box = self._boxes.get(priority)
+        if box is None:
+            box = self._boxes[priority] = deque()
+        box.appendleft(item)
+        self.size += 1
+        if priority > self._top or self.size == 1:
+            self._top, self._top_box = priority, box
+
     def top(self) -> int:
         """The highest priority held (0 when empty)."""
         return self._top if self.size else 0

@@ -177,6 +177,8 @@ async def test_handlers_listed_in_yaml_are_imported_and_dispatched(tmp_path: Pat
      "a typed handler cannot be cpu_bound"),
     ("{handlers: [shopmod:on_order], gather: {to: [x]}}", "agents.shop",
      "give one of handler, handlers, gather or sequence"),
+    ("{handler: shopmod:on_order, key: knowledge.customer}", "agents.shop.key",
+     "a typed handler cannot be keyed"),
 ])
 def test_declarations_that_cannot_work_are_located_problems(
         tmp_path: Path, agent: str, where: str, message: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from sporeflow.config import AgentSpec, Emit, Limits
 from sporeflow.pipeline.agents.context import Context, HandlerPort
+from sporeflow.pipeline.agents.keyed import KeyHolders, keyed_invoker
 from sporeflow.pipeline.agents.orchestration import orchestrator
 from sporeflow.pipeline.agents.payloads import typed_invoker, typed_shaper
 from sporeflow.pipeline.agents.procpool import ProcessPool
@@ -27,6 +28,8 @@ from sporeflow.pipeline.core.ledger import Ledger
 from sporeflow.pipeline.core.wiring import AgentRuntime
 from sporeflow.steps import AgentLane, LanePolicy, RunnerPool, Spore
 from sporeflow.steps.dedupe import Dedupe, DedupingLane
+from sporeflow.steps.keyed import KeyedDedupingLane, KeyedLane, key_reader
+from sporeflow.steps.keytable import KeyTable
 from sporeflow.steps.replies import shape_replies_off_loop
 
 __all__ = ["AgentBuilder", "InvocationWrapper"]
@@ -62,11 +65,14 @@ class AgentBuilder:
         # The sync handlers' threads of the agents built (those still in use).
         self.threads: weakref.WeakSet[AgentThreads] = weakref.WeakSet()
         self.dedupes: dict[str, Dedupe] = {}  # by agent, for this run (see steps.dedupe)
+        self.key_tables: dict[str, KeyTable] = {}  # keyed agents', for this run
 
     def close(self) -> None:
         """The run ends: every agent's idle threads end; abandoned ones are not waited for."""
         for threads in list(self.threads):
             threads.close()
+        for keys in self.key_tables.values():
+            keys.close()
 
     def build(self, spec: AgentSpec) -> AgentRuntime:
         name = spec.name
@@ -88,21 +94,29 @@ class AgentBuilder:
 
         # Bound to this runtime, not looked up by name: after a reload, a removed or
         # replaced agent's lane still finishes its work with its own runtime.
-        invoke, shape = self._invoker(spec, lambda: agent), self._shaper(spec, lambda: agent)
+        keys = self._key_table(spec) if spec.key is not None else None
+        invoke = self._invoker(spec, lambda: agent, keys)
+        shape = self._shaper(spec, lambda: agent)
         if spec.payloads is not None:  # typed handlers: records out as knowledge
             shape = typed_shaper(shape)
         if self.wrapper is not None:
             invoke, shape = self.wrapper.wrap(name, invoke, shape)
         policy = LanePolicy(spec.concurrency, spec.timeout, spec.retry)
-        if spec.dedupe is None:  # the plain lane: no dedupe, nothing paid for it
-            lane = AgentLane(name, invoke, shape, policy, on_done=on_done,
-                             on_failed=on_failed, now=self.now, pool=self.pool)
-        else:
-            lane = DedupingLane(name, invoke, shape, policy, on_done=on_done,
-                                on_failed=on_failed, now=self.now, pool=self.pool,
-                                dedupe=self._dedupe(name, spec.dedupe),
-                                on_dropped=lambda spore: ledger.dropped(spore, name))
-        agent = AgentRuntime(spec, lane, logging.getLogger(f"sporeflow.agent.{name}"))
+        common: dict[str, Any] = {"on_done": on_done, "on_failed": on_failed,
+                                  "now": self.now, "pool": self.pool}
+        if spec.dedupe is not None:
+            common.update(dedupe=self._dedupe(name, spec.dedupe),
+                          on_dropped=lambda spore: ledger.dropped(spore, name))
+        if keys is not None:
+            assert spec.key is not None
+            common.update(key_of=key_reader(spec.key, name), keys=keys)
+        # The plain lane when neither is asked for: nothing paid for them.
+        kinds: list[list[type[AgentLane]]] = [[AgentLane, DedupingLane],
+                                              [KeyedLane, KeyedDedupingLane]]
+        kind = kinds[keys is not None][spec.dedupe is not None]
+        lane = kind(name, invoke, shape, policy, **common)
+        agent = AgentRuntime(spec, lane, logging.getLogger(f"sporeflow.agent.{name}"),
+                             keys=keys)
         self.states.attach(agent)  # a class agent's holder, state loaded beforehand
         return agent
 
@@ -114,7 +128,19 @@ class AgentBuilder:
         dedupe.window = window
         return dedupe
 
-    def _invoker(self, spec: AgentSpec, runtime: Callable[[], AgentRuntime]) -> Invoke:
+    def _key_table(self, spec: AgentSpec) -> KeyTable:
+        """A keyed agent's keys: the same keys and states across reloads of the agent."""
+        holders = KeyHolders(spec)
+        keys = self.key_tables.get(spec.name)
+        if keys is None:
+            keys = self.key_tables[spec.name] = KeyTable(
+                spec.name, holders, idle=spec.key_idle, limit=spec.max_keys)
+        else:
+            keys.rebind(holders, idle=spec.key_idle, limit=spec.max_keys)
+        return keys
+
+    def _invoker(self, spec: AgentSpec, runtime: Callable[[], AgentRuntime],
+                 keys: KeyTable | None = None) -> Invoke:
         handler: Callable[..., Any] = orchestrator(spec) or spec.handler  # gather, sequence
         port = self.port
         if spec.cpu_bound:  # in a worker process; spores and results cross as JSON
@@ -122,6 +148,9 @@ class AgentBuilder:
         # Sync handlers block: they run on the agent's own threads (made when first needed).
         threads = AgentThreads(spec.name, spec.concurrency, lambda: runtime().lane,
                                self.ledger.logger)
+        if keys is not None:  # one instance or ctx.state per key
+            self.threads.add(threads)
+            return keyed_invoker(spec, port, runtime, threads, keys)
         if spec.payloads is not None:  # typed: the handler its payload's type picks
             self.threads.add(threads)
             return typed_invoker(spec.payloads, port, runtime, threads)

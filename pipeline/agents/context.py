@@ -82,6 +82,7 @@ class Context:
 
     __slots__ = ("_organism", "_agent", "spore", "attempt", "_sent")
     _sent: int  # this run's sends so far, set at the first: one that sends none pays nothing
+    key: str | None = None  # a keyed agent's key (agents.X.key; see agents.keyed)
 
     def __init__(self, organism: HandlerPort, agent: AgentRuntime, spore: Spore,
                  attempt: int) -> None:

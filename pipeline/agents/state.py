@@ -8,8 +8,9 @@ graceful stop after the drain, ``save_state() -> JSON`` and
 ``load_state(state)``. Function handlers keep their state in ``ctx.state``.
 
 A snapshot is plain JSON: ``{"sporeflow_state": 1, "organism": name,
-"agents": {agent: state}}``. State loaded for an agent whose instance does not
-exist yet (or that is not running yet) is kept and applied when it appears.
+"agents": {agent: state}}``, and with keyed agents (``agents.X.key``) a section of
+their own, ``"keys": {agent: {key: state}}``. State loaded for an agent whose instance
+does not exist yet (or that is not running yet) is kept and applied when it appears.
 """
 
 from __future__ import annotations
@@ -118,16 +119,19 @@ class AgentStates:
         self.organism = organism
         self.logger = logger
         self.pending: dict[str, Any] = {}  # state for agents not built yet
+        self.pending_keys: dict[str, Any] = {}  # keyed agents' states, for those not built
 
     def attach(self, agent: AgentRuntime) -> None:
         """Give a newly built agent its class holder and any state loaded for it."""
         handler = agent.spec.handler
         if inspect.isclass(handler) and agent.spec.gather is None and (
-                agent.spec.sequence is None):
+                agent.spec.sequence is None) and agent.keys is None:
             agent.actor = ClassAgent(handler, agent.spec.name)
         state = self.pending.pop(agent.spec.name, _NOTHING)
         if state is not _NOTHING:
             _apply(agent, state)
+        if agent.keys is not None and agent.spec.name in self.pending_keys:
+            agent.keys.load(self.pending_keys.pop(agent.spec.name))
 
     async def start(self, agents: Mapping[str, AgentRuntime]) -> None:
         """Make the instances of ``lazy: false`` class agents, running their ``on_start``."""
@@ -144,11 +148,15 @@ class AgentStates:
     async def stop(self, agents: Mapping[str, AgentRuntime]) -> None:
         """Run each made instance's ``on_stop``; a failing hook is logged, not raised."""
         for agent in agents.values():
-            if agent.actor is not None:
+            actors = [agent.actor] if agent.actor is not None else []
+            if agent.keys is not None:  # each live key's instance (steps.keytable)
+                actors = [holder.actor for holder in agent.keys.live.values()
+                          if getattr(holder, "actor", None) is not None]
+            for actor in actors:
                 try:
-                    await agent.actor.stop()
+                    await actor.stop()
                 except Exception:
-                    self.logger.exception("on_stop of agent %r failed", agent.spec.name)
+                    self.logger.exception("on_stop of agent %r failed", actor.name)
 
     def save(self, agents: Mapping[str, AgentRuntime]) -> dict[str, Any]:
         """A JSON-serialisable snapshot of every agent's state (and of state still pending)."""
@@ -164,8 +172,15 @@ class AgentStates:
                 raise OrganismStateError(
                     f"agent {name!r}: {where} is not JSON-serialisable ({exc}); keep only "
                     f"dicts, lists, strings, numbers, booleans and None there") from exc
-        return {"sporeflow_state": SNAPSHOT_VERSION, "organism": self.organism,
-                "agents": states}
+        snapshot: dict[str, Any] = {"sporeflow_state": SNAPSHOT_VERSION, "organism": self.organism,
+                                    "agents": states}
+        keys = dict(self.pending_keys)
+        for name, agent in agents.items():
+            if agent.keys is not None:
+                keys[name] = agent.keys.snapshot()
+        if keys:  # only with keyed agents: other snapshots stay as they were
+            snapshot["keys"] = keys
+        return snapshot
 
     def load(self, snapshot: Mapping[str, Any], agents: Mapping[str, AgentRuntime]) -> None:
         """Restore ``snapshot``: running agents now, the others when they are built."""
@@ -175,12 +190,24 @@ class AgentStates:
             raise OrganismStateError(
                 f"not a sporeflow state snapshot (version {SNAPSHOT_VERSION}): expected "
                 f"{{'sporeflow_state': 1, 'agents': {{...}}}}, got {snapshot!r:.80}")
+        keys = snapshot.get("keys", {})
+        if not isinstance(keys, Mapping) or not all(
+                isinstance(states, Mapping) for states in keys.values()):
+            raise OrganismStateError(
+                f"the snapshot's 'keys' must map each keyed agent to {{key: state}}, got "
+                f"{keys!r:.80}")
         for name, state in snapshot["agents"].items():
             agent = agents.get(name)
             if agent is None:
                 self.pending[name] = state
             else:
                 _apply(agent, state)
+        for name, states in keys.items():
+            agent = agents.get(name)
+            if agent is not None and agent.keys is not None:
+                agent.keys.load(states)
+            else:  # not built yet, or not keyed (yet): applied when it is built keyed
+                self.pending_keys[name] = dict(states)
         if snapshot.get("organism") not in (None, self.organism):
             self.logger.warning("loading state saved by organism %r into %r",
                                 snapshot.get("organism"), self.organism)

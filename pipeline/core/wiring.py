@@ -16,6 +16,7 @@ from typing import Any
 
 from sporeflow.config import AgentSpec, ExternalAgentSpec, OrganismSpec
 from sporeflow.steps import AgentLane, RoutingTable, SchemaCheck, schema_check
+from sporeflow.steps.keytable import KeyTable
 
 __all__ = ["AgentRuntime", "WiringCell", "WiringSnapshot", "routing_table"]
 
@@ -29,6 +30,7 @@ class AgentRuntime:
     logger: logging.Logger
     state: dict[str, Any] = field(default_factory=dict)
     actor: Any = None  # the ClassAgent (agents.state) of a class handler, else None
+    keys: KeyTable | None = None  # a keyed agent's keys and their states (steps.keytable)
 
 
 def routing_table(spec: OrganismSpec) -> RoutingTable:

@@ -88,6 +88,9 @@ class LiveView:
 
         abandoned = any(agent.get("abandoned") for agent in stats["agents"].values())
         headers = _WITH_ABANDONED if abandoned else _HEADERS
+        keyed = any("keys" in agent for agent in stats["agents"].values())
+        if keyed:  # keyed agents (agents.X.key): their live keys and kept states
+            headers = (*headers, "keys", "kept")
         alarming = {headers.index(name) for name in _ALARMING if name in headers}
         rows: list[tuple[str, ...]] = [headers]
         for name, agent in stats["agents"].items():
@@ -97,7 +100,8 @@ class LiveView:
                 f"{agent['failed']:,}", f"{agent['in_flight']:,}",
                 *((f"{agent['abandoned']:,}",) if abandoned else ()), f"{agent['queued']:,}",
                 f"{rates[name]:,.0f}" if name in rates else "-",
-                _ms(latency["p50_ms"]), _ms(latency["p99_ms"])))
+                _ms(latency["p50_ms"]), _ms(latency["p99_ms"]),
+                *(_keys(agent.get("keys")) if keyed else ())))
         # Columns aligned here rather than by rich's Table: its layout pass costs ~15
         # times as much per frame, and frames are drawn on the organism's loop.
         widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
@@ -191,6 +195,10 @@ class LiveView:
             self._live.update(self.render(), refresh=True)
             self._live.stop()
             self._live = None
+
+
+def _keys(keys: dict[str, int] | None) -> tuple[str, str]:
+    return ("-", "-") if keys is None else (f"{keys['live']:,}", f"{keys['kept']:,}")
 
 
 def _ms(value: float | None) -> str:

@@ -55,6 +55,13 @@ _AGENT_GAUGES = (
     ("abandoned", "Slots held by sync handler threads given up on (past their timeout) "
                   "that still run."),
 )
+# A keyed agent's keys (agents.X.key): exported only for keyed agents.
+_KEY_METRICS = (
+    ("live", "gauge", "Keys of the keyed agent with an instance or state in memory."),
+    ("kept", "gauge", "Evicted keys of the keyed agent whose state is kept."),
+    ("evicted", "counter", "Keys of the keyed agent evicted after key_idle."),
+    ("refused", "counter", "New keys refused past the keyed agent's max_keys."),
+)
 _CHANNEL_COUNTERS = (
     ("broadcasts", "Broadcasts routed on the channel."),
     ("deliveries", "Deliveries the channel's broadcasts made (one per subscriber)."),
@@ -130,6 +137,13 @@ class StatsCollector:
             for name, counts in agents.items():
                 gauge.add_metric([organism, name], counts[key])
             yield gauge
+        keyed = {name: counts["keys"] for name, counts in agents.items() if "keys" in counts}
+        for key, kind, doc in _KEY_METRICS if keyed else ():
+            make = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
+            keys = make(f"{p}_agent_keys_{key}", doc, labels=["organism", "agent"])
+            for name, counts in keyed.items():
+                keys.add_metric([organism, name], counts[key])
+            yield keys
         latency = HistogramMetricFamily(
             f"{p}_handler_latency_seconds", "Handler latency per invocation attempt.",
             labels=["organism", "agent"])

@@ -42,6 +42,8 @@ def organism_stats(*, name: str, state: str, uptime: float, wiring: WiringSnapsh
             "latency": latency[agent_name].summary() if agent_name in latency else {},
             "subscribe": list(agent.spec.subscribe),
         }
+        if agent.keys is not None:  # a keyed agent: its keys live, kept, running...
+            agents[agent_name]["keys"] = agent.keys.stats()
     return {
         "organism": name,
         "state": state,

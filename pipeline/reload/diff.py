@@ -13,7 +13,7 @@ from sporeflow.config import AgentSpec, OrganismSpec
 from sporeflow.config.positions import read_yaml
 
 __all__ = ["LIVE_LIMITS", "ReloadReport", "SpecDiff", "broker_bound", "diff_specs", "refusal",
-           "restart_only"]
+           "rekeyed", "restart_only"]
 
 
 # Fields that name or describe something without changing how it runs.
@@ -186,6 +186,17 @@ def broker_bound(diff: SpecDiff) -> str:
     if diff.channels_added or diff.channels_removed:
         return "a reload cannot add or remove channels"
     return ""
+
+
+def rekeyed(diff: SpecDiff) -> str:
+    """Agents whose ``key`` the diff changes ('' when none): their states are kept by the
+    old key, so a reload cannot carry them over."""
+    names = [name for name, what in diff.changed.items() if "key" in what]
+    if not names:
+        return ""
+    return (f"a reload cannot change the key of {', '.join(map(repr, names))}: its states are "
+            f"kept by the old key; restart the organism (save_state and load_state carry "
+            f"the states, by their old keys)")
 
 
 def restart_only(file: Path, diff: SpecDiff) -> list[str]:

@@ -47,6 +47,7 @@ from sporeflow.pipeline.reload.diff import (
     broker_bound,
     diff_specs,
     refusal,
+    rekeyed,
     restart_only,
 )
 from sporeflow.pipeline.reload.sources import HandlerSources
@@ -187,6 +188,8 @@ class Reloader:
                 f"{file}: over a broker, {broker}: the broker's queues and bindings are "
                 f"declared at start; restart the organism to apply this file"],
                 reimported=reimported)
+        if rekeys := rekeyed(diff):
+            return refusal(str(file), started, [f"{file}: {rekeys}"], reimported=reimported)
         notes = warnings + restart_only(Path(file), diff)
         previous = [task for name, task in self._handovers.items()
                     if name in diff.changed or name in diff.removed]
