@@ -24,6 +24,7 @@ from datetime import datetime
 
 from sporeflow.config import HandlerError, OrganismStateError
 from sporeflow.config.model import DEAD_LETTER_CHANNEL
+from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.core.deadletters import (
     URL_PASSWORDS,
     DeadLetter,
@@ -49,7 +50,13 @@ class LedgerHook:
     ``admitted`` gets spores a handler sent (``parent`` is the spore it was handling)
     or the outside world sent (``parent`` None). ``released`` is called for each
     spore settled without a handler: rejected, resolved or returned.
+
+    A hook that keeps unfinished spores for the next start (the journal) sets
+    ``keeps_unfinished``: then what a stop interrupts is no dead letter (see
+    :meth:`Ledger.abandon`).
     """
+
+    keeps_unfinished = False
 
     def admitted(self, spores: Sequence[Spore], agent: str | None,
                  parent: Spore | None) -> None:
@@ -107,6 +114,7 @@ class Ledger:
         self.refused_why: Counter[tuple[str, str]] = Counter()
         self.refused_on: Counter[str] = Counter()
         self.fanout: dict[str, list[int]] = {}  # channel -> [broadcasts, deliveries]
+        self.kept = 0  # spores a stop interrupted, kept by a hook for the next start
         self._hooks: list[LedgerHook] = []
         self._index()
 
@@ -132,6 +140,7 @@ class Ledger:
         self._on_released = _overrides(hooks, "released")
         self._on_fanned_out = _overrides(hooks, "fanned_out")
         self.watched = bool(hooks)
+        self._keeps_unfinished = any(hook.keeps_unfinished for hook in hooks)
 
     # -- entering ----------------------------------------------------------------------
 
@@ -166,9 +175,13 @@ class Ledger:
                                                reason=reason))
         for hook in self._on_failed:
             hook(spore, agent, reason, error, attempts)
-        letter = self.record(spore, reason, error, agent=agent, attempts=attempts)
+        if reason == Reason.SHUTDOWN and self._keeps_unfinished:
+            self.kept += 1  # no dead letter: the next start handles it again
+            text = self.describe(error)
+        else:
+            text = self.record(spore, reason, error, agent=agent, attempts=attempts).error
         failure = HandlerError(f"agent {agent!r} failed on request {spore.id} ({reason}): "
-                               f"{letter.error}", agent=agent, spore_id=spore.id)
+                               f"{text}", agent=agent, spore_id=spore.id)
         failure.__cause__ = error
         self.requests.fail(spore.id, failure)
         self.intake.settle(1)
@@ -281,10 +294,16 @@ class Ledger:
 
     def abandon(self, spores: Sequence[tuple[Spore, int]], agent: str | None,
                 reason: str) -> int:
-        """Dead-letter and settle held spores a stop or removal leaves behind."""
+        """Dead-letter and settle held spores a stop or removal leaves behind; what a stop
+        leaves is no dead letter when a hook keeps it for the next start (the journal):
+        the one place this is decided, so that dead letters, stats and ``dlq`` agree."""
+        kept = reason == Reason.SHUTDOWN and self._keeps_unfinished
         for spore, attempts in spores:
-            where = f"agent {agent!r}" if agent is not None else "the organism"
-            self.record(spore, reason, OrganismStateError(f"{where} stopped first"),
-                        agent=agent, attempts=attempts)
+            if kept:
+                self.kept += 1
+            else:
+                where = f"agent {agent!r}" if agent is not None else "the organism"
+                self.record(spore, reason, OrganismStateError(f"{where} stopped first"),
+                            agent=agent, attempts=attempts)
             self.intake.settle(1)
         return len(spores)

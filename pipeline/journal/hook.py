@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.core.requests import RequestBook
@@ -15,6 +14,8 @@ __all__ = ["JournalHook"]
 
 
 class JournalHook(LedgerHook):
+    keeps_unfinished = True  # what a stop interrupts stays pending: no dead letter
+
     def __init__(self, journal: Journal, requests: RequestBook) -> None:
         self.journal = journal
         self.requests = requests
@@ -39,5 +40,4 @@ class JournalHook(LedgerHook):
         self.journal.settle(spore)
 
     def dead_lettered(self, letter: DeadLetter) -> None:
-        if letter.reason != Reason.SHUTDOWN:  # what a stop interrupts stays pending
-            self.journal.dead(letter)
+        self.journal.dead(letter)
