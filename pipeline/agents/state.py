@@ -8,8 +8,10 @@ graceful stop after the drain, ``save_state() -> JSON`` and
 ``load_state(state)``. Function handlers keep their state in ``ctx.state``.
 
 A snapshot is plain JSON: ``{"sporeflow_state": 1, "organism": name,
-"agents": {agent: state}}``. State loaded for an agent whose instance does not
-exist yet (or that is not running yet) is kept and applied when it appears.
+"agents": {agent: state}}``, and ``"spores"`` when some were queued (see
+``agents.queued``: what it keeps, and how they come back). State loaded for an agent
+whose instance does not exist yet (or that is not running yet) is kept and applied
+when it appears.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 from sporeflow.config import OrganismStateError
 from sporeflow.config.handlers import agent_method
+from sporeflow.pipeline.agents.queued import SPORES, QueuedSpores, RunIntake, Waiting, parse
 from sporeflow.pipeline.agents.threads import AgentThreads
 from sporeflow.pipeline.core.privatefiles import private_temporary
 from sporeflow.pipeline.core.wiring import AgentRuntime
@@ -115,6 +118,7 @@ class AgentStates:
         self.organism = organism
         self.logger = logger
         self.pending: dict[str, Any] = {}  # state for agents not built yet
+        self.spores = QueuedSpores(logger)
 
     def attach(self, agent: AgentRuntime) -> None:
         """Give a newly built agent its class holder and any state loaded for it."""
@@ -126,8 +130,12 @@ class AgentStates:
         if state is not _NOTHING:
             _apply(agent, state)
 
-    async def start(self, agents: Mapping[str, AgentRuntime]) -> None:
-        """Make the instances of ``lazy: false`` class agents, running their ``on_start``."""
+    async def start(self, agents: Mapping[str, AgentRuntime],
+                    intake: Waiting | None = None) -> None:
+        """Make the instances of ``lazy: false`` class agents, running their ``on_start``;
+        at an organism's start (``intake`` given), feed the spores loaded before it."""
+        if intake is not None:
+            self.spores.start(intake)
         for agent in agents.values():
             if agent.actor is not None and not agent.spec.lazy:
                 try:
@@ -147,8 +155,10 @@ class AgentStates:
                 except Exception:
                     self.logger.exception("on_stop of agent %r failed", agent.spec.name)
 
-    def save(self, agents: Mapping[str, AgentRuntime]) -> dict[str, Any]:
-        """A JSON-serialisable snapshot of every agent's state (and of state still pending)."""
+    def save(self, agents: Mapping[str, AgentRuntime],
+             run: RunIntake | None = None) -> dict[str, Any]:
+        """A JSON-serialisable snapshot of every agent's state (and of state still pending)
+        and of the spores queued (see ``agents.queued``), taken in one step."""
         states: dict[str, Any] = dict(self.pending)
         for name, agent in agents.items():
             state = agent.actor.save() if agent.actor is not None else (agent.state or None)
@@ -161,17 +171,25 @@ class AgentStates:
                 raise OrganismStateError(
                     f"agent {name!r}: {where} is not JSON-serialisable ({exc}); keep only "
                     f"dicts, lists, strings, numbers, booleans and None there") from exc
-        return {"sporeflow_state": SNAPSHOT_VERSION, "organism": self.organism,
-                "agents": states}
+        snapshot = {"sporeflow_state": SNAPSHOT_VERSION, "organism": self.organism,
+                    "agents": states}
+        spores = self.spores.save(agents, run.intake if run is not None else None)
+        if spores is not None:
+            snapshot[SPORES] = spores
+        return snapshot
 
-    def load(self, snapshot: Mapping[str, Any], agents: Mapping[str, AgentRuntime]) -> None:
-        """Restore ``snapshot``: running agents now, the others when they are built."""
+    def load(self, snapshot: Mapping[str, Any], agents: Mapping[str, AgentRuntime],
+             run: RunIntake | None = None) -> None:
+        """Restore ``snapshot``: running agents now, the others when they are built; its
+        spores enter the intake of ``run`` (while it runs) now, else at the next start."""
         if not isinstance(snapshot, Mapping) or snapshot.get(
                 "sporeflow_state") != SNAPSHOT_VERSION or not isinstance(
                 snapshot.get("agents"), Mapping):
             raise OrganismStateError(
                 f"not a sporeflow state snapshot (version {SNAPSHOT_VERSION}): expected "
                 f"{{'sporeflow_state': 1, 'agents': {{...}}}}, got {snapshot!r:.80}")
+        # A bad spore raises here, before any state is applied.
+        spores = parse(snapshot[SPORES]) if SPORES in snapshot else []
         for name, state in snapshot["agents"].items():
             agent = agents.get(name)
             if agent is None:
@@ -181,6 +199,8 @@ class AgentStates:
         if snapshot.get("organism") not in (None, self.organism):
             self.logger.warning("loading state saved by organism %r into %r",
                                 snapshot.get("organism"), self.organism)
+        if spores:
+            self.spores.load(spores, run.intake if run is not None else None)
 
 
 def _apply(agent: AgentRuntime, state: Any) -> None:
