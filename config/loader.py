@@ -324,6 +324,8 @@ def _to_spec(
         max_dead_letters=limits_conf.get("max_dead_letters", defaults.max_dead_letters),
         max_spores_per_thread=limits_conf.get("max_spores_per_thread"),
         max_cost_per_thread=limits_conf.get("max_cost_per_thread"),
+        budget_warnings=tuple(sorted(limits_conf.get("budget_warnings",
+                                                     defaults.budget_warnings))),
         process_pool=limits_conf.get("process_pool"),
         loop_stall_warning=parse_duration(limits_conf.get("loop_stall_warning",
                                                           defaults.loop_stall_warning or 0)),
@@ -383,6 +385,7 @@ def _agent(name: str, conf: Mapping[str, Any], handler: Callable[..., Any]) -> A
         boot=conf.get("boot"),
         max_crashes=conf.get("max_crashes", DEFAULT_MAX_CRASHES),
         dedupe=parse_duration(conf.get("dedupe") or 0) or None,  # 0: off
+        cost=conf.get("cost"),
         lazy=conf.get("lazy", True),
         cpu_bound=conf.get("cpu_bound", False),
         gather=_gather(conf.get("gather")),

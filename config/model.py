@@ -97,6 +97,9 @@ class AgentSpec:
     max_crashes: int = DEFAULT_MAX_CRASHES  # deaths handling a spore before it is poison
     # Seconds: a spore whose id it handled this recently is dropped (None: all are handled).
     dedupe: float | None = None
+    # What one spore it handles costs its conversation: charged, against
+    # limits.max_cost_per_thread, as the spore passes the budget stage (None: nothing).
+    cost: float | None = None
 
 
 # Outside spores a channel queues before senders wait. Small on purpose: a short queue
@@ -128,6 +131,9 @@ class Limits:
     max_dead_letters: int = 10_000
     max_spores_per_thread: int | None = None
     max_cost_per_thread: float | None = None
+    # Percentages of a per-thread limit at which a ThreadBudgetReached event is emitted
+    # and logged, once per thread and limit; () for none.
+    budget_warnings: tuple[float, ...] = (75.0, 90.0, 95.0)
     process_pool: int | None = None  # worker processes for cpu_bound agents; None: cpu count
     loop_stall_warning: float | None = 1.0  # seconds a handler may block the loop; 0/None: off
     # Senders that are no agent (outside callers, a broker's foreign agents), remembered so

@@ -43,7 +43,6 @@ from sporeflow.pipeline.broker.backend import Backend
 from sporeflow.pipeline.broker.boots import refuse_journal
 from sporeflow.pipeline.broker.bridge import Bridge, make_bridge, publish_deliveries
 from sporeflow.pipeline.broker.transport import check_transport
-from sporeflow.pipeline.core.budget import ThreadBudget
 from sporeflow.pipeline.core.chain import Stage, declare_chain
 from sporeflow.pipeline.core.deadletters import DeadLetterStore
 from sporeflow.pipeline.core.ingress import OUTSIDE_SENDERS, Ingress
@@ -58,6 +57,7 @@ from sporeflow.pipeline.core.subscriptions import set_subscription
 from sporeflow.pipeline.core.wiring import AgentRuntime, WiringCell, WiringSnapshot
 from sporeflow.pipeline.journal.hook import JournalHook
 from sporeflow.pipeline.journal.store import Journal
+from sporeflow.pipeline.observe.budgetwarnings import warned_budget
 from sporeflow.pipeline.observe.eventhook import EventHook
 from sporeflow.pipeline.observe.events import AgentStateChanged, EventBus, OrganismStateChanged
 from sporeflow.pipeline.observe.stats import organism_stats
@@ -123,7 +123,7 @@ class Organism(OutsideApi):
         self._pool = RunnerPool(name=f"sporeflow:{spec.name}")
         self._agent_states = AgentStates(spec.name, self.logger)
         self._stop_watchers: set[asyncio.Task[int]] = set()
-        self._budget = ThreadBudget.from_limits(spec.limits)
+        self._budget = warned_budget(spec.limits, self.events, self.logger, now)
         self._procpool = ProcessPool(spec.limits.process_pool)
         self._watchdog = LoopWatchdog(spec.limits.loop_stall_warning, self.logger)
         self.knowledge_store = make_knowledge_store(spec)  # what knowledge_references name
