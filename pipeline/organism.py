@@ -231,7 +231,7 @@ class Organism(OutsideApi):
         self._watchdog.start()  # a daemon thread that names a handler blocking the loop
         run.start_chain(self._declare_chain(run), lambda: self._set_state(State.FAILED))
         try:
-            await self._agent_states.start(self._cell.current.agents, run.intake)
+            await self._agent_states.start(self._cell.current.agents, run.ingress)
             if self._bridge is not None:
                 await self._bridge.start(run)
         except Exception:
@@ -466,11 +466,11 @@ class Organism(OutsideApi):
 
     def save_state(self) -> dict[str, Any]:
         """A JSON snapshot of every agent's state and the spores queued (``agents.queued``)."""
-        return self._agent_states.save(self._cell.current.agents, self._run)
+        return self._agent_states.save(self._cell.current.agents, self._ingress)
 
     def load_state(self, snapshot: Mapping[str, Any]) -> None:
         """Restore a :meth:`save_state` snapshot, spores too; before start, at the start."""
-        self._agent_states.load(snapshot, self._cell.current.agents, self._run)
+        self._agent_states.load(snapshot, self._cell.current.agents, self._ingress)
 
     # -- observing ----------------------------------------------------------------------
 

@@ -7,11 +7,13 @@ import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sporeflow.pipeline import Organism, OrganismStateError, Spore
+from sporeflow.pipeline.journal.offline import JournalFile
 
 
 async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -124,6 +126,27 @@ async def test_what_a_handler_sent_waits_in_the_intake_and_is_kept_with_its_stat
     async with second.running():
         await second.idle()
     assert sorted(handled) == list(range(12))
+
+
+async def test_restored_spores_are_journaled_and_a_stop_keeps_them_there(
+        tmp_path: Path) -> None:
+    first, gate = blocked_worker()
+    async with first.running():
+        for n in range(4):
+            await first.send("worker", {"n": n})
+        lane = first.wiring().agents["worker"].lane
+        await until(lambda: lane.queued == 3)
+        snapshot = first.save_state()
+        gate.set()
+
+    second, _ = blocked_worker()  # never released: the stop interrupts it
+    journaled = Organism(second.spec, journal=tmp_path / "j.db")
+    await journaled.start()
+    journaled.load_state(snapshot)
+    assert await journaled.stop(drain_timeout=0) == 3
+    assert list(journaled.dead_letters) == []  # kept for the next start, not dead
+    with JournalFile(tmp_path / "j.db") as file:
+        assert sorted(s.knowledge["n"] for s in file.pending()) == [1, 2, 3]
 
 
 async def test_restored_spores_pass_expire_and_route_like_any_other() -> None:

@@ -75,3 +75,29 @@ async def test_without_a_journal_a_stop_dead_letters_what_it_interrupts(tmp_path
     assert [letter.reason for letter in org.dead_letters] == ["shutdown"] * 4
     assert stats["dead_letters"]["by_reason"] == {"shutdown": 4}
     assert stats["totals"]["unfinished_kept"] == 0
+
+
+async def test_a_dead_letter_notice_a_stop_interrupts_stays_in_the_journal(
+        tmp_path: Path) -> None:
+    listening = asyncio.Event()
+
+    async def fail(spore: object, ctx: object) -> None:
+        raise ValueError("no")
+
+    async def watch(spore: object, ctx: object) -> None:
+        listening.set()
+        await asyncio.Event().wait()  # never finishes: the stop interrupts it
+
+    spec = Organism.from_dict({"agents": {
+        "fragile": {"handler": fail},
+        "watcher": {"handler": watch, "subscribe": ["dead-letter"]}}}).spec
+    org = Organism(spec, journal=tmp_path / "j.db")
+    await org.start()
+    await org.send("fragile", {"n": 1})
+    await asyncio.wait_for(listening.wait(), 10)
+    assert await org.stop(drain_timeout=0) == 1
+    assert [letter.reason for letter in org.dead_letters] == ["handler failed"]
+    with JournalFile(tmp_path / "j.db") as file:  # the notice is kept, not lost
+        assert [(s.channel, s.knowledge["reason"]) for s in file.pending()] == [
+            ("dead-letter", "handler failed")]
+        assert [s.letter.reason for s in file.dead_letters()] == ["handler failed"]

@@ -13,14 +13,16 @@ moves while it reads, so each spore is in exactly one place of the cut. It keeps
 It does not keep a spore whose handler is running, or that waits for a retry's delay
 (its handler has started: its effect may be in the state already, and handling it
 again could do it twice), nor an outside sender still waiting to be admitted (the
-sender still holds it). A snapshot is a copy: the organism it was taken from goes on.
+sender still holds it), nor a batch a user's stage holds while it awaits something
+(the built-in stages never wait). A snapshot is a copy: the organism it was taken from
+goes on.
 
 ``load_state`` puts them back through the chain's one path (validate, expire, budget,
-route, schema): a mailbox's spore is addressed to that agent alone (a broadcast's
-delivery reaches no other subscriber twice); an expired one is dead-lettered as
-``expired``, one for an agent that no longer exists as ``unknown agent``. Before a
-start they wait, and enter at the start. Load a snapshot's spores once: a second load
-delivers them again.
+route, schema), the journal, if any, recording them first: a mailbox's spore is
+addressed to that agent alone (a broadcast's delivery reaches no other subscriber
+twice); an expired one is dead-lettered as ``expired``, one for an agent that no
+longer exists as ``unknown agent``. Loaded while the organism does not run, they enter
+at its next start. Load a snapshot's spores once: a second load delivers them again.
 """
 
 from __future__ import annotations
@@ -34,27 +36,17 @@ from sporeflow.config import OrganismStateError, SporeError
 from sporeflow.pipeline.core.wiring import AgentRuntime
 from sporeflow.steps import Spore, queued_in, redelivery
 
-__all__ = ["SPORES", "QueuedSpores", "RunIntake", "Waiting"]
+__all__ = ["SPORES", "QueuedSpores", "SnapshotPort", "parse"]
 
 SPORES = "spores"  # the snapshot's section; absent when nothing was queued
 
 
-class Waiting(Protocol):
-    """What a snapshot reads and refills: the running organism's intake."""
-
-    @property
-    def closed(self) -> bool: ...
+class SnapshotPort(Protocol):
+    """What a snapshot reads and refills: the running organism's ingress."""
 
     def waiting(self) -> list[Spore]: ...
 
-    def feed(self, spores: Iterable[Spore]) -> None: ...
-
-
-class RunIntake(Protocol):
-    """A run of the organism, as far as a snapshot cares: its intake."""
-
-    @property
-    def intake(self) -> Waiting: ...
+    def restore(self, spores: list[Spore]) -> bool: ...
 
 
 class QueuedSpores:
@@ -62,16 +54,16 @@ class QueuedSpores:
 
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
-        self.pending: list[Spore] = []  # loaded before a start; fed at the start
+        self.pending: list[Spore] = []  # loaded while not running; fed at the next start
 
     def save(self, agents: Mapping[str, AgentRuntime],
-             intake: Waiting | None) -> dict[str, Any] | None:
+             port: SnapshotPort | None) -> dict[str, Any] | None:
         """The ``spores`` section: queued per agent and in the intake; None if none."""
         queued = {name: self._dicts(queued_in(agent.lane)) for name, agent in agents.items()}
         section: dict[str, Any] = {"queued": {name: spores for name, spores in queued.items()
                                               if spores}}
-        waiting = [*self.pending, *(intake.waiting() if intake is not None else ())]
-        section["intake"] = self._dicts(waiting)
+        section["intake"] = self._dicts([*self.pending,
+                                         *(port.waiting() if port is not None else ())])
         return section if section["queued"] or section["intake"] else None
 
     def _dicts(self, spores: Iterable[Spore]) -> list[Any]:
@@ -84,20 +76,19 @@ class QueuedSpores:
                                     "(%s); the chain dead-letters it as invalid", spore.id, exc)
         return kept
 
-    def load(self, spores: list[Spore], intake: Waiting | None) -> None:
-        """Feed a snapshot's spores (:func:`parse`) to ``intake`` (a running organism's),
-        or keep them for the start."""
-        if intake is not None and not intake.closed:
-            intake.feed(spores)
-        else:
+    def load(self, spores: list[Spore], port: SnapshotPort | None) -> None:
+        """Feed a snapshot's spores (:func:`parse`) through ``port`` (a running
+        organism's), or keep them for the next start."""
+        if port is None or not port.restore(spores):
             self.pending.extend(spores)
 
-    def start(self, intake: Waiting) -> None:
-        """Feed what was loaded before this start."""
+    def start(self, port: SnapshotPort) -> None:
+        """Feed what was loaded while the organism was not running."""
         if self.pending:
             spores, self.pending = self.pending, []
             self.logger.info("restoring %d spore(s) from a state snapshot", len(spores))
-            intake.feed(spores)
+            if not port.restore(spores):
+                self.pending = spores
 
 
 def parse(section: object) -> list[Spore]:

@@ -28,7 +28,7 @@ from typing import Any
 
 from sporeflow.config import OrganismStateError
 from sporeflow.config.handlers import agent_method
-from sporeflow.pipeline.agents.queued import SPORES, QueuedSpores, RunIntake, Waiting, parse
+from sporeflow.pipeline.agents.queued import SPORES, QueuedSpores, SnapshotPort, parse
 from sporeflow.pipeline.agents.threads import AgentThreads
 from sporeflow.pipeline.core.privatefiles import private_temporary
 from sporeflow.pipeline.core.wiring import AgentRuntime
@@ -131,11 +131,11 @@ class AgentStates:
             _apply(agent, state)
 
     async def start(self, agents: Mapping[str, AgentRuntime],
-                    intake: Waiting | None = None) -> None:
+                    port: SnapshotPort | None = None) -> None:
         """Make the instances of ``lazy: false`` class agents, running their ``on_start``;
-        at an organism's start (``intake`` given), feed the spores loaded before it."""
-        if intake is not None:
-            self.spores.start(intake)
+        at an organism's start (``port``: its ingress), feed the spores loaded before it."""
+        if port is not None:
+            self.spores.start(port)
         for agent in agents.values():
             if agent.actor is not None and not agent.spec.lazy:
                 try:
@@ -156,7 +156,7 @@ class AgentStates:
                     self.logger.exception("on_stop of agent %r failed", agent.spec.name)
 
     def save(self, agents: Mapping[str, AgentRuntime],
-             run: RunIntake | None = None) -> dict[str, Any]:
+             port: SnapshotPort | None = None) -> dict[str, Any]:
         """A JSON-serialisable snapshot of every agent's state (and of state still pending)
         and of the spores queued (see ``agents.queued``), taken in one step."""
         states: dict[str, Any] = dict(self.pending)
@@ -173,15 +173,16 @@ class AgentStates:
                     f"dicts, lists, strings, numbers, booleans and None there") from exc
         snapshot = {"sporeflow_state": SNAPSHOT_VERSION, "organism": self.organism,
                     "agents": states}
-        spores = self.spores.save(agents, run.intake if run is not None else None)
+        spores = self.spores.save(agents, port)
         if spores is not None:
             snapshot[SPORES] = spores
         return snapshot
 
     def load(self, snapshot: Mapping[str, Any], agents: Mapping[str, AgentRuntime],
-             run: RunIntake | None = None) -> None:
+             port: SnapshotPort | None = None) -> None:
         """Restore ``snapshot``: running agents now, the others when they are built; its
-        spores enter the intake of ``run`` (while it runs) now, else at the next start."""
+        spores enter through ``port`` (a running organism's ingress) now, else at the
+        next start."""
         if not isinstance(snapshot, Mapping) or snapshot.get(
                 "sporeflow_state") != SNAPSHOT_VERSION or not isinstance(
                 snapshot.get("agents"), Mapping):
@@ -200,7 +201,7 @@ class AgentStates:
             self.logger.warning("loading state saved by organism %r into %r",
                                 snapshot.get("organism"), self.organism)
         if spores:
-            self.spores.load(spores, run.intake if run is not None else None)
+            self.spores.load(spores, port)
 
 
 def _apply(agent: AgentRuntime, state: Any) -> None:

@@ -272,6 +272,23 @@ class Ingress:
             spores = [self.stamp_sent(spore) for spore in spores]
         self.ledger.feed(spores, agent, parent)
 
+    # -- a state snapshot's spores (agents.queued) --------------------------------------
+
+    def waiting(self) -> list[Spore]:
+        """What waits in the intake for the chain, left in place."""
+        return self.intake.waiting()
+
+    def restore(self, spores: list[Spore]) -> bool:
+        """Feed spores a state snapshot kept through the whole chain, the journal (if any)
+        recording them first, as it records what outside senders send; False, feeding
+        nothing, while the organism stops or is stopped."""
+        if self.intake.closed:
+            return False
+        if self.persist is not None:  # a journal that fails stops the organism itself
+            asyncio.ensure_future(self.persist(tuple(spores))).add_done_callback(_retrieved)
+        self.intake.feed(spores)
+        return True
+
     def refuse(self, spore: Spore, error: Exception) -> None:
         """Dead-letter ``spore``, which an outside source (``sources:``) could not send and
         has no caller to tell, as a handler's refused send is; its sender is named."""
@@ -284,3 +301,8 @@ class Ingress:
             describe_error(error, self.ledger.masker),
             extra=spore_fields(spore, agent=agent, event="refused", reason=reason))
         self.ledger.refused(spore, reason, error, agent=agent)
+
+
+def _retrieved(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()  # a journal's failure is handled by its fail stop

@@ -241,7 +241,7 @@ class Ledger:
                        "spore": letter.spore.to_dict()},
             spore_type=SporeType.NOTIFICATION, from_agent="system",
             channel=DEAD_LETTER_CHANNEL, thread_id=letter.spore.thread)
-        self.feed((notice,))
+        self.feed((notice,), "system")  # made inside: the journal keeps it like a send
 
     def resolve(self, response: Spore) -> None:
         """``response`` answers a pending request: hand it to its waiter."""
