@@ -121,17 +121,13 @@ class ThreadBudget:
         tally = self._tally(thread)
         tally.cost += amount
         if self.max_cost is not None:
-            self._cost_warnings(thread, tally)
+            tally.cost_warned = self._warn(thread, MAX_COST, tally.cost, self.max_cost,
+                                           tally.cost_warned)
             if tally.over is None and tally.cost > self.max_cost:
                 tally.over = (f"limits.max_cost_per_thread is {self.max_cost:g} and its cost "
                               f"reached {tally.cost:g}")
                 self.stopped += 1
         return tally.cost
-
-    def _cost_warnings(self, thread: str, tally: _Tally) -> None:
-        assert self.max_cost is not None
-        tally.cost_warned = self._warn(thread, MAX_COST, tally.cost, self.max_cost,
-                                       tally.cost_warned)
 
     def _warn(self, thread: str, limit: str, used: float, maximum: float, passed: int) -> int:
         """Tell of each threshold ``used`` has now reached; return how many it has."""
@@ -175,7 +171,8 @@ class ThreadBudget:
                 f"runs")
         tally.cost += charge.amount
         if self.max_cost is not None:
-            self._cost_warnings(thread, tally)
+            tally.cost_warned = self._warn(thread, MAX_COST, tally.cost, self.max_cost,
+                                           tally.cost_warned)
         return None
 
 

@@ -175,8 +175,8 @@ class Ledger:
                                                reason=reason))
         for hook in self._on_failed:
             hook(spore, agent, reason, error, attempts)
-        if reason == Reason.SHUTDOWN and self._keeps_unfinished:
-            self.kept += 1  # no dead letter: the next start handles it again
+        if self._kept_for_next_start(reason):
+            self.kept += 1
             text = self.describe(error)
         else:
             text = self.record(spore, reason, error, agent=agent, attempts=attempts).error
@@ -292,12 +292,17 @@ class Ledger:
         counts[0] += 1
         counts[1] += targets
 
+    def _kept_for_next_start(self, reason: str) -> bool:
+        """Whether a spore failed or abandoned for ``reason`` is kept by a hook (the
+        journal) for the next start rather than dead-lettered: what a stop interrupts. The
+        one place this is decided, so that dead letters, stats and ``dlq`` agree."""
+        return reason == Reason.SHUTDOWN and self._keeps_unfinished
+
     def abandon(self, spores: Sequence[tuple[Spore, int]], agent: str | None,
                 reason: str) -> int:
-        """Dead-letter and settle held spores a stop or removal leaves behind; what a stop
-        leaves is no dead letter when a hook keeps it for the next start (the journal):
-        the one place this is decided, so that dead letters, stats and ``dlq`` agree."""
-        kept = reason == Reason.SHUTDOWN and self._keeps_unfinished
+        """Dead-letter and settle held spores a stop or removal leaves behind (unless
+        :meth:`_kept_for_next_start`)."""
+        kept = self._kept_for_next_start(reason)
         for spore, attempts in spores:
             if kept:
                 self.kept += 1
