@@ -195,3 +195,17 @@ async def test_an_idle_organism_saves_no_spores_section() -> None:
         await organism.send("worker", {"n": 1})
         await organism.idle()
         assert "spores" not in organism.save_state()
+
+
+async def test_a_spore_that_is_no_json_is_left_out_with_a_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    organism = counting([])
+    async with organism.running():
+        good = Spore(knowledge={"n": 1}, to_agent="worker")
+        bad = Spore(knowledge={"n": {1, 2}}, to_agent="worker")  # a set: the chain refuses it
+        organism._require_running().intake.feed([good, bad])  # as a handler's reply would be
+        snapshot = organism.save_state()  # in the same step: neither is routed yet
+        await organism.idle()
+    assert [s["id"] for s in snapshot["spores"]["intake"]] == [good.id]
+    assert f"spore {bad.id} is left out of the snapshot: it is not JSON" in caplog.text
+    assert [letter.reason for letter in organism.dead_letters] == ["invalid"]

@@ -67,14 +67,22 @@ class QueuedSpores:
         return section if section["queued"] or section["intake"] else None
 
     def _dicts(self, spores: Iterable[Spore]) -> list[Any]:
-        kept = []
-        for spore in spores:
-            try:  # the chain refuses what is no JSON; the organism saved from accounts for it
-                kept.append(json.loads(json.dumps(spore.to_dict())))
-            except (TypeError, ValueError) as exc:
-                self.logger.warning("spore %s is left out of the snapshot: it is not JSON "
-                                    "(%s); the chain dead-letters it as invalid", spore.id, exc)
-        return kept
+        """The spores' JSON forms, detached from them by a JSON round trip (one for all:
+        per spore it would cost several times more); one that is no JSON is left out."""
+        dicts = [spore.to_dict() for spore in spores]
+        try:
+            copied: list[Any] = json.loads(json.dumps(dicts))
+            return copied
+        except (TypeError, ValueError):
+            return [copy for copy in map(self._copy, dicts) if copy is not None]
+
+    def _copy(self, spore: dict[str, Any]) -> Any:
+        try:  # the chain refuses what is no JSON; the organism saved from accounts for it
+            return json.loads(json.dumps(spore))
+        except (TypeError, ValueError) as exc:
+            self.logger.warning("spore %s is left out of the snapshot: it is not JSON (%s); "
+                                "the chain dead-letters it as invalid", spore.get("id"), exc)
+            return None
 
     def load(self, spores: list[Spore], port: SnapshotPort | None) -> None:
         """Feed a snapshot's spores (:func:`parse`) through ``port`` (a running
