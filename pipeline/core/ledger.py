@@ -51,12 +51,10 @@ class LedgerHook:
     or the outside world sent (``parent`` None). ``released`` is called for each
     spore settled without a handler: rejected, resolved or returned.
 
-    A hook that keeps unfinished spores for the next start (the journal) sets
-    ``keeps_unfinished``: then what a stop interrupts is no dead letter (see
-    :meth:`Ledger.abandon`).
+    ``keeps`` tells, for a spore a stop interrupts, whether the hook keeps it for the
+    next start (the journal; the broker, which gets it back unacked): then it is no
+    dead letter (see :meth:`Ledger.abandon`).
     """
-
-    keeps_unfinished = False
 
     def admitted(self, spores: Sequence[Spore], agent: str | None,
                  parent: Spore | None) -> None:
@@ -71,6 +69,10 @@ class LedgerHook:
 
     def dead_lettered(self, letter: DeadLetter) -> None:
         """A dead letter was recorded."""
+
+    def keeps(self, spore: Spore) -> bool:
+        """Whether ``spore``, which a stop interrupts, is kept for the next start."""
+        return False
 
     def ended(self, spore: Spore) -> None:
         """``spore`` finished without a handler: it resolved a request, went outside, or
@@ -140,7 +142,7 @@ class Ledger:
         self._on_released = _overrides(hooks, "released")
         self._on_fanned_out = _overrides(hooks, "fanned_out")
         self.watched = bool(hooks)
-        self._keeps_unfinished = any(hook.keeps_unfinished for hook in hooks)
+        self._keepers = _overrides(hooks, "keeps")
 
     # -- entering ----------------------------------------------------------------------
 
@@ -173,9 +175,10 @@ class Ledger:
                             spore.id, attempts, describe_error(error, self.masker),
                             extra=spore_fields(spore, agent=agent, event="failed",
                                                reason=reason))
+        kept = self._kept_for_next_start(reason, spore)  # asked before the hooks hear of it
         for hook in self._on_failed:
             hook(spore, agent, reason, error, attempts)
-        if self._kept_for_next_start(reason):
+        if kept:
             self.kept += 1
             text = self.describe(error)
         else:
@@ -292,19 +295,19 @@ class Ledger:
         counts[0] += 1
         counts[1] += targets
 
-    def _kept_for_next_start(self, reason: str) -> bool:
-        """Whether a spore failed or abandoned for ``reason`` is kept by a hook (the
-        journal) for the next start rather than dead-lettered: what a stop interrupts. The
-        one place this is decided, so that dead letters, stats and ``dlq`` agree."""
-        return reason == Reason.SHUTDOWN and self._keeps_unfinished
+    def _kept_for_next_start(self, reason: str, spore: Spore) -> bool:
+        """Whether ``spore``, failed or abandoned for ``reason``, is kept by a hook for the
+        next start (a stop interrupted it; the journal or the broker has it) rather than
+        dead-lettered. The one place this is decided, so that dead letters, stats and
+        ``dlq`` agree."""
+        return reason == Reason.SHUTDOWN and any(keeps(spore) for keeps in self._keepers)
 
     def abandon(self, spores: Sequence[tuple[Spore, int]], agent: str | None,
                 reason: str) -> int:
         """Dead-letter and settle held spores a stop or removal leaves behind (unless
         :meth:`_kept_for_next_start`)."""
-        kept = self._kept_for_next_start(reason)
         for spore, attempts in spores:
-            if kept:
+            if self._kept_for_next_start(reason, spore):
                 self.kept += 1
             else:
                 where = f"agent {agent!r}" if agent is not None else "the organism"

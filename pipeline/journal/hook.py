@@ -14,8 +14,6 @@ __all__ = ["JournalHook"]
 
 
 class JournalHook(LedgerHook):
-    keeps_unfinished = True  # what a stop interrupts stays pending: no dead letter
-
     def __init__(self, journal: Journal, requests: RequestBook) -> None:
         self.journal = journal
         self.requests = requests
@@ -41,3 +39,6 @@ class JournalHook(LedgerHook):
 
     def dead_lettered(self, letter: DeadLetter) -> None:
         self.journal.dead(letter)
+
+    def keeps(self, spore: Spore) -> bool:
+        return True  # what a stop interrupts stays pending, replayed at the next start
