@@ -361,9 +361,9 @@ class Organism(OutsideApi):
         self._watchdog.stop()
         self._set_state(State.STOPPED)
         if left:
-            self.logger.warning("stopped with %d spore(s) unfinished: %s", left,
-                                "kept in the journal for the next start"
-                                if self._journal is not None else "dead-lettered as 'shutdown'")
+            self.logger.warning("stopped with %d spore(s) unfinished: %d kept for the next "
+                                "start (journal, broker), the rest dead-lettered as "
+                                "'shutdown'", left, run.ledger.kept)
         return left
 
     @contextlib.asynccontextmanager

@@ -6,12 +6,21 @@ dead letter in the process either (it counted 'shutdown' letters the broker neve
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from sporeflow.config import load_organism
 from sporeflow.pipeline import Organism
+from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
+from sporeflow.pipeline.broker.backend import Topology
 
+from .conformance.harness import AMQP_URL, broker_reachable
 from .test_broker_bounds import queue_depth
 from .test_broker_dlq import Made, dlq, eventually, made  # noqa: F401 (made: a fixture)
 
@@ -38,3 +47,43 @@ async def test_a_brokered_stop_that_timed_out_agrees_in_memory_in_stats_and_dlq_
     await eventually(lambda: queue_depth(org.topology.queue("stuck")), "requeued")
     assert await queue_depth(org.topology.queue("stuck")) == 4
     assert await queue_depth(org.topology.dead_letter_queue) == 0
+
+
+HANDLERS = '''
+import asyncio
+
+
+def start(spore, ctx):
+    return [{"n": 1}, {"n": 2}]
+
+
+async def hang(spore, ctx):
+    await asyncio.Event().wait()
+'''
+
+
+async def test_sporeflow_run_says_what_went_back_to_the_broker(tmp_path: Path) -> None:
+    why = broker_reachable()
+    if why is not None:
+        pytest.fail(f"RabbitMQ is not reachable at 127.0.0.1:5672 ({why}); start it")
+    module = f"stopw_{uuid.uuid4().hex[:10]}"
+    (tmp_path / f"{module}.py").write_text(HANDLERS)
+    path = tmp_path / "organism.yaml"
+    path.write_text(f"organism: {{name: stopb-{uuid.uuid4().hex[:10]}, backend: '{AMQP_URL}'}}\n"
+                    f"agents:\n"
+                    f"  starter: {{handler: {module}:start, boot: {{}}, emit: {{to: stuck}}}}\n"
+                    f"  stuck: {{handler: {module}:hang}}\n")
+    topology = Topology.of(load_organism(path))
+    try:
+        run = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "sporeflow.pipeline.cli", "run", str(path), "--quiet",
+            "--no-control", "--max-duration", "2s", "--drain-timeout", "0.5s"],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        assert "could not finish: " in run.stderr
+        line = next(line for line in run.stderr.splitlines() if "could not finish" in line)
+        assert line.endswith("went back to the broker for the next consumer, 0 were "
+                             "dead-lettered as 'shutdown'")
+        assert await queue_depth(topology.queue("stuck")) == 2
+    finally:
+        await AmqpBackend(AMQP_URL).destroy(topology)
