@@ -368,6 +368,8 @@ def _to_spec(
         max_dead_letters=limits_conf.get("max_dead_letters", defaults.max_dead_letters),
         max_spores_per_thread=limits_conf.get("max_spores_per_thread"),
         max_cost_per_thread=limits_conf.get("max_cost_per_thread"),
+        budget_warnings=tuple(sorted(limits_conf.get("budget_warnings",
+                                                     defaults.budget_warnings))),
         process_pool=limits_conf.get("process_pool"),
         loop_stall_warning=parse_duration(limits_conf.get("loop_stall_warning",
                                                           defaults.loop_stall_warning or 0)),
@@ -431,6 +433,7 @@ def _agent(name: str, conf: Mapping[str, Any], handler: Callable[..., Any]) -> A
         key=conf.get("key"),
         key_idle=parse_duration(conf.get("key_idle", DEFAULT_KEY_IDLE) or 0) or None,  # 0: never
         max_keys=conf.get("max_keys", DEFAULT_MAX_KEYS),
+        cost=conf.get("cost"),
         lazy=conf.get("lazy", True),
         cpu_bound=conf.get("cpu_bound", False),
         gather=_gather(conf.get("gather")),

@@ -112,6 +112,9 @@ class AgentSpec:
     key: str | None = None
     key_idle: float | None = DEFAULT_KEY_IDLE  # seconds before an idle key is evicted
     max_keys: int = DEFAULT_MAX_KEYS  # keys held, live or evicted with a state
+    # What one spore it handles costs its conversation: charged, against
+    # limits.max_cost_per_thread, as the spore passes the budget stage (None: nothing).
+    cost: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,9 @@ class Limits:
     max_dead_letters: int = 10_000
     max_spores_per_thread: int | None = None
     max_cost_per_thread: float | None = None
+    # Percentages of a per-thread limit at which a ThreadBudgetReached event is emitted
+    # and logged, once per thread and limit; () for none.
+    budget_warnings: tuple[float, ...] = (75.0, 90.0, 95.0)
     process_pool: int | None = None  # worker processes for cpu_bound agents; None: cpu count
     loop_stall_warning: float | None = 1.0  # seconds a handler may block the loop; 0/None: off
     # Senders that are no agent (outside callers, a broker's foreign agents), remembered so

@@ -112,6 +112,10 @@ _agent = _closed(
                                               "it is dead-lettered 'key limit' "
                                               "(default 10000)"},
         "boot": {"type": "object", "description": "knowledge of a spore sent to it at start"},
+        "cost": {"type": "number", "exclusiveMinimum": 0,
+                 "description": "what each spore it handles costs its conversation, charged "
+                                "before it runs: one that would take the conversation past "
+                                "limits.max_cost_per_thread is refused ('budget')"},
         "schema": {"type": "string", "minLength": 1,
                    "description": "JSON Schema (.json, .yaml, .yml) or XML Schema (.xsd) "
                                   "that knowledge sent to it must satisfy; relative to the "
@@ -164,7 +168,14 @@ _limits = _closed(
         "max_spores_per_thread": {**_count, "description": "spores one conversation may make "
                                                            "before it is stopped"},
         "max_cost_per_thread": {"type": "number", "exclusiveMinimum": 0,
-                                "description": "cost (ctx.spend) one conversation may reach"},
+                                "description": "cost (ctx.spend, agents' cost) one "
+                                               "conversation may reach"},
+        "budget_warnings": {"type": "array", "uniqueItems": True,
+                            "items": {"type": "number", "exclusiveMinimum": 0,
+                                      "exclusiveMaximum": 100},
+                            "description": "percentages of a per-thread limit at which a "
+                                           "thread-budget event is emitted and logged, once "
+                                           "per thread (default [75, 90, 95]; [] for none)"},
         "process_pool": {**_count, "description": "worker processes for cpu_bound agents "
                                                   "(default: the number of CPUs)"},
         "loop_stall_warning": {**_duration, "description": "warn, naming the agent and the "

@@ -1,5 +1,5 @@
-"""What ``check`` warns about: wiring that can only loop, and agents nothing reaches
-(a declared source's target is reached).
+"""What ``check`` warns about: wiring that can only loop, agents nothing reaches
+(a declared source's target is reached), and a cost declared without a cost limit.
 
 Linear in the agents: who emits to an agent or on a channel is indexed once, and an
 agent that can loop gets one warning naming its first senders and how many others.
@@ -42,6 +42,12 @@ def wiring_warnings(located: Located, spec: OrganismSpec) -> list[Problem]:
             table, key = (to_agent, target.to) if target.to else (on_channel, target.channel)
             table.setdefault(str(key), []).append((index, other.name))
     for agent in spec.agents.values():
+        if agent.cost is not None and spec.limits.max_cost_per_thread is None:
+            warnings.append(located.problem(
+                ("agents", agent.name, "cost"),
+                f"{agent.name!r} declares a cost, but without limits.max_cost_per_thread "
+                f"nothing is charged or refused: set that limit or drop the cost",
+                warning=True))
         reached = (agent.subscribe or agent.boot is not None or agent.name in emitted_to
                    or agent.name in named_peers or agent.name in fed)
         if self_driving and not reached:

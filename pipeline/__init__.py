@@ -45,6 +45,7 @@ from sporeflow.pipeline.observe.events import (
     SporeExpired,
     SporeFailed,
     SporeHandled,
+    ThreadBudgetReached,
 )
 from sporeflow.pipeline.observe.graph import (
     Wiring,
@@ -119,6 +120,7 @@ __all__ = [
     "StatsCollector",
     "StopCondition",
     "StoredDeadLetter",
+    "ThreadBudgetReached",
     "Topology",
     "Wiring",
     "WiringEdge",

@@ -43,7 +43,6 @@ from sporeflow.pipeline.broker.backend import Backend
 from sporeflow.pipeline.broker.boots import refuse_journal
 from sporeflow.pipeline.broker.bridge import Bridge, make_bridge, publish_deliveries
 from sporeflow.pipeline.broker.transport import check_transport
-from sporeflow.pipeline.core.budget import ThreadBudget
 from sporeflow.pipeline.core.chain import Stage, declare_chain
 from sporeflow.pipeline.core.deadletters import DeadLetterStore
 from sporeflow.pipeline.core.ingress import OUTSIDE_SENDERS, Ingress
@@ -58,6 +57,7 @@ from sporeflow.pipeline.core.subscriptions import set_subscription
 from sporeflow.pipeline.core.wiring import AgentRuntime, WiringCell, WiringSnapshot
 from sporeflow.pipeline.journal.hook import JournalHook
 from sporeflow.pipeline.journal.store import Journal
+from sporeflow.pipeline.observe.budgetwarnings import warned_budget
 from sporeflow.pipeline.observe.eventhook import EventHook
 from sporeflow.pipeline.observe.events import AgentStateChanged, EventBus, OrganismStateChanged
 from sporeflow.pipeline.observe.stats import organism_stats
@@ -124,7 +124,7 @@ class Organism(OutsideApi):
         self._pool = RunnerPool(name=f"sporeflow:{spec.name}")
         self._agent_states = AgentStates(spec.name, self.logger)
         self._stop_watchers: set[asyncio.Task[int]] = set()
-        self._budget = ThreadBudget.from_limits(spec.limits)
+        self._budget = warned_budget(spec.limits, self.events, self.logger, now)
         self._procpool = ProcessPool(spec.limits.process_pool)
         self._watchdog = LoopWatchdog(spec.limits.loop_stall_warning, self.logger)
         self.knowledge_store = make_knowledge_store(spec)  # what knowledge_references name
@@ -230,7 +230,7 @@ class Organism(OutsideApi):
         self._watchdog.start()  # a daemon thread that names a handler blocking the loop
         run.start_chain(self._declare_chain(run), lambda: self._set_state(State.FAILED))
         try:
-            await self._agent_states.start(self._cell.current.agents)  # lazy: false classes
+            await self._agent_states.start(self._cell.current.agents, run.ingress)
             if self._bridge is not None:
                 await self._bridge.start(run)
         except Exception:
@@ -360,9 +360,9 @@ class Organism(OutsideApi):
         self._watchdog.stop()
         self._set_state(State.STOPPED)
         if left:
-            self.logger.warning("stopped with %d spore(s) unfinished: %s", left,
-                                "kept in the journal for the next start"
-                                if self._journal is not None else "dead-lettered as 'shutdown'")
+            self.logger.warning("stopped with %d spore(s) unfinished: %d kept for the next "
+                                "start (journal, broker), the rest dead-lettered as "
+                                "'shutdown'", left, run.ledger.kept)
         return left
 
     @contextlib.asynccontextmanager
@@ -464,12 +464,12 @@ class Organism(OutsideApi):
     # -- agent state ----------------------------------------------------------------------
 
     def save_state(self) -> dict[str, Any]:
-        """A JSON-serialisable snapshot of every agent's state (see ``agents.state``)."""
-        return self._agent_states.save(self._cell.current.agents)
+        """A JSON snapshot of every agent's state and the spores queued (``agents.queued``)."""
+        return self._agent_states.save(self._cell.current.agents, self._ingress)
 
     def load_state(self, snapshot: Mapping[str, Any]) -> None:
-        """Restore a :meth:`save_state` snapshot; before start, it applies at start."""
-        self._agent_states.load(snapshot, self._cell.current.agents)
+        """Restore a :meth:`save_state` snapshot, spores too; before start, at the start."""
+        self._agent_states.load(snapshot, self._cell.current.agents, self._ingress)
 
     # -- observing ----------------------------------------------------------------------
 

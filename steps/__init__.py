@@ -8,6 +8,7 @@ from sporeflow.steps.dispatch import dispatch
 from sporeflow.steps.envelope import payload_from_xml
 from sporeflow.steps.expire import expire_filter, expiry_after, utc_now
 from sporeflow.steps.lanes import AgentLane, LanePolicy, backoff_delay
+from sporeflow.steps.mailbox import queued_in, redelivery
 from sporeflow.steps.replies import reply_spore, shape_replies
 from sporeflow.steps.route import (
     RoutingTable,
@@ -77,6 +78,8 @@ __all__ = [
     "new_spore",
     "new_spore_id",
     "payload_from_xml",
+    "queued_in",
+    "redelivery",
     "no_agent_error",
     "permission_error",
     "reply_spore",

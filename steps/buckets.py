@@ -79,6 +79,10 @@ class PriorityBuckets(Generic[T]):
         if self.size and priority == self._top and not box:
             self._find_top()
 
+    def items(self) -> list[T]:
+        """Everything held, highest priority first, oldest first within one; kept."""
+        return [item for p in sorted(self._boxes, reverse=True) for item in self._boxes[p]]
+
     def clear(self) -> list[T]:
         """Remove and return everything, highest priority first."""
         items = [item for p in sorted(self._boxes, reverse=True) for item in self._boxes[p]]

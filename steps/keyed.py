@@ -97,6 +97,11 @@ class _Backlog:
     def __len__(self) -> int:
         return self.size
 
+    def items(self) -> list[Any]:
+        """Everything queued, kept: the mailbox's, then the spores waiting for their key
+        (for a snapshot, ``steps.mailbox.queued_in``)."""
+        return [*self._mailbox.items(), *self._lane.parked_spores()]
+
 
 class KeyedLane(AgentLane):
     """An :class:`AgentLane` that runs the spores of one key one at a time."""
@@ -111,6 +116,10 @@ class KeyedLane(AgentLane):
         self._waiting: dict[str, deque[tuple[Spore, int]]] = {}  # by running key
         self.parked = 0  # spores waiting for their key
         self.backlog = _Backlog(self._mailbox, self)  # type: ignore[assignment]
+
+    def parked_spores(self) -> list[Spore]:
+        """The spores waiting for their key to be free, oldest first per key."""
+        return [spore for waiting in self._waiting.values() for spore, _ in waiting]
 
     @property
     def queued(self) -> int:

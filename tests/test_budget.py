@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sporeflow.pipeline import ConfigError, LimitExceeded, Organism, Spore
+from sporeflow.pipeline import ConfigError, LimitExceeded, Organism, Spore, ThreadBudgetReached
 from sporeflow.pipeline.core.budget import ThreadBudget
 
 
@@ -99,3 +99,135 @@ def test_negative_spend_and_zero_limit_are_refused() -> None:
         ThreadBudget(max_cost=1).spend("t", -1)
     with pytest.raises(ConfigError, match="limits.max_cost_per_thread"):
         looping(max_cost_per_thread=0)
+
+
+# -- warnings as a thread nears its budget ---------------------------------------------
+
+
+def budget_events(organism: Organism) -> list[ThreadBudgetReached]:
+    seen: list[ThreadBudgetReached] = []
+    organism.events.subscribe(
+        lambda event: seen.append(event) if isinstance(event, ThreadBudgetReached) else None,
+        spores=False)
+    return seen
+
+
+async def test_a_thread_nearing_its_cost_limit_is_warned_once_per_threshold(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def tenner(spore: Spore, ctx: Any) -> dict[str, Any]:
+        ctx.spend(10)
+        return {"n": spore.knowledge["n"] + 1}
+
+    organism = Organism.from_dict({
+        "agents": {"a": {"handler": tenner, "emit": {"to": "a"}}},
+        "limits": {"max_cost_per_thread": 100, "max_hops": 1000}})
+    events = budget_events(organism)
+    async with organism.running():
+        first = await organism.send("a", {"n": 0})
+        second = await organism.send("a", {"n": 0})
+        await organism.idle()
+    for thread in (first.thread, second.thread):  # each conversation is warned on its own
+        mine = [event for event in events if event.thread_id == thread]
+        assert [(e.percent, e.used) for e in mine] == [(75, 80), (90, 90), (95, 100)]
+        assert {(e.limit, e.maximum) for e in mine} == {("max_cost_per_thread", 100)}
+    assert len(events) == 6
+    assert events[0].to_dict()["event"] == "thread-budget"
+    lines = [r.getMessage() for r in caplog.records if "of limits.max_cost" in r.getMessage()]
+    assert f"conversation {first.thread} reached 75% of limits.max_cost_per_thread: 80 of " \
+           f"100" in lines
+    assert len(lines) == 6
+
+
+async def test_spore_count_warnings_follow_the_thresholds_of_organism_yaml() -> None:
+    organism = looping(max_spores_per_thread=10, budget_warnings=[50])
+    events = budget_events(organism)
+    async with organism.running():
+        await organism.send("ping", {"n": 0})
+        await organism.idle()
+    assert [(e.limit, e.percent, e.used) for e in events] == [
+        ("max_spores_per_thread", 50, 5)]
+
+    quiet = looping(max_spores_per_thread=10, budget_warnings=[])
+    none = budget_events(quiet)
+    async with quiet.running():
+        await quiet.send("ping", {"n": 0})
+        await quiet.idle()
+    assert none == []
+
+
+@pytest.mark.parametrize("warnings", [[0], [100], [75, 75], ["75%"]])
+def test_budget_warnings_out_of_range_are_refused(warnings: Any) -> None:
+    with pytest.raises(ConfigError, match="budget_warnings"):
+        looping(max_spores_per_thread=10, budget_warnings=warnings)
+
+
+def test_warnings_jumped_over_are_all_told_once() -> None:
+    told: list[float] = []
+    budget = ThreadBudget(max_cost=100, warnings=(95, 75, 90),
+                          on_warning=lambda warning: told.append(warning.percent))
+    budget.spend("t", 50)
+    budget.spend("t", 46)  # from 50% to 96%: all three, in order
+    budget.spend("t", 1)
+    assert told == [75, 90, 95]
+
+
+# -- declared costs: refused before the handler runs --------------------------------
+
+
+async def test_a_spore_whose_declared_cost_would_cross_the_budget_never_runs() -> None:
+    ran: list[int] = []
+
+    async def start(spore: Spore, ctx: Any) -> None:
+        for n in range(3):
+            await ctx.send("pricey", {"n": n})
+
+    async def pricey(spore: Spore, ctx: Any) -> None:
+        ran.append(spore.knowledge["n"])
+
+    organism = Organism.from_dict({
+        "agents": {"start": {"handler": start, "emit": {"to": "pricey"}},
+                   "pricey": {"handler": pricey, "cost": 40}},
+        "limits": {"max_cost_per_thread": 100}})
+    events = budget_events(organism)
+    async with organism.running():
+        sent = await organism.send("start", {})
+        await organism.idle()
+    assert sorted(ran) == [0, 1]  # 40 + 40; a third would make 120
+    [letter] = list(organism.dead_letters)
+    assert letter.reason == "budget"
+    assert letter.spore.thread == sent.thread
+    assert (f"would take conversation {sent.thread} past its budget: agents.pricey.cost is "
+            f"40, its cost is 80 so far and limits.max_cost_per_thread is 100; it is refused "
+            f"before it runs") in letter.error
+    assert [(e.percent, e.used) for e in events] == [(75, 80)]
+    assert organism._budget.cost(sent.thread) == 80  # the refused spore is not charged
+
+
+async def test_a_broadcast_costs_what_every_agent_it_reaches_declares() -> None:
+    heard: list[tuple[str, int]] = []
+
+    async def caster(spore: Spore, ctx: Any) -> None:
+        for n in (1, 2):
+            await ctx.broadcast({"n": n}, channel="news")
+
+    organism = Organism.from_dict({
+        "channels": {"news": {}},
+        "agents": {"caster": {"handler": caster},
+                   **{name: {"handler": lambda spore, ctx, name=name: heard.append(
+                       (name, spore.knowledge["n"])), "subscribe": ["news"], "cost": 30}
+                      for name in ("a", "b")}},
+        "limits": {"max_cost_per_thread": 100}})
+    async with organism.running():
+        sent = await organism.send("caster", {})
+        await organism.idle()
+    assert sorted(heard) == [("a", 1), ("b", 1)]  # the second, 60 more, reaches no one
+    [letter] = list(organism.dead_letters)
+    assert letter.reason == "budget"
+    assert "the agents it reaches on channel 'news' cost 60 in all (a, b), its cost is 60 " \
+           "so far" in letter.error
+    assert organism._budget.cost(sent.thread) == 60
+
+
+def test_declared_costs_are_checked_when_loaded() -> None:
+    with pytest.raises(ConfigError, match="cost"):
+        Organism.from_dict({"agents": {"a": {"handler": bounce, "cost": 0}}})

@@ -191,6 +191,22 @@ def test_check_warns_about_wiring_that_can_only_loop(tmp_path: Path) -> None:
     assert all(w.warning for w in warnings)
 
 
+def test_check_warns_about_a_cost_without_a_cost_limit(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        agents:
+          a: {handler: handlers_ok:echo, cost: 5}
+        """)
+    _, warnings = check_organism(path)
+    assert ["'a' declares a cost, but without limits.max_cost_per_thread nothing is charged "
+            "or refused: set that limit or drop the cost" in str(w) for w in warnings] == [True]
+    limited = write(tmp_path, """
+        agents:
+          a: {handler: handlers_ok:echo, cost: 5}
+        limits: {max_cost_per_thread: 10}
+        """)
+    assert check_organism(limited)[1] == []
+
+
 def test_a_source_reaches_the_agent_it_feeds(tmp_path: Path) -> None:
     (tmp_path / "inbox").mkdir()
     path = write(tmp_path, """

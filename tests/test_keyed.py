@@ -453,3 +453,23 @@ async def test_a_reload_that_changes_an_agents_key_is_refused_and_changes_nothin
         await organism.send("k", {"user": "a", "n": 1})
         await asyncio.wait_for(organism.idle(), 10)
     assert organism.save_state()["keys"]["k"] == {"a": {"seen": [0, 1]}}
+
+
+async def test_a_snapshot_keeps_the_spores_waiting_for_their_key() -> None:
+    """Merging keyed agents with full snapshots: a keyed lane's spores parked behind their
+    running key are queued, and a snapshot keeps them (it read the mailbox only)."""
+    release = asyncio.Event()
+
+    async def hold(spore: Spore, ctx: Any) -> None:
+        await release.wait()
+
+    organism = Organism.from_dict(keyed(hold, concurrency=2))
+    async with organism.running():
+        for n in range(3):  # one runs, two wait for key "a"
+            await organism.send("k", {"user": "a", "n": n})
+        await until(lambda: organism.wiring().agents["k"].lane.parked == 2)
+        snapshot = organism.save_state()
+        release.set()
+        await asyncio.wait_for(organism.idle(), 10)
+    queued = snapshot["spores"]["queued"]["k"]
+    assert sorted(spore["knowledge"]["n"] for spore in queued) == [1, 2]

@@ -192,7 +192,8 @@ class Context:
         """Add ``amount`` to this conversation's cost; return its total so far.
 
         Past ``limits.max_cost_per_thread`` the conversation is stopped: its further
-        spores are dead-lettered with reason ``budget``.
+        spores are dead-lettered with reason ``budget``. This handler has run by then: a
+        cost known in advance is better declared (``agents.X.cost``, see ``core.budget``).
         """
         return self._organism.spend(self.spore.thread, amount)
 

@@ -8,9 +8,11 @@ graceful stop after the drain, ``save_state() -> JSON`` and
 ``load_state(state)``. Function handlers keep their state in ``ctx.state``.
 
 A snapshot is plain JSON: ``{"sporeflow_state": 1, "organism": name,
-"agents": {agent: state}}``, and with keyed agents (``agents.X.key``) a section of
-their own, ``"keys": {agent: {key: state}}``. State loaded for an agent whose instance
-does not exist yet (or that is not running yet) is kept and applied when it appears.
+"agents": {agent: state}}``; with keyed agents (``agents.X.key``) a section of their
+own, ``"keys": {agent: {key: state}}``; and ``"spores"`` when some were queued (see
+``agents.queued``: what it keeps, and how they come back). State loaded for an agent
+whose instance does not exist yet (or that is not running yet) is kept and applied
+when it appears.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 from sporeflow.config import OrganismStateError
 from sporeflow.config.handlers import agent_method
+from sporeflow.pipeline.agents.queued import SPORES, QueuedSpores, SnapshotPort, parse
 from sporeflow.pipeline.agents.threads import AgentThreads
 from sporeflow.pipeline.core.privatefiles import private_temporary
 from sporeflow.pipeline.core.wiring import AgentRuntime
@@ -120,6 +123,7 @@ class AgentStates:
         self.logger = logger
         self.pending: dict[str, Any] = {}  # state for agents not built yet
         self.pending_keys: dict[str, Any] = {}  # keyed agents' states, for those not built
+        self.spores = QueuedSpores(logger)
 
     def attach(self, agent: AgentRuntime) -> None:
         """Give a newly built agent its class holder and any state loaded for it."""
@@ -133,8 +137,12 @@ class AgentStates:
         if agent.keys is not None and agent.spec.name in self.pending_keys:
             agent.keys.load(self.pending_keys.pop(agent.spec.name))
 
-    async def start(self, agents: Mapping[str, AgentRuntime]) -> None:
-        """Make the instances of ``lazy: false`` class agents, running their ``on_start``."""
+    async def start(self, agents: Mapping[str, AgentRuntime],
+                    port: SnapshotPort | None = None) -> None:
+        """Make the instances of ``lazy: false`` class agents, running their ``on_start``;
+        at an organism's start (``port``: its ingress), feed the spores loaded before it."""
+        if port is not None:
+            self.spores.start(port)
         for agent in agents.values():
             if agent.actor is not None and not agent.spec.lazy:
                 try:
@@ -158,8 +166,10 @@ class AgentStates:
                 except Exception:
                     self.logger.exception("on_stop of agent %r failed", actor.name)
 
-    def save(self, agents: Mapping[str, AgentRuntime]) -> dict[str, Any]:
-        """A JSON-serialisable snapshot of every agent's state (and of state still pending)."""
+    def save(self, agents: Mapping[str, AgentRuntime],
+             port: SnapshotPort | None = None) -> dict[str, Any]:
+        """A JSON-serialisable snapshot of every agent's state (and of state still pending)
+        and of the spores queued (see ``agents.queued``), taken in one step."""
         states: dict[str, Any] = dict(self.pending)
         for name, agent in agents.items():
             state = agent.actor.save() if agent.actor is not None else (agent.state or None)
@@ -180,10 +190,16 @@ class AgentStates:
                 keys[name] = agent.keys.snapshot()
         if keys:  # only with keyed agents: other snapshots stay as they were
             snapshot["keys"] = keys
+        spores = self.spores.save(agents, port)
+        if spores is not None:
+            snapshot[SPORES] = spores
         return snapshot
 
-    def load(self, snapshot: Mapping[str, Any], agents: Mapping[str, AgentRuntime]) -> None:
-        """Restore ``snapshot``: running agents now, the others when they are built."""
+    def load(self, snapshot: Mapping[str, Any], agents: Mapping[str, AgentRuntime],
+             port: SnapshotPort | None = None) -> None:
+        """Restore ``snapshot``: running agents now, the others when they are built; its
+        spores enter through ``port`` (a running organism's ingress) now, else at the
+        next start."""
         if not isinstance(snapshot, Mapping) or snapshot.get(
                 "sporeflow_state") != SNAPSHOT_VERSION or not isinstance(
                 snapshot.get("agents"), Mapping):
@@ -196,6 +212,8 @@ class AgentStates:
             raise OrganismStateError(
                 f"the snapshot's 'keys' must map each keyed agent to {{key: state}}, got "
                 f"{keys!r:.80}")
+        # A bad spore raises here, before any state is applied.
+        spores = parse(snapshot[SPORES]) if SPORES in snapshot else []
         for name, state in snapshot["agents"].items():
             agent = agents.get(name)
             if agent is None:
@@ -211,6 +229,8 @@ class AgentStates:
         if snapshot.get("organism") not in (None, self.organism):
             self.logger.warning("loading state saved by organism %r into %r",
                                 snapshot.get("organism"), self.organism)
+        if spores:
+            self.spores.load(spores, port)
 
 
 def _apply(agent: AgentRuntime, state: Any) -> None:

@@ -323,6 +323,11 @@ class Bridge(LedgerHook):
         if ticket is not None and not ticket.finished:
             ticket.failure = (letter.reason, letter.error, letter.attempts)
 
+    def keeps(self, spore: Spore) -> bool:
+        """A delivery (or what its handler made) a stop interrupts goes back to the broker
+        unacked, for the next consumer: it is no dead letter here."""
+        return id(spore) in self._inflight or id(spore) in self._owners
+
     def released(self, spore: Spore) -> None:
         """``spore`` left this process (confirmed, resolved, returned or dead-lettered)."""
         self._changed.set()  # quiet() looks again: this may have been the last one held

@@ -291,6 +291,11 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
     if unfinished and org.journal is not None:
         click.echo(f"{unfinished} spore(s) could not finish; they stay in the journal "
                    f"{org.journal.path} and are replayed at the next start", err=True)
+    elif unfinished and org.brokered:  # what it held goes back to its queues, unacked
+        kept = org.stats()["totals"]["unfinished_kept"]
+        click.echo(f"{unfinished} spore(s) could not finish: {kept} went back to the broker "
+                   f"for the next consumer, {unfinished - kept} were dead-lettered as "
+                   f"'shutdown'", err=True)
     elif unfinished:
         click.echo(f"{unfinished} spore(s) could not finish and were dead-lettered "
                    f"as 'shutdown'", err=True)

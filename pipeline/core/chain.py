@@ -65,7 +65,8 @@ def declare_chain(*, limits: Limits, ledger: Ledger, requests: RequestBook,
         Stage("expire", expire_filter.pipe(on_reject=reject, now=now)),
     ]
     if budget.enforcing:  # only with a per-thread limit: no cost otherwise
-        stages.append(Stage("budget", enforce_budget.pipe(budget=budget, on_reject=reject)))
+        stages.append(Stage("budget", enforce_budget.pipe(budget=budget, on_reject=reject,
+                                                          wiring=wiring)))
     stages += [
         Stage("route", route.pipe(
             table=lambda: wiring().table, on_reject=reject, asked=requests.asked,

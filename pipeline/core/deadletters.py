@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from sporeflow.config import redact_text
 from sporeflow.config.reasons import Reason
-from sporeflow.steps import RoutingTable, Spore, permission_error
+from sporeflow.steps import RoutingTable, Spore, permission_error, redelivery
 
 __all__ = ["URL_PASSWORDS", "DeadLetter", "DeadLetterStore", "LetterChoice", "Masker",
            "StoredDeadLetter", "error_text", "replay_refusals"]
@@ -84,8 +84,8 @@ class StoredDeadLetter:
         only; an expired spore loses its expiry (replaying it asks for it to be handled)."""
         letter = self.letter
         spore = letter.spore
-        if spore.to_agent is None and letter.agent is not None:
-            spore = replace(spore, to_agent=letter.agent)
+        if letter.agent is not None:
+            spore = redelivery(spore, letter.agent)
         if letter.reason == Reason.EXPIRED:
             spore = replace(spore, expires_at=None)
         return spore

@@ -295,6 +295,23 @@ class Ingress:
             spores = [self.stamp_sent(spore) for spore in spores]
         self.ledger.feed(spores, agent, parent)
 
+    # -- a state snapshot's spores (agents.queued) --------------------------------------
+
+    def waiting(self) -> list[Spore]:
+        """What waits in the intake for the chain, left in place."""
+        return self.intake.waiting()
+
+    def restore(self, spores: list[Spore]) -> bool:
+        """Feed spores a state snapshot kept through the whole chain, the journal (if any)
+        recording them first, as it records what outside senders send; False, feeding
+        nothing, while the organism stops or is stopped."""
+        if self.intake.closed:
+            return False
+        if self.persist is not None:  # a journal that fails stops the organism itself
+            self.persist.add(tuple(spores))
+        self.intake.feed(spores)
+        return True
+
     def refuse(self, spore: Spore, error: Exception) -> None:
         """Dead-letter ``spore``, which an outside source (``sources:``) could not send and
         has no caller to tell, as a handler's refused send is; its sender is named."""

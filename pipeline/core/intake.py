@@ -325,6 +325,12 @@ class Intake:
                     self._wake_senders(len(batch) - start)
         return batch
 
+    def waiting(self) -> list[Spore]:
+        """Every spore queued here, not yet taken by the chain (those paged out too),
+        left in place (for a snapshot): the feedback lane's, the ingress lane's, then
+        those paged out, each highest priority first."""
+        return self.feedback.items() + self.ingress.items() + self.spill.peek()
+
     # -- closing --------------------------------------------------------------------
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from datetime import datetime
 
 from sporeflow.config import HandlerError, OrganismStateError
 from sporeflow.config.model import DEAD_LETTER_CHANNEL
+from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.core.deadletters import (
     URL_PASSWORDS,
     DeadLetter,
@@ -49,6 +50,10 @@ class LedgerHook:
     ``admitted`` gets spores a handler sent (``parent`` is the spore it was handling)
     or the outside world sent (``parent`` None). ``released`` is called for each
     spore settled without a handler: rejected, resolved or returned.
+
+    ``keeps`` tells, for a spore a stop interrupts, whether the hook keeps it for the
+    next start (the journal; the broker, which gets it back unacked): then it is no
+    dead letter (see :meth:`Ledger.abandon`).
     """
 
     def admitted(self, spores: Sequence[Spore], agent: str | None,
@@ -64,6 +69,10 @@ class LedgerHook:
 
     def dead_lettered(self, letter: DeadLetter) -> None:
         """A dead letter was recorded."""
+
+    def keeps(self, spore: Spore) -> bool:
+        """Whether ``spore``, which a stop interrupts, is kept for the next start."""
+        return False
 
     def ended(self, spore: Spore) -> None:
         """``spore`` finished without a handler: it resolved a request, went outside, or
@@ -109,6 +118,7 @@ class Ledger:
         self.refused_why: Counter[tuple[str, str]] = Counter()
         self.refused_on: Counter[str] = Counter()
         self.fanout: dict[str, list[int]] = {}  # channel -> [broadcasts, deliveries]
+        self.kept = 0  # spores a stop interrupted, kept by a hook for the next start
         self._hooks: list[LedgerHook] = []
         self._index()
 
@@ -134,6 +144,7 @@ class Ledger:
         self._on_released = _overrides(hooks, "released")
         self._on_fanned_out = _overrides(hooks, "fanned_out")
         self.watched = bool(hooks)
+        self._keepers = _overrides(hooks, "keeps")
 
     # -- entering ----------------------------------------------------------------------
 
@@ -169,11 +180,16 @@ class Ledger:
                             spore.id, attempts, describe_error(error, self.masker),
                             extra=spore_fields(spore, agent=agent, event="failed",
                                                reason=reason))
+        kept = self._kept_for_next_start(reason, spore)  # asked before the hooks hear of it
         for hook in self._on_failed:
             hook(spore, agent, reason, error, attempts)
-        letter = self.record(spore, reason, error, agent=agent, attempts=attempts)
+        if kept:
+            self.kept += 1
+            text = self.describe(error)
+        else:
+            text = self.record(spore, reason, error, agent=agent, attempts=attempts).error
         failure = HandlerError(f"agent {agent!r} failed on request {spore.id} ({reason}): "
-                               f"{letter.error}", agent=agent, spore_id=spore.id)
+                               f"{text}", agent=agent, spore_id=spore.id)
         failure.__cause__ = error
         self.requests.fail(spore.id, failure)
         self.intake.settle(1)
@@ -233,7 +249,7 @@ class Ledger:
                        "spore": letter.spore.to_dict()},
             spore_type=SporeType.NOTIFICATION, from_agent="system",
             channel=DEAD_LETTER_CHANNEL, thread_id=letter.spore.thread)
-        self.feed((notice,))
+        self.feed((notice,), "system")  # made inside: the journal keeps it like a send
 
     def resolve(self, response: Spore) -> None:
         """``response`` answers a pending request: hand it to its waiter."""
@@ -284,12 +300,23 @@ class Ledger:
         counts[0] += 1
         counts[1] += targets
 
+    def _kept_for_next_start(self, reason: str, spore: Spore) -> bool:
+        """Whether ``spore``, failed or abandoned for ``reason``, is kept by a hook for the
+        next start (a stop interrupted it; the journal or the broker has it) rather than
+        dead-lettered. The one place this is decided, so that dead letters, stats and
+        ``dlq`` agree."""
+        return reason == Reason.SHUTDOWN and any(keeps(spore) for keeps in self._keepers)
+
     def abandon(self, spores: Sequence[tuple[Spore, int]], agent: str | None,
                 reason: str) -> int:
-        """Dead-letter and settle held spores a stop or removal leaves behind."""
+        """Dead-letter and settle held spores a stop or removal leaves behind (unless
+        :meth:`_kept_for_next_start`)."""
         for spore, attempts in spores:
-            where = f"agent {agent!r}" if agent is not None else "the organism"
-            self.record(spore, reason, OrganismStateError(f"{where} stopped first"),
-                        agent=agent, attempts=attempts)
+            if self._kept_for_next_start(reason, spore):
+                self.kept += 1
+            else:
+                where = f"agent {agent!r}" if agent is not None else "the organism"
+                self.record(spore, reason, OrganismStateError(f"{where} stopped first"),
+                            agent=agent, attempts=attempts)
             self.intake.settle(1)
         return len(spores)

@@ -90,6 +90,17 @@ class SpillFile:
         self.count -= len(taken)
         return taken
 
+    def peek(self) -> list[Spore]:
+        """Every spore paged out, oldest first, left where it is (for a snapshot)."""
+        spores = list(self._ready)
+        if self._read_at < self._write_at:
+            file = self._open()
+            file.seek(self._read_at)
+            while file.tell() < self._write_at:
+                (size,) = _LENGTH.unpack(file.read(_LENGTH.size))
+                spores.extend(map(spore_from_values, pickle.loads(file.read(size))))
+        return spores
+
     def clear(self) -> list[Spore]:
         """Take every spore out (a stop dead-letters them)."""
         return self.pop(self.count)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.core.requests import RequestBook
@@ -39,5 +38,7 @@ class JournalHook(LedgerHook):
         self.journal.settle(spore)
 
     def dead_lettered(self, letter: DeadLetter) -> None:
-        if letter.reason != Reason.SHUTDOWN:  # what a stop interrupts stays pending
-            self.journal.dead(letter)
+        self.journal.dead(letter)
+
+    def keeps(self, spore: Spore) -> bool:
+        return True  # what a stop interrupts stays pending, replayed at the next start

@@ -38,6 +38,7 @@ __all__ = [
     "SporeExpired",
     "SporeFailed",
     "SporeHandled",
+    "ThreadBudgetReached",
 ]
 
 _logger = logging.getLogger("sporeflow.events")
@@ -187,6 +188,20 @@ class OrganismReloaded(Event):
                 "added": list(self.added),
                 "removed": list(self.removed), "changed": list(self.changed),
                 "refused": self.refused, "errors": list(self.errors)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThreadBudgetReached(Event):
+    """Conversation ``thread_id`` reached ``percent`` of ``limits.<limit>`` (one of
+    ``limits.budget_warnings``): ``used`` of ``maximum``. Once per thread, limit and
+    percentage."""
+
+    kind: ClassVar[str] = "thread-budget"
+    thread_id: str
+    limit: str  # max_spores_per_thread or max_cost_per_thread
+    percent: float
+    used: float
+    maximum: float
 
 
 Callback = Callable[[Event], None]
