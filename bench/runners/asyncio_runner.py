@@ -99,23 +99,6 @@ class Hive:
                 self._idle = None
 
 
-async def point_to_point(w: Workload) -> Outcome:
-    handled = 0
-
-    async def count(knowledge: Knowledge) -> None:
-        nonlocal handled
-        handled += 1
-
-    async with Hive() as hive:
-        hive.add("sink", count)
-        start = perf_counter()
-        for i in range(w.count):
-            hive.send("sink", {"i": i})
-        await hive.idle()
-        elapsed = perf_counter() - start
-    return Outcome(handled, elapsed)
-
-
 async def broadcast(w: Workload) -> Outcome:
     handled = 0
 
@@ -263,7 +246,7 @@ def latency_under_load(probe: str) -> WorkloadRun:
 
 
 def payloads(make: Callable[[int], Knowledge]) -> WorkloadRun:
-    """W8: W1 with the knowledge ``make`` builds."""
+    """W1 (and W8): count spores sent to one handler, with the knowledge ``make`` builds."""
 
     async def run(w: Workload) -> Outcome:
         handled = 0
@@ -285,7 +268,7 @@ def payloads(make: Callable[[int], Knowledge]) -> WorkloadRun:
 
 
 RUNS: dict[str, WorkloadRun] = {
-    "W1": point_to_point,
+    "W1": payloads(lambda i: {"i": i}),
     "W2": broadcast,
     "W3": request_reply,
     "W4": many_agents,

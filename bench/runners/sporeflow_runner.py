@@ -107,17 +107,6 @@ async def send_timed(
     return Outcome(tally.handled, elapsed)
 
 
-async def point_to_point(w: Workload) -> Outcome:
-    tally = Tally()
-    org = organism({"sink": {"handler": tally.count}})
-
-    async def send() -> None:
-        for i in range(w.count):
-            await org.send("sink", {"i": i}, confirm=CONFIRM())
-
-    return await send_timed(org, tally, ["sink"], send)
-
-
 async def broadcast(w: Workload) -> Outcome:
     tally = Tally()
     names = [f"sub{k}" for k in range(w.width)]
@@ -210,7 +199,7 @@ async def awaiting_handler(w: Workload) -> Outcome:
 
 
 def payloads(make: Callable[[int], Knowledge]) -> WorkloadRun:
-    """W8: W1 with the knowledge ``make`` builds."""
+    """W1 (and W8): count spores sent to one handler, with the knowledge ``make`` builds."""
 
     async def run(w: Workload) -> Outcome:
         tally = Tally()
@@ -274,7 +263,7 @@ def latency_under_load(probe: str) -> WorkloadRun:
 
 
 RUNS: dict[str, WorkloadRun] = {
-    "W1": point_to_point,
+    "W1": payloads(lambda i: {"i": i}),
     "W2": broadcast,
     "W3": request_reply,
     "W4": many_agents,

@@ -19,7 +19,7 @@ from typing import Any
 
 from sporeflow.config import AgentSpec, OrganismStateError
 from sporeflow.pipeline.agents.context import Context, HandlerPort
-from sporeflow.pipeline.agents.state import ClassAgent
+from sporeflow.pipeline.agents.state import ClassAgent, apply_state
 from sporeflow.pipeline.agents.threads import AgentThreads
 from sporeflow.pipeline.core.wiring import AgentRuntime
 from sporeflow.steps import Spore
@@ -61,15 +61,8 @@ class KeyHolders:
                 f"keep only dicts, lists, strings, numbers, booleans and None there") from exc
 
     def load(self, holder: _Key, state: Any) -> None:
-        if holder.actor is not None:
-            holder.actor.load(state)
-            return
-        if not isinstance(state, dict):
-            raise OrganismStateError(
-                f"agent {self.name!r} is a keyed function agent: a key's state must be a "
-                f"dict (ctx.state), got {type(state).__name__}")
-        holder.state.clear()  # in place: a running handler holds this very dict
-        holder.state.update(state)
+        apply_state(holder.actor, holder.state, state,
+                    f"agent {self.name!r} is a keyed function agent: a key's state")
 
 
 class KeyedContext(Context):

@@ -234,15 +234,22 @@ class AgentStates:
 
 
 def _apply(agent: AgentRuntime, state: Any) -> None:
-    if agent.actor is not None:
-        agent.actor.load(state)
+    apply_state(agent.actor, agent.state, state, f"agent {agent.spec.name!r} is a function "
+                                                 f"agent: its state")
+
+
+def apply_state(actor: ClassAgent | None, held: dict[str, Any], state: Any,
+                what: str) -> None:
+    """Load ``state`` into a class agent's instance (``actor``), else into ``held``, a
+    function agent's ``ctx.state``; ``what`` names it in the error for a non-dict."""
+    if actor is not None:
+        actor.load(state)
         return
     if not isinstance(state, dict):
-        raise OrganismStateError(
-            f"agent {agent.spec.name!r} is a function agent: its state must be a dict "
-            f"(ctx.state), got {type(state).__name__}")
-    agent.state.clear()  # in place: running handlers hold this very dict
-    agent.state.update(state)
+        raise OrganismStateError(f"{what} must be a dict (ctx.state), got "
+                                 f"{type(state).__name__}")
+    held.clear()  # in place: running handlers hold this very dict
+    held.update(state)
 
 
 def read_snapshot(path: str | Path) -> dict[str, Any] | None:
