@@ -48,9 +48,11 @@ from typing import Any
 from sporeflow.config import Limits, OrganismSpec
 from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.core.deadletters import DeadLetter
-from sporeflow.pipeline.journal.batch import DEAD, DELETE, INSERT, Batch, fold, write_batch
+from sporeflow.pipeline.core.lineage import TraceStep
+from sporeflow.pipeline.journal.batch import DEAD, DELETE, INSERT, TRACE, Batch, fold, write_batch
 from sporeflow.pipeline.journal.failstop import FailStop, Ops
 from sporeflow.pipeline.journal.inflight import count_crashes
+from sporeflow.pipeline.journal.lineage import TraceRows
 from sporeflow.pipeline.journal.marking import HandlerMarking, InvocationWrapper, Invoke
 from sporeflow.pipeline.journal.retention import DeadLetterRetention
 from sporeflow.pipeline.journal.sqlite import (
@@ -113,6 +115,7 @@ class Journal:
         self._marking = HandlerMarking(self.path, self, self._stop.fail)
         self._key = new_spore_id()  # the journal's name in its file, read at open
         self._retention = DeadLetterRetention(self.path, Limits())  # spec's, from open
+        self._trace_rows = TraceRows()
 
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r})"
@@ -172,6 +175,7 @@ class Journal:
         died = self._marking.died()
         with transaction(conn, self.path):
             counted = count_crashes(conn, self.path, died, self._marking.limit)
+            self._trace_rows.open(conn)
             row = conn.execute("SELECT value FROM meta WHERE key = 'journal'").fetchone()
             if row is None:  # this journal's own name, for its boot spores' ids
                 row = (secrets.token_hex(8),)
@@ -287,6 +291,10 @@ class Journal:
         self._marking.settled(letter.spore.id)
         self._ops.append((DEAD, letter, self._last_delivery(letter.spore.id)))
         self._kick()
+
+    def trace(self, step: TraceStep) -> None:
+        """Queue a settlement's step (see ``journal.lineage``), for ``sporeflow trace``."""
+        self._ops.append((TRACE, step))
 
     def boot_id(self, agent: str) -> str | None:
         """The id to give ``agent``'s boot spore, or None when the journal has sent it.
@@ -406,7 +414,7 @@ class Journal:
 
     def _write(self, conn: sqlite3.Connection, batch: Batch) -> tuple[int, int]:
         """Write ``batch`` in one transaction; return the rows removed and added."""
-        return write_batch(conn, self.path, batch)
+        return write_batch(conn, self.path, batch, self._trace_rows)
 
     def _commit(self, ops: Ops) -> None:
         """Write ``ops`` in one transaction (on the writer thread)."""

@@ -1,0 +1,69 @@
+"""The journal's record of settlements, for ``sporeflow trace --journal``: the table
+``trace``, its bound, and how it is read.
+
+Each settled delivery the journal sees (handled, failed or dead-lettered, ended) is one
+row, a :class:`~sporeflow.pipeline.core.lineage.TraceStep` as JSON, written in the same
+group commit as the rest. Settlements come from input, so the table is bounded: past
+``JOURNAL_TRACE_ROWS`` rows, the oldest are dropped down to nine tenths of it (a sweep
+per tenth, not one per row). A journal made before the table gets it at its next start;
+until then it has no trace to read, and older sporeflow versions ignore the table.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Final
+
+from sporeflow.pipeline.core.lineage import TraceStep
+from sporeflow.pipeline.journal.sqlite import NOT_JSON
+
+__all__ = ["JOURNAL_TRACE_ROWS", "TRACE_INSERT_SQL", "TRACE_SQL", "TraceRows", "read_steps"]
+
+JOURNAL_TRACE_ROWS: Final = 100_000  # some 50 MB of file at most
+TRACE_SQL: Final = """CREATE TABLE IF NOT EXISTS trace (
+    seq INTEGER PRIMARY KEY,
+    step TEXT NOT NULL
+)"""
+TRACE_INSERT_SQL: Final = "INSERT INTO trace (step) SELECT value FROM json_each(?)"
+# Everything but the newest ``?`` rows; seq grows with every row written.
+_OVER_SQL: Final = ("DELETE FROM trace WHERE seq <= (SELECT seq FROM trace ORDER BY seq DESC "
+                    "LIMIT 1 OFFSET ?)")
+
+
+class TraceRows:
+    """The count of a journal's trace rows, and the sweep that bounds it (on the writer
+    thread, inside the transaction that adds rows)."""
+
+    def __init__(self, cap: int = JOURNAL_TRACE_ROWS) -> None:
+        self.cap = cap
+        self.rows = 0
+
+    def open(self, conn: sqlite3.Connection) -> None:
+        """Make the table if the journal predates it; count its rows."""
+        conn.execute(TRACE_SQL)
+        self.rows = conn.execute("SELECT count(*) FROM trace").fetchone()[0]
+
+    def added(self, conn: sqlite3.Connection, count: int) -> None:
+        self.rows += count
+        if self.rows > self.cap:
+            self.rows -= conn.execute(_OVER_SQL, (self.cap - self.cap // 10,)).rowcount
+
+
+def read_steps(conn: sqlite3.Connection) -> list[TraceStep]:
+    """Every step a journal holds, oldest first (none in a journal made before the table);
+    a row changed behind sporeflow's back that holds no step is left out."""
+    try:
+        rows = conn.execute("SELECT step FROM trace ORDER BY seq").fetchall()
+    except sqlite3.OperationalError:  # no such table: a journal no run has opened since
+        return []
+    steps = []
+    for (text,) in rows:
+        try:
+            step = TraceStep.from_json(json.loads(text))
+        except NOT_JSON:
+            continue
+        if step is not None:
+            steps.append(step)
+    return steps
+
