@@ -10,7 +10,11 @@ import pytest
 
 from sporeflow.config import Emit, Limits, SporeError
 from sporeflow.pipeline import Organism, Spore, SporeType
-from sporeflow.pipeline.broker.amqp_codec import spore_body_headers, spore_from_amqp
+from sporeflow.pipeline.broker.amqp_codec import (
+    spore_body_headers,
+    spore_from_amqp,
+    spore_to_amqp,
+)
 from sporeflow.steps import shape_replies
 from sporeflow.steps.spore import spore_as_found
 from sporeflow.steps.validate import MAX_LINEAGE_ID_LENGTH, check_spore
@@ -110,3 +114,41 @@ async def test_sends_requests_responses_and_yields_carry_the_lineage() -> None:
     assert answer.spore_type is SporeType.RESPONSE
     assert (answer.causation_id, answer.correlation_id) == (seen["request"].id, root.id)
     assert seen["sent"].thread_id == root.id  # the thread stays as it was
+
+
+def praval_reef() -> Any:
+    try:
+        from praval.core import reef
+    except ImportError as exc:  # a clear failure, never a skip
+        pytest.fail(f"praval is not installed ({exc}); pip install 'sporeflow[interop]'")
+    return reef
+
+
+def test_praval_and_sporeflow_read_each_others_lineage_headers() -> None:
+    import aio_pika
+
+    reef = praval_reef()
+    praval_spore, request = reef.Spore, reef.SporeType.REQUEST
+    theirs = praval_spore(id="p-1", spore_type=request, from_agent="praval_asker",
+                          to_agent="a", knowledge={"n": 1}, created_at=ROOT.created_at,
+                          expires_at=None, priority=5, reply_to=None,
+                          correlation_id="conv-p", causation_id="p-0")
+    message = theirs.to_amqp_message()
+    ours = spore_from_amqp(message.body, message.headers)
+    assert (ours.causation_id, ours.correlation_id) == ("p-0", "conv-p")
+    [reply] = shape_replies({"n": 2}, parent=ours, agent="a", emit=None)
+    body, headers, _ = spore_to_amqp(reply)
+    back = praval_spore.from_amqp_message(aio_pika.Message(body, headers=headers))
+    assert (back.causation_id, back.correlation_id) == ("p-1", "conv-p")
+    assert back.reply_to == "p-1"
+    # A root of Praval's without a correlation id: the response it pairs has none either.
+    message = praval_spore(id="p-2", spore_type=request, from_agent="praval_asker",
+                           to_agent="a", knowledge={}, created_at=ROOT.created_at,
+                           expires_at=None, priority=5, reply_to=None).to_amqp_message()
+    bare = spore_from_amqp(message.body, message.headers)
+    [answer] = shape_replies({}, parent=bare, agent="a", emit=None)
+    body, headers, _ = spore_to_amqp(answer)
+    read = praval_spore.from_amqp_message(aio_pika.Message(body, headers=headers))
+    assert (read.causation_id, read.correlation_id) == ("p-2", None)
+    assert (answer.causation_id, answer.correlation_id) == ("p-2", "p-2")  # ours, whole
+
