@@ -5,6 +5,10 @@ wire forms can interoperate. A spore is immutable and slotted; it is created
 on the hot path, so construction does no validation: the ``validate`` step
 does that once, where spores enter. ``from_dict``/``from_json`` validate
 fully and raise only :class:`SporeError`.
+
+Lineage: ``causation_id`` is the id of the spore whose handling produced this one (None
+for a root), ``correlation_id`` its conversation (see :attr:`Spore.conversation`); what
+handlers produce gets both where it is made (``steps.replies``, the handler's context).
 """
 
 from __future__ import annotations
