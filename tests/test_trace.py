@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner, Result
 
 from sporeflow.pipeline import Organism, Spore
@@ -27,6 +28,7 @@ from sporeflow.pipeline.core.lineage import (
 from sporeflow.pipeline.journal.lineage import TraceRows
 from sporeflow.pipeline.journal.offline import JournalFile
 from sporeflow.pipeline.observe.lineage import TraceWindow
+from sporeflow.pipeline.service.control import control_app
 from sporeflow.pipeline.service.server import ControlServer
 
 from .conformance.harness import wait_for
@@ -256,3 +258,26 @@ def test_a_malformed_step_is_left_out_and_a_forged_cycle_ends() -> None:
     assert tree.children[0].children == []  # a, its own grandchild, is not drawn twice
     assert render_tree(tree) == ["a [knowledge] x -> y: dead letter (schema)",
                                  "└─ b [knowledge] x -> y: dead letter (schema)"]
+
+
+async def test_the_trace_route_needs_an_id_and_answers_only_what_the_root_produced() -> None:
+    async def echo(spore: Spore, ctx: Any) -> dict[str, Any] | None:
+        return {"n": spore.knowledge["n"]} if spore.from_agent == "cli" else None
+
+    org = Organism.from_dict({"agents": {"echo": {"handler": echo, "emit": {"to": "echo"}}}})
+    async with org.running():
+        client: TestClient[Any, Any] = TestClient(TestServer(control_app(org)))
+        await client.start_server()
+        try:
+            first = await org.send("echo", {"n": 1}, sender="cli")
+            await org.send("echo", {"n": 2}, sender="cli")  # another conversation
+            await org.idle()
+            missing = await client.get("/v1/trace")
+            answer = await client.get("/v1/trace", params={"id": first.id})
+            steps = (await answer.json())["steps"]
+        finally:
+            await client.close()
+    assert missing.status == 400
+    assert answer.status == 200
+    assert [(s["causation_id"], s["outcome"]) for s in steps] == [
+        (None, HANDLED), (first.id, HANDLED)]
