@@ -17,6 +17,7 @@ from click.testing import CliRunner, Result
 
 from sporeflow.pipeline import Organism, Spore
 from sporeflow.pipeline.cli.main import cli
+from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.pipeline.core.lineage import (
     DEAD_LETTER,
     ENDED,
@@ -229,6 +230,11 @@ def test_the_window_and_the_journals_rows_are_bounded(tmp_path: Path) -> None:
     for n in range(5):
         window.ended(Spore(knowledge={}, id=f"s{n}"))
     assert [s.id for s in window.steps] == ["s2", "s3", "s4"]
+    # A refused spore may hold anything in any field: a step keeps a bounded text of it.
+    malformed = Spore(knowledge={}, from_agent=["x"] * 10_000)  # type: ignore[arg-type]
+    window.dead_lettered(DeadLetter(malformed, "invalid", "from_agent is no string"))
+    step = window.steps[-1]
+    assert (step.outcome, step.reason, len(step.from_agent)) == (DEAD_LETTER, "invalid", 1024)
     rows = TraceRows(cap=10)
     conn = sqlite3.connect(":memory:")
     rows.open(conn)
@@ -247,6 +253,8 @@ def test_a_malformed_step_is_left_out_and_a_forged_cycle_ends() -> None:
             "at": "2026-01-01T00:00:00+00:00", "reason": "schema"}
     assert TraceStep.from_json({**good, "outcome": "exploded"}) is None
     assert TraceStep.from_json({**good, "latency": "fast"}) is None
+    assert TraceStep.from_json({**good, "at": "2026-01-01T00:00:00"}) is None  # naive
+    assert TraceStep.from_json({**good, "at": "yesterday"}) is None
     assert TraceStep.from_json([1]) is None
     a = TraceStep.from_json(good)
     b = TraceStep.from_json({**good, "id": "b", "causation_id": "a"})

@@ -30,6 +30,7 @@ FAILED: Final = "failed"
 DEAD_LETTER: Final = "dead letter"
 ENDED: Final = "ended"
 _OUTCOMES: Final = frozenset({HANDLED, FAILED, DEAD_LETTER, ENDED})
+_MAX_TEXT: Final = 1024  # the longest id a step keeps, as validation bounds lineage ids
 _HANDLER_FAULTS: Final = frozenset({Reason.HANDLER_FAILED, Reason.TIMEOUT, Reason.POISON})
 _TEXT_FIELDS: Final = ("id", "from_agent", "spore_type", "outcome", "at")
 _OPTIONAL_FIELDS: Final = ("causation_id", "correlation_id", "to", "agent", "reason",
@@ -38,7 +39,8 @@ _OPTIONAL_FIELDS: Final = ("causation_id", "correlation_id", "to", "agent", "rea
 
 @dataclass(frozen=True, slots=True)
 class TraceStep:
-    """One settlement of one delivery of a spore; times are ISO 8601 text."""
+    """One settlement of one delivery of a spore. Its times stay datetimes until it is
+    written (:meth:`to_json`): the journal's writer thread formats them, not the loop."""
 
     id: str
     causation_id: str | None
@@ -47,14 +49,17 @@ class TraceStep:
     to: str | None  # the agent addressed, or "#channel" for a broadcast
     spore_type: str
     outcome: str  # HANDLED, FAILED, DEAD_LETTER or ENDED
-    at: str  # when it was settled
-    created_at: str | None = None
+    at: datetime  # when it was settled
+    created_at: datetime | None = None
     agent: str | None = None  # who handled or failed it
     reason: str | None = None  # a dead letter's
     latency: float | None = None  # seconds its handler took
 
     def to_json(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        data = {name: getattr(self, name) for name in self.__slots__}
+        data["at"] = self.at.isoformat()
+        data["created_at"] = None if self.created_at is None else self.created_at.isoformat()
+        return data
 
     @classmethod
     def from_json(cls, data: object) -> TraceStep | None:
@@ -73,43 +78,53 @@ class TraceStep:
         if data["outcome"] not in _OUTCOMES:
             return None
         fields: dict[str, Any] = {name: data.get(name) for name in cls.__slots__}
+        try:
+            fields["at"] = datetime.fromisoformat(fields["at"])
+            if fields["created_at"] is not None:
+                fields["created_at"] = datetime.fromisoformat(fields["created_at"])
+        except ValueError:
+            return None
+        if any(moment is not None and moment.tzinfo is None  # compared with aware ones
+               for moment in (fields["at"], fields["created_at"])):
+            return None
         return cls(**fields)
 
 
 def _lineage(spore: Spore) -> tuple[str, str | None, str | None, str, str | None, str,
-                                    str | None]:
-    """The text of a spore's fields a step keeps (a refused spore may be malformed in
-    any field: each is kept as text, or None)."""
+                                    datetime | None]:
+    """What a step keeps of a spore (a refused spore may be malformed in any field: each
+    is kept as text of at most ``_MAX_TEXT`` characters, or None)."""
     to = spore.to_agent if spore.to_agent is not None else f"#{spore.channel}"
     created = spore.created_at
-    return (str(spore.id), _text(spore.causation_id), _text(spore.correlation_id),
-            str(spore.from_agent), _text(to), str(getattr(spore.spore_type, "value",
-                                                           spore.spore_type)),
-            created.isoformat() if isinstance(created, datetime) else None)
+    return (_text(spore.id) or "", _text(spore.causation_id), _text(spore.correlation_id),
+            _text(spore.from_agent) or "", _text(to),
+            _text(getattr(spore.spore_type, "value", spore.spore_type)) or "",
+            created if isinstance(created, datetime) else None)
 
 
 def _text(value: object) -> str | None:
-    return None if value is None else str(value)
+    if value is None:
+        return None
+    return value[:_MAX_TEXT] if type(value) is str else repr(value)[:_MAX_TEXT]
 
 
 def handled_step(spore: Spore, agent: str, latency: float, at: datetime) -> TraceStep:
     ident, cause, correlation, sender, to, kind, created = _lineage(spore)
-    return TraceStep(ident, cause, correlation, sender, to, kind, HANDLED, at.isoformat(),
-                     created, agent, None, latency)
+    return TraceStep(ident, cause, correlation, sender, to, kind, HANDLED, at, created, agent,
+                     None, latency)
 
 
 def letter_step(letter: DeadLetter) -> TraceStep:
     """A dead letter's step: FAILED when its handler failed it, else DEAD_LETTER."""
     ident, cause, correlation, sender, to, kind, created = _lineage(letter.spore)
     outcome = FAILED if letter.reason in _HANDLER_FAULTS else DEAD_LETTER
-    return TraceStep(ident, cause, correlation, sender, to, kind, outcome,
-                     letter.at.isoformat(), created, letter.agent, str(letter.reason))
+    return TraceStep(ident, cause, correlation, sender, to, kind, outcome, letter.at, created,
+                     _text(letter.agent), str(letter.reason))
 
 
 def ended_step(spore: Spore, at: datetime) -> TraceStep:
     ident, cause, correlation, sender, to, kind, created = _lineage(spore)
-    return TraceStep(ident, cause, correlation, sender, to, kind, ENDED, at.isoformat(),
-                     created)
+    return TraceStep(ident, cause, correlation, sender, to, kind, ENDED, at, created)
 
 
 # -- the tree --------------------------------------------------------------------------
@@ -176,7 +191,7 @@ def render_tree(root: TraceNode) -> list[str]:
     """The tree as lines of text: each spore with its sender, addressee and type, each
     delivery's outcome with its agent, reason and handler time, and when it was made
     (``+12.3ms``) after the root."""
-    origin = _moment(_first(root).created_at)
+    origin = _first(root).created_at
     lines: list[str] = []
     stack: list[tuple[TraceNode, str, str]] = [(root, "", "")]
     while stack:
@@ -192,7 +207,7 @@ def render_tree(root: TraceNode) -> list[str]:
 
 def _describe(node: TraceNode, origin: datetime | None) -> str:
     first = _first(node)
-    made = _moment(first.created_at)
+    made = first.created_at
     offset = "" if origin is None or made is None else (
         f" +{_duration((made - origin).total_seconds())}")
     outcomes = "; ".join(_outcome(step) for step in node.steps)
@@ -209,15 +224,6 @@ def _outcome(step: TraceStep) -> str:
     if step.latency is not None:
         words += f" in {_duration(step.latency)}"
     return words
-
-
-def _moment(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
 
 
 def _duration(seconds: float) -> str:
