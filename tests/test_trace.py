@@ -157,6 +157,20 @@ async def test_trace_asks_the_running_organism(unjournaled_file: Path) -> None:
     assert "--journal FILE" in stopped.output
 
 
+async def test_a_spore_the_running_window_forgot_is_read_from_the_journal(
+        organism_file: Path) -> None:
+    org = Organism.from_file(organism_file)
+    server = ControlServer(org, organism_file, echo=lambda _: None, quiet=True)
+    server.trace = TraceWindow(cap=1)  # the root's steps are forgotten at once
+    async with org.running(), server:
+        root = (await org.send("front", {"step": "start"}, sender="cli")).id
+        await org.idle()
+        assert trace_tree(server.trace.steps, root) is None
+        await org.journal.flush()  # type: ignore[union-attr]  # it has one
+        steps = steps_of(await asyncio.to_thread(trace, str(organism_file), root, "--json"))
+    check_conversation(steps, root)
+
+
 async def test_the_lineage_survives_a_journal_replay(tmp_path: Path) -> None:
     seen: list[Spore] = []
     first_life = [True]
