@@ -8,6 +8,7 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from sporeflow.pipeline.core.lineage import (
     render_tree,
     trace_tree,
 )
-from sporeflow.pipeline.journal.lineage import TraceRows
+from sporeflow.pipeline.journal.lineage import TraceBuffer, TraceRows
 from sporeflow.pipeline.journal.offline import JournalFile
 from sporeflow.pipeline.observe.lineage import TraceWindow
 from sporeflow.pipeline.service.control import control_app
@@ -303,3 +304,32 @@ async def test_the_trace_route_needs_an_id_and_answers_only_what_the_root_produc
     assert answer.status == 200
     assert [(s["causation_id"], s["outcome"]) for s in steps] == [
         (None, HANDLED), (first.id, HANDLED)]
+
+
+async def test_the_journal_commits_trace_steps_in_batches_and_at_a_flush(
+        tmp_path: Path) -> None:
+    async def sink(spore: Spore, ctx: Any) -> None:
+        return None
+
+    spec = Organism.from_dict({"agents": {"sink": {"handler": sink}}}).spec
+    org = Organism(spec, journal=tmp_path / "j.db")
+    async with org.running():
+        sent = await org.send("sink", {})
+        await org.idle()
+        assert org.journal is not None
+        await org.journal.flush()
+        with JournalFile(tmp_path / "j.db") as file:
+            assert [s.id for s in file.trace_steps()] == [sent.id]
+        for _ in range(3):
+            await org.send("sink", {})
+        await org.idle()
+        await org.journal.record(())  # a commit of pending spores alone: steps still held
+        with JournalFile(tmp_path / "j.db") as file:
+            assert len(file.trace_steps()) == 1
+    with JournalFile(tmp_path / "j.db") as file:  # the stop wrote them
+        assert len(file.trace_steps()) == 4
+    buffer = TraceBuffer(batch=2)
+    step = TraceStep("a", None, None, "x", "y", "knowledge", HANDLED, datetime.now(UTC))
+    assert buffer.add(step) is None
+    assert buffer.add(step) == [step, step]
+    assert buffer.steps == []

@@ -53,8 +53,8 @@ def fold(ops: list[tuple[Any, ...]], boots: Mapping[str, str]) -> Batch:
         elif kind == DELETE:
             if inserts.pop(op[1], None) is None:
                 deletes.append(op[1])
-        elif kind == TRACE:
-            batch.trace.append(op[1].to_json())
+        elif kind == TRACE:  # a batch of steps (see lineage.TraceBuffer)
+            batch.trace.extend([step.to_json() for step in op[1]])
         elif kind == DEAD:
             letter = op[1]
             batch.letters.append(letter_row(letter))

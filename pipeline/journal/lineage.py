@@ -2,11 +2,16 @@
 ``trace``, its bound, and how it is read.
 
 Each settled delivery the journal sees (handled, failed or dead-lettered, ended) is one
-row, a :class:`~sporeflow.pipeline.core.lineage.TraceStep` as JSON, written in the same
-group commit as the rest. Settlements come from input, so the table is bounded: past
-``JOURNAL_TRACE_ROWS`` rows, the oldest are dropped down to nine tenths of it (a sweep
-per tenth, not one per row). A journal made before the table gets it at its next start;
-until then it has no trace to read, and older sporeflow versions ignore the table.
+row, a :class:`~sporeflow.pipeline.core.lineage.TraceStep` as JSON. Steps are held
+(:class:`TraceBuffer`) and go with a group commit once ``TRACE_BATCH`` of them wait, and
+at every flush and stop: a commit per spore would otherwise write one more page of the
+file each time. The trace is a diagnostic record, not the journal's promise: a crash
+loses at most its last ``TRACE_BATCH - 1`` steps, never a pending spore.
+
+Settlements come from input, so the table is bounded: past ``JOURNAL_TRACE_ROWS`` rows,
+the oldest are dropped down to nine tenths of it (a sweep per tenth, not one per row).
+A journal made before the table gets it at its next start; until then it has no trace
+to read, and older sporeflow versions ignore the table.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from typing import Final
 from sporeflow.pipeline.core.lineage import TraceStep
 from sporeflow.pipeline.journal.sqlite import NOT_JSON
 
-__all__ = ["JOURNAL_TRACE_ROWS", "TRACE_INSERT_SQL", "TRACE_SQL", "TraceRows", "read_steps"]
+__all__ = ["JOURNAL_TRACE_ROWS", "TRACE_BATCH", "TRACE_INSERT_SQL", "TRACE_SQL", "TraceBuffer",
+           "TraceRows", "read_steps"]
 
 JOURNAL_TRACE_ROWS: Final = 100_000  # some 50 MB of file at most
+TRACE_BATCH: Final = 256
 TRACE_SQL: Final = """CREATE TABLE IF NOT EXISTS trace (
     seq INTEGER PRIMARY KEY,
     step TEXT NOT NULL
@@ -29,6 +36,25 @@ TRACE_INSERT_SQL: Final = "INSERT INTO trace (step) SELECT value FROM json_each(
 # Everything but the newest ``?`` rows; seq grows with every row written.
 _OVER_SQL: Final = ("DELETE FROM trace WHERE seq <= (SELECT seq FROM trace ORDER BY seq DESC "
                     "LIMIT 1 OFFSET ?)")
+
+
+class TraceBuffer:
+    """The steps waiting for a commit (on the event loop)."""
+
+    def __init__(self, batch: int = TRACE_BATCH) -> None:
+        self.batch = batch
+        self.steps: list[TraceStep] = []
+
+    def add(self, step: TraceStep) -> list[TraceStep] | None:
+        """Hold ``step``; return the steps to commit once a batch is full."""
+        steps = self.steps
+        steps.append(step)
+        return self.take() if len(steps) >= self.batch else None
+
+    def take(self) -> list[TraceStep]:
+        """Every step held, handed over (the buffer is empty after)."""
+        steps, self.steps = self.steps, []
+        return steps
 
 
 class TraceRows:

@@ -52,7 +52,7 @@ from sporeflow.pipeline.core.lineage import TraceStep
 from sporeflow.pipeline.journal.batch import DEAD, DELETE, INSERT, TRACE, Batch, fold, write_batch
 from sporeflow.pipeline.journal.failstop import FailStop, Ops
 from sporeflow.pipeline.journal.inflight import count_crashes
-from sporeflow.pipeline.journal.lineage import TraceRows
+from sporeflow.pipeline.journal.lineage import TraceBuffer, TraceRows
 from sporeflow.pipeline.journal.marking import HandlerMarking, InvocationWrapper, Invoke
 from sporeflow.pipeline.journal.retention import DeadLetterRetention
 from sporeflow.pipeline.journal.sqlite import (
@@ -116,6 +116,7 @@ class Journal:
         self._key = new_spore_id()  # the journal's name in its file, read at open
         self._retention = DeadLetterRetention(self.path, Limits())  # spec's, from open
         self._trace_rows = TraceRows()
+        self._trace = TraceBuffer()
 
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r})"
@@ -149,6 +150,7 @@ class Journal:
         self._ops, self._waiters, self._committing = [], [], []
         self._fanout.clear()
         self._boots.clear()
+        self._trace.take()
         self._marking.reset(spec.agents if spec is not None else {})
         self._retention = DeadLetterRetention(self.path, spec.limits if spec else Limits())
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sporeflow-journal")
@@ -200,6 +202,7 @@ class Journal:
         writer = self._writer
         if writer is None:
             return
+        self._trace_out()
         self._closing = True
         self._wake.set()
         await asyncio.wait([writer])  # however it ends: a failure is in self.failure
@@ -293,8 +296,16 @@ class Journal:
         self._kick()
 
     def trace(self, step: TraceStep) -> None:
-        """Queue a settlement's step (see ``journal.lineage``), for ``sporeflow trace``."""
-        self._ops.append((TRACE, step))
+        """Hold a settlement's step for ``sporeflow trace``; committed in batches (see
+        ``journal.lineage``)."""
+        full = self._trace.add(step)
+        if full is not None:
+            self._ops.append((TRACE, full))
+
+    def _trace_out(self) -> None:
+        steps = self._trace.take()
+        if steps:
+            self._ops.append((TRACE, steps))
 
     def boot_id(self, agent: str) -> str | None:
         """The id to give ``agent``'s boot spore, or None when the journal has sent it.
@@ -335,7 +346,8 @@ class Journal:
             self._wake.set()
 
     async def flush(self) -> None:
-        """Return once everything queued so far is committed."""
+        """Return once everything queued so far is committed (held trace steps too)."""
+        self._trace_out()
         await self.record(())
 
     # -- handler calls: the marks of what runs (see journal.marking) ----------------------
