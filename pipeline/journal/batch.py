@@ -35,7 +35,7 @@ class Batch:
     letters: list[list[Any]] = field(default_factory=list)
     meta: list[tuple[str, str]] = field(default_factory=list)
     boots: list[str] = field(default_factory=list)  # boot spore ids noted in meta
-    trace: list[dict[str, Any]] = field(default_factory=list)  # settlements (see lineage)
+    trace: list[list[Any]] = field(default_factory=list)  # settlements (see lineage)
 
 
 def fold(ops: list[tuple[Any, ...]], boots: Mapping[str, str]) -> Batch:
@@ -54,7 +54,7 @@ def fold(ops: list[tuple[Any, ...]], boots: Mapping[str, str]) -> Batch:
             if inserts.pop(op[1], None) is None:
                 deletes.append(op[1])
         elif kind == TRACE:  # a batch of steps (see lineage.TraceBuffer)
-            batch.trace.extend([step.to_json() for step in op[1]])
+            batch.trace.extend([step.to_row() for step in op[1]])
         elif kind == DEAD:
             letter = op[1]
             batch.letters.append(letter_row(letter))

@@ -2,7 +2,7 @@
 ``trace``, its bound, and how it is read.
 
 Each settled delivery the journal sees (handled, failed or dead-lettered, ended) is one
-row, a :class:`~sporeflow.pipeline.core.lineage.TraceStep` as JSON. Steps are held
+row, a :class:`~sporeflow.pipeline.core.lineage.TraceStep` as a JSON array. Steps are held
 (:class:`TraceBuffer`) and go with a group commit once ``TRACE_BATCH`` of them wait, and
 at every flush and stop: a commit per spore would otherwise write one more page of the
 file each time. The trace is a diagnostic record, not the journal's promise: a crash
@@ -86,7 +86,7 @@ def read_steps(conn: sqlite3.Connection) -> list[TraceStep]:
     steps = []
     for (text,) in rows:
         try:
-            step = TraceStep.from_json(json.loads(text))
+            step = TraceStep.from_row(json.loads(text))
         except NOT_JSON:
             continue
         if step is not None:
