@@ -81,7 +81,7 @@ def write_batch(conn: sqlite3.Connection, path: Path, batch: Batch,
         if batch.letters:
             conn.execute(DEAD_SQL, (to_json(batch.letters),))
         if batch.trace:
-            conn.execute(TRACE_INSERT_SQL, (to_json(batch.trace),))
+            conn.executemany(TRACE_INSERT_SQL, [(to_json(row),) for row in batch.trace])
             if trace_rows is not None:
                 trace_rows.added(conn, len(batch.trace))
         if batch.meta:
