@@ -267,7 +267,7 @@ class Organism(OutsideApi):
         for hook in self._hooks:
             ledger.add_hook(hook)
         if self._journal is not None:
-            ledger.add_hook(JournalHook(self._journal, self._requests))
+            ledger.add_hook(JournalHook(self._journal, self._requests, self.now))
             ingress.persist = self._journal
             self._journal.on_failure = self._fail_stop  # fail stop: see journal.failstop
         if self.events.spores_active:  # events per spore only for those who want them

@@ -19,7 +19,8 @@ encoding gives the bytes back::
 
 * The scalar fields are attributes named as the :class:`Spore` fields: ``id``,
   ``spore_type``, ``from_agent``, ``to_agent``, ``channel``, ``priority``, ``hops``,
-  ``created_at``, ``expires_at``, ``reply_to``, ``thread_id``; timestamps in ISO 8601,
+  ``created_at``, ``expires_at``, ``reply_to``, ``thread_id``, ``causation_id``,
+  ``correlation_id``; timestamps in ISO 8601,
   as in the JSON form. A field that is None is left out.
 * ``knowledge`` (always) and ``metadata`` (when not empty) are elements whose content is
   the object written by the mapping of :mod:`sporeflow.steps.xmlpayload`, in no
@@ -87,7 +88,7 @@ DEFAULT_MAX_ATTRIBUTES: Final = 100_000
 
 _ATTRIBUTE_FIELDS: Final = (
     "id", "spore_type", "from_agent", "to_agent", "channel", "priority", "hops",
-    "created_at", "expires_at", "reply_to", "thread_id",
+    "created_at", "expires_at", "reply_to", "thread_id", "causation_id", "correlation_id",
 )
 _INTEGER_FIELDS: Final = frozenset({"priority", "hops"})
 _OBJECT_FIELDS: Final = ("knowledge", "metadata")

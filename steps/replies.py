@@ -4,6 +4,9 @@
 - a dict: one spore with that knowledge: a ``response`` to the sender when the
   handled spore was a ``request``; else to ``emit``; else back to the sender.
 - a :class:`Spore`: itself, stamped with the agent as sender and the lineage.
+
+Every reply carries its lineage: ``causation_id`` is the parent's id, ``correlation_id``
+the parent's (or the parent's id, when the parent is a root that has none).
 - XML text (str or bytes), as language models write it: repaired, split into its
   top-level elements, one spore each (see ``xmlpayload`` for the mapping). The
   attributes ``to``, ``channel``, ``priority``, ``expires_in`` address a spore
@@ -184,17 +187,22 @@ def reply_spore(
         reply_to=reply_to,
         thread_id=parent.thread_id or parent.id,
         hops=parent.hops + 1,
+        causation_id=parent.id,
+        correlation_id=parent.correlation_id or parent.id,
         id=id,
     )
 
 
 def _adopt(spore: Spore, parent: Spore, agent: str) -> Spore:
-    # A handler may build its own spore, but not forge its sender or reset its lineage.
-    # A malformed field is left as it is, for the validate stage to refuse by name.
+    # A handler may build its own spore, but not forge its sender or reset its lineage:
+    # its parent is the spore handled, whatever it says. A malformed field is left as it
+    # is, for the validate stage to refuse by name.
     hops = spore.hops
     return dataclasses.replace(
         spore, from_agent=agent, thread_id=spore.thread_id or parent.thread_id or parent.id,
-        hops=max(hops, parent.hops + 1) if type(hops) is int else hops)
+        hops=max(hops, parent.hops + 1) if type(hops) is int else hops,
+        causation_id=parent.id,
+        correlation_id=spore.correlation_id or parent.correlation_id or parent.id)
 
 
 def _xml_replies(text: str | bytes, *, parent: Spore, agent: str, emit: Emit | None,

@@ -5,6 +5,10 @@ wire forms can interoperate. A spore is immutable and slotted; it is created
 on the hot path, so construction does no validation: the ``validate`` step
 does that once, where spores enter. ``from_dict``/``from_json`` validate
 fully and raise only :class:`SporeError`.
+
+Lineage: ``causation_id`` is the id of the spore whose handling produced this one (None
+for a root), ``correlation_id`` its conversation (see :attr:`Spore.conversation`); what
+handlers produce gets both where it is made (``steps.replies``, the handler's context).
 """
 
 from __future__ import annotations
@@ -95,6 +99,8 @@ class Spore(_Local):
     reply_to: str | None = None
     thread_id: str | None = None
     hops: int = 0
+    causation_id: str | None = None
+    correlation_id: str | None = None
     metadata: JSONObject = field(default_factory=dict)
     knowledge_references: tuple[str, ...] = ()
     data_references: tuple[str, ...] = ()
@@ -118,6 +124,8 @@ class Spore(_Local):
         reply_to: str | None = None,
         thread_id: str | None = None,
         hops: int = 0,
+        causation_id: str | None = None,
+        correlation_id: str | None = None,
         metadata: JSONObject | None = None,
         knowledge_references: tuple[str, ...] = (),
         data_references: tuple[str, ...] = (),
@@ -135,6 +143,8 @@ class Spore(_Local):
         draft.reply_to = reply_to
         draft.thread_id = thread_id
         draft.hops = hops
+        draft.causation_id = causation_id
+        draft.correlation_id = correlation_id
         draft.metadata = {} if metadata is None else metadata
         draft.knowledge_references = knowledge_references
         draft.data_references = data_references
@@ -148,6 +158,12 @@ class Spore(_Local):
     def __reduce__(self) -> tuple[Any, ...]:
         # copy and pickle rebuild through __new__, which takes the fields by keyword.
         return _rebuild, (type(self), {name: getattr(self, name) for name in _FIELD_ORDER})
+
+    @property
+    def conversation(self) -> str:
+        """The correlation id this spore's replies and sends carry: its own
+        ``correlation_id``, or its id when it has none (a root starts one)."""
+        return self.correlation_id or self.id
 
     @property
     def thread(self) -> str:
@@ -172,6 +188,8 @@ class Spore(_Local):
             "reply_to": self.reply_to,
             "thread_id": self.thread_id,
             "hops": self.hops,
+            "causation_id": self.causation_id,
+            "correlation_id": self.correlation_id,
             "metadata": self.metadata,
             "knowledge_references": list(self.knowledge_references),
             "data_references": list(self.data_references),
@@ -317,6 +335,8 @@ class _Draft(_Local):
     reply_to: str | None
     thread_id: str | None
     hops: int
+    causation_id: str | None
+    correlation_id: str | None
     metadata: JSONObject
     knowledge_references: tuple[str, ...]
     data_references: tuple[str, ...]
@@ -410,9 +430,12 @@ _DECODERS: dict[str, Any] = {
     "reply_to": _str,
     "thread_id": _str,
     "hops": _hops,
+    "causation_id": _str,
+    "correlation_id": _str,
     "metadata": _object,
     "knowledge_references": _references,
     "data_references": _references,
 }
 _FIELD_NAMES = frozenset(_DECODERS)
-_NULLABLE = frozenset({"to_agent", "expires_at", "reply_to", "thread_id"})
+_NULLABLE = frozenset({"to_agent", "expires_at", "reply_to", "thread_id", "causation_id",
+                       "correlation_id"})

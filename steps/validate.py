@@ -17,6 +17,9 @@ from sporeflow.steps.types import Batch, Reject, SchemaCheck
 __all__ = ["check_spore", "validate"]
 
 MAX_NAME_LENGTH = 128
+# A lineage id names another spore: bounded as the AMQP codec bounds every header, so a
+# spore that passes here crosses a broker too.
+MAX_LINEAGE_ID_LENGTH = 1024
 _SCALARS = (str, int, float, bool, type(None))
 # A cheap upper bound on a short string's JSON size: it may grow 6x when escaped. A
 # longer one is measured exactly (_string_bytes): a 6x bound would send a 200 KB text
@@ -100,6 +103,7 @@ def check_spore(spore: Any, limits: Limits, *, built: bool = False) -> None:
     else:
         spore_id, expires_at, reply_to = spore.id, spore.expires_at, spore.reply_to
         created_at, thread_id = spore.created_at, spore.thread_id
+        causation_id, correlation_id = spore.causation_id, spore.correlation_id
         ok = (hops.__class__ is int and 0 <= hops <= limits.max_hops
               and spore_id.__class__ is str and spore_id != ""
               and spore.metadata.__class__ is dict
@@ -108,6 +112,10 @@ def check_spore(spore: Any, limits: Limits, *, built: bool = False) -> None:
                                           and expires_at.tzinfo is not None))
               and (reply_to is None or reply_to.__class__ is str)
               and (thread_id is None or thread_id.__class__ is str)
+              and (causation_id is None or (causation_id.__class__ is str and 0 < len(
+                  causation_id) <= MAX_LINEAGE_ID_LENGTH))
+              and (correlation_id is None or (correlation_id.__class__ is str and 0 < len(
+                  correlation_id) <= MAX_LINEAGE_ID_LENGTH))
               and (not spore.knowledge_references or _strings(spore.knowledge_references))
               and (not spore.data_references or _strings(spore.data_references)))
     if not ok:
@@ -152,6 +160,12 @@ def _explain(spore: Spore, limits: Limits) -> None:
         value = getattr(spore, name)
         if value is not None and type(value) is not str:
             raise SporeError(f"{name} must be a spore id (a string), got {value!r:.80}")
+    for name in ("causation_id", "correlation_id"):
+        value = getattr(spore, name)
+        if value is not None and (type(value) is not str or not 0 < len(
+                value) <= MAX_LINEAGE_ID_LENGTH):
+            raise SporeError(f"{name} must be a spore id (a non-empty string of at most "
+                             f"{MAX_LINEAGE_ID_LENGTH} characters) or None, got {value!r:.80}")
     if type(spore.metadata) is not dict:
         raise SporeError(f"metadata must be a JSON object (dict), got {spore.metadata!r:.80}")
     for name in ("knowledge_references", "data_references"):

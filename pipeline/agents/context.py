@@ -124,6 +124,7 @@ class Context:
             priority=priority if priority is not None else parent.priority,
             expires_at=expiry_after(self._organism.now(), expires_in),
             thread_id=parent.thread, hops=parent.hops + 1,
+            causation_id=parent.id, correlation_id=parent.conversation,
         )
 
     async def send(self, to: str, knowledge: dict[str, Any], *,

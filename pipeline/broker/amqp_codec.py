@@ -1,10 +1,12 @@
 """The AMQP wire form of a spore, laid out as Praval 0.8.4's ``Spore.to_amqp_message``.
 
     headers   spore_id, spore_type, from_agent, to_agent, created_at, expires_at,
-              priority, reply_to, version  (Praval's, strings)
+              priority, reply_to, version, causation_id, correlation_id
+                                           (Praval's, strings)
               channel, thread_id, hops     (sporeflow's; Praval ignores them)
               each left out when empty or at its default (Praval reads it so too):
-              version always (1.0), priority at 5
+              version always (1.0), priority at 5; correlation_id when equal to
+              causation_id (read back so)
     body      the knowledge as JSON; or, when the spore carries metadata or
               references, Praval's envelope {"_praval_spore_envelope": "2.0", ...}
     props     message_id, priority, timestamp, expiration (from expires_at),
@@ -103,6 +105,14 @@ def spore_body_headers(spore: Spore) -> tuple[bytes, dict[str, Any]]:
         headers["thread_id"] = spore.thread_id
     if spore.hops:
         headers["hops"] = spore.hops
+    # The lineage, under Praval's header names. A correlation id equal to the causation id
+    # (the parent is a root without one) is left out: Praval pairs a response with its
+    # request only when their correlation ids are equal, and its root request has none.
+    causation, correlation = spore.causation_id, spore.correlation_id
+    if causation is not None:
+        headers["causation_id"] = causation
+    if correlation is not None and correlation != causation:
+        headers["correlation_id"] = correlation
     return body, headers
 
 
@@ -219,11 +229,14 @@ def _decode(body: bytes, headers: Mapping[str, Any]) -> Spore:
             number = _number(headers, name)
             if number is not None:
                 fields[name] = number
+    if "causation_id" in fields and "correlation_id" not in fields:
+        fields["correlation_id"] = fields["causation_id"]  # left out as equal: see above
     return Spore.from_dict(fields)
 
 
 _REQUIRED = (("spore_id", "id"), ("spore_type", "spore_type"), ("from_agent", "from_agent"))
-_OPTIONAL = ("to_agent", "reply_to", "thread_id", "channel", "created_at", "expires_at")
+_OPTIONAL = ("to_agent", "reply_to", "thread_id", "channel", "created_at", "expires_at",
+             "causation_id", "correlation_id")
 _TIMES = frozenset({"created_at", "expires_at"})
 _NUMBERS = ("priority", "hops")
 

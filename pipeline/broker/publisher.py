@@ -177,4 +177,5 @@ def failure_notice(spore: Spore, agent: str, reason: str, error: str) -> Spore:
     failure: dict[str, Any] = {"agent": agent, "reason": str(reason), "error": error[:2000]}
     return Spore(knowledge={}, spore_type=SporeType.RESPONSE, from_agent=agent,
                  to_agent=spore.from_agent, reply_to=spore.id, thread_id=spore.thread,
+                 causation_id=spore.id, correlation_id=spore.conversation,
                  metadata={FAILURE_KEY: failure})

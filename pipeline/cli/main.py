@@ -44,6 +44,7 @@ from sporeflow.pipeline.cli.init import init
 from sporeflow.pipeline.cli.keygen import keygen
 from sporeflow.pipeline.cli.schemas import schema
 from sporeflow.pipeline.cli.tail import tail
+from sporeflow.pipeline.cli.trace import trace
 from sporeflow.pipeline.cli.util import (
     DEFAULT_ORGANISM,
     DURATION,
@@ -425,6 +426,7 @@ cli.add_command(schema)
 cli.add_command(init)
 cli.add_command(dlq)
 cli.add_command(tail)
+cli.add_command(trace)
 cli.add_command(stats)
 cli.add_command(reload)
 cli.add_command(keygen)

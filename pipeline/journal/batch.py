@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sporeflow.pipeline.journal.lineage import TRACE_INSERT_SQL, TraceRows
 from sporeflow.pipeline.journal.sqlite import (
     DEAD_SQL,
     DELETE_SQL,
@@ -20,9 +21,9 @@ from sporeflow.pipeline.journal.sqlite import (
 )
 from sporeflow.steps import Spore
 
-__all__ = ["DEAD", "DELETE", "INSERT", "META", "Batch", "fold", "write_batch"]
+__all__ = ["DEAD", "DELETE", "INSERT", "META", "TRACE", "Batch", "fold", "write_batch"]
 
-INSERT, DELETE, DEAD, META = range(4)  # the writer's operations
+INSERT, DELETE, DEAD, META, TRACE = range(5)  # the writer's operations
 
 
 @dataclass(slots=True)
@@ -34,6 +35,7 @@ class Batch:
     letters: list[list[Any]] = field(default_factory=list)
     meta: list[tuple[str, str]] = field(default_factory=list)
     boots: list[str] = field(default_factory=list)  # boot spore ids noted in meta
+    trace: list[list[Any]] = field(default_factory=list)  # settlements (see lineage)
 
 
 def fold(ops: list[tuple[Any, ...]], boots: Mapping[str, str]) -> Batch:
@@ -51,6 +53,8 @@ def fold(ops: list[tuple[Any, ...]], boots: Mapping[str, str]) -> Batch:
         elif kind == DELETE:
             if inserts.pop(op[1], None) is None:
                 deletes.append(op[1])
+        elif kind == TRACE:  # a batch of steps (see lineage.TraceBuffer)
+            batch.trace.extend([step.to_row() for step in op[1]])
         elif kind == DEAD:
             letter = op[1]
             batch.letters.append(letter_row(letter))
@@ -61,8 +65,10 @@ def fold(ops: list[tuple[Any, ...]], boots: Mapping[str, str]) -> Batch:
     return batch
 
 
-def write_batch(conn: sqlite3.Connection, path: Path, batch: Batch) -> tuple[int, int]:
-    """Write ``batch`` in one transaction; return the rows removed and added."""
+def write_batch(conn: sqlite3.Connection, path: Path, batch: Batch,
+                trace_rows: TraceRows | None = None) -> tuple[int, int]:
+    """Write ``batch`` in one transaction; return the rows removed and added (of pending
+    spores). ``trace_rows`` counts and bounds the trace rows written."""
     # Each statement takes its whole batch as one JSON array: one step of SQLite, so
     # the writer thread takes the GIL back once per statement, not once per row.
     with transaction(conn, path):
@@ -74,6 +80,10 @@ def write_batch(conn: sqlite3.Connection, path: Path, batch: Batch) -> tuple[int
                                  (spores_json(batch.inserts.values()),)).rowcount
         if batch.letters:
             conn.execute(DEAD_SQL, (to_json(batch.letters),))
+        if batch.trace:
+            conn.executemany(TRACE_INSERT_SQL, [(to_json(row),) for row in batch.trace])
+            if trace_rows is not None:
+                trace_rows.added(conn, len(batch.trace))
         if batch.meta:
             conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                              batch.meta)

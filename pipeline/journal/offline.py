@@ -7,6 +7,8 @@ from datetime import datetime
 from pathlib import Path
 
 from sporeflow.pipeline.core.deadletters import DeadLetter, LetterChoice
+from sporeflow.pipeline.core.lineage import TraceStep
+from sporeflow.pipeline.journal.lineage import read_steps
 from sporeflow.pipeline.journal.sqlite import (
     CRASHES_SQL,
     JournalError,
@@ -57,6 +59,10 @@ class JournalFile:
         """The unfinished spores, in the order they would be replayed."""
         rows = self._conn.execute("SELECT spore, id FROM pending ORDER BY priority DESC, seq")
         return [stored_spore(text, key) for text, key in rows]
+
+    def trace_steps(self) -> list[TraceStep]:
+        """The settlements the journal keeps for ``sporeflow trace``, oldest first."""
+        return read_steps(self._conn)
 
     def dead_letters(self, *, agents: Sequence[str] = (), reasons: Sequence[str] = (),
                      ids: Sequence[str] = ()) -> list[StoredDeadLetter]:

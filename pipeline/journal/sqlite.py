@@ -30,6 +30,8 @@ except ImportError:  # pragma: no cover - Windows
 
 
 __all__ = [
+    "compact",
+    "file_size",
     "transaction",
     "APPLICATION_ID",
     "CRASHES_SQL",
@@ -334,3 +336,25 @@ def _disk_full(path: Path) -> bool:
     except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
         return False
     return min(fs.f_bavail, fs.f_bfree) * fs.f_frsize < _SLACK
+
+
+def compact(conn: sqlite3.Connection, path: Path) -> bool:
+    """Give the pages of finished spores back and shrink the WAL; False (logged) if that
+    failed: compaction is housekeeping, never a reason to fail a write."""
+    try:
+        # executescript steps the pragma to its end; execute would free one page.
+        conn.executescript("PRAGMA incremental_vacuum;")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except sqlite3.Error as exc:
+        logger.warning("%s: compacting the journal failed: %s", path, exc)
+        return False
+    return True
+
+
+def file_size(path: Path) -> int:
+    """A journal's size on disk, its write-ahead log included."""
+    total = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            total += os.stat(f"{path}{suffix}").st_size
+    return total

@@ -48,9 +48,11 @@ from typing import Any
 from sporeflow.config import Limits, OrganismSpec
 from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.core.deadletters import DeadLetter
-from sporeflow.pipeline.journal.batch import DEAD, DELETE, INSERT, Batch, fold, write_batch
+from sporeflow.pipeline.core.lineage import TraceStep
+from sporeflow.pipeline.journal.batch import DEAD, DELETE, INSERT, TRACE, Batch, fold, write_batch
 from sporeflow.pipeline.journal.failstop import FailStop, Ops
 from sporeflow.pipeline.journal.inflight import count_crashes
+from sporeflow.pipeline.journal.lineage import TraceBuffer, TraceRows
 from sporeflow.pipeline.journal.marking import HandlerMarking, InvocationWrapper, Invoke
 from sporeflow.pipeline.journal.retention import DeadLetterRetention
 from sporeflow.pipeline.journal.sqlite import (
@@ -58,7 +60,9 @@ from sporeflow.pipeline.journal.sqlite import (
     Synchronous,
     booted_agents,
     check_file,
+    compact,
     connect,
+    file_size,
     lock,
     logger,
     stored_spore,
@@ -120,6 +124,8 @@ class Journal:
         self._marking = HandlerMarking(self.path, self, self._stop.fail)
         self._key = new_spore_id()  # the journal's name in its file, read at open
         self._retention = DeadLetterRetention(self.path, Limits())  # spec's, from open
+        self._trace_rows = TraceRows()
+        self._trace = TraceBuffer()
 
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r})"
@@ -153,6 +159,7 @@ class Journal:
         self._ops, self._waiters, self._committing = [], [], []
         self._fanout.clear()
         self._boots.clear()
+        self._trace.take()
         self._marking.reset(spec.agents if spec is not None else {})
         self._retention = DeadLetterRetention(self.path, spec.limits if spec else Limits())
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sporeflow-journal")
@@ -179,6 +186,7 @@ class Journal:
         died = self._marking.died()
         with transaction(conn, self.path):
             counted = count_crashes(conn, self.path, died, self._marking.limit)
+            self._trace_rows.open(conn)
             row = conn.execute("SELECT value FROM meta WHERE key = 'journal'").fetchone()
             if row is None:  # this journal's own name, for its boot spores' ids
                 row = (secrets.token_hex(8),)
@@ -203,6 +211,7 @@ class Journal:
         writer = self._writer
         if writer is None:
             return
+        self._trace_out()
         self._closing = True
         self._urgent.set()
         self._wake.set()
@@ -297,6 +306,18 @@ class Journal:
         self._ops.append((DEAD, letter, self._last_delivery(letter.spore.id)))
         self._kick()
 
+    def trace(self, step: TraceStep) -> None:
+        """Hold a settlement's step for ``sporeflow trace``; committed in batches (see
+        ``journal.lineage``)."""
+        full = self._trace.add(step)
+        if full is not None:
+            self._ops.append((TRACE, full))
+
+    def _trace_out(self) -> None:
+        steps = self._trace.take()
+        if steps:
+            self._ops.append((TRACE, steps))
+
     def boot_id(self, agent: str) -> str | None:
         """The id to give ``agent``'s boot spore, or None when the journal has sent it.
 
@@ -338,7 +359,8 @@ class Journal:
             self._urgent.set()
 
     async def flush(self) -> None:
-        """Return once everything queued so far is committed."""
+        """Return once everything queued so far is committed (held trace steps too)."""
+        self._trace_out()
         await self.record(())
 
     # -- handler calls: the marks of what runs (see journal.marking) ----------------------
@@ -428,7 +450,7 @@ class Journal:
 
     def _write(self, conn: sqlite3.Connection, batch: Batch) -> tuple[int, int]:
         """Write ``batch`` in one transaction; return the rows removed and added."""
-        return write_batch(conn, self.path, batch)
+        return write_batch(conn, self.path, batch, self._trace_rows)
 
     def _commit(self, ops: Ops) -> None:
         """Write ``ops`` in one transaction (on the writer thread)."""
@@ -449,16 +471,10 @@ class Journal:
             self._compact(conn)
 
     def _compact(self, conn: sqlite3.Connection) -> None:
-        """Give the pages of finished spores back and shrink the WAL (on the writer thread)."""
-        try:
-            # executescript steps the pragma to its end; execute would free one page.
-            conn.executescript("PRAGMA incremental_vacuum;")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        except sqlite3.Error as exc:  # compaction is housekeeping: never fail a write over it
-            logger.warning("%s: compacting the journal failed: %s", self.path, exc)
-            return
-        self.compactions += 1
-        self._deleted_since_compaction = 0
+        """Give the pages of finished spores back (on the writer thread)."""
+        if compact(conn, self.path):
+            self.compactions += 1
+            self._deleted_since_compaction = 0
 
     # -- observing -----------------------------------------------------------------------
 
@@ -467,18 +483,10 @@ class Journal:
         """Unfinished spores in the file, as of the last commit."""
         return self._pending_rows
 
-    def size_bytes(self) -> int:
-        """The file's size on disk, its write-ahead log included."""
-        total = 0
-        for suffix in ("", "-wal"):
-            with contextlib.suppress(OSError):
-                total += os.stat(f"{self.path}{suffix}").st_size
-        return total
-
     def stats(self) -> dict[str, Any]:
         """A JSON-serialisable summary, for ``organism.stats()["journal"]``."""
         return {
-            "path": str(self.path), "size_bytes": self.size_bytes(), "replayed": self.replayed,
+            "path": str(self.path), "size_bytes": file_size(self.path), "replayed": self.replayed,
             "pending": self._pending_rows, "written": self.written, "commits": self.commits,
             "compactions": self.compactions, "dead_letters": self._dead_rows,
             "synchronous": self.synchronous, "failed": self._stop.failure is not None,

@@ -12,6 +12,8 @@ with a bearer token.
     POST /v1/reload                  the reload's report (422 when refused)
     GET  /v1/dead-letters            ?agent= &reason= &id= (repeatable)
     GET  /v1/dead-letters/{number}
+    GET  /v1/trace?id=SPORE_ID       the steps of the tree of spores it produced, from the
+                                     recent window (``observe.lineage``); 404 when not in it
     POST /v1/dead-letters/replay     {agents?, reasons?, ids?, all?}
 
 Every route goes through ``service.operations``, which uses the organism's public API
@@ -35,7 +37,10 @@ from aiohttp import web
 from sporeflow.config import OrganismSpec, SporeflowError, did_you_mean
 from sporeflow.pipeline.core.deadletters import LetterChoice
 from sporeflow.pipeline.core.http_serving import BEARER_CHALLENGE, bearer_token, token_matches
+from sporeflow.pipeline.core.ledger import LedgerHook
+from sporeflow.pipeline.core.lineage import trace_tree, tree_steps
 from sporeflow.pipeline.observe.events import Event, EventStream
+from sporeflow.pipeline.observe.lineage import TraceWindow
 from sporeflow.pipeline.reload.diff import ReloadReport
 from sporeflow.pipeline.service import operations
 from sporeflow.pipeline.service.following import SPORE_EVENT_KINDS, TailFilter, event_line
@@ -59,16 +64,23 @@ class ControlOrganism(operations.Controlled, Protocol):
 
     async def idle(self) -> None: ...
 
+    def add_hook(self, hook: LedgerHook) -> None: ...
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def control_app(organism: ControlOrganism, *,
                 on_reload: Callable[[ReloadReport], None] | None = None,
-                middlewares: tuple[Any, ...] = ()) -> web.Application:
-    """The API's routes over ``organism``; ``on_reload`` hears of each reload done here."""
+                middlewares: tuple[Any, ...] = (),
+                trace: TraceWindow | None = None) -> web.Application:
+    """The API's routes over ``organism``; ``on_reload`` hears of each reload done here;
+    ``trace``: the window the trace route reads (None: one is made and attached)."""
     app = web.Application(middlewares=[*middlewares, _errors], client_max_size=_MAX_BODY)
-    routes = _Routes(organism, on_reload)
+    if trace is None:
+        trace = TraceWindow()
+        organism.add_hook(trace)
+    routes = _Routes(organism, on_reload, trace)
     app.add_routes([
         web.get("/v1/", routes.index),
         web.get("/v1/health", routes.health),
@@ -80,6 +92,7 @@ def control_app(organism: ControlOrganism, *,
         web.get("/v1/dead-letters", routes.dead_letters),
         web.get("/v1/dead-letters/{number}", routes.dead_letter),
         web.post("/v1/dead-letters/replay", routes.replay),
+        web.get("/v1/trace", routes.trace),
     ])
     app.on_shutdown.append(routes.end_streams)
     return app
@@ -147,9 +160,11 @@ def _error(status: int, name: str, message: str, *, reason: str | None = None,
 
 class _Routes:
     def __init__(self, organism: ControlOrganism,
-                 on_reload: Callable[[ReloadReport], None] | None) -> None:
+                 on_reload: Callable[[ReloadReport], None] | None,
+                 window: TraceWindow) -> None:
         self.organism = organism
         self.on_reload = on_reload
+        self.window = window
         self.streams: set[EventStream] = set()  # the followers' (GET /v1/events)
 
     async def end_streams(self, app: web.Application) -> None:
@@ -314,6 +329,20 @@ class _Routes:
         done = await operations.replay(self.organism, choice)
         return self.json({"replayed": done.count, "numbers": list(done.numbers),
                           "problems": list(done.problems)})
+
+
+    async def trace(self, request: web.Request) -> web.Response:
+        spore_id = request.query.get("id")
+        if not spore_id:
+            raise _BadRequest("say which spore: ?id=SPORE_ID (the root of the tree)")
+        tree = trace_tree(self.window.steps, spore_id)
+        if tree is None:
+            return _error(404, "NotFound", f"spore {spore_id!r:.200} is not among the last "
+                          f"{self.window.steps.maxlen} settlements organism "
+                          f"{self.organism.spec.name!r} keeps; a journal keeps more: "
+                          f"`sporeflow trace --journal FILE`")
+        return self.json({"root": spore_id,
+                          "steps": [step.to_json() for step in tree_steps(tree)]})
 
 
 async def _body(request: web.Request, keys: frozenset[str]) -> dict[str, Any]:

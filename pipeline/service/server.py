@@ -20,6 +20,7 @@ from aiohttp import web
 
 from sporeflow.pipeline.core.http_serving import app_runner
 from sporeflow.pipeline.core.privatefiles import open_private
+from sporeflow.pipeline.observe.lineage import TraceWindow
 from sporeflow.pipeline.reload.diff import ReloadReport
 from sporeflow.pipeline.service.address import Claim, ControlAddress, ControlError, claim
 from sporeflow.pipeline.service.control import ControlOrganism, control_app, token_guard
@@ -58,10 +59,12 @@ class ControlServer:
         self._claim: Claim | None = None
         self._runners: list[web.AppRunner] = []
         self._token_file: Path | None = None
+        self.trace = TraceWindow()  # one for both listeners, attached once it serves
 
     async def __aenter__(self) -> ControlServer:
         self._claim = claim(self.address, self.organism_file, replica=self.replicas)
         self.address = self._claim.address
+        self.organism.add_hook(self.trace)
         try:
             await self._serve_socket()
             if self.http_port is not None:
@@ -96,7 +99,7 @@ class ControlServer:
 
     async def _serve_socket(self) -> None:
         path = self.address.socket
-        app = control_app(self.organism, on_reload=self.on_reload)
+        app = control_app(self.organism, on_reload=self.on_reload, trace=self.trace)
         await self._start(app, lambda runner: web.UnixSite(runner, str(path)))
         os.chmod(path, 0o600)  # its folder is private already: this is belt and braces
         line = (f"control: {path} (`sporeflow send/tail/stats/reload/dlq "
@@ -109,7 +112,8 @@ class ControlServer:
     async def _serve_http(self, port: int) -> None:
         token, told = self._token()
         guard = token_guard(token)
-        app = control_app(self.organism, on_reload=self.on_reload, middlewares=(guard,))
+        app = control_app(self.organism, on_reload=self.on_reload, middlewares=(guard,),
+                          trace=self.trace)
         mounted = self._mount_dashboard(app) if self.dashboard else False
         try:
             runner = await self._start(app, lambda runner: web.TCPSite(

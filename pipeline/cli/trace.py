@@ -1,0 +1,84 @@
+"""``sporeflow trace ORGANISM SPORE_ID``: the tree of spores a root produced.
+
+    sporeflow trace organism.yaml 1f2e3d-7
+    sporeflow trace organism.yaml 1f2e3d-7 --journal data/journal.db
+    sporeflow trace organism.yaml 1f2e3d-7 --json
+
+Each line is one spore, under the spore whose handling made it (its ``causation_id``):
+its type, sender and addressee, when it was made after the root, and each delivery's
+outcome: handled (by whom, in how long), failed or dead letter (with the reason), or
+ended without a handler (a response, a spore returned outside). ``--journal`` reads a
+journal file; without it a running organism answers from its recent window (the last
+``observe.lineage.TRACE_WINDOW`` settlements), and the organism's own journal, if it
+has one, is read when it is not running or no longer holds the spore.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from sporeflow.config import SporeflowError, load_organism
+from sporeflow.pipeline.cli.control import attached
+from sporeflow.pipeline.cli.util import ORGANISM_FILE, fail, guarded, masked, run_to_end
+from sporeflow.pipeline.core.lineage import TraceNode, render_tree, tree_steps
+from sporeflow.pipeline.service.address import NotRunning
+from sporeflow.pipeline.service.lineage import trace_from_endpoint, trace_from_journal
+
+__all__ = ["trace"]
+
+
+@click.command()
+@ORGANISM_FILE
+@click.argument("spore_id")
+@click.option("--journal", "journal", type=click.Path(dir_okay=False, path_type=Path),
+              help="Read this journal file (default: the running organism, then the "
+                   "organism's journal).")
+@click.option("--json", "as_json", is_flag=True, help="Print the steps as JSON lines.")
+@click.pass_context
+def trace(ctx: click.Context, organism: Path, spore_id: str, journal: Path | None,
+          as_json: bool) -> None:
+    """Print the tree of spores SPORE_ID produced in ORGANISM: agents, outcomes, timings."""
+    tree, where = _find(ctx, organism, spore_id, journal)
+    if tree is None:
+        click.echo(masked(ctx, f"NotFound: spore {spore_id!r} is not in {where}; a running "
+                               f"organism keeps its last settlements, a journal keeps more"),
+                   err=True)
+        ctx.exit(1)
+    if as_json:
+        for step in tree_steps(tree):
+            click.echo(masked(ctx, json.dumps(step.to_json(), ensure_ascii=False)))
+        return
+    for line in render_tree(tree):
+        click.echo(masked(ctx, line))
+
+
+def _find(ctx: click.Context, organism: Path, spore_id: str,
+          journal: Path | None) -> tuple[TraceNode | None, str]:
+    """The tree and where it was looked for: ``--journal``; else the running organism,
+    then the organism's journal."""
+    if journal is not None:
+        return guarded(ctx, lambda: trace_from_journal(journal, spore_id)), str(journal)
+    places = []
+    socket = attached(organism)
+    if socket is not None:
+        found = guarded(ctx, lambda: run_to_end(trace_from_endpoint(socket, spore_id)))
+        if found is not None:
+            return found, "the running organism"
+        places.append("the running organism's recent window")
+    try:
+        own = load_organism(organism).journal
+    except SporeflowError as exc:
+        if socket is None:
+            fail(ctx, exc)
+        own = None
+    if own is not None:
+        return (guarded(ctx, lambda: trace_from_journal(own, spore_id)),
+                " nor ".join([*places, f"journal {own}"]))
+    if socket is None:
+        fail(ctx, NotRunning(f"no organism running for {organism}, and it keeps no journal to "
+                             f"read; start it with `sporeflow run {organism}`, or pass "
+                             f"--journal FILE"))
+    return None, " nor ".join(places)
