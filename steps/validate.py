@@ -28,6 +28,7 @@ _STRING_GROWTH = 6
 _SHORT = 64
 _EXACT = -1  # as _bound's `short`: every string measured exactly
 _ENVELOPE_BYTES = 512
+_BIG_INT = 10**21  # an int inside (-_BIG_INT, _BIG_INT) is at most 22 characters as JSON
 _ESCAPED = bytes(range(0x20)) + b'"\\'
 _UNESCAPED = bytes(b for b in range(256) if b not in _ESCAPED)
 _SHORT_ESCAPES = b'"\\\b\f\n\r\t'
@@ -238,7 +239,9 @@ def _bound(value: Any, max_depth: int, depth: int, short: int) -> int:
             if item_kind is str:
                 total += (len(item) * _STRING_GROWTH + 2 if len(item) <= short
                           else _string_bytes(item))
-            elif item_kind is int or item_kind is bool or item_kind is type(None):
+            elif item_kind is int:
+                total += 24 if -_BIG_INT < item < _BIG_INT else len(str(item))
+            elif item_kind is bool or item_kind is type(None):
                 total += 24
             else:
                 total += _bound(item, max_depth, depth + 1, short)
@@ -252,6 +255,10 @@ def _bound(value: Any, max_depth: int, depth: int, short: int) -> int:
         if value != value or value in (float("inf"), float("-inf")):
             raise SporeError(f"knowledge holds {value!r}, which JSON cannot represent")
         return 32
+    if isinstance(value, str):  # a subclass: written as a string, measured as one
+        return _string_bytes(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return 24 if -_BIG_INT < value < _BIG_INT else len(str(int(value)))
     if isinstance(value, _SCALARS):
         return 24
     raise SporeError(f"knowledge holds a {kind.__name__} ({value!r:.40}), which is not JSON")

@@ -64,3 +64,16 @@ def test_a_spore_over_the_limit_is_still_refused_with_its_exact_size() -> None:
     spore = Spore(knowledge={"text": "x" * 2_000_000})
     with pytest.raises(LimitExceeded, match=r"is 2000\d{3} bytes as JSON"):
         check_spore(spore, Limits())
+
+
+def test_a_big_int_and_a_str_subclass_are_bounded_by_their_size() -> None:
+    """Found by the property test: an int past 24 digits and a string subclass (bounded
+    at 24 bytes whatever its length) were under-counted."""
+    class Text(str):
+        pass
+
+    for knowledge in ({"n": -10**24}, {"n": [10**40]}, {"t": Text("x" * 5000)},
+                      {"t": [Text("y" * 5000)]}):
+        assert _bound(knowledge, 64, 1, _SHORT) >= json_bytes(knowledge), knowledge
+    with pytest.raises(LimitExceeded):
+        check_spore(Spore(knowledge={"t": [Text("z" * 2_000_000)]}), Limits())
