@@ -126,7 +126,8 @@ def subject_table(results: Results, systems: Sequence[str], workloads: Sequence[
         subject = results.median(SUBJECT, key)
         ratios = [fmt_ratio(speedup(key, subject, results.median(o, key))) for o in others]
         lead = [f"{key} {WORKLOADS[key].name}", *ratios]
-        for label, verdict in verdicts(results, key, "value") or [("", "")]:
+        judged = verdicts(results, key, "value") + verdicts(results, key, "p99_us")
+        for label, verdict in judged or [("", "")]:
             rows.append([*lead, label, verdict])
             lead = [""] * len(lead)  # one row per target, the ratios on the first
     header = ["workload", *(f"vs {system_label(results, o)}" for o in others), "target", "result"]
