@@ -18,6 +18,7 @@ from sporeflow.pipeline.journal.offline import JournalFile
 
 BACKSTOP_S = 30.0
 COUNT = 1000
+BEHIND = 16_384  # journal.store._BEHIND: queued operations past which senders wait
 
 
 def held(journal: Path) -> tuple[Organism, asyncio.Event]:
@@ -109,3 +110,53 @@ def test_a_kill_after_confirmed_loses_no_pipelined_spore(tmp_path: Path) -> None
     assert len(ids) == COUNT
     with JournalFile(journal) as file:
         assert {s.id for s in file.pending()} == set(ids)
+
+
+async def test_pipelined_senders_wait_once_the_journal_falls_behind(tmp_path: Path) -> None:
+    """What waits for the disk stays bounded: with the writer held, a pipelined sender
+    stops at the bound instead of queueing every spore it sends in memory."""
+    import threading as _threading
+
+    gate = _threading.Event()
+    release = asyncio.Event()
+
+    async def slow(spore: Spore, ctx: Any) -> None:
+        await release.wait()
+
+    many = BEHIND * 4  # admission must not be what stops the sender
+    spec = Organism.from_dict({"agents": {"slow": {"handler": slow}},
+                               "channels": {"main": {"capacity": many}},
+                               "limits": {"max_in_flight": many}}).spec
+    org = Organism(spec, journal=tmp_path / "j.db")
+    async with org.running():
+        journal = org._journal  # noqa: SLF001 - the test holds its writer
+        assert journal is not None
+        commit = journal._commit  # noqa: SLF001
+
+        def held_commit(ops: Any) -> None:
+            gate.wait(BACKSTOP_S)  # the writer thread waits here until released
+            commit(ops)
+
+        journal._commit = held_commit  # type: ignore[method-assign]  # noqa: SLF001
+        sent = 0
+
+        async def sender() -> None:
+            nonlocal sent
+            for n in range(BEHIND * 3):
+                await org.send("slow", {"n": n}, confirm=False)
+                sent += 1
+
+        task = asyncio.create_task(sender())
+        for _ in range(BEHIND * 4):  # until the sender stops
+            await asyncio.sleep(0)
+            if task.done():
+                break
+        queued = org.stats()["journal"]["queued"]
+        assert not task.done()
+        assert sent <= BEHIND + 2, sent
+        assert queued <= BEHIND + 2, queued
+        gate.set()
+        release.set()
+        await asyncio.wait_for(task, BACKSTOP_S)
+        await org.idle()
+    assert sent == BEHIND * 3

@@ -57,8 +57,9 @@ class Durable(Protocol):
     def record(self, spores: tuple[Spore, ...]) -> Awaitable[None]:
         """Queue ``spores``; resolves once they are on disk."""
 
-    def add(self, spores: tuple[Spore, ...]) -> None:
-        """Queue ``spores`` for the next group commit; nobody waits."""
+    def add(self, spores: tuple[Spore, ...]) -> bool:
+        """Queue ``spores`` for the next group commit; True when its writer has fallen
+        behind (a sender should then wait for a commit)."""
 
 
 class Ingress:
@@ -217,7 +218,8 @@ class Ingress:
             if self.confirm is not None:
                 await self.confirm(spore, None)
         elif self.persist is not None:  # pipelined: on disk with the next group commit
-            self.persist.add((spore,))
+            if self.persist.add((spore,)):  # unless the journal falls behind: then wait
+                await self.persist.record(())
         return spore
 
     async def _admit_within(self, spore: Spore, seconds: float) -> None:

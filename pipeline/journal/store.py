@@ -80,6 +80,7 @@ __all__ = ["Journal"]
 # this many operations are queued.
 _LINGER_S = 0.005
 _LINGER_OPS = 4096
+_BEHIND = 16_384  # queued operations past which pipelined senders wait for a commit
 
 
 class Journal:
@@ -273,13 +274,15 @@ class Journal:
         self._kick()
         return waiter
 
-    def add(self, spores: Iterable[Spore]) -> None:
-        """Queue spores made inside the organism (sent by handlers); nobody waits."""
+    def add(self, spores: Iterable[Spore]) -> bool:
+        """Queue spores for the next group commit; nobody waits. True once the writer is
+        ``_BEHIND``: a pipelined sender then waits for a commit (bounded memory)."""
         ops = self._ops
         for spore in spores:
             ops.append((INSERT, spore))
             self.written += 1
         self._kick()
+        return len(ops) >= _BEHIND
 
     def done(self, spore: Spore, replies: list[Spore]) -> None:
         """Queue ``spore`` as handled and its ``replies`` (their ids derived already, by
@@ -491,5 +494,6 @@ class Journal:
             "compactions": self.compactions, "dead_letters": self._dead_rows,
             "synchronous": self.synchronous, "failed": self._stop.failure is not None,
             "poisoned": len(self.poisoned), "dead_letters_dropped": self._retention.dropped,
+            "queued": len(self._ops),  # operations waiting for the writer
         }
 
