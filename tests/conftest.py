@@ -8,13 +8,14 @@ import sys
 import tempfile
 import textwrap
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from .conformance.harness import Harness, amqp_harness
 from .private_broker import private_broker  # noqa: F401  (a fixture for every module)
 
 T = TypeVar("T")
@@ -99,3 +100,11 @@ def private_runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    """An organism's world on the shared RabbitMQ: a unique exchange and queues, removed
+    after the test (the RabbitMQ backend's tests)."""
+    async with amqp_harness() as made:
+        yield made

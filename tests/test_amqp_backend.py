@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
@@ -20,18 +19,12 @@ from sporeflow.pipeline.broker.backend import Topology
 from .conformance.harness import (
     AMQP_URL,
     Harness,
-    amqp_harness,
     broker_dead_letters,
     wait_for,
 )
 
 pytestmark = pytest.mark.amqp
 
-
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    async with amqp_harness() as made:
-        yield made
 
 
 async def inject(topology: Topology, agent: str, body: bytes, headers: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ from sporeflow.pipeline.broker.backend import Topology
 from .conformance.harness import (
     AMQP_URL,
     Harness,
-    amqp_harness,
     broker_dead_letters,
     wait_for,
 )
@@ -34,11 +33,6 @@ pytestmark = pytest.mark.amqp
 Calls = list[tuple[str, Spore]]
 Handler = Callable[[Spore, Any], Coroutine[Any, Any, None]]
 
-
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    async with amqp_harness() as made:
-        yield made
 
 
 def recorder(calls: Calls) -> Callable[[str], Handler]:

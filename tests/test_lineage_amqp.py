@@ -5,7 +5,6 @@ conversation; the trace of the root is whole on the far side."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,7 +20,6 @@ from .conformance.harness import (
     AMQP_URL,
     BACKSTOP,
     Harness,
-    amqp_harness,
     broker_reachable,
     wait_for,
 )
@@ -29,11 +27,6 @@ from .test_praval_interop import praval
 
 pytestmark = pytest.mark.amqp
 
-
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    async with amqp_harness() as made:  # a unique exchange and queues; removed after
-        yield made
 
 
 async def test_a_three_hop_conversation_keeps_its_lineage_over_the_broker(

@@ -28,18 +28,13 @@ from sporeflow.pipeline.broker.amqp_codec import spore_to_amqp
 from sporeflow.pipeline.broker.backend import Topology
 from sporeflow.steps.signing import as_keys, signed
 
-from .conformance.harness import AMQP_URL, Harness, amqp_harness, wait_for
+from .conformance.harness import AMQP_URL, Harness, wait_for
 from .test_broker_untrusted import Calls, recorder
 
 pytestmark = pytest.mark.amqp
 
 KEY_ONE, KEY_TWO = "key-one-" + "1" * 24, "key-two-" + "2" * 24
 
-
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    async with amqp_harness() as made:
-        yield made
 
 
 @pytest.fixture(autouse=True)
