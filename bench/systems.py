@@ -42,7 +42,8 @@ SUBJECT = "sporeflow"
 BASE = "@base"
 BASELINES: dict[str, System] = {
     s.name + BASE: replace(s, name=s.name + BASE, baseline=True)
-    for s in (SYSTEMS["sporeflow"], SYSTEMS["sporeflow+journal"])
+    for s in (SYSTEMS["sporeflow"], SYSTEMS["sporeflow+journal"],
+              SYSTEMS["sporeflow+journal-pipelined"])
 }
 
 

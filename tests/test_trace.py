@@ -27,7 +27,13 @@ from sporeflow.pipeline.core.lineage import (
     render_tree,
     trace_tree,
 )
-from sporeflow.pipeline.journal.lineage import TraceBuffer, TraceRows
+from sporeflow.pipeline.journal.lineage import (
+    TRACE_INSERT_SQL,
+    TraceBuffer,
+    TraceRows,
+    batch_row,
+    read_steps,
+)
 from sporeflow.pipeline.journal.offline import JournalFile
 from sporeflow.pipeline.observe.lineage import TraceWindow
 from sporeflow.pipeline.service.control import control_app
@@ -260,6 +266,29 @@ def test_the_window_and_the_journals_rows_are_bounded(tmp_path: Path) -> None:
     assert len(kept) <= 10
     assert kept == list(range(25 - len(kept), 25))  # the newest
     assert rows.rows == len(kept)
+    # Rows of batches count their steps: 7 batches of 3 steps, 21 steps past a cap of 10.
+    for n in range(7):
+        conn.execute(TRACE_INSERT_SQL, (f"batch {n}", 3))
+        rows.added(conn, 3)
+    kept = [r[0] for r in conn.execute("SELECT step FROM trace ORDER BY seq")]
+    assert kept[-2:] == ["batch 5", "batch 6"]  # the newest
+    assert rows.rows == conn.execute("SELECT sum(steps) FROM trace").fetchone()[0] <= 10
+
+
+def test_a_journal_made_before_batched_trace_rows_is_still_read(tmp_path: Path) -> None:
+    old = TraceStep("a", None, None, "x", "y", "knowledge", HANDLED, datetime.now(UTC))
+    new = old._replace(id="b", causation_id="a")
+    conn = sqlite3.connect(tmp_path / "j.db")
+    conn.execute("CREATE TABLE trace (seq INTEGER PRIMARY KEY, step TEXT NOT NULL)")
+    conn.execute("INSERT INTO trace (step) VALUES (?)", (json.dumps(old.to_row()),))
+    rows = TraceRows()
+    rows.open(conn)  # the column comes; the old row counts one step
+    conn.execute(TRACE_INSERT_SQL, (json.dumps(batch_row([new, new])), 2))
+    rows.added(conn, 2)
+    assert rows.rows == 3
+    steps = read_steps(conn)
+    assert [s.id for s in steps] == ["a", "b", "b"]
+    assert abs((steps[2].at - new.at).total_seconds()) < 1e-5  # seconds in a batch's row
 
 
 def test_a_malformed_step_is_left_out_and_a_forged_cycle_ends() -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sporeflow.pipeline.journal.lineage import TRACE_INSERT_SQL, TraceRows
+from sporeflow.pipeline.journal.lineage import TRACE_INSERT_SQL, TraceRows, batch_row
 from sporeflow.pipeline.journal.sqlite import (
     DEAD_SQL,
     DELETE_SQL,
@@ -35,7 +35,7 @@ class Batch:
     letters: list[list[Any]] = field(default_factory=list)
     meta: list[tuple[str, str]] = field(default_factory=list)
     boots: list[str] = field(default_factory=list)  # boot spore ids noted in meta
-    trace: list[list[Any]] = field(default_factory=list)  # settlements (see lineage)
+    trace: list[list[list[Any]]] = field(default_factory=list)  # batches of settlements
 
 
 def fold(ops: list[tuple[Any, ...]], boots: Mapping[str, str]) -> Batch:
@@ -54,7 +54,7 @@ def fold(ops: list[tuple[Any, ...]], boots: Mapping[str, str]) -> Batch:
             if inserts.pop(op[1], None) is None:
                 deletes.append(op[1])
         elif kind == TRACE:  # a batch of steps (see lineage.TraceBuffer)
-            batch.trace.extend([step.to_row() for step in op[1]])
+            batch.trace.append(batch_row(op[1]))
         elif kind == DEAD:
             letter = op[1]
             batch.letters.append(letter_row(letter))
@@ -81,9 +81,10 @@ def write_batch(conn: sqlite3.Connection, path: Path, batch: Batch,
         if batch.letters:
             conn.execute(DEAD_SQL, (to_json(batch.letters),))
         if batch.trace:
-            conn.executemany(TRACE_INSERT_SQL, [(to_json(row),) for row in batch.trace])
+            conn.executemany(TRACE_INSERT_SQL, [(to_json(rows), len(rows))
+                                                for rows in batch.trace])
             if trace_rows is not None:
-                trace_rows.added(conn, len(batch.trace))
+                trace_rows.added(conn, sum(map(len, batch.trace)))
         if batch.meta:
             conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                              batch.meta)

@@ -5,13 +5,14 @@ The rule (RabbitMQ's delivery-limit, per agent: ``agents.X.max_crashes``, defaul
 
 - Before a handler starts on a spore, the line ``+agent<TAB>id`` is appended to
   ``JOURNAL-inflight``; once the handler returns or raises, ``-id`` is (for a handler
-  whose result is an async iterable, once the spore is settled). No fsync: a process
-  that dies leaves its writes to the operating system, and power cuts are not what
-  poison is about. An orderly stop deletes the file. The ``-`` lines of a turn of the
-  loop go out in one ``write`` with the next ``+``, or at the end of that turn
-  (``marking`` flushes them), never later: a process is often killed while it is
-  stuck, and the spore it finished last before getting stuck, the same one at every
-  replay, would count as running each time.
+  whose result is an async iterable, once the spore is settled). The file is mapped
+  into memory (``mmap``, shared): a line is a copy into the operating system's page
+  cache, no system call, so a process killed at any point, stuck in a handler
+  included, leaves every line it appended, and the last one at worst cut short. No
+  fsync: power cuts are not what poison is about. The file is allocated ahead
+  (``FILE_SIZE`` bytes, NUL after the last line), so a full disk is an ``OSError``
+  when it is made, never a fault on a write; past it, the file is made anew with
+  what still runs. An orderly stop deletes the file.
 - A start that finds the file knows the last run died. In one transaction, before any
   replay, it adds one crash to each spore whose handler was running then (a ``+``
   without its ``-``). A spore with ``max_crashes`` crashes or more (the limit of the
@@ -37,6 +38,7 @@ The rule (RabbitMQ's delivery-limit, per agent: ``agents.X.max_crashes``, defaul
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import secrets
 import sqlite3
@@ -58,7 +60,7 @@ from sporeflow.pipeline.journal.sqlite import (
 __all__ = ["CrashCount", "InFlightMarks", "count_crashes", "limits_of", "poison_error"]
 
 HEADER = "sporeflow-inflight 1 "
-COMPACT_AT = 1024 * 1024  # the file is rewritten with what still runs past this size
+FILE_SIZE = 1024 * 1024  # made anew with what still runs once full
 
 
 class InFlightMarks:
@@ -68,22 +70,24 @@ class InFlightMarks:
         self.path = path
         self.token = ""  # this run's, in the file's first line
         self.running: dict[str, str] = {}  # spore id -> agent, marked and not settled
-        self._fd: int | None = None
-        self._size = 0
-        self._unwritten: list[str] = []  # "-id" lines for the next write
+        self._map: mmap.mmap | None = None
+        self._end = 0  # where the next line goes
+        self._size = 0  # of the file
 
     @property
     def active(self) -> bool:
-        return self._fd is not None
+        return self._map is not None
 
     def previous(self) -> tuple[str, dict[str, str]] | None:
         """What a run that died left: its token and ``{spore id: agent}`` of the spores
         being handled then; None when the last run stopped in order (or never ran)."""
         try:
-            text = self.path.read_bytes().decode("utf-8", errors="replace")
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return None
-        lines = text.split("\n")
+        # What was appended ends at the first NUL: a line cut short by the death, even
+        # one copied out of order, ends there too and is left out below.
+        lines = data.partition(b"\0")[0].decode("utf-8", errors="replace").split("\n")
         token = lines[0].removeprefix(HEADER) if lines[0].startswith(HEADER) else ""
         running: dict[str, str] = {}
         for line in lines[1:-1]:  # the last is empty, or cut short by the death
@@ -103,63 +107,52 @@ class InFlightMarks:
 
     def mark(self, agent: str, spore_id: str) -> None:
         """A handler of ``agent`` starts on ``spore_id`` (raises OSError if unwritable)."""
-        fd = self._fd
-        if fd is None or not spore_id.isprintable() or "\t" in spore_id:
+        if self._map is None or not spore_id.isprintable() or "\t" in spore_id:
             return  # an id with a line break could forge marks: it is not marked
-        line = f"+{agent}\t{spore_id}\n"
-        if self._unwritten:  # the settled ones of this turn first, in the same write
-            line = "".join(self._unwritten) + line
-            self._unwritten.clear()
-        data = line.encode()
-        os.write(fd, data)
+        self._append(f"+{agent}\t{spore_id}\n".encode())
         self.running[spore_id] = agent
-        self._size += len(data)
-        if self._size > COMPACT_AT:
+
+    def settled(self, spore_id: str) -> None:
+        """``spore_id`` is settled (raises OSError if unwritable)."""
+        if self.running.pop(spore_id, None) is not None and self._map is not None:
+            self._append(f"-{spore_id}\n".encode())
+
+    def _append(self, data: bytes) -> None:
+        end = self._end + len(data)
+        if end > self._size:  # full: anew, with what still runs
             self._rewrite()
-
-    def settled(self, spore_id: str) -> bool:
-        """``spore_id`` is settled: written with the next mark or :meth:`flush`. True
-        when it is the first unwritten one (the caller then arranges a flush)."""
-        if self.running.pop(spore_id, None) is None or self._fd is None:
-            return False
-        unwritten = self._unwritten
-        unwritten.append(f"-{spore_id}\n")
-        return len(unwritten) == 1
-
-    def flush(self) -> None:
-        """Write the settled lines not written yet (raises OSError if unwritable)."""
-        if self._unwritten and self._fd is not None:
-            data = "".join(self._unwritten).encode()
-            self._unwritten.clear()
-            os.write(self._fd, data)
-            self._size += len(data)
+            end = self._end + len(data)
+        assert self._map is not None
+        self._map[self._end:end] = data
+        self._end = end
 
     def _rewrite(self) -> None:
         """Write the file anew: the header and what runs now; replace the old at once."""
         fresh = Path(f"{self.path}.new")
         data = (f"{HEADER}{self.token}\n" + "".join(
             f"+{agent}\t{spore_id}\n" for spore_id, agent in self.running.items())).encode()
-        self._unwritten.clear()  # what settled is out of `running` already
-        fd = open_private(fresh, os.O_WRONLY | os.O_TRUNC | os.O_APPEND)
+        size = max(FILE_SIZE, 2 * len(data))  # room for lines after what runs now
+        fd = open_private(fresh, os.O_RDWR | os.O_TRUNC)
         try:
-            os.write(fd, data)
+            os.posix_fallocate(fd, 0, size)  # the blocks now: no fault on a full disk later
+            mapped = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)  # the map holds the file
+        try:
+            mapped[:len(data)] = data
             os.replace(fresh, self.path)
         except BaseException:
-            os.close(fd)
+            mapped.close()
             raise
-        self._size = len(data)
-        old, self._fd = self._fd, fd
+        old, self._map, self._end, self._size = self._map, mapped, len(data), size
         if old is not None:
-            os.close(old)
+            old.close()
 
     def close(self, *, remove: bool) -> None:
         """Stop marking; ``remove``: the run ended in order, forget its marks."""
-        if self._fd is not None:
-            if not remove:  # what settled still counts as settled at the next start
-                with contextlib.suppress(OSError):
-                    self.flush()
-            os.close(self._fd)
-            self._fd = None
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         if remove:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)

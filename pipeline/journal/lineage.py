@@ -2,43 +2,50 @@
 ``trace``, its bound, and how it is read.
 
 Each settled delivery the journal sees (handled, failed or dead-lettered, ended) is one
-row, a :class:`~sporeflow.pipeline.core.lineage.TraceStep` as a JSON array. Steps are held
-(:class:`TraceBuffer`) and go with a group commit once ``TRACE_BATCH`` of them wait, and
-at every flush and stop: a commit per spore would otherwise write one more page of the
-file each time. The trace is a diagnostic record, not the journal's promise: a crash
-loses at most its last ``TRACE_BATCH - 1`` steps, never a pending spore.
+step, a :class:`~sporeflow.pipeline.core.lineage.TraceStep` as a JSON array. Steps are
+held (:class:`TraceBuffer`) and go with a group commit once ``TRACE_BATCH`` of them wait,
+and at every flush and stop: a commit per spore would otherwise write one more page of
+the file each time. The steps held go as one row, a JSON array of them (``steps`` says
+how many) with their times as seconds since the epoch: one encoding and one statement per
+batch, and no ISO text per time, where a row per step cost the writer thread more than
+everything else it does for a spore. The trace is a diagnostic
+record, not the journal's promise: a crash loses at most its last ``TRACE_BATCH - 1``
+steps, never a pending spore.
 
-Settlements come from input, so the table is bounded: past ``JOURNAL_TRACE_ROWS`` rows,
-the oldest are dropped down to nine tenths of it (a sweep per tenth, not one per row).
-A journal made before the table gets it at its next start; until then it has no trace
-to read, and older sporeflow versions ignore the table.
+Settlements come from input, so the table is bounded: past ``JOURNAL_TRACE_ROWS`` steps,
+the oldest rows are dropped down to nine tenths of it (a sweep per tenth, not one per
+row). A journal made before the table gets it at its next start, one made before
+batches its ``steps`` column (its rows, one step each, are still read); until then it
+has no trace to read, and older sporeflow versions ignore the table.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Final
+from datetime import UTC, datetime
+from typing import Any, Final
 
 from sporeflow.pipeline.core.lineage import TraceStep
 from sporeflow.pipeline.journal.sqlite import NOT_JSON
 
 __all__ = ["JOURNAL_TRACE_ROWS", "TRACE_BATCH", "TRACE_INSERT_SQL", "TRACE_SQL", "TraceBuffer",
-           "TraceRows", "read_steps"]
+           "TraceRows", "batch_row", "read_steps"]
 
 JOURNAL_TRACE_ROWS: Final = 100_000  # some 50 MB of file at most
 TRACE_BATCH: Final = 256
+_AT, _CREATED = TraceStep._fields.index("at"), TraceStep._fields.index("created_at")
 TRACE_SQL: Final = """CREATE TABLE IF NOT EXISTS trace (
     seq INTEGER PRIMARY KEY,
-    step TEXT NOT NULL
+    step TEXT NOT NULL,
+    steps INTEGER NOT NULL DEFAULT 1
 )"""
-# One statement per row, each row's JSON made by Python: json_each would parse the batch
-# and write each row's text again, which cost more than the rest of a step (callgrind).
-# The writer gives the GIL back per row here, once per TRACE_BATCH settlements.
-TRACE_INSERT_SQL: Final = "INSERT INTO trace (step) VALUES (?)"
-# Everything but the newest ``?`` rows; seq grows with every row written.
-_OVER_SQL: Final = ("DELETE FROM trace WHERE seq <= (SELECT seq FROM trace ORDER BY seq DESC "
-                    "LIMIT 1 OFFSET ?)")
+TRACE_INSERT_SQL: Final = "INSERT INTO trace (step, steps) VALUES (?, ?)"
+# The rows older than the newest that hold ``?`` steps in all; seq grows with every row.
+_OVER_SQL: Final = """DELETE FROM trace WHERE seq <= (
+    SELECT seq FROM (SELECT seq, sum(steps) OVER (ORDER BY seq DESC) AS newer FROM trace)
+    WHERE newer > ? ORDER BY seq DESC LIMIT 1)"""
+_COUNT_SQL: Final = "SELECT coalesce(sum(steps), 0) FROM trace"
 
 
 class TraceBuffer:
@@ -60,8 +67,33 @@ class TraceBuffer:
         return steps
 
 
+def batch_row(steps: list[TraceStep]) -> list[list[Any]]:
+    """``steps`` as what a row of the table holds (on the writer thread)."""
+    rows = []
+    for step in steps:
+        row = list(step)
+        row[_AT] = step.at.timestamp()
+        created = step.created_at
+        row[_CREATED] = None if created is None else created.timestamp()
+        rows.append(row)
+    return rows
+
+
+def _step_of(row: object) -> TraceStep | None:
+    """The step of a batch's entry (times as seconds), or None if it holds none."""
+    if type(row) is not list or len(row) != len(TraceStep._fields):
+        return None
+    try:
+        for index in (_AT, _CREATED):
+            if type(row[index]) in (int, float):
+                row[index] = datetime.fromtimestamp(row[index], UTC).isoformat()
+    except (OverflowError, OSError, ValueError):  # a time no datetime holds
+        return None
+    return TraceStep.from_row(row)
+
+
 class TraceRows:
-    """The count of a journal's trace rows, and the sweep that bounds it (on the writer
+    """The count of a journal's trace steps, and the sweep that bounds it (on the writer
     thread, inside the transaction that adds rows)."""
 
     def __init__(self, cap: int = JOURNAL_TRACE_ROWS) -> None:
@@ -69,14 +101,17 @@ class TraceRows:
         self.rows = 0
 
     def open(self, conn: sqlite3.Connection) -> None:
-        """Make the table if the journal predates it; count its rows."""
+        """Make the table (or its ``steps``) if the journal predates it; count its steps."""
         conn.execute(TRACE_SQL)
-        self.rows = conn.execute("SELECT count(*) FROM trace").fetchone()[0]
+        if "steps" not in {row[1] for row in conn.execute("PRAGMA table_info(trace)")}:
+            conn.execute("ALTER TABLE trace ADD COLUMN steps INTEGER NOT NULL DEFAULT 1")
+        self.rows = conn.execute(_COUNT_SQL).fetchone()[0]
 
     def added(self, conn: sqlite3.Connection, count: int) -> None:
         self.rows += count
         if self.rows > self.cap:
-            self.rows -= conn.execute(_OVER_SQL, (self.cap - self.cap // 10,)).rowcount
+            conn.execute(_OVER_SQL, (self.cap - self.cap // 10,))
+            self.rows = conn.execute(_COUNT_SQL).fetchone()[0]
 
 
 def read_steps(conn: sqlite3.Connection) -> list[TraceStep]:
@@ -86,13 +121,17 @@ def read_steps(conn: sqlite3.Connection) -> list[TraceStep]:
         rows = conn.execute("SELECT step FROM trace ORDER BY seq").fetchall()
     except sqlite3.OperationalError:  # no such table: a journal no run has opened since
         return []
-    steps = []
+    steps: list[TraceStep] = []
     for (text,) in rows:
         try:
-            step = TraceStep.from_row(json.loads(text))
+            row = json.loads(text)
         except NOT_JSON:
             continue
-        if step is not None:
-            steps.append(step)
+        if type(row) is list and row and type(row[0]) is list:  # a batch of steps
+            steps.extend(step for step in map(_step_of, row) if step is not None)
+        else:  # one step, as journals made before batches hold them
+            step = TraceStep.from_row(row)
+            if step is not None:
+                steps.append(step)
     return steps
 

@@ -5,7 +5,6 @@ the counting of a death at start)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -97,14 +96,9 @@ class HandlerMarking:
     # -- while the organism runs ---------------------------------------------------------
 
     def settled(self, spore_id: str) -> None:
-        """``spore_id`` stops counting as running: written with the next mark, at the
-        latest at the end of this turn of the loop (one write for the turn's)."""
-        if self._marks.running and self._marks.settled(spore_id):
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
+        """``spore_id`` stops counting as running."""
         try:
-            self._marks.flush()
+            self._marks.settled(spore_id)
         except OSError as exc:  # the marks are the journal's: it fails stop
             self._marks.close(remove=False)
             self._fail(exc)
