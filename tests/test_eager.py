@@ -1,0 +1,88 @@
+"""Starting a coroutine eagerly: its first part runs in the caller's turn of the loop,
+the rest in a task that waits, wakes and is cancelled like any task."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sporeflow.pipeline.core.eager import start_eagerly
+
+
+async def test_a_coroutine_that_never_waits_ends_inside_the_call() -> None:
+    ran: list[str] = []
+
+    async def quick() -> None:
+        ran.append("all")
+
+    assert start_eagerly(quick()) is None
+    assert ran == ["all"]
+
+
+async def test_the_first_part_runs_now_and_the_rest_once_what_it_waits_on_is_done() -> None:
+    loop = asyncio.get_running_loop()
+    gate: asyncio.Future[int] = loop.create_future()
+    ran: list[object] = []
+
+    async def two_parts() -> int:
+        ran.append("first")
+        value = await gate
+        ran.append(value)
+        await asyncio.sleep(0)  # a bare wake-up, then more
+        return value + 1
+
+    task = start_eagerly(two_parts())
+    assert ran == ["first"]  # before the loop turned
+    assert task is not None
+    await asyncio.sleep(0)
+    assert ran == ["first"] and not task.done()
+    gate.set_result(41)
+    assert await task == 42
+    assert ran == ["first", 41]
+
+
+async def test_the_rest_runs_in_its_own_task_and_a_cancellation_reaches_it() -> None:
+    loop = asyncio.get_running_loop()
+    caller = asyncio.current_task()
+    seen: list[object] = []
+
+    async def waits_forever() -> None:
+        try:
+            await loop.create_future()
+        finally:
+            seen.append(asyncio.current_task())
+
+    task = start_eagerly(waits_forever())
+    assert task is not None
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+    assert seen == [task] and seen[0] is not caller
+
+
+async def test_an_error_before_the_first_wait_is_raised_to_the_caller() -> None:
+    async def broken() -> None:
+        raise ValueError("bad frame")
+
+    with pytest.raises(ValueError, match="bad frame"):
+        start_eagerly(broken())
+
+
+async def test_from_a_callback_the_coroutine_runs_in_a_task() -> None:
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[None] | None] = []
+    inside: list[asyncio.Task[object] | None] = []
+
+    async def where() -> None:
+        inside.append(asyncio.current_task())
+
+    done = asyncio.Event()
+    loop.call_soon(lambda: (tasks.append(start_eagerly(where())), done.set()))
+    await done.wait()
+    task = tasks[0]
+    if task is not None:  # 3.11: a task of its own; 3.12: an eager one, maybe done
+        await task
+    assert inside and inside[0] is not None
