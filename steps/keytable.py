@@ -126,13 +126,15 @@ class KeyTable:
         """Evict the keys idle for ``idle`` seconds or more."""
         if self.idle is None:
             return
-        cutoff = asyncio.get_running_loop().time() - self.idle
+        now, idle = asyncio.get_running_loop().time(), self.idle
         due = []
         for key in self.live:
             at = self._released.get(key)
             if at is None:
                 continue  # running
-            if at > cutoff:
+            # `at + idle`, the very sum the timer was set to (`now - idle` may round below
+            # `at` when it fires, and the key would never be due: the timer armed again)
+            if at + idle > now:
                 break  # released later than this one: not due either
             due.append(key)
         for key in due:
@@ -147,7 +149,7 @@ class KeyTable:
         except Exception:  # kept live rather than lost; tried again at its next eviction
             _log.exception("agent %r: the state of key %r could not be saved; it stays live",
                            self.agent, key)
-            self.live[key] = holder
+            self.live[key] = holder  # at the end: released last, as the sweep reads them
             self._released[key] = asyncio.get_running_loop().time()
             return
         if text is not None:

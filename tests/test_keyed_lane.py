@@ -162,3 +162,36 @@ def test_the_key_is_read_as_plain_text_and_anything_else_is_refused_with_why() -
             read(Spore(knowledge=knowledge))
         assert caught.value.reason == "no key"
     assert key_reader("from_agent", "a")(Spore(knowledge={}, from_agent="bob")) == "bob"
+
+
+def test_an_idle_key_is_evicted_when_its_timer_fires_whatever_the_rounding(
+        virtual: Any) -> None:
+    # Released at 0.1 with idle 0.5: the timer fires at 0.1 + 0.5 = 0.6, where
+    # 0.6 - 0.5 < 0.1 in floating point. The sweep judged the key by the second form,
+    # found it not yet due, and armed the same timer again: on a virtual clock, which
+    # moves only when nothing is ready, forever.
+    async def main(loop: Any) -> tuple[int, float, dict[str, int]]:
+        keys = KeyTable("a", Plain(), idle=0.5, limit=10)
+        fired = 0
+        on_timer = keys._on_timer
+
+        def counted() -> None:
+            nonlocal fired
+            fired += 1
+            if fired > 100:  # the bug: give up rather than spin forever
+                keys.close()
+                return
+            on_timer()
+
+        keys._on_timer = counted  # type: ignore[method-assign]
+        await asyncio.sleep(0.1)
+        keys.acquire("k")["n"] = 1
+        keys.release("k")
+        while keys.live and fired <= 100:
+            await asyncio.sleep(0.01)
+        return fired, loop.time(), keys.stats()
+
+    fired, now, stats = virtual(main)
+    assert fired == 1
+    assert now == pytest.approx(0.6, abs=0.02)
+    assert (stats["live"], stats["kept"], stats["evicted"]) == (0, 1, 1)
