@@ -111,9 +111,9 @@ def medians_table(results: Results, systems: Sequence[str], workloads: Sequence[
 
 def verdicts(results: Results, workload: str, field: str) -> list[tuple[str, str]]:
     """Return (label, PASS/FAIL/pending) for each target on this workload and field."""
-    subject = results.median(SUBJECT, workload, field)
     return [
-        (t.label, t.verdict(subject, results.median(t.peer, workload, field) if t.peer else None))
+        (t.label, t.verdict(results.median(t.subject, workload, field),
+                            results.median(t.peer, workload, field) if t.peer else None))
         for t in TARGETS
         if t.workload == workload and t.field == field
     ]
