@@ -36,7 +36,8 @@ async def test_the_first_part_runs_now_and_the_rest_once_what_it_waits_on_is_don
     assert ran == ["first"]  # before the loop turned
     assert task is not None
     await asyncio.sleep(0)
-    assert ran == ["first"] and not task.done()
+    assert ran == ["first"]
+    assert not task.done()
     gate.set_result(41)
     assert await task == 42
     assert ran == ["first", 41]
@@ -60,7 +61,8 @@ async def test_the_rest_runs_in_its_own_task_and_a_cancellation_reaches_it() -> 
     with pytest.raises(asyncio.CancelledError):
         await task
     assert task.cancelled()
-    assert seen == [task] and seen[0] is not caller
+    assert seen == [task]
+    assert seen[0] is not caller
 
 
 async def test_an_error_before_the_first_wait_is_raised_to_the_caller() -> None:
@@ -85,4 +87,5 @@ async def test_from_a_callback_the_coroutine_runs_in_a_task() -> None:
     task = tasks[0]
     if task is not None:  # 3.11: a task of its own; 3.12: an eager one, maybe done
         await task
-    assert inside and inside[0] is not None
+    assert inside
+    assert inside[0] is not None

@@ -15,8 +15,9 @@ aiormq, and the broker's answers to a publish as :class:`BrokerError`.
   callback: ``basic_publish`` is started eagerly (``core.eager``), its frames queued in
   the caller's turn of the loop, and a task exists only while it waits for the confirm
   (a task started for it would queue them a turn later: a turn more on every round
-  trip); at most ``_STARTED_PER_TURN`` start in a turn, the rest in order in the next. At-least-once is
-  unchanged: the caller settles what the spore stood for only once it was confirmed.
+  trip); at most ``_STARTED_PER_TURN`` start in a turn, the rest in order in the next.
+  At-least-once is unchanged: the caller settles what the spore stood for only once it
+  was confirmed.
 
 A refused publish (no queue for its key, a full queue, no permission) raises
 :class:`BrokerError`; one cut off by the loss of the connection :class:`Disconnected`
@@ -44,8 +45,8 @@ from sporeflow.pipeline.broker.amqp_codec import (
 from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, broker_failure
 from sporeflow.pipeline.broker.backend import BackendStatistics, Published, Topology
 from sporeflow.pipeline.broker.link import Disconnected, Link
-from sporeflow.pipeline.core.eager import start_eagerly
 from sporeflow.pipeline.broker.queue_bounds import full_queue_message
+from sporeflow.pipeline.core.eager import start_eagerly
 from sporeflow.steps import Spore
 
 __all__ = ["Outbound"]
