@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from sporeflow.config.errors import DeliveryError
 from sporeflow.config.model import Retry
 from sporeflow.config.reasons import Reason
+from sporeflow.steps.backoff import equal_jitter
 from sporeflow.steps.buckets import PriorityBuckets
 from sporeflow.steps.deadlines import Deadline, DeadlineWatch, Overrun
 from sporeflow.steps.expire import expired, utc_now
@@ -85,9 +86,7 @@ class _Retry:
 
 def backoff_delay(retry: Retry, attempt: int, rng: random.Random | None = None) -> float:
     """Seconds to wait after failed ``attempt``: exponential, capped, with equal jitter."""
-    ceiling = min(retry.max_backoff, retry.backoff * 2.0 ** (attempt - 1))
-    draw: float = (rng or random).random()
-    return ceiling / 2 + draw * ceiling / 2
+    return equal_jitter(retry.backoff, retry.max_backoff, attempt, (rng or random).random)
 
 
 class AgentLane:

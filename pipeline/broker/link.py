@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 from sporeflow.config import BrokerError
+from sporeflow.steps.backoff import equal_jitter
 
 __all__ = ["Backoff", "Disconnected", "Link", "Requeued"]
 
@@ -71,8 +72,7 @@ class Backoff:
         now = self._clock()
         if now >= self._until:
             self.attempt += 1
-            full = min(self.cap, self.base * 2.0 ** min(self.attempt - 1, 62))
-            self._until = now + full / 2 + self._draw() * full / 2
+            self._until = now + equal_jitter(self.base, self.cap, self.attempt, self._draw)
         return self._until - now
 
 
