@@ -20,8 +20,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from sporeflow.config.reasons import Reason
 
-__all__ = ["BEARER_CHALLENGE", "ClientErrorLog", "app_runner", "bearer_token", "refusal_status",
-           "token_matches"]
+__all__ = ["BEARER_CHALLENGE", "ClientErrorLog", "app_runner", "bearer_token", "error_response",
+           "refusal_status", "token_matches"]
 
 # The HTTP status of a spore refused for a reason (a dead letter's), on every port: no
 # such agent or channel, not allowed; any other refusal is the body's fault.
@@ -31,6 +31,15 @@ _STATUS_OF_REASON: dict[str, int] = {Reason.UNKNOWN_AGENT: 404, Reason.UNKNOWN_C
 
 # The header of a 401 on every port that takes a bearer token.
 BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sporeflow"'}
+
+
+def error_response(status: int, code: str, message: str, *, reason: str | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    """The JSON body of a refusal on every port: ``{"error", "reason"?, "message"}``."""
+    body: dict[str, Any] = {"error": code, "message": message}
+    if reason is not None:
+        body["reason"] = reason
+    return web.json_response(body, status=status, headers=headers)
 
 
 def bearer_token(request: web.Request) -> str | None:

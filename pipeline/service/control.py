@@ -36,7 +36,12 @@ from aiohttp import web
 
 from sporeflow.config import OrganismSpec, SporeflowError, did_you_mean
 from sporeflow.pipeline.core.deadletters import LetterChoice
-from sporeflow.pipeline.core.http_serving import BEARER_CHALLENGE, bearer_token, token_matches
+from sporeflow.pipeline.core.http_serving import (
+    BEARER_CHALLENGE,
+    bearer_token,
+    error_response,
+    token_matches,
+)
 from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.core.lineage import trace_tree, tree_steps
 from sporeflow.pipeline.observe.events import Event, EventStream
@@ -121,7 +126,7 @@ def token_guard(token: str, cookie: str | None = None) -> Any:
                 response.set_cookie(name, token, httponly=True, samesite="Strict",
                                     path="/")
             return response
-        return _error(401, "Unauthorized",
+        return error_response(401, "Unauthorized",
                       "this endpoint needs its token: send `Authorization: Bearer TOKEN` "
                       "(or ?token=TOKEN in a browser); `sporeflow run` printed it, and wrote "
                       "it next to the control socket",
@@ -136,26 +141,17 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except _BadRequest as exc:
-        return _error(400, "BadRequest", str(exc))
+        return error_response(400, "BadRequest", str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _error(exc.status, exc.reason.replace(" ", ""),
+        return error_response(exc.status, exc.reason.replace(" ", ""),
                       f"{request.method} {request.path}: {exc.reason.lower()}; the routes "
                       f"are listed at GET /v1/")
 
 
 class _BadRequest(Exception):
     pass
-
-
-def _error(status: int, name: str, message: str, *, reason: str | None = None,
-           headers: dict[str, str] | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": name, "message": message}
-    if reason is not None:
-        body["reason"] = reason
-    return web.Response(status=status, text=json.dumps(body), content_type="application/json",
-                        headers=headers)
 
 
 class _Routes:
@@ -184,7 +180,7 @@ class _Routes:
         ready, why = operations.readiness(self.organism)
         if ready:
             return None
-        return _error(503, "NotReady", f"organism {self.organism.spec.name!r}: {why}; "
+        return error_response(503, "NotReady", f"organism {self.organism.spec.name!r}: {why}; "
                       f"GET /v1/ready answers 200 once it takes spores",
                       headers={"Retry-After": "1"})
 
@@ -309,7 +305,7 @@ class _Routes:
         text = request.match_info["number"]
         stored = operations.dead_letter(self.organism, int(text)) if text.isdigit() else None
         if stored is None:
-            return _error(404, "NotFound", f"no dead letter {text!r} kept in organism "
+            return error_response(404, "NotFound", f"no dead letter {text!r} kept in organism "
                           f"{self.organism.spec.name!r}; GET /v1/dead-letters lists them")
         return self.json(operations.letter_dict(stored))
 
@@ -337,7 +333,7 @@ class _Routes:
             raise _BadRequest("say which spore: ?id=SPORE_ID (the root of the tree)")
         tree = trace_tree(self.window.steps, spore_id)
         if tree is None:
-            return _error(404, "NotFound", f"spore {spore_id!r:.200} is not among the last "
+            return error_response(404, "NotFound", f"spore {spore_id!r:.200} is not among the last "
                           f"{self.window.steps.maxlen} settlements organism "
                           f"{self.organism.spec.name!r} keeps; a journal keeps more: "
                           f"`sporeflow trace --journal FILE`")

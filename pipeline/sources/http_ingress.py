@@ -47,6 +47,7 @@ from sporeflow.pipeline.core.http_serving import (
     BEARER_CHALLENGE,
     app_runner,
     bearer_token,
+    error_response,
     refusal_status,
     token_matches,
 )
@@ -76,14 +77,6 @@ class _Answer(Exception):  # noqa: N818  (an early answer, not an error)
     def __init__(self, response: web.Response) -> None:
         super().__init__(response.status)
         self.response = response
-
-
-def _error(status: int, code: str, message: str, *, reason: str | None = None,
-           headers: dict[str, str] | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": code, "message": message}
-    if reason is not None:
-        body["reason"] = reason
-    return web.json_response(body, status=status, headers=headers)
 
 
 def _no_constant(name: str) -> NoReturn:
@@ -166,9 +159,9 @@ class HttpIngress(Source):
                     timeout=float(body.get("timeout", self.spec.request_timeout)),
                     priority=body.get("priority", 5), admit_within=self.spec.admission_wait)
             except RequestTimeout as exc:
-                raise _Answer(_error(504, "timeout", self._mask(exc))) from None
+                raise _Answer(error_response(504, "timeout", self._mask(exc))) from None
             except HandlerError as exc:
-                raise _Answer(_error(502, "handler_failed", self._mask(exc),
+                raise _Answer(error_response(502, "handler_failed", self._mask(exc),
                                      reason=str(Reason.HANDLER_FAILED))) from None
             except (SporeError, DeliveryError) as exc:
                 raise self._refused(exc) from None
@@ -202,7 +195,7 @@ class HttpIngress(Source):
             message = f"wrong token; send the one in ${self.spec.token_env}"
         else:
             return
-        raise _Answer(_error(401, "unauthorized", message, headers=BEARER_CHALLENGE))
+        raise _Answer(error_response(401, "unauthorized", message, headers=BEARER_CHALLENGE))
 
     async def _body(self, request: web.Request,
                     validator: jsonschema.Draft202012Validator) -> dict[str, Any]:
@@ -215,21 +208,21 @@ class HttpIngress(Source):
         try:
             data = json.loads(raw, parse_constant=_no_constant)
         except (ValueError, RecursionError) as exc:
-            raise _Answer(_error(400, "bad_request", f"the body is not JSON: "
+            raise _Answer(error_response(400, "bad_request", f"the body is not JSON: "
                                  f"{str(exc)[:200]}")) from None
         if isinstance(data, dict) and "to" in data and "channel" in data:
             # The schema's "not", said plainly.
-            raise _Answer(_error(400, "bad_request", "give 'to' or 'channel', not both"))
+            raise _Answer(error_response(400, "bad_request", "give 'to' or 'channel', not both"))
         error = jsonschema.exceptions.best_match(validator.iter_errors(data))
         if error is not None:
             where = "body" + "".join(f"[{p!r}]" for p in error.absolute_path)
-            raise _Answer(_error(400, "bad_request", f"{where}: {error.message[:300]}; "
+            raise _Answer(error_response(400, "bad_request", f"{where}: {error.message[:300]}; "
                                  f"see GET /openapi.json"))
         assert isinstance(data, dict)
         return data
 
     def _too_large(self) -> web.Response:
-        return _error(413, "too_large", f"the body is larger than limits.max_spore_bytes "
+        return error_response(413, "too_large", f"the body is larger than limits.max_spore_bytes "
                                         f"({self.max_bytes} bytes)")
 
     def _spore(self, body: dict[str, Any]) -> Spore:
@@ -251,7 +244,7 @@ class HttpIngress(Source):
                 f"SchemaViolation: {error.field}: {error.detail}{whose}")
         else:
             message = self._mask(error, named=True)
-        return _Answer(_error(refusal_status(reason), "refused", message,
+        return _Answer(error_response(refusal_status(reason), "refused", message,
                               reason=str(reason)))
 
     def _mask(self, error: BaseException, *, named: bool = False) -> str:
@@ -263,7 +256,7 @@ class HttpIngress(Source):
     def _open_post(self) -> Iterator[None]:
         """Count a POST open while it waits for room or a response; refuse past the cap."""
         if self._pending >= _MAX_PENDING:
-            raise _Answer(_error(429, "full", f"{_MAX_PENDING} requests are open already; "
+            raise _Answer(error_response(429, "full", f"{_MAX_PENDING} requests are open already; "
                                  f"send it again later", headers=self._retry_after))
         self._pending += 1
         try:
@@ -281,19 +274,20 @@ class HttpIngress(Source):
         except _Answer as answer:
             response = answer.response
         except OrganismFull as exc:
-            response = _error(429, "full", self._mask(exc), headers=self._retry_after)
+            response = error_response(429, "full", self._mask(exc), headers=self._retry_after)
         except OrganismStateError as exc:
-            response = _error(503, "not_running", self._mask(exc), headers=self._retry_after)
+            response = error_response(503, "not_running", self._mask(exc),
+                                      headers=self._retry_after)
         except web.HTTPException as exc:  # aiohttp's own: no route, wrong method, too large
             if exc.status == 413:
                 response = self._too_large()
             else:
-                response = _error(exc.status, _CODES.get(exc.status, "bad_request"),
+                response = error_response(exc.status, _CODES.get(exc.status, "bad_request"),
                                   exc.reason, headers={k: v for k, v in exc.headers.items()
                                                        if k == "Allow"})
         except Exception:  # a bug of ours: logged, answered as one, the source goes on
             self.logger.exception("source %r failed on %s %s", self.spec.name,
                                   request.method, request.path)
-            response = _error(500, "internal", "the source failed; see the organism's log")
+            response = error_response(500, "internal", "the source failed; see the organism's log")
         self.stats.counts[f"http_{response.status}"] += 1
         return response
