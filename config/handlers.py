@@ -7,6 +7,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -97,10 +98,12 @@ def agent_method(cls: type) -> str:
 def _import(module_name: str, base_dir: Path, *, reload: bool) -> Any:
     top = module_name.split(".")[0]
     loaded = sys.modules.get(top)
+    # Only the organism's folder is searched besides installed packages: a handler path
+    # never reaches into the current directory by accident.
+    spec = importlib.machinery.PathFinder.find_spec(top, [str(base_dir)])
+    if loaded is not None and spec is not None and spec.origin is not None:
+        _check_not_shadowed(module_name, loaded, Path(spec.origin))
     if loaded is None:
-        # Only the organism's folder is searched besides installed packages: a
-        # handler path never reaches into the current directory by accident.
-        spec = importlib.machinery.PathFinder.find_spec(top, [str(base_dir)])
         if spec is not None and spec.loader is not None:
             module = importlib.util.module_from_spec(spec)
             sys.modules[top] = module
@@ -115,6 +118,38 @@ def _import(module_name: str, base_dir: Path, *, reload: bool) -> Any:
                                      module=module_name, cause=cause)
     module = importlib.import_module(module_name)
     return reimport(module_name, base_dir) if reload else module
+
+
+def _check_not_shadowed(module_name: str, loaded: ModuleType, beside: Path) -> None:
+    """A module is imported once per process, by its name: the file beside this organism
+    must be the one already imported under that name, or hold the same code (organisms
+    made from one template, a test's copies), or its handlers would silently run another
+    file's code."""
+    held = getattr(loaded, "__file__", None)
+    if held is not None and _same_code(Path(held), beside):
+        return
+    top = loaded.__name__
+    where = f"from {held}" if held is not None else "(built into Python)"
+    cause = (f"is {beside}, beside the organism file, but this process imported a module "
+             f"{top!r} already {where}: one process holds one module of a name, so two "
+             f"organisms (or an organism and the standard library or an installed package) "
+             f"cannot each have their own {top!r}. Rename {beside.name} to a name of this "
+             f"organism's own (say {_own_name(beside)}) and the handler paths that name it")
+    raise HandlerImportError(f"handler module {module_name!r} {cause}", module=module_name,
+                             cause=cause)
+
+
+def _same_code(held: Path, beside: Path) -> bool:
+    try:
+        return held.resolve() == beside.resolve() or held.read_bytes() == beside.read_bytes()
+    except OSError:
+        return False
+
+
+def _own_name(beside: Path) -> str:
+    """A module name made of the organism's folder: ``shop/agents.py`` -> ``shop_agents.py``."""
+    folder = re.sub(r"\W+", "_", beside.parent.name).strip("_").lower() or "organism"
+    return f"{'o' if folder[0].isdigit() else ''}{folder}_{beside.name}"
 
 
 def reimport(module_name: str, base_dir: Path) -> ModuleType:

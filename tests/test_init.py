@@ -58,4 +58,6 @@ def test_init_defaults_to_the_current_folder_and_names_the_organism_after_it(
     assert result.exit_code == 0, result.output
     assert "next: sporeflow check" in result.output
     assert "organism: {name: organism-2nd-try}" in (folder / "organism.yaml").read_text()
+    # `sporeflow check` is a process of its own: not an `agents` another test imported.
+    monkeypatch.delitem(sys.modules, "agents", raising=False)
     assert CliRunner().invoke(cli, ["check"]).exit_code == 0

@@ -67,3 +67,36 @@ def test_a_missing_function_is_still_reported_per_agent(
         load_organism(file)
     assert [p.path for p in caught.value.problems] == ["agents.x.handler", "agents.y.handler"]
     assert "has no 'handel' (did you mean 'handle'?)" in caught.value.problems[0].message
+
+
+def test_a_module_beside_a_second_organism_never_runs_the_first_ones_code(
+        tmp_path: Path) -> None:
+    import sys
+
+    name = "sf_shared_agents_name"  # as two `sporeflow init` folders' agents.py
+    for who in ("a", "b"):
+        (tmp_path / who).mkdir()
+        (tmp_path / who / f"{name}.py").write_text(
+            f"def work(spore, ctx):\n    return {{'from': {who!r}}}\n")
+    try:
+        first = load_organism(organism(tmp_path / "a", {"w": f"{name}:work"}))
+        assert first.agents["w"].handler(None, None) == {"from": "a"}
+        with pytest.raises(ConfigError) as caught:
+            load_organism(organism(tmp_path / "b", {"w": f"{name}:work"}))
+    finally:
+        sys.modules.pop(name, None)
+    [problem] = caught.value.problems
+    assert problem.path == "agents.w.handler"
+    assert str(tmp_path / "b" / f"{name}.py") in problem.message  # the file not imported
+    assert str(tmp_path / "a" / f"{name}.py") in problem.message  # the one that holds it
+    assert "rename" in problem.message.lower()
+
+
+def test_a_module_beside_the_organism_named_like_the_standard_library_is_refused(
+        tmp_path: Path) -> None:
+    (tmp_path / "json.py").write_text("def fetch(spore, ctx):\n    return None\n")
+    with pytest.raises(ConfigError) as caught:
+        load_organism(organism(tmp_path, {"f": "json:fetch"}))
+    [problem] = caught.value.problems
+    assert str(tmp_path / "json.py") in problem.message
+    assert "rename json.py" in problem.message.lower()
