@@ -88,8 +88,8 @@ async def test_five_thousand_channel_names_leave_bounded_state() -> None:
         "organism": {"name": "chan"}, "channels": {"news": {}},
         "agents": {"reader": {"handler": listen, "subscribe": ["news"]}}})
     async with organism.running():
-        for n in range(5000):
-            await organism.broadcast({"n": n}, channel=f"made-up-{n}")
+        for n in range(5000):  # ready-made spores, as a source or a broker hands them in
+            await organism.submit(Spore(knowledge={"n": n}, channel=f"made-up-{n}"))
         await organism.broadcast({"n": -1}, channel="news")
         await organism.idle()
         stats = organism.stats()

@@ -146,7 +146,7 @@ async def test_a_broadcast_on_an_unknown_channel_is_a_404_as_on_the_ingress(
     reply = await client.post("/v1/send", json={"channel": "nowhere", "knowledge": {}})
     assert reply.status == 404
     data = await reply.json()
-    assert (data["status"], data["reason"]) == ("dead-lettered", "unknown channel")
+    assert (data["status"], data["reason"]) == ("refused", "unknown channel")  # as an agent's
 
 
 async def test_a_spore_its_handler_fails_on_is_a_422_dead_letter(

@@ -32,9 +32,10 @@ def organism(journal: Path, **limits: Any) -> Organism:
 
 
 async def refuse(org: Organism, numbers: range) -> None:
-    """Make a dead letter of each number: a broadcast on a channel nobody declared."""
+    """Make a dead letter of each number: a ready-made broadcast on a channel nobody
+    declared (``broadcast`` would refuse it at the call)."""
     for n in numbers:
-        await org.broadcast({"n": n}, channel="nowhere")
+        await org.submit(Spore(knowledge={"n": n}, channel="nowhere"))
     await org.idle()
     journal = org.journal
     assert journal is not None

@@ -40,6 +40,7 @@ from sporeflow.steps import (
     new_spore,
     no_agent_error,
     permission_error,
+    unheard_error,
     unroutable,
 )
 
@@ -113,7 +114,6 @@ class Ingress:
         if type(knowledge) is not dict:
             raise SporeError(f"knowledge must be a dict (a JSON object), got "
                              f"{type(knowledge).__name__}: {knowledge!r:.60}")
-        self._check_recipient(to, ())
         expires_at = expiry_after(self.now(), expires_in) if expires_in is not None else None
         channel = channel or DEFAULT_CHANNEL
         built = not extra  # else fields of the caller's own (metadata, ...): all checked
@@ -128,6 +128,7 @@ class Ingress:
                           to_agent=to, channel=channel, priority=priority,
                           expires_at=expires_at, **extra)
         # The chain's own checks, run now so that the caller hears of a refusal at once.
+        self._check_recipient(spore, ())
         self.screen(spore, self._senders_with(sender), built=built)
         self._remember(sender)
         return spore
@@ -163,15 +164,20 @@ class Ingress:
                 raise SporeError(f"the schema of {spore.to_agent!r} could not check spore "
                                  f"{spore.id}: {type(exc).__name__}: {exc}") from exc
 
-    def _check_recipient(self, to: str | None, outside: Container[str],
-                         spore: Spore | None = None) -> None:
-        """Raise at the call, for a handler's send and request and an outside sender's
-        alike, when ``to`` names no agent (nor an ``outside`` sender): route's own refusal
-        (``no_agent_error``), heard at once rather than as a dead letter only."""
-        if to is None or to in outside:
-            return
+    def _check_recipient(self, spore: Spore, outside: Container[str]) -> None:
+        """Raise at the call, for a handler's send, broadcast and request and an outside
+        sender's alike, when the spore is addressed to no agent (nor an ``outside``
+        sender), or broadcast on a channel neither declared nor subscribed to (a typo):
+        route's own refusals (``no_agent_error``, ``unheard_error``), heard at once rather
+        than as a dead letter only. A declared channel nobody listens to now is left to
+        route: agents may subscribe to it before the spore gets there."""
+        to = spore.to_agent
         table = self._cell.current.table
-        if to not in table.agents:
+        if to is None:
+            channel = spore.channel
+            if channel not in table.channels and channel not in table.subscribers:
+                raise unheard_error(table, spore)
+        elif to not in outside and to not in table.agents:
             raise no_agent_error(table, to, spore)
 
     def _senders_with(self, sender: str) -> Container[str]:
@@ -280,7 +286,7 @@ class Ingress:
                 f"may start no new work (stop at the next send, or use an async generator)")
         try:
             if spore.spore_type is not SporeType.RESPONSE:  # the request book routes those
-                self._check_recipient(spore.to_agent, self.outside, spore)
+                self._check_recipient(spore, self.outside)
             self.screen(spore, self.outside, built=built)
         except (SporeError, DeliveryError) as exc:
             self._refuse(spore, exc, agent)
