@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from sporeflow.config.reasons import did_you_mean
+from sporeflow.config.words import with_article
 
 __all__ = ["HandlerImportError", "agent_method", "reimport", "resolve_handler"]
 
@@ -65,7 +66,8 @@ def resolve_handler(ref: str, base_dir: Path, *, reload: bool = False) -> Callab
                 f"handler {ref!r}: module {module_name!r} has no {part!r}{hint}"
             ) from None
     if not callable(target):
-        raise HandlerImportError(f"handler {ref!r} is a {type(target).__name__}, not callable")
+        raise HandlerImportError(f"handler {ref!r} is {with_article(type(target).__name__)}, not "
+                                 f"callable")
     return target  # type: ignore[no-any-return]
 
 

@@ -69,6 +69,7 @@ from sporeflow.config.typed import PayloadRoutes, read_payloads
 from sporeflow.config.unit_hints import bare_duration_warnings
 from sporeflow.config.units import parse_duration, parse_size
 from sporeflow.config.wiring_checks import wiring_warnings
+from sporeflow.config.words import with_article
 
 __all__ = [
     "DEFAULT_MAX_ORGANISM_BYTES",
@@ -253,9 +254,9 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
     if error.validator == "type":
         expected = error.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
-        return [located.problem(path, f"{_short(instance)} is a {_json_type(instance)}; "
-                                      f"expected {'an' if expected[0] in 'aeiou' else 'a'} "
-                                      f"{expected}")]
+        return [located.problem(path, f"{_short(instance)} is "
+                                      f"{with_article(_json_type(instance))}; expected "
+                                      f"{with_article(expected)}")]
     if error.validator == "minProperties" or error.validator == "maxProperties":
         return [located.problem(path, f"{_short(instance)}: give exactly one of "
                                       f"'to' (an agent) or 'channel'")]
@@ -421,7 +422,8 @@ def _agent(name: str, conf: Mapping[str, Any], handler: Callable[..., Any]) -> A
         emit=Emit(to=emit.get("to"), channel=emit.get("channel")) if emit else None,
         peers=_frozen(conf.get("peers")),
         concurrency=conf.get("concurrency", 1),
-        timeout=parse_duration(timeout) if timeout is not None else None,
+        # 0 is off, as for dedupe and key_idle: a deadline of now would fail every call.
+        timeout=(parse_duration(timeout) or None) if timeout is not None else None,
         retry=Retry(
             attempts=retry.get("attempts", default_retry.attempts),
             backoff=parse_duration(retry.get("backoff", default_retry.backoff)),

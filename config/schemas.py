@@ -51,6 +51,7 @@ from lxml import etree
 
 from sporeflow.config.errors import SporeError
 from sporeflow.config.safexml import DoctypeRefused, parse_xml
+from sporeflow.config.words import with_article
 
 __all__ = [
     "JSON_SCHEMA_SUFFIXES",
@@ -187,7 +188,8 @@ def _decode_json(data: bytes, suffix: str) -> Any:
 
 def _compile_json_schema(schema: Any, name: str) -> Callable[[Any], None]:
     if not isinstance(schema, dict):
-        raise SchemaFileError(f"a JSON Schema is an object, not a {type(schema).__name__}")
+        kind = with_article(type(schema).__name__)
+        raise SchemaFileError(f"a JSON Schema is an object, not {kind}")
     if "$schema" not in schema:
         cls: Any = jsonschema.Draft202012Validator
     else:

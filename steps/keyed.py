@@ -25,6 +25,7 @@ from typing import Any
 
 from sporeflow.config.errors import DeliveryError
 from sporeflow.config.reasons import Reason
+from sporeflow.config.words import with_article
 from sporeflow.steps.buckets import PriorityBuckets
 from sporeflow.steps.dedupe import DedupingLane
 from sporeflow.steps.keytable import KeyTable
@@ -57,8 +58,8 @@ def key_reader(path: str, agent: str) -> Callable[[Spore], str]:
                 return missing(spore, f"it has no {'.'.join([head, *inside[:depth + 1]])}")
             value = value[part]
         if isinstance(value, bool) or not isinstance(value, str | int):
-            return missing(spore, f"the key is a {type(value).__name__}, not a string or "
-                                  f"an integer")
+            kind = with_article(type(value).__name__)
+            return missing(spore, f"the key is {kind}, not a string or an integer")
         return missing(spore, f"the key is {len(str(value))} characters long; a key has 1 "
                               f"to {KEY_MAX_CHARS}")
 

@@ -38,6 +38,7 @@ from typing import Any, Final
 from sporeflow.config.errors import SporeError
 from sporeflow.config.model import Emit, Limits
 from sporeflow.config.units import parse_duration
+from sporeflow.config.words import with_article
 from sporeflow.steps.ids import derived_id
 from sporeflow.steps.spore import Spore, SporeType, new_spore
 from sporeflow.steps.xmldocument import payload_metadata
@@ -262,5 +263,5 @@ def _seconds_attr(value: str, agent: str) -> float:
 
 
 def _bad_return(agent: str, value: object) -> str:
-    return (f"agent {agent!r} returned a {type(value).__name__} ({value!r:.60}); return None, "
-            f"a dict, a Spore, XML text, or an iterable of those")
+    return (f"agent {agent!r} returned {with_article(type(value).__name__)} ({value!r:.60}); "
+            f"return None, a dict, a Spore, XML text, or an iterable of those")

@@ -130,7 +130,7 @@ def test_reference_and_import_problems_are_located(tmp_path: Path) -> None:
     assert ("agents.reducer.handler: handler 'handlers_ok:ecko': module 'handlers_ok' has no "
             "'ecko' (did you mean 'echo'?)") in joined
     assert "agents.broken.handler: handler module 'no_such_module' is neither beside" in joined
-    assert "agents.number.handler: handler 'handlers_ok:NOT_CALLABLE' is a int, not callable" \
+    assert "agents.number.handler: handler 'handlers_ok:NOT_CALLABLE' is an int, not callable" \
         in joined
 
 
@@ -285,3 +285,13 @@ def test_exported_schema_is_valid_and_accepts_the_demo() -> None:
     demo = yaml.safe_load((Path(__file__).parent.parent / "organism.yaml").read_text())
     jsonschema.validate(demo, ORGANISM_SCHEMA)
     json.dumps(ORGANISM_SCHEMA)
+
+
+def test_a_timeout_of_zero_is_no_timeout(tmp_path: Path) -> None:
+    # As dedupe: 0 and key_idle: 0 are off. A deadline of now failed every call.
+    file = tmp_path / "organism.yaml"
+    file.write_text("agents:\n  a: {handler: json:dumps, timeout: 0}\n"
+                    "  b: {handler: json:dumps, timeout: 0s}\n"
+                    "  c: {handler: json:dumps, timeout: 250ms}\n")
+    spec = load_organism(file)
+    assert [spec.agents[n].timeout for n in "abc"] == [None, None, 0.25]

@@ -88,7 +88,7 @@ async def test_a_store_named_in_the_organism_file_is_used(tmp_path: Path) -> Non
     (tmp_path / "organism.yaml").write_text(
         "organism: {name: shelf, knowledge_store: stores:broken}\n"
         "agents:\n  echo: {handler: stores:make}\n")
-    with pytest.raises(ConfigError, match="'stores:broken' returned a object, which lacks "
+    with pytest.raises(ConfigError, match="'stores:broken' returned an object, which lacks "
                                           "async put"):
         Organism.from_file(tmp_path / "organism.yaml")
 

@@ -124,7 +124,7 @@ async def test_a_bad_return_value_is_a_handler_failure_with_advice() -> None:
         await organism.send("bad", {})
         await organism.idle()
     [letter] = organism.dead_letters
-    assert "returned a int (42); return None, a dict, a Spore" in letter.error
+    assert "returned an int (42); return None, a dict, a Spore" in letter.error
 
 
 async def test_replies_carry_lineage_and_hops() -> None:

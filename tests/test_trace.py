@@ -146,6 +146,17 @@ async def test_trace_from_the_journal_shows_the_tree_with_parents(organism_file:
     assert len(lines) == 5
 
 
+async def test_trace_reads_the_organism_file_here_when_given_only_a_spore_id(
+        organism_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = await converse(organism_file)
+    assert organism_file.name == "organism.yaml"
+    monkeypatch.chdir(organism_file.parent)
+    check_conversation(steps_of(await asyncio.to_thread(trace, root, "--json")), root)
+    too_many = CliRunner().invoke(cli, ["trace", "a.yaml", root, "extra"])
+    assert too_many.exit_code == 2
+    assert "give [ORGANISM] SPORE_ID" in too_many.output
+
+
 async def test_trace_asks_the_running_organism(unjournaled_file: Path) -> None:
     path = unjournaled_file  # no journal: what is traced comes from the running organism
     org = Organism.from_file(path)

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from typing import Any, Protocol, runtime_checkable
 
 from sporeflow.config import ConfigError, OrganismSpec, Problem, SporeError
+from sporeflow.config.words import with_article
 
 __all__ = ["KnowledgeStore", "MemoryKnowledgeStore", "make_knowledge_store"]
 
@@ -88,6 +89,7 @@ def make_knowledge_store(spec: OrganismSpec) -> KnowledgeStore:
     if not isinstance(store, KnowledgeStore):
         raise ConfigError([Problem(
             str(spec.source or "<dict>"), 1, 1, "organism.knowledge_store",
-            f"{spec.knowledge_store!r} returned a {type(store).__name__}, which lacks async "
-            f"put(knowledge) -> ref and get(ref) -> knowledge; return a store with both")])
+            f"{spec.knowledge_store!r} returned {with_article(type(store).__name__)}, which "
+            f"lacks async put(knowledge) -> ref and get(ref) -> knowledge; return a store "
+            f"with both")])
     return store

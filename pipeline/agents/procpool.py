@@ -33,6 +33,7 @@ from typing import Any
 
 from sporeflow.config import AgentSpec, HandlerError, SporeError
 from sporeflow.config.handlers import resolve_handler
+from sporeflow.config.words import with_article
 from sporeflow.steps import Spore
 
 __all__ = ["ProcessContext", "ProcessPool", "decode_result", "encode_result", "run_in_worker"]
@@ -66,7 +67,7 @@ def encode_result(result: Any, agent: str) -> Any:
         return {"xml": result}
     if isinstance(result, list | tuple) or hasattr(result, "__next__"):
         return {"many": [encode_result(item, agent) for item in result]}
-    raise SporeError(f"cpu_bound agent {agent!r} returned a {type(result).__name__} "
+    raise SporeError(f"cpu_bound agent {agent!r} returned {with_article(type(result).__name__)} "
                      f"({result!r:.60}); return None, a dict, a Spore, XML text or a list "
                      f"of those")
 

@@ -1,5 +1,6 @@
-"""``sporeflow trace ORGANISM SPORE_ID``: the tree of spores a root produced.
+"""``sporeflow trace [ORGANISM] SPORE_ID``: the tree of spores a root produced.
 
+    sporeflow trace 1f2e3d-7                     # ./organism.yaml's, as every command
     sporeflow trace organism.yaml 1f2e3d-7
     sporeflow trace organism.yaml 1f2e3d-7 --journal data/journal.db
     sporeflow trace organism.yaml 1f2e3d-7 --json
@@ -22,7 +23,7 @@ import click
 
 from sporeflow.config import SporeflowError, load_organism
 from sporeflow.pipeline.cli.control import attached
-from sporeflow.pipeline.cli.util import ORGANISM_FILE, fail, guarded, masked, run_to_end
+from sporeflow.pipeline.cli.util import DEFAULT_ORGANISM, fail, guarded, masked, run_to_end
 from sporeflow.pipeline.core.lineage import TraceNode, render_tree, tree_steps
 from sporeflow.pipeline.service.address import NotRunning
 from sporeflow.pipeline.service.lineage import trace_from_endpoint, trace_from_journal
@@ -31,16 +32,21 @@ __all__ = ["trace"]
 
 
 @click.command()
-@ORGANISM_FILE
-@click.argument("spore_id")
+@click.argument("arguments", nargs=-1, required=True, metavar="[ORGANISM] SPORE_ID")
 @click.option("--journal", "journal", type=click.Path(dir_okay=False, path_type=Path),
               help="Read this journal file (default: the running organism, then the "
                    "organism's journal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the steps as JSON lines.")
 @click.pass_context
-def trace(ctx: click.Context, organism: Path, spore_id: str, journal: Path | None,
+def trace(ctx: click.Context, arguments: tuple[str, ...], journal: Path | None,
           as_json: bool) -> None:
-    """Print the tree of spores SPORE_ID produced in ORGANISM: agents, outcomes, timings."""
+    """Print the tree of spores SPORE_ID produced in ORGANISM (default ./organism.yaml):
+    agents, outcomes, timings."""
+    if len(arguments) > 2:
+        raise click.UsageError(f"got {len(arguments)} arguments {list(arguments)}; give "
+                               f"[ORGANISM] SPORE_ID: an organism file and one spore id")
+    organism = Path(arguments[0]) if len(arguments) == 2 else DEFAULT_ORGANISM
+    spore_id = arguments[-1]
     tree, where = _find(ctx, organism, spore_id, journal)
     if tree is None:
         click.echo(masked(ctx, f"NotFound: spore {spore_id!r} is not in {where}; a running "

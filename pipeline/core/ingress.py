@@ -128,7 +128,7 @@ class Ingress:
                           to_agent=to, channel=channel, priority=priority,
                           expires_at=expires_at, **extra)
         # The chain's own checks, run now so that the caller hears of a refusal at once.
-        self._check_recipient(spore, ())
+        self._check_recipient(spore, (), named=False)
         self.screen(spore, self._senders_with(sender), built=built)
         self._remember(sender)
         return spore
@@ -164,13 +164,16 @@ class Ingress:
                 raise SporeError(f"the schema of {spore.to_agent!r} could not check spore "
                                  f"{spore.id}: {type(exc).__name__}: {exc}") from exc
 
-    def _check_recipient(self, spore: Spore, outside: Container[str]) -> None:
+    def _check_recipient(self, spore: Spore, outside: Container[str], *,
+                         named: bool = True) -> None:
         """Raise at the call, for a handler's send, broadcast and request and an outside
         sender's alike, when the spore is addressed to no agent (nor an ``outside``
         sender), or broadcast on a channel neither declared nor subscribed to (a typo):
         route's own refusals (``no_agent_error``, ``unheard_error``), heard at once rather
         than as a dead letter only. A declared channel nobody listens to now is left to
-        route: agents may subscribe to it before the spore gets there."""
+        route: agents may subscribe to it before the spore gets there. ``named``: the
+        refusal of an unknown agent names the spore (a handler's, which is dead-lettered;
+        an outside caller has no use for an id it never saw)."""
         to = spore.to_agent
         table = self._cell.current.table
         if to is None:
@@ -178,7 +181,7 @@ class Ingress:
             if channel not in table.channels and channel not in table.subscribers:
                 raise unheard_error(table, spore)
         elif to not in outside and to not in table.agents:
-            raise no_agent_error(table, to, spore)
+            raise no_agent_error(table, to, spore if named else None)
 
     def _senders_with(self, sender: str) -> Container[str]:
         """The outside senders, ``sender`` among them: what a spore from outside is
