@@ -119,23 +119,33 @@ class InFlightMarks:
 
     def _append(self, data: bytes) -> None:
         end = self._end + len(data)
-        if end > self._size:  # full: anew, with what still runs
-            self._rewrite()
+        if end > self._size:  # full: anew, with what still runs and room for this line
+            self._rewrite(room=len(data))
             end = self._end + len(data)
-        assert self._map is not None
-        self._map[self._end:end] = data
+        mapped = self._map
+        if mapped is None:
+            return
+        try:
+            mapped[self._end:end] = data
+        except ValueError:  # closed meanwhile by the writer thread: the run is ending
+            return
         self._end = end
 
-    def _rewrite(self) -> None:
-        """Write the file anew: the header and what runs now; replace the old at once."""
+    def _rewrite(self, room: int = 0) -> None:
+        """Write the file anew: the header and what runs now, with ``room`` bytes free at
+        least; replace the old at once."""
         fresh = Path(f"{self.path}.new")
         data = (f"{HEADER}{self.token}\n" + "".join(
             f"+{agent}\t{spore_id}\n" for spore_id, agent in self.running.items())).encode()
-        size = max(FILE_SIZE, 2 * len(data))  # room for lines after what runs now
+        size = max(FILE_SIZE, 2 * (len(data) + room))  # room for lines after what runs now
         fd = open_private(fresh, os.O_RDWR | os.O_TRUNC)
         try:
             os.posix_fallocate(fd, 0, size)  # the blocks now: no fault on a full disk later
             mapped = mmap.mmap(fd, size)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(fresh)
+            raise
         finally:
             os.close(fd)  # the map holds the file
         try:

@@ -35,6 +35,7 @@ __all__ = ["JOURNAL_TRACE_ROWS", "TRACE_BATCH", "TRACE_INSERT_SQL", "TRACE_SQL",
 JOURNAL_TRACE_ROWS: Final = 100_000  # some 50 MB of file at most
 TRACE_BATCH: Final = 256
 _AT, _CREATED = TraceStep._fields.index("at"), TraceStep._fields.index("created_at")
+_FIRST_YEAR, _LAST_YEAR = 1971, 9998  # times written as seconds (others as ISO text)
 TRACE_SQL: Final = """CREATE TABLE IF NOT EXISTS trace (
     seq INTEGER PRIMARY KEY,
     step TEXT NOT NULL,
@@ -72,11 +73,20 @@ def batch_row(steps: list[TraceStep]) -> list[list[Any]]:
     rows = []
     for step in steps:
         row = list(step)
-        row[_AT] = step.at.timestamp()
+        row[_AT] = _seconds(step.at)
         created = step.created_at
-        row[_CREATED] = None if created is None else created.timestamp()
+        row[_CREATED] = None if created is None else _seconds(created)
         rows.append(row)
     return rows
+
+
+def _seconds(moment: datetime) -> float | str:
+    """``moment`` as seconds since the epoch; as ISO text when seconds would not read back
+    as the same time: naive (a refused spore's, kept as found), or in a year a float
+    rounds out of a datetime's range. Nothing here may raise: the writer stops on it."""
+    if moment.tzinfo is not None and _FIRST_YEAR <= moment.year <= _LAST_YEAR:
+        return moment.timestamp()
+    return moment.isoformat()
 
 
 def _step_of(row: object) -> TraceStep | None:

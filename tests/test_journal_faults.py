@@ -1,0 +1,75 @@
+"""What a handler's odd spores must not do to the journal's trace rows and crash marks
+(found by fault injection after they changed): a naive or far-off ``created_at`` stops no
+journal and loses no step; an id longer than the marks file still runs its handler."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sporeflow.pipeline import Organism, Spore
+from sporeflow.pipeline.journal.offline import JournalFile
+
+
+async def test_a_refused_spore_with_a_naive_min_created_at_does_not_stop_the_journal(
+        tmp_path: Path) -> None:
+    async def front(spore: Spore, ctx: object) -> Spore:  # a handler's mistake
+        return Spore(knowledge={"x": 1}, to_agent="sink", created_at=datetime(1, 1, 1))
+
+    async def sink(spore: Spore, ctx: object) -> None:
+        return None
+
+    journal = tmp_path / "j.db"
+    org = Organism.from_dict({"organism": {"name": "n", "journal": str(journal)},
+                              "agents": {"front": {"handler": front, "emit": {"to": "sink"}},
+                                         "sink": {"handler": sink}}})
+    async with org.running():
+        await org.send("front", {"go": 1})
+        await org.idle()
+    # The spore is refused ('invalid': created_at must be timezone-aware), and its step
+    # keeps the naive time as found: written as text, not as seconds, whose conversion
+    # raised on the writer thread and stopped the journal, locking it.
+    assert [letter.reason for letter in org.dead_letters] == ["invalid"]
+    assert not (tmp_path / "j.db-unrecorded").exists()
+    journal = org.journal
+    assert journal is not None
+    assert journal.failure is None
+
+
+async def test_a_step_with_a_far_created_at_is_kept(tmp_path: Path) -> None:
+    far = datetime.max.replace(tzinfo=UTC)  # a valid, timezone-aware datetime
+
+    async def front(spore: Spore, ctx: object) -> Spore:
+        return Spore(knowledge={"x": 1}, to_agent="sink", created_at=far)
+
+    async def sink(spore: Spore, ctx: object) -> None:
+        return None
+
+    journal = tmp_path / "j.db"
+    org = Organism.from_dict({"organism": {"name": "n", "journal": str(journal)},
+                              "agents": {"front": {"handler": front, "emit": {"to": "sink"}},
+                                         "sink": {"handler": sink}}})
+    async with org.running():
+        await org.send("front", {"go": 1})
+        await org.idle()
+    with JournalFile(journal) as file:
+        agents = [s.agent for s in file.trace_steps()]
+    # As seconds, datetime.max rounds past the last datetime and would not read back.
+    assert agents == ["front", "sink"]
+
+
+async def test_a_spore_with_a_long_id_is_handled(tmp_path: Path) -> None:
+    got: list[int] = []
+
+    async def sink(spore: Spore, ctx: object) -> None:
+        got.append(len(spore.id))
+
+    org = Organism.from_dict({"organism": {"name": "n", "journal": str(tmp_path / "j.db")},
+                              "limits": {"max_spore_bytes": "8MiB"},
+                              "agents": {"sink": {"handler": sink}}})
+    async with org.running():
+        await org.submit(Spore(knowledge={}, to_agent="sink", id="x" * 1_200_000))
+        await org.idle()
+        letters = [(letter.reason, letter.error) for letter in org.dead_letters]
+    # Its mark is longer than the marks file: the file is made anew with room for it.
+    assert letters == []
+    assert got == [1_200_000]
