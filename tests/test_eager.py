@@ -4,6 +4,7 @@ the rest in a task that waits, wakes and is cancelled like any task."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 import pytest
 
@@ -89,3 +90,44 @@ async def test_from_a_callback_the_coroutine_runs_in_a_task() -> None:
         await task
     assert inside
     assert inside[0] is not None
+
+
+async def test_a_cancellation_before_the_rests_first_step_reaches_the_coroutine() -> None:
+    loop = asyncio.get_running_loop()
+    lock = asyncio.Lock()
+    seen: list[str] = []
+
+    async def publish() -> None:
+        async with lock:  # held across its first wait, as aiormq's publish holds its lock
+            try:
+                await loop.create_future()
+            finally:
+                seen.append("finally")
+
+    task = start_eagerly(publish())
+    assert task is not None
+    assert lock.locked()
+    task.cancel()  # in the same turn: the task has not taken its first step
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen == ["finally"]
+    assert not lock.locked()  # nothing of it is left holding what others wait for
+
+
+VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="caller")
+
+
+async def test_what_the_first_part_sets_in_its_context_stays_in_its_task() -> None:
+    loop = asyncio.get_running_loop()
+    gate: asyncio.Future[None] = loop.create_future()
+
+    async def sets() -> str:
+        VAR.set("publish")
+        await gate
+        return VAR.get()
+
+    task = start_eagerly(sets())
+    assert task is not None
+    assert VAR.get() == "caller"
+    gate.set_result(None)
+    assert await task == "publish"

@@ -9,17 +9,18 @@ while it waits for the broker's confirm.
 
 On Python 3.12 and later this is the loop's own ``eager_task_factory``. On 3.11 the
 coroutine's first step is driven here, inside the caller's task (or, with no task
-running, the first step waits for a task of its own): until it first waits,
-``asyncio.current_task()`` is the caller's. Start eagerly only coroutines that do not
-keep the current task before their first wait (aiormq's ``basic_publish`` keeps it
-only in a timeout with no deadline).
+running, the first step waits for a task of its own), in a context of its own as a
+task's: until it first waits, ``asyncio.current_task()`` is the caller's. Start eagerly
+only coroutines that do not keep the current task before their first wait (a timeout
+entered there would cancel the caller; aiormq's ``basic_publish`` keeps it only in a
+timeout with no deadline).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sys
-import types
 from collections.abc import Coroutine, Generator
 from typing import Any, TypeVar
 
@@ -40,27 +41,40 @@ def start_eagerly(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T] | None:
         return None
     if asyncio.current_task(loop) is None:  # a callback: its first step in a task
         return loop.create_task(coro)
+    context = contextvars.copy_context()  # its own, as a task's: what it sets stays there
     try:
-        waiting_on = coro.send(None)
+        waiting_on = context.run(coro.send, None)
     except StopIteration:
         return None
-    return loop.create_task(_rest(coro, waiting_on))
+    return loop.create_task(_Rest(coro, waiting_on), context=context)
 
 
-@types.coroutine
-def _rest(coro: Coroutine[Any, Any, T], waiting_on: Any) -> Generator[Any, None, T]:
-    """The rest of a started ``coro``: the task waits on what it waits on, and each
-    wake-up or cancellation goes on into it."""
-    while True:
-        try:
-            yield waiting_on
-        except BaseException as exc:  # thrown into the task: a cancellation
-            try:
-                waiting_on = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-        else:
-            try:
-                waiting_on = coro.send(None)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+class _Rest(Coroutine[Any, Any, T]):
+    """The rest of a started ``coro``, as the task's coroutine: the task first waits on
+    what it waits on; each wake-up or cancellation goes on into it, one thrown before the
+    task's first step too (a generator not yet started would not pass it on)."""
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], waiting_on: Any) -> None:
+        self._coro = coro
+        self._first: list[Any] = [waiting_on]  # emptied by the first step
+
+    def send(self, value: Any) -> Any:
+        first = self._first
+        if first:
+            return first.pop()
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, value: Any = None, traceback: Any = None) -> Any:
+        self._first.clear()
+        if value is None and traceback is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, value, traceback)  # the older form, passed on as is
+
+    def close(self) -> None:
+        self._first.clear()
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        raise TypeError("a started coroutine's rest is run by its task, not awaited")
