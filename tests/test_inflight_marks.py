@@ -37,7 +37,7 @@ def test_a_settled_spore_is_on_disk_at_once(tmp_path: Path) -> None:
     marks.start()
     marks.mark("worker", "a")
     assert running_on_disk(path) == {"a"}
-    marks.settled("a")
+    marks.settled("a", "worker")
     assert running_on_disk(path) == set()
     marks.mark("worker", "b")  # stuck in b's handler from here on
     assert running_on_disk(path) == {"b"}
@@ -85,7 +85,7 @@ def test_a_full_file_is_made_anew_with_what_still_runs(
     marks.mark("worker", "keeps-running")
     for n in range(100):  # some 2,000 bytes of lines through a file of 256
         marks.mark("worker", f"spore-{n}")
-        marks.settled(f"spore-{n}")
+        marks.settled(f"spore-{n}", "worker")
         assert running_on_disk(path) == {"keeps-running"}
     assert path.stat().st_size == 256
     for n in range(20):  # more running at once than the file holds: it grows
@@ -93,3 +93,17 @@ def test_a_full_file_is_made_anew_with_what_still_runs(
     assert running_on_disk(path) == {"keeps-running"} | {f"long-{n:02}" for n in range(20)}
     marks.close(remove=False)  # a death: the file stays for the next start
     assert len(running_on_disk(path)) == 21
+
+
+def test_one_agent_finishing_a_broadcast_leaves_the_others_running(tmp_path: Path) -> None:
+    path = tmp_path / "j.db-inflight"
+    marks = InFlightMarks(path)
+    marks.start()
+    marks.mark("fast", "b1")
+    marks.mark("slow", "b1")  # the same spore, broadcast to both
+    marks.settled("b1", "fast")
+    assert InFlightMarks(path).previous() == (marks.token, {"b1": "slow"})
+    marks.close(remove=False)
+    # An older file's "-id" settled every agent's run of it.
+    path.write_bytes(f"{HEADER}t0\n+fast\tb1\n+slow\tb1\n+slow\tb2\n-b1\n".encode())
+    assert InFlightMarks(path).previous() == ("t0", {"b2": "slow"})

@@ -130,3 +130,56 @@ def test_a_replayed_poison_letter_counts_its_crashes_afresh(tmp_path: Path) -> N
     assert crash_until_done(organism, journal, sink, "sigkill")[0] == [-9, 0]
     with JournalFile(journal) as file:
         assert [s.letter.reason for s in file.dead_letters()] == [Reason.POISON]
+
+
+FANOUT_HANDLERS = '''
+import asyncio
+import os
+import signal
+
+_fast_done = None
+
+
+def _done():
+    global _fast_done
+    if _fast_done is None:
+        _fast_done = asyncio.Event()
+    return _fast_done
+
+
+async def start(spore, ctx):
+    return {"job": 1}
+
+
+async def fast(spore, ctx):
+    await asyncio.sleep(0)  # slow starts meanwhile: both are running
+    _done().set()
+
+
+async def slow(spore, ctx):
+    await _done().wait()
+    await asyncio.sleep(0)  # a turn after fast returned: fast's mark is settled
+    os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def test_a_broadcast_that_kills_one_subscriber_is_poison_there_whoever_finished_first(
+        tmp_path: Path) -> None:
+    # The marks named the spore only: fast's "-" cleared slow's "+" of the same spore, so
+    # no death was ever counted and the run crashed at every start, forever.
+    (tmp_path / "fanout_handlers.py").write_text(FANOUT_HANDLERS)
+    organism = tmp_path / "organism.yaml"
+    organism.write_text('''
+organism: {name: fanout}
+channels: {jobs: {}}
+agents:
+  source: {handler: fanout_handlers:start, boot: {}, emit: {channel: jobs}}
+  fast: {handler: fanout_handlers:fast, subscribe: [jobs]}
+  slow: {handler: fanout_handlers:slow, subscribe: [jobs]}
+''')
+    journal, sink = tmp_path / "journal.db", tmp_path / "sink.txt"
+    codes, printed = crash_until_done(organism, journal, sink, "sigkill")
+    assert codes == [-9, -9, -9, 0]
+    with JournalFile(journal) as file:
+        letters = [stored.letter for stored in file.dead_letters()]
+    assert [(letter.reason, letter.agent) for letter in letters] == [(Reason.POISON, "slow")]

@@ -35,7 +35,7 @@ class JournalHook(LedgerHook):
     def handled(self, spore: Spore, replies: list[Spore], agent: str, latency: float) -> None:
         # Done, and its replies recorded, in one transaction; replies get derived ids.
         self.journal.trace(handled_step(spore, agent, latency, self.now()))
-        self.journal.done(spore, replies)
+        self.journal.done(spore, replies, agent)
 
     def fanned_out(self, spore: Spore, targets: int) -> None:
         self.journal.count_fanout(spore.id, targets)  # done after the last delivery

@@ -4,8 +4,10 @@ handler keeps killing the process is dead-lettered instead of replayed forever.
 The rule (RabbitMQ's delivery-limit, per agent: ``agents.X.max_crashes``, default 3):
 
 - Before a handler starts on a spore, the line ``+agent<TAB>id`` is appended to
-  ``JOURNAL-inflight``; once the handler returns or raises, ``-id`` is (for a handler
-  whose result is an async iterable, once the spore is settled). The file is mapped
+  ``JOURNAL-inflight``; once the handler returns or raises, ``-agent<TAB>id`` is (for a
+  handler whose result is an async iterable, once the spore is settled): a broadcast
+  runs one spore in several agents, and one finishing must not clear another still
+  running (a ``-id`` of an older file clears them all). The file is mapped
   into memory (``mmap``, shared): a line is a copy into the operating system's page
   cache, no system call, so a process killed at any point, stuck in a handler
   included, leaves every line it appended, and the last one at worst cut short. No
@@ -69,7 +71,8 @@ class InFlightMarks:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.token = ""  # this run's, in the file's first line
-        self.running: dict[str, str] = {}  # spore id -> agent, marked and not settled
+        # "agent<TAB>spore id" -> (spore id, agent): marked and not settled
+        self.running: dict[str, tuple[str, str]] = {}
         self._map: mmap.mmap | None = None
         self._end = 0  # where the next line goes
         self._size = 0  # of the file
@@ -89,15 +92,20 @@ class InFlightMarks:
         # one copied out of order, ends there too and is left out below.
         lines = data.partition(b"\0")[0].decode("utf-8", errors="replace").split("\n")
         token = lines[0].removeprefix(HEADER) if lines[0].startswith(HEADER) else ""
-        running: dict[str, str] = {}
+        running: dict[str, tuple[str, str]] = {}
         for line in lines[1:-1]:  # the last is empty, or cut short by the death
-            if line.startswith("+"):
-                agent, _, spore_id = line[1:].partition("\t")
+            kind, mark = line[:1], line[1:]
+            if kind == "+":
+                agent, _, spore_id = mark.partition("\t")
                 if spore_id:
-                    running[spore_id] = agent
-            elif line.startswith("-"):
-                running.pop(line[1:], None)
-        return token, running
+                    running[mark] = (spore_id, agent)
+            elif kind == "-":
+                if "\t" in mark:
+                    running.pop(mark, None)
+                else:  # an older file's "-id": every agent's run of it
+                    for key in [k for k, (spore_id, _) in running.items() if spore_id == mark]:
+                        del running[key]
+        return token, dict(running.values())
 
     def start(self) -> None:
         """Begin this run's file (replacing the last run's)."""
@@ -109,13 +117,15 @@ class InFlightMarks:
         """A handler of ``agent`` starts on ``spore_id`` (raises OSError if unwritable)."""
         if self._map is None or not spore_id.isprintable() or "\t" in spore_id:
             return  # an id with a line break could forge marks: it is not marked
-        self._append(f"+{agent}\t{spore_id}\n".encode())
-        self.running[spore_id] = agent
+        mark = f"{agent}\t{spore_id}"
+        self._append(f"+{mark}\n".encode())
+        self.running[mark] = (spore_id, agent)
 
-    def settled(self, spore_id: str) -> None:
-        """``spore_id`` is settled (raises OSError if unwritable)."""
-        if self.running.pop(spore_id, None) is not None and self._map is not None:
-            self._append(f"-{spore_id}\n".encode())
+    def settled(self, spore_id: str, agent: str) -> None:
+        """``agent``'s run of ``spore_id`` is settled (raises OSError if unwritable)."""
+        mark = f"{agent}\t{spore_id}"
+        if self.running.pop(mark, None) is not None and self._map is not None:
+            self._append(f"-{mark}\n".encode())
 
     def _append(self, data: bytes) -> None:
         end = self._end + len(data)
@@ -136,7 +146,7 @@ class InFlightMarks:
         least; replace the old at once."""
         fresh = Path(f"{self.path}.new")
         data = (f"{HEADER}{self.token}\n" + "".join(
-            f"+{agent}\t{spore_id}\n" for spore_id, agent in self.running.items())).encode()
+            f"+{mark}\n" for mark in self.running)).encode()
         size = max(FILE_SIZE, 2 * (len(data) + room))  # room for lines after what runs now
         fd = open_private(fresh, os.O_RDWR | os.O_TRUNC)
         try:

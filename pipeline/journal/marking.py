@@ -95,10 +95,13 @@ class HandlerMarking:
 
     # -- while the organism runs ---------------------------------------------------------
 
-    def settled(self, spore_id: str) -> None:
-        """``spore_id`` stops counting as running."""
+    def settled(self, spore_id: str, agent: str | None) -> None:
+        """``agent``'s run of ``spore_id`` stops counting as running (None: a spore no
+        handler ran, refused or resolved: nothing of it was marked)."""
+        if agent is None or not self._marks.running:
+            return
         try:
-            self._marks.settled(spore_id)
+            self._marks.settled(spore_id, agent)
         except OSError as exc:  # the marks are the journal's: it fails stop
             self._marks.close(remove=False)
             self._fail(exc)
@@ -121,11 +124,11 @@ class HandlerMarking:
                     self._fail(exc)
             if self._suspects and spore.id in self._suspects:
                 return self._run_suspect(agent, invoke, spore, attempt)
-            return self._until_returned(invoke(spore, attempt), spore.id)
+            return self._until_returned(invoke(spore, attempt), spore.id, agent)
 
         return invoke_marked
 
-    async def _until_returned(self, call: Any, spore_id: str) -> Any:
+    async def _until_returned(self, call: Any, spore_id: str, agent: str) -> Any:
         """Await a handler's call: the spore stops counting as running once the handler
         returns or raises, unless what it returned still runs the handler's code (an
         async iterable: then once the spore is settled)."""
@@ -136,7 +139,7 @@ class HandlerMarking:
             return result
         finally:
             if not streams:
-                self.settled(spore_id)
+                self.settled(spore_id, agent)
 
     async def _run_suspect(self, agent: str, invoke: Invoke, spore: Spore,
                            attempt: int) -> Any:

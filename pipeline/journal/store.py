@@ -284,10 +284,10 @@ class Journal:
         self._kick()
         return len(ops) >= _BEHIND
 
-    def done(self, spore: Spore, replies: list[Spore]) -> None:
-        """Queue ``spore`` as handled and its ``replies`` (their ids derived already, by
-        the lane's shaper) as new, for one transaction."""
-        self._marking.settled(spore.id)  # first: it stops counting as running at once
+    def done(self, spore: Spore, replies: list[Spore], agent: str | None = None) -> None:
+        """Queue ``spore`` as handled (by ``agent``) and its ``replies`` (their ids derived
+        already, by the lane's shaper) as new, for one transaction."""
+        self._marking.settled(spore.id, agent)  # first: it stops counting as running now
         ops = self._ops
         if replies:
             ops.extend([(INSERT, reply) for reply in replies])
@@ -298,14 +298,13 @@ class Journal:
 
     def settle(self, spore: Spore) -> None:
         """Queue ``spore`` as finished without replies (a resolved response, returned outside)."""
-        self._marking.settled(spore.id)
         if self._last_delivery(spore.id):
             self._ops.append((DELETE, spore.id))
             self._kick()
 
     def dead(self, letter: DeadLetter) -> None:
         """Queue a dead letter: kept in the journal, and its spore no longer pending."""
-        self._marking.settled(letter.spore.id)
+        self._marking.settled(letter.spore.id, letter.agent)
         self._ops.append((DEAD, letter, self._last_delivery(letter.spore.id)))
         self._kick()
 
