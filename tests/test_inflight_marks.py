@@ -12,7 +12,7 @@ import pytest
 
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.pipeline.journal import inflight
-from sporeflow.pipeline.journal.inflight import HEADER, InFlightMarks
+from sporeflow.pipeline.journal.inflight import HEADER, CrashCount, InFlightMarks
 from sporeflow.pipeline.journal.marking import HandlerMarking
 
 
@@ -107,3 +107,37 @@ def test_one_agent_finishing_a_broadcast_leaves_the_others_running(tmp_path: Pat
     # An older file's "-id" settled every agent's run of it.
     path.write_bytes(f"{HEADER}t0\n+fast\tb1\n+slow\tb1\n+slow\tb2\n-b1\n".encode())
     assert InFlightMarks(path).previous() == ("t0", {"b2": "slow"})
+
+
+async def test_a_suspect_is_marked_only_once_its_handler_starts(tmp_path: Path) -> None:
+    # A suspect (it crashed the process before it was in the journal) is written to the
+    # journal before it runs again; a death during that flush is not a crash of its.
+    flushing = asyncio.Event()
+    flushed = asyncio.Event()
+
+    class Journal(NoSuspects):
+        async def flush(self) -> None:
+            flushing.set()
+            await flushed.wait()
+
+    failures: list[BaseException] = []
+    marking = HandlerMarking(tmp_path / "j.db", Journal(), failures.append)
+    marking.start()
+    marking.counted(CrashCount([], {"s": (1, "worker")}))
+    during: list[set[str]] = []
+
+    async def handler(spore: object, attempt: int) -> None:
+        during.append(running_on_disk(tmp_path / "j.db-inflight"))
+
+    class Spore:
+        id = "s"
+
+    run = asyncio.ensure_future(marking.marked("worker", handler)(Spore(), 1))
+    await flushing.wait()
+    assert running_on_disk(tmp_path / "j.db-inflight") == set()  # flushing: not running
+    flushed.set()
+    await run
+    assert during == [{"s"}]
+    assert running_on_disk(tmp_path / "j.db-inflight") == set()
+    assert failures == []
+    marking.close(remove=True)

@@ -113,20 +113,24 @@ class HandlerMarking:
 
     def marked(self, agent: str, invoke: Invoke) -> Invoke:
         """``invoke`` of ``agent``, marking each spore before its handler starts."""
-        marks = self._marks
 
         def invoke_marked(spore: Spore, attempt: int) -> Any:
-            if marks.active:
-                try:
-                    marks.mark(agent, spore.id)
-                except OSError as exc:  # the marks are the journal's: it fails stop
-                    marks.close(remove=False)
-                    self._fail(exc)
             if self._suspects and spore.id in self._suspects:
                 return self._run_suspect(agent, invoke, spore, attempt)
+            self._mark(agent, spore.id)
             return self._until_returned(invoke(spore, attempt), spore.id, agent)
 
         return invoke_marked
+
+    def _mark(self, agent: str, spore_id: str) -> None:
+        """``agent``'s handler starts on ``spore_id`` now."""
+        marks = self._marks
+        if marks.active:
+            try:
+                marks.mark(agent, spore_id)
+            except OSError as exc:  # the marks are the journal's: it fails stop
+                marks.close(remove=False)
+                self._fail(exc)
 
     async def _until_returned(self, call: Any, spore_id: str, agent: str) -> Any:
         """Await a handler's call: the spore stops counting as running once the handler
@@ -155,7 +159,9 @@ class HandlerMarking:
             return None  # not run: nothing comes of it
         with contextlib.suppress(JournalError):  # failed: the run is stopping anyway
             await self._journal.flush()
-        return await invoke(spore, attempt)
+        # Marked only now that its handler starts: a death during the flush is not its.
+        self._mark(agent, spore.id)
+        return await self._until_returned(invoke(spore, attempt), spore.id, agent)
 
 
 class _Marking:
