@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -284,6 +285,30 @@ def test_the_window_and_the_journals_rows_are_bounded(tmp_path: Path) -> None:
     kept = [r[0] for r in conn.execute("SELECT step FROM trace ORDER BY seq")]
     assert kept[-2:] == ["batch 5", "batch 6"]  # the newest
     assert rows.rows == conn.execute("SELECT sum(steps) FROM trace").fetchone()[0] <= 10
+
+
+def test_the_trace_bound_keeps_the_newest_row_and_counts_steps_over_random_batches() -> None:
+    rng = random.Random(7)
+    conn = sqlite3.connect(":memory:")
+    rows = TraceRows(cap=10_000)
+    rows.open(conn)
+    for n in range(400):  # batches of 1..256 steps, some old one-step rows among them
+        size = rng.randint(1, 256)
+        if rng.random() < 0.05:
+            size = 1
+            conn.execute("INSERT INTO trace (step) VALUES (?)", (json.dumps([n]),))
+        else:
+            conn.execute(TRACE_INSERT_SQL, (json.dumps([[n]] * size), size))
+        rows.added(conn, size)
+        held = conn.execute("SELECT coalesce(sum(steps), 0) FROM trace").fetchone()[0]
+        assert rows.rows == held <= 10_000 + 256
+        assert conn.execute("SELECT max(seq) FROM trace").fetchone()[0] == n + 1
+    small = TraceRows(cap=200)  # a batch larger than the cap keeps that batch
+    conn.execute("DELETE FROM trace")
+    small.open(conn)
+    conn.execute(TRACE_INSERT_SQL, (json.dumps([[0]] * 256), 256))
+    small.added(conn, 256)
+    assert small.rows == 256
 
 
 def test_a_journal_made_before_batched_trace_rows_is_still_read(tmp_path: Path) -> None:

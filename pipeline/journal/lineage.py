@@ -42,8 +42,9 @@ TRACE_SQL: Final = """CREATE TABLE IF NOT EXISTS trace (
     steps INTEGER NOT NULL DEFAULT 1
 )"""
 TRACE_INSERT_SQL: Final = "INSERT INTO trace (step, steps) VALUES (?, ?)"
-# The rows older than the newest that hold ``?`` steps in all; seq grows with every row.
-_OVER_SQL: Final = """DELETE FROM trace WHERE seq <= (
+# The rows older than the newest that hold ``?`` steps in all, the newest row always kept
+# (a batch larger than that, with a small cap); seq grows with every row.
+_OVER_SQL: Final = """DELETE FROM trace WHERE seq < (SELECT max(seq) FROM trace) AND seq <= (
     SELECT seq FROM (SELECT seq, sum(steps) OVER (ORDER BY seq DESC) AS newer FROM trace)
     WHERE newer > ? ORDER BY seq DESC LIMIT 1)"""
 _COUNT_SQL: Final = "SELECT coalesce(sum(steps), 0) FROM trace"
