@@ -168,7 +168,9 @@ def _build(
     if signing is not None:
         spec = dataclasses.replace(spec, signing=signing, signing_key=signing.shared_key,
                                    signing_key_env=_shared_key_env(data))
-    return spec, _sorted(problems + wiring_warnings(located, spec))
+    warned = {problem.path for problem in problems}  # one warning per place at most
+    return spec, _sorted(problems + [warning for warning in wiring_warnings(located, spec)
+                                     if warning.path not in warned])
 
 
 def _take_callables(data: Any) -> dict[str, Callable[..., Any]]:

@@ -48,6 +48,13 @@ def wiring_warnings(located: Located, spec: OrganismSpec) -> list[Problem]:
                 f"{agent.name!r} declares a cost, but without limits.max_cost_per_thread "
                 f"nothing is charged or refused: set that limit or drop the cost",
                 warning=True))
+        retry = agent.retry
+        if retry.attempts > 1 and retry.backoff > retry.max_backoff:
+            warnings.append(located.problem(
+                ("agents", agent.name, "retry", "backoff"),
+                f"{_seconds(retry.backoff)} is more than retry.max_backoff "
+                f"({_seconds(retry.max_backoff)}, its default unless set): every pause is "
+                f"capped there; raise max_backoff to wait longer", warning=True))
         reached = (agent.subscribe or agent.boot is not None or agent.name in emitted_to
                    or agent.name in named_peers or agent.name in fed)
         if self_driving and not reached:
@@ -100,3 +107,7 @@ def _orchestrated_names(agent: AgentSpec) -> tuple[str, ...]:
     if agent.gather is not None:
         return agent.gather.to or ()
     return agent.sequence.steps if agent.sequence is not None else ()
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"

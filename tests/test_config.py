@@ -295,3 +295,16 @@ def test_a_timeout_of_zero_is_no_timeout(tmp_path: Path) -> None:
                     "  c: {handler: json:dumps, timeout: 250ms}\n")
     spec = load_organism(file)
     assert [spec.agents[n].timeout for n in "abc"] == [None, None, 0.25]
+
+
+def test_a_backoff_above_max_backoff_is_warned_of(tmp_path: Path) -> None:
+    file = tmp_path / "organism.yaml"
+    file.write_text("agents:\n  a: {handler: json:dumps, retry: {attempts: 3, backoff: 1h}}\n"
+                    "  b: {handler: json:dumps, retry: {attempts: 3, backoff: 1h, "
+                    "max_backoff: 2h}}\n")
+    spec, problems = check_organism(file)
+    assert spec is not None
+    [warning] = problems
+    assert warning.warning
+    assert warning.path == "agents.a.retry.backoff"
+    assert "3600s is more than retry.max_backoff (10s" in warning.message
