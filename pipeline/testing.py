@@ -178,9 +178,23 @@ class TestOrganism:
                                            sender=sender)
 
     async def idle(self, timeout: float = 10.0) -> None:
-        """Wait until nothing is queued or in flight; ``timeout`` (seconds) is a backstop
-        against a test that would hang."""
-        await asyncio.wait_for(self.organism.idle(), timeout)
+        """Wait until nothing is queued or in flight; ``timeout`` (seconds of real time) is
+        a backstop against a test that would hang: past it, TimeoutError says what is
+        still held."""
+        try:
+            await asyncio.wait_for(self.organism.idle(), timeout)
+        except TimeoutError:
+            raise TimeoutError(self._still_held(timeout)) from None
+
+    def _still_held(self, timeout: float) -> str:
+        stats = self.organism.stats()
+        busy = [f"{name}: {agent['queued']} queued, {agent['in_flight']} running"
+                for name, agent in stats["agents"].items()
+                if agent["queued"] or agent["in_flight"]]
+        where = "; ".join(busy) or "none queued or running: waiting for a retry or a timer"
+        return (f"TestOrganism.idle(): {stats['totals']['held']} spore(s) still held after "
+                f"{timeout:g}s of real time ({where}). Retries' backoff, timeouts and expiry "
+                f"wait on the virtual clock: move it with `await t.advance(seconds)` first")
 
     async def advance(self, seconds: float) -> None:
         """Move the virtual clock forward (see :class:`VirtualClock`)."""

@@ -148,3 +148,20 @@ async def test_from_a_file_with_no_boot_spores_unless_asked(
         await booted.idle()
     assert quiet.handled("hello") == []
     assert booted.knowledge("hello") == [{"booted": True}]
+
+
+async def test_idle_past_its_backstop_says_what_is_held_and_to_advance_the_clock() -> None:
+    async def flaky(spore: Spore, ctx: Context) -> None:
+        raise ConnectionError("fails; the retry waits on the virtual clock")
+
+    organism = {"agents": {"f": {"handler": flaky, "retry": {"attempts": 2,
+                                                             "backoff": "1h"}}}}
+    async with TestOrganism(organism) as t:
+        await t.send("f", {})
+        with pytest.raises(TimeoutError) as caught:
+            await t.idle(timeout=0.1)  # nothing advances the clock: the retry never comes
+        await t.advance(3600)
+        await t.idle(timeout=5)
+    message = str(caught.value)
+    assert message.startswith("TestOrganism.idle(): 1 spore(s) still held after 0.1s of real")
+    assert "await t.advance(seconds)" in message
