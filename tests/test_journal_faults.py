@@ -10,21 +10,28 @@ from sporeflow.pipeline import Organism, Spore
 from sporeflow.pipeline.journal.offline import JournalFile
 
 
-async def test_a_refused_spore_with_a_naive_min_created_at_does_not_stop_the_journal(
-        tmp_path: Path) -> None:
-    async def front(spore: Spore, ctx: object) -> Spore:  # a handler's mistake
-        return Spore(knowledge={"x": 1}, to_agent="sink", created_at=datetime(1, 1, 1))
+async def front_to_sink(journal: Path, created_at: datetime) -> Organism:
+    """Run a journaled organism whose front agent sends sink a spore made at
+    ``created_at`` (a handler may set any time), until idle."""
+
+    async def front(spore: Spore, ctx: object) -> Spore:
+        return Spore(knowledge={"x": 1}, to_agent="sink", created_at=created_at)
 
     async def sink(spore: Spore, ctx: object) -> None:
         return None
 
-    journal = tmp_path / "j.db"
     org = Organism.from_dict({"organism": {"name": "n", "journal": str(journal)},
                               "agents": {"front": {"handler": front, "emit": {"to": "sink"}},
                                          "sink": {"handler": sink}}})
     async with org.running():
         await org.send("front", {"go": 1})
         await org.idle()
+    return org
+
+
+async def test_a_refused_spore_with_a_naive_min_created_at_does_not_stop_the_journal(
+        tmp_path: Path) -> None:
+    org = await front_to_sink(tmp_path / "j.db", datetime(1, 1, 1))  # a handler's mistake
     # The spore is refused ('invalid': created_at must be timezone-aware), and its step
     # keeps the naive time as found: written as text, not as seconds, whose conversion
     # raised on the writer thread and stopped the journal, locking it.
@@ -37,21 +44,8 @@ async def test_a_refused_spore_with_a_naive_min_created_at_does_not_stop_the_jou
 
 async def test_a_step_with_a_far_created_at_is_kept(tmp_path: Path) -> None:
     far = datetime.max.replace(tzinfo=UTC)  # a valid, timezone-aware datetime
-
-    async def front(spore: Spore, ctx: object) -> Spore:
-        return Spore(knowledge={"x": 1}, to_agent="sink", created_at=far)
-
-    async def sink(spore: Spore, ctx: object) -> None:
-        return None
-
-    journal = tmp_path / "j.db"
-    org = Organism.from_dict({"organism": {"name": "n", "journal": str(journal)},
-                              "agents": {"front": {"handler": front, "emit": {"to": "sink"}},
-                                         "sink": {"handler": sink}}})
-    async with org.running():
-        await org.send("front", {"go": 1})
-        await org.idle()
-    with JournalFile(journal) as file:
+    await front_to_sink(tmp_path / "j.db", far)
+    with JournalFile(tmp_path / "j.db") as file:
         agents = [s.agent for s in file.trace_steps()]
     # As seconds, datetime.max rounds past the last datetime and would not read back.
     assert agents == ["front", "sink"]
