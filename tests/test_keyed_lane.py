@@ -39,7 +39,7 @@ class Plain:
 
 def run_keyed(scripts: list[tuple[str, list[Step]]], concurrency: int,
               timeout: float | None, attempts: int, stop_at: float | None,
-              ) -> tuple[KeyedLane, list[Any], list[tuple[str, int]]]:
+              idle: float = 1.0) -> tuple[KeyedLane, list[Any], list[tuple[str, int]]]:
     loop = CheckedLoop()
     problems: list[Any] = []
     loop.set_exception_handler(lambda _loop, context: problems.append(context))
@@ -71,7 +71,7 @@ def run_keyed(scripts: list[tuple[str, list[Step]]], concurrency: int,
         if lane.handled + lane.failed == len(scripts):
             settled.set()
 
-    keys = KeyTable("a", Plain(), idle=1.0, limit=100)
+    keys = KeyTable("a", Plain(), idle=idle, limit=100)
     lane = KeyedLane("a", invoke, lambda result, spore: [],
                      LanePolicy(concurrency, timeout, Retry(attempts=attempts, backoff=0.5)),
                      on_done=on_end, on_failed=on_end, key_of=key_reader("knowledge.user", "a"),
@@ -118,11 +118,11 @@ _keyed_scripts = st.lists(st.tuples(st.sampled_from("xyz"), _steps), min_size=1,
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scripts=_keyed_scripts, concurrency=st.integers(1, 3),
        timeout=st.sampled_from([None, 1.0, 2.0]), attempts=st.integers(1, 3),
-       stop_at=st.sampled_from([None, None, 1.0, 2.5]))
+       stop_at=st.sampled_from([None, None, 1.0, 2.5]), idle=st.sampled_from([0.3, 0.5, 1.0]))
 def test_one_run_per_key_and_the_books_balance_under_timeouts_retries_and_stops(
         scripts: list[tuple[str, list[Step]]], concurrency: int, timeout: float | None,
-        attempts: int, stop_at: float | None) -> None:
-    lane, problems, _ = run_keyed(scripts, concurrency, timeout, attempts, stop_at)
+        attempts: int, stop_at: float | None, idle: float) -> None:
+    lane, problems, _ = run_keyed(scripts, concurrency, timeout, attempts, stop_at, idle)
     assert problems == []
     assert (lane.in_flight, lane.busy, lane.lent, lane.parked) == (0, 0, 0, 0)
     assert lane.handled + lane.failed == len(scripts)
