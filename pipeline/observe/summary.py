@@ -47,10 +47,15 @@ def render_summary(stats: dict[str, Any], elapsed: float) -> str:
     reasons = ", ".join(f"{r}: {n}" for r, n in sorted(dead["by_reason"].items()))
     rows.append("")
     rows.append(f"{plural(totals['handled'], 'spore')} handled in {elapsed:.2f}s "
-                f"({rate:,.0f} spores/s); {totals['admitted']:,} admitted from outside, "
+                f"({_rate(rate)} spores/s); {totals['admitted']:,} admitted from outside, "
                 f"{plural(totals['replies'], 'reply', 'replies')}, "
                 f"{plural(dead['total'], 'dead letter')}" + (f" ({reasons})" if reasons else ""))
     return "\n".join(rows)
+
+
+def _rate(per_second: float) -> str:
+    """``2,277`` for a rate of thousands; two figures below ten (``0.48``), never ``0``."""
+    return f"{per_second:,.0f}" if per_second >= 10 or per_second == 0 else f"{per_second:.2g}"
 
 
 def _ms(value: float | None) -> str:
