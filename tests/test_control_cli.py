@@ -374,3 +374,13 @@ def test_sighup_from_a_terminal_stops_the_run(organism: Path) -> None:
         os.close(terminal)
     assert boots(organism) == ["booted"]
     assert running_socket(organism) is None
+
+
+def test_with_no_organism_file_here_the_commands_say_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no organism.yaml: the default of every command
+    for args in (["stats"], ["send", "--to", "echo", '{"n": 1}'], ["tail"]):
+        code, _, err = invoke(*args)
+        assert code == 1, args
+        assert err.strip() == (f"NotRunning: no organism file organism.yaml in {tmp_path}: "
+                               f"give the organism file's path as the first argument"), args

@@ -30,8 +30,8 @@ from sporeflow.pipeline.service.address import ControlAddress, ControlError, Not
 from sporeflow.pipeline.service.client import ControlClient, Reply, running_socket
 from sporeflow.steps import Spore
 
-__all__ = ["attached", "call", "follow_events", "reload", "require_attached", "send_outcome",
-           "send_started", "stats"]
+__all__ = ["attached", "call", "follow_events", "not_running", "reload", "require_attached",
+           "send_outcome", "send_started", "stats"]
 
 
 def attached(organism: Path) -> Path | None:
@@ -43,9 +43,16 @@ def require_attached(ctx: click.Context, organism: Path, hint: str = "") -> Path
     """The running organism's socket; with none running, say so and exit 1."""
     path = attached(organism)
     if path is None:
-        fail(ctx, NotRunning(f"no organism running for {organism}; start it with "
-                             f"`sporeflow run {organism}`{hint}"))
+        fail(ctx, not_running(organism, f"start it with `sporeflow run {organism}`{hint}"))
     return path
+
+
+def not_running(organism: Path, advice: str) -> NotRunning:
+    """Why no run of ``organism`` answers: no such file here, or none started."""
+    if not organism.exists():
+        return NotRunning(f"no organism file {organism} in {Path.cwd()}: give the organism "
+                          f"file's path as the first argument")
+    return NotRunning(f"no organism running for {organism}; {advice}")
 
 
 def call(ctx: click.Context, path: Path, method: str, route: str,

@@ -33,6 +33,7 @@ from sporeflow.pipeline.cli.broker import broker_declare, broker_permissions
 from sporeflow.pipeline.cli.control import (
     attached,
     call,
+    not_running,
     reload,
     send_outcome,
     send_started,
@@ -62,7 +63,6 @@ from sporeflow.pipeline.observe.summary import render_summary
 from sporeflow.pipeline.observe.tracing import ensure_tracer_provider
 from sporeflow.pipeline.organism import Organism
 from sporeflow.pipeline.reload.watch import ReloadTriggers, require_watchfiles
-from sporeflow.pipeline.service.address import NotRunning
 from sporeflow.pipeline.service.server import ControlServer
 from sporeflow.steps import payload_from_xml
 from sporeflow.steps.xmldocument import payload_metadata
@@ -376,9 +376,8 @@ def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_requ
             ctx.exit(1)
     path = attached(file)
     if path is None and not start:
-        fail(ctx, NotRunning(f"no organism running for {file}; start it with `sporeflow "
-                             f"run {file}`, or pass --start to run one now without its "
-                             f"boot agents"))
+        fail(ctx, not_running(file, f"start it with `sporeflow run {file}`, or pass "
+                                    f"--start to run one now without its boot agents"))
     body = {"to": to_agent, "channel": channel, "knowledge": payload, "request": as_request,
             "timeout": timeout, **extra}
     if path is None:
