@@ -42,7 +42,7 @@ from sporeflow.config.words import with_article
 from sporeflow.steps.ids import derived_id
 from sporeflow.steps.spore import Spore, SporeType, new_spore
 from sporeflow.steps.xmldocument import payload_metadata
-from sporeflow.steps.xmlpayload import Payload, parse_payloads
+from sporeflow.steps.xmlpayload import NO_ELEMENT, Payload, XmlPayloadError, parse_payloads
 
 __all__ = ["OFFLOAD_XML_BYTES", "reply_spore", "shape_replies", "shape_replies_off_loop"]
 
@@ -156,10 +156,23 @@ async def _rest_off_loop(shaped: list[Spore], large: str | bytes | None, items: 
 
 async def _xml_replies_off_loop(text: str | bytes, *, parent: Spore, agent: str,
                                 emit: Emit | None, limits: Limits) -> list[Spore]:
-    payloads = await asyncio.to_thread(
-        parse_payloads, text, max_elements=limits.max_xml_elements,
-        max_attributes=limits.max_xml_attributes)
+    payloads = await asyncio.to_thread(_returned_payloads, text, agent, limits)
     return _payload_spores(payloads, parent=parent, agent=agent, emit=emit)
+
+
+def _returned_payloads(text: str | bytes, agent: str, limits: Limits) -> list[Payload]:
+    """The payloads of text a handler returned; text with no element at all says that a
+    returned ``str`` is read as XML (a plain sentence is the usual mistake)."""
+    try:
+        return parse_payloads(text, max_elements=limits.max_xml_elements,
+                              max_attributes=limits.max_xml_attributes)
+    except XmlPayloadError as exc:
+        if not exc.message.startswith(NO_ELEMENT):
+            raise
+        raise XmlPayloadError(
+            f"agent {agent!r} returned text with no XML element in it: a str a handler "
+            f"returns is read as XML replies; return a dict (JSON knowledge, e.g. "
+            f"{{\"text\": ...}}) instead ({exc.message})", exc.excerpt) from None
 
 
 def reply_spore(
@@ -208,8 +221,7 @@ def _adopt(spore: Spore, parent: Spore, agent: str) -> Spore:
 
 def _xml_replies(text: str | bytes, *, parent: Spore, agent: str, emit: Emit | None,
                  limits: Limits) -> list[Spore]:
-    payloads = parse_payloads(text, max_elements=limits.max_xml_elements,
-                              max_attributes=limits.max_xml_attributes)
+    payloads = _returned_payloads(text, agent, limits)
     return _payload_spores(payloads, parent=parent, agent=agent, emit=emit)
 
 

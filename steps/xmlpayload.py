@@ -130,6 +130,7 @@ from sporeflow.steps.xmlrepair import EXCERPT_CHARS, NCNAME, WS, XmlPayloadError
 
 __all__ = [
     "ADDRESSING_ATTRS",
+    "NO_ELEMENT",
     "TEXT_KEY",
     "Payload",
     "XmlPayloadError",
@@ -143,6 +144,9 @@ __all__ = [
 
 ADDRESSING_ATTRS: Final[tuple[str, ...]] = ("to", "channel", "priority", "expires_in", "type")
 """Attributes of a payload element that address the message rather than carry knowledge."""
+
+NO_ELEMENT: Final = "no XML element could be recovered"
+"""How the refusal of text that holds no element begins."""
 
 TEXT_KEY: Final = "#text"
 """Key under which an object element's own text is read."""
@@ -427,7 +431,7 @@ def parse_payloads(
         payloads.append(Payload(_local(child.tag), attrs, _read_object(child, data), child))
     if not payloads:
         raise XmlPayloadError(
-            f"no XML element could be recovered: {_raw_parser_message(source)}",
+            f"{NO_ELEMENT}: {_raw_parser_message(source)}",
             excerpt(source),
         )
     return payloads

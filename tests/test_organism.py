@@ -127,6 +127,19 @@ async def test_a_bad_return_value_is_a_handler_failure_with_advice() -> None:
     assert "returned an int (42); return None, a dict, a Spore" in letter.error
 
 
+async def test_a_returned_sentence_is_refused_saying_a_str_is_read_as_xml() -> None:
+    async def chatty(spore: Spore, ctx: Any) -> str:
+        return "hello there, no markup at all"
+
+    organism = Organism.from_dict({"agents": {"chatty": {"handler": chatty}}})
+    async with organism.running():
+        await organism.send("chatty", {})
+        await organism.idle()
+    [letter] = organism.dead_letters
+    assert ("agent 'chatty' returned text with no XML element in it: a str a handler "
+            "returns is read as XML replies; return a dict") in letter.error
+
+
 async def test_replies_carry_lineage_and_hops() -> None:
     seen: list[Spore] = []
 
