@@ -24,7 +24,7 @@ from sporeflow.config import (
     SporeError,
     SporeflowError,
 )
-from sporeflow.config.reasons import reason_of
+from sporeflow.config.reasons import Reason, reason_of
 from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.ledger import Ledger
 from sporeflow.pipeline.core.logfields import describe_error, spore_fields
@@ -40,7 +40,6 @@ from sporeflow.steps import (
     new_spore,
     no_agent_error,
     permission_error,
-    unheard_error,
     unroutable,
 )
 
@@ -167,21 +166,22 @@ class Ingress:
     def _check_recipient(self, spore: Spore, outside: Container[str], *,
                          named: bool = True) -> None:
         """Raise at the call, for a handler's send, broadcast and request and an outside
-        sender's alike, when the spore is addressed to no agent (nor an ``outside``
-        sender), or broadcast on a channel neither declared nor subscribed to (a typo):
-        route's own refusals (``no_agent_error``, ``unheard_error``), heard at once rather
-        than as a dead letter only. A declared channel nobody listens to now is left to
-        route: agents may subscribe to it before the spore gets there. ``named``: the
-        refusal of an unknown agent names the spore (a handler's, which is dead-lettered;
-        an outside caller has no use for an id it never saw)."""
-        to = spore.to_agent
+        sender's alike, what route would refuse the spore for when it names an agent that
+        does not exist (nor an ``outside`` sender) or a channel not declared and unheard
+        (a typo): route's own rule (``unroutable``), heard at once rather than as a dead
+        letter only. A declared channel nobody listens to now is left to route: agents
+        may subscribe to it before the spore gets there. ``named``: the refusal of an
+        unknown agent names the spore (a handler's, which is dead-lettered; an outside
+        caller has no use for an id it never saw)."""
         table = self._cell.current.table
-        if to is None:
-            channel = spore.channel
-            if channel not in table.channels and channel not in table.subscribers:
-                raise unheard_error(table, spore)
-        elif to not in outside and to not in table.agents:
-            raise no_agent_error(table, to, spore if named else None)
+        refusal = unroutable(table, spore, outside=outside)
+        if refusal is None:
+            return
+        to = spore.to_agent
+        if to is not None:
+            raise refusal if named else no_agent_error(table, to, None)
+        if refusal.reason == Reason.UNKNOWN_CHANNEL:
+            raise refusal
 
     def _senders_with(self, sender: str) -> Container[str]:
         """The outside senders, ``sender`` among them: what a spore from outside is
