@@ -10,6 +10,7 @@ from aiostream import pipable_operator, streamcontext
 from sporeflow.config.errors import DeliveryError
 from sporeflow.config.reasons import Reason
 from sporeflow.steps.lanes import AgentLane
+from sporeflow.steps.runners import RunnerPool
 from sporeflow.steps.types import Delivery, Reject
 
 __all__ = ["dispatch"]
@@ -21,18 +22,24 @@ async def dispatch(
     *,
     lanes: Callable[[], Mapping[str, AgentLane]],
     on_reject: Reject,
+    runners: RunnerPool,
 ) -> AsyncIterator[list[Delivery]]:
-    """Hand each delivery to its agent's lane; yield the deliveries handed over."""
+    """Hand each delivery to its agent's lane; yield the deliveries handed over. The
+    batch's handlers start in this turn (see :meth:`RunnerPool.run_held`)."""
     async with streamcontext(source) as batches:
         async for deliveries in batches:
             current = lanes()
-            for spore, targets in deliveries:
-                for name in targets:
-                    lane = current.get(name)
-                    if lane is None:  # removed by a reload between route and here
-                        on_reject(spore, Reason.UNKNOWN_AGENT, DeliveryError(
-                            f"agent {name!r} was removed before spore {spore.id} reached it",
-                            reason=Reason.UNKNOWN_AGENT))
-                    else:
-                        lane.deliver(spore)
+            runners.hold()
+            try:
+                for spore, targets in deliveries:
+                    for name in targets:
+                        lane = current.get(name)
+                        if lane is None:  # removed by a reload between route and here
+                            on_reject(spore, Reason.UNKNOWN_AGENT, DeliveryError(
+                                f"agent {name!r} was removed before spore {spore.id} "
+                                f"reached it", reason=Reason.UNKNOWN_AGENT))
+                        else:
+                            lane.deliver(spore)
+            finally:
+                runners.run_held()
             yield deliveries

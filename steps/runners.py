@@ -5,15 +5,25 @@ takes a runnable lane, runs a burst of its spores' handlers one after another, a
 moves on; tasks are made only when a handler really suspends and other lanes are
 waiting (each handler still runs start to end in one task, so ``asyncio.timeout``
 and ``current_task()`` behave as usual).
+
+The chain hands a batch to the lanes between :meth:`RunnerPool.hold` and
+:meth:`RunnerPool.run_held`, which starts a runner eagerly (:mod:`sporeflow.steps.eager`)
+for the lanes made runnable: their handlers run in the chain's turn of the loop, not a
+turn later in a runner woken for them, and their replies are in the intake before the
+chain looks for its next batch. A handler that waits leaves its runner a task of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import Any
 
+from sporeflow.steps.eager import start_eagerly
 from sporeflow.steps.lanes import AgentLane
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RunnerPool"]
 
@@ -39,12 +49,35 @@ class RunnerPool:
         self.coming = 0  # runners created or woken that have not yet looked for work
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._held = False
 
     def schedule(self, lane: AgentLane) -> None:
-        """Queue a runnable ``lane`` and make sure a runner is coming for it."""
+        """Queue a runnable ``lane`` and make sure a runner is coming for it (held: at
+        :meth:`run_held`)."""
         self.ready.append(lane)
-        if not self.coming:
+        if not self.coming and not self._held:
             self.call_runner()
+
+    def hold(self) -> None:
+        """Call no runner for lanes made runnable until :meth:`run_held`."""
+        self._held = True
+
+    def run_held(self) -> None:
+        """Run the lanes made runnable since :meth:`hold` now, in this turn of the loop,
+        on a runner started eagerly, unless one is coming already."""
+        self._held = False
+        if not self.ready or self.coming or self._closed:
+            return
+        self.coming += 1
+        self.runners += 1
+        try:
+            task = start_eagerly(self._run(), name=f"{self.name}:runner")
+        except Exception:  # a fault of the runner's own: never the chain's
+            log.exception("a runner of %s failed", self.name)
+            return
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def call_runner(self) -> None:
         """Wake a parked runner, or create one."""

@@ -8,7 +8,7 @@ import contextvars
 
 import pytest
 
-from sporeflow.pipeline.core.eager import start_eagerly
+from sporeflow.steps.eager import start_eagerly
 
 
 async def test_a_coroutine_that_never_waits_ends_inside_the_call() -> None:
@@ -131,3 +131,70 @@ async def test_what_the_first_part_sets_in_its_context_stays_in_its_task() -> No
     assert VAR.get() == "caller"
     gate.set_result(None)
     assert await task == "publish"
+
+
+async def test_the_first_part_runs_as_the_task_that_runs_the_rest() -> None:
+    loop = asyncio.get_running_loop()
+    caller = asyncio.current_task()
+    gate: asyncio.Future[None] = loop.create_future()
+    seen: list[asyncio.Task[object] | None] = []
+
+    async def two_parts() -> None:
+        seen.append(asyncio.current_task())
+        await gate
+        seen.append(asyncio.current_task())
+
+    task = start_eagerly(two_parts(), name="eager-one")
+    assert task is not None
+    assert seen == [task]  # not the caller's: a timeout entered there cancels this task
+    assert asyncio.current_task() is caller  # the caller's is back
+    assert task.get_name() == "eager-one"
+    gate.set_result(None)
+    await task
+    assert seen == [task, task]
+
+
+async def test_a_timeout_entered_before_the_first_wait_cancels_the_task_not_the_caller() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def slow() -> str:
+        try:
+            async with asyncio.timeout(0.01):
+                await loop.create_future()
+        except TimeoutError:
+            return "timed out"
+        return "not reached"
+
+    task = start_eagerly(slow())
+    assert task is not None
+    assert await asyncio.wait_for(task, 5) == "timed out"
+
+
+async def test_a_bare_yield_in_the_first_part_is_a_turn_of_the_loop_then_the_rest() -> None:
+    ran: list[str] = []
+
+    async def yields() -> str:
+        ran.append("first")
+        await asyncio.sleep(0)
+        ran.append("rest")
+        return "done"
+
+    task = start_eagerly(yields())
+    assert task is not None
+    assert ran == ["first"]
+    assert await task == "done"
+    assert ran == ["first", "rest"]
+
+
+async def test_the_tasks_stack_is_the_started_coroutines() -> None:
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def named_step() -> None:
+        await gate
+
+    task = start_eagerly(named_step())
+    assert task is not None
+    frames = task.get_stack()  # what lanes.handler_at reads: a handler's spore at a stop
+    assert [frame.f_code.co_name for frame in frames] == ["named_step"]
+    gate.set_result(None)
+    await task

@@ -12,7 +12,7 @@ aiormq, and the broker's answers to a publish as :class:`BrokerError`.
   loop went out one per turn; here they go out together, many confirms in flight,
   each tracked by its delivery tag in aiormq.
 - :meth:`Outbound.publish_soon` starts a publish and returns, the caller told by a
-  callback: ``basic_publish`` is started eagerly (``core.eager``), its frames queued in
+  callback: ``basic_publish`` is started eagerly (``steps.eager``), its frames queued in
   the caller's turn of the loop, and a task exists only while it waits for the confirm
   (a task started for it would queue them a turn later: a turn more on every round
   trip); at most ``_STARTED_PER_TURN`` start in a turn, the rest in order in the next.
@@ -46,8 +46,8 @@ from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, broker_failure
 from sporeflow.pipeline.broker.backend import BackendStatistics, Published, Topology
 from sporeflow.pipeline.broker.link import Disconnected, Link
 from sporeflow.pipeline.broker.queue_bounds import full_queue_message
-from sporeflow.pipeline.core.eager import start_eagerly
 from sporeflow.steps import Spore
+from sporeflow.steps.eager import start_eagerly
 
 __all__ = ["Outbound"]
 

@@ -64,6 +64,7 @@ from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.core.recent import RecentNames
 from sporeflow.pipeline.core.run import Run
 from sporeflow.steps import Delivery, Spore, SporeType
+from sporeflow.steps.runners import RunnerPool
 from sporeflow.steps.signing import BadSignature, ReplayGuard, signed, verify
 
 __all__ = ["Bridge", "make_bridge", "publish_deliveries"]
@@ -477,9 +478,15 @@ class Bridge(LedgerHook):
 
 
 @pipable_operator
-async def publish_deliveries(source: AsyncIterable[list[Delivery]], *,
-                             bridge: Bridge) -> AsyncIterator[list[Delivery]]:
-    """Hand deliveries from the broker to their lanes, publish the others; pass them on."""
+async def publish_deliveries(source: AsyncIterable[list[Delivery]], *, bridge: Bridge,
+                             runners: RunnerPool) -> AsyncIterator[list[Delivery]]:
+    """Hand deliveries from the broker to their lanes, publish the others; pass them on.
+    The batch's handlers start in this turn (see :meth:`RunnerPool.run_held`)."""
     async with streamcontext(source) as batches:
         async for deliveries in batches:
-            yield bridge.deliver_or_publish(deliveries)
+            runners.hold()
+            try:
+                bridge.deliver_or_publish(deliveries)
+            finally:
+                runners.run_held()
+            yield deliveries
