@@ -29,17 +29,18 @@ T = TypeVar("T")
 _NOTHING: Any = object()  # the rest's first step has been taken (None is a bare yield)
 
 
-def start_eagerly(coro: Coroutine[Any, Any, T], *,
-                  name: str | None = None) -> asyncio.Task[T] | None:
-    """Run ``coro`` as a task until it first waits; return the task that runs the rest, or
-    None when it ended before waiting (an exception it raised then propagates here)."""
+def start_eagerly(coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
+    """Run ``coro`` as a task that takes its first step now, until it first waits; return
+    the task. What the coroutine returns or raises is the task's, as any task's (on 3.11
+    a task whose coroutine ended in that first step is done a turn later).
+
+    A loop with a task factory of its own (the user's) gets a task made by it, as usual.
+    """
     loop = asyncio.get_running_loop()
+    if loop.get_task_factory() is not None:
+        return loop.create_task(coro, name=name)
     if sys.version_info >= (3, 12):
-        task = asyncio.eager_task_factory(loop, coro, name=name)
-        if not task.done():
-            return task
-        task.result()  # raised, or returned
-        return None
+        return asyncio.eager_task_factory(loop, coro, name=name)
     context = contextvars.copy_context()  # its own, as a task's: what it sets stays there
     rest: _Rest[T] = _Rest(coro)
     task = loop.create_task(rest, name=name, context=context)
@@ -51,12 +52,8 @@ def start_eagerly(coro: Coroutine[Any, Any, T], *,
     _tasks._enter_task(loop, task)
     try:
         rest.first = context.run(coro.send, None)
-    except StopIteration:
-        rest.ended = True
-        return None
-    except BaseException:
-        rest.ended = True
-        raise
+    except BaseException as exc:  # ended: the task's first step ends it the same way
+        rest.outcome = exc
     finally:
         _tasks._leave_task(loop, task)
         if caller is not None:
@@ -68,33 +65,44 @@ class _Rest(Coroutine[Any, Any, T]):
     """The rest of a started ``coro``, as its task's coroutine: the task first waits on what
     the first step waits on; each wake-up or cancellation goes on into it, one thrown
     before the task's first step too (a generator not yet started would not pass it on).
-    A coroutine that ended in its first step leaves a task that ends at its first step."""
+    A coroutine that ended in its first step (``outcome``: its StopIteration or error)
+    ends the task the same way at the task's first step."""
 
-    __slots__ = ("_coro", "ended", "first")
+    __slots__ = ("_coro", "first", "outcome")
 
     def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
         self._coro = coro
         self.first: Any = _NOTHING
-        self.ended = False  # in the first step: its result or error went to the caller
+        self.outcome: BaseException | None = None
 
     def send(self, value: Any) -> Any:
-        if self.ended:
-            raise StopIteration
+        if self.outcome is not None:
+            outcome, self.outcome = self.outcome, None
+            raise outcome
         first, self.first = self.first, _NOTHING
         if first is not _NOTHING:
             return first
         return self._coro.send(value)
 
     def throw(self, typ: Any, value: Any = None, traceback: Any = None) -> Any:
-        self.first = _NOTHING
-        if self.ended:  # nothing left to stop: the task ends cancelled, as asked
-            raise typ if value is None else value
+        error = typ if value is None else value
+        if self.outcome is not None:  # nothing left to stop: the task ends as thrown
+            self.outcome = None
+            raise error
+        first, self.first = self.first, _NOTHING
+        cancelled = error is asyncio.CancelledError or isinstance(error, asyncio.CancelledError)
+        if first is not _NOTHING and cancelled:
+            # Cancelled before the task took up what the first step waits on: cancel that,
+            # as Task.cancel would have, and wait for it; its end throws the cancellation in.
+            cancel = getattr(first, "cancel", None)
+            if cancel is not None and cancel():
+                return first
         if value is None and traceback is None:
             return self._coro.throw(typ)
         return self._coro.throw(typ, value, traceback)  # the older form, passed on as is
 
     def close(self) -> None:
-        self.first = _NOTHING
+        self.first, self.outcome = _NOTHING, None
         self._coro.close()
 
     # What reads a task's coroutine (its stack, the handler it runs: lanes.handler_at)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import Any
 
@@ -50,6 +51,7 @@ class RunnerPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._held = False
+        self._eager_since: float | None = None  # when handlers first ran eagerly this turn
 
     def schedule(self, lane: AgentLane) -> None:
         """Queue a runnable ``lane`` and make sure a runner is coming for it (held: at
@@ -64,20 +66,35 @@ class RunnerPool:
 
     def run_held(self) -> None:
         """Run the lanes made runnable since :meth:`hold` now, in this turn of the loop,
-        on a runner started eagerly, unless one is coming already."""
+        on a runner started eagerly, unless one is coming already. Once the handlers run so
+        have held this turn of the loop for ``_HOLD_LOOP_AT_MOST``, a runner is woken for
+        them instead: timers, senders and stops get their turn between bursts of replies."""
         self._held = False
         if not self.ready or self.coming or self._closed:
             return
+        if self._eager_since is None:  # real time: how long the loop is held, whatever its clock
+            self._eager_since = time.perf_counter()
+            asyncio.get_running_loop().call_soon(self._loop_turned)
+        elif time.perf_counter() - self._eager_since > _HOLD_LOOP_AT_MOST:
+            self.call_runner()
+            return
         self.coming += 1
         self.runners += 1
+        runner = self._run()
         try:
-            task = start_eagerly(self._run(), name=f"{self.name}:runner")
-        except Exception:  # a fault of the runner's own: never the chain's
-            log.exception("a runner of %s failed", self.name)
+            task = start_eagerly(runner, name=f"{self.name}:runner")
+        except Exception:  # noqa: BLE001 - a runner that could not start: one as usual
+            log.exception("a runner of %s could not start eagerly", self.name)
+            runner.close()
+            self.coming -= 1
+            self.runners -= 1
+            self.call_runner()
             return
-        if task is not None:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _loop_turned(self) -> None:
+        self._eager_since = None
 
     def call_runner(self) -> None:
         """Wake a parked runner, or create one."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from typing import Any
 
 import pytest
 
@@ -14,11 +15,13 @@ from sporeflow.steps.eager import start_eagerly
 async def test_a_coroutine_that_never_waits_ends_inside_the_call() -> None:
     ran: list[str] = []
 
-    async def quick() -> None:
+    async def quick() -> str:
         ran.append("all")
+        return "result"
 
-    assert start_eagerly(quick()) is None
+    task = start_eagerly(quick())
     assert ran == ["all"]
+    assert await task == "result"
 
 
 async def test_the_first_part_runs_now_and_the_rest_once_what_it_waits_on_is_done() -> None:
@@ -35,7 +38,6 @@ async def test_the_first_part_runs_now_and_the_rest_once_what_it_waits_on_is_don
 
     task = start_eagerly(two_parts())
     assert ran == ["first"]  # before the loop turned
-    assert task is not None
     await asyncio.sleep(0)
     assert ran == ["first"]
     assert not task.done()
@@ -56,7 +58,6 @@ async def test_the_rest_runs_in_its_own_task_and_a_cancellation_reaches_it() -> 
             seen.append(asyncio.current_task())
 
     task = start_eagerly(waits_forever())
-    assert task is not None
     await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -66,12 +67,30 @@ async def test_the_rest_runs_in_its_own_task_and_a_cancellation_reaches_it() -> 
     assert seen[0] is not caller
 
 
-async def test_an_error_before_the_first_wait_is_raised_to_the_caller() -> None:
+async def test_an_error_before_the_first_wait_is_the_tasks_not_the_callers() -> None:
     async def broken() -> None:
         raise ValueError("bad frame")
 
+    task = start_eagerly(broken())  # raises nothing here: a runner's fault is not the chain's
     with pytest.raises(ValueError, match="bad frame"):
-        start_eagerly(broken())
+        await task
+
+
+async def test_a_coroutine_that_cancels_its_own_task_before_waiting_ends_it_cancelled() -> None:
+    caller = asyncio.current_task()
+    assert caller is not None
+
+    async def cancels_itself() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        await asyncio.sleep(0)  # where the cancellation lands
+
+    task = start_eagerly(cancels_itself())
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+    assert not caller.cancelling()
 
 
 async def test_from_a_callback_the_coroutine_runs_in_a_task() -> None:
@@ -86,8 +105,8 @@ async def test_from_a_callback_the_coroutine_runs_in_a_task() -> None:
     loop.call_soon(lambda: (tasks.append(start_eagerly(where())), done.set()))
     await done.wait()
     task = tasks[0]
-    if task is not None:  # 3.11: a task of its own; 3.12: an eager one, maybe done
-        await task
+    assert task is not None
+    await task
     assert inside
     assert inside[0] is not None
 
@@ -105,7 +124,6 @@ async def test_a_cancellation_before_the_rests_first_step_reaches_the_coroutine(
                 seen.append("finally")
 
     task = start_eagerly(publish())
-    assert task is not None
     assert lock.locked()
     task.cancel()  # in the same turn: the task has not taken its first step
     with pytest.raises(asyncio.CancelledError):
@@ -127,7 +145,6 @@ async def test_what_the_first_part_sets_in_its_context_stays_in_its_task() -> No
         return VAR.get()
 
     task = start_eagerly(sets())
-    assert task is not None
     assert VAR.get() == "caller"
     gate.set_result(None)
     assert await task == "publish"
@@ -145,7 +162,6 @@ async def test_the_first_part_runs_as_the_task_that_runs_the_rest() -> None:
         seen.append(asyncio.current_task())
 
     task = start_eagerly(two_parts(), name="eager-one")
-    assert task is not None
     assert seen == [task]  # not the caller's: a timeout entered there cancels this task
     assert asyncio.current_task() is caller  # the caller's is back
     assert task.get_name() == "eager-one"
@@ -166,7 +182,6 @@ async def test_a_timeout_entered_before_the_first_wait_cancels_the_task_not_the_
         return "not reached"
 
     task = start_eagerly(slow())
-    assert task is not None
     assert await asyncio.wait_for(task, 5) == "timed out"
 
 
@@ -180,7 +195,6 @@ async def test_a_bare_yield_in_the_first_part_is_a_turn_of_the_loop_then_the_res
         return "done"
 
     task = start_eagerly(yields())
-    assert task is not None
     assert ran == ["first"]
     assert await task == "done"
     assert ran == ["first", "rest"]
@@ -193,8 +207,43 @@ async def test_the_tasks_stack_is_the_started_coroutines() -> None:
         await gate
 
     task = start_eagerly(named_step())
-    assert task is not None
     frames = task.get_stack()  # what lanes.handler_at reads: a handler's spore at a stop
     assert [frame.f_code.co_name for frame in frames] == ["named_step"]
     gate.set_result(None)
     await task
+
+
+async def test_a_cancellation_before_the_tasks_first_step_cancels_what_it_waits_on() -> None:
+    children: list[asyncio.Task[None]] = []
+
+    async def handler() -> None:
+        child = asyncio.create_task(asyncio.sleep(10))
+        children.append(child)
+        await child
+
+    task = start_eagerly(handler())
+    task.cancel()  # in the turn it started, as a stop may
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert children[0].cancelled()  # not left running on: as Task.cancel does
+
+
+async def test_a_loops_own_task_factory_makes_the_task() -> None:
+    loop = asyncio.get_running_loop()
+    made: list[str] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[Any]:
+        made.append(coro.__qualname__)  # the older form: no context argument
+        return asyncio.Task(coro, loop=loop)
+
+    async def work() -> str:
+        return "done"
+
+    loop.set_task_factory(factory)
+    try:
+        task = start_eagerly(work())
+    finally:
+        loop.set_task_factory(None)
+    assert await task == "done"
+    assert made
+    assert made[0].endswith("work")

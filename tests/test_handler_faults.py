@@ -207,3 +207,73 @@ def test_sporeflow_run_exits_past_a_handler_that_ignores_cancellation(
     # Closing the abandoned coroutine at exit is quiet: it was reported once already.
     assert "Exception ignored" not in result.stderr
     assert "Task was destroyed" not in result.stderr
+
+
+# -- handlers run in the chain's turn of the loop (RunnerPool.run_held) ------------------
+
+
+async def test_a_handler_that_cancels_its_own_task_before_waiting_leaves_the_chain_running(
+) -> None:
+    handled: list[int] = []
+    arrived = [asyncio.Event(), asyncio.Event()]
+
+    async def rude(spore: Spore, ctx: Any) -> None:
+        handled.append(spore.knowledge["n"])
+        if spore.knowledge["n"] == 0:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()  # its runner's task, started in the chain's turn: never the chain
+        arrived[spore.knowledge["n"]].set()
+
+    organism = Organism.from_dict({"agents": {"a": {"handler": rude}}})
+    async with organism.running(drain_timeout=1):
+        await organism.send("a", {"n": 0})
+        await asyncio.wait_for(arrived[0].wait(), 10)
+        await organism.send("a", {"n": 1})  # a batch of its own, after that cancellation
+        await asyncio.wait_for(arrived[1].wait(), 10)
+    assert handled == [0, 1]
+
+
+async def test_handlers_that_keep_replying_still_let_the_loop_turn() -> None:
+    """A self-loop of replies runs on in the chain's turn only for a while: a callback
+    queued at its first hop runs long before the hops run out."""
+    loop = asyncio.get_running_loop()
+    turned: list[int] = []
+    hops: list[int] = []
+    bound = 100_000
+
+    async def again(spore: Spore, ctx: Any) -> None:
+        if spore.hops == 0:
+            loop.call_soon(turned.append, 1)
+        hops.append(spore.hops)
+        if not turned and spore.hops < bound:
+            await ctx.send("f", {})
+
+    organism = Organism.from_dict({"limits": {"max_hops": bound + 1},
+                                   "agents": {"f": {"handler": again, "peers": ["f"]}}})
+    async with organism.running():
+        await organism.send("f", {})
+        await asyncio.wait_for(organism.idle(), 60)
+    assert turned
+    assert max(hops) < bound
+
+
+async def test_a_loop_with_a_task_factory_of_its_own_still_runs_handlers() -> None:
+    loop = asyncio.get_running_loop()
+    seen: list[int] = []
+    arrived = asyncio.Event()
+
+    async def note(spore: Spore, ctx: Any) -> None:
+        seen.append(spore.knowledge["n"])
+        arrived.set()
+
+    # The older form of a task factory: no context argument.
+    loop.set_task_factory(lambda loop, coro: asyncio.Task(coro, loop=loop))
+    try:
+        organism = Organism.from_dict({"agents": {"a": {"handler": note}}})
+        async with organism.running(drain_timeout=1):
+            await organism.send("a", {"n": 1})
+            await asyncio.wait_for(arrived.wait(), 10)
+    finally:
+        loop.set_task_factory(None)
+    assert seen == [1]

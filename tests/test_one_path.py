@@ -4,6 +4,7 @@ entry, stages that exist for agents added later, and a user's own stage."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import datetime
@@ -14,7 +15,14 @@ import pytest
 from aiostream import pipable_operator, streamcontext
 
 from sporeflow.config import StageSpec
-from sporeflow.pipeline import Context, Organism, Spore, SporeDeadLettered, SporeError
+from sporeflow.pipeline import (
+    Context,
+    Organism,
+    OrganismStateError,
+    Spore,
+    SporeDeadLettered,
+    SporeError,
+)
 from sporeflow.pipeline.core.requests import new_request_id
 from sporeflow.steps import SporeType
 
@@ -381,3 +389,34 @@ async def test_a_wrongly_typed_argument_of_ctx_send_raises_in_the_handler_and_is
     assert len(raised) == 1
     assert isinstance(raised[0], SporeError)
     assert argument in str(raised[0])
+
+
+@pipable_operator
+async def explode(source: AsyncIterable[list[Spore]], *, reject: Any,
+                  error: BaseException) -> AsyncIterator[list[Spore]]:
+    async with streamcontext(source) as batches:
+        async for batch in batches:
+            if any(spore.knowledge.get("boom") for spore in batch):
+                raise error
+            yield batch
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), asyncio.CancelledError()])
+async def test_a_chain_that_dies_says_so_whatever_it_raised(error: BaseException) -> None:
+    """Even a CancelledError nobody asked for (the chain's task was not cancelled) is a
+    crash: logged, the organism failed, idle() raising; never a chain silently gone."""
+    async def keep(spore: Spore, ctx: Context) -> None:
+        return None
+
+    spec = Organism.from_dict({"agents": {"keep": {"handler": keep}}}).spec
+    organism = Organism(spec, stages=[StageSpec(operator=explode, before="route",
+                                                options={"error": error})])
+    await organism.start()
+    try:
+        await organism.send("keep", {"boom": True})
+        with pytest.raises(OrganismStateError, match="crashed"):
+            await asyncio.wait_for(organism.idle(), 10)
+        assert organism.state == "failed"
+    finally:
+        with contextlib.suppress(OrganismStateError):  # a stop says it crashed, again
+            await organism.stop(drain_timeout=1)

@@ -115,12 +115,10 @@ class Outbound:
         if not self._started:  # after these: their puts wake the writer before the next
             asyncio.get_running_loop().call_soon(self._next_turn)  # turn's, which find room
         self._started += 1
-        try:  # its frames queued in this turn; a task only while it waits for its confirm
-            waiting = start_eagerly(self._publish(*publish))
-        except Exception:  # told to its `done` already (see _publish)
-            return
-        if waiting is not None:
-            self._flying.add(waiting)
+        # Its frames queued in this turn; its task then waits for the confirm.
+        task = start_eagerly(self._publish(*publish))
+        self._flying.add(task)
+        task.add_done_callback(self._flying.discard)
 
     def _next_turn(self) -> None:
         self._started = 0
@@ -145,12 +143,13 @@ class Outbound:
             failure = await self._failure(spore, exchange, key, generation, exc)
             failure.__cause__ = exc
         except BaseException as exc:  # not written as JSON, cancelled, or a bug: told too
-            if done is not None:
-                self._flying.discard(asyncio.current_task())
-                done(exc)
-            raise
-        if done is not None:  # in a task of publish_soon's: done with it
-            self._flying.discard(asyncio.current_task())
+            if done is None:
+                raise
+            done(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return None  # publish_soon's task, which nobody awaits: told is handled
+        if done is not None:  # in a task of publish_soon's
             done(failure)
         return failure
 

@@ -60,11 +60,20 @@ class Run:
                 async with assemble(self.intake.batches(), stages).stream() as deliveries:
                     async for _ in deliveries:
                         pass  # the stages did the work; the lanes run the handlers
-            except Exception:
-                self.logger.critical("the chain of %r crashed; the organism stops",
-                                     self.spec.name, exc_info=True)
-                on_crash()
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this task was cancelled: a teardown, not a crash
+                crashed(exc)  # raised by a stage: the chain is gone all the same
+                raise RuntimeError("a stage of the chain raised CancelledError") from exc
+            except Exception as exc:
+                crashed(exc)
                 raise
+
+        def crashed(exc: BaseException) -> None:
+            self.logger.critical("the chain of %r crashed; the organism stops",
+                                 self.spec.name, exc_info=exc)
+            on_crash()
 
         self.chain = asyncio.get_running_loop().create_task(pump(),
                                                             name=f"sporeflow:{self.spec.name}")
