@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 
 from aiostream import pipable_operator, streamcontext
 
@@ -13,7 +13,7 @@ from sporeflow.steps.lanes import AgentLane
 from sporeflow.steps.runners import RunnerPool
 from sporeflow.steps.types import Delivery, Reject
 
-__all__ = ["dispatch"]
+__all__ = ["dispatch", "hand_to_lanes"]
 
 
 @pipable_operator
@@ -24,22 +24,28 @@ async def dispatch(
     on_reject: Reject,
     runners: RunnerPool,
 ) -> AsyncIterator[list[Delivery]]:
-    """Hand each delivery to its agent's lane; yield the deliveries handed over. The
-    batch's handlers start in this turn (see :meth:`RunnerPool.run_held`)."""
+    """Hand each delivery to its agent's lane; yield the deliveries handed over."""
     async with streamcontext(source) as batches:
         async for deliveries in batches:
-            current = lanes()
-            runners.hold()
-            try:
-                for spore, targets in deliveries:
-                    for name in targets:
-                        lane = current.get(name)
-                        if lane is None:  # removed by a reload between route and here
-                            on_reject(spore, Reason.UNKNOWN_AGENT, DeliveryError(
-                                f"agent {name!r} was removed before spore {spore.id} "
-                                f"reached it", reason=Reason.UNKNOWN_AGENT))
-                        else:
-                            lane.deliver(spore)
-            finally:
-                runners.run_held()
+            hand_to_lanes(deliveries, lanes(), runners, on_reject)
             yield deliveries
+
+
+def hand_to_lanes(deliveries: Iterable[Delivery], lanes: Mapping[str, AgentLane],
+                  runners: RunnerPool, on_reject: Reject) -> None:
+    """Queue each spore in its targets' lanes (one removed by a reload since route is
+    refused), then start the batch's handlers in this turn of the loop (see
+    :meth:`RunnerPool.run_held`). The one way a batch reaches lanes, with a broker too."""
+    runners.hold()
+    try:
+        for spore, targets in deliveries:
+            for name in targets:
+                lane = lanes.get(name)
+                if lane is None:
+                    on_reject(spore, Reason.UNKNOWN_AGENT, DeliveryError(
+                        f"agent {name!r} was removed before spore {spore.id} reached it",
+                        reason=Reason.UNKNOWN_AGENT))
+                else:
+                    lane.deliver(spore)
+    finally:
+        runners.run_held()

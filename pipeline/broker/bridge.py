@@ -64,6 +64,7 @@ from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.core.recent import RecentNames
 from sporeflow.pipeline.core.run import Run
 from sporeflow.steps import Delivery, Spore, SporeType
+from sporeflow.steps.dispatch import hand_to_lanes
 from sporeflow.steps.runners import RunnerPool
 from sporeflow.steps.signing import BadSignature, ReplayGuard, signed, verify
 
@@ -345,22 +346,18 @@ class Bridge(LedgerHook):
 
     # -- to the broker ----------------------------------------------------------------------
 
-    def deliver_or_publish(self, deliveries: list[Delivery]) -> list[Delivery]:
+    def deliver_or_publish(self, deliveries: list[Delivery], runners: RunnerPool) -> None:
         """The chain's last stage with a broker: a spore that came from the broker goes to
         its agent's lane here; the others are published."""
-        lanes = self.run.wiring().lanes
+        local: list[Delivery] = []
         for spore, targets in deliveries:
             ticket = self._inflight.get(id(spore))
             if ticket is None:
                 self._publish(spore, len(targets), targets)
-                continue
-            lane = lanes.get(ticket.agent)
-            if lane is None:  # removed by a reload meanwhile
-                self.run.ledger.reject(spore, Reason.UNKNOWN_AGENT, SporeError(
-                    f"agent {ticket.agent!r} was removed before spore {spore.id} reached it"))
             else:
-                lane.deliver(spore)
-        return deliveries
+                local.append((spore, (ticket.agent,)))
+        if local:
+            hand_to_lanes(local, self.run.wiring().lanes, runners, self.run.ledger.reject)
 
     def outside_or(self, local: Callable[[Spore], None]) -> Callable[[Spore], None]:
         """The ledger's outside callback: a spore for another process (a response to a
@@ -481,12 +478,8 @@ class Bridge(LedgerHook):
 async def publish_deliveries(source: AsyncIterable[list[Delivery]], *, bridge: Bridge,
                              runners: RunnerPool) -> AsyncIterator[list[Delivery]]:
     """Hand deliveries from the broker to their lanes, publish the others; pass them on.
-    The batch's handlers start in this turn (see :meth:`RunnerPool.run_held`)."""
+    The batch's handlers start in this turn (see :func:`hand_to_lanes`)."""
     async with streamcontext(source) as batches:
         async for deliveries in batches:
-            runners.hold()
-            try:
-                bridge.deliver_or_publish(deliveries)
-            finally:
-                runners.run_held()
+            bridge.deliver_or_publish(deliveries, runners)
             yield deliveries
