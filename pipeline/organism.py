@@ -316,12 +316,12 @@ class Organism(OutsideApi):
     def _declare_chain(self, run: Run) -> list[Stage]:
         """The chain's stages, in order, with the user's stages in their places."""
         bridge = self._bridge
-        last = (Stage("dispatch", publish_deliveries.pipe(bridge=bridge, runners=self._pool))
+        last = (Stage("dispatch", publish_deliveries.pipe(bridge=bridge))
                 if bridge is not None else None)
         return declare_chain(
             limits=self.spec.limits, ledger=run.ledger, requests=self._requests,
             wiring=self.wiring, outside=self._outside, checked=self._checked, now=self.now,
-            budget=self._budget, runners=self._pool, verify=bridge.verify if bridge else None,
+            budget=self._budget, verify=bridge.verify if bridge else None,
             arrived=bridge.arrived if bridge else None, last=last, user=self._user_stages)
 
     async def stop(self, *, drain_timeout: float | None = 30.0) -> int:

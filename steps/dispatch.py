@@ -10,7 +10,6 @@ from aiostream import pipable_operator, streamcontext
 from sporeflow.config.errors import DeliveryError
 from sporeflow.config.reasons import Reason
 from sporeflow.steps.lanes import AgentLane
-from sporeflow.steps.runners import RunnerPool
 from sporeflow.steps.types import Delivery, Reject
 
 __all__ = ["dispatch", "hand_to_lanes"]
@@ -22,30 +21,24 @@ async def dispatch(
     *,
     lanes: Callable[[], Mapping[str, AgentLane]],
     on_reject: Reject,
-    runners: RunnerPool,
 ) -> AsyncIterator[list[Delivery]]:
     """Hand each delivery to its agent's lane; yield the deliveries handed over."""
     async with streamcontext(source) as batches:
         async for deliveries in batches:
-            hand_to_lanes(deliveries, lanes(), runners, on_reject)
+            hand_to_lanes(deliveries, lanes(), on_reject)
             yield deliveries
 
 
 def hand_to_lanes(deliveries: Iterable[Delivery], lanes: Mapping[str, AgentLane],
-                  runners: RunnerPool, on_reject: Reject) -> None:
-    """Queue each spore in its targets' lanes (one removed by a reload since route is
-    refused), then start the batch's handlers in this turn of the loop (see
-    :meth:`RunnerPool.run_held`). The one way a batch reaches lanes, with a broker too."""
-    runners.hold()
-    try:
-        for spore, targets in deliveries:
-            for name in targets:
-                lane = lanes.get(name)
-                if lane is None:
-                    on_reject(spore, Reason.UNKNOWN_AGENT, DeliveryError(
-                        f"agent {name!r} was removed before spore {spore.id} reached it",
-                        reason=Reason.UNKNOWN_AGENT))
-                else:
-                    lane.deliver(spore)
-    finally:
-        runners.run_held()
+                  on_reject: Reject) -> None:
+    """Queue each spore in its targets' lanes; one removed by a reload since route is
+    refused. The one way a batch reaches lanes, with a broker too."""
+    for spore, targets in deliveries:
+        for name in targets:
+            lane = lanes.get(name)
+            if lane is None:
+                on_reject(spore, Reason.UNKNOWN_AGENT, DeliveryError(
+                    f"agent {name!r} was removed before spore {spore.id} reached it",
+                    reason=Reason.UNKNOWN_AGENT))
+            else:
+                lane.deliver(spore)

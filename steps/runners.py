@@ -5,26 +5,15 @@ takes a runnable lane, runs a burst of its spores' handlers one after another, a
 moves on; tasks are made only when a handler really suspends and other lanes are
 waiting (each handler still runs start to end in one task, so ``asyncio.timeout``
 and ``current_task()`` behave as usual).
-
-The chain hands a batch to the lanes between :meth:`RunnerPool.hold` and
-:meth:`RunnerPool.run_held`, which starts a runner eagerly (:mod:`sporeflow.steps.eager`)
-for the lanes made runnable: their handlers run in the chain's turn of the loop, not a
-turn later in a runner woken for them, and their replies are in the intake before the
-chain looks for its next batch. A handler that waits leaves its runner a task of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections import deque
 from typing import Any
 
-from sporeflow.steps.eager import start_eagerly
 from sporeflow.steps.lanes import AgentLane
-
-log = logging.getLogger(__name__)
 
 __all__ = ["RunnerPool"]
 
@@ -50,51 +39,12 @@ class RunnerPool:
         self.coming = 0  # runners created or woken that have not yet looked for work
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        self._held = False
-        self._eager_since: float | None = None  # when handlers first ran eagerly this turn
 
     def schedule(self, lane: AgentLane) -> None:
-        """Queue a runnable ``lane`` and make sure a runner is coming for it (held: at
-        :meth:`run_held`)."""
+        """Queue a runnable ``lane`` and make sure a runner is coming for it."""
         self.ready.append(lane)
-        if not self.coming and not self._held:
+        if not self.coming:
             self.call_runner()
-
-    def hold(self) -> None:
-        """Call no runner for lanes made runnable until :meth:`run_held`."""
-        self._held = True
-
-    def run_held(self) -> None:
-        """Run the lanes made runnable since :meth:`hold` now, in this turn of the loop,
-        on a runner started eagerly, unless one is coming already. Once the handlers run so
-        have held this turn of the loop for ``_HOLD_LOOP_AT_MOST``, a runner is woken for
-        them instead: timers, senders and stops get their turn between bursts of replies."""
-        self._held = False
-        if not self.ready or self.coming or self._closed:
-            return
-        if self._eager_since is None:  # real time: how long the loop is held, whatever its clock
-            self._eager_since = time.perf_counter()
-            asyncio.get_running_loop().call_soon(self._loop_turned)
-        elif time.perf_counter() - self._eager_since > _HOLD_LOOP_AT_MOST:
-            self.call_runner()
-            return
-        self.coming += 1
-        self.runners += 1
-        runner = self._run()
-        try:
-            task = start_eagerly(runner, name=f"{self.name}:runner")
-        except Exception:  # noqa: BLE001 - a runner that could not start: one as usual
-            log.exception("a runner of %s could not start eagerly", self.name)
-            runner.close()
-            self.coming -= 1
-            self.runners -= 1
-            self.call_runner()
-            return
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _loop_turned(self) -> None:
-        self._eager_since = None
 
     def call_runner(self) -> None:
         """Wake a parked runner, or create one."""

@@ -4,8 +4,6 @@ import asyncio
 import random
 from typing import Any
 
-from aiostream import streamcontext
-
 from sporeflow.config import Retry
 from sporeflow.steps import AgentLane, LanePolicy, Spore, backoff_delay, dispatch
 from sporeflow.steps.runners import RunnerPool
@@ -120,7 +118,7 @@ async def test_dispatch_operator_hands_deliveries_to_lanes_and_rejects_unknown()
     a, b = Spore(knowledge={"to": "a"}), Spore(knowledge={"to": "b"})
     out = await collect(dispatch.raw(aiter_of([(a, ("a",)), (b, ("b",))]), lanes=lambda: lanes,
                                      on_reject=lambda spore, reason, error: rejected.append(
-                                         reason), runners=RunnerPool()))
+                                         reason)))
     await lanes["a"].wait_quiet()
     assert len(out) == 1
     assert handled == ["a"]
@@ -131,32 +129,7 @@ def _no_reject(spore: Spore, reason: str, error: BaseException) -> None:
     raise AssertionError(f"{spore.id} refused: {reason}")
 
 
-async def test_a_batchs_quick_handlers_run_in_the_turn_of_the_loop_that_dispatches_it() -> None:
-    pool = RunnerPool()
-    handled: list[int] = []
-    caller = asyncio.current_task()
-    runs_in: set[asyncio.Task[Any] | None] = set()
-
-    async def invoke(spore: Spore, attempt: int) -> None:
-        handled.append(spore.knowledge["i"])
-        runs_in.add(asyncio.current_task())
-
-    lanes = {"a": lane(invoke, pool=pool), "b": lane(invoke, name="b", pool=pool)}
-    batch = [(Spore(knowledge={"i": i}), ("a" if i % 2 else "b",)) for i in range(6)]
-    stream = dispatch.raw(aiter_of(batch), lanes=lambda: lanes, on_reject=_no_reject,
-                          runners=pool)
-    async with streamcontext(stream) as batches:
-        assert await batches.__anext__() == batch
-        # No turn of the loop since the lanes got them: a runner woken for them would
-        # not have run yet. They ran on a task of their own, not the chain's.
-        assert sorted(handled) == list(range(6))
-    assert len(runs_in) == 1
-    assert caller not in runs_in
-    await pool.close()
-
-
-async def test_a_handler_that_waits_in_that_turn_holds_up_neither_the_chain_nor_other_lanes(
-) -> None:
+async def test_a_handler_that_waits_holds_up_neither_the_chain_nor_other_lanes() -> None:
     pool = RunnerPool()
     gate, b_done = asyncio.Event(), asyncio.Event()
 
@@ -169,7 +142,7 @@ async def test_a_handler_that_waits_in_that_turn_holds_up_neither_the_chain_nor_
     lanes = {"a": lane(waits, pool=pool), "b": lane(quick, name="b", pool=pool)}
     batch = [(Spore(knowledge={}), ("a",)), (Spore(knowledge={}), ("b",))]
     out = await collect(dispatch.raw(aiter_of(batch), lanes=lambda: lanes,
-                                     on_reject=_no_reject, runners=pool))
+                                     on_reject=_no_reject))
     assert out == [batch]  # the chain went on while a's handler waits
     await asyncio.wait_for(b_done.wait(), 5)
     assert lanes["a"].busy == 1

@@ -349,7 +349,6 @@ def test_the_stage_names_a_user_may_name_are_the_chains() -> None:
     budget = ThreadBudget(max_spores=10)
     from sporeflow.pipeline.core.chain import declare_chain
     from sporeflow.pipeline.core.run import Run
-    from sporeflow.steps.runners import RunnerPool
 
     run = Run(spec=spec, dead_letters=organism.dead_letters, requests=organism._requests,
               wiring=organism._cell, logger=organism.logger, now=organism.now,
@@ -357,7 +356,7 @@ def test_the_stage_names_a_user_may_name_are_the_chains() -> None:
               running=lambda: True)
     stages = declare_chain(limits=spec.limits, ledger=run.ledger, requests=run.requests,
                            wiring=organism.wiring, outside=set(), checked=set(),
-                           now=organism.now, budget=budget, runners=RunnerPool())
+                           now=organism.now, budget=budget)
     assert tuple(stage.name for stage in stages) == STAGE_NAMES
 
 

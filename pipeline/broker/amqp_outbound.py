@@ -12,7 +12,7 @@ aiormq, and the broker's answers to a publish as :class:`BrokerError`.
   loop went out one per turn; here they go out together, many confirms in flight,
   each tracked by its delivery tag in aiormq.
 - :meth:`Outbound.publish_soon` starts a publish and returns, the caller told by a
-  callback: ``basic_publish`` is started eagerly (``steps.eager``), its frames queued in
+  callback: ``basic_publish`` is started eagerly (``core.eager``), its frames queued in
   the caller's turn of the loop, and a task exists only while it waits for the confirm
   (a task started for it would queue them a turn later: a turn more on every round
   trip); at most ``_STARTED_PER_TURN`` start in a turn, the rest in order in the next.
@@ -46,8 +46,8 @@ from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, broker_failure
 from sporeflow.pipeline.broker.backend import BackendStatistics, Published, Topology
 from sporeflow.pipeline.broker.link import Disconnected, Link
 from sporeflow.pipeline.broker.queue_bounds import full_queue_message
+from sporeflow.pipeline.core.eager import start_eagerly
 from sporeflow.steps import Spore
-from sporeflow.steps.eager import start_eagerly
 
 __all__ = ["Outbound"]
 
@@ -115,10 +115,12 @@ class Outbound:
         if not self._started:  # after these: their puts wake the writer before the next
             asyncio.get_running_loop().call_soon(self._next_turn)  # turn's, which find room
         self._started += 1
-        # Its frames queued in this turn; its task then waits for the confirm.
-        task = start_eagerly(self._publish(*publish))
-        self._flying.add(task)
-        task.add_done_callback(self._flying.discard)
+        try:  # its frames queued in this turn; a task only while it waits for its confirm
+            waiting = start_eagerly(self._publish(*publish))
+        except Exception:  # told to its `done` already (see _publish)
+            return
+        if waiting is not None:
+            self._flying.add(waiting)
 
     def _next_turn(self) -> None:
         self._started = 0
@@ -143,13 +145,12 @@ class Outbound:
             failure = await self._failure(spore, exchange, key, generation, exc)
             failure.__cause__ = exc
         except BaseException as exc:  # not written as JSON, cancelled, or a bug: told too
-            if done is None:
-                raise
-            done(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return None  # publish_soon's task, which nobody awaits: told is handled
-        if done is not None:  # in a task of publish_soon's
+            if done is not None:
+                self._flying.discard(asyncio.current_task())
+                done(exc)
+            raise
+        if done is not None:  # in a task of publish_soon's: done with it
+            self._flying.discard(asyncio.current_task())
             done(failure)
         return failure
 

@@ -65,7 +65,6 @@ from sporeflow.pipeline.core.recent import RecentNames
 from sporeflow.pipeline.core.run import Run
 from sporeflow.steps import Delivery, Spore, SporeType
 from sporeflow.steps.dispatch import hand_to_lanes
-from sporeflow.steps.runners import RunnerPool
 from sporeflow.steps.signing import BadSignature, ReplayGuard, signed, verify
 
 __all__ = ["Bridge", "make_bridge", "publish_deliveries"]
@@ -346,7 +345,7 @@ class Bridge(LedgerHook):
 
     # -- to the broker ----------------------------------------------------------------------
 
-    def deliver_or_publish(self, deliveries: list[Delivery], runners: RunnerPool) -> None:
+    def deliver_or_publish(self, deliveries: list[Delivery]) -> None:
         """The chain's last stage with a broker: a spore that came from the broker goes to
         its agent's lane here; the others are published."""
         local: list[Delivery] = []
@@ -357,7 +356,7 @@ class Bridge(LedgerHook):
             else:
                 local.append((spore, (ticket.agent,)))
         if local:
-            hand_to_lanes(local, self.run.wiring().lanes, runners, self.run.ledger.reject)
+            hand_to_lanes(local, self.run.wiring().lanes, self.run.ledger.reject)
 
     def outside_or(self, local: Callable[[Spore], None]) -> Callable[[Spore], None]:
         """The ledger's outside callback: a spore for another process (a response to a
@@ -475,11 +474,10 @@ class Bridge(LedgerHook):
 
 
 @pipable_operator
-async def publish_deliveries(source: AsyncIterable[list[Delivery]], *, bridge: Bridge,
-                             runners: RunnerPool) -> AsyncIterator[list[Delivery]]:
-    """Hand deliveries from the broker to their lanes, publish the others; pass them on.
-    The batch's handlers start in this turn (see :func:`hand_to_lanes`)."""
+async def publish_deliveries(source: AsyncIterable[list[Delivery]], *,
+                             bridge: Bridge) -> AsyncIterator[list[Delivery]]:
+    """Hand deliveries from the broker to their lanes, publish the others; pass them on."""
     async with streamcontext(source) as batches:
         async for deliveries in batches:
-            bridge.deliver_or_publish(deliveries, runners)
+            bridge.deliver_or_publish(deliveries)
             yield deliveries

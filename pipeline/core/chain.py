@@ -35,7 +35,6 @@ from sporeflow.steps import (
     route,
     validate,
 )
-from sporeflow.steps.runners import RunnerPool
 
 __all__ = ["Stage", "assemble", "declare_chain", "place"]
 
@@ -51,7 +50,6 @@ class Stage:
 def declare_chain(*, limits: Limits, ledger: Ledger, requests: RequestBook,
                   wiring: Callable[[], WiringSnapshot], outside: Container[str],
                   checked: set[int], now: Callable[[], datetime], budget: ThreadBudget,
-                  runners: RunnerPool,
                   verify: SchemaCheck | None = None,
                   arrived: Callable[[Spore], str | None] | None = None,
                   last: Stage | None = None, user: Sequence[StageSpec] = ()) -> list[Stage]:
@@ -77,7 +75,7 @@ def declare_chain(*, limits: Limits, ledger: Ledger, requests: RequestBook,
             on_broadcast=ledger.broadcast_routed, arrived=arrived)),
         Stage("schema", check_schemas.pipe(schemas=lambda: wiring().schemas, on_reject=reject)),
         last or Stage("dispatch", dispatch.pipe(lanes=lambda: wiring().lanes,
-                                                on_reject=reject, runners=runners)),
+                                                on_reject=reject)),
     ]
     return place(stages, user, reject)
 
