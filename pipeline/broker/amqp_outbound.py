@@ -11,13 +11,10 @@ aiormq, and the broker's answers to a publish as :class:`BrokerError`.
   holding the channel's lock meanwhile, so that publishes made in one turn of the
   loop went out one per turn; here they go out together, many confirms in flight,
   each tracked by its delivery tag in aiormq.
-- :meth:`Outbound.publish_soon` starts a publish and returns, the caller told by a
-  callback: ``basic_publish`` is started eagerly (``core.eager``), its frames queued in
-  the caller's turn of the loop, and a task exists only while it waits for the confirm
-  (a task started for it would queue them a turn later: a turn more on every round
-  trip); at most ``_STARTED_PER_TURN`` start in a turn, the rest in order in the next.
-  At-least-once is unchanged: the caller settles what the spore stood for only once it
-  was confirmed.
+- :meth:`Outbound.publish_soon` starts a publish and returns: one task around
+  ``basic_publish``, the caller told by a callback; at most ``_STARTED_PER_TURN`` start
+  in a turn of the loop, the rest in order in the next turns. At-least-once is
+  unchanged: the caller settles what the spore stood for only once it was confirmed.
 
 A refused publish (no queue for its key, a full queue, no permission) raises
 :class:`BrokerError`; one cut off by the loss of the connection :class:`Disconnected`
@@ -46,7 +43,6 @@ from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, broker_failure
 from sporeflow.pipeline.broker.backend import BackendStatistics, Published, Topology
 from sporeflow.pipeline.broker.link import Disconnected, Link
 from sporeflow.pipeline.broker.queue_bounds import full_queue_message
-from sporeflow.pipeline.core.eager import start_eagerly
 from sporeflow.steps import Spore
 
 __all__ = ["Outbound"]
@@ -112,15 +108,11 @@ class Outbound:
             self._queued.append((spore, exchange, key, reply_queue, done))
 
     def _start(self, publish: tuple[Spore, str, str, str | None, Published]) -> None:
-        if not self._started:  # after these: their puts wake the writer before the next
-            asyncio.get_running_loop().call_soon(self._next_turn)  # turn's, which find room
+        loop = asyncio.get_running_loop()
+        self._flying.add(loop.create_task(self._publish(*publish)))
+        if not self._started:  # after this task: its put wakes the writer before the next
+            loop.call_soon(self._next_turn)  # turn's tasks run, so they find room
         self._started += 1
-        try:  # its frames queued in this turn; a task only while it waits for its confirm
-            waiting = start_eagerly(self._publish(*publish))
-        except Exception:  # told to its `done` already (see _publish)
-            return
-        if waiting is not None:
-            self._flying.add(waiting)
 
     def _next_turn(self) -> None:
         self._started = 0
