@@ -209,7 +209,8 @@ def test_sporeflow_run_exits_past_a_handler_that_ignores_cancellation(
     assert "Task was destroyed" not in result.stderr
 
 
-# -- handlers run in the chain's turn of the loop (RunnerPool.run_held) ------------------
+# -- how handlers are scheduled must never cost the chain or the loop (guards written by
+# a fault injector against handlers run eagerly in the chain's turn; BENCHMARKS.md) -----
 
 
 async def test_a_handler_that_cancels_its_own_task_before_waiting_leaves_the_chain_running(
@@ -222,7 +223,7 @@ async def test_a_handler_that_cancels_its_own_task_before_waiting_leaves_the_cha
         if spore.knowledge["n"] == 0:
             task = asyncio.current_task()
             assert task is not None
-            task.cancel()  # its runner's task, started in the chain's turn: never the chain
+            task.cancel()  # its runner's task: never the chain's
         arrived[spore.knowledge["n"]].set()
 
     organism = Organism.from_dict({"agents": {"a": {"handler": rude}}})
@@ -235,8 +236,8 @@ async def test_a_handler_that_cancels_its_own_task_before_waiting_leaves_the_cha
 
 
 async def test_handlers_that_keep_replying_still_let_the_loop_turn() -> None:
-    """A self-loop of replies runs on in the chain's turn only for a while: a callback
-    queued at its first hop runs long before the hops run out."""
+    """A self-loop of replies never holds the loop for long: a callback queued at its
+    first hop runs long before the hops run out."""
     loop = asyncio.get_running_loop()
     turned: list[int] = []
     hops: list[int] = []
