@@ -8,9 +8,8 @@ and at every flush and stop: a commit per spore would otherwise write one more p
 the file each time. The steps held go as one row, a JSON array of them (``steps`` says
 how many) with their times as seconds since the epoch: one encoding and one statement per
 batch, and no ISO text per time, where a row per step cost the writer thread more than
-everything else it does for a spore. The trace is a diagnostic
-record, not the journal's promise: a crash loses at most its last ``TRACE_BATCH - 1``
-steps, never a pending spore.
+everything else it does for a spore. The trace is a diagnostic record, not the journal's
+promise: a crash loses at most its last ``TRACE_BATCH - 1`` steps, never a pending spore.
 
 Settlements come from input, so the table is bounded: past ``JOURNAL_TRACE_ROWS`` steps,
 the oldest rows are dropped down to nine tenths of it (a sweep per tenth, not one per

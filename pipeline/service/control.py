@@ -126,11 +126,11 @@ def token_guard(token: str, cookie: str | None = None) -> Any:
                 response.set_cookie(name, token, httponly=True, samesite="Strict",
                                     path="/")
             return response
-        return error_response(401, "Unauthorized",
-                      "this endpoint needs its token: send `Authorization: Bearer TOKEN` "
-                      "(or ?token=TOKEN in a browser); `sporeflow run` printed it, and wrote "
-                      "it next to the control socket",
-                      headers=BEARER_CHALLENGE)
+        return error_response(
+            401, "Unauthorized",
+            "this endpoint needs its token: send `Authorization: Bearer TOKEN` (or "
+            "?token=TOKEN in a browser); `sporeflow run` printed it, and wrote it next to "
+            "the control socket", headers=BEARER_CHALLENGE)
 
     return guard
 
@@ -146,8 +146,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         return error_response(exc.status, exc.reason.replace(" ", ""),
-                      f"{request.method} {request.path}: {exc.reason.lower()}; the routes "
-                      f"are listed at GET /v1/")
+                              f"{request.method} {request.path}: {exc.reason.lower()}; the routes "
+                              f"are listed at GET /v1/")
 
 
 class _BadRequest(Exception):
@@ -181,8 +181,8 @@ class _Routes:
         if ready:
             return None
         return error_response(503, "NotReady", f"organism {self.organism.spec.name!r}: {why}; "
-                      f"GET /v1/ready answers 200 once it takes spores",
-                      headers={"Retry-After": "1"})
+                              f"GET /v1/ready answers 200 once it takes spores",
+                              headers={"Retry-After": "1"})
 
     async def index(self, request: web.Request) -> web.Response:
         routes = sorted({f"{r.method} {r.resource.canonical}" for r in request.app.router.routes()
@@ -306,7 +306,7 @@ class _Routes:
         stored = operations.dead_letter(self.organism, int(text)) if text.isdigit() else None
         if stored is None:
             return error_response(404, "NotFound", f"no dead letter {text!r} kept in organism "
-                          f"{self.organism.spec.name!r}; GET /v1/dead-letters lists them")
+                                  f"{self.organism.spec.name!r}; GET /v1/dead-letters lists them")
         return self.json(operations.letter_dict(stored))
 
     async def replay(self, request: web.Request) -> web.Response:
@@ -334,9 +334,9 @@ class _Routes:
         tree = trace_tree(self.window.steps, spore_id)
         if tree is None:
             return error_response(404, "NotFound", f"spore {spore_id!r:.200} is not among the last "
-                          f"{self.window.steps.maxlen} settlements organism "
-                          f"{self.organism.spec.name!r} keeps; a journal keeps more: "
-                          f"`sporeflow trace --journal FILE`")
+                                  f"{self.window.steps.maxlen} settlements organism "
+                                  f"{self.organism.spec.name!r} keeps; a journal keeps more: "
+                                  f"`sporeflow trace --journal FILE`")
         return self.json({"root": spore_id,
                           "steps": [step.to_json() for step in tree_steps(tree)]})
 

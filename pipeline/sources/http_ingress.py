@@ -162,7 +162,7 @@ class HttpIngress(Source):
                 raise _Answer(error_response(504, "timeout", self._mask(exc))) from None
             except HandlerError as exc:
                 raise _Answer(error_response(502, "handler_failed", self._mask(exc),
-                                     reason=str(Reason.HANDLER_FAILED))) from None
+                                             reason=str(Reason.HANDLER_FAILED))) from None
             except (SporeError, DeliveryError) as exc:
                 raise self._refused(exc) from None
         self.stats.sent += 1
@@ -209,7 +209,7 @@ class HttpIngress(Source):
             data = json.loads(raw, parse_constant=_no_constant)
         except (ValueError, RecursionError) as exc:
             raise _Answer(error_response(400, "bad_request", f"the body is not JSON: "
-                                 f"{str(exc)[:200]}")) from None
+                                         f"{str(exc)[:200]}")) from None
         if isinstance(data, dict) and "to" in data and "channel" in data:
             # The schema's "not", said plainly.
             raise _Answer(error_response(400, "bad_request", "give 'to' or 'channel', not both"))
@@ -217,13 +217,13 @@ class HttpIngress(Source):
         if error is not None:
             where = "body" + "".join(f"[{p!r}]" for p in error.absolute_path)
             raise _Answer(error_response(400, "bad_request", f"{where}: {error.message[:300]}; "
-                                 f"see GET /openapi.json"))
+                                         f"see GET /openapi.json"))
         assert isinstance(data, dict)
         return data
 
     def _too_large(self) -> web.Response:
         return error_response(413, "too_large", f"the body is larger than limits.max_spore_bytes "
-                                        f"({self.max_bytes} bytes)")
+                              f"({self.max_bytes} bytes)")
 
     def _spore(self, body: dict[str, Any]) -> Spore:
         to = body.get("to", None if "channel" in body else self.spec.to)
@@ -245,7 +245,7 @@ class HttpIngress(Source):
         else:
             message = self._mask(error, named=True)
         return _Answer(error_response(refusal_status(reason), "refused", message,
-                              reason=str(reason)))
+                                      reason=str(reason)))
 
     def _mask(self, error: BaseException, *, named: bool = False) -> str:
         """The text of ``error`` for a caller: the organism's secrets hidden."""
@@ -257,7 +257,7 @@ class HttpIngress(Source):
         """Count a POST open while it waits for room or a response; refuse past the cap."""
         if self._pending >= _MAX_PENDING:
             raise _Answer(error_response(429, "full", f"{_MAX_PENDING} requests are open already; "
-                                 f"send it again later", headers=self._retry_after))
+                                         f"send it again later", headers=self._retry_after))
         self._pending += 1
         try:
             yield
@@ -282,9 +282,9 @@ class HttpIngress(Source):
             if exc.status == 413:
                 response = self._too_large()
             else:
+                allow = {k: v for k, v in exc.headers.items() if k == "Allow"}
                 response = error_response(exc.status, _CODES.get(exc.status, "bad_request"),
-                                  exc.reason, headers={k: v for k, v in exc.headers.items()
-                                                       if k == "Allow"})
+                                          exc.reason, headers=allow)
         except Exception:  # a bug of ours: logged, answered as one, the source goes on
             self.logger.exception("source %r failed on %s %s", self.spec.name,
                                   request.method, request.path)
