@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -92,6 +91,15 @@ def backoff_delay(retry: Retry, attempt: int, rng: random.Random | None = None) 
 class AgentLane:
     """One agent's mailbox and slots; its handlers run on a :class:`RunnerPool`."""
 
+    # Slots, not a __dict__: an organism holds one lane per agent, and past 30 attributes
+    # CPython gives each instance a dict of its own (about 1.5 KiB). The dedupe and keyed
+    # lanes add a __dict__ for their few fields (two slotted bases could not be combined).
+    __slots__ = ("_cancel_reason", "_cancelled", "_mailbox", "_now", "_on_done",
+                 "_on_failed", "_quiet", "_resumers", "_rng", "_running", "_timer_tokens",
+                 "_timers", "_watch", "abandoned", "backlog", "busy", "failed", "handled",
+                 "invoke", "lent", "name", "on_room", "paused", "policy", "pool",
+                 "received", "retried", "room_at", "scheduled", "shape", "stuck")
+
     # False in a lane that must see each spore in _run (steps.dedupe): no inline path.
     inline = True
     deduplicated = 0  # copies dropped (steps.dedupe)
@@ -124,7 +132,9 @@ class AgentLane:
         self.pool = pool
         self._mailbox: PriorityBuckets[Spore | _Retry] = PriorityBuckets()
         self.backlog = self._mailbox  # read-only view: ``backlog.size`` spores queued
-        self._resumers: deque[asyncio.Future[None]] = deque()
+        # Handlers waiting in reclaim for a slot, oldest first: a list, as they are few (at
+        # most the lane's concurrency) and an empty deque costs about 600 bytes a lane.
+        self._resumers: list[asyncio.Future[None]] = []
         self._running: set[asyncio.Task[Any]] = set()  # runners inside one of our handlers
         self._quiet: asyncio.Future[None] | None = None
         self._timers: dict[int, tuple[asyncio.TimerHandle, Spore, int]] = {}
@@ -272,7 +282,7 @@ class AgentLane:
         waiting (a cancelled one stays queued until its task runs again: skip it)."""
         resumers = self._resumers
         while resumers:
-            waiter = resumers.popleft()
+            waiter = resumers.pop(0)
             if not waiter.done():
                 waiter.set_result(None)
                 self.lent -= 1  # the slot is that handler's again

@@ -21,7 +21,7 @@ from sporeflow.steps.keytable import KeyTable
 __all__ = ["AgentRuntime", "WiringCell", "WiringSnapshot", "routing_table"]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # one per agent: no __dict__ each
 class AgentRuntime:
     """An agent as the running organism holds it: its spec, lane, logger and state."""
 
