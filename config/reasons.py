@@ -12,7 +12,7 @@ import difflib
 from collections.abc import Iterable
 from enum import StrEnum
 
-__all__ = ["Reason", "did_you_mean", "reason_of"]
+__all__ = ["SENDERS_MISTAKES", "Reason", "did_you_mean", "reason_of"]
 
 
 class Reason(StrEnum):
@@ -37,6 +37,14 @@ class Reason(StrEnum):
     REPLAYED = "replayed"  # a signature outside the window, or seen before within it
     NO_KEY = "no key"  # a keyed agent's key is missing from the spore, or not a scalar
     KEY_LIMIT = "key limit"  # a keyed agent holds max_keys keys; this one is new
+
+
+# Refusals that say the sender made a mistake (not that time, a budget or a delivery ran
+# out): a refused send of one of our agents is told as a WARNING naming it, and its dead
+# letter names the sender, who never had it (a replay sends it again as it was sent).
+SENDERS_MISTAKES = frozenset({Reason.INVALID, Reason.LIMIT_EXCEEDED, Reason.SCHEMA,
+                              Reason.UNKNOWN_AGENT, Reason.UNKNOWN_CHANNEL,
+                              Reason.NO_SUBSCRIBERS, Reason.NOT_A_PEER})
 
 
 def reason_of(error: BaseException | None) -> Reason:

@@ -11,6 +11,7 @@ from aiostream import pipable_operator, streamcontext
 from sporeflow.config.errors import LimitExceeded, SporeError
 from sporeflow.config.model import Limits
 from sporeflow.config.reasons import reason_of
+from sporeflow.config.words import with_article
 from sporeflow.steps.spore import PRIORITY_MAX, PRIORITY_MIN, Spore, SporeType, Unreadable
 from sporeflow.steps.types import Batch, Reject, SchemaCheck
 
@@ -178,9 +179,16 @@ def _explain(spore: Spore, limits: Limits) -> None:
 def _check_size(spore: Spore, limits: Limits) -> None:
     """Raise unless ``spore``'s knowledge and metadata are JSON within the size and depth
     limits (the part of a check that a spore's own fields cannot vouch for)."""
-    size = _ENVELOPE_BYTES + _bound(spore.knowledge, limits.max_depth, 1, _SHORT)
-    if spore.metadata:
-        size += _bound(spore.metadata, limits.max_depth, 1, _SHORT)
+    try:
+        size = _ENVELOPE_BYTES + _bound(spore.knowledge, limits.max_depth, 1, _SHORT)
+        if spore.metadata:
+            size += _bound(spore.metadata, limits.max_depth, 1, _SHORT)
+    except LimitExceeded:
+        raise
+    except SporeError as exc:  # found in one walk, told with its place by another
+        place = (_not_json(spore.knowledge, "knowledge", limits.max_depth)
+                 or _not_json(spore.metadata, "metadata", limits.max_depth))
+        raise SporeError(place or str(exc)) from None
     if size > limits.max_spore_bytes:  # loose for short strings: bound them exactly
         size = _ENVELOPE_BYTES + _bound(spore.knowledge, limits.max_depth, 1, _EXACT)
         if spore.metadata:
@@ -192,6 +200,43 @@ def _check_size(spore: Spore, limits: Limits) -> None:
                 f"spore {spore.id} is {size} bytes as JSON, over "
                 f"limits.max_spore_bytes={limits.max_spore_bytes} "
                 f"({_human(size)} > {_human(limits.max_spore_bytes)})")
+
+
+def _not_json(value: Any, path: str, depth: int) -> str | None:
+    """Where in ``value`` (reached by ``path``) is the first thing JSON cannot write, and
+    what to do about it; None if nothing is. Walked only once ``_bound`` refused."""
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return (f"{path} has the key {_shown(key)}, "
+                        f"{with_article(type(key).__name__)}: "
+                        f"knowledge keys must be strings")
+            place = f"{path}.{key}" if key.isidentifier() else f"{path}[{key!r:.40}]"
+            found = _not_json(item, place, depth - 1) if depth > 0 else None
+            if found:
+                return found
+        return None
+    if kind is list or kind is tuple:
+        for index, item in enumerate(value):
+            found = _not_json(item, f"{path}[{index}]", depth - 1) if depth > 0 else None
+            if found:
+                return found
+        return None
+    if kind is float and (value != value or value in (float("inf"), float("-inf"))):
+        return f"{path} holds {value!r}, which JSON cannot represent; send null or a string"
+    if isinstance(value, _SCALARS):
+        return None
+    hint = {"datetime": "; write it as text with .isoformat()", "set": "; make it a list",
+            "frozenset": "; make it a list", "bytes": "; decode it to text"}.get(
+        kind.__name__, "; make it a dict, a list, text or a number")
+    return f"{path} holds {with_article(kind.__name__)}, which is not JSON: {_shown(value)}{hint}"
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to 40 characters with an ellipsis."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def _human(size: int) -> str:

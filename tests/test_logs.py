@@ -104,9 +104,10 @@ async def test_a_refused_spore_is_logged_without_its_knowledge(
         await organism.idle()
     [letter] = organism.dead_letters
     assert "hunter2" in letter.error  # the dead letter keeps the details...
-    [line] = [line for line in parse(json_lines) if line.get("event") == "dead-lettered"]
+    # A handler's output refused: a warning naming the agent (tests/test_refused_output.py)
+    [line] = [line for line in parse(json_lines) if line.get("event") == "refused"]
     assert line["thread_id"] == sent.id
-    assert line["level"] == "info"
+    assert (line["level"], line["agent"]) == ("warning", "leaky")
     assert "hunter2" not in json_lines.getvalue()  # ...the log does not
 
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sporeflow.config import redact_text
-from sporeflow.config.reasons import Reason
+from sporeflow.config.reasons import SENDERS_MISTAKES, Reason
 from sporeflow.steps import RoutingTable, Spore, permission_error, redelivery
 
 __all__ = ["URL_PASSWORDS", "DeadLetter", "DeadLetterStore", "LetterChoice", "Masker",
@@ -65,6 +65,11 @@ class DeadLetter:
             trace = masker.mask("".join(traceback.format_exception(error)))
         return cls(spore, reason, text, agent, attempts, trace)
 
+    def names_its_sender(self) -> bool:
+        """``agent`` is the one that sent the spore, refused for its mistake: it never had
+        the spore (elsewhere ``agent`` is the one whose delivery failed)."""
+        return self.reason in SENDERS_MISTAKES and self.agent == self.spore.from_agent
+
     def to_dict(self) -> dict[str, Any]:
         return {"reason": self.reason, "error": self.error, "agent": self.agent,
                 "attempts": self.attempts, "at": self.at.isoformat(),
@@ -84,7 +89,7 @@ class StoredDeadLetter:
         only; an expired spore loses its expiry (replaying it asks for it to be handled)."""
         letter = self.letter
         spore = letter.spore
-        if letter.agent is not None:
+        if letter.agent is not None and not letter.names_its_sender():
             spore = redelivery(spore, letter.agent)
         if letter.reason == Reason.EXPIRED:
             spore = replace(spore, expires_at=None)

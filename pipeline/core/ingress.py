@@ -27,7 +27,6 @@ from sporeflow.config import (
 from sporeflow.config.reasons import Reason, reason_of
 from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.ledger import Ledger
-from sporeflow.pipeline.core.logfields import describe_error, spore_fields
 from sporeflow.pipeline.core.recent import OneMore, RecentNames
 from sporeflow.pipeline.core.requests import RequestBook, new_request_id
 from sporeflow.pipeline.core.wiring import WiringCell
@@ -329,9 +328,4 @@ class Ingress:
         self._refuse(spore, error, spore.from_agent)
 
     def _refuse(self, spore: Spore, error: Exception, agent: str) -> None:
-        reason = reason_of(error)
-        self.ledger.logger.warning(
-            "refused: %s -> %s: %s", spore.from_agent, spore.to_agent or f"#{spore.channel}",
-            describe_error(error, self.ledger.masker),
-            extra=spore_fields(spore, agent=agent, event="refused", reason=reason))
-        self.ledger.refused(spore, reason, error, agent=agent)
+        self.ledger.refuse_sent(spore, reason_of(error), error, agent)

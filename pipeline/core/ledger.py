@@ -24,7 +24,7 @@ from datetime import datetime
 
 from sporeflow.config import HandlerError, OrganismStateError
 from sporeflow.config.model import DEAD_LETTER_CHANNEL
-from sporeflow.config.reasons import Reason
+from sporeflow.config.reasons import SENDERS_MISTAKES, Reason
 from sporeflow.pipeline.core.deadletters import (
     URL_PASSWORDS,
     DeadLetter,
@@ -200,13 +200,30 @@ class Ledger:
 
     def reject(self, spore: Spore, reason: str, error: BaseException | None) -> None:
         """A stage refused ``spore`` (or one delivery of it): dead-letter and settle it."""
-        self.logger.info("dead letter %s from %r: %s: %s", spore.id, spore.from_agent,
-                         reason, describe_error(error, self.masker),
-                         extra=spore_fields(spore, event="dead-lettered", reason=reason))
-        self.refused(spore, reason, error)
+        producer = spore.from_agent
+        if (reason in SENDERS_MISTAKES and type(producer) is str
+                and producer in self._wiring().lanes):
+            # What one of our handlers returned or yielded: its send, told as one.
+            self.refuse_sent(spore, reason, error, producer)
+        else:
+            self.logger.info("dead letter %s from %r: %s: %s", spore.id, producer,
+                             reason, describe_error(error, self.masker),
+                             extra=spore_fields(spore, event="dead-lettered", reason=reason))
+            self.refused(spore, reason, error)
         self.intake.settle(1)
         for hook in self._on_released:
             hook(spore)
+
+    def refuse_sent(self, spore: Spore, reason: str, error: BaseException | None,
+                    agent: str) -> None:
+        """What ``agent`` (one of ours, or a source) sent, returned or yielded breaks a
+        rule: a WARNING naming it and the target, and a dead letter naming it. One rule
+        for every way a handler's output comes out (no settlement: see ``refused``)."""
+        self.logger.warning(
+            "refused: %s -> %s: %s", spore.from_agent, spore.to_agent or f"#{spore.channel}",
+            describe_error(error, self.masker),
+            extra=spore_fields(spore, agent=agent, event="refused", reason=reason))
+        self.refused(spore, reason, error, agent=agent)
 
     def refused(self, spore: Spore, reason: str, error: BaseException | None, *,
                 agent: str | None = None) -> None:
