@@ -70,6 +70,8 @@ def shape_replies(result: Any, *, parent: Spore, agent: str, emit: Emit | None,
     if kind is str or kind is bytes:
         return _numbered(_xml_replies(result, parent=parent, agent=agent, emit=emit,
                                       limits=limits), parent, agent, start)
+    if kind is set or kind is frozenset:  # no order, so no ids to derive from positions
+        raise SporeError(_bad_return(agent, result))
     if isinstance(result, Iterable) and not isinstance(result, str | bytes | dict):
         shaped: list[Spore] = []
         _shape_items(iter(result), shaped, parent=parent, agent=agent, emit=emit,
@@ -97,8 +99,8 @@ def shape_replies_off_loop(
                                   limits=limits, start=start)
         return _numbered(_xml_replies(result, parent=parent, agent=agent, emit=emit,
                                       limits=limits), parent, agent, start)
-    if result is None or kind is Spore or not isinstance(result, Iterable) or isinstance(
-            result, str | bytes | dict):
+    if result is None or kind is Spore or kind is set or kind is frozenset or not isinstance(
+            result, Iterable) or isinstance(result, str | bytes | dict):
         return shape_replies(result, parent=parent, agent=agent, emit=emit, limits=limits,
                              start=start)
     items = iter(result)
@@ -169,9 +171,11 @@ def _returned_payloads(text: str | bytes, agent: str, limits: Limits) -> list[Pa
     except XmlPayloadError as exc:
         if not exc.message.startswith(NO_ELEMENT):
             raise
+        returned = "bytes" if isinstance(text, bytes) else "text"
         raise XmlPayloadError(
-            f"agent {agent!r} returned text with no XML element in it: a str a handler "
-            f"returns is read as XML replies; return a dict (JSON knowledge, e.g. "
+            f"agent {agent!r} returned {returned} with no XML element in it: a str (or "
+            f"bytes) a handler returns is read as XML replies; return a dict (JSON "
+            f"knowledge, e.g. "
             f"{{\"text\": ...}}) instead ({exc.message})", exc.excerpt) from None
 
 
@@ -275,5 +279,10 @@ def _seconds_attr(value: str, agent: str) -> float:
 
 
 def _bad_return(agent: str, value: object) -> str:
-    return (f"agent {agent!r} returned {with_article(type(value).__name__)} ({value!r:.60}); "
-            f"return None, a dict, a Spore, XML text, or an iterable of those")
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:59] + "…"
+    unordered = (" (a set has no order: its replies would get different ids each time "
+                 "it is handled; return a list)") if isinstance(value, set | frozenset) else ""
+    return (f"agent {agent!r} returned {with_article(type(value).__name__)}, {shown}; "
+            f"return None, a dict, a Spore, XML text, or a list or other ordered iterable "
+            f"of those{unordered}")

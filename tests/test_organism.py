@@ -116,11 +116,18 @@ async def test_handlers_may_return_many_spores_and_async_iterables() -> None:
 
 
 @pytest.mark.parametrize(("returned", "advice"), [
-    (42, "returned an int (42); return None, a dict, a Spore"),
+    (42, "returned an int, 42; return None, a dict, a Spore"),
     # A plain sentence: a returned str is read as XML, which it does not say by itself.
     ("hello there, no markup at all",
-     "agent 'bad' returned text with no XML element in it: a str a handler returns is "
-     "read as XML replies; return a dict")])
+     "agent 'bad' returned text with no XML element in it: a str (or bytes) a handler "
+     "returns is read as XML replies; return a dict"),
+    (b"hello", "agent 'bad' returned bytes with no XML element in it"),
+    # A set is iterable, but its order (and so its replies' ids) is not defined.
+    ({"<a/>", "<b/>"}, "agent 'bad' returned a set, "),
+    (frozenset({"a"}), "(a set has no order: its replies would get different ids each "
+                       "time it is handled; return a list)"),
+    (object(), "returned an object, <object object at"),
+    ("x" * 100, "a str (or bytes) a handler returns")])
 async def test_a_bad_return_value_is_a_handler_failure_with_advice(
         returned: object, advice: str) -> None:
     async def bad(spore: Spore, ctx: Any) -> Any:
