@@ -50,7 +50,6 @@ from sporeflow.config.references import mapping, reference_problems
 from sporeflow.config.resolve import (
     qualname,
     resolve_handlers,
-    resolve_listed,
     resolve_stages,
     resolve_store,
 )
@@ -148,8 +147,8 @@ def _build(
         raise ConfigError(_sorted(problems))
     # The name checks below skip whatever has the wrong shape: that is reported already.
     problems += reference_problems(located, external) + bare_duration_warnings(located)
-    handlers = resolve_handlers(located, base_dir, callables, problems)
-    listed = resolve_listed(located, base_dir, listed_callables, problems)
+    handlers, listed = resolve_handlers(located, base_dir, callables, listed_callables,
+                                        problems)
     payloads = read_payloads(located, handlers, listed, problems)
     stages = resolve_stages(located, base_dir, problems)
     store = resolve_store(located, base_dir, problems)

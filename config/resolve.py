@@ -21,7 +21,7 @@ from sporeflow.config.positions import Path as DataPath
 from sporeflow.config.references import mapping
 from sporeflow.config.schema import HANDLER_PATTERN
 
-__all__ = ["qualname", "resolve_handlers", "resolve_listed", "resolve_stages", "resolve_store"]
+__all__ = ["qualname", "resolve_handlers", "resolve_stages", "resolve_store"]
 
 
 def qualname(handler: Callable[..., Any]) -> str:
@@ -30,63 +30,85 @@ def qualname(handler: Callable[..., Any]) -> str:
 
 
 class _Imports:
-    """``resolve_handler`` for one load, remembering the modules that failed to import."""
+    """``resolve_handler`` for one load: a module that fails to import is imported once
+    and reported once (:meth:`report`), at the first reference the pass met (``handler:``
+    ones first, then ``handlers:`` lists), naming every agent that refers to it."""
 
-    def __init__(self, base_dir: Path) -> None:
-        self.base_dir = base_dir
+    def __init__(self, located: Located, base_dir: Path, problems: list[Problem]) -> None:
+        self.located, self.base_dir, self.problems = located, base_dir, problems
         self.broken: dict[str, HandlerImportError] = {}
+        self.users: dict[str, list[tuple[str, DataPath]]] = {}  # module -> (agent, place)
 
-    def resolve(self, ref: str) -> Callable[..., Any]:
-        known = self.broken.get(ref.partition(":")[0])
-        if known is not None:
-            raise known
-        try:
-            return resolve_handler(ref, self.base_dir)
-        except HandlerImportError as exc:
-            if exc.module is not None:
-                self.broken[exc.module] = exc
-            raise
+    def resolve(self, ref: str, agent: str, where: DataPath) -> Callable[..., Any] | None:
+        """The callable ``ref`` names, or None: its problem is reported."""
+        module = ref.partition(":")[0]
+        if module not in self.broken:
+            try:
+                return resolve_handler(ref, self.base_dir)
+            except HandlerImportError as exc:
+                if exc.module is None:  # the reference itself (no such function, ...)
+                    self.problems.append(self.located.problem(where, str(exc)))
+                    return None
+                module = exc.module
+                self.broken[module] = exc
+        self.users.setdefault(module, []).append((agent, where))
+        return None
+
+    def report(self) -> None:
+        """One problem per broken module, at its first reference."""
+        for module, users in self.users.items():
+            error = self.broken[module]
+            where = users[0][1]
+            if len(users) == 1:  # the one reference that failed: its own message
+                self.problems.append(self.located.problem(where, str(error)))
+                continue
+            agents = list(dict.fromkeys(agent for agent, _ in users))
+            named = (f"agent {agents[0]!r} uses it" if len(agents) == 1 else
+                     "agents " + ", ".join(repr(a) for a in agents[:-1])
+                     + f" and {agents[-1]!r} use it")
+            self.problems.append(self.located.problem(
+                where, f"handler module {module!r} {error.cause}; {named}"))
 
 
 def resolve_handlers(
     located: Located, base_dir: Path, callables: Mapping[str, Callable[..., Any]],
-    problems: list[Problem],
-) -> dict[str, Callable[..., Any]]:
-    """Each agent's handler, imported; what fails is added to ``problems``."""
+    listed_callables: Mapping[str, Mapping[int, Callable[..., Any]]], problems: list[Problem],
+) -> tuple[dict[str, Callable[..., Any]], dict[str, list[Callable[..., Any]]]]:
+    """Each agent's ``handler:``, and each ``handlers:`` list (typed handlers, see
+    ``config.typed``), imported; a callable given through the Python API (``callables``
+    by agent, ``listed_callables`` by agent and place) is taken as is. What fails is
+    added to ``problems``."""
+    imports = _Imports(located, base_dir, problems)
+    handlers = _single(located, imports, callables)
+    listed = _listed(located, imports, listed_callables)
+    imports.report()
+    for name, handler in handlers.items():
+        agent = mapping(located.data["agents"].get(name))
+        problem = _handler_kind_problem(handler, cpu_bound=agent.get("cpu_bound") is True)
+        if problem:
+            problems.append(located.problem(("agents", name, "handler"), problem))
+    return handlers, listed
+
+
+def _single(located: Located, imports: _Imports,
+            callables: Mapping[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
     handlers: dict[str, Callable[..., Any]] = dict(callables)
-    imports = _Imports(base_dir)
-    users: dict[str, list[str]] = {}  # a broken module -> the agents that name it
     for name, agent in mapping(located.data.get("agents")).items():
         if name in handlers or not isinstance(agent, dict):
             continue
         if not isinstance(agent.get("handler"), str) or not re.fullmatch(
                 HANDLER_PATTERN, agent["handler"]):
             continue  # reported by the schema pass
-        try:
-            handlers[name] = imports.resolve(agent["handler"])
-        except HandlerImportError as exc:
-            if exc.module is None:
-                problems.append(located.problem(("agents", name, "handler"), str(exc)))
-            else:
-                users.setdefault(exc.module, []).append(name)
-    for module, agents in users.items():
-        problems.append(_broken_module(located, module, imports.broken[module], agents))
-    for name, handler in handlers.items():
-        agent = mapping(located.data["agents"].get(name))
-        problem = _handler_kind_problem(handler, cpu_bound=agent.get("cpu_bound") is True)
-        if problem:
-            problems.append(located.problem(("agents", name, "handler"), problem))
+        handler = imports.resolve(agent["handler"], name, ("agents", name, "handler"))
+        if handler is not None:
+            handlers[name] = handler
     return handlers
 
 
-def resolve_listed(
-    located: Located, base_dir: Path, callables: Mapping[str, Mapping[int, Callable[..., Any]]],
-    problems: list[Problem],
-) -> dict[str, list[Callable[..., Any]]]:
-    """Each ``handlers:`` list (typed handlers, see ``config.typed``), imported; a callable
-    given through the Python API (in ``callables``, by agent and place) is taken as is."""
+def _listed(located: Located, imports: _Imports,
+            callables: Mapping[str, Mapping[int, Callable[..., Any]]],
+            ) -> dict[str, list[Callable[..., Any]]]:
     listed: dict[str, list[Callable[..., Any]]] = {}
-    imports = _Imports(base_dir)
     for name, agent in mapping(located.data.get("agents")).items():
         refs = mapping(agent).get("handlers")
         if not isinstance(refs, list) or not refs:
@@ -97,24 +119,12 @@ def resolve_listed(
             if index in given:
                 resolved.append(given[index])
             elif isinstance(ref, str) and re.fullmatch(HANDLER_PATTERN, ref):
-                try:
-                    resolved.append(imports.resolve(ref))
-                except HandlerImportError as exc:
-                    problems.append(located.problem(("agents", name, "handlers", index),
-                                                    str(exc)))
+                handler = imports.resolve(ref, name, ("agents", name, "handlers", index))
+                if handler is not None:
+                    resolved.append(handler)
         if len(resolved) == len(refs):
             listed[name] = resolved
     return listed
-
-
-def _broken_module(located: Located, module: str, error: HandlerImportError,
-                   agents: list[str]) -> Problem:
-    where: DataPath = ("agents", agents[0], "handler")
-    if len(agents) == 1:
-        return located.problem(where, str(error))
-    named = ", ".join(repr(agent) for agent in agents[:-1]) + f" and {agents[-1]!r}"
-    return located.problem(where, f"handler module {module!r} {error.cause}; agents {named} "
-                                  f"use it")
 
 
 def resolve_stages(located: Located, base_dir: Path,

@@ -100,3 +100,35 @@ def test_a_module_beside_the_organism_named_like_the_standard_library_is_refused
     [problem] = caught.value.problems
     assert str(tmp_path / "json.py") in problem.message
     assert "rename json.py" in problem.message.lower()
+
+
+def test_a_broken_module_in_handlers_lists_is_reported_once_by_its_name(
+        tmp_path: Path, handler_modules: Callable[[str], str]) -> None:
+    """``handlers:`` lists share the rule: the module runs once, one problem names it (not
+    its first reference for the second) and every agent using it, ``handler:`` too."""
+    import builtins
+
+    mod = handler_modules(BROKEN)
+    file = tmp_path / "organism.yaml"
+    file.write_text(f"agents:\n  desk: {{handlers: [{mod}:one, {mod}:two]}}\n"
+                    f"  solo: {{handler: {mod}:a}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_organism(file)
+    [problem] = caught.value.problems
+    assert problem.path == "agents.solo.handler"  # handler: refs are imported first
+    assert problem.message.startswith(f"handler module {mod!r} ")
+    assert problem.message.endswith("; agents 'solo' and 'desk' use it")
+    assert builtins.__dict__.pop("sporeflow_test_runs") == [mod]
+
+
+def test_one_agents_list_into_a_broken_module_names_the_agent_once(
+        tmp_path: Path, handler_modules: Callable[[str], str]) -> None:
+    mod = handler_modules(BROKEN)
+    file = tmp_path / "organism.yaml"
+    file.write_text(f"agents:\n  desk: {{handlers: [{mod}:one, {mod}:two]}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_organism(file)
+    [problem] = caught.value.problems
+    assert (problem.line, problem.path) == (2, "agents.desk.handlers.0")
+    assert problem.message.startswith(f"handler module {mod!r} ")
+    assert problem.message.endswith("; agent 'desk' uses it")
