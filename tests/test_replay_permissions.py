@@ -158,3 +158,65 @@ def test_replay_refusals_let_a_broadcast_delivery_through_and_hold_a_direct_spor
     [why] = refused
     assert why.startswith("dead letter 2 (spore ")
     assert "NotAPeer: agent 'triage' may not address 'archiver'" in why
+
+
+# -- letters that must never be replayed, and broadcasts only to a subscriber ---------------
+
+def _letter(number: int, spore: Spore, reason: str, agent: str | None = None) -> Any:
+    from sporeflow.pipeline.core.deadletters import DeadLetter, StoredDeadLetter
+
+    return StoredDeadLetter(number, DeadLetter.of(spore, reason, None, agent=agent))
+
+
+@pytest.mark.parametrize("reason", ["bad signature", "replayed"])
+@pytest.mark.parametrize("with_table", [True, False])
+def test_a_letter_refused_for_its_signature_is_never_replayed(reason: str,
+                                                              with_table: bool) -> None:
+    """Found by an attacker: dlq replay signed a forged (or changed, or replayed) spore
+    with the organism's key and delivered it."""
+    from sporeflow.pipeline.core.deadletters import replay_refusals
+    from sporeflow.pipeline.core.wiring import routing_table
+
+    table = routing_table(_organism([]).spec) if with_table else None
+    forged = _letter(1, Spore(knowledge={}, from_agent="reader", to_agent="archiver"), reason)
+    fine = _letter(2, Spore(knowledge={}, from_agent="reader", to_agent="archiver"),
+                   "handler failed", agent="archiver")
+    allowed, refused = replay_refusals([forged, fine], table, ())
+    assert allowed == [fine]
+    [why] = refused
+    assert why.startswith(f"dead letter 1 (spore {forged.letter.spore.id}): it failed its "
+                          f"signature check ({reason}): a replay would sign it")
+
+
+def test_a_replayed_broadcast_goes_only_to_a_subscriber() -> None:
+    """Found by an attacker: a journal row naming a non-subscriber as the letter's agent
+    made a replay hand a channel's broadcast to it."""
+    from sporeflow.pipeline.core.deadletters import replay_refusals
+    from sporeflow.pipeline.core.wiring import routing_table
+
+    table = routing_table(_organism([]).spec)
+    news = Spore(knowledge={"secret": 1}, from_agent="triage", channel="news",
+                 spore_type=SporeType.BROADCAST)
+    to_triage = _letter(1, news, "handler failed", agent="triage")  # not a subscriber
+    to_reader = _letter(2, news, "handler failed", agent="reader")
+    allowed, refused = replay_refusals([to_triage, to_reader], table, ())
+    assert allowed == [to_reader]
+    assert refused == [f"dead letter 1 (spore {news.id}): agent 'triage' does not subscribe "
+                       f"to channel 'news': a replayed broadcast goes back only to a "
+                       f"subscriber that failed on it"]
+
+
+async def test_the_running_organism_keeps_a_letter_refused_for_its_signature() -> None:
+    from sporeflow.pipeline.core.deadletters import DeadLetter
+
+    received: list[Spore] = []
+    organism = _organism(received, fail_first=False)
+    forged = Spore(knowledge={"n": 9}, from_agent="reader", to_agent="archiver")
+    async with organism.running():
+        organism.dead_letters.add(DeadLetter.of(forged, "bad signature", None))
+        result = await operations.replay(organism, LetterChoice())
+        await organism.idle()
+        assert received == []
+        assert [letter.spore.id for letter in organism.dead_letters] == [forged.id]
+    [problem] = result.problems
+    assert "it failed its signature check (bad signature)" in problem

@@ -205,9 +205,10 @@ def _screened(letters: list[StoredDeadLetter],
               spec: OrganismSpec | None) -> tuple[list[StoredDeadLetter], list[str]]:
     """The letters the organism's permissions let be replayed, and why not the others:
     said now, rather than found dead-lettered again at the next run."""
-    if spec is None:  # a journal named without its organism: the run will check them
-        return letters, []
-    return replay_refusals(letters, routing_table(spec), OUTSIDE_SENDERS)
+    # Without its organism (a journal named alone) the run checks the permissions, but a
+    # letter that may never be replayed is refused now all the same.
+    return replay_refusals(letters, routing_table(spec) if spec is not None else None,
+                           OUTSIDE_SENDERS)
 
 
 def _in_running(ctx: click.Context, organism: Path, explicit: bool,

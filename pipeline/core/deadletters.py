@@ -16,10 +16,10 @@ from typing import Any, Protocol
 
 from sporeflow.config import redact_text
 from sporeflow.config.reasons import SENDERS_MISTAKES, Reason
-from sporeflow.steps import RoutingTable, Spore, permission_error, redelivery
+from sporeflow.steps import RoutingTable, Spore, SporeType, permission_error, redelivery
 
 __all__ = ["URL_PASSWORDS", "DeadLetter", "DeadLetterStore", "LetterChoice", "Masker",
-           "StoredDeadLetter", "error_text", "replay_refusals"]
+           "StoredDeadLetter", "error_text", "never_replayed", "replay_refusals"]
 
 
 class Masker(Protocol):
@@ -96,24 +96,54 @@ class StoredDeadLetter:
         return spore
 
 
-def replay_refusals(letters: Iterable[StoredDeadLetter], table: RoutingTable,
+# A spore refused for its signature was never shown to come from its sender: a replay
+# would sign it with this organism's key, laundering a forgery, a change or a replay.
+_UNPROVEN = frozenset({Reason.BAD_SIGNATURE, Reason.REPLAYED})
+
+
+def never_replayed(letter: DeadLetter) -> str | None:
+    """Why ``letter`` may never be replayed, whoever asks and wherever it is kept."""
+    if letter.reason in _UNPROVEN:
+        return (f"it failed its signature check ({letter.reason}): a replay would sign it "
+                f"as this organism's own; it stays a dead letter (dlq purge removes it)")
+    return None
+
+
+def replay_refusals(letters: Iterable[StoredDeadLetter], table: RoutingTable | None,
                     outside: Container[str]) -> tuple[list[StoredDeadLetter], list[str]]:
-    """The letters ``table``'s permissions let be replayed, and why the others are not:
-    route's own rule (``permission_error``), heard at replay rather than as the same dead
-    letter again, for a replay that the organism will deliver later (a journal's, the
-    broker's). A letter never allowed stays; a broadcast's delivery is allowed as it was."""
+    """The letters that may be replayed, and why the others may not, for a replay that the
+    organism will deliver later (a journal's, the broker's), whose letters anyone who could
+    write there may have written: :func:`never_replayed`, then, with ``table``, route's
+    permission rule (``permission_error``) and a broadcast's delivery only to a subscriber
+    of its channel, heard at replay rather than as the same dead letter again. A letter
+    never allowed stays; a broadcast's delivery is allowed as it was."""
     allowed: list[StoredDeadLetter] = []
     refused: list[str] = []
     for stored in letters:
         spore = stored.replayable()
-        refusal = permission_error(table, spore, outside=outside) if (
-            table.peers or table.publishers) else None
+        refusal: Exception | str | None = never_replayed(stored.letter)
+        if refusal is None and table is not None:
+            refusal = _unsubscribed(stored, spore, table) or (permission_error(
+                table, spore, outside=outside) if table.peers or table.publishers else None)
         if refusal is None:
             allowed.append(stored)
         else:
-            refused.append(f"dead letter {stored.number} (spore {spore.id}): "
-                           f"{type(refusal).__name__}: {refusal}")
+            why = refusal if isinstance(refusal, str) else (
+                f"{type(refusal).__name__}: {refusal}")
+            refused.append(f"dead letter {stored.number} (spore {spore.id}): {why}")
     return allowed, refused
+
+
+def _unsubscribed(stored: StoredDeadLetter, spore: Spore, table: RoutingTable) -> str | None:
+    """A broadcast's delivery goes back only to an agent of its channel (the letter's
+    agent is what the store says: a journal row or a broker header)."""
+    broadcast = stored.letter.spore
+    if broadcast.spore_type is not SporeType.BROADCAST or broadcast.to_agent is not None:
+        return None  # (a letter holding no spore is refused as such where it is kept)
+    if spore.to_agent in table.subscribers.get(broadcast.channel, ()):
+        return None
+    return (f"agent {spore.to_agent!r} does not subscribe to channel {broadcast.channel!r}: "
+            f"a replayed broadcast goes back only to a subscriber that failed on it")
 
 
 @dataclass(frozen=True, slots=True)

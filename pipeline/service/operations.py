@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sporeflow.config import (
+    DeliveryError,
     HandlerError,
     OrganismStateError,
     RequestTimeout,
@@ -34,6 +35,7 @@ from sporeflow.pipeline.core.deadletters import (
     LetterChoice,
     Masker,
     StoredDeadLetter,
+    never_replayed,
 )
 from sporeflow.pipeline.core.http_serving import refusal_status as status_of_reason
 from sporeflow.pipeline.observe.events import (
@@ -152,7 +154,10 @@ async def replay(organism: Controlled, choice: LetterChoice) -> Replayed:
     problems: list[str] = []
     refused: list[StoredDeadLetter] = []
     for stored in taken:
+        never = never_replayed(stored.letter)
         try:
+            if never is not None:
+                raise DeliveryError(never, reason=stored.letter.reason)
             await organism.submit(stored.replayable())
         except SporeflowError as exc:
             refused.append(stored)
