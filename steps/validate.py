@@ -29,6 +29,9 @@ _STRING_GROWTH = 6
 _SHORT = 64
 _EXACT = -1  # as _bound's `short`: every string measured exactly
 _ENVELOPE_BYTES = 512
+# How far past the limit an exact-strings bound may go and still be written out to be
+# measured: writing costs its size in memory, and a bound is never below the JSON.
+_WRITTEN = 4
 _BIG_INT = 10**21  # an int inside (-_BIG_INT, _BIG_INT) is at most 22 characters as JSON
 _ESCAPED = bytes(range(0x20)) + b'"\\'
 _UNESCAPED = bytes(b for b in range(256) if b not in _ESCAPED)
@@ -180,32 +183,97 @@ def _check_size(spore: Spore, limits: Limits) -> None:
     """Raise unless ``spore``'s knowledge and metadata are JSON within the size and depth
     limits (the part of a check that a spore's own fields cannot vouch for)."""
     try:
-        size = _ENVELOPE_BYTES + _bound(spore.knowledge, limits.max_depth, 1, _SHORT)
-        if spore.metadata:
-            size += _bound(spore.metadata, limits.max_depth, 1, _SHORT)
+        _check_bytes(spore, limits)
     except LimitExceeded:
         raise
     except SporeError as exc:  # found in one walk, told with its place by another
-        place = (_not_json(spore.knowledge, "knowledge", limits.max_depth)
-                 or _not_json(spore.metadata, "metadata", limits.max_depth))
+        place = (_not_json(spore.knowledge, "knowledge", limits.max_depth, set())
+                 or _not_json(spore.metadata, "metadata", limits.max_depth, set()))
         raise SporeError(place or str(exc)) from None
-    if size > limits.max_spore_bytes:  # loose for short strings: bound them exactly
-        size = _ENVELOPE_BYTES + _bound(spore.knowledge, limits.max_depth, 1, _EXACT)
-        if spore.metadata:
-            size += _bound(spore.metadata, limits.max_depth, 1, _EXACT)
-    if size > limits.max_spore_bytes:  # still a bound (numbers, the envelope): measure
-        size = len(spore.to_json().encode("utf-8", "surrogatepass"))
-        if size > limits.max_spore_bytes:
+
+
+def _check_bytes(spore: Spore, limits: Limits) -> None:
+    # Every walk has a budget and stops past it: an object referred to many times is
+    # written as many times, so a spore of a few objects may stand for any size of JSON.
+    limit, depth = limits.max_spore_bytes, limits.max_depth
+    try:
+        if _measure(spore, depth, _SHORT, limit) <= limit:
+            return
+    except _Over:
+        pass
+    try:  # loose for short strings: bound them exactly, as far as is worth writing out
+        if _measure(spore, depth, _EXACT, _WRITTEN * limit) <= limit:
+            return
+    except _Over:  # only numbers leave the bound loose now: is the least size over too?
+        try:
+            _least_size(spore, depth, limit)
+        except _Over:
             raise LimitExceeded(
-                f"spore {spore.id} is {size} bytes as JSON, over "
-                f"limits.max_spore_bytes={limits.max_spore_bytes} "
-                f"({_human(size)} > {_human(limits.max_spore_bytes)})")
+                f"spore {spore.id} is more than {limit} bytes as JSON, over "
+                f"limits.max_spore_bytes={limit} (more than {_human(limit)})") from None
+    try:  # a bound still (numbers, the envelope): measure
+        size = len(spore.to_json().encode("utf-8", "surrogatepass"))
+    except (TypeError, ValueError) as exc:  # what a walk cut short did not reach
+        raise SporeError(f"knowledge is not JSON: {exc}") from None
+    if size > limit:
+        raise LimitExceeded(
+            f"spore {spore.id} is {size} bytes as JSON, over "
+            f"limits.max_spore_bytes={limit} ({_human(size)} > {_human(limit)})")
 
 
-def _not_json(value: Any, path: str, depth: int) -> str | None:
-    """Where in ``value`` (reached by ``path``) is the first thing JSON cannot write, and
-    what to do about it; None if nothing is. Walked only once ``_bound`` refused."""
+class _Over(Exception):
+    """A walk passed its budget."""
+
+
+def _measure(spore: Spore, max_depth: int, short: int, budget: int) -> int:
+    """An upper bound of ``spore``'s JSON size; :class:`_Over` once past ``budget``."""
+    size = _ENVELOPE_BYTES + _bound(spore.knowledge, max_depth, 1, short,
+                                    budget - _ENVELOPE_BYTES)
+    if spore.metadata:
+        size += _bound(spore.metadata, max_depth, 1, short, budget - size)
+    if size > budget:
+        raise _Over
+    return size
+
+
+def _least_size(spore: Spore, max_depth: int, budget: int) -> int:
+    """A lower bound of ``spore``'s JSON size; :class:`_Over` once past ``budget``."""
+    size = _least(spore.knowledge, max_depth, 1, budget)
+    return size + _least(spore.metadata, max_depth, 1, budget - size)
+
+
+def _least(value: Any, max_depth: int, depth: int, budget: int) -> int:
+    if depth > max_depth:
+        raise LimitExceeded(f"knowledge is nested deeper than limits.max_depth={max_depth}")
     kind = type(value)
+    if kind is dict or kind is list or kind is tuple:
+        total = 2
+        for item in (value.values() if kind is dict else value):
+            total += _least(item, max_depth, depth + 1, budget - total) + 1
+            if total > budget:
+                raise _Over
+        if kind is dict:
+            total += sum(len(key) + 3 for key in value if type(key) is str)
+            if total > budget:
+                raise _Over
+        return total
+    if isinstance(value, str):
+        return len(value) + 2
+    if isinstance(value, int) and not isinstance(value, bool) and not (
+            -_BIG_INT < value < _BIG_INT):
+        return len(str(int(value)))
+    return 1
+
+
+def _not_json(value: Any, path: str, depth: int, seen: set[int]) -> str | None:
+    """Where in ``value`` (reached by ``path``) is the first thing JSON cannot write, and
+    what to do about it; None if nothing is. Walked only once ``_bound`` refused; each
+    container once (``seen``), however often it is referred to."""
+    kind = type(value)
+    if kind is dict or kind is list or kind is tuple:
+        if id(value) in seen:
+            return None
+        seen.add(id(value))
     if kind is dict:
         for key, item in value.items():
             if type(key) is not str:
@@ -213,13 +281,13 @@ def _not_json(value: Any, path: str, depth: int) -> str | None:
                         f"{with_article(type(key).__name__)}: "
                         f"knowledge keys must be strings")
             place = f"{path}.{key}" if key.isidentifier() else f"{path}[{key!r:.40}]"
-            found = _not_json(item, place, depth - 1) if depth > 0 else None
+            found = _not_json(item, place, depth - 1, seen) if depth > 0 else None
             if found:
                 return found
         return None
     if kind is list or kind is tuple:
         for index, item in enumerate(value):
-            found = _not_json(item, f"{path}[{index}]", depth - 1) if depth > 0 else None
+            found = _not_json(item, f"{path}[{index}]", depth - 1, seen) if depth > 0 else None
             if found:
                 return found
         return None
@@ -267,9 +335,10 @@ def _string_bytes(text: str) -> int:
     return len(data) + 2 + len(escaped) + 4 * long
 
 
-def _bound(value: Any, max_depth: int, depth: int, short: int) -> int:
+def _bound(value: Any, max_depth: int, depth: int, short: int, budget: int) -> int:
     """Return an upper bound of ``value``'s JSON size; refuse what JSON cannot hold.
-    Strings of at most ``short`` characters are bounded at 6x, longer ones exactly."""
+    Strings of at most ``short`` characters are bounded at 6x, longer ones exactly.
+    :class:`_Over` once a container's bound passes ``budget``."""
     if depth > max_depth:
         raise LimitExceeded(f"knowledge is nested deeper than limits.max_depth={max_depth}")
     kind = type(value)
@@ -289,10 +358,19 @@ def _bound(value: Any, max_depth: int, depth: int, short: int) -> int:
             elif item_kind is bool or item_kind is type(None):
                 total += 24
             else:
-                total += _bound(item, max_depth, depth + 1, short)
+                total += _bound(item, max_depth, depth + 1, short, budget - total)
+                if total > budget:
+                    raise _Over
+        if total > budget:
+            raise _Over
         return total
     if kind is list or kind is tuple:
-        return 2 + sum(_bound(item, max_depth, depth + 1, short) + 1 for item in value)
+        total = 2
+        for item in value:
+            total += _bound(item, max_depth, depth + 1, short, budget - total) + 1
+            if total > budget:
+                raise _Over
+        return total
     if kind is str:
         return (len(value) * _STRING_GROWTH + 2 if len(value) <= short
                 else _string_bytes(value))

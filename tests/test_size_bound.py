@@ -5,6 +5,7 @@ spore at every check (issue 20: a 200 KB string cost 127x a small spore)."""
 from __future__ import annotations
 
 import json
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -37,7 +38,7 @@ KNOWLEDGE = st.recursive(
 @given(st.dictionaries(st.text(), KNOWLEDGE, max_size=6))
 def test_the_bound_is_never_below_the_json_size(knowledge: dict[str, Any]) -> None:
     for short in (_SHORT, _EXACT):
-        assert _bound(knowledge, 64, 1, short) >= json_bytes(knowledge)
+        assert _bound(knowledge, 64, 1, short, 1 << 62) >= json_bytes(knowledge)
 
 
 def test_a_long_text_is_checked_without_serialising_the_spore(
@@ -74,6 +75,41 @@ def test_a_big_int_and_a_str_subclass_are_bounded_by_their_size() -> None:
 
     for knowledge in ({"n": -10**24}, {"n": [10**40]}, {"t": Text("x" * 5000)},
                       {"t": [Text("y" * 5000)]}):
-        assert _bound(knowledge, 64, 1, _SHORT) >= json_bytes(knowledge), knowledge
+        assert _bound(knowledge, 64, 1, _SHORT, 1 << 62) >= json_bytes(knowledge), knowledge
     with pytest.raises(LimitExceeded):
         check_spore(Spore(knowledge={"t": [Text("z" * 2_000_000)]}), Limits())
+
+
+# -- shared references: found by an attacker ------------------------------------------------
+# An object referred to many times is written as many times: a spore of a few objects may
+# stand for any size of JSON. The size check used to walk (and then write out) all of it.
+
+def test_a_tower_of_shared_lists_is_refused_without_walking_it() -> None:
+    tower: list[Any] = [1]
+    for _ in range(20):  # 10**20 lists as JSON; before, the walk never ended
+        tower = [tower] * 10
+    with pytest.raises(LimitExceeded, match=r"is more than 1048576 bytes as JSON, over "
+                                            r"limits.max_spore_bytes=1048576"):
+        check_spore(Spore(knowledge={"l": tower}), Limits())
+
+
+def test_one_large_string_referred_to_many_times_is_refused_in_little_memory() -> None:
+    text = "x" * (1 << 20)
+    spore = Spore(knowledge={"l": [text] * 400})  # 400 MiB as JSON
+    tracemalloc.start()
+    try:
+        with pytest.raises(LimitExceeded, match="over limits.max_spore_bytes"):
+            check_spore(spore, Limits(max_spore_bytes=4 << 20))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20  # before: the whole JSON, 400 MiB, written out to be measured
+
+
+def test_many_small_numbers_are_measured_exactly_near_the_limit() -> None:
+    """The bound counts a number as 24 characters; the exact size decides."""
+    numbers = Spore(knowledge={"n": [1] * 30_000})  # about 60 KB as JSON, bound 750 KB
+    check_spore(numbers, Limits(max_spore_bytes=100_000))
+    with pytest.raises(LimitExceeded, match=r"is (more than )?\d+ bytes as JSON, over"):
+        check_spore(numbers, Limits(max_spore_bytes=50_000))
+
