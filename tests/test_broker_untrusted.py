@@ -176,3 +176,50 @@ async def test_well_formed_spore_from_a_plain_client_to_a_peer_is_handled(
         reasons, handled = await outcome(harness, org, calls)
     assert (reasons, handled) == ([], ["reporter"])
     assert calls[0][1].knowledge == {"story": 1}
+
+
+# -- headers the AMQP library reads but cannot write back: found by a fault injector -------
+
+class _Raw(bytes):
+    """A header value written as it is (type tag and payload): what pamqp never writes."""
+
+
+def _written_as_is(original: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    def encode(value: Any) -> bytes:
+        return bytes(value) if isinstance(value, _Raw) else original(value)
+    return encode
+
+
+@pytest.mark.parametrize("odd", [
+    _Raw(b"S" + (2).to_bytes(4, "big") + b"\xff\xfe"),  # a long string that is no UTF-8
+    _Raw(b"d" + __import__("struct").pack(">d", 1e300)),  # a double past a float's range
+], ids=["text-not-utf8", "double-past-float"])
+async def test_a_refused_message_whose_headers_cannot_be_written_back_is_dead_lettered(
+        harness: Harness, odd: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pamqp decodes these two header values as bytes and as a float, and cannot encode
+    them again: dead-lettering the refused message with its headers raised, the delivery
+    was never acked, and two such messages stalled the agent for good."""
+    from pamqp import encode
+
+    monkeypatch.setattr(encode, "encode_table_value",
+                        _written_as_is(encode.encode_table_value))
+    calls: Calls = []
+    async with harness.running({"agents": {"sink": {"handler": recorder(calls)("sink")}}}
+                               ) as org:
+        topology = Topology.of(org.spec)
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            channel = await connection.channel()
+            for n in range(2):  # as many as the prefetch... and more
+                await channel.default_exchange.publish(
+                    aio_pika.Message(b"not json", headers={"spore_id": f"odd-{n}",
+                                                           "note": odd}),
+                    routing_key=topology.queue("sink"))
+        for n in range(5):
+            await publish(topology, Spore(knowledge={"n": n}, to_agent="sink"))
+        await wait_for(lambda: len(calls) == 5)
+        await harness.quiet(org)
+    letters = await broker_dead_letters(topology)
+    assert sorted(str(headers.get("x-sporeflow-headers-dropped")) for headers, _
+                  in letters) == ["2", "2"]
+    assert {str(headers.get("x-sporeflow-reason")) for headers, _ in letters} == {"invalid"}

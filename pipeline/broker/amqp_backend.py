@@ -63,7 +63,7 @@ from yarl import URL
 from sporeflow.config import BrokerError, redact_text, redact_url
 from sporeflow.pipeline.broker.ack_window import AckWindow
 from sporeflow.pipeline.broker.amqp_boots import AmqpBootRecord
-from sporeflow.pipeline.broker.amqp_codec import MAX_HEADERS_BYTES, headers_size
+from sporeflow.pipeline.broker.amqp_codec import forwardable_headers
 from sporeflow.pipeline.broker.amqp_consumer import Consumer
 from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, AmqpInbound, broker_failure
 from sporeflow.pipeline.broker.amqp_link import ReconnectingConnection, connect
@@ -331,10 +331,7 @@ class AmqpBackend(Backend):
             raise BrokerError(f"RabbitMQ at {self.address}: cannot dead-letter {message!r}")
         message.check_current("dead-lettering")
         raw, properties = message.raw, message.properties
-        headers = dict(properties.headers or {})
-        if headers_size(headers, MAX_HEADERS_BYTES) > MAX_HEADERS_BYTES:
-            # Refused for them: with ours added they may not fit in one frame.
-            headers = {"x-sporeflow-headers-dropped": len(headers)}
+        headers = forwardable_headers(properties.headers)
         headers.update({"x-sporeflow-reason": reason,
                         "x-sporeflow-error": error[:_MAX_ERROR_HEADER],
                         "x-sporeflow-agent": agent or "", "x-sporeflow-attempts": attempts,

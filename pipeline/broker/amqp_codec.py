@@ -17,7 +17,8 @@ other way round. Decoding checks every field and raises only :class:`SporeError`
 whatever arrives from a broker is untrusted. Naive timestamps (Praval writes
 ``datetime.now()``) are read as local time, as Praval means them.
 
-This module does not import aio-pika: properties are a plain dict of keyword
+This module does not import aio-pika (pamqp only, to test headers it forwards):
+properties are a plain dict of keyword
 arguments for ``aio_pika.Message`` (``amqp_outbound`` builds aiormq's from the same
 fields, with :func:`spore_body_headers` and :func:`expiration_ms`).
 """
@@ -29,13 +30,15 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pamqp import encode as pamqp_encode
+
 from sporeflow.config.errors import LimitExceeded, SporeError
 from sporeflow.steps import DEFAULT_CHANNEL, Spore, utc_now
 from sporeflow.steps.spore import PRIORITY_DEFAULT
 
 __all__ = ["CONTENT_TYPE", "MAX_HEADERS_BYTES", "PERSISTENT", "SIGNATURE_HEADER",
-           "WIRE_VERSION", "expiration_ms", "headers_size", "spore_body_headers",
-           "spore_from_amqp", "spore_to_amqp"]
+           "WIRE_VERSION", "expiration_ms", "forwardable_headers", "headers_size",
+           "spore_body_headers", "spore_from_amqp", "spore_to_amqp"]
 
 WIRE_VERSION = "1.0"  # Praval's schema_version of the layout
 SIGNATURE_HEADER = "x-sporeflow-signature"
@@ -192,6 +195,22 @@ def headers_size(value: Any, budget: int) -> int:
         if total > budget:
             break
     return total
+
+
+def forwardable_headers(found: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The headers of a delivery, to go with it to the dead-letter queue: all of them, or,
+    when they may not fit in one frame with ours added, or cannot be written back (pamqp
+    reads some values it cannot write: text that is no UTF-8, a double past a float's
+    range), only their count. Raising here would leave the delivery unsettled, its agent
+    stalled on it."""
+    headers = dict(found or {})
+    if headers_size(headers, MAX_HEADERS_BYTES) > MAX_HEADERS_BYTES:
+        return {"x-sporeflow-headers-dropped": len(headers)}
+    try:
+        pamqp_encode.field_table(headers)
+    except Exception:  # noqa: BLE001 - untrusted: whatever the encoder refuses
+        return {"x-sporeflow-headers-dropped": len(headers)}
+    return headers
 
 
 def _decode(body: bytes, headers: Mapping[str, Any]) -> Spore:
