@@ -287,3 +287,34 @@ async def test_a_process_that_cannot_reconnect_gives_up_and_exits_non_zero(
     assert "BrokerError: gave up on RabbitMQ" in text.splitlines()[-1]
     attempts = [line for line in text.splitlines() if "reconnecting, attempt" in line]
     assert [line.split("attempt ")[1].split()[0] for line in attempts][:3] == ["1", "2", "4"]
+
+
+async def test_a_stop_during_an_outage_ends_and_accounts_for_every_spore_in_flight(
+        private_broker: PrivateBroker, tmp_path: Path) -> None:
+    """Found by a fault injector: the node killed with many publishes in flight, the stop
+    that followed waited for ever (each publish waited on the lost channel: for room in
+    its write queue, for a confirm, for aio-pika to restore it), and the spores it held
+    were neither published nor dead-lettered."""
+    async def nothing(spore: Any, ctx: Any) -> None:
+        return None
+
+    name = f"outage-stop-{uuid.uuid4().hex[:8]}"
+    client = Organism(Organism.from_dict({"organism": {"name": name}, "agents": {
+        "sink": {"handler": nothing}}}).spec, backend=url_of(private_broker), hosted=[])
+    await client.start()
+    sent = 2000
+    try:
+        for n in range(sent):
+            await client.send("sink", {"n": n})
+        await asyncio.to_thread(private_broker.kill)
+        await asyncio.wait_for(client.stop(drain_timeout=3), BACKSTOP)
+    finally:
+        await asyncio.to_thread(private_broker.start)
+        if client.state != "stopped":
+            await client.stop(drain_timeout=1)
+        await AmqpBackend(private_broker.url).destroy(Topology.of(client.spec))
+    assert client.state == "stopped"
+    published = client.stats()["broker"]["published"]
+    letters = Counter(str(letter.reason) for letter in client.dead_letters)
+    assert set(letters) <= {"broker error"}
+    assert published + letters["broker error"] == sent  # each published or dead-lettered

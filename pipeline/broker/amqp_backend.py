@@ -146,6 +146,7 @@ class AmqpBackend(Backend):
     async def open(self, topology: Topology) -> None:
         self._link = link = self._link.renewed()  # a new connection; the settings kept
         link.on_give_up.append(self._gave_up)
+        link.on_lost.append(self._cut_off)
         self._stopping = None
         try:
             self._connection = await connect(
@@ -264,6 +265,10 @@ class AmqpBackend(Backend):
         if reply_key is not None:  # one of our reply queues: bound to the exchange
             return out, out.exchange, reply_key
         return out, "", queue  # the default exchange: straight to that queue
+
+    def _cut_off(self) -> None:
+        if self._out is not None:
+            self._out.cut_off()
 
     async def _reopen_publishing(self, refused: Outbound) -> None:
         """The broker closes a channel on a refused publish: open another for the next."""

@@ -24,6 +24,7 @@ A refused publish (no queue for its key, a full queue, no permission) raises
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -71,13 +72,34 @@ class Outbound:
         self.topology = topology
         self._refused = refused
         self._raw: aiormq.Channel | None = None  # aiormq's, while it is open
-        self._flying: set[asyncio.Task[Any]] = set()  # a reference to each publish
+        # Each publish running, and whom to tell of its end (None: its caller awaits it).
+        self._flying: dict[asyncio.Task[Any], Published | None] = {}
+        self._cut: set[asyncio.Task[Any]] = set()  # of them, cut off by a lost connection
         self._started = 0  # publishes started in this turn of the loop
         self._queued: deque[tuple[Spore, str, str, str | None, Published]] = deque()
 
     async def opened(self) -> None:
         """Take aiormq's channel (again, after aio-pika restored it)."""
         self._raw = await self._underlay()
+
+    async def _reopened(self) -> aiormq.Channel:
+        """aio-pika's channel once it restored it; :class:`Disconnected` as soon as the
+        link is not up (aio-pika's own wait outlasts a link that closes: a stop during an
+        outage would wait for it for ever)."""
+        link = self.link
+        if not link.up:
+            raise Disconnected(f"RabbitMQ at {self.address} is {link.state}")
+        underlay = asyncio.ensure_future(self._underlay())
+        lost = asyncio.ensure_future(link.wait_lost(link.generation, math.inf))
+        try:
+            await asyncio.wait((underlay, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not underlay.done():
+                underlay.cancel()
+        if underlay.cancelled():
+            raise Disconnected(f"RabbitMQ at {self.address} is {link.state}")
+        return underlay.result()
 
     async def _underlay(self) -> aiormq.Channel:
         # aiormq's Channel (its basic_publish takes wait=, its abstract class does not)
@@ -94,8 +116,14 @@ class Outbound:
 
     async def publish(self, spore: Spore, exchange: str, key: str,
                       reply_queue: str | None) -> None:
-        """Publish and wait for the broker's confirm."""
-        failure = await self._publish(spore, exchange, key, reply_queue)
+        """Publish and wait for the broker's confirm (cut off as ``publish_soon``'s are)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._flying[task] = None
+        try:
+            failure = await self._publish(spore, exchange, key, reply_queue)
+        finally:
+            self._flying.pop(task, None)
         if failure is not None:
             raise failure
 
@@ -109,7 +137,9 @@ class Outbound:
 
     def _start(self, publish: tuple[Spore, str, str, str | None, Published]) -> None:
         loop = asyncio.get_running_loop()
-        self._flying.add(loop.create_task(self._publish(*publish)))
+        spore, exchange, key, reply_queue, done = publish
+        task = loop.create_task(self._publish(spore, exchange, key, reply_queue, done))
+        self._flying[task] = done
         if not self._started:  # after this task: its put wakes the writer before the next
             loop.call_soon(self._next_turn)  # turn's tasks run, so they find room
         self._started += 1
@@ -120,31 +150,66 @@ class Outbound:
         while queued and self._started < _STARTED_PER_TURN:
             self._start(queued.popleft())
 
+    def cut_off(self) -> None:
+        """The connection is lost: publishes waiting on it (for room in its write queue,
+        for a confirm) would wait for ever; each ends :class:`Disconnected`, published
+        again once the link is up."""
+        self._cut.update(self._flying)
+        for task in self._flying:
+            task.cancel()
+            task.add_done_callback(self._cut_before_start)
+
+    def _cut_before_start(self, task: asyncio.Task[Any]) -> None:
+        """A task cancelled before its first step never ran ``_publish``: told here."""
+        self._cut.discard(task)
+        if task in self._flying:
+            self._told(task, self._flying[task], Disconnected(
+                f"RabbitMQ at {self.address} lost the connection before a publish began"))
+
     async def _publish(self, spore: Spore, exchange: str, key: str, reply_queue: str | None,
                        done: Published | None = None) -> BrokerError | None:
         """Publish; return (and tell ``done``) None once confirmed, else the error."""
+        task = asyncio.current_task()
+        try:
+            failure = await self._attempt(spore, exchange, key, reply_queue)
+        except asyncio.CancelledError:
+            if task not in self._cut:
+                self._told(task, done, asyncio.CancelledError())
+                raise
+            self._cut.discard(task)
+            task.uncancel()  # our own cancellation, taken back: the task goes on
+            failure = Disconnected(f"RabbitMQ at {self.address} lost the connection before "
+                                   f"confirming spore {spore.id}")
+        except BaseException as exc:  # not written as JSON, or a bug: told too
+            self._told(task, done, exc)
+            raise
+        self._told(task, done, failure)
+        return failure
+
+    def _told(self, task: asyncio.Task[Any] | None, done: Published | None,
+              outcome: BaseException | None) -> None:
+        if done is not None:  # in a task of publish_soon's: done with it
+            self._flying.pop(task, None)  # type: ignore[arg-type]
+            done(outcome)
+
+    async def _attempt(self, spore: Spore, exchange: str, key: str,
+                       reply_queue: str | None) -> BrokerError | None:
         generation = self.link.generation
-        failure: BrokerError | None = None
         try:
             body, properties = self._properties(spore, reply_queue)
             raw = self._raw
             if raw is None or raw.is_closed:  # after a loss: aio-pika's current one, or raise
-                raw = self._raw = await self._underlay()
+                raw = self._raw = await self._reopened()
             await raw.basic_publish(body, exchange=exchange, routing_key=key,
                                     properties=properties, mandatory=True, wait=False)
-            self.stats.published += 1
+        except Disconnected as exc:  # from _reopened: published again once the link is up
+            return exc
         except AMQP_ERRORS as exc:
             failure = await self._failure(spore, exchange, key, generation, exc)
             failure.__cause__ = exc
-        except BaseException as exc:  # not written as JSON, cancelled, or a bug: told too
-            if done is not None:
-                self._flying.discard(asyncio.current_task())
-                done(exc)
-            raise
-        if done is not None:  # in a task of publish_soon's: done with it
-            self._flying.discard(asyncio.current_task())
-            done(failure)
-        return failure
+            return failure
+        self.stats.published += 1
+        return None
 
     async def _failure(self, spore: Spore, exchange: str, key: str, generation: int,
                        exc: BaseException) -> BrokerError:

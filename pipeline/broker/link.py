@@ -90,6 +90,9 @@ class Link:
         self.failure: BrokerError | None = None  # why it gave up, or closed
         # Told once, when the link gives up (the backend stops, the organism fails stop).
         self.on_give_up: list[Callable[[BrokerError], None]] = []
+        # Told at each loss: what waits on the lost connection gives up (publishes whose
+        # confirm would never come).
+        self.on_lost: list[Callable[[], None]] = []
         self._clock = clock
         self._since = clock()
         self._last_error = ""
@@ -139,6 +142,8 @@ class Link:
             return  # not connected yet (open() reports it), or ended
         self.generation += 1
         self._enter(DISCONNECTED)
+        for callback in self.on_lost:
+            callback()
         _log.warning("RabbitMQ at %s: connection lost (%s); reconnecting. Publishing waits; "
                      "deliveries in progress go back to their queues%s", self.address,
                      self._last_error or "closed", self._limit())
