@@ -212,15 +212,16 @@ def reply_spore(
 
 
 def _adopt(spore: Spore, parent: Spore, agent: str) -> Spore:
-    # A handler may build its own spore, but not forge its sender or reset its lineage:
-    # its parent is the spore handled, whatever it says. A malformed field is left as it
-    # is, for the validate stage to refuse by name.
+    # A handler may build its own spore, but not forge its sender or leave its
+    # conversation: its parent is the spore handled, whatever it says, and its thread and
+    # correlation are the parent's, as ctx.send's are (a thread of its own would escape
+    # the thread's budget, limits.max_spores_per_thread). A malformed field of the others
+    # is left as it is, for the validate stage to refuse by name.
     hops = spore.hops
     return dataclasses.replace(
-        spore, from_agent=agent, thread_id=spore.thread_id or parent.thread_id or parent.id,
+        spore, from_agent=agent, thread_id=parent.thread,
         hops=max(hops, parent.hops + 1) if type(hops) is int else hops,
-        causation_id=parent.id,
-        correlation_id=spore.correlation_id or parent.correlation_id or parent.id)
+        causation_id=parent.id, correlation_id=parent.conversation)
 
 
 def _xml_replies(text: str | bytes, *, parent: Spore, agent: str, emit: Emit | None,

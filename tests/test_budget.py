@@ -42,6 +42,27 @@ async def test_loop_between_two_agents_is_stopped_at_its_budget() -> None:
     assert stats["dead_letters"]["by_reason"] == {"budget": 1}
 
 
+async def test_a_returned_spore_naming_a_thread_of_its_own_stays_in_its_parents() -> None:
+    """Found by an attacker: a handler returning Spore(thread_id=<new>) escaped its
+    conversation's budget (a fan-out of 8,191 spores, stopped only by max_hops), where
+    ctx.send could not."""
+    async def fan(spore: Spore, ctx: Any) -> list[Spore]:
+        n = spore.knowledge["n"]
+        return [Spore(knowledge={"n": n + 1}, to_agent="fan", thread_id=f"fresh-{n}-{k}")
+                for k in range(2)]
+
+    organism = Organism.from_dict({"agents": {"fan": {"handler": fan}},
+                                   "limits": {"max_spores_per_thread": 20, "max_hops": 12}})
+    async with organism.running():
+        first = await organism.send("fan", {"n": 0})
+        await organism.idle()
+    handled = organism.stats()["agents"]["fan"]["handled"]
+    assert handled == 20  # the budget's, not 2**12 - 1
+    letters = list(organism.dead_letters)
+    assert {letter.reason for letter in letters} == {"budget"}
+    assert {letter.spore.thread for letter in letters} == {first.id}
+
+
 async def test_cost_spent_past_the_limit_stops_the_conversation() -> None:
     async def pricey(spore: Spore, ctx: Any) -> dict[str, Any]:
         ctx.state.setdefault("totals", []).append(ctx.spend(3))

@@ -141,11 +141,11 @@ async def test_a_wrongly_typed_field_from_outside_is_refused_naming_it(
     assert field in str(refused.value)
 
 
-# A handler's spore gets its sender set to the agent and an id derived from its parent's
-# (steps.ids): those two fields cannot be wrong on this path.
+# A handler's spore gets its sender set to the agent, an id derived from its parent's
+# (steps.ids) and its parent's thread: those fields cannot be wrong on this path.
 @pytest.mark.parametrize(("field", "value", "journal"), [
     (field, value, journal) for field, value in BAD_FIELDS for journal in (False, True)
-    if field not in ("from_agent", "id")])
+    if field not in ("from_agent", "id", "thread_id")])
 async def test_a_wrongly_typed_field_returned_by_a_handler_is_a_dead_letter(
         field: str, value: Any, journal: bool, tmp_path: Path) -> None:
     handled: list[int] = []
