@@ -418,3 +418,42 @@ def test_the_address_is_named_by_the_files_absolute_path(tmp_path: Any,
     hosted = ControlAddress.of(tmp_path / "organism.yaml", "x", hosted=["b", "a"])
     assert hosted.stem == ControlAddress.of(tmp_path / "organism.yaml", "x", ["a", "b"]).stem
     assert re.fullmatch(r"x-[0-9a-f]{12}-[0-9a-f]{8}", hosted.stem)
+
+
+# -- what an attacker sent: each a 4xx in JSON, never a 500 -------------------------------
+
+async def _raw_request(client: TestClient[Any, Any], head: bytes) -> bytes:
+    """Send ``head`` (a request without a body) as bytes on a connection of its own."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        return await reader.read(4096)
+    finally:
+        writer.close()
+
+
+async def test_a_token_that_is_no_utf8_is_401_not_500(organism: Organism) -> None:
+    served = await serve(organism, middlewares=(token_guard("s3cret", cookie="tok"),))
+    try:
+        answer = await _raw_request(served, b"GET /v1/stats HTTP/1.1\r\nHost: x\r\n"
+                                            b"Authorization: Bearer \xff\xfe\r\n"
+                                            b"Connection: close\r\n\r\n")
+    finally:
+        await served.close()
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+
+
+@pytest.mark.parametrize("number", ["\u00b2", "9" * 5000, "-1"])
+async def test_a_dead_letter_number_that_is_none_is_404(client: TestClient[Any, Any],
+                                                         number: str) -> None:
+    answer = await client.get(f"/v1/dead-letters/{number}")
+    assert answer.status == 404
+    assert "no dead letter" in (await answer.json())["message"]
+
+
+async def test_a_body_nested_past_the_parser_is_400(client: TestClient[Any, Any]) -> None:
+    answer = await client.post("/v1/send", data=b"[" * 100_000,
+                               headers={"Content-Type": "application/json"})
+    assert answer.status == 400
+    assert "nests deeper than the parser goes" in (await answer.json())["message"]

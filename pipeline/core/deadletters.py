@@ -19,7 +19,8 @@ from sporeflow.config.reasons import SENDERS_MISTAKES, Reason
 from sporeflow.steps import RoutingTable, Spore, SporeType, permission_error, redelivery
 
 __all__ = ["URL_PASSWORDS", "DeadLetter", "DeadLetterStore", "LetterChoice", "Masker",
-           "StoredDeadLetter", "error_text", "never_replayed", "replay_refusals"]
+           "StoredDeadLetter", "error_text", "letter_number", "never_replayed",
+           "replay_refusals"]
 
 
 class Masker(Protocol):
@@ -161,8 +162,14 @@ class LetterChoice:
     def matches(self, number: int, spore_id: str, agent: str | None, reason: str) -> bool:
         return ((not self.agents or agent in self.agents)
                 and (not self.reasons or reason in self.reasons)
-                and (not self.ids or any(ident == spore_id or (
-                    ident.isdigit() and int(ident) == number) for ident in self.ids)))
+                and (not self.ids or any(ident == spore_id or letter_number(ident) == number
+                                         for ident in self.ids)))
+
+
+def letter_number(text: str) -> int | None:
+    """The dead-letter number ``text`` names (a decimal of ASCII digits), else None: a
+    client's text, which ``str.isdigit`` alone would pass for '²' or 5,000 nines."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
 class DeadLetterStore:

@@ -11,9 +11,10 @@ A failure of the server itself keeps its traceback.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -21,7 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from sporeflow.config.reasons import Reason
 
 __all__ = ["BEARER_CHALLENGE", "ClientErrorLog", "app_runner", "bearer_token", "error_response",
-           "refusal_status", "token_matches"]
+           "json_body", "refusal_status", "token_matches"]
 
 # The HTTP status of a spore refused for a reason (a dead letter's), on every port: no
 # such agent or channel, not allowed; any other refusal is the body's fault.
@@ -49,8 +50,25 @@ def bearer_token(request: web.Request) -> str | None:
 
 
 def token_matches(given: str | None, expected: bytes) -> bool:
-    """Whether ``given`` is the token, compared in constant time."""
-    return given is not None and hmac.compare_digest(given.encode(), expected)
+    """Whether ``given`` is the token, compared in constant time. A header's bytes that
+    are no UTF-8 come as surrogates (aiohttp's reading): kept as they came, no match."""
+    return given is not None and hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected)
+
+
+def json_body(raw: bytes) -> Any:
+    """A client's JSON body; ValueError naming what is wrong, whatever the client sent
+    (NaN and Infinity are no JSON; nesting past the parser's depth is refused too)."""
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("it nests deeper than the parser goes") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"it is not UTF-8 ({exc.reason})") from None
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
 
 
 def refusal_status(reason: str) -> int:

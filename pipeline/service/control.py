@@ -35,11 +35,12 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from sporeflow.config import OrganismSpec, SporeflowError, did_you_mean
-from sporeflow.pipeline.core.deadletters import LetterChoice
+from sporeflow.pipeline.core.deadletters import LetterChoice, letter_number
 from sporeflow.pipeline.core.http_serving import (
     BEARER_CHALLENGE,
     bearer_token,
     error_response,
+    json_body,
     token_matches,
 )
 from sporeflow.pipeline.core.ledger import LedgerHook
@@ -303,7 +304,8 @@ class _Routes:
 
     async def dead_letter(self, request: web.Request) -> web.Response:
         text = request.match_info["number"]
-        stored = operations.dead_letter(self.organism, int(text)) if text.isdigit() else None
+        number = letter_number(text)
+        stored = operations.dead_letter(self.organism, number) if number is not None else None
         if stored is None:
             return error_response(404, "NotFound", f"no dead letter {text!r} kept in organism "
                                   f"{self.organism.spec.name!r}; GET /v1/dead-letters lists them")
@@ -344,9 +346,9 @@ class _Routes:
 async def _body(request: web.Request, keys: frozenset[str]) -> dict[str, Any]:
     """The request's JSON object, with only ``keys``."""
     try:
-        body = await request.json()
+        body = json_body(await request.read())
     except ValueError as exc:
-        raise _BadRequest(f"the body is not JSON: {exc}") from None
+        raise _BadRequest(f"the body is not JSON: {str(exc)[:200]}") from None
     if not isinstance(body, dict):
         raise _BadRequest(f"the body must be a JSON object, got {type(body).__name__}")
     unknown = sorted(set(body) - keys)

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import Any
 
 import jsonschema
 from aiohttp import web
@@ -48,6 +47,7 @@ from sporeflow.pipeline.core.http_serving import (
     app_runner,
     bearer_token,
     error_response,
+    json_body,
     refusal_status,
     token_matches,
 )
@@ -77,10 +77,6 @@ class _Answer(Exception):  # noqa: N818  (an early answer, not an error)
     def __init__(self, response: web.Response) -> None:
         super().__init__(response.status)
         self.response = response
-
-
-def _no_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
 
 
 class HttpIngress(Source):
@@ -206,8 +202,8 @@ class HttpIngress(Source):
         except web.HTTPRequestEntityTooLarge:
             raise _Answer(self._too_large()) from None
         try:
-            data = json.loads(raw, parse_constant=_no_constant)
-        except (ValueError, RecursionError) as exc:
+            data = json_body(raw)
+        except ValueError as exc:
             raise _Answer(error_response(400, "bad_request", f"the body is not JSON: "
                                          f"{str(exc)[:200]}")) from None
         if isinstance(data, dict) and "to" in data and "channel" in data:
