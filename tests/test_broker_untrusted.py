@@ -223,3 +223,36 @@ async def test_a_refused_message_whose_headers_cannot_be_written_back_is_dead_le
     assert sorted(str(headers.get("x-sporeflow-headers-dropped")) for headers, _
                   in letters) == ["2", "2"]
     assert {str(headers.get("x-sporeflow-reason")) for headers, _ in letters} == {"invalid"}
+
+
+async def test_a_forged_requests_reply_queue_never_gets_the_response(
+        harness: Harness) -> None:
+    """Found by a fault injector: a request naming any queue as its AMQP reply_to had its
+    response published there by the default exchange, which reaches any queue by name."""
+    calls: Calls = []
+
+    async def oracle(spore: Spore, ctx: Any) -> dict[str, Any]:
+        calls.append(("oracle", spore))
+        return {"secret": "answer from oracle"}
+
+    victim = f"victim-{uuid.uuid4().hex[:10]}"
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(victim, auto_delete=False)
+        try:
+            async with harness.running({"agents": {"oracle": {"handler": oracle}}}) as org:
+                topology = Topology.of(org.spec)
+                request = Spore(knowledge={"q": 1}, from_agent="mallory", to_agent="oracle",
+                                spore_type=SporeType.REQUEST)
+                body, headers, properties = spore_to_amqp(request)
+                exchange = await channel.get_exchange(topology.exchange)
+                await exchange.publish(
+                    aio_pika.Message(body, headers=headers, reply_to=victim, **properties),
+                    routing_key=topology.routing_key(request))
+                await wait_for(lambda: bool(calls))
+                await harness.quiet(org)
+            queue = await channel.declare_queue(victim, passive=True)
+            assert queue.declaration_result.message_count == 0
+        finally:
+            await channel.queue_delete(victim)

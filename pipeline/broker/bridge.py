@@ -215,7 +215,10 @@ class Bridge(LedgerHook):
                 self._replays.check(ticket.agent if ticket is not None else "", signature)
         if ticket is not None and spore.spore_type is _REQUEST and type(spore.id) is str:
             self.run.requests.expect(spore.id, ticket.agent)  # its answer, from that agent
-            if reply_queue:
+            # Only a reply queue of this organism's, reached through the exchange: a queue
+            # named by a forged request would take the response by the default exchange.
+            # Another requester's response goes by its routing key, as any spore does.
+            if reply_queue and self.topology.reply_key(reply_queue) is not None:
                 routes = self._reply_routes
                 routes[spore.id] = reply_queue
                 if len(routes) > _REPLY_ROUTES_KEPT:
