@@ -301,6 +301,9 @@ class AmqpBackend(Backend):
             raise self._fail(f"consuming {queue!r}", exc) from exc
         self._consumers.append(consumer)
 
+    def is_reply_queue(self, queue: str) -> bool:
+        return self._topology is not None and self._topology.reply_key(queue) is not None
+
     async def reply_queue(self, on_message: OnMessage) -> str:
         connection = self._require_connection()
 

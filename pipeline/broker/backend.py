@@ -322,6 +322,11 @@ class Backend(abc.ABC):
         """Declare this connection's own reply queue, consume it, and return its name."""
 
     @abc.abstractmethod
+    def is_reply_queue(self, queue: str) -> bool:
+        """Whether ``queue`` (a request's reply_to) is a reply queue of this organism's:
+        only there does a response go by that name."""
+
+    @abc.abstractmethod
     async def dead_letter(self, message: Inbound, *, reason: str, error: str,
                           agent: str | None = None, attempts: int = 0) -> None:
         """Put ``message`` in the dead-letter queue with why (the caller acks it after)."""

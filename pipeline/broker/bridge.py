@@ -218,7 +218,7 @@ class Bridge(LedgerHook):
             # Only a reply queue of this organism's, reached through the exchange: a queue
             # named by a forged request would take the response by the default exchange.
             # Another requester's response goes by its routing key, as any spore does.
-            if reply_queue and self.topology.reply_key(reply_queue) is not None:
+            if reply_queue and self.backend.is_reply_queue(reply_queue):
                 routes = self._reply_routes
                 routes[spore.id] = reply_queue
                 if len(routes) > _REPLY_ROUTES_KEPT:

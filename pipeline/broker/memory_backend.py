@@ -268,6 +268,10 @@ class MemoryBackend(Backend):
         self._reply = queue
         return name
 
+    def is_reply_queue(self, queue: str) -> bool:
+        held = self.broker.queues.get(queue)
+        return held is not None and held.owner is not None
+
     async def dead_letter(self, message: Inbound, *, reason: str, error: str,
                           agent: str | None = None, attempts: int = 0) -> None:
         spore = message.spore
