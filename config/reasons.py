@@ -62,7 +62,8 @@ def did_you_mean(word: object, choices: Iterable[str], *, within: str = "") -> s
     prefixes the suggestion (``within.x``) where the word is part of a dotted path."""
     if not isinstance(word, str):
         return ""
-    match = difflib.get_close_matches(word, list(choices), n=1)
+    # The word itself is no suggestion (a channel named right, refused for another reason).
+    match = difflib.get_close_matches(word, [c for c in choices if c != word], n=1)
     if not match:
         return ""
     return f" (did you mean {f'{within}.{match[0]}' if within else match[0]!r}?)"

@@ -112,3 +112,25 @@ async def test_a_replayed_dead_letter_of_a_tampered_row_is_refused_again(
         with JournalFile(path) as file:  # `sporeflow dlq replay`
             assert file.replay(file.dead_letters()) == 1
     assert handled == []
+
+
+@pytest.mark.parametrize("at", ["garbage", 7, b"\xff"])
+async def test_a_dead_letter_row_with_an_unreadable_time_is_listed_and_purged(
+        at: Any, tmp_path: Path) -> None:
+    """Found by an attacker: one row whose time was not ISO text made every dlq command
+    fail with a traceback, so it could not even be purged."""
+    path = tmp_path / "j.db"
+    spec = Organism.from_dict({"agents": {"worker": {
+        "handler": lambda s, c: (_ for _ in ()).throw(ValueError("no"))}}}).spec
+    org = Organism(spec, journal=path)
+    async with org.running():
+        await org.send("worker", {"n": 1})
+        await org.idle()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE dead_letters SET at = ?", (at,))
+    conn.close()
+    with JournalFile(path) as file:
+        [letter] = file.dead_letters()
+        assert letter.letter.at.year == 1970
+        assert file.purge([letter]) == 1
+        assert file.dead_letters() == []

@@ -98,3 +98,12 @@ async def test_spores_for_the_outside_world_are_handed_out() -> None:
     assert out == [home]
     assert not deliveries
     assert not rejected
+
+
+def test_did_you_mean_never_suggests_the_word_itself() -> None:
+    """Found by an attacker: 'reaches no agent (no subscribers) (did you mean 'main'?)'
+    for the channel main itself."""
+    from sporeflow.config.reasons import did_you_mean
+
+    assert did_you_mean("main", ["main", "mains"]) == " (did you mean 'mains'?)"
+    assert did_you_mean("main", ["main"]) == ""

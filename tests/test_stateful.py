@@ -175,3 +175,13 @@ def test_run_with_state_file_restores_the_total_on_the_next_run(tmp_path: Path) 
             cli, ["run", str(organism), "--until-idle", "--quiet", "--state", str(state)])
         assert result.exit_code == 0, result.output
         assert json.loads(state.read_text())["agents"] == {"totaliser": {"total": expected}}
+
+
+def test_a_state_file_nested_past_the_parser_is_refused_by_name(tmp_path: Path) -> None:
+    """Found by an attacker: a --state file 100,000 levels deep raised RecursionError, a
+    traceback, where other malformed snapshots get an OrganismStateError."""
+    path = tmp_path / "state.json"
+    path.write_text("[" * 100_000)
+    with pytest.raises(OrganismStateError, match="is not JSON \\(it nests deeper than the "
+                                                 "parser goes\\); remove it to start afresh"):
+        read_snapshot(path)

@@ -264,9 +264,10 @@ def read_snapshot(path: str | Path) -> dict[str, Any] | None:
                                  f"{exc.strerror}") from exc
     try:
         data = json.loads(text)
-    except ValueError as exc:
-        raise OrganismStateError(f"the state file {str(file)!r} is not JSON ({exc}); "
-                                 f"remove it to start afresh") from exc
+    except (ValueError, RecursionError) as exc:  # nested past the parser's depth too
+        why = "it nests deeper than the parser goes" if isinstance(exc, RecursionError) else exc
+        raise OrganismStateError(f"the state file {str(file)!r} is not JSON ({why}); "
+                                 f"remove it to start afresh") from None
     if not isinstance(data, dict):
         raise OrganismStateError(f"the state file {str(file)!r} holds a "
                                  f"{type(data).__name__}, not a snapshot object")

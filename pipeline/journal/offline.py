@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sporeflow.pipeline.core.deadletters import DeadLetter, LetterChoice
@@ -77,7 +77,7 @@ class JournalFile:
         # Filtered here, not in SQL: the rule is the broker's dead-letter queue's too.
         return [StoredDeadLetter(row[0], DeadLetter(
             stored_spore(row[1], row[8]), row[2], row[3], row[4], row[5], row[6],
-            datetime.fromisoformat(row[7]))) for row in rows
+            _moment(row[7]))) for row in rows
             if choice.matches(row[0], row[8], row[4], row[2])]
 
     def replay(self, letters: Iterable[StoredDeadLetter]) -> int:
@@ -105,3 +105,15 @@ class JournalFile:
             conn.executemany("DELETE FROM dead_letters WHERE seq = ?", numbers)
         return len(numbers)
 
+
+
+_UNKNOWN_MOMENT = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _moment(text: object) -> datetime:
+    """When a letter was dead-lettered, as its row says; a row whose time is unreadable
+    (a tampered file) is still listed, shown, replayed or purged, dated 1970."""
+    try:
+        return datetime.fromisoformat(text) if isinstance(text, str) else _UNKNOWN_MOMENT
+    except ValueError:
+        return _UNKNOWN_MOMENT
