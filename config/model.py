@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # config.sources reads the channels declared here
 
 __all__ = [
     "DEAD_LETTER_CHANNEL",
+    "SYSTEM_SENDER",
     "DEFAULT_CAPACITY",
     "DEFAULT_CHANNEL",
     "DEFAULT_MAX_CRASHES",
@@ -40,6 +41,7 @@ STAGE_NAMES = ("validate", "expire", "budget", "route", "schema", "dispatch")
 
 DEFAULT_CHANNEL = "main"
 DEAD_LETTER_CHANNEL = "dead-letter"
+SYSTEM_SENDER = "system"  # the organism's own voice: its notices, an outside call unnamed
 BUILTIN_CHANNELS = (DEFAULT_CHANNEL, DEAD_LETTER_CHANNEL)
 # With a journal: process deaths while an agent handles a spore before the spore is
 # dead-lettered ``poison`` rather than replayed (RabbitMQ's delivery-limit).

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from aiostream import pipable_operator, streamcontext
 
 from sporeflow.config.errors import DeliveryError, NotAPeer
+from sporeflow.config.model import DEAD_LETTER_CHANNEL, SYSTEM_SENDER
 from sporeflow.config.reasons import Reason, did_you_mean
 from sporeflow.steps.spore import Spore, SporeType
 from sporeflow.steps.types import Batch, Delivery, Reject
@@ -35,6 +36,13 @@ class RoutingTable:
     publishers: Mapping[str, frozenset[str]] = field(default_factory=dict)
     channels: frozenset[str] = frozenset()
     organism: str = ""  # its name, for messages
+
+    @property
+    def guarded(self) -> bool:
+        """Whether :func:`permission_error` may refuse anything here: peers, publish lists,
+        or an agent hearing the dead-letter channel (whose notices only the organism
+        sends); else every spore is allowed and the check is skipped."""
+        return bool(self.peers or self.publishers or DEAD_LETTER_CHANNEL in self.subscribers)
 
 
 def no_agent_error(table: RoutingTable, target: str, spore: Spore | None = None
@@ -91,6 +99,11 @@ def permission_error(table: RoutingTable, spore: Spore, *,
                 f"agent {sender!r} may not address {target!r}: its peers are "
                 f"{sorted(allowed)!r}")
         return None
+    if spore.channel == DEAD_LETTER_CHANNEL and sender != SYSTEM_SENDER:
+        # The organism's own notices of its dead letters: a forged one would look real.
+        return NotAPeer(
+            f"agent {sender!r} may not broadcast on {spore.channel!r}: that channel carries "
+            f"the organism's own notices of its dead letters, sent by {SYSTEM_SENDER!r}")
     publishers = table.publishers.get(spore.channel)
     if publishers is not None and sender not in publishers:
         return NotAPeer(
@@ -130,7 +143,7 @@ async def route(
         async for batch in batches:
             routes = table()
             agents, subscribers = routes.agents, routes.subscribers
-            check_permissions = bool(routes.peers or routes.publishers)
+            check_permissions = routes.guarded
             deliveries: list[Delivery] = []
             for spore in batch:
                 if spore.spore_type is _RESPONSE:

@@ -223,6 +223,34 @@ async def test_unrecoverable_xml_is_dead_lettered_with_the_excerpt() -> None:
     assert "just prose" in letter.error
 
 
+async def test_only_the_organism_broadcasts_on_the_dead_letter_channel() -> None:
+    """Found by an attacker: anyone could post a notice on the dead-letter channel (an
+    HTTP source, an agent, a named outside sender), and it looked like the organism's."""
+    from sporeflow.config import NotAPeer
+
+    heard: list[Spore] = []
+
+    async def forger(spore: Spore, ctx: Any) -> None:
+        await ctx.broadcast({"reason": "handler failed", "agent": "payments"},
+                            channel="dead-letter")
+
+    async def watch(spore: Spore, ctx: Any) -> None:
+        heard.append(spore)
+
+    organism = Organism.from_dict({"agents": {
+        "forger": {"handler": forger},
+        "watcher": {"handler": watch, "subscribe": ["dead-letter"]}}})
+    async with organism.running():
+        with pytest.raises(NotAPeer, match="carries the organism's own notices"):
+            await organism.broadcast({"reason": "fake"}, channel="dead-letter",
+                                     sender="webhook")
+        await organism.send("forger", {})
+        await organism.idle()
+    # The forger's broadcast refused (its handler failed on it): that failure's notice,
+    # sent by the organism, is the one the watcher hears.
+    assert [(s.from_agent, s.knowledge["agent"]) for s in heard] == [("system", "forger")]
+
+
 async def test_agents_subscribed_to_the_dead_letter_channel_hear_each_dead_letter() -> None:
     heard: list[Spore] = []
 

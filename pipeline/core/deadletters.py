@@ -125,7 +125,7 @@ def replay_refusals(letters: Iterable[StoredDeadLetter], table: RoutingTable | N
         refusal: Exception | str | None = never_replayed(stored.letter)
         if refusal is None and table is not None:
             refusal = _unsubscribed(stored, spore, table) or (permission_error(
-                table, spore, outside=outside) if table.peers or table.publishers else None)
+                table, spore, outside=outside) if table.guarded else None)
         if refusal is None:
             allowed.append(stored)
         else:

@@ -94,7 +94,7 @@ class Ingress:
         (``built``: made by ``new_spore`` from a sender's arguments, see ``check_spore``)."""
         check_spore(spore, self.limits, built=built)
         table = self._cell.current.table
-        if table.peers or table.publishers:
+        if table.guarded:
             refusal = permission_error(table, spore, outside=outside)
             if refusal is not None:
                 raise refusal

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sporeflow.config import HandlerError, OrganismStateError
-from sporeflow.config.model import DEAD_LETTER_CHANNEL
+from sporeflow.config.model import DEAD_LETTER_CHANNEL, SYSTEM_SENDER
 from sporeflow.config.reasons import SENDERS_MISTAKES, Reason
 from sporeflow.pipeline.core.deadletters import (
     URL_PASSWORDS,
@@ -264,9 +264,9 @@ class Ledger:
             knowledge={"reason": str(letter.reason), "error": letter.error,
                        "agent": letter.agent, "attempts": letter.attempts,
                        "spore": letter.spore.to_dict()},
-            spore_type=SporeType.NOTIFICATION, from_agent="system",
+            spore_type=SporeType.NOTIFICATION, from_agent=SYSTEM_SENDER,
             channel=DEAD_LETTER_CHANNEL, thread_id=letter.spore.thread)
-        self.feed((notice,), "system")  # made inside: the journal keeps it like a send
+        self.feed((notice,), SYSTEM_SENDER)  # made inside: the journal keeps it like a send
 
     def resolve(self, response: Spore) -> None:
         """``response`` answers a pending request: hand it to its waiter."""
