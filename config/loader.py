@@ -221,6 +221,11 @@ def _schema_problems(located: Located, callables: Mapping[str, Any]) -> list[Pro
 
 def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
     instance, schema = error.instance, error.schema
+    if "propertyNames" in error.absolute_schema_path and isinstance(instance, str):
+        # A key's name is wrong: at that key, not at its mapping's first one.
+        advice = (_pattern_advice(path) if error.validator == "pattern"
+                  else f"is not a valid name here: {error.message}")
+        return [located.problem((*path, instance), f"{instance!r} {advice}", key=True)]
     if isinstance(schema, dict) and "x-why" in schema:  # a rule the schema explains itself
         return [located.problem(path, f"{_short(instance)}: {schema['x-why']}")]
     if error.validator == "additionalProperties" and isinstance(instance, dict):
@@ -257,7 +262,7 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
         expected = " or ".join(expected) if isinstance(expected, list) else expected
         return [located.problem(path, f"{_short(instance)} is "
                                       f"{with_article(_json_type(instance))}; expected "
-                                      f"{with_article(expected)}")]
+                                      f"{with_article(expected)}{_shape_hint(path, instance)}")]
     if error.validator == "minProperties" or error.validator == "maxProperties":
         return [located.problem(path, f"{_short(instance)}: give exactly one of "
                                       f"'to' (an agent) or 'channel'")]
@@ -267,6 +272,16 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
     if error.validator == "uniqueItems":
         return [located.problem(path, f"{_short(instance)} lists a name twice; list it once")]
     return [located.problem(path, f"{_short(instance)}: {error.message}")]
+
+
+def _shape_hint(path: DataPath, instance: Any) -> str:
+    """The mapping a bare value most likely meant, where one is likely."""
+    last = str(path[-1]) if path else ""
+    if last == "retry" and type(instance) is int:
+        return f"; write {{attempts: {instance}}}"
+    if last == "emit" and isinstance(instance, str):
+        return f"; write {{to: {instance}}} (an agent) or {{channel: {instance}}}"
+    return ""
 
 
 def _mapping_branch_errors(error: Any) -> list[Any]:

@@ -48,3 +48,25 @@ def test_a_channel_with_bad_settings_is_still_known_by_its_name(value: str) -> N
     problems = problems_of(text)
     assert len(problems) == 1, problems  # only the settings: no "unknown channel 'news'"
     assert problems[0].startswith("o.yaml:2:")
+
+
+def test_a_bad_name_is_named_at_its_own_key() -> None:
+    """Found by a new user: a bad agent or channel name was reported at the first key of
+    its mapping (line 3 for the agent on line 6)."""
+    found = problems_of("agents:\n  a: {handler: json:dumps}\n  b: {handler: json:dumps}\n"
+                        "\n  'bad name!': {handler: json:dumps}\nchannels:\n  ok: {}\n"
+                        "  'no good': {}\n")
+    assert [problem.split(": ", 1)[0] for problem in found] == [
+        "o.yaml:5:3", "o.yaml:8:3"]
+    assert "'bad name!' is not a valid name; use letters" in found[0]
+
+
+@pytest.mark.parametrize(("setting", "hint"), [
+    ("retry: 3", "retry: 3 is an integer; expected an object; write {attempts: 3}"),
+    ("emit: b", "emit: 'b' is a string; expected an object; write {to: b} (an agent) or "
+                "{channel: b}"),
+])
+def test_a_bare_value_where_a_mapping_goes_says_which(setting: str, hint: str) -> None:
+    [found] = problems_of(f"agents:\n  a: {{handler: json:dumps, {setting}}}\n"
+                          f"  b: {{handler: json:dumps}}\n")
+    assert found.endswith(hint), found
