@@ -72,3 +72,29 @@ def test_every_extra_names_its_install_command_the_same_way(
     with pytest.raises(MissingExtra, match=rf"install it with: {extra_hint(extra)}$".replace(
             "[", r"\[").replace("]", r"\]")):
         require()
+
+
+# What the extras bring (and what those bring along), none of which the base install has.
+EXTRAS_ONLY = ("aio_pika", "aiormq", "pamqp", "rich", "prometheus_client", "watchfiles",
+               "cryptography", "opentelemetry", "pydantic")
+NO_EXTRAS = f"""
+import sys
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {EXTRAS_ONLY!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, NotInstalled())
+from sporeflow.pipeline.cli.main import main
+sys.argv = ["sporeflow", "run", sys.argv[1], "--until-idle", "-q"]
+main()
+"""
+
+
+def test_the_base_install_runs_an_organism_without_any_extra() -> None:
+    """Found running README's first command in a fresh venv: the broker codec imported
+    pamqp (aio-pika's) at load, so 'pip install -e .' could not run the demo."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", NO_EXTRAS, str(SMALL)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]

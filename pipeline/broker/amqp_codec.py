@@ -17,8 +17,8 @@ other way round. Decoding checks every field and raises only :class:`SporeError`
 whatever arrives from a broker is untrusted. Naive timestamps (Praval writes
 ``datetime.now()``) are read as local time, as Praval means them.
 
-This module does not import aio-pika (pamqp only, to test headers it forwards):
-properties are a plain dict of keyword
+This module does not import aio-pika (nor, until a delivery's headers are forwarded,
+pamqp: the base install has neither): properties are a plain dict of keyword
 arguments for ``aio_pika.Message`` (``amqp_outbound`` builds aiormq's from the same
 fields, with :func:`spore_body_headers` and :func:`expiration_ms`).
 """
@@ -29,8 +29,6 @@ import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-from pamqp import encode as pamqp_encode
 
 from sporeflow.config.errors import LimitExceeded, SporeError
 from sporeflow.steps import DEFAULT_CHANNEL, Spore, utc_now
@@ -203,11 +201,13 @@ def forwardable_headers(found: Mapping[str, Any] | None) -> dict[str, Any]:
     reads some values it cannot write: text that is no UTF-8, a double past a float's
     range), only their count. Raising here would leave the delivery unsettled, its agent
     stalled on it."""
+    from pamqp import encode  # aio-pika's: only a broker's delivery comes here
+
     headers = dict(found or {})
     if headers_size(headers, MAX_HEADERS_BYTES) > MAX_HEADERS_BYTES:
         return {"x-sporeflow-headers-dropped": len(headers)}
     try:
-        pamqp_encode.field_table(headers)
+        encode.field_table(headers)
     except Exception:  # noqa: BLE001 - untrusted: whatever the encoder refuses
         return {"x-sporeflow-headers-dropped": len(headers)}
     return headers
