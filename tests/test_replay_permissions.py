@@ -199,8 +199,10 @@ def test_a_replayed_broadcast_goes_only_to_a_subscriber() -> None:
                  spore_type=SporeType.BROADCAST)
     to_triage = _letter(1, news, "handler failed", agent="triage")  # not a subscriber
     to_reader = _letter(2, news, "handler failed", agent="reader")
-    allowed, refused = replay_refusals([to_triage, to_reader], table, ())
-    assert allowed == [to_reader]
+    # Refused at its sender (no subscriber then): replayed as the broadcast it was.
+    as_sent = _letter(3, news, "no subscribers", agent="triage")
+    allowed, refused = replay_refusals([to_triage, to_reader, as_sent], table, ())
+    assert allowed == [to_reader, as_sent]
     assert refused == [f"dead letter 1 (spore {news.id}): agent 'triage' does not subscribe "
                        f"to channel 'news': a replayed broadcast goes back only to a "
                        f"subscriber that failed on it"]

@@ -139,7 +139,8 @@ def _unsubscribed(stored: StoredDeadLetter, spore: Spore, table: RoutingTable) -
     """A broadcast's delivery goes back only to an agent of its channel (the letter's
     agent is what the store says: a journal row or a broker header)."""
     broadcast = stored.letter.spore
-    if broadcast.spore_type is not SporeType.BROADCAST or broadcast.to_agent is not None:
+    if (broadcast.spore_type is not SporeType.BROADCAST or broadcast.to_agent is not None
+            or spore.to_agent is None):  # replayed as a broadcast: its channel's rule
         return None  # (a letter holding no spore is refused as such where it is kept)
     if spore.to_agent in table.subscribers.get(broadcast.channel, ()):
         return None
