@@ -38,7 +38,7 @@ from typing import Any, Final
 from sporeflow.config.errors import SporeError
 from sporeflow.config.model import Emit, Limits
 from sporeflow.config.units import parse_duration
-from sporeflow.config.words import with_article
+from sporeflow.config.words import shown, with_article
 from sporeflow.steps.ids import derived_id
 from sporeflow.steps.spore import Spore, SporeType, new_spore
 from sporeflow.steps.xmldocument import payload_metadata
@@ -280,10 +280,9 @@ def _seconds_attr(value: str, agent: str) -> float:
 
 
 def _bad_return(agent: str, value: object) -> str:
-    shown = repr(value)
-    shown = shown if len(shown) <= 60 else shown[:59] + "…"
     unordered = (" (a set has no order: its replies would get different ids each time "
                  "it is handled; return a list)") if isinstance(value, set | frozenset) else ""
-    return (f"agent {agent!r} returned {with_article(type(value).__name__)}, {shown}; "
+    return (f"agent {agent!r} returned {with_article(type(value).__name__)}, "
+            f"{shown(value, 60)}; "
             f"return None, a dict, a Spore, XML text, or a list or other ordered iterable "
             f"of those{unordered}")

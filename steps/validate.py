@@ -11,7 +11,7 @@ from aiostream import pipable_operator, streamcontext
 from sporeflow.config.errors import LimitExceeded, SporeError
 from sporeflow.config.model import Limits
 from sporeflow.config.reasons import reason_of
-from sporeflow.config.words import with_article
+from sporeflow.config.words import shown, with_article
 from sporeflow.steps.spore import PRIORITY_MAX, PRIORITY_MIN, Spore, SporeType, Unreadable
 from sporeflow.steps.types import Batch, Reject, SchemaCheck
 
@@ -32,6 +32,7 @@ _ENVELOPE_BYTES = 512
 # How far past the limit an exact-strings bound may go and still be written out to be
 # measured: writing costs its size in memory, and a bound is never below the JSON.
 _WRITTEN = 4
+_SHOWN = 40  # characters of a value a refusal quotes
 _BIG_INT = 10**21  # an int inside (-_BIG_INT, _BIG_INT) is at most 22 characters as JSON
 _ESCAPED = bytes(range(0x20)) + b'"\\'
 _UNESCAPED = bytes(b for b in range(256) if b not in _ESCAPED)
@@ -277,7 +278,7 @@ def _not_json(value: Any, path: str, depth: int, seen: set[int]) -> str | None:
     if kind is dict:
         for key, item in value.items():
             if type(key) is not str:
-                return (f"{path} has the key {_shown(key)}, "
+                return (f"{path} has the key {shown(key, _SHOWN)}, "
                         f"{with_article(type(key).__name__)}: "
                         f"knowledge keys must be strings")
             place = f"{path}.{key}" if key.isidentifier() else f"{path}[{key!r:.40}]"
@@ -298,13 +299,8 @@ def _not_json(value: Any, path: str, depth: int, seen: set[int]) -> str | None:
     hint = {"datetime": "; write it as text with .isoformat()", "set": "; make it a list",
             "frozenset": "; make it a list", "bytes": "; decode it to text"}.get(
         kind.__name__, "; make it a dict, a list, text or a number")
-    return f"{path} holds {with_article(kind.__name__)}, which is not JSON: {_shown(value)}{hint}"
-
-
-def _shown(value: Any) -> str:
-    """``repr(value)``, cut to 40 characters with an ellipsis."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:39] + "…"
+    return (f"{path} holds {with_article(kind.__name__)}, which is not JSON: "
+            f"{shown(value, _SHOWN)}{hint}")
 
 
 def _human(size: int) -> str:
