@@ -11,6 +11,7 @@ from aiostream import pipable_operator, streamcontext
 from sporeflow.config.errors import LimitExceeded, SporeError
 from sporeflow.config.model import Limits
 from sporeflow.config.reasons import reason_of
+from sporeflow.config.schemas import field_path
 from sporeflow.config.words import shown, with_article
 from sporeflow.steps.spore import PRIORITY_MAX, PRIORITY_MIN, Spore, SporeType, Unreadable
 from sporeflow.steps.types import Batch, Reject, SchemaCheck
@@ -188,8 +189,8 @@ def _check_size(spore: Spore, limits: Limits) -> None:
     except LimitExceeded:
         raise
     except SporeError as exc:  # found in one walk, told with its place by another
-        place = (_not_json(spore.knowledge, "knowledge", limits.max_depth, set())
-                 or _not_json(spore.metadata, "metadata", limits.max_depth, set()))
+        place = (_not_json(spore.knowledge, "knowledge", (), limits.max_depth, set())
+                 or _not_json(spore.metadata, "metadata", (), limits.max_depth, set()))
         raise SporeError(place or str(exc)) from None
 
 
@@ -266,41 +267,38 @@ def _least(value: Any, max_depth: int, depth: int, budget: int) -> int:
     return 1
 
 
-def _not_json(value: Any, path: str, depth: int, seen: set[int]) -> str | None:
-    """Where in ``value`` (reached by ``path``) is the first thing JSON cannot write, and
-    what to do about it; None if nothing is. Walked only once ``_bound`` refused; each
-    container once (``seen``), however often it is referred to."""
+def _not_json(value: Any, root: str, parts: tuple[str | int, ...], depth: int,
+              seen: set[int]) -> str | None:
+    """Where in ``value`` (``root`` and ``parts`` lead to it) is the first thing JSON cannot
+    write, and what to do about it; None if nothing is. Walked only once ``_bound``
+    refused; each container once (``seen``), however often it is referred to."""
     kind = type(value)
     if kind is dict or kind is list or kind is tuple:
         if id(value) in seen:
             return None
         seen.add(id(value))
+    items: Any = ()
     if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str:
-                return (f"{path} has the key {shown(key, _SHOWN)}, "
-                        f"{with_article(type(key).__name__)}: "
-                        f"knowledge keys must be strings")
-            place = f"{path}.{key}" if key.isidentifier() else f"{path}[{key!r:.40}]"
-            found = _not_json(item, place, depth - 1, seen) if depth > 0 else None
-            if found:
-                return found
-        return None
-    if kind is list or kind is tuple:
-        for index, item in enumerate(value):
-            found = _not_json(item, f"{path}[{index}]", depth - 1, seen) if depth > 0 else None
-            if found:
-                return found
-        return None
-    if kind is float and (value != value or value in (float("inf"), float("-inf"))):
-        return f"{path} holds {value!r}, which JSON cannot represent; send null or a string"
-    if isinstance(value, _SCALARS):
-        return None
-    hint = {"datetime": "; write it as text with .isoformat()", "set": "; make it a list",
-            "frozenset": "; make it a list", "bytes": "; decode it to text"}.get(
-        kind.__name__, "; make it a dict, a list, text or a number")
-    return (f"{path} holds {with_article(kind.__name__)}, which is not JSON: "
-            f"{shown(value, _SHOWN)}{hint}")
+        items = value.items()
+    elif kind is list or kind is tuple:
+        items = enumerate(value)
+    elif kind is float and (value != value or value in (float("inf"), float("-inf"))):
+        return (f"{field_path(parts, root=root)} holds {value!r}, which JSON cannot "
+                f"represent; send null or a string")
+    elif not isinstance(value, _SCALARS):
+        hint = {"datetime": "; write it as text with .isoformat()", "set": "; make it a list",
+                "frozenset": "; make it a list", "bytes": "; decode it to text"}.get(
+            kind.__name__, "; make it a dict, a list, text or a number")
+        return (f"{field_path(parts, root=root)} holds {with_article(kind.__name__)}, which "
+                f"is not JSON: {shown(value, _SHOWN)}{hint}")
+    for part, item in items:
+        if type(part) is not str and kind is dict:
+            return (f"{field_path(parts, root=root)} has the key {shown(part, _SHOWN)}, "
+                    f"{with_article(type(part).__name__)}: knowledge keys must be strings")
+        found = _not_json(item, root, (*parts, part), depth - 1, seen) if depth > 0 else None
+        if found:
+            return found
+    return None
 
 
 def _human(size: int) -> str:

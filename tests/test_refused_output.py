@@ -94,7 +94,7 @@ async def test_an_expired_output_is_no_warning(caplog: pytest.LogCaptureFixture)
      "knowledge.when holds a datetime, which is not JSON: datetime.datetime(2026, 12, 7, "
      "0, 22, 4…; write it as text with .isoformat()"),
     ({"tags": {"x"}}, "knowledge.tags holds a set, which is not JSON: {'x'}; make it a list"),
-    ({"odd key": {1: "a"}}, "knowledge['odd key'] has the key 1, an int: knowledge keys "
+    ({"odd key": {1: "a"}}, 'knowledge["odd key"] has the key 1, an int: knowledge keys '
                             "must be strings"),
     ({"f": [float("inf")]}, "knowledge.f[0] holds inf, which JSON cannot represent"),
 ])
