@@ -64,6 +64,17 @@ def test_depth_limit() -> None:
         check_spore(Spore(knowledge=deep), Limits())
 
 
+@pytest.mark.parametrize("deepest", [{"x": 1.5}, [1.5], {"x": "text"}, ["text"]],
+                         ids=["dict-float", "list-float", "dict-str", "list-str"])
+def test_depth_counts_containers_whatever_holds_the_scalars(deepest: Any) -> None:
+    # A value in the deepest container allowed is within the limit, in a list as in a
+    # dict (a list's items, and a dict's floats, used to count as one level more).
+    limits = Limits(max_depth=3)
+    check_spore(Spore(knowledge={"a": {"b": deepest}}), limits)
+    with pytest.raises(LimitExceeded, match="nested deeper than limits.max_depth=3"):
+        check_spore(Spore(knowledge={"a": {"b": {"c": deepest}}}), limits)
+
+
 def test_not_a_spore_is_refused() -> None:
     with pytest.raises(SporeError, match="expected a Spore, got dict"):
         check_spore({"knowledge": {}}, Limits())
