@@ -7,6 +7,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import pkgutil
 import re
 import sys
 import traceback
@@ -115,7 +116,9 @@ def _import(module_name: str, base_dir: Path, *, reload: bool) -> Any:
                 del sys.modules[top]
                 raise
         elif importlib.util.find_spec(top) is None:
-            cause = f"is neither beside the organism file ({base_dir}) nor an installed package"
+            beside = (found.name for found in pkgutil.iter_modules([str(base_dir)]))
+            cause = (f"is neither beside the organism file ({base_dir}) nor an installed "
+                     f"package{did_you_mean(top, beside)}")
             raise HandlerImportError(f"handler module {module_name!r} {cause}",
                                      module=module_name, cause=cause)
     module = importlib.import_module(module_name)

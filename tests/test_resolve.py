@@ -59,6 +59,15 @@ def test_a_missing_module_is_reported_once_and_a_lone_user_as_before(tmp_path: P
     assert "use it" not in second.message
 
 
+def test_a_misspelt_module_beside_the_organism_is_suggested(tmp_path: Path) -> None:
+    (tmp_path / "handlers_x3.py").write_text("async def f(spore, ctx):\n    return None\n")
+    with pytest.raises(ConfigError) as caught:
+        load_organism(organism(tmp_path, {"a": "handler_x3:f"}))
+    assert caught.value.problems[0].message == (
+        f"handler module 'handler_x3' is neither beside the organism file ({tmp_path}) nor "
+        f"an installed package (did you mean 'handlers_x3'?)")
+
+
 def test_a_missing_function_is_still_reported_per_agent(
         tmp_path: Path, handler_modules: Callable[[str], str]) -> None:
     mod = handler_modules("def handle(spore, ctx):\n    return None\n")
