@@ -11,7 +11,7 @@ from sporeflow.pipeline.broker.bridge import Bridge
 from sporeflow.pipeline.core.ingress import Ingress
 from sporeflow.pipeline.core.run import Run
 from sporeflow.pipeline.journal.store import Journal
-from sporeflow.steps import Spore, SporeType
+from sporeflow.steps import ExpiresIn, Spore, SporeType
 
 __all__ = ["OutsideApi"]
 
@@ -48,7 +48,7 @@ class OutsideApi:
     # coroutines of their own: one frame less per spore, and a bad argument raises at
     # the call already.
     def send(self, to_agent: str, knowledge: dict[str, Any], *, sender: str = "system",
-             channel: str | None = None, priority: int = 5, expires_in: float | None = None,
+             channel: str | None = None, priority: int = 5, expires_in: ExpiresIn | None = None,
              spore_type: SporeType = SporeType.KNOWLEDGE, confirm: bool = True,
              **extra: Any) -> Coroutine[Any, Any, Spore]:
         """Send knowledge to one agent; await it for the spore sent.
@@ -64,7 +64,7 @@ class OutsideApi:
 
     def broadcast(self, knowledge: dict[str, Any], *, channel: str = "main",
                   sender: str = "system", priority: int = 5,
-                  expires_in: float | None = None, confirm: bool = True,
+                  expires_in: ExpiresIn | None = None, confirm: bool = True,
                   **extra: Any) -> Coroutine[Any, Any, Spore]:
         """Broadcast knowledge to every subscriber of ``channel``; await it for the spore.
         ``confirm`` and ``extra`` (further fields of the spore, ``metadata``...): as for

@@ -6,7 +6,7 @@ Stages see spores and plain options only: no YAML, no broker, no globals.
 from sporeflow.steps.buckets import PriorityBuckets
 from sporeflow.steps.dispatch import dispatch
 from sporeflow.steps.envelope import payload_from_xml
-from sporeflow.steps.expire import expire_filter, expiry_after, utc_now
+from sporeflow.steps.expire import ExpiresIn, expire_filter, expiry_after, utc_now
 from sporeflow.steps.lanes import AgentLane, LanePolicy, backoff_delay
 from sporeflow.steps.mailbox import queued_in, redelivery
 from sporeflow.steps.replies import reply_spore, shape_replies
@@ -57,6 +57,7 @@ __all__ = [
     "BadSignature",
     "Batch",
     "Delivery",
+    "ExpiresIn",
     "JSONObject",
     "LanePolicy",
     "PriorityBuckets",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeAlias
 
 from aiostream import pipable_operator, streamcontext
 
@@ -23,21 +24,27 @@ from sporeflow.config.reasons import Reason
 from sporeflow.steps.spore import Spore, set_deadline
 from sporeflow.steps.types import Batch, Reject
 
-__all__ = ["expire_filter", "expired", "expiry_after", "utc_now"]
+__all__ = ["ExpiresIn", "expire_filter", "expired", "expiry_after", "utc_now"]
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+# What a sender may give as a spore's lifetime: seconds, or a timedelta.
+ExpiresIn: TypeAlias = float | timedelta
+
+
 def expiry_after(now: datetime, expires_in: object) -> datetime | None:
-    """``expires_at`` for a spore that expires ``expires_in`` seconds after ``now``
-    (None: never); refuse what is not a number of seconds."""
+    """``expires_at`` for a spore that expires ``expires_in`` (seconds or a timedelta)
+    after ``now`` (None: never); refuse anything else."""
     if expires_in is None:
         return None
+    if isinstance(expires_in, timedelta):
+        return now + expires_in
     if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
-        raise SporeError(f"expires_in must be a number of seconds, got {expires_in!r:.40}; "
-                         f"write expires_in=30 for 30 seconds")
+        raise SporeError(f"expires_in must be a number of seconds or a timedelta, got "
+                         f"{expires_in!r:.40}; write expires_in=30 for 30 seconds")
     return now + timedelta(seconds=expires_in)
 
 

@@ -5,8 +5,9 @@ A spore sent already expired is dead-lettered as ``expired``, whoever sent it.""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,40 @@ def test_expiry_in_the_past_at_send_is_dead_lettered_as_expired(virtual: Any) ->
         ("expired", {"stale": True}), ("expired", {"late": True})]
     assert "expired at 2025-12-31T23:59:55+00:00" in letters[0].error
     assert got == [{"fresh": True}, {"from": "handler"}]
+
+
+def test_expires_in_may_be_a_timedelta_from_a_handler_and_from_outside(virtual: Any) -> None:
+    async def early(spore: Spore, ctx: Context) -> None:
+        await ctx.send("sink", {"late": True}, expires_in=timedelta(seconds=-1))
+        await ctx.send("sink", {"from": "handler"}, expires_in=timedelta(minutes=5))
+
+    async def main(loop: VirtualClockLoop) -> tuple[list[Any], list[Any], list[Any]]:
+        org = Organism(organism(early={"handler": early}).spec, now=loop.wall)
+        async with org.running():
+            stale = await org.send("sink", {"stale": True}, expires_in=timedelta(seconds=-5))
+            fresh = await org.send("sink", {"fresh": True}, expires_in=timedelta(hours=1))
+            await org.send("early", {})
+            await org.idle()
+        return ([stale.expires_at, fresh.expires_at], list(org.dead_letters),
+                org.wiring().agents["sink"].state["got"])
+
+    expiries, letters, got = virtual(main)
+    assert expiries[1] - expiries[0] == timedelta(hours=1, seconds=5)
+    assert [(letter.reason, letter.spore.knowledge) for letter in letters] == [
+        ("expired", {"stale": True}), ("expired", {"late": True})]
+    assert got == [{"fresh": True}, {"from": "handler"}]
+
+
+def test_expires_in_of_another_kind_is_refused_with_what_to_write() -> None:
+    org = organism()
+    with pytest.raises(SporeError, match=r"expires_in must be a number of seconds or a "
+                                         r"timedelta, got '30s'; write expires_in=30"):
+        asyncio.run(_send_in(org, expires_in="30s"))
+
+
+async def _send_in(org: Organism, **options: Any) -> None:
+    async with org.running():
+        await org.send("sink", {}, **options)
 
 
 def test_cli_send_over_the_size_limit_is_one_line(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from sporeflow.pipeline.core.budget import ThreadBudget
 from sporeflow.pipeline.core.ingress import Ingress
 from sporeflow.pipeline.core.requests import new_request_id
 from sporeflow.pipeline.core.wiring import AgentRuntime, WiringSnapshot
-from sporeflow.steps import Spore, SporeType, expiry_after, new_spore, reply_spore
+from sporeflow.steps import ExpiresIn, Spore, SporeType, expiry_after, new_spore, reply_spore
 from sporeflow.steps.ids import derived_id
 
 __all__ = ["Context", "HandlerPort", "RunPort"]
@@ -114,7 +114,7 @@ class Context:
         return derived_id(self.spore.id, self.agent, f"s{position}")
 
     def _spore(self, knowledge: dict[str, Any], *, to: str | None, channel: str | None,
-               spore_type: SporeType, priority: int | None, expires_in: float | None,
+               spore_type: SporeType, priority: int | None, expires_in: ExpiresIn | None,
                ) -> Spore:
         parent = self.spore
         return new_spore(
@@ -129,7 +129,7 @@ class Context:
 
     async def send(self, to: str, knowledge: dict[str, Any], *,
                    spore_type: SporeType = SporeType.KNOWLEDGE, priority: int | None = None,
-                   expires_in: float | None = None) -> Spore:
+                   expires_in: ExpiresIn | None = None) -> Spore:
         """Send knowledge to one agent. Raises at the call, as :meth:`request` does:
         :class:`DeliveryError` when no agent is named ``to`` (with a did-you-mean),
         :class:`NotAPeer` when ``to`` is not a peer."""
@@ -139,7 +139,7 @@ class Context:
         return spore
 
     async def broadcast(self, knowledge: dict[str, Any], *, channel: str | None = None,
-                        priority: int | None = None, expires_in: float | None = None) -> Spore:
+                        priority: int | None = None, expires_in: ExpiresIn | None = None) -> Spore:
         """Broadcast on ``channel`` (default: the channel of the spore being handled)."""
         spore = self._spore(knowledge, to=None, channel=channel,
                             spore_type=SporeType.BROADCAST, priority=priority,

@@ -32,6 +32,7 @@ from sporeflow.pipeline.core.requests import RequestBook, new_request_id
 from sporeflow.pipeline.core.wiring import WiringCell
 from sporeflow.steps import (
     DEFAULT_CHANNEL,
+    ExpiresIn,
     Spore,
     SporeType,
     check_spore,
@@ -103,7 +104,7 @@ class Ingress:
 
     def outside_spore(self, knowledge: dict[str, Any], *, to: str | None,
                       channel: str | None, sender: str, spore_type: SporeType,
-                      priority: int, expires_in: float | None,
+                      priority: int, expires_in: ExpiresIn | None,
                       extra: dict[str, Any]) -> Spore:
         """Build and screen the spore an outside caller asked for; raise at once if it is
         wrong. Hand it to :meth:`enter`."""
