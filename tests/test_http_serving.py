@@ -6,13 +6,16 @@ no traceback; a failure of the server itself keeps its traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sporeflow.pipeline import Organism, Spore
+from sporeflow.pipeline.core import http_serving
 from sporeflow.pipeline.core.http_serving import ClientErrorLog
 from sporeflow.pipeline.service.address import ControlAddress
 from sporeflow.pipeline.service.server import ControlServer
@@ -85,3 +88,79 @@ def test_a_failure_of_the_server_itself_keeps_its_traceback(
     assert record.levelno == logging.ERROR
     assert record.exc_info is not None
     assert record.exc_info[1] is error
+
+
+# -- clients cannot hold a server's resources ------------------------------------------
+
+HEALTH = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@contextlib.asynccontextmanager
+async def serving(port: str, tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
+    """The host and port of the HTTP ingress or of the control endpoint, running."""
+    if port == "ingress":
+        organism = Organism.from_dict({
+            "agents": {"echo": {"handler": echo}},
+            "sources": {"api": {"kind": "http", "port": 0, "insecure": True, "to": "echo"}},
+        }, base_dir=tmp_path)
+        async with organism.running(drain_timeout=BACKSTOP):
+            yield host_port(organism.sources.addresses()["api"])
+        return
+    organism = Organism.from_dict({"organism": {"name": "ctl"},
+                                   "agents": {"echo": {"handler": echo}}})
+    (tmp_path / "run").mkdir(mode=0o700)
+    address = ControlAddress.of(tmp_path / "organism.yaml", "ctl", folder=tmp_path / "run")
+    async with organism.running(drain_timeout=BACKSTOP), ControlServer(
+            organism, tmp_path / "organism.yaml", http_port=0, echo=lambda line: None,
+            quiet=True, address=address) as server:
+        assert server.url is not None
+        yield host_port(server.url)
+
+
+def host_port(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").rstrip("/").split("/")[0].rsplit(":", 1)
+    return host, int(port)
+
+
+@pytest.mark.parametrize("port", ["ingress", "control"])
+async def test_a_connection_that_never_finishes_its_request_is_closed(
+        port: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A client trickling its headers ("slowloris") held its connection for aiohttp's
+    # default keep-alive, an hour.
+    monkeypatch.setattr(http_serving, "IDLE_TIMEOUT", 0.2)
+    async with serving(port, tmp_path) as (host, number):
+        reader, writer = await asyncio.open_connection(host, number)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), BACKSTOP) == b""  # closed by the server
+        writer.close()
+
+
+@pytest.mark.parametrize("port", ["ingress", "control"])
+async def test_a_port_holding_its_most_connections_answers_503_until_one_closes(
+        port: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(http_serving, "MAX_CONNECTIONS", 2)
+    closing = HEALTH.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    held: list[asyncio.StreamWriter] = []
+    async with serving(port, tmp_path) as (host, number):
+        url = f"http://{host}:{number}"
+        try:
+            for _ in range(2):  # each answered (200, or 401 without the token) and kept
+                reader, writer = await asyncio.open_connection(host, number)
+                held.append(writer)
+                writer.write(HEALTH)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BACKSTOP)
+                assert head.startswith((b"HTTP/1.1 200", b"HTTP/1.1 401"))
+            for _ in range(2):
+                assert (await answer_to(url, HEALTH)).startswith(
+                    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1")
+            held.pop().close()
+            async with asyncio.timeout(BACKSTOP):  # until the server has seen it close
+                while (await answer_to(url, closing)).startswith(b"HTTP/1.1 503"):
+                    pass
+        finally:
+            for writer in held:
+                writer.close()
+    full = [r for r in caplog.records if "holds 2 connections, its most" in r.getMessage()]
+    assert [r.levelno for r in full] == [logging.WARNING]

@@ -28,6 +28,7 @@ signing_key  # OrganismSpec field: the current shared key, for users of the Pyth
 _.collect, list_, _.__cause__
 _.destroy  # Backend.destroy: tests delete their unique queues and exchanges with it
 _.convert  # click.ParamType.convert: click calls it for a DURATION option
+_.connection_made  # asyncio.Protocol: the loop calls it for a connection past a port's bound
 
 # The top-level package's lazy names (PEP 562): Python calls these for `sporeflow.X`.
 __getattr__, __dir__

@@ -6,10 +6,18 @@ request from ..." and a traceback). That is the client's fault, and anyone can s
 it before any token is checked: here it is one WARNING line naming the peer and the
 error, through the ``logger=`` aiohttp's ``AppRunner`` hands its request handlers.
 A failure of the server itself keeps its traceback.
+
+Clients cannot hold a server's resources: a connection that has not finished a request
+(a client trickling its headers, "slowloris") or idles between requests is closed after
+:data:`IDLE_TIMEOUT` seconds (aiohttp's own default is an hour), and a port holds at most
+:data:`MAX_CONNECTIONS` connections at once (:class:`BoundedSite`): past them a new one is
+answered 503 and closed, so that held connections never take every file descriptor of
+the process (its journal, its broker connection) or its memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -21,8 +29,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from sporeflow.config.reasons import Reason
 
-__all__ = ["BEARER_CHALLENGE", "ClientErrorLog", "app_runner", "bearer_token", "error_response",
-           "json_body", "refusal_status", "token_matches"]
+__all__ = ["BEARER_CHALLENGE", "IDLE_TIMEOUT", "MAX_CONNECTIONS", "BoundedSite", "ClientErrorLog",
+           "app_runner", "bearer_token", "error_response", "json_body", "refusal_status",
+           "token_matches"]
+
+IDLE_TIMEOUT = 15.0  # seconds a connection may go without a whole request
+MAX_CONNECTIONS = 512  # connections one port holds at once
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
+         b"Connection: close\r\n\r\n")
 
 # The HTTP status of a spore refused for a reason (a dead letter's), on every port: no
 # such agent or channel, not allowed; any other refusal is the body's fault.
@@ -110,4 +124,54 @@ def app_runner(app: web.Application, logger: logging.Logger, *,
     """The runner of one of sporeflow's servers: no access log, and what aiohttp logs
     goes to ``logger``, a client's malformed request as one line."""
     return web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout,
-                         logger=ClientErrorLog(logger))
+                         logger=ClientErrorLog(logger), keepalive_timeout=IDLE_TIMEOUT)
+
+
+class BoundedSite(web.BaseSite):
+    """A TCP port of ``runner``'s server that holds at most :data:`MAX_CONNECTIONS`
+    connections: one more is answered 503 and closed, and ``logger`` told once per
+    time the port is full."""
+
+    __slots__ = ("_host", "_port", "_logger", "_full", "_listening")
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int,
+                 logger: logging.Logger) -> None:
+        super().__init__(runner)
+        self._host, self._port, self._logger = host, port, logger
+        self._full = False
+        self._listening: asyncio.Server | None = None
+
+    @property
+    def name(self) -> str:
+        sockets = self._listening.sockets if self._listening is not None else ()
+        host, port = sockets[0].getsockname()[:2] if sockets else (self._host, self._port)
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    async def start(self) -> None:
+        await super().start()
+        self._server = self._listening = await asyncio.get_running_loop().create_server(
+            self._accept, self._host, self._port, backlog=self._backlog)
+
+    def _accept(self) -> asyncio.BaseProtocol:
+        server = self._runner.server
+        assert server is not None  # a site exists only once its runner is set up
+        held = len(server.connections)
+        if held < MAX_CONNECTIONS:
+            self._full = False
+            return server()
+        if not self._full:
+            self._full = True
+            self._logger.warning(
+                "%s holds %d connections, its most: new ones are answered 503 until some "
+                "close (a client holding many open, or more clients than one process "
+                "serves)", self.name, held)
+        return _Busy()
+
+
+class _Busy(asyncio.Protocol):
+    """A connection past a port's bound: told 503, then closed."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(_BUSY)
+        transport.close()

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sporeflow.pipeline.core.http_serving import app_runner
+from sporeflow.pipeline.core.http_serving import BoundedSite, app_runner
 from sporeflow.pipeline.core.privatefiles import open_private
 from sporeflow.pipeline.observe.lineage import TraceWindow
 from sporeflow.pipeline.reload.diff import ReloadReport
@@ -116,8 +116,8 @@ class ControlServer:
                           trace=self.trace)
         mounted = self._mount_dashboard(app) if self.dashboard else False
         try:
-            runner = await self._start(app, lambda runner: web.TCPSite(
-                runner, self.http_host, port))
+            runner = await self._start(app, lambda runner: BoundedSite(
+                runner, self.http_host, port, _log))
         except OSError as exc:
             raise ControlError(
                 f"{self.http_host}:{port}: the control endpoint cannot listen there "

@@ -44,6 +44,7 @@ from sporeflow.config import (
 from sporeflow.config.sources import HttpSource
 from sporeflow.pipeline.core.http_serving import (
     BEARER_CHALLENGE,
+    BoundedSite,
     app_runner,
     bearer_token,
     error_response,
@@ -105,7 +106,7 @@ class HttpIngress(Source):
         runner = app_runner(app, self.logger, shutdown_timeout=_GRACE)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.spec.host, self.spec.port)
+            site = BoundedSite(runner, self.spec.host, self.spec.port, self.logger)
             await site.start()
         except BaseException:
             await runner.cleanup()
