@@ -27,6 +27,7 @@ import jsonschema
 
 from sporeflow.config.errors import ConfigError, Problem
 from sporeflow.config.external import take_external
+from sporeflow.config.limits import limits_of
 from sporeflow.config.model import (
     BUILTIN_CHANNELS,
     DEFAULT_CAPACITY,
@@ -38,7 +39,6 @@ from sporeflow.config.model import (
     ChannelSpec,
     Emit,
     GatherSpec,
-    Limits,
     OrganismSpec,
     Retry,
     SequenceSpec,
@@ -372,31 +372,7 @@ def _to_spec(
         channels.setdefault(builtin, ChannelSpec(name=builtin))
     agents = {name: _agent(name, conf, handlers.get(name, _orchestrated))
               for name, conf in data["agents"].items()}
-    limits_conf = data.get("limits") or {}
-    defaults = Limits()
-    limits = Limits(
-        max_spore_bytes=parse_size(limits_conf.get("max_spore_bytes", defaults.max_spore_bytes)),
-        max_hops=limits_conf.get("max_hops", defaults.max_hops),
-        max_in_flight=limits_conf.get("max_in_flight", defaults.max_in_flight),
-        max_in_memory=limits_conf.get("max_in_memory", defaults.max_in_memory),
-        max_depth=limits_conf.get("max_depth", defaults.max_depth),
-        max_xml_elements=limits_conf.get("max_xml_elements", defaults.max_xml_elements),
-        max_xml_attributes=limits_conf.get("max_xml_attributes", defaults.max_xml_attributes),
-        max_dead_letters=limits_conf.get("max_dead_letters", defaults.max_dead_letters),
-        max_spores_per_thread=limits_conf.get("max_spores_per_thread"),
-        max_cost_per_thread=limits_conf.get("max_cost_per_thread"),
-        budget_warnings=tuple(sorted(limits_conf.get("budget_warnings",
-                                                     defaults.budget_warnings))),
-        process_pool=limits_conf.get("process_pool"),
-        loop_stall_warning=parse_duration(limits_conf.get("loop_stall_warning",
-                                                          defaults.loop_stall_warning or 0)),
-        max_outside_senders=limits_conf.get("max_outside_senders",
-                                            defaults.max_outside_senders),
-        max_journal_dead_letters=limits_conf.get("max_journal_dead_letters",
-                                                 defaults.max_journal_dead_letters),
-        max_journal_dead_letter_age=parse_duration(limits_conf.get(
-            "max_journal_dead_letter_age", defaults.max_journal_dead_letter_age) or 0) or None,
-    )
+    limits = limits_of(data.get("limits") or {})
     return OrganismSpec(
         name=head.get("name", source.stem if source else "organism"),
         description=head.get("description", ""),

@@ -158,7 +158,10 @@ class Limits:
     # while scanning, before lxml builds anything.
     max_xml_elements: int = 100_000
     max_xml_attributes: int = 50_000
+    # Dead letters kept in memory, by count and by their bytes as JSON (with their error
+    # texts): the oldest are evicted first, counted.
     max_dead_letters: int = 10_000
+    max_dead_letter_bytes: int = 64 * 1024 * 1024
     max_spores_per_thread: int | None = None
     max_cost_per_thread: float | None = None
     # Percentages of a per-thread limit at which a ThreadBudgetReached event is emitted

@@ -165,6 +165,8 @@ _limits = _closed(
         "max_xml_attributes": {**_count, "description": "attributes in all in XML a handler "
                                                         "returns (default 50000)"},
         "max_dead_letters": {**_count, "description": "dead letters kept in memory"},
+        "max_dead_letter_bytes": {**_size, "description": "bytes of dead letters kept in "
+                                  "memory, as JSON"},
         "max_spores_per_thread": {**_count, "description": "spores one conversation may make "
                                                            "before it is stopped"},
         "max_cost_per_thread": {"type": "number", "exclusiveMinimum": 0,

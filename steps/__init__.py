@@ -46,7 +46,7 @@ from sporeflow.steps.spore import (
     spore_values,
 )
 from sporeflow.steps.types import Batch, Delivery, Reject, SchemaCheck
-from sporeflow.steps.validate import check_spore, validate
+from sporeflow.steps.validate import check_spore, json_size_bound, validate
 
 __all__ = [
     "DEFAULT_CHANNEL",
@@ -75,6 +75,7 @@ __all__ = [
     "dispatch",
     "expire_filter",
     "expiry_after",
+    "json_size_bound",
     "knowledge_element",
     "new_spore",
     "new_spore_id",

@@ -17,7 +17,7 @@ from sporeflow.config.words import shown, with_article
 from sporeflow.steps.spore import PRIORITY_MAX, PRIORITY_MIN, Spore, SporeType, Unreadable
 from sporeflow.steps.types import Batch, Reject, SchemaCheck
 
-__all__ = ["check_spore", "validate"]
+__all__ = ["check_spore", "json_size_bound", "validate"]
 
 MAX_NAME_LENGTH = 128
 # A lineage id names another spore: bounded as the AMQP codec bounds every header, so a
@@ -129,6 +129,18 @@ def check_spore(spore: Any, limits: Limits, *, built: bool = False) -> None:
     if not ok:
         _explain(spore, limits)
     _check_size(spore, limits)
+
+
+def json_size_bound(spore: Spore, max_depth: int, budget: int) -> int | None:
+    """An upper bound of ``spore``'s size as JSON (its strings measured exactly), walked
+    no further than ``budget``: ``budget + 1`` past it; None for a spore that is no JSON
+    (what a dead letter may hold)."""
+    try:
+        return _measure(spore, max_depth, _EXACT, budget)
+    except _Over:
+        return budget + 1
+    except SporeError:
+        return None
 
 
 def _strings(values: object) -> bool:

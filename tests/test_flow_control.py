@@ -16,6 +16,7 @@ import pytest
 
 from sporeflow.config import organism_from_dict
 from sporeflow.pipeline import HandlerError, Organism, RequestTimeout, Spore
+from sporeflow.pipeline.core.deadletters import DeadLetter, DeadLetterStore
 
 BACKSTOP = 30.0  # seconds of real time; a healthy run of any test here takes far less
 
@@ -489,6 +490,43 @@ async def test_the_dead_letter_store_keeps_the_newest_and_counts_the_evicted() -
     assert stats["dead_letters"]["kept"] == 3
     assert stats["dead_letters"]["evicted"] == 7
     assert stats["dead_letters"]["by_reason"] == {"handler failed": 10}
+
+
+async def test_the_dead_letter_store_is_bounded_by_bytes_as_well_as_by_count() -> None:
+    # Ten thousand refused spores of a megabyte each were ten gigabytes kept: the count
+    # alone did not bound the memory.
+    async def always_fails(spore: Spore, ctx: Any) -> None:
+        raise RuntimeError("no")
+
+    org = Organism.from_dict({"agents": {"bad": {"handler": always_fails}},
+                              "limits": {"max_dead_letter_bytes": "100KiB"}})
+    async with org.running():
+        for n in range(30):
+            await org.send("bad", {"n": n, "text": "x" * 10_000})
+        await asyncio.wait_for(org.idle(), BACKSTOP)
+        await org.send("bad", {"n": 30, "text": "y" * 300_000})  # alone over the bound
+        await asyncio.wait_for(org.idle(), BACKSTOP)
+        stats = org.stats()
+    assert [d.spore.knowledge["n"] for d in org.dead_letters] == [30]  # the newest stays
+    assert (stats["dead_letters"]["total"], stats["dead_letters"]["evicted"]) == (31, 30)
+    assert stats["dead_letters"]["bytes"] > 100 * 1024  # weighed no further than the bound
+
+
+def test_dead_letters_kept_by_bytes_keep_the_newest_that_fit() -> None:
+    letter = DeadLetter.of(Spore(knowledge={"text": "x" * 1000}), "handler failed", None)
+    store = DeadLetterStore(100, max_bytes=10_000)
+    for _ in range(30):
+        store.add(letter)
+    weight = store.bytes // len(store)
+    assert 1000 < weight < 2000  # its JSON and its error's text
+    assert len(store) == 10_000 // weight
+    assert store.evicted == 30 - len(store)
+    assert [stored.number for stored in store.numbered()][-1] == 30
+    taken = store.take([30])  # a replay takes it, and a refused one puts it back
+    assert store.bytes == weight * len(store)
+    store.restore(taken)
+    assert store.bytes == weight * len(store)
+    assert len(store) == 10_000 // weight
 
 
 async def test_handler_exceptions_never_stop_the_pipeline() -> None:

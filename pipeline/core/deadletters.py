@@ -14,9 +14,16 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sporeflow.config import redact_text
+from sporeflow.config import Limits, redact_text
 from sporeflow.config.reasons import SENDERS_MISTAKES, Reason
-from sporeflow.steps import RoutingTable, Spore, SporeType, permission_error, redelivery
+from sporeflow.steps import (
+    RoutingTable,
+    Spore,
+    SporeType,
+    json_size_bound,
+    permission_error,
+    redelivery,
+)
 
 __all__ = ["URL_PASSWORDS", "DeadLetter", "DeadLetterStore", "LetterChoice", "Masker",
            "StoredDeadLetter", "error_text", "letter_number", "never_replayed",
@@ -173,25 +180,60 @@ def letter_number(text: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
+_DEFAULTS = Limits()
+
+
 class DeadLetterStore:
-    """The most recent ``capacity`` dead letters; older ones are evicted and counted.
+    """The most recent dead letters, at most ``capacity`` of them and ``max_bytes`` of
+    them (each weighed as JSON, with its error texts; the newest is kept whatever it
+    weighs); older ones are evicted and counted. Letters come from input: by count
+    alone, ten thousand refused spores of a megabyte each would be ten gigabytes.
 
     Each letter gets a number when it is added (1, 2, ...; never reused), what ``dlq``
     and the control endpoint name it by; a replay takes letters out by number.
     """
 
-    def __init__(self, capacity: int) -> None:
-        self._letters: deque[StoredDeadLetter] = deque(maxlen=capacity)
+    def __init__(self, capacity: int, *, max_bytes: int | None = None,
+                 limits: Limits = _DEFAULTS) -> None:
+        self._letters: deque[StoredDeadLetter] = deque()
+        self._weights: dict[int, int] = {}  # by number
+        self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.limits = limits  # how deep a letter is walked, what one not JSON weighs
+        self.bytes = 0  # what the letters kept weigh
         self.by_reason: Counter[str] = Counter()
         self.total = 0
         self.evicted = 0
 
     def add(self, letter: DeadLetter) -> None:
-        if len(self._letters) == self._letters.maxlen:
-            self.evicted += 1
         self.total += 1
-        self._letters.append(StoredDeadLetter(self.total, letter))
+        self._keep([StoredDeadLetter(self.total, letter)])
         self.by_reason[letter.reason] += 1
+        self._evict()
+
+    def _keep(self, letters: Iterable[StoredDeadLetter]) -> None:
+        for stored in letters:
+            weight = self._weigh(stored.letter) if self.max_bytes is not None else 0
+            self._weights[stored.number] = weight
+            self.bytes += weight
+            self._letters.append(stored)
+
+    def _weigh(self, letter: DeadLetter) -> int:
+        assert self.max_bytes is not None
+        size = json_size_bound(letter.spore, self.limits.max_depth, self.max_bytes)
+        if size is None:  # no JSON, or too deep to walk: as much as a spore may be
+            size = min(self.limits.max_spore_bytes, self.max_bytes)
+        return size + len(letter.error) + len(letter.traceback or "")
+
+    def _evict(self) -> None:
+        letters = self._letters
+        while len(letters) > self.capacity or (
+                self.max_bytes is not None and self.bytes > self.max_bytes and len(letters) > 1):
+            self._drop(letters.popleft())
+            self.evicted += 1
+
+    def _drop(self, stored: StoredDeadLetter) -> None:
+        self.bytes -= self._weights.pop(stored.number)
 
     def numbered(self, choice: LetterChoice | None = None) -> list[StoredDeadLetter]:
         """The letters kept, oldest first, with their numbers; those ``choice`` matches."""
@@ -208,13 +250,18 @@ class DeadLetterStore:
             kept = [stored for stored in self._letters if stored.number not in wanted]
             self._letters.clear()
             self._letters.extend(kept)
+            for stored in taken:
+                self._drop(stored)
         return taken
 
     def restore(self, letters: Iterable[StoredDeadLetter]) -> None:
-        """Put taken letters back in their places (a replay that was refused)."""
-        merged = sorted([*self._letters, *letters], key=lambda stored: stored.number)
+        """Put taken letters back in their places (a replay that was refused); past the
+        bounds, the oldest are evicted."""
+        self._keep(letters)
+        merged = sorted(self._letters, key=lambda stored: stored.number)
         self._letters.clear()
-        self._letters.extend(merged)  # past capacity, the deque drops the oldest
+        self._letters.extend(merged)
+        self._evict()
 
     def __len__(self) -> int:
         return len(self._letters)

@@ -72,7 +72,7 @@ def organism_stats(*, name: str, state: str, uptime: float, wiring: WiringSnapsh
         },
         "dead_letters": {
             "total": dead_letters.total, "kept": len(dead_letters),
-            "evicted": dead_letters.evicted,
+            "evicted": dead_letters.evicted, "bytes": dead_letters.bytes,
             "by_reason": {str(reason): count for reason, count in dead_letters.by_reason.items()},
         },
         "channels": _channels(channels, fanout, refused_on),
