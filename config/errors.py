@@ -18,6 +18,7 @@ runtime both raise these, and ``config`` imports nothing of either.
     ├── OrganismStateError     the organism is not running, or already running
     ├── OrganismFull           it stayed full as long as the sender would wait (admit_within)
     ├── MissingExtra           a feature's optional extra is not installed (config.extras)
+    ├── NoSuchDeadLetter       a dead letter named by number or spore id is not kept (dlq)
     ├── ControlError           a running organism's control endpoint (pipeline.service)
     │   ├── AlreadyRunning     a run of that organism file is going on already
     │   └── NotRunning         no run of that organism file answers on its socket

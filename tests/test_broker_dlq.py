@@ -7,6 +7,7 @@ the CLI runs in a thread, as its own event loop, while the test's loop waits on 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -245,11 +246,63 @@ async def test_a_letter_that_is_no_spore_is_listed_purged_never_replayed(
 
     code, _, err = await dlq("replay", str(org.path), "--all")
     assert code == 1
-    assert "not replayed: dead letter 1 holds no spore" in err
+    assert "not replayed: dead letter 1 (spore junk-1): it holds no spore" in err
+    assert "it stays a dead letter: `dlq purge --id junk-1` removes it" in err
     assert await queue_depth(org.topology.dead_letter_queue) == 1  # left where it was
     code, _, err = await dlq("purge", str(org.path), "--reason", "invalid")
     assert (code, "1 dead letter(s) purged" in err) == (0, True)
     assert await queue_depth(org.topology.dead_letter_queue) == 0
+
+
+async def test_a_letter_that_cannot_be_signed_is_refused_alone_and_the_rest_replayed(
+        made: Callable[[str], Made]) -> None:
+    """Found in review: with signing on, one letter from an agent whose private key this
+    process lacks stopped `dlq replay --all` before anything moved: no letter after it
+    (nor before) was replayed."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from sporeflow.pipeline.broker.amqp_codec import spore_to_amqp
+    from sporeflow.steps import Spore
+
+    public = base64.b64encode(
+        ed25519.Ed25519PrivateKey.generate().public_key().public_bytes_raw()).decode()
+    org = made(f", signing: {{key_env: DLQ_TEST_KEY, agents: {{other: "
+               f"{{public_key: '{public}', private_key_env: DLQ_OTHER_KEY}}}}}}")
+    backend = AmqpBackend(AMQP_URL)
+    async with backend:
+        await backend.open(org.topology)
+    spores = [Spore(knowledge={"n": n}, from_agent=sender, to_agent="worker")
+              for n, sender in enumerate(["cli", "other", "cli"])]
+    for spore in spores:
+        body, headers, _ = spore_to_amqp(spore)
+        await publish_letter(org.topology, body, {
+            **headers, "x-sporeflow-reason": "handler failed", "x-sporeflow-agent": "worker",
+            "x-sporeflow-error": "ValueError: x", "x-sporeflow-attempts": 1})
+    code, _, err = await dlq("replay", str(org.path), "--all")
+    assert code == 1
+    [refused] = [line for line in err.splitlines() if line.startswith("not replayed: ")]
+    assert refused.startswith(f"not replayed: dead letter 2 (spore {spores[1].id}): "
+                              f"BadSignature: this process holds no key to sign spore")
+    assert refused.endswith(f"`dlq replay --id {spores[1].id}` again, or "
+                            f"`dlq purge --id {spores[1].id}` to drop it")
+    assert "2 dead letter(s) published again to exchange" in err
+    code, out, _ = await dlq("list", str(org.path), "--json")
+    assert [json.loads(line)["spore"]["id"] for line in out.splitlines()] == [spores[1].id]
+
+
+async def test_an_id_that_names_no_broker_letter_is_an_error_naming_it(
+        made: Callable[[str], Made]) -> None:
+    """Found in review: `dlq replay --id 9` (show, purge) of a letter the queue no longer
+    held said "0 dead letter(s)" and exited 0."""
+    org = made("")
+    await dead_letter_some(org)
+    for command in ("show", "replay", "purge"):
+        code, out, err = await dlq(command, str(org.path), "--id", "1", "--id", "9")
+        assert (code, out) == (1, "")
+        assert err.startswith(f"NoSuchDeadLetter: {org.topology.dead_letter_queue} at ")
+        assert "no dead letter '9': " in err
+        assert f"`sporeflow dlq list {org.path}` lists the letters kept now" in err
+    assert await queue_depth(org.topology.dead_letter_queue) == 4  # nothing was done
 
 
 async def test_one_reader_at_a_time_and_what_it_holds_goes_back(

@@ -238,6 +238,18 @@ def test_a_dead_letter_is_listed_and_replayed_in_the_running_process(
     assert "0 dead letter(s) in the running organism" in err
 
 
+def test_an_id_the_running_organism_does_not_keep_is_an_error_naming_it(
+        organism: Path, running: Run) -> None:
+    """Found in review: `dlq replay --id 9` (and show) of a letter the running organism no
+    longer kept said "0 dead letter(s) replayed" and exited 0."""
+    for command in ("show", "replay"):
+        code, out, err = invoke("dlq", command, str(organism), "--id", "9")
+        assert (code, out) == (1, "")
+        assert err.startswith("NoSuchDeadLetter: ")
+        assert "no dead letter '9': " in err
+        assert "dlq list" in err
+
+
 # -- tail ----------------------------------------------------------------------------------
 
 

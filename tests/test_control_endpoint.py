@@ -242,6 +242,75 @@ async def test_a_replay_the_organism_refuses_keeps_the_letter_in_its_place(
     assert [s.number for s in organism.dead_letters.numbered()] == [1]
 
 
+class _NoRepr:
+    """Knowledge a handler may send: refused (not JSON), and its check's message fails."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+async def test_a_letter_failing_its_replay_is_kept_and_the_others_replayed(
+        organism: Organism) -> None:
+    """Found by a fault injector: one letter whose check raised past the organism's own
+    errors (its knowledge's repr failed) ended the replay: it and every letter after it
+    had been taken out of the dead letters and were lost, none submitted."""
+    odd = Spore(knowledge={"x": _NoRepr()}, to_agent="echo")
+    organism.dead_letters.add(DeadLetter(odd, "invalid", "x"))
+    organism.dead_letters.add(DeadLetter(Spore(knowledge={}, to_agent="echo"), "shutdown", "x"))
+    done = await operations.replay(organism, LetterChoice())
+    assert done.numbers == (2,)
+    [problem] = done.problems
+    assert problem == (f"dead letter 1 (spore {odd.id}): RuntimeError: no repr; it stays a "
+                       f"dead letter: once that is fixed, `dlq replay --id {odd.id}` again, "
+                       f"or `dlq purge --id {odd.id}` to drop it")
+    await organism.idle()
+    assert organism.stats()["agents"]["echo"]["handled"] == 1
+    assert [s.number for s in organism.dead_letters.numbered()] == [1]
+
+
+async def test_letters_whose_spore_is_no_json_are_listed_and_shown(
+        client: TestClient[Any, Any], organism: Organism) -> None:
+    """Found by a fault injector: a letter whose knowledge referred to itself, was nested
+    past the recursion limit, or (from a changed journal row) had a field of the wrong
+    type made GET /v1/dead-letters a 500, for every letter: `dlq list` of the running
+    organism and the dashboard failed."""
+    looped: dict[str, Any] = {}
+    looped["self"] = looped
+    wrong = Spore(knowledge={}, to_agent="echo")
+    object.__setattr__(wrong, "created_at", "yesterday")  # as a changed row reads
+    for spore in (Spore(knowledge=looped), Spore(knowledge={"deep": _nested(5000)}), wrong):
+        organism.dead_letters.add(DeadLetter(spore, "invalid", "x"))
+    listed = await client.get("/v1/dead-letters")
+    assert listed.status == 200
+    forms = [letter["spore"] for letter in (await listed.json())["letters"]]
+    assert [sorted(form) for form in forms] == [["id", "not_json"]] * 3
+    assert "'self': {'self': {" in forms[0]["not_json"]
+    assert "'created_at': 'yesterday'" in forms[2]["not_json"]
+    for number in (1, 2, 3):
+        assert (await client.get(f"/v1/dead-letters/{number}")).status == 200
+
+
+async def test_a_replay_of_a_number_not_kept_is_a_404_naming_it(
+        client: TestClient[Any, Any], organism: Organism) -> None:
+    """Found in review: replaying a letter no longer kept answered "replayed": 0, and
+    `sporeflow dlq replay --id N` exited 0 as if it had worked."""
+    organism.dead_letters.add(DeadLetter(Spore(knowledge={}, to_agent="echo"), "shutdown", "x"))
+    reply = await client.post("/v1/dead-letters/replay", json={"ids": ["1", "9"]})
+    assert reply.status == 404
+    body = await reply.json()
+    assert body["error"] == "NoSuchDeadLetter"
+    assert body["message"].startswith("organism 'ctl': no dead letter '9': ")
+    assert "GET /v1/dead-letters (`sporeflow dlq list`) lists" in body["message"]
+    assert [s.number for s in organism.dead_letters.numbered()] == [1]  # nothing done
+
+
 def test_the_store_numbers_letters_and_takes_them_out_by_number() -> None:
     store = DeadLetterStore(3)
     for n in range(4):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -263,3 +264,97 @@ async def test_replies_count_what_handlers_produced_not_what_was_replayed(
         await org.idle()
         # One send and two returned: three produced.
         assert org.stats()["totals"]["replies"] == 3
+
+
+# -- each letter replayed or refused on its own; an id that is not there is an error --------
+
+
+def _tamper(journal: Path, number: int, **fields: Any) -> str:
+    """Change dead letter ``number``'s spore as anyone with the file could; its spore id."""
+    with sqlite3.connect(journal) as conn:
+        text, spore_id = conn.execute("SELECT spore, spore_id FROM dead_letters WHERE seq = ?",
+                                      (number,)).fetchone()
+        conn.execute("UPDATE dead_letters SET spore = ? WHERE seq = ?",
+                     (json.dumps({**json.loads(text), **fields}), number))
+    conn.close()
+    return str(spore_id)
+
+
+@pytest.fixture
+def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run where there is no organism.yaml: ``--journal`` is read alone."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.usefixtures("elsewhere")
+def test_a_letter_that_cannot_be_replayed_is_refused_alone_and_the_rest_replayed(
+        journal: Path) -> None:
+    """Found by a fault injector: one letter whose spore had no JSON form (a changed row)
+    made `dlq replay --all` fail with a traceback, and no letter was replayed."""
+    spore_id = _tamper(journal, 2, created_at="yesterday")
+    code, _, err = invoke("dlq", "replay", "--journal", str(journal), "--all")
+    assert code == 1
+    [refused] = [line for line in err.splitlines() if line.startswith("not replayed: ")]
+    assert refused.startswith(f"not replayed: dead letter 2 (spore {spore_id}): SporeError: "
+                              f"its spore has no JSON form to put back")
+    assert refused.endswith(f"it stays a dead letter: `dlq purge --id {spore_id}` removes it")
+    assert "3 dead letter(s) moved back" in err
+    with JournalFile(journal) as file:
+        assert [s.number for s in file.dead_letters()] == [2]
+        assert sorted(s.knowledge["n"] for s in file.pending()) == [1, 10, 11]
+
+
+@pytest.mark.usefixtures("elsewhere")
+async def test_two_deliveries_of_one_broadcast_are_never_replayed_into_one(
+        tmp_path: Path) -> None:
+    """Found by a fault injector: both subscribers failed on one broadcast; `dlq replay
+    --all` put one delivery back among the pending spores, kept by the spore's id, and
+    deleted both letters: the other delivery was lost without a word."""
+
+    def fails(spore: Spore, ctx: Any) -> None:
+        raise ValueError("no")
+
+    spec = Organism.from_dict({"channels": {"news": {}}, "agents": {
+        "a": {"handler": fails, "subscribe": ["news"]},
+        "b": {"handler": fails, "subscribe": ["news"]}}}).spec
+    org = Organism(spec, journal=tmp_path / "j.db")
+    async with org.running():
+        await org.broadcast({"x": 1}, channel="news")
+        await org.idle()
+    code, _, err = invoke("dlq", "replay", "--journal", str(tmp_path / "j.db"), "--all")
+    assert code == 1
+    assert "not replayed: dead letter 2 (spore " in err
+    assert "is pending already" in err
+    assert "1 dead letter(s) moved back" in err
+    with JournalFile(tmp_path / "j.db") as file:
+        assert [(s.number, s.letter.agent) for s in file.dead_letters()] == [(2, "b")]
+        assert [s.to_agent for s in file.pending()] == ["a"]
+
+
+@pytest.mark.usefixtures("elsewhere")
+@pytest.mark.parametrize("command", ["show", "replay", "purge"])
+def test_an_id_that_names_no_letter_is_an_error_naming_it(journal: Path, command: str) -> None:
+    """Found in review: `dlq replay --id 9` (show, purge) of a letter that no longer
+    existed said "0 dead letter(s)" and exited 0, as if it had worked."""
+    code, _, err = invoke("dlq", "purge", "--journal", str(journal), "--id", "3")
+    assert code == 0, err
+    for ids in (["3"], ["99"], ["1", "3"]):  # purged, never there; one there, one not
+        code, out, err = invoke("dlq", command, "--journal", str(journal),
+                                *[part for ident in ids for part in ("--id", ident)])
+        assert code == 1
+        assert out == ""
+        assert err.startswith(f"NoSuchDeadLetter: {journal}: no dead letter '{ids[-1]}': ")
+        assert "does not exist, or no longer does" in err
+        assert f"`sporeflow dlq list organism.yaml --journal {journal}` lists" in err
+    with JournalFile(journal) as file:  # nothing was done
+        assert [s.number for s in file.dead_letters()] == [1, 2, 4]
+        assert file.pending() == []
+    code, out, _ = invoke("dlq", "list", "--journal", str(journal), "--id", "99")
+    assert (code, out) == (0, "")  # a listing filters: none is an answer
+
+
+def test_an_id_filtered_out_by_agent_says_so(journal: Path) -> None:
+    code, _, err = invoke("dlq", "replay", "--journal", str(journal), "--agent", "grumpy",
+                          "--id", "1")
+    assert code == 1
+    assert "no dead letter '1' among those of the --agent and --reason given" in err

@@ -3,6 +3,7 @@ replay by the chain, like any spore, and dead-lettered with why; the others run.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import sqlite3
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sporeflow.pipeline import Organism, Spore
+from sporeflow.pipeline import Organism, Spore, SporeflowError
 from sporeflow.pipeline.journal.offline import JournalFile
 from sporeflow.pipeline.journal.store import Journal
 
@@ -134,3 +135,82 @@ async def test_a_dead_letter_row_with_an_unreadable_time_is_listed_and_purged(
         assert letter.letter.at.year == 1970
         assert file.purge([letter]) == 1
         assert file.dead_letters() == []
+
+
+@pytest.mark.parametrize(("column", "value"), [
+    ("error", b"\xffbinary"), ("reason", b"handler failed"), ("agent", b"\xfe"),
+    ("traceback", b"Traceback\xff"),
+    ("spore", "created_at"), ("spore", "spore_type"), ("spore", "expires_at")])
+def test_a_changed_dead_letter_row_is_listed_shown_and_purged(
+        column: str, value: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a fault injector: one dead-letter row with a blob where text was, or a
+    spore field of the wrong type, made `dlq list`, `list --json` or `show` fail with a
+    traceback, so that it could not even be looked at."""
+    from click.testing import CliRunner
+
+    from sporeflow.pipeline.cli.main import cli
+
+    path = tmp_path / "j.db"
+    asyncio.run(_one_dead_letter(path))
+    with sqlite3.connect(path) as conn:
+        if column == "spore":  # that field of the spore made garbage
+            [text] = conn.execute("SELECT spore FROM dead_letters").fetchone()
+            conn.execute("UPDATE dead_letters SET spore = ?",
+                         (json.dumps({**json.loads(text), value: "garbage"}),))
+        else:
+            conn.execute(f"UPDATE dead_letters SET {column} = ?", (value,))
+    conn.close()
+    monkeypatch.chdir(tmp_path)  # no organism.yaml here: the journal alone
+    for command in (["list"], ["list", "--json"], ["show", "--id", "1"]):
+        result = CliRunner().invoke(cli, ["dlq", *command, "--journal", str(path)])
+        assert (result.exit_code, result.exception) == (0, None), result.output
+        assert "dead letter" in result.output or "1" in result.output
+    if column == "spore":
+        shown = CliRunner().invoke(cli, ["dlq", "show", "--id", "1", "--journal", str(path)])
+        assert "'garbage'" in shown.stdout  # what the row holds, as text
+    result = CliRunner().invoke(cli, ["dlq", "purge", "--all", "--journal", str(path)])
+    assert result.exit_code == 0
+    with JournalFile(path) as file:
+        assert file.dead_letters() == []
+
+
+async def _one_dead_letter(path: Path) -> None:
+    spec = Organism.from_dict({"agents": {"worker": {
+        "handler": lambda s, c: (_ for _ in ()).throw(ValueError("no"))}}}).spec
+    org = Organism(spec, journal=path)
+    async with org.running():
+        await org.send("worker", {"n": 1})
+        await org.idle()
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+async def test_a_dead_letter_of_knowledge_nested_past_any_limit_is_journaled(
+        tmp_path: Path) -> None:
+    """Found by a fault injector: a handler sent knowledge nested past the interpreter's
+    recursion limit; its dead letter, written as the text of the spore, raised in the
+    journal's writer, and the journal failed: the run stopped, the next refused to start."""
+    path = tmp_path / "j.db"
+    knowledge = {"deep": _nested(5000)}
+
+    async def sender(spore: Spore, ctx: Any) -> None:
+        with pytest.raises(SporeflowError):
+            await ctx.send("worker", knowledge)
+
+    spec = Organism.from_dict({"agents": {"worker": {"handler": lambda s, c: None},
+                                          "sender": {"handler": sender}}}).spec
+    for _ in range(2):  # the second start finds the journal sound
+        org = Organism(spec, journal=path)
+        async with org.running():
+            await org.send("sender", {})
+            await org.idle()
+        assert org.stats()["journal"]["failed"] is False
+    with JournalFile(path) as file:
+        letters = file.dead_letters()
+    assert [stored.letter.agent for stored in letters] == ["sender", "sender"]
+    assert all("not_json" in str(stored.letter.spore.knowledge) for stored in letters)

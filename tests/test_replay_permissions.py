@@ -138,11 +138,8 @@ async def test_a_journal_replay_refused_by_the_rules_says_so_and_keeps_the_lette
 
 
 def test_replay_refusals_let_a_broadcast_delivery_through_and_hold_a_direct_spore() -> None:
-    from sporeflow.pipeline.core.deadletters import (
-        DeadLetter,
-        StoredDeadLetter,
-        replay_refusals,
-    )
+    from sporeflow.pipeline.core.deadletters import DeadLetter, StoredDeadLetter
+    from sporeflow.pipeline.core.replaying import replay_refusals
     from sporeflow.steps import RoutingTable
 
     table = RoutingTable(agents=frozenset({"triage", "archiver"}),
@@ -174,7 +171,7 @@ def test_a_letter_refused_for_its_signature_is_never_replayed(reason: str,
                                                               with_table: bool) -> None:
     """Found by an attacker: dlq replay signed a forged (or changed, or replayed) spore
     with the organism's key and delivered it."""
-    from sporeflow.pipeline.core.deadletters import replay_refusals
+    from sporeflow.pipeline.core.replaying import replay_refusals
     from sporeflow.pipeline.core.wiring import routing_table
 
     table = routing_table(_organism([]).spec) if with_table else None
@@ -191,7 +188,7 @@ def test_a_letter_refused_for_its_signature_is_never_replayed(reason: str,
 def test_a_replayed_broadcast_goes_only_to_a_subscriber() -> None:
     """Found by an attacker: a journal row naming a non-subscriber as the letter's agent
     made a replay hand a channel's broadcast to it."""
-    from sporeflow.pipeline.core.deadletters import replay_refusals
+    from sporeflow.pipeline.core.replaying import replay_refusals
     from sporeflow.pipeline.core.wiring import routing_table
 
     table = routing_table(_organism([]).spec)
@@ -205,7 +202,9 @@ def test_a_replayed_broadcast_goes_only_to_a_subscriber() -> None:
     assert allowed == [to_reader, as_sent]
     assert refused == [f"dead letter 1 (spore {news.id}): agent 'triage' does not subscribe "
                        f"to channel 'news': a replayed broadcast goes back only to a "
-                       f"subscriber that failed on it"]
+                       f"subscriber that failed on it; it stays a dead letter: once that is "
+                       f"fixed, `dlq replay --id {news.id}` again, or `dlq purge --id "
+                       f"{news.id}` to drop it"]
 
 
 async def test_the_running_organism_keeps_a_letter_refused_for_its_signature() -> None:

@@ -32,3 +32,6 @@ _.connection_made  # asyncio.Protocol: the loop calls it for a connection past a
 
 # The top-level package's lazy names (PEP 562): Python calls these for `sporeflow.X`.
 __getattr__, __dir__
+
+# reprlib.Repr's limits, read by reprlib (core.deadletters: how a spore that is no JSON is shown).
+_.maxlevel, _.maxstring, _.maxother, _.maxlong, _.maxdict, _.maxlist, _.maxtuple, _.maxset

@@ -27,7 +27,7 @@ sporeflow dead-lettered: theirs is their spore's (``x-death`` has RabbitMQ's own
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +43,7 @@ from sporeflow.pipeline.broker.amqp_codec import spore_from_amqp
 from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, broker_failure
 from sporeflow.pipeline.broker.backend import Backend, Topology
 from sporeflow.pipeline.core.deadletters import DeadLetter, LetterChoice, StoredDeadLetter
+from sporeflow.pipeline.core.replaying import ReplayBook
 from sporeflow.steps import Spore
 from sporeflow.steps.signing import signed
 
@@ -127,31 +128,28 @@ class DeadLetterQueue:
         return removed
 
     async def replay(self, letters: Iterable[StoredDeadLetter], backend: Backend,
-                     keys: SigningSpec | None) -> tuple[int, list[str]]:
+                     keys: SigningSpec | None, book: ReplayBook) -> None:
         """Publish each of ``letters`` to the organism's exchange by its routing key (signed
         with ``keys``) through ``backend``, opened on this topology, and remove it once the
-        broker confirmed it. Returns how many were replayed, and why the others were not:
-        those stay in the queue."""
-        ready: list[tuple[StoredDeadLetter, Spore]] = []
-        problems: list[str] = []
+        broker confirmed it. Each on its own (``book``: the replay's rule, and what came
+        of each): one that cannot be signed or published stays in the queue, told in
+        ``book.refused``, and the others are replayed all the same."""
+        for stored, spore in book.judged(self._readable(letters, book)):
+            with book.delivering(stored) as attempt:
+                await backend.publish(signed(spore, keys) if keys is not None else spore,
+                                      routing_key=self.topology.routing_key(spore))
+            if attempt.done:
+                await self._remove(stored)
+
+    def _readable(self, letters: Iterable[StoredDeadLetter],
+                  book: ReplayBook) -> Iterator[StoredDeadLetter]:
+        """``letters`` but those whose message holds no spore: nothing to publish."""
         for stored in letters:
-            if not self._held[stored.number][1]:
-                problems.append(f"dead letter {stored.number} holds no spore "
-                                f"({stored.letter.error[:200]}); purge it")
-                continue
-            spore = stored.replayable()
-            # All signed first: a missing key fails the command before anything moves.
-            ready.append((stored, signed(spore, keys) if keys is not None else spore))
-        replayed = 0
-        for stored, spore in ready:
-            try:
-                await backend.publish(spore, routing_key=self.topology.routing_key(spore))
-            except BrokerError as exc:
-                problems.append(f"dead letter {stored.number} (spore {spore.id}): {exc}")
-                continue
-            await self._remove(stored)
-            replayed += 1
-        return replayed, problems
+            if self._held[stored.number][1]:
+                yield stored
+            else:
+                book.refuse(stored, f"it holds no spore ({stored.letter.error[:200]})",
+                            forever=True)
 
     async def close(self) -> None:
         """Give back every letter not removed, then disconnect."""

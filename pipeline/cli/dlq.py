@@ -16,7 +16,11 @@ filters (``LetterChoice``) and the same printing below. ``replay`` moves the
 chosen ones back among the journal's unfinished spores (the next ``sporeflow
 run`` delivers them; ``--run`` does it now, until idle), or publishes them to the
 organism's exchange, taking them off the dead-letter queue once the broker has
-confirmed them.
+confirmed them. Each letter is replayed or refused on its own (``core.replaying``, the
+rule of every replay): a refused one stays, told on one line ``not replayed: dead letter
+N (spore ID): why; what to do``, the others are replayed, and the exit status is 1.
+``show``, ``replay`` and ``purge`` of an ``--id`` that names no letter there fail
+(``NoSuchDeadLetter``) before anything is done; ``list`` lists none.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from sporeflow.config import (
     BrokerError,
     OrganismSpec,
     SecretFilter,
+    SporeError,
     SporeflowError,
     load_organism,
     redact_url,
@@ -58,9 +63,11 @@ from sporeflow.pipeline.core.deadletters import (
     DeadLetter,
     LetterChoice,
     StoredDeadLetter,
-    replay_refusals,
+    no_such_letters,
+    spore_form,
 )
 from sporeflow.pipeline.core.ingress import OUTSIDE_SENDERS
+from sporeflow.pipeline.core.replaying import ReplayBook, Screen, organism_rules
 from sporeflow.pipeline.core.wiring import routing_table
 from sporeflow.pipeline.journal.offline import JournalFile
 from sporeflow.pipeline.journal.sqlite import JournalError
@@ -68,6 +75,7 @@ from sporeflow.pipeline.observe.logs import configure_logging
 from sporeflow.pipeline.observe.summary import render_summary
 from sporeflow.pipeline.organism import Organism
 from sporeflow.steps import Spore
+from sporeflow.steps.spore import Unreadable
 
 __all__ = ["dlq"]
 
@@ -109,6 +117,7 @@ class _Source:
     spec: OrganismSpec | None = None  # with a broker; with a journal, when it loads
     url: str = ""  # the broker's, resolved
     note: str = ""  # said after a list: the other place the organism keeps letters
+    listing: str = ""  # the command that lists the letters kept here
 
 
 @dataclass(slots=True)
@@ -123,6 +132,7 @@ def _source(ctx: click.Context, organism: Path, journal: Path | None, backend: s
     """Where to read: ``--journal``, ``--backend`` or ``--from`` say; else the broker of
     an amqp organism, the journal of one in memory. The organism's secrets are masked in
     what is printed from now on (a letter written by an older sporeflow may hold them)."""
+    listing = _listing(organism, journal, backend, origin)
     if journal is not None:
         if backend is not None or origin == "broker":
             raise click.UsageError("--journal reads a journal file: not with --backend or "
@@ -131,7 +141,7 @@ def _source(ctx: click.Context, organism: Path, journal: Path | None, backend: s
         with contextlib.suppress(SporeflowError):  # no organism: URL passwords only
             loaded = load_organism(organism)
             _mask_secrets_of(ctx, loaded)
-        return _Source(str(journal), journal=journal, spec=loaded)
+        return _Source(str(journal), journal=journal, spec=loaded, listing=listing)
     if backend is not None and origin == "journal":
         raise click.UsageError("--backend names a broker: not with --from journal", ctx=ctx)
     spec = guarded(ctx, lambda: load_organism(organism))
@@ -143,7 +153,7 @@ def _source(ctx: click.Context, organism: Path, journal: Path | None, backend: s
                 f"{organism}: organism {spec.name!r} has no journal, and in one process dead "
                 f"letters are only persisted with one: add `journal: FILE` under `organism:` "
                 f"in the file, or pass --journal FILE"))
-        return _Source(str(spec.journal), journal=spec.journal, spec=spec)
+        return _Source(str(spec.journal), journal=spec.journal, spec=spec, listing=listing)
     resolved = guarded(ctx, lambda: resolve_backend_url(url))
     if guarded(ctx, lambda: open_backend(resolved)) is None:  # checks the URL and aio-pika
         fail(ctx, BrokerError(
@@ -153,7 +163,16 @@ def _source(ctx: click.Context, organism: Path, journal: Path | None, backend: s
     note = (f" (organism {spec.name!r} keeps a journal too: --from journal lists its own)"
             if spec.journal is not None and origin is None else "")
     return _Source(f"{Topology.of(spec).dead_letter_queue} at {redact_url(resolved)}",
-                   spec=spec, url=resolved, note=note)
+                   spec=spec, url=resolved, note=note, listing=listing)
+
+
+def _listing(organism: Path, journal: Path | None, backend: str | None,
+             origin: str | None) -> str:
+    """The ``dlq list`` that reads where this command reads."""
+    return "`sporeflow dlq list " + " ".join(
+        [str(organism)] + ([f"--journal {journal}"] if journal is not None else [])
+        + (["--backend URL"] if backend is not None else [])
+        + ([f"--from {origin}"] if origin is not None else [])) + "`"
 
 
 def _mask_secrets_of(ctx: click.Context, spec: OrganismSpec) -> None:
@@ -161,27 +180,42 @@ def _mask_secrets_of(ctx: click.Context, spec: OrganismSpec) -> None:
 
 
 def _apply(ctx: click.Context, source: _Source, choice: LetterChoice,
-           action: Action) -> _Outcome:
-    """Read the letters ``choice`` matches at ``source``, and replay or purge them."""
+           action: Action, *, named: bool = True) -> _Outcome:
+    """Read the letters ``choice`` matches at ``source``, and replay or purge them.
+
+    ``named``: an ``--id`` that names no letter there is an error, before anything is
+    done (a listing is a filter: it lists none)."""
     path = source.journal
     if path is None:
-        return guarded(ctx, lambda: run_to_end(_on_broker(source, choice, action)))
+        return guarded(ctx, lambda: run_to_end(_on_broker(source, choice, action, named)))
 
     def on_journal() -> _Outcome:
         with JournalFile(path) as journal:
             letters = journal.dead_letters(agents=choice.agents, reasons=choice.reasons,
                                            ids=choice.ids)
+            if named:
+                _require(choice, letters, source.where, source.listing)
             if action == "purge":
                 return _Outcome(letters, journal.purge(letters))
             if action == "read":
                 return _Outcome(letters)
-            allowed, problems = _screened(letters, source.spec)
-            return _Outcome(letters, journal.replay(allowed), problems)
+            book = ReplayBook(screen=_screen(source.spec))
+            moved = journal.replay(letters, book)
+            return _Outcome(letters, moved, [str(refusal) for refusal in book.refused])
 
     return guarded(ctx, on_journal)
 
 
-async def _on_broker(source: _Source, choice: LetterChoice, action: Action) -> _Outcome:
+def _require(choice: LetterChoice, letters: list[StoredDeadLetter], where: str,
+             listing: str) -> None:
+    """Raise :class:`NoSuchDeadLetter` for an ``--id`` none of ``letters`` answers."""
+    missing = choice.unmatched(letters)
+    if missing:
+        raise no_such_letters(choice, missing, where, listing)
+
+
+async def _on_broker(source: _Source, choice: LetterChoice, action: Action,
+                     named: bool) -> _Outcome:
     # Imported here: it needs aio-pika, which `_source` has checked is installed.
     from sporeflow.pipeline.broker.dead_letter_queue import DeadLetterQueue
 
@@ -189,26 +223,26 @@ async def _on_broker(source: _Source, choice: LetterChoice, action: Action) -> _
     topology = Topology.of(source.spec)
     async with DeadLetterQueue(source.url, topology) as queue:
         letters = await queue.read(choice)
+        if named:
+            _require(choice, letters, source.where, source.listing)
         if action == "purge":
             return _Outcome(letters, await queue.purge(letters))
-        allowed, refused = _screened(letters, source.spec)
-        backend = open_backend(source.url) if action == "replay" and allowed else None
+        backend = open_backend(source.url) if action == "replay" and letters else None
         if backend is None:
-            return _Outcome(letters, 0, refused if action == "replay" else [])
+            return _Outcome(letters)
+        book = ReplayBook(screen=_screen(source.spec))
         async with backend:
             await backend.open(topology)
-            done, problems = await queue.replay(allowed, backend, source.spec.signing)
-        return _Outcome(letters, done, refused + problems)
+            await queue.replay(letters, backend, source.spec.signing, book)
+        return _Outcome(letters, len(book.replayed), [str(r) for r in book.refused])
 
 
-def _screened(letters: list[StoredDeadLetter],
-              spec: OrganismSpec | None) -> tuple[list[StoredDeadLetter], list[str]]:
-    """The letters the organism's permissions let be replayed, and why not the others:
-    said now, rather than found dead-lettered again at the next run."""
+def _screen(spec: OrganismSpec | None) -> Screen | None:
+    """The organism's rules a letter must pass to be replayed: said now, rather than
+    found dead-lettered again at the next run."""
     # Without its organism (a journal named alone) the run checks the permissions, but a
-    # letter that may never be replayed is refused now all the same.
-    return replay_refusals(letters, routing_table(spec) if spec is not None else None,
-                           OUTSIDE_SENDERS)
+    # letter that may never be replayed is refused now all the same (``ReplayBook``).
+    return organism_rules(routing_table(spec), OUTSIDE_SENDERS) if spec is not None else None
 
 
 def _in_running(ctx: click.Context, organism: Path, explicit: bool,
@@ -228,12 +262,25 @@ def _in_running(ctx: click.Context, organism: Path, explicit: bool,
     return path, [_stored(data) for data in answer["letters"]]
 
 
+def _in_process(path: Path) -> str:
+    return f"the running organism (control socket {path})"
+
+
 def _stored(data: dict[str, Any]) -> StoredDeadLetter:
     """A dead letter as the control endpoint answers it (``operations.letter_dict``)."""
     return StoredDeadLetter(int(data["number"]), DeadLetter(
-        Spore.from_dict(data["spore"]), data["reason"], data["error"], data.get("agent"),
+        _spore(data["spore"]), data["reason"], data["error"], data.get("agent"),
         int(data.get("attempts", 0)), data.get("traceback"),
         datetime.fromisoformat(data["at"])))
+
+
+def _spore(form: dict[str, Any]) -> Spore:
+    """A letter's spore as the endpoint wrote it (``spore_form``): one that has no JSON
+    form comes as its id and a text of it, shown as such."""
+    try:
+        return Spore.from_dict(form)
+    except SporeError as exc:
+        return Unreadable.of(exc, id=str(form.get("id")), data=json.dumps(form))
 
 
 def _choice(ctx: click.Context, agents: tuple[str, ...], reasons: tuple[str, ...],
@@ -287,10 +334,10 @@ def list_(ctx: click.Context, organism: Path, journal: Path | None, backend: str
     choice = _choice(ctx, agents, reasons, ids)
     running = _in_running(ctx, organism, bool(journal or backend or origin), choice)
     if running is not None:
-        letters, where = running[1], f"the running organism (control socket {running[0]})"
+        letters, where = running[1], _in_process(running[0])
     else:
         source = _source(ctx, organism, journal, backend, origin)
-        letters = _apply(ctx, source, choice, "read").letters
+        letters = _apply(ctx, source, choice, "read", named=False).letters
         where = f"{source.where}{source.note}"
     for line in ([masked(ctx, _as_json(stored)) for stored in letters] if as_json
                  else _summary_lines(ctx, letters)):
@@ -308,9 +355,13 @@ def show(ctx: click.Context, organism: Path, journal: Path | None, backend: str 
     """Each chosen dead letter whole: its error, traceback and spore."""
     choice = _choice(ctx, agents, reasons, ids)
     running = _in_running(ctx, organism, bool(journal or backend or origin), choice)
-    letters = (running[1] if running is not None else
-               _apply(ctx, _source(ctx, organism, journal, backend, origin), choice,
-                      "read").letters)
+    if running is not None:
+        letters = running[1]
+        guarded(ctx, lambda: _require(choice, letters, _in_process(running[0]),
+                                      _listing(organism, None, None, None)))
+    else:
+        letters = _apply(ctx, _source(ctx, organism, journal, backend, origin), choice,
+                         "read").letters
     for stored in letters:
         letter = stored.letter
         text = (f"dead letter {stored.number}\n"
@@ -322,7 +373,7 @@ def show(ctx: click.Context, organism: Path, journal: Path | None, backend: str 
                 f"  error:    {letter.error}\n")
         if letter.traceback:
             text += "traceback:\n" + letter.traceback.rstrip() + "\n"
-        text += "spore:\n" + json.dumps(letter.spore.to_dict(), indent=2,
+        text += "spore:\n" + json.dumps(spore_form(letter.spore), indent=2,
                                         ensure_ascii=False) + "\n"
         click.echo(masked(ctx, text))
 

@@ -7,27 +7,22 @@ broker publishes it (dead-letter headers, failure responses) or a command prints
 
 from __future__ import annotations
 
+import json
+import reprlib
 import traceback
 from collections import Counter, deque
-from collections.abc import Container, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sporeflow.config import Limits, redact_text
+from sporeflow.config import Limits, SporeflowError, redact_text
 from sporeflow.config.reasons import SENDERS_MISTAKES, Reason
-from sporeflow.steps import (
-    RoutingTable,
-    Spore,
-    SporeType,
-    json_size_bound,
-    permission_error,
-    redelivery,
-)
+from sporeflow.steps import Spore, json_size_bound, redelivery
 
 __all__ = ["URL_PASSWORDS", "DeadLetter", "DeadLetterStore", "LetterChoice", "Masker",
-           "StoredDeadLetter", "error_text", "letter_number", "never_replayed",
-           "replay_refusals"]
+           "NoSuchDeadLetter", "StoredDeadLetter", "error_text", "letter_number",
+           "no_such_letters", "spore_form"]
 
 
 class Masker(Protocol):
@@ -81,7 +76,33 @@ class DeadLetter:
     def to_dict(self) -> dict[str, Any]:
         return {"reason": self.reason, "error": self.error, "agent": self.agent,
                 "attempts": self.attempts, "at": self.at.isoformat(),
-                "traceback": self.traceback, "spore": self.spore.to_dict()}
+                "traceback": self.traceback, "spore": spore_form(self.spore)}
+
+
+# What a spore that has no JSON form is shown as: bounded in depth, width and length, so
+# that knowledge nested past the interpreter's recursion limit, or referring to itself,
+# is shown as far as it goes instead of failing whatever shows it.
+_SHOWN = reprlib.Repr()  # (its limits are keyword arguments only from Python 3.12)
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 8, 2000, 200, 100
+_SHOWN.maxdict = _SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxset = 50
+_MAX_SHOWN = 10_000
+
+
+def spore_form(spore: Spore) -> dict[str, Any]:
+    """The JSON form of a dead letter's spore, as it is stored, sent and shown: its own
+    (``Spore.to_dict``) when that is JSON, else its id and a bounded text of its fields.
+
+    A spore is dead-lettered for being malformed: knowledge that is not JSON, refers to
+    itself or is nested past any limit, or (read from a changed journal row) a field of
+    the wrong type. None of these may make a listing or the journal fail."""
+    try:
+        form = spore.to_dict()
+        json.dumps(form, allow_nan=False)
+    except Exception:  # hostile or broken content: shown, never raised
+        found = {f.name: getattr(spore, f.name, None) for f in fields(Spore)}
+        return {"id": _SHOWN.repr(spore.id) if not isinstance(spore.id, str) else
+                spore.id[:_MAX_SHOWN], "not_json": _SHOWN.repr(found)[:_MAX_SHOWN]}
+    return form
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,57 +125,6 @@ class StoredDeadLetter:
         return spore
 
 
-# A spore refused for its signature was never shown to come from its sender: a replay
-# would sign it with this organism's key, laundering a forgery, a change or a replay.
-_UNPROVEN = frozenset({Reason.BAD_SIGNATURE, Reason.REPLAYED})
-
-
-def never_replayed(letter: DeadLetter) -> str | None:
-    """Why ``letter`` may never be replayed, whoever asks and wherever it is kept."""
-    if letter.reason in _UNPROVEN:
-        return (f"it failed its signature check ({letter.reason}): a replay would sign it "
-                f"as this organism's own; it stays a dead letter (dlq purge removes it)")
-    return None
-
-
-def replay_refusals(letters: Iterable[StoredDeadLetter], table: RoutingTable | None,
-                    outside: Container[str]) -> tuple[list[StoredDeadLetter], list[str]]:
-    """The letters that may be replayed, and why the others may not, for a replay that the
-    organism will deliver later (a journal's, the broker's), whose letters anyone who could
-    write there may have written: :func:`never_replayed`, then, with ``table``, route's
-    permission rule (``permission_error``) and a broadcast's delivery only to a subscriber
-    of its channel, heard at replay rather than as the same dead letter again. A letter
-    never allowed stays; a broadcast's delivery is allowed as it was."""
-    allowed: list[StoredDeadLetter] = []
-    refused: list[str] = []
-    for stored in letters:
-        spore = stored.replayable()
-        refusal: Exception | str | None = never_replayed(stored.letter)
-        if refusal is None and table is not None:
-            refusal = _unsubscribed(stored, spore, table) or (permission_error(
-                table, spore, outside=outside) if table.guarded else None)
-        if refusal is None:
-            allowed.append(stored)
-        else:
-            why = refusal if isinstance(refusal, str) else (
-                f"{type(refusal).__name__}: {refusal}")
-            refused.append(f"dead letter {stored.number} (spore {spore.id}): {why}")
-    return allowed, refused
-
-
-def _unsubscribed(stored: StoredDeadLetter, spore: Spore, table: RoutingTable) -> str | None:
-    """A broadcast's delivery goes back only to an agent of its channel (the letter's
-    agent is what the store says: a journal row or a broker header)."""
-    broadcast = stored.letter.spore
-    if (broadcast.spore_type is not SporeType.BROADCAST or broadcast.to_agent is not None
-            or spore.to_agent is None):  # replayed as a broadcast: its channel's rule
-        return None  # (a letter holding no spore is refused as such where it is kept)
-    if spore.to_agent in table.subscribers.get(broadcast.channel, ()):
-        return None
-    return (f"agent {spore.to_agent!r} does not subscribe to channel {broadcast.channel!r}: "
-            f"a replayed broadcast goes back only to a subscriber that failed on it")
-
-
 @dataclass(frozen=True, slots=True)
 class LetterChoice:
     """The dead letters ``sporeflow dlq`` acts on: those matching every filter given (none
@@ -170,8 +140,39 @@ class LetterChoice:
     def matches(self, number: int, spore_id: str, agent: str | None, reason: str) -> bool:
         return ((not self.agents or agent in self.agents)
                 and (not self.reasons or reason in self.reasons)
-                and (not self.ids or any(ident == spore_id or letter_number(ident) == number
+                and (not self.ids or any(_names(ident, number, spore_id)
                                          for ident in self.ids)))
+
+    def unmatched(self, letters: Iterable[StoredDeadLetter]) -> tuple[str, ...]:
+        """The ``ids`` that name none of ``letters`` (those this choice found): a letter
+        asked for by name that is not there, which a replay or purge must not pass over
+        as if it had been done."""
+        letters = list(letters)
+        return tuple(ident for ident in self.ids if not any(
+            _names(ident, stored.number, stored.letter.spore.id) for stored in letters))
+
+
+def _names(ident: str, number: int, spore_id: object) -> bool:
+    return ident == spore_id or letter_number(ident) == number
+
+
+class NoSuchDeadLetter(SporeflowError):
+    """A dead letter named by its number or its spore's id is not (or no longer) kept."""
+
+
+def no_such_letters(choice: LetterChoice, missing: Iterable[str], where: str,
+                    listing: str) -> NoSuchDeadLetter:
+    """The error for ``--id`` values (``missing``) that name no dead letter at ``where``;
+    ``listing`` is how to list the letters kept there now."""
+    named = ", ".join(f"{ident!r:.80}" for ident in missing)
+    among = (" among those of the --agent and --reason given"
+             if choice.agents or choice.reasons else "")
+    return NoSuchDeadLetter(
+        f"{where}: no dead letter {named}{among}: no letter has that number or spore id. "
+        f"It does not exist, or no longer does: replayed, purged, or dropped by the "
+        f"journal's retention (a broker's letters are numbered by their place in the "
+        f"queue: removing one renumbers those after it; a spore id never changes). "
+        f"{listing} lists the letters kept now")
 
 
 def letter_number(text: str) -> int | None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from sporeflow.config import SporeError
 from sporeflow.pipeline.core.deadletters import DeadLetter, LetterChoice
 from sporeflow.pipeline.core.lineage import TraceStep
+from sporeflow.pipeline.core.replaying import ReplayBook
 from sporeflow.pipeline.journal.lineage import read_steps
 from sporeflow.pipeline.journal.sqlite import (
     CRASHES_SQL,
@@ -17,9 +20,11 @@ from sporeflow.pipeline.journal.sqlite import (
     check_file,
     connect,
     stored_spore,
+    to_json,
     transaction,
 )
 from sporeflow.steps import Spore
+from sporeflow.steps.spore import PRIORITY_DEFAULT
 
 __all__ = ["JournalFile"]
 
@@ -75,28 +80,52 @@ class JournalFile:
             "SELECT seq, spore, reason, error, agent, attempts, traceback, at, spore_id "
             "FROM dead_letters ORDER BY seq")
         # Filtered here, not in SQL: the rule is the broker's dead-letter queue's too.
-        return [StoredDeadLetter(row[0], DeadLetter(
-            stored_spore(row[1], row[8]), row[2], row[3], row[4], row[5], row[6],
-            _moment(row[7]))) for row in rows
-            if choice.matches(row[0], row[8], row[4], row[2])]
+        return [_letter(row) for row in rows
+                if choice.matches(row[0], _text(row[8]), _text(row[4]), _text(row[2]))]
 
-    def replay(self, letters: Iterable[StoredDeadLetter]) -> int:
-        """Move ``letters`` back among the pending spores; returns how many were moved.
+    def replay(self, letters: Iterable[StoredDeadLetter],
+               book: ReplayBook | None = None) -> int:
+        """Move ``letters`` back among the pending spores, each on its own (``book``, the
+        replay's rule, judges and keeps what came of each: ``book.refused`` says which
+        stayed and why); returns how many were moved, in one transaction.
 
         A broadcast goes back to the agent that failed on it only; an expired spore
         loses its expiry (replaying it asks for it to be handled).
         """
-        chosen = list(letters)
-        rows = [(s.id, s.priority, s.to_json()) for s in (c.replayable() for c in chosen)]
-        with transaction(self._conn, self.path) as conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO pending (id, priority, spore) VALUES (?, ?, ?)", rows)
-            conn.executemany("DELETE FROM dead_letters WHERE seq = ?",
-                             [(s.number,) for s in chosen])
-            # A replayed spore's crashes are counted afresh (see journal.inflight).
-            conn.execute(CRASHES_SQL)
-            conn.executemany("DELETE FROM crashes WHERE id = ?", [(row[0],) for row in rows])
-        return len(chosen)
+        book = book if book is not None else ReplayBook()
+        rows: list[tuple[str, int, str]] = []
+        for stored, spore in book.judged(letters):
+            key = str(spore.id)
+            if any(key == row[0] for row in rows) or self._is_pending(key):
+                # Pending spores are kept by id: a second would replace the first, one
+                # delivery lost (two subscribers that failed on one broadcast).
+                book.refuse(stored, f"spore {key!r:.80} is pending already (replayed, or "
+                                    f"not finished by the last run)",
+                            todo="it stays a dead letter: replay it again once a run has "
+                                 "delivered the pending one")
+                continue
+            try:
+                text = _row_text(spore)
+            except SporeError as exc:
+                book.refuse(stored, exc, forever=True)
+                continue
+            with book.delivering(stored):
+                rows.append((key, _rank(spore.priority), text))
+        if rows:
+            moved = [(stored.number,) for stored in book.replayed]
+            with transaction(self._conn, self.path) as conn:
+                conn.executemany("INSERT INTO pending (id, priority, spore) VALUES (?, ?, ?)",
+                                 rows)
+                conn.executemany("DELETE FROM dead_letters WHERE seq = ?", moved)
+                # A replayed spore's crashes are counted afresh (see journal.inflight).
+                conn.execute(CRASHES_SQL)
+                conn.executemany("DELETE FROM crashes WHERE id = ?",
+                                 [(row[0],) for row in rows])
+        return len(rows)
+
+    def _is_pending(self, key: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM pending WHERE id = ?",
+                                  (key,)).fetchone() is not None
 
     def purge(self, letters: Iterable[StoredDeadLetter]) -> int:
         """Delete ``letters`` for good; returns how many were deleted."""
@@ -108,6 +137,41 @@ class JournalFile:
 
 
 _UNKNOWN_MOMENT = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _letter(row: tuple[Any, ...]) -> StoredDeadLetter:
+    """A row of ``dead_letters`` (seq, spore, reason, error, agent, attempts, traceback,
+    at, spore_id) as a letter. Each column is read as what it should hold: SQLite keeps
+    whatever a changed file put there (a blob where text was), and one such row must not
+    stop a listing, nor the purge that removes it."""
+    seq, spore, reason, error, agent, attempts, trace, at, spore_id = row
+    return StoredDeadLetter(seq, DeadLetter(
+        stored_spore(spore, _text(spore_id)), _text(reason), _text(error),
+        _text(agent) if agent is not None else None,
+        attempts if type(attempts) is int else 0,
+        _text(trace) if trace is not None else None, _moment(at)))
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else str(value)
+
+
+def _row_text(spore: Spore) -> str:
+    """A replayed spore's row: its JSON form, which a letter read from a changed row (a
+    field of the wrong type) may lack; then it cannot go back."""
+    try:
+        return to_json(spore.to_dict())
+    except Exception as exc:  # what the changed row holds: this letter is refused
+        raise SporeError(f"its spore has no JSON form to put back ({type(exc).__name__}: "
+                         f"{exc!s:.200}); `dlq show` prints what it holds") from None
+
+
+def _rank(priority: object) -> int:
+    """The row's priority, which orders the pending spores (a malformed one is refused by
+    the validate stage when it is replayed; it waits in the middle)."""
+    return priority if type(priority) is int else PRIORITY_DEFAULT
 
 
 def _moment(text: object) -> datetime:

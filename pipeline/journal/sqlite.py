@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sporeflow.config import SporeError, SporeflowError
-from sporeflow.pipeline.core.deadletters import DeadLetter, StoredDeadLetter
+from sporeflow.pipeline.core.deadletters import DeadLetter, StoredDeadLetter, spore_form
 from sporeflow.pipeline.core.privatefiles import make_folder, open_private
 from sporeflow.steps import Spore
 from sporeflow.steps.spore import Unreadable, spore_as_found
@@ -237,14 +237,9 @@ def spores_json(spores: Iterable[Spore]) -> str:
 
 def letter_row(letter: DeadLetter) -> list[Any]:
     spore = letter.spore
-    row: list[Any] = [str(spore.id), letter.at.isoformat(), letter.agent, letter.reason,
-                      letter.error, letter.traceback, letter.attempts, None]
-    try:
-        row[7] = spore.to_dict()
-        to_json(row[7])
-    except Exception:  # not JSON, or a malformed field: kept readable, as text
-        row[7] = {"id": str(spore.id), "not_json": repr(spore)[:10_000]}
-    return row
+    # Not JSON, or a malformed field: kept readable, as a bounded text (``spore_form``).
+    return [str(spore.id), letter.at.isoformat(), letter.agent, letter.reason,
+            letter.error, letter.traceback, letter.attempts, spore_form(spore)]
 
 
 def lock(path: Path) -> int:

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from sporeflow.config import OrganismSpec, SporeflowError, did_you_mean
-from sporeflow.pipeline.core.deadletters import LetterChoice, letter_number
+from sporeflow.pipeline.core.deadletters import LetterChoice, letter_number, no_such_letters
 from sporeflow.pipeline.core.http_serving import (
     BEARER_CHALLENGE,
     bearer_token,
@@ -324,6 +324,11 @@ class _Routes:
                               "pass \"all\": true for every one")
         if (refusal := self.not_ready()) is not None:
             return refusal
+        missing = choice.unmatched(operations.dead_letters(self.organism, choice))
+        if missing:  # named, and not there: said, rather than "0 replayed"
+            error = no_such_letters(choice, missing, f"organism {self.organism.spec.name!r}",
+                                    "GET /v1/dead-letters (`sporeflow dlq list`)")
+            return error_response(404, type(error).__name__, str(error))
         done = await operations.replay(self.organism, choice)
         return self.json({"replayed": done.count, "numbers": list(done.numbers),
                           "problems": list(done.problems)})

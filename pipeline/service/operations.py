@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sporeflow.config import (
-    DeliveryError,
     HandlerError,
     OrganismStateError,
     RequestTimeout,
@@ -35,9 +34,9 @@ from sporeflow.pipeline.core.deadletters import (
     LetterChoice,
     Masker,
     StoredDeadLetter,
-    never_replayed,
 )
 from sporeflow.pipeline.core.http_serving import refusal_status as status_of_reason
+from sporeflow.pipeline.core.replaying import ReplayBook
 from sporeflow.pipeline.observe.events import (
     Event,
     EventBus,
@@ -145,32 +144,27 @@ async def replay(organism: Controlled, choice: LetterChoice) -> Replayed:
 
     A broadcast goes back only to the agent that failed on it, an expired spore loses its
     expiry (``StoredDeadLetter.replayable``). They are taken out before the first is
-    submitted, so two replays never submit one letter twice; one the organism refuses is
-    put back.
+    submitted, so two replays never submit one letter twice; each is submitted on its own
+    (``ReplayBook``, the rule of every replay): one the organism refuses is put back, and
+    the others are submitted all the same.
     """
     chosen = organism.dead_letters.numbered(choice)
     taken = organism.dead_letters.take(stored.number for stored in chosen)
-    done: list[int] = []
-    problems: list[str] = []
-    refused: list[StoredDeadLetter] = []
-    for stored in taken:
-        never = never_replayed(stored.letter)
-        try:
-            if never is not None:
-                raise DeliveryError(never, reason=stored.letter.reason)
-            await organism.submit(stored.replayable())
-        except SporeflowError as exc:
-            refused.append(stored)
-            problem = (f"dead letter {stored.number} (spore {stored.letter.spore.id}): "
-                       f"{type(exc).__name__}: {organism.masker.mask(str(exc))}")
-            problems.append(problem)
-            # The caller is told, and so is the organism's log: the letter stays.
-            organism.logger.warning("replay refused, kept as a dead letter: %s", problem)
-        else:
-            done.append(stored.number)
-    if refused:
-        organism.dead_letters.restore(refused)
-    return Replayed(tuple(done), tuple(problems))
+    book = ReplayBook(masker=organism.masker)
+    try:
+        for stored, spore in book.judged(taken):
+            with book.delivering(stored):
+                await organism.submit(spore)
+    finally:  # also when cut short: a letter taken and not submitted is never lost
+        submitted = {stored.number for stored in book.replayed}
+        left = [stored for stored in taken if stored.number not in submitted]
+        if left:
+            organism.dead_letters.restore(left)
+    for refusal in book.refused:
+        # The caller is told, and so is the organism's log: the letter stays.
+        organism.logger.warning("replay refused, kept as a dead letter: %s", refusal)
+    return Replayed(tuple(stored.number for stored in book.replayed),
+                    tuple(str(refusal) for refusal in book.refused))
 
 
 async def replay_dead_letters(organism: Controlled, choice: LetterChoice) -> int:
