@@ -200,9 +200,10 @@ class BrokerSpec:
     # dead-lettered by the broker, read as poison by `dlq`. The dead-letter queue stays
     # classic: reading it gives its letters back, which a quorum queue would count.
     queue_type: str = "classic"
-    # An outage: a process reconnects (publishing waits) for at most give_up_after seconds
-    # (None: for ever), then fails stop; an outside send() waits send_timeout for the
-    # broker's confirm while it is unreachable, then raises BrokerError.
+    # An outage, or a broker not there yet at start: a process tries to connect (publishing
+    # waits) for at most give_up_after seconds (None: for ever), then fails stop; an
+    # outside send() waits send_timeout for the broker's confirm while it is unreachable,
+    # then raises BrokerError.
     give_up_after: float | None = 300.0
     send_timeout: float = 30.0
 

@@ -245,8 +245,9 @@ ORGANISM_SCHEMA: dict[str, Any] = {
                                                        "{channel} and {type} are filled in"},
                       **_queue_bounds,
                       "give_up_after": {**_or_null(_duration), "description": "how long a "
-                                        "process reconnects to a broker it lost before it "
-                                        "exits with an error (default 5m; null: for ever)"},
+                                        "process tries to connect to its broker, at start or "
+                                        "after losing it, before it exits with an error "
+                                        "(default 5m; null: for ever)"},
                       "send_timeout": {**_duration, "description": "how long an outside send "
                                        "waits for the confirm of a broker it lost, then "
                                        "raises (default 30s)"}},

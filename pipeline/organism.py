@@ -207,7 +207,9 @@ class Organism(OutsideApi):
 
     async def start(self, *, reboot: bool = False, boot: bool = True) -> None:
         """Start the chain and every agent, then send the ``boot`` spores (:meth:`boot`);
-        ``boot=False`` sends none (a one-off run: ``sporeflow send --start``)."""
+        ``boot=False`` sends none (a one-off run: ``sporeflow send --start``). Over a
+        broker it waits for the connection as after an outage, up to
+        ``broker.give_up_after``; then it stops and raises :class:`BrokerError`."""
         if self._state in (State.RUNNING, State.STOPPING):
             raise OrganismStateError(f"organism {self.spec.name!r} is already {self._state}")
         if boot:  # a source's unset token fails here, before anything starts

@@ -130,8 +130,11 @@ async def test_an_unreachable_broker_raises_broker_error_without_the_password() 
     assert "hunter2" not in str(caught.value)
 
 
-async def test_an_organism_on_an_unreachable_broker_fails_to_start_cleanly() -> None:
-    spec = organism_from_dict({"agents": {"a": {"handler": print}}})
+async def test_an_organism_giving_up_at_once_on_an_unreachable_broker_stops_cleanly() -> None:
+    # give_up_after 0: the first failed attempt ends it (the default waits, as after a loss:
+    # tests/test_broker_outage.py starts a process before its broker).
+    spec = organism_from_dict({"organism": {"broker": {"give_up_after": 0}},
+                               "agents": {"a": {"handler": print}}})
     organism = Organism(spec, backend="amqp://guest:guest@127.0.0.1:1/")
     with pytest.raises(BrokerError, match="cannot reach RabbitMQ"):
         await asyncio.wait_for(organism.start(), 30)

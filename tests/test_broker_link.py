@@ -100,6 +100,74 @@ def test_a_reconnection_in_time_counts_and_cancels_giving_up(virtual: Any) -> No
     virtual(main)
 
 
+def test_the_first_connection_follows_the_rule_of_a_reconnection_and_gives_up_in_time(
+        virtual: Any, caplog: pytest.LogCaptureFixture) -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        link = Link("amqp://u:***@host/", clock=loop.time)
+        link.give_up_after = 10.0
+        told: list[BrokerError] = []
+        link.on_give_up.append(told.append)
+        link.connecting()
+        for _ in range(5):  # the broker is not there yet
+            link.lost(ConnectionRefusedError("refused"))
+        assert (link.state, link.attempts, link.generation) == ("connecting", 5, 0)
+        waiter = asyncio.ensure_future(link.wait_up())
+        await asyncio.sleep(9.9)
+        assert not waiter.done()
+        await asyncio.sleep(0.2)
+        with pytest.raises(BrokerError, match=r"gave up on RabbitMQ at amqp://u:\*\*\*@host/: "
+                                              r"could not connect for 10\.0 s since starting, 5 "
+                                              r"attempt\(s\) .*ConnectionRefusedError.* "
+                                              r"organism\.broker\.give_up_after is 10 s"):
+            await waiter
+        assert (link.state, len(told)) == ("gave up", 1)
+
+    with caplog.at_level(logging.WARNING, logger="sporeflow.broker.link"):
+        virtual(main)
+    lines = [record.getMessage() for record in caplog.records]
+    attempts = [line.split("attempt ")[1].split()[0] for line in lines
+                if "connecting, attempt " in line]
+    assert attempts == ["1", "2", "4"]  # of 5: a falling rate, as after a loss
+    assert sum("gave up on RabbitMQ" in line for line in lines) == 1
+
+
+def test_a_first_connection_in_time_is_logged_once_and_cancels_giving_up(
+        virtual: Any, caplog: pytest.LogCaptureFixture) -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        link = Link("amqp://host/", clock=loop.time)
+        link.give_up_after = 10.0
+        link.connecting()
+        link.lost(ConnectionRefusedError("refused"))
+        waiter = asyncio.ensure_future(link.wait_up())
+        await asyncio.sleep(5)
+        link.connected()
+        await waiter
+        await asyncio.sleep(60)  # past the limit: it was cancelled
+        assert (link.state, link.reconnects, link.attempts) == ("connected", 0, 0)
+
+    with caplog.at_level(logging.WARNING, logger="sporeflow.broker.link"):
+        virtual(main)
+    lines = [record.getMessage() for record in caplog.records]
+    assert sum("connected after 5.0 s (1 failed attempt(s))" in line for line in lines) == 1
+
+
+def test_a_link_that_may_not_wait_gives_up_at_the_first_failed_attempt(virtual: Any) -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        link = Link("amqp://host/", clock=loop.time)  # a one-off command's: give_up_after 0
+        attempt: asyncio.Future[None] = loop.create_future()
+        connecting = asyncio.ensure_future(link.unless_ended(attempt))
+        link.connecting()
+        await asyncio.sleep(0)
+        assert not connecting.done()  # no attempt failed yet
+        link.lost(ConnectionRefusedError("refused"))
+        with pytest.raises(BrokerError, match=r"cannot reach RabbitMQ at amqp://host/: "
+                                              r"ConnectionRefusedError: refused; is the broker"):
+            await connecting
+        assert attempt.cancelled()  # the attempt does not outlive the link
+
+    virtual(main)
+
+
 class _Flaky(MemoryBackend):
     """A MemoryBackend whose first ``cuts`` publishes are cut off by a lost connection."""
 

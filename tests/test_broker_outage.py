@@ -7,14 +7,17 @@ shared one on 5672 is never stopped. The processes reconnect (pausing from 0.1 s
 ``reconnect_interval`` in the URL), declare their topology, consumers and reply queues
 again, and resume: every spore is handled at least once (a duplicate is counted, not
 refused), and a send made during the outage returns only once the broker has the spore.
-One that cannot reconnect within ``broker.give_up_after`` exits with status 1. The tests
-wait on the processes' output and logs, never on a clock.
+One that cannot reconnect within ``broker.give_up_after`` exits with status 1. A process
+started while its broker is down connects by the same rule once the broker is up, or
+gives up as late, and so does an organism started through the library. The tests wait
+on the processes' output and logs, never on a clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
@@ -35,7 +38,7 @@ from sporeflow.pipeline import Organism
 from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
 from sporeflow.pipeline.broker.backend import Topology
 
-from .private_broker import PrivateBroker
+from .private_broker import PrivateBroker, _free_port
 
 pytestmark = pytest.mark.amqp
 
@@ -143,8 +146,7 @@ async def consumers(url: str, topology: Topology, agents: Counter[str]) -> Count
 async def all_started(url: str, topology: Topology, processes: list[subprocess.Popen[bytes]],
                       hosted: Counter[str]) -> None:
     """Wait until every process consumes each queue it hosts: the last step of its start
-    (its reply queue is declared before). A process whose first connection fails exits:
-    the broker must not go away before then."""
+    (its reply queue is declared before)."""
     deadline = time.monotonic() + BACKSTOP
     while (found := await consumers(url, topology, hosted)) != hosted:
         dead = [p for p in processes if p.poll() is not None]
@@ -186,8 +188,8 @@ async def test_an_outage_mid_run_loses_no_spore_and_every_process_resumes(
             await client.send("source", {"n": n})
         await wait_for(lambda: len(records(relay, "sink")) >= BEFORE // 2, processes,
                        "half of the first spores reached the sink")
-        # Every process up before the outage: one still starting would exit on its first
-        # failed connection (only an established connection reconnects).
+        # Every process up before the outage: this test is about a loss mid-run (a start
+        # without the broker is the next tests').
         await all_started(url, Topology.of(client.spec), processes,
                           Counter(a for agents in hosts for a in agents.split(",")))
 
@@ -318,3 +320,101 @@ async def test_a_stop_during_an_outage_ends_and_accounts_for_every_spore_in_flig
     letters = Counter(str(letter.reason) for letter in client.dead_letters)
     assert set(letters) <= {"broker error"}
     assert published + letters["broker error"] == sent  # each published or dead-lettered
+
+
+CONNECTING, CONNECTED = "connecting, attempt 1 failed", "connected after"
+
+
+async def test_a_process_started_before_its_broker_connects_once_it_is_up_and_boots_once(
+        private_broker: PrivateBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Found by hand: a process started while RabbitMQ was unreachable exited at once
+    (``cannot reach RabbitMQ``), and ``Organism.start()`` raised, where a process that had
+    connected once waited for the broker's return."""
+    relay = relay_copy(tmp_path, "give_up_after: 5m, send_timeout: 5m")
+    text = relay.read_text().replace('emit: {to: worker}}', 'emit: {to: worker}, boot: {n: 0}}')
+    relay.write_text(text)
+    monkeypatch.setenv("RELAY_OUT", str(tmp_path / "out"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    url = url_of(private_broker)
+    await asyncio.to_thread(private_broker.stop_app)
+    broker_down = True
+    client = Organism.from_file(relay, backend=url, hosted=[])
+    process, log = spawn(relay, url, "source,worker,oracle,sink,tick_a,tick_b")
+    starting: asyncio.Task[None] | None = None
+    sends: list[asyncio.Task[None]] = []
+    try:
+        with caplog.at_level(logging.WARNING, logger="sporeflow.broker.link"):
+            starting = asyncio.create_task(client.start())
+            await wait_for(lambda: CONNECTING in log.read_text() and CONNECTING in caplog.text,
+                           [process], "both tried and failed to connect")
+            assert not starting.done()
+            assert state_of(client)["connection"]["state"] == "connecting"
+            # Sent while the client connects: each waits for the broker's confirm.
+            sends = [asyncio.create_task(client.send("source", {"n": n})) for n in (1, 2, 3)]
+            await wait_for(lambda: state_of(client)["waiting_sends"] == 3, [process],
+                           "the sends made while connecting wait for the broker")
+            with pytest.raises(BrokerError, match="did not confirm spore .* it was not sent"):
+                await client.request("oracle", {"n": 9}, timeout=0.3)  # its own timeout
+            assert not any(send.done() for send in sends)
+
+            await asyncio.to_thread(private_broker.start_app)
+            broker_down = False
+            await asyncio.wait_for(starting, BACKSTOP)
+            await asyncio.wait_for(asyncio.gather(*sends), BACKSTOP)  # confirmed: returned
+        await wait_for(lambda: {r["n"] for r in records(relay, "sink")} >= {0, 1, 2, 3},
+                       [process], "the boot spore and the three sends reached the sink")
+        assert caplog.text.count(CONNECTED) == 1
+    finally:
+        for task in [*sends, *([starting] if starting is not None else [])]:
+            task.cancel()
+        if broker_down:
+            await asyncio.to_thread(private_broker.start_app)
+        code = stop(process)
+        await client.stop(drain_timeout=5)
+        await AmqpBackend(private_broker.url).destroy(Topology.of(client.spec))
+    sink = Counter(r["n"] for r in records(relay, "sink"))
+    assert sink[0] == 1  # the boot spore, once
+    # The request not confirmed in time was withdrawn: a dead letter here, never sent.
+    assert [str(letter.reason) for letter in client.dead_letters] == ["broker error"]
+    assert code == 0, tail_of(process)
+    text = log.read_text()
+    assert (text.count(CONNECTING), text.count(CONNECTED), text.count(LOST)) == (1, 1, 0), text
+
+
+async def test_a_process_started_without_its_broker_gives_up_after_its_limit_and_exits_1(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    relay = relay_copy(tmp_path, "give_up_after: 1s, send_timeout: 5m")
+    monkeypatch.setenv("RELAY_OUT", str(tmp_path / "out"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    url = f"amqp://app:hunter2@127.0.0.1:{_free_port()}/?reconnect_interval=0.1"  # nobody
+    process, log = spawn(relay, url, "crunch")
+    client = Organism.from_file(relay, backend=url, hosted=[])
+    starting = asyncio.create_task(client.start())
+    try:
+        await wait_for(lambda: client.state == "running"
+                       and state_of(client)["connection"]["state"] == "connecting", [],
+                       "the client is connecting")
+        sending = asyncio.create_task(client.send("crunch", {"n": 1}))
+        with pytest.raises(BrokerError, match="gave up on RabbitMQ .* could not connect"):
+            await asyncio.wait_for(starting, BACKSTOP)
+        with pytest.raises(BrokerError, match="gave up on RabbitMQ"):  # never reported sent
+            await asyncio.wait_for(sending, BACKSTOP)
+        code = await asyncio.to_thread(process.wait, BACKSTOP)
+    finally:
+        starting.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert client.state == "stopped"
+    assert [str(letter.reason) for letter in client.dead_letters] == ["broker error"]
+    text = log.read_text()
+    assert code == 1, text[-3000:]
+    last = text.splitlines()[-1]
+    assert last.startswith("BrokerError: gave up on RabbitMQ at amqp://app:***@127.0.0.1:"), last
+    assert "could not connect for" in last
+    assert "organism.broker.give_up_after is 1 s" in last
+    assert "hunter2" not in text
+    assert text.count("gave up on RabbitMQ") == 2, text  # logged once, then the exit's line
+    assert text.count(CONNECTING) == 1, text
+

@@ -96,7 +96,7 @@ class AmqpBackend(Backend):
     ``amqps://user:password@host:5671/?cafile=ca.pem&certfile=client.pem&keyfile=key.pem``.
     """
 
-    _link: Link  # never None here: made with the backend, renewed by open()
+    _link: Link  # never None here: made with the backend, renewed by open() once ended
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
         self._url = url
@@ -144,19 +144,14 @@ class AmqpBackend(Backend):
         _log.debug("RabbitMQ at %s: acks not sent: %s", self.address, redact_text(str(exc)))
 
     async def open(self, topology: Topology) -> None:
-        self._link = link = self._link.renewed()  # a new connection; the settings kept
+        """Connect (trying again until the link gives up: ``link``), declare the topology,
+        then tell the link it is connected: publishing waits until then."""
+        self._link = link = self._link.reopened()
         link.on_give_up.append(self._gave_up)
         link.on_lost.append(self._cut_off)
         self._stopping = None
-        try:
-            self._connection = await connect(
-                self._url, link, timeout=self.connect_timeout,
-                name=f"sporeflow {topology.exchange}")
-        except _ERRORS as exc:
-            raise BrokerError(
-                f"cannot reach RabbitMQ at {self.address}: "
-                f"{redact_text(f'{type(exc).__name__}: {exc}')}; is the broker running and "
-                f"are the host, port and credentials right?") from exc
+        self._connection = await connect(self._url, link, timeout=self.connect_timeout,
+                                         name=f"sporeflow {topology.exchange}")
         channel = self._connection.lasting(publisher_confirms=True)
         try:  # declared again on this channel after each reconnection
             await channel
@@ -192,6 +187,7 @@ class AmqpBackend(Backend):
             await self.close()
             raise self._fail(f"declaring the topology of {topology.exchange!r}", exc) from exc
         self._topology = topology
+        link.connected()
 
     async def _publish_on(self, exchange: str, dead: str, *, ensure: bool,
                           topology: Topology | None) -> None:

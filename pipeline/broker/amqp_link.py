@@ -10,6 +10,8 @@ come again, marked redelivered; a publish the loss cut off is not repeated by ai
 - the pause between attempts grows (``link.Backoff``: from the URL's
   ``reconnect_interval``, aio-pika's own parameter, 0.5 s unless given, doubling up to
   20 times that, with jitter) rather than staying the same;
+- the first connection follows the same rule (aio-pika's ``fail_fast`` off): attempts
+  paused by the backoff and reported, until the ``Link`` gives up (``give_up_after``);
 - the connection's close and reconnect callbacks drive the backend's ``Link`` (lost,
   each failed attempt, reconnected once everything was declared again);
 - ``channel()`` gives one-off channels, never restored (a check, a lock: what a
@@ -68,14 +70,16 @@ class ReconnectingConnection(aio_pika.RobustConnection):
 
 
 async def connect(url: str, link: Link, *, timeout: float, name: str) -> ReconnectingConnection:
-    """Connect to ``url`` (raising aio-pika's error if the first attempt fails) and report
-    the connection's losses, failed attempts and reconnections to ``link``."""
+    """Connect to ``url``, trying again as after a loss (``link``'s rule: backoff, each
+    failed attempt reported) until ``link`` gives up, which raises :class:`BrokerError`;
+    then report the connection's losses, failed attempts and reconnections to ``link``.
+    The caller tells ``link`` it is connected once its topology is declared."""
     pace: dict[str, Any] = ({} if "reconnect_interval" in URL(url).query
                             else {"reconnect_interval": RECONNECT_BASE})
-    connection = await aio_pika.connect_robust(
-        url, timeout=timeout, client_properties={"connection_name": name},
-        connection_class=ReconnectingConnection, **pace)
-    assert isinstance(connection, ReconnectingConnection)
+    # Not aio_pika.connect_robust: its first attempt fails fast, before the callbacks that
+    # report attempts are set. fail_fast off, the first attempts retry as later ones do.
+    connection = ReconnectingConnection(URL(url), client_properties={"connection_name": name},
+                                        fail_fast=False, **pace)
 
     def on_close(_: object, cause: BaseException | None = None) -> None:
         if link.up:
@@ -88,5 +92,11 @@ async def connect(url: str, link: Link, *, timeout: float, name: str) -> Reconne
 
     connection.close_callbacks.add(on_close)
     connection.reconnect_callbacks.add(on_reconnect)
-    link.connected()
+    link.connecting()
+    try:
+        await link.unless_ended(connection.connect(timeout=timeout))
+    except BaseException:  # given up, or cancelled (a stop while connecting)
+        await connection.close()
+        raise
+    connection.backoff.reset()  # a later outage starts from the shortest pause
     return connection

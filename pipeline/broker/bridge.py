@@ -132,6 +132,8 @@ class Bridge(LedgerHook):
         self._remote = RecentNames(cap=spec.limits.max_outside_senders)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._in_air = 0  # publishes started, not yet confirmed or failed
+        # Published while start() connects: held until the reply queue exists (None: started)
+        self._held: list[tuple[Spore, int, tuple[str, ...]]] | None = []
         self._expected = 0  # published to agents hosted here, not yet consumed back
         self._changed = asyncio.Event()
         self.counts = {"consumed": 0, "redelivered": 0, "own_broadcasts": 0,
@@ -164,6 +166,12 @@ class Bridge(LedgerHook):
         self.logger.info("on %s: hosting %s; exchange %r, reply queue %r",
                          self.backend.address, sorted(self.hosted) or "no agent",
                          self.topology.exchange, self._reply_queue)
+        self._release()
+
+    def _release(self) -> None:
+        held, self._held = self._held or [], None
+        for spore, count, targets in held:
+            self._publish(spore, count, targets)
 
     async def stop_consuming(self) -> None:
         """Take no new deliveries (a stop drains those already taken)."""
@@ -174,6 +182,7 @@ class Bridge(LedgerHook):
         """Finish pending acks and publishes, then disconnect (the broker requeues the
         rest)."""
         self.publisher.closing()  # a publish waiting for a lost broker waits no more
+        self._release()  # held by a start that failed: each published or failed now
         while self._tasks or self._in_air:
             if self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
@@ -188,7 +197,7 @@ class Bridge(LedgerHook):
         while True:
             await self.run.idle()
             if (self._expected <= 0 and not self._tasks and not self._in_air
-                    and not self.run.intake.held):
+                    and not self._held and not self.run.intake.held):
                 return
             self._changed.clear()
             await self._changed.wait()
@@ -378,6 +387,9 @@ class Bridge(LedgerHook):
     def _publish(self, spore: Spore, count: int, targets: tuple[str, ...]) -> None:
         """Start publishing ``spore`` (``count`` deliveries of the intake's); it is settled
         once the broker confirmed it (:meth:`_published`)."""
+        if self._held is not None:  # still connecting: see start()
+            self._held.append((spore, count, targets))
+            return
         queue = routing_key = reply_queue = None
         if spore.spore_type is _RESPONSE and spore.reply_to is not None:
             queue = self._reply_routes.pop(spore.reply_to, None)

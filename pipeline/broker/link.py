@@ -1,18 +1,22 @@
-"""A broker connection's state across outages, and the pauses between attempts to reconnect.
+"""A broker connection's state across outages, and the pauses between attempts to connect.
 
 A backend whose connection can drop (``AmqpBackend``, through aio-pika's robust
-connection) tells its :class:`Link` when the connection is lost, when an attempt to
-reconnect fails, and when it is back (topology, consumers and reply queue restored):
+connection) tells its :class:`Link` when it starts connecting, when an attempt fails,
+when the connection is made (topology declared) or lost, and when it is back (topology,
+consumers and reply queue restored):
 
     connecting ─▶ connected ─▶ disconnected ─▶ connected ─▶ ...   (reconnects + 1)
-                                     │
-                                     └─ give_up_after ─▶ gave up   (fail stop)
+         │                           │
+         └───────── give_up_after ───┴─▶ gave up   (fail stop)
     any state ─▶ closed   (the backend closed)
 
-The link logs each change once (attempts at a falling rate: the 1st, 2nd, 4th, 8th...),
-counts reconnections, and gives up after ``give_up_after`` seconds disconnected.
-Whoever publishes waits on it (:meth:`Link.wait_up`), so an outage delays a spore and
-never drops it; once the link gave up or closed, waiting raises :class:`BrokerError`.
+One rule for the first connection and for every one after a loss: attempts are paused
+by :class:`Backoff`, each failed one counted and logged at a falling rate (the 1st, 2nd,
+4th, 8th...), and the link gives up after ``give_up_after`` seconds without a connection
+(counted from the first attempt, or from the loss; 0: at the first failed attempt).
+Each change of state is logged once. Whoever publishes waits on it
+(:meth:`Link.wait_up`), so an outage delays a spore and never drops it; once the link
+gave up or closed, waiting raises :class:`BrokerError`.
 A backend that cannot lose its connection (``MemoryBackend``) has a link always up.
 """
 
@@ -22,9 +26,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-from sporeflow.config import BrokerError
+from sporeflow.config import BrokerError, redact_text
 from sporeflow.steps.backoff import equal_jitter
 
 __all__ = ["Backoff", "Disconnected", "Link", "Requeued"]
@@ -33,6 +38,7 @@ CONNECTING, CONNECTED, DISCONNECTED = "connecting", "connected", "disconnected"
 GAVE_UP, CLOSED = "gave up", "closed"
 _ENDED = (GAVE_UP, CLOSED)
 _log = logging.getLogger("sporeflow.broker.link")
+_T = TypeVar("_T")
 
 
 class Disconnected(BrokerError):
@@ -82,10 +88,12 @@ class Link:
     def __init__(self, address: str, *, up: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.address = address
-        self.give_up_after: float | None = None  # seconds disconnected; None: never
+        # Seconds without a connection before giving up (None: never). 0, unless told
+        # otherwise (the organism's broker.give_up_after): a one-off command fails at once.
+        self.give_up_after: float | None = 0.0
         self.state = CONNECTED if up else CONNECTING
         self.reconnects = 0  # connections made again after a loss
-        self.attempts = 0  # attempts to reconnect that failed, in this outage
+        self.attempts = 0  # attempts to connect that failed, since connecting or the loss
         self.generation = 0  # one more at each loss: what came before it is stale
         self.failure: BrokerError | None = None  # why it gave up, or closed
         # Told once, when the link gives up (the backend stops, the organism fails stop).
@@ -109,13 +117,28 @@ class Link:
         link.give_up_after = self.give_up_after
         return link
 
+    def reopened(self) -> Link:
+        """The link for the next connection: this one, on which publishers may wait already,
+        unless it ended (gave up, closed): then a new one, with this one's settings."""
+        return self.renewed() if self.state in _ENDED else self
+
     @property
     def down_for(self) -> float:
-        """Seconds since the connection was lost (0 while connected)."""
-        return 0.0 if self.state in (CONNECTED, CONNECTING) else self._clock() - self._since
+        """Seconds without a connection: since the first attempt, or since the loss (0
+        while connected)."""
+        return 0.0 if self.state == CONNECTED else self._clock() - self._since
+
+    def connecting(self) -> None:
+        """The first attempt to connect begins: ``give_up_after`` counts from now."""
+        if self.state != CONNECTING:
+            return
+        self._since = self._clock()
+        self.attempts = 0
+        self._arm()
 
     def connected(self) -> None:
-        """The connection is made: first, or again (with everything restored) after a loss."""
+        """The connection is made (the topology declared): first, or again (with
+        everything restored) after a loss."""
         if self.state in _ENDED:
             return
         if self.state == DISCONNECTED:
@@ -123,23 +146,23 @@ class Link:
             _log.warning("RabbitMQ at %s: reconnected after %.1f s (%d failed attempt(s)); "
                          "topology, consumers and reply queue declared again, publishing "
                          "resumes", self.address, self.down_for, self.attempts)
+        elif self.state == CONNECTING and self.attempts:
+            _log.warning("RabbitMQ at %s: connected after %.1f s (%d failed attempt(s)); "
+                         "publishing resumes", self.address, self.down_for, self.attempts)
         self._cancel_timer()
         self.attempts = 0
         self._enter(CONNECTED)
 
     def lost(self, cause: BaseException | None) -> None:
-        """The connection dropped; called again for each attempt to reconnect that fails."""
+        """The connection dropped; called again for each attempt to connect that fails,
+        the first connection's as those after a loss."""
         if cause is not None:
-            self._last_error = f"{type(cause).__name__}: {cause}"
-        if self.state == DISCONNECTED:
-            self.attempts += 1
-            if self.attempts & (self.attempts - 1) == 0:  # 1, 2, 4, 8...: a falling rate
-                _log.warning("RabbitMQ at %s: reconnecting, attempt %d failed after %.1f s "
-                             "disconnected (%s)%s", self.address, self.attempts, self.down_for,
-                             self._last_error, self._limit())
+            self._last_error = redact_text(f"{type(cause).__name__}: {cause}")
+        if self.state in (CONNECTING, DISCONNECTED):
+            self._attempt_failed()
             return
         if self.state != CONNECTED:
-            return  # not connected yet (open() reports it), or ended
+            return  # ended
         self.generation += 1
         self._enter(DISCONNECTED)
         for callback in self.on_lost:
@@ -147,22 +170,46 @@ class Link:
         _log.warning("RabbitMQ at %s: connection lost (%s); reconnecting. Publishing waits; "
                      "deliveries in progress go back to their queues%s", self.address,
                      self._last_error or "closed", self._limit())
-        if self.give_up_after is not None:
-            self._timer = asyncio.get_running_loop().call_later(self.give_up_after,
-                                                                self.give_up)
+        self._arm()
+
+    def _attempt_failed(self) -> None:
+        self.attempts += 1
+        if self.give_up_after is not None and self.down_for >= self.give_up_after:
+            self.give_up()  # 0: at the first failed attempt; else the timer's due now
+            return
+        first = self.state == CONNECTING
+        if self.attempts & (self.attempts - 1) == 0:  # 1, 2, 4, 8...: a falling rate
+            _log.warning("RabbitMQ at %s: %s, attempt %d failed after %.1f s %s (%s)%s",
+                         self.address, "connecting" if first else "reconnecting",
+                         self.attempts, self.down_for,
+                         "without a connection yet; publishing waits" if first
+                         else "disconnected", self._last_error, self._limit())
 
     def give_up(self) -> None:
         """Stop waiting for the broker: waiters get :class:`BrokerError`, and so do the
         ``on_give_up`` callbacks (the organism fails stop)."""
         if self.state in _ENDED:
             return
-        failure = BrokerError(
-            f"gave up on RabbitMQ at {self.address}: disconnected for {self.down_for:.1f} s, "
-            f"{self.attempts} attempt(s) to reconnect failed (the last: "
-            f"{self._last_error or 'none'}); organism.broker.give_up_after is "
-            f"{self.give_up_after} s. Exiting so that a supervisor restarts this process")
-        self._end(GAVE_UP, failure)
-        _log.error("%s", failure)
+        last = self._last_error or "none"
+        if self.state == CONNECTING and not self.give_up_after:  # a one-off command: raised
+            failure = BrokerError(  # to it, and said no more
+                f"cannot reach RabbitMQ at {self.address}: {last}; is the broker running, "
+                f"and are the host, port and credentials right?")
+            self._end(GAVE_UP, failure)
+        else:
+            tried = (f"could not connect for {self.down_for:.1f} s since starting, "
+                     f"{self.attempts} attempt(s) failed (the last: {last}); is the broker "
+                     f"running, and are the host, port and credentials right?"
+                     if self.state == CONNECTING else
+                     f"disconnected for {self.down_for:.1f} s, {self.attempts} attempt(s) to "
+                     f"reconnect failed (the last: {last});")
+            failure = BrokerError(
+                f"gave up on RabbitMQ at {self.address}: {tried} "
+                f"organism.broker.give_up_after is {self.give_up_after or 0:g} s (raise it, "
+                f"or null: never give up, to wait longer). Exiting so that a supervisor "
+                f"restarts this process")
+            self._end(GAVE_UP, failure)
+            _log.error("%s", failure)
         for callback in self.on_give_up:
             callback(failure)
 
@@ -177,6 +224,26 @@ class Link:
         while not self.up:
             if self.failure is not None:
                 raise BrokerError(str(self.failure))
+            await self._changed.wait()
+
+    async def unless_ended(self, attempt: Awaitable[_T]) -> _T:
+        """Await ``attempt`` (connecting), unless the link gives up or closes first: then
+        cancel it and raise :class:`BrokerError` saying why."""
+        trying = asyncio.ensure_future(attempt)
+        ending = asyncio.ensure_future(self._ended())
+        try:
+            await asyncio.wait((trying, ending), return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when cancelled: neither outlives this call
+            ending.cancel()
+            if not trying.done():
+                trying.cancel()
+                await asyncio.gather(trying, return_exceptions=True)
+        if self.failure is not None:
+            raise BrokerError(str(self.failure))
+        return trying.result()
+
+    async def _ended(self) -> None:
+        while self.failure is None:
             await self._changed.wait()
 
     async def wait_lost(self, generation: int, within: float) -> bool:
@@ -194,13 +261,20 @@ class Link:
         return (f"; giving up after {self.give_up_after:g} s" if self.give_up_after is not None
                 else "")
 
+    def _arm(self) -> None:
+        """Give up ``give_up_after`` from now (at 0: at the first failed attempt)."""
+        self._cancel_timer()
+        if self.give_up_after:
+            self._timer = asyncio.get_running_loop().call_later(self.give_up_after,
+                                                                self.give_up)
+
     def _end(self, state: str, failure: BrokerError) -> None:
         self._cancel_timer()
         self.failure = failure
         self._enter(state)
 
     def _enter(self, state: str) -> None:
-        if state != self.state and CONNECTED in (state, self.state):
+        if self.state == CONNECTED and state != CONNECTED:
             self._since = self._clock()  # down_for counts from the loss
         self.state = state
         changed, self._changed = self._changed, asyncio.Event()

@@ -56,7 +56,7 @@ class Publisher:
         return len(self._waiting)
 
     def opened(self) -> None:
-        """The backend is open (its link renewed): hear when it gives up."""
+        """The backend is open (its link connected): hear when it gives up."""
         self.backend.link.on_give_up.append(self._gave_up)
 
     def closing(self) -> None:
