@@ -418,3 +418,19 @@ async def test_a_process_started_without_its_broker_gives_up_after_its_limit_and
     assert text.count("gave up on RabbitMQ") == 2, text  # logged once, then the exit's line
     assert text.count(CONNECTING) == 1, text
 
+
+async def test_a_process_waiting_for_its_broker_stops_on_sigterm(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    relay = relay_copy(tmp_path, "give_up_after: 5m")
+    monkeypatch.setenv("RELAY_OUT", str(tmp_path / "out"))
+    url = f"amqp://guest:guest@127.0.0.1:{_free_port()}/?reconnect_interval=0.1"  # nobody
+    process, log = spawn(relay, url, "crunch")
+    try:
+        await wait_for(lambda: CONNECTING in log.read_text(), [process], "it tried to connect")
+        code = stop(process)  # SIGTERM: a supervisor's stop, long before give_up_after
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert code == 0, tail_of(process)
+    assert "gave up" not in log.read_text()

@@ -206,6 +206,28 @@ async def _until_idle(org: Organism) -> None:
     await org.idle()
 
 
+async def _started(org: Organism, stop: asyncio.Event, *, reboot: bool) -> bool:
+    """Start ``org``; False if ``stop`` was set while it still waited for its broker: that
+    start is cancelled (stopping the organism is the caller's). Past the broker, a start
+    is let finish (a boot is recorded), and the run stops at once after."""
+    starting = asyncio.ensure_future(org.start(reboot=reboot))
+    signalled = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
+        broker = org.stats()["broker"] if not starting.done() else None
+        if broker is not None and broker["connection"]["state"] == "connecting":
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            return False
+        await starting
+        return True
+    finally:
+        signalled.cancel()
+        if not starting.done():  # cancelled itself
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+
+
 async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
                observers: Callable[[Organism], Awaitable[contextlib.AsyncExitStack]]
                | None = None, until: StopCondition | None = None,
@@ -252,27 +274,28 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
     try:
         if control is not None:
             await serving.enter_async_context(control(org, on_reload=reloads.report))
-        await org.start(reboot=reboot)
-        reloads.start()  # SIGHUP (and --watch) reload the organism
-        if org.journal is not None:  # a journal that fails stops the run (journal.failstop)
-            waiters.append(asyncio.ensure_future(org.journal.failed()))
-        waiters.append(asyncio.ensure_future(org.failing.wait()))  # a broker given up on
-        if observers is not None:
-            watching = await observers(org)
-        if until_idle:
-            waiters.append(asyncio.ensure_future(_until_idle(org)))
-        if until is not None:
-            try:
-                until(org.stats())  # a name the stats lack fails now, not mid-run
-            except ValueError as exc:
-                drain_timeout = 0  # nothing ran for long: stop at once, then say why
-                raise click.BadParameter(str(exc), param_hint="'--until'") from None
-            waiters.append(asyncio.ensure_future(wait_until(org.stats, until)))
-        if max_duration is not None:
-            waiters.append(asyncio.ensure_future(asyncio.sleep(max_duration)))
-        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            task.result()  # surfaces a crashed organism
+        # A signal while it waits for its broker (up to give_up_after) stops it too.
+        if await _started(org, stop, reboot=reboot):
+            reloads.start()  # SIGHUP (and --watch) reload the organism
+            if org.journal is not None:  # a journal that fails stops the run (journal.failstop)
+                waiters.append(asyncio.ensure_future(org.journal.failed()))
+            waiters.append(asyncio.ensure_future(org.failing.wait()))  # a broker given up on
+            if observers is not None:
+                watching = await observers(org)
+            if until_idle:
+                waiters.append(asyncio.ensure_future(_until_idle(org)))
+            if until is not None:
+                try:
+                    until(org.stats())  # a name the stats lack fails now, not mid-run
+                except ValueError as exc:
+                    drain_timeout = 0  # nothing ran for long: stop at once, then say why
+                    raise click.BadParameter(str(exc), param_hint="'--until'") from None
+                waiters.append(asyncio.ensure_future(wait_until(org.stats, until)))
+            if max_duration is not None:
+                waiters.append(asyncio.ensure_future(asyncio.sleep(max_duration)))
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # surfaces a crashed organism
     finally:
         for waiter in waiters:
             waiter.cancel()
