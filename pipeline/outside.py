@@ -77,11 +77,14 @@ class OutsideApi:
 
     async def confirmed(self) -> None:
         """Return once every spore sent so far (``confirm=False`` ones included) is on
-        disk; at once without a journal. Raises the journal's :class:`JournalError` if
-        it failed."""
+        disk, or, over a broker, confirmed by it (or ended here); at once with neither.
+        Raises the journal's :class:`JournalError` if it failed, :class:`BrokerError` if
+        a spore sent since the last call could not be published."""
         self._require_running()
         if self._journal is not None:
             await self._journal.flush()
+        elif self._bridge is not None:
+            await self._bridge.publisher.sent.confirmed()
 
     async def boot(self, agent: str, knowledge: Mapping[str, Any], *,
                    again: bool = False) -> Spore | None:

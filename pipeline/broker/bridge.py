@@ -44,14 +44,8 @@ from typing import Any
 
 from aiostream import pipable_operator, streamcontext
 
-from sporeflow.config import (
-    BrokerError,
-    ConfigError,
-    OrganismSpec,
-    Problem,
-    SporeError,
-    SporeflowError,
-)
+from sporeflow.config.errors import BrokerError, ConfigError, Problem, SporeError, SporeflowError
+from sporeflow.config.model import OrganismSpec
 from sporeflow.config.reasons import Reason, reason_of
 from sporeflow.pipeline.broker.backend import Backend, Inbound, Topology
 from sporeflow.pipeline.broker.boots import BootOnce
@@ -294,6 +288,9 @@ class Bridge(LedgerHook):
     def admitted(self, spores: Sequence[Spore], agent: str | None,
                  parent: Spore | None) -> None:
         """Spores sent by a running handler: its delivery waits for them too."""
+        if parent is None:  # from outside: organism.confirmed() waits for them
+            self.publisher.sent.sent(spores)
+            return
         ticket = self._inflight.get(id(parent)) if parent is not None else None
         if ticket is not None:
             for spore in spores:
@@ -432,6 +429,7 @@ class Bridge(LedgerHook):
                 self.logger.error("publishing spore %s failed", spore.id, exc_info=failure)
                 self.run.ledger.record(spore, Reason.BROKER_ERROR, failure)
         self.run.intake.settle(count)
+        self.publisher.sent.left(spore, failure)  # before released(): it may have failed
         self.released(spore)
         self._changed.set()
 

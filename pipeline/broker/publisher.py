@@ -29,6 +29,7 @@ from typing import Any
 from sporeflow.config import BrokerError, BrokerSpec, SporeflowError
 from sporeflow.pipeline.broker.backend import Backend, Published
 from sporeflow.pipeline.broker.link import Disconnected
+from sporeflow.pipeline.broker.sent import SentSpores
 from sporeflow.pipeline.core.requests import FAILURE_KEY
 from sporeflow.steps import Spore, SporeType
 
@@ -49,6 +50,7 @@ class Publisher:
         self._waiting: dict[int, asyncio.Future[None]] = {}  # id(outside spore) -> confirm
         self._withdrawn: set[int] = set()  # id() of outside spores whose sender gave up
         self._retrying: set[asyncio.Task[None]] = set()  # publish_soon's, after a loss
+        self.sent = SentSpores(backend.address)  # what organism.confirmed() waits for
 
     @property
     def waiting(self) -> int:
@@ -64,6 +66,7 @@ class Publisher:
         link = self.backend.link
         if not link.up:
             link.close("the organism stopped while the broker was unreachable")
+        self.sent.release()
 
     async def publish(self, spore: Spore, wire: Callable[[], Spore], *,
                       routing_key: str | None = None, queue: str | None = None,
@@ -128,7 +131,9 @@ class Publisher:
         done(asyncio.CancelledError() if task.cancelled() else task.exception())
 
     def settled(self, spore: Spore) -> None:
-        """``spore`` left this process another way (resolved, returned, dead-lettered)."""
+        """``spore`` left this process (confirmed, or another way: resolved, returned,
+        dead-lettered)."""
+        self.sent.left(spore, None)
         self._done(spore, None)
 
     async def confirmed(self, spore: Spore, deadline: float | None) -> None:

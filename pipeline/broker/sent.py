@@ -1,0 +1,79 @@
+"""Outside spores sent over a broker and not yet out of this process:
+:meth:`SentSpores.confirmed`, what ``organism.confirmed()`` waits for over a broker.
+
+While the link is up, ``send()`` returns once its spore is admitted (as on the embedded
+path), and publishing goes on behind it. ``confirmed()`` returns once every spore sent
+before the call has left the process: confirmed by the broker, or ended here (refused,
+dead-lettered). It raises :class:`BrokerError` if any spore sent since the last
+``confirmed()`` could not be published (each is a ``broker error`` dead letter), so a
+sender that acknowledges upstream after ``confirmed()`` never acknowledges one it lost.
+Spores are numbered as they are sent; the oldest still out decides who may return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from sporeflow.config import BrokerError
+from sporeflow.steps import Spore
+
+__all__ = ["SentSpores"]
+
+
+class SentSpores:
+    """The outside spores sent and not yet out, by number; see the module docstring."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address  # the broker's, masked: for the error
+        self._out: dict[int, int] = {}  # id(spore) -> its number, oldest first
+        self._numbered = 0
+        self._unpublished = 0  # since the last confirmed() returned
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def sent(self, spores: Iterable[Spore]) -> None:
+        """Outside spores were admitted."""
+        for spore in spores:
+            self._numbered += 1
+            self._out[id(spore)] = self._numbered
+
+    def left(self, spore: Spore, failure: BaseException | None) -> None:
+        """``spore`` left the process: confirmed (``failure`` None), or not published."""
+        if self._out.pop(id(spore), None) is None:
+            return
+        if failure is not None:
+            self._unpublished += 1
+        if self._waiters:
+            self._wake()
+
+    async def confirmed(self) -> None:
+        """Return once every spore sent so far has left; see the module docstring."""
+        mark = self._numbered
+        if self._oldest() <= mark:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append((mark, waiter))
+            await waiter
+        failed, self._unpublished = self._unpublished, 0
+        if failed:
+            raise BrokerError(f"{failed} spore(s) sent were not published to RabbitMQ at "
+                              f"{self.address}: each is a 'broker error' dead letter (see "
+                              f"organism.dead_letters, or `sporeflow dlq list`)")
+
+    def release(self) -> None:
+        """The bridge closes: nothing sent will leave by the broker any more."""
+        self._out.clear()
+        self._wake()
+
+    def _oldest(self) -> float:
+        return next(iter(self._out.values()), float("inf"))
+
+    def _wake(self) -> None:
+        oldest = self._oldest()
+        waiting = []
+        for mark, waiter in self._waiters:
+            if mark < oldest:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                waiting.append((mark, waiter))
+        self._waiters = waiting
