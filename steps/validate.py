@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator
 from datetime import datetime
 from math import isfinite
 from typing import Any
@@ -345,57 +345,64 @@ def _string_bytes(text: str) -> int:
 def _bound(value: Any, max_depth: int, depth: int, short: int, budget: int) -> int:
     """Return an upper bound of ``value``'s JSON size (``value`` is ``depth`` deep);
     refuse what JSON cannot hold. Strings of at most ``short`` characters are bounded at
-    6x, longer ones exactly. :class:`_Over` once past ``budget``."""
-    return _items((value,), max_depth, depth - 1, short, budget + 1) - 1  # no comma
-
-
-def _items(items: Iterable[Any], max_depth: int, depth: int, short: int, budget: int) -> int:
-    """:func:`_bound` of the values of a container ``depth`` deep, a comma each. One
-    loop for every container, scalars measured in it: a call per item would be most of
-    a walk's cost, and most items are scalars."""
-    total = 0
-    for item in items:
-        kind = item.__class__
-        if kind is str:
-            size = len(item)
-            total += (size * _STRING_GROWTH + 3 if size <= short else _string_bytes(item) + 1)
-        elif kind is int:
-            total += 25 if -_BIG_INT < item < _BIG_INT else len(str(item)) + 1
-        elif kind is float and isfinite(item):
-            total += 33
-        elif kind is bool or item is None:
-            total += 25
-        elif kind is dict or kind is list or kind is tuple:
-            if depth >= max_depth:
-                raise LimitExceeded(f"knowledge is nested deeper than limits.max_depth={max_depth}")
-            children = item
-            total += 3  # brackets and a comma
-            if kind is dict:
-                try:  # the keys' escapes add up as the joined text's do: one measure
-                    keys = "".join(item)
-                except TypeError:
-                    odd = next(key for key in item if not isinstance(key, str))
-                    raise SporeError(f"knowledge keys must be strings, got {odd!r:.40}") from None
-                size = len(keys)  # each key: its quotes, a colon and a comma
-                total += 4 * len(item) + (size * _STRING_GROWTH if size <= short
-                                          else _string_bytes(keys) - 2)
-                children = item.values()
-            total += _items(children, max_depth, depth + 1, short, budget - total)
+    6x, longer ones exactly. :class:`_Over` once past ``budget``: in a list after each
+    item, as one object referred to many times costs nothing to hold. Depth counts
+    containers. Scalars are measured in the loops themselves: a call per item would be
+    most of a walk's cost, and most items are scalars."""
+    kind = type(value)
+    if kind is dict:
+        if depth > max_depth:
+            raise LimitExceeded(f"knowledge is nested deeper than limits.max_depth={max_depth}")
+        total = 2
+        for key, item in value.items():
+            if key.__class__ is not str:
+                raise SporeError(f"knowledge keys must be strings, got {key!r:.40}")
+            size = len(key)  # with its quotes, a colon and a comma
+            total += size * _STRING_GROWTH + 4 if size <= short else _string_bytes(key) + 2
+            kind = item.__class__
+            if kind is str:
+                size = len(item)
+                total += size * _STRING_GROWTH + 2 if size <= short else _string_bytes(item)
+            elif kind is int:
+                total += 24 if -_BIG_INT < item < _BIG_INT else len(str(item))
+            elif kind is bool or item is None or (kind is float and isfinite(item)):
+                total += 32
+            else:
+                total += _bound(item, max_depth, depth + 1, short, budget - total)
+                if total > budget:
+                    raise _Over
+        if total > budget:
+            raise _Over
+        return total
+    if kind is list or kind is tuple:
+        if depth > max_depth:
+            raise LimitExceeded(f"knowledge is nested deeper than limits.max_depth={max_depth}")
+        total = 2
+        for item in value:
+            kind = item.__class__
+            if kind is str:
+                size = len(item)
+                total += size * _STRING_GROWTH + 3 if size <= short else _string_bytes(item) + 1
+            elif kind is int:
+                total += 25 if -_BIG_INT < item < _BIG_INT else len(str(item)) + 1
+            elif kind is bool or item is None or (kind is float and isfinite(item)):
+                total += 33
+            else:
+                total += _bound(item, max_depth, depth + 1, short, budget - total) + 1
             if total > budget:
                 raise _Over
-        else:
-            total += _odd_scalar(item) + 1
-    if total > budget:
-        raise _Over
-    return total
+        return total
+    return _odd_scalar(value)
 
 
 def _odd_scalar(value: Any) -> int:
-    """An upper bound of the JSON size of a value :func:`_bound` did not measure itself:
-    a subclass of a scalar, or what JSON cannot hold (refused)."""
+    """An upper bound of the JSON size of a value that is no container: a scalar, one of
+    a subclass, or what JSON cannot hold (refused)."""
     if type(value) is float:
-        raise SporeError(f"knowledge holds {value!r}, which JSON cannot represent")
-    if isinstance(value, str):  # written as a string, measured as one
+        if not isfinite(value):
+            raise SporeError(f"knowledge holds {value!r}, which JSON cannot represent")
+        return 32
+    if isinstance(value, str):  # a subclass's too: written as a string, measured as one
         return _string_bytes(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return 24 if -_BIG_INT < value < _BIG_INT else len(str(int(value)))

@@ -93,6 +93,33 @@ def test_a_tower_of_shared_lists_is_refused_without_walking_it() -> None:
         check_spore(Spore(knowledge={"l": tower}), Limits())
 
 
+class _Looked:
+    """An int to the walk, counting how often it was looked at."""
+
+    looked = 0
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # noqa: PLW3201
+        _Looked.looked += 1
+        return int
+
+    def __lt__(self, other: object) -> bool:  # within any bound
+        return True
+
+    def __gt__(self, other: object) -> bool:
+        return True
+
+
+def test_a_long_list_of_one_shared_value_is_walked_no_further_than_the_budget() -> None:
+    # Found in review: the walk checked its budget only after containers, so a list of
+    # 20 million references to one int (160 MB) was walked whole, twice: 8 s.
+    _Looked.looked = 0
+    with pytest.raises(LimitExceeded):
+        check_spore(Spore(knowledge={"l": [_Looked()] * 1_000_000}),
+                    Limits(max_spore_bytes=1024))
+    assert _Looked.looked < 5_000  # a few per byte of the budget, not a million
+
+
 def test_one_large_string_referred_to_many_times_is_refused_in_little_memory() -> None:
     text = "x" * (1 << 20)
     spore = Spore(knowledge={"l": [text] * 400})  # 400 MiB as JSON
