@@ -183,6 +183,7 @@ class Bridge(LedgerHook):
             else:
                 self._changed.clear()
                 await self._changed.wait()
+        self.publisher.sent.release()  # what is still out now will never be published
         await self.backend.close()
 
     async def quiet(self) -> None:
@@ -291,7 +292,7 @@ class Bridge(LedgerHook):
         if parent is None:  # from outside: organism.confirmed() waits for them
             self.publisher.sent.sent(spores)
             return
-        ticket = self._inflight.get(id(parent)) if parent is not None else None
+        ticket = self._inflight.get(id(parent))
         if ticket is not None:
             for spore in spores:
                 self._owners[id(spore)] = ticket

@@ -66,7 +66,6 @@ class Publisher:
         link = self.backend.link
         if not link.up:
             link.close("the organism stopped while the broker was unreachable")
-        self.sent.release()
 
     async def publish(self, spore: Spore, wire: Callable[[], Spore], *,
                       routing_key: str | None = None, queue: str | None = None,

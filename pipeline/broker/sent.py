@@ -3,16 +3,21 @@
 
 While the link is up, ``send()`` returns once its spore is admitted (as on the embedded
 path), and publishing goes on behind it. ``confirmed()`` returns once every spore sent
-before the call has left the process: confirmed by the broker, or ended here (refused,
-dead-lettered). It raises :class:`BrokerError` if any spore sent since the last
-``confirmed()`` could not be published (each is a ``broker error`` dead letter), so a
-sender that acknowledges upstream after ``confirmed()`` never acknowledges one it lost.
-Spores are numbered as they are sent; the oldest still out decides who may return.
+before the call has left the process: confirmed by the broker, or refused here by the
+organism's own rules (a dead letter). It raises :class:`BrokerError` if any spore sent
+since the last ``confirmed()`` could not be published, or was still unpublished when the
+bridge closed (each is a dead letter saying why), so a sender that acknowledges upstream
+after ``confirmed()`` never acknowledges one it lost.
+
+Spores are known by their ``id`` (what survives the intake paging one out to disk and
+back, which makes a new object), numbered as they are sent; the oldest still out
+decides who may return.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Iterable
 
 from sporeflow.config import BrokerError
@@ -26,21 +31,27 @@ class SentSpores:
 
     def __init__(self, address: str) -> None:
         self.address = address  # the broker's, masked: for the error
-        self._out: dict[int, int] = {}  # id(spore) -> its number, oldest first
+        self._numbers: dict[int, None] = {}  # the numbers still out, oldest first
+        self._by_id: dict[str, deque[int]] = {}  # a spore id -> its numbers still out
         self._numbered = 0
         self._unpublished = 0  # since the last confirmed() returned
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def sent(self, spores: Iterable[Spore]) -> None:
-        """Outside spores were admitted."""
+        """Spores from outside were admitted."""
         for spore in spores:
             self._numbered += 1
-            self._out[id(spore)] = self._numbered
+            self._numbers[self._numbered] = None
+            self._by_id.setdefault(spore.id, deque()).append(self._numbered)
 
     def left(self, spore: Spore, failure: BaseException | None) -> None:
         """``spore`` left the process: confirmed (``failure`` None), or not published."""
-        if self._out.pop(id(spore), None) is None:
+        numbers = self._by_id.get(spore.id)
+        if numbers is None:
             return
+        del self._numbers[numbers.popleft()]
+        if not numbers:
+            del self._by_id[spore.id]
         if failure is not None:
             self._unpublished += 1
         if self._waiters:
@@ -56,16 +67,18 @@ class SentSpores:
         failed, self._unpublished = self._unpublished, 0
         if failed:
             raise BrokerError(f"{failed} spore(s) sent were not published to RabbitMQ at "
-                              f"{self.address}: each is a 'broker error' dead letter (see "
+                              f"{self.address}: each is a dead letter saying why (see "
                               f"organism.dead_letters, or `sporeflow dlq list`)")
 
     def release(self) -> None:
-        """The bridge closes: nothing sent will leave by the broker any more."""
-        self._out.clear()
+        """The bridge closed: what is still out will never be published."""
+        self._unpublished += len(self._numbers)
+        self._numbers.clear()
+        self._by_id.clear()
         self._wake()
 
     def _oldest(self) -> float:
-        return next(iter(self._out.values()), float("inf"))
+        return next(iter(self._numbers), float("inf"))
 
     def _wake(self) -> None:
         oldest = self._oldest()
