@@ -18,6 +18,7 @@ from sporeflow.pipeline.broker.backend import Topology
 
 from .conformance.harness import (
     AMQP_URL,
+    BACKSTOP,
     Harness,
     broker_dead_letters,
     wait_for,
@@ -128,6 +129,23 @@ async def test_an_unreachable_broker_raises_broker_error_without_the_password() 
                                           r"amqp://app:\*\*\*@127.0.0.1:1/") as caught:
         await backend.open(Topology(exchange="x", subscriptions={}))
     assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", [AMQP_URL.replace("guest:guest", "guest:wrong-pw1"),
+                                 AMQP_URL.rstrip("/") + "/no-such-vhost-x1"],
+                         ids=["password", "virtual host"])
+async def test_a_process_the_broker_refuses_gives_up_at_once_naming_what_to_check(
+        url: str) -> None:
+    # With the first connection retried as after a loss (3ec1461), a wrong password
+    # was tried again for give_up_after (5 min) before the process exited.
+    spec = organism_from_dict({"agents": {"a": {"handler": print}}})  # give_up_after: 5 min
+    organism = Organism(spec, backend=url)
+    with pytest.raises(BrokerError, match=r"refused this process \(.*\): trying again "
+                                          r"cannot help; check the user, password and "
+                                          r"virtual host") as caught:
+        await asyncio.wait_for(organism.start(), BACKSTOP)
+    assert "wrong-pw1" not in str(caught.value)
+    assert organism.state == "stopped"
 
 
 async def test_an_organism_giving_up_at_once_on_an_unreachable_broker_stops_cleanly() -> None:

@@ -33,6 +33,12 @@ from sporeflow.pipeline.broker.link import Backoff, Link
 __all__ = ["RECONNECT_BASE", "ReconnectingConnection", "connect"]
 
 RECONNECT_BASE = 0.5  # seconds: the first pause after a failed attempt
+# The broker's refusals of this process (its credentials; a virtual host it may not use,
+# which aiormq reads as a frame out of turn): at the first connection, what trying again
+# cannot mend.
+REFUSED = (aiormq.exceptions.AuthenticationError, aiormq.exceptions.ProbableAuthenticationError,
+           aiormq.exceptions.ConnectionNotAllowed, aiormq.exceptions.IncompatibleProtocolError,
+           aiormq.exceptions.ProtocolSyntaxError)
 
 
 class ReconnectingConnection(aio_pika.RobustConnection):
@@ -84,7 +90,10 @@ async def connect(url: str, link: Link, *, timeout: float, name: str) -> Reconne
     def on_close(_: object, cause: BaseException | None = None) -> None:
         if link.up:
             connection.backoff.reset()  # each outage starts from the shortest pause
-        link.lost(cause)
+        if isinstance(cause, REFUSED):
+            link.refused(cause)
+        else:
+            link.lost(cause)
 
     def on_reconnect(_: object) -> None:
         connection.backoff.reset()

@@ -185,13 +185,29 @@ class Link:
                          "without a connection yet; publishing waits" if first
                          else "disconnected", self._last_error, self._limit())
 
-    def give_up(self) -> None:
+    def refused(self, cause: BaseException) -> None:
+        """The broker refused this process while it first connected (its credentials, its
+        virtual host): trying again cannot help, so it gives up at once. After a loss it
+        tries on (a broker restarting may refuse for a moment)."""
+        if self.state != CONNECTING:
+            self.lost(cause)
+            return
+        self._last_error = redact_text(f"{type(cause).__name__}: {cause}")
+        self.give_up(refused=True)
+
+    def give_up(self, *, refused: bool = False) -> None:
         """Stop waiting for the broker: waiters get :class:`BrokerError`, and so do the
         ``on_give_up`` callbacks (the organism fails stop)."""
         if self.state in _ENDED:
             return
         last = self._last_error or "none"
-        if self.state == CONNECTING and not self.give_up_after:  # a one-off command: raised
+        if refused:
+            failure = BrokerError(
+                f"RabbitMQ at {self.address} refused this process ({last}): trying again "
+                f"cannot help; check the user, password and virtual host of the backend URL, "
+                f"and that the user may use that virtual host")
+            self._end(GAVE_UP, failure)
+        elif self.state == CONNECTING and not self.give_up_after:  # a one-off command: raised
             failure = BrokerError(  # to it, and said no more
                 f"cannot reach RabbitMQ at {self.address}: {last}; is the broker running, "
                 f"and are the host, port and credentials right?")
