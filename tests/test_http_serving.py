@@ -164,3 +164,23 @@ async def test_a_port_holding_its_most_connections_answers_503_until_one_closes(
                 writer.close()
     full = [r for r in caplog.records if "holds 2 connections, its most" in r.getMessage()]
     assert [r.levelno for r in full] == [logging.WARNING]
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_answered_408_and_closed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found in review: the head's timeout does not cover the body, so a client sending
+    # one byte of it now and then held its connection, and its slot, for ever.
+    monkeypatch.setattr(http_serving, "BODY_TIMEOUT", 0.3)
+    monkeypatch.setattr(http_serving, "LINGER", 0.1)  # the rest of the body is not waited for
+    async with serving("ingress", tmp_path) as (host, number):
+        reader, writer = await asyncio.open_connection(host, number)
+        try:
+            writer.write(b"POST /spores HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                         b"\r\nContent-Length: 100\r\n\r\n{")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), BACKSTOP)  # to the server's close
+        finally:
+            writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout")
+    assert answer.endswith(b'{"error": "request_timeout", "message": "the body did not arrive '
+                           b'within 0.3 s"}')

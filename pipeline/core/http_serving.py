@@ -7,9 +7,10 @@ it before any token is checked: here it is one WARNING line naming the peer and 
 error, through the ``logger=`` aiohttp's ``AppRunner`` hands its request handlers.
 A failure of the server itself keeps its traceback.
 
-Clients cannot hold a server's resources: a connection that has not finished a request
-(a client trickling its headers, "slowloris") or idles between requests is closed after
-:data:`IDLE_TIMEOUT` seconds (aiohttp's own default is an hour), and a port holds at most
+Clients cannot hold a server's resources: a connection that has not finished a request's
+head (a client trickling its headers, "slowloris") or idles between requests is closed
+after :data:`IDLE_TIMEOUT` seconds (aiohttp's own default is an hour), a body must arrive
+within :data:`BODY_TIMEOUT` seconds (:func:`read_body`), and a port holds at most
 :data:`MAX_CONNECTIONS` connections at once (:class:`BoundedSite`): past them a new one is
 answered 503 and closed, so that held connections never take every file descriptor of
 the process (its journal, its broker connection) or its memory.
@@ -29,11 +30,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from sporeflow.config.reasons import Reason
 
-__all__ = ["BEARER_CHALLENGE", "IDLE_TIMEOUT", "MAX_CONNECTIONS", "BoundedSite", "ClientErrorLog",
-           "app_runner", "bearer_token", "error_response", "json_body", "refusal_status",
-           "token_matches"]
+__all__ = ["BEARER_CHALLENGE", "BODY_TIMEOUT", "IDLE_TIMEOUT", "MAX_CONNECTIONS", "BoundedSite",
+           "ClientErrorLog", "app_runner", "bearer_token", "error_response", "json_body",
+           "read_body", "refusal_status", "token_matches"]
 
-IDLE_TIMEOUT = 15.0  # seconds a connection may go without a whole request
+IDLE_TIMEOUT = 15.0  # seconds a connection may go without a whole request head
+BODY_TIMEOUT = 30.0  # seconds a request's body may take to arrive (408 past them)
+LINGER = 2.0  # seconds a body left unread is drained after the answer, then the connection closed
 MAX_CONNECTIONS = 512  # connections one port holds at once
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
          b"Connection: close\r\n\r\n")
@@ -81,6 +84,17 @@ def json_body(raw: bytes) -> Any:
         raise ValueError(f"it is not UTF-8 ({exc.reason})") from None
 
 
+async def read_body(request: web.Request) -> bytes:
+    """``request``'s body, whole within :data:`BODY_TIMEOUT` seconds: a client trickling
+    it holds the port no longer (past it: 408, and the connection closed)."""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            return await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            reason=f"the body did not arrive within {BODY_TIMEOUT:g} s") from None
+
+
 def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
@@ -124,7 +138,8 @@ def app_runner(app: web.Application, logger: logging.Logger, *,
     """The runner of one of sporeflow's servers: no access log, and what aiohttp logs
     goes to ``logger``, a client's malformed request as one line."""
     return web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout,
-                         logger=ClientErrorLog(logger), keepalive_timeout=IDLE_TIMEOUT)
+                         logger=ClientErrorLog(logger), keepalive_timeout=IDLE_TIMEOUT,
+                         lingering_time=LINGER)
 
 
 class BoundedSite(web.BaseSite):

@@ -41,6 +41,7 @@ from sporeflow.pipeline.core.http_serving import (
     bearer_token,
     error_response,
     json_body,
+    read_body,
     token_matches,
 )
 from sporeflow.pipeline.core.ledger import LedgerHook
@@ -351,7 +352,7 @@ class _Routes:
 async def _body(request: web.Request, keys: frozenset[str]) -> dict[str, Any]:
     """The request's JSON object, with only ``keys``."""
     try:
-        body = json_body(await request.read())
+        body = json_body(await read_body(request))
     except ValueError as exc:
         raise _BadRequest(f"the body is not JSON: {str(exc)[:200]}") from None
     if not isinstance(body, dict):

@@ -49,6 +49,7 @@ from sporeflow.pipeline.core.http_serving import (
     bearer_token,
     error_response,
     json_body,
+    read_body,
     refusal_status,
     token_matches,
 )
@@ -71,7 +72,7 @@ __all__ = ["HttpIngress"]
 _GRACE = 2.0  # seconds open POSTs get to finish when the source stops
 _MAX_PENDING = 1024  # POSTs open at once (waiting for room or a response); more: 429
 _CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
-          405: "method_not_allowed", 413: "too_large"}
+          405: "method_not_allowed", 408: "request_timeout", 413: "too_large"}
 
 
 class _Answer(Exception):  # noqa: N818  (an early answer, not an error)
@@ -199,7 +200,7 @@ class HttpIngress(Source):
         if request.content_length is not None and request.content_length > self.max_bytes:
             raise _Answer(self._too_large())
         try:
-            raw = await request.read()
+            raw = await read_body(request)
         except web.HTTPRequestEntityTooLarge:
             raise _Answer(self._too_large()) from None
         try:
