@@ -113,13 +113,15 @@ def check_spore(spore: Any, limits: Limits, *, built: bool = False) -> None:
         created_at, thread_id = spore.created_at, spore.thread_id
         causation_id, correlation_id = spore.causation_id, spore.correlation_id
         ok = (hops.__class__ is int and 0 <= hops <= limits.max_hops
-              and spore_id.__class__ is str and spore_id != ""
+              and spore_id.__class__ is str and 0 < len(spore_id) <= MAX_LINEAGE_ID_LENGTH
               and spore.metadata.__class__ is dict
               and created_at.__class__ is datetime and created_at.tzinfo is not None
               and (expires_at is None or (expires_at.__class__ is datetime
                                           and expires_at.tzinfo is not None))
-              and (reply_to is None or reply_to.__class__ is str)
-              and (thread_id is None or thread_id.__class__ is str)
+              and (reply_to is None or (reply_to.__class__ is str
+                                        and len(reply_to) <= MAX_LINEAGE_ID_LENGTH))
+              and (thread_id is None or (thread_id.__class__ is str
+                                         and len(thread_id) <= MAX_LINEAGE_ID_LENGTH))
               and (causation_id is None or (causation_id.__class__ is str and 0 < len(
                   causation_id) <= MAX_LINEAGE_ID_LENGTH))
               and (correlation_id is None or (correlation_id.__class__ is str and 0 < len(
@@ -134,9 +136,12 @@ def check_spore(spore: Any, limits: Limits, *, built: bool = False) -> None:
 def json_size_bound(spore: Spore, max_depth: int, budget: int) -> int | None:
     """An upper bound of ``spore``'s size as JSON (its strings measured exactly), walked
     no further than ``budget``: ``budget + 1`` past it; None for a spore that is no JSON
-    (what a dead letter may hold)."""
+    (what a dead letter may hold: its ids and names too may be of any length)."""
+    names = sum(len(value) for value in (
+        spore.id, spore.from_agent, spore.to_agent, spore.channel, spore.reply_to,
+        spore.thread_id, spore.causation_id, spore.correlation_id) if isinstance(value, str))
     try:
-        return _measure(spore, max_depth, _EXACT, budget)
+        return names + _measure(spore, max_depth, _EXACT, budget)
     except _Over:
         return budget + 1
     except Exception:  # noqa: BLE001  # refused, or an object whose repr raised: no JSON
@@ -168,8 +173,9 @@ def _explain(spore: Spore, limits: Limits) -> None:
     _check_name("channel", spore.channel)
     if spore.to_agent is not None:
         _check_name("to_agent", spore.to_agent)
-    if type(spore.id) is not str or not spore.id:
-        raise SporeError(f"id must be a non-empty string, got {spore.id!r:.80}")
+    if type(spore.id) is not str or not 0 < len(spore.id) <= MAX_LINEAGE_ID_LENGTH:
+        raise SporeError(f"id must be a non-empty string of at most {MAX_LINEAGE_ID_LENGTH} "
+                         f"characters, got {spore.id!r:.80}")
     for name in ("created_at", "expires_at"):
         value = getattr(spore, name)
         if (value is not None or name == "created_at") and (
@@ -178,8 +184,9 @@ def _explain(spore: Spore, limits: Limits) -> None:
                              f"use datetime.now(UTC) (+ timedelta(...))")
     for name in ("reply_to", "thread_id"):
         value = getattr(spore, name)
-        if value is not None and type(value) is not str:
-            raise SporeError(f"{name} must be a spore id (a string), got {value!r:.80}")
+        if value is not None and (type(value) is not str or len(value) > MAX_LINEAGE_ID_LENGTH):
+            raise SporeError(f"{name} must be a spore id (a string of at most "
+                             f"{MAX_LINEAGE_ID_LENGTH} characters), got {value!r:.80}")
     for name in ("causation_id", "correlation_id"):
         value = getattr(spore, name)
         if value is not None and (type(value) is not str or not 0 < len(
@@ -246,6 +253,9 @@ def _measure(spore: Spore, max_depth: int, short: int, budget: int) -> int:
                                     budget - _ENVELOPE_BYTES)
     if spore.metadata:
         size += _bound(spore.metadata, max_depth, 1, short, budget - size)
+    if spore.knowledge_references or spore.data_references:  # the envelope bounds the rest
+        size += (_bound(spore.knowledge_references, max_depth, 1, short, budget - size)
+                 + _bound(spore.data_references, max_depth, 1, short, budget - size))
     if size > budget:
         raise _Over
     return size
@@ -254,7 +264,9 @@ def _measure(spore: Spore, max_depth: int, short: int, budget: int) -> int:
 def _least_size(spore: Spore, max_depth: int, budget: int) -> int:
     """A lower bound of ``spore``'s JSON size; :class:`_Over` once past ``budget``."""
     size = _least(spore.knowledge, max_depth, 1, budget)
-    return size + _least(spore.metadata, max_depth, 1, budget - size)
+    size += _least(spore.metadata, max_depth, 1, budget - size)
+    size += _least(spore.knowledge_references, max_depth, 1, budget - size)
+    return size + _least(spore.data_references, max_depth, 1, budget - size)
 
 
 def _least(value: Any, max_depth: int, depth: int, budget: int) -> int:

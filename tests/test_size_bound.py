@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sporeflow.config.errors import LimitExceeded
+from sporeflow.config.errors import LimitExceeded, SporeError
 from sporeflow.config.model import Limits
+from sporeflow.pipeline.core.deadletters import DeadLetter, DeadLetterStore
 from sporeflow.steps import Spore, check_spore
 from sporeflow.steps.validate import _EXACT, _SHORT, _bound, _string_bytes
 
@@ -140,3 +141,21 @@ def test_many_small_numbers_are_measured_exactly_near_the_limit() -> None:
     with pytest.raises(LimitExceeded, match=r"is (more than )?\d+ bytes as JSON, over"):
         check_spore(numbers, Limits(max_spore_bytes=50_000))
 
+
+
+def test_references_count_toward_the_size_and_ids_are_bounded() -> None:
+    # Found in review: the bound measured knowledge and metadata and took 512 bytes for
+    # the rest, so a megabyte of references passed max_spore_bytes=64KiB (and weighed
+    # next to nothing as a dead letter), and an id could be of any length.
+    limits = Limits(max_spore_bytes=64 * 1024)
+    many = tuple(f"ref-{n:08d}" * 10 for n in range(10_000))  # about 1 MB
+    for spore in (Spore(knowledge={}, knowledge_references=many),
+                  Spore(knowledge={}, data_references=many)):
+        with pytest.raises(LimitExceeded, match="over limits.max_spore_bytes=65536"):
+            check_spore(spore, limits)
+    for field in ("id", "reply_to", "thread_id"):
+        with pytest.raises(SporeError, match=f"{field} must be .* of at most 1024 characters"):
+            check_spore(Spore(knowledge={}, **{field: "x" * 2000}), limits)
+    letters = DeadLetterStore(10, max_bytes=10 << 20)
+    letters.add(DeadLetter(Spore(knowledge={}, knowledge_references=many), "invalid", "x"))
+    assert letters.bytes > 1_000_000
