@@ -57,11 +57,14 @@ def reason_of(error: BaseException | None) -> Reason:
         return Reason.INVALID
 
 
+_LONGEST_WORD = 256  # characters: names are at most 128
+
+
 def did_you_mean(word: object, choices: Iterable[str], *, within: str = "") -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""``; ``within``
     prefixes the suggestion (``within.x``) where the word is part of a dotted path."""
-    if not isinstance(word, str):
-        return ""
+    if not isinstance(word, str) or len(word) > _LONGEST_WORD:
+        return ""  # far longer than any name: matching it would only take time
     # The word itself is no suggestion (a channel named right, refused for another reason).
     match = difflib.get_close_matches(word, [c for c in choices if c != word], n=1)
     if not match:

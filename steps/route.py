@@ -16,6 +16,7 @@ from aiostream import pipable_operator, streamcontext
 from sporeflow.config.errors import DeliveryError, NotAPeer
 from sporeflow.config.model import DEAD_LETTER_CHANNEL, SYSTEM_SENDER
 from sporeflow.config.reasons import Reason, did_you_mean
+from sporeflow.config.words import shown
 from sporeflow.steps.spore import Spore, SporeType
 from sporeflow.steps.types import Batch, Delivery, Reject
 
@@ -45,13 +46,17 @@ class RoutingTable:
         return bool(self.peers or self.publishers or DEAD_LETTER_CHANNEL in self.subscribers)
 
 
+_NAME_SHOWN = 140  # characters of a name quoted: any name an organism may hold, whole
+
+
 def no_agent_error(table: RoutingTable, target: str, spore: Spore | None = None
                    ) -> DeliveryError:
     """Why a spore (``spore``, or one about to be built) to ``target`` is refused when no
     agent of ``table`` has that name: the one text of this rule, at the door and in route."""
-    about = (f"spore {spore.id} from {spore.from_agent!r} is addressed to {target!r}: "
-             if spore is not None else "")
-    return DeliveryError(f"{about}no agent {target!r} in organism {table.organism!r}"
+    named = shown(target, _NAME_SHOWN)  # what a sender names may be of any length
+    about = (f"spore {spore.id} from {shown(spore.from_agent, _NAME_SHOWN)} is addressed to "
+             f"{named}: " if spore is not None else "")
+    return DeliveryError(f"{about}no agent {named} in organism {table.organism!r}"
                          f"{did_you_mean(target, table.agents)}", reason=Reason.UNKNOWN_AGENT)
 
 
@@ -60,8 +65,9 @@ def unheard_error(table: RoutingTable, spore: Spore) -> DeliveryError:
     reason = (Reason.NO_SUBSCRIBERS if spore.channel in table.channels
               else Reason.UNKNOWN_CHANNEL)
     return DeliveryError(
-        f"broadcast {spore.id} from {spore.from_agent!r} on channel {spore.channel!r} "
-        f"reaches no agent ({reason}){did_you_mean(spore.channel, table.channels)}",
+        f"broadcast {spore.id} from {shown(spore.from_agent, _NAME_SHOWN)} on channel "
+        f"{shown(spore.channel, _NAME_SHOWN)} reaches no agent ({reason})"
+        f"{did_you_mean(spore.channel, table.channels)}",
         reason=reason)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from sporeflow.steps import RoutingTable, Spore, SporeType, route
+from sporeflow.steps.route import no_agent_error, unheard_error
 
 from .conftest import aiter_of, collect
 
@@ -107,3 +108,16 @@ def test_did_you_mean_never_suggests_the_word_itself() -> None:
 
     assert did_you_mean("main", ["main", "mains"]) == " (did you mean 'mains'?)"
     assert did_you_mean("main", ["main"]) == ""
+
+
+def test_a_name_of_any_length_is_quoted_cut_short_and_never_matched_against_others() -> None:
+    # Found in review: a handler sending to a name of a megabyte had it quoted whole,
+    # twice, in its error and dead letter, after difflib held the loop comparing it.
+    table = RoutingTable(organism="o", agents=frozenset({"sink"}))
+    name = "sink" + "x" * 1_000_000
+    for error in (no_agent_error(table, name, Spore(knowledge={}, to_agent=name)),
+                  unheard_error(table, Spore(knowledge={}, channel=name, from_agent=name))):
+        assert len(str(error)) < 600
+        assert "…" in str(error)
+        assert "did you mean" not in str(error)
+    assert "(did you mean 'sink'?)" in str(no_agent_error(table, "sinkk"))
