@@ -20,6 +20,8 @@ from sporeflow.pipeline.core.http_serving import ClientErrorLog
 from sporeflow.pipeline.service.address import ControlAddress
 from sporeflow.pipeline.service.server import ControlServer
 
+from .conformance.harness import wait_for
+
 BACKSTOP = 10.0
 # A NUL in a header value: aiohttp's parser refuses it before any route or token check.
 MALFORMED = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n"
@@ -184,3 +186,27 @@ async def test_a_body_that_does_not_arrive_in_time_is_answered_408_and_closed(
     assert answer.startswith(b"HTTP/1.1 408 Request Timeout")
     assert answer.endswith(b'{"error": "request_timeout", "message": "the body did not arrive '
                            b'within 0.3 s"}')
+
+
+async def test_a_client_leaving_before_its_body_arrived_is_no_failure_of_the_server(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Found in review: aiohttp's ConnectionResetError reached the source's catch-all, an
+    # ERROR with a traceback for what is the client's doing.
+    organism = Organism.from_dict({
+        "agents": {"echo": {"handler": echo}},
+        "sources": {"api": {"kind": "http", "port": 0, "insecure": True, "to": "echo"}},
+    }, base_dir=tmp_path)
+    async with organism.running(drain_timeout=BACKSTOP):
+        host, number = host_port(organism.sources.addresses()["api"])
+        _, writer = await asyncio.open_connection(host, number)
+        writer.write(b"POST /spores HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: 100\r\n\r\n{")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        await wait_for(lambda: any(key.startswith("http_") and key != "http_202"
+                                   for key in organism.stats()["sources"]["api"]))
+        answered = {key: count for key, count in organism.stats()["sources"]["api"].items()
+                    if key.startswith("http_")}
+    assert answered == {"http_400": 1}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -86,10 +86,14 @@ def json_body(raw: bytes) -> Any:
 
 async def read_body(request: web.Request) -> bytes:
     """``request``'s body, whole within :data:`BODY_TIMEOUT` seconds: a client trickling
-    it holds the port no longer (past it: 408, and the connection closed)."""
+    it holds the port no longer (past it: 408, and the connection closed). A client that
+    leaves before it arrived is a 400 (nobody hears it), not a failure of the server."""
     try:
         async with asyncio.timeout(BODY_TIMEOUT):
             return await request.read()
+    except ConnectionResetError:  # the client's doing, no failure of ours: no traceback
+        raise web.HTTPBadRequest(reason="the client closed the connection before its body "
+                                        "arrived") from None
     except TimeoutError:
         raise web.HTTPRequestTimeout(
             reason=f"the body did not arrive within {BODY_TIMEOUT:g} s") from None
