@@ -411,6 +411,10 @@ class Organism(OutsideApi):
         source is waited for: ``--until-idle`` awaits ``sources.ended()`` first."""
         await self._require_running().idle()
 
+    def threads_running(self) -> int:
+        """Sync handlers' calls awaited from their agents' threads (the test clock waits)."""
+        return self._builder.threads_running() if self._builder is not None else 0
+
     def stop_when(self, condition: str | Callable[[Stats], bool], *, interval: float = 0.1,
                   drain_timeout: float | None = 30.0) -> asyncio.Task[int]:
         """Stop (draining) once ``condition`` holds over :meth:`stats`.

@@ -118,8 +118,9 @@ async def test_the_clock_is_frozen_until_advanced_and_the_loop_gets_its_own_back
         before = loop.time()
         await t.advance(90)
         assert t.now() == start + timedelta(seconds=90)
-        assert loop.time() - before >= 90
+        assert loop.time() - before == pytest.approx(90)  # frozen: it moved by 90 alone
     assert "time" not in vars(loop)
+    assert "call_at" not in vars(loop)
 
 
 async def test_one_virtual_clock_per_loop() -> None:
@@ -165,3 +166,63 @@ async def test_idle_past_its_backstop_says_what_is_held_and_to_advance_the_clock
     message = str(caught.value)
     assert message.startswith("TestOrganism.idle(): 1 spore(s) still held after 0.1s of real")
     assert "await t.advance(seconds)" in message
+
+
+@pytest.mark.parametrize("sync", [False, True])
+async def test_one_long_advance_runs_every_retry_due_within_it(sync: bool) -> None:
+    """Advancing 5 hours is 5 hours passing: a retry that fails again within the span is
+    retried within it, and each attempt sees the clock at its own time."""
+    seen: list[tuple[int, datetime]] = []
+    clock: list[TestOrganism] = []
+
+    def attempt(spore: Spore, ctx: Context) -> dict[str, int]:
+        seen.append((ctx.attempt, clock[0].now()))
+        if ctx.attempt < 3:
+            raise ConnectionError(f"attempt {ctx.attempt} fails")
+        return {"attempt": ctx.attempt}
+
+    async def attempt_async(spore: Spore, ctx: Context) -> dict[str, int]:
+        return attempt(spore, ctx)
+
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    organism = {"agents": {"f": {"handler": attempt if sync else attempt_async, "retry": {
+        "attempts": 3, "backoff": "1h", "max_backoff": "2h"}}}}
+    async with TestOrganism(organism, start=start) as t:
+        clock.append(t)
+        await t.send("f", {})
+        await t.advance(5 * 3600)
+        await t.idle(timeout=5)
+    assert [n for n, _ in seen] == [1, 2, 3]
+    assert t.knowledge("f") == [{"attempt": 3}]
+    first, second, third = (when - start for _, when in seen)
+    # Equal jitter: the first backoff is 0.5-1 h, the second 1-2 h, each from its attempt.
+    assert first == timedelta(0)
+    assert timedelta(minutes=30) <= second <= timedelta(hours=1)
+    assert second + timedelta(hours=1) <= third <= second + timedelta(hours=2)
+
+
+async def test_a_handlers_timeout_waits_for_the_virtual_clock() -> None:
+    """A timeout is virtual time too: real time passing does not fire it."""
+    async def slow(spore: Spore, ctx: Context) -> None:
+        await asyncio.sleep(1000)
+
+    async with TestOrganism({"agents": {"s": {"handler": slow, "timeout": "0.5s"}}}) as t:
+        await t.send("s", {})
+        with pytest.raises(TimeoutError, match="1 spore"):
+            await t.idle(timeout=1)  # a second of real time: twice the timeout
+        assert t.dead_letters == []
+        await t.advance(0.5)
+        await t.idle(timeout=5)
+    [letter] = t.dead_letters
+    assert letter.reason == "timeout"
+
+
+async def test_a_request_never_answered_ends_in_real_time_too() -> None:
+    async def silent(spore: Spore, ctx: Context) -> None:
+        await asyncio.sleep(1000)
+
+    async with TestOrganism({"agents": {"q": {"handler": silent}}}) as t:
+        with pytest.raises(TimeoutError, match=r"TestOrganism.request\('q'\): no response "
+                                               r"within 0.5s of real time"):
+            await t.request("q", {}, timeout=0.5)
+        await t.advance(1000)  # its handler ends: the stop need not wait for it

@@ -67,6 +67,10 @@ class AgentBuilder:
         self.dedupes: dict[str, Dedupe] = {}  # by agent, for this run (see steps.dedupe)
         self.key_tables: dict[str, KeyTable] = {}  # keyed agents', for this run
 
+    def threads_running(self) -> int:
+        """Handler calls the loop awaits from the agents' threads (abandoned ones not)."""
+        return sum(threads.awaited for threads in list(self.threads))
+
     def close(self) -> None:
         """The run ends: every agent's idle threads end; abandoned ones are not waited for."""
         for threads in list(self.threads):

@@ -79,6 +79,9 @@ class AgentThreads:
         self.alive = 0  # threads now
         self.running = 0  # of them running a call (abandoned ones included)
         self.abandoned = 0  # threads abandoned so far, returned or not
+        # Calls the loop awaits (queued, running, or their result not yet taken): read
+        # on the loop only, so never seen at 0 while a result is on its way to it.
+        self.awaited = 0
 
     async def run(self, function: Callable[..., Any], /, *args: Any, spore: Spore) -> Any:
         """``function(*args)`` on one of the agent's threads, for ``spore``; cancelled
@@ -89,11 +92,14 @@ class AgentThreads:
         call = functools.partial(contextvars.copy_context().run, function, *args)
         job = _Job(call, loop, future, spore)
         self._submit(job)
+        self.awaited += 1
         try:
             return await future
         except asyncio.CancelledError:
             self._cancelled(job)
             raise
+        finally:
+            self.awaited -= 1
 
     def close(self) -> None:
         """Let every thread end once it has nothing to run; wait for none of them."""
