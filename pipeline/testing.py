@@ -31,6 +31,7 @@ import contextvars
 import dataclasses
 import heapq
 import itertools
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence, Sized
@@ -53,8 +54,8 @@ from sporeflow.steps import Spore
 __all__ = ["TestOrganism", "VirtualClock"]
 
 T = TypeVar("T")
-_SETTLE_TURNS = 100_000  # turns of the loop one settling may take: a backstop
-_SETTLE_REAL_S = 10.0  # seconds of real time one settling waits for handlers on threads
+_ADVANCE_REAL_S = 10.0  # seconds of real time one advance may take: a backstop
+_POLL_REAL_S = 0.001  # seconds of real time between looks at handlers still on threads
 
 
 class VirtualClock:
@@ -66,6 +67,8 @@ class VirtualClock:
     within the span is retried again within it).
 
     ``start`` (default: the real time when it is made) is what :meth:`now` reads first.
+    ``off_loop`` counts the calls running off the loop (sync handlers on their threads)
+    that the loop awaits: an advance waits for them before it moves on.
     """
 
     def __init__(self, start: datetime | None = None, *,
@@ -75,9 +78,14 @@ class VirtualClock:
                              f"use datetime(..., tzinfo=UTC)")
         self._start = start or datetime.now(UTC)
         self.offset = 0.0  # seconds advanced in all
-        self._off_loop = off_loop  # work running off the loop (threads): waited for
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._off_loop = off_loop
+        self._loop: asyncio.BaseEventLoop | None = None
         self._origin = 0.0  # the loop's time when attached
+        # What the loop's clock reads while attached. An advance sets it to each timer's
+        # own `when`, never to origin + offset: that sum rounds, and a clock one ulp short
+        # of a timer the loop has already fired (it fires within its clock resolution)
+        # would step onto that timer again and again (the CI hang of 8428438).
+        self._time = 0.0
         self._timers: list[tuple[float, int, asyncio.TimerHandle]] = []  # a heap
         self._numbers = itertools.count()
 
@@ -91,7 +99,11 @@ class VirtualClock:
         if self._loop is not None or "time" in vars(loop):
             raise OrganismStateError("the event loop runs on a virtual clock already; "
                                      "one TestOrganism at a time per loop")
-        self._origin = origin = loop.time()
+        if not isinstance(loop, asyncio.BaseEventLoop):  # uvloop's is in C
+            raise OrganismStateError(
+                f"the virtual clock needs asyncio's own event loop, not "
+                f"{type(loop).__name__}; run the test on asyncio's")
+        self._origin = self._time = loop.time()
         scheduled, timers, numbers = loop.call_at, self._timers, self._numbers
 
         def call_at(when: float, callback: Callable[..., object], *args: Any,
@@ -100,13 +112,8 @@ class VirtualClock:
             heapq.heappush(timers, (when, next(numbers), handle))
             return handle
 
-        try:
-            loop.time = lambda: origin + self.offset  # type: ignore[method-assign]
-            loop.call_at = call_at  # type: ignore[method-assign, assignment]  # call_later too
-        except AttributeError:  # a loop in C (uvloop): its clock cannot be moved
-            raise OrganismStateError(
-                f"the virtual clock needs asyncio's own event loop, not "
-                f"{type(loop).__name__}; run the test on asyncio's") from None
+        loop.time = lambda: self._time  # type: ignore[method-assign]
+        loop.call_at = call_at  # type: ignore[method-assign, assignment]  # call_later too
         self._loop = loop
 
     def thaw(self) -> None:
@@ -115,7 +122,7 @@ class VirtualClock:
         loop = self._loop
         if loop is not None:
             real = type(loop).time
-            shift = self._origin + self.offset - real(loop)
+            shift = self._time - real(loop)
             loop.time = lambda: real(loop) + shift  # type: ignore[method-assign]
 
     def detach(self) -> None:
@@ -126,44 +133,117 @@ class VirtualClock:
             self._loop = None
             self._timers.clear()
 
-    async def advance(self, seconds: float) -> None:
+    async def advance(self, seconds: float, *, timeout: float = _ADVANCE_REAL_S) -> None:
         """Move time forward by ``seconds``, firing each timer due on the way at its own
-        time; follow with ``await t.idle()`` for what they set off to finish."""
-        if seconds < 0:
-            raise ValueError(f"time only moves forward; got advance({seconds!r})")
+        time; follow with ``await t.idle()`` for what they set off to finish.
+
+        ``timeout`` (seconds of real time) is a backstop: past it, TimeoutError says
+        where the advance stands and what it still waits for."""
+        if not 0 <= seconds < math.inf:
+            raise ValueError(f"time only moves forward, by a finite span; got "
+                             f"advance({seconds!r})")
         target = self.offset + seconds
-        await self._settle()
-        while (due := self._next_due(self._origin + target)) is not None:
+        if self._loop is None:  # no loop to move: the wall clock alone
+            self.offset = target
+            await asyncio.sleep(0)
+            return
+        limit = self._origin + target
+        span = _Span(seconds, timeout, time.monotonic() + timeout)
+        while True:
+            await self._settle(span)
+            due = self._next_due(limit)
+            if due is None:
+                break
+            # Onto the timer's own reading: it is due now, and _next_due drops it next,
+            # so each turn drops one timer at least and the advance ends.
+            self._time = due
             self.offset = max(self.offset, due - self._origin)
-            await self._settle()
+            span.steps += 1
         self.offset = target
-        await self._settle()
+        self._time = max(self._time, limit)
+        await self._settle(span)
 
     def _next_due(self, limit: float) -> float | None:
-        """When the first pending timer at or before ``limit`` is due (those due by now
-        have fired as the loop settled)."""
-        timers, now = self._timers, self._origin + self.offset
-        while timers and (timers[0][2].cancelled() or timers[0][0] <= now):
+        """When the first pending timer at or before ``limit`` is due (those due by the
+        loop's time have fired: the loop settled)."""
+        timers, now = self._timers, self._time
+        while timers and (timers[0][0] <= now or timers[0][2].cancelled()):
             heapq.heappop(timers)
         return timers[0][0] if timers and timers[0][0] <= limit else None
 
-    async def _settle(self) -> None:
-        """Run the loop until all it holds waits: on a timer, a socket or a thread; a
-        handler running on a thread is waited for (up to ``_SETTLE_REAL_S``)."""
-        loop = asyncio.get_running_loop()
-        # What is ready to run, read off asyncio's own loop (attach refuses others): no
-        # public API tells whether a turn of the loop would do anything.
-        ready: Sized = getattr(loop, "_ready", ())
-        give_up = time.monotonic() + _SETTLE_REAL_S
-        turns = 0
-        while turns < _SETTLE_TURNS and time.monotonic() < give_up:
+    async def _settle(self, span: _Span) -> None:
+        """Run the loop until all it holds waits: on a timer not yet due, a socket, or
+        nothing; a handler running on a thread is waited for, until ``span`` gives up."""
+        loop = self._loop
+        assert loop is not None  # attached: advance checked
+        while True:
             await asyncio.sleep(0)
-            turns += 1
-            if len(ready):
+            if time.monotonic() >= span.give_up:
+                raise TimeoutError(self._late(span, loop))
+            if _runs_next_turn(loop):
                 continue
             if not self._off_loop():
                 return
-            await loop.run_in_executor(None, time.sleep, 0.001)  # real time, for the thread
+            await _real_pause(loop, _POLL_REAL_S)  # the thread hands its result over
+
+    def _late(self, span: _Span, loop: asyncio.BaseEventLoop) -> str:
+        waits = ("a sync handler still runs on its agent's thread" if self._off_loop() else
+                 "the loop always had a callback ready (a task that never waits?)"
+                 if _runs_next_turn(loop) else
+                 f"timers kept coming due ({span.steps} stepped onto so far)")
+        return (f"VirtualClock.advance({span.seconds:g}): not done after {span.timeout:g}s "
+                f"of real time, at {self.offset:g}s of virtual time: {waits}; pass a longer "
+                f"`timeout=` or advance in smaller steps")
+
+
+@dataclasses.dataclass
+class _Span:
+    """One advance under way: when it gives up (``time.monotonic()``), and for its
+    message, what it was asked and how many timers it stepped onto."""
+
+    seconds: float
+    timeout: float
+    give_up: float
+    steps: int = 0
+
+
+def _runs_next_turn(loop: asyncio.BaseEventLoop) -> bool:
+    """Whether the loop's next turn runs a callback: one is ready, or a timer is due.
+
+    Read off asyncio's own loop (attach refuses others), as no public API tells it. A
+    thread's call_soon_threadsafe lands in ``_ready`` before its wake-up byte; a timer set
+    for now sits in ``_scheduled`` until the turn after the one that set it.
+    """
+    ready: Sized = loop._ready  # type: ignore[attr-defined]
+    scheduled: list[asyncio.TimerHandle] = loop._scheduled  # type: ignore[attr-defined]
+    return bool(ready) or (bool(scheduled) and scheduled[0].when() <= loop.time())
+
+
+async def _real_pause(loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+    """Wait ``seconds`` of real time (a thread's timer: the loop's own stand still)."""
+    done = loop.create_future()
+    timer = threading.Timer(seconds, _call_on, (loop, _resolve, done))
+    timer.daemon = True
+    timer.start()
+    try:
+        await done
+    finally:
+        timer.cancel()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _call_on(loop: asyncio.AbstractEventLoop, callback: Callable[..., object],
+             *args: Any) -> None:
+    """From a timer's thread: ``callback(*args)`` on ``loop``, unless it closed meanwhile
+    (nothing awaits the timer then; an error on the thread would only be noise)."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        pass
 
 
 async def _within_real(work: Awaitable[T], seconds: float, why: Callable[[], str]) -> T:
@@ -177,8 +257,7 @@ async def _within_real(work: Awaitable[T], seconds: float, why: Callable[[], str
         expired = True
         task.cancel()
 
-    timer = threading.Timer(seconds, asyncio.get_running_loop().call_soon_threadsafe,
-                            (expire,))
+    timer = threading.Timer(seconds, _call_on, (asyncio.get_running_loop(), expire))
     timer.daemon = True
     timer.start()
     try:
@@ -295,9 +374,10 @@ class TestOrganism:
                 f"{timeout:g}s of real time ({where}). Retries' backoff, timeouts and expiry "
                 f"wait on the virtual clock: move it with `await t.advance(seconds)` first")
 
-    async def advance(self, seconds: float) -> None:
-        """Move the virtual clock forward (see :class:`VirtualClock`)."""
-        await self.clock.advance(seconds)
+    async def advance(self, seconds: float, *, timeout: float = _ADVANCE_REAL_S) -> None:
+        """Move the virtual clock forward, each timer on the way firing at its own time
+        (see :class:`VirtualClock`); ``timeout`` is a backstop in real seconds."""
+        await self.clock.advance(seconds, timeout=timeout)
 
     def now(self) -> datetime:
         """The virtual clock's time."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -226,3 +227,79 @@ async def test_a_request_never_answered_ends_in_real_time_too() -> None:
                                                r"within 0.5s of real time"):
             await t.request("q", {}, timeout=0.5)
         await t.advance(1000)  # its handler ends: the stop need not wait for it
+
+
+# A loop's clock a hundred minutes after boot, and a timer's time that origin + offset
+# does not add up to: (W - O) + O is one ulp short of W in floating point.
+_ORIGIN, _WHEN = 6004.398192685, 15196.05440482509
+
+
+class _ClockAtOrigin(asyncio.SelectorEventLoop):
+    """asyncio's own loop, its clock reading ``_ORIGIN`` (it moves only virtually)."""
+
+    def time(self) -> float:
+        return _ORIGIN
+
+
+async def _step_onto_the_timer() -> list[float]:
+    loop = asyncio.get_running_loop()
+    fired: list[float] = []
+    async with TestOrganism(greeter_organism()) as t:
+        loop.call_at(_WHEN, lambda: fired.append(loop.time()))
+        await t.advance(_WHEN - _ORIGIN + 60)  # ends by its own backstop at worst
+    return fired
+
+
+@pytest.mark.timeout(30)
+def test_an_advance_steps_onto_a_timer_that_origin_plus_offset_misses() -> None:
+    """The CI hang of 8428438: stepping to origin + (when - origin) left the clock one ulp
+    short of a timer the loop had fired, and the advance stepped onto it forever."""
+    assert _ORIGIN + (_WHEN - _ORIGIN) != _WHEN  # the rounding this test is about
+    with asyncio.Runner(loop_factory=_ClockAtOrigin) as runner:
+        assert runner.run(_step_onto_the_timer()) == [_WHEN]
+
+
+async def test_what_is_set_off_for_now_runs_before_the_clock_moves_on() -> None:
+    """A timer set for now (call_later(0)) by a callback queued before the advance, or
+    by a timer the advance fired, runs at that time, not at the next timer's."""
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[str, float]] = []
+    async with TestOrganism(greeter_organism()) as t:
+        origin = loop.time()
+
+        def now(name: str) -> None:
+            loop.call_later(0, lambda: seen.append((name, loop.time() - origin)))
+
+        loop.call_soon(now, "queued")
+        loop.call_later(10, now, "fired")
+        loop.call_later(20, lambda: seen.append(("later", loop.time() - origin)))
+        await t.advance(30)
+    assert seen == [("queued", 0), ("fired", 10), ("later", 20)]
+
+
+async def test_an_advance_that_cannot_end_says_why_in_real_time() -> None:
+    """A sync handler that does not return, or a loop never without work, holds an advance:
+    it gives up after ``timeout`` real seconds, saying what it waits for."""
+    stop, entered = threading.Event(), threading.Event()
+
+    def blocked(spore: Spore, ctx: Context) -> None:
+        entered.set()
+        stop.wait(30)
+
+    def spin() -> None:  # a callback that keeps one ready until told to stop
+        if not stop.is_set():
+            asyncio.get_running_loop().call_soon(spin)
+
+    async with TestOrganism({"agents": {"b": {"handler": blocked}}}) as t:
+        await t.send("b", {})
+        with pytest.raises(TimeoutError, match=r"advance\(60\): not done after 0.2s of "
+                                               r"real time.*sync handler still runs"):
+            await t.advance(60, timeout=0.2)
+        stop.set()
+        await t.idle(timeout=5)
+        stop.clear()
+        spin()
+        with pytest.raises(TimeoutError, match="always had a callback ready"):
+            await t.advance(60, timeout=0.2)
+        stop.set()
+    assert entered.is_set()
