@@ -107,9 +107,7 @@ class Organism(OutsideApi):
         if journal is None and spec.journal is not None:
             journal = spec.journal
         self._journal = journal if isinstance(journal, Journal | None) else Journal(journal)
-        self.dead_letters = DeadLetterStore(spec.limits.max_dead_letters,
-                                            max_bytes=spec.limits.max_dead_letter_bytes,
-                                            limits=spec.limits)
+        self.dead_letters = DeadLetterStore.within(spec.limits)
         self.outbox: deque[Spore] = deque(maxlen=10_000)
         self._outside_listeners: list[Callable[[Spore], None]] = []
         self._outside = RecentNames(OUTSIDE_SENDERS, cap=spec.limits.max_outside_senders)

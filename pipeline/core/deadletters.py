@@ -206,6 +206,13 @@ class DeadLetterStore:
         self.total = 0
         self.evicted = 0
 
+    @classmethod
+    def within(cls, limits: Limits) -> DeadLetterStore:
+        """The store of an organism of ``limits``: ``max_dead_letters`` and
+        ``max_dead_letter_bytes``."""
+        return cls(limits.max_dead_letters, max_bytes=limits.max_dead_letter_bytes,
+                   limits=limits)
+
     def add(self, letter: DeadLetter) -> None:
         self.total += 1
         self._keep([StoredDeadLetter(self.total, letter)])
