@@ -28,8 +28,9 @@ from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
 from sporeflow.pipeline.broker.backend import Topology
 from sporeflow.pipeline.observe.events import Event, OrganismReloaded, SporeHandled
 from sporeflow.pipeline.reload.diff import ReloadReport, diff_specs
+from sporeflow.pipeline.reload.watch import ReloadTriggers
 
-from .conformance.harness import AMQP_URL, broker_reachable
+from .conformance.harness import AMQP_URL, broker_reachable, wait_for
 from .conftest import VirtualClockLoop
 
 # The handlers most tests use: a forwarder, a sink, and gated and napping workers.
@@ -666,6 +667,38 @@ def test_sighup_reloads_a_running_organism(tmp_path: Path, module: Callable[...,
         stop(process, out, err)
     assert line.startswith(f"reload: {file}: applied: changed fwd (emit)")
     assert process.returncode == 0
+
+
+class _Counting:
+    """A Reloadable that counts its reloads."""
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+        self.reloads = 0
+        self.reloaded = asyncio.Event()
+
+    async def reload(self, path: str | Path | None = None) -> ReloadReport:
+        self.reloads += 1
+        self.reloaded.set()
+        return diff_specs(self.spec, self.spec)
+
+
+async def test_a_sighup_before_the_organism_runs_is_kept_for_after_and_never_ends_it() -> None:
+    # Found by the whole suite under load: the CLI installed its SIGHUP handler only once
+    # the start returned (later since the start may wait for its broker), and a SIGHUP
+    # sent as a boot handler ran ended the process, SIGHUP's default.
+    organism = _Counting(organism_from_dict({"agents": {"a": {"handler": print}}}))
+    triggers = ReloadTriggers(organism, watch=False, echo=lambda line: None)
+    triggers.listen()
+    try:
+        signal.raise_signal(signal.SIGHUP)  # taken by the loop's handler, not the default
+        await wait_for(lambda: triggers.pending)
+        assert organism.reloads == 0  # not before it runs
+        triggers.start()
+        await asyncio.wait_for(organism.reloaded.wait(), 10)
+        assert organism.reloads == 1
+    finally:
+        await triggers.aclose()
 
 
 def stop(process: subprocess.Popen[str], *outputs: Lines) -> None:

@@ -274,6 +274,7 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
     try:
         if control is not None:
             await serving.enter_async_context(control(org, on_reload=reloads.report))
+        reloads.listen()  # a SIGHUP while it starts reloads once it runs, never ends it
         # A signal while it waits for its broker (up to give_up_after) stops it too.
         if await _started(org, stop, reboot=reboot):
             reloads.start()  # SIGHUP (and --watch) reload the organism

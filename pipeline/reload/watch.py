@@ -165,15 +165,31 @@ class ReloadTriggers:
         self.echo = echo
         self._tasks: set[asyncio.Task[Any]] = set()
         self._signal: int | None = None
+        self._started = False
+        self._hung_up = False  # a SIGHUP came before start(): reload once started
 
-    def start(self) -> None:
-        """Reload on SIGHUP and, with ``watch``, on edits; call it on the running loop."""
-        if self.watch:
-            require_watchfiles()
+    def listen(self) -> None:
+        """Take SIGHUP from now on (its default would end the process), reloading once
+        :meth:`start` is called; call it on the running loop, before the organism starts."""
         hangup = getattr(signal, "SIGHUP", None) if self.hangup else None  # not on Windows
-        if hangup is not None:
+        if hangup is not None and self._signal is None:
             asyncio.get_running_loop().add_signal_handler(hangup, self._on_hangup)
             self._signal = hangup
+
+    @property
+    def pending(self) -> bool:
+        """A SIGHUP came before :meth:`start`: the organism reloads once it runs."""
+        return self._hung_up
+
+    def start(self) -> None:
+        """Reload on SIGHUP (one that came early now) and, with ``watch``, on edits; call
+        it on the running loop, once the organism runs."""
+        if self.watch:
+            require_watchfiles()
+        self.listen()
+        self._started = True
+        if self._hung_up:
+            self._on_hangup()
         if self.watch:
             source = file_changes(self.organism, on_ready=self._on_ready)
             self._spawn(watch_changes(self.organism, source, on_report=self.report))
@@ -201,6 +217,10 @@ class ReloadTriggers:
         self.echo(f"reload: {report.summary()}")
 
     def _on_hangup(self) -> None:
+        if not self._started:
+            self._hung_up = True
+            return
+        self._hung_up = False
         self._spawn(self._reload())
 
     async def _reload(self) -> None:
