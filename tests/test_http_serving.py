@@ -32,6 +32,15 @@ async def echo(spore: Spore, ctx: Any) -> dict[str, Any]:
     return {"echo": spore.knowledge}
 
 
+def ingress(tmp_path: Path) -> Organism:
+    """An organism whose HTTP ingress ``api`` (any free port, loopback, no token) sends to
+    its agent ``echo``."""
+    return Organism.from_dict({
+        "agents": {"echo": {"handler": echo}},
+        "sources": {"api": {"kind": "http", "port": 0, "insecure": True, "to": "echo"}},
+    }, base_dir=tmp_path)
+
+
 async def answer_to(url: str, raw: bytes) -> bytes:
     """Send ``raw`` to the server at ``url`` and read its answer to the end."""
     host, port = url.removeprefix("http://").rstrip("/").split("/")[0].rsplit(":", 1)
@@ -51,10 +60,7 @@ def said_about_the_client(caplog: pytest.LogCaptureFixture) -> list[logging.LogR
 
 async def test_a_malformed_request_to_the_ingress_is_one_warning_line(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    organism = Organism.from_dict({
-        "agents": {"echo": {"handler": echo}},
-        "sources": {"api": {"kind": "http", "port": 0, "insecure": True, "to": "echo"}},
-    }, base_dir=tmp_path)
+    organism = ingress(tmp_path)
     async with organism.running(drain_timeout=BACKSTOP):
         answer = await answer_to(organism.sources.addresses()["api"], MALFORMED)
     assert answer.startswith(b"HTTP/1.0 400")
@@ -101,10 +107,7 @@ HEALTH = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 async def serving(port: str, tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
     """The host and port of the HTTP ingress or of the control endpoint, running."""
     if port == "ingress":
-        organism = Organism.from_dict({
-            "agents": {"echo": {"handler": echo}},
-            "sources": {"api": {"kind": "http", "port": 0, "insecure": True, "to": "echo"}},
-        }, base_dir=tmp_path)
+        organism = ingress(tmp_path)
         async with organism.running(drain_timeout=BACKSTOP):
             yield host_port(organism.sources.addresses()["api"])
         return
@@ -192,10 +195,7 @@ async def test_a_client_leaving_before_its_body_arrived_is_no_failure_of_the_ser
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # Found in review: aiohttp's ConnectionResetError reached the source's catch-all, an
     # ERROR with a traceback for what is the client's doing.
-    organism = Organism.from_dict({
-        "agents": {"echo": {"handler": echo}},
-        "sources": {"api": {"kind": "http", "port": 0, "insecure": True, "to": "echo"}},
-    }, base_dir=tmp_path)
+    organism = ingress(tmp_path)
     async with organism.running(drain_timeout=BACKSTOP):
         host, number = host_port(organism.sources.addresses()["api"])
         _, writer = await asyncio.open_connection(host, number)

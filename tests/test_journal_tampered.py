@@ -121,12 +121,7 @@ async def test_a_dead_letter_row_with_an_unreadable_time_is_listed_and_purged(
     """Found by an attacker: one row whose time was not ISO text made every dlq command
     fail with a traceback, so it could not even be purged."""
     path = tmp_path / "j.db"
-    spec = Organism.from_dict({"agents": {"worker": {
-        "handler": lambda s, c: (_ for _ in ()).throw(ValueError("no"))}}}).spec
-    org = Organism(spec, journal=path)
-    async with org.running():
-        await org.send("worker", {"n": 1})
-        await org.idle()
+    await _one_dead_letter(path)
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE dead_letters SET at = ?", (at,))
     conn.close()
