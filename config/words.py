@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import reprlib
+
 __all__ = ["plural", "shown", "with_article"]
 
 
@@ -16,8 +18,17 @@ def with_article(word: str) -> str:
     return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
+# repr() of a value a sender gave may be of any size (a list of a million items, a text
+# of a megabyte) or raise (an object of its own): this one is bounded, and shows such an
+# object by its type (its limits are keyword arguments only from Python 3.12).
+_BOUNDED = reprlib.Repr()
+_BOUNDED.maxlevel, _BOUNDED.maxstring, _BOUNDED.maxother, _BOUNDED.maxlong = 3, 400, 200, 100
+_BOUNDED.maxdict = _BOUNDED.maxlist = _BOUNDED.maxtuple = _BOUNDED.maxset = 20
+
+
 def shown(value: object, width: int) -> str:
     """``repr(value)`` in at most ``width`` characters, cut with an ellipsis (outside any
-    bracket of its own, so a message around it stays balanced)."""
-    text = repr(value)
+    bracket of its own, so a message around it stays balanced); never more work than
+    ``width`` is worth, and never an error, whatever ``value`` is."""
+    text = _BOUNDED.repr(value)
     return text if len(text) <= width else text[:width - 1] + "…"

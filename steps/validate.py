@@ -155,17 +155,18 @@ def _strings(values: object) -> bool:
 def _explain(spore: Spore, limits: Limits) -> None:
     """Raise the error that names what the quick test of :func:`check_spore` found."""
     if type(spore.knowledge) is not dict:
-        raise SporeError(f"knowledge must be a JSON object (dict), got {spore.knowledge!r:.80}")
+        raise SporeError(f"knowledge must be a JSON object (dict), got "
+                         f"{shown(spore.knowledge, 80)}")
     if spore.spore_type.__class__ is not SporeType:
-        raise SporeError(f"spore_type {spore.spore_type!r:.40} is not a SporeType; use one of "
+        raise SporeError(f"spore_type {shown(spore.spore_type, 40)} is not a SporeType; use one of "
                          f"{', '.join('SporeType.' + t.name for t in SporeType)}")
     priority = spore.priority
     if type(priority) is not int or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise LimitExceeded(
-            f"priority {priority!r:.40} is out of range; use {PRIORITY_MIN}..{PRIORITY_MAX}")
+            f"priority {shown(priority, 40)} is out of range; use {PRIORITY_MIN}..{PRIORITY_MAX}")
     hops = spore.hops
     if type(hops) is not int or hops < 0:
-        raise SporeError(f"hops must be an integer >= 0, got {hops!r:.40}")
+        raise SporeError(f"hops must be an integer >= 0, got {shown(hops, 40)}")
     if hops > limits.max_hops:
         raise LimitExceeded(
             f"spore {spore.id} made {hops} hops, over limits.max_hops={limits.max_hops}")
@@ -175,30 +176,30 @@ def _explain(spore: Spore, limits: Limits) -> None:
         _check_name("to_agent", spore.to_agent)
     if type(spore.id) is not str or not 0 < len(spore.id) <= MAX_LINEAGE_ID_LENGTH:
         raise SporeError(f"id must be a non-empty string of at most {MAX_LINEAGE_ID_LENGTH} "
-                         f"characters, got {spore.id!r:.80}")
+                         f"characters, got {shown(spore.id, 80)}")
     for name in ("created_at", "expires_at"):
         value = getattr(spore, name)
         if (value is not None or name == "created_at") and (
                 type(value) is not datetime or value.tzinfo is None):
-            raise SporeError(f"{name} must be a timezone-aware datetime, got {value!r:.80}; "
+            raise SporeError(f"{name} must be a timezone-aware datetime, got {shown(value, 80)}; "
                              f"use datetime.now(UTC) (+ timedelta(...))")
     for name in ("reply_to", "thread_id"):
         value = getattr(spore, name)
         if value is not None and (type(value) is not str or len(value) > MAX_LINEAGE_ID_LENGTH):
             raise SporeError(f"{name} must be a spore id (a string of at most "
-                             f"{MAX_LINEAGE_ID_LENGTH} characters), got {value!r:.80}")
+                             f"{MAX_LINEAGE_ID_LENGTH} characters), got {shown(value, 80)}")
     for name in ("causation_id", "correlation_id"):
         value = getattr(spore, name)
         if value is not None and (type(value) is not str or not 0 < len(
                 value) <= MAX_LINEAGE_ID_LENGTH):
             raise SporeError(f"{name} must be a spore id (a non-empty string of at most "
-                             f"{MAX_LINEAGE_ID_LENGTH} characters) or None, got {value!r:.80}")
+                             f"{MAX_LINEAGE_ID_LENGTH} characters) or None, got {shown(value, 80)}")
     if type(spore.metadata) is not dict:
-        raise SporeError(f"metadata must be a JSON object (dict), got {spore.metadata!r:.80}")
+        raise SporeError(f"metadata must be a JSON object (dict), got {shown(spore.metadata, 80)}")
     for name in ("knowledge_references", "data_references"):
         value = getattr(spore, name)
         if value and not _strings(value):
-            raise SporeError(f"{name} must be a tuple of strings, got {value!r:.80}")
+            raise SporeError(f"{name} must be a tuple of strings, got {shown(value, 80)}")
 
 
 def _check_size(spore: Spore, limits: Limits) -> None:
@@ -338,7 +339,7 @@ def _check_name(field: str, value: object) -> None:
     if type(value) is not str or not value or len(value) > MAX_NAME_LENGTH:
         raise SporeError(
             f"{field} must be a non-empty string of at most {MAX_NAME_LENGTH} characters, "
-            f"got {value!r:.80}")
+            f"got {shown(value, 80)}")
 
 
 def _string_bytes(text: str) -> int:
@@ -368,7 +369,7 @@ def _bound(value: Any, max_depth: int, depth: int, short: int, budget: int) -> i
         total = 2
         for key, item in value.items():
             if key.__class__ is not str:
-                raise SporeError(f"knowledge keys must be strings, got {key!r:.40}")
+                raise SporeError(f"knowledge keys must be strings, got {shown(key, 40)}")
             size = len(key)  # with its quotes, a colon and a comma
             total += size * _STRING_GROWTH + 4 if size <= short else _string_bytes(key) + 2
             kind = item.__class__
@@ -420,5 +421,5 @@ def _odd_scalar(value: Any) -> int:
         return 24 if -_BIG_INT < value < _BIG_INT else len(str(int(value)))
     if isinstance(value, _SCALARS):
         return 24
-    raise SporeError(f"knowledge holds a {type(value).__name__} ({value!r:.40}), which is "
+    raise SporeError(f"knowledge holds a {type(value).__name__} ({shown(value, 40)}), which is "
                      f"not JSON")

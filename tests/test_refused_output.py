@@ -22,6 +22,13 @@ class Thing:
     pass
 
 
+class Unprintable:
+    """An object of a handler's own whose repr raises."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
 def returned(knowledge: dict[str, Any]) -> Any:
     async def handler(spore: Spore, ctx: Context) -> dict[str, Any]:
         return knowledge
@@ -47,6 +54,9 @@ def sent(knowledge: dict[str, Any]) -> Any:
 @pytest.mark.parametrize(("knowledge", "reason"), [
     ({"when": datetime.now(UTC)}, "invalid"),
     ({"blob": "x" * 300_000}, "limit exceeded"),
+    # Found by the dlq helper: quoting it raised its RuntimeError in the handler, which
+    # failed (ctx.send) instead of the send being refused as invalid.
+    ({"odd": Unprintable()}, "invalid"),
 ])
 async def test_a_refused_output_is_a_warning_and_a_letter_naming_its_agent(
         way: Any, knowledge: dict[str, Any], reason: str,
