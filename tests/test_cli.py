@@ -46,6 +46,16 @@ def test_missing_file_is_one_clear_line() -> None:
                            "<root>: cannot read the file: No such file or directory")
 
 
+def test_an_unknown_log_level_is_one_line_naming_the_levels() -> None:
+    # Found by a new user: --log-level verbose ended in a traceback (ValueError: Unknown
+    # level: 'VERBOSE') where README promises exit 1 and none.
+    code, _, err = invoke("run", "--log-level", "verbose", str(SMALL))
+    assert code == 2
+    assert ("Invalid value for '--log-level': 'verbose' is not one of 'debug', 'info', "
+            "'warning', 'error'") in err
+    assert "Traceback" not in err
+
+
 def test_debug_shows_the_traceback() -> None:
     # Printed (masked, as every output: see test_secret_leaks), then exit 1.
     result = CliRunner().invoke(cli, ["--debug", "check", "/no/such/organism.yaml"])

@@ -100,7 +100,8 @@ def _parsed(parse: Callable[[str], T], value: str | None, option: str) -> T | No
 @click.option("--drain-timeout", type=DURATION, default="30s", show_default=True,
               help="How long a stop may take (finishing in-flight work), e.g. 30s.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
-@click.option("--log-level", default="WARNING", show_default=True)
+@click.option("--log-level", default="WARNING", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics on this port (needs sporeflow[metrics]).")
