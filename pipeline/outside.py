@@ -5,6 +5,7 @@ the boot spores an organism sends at its start, as from outside (``boot``)."""
 from __future__ import annotations
 
 from collections.abc import Coroutine, Mapping
+from datetime import timedelta
 from typing import Any, NoReturn
 
 from sporeflow.pipeline.broker.bridge import Bridge
@@ -110,7 +111,8 @@ class OutsideApi:
         self._require_running().ingress.sources.add(spore.id)
         return spore
 
-    async def request(self, to_agent: str, knowledge: dict[str, Any], *, timeout: float = 30.0,
+    async def request(self, to_agent: str, knowledge: dict[str, Any], *,
+                      timeout: float | timedelta = 30.0,
                       sender: str = "system", priority: int = 5,
                       admit_within: float | None = None) -> Spore:
         """Send a request and return the response spore.

@@ -6,7 +6,13 @@ Stages see spores and plain options only: no YAML, no broker, no globals.
 from sporeflow.steps.buckets import PriorityBuckets
 from sporeflow.steps.dispatch import dispatch
 from sporeflow.steps.envelope import payload_from_xml
-from sporeflow.steps.expire import ExpiresIn, expire_filter, expiry_after, utc_now
+from sporeflow.steps.expire import (
+    ExpiresIn,
+    expire_filter,
+    expiry_after,
+    timeout_seconds,
+    utc_now,
+)
 from sporeflow.steps.lanes import AgentLane, LanePolicy, backoff_delay
 from sporeflow.steps.mailbox import queued_in, redelivery
 from sporeflow.steps.replies import reply_spore, shape_replies
@@ -88,6 +94,7 @@ __all__ = [
     "route",
     "schema_check",
     "shape_replies",
+    "timeout_seconds",
     "sign",
     "signature_check",
     "signed",

@@ -13,6 +13,7 @@ just before a handler runs, is :func:`expired`.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
@@ -21,10 +22,12 @@ from aiostream import pipable_operator, streamcontext
 
 from sporeflow.config.errors import DeliveryError, SporeError
 from sporeflow.config.reasons import Reason
+from sporeflow.config.words import shown
 from sporeflow.steps.spore import Spore, set_deadline
 from sporeflow.steps.types import Batch, Reject
 
-__all__ = ["ExpiresIn", "expire_filter", "expired", "expiry_after", "utc_now"]
+__all__ = ["ExpiresIn", "expire_filter", "expired", "expiry_after", "timeout_seconds",
+           "utc_now"]
 
 
 def utc_now() -> datetime:
@@ -46,6 +49,18 @@ def expiry_after(now: datetime, expires_in: object) -> datetime | None:
         raise SporeError(f"expires_in must be a number of seconds or a timedelta, got "
                          f"{expires_in!r:.40}; write expires_in=30 for 30 seconds")
     return now + timedelta(seconds=expires_in)
+
+
+def timeout_seconds(timeout: object) -> float:
+    """A request's ``timeout`` in seconds: a number above 0, or a timedelta; refuse
+    anything else at the call, before anything is sent."""
+    if isinstance(timeout, timedelta):
+        timeout = timeout.total_seconds()
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
+            0 < timeout < math.inf):
+        raise SporeError(f"timeout must be a number of seconds above 0 or a timedelta, got "
+                         f"{shown(timeout, 40)}; write timeout=5 for 5 seconds")
+    return float(timeout)
 
 
 def expired(spore: Spore, now: float, *, wall: Callable[[], datetime] = utc_now) -> bool:

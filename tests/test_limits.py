@@ -261,3 +261,33 @@ def test_size_message_speaks_in_mebibytes() -> None:
     with pytest.raises(LimitExceeded, match=r"over limits.max_spore_bytes=1048576 "
                                              r"\(2.1 MiB > 1 MiB\)"):
         check_spore(spore, Limits())
+
+
+async def test_a_request_timeout_of_another_kind_is_refused_at_the_call() -> None:
+    # Found by a new user: timeout="2s" raised TypeError (float + str) naming no place,
+    # after the request was opened (its future reported 'never retrieved' at the stop);
+    # timeout=-1 sent the request and failed 'within -1s'.
+    async def echo(spore: Spore, ctx: Context) -> dict[str, Any]:
+        return {"echo": spore.knowledge}
+
+    async def asker(spore: Spore, ctx: Context) -> None:
+        for timeout in ("2s", -1):
+            try:
+                await ctx.request("echo", {}, timeout=timeout)  # type: ignore[arg-type]
+            except SporeError as exc:
+                ctx.state.setdefault("refused", []).append(str(exc))
+
+    org = Organism.from_dict({"agents": {"echo": {"handler": echo},
+                                         "asker": {"handler": asker}}})
+    async with org.running():
+        for timeout in ("2s", None, 0, float("nan")):
+            with pytest.raises(SporeError, match=r"^timeout must be a number of seconds above "
+                                                 r"0 or a timedelta, got .*; write timeout=5"):
+                await org.request("echo", {}, timeout=timeout)  # type: ignore[arg-type]
+        answer = await org.request("echo", {"n": 1}, timeout=timedelta(seconds=5))
+        await org.send("asker", {})
+        await org.idle()
+        refused = org.wiring().agents["asker"].state["refused"]
+    assert answer.knowledge == {"echo": {"n": 1}}
+    assert [text.split(", got ")[1].split(";")[0] for text in refused] == ["'2s'", "-1"]
+    assert org.stats()["agents"]["echo"]["received"] == 1  # nothing else was sent

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sporeflow.config import AgentSpec
@@ -34,7 +34,8 @@ class HandlerPort(Protocol):
 
     def output(self, spores: list[Spore], parent: Spore, agent: str) -> None: ...
 
-    async def ask(self, spore: Spore, timeout: float, parent: Spore, agent: str) -> Spore: ...
+    async def ask(self, spore: Spore, timeout: float | timedelta, parent: Spore,
+                  agent: str) -> Spore: ...
 
     @property
     def agents(self) -> Mapping[str, AgentSpec]: ...
@@ -58,7 +59,8 @@ class RunPort:
         self.knowledge_store = knowledge_store
         self.now = now
 
-    async def ask(self, spore: Spore, timeout: float, parent: Spore, agent: str) -> Spore:
+    async def ask(self, spore: Spore, timeout: float | timedelta, parent: Spore,
+                  agent: str) -> Spore:
         return await self._ingress.request(spore, timeout, parent=parent, agent=agent)
 
     @property
@@ -156,7 +158,8 @@ class Context:
         return spore
 
     async def request(self, to: str, knowledge: dict[str, Any], *,
-                      timeout: float = 30.0, priority: int | None = None) -> Spore:
+                      timeout: float | timedelta = 30.0,
+                      priority: int | None = None) -> Spore:
         """Send a request to ``to`` and return its response spore.
 
         Raises :class:`RequestTimeout` after ``timeout`` seconds, :class:`HandlerError`

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Container, Coroutine
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sporeflow.config import (
@@ -40,6 +40,7 @@ from sporeflow.steps import (
     new_spore,
     no_agent_error,
     permission_error,
+    timeout_seconds,
     unroutable,
 )
 
@@ -241,11 +242,12 @@ class Ingress:
             raise OrganismFull(f"organism {self.organism!r} had no room for a spore to "
                                f"{target} within {seconds}s; send it again later") from None
 
-    async def request(self, spore: Spore, timeout: float, *,
+    async def request(self, spore: Spore, timeout: float | timedelta, *,
                       parent: Spore | None = None, agent: str | None = None,
                       admit_within: float | None = None) -> Spore:
         """Send request ``spore`` (from outside, or from a handler handling ``parent``)
         and await its response (``admit_within``: as :meth:`enter`)."""
+        timeout = timeout_seconds(timeout)  # a bad one raises here, nothing opened
         future = self.requests.open(spore)
         timed_out = False
         deadline = asyncio.get_running_loop().time() + timeout
