@@ -10,7 +10,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from sporeflow.config import organism_from_dict
+from sporeflow.config import ConfigError, organism_from_dict
 from sporeflow.pipeline import BrokerError, Organism, Spore
 from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
 from sporeflow.pipeline.broker.amqp_codec import spore_to_amqp
@@ -157,3 +157,21 @@ async def test_an_organism_giving_up_at_once_on_an_unreachable_broker_stops_clea
     with pytest.raises(BrokerError, match="cannot reach RabbitMQ"):
         await asyncio.wait_for(organism.start(), 30)
     assert organism.state == "stopped"
+
+
+@pytest.mark.parametrize(("hosted", "message"), [
+    ("worker", "hosted names the agents this process runs: a list, got the text 'worker'; "
+               "write hosted=['worker']"),
+    (["wroker"], "--agents names ['wroker'], which organism 'h' does not have; its agents "
+                 "are ['worker'] (did you mean 'worker'?)"),
+])
+async def test_the_agents_a_process_hosts_are_checked_with_what_to_write(
+        hosted: Any, message: str) -> None:
+    # Found by a new user: hosted="worker" was taken letter by letter ('--agents names
+    # ['e', 'k', 'o', 'r', 'w']'), and a misspelt name had no suggestion.
+    spec = organism_from_dict({"organism": {"name": "h"}, "agents": {"worker": {"handler": print}}})
+    organism = Organism(spec, backend=AMQP_URL, hosted=hosted)
+    with pytest.raises(ConfigError) as caught:
+        await organism.start()  # checked before anything connects
+    assert caught.value.problems[0].message == message
+    assert organism.state == "new"  # nothing started

@@ -44,13 +44,14 @@ from typing import Any
 
 from aiostream import pipable_operator, streamcontext
 
-from sporeflow.config.errors import BrokerError, ConfigError, Problem, SporeError, SporeflowError
+from sporeflow.config.errors import BrokerError, SporeError, SporeflowError
 from sporeflow.config.model import OrganismSpec
 from sporeflow.config.reasons import Reason, reason_of
 from sporeflow.pipeline.broker.backend import Backend, Inbound, Topology
 from sporeflow.pipeline.broker.boots import BootOnce
 from sporeflow.pipeline.broker.external import ExternalAgents
 from sporeflow.pipeline.broker.factory import open_backend
+from sporeflow.pipeline.broker.hosting import hosted_names, without_broker
 from sporeflow.pipeline.broker.publisher import Publisher, failure_notice
 from sporeflow.pipeline.broker.settling import Settler, Ticket
 from sporeflow.pipeline.core.deadletters import DeadLetter
@@ -73,20 +74,9 @@ def make_bridge(spec: OrganismSpec, backend: Backend | str | None,
     chosen = open_backend(spec.backend if backend is None else backend) if (
         backend is None or isinstance(backend, str)) else backend
     if chosen is None:
-        if spec.external:
-            raise _usage(spec, f"agents {sorted(spec.external)!r} are external: they are "
-                               f"reached through a broker; set organism.backend or "
-                               f"--backend to an amqp:// URL")
-        if hosted is not None:
-            raise _usage(spec, "hosting some agents (--agents) needs a broker: set "
-                               "organism.backend or --backend to an amqp:// URL")
+        without_broker(spec, hosted)
         return None
     return Bridge(spec, chosen, hosted=hosted)
-
-
-def _usage(spec: OrganismSpec, message: str) -> ConfigError:
-    source = str(spec.source or f"<organism {spec.name}>")
-    return ConfigError([Problem(source, 1, 1, "organism.backend", message)])
 
 
 class Bridge(LedgerHook):
@@ -95,17 +85,7 @@ class Bridge(LedgerHook):
 
     def __init__(self, spec: OrganismSpec, backend: Backend, *,
                  hosted: Iterable[str] | None = None) -> None:
-        names = frozenset(spec.agents) if hosted is None else frozenset(hosted)
-        unknown = sorted(names - set(spec.agents))
-        if unknown:
-            raise _usage(spec, f"--agents names {unknown!r}, which organism {spec.name!r} "
-                               f"does not have; its agents are {sorted(spec.agents)!r}")
-        keyless = sorted(name for name in names if spec.signing is not None
-                         and name in spec.signing.owners and spec.signing.signer(name) is None)
-        if keyless:
-            raise _usage(spec, f"this process hosts {keyless!r}, which sign with keys of their "
-                               f"own, but holds no private key for them: set the variables "
-                               f"organism.signing.agents.<agent>.private_key_env name")
+        names = hosted_names(spec, hosted)
         self.spec = spec
         self.backend = backend
         self.hosted = names
