@@ -45,6 +45,9 @@ def test_init_never_overwrites_and_then_writes_nothing(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.stderr.startswith(f"SporeflowError: {tmp_path / 'agents.py'} already exists;"
                                     f" sporeflow init never overwrites")
+    # Found by a new user: it suggested the folder it refused ('sporeflow init
+    # my-organism' after 'sporeflow init my-organism'); now one that is free.
+    assert result.stderr.strip().endswith(f"e.g. sporeflow init {tmp_path.name}-2")
     assert [p.name for p in tmp_path.iterdir()] == ["agents.py"]
     assert (tmp_path / "agents.py").read_text() == "mine = True\n"
 

@@ -91,6 +91,15 @@ FILES = {"organism.yaml": ORGANISM, "agents.py": AGENTS, "test_organism.py": TES
          "README.md": README}
 
 
+def _free_folder(taken: Path) -> str:
+    """A folder beside ``taken`` that does not exist yet, to suggest: its name numbered."""
+    stem = taken.resolve().name or "my-organism"
+    number = 2
+    while (taken.resolve().parent / f"{stem}-{number}").exists():
+        number += 1
+    return f"{stem}-{number}"
+
+
 def scaffold(folder: Path) -> list[Path]:
     """Write the starting organism into ``folder`` (made if missing); return the files.
 
@@ -101,7 +110,7 @@ def scaffold(folder: Path) -> list[Path]:
     if taken:
         raise SporeflowError(f"{', '.join(taken)} already exist{'s' if len(taken) == 1 else ''}"
                              f"; sporeflow init never overwrites: choose another folder, "
-                             f"e.g. sporeflow init my-organism")
+                             f"e.g. sporeflow init {_free_folder(folder)}")
     name = _organism_name(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for target, template in zip(targets, FILES.values(), strict=True):
