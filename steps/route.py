@@ -126,6 +126,7 @@ async def route(
     on_reject: Reject,
     asked: Callable[[str], str | None] = lambda request_id: None,
     abandoned: Container[str] = frozenset(),
+    answered: Container[str] = frozenset(),
     on_response: Callable[[Spore], None] = lambda spore: None,
     outside: Container[str] = frozenset(),
     on_outside: Callable[[Spore], None] = lambda spore: None,
@@ -137,8 +138,9 @@ async def route(
     A response goes to ``on_response`` only when ``asked(reply_to)`` names its sender:
     the agent a still pending request went to. Any other response is refused
     (``late response`` when its request was ``abandoned``, else ``unexpected
-    response``) and never reaches a handler. ``arrived`` tells, for a spore consumed
-    from a broker, the agent whose queue it came from: it goes to that agent only,
+    response``, saying so when it was ``answered`` already) and never reaches a
+    handler. ``arrived`` tells, for a spore consumed from a broker, the agent whose
+    queue it came from: it goes to that agent only,
     and only if that agent is its recipient or subscribes to its channel.
     ``on_broadcast`` is told, for each broadcast routed here, how many agents it reaches.
     """
@@ -153,7 +155,7 @@ async def route(
             deliveries: list[Delivery] = []
             for spore in batch:
                 if spore.spore_type is _RESPONSE:
-                    refusal = _response_refusal(spore, asked, abandoned)
+                    refusal = _response_refusal(spore, asked, abandoned, answered)
                     if refusal is None:
                         on_response(spore)
                     else:
@@ -199,7 +201,8 @@ async def route(
 
 
 def _response_refusal(spore: Spore, asked: Callable[[str], str | None],
-                      abandoned: Container[str]) -> DeliveryError | None:
+                      abandoned: Container[str],
+                      answered: Container[str] = frozenset()) -> DeliveryError | None:
     """Why ``spore``, a response, may not resolve anything; None when it may."""
     reply_to = spore.reply_to
     if reply_to is None:
@@ -215,6 +218,12 @@ def _response_refusal(spore: Spore, asked: Callable[[str], str | None],
     if reply_to in abandoned:
         return DeliveryError(f"response {spore.id} came after request {reply_to} timed out",
                              reason=Reason.LATE_RESPONSE)
+    if reply_to in answered:
+        return DeliveryError(
+            f"response {spore.id} from {spore.from_agent!r} answers request {reply_to}, "
+            f"which an earlier response answered already: a request takes one response "
+            f"(a handler answering one returns one item; ctx.send the others)",
+            reason=Reason.UNEXPECTED_RESPONSE)
     return DeliveryError(f"response {spore.id} from {spore.from_agent!r} answers "
                          f"{reply_to!r:.80}, which is no pending request",
                          reason=Reason.UNEXPECTED_RESPONSE)

@@ -121,3 +121,22 @@ def test_a_name_of_any_length_is_quoted_cut_short_and_never_matched_against_othe
         assert "…" in str(error)
         assert "did you mean" not in str(error)
     assert "(did you mean 'sink'?)" in str(no_agent_error(table, "sinkk"))
+
+
+async def test_a_second_response_to_one_request_says_the_request_was_answered() -> None:
+    # Found by a new user: a handler answering a request with a list of two had its second
+    # item dead-lettered as answering 'no pending request', which it had just been.
+    from sporeflow.pipeline import Organism
+
+    async def pricer(spore: Spore, ctx: Any) -> list[dict[str, Any]]:
+        return [{"price": 1}, {"price": 2}]
+
+    org = Organism.from_dict({"agents": {"pricer": {"handler": pricer}}})
+    async with org.running():
+        answer = await org.request("pricer", {}, timeout=5)
+        await org.idle()
+    assert answer.knowledge == {"price": 1}
+    [letter] = org.dead_letters
+    assert letter.reason == "unexpected response"
+    assert (f"answers request {answer.reply_to}, which an earlier response answered "
+            f"already: a request takes one response") in letter.error

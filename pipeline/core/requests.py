@@ -37,6 +37,7 @@ class RequestBook:
         self._waiting: dict[str, tuple[asyncio.Future[Spore], str]] = {}
         self._remote: OrderedDict[str, str] = OrderedDict()  # request id -> asked agent
         self.abandoned: OrderedDict[str, None] = OrderedDict()
+        self.answered: OrderedDict[str, None] = OrderedDict()  # lately, here
 
     def open(self, spore: Spore) -> asyncio.Future[Spore]:
         """Await a response to ``spore`` (a request) from ``spore.to_agent``."""
@@ -48,9 +49,7 @@ class RequestBook:
         """Stop waiting; a response that comes after a timeout is a ``late response``."""
         self._waiting.pop(request_id, None)
         if timed_out:
-            self.abandoned[request_id] = None
-            if len(self.abandoned) > _ABANDONED_REMEMBERED:
-                self.abandoned.popitem(last=False)
+            _remember(self.abandoned, request_id)
 
     def expect(self, request_id: str, agent: str) -> None:
         """A request from another process went to ``agent`` here: its response may pass."""
@@ -78,6 +77,7 @@ class RequestBook:
             return False
         future = entry[0]
         if not future.done():
+            _remember(self.answered, request_id)  # a second response is told why
             failure = response.metadata.get(FAILURE_KEY)
             if isinstance(failure, dict):
                 future.set_exception(HandlerError(
@@ -109,3 +109,10 @@ class RequestBook:
         for future, _ in self._waiting.values():
             if not future.done():
                 future.set_exception(error())
+
+
+def _remember(ids: OrderedDict[str, None], request_id: str) -> None:
+    """Keep ``request_id`` among the last ``_ABANDONED_REMEMBERED`` of ``ids``."""
+    ids[request_id] = None
+    if len(ids) > _ABANDONED_REMEMBERED:
+        ids.popitem(last=False)
