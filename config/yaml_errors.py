@@ -47,6 +47,10 @@ def syntax_problem(exc: yaml.MarkedYAMLError, text: str, file: str) -> Problem:
                                    f"',' between items)")
     if "mapping values are not allowed" in what:
         return _colon_problem(lines, line, column, problem)
+    if "could not find expected ':'" in what and opened is not None:
+        word = lines[opened[0] - 1].strip() if opened[0] <= len(lines) else ""
+        if word and ":" not in word and " " not in word:
+            return _bare_key(opened[0], opened[1], word, line, problem)
     if "block mapping" in what or "block collection" in what:
         start = opened[0] if opened else 1
         if here == "-":
@@ -82,6 +86,9 @@ def _colon_problem(lines: list[str], line: int, column: int, problem: _Make) -> 
         return problem((line, column), f"':' is not allowed here; quote the value if the ':' "
                                        f"belongs to it ({_INDENT_HINT})")
     indent, above_indent = _indent(lines[line - 1]), _indent(lines[above - 1])
+    word = lines[above - 1].strip()
+    if indent > above_indent and ":" not in word and " " not in word:
+        return _bare_key(above, above_indent + 1, word, line, problem)
     if indent > above_indent:
         return problem((line, indent + 1), f"line {line} is indented more than line {above}, "
                                            f"so it reads as the rest of line {above}'s value; "
@@ -89,6 +96,13 @@ def _colon_problem(lines: list[str], line: int, column: int, problem: _Make) -> 
     return problem((above, above_indent + 1), f"line {above} has no ':' after its key, so "
                                               f"line {line} reads as the rest of it; write "
                                               f"'key: value' (a space after the ':')")
+
+
+def _bare_key(at: int, column: int, word: str, then: int, problem: _Make) -> Problem:
+    """Line ``at`` holds a lone word where a key belongs: it lacks its ':'."""
+    return problem((at, column), f"line {at} has no ':' after {word!r}, so line {then} reads "
+                                 f"as the rest of it; write '{word}:' (a key, what belongs to "
+                                 f"it indented below)")
 
 
 def _line_above(lines: list[str], line: int) -> int | None:

@@ -20,6 +20,14 @@ CASES = [
     ("agents:\n  a:\n    handler mod:h\n    emit: {to: b}\n",
      "o.yaml:3:5: <root>: YAML does not parse: line 3 has no ':' after its key, so line 4 "
      "reads as the rest of it; write 'key: value'"),
+    # A lone word where a key belongs, more indented lines below it: that word lacks its
+    # ':' (found by a new user: it was told to indent the next line instead).
+    ("agents:\n  a\n    handler: m:h\n",
+     "o.yaml:2:3: <root>: YAML does not parse: line 2 has no ':' after 'a', so line 3 reads "
+     "as the rest of it; write 'a:'"),
+    ("organism: {name: t}\nagents\n  a:\n    handler: m:h\n",
+     "o.yaml:2:1: <root>: YAML does not parse: line 2 has no ':' after 'agents', so line 3 "
+     "reads as the rest of it; write 'agents:'"),
     # A key indented further than the one above it: that line is at fault.
     ("agents:\n  a:\n    handler: mod:h\n      emit: {to: b}\n",
      "o.yaml:4:7: <root>: YAML does not parse: line 4 is indented more than line 3"),
