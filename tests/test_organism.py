@@ -179,6 +179,22 @@ async def test_organism_cannot_start_twice() -> None:
             await organism.start()
 
 
+def test_a_send_from_another_event_loop_is_refused_not_lost() -> None:
+    # Found by a new user: started under one asyncio.run and sent to under another, the
+    # spore was admitted (send returned) and never handled; idle() then failed with a raw
+    # 'Event loop is closed'.
+    organism = Organism.from_file(SMALL)
+    asyncio.run(organism.start())  # its loop ends here, the chain's task with it
+
+    async def send_again() -> None:
+        await organism.send("picky", {"n": 1})
+
+    with pytest.raises(OrganismStateError, match=r"runs on another event loop than this "
+                                                 r"call .*; nothing was sent"):
+        asyncio.run(send_again())
+    assert organism.stats()["totals"]["admitted"] == 0
+
+
 async def test_sloppy_xml_reply_fans_out_into_addressed_spores() -> None:
     got: dict[str, list[Spore]] = {"worker": [], "logger": [], "sink": []}
 

@@ -88,6 +88,9 @@ class Ingress:
         self.confirm: Callable[[Spore, float | None], Awaitable[None]] | None = None
         # Ids of the boot spores sent: their handlers are sources, stopped first at a stop.
         self.sources: set[str] = set()
+        # The event loop the chain runs on (set by the run as it starts the chain): a send
+        # from another would be admitted and never handled.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- the early check -------------------------------------------------------------
 
@@ -207,6 +210,11 @@ class Ingress:
         if ``confirm``, with a journal until it is on disk, and over a broker it lost until
         the broker has it. Without ``confirm`` the journal writes it with the next group
         commit (the organism's ``confirmed()`` waits for that)."""
+        if self.loop is not None and asyncio.get_running_loop() is not self.loop:
+            raise OrganismStateError(
+                f"organism {self.organism!r} runs on another event loop than this call (was "
+                f"it started under another asyncio.run?); nothing was sent: start it and "
+                f"send to it on one loop, e.g. inside one `async with organism.running():`")
         if self.stamp_outside is not None:  # the caller's span becomes the spore's origin
             spore = self.stamp_outside(spore)
         intake = self.intake

@@ -54,6 +54,7 @@ class Run:
 
     def start_chain(self, stages: Sequence[Stage], on_crash: Callable[[], None]) -> None:
         """Run the chain of ``stages`` over the intake, in a task of its own."""
+        self.ingress.loop = asyncio.get_running_loop()  # the one outside sends must share
 
         async def pump() -> None:
             try:
