@@ -209,3 +209,28 @@ async def test_a_dead_letter_of_knowledge_nested_past_any_limit_is_journaled(
         letters = file.dead_letters()
     assert [stored.letter.agent for stored in letters] == ["sender", "sender"]
     assert all("not_json" in str(stored.letter.spore.knowledge) for stored in letters)
+
+
+async def test_a_dead_letter_of_knowledge_past_any_size_is_journaled_as_bounded_text(
+        tmp_path: Path) -> None:
+    """Found in the last review: a handler returned knowledge of one list referred to ten
+    times, twenty deep (10**20 lists as JSON); the chain refused it without writing it,
+    but its dead letter's JSON form was written out whole for the journal, and the run
+    never ended."""
+    path = tmp_path / "j.db"
+    tower: list[Any] = [1]
+    for _ in range(20):
+        tower = [tower] * 10
+
+    spec = Organism.from_dict({"agents": {
+        "maker": {"handler": lambda s, c: {"l": tower}, "emit": {"to": "sink"}},
+        "sink": {"handler": lambda s, c: None}}}).spec
+    org = Organism(spec, journal=path)
+    async with org.running():
+        await org.send("maker", {})
+        await asyncio.wait_for(org.idle(), 20)  # a backstop: before, it never came
+    with JournalFile(path) as file:
+        [stored] = file.dead_letters()
+    assert stored.letter.reason == "limit exceeded"
+    assert "not_json" in str(stored.letter.spore.knowledge)
+    assert len(str(stored.letter.spore.knowledge)) < 11_000  # the bounded text

@@ -8,7 +8,6 @@ broker publishes it (dead-letter headers, failure responses) or a command prints
 from __future__ import annotations
 
 import json
-import reprlib
 import traceback
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
@@ -18,6 +17,7 @@ from typing import Any, Protocol
 
 from sporeflow.config import Limits, SporeflowError, redact_text
 from sporeflow.config.reasons import SENDERS_MISTAKES, Reason
+from sporeflow.config.words import shown
 from sporeflow.steps import Spore, json_size_bound, redelivery
 
 __all__ = ["URL_PASSWORDS", "DeadLetter", "DeadLetterStore", "LetterChoice", "Masker",
@@ -79,29 +79,32 @@ class DeadLetter:
                 "traceback": self.traceback, "spore": spore_form(self.spore)}
 
 
-# What a spore that has no JSON form is shown as: bounded in depth, width and length, so
-# that knowledge nested past the interpreter's recursion limit, or referring to itself,
-# is shown as far as it goes instead of failing whatever shows it.
-_SHOWN = reprlib.Repr()  # (its limits are keyword arguments only from Python 3.12)
-_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 8, 2000, 200, 100
-_SHOWN.maxdict = _SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxset = 50
-_MAX_SHOWN = 10_000
+_MAX_SHOWN = 10_000  # characters of a spore that has no JSON form, as text
+# A letter's spore is written whole up to this many bytes as JSON: a spore refused for its
+# size may stand for any size of JSON (one object referred to many times), and is text.
+_MAX_WRITTEN = 16 << 20
+_DEEPEST_WRITTEN = 256
 
 
 def spore_form(spore: Spore) -> dict[str, Any]:
     """The JSON form of a dead letter's spore, as it is stored, sent and shown: its own
-    (``Spore.to_dict``) when that is JSON, else its id and a bounded text of its fields.
+    (``Spore.to_dict``) when that is JSON of at most ``_MAX_WRITTEN`` bytes, else its id
+    and a bounded text of its fields (``config.words.shown``).
 
     A spore is dead-lettered for being malformed: knowledge that is not JSON, refers to
-    itself or is nested past any limit, or (read from a changed journal row) a field of
-    the wrong type. None of these may make a listing or the journal fail."""
+    itself, is nested past any limit or is larger than any, or (read from a changed
+    journal row) a field of the wrong type. None of these may make a listing or the
+    journal fail, or write more than a bound."""
+    size = json_size_bound(spore, _DEEPEST_WRITTEN, _MAX_WRITTEN)
     try:
+        if size is None or size > _MAX_WRITTEN:
+            raise ValueError("no JSON form, or too large a one")
         form = spore.to_dict()
         json.dumps(form, allow_nan=False)
     except Exception:  # hostile or broken content: shown, never raised
         found = {f.name: getattr(spore, f.name, None) for f in fields(Spore)}
-        return {"id": _SHOWN.repr(spore.id) if not isinstance(spore.id, str) else
-                spore.id[:_MAX_SHOWN], "not_json": _SHOWN.repr(found)[:_MAX_SHOWN]}
+        return {"id": spore.id[:_MAX_SHOWN] if isinstance(spore.id, str) else
+                shown(spore.id, _MAX_SHOWN), "not_json": shown(found, _MAX_SHOWN)}
     return form
 
 
