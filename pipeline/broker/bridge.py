@@ -127,6 +127,7 @@ class Bridge(LedgerHook):
     async def start(self, run: Run) -> None:
         """Declare the topology, the reply queue, and consume each hosted agent's queue."""
         self._run = run
+        run.intake.never_page(self.keeps)  # known here by id(): paging makes new objects
         await self.backend.open(self.topology)
         self.publisher.opened()
         self._reply_queue = await self.backend.reply_queue(self._on_reply)

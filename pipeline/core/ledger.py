@@ -158,9 +158,9 @@ class Ledger:
         """Queue spores made inside the organism (``agent``'s sends, notices); never waits."""
         if agent is not None:
             self.produced += len(spores)
-        self.intake.feed(spores)
-        if self._on_admitted:
+        if self._on_admitted:  # first: a hook that knows them must before any is paged out
             self.admitted(spores, agent, parent)
+        self.intake.feed(spores)
 
     # -- settling ----------------------------------------------------------------------
 

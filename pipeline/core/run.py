@@ -43,7 +43,7 @@ class Run:
         self.intake = Intake(max_in_flight=spec.limits.max_in_flight,
                              capacities={c.name: c.capacity for c in spec.channels.values()},
                              max_in_memory=spec.limits.max_in_memory,
-                             wiring=wiring)
+                             wiring=wiring, checked=checked)
         self.ledger = Ledger(intake=self.intake, dead_letters=dead_letters, requests=requests,
                              wiring=wiring, logger=logger, now=now, outbox=outbox,
                              listeners=listeners, masker=masker)
