@@ -12,7 +12,8 @@ import difflib
 from collections.abc import Iterable
 from enum import StrEnum
 
-__all__ = ["SENDERS_MISTAKES", "Reason", "did_you_mean", "reason_of"]
+__all__ = ["SENDERS_MISTAKES", "Reason", "UnknownReason", "did_you_mean", "reason_named",
+           "reason_of"]
 
 
 class Reason(StrEnum):
@@ -70,3 +71,19 @@ def did_you_mean(word: object, choices: Iterable[str], *, within: str = "") -> s
     if not match:
         return ""
     return f" (did you mean {f'{within}.{match[0]}' if within else match[0]!r}?)"
+
+
+class UnknownReason(ValueError):
+    """A filter names no dead-letter reason (it would match nothing, silently)."""
+
+
+def reason_named(text: str) -> Reason:
+    """The reason ``text`` names, written as shown (``handler failed``) or with ``-`` or
+    ``_`` for its spaces, in any case."""
+    name = " ".join(text.replace("-", " ").replace("_", " ").lower().split())
+    try:
+        return Reason(name)
+    except ValueError:
+        raise UnknownReason(
+            f"no dead-letter reason {text!r}{did_you_mean(name, map(str, Reason))}; the "
+            f"reasons are {', '.join(repr(str(reason)) for reason in Reason)}") from None

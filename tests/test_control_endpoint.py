@@ -232,6 +232,18 @@ async def test_replay_needs_a_choice_or_all(client: TestClient[Any, Any]) -> Non
     assert "pass \"all\": true" in (await reply.json())["message"]
 
 
+async def test_a_reason_naming_none_is_a_400_not_an_empty_choice(
+        client: TestClient[Any, Any]) -> None:
+    # Before: "handler faild" matched no letter: an empty listing, and a replay said 0.
+    for reply in (await client.get("/v1/dead-letters?reason=handler%20faild"),
+                  await client.post("/v1/dead-letters/replay",
+                                    json={"reasons": ["handler faild"]})):
+        assert reply.status == 400
+        assert "(did you mean 'handler failed'?)" in (await reply.json())["message"]
+    listed = await client.get("/v1/dead-letters?reason=handler-failed")
+    assert listed.status == 200
+
+
 async def test_a_replay_the_organism_refuses_keeps_the_letter_in_its_place(
         organism: Organism) -> None:
     refused = Spore(knowledge={}, from_agent="quiet", to_agent="picky")  # not its peer

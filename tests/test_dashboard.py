@@ -291,6 +291,10 @@ async def test_dead_letters_list_newest_first_filtered_and_cut_short(
     assert [row["number"] for row in two["letters"]] == numbers[2:4]
     bad = await client.get("/dashboard/api/dead-letters?limit=many")
     assert bad.status == 400
+    assert (await bad.json())["message"] == "limit must be a number, got 'many'"  # was lost
+    misspelt = await client.get("/dashboard/api/dead-letters?reason=unknown+agnet")
+    assert misspelt.status == 400  # was: nothing matching, as if there were none
+    assert "(did you mean 'unknown agent'?)" in await misspelt.text()
 
 
 async def test_a_listed_letter_is_shown_and_replayed_through_the_control_api(

@@ -139,6 +139,22 @@ def test_list_filters_by_agent_reason_and_id(journal: Path) -> None:
     assert listed("--id", spore_id) == [3]
 
 
+def test_a_reason_may_be_written_with_dashes_and_a_misspelt_one_is_refused(
+        journal: Path) -> None:
+    # Before: a reason naming none ("handler-failed", "handler faild") listed nothing,
+    # exit 0, and a replay or purge with it did nothing, as if no letter had that reason.
+    code, out, _ = invoke("dlq", "list", "--journal", str(journal), "--reason",
+                          "Handler_Failed")
+    assert (code, numbers(out)) == (0, [1, 2, 3, 4])
+    for command in ("list", "replay", "purge"):
+        code, out, err = invoke("dlq", command, "--journal", str(journal), "--reason",
+                                "handler faild")
+        assert code == 2, out
+        assert ("Invalid value for --reason: no dead-letter reason 'handler faild' (did "
+                "you mean 'handler failed'?); the reasons are 'invalid', ") in err
+    assert numbers(invoke("dlq", "list", "--journal", str(journal))[1]) == [1, 2, 3, 4]
+
+
 def test_list_json_gives_each_dead_letter_whole(journal: Path) -> None:
     code, out, _ = invoke("dlq", "list", "--journal", str(journal), "--json", "--id", "3")
     assert code == 0

@@ -47,6 +47,7 @@ from sporeflow.config import (
     redact_url,
     secrets_of,
 )
+from sporeflow.config.reasons import UnknownReason
 from sporeflow.pipeline.broker.backend import Topology, resolve_backend_url
 from sporeflow.pipeline.broker.factory import open_backend
 from sporeflow.pipeline.cli.control import attached, call, refused
@@ -100,7 +101,8 @@ def _filters(command: F) -> F:
         click.option("--agent", "agents", multiple=True, metavar="AGENT",
                      help="Only dead letters of this agent (repeatable)."),
         click.option("--reason", "reasons", multiple=True, metavar="REASON",
-                     help="Only dead letters with this reason, e.g. 'handler failed'."),
+                     help="Only dead letters with this reason, e.g. 'handler failed' or "
+                          "handler-failed."),
         click.option("--id", "ids", multiple=True, metavar="ID",
                      help="A dead letter's number or its spore's id (repeatable)."),
     ]):
@@ -286,7 +288,10 @@ def _spore(form: dict[str, Any]) -> Spore:
 def _choice(ctx: click.Context, agents: tuple[str, ...], reasons: tuple[str, ...],
             ids: tuple[str, ...], everything: bool | None = None) -> LetterChoice:
     """The filters given; replay and purge (``everything`` not None) need one, or --all."""
-    choice = LetterChoice(agents, reasons, ids)
+    try:
+        choice = LetterChoice(agents, reasons, ids)
+    except UnknownReason as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param_hint="--reason") from None
     if everything is False and not choice:
         raise click.UsageError("choose dead letters with --agent, --reason or --id, or pass "
                                "--all for every one", ctx=ctx)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sporeflow.config import Limits, SporeflowError, redact_text
-from sporeflow.config.reasons import SENDERS_MISTAKES, Reason
+from sporeflow.config.reasons import SENDERS_MISTAKES, Reason, reason_named
 from sporeflow.config.words import shown
 from sporeflow.steps import Spore, json_size_bound, redelivery
 
@@ -136,6 +136,10 @@ class LetterChoice:
     agents: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
     ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        """A reason that names none raises :class:`UnknownReason`: it would match nothing."""
+        object.__setattr__(self, "reasons", tuple(map(reason_named, self.reasons)))
 
     def __bool__(self) -> bool:
         return bool(self.agents or self.reasons or self.ids)

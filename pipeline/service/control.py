@@ -29,12 +29,13 @@ import asyncio
 import json
 import math
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from sporeflow.config import OrganismSpec, SporeflowError, did_you_mean
+from sporeflow.config.reasons import UnknownReason
 from sporeflow.pipeline.core.deadletters import LetterChoice, letter_number, no_such_letters
 from sporeflow.pipeline.core.http_serving import (
     BEARER_CHALLENGE,
@@ -147,13 +148,22 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason.replace(" ", ""),
-                              f"{request.method} {request.path}: {exc.reason.lower()}; the routes "
-                              f"are listed at GET /v1/")
+        said = exc.text if exc.text != f"{exc.status}: {exc.reason}" else None  # a handler's
+        return error_response(exc.status, exc.reason.replace(" ", ""), said or (
+            f"{request.method} {request.path}: {exc.reason.lower()}; the routes are listed "
+            f"at GET /v1/"))
 
 
 class _BadRequest(Exception):
     pass
+
+
+def _letter_choice(agents: Iterable[str], reasons: Iterable[str],
+                   ids: Iterable[str]) -> LetterChoice:
+    try:
+        return LetterChoice(tuple(agents), tuple(reasons), tuple(ids))
+    except UnknownReason as exc:
+        raise _BadRequest(str(exc)) from None
 
 
 class _Routes:
@@ -295,8 +305,8 @@ class _Routes:
 
     async def dead_letters(self, request: web.Request) -> web.Response:
         query = request.query
-        choice = LetterChoice(tuple(query.getall("agent", [])),
-                              tuple(query.getall("reason", [])), tuple(query.getall("id", [])))
+        choice = _letter_choice(query.getall("agent", []), query.getall("reason", []),
+                                query.getall("id", []))
         store = self.organism.dead_letters
         letters = operations.dead_letters(self.organism, choice)
         return self.json({"letters": [operations.letter_dict(s) for s in letters],
@@ -318,8 +328,7 @@ class _Routes:
         for key, value in lists.items():
             if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
                 raise _BadRequest(f"\"{key}\" must be a list of names, got {value!r:.60}")
-        choice = LetterChoice(*(tuple(map(str, lists[key])) for key in
-                                ("agents", "reasons", "ids")))
+        choice = _letter_choice(*(map(str, lists[key]) for key in ("agents", "reasons", "ids")))
         if not choice and body.get("all") is not True:
             raise _BadRequest("choose dead letters with \"agents\", \"reasons\" or \"ids\", or "
                               "pass \"all\": true for every one")

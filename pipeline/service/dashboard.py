@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from sporeflow.config.reasons import UnknownReason
 from sporeflow.pipeline.core.deadletters import LetterChoice, StoredDeadLetter
 from sporeflow.pipeline.service.dashboard_graph import graph_json
 from sporeflow.pipeline.service.dashboard_state import (
@@ -150,8 +151,11 @@ class _Dashboard:
 
     async def letters(self, request: web.Request) -> web.StreamResponse:
         query = request.query
-        choice = LetterChoice(agents=tuple(query.getall("agent", ())),
-                              reasons=tuple(query.getall("reason", ())))
+        try:
+            choice = LetterChoice(agents=tuple(query.getall("agent", ())),
+                                  reasons=tuple(query.getall("reason", ())))
+        except UnknownReason as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
         limit = _limit(query.get("limit"))
         kept = dead_letters(self.organism)
         chosen = dead_letters(self.organism, choice) if choice else kept
