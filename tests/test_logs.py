@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from sporeflow.config import LimitExceeded
 from sporeflow.pipeline import Organism, OrganismStateChanged, Spore, SporeError
 from sporeflow.pipeline.observe.events import EventBus, SporeHandled
 from sporeflow.pipeline.observe.logs import (
@@ -114,6 +115,8 @@ async def test_a_refused_spore_is_logged_without_its_knowledge(
 def test_describe_error_leaves_out_what_a_spore_error_quotes() -> None:
     assert describe_error(SporeError("knowledge holds a set ({'hunter2'})")) == (
         "SporeError (the dead letter has the details)")
+    too_big = "spore s-1 is 90000 bytes as JSON, over limits.max_spore_bytes=65536"
+    assert describe_error(LimitExceeded(too_big)) == f"LimitExceeded: {too_big}"  # sizes only
     assert describe_error(ValueError("bad n")) == "ValueError: bad n"
     assert describe_error(None) == "no error"
 

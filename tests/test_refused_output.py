@@ -75,8 +75,11 @@ async def test_a_refused_output_is_a_warning_and_a_letter_naming_its_agent(
     assert letter.agent == "maker"
     assert letter.spore.from_agent == "maker"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(message.startswith("refused: maker -> sink: ") for message in warnings), (
-        warnings)
+    told = f"refused: maker -> sink: {reason}: "  # the reason was not in the line
+    assert any(message.startswith(told) for message in warnings), warnings
+    if reason == "limit exceeded":  # sizes and the limit only: said whole
+        assert any(" bytes as JSON, over limits.max_spore_bytes=" in message
+                   for message in warnings), warnings
 
 
 async def test_an_expired_output_is_no_warning(caplog: pytest.LogCaptureFixture) -> None:

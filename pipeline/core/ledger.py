@@ -220,8 +220,8 @@ class Ledger:
         rule: a WARNING naming it and the target, and a dead letter naming it. One rule
         for every way a handler's output comes out (no settlement: see ``refused``)."""
         self.logger.warning(
-            "refused: %s -> %s: %s", spore.from_agent, spore.to_agent or f"#{spore.channel}",
-            describe_error(error, self.masker),
+            "refused: %s -> %s: %s: %s", spore.from_agent,
+            spore.to_agent or f"#{spore.channel}", reason, describe_error(error, self.masker),
             extra=spore_fields(spore, agent=agent, event="refused", reason=reason))
         self.refused(spore, reason, error, agent=agent)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sporeflow.config import SporeError
+from sporeflow.config import LimitExceeded, SporeError
 from sporeflow.pipeline.core.deadletters import URL_PASSWORDS, Masker, error_text
 from sporeflow.steps import Spore
 
@@ -32,10 +32,11 @@ def describe_error(error: BaseException | None, masker: Masker = URL_PASSWORDS) 
     secrets masked with ``masker``.
 
     A :class:`SporeError`'s message may quote the knowledge it found wrong, so only
-    its type is given; the dead letter keeps the whole message.
+    its type is given; the dead letter keeps the whole message. A limit's message
+    quotes only sizes and the limit, so it is given whole.
     """
     if error is None:
         return "no error"
-    if isinstance(error, SporeError):
+    if isinstance(error, SporeError) and not isinstance(error, LimitExceeded):
         return f"{type(error).__name__} (the dead letter has the details)"
     return error_text(error, masker)
