@@ -12,6 +12,7 @@ from sporeflow.config import AgentSpec
 from sporeflow.pipeline.agents.knowledge import KnowledgeStore
 from sporeflow.pipeline.agents.orchestration import Gathered, gather_replies
 from sporeflow.pipeline.agents.peers import peers_prompt
+from sporeflow.pipeline.agents.sent import Sent, on_the_loop
 from sporeflow.pipeline.core.budget import ThreadBudget
 from sporeflow.pipeline.core.ingress import Ingress
 from sporeflow.pipeline.core.requests import new_request_id
@@ -129,33 +130,39 @@ class Context:
             causation_id=parent.id, correlation_id=parent.conversation,
         )
 
-    async def send(self, to: str, knowledge: dict[str, Any], *,
-                   spore_type: SporeType = SporeType.KNOWLEDGE, priority: int | None = None,
-                   expires_in: ExpiresIn | None = None) -> Spore:
-        """Send knowledge to one agent. Raises at the call, as :meth:`request` does:
-        :class:`DeliveryError` when no agent is named ``to`` (with a did-you-mean),
-        :class:`NotAPeer` when ``to`` is not a peer."""
+    # send, broadcast and reply are done when called, and return an awaitable (Sent): a
+    # forgotten await loses nothing. See ``agents.sent``.
+
+    def send(self, to: str, knowledge: dict[str, Any], *,
+             spore_type: SporeType = SporeType.KNOWLEDGE, priority: int | None = None,
+             expires_in: ExpiresIn | None = None) -> Sent:
+        """Send knowledge to one agent; ``await`` it for the spore sent. Raises at the call,
+        as :meth:`request` does: :class:`DeliveryError` when no agent is named ``to``
+        (with a did-you-mean), :class:`NotAPeer` when ``to`` is not a peer."""
+        on_the_loop("ctx.send")
         spore = self._spore(knowledge, to=to, channel=None, spore_type=spore_type,
                             priority=priority, expires_in=expires_in)
         self._organism.emit(spore, self.spore, self.agent, built=True)
-        return spore
+        return Sent(spore)
 
-    async def broadcast(self, knowledge: dict[str, Any], *, channel: str | None = None,
-                        priority: int | None = None, expires_in: ExpiresIn | None = None) -> Spore:
+    def broadcast(self, knowledge: dict[str, Any], *, channel: str | None = None,
+                  priority: int | None = None, expires_in: ExpiresIn | None = None) -> Sent:
         """Broadcast on ``channel`` (default: the channel of the spore being handled)."""
+        on_the_loop("ctx.broadcast")
         spore = self._spore(knowledge, to=None, channel=channel,
                             spore_type=SporeType.BROADCAST, priority=priority,
                             expires_in=expires_in)
         self._organism.emit(spore, self.spore, self.agent, built=True)
-        return spore
+        return Sent(spore)
 
-    async def reply(self, knowledge: dict[str, Any]) -> Spore:
+    def reply(self, knowledge: dict[str, Any]) -> Sent:
         """Answer the spore being handled: a response to a request, else to the sender."""
+        on_the_loop("ctx.reply")
         spore = reply_spore(knowledge, parent=self.spore, agent=self.agent, emit=None,
                             to=None if self.spore.spore_type is SporeType.REQUEST
                             else self.spore.from_agent, id=self._sent_id())
         self._organism.emit(spore, self.spore, self.agent)
-        return spore
+        return Sent(spore)
 
     async def request(self, to: str, knowledge: dict[str, Any], *,
                       timeout: float | timedelta = 30.0,

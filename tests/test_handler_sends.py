@@ -1,0 +1,97 @@
+"""``ctx.send``, ``ctx.broadcast`` and ``ctx.reply`` are done when called (a handler's
+output never waits) and return an awaitable giving the spore sent (``agents.sent``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from sporeflow.pipeline import Organism, Spore
+
+
+def organism(maker: Any, received: list[Spore]) -> Organism:
+    async def sink(spore: Spore, ctx: Any) -> None:
+        received.append(spore)
+
+    return Organism.from_dict({"channels": {"news": {}}, "agents": {
+        "maker": {"handler": maker},
+        "sink": {"handler": sink, "subscribe": ["news"]}}})
+
+
+async def test_a_send_without_await_is_sent_all_the_same() -> None:
+    # Before: an un-awaited ctx.send was a coroutine never run: nothing was sent, and
+    # the only trace was a RuntimeWarning when it was collected.
+    received: list[Spore] = []
+
+    async def maker(spore: Spore, ctx: Any) -> None:
+        ctx.send("sink", {"n": 1})
+        ctx.broadcast({"n": 2}, channel="news")
+        ctx.reply({"n": 3})  # to the sender: outside
+
+    org = organism(maker, received)
+    async with org.running():
+        await org.send("maker", {}, sender="tester")
+        await org.idle()
+    assert sorted(spore.knowledge["n"] for spore in received) == [1, 2]
+    assert [spore.knowledge for spore in org.outbox] == [{"n": 3}]
+
+
+async def test_awaiting_a_send_gives_its_spore_and_tasks_and_gather_take_it() -> None:
+    received: list[Spore] = []
+    seen: list[Spore] = []
+
+    async def maker(spore: Spore, ctx: Any) -> None:
+        seen.append(await ctx.send("sink", {"n": 1}))
+        seen.append(await asyncio.create_task(ctx.send("sink", {"n": 2})))
+        seen.extend(await asyncio.gather(ctx.send("sink", {"n": 3}),
+                                         ctx.broadcast({"n": 4}, channel="news")))
+
+    org = organism(maker, received)
+    async with org.running():
+        await org.send("maker", {})
+        await org.idle()
+    assert [spore.knowledge["n"] for spore in seen] == [1, 2, 3, 4]
+    assert {spore.id for spore in seen} == {spore.id for spore in received}
+
+
+async def test_a_sync_handler_that_sends_fails_saying_what_to_do() -> None:
+    # Before: a sync handler (run on a thread) calling ctx.send made a coroutine it could
+    # not await: nothing was sent and the handler "succeeded".
+    received: list[Spore] = []
+
+    def maker(spore: Spore, ctx: Any) -> None:
+        ctx.send("sink", {"n": 1})
+
+    org = organism(maker, received)
+    async with org.running():
+        await org.send("maker", {})
+        await org.idle()
+    assert received == []
+    [letter] = org.dead_letters
+    assert letter.reason == "handler failed"
+    assert letter.error.startswith(
+        "OrganismStateError: ctx.send was called from a sync handler's thread, off the "
+        "event loop; nothing was sent: return the spores instead")
+
+
+@pytest.mark.parametrize("call", ["send", "broadcast"])
+async def test_a_refused_send_raises_at_the_call(call: str) -> None:
+    raised: list[BaseException] = []
+
+    async def maker(spore: Spore, ctx: Any) -> None:
+        try:
+            if call == "send":
+                ctx.send("nobody", {})
+            else:
+                ctx.broadcast({}, channel="nowhere")
+        except Exception as exc:
+            raised.append(exc)
+
+    org = organism(maker, [])
+    async with org.running():
+        await org.send("maker", {})
+        await org.idle()
+    [error] = raised
+    assert type(error).__name__ == "DeliveryError"
