@@ -12,6 +12,9 @@ _ = object()
 _.add_agent, _.remove_agent, _.stop_when, _.broadcast, _.is_expired, _.from_xml
 _.complete  # Gathered.complete, for handlers using ctx.gather
 
+# The coroutine protocol of agents.sent.Sent, called by asyncio's tasks.
+_.throw
+
 # LedgerHook methods, called through the ledger's per-method hook lists.
 _.dead_lettered, _.fanned_out
 

@@ -37,7 +37,7 @@ class Sent(Coroutine[Any, Any, Spore]):
     def send(self, value: Any) -> NoReturn:
         raise StopIteration(self.spore)
 
-    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> NoReturn:
+    def throw(self, typ: Any, val: Any = None, *_: Any) -> NoReturn:
         raise typ if val is None else val
 
     def close(self) -> None:
