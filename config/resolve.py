@@ -165,14 +165,37 @@ def _handler_kind_problem(handler: Callable[..., Any], *, cpu_bound: bool) -> st
             return (f"class {handler.__qualname__!r} cannot be cpu_bound: a worker process "
                     f"keeps no agent instance; use a module-level plain function")
         try:
-            agent_method(handler)
+            method = agent_method(handler)
         except HandlerImportError as exc:
             return str(exc)
-        return None
+        takes_self = not (isinstance(inspect.getattr_static(handler, method), staticmethod)
+                          or inspect.ismethod(getattr(handler, method)))  # a classmethod
+        return _arguments_problem(getattr(handler, method), f"{handler.__qualname__}.{method}",
+                                  (None,) * (3 if takes_self else 2))
     if cpu_bound and (inspect.iscoroutinefunction(handler) or not inspect.isfunction(handler)
                       or "<" in handler.__qualname__):
         return (f"{qualname(handler)!r} cannot be cpu_bound: a worker process imports and "
                 f"calls it, so it must be a plain (not async) module-level function")
+    return _arguments_problem(handler, qualname(handler), (None, None))
+
+
+def _arguments_problem(function: Callable[..., Any], name: str,
+                       arguments: tuple[None, ...]) -> str | None:
+    """Why ``function`` cannot take a handler's arguments (``self``, when a method, then
+    the spore and the context): each spore would fail ``handler failed`` at the call."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return None  # no signature to read (a builtin): the call tells
+    try:
+        signature.bind(*arguments)
+    except TypeError as exc:
+        takes = "(self, spore, ctx)" if len(arguments) == 3 else "(spore, ctx)"
+        kind = "def" if inspect.isfunction(function) and not (
+            inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
+        ) else "async def"
+        return (f"{name!r} cannot be called with a spore and a context ({exc}); a handler "
+                f"takes both: `{kind} {getattr(function, '__name__', 'handle')}{takes}`")
     return None
 
 

@@ -174,8 +174,8 @@ def test_check_where_there_is_no_organism_yaml_says_how_to_make_one(
 
 def test_check_counts_in_words_singular_and_plural(tmp_path: Path) -> None:
     organism = tmp_path / "organism.yaml"
-    organism.write_text("organism: {name: one}\nchannels: {news: {}}\n"
-                        "agents:\n  a: {handler: json:dumps, retry: {attempts: 2, backoff: 100}}\n")
+    organism.write_text("organism: {name: one}\nchannels: {news: {}}\nagents:\n"
+                        "  a: {handler: operator:eq, retry: {attempts: 2, backoff: 100}}\n")
     code, out, _ = invoke("check", str(organism))
     assert code == 0
     assert out.strip().endswith("organism 'one', 1 agent, 1 channel, 1 warning")

@@ -290,17 +290,17 @@ def test_exported_schema_is_valid_and_accepts_the_demo() -> None:
 def test_a_timeout_of_zero_is_no_timeout(tmp_path: Path) -> None:
     # As dedupe: 0 and key_idle: 0 are off. A deadline of now failed every call.
     file = tmp_path / "organism.yaml"
-    file.write_text("agents:\n  a: {handler: json:dumps, timeout: 0}\n"
-                    "  b: {handler: json:dumps, timeout: 0s}\n"
-                    "  c: {handler: json:dumps, timeout: 250ms}\n")
+    file.write_text("agents:\n  a: {handler: operator:eq, timeout: 0}\n"
+                    "  b: {handler: operator:eq, timeout: 0s}\n"
+                    "  c: {handler: operator:eq, timeout: 250ms}\n")
     spec = load_organism(file)
     assert [spec.agents[n].timeout for n in "abc"] == [None, None, 0.25]
 
 
 def test_a_backoff_above_max_backoff_is_warned_of(tmp_path: Path) -> None:
     file = tmp_path / "organism.yaml"
-    file.write_text("agents:\n  a: {handler: json:dumps, retry: {attempts: 3, backoff: 1h}}\n"
-                    "  b: {handler: json:dumps, retry: {attempts: 3, backoff: 1h, "
+    file.write_text("agents:\n  a: {handler: operator:eq, retry: {attempts: 3, backoff: 1h}}\n"
+                    "  b: {handler: operator:eq, retry: {attempts: 3, backoff: 1h, "
                     "max_backoff: 2h}}\n")
     spec, problems = check_organism(file)
     assert spec is not None

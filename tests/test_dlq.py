@@ -204,7 +204,7 @@ def test_replay_and_purge_need_a_choice_or_all(journal: Path, command: str) -> N
 
 
 def test_an_organism_without_a_journal_is_a_clear_error(tmp_path: Path) -> None:
-    (tmp_path / "organism.yaml").write_text("agents:\n  a: {handler: json:dumps}\n")
+    (tmp_path / "organism.yaml").write_text("agents:\n  a: {handler: operator:eq}\n")
     code, _, err = invoke("dlq", "list", str(tmp_path / "organism.yaml"))
     assert code == 1
     assert err.startswith("JournalError: ")

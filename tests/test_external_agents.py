@@ -33,7 +33,7 @@ def problems(agents: dict[str, Any], **organism: Any) -> list[tuple[str, str]]:
 def test_an_external_agent_is_loaded_apart_from_the_agents_with_handlers() -> None:
     loaded = organism_from_text("""
 agents:
-  asker: {handler: json:dumps, peers: [pr]}
+  asker: {handler: operator:eq, peers: [pr]}
   pr: {external: praval, description: a Praval agent, subscribe: [main], channel: alerts}
 channels: {alerts: {}}
 """)

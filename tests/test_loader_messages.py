@@ -34,15 +34,15 @@ def test_a_channel_that_is_no_mapping_says_what_to_write() -> None:
 
 
 def test_other_counts_say_the_same() -> None:
-    text = "agents:\n  a: {handler: json:dumps, concurrency: 0}\n"
+    text = "agents:\n  a: {handler: operator:eq, concurrency: 0}\n"
     assert problems_of(text) == [
-        "o.yaml:2:41: agents.a.concurrency: expected a positive integer, got 0"]
+        "o.yaml:2:42: agents.a.concurrency: expected a positive integer, got 0"]
 
 
 @pytest.mark.parametrize("value", ["5", "[a]", '"x"', "{capacity: 0}"])
 def test_a_channel_with_bad_settings_is_still_known_by_its_name(value: str) -> None:
     text = (f"channels:\n  news: {value}\nagents:\n"
-            f"  x: {{handler: json:dumps, subscribe: [news], emit: {{channel: news}}}}\n"
+            f"  x: {{handler: operator:eq, subscribe: [news], emit: {{channel: news}}}}\n"
             f"  g: {{gather: {{channel: news}}}}\n"
             f"sources:\n  tick: {{kind: timer, every: 1s, channel: news}}\n")
     problems = problems_of(text)
@@ -53,8 +53,8 @@ def test_a_channel_with_bad_settings_is_still_known_by_its_name(value: str) -> N
 def test_a_bad_name_is_named_at_its_own_key() -> None:
     """Found by a new user: a bad agent or channel name was reported at the first key of
     its mapping (line 3 for the agent on line 6)."""
-    found = problems_of("agents:\n  a: {handler: json:dumps}\n  b: {handler: json:dumps}\n"
-                        "\n  'bad name!': {handler: json:dumps}\nchannels:\n  ok: {}\n"
+    found = problems_of("agents:\n  a: {handler: operator:eq}\n  b: {handler: operator:eq}\n"
+                        "\n  'bad name!': {handler: operator:eq}\nchannels:\n  ok: {}\n"
                         "  'no good': {}\n")
     assert [problem.split(": ", 1)[0] for problem in found] == [
         "o.yaml:5:3", "o.yaml:8:3"]
@@ -67,6 +67,6 @@ def test_a_bad_name_is_named_at_its_own_key() -> None:
                 "{channel: b}"),
 ])
 def test_a_bare_value_where_a_mapping_goes_says_which(setting: str, hint: str) -> None:
-    [found] = problems_of(f"agents:\n  a: {{handler: json:dumps, {setting}}}\n"
-                          f"  b: {{handler: json:dumps}}\n")
+    [found] = problems_of(f"agents:\n  a: {{handler: operator:eq, {setting}}}\n"
+                          f"  b: {{handler: operator:eq}}\n")
     assert found.endswith(hint), found

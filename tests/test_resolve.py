@@ -33,7 +33,7 @@ def test_a_broken_module_is_reported_once_naming_its_agents(
 
     mod = handler_modules(BROKEN)
     agents = {name: f"{mod}:a" for name in ("a", "b", "c", "d", "e", "f")}
-    file = organism(tmp_path, {**agents, "g": "json:dumps"})
+    file = organism(tmp_path, {**agents, "g": "operator:eq"})
     with pytest.raises(ConfigError) as caught:
         load_organism(file)
     [problem] = caught.value.problems
@@ -141,3 +141,35 @@ def test_one_agents_list_into_a_broken_module_names_the_agent_once(
     assert (problem.line, problem.path) == (2, "agents.desk.handlers.0")
     assert problem.message.startswith(f"handler module {mod!r} ")
     assert problem.message.endswith("; agent 'desk' uses it")
+
+
+HANDLERS_OF_THE_WRONG_SHAPE = '''
+async def one(spore):
+    return None
+
+def three(spore, ctx, extra):
+    return None
+
+class Agent:
+    async def handle(self, spore):
+        return None
+'''
+
+
+def test_a_handler_that_cannot_take_a_spore_and_a_context_is_refused_at_load(
+        tmp_path: Path, handler_modules: Callable[[str], str]) -> None:
+    # Before: `sporeflow check` passed them, and every spore failed "handler failed" with a
+    # TypeError at the call.
+    mod = handler_modules(HANDLERS_OF_THE_WRONG_SHAPE)
+    file = organism(tmp_path, {"a": f"{mod}:one", "b": f"{mod}:three", "c": f"{mod}:Agent",
+                               "d": "operator:eq"})
+    with pytest.raises(ConfigError) as caught:
+        load_organism(file)
+    said = {problem.path: problem.message for problem in caught.value.problems}
+    assert sorted(said) == ["agents.a.handler", "agents.b.handler", "agents.c.handler"]
+    assert said["agents.a.handler"] == (
+        f"'{mod}:one' cannot be called with a spore and a context (too many positional "
+        f"arguments); a handler takes both: `async def one(spore, ctx)`")
+    assert "(missing a required argument: 'extra')" in said["agents.b.handler"]
+    assert said["agents.b.handler"].endswith("`def three(spore, ctx)`")
+    assert said["agents.c.handler"].endswith("`async def handle(self, spore, ctx)`")

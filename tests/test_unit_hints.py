@@ -14,7 +14,7 @@ from sporeflow.pipeline.cli.main import cli
 ORGANISM = """\
 agents:
   a:
-    handler: json:dumps
+    handler: operator:eq
     retry: {attempts: 3, backoff: %s}
 limits: {loop_stall_warning: %s}
 """

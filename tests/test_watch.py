@@ -63,7 +63,7 @@ def test_watched_files_are_the_organism_file_and_its_own_handler_modules(
     mod = module()
     file = organism_file(tmp_path, f"""
         a: {{handler: {mod}:sink}}
-        b: {{handler: textwrap:dedent}}
+        b: {{handler: operator:eq}}
     """)
     organism = Organism.from_file(file)
     assert watched_files(organism) == {file.resolve(), (tmp_path / f"{mod}.py").resolve()}
