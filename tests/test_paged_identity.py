@@ -4,12 +4,16 @@ that happens to take its address, or must keep it in memory (``Intake.never_page
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from sporeflow.config import organism_from_dict
 from sporeflow.pipeline import Organism, Spore
+from sporeflow.pipeline.broker.backend import Topology
 from sporeflow.pipeline.broker.memory_backend import MemoryBackend, MemoryBroker
 
 from .conformance.harness import BACKSTOP, wait_for
@@ -73,3 +77,40 @@ async def test_paged_deliveries_and_products_are_handled_once_and_acked() -> Non
         assert org.stats()["broker"]["acked"] == 1 + 2 * MADE  # fan's delivery too
     assert len(handled) == 2 * MADE
     assert set(handled.values()) == {1}
+
+
+async def test_a_paged_spore_from_the_reply_queue_is_still_verified(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: a spore on the reply queue that is no response was paged out past
+    # max_in_memory; read back as another object, the bridge no longer knew it as
+    # untrusted, its signature was never checked, and the forgery reached the sink.
+    monkeypatch.setenv("SF_PAGED_KEY", "key-one-" + "1" * 24)
+    gate = asyncio.Event()
+    received: list[dict[str, Any]] = []
+
+    async def blocker(spore: Spore, ctx: Any) -> None:
+        await gate.wait()
+
+    async def sink(spore: Spore, ctx: Any) -> None:
+        received.append(spore.knowledge)
+
+    spec = organism_from_dict({"organism": {"signing": {"key_env": "SF_PAGED_KEY"}},
+                               "limits": {"max_in_memory": 1},
+                               "agents": {"blocker": {"handler": blocker},
+                                          "sink": {"handler": sink}}})
+    broker = MemoryBroker()
+    org = Organism(spec, backend=MemoryBackend(broker))
+    async with org.running(drain_timeout=BACKSTOP):
+        await org.send("blocker", {"hold": True})
+        await wait_for(lambda: org.stats()["broker"]["in_flight"] == 1)  # the intake is full
+        consumed = org.stats()["broker"]["consumed"]
+        forged = Spore(knowledge={"forged": True}, from_agent="blocker", to_agent="sink")
+        attacker = MemoryBackend(broker)  # another client of the broker
+        await attacker.open(Topology.of(spec))
+        await attacker.publish(forged, queue=org.stats()["broker"]["reply_queue"])  # unsigned
+        await wait_for(lambda: org.stats()["broker"]["consumed"] == consumed + 1)
+        gate.set()
+        await wait_for(lambda: bool(org.dead_letters) or bool(received))
+        await wait_for(lambda: org.stats()["totals"]["held"] == 0)
+    assert received == []
+    assert [str(letter.reason) for letter in org.dead_letters] == ["bad signature"]

@@ -127,7 +127,7 @@ class Bridge(LedgerHook):
     async def start(self, run: Run) -> None:
         """Declare the topology, the reply queue, and consume each hosted agent's queue."""
         self._run = run
-        run.intake.never_page(self.keeps)  # known here by id(): paging makes new objects
+        run.intake.never_page(self._known)  # known here by id(): paging makes new objects
         await self.backend.open(self.topology)
         self.publisher.opened()
         self._reply_queue = await self.backend.reply_queue(self._on_reply)
@@ -319,6 +319,13 @@ class Bridge(LedgerHook):
         """A delivery (or what its handler made) a stop interrupts goes back to the broker
         unacked, for the next consumer: it is no dead letter here."""
         return id(spore) in self._inflight or id(spore) in self._owners
+
+    def _known(self, spore: Spore) -> bool:
+        """Whether ``spore`` is known here by ``id()``: a delivery, what its handler made,
+        or a spore from the broker not yet verified (read back from disk, it would be
+        another object: never verified, and its id() left to the next at its address)."""
+        key = id(spore)
+        return key in self._inflight or key in self._owners or key in self._untrusted
 
     def released(self, spore: Spore) -> None:
         """``spore`` left this process (confirmed, resolved, returned or dead-lettered)."""
