@@ -52,7 +52,7 @@ from sporeflow.steps.spore import (
     spore_values,
 )
 from sporeflow.steps.types import Batch, Delivery, Reject, SchemaCheck
-from sporeflow.steps.validate import check_spore, json_size_bound, validate
+from sporeflow.steps.validate import check_spore, forget_checked, json_size_bound, validate
 
 __all__ = [
     "DEFAULT_CHANNEL",
@@ -80,6 +80,7 @@ __all__ = [
     "check_spore",
     "dispatch",
     "expire_filter",
+    "forget_checked",
     "expiry_after",
     "json_size_bound",
     "knowledge_element",

@@ -17,7 +17,7 @@ from sporeflow.config.words import shown, with_article
 from sporeflow.steps.spore import PRIORITY_MAX, PRIORITY_MIN, Spore, SporeType, Unreadable
 from sporeflow.steps.types import Batch, Reject, SchemaCheck
 
-__all__ = ["check_spore", "json_size_bound", "validate"]
+__all__ = ["check_spore", "forget_checked", "json_size_bound", "validate"]
 
 MAX_NAME_LENGTH = 128
 # A lineage id names another spore: bounded as the AMQP codec bounds every header, so a
@@ -77,6 +77,20 @@ async def validate(
                     valid.append(spore)
             if valid:
                 yield valid
+
+
+@pipable_operator
+async def forget_checked(source: AsyncIterable[Batch], *,
+                         checked: set[int]) -> AsyncIterator[Batch]:
+    """Drop the ``id()`` of each spore from ``checked``: a stage of the user's before
+    :func:`validate` may change what it passes on or pass on another spore (the one it
+    took freed, its id() free for the next), so each is checked there again."""
+    async with streamcontext(source) as batches:
+        async for batch in batches:
+            if checked:
+                for spore in batch:
+                    checked.discard(id(spore))
+            yield batch
 
 
 def check_spore(spore: Any, limits: Limits, *, built: bool = False) -> None:

@@ -32,6 +32,7 @@ from sporeflow.steps import (
     check_schemas,
     dispatch,
     expire_filter,
+    forget_checked,
     route,
     validate,
 )
@@ -78,7 +79,10 @@ def declare_chain(*, limits: Limits, ledger: Ledger, requests: RequestBook,
         last or Stage("dispatch", dispatch.pipe(lanes=lambda: wiring().lanes,
                                                 on_reject=reject)),
     ]
-    return place(stages, user, reject)
+    placed = place(stages, user, reject)
+    if placed[0].name != "validate":  # the user's first: what was checked is checked again
+        placed.insert(0, Stage("forget checked", forget_checked.pipe(checked=checked)))
+    return placed
 
 
 def place(stages: Sequence[Stage], user: Sequence[StageSpec], reject: Reject) -> list[Stage]:
