@@ -25,6 +25,7 @@ from sporeflow.pipeline import (
     SporeDeadLettered,
     SporeError,
 )
+from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.core.requests import new_request_id
 from sporeflow.steps import SporeType
 
@@ -494,4 +495,43 @@ async def test_a_spore_at_the_address_of_a_send_a_stage_replaced_is_validated() 
         await asyncio.wait_for(organism.idle(), 10)
     assert [k for k in received if "bad" in k] == []
     assert sorted(k["n"] for k in received) == list(range(sends))
+    assert organism.stats()["dead_letters"]["by_reason"] == {"invalid": sends}
+
+
+class _RefusesFan(LedgerHook):
+    def admitted(self, spores: Any, agent: str | None, parent: Spore | None) -> None:
+        if agent == "fan":
+            raise RuntimeError("a hook of the user's failed")
+
+
+async def test_a_spore_at_the_address_of_a_send_a_hook_failed_is_validated() -> None:
+    # Before: ctx.send marked its spore checked, then a hook raised before it was queued;
+    # its id() stayed among the checked, and a spore made next at that address (here:
+    # knowledge holding NaN, a returned spore's copy) passed validate unchecked.
+    sends = 50
+    received: list[Any] = []
+    raised: list[str] = []
+
+    async def fan(spore: Spore, ctx: Context) -> list[Spore]:
+        invalid = [Spore(knowledge={"bad": math.nan}, to_agent="sink", from_agent="fan")
+                   for _ in range(sends)]  # copied as they are returned (steps.replies)
+        for n in range(sends):
+            try:
+                await ctx.send("sink", {"n": n})
+            except RuntimeError as exc:
+                raised.append(str(exc))
+        return invalid
+
+    async def sink(spore: Spore, ctx: Context) -> None:
+        received.append(spore.knowledge)
+
+    spec = Organism.from_dict({"agents": {"fan": {"handler": fan, "emit": {"to": "sink"}},
+                                          "sink": {"handler": sink}}}).spec
+    organism = Organism(spec)
+    organism.add_hook(_RefusesFan())
+    async with organism.running():
+        await organism.send("fan", {"go": True})
+        await asyncio.wait_for(organism.idle(), 10)
+    assert raised == ["a hook of the user's failed"] * sends
+    assert received == []
     assert organism.stats()["dead_letters"]["by_reason"] == {"invalid": sends}

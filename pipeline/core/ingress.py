@@ -307,7 +307,11 @@ class Ingress:
         if self.stamp_sent is not None:  # sent from inside the handler's span
             spore = self.stamp_sent(spore)
         self.checked.add(id(spore))  # the validate stage need not check it again
-        self.ledger.feed((spore,), agent, parent)
+        try:
+            self.ledger.feed((spore,), agent, parent)
+        except BaseException:
+            self.checked.discard(id(spore))  # not queued (a hook raised): its id may be reused
+            raise
 
     def output(self, spores: list[Spore], parent: Spore, agent: str) -> None:
         """Feed what a running handler yields (a stream's items); the chain checks them
