@@ -114,7 +114,6 @@ class Organism(OutsideApi):
         self._requests = RequestBook()
         self._cell = WiringCell(WiringSnapshot.empty(spec))  # the current wiring
         self._latency: dict[str, LatencyHistogram] = {}
-        self._checked: set[int] = set()  # ids of held spores checked where they entered
         self._user_stages = [*spec.stages, *stages]
         self._state = State.NEW
         self.failure: Exception | None = None  # why it failed stop: a broker given up on
@@ -261,7 +260,7 @@ class Organism(OutsideApi):
         run = self._run = Run(
             spec=self.spec, dead_letters=self.dead_letters, requests=self._requests,
             wiring=self._cell, logger=self.logger, now=self.now,
-            outbox=self.outbox, listeners=self._outside_listeners, checked=self._checked,
+            outbox=self.outbox, listeners=self._outside_listeners,
             outside=self._outside, masker=self.masker,
             running=lambda: self._state == State.RUNNING)
         ledger, ingress = run.ledger, run.ingress
@@ -322,7 +321,7 @@ class Organism(OutsideApi):
                 if bridge is not None else None)
         return declare_chain(
             limits=self.spec.limits, ledger=run.ledger, requests=self._requests,
-            wiring=self.wiring, outside=self._outside, checked=self._checked, now=self.now,
+            wiring=self.wiring, outside=self._outside, now=self.now,
             budget=self._budget, verify=bridge.verify if bridge else None,
             arrived=bridge.arrived if bridge else None, last=last, user=self._user_stages)
 
@@ -343,10 +342,10 @@ class Organism(OutsideApi):
         if self._bridge is not None:  # take no new deliveries; finish those taken
             await self._bridge.stop_consuming()
         # Lanes a reload retired (removed or replaced agents) may still hold work too;
-        # what the chain did not take is dead-lettered: forget it was checked.
+        # what the chain did not take is dead-lettered.
         left = await drain_then_abandon(run, lambda: [
             *((name, agent.lane) for name, agent in self._cell.current.agents.items()),
-            *self._reloader.close()], drain_timeout, drained=self._checked.clear)
+            *self._reloader.close()], drain_timeout)
         await run.finish_chain()
         self._requests.stop(lambda: OrganismStateError("the organism stopped"))
         await self._agent_states.stop(self._cell.current.agents)  # on_stop hooks, after the drain

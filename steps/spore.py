@@ -77,12 +77,20 @@ def _utcnow() -> datetime:
 
 
 class _Local:
-    """What this process keeps with a spore and never sends: the monotonic deadline
-    the expire stage gives it (see :mod:`sporeflow.steps.expire`). Not a field: no part
-    of the spore's value, equality, repr, copies or any serialized form."""
+    """What this process keeps with a spore object and never sends: the monotonic
+    deadline the expire stage gives it (see :mod:`sporeflow.steps.expire`); whether it
+    was checked where it entered, so that the validate stage need not measure it again
+    (``is_checked``); and a holder's mark (``mark_of``: the broker bridge's key for the
+    delivery it came in). Not fields: no part of the spore's value, equality, repr,
+    copies or any serialized form. Kept on the object rather than in a set of ``id()``:
+    an id is reused once its object is freed, and the intake's paging makes a new
+    object (the spill carries the mark, and drops the check: read back, it is checked
+    again)."""
 
-    __slots__ = ("_deadline",)
+    __slots__ = ("_deadline", "_checked", "_mark")
     _deadline: float
+    _checked: bool
+    _mark: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
@@ -150,6 +158,8 @@ class Spore(_Local):
         draft.data_references = data_references
         draft.id = new_spore_id() if id is None else id
         draft.created_at = _utcnow() if created_at is None else created_at
+        draft._checked = False
+        draft._mark = 0
         if cls is Spore:
             draft.__class__ = Spore  # type: ignore[assignment]  # same slots: allowed
             return draft  # type: ignore[return-value]
@@ -245,17 +255,35 @@ _FIELD_ORDER = Spore.__slots__
 # Sets a spore's monotonic deadline (for the expire stage only): the slot's own setter,
 # since a frozen dataclass refuses every assignment.
 set_deadline: Callable[[Spore, float], None] = _Local.__dict__["_deadline"].__set__
+# Marks a spore checked (True), or takes the mark off (False): see is_checked().
+set_checked: Callable[[Spore, bool], None] = _Local.__dict__["_checked"].__set__
+# Puts a holder's mark on a spore (the broker bridge's key): see mark_of().
+set_mark: Callable[[Spore, int], None] = _Local.__dict__["_mark"].__set__
+
+
+def is_checked(spore: Spore) -> bool:
+    """Whether ``spore`` was checked where it entered and is unchanged since."""
+    return getattr(spore, "_checked", False)
+
+
+def mark_of(spore: Spore) -> int:
+    """The mark a holder put on ``spore`` (a positive number; 0: none)."""
+    return getattr(spore, "_mark", 0)
+
 
 # A spore's fields as a tuple, in slot order, and back: a compact, fast form for the
 # intake's disk spill (the values are a spore's own, already made; nothing is checked).
 spore_values: Callable[[Spore], tuple[Any, ...]] = operator.attrgetter(*_FIELD_ORDER)
 
 
-def spore_from_values(values: tuple[Any, ...]) -> Spore:
-    """The :class:`Spore` whose :func:`spore_values` are ``values``."""
+def spore_from_values(values: tuple[Any, ...], mark: int = 0) -> Spore:
+    """The :class:`Spore` whose :func:`spore_values` are ``values``, with ``mark``
+    (not checked: what made the values may have changed them)."""
     draft = _Draft()
     for name, value in zip(_FIELD_ORDER, values, strict=True):
         setattr(draft, name, value)
+    draft._checked = False
+    draft._mark = mark
     draft.__class__ = Spore  # type: ignore[assignment]  # same slots: allowed
     return draft  # type: ignore[return-value]
 

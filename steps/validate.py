@@ -14,7 +14,14 @@ from sporeflow.config.model import Limits
 from sporeflow.config.reasons import reason_of
 from sporeflow.config.schemas import field_path
 from sporeflow.config.words import shown, with_article
-from sporeflow.steps.spore import PRIORITY_MAX, PRIORITY_MIN, Spore, SporeType, Unreadable
+from sporeflow.steps.spore import (
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    Spore,
+    SporeType,
+    Unreadable,
+    set_checked,
+)
 from sporeflow.steps.types import Batch, Reject, SchemaCheck
 
 __all__ = ["check_spore", "forget_checked", "json_size_bound", "validate"]
@@ -49,24 +56,22 @@ async def validate(
     limits: Limits,
     on_reject: Reject,
     verify: SchemaCheck | None = None,
-    checked: set[int] | None = None,
 ) -> AsyncIterator[Batch]:
     """Pass on the spores that are well formed and within limits; reject the rest.
 
     ``verify`` runs on each well-formed spore (a signature check, when signing is on);
     it raises a :class:`SporeError` whose ``reason`` names the dead-letter reason.
-    ``checked`` holds the ``id()`` of spores that passed :func:`check_spore` where they
-    entered (a sender that must hear of a refusal at once) and are held unchanged
-    since: each is checked once, not twice.
+    A spore marked checked (``set_checked``: it passed :func:`check_spore` where it
+    entered, for a sender that must hear of a refusal at once) is checked once, not
+    twice: the mark is taken off here.
     """
-    checked = checked if checked is not None else set()
     async with streamcontext(source) as batches:
         async for batch in batches:
             valid = []
             for spore in batch:
                 try:
-                    if checked and id(spore) in checked:
-                        checked.discard(id(spore))
+                    if getattr(spore, "_checked", False):  # is_checked(), inline: per spore
+                        set_checked(spore, False)
                     else:
                         check_spore(spore, limits)
                     if verify is not None:
@@ -80,16 +85,13 @@ async def validate(
 
 
 @pipable_operator
-async def forget_checked(source: AsyncIterable[Batch], *,
-                         checked: set[int]) -> AsyncIterator[Batch]:
-    """Drop the ``id()`` of each spore from ``checked``: a stage of the user's before
-    :func:`validate` may change what it passes on or pass on another spore (the one it
-    took freed, its id() free for the next), so each is checked there again."""
+async def forget_checked(source: AsyncIterable[Batch]) -> AsyncIterator[Batch]:
+    """Take the checked mark off each spore: a stage of the user's before
+    :func:`validate` may change what it passes on, so each is checked there again."""
     async with streamcontext(source) as batches:
         async for batch in batches:
-            if checked:
-                for spore in batch:
-                    checked.discard(id(spore))
+            for spore in batch:
+                set_checked(spore, False)
             yield batch
 
 

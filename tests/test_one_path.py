@@ -355,10 +355,10 @@ def test_the_stage_names_a_user_may_name_are_the_chains() -> None:
 
     run = Run(spec=spec, dead_letters=organism.dead_letters, requests=organism._requests,
               wiring=organism._cell, logger=organism.logger, now=organism.now,
-              outbox=organism.outbox, listeners=[], checked=set(), outside=set(),
+              outbox=organism.outbox, listeners=[], outside=set(),
               running=lambda: True)
     stages = declare_chain(limits=spec.limits, ledger=run.ledger, requests=run.requests,
-                           wiring=organism.wiring, outside=set(), checked=set(),
+                           wiring=organism.wiring, outside=set(),
                            now=organism.now, budget=budget)
     assert tuple(stage.name for stage in stages) == STAGE_NAMES
 

@@ -1,12 +1,14 @@
 """Past ``limits.max_in_memory`` the intake pages spores out to disk and reads them back
-as new objects. Whatever knew a spore by ``id()`` must not follow it to another object
-that happens to take its address, or must keep it in memory (``Intake.never_page``)."""
+as new objects: what this process keeps with a spore is on the object (checked, its
+holder's mark), and the spill keeps the mark; nothing knows a spore by ``id()``, which
+another object takes once it is freed."""
 
 from __future__ import annotations
 
 import asyncio
 import math
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -114,3 +116,32 @@ async def test_a_paged_spore_from_the_reply_queue_is_still_verified(
         await wait_for(lambda: org.stats()["totals"]["held"] == 0)
     assert received == []
     assert [str(letter.reason) for letter in org.dead_letters] == ["bad signature"]
+
+
+async def test_over_a_broker_a_stream_is_paged_out_past_the_memory_limit() -> None:
+    # Before: the bridge's spores were kept in memory (it knew them by id()), so what a
+    # delivery's handler yielded was never paged out and never slowed: max_in_memory
+    # bounded nothing over a broker. Known by a mark the spill keeps, they page as any.
+    yielded = 2_000
+    handled: Counter[str] = Counter()
+
+    async def stream(spore: Spore, ctx: Any) -> AsyncIterator[dict[str, Any]]:
+        for n in range(yielded):
+            yield {"n": n}
+
+    async def sink(spore: Spore, ctx: Any) -> None:
+        handled[spore.id] += 1
+
+    spec = organism_from_dict({"limits": {"max_in_memory": 50},
+                               "agents": {"stream": {"handler": stream, "emit": {"to": "sink"}},
+                                          "sink": {"handler": sink}}})
+    org = Organism(spec, backend=MemoryBackend(MemoryBroker(max_queued=10 * yielded)))
+    async with org.running(drain_timeout=BACKSTOP):
+        await org.send("stream", {"go": True})
+        await wait_for(lambda: sum(handled.values()) >= yielded)
+        await wait_for(lambda: org.stats()["broker"]["in_flight"] == 0
+                       and org.stats()["broker"]["awaiting_confirms"] == 0)
+        assert org.stats()["totals"]["paged_out_total"] > 0
+        assert org.stats()["broker"]["acked"] == 1 + yielded  # the stream's delivery too
+    assert len(handled) == yielded
+    assert set(handled.values()) == {1}

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Sequence
@@ -58,7 +59,7 @@ from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.core.recent import RecentNames
 from sporeflow.pipeline.core.run import Run
-from sporeflow.steps import Delivery, Spore, SporeType
+from sporeflow.steps import Delivery, Spore, SporeType, mark_of, set_mark
 from sporeflow.steps.dispatch import hand_to_lanes
 from sporeflow.steps.signing import BadSignature, ReplayGuard, signed, verify
 
@@ -98,9 +99,12 @@ class Bridge(LedgerHook):
             spec.signing is not None) else None
         self._run: Run | None = None
         self._reply_queue: str | None = None
-        self._inflight: dict[int, Ticket] = {}  # id(delivered spore) -> its ticket
-        self._untrusted: set[int] = set()  # id() of spores from the broker, until settled
-        self._owners: dict[int, Ticket] = {}  # id(spore a handler produced) -> parent's
+        # Spores are known here by a mark put on them (steps.mark_of), not by id(): the
+        # intake's paging makes another object of a spore, and keeps its mark.
+        self._marks = itertools.count(1)
+        self._inflight: dict[int, Ticket] = {}  # mark of a delivered spore -> its ticket
+        self._untrusted: set[int] = set()  # marks of spores from the broker, until settled
+        self._owners: dict[int, Ticket] = {}  # mark of a spore a handler made -> parent's
         self._reply_routes: OrderedDict[str, str] = OrderedDict()  # request id -> queue
         # Senders that are no agent of the organism, the least recently seen forgotten.
         self._remote = RecentNames(cap=spec.limits.max_outside_senders)
@@ -127,7 +131,6 @@ class Bridge(LedgerHook):
     async def start(self, run: Run) -> None:
         """Declare the topology, the reply queue, and consume each hosted agent's queue."""
         self._run = run
-        run.intake.never_page(self._known)  # known here by id(): paging makes new objects
         await self.backend.open(self.topology)
         self.publisher.opened()
         self._reply_queue = await self.backend.reply_queue(self._on_reply)
@@ -182,16 +185,17 @@ class Bridge(LedgerHook):
 
     def arrived(self, spore: Spore) -> str | None:
         """The hosted agent whose queue ``spore`` came from (None: not from an agent queue)."""
-        ticket = self._inflight.get(id(spore))
+        ticket = self._inflight.get(mark_of(spore))
         return ticket.agent if ticket is not None else None
 
     def verify(self, spore: Spore) -> None:
         """The validate stage's hook on a spore from the broker: with signing, its signature
         must be good, fresh and not seen before; then (never before: a forged copy must
         not redirect the answer) a request's reply route is kept."""
-        if id(spore) not in self._untrusted:
+        key = mark_of(spore)
+        if key not in self._untrusted:
             return
-        ticket = self._inflight.get(id(spore))
+        ticket = self._inflight.get(key)
         reply_queue = ticket.message.reply_queue if ticket is not None else None
         if (self._keys is not None and self._replays is not None
                 and not self.external.unsigned_accepted(spore)):
@@ -237,8 +241,9 @@ class Bridge(LedgerHook):
             # A foreign agent (Praval's, say): what goes back to it goes through the broker.
             self._remote.add(sender)  # again when known: the last to be forgotten
             run.outside.add(sender)
-        self._inflight[id(spore)] = Ticket(message, agent)
-        self._untrusted.add(id(spore))
+        key = self._mark(spore)
+        self._inflight[key] = Ticket(message, agent)
+        self._untrusted.add(key)
         run.intake.feed((spore,))  # the chain checks it, then route hands it to `agent`
 
     def _decoded(self, agent: str | None, message: Inbound) -> Spore | None:
@@ -262,7 +267,7 @@ class Bridge(LedgerHook):
         spore = self._decoded(None, message)
         if spore is None or self._run is None:
             return
-        self._untrusted.add(id(spore))
+        self._untrusted.add(self._mark(spore))
         self._run.intake.feed((spore,))  # route resolves it, or refuses it
 
     # -- the ledger's hooks -----------------------------------------------------------------
@@ -273,20 +278,21 @@ class Bridge(LedgerHook):
         if parent is None:  # from outside: organism.confirmed() waits for them
             self.publisher.sent.sent(spores)
             return
-        ticket = self._inflight.get(id(parent))
+        ticket = self._inflight.get(mark_of(parent))
         if ticket is not None:
             for spore in spores:
-                self._owners[id(spore)] = ticket
+                self._owners[self._mark(spore)] = ticket
                 ticket.pending += 1
 
     def handled(self, spore: Spore, replies: list[Spore], agent: str, latency: float) -> None:
         self._changed.set()
-        self._untrusted.discard(id(spore))
-        ticket = self._inflight.pop(id(spore), None)
+        key = mark_of(spore)
+        self._untrusted.discard(key)
+        ticket = self._inflight.pop(key, None)
         if ticket is None:
             return
         for reply in replies:
-            self._owners[id(reply)] = ticket
+            self._owners[self._mark(reply)] = ticket
             ticket.pending += 1
         ticket.finished = True
         self._settle.when_done(ticket)
@@ -294,8 +300,9 @@ class Bridge(LedgerHook):
     def failed(self, spore: Spore, agent: str, reason: str, error: BaseException,
                attempts: int) -> None:
         self._changed.set()
-        self._untrusted.discard(id(spore))
-        ticket = self._inflight.pop(id(spore), None)
+        key = mark_of(spore)
+        self._untrusted.discard(key)
+        ticket = self._inflight.pop(key, None)
         if ticket is None or reason == Reason.SHUTDOWN:
             return  # left unacked: the broker gives it to the next consumer
         text = self.run.ledger.describe(error)  # masked: it goes out on the broker
@@ -311,32 +318,33 @@ class Bridge(LedgerHook):
 
     def dead_lettered(self, letter: DeadLetter) -> None:
         """A spore from the broker refused by the chain: dead-letter its delivery there."""
-        ticket = self._inflight.get(id(letter.spore))
+        ticket = self._inflight.get(mark_of(letter.spore))
         if ticket is not None and not ticket.finished:
             ticket.failure = (letter.reason, letter.error, letter.attempts)
+
+    def _mark(self, spore: Spore) -> int:
+        """Put a new mark on ``spore``: the key it is known by here."""
+        key = next(self._marks)
+        set_mark(spore, key)
+        return key
 
     def keeps(self, spore: Spore) -> bool:
         """A delivery (or what its handler made) a stop interrupts goes back to the broker
         unacked, for the next consumer: it is no dead letter here."""
-        return id(spore) in self._inflight or id(spore) in self._owners
-
-    def _known(self, spore: Spore) -> bool:
-        """Whether ``spore`` is known here by ``id()``: a delivery, what its handler made,
-        or a spore from the broker not yet verified (read back from disk, it would be
-        another object: never verified, and its id() left to the next at its address)."""
-        key = id(spore)
-        return key in self._inflight or key in self._owners or key in self._untrusted
+        key = mark_of(spore)
+        return key in self._inflight or key in self._owners
 
     def released(self, spore: Spore) -> None:
         """``spore`` left this process (confirmed, resolved, returned or dead-lettered)."""
         self._changed.set()  # quiet() looks again: this may have been the last one held
-        self._untrusted.discard(id(spore))
+        key = mark_of(spore)
+        self._untrusted.discard(key)
         self.publisher.settled(spore)
-        ticket = self._inflight.pop(id(spore), None)
+        ticket = self._inflight.pop(key, None)
         if ticket is not None:  # refused by the chain before any handler ran
             ticket.finished = True
             self._settle.when_done(ticket)
-        owner = self._owners.pop(id(spore), None)
+        owner = self._owners.pop(key, None)
         if owner is not None:
             owner.pending -= 1
             self._settle.when_done(owner)
@@ -348,7 +356,7 @@ class Bridge(LedgerHook):
         its agent's lane here; the others are published."""
         local: list[Delivery] = []
         for spore, targets in deliveries:
-            ticket = self._inflight.get(id(spore))
+            ticket = self._inflight.get(mark_of(spore))
             if ticket is None:
                 self._publish(spore, len(targets), targets)
             else:

@@ -50,7 +50,7 @@ class Stage:
 
 def declare_chain(*, limits: Limits, ledger: Ledger, requests: RequestBook,
                   wiring: Callable[[], WiringSnapshot], outside: Container[str],
-                  checked: set[int], now: Callable[[], datetime], budget: ThreadBudget,
+                  now: Callable[[], datetime], budget: ThreadBudget,
                   verify: SchemaCheck | None = None,
                   arrived: Callable[[Spore], str | None] | None = None,
                   last: Stage | None = None, user: Sequence[StageSpec] = ()) -> list[Stage]:
@@ -61,7 +61,7 @@ def declare_chain(*, limits: Limits, ledger: Ledger, requests: RequestBook,
     """
     reject = ledger.reject
     stages = [
-        Stage("validate", validate.pipe(limits=limits, on_reject=reject, checked=checked,
+        Stage("validate", validate.pipe(limits=limits, on_reject=reject,
                                         verify=verify)),
         Stage("expire", expire_filter.pipe(on_reject=reject, now=now)),
     ]
@@ -81,7 +81,7 @@ def declare_chain(*, limits: Limits, ledger: Ledger, requests: RequestBook,
     ]
     placed = place(stages, user, reject)
     if placed[0].name != "validate":  # the user's first: what was checked is checked again
-        placed.insert(0, Stage("forget checked", forget_checked.pipe(checked=checked)))
+        placed.insert(0, Stage("forget checked", forget_checked.pipe()))
     return placed
 
 

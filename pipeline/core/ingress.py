@@ -40,6 +40,7 @@ from sporeflow.steps import (
     new_spore,
     no_agent_error,
     permission_error,
+    set_checked,
     timeout_seconds,
     unroutable,
 )
@@ -66,7 +67,7 @@ class Durable(Protocol):
 class Ingress:
     def __init__(self, *, intake: Intake, ledger: Ledger, requests: RequestBook,
                  wiring: WiringCell, limits: Limits,
-                 now: Callable[[], datetime], checked: set[int],
+                 now: Callable[[], datetime],
                  outside: RecentNames, organism: str) -> None:
         self.organism = organism  # its name, for messages
         self.intake = intake
@@ -77,7 +78,6 @@ class Ingress:
         # Why outside spores are refused now (the organism is not running), or None.
         self.refusal: OrganismStateError | None = None
         self.now = now
-        self.checked = checked  # shared with the validate stage
         self.outside = outside
         # Set by the organism when tracing or a journal is on; None otherwise.
         self.stamp_outside: Stamp | None = None
@@ -218,7 +218,7 @@ class Ingress:
         if self.stamp_outside is not None:  # the caller's span becomes the spore's origin
             spore = self.stamp_outside(spore)
         intake = self.intake
-        self.checked.add(id(spore))  # the validate stage need not check it again
+        set_checked(spore, True)  # the validate stage need not check it again
         if not intake.try_admit(spore):
             try:
                 if admit_within is None:
@@ -226,7 +226,7 @@ class Ingress:
                 else:  # only the wait for room is bounded: once admitted, it is sent whole
                     await self._admit_within(spore, admit_within)
             except BaseException:
-                self.checked.discard(id(spore))  # never admitted: its id may be reused
+                set_checked(spore, False)  # never admitted: sent again, it is checked again
                 raise
         if self.ledger.watched:  # told before any await, so before it can be handled
             self.ledger.admitted((spore,))
@@ -306,12 +306,8 @@ class Ingress:
             raise
         if self.stamp_sent is not None:  # sent from inside the handler's span
             spore = self.stamp_sent(spore)
-        self.checked.add(id(spore))  # the validate stage need not check it again
-        try:
-            self.ledger.feed((spore,), agent, parent)
-        except BaseException:
-            self.checked.discard(id(spore))  # not queued (a hook raised): its id may be reused
-            raise
+        set_checked(spore, True)  # the validate stage need not check it again
+        self.ledger.feed((spore,), agent, parent)
 
     def output(self, spores: list[Spore], parent: Spore, agent: str) -> None:
         """Feed what a running handler yields (a stream's items); the chain checks them

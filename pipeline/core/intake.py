@@ -10,9 +10,8 @@ Handler replies ``feed`` the feedback lane and never wait: a pump that blocked
 on the queue it drains would deadlock. Past ``max_in_memory`` spores held, what is
 fed is paged out to disk (:mod:`.spill`) and read back as memory frees up, so
 memory stays bounded whatever the handlers produce. A spore read back is a new
-object: whatever knew the old one by ``id()`` must not follow it (the ids of spores
-``checked`` where they entered are dropped, so the new object is checked again), or
-must keep it in memory (``never_page``: the broker bridge's deliveries).
+object: it keeps its holder's mark (``steps.mark_of``: the broker bridge's key) and
+loses its checked mark (the chain checks it again).
 
 ``batches`` hands the chain everything queued, up to ``max_batch``, highest
 priority first; at equal priority the feedback lane goes first, so work
@@ -23,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 
 from sporeflow.config.errors import OrganismStateError
 from sporeflow.config.model import DEFAULT_CAPACITY
@@ -43,13 +42,9 @@ class Intake:
         self, *, max_in_flight: int, capacities: Mapping[str, int],
         default_capacity: int = DEFAULT_CAPACITY, max_batch: int = 512,
         max_in_memory: int | None = None, wiring: WiringCell | None = None,
-        checked: set[int] | None = None,
     ) -> None:
         self.max_in_flight = max_in_flight
         self.max_in_memory = max_in_memory
-        # id() of spores checked where they entered (shared with the validate stage)
-        self.checked = checked if checked is not None else set()
-        self._known: Callable[[Spore], bool] | None = None  # see never_page
         self.wiring = wiring  # where the targets' lanes are; None: mailboxes not counted
         self.spill = SpillFile()
         self._paged_in = asyncio.Event()  # set while nothing is paged out
@@ -209,27 +204,16 @@ class Intake:
             count += 1
         return count
 
-    def never_page(self, known: Callable[[Spore], bool]) -> None:
-        """Keep each spore ``known`` names in memory past ``max_in_memory``: its holder
-        knows it by ``id()``, and a spore paged out comes back as another object."""
-        self._known = known
-
     def _feed_paged(self, spores: list[Spore], limit: int) -> None:
         """Feed what fits in memory; page the rest out, behind what is paged out already.
         Requests and responses stay in memory: a handler awaiting one holds its spore
         and slot meanwhile, so paging them out could stall the organism."""
         room = 0 if self.spill.count else max(0, limit - (self.held - self.spill.count))
         now, later = spores[:room], list[Spore]()
-        known = self._known
         for spore in spores[room:]:
-            stays = spore.spore_type in _NEVER_PAGED or (known is not None and known(spore))
-            (now if stays else later).append(spore)
+            (now if spore.spore_type in _NEVER_PAGED else later).append(spore)
         self._push_feedback(now)
         if later:
-            checked = self.checked
-            if checked:  # read back as new objects, each is checked again by the chain
-                for spore in later:
-                    checked.discard(id(spore))
             self._push_feedback(self.spill.push(later))
             if self.spill.count:
                 self._paged_in.clear()

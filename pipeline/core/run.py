@@ -31,7 +31,7 @@ class Run:
     def __init__(self, *, spec: OrganismSpec, dead_letters: DeadLetterStore,
                  requests: RequestBook, wiring: WiringCell,
                  logger: logging.Logger, now: Callable[[], datetime], outbox: deque[Spore],
-                 listeners: list[Callable[[Spore], None]], checked: set[int],
+                 listeners: list[Callable[[Spore], None]],
                  outside: RecentNames, running: Callable[[], bool],
                  masker: Masker = URL_PASSWORDS) -> None:
         self.spec = spec
@@ -43,12 +43,12 @@ class Run:
         self.intake = Intake(max_in_flight=spec.limits.max_in_flight,
                              capacities={c.name: c.capacity for c in spec.channels.values()},
                              max_in_memory=spec.limits.max_in_memory,
-                             wiring=wiring, checked=checked)
+                             wiring=wiring)
         self.ledger = Ledger(intake=self.intake, dead_letters=dead_letters, requests=requests,
                              wiring=wiring, logger=logger, now=now, outbox=outbox,
                              listeners=listeners, masker=masker)
         self.ingress = Ingress(intake=self.intake, ledger=self.ledger, requests=requests,
-                               wiring=wiring, limits=spec.limits, now=now, checked=checked,
+                               wiring=wiring, limits=spec.limits, now=now,
                                outside=outside, organism=spec.name)
         self.chain: asyncio.Task[None] | None = None
 

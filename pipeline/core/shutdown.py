@@ -18,15 +18,14 @@ CANCEL_GRACE = 0.5
 
 
 async def drain_then_abandon(run: Run, lanes: Callable[[], Sequence[tuple[str, AgentLane]]],
-                             drain_timeout: float | None, drained: Callable[[], None]) -> int:
-    """Let ``run`` finish its work, call ``drained``, then cancel and dead-letter what is
+                             drain_timeout: float | None) -> int:
+    """Let ``run`` finish its work, then cancel and dead-letter what is
     left (see :func:`abandon_all`). ``drain_timeout`` bounds both: the drain gets it
     less the grace cancelled handlers get to end."""
     grace = CANCEL_GRACE if drain_timeout is None else min(CANCEL_GRACE, drain_timeout / 4)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(run.idle(), None if drain_timeout is None
                                else drain_timeout - grace)
-    drained()
     return await abandon_all(lanes(), run.ledger, grace)
 
 

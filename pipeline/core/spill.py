@@ -8,9 +8,10 @@ as RabbitMQ pages queues out under memory pressure.
 The file is an anonymous temporary file (unlinked at once, mode 0600), private to
 this process. A record is one push: the pickled list of the spores' fields as tuples
 (``spore_values``: no per-spore dict, rebuilt without checks, since the values are
-the spores' own); the chain checks them again when they are read back, like any fed
-spore. A spore that cannot be pickled (knowledge holding a live object) is kept in
-memory instead; the chain refuses it soon after.
+the spores' own) and their holders' marks (``mark_of``: a spore read back is another
+object, known by its mark); the chain checks them again when they are read back,
+like any fed spore. A spore that cannot be pickled (knowledge holding a live object)
+is kept in memory instead; the chain refuses it soon after.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import tempfile
 from collections import deque
 from typing import IO
 
-from sporeflow.steps import Spore, spore_from_values, spore_values
+from sporeflow.steps import Spore, mark_of, spore_from_values, spore_values
 
 __all__ = ["SpillFile"]
 
@@ -53,16 +54,18 @@ class SpillFile:
     def push(self, spores: list[Spore]) -> list[Spore]:
         """Page ``spores`` out; return those that could not be (kept in memory)."""
         values = [spore_values(spore) for spore in spores]
+        marks = [mark_of(spore) for spore in spores]
         kept: list[Spore] = []
         try:
-            record = pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
+            record = pickle.dumps((values, marks), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # some live object in there: keep those spores in memory
             picklable = [_picklable(value) for value in values]
             kept = [spore for spore, ok in zip(spores, picklable, strict=True) if not ok]
             values = [value for value, ok in zip(values, picklable, strict=True) if ok]
+            marks = [mark for mark, ok in zip(marks, picklable, strict=True) if ok]
             if not values:
                 return kept
-            record = pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
+            record = pickle.dumps((values, marks), protocol=pickle.HIGHEST_PROTOCOL)
         file = self._open()
         file.seek(self._write_at)
         file.write(_LENGTH.pack(len(record)))
@@ -80,7 +83,7 @@ class SpillFile:
             file.seek(self._read_at)
             while len(ready) < limit and self._read_at < self._write_at:
                 (size,) = _LENGTH.unpack(file.read(_LENGTH.size))
-                ready.extend(map(spore_from_values, pickle.loads(file.read(size))))
+                ready.extend(map(spore_from_values, *pickle.loads(file.read(size))))
                 self._read_at += _LENGTH.size + size
             if self._read_at == self._write_at:  # all read: start the file over
                 file.seek(0)
@@ -98,7 +101,7 @@ class SpillFile:
             file.seek(self._read_at)
             while file.tell() < self._write_at:
                 (size,) = _LENGTH.unpack(file.read(_LENGTH.size))
-                spores.extend(map(spore_from_values, pickle.loads(file.read(size))))
+                spores.extend(map(spore_from_values, *pickle.loads(file.read(size))))
         return spores
 
     def clear(self) -> list[Spore]:
