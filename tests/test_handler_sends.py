@@ -11,11 +11,11 @@ import pytest
 from sporeflow.pipeline import Organism, Spore
 
 
-def organism(maker: Any, received: list[Spore]) -> Organism:
+def organism(maker: Any, received: list[Spore], **limits: int) -> Organism:
     async def sink(spore: Spore, ctx: Any) -> None:
         received.append(spore)
 
-    return Organism.from_dict({"channels": {"news": {}}, "agents": {
+    return Organism.from_dict({"limits": limits, "channels": {"news": {}}, "agents": {
         "maker": {"handler": maker},
         "sink": {"handler": sink, "subscribe": ["news"]}}})
 
@@ -95,3 +95,25 @@ async def test_a_refused_send_raises_at_the_call(call: str) -> None:
         await org.idle()
     [error] = raised
     assert type(error).__name__ == "DeliveryError"
+
+
+async def test_a_loop_of_sends_waits_while_spores_are_paged_out() -> None:
+    # Found in review: a stream waited while anything was paged out, a handler sending in
+    # a loop never did: 50,000 sends with max_in_memory 100 paged 49,901 out to disk.
+    sends, limit = 3_000, 100
+    received: list[Spore] = []
+    peak = 0
+
+    async def maker(spore: Spore, ctx: Any) -> None:
+        nonlocal peak
+        for n in range(sends):
+            await ctx.send("sink", {"n": n})
+            peak = max(peak, org.stats()["totals"]["paged_out"])
+
+    org = organism(maker, received, max_in_memory=limit)
+    async with org.running():
+        await org.send("maker", {})
+        await org.idle()
+    assert sorted(spore.knowledge["n"] for spore in received) == list(range(sends))
+    assert org.stats()["totals"]["paged_out_total"] > 0  # it did page out
+    assert peak <= 2 * limit  # and the sender waited for them to be read back

@@ -104,7 +104,7 @@ async def test_what_a_handler_sent_waits_in_the_intake_and_is_kept_with_its_stat
 
     async def fan(spore: Spore, ctx: Any) -> None:
         for n in range(12):
-            await ctx.send("worker", {"n": n})
+            ctx.send("worker", {"n": n})  # sent; not awaited: no pause while paged out
         ctx.state["sent"] = 12
         snapshots.append(organism.save_state())  # the sends are not routed yet
 

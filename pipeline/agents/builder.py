@@ -229,10 +229,5 @@ async def _stream(results: Any, parent: Spore, name: str, emit: Emit | None,
             if intake.closed:
                 break
             if intake.spill.count:
-                lane = runtime().lane
-                lane.lend()
-                try:
-                    await intake.paged_in()
-                finally:
-                    await lane.reclaim()
+                await intake.paged_in(runtime().lane)
     return []

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Protocol
 
 from sporeflow.config import AgentSpec
@@ -17,7 +18,15 @@ from sporeflow.pipeline.core.budget import ThreadBudget
 from sporeflow.pipeline.core.ingress import Ingress
 from sporeflow.pipeline.core.requests import new_request_id
 from sporeflow.pipeline.core.wiring import AgentRuntime, WiringSnapshot
-from sporeflow.steps import ExpiresIn, Spore, SporeType, expiry_after, new_spore, reply_spore
+from sporeflow.steps import (
+    AgentLane,
+    ExpiresIn,
+    Spore,
+    SporeType,
+    expiry_after,
+    new_spore,
+    reply_spore,
+)
 from sporeflow.steps.ids import derived_id
 
 __all__ = ["Context", "HandlerPort", "RunPort"]
@@ -34,6 +43,9 @@ class HandlerPort(Protocol):
         ...
 
     def output(self, spores: list[Spore], parent: Spore, agent: str) -> None: ...
+
+    def paging(self) -> Callable[[AgentLane], Awaitable[None]] | None:
+        """What a handler's send awaits while spores are paged out (None: nothing is)."""
 
     async def ask(self, spore: Spore, timeout: float | timedelta, parent: Spore,
                   agent: str) -> Spore: ...
@@ -55,6 +67,7 @@ class RunPort:
         self.emit = ingress.emit
         self.output = ingress.output
         self._ingress = ingress
+        self._intake = ingress.intake
         self._wiring = wiring
         self.spend = budget.spend
         self.knowledge_store = knowledge_store
@@ -63,6 +76,10 @@ class RunPort:
     async def ask(self, spore: Spore, timeout: float | timedelta, parent: Spore,
                   agent: str) -> Spore:
         return await self._ingress.request(spore, timeout, parent=parent, agent=agent)
+
+    def paging(self) -> Callable[[AgentLane], Awaitable[None]] | None:
+        intake = self._intake
+        return intake.paged_in if intake.spill.count else None
 
     @property
     def agents(self) -> Mapping[str, AgentSpec]:
@@ -133,6 +150,10 @@ class Context:
     # send, broadcast and reply are done when called, and return an awaitable (Sent): a
     # forgotten await loses nothing. See ``agents.sent``.
 
+    def _awaitable(self, spore: Spore) -> Sent:
+        paging = self._organism.paging()
+        return Sent(spore, None if paging is None else partial(paging, self._agent.lane))
+
     def send(self, to: str, knowledge: dict[str, Any], *,
              spore_type: SporeType = SporeType.KNOWLEDGE, priority: int | None = None,
              expires_in: ExpiresIn | None = None) -> Sent:
@@ -143,7 +164,7 @@ class Context:
         spore = self._spore(knowledge, to=to, channel=None, spore_type=spore_type,
                             priority=priority, expires_in=expires_in)
         self._organism.emit(spore, self.spore, self.agent, built=True)
-        return Sent(spore)
+        return self._awaitable(spore)
 
     def broadcast(self, knowledge: dict[str, Any], *, channel: str | None = None,
                   priority: int | None = None, expires_in: ExpiresIn | None = None) -> Sent:
@@ -153,7 +174,7 @@ class Context:
                             spore_type=SporeType.BROADCAST, priority=priority,
                             expires_in=expires_in)
         self._organism.emit(spore, self.spore, self.agent, built=True)
-        return Sent(spore)
+        return self._awaitable(spore)
 
     def reply(self, knowledge: dict[str, Any]) -> Sent:
         """Answer the spore being handled: a response to a request, else to the sender."""
@@ -162,7 +183,7 @@ class Context:
                             to=None if self.spore.spore_type is SporeType.REQUEST
                             else self.spore.from_agent, id=self._sent_id())
         self._organism.emit(spore, self.spore, self.agent)
-        return Sent(spore)
+        return self._awaitable(spore)
 
     async def request(self, to: str, knowledge: dict[str, Any], *,
                       timeout: float | timedelta = 30.0,

@@ -229,10 +229,17 @@ class Intake:
             if not self.spill.count:
                 self._paged_in.set()
 
-    async def paged_in(self) -> None:
-        """Return once nothing is paged out (a streaming source waits here, its slot
-        lent, so that a source alone cannot fill the disk)."""
-        await self._paged_in.wait()
+    async def paged_in(self, lane: AgentLane) -> None:
+        """Return once nothing is paged out, ``lane``'s slot lent meanwhile: a handler
+        that makes more than memory holds (a stream, a loop of sends) waits here after
+        each item, so that it cannot fill the disk alone; its slot serves others."""
+        if not self.spill.count:
+            return
+        lane.lend()
+        try:
+            await self._paged_in.wait()
+        finally:
+            await lane.reclaim()
 
     @property
     def closed(self) -> bool:
