@@ -266,7 +266,7 @@ class Organism(OutsideApi):
         ledger, ingress = run.ledger, run.ingress
         self._ingress = ingress
         for hook in self._hooks:
-            ledger.add_hook(hook)
+            ledger.add_hook(hook, guarded=True)
         if self._journal is not None:
             ledger.add_hook(JournalHook(self._journal, self._requests, self.now))
             ingress.persist = self._journal
@@ -444,7 +444,7 @@ class Organism(OutsideApi):
         """Watch how every spore is settled (see ``pipeline.core.ledger.LedgerHook``)."""
         self._hooks.append(hook)
         if self._run is not None:
-            self._run.ledger.add_hook(hook)
+            self._run.ledger.add_hook(hook, guarded=True)
 
     def on_outside(self, listener: Callable[[Spore], None]) -> Callable[[], None]:
         """Call ``listener`` with each spore addressed to the outside world; returns an

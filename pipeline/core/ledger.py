@@ -21,6 +21,7 @@ import logging
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from sporeflow.config import HandlerError, OrganismStateError
 from sporeflow.config.model import DEAD_LETTER_CHANNEL, SYSTEM_SENDER
@@ -86,9 +87,39 @@ class LedgerHook:
         dropped)."""
 
 
-def _overrides(hooks: Sequence[LedgerHook], name: str) -> list[Callable[..., None]]:
+def _overrides(hooks: Sequence[LedgerHook], name: str,
+               guarded: Sequence[LedgerHook], logger: logging.Logger,
+               ) -> list[Callable[..., Any]]:
     base = getattr(LedgerHook, name)
-    return [getattr(hook, name) for hook in hooks if getattr(type(hook), name) is not base]
+    return [_Guarded(hook, name, logger) if any(hook is g for g in guarded)
+            else getattr(hook, name)
+            for hook in hooks if getattr(type(hook), name) is not base]
+
+
+class _Guarded:
+    """A method of a user's hook: what it raises is logged, never raised into the
+    settling of a spore (which would leave it half settled: held for ever, ``idle()``
+    waiting for ever). The first failure is logged with its traceback, then every
+    thousandth."""
+
+    __slots__ = ("_method", "_where", "_logger", "failures")
+
+    def __init__(self, hook: LedgerHook, name: str, logger: logging.Logger) -> None:
+        self._method = getattr(hook, name)
+        self._where = f"{type(hook).__qualname__}.{name}"
+        self._logger = logger
+        self.failures = 0
+
+    def __call__(self, *args: Any) -> Any:
+        try:
+            return self._method(*args)
+        except Exception:
+            self.failures += 1
+            if self.failures == 1 or self.failures % 1000 == 0:
+                self._logger.exception(
+                    "the ledger hook %s raised (%d time(s) so far); the spore is settled "
+                    "all the same", self._where, self.failures)
+            return False  # keeps(): not kept
 
 
 class Ledger:
@@ -120,31 +151,39 @@ class Ledger:
         self.fanout: dict[str, list[int]] = {}  # channel -> [broadcasts, deliveries]
         self.kept = 0  # spores a stop interrupted, kept by a hook for the next start
         self._hooks: list[LedgerHook] = []
+        self._guarded: list[LedgerHook] = []  # the user's (organism.add_hook)
         self._index()
 
     # -- hooks -----------------------------------------------------------------------
 
-    def add_hook(self, hook: LedgerHook) -> None:
+    def add_hook(self, hook: LedgerHook, *, guarded: bool = False) -> None:
+        """Tell ``hook`` how each spore is settled; ``guarded`` (a user's hook): what it
+        raises is logged, not raised into the settling."""
         if hook not in self._hooks:
             self._hooks.append(hook)
+            if guarded:
+                self._guarded.append(hook)
             self._index()
 
     def remove_hook(self, hook: LedgerHook) -> None:
         if hook in self._hooks:
             self._hooks.remove(hook)
+            self._guarded = [g for g in self._guarded if g is not hook]
             self._index()
 
     def _index(self) -> None:
-        hooks = self._hooks
-        self._on_admitted = _overrides(hooks, "admitted")
-        self._on_handled = _overrides(hooks, "handled")
-        self._on_failed = _overrides(hooks, "failed")
-        self._on_dead = _overrides(hooks, "dead_lettered")
-        self._on_ended = _overrides(hooks, "ended")
-        self._on_released = _overrides(hooks, "released")
-        self._on_fanned_out = _overrides(hooks, "fanned_out")
-        self.watched = bool(hooks)
-        self._keepers = _overrides(hooks, "keeps")
+        def told(name: str) -> list[Callable[..., Any]]:
+            return _overrides(self._hooks, name, self._guarded, self.logger)
+
+        self._on_admitted = told("admitted")
+        self._on_handled = told("handled")
+        self._on_failed = told("failed")
+        self._on_dead = told("dead_lettered")
+        self._on_ended = told("ended")
+        self._on_released = told("released")
+        self._on_fanned_out = told("fanned_out")
+        self.watched = bool(self._hooks)
+        self._keepers = told("keeps")
 
     # -- entering ----------------------------------------------------------------------
 
