@@ -69,17 +69,18 @@ async def test_a_store_named_in_the_organism_file_is_used(tmp_path: Path) -> Non
         "        return ref\n"
         "    async def get(self, ref):\n        return self.items[ref]\n"
         "def make():\n    return Shelf()\n"
-        "def broken():\n    return object()\n")
+        "def broken():\n    return object()\n"
+        "def echo(spore, ctx):\n    return None\n")
     (tmp_path / "organism.yaml").write_text(
         "organism: {name: shelf, knowledge_store: stores:make}\n"
-        "agents:\n  echo: {handler: stores:make}\n")
+        "agents:\n  echo: {handler: stores:echo}\n")
     organism = Organism.from_file(tmp_path / "organism.yaml")
     assert type(organism.knowledge_store).__name__ == "Shelf"
     assert await organism.knowledge_store.put({"x": 1}) == "shelf:0"
 
     (tmp_path / "organism.yaml").write_text(
         "organism: {name: shelf, knowledge_store: stores:mkae}\n"
-        "agents:\n  echo: {handler: stores:make}\n")
+        "agents:\n  echo: {handler: stores:echo}\n")
     with pytest.raises(ConfigError, match=r"organism.knowledge_store: knowledge store "
                                           r"'stores:mkae': module 'stores' has no 'mkae' "
                                           r"\(did you mean 'make'\?\)"):
@@ -87,7 +88,7 @@ async def test_a_store_named_in_the_organism_file_is_used(tmp_path: Path) -> Non
 
     (tmp_path / "organism.yaml").write_text(
         "organism: {name: shelf, knowledge_store: stores:broken}\n"
-        "agents:\n  echo: {handler: stores:make}\n")
+        "agents:\n  echo: {handler: stores:echo}\n")
     with pytest.raises(ConfigError, match="'stores:broken' returned an object, which lacks "
                                           "async put"):
         Organism.from_file(tmp_path / "organism.yaml")
