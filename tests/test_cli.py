@@ -96,6 +96,13 @@ def test_send_errors_are_one_line(args: tuple[str, ...], message: str) -> None:
     assert err.strip().splitlines()[-1].startswith(message)  # after the run's own log lines
 
 
+def test_a_request_to_a_channel_is_a_usage_error() -> None:
+    # Before: the running organism answered 500 Internal Server Error.
+    code, _, err = invoke("send", str(SMALL), "--channel", "main", "--request", "{}")
+    assert code == 2
+    assert "--request goes to one agent: give --to AGENT" in err
+
+
 def test_schema_prints_json_schema() -> None:
     code, out, _ = invoke("schema")
     assert code == 0

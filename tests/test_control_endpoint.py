@@ -131,6 +131,17 @@ async def test_a_request_answers_with_the_response(client: TestClient[Any, Any])
     assert data["response"]["spore_type"] == "response"
 
 
+async def test_a_request_to_a_channel_is_refused_not_a_server_error(
+        client: TestClient[Any, Any]) -> None:
+    # Before: 500 Internal Server Error, and a traceback in the organism's log.
+    reply = await client.post("/v1/send", json={"channel": "main", "knowledge": {},
+                                               "request": True})
+    assert reply.status == 422
+    data = await reply.json()
+    assert (data["status"], data["reason"]) == ("refused", "invalid")
+    assert data["error"] == "SporeError: a request goes to one agent: give `to`"
+
+
 async def test_an_unknown_agent_is_a_404_with_the_dead_letter_reason(
         client: TestClient[Any, Any]) -> None:
     reply = await client.post("/v1/send", json={"to": "ecko", "knowledge": {}})

@@ -388,6 +388,9 @@ def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_requ
         raise click.UsageError("give KNOWLEDGE (JSON) or --xml ELEMENT, exactly one")
     if to_agent is None and channel is None:
         raise click.UsageError("say where the spore goes: --to AGENT, or --channel CHANNEL")
+    if as_request and to_agent is None:
+        raise click.UsageError("--request goes to one agent: give --to AGENT (a channel "
+                               "may have many subscribers, and a request one answer)")
     extra: dict[str, Any] = {}
     if xml_payload is not None:
         payload, extra = guarded(ctx, lambda: _xml_knowledge(xml_payload, as_request,

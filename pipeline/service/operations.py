@@ -255,12 +255,12 @@ async def send_spore(organism: Controlled, knowledge: dict[str, Any], *,
     with the reason a dead letter would carry; over a broker whose recipient runs in
     another process, the spore is ``sent`` once the broker has it.
     """
-    if to is None and channel is None:
-        raise SporeError("say where the spore goes: an agent (to) or a channel")
-    if request and to is None:
-        raise SporeError("a request goes to one agent: give `to`")
     fates = None if request or not _sees_fate(organism, to) else _Fates(organism.events)
     try:
+        if to is None and channel is None:
+            raise SporeError("say where the spore goes: an agent (to) or a channel")
+        if request and to is None:  # refused, as a send is: a 422, never a 500
+            raise SporeError("a request goes to one agent: give `to`")
         if request:
             assert to is not None
             response = await organism.request(to, knowledge, timeout=timeout, sender=sender)
