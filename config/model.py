@@ -42,6 +42,10 @@ STAGE_NAMES = ("validate", "expire", "budget", "route", "schema", "dispatch")
 DEFAULT_CHANNEL = "main"
 DEAD_LETTER_CHANNEL = "dead-letter"
 SYSTEM_SENDER = "system"  # the organism's own voice: its notices, an outside call unnamed
+CLI_SENDER = "cli"  # `sporeflow send` and the control endpoint's sends
+# The outside world's names: what is sent back to them is returned outside, never routed
+# (so no agent may be named so).
+OUTSIDE_SENDERS = frozenset({SYSTEM_SENDER, CLI_SENDER})
 BUILTIN_CHANNELS = (DEFAULT_CHANNEL, DEAD_LETTER_CHANNEL)
 # With a journal: process deaths while an agent handles a spore before the spore is
 # dead-lettered ``poison`` rather than replayed (RabbitMQ's delivery-limit).

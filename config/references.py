@@ -13,9 +13,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from sporeflow.config.errors import Problem
-from sporeflow.config.model import (
-    BUILTIN_CHANNELS,
-)
+from sporeflow.config.model import BUILTIN_CHANNELS, CLI_SENDER, OUTSIDE_SENDERS
 from sporeflow.config.positions import Located
 from sporeflow.config.positions import Path as DataPath
 from sporeflow.config.reasons import did_you_mean
@@ -86,6 +84,12 @@ def reference_problems(located: Located, external: Collection[str] = ()) -> list
 
     for name, agent in agents.items():
         base: DataPath = ("agents", name)
+        if name in OUTSIDE_SENDERS:
+            problems.append(located.problem(base, (
+                f"agent name {name!r} is the outside world's ({name!r} sends from "
+                f"{'the command line' if name == CLI_SENDER else 'Python and notices'}): "
+                f"what is sent back to it would go to this agent; rename the agent"),
+                key=True))
         for i, channel in names(agent.get("subscribe")):
             if unknown_channel((*base, "subscribe", i), channel):
                 continue

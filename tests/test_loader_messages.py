@@ -70,3 +70,15 @@ def test_a_bare_value_where_a_mapping_goes_says_which(setting: str, hint: str) -
     [found] = problems_of(f"agents:\n  a: {{handler: operator:eq, {setting}}}\n"
                           f"  b: {{handler: operator:eq}}\n")
     assert found.endswith(hint), found
+
+
+@pytest.mark.parametrize("name", ["cli", "system"])
+def test_an_agent_named_as_the_outside_world_is_refused(name: str) -> None:
+    # Found by a new user: with an agent named `cli`, `sporeflow send`'s reply went to it
+    # (and with `system`, what Python sent was answered to that agent).
+    problems = problems_of(f"agents:\n  echo: {{handler: operator:eq}}\n"
+                           f"  {name}: {{handler: operator:eq}}\n")
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"o.yaml:3:3: agents.{name}: agent name {name!r} is the "
+                                  f"outside world's")
+    assert problems[0].endswith("rename the agent")

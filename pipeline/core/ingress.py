@@ -24,6 +24,7 @@ from sporeflow.config import (
     SporeError,
     SporeflowError,
 )
+from sporeflow.config.model import OUTSIDE_SENDERS
 from sporeflow.config.reasons import Reason, reason_of
 from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.ledger import Ledger
@@ -47,7 +48,6 @@ from sporeflow.steps import (
 
 __all__ = ["OUTSIDE_SENDERS", "Ingress"]
 
-OUTSIDE_SENDERS = frozenset({"system", "cli"})
 _REQUEST = SporeType.REQUEST
 
 Stamp = Callable[[Spore], Spore]
