@@ -73,7 +73,26 @@ async def test_a_sync_handler_that_sends_fails_saying_what_to_do() -> None:
     assert letter.reason == "handler failed"
     assert letter.error.startswith(
         "OrganismStateError: ctx.send was called from a sync handler's thread, off the "
-        "event loop; nothing was sent: return the spores instead")
+        "event loop; nothing was sent: a sync handler returns its spores")
+
+
+@pytest.mark.parametrize("call", ["request", "gather"])
+async def test_a_sync_handler_that_requests_fails_saying_what_to_do(call: str) -> None:
+    # Found by a new user: in a plain def handler, ctx.request returned a coroutine it
+    # could not await: nothing was asked, and the handler "succeeded".
+    def maker(spore: Spore, ctx: Any) -> None:
+        if call == "request":
+            ctx.request("sink", {"n": 1})
+        else:
+            ctx.gather(["sink"], {"n": 1})
+
+    org = organism(maker, [])
+    async with org.running():
+        await org.send("maker", {})
+        await org.idle()
+    [letter] = org.dead_letters
+    assert letter.error.startswith(
+        f"OrganismStateError: ctx.{call} was called from a sync handler's thread")
 
 
 @pytest.mark.parametrize("call", ["send", "broadcast"])

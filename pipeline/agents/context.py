@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Protocol
@@ -185,14 +185,19 @@ class Context:
         self._organism.emit(spore, self.spore, self.agent)
         return self._awaitable(spore)
 
-    async def request(self, to: str, knowledge: dict[str, Any], *,
-                      timeout: float | timedelta = 30.0,
-                      priority: int | None = None) -> Spore:
+    def request(self, to: str, knowledge: dict[str, Any], *,
+                timeout: float | timedelta = 30.0,
+                priority: int | None = None) -> Coroutine[Any, Any, Spore]:
         """Send a request to ``to`` and return its response spore.
 
         Raises :class:`RequestTimeout` after ``timeout`` seconds, :class:`HandlerError`
         when the responder's handler fails, :class:`DeliveryError` when it is refused.
         """
+        on_the_loop("ctx.request")  # a sync handler could not await it: nothing would happen
+        return self._request(to, knowledge, timeout, priority)
+
+    async def _request(self, to: str, knowledge: dict[str, Any],
+                       timeout: float | timedelta, priority: int | None) -> Spore:
         spore = self._spore(knowledge, to=to, channel=None, spore_type=SporeType.REQUEST,
                             priority=priority, expires_in=None)
         lane = self._agent.lane
@@ -229,11 +234,17 @@ class Context:
         """
         return self._organism.spend(self.spore.thread, amount)
 
-    async def gather(self, to: Sequence[str] | None, knowledge: dict[str, Any], *,
-                     channel: str | None = None, timeout: float = 30.0) -> Gathered:
+    def gather(self, to: Sequence[str] | None, knowledge: dict[str, Any], *,
+               channel: str | None = None,
+               timeout: float = 30.0) -> Coroutine[Any, Any, Gathered]:
         """Request ``knowledge`` from each agent in ``to`` (or, with ``to=None``, from every
         subscriber of ``channel`` but this agent) at once; return what came within
         ``timeout``, naming who is missing or failed (see ``pipeline.orchestration``)."""
+        on_the_loop("ctx.gather")
+        return self._gather(to, knowledge, channel, timeout)
+
+    async def _gather(self, to: Sequence[str] | None, knowledge: dict[str, Any],
+                      channel: str | None, timeout: float) -> Gathered:
         if to is None:
             subscribers = self._organism.subscribers(channel or self.spore.channel)
             to = [name for name in subscribers if name != self.agent]

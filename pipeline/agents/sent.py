@@ -70,5 +70,6 @@ def on_the_loop(call: str) -> None:
     except RuntimeError:
         raise OrganismStateError(
             f"{call} was called from a sync handler's thread, off the event loop; "
-            f"nothing was sent: return the spores instead (a dict, a Spore or a list), "
-            f"or make the handler `async def`") from None
+            f"nothing was sent: a sync handler returns its spores (a dict, a Spore or a "
+            f"list); to send, request or gather from a handler, make it `async def`"
+        ) from None
