@@ -25,6 +25,7 @@ from typing import Any
 
 import jsonschema
 
+from sporeflow.config.declared_knowledge import declared_knowledge_problems
 from sporeflow.config.errors import ConfigError, Problem
 from sporeflow.config.external import take_external
 from sporeflow.config.limits import limits_of
@@ -146,7 +147,8 @@ def _build(
     if not isinstance(data, dict):
         raise ConfigError(_sorted(problems))
     # The name checks below skip whatever has the wrong shape: that is reported already.
-    problems += reference_problems(located, external) + bare_duration_warnings(located)
+    problems += (reference_problems(located, external) + bare_duration_warnings(located)
+                 + declared_knowledge_problems(located))
     handlers, listed = resolve_handlers(located, base_dir, callables, listed_callables,
                                         problems)
     payloads = read_payloads(located, handlers, listed, problems)

@@ -82,3 +82,32 @@ def test_an_agent_named_as_the_outside_world_is_refused(name: str) -> None:
     assert problems[0].startswith(f"o.yaml:3:3: agents.{name}: agent name {name!r} is the "
                                   f"outside world's")
     assert problems[0].endswith("rename the agent")
+
+
+def test_declared_knowledge_that_is_no_json_is_refused_at_its_line() -> None:
+    # Found by a new user: `check` said ok, and `run` refused the boot spore with no line:
+    # YAML reads an unquoted date as a date, .nan as a float JSON cannot hold.
+    problems = problems_of(
+        "agents:\n"
+        "  a: {handler: operator:eq, boot: {when: 2024-01-01}}\n"
+        "  b: {handler: operator:eq, boot: {1: one}}\n"
+        "  c: {handler: operator:eq, boot: {xs: [1, .nan]}}\n"
+        "  d: {handler: operator:eq, boot: {fine: [1, {when: '2024-01-01'}]}}\n"
+        "sources:\n"
+        "  tick: {kind: timer, every: 1s, to: d, knowledge: {at: 2024-01-01 10:00:00}}\n")
+    assert problems == [
+        "o.yaml:2:42: agents.a.boot.when: is a date (datetime.date(2024, 1, 1)), which is "
+        "not JSON; quote it to make it text",
+        "o.yaml:3:35: agents.b.boot: has the key 1, an int: JSON keys are text; quote it",
+        "o.yaml:4:44: agents.c.boot.xs.1: is nan, which JSON cannot represent; write a "
+        "number or text",
+        "o.yaml:7:57: sources.tick.knowledge.at: is a datetime (datetime.datetime(2024, 1, "
+        "1, 10, 0)), which is not JSON; quote it to make it text"]
+
+
+def test_declared_knowledge_over_the_spore_limit_is_refused_at_load() -> None:
+    problems = problems_of("limits: {max_spore_bytes: 1KiB}\nagents:\n"
+                           f"  a: {{handler: operator:eq, boot: {{text: {'x' * 2000}}}}}\n")
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("o.yaml:3:35: agents.a.boot: is 2012 bytes as JSON, over "
+                                  "limits.max_spore_bytes=1024")

@@ -473,7 +473,7 @@ async def test_refused_spores_of_a_source_are_dead_letters(tmp_path: Path) -> No
         "agents": {"reader": {"handler": take}},
         "limits": {"max_spore_bytes": 600},
         "sources": {"tick": {"kind": "timer", "every": "1ms", "count": 2, "to": "reader",
-                             "knowledge": {"blob": "x" * 700}}}})
+                             "knowledge": {"blob": "x" * 520}}}})  # over, in its spore
     async with organism.running():
         await until(lambda: organism.stats()["sources"]["tick"]["state"] == "done", "done")
     assert got == []

@@ -1,0 +1,78 @@
+"""Knowledge written in organism.yaml (an agent's ``boot:``, a timer source's
+``knowledge:``) checked at load, where a mistake has a line: YAML reads an unquoted
+``2024-01-01`` as a date, ``.nan`` as a float JSON cannot hold, ``{1: a}`` with a number
+for a key, and the chain would refuse the spore only once the organism runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from sporeflow.config.errors import Problem
+from sporeflow.config.limits import limits_of
+from sporeflow.config.model import Limits
+from sporeflow.config.positions import Located
+from sporeflow.config.positions import Path as DataPath
+from sporeflow.config.references import mapping
+from sporeflow.config.words import shown, with_article
+
+__all__ = ["declared_knowledge_problems"]
+
+
+def declared_knowledge_problems(located: Located) -> list[Problem]:
+    """Each declared knowledge that is no JSON object, or larger than a spore may be."""
+    data = located.data
+    try:
+        limit = limits_of(mapping(data.get("limits"))).max_spore_bytes
+    except Exception:  # noqa: BLE001  # a bad limit, reported by the schema pass
+        limit = Limits().max_spore_bytes
+    problems = []
+    for path, knowledge in _declared(data):
+        found = next(_not_json(knowledge, path), None)
+        if found is not None:
+            problems.append(located.problem(*found))
+            continue
+        size = len(json.dumps(knowledge, ensure_ascii=False).encode())
+        if size > limit:
+            problems.append(located.problem(path, (
+                f"is {size} bytes as JSON, over limits.max_spore_bytes={limit}: its spore "
+                f"would be refused; send less, or raise the limit")))
+    return problems
+
+
+def _declared(data: dict[str, Any]) -> Iterator[tuple[DataPath, dict[str, Any]]]:
+    for name, agent in mapping(data.get("agents")).items():
+        boot = mapping(agent).get("boot")
+        if isinstance(boot, dict):
+            yield ("agents", name, "boot"), boot
+    for name, source in mapping(data.get("sources")).items():
+        knowledge = mapping(source).get("knowledge")
+        if isinstance(knowledge, dict):
+            yield ("sources", name, "knowledge"), knowledge
+
+
+def _not_json(value: Any, path: DataPath) -> Iterator[tuple[DataPath, str]]:
+    """Where ``value`` is no JSON, and why (the first place found)."""
+    if value is None or isinstance(value, bool | int | str):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            yield path, f"is {value}, which JSON cannot represent; write a number or text"
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                yield path, (f"has the key {shown(key, 40)}, "
+                             f"{with_article(type(key).__name__)}: JSON keys are text; "
+                             f"quote it")
+                return
+            yield from _not_json(item, (*path, key))
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _not_json(item, (*path, index))
+        return
+    yield path, (f"is {with_article(type(value).__name__)} ({shown(value, 40)}), which is "
+                 f"not JSON; quote it to make it text")
