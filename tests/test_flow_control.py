@@ -356,6 +356,32 @@ def test_a_retry_in_backoff_does_not_hold_the_agents_only_slot(virtual: Any) -> 
 # -- requests: timeouts, late responses, failing responders (virtual clock) ------------------
 
 
+def test_a_request_whose_handler_returned_nothing_times_out_saying_so(virtual: Any) -> None:
+    # Found by a new user: a request to a handler returning None waited its whole
+    # timeout, then said only "no response", with no dead letter and no log line.
+    async def main(loop: Any) -> None:
+        async def mute(spore: Spore, ctx: Any) -> None:
+            return None
+
+        async def slow(spore: Spore, ctx: Any) -> dict[str, bool]:
+            await asyncio.sleep(5)
+            return {"late": True}
+
+        org = Organism.from_dict({"agents": {"mute": {"handler": mute},
+                                             "slow": {"handler": slow}}})
+        async with org.running():
+            with pytest.raises(RequestTimeout) as mute_said:
+                await org.request("mute", {}, timeout=1.0)
+            with pytest.raises(RequestTimeout) as slow_said:
+                await org.request("slow", {}, timeout=1.0)
+        assert str(mute_said.value).endswith(
+            "within 1.0s; 'mute' handled it, and no response came back (a request is "
+            "answered by what its handler returns, or by ctx.reply: did it return None?)")
+        assert str(slow_said.value).endswith("within 1.0s")  # still running: no such hint
+
+    virtual(main)
+
+
 def test_request_timeout_raises_and_the_late_response_is_dead_lettered(virtual: Any) -> None:
     async def main(loop: Any) -> None:
         async def slow(spore: Spore, ctx: Any) -> dict[str, bool]:

@@ -26,7 +26,7 @@ from sporeflow.pipeline.core.latency import BOUNDS as LATENCY_BOUNDS
 from sporeflow.pipeline.core.latency import LatencyHistogram
 from sporeflow.pipeline.core.ledger import Ledger
 from sporeflow.pipeline.core.wiring import AgentRuntime
-from sporeflow.steps import AgentLane, LanePolicy, RunnerPool, Spore
+from sporeflow.steps import AgentLane, LanePolicy, RunnerPool, Spore, SporeType
 from sporeflow.steps.dedupe import Dedupe, DedupingLane
 from sporeflow.steps.keyed import KeyedDedupingLane, KeyedLane, key_reader
 from sporeflow.steps.keytable import KeyTable
@@ -88,9 +88,9 @@ class AgentBuilder:
             # The histogram's bucket, inline rather than a method call: once per spore.
             counts[bisect_left(LATENCY_BOUNDS, seconds)] += 1
             latency.total += seconds
-            if replies or ledger.watched:
+            if replies or ledger.watched or spore.spore_type is SporeType.REQUEST:
                 ledger.handled(spore, replies, name, seconds)
-            else:  # nothing came of it and nobody watches: just settle it
+            else:  # nothing came of it, nobody watches, nobody waits: just settle it
                 ledger.intake.settle(1)
 
         def on_failed(spore: Spore, reason: str, error: BaseException, attempts: int) -> None:

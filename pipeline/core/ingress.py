@@ -280,9 +280,13 @@ class Ingress:
             if future.done() and not future.cancelled():
                 raise  # the failure came from the responder, not from our clock
             timed_out = True
+            hint = (f"; {spore.to_agent!r} handled it, and no response came back (a "
+                    f"request is answered by what its handler returns, or by ctx.reply: "
+                    f"did it return None?)"
+                    if self.requests.unanswered(spore.id) else "")
             raise RequestTimeout(
                 f"no response from {spore.to_agent!r} to request {spore.id} within "
-                f"{timeout}s") from None
+                f"{timeout}s{hint}") from None
         finally:
             self.requests.close(spore.id, timed_out=timed_out)
             if future.done() and not future.cancelled():

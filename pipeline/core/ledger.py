@@ -205,6 +205,8 @@ class Ledger:
 
     def handled(self, spore: Spore, replies: list[Spore], agent: str, latency: float) -> None:
         """``agent`` handled ``spore``: feed its replies back, then settle it."""
+        if spore.spore_type is SporeType.REQUEST:  # its requester may wait in vain: say so
+            self.requests.returned(spore.id)
         for hook in self._on_handled:
             hook(spore, replies, agent, latency)
         if replies:

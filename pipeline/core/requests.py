@@ -38,6 +38,7 @@ class RequestBook:
         self._remote: OrderedDict[str, str] = OrderedDict()  # request id -> asked agent
         self.abandoned: OrderedDict[str, None] = OrderedDict()
         self.answered: OrderedDict[str, None] = OrderedDict()  # lately, here
+        self._returned: set[str] = set()  # awaited here; their handler returned, unanswered
 
     def open(self, spore: Spore) -> asyncio.Future[Spore]:
         """Await a response to ``spore`` (a request) from ``spore.to_agent``."""
@@ -48,8 +49,19 @@ class RequestBook:
     def close(self, request_id: str, *, timed_out: bool = False) -> None:
         """Stop waiting; a response that comes after a timeout is a ``late response``."""
         self._waiting.pop(request_id, None)
+        self._returned.discard(request_id)
         if timed_out:
             _remember(self.abandoned, request_id)
+
+    def returned(self, request_id: str) -> None:
+        """The handler of request ``request_id`` returned (a response may be on its way)."""
+        if request_id in self._waiting:
+            self._returned.add(request_id)
+
+    def unanswered(self, request_id: str) -> bool:
+        """Whether the handler of request ``request_id``, awaited here, returned (and no
+        response resolved it): said when it times out, since nothing else says it."""
+        return request_id in self._returned
 
     def expect(self, request_id: str, agent: str) -> None:
         """A request from another process went to ``agent`` here: its response may pass."""
