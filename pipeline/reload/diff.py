@@ -116,6 +116,9 @@ class ReloadReport:
     channels_changed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     limits_changed: tuple[str, ...] = ()
     reimported: tuple[str, ...] = ()
+    # Changed in the file, but run by other processes of the organism over a broker:
+    # never among ``changed`` here (this process applied the file; their lanes are idle).
+    elsewhere: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     duration: float = 0.0
@@ -130,8 +133,9 @@ class ReloadReport:
         return not self.ok
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain JSON-serialisable dict (as in ``stats()["reload"]["last"]``)."""
-        return {
+        """A plain JSON-serialisable dict (as in ``stats()["reload"]["last"]``); with
+        ``elsewhere`` only when some are."""
+        data: dict[str, Any] = {
             "ok": self.ok, "refused": not self.ok, "source": self.source,
             "added": list(self.added), "removed": list(self.removed),
             "changed": {name: list(what) for name, what in self.changed.items()},
@@ -143,6 +147,9 @@ class ReloadReport:
             "errors": list(self.errors), "warnings": list(self.warnings),
             "duration_s": round(self.duration, 6),
         }
+        if self.elsewhere:  # only over a broker, in a process that hosts some agents
+            data["elsewhere"] = list(self.elsewhere)
+        return data
 
     def summary(self) -> str:
         """One line: what was applied, or how many problems refused the file."""
@@ -159,6 +166,8 @@ class ReloadReport:
             ("limits changed", self.limits_changed),
             ("re-imported", self.reimported)) if names]
         done = "; ".join(parts) if parts else "no change"
+        if self.elsewhere:
+            done += f"; not hosted here: {', '.join(self.elsewhere)}"
         return f"{self.source}: applied: {done} ({self.duration * 1000:.1f} ms)"
 
 

@@ -67,6 +67,9 @@ class ReloadPort(Protocol):
     @property
     def brokered(self) -> bool: ...
 
+    @property
+    def hosted(self) -> frozenset[str] | None: ...
+
     def now(self) -> Any: ...
 
     def wiring(self) -> WiringSnapshot: ...
@@ -208,9 +211,14 @@ class Reloader:
             notes += await self._start_added(diff.added)
         else:
             organism.spec = applied  # the next start builds from it
+        hosted = organism.hosted  # None: this process runs every agent
         return ReloadReport(
             ok=True, source=str(file), added=diff.added, removed=diff.removed,
-            changed=diff.changed, channels_added=diff.channels_added,
+            changed={name: what for name, what in diff.changed.items()
+                     if hosted is None or name in hosted},
+            elsewhere=tuple(name for name in diff.changed
+                            if hosted is not None and name not in hosted),
+            channels_added=diff.channels_added,
             channels_removed=diff.channels_removed, channels_changed=diff.channels_changed,
             limits_changed=diff.limits_changed, reimported=tuple(reimported),
             warnings=tuple(notes), duration=time.perf_counter() - started)

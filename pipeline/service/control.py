@@ -4,6 +4,8 @@ with a bearer token.
 
     GET  /v1/health                  alive: 200 while the process serves
     GET  /v1/ready                   200 once started (over a broker: connected), else 503
+    GET  /v1/process                 this process: its pid and the agents it hosts (over a
+                                     broker, an organism may run in several processes)
     GET  /v1/stats                   organism.stats()
     POST /v1/send                    {to | channel, knowledge, sender?, request?, timeout?,
                                       metadata?} -> the spore's fate, or the response
@@ -93,6 +95,7 @@ def control_app(organism: ControlOrganism, *,
         web.get("/v1/", routes.index),
         web.get("/v1/health", routes.health),
         web.get("/v1/ready", routes.ready),
+        web.get("/v1/process", routes.process),
         web.get("/v1/stats", routes.stats),
         web.post("/v1/send", routes.send),
         web.get("/v1/events", routes.events),
@@ -209,6 +212,13 @@ class _Routes:
         ready, why = operations.readiness(self.organism)
         return self.json({"ready": ready, "organism": self.organism.spec.name, "why": why},
                          status=200 if ready else 503)
+
+    async def process(self, request: web.Request) -> web.Response:
+        # Not an open route: which agents run where is the organism's business.
+        spec, hosted = self.organism.spec, self.organism.hosted
+        return self.json({"organism": spec.name, "pid": os.getpid(),
+                          "hosted": sorted(spec.agents if hosted is None else hosted),
+                          "every_agent": hosted is None, "brokered": self.organism.brokered})
 
     async def stats(self, request: web.Request) -> web.Response:
         return self.json(self.organism.stats())
