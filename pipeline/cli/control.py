@@ -5,6 +5,14 @@
     sporeflow stats  ORGANISM        its organism.stats(), as JSON
     sporeflow reload ORGANISM        reload it, and say what the reload did
 
+Over a broker an organism may run in several processes (``run --agents``), a control
+socket each (``service.processes``). What reads or changes the whole organism acts on
+every one: ``reload`` reloads each and says what each did, ``stats`` prints each one's
+view under the agents it hosts. What needs one process (``send``, ``tail``) chooses it:
+``--process AGENT|PID|SOCKET``, else the one hosting the agent it is about, else (a
+send, which goes through the broker from any of them) the first; ``tail`` refuses to
+guess. With one process running, all of this is as it always was.
+
 None of them ever starts a second copy of a running organism: with none running, ``send``
 says so (``--start`` runs a one-off one, without its boot spores), ``tail``, ``stats`` and
 ``reload`` say so, and ``dlq`` reads the journal or broker as it always did.
@@ -27,16 +35,23 @@ from sporeflow.pipeline.observe.logs import configure_logging
 from sporeflow.pipeline.organism import Organism
 from sporeflow.pipeline.service import operations
 from sporeflow.pipeline.service.address import ControlAddress, ControlError, NotRunning, claim
-from sporeflow.pipeline.service.client import ControlClient, Reply, running_socket
+from sporeflow.pipeline.service.client import ControlClient, Reply, running_sockets
+from sporeflow.pipeline.service.processes import Process, choose, running_processes
 from sporeflow.steps import Spore
 
-__all__ = ["attached", "call", "follow_events", "not_running", "reload", "require_attached",
-           "send_outcome", "send_started", "stats"]
+__all__ = ["PROCESS_OPTION", "attached", "call", "follow_events", "not_running", "one_process",
+           "reload", "require_attached", "send_outcome", "send_started", "stats"]
+
+PROCESS_OPTION = click.option(
+    "--process", metavar="AGENT|PID|SOCKET",
+    help="Over a broker, where the organism runs in several processes (run --agents): "
+         "the process hosting AGENT, or with that pid or control socket.")
 
 
 def attached(organism: Path) -> Path | None:
-    """The control socket of the run of ``organism`` that answers, or None."""
-    return running_socket(organism)
+    """The control socket of a run of ``organism`` that answers, or None: the first one,
+    for what any process of the organism answers alike (``dlq`` over a broker)."""
+    return next(iter(running_sockets(organism)), None)
 
 
 def require_attached(ctx: click.Context, organism: Path, hint: str = "") -> Path:
@@ -45,6 +60,29 @@ def require_attached(ctx: click.Context, organism: Path, hint: str = "") -> Path
     if path is None:
         fail(ctx, not_running(organism, f"start it with `sporeflow run {organism}`{hint}"))
     return path
+
+
+def processes(ctx: click.Context, organism: Path) -> list[Process]:
+    """Every running process of ``organism``, described (``GET /v1/process``)."""
+    return guarded(ctx, lambda: run_to_end(running_processes(organism)))
+
+
+def one_process(ctx: click.Context, organism: Path, name: str | None, *,
+                about: Sequence[str] = (), any_will_do: bool, doing: str,
+                ) -> tuple[Path, Process | None] | None:
+    """The socket a command that needs one process reaches (``service.processes.choose``),
+    and the process when several run (None: the only one, reached as it always was);
+    None when none runs. A refusal (named none, or several and the choice matters) is a
+    one-line error listing the processes, exit 1."""
+    sockets = running_sockets(organism)
+    if not sockets:
+        return None
+    if len(sockets) == 1 and name is None:
+        return sockets[0], None
+    running = processes(ctx, organism)
+    chosen = guarded(ctx, lambda: choose(running, name, about=about, any_will_do=any_will_do,
+                                         doing=doing, organism=str(organism)))
+    return chosen.socket, chosen if len(running) > 1 else None
 
 
 def not_running(organism: Path, advice: str) -> NotRunning:
@@ -82,14 +120,35 @@ def refused(ctx: click.Context, answer: Any) -> NoReturn:
 
 @click.command()
 @ORGANISM_ARG
+@PROCESS_OPTION
 @click.pass_context
-def stats(ctx: click.Context, organism: Path) -> None:
-    """Print the running ORGANISM's statistics (organism.stats()) as JSON."""
-    path = require_attached(ctx, organism)
+def stats(ctx: click.Context, organism: Path, process: str | None) -> None:
+    """Print the running ORGANISM's statistics (organism.stats()) as JSON.
+
+    Over a broker, with the organism in several processes: {"organism", "processes":
+    [...]}, each process's own view under "stats", labelled by its pid, socket and the
+    agents it hosts (its figures for the others' agents are its idle copies: 0);
+    --process prints one process's alone."""
+    sockets = running_sockets(organism)
+    if not sockets:
+        fail(ctx, not_running(organism, f"start it with `sporeflow run {organism}`"))
+    if len(sockets) == 1 or process is not None:
+        chosen = one_process(ctx, organism, process, any_will_do=True, doing="")
+        assert chosen is not None  # it answered just now; else `call` says it is gone
+        click.echo(json.dumps(_stats_of(ctx, chosen[0]), indent=2, ensure_ascii=False))
+        return
+    views = [{**running.to_dict(), "stats": _stats_of(ctx, running.socket)}
+             for running in processes(ctx, organism)]
+    name = next((view["stats"].get("organism") for view in views), None)
+    click.echo(json.dumps({"organism": name, "processes": views}, indent=2,
+                          ensure_ascii=False))
+
+
+def _stats_of(ctx: click.Context, path: Path) -> Any:
     status, answer = call(ctx, path, "GET", "stats")
     if status != 200:
         refused(ctx, answer)
-    click.echo(json.dumps(answer, indent=2, ensure_ascii=False))
+    return answer
 
 
 @click.command()
@@ -97,15 +156,36 @@ def stats(ctx: click.Context, organism: Path) -> None:
 @click.pass_context
 def reload(ctx: click.Context, organism: Path) -> None:
     """Reload the running ORGANISM from its file: what changed is applied agent by agent;
-    a file with problems is refused, and the organism runs on unchanged (exit 1)."""
-    path = require_attached(ctx, organism)
-    status, answer = call(ctx, path, "POST", "reload")
-    if status not in (200, 422) or "summary" not in answer:
-        refused(ctx, answer)
-    click.echo(f"reload: {answer['summary']}")
+    a file with problems is refused, and the organism runs on unchanged (exit 1).
+
+    Over a broker, with the organism in several processes, each one reloads, and what
+    each did is one line naming it and the agents it hosts (a process reports changes
+    only to those); exit 1 if any refused."""
+    sockets = running_sockets(organism)
+    if not sockets:
+        fail(ctx, not_running(organism, f"start it with `sporeflow run {organism}`"))
+    if len(sockets) == 1:
+        status, answer = call(ctx, sockets[0], "POST", "reload")
+        if status not in (200, 422) or "summary" not in answer:
+            refused(ctx, answer)
+        _reloaded("reload: ", status, answer)
+        ctx.exit(0 if status == 200 else 1)
+    failed = False
+    for running in processes(ctx, organism):
+        status, answer = call(ctx, running.socket, "POST", "reload")
+        if status in (200, 422) and isinstance(answer, dict) and "summary" in answer:
+            _reloaded(f"reload: {running.label}: ", status, answer)
+        else:  # said, and the others reload all the same
+            message = answer.get("message") if isinstance(answer, dict) else answer
+            click.echo(f"reload: {running.label}: ControlError: {message}", err=True)
+        failed = failed or status != 200
+    ctx.exit(1 if failed else 0)
+
+
+def _reloaded(head: str, status: int, answer: dict[str, Any]) -> None:
+    click.echo(f"{head}{answer['summary']}")
     for line in (*answer.get("errors", ()), *answer.get("warnings", ())):
         click.echo(f"  {line}", err=status != 200)
-    ctx.exit(0 if status == 200 else 1)
 
 
 # -- send ----------------------------------------------------------------------------------
@@ -189,18 +269,19 @@ async def _send_once(org: Organism, body: Mapping[str, Any],
 
 
 def follow_events(ctx: click.Context, path: Path, params: Mapping[str, str | Sequence[str]],
-                  write: Callable[[str], None]) -> int:
+                  write: Callable[[str], None], process: Process | None = None) -> int:
     """Print the running organism's events as they come, until Ctrl-C or the stream ends
     (the organism stopped, or was idle with ``until_idle``); returns the events dropped
-    because the output could not keep up."""
+    because the output could not keep up. ``process``: the one followed, of several."""
+    what = "the organism" if process is None else f"the organism's {process.label}"
     try:
-        return run_to_end(_follow(path, params, write))
+        return run_to_end(_follow(path, params, write, what))
     except ControlError as exc:
         fail(ctx, exc)
 
 
 async def _follow(path: Path, params: Mapping[str, str | Sequence[str]],
-                  write: Callable[[str], None]) -> int:
+                  write: Callable[[str], None], what: str) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     dropped = 0
@@ -209,7 +290,7 @@ async def _follow(path: Path, params: Mapping[str, str | Sequence[str]],
         nonlocal dropped
         async with ControlClient(path) as client:
             async for line in client.lines("events", params, attached=lambda: click.echo(
-                    f"tail: following the organism at {path} (Ctrl-C to stop)", err=True)):
+                    f"tail: following {what} at {path} (Ctrl-C to stop)", err=True)):
                 if line.startswith('{"event": "dropped"'):
                     dropped = json.loads(line)["count"]
                     continue

@@ -251,7 +251,8 @@ def _in_running(ctx: click.Context, organism: Path, explicit: bool,
                 choice: LetterChoice) -> tuple[Path, list[StoredDeadLetter]] | None:
     """The running organism's socket and its letters ``choice`` matches, when ``dlq`` acts
     on it: no source was named, a run of the file answers, and it keeps them (over a broker
-    the dead-letter queue holds every process's: it is read as before)."""
+    the dead-letter queue holds every process's: it is read as before; an organism in
+    several processes runs over a broker, so any one of them answers this alike)."""
     path = None if explicit else attached(organism)
     if path is None:
         return None

@@ -31,9 +31,10 @@ from sporeflow.config.words import plural
 from sporeflow.pipeline.agents.state import read_snapshot, write_snapshot
 from sporeflow.pipeline.cli.broker import broker_declare, broker_permissions
 from sporeflow.pipeline.cli.control import (
-    attached,
+    PROCESS_OPTION,
     call,
     not_running,
+    one_process,
     reload,
     send_outcome,
     send_started,
@@ -365,11 +366,12 @@ def check(ctx: click.Context, organism: Path) -> None:
 @click.option("--xml", "xml_payload", metavar="ELEMENT",
               help="Send an XML payload element instead of KNOWLEDGE: its tag becomes the "
                    "kind (metadata), its attributes and children the knowledge.")
+@PROCESS_OPTION
 @click.argument("knowledge", required=False)
 @click.pass_context
 def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_request: bool,
          timeout: float, knowledge: str | None, xml_payload: str | None,
-         channel: str | None = None, start: bool = False) -> None:
+         channel: str | None = None, start: bool = False, process: str | None = None) -> None:
     """Send KNOWLEDGE (JSON) or --xml ELEMENT to an agent (or a channel) of the running
     ORGANISM (default ./organism.yaml); print the spore's id once it is handled, or a
     request's response. A single argument is the KNOWLEDGE, unless --xml is given or it
@@ -379,6 +381,10 @@ def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_requ
     dead-lettered (unknown agent, schema, not a peer...) prints the reason and exits 1.
     With no run going on it says so, and --start runs a one-off organism here instead,
     without its boot spores, printing what comes back to the command line.
+
+    Over a broker, with the organism in several processes, any of them sends (through
+    the broker); it is the one hosting the --to agent, which waits for its fate, unless
+    --process AGENT|PID|SOCKET names another.
     """
     file, knowledge = _send_arguments(organism, knowledge, xml=xml_payload is not None)
     ctx.params["organism"] = file  # what a one-line error speaks of
@@ -402,8 +408,12 @@ def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_requ
             click.echo(f"SporeError: KNOWLEDGE is not JSON: {exc}; quote it like "
                        f"'{{\"a\": 1}}'", err=True)
             ctx.exit(1)
-    path = attached(file)
-    if path is None and not start:
+    # Over a broker, in several processes: any one sends through the broker; the one
+    # hosting the recipient also sees its fate (handled, or its dead letter).
+    chosen = one_process(ctx, file, process, about=[to_agent] if to_agent else [],
+                         any_will_do=True, doing="")
+    path = chosen[0] if chosen is not None else None
+    if path is None and (not start or process is not None):
         fail(ctx, not_running(file, f"start it with `sporeflow run {file}`, or pass "
                                     f"--start to run one now without its boot agents"))
     body = {"to": to_agent, "channel": channel, "knowledge": payload, "request": as_request,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import click
 
-from sporeflow.pipeline.cli.control import follow_events, require_attached
-from sporeflow.pipeline.cli.util import ORGANISM_ARG
+from sporeflow.pipeline.cli.control import PROCESS_OPTION, follow_events, not_running, one_process
+from sporeflow.pipeline.cli.util import ORGANISM_ARG, fail
 from sporeflow.pipeline.observe.events import Event, EventBus, EventStream
 from sporeflow.pipeline.service.following import SPORE_EVENT_KINDS, TailFilter, event_line
 from sporeflow.steps import SporeType
@@ -93,22 +93,32 @@ class Tail:
 @click.option("--buffer", "maxsize", default=10_000, show_default=True,
               type=click.IntRange(min=1),
               help="Events held for a slow reader before the oldest are dropped.")
+@PROCESS_OPTION
 @click.pass_context
 def tail(ctx: click.Context, organism: Path, agents: tuple[str, ...],
          channels: tuple[str, ...], types: tuple[str, ...], kinds: tuple[str, ...],
-         no_knowledge: bool, until_idle: bool, maxsize: int) -> None:
+         no_knowledge: bool, until_idle: bool, maxsize: int, process: str | None) -> None:
     """Follow the running ORGANISM's spores: print their events as JSON lines, filtered.
 
     Each line has "event" (admitted, handled, failed, expired, dead-lettered), "at",
     "spore_id", "thread_id", "agent" and the spore. It attaches to the run of ORGANISM
     (`sporeflow run`) through its control socket, and follows until Ctrl-C, the run's
     end, or idle with --until-idle. The count of dropped lines goes to stderr.
+
+    Over a broker, with the organism in several processes, it follows one, whose events
+    are those of the agents it hosts: --process AGENT|PID|SOCKET, or the one process
+    hosting every --agent given; else it refuses, listing them.
     """
-    path = require_attached(ctx, organism, hint=" (tail follows a running organism)")
+    chosen = one_process(ctx, organism, process, about=agents, any_will_do=False,
+                         doing="tail follows one (each sees the events of its own agents)")
+    if chosen is None:
+        fail(ctx, not_running(organism, f"start it with `sporeflow run {organism}` (tail "
+                                        f"follows a running organism)"))
+    path, followed = chosen
     params = {"agent": agents, "channel": channels, "type": types, "event": kinds,
               "knowledge": "false" if no_knowledge else "true",
               "until_idle": "true" if until_idle else "false", "buffer": str(maxsize)}
-    dropped = follow_events(ctx, path, params, click.echo)
+    dropped = follow_events(ctx, path, params, click.echo, followed)
     if dropped:
         click.echo(f"tail: {dropped} event(s) dropped: the output could not keep up "
                    f"(raise --buffer, or filter more)", err=True)

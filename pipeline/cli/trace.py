@@ -10,8 +10,11 @@ its type, sender and addressee, when it was made after the root, and each delive
 outcome: handled (by whom, in how long), failed or dead letter (with the reason), or
 ended without a handler (a response, a spore returned outside). ``--journal`` reads a
 journal file; without it a running organism answers from its recent window (the last
-``observe.lineage.TRACE_WINDOW`` settlements), and the organism's own journal, if it
-has one, is read when it is not running or no longer holds the spore.
+``observe.lineage.TRACE_WINDOW`` settlements; over a broker, those of every process
+of the organism that holds the spore, together: a process that settled only what the
+spore's handling made elsewhere does not know it as the root, and adds nothing), and
+the organism's own journal, if it has one, is read when it is not running or no longer
+holds the spore.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from pathlib import Path
 import click
 
 from sporeflow.config import SporeflowError, load_organism
-from sporeflow.pipeline.cli.control import attached
 from sporeflow.pipeline.cli.util import DEFAULT_ORGANISM, fail, guarded, masked, run_to_end
 from sporeflow.pipeline.core.lineage import TraceNode, render_tree, tree_steps
 from sporeflow.pipeline.service.address import NotRunning
+from sporeflow.pipeline.service.client import running_sockets
 from sporeflow.pipeline.service.lineage import trace_from_endpoint, trace_from_journal
 
 __all__ = ["trace"]
@@ -68,22 +71,22 @@ def _find(ctx: click.Context, organism: Path, spore_id: str,
     if journal is not None:
         return guarded(ctx, lambda: trace_from_journal(journal, spore_id)), str(journal)
     places = []
-    socket = attached(organism)
-    if socket is not None:
-        found = guarded(ctx, lambda: run_to_end(trace_from_endpoint(socket, spore_id)))
+    sockets = running_sockets(organism)  # over a broker, each process's window
+    if sockets:
+        found = guarded(ctx, lambda: run_to_end(trace_from_endpoint(sockets, spore_id)))
         if found is not None:
             return found, "the running organism"
         places.append("the running organism's recent window")
     try:
         own = load_organism(organism).journal
     except SporeflowError as exc:
-        if socket is None:
+        if not sockets:
             fail(ctx, exc)
         own = None
     if own is not None:
         return (guarded(ctx, lambda: trace_from_journal(own, spore_id)),
                 " nor ".join([*places, f"journal {own}"]))
-    if socket is None:
+    if not sockets:
         fail(ctx, NotRunning(f"no organism running for {organism}, and it keeps no journal to "
                              f"read; start it with `sporeflow run {organism}`, or pass "
                              f"--journal FILE"))

@@ -1,5 +1,7 @@
-"""The command line's side of the control endpoint: find the running organism of a file
-(``running_socket``) and talk to it over its Unix socket (``ControlClient``)."""
+"""The command line's side of the control endpoint: find the running processes of an
+organism file (``running_sockets``; over a broker it may run in several, a socket each)
+and talk to one over its Unix socket (``ControlClient``). Which of several a command
+reaches is ``service.processes``'s business."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import aiohttp
 
 from sporeflow.pipeline.service.address import ControlError, sockets_of
 
-__all__ = ["ControlClient", "Reply", "running_socket"]
+__all__ = ["ControlClient", "Reply", "running_socket", "running_sockets"]
 
 _BASE = "http://sporeflow/v1"  # the host is not used: the connector is the socket
 _CONNECT = 5.0
@@ -22,23 +24,33 @@ _CONNECT = 5.0
 Reply = tuple[int, Any]  # the HTTP status and the JSON answered
 
 
-def running_socket(organism_file: Path, *, folder: Path | None = None) -> Path | None:
-    """The control socket of the run of ``organism_file`` that answers, if one does.
+def running_sockets(organism_file: Path, *, folder: Path | None = None) -> list[Path]:
+    """The control sockets of the runs of ``organism_file`` that answer: one, or over a
+    broker one per process (``--agents``), the run of every agent first.
 
     A socket nobody listens on (left by a killed run) is skipped; the next run of the
     file replaces it.
     """
-    for path in sockets_of(organism_file, folder=folder):
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(_CONNECT)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            continue
-        finally:
-            probe.close()
-        return path
-    return None
+    return [path for path in sockets_of(organism_file, folder=folder) if _answers(path)]
+
+
+def running_socket(organism_file: Path, *, folder: Path | None = None) -> Path | None:
+    """The first of :func:`running_sockets`, if one answers: a test's or a script's
+    "is it up?". A command that acts on a running organism chooses among all of them
+    (``service.processes``)."""
+    return next(iter(running_sockets(organism_file, folder=folder)), None)
+
+
+def _answers(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(_CONNECT)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 class ControlClient:

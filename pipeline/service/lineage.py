@@ -3,6 +3,7 @@ control endpoint (its recent window) or a journal file at rest."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from sporeflow.pipeline.core.lineage import TraceNode, TraceStep, trace_tree
@@ -20,16 +21,23 @@ def trace_from_journal(path: Path, spore_id: str) -> TraceNode | None:
         return trace_tree(journal.trace_steps(), spore_id)
 
 
-async def trace_from_endpoint(socket: Path, spore_id: str) -> TraceNode | None:
-    """The tree of ``spore_id`` from the running organism at ``socket``; None when its
-    window does not hold that spore. Raises :class:`ControlError` when it refuses."""
+async def trace_from_endpoint(sockets: Sequence[Path], spore_id: str) -> TraceNode | None:
+    """The tree of ``spore_id`` from the running organism at ``sockets`` (over a broker,
+    one per process: the steps each process's window holds of the tree, together); None
+    when no window holds that spore. Raises :class:`ControlError` when one refuses."""
+    steps: list[TraceStep] = []
+    for socket in sockets:
+        steps += await _steps_at(socket, spore_id)
+    return trace_tree(steps, spore_id) if steps else None
+
+
+async def _steps_at(socket: Path, spore_id: str) -> list[TraceStep]:
     async with ControlClient(socket) as client:
         status, answer = await client.get("trace", {"id": spore_id})
     if status == 404:
-        return None
+        return []
     if status != 200 or not isinstance(answer, dict) or not isinstance(
             answer.get("steps"), list):
         message = answer.get("message") if isinstance(answer, dict) else answer
         raise ControlError(f"{socket}: the organism answered {status} to trace: {message}")
-    steps = [step for step in map(TraceStep.from_json, answer["steps"]) if step is not None]
-    return trace_tree(steps, spore_id)
+    return [step for step in map(TraceStep.from_json, answer["steps"]) if step is not None]
