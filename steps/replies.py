@@ -281,7 +281,9 @@ def _seconds_attr(value: str, agent: str) -> float:
 
 def _bad_return(agent: str, value: object) -> str:
     unordered = (" (a set has no order: its replies would get different ids each time "
-                 "it is handled; return a list)") if isinstance(value, set | frozenset) else ""
+                 "it is handled; return a list)") if isinstance(value, set | frozenset) else (
+        f" (a {type(value).__name__} is a dict of another type: return dict(it))"
+        if isinstance(value, dict) else "")
     return (f"agent {agent!r} returned {with_article(type(value).__name__)}, "
             f"{shown(value, 60)}; "
             f"return None, a dict, a Spore, XML text, or a list or other ordered iterable "

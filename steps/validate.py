@@ -330,7 +330,8 @@ def _not_json(value: Any, root: str, parts: tuple[str | int, ...], depth: int,
     elif not isinstance(value, _SCALARS):
         hint = {"datetime": "; write it as text with .isoformat()", "set": "; make it a list",
                 "frozenset": "; make it a list", "bytes": "; decode it to text"}.get(
-            kind.__name__, "; make it a dict, a list, text or a number")
+            kind.__name__, "; make it a plain dict: dict(it)" if isinstance(value, dict)
+            else "; make it a dict, a list, text or a number")
         return (f"{field_path(parts, root=root)} holds {with_article(kind.__name__)}, which "
                 f"is not JSON: {shown(value, _SHOWN)}{hint}")
     for part, item in items:

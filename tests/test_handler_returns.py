@@ -12,7 +12,7 @@ import pytest
 
 from sporeflow.config import check_organism
 from sporeflow.config.handler_returns import never_replies
-from sporeflow.pipeline import Organism
+from sporeflow.pipeline import Organism, Spore, SporeError
 from sporeflow.pipeline.reload.watch import ReloadTriggers
 
 LOOP_WARNING = "has no emit, so its replies go back to"
@@ -133,3 +133,32 @@ def test_loading_logs_the_warnings_that_check_returns(
     [record] = caplog.records
     assert record.levelno == logging.WARNING
     assert str(check_organism(file)[1][0]) == record.getMessage()
+
+
+async def test_a_dict_of_another_type_is_refused_saying_to_make_it_a_dict() -> None:
+    # Found by a new user: Counter (a word count's natural type), OrderedDict and
+    # defaultdict were refused as "not a dict" or "not JSON", with no word of dict(it).
+    from collections import Counter, OrderedDict
+
+    async def ret(spore: Spore, ctx: Any) -> Any:
+        return Counter("hello")
+
+    async def nested(spore: Spore, ctx: Any) -> Any:
+        return {"counts": Counter("hi")}
+
+    async def sink(spore: Spore, ctx: Any) -> None:
+        return None
+
+    org = Organism.from_dict({"agents": {
+        "ret": {"handler": ret, "emit": {"to": "sink"}},
+        "nested": {"handler": nested, "emit": {"to": "sink"}},
+        "sink": {"handler": sink}}})
+    async with org.running():
+        await org.send("ret", {})
+        await org.send("nested", {})
+        with pytest.raises(SporeError, match=r"got OrderedDict: .*; pass dict\(it\)$"):
+            await org.send("sink", OrderedDict(a=1))
+        await org.idle()
+    errors = sorted(letter.error for letter in org.dead_letters)
+    assert errors[0].endswith("(a Counter is a dict of another type: return dict(it))")
+    assert errors[1].endswith("; make it a plain dict: dict(it)")

@@ -115,8 +115,9 @@ class Ingress:
         if self.refusal is not None:
             raise self.refusal
         if type(knowledge) is not dict:
+            plain = "; pass dict(it)" if isinstance(knowledge, dict) else ""
             raise SporeError(f"knowledge must be a dict (a JSON object), got "
-                             f"{type(knowledge).__name__}: {knowledge!r:.60}")
+                             f"{type(knowledge).__name__}: {knowledge!r:.60}{plain}")
         expires_at = expiry_after(self.now(), expires_in) if expires_in is not None else None
         channel = channel or DEFAULT_CHANNEL
         built = not extra  # else fields of the caller's own (metadata, ...): all checked
