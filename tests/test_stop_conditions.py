@@ -60,6 +60,17 @@ def test_unknown_name_names_the_path_and_the_closest() -> None:
         parse_condition("totals.handeld > 1")(STATS)
 
 
+def test_a_reason_is_read_as_dlq_reads_it_and_a_misspelt_one_is_refused() -> None:
+    # Found by a new user: --until 'dead_letters.by_reason.timout >= 1' was accepted and
+    # counted 0 for ever (the run never stopped); handler_failed never matched either.
+    stats = {"dead_letters": {"by_reason": {"handler failed": 2}}}
+    assert parse_condition("dead_letters.by_reason.handler_failed >= 2")(stats) is True
+    assert parse_condition('dead_letters.by_reason["handler failed"] >= 2')(stats) is True
+    with pytest.raises(ValueError, match=r"no dead-letter reason 'timout' \(did you mean "
+                                         r"'timeout'\?\)"):
+        parse_condition("dead_letters.by_reason.timout >= 1")
+
+
 def looping_organism() -> Organism:
     async def ping(spore: Spore, ctx: Any) -> dict[str, Any]:
         await asyncio.sleep(0.001)  # virtual time: each hop costs a millisecond

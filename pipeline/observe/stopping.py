@@ -21,7 +21,7 @@ import operator
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from sporeflow.config.reasons import did_you_mean
+from sporeflow.config.reasons import UnknownReason, did_you_mean, reason_named
 
 __all__ = ["StopCondition", "parse_condition", "stop_task", "wait_until"]
 
@@ -71,6 +71,22 @@ class StopCondition:
                     isinstance(child.slice, ast.Constant) and isinstance(child.slice.value, str)):
                 raise ValueError(f"condition {self.text!r}: write a subscript as "
                                  f"[\"name\"], with a quoted name")
+            if isinstance(child, ast.Attribute | ast.Subscript):
+                self._reason_of(child)  # a reason that names none would count 0 for ever
+
+    def _reason_of(self, node: ast.Attribute | ast.Subscript) -> str | None:
+        """The reason ``node`` names under ``by_reason`` (as the stats write it), or None
+        when it is no such key; raise ValueError for a reason that names none."""
+        parent = node.value
+        if not ((isinstance(parent, ast.Attribute) and parent.attr == "by_reason")
+                or (isinstance(parent, ast.Name) and parent.id == "by_reason")):
+            return None
+        key = node.attr if isinstance(node, ast.Attribute) else str(
+            ast.literal_eval(node.slice))
+        try:
+            return str(reason_named(key))
+        except UnknownReason as exc:
+            raise ValueError(f"condition {self.text!r}: {exc}") from None
 
     def _eval(self, node: ast.AST, stats: Stats) -> Any:
         if isinstance(node, ast.BoolOp):
@@ -101,13 +117,15 @@ class StopCondition:
     def _lookup(self, node: ast.AST, stats: Stats) -> Any:
         path: list[str] = []
         while not isinstance(node, ast.Name):
-            if isinstance(node, ast.Attribute):
+            assert isinstance(node, ast.Attribute | ast.Subscript)  # _check allowed no other
+            reason = self._reason_of(node)  # handler_failed: the stats' "handler failed"
+            if reason is not None:
+                path.append(reason)
+            elif isinstance(node, ast.Attribute):
                 path.append(node.attr)
-                node = node.value
             else:
-                assert isinstance(node, ast.Subscript)  # _check allowed nothing else
                 path.append(str(ast.literal_eval(node.slice)))
-                node = node.value
+            node = node.value
         path.append(node.id)
         path.reverse()
         value: Any = stats
