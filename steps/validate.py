@@ -257,7 +257,7 @@ def _check_bytes(spore: Spore, limits: Limits) -> None:
     if size > limit:
         raise LimitExceeded(
             f"spore {spore.id} is {size} bytes as JSON, over "
-            f"limits.max_spore_bytes={limit} ({_human(size)} > {_human(limit)})")
+            f"limits.max_spore_bytes={limit} ({_over(size, limit)})")
 
 
 class _Over(Exception):
@@ -344,12 +344,24 @@ def _not_json(value: Any, root: str, parts: tuple[str | int, ...], depth: int,
     return None
 
 
-def _human(size: int) -> str:
+def _human(size: int, digits: int = 1) -> str:
     """``size`` bytes for people: ``1 MiB``, ``2.1 MiB``, ``512 KiB``, ``900 B``."""
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if size >= scale:
-            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
+            return f"{size / scale:.{digits}f}".rstrip("0").removesuffix(".") + f" {unit}"
     return f"{size} B"
+
+
+def _over(size: int, limit: int) -> str:
+    """``size > limit`` for people, with the digits that tell them apart (not ``1 MiB >
+    1 MiB``)."""
+    for digits in (1, 2, 3):
+        said = _human(size, digits), _human(limit, digits)
+        if said[0] != said[1]:
+            break
+    else:
+        said = f"{size} B", f"{limit} B"
+    return f"{said[0]} > {said[1]}"
 
 
 def _check_name(field: str, value: object) -> None:

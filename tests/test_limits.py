@@ -263,6 +263,13 @@ def test_size_message_speaks_in_mebibytes() -> None:
         check_spore(spore, Limits())
 
 
+def test_a_size_just_over_the_limit_is_told_with_the_digits_that_differ() -> None:
+    # Found by a new user: a spore of 1,100,350 bytes was "(1 MiB > 1 MiB)".
+    spore = Spore(knowledge={"text": "x" * 1_100_000})
+    with pytest.raises(LimitExceeded, match=r"\(1.05 MiB > 1 MiB\)$"):
+        check_spore(spore, Limits())
+
+
 async def test_a_request_timeout_of_another_kind_is_refused_at_the_call() -> None:
     # Found by a new user: timeout="2s" raised TypeError (float + str) naming no place,
     # after the request was opened (its future reported 'never retrieved' at the stop);
