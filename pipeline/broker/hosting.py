@@ -12,10 +12,15 @@ from sporeflow.config.reasons import did_you_mean
 __all__ = ["hosted_names", "usage_error", "without_broker"]
 
 
-def usage_error(spec: OrganismSpec, message: str) -> ConfigError:
-    """A mistake in how the organism is run over a broker, told as a problem of it."""
+_HOSTED = "--agents (hosted)"  # where a wrong choice of hosted agents is told
+
+
+def usage_error(spec: OrganismSpec, message: str, *,
+                where: str = "organism.backend") -> ConfigError:
+    """A mistake in how the organism is run over a broker, told as a problem of it (at
+    ``where``: the setting, or the option of the run, that is wrong)."""
     source = str(spec.source or f"<organism {spec.name}>")
-    return ConfigError([Problem(source, 1, 1, "organism.backend", message)])
+    return ConfigError([Problem(source, 1, 1, where, message)])
 
 
 def without_broker(spec: OrganismSpec, hosted: Iterable[str] | None) -> None:
@@ -33,13 +38,18 @@ def hosted_names(spec: OrganismSpec, hosted: Iterable[str] | None) -> frozenset[
     """The agents this process hosts (None: all of them), each checked."""
     if isinstance(hosted, str):  # its letters would be the names
         raise usage_error(spec, f"hosted names the agents this process runs: a list, got "
-                                f"the text {hosted!r:.60}; write hosted=[{hosted!r:.60}]")
+                                f"the text {hosted!r:.60}; write hosted=[{hosted!r:.60}]",
+                          where=_HOSTED)
     names = frozenset(spec.agents) if hosted is None else frozenset(hosted)
+    if hosted is not None and not names:
+        raise usage_error(spec, "--agents names no agent: give the agents this process "
+                                "hosts (A,B), or leave it out to host them all",
+                          where=_HOSTED)
     unknown = sorted(names - set(spec.agents))
     if unknown:
         raise usage_error(spec, f"--agents names {unknown!r}, which organism {spec.name!r} "
                                 f"does not have; its agents are {sorted(spec.agents)!r}"
-                                f"{did_you_mean(unknown[0], spec.agents)}")
+                                f"{did_you_mean(unknown[0], spec.agents)}", where=_HOSTED)
     keyless = sorted(name for name in names if spec.signing is not None
                      and name in spec.signing.owners and spec.signing.signer(name) is None)
     if keyless:
