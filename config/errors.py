@@ -21,7 +21,9 @@ runtime both raise these, and ``config`` imports nothing of either.
     ├── NoSuchDeadLetter       a dead letter named by number or spore id is not kept (dlq)
     ├── ControlError           a running organism's control endpoint (pipeline.service)
     │   ├── AlreadyRunning     a run of that organism file is going on already
-    │   └── NotRunning         no run of that organism file answers on its socket
+    │   ├── NotRunning         no run of that organism file answers on its socket
+    │   ├── NoSuchProcess      --process names no running process of it (service.processes)
+    │   └── AmbiguousProcess   it runs in several processes; the command needs one chosen
     ├── BrokerError            the message broker failed or is unreachable
     │   ├── Disconnected       the link went down before the broker confirmed (broker.link)
     │   └── Requeued           a delivery's link went down: the broker took it back
