@@ -7,6 +7,7 @@ import re
 import sporeflow.config.errors as errors
 import sporeflow.pipeline  # noqa: F401  (imports every module that defines an error)
 import sporeflow.pipeline.journal.store  # noqa: F401
+import sporeflow.pipeline.service.processes  # noqa: F401  (ControlError and its kin)
 import sporeflow.steps  # noqa: F401
 from sporeflow.config.errors import SporeflowError
 
