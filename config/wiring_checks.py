@@ -60,8 +60,10 @@ def wiring_warnings(located: Located, spec: OrganismSpec) -> list[Problem]:
         if self_driving and not reached:
             warnings.append(located.problem(
                 ("agents", agent.name),
-                f"nothing in the organism reaches {agent.name!r} (no subscribe, no boot, "
-                f"no emit, peers or source naming it): only outside sends will",
+                f"nothing declared reaches {agent.name!r} (no subscribe, no boot, no "
+                f"emit, peers or source naming it): only outside sends, and handlers' "
+                f"ctx.send or ctx.request naming it, will; list it in its senders' peers "
+                f"to say so",
                 warning=True))
         if agent.emit is not None:
             continue

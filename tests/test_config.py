@@ -187,7 +187,7 @@ def test_check_warns_about_wiring_that_can_only_loop(tmp_path: Path) -> None:
     _, warnings = check_organism(path)
     text = "\n".join(map(str, warnings))
     assert "'b' has no emit, so its replies go back to 'a', which emits to it again" in text
-    assert "nothing in the organism reaches 'lonely'" in text
+    assert "nothing declared reaches 'lonely'" in text
     assert all(w.warning for w in warnings)
 
 
@@ -220,8 +220,11 @@ def test_a_source_reaches_the_agent_it_feeds(tmp_path: Path) -> None:
     _, warnings = check_organism(path)
     text = "\n".join(map(str, warnings))
     assert "reaches 'reader'" not in text
-    assert ("nothing in the organism reaches 'lonely' (no subscribe, no boot, no emit, peers "
-            "or source naming it): only outside sends will") in text
+    # Found by a new user: an agent reached only by ctx.request was "reached by nothing",
+    # on every command, with no way to say otherwise.
+    assert ("nothing declared reaches 'lonely' (no subscribe, no boot, no emit, peers or "
+            "source naming it): only outside sends, and handlers' ctx.send or ctx.request "
+            "naming it, will; list it in its senders' peers to say so") in text
 
 
 def test_from_dict_accepts_callables_and_checks_the_rest() -> None:
