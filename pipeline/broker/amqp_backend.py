@@ -15,6 +15,10 @@ Topology, declared by every process of an organism (declarations are idempotent)
     exchange <name>.dead        durable fanout, into
     queue <name>.dead-letters   durable; reason, error, agent and attempts in
                                 ``x-sporeflow-*`` headers
+    queue <name>.declared:topology
+                                the record of the bindings declared last; what the
+                                file no longer declares is unbound at each declaration,
+                                one process at a time (``amqp_declared``, ``leftovers``)
     queue <name>.reply.<user>.<token>
                                 the reply queue: one per process, consumed by it
                                 alone; durable, deleted by RabbitMQ once unused for
@@ -65,6 +69,7 @@ from sporeflow.pipeline.broker.ack_window import AckWindow
 from sporeflow.pipeline.broker.amqp_boots import AmqpBootRecord
 from sporeflow.pipeline.broker.amqp_codec import forwardable_headers
 from sporeflow.pipeline.broker.amqp_consumer import Consumer
+from sporeflow.pipeline.broker.amqp_declared import tidy
 from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, AmqpInbound, broker_failure
 from sporeflow.pipeline.broker.amqp_link import ReconnectingConnection, connect
 from sporeflow.pipeline.broker.amqp_marks import mark, marked
@@ -115,6 +120,7 @@ class AmqpBackend(Backend):
         self._consumers: list[Consumer] = []
         self._windows: weakref.WeakKeyDictionary[Any, AckWindow] = weakref.WeakKeyDictionary()
         self.user, self._user_id = _login(url)
+        self._vhost = URL(url).path[1:] or "/"
         self.declared = False  # True: open() declared the topology, not just joined it
         self._reopening = asyncio.Lock()
 
@@ -169,6 +175,9 @@ class AmqpBackend(Backend):
                                                     arguments=topology.queue_arguments(agent))
                 for pattern in topology.bindings(agent):
                     await queue.bind(self._exchange, routing_key=pattern)
+            self.leftovers = await tidy(self._require_connection, topology, vhost=self._vhost,
+                                        address=self.address, fail=self._fail, errors=_ERRORS)
+            self.leftovers.report(_log, f"RabbitMQ at {self.address}", topology.exchange)
             self.declared = True
             # Published apart: a refused publish closes that channel, not the topology's.
             await self._publish_on(topology.exchange, topology.dead_letter_exchange,
@@ -396,6 +405,7 @@ class AmqpBackend(Backend):
             for agent in topology.subscriptions:
                 await channel.queue_delete(topology.queue(agent))
             await channel.queue_delete(topology.dead_letter_queue)
+            await channel.queue_delete(topology.record_queue)
             await channel.exchange_delete(topology.exchange)
             await channel.exchange_delete(topology.dead_letter_exchange)
             await channel.exchange_delete(topology.signing_marker)

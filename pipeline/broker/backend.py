@@ -30,6 +30,7 @@ from sporeflow.config import BrokerError, OrganismSpec, SporeflowError
 from sporeflow.config.extras import extra_hint
 from sporeflow.config.model import DEFAULT_MAX_CRASHES
 from sporeflow.config.secrets import ENV_REFERENCE  # secrets_of reads ${NAME} the same way
+from sporeflow.pipeline.broker.leftovers import Leftovers
 from sporeflow.pipeline.broker.link import Link
 from sporeflow.steps import Spore
 
@@ -83,6 +84,7 @@ class Topology:
     # The channels external agents' broadcasts are delivered on (config.external): the
     # queues of their subscribers are bound by PRAVAL_BROADCAST_KEY too.
     external_channels: frozenset[str] = frozenset()
+    channels: frozenset[str] = frozenset()  # the file's channels (see ``leftovers``)
 
     @classmethod
     def of(cls, spec: OrganismSpec) -> Topology:
@@ -98,7 +100,8 @@ class Topology:
             dead_letter_max_length_bytes=broker.dead_letter_max_length_bytes,
             max_spore_bytes=spec.limits.max_spore_bytes, queue_type=broker.queue_type,
             max_crashes={name: agent.max_crashes for name, agent in spec.agents.items()},
-            external_channels=frozenset(agent.channel for agent in spec.external.values()))
+            external_channels=frozenset(agent.channel for agent in spec.external.values()),
+            channels=frozenset(spec.channels))
 
     def queue_arguments(self, agent: str) -> dict[str, Any]:
         """The arguments of ``agent``'s queue (RabbitMQ's ``x-`` names)."""
@@ -154,6 +157,16 @@ class Topology:
         return f"{self.exchange}.booting:{agent}"
 
     @property
+    def record_queue(self) -> str:
+        """A queue holding the record of the bindings last declared (``leftovers``)."""
+        return f"{self.exchange}.declared:topology"
+
+    @property
+    def declaring_lock(self) -> str:
+        """An exclusive queue held by the one process declaring the topology just now."""
+        return f"{self.exchange}.declaring:topology"
+
+    @property
     def dead_letter_queue(self) -> str:
         return f"{self.exchange}.dead-letters"
 
@@ -183,6 +196,18 @@ class Topology:
                    else ())
         return (own, *(self.broadcast_key.format(channel=c, type="*") for c in channels),
                 *foreign)
+
+    def declared(self) -> dict[str, tuple[str, ...]]:
+        """Each agent's queue and the patterns binding it: the record of this topology."""
+        return {self.queue(agent): self.bindings(agent) for agent in self.subscriptions}
+
+    def guessed(self) -> dict[str, tuple[str, ...]]:
+        """What an older declaration may have bound the agents' queues by, when no record
+        says: the key of each channel of the file (and of any), and Praval's."""
+        channels = self.channels.union(*self.subscriptions.values())
+        keys = (*(self.broadcast_key.format(channel=c, type="*") for c in sorted(channels)),
+                PRAVAL_BROADCAST_KEY)
+        return {self.queue(agent): keys for agent in self.subscriptions}
 
 def _bounds(length: int | None, size: int | None, overflow: str) -> dict[str, Any]:
     bounds: dict[str, Any] = {}
@@ -281,6 +306,7 @@ class Backend(abc.ABC):
 
     address: str = "?"
     _link: Link | None = None
+    leftovers: Leftovers = Leftovers()  # what the last open() took away (``leftovers``)
 
     @property
     def link(self) -> Link:
@@ -291,7 +317,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def open(self, topology: Topology) -> None:
-        """Connect and declare ``topology`` (idempotent: every process declares it)."""
+        """Connect and declare ``topology`` (idempotent: every process declares it),
+        taking away the bindings and queues of agents it no longer declares (one
+        process at a time; ``leftovers`` says what was taken)."""
 
     @abc.abstractmethod
     async def publish(self, spore: Spore, *, routing_key: str | None = None,

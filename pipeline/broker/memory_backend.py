@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import logging
 import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -35,12 +36,14 @@ from sporeflow.pipeline.broker.backend import (
     OnMessage,
     Topology,
 )
+from sporeflow.pipeline.broker.leftovers import Leftovers, Record, stale
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.steps import PriorityBuckets, Spore, utc_now
 
 __all__ = ["MemoryBackend", "MemoryBroker"]
 
 _connection_ids = itertools.count(1)
+_log = logging.getLogger("sporeflow.broker.memory")
 
 
 @dataclass(slots=True)
@@ -81,19 +84,35 @@ class MemoryBroker:
         self.dead_letters: deque[DeadLetter] = deque(maxlen=max_dead_letters)
         self.booted: set[str] = set()  # boot markers (see Topology.boot_marker)
         self.boot_locks: dict[str, asyncio.Lock] = {}
+        self.records: dict[str, Record] = {}  # exchange -> its bindings declared last
 
-    def declare(self, topology: Topology, address: str) -> None:
+    def declare(self, topology: Topology, address: str) -> Leftovers:
+        """Declare ``topology``, taking away what the one declared before had and it has
+        not (``leftovers``; at once: no other connection declares meanwhile)."""
         if topology.signed:  # a process without a key must not join a signing organism
             self.bindings.setdefault(topology.signing_marker, [])
         elif topology.signing_marker in self.bindings:
             raise topology.unsigned_joiner(address)
         bindings = self.bindings.setdefault(topology.exchange, [])
-        for agent in topology.subscriptions:
-            name = topology.queue(agent)
+        now = topology.declared()
+        for name, patterns in now.items():
             self.queues.setdefault(name, _Queue(name))
-            for pattern in topology.bindings(agent):
-                if (pattern, name) not in bindings:
-                    bindings.append((pattern, name))
+            bindings.extend((p, name) for p in patterns if (p, name) not in bindings)
+        before = self.records.get(topology.exchange)
+        if before is None:
+            before = topology.guessed()
+        unbound = [(name, p) for name, patterns in stale(now, before).items()
+                   for p in patterns if (p, name) in bindings]
+        bindings[:] = [b for b in bindings if (b[1], b[0]) not in unbound]
+        deleted, kept = [], []
+        for name in (n for n in before if n not in now and n in self.queues):
+            queue = self.queues[name]
+            if queue.messages or queue.consumers:
+                kept.append((name, len(queue.messages), len(queue.consumers)))
+            else:
+                deleted.append(self.queues.pop(name).name)
+        self.records[topology.exchange] = {**now, **{name: () for name, _, _ in kept}}
+        return Leftovers(tuple(unbound), tuple(deleted), tuple(kept))
 
     def route(self, exchange: str, routing_key: str) -> list[_Queue]:
         return [self.queues[name] for pattern, name in self.bindings.get(exchange, ())
@@ -146,6 +165,7 @@ class MemoryBroker:
         for agent in topology.subscriptions:
             self.queues.pop(topology.queue(agent), None)
         self.bindings.pop(topology.exchange, None)
+        self.records.pop(topology.exchange, None)
         self.booted -= {topology.boot_marker(agent) for agent in topology.subscriptions}
 
 
@@ -228,7 +248,8 @@ class MemoryBackend(Backend):
         return self._topology
 
     async def open(self, topology: Topology) -> None:
-        self.broker.declare(topology, self.address)
+        self.leftovers = self.broker.declare(topology, self.address)
+        self.leftovers.report(_log, self.address, topology.exchange)
         self._topology = topology
         self._closed = False
 

@@ -16,6 +16,7 @@ import click
 from sporeflow.config import BrokerError, load_organism
 from sporeflow.pipeline.broker.backend import Topology
 from sporeflow.pipeline.broker.factory import open_backend
+from sporeflow.pipeline.broker.leftovers import Leftovers
 from sporeflow.pipeline.broker.permissions import (
     DEFAULT_PASSWORD_ENV,
     permissions,
@@ -65,18 +66,24 @@ def broker_declare(ctx: click.Context, organism: Path, backend: str | None) -> N
     """Declare ORGANISM's exchanges, agent queues, bindings and dead-letter queue on
     RabbitMQ, then exit: run it once as an administrator when the processes log in as
     users from broker-permissions, which may not declare them (and again after agents or
-    subscriptions change)."""
+    subscriptions change). Bindings an earlier declaration made that the file no longer
+    has are taken away, each named; a queue of an agent no longer in the file is unbound,
+    and deleted if empty, else kept (named, with the command that deletes it)."""
     spec = guarded(ctx, lambda: load_organism(organism))
     topology = Topology.of(spec)
-    declared = guarded(ctx, lambda: run_to_end(_declare(backend or spec.backend, topology)))
+    declared, leftovers = guarded(ctx, lambda: run_to_end(
+        _declare(backend or spec.backend, topology)))
     queues = ", ".join([*(topology.queue(a) for a in topology.subscriptions),
                         topology.dead_letter_queue])
     click.echo(f"declared on {declared}: exchanges {topology.exchange}, "
                f"{topology.dead_letter_exchange}; queues {queues}")
+    for line in leftovers.lines():
+        click.echo(line)
 
 
-async def _declare(url: str, topology: Topology) -> str:
-    """Open ``url`` as a process would, insisting that it declares: the broker's address."""
+async def _declare(url: str, topology: Topology) -> tuple[str, Leftovers]:
+    """Open ``url`` as a process would, insisting that it declares: the broker's address
+    and what the declaration took away."""
     backend = open_backend(url)
     if backend is None:
         raise BrokerError("broker-declare needs a broker: give --backend amqp://... or set "
@@ -88,4 +95,4 @@ async def _declare(url: str, topology: Topology) -> str:
             raise BrokerError(f"user {user!r} at {backend.address} may not declare the "
                               f"topology of {topology.exchange!r}; use a user with configure "
                               f"permission on the vhost (an administrator)")
-    return backend.address
+    return backend.address, backend.leftovers

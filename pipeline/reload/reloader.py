@@ -189,7 +189,9 @@ class Reloader:
         if organism.brokered and (broker := broker_bound(diff)):
             return refusal(str(file), started, [
                 f"{file}: over a broker, {broker}: the broker's queues and bindings are "
-                f"declared at start; restart the organism to apply this file"],
+                f"declared at start; restart the organism's processes to apply this file "
+                f"(each start binds what it declares and unbinds what it no longer does; "
+                f"with per-process broker users, run `sporeflow broker-declare` first)"],
                 reimported=reimported)
         if rekeys := rekeyed(diff):
             return refusal(str(file), started, [f"{file}: {rekeys}"], reimported=reimported)

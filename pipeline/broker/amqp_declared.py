@@ -1,0 +1,134 @@
+"""The record of an organism's declared bindings on RabbitMQ (the rule is ``leftovers``'s).
+
+    queue <exchange>.declared:topology   durable: the record, a persistent JSON message
+                                         (``leftovers.encode``)
+    queue <exchange>.declaring:topology  exclusive: held by the one process declaring the
+                                         topology just now (``amqp_lock``); processes
+                                         starting together take their turns
+
+Holding the lock, a process reads every message of the record (``basic.get``, unacked),
+unbinds what the file no longer declares, publishes the new record and, once the
+broker confirmed it, acks those it read. One that dies before publishing leaves the
+old record (RabbitMQ gives it back); one that dies after leaves both, read next time
+as one (``leftovers.merged``): nothing bound is ever forgotten. A ``:`` is in no
+agent's name: these never meet an agent's queue. A user that may not declare them
+(a per-process user declares nothing) leaves this to ``sporeflow broker-declare``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+
+from sporeflow.config import BrokerError
+from sporeflow.pipeline.broker.amqp_lock import holding as lock
+from sporeflow.pipeline.broker.backend import Topology
+from sporeflow.pipeline.broker.leftovers import Leftovers, Record, decode, encode, merged, stale
+
+__all__ = ["tidy"]
+
+_MOST_READ = 100  # messages of the record read at most (a few, unless written by others)
+_log = logging.getLogger("sporeflow.broker.amqp")
+
+
+class _Refused(Exception):
+    pass
+
+
+async def tidy(connection: Callable[[], AbstractConnection], topology: Topology, *,
+               address: str, vhost: str, fail: Callable[[str, BaseException], BrokerError],
+               errors: tuple[type[BaseException], ...]) -> Leftovers:
+    """Take away the bindings and queues of ``topology``'s agents that it no longer
+    declares (its own were declared just before), and record what it declares."""
+    doing = f"declaring the topology of {topology.exchange!r}"
+    try:
+        async with lock(connection, topology.declaring_lock, doing=doing, address=address,
+                        fail=fail, errors=errors, refused=_Refused):
+            channel = await connection().channel()
+            try:
+                return await _tidy(channel, connection, topology, vhost)
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+    except (_Refused, aiormq.exceptions.ChannelAccessRefused) as exc:
+        _log.warning("RabbitMQ at %s: this user may declare the queues of %r but not its "
+                     "record %r (%s): bindings the file no longer declares are left; run "
+                     "`sporeflow broker-declare ORGANISM` as an administrator to take them "
+                     "away", address, topology.exchange, topology.record_queue, exc.__cause__
+                     or exc)
+        return Leftovers(vhost=vhost)
+
+
+async def _tidy(channel: AbstractChannel, connection: Callable[[], AbstractConnection],
+                topology: Topology, vhost: str) -> Leftovers:
+    record = await channel.declare_queue(topology.record_queue, durable=True)
+    read: list[AbstractIncomingMessage] = []
+    while len(read) < _MOST_READ:
+        message = await record.get(no_ack=False, fail=False)
+        if message is None:
+            break
+        read.append(message)
+    records = [r for r in (decode(m.body) for m in read) if r is not None]
+    now = topology.declared()
+    before: Record = merged(records) if records else topology.guessed()
+    underlay = await channel.get_underlay_channel()
+    unbound: list[tuple[str, str]] = []
+    deleted: list[str] = []
+    kept: list[tuple[str, int, int]] = []
+    for queue, patterns in stale(now, before).items():
+        if queue not in now and await _counts(connection, queue) is None:
+            continue  # deleted already: nothing is bound to it
+        for pattern in patterns:
+            await underlay.queue_unbind(queue=queue, exchange=topology.exchange,
+                                        routing_key=pattern)
+            unbound.append((queue, pattern))
+    for queue in (q for q in before if q not in now):  # no agent's any more
+        counts = await _counts(connection, queue)
+        if counts is None:
+            continue
+        messages, consumers = counts
+        if messages == 0 and consumers == 0 and await _delete_if_idle(connection, queue):
+            deleted.append(queue)
+        else:
+            kept.append((queue, messages, consumers))
+    written = {**now, **{queue: () for queue, _, _ in kept}}
+    await channel.default_exchange.publish(
+        aio_pika.Message(encode(written), content_type="application/json",
+                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+        routing_key=topology.record_queue)
+    for message in read:  # the new record is the broker's: the old ones go
+        await message.ack()
+    return Leftovers(tuple(unbound), tuple(deleted), tuple(kept), vhost, guessed=not records)
+
+
+async def _counts(connection: Callable[[], AbstractConnection],
+                  queue: str) -> tuple[int, int] | None:
+    """``queue``'s messages and consumers; None when it does not exist (a passive
+    declaration of a missing queue closes its channel: a channel of its own)."""
+    channel = await connection().channel()
+    try:
+        declared = await channel.declare_queue(queue, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return None
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    result = declared.declaration_result
+    return result.message_count or 0, result.consumer_count or 0
+
+
+async def _delete_if_idle(connection: Callable[[], AbstractConnection], queue: str) -> bool:
+    """Delete ``queue`` if it is still empty and unused (the broker checks, at once)."""
+    channel = await connection().channel()
+    try:
+        await channel.queue_delete(queue, if_unused=True, if_empty=True)
+        return True
+    except aiormq.exceptions.ChannelPreconditionFailed:
+        return False  # a message or a consumer came meanwhile: kept
+    finally:
+        if not channel.is_closed:
+            await channel.close()
