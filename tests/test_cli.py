@@ -186,3 +186,11 @@ def test_check_counts_in_words_singular_and_plural(tmp_path: Path) -> None:
     code, out, _ = invoke("check", str(organism))
     assert code == 0
     assert out.strip().endswith("organism 'one', 1 agent, 1 channel, 1 warning")
+
+
+def test_run_with_agents_naming_none_is_a_usage_error() -> None:
+    # Found by a new user: --agents "" started a process hosting nothing (a reply queue
+    # and no consumer) without a word.
+    code, _, err = invoke("run", str(SMALL), "--agents", " , ", "--until-idle")
+    assert code == 2
+    assert "Invalid value for --agents: it names no agent" in err

@@ -41,10 +41,6 @@ def hosted_names(spec: OrganismSpec, hosted: Iterable[str] | None) -> frozenset[
                                 f"the text {hosted!r:.60}; write hosted=[{hosted!r:.60}]",
                           where=_HOSTED)
     names = frozenset(spec.agents) if hosted is None else frozenset(hosted)
-    if hosted is not None and not names:
-        raise usage_error(spec, "--agents names no agent: give the agents this process "
-                                "hosts (A,B), or leave it out to host them all",
-                          where=_HOSTED)
     unknown = sorted(names - set(spec.agents))
     if unknown:
         raise usage_error(spec, f"--agents names {unknown!r}, which organism {spec.name!r} "

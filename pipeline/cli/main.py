@@ -155,6 +155,10 @@ def run(ctx: click.Context, organism: Path, until_idle: bool, drain_timeout: flo
         guarded(ctx, require_watchfiles)
     flush_spans = guarded(ctx, ensure_tracer_provider) if trace else None
     hosted = None if agents is None else [a.strip() for a in agents.split(",") if a.strip()]
+    if hosted == []:  # (a process of Python's may host none: a client that only sends)
+        raise click.BadParameter("it names no agent: give the agents this process hosts "
+                                 "(A,B), or leave it out to host them all", ctx=ctx,
+                                 param_hint="--agents")
     org = guarded(ctx, lambda: Organism.from_file(organism, tracing=trace, journal=journal,
                                                   backend=backend, hosted=hosted))
     mask_with(ctx, org.masker)
