@@ -96,6 +96,22 @@ def test_send_errors_are_one_line(args: tuple[str, ...], message: str) -> None:
     assert err.strip().splitlines()[-1].startswith(message)  # after the run's own log lines
 
 
+def test_knowledge_comes_from_standard_input_or_a_file(tmp_path: Path) -> None:
+    # Found by a new user: no way to send knowledge from a file or standard input (past
+    # some 128 KiB: "Argument list too long"), and NaN passed here to fail the endpoint.
+    (tmp_path / "k.json").write_text('{"n": 3}')
+    for args, given in ((["-"], '{"n": 3}'), ([f"@{tmp_path / 'k.json'}"], None)):
+        result = CliRunner().invoke(cli, ["send", str(SMALL), "--start", "--to", "picky",
+                                          *args], input=given)
+        assert result.exit_code == 1, result.stderr  # picky fails on multiples of three
+        assert "ValueError: 3 is a multiple of three" in result.stderr
+    code, _, err = invoke("send", str(SMALL), "--start", "--to", "picky", '{"n": NaN}')
+    assert code == 1
+    assert "KNOWLEDGE is not JSON: NaN is no JSON number" in err
+    code, _, err = invoke("send", str(SMALL), "--start", "--to", "picky", "@nowhere.json")
+    assert "KNOWLEDGE is not JSON: cannot read 'nowhere.json'" in err
+
+
 def test_a_request_to_a_channel_is_a_usage_error() -> None:
     # Before: the running organism answered 500 Internal Server Error.
     code, _, err = invoke("send", str(SMALL), "--channel", "main", "--request", "{}")

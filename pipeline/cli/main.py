@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -53,6 +52,7 @@ from sporeflow.pipeline.cli.util import (
     ORGANISM_ARG,
     fail,
     guarded,
+    knowledge_of,
     mask_with,
     run_to_end,
 )
@@ -379,7 +379,8 @@ def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_requ
     """Send KNOWLEDGE (JSON) or --xml ELEMENT to an agent (or a channel) of the running
     ORGANISM (default ./organism.yaml); print the spore's id once it is handled, or a
     request's response. A single argument is the KNOWLEDGE, unless --xml is given or it
-    names a file (or ends in .yaml or .yml): then it is the ORGANISM.
+    names a file (or ends in .yaml or .yml): then it is the ORGANISM. KNOWLEDGE may be -
+    (read from standard input) or @FILE (read from FILE).
 
     It reaches the run of ORGANISM (`sporeflow run`) through its control socket. A spore
     dead-lettered (unknown agent, schema, not a peer...) prints the reason and exits 1.
@@ -407,10 +408,10 @@ def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_requ
                                                              Limits()))
     else:
         try:
-            payload = json.loads(knowledge or "")
+            payload = knowledge_of(knowledge or "")
         except ValueError as exc:
             click.echo(f"SporeError: KNOWLEDGE is not JSON: {exc}; quote it like "
-                       f"'{{\"a\": 1}}'", err=True)
+                       f"'{{\"a\": 1}}', or give - (standard input) or @FILE", err=True)
             ctx.exit(1)
     # Over a broker, in several processes: any one sends through the broker; the one
     # hosting the recipient also sees its fate (handled, or its dead letter).

@@ -7,6 +7,8 @@ group in ``cli.py``; they import these helpers rather than ``cli`` itself.
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -18,7 +20,7 @@ from sporeflow.config import ConfigError, SporeflowError, parse_duration, redact
 from sporeflow.pipeline.core.deadletters import Masker
 
 __all__ = ["DEFAULT_ORGANISM", "DURATION", "ORGANISM_ARG", "ORGANISM_FILE", "fail", "guarded",
-           "mask_with", "masked", "run_to_end"]
+           "knowledge_of", "mask_with", "masked", "run_to_end"]
 
 T = TypeVar("T")
 
@@ -55,6 +57,23 @@ def _is_number(text: str) -> bool:
 
 
 DURATION = Duration()
+
+
+def knowledge_of(text: str) -> Any:
+    """The JSON a KNOWLEDGE argument gives: itself, ``-`` standard input, ``@FILE`` that
+    file (a command line holds some 128 KiB at most). Raises ValueError saying why not."""
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {text[1:]!r}: {exc}") from None
+
+    def no_constant(name: str) -> None:
+        raise ValueError(f"{name} is no JSON number; send null or a string")
+
+    return json.loads(text, parse_constant=no_constant)
 
 
 def mask_with(ctx: click.Context, masker: Masker) -> None:
