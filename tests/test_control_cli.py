@@ -238,6 +238,21 @@ def test_a_dead_letter_is_listed_and_replayed_in_the_running_process(
     assert "0 dead letter(s) in the running organism" in err
 
 
+def test_a_dead_letter_is_purged_in_the_running_process(organism: Path, running: Run) -> None:
+    # Found by a new user: dlq purge of an organism whose dead letters only its running
+    # process keeps (no journal, no broker) failed with a JournalError.
+    for n in (1, 2):
+        assert invoke("send", str(organism), "--to", "flaky", f'{{"n": {n}}}')[0] == 1
+    code, _, err = invoke("dlq", "purge", str(organism), "--id", "1")
+    assert code == 0, err
+    assert "1 dead letter(s) purged in the running organism" in err
+    code, out, err = invoke("dlq", "list", str(organism))
+    assert [line.split()[0] for line in out.splitlines()] == ["2"]
+    code, _, err = invoke("dlq", "purge", str(organism), "--id", "1")  # gone: said so
+    assert code == 1
+    assert err.startswith("NoSuchDeadLetter: ")
+
+
 def test_an_id_the_running_organism_does_not_keep_is_an_error_naming_it(
         organism: Path, running: Run) -> None:
     """Found in review: `dlq replay --id 9` (and show) of a letter the running organism no

@@ -442,9 +442,7 @@ def replay(ctx: click.Context, organism: Path, journal: Path | None, backend: st
 
 
 def _replay_in_running(ctx: click.Context, path: Path, choice: LetterChoice) -> None:
-    status, answer = call(ctx, path, "POST", "dead-letters/replay", {
-        "agents": list(choice.agents), "reasons": list(choice.reasons),
-        "ids": list(choice.ids), "all": not choice})
+    status, answer = call(ctx, path, "POST", "dead-letters/replay", _asked(choice))
     if status != 200:
         refused(ctx, answer)
     for problem in answer["problems"]:
@@ -453,6 +451,12 @@ def _replay_in_running(ctx: click.Context, path: Path, choice: LetterChoice) -> 
                f"(control socket {path})", err=True)
     if answer["problems"]:
         ctx.exit(1)
+
+
+def _asked(choice: LetterChoice) -> dict[str, Any]:
+    """``choice`` as the control endpoint's replay and purge take it."""
+    return {"agents": list(choice.agents), "reasons": list(choice.reasons),
+            "ids": list(choice.ids), "all": not choice}
 
 
 async def _run_until_idle(org: Organism, drain_timeout: float) -> None:
@@ -467,8 +471,17 @@ async def _run_until_idle(org: Organism, drain_timeout: float) -> None:
 def purge(ctx: click.Context, organism: Path, journal: Path | None, backend: str | None,
           origin: str | None, agents: tuple[str, ...], reasons: tuple[str, ...],
           ids: tuple[str, ...], everything: bool) -> None:
-    """Delete the chosen dead letters for good (from the journal, or the broker)."""
+    """Delete the chosen dead letters for good (from the journal, the broker, or the
+    running organism that keeps them)."""
     choice = _choice(ctx, agents, reasons, ids, everything)
+    running = _in_running(ctx, organism, bool(journal or backend or origin), choice)
+    if running is not None:
+        status, answer = call(ctx, running[0], "POST", "dead-letters/purge", _asked(choice))
+        if status != 200:
+            refused(ctx, answer)
+        click.echo(f"{answer['purged']} dead letter(s) purged in the running organism "
+                   f"({_in_process(running[0])})", err=True)
+        return
     source = _source(ctx, organism, journal, backend, origin)
     purged = _apply(ctx, source, choice, "purge").done
     click.echo(masked(ctx, f"{purged} dead letter(s) purged from {source.where}"), err=True)

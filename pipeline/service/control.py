@@ -17,6 +17,7 @@ with a bearer token.
     GET  /v1/trace?id=SPORE_ID       the steps of the tree of spores it produced, from the
                                      recent window (``observe.lineage``); 404 when not in it
     POST /v1/dead-letters/replay     {agents?, reasons?, ids?, all?}
+    POST /v1/dead-letters/purge      {agents?, reasons?, ids?, all?}: deleted for good
 
 Every route goes through ``service.operations``, which uses the organism's public API
 only: a spore sent here passes every stage, like any other. What is answered is masked
@@ -103,6 +104,7 @@ def control_app(organism: ControlOrganism, *,
         web.get("/v1/dead-letters", routes.dead_letters),
         web.get("/v1/dead-letters/{number}", routes.dead_letter),
         web.post("/v1/dead-letters/replay", routes.replay),
+        web.post("/v1/dead-letters/purge", routes.purge),
         web.get("/v1/trace", routes.trace),
     ])
     app.on_shutdown.append(routes.end_streams)
@@ -333,6 +335,22 @@ class _Routes:
         return self.json(operations.letter_dict(stored))
 
     async def replay(self, request: web.Request) -> web.Response:
+        choice = await self._chosen_letters(request)
+        if isinstance(choice, web.Response):
+            return choice
+        done = await operations.replay(self.organism, choice)
+        return self.json({"replayed": done.count, "numbers": list(done.numbers),
+                          "problems": list(done.problems)})
+
+    async def purge(self, request: web.Request) -> web.Response:
+        choice = await self._chosen_letters(request)
+        if isinstance(choice, web.Response):
+            return choice
+        numbers = operations.purge(self.organism, choice)
+        return self.json({"purged": len(numbers), "numbers": numbers})
+
+    async def _chosen_letters(self, request: web.Request) -> LetterChoice | web.Response:
+        """The letters a replay or a purge acts on, or the answer refusing it."""
         body = await _body(request, _REPLAY_KEYS)
         lists = {key: body.get(key, []) for key in ("agents", "reasons", "ids")}
         for key, value in lists.items():
@@ -349,9 +367,7 @@ class _Routes:
             error = no_such_letters(choice, missing, f"organism {self.organism.spec.name!r}",
                                     "GET /v1/dead-letters (`sporeflow dlq list`)")
             return error_response(404, type(error).__name__, str(error))
-        done = await operations.replay(self.organism, choice)
-        return self.json({"replayed": done.count, "numbers": list(done.numbers),
-                          "problems": list(done.problems)})
+        return choice
 
 
     async def trace(self, request: web.Request) -> web.Response:

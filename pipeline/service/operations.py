@@ -55,6 +55,7 @@ __all__ = [
     "dead_letter",
     "dead_letters",
     "letter_dict",
+    "purge",
     "readiness",
     "refusal_status",
     "reload",
@@ -136,6 +137,13 @@ class Replayed:
     @property
     def count(self) -> int:
         return len(self.numbers)
+
+
+def purge(organism: Controlled, choice: LetterChoice) -> list[int]:
+    """Delete the dead letters ``choice`` matches for good; their numbers."""
+    chosen = organism.dead_letters.numbered(choice)
+    return [stored.number for stored in
+            organism.dead_letters.take(stored.number for stored in chosen)]
 
 
 async def replay(organism: Controlled, choice: LetterChoice) -> Replayed:
