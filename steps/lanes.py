@@ -310,6 +310,12 @@ class AgentLane:
         """Handlers running now: holding a slot, or waiting on a request with it lent."""
         return self.busy - self.stuck + self.lent
 
+    def serving(self) -> bool:
+        """Whether the current task runs one of this lane's handlers (and so holds one
+        of its slots, to ``lend``): not a task a handler made, nor one running on after
+        its handler returned."""
+        return asyncio.current_task() in self._running
+
     def lend(self) -> None:
         """Give the caller's slot back while its handler waits on another agent."""
         self.lent += 1

@@ -136,3 +136,37 @@ async def test_a_loop_of_sends_waits_while_spores_are_paged_out() -> None:
     assert sorted(spore.knowledge["n"] for spore in received) == list(range(sends))
     assert org.stats()["totals"]["paged_out_total"] > 0  # it did page out
     assert peak <= 2 * limit  # and the sender waited for them to be read back
+
+
+@pytest.mark.parametrize("form", ["gather", "tasks"])
+async def test_sends_awaited_together_never_run_an_agent_past_its_concurrency(
+        form: str) -> None:
+    # Found in review: each Sent awaited in a task of its own (asyncio.gather wraps each
+    # in one) lent the handler's one slot again while spores were paged out: a slot it
+    # did not hold. An agent of concurrency 1 then ran 5 handlers at once.
+    received: list[Spore] = []
+    running = peak = 0
+
+    async def maker(spore: Spore, ctx: Any) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            for n in range(20):
+                sends = [ctx.send("sink", {"n": n, "k": k}) for k in range(50)]
+                if form == "tasks":
+                    sends = [asyncio.ensure_future(sent) for sent in sends]
+                await asyncio.gather(*sends)
+        finally:
+            running -= 1
+
+    org = Organism.from_dict({"limits": {"max_in_memory": 20}, "agents": {
+        "maker": {"handler": maker, "concurrency": 1},
+        "sink": {"handler": lambda spore, ctx: received.append(spore) and None}}})
+    async with org.running():
+        for i in range(5):
+            await org.send("maker", {"i": i})
+        await org.idle()
+    assert len(received) == 5 * 20 * 50
+    assert org.stats()["totals"]["paged_out_total"] > 0  # it did page out
+    assert peak == 1

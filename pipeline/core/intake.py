@@ -232,8 +232,13 @@ class Intake:
     async def paged_in(self, lane: AgentLane) -> None:
         """Return once nothing is paged out, ``lane``'s slot lent meanwhile: a handler
         that makes more than memory holds (a stream, a loop of sends) waits here after
-        each item, so that it cannot fill the disk alone; its slot serves others."""
-        if not self.spill.count:
+        each item, so that it cannot fill the disk alone; its slot serves others.
+
+        Only the handler's own task waits: another (a task it made, each of the sends
+        ``asyncio.gather`` awaits at once) holds no slot to lend, and lending one would
+        run the agent past its ``concurrency``; waiting without lending could hold the
+        slot the spores paged out need. Its spore is sent already: it returns at once."""
+        if not self.spill.count or not lane.serving():
             return
         lane.lend()
         try:
