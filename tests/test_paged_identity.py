@@ -145,3 +145,34 @@ async def test_over_a_broker_a_stream_is_paged_out_past_the_memory_limit() -> No
         assert org.stats()["broker"]["acked"] == 1 + yielded  # the stream's delivery too
     assert len(handled) == yielded
     assert set(handled.values()) == {1}
+
+
+async def test_a_spore_kept_from_an_earlier_run_is_not_taken_for_a_delivery() -> None:
+    # Found in review: each start made a bridge whose marks began at 1 again. A spore a
+    # user kept from the first run (its mark 1) and submitted in the second was taken for
+    # that run's first delivery: refused as 'wrong queue', and the delivery of the
+    # handler still running was settled on the broker under it.
+    kept: list[Spore] = []
+    gate = asyncio.Event()
+
+    async def blocker(spore: Spore, ctx: Any) -> None:
+        await gate.wait()
+
+    async def sink(spore: Spore, ctx: Any) -> None:
+        kept.append(spore)
+
+    spec = organism_from_dict({"agents": {"blocker": {"handler": blocker},
+                                          "sink": {"handler": sink}}})
+    org = Organism(spec, backend=MemoryBackend(MemoryBroker()))
+    async with org.running(drain_timeout=BACKSTOP):
+        await org.send("sink", {"n": 1})
+        await wait_for(lambda: len(kept) == 1)
+    async with org.running(drain_timeout=BACKSTOP):
+        await org.send("blocker", {"hold": True})
+        await wait_for(lambda: org.stats()["broker"]["in_flight"] == 1)
+        await org.submit(kept[0])  # forwarded as it was kept
+        await wait_for(lambda: len(kept) == 2 or bool(org.dead_letters))
+        assert org.stats()["broker"]["in_flight"] == 1  # blocker's delivery, still running
+        gate.set()
+    assert list(org.dead_letters) == []
+    assert [spore.id for spore in kept] == [kept[0].id] * 2

@@ -67,6 +67,10 @@ __all__ = ["Bridge", "make_bridge", "publish_deliveries"]
 
 _RESPONSE, _REQUEST = SporeType.RESPONSE, SporeType.REQUEST
 _REPLY_ROUTES_KEPT = 10_000
+# The marks of every bridge of this process, never given twice: a spore object outlives
+# its bridge (kept by a user, a dead letter) and may be submitted to a later start's,
+# where a mark counted from 1 again would name one of that bridge's deliveries.
+_MARKS = itertools.count(1)
 
 
 def make_bridge(spec: OrganismSpec, backend: Backend | str | None,
@@ -101,7 +105,7 @@ class Bridge(LedgerHook):
         self._reply_queue: str | None = None
         # Spores are known here by a mark put on them (steps.mark_of), not by id(): the
         # intake's paging makes another object of a spore, and keeps its mark.
-        self._marks = itertools.count(1)
+        self._marks = _MARKS
         self._inflight: dict[int, Ticket] = {}  # mark of a delivered spore -> its ticket
         self._untrusted: set[int] = set()  # marks of spores from the broker, until settled
         self._owners: dict[int, Ticket] = {}  # mark of a spore a handler made -> parent's
