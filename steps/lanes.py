@@ -311,9 +311,7 @@ class AgentLane:
         return self.busy - self.stuck + self.lent
 
     def serving(self) -> bool:
-        """Whether the current task runs one of this lane's handlers (and so holds one
-        of its slots, to ``lend``): not a task a handler made, nor one running on after
-        its handler returned."""
+        """Whether the current task runs one of this lane's handlers (a slot to lend)."""
         return asyncio.current_task() in self._running
 
     def lend(self) -> None:
