@@ -54,6 +54,26 @@ async def test_a_subscription_removed_is_unbound_at_the_next_declaration() -> No
     assert second.leftovers.unbound == (("shop.audit", "channel.orders.*"),)
 
 
+async def test_a_queue_another_process_consumes_is_left_bound_until_none_does() -> None:
+    # Found in review: in a rolling deploy, a process restarted on the older file took
+    # away what the newer one declared for an agent it serves (unbound its queue).
+    broker = MemoryBroker()
+    newer = await declared(broker, topology(billing=("orders",), audit=("orders",)))
+    await newer.consume("shop.audit", lambda message: None, prefetch=1)  # audit is served
+    older = await declared(broker, topology(billing=("orders",)))  # a file without audit
+    await older.publish(Spore(knowledge={}, channel="orders"), routing_key=ORDERS)
+    assert broker.ready("shop.billing") == 1
+    assert ("channel.orders.*", "shop.audit") in broker.bindings["shop"]  # still bound
+    assert older.leftovers.left == ("shop.audit",)
+    assert older.leftovers.unbound == ()
+    await newer.close()  # nothing consumes audit now: the next declaration takes it away
+    again = await declared(broker, topology(billing=("orders",)))
+    assert ("channel.orders.*", "shop.audit") not in broker.bindings["shop"]
+    assert set(again.leftovers.unbound) == {("shop.audit", "agent.audit.*"),
+                                            ("shop.audit", "channel.orders.*")}
+    assert again.leftovers.kept == (("shop.audit", 1, 0),)  # the broadcast it got meanwhile
+
+
 async def test_a_channel_gone_from_the_file_is_unbound_by_the_record() -> None:
     broker = MemoryBroker()
     await declared(broker, topology(audit=("orders", "legacy")))

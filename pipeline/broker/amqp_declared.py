@@ -79,14 +79,19 @@ async def _tidy(channel: AbstractChannel, connection: Callable[[], AbstractConne
     unbound: list[tuple[str, str]] = []
     deleted: list[str] = []
     kept: list[tuple[str, int, int]] = []
+    left: dict[str, tuple[str, ...]] = {}
     for queue, patterns in stale(now, before).items():
-        if queue not in now and await _counts(connection, queue) is None:
+        counts = await _counts(connection, queue)
+        if counts is None:
             continue  # deleted already: nothing is bound to it
+        if counts[1]:  # consumed: see leftovers (a process of another file's version)
+            left[queue] = before[queue]
+            continue
         for pattern in patterns:
             await underlay.queue_unbind(queue=queue, exchange=topology.exchange,
                                         routing_key=pattern)
             unbound.append((queue, pattern))
-    for queue in (q for q in before if q not in now):  # no agent's any more
+    for queue in (q for q in before if q not in now and q not in left):  # no agent's now
         counts = await _counts(connection, queue)
         if counts is None:
             continue
@@ -95,14 +100,15 @@ async def _tidy(channel: AbstractChannel, connection: Callable[[], AbstractConne
             deleted.append(queue)
         else:
             kept.append((queue, messages, consumers))
-    written = {**now, **{queue: () for queue, _, _ in kept}}
+    written = merged([now, {queue: () for queue, _, _ in kept}, left])
     await channel.default_exchange.publish(
         aio_pika.Message(encode(written), content_type="application/json",
                          delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
         routing_key=topology.record_queue)
     for message in read:  # the new record is the broker's: the old ones go
         await message.ack()
-    return Leftovers(tuple(unbound), tuple(deleted), tuple(kept), vhost, guessed=not records)
+    return Leftovers(tuple(unbound), tuple(deleted), tuple(kept), vhost, guessed=not records,
+                     left=tuple(left))
 
 
 async def _counts(connection: Callable[[], AbstractConnection],

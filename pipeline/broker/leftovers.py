@@ -15,8 +15,12 @@ broker, ``amqp_declared``; in a ``MemoryBroker``), and:
   deletes it if it is empty and unused, else keeps it, with a WARNING naming it, the
   messages it holds and the command that deletes it (its spores are not thrown away
   silently; putting the agent back in the file binds it again and delivers them);
+- leaves a queue another process consumes as it is bound, since that process may run
+  another version of the file (a rolling deploy: one restarted on the older file must
+  not unbind what the newer one declared for an agent it serves); it stays in the
+  record, and a declaration once nothing consumes it takes it away;
 - then records what it declared: the record is always the last declaration's, plus
-  the queues kept.
+  the queues kept and left.
 
 Without a record (a deployment declared by an older version), each agent's queue is
 unbound from the keys of the file's channels it does not subscribe to.
@@ -87,6 +91,9 @@ class Leftovers:
     # No record was found (a new deployment, or one declared by an older version): what
     # ``unbound`` names was unbound where it was bound, which RabbitMQ does not tell.
     guessed: bool = False
+    # Queues with bindings the file no longer declares, left bound: another process
+    # consumes them (one running another version of the file, perhaps).
+    left: tuple[str, ...] = ()
 
     def delete_command(self, queue: str) -> str:
         where = "" if self.vhost == "/" else f" -p {self.vhost}"
@@ -109,13 +116,16 @@ class Leftovers:
         else:
             unbound = [f"unbound {queue} from {pattern}" for queue, pattern in self.unbound]
         return [*unbound,
+                *(f"left {queue} bound as it was: another process consumes it (one of "
+                  f"another version of the file?); taken away once none does"
+                  for queue in self.left),
                 *(f"deleted {queue} (empty; no agent of the file)" for queue in self.deleted),
                 *(f"kept {queue}, unbound: {_held(count, users)} "
                   f"(`{self.delete_command(queue)}`)" for queue, count, users in self.kept)]
 
     def report(self, logger: logging.Logger, address: str, exchange: str) -> None:
         """Log what was taken away (INFO) and each queue kept (WARNING)."""
-        if self.unbound or self.deleted:
+        if self.unbound or self.deleted or self.left:
             logger.info("%s: declaring the topology of %r: %s", address, exchange, "; ".join(
                 line for line in self.lines() if not line.startswith("kept")))
         for warning in self.warnings():

@@ -36,7 +36,7 @@ from sporeflow.pipeline.broker.backend import (
     OnMessage,
     Topology,
 )
-from sporeflow.pipeline.broker.leftovers import Leftovers, Record, stale
+from sporeflow.pipeline.broker.leftovers import Leftovers, Record, merged, stale
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.steps import PriorityBuckets, Spore, utc_now
 
@@ -101,18 +101,22 @@ class MemoryBroker:
         before = self.records.get(topology.exchange)
         if before is None:
             before = topology.guessed()
-        unbound = [(name, p) for name, patterns in stale(now, before).items()
+        gone = stale(now, before)
+        left = {name: before[name] for name in gone  # consumed: see leftovers
+                if name in self.queues and self.queues[name].consumers}
+        unbound = [(name, p) for name, patterns in gone.items() if name not in left
                    for p in patterns if (p, name) in bindings]
         bindings[:] = [b for b in bindings if (b[1], b[0]) not in unbound]
         deleted, kept = [], []
-        for name in (n for n in before if n not in now and n in self.queues):
+        for name in (n for n in before if n not in now and n not in left and n in self.queues):
             queue = self.queues[name]
             if queue.messages or queue.consumers:
                 kept.append((name, len(queue.messages), len(queue.consumers)))
             else:
                 deleted.append(self.queues.pop(name).name)
-        self.records[topology.exchange] = {**now, **{name: () for name, _, _ in kept}}
-        return Leftovers(tuple(unbound), tuple(deleted), tuple(kept))
+        self.records[topology.exchange] = merged([now, {name: () for name, _, _ in kept},
+                                                  left])
+        return Leftovers(tuple(unbound), tuple(deleted), tuple(kept), left=tuple(left))
 
     def route(self, exchange: str, routing_key: str) -> list[_Queue]:
         return [self.queues[name] for pattern, name in self.bindings.get(exchange, ())
