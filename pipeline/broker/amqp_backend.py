@@ -53,6 +53,7 @@ import contextlib
 import logging
 import secrets
 import weakref
+from functools import partial
 from typing import Any
 
 import aio_pika
@@ -69,7 +70,7 @@ from sporeflow.pipeline.broker.ack_window import AckWindow
 from sporeflow.pipeline.broker.amqp_boots import AmqpBootRecord
 from sporeflow.pipeline.broker.amqp_codec import forwardable_headers
 from sporeflow.pipeline.broker.amqp_consumer import Consumer
-from sporeflow.pipeline.broker.amqp_declared import tidy
+from sporeflow.pipeline.broker.amqp_declared import remember, tidy
 from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, AmqpInbound, broker_failure
 from sporeflow.pipeline.broker.amqp_link import ReconnectingConnection, connect
 from sporeflow.pipeline.broker.amqp_marks import mark, marked
@@ -123,6 +124,7 @@ class AmqpBackend(Backend):
         self._vhost = URL(url).path[1:] or "/"
         self.declared = False  # True: open() declared the topology, not just joined it
         self._reopening = asyncio.Lock()
+        self._recording: asyncio.Task[None] | None = None  # after a reconnection
 
     def _fail(self, doing: str, exc: BaseException) -> BrokerError:
         return broker_failure(self.address, doing, exc)
@@ -179,6 +181,7 @@ class AmqpBackend(Backend):
                                         address=self.address, fail=self._fail, errors=_ERRORS)
             self.leftovers.report(_log, f"RabbitMQ at {self.address}", topology.exchange)
             self.declared = True
+            self._connection.reconnect_callbacks.add(partial(self._redeclared, topology))
             # Published apart: a refused publish closes that channel, not the topology's.
             await self._publish_on(topology.exchange, topology.dead_letter_exchange,
                                    ensure=False, topology=topology)
@@ -197,6 +200,24 @@ class AmqpBackend(Backend):
             raise self._fail(f"declaring the topology of {topology.exchange!r}", exc) from exc
         self._topology = topology
         link.connected()
+
+    def _redeclared(self, topology: Topology, _: object) -> None:
+        """aio-pika declared our bindings again on a new connection: record them
+        (``amqp_declared.remember``), or a newer file's next declaration keeps them."""
+        if self._recording is None or self._recording.done():
+            self._recording = asyncio.get_running_loop().create_task(self._record(topology))
+
+    async def _record(self, topology: Topology) -> None:
+        try:
+            await remember(self._require_connection, topology, address=self.address,
+                           fail=self._fail, errors=_ERRORS)
+            _log.info("RabbitMQ at %s: the bindings of %r declared again after the "
+                      "reconnection are recorded", self.address, topology.exchange)
+        except (*_ERRORS, BrokerError) as exc:
+            _log.warning("RabbitMQ at %s: the bindings of %r declared again after the "
+                         "reconnection are not recorded (%s): a newer organism file's next "
+                         "declaration may leave them", self.address, topology.exchange,
+                         redact_text(str(exc)))
 
     async def _publish_on(self, exchange: str, dead: str, *, ensure: bool,
                           topology: Topology | None) -> None:
@@ -379,6 +400,8 @@ class AmqpBackend(Backend):
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
+        if self._recording is not None:
+            self._recording.cancel()
         reply, self._reply = self._reply, None
         self._link.close("the backend was closed")
         self._exchange = self._dead = self._out = None

@@ -10,7 +10,11 @@ Holding the lock, a process reads every message of the record (``basic.get``, un
 unbinds what the file no longer declares, publishes the new record and, once the
 broker confirmed it, acks those it read. One that dies before publishing leaves the
 old record (RabbitMQ gives it back); one that dies after leaves both, read next time
-as one (``leftovers.merged``): nothing bound is ever forgotten. A ``:`` is in no
+as one (``leftovers.merged``): nothing bound is ever forgotten. After a reconnection
+aio-pika declares again what this process declared at its start, whatever another
+process's newer file took away meanwhile: ``remember`` adds it to the record (taking
+nothing away), so that the next declaration of the newer file takes it away again.
+A ``:`` is in no
 agent's name: these never meet an agent's queue. A user that may not declare them
 (a per-process user declares nothing) leaves this to ``sporeflow broker-declare``.
 """
@@ -22,14 +26,14 @@ from collections.abc import Callable
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
 from sporeflow.config import BrokerError
 from sporeflow.pipeline.broker.amqp_lock import holding as lock
 from sporeflow.pipeline.broker.backend import Topology
 from sporeflow.pipeline.broker.leftovers import Leftovers, Record, decode, encode, merged, stale
 
-__all__ = ["tidy"]
+__all__ = ["remember", "tidy"]
 
 _MOST_READ = 100  # messages of the record read at most (a few, unless written by others)
 _log = logging.getLogger("sporeflow.broker.amqp")
@@ -63,15 +67,53 @@ async def tidy(connection: Callable[[], AbstractConnection], topology: Topology,
         return Leftovers(vhost=vhost)
 
 
-async def _tidy(channel: AbstractChannel, connection: Callable[[], AbstractConnection],
-                topology: Topology, vhost: str) -> Leftovers:
-    record = await channel.declare_queue(topology.record_queue, durable=True)
+async def remember(connection: Callable[[], AbstractConnection], topology: Topology, *,
+                   address: str, fail: Callable[[str, BaseException], BrokerError],
+                   errors: tuple[type[BaseException], ...]) -> None:
+    """Add what ``topology`` binds to the record, taking nothing away: after a
+    reconnection, which bound it all again (see the module doc)."""
+    doing = f"recording the topology of {topology.exchange!r}"
+    try:
+        async with lock(connection, topology.declaring_lock, doing=doing, address=address,
+                        fail=fail, errors=errors, refused=_Refused):
+            channel = await connection().channel()
+            try:
+                record = await channel.declare_queue(topology.record_queue, durable=True)
+                read = await _read(record)
+                records = [r for r in (decode(m.body) for m in read) if r is not None]
+                await _write(channel, topology, merged([*records, topology.declared()]), read)
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+    except (_Refused, aiormq.exceptions.ChannelAccessRefused):
+        return  # this user may not write the record: tidy() told so at the start
+
+
+async def _read(record: AbstractQueue) -> list[AbstractIncomingMessage]:
     read: list[AbstractIncomingMessage] = []
     while len(read) < _MOST_READ:
         message = await record.get(no_ack=False, fail=False)
         if message is None:
             break
         read.append(message)
+    return read
+
+
+async def _write(channel: AbstractChannel, topology: Topology, record: Record,
+                 read: list[AbstractIncomingMessage]) -> None:
+    """Publish ``record``, then ack those ``read``: the new record is the broker's."""
+    await channel.default_exchange.publish(
+        aio_pika.Message(encode(record), content_type="application/json",
+                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+        routing_key=topology.record_queue)
+    for message in read:
+        await message.ack()
+
+
+async def _tidy(channel: AbstractChannel, connection: Callable[[], AbstractConnection],
+                topology: Topology, vhost: str) -> Leftovers:
+    record = await channel.declare_queue(topology.record_queue, durable=True)
+    read = await _read(record)
     records = [r for r in (decode(m.body) for m in read) if r is not None]
     now = topology.declared()
     before: Record = merged(records) if records else topology.guessed()
@@ -100,13 +142,8 @@ async def _tidy(channel: AbstractChannel, connection: Callable[[], AbstractConne
             deleted.append(queue)
         else:
             kept.append((queue, messages, consumers))
-    written = merged([now, {queue: () for queue, _, _ in kept}, left])
-    await channel.default_exchange.publish(
-        aio_pika.Message(encode(written), content_type="application/json",
-                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-        routing_key=topology.record_queue)
-    for message in read:  # the new record is the broker's: the old ones go
-        await message.ack()
+    await _write(channel, topology,
+                 merged([now, {queue: () for queue, _, _ in kept}, left]), read)
     return Leftovers(tuple(unbound), tuple(deleted), tuple(kept), vhost, guessed=not records,
                      left=tuple(left))
 
