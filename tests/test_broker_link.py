@@ -247,6 +247,40 @@ def test_an_outside_send_while_disconnected_waits_for_the_confirm(virtual: Any) 
     virtual(main)
 
 
+class _Unconfirmed(_Flaky):
+    """Publishes, and the broker never confirms (a confirm in flight when time runs out)."""
+
+    async def publish(self, spore: Spore, **where: Any) -> None:
+        self.attempts += 1
+        await asyncio.Event().wait()
+
+
+def test_a_send_whose_time_runs_out_while_it_is_published_says_it_may_arrive(
+        virtual: Any) -> None:
+    # Found by a fault injector: the time ran out as the link came back, the spore on the
+    # wire already; the error said "it was not sent (retry it)", and it arrived: a retry
+    # would have delivered it twice.
+    async def main(loop: VirtualClockLoop) -> None:
+        link = Link("x", up=True, clock=loop.time)
+        backend = _Unconfirmed(link, cuts=0)
+        publisher, _ = _publisher(backend, send_timeout=5)
+        link.lost(None)
+        spore = Spore(knowledge={}, to_agent="a")
+        confirming = asyncio.ensure_future(publisher.confirmed(spore, None))
+        publishing = asyncio.ensure_future(publisher.publish(spore, lambda: spore,
+                                                             routing_key="k"))
+        await asyncio.sleep(4)
+        link.connected()  # published at once; its confirm never comes
+        with pytest.raises(BrokerError, match=r"it may still arrive \(it was being "
+                                              r"published when the time ran out\): a retry "
+                                              r"may deliver it twice$"):
+            await confirming
+        assert backend.attempts == 1
+        publishing.cancel()
+
+    virtual(main)
+
+
 def test_an_unconfirmed_send_raises_at_its_deadline_and_is_never_published(
         virtual: Any) -> None:
     async def main(loop: VirtualClockLoop) -> None:

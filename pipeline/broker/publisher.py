@@ -49,6 +49,7 @@ class Publisher:
         self.on_failure: Callable[[SporeflowError], None] | None = None
         self._waiting: dict[int, asyncio.Future[None]] = {}  # id(outside spore) -> confirm
         self._withdrawn: set[int] = set()  # id() of outside spores whose sender gave up
+        self._on_wire: set[int] = set()  # id() of spores published, not yet confirmed
         self._retrying: set[asyncio.Task[None]] = set()  # publish_soon's, after a loss
         self.sent = SentSpores(backend.address)  # what organism.confirmed() waits for
 
@@ -80,12 +81,15 @@ class Publisher:
                 if id(spore) in self._withdrawn:
                     raise BrokerError(f"spore {spore.id} was withdrawn: its sender stopped "
                                       f"waiting for RabbitMQ at {self.backend.address}")
+                self._on_wire.add(id(spore))
                 try:  # signed anew each time: a copy of the first is no replay
                     await self.backend.publish(wire(), routing_key=routing_key, queue=queue,
                                                reply_queue=reply_queue)
                 except Disconnected:
                     self.counts["republished"] += 1  # when the link is up again
                     continue
+                finally:
+                    self._on_wire.discard(id(spore))
                 self._done(spore, None)
                 return
         except BrokerError as exc:
@@ -149,11 +153,16 @@ class Publisher:
             async with asyncio.timeout_at(when):
                 await waiter
         except TimeoutError:
+            # Found by a fault injector: the time can run out as the link comes back,
+            # with the spore on its way already: it may arrive, and a retry twice.
+            fate = ("it may still arrive (it was being published when the time ran out): "
+                    "a retry may deliver it twice" if id(spore) in self._on_wire else
+                    "it was not sent (retry it, or raise organism.broker.send_timeout)")
             self._withdraw(spore)
             raise BrokerError(
                 f"RabbitMQ at {self.backend.address} did not confirm spore {spore.id} in "
-                f"time: the connection is {link.state} ({link.down_for:.1f} s); it was not "
-                f"sent (retry it, or raise organism.broker.send_timeout)") from None
+                f"time: the connection is {link.state} ({link.down_for:.1f} s); "
+                f"{fate}") from None
         except asyncio.CancelledError:
             self._withdraw(spore)
             raise
