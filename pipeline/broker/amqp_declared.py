@@ -22,11 +22,18 @@ agent's name: these never meet an agent's queue. A user that may not declare the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TypeVar
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 
 from sporeflow.config import BrokerError
 from sporeflow.pipeline.broker.amqp_lock import holding as lock
@@ -37,6 +44,7 @@ __all__ = ["remember", "tidy"]
 
 _MOST_READ = 100  # messages of the record read at most (a few, unless written by others)
 _log = logging.getLogger("sporeflow.broker.amqp")
+T = TypeVar("T")
 
 
 class _Refused(Exception):
@@ -48,16 +56,11 @@ async def tidy(connection: Callable[[], AbstractConnection], topology: Topology,
                errors: tuple[type[BaseException], ...]) -> Leftovers:
     """Take away the bindings and queues of ``topology``'s agents that it no longer
     declares (its own were declared just before), and record what it declares."""
-    doing = f"declaring the topology of {topology.exchange!r}"
     try:
-        async with lock(connection, topology.declaring_lock, doing=doing, address=address,
-                        fail=fail, errors=errors, refused=_Refused):
-            channel = await connection().channel()
-            try:
-                return await _tidy(channel, connection, topology, vhost)
-            finally:
-                if not channel.is_closed:
-                    await channel.close()
+        return await _locked(connection, topology, f"declaring the topology of "
+                             f"{topology.exchange!r}", address, fail, errors,
+                             partial(_tidy, connection=connection, topology=topology,
+                                     vhost=vhost))
     except (_Refused, aiormq.exceptions.ChannelAccessRefused) as exc:
         _log.warning("RabbitMQ at %s: this user may declare the queues of %r but not its "
                      "record %r (%s): bindings the file no longer declares are left; run "
@@ -72,21 +75,32 @@ async def remember(connection: Callable[[], AbstractConnection], topology: Topol
                    errors: tuple[type[BaseException], ...]) -> None:
     """Add what ``topology`` binds to the record, taking nothing away: after a
     reconnection, which bound it all again (see the module doc)."""
-    doing = f"recording the topology of {topology.exchange!r}"
+    async def add(channel: AbstractChannel) -> None:
+        read = await _read(await channel.declare_queue(topology.record_queue, durable=True))
+        records = [r for r in (decode(m.body) for m in read) if r is not None]
+        await _write(channel, topology, merged([*records, topology.declared()]), read)
+
     try:
-        async with lock(connection, topology.declaring_lock, doing=doing, address=address,
-                        fail=fail, errors=errors, refused=_Refused):
-            channel = await connection().channel()
-            try:
-                record = await channel.declare_queue(topology.record_queue, durable=True)
-                read = await _read(record)
-                records = [r for r in (decode(m.body) for m in read) if r is not None]
-                await _write(channel, topology, merged([*records, topology.declared()]), read)
-            finally:
-                if not channel.is_closed:
-                    await channel.close()
+        await _locked(connection, topology, f"recording the topology of "
+                      f"{topology.exchange!r}", address, fail, errors, add)
     except (_Refused, aiormq.exceptions.ChannelAccessRefused):
         return  # this user may not write the record: tidy() told so at the start
+
+
+async def _locked(connection: Callable[[], AbstractConnection], topology: Topology,
+                  doing: str, address: str, fail: Callable[[str, BaseException], BrokerError],
+                  errors: tuple[type[BaseException], ...],
+                  work: Callable[[AbstractChannel], Awaitable[T]]) -> T:
+    """``work`` on a channel of its own, holding the declaring lock (one process at a
+    time); raise ``_Refused`` for a user that may not take the lock."""
+    async with lock(connection, topology.declaring_lock, doing=doing, address=address,
+                    fail=fail, errors=errors, refused=_Refused):
+        channel = await connection().channel()
+        try:
+            return await work(channel)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
 
 
 async def _read(record: AbstractQueue) -> list[AbstractIncomingMessage]:
@@ -110,7 +124,7 @@ async def _write(channel: AbstractChannel, topology: Topology, record: Record,
         await message.ack()
 
 
-async def _tidy(channel: AbstractChannel, connection: Callable[[], AbstractConnection],
+async def _tidy(channel: AbstractChannel, *, connection: Callable[[], AbstractConnection],
                 topology: Topology, vhost: str) -> Leftovers:
     record = await channel.declare_queue(topology.record_queue, durable=True)
     read = await _read(record)
