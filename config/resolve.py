@@ -168,8 +168,15 @@ def _handler_kind_problem(handler: Callable[..., Any], *, cpu_bound: bool) -> st
             method = agent_method(handler)
         except HandlerImportError as exc:
             return str(exc)
-        takes_self = not (isinstance(inspect.getattr_static(handler, method), staticmethod)
-                          or inspect.ismethod(getattr(handler, method)))  # a classmethod
+        declared = inspect.getattr_static(handler, method)
+        if isinstance(declared, staticmethod | classmethod):
+            takes_self = False
+        elif inspect.isfunction(declared):
+            takes_self = True
+        elif hasattr(type(declared), "__get__"):
+            return None  # another descriptor: what it binds is its own business
+        else:  # a callable object (a functools.partial, an instance): called as it is
+            takes_self = False
         return _arguments_problem(getattr(handler, method), f"{handler.__qualname__}.{method}",
                                   (None,) * (3 if takes_self else 2))
     if cpu_bound and (inspect.iscoroutinefunction(handler) or not inspect.isfunction(handler)
@@ -184,7 +191,9 @@ def _arguments_problem(function: Callable[..., Any], name: str,
     """Why ``function`` cannot take a handler's arguments (``self``, when a method, then
     the spore and the context): each spore would fail ``handler failed`` at the call."""
     try:
-        signature = inspect.signature(function)
+        # The function called, not what a decorator wraps: a wrapper may supply
+        # arguments of its own (``functools.wraps`` sets ``__wrapped__``).
+        signature = inspect.signature(function, follow_wrapped=False)
     except (TypeError, ValueError):
         return None  # no signature to read (a builtin): the call tells
     try:

@@ -173,3 +173,46 @@ def test_a_handler_that_cannot_take_a_spore_and_a_context_is_refused_at_load(
     assert "(missing a required argument: 'extra')" in said["agents.b.handler"]
     assert said["agents.b.handler"].endswith("`def three(spore, ctx)`")
     assert said["agents.c.handler"].endswith("`async def handle(self, spore, ctx)`")
+
+
+HANDLERS_CALLED_AS_THEY_ARE = '''
+import functools
+
+def with_db(function):  # supplies an argument of its own
+    @functools.wraps(function)
+    async def wrapper(spore, ctx):
+        return await function(spore, ctx, {"db": 1})
+    return wrapper
+
+def with_db_method(function):
+    @functools.wraps(function)
+    async def wrapper(self, spore, ctx):
+        return await function(self, spore, ctx, {"db": 1})
+    return wrapper
+
+@with_db
+async def injected(spore, ctx, db):
+    return None
+
+class InjectedMethod:
+    @with_db_method
+    async def handle(self, spore, ctx, db):
+        return None
+
+def _configured(config, spore, ctx):
+    return None
+
+class PartialMethod:  # a partial is no descriptor: called as it is, without self
+    handle = functools.partial(_configured, {"a": 1})
+'''
+
+
+def test_handlers_whose_call_takes_a_spore_and_a_context_are_not_refused(
+        tmp_path: Path, handler_modules: Callable[[str], str]) -> None:
+    # A decorator's wrapper is what is called; what it wraps may take more (it supplies
+    # them), and a callable object held by a class is called without self.
+    mod = handler_modules(HANDLERS_CALLED_AS_THEY_ARE)
+    file = organism(tmp_path, {"a": f"{mod}:injected", "b": f"{mod}:InjectedMethod",
+                               "c": f"{mod}:PartialMethod"})
+    spec = load_organism(file)
+    assert sorted(spec.agents) == ["a", "b", "c"]
