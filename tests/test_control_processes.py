@@ -24,7 +24,7 @@ from sporeflow.pipeline import Organism
 from sporeflow.pipeline.broker.memory_backend import MemoryBackend, MemoryBroker
 from sporeflow.pipeline.cli.main import cli
 from sporeflow.pipeline.reload.diff import ReloadReport
-from sporeflow.pipeline.service.processes import AmbiguousProcess, Process, choose
+from sporeflow.pipeline.service.processes import AmbiguousProcess, NoSuchProcess, Process, choose
 from sporeflow.pipeline.service.server import ControlServer
 
 from .conformance.harness import BACKSTOP, wait_for
@@ -210,3 +210,18 @@ def test_a_report_says_nothing_of_elsewhere_when_a_process_hosts_every_agent() -
     report = ReloadReport(ok=True, source="f", changed={"pricer": ("concurrency",)})
     assert "elsewhere" not in report.to_dict()  # one process's stats as they were
     assert report.summary() == "f: applied: changed pricer (concurrency) (0.0 ms)"
+
+
+def test_a_pid_names_its_process_beside_one_that_hosts_every_agent() -> None:
+    # `sporeflow run FILE` (every agent) and `sporeflow run FILE --agents taxman`: the
+    # every-agent process hosts any agent, but it is not pid 200, nor a typo's host.
+    every = Process(Path("/r/a.sock"), 100, ("ledger", "pricer", "taxman"), True)
+    worker = Process(Path("/r/b.sock"), 200, ("taxman",), False)
+    for any_will_do in (True, False):
+        assert choose([every, worker], "200", any_will_do=any_will_do, doing="tail",
+                      organism="o") is worker
+    assert choose([every, worker], "pricer", any_will_do=False, doing="tail",
+                  organism="o") is every
+    for wrong in ("99999", "pricr"):
+        with pytest.raises(NoSuchProcess, match=f"--process {wrong}: no running process"):
+            choose([every], wrong, any_will_do=True, doing="", organism="o")

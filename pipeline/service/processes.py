@@ -64,9 +64,11 @@ class Process:
         it hosts."""
         if "/" in name or name.endswith(".sock"):
             return Path(name).expanduser().absolute() == self.socket.absolute()
-        if name.isdigit() and not self.hosts(name):
+        # ``hosted`` lists every agent of a process that hosts them all: ``hosts`` (true
+        # of any name there, for what a command is about) would take any pid or typo.
+        if name.isdigit() and name not in self.hosted:
             return self.pid == int(name)
-        return self.hosts(name)
+        return name in self.hosted
 
     def to_dict(self) -> dict[str, Any]:
         return {"process": self.label, "pid": self.pid, "socket": str(self.socket),
