@@ -479,8 +479,8 @@ def purge(ctx: click.Context, organism: Path, journal: Path | None, backend: str
         status, answer = call(ctx, running[0], "POST", "dead-letters/purge", _asked(choice))
         if status != 200:
             refused(ctx, answer)
-        click.echo(f"{answer['purged']} dead letter(s) purged in the running organism "
-                   f"({_in_process(running[0])})", err=True)
+        click.echo(f"{answer['purged']} dead letter(s) purged in {_in_process(running[0])}",
+                   err=True)
         return
     source = _source(ctx, organism, journal, backend, origin)
     purged = _apply(ctx, source, choice, "purge").done
