@@ -34,7 +34,10 @@ def declared_knowledge_problems(located: Located) -> list[Problem]:
         if found is not None:
             problems.append(located.problem(*found))
             continue
-        size = len(json.dumps(knowledge, ensure_ascii=False).encode())
+        # As a spore writes it (``Spore.to_json``): compact, or it would count a space
+        # after every comma and colon that the chain never sees.
+        size = len(json.dumps(knowledge, ensure_ascii=False,
+                              separators=(",", ":")).encode())
         if size > limit:
             problems.append(located.problem(path, (
                 f"is {size} bytes as JSON, over limits.max_spore_bytes={limit}: its spore "

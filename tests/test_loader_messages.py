@@ -105,9 +105,19 @@ def test_declared_knowledge_that_is_no_json_is_refused_at_its_line() -> None:
         "1, 10, 0)), which is not JSON; quote it to make it text"]
 
 
+def test_declared_knowledge_is_measured_as_compact_as_a_spore_is_written() -> None:
+    # 1500 numbers: 3001 bytes as the chain writes them ([0,0,...]), 4501 with a space
+    # after each comma; the spore is well under 4096 and its agent gets it.
+    numbers = ", ".join(["0"] * 1500)
+    spec = organism_from_text("limits: {max_spore_bytes: 4096}\nagents:\n"
+                              f"  a: {{handler: operator:eq, boot: {{n: [{numbers}]}}}}\n",
+                              name="o.yaml")
+    assert spec.agents["a"].boot == {"n": [0] * 1500}
+
+
 def test_declared_knowledge_over_the_spore_limit_is_refused_at_load() -> None:
     problems = problems_of("limits: {max_spore_bytes: 1KiB}\nagents:\n"
                            f"  a: {{handler: operator:eq, boot: {{text: {'x' * 2000}}}}}\n")
     assert len(problems) == 1, problems
-    assert problems[0].startswith("o.yaml:3:35: agents.a.boot: is 2012 bytes as JSON, over "
+    assert problems[0].startswith("o.yaml:3:35: agents.a.boot: is 2011 bytes as JSON, over "
                                   "limits.max_spore_bytes=1024")
