@@ -299,3 +299,27 @@ def test_an_unconfirmed_send_raises_at_its_deadline_and_is_never_published(
         assert backend.attempts == 0
 
     virtual(main)
+
+
+def test_a_send_cut_off_after_it_was_published_says_it_may_arrive(virtual: Any) -> None:
+    # A publish cut off by a loss (Disconnected: its confirm was in flight) may have
+    # reached the broker; the time running out before the link is back must not say
+    # "it was not sent (retry it)": a retry could deliver it twice.
+    async def main(loop: VirtualClockLoop) -> None:
+        link = Link("x", up=True, clock=loop.time)
+        backend = _Flaky(link, cuts=1)
+        publisher, _ = _publisher(backend, send_timeout=5)
+        link.lost(None)
+        spore = Spore(knowledge={}, to_agent="a")
+        confirming = asyncio.ensure_future(publisher.confirmed(spore, None))
+        publishing = asyncio.ensure_future(publisher.publish(spore, lambda: spore,
+                                                             routing_key="k"))
+        await asyncio.sleep(1)
+        link.connected()  # published, then cut off: the link is lost again
+        await asyncio.sleep(1)
+        assert (backend.attempts, link.up) == (1, False)
+        with pytest.raises(BrokerError, match=r"it may still arrive"):
+            await confirming
+        publishing.cancel()
+
+    virtual(main)

@@ -49,7 +49,9 @@ class Publisher:
         self.on_failure: Callable[[SporeflowError], None] | None = None
         self._waiting: dict[int, asyncio.Future[None]] = {}  # id(outside spore) -> confirm
         self._withdrawn: set[int] = set()  # id() of outside spores whose sender gave up
-        self._on_wire: set[int] = set()  # id() of spores published, not yet confirmed
+        # id() of spores published (a publish cut off by a loss too: it may have reached
+        # the broker), while publish() has not returned
+        self._on_wire: set[int] = set()
         self._retrying: set[asyncio.Task[None]] = set()  # publish_soon's, after a loss
         self.sent = SentSpores(backend.address)  # what organism.confirmed() waits for
 
@@ -85,16 +87,16 @@ class Publisher:
                 try:  # signed anew each time: a copy of the first is no replay
                     await self.backend.publish(wire(), routing_key=routing_key, queue=queue,
                                                reply_queue=reply_queue)
-                except Disconnected:
+                except Disconnected:  # its confirm was cut off: it may be there already
                     self.counts["republished"] += 1  # when the link is up again
                     continue
-                finally:
-                    self._on_wire.discard(id(spore))
                 self._done(spore, None)
                 return
         except BrokerError as exc:
             self._done(spore, exc)
             raise
+        finally:
+            self._on_wire.discard(id(spore))
 
     def publish_soon(self, spore: Spore, wire: Callable[[], Spore], done: Published, *,
                      routing_key: str | None = None, queue: str | None = None,
