@@ -253,6 +253,26 @@ def test_a_dead_letter_is_purged_in_the_running_process(organism: Path, running:
     assert err.startswith("NoSuchDeadLetter: ")
 
 
+def test_a_purge_of_a_running_organism_with_a_journal_is_done_in_the_journal(
+        organism: Path) -> None:
+    # Found in review: dlq purge went to the running process, which keeps its letters in
+    # memory: the journal kept them, and after a stop they were listed and replayed again.
+    organism.write_text(organism.read_text().replace(
+        "organism: {name: svc}", "organism: {name: svc, journal: state/journal.db}"))
+    run = Run(organism, "--quiet").wait_ready()
+    try:
+        assert invoke("send", str(organism), "--to", "flaky", '{"n": 1}')[0] == 1
+        code, _, err = invoke("dlq", "purge", str(organism), "--all")
+        assert code == 0, err
+        assert "1 dead letter(s) purged from" in err
+        assert "journal.db" in err
+    finally:
+        run.kill()
+    code, out, err = invoke("dlq", "list", str(organism))
+    assert (code, out) == (0, "")
+    assert "0 dead letter(s) in" in err
+
+
 def test_an_id_the_running_organism_does_not_keep_is_an_error_naming_it(
         organism: Path, running: Run) -> None:
     """Found in review: `dlq replay --id 9` (and show) of a letter the running organism no

@@ -247,12 +247,13 @@ def _screen(spec: OrganismSpec | None) -> Screen | None:
     return organism_rules(routing_table(spec), OUTSIDE_SENDERS) if spec is not None else None
 
 
-def _in_running(ctx: click.Context, organism: Path, explicit: bool,
-                choice: LetterChoice) -> tuple[Path, list[StoredDeadLetter]] | None:
+def _in_running(ctx: click.Context, organism: Path, explicit: bool, choice: LetterChoice, *,
+                for_good: bool = False) -> tuple[Path, list[StoredDeadLetter]] | None:
     """The running organism's socket and its letters ``choice`` matches, when ``dlq`` acts
     on it: no source was named, a run of the file answers, and it keeps them (over a broker
     the dead-letter queue holds every process's: it is read as before; an organism in
-    several processes runs over a broker, so any one of them answers this alike)."""
+    several processes runs over a broker, so any one of them answers this alike).
+    ``for_good`` (a purge): not when a journal keeps them too, where it is done for good."""
     path = None if explicit else attached(organism)
     if path is None:
         return None
@@ -260,7 +261,7 @@ def _in_running(ctx: click.Context, organism: Path, explicit: bool,
         "agent": choice.agents, "reason": choice.reasons, "id": choice.ids})
     if status != 200:
         refused(ctx, answer)
-    if answer.get("brokered"):
+    if answer.get("brokered") or (for_good and answer.get("journaled")):
         return None
     return path, [_stored(data) for data in answer["letters"]]
 
@@ -474,7 +475,8 @@ def purge(ctx: click.Context, organism: Path, journal: Path | None, backend: str
     """Delete the chosen dead letters for good (from the journal, the broker, or the
     running organism that keeps them)."""
     choice = _choice(ctx, agents, reasons, ids, everything)
-    running = _in_running(ctx, organism, bool(journal or backend or origin), choice)
+    running = _in_running(ctx, organism, bool(journal or backend or origin), choice,
+                          for_good=True)
     if running is not None:
         status, answer = call(ctx, running[0], "POST", "dead-letters/purge", _asked(choice))
         if status != 200:

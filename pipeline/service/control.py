@@ -77,6 +77,9 @@ class ControlOrganism(operations.Controlled, Protocol):
 
     def add_hook(self, hook: LedgerHook) -> None: ...
 
+    @property
+    def journal(self) -> object | None: ...
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -323,7 +326,9 @@ class _Routes:
         letters = operations.dead_letters(self.organism, choice)
         return self.json({"letters": [operations.letter_dict(s) for s in letters],
                           "kept": len(store), "total": store.total, "evicted": store.evicted,
-                          "brokered": self.organism.brokered})
+                          "brokered": self.organism.brokered,
+                          # a journal keeps them too: what is done for good is done there
+                          "journaled": self.organism.journal is not None})
 
     async def dead_letter(self, request: web.Request) -> web.Response:
         text = request.match_info["number"]
