@@ -96,7 +96,8 @@ def test_send_errors_are_one_line(args: tuple[str, ...], message: str) -> None:
     assert err.strip().splitlines()[-1].startswith(message)  # after the run's own log lines
 
 
-def test_knowledge_comes_from_standard_input_or_a_file(tmp_path: Path) -> None:
+def test_knowledge_comes_from_standard_input_or_a_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Found by a new user: no way to send knowledge from a file or standard input (past
     # some 128 KiB: "Argument list too long"), and NaN passed here to fail the endpoint.
     (tmp_path / "k.json").write_text('{"n": 3}')
@@ -105,6 +106,12 @@ def test_knowledge_comes_from_standard_input_or_a_file(tmp_path: Path) -> None:
                                           *args], input=given)
         assert result.exit_code == 1, result.stderr  # picky fails on multiples of three
         assert "ValueError: 3 is a multiple of three" in result.stderr
+    # Found in review: @FILE alone, its name ending in .yaml, was taken for the ORGANISM.
+    (tmp_path / "k.yaml").write_text('{"n": 3}')
+    monkeypatch.chdir(tmp_path)  # no ./organism.yaml: the default ORGANISM is missing
+    result = CliRunner().invoke(cli, ["send", "--start", "--to", "picky", "@k.yaml"])
+    assert "give KNOWLEDGE (JSON) or --xml ELEMENT" not in result.stderr
+    assert "organism.yaml:1:1: <root>: cannot read the file" in result.stderr  # the default
     code, _, err = invoke("send", str(SMALL), "--start", "--to", "picky", '{"n": NaN}')
     assert code == 1
     assert "KNOWLEDGE is not JSON: NaN is no JSON number" in err

@@ -437,6 +437,8 @@ def _send_arguments(first: str | None, second: str | None, *,
     can only be the organism: --xml gives the knowledge, or it is a file or reads as one."""
     if first is None:
         return DEFAULT_ORGANISM, None
+    if second is None and not xml and (first == "-" or first.startswith("@")):
+        return DEFAULT_ORGANISM, first  # the knowledge's own file, or standard input
     if second is not None or xml or first.endswith((".yaml", ".yml")) or _is_file(first):
         return Path(first), second
     return DEFAULT_ORGANISM, first
