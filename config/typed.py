@@ -71,15 +71,29 @@ def payload_type(handler: Callable[..., Any]) -> type | None:
             return None  # reported by the loader's kind check
     try:
         parameters = list(inspect.signature(function).parameters.values())
-        hints = typing.get_type_hints(function)
-    except Exception:  # any failure to read the annotations means plain
+    except (TypeError, ValueError):  # no signature to read: plain
         return None
     if inspect.isclass(handler) and parameters:
         parameters = parameters[1:]  # self
     if not parameters:
         return None
-    annotation = hints.get(parameters[0].name)
+    try:
+        annotation = typing.get_type_hints(function).get(parameters[0].name)
+    except Exception:  # noqa: BLE001  # another annotation may not resolve: the first alone
+        annotation = _resolved(function, parameters[0].annotation)
     return annotation if is_record(annotation) else None
+
+
+def _resolved(function: Any, annotation: Any) -> Any:
+    """``annotation`` (text, under ``from __future__ import annotations``) resolved in the
+    handler's module, or None. Found by a new user: ``ctx: Context`` imported only under
+    TYPE_CHECKING made every annotation unresolvable, and the typed handler plain."""
+    if not isinstance(annotation, str):
+        return annotation
+    try:
+        return eval(annotation, dict(getattr(function, "__globals__", {})))  # noqa: S307
+    except Exception:  # noqa: BLE001  # a name imported only under TYPE_CHECKING: plain
+        return None
 
 
 @functools.cache  # once found: it is asked on every typed spore

@@ -242,3 +242,37 @@ async def test_a_payload_is_validated_once_on_its_way_to_the_handler(
         await t.idle()
     assert len(h.SEEN) == 20
     assert len(calls) == 20
+
+
+TYPE_CHECKING_CONTEXT = '''
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sporeflow import Context
+
+@dataclass
+class Order:
+    customer: str
+    total: int
+
+async def on_order(order: Order, ctx: Context) -> dict:
+    return {"customer": order.customer, "kind": type(order).__name__}
+'''
+
+
+async def test_a_typed_handler_whose_context_type_is_only_for_type_checkers_stays_typed(
+        tmp_path: Path, handler_modules: Callable[..., str]) -> None:
+    # Found by a new user: `Context` imported under TYPE_CHECKING (as linters ask) made
+    # get_type_hints fail on the whole handler, which was then taken as plain: check
+    # said ok, and the handler got a Spore ('Spore' object has no attribute 'customer').
+    module = handler_modules(TYPE_CHECKING_CONTEXT)
+    (tmp_path / "organism.yaml").write_text(
+        f"agents:\n  till: {{handler: {module}:on_order}}\n")
+    organism = Organism.from_file(tmp_path / "organism.yaml")
+    assert payload_type(organism.spec.agents["till"].handler).__name__ == "Order"
+    async with organism.running():
+        answer = await organism.request("till", {"customer": "ada", "total": 3})
+    assert answer.knowledge == {"customer": "ada", "kind": "Order"}
