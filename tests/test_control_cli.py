@@ -273,6 +273,27 @@ def test_a_purge_of_a_running_organism_with_a_journal_is_done_in_the_journal(
     assert "0 dead letter(s) in" in err
 
 
+def test_a_replay_in_a_running_organism_with_a_journal_leaves_no_letter_there(
+        organism: Path) -> None:
+    # Found by a new user: replayed in the running process, the letter stayed in the
+    # journal; after a stop it was listed again, and a replay handled the spore twice.
+    organism.write_text(organism.read_text().replace(
+        "organism: {name: svc}", "organism: {name: svc, journal: state/journal.db}"))
+    run = Run(organism, "--quiet").wait_ready()
+    try:
+        assert invoke("send", str(organism), "--to", "flaky", '{"n": 7}')[0] == 1
+        (organism.parent / "allow").touch()
+        code, _, err = invoke("dlq", "replay", str(organism), "--all")
+        assert code == 0, err
+        flaky = organism.parent / "flaky.txt"
+        until(lambda: flaky.exists() and flaky.read_text() == '{"n": 7}\n', "the replay")
+    finally:
+        run.kill()
+    code, out, err = invoke("dlq", "list", str(organism))
+    assert (code, out) == (0, "")
+    assert "0 dead letter(s) in" in err
+
+
 def test_an_id_the_running_organism_does_not_keep_is_an_error_naming_it(
         organism: Path, running: Run) -> None:
     """Found in review: `dlq replay --id 9` (and show) of a letter the running organism no

@@ -248,12 +248,13 @@ def _screen(spec: OrganismSpec | None) -> Screen | None:
 
 
 def _in_running(ctx: click.Context, organism: Path, explicit: bool, choice: LetterChoice, *,
-                for_good: bool = False) -> tuple[Path, list[StoredDeadLetter]] | None:
+                for_good: bool = False) -> tuple[Path, list[StoredDeadLetter], str | None] | None:
     """The running organism's socket and its letters ``choice`` matches, when ``dlq`` acts
     on it: no source was named, a run of the file answers, and it keeps them (over a broker
     the dead-letter queue holds every process's: it is read as before; an organism in
     several processes runs over a broker, so any one of them answers this alike).
-    ``for_good`` (a purge): not when a journal keeps them too, where it is done for good."""
+    ``for_good`` (a purge): not when a journal keeps them too, where it is done for good.
+    Last: the journal that keeps them too, if one does."""
     path = None if explicit else attached(organism)
     if path is None:
         return None
@@ -261,9 +262,9 @@ def _in_running(ctx: click.Context, organism: Path, explicit: bool, choice: Lett
         "agent": choice.agents, "reason": choice.reasons, "id": choice.ids})
     if status != 200:
         refused(ctx, answer)
-    if answer.get("brokered") or (for_good and answer.get("journaled")):
+    if answer.get("brokered") or (for_good and answer.get("journal")):
         return None
-    return path, [_stored(data) for data in answer["letters"]]
+    return path, [_stored(data) for data in answer["letters"]], answer.get("journal")
 
 
 def _in_process(path: Path) -> str:
@@ -409,7 +410,13 @@ def replay(ctx: click.Context, organism: Path, journal: Path | None, backend: st
     choice = _choice(ctx, agents, reasons, ids, everything)
     running = _in_running(ctx, organism, bool(journal or backend or origin), choice)
     if running is not None:  # the running organism delivers them now (--run or not)
-        _replay_in_running(ctx, running[0], choice)
+        replayed = _replay_in_running(ctx, running[0], choice)
+        if running[2] is not None:  # its journal keeps them too: replayed, not to be again
+            spores = tuple(s.letter.spore.id for s in running[1] if s.number in replayed)
+            with JournalFile(running[2]) as file:
+                file.purge(file.dead_letters(ids=spores) if spores else [])
+        if len(replayed) < len(running[1]):
+            ctx.exit(1)  # some stay dead letters: said above
         return
     source = _source(ctx, organism, journal, backend, origin)
     if run_now and source.journal is None:
@@ -442,7 +449,8 @@ def replay(ctx: click.Context, organism: Path, journal: Path | None, backend: st
         ctx.exit(1)
 
 
-def _replay_in_running(ctx: click.Context, path: Path, choice: LetterChoice) -> None:
+def _replay_in_running(ctx: click.Context, path: Path, choice: LetterChoice) -> set[int]:
+    """Replay in the running organism; the numbers of the letters it replayed."""
     status, answer = call(ctx, path, "POST", "dead-letters/replay", _asked(choice))
     if status != 200:
         refused(ctx, answer)
@@ -450,8 +458,7 @@ def _replay_in_running(ctx: click.Context, path: Path, choice: LetterChoice) -> 
         click.echo(masked(ctx, f"not replayed: {problem}"), err=True)
     click.echo(f"{answer['replayed']} dead letter(s) replayed in the running organism "
                f"(control socket {path})", err=True)
-    if answer["problems"]:
-        ctx.exit(1)
+    return set(answer["numbers"])
 
 
 def _asked(choice: LetterChoice) -> dict[str, Any]:

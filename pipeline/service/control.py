@@ -78,7 +78,7 @@ class ControlOrganism(operations.Controlled, Protocol):
     def add_hook(self, hook: LedgerHook) -> None: ...
 
     @property
-    def journal(self) -> object | None: ...
+    def journal(self) -> Any: ...  # its ``path``, or None
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -328,7 +328,8 @@ class _Routes:
                           "kept": len(store), "total": store.total, "evicted": store.evicted,
                           "brokered": self.organism.brokered,
                           # a journal keeps them too: what is done for good is done there
-                          "journaled": self.organism.journal is not None})
+                          "journal": None if self.organism.journal is None
+                          else str(self.organism.journal.path)})
 
     async def dead_letter(self, request: web.Request) -> web.Response:
         text = request.match_info["number"]
