@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -217,3 +220,20 @@ def test_run_with_agents_naming_none_is_a_usage_error() -> None:
     code, _, err = invoke("run", str(SMALL), "--agents", " , ", "--until-idle")
     assert code == 2
     assert "Invalid value for --agents: it names no agent" in err
+
+
+def test_run_until_idle_with_a_failed_source_exits_1_naming_it_without_a_traceback(
+        tmp_path: Path, handler_modules: Any) -> None:
+    # Found by a new user: a lines source with a misspelt path failed, the log printed a
+    # whole traceback, and `run --until-idle` said 0 handled and exited 0.
+    module = handler_modules("async def sink(spore, ctx):\n    return None\n")
+    organism = tmp_path / "organism.yaml"
+    organism.write_text(f"agents:\n  sink: {{handler: {module}:sink}}\nsources:\n"
+                        f"  events: {{kind: lines, path: evnets.jsonl, to: sink}}\n")
+    result = subprocess.run([sys.executable, "-m", "sporeflow.pipeline.cli", "run",
+                             str(organism), "--until-idle"], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith(
+        "source 'events' failed: FileNotFoundError: ")
+    assert "Traceback" not in result.stderr

@@ -330,6 +330,12 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
     elif unfinished:
         click.echo(f"{unfinished} spore(s) could not finish and were dead-lettered "
                    f"as 'shutdown'", err=True)
+    failed = {name: source["error"] for name, source in org.stats()["sources"].items()
+              if source["state"] == "failed"}
+    if until_idle and failed:  # a batch that did not read all its input failed (exit 1)
+        for name, error in failed.items():
+            click.echo(f"source {name!r} failed: {error}", err=True)
+        return 1
     return 0
 
 

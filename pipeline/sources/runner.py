@@ -152,8 +152,10 @@ class Sources:
     def _failed(self, name: str, stats: SourceStats, error: Exception) -> None:
         stats.state = "failed"
         stats.error = self._port.masker.mask(f"{type(error).__name__}: {error}")
+        # The traceback at DEBUG only: the line names the error (found by a new user).
         self._logger.error("source %r (%s) failed: %s; the organism goes on without it",
-                           name, stats.kind, stats.error, exc_info=error)
+                           name, stats.kind, stats.error,
+                           exc_info=error if self._logger.isEnabledFor(logging.DEBUG) else None)
 
     def _make(self, declared: SourceSpec, feed: Feed, spec: OrganismSpec) -> Source:
         if isinstance(declared, HttpSource):
