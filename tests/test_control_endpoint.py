@@ -287,7 +287,7 @@ async def test_a_letter_failing_its_replay_is_kept_and_the_others_replayed(
     errors (its knowledge's repr failed) ended the replay: it and every letter after it
     had been taken out of the dead letters and were lost, none submitted."""
     odd = Spore(knowledge={"x": _NoRepr()}, to_agent="echo")
-    organism.dead_letters.add(DeadLetter(odd, "invalid", "x"))
+    organism.dead_letters.add(DeadLetter(odd, "handler failed", "x"))
     organism.dead_letters.add(DeadLetter(Spore(knowledge={}, to_agent="echo"), "shutdown", "x"))
     done = await operations.replay(organism, LetterChoice())
     assert done.numbers == (2,)

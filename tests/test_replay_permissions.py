@@ -185,6 +185,19 @@ def test_a_letter_refused_for_its_signature_is_never_replayed(reason: str,
                           f"signature check ({reason}): a replay would sign it")
 
 
+def test_an_invalid_letter_is_never_replayed() -> None:
+    # Found by a new user: a lines source's bad line is a dead letter 'invalid' whose
+    # spore stands in for it ({"line": ..., "number": ...}): replayed, handlers got that.
+    from sporeflow.pipeline.core.replaying import replay_refusals
+
+    stand_in = _letter(1, Spore(knowledge={"line": "not json", "number": 2},
+                                from_agent="events", to_agent="archiver"), "invalid")
+    allowed, refused = replay_refusals([stand_in], None, ())
+    assert allowed == []
+    [why] = refused
+    assert "it was refused as invalid: what it keeps is no spore to deliver" in why
+
+
 def test_a_replayed_broadcast_goes_only_to_a_subscriber() -> None:
     """Found by an attacker: a journal row naming a non-subscriber as the letter's agent
     made a replay hand a channel's broadcast to it."""

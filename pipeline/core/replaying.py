@@ -50,6 +50,10 @@ def never_replayed(letter: DeadLetter) -> str | None:
     if letter.reason in _UNPROVEN:
         return (f"it failed its signature check ({letter.reason}): a replay would sign it "
                 f"as this organism's own")
+    if letter.reason == Reason.INVALID:  # found by a new user: a source's bad line, replayed
+        return ("it was refused as invalid: what it keeps is no spore to deliver (a stand-in "
+                "for a source's bad input, or a spore the chain refuses again); fix it where "
+                "it came from, and purge it")
     return None
 
 
