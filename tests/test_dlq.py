@@ -374,3 +374,25 @@ def test_an_id_filtered_out_by_agent_says_so(journal: Path) -> None:
                           "--id", "1")
     assert code == 1
     assert "no dead letter '1' among those of the --agent and --reason given" in err
+
+
+async def test_another_organisms_journal_is_refused(tmp_path: Path) -> None:
+    # Found by a new user: run --journal with another organism's file replayed its
+    # pending spores here, to agents this organism does not have, without a word.
+    from sporeflow.pipeline import JournalError
+
+    path = tmp_path / "j.db"
+    first = Organism.from_dict({"organism": {"name": "one"},
+                                "agents": {"a": {"handler": lambda s, c: None}}}, journal=path)
+    async with first.running():
+        await first.send("a", {})
+        await first.idle()
+    other = Organism.from_dict({"organism": {"name": "two"},
+                                "agents": {"b": {"handler": lambda s, c: None}}}, journal=path)
+    with pytest.raises(JournalError, match=r"this journal belongs to organism 'one', not "
+                                           r"'two': its spores would be replayed here"):
+        await other.start()
+    again = Organism.from_dict({"organism": {"name": "one"},
+                                "agents": {"a": {"handler": lambda s, c: None}}}, journal=path)
+    async with again.running():  # its own organism opens it as before
+        await again.idle()

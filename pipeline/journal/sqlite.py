@@ -173,6 +173,21 @@ def connect(path: Path, synchronous: Synchronous, *, exists: bool) -> sqlite3.Co
     return conn
 
 
+def owned(conn: sqlite3.Connection, path: Path, organism: str | None) -> None:
+    """Claim the journal for ``organism`` (its name, kept in ``meta``), or refuse a
+    journal another organism's runs wrote: its spores would be replayed here, to agents
+    this organism may not have (found by a new user: accepted silently)."""
+    if organism is None:
+        return
+    row = conn.execute("SELECT value FROM meta WHERE key = 'organism'").fetchone()
+    if row is None:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('organism', ?)", (organism,))
+    elif row[0] != organism:
+        raise JournalError(f"{path}: this journal belongs to organism {row[0]!r}, not "
+                           f"{organism!r}: its spores would be replayed here; give this "
+                           f"organism a journal of its own")
+
+
 def booted_agents(conn: sqlite3.Connection) -> set[str]:
     rows = conn.execute("SELECT key FROM meta WHERE key LIKE 'booted:%'")
     return {row[0].removeprefix("booted:") for row in rows}

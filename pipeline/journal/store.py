@@ -65,6 +65,7 @@ from sporeflow.pipeline.journal.sqlite import (
     file_size,
     lock,
     logger,
+    owned,
     stored_spore,
     transaction,
 )
@@ -163,6 +164,7 @@ class Journal:
         self._trace.take()
         self._marking.reset(spec.agents if spec is not None else {})
         self._retention = DeadLetterRetention(self.path, spec.limits if spec else Limits())
+        self._organism = spec.name if spec is not None else None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sporeflow-journal")
         loop = asyncio.get_running_loop()
         try:
@@ -186,6 +188,7 @@ class Journal:
         conn = self._conn = connect(self.path, self.synchronous, exists=exists)
         died = self._marking.died()
         with transaction(conn, self.path):
+            owned(conn, self.path, self._organism)
             counted = count_crashes(conn, self.path, died, self._marking.limit)
             self._trace_rows.open(conn)
             row = conn.execute("SELECT value FROM meta WHERE key = 'journal'").fetchone()
@@ -194,8 +197,7 @@ class Journal:
                 conn.execute("INSERT INTO meta (key, value) VALUES ('journal', ?)", row)
             self._key = row[0]
         self._marking.counted(counted)
-        # Within a priority, spores that were running at a death go last: the others are
-        # not held up by one that kills the process again (see journal.inflight).
+        # Within a priority, spores running at a death go last (see journal.inflight).
         rows = conn.execute("SELECT spore, id FROM pending ORDER BY priority DESC, "
                             "id IN (SELECT id FROM crashes), seq").fetchall()
         self._pending_rows = len(rows)
@@ -368,8 +370,7 @@ class Journal:
     # -- handler calls: the marks of what runs (see journal.marking) ----------------------
 
     def wrapping(self, inner: InvocationWrapper | None = None) -> InvocationWrapper:
-        """A wrapper of handler calls (for the agent builder) that marks each spore as
-        running before its handler starts, around ``inner`` (tracing), if any."""
+        """A wrapper of handler calls marking each spore running first (around ``inner``)."""
         return self._marking.wrapping(inner)
 
     def marked(self, agent: str, invoke: Invoke) -> Invoke:
