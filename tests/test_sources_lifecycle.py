@@ -189,9 +189,16 @@ async def test_an_unset_token_fails_the_start_naming_the_variable_and_the_source
         await organism.start()
     assert [str(p) for p in caught.value.problems] == [
         f"{path}:8:41: sources.api.token_env: environment variable {TOKEN_ENV!r} is "
-        f"not set; export it with the token its callers send; the http source 'api' "
-        f"cannot start without it"]
+        f"not set: set it to the bearer token the http source 'api' asks its callers for; "
+        f"it cannot start without it"]
     assert organism.state == "new"  # nothing started: nothing to stop
+    # Found by a new user: an empty one read "is empty; put the token in it its callers send"
+    monkeypatch.setenv(TOKEN_ENV, " ")
+    with pytest.raises(ConfigError) as caught:
+        await Organism.from_file(path).start()
+    assert str(caught.value.problems[0]).endswith(
+        f"environment variable {TOKEN_ENV!r} is empty: set it to the bearer token the http "
+        f"source 'api' asks its callers for; it cannot start without it")
 
 
 async def test_the_token_read_at_start_is_masked_as_a_secret(

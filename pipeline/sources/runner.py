@@ -66,9 +66,10 @@ class Sources:
             if isinstance(declared, HttpSource) and declared.token_env is not None:
                 try:
                     token = read_secret_env(declared.token_env)
-                except LookupError as exc:
-                    message = (f"{str(exc).replace('the key', 'the token')} its callers "
-                               f"send; the http source {name!r} cannot start without it")
+                except LookupError as exc:  # "... is not set" or "... is empty"
+                    message = (f"{str(exc).split(';')[0]}: set it to the bearer token the "
+                               f"http source {name!r} asks its callers for; it cannot "
+                               f"start without it")
                     at = declared.token_env_at or Problem(
                         str(spec.source or spec.name), 0, 0, f"sources.{name}.token_env", "")
                     raise ConfigError([dataclasses.replace(at, message=message)]) from None
