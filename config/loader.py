@@ -271,8 +271,10 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
     if error.validator == "minimum":
         return [located.problem(path, f"{instance!r} is too small; use at least "
                                       f"{error.validator_value}")]
-    if error.validator == "uniqueItems":
-        return [located.problem(path, f"{_short(instance)} lists a name twice; list it once")]
+    if error.validator == "uniqueItems":  # names, or numbers (budget_warnings)
+        twice = next((item for i, item in enumerate(instance) if item in instance[:i]), None)
+        return [located.problem(path, f"{_short(instance)} lists {twice!r} twice; list it "
+                                      f"once")]
     return [located.problem(path, f"{_short(instance)}: {error.message}")]
 
 

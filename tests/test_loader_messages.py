@@ -121,3 +121,11 @@ def test_declared_knowledge_over_the_spore_limit_is_refused_at_load() -> None:
     assert len(problems) == 1, problems
     assert problems[0].startswith("o.yaml:3:35: agents.a.boot: is 2011 bytes as JSON, over "
                                   "limits.max_spore_bytes=1024")
+
+
+def test_a_list_with_an_item_twice_names_it() -> None:
+    # Found by a new user: budget_warnings: [50, 50] "lists a name twice" (numbers).
+    problems = problems_of("limits: {budget_warnings: [50, 50]}\n"
+                           "agents:\n  a: {handler: operator:eq}\n")
+    assert len(problems) == 1, problems
+    assert problems[0].endswith("lists 50 twice; list it once")
