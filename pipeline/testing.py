@@ -43,9 +43,11 @@ from typing import Any, TypeVar
 from sporeflow.config import (
     OrganismStateError,
     StageSpec,
+    did_you_mean,
     load_organism,
     organism_from_dict,
 )
+from sporeflow.config.model import BUILTIN_CHANNELS
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.organism import Organism
@@ -387,11 +389,20 @@ class TestOrganism:
 
     def handled(self, agent: str) -> list[Spore]:
         """The spores ``agent``'s handler finished, in order."""
-        return list(self._capture.finished.get(agent, ()))
+        return list(self._capture.finished.get(self._agent(agent), ()))
 
     def outputs(self, agent: str) -> list[Spore]:
         """What ``agent`` produced (returned, yielded or sent), in order."""
-        return list(self._capture.produced.get(agent, ()))
+        return list(self._capture.produced.get(self._agent(agent), ()))
+
+    def _agent(self, name: str) -> str:
+        """``name``, an agent of the organism; a misspelt one would only ever give []
+        (found by a new user): a ValueError naming the closest."""
+        agents = self.organism.agents
+        if name not in agents:
+            raise ValueError(f"no agent {name!r} in organism {self.organism.spec.name!r}"
+                             f"{did_you_mean(name, agents)}")
+        return name
 
     def knowledge(self, agent: str) -> list[dict[str, Any]]:
         """The knowledge of :meth:`outputs`: what a test most often compares."""
@@ -399,6 +410,11 @@ class TestOrganism:
 
     def broadcasts(self, channel: str) -> list[Spore]:
         """Every spore broadcast on ``channel``, from agents and from the test."""
+        channels = {*self.organism.spec.channels, *BUILTIN_CHANNELS,
+                    *self.organism.wiring().table.channels}
+        if channel not in channels:
+            raise ValueError(f"no channel {channel!r} in organism {self.organism.spec.name!r}"
+                             f"{did_you_mean(channel, channels)}")
         return list(self._capture.on_channel.get(channel, ()))
 
     @property

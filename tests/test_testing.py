@@ -47,6 +47,22 @@ async def test_outputs_are_captured_per_agent_and_per_channel() -> None:
     assert t.dead_letters == []
 
 
+async def test_a_misspelt_agent_or_channel_is_an_error_naming_the_closest() -> None:
+    # Found by a new user: t.knowledge("triag") and t.broadcasts("nochan") returned [],
+    # which a test asserting "nothing came out" takes for a pass.
+    async with TestOrganism(greeter_organism()) as t:
+        await t.send("greeter", {"name": "Ada"})
+        await t.idle()
+        for look in (t.knowledge, t.outputs, t.handled):
+            with pytest.raises(ValueError, match=r"no agent 'greeterr' in organism .* \(did "
+                                                 r"you mean 'greeter'\?\)"):
+                look("greeterr")
+        with pytest.raises(ValueError, match=r"no channel 'greeting' .* \(did you mean "
+                                             r"'greetings'\?\)"):
+            t.broadcasts("greeting")
+        assert t.broadcasts("dead-letter") == []  # a built-in channel is one
+
+
 async def test_a_failing_handler_is_a_dead_letter_with_its_error() -> None:
     def broken(spore: Spore, ctx: Context) -> None:
         raise ValueError(f"cannot take {spore.knowledge['n']}")
