@@ -320,3 +320,19 @@ async def test_an_advance_that_cannot_end_says_why_in_real_time() -> None:
             await t.advance(60, timeout=0.2)
         stop.set()
     assert entered.is_set()
+
+
+async def test_a_handler_reads_the_virtual_clock_through_ctx_now() -> None:
+    # Found by a new user: a handler had no way to read a TestOrganism's clock
+    # (ctx.now raised AttributeError), so times it stamped were the machine's.
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+
+    async def stamp(spore: Spore, ctx: Context) -> dict[str, Any]:
+        return {"at": ctx.now().isoformat()}
+
+    async with TestOrganism({"agents": {"stamp": {"handler": stamp}}}, start=start) as t:
+        await t.advance(30)
+        await t.send("stamp", {})
+        await t.idle()
+    assert t.knowledge("stamp") == [{"at": "2030-01-01T00:00:30+00:00"}]
+

@@ -124,6 +124,11 @@ class Context:
         """This agent's own mutable state, kept across spores."""
         return self._agent.state
 
+    def now(self) -> datetime:
+        """The organism's clock (a TestOrganism's virtual one): read it, not the machine's,
+        for times a test should control."""
+        return self._organism.now()
+
     def _sent_id(self) -> str:
         """The derived id of this run's next send."""
         try:
