@@ -112,7 +112,7 @@ class OutsideApi:
         return spore
 
     async def request(self, to_agent: str, knowledge: dict[str, Any], *,
-                      timeout: float | timedelta = 30.0,
+                      timeout: float | timedelta | str = 30.0,
                       sender: str = "system", priority: int = 5,
                       admit_within: float | None = None) -> Spore:
         """Send a request and return the response spore.

@@ -22,6 +22,7 @@ from aiostream import pipable_operator, streamcontext
 
 from sporeflow.config.errors import DeliveryError, SporeError
 from sporeflow.config.reasons import Reason
+from sporeflow.config.units import parse_duration
 from sporeflow.config.words import shown
 from sporeflow.steps.spore import Spore, set_deadline
 from sporeflow.steps.types import Batch, Reject
@@ -34,8 +35,9 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-# What a sender may give as a spore's lifetime: seconds, or a timedelta.
-ExpiresIn: TypeAlias = float | timedelta
+# What a sender may give as a spore's lifetime: seconds, a timedelta, or a duration as
+# organism.yaml writes them.
+ExpiresIn: TypeAlias = float | timedelta | str  # seconds, a timedelta, or "30s"
 
 
 def expiry_after(now: datetime, expires_in: object) -> datetime | None:
@@ -45,10 +47,20 @@ def expiry_after(now: datetime, expires_in: object) -> datetime | None:
         return None
     if isinstance(expires_in, timedelta):
         return now + expires_in
+    if isinstance(expires_in, str):  # "30s", as organism.yaml writes durations
+        expires_in = _text_seconds(expires_in, "expires_in")
     if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
         raise SporeError(f"expires_in must be a number of seconds or a timedelta, got "
                          f"{expires_in!r:.40}; write expires_in=30 for 30 seconds")
     return now + timedelta(seconds=expires_in)
+
+
+def _text_seconds(text: str, name: str) -> float:
+    """``text``, a duration written as organism.yaml writes them (``30s``, ``2m``)."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise SporeError(f"{name}: {exc}") from None
 
 
 def timeout_seconds(timeout: object) -> float:
@@ -56,6 +68,8 @@ def timeout_seconds(timeout: object) -> float:
     anything else at the call, before anything is sent."""
     if isinstance(timeout, timedelta):
         timeout = timeout.total_seconds()
+    if isinstance(timeout, str):  # "5s", as organism.yaml writes durations
+        timeout = _text_seconds(timeout, "timeout")
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
             0 < timeout < math.inf):
         raise SporeError(f"timeout must be a number of seconds above 0 or a timedelta, got "

@@ -90,6 +90,28 @@ async def test_a_posted_spore_reaches_its_agent_from_the_source(tmp_path: Path) 
     assert organism.stats()["sources"]["api"]["sent"] == 1
 
 
+async def test_a_posted_spore_may_give_its_expiry_as_a_duration(tmp_path: Path) -> None:
+    # Found by a new user: "expires_in": "5s" was a 400 (not a number), though durations
+    # are written so everywhere else.
+    got: list[Spore] = []
+
+    async def keep(spore: Spore, ctx: Any) -> None:
+        got.append(spore)
+
+    organism = organism_with_api(tmp_path, {"keeper": {"handler": keep}})
+    async with serving(organism) as (session, url):
+        status, _, _ = await post(session, f"{url}/spores", {
+            "to": "keeper", "knowledge": {}, "expires_in": "5m"})
+        assert status == 202
+        status, body, _ = await post(session, f"{url}/spores", {
+            "to": "keeper", "knowledge": {}, "expires_in": "soon"})
+        assert status == 400, body
+        await organism.idle()
+    (spore,) = got
+    assert spore.expires_at is not None
+    assert 299 <= (spore.expires_at - spore.created_at).total_seconds() <= 301
+
+
 async def test_a_posted_request_is_answered_with_the_response(tmp_path: Path) -> None:
     async def fail(spore: Spore, ctx: Any) -> None:
         raise ValueError("no such document")

@@ -47,7 +47,7 @@ class HandlerPort(Protocol):
     def paging(self) -> Callable[[AgentLane], Awaitable[None]] | None:
         """What a handler's send awaits while spores are paged out (None: nothing is)."""
 
-    async def ask(self, spore: Spore, timeout: float | timedelta, parent: Spore,
+    async def ask(self, spore: Spore, timeout: float | timedelta | str, parent: Spore,
                   agent: str) -> Spore: ...
 
     @property
@@ -73,7 +73,7 @@ class RunPort:
         self.knowledge_store = knowledge_store
         self.now = now
 
-    async def ask(self, spore: Spore, timeout: float | timedelta, parent: Spore,
+    async def ask(self, spore: Spore, timeout: float | timedelta | str, parent: Spore,
                   agent: str) -> Spore:
         return await self._ingress.request(spore, timeout, parent=parent, agent=agent)
 
@@ -191,7 +191,7 @@ class Context:
         return self._awaitable(spore)
 
     def request(self, to: str, knowledge: dict[str, Any], *,
-                timeout: float | timedelta = 30.0,
+                timeout: float | timedelta | str = 30.0,
                 priority: int | None = None) -> Coroutine[Any, Any, Spore]:
         """Send a request to ``to`` and return its response spore.
 
@@ -202,7 +202,7 @@ class Context:
         return self._request(to, knowledge, timeout, priority)
 
     async def _request(self, to: str, knowledge: dict[str, Any],
-                       timeout: float | timedelta, priority: int | None) -> Spore:
+                       timeout: float | timedelta | str, priority: int | None) -> Spore:
         spore = self._spore(knowledge, to=to, channel=None, spore_type=SporeType.REQUEST,
                             priority=priority, expires_in=None)
         lane = self._agent.lane

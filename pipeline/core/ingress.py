@@ -251,7 +251,7 @@ class Ingress:
             raise OrganismFull(f"organism {self.organism!r} had no room for a spore to "
                                f"{target} within {seconds}s; send it again later") from None
 
-    async def request(self, spore: Spore, timeout: float | timedelta, *,
+    async def request(self, spore: Spore, timeout: float | timedelta | str, *,
                       parent: Spore | None = None, agent: str | None = None,
                       admit_within: float | None = None) -> Spore:
         """Send request ``spore`` (from outside, or from a handler handling ``parent``)

@@ -11,6 +11,7 @@ from typing import Any
 
 from sporeflow.config.schema import NAME_PATTERN
 from sporeflow.config.sources import HttpSource
+from sporeflow.config.units import DURATION_PATTERN
 from sporeflow.steps import PRIORITY_MAX, PRIORITY_MIN, SporeType
 
 __all__ = ["SENT_TYPES", "openapi_document", "request_body_schema", "spore_body_schema"]
@@ -36,8 +37,11 @@ def spore_body_schema(spec: HttpSource) -> dict[str, Any]:
             "type": {"enum": [str(t) for t in SENT_TYPES], "description": "the spore's type "
                      "(default knowledge to an agent, broadcast on a channel)"},
             "priority": _priority,
-            "expires_in": {"type": "number", "exclusiveMinimum": 0, "maximum": _YEAR,
-                           "description": "seconds after which it is dead-lettered unhandled"},
+            "expires_in": {"anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "maximum": _YEAR},
+                {"type": "string", "pattern": DURATION_PATTERN}],  # "30s", as in the YAML
+                "description": "seconds (or a duration: 30s, 5m) after which it is "
+                               "dead-lettered unhandled"},
         },
         "not": {"required": ["to", "channel"]},
     }
