@@ -134,9 +134,9 @@ class HttpIngress(Source):
     async def _spores(self, request: web.Request) -> web.Response:
         self._authorize(request)
         body = await self._body(request, self._spore_body)
-        spore = self._spore(body)
         with self._open_post():
             try:  # whole: what no agent would get is refused now, for the caller to hear
+                spore = self._spore(body)  # an expires_in over a year is refused here
                 await self.feed.port.submit(spore, admit_within=self.spec.admission_wait,
                                             whole=True)
             except (SporeError, DeliveryError) as exc:
