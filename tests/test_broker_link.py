@@ -255,17 +255,23 @@ class _Unconfirmed(_Flaky):
         await asyncio.Event().wait()
 
 
+def _down(loop: VirtualClockLoop, backend: type[_Flaky] = _Flaky,
+          cuts: int = 0) -> tuple[Link, _Flaky, Publisher, Spore]:
+    """A publisher (send_timeout 5 s) whose link is down, its backend, and a spore."""
+    link = Link("x", up=True, clock=loop.time)
+    flaky = backend(link, cuts=cuts)
+    publisher, _ = _publisher(flaky, send_timeout=5)
+    link.lost(None)
+    return link, flaky, publisher, Spore(knowledge={}, to_agent="a")
+
+
 def test_a_send_whose_time_runs_out_while_it_is_published_says_it_may_arrive(
         virtual: Any) -> None:
     # Found by a fault injector: the time ran out as the link came back, the spore on the
     # wire already; the error said "it was not sent (retry it)", and it arrived: a retry
     # would have delivered it twice.
     async def main(loop: VirtualClockLoop) -> None:
-        link = Link("x", up=True, clock=loop.time)
-        backend = _Unconfirmed(link, cuts=0)
-        publisher, _ = _publisher(backend, send_timeout=5)
-        link.lost(None)
-        spore = Spore(knowledge={}, to_agent="a")
+        link, backend, publisher, spore = _down(loop, _Unconfirmed)
         confirming = asyncio.ensure_future(publisher.confirmed(spore, None))
         publishing = asyncio.ensure_future(publisher.publish(spore, lambda: spore,
                                                              routing_key="k"))
@@ -284,11 +290,7 @@ def test_a_send_whose_time_runs_out_while_it_is_published_says_it_may_arrive(
 def test_an_unconfirmed_send_raises_at_its_deadline_and_is_never_published(
         virtual: Any) -> None:
     async def main(loop: VirtualClockLoop) -> None:
-        link = Link("x", up=True, clock=loop.time)
-        backend = _Flaky(link, cuts=0)
-        publisher, _ = _publisher(backend, send_timeout=5)
-        link.lost(None)
-        spore = Spore(knowledge={}, to_agent="a")
+        link, backend, publisher, spore = _down(loop)
         started = loop.time()
         with pytest.raises(BrokerError, match="did not confirm .* it was not sent"):
             await publisher.confirmed(spore, loop.time() + 2)  # a request's own deadline
@@ -306,11 +308,7 @@ def test_a_send_cut_off_after_it_was_published_says_it_may_arrive(virtual: Any) 
     # reached the broker; the time running out before the link is back must not say
     # "it was not sent (retry it)": a retry could deliver it twice.
     async def main(loop: VirtualClockLoop) -> None:
-        link = Link("x", up=True, clock=loop.time)
-        backend = _Flaky(link, cuts=1)
-        publisher, _ = _publisher(backend, send_timeout=5)
-        link.lost(None)
-        spore = Spore(knowledge={}, to_agent="a")
+        link, backend, publisher, spore = _down(loop, cuts=1)
         confirming = asyncio.ensure_future(publisher.confirmed(spore, None))
         publishing = asyncio.ensure_future(publisher.publish(spore, lambda: spore,
                                                              routing_key="k"))

@@ -8,6 +8,7 @@ timeout as a backstop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pty
@@ -253,45 +254,44 @@ def test_a_dead_letter_is_purged_in_the_running_process(organism: Path, running:
     assert err.startswith("NoSuchDeadLetter: ")
 
 
-def test_a_purge_of_a_running_organism_with_a_journal_is_done_in_the_journal(
-        organism: Path) -> None:
-    # Found in review: dlq purge went to the running process, which keeps its letters in
-    # memory: the journal kept them, and after a stop they were listed and replayed again.
+@contextlib.contextmanager
+def journaled_run_with_a_letter(organism: Path) -> Iterator[None]:
+    """The organism run with a journal, holding one dead letter (flaky failed); after
+    the block, the run is stopped and its journal must keep no letter."""
     organism.write_text(organism.read_text().replace(
         "organism: {name: svc}", "organism: {name: svc, journal: state/journal.db}"))
     run = Run(organism, "--quiet").wait_ready()
     try:
-        assert invoke("send", str(organism), "--to", "flaky", '{"n": 1}')[0] == 1
-        code, _, err = invoke("dlq", "purge", str(organism), "--all")
-        assert code == 0, err
-        assert "1 dead letter(s) purged from" in err
-        assert "journal.db" in err
+        assert invoke("send", str(organism), "--to", "flaky", '{"n": 7}')[0] == 1
+        yield
     finally:
         run.kill()
     code, out, err = invoke("dlq", "list", str(organism))
     assert (code, out) == (0, "")
     assert "0 dead letter(s) in" in err
+
+
+def test_a_purge_of_a_running_organism_with_a_journal_is_done_in_the_journal(
+        organism: Path) -> None:
+    # Found in review: dlq purge went to the running process, which keeps its letters in
+    # memory: the journal kept them, and after a stop they were listed and replayed again.
+    with journaled_run_with_a_letter(organism):
+        code, _, err = invoke("dlq", "purge", str(organism), "--all")
+        assert code == 0, err
+        assert "1 dead letter(s) purged from" in err
+        assert "journal.db" in err
 
 
 def test_a_replay_in_a_running_organism_with_a_journal_leaves_no_letter_there(
         organism: Path) -> None:
     # Found by a new user: replayed in the running process, the letter stayed in the
     # journal; after a stop it was listed again, and a replay handled the spore twice.
-    organism.write_text(organism.read_text().replace(
-        "organism: {name: svc}", "organism: {name: svc, journal: state/journal.db}"))
-    run = Run(organism, "--quiet").wait_ready()
-    try:
-        assert invoke("send", str(organism), "--to", "flaky", '{"n": 7}')[0] == 1
+    with journaled_run_with_a_letter(organism):
         (organism.parent / "allow").touch()
         code, _, err = invoke("dlq", "replay", str(organism), "--all")
         assert code == 0, err
         flaky = organism.parent / "flaky.txt"
         until(lambda: flaky.exists() and flaky.read_text() == '{"n": 7}\n', "the replay")
-    finally:
-        run.kill()
-    code, out, err = invoke("dlq", "list", str(organism))
-    assert (code, out) == (0, "")
-    assert "0 dead letter(s) in" in err
 
 
 def test_an_id_the_running_organism_does_not_keep_is_an_error_naming_it(

@@ -71,13 +71,18 @@ async def post(session: aiohttp.ClientSession, url: str, body: Any, *,
         return answer.status, await answer.json(), answer.headers
 
 
-async def test_a_posted_spore_reaches_its_agent_from_the_source(tmp_path: Path) -> None:
+def keeping(tmp_path: Path) -> tuple[Organism, list[Spore]]:
+    """An organism whose http source feeds agent ``keeper``, which keeps what it gets."""
     got: list[Spore] = []
 
     async def keep(spore: Spore, ctx: Any) -> None:
         got.append(spore)
 
-    organism = organism_with_api(tmp_path, {"keeper": {"handler": keep}})
+    return organism_with_api(tmp_path, {"keeper": {"handler": keep}}), got
+
+
+async def test_a_posted_spore_reaches_its_agent_from_the_source(tmp_path: Path) -> None:
+    organism, got = keeping(tmp_path)
     async with serving(organism) as (session, url):
         status, body, _ = await post(session, f"{url}/spores", {
             "to": "keeper", "knowledge": {"doc": 7}, "priority": 9, "expires_in": 60})
@@ -93,12 +98,7 @@ async def test_a_posted_spore_reaches_its_agent_from_the_source(tmp_path: Path) 
 async def test_a_posted_spore_may_give_its_expiry_as_a_duration(tmp_path: Path) -> None:
     # Found by a new user: "expires_in": "5s" was a 400 (not a number), though durations
     # are written so everywhere else.
-    got: list[Spore] = []
-
-    async def keep(spore: Spore, ctx: Any) -> None:
-        got.append(spore)
-
-    organism = organism_with_api(tmp_path, {"keeper": {"handler": keep}})
+    organism, got = keeping(tmp_path)
     async with serving(organism) as (session, url):
         status, _, _ = await post(session, f"{url}/spores", {
             "to": "keeper", "knowledge": {}, "expires_in": "5m"})
