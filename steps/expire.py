@@ -38,6 +38,7 @@ def utc_now() -> datetime:
 # What a sender may give as a spore's lifetime: seconds, a timedelta, or a duration as
 # organism.yaml writes them.
 ExpiresIn: TypeAlias = float | timedelta | str  # seconds, a timedelta, or "30s"
+_YEAR = 365 * 24 * 3600.0  # a longer lifetime is a mistake (and overflows a datetime)
 
 
 def expiry_after(now: datetime, expires_in: object) -> datetime | None:
@@ -52,15 +53,22 @@ def expiry_after(now: datetime, expires_in: object) -> datetime | None:
     if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
         raise SporeError(f"expires_in must be a number of seconds or a timedelta, got "
                          f"{expires_in!r:.40}; write expires_in=30 for 30 seconds")
+    if not (math.isfinite(expires_in) and expires_in <= _YEAR):  # a timedelta would overflow
+        raise SporeError(f"expires_in {expires_in!r:.40} is not a number of seconds up to a "
+                         f"year; write expires_in=30 for 30 seconds")
     return now + timedelta(seconds=expires_in)
 
 
 def _text_seconds(text: str, name: str) -> float:
     """``text``, a duration written as organism.yaml writes them (``30s``, ``2m``)."""
     try:
-        return parse_duration(text)
+        seconds = parse_duration(text)
     except ValueError as exc:
         raise SporeError(f"{name}: {exc}") from None
+    if not seconds <= _YEAR:  # as a number of seconds is (a timedelta of more overflows)
+        raise SporeError(f"{name}: duration {text!r} is longer than a year; write one up "
+                         f"to 365d")
+    return seconds
 
 
 def timeout_seconds(timeout: object) -> float:

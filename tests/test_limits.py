@@ -141,6 +141,9 @@ def test_expires_in_of_another_kind_is_refused_with_what_to_write() -> None:
     with pytest.raises(SporeError, match=r"^expires_in: duration 'soon' is not understood"):
         asyncio.run(_send_in(org, expires_in="soon"))
     asyncio.run(_send_in(org, expires_in="30s"))  # as organism.yaml writes durations
+    for longer in (1e20, float("nan"), "999999999h"):  # was: OverflowError, ValueError
+        with pytest.raises(SporeError, match=r"^expires_in.* year"):
+            asyncio.run(_send_in(org, expires_in=longer))
 
 
 async def _send_in(org: Organism, **options: Any) -> None:
