@@ -38,7 +38,7 @@ from aio_pika.abc import (
 from sporeflow.config import BrokerError
 from sporeflow.pipeline.broker.amqp_lock import holding as lock
 from sporeflow.pipeline.broker.backend import Topology
-from sporeflow.pipeline.broker.leftovers import Leftovers, Record, decode, encode, merged, stale
+from sporeflow.pipeline.broker.leftovers import Leftovers, Plan, Record, decode, encode, merged
 
 __all__ = ["remember", "tidy"]
 
@@ -131,35 +131,23 @@ async def _tidy(channel: AbstractChannel, *, connection: Callable[[], AbstractCo
     records = [r for r in (decode(m.body) for m in read) if r is not None]
     now = topology.declared()
     before: Record = merged(records) if records else topology.guessed()
+    counts = {queue: await _counts(connection, queue) for queue in Plan.asked(now, before)}
+    plan = Plan.of(now, before, counts)
     underlay = await channel.get_underlay_channel()
-    unbound: list[tuple[str, str]] = []
+    for queue, pattern in plan.unbind:
+        await underlay.queue_unbind(queue=queue, exchange=topology.exchange,
+                                    routing_key=pattern)
     deleted: list[str] = []
     kept: list[tuple[str, int, int]] = []
-    left: dict[str, tuple[str, ...]] = {}
-    for queue, patterns in stale(now, before).items():
-        counts = await _counts(connection, queue)
-        if counts is None:
-            continue  # deleted already: nothing is bound to it
-        if counts[1]:  # consumed: see leftovers (a process of another file's version)
-            left[queue] = before[queue]
-            continue
-        for pattern in patterns:
-            await underlay.queue_unbind(queue=queue, exchange=topology.exchange,
-                                        routing_key=pattern)
-            unbound.append((queue, pattern))
-    for queue in (q for q in before if q not in now and q not in left):  # no agent's now
-        counts = await _counts(connection, queue)
-        if counts is None:
-            continue
-        messages, consumers = counts
+    for queue in plan.orphans:
+        messages, consumers = counts[queue] or (0, 0)
         if messages == 0 and consumers == 0 and await _delete_if_idle(connection, queue):
             deleted.append(queue)
         else:
             kept.append((queue, messages, consumers))
-    await _write(channel, topology,
-                 merged([now, {queue: () for queue, _, _ in kept}, left]), read)
-    return Leftovers(tuple(unbound), tuple(deleted), tuple(kept), vhost, guessed=not records,
-                     left=tuple(left))
+    await _write(channel, topology, plan.record(now, (queue for queue, _, _ in kept)), read)
+    return Leftovers(plan.unbind, tuple(deleted), tuple(kept), vhost, guessed=not records,
+                     left=tuple(plan.left))
 
 
 async def _counts(connection: Callable[[], AbstractConnection],

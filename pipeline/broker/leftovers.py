@@ -33,10 +33,43 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["Leftovers", "Record", "decode", "encode", "merged", "stale"]
+__all__ = ["Leftovers", "Plan", "Record", "decode", "encode", "merged", "stale"]
 
 Record = Mapping[str, tuple[str, ...]]  # agent queue -> the patterns binding it
+Counts = tuple[int, int]  # a queue's messages and consumers
 _VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one declaration takes away, the rule above applied (each backend carries it
+    out its own way, then writes :meth:`record`)."""
+
+    unbind: tuple[tuple[str, str], ...]  # (queue, pattern)
+    orphans: tuple[str, ...]  # no agent's queues, unbound now: deleted if idle, else kept
+    left: Mapping[str, tuple[str, ...]]  # consumed by another process: as they were
+
+    @classmethod
+    def of(cls, now: Record, before: Record, counts: Mapping[str, Counts | None]) -> Plan:
+        """``counts``: of each queue :meth:`asked` names (None: it does not exist)."""
+        gone = stale(now, before)
+        left = {queue: before[queue] for queue in gone if (counts.get(queue) or (0, 0))[1]}
+        return cls(
+            unbind=tuple((queue, pattern) for queue, patterns in gone.items()
+                         if queue not in left and counts.get(queue) is not None
+                         for pattern in patterns),
+            orphans=tuple(queue for queue in before if queue not in now
+                          and queue not in left and counts.get(queue) is not None),
+            left=left)
+
+    @staticmethod
+    def asked(now: Record, before: Record) -> list[str]:
+        """The queues whose counts :meth:`of` needs."""
+        return list(dict.fromkeys([*stale(now, before), *(q for q in before if q not in now)]))
+
+    def record(self, now: Record, kept: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """What to record: ``now``, the orphans ``kept`` (unbound), and those left."""
+        return merged([now, {queue: () for queue in kept}, self.left])
 
 
 def stale(now: Record, before: Record) -> dict[str, tuple[str, ...]]:

@@ -36,7 +36,7 @@ from sporeflow.pipeline.broker.backend import (
     OnMessage,
     Topology,
 )
-from sporeflow.pipeline.broker.leftovers import Leftovers, Record, merged, stale
+from sporeflow.pipeline.broker.leftovers import Leftovers, Plan, Record
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.steps import PriorityBuckets, Spore, utc_now
 
@@ -101,22 +101,21 @@ class MemoryBroker:
         before = self.records.get(topology.exchange)
         if before is None:
             before = topology.guessed()
-        gone = stale(now, before)
-        left = {name: before[name] for name in gone  # consumed: see leftovers
-                if name in self.queues and self.queues[name].consumers}
-        unbound = [(name, p) for name, patterns in gone.items() if name not in left
-                   for p in patterns if (p, name) in bindings]
+        queues = self.queues
+        plan = Plan.of(now, before, {name: (len(queues[name].messages),
+                                            len(queues[name].consumers))
+                                     for name in Plan.asked(now, before) if name in queues})
+        unbound = [(name, p) for name, p in plan.unbind if (p, name) in bindings]
         bindings[:] = [b for b in bindings if (b[1], b[0]) not in unbound]
         deleted, kept = [], []
-        for name in (n for n in before if n not in now and n not in left and n in self.queues):
-            queue = self.queues[name]
+        for name in plan.orphans:
+            queue = queues[name]
             if queue.messages or queue.consumers:
                 kept.append((name, len(queue.messages), len(queue.consumers)))
             else:
-                deleted.append(self.queues.pop(name).name)
-        self.records[topology.exchange] = merged([now, {name: () for name, _, _ in kept},
-                                                  left])
-        return Leftovers(tuple(unbound), tuple(deleted), tuple(kept), left=tuple(left))
+                deleted.append(queues.pop(name).name)
+        self.records[topology.exchange] = plan.record(now, (name for name, _, _ in kept))
+        return Leftovers(tuple(unbound), tuple(deleted), tuple(kept), left=tuple(plan.left))
 
     def route(self, exchange: str, routing_key: str) -> list[_Queue]:
         return [self.queues[name] for pattern, name in self.bindings.get(exchange, ())
