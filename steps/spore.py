@@ -80,7 +80,7 @@ class _Local:
     """What this process keeps with a spore object and never sends: the monotonic
     deadline the expire stage gives it (see :mod:`sporeflow.steps.expire`); whether it
     was checked where it entered, so that the validate stage need not measure it again
-    (``is_checked``); and a holder's mark (``mark_of``: the broker bridge's key for the
+    (``set_checked``); and a holder's mark (``mark_of``: the broker bridge's key for the
     delivery it came in). Not fields: no part of the spore's value, equality, repr,
     copies or any serialized form. Kept on the object rather than in a set of ``id()``:
     an id is reused once its object is freed, and the intake's paging makes a new
@@ -255,15 +255,11 @@ _FIELD_ORDER = Spore.__slots__
 # Sets a spore's monotonic deadline (for the expire stage only): the slot's own setter,
 # since a frozen dataclass refuses every assignment.
 set_deadline: Callable[[Spore, float], None] = _Local.__dict__["_deadline"].__set__
-# Marks a spore checked (True), or takes the mark off (False): see is_checked().
+# Marks a spore checked (True), or takes the mark off (False); the validate stage reads
+# the slot (``_checked``, unset: False) and takes it off.
 set_checked: Callable[[Spore, bool], None] = _Local.__dict__["_checked"].__set__
 # Puts a holder's mark on a spore (the broker bridge's key): see mark_of().
 set_mark: Callable[[Spore, int], None] = _Local.__dict__["_mark"].__set__
-
-
-def is_checked(spore: Spore) -> bool:
-    """Whether ``spore`` was checked where it entered and is unchanged since."""
-    return getattr(spore, "_checked", False)
 
 
 def mark_of(spore: Spore) -> int:

@@ -70,7 +70,7 @@ async def validate(
             valid = []
             for spore in batch:
                 try:
-                    if getattr(spore, "_checked", False):  # is_checked(), inline: per spore
+                    if getattr(spore, "_checked", False):  # set where it entered (set_checked)
                         set_checked(spore, False)
                     else:
                         check_spore(spore, limits)
