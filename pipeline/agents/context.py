@@ -13,7 +13,7 @@ from sporeflow.config import AgentSpec
 from sporeflow.pipeline.agents.knowledge import KnowledgeStore
 from sporeflow.pipeline.agents.orchestration import Gathered, gather_replies
 from sporeflow.pipeline.agents.peers import peers_prompt
-from sporeflow.pipeline.agents.sent import Sent, on_the_loop
+from sporeflow.pipeline.agents.sent import Sent
 from sporeflow.pipeline.core.budget import ThreadBudget
 from sporeflow.pipeline.core.ingress import Ingress
 from sporeflow.pipeline.core.requests import new_request_id
@@ -47,6 +47,9 @@ class HandlerPort(Protocol):
     def paging(self) -> Callable[[AgentLane], Awaitable[None]] | None:
         """What a handler's send awaits while spores are paged out (None: nothing is)."""
 
+    def on_its_loop(self, call: str) -> None:
+        """Refuse ``call`` off the organism's event loop (``Ingress.on_its_loop``)."""
+
     async def ask(self, spore: Spore, timeout: float | timedelta | str, parent: Spore,
                   agent: str) -> Spore: ...
 
@@ -66,6 +69,7 @@ class RunPort:
                  now: Callable[[], datetime]) -> None:
         self.emit = ingress.emit
         self.output = ingress.output
+        self.on_its_loop = ingress.on_its_loop
         self._ingress = ingress
         self._intake = ingress.intake
         self._wiring = wiring
@@ -165,7 +169,7 @@ class Context:
         """Send knowledge to one agent; ``await`` it for the spore sent. Raises at the call,
         as :meth:`request` does: :class:`DeliveryError` when no agent is named ``to``
         (with a did-you-mean), :class:`NotAPeer` when ``to`` is not a peer."""
-        on_the_loop("ctx.send")
+        self._organism.on_its_loop("ctx.send")
         spore = self._spore(knowledge, to=to, channel=None, spore_type=spore_type,
                             priority=priority, expires_in=expires_in)
         self._organism.emit(spore, self.spore, self.agent, built=True)
@@ -174,7 +178,7 @@ class Context:
     def broadcast(self, knowledge: dict[str, Any], *, channel: str | None = None,
                   priority: int | None = None, expires_in: ExpiresIn | None = None) -> Sent:
         """Broadcast on ``channel`` (default: the channel of the spore being handled)."""
-        on_the_loop("ctx.broadcast")
+        self._organism.on_its_loop("ctx.broadcast")
         spore = self._spore(knowledge, to=None, channel=channel,
                             spore_type=SporeType.BROADCAST, priority=priority,
                             expires_in=expires_in)
@@ -183,7 +187,7 @@ class Context:
 
     def reply(self, knowledge: dict[str, Any]) -> Sent:
         """Answer the spore being handled: a response to a request, else to the sender."""
-        on_the_loop("ctx.reply")
+        self._organism.on_its_loop("ctx.reply")
         spore = reply_spore(knowledge, parent=self.spore, agent=self.agent, emit=None,
                             to=None if self.spore.spore_type is SporeType.REQUEST
                             else self.spore.from_agent, id=self._sent_id())
@@ -198,7 +202,7 @@ class Context:
         Raises :class:`RequestTimeout` after ``timeout`` seconds, :class:`HandlerError`
         when the responder's handler fails, :class:`DeliveryError` when it is refused.
         """
-        on_the_loop("ctx.request")  # a sync handler could not await it: nothing would happen
+        self._organism.on_its_loop("ctx.request")  # from a sync handler: nothing would happen
         return self._request(to, knowledge, timeout, priority)
 
     async def _request(self, to: str, knowledge: dict[str, Any],
@@ -245,7 +249,7 @@ class Context:
         """Request ``knowledge`` from each agent in ``to`` (or, with ``to=None``, from every
         subscriber of ``channel`` but this agent) at once; return what came within
         ``timeout``, naming who is missing or failed (see ``pipeline.orchestration``)."""
-        on_the_loop("ctx.gather")
+        self._organism.on_its_loop("ctx.gather")
         return self._gather(to, knowledge, channel, timeout)
 
     async def _gather(self, to: Sequence[str] | None, knowledge: dict[str, Any],

@@ -13,14 +13,12 @@ handler sending in a loop cannot fill the disk alone.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
-from sporeflow.config import OrganismStateError
 from sporeflow.steps import Spore
 
-__all__ = ["Sent", "on_the_loop"]
+__all__ = ["Sent"]
 
 
 class Sent(Coroutine[Any, Any, Spore]):
@@ -60,16 +58,3 @@ class Sent(Coroutine[Any, Any, Spore]):
 
     def __repr__(self) -> str:
         return f"<Sent {self.spore.id}>"
-
-
-def on_the_loop(call: str) -> None:
-    """Refuse ``call`` off the event loop: a sync handler runs on a thread of its own,
-    where it would touch the organism's state unguarded."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise OrganismStateError(
-            f"{call} was called from a sync handler's thread, off the event loop; "
-            f"nothing was sent: a sync handler returns its spores (a dict, a Spore or a "
-            f"list); to send, request or gather from a handler, make it `async def`"
-        ) from None

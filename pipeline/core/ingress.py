@@ -92,6 +92,24 @@ class Ingress:
         # from another would be admitted and never handled.
         self.loop: asyncio.AbstractEventLoop | None = None
 
+    def on_its_loop(self, call: str) -> None:
+        """Refuse ``call`` off the organism's event loop: from a sync handler's thread
+        (no loop: what it returns could not be awaited, nothing would happen) or from
+        another loop (admitted, and never handled)."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            raise OrganismStateError(
+                f"{call} was called from a sync handler's thread, off the event loop; "
+                f"nothing was sent: a sync handler returns its spores (a dict, a Spore or a "
+                f"list); to send, request or gather from a handler, make it `async def`"
+            ) from None
+        if self.loop is not None and running is not self.loop:
+            raise OrganismStateError(
+                f"organism {self.organism!r} runs on another event loop than this call (was "
+                f"it started under another asyncio.run?); nothing was sent: start it and "
+                f"send to it on one loop, e.g. inside one `async with organism.running():`")
+
     # -- the early check -------------------------------------------------------------
 
     def screen(self, spore: Spore, outside: Container[str], *, built: bool = False) -> None:
@@ -211,11 +229,7 @@ class Ingress:
         if ``confirm``, with a journal until it is on disk, and over a broker it lost until
         the broker has it. Without ``confirm`` the journal writes it with the next group
         commit (the organism's ``confirmed()`` waits for that)."""
-        if self.loop is not None and asyncio.get_running_loop() is not self.loop:
-            raise OrganismStateError(
-                f"organism {self.organism!r} runs on another event loop than this call (was "
-                f"it started under another asyncio.run?); nothing was sent: start it and "
-                f"send to it on one loop, e.g. inside one `async with organism.running():`")
+        self.on_its_loop("send")
         if self.stamp_outside is not None:  # the caller's span becomes the spore's origin
             spore = self.stamp_outside(spore)
         intake = self.intake
