@@ -6,16 +6,17 @@ for a key, and the chain would refuse the spore only once the organism runs."""
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from typing import Any
 
 from sporeflow.config.errors import Problem
+from sporeflow.config.json_shape import first_not_json
 from sporeflow.config.limits import limits_of
 from sporeflow.config.model import Limits
 from sporeflow.config.positions import Located
 from sporeflow.config.positions import Path as DataPath
 from sporeflow.config.references import mapping
+from sporeflow.config.schema import MAX_DEPTH_CEILING as _DEEPEST
 from sporeflow.config.words import shown, with_article
 
 __all__ = ["declared_knowledge_problems"]
@@ -30,7 +31,7 @@ def declared_knowledge_problems(located: Located) -> list[Problem]:
         limit = Limits().max_spore_bytes
     problems = []
     for path, knowledge in _declared(data):
-        found = next(_not_json(knowledge, path), None)
+        found = _not_json(knowledge, path)
         if found is not None:
             problems.append(located.problem(*found))
             continue
@@ -56,26 +57,16 @@ def _declared(data: dict[str, Any]) -> Iterator[tuple[DataPath, dict[str, Any]]]
             yield ("sources", name, "knowledge"), knowledge
 
 
-def _not_json(value: Any, path: DataPath) -> Iterator[tuple[DataPath, str]]:
-    """Where ``value`` is no JSON, and why (the first place found)."""
-    if value is None or isinstance(value, bool | int | str):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            yield path, f"is {value}, which JSON cannot represent; write a number or text"
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                yield path, (f"has the key {shown(key, 40)}, "
-                             f"{with_article(type(key).__name__)}: JSON keys are text; "
-                             f"quote it")
-                return
-            yield from _not_json(item, (*path, key))
-        return
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _not_json(item, (*path, index))
-        return
-    yield path, (f"is {with_article(type(value).__name__)} ({shown(value, 40)}), which is "
-                 f"not JSON; quote it to make it text")
+def _not_json(knowledge: dict[str, Any], path: DataPath) -> tuple[DataPath, str] | None:
+    """Where ``knowledge`` is no JSON (the first place found, ``json_shape``), and why."""
+    found = first_not_json(knowledge, _DEEPEST)
+    if found is None:
+        return None
+    where, bad = (*path, *found.parts), found.value
+    if found.key:
+        return where, (f"has the key {shown(bad, 40)}, {with_article(type(bad).__name__)}: "
+                       f"JSON keys are text; quote it")
+    if found.number:
+        return where, f"is {bad}, which JSON cannot represent; write a number or text"
+    return where, (f"is {with_article(type(bad).__name__)} ({shown(bad, 40)}), which is not "
+                   f"JSON; quote it to make it text")

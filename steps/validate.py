@@ -10,6 +10,7 @@ from typing import Any
 from aiostream import pipable_operator, streamcontext
 
 from sporeflow.config.errors import LimitExceeded, SporeError
+from sporeflow.config.json_shape import JSON_SCALARS, first_not_json
 from sporeflow.config.model import Limits
 from sporeflow.config.reasons import reason_of
 from sporeflow.config.schemas import field_path
@@ -30,7 +31,7 @@ MAX_NAME_LENGTH = 128
 # A lineage id names another spore: bounded as the AMQP codec bounds every header, so a
 # spore that passes here crosses a broker too.
 MAX_LINEAGE_ID_LENGTH = 1024
-_SCALARS = (str, int, float, bool, type(None))
+_SCALARS = JSON_SCALARS
 # A cheap upper bound on a short string's JSON size: it may grow 6x when escaped. A
 # longer one is measured exactly (_string_bytes): a 6x bound would send a 200 KB text
 # to the costly exact measure of the whole spore at every check.
@@ -226,8 +227,8 @@ def _check_size(spore: Spore, limits: Limits) -> None:
     except LimitExceeded:
         raise
     except SporeError as exc:  # found in one walk, told with its place by another
-        place = (_not_json(spore.knowledge, "knowledge", (), limits.max_depth, set())
-                 or _not_json(spore.metadata, "metadata", (), limits.max_depth, set()))
+        place = (_not_json(spore.knowledge, "knowledge", limits.max_depth)
+                 or _not_json(spore.metadata, "metadata", limits.max_depth))
         raise SporeError(place or str(exc)) from None
 
 
@@ -309,39 +310,24 @@ def _least(value: Any, max_depth: int, depth: int, budget: int) -> int:
     return 1
 
 
-def _not_json(value: Any, root: str, parts: tuple[str | int, ...], depth: int,
-              seen: set[int]) -> str | None:
-    """Where in ``value`` (``root`` and ``parts`` lead to it) is the first thing JSON cannot
-    write, and what to do about it; None if nothing is. Walked only once ``_bound``
-    refused; each container once (``seen``), however often it is referred to."""
-    kind = type(value)
-    if kind is dict or kind is list or kind is tuple:
-        if id(value) in seen:
-            return None
-        seen.add(id(value))
-    items: Any = ()
-    if kind is dict:
-        items = value.items()
-    elif kind is list or kind is tuple:
-        items = enumerate(value)
-    elif kind is float and (value != value or value in (float("inf"), float("-inf"))):
-        return (f"{field_path(parts, root=root)} holds {value!r}, which JSON cannot "
-                f"represent; send null or a string")
-    elif not isinstance(value, _SCALARS):
-        hint = {"datetime": "; write it as text with .isoformat()", "set": "; make it a list",
-                "frozenset": "; make it a list", "bytes": "; decode it to text"}.get(
-            kind.__name__, "; make it a plain dict: dict(it)" if isinstance(value, dict)
-            else "; make it a dict, a list, text or a number")
-        return (f"{field_path(parts, root=root)} holds {with_article(kind.__name__)}, which "
-                f"is not JSON: {shown(value, _SHOWN)}{hint}")
-    for part, item in items:
-        if type(part) is not str and kind is dict:
-            return (f"{field_path(parts, root=root)} has the key {shown(part, _SHOWN)}, "
-                    f"{with_article(type(part).__name__)}: knowledge keys must be strings")
-        found = _not_json(item, root, (*parts, part), depth - 1, seen) if depth > 0 else None
-        if found:
-            return found
-    return None
+def _not_json(value: Any, root: str, depth: int) -> str | None:
+    """Where in ``value`` (under ``root``) is the first thing JSON cannot write, and what
+    to do about it; None if nothing is. Walked only once ``_bound`` refused."""
+    found = first_not_json(value, depth)
+    if found is None:
+        return None
+    where, bad = field_path(found.parts, root=root), found.value
+    if found.key:
+        return (f"{where} has the key {shown(bad, _SHOWN)}, "
+                f"{with_article(type(bad).__name__)}: knowledge keys must be strings")
+    if found.number:
+        return f"{where} holds {bad!r}, which JSON cannot represent; send null or a string"
+    name = type(bad).__name__
+    hint = {"datetime": "; write it as text with .isoformat()", "set": "; make it a list",
+            "frozenset": "; make it a list", "bytes": "; decode it to text"}.get(
+        name, "; make it a plain dict: dict(it)" if isinstance(bad, dict)
+        else "; make it a dict, a list, text or a number")
+    return f"{where} holds {with_article(name)}, which is not JSON: {shown(bad, _SHOWN)}{hint}"
 
 
 def _human(size: int, digits: int = 1) -> str:
