@@ -103,9 +103,8 @@ class Bridge(LedgerHook):
             spec.signing is not None) else None
         self._run: Run | None = None
         self._reply_queue: str | None = None
-        # Spores are known here by a mark put on them (steps.mark_of), not by id(): the
-        # intake's paging makes another object of a spore, and keeps its mark.
-        self._marks = _MARKS
+        # Spores are known here by a mark put on them (steps.mark_of, from _MARKS), not by
+        # id(): the intake's paging makes another object of a spore, and keeps its mark.
         self._inflight: dict[int, Ticket] = {}  # mark of a delivered spore -> its ticket
         self._untrusted: set[int] = set()  # marks of spores from the broker, until settled
         self._owners: dict[int, Ticket] = {}  # mark of a spore a handler made -> parent's
@@ -328,7 +327,7 @@ class Bridge(LedgerHook):
 
     def _mark(self, spore: Spore) -> int:
         """Put a new mark on ``spore``: the key it is known by here."""
-        key = next(self._marks)
+        key = next(_MARKS)
         set_mark(spore, key)
         return key
 
