@@ -229,7 +229,8 @@ class Ingress:
         if ``confirm``, with a journal until it is on disk, and over a broker it lost until
         the broker has it. Without ``confirm`` the journal writes it with the next group
         commit (the organism's ``confirmed()`` waits for that)."""
-        self.on_its_loop("send")
+        if self.loop is not None and asyncio.get_running_loop() is not self.loop:
+            self.on_its_loop("send")  # raises, saying why (the test first: per spore)
         if self.stamp_outside is not None:  # the caller's span becomes the spore's origin
             spore = self.stamp_outside(spore)
         intake = self.intake
