@@ -34,6 +34,8 @@ from sporeflow.steps.replies import shape_replies_off_loop
 
 __all__ = ["AgentBuilder", "InvocationWrapper"]
 
+_REQUEST = SporeType.REQUEST  # a module constant: read once per spore handled
+
 Invoke = Callable[[Spore, int], Any]
 Shape = Callable[[Any, Spore], Any]
 
@@ -88,7 +90,7 @@ class AgentBuilder:
             # The histogram's bucket, inline rather than a method call: once per spore.
             counts[bisect_left(LATENCY_BOUNDS, seconds)] += 1
             latency.total += seconds
-            if replies or ledger.watched or spore.spore_type is SporeType.REQUEST:
+            if replies or ledger.watched or spore.spore_type is _REQUEST:
                 ledger.handled(spore, replies, name, seconds)
             else:  # nothing came of it, nobody watches, nobody waits: just settle it
                 ledger.intake.settle(1)
