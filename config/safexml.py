@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lxml import etree
+from sporeflow.config.lazy_etree import etree
 
 __all__ = ["DoctypeRefused", "parse_xml", "xml_parser"]
 

@@ -47,9 +47,9 @@ import referencing
 import referencing.exceptions
 import yaml
 from jsonschema.exceptions import best_match
-from lxml import etree
 
 from sporeflow.config.errors import SporeError
+from sporeflow.config.lazy_etree import etree
 from sporeflow.config.safexml import DoctypeRefused, parse_xml
 from sporeflow.config.words import with_article
 

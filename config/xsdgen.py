@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from lxml import etree
+from sporeflow.config.lazy_etree import etree
 
 __all__ = ["xsd_from_json_schema"]
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from sporeflow.config import StageSpec
 from sporeflow.pipeline.broker.backend import Backend
-from sporeflow.pipeline.journal.store import Journal
 from sporeflow.pipeline.observe.tracing import SporeTracer
+
+if TYPE_CHECKING:  # SQLite is imported only by an organism that keeps a journal
+    from sporeflow.pipeline.journal.store import Journal
 
 __all__ = ["OrganismOptions"]
 

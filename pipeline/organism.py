@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, Unpack
+from typing import TYPE_CHECKING, Any, NoReturn, Unpack
 
 from sporeflow.config import (
     AgentSpec,
@@ -55,8 +55,7 @@ from sporeflow.pipeline.core.run import Run
 from sporeflow.pipeline.core.shutdown import drain_then_abandon
 from sporeflow.pipeline.core.subscriptions import set_subscription
 from sporeflow.pipeline.core.wiring import AgentRuntime, WiringCell, WiringSnapshot
-from sporeflow.pipeline.journal.hook import JournalHook
-from sporeflow.pipeline.journal.store import Journal
+from sporeflow.pipeline.journal import journal_hook, open_journal
 from sporeflow.pipeline.observe.budgetwarnings import warned_budget
 from sporeflow.pipeline.observe.eventhook import EventHook
 from sporeflow.pipeline.observe.events import AgentStateChanged, EventBus, OrganismStateChanged
@@ -75,6 +74,9 @@ from sporeflow.steps import (
     Spore,
     utc_now,
 )
+
+if TYPE_CHECKING:
+    from sporeflow.pipeline.journal.store import Journal
 
 __all__ = ["Organism"]
 
@@ -104,9 +106,7 @@ class Organism(OutsideApi):
         self.events.on_active = self._watch_events
         self._event_hook = EventHook(self.events, now, self.masker)
         self.tracer = make_tracer(tracing, self.masker)  # None: no span, no per-spore cost
-        if journal is None and spec.journal is not None:
-            journal = spec.journal
-        self._journal = journal if isinstance(journal, Journal | None) else Journal(journal)
+        self._journal = open_journal(journal if journal is not None else spec.journal)
         self.dead_letters = DeadLetterStore.within(spec.limits)
         self.outbox: deque[Spore] = deque(maxlen=10_000)
         self._outside_listeners: list[Callable[[Spore], None]] = []
@@ -268,7 +268,7 @@ class Organism(OutsideApi):
         for hook in self._hooks:
             ledger.add_hook(hook, guarded=True)
         if self._journal is not None:
-            ledger.add_hook(JournalHook(self._journal, self._requests, self.now))
+            ledger.add_hook(journal_hook(self._journal, self._requests, self.now))
             ingress.persist = self._journal
             self._journal.on_failure = self._fail_stop  # fail stop: see journal.failstop
         if self.events.spores_active:  # events per spore only for those who want them

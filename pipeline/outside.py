@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Coroutine, Mapping
 from datetime import timedelta
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sporeflow.pipeline.broker.bridge import Bridge
 from sporeflow.pipeline.core.ingress import Ingress
 from sporeflow.pipeline.core.run import Run
-from sporeflow.pipeline.journal.store import Journal
 from sporeflow.steps import ExpiresIn, Spore, SporeType
+
+if TYPE_CHECKING:
+    from sporeflow.pipeline.journal.store import Journal
 
 __all__ = ["OutsideApi"]
 

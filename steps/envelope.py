@@ -51,9 +51,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from lxml import etree
-
 from sporeflow.config.errors import SporeError
+from sporeflow.config.lazy_etree import etree
 from sporeflow.config.model import Limits
 from sporeflow.config.safexml import DoctypeRefused, parse_xml, xml_parser
 from sporeflow.steps.xmlpayload import (

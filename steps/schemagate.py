@@ -27,8 +27,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 
 from aiostream import pipable_operator, streamcontext
-from lxml import etree
 
+from sporeflow.config.lazy_etree import etree
 from sporeflow.config.reasons import reason_of
 from sporeflow.config.schemas import SchemaSpec, SchemaViolation
 from sporeflow.steps.spore import Spore

@@ -22,8 +22,7 @@ import copy
 import json
 from typing import Final
 
-from lxml import etree
-
+from sporeflow.config.lazy_etree import etree
 from sporeflow.config.safexml import DoctypeRefused, parse_xml
 from sporeflow.steps.xmlpayload import (
     Payload,

@@ -116,14 +116,15 @@ quadratic in the attributes of one element: 46 s for 90,000). ``parse_payloads``
 and thread-safe: each call has its own parser.
 """
 
+from __future__ import annotations
+
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from lxml import etree
-
+from sporeflow.config.lazy_etree import etree
 from sporeflow.config.model import Limits
 from sporeflow.config.safexml import DoctypeRefused, parse_xml, xml_parser
 from sporeflow.steps.xmlrepair import EXCERPT_CHARS, NCNAME, WS, XmlPayloadError, excerpt, repair

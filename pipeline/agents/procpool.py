@@ -22,19 +22,19 @@ import asyncio
 import functools
 import json
 import logging
-import multiprocessing
 import os
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sporeflow.config import AgentSpec, HandlerError, SporeError
 from sporeflow.config.handlers import resolve_handler
 from sporeflow.config.words import with_article
 from sporeflow.steps import Spore
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 __all__ = ["ProcessContext", "ProcessPool", "decode_result", "encode_result", "run_in_worker"]
 
@@ -107,6 +107,10 @@ class ProcessPool:
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
+            # Imported here: only organisms with a cpu_bound agent pay for them.
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
             methods = multiprocessing.get_all_start_methods()
             context = multiprocessing.get_context(
                 "forkserver" if "forkserver" in methods else "spawn")
@@ -122,6 +126,8 @@ class ProcessPool:
     def invoker(self, spec: AgentSpec, base_dir: Path) -> Callable[[Spore, int],
                                                                    Awaitable[Any]]:
         """The lane's invoke for a cpu_bound agent."""
+        from concurrent.futures.process import BrokenProcessPool
+
         ref, name, folder = spec.handler_ref, spec.name, str(base_dir)
 
         async def invoke(spore: Spore, attempt: int) -> Any:

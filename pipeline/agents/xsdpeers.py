@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Final
-from xml.sax.saxutils import escape
 
-from lxml import etree
-
+from sporeflow.config.lazy_etree import etree
 from sporeflow.config.safexml import DoctypeRefused, parse_xml
 
 __all__ = ["xsd_lines"]
@@ -122,6 +120,8 @@ class _Reader:
         if simple is not None:
             values = [str(e.get("value")) for e in simple.iter(f"{_XS}enumeration")]
             if values:
+                from xml.sax.saxutils import escape  # here: it imports urllib.request
+
                 return escape(values[0])
             base = simple.find(f"{_XS}restriction")
             named = _local(base.get("base")) if base is not None else "string"
