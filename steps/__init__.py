@@ -3,6 +3,7 @@
 Stages see spores and plain options only: no YAML, no broker, no globals.
 """
 
+from sporeflow.steps.backoff import backoff_delay
 from sporeflow.steps.buckets import PriorityBuckets
 from sporeflow.steps.dispatch import dispatch
 from sporeflow.steps.envelope import payload_from_xml
@@ -13,7 +14,7 @@ from sporeflow.steps.expire import (
     timeout_seconds,
     utc_now,
 )
-from sporeflow.steps.lanes import AgentLane, LanePolicy, backoff_delay
+from sporeflow.steps.lanes import AgentLane, LanePolicy
 from sporeflow.steps.mailbox import queued_in, redelivery
 from sporeflow.steps.replies import reply_spore, shape_replies
 from sporeflow.steps.route import (

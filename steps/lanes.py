@@ -4,10 +4,9 @@ retries, failure).
 
 Handlers run on a :class:`~sporeflow.steps.runners.RunnerPool` that all lanes of an
 organism share; a runner calls :meth:`AgentLane.serve` for a burst of spores. A
-handler waiting on ``ctx.request`` lends its slot (``lend``/``reclaim``), so a
-responder on the same lane always finds one; its timeout is paused while it waits to
-get the slot back. A failed attempt with tries left is retried after a backoff
-without holding a slot; the last failure goes to ``on_failed``.
+handler waiting on another agent lends its slot (``steps.slots``). A failed attempt
+with tries left is retried after a backoff without holding a slot; the last failure
+goes to ``on_failed``.
 """
 
 from __future__ import annotations
@@ -23,16 +22,17 @@ from typing import TYPE_CHECKING, Any
 from sporeflow.config.errors import DeliveryError
 from sporeflow.config.model import Retry
 from sporeflow.config.reasons import Reason
-from sporeflow.steps.backoff import equal_jitter
+from sporeflow.steps.backoff import backoff_delay
 from sporeflow.steps.buckets import PriorityBuckets
 from sporeflow.steps.deadlines import Deadline, DeadlineWatch, Overrun
 from sporeflow.steps.expire import expired, utc_now
+from sporeflow.steps.slots import SlotLending
 from sporeflow.steps.spore import Spore
 
 if TYPE_CHECKING:
     from sporeflow.steps.runners import RunnerPool
 
-__all__ = ["AgentLane", "Invoke", "LanePolicy", "Shape", "backoff_delay", "handler_at"]
+__all__ = ["AgentLane", "Invoke", "LanePolicy", "Shape", "handler_at"]
 
 Invoke = Callable[[Spore, int], Awaitable[Any]]
 Shape = Callable[[Any, Spore], Awaitable[list[Spore]] | list[Spore]]
@@ -83,22 +83,17 @@ class _Retry:
     attempt: int
 
 
-def backoff_delay(retry: Retry, attempt: int, rng: random.Random | None = None) -> float:
-    """Seconds to wait after failed ``attempt``: exponential, capped, with equal jitter."""
-    return equal_jitter(retry.backoff, retry.max_backoff, attempt, (rng or random).random)
-
-
-class AgentLane:
+class AgentLane(SlotLending):
     """One agent's mailbox and slots; its handlers run on a :class:`RunnerPool`."""
 
     # Slots, not a __dict__: an organism holds one lane per agent, and past 30 attributes
     # CPython gives each instance a dict of its own (about 1.5 KiB). The dedupe and keyed
     # lanes add a __dict__ for their few fields (two slotted bases could not be combined).
     __slots__ = ("_cancel_reason", "_cancelled", "_mailbox", "_now", "_on_done",
-                 "_on_failed", "_quiet", "_resumers", "_rng", "_running", "_timer_tokens",
-                 "_timers", "_watch", "abandoned", "backlog", "busy", "failed", "handled",
-                 "invoke", "lent", "name", "on_room", "paused", "policy", "pool",
-                 "received", "retried", "room_at", "scheduled", "shape", "stuck")
+                 "_on_failed", "_quiet", "_rng", "_running", "_timer_tokens", "_timers",
+                 "_watch", "abandoned", "backlog", "failed", "handled", "invoke", "name",
+                 "on_room", "paused", "policy", "pool", "received", "retried", "room_at",
+                 "scheduled", "shape")
 
     # False in a lane that must see each spore in _run (steps.dedupe): no inline path.
     inline = True
@@ -132,8 +127,8 @@ class AgentLane:
         self.pool = pool
         self._mailbox: PriorityBuckets[Spore | _Retry] = PriorityBuckets()
         self.backlog = self._mailbox  # read-only view: ``backlog.size`` spores queued
-        # Handlers waiting in reclaim for a slot, oldest first: a list, as they are few (at
-        # most the lane's concurrency) and an empty deque costs about 600 bytes a lane.
+        # Handlers waiting in _reclaim for a slot, oldest first: a list, as they are few
+        # (at most the lane's concurrency) and an empty deque costs about 600 bytes a lane.
         self._resumers: list[asyncio.Future[None]] = []
         self._running: set[asyncio.Task[Any]] = set()  # runners inside one of our handlers
         self._quiet: asyncio.Future[None] | None = None
@@ -144,7 +139,7 @@ class AgentLane:
         self.scheduled = False  # in the pool's ready queue
         self.busy = 0
         self.stuck = 0  # slots held by abandoned threads (see hold_slot)
-        self.lent = 0  # handlers waiting on a request, their slot lent (see lend)
+        self.lent = 0  # handlers waiting on a request, their slot lent (lent_while)
         self.abandoned = 0  # handlers that ignored their cancellation at a stop
         # Called once when the mailbox has shrunk to ``room_at`` spores (set by an outside
         # sender waiting: half its capacity, so that senders and lane work in batches).
@@ -276,84 +271,6 @@ class AgentLane:
             self.busy += 1
         else:
             self._schedule_if_runnable()
-
-    def _hand_over(self) -> bool:
-        """Give a freed slot to the oldest handler waiting in ``reclaim``, if any is still
-        waiting (a cancelled one stays queued until its task runs again: skip it)."""
-        resumers = self._resumers
-        while resumers:
-            waiter = resumers.pop(0)
-            if not waiter.done():
-                waiter.set_result(None)
-                self.lent -= 1  # the slot is that handler's again
-                return True
-        return False
-
-    def hold_slot(self) -> Callable[[], None]:
-        """Keep one slot taken beyond its handler's end (a thread that ran past its
-        timeout still runs it): returns the function that frees it, once."""
-        self.busy += 1
-        self.stuck += 1
-        freed = False
-
-        def free() -> None:
-            nonlocal freed
-            if not freed:
-                freed = True
-                self.stuck -= 1
-                self._release()
-
-        return free
-
-    @property
-    def in_flight(self) -> int:
-        """Handlers running now: holding a slot, or waiting on a request with it lent."""
-        return self.busy - self.stuck + self.lent
-
-    def serving(self) -> bool:
-        """Whether the current task runs one of this lane's handlers (a slot to lend)."""
-        return asyncio.current_task() in self._running
-
-    def lend(self) -> None:
-        """Give the caller's slot back while its handler waits on another agent."""
-        self.lent += 1
-        self._release()
-
-    async def reclaim(self) -> None:
-        """Take a slot again after ``lend``; waiting handlers go before new spores.
-
-        The wait for the slot is not the handler's own running time: its timeout is
-        paused meanwhile. Cancelled while waiting (its timeout, a stop), the handler
-        still takes the slot back, over the limit for the moment its run needs to end,
-        since the runner frees one slot when it does.
-        """
-        if self.busy < self.policy.concurrency and not self._resumers:
-            self.busy += 1
-            self.lent -= 1
-            return
-        loop = asyncio.get_running_loop()
-        running = self._watch.running
-        deadline = running.get(asyncio.current_task()) if running else None  # type: ignore[arg-type]
-        remaining = None
-        if deadline is not None and not deadline.expired() and deadline.when() is not None:
-            remaining = deadline.when() - loop.time()  # type: ignore[operator]
-            deadline.reschedule(None)
-        waiter = loop.create_future()
-        self._resumers.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.cancelled():
-                try:
-                    self._resumers.remove(waiter)
-                except ValueError:
-                    pass  # _hand_over skipped it already
-                self.busy += 1
-                self.lent -= 1
-            raise
-        finally:
-            if remaining is not None:
-                deadline.reschedule(loop.time() + remaining)  # type: ignore[union-attr]
 
     def pause(self) -> None:
         """Stop starting handlers; queued spores stay queued (stopping, reloading)."""

@@ -7,6 +7,7 @@ import shutil
 import sys
 import tempfile
 import textwrap
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
@@ -108,3 +109,16 @@ async def harness() -> AsyncIterator[Harness]:
     after the test (the RabbitMQ backend's tests)."""
     async with amqp_harness() as made:
         yield made
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Yield to the loop until ``condition()`` holds; fail after ``timeout`` real seconds.
+
+    Never use it for a condition that needs a timer on the virtual clock: a task that
+    is always ready keeps that clock from jumping.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0)

@@ -68,10 +68,11 @@ async def test_lent_slot_lets_another_spore_run() -> None:
     async def invoke(spore: Spore, attempt: int) -> None:
         name = spore.knowledge["name"]
         if name == "first":
-            agent.lend()
-            first_waiting.set()
-            await release.wait()
-            await agent.reclaim()
+            async def waiting() -> None:
+                first_waiting.set()
+                await release.wait()
+
+            await agent.lent_while(waiting())
         else:
             release.set()
         order.append(name)

@@ -16,25 +16,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sporeflow.pipeline import Organism, OrganismStateError, Spore
+from tests.conftest import wait_until
 
 BACKSTOP = 30.0
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Yield to the loop until ``condition()`` holds (never for timer-driven conditions
-    on the virtual clock); fail after ``timeout`` real seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0)
 
 
 def accounted(org: Organism) -> tuple[int, int]:

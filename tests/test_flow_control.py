@@ -7,7 +7,6 @@ Time-based behaviour (timeouts, backoff, expiry) runs on the virtual clock of
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -17,21 +16,9 @@ import pytest
 from sporeflow.config import organism_from_dict
 from sporeflow.pipeline import HandlerError, Organism, RequestTimeout, Spore
 from sporeflow.pipeline.core.deadletters import DeadLetter, DeadLetterStore
+from tests.conftest import wait_until
 
 BACKSTOP = 30.0  # seconds of real time; a healthy run of any test here takes far less
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Yield to the loop until ``condition()`` holds; fail after ``timeout`` real seconds.
-
-    Never use it for a condition that needs a timer on the virtual clock: a task that
-    is always ready keeps that clock from jumping.
-    """
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0)
 
 
 def letters(org: Organism, reason: str | None = None) -> list[Any]:

@@ -57,11 +57,7 @@ def run_keyed(scripts: list[tuple[str, list[Step]]], concurrency: int,
                 if kind == "work":
                     await asyncio.sleep(seconds)
                 else:  # what Context.request does around waiting for the response
-                    lane.lend()
-                    try:
-                        await asyncio.sleep(seconds)
-                    finally:
-                        await lane.reclaim()
+                    await lane.lent_while(asyncio.sleep(seconds))
         finally:
             running.discard(key)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 
 from sporeflow.pipeline import ConfigError, HandlerError, Organism, Spore
 from sporeflow.pipeline.agents.orchestration import Gathered
-from tests.conftest import VirtualClockLoop
+from tests.conftest import VirtualClockLoop, wait_until
 
 Virtual = Callable[[Callable[[VirtualClockLoop], Coroutine[Any, Any, Any]]], Any]
 
@@ -165,3 +166,44 @@ def test_orchestration_mistakes_are_config_problems(agents: dict[str, Any],
     with pytest.raises(ConfigError) as caught:
         Organism.from_dict({"agents": agents})
     assert message in str(caught.value)
+
+
+async def test_requests_awaited_together_never_run_an_agent_past_its_concurrency() -> None:
+    # Found in review: each ctx.request awaited in a task of its own (asyncio.gather wraps
+    # each in one) lent the handler's one slot again: a slot that task did not hold. An
+    # agent of concurrency 1 then ran three other handlers at once.
+    asked, release = asyncio.Event(), asyncio.Event()
+    questions = running = peak = 0
+
+    async def asker(spore: Spore, ctx: Any) -> None:
+        nonlocal running, peak
+        if spore.knowledge.get("ask"):
+            await asyncio.gather(*(ctx.request("answerer", {"k": k}) for k in range(3)))
+            return
+        running += 1
+        peak = max(peak, running)
+        for _ in range(5):  # work that yields: handlers given a slot each overlap
+            await asyncio.sleep(0)
+        running -= 1
+
+    async def answerer(spore: Spore, ctx: Any) -> dict[str, Any]:
+        nonlocal questions
+        questions += 1
+        if questions == 3:
+            asked.set()
+        await release.wait()
+        return {"k": spore.knowledge["k"]}
+
+    org = Organism.from_dict({"agents": {
+        "asker": {"handler": asker, "concurrency": 1},
+        "answerer": {"handler": answerer, "concurrency": 3}}})
+    async with org.running():
+        await org.send("asker", {"ask": True})
+        await asyncio.wait_for(asked.wait(), 5)
+        for n in range(3):
+            await org.send("asker", {"n": n})
+        await wait_until(lambda: org.stats()["agents"]["asker"]["received"] == 4)
+        release.set()
+        await org.idle()
+        assert org.stats()["agents"]["asker"]["handled"] == 4
+    assert peak == 1

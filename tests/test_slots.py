@@ -54,11 +54,7 @@ def run_scenario(scripts: list[list[Step]], concurrency: int, timeout: float | N
             if kind == "work":
                 await asyncio.sleep(seconds)
             else:  # what Context.request does around waiting for the response
-                lane.lend()
-                try:
-                    await asyncio.sleep(seconds)
-                finally:
-                    await lane.reclaim()
+                await lane.lent_while(asyncio.sleep(seconds))
 
     settled = asyncio.Event()
     total = len(scripts)

@@ -209,12 +209,8 @@ class Context:
                        timeout: float | timedelta | str, priority: int | None) -> Spore:
         spore = self._spore(knowledge, to=to, channel=None, spore_type=SporeType.REQUEST,
                             priority=priority, expires_in=None)
-        lane = self._agent.lane
-        lane.lend()
-        try:
-            return await self._organism.ask(spore, timeout, self.spore, self.agent)
-        finally:
-            await lane.reclaim()
+        asked = self._organism.ask(spore, timeout, self.spore, self.agent)
+        return await self._agent.lane.lent_while(asked)
 
     def peers_prompt(self) -> str:
         """A short text describing the agents this one may address: each one's
@@ -263,9 +259,6 @@ class Context:
                                 priority=None, expires_in=None)
             return await self._organism.ask(spore, wait, self.spore, self.agent)
 
-        lane = self._agent.lane
-        lane.lend()  # once for all the requests: they wait together
-        try:
-            return await gather_replies(ask, list(to), knowledge, timeout=timeout)
-        finally:
-            await lane.reclaim()
+        # The slot is lent once for all the requests: they wait together.
+        replies = gather_replies(ask, list(to), knowledge, timeout=timeout)
+        return await self._agent.lane.lent_while(replies)

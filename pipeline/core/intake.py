@@ -238,13 +238,8 @@ class Intake:
         ``asyncio.gather`` awaits at once) holds no slot to lend, and lending one would
         run the agent past its ``concurrency``; waiting without lending could hold the
         slot the spores paged out need. Its spore is sent already: it returns at once."""
-        if not self.spill.count or not lane.serving():
-            return
-        lane.lend()
-        try:
-            await self._paged_in.wait()
-        finally:
-            await lane.reclaim()
+        if self.spill.count and lane.serving():
+            await lane.lent_while(self._paged_in.wait())
 
     @property
     def closed(self) -> bool:
