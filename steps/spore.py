@@ -19,6 +19,7 @@ import json
 import operator
 import os
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -34,6 +35,7 @@ from sporeflow.steps.envelope import (
 
 __all__ = [
     "DEFAULT_CHANNEL",
+    "SPORE_CLOCK",
     "PRIORITY_MAX",
     "PRIORITY_MIN",
     "JSONObject",
@@ -74,6 +76,13 @@ def new_spore_id() -> str:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# The wall clock a spore's ``created_at`` is read from when none is given: the running
+# organism's own (a TestOrganism's virtual one), set where its run starts, and so in
+# every task it starts; the machine's elsewhere. One place for every origin of a spore.
+SPORE_CLOCK: ContextVar[Callable[[], datetime]] = ContextVar("SPORE_CLOCK", default=_utcnow)
+_clock_now = SPORE_CLOCK.get
 
 
 class _Local:
@@ -157,7 +166,7 @@ class Spore(_Local):
         draft.knowledge_references = knowledge_references
         draft.data_references = data_references
         draft.id = new_spore_id() if id is None else id
-        draft.created_at = _utcnow() if created_at is None else created_at
+        draft.created_at = _clock_now()() if created_at is None else created_at
         draft._checked = False
         draft._mark = 0
         if cls is Spore:

@@ -336,3 +336,29 @@ async def test_a_handler_reads_the_virtual_clock_through_ctx_now() -> None:
         await t.idle()
     assert t.knowledge("stamp") == [{"at": "2030-01-01T00:00:30+00:00"}]
 
+
+
+async def test_spores_are_made_at_the_virtual_clocks_time() -> None:
+    # Left alone by an earlier session: created_at read the machine's clock, so that a
+    # spore's age (ctx.now() - spore.created_at) was years off under start=, and an
+    # advance left created_at where it was.
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    ages: list[float] = []
+
+    async def relay(spore: Spore, ctx: Context) -> dict[str, Any]:
+        ages.append((ctx.now() - spore.created_at).total_seconds())
+        ctx.send("sink", {"sent": True})
+        return {"returned": True}
+
+    async def sink(spore: Spore, ctx: Context) -> None:
+        ages.append((ctx.now() - spore.created_at).total_seconds())
+
+    organism = {"agents": {"relay": {"handler": relay, "emit": {"to": "sink"}},
+                           "sink": {"handler": sink}}}
+    async with TestOrganism(organism, start=start) as t:
+        await t.advance(30)
+        await t.send("relay", {})
+        await t.idle()
+    made = [spore.created_at for spore in t.handled("relay") + t.handled("sink")]
+    assert made == [start + timedelta(seconds=30)] * 3
+    assert ages == [0.0, 0.0, 0.0]

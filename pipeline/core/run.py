@@ -8,6 +8,8 @@ bridge) receive the run itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -23,6 +25,7 @@ from sporeflow.pipeline.core.recent import RecentNames
 from sporeflow.pipeline.core.requests import RequestBook
 from sporeflow.pipeline.core.wiring import WiringCell
 from sporeflow.steps import Spore
+from sporeflow.steps.spore import SPORE_CLOCK
 
 __all__ = ["Run"]
 
@@ -51,10 +54,15 @@ class Run:
                                wiring=wiring, limits=spec.limits, now=now,
                                outside=outside, organism=spec.name)
         self.chain: asyncio.Task[None] | None = None
+        self._now = now
+        self._clock: contextvars.Token[Callable[[], datetime]] | None = None
 
     def start_chain(self, stages: Sequence[Stage], on_crash: Callable[[], None]) -> None:
         """Run the chain of ``stages`` over the intake, in a task of its own."""
         self.ingress.loop = asyncio.get_running_loop()  # the one outside sends must share
+        # Spores made from here on in this task, and in the tasks it starts (the chain,
+        # the runners, the sources), are stamped by the organism's clock.
+        self._clock = SPORE_CLOCK.set(self._now)
 
         async def pump() -> None:
             try:
@@ -99,3 +107,7 @@ class Run:
                 await self.chain
             except (Exception, asyncio.CancelledError):  # already logged by pump
                 pass
+        if self._clock is not None:
+            with contextlib.suppress(ValueError):  # stopped from another task: left set
+                SPORE_CLOCK.reset(self._clock)
+            self._clock = None
