@@ -256,3 +256,49 @@ async def test_a_forged_requests_reply_queue_never_gets_the_response(
             assert queue.declaration_result.message_count == 0
         finally:
             await channel.queue_delete(victim)
+
+
+@pytest.mark.parametrize("where", ["header", "property"])
+async def test_a_timestamp_past_the_year_9999_never_closes_the_connection(
+        harness: Harness, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a fault injector: pamqp reads an AMQP timestamp (64 bits of seconds, which
+    RabbitMQ passes on unchecked: a millisecond epoch is one) with
+    datetime.fromtimestamp, which raises past the year 9999. The frame could not be
+    read, the connection closed, the message came back at the reconnection and closed it
+    again, for ever: the agent consumed nothing more. As a property, on a message that
+    is no spore, it is dead-lettered too (aio-pika cannot write such a timestamp)."""
+    import aiormq
+    from pamqp import commands, encode
+
+    far = (2**63).to_bytes(8, "big")
+    monkeypatch.setattr(encode, "encode_table_value",
+                        _written_as_is(encode.encode_table_value))
+    original = encode.METHODS["timestamp"]
+    monkeypatch.setitem(encode.METHODS, "timestamp",
+                        lambda value: far if value == "far" else original(value))
+    calls: Calls = []
+    async with harness.running({"agents": {"sink": {"handler": recorder(calls)("sink")}}}
+                               ) as org:
+        topology = Topology.of(org.spec)
+        body, headers, _ = spore_to_amqp(Spore(knowledge={"n": -1}, to_agent="sink"))
+        if where == "header":  # on a spore: handled
+            properties = commands.Basic.Properties(headers={**headers,
+                                                            "sent_at": _Raw(b"T" + far)})
+        else:  # on a message that is no spore: dead-lettered
+            body, properties = b"not json", commands.Basic.Properties(timestamp="far")
+        connection = await aiormq.connect(AMQP_URL)
+        try:
+            channel = await connection.channel()
+            await channel.basic_publish(body, routing_key=topology.queue("sink"),
+                                        properties=properties)
+        finally:
+            await connection.close()
+        for n in range(3):
+            await publish(topology, Spore(knowledge={"n": n}, to_agent="sink"))
+        await wait_for(lambda: len(calls) == (4 if where == "header" else 3))
+        await harness.quiet(org)
+    handled = sorted(spore.knowledge["n"] for _, spore in calls)
+    assert handled == ([-1, 0, 1, 2] if where == "header" else [0, 1, 2])
+    letters = await broker_dead_letters(topology)
+    assert [str(h.get("x-sporeflow-reason")) for h, _ in letters] == (
+        [] if where == "header" else ["invalid"])

@@ -31,8 +31,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sporeflow.config.errors import LimitExceeded, SporeError
+from sporeflow.pipeline.broker.amqp_timestamps import guard_timestamps
 from sporeflow.steps import DEFAULT_CHANNEL, Spore, utc_now
 from sporeflow.steps.spore import PRIORITY_DEFAULT
+
+# Every path that reads AMQP frames imports this codec: pamqp's reader is made safe here.
+guard_timestamps()
 
 __all__ = ["CONTENT_TYPE", "MAX_HEADERS_BYTES", "PERSISTENT", "SIGNATURE_HEADER",
            "WIRE_VERSION", "expiration_ms", "forwardable_headers", "headers_size",
