@@ -158,7 +158,8 @@ def _own_name(beside: Path) -> str:
 
 
 def reimport(module_name: str, base_dir: Path) -> ModuleType:
-    """Re-execute the imported module ``module_name`` from its file, in place.
+    """Re-execute the imported module ``module_name`` from its file, in place, as a fresh
+    import would: what the file no longer defines is gone.
 
     This is :func:`importlib.reload`, with the organism's folder searched first as
     on the first import: a module found there is not on ``sys.path``, and a plain
@@ -171,12 +172,21 @@ def reimport(module_name: str, base_dir: Path) -> ModuleType:
         # edit within the same second that keeps the size would load the old code.
         with contextlib.suppress(OSError, ValueError, NotImplementedError):
             Path(importlib.util.cache_from_source(file)).unlink(missing_ok=True)
+    # A reload runs the file over the module's old namespace, where a name the file no
+    # longer defines would live on: a renamed handler would still resolve by its old
+    # name, as on no fresh start. Only what finds the file again is kept.
+    for name in [name for name in vars(module) if name not in _MODULE_IDENTITY]:
+        delattr(module, name)
     finder = _BesideOrganism(base_dir.resolve())
     sys.meta_path.insert(0, finder)
     try:
         return importlib.reload(module)
     finally:
         sys.meta_path.remove(finder)
+
+
+_MODULE_IDENTITY = frozenset({"__name__", "__file__", "__cached__", "__loader__", "__spec__",
+                              "__package__", "__path__", "__builtins__"})
 
 
 class _BesideOrganism(importlib.abc.MetaPathFinder):

@@ -529,6 +529,31 @@ async def test_edited_handler_module_is_reimported_and_its_agents_swap(
     assert not unchanged.changed
 
 
+async def test_a_handler_renamed_away_in_its_module_is_refused_as_check_refuses_it(
+        tmp_path: Path, module: Callable[..., str]) -> None:
+    # Found by a new user: a re-import ran the edited module over its old namespace, so
+    # a function renamed in the file (answer -> answr) still resolved by its old name.
+    # The reload said "applied" and the old code ran on, where a start (or `sporeflow
+    # check`) refused the file.
+    mod = module("async def tag(spore, ctx) -> None:\n"
+                 "    ctx.state.setdefault('seen', []).append('v1')\n")
+    file = write_organism(tmp_path, """
+        organism: {{name: renamed}}
+        agents:
+          tagged: {{handler: {mod}:tag}}
+    """, mod=mod)
+    organism = Organism.from_file(file)
+    async with organism.running():
+        module("async def tagg(spore, ctx) -> None:\n"
+               "    ctx.state.setdefault('seen', []).append('v2')\n", name=mod)
+        report = await organism.reload()
+        await organism.send("tagged", {})
+        await organism.idle()
+    assert not report.ok
+    assert any(f"{mod}' has no 'tag'" in error for error in report.errors), report.errors
+    assert state(organism, "tagged") == ["v1"]  # the agent as it was: nothing applied
+
+
 async def test_concurrent_reloads_run_one_after_the_other(
         tmp_path: Path, module: Callable[..., str]) -> None:
     mod = module()
