@@ -149,6 +149,35 @@ async def test_an_edited_handler_module_is_reimported_and_a_new_one_is_watched(
     assert organism.wiring().agents["b"].state["seen"] == [{"n": 2, "v": 2}]
 
 
+async def test_a_module_that_once_failed_to_import_is_still_watched(
+        tmp_path: Path, module: Callable[..., str]) -> None:
+    # Found by a new user: a handler module saved with a syntax error was refused, then
+    # dropped from the modules, and so from the watched files: the fix, and every edit
+    # after it, went unseen, and the old code ran on.
+    mod = module()
+    file = organism_file(tmp_path, f"  a: {{handler: {mod}:sink}}\n")
+    organism = Organism.from_file(file)
+    source = tmp_path / f"{mod}.py"
+    refused, reports = asyncio.Event(), []
+
+    def on_report(report: ReloadReport) -> None:
+        reports.append(report)
+        if len(reports) == 1:
+            module(SINK.replace("knowledge)", "knowledge | {'v': 2})"), name=mod)
+            refused.set()
+
+    async with organism.running():
+        module(SINK + "\ndef broken(:\n", name=mod)
+        await watch_changes(organism, batches(modified(source), refused), on_report=on_report)
+        assert source.resolve() in watched_files(organism)
+        count = await watch_changes(organism, batches(modified(source)))
+        await organism.send("a", {"n": 1})
+        await organism.idle()
+    assert not reports[0].ok
+    assert count == 1
+    assert organism.wiring().agents["a"].state["seen"] == [{"n": 1, "v": 2}]
+
+
 def test_without_watchfiles_the_error_names_the_extra(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, module: Callable[..., str]) -> None:
     monkeypatch.setitem(sys.modules, "watchfiles", None)  # as if not installed

@@ -37,7 +37,10 @@ def handler_files(spec: OrganismSpec) -> dict[str, Path]:
 def _module_file(name: str, base: Path) -> Path | None:
     if name == "__main__" or name.partition(".")[0] == "sporeflow":
         return None
-    file = getattr(sys.modules.get(name), "__file__", None)
+    module = sys.modules.get(name)
+    # A module whose re-import failed was dropped from the modules: its file, beside the
+    # organism, is still the one to watch and to re-import once it is mended.
+    file = getattr(module, "__file__", None) if module is not None else _beside(name, base)
     if not isinstance(file, str):
         return None
     path = Path(file).resolve()
@@ -45,6 +48,15 @@ def _module_file(name: str, base: Path) -> Path | None:
         return None
     # An organism folder may hold a virtualenv: what is installed there is not the user's.
     return None if {"site-packages", "dist-packages"} & set(path.parts) else path
+
+
+def _beside(name: str, base: Path) -> str | None:
+    """The file of module ``name`` under the organism's folder, found without importing."""
+    where = base.joinpath(*name.split("."))
+    for file in (where.with_suffix(".py"), where / "__init__.py"):
+        if file.is_file():
+            return str(file)
+    return None
 
 
 def _digest(file: Path) -> str | None:
