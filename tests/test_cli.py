@@ -237,3 +237,22 @@ def test_run_until_idle_with_a_failed_source_exits_1_naming_it_without_a_traceba
     assert result.stderr.splitlines()[-1].startswith(
         "source 'events' failed: FileNotFoundError: ")
     assert "Traceback" not in result.stderr
+
+
+def test_a_handlers_python_warnings_are_logged_by_the_cli(tmp_path: Path) -> None:
+    # Found by a new user: logging.captureWarnings sent warnings to the "py.warnings"
+    # logger, which had no handler but the NullHandler captureWarnings gives it: a
+    # forgotten await ("coroutine ... was never awaited") vanished under the CLI.
+    (tmp_path / "warner.py").write_text(
+        "import asyncio, warnings\n"
+        "async def nap(spore, ctx):\n"
+        "    asyncio.sleep(0)\n"
+        "    warnings.warn('mind this', UserWarning)\n")
+    (tmp_path / "organism.yaml").write_text(
+        "organism: {name: warned}\nagents:\n  napper: {handler: warner:nap}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "sporeflow.pipeline.cli", "send", "--start", "--to", "napper",
+         "{}"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "UserWarning: mind this" in done.stderr
+    assert "coroutine 'sleep' was never awaited" in done.stderr

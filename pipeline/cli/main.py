@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -486,5 +485,4 @@ cli.add_command(broker_declare)
 
 def main() -> None:
     """The console script."""
-    logging.captureWarnings(True)
     cli(prog_name="sporeflow")

@@ -66,7 +66,8 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(fmt: str = "text", level: str = "WARNING") -> None:
-    """Send sporeflow's logs to stderr as ``text`` or ``json``, from ``level`` up."""
+    """Send sporeflow's logs and Python's warnings to stderr as ``text`` or ``json``,
+    sporeflow's from ``level`` up."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(SecretFilter())  # URL passwords and keys never reach the output
@@ -79,6 +80,12 @@ def configure_logging(fmt: str = "text", level: str = "WARNING") -> None:
     for library in ("aio_pika", "aiormq"):
         logging.getLogger(library).handlers[:] = [
             handler if level.upper() == "DEBUG" else logging.NullHandler()]
+    # Python's warnings (a handler's forgotten await: "coroutine ... was never awaited")
+    # go the same way. captureWarnings gives "py.warnings" a NullHandler: ours replaces it.
+    logging.captureWarnings(True)
+    warned = logging.getLogger("py.warnings")
+    warned.handlers[:] = [handler]
+    warned.propagate = False
 
 
 def log_events(bus: EventBus, logger: logging.Logger | None = None) -> Callable[[], None]:
