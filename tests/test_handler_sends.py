@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sporeflow.pipeline import Organism, Spore
+from sporeflow.pipeline import Organism, Spore, SporeError
 
 
 def organism(maker: Any, received: list[Spore], **limits: int) -> Organism:
@@ -170,3 +170,26 @@ async def test_sends_awaited_together_never_run_an_agent_past_its_concurrency(
     assert len(received) == 5 * 20 * 50
     assert org.stats()["totals"]["paged_out_total"] > 0  # it did page out
     assert peak == 1
+
+
+async def test_a_recipient_that_is_no_name_is_refused_naming_the_field() -> None:
+    # Found by a new user: ctx.send({"x": 1}, "sink") (the arguments swapped) raised
+    # "TypeError: unhashable type: 'dict'" from the recipient's lookup, which ran before
+    # the fields' types were checked; organism.send({"x": 1}, {}) did the same.
+    raised: list[BaseException] = []
+
+    async def maker(spore: Spore, ctx: Any) -> None:
+        try:
+            ctx.send({"x": 1}, "sink")
+        except Exception as exc:
+            raised.append(exc)
+
+    org = organism(maker, [])
+    async with org.running():
+        with pytest.raises(SporeError, match=r"to_agent must be a non-empty string.*\{'x': 1\}"):
+            await org.send({"x": 1}, {})  # type: ignore[arg-type]
+        await org.send("maker", {})
+        await org.idle()
+    assert [type(exc) for exc in raised] == [SporeError]
+    assert "knowledge must be a JSON object" in str(raised[0])
+    assert [letter.reason for letter in org.dead_letters] == ["invalid"]

@@ -149,9 +149,10 @@ class Ingress:
             spore = Spore(knowledge=knowledge, spore_type=spore_type, from_agent=sender,
                           to_agent=to, channel=channel, priority=priority,
                           expires_at=expires_at, **extra)
-        # The chain's own checks, run now so that the caller hears of a refusal at once.
-        self._check_recipient(spore, (), named=False)
+        # The chain's own checks, run now so that the caller hears of a refusal at once:
+        # the fields' types first (a recipient that is no name cannot be looked up).
         self.screen(spore, self._senders_with(sender), built=built)
+        self._check_recipient(spore, (), named=False)
         self._remember(sender)
         return spore
 
@@ -318,9 +319,9 @@ class Ingress:
                 f"organism {self.organism!r} is stopping: {agent!r}, handling its boot spore, "
                 f"may start no new work (stop at the next send, or use an async generator)")
         try:
+            self.screen(spore, self.outside, built=built)  # first: see outside_spore
             if spore.spore_type is not SporeType.RESPONSE:  # the request book routes those
                 self._check_recipient(spore, self.outside)
-            self.screen(spore, self.outside, built=built)
         except (SporeError, DeliveryError) as exc:
             self._refuse(spore, exc, agent)
             raise
