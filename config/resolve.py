@@ -168,6 +168,14 @@ def _handler_kind_problem(handler: Callable[..., Any], *, cpu_bound: bool) -> st
             method = agent_method(handler)
         except HandlerImportError as exc:
             return str(exc)
+        try:  # the builder makes one instance per agent, with no arguments
+            inspect.signature(handler).bind()
+        except TypeError as exc:
+            return (f"class {handler.__qualname__!r} cannot be made without arguments "
+                    f"({exc}): one instance per agent is made as `{handler.__name__}()`; "
+                    f"give __init__'s parameters defaults")
+        except ValueError:
+            pass  # no signature to read (a builtin's): the call tells
         declared = inspect.getattr_static(handler, method)
         if isinstance(declared, staticmethod | classmethod):
             takes_self = False

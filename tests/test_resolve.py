@@ -175,6 +175,40 @@ def test_a_handler_that_cannot_take_a_spore_and_a_context_is_refused_at_load(
     assert said["agents.c.handler"].endswith("`async def handle(self, spore, ctx)`")
 
 
+CLASSES_THAT_CANNOT_BE_MADE = '''
+class Needy:
+    def __init__(self, db):
+        self.db = db
+
+    async def handle(self, spore, ctx):
+        return None
+
+class Content:
+    def __init__(self, db=None):
+        self.db = db
+
+    async def handle(self, spore, ctx):
+        return None
+'''
+
+
+def test_a_class_handler_that_cannot_be_made_without_arguments_is_refused_at_load(
+        tmp_path: Path, handler_modules: Callable[[str], str]) -> None:
+    # Found by a new user: `sporeflow check` passed a class whose __init__ needs an
+    # argument, and every spore then failed "__init__() missing 1 required positional
+    # argument" (one instance per agent is made with no arguments).
+    mod = handler_modules(CLASSES_THAT_CANNOT_BE_MADE)
+    file = organism(tmp_path, {"a": f"{mod}:Needy", "b": f"{mod}:Content"})
+    with pytest.raises(ConfigError) as caught:
+        load_organism(file)
+    [problem] = caught.value.problems
+    assert problem.path == "agents.a.handler"
+    assert problem.message == (
+        "class 'Needy' cannot be made without arguments (missing a required argument: "
+        "'db'): one instance per agent is made as `Needy()`; give __init__'s parameters "
+        "defaults")
+
+
 HANDLERS_CALLED_AS_THEY_ARE = '''
 import functools
 
