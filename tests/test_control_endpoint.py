@@ -237,6 +237,21 @@ async def test_dead_letters_are_listed_shown_and_replayed_through_submit(
     assert [letter["number"] for letter in left["letters"]] == [1]
 
 
+async def test_a_misspelt_agent_filter_is_refused_naming_the_closest(
+        client: TestClient[Any, Any]) -> None:
+    # Found by a new user: `dlq list --agent picki` and `dlq purge --agent picki` said "0
+    # dead letter(s)" and exited 0, where a misspelt --reason is refused.
+    await client.post("/v1/send", json={"to": "picky", "knowledge": {"key": "a"}})
+    listed = await client.get("/v1/dead-letters", params={"agent": "picki"})
+    purged = await client.post("/v1/dead-letters/purge", json={"agents": ["picki"]})
+    for reply in (listed, purged):
+        assert reply.status == 400
+        assert "no agent 'picki', nor a dead letter of one (did you mean 'picky'?)" in (
+            await reply.json())["message"]
+    kept = await (await client.get("/v1/dead-letters", params={"agent": "picky"})).json()
+    assert [letter["number"] for letter in kept["letters"]] == [1]
+
+
 async def test_replay_needs_a_choice_or_all(client: TestClient[Any, Any]) -> None:
     reply = await client.post("/v1/dead-letters/replay", json={})
     assert reply.status == 400

@@ -369,6 +369,23 @@ def test_an_id_that_names_no_letter_is_an_error_naming_it(journal: Path, command
     assert (code, out) == (0, "")  # a listing filters: none is an answer
 
 
+def test_a_misspelt_agent_is_refused_and_an_agent_only_letters_name_is_not(
+        journal: Path) -> None:
+    # Found by a new user: `dlq list --agent flakey` printed "0 dead letter(s)", rc 0, on
+    # a journal as on a running organism. An agent the organism file no longer has is
+    # still named by its letters (this journal's agents are not the file's).
+    code, _, err = invoke("dlq", "list", "--journal", str(journal), "--agent", "grumpi")
+    assert code == 1
+    assert "no agent 'grumpi', nor a dead letter of one (did you mean 'grumpy'?)" in err
+    assert listed_journal(journal, "--agent", "grumpy") == [3, 4]
+
+
+def listed_journal(journal: Path, *filters: str) -> list[int]:
+    code, out, err = invoke("dlq", "list", "--journal", str(journal), *filters)
+    assert code == 0, err
+    return numbers(out)
+
+
 def test_an_id_filtered_out_by_agent_says_so(journal: Path) -> None:
     code, _, err = invoke("dlq", "replay", "--journal", str(journal), "--agent", "grumpy",
                           "--id", "1")

@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -64,7 +64,6 @@ from sporeflow.pipeline.core.deadletters import (
     DeadLetter,
     LetterChoice,
     StoredDeadLetter,
-    no_such_letters,
     spore_form,
 )
 from sporeflow.pipeline.core.ingress import OUTSIDE_SENDERS
@@ -193,10 +192,9 @@ def _apply(ctx: click.Context, source: _Source, choice: LetterChoice,
 
     def on_journal() -> _Outcome:
         with JournalFile(path) as journal:
-            letters = journal.dead_letters(agents=choice.agents, reasons=choice.reasons,
-                                           ids=choice.ids)
-            if named:
-                _require(choice, letters, source.where, source.listing)
+            letters = journal.dead_letters(choice=choice)
+            choice.require(letters, _agents_of(source), source.where, source.listing,
+                           named=named)
             if action == "purge":
                 return _Outcome(letters, journal.purge(letters))
             if action == "read":
@@ -208,14 +206,6 @@ def _apply(ctx: click.Context, source: _Source, choice: LetterChoice,
     return guarded(ctx, on_journal)
 
 
-def _require(choice: LetterChoice, letters: list[StoredDeadLetter], where: str,
-             listing: str) -> None:
-    """Raise :class:`NoSuchDeadLetter` for an ``--id`` none of ``letters`` answers."""
-    missing = choice.unmatched(letters)
-    if missing:
-        raise no_such_letters(choice, missing, where, listing)
-
-
 async def _on_broker(source: _Source, choice: LetterChoice, action: Action,
                      named: bool) -> _Outcome:
     # Imported here: it needs aio-pika, which `_source` has checked is installed.
@@ -225,8 +215,8 @@ async def _on_broker(source: _Source, choice: LetterChoice, action: Action,
     topology = Topology.of(source.spec)
     async with DeadLetterQueue(source.url, topology) as queue:
         letters = await queue.read(choice)
-        if named:
-            _require(choice, letters, source.where, source.listing)
+        choice.require(letters, _agents_of(source), source.where, source.listing,
+                       named=named)
         if action == "purge":
             return _Outcome(letters, await queue.purge(letters))
         backend = open_backend(source.url) if action == "replay" and letters else None
@@ -237,6 +227,10 @@ async def _on_broker(source: _Source, choice: LetterChoice, action: Action,
             await backend.open(topology)
             await queue.replay(letters, backend, source.spec.signing, book)
         return _Outcome(letters, len(book.replayed), [str(r) for r in book.refused])
+
+
+def _agents_of(source: _Source) -> Collection[str] | None:
+    return None if source.spec is None else source.spec.agents
 
 
 def _screen(spec: OrganismSpec | None) -> Screen | None:
@@ -365,8 +359,8 @@ def show(ctx: click.Context, organism: Path, journal: Path | None, backend: str 
     running = _in_running(ctx, organism, bool(journal or backend or origin), choice)
     if running is not None:
         letters = running[1]
-        guarded(ctx, lambda: _require(choice, letters, _in_process(running[0]),
-                                      _listing(organism, None, None, None)))
+        guarded(ctx, lambda: choice.require(letters, None, _in_process(running[0]),
+                                            _listing(organism, None, None, None)))
     else:
         letters = _apply(ctx, _source(ctx, organism, journal, backend, origin), choice,
                          "read").letters

@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sporeflow.config import Limits, SporeflowError, redact_text
-from sporeflow.config.reasons import SENDERS_MISTAKES, Reason, reason_named
+from sporeflow.config.reasons import SENDERS_MISTAKES, Reason, did_you_mean, reason_named
 from sporeflow.config.words import shown
 from sporeflow.steps import Spore, json_size_bound, redelivery
 
 __all__ = ["URL_PASSWORDS", "DeadLetter", "DeadLetterStore", "LetterChoice", "Masker",
-           "NoSuchDeadLetter", "StoredDeadLetter", "error_text", "letter_number",
+           "NoSuchDeadLetter", "StoredDeadLetter", "UnknownAgent", "error_text", "letter_number",
            "no_such_letters", "spore_form"]
 
 
@@ -136,6 +136,9 @@ class LetterChoice:
     agents: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
     ids: tuple[str, ...] = ()
+    # The agent of every letter this choice was asked about (``matches``): an ``agents``
+    # filter may name one the organism no longer has (see ``require``).
+    seen: set[str] = field(default_factory=set, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         """A reason that names none raises :class:`UnknownReason`: it would match nothing."""
@@ -145,6 +148,8 @@ class LetterChoice:
         return bool(self.agents or self.reasons or self.ids)
 
     def matches(self, number: int, spore_id: str, agent: str | None, reason: str) -> bool:
+        if agent is not None:
+            self.seen.add(agent)
         return ((not self.agents or agent in self.agents)
                 and (not self.reasons or reason in self.reasons)
                 and (not self.ids or any(_names(ident, number, spore_id)
@@ -157,6 +162,31 @@ class LetterChoice:
         letters = list(letters)
         return tuple(ident for ident in self.ids if not any(
             _names(ident, stored.number, stored.letter.spore.id) for stored in letters))
+
+
+    def require(self, letters: Iterable[StoredDeadLetter], agents: Iterable[str] | None,
+                where: str, listing: str, *, named: bool = True) -> None:
+        """Raise for what this choice names that ``letters`` (those it found) lack: an
+        ``agents`` filter naming neither one of the organism's ``agents`` nor the agent of
+        a letter kept there (``seen``: one an older file had), :class:`UnknownAgent`, a
+        misspelt name that would only say "0 letters"; with ``named``, an ``--id`` that
+        names no letter (:class:`NoSuchDeadLetter`). ``listing``: how to list the letters
+        at ``where``."""
+        letters = list(letters)
+        if agents is not None:
+            kept = (stored.letter.agent for stored in letters)
+            known = sorted({*agents, *self.seen, *(agent for agent in kept if agent)})
+            for agent in self.agents:
+                if agent not in known:
+                    raise UnknownAgent(f"{where}: no agent {agent!r}, nor a dead letter of "
+                                       f"one{did_you_mean(agent, known)}")
+        missing = self.unmatched(letters) if named else ()
+        if missing:
+            raise no_such_letters(self, missing, where, listing)
+
+
+class UnknownAgent(SporeflowError):
+    """A dead-letter filter names no agent of the organism and no letter's agent."""
 
 
 def _names(ident: str, number: int, spore_id: object) -> bool:

@@ -70,12 +70,14 @@ class JournalFile:
         return read_steps(self._conn)
 
     def dead_letters(self, *, agents: Sequence[str] = (), reasons: Sequence[str] = (),
-                     ids: Sequence[str] = ()) -> list[StoredDeadLetter]:
-        """The dead letters matching every filter given, oldest first.
+                     ids: Sequence[str] = (), choice: LetterChoice | None = None,
+                     ) -> list[StoredDeadLetter]:
+        """The dead letters matching every filter given (or ``choice``), oldest first.
 
         ``ids`` match a dead letter's number or its spore's id.
         """
-        choice = LetterChoice(tuple(agents), tuple(reasons), tuple(ids))
+        if choice is None:
+            choice = LetterChoice(tuple(agents), tuple(reasons), tuple(ids))
         rows = self._conn.execute(
             "SELECT seq, spore, reason, error, agent, attempts, traceback, at, spore_id "
             "FROM dead_letters ORDER BY seq")

@@ -39,7 +39,13 @@ from aiohttp import web
 
 from sporeflow.config import OrganismSpec, SporeflowError, did_you_mean
 from sporeflow.config.reasons import UnknownReason
-from sporeflow.pipeline.core.deadletters import LetterChoice, letter_number, no_such_letters
+from sporeflow.pipeline.core.deadletters import (
+    LetterChoice,
+    NoSuchDeadLetter,
+    StoredDeadLetter,
+    UnknownAgent,
+    letter_number,
+)
 from sporeflow.pipeline.core.http_serving import (
     BEARER_CHALLENGE,
     bearer_token,
@@ -324,6 +330,7 @@ class _Routes:
                                 query.getall("id", []))
         store = self.organism.dead_letters
         letters = operations.dead_letters(self.organism, choice)
+        self._require(choice, letters, named=False)
         return self.json({"letters": [operations.letter_dict(s) for s in letters],
                           "kept": len(store), "total": store.total, "evicted": store.evicted,
                           "brokered": self.organism.brokered,
@@ -355,6 +362,15 @@ class _Routes:
         numbers = operations.purge(self.organism, choice)
         return self.json({"purged": len(numbers), "numbers": numbers})
 
+    def _require(self, choice: LetterChoice, letters: list[StoredDeadLetter], *,
+                 named: bool) -> None:
+        spec = self.organism.spec
+        try:
+            choice.require(letters, spec.agents, f"organism {spec.name!r}",
+                           "GET /v1/dead-letters (`sporeflow dlq list`)", named=named)
+        except UnknownAgent as exc:
+            raise _BadRequest(str(exc)) from None
+
     async def _chosen_letters(self, request: web.Request) -> LetterChoice | web.Response:
         """The letters a replay or a purge acts on, or the answer refusing it."""
         body = await _body(request, _REPLAY_KEYS)
@@ -368,10 +384,9 @@ class _Routes:
                               "pass \"all\": true for every one")
         if (refusal := self.not_ready()) is not None:
             return refusal
-        missing = choice.unmatched(operations.dead_letters(self.organism, choice))
-        if missing:  # named, and not there: said, rather than "0 replayed"
-            error = no_such_letters(choice, missing, f"organism {self.organism.spec.name!r}",
-                                    "GET /v1/dead-letters (`sporeflow dlq list`)")
+        try:  # named, and not there: said, rather than "0 replayed"
+            self._require(choice, operations.dead_letters(self.organism, choice), named=True)
+        except NoSuchDeadLetter as error:
             return error_response(404, type(error).__name__, str(error))
         return choice
 
