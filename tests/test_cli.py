@@ -256,3 +256,21 @@ def test_a_handlers_python_warnings_are_logged_by_the_cli(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     assert "UserWarning: mind this" in done.stderr
     assert "coroutine 'sleep' was never awaited" in done.stderr
+
+
+def test_a_run_without_a_journal_prints_its_dead_letters_at_its_end(tmp_path: Path) -> None:
+    # Found by a new user: the log said "the dead letter has the details" and the process
+    # ended, taking them along: only "invalid: 1" was left, not the line's FILE:N.
+    (tmp_path / "lines.jsonl").write_text('{"n": 1}\n[1, 2]\n')
+    (tmp_path / "sinks.py").write_text("async def sink(spore, ctx):\n    return None\n")
+    (tmp_path / "organism.yaml").write_text(
+        "organism: {name: lined}\n"
+        "sources:\n  feed: {kind: lines, path: lines.jsonl, json: true, to: sink}\n"
+        "agents:\n  sink: {handler: sinks:sink}\n")
+    done = subprocess.run([sys.executable, "-m", "sporeflow.pipeline.cli", "run",
+                           "--until-idle", "--quiet"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    kept = done.stderr.split("1 dead letter, kept by this run only")[1]
+    assert "feed  invalid  SporeError: " in kept
+    assert f"{tmp_path / 'lines.jsonl'}:2: " in kept

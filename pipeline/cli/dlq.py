@@ -51,6 +51,7 @@ from sporeflow.config.reasons import UnknownReason
 from sporeflow.pipeline.broker.backend import Topology, resolve_backend_url
 from sporeflow.pipeline.broker.factory import open_backend
 from sporeflow.pipeline.cli.control import attached, call, refused
+from sporeflow.pipeline.cli.letters import letter_lines
 from sporeflow.pipeline.cli.util import (
     DURATION,
     ORGANISM_ARG,
@@ -81,7 +82,6 @@ __all__ = ["dlq"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 Action = Literal["read", "replay", "purge"]
-_ERROR_WIDTH = 80
 
 
 def _filters(command: F) -> F:
@@ -295,26 +295,6 @@ def _choice(ctx: click.Context, agents: tuple[str, ...], reasons: tuple[str, ...
     return choice
 
 
-def _summary_lines(ctx: click.Context, letters: list[StoredDeadLetter]) -> list[str]:
-    """One line per letter, each column as wide as its longest value in this listing."""
-    number = max((len(str(stored.number)) for stored in letters), default=0)
-    agent = max((len(stored.letter.agent or "-") for stored in letters), default=0)
-    reason = max((len(stored.letter.reason) for stored in letters), default=0)
-    return [_summary_line(ctx, stored, number, agent, reason) for stored in letters]
-
-
-def _summary_line(ctx: click.Context, stored: StoredDeadLetter, number: int, agent: int,
-                  reason: int) -> str:
-    letter = stored.letter
-    # Masked before it is cut short: a secret cut in two would no longer match.
-    error = masked(ctx, letter.error).splitlines()[0] if letter.error else ""
-    if len(error) > _ERROR_WIDTH:
-        error = error[:_ERROR_WIDTH - 3] + "..."
-    return (f"{stored.number:>{number}}  {letter.at:%Y-%m-%d %H:%M:%S}  "
-            f"{letter.agent or '-':<{agent}}  {letter.reason:<{reason}}  {error}  "
-            f"[spore {letter.spore.id}]")
-
-
 def _as_json(stored: StoredDeadLetter) -> str:
     return json.dumps({"number": stored.number, **stored.letter.to_dict()}, ensure_ascii=False)
 
@@ -342,7 +322,7 @@ def list_(ctx: click.Context, organism: Path, journal: Path | None, backend: str
         letters = _apply(ctx, source, choice, "read", named=False).letters
         where = f"{source.where}{source.note}"
     for line in ([masked(ctx, _as_json(stored)) for stored in letters] if as_json
-                 else _summary_lines(ctx, letters)):
+                 else letter_lines(ctx, letters)):
         click.echo(line)
     if not as_json:
         click.echo(masked(ctx, f"{len(letters)} dead letter(s) in {where}"), err=True)

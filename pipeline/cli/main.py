@@ -42,6 +42,7 @@ from sporeflow.pipeline.cli.dlq import dlq
 from sporeflow.pipeline.cli.graph import graph
 from sporeflow.pipeline.cli.init import init
 from sporeflow.pipeline.cli.keygen import keygen
+from sporeflow.pipeline.cli.letters import echo_kept_by_this_run
 from sporeflow.pipeline.cli.schemas import schema
 from sporeflow.pipeline.cli.tail import tail
 from sporeflow.pipeline.cli.trace import trace
@@ -314,6 +315,7 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
         await serving.aclose()
         await watching.aclose()
     click.echo(render_summary(org.stats(), time.perf_counter() - started), err=True)
+    echo_kept_by_this_run(click.get_current_context(), org)
     if org.journal is not None and org.journal.failure is not None:
         raise org.journal.failure  # its cause, and what the next start will do: exit 1
     if org.failure is not None:
