@@ -52,6 +52,7 @@ __all__ = [
     "RequestTimeout",
     "SporeError",
     "SporeflowError",
+    "UsageError",
 ]
 
 
@@ -126,6 +127,11 @@ class RequestTimeout(SporeflowError, TimeoutError):
 
 class OrganismStateError(SporeflowError):
     """The organism is not in a state that allows this call (not started, stopping...)."""
+
+
+class UsageError(SporeflowError, ValueError):
+    """A call given what it cannot take: a name the organism does not have, a span of
+    time that is none (``TestOrganism``'s helpers)."""
 
 
 class OrganismFull(SporeflowError):

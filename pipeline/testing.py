@@ -46,7 +46,9 @@ from sporeflow.config import (
     did_you_mean,
     load_organism,
     organism_from_dict,
+    parse_duration,
 )
+from sporeflow.config.errors import UsageError
 from sporeflow.config.model import BUILTIN_CHANNELS
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.pipeline.core.ledger import LedgerHook
@@ -76,7 +78,7 @@ class VirtualClock:
     def __init__(self, start: datetime | None = None, *,
                  off_loop: Callable[[], int] = lambda: 0) -> None:
         if start is not None and start.tzinfo is None:
-            raise ValueError(f"start must be timezone-aware, got {start!r}; "
+            raise UsageError(f"start must be timezone-aware, got {start!r}; "
                              f"use datetime(..., tzinfo=UTC)")
         self._start = start or datetime.now(UTC)
         self.offset = 0.0  # seconds advanced in all
@@ -135,15 +137,15 @@ class VirtualClock:
             self._loop = None
             self._timers.clear()
 
-    async def advance(self, seconds: float, *, timeout: float = _ADVANCE_REAL_S) -> None:
-        """Move time forward by ``seconds``, firing each timer due on the way at its own
-        time; follow with ``await t.idle()`` for what they set off to finish.
+    async def advance(self, seconds: float | timedelta | str, *,
+                      timeout: float = _ADVANCE_REAL_S) -> None:
+        """Move time forward by ``seconds`` (or a timedelta, or ``"5s"``), firing each
+        timer due on the way at its own time; follow with ``await t.idle()`` for what
+        they set off to finish.
 
         ``timeout`` (seconds of real time) is a backstop: past it, TimeoutError says
         where the advance stands and what it still waits for."""
-        if not 0 <= seconds < math.inf:
-            raise ValueError(f"time only moves forward, by a finite span; got "
-                             f"advance({seconds!r})")
+        seconds = _span(seconds)
         target = self.offset + seconds
         if self._loop is None:  # no loop to move: the wall clock alone
             self.offset = target
@@ -207,6 +209,23 @@ class _Span:
     timeout: float
     give_up: float
     steps: int = 0
+
+
+def _span(seconds: object) -> float:
+    """An advance's span: seconds, a ``timedelta`` or a duration as organism.yaml writes
+    them (``"5s"``); time only moves forward, by a finite span."""
+    if isinstance(seconds, timedelta):
+        seconds = seconds.total_seconds()
+    elif isinstance(seconds, str):
+        try:
+            seconds = parse_duration(seconds)
+        except ValueError as exc:
+            raise UsageError(f"advance({seconds!r}): {exc}") from None
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (
+            0 <= seconds < math.inf):
+        raise UsageError(f"time only moves forward, by a finite span of seconds (a number, "
+                         f"a timedelta or \"5s\"); got advance({seconds!r})")
+    return float(seconds)
 
 
 def _runs_next_turn(loop: asyncio.BaseEventLoop) -> bool:
@@ -376,9 +395,11 @@ class TestOrganism:
                 f"{timeout:g}s of real time ({where}). Retries' backoff, timeouts and expiry "
                 f"wait on the virtual clock: move it with `await t.advance(seconds)` first")
 
-    async def advance(self, seconds: float, *, timeout: float = _ADVANCE_REAL_S) -> None:
-        """Move the virtual clock forward, each timer on the way firing at its own time
-        (see :class:`VirtualClock`); ``timeout`` is a backstop in real seconds."""
+    async def advance(self, seconds: float | timedelta | str, *,
+                      timeout: float = _ADVANCE_REAL_S) -> None:
+        """Move the virtual clock forward (seconds, a timedelta or ``"5s"``), each timer
+        on the way firing at its own time (see :class:`VirtualClock`); ``timeout`` is a
+        backstop in real seconds."""
         await self.clock.advance(seconds, timeout=timeout)
 
     def now(self) -> datetime:
@@ -397,10 +418,10 @@ class TestOrganism:
 
     def _agent(self, name: str) -> str:
         """``name``, an agent of the organism; a misspelt one would only ever give []
-        (found by a new user): a ValueError naming the closest."""
+        (found by a new user): a UsageError (a ValueError too) naming the closest."""
         agents = self.organism.agents
         if name not in agents:
-            raise ValueError(f"no agent {name!r} in organism {self.organism.spec.name!r}"
+            raise UsageError(f"no agent {name!r} in organism {self.organism.spec.name!r}"
                              f"{did_you_mean(name, agents)}")
         return name
 
@@ -413,7 +434,7 @@ class TestOrganism:
         channels = {*self.organism.spec.channels, *BUILTIN_CHANNELS,
                     *self.organism.wiring().table.channels}
         if channel not in channels:
-            raise ValueError(f"no channel {channel!r} in organism {self.organism.spec.name!r}"
+            raise UsageError(f"no channel {channel!r} in organism {self.organism.spec.name!r}"
                              f"{did_you_mean(channel, channels)}")
         return list(self._capture.on_channel.get(channel, ()))
 

@@ -193,3 +193,24 @@ async def test_a_recipient_that_is_no_name_is_refused_naming_the_field() -> None
     assert [type(exc) for exc in raised] == [SporeError]
     assert "knowledge must be a JSON object" in str(raised[0])
     assert [letter.reason for letter in org.dead_letters] == ["invalid"]
+
+
+async def test_a_send_to_no_agent_is_refused_not_broadcast() -> None:
+    # Found by a new user: organism.send(None, {...}) was accepted and became a broadcast
+    # on 'main', then a "no subscribers" dead letter; so did ctx.send(None, {...}).
+    raised: list[BaseException] = []
+
+    async def maker(spore: Spore, ctx: Any) -> None:
+        try:
+            ctx.send(None, {"n": 1})
+        except Exception as exc:
+            raised.append(exc)
+
+    org = organism(maker, [])
+    async with org.running():
+        with pytest.raises(SporeError, match=r"organism.send needs the name of the agent"):
+            await org.send(None, {})  # type: ignore[arg-type]
+        await org.send("maker", {})
+        await org.idle()
+    assert "use broadcast(knowledge, channel=...)" in str(raised[0])
+    assert [letter.reason for letter in org.dead_letters] == ["invalid"]

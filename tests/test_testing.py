@@ -362,3 +362,20 @@ async def test_spores_are_made_at_the_virtual_clocks_time() -> None:
     made = [spore.created_at for spore in t.handled("relay") + t.handled("sink")]
     assert made == [start + timedelta(seconds=30)] * 3
     assert ages == [0.0, 0.0, 0.0]
+
+
+async def test_an_advance_takes_durations_and_helpers_raise_sporeflow_errors() -> None:
+    # Found by a new user: t.advance("5s") failed with "TypeError: '<=' not supported",
+    # and t.handled("typo") raised a plain ValueError, where README says every error
+    # sporeflow raises is a SporeflowError.
+    from sporeflow.config import SporeflowError
+
+    async with TestOrganism(greeter_organism(), start=datetime(2030, 1, 1, tzinfo=UTC)) as t:
+        await t.advance("5s")
+        await t.advance(timedelta(minutes=1))
+        assert t.now() == datetime(2030, 1, 1, 0, 1, 5, tzinfo=UTC)
+        for wrong in ("soon", -1, float("nan")):
+            with pytest.raises(SporeflowError, match="advance"):
+                await t.advance(wrong)  # type: ignore[arg-type]
+        with pytest.raises(SporeflowError, match="no agent 'greeterr'"):
+            t.handled("greeterr")

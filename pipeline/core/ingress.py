@@ -152,6 +152,7 @@ class Ingress:
         # The chain's own checks, run now so that the caller hears of a refusal at once:
         # the fields' types first (a recipient that is no name cannot be looked up).
         self.screen(spore, self._senders_with(sender), built=built)
+        _check_addressed(spore, "organism.send")
         self._check_recipient(spore, (), named=False)
         self._remember(sender)
         return spore
@@ -320,6 +321,7 @@ class Ingress:
                 f"may start no new work (stop at the next send, or use an async generator)")
         try:
             self.screen(spore, self.outside, built=built)  # first: see outside_spore
+            _check_addressed(spore, "ctx.send (or request)")
             if spore.spore_type is not SporeType.RESPONSE:  # the request book routes those
                 self._check_recipient(spore, self.outside)
         except (SporeError, DeliveryError) as exc:
@@ -361,3 +363,12 @@ class Ingress:
 
     def _refuse(self, spore: Spore, error: Exception, agent: str) -> None:
         self.ledger.refuse_sent(spore, reason_of(error), error, agent)
+
+
+def _check_addressed(spore: Spore, call: str) -> None:
+    """A send names its agent: one without (``send(None, ...)``) is refused at the call
+    rather than broadcast on its channel, which ``broadcast`` is for."""
+    if spore.to_agent is None and spore.spore_type is not SporeType.BROADCAST:
+        raise SporeError(f"{call} needs the name of the agent to send to, got None; to send "
+                         f"to every subscriber of a channel, use broadcast(knowledge, "
+                         f"channel=...)")
