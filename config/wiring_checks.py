@@ -1,5 +1,6 @@
 """What ``check`` warns about: wiring that can only loop, agents nothing reaches
-(a declared source's target is reached), and a cost declared without a cost limit.
+(a declared source's target is reached), an emit on a channel nobody hears, and a cost
+declared without a cost limit.
 
 Linear in the agents: who emits to an agent or on a channel is indexed once, and an
 agent that can loop gets one warning naming its first senders and how many others.
@@ -41,7 +42,15 @@ def wiring_warnings(located: Located, spec: OrganismSpec) -> list[Problem]:
         if target is not None and (target.to or target.channel):
             table, key = (to_agent, target.to) if target.to else (on_channel, target.channel)
             table.setdefault(str(key), []).append((index, other.name))
+    heard = {channel for a in spec.agents.values() for channel in a.subscribe}
+    heard |= {channel for x in spec.external.values() for channel in x.subscribe}
     for agent in spec.agents.values():
+        if agent.emit is not None and agent.emit.channel and agent.emit.channel not in heard:
+            warnings.append(located.problem(
+                ("agents", agent.name, "emit", "channel"),
+                f"{agent.name!r} emits on channel {agent.emit.channel!r}, to which no agent "
+                f"subscribes: what it returns becomes 'no subscribers' dead letters, unless "
+                f"an agent subscribes at run time; subscribe one to it", warning=True))
         if agent.cost is not None and spec.limits.max_cost_per_thread is None:
             warnings.append(located.problem(
                 ("agents", agent.name, "cost"),

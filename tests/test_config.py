@@ -227,6 +227,24 @@ def test_a_source_reaches_the_agent_it_feeds(tmp_path: Path) -> None:
             "naming it, will; list it in its senders' peers to say so") in text
 
 
+def test_check_warns_about_an_emit_on_a_channel_nobody_subscribes_to(tmp_path: Path) -> None:
+    # Found by a new user: check said ok, and every spore the agent returned became a
+    # 'no subscribers' dead letter.
+    path = write(tmp_path, """
+        channels: {news: {}, heard: {}}
+        agents:
+          teller: {handler: handlers_ok:echo, emit: {channel: news}}
+          speaker: {handler: handlers_ok:echo, emit: {channel: heard}}
+          ear: {handler: handlers_ok:echo, subscribe: [heard]}
+        """)
+    _, warnings = check_organism(path)
+    said = [str(w) for w in warnings if "emits on channel" in str(w)]
+    assert len(said) == 1
+    assert ("'teller' emits on channel 'news', to which no agent subscribes: what it "
+            "returns becomes 'no subscribers' dead letters") in said[0]
+    assert "agents.teller.emit.channel" in said[0]
+
+
 def test_from_dict_accepts_callables_and_checks_the_rest() -> None:
     async def handler(spore: object, ctx: object) -> None:
         return None
