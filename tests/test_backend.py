@@ -14,13 +14,30 @@ from sporeflow.pipeline.broker.backend import Topology, resolve_backend_url
 from sporeflow.pipeline.broker.factory import open_backend
 from sporeflow.pipeline.cli.main import cli
 
+SMALL = Path(__file__).parent / "organisms" / "small" / "organism.yaml"
+
 
 def test_env_references_are_expanded_and_a_missing_one_names_the_variable() -> None:
     env = {"BROKER": "amqp://app:pw@h:5672/", "PW": "s3cret"}
     assert resolve_backend_url("${BROKER}", env) == "amqp://app:pw@h:5672/"
     assert resolve_backend_url("amqp://app:${PW}@h/", env) == "amqp://app:s3cret@h/"
-    with pytest.raises(BrokerError, match=r"names \$\{NOPE\}.*export NOPE="):
+    with pytest.raises(BrokerError, match=r"names the environment variable NOPE, .*"
+                                          r"export NOPE=<the broker's URL"):
         resolve_backend_url("${NOPE}", env)
+
+
+def test_an_unset_password_variable_is_named_where_it_was_written_and_for_what() -> None:
+    # Found by a new user: with --backend 'amqp://guest:${RABBIT_PW}@...' and RABBIT_PW
+    # unset, the message said "names ***" (the reference sits where a password is
+    # masked), blamed organism.backend, and asked for a whole URL in RABBIT_PW.
+    result = CliRunner(env={"RABBIT_PW": None}).invoke(
+        cli, ["run", str(SMALL), "--backend", "amqp://guest:${RABBIT_PW}@127.0.0.1:5672/"])
+    assert result.exit_code == 1
+    assert ("--backend 'amqp://guest:***@127.0.0.1:5672/' names the environment variable "
+            "RABBIT_PW, which is not set; export RABBIT_PW=<the password of the broker's "
+            "user 'guest'>") in result.output
+    with pytest.raises(BrokerError, match=r"export V=<the part of the broker's URL it "):
+        resolve_backend_url("amqp://${V}:5672/", {})
 
 
 def test_memory_is_the_embedded_path_and_other_schemes_are_refused() -> None:

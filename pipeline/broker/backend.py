@@ -388,8 +388,10 @@ class Backend(abc.ABC):
 
 # -- choosing a backend --------------------------------------------------------------
 
-def resolve_backend_url(text: str, environ: Mapping[str, str] | None = None) -> str:
-    """Expand each ``${NAME}`` in ``text`` from the environment.
+def resolve_backend_url(text: str, environ: Mapping[str, str] | None = None, *,
+                        origin: str = "organism.backend") -> str:
+    """Expand each ``${NAME}`` in ``text`` from the environment; ``origin`` names where
+    ``text`` was written, for the error when one is not set.
 
     Credentials stay out of organism files: write ``backend: ${SPOREFLOW_BROKER}``,
     or ``amqp://app:${RABBIT_PASSWORD}@host:5672/``.
@@ -399,10 +401,21 @@ def resolve_backend_url(text: str, environ: Mapping[str, str] | None = None) -> 
     def expand(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in env:
+            # The variable's name, not ${NAME}: in a URL's password place, that is masked.
             raise BrokerError(
-                f"organism.backend {text!r} names ${{{name}}}, which is not set in the "
-                f"environment; export {name}=amqp://user:password@host:5672/ (or the part "
-                f"it stands for)")
+                f"{origin} {text!r} names the environment variable {name}, which is not "
+                f"set; export {name}=<{_stands_for(text, match)}>")
         return env[name]
 
     return ENV_REFERENCE.sub(expand, text)
+
+
+def _stands_for(text: str, match: re.Match[str]) -> str:
+    """What the ``${NAME}`` matched in ``text`` stands for, as the fix says it."""
+    if match.group(0) == text:
+        return "the broker's URL (amqp://USER:PASSWORD@HOST:5672/)"
+    before, after = text[:match.start()], text[match.end():]
+    credentials = before.partition("://")[2]
+    if ":" in credentials and "@" not in credentials and after.startswith("@"):
+        return f"the password of the broker's user {credentials.partition(':')[0]!r}"
+    return "the part of the broker's URL it stands for"

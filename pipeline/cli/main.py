@@ -27,6 +27,7 @@ from sporeflow.config import (
 )
 from sporeflow.config.words import plural
 from sporeflow.pipeline.agents.state import read_snapshot, write_snapshot
+from sporeflow.pipeline.broker.backend import resolve_backend_url
 from sporeflow.pipeline.cli.broker import broker_declare, broker_permissions
 from sporeflow.pipeline.cli.control import (
     PROCESS_OPTION,
@@ -159,6 +160,8 @@ def run(ctx: click.Context, organism: Path, until_idle: bool, drain_timeout: flo
         raise click.BadParameter("it names no agent: give the agents this process hosts "
                                  "(A,B), or leave it out to host them all", ctx=ctx,
                                  param_hint="--agents")
+    if backend is not None:  # said of --backend, not of the file's organism.backend
+        guarded(ctx, lambda: resolve_backend_url(backend, origin="--backend"))
     org = guarded(ctx, lambda: Organism.from_file(organism, tracing=trace, journal=journal,
                                                   backend=backend, hosted=hosted))
     mask_with(ctx, org.masker)
