@@ -33,7 +33,9 @@ _duration: dict[str, Any] = {
     # At most a year: more is a mistake (.inf, 1e20), and overflows the platform's timers.
     "oneOf": [{"type": "number", "minimum": 0, "maximum": 365 * 24 * 3600},
               {"type": "string", "pattern": DURATION_PATTERN}],
-    "x-write": "seconds, or a string like 250ms, 5s or 2m",
+    # A quoted number ('5') is a string without its unit: say both forms.
+    "x-write": "a number of seconds (5, unquoted), or a string with its unit like 250ms, "
+               "5s or 2m",
 }
 _size: dict[str, Any] = {
     "oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": SIZE_PATTERN}],

@@ -97,8 +97,10 @@ def test_every_mistake_is_reported_at_once_with_line_column_and_hint(tmp_path: P
     assert f"{file}:15:22: agents.reducer.peers.1: unknown agent 'nobody'" in joined
     assert f"{file}:12:5: agents.counter.concurency: unknown key 'concurency' " \
            f"(did you mean 'concurrency'?)" in joined
-    assert (f"{file}:16:14: agents.reducer.timeout: 'soon' is not valid here; write seconds, "
-            f"or a string like 250ms, 5s or 2m") in joined
+    # Found by a new user: timeout: '5' was told to "write seconds", which it was.
+    assert (f"{file}:16:14: agents.reducer.timeout: 'soon' is not valid here; write a number "
+            f"of seconds (5, unquoted), or a string with its unit like 250ms, 5s or 2m"
+            ) in joined
     assert "agents.reducer.handler: handler 'handlers_ok:ecko'" in joined
 
 
