@@ -17,8 +17,10 @@ runtime both raise these, and ``config`` imports nothing of either.
     ├── RequestTimeout         no response arrived in time
     ├── OrganismStateError     the organism is not running, or already running
     ├── OrganismFull           it stayed full as long as the sender would wait (admit_within)
+    ├── UsageError             a call given what it cannot take (TestOrganism's helpers)
     ├── MissingExtra           a feature's optional extra is not installed (config.extras)
     ├── NoSuchDeadLetter       a dead letter named by number or spore id is not kept (dlq)
+    ├── UnknownAgent           a dead-letter filter names no agent, nor a letter's (dlq)
     ├── ControlError           a running organism's control endpoint (pipeline.service)
     │   ├── AlreadyRunning     a run of that organism file is going on already
     │   ├── NotRunning         no run of that organism file answers on its socket
