@@ -10,7 +10,8 @@ common case, cost a clock read and two dictionary operations.
 A run reads its own end with :meth:`Deadline.finish`: a cancellation that only its
 timeout asked for becomes ``TimeoutError``; one that a stop asked for too stays a
 cancellation; a run that blocked the loop past its deadline (no await let the timer
-fire) raises :class:`Overrun`.
+fire) raises :class:`Overrun`, and one that caught its cancellation and returned
+:class:`CaughtCancellation`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ import asyncio
 import math
 from typing import Any
 
-__all__ = ["Deadline", "DeadlineWatch", "Overrun"]
+__all__ = ["CaughtCancellation", "Deadline", "DeadlineWatch", "Overrun"]
 
 
 class Overrun(TimeoutError):
     """A handler that blocked the loop past its deadline: no await let the timeout fire."""
+
+
+class CaughtCancellation(TimeoutError):
+    """A handler that caught the cancellation its timeout sent, ran on and returned."""
 
 
 class Deadline:
@@ -64,7 +69,9 @@ class Deadline:
                 raise exc
             if exc is not None:
                 raise exc
-            raise Overrun
+            # The timer fired while the run was suspended, so the cancellation reached it
+            # at once: it was caught (a bare `except BaseException`, say) and the run went on.
+            raise CaughtCancellation
         if exc is not None:
             raise exc
         when = self._when

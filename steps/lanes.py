@@ -24,7 +24,7 @@ from sporeflow.config.model import Retry
 from sporeflow.config.reasons import Reason
 from sporeflow.steps.backoff import backoff_delay
 from sporeflow.steps.buckets import PriorityBuckets
-from sporeflow.steps.deadlines import Deadline, DeadlineWatch, Overrun
+from sporeflow.steps.deadlines import CaughtCancellation, Deadline, DeadlineWatch, Overrun
 from sporeflow.steps.expire import expired, utc_now
 from sporeflow.steps.slots import SlotLending
 from sporeflow.steps.spore import Spore
@@ -384,8 +384,12 @@ class AgentLane(SlotLending):
                 f"handler of {self.name!r} was cancelled from inside"))
         elif isinstance(exc, TimeoutError) and deadline is not None and (
                 deadline.expired() or isinstance(exc, Overrun)):
+            caught = (": it caught the cancellation its timeout sent and ran on until it "
+                      "returned (an `except BaseException` or `except CancelledError` that "
+                      "does not raise again)" if isinstance(exc, CaughtCancellation) else "")
             self._fail(spore, attempt, Reason.TIMEOUT, TimeoutError(
-                f"handler of {self.name!r} ran past its timeout of {self.policy.timeout}s"))
+                f"handler of {self.name!r} ran past its timeout of {self.policy.timeout}s"
+                f"{caught}"))
         else:
             # Any other exception, SystemExit and KeyboardInterrupt included: raised by
             # the handler (a stop of the organism arrives as a cancellation), so it is

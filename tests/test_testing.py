@@ -379,3 +379,25 @@ async def test_an_advance_takes_durations_and_helpers_raise_sporeflow_errors() -
                 await t.advance(wrong)  # type: ignore[arg-type]
         with pytest.raises(SporeflowError, match="no agent 'greeterr'"):
             t.handled("greeterr")
+
+
+async def test_a_handler_that_catches_its_timeouts_cancellation_is_told_so() -> None:
+    # Found by a new user: a handler with a bare `except BaseException` around its await
+    # caught the cancellation its timeout sent and ran on; the dead letter said only "ran
+    # past its timeout", as for a handler that blocked the loop.
+    async def stubborn(spore: Spore, ctx: Context) -> None:
+        for _ in range(3):
+            try:
+                await asyncio.sleep(1)
+                break
+            except BaseException:  # noqa: BLE001 - the user's mistake under test
+                continue
+
+    async with TestOrganism({"agents": {"s": {"handler": stubborn, "timeout": "0.5s"}}}) as t:
+        await t.send("s", {})
+        await t.advance(3)
+        await t.idle()
+    [letter] = t.dead_letters
+    assert letter.reason == "timeout"
+    assert "ran past its timeout of 0.5s: it caught the cancellation its timeout sent" in (
+        letter.error)
