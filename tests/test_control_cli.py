@@ -340,7 +340,7 @@ def test_with_none_running_send_says_so_and_start_runs_one_without_its_boots(
     assert code == 1
     assert err.strip() == (
         f"NotRunning: no organism running for {organism}; start it with `sporeflow run "
-        f"{organism}`, or pass --start to run one now without its boot agents")
+        f"{organism}`, or pass --start to run one now without its boot spores")
     code, _, err = invoke("tail", str(organism))
     assert code == 1
     assert err.startswith(f"NotRunning: no organism running for {organism}")

@@ -248,7 +248,7 @@ async def _send_once(org: Organism, body: Mapping[str, Any],
         if spore.to_agent == sender:
             click.echo(org.masker.mask(spore.to_json()))
 
-    await org.start(boot=False)  # a one-off run: its boot agents are the real run's
+    await org.start(boot=False)  # a one-off run: its boot spores are the real run's
     try:
         org.on_outside(show)
         outcome = await operations.send_spore(

@@ -430,7 +430,7 @@ def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_requ
     path = chosen[0] if chosen is not None else None
     if path is None and (not start or process is not None):
         fail(ctx, not_running(file, f"start it with `sporeflow run {file}`, or pass "
-                                    f"--start to run one now without its boot agents"))
+                                    f"--start to run one now without its boot spores"))
     body = {"to": to_agent, "channel": channel, "knowledge": payload, "request": as_request,
             "timeout": timeout, **extra}
     if path is None:
