@@ -39,6 +39,12 @@ def syntax_problem(exc: yaml.MarkedYAMLError, text: str, file: str) -> Problem:
         quote = _char(lines, *opened) or "quote"
         return problem(opened, f"the string opened by {quote} here is never closed; add the "
                                f"closing {quote}")
+    if "flow mapping" in what and here == ":" and opened is not None and opened[0] == line:
+        # {text: hello: world}: the value's own colon, not a missing '}' (one on a later
+        # line is: the mapping ran on into the next key).
+        return problem((line, column), "a second ':' in one item of this {...} mapping; if "
+                                       "it is part of the value, quote the value (text: "
+                                       "\"hello: world\")")
     if "flow mapping" in what or "flow sequence" in what:
         if opened is not None:
             close = "}" if "flow mapping" in what else "]"

@@ -48,6 +48,10 @@ CASES = [
     ("organism: {name: t\nagents:\n  a: {handler: m:h}\n",
      "o.yaml:1:11: <root>: YAML does not parse: the { opened here is not closed before line "
      "2 column 7; add '}'"),
+    # Found by a new user: told that the '}' was missing, where it was not.
+    ("agents:\n  a: {handler: m:h, boot: {text: hello: world}}\n",
+     "o.yaml:2:39: <root>: YAML does not parse: a second ':' in one item of this {...} "
+     "mapping; if it is part of the value, quote the value (text: \"hello: world\")"),
     ("agents:\n  a:\n    description: note: this\n",
      "o.yaml:3:22: <root>: YAML does not parse: a value holds ': ', which YAML reads as "
      "another key; quote the value"),
