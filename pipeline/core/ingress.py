@@ -136,6 +136,8 @@ class Ingress:
             plain = "; pass dict(it)" if isinstance(knowledge, dict) else ""
             raise SporeError(f"knowledge must be a dict (a JSON object), got "
                              f"{type(knowledge).__name__}: {knowledge!r:.60}{plain}")
+        if to is None and channel is None and spore_type is not SporeType.BROADCAST:
+            raise _unaddressed("organism.send")  # no agent, no channel: only 'main' by chance
         expires_at = expiry_after(self.now(), expires_in) if expires_in is not None else None
         channel = channel or DEFAULT_CHANNEL
         built = not extra  # else fields of the caller's own (metadata, ...): all checked
@@ -152,7 +154,6 @@ class Ingress:
         # The chain's own checks, run now so that the caller hears of a refusal at once:
         # the fields' types first (a recipient that is no name cannot be looked up).
         self.screen(spore, self._senders_with(sender), built=built)
-        _check_addressed(spore, "organism.send")
         self._check_recipient(spore, (), named=False)
         self._remember(sender)
         return spore
@@ -366,9 +367,12 @@ class Ingress:
 
 
 def _check_addressed(spore: Spore, call: str) -> None:
-    """A send names its agent: one without (``send(None, ...)``) is refused at the call
-    rather than broadcast on its channel, which ``broadcast`` is for."""
+    """A handler's send names its agent: one without (``ctx.send(None, ...)``) is refused
+    at the call rather than broadcast on its channel, which ``broadcast`` is for."""
     if spore.to_agent is None and spore.spore_type is not SporeType.BROADCAST:
-        raise SporeError(f"{call} needs the name of the agent to send to, got None; to send "
-                         f"to every subscriber of a channel, use broadcast(knowledge, "
-                         f"channel=...)")
+        raise _unaddressed(call)
+
+
+def _unaddressed(call: str) -> SporeError:
+    return SporeError(f"{call} needs the name of the agent to send to, got None; to send to "
+                      f"every subscriber of a channel, use broadcast(knowledge, channel=...)")
