@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -322,7 +323,7 @@ def list_(ctx: click.Context, organism: Path, journal: Path | None, backend: str
         letters = _apply(ctx, source, choice, "read", named=False).letters
         where = f"{source.where}{source.note}"
     for line in ([masked(ctx, _as_json(stored)) for stored in letters] if as_json
-                 else letter_lines(ctx, letters)):
+                 else letter_lines(partial(masked, ctx), letters)):
         click.echo(line)
     if not as_json:
         click.echo(masked(ctx, f"{len(letters)} dead letter(s) in {where}"), err=True)

@@ -3,10 +3,11 @@ kept in memory only, at its end."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 
 from sporeflow.config.words import plural
-from sporeflow.pipeline.cli.util import masked
 from sporeflow.pipeline.core.deadletters import StoredDeadLetter
 from sporeflow.pipeline.organism import Organism
 
@@ -17,20 +18,20 @@ _SHOWN = 20  # a run's letters printed at its end, at most
 _WIDE = 300
 
 
-def letter_lines(ctx: click.Context, letters: list[StoredDeadLetter],
+def letter_lines(mask: Callable[[str], str], letters: list[StoredDeadLetter],
                  width: int = _ERROR_WIDTH) -> list[str]:
     """One line per letter, each column as wide as its longest value in this listing."""
     number = max((len(str(stored.number)) for stored in letters), default=0)
     agent = max((len(stored.letter.agent or "-") for stored in letters), default=0)
     reason = max((len(stored.letter.reason) for stored in letters), default=0)
-    return [_line(ctx, stored, number, agent, reason, width) for stored in letters]
+    return [_line(mask, stored, number, agent, reason, width) for stored in letters]
 
 
-def _line(ctx: click.Context, stored: StoredDeadLetter, number: int, agent: int,
+def _line(mask: Callable[[str], str], stored: StoredDeadLetter, number: int, agent: int,
           reason: int, width: int) -> str:
     letter = stored.letter
     # Masked before it is cut short: a secret cut in two would no longer match.
-    error = masked(ctx, letter.error).splitlines()[0] if letter.error else ""
+    error = mask(letter.error).splitlines()[0] if letter.error else ""
     if len(error) > width:
         error = error[:width - 3] + "..."
     return (f"{stored.number:>{number}}  {letter.at:%Y-%m-%d %H:%M:%S}  "
@@ -38,7 +39,7 @@ def _line(ctx: click.Context, stored: StoredDeadLetter, number: int, agent: int,
             f"[spore {letter.spore.id}]")
 
 
-def echo_kept_by_this_run(ctx: click.Context, org: Organism) -> None:
+def echo_kept_by_this_run(org: Organism) -> None:
     """At the end of a run with no journal and no broker, print its dead letters: the
     log said "the dead letter has the details", and they go with this process."""
     if org.journal is not None or org.brokered:
@@ -48,7 +49,7 @@ def echo_kept_by_this_run(ctx: click.Context, org: Organism) -> None:
         return
     click.echo(f"{plural(len(letters), 'dead letter')}, kept by this run only (a journal "
                f"keeps them: --journal FILE):", err=True)
-    for line in letter_lines(ctx, letters[:_SHOWN], width=_WIDE):  # the details, this once
+    for line in letter_lines(org.masker.mask, letters[:_SHOWN], width=_WIDE):  # in full, once
         click.echo(f"  {line}", err=True)
     if len(letters) > _SHOWN:
         click.echo(f"  ... and {len(letters) - _SHOWN:,} more", err=True)

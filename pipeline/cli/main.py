@@ -318,7 +318,7 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
         await serving.aclose()
         await watching.aclose()
     click.echo(render_summary(org.stats(), time.perf_counter() - started), err=True)
-    echo_kept_by_this_run(click.get_current_context(), org)
+    echo_kept_by_this_run(org)
     if org.journal is not None and org.journal.failure is not None:
         raise org.journal.failure  # its cause, and what the next start will do: exit 1
     if org.failure is not None:
