@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sporeflow.pipeline.cli.init import FILES
+from sporeflow.pipeline.cli.init import scaffold_files
 from sporeflow.pipeline.cli.main import cli
 
 
@@ -19,7 +19,8 @@ def test_init_writes_an_organism_that_checks_runs_and_passes_its_test(
     folder = tmp_path / "triage-bot"
     result = CliRunner().invoke(cli, ["init", str(folder)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in folder.iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(scaffold_files("triage-bot"))
+    assert (folder / "triage_bot_agents.py").exists()
     assert "next: cd " in result.output
 
     checked = CliRunner().invoke(cli, ["check", str(folder / "organism.yaml")])
@@ -40,16 +41,16 @@ def test_init_writes_an_organism_that_checks_runs_and_passes_its_test(
 
 
 def test_init_never_overwrites_and_then_writes_nothing(tmp_path: Path) -> None:
-    (tmp_path / "agents.py").write_text("mine = True\n")
+    (tmp_path / "README.md").write_text("mine\n")
     result = CliRunner().invoke(cli, ["init", str(tmp_path)])
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"SporeflowError: {tmp_path / 'agents.py'} already exists;"
+    assert result.stderr.startswith(f"SporeflowError: {tmp_path / 'README.md'} already exists;"
                                     f" sporeflow init never overwrites")
     # Found by a new user: it suggested the folder it refused ('sporeflow init
     # my-organism' after 'sporeflow init my-organism'); now one that is free.
     assert result.stderr.strip().endswith(f"e.g. sporeflow init {tmp_path.name}-2")
-    assert [p.name for p in tmp_path.iterdir()] == ["agents.py"]
-    assert (tmp_path / "agents.py").read_text() == "mine = True\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["README.md"]
+    assert (tmp_path / "README.md").read_text() == "mine\n"
 
 
 def test_init_defaults_to_the_current_folder_and_names_the_organism_after_it(
@@ -61,6 +62,19 @@ def test_init_defaults_to_the_current_folder_and_names_the_organism_after_it(
     assert result.exit_code == 0, result.output
     assert "next: sporeflow check" in result.output
     assert "organism: {name: organism-2nd-try}" in (folder / "organism.yaml").read_text()
-    # `sporeflow check` is a process of its own: not an `agents` another test imported.
-    monkeypatch.delitem(sys.modules, "agents", raising=False)
+    assert (folder / "organism_2nd_try_agents.py").exists()
     assert CliRunner().invoke(cli, ["check"]).exit_code == 0
+
+
+def test_two_organisms_made_side_by_side_test_in_one_pytest(tmp_path: Path) -> None:
+    # Found by a new user: both got agents.py and test_organism.py, so one pytest over
+    # both folders stopped at "import file mismatch", and one process could not import
+    # both handler modules.
+    for name in ("alpha", "beta"):
+        assert CliRunner().invoke(cli, ["init", str(tmp_path / name)]).exit_code == 0
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    tested = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "alpha", "beta"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "2 passed" in tested.stdout

@@ -16,7 +16,7 @@ import click
 from sporeflow.config import SporeflowError
 from sporeflow.pipeline.cli.util import guarded
 
-__all__ = ["init", "scaffold"]
+__all__ = ["init", "scaffold", "scaffold_files"]
 
 ORGANISM = """\
 # The organism: which agents exist, what they listen to, where their output goes.
@@ -26,11 +26,11 @@ channels:
   greetings: {{capacity: 100}}
 agents:
   greeter:
-    handler: agents:greet          # module:function, beside this file
+    handler: {module}:greet   # module:function, beside this file
     boot: {{name: world}}            # knowledge of a spore sent to it at start
     emit: {{channel: greetings}}     # what greet returns is broadcast here
   printer:
-    handler: agents:show
+    handler: {module}:show
     subscribe: [greetings]
     timeout: 5s
     retry: {{attempts: 3, backoff: 100ms}}
@@ -79,16 +79,28 @@ README = """\
 # {name}
 
 A [sporeflow](https://pypi.org/project/sporeflow/) organism: agents are the handlers in
-`agents.py`, wired in `organism.yaml`.
+`{module}.py`, wired in `organism.yaml`.
 
     sporeflow check              # every problem in organism.yaml, with its line
     sporeflow run --until-idle   # run it until nothing is left to do
     sporeflow run --reload       # run it, reloading as you edit
-    pytest                       # test_organism.py, with sporeflow.testing
+    pytest                       # {test}, with sporeflow.testing
 """
 
-FILES = {"organism.yaml": ORGANISM, "agents.py": AGENTS, "test_organism.py": TEST,
-         "README.md": README}
+
+
+def scaffold_files(name: str) -> dict[str, str]:
+    """The files written for organism ``name``, by file name. The handler module and
+    the test are named after the organism: two organisms made side by side import and
+    test in one process (one ``pytest`` for both) without their modules colliding."""
+    ident = re.sub(r"\W+", "_", name).strip("_").lower() or "organism"
+    if ident[0].isdigit():
+        ident = f"organism_{ident}"
+    module, test = f"{ident}_agents", f"test_{ident}.py"
+    values = {"name": name, "module": module, "test": test}
+    return {file: template.format(**values) for file, template in
+            (("organism.yaml", ORGANISM), (f"{module}.py", AGENTS), (test, TEST),
+             ("README.md", README))}
 
 
 def _free_folder(taken: Path) -> str:
@@ -105,18 +117,18 @@ def scaffold(folder: Path) -> list[Path]:
 
     Raises :class:`SporeflowError`, writing nothing, if any of them exists already.
     """
-    targets = [folder / name for name in FILES]
+    files = scaffold_files(_organism_name(folder))
+    targets = [folder / name for name in files]
     taken = [str(target) for target in targets if target.exists()]
     if taken:
         raise SporeflowError(f"{', '.join(taken)} already exist{'s' if len(taken) == 1 else ''}"
                              f"; sporeflow init never overwrites: choose another folder, "
                              f"e.g. sporeflow init {_free_folder(folder)}")
-    name = _organism_name(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for target, template in zip(targets, FILES.values(), strict=True):
+    for target, text in zip(targets, files.values(), strict=True):
         try:
             with target.open("x", encoding="utf-8") as out:  # never over one made since
-                out.write(template.format(name=name))
+                out.write(text)
         except FileExistsError:
             raise SporeflowError(f"{target} appeared while sporeflow init wrote the others; "
                                  f"it was left as it is") from None
