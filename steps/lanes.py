@@ -127,7 +127,7 @@ class AgentLane(SlotLending):
         self.pool = pool
         self._mailbox: PriorityBuckets[Spore | _Retry] = PriorityBuckets()
         self.backlog = self._mailbox  # read-only view: ``backlog.size`` spores queued
-        # Handlers waiting in _reclaim for a slot, oldest first: a list, as they are few
+        # Handlers waiting in reclaim for a slot, oldest first: a list, as they are few
         # (at most the lane's concurrency) and an empty deque costs about 600 bytes a lane.
         self._resumers: list[asyncio.Future[None]] = []
         self._running: set[asyncio.Task[Any]] = set()  # runners inside one of our handlers

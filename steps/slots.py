@@ -28,7 +28,7 @@ class SlotLending:
 
     # Its books, set by the lane: ``busy`` slots taken, ``stuck`` by abandoned threads
     # (hold_slot), ``lent`` by handlers waiting on another agent (lent_while), and the
-    # handlers waiting in _reclaim for a slot, oldest first (``_resumers``).
+    # handlers waiting in reclaim for a slot, oldest first (``_resumers``).
     __slots__ = ("_resumers", "busy", "lent", "stuck")
 
     busy: int
@@ -44,7 +44,7 @@ class SlotLending:
         raise NotImplementedError  # the lane's: waiting handlers before queued spores
 
     def _hand_over(self) -> bool:
-        """Give a freed slot to the oldest handler waiting in ``_reclaim``, if any is still
+        """Give a freed slot to the oldest handler waiting in ``reclaim``, if any is still
         waiting (a cancelled one stays queued until its task runs again: skip it)."""
         resumers = self._resumers
         while resumers:
@@ -80,20 +80,25 @@ class SlotLending:
         """Whether the current task runs one of this lane's handlers (a slot to lend)."""
         return asyncio.current_task() in self._running
 
+    def lend(self) -> None:
+        """Give a handler's slot back while it waits on another agent; :meth:`reclaim`
+        takes it again. The caller lends the slot its handler holds, once."""
+        self.lent += 1
+        self._release()
+
     async def lent_while(self, waiting: Awaitable[T]) -> T:
         """``await waiting``, the caller's slot lent meanwhile if it holds one: a handler's
         own task does, not one it made (each of what ``asyncio.gather`` awaits): lending
         a slot it does not hold would run the agent past its ``concurrency``."""
         if not self.serving():
             return await waiting
-        self.lent += 1
-        self._release()
+        self.lend()
         try:
             return await waiting
         finally:
-            await self._reclaim()
+            await self.reclaim()
 
-    async def _reclaim(self) -> None:
+    async def reclaim(self) -> None:
         """Take a slot again after lending it; waiting handlers go before new spores.
 
         The wait for the slot is not the handler's own running time: its timeout is

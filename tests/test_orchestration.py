@@ -207,3 +207,30 @@ async def test_requests_awaited_together_never_run_an_agent_past_its_concurrency
         await org.idle()
         assert org.stats()["agents"]["asker"]["handled"] == 4
     assert peak == 1
+
+
+@pytest.mark.parametrize("form", ["wait_for", "task", "gather"])
+async def test_a_request_awaited_in_a_task_of_its_own_lends_the_slot_once(form: str) -> None:
+    # Found in review: after the fix above, only the handler's own task lent its slot,
+    # so asyncio.wait_for (a task of its own on Python 3.11) around a request to this
+    # same agent of concurrency 1 waited until the request timed out. The handler's slot
+    # is lent once, whichever task waits, for as long as any of its requests waits.
+    async def asker(spore: Spore, ctx: Any) -> dict[str, Any]:
+        if "ask" not in spore.knowledge:
+            return {"answer": spore.knowledge["n"]}
+        asking = [ctx.request("asker", {"n": n}, timeout=5) for n in range(2)]
+        if form == "wait_for":
+            answers = [await asyncio.wait_for(asking[0], 5), await asking[1]]
+        elif form == "task":
+            answers = [await asyncio.ensure_future(a) for a in asking]
+        else:
+            answers = list(await asyncio.gather(*asking))
+        return {"answers": [answer.knowledge["answer"] for answer in answers]}
+
+    org = Organism.from_dict({"agents": {"asker": {"handler": asker, "concurrency": 1}}})
+    async with org.running():
+        response = await org.request("asker", {"ask": True}, timeout=10)
+        await org.idle()
+        lane = org.wiring().lanes["asker"]
+        assert (lane.busy, lane.lent) == (0, 0)  # the books balance
+    assert response.knowledge == {"answers": [0, 1]}

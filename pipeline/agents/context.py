@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sporeflow.config import AgentSpec
 from sporeflow.pipeline.agents.knowledge import KnowledgeStore
@@ -19,7 +19,6 @@ from sporeflow.pipeline.core.ingress import Ingress
 from sporeflow.pipeline.core.requests import new_request_id
 from sporeflow.pipeline.core.wiring import AgentRuntime, WiringSnapshot
 from sporeflow.steps import (
-    AgentLane,
     ExpiresIn,
     Spore,
     SporeType,
@@ -30,6 +29,8 @@ from sporeflow.steps import (
 from sporeflow.steps.ids import derived_id
 
 __all__ = ["Context", "HandlerPort", "RunPort"]
+
+T = TypeVar("T")
 
 
 class HandlerPort(Protocol):
@@ -44,7 +45,7 @@ class HandlerPort(Protocol):
 
     def output(self, spores: list[Spore], parent: Spore, agent: str) -> None: ...
 
-    def paging(self) -> Callable[[AgentLane], Awaitable[None]] | None:
+    def paging(self) -> Callable[[], Awaitable[None]] | None:
         """What a handler's send awaits while spores are paged out (None: nothing is)."""
 
     def on_its_loop(self, call: str) -> None:
@@ -81,9 +82,9 @@ class RunPort:
                   agent: str) -> Spore:
         return await self._ingress.request(spore, timeout, parent=parent, agent=agent)
 
-    def paging(self) -> Callable[[AgentLane], Awaitable[None]] | None:
+    def paging(self) -> Callable[[], Awaitable[None]] | None:
         intake = self._intake
-        return intake.paged_in if intake.spill.count else None
+        return intake.until_paged_in if intake.spill.count else None
 
     @property
     def agents(self) -> Mapping[str, AgentSpec]:
@@ -104,8 +105,12 @@ class Context:
     in this run (``s0``, ``s1``, ...; see ``steps.ids``); a request keeps a random id.
     """
 
-    __slots__ = ("_organism", "_agent", "spore", "attempt", "_sent")
+    __slots__ = ("_organism", "_agent", "spore", "attempt", "_sent", "_waits", "_reclaiming")
     _sent: int  # this run's sends so far, set at the first: one that sends none pays nothing
+    # Its requests waiting now, and whether its slot is being taken back: set at the
+    # first request (see _lent), so that a run that asks nothing pays nothing.
+    _waits: int
+    _reclaiming: bool
     key: str | None = None  # a keyed agent's key (agents.X.key; see agents.keyed)
 
     def __init__(self, organism: HandlerPort, agent: AgentRuntime, spore: Spore,
@@ -161,7 +166,14 @@ class Context:
 
     def _awaitable(self, spore: Spore) -> Sent:
         paging = self._organism.paging()
-        return Sent(spore, None if paging is None else partial(paging, self._agent.lane))
+        return Sent(spore, None if paging is None else partial(self._paged, paging))
+
+    async def _paged(self, paging: Callable[[], Awaitable[None]]) -> None:
+        """Wait, the slot lent, while spores are paged out. Only the handler's own task
+        waits: another (each of the sends ``asyncio.gather`` awaits at once) returns at
+        once, since waiting in it could hold the slot the spores paged out need."""
+        if self._agent.lane.serving():
+            await self._lent(paging())
 
     def send(self, to: str, knowledge: dict[str, Any], *,
              spore_type: SporeType = SporeType.KNOWLEDGE, priority: int | None = None,
@@ -209,8 +221,31 @@ class Context:
                        timeout: float | timedelta | str, priority: int | None) -> Spore:
         spore = self._spore(knowledge, to=to, channel=None, spore_type=SporeType.REQUEST,
                             priority=priority, expires_in=None)
-        asked = self._organism.ask(spore, timeout, self.spore, self.agent)
-        return await self._agent.lane.lent_while(asked)
+        return await self._lent(self._organism.ask(spore, timeout, self.spore, self.agent))
+
+    async def _lent(self, waiting: Awaitable[T]) -> T:
+        """``await waiting`` (a request's response) with this run's slot lent: once, for
+        as long as any of its requests waits, whichever task awaits it (``gather``, and
+        ``wait_for`` on Python 3.11, run one in a task of its own)."""
+        lane = self._agent.lane
+        try:
+            self._waits += 1
+        except AttributeError:  # the run's first request
+            self._waits, self._reclaiming = 1, False
+        if self._waits == 1 and not self._reclaiming:
+            lane.lend()
+        try:
+            return await waiting
+        finally:
+            self._waits -= 1
+            if not self._waits and not self._reclaiming:
+                self._reclaiming = True
+                try:
+                    await lane.reclaim()
+                finally:
+                    self._reclaiming = False
+                if self._waits:  # a request began while the slot came back: lend again
+                    lane.lend()
 
     def peers_prompt(self) -> str:
         """A short text describing the agents this one may address: each one's
@@ -260,5 +295,4 @@ class Context:
             return await self._organism.ask(spore, wait, self.spore, self.agent)
 
         # The slot is lent once for all the requests: they wait together.
-        replies = gather_replies(ask, list(to), knowledge, timeout=timeout)
-        return await self._agent.lane.lent_while(replies)
+        return await self._lent(gather_replies(ask, list(to), knowledge, timeout=timeout))

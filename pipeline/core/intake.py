@@ -239,7 +239,13 @@ class Intake:
         run the agent past its ``concurrency``; waiting without lending could hold the
         slot the spores paged out need. Its spore is sent already: it returns at once."""
         if self.spill.count and lane.serving():
-            await lane.lent_while(self._paged_in.wait())
+            await lane.lent_while(self.until_paged_in())
+
+    async def until_paged_in(self) -> None:
+        """Return once nothing is paged out; what lends the waiter's slot is its caller's
+        (``paged_in``, a handler's ``Context``)."""
+        if self.spill.count:
+            await self._paged_in.wait()
 
     @property
     def closed(self) -> bool:
