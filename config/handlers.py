@@ -7,6 +7,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import inspect
 import pkgutil
 import re
 import sys
@@ -172,21 +173,28 @@ def reimport(module_name: str, base_dir: Path) -> ModuleType:
         # edit within the same second that keeps the size would load the old code.
         with contextlib.suppress(OSError, ValueError, NotImplementedError):
             Path(importlib.util.cache_from_source(file)).unlink(missing_ok=True)
-    # A reload runs the file over the module's old namespace, where a name the file no
-    # longer defines would live on: a renamed handler would still resolve by its old
-    # name, as on no fresh start. Only what finds the file again is kept.
-    for name in [name for name in vars(module) if name not in _MODULE_IDENTITY]:
-        delattr(module, name)
+    before = dict(vars(module))
     finder = _BesideOrganism(base_dir.resolve())
     sys.meta_path.insert(0, finder)
     try:
-        return importlib.reload(module)
+        reloaded = importlib.reload(module)
     finally:
         sys.meta_path.remove(finder)
+    # A reload runs the file over the module's old namespace, where a function or class
+    # the file no longer defines lives on: a renamed handler would still resolve by its
+    # old name, as on no fresh start. Running the file makes each one it defines anew,
+    # so one of this module's that is still the same object is gone from the file. (Not
+    # emptied beforehand: a file that fails to run must leave the running handlers'
+    # globals whole.)
+    for name, value in before.items():
+        if vars(reloaded).get(name) is value and _defined_in(value, module_name):
+            delattr(reloaded, name)
+    return reloaded
 
 
-_MODULE_IDENTITY = frozenset({"__name__", "__file__", "__cached__", "__loader__", "__spec__",
-                              "__package__", "__path__", "__builtins__"})
+def _defined_in(value: object, module_name: str) -> bool:
+    return ((inspect.isfunction(value) or inspect.isclass(value))
+            and getattr(value, "__module__", None) == module_name)
 
 
 class _BesideOrganism(importlib.abc.MetaPathFinder):

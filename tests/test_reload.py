@@ -554,6 +554,30 @@ async def test_a_handler_renamed_away_in_its_module_is_refused_as_check_refuses_
     assert state(organism, "tagged") == ["v1"]  # the agent as it was: nothing applied
 
 
+async def test_a_module_that_fails_to_reimport_leaves_the_running_handlers_whole(
+        tmp_path: Path, module: Callable[..., str]) -> None:
+    # Found in review: the fix above first emptied the module's namespace, which the
+    # running handlers read their globals from: a file saved mid-edit with a syntax
+    # error was refused, and every later spore failed with NameError.
+    mod = module("PREFIX = 'v1'\n"
+                 "async def tag(spore, ctx) -> None:\n"
+                 "    ctx.state.setdefault('seen', []).append(PREFIX)\n")
+    file = write_organism(tmp_path, """
+        organism: {{name: midedit}}
+        agents:
+          tagged: {{handler: {mod}:tag}}
+    """, mod=mod)
+    organism = Organism.from_file(file)
+    async with organism.running():
+        module("PREFIX = 'v2'\nasync def tag(spore, ctx) -> None:\n    return (\n", name=mod)
+        report = await organism.reload()
+        await organism.send("tagged", {})
+        await organism.idle()
+    assert not report.ok
+    assert state(organism, "tagged") == ["v1"]
+    assert len(organism.dead_letters) == 0
+
+
 async def test_concurrent_reloads_run_one_after_the_other(
         tmp_path: Path, module: Callable[..., str]) -> None:
     mod = module()
