@@ -27,7 +27,7 @@ from sporeflow.steps.buckets import PriorityBuckets
 from sporeflow.steps.deadlines import CaughtCancellation, Deadline, DeadlineWatch, Overrun
 from sporeflow.steps.expire import expired, utc_now
 from sporeflow.steps.slots import SlotLending
-from sporeflow.steps.spore import Spore
+from sporeflow.steps.spore import SPORE_CLOCK, Spore
 
 if TYPE_CHECKING:
     from sporeflow.steps.runners import RunnerPool
@@ -40,6 +40,7 @@ Shape = Callable[[Any, Spore], Awaitable[list[Spore]] | list[Spore]]
 # Spores a runner takes from one lane before letting the next runnable lane go.
 _BURST = 64
 _clock = time.perf_counter
+_clock_of = SPORE_CLOCK.get
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +158,8 @@ class AgentLane(SlotLending):
         """Run up to a burst of this lane's spores, one handler at a time, on ``task`` (a
         runner of ``pool``)."""
         lane = self
+        if _clock_of() is not lane._now:  # what its handlers make: the organism's clock
+            SPORE_CLOCK.set(lane._now)
         mailbox, ready, resumers = lane._mailbox, pool.ready, lane._resumers
         policy = lane.policy
         concurrency, quick = policy.concurrency, policy.timeout is None and lane.inline

@@ -78,9 +78,11 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-# The wall clock a spore's ``created_at`` is read from when none is given: the running
-# organism's own (a TestOrganism's virtual one), set where its run starts, and so in
-# every task it starts; the machine's elsewhere. One place for every origin of a spore.
+# The wall clock a spore's ``created_at`` is read from when none is given: the
+# organism's own (a TestOrganism's virtual one) in its chain's task and in each runner
+# serving its lanes (they set it: what handlers make, returned, yielded or sent, is
+# stamped here), the machine's elsewhere. Outside sends and sources, made in their
+# caller's task, pass the organism's time themselves.
 SPORE_CLOCK: ContextVar[Callable[[], datetime]] = ContextVar("SPORE_CLOCK", default=_utcnow)
 _clock_now = SPORE_CLOCK.get
 

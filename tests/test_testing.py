@@ -401,3 +401,33 @@ async def test_a_handler_that_catches_its_timeouts_cancellation_is_told_so() -> 
     assert letter.reason == "timeout"
     assert "ran past its timeout of 0.5s: it caught the cancellation its timeout sent" in (
         letter.error)
+
+
+async def test_each_organism_stamps_its_spores_with_its_own_clock() -> None:
+    # Found in review: the clock was set in the context of the task that started an
+    # organism, so two organisms started in one task both stamped with the last one's
+    # clock, and that task kept a stopped organism's clock for good.
+    from sporeflow.pipeline import Organism
+
+    made: dict[str, list[datetime]] = {}
+
+    async def relay(spore: Spore, ctx: Context) -> None:
+        made.setdefault(ctx.agent, []).append(spore.created_at)
+        if "relayed" not in spore.knowledge:
+            ctx.send(ctx.agent, {"relayed": True})
+
+    clocks = {name: datetime(year, 1, 1, tzinfo=UTC) for name, year in (("a", 2030),
+                                                                     ("b", 2040))}
+    organisms = {name: Organism.from_dict({"organism": {"name": name},
+                                           "agents": {name: {"handler": relay}}},
+                                          now=lambda at=at: at)
+                 for name, at in clocks.items()}
+    for organism in organisms.values():
+        await organism.start()
+    for name, organism in organisms.items():
+        await organism.send(name, {})
+        await organism.idle()
+    for organism in organisms.values():
+        await organism.stop()
+    assert made == {name: [at, at] for name, at in clocks.items()}
+    assert Spore(knowledge={}).created_at.year == datetime.now(UTC).year  # this task's own

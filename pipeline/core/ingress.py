@@ -138,19 +138,21 @@ class Ingress:
                              f"{type(knowledge).__name__}: {knowledge!r:.60}{plain}")
         if to is None and channel is None and spore_type is not SporeType.BROADCAST:
             raise _unaddressed("organism.send")  # no agent, no channel: only 'main' by chance
-        expires_at = expiry_after(self.now(), expires_in) if expires_in is not None else None
+        # Made in the caller's task: the organism's clock, whatever task that is.
+        now = self.now()
+        expires_at = expiry_after(now, expires_in) if expires_in is not None else None
         channel = channel or DEFAULT_CHANNEL
         built = not extra  # else fields of the caller's own (metadata, ...): all checked
         if built and spore_type is not _REQUEST:
             spore = new_spore(knowledge=knowledge, spore_type=spore_type, from_agent=sender,
                               to_agent=to, channel=channel, priority=priority,
-                              expires_at=expires_at)
+                              expires_at=expires_at, created_at=now)
         else:
             if spore_type is SporeType.REQUEST and "id" not in extra:
                 extra = {**extra, "id": new_request_id()}  # unguessable: see core.requests
             spore = Spore(knowledge=knowledge, spore_type=spore_type, from_agent=sender,
                           to_agent=to, channel=channel, priority=priority,
-                          expires_at=expires_at, **extra)
+                          expires_at=expires_at, **{"created_at": now, **extra})
         # The chain's own checks, run now so that the caller hears of a refusal at once:
         # the fields' types first (a recipient that is no name cannot be looked up).
         self.screen(spore, self._senders_with(sender), built=built)

@@ -8,8 +8,6 @@ bridge) receive the run itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -55,16 +53,13 @@ class Run:
                                outside=outside, organism=spec.name)
         self.chain: asyncio.Task[None] | None = None
         self._now = now
-        self._clock: contextvars.Token[Callable[[], datetime]] | None = None
 
     def start_chain(self, stages: Sequence[Stage], on_crash: Callable[[], None]) -> None:
         """Run the chain of ``stages`` over the intake, in a task of its own."""
         self.ingress.loop = asyncio.get_running_loop()  # the one outside sends must share
-        # Spores made from here on in this task, and in the tasks it starts (the chain,
-        # the runners, the sources), are stamped by the organism's clock.
-        self._clock = SPORE_CLOCK.set(self._now)
 
         async def pump() -> None:
+            SPORE_CLOCK.set(self._now)  # this task's spores: the organism's clock
             try:
                 async with assemble(self.intake.batches(), stages).stream() as deliveries:
                     async for _ in deliveries:
@@ -107,7 +102,3 @@ class Run:
                 await self.chain
             except (Exception, asyncio.CancelledError):  # already logged by pump
                 pass
-        if self._clock is not None:
-            with contextlib.suppress(ValueError):  # stopped from another task: left set
-                SPORE_CLOCK.reset(self._clock)
-            self._clock = None

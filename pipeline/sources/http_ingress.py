@@ -227,11 +227,11 @@ class HttpIngress(Source):
         to = body.get("to", None if "channel" in body else self.spec.to)
         channel = body.get("channel", None if "to" in body else self.spec.channel)
         kind = body.get("type", SporeType.KNOWLEDGE if to is not None else SporeType.BROADCAST)
+        now = self.feed.port.now()
         return new_spore(
             knowledge=body["knowledge"], spore_type=SporeType(kind), from_agent=self.spec.name,
-            to_agent=to, channel=channel or DEFAULT_CHANNEL,
-            priority=body.get("priority", 5),
-            expires_at=expiry_after(self.feed.port.now(), body.get("expires_in")))
+            to_agent=to, channel=channel or DEFAULT_CHANNEL, priority=body.get("priority", 5),
+            expires_at=expiry_after(now, body.get("expires_in")), created_at=now)
 
     def _refused(self, error: Exception) -> _Answer:
         reason = reason_of(error)

@@ -94,7 +94,7 @@ class Feed:
         """The spore the source sends with ``knowledge``, from the source, to its target."""
         to, channel = self.spec.to, self.spec.channel
         return new_spore(knowledge=knowledge, from_agent=self.spec.name, to_agent=to,
-                         channel=channel or DEFAULT_CHANNEL,
+                         channel=channel or DEFAULT_CHANNEL, created_at=self.port.now(),
                          spore_type=SporeType.KNOWLEDGE if to else SporeType.BROADCAST)
 
     async def send(self, knowledge: dict[str, Any]) -> bool:
