@@ -8,6 +8,7 @@ from any other sender: dead-lettered with the chain's reason, the handler never 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable, Coroutine
@@ -15,11 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiormq
 import pytest
+from click.testing import CliRunner
+from pamqp import commands, encode
 
+from sporeflow.config import load_organism
 from sporeflow.pipeline import Organism, Spore, SporeType
+from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
 from sporeflow.pipeline.broker.amqp_codec import spore_to_amqp
 from sporeflow.pipeline.broker.backend import Topology
+from sporeflow.pipeline.broker.dead_letter_queue import DeadLetterQueue
+from sporeflow.pipeline.cli.main import cli
+from sporeflow.pipeline.core.deadletters import LetterChoice
 
 from .conformance.harness import (
     AMQP_URL,
@@ -267,9 +276,6 @@ async def test_a_timestamp_past_the_year_9999_never_closes_the_connection(
     read, the connection closed, the message came back at the reconnection and closed it
     again, for ever: the agent consumed nothing more. As a property, on a message that
     is no spore, it is dead-lettered too (aio-pika cannot write such a timestamp)."""
-    import aiormq
-    from pamqp import commands, encode
-
     far = (2**63).to_bytes(8, "big")
     monkeypatch.setattr(encode, "encode_table_value",
                         _written_as_is(encode.encode_table_value))
@@ -302,3 +308,45 @@ async def test_a_timestamp_past_the_year_9999_never_closes_the_connection(
     letters = await broker_dead_letters(topology)
     assert [str(h.get("x-sporeflow-reason")) for h, _ in letters] == (
         [] if where == "header" else ["invalid"])
+
+
+async def test_a_dead_letter_with_a_far_timestamp_can_be_listed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: a timestamp past the year 9999 read as an int (77da0be) made
+    aio-pika's IncomingMessage raise, so `dlq list` failed on the broker's dead-letter
+    queue while such a letter was in it (RabbitMQ's own dead-lettering keeps the
+    original timestamp)."""
+    far = (2**63).to_bytes(8, "big")
+    name = f"review-ts-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "rvts_handlers.py").write_text("def work(spore, ctx):\n    return None\n")
+    path = tmp_path / "organism.yaml"
+    path.write_text(f"organism: {{name: {name}, backend: '{AMQP_URL}'}}\n"
+                    f"agents:\n  worker: {{handler: rvts_handlers:work}}\n")
+    topology = Topology.of(load_organism(path))
+    try:
+        org = Organism.from_file(path)
+        async with org.running(drain_timeout=5):
+            pass  # declares the exchange, the queues and the dead-letter queue
+        original = encode.METHODS["timestamp"]
+        monkeypatch.setitem(encode.METHODS, "timestamp",
+                            lambda value: far if value == "far" else original(value))
+        connection = await aiormq.connect(AMQP_URL)
+        try:
+            channel = await connection.channel()
+            await channel.basic_publish(
+                b"not json", exchange=topology.dead_letter_exchange, routing_key="",
+                properties=commands.Basic.Properties(timestamp="far",
+                                                     headers={"x-sporeflow-reason": "invalid"}))
+        finally:
+            await connection.close()
+        monkeypatch.setitem(encode.METHODS, "timestamp", original)
+
+        # What a user sees: `sporeflow dlq list` on the organism.
+        result = await asyncio.to_thread(CliRunner().invoke, cli, ["dlq", "list", str(path)])
+        assert result.exit_code == 0, (result.output, repr(result.exception))
+
+        async with DeadLetterQueue(AMQP_URL, topology) as reader:
+            letters = await reader.read(LetterChoice())
+        assert len(letters) == 1
+    finally:
+        await AmqpBackend(AMQP_URL).destroy(topology)

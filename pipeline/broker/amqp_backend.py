@@ -53,7 +53,6 @@ import contextlib
 import logging
 import secrets
 import weakref
-from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -374,7 +373,7 @@ class AmqpBackend(Backend):
         letter = aio_pika.Message(raw.body, headers=headers,
                                   content_type=properties.content_type,
                                   message_id=properties.message_id,
-                                  timestamp=_datetime_or_none(properties.timestamp),
+                                  timestamp=properties.timestamp,
                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
         try:
             await self._dead.publish(letter, routing_key="", mandatory=True)
@@ -475,8 +474,3 @@ def _login(url: str) -> tuple[str, str | None]:
     user = parsed.user or "guest"
     return user, (user if parsed.query.get("auth", "plain").lower() == "plain" else None)
 
-
-def _datetime_or_none(timestamp: object) -> datetime | None:
-    """A delivery's timestamp as a dead letter can carry it: one past what a datetime
-    holds was read as its integer (``amqp_timestamps``), which aio-pika cannot write."""
-    return timestamp if isinstance(timestamp, datetime) else None
