@@ -529,52 +529,38 @@ async def test_edited_handler_module_is_reimported_and_its_agents_swap(
     assert not unchanged.changed
 
 
-async def test_a_handler_renamed_away_in_its_module_is_refused_as_check_refuses_it(
-        tmp_path: Path, module: Callable[..., str]) -> None:
+TAGGER = ("PREFIX = 'v1'\n"
+          "async def tag(spore, ctx) -> None:\n"
+          "    ctx.state.setdefault('seen', []).append(PREFIX)\n")
+
+
+@pytest.mark.parametrize(("edited", "said"), [
     # Found by a new user: a re-import ran the edited module over its old namespace, so
-    # a function renamed in the file (answer -> answr) still resolved by its old name.
-    # The reload said "applied" and the old code ran on, where a start (or `sporeflow
-    # check`) refused the file.
-    mod = module("async def tag(spore, ctx) -> None:\n"
-                 "    ctx.state.setdefault('seen', []).append('v1')\n")
+    # a function renamed in the file (tag -> tagg) still resolved by its old name: the
+    # reload said "applied" and the old code ran on, where `sporeflow check` refused.
+    (TAGGER.replace("def tag(", "def tagg("), "has no 'tag'"),
+    # Found in review: that fix first emptied the namespace the running handlers read
+    # their globals from: a file saved mid-edit was refused, and every later spore
+    # failed with NameError.
+    ("PREFIX = 'v2'\nasync def tag(spore, ctx) -> None:\n    return (\n", "SyntaxError"),
+], ids=["renamed-away", "saved-mid-edit"])
+async def test_a_refused_reimport_leaves_the_agent_as_it_was(
+        tmp_path: Path, module: Callable[..., str], edited: str, said: str) -> None:
+    mod = module(TAGGER)
     file = write_organism(tmp_path, """
-        organism: {{name: renamed}}
+        organism: {{name: refused}}
         agents:
           tagged: {{handler: {mod}:tag}}
     """, mod=mod)
     organism = Organism.from_file(file)
     async with organism.running():
-        module("async def tagg(spore, ctx) -> None:\n"
-               "    ctx.state.setdefault('seen', []).append('v2')\n", name=mod)
+        module(edited, name=mod)
         report = await organism.reload()
         await organism.send("tagged", {})
         await organism.idle()
     assert not report.ok
-    assert any(f"{mod}' has no 'tag'" in error for error in report.errors), report.errors
-    assert state(organism, "tagged") == ["v1"]  # the agent as it was: nothing applied
-
-
-async def test_a_module_that_fails_to_reimport_leaves_the_running_handlers_whole(
-        tmp_path: Path, module: Callable[..., str]) -> None:
-    # Found in review: the fix above first emptied the module's namespace, which the
-    # running handlers read their globals from: a file saved mid-edit with a syntax
-    # error was refused, and every later spore failed with NameError.
-    mod = module("PREFIX = 'v1'\n"
-                 "async def tag(spore, ctx) -> None:\n"
-                 "    ctx.state.setdefault('seen', []).append(PREFIX)\n")
-    file = write_organism(tmp_path, """
-        organism: {{name: midedit}}
-        agents:
-          tagged: {{handler: {mod}:tag}}
-    """, mod=mod)
-    organism = Organism.from_file(file)
-    async with organism.running():
-        module("PREFIX = 'v2'\nasync def tag(spore, ctx) -> None:\n    return (\n", name=mod)
-        report = await organism.reload()
-        await organism.send("tagged", {})
-        await organism.idle()
-    assert not report.ok
-    assert state(organism, "tagged") == ["v1"]
+    assert any(said in error for error in report.errors), report.errors
+    assert state(organism, "tagged") == ["v1"]  # nothing applied, nothing broken
     assert len(organism.dead_letters) == 0
 
 
