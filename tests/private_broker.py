@@ -16,6 +16,7 @@ skips (CI installs RabbitMQ and runs as root).
 from __future__ import annotations
 
 import os
+import random
 import select
 import shutil
 import signal
@@ -46,9 +47,28 @@ def _tool(name: str) -> str:
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port free now, below the kernel's range for outgoing connections: the node binds
+    it seconds later (and again after a restart), and a client's connection meanwhile
+    took a port of that range once (the node then failed: could_not_start_listener)."""
+    lowest = ephemeral_ports()[0]
+    for _ in range(1000):
+        port = random.randrange(10_000, lowest)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # someone's: try another
+            return port
+    raise AssertionError(f"no free port between 10000 and {lowest} on 127.0.0.1")
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range of ports for outgoing connections (Linux's default if unread)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 class PrivateBroker:
