@@ -45,8 +45,9 @@ class HandlerPort(Protocol):
 
     def output(self, spores: list[Spore], parent: Spore, agent: str) -> None: ...
 
-    def paging(self) -> Callable[[], Awaitable[None]] | None:
-        """What a handler's send awaits while spores are paged out (None: nothing is)."""
+    def paging(self) -> Callable[..., Awaitable[None]] | None:
+        """What a handler's send awaits while spores are paged out (None: nothing is):
+        ``Intake.paged_in``."""
 
     def on_its_loop(self, call: str) -> None:
         """Refuse ``call`` off the organism's event loop (``Ingress.on_its_loop``)."""
@@ -82,9 +83,9 @@ class RunPort:
                   agent: str) -> Spore:
         return await self._ingress.request(spore, timeout, parent=parent, agent=agent)
 
-    def paging(self) -> Callable[[], Awaitable[None]] | None:
+    def paging(self) -> Callable[..., Awaitable[None]] | None:
         intake = self._intake
-        return intake.until_paged_in if intake.spill.count else None
+        return intake.paged_in if intake.spill.count else None
 
     @property
     def agents(self) -> Mapping[str, AgentSpec]:
@@ -166,14 +167,8 @@ class Context:
 
     def _awaitable(self, spore: Spore) -> Sent:
         paging = self._organism.paging()
-        return Sent(spore, None if paging is None else partial(self._paged, paging))
-
-    async def _paged(self, paging: Callable[[], Awaitable[None]]) -> None:
-        """Wait, the slot lent, while spores are paged out. Only the handler's own task
-        waits: another (each of the sends ``asyncio.gather`` awaits at once) returns at
-        once, since waiting in it could hold the slot the spores paged out need."""
-        if self._agent.lane.serving():
-            await self._lent(paging())
+        return Sent(spore, None if paging is None
+                    else partial(paging, self._agent.lane, self._lent))
 
     def send(self, to: str, knowledge: dict[str, Any], *,
              spore_type: SporeType = SporeType.KNOWLEDGE, priority: int | None = None,

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 from sporeflow.config.errors import OrganismStateError
 from sporeflow.config.model import DEFAULT_CAPACITY
@@ -229,7 +230,9 @@ class Intake:
             if not self.spill.count:
                 self._paged_in.set()
 
-    async def paged_in(self, lane: AgentLane) -> None:
+    async def paged_in(self, lane: AgentLane,
+                       lend: Callable[[Awaitable[Any]], Awaitable[Any]] | None = None,
+                       ) -> None:
         """Return once nothing is paged out, ``lane``'s slot lent meanwhile: a handler
         that makes more than memory holds (a stream, a loop of sends) waits here after
         each item, so that it cannot fill the disk alone; its slot serves others.
@@ -237,15 +240,11 @@ class Intake:
         Only the handler's own task waits: another (a task it made, each of the sends
         ``asyncio.gather`` awaits at once) holds no slot to lend, and lending one would
         run the agent past its ``concurrency``; waiting without lending could hold the
-        slot the spores paged out need. Its spore is sent already: it returns at once."""
+        slot the spores paged out need. Its spore is sent already: it returns at once.
+        ``lend`` lends the slot meanwhile: a handler's ``Context``, which lends it once for
+        its requests and this wait together; by default the lane's ``lent_while``."""
         if self.spill.count and lane.serving():
-            await lane.lent_while(self.until_paged_in())
-
-    async def until_paged_in(self) -> None:
-        """Return once nothing is paged out; what lends the waiter's slot is its caller's
-        (``paged_in``, a handler's ``Context``)."""
-        if self.spill.count:
-            await self._paged_in.wait()
+            await (lend or lane.lent_while)(self._paged_in.wait())
 
     @property
     def closed(self) -> bool:
