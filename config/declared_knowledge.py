@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sporeflow.config.errors import Problem
-from sporeflow.config.json_shape import first_not_json
+from sporeflow.config.json_shape import first_not_json, lone_surrogate
 from sporeflow.config.limits import limits_of
 from sporeflow.config.model import Limits
 from sporeflow.config.positions import Located
@@ -63,6 +63,9 @@ def _not_json(knowledge: dict[str, Any], path: DataPath) -> tuple[DataPath, str]
     if found is None:
         return None
     where, bad = (*path, *found.parts), found.value
+    if found.text:
+        return where, (f"has the key {shown(bad, 40)}, which holds " if found.key
+                       else "holds ") + lone_surrogate(bad)
     if found.key:
         return where, (f"has the key {shown(bad, 40)}, {with_article(type(bad).__name__)}: "
                        f"JSON keys are text; quote it")

@@ -35,6 +35,11 @@ def syntax_problem(exc: yaml.MarkedYAMLError, text: str, file: str) -> Problem:
     if here == "\t" or "'\\t'" in what:
         return problem((line, column), "a tab character; YAML indents with spaces only: "
                                        "replace the tab with spaces")
+    if "quoted scalar" in what and "escape" in (exc.problem or ""):
+        # "\ud800", "\q": the string is closed, one of its escapes is not YAML's.
+        return problem((line, column), f"{exc.problem} in this double-quoted string; write "
+                                       f"the character itself, or quote the text with ' "
+                                       f"(where \\ is no escape)")
     if "quoted scalar" in what and opened is not None:
         quote = _char(lines, *opened) or "quote"
         return problem(opened, f"the string opened by {quote} here is never closed; add the "

@@ -10,7 +10,12 @@ from typing import Any
 from aiostream import pipable_operator, streamcontext
 
 from sporeflow.config.errors import LimitExceeded, SporeError
-from sporeflow.config.json_shape import JSON_SCALARS, first_not_json
+from sporeflow.config.json_shape import (
+    JSON_SCALARS,
+    first_not_json,
+    lone_surrogate,
+    utf8_writable,
+)
 from sporeflow.config.model import Limits
 from sporeflow.config.reasons import reason_of
 from sporeflow.config.schemas import field_path
@@ -144,7 +149,9 @@ def check_spore(spore: Any, limits: Limits, *, built: bool = False) -> None:
               and (correlation_id is None or (correlation_id.__class__ is str and 0 < len(
                   correlation_id) <= MAX_LINEAGE_ID_LENGTH))
               and (not spore.knowledge_references or _strings(spore.knowledge_references))
-              and (not spore.data_references or _strings(spore.data_references)))
+              and (not spore.data_references or _strings(spore.data_references))
+              # From a broker or a file: its names and ids are text UTF-8 can write.
+              and _texts_writable(spore))
     if not ok:
         _explain(spore, limits)
     _check_size(spore, limits)
@@ -167,6 +174,21 @@ def json_size_bound(spore: Spore, max_depth: int, budget: int) -> int | None:
 
 def _strings(values: object) -> bool:
     return type(values) is tuple and all(type(v) is str for v in values)
+
+
+_TEXT_FIELDS = ("id", "from_agent", "to_agent", "channel", "reply_to", "thread_id",
+                "causation_id", "correlation_id")
+
+
+def _texts_writable(spore: Spore) -> bool:
+    """Whether UTF-8 can write every name and id of ``spore`` (what is no text is told
+    by ``_explain``). ASCII, as ids and names almost always are, needs no more test."""
+    for value in (spore.id, spore.from_agent, spore.to_agent, spore.channel, spore.reply_to,
+                  spore.thread_id, spore.causation_id, spore.correlation_id,
+                  *spore.knowledge_references, *spore.data_references):
+        if value.__class__ is str and not value.isascii() and not utf8_writable(value):
+            return False
+    return True
 
 
 def _explain(spore: Spore, limits: Limits) -> None:
@@ -217,6 +239,11 @@ def _explain(spore: Spore, limits: Limits) -> None:
         value = getattr(spore, name)
         if value and not _strings(value):
             raise SporeError(f"{name} must be a tuple of strings, got {shown(value, 80)}")
+    for name in (*_TEXT_FIELDS, "knowledge_references", "data_references"):
+        value = getattr(spore, name)
+        for text in value if isinstance(value, tuple) else (value,):
+            if type(text) is str and not utf8_writable(text):
+                raise SporeError(f"{name} {shown(text, 80)} holds {lone_surrogate(text)}")
 
 
 def _check_size(spore: Spore, limits: Limits) -> None:
@@ -317,6 +344,9 @@ def _not_json(value: Any, root: str, depth: int) -> str | None:
     if found is None:
         return None
     where, bad = field_path(found.parts, root=root), found.value
+    if found.text:
+        return (f"{where} has the key {shown(bad, _SHOWN)}, which holds " if found.key
+                else f"{where} holds text with ") + lone_surrogate(bad)
     if found.key:
         return (f"{where} has the key {shown(bad, _SHOWN)}, "
                 f"{with_article(type(bad).__name__)}: knowledge keys must be strings")
@@ -360,8 +390,12 @@ def _check_name(field: str, value: object) -> None:
 def _string_bytes(text: str) -> int:
     """The exact UTF-8 size of ``text`` as a JSON string, quotes included, as
     ``Spore.to_json`` writes it (``ensure_ascii=False``): two C passes over its bytes
-    (escaping in Python, or ``str.isprintable``, cost several times more)."""
-    data = text.encode("utf-8", "surrogatepass")
+    (escaping in Python, or ``str.isprintable``, cost several times more). Text UTF-8
+    cannot write (a lone surrogate) is refused."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _unwritable() from None
     escaped = data.translate(None, _UNESCAPED)  # what JSON escapes: " \ and controls
     if not escaped:
         return len(data) + 2
@@ -386,11 +420,21 @@ def _bound(value: Any, max_depth: int, depth: int, short: int, budget: int) -> i
             if key.__class__ is not str:
                 raise SporeError(f"knowledge keys must be strings, got {shown(key, 40)}")
             size = len(key)  # with its quotes, a colon and a comma
-            total += size * _STRING_GROWTH + 4 if size <= short else _string_bytes(key) + 2
+            if size > short:
+                total += _string_bytes(key) + 2
+            elif key.isascii() or utf8_writable(key):
+                total += size * _STRING_GROWTH + 4
+            else:
+                raise _unwritable()
             kind = item.__class__
             if kind is str:
                 size = len(item)
-                total += size * _STRING_GROWTH + 2 if size <= short else _string_bytes(item)
+                if size > short:
+                    total += _string_bytes(item)
+                elif item.isascii() or utf8_writable(item):
+                    total += size * _STRING_GROWTH + 2
+                else:
+                    raise _unwritable()
             elif kind is int:
                 total += 24 if -_BIG_INT < item < _BIG_INT else len(str(item))
             elif kind is bool or item is None or (kind is float and isfinite(item)):
@@ -410,7 +454,12 @@ def _bound(value: Any, max_depth: int, depth: int, short: int, budget: int) -> i
             kind = item.__class__
             if kind is str:
                 size = len(item)
-                total += size * _STRING_GROWTH + 3 if size <= short else _string_bytes(item) + 1
+                if size > short:
+                    total += _string_bytes(item) + 1
+                elif item.isascii() or utf8_writable(item):
+                    total += size * _STRING_GROWTH + 3
+                else:
+                    raise _unwritable()
             elif kind is int:
                 total += 25 if -_BIG_INT < item < _BIG_INT else len(str(item)) + 1
             elif kind is bool or item is None or (kind is float and isfinite(item)):
@@ -421,6 +470,12 @@ def _bound(value: Any, max_depth: int, depth: int, short: int, budget: int) -> i
                 raise _Over
         return total
     return _odd_scalar(value)
+
+
+def _unwritable() -> SporeError:
+    """Text UTF-8 cannot write, found by a walk that knows no place: ``_check_size``
+    finds it again with ``first_not_json`` to name it."""
+    return SporeError("knowledge holds text with a lone surrogate, which UTF-8 cannot write")
 
 
 def _odd_scalar(value: Any) -> int:

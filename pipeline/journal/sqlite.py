@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sporeflow.config import SporeError, SporeflowError
+from sporeflow.config.json_shape import writable_json
 from sporeflow.pipeline.core.deadletters import DeadLetter, StoredDeadLetter, spore_form
 from sporeflow.pipeline.core.privatefiles import make_folder, open_private
 from sporeflow.steps import Spore
@@ -223,7 +224,9 @@ NOT_JSON = (TypeError, ValueError, RecursionError)
 
 
 def to_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    # SQLite takes text as UTF-8: a lone surrogate (which validation refuses, after the
+    # journal kept what a handler returned) is written escaped, never a failed commit.
+    return writable_json(value, separators=(",", ":"), allow_nan=False)
 
 
 def spores_json(spores: Iterable[Spore]) -> str:

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from sporeflow.config import OrganismSpec, SporeflowError, did_you_mean
+from sporeflow.config.json_shape import writable_json
 from sporeflow.config.reasons import UnknownReason
 from sporeflow.pipeline.core.deadletters import (
     LetterChoice,
@@ -197,7 +198,7 @@ class _Routes:
     def json(self, data: Any, status: int = 200,
              headers: dict[str, str] | None = None) -> web.Response:
         """``data`` as JSON, masked: a spore or an error may quote the organism's secrets."""
-        text = self.organism.masker.mask(json.dumps(data, default=str, ensure_ascii=False))
+        text = self.organism.masker.mask(writable_json(data, default=str))
         return web.Response(status=status, text=text, content_type="application/json",
                             headers=headers)
 

@@ -3,10 +3,10 @@ JSON line each becomes."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from sporeflow.config.json_shape import writable_json
 from sporeflow.pipeline.observe.events import (
     Event,
     SporeAdmitted,
@@ -60,4 +60,4 @@ def event_line(event: Event, *, knowledge: bool = True) -> str:
     fields = event.to_dict()
     if not knowledge and isinstance(fields.get("spore"), dict):
         fields["spore"] = {k: v for k, v in fields["spore"].items() if k != "knowledge"}
-    return json.dumps(fields, default=str, ensure_ascii=False)
+    return writable_json(fields, default=str)
