@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -49,6 +48,7 @@ from sporeflow.pipeline.core.ingress import OUTSIDE_SENDERS, Ingress
 from sporeflow.pipeline.core.latency import LatencyHistogram
 from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.core.lifecycle import State
+from sporeflow.pipeline.core.outbox import Outbox
 from sporeflow.pipeline.core.recent import RecentNames
 from sporeflow.pipeline.core.requests import RequestBook
 from sporeflow.pipeline.core.run import Run
@@ -108,7 +108,7 @@ class Organism(OutsideApi):
         self.tracer = make_tracer(tracing, self.masker)  # None: no span, no per-spore cost
         self._journal = open_journal(journal if journal is not None else spec.journal)
         self.dead_letters = DeadLetterStore.within(spec.limits)
-        self.outbox: deque[Spore] = deque(maxlen=10_000)
+        self.outbox = Outbox(spec.limits)  # bounded in bytes too: see core.outbox
         self._outside_listeners: list[Callable[[Spore], None]] = []
         self._outside = RecentNames(OUTSIDE_SENDERS, cap=spec.limits.max_outside_senders)
         self._requests = RequestBook()

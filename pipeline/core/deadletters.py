@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from sporeflow.config import Limits, SporeflowError, redact_text
 from sporeflow.config.reasons import SENDERS_MISTAKES, Reason, did_you_mean, reason_named
 from sporeflow.config.words import shown
+from sporeflow.pipeline.core.outbox import spore_weight
 from sporeflow.steps import Spore, json_size_bound, redelivery
 
 __all__ = ["URL_PASSWORDS", "DeadLetter", "DeadLetterStore", "LetterChoice", "Masker",
@@ -265,10 +266,8 @@ class DeadLetterStore:
 
     def _weigh(self, letter: DeadLetter) -> int:
         assert self.max_bytes is not None
-        size = json_size_bound(letter.spore, self.limits.max_depth, self.max_bytes)
-        if size is None:  # no JSON, or too deep to walk: as much as a spore may be
-            size = min(self.limits.max_spore_bytes, self.max_bytes)
-        return size + len(letter.error) + len(letter.traceback or "")
+        return (spore_weight(letter.spore, self.limits, self.max_bytes) + len(letter.error)
+                + len(letter.traceback or ""))
 
     def _evict(self) -> None:
         letters = self._letters

@@ -169,16 +169,17 @@ class Ingress:
         ``confirm``: as :meth:`enter`."""
         if self.refusal is not None:
             raise self.refusal
-        outside = self._senders_with(spore.from_agent)
-        self.screen(spore, outside)
+        self.screen(spore, self._senders_with(spore.from_agent))
         if whole:
-            self._deliverable(spore, outside)
+            self._deliverable(spore)
         self._remember(spore.from_agent)
         return self.enter(spore, admit_within=admit_within, confirm=confirm)
 
-    def _deliverable(self, spore: Spore, outside: Container[str]) -> None:
+    def _deliverable(self, spore: Spore) -> None:
         wiring = self._cell.current
-        refusal = unroutable(wiring.table, spore, outside=outside)
+        # As for send: what comes from outside goes to an agent, never straight back out
+        # (an outside sender's name is no recipient: it would only fill the outbox).
+        refusal = unroutable(wiring.table, spore)
         if refusal is not None:
             raise refusal
         check = wiring.schemas.get(spore.to_agent) if spore.to_agent is not None else None

@@ -18,7 +18,7 @@ empty-list test per settlement and nothing more.
 from __future__ import annotations
 
 import logging
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -35,6 +35,7 @@ from sporeflow.pipeline.core.deadletters import (
 )
 from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.logfields import describe_error, spore_fields
+from sporeflow.pipeline.core.outbox import Outbox
 from sporeflow.pipeline.core.requests import RequestBook
 from sporeflow.pipeline.core.wiring import WiringSnapshot
 from sporeflow.steps import Spore, SporeType
@@ -128,7 +129,7 @@ class Ledger:
     def __init__(self, *, intake: Intake, dead_letters: DeadLetterStore,
                  requests: RequestBook, wiring: Callable[[], WiringSnapshot],
                  logger: logging.Logger, now: Callable[[], datetime],
-                 outbox: deque[Spore], listeners: list[Callable[[Spore], None]],
+                 outbox: Outbox, listeners: list[Callable[[Spore], None]],
                  masker: Masker = URL_PASSWORDS) -> None:
         self.intake = intake
         # The organism's secrets: masked in every failure's text, before a hook sees it.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -19,6 +18,7 @@ from sporeflow.pipeline.core.deadletters import URL_PASSWORDS, DeadLetterStore, 
 from sporeflow.pipeline.core.ingress import Ingress
 from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.ledger import Ledger
+from sporeflow.pipeline.core.outbox import Outbox
 from sporeflow.pipeline.core.recent import RecentNames
 from sporeflow.pipeline.core.requests import RequestBook
 from sporeflow.pipeline.core.wiring import WiringCell
@@ -31,7 +31,7 @@ __all__ = ["Run"]
 class Run:
     def __init__(self, *, spec: OrganismSpec, dead_letters: DeadLetterStore,
                  requests: RequestBook, wiring: WiringCell,
-                 logger: logging.Logger, now: Callable[[], datetime], outbox: deque[Spore],
+                 logger: logging.Logger, now: Callable[[], datetime], outbox: Outbox,
                  listeners: list[Callable[[Spore], None]],
                  outside: RecentNames, running: Callable[[], bool],
                  masker: Masker = URL_PASSWORDS) -> None:
