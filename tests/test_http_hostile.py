@@ -4,15 +4,22 @@ endpoint's guard), with the request that found it."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from sporeflow.pipeline import Organism, Spore
 from sporeflow.pipeline.core.outbox import Outbox
+from sporeflow.pipeline.service.control import control_app
 
-from .test_http_ingress import TOKEN, TOKEN_ENV, organism_with_api, post, serving
+from .test_http_ingress import AUTH, TOKEN, TOKEN_ENV, organism_with_api, post, serving
+
+
+async def echo(spore: Spore, ctx: Any) -> dict[str, Any]:
+    return {"echo": spore.knowledge}
 
 
 @pytest.fixture(autouse=True)
@@ -59,3 +66,38 @@ async def test_the_organisms_outbox_is_that_bounded_one() -> None:
         await organism.send("back", {"n": 1}, sender="tester")
         await organism.idle()
     assert [spore.knowledge for spore in organism.outbox] == [{"n": 1}]
+
+
+async def test_a_body_that_does_not_decode_as_its_content_encoding_is_400(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Found: 500 {"error": "internal"} and an ERROR with the traceback of
+    # ContentEncodingError; README promises a 400 and never a 5xx for a client's mistake.
+    organism = organism_with_api(tmp_path, {})
+    async with serving(organism) as (session, url):
+        async with session.post(f"{url}/spores", data=b'{"knowledge": {}}',
+                                headers={**AUTH, "Content-Encoding": "gzip"}) as answer:
+            assert answer.status == 400
+            said = await answer.text()
+        async with session.post(f"{url}/spores", json={"to": "echo", "knowledge": {}},
+                                headers=AUTH) as answer:
+            assert answer.status == 202  # and the source goes on
+    assert "Content-Encoding" in said
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_the_control_endpoint_answers_400_to_such_a_body_too() -> None:
+    organism = Organism.from_dict({"organism": {"name": "ctl"},
+                                   "agents": {"echo": {"handler": echo}}})
+    async with organism.running(drain_timeout=5):
+        client: TestClient[Any, Any] = TestClient(TestServer(control_app(organism)))
+        await client.start_server()
+        try:
+            answer = await client.post("/v1/send", data=b'{"to": "echo", "knowledge": {}}',
+                                       headers={"Content-Encoding": "gzip",
+                                                "Content-Type": "application/json"})
+            assert answer.status == 400  # found: 500 "Server got itself in trouble"
+            assert answer.headers["Connection"] == "close"
+            again = await client.post("/v1/send", json={"to": "echo", "knowledge": {}})
+            assert again.status == 200
+        finally:
+            await client.close()

@@ -23,6 +23,7 @@ import hmac
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from aiohttp import web
@@ -31,8 +32,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from sporeflow.config.reasons import Reason
 
 __all__ = ["BEARER_CHALLENGE", "BODY_TIMEOUT", "IDLE_TIMEOUT", "MAX_CONNECTIONS", "BoundedSite",
-           "ClientErrorLog", "app_runner", "bearer_token", "error_response", "json_body",
-           "read_body", "refusal_status", "token_matches"]
+           "ClientErrorLog", "app_runner", "application", "bearer_token", "error_response",
+           "json_body", "read_body", "refusal_status", "token_matches"]
 
 IDLE_TIMEOUT = 15.0  # seconds a connection may go without a whole request head
 BODY_TIMEOUT = 30.0  # seconds a request's body may take to arrive (408 past them)
@@ -97,6 +98,40 @@ async def read_body(request: web.Request) -> bytes:
     except TimeoutError:
         raise web.HTTPRequestTimeout(
             reason=f"the body did not arrive within {BODY_TIMEOUT:g} s") from None
+    except (web.RequestPayloadError, HttpProcessingError) as exc:
+        # A Content-Encoding the body does not decode as, a chunk cut short: the client's.
+        # The body is at its end for us: else aiohttp reads on after the answer (to keep
+        # the connection), meets the same error and logs it as a failure of ours. The
+        # connection closes after the answer (_close_after_unreadable_body).
+        request.content.feed_eof()
+        cause = exc.__cause__ or exc
+        raise web.HTTPBadRequest(reason=f"the body could not be read as sent "
+                                        f"({_reason_text(cause)}); check its "
+                                        f"Content-Encoding and length") from None
+
+
+def application(*, client_max_size: int, middlewares: Sequence[Any]) -> web.Application:
+    """An aiohttp application of sporeflow's (the HTTP ingress, the control endpoint):
+    a connection whose body could not be read closes after its answer."""
+    app = web.Application(client_max_size=client_max_size, middlewares=middlewares)
+    app.on_response_prepare.append(_close_after_unreadable_body)
+    return app
+
+
+async def _close_after_unreadable_body(request: web.Request,
+                                       response: web.StreamResponse) -> None:
+    """A body that could not be read (``read_body``'s 400) leaves the connection in no
+    state for another request: it closes once the answer is out."""
+    if request.content.exception() is not None:
+        response.force_close()
+        response.headers["Connection"] = "close"  # its headers are made: say it too
+
+
+def _reason_text(error: BaseException) -> str:
+    """``error`` as one short line fit for an HTTP reason phrase."""
+    text = " ".join(f"{type(error).__name__}: {getattr(error, 'message', None) or error}"
+                    .split())
+    return text[:_SHORT]
 
 
 def _no_constant(name: str) -> NoReturn:

@@ -49,6 +49,7 @@ from sporeflow.pipeline.core.deadletters import (
 )
 from sporeflow.pipeline.core.http_serving import (
     BEARER_CHALLENGE,
+    application,
     bearer_token,
     error_response,
     json_body,
@@ -97,7 +98,7 @@ def control_app(organism: ControlOrganism, *,
                 trace: TraceWindow | None = None) -> web.Application:
     """The API's routes over ``organism``; ``on_reload`` hears of each reload done here;
     ``trace``: the window the trace route reads (None: one is made and attached)."""
-    app = web.Application(middlewares=[*middlewares, _errors], client_max_size=_MAX_BODY)
+    app = application(middlewares=[*middlewares, _errors], client_max_size=_MAX_BODY)
     if trace is None:
         trace = TraceWindow()
         organism.add_hook(trace)

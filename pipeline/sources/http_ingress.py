@@ -46,6 +46,7 @@ from sporeflow.pipeline.core.http_serving import (
     BEARER_CHALLENGE,
     BoundedSite,
     app_runner,
+    application,
     bearer_token,
     error_response,
     json_body,
@@ -99,7 +100,7 @@ class HttpIngress(Source):
     # -- the source's life -------------------------------------------------------------
 
     async def open(self) -> None:
-        app = web.Application(client_max_size=self.max_bytes, middlewares=[self._answers])
+        app = application(client_max_size=self.max_bytes, middlewares=[self._answers])
         app.router.add_post("/spores", self._spores)
         app.router.add_post("/requests", self._requests)
         app.router.add_get("/openapi.json", self._openapi)
