@@ -4,16 +4,21 @@ endpoint's guard), with the request that found it."""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from sporeflow.pipeline import Organism, Spore
 from sporeflow.pipeline.core.outbox import Outbox
+from sporeflow.pipeline.service.address import ControlAddress
 from sporeflow.pipeline.service.control import control_app
+from sporeflow.pipeline.service.server import ControlServer
 
 from .test_http_ingress import AUTH, TOKEN, TOKEN_ENV, organism_with_api, post, serving
 
@@ -101,3 +106,76 @@ async def test_the_control_endpoint_answers_400_to_such_a_body_too() -> None:
             assert again.status == 200
         finally:
             await client.close()
+
+
+# -- a page of another site (CSRF, DNS rebinding) ----------------------------------------
+
+_SEND = {"to": "echo", "knowledge": {"csrf": "from-another-origin"}}
+
+
+@pytest.fixture
+async def control_port(tmp_path: Path) -> AsyncIterator[tuple[Organism, str, str]]:
+    """A running organism's --control-http endpoint: its base URL and its token."""
+    organism = Organism.from_dict({"organism": {"name": "ctl"},
+                                   "agents": {"echo": {"handler": echo}}})
+    (tmp_path / "run").mkdir(mode=0o700)
+    address = ControlAddress.of(tmp_path / "organism.yaml", "ctl", folder=tmp_path / "run")
+    async with organism.running(drain_timeout=5), ControlServer(
+            organism, tmp_path / "organism.yaml", http_port=0, echo=lambda line: None,
+            quiet=True, address=address) as server:
+        assert server.url is not None
+        token = (tmp_path / "run").glob("*token*")
+        yield organism, server.url.split("/v1/")[0], next(token).read_text().strip()
+
+
+@pytest.mark.parametrize(("headers", "why"), [
+    ({"Sec-Fetch-Site": "same-site"}, "Sec-Fetch-Site: same-site"),  # another port
+    ({"Sec-Fetch-Site": "cross-site"}, "Sec-Fetch-Site: cross-site"),
+    ({"Origin": "http://127.0.0.1:18099"}, "'http://127.0.0.1:18099'"),
+    ({"Origin": "null"}, "'null'"),
+    ({"Host": "evil.test:8787"}, "Host 'evil.test:8787'"),
+])
+async def test_the_control_endpoint_refuses_a_page_of_another_site_its_cookie_or_not(
+        control_port: tuple[Organism, str, str], headers: dict[str, str], why: str) -> None:
+    # Found: a page on another port of 127.0.0.1 posted text/plain to /v1/send with the
+    # dashboard's cookie (SameSite=Strict does not tell ports apart) and it was delivered;
+    # /v1/dead-letters/purge alike.
+    organism, base, token = control_port
+    # unsafe: keep cookies of an IP address, as a browser does
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.get(f"{base}/v1/?token={token}") as answer:  # the cookie is set
+            assert answer.status == 200
+        async with session.post(f"{base}/v1/send", data=json.dumps(_SEND),
+                                headers={"Content-Type": "text/plain", **headers}) as answer:
+            assert answer.status == 403
+            said = (await answer.json())["message"]
+        assert why in said
+        async with session.post(f"{base}/v1/send", json=_SEND,  # its own page: still fine
+                                headers={"Origin": base, "Sec-Fetch-Site": "same-origin"}
+                                ) as answer:
+            assert answer.status == 200
+        async with session.post(f"{base}/v1/send", json=_SEND,  # a program, the header
+                                headers={"Authorization": f"Bearer {token}"}) as answer:
+            assert answer.status == 200
+    assert organism.stats()["agents"]["echo"]["handled"] == 2
+
+
+async def test_an_insecure_loopback_ingress_refuses_a_page_of_another_site(
+        tmp_path: Path) -> None:
+    # Found: a page on http://evil.test (resolving to 127.0.0.1) posted a text/plain spore
+    # to an `insecure: true` ingress, which took it.
+    organism = Organism.from_dict({
+        "agents": {"echo": {"handler": echo}},
+        "sources": {"api": {"kind": "http", "port": 0, "insecure": True, "to": "echo"}},
+    }, base_dir=tmp_path)
+    async with organism.running(drain_timeout=5), aiohttp.ClientSession() as session:
+        url = organism.sources.addresses()["api"]
+        for headers in ({"Host": "evil.test"}, {"Origin": "http://evil.test"},
+                        {"Sec-Fetch-Site": "cross-site"}):
+            async with session.post(f"{url}/spores", data=b'{"knowledge": {}}',
+                                    headers={"Content-Type": "text/plain", **headers}
+                                    ) as answer:
+                assert answer.status == 403, headers
+        async with session.post(f"{url}/spores", json={"knowledge": {}}) as answer:
+            assert answer.status == 202  # curl, a service
+    assert organism.stats()["agents"]["echo"]["received"] <= 1

@@ -24,7 +24,7 @@ from .conformance.harness import wait_for
 
 BACKSTOP = 10.0
 # A NUL in a header value: aiohttp's parser refuses it before any route or token check.
-MALFORMED = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n"
+MALFORMED = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Bad: a\x00b\r\n\r\n"
 SAID = "malformed HTTP request from 127.0.0.1, answered 400: Invalid header value char"
 
 
@@ -100,7 +100,7 @@ def test_a_failure_of_the_server_itself_keeps_its_traceback(
 
 # -- clients cannot hold a server's resources ------------------------------------------
 
-HEALTH = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+HEALTH = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 @contextlib.asynccontextmanager
@@ -135,7 +135,7 @@ async def test_a_connection_that_never_finishes_its_request_is_closed(
     monkeypatch.setattr(http_serving, "IDLE_TIMEOUT", 0.2)
     async with serving(port, tmp_path) as (host, number):
         reader, writer = await asyncio.open_connection(host, number)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
         await writer.drain()
         assert await asyncio.wait_for(reader.read(), BACKSTOP) == b""  # closed by the server
         writer.close()
@@ -180,7 +180,7 @@ async def test_a_body_that_does_not_arrive_in_time_is_answered_408_and_closed(
     async with serving("ingress", tmp_path) as (host, number):
         reader, writer = await asyncio.open_connection(host, number)
         try:
-            writer.write(b"POST /spores HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            writer.write(b"POST /spores HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
                          b"\r\nContent-Length: 100\r\n\r\n{")
             await writer.drain()
             answer = await asyncio.wait_for(reader.read(), BACKSTOP)  # to the server's close
@@ -199,7 +199,7 @@ async def test_a_client_leaving_before_its_body_arrived_is_no_failure_of_the_ser
     async with organism.running(drain_timeout=BACKSTOP):
         host, number = host_port(organism.sources.addresses()["api"])
         _, writer = await asyncio.open_connection(host, number)
-        writer.write(b"POST /spores HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+        writer.write(b"POST /spores HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
                      b"\r\nContent-Length: 100\r\n\r\n{")
         await writer.drain()
         writer.close()

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sporeflow.pipeline.core.cross_site import cross_site_guard
 from sporeflow.pipeline.core.http_serving import BoundedSite, app_runner
 from sporeflow.pipeline.core.privatefiles import open_private
 from sporeflow.pipeline.observe.lineage import TraceWindow
@@ -111,8 +112,9 @@ class ControlServer:
 
     async def _serve_http(self, port: int) -> None:
         token, told = self._token()
-        guard = token_guard(token)
-        app = control_app(self.organism, on_reload=self.on_reload, middlewares=(guard,),
+        # A page of another site is refused first: the token cookie must not speak for it.
+        guards = (cross_site_guard(self.http_host), token_guard(token))
+        app = control_app(self.organism, on_reload=self.on_reload, middlewares=guards,
                           trace=self.trace)
         mounted = self._mount_dashboard(app) if self.dashboard else False
         try:

@@ -42,6 +42,7 @@ from sporeflow.config import (
     reason_of,
 )
 from sporeflow.config.sources import HttpSource
+from sporeflow.pipeline.core.cross_site import cross_site_guard
 from sporeflow.pipeline.core.http_serving import (
     BEARER_CHALLENGE,
     BoundedSite,
@@ -100,7 +101,8 @@ class HttpIngress(Source):
     # -- the source's life -------------------------------------------------------------
 
     async def open(self) -> None:
-        app = application(client_max_size=self.max_bytes, middlewares=[self._answers])
+        app = application(client_max_size=self.max_bytes,
+                          middlewares=[self._answers, cross_site_guard(self.spec.host)])
         app.router.add_post("/spores", self._spores)
         app.router.add_post("/requests", self._requests)
         app.router.add_get("/openapi.json", self._openapi)
