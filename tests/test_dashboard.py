@@ -8,6 +8,7 @@ token guard are the real ones.
 from __future__ import annotations
 
 import asyncio
+import logging
 import textwrap
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable
@@ -399,6 +400,24 @@ async def test_the_token_opens_the_page_once_and_a_cookie_carries_it_on(
         assert (await client.get("/dashboard/api/state")).status == 200
     finally:
         await client.close()
+
+
+async def test_the_redirect_keeps_the_query_as_it_came(running: Organism,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    # Found by an attacker: the redirect wrote the decoded query into Location, so
+    # ?a=%0D%0ASet-Cookie:... was a line break in a header (aiohttp refused it: an empty
+    # answer and an ERROR with a traceback) and %2523 came back as %23.
+    client = await client_for(running, token="s3cret-token")
+    try:
+        answer = await client.get("/?token=s3cret-token&a=%0D%0ASet-Cookie:x=1&b=%2523",
+                                  allow_redirects=False)
+        assert answer.status == 302
+        assert answer.headers["Location"] == (
+            "/dashboard/?token=s3cret-token&a=%0D%0ASet-Cookie:x=1&b=%2523")
+        assert "x" not in answer.cookies
+    finally:
+        await client.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_it_mounts_on_a_bare_app_and_answers_while_spores_flow(

@@ -179,3 +179,20 @@ async def test_an_insecure_loopback_ingress_refuses_a_page_of_another_site(
         async with session.post(f"{url}/spores", json={"knowledge": {}}) as answer:
             assert answer.status == 202  # curl, a service
     assert organism.stats()["agents"]["echo"]["received"] <= 1
+
+
+@pytest.mark.parametrize("buffer", ["99999999999999999999", "1000000000000000", "0", "-1", "x"])
+async def test_an_event_stream_buffer_past_its_bound_is_400(buffer: str) -> None:
+    # Found: ?buffer=99999999999999999999 was a 500 (OverflowError in deque(maxlen=));
+    # 10**15 was taken, so a follower reading slowly held every event and its spore.
+    organism = Organism.from_dict({"organism": {"name": "ctl"},
+                                   "agents": {"echo": {"handler": echo}}})
+    async with organism.running(drain_timeout=5):
+        client: TestClient[Any, Any] = TestClient(TestServer(control_app(organism)))
+        await client.start_server()
+        try:
+            answer = await client.get("/v1/events", params={"buffer": buffer})
+            assert answer.status == 400
+            assert "from 1 to 100,000" in (await answer.json())["message"]
+        finally:
+            await client.close()

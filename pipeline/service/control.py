@@ -170,6 +170,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             f"at GET /v1/"))
 
 
+_MAX_BUFFER = 100_000  # events a slow follower may have waiting (?buffer=)
+
+
 class _BadRequest(Exception):
     pass
 
@@ -271,9 +274,9 @@ class _Routes:
             buffer = int(request.query.get("buffer", "10000"))
         except ValueError:
             buffer = 0
-        if buffer < 1:
-            raise _BadRequest(f"buffer must be a whole number above 0, got "
-                              f"{request.query.get('buffer')!r}")
+        if not 1 <= buffer <= _MAX_BUFFER:  # each event holds its spore: a bound for memory
+            raise _BadRequest(f"buffer must be a whole number from 1 to {_MAX_BUFFER:,}, got "
+                              f"{request.query.get('buffer', '')[:40]!r}")
         stream = self.organism.events.stream(buffer, accept=accept).open()
         self.streams.add(stream)
         idle = asyncio.ensure_future(self._idle_then_close(stream)) if until_idle else None

@@ -113,7 +113,10 @@ class _Dashboard:
 
     async def redirect(self, request: web.Request) -> web.StreamResponse:
         # Returned, not raised: the token guard then sets its cookie on this answer too.
-        query = f"?{request.query_string}" if request.query_string else ""
+        # As it came, still percent-encoded: decoded, %0d%0a would be a line break in a
+        # header (aiohttp refuses it, with a traceback) and %23 a '#'.
+        raw = request.rel_url.raw_query_string
+        query = f"?{raw}" if raw else ""
         return web.Response(status=302, headers={"Location": f"{PREFIX}/{query}",
                                                  **_SECURITY_HEADERS})
 
