@@ -180,8 +180,8 @@ async def test_a_body_that_does_not_arrive_in_time_is_answered_408_and_closed(
     async with serving("ingress", tmp_path) as (host, number):
         reader, writer = await asyncio.open_connection(host, number)
         try:
-            writer.write(b"POST /spores HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
-                         b"\r\nContent-Length: 100\r\n\r\n{")
+            writer.write(b"POST /spores HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
             await writer.drain()
             answer = await asyncio.wait_for(reader.read(), BACKSTOP)  # to the server's close
         finally:
@@ -199,8 +199,8 @@ async def test_a_client_leaving_before_its_body_arrived_is_no_failure_of_the_ser
     async with organism.running(drain_timeout=BACKSTOP):
         host, number = host_port(organism.sources.addresses()["api"])
         _, writer = await asyncio.open_connection(host, number)
-        writer.write(b"POST /spores HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
-                     b"\r\nContent-Length: 100\r\n\r\n{")
+        writer.write(b"POST /spores HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
         await writer.drain()
         writer.close()
         await writer.wait_closed()
