@@ -200,7 +200,11 @@ def _explain(spore: Spore, limits: Limits) -> None:
         raise SporeError(f"spore_type {shown(spore.spore_type, 40)} is not a SporeType; use one of "
                          f"{', '.join('SporeType.' + t.name for t in SporeType)}")
     priority = spore.priority
-    if type(priority) is not int or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+    if type(priority) is not int:  # a limit, as out of range is (its reason, its class)
+        raise LimitExceeded(f"priority must be a whole number from {PRIORITY_MIN} to "
+                            f"{PRIORITY_MAX}, got {shown(priority, 40)} (a "
+                            f"{type(priority).__name__})")
+    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise LimitExceeded(
             f"priority {shown(priority, 40)} is out of range; use {PRIORITY_MIN}..{PRIORITY_MAX}")
     hops = spore.hops

@@ -196,3 +196,32 @@ async def test_an_event_stream_buffer_past_its_bound_is_400(buffer: str) -> None
             assert "from 1 to 100,000" in (await answer.json())["message"]
         finally:
             await client.close()
+
+
+async def test_a_priority_written_5_point_0_is_5_as_the_openapi_document_says(
+        tmp_path: Path) -> None:
+    # Found: 422 "priority 5.0 is out of range; use 1..10": JSON Schema, which the ingress
+    # publishes, calls 5.0 an integer (schemathesis: ST202).
+    organism = organism_with_api(tmp_path, {})
+    async with serving(organism) as (session, url):
+        status, answer, _ = await post(session, f"{url}/spores",
+                                       {"to": "echo", "knowledge": {}, "priority": 5.0})
+        assert status == 202, answer
+        await organism.idle()
+    assert organism.stats()["agents"]["echo"]["handled"] == 1
+
+
+@pytest.mark.parametrize("expires_in", ["0s", "0ms", "0m"])
+async def test_an_expires_in_of_no_time_written_as_a_duration_is_400(
+        tmp_path: Path, expires_in: str) -> None:
+    # Found: "0s" was 202 "admitted: it will be handled", then dead-lettered as expired at
+    # once; the number 0 was a 400 already (the document's exclusiveMinimum).
+    organism = organism_with_api(tmp_path, {})
+    async with serving(organism) as (session, url):
+        status, answer, _ = await post(session, f"{url}/spores",
+                                       {"to": "echo", "knowledge": {}, "expires_in": expires_in})
+        assert status == 400, answer
+        assert "is no time at all" in answer["message"]
+        status, _, _ = await post(session, f"{url}/spores",
+                                  {"to": "echo", "knowledge": {}, "expires_in": "30s"})
+        assert status == 202

@@ -60,7 +60,7 @@ def organism(**agents: Any) -> Organism:
         (lambda o: o.send("sink", {}, priority=0), LimitExceeded,
          r"priority 0 is out of range; use 1..10"),
         (lambda o: o.send("sink", {}, priority="high"), LimitExceeded,
-         r"priority 'high' is out of range"),
+         r"priority must be a whole number from 1 to 10, got 'high' \(a str\)"),
         (lambda o: o.send("sink", {}, sender="x" * 200), SporeError,
          "from_agent must be a non-empty string of at most 128 characters"),
         (lambda o: o.send("sink", {}, channel="c" * 129), SporeError,
@@ -210,9 +210,9 @@ async def test_ctx_sends_breaking_a_limit_are_dead_lettered_and_raised_in_the_ha
         (Spore(knowledge={}, to_agent="sink", priority=-1), "limit exceeded",
          "priority -1 is out of range"),
         (Spore(knowledge={}, to_agent="sink", priority=None), "limit exceeded",  # type: ignore[arg-type]
-         "priority None is out of range"),
+         "priority must be a whole number from 1 to 10, got None (a NoneType)"),
         (Spore(knowledge={}, to_agent="sink", priority="x"), "limit exceeded",  # type: ignore[arg-type]
-         "priority 'x' is out of range"),
+         "priority must be a whole number from 1 to 10, got 'x' (a str)"),
         (Spore(knowledge={}, to_agent="s" * 300), "invalid",
          "to_agent must be a non-empty string of at most 128"),
         (Spore(knowledge={}, to_agent="sink", expires_at=datetime(2000, 1, 1, tzinfo=UTC)),

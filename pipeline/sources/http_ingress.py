@@ -39,6 +39,7 @@ from sporeflow.config import (
     RequestTimeout,
     SchemaViolation,
     SporeError,
+    parse_duration,
     reason_of,
 )
 from sporeflow.config.sources import HttpSource
@@ -75,6 +76,21 @@ _GRACE = 2.0  # seconds open POSTs get to finish when the source stops
 _MAX_PENDING = 1024  # POSTs open at once (waiting for room or a response); more: 429
 _CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
           405: "method_not_allowed", 408: "request_timeout", 413: "too_large"}
+
+
+def _as_documented(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` as the OpenAPI document reads it, where JSON Schema says more than the
+    schema can: 5.0 is the integer 5 (a priority), and an ``expires_in`` written as a
+    duration is above 0, as one written as a number must be."""
+    priority = body.get("priority")
+    if type(priority) is float:  # the schema took it: a whole number
+        body = {**body, "priority": int(priority)}
+    expires_in = body.get("expires_in")
+    if isinstance(expires_in, str) and parse_duration(expires_in) <= 0:
+        raise _Answer(error_response(400, "bad_request", f"body['expires_in']: "
+                                     f"{expires_in[:40]!r} is no time at all: a spore expiring "
+                                     f"at once is never handled; give a duration above 0"))
+    return body
 
 
 class _Answer(Exception):  # noqa: N818  (an early answer, not an error)
@@ -220,7 +236,7 @@ class HttpIngress(Source):
             raise _Answer(error_response(400, "bad_request", f"{where}: {error.message[:300]}; "
                                          f"see GET /openapi.json"))
         assert isinstance(data, dict)
-        return data
+        return _as_documented(data)
 
     def _too_large(self) -> web.Response:
         return error_response(413, "too_large", f"the body is larger than limits.max_spore_bytes "
