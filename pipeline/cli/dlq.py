@@ -253,13 +253,19 @@ def _in_running(ctx: click.Context, organism: Path, explicit: bool, choice: Lett
     path = None if explicit else attached(organism)
     if path is None:
         return None
-    status, answer = call(ctx, path, "GET", "dead-letters", params={
-        "agent": choice.agents, "reason": choice.reasons, "id": choice.ids})
-    if status != 200:
-        refused(ctx, answer)
-    if answer.get("brokered") or (for_good and answer.get("journal")):
-        return None
-    return path, [_stored(data) for data in answer["letters"]], answer.get("journal")
+    letters: list[StoredDeadLetter] = []
+    after: int | None = 0
+    while after is not None:  # the endpoint answers a page at a time
+        status, answer = call(ctx, path, "GET", "dead-letters", params={
+            "agent": choice.agents, "reason": choice.reasons, "id": choice.ids,
+            "after": str(after)})
+        if status != 200:
+            refused(ctx, answer)
+        if answer.get("brokered") or (for_good and answer.get("journal")):
+            return None
+        letters += (_stored(data) for data in answer["letters"])
+        after = answer.get("next")
+    return path, letters, answer.get("journal")
 
 
 def _in_process(path: Path) -> str:

@@ -12,7 +12,7 @@ with a bearer token.
     GET  /v1/events                  NDJSON of spore events; ?agent= &channel= &type=
                                      &event= (repeatable) &knowledge=false &until_idle=true
     POST /v1/reload                  the reload's report (422 when refused)
-    GET  /v1/dead-letters            ?agent= &reason= &id= (repeatable)
+    GET  /v1/dead-letters            ?agent= &reason= &id= (repeatable) &limit= &after=
     GET  /v1/dead-letters/{number}
     GET  /v1/trace?id=SPORE_ID       the steps of the tree of spores it produced, from the
                                      recent window (``observe.lineage``); 404 when not in it
@@ -171,6 +171,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 _MAX_BUFFER = 100_000  # events a slow follower may have waiting (?buffer=)
+_PAGE, _MAX_PAGE = 500, 5_000  # dead letters an answer lists (?limit=), then ?after=next
 
 
 class _BadRequest(Exception):
@@ -270,13 +271,8 @@ class _Routes:
         accept = self._event_filter(request)
         knowledge = _flag(request, "knowledge", True)
         until_idle = _flag(request, "until_idle", False)
-        try:
-            buffer = int(request.query.get("buffer", "10000"))
-        except ValueError:
-            buffer = 0
-        if not 1 <= buffer <= _MAX_BUFFER:  # each event holds its spore: a bound for memory
-            raise _BadRequest(f"buffer must be a whole number from 1 to {_MAX_BUFFER:,}, got "
-                              f"{request.query.get('buffer', '')[:40]!r}")
+        # Each event waiting holds its spore: a bound for memory.
+        buffer = _whole(request.query, "buffer", 10_000, 1, _MAX_BUFFER)
         stream = self.organism.events.stream(buffer, accept=accept).open()
         self.streams.add(stream)
         idle = asyncio.ensure_future(self._idle_then_close(stream)) if until_idle else None
@@ -333,10 +329,18 @@ class _Routes:
         query = request.query
         choice = _letter_choice(query.getall("agent", []), query.getall("reason", []),
                                 query.getall("id", []))
+        limit = _whole(query, "limit", _PAGE, 1, _MAX_PAGE)
+        after = _whole(query, "after", 0, 0, None)
         store = self.organism.dead_letters
         letters = operations.dead_letters(self.organism, choice)
         self._require(choice, letters, named=False)
-        return self.json({"letters": [operations.letter_dict(s) for s in letters],
+        # A page at a time: 10,000 letters of up to a spore's size each, made into one
+        # answer on the loop, stalled every agent (2 s for 67 MB, found by an attacker).
+        page = [stored for stored in letters if stored.number > after][:limit + 1]
+        more = len(page) > limit
+        page = page[:limit]
+        return self.json({"letters": [operations.letter_dict(s) for s in page],
+                          "next": page[-1].number if more else None,
                           "kept": len(store), "total": store.total, "evicted": store.evicted,
                           "brokered": self.organism.brokered,
                           # a journal keeps them too: what is done for good is done there
@@ -430,6 +434,18 @@ def _text(body: dict[str, Any], key: str) -> str | None:
     value = body.get(key)
     if value is not None and (not isinstance(value, str) or not value):
         raise _BadRequest(f"\"{key}\" must be a name, got {value!r:.60}")
+    return value
+
+
+def _whole(query: Any, name: str, default: int, least: int, most: int | None) -> int:
+    """The query's whole number ``name`` (``default`` without it), within its bounds."""
+    text = query.get(name)
+    if text is None:
+        return default
+    value = int(text) if text.isdecimal() and len(text) <= 19 else None
+    if value is None or value < least or (most is not None and value > most):
+        bounds = f"from {least:,} to {most:,}" if most is not None else f"{least} or more"
+        raise _BadRequest(f"{name} must be a whole number {bounds}, got {text[:40]!r}")
     return value
 
 
