@@ -13,8 +13,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from click.testing import CliRunner
 from aiohttp.test_utils import TestClient, TestServer
+from click.testing import CliRunner
 
 from sporeflow.pipeline import Organism, Spore
 from sporeflow.pipeline.cli.main import cli
