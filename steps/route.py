@@ -89,8 +89,9 @@ def permission_error(table: RoutingTable, spore: Spore, *,
                      outside: Container[str] = frozenset()) -> NotAPeer | None:
     """Return why ``table`` forbids ``spore``, or None when it is allowed.
 
-    ``peers`` limit whom an agent addresses among the agents: a response, and a reply
-    to an ``outside`` sender (the caller of ``organism.send``, the CLI), always pass.
+    ``peers`` limit whom an agent addresses among the agents (a name that is none is
+    :func:`unroutable`'s): a response, and a reply to an ``outside`` sender (the caller
+    of ``organism.send``, the CLI), always pass.
     A broadcast addressed to one of its channel's subscribers (a replayed dead letter of
     one delivery) is held to the broadcast's rule, ``publish``, as its delivery was: it
     reaches no agent the broadcast itself would not.
@@ -99,8 +100,10 @@ def permission_error(table: RoutingTable, spore: Spore, *,
     if target is not None and not (spore.spore_type is _BROADCAST and target in
                                    table.subscribers.get(spore.channel, ())):
         allowed = table.peers.get(sender)
+        # An agent that does not exist is no question of peers: route refuses it as an
+        # unknown agent, with a did-you-mean (a typo is not a peer to add).
         if (allowed is not None and target not in allowed and spore.spore_type is not _RESPONSE
-                and target not in outside):
+                and target not in outside and target in table.agents):
             return NotAPeer(
                 f"agent {sender!r} may not address {target!r}: its peers are "
                 f"{sorted(allowed)!r}")

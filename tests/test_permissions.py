@@ -114,6 +114,34 @@ async def test_non_peer_is_refused_by_send_request_returned_spore_and_xml(
     assert len([line for line in refusals if "alice" in line and "carol" in line]) >= 4
 
 
+async def misspells(spore: Spore, ctx: Context) -> Any:
+    """Addresses 'bbo' (meaning bob) the way the spore says; keeps what ctx raises."""
+    try:
+        if spore.knowledge["via"] == "send":
+            await ctx.send("bbo", {"from": "alice"})
+        else:
+            return Spore(knowledge={"from": "alice"}, to_agent="bbo")
+    except Exception as exc:  # noqa: BLE001  # what it is, is the test
+        ctx.state["raised"] = exc
+    return None
+
+
+async def test_a_misspelt_agent_is_an_unknown_agent_with_peers_too() -> None:
+    # Found by a new user: with peers declared, ctx.send("bak") said "NotAPeer: agent
+    # 'front' may not address 'bak': its peers are [...]", as if 'bak' were an agent to
+    # add to peers; without peers it said unknown agent, with a did-you-mean.
+    organism = trio(handler=misspells)
+    async with organism.running():
+        await organism.send("alice", {"via": "send"})
+        await organism.send("alice", {"via": "returned"})
+        await organism.idle()
+        raised = organism.wiring().agents["alice"].state["raised"]
+    assert not isinstance(raised, NotAPeer)
+    assert "no agent 'bbo'" in str(raised)
+    assert "(did you mean 'bob'?)" in str(raised)
+    assert [letter.reason for letter in organism.dead_letters] == ["unknown agent"] * 2
+
+
 async def test_xml_reply_refuses_only_the_payload_addressed_to_a_non_peer() -> None:
     organism = trio()
     async with organism.running():
