@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sporeflow.config import (
+    BrokerError,
     HandlerError,
     OrganismStateError,
     RequestTimeout,
@@ -90,6 +91,8 @@ class Controlled(Protocol):
     def hosted(self) -> frozenset[str] | None: ...
 
     def submit(self, spore: Spore) -> Coroutine[Any, Any, Spore]: ...
+
+    async def confirmed(self) -> None: ...
 
     def send(self, to_agent: str, knowledge: dict[str, Any], *, sender: str = ...,
              channel: str | None = ..., **extra: Any) -> Coroutine[Any, Any, Spore]: ...
@@ -239,6 +242,11 @@ class _Fates:
     def close(self) -> None:
         self._unsubscribe()
 
+    def seen(self, spore_id: str) -> Event | None:
+        """The first end of spore ``spore_id`` seen so far, if any (waits for none)."""
+        return next((event for event in self._seen
+                     if isinstance(event, _ENDS) and event.spore.id == spore_id), None)
+
     async def first(self, spore_id: str) -> Event:
         """The first end of spore ``spore_id``, waiting for it."""
         self._id = spore_id
@@ -263,7 +271,7 @@ async def send_spore(organism: Controlled, knowledge: dict[str, Any], *,
     with the reason a dead letter would carry; over a broker whose recipient runs in
     another process, the spore is ``sent`` once the broker has it.
     """
-    fates = None if request or not _sees_fate(organism, to) else _Fates(organism.events)
+    fates = None if request else _Fates(organism.events)
     try:
         if to is None and channel is None:
             raise SporeError("say where the spore goes: an agent (to) or a channel")
@@ -278,22 +286,15 @@ async def send_spore(organism: Controlled, knowledge: dict[str, Any], *,
                                      **(extra or {})) if to is not None
                        else organism.broadcast(knowledge, channel=channel or "main",
                                                sender=sender, **(extra or {})))
-        if fates is None:
-            return SendOutcome("sent", spore.id)
+        assert fates is not None
+        if not _sees_fate(organism, to):
+            return await _left(organism, spore, fates, timeout)
         try:
             async with asyncio.timeout(timeout):
                 end = await fates.first(spore.id)
         except TimeoutError:
             return SendOutcome("pending", spore.id)
-        if isinstance(end, SporeDeadLettered):
-            return SendOutcome("dead-lettered", spore.id, agent=end.agent,
-                               reason=str(end.reason), error=end.error,
-                               traceback=_traceback(organism, spore.id))
-        if isinstance(end, SporeExpired):
-            return SendOutcome("dead-lettered", spore.id, agent=end.agent,
-                               reason=str(Reason.EXPIRED), error="it expired")
-        assert isinstance(end, SporeHandled)
-        return SendOutcome("handled", spore.id, agent=end.agent)
+        return _outcome(organism, spore.id, end)
     except RequestTimeout as exc:
         return SendOutcome("timeout", error=organism.masker.mask(str(exc)), agent=to)
     except OrganismStateError as exc:
@@ -310,6 +311,35 @@ async def send_spore(organism: Controlled, knowledge: dict[str, Any], *,
     finally:
         if fates is not None:
             fates.close()
+
+
+async def _left(organism: Controlled, spore: Spore, fates: _Fates,
+                timeout: float) -> SendOutcome:
+    """Over a broker to an agent another process runs: ``sent`` once the spore left this
+    process for the broker, else what refused it here (the chain's rules run in the
+    sending process too: a schema, an expiry), as a dead letter of this process's."""
+    try:
+        async with asyncio.timeout(timeout):
+            await organism.confirmed()
+    except TimeoutError:
+        return SendOutcome("pending", spore.id)
+    except BrokerError:
+        pass  # a spore not published: its dead letter, here, says why
+    end = fates.seen(spore.id)
+    return SendOutcome("sent", spore.id) if end is None else _outcome(organism, spore.id, end)
+
+
+def _outcome(organism: Controlled, spore_id: str, end: Event) -> SendOutcome:
+    """What became of spore ``spore_id``, by the event that ended it here."""
+    if isinstance(end, SporeDeadLettered):
+        return SendOutcome("dead-lettered", spore_id, agent=end.agent,
+                           reason=str(end.reason), error=end.error,
+                           traceback=_traceback(organism, spore_id))
+    if isinstance(end, SporeExpired):
+        return SendOutcome("dead-lettered", spore_id, agent=end.agent,
+                           reason=str(Reason.EXPIRED), error="it expired")
+    assert isinstance(end, SporeHandled)
+    return SendOutcome("handled", spore_id, agent=end.agent)
 
 
 def _sees_fate(organism: Controlled, to: str | None) -> bool:

@@ -1,0 +1,59 @@
+"""What `sporeflow send` (and POST /v1/send) says became of a spore whose recipient runs
+in another process over a broker (``service.operations.send_spore``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sporeflow.pipeline import Organism, Spore
+from sporeflow.pipeline.broker.memory_backend import MemoryBackend, MemoryBroker
+from sporeflow.pipeline.service import operations
+
+BACKSTOP = 10.0
+
+
+async def price(spore: Spore, ctx: Any) -> dict[str, Any]:
+    return {"price": 3}
+
+
+async def ingest(spore: Spore, ctx: Any) -> None:
+    return None
+
+
+@pytest.fixture
+async def two_processes(tmp_path: Path) -> AsyncIterator[tuple[Organism, Organism]]:
+    """One organism over one broker in two processes: ingest here, pricer there."""
+    (tmp_path / "sku.json").write_text(json.dumps({
+        "type": "object", "required": ["sku"], "properties": {"sku": {"type": "string"}}}))
+    data = {"organism": {"name": "shop"},
+            "agents": {"ingest": {"handler": ingest},
+                       "pricer": {"handler": price, "schema": "sku.json"}}}
+    broker = MemoryBroker()
+    here = Organism.from_dict(data, base_dir=tmp_path, backend=MemoryBackend(broker),
+                              hosted=["ingest"])
+    there = Organism.from_dict(data, base_dir=tmp_path, backend=MemoryBackend(broker),
+                               hosted=["pricer"])
+    async with there.running(drain_timeout=BACKSTOP), here.running(drain_timeout=BACKSTOP):
+        yield here, there
+
+
+async def test_a_spore_this_process_refused_is_dead_lettered_not_sent(
+        two_processes: tuple[Organism, Organism]) -> None:
+    # Found by a new user: `sporeflow send --to pricer '{"sku": 5}'` (its schema wants a
+    # string) printed "sent over the broker; its recipient runs in another process" and
+    # exited 0, while the sending process itself had refused it (the chain's schema stage
+    # runs there) and kept the dead letter.
+    here, there = two_processes
+    refused = await operations.send_spore(here, {"sku": 5}, to="pricer", timeout=BACKSTOP)
+    assert (refused.status, refused.reason) == ("dead-lettered", "schema")
+    assert refused.error is not None
+    assert "sku" in refused.error
+    assert not refused.ok
+    sent = await operations.send_spore(here, {"sku": "apple"}, to="pricer", timeout=BACKSTOP)
+    assert (sent.status, sent.ok) == ("sent", True)
+    assert [letter.reason for letter in here.dead_letters] == ["schema"]
