@@ -130,16 +130,21 @@ async def test_over_a_broker_a_send_to_an_agent_run_elsewhere_is_sent() -> None:
     from sporeflow.pipeline.broker.memory_backend import MemoryBackend
     from sporeflow.pipeline.service import operations
 
-    spec = organism_from_dict({"organism": {"name": "split"}, "agents": {
+    spec = organism_from_dict({"organism": {"name": "split"}, "channels": {"news": {}},
+                               "agents": {
         "here": {"handler": "tests.organisms.schemas.schema_handlers:accept"},
-        "there": {"handler": "tests.organisms.schemas.schema_handlers:accept"}}})
+        "there": {"handler": "tests.organisms.schemas.schema_handlers:accept",
+                  "subscribe": ["news"]}}})
     organism = Organism(spec, backend=MemoryBackend(), hosted=["here"])
     async with organism.running():
         assert organism.hosted == {"here"}
         here = await operations.send_spore(organism, {}, to="here", timeout=5)
         there = await operations.send_spore(organism, {}, to="there", timeout=5)
-        everyone = await operations.send_spore(organism, {}, channel="main", timeout=5)
+        everyone = await operations.send_spore(organism, {}, channel="news", timeout=5)
+        # Nobody hears 'main': refused in this process, which says so (it said 'sent').
+        unheard = await operations.send_spore(organism, {}, channel="main", timeout=5)
     assert (here.status, there.status, everyone.status) == ("handled", "sent", "sent")
+    assert (unheard.status, unheard.reason) == ("dead-lettered", "no subscribers")
 
 
 def test_the_cli_says_a_spore_was_sent_elsewhere_rather_than_nothing() -> None:
