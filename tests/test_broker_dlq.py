@@ -27,7 +27,7 @@ import pytest
 from click.testing import CliRunner
 
 from sporeflow.config import load_organism
-from sporeflow.pipeline import BrokerError, Organism
+from sporeflow.pipeline import BrokerError, Organism, Spore
 from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
 from sporeflow.pipeline.broker.backend import Topology
 from sporeflow.pipeline.broker.dead_letter_queue import DeadLetterQueue
@@ -211,6 +211,37 @@ async def test_list_show_replay_and_purge_the_broker_dead_letters(made: Callable
     assert "3 dead letter(s) purged" in err
     assert (await dlq("list", where))[1] == ""
     assert await queue_depth(org.topology.dead_letter_queue) == 0
+
+
+async def test_letters_this_process_made_are_in_the_broker_queue_once_each(
+        made: Callable[[str], Made]) -> None:
+    # Found by a new user: over a broker, a spore refused in the process that sent it (an
+    # expiry, an unknown agent, a schema; a late response) was a dead letter in that
+    # process's memory only: `dlq list` reads the broker's queue and never showed it, and
+    # it was gone with the process. A delivery's letter is there once, not twice.
+    org = made("")
+    organism = Organism.from_file(org.path)
+    async with organism.running(drain_timeout=5):
+        await organism.send("worker", {"n": 7}, expires_in=-1)  # expired before it left
+        await organism.submit(Spore(knowledge={"n": 8}, to_agent="nobody"))
+        await organism.send("worker", {"n": 0})  # fails there: the delivery's own letter
+        await eventually(lambda: len(organism.dead_letters) == 3, "three letters")
+    # Its stop waited for what it was putting in the broker's queue.
+    assert [letter.reason for letter in organism.dead_letters] == [
+        "expired", "unknown agent", "handler failed"]
+    code, out, err = await dlq("list", str(org.path))
+    assert code == 0, err
+    assert sorted(reason for _, _, reason in rows(out)) == [
+        "expired", "handler failed", "unknown agent"]
+    code, out, _ = await dlq("list", str(org.path), "--json", "--reason", "expired")
+    [expired] = [json.loads(line) for line in out.splitlines()]
+    assert (expired["spore"]["knowledge"], expired["agent"]) == ({"n": 7}, None)
+    assert organism.stats()["broker"]["letters_out"] == 2
+    code, _, err = await dlq("replay", str(org.path), "--reason", "expired")
+    assert code == 0, err
+    organism = Organism.from_file(org.path)
+    async with organism.running(drain_timeout=5):  # replayed without its expiry: handled
+        await eventually(lambda: "7" in org.lines("out.txt"), "the replay handled")
 
 
 async def test_purge_and_replay_need_a_choice_and_run_is_for_journals(

@@ -68,10 +68,10 @@ from yarl import URL
 from sporeflow.config import BrokerError, redact_text, redact_url
 from sporeflow.pipeline.broker.ack_window import AckWindow
 from sporeflow.pipeline.broker.amqp_boots import AmqpBootRecord
-from sporeflow.pipeline.broker.amqp_codec import forwardable_headers
 from sporeflow.pipeline.broker.amqp_consumer import Consumer
 from sporeflow.pipeline.broker.amqp_declared import remember, tidy
 from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, AmqpInbound, broker_failure
+from sporeflow.pipeline.broker.amqp_letters import delivery_letter, spore_letter
 from sporeflow.pipeline.broker.amqp_link import ReconnectingConnection, connect
 from sporeflow.pipeline.broker.amqp_marks import mark, marked
 from sporeflow.pipeline.broker.amqp_outbound import Outbound
@@ -90,7 +90,6 @@ from sporeflow.steps import Spore
 __all__ = ["AmqpBackend"]
 
 _ERRORS = AMQP_ERRORS
-_MAX_ERROR_HEADER = 2000
 _REPLY_EXPIRES = 3600.0  # seconds a reply queue outlives its process without give_up_after
 _log = logging.getLogger("sporeflow.broker.amqp")
 
@@ -364,17 +363,19 @@ class AmqpBackend(Backend):
         if not isinstance(message, AmqpInbound) or self._dead is None:
             raise BrokerError(f"RabbitMQ at {self.address}: cannot dead-letter {message!r}")
         message.check_current("dead-lettering")
-        raw, properties = message.raw, message.properties
-        headers = forwardable_headers(properties.headers)
-        headers.update({"x-sporeflow-reason": reason,
-                        "x-sporeflow-error": error[:_MAX_ERROR_HEADER],
-                        "x-sporeflow-agent": agent or "", "x-sporeflow-attempts": attempts,
-                        "x-sporeflow-routing-key": raw.routing_key or ""})
-        letter = aio_pika.Message(raw.body, headers=headers,
-                                  content_type=properties.content_type,
-                                  message_id=properties.message_id,
-                                  timestamp=properties.timestamp,
-                                  delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        await self._put_letter(delivery_letter(message.raw, message.properties, reason=reason,
+                                               error=error, agent=agent, attempts=attempts))
+
+    async def dead_letter_spore(self, spore: Spore, *, reason: str, error: str,
+                                agent: str | None = None, attempts: int = 0) -> None:
+        if self._dead is None or self._topology is None:
+            raise BrokerError(f"RabbitMQ at {self.address}: not open, no dead-letter queue")
+        await self._put_letter(spore_letter(spore, self._topology.routing_key(spore),
+                                            reason=reason, error=error, agent=agent,
+                                            attempts=attempts))
+
+    async def _put_letter(self, letter: aio_pika.Message) -> None:
+        assert self._dead is not None
         try:
             await self._dead.publish(letter, routing_key="", mandatory=True)
         except aiormq.exceptions.DeliveryError as exc:  # a nack: the dead-letter queue is full

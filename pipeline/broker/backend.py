@@ -360,6 +360,12 @@ class Backend(abc.ABC):
         """Put ``message`` in the dead-letter queue with why (the caller acks it after)."""
 
     @abc.abstractmethod
+    async def dead_letter_spore(self, spore: Spore, *, reason: str, error: str,
+                                agent: str | None = None, attempts: int = 0) -> None:
+        """Put ``spore``, dead-lettered in this process before it was published (no
+        delivery), in the dead-letter queue with why (see ``letters_out``)."""
+
+    @abc.abstractmethod
     async def cancel(self) -> None:
         """Stop every consumer; messages they hold unacked stay held until ack or close."""
 

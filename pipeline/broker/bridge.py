@@ -53,7 +53,8 @@ from sporeflow.pipeline.broker.boots import BootOnce
 from sporeflow.pipeline.broker.external import ExternalAgents
 from sporeflow.pipeline.broker.factory import open_backend
 from sporeflow.pipeline.broker.hosting import hosted_names, without_broker
-from sporeflow.pipeline.broker.publisher import Publisher, failure_notice
+from sporeflow.pipeline.broker.letters_out import LettersOut
+from sporeflow.pipeline.broker.publisher import Publisher
 from sporeflow.pipeline.broker.settling import Settler, Ticket
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.pipeline.core.ledger import LedgerHook
@@ -123,6 +124,7 @@ class Bridge(LedgerHook):
                        "publish_failures": 0, "failure_notices": 0}
         self.publisher = Publisher(backend, spec.broker, self.counts)  # across outages
         self._settle = Settler(backend, self.counts, self.logger, self._spawn)
+        self._letters = LettersOut(backend, self._spawn, self.logger, self.counts)
 
     @property
     def run(self) -> Run:
@@ -259,6 +261,8 @@ class Bridge(LedgerHook):
         self.logger.warning("refused a message from the broker for %r: %s: %s", agent,
                             reason, error)
         if message.spore is not None and self._run is not None:
+            if agent is not None:  # dead-lettered below with its delivery
+                self._letters.with_delivery(self._mark(message.spore))
             self._run.ledger.refused(message.spore, reason, error, agent=agent)
         if agent is not None:
             self._spawn(self._settle.dead_letter(message, agent, reason, str(error)))
@@ -308,6 +312,7 @@ class Bridge(LedgerHook):
         ticket = self._inflight.pop(key, None)
         if ticket is None or reason == Reason.SHUTDOWN:
             return  # left unacked: the broker gives it to the next consumer
+        self._letters.with_delivery(key)  # its letter, recorded next, goes with the delivery
         text = self.run.ledger.describe(error)  # masked: it goes out on the broker
         ticket.failure = (reason, text, attempts)
         ticket.finished = True
@@ -316,14 +321,19 @@ class Bridge(LedgerHook):
         # own reply queue would only come back, possibly as the organism stops.
         if (spore.spore_type is _REQUEST and queue is not None
                 and not self.run.requests.awaits(spore.id)):
-            self._notify_failure(spore, agent, reason, text, queue)
+            self._spawn(self.publisher.tell_failure(spore, agent, reason, text, queue,
+                                                    self._signed, self.logger))
         self._settle.when_done(ticket)
 
     def dead_lettered(self, letter: DeadLetter) -> None:
-        """A spore from the broker refused by the chain: dead-letter its delivery there."""
-        ticket = self._inflight.get(mark_of(letter.spore))
+        """A spore from the broker refused by the chain: dead-letter its delivery there;
+        any other letter made here goes to the broker's dead-letter queue on its own."""
+        key = mark_of(letter.spore)
+        ticket = self._inflight.get(key)
         if ticket is not None and not ticket.finished:
             ticket.failure = (letter.reason, letter.error, letter.attempts)
+        else:
+            self._letters.recorded(letter, key)
 
     def _mark(self, spore: Spore) -> int:
         """Put a new mark on ``spore``: the key it is known by here."""
@@ -445,21 +455,6 @@ class Bridge(LedgerHook):
             return 1 if spore.to_agent in self.hosted else 0
         subscribers = self.run.wiring().table.subscribers.get(spore.channel, ())
         return sum(1 for name in subscribers if name in self.hosted)
-
-    def _notify_failure(self, spore: Spore, agent: str, reason: str, error: str,
-                        queue: str) -> None:
-        notice = failure_notice(spore, agent, reason, error)
-
-        async def send() -> None:
-            try:
-                await self.publisher.publish(notice, partial(self._signed, notice, None),
-                                             queue=queue)
-                self.counts["failure_notices"] += 1
-            except (BrokerError, BadSignature) as exc:  # its timeout will tell the requester
-                self.logger.info("could not tell %s that request %s failed: %s", queue,
-                                 spore.id, exc)
-
-        self._spawn(send())
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

@@ -304,6 +304,11 @@ class MemoryBackend(Backend):
         self.broker.dead_letters.append(DeadLetter(spore, reason, error, agent, attempts))
         self.stats.dead_lettered += 1
 
+    async def dead_letter_spore(self, spore: Spore, *, reason: str, error: str,
+                                agent: str | None = None, attempts: int = 0) -> None:
+        self.broker.dead_letters.append(DeadLetter(spore, reason, error, agent, attempts))
+        self.stats.dead_lettered += 1
+
     async def cancel(self) -> None:
         for queue, consumer in self._consumers:
             if consumer in queue.consumers:

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -32,8 +33,11 @@ from sporeflow.pipeline.broker.link import Disconnected
 from sporeflow.pipeline.broker.sent import SentSpores
 from sporeflow.pipeline.core.requests import FAILURE_KEY
 from sporeflow.steps import Spore, SporeType
+from sporeflow.steps.signing import BadSignature
 
 __all__ = ["Publisher", "failure_notice"]
+
+Sign = Callable[[Spore, str | None], Spore]  # a spore as published: signed, with signing
 
 
 class Publisher:
@@ -54,6 +58,17 @@ class Publisher:
         self._on_wire: set[int] = set()
         self._retrying: set[asyncio.Task[None]] = set()  # publish_soon's, after a loss
         self.sent = SentSpores(backend.address)  # what organism.confirmed() waits for
+
+    async def tell_failure(self, spore: Spore, agent: str, reason: str, error: str,
+                           queue: str, sign: Sign, logger: logging.Logger) -> None:
+        """Tell the requester of ``spore`` (another process's, its reply queue ``queue``)
+        that ``agent`` failed it, rather than leave it to its timeout."""
+        notice = failure_notice(spore, agent, reason, error)
+        try:
+            await self.publish(notice, partial(sign, notice, None), queue=queue)
+            self.counts["failure_notices"] += 1
+        except (BrokerError, BadSignature) as exc:  # its timeout will tell the requester
+            logger.info("could not tell %s that request %s failed: %s", queue, spore.id, exc)
 
     @property
     def waiting(self) -> int:

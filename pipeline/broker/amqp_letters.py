@@ -1,0 +1,61 @@
+"""A dead letter as a message of RabbitMQ's dead-letter queue: the spore's own message
+(a delivery's as it came, or a spore of this process's as it would be published) with
+why in ``x-sporeflow-*`` headers, what ``dead_letter_queue`` reads back and replays by
+``x-sporeflow-routing-key``."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import aio_pika
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
+
+from sporeflow.config import SporeError
+from sporeflow.pipeline.broker.amqp_codec import (
+    CONTENT_TYPE,
+    forwardable_headers,
+    spore_body_headers,
+)
+from sporeflow.pipeline.core.deadletters import spore_form
+from sporeflow.steps import Spore
+
+__all__ = ["delivery_letter", "spore_letter"]
+
+_MAX_ERROR_HEADER = 2000
+
+
+def delivery_letter(raw: DeliveredMessage, properties: Basic.Properties, *, reason: str,
+                    error: str, agent: str | None, attempts: int) -> aio_pika.Message:
+    """The dead letter of a delivery: its body and the headers that can be written back."""
+    headers = forwardable_headers(properties.headers)
+    headers.update(_why(reason, error, agent, attempts, raw.routing_key or ""))
+    return aio_pika.Message(raw.body, headers=headers, content_type=properties.content_type,
+                            message_id=properties.message_id, timestamp=properties.timestamp,
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+
+
+def spore_letter(spore: Spore, routing_key: str, *, reason: str, error: str,
+                 agent: str | None, attempts: int) -> aio_pika.Message:
+    """The dead letter of a spore this process refused before it was published: as it
+    would have been published; one JSON cannot write, as its bounded text (read back, a
+    letter that holds no spore)."""
+    try:
+        body, headers = spore_body_headers(spore)
+    except SporeError:
+        body = json.dumps(spore_form(spore), ensure_ascii=True).encode()
+        headers = {"spore_id": str(spore.id)[:200]}
+    headers.update(_why(reason, error, agent, attempts, routing_key))
+    made = spore.created_at if isinstance(spore.created_at, datetime) else None
+    return aio_pika.Message(body, headers=headers, content_type=CONTENT_TYPE,
+                            message_id=str(spore.id)[:200], timestamp=made,
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+
+
+def _why(reason: str, error: str, agent: str | None, attempts: int,
+         routing_key: str) -> dict[str, Any]:
+    return {"x-sporeflow-reason": reason, "x-sporeflow-error": error[:_MAX_ERROR_HEADER],
+            "x-sporeflow-agent": agent or "", "x-sporeflow-attempts": attempts,
+            "x-sporeflow-routing-key": routing_key}
