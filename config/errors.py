@@ -29,7 +29,7 @@ runtime both raise these, and ``config`` imports nothing of either.
     ├── BrokerError            the message broker failed or is unreachable
     │   ├── Disconnected       the link went down before the broker confirmed (broker.link)
     │   └── Requeued           a delivery's link went down: the broker took it back
-    └── JournalError           the journal file is foreign, damaged or failed (journal.failstop)
+    └── JournalError           the journal file is foreign, damaged or failed (pipeline.journal)
 
 The dead-letter reason of each refusal is a :class:`~sporeflow.config.reasons.Reason`.
 Every message names the place, the bad value and the fix.
@@ -46,6 +46,7 @@ __all__ = [
     "ConfigError",
     "DeliveryError",
     "HandlerError",
+    "JournalError",
     "LimitExceeded",
     "NotAPeer",
     "OrganismFull",
@@ -143,3 +144,10 @@ class OrganismFull(SporeflowError):
 
 class BrokerError(SporeflowError):
     """The message broker failed; the broker's own exception is ``__cause__``."""
+
+
+class JournalError(SporeflowError):
+    """The journal file cannot be used (foreign, damaged, in use) or a write failed.
+
+    Raised by ``sporeflow.pipeline.journal``; it lives here so that catching it never
+    loads SQLite."""

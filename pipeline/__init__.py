@@ -16,6 +16,7 @@ if typing.TYPE_CHECKING:
         ConfigError,
         DeliveryError,
         HandlerError,
+        JournalError,
         LimitExceeded,
         NotAPeer,
         OrganismFull,
@@ -41,7 +42,7 @@ if typing.TYPE_CHECKING:
     from sporeflow.pipeline.broker.memory_backend import MemoryBackend, MemoryBroker
     from sporeflow.pipeline.core.deadletters import DeadLetter, DeadLetterStore
     from sporeflow.pipeline.journal.offline import JournalFile
-    from sporeflow.pipeline.journal.sqlite import JournalError, StoredDeadLetter
+    from sporeflow.pipeline.journal.sqlite import StoredDeadLetter
     from sporeflow.pipeline.journal.store import Journal
     from sporeflow.pipeline.observe.events import (
         AgentStateChanged,
@@ -152,8 +153,9 @@ __all__ = [
 ]
 
 _HOMES = lazy_names.homes_of({
-    "sporeflow.config.errors": "BrokerError ConfigError DeliveryError HandlerError LimitExceeded "
-    "NotAPeer OrganismFull OrganismStateError RequestTimeout SporeError SporeflowError",
+    "sporeflow.config.errors": "BrokerError ConfigError DeliveryError HandlerError JournalError "
+    "LimitExceeded NotAPeer OrganismFull OrganismStateError RequestTimeout SporeError "
+    "SporeflowError",
     "sporeflow.pipeline.agents.context": "Context",
     "sporeflow.pipeline.agents.knowledge": "KnowledgeStore MemoryKnowledgeStore",
     "sporeflow.pipeline.agents.orchestration": "Gathered",
@@ -166,7 +168,7 @@ _HOMES = lazy_names.homes_of({
     "sporeflow.pipeline.broker.memory_backend": "MemoryBackend MemoryBroker",
     "sporeflow.pipeline.core.deadletters": "DeadLetter DeadLetterStore",
     "sporeflow.pipeline.journal.offline": "JournalFile",
-    "sporeflow.pipeline.journal.sqlite": "JournalError StoredDeadLetter",
+    "sporeflow.pipeline.journal.sqlite": "StoredDeadLetter",
     "sporeflow.pipeline.journal.store": "Journal",
     "sporeflow.pipeline.observe.events": "AgentStateChanged Event EventBus EventStream "
     "OrganismReloaded OrganismStateChanged SporeAdmitted SporeDeadLettered SporeEvent "

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from sporeflow.config import SporeError, SporeflowError
+from sporeflow.config import SporeError
+from sporeflow.config.errors import JournalError
 from sporeflow.config.json_shape import writable_json
 from sporeflow.pipeline.core.deadletters import DeadLetter, StoredDeadLetter, spore_form
 from sporeflow.pipeline.core.privatefiles import make_folder, open_private
@@ -100,10 +101,6 @@ WAL_LIMIT = 8 * 1024 * 1024  # the WAL file is truncated back to this after chec
 logger = logging.getLogger("sporeflow.journal")
 
 Synchronous = Literal["normal", "full"]
-
-
-class JournalError(SporeflowError):
-    """The journal file cannot be used (foreign, damaged, in use) or a write failed."""
 
 
 # -- opening and checking a file ---------------------------------------------------

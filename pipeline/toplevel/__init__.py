@@ -16,48 +16,88 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sporeflow.config import (
+    from sporeflow.config import SchemaViolation, StageSpec
+    from sporeflow.config.errors import (
         BrokerError,
         ConfigError,
         DeliveryError,
         HandlerError,
+        JournalError,
         LimitExceeded,
         NotAPeer,
+        OrganismFull,
         OrganismStateError,
         RequestTimeout,
         SporeError,
         SporeflowError,
-        StageSpec,
+        UsageError,
     )
+    from sporeflow.config.extras import MissingExtra
     from sporeflow.pipeline import Context, DeadLetter, Organism
+    from sporeflow.pipeline.broker.link import Disconnected, Requeued
+    from sporeflow.pipeline.core.deadletters import NoSuchDeadLetter, UnknownAgent
+    from sporeflow.pipeline.service.address import AlreadyRunning, ControlError, NotRunning
+    from sporeflow.pipeline.service.processes import AmbiguousProcess, NoSuchProcess
     from sporeflow.steps import Spore, SporeType
+    from sporeflow.steps.signing import BadSignature, Replayed
+    from sporeflow.steps.xmlrepair import XmlPayloadError
 
 __all__ = [
+    "AlreadyRunning",
+    "AmbiguousProcess",
+    "BadSignature",
     "BrokerError",
     "ConfigError",
     "Context",
+    "ControlError",
     "DeadLetter",
     "DeliveryError",
+    "Disconnected",
     "HandlerError",
+    "JournalError",
     "LimitExceeded",
+    "MissingExtra",
+    "NoSuchDeadLetter",
+    "NoSuchProcess",
     "NotAPeer",
+    "NotRunning",
     "Organism",
+    "OrganismFull",
     "OrganismStateError",
+    "Replayed",
     "RequestTimeout",
+    "Requeued",
+    "SchemaViolation",
     "Spore",
     "SporeError",
     "SporeType",
     "SporeflowError",
     "StageSpec",
+    "UnknownAgent",
+    "UsageError",
+    "XmlPayloadError",
 ]
 
-_HOMES = {
-    **dict.fromkeys(["BrokerError", "ConfigError", "DeliveryError", "HandlerError",
-                     "LimitExceeded", "NotAPeer", "OrganismStateError", "RequestTimeout",
-                     "SporeError", "SporeflowError", "StageSpec"], "sporeflow.config"),
-    **dict.fromkeys(["Context", "DeadLetter", "Organism"], "sporeflow.pipeline"),
-    **dict.fromkeys(["Spore", "SporeType"], "sporeflow.steps"),
+# Each name's home module, imported on the name's first use: the errors of the whole
+# tree drawn in ``config/errors.py`` are here, wherever they are defined. (Not
+# ``config.lazy_names.homes_of``: importing ``sporeflow`` loads no layer.)
+_HOMES_BY_MODULE = {
+    "sporeflow.config": "StageSpec",
+    "sporeflow.config.errors": "BrokerError ConfigError DeliveryError HandlerError JournalError "
+    "LimitExceeded NotAPeer OrganismFull OrganismStateError RequestTimeout SporeError "
+    "SporeflowError UsageError",
+    "sporeflow.config.extras": "MissingExtra",
+    "sporeflow.config.schemas": "SchemaViolation",
+    "sporeflow.pipeline": "Context DeadLetter Organism",
+    "sporeflow.pipeline.broker.link": "Disconnected Requeued",
+    "sporeflow.pipeline.core.deadletters": "NoSuchDeadLetter UnknownAgent",
+    "sporeflow.pipeline.service.address": "AlreadyRunning ControlError NotRunning",
+    "sporeflow.pipeline.service.processes": "AmbiguousProcess NoSuchProcess",
+    "sporeflow.steps": "Spore SporeType",
+    "sporeflow.steps.signing": "BadSignature Replayed",
+    "sporeflow.steps.xmlrepair": "XmlPayloadError",
 }
+_HOMES = {name: module for module, names in _HOMES_BY_MODULE.items() for name in names.split()}
 
 __version__: str
 
