@@ -45,10 +45,10 @@ from sporeflow.pipeline.cli.init import init
 from sporeflow.pipeline.cli.keygen import keygen
 from sporeflow.pipeline.cli.letters import echo_kept_by_this_run
 from sporeflow.pipeline.cli.schemas import schema
+from sporeflow.pipeline.cli.sendargs import send_arguments
 from sporeflow.pipeline.cli.tail import tail
 from sporeflow.pipeline.cli.trace import trace
 from sporeflow.pipeline.cli.util import (
-    DEFAULT_ORGANISM,
     DURATION,
     ORGANISM_ARG,
     fail,
@@ -401,7 +401,7 @@ def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_requ
     the broker); it is the one hosting the --to agent, which waits for its fate, unless
     --process AGENT|PID|SOCKET names another.
     """
-    file, knowledge = _send_arguments(organism, knowledge, xml=xml_payload is not None)
+    file, knowledge = send_arguments(organism, knowledge, xml=xml_payload is not None)
     ctx.params["organism"] = file  # what a one-line error speaks of
     if timeout <= 0:
         raise click.BadParameter("must be more than 0, e.g. 5s", param_hint="'--timeout'")
@@ -438,27 +438,6 @@ def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_requ
         return
     status, answer = call(ctx, path, "POST", "send", body)
     send_outcome(ctx, status, answer, timeout=timeout)
-
-
-def _send_arguments(first: str | None, second: str | None, *,
-                    xml: bool) -> tuple[Path, str | None]:
-    """``send [ORGANISM] [KNOWLEDGE]``: the organism file and the knowledge. One argument
-    alone is the knowledge, as the other commands default to ./organism.yaml, unless it
-    can only be the organism: --xml gives the knowledge, or it is a file or reads as one."""
-    if first is None:
-        return DEFAULT_ORGANISM, None
-    if second is None and not xml and (first == "-" or first.startswith("@")):
-        return DEFAULT_ORGANISM, first  # the knowledge's own file, or standard input
-    if second is not None or xml or first.endswith((".yaml", ".yml")) or _is_file(first):
-        return Path(first), second
-    return DEFAULT_ORGANISM, first
-
-
-def _is_file(text: str) -> bool:
-    try:
-        return Path(text).is_file()
-    except OSError:  # long JSON is too long a file name
-        return False
 
 
 def _xml_knowledge(text: str, as_request: bool, limits: Limits) -> tuple[Any, dict[str, Any]]:
