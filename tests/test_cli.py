@@ -182,6 +182,42 @@ def test_send_with_an_organism_and_no_knowledge_asks_for_the_knowledge() -> None
     assert "give KNOWLEDGE (JSON) or --xml ELEMENT, exactly one" in err
 
 
+def test_send_of_a_json_file_alone_says_it_was_read_as_the_organism(small_here: Path) -> None:
+    # Found by a new user: `send --to ingest order.json` said only "give KNOWLEDGE (JSON)
+    # or --xml ELEMENT, exactly one": the file had been taken for the ORGANISM.
+    (small_here / "order.json").write_text('{"n": 4}')
+    code, _, err = invoke("send", "--to", "picky", "order.json")
+    assert code == 2
+    assert ("no KNOWLEDGE given: 'order.json' was read as the ORGANISM file, as it names a "
+            "file, but it is no organism: it holds JSON with no 'agents' mapping; to send the "
+            "JSON in a file as the KNOWLEDGE, write @order.json") in err
+
+
+def test_send_with_a_file_first_that_is_no_organism_says_so(small_here: Path) -> None:
+    # Before: "NotRunning: no organism running for order.json; start it with ...".
+    (small_here / "order.json").write_text('{"n": 4}')
+    (small_here / "notes.txt").write_text("hello: [")
+    code, _, err = invoke("send", "--start", "order.json", "--to", "picky", "{}")
+    assert code == 2
+    assert ("'order.json' was read as the ORGANISM file, as the first of two arguments, but "
+            "it is no organism: it holds JSON with no 'agents' mapping") in err
+    code, _, err = invoke("send", "notes.txt", "--to", "picky", "{}")
+    assert code == 2
+    assert "'notes.txt' was read as the ORGANISM file" in err
+    assert "it does not parse as YAML" in err
+    code, _, err = invoke("send", "nowhere/organism", "--to", "picky", "{}")
+    assert code == 1  # a file that is not there is no file here, as before
+    assert err.startswith("NotRunning: no organism file nowhere/organism in ")
+
+
+def test_send_of_knowledge_naming_a_file_suggests_at_file(small_here: Path) -> None:
+    (small_here / "order.json").write_text('{"n": 4}')
+    code, _, err = invoke("send", "--start", "organism.yaml", "--to", "picky", "order.json")
+    assert code == 1
+    assert err.strip().endswith("'order.json' names a file: write @order.json to send the "
+                                "JSON in it")
+
+
 def test_send_here_with_knowledge_that_is_not_json_says_so(small_here: Path) -> None:
     code, _, err = invoke("send", "--start", "--to", "picky", "hello")
     assert code == 1

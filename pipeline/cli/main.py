@@ -45,7 +45,7 @@ from sporeflow.pipeline.cli.init import init
 from sporeflow.pipeline.cli.keygen import keygen
 from sporeflow.pipeline.cli.letters import echo_kept_by_this_run
 from sporeflow.pipeline.cli.schemas import schema
-from sporeflow.pipeline.cli.sendargs import send_arguments
+from sporeflow.pipeline.cli.sendargs import knowledge_names_a_file, send_arguments
 from sporeflow.pipeline.cli.tail import tail
 from sporeflow.pipeline.cli.trace import trace
 from sporeflow.pipeline.cli.util import (
@@ -401,11 +401,14 @@ def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_requ
     the broker); it is the one hosting the --to agent, which waits for its fate, unless
     --process AGENT|PID|SOCKET names another.
     """
-    file, knowledge = send_arguments(organism, knowledge, xml=xml_payload is not None)
+    arguments = send_arguments(organism, knowledge, xml=xml_payload is not None)
+    file, knowledge = arguments.organism, arguments.knowledge
     ctx.params["organism"] = file  # what a one-line error speaks of
     if timeout <= 0:
         raise click.BadParameter("must be more than 0, e.g. 5s", param_hint="'--timeout'")
     if (knowledge is None) == (xml_payload is None):
+        if knowledge is None:
+            arguments.refuse_no_organism(knowledge_missing=True)
         raise click.UsageError("give KNOWLEDGE (JSON) or --xml ELEMENT, exactly one")
     if to_agent is None and channel is None:
         raise click.UsageError("say where the spore goes: --to AGENT, or --channel CHANNEL")
@@ -421,13 +424,16 @@ def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_requ
             payload = knowledge_of(knowledge or "")
         except ValueError as exc:
             click.echo(f"SporeError: KNOWLEDGE is not JSON: {exc}; quote it like "
-                       f"'{{\"a\": 1}}', or give - (standard input) or @FILE", err=True)
+                       f"'{{\"a\": 1}}', or give - (standard input) or @FILE"
+                       f"{knowledge_names_a_file(knowledge or '')}", err=True)
             ctx.exit(1)
     # Over a broker, in several processes: any one sends through the broker; the one
     # hosting the recipient also sees its fate (handled, or its dead letter).
     chosen = one_process(ctx, file, process, about=[to_agent] if to_agent else [],
                          any_will_do=True, doing="")
     path = chosen[0] if chosen is not None else None
+    if path is None:  # no run of it answers: was it an organism file at all?
+        arguments.refuse_no_organism()
     if path is None and (not start or process is not None):
         fail(ctx, not_running(file, f"start it with `sporeflow run {file}`, or pass "
                                     f"--start to run one now without its boot spores"))
