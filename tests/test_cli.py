@@ -231,6 +231,21 @@ def test_send_timeout_takes_a_duration() -> None:
     assert json.loads(out.splitlines()[0])["knowledge"] == {"n": 4}
 
 
+def test_a_word_in_the_organisms_place_that_is_no_file_is_a_usage_error(
+        small_here: Path) -> None:
+    # Found by a new user: `--timeout 5 sec '{...}'` said "NotRunning: no organism file
+    # sec": 'sec' had been read as the ORGANISM, and the usage mistake shown as another.
+    code, _, err = invoke("send", "--to", "picky", "--timeout", "5", "sec", '{"n": 4}')
+    assert code == 2
+    assert err.splitlines()[-1] == (
+        f"Error: Got unexpected extra argument (sec): it is in the ORGANISM's place, but no "
+        f"file 'sec' is in {small_here}; a duration is one word, its unit attached: 5s, 250ms")
+    code, _, err = invoke("send", "--to", "picky", "extra", "--xml", "<a/>")
+    assert code == 2
+    assert "Got unexpected extra argument (extra)" in err
+    assert "give the organism file first, or none for ./organism.yaml" in err
+
+
 def test_check_where_there_is_no_organism_yaml_says_how_to_make_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

@@ -4,6 +4,8 @@ argument alone is the knowledge unless it can only be the organism file."""
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,14 +53,32 @@ def send_arguments(first: str | None, second: str | None, *, xml: bool) -> SendA
     if second is None and not xml and (first == "-" or first.startswith("@")):
         return SendArguments(DEFAULT_ORGANISM, first)  # the knowledge's file, or stdin
     if second is not None:
+        _refuse_extra(first)
         return SendArguments(Path(first), second, "as the first of two arguments")
     if xml:
+        _refuse_extra(first)
         return SendArguments(Path(first), None, "as --xml gives the knowledge")
     if first.endswith((".yaml", ".yml")):
         return SendArguments(Path(first), None, "as its name ends in .yaml")
     if is_file(first):
         return SendArguments(Path(first), None, "as it names a file")
     return SendArguments(DEFAULT_ORGANISM, first)
+
+
+# A unit written apart from its number: `--timeout 5 sec`.
+_UNIT = re.compile(r"(?i)(ms|s|m|h|millis|msecs?|secs?|seconds?|mins?|minutes?|hrs?|hours?)")
+
+
+def _refuse_extra(first: str) -> None:
+    """A usage error when ``first``, in the ORGANISM's place, cannot be an organism file:
+    no file of that name is here, nor does the name end in .yaml or lead to a folder.
+    It is an extra argument (`--timeout 5 sec`), not a file that is missing."""
+    if first.endswith((".yaml", ".yml")) or "/" in first or os.sep in first or is_file(first):
+        return
+    hint = ("; a duration is one word, its unit attached: 5s, 250ms" if _UNIT.fullmatch(first)
+            else "; give the organism file first, or none for ./organism.yaml")
+    raise click.UsageError(f"Got unexpected extra argument ({first}): it is in the "
+                           f"ORGANISM's place, but no file {first!r} is in {Path.cwd()}{hint}")
 
 
 def is_file(text: str) -> bool:
