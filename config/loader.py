@@ -57,6 +57,7 @@ from sporeflow.config.resolve import (
 from sporeflow.config.schema import ORGANISM_SCHEMA
 from sporeflow.config.schemas import SchemaFileError, SchemaSpec, load_schema
 from sporeflow.config.secrets import redact_text
+from sporeflow.config.shape_hints import shape_hint
 from sporeflow.config.signing_keys import read_signing
 from sporeflow.config.size_cap import (
     DEFAULT_MAX_ORGANISM_BYTES,
@@ -246,25 +247,29 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
         return [located.problem(path, f"{error.message}; add it")]
     if isinstance(schema, dict) and "x-expect" in schema and error.validator in (
             "type", "minimum"):
-        return [located.problem(path, f"expected {schema['x-expect']}, got {_short(instance)}")]
+        return [located.problem(path, f"expected {schema['x-expect']}, got {_short(instance)}"
+                                      f"{shape_hint(path, instance, schema.get('type'))}")]
     if error.validator == "oneOf" and isinstance(instance, dict) and (
             inner := _mapping_branch_errors(error)):
         # The value is a mapping, as one branch wants: say what is wrong inside it.
         return [p for e in inner for p in _describe(located, tuple(e.absolute_path), e)]
     if error.validator == "oneOf" and isinstance(instance, str | int | float):
         hint = schema.get("x-write", "a value of the documented form")
-        return [located.problem(path, f"{instance!r} is not valid here; write {hint}")]
+        kinds = [branch.get("type") for branch in error.validator_value]
+        return [located.problem(path, f"{instance!r} is not valid here; write {hint}"
+                                      f"{shape_hint(path, instance, kinds)}")]
     if error.validator == "oneOf":
         return [located.problem(path, f"{_short(instance)} is not valid here; "
                                       f"expected a mapping of settings")]
     if error.validator == "pattern":
         return [located.problem(path, f"{instance!r} {_pattern_advice(path)}")]
     if error.validator == "type":
-        expected = error.validator_value
-        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        kinds = error.validator_value
+        expected = " or ".join(kinds) if isinstance(kinds, list) else kinds
         return [located.problem(path, f"{_short(instance)} is "
                                       f"{with_article(_json_type(instance))}; expected "
-                                      f"{with_article(expected)}{_shape_hint(path, instance)}")]
+                                      f"{with_article(expected)}"
+                                      f"{shape_hint(path, instance, kinds)}")]
     if error.validator == "minProperties" or error.validator == "maxProperties":
         return [located.problem(path, f"{_short(instance)}: give exactly one of "
                                       f"'to' (an agent) or 'channel'")]
@@ -276,16 +281,6 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
         return [located.problem(path, f"{_short(instance)} lists {twice!r} twice; list it "
                                       f"once")]
     return [located.problem(path, f"{_short(instance)}: {error.message}")]
-
-
-def _shape_hint(path: DataPath, instance: Any) -> str:
-    """The mapping a bare value most likely meant, where one is likely."""
-    last = str(path[-1]) if path else ""
-    if last == "retry" and type(instance) is int:
-        return f"; write {{attempts: {instance}}}"
-    if last == "emit" and isinstance(instance, str):
-        return f"; write {{to: {instance}}} (an agent) or {{channel: {instance}}}"
-    return ""
 
 
 def _mapping_branch_errors(error: Any) -> list[Any]:

@@ -72,6 +72,37 @@ def test_a_bare_value_where_a_mapping_goes_says_which(setting: str, hint: str) -
     assert found.endswith(hint), found
 
 
+@pytest.mark.parametrize(("setting", "hint"), [
+    # Found by a new user: each said only what was expected, not what to write.
+    ('concurrency: "4"', "agents.a.concurrency: expected a positive integer, got '4'; it is "
+                         "a string (quoted): write it unquoted, 4"),
+    ("retry: {attempts: '3'}", "agents.a.retry.attempts: expected a positive integer, got "
+                               "'3'; it is a string (quoted): write it unquoted, 3"),
+    ("subscribe: news", "agents.a.subscribe: 'news' is a string; expected an array; write a "
+                        "list, [news]"),
+    ("peers: b", "agents.a.peers: 'b' is a string; expected an array; write a list, [b]"),
+    ("peers: 7", "agents.a.peers: 7 is an integer; expected an array; write a list, [7]"),
+])
+def test_a_value_of_the_wrong_type_says_what_to_write(setting: str, hint: str) -> None:
+    [found] = problems_of(f"channels: {{news: {{}}}}\n"
+                          f"agents:\n  a: {{handler: operator:eq, {setting}}}\n"
+                          f"  b: {{handler: operator:eq}}\n")
+    assert found.endswith(hint), found
+
+
+def test_a_quoted_number_is_named_wherever_the_schema_wants_a_number() -> None:
+    # One rule, whatever the key: a count, a count or null, in any section.
+    found = problems_of("organism: {broker: {max_length: '100'}}\n"
+                        "channels: {news: {capacity: '7'}}\nagents: {}\n")
+    assert [p.split(": ", 2)[1:] for p in found] == [
+        ["organism.broker.max_length", "'100' is not valid here; write an integer of 1 or "
+         "more; or null for none; it is a string (quoted): write it unquoted, 100"],
+        ["channels.news.capacity", "expected a positive integer, got '7'; it is a string "
+         "(quoted): write it unquoted, 7"]]
+    [timeout] = problems_of("agents: {a: {handler: operator:eq, timeout: '5'}}\n")
+    assert "(quoted)" not in timeout  # a duration may be a string: its hint says both forms
+
+
 @pytest.mark.parametrize("name", ["cli", "system"])
 def test_an_agent_named_as_the_outside_world_is_refused(name: str) -> None:
     # Found by a new user: with an agent named `cli`, `sporeflow send`'s reply went to it
