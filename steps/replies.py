@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -74,7 +74,7 @@ def shape_replies(result: Any, *, parent: Spore, agent: str, emit: Emit | None,
         raise SporeError(_bad_return(agent, result))
     if isinstance(result, Iterable) and not isinstance(result, str | bytes | dict):
         shaped: list[Spore] = []
-        _shape_items(iter(result), shaped, parent=parent, agent=agent, emit=emit,
+        _shape_items(_Items(result), shaped, parent=parent, agent=agent, emit=emit,
                      limits=limits, offload=None)
         return _numbered(shaped, parent, agent, start)
     raise SporeError(_bad_return(agent, result))
@@ -95,7 +95,7 @@ def shape_replies_off_loop(
                             id=derived_id(parent.id, agent, start))]
     if kind is str or kind is bytes:
         if len(result) > OFFLOAD_XML_BYTES:
-            return _rest_off_loop([], result, iter(()), parent=parent, agent=agent, emit=emit,
+            return _rest_off_loop([], result, _Items(()), parent=parent, agent=agent, emit=emit,
                                   limits=limits, start=start)
         return _numbered(_xml_replies(result, parent=parent, agent=agent, emit=emit,
                                       limits=limits), parent, agent, start)
@@ -103,7 +103,7 @@ def shape_replies_off_loop(
             result, Iterable) or isinstance(result, str | bytes | dict):
         return shape_replies(result, parent=parent, agent=agent, emit=emit, limits=limits,
                              start=start)
-    items = iter(result)
+    items = _Items(result)
     shaped: list[Spore] = []
     large = _shape_items(items, shaped, parent=parent, agent=agent, emit=emit, limits=limits,
                          offload=OFFLOAD_XML_BYTES)
@@ -122,11 +122,23 @@ def _numbered(spores: list[Spore], parent: Spore, agent: str, start: int) -> lis
     return spores
 
 
-def _shape_items(items: Iterator[Any], shaped: list[Spore], *, parent: Spore, agent: str,
+class _Items:
+    """The items of what a handler returned, not yet shaped, and how many were taken: a
+    bad one is named by its place."""
+
+    __slots__ = ("container", "rest", "taken")
+
+    def __init__(self, container: Iterable[Any]) -> None:
+        self.container = container
+        self.rest = iter(container)
+        self.taken = 0
+
+
+def _shape_items(items: _Items, shaped: list[Spore], *, parent: Spore, agent: str,
                  emit: Emit | None, limits: Limits, offload: int | None) -> str | bytes | None:
     """Shape ``items`` into ``shaped`` until XML text over ``offload`` comes; return it
     (None: every item is shaped)."""
-    for item in items:
+    for index, item in enumerate(items.rest, items.taken):
         kind = type(item)
         if kind is dict:
             shaped.append(reply_spore(item, parent=parent, agent=agent, emit=emit))
@@ -136,15 +148,16 @@ def _shape_items(items: Iterator[Any], shaped: list[Spore], *, parent: Spore, ag
             shaped.append(_adopt(item, parent, agent))
         elif kind is str or kind is bytes:
             if offload is not None and len(item) > offload:
+                items.taken = index + 1
                 return item  # type: ignore[no-any-return]
             shaped.extend(_xml_replies(item, parent=parent, agent=agent, emit=emit,
                                        limits=limits))
         else:
-            raise SporeError(_bad_return(agent, item))
+            raise SporeError(_bad_return(agent, item, within=(items.container, index)))
     return None
 
 
-async def _rest_off_loop(shaped: list[Spore], large: str | bytes | None, items: Iterator[Any],
+async def _rest_off_loop(shaped: list[Spore], large: str | bytes | None, items: _Items,
                          *, parent: Spore, agent: str, emit: Emit | None,
                          limits: Limits, start: int) -> list[Spore]:
     """Parse ``large`` on a worker thread, then shape the rest of ``items`` the same way."""
@@ -279,12 +292,19 @@ def _seconds_attr(value: str, agent: str) -> float:
         raise SporeError(f"agent {agent!r} wrote expires_in={value!r} in its XML: {exc}") from None
 
 
-def _bad_return(agent: str, value: object) -> str:
+def _bad_return(agent: str, value: object, *,
+                within: tuple[Iterable[Any], int] | None = None) -> str:
+    """Why ``value``, returned by ``agent`` (``within``: the item at that index of what it
+    returned), makes no reply, and what to return."""
+    returned = with_article(type(value).__name__)
+    if within is not None:
+        container, index = within
+        returned = (f"{with_article(type(container).__name__)} whose item {index} is "
+                    f"{returned}")
     unordered = (" (a set has no order: its replies would get different ids each time "
                  "it is handled; return a list)") if isinstance(value, set | frozenset) else (
         f" (a {type(value).__name__} is a dict of another type: return dict(it))"
         if isinstance(value, dict) else "")
-    return (f"agent {agent!r} returned {with_article(type(value).__name__)}, "
-            f"{shown(value, 60)}; "
+    return (f"agent {agent!r} returned {returned}, {shown(value, 60)}; "
             f"return None, a dict, a Spore, XML text, or a list or other ordered iterable "
             f"of those{unordered}")

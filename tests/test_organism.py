@@ -117,6 +117,10 @@ async def test_handlers_may_return_many_spores_and_async_iterables() -> None:
 
 @pytest.mark.parametrize(("returned", "advice"), [
     (42, "returned an int, 42; return None, a dict, a Spore"),
+    # Found by a new user: "returned an int, 3" for a list whose second item was 3.
+    ([{"a": 1}, 3], "agent 'bad' returned a list whose item 1 is an int, 3; return None, "
+                    "a dict, a Spore"),
+    (({"a": 1}, None, {"b"}), "returned a tuple whose item 2 is a set, {'b'}"),
     # A plain sentence: a returned str is read as XML, which it does not say by itself.
     ("hello there, no markup at all",
      "agent 'bad' returned text with no XML element in it: a str (or bytes) a handler "

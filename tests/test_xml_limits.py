@@ -188,6 +188,14 @@ async def test_an_iterable_holding_a_large_reply_defers_and_keeps_the_order() ->
     assert [s.metadata.get("kind") for s in spores] == [None, "items", "b"]
 
 
+async def test_a_bad_item_after_a_large_reply_is_named_by_its_place() -> None:
+    shaped = shape_replies_off_loop(iter([large_reply(), "<b>2</b>", 3]), parent=PARENT,
+                                    agent="llm", emit=None)
+    assert inspect.isawaitable(shaped)
+    with pytest.raises(SporeError, match="returned a list_iterator whose item 2 is an int, 3"):
+        await shaped
+
+
 async def test_the_limits_apply_off_the_loop_too() -> None:
     text = large_reply()
     shaped = shape_replies_off_loop(text, parent=PARENT, agent="llm", emit=None,
