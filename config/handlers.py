@@ -37,8 +37,11 @@ class HandlerImportError(ValueError):
         self.cause = cause
 
 
-def resolve_handler(ref: str, base_dir: Path, *, reload: bool = False) -> Callable[..., Any]:
-    """Import ``module:attr`` from ``base_dir`` or from installed packages."""
+def resolve_handler(ref: str, base_dir: Path, *, reload: bool = False,
+                    from_file: bool = True) -> Callable[..., Any]:
+    """Import ``module:attr`` from ``base_dir`` or from installed packages. ``from_file``:
+    ``base_dir`` is an organism file's folder, as an error says (else the ``base_dir``
+    of an organism made from a dict or text)."""
     module_name, _, attr_path = ref.partition(":")
     if not module_name or not attr_path:
         raise HandlerImportError(f"handler {ref!r} must be written module:function")
@@ -50,7 +53,7 @@ def resolve_handler(ref: str, base_dir: Path, *, reload: bool = False) -> Callab
             f"handler {ref!r} must be module:function with dotted Python names (no file "
             f"paths, no leading dots)")
     try:
-        module = _import(module_name, base_dir.resolve(), reload=reload)
+        module = _import(module_name, base_dir.resolve(), reload=reload, from_file=from_file)
     except HandlerImportError:
         raise
     except Exception as exc:  # an import runs user code: any failure is a config problem
@@ -99,14 +102,14 @@ def agent_method(cls: type) -> str:
         f"`async def handle(self, spore, ctx)` (or __call__)")
 
 
-def _import(module_name: str, base_dir: Path, *, reload: bool) -> Any:
+def _import(module_name: str, base_dir: Path, *, reload: bool, from_file: bool) -> Any:
     top = module_name.split(".")[0]
     loaded = sys.modules.get(top)
     # Only the organism's folder is searched besides installed packages: a handler path
     # never reaches into the current directory by accident.
     spec = importlib.machinery.PathFinder.find_spec(top, [str(base_dir)])
     if loaded is not None and spec is not None and spec.origin is not None:
-        _check_not_shadowed(module_name, loaded, Path(spec.origin))
+        _check_not_shadowed(module_name, loaded, Path(spec.origin), from_file=from_file)
     if loaded is None:
         if spec is not None and spec.loader is not None:
             module = importlib.util.module_from_spec(spec)
@@ -118,15 +121,17 @@ def _import(module_name: str, base_dir: Path, *, reload: bool) -> Any:
                 raise
         elif importlib.util.find_spec(top) is None:
             beside = (found.name for found in pkgutil.iter_modules([str(base_dir)]))
-            cause = (f"is neither beside the organism file ({base_dir}) nor an installed "
-                     f"package{did_you_mean(top, beside)}")
+            folder = (f"beside the organism file ({base_dir})" if from_file else
+                      f"in base_dir ({base_dir}; there is no organism file)")
+            cause = f"is neither {folder} nor an installed package{did_you_mean(top, beside)}"
             raise HandlerImportError(f"handler module {module_name!r} {cause}",
                                      module=module_name, cause=cause)
     module = importlib.import_module(module_name)
     return reimport(module_name, base_dir) if reload else module
 
 
-def _check_not_shadowed(module_name: str, loaded: ModuleType, beside: Path) -> None:
+def _check_not_shadowed(module_name: str, loaded: ModuleType, beside: Path, *,
+                        from_file: bool) -> None:
     """A module is imported once per process, by its name: the file beside this organism
     must be the one already imported under that name, or hold the same code (organisms
     made from one template, a test's copies), or its handlers would silently run another
@@ -136,7 +141,8 @@ def _check_not_shadowed(module_name: str, loaded: ModuleType, beside: Path) -> N
         return
     top = loaded.__name__
     where = f"from {held}" if held is not None else "(built into Python)"
-    cause = (f"is {beside}, beside the organism file, but this process imported a module "
+    folder = "beside the organism file" if from_file else "in base_dir"
+    cause = (f"is {beside}, {folder}, but this process imported a module "
              f"{top!r} already {where}: one process holds one module of a name, so two "
              f"organisms (or an organism and the standard library or an installed package) "
              f"cannot each have their own {top!r}. Rename {beside.name} to a name of this "

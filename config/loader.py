@@ -150,11 +150,12 @@ def _build(
     # The name checks below skip whatever has the wrong shape: that is reported already.
     problems += (reference_problems(located, external) + bare_duration_warnings(located)
                  + declared_knowledge_problems(located))
+    from_file = source is not None  # else base_dir is the one given to from_dict or text
     handlers, listed = resolve_handlers(located, base_dir, callables, listed_callables,
-                                        problems)
+                                        problems, from_file=from_file)
     payloads = read_payloads(located, handlers, listed, problems)
-    stages = resolve_stages(located, base_dir, problems)
-    store = resolve_store(located, base_dir, problems)
+    stages = resolve_stages(located, base_dir, problems, from_file=from_file)
+    store = resolve_store(located, base_dir, problems, from_file=from_file)
     schemas = _compile_schemas(located, base_dir, problems)
     sources = read_sources(located, base_dir, problems)
     signing = read_signing(mapping(data.get("organism")), mapping(data.get("agents")),

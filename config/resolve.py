@@ -34,8 +34,10 @@ class _Imports:
     and reported once (:meth:`report`), at the first reference the pass met (``handler:``
     ones first, then ``handlers:`` lists), naming every agent that refers to it."""
 
-    def __init__(self, located: Located, base_dir: Path, problems: list[Problem]) -> None:
+    def __init__(self, located: Located, base_dir: Path, problems: list[Problem], *,
+                 from_file: bool) -> None:
         self.located, self.base_dir, self.problems = located, base_dir, problems
+        self.from_file = from_file
         self.broken: dict[str, HandlerImportError] = {}
         self.users: dict[str, list[tuple[str, DataPath]]] = {}  # module -> (agent, place)
 
@@ -44,7 +46,7 @@ class _Imports:
         module = ref.partition(":")[0]
         if module not in self.broken:
             try:
-                return resolve_handler(ref, self.base_dir)
+                return resolve_handler(ref, self.base_dir, from_file=self.from_file)
             except HandlerImportError as exc:
                 if exc.module is None:  # the reference itself (no such function, ...)
                     self.problems.append(self.located.problem(where, str(exc)))
@@ -73,12 +75,13 @@ class _Imports:
 def resolve_handlers(
     located: Located, base_dir: Path, callables: Mapping[str, Callable[..., Any]],
     listed_callables: Mapping[str, Mapping[int, Callable[..., Any]]], problems: list[Problem],
+    *, from_file: bool = True,
 ) -> tuple[dict[str, Callable[..., Any]], dict[str, list[Callable[..., Any]]]]:
     """Each agent's ``handler:``, and each ``handlers:`` list (typed handlers, see
     ``config.typed``), imported; a callable given through the Python API (``callables``
     by agent, ``listed_callables`` by agent and place) is taken as is. What fails is
     added to ``problems``."""
-    imports = _Imports(located, base_dir, problems)
+    imports = _Imports(located, base_dir, problems, from_file=from_file)
     handlers = _single(located, imports, callables)
     listed = _listed(located, imports, listed_callables)
     imports.report()
@@ -127,8 +130,8 @@ def _listed(located: Located, imports: _Imports,
     return listed
 
 
-def resolve_stages(located: Located, base_dir: Path,
-                   problems: list[Problem]) -> tuple[StageSpec, ...]:
+def resolve_stages(located: Located, base_dir: Path, problems: list[Problem], *,
+                   from_file: bool = True) -> tuple[StageSpec, ...]:
     """The ``pipeline.stages`` of the file, their operators imported as handlers are."""
     stages = []
     declared = mapping(located.data.get("pipeline")).get("stages")
@@ -142,7 +145,7 @@ def resolve_stages(located: Located, base_dir: Path,
                                                f"a stage of {list(STAGE_NAMES)}"))
             continue
         try:
-            operator = resolve_handler(conf["use"], base_dir)
+            operator = resolve_handler(conf["use"], base_dir, from_file=from_file)
         except HandlerImportError as exc:
             problems.append(located.problem(where, str(exc)))
             continue
@@ -216,14 +219,14 @@ def _arguments_problem(function: Callable[..., Any], name: str,
     return None
 
 
-def resolve_store(located: Located, base_dir: Path,
-                  problems: list[Problem]) -> Callable[[], Any] | None:
+def resolve_store(located: Located, base_dir: Path, problems: list[Problem], *,
+                  from_file: bool = True) -> Callable[[], Any] | None:
     """The knowledge store factory named by ``organism.knowledge_store`` (None: memory)."""
     ref = mapping(located.data.get("organism")).get("knowledge_store", "memory")
     if not isinstance(ref, str) or ref == "memory" or ":" not in ref:
         return None
     try:
-        return resolve_handler(ref, base_dir)
+        return resolve_handler(ref, base_dir, from_file=from_file)
     except HandlerImportError as exc:
         problems.append(located.problem(("organism", "knowledge_store"),
                                         str(exc).replace("handler", "knowledge store", 1)))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sporeflow.config import ConfigError, load_organism
+from sporeflow.config import ConfigError, load_organism, organism_from_dict, organism_from_text
 
 BROKEN = """
 import builtins
@@ -66,6 +66,30 @@ def test_a_misspelt_module_beside_the_organism_is_suggested(tmp_path: Path) -> N
     assert caught.value.problems[0].message == (
         f"handler module 'handler_x3' is neither beside the organism file ({tmp_path}) nor "
         f"an installed package (did you mean 'handlers_x3'?)")
+
+
+def test_without_an_organism_file_a_missing_module_is_looked_for_in_base_dir(
+        tmp_path: Path) -> None:
+    # Found by a new user: Organism.from_dict said "neither beside the organism file
+    # (/cwd)", though there was no file.
+    (tmp_path / "handlers_x4.py").write_text("async def f(spore, ctx):\n    return None\n")
+    for build in (lambda: organism_from_dict({"agents": {"a": {"handler": "handler_x4:f"}}},
+                                             base_dir=tmp_path),
+                  lambda: organism_from_text("agents: {a: {handler: 'handler_x4:f'}}",
+                                             base_dir=tmp_path, name="o.yaml")):
+        with pytest.raises(ConfigError) as caught:
+            build()
+        assert caught.value.problems[0].message == (
+            f"handler module 'handler_x4' is neither in base_dir ({tmp_path}; there is no "
+            f"organism file) nor an installed package (did you mean 'handlers_x4'?)")
+
+
+def test_without_an_organism_file_a_shadowed_module_says_base_dir(tmp_path: Path) -> None:
+    (tmp_path / "json.py").write_text("def dumps(spore, ctx):\n    return None\n")
+    with pytest.raises(ConfigError) as caught:
+        organism_from_dict({"agents": {"a": {"handler": "json:dumps"}}}, base_dir=tmp_path)
+    assert (f"handler module 'json' is {tmp_path / 'json.py'}, in base_dir, but this process "
+            f"imported a module 'json' already") in caught.value.problems[0].message
 
 
 def test_a_missing_function_is_still_reported_per_agent(

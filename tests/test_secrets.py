@@ -271,6 +271,6 @@ def test_handler_modules_resolve_beside_the_file_not_in_a_sibling_folder(
     spec = organism_from_text("agents: {a: {handler: 'beside_mod:fn'}}",
                               base_dir=tmp_path / "org")
     assert spec.agents["a"].handler_ref == "beside_mod:fn"
-    with pytest.raises(ConfigError, match="neither beside the organism file"):
+    with pytest.raises(ConfigError, match="neither in base_dir"):  # a text has no file
         organism_from_text("agents: {a: {handler: 'elsewhere_mod:fn'}}",
                            base_dir=tmp_path / "org")
