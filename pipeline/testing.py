@@ -27,270 +27,28 @@ hour of backoff is ``await t.advance(3600)``, not an hour. (The loop's ``time`` 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
-import heapq
-import itertools
-import math
-import threading
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence, Sized
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from sporeflow.config import (
-    OrganismStateError,
     StageSpec,
     did_you_mean,
     load_organism,
     organism_from_dict,
-    parse_duration,
 )
 from sporeflow.config.errors import UsageError
 from sporeflow.config.model import BUILTIN_CHANNELS
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.organism import Organism
+from sporeflow.pipeline.virtual_clock import ADVANCE_REAL_S, VirtualClock, within_real
 from sporeflow.steps import Spore
 
 __all__ = ["TestOrganism", "VirtualClock"]
-
-T = TypeVar("T")
-_ADVANCE_REAL_S = 10.0  # seconds of real time one advance may take: a backstop
-_POLL_REAL_S = 0.001  # seconds of real time between looks at handlers still on threads
-
-
-class VirtualClock:
-    """Wall-clock time that moves only by :meth:`advance`, and the event loop's clock
-    frozen with it while :meth:`attached <attach>` to a loop: a timer (a retry's backoff,
-    a handler's timeout, a handler's own ``asyncio.sleep``) fires only when
-    :meth:`advance` reaches it, and each one it passes fires at its own time, in order,
-    with the loop running what that set off before the next (a retry that fails again
-    within the span is retried again within it).
-
-    ``start`` (default: the real time when it is made) is what :meth:`now` reads first.
-    ``off_loop`` counts the calls running off the loop (sync handlers on their threads)
-    that the loop awaits: an advance waits for them before it moves on.
-    """
-
-    def __init__(self, start: datetime | None = None, *,
-                 off_loop: Callable[[], int] = lambda: 0) -> None:
-        if start is not None and start.tzinfo is None:
-            raise UsageError(f"start must be timezone-aware, got {start!r}; "
-                             f"use datetime(..., tzinfo=UTC)")
-        self._start = start or datetime.now(UTC)
-        self.offset = 0.0  # seconds advanced in all
-        self._off_loop = off_loop
-        self._loop: asyncio.BaseEventLoop | None = None
-        self._origin = 0.0  # the loop's time when attached
-        # What the loop's clock reads while attached. An advance sets it to each timer's
-        # own `when`, never to origin + offset: that sum rounds, and a clock one ulp short
-        # of a timer the loop has already fired (it fires within its clock resolution)
-        # would step onto that timer again and again (the CI hang of 8428438).
-        self._time = 0.0
-        self._timers: list[tuple[float, int, asyncio.TimerHandle]] = []  # a heap
-        self._numbers = itertools.count()
-
-    def now(self) -> datetime:
-        """The virtual wall-clock time (timezone-aware UTC): an organism's ``now``."""
-        return self._start + timedelta(seconds=self.offset)
-
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Freeze ``loop``'s clock and keep track of its timers, so that :meth:`advance`
-        fires them. Before the organism starts, which reads the loop's clock."""
-        if self._loop is not None or "time" in vars(loop):
-            raise OrganismStateError("the event loop runs on a virtual clock already; "
-                                     "one TestOrganism at a time per loop")
-        if not isinstance(loop, asyncio.BaseEventLoop):  # uvloop's is in C
-            raise OrganismStateError(
-                f"the virtual clock needs asyncio's own event loop, not "
-                f"{type(loop).__name__}; run the test on asyncio's")
-        self._origin = self._time = loop.time()
-        scheduled, timers, numbers = loop.call_at, self._timers, self._numbers
-
-        def call_at(when: float, callback: Callable[..., object], *args: Any,
-                    context: contextvars.Context | None = None) -> asyncio.TimerHandle:
-            handle = scheduled(when, callback, *args, context=context)
-            heapq.heappush(timers, (when, next(numbers), handle))
-            return handle
-
-        loop.time = lambda: self._time  # type: ignore[method-assign]
-        loop.call_at = call_at  # type: ignore[method-assign, assignment]  # call_later too
-        self._loop = loop
-
-    def thaw(self) -> None:
-        """Let the loop's clock run on in real time from where it stands (for a stop,
-        whose drain waits in real time)."""
-        loop = self._loop
-        if loop is not None:
-            real = type(loop).time
-            shift = self._time - real(loop)
-            loop.time = lambda: real(loop) + shift  # type: ignore[method-assign]
-
-    def detach(self) -> None:
-        """Give the loop its own clock back (what was advanced stays advanced here)."""
-        if self._loop is not None:
-            del self._loop.time
-            del self._loop.call_at
-            self._loop = None
-            self._timers.clear()
-
-    async def advance(self, seconds: float | timedelta | str, *,
-                      timeout: float = _ADVANCE_REAL_S) -> None:
-        """Move time forward by ``seconds`` (or a timedelta, or ``"5s"``), firing each
-        timer due on the way at its own time; follow with ``await t.idle()`` for what
-        they set off to finish.
-
-        ``timeout`` (seconds of real time) is a backstop: past it, TimeoutError says
-        where the advance stands and what it still waits for."""
-        seconds = _span(seconds)
-        target = self.offset + seconds
-        if self._loop is None:  # no loop to move: the wall clock alone
-            self.offset = target
-            await asyncio.sleep(0)
-            return
-        limit = self._origin + target
-        span = _Span(seconds, timeout, time.monotonic() + timeout)
-        while True:
-            await self._settle(span)
-            due = self._next_due(limit)
-            if due is None:
-                break
-            # Onto the timer's own reading: it is due now, and _next_due drops it next,
-            # so each turn drops one timer at least and the advance ends.
-            self._time = due
-            self.offset = max(self.offset, due - self._origin)
-            span.steps += 1
-        self.offset = target
-        self._time = max(self._time, limit)
-        await self._settle(span)
-
-    def _next_due(self, limit: float) -> float | None:
-        """When the first pending timer at or before ``limit`` is due (those due by the
-        loop's time have fired: the loop settled)."""
-        timers, now = self._timers, self._time
-        while timers and (timers[0][0] <= now or timers[0][2].cancelled()):
-            heapq.heappop(timers)
-        return timers[0][0] if timers and timers[0][0] <= limit else None
-
-    async def _settle(self, span: _Span) -> None:
-        """Run the loop until all it holds waits: on a timer not yet due, a socket, or
-        nothing; a handler running on a thread is waited for, until ``span`` gives up."""
-        loop = self._loop
-        assert loop is not None  # attached: advance checked
-        while True:
-            await asyncio.sleep(0)
-            if time.monotonic() >= span.give_up:
-                raise TimeoutError(self._late(span, loop))
-            if _runs_next_turn(loop):
-                continue
-            if not self._off_loop():
-                return
-            await _real_pause(loop, _POLL_REAL_S)  # the thread hands its result over
-
-    def _late(self, span: _Span, loop: asyncio.BaseEventLoop) -> str:
-        waits = ("a sync handler still runs on its agent's thread" if self._off_loop() else
-                 "the loop always had a callback ready (a task that never waits?)"
-                 if _runs_next_turn(loop) else
-                 f"timers kept coming due ({span.steps} stepped onto so far)")
-        return (f"VirtualClock.advance({span.seconds:g}): not done after {span.timeout:g}s "
-                f"of real time, at {self.offset:g}s of virtual time: {waits}; pass a longer "
-                f"`timeout=` or advance in smaller steps")
-
-
-@dataclasses.dataclass
-class _Span:
-    """One advance under way: when it gives up (``time.monotonic()``), and for its
-    message, what it was asked and how many timers it stepped onto."""
-
-    seconds: float
-    timeout: float
-    give_up: float
-    steps: int = 0
-
-
-def _span(seconds: object) -> float:
-    """An advance's span: seconds, a ``timedelta`` or a duration as organism.yaml writes
-    them (``"5s"``); time only moves forward, by a finite span."""
-    if isinstance(seconds, timedelta):
-        seconds = seconds.total_seconds()
-    elif isinstance(seconds, str):
-        try:
-            seconds = parse_duration(seconds)
-        except ValueError as exc:
-            raise UsageError(f"advance({seconds!r}): {exc}") from None
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (
-            0 <= seconds < math.inf):
-        raise UsageError(f"time only moves forward, by a finite span of seconds (a number, "
-                         f"a timedelta or \"5s\"); got advance({seconds!r})")
-    return float(seconds)
-
-
-def _runs_next_turn(loop: asyncio.BaseEventLoop) -> bool:
-    """Whether the loop's next turn runs a callback: one is ready, or a timer is due.
-
-    Read off asyncio's own loop (attach refuses others), as no public API tells it. A
-    thread's call_soon_threadsafe lands in ``_ready`` before its wake-up byte; a timer set
-    for now sits in ``_scheduled`` until the turn after the one that set it.
-    """
-    ready: Sized = loop._ready  # type: ignore[attr-defined]
-    scheduled: list[asyncio.TimerHandle] = loop._scheduled  # type: ignore[attr-defined]
-    return bool(ready) or (bool(scheduled) and scheduled[0].when() <= loop.time())
-
-
-async def _real_pause(loop: asyncio.AbstractEventLoop, seconds: float) -> None:
-    """Wait ``seconds`` of real time (a thread's timer: the loop's own stand still)."""
-    done = loop.create_future()
-    timer = threading.Timer(seconds, _call_on, (loop, _resolve, done))
-    timer.daemon = True
-    timer.start()
-    try:
-        await done
-    finally:
-        timer.cancel()
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _call_on(loop: asyncio.AbstractEventLoop, callback: Callable[..., object],
-             *args: Any) -> None:
-    """From a timer's thread: ``callback(*args)`` on ``loop``, unless it closed meanwhile
-    (nothing awaits the timer then; an error on the thread would only be noise)."""
-    try:
-        loop.call_soon_threadsafe(callback, *args)
-    except RuntimeError:
-        pass
-
-
-async def _within_real(work: Awaitable[T], seconds: float, why: Callable[[], str]) -> T:
-    """``work``'s result, or TimeoutError(``why()``) after ``seconds`` of real time: the
-    loop's own timers stand still under the virtual clock."""
-    task = asyncio.ensure_future(work)
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()
-
-    timer = threading.Timer(seconds, _call_on, (asyncio.get_running_loop(), expire))
-    timer.daemon = True
-    timer.start()
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if expired:
-            raise TimeoutError(why()) from None
-        raise
-    finally:
-        timer.cancel()
-        task.cancel()
-
 
 class _Capture(LedgerHook):
     """What each agent handled and produced, and what went out on each channel."""
@@ -374,16 +132,25 @@ class TestOrganism:
         """Ask ``to_agent`` and return its response spore. ``timeout`` is virtual (as
         the organism's timers are) and, as a backstop, real time too."""
         asked = self.organism.request(to_agent, knowledge, timeout=timeout, sender=sender)
-        return await _within_real(asked, timeout, lambda: (
-            f"TestOrganism.request({to_agent!r}): no response within {timeout:g}s of real "
-            f"time, and the virtual clock did not reach its timeout; move it with "
-            f"`await t.advance(seconds)`"))
+        return await within_real(asked, timeout, lambda: self._unanswered(to_agent, timeout))
+
+    def _unanswered(self, to_agent: str, timeout: float) -> str:
+        said = (f"TestOrganism.request({to_agent!r}): no response within {timeout:g}s of "
+                f"real time")
+        agent = self.organism.stats()["agents"].get(to_agent, {})
+        if agent.get("handled") and not agent.get("queued") and not agent.get("in_flight"):
+            # Found by a new user: the clock's hint sent them after the wrong thing.
+            return (f"{said}; {to_agent!r} handled it and holds nothing now, and no response "
+                    f"came back: a request is answered by what its handler returns (a "
+                    f"dict), or by ctx.reply: did it return None?")
+        return (f"{said}, and the virtual clock did not reach its timeout; move it with "
+                f"`await t.advance(seconds)`")
 
     async def idle(self, timeout: float = 10.0) -> None:
         """Wait until nothing is queued or in flight; ``timeout`` (seconds of real time,
         as the virtual clock stands still) is a backstop against a test that would hang:
         past it, TimeoutError says what is still held."""
-        await _within_real(self.organism.idle(), timeout, lambda: self._still_held(timeout))
+        await within_real(self.organism.idle(), timeout, lambda: self._still_held(timeout))
 
     def _still_held(self, timeout: float) -> str:
         stats = self.organism.stats()
@@ -396,7 +163,7 @@ class TestOrganism:
                 f"wait on the virtual clock: move it with `await t.advance(seconds)` first")
 
     async def advance(self, seconds: float | timedelta | str, *,
-                      timeout: float = _ADVANCE_REAL_S) -> None:
+                      timeout: float = ADVANCE_REAL_S) -> None:
         """Move the virtual clock forward (seconds, a timedelta or ``"5s"``), each timer
         on the way firing at its own time (see :class:`VirtualClock`); ``timeout`` is a
         backstop in real seconds."""

@@ -13,7 +13,10 @@ import pytest
 
 from sporeflow import Context, Spore
 from sporeflow.config import OrganismStateError
+from sporeflow.pipeline import virtual_clock
 from sporeflow.testing import TestOrganism, VirtualClock
+
+from .conftest import wait_until
 
 
 def greeter_organism() -> dict[str, Any]:
@@ -243,6 +246,42 @@ async def test_a_request_never_answered_ends_in_real_time_too() -> None:
                                                r"within 0.5s of real time"):
             await t.request("q", {}, timeout=0.5)
         await t.advance(1000)  # its handler ends: the stop need not wait for it
+
+
+async def test_a_request_whose_handler_returned_none_says_so_not_to_move_the_clock() -> None:
+    # Found by a new user: the message said to move the virtual clock, sending them after
+    # the wrong thing; the handler had returned None, which answers nothing.
+    async def mute(spore: Spore, ctx: Context) -> None:
+        return None
+
+    async with TestOrganism({"agents": {"q": {"handler": mute}}}) as t:
+        with pytest.raises(TimeoutError) as said:
+            await t.request("q", {}, timeout=0.5)
+    assert str(said.value) == (
+        "TestOrganism.request('q'): no response within 0.5s of real time; 'q' handled it "
+        "and holds nothing now, and no response came back: a request is answered by what "
+        "its handler returns (a dict), or by ctx.reply: did it return None?")
+
+
+async def test_a_tests_own_sleep_is_told_once_the_loop_waited_on_it(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # Found by a new user: `await asyncio.sleep(0.1)` in a test hung until pytest's own
+    # timeout, without a word: the loop's clock stands still under a TestOrganism.
+    monkeypatch.setattr(virtual_clock, "HELD_WARN_S", 0.2)
+
+    async def mute(spore: Spore, ctx: Context) -> None:
+        return None
+
+    async with TestOrganism({"agents": {"q": {"handler": mute}}}) as t:
+        sleeper = asyncio.ensure_future(asyncio.sleep(5))
+        await wait_until(lambda: "waits for ever" in caplog.text)  # turns, no timers
+        await t.advance(5)
+        await sleeper
+        await wait_until(lambda: sleeper.done())
+    [told] = [r for r in caplog.records if "waits for ever" in r.getMessage()]
+    assert told.levelname == "WARNING"
+    assert "for a timer due in 5 s of virtual time" in told.getMessage()
+    assert "`await t.advance(seconds)`" in told.getMessage()
 
 
 # A loop's clock a hundred minutes after boot, and a timer's time that origin + offset
