@@ -195,6 +195,45 @@ async def test_tail_follows_the_process_it_is_told_and_refuses_to_guess(
         assert unknown.startswith("NoSuchProcess: --process nobody: no running process of ")
 
 
+CHAIN = """
+async def producer(spore, ctx):
+    return {"step": "priced?"}
+
+async def pricer(spore, ctx):
+    return {"step": "taxed?"}
+
+async def ledger(spore, ctx):
+    return {"booked": True}
+
+async def taxman(spore, ctx):
+    answer = await ctx.request("ledger", {"step": "booked?"}, timeout=5)
+    ctx.state["booked"] = answer.knowledge
+"""
+
+
+async def test_trace_joins_the_steps_each_process_holds_of_one_conversation(
+        tmp_path: Path, handler_modules: Callable[[str], str]) -> None:
+    # Found by a new user: over a broker, `sporeflow trace ROOT` showed the root's process's
+    # part only: the process that never saw the root answered 404 for it, so the spores it
+    # handled further down (a request, its response, the emit on) were left out.
+    path = tmp_path / "organism.yaml"
+    path.write_text(ORGANISM.format(module=handler_modules(CHAIN)).replace(
+        "producer: {handler", "producer: {emit: {to: pricer}, handler").replace(
+        "pricer: {handler", "pricer: {emit: {to: taxman}, handler"))
+    async with two_processes(path) as (a, b):
+        root = await a.send("producer", {"step": "start"}, sender="cli")
+        await wait_for(lambda: b.stats()["agents"]["taxman"]["handled"] == 1)
+        await wait_for(lambda: a.stats()["agents"]["ledger"]["handled"] == 1)
+        result = await sporeflow("trace", str(path), root.id, "--json")
+    assert result.exit_code == 0, result.output
+    steps = [json.loads(line) for line in result.output.splitlines()]
+    handled = sorted((step["agent"], step["spore_type"]) for step in steps
+                     if step["outcome"] == "handled")
+    assert handled == [("ledger", "request"), ("pricer", "knowledge"),
+                       ("producer", "knowledge"), ("taxman", "knowledge")]
+    assert {step["correlation_id"] for step in steps if step["id"] != root.id} == {root.id}
+
+
 def test_replicas_are_alike_for_what_any_process_does_but_not_for_tail() -> None:
     one = Process(Path("/r/1.sock"), 1, ("pricer",), False)
     two = Process(Path("/r/2.sock"), 2, ("pricer",), False)

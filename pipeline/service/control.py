@@ -16,6 +16,7 @@ with a bearer token.
     GET  /v1/dead-letters/{number}
     GET  /v1/trace?id=SPORE_ID       the steps of the tree of spores it produced, from the
                                      recent window (``observe.lineage``); 404 when not in it
+    GET  /v1/trace?conversation=ID   the steps of that conversation this process holds
     POST /v1/dead-letters/replay     {agents?, reasons?, ids?, all?}
     POST /v1/dead-letters/purge      {agents?, reasons?, ids?, all?}: deleted for good
 
@@ -401,6 +402,11 @@ class _Routes:
 
 
     async def trace(self, request: web.Request) -> web.Response:
+        conversation = request.query.get("conversation")
+        if conversation:  # over a broker: the steps this process holds of it, for a join
+            held = [step.to_json() for step in self.window.steps
+                    if (step.correlation_id or step.id) == conversation]
+            return self.json({"conversation": conversation, "steps": held})
         spore_id = request.query.get("id")
         if not spore_id:
             raise _BadRequest("say which spore: ?id=SPORE_ID (the root of the tree)")

@@ -27,13 +27,24 @@ async def trace_from_endpoint(sockets: Sequence[Path], spore_id: str) -> TraceNo
     when no window holds that spore. Raises :class:`ControlError` when one refuses."""
     steps: list[TraceStep] = []
     for socket in sockets:
-        steps += await _steps_at(socket, spore_id)
-    return trace_tree(steps, spore_id) if steps else None
+        steps += await _steps_at(socket, {"id": spore_id})
+    root = next((step for step in steps if step.id == spore_id), None)
+    if root is None:
+        return None
+    if len(sockets) > 1:
+        # Found by a new user: a process holds the steps it settled, and one that never
+        # saw the root holds its descendants all the same: every process is asked for the
+        # root's conversation, which each of them carries (correlation_id).
+        conversation = root.correlation_id or root.id
+        for socket in sockets:
+            steps += await _steps_at(socket, {"conversation": conversation})
+        steps = list(dict.fromkeys(steps))  # a process's steps came twice
+    return trace_tree(steps, spore_id)
 
 
-async def _steps_at(socket: Path, spore_id: str) -> list[TraceStep]:
+async def _steps_at(socket: Path, query: dict[str, str]) -> list[TraceStep]:
     async with ControlClient(socket) as client:
-        status, answer = await client.get("trace", {"id": spore_id})
+        status, answer = await client.get("trace", query)
     if status == 404:
         return []
     if status != 200 or not isinstance(answer, dict) or not isinstance(
