@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiormq
 import pytest
 from click.testing import CliRunner
 
@@ -242,6 +243,30 @@ async def test_letters_this_process_made_are_in_the_broker_queue_once_each(
     organism = Organism.from_file(org.path)
     async with organism.running(drain_timeout=5):  # replayed without its expiry: handled
         await eventually(lambda: "7" in org.lines("out.txt"), "the replay handled")
+
+
+async def test_broker_delete_takes_a_deployment_away_only_when_asked_and_unused(
+        made: Callable[[str], Made]) -> None:
+    # A new user's finding: README pointed at AmqpBackend.destroy, which the package does
+    # not export, and no command took an organism's exchanges and queues away.
+    org = made("")
+    organism = Organism.from_file(org.path)
+    async with organism.running(drain_timeout=5):
+        code, _, err = await asyncio.to_thread(invoke, "broker-delete", str(org.path), "--yes")
+        assert code == 1
+        assert "is consumed by a running process: stop the organism's processes" in err
+        await organism.send("worker", {"n": 1})
+    code, _, err = await asyncio.to_thread(invoke, "broker-delete", str(org.path))
+    assert code == 1
+    assert err.startswith(f"would delete exchanges {org.topology.exchange}, ")
+    assert "pass --yes to delete" in err
+    assert await queue_depth(org.topology.dead_letter_queue) == 0  # still there
+    code, out, err = await asyncio.to_thread(invoke, "broker-delete", str(org.path), "--yes")
+    assert code == 0, err
+    assert out.startswith("deleted from ")
+    for queue in (org.topology.queue("worker"), org.topology.dead_letter_queue):
+        with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
+            await queue_depth(queue)
 
 
 async def test_purge_and_replay_need_a_choice_and_run_is_for_journals(

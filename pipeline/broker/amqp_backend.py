@@ -419,16 +419,22 @@ class AmqpBackend(Backend):
             except _ERRORS:
                 pass  # closing a broken connection: the broker requeues what it held
 
-    async def destroy(self, topology: Topology) -> None:
+    async def destroy(self, topology: Topology, *, unused_only: bool = False) -> None:
+        """``unused_only``: delete no queue a process consumes (RabbitMQ refuses)."""
         connection: AbstractConnection | None = self._connection
         owned = connection is None
         try:
             if connection is None:
                 connection = await aio_pika.connect(self._url, timeout=self.connect_timeout)
             channel = await connection.channel()
-            for agent in topology.subscriptions:
-                await channel.queue_delete(topology.queue(agent))
-            await channel.queue_delete(topology.dead_letter_queue)
+            for queue in (*map(topology.queue, topology.subscriptions),
+                          topology.dead_letter_queue):
+                try:
+                    await channel.queue_delete(queue, if_unused=unused_only)
+                except aiormq.exceptions.ChannelPreconditionFailed:
+                    raise BrokerError(
+                        f"queue {queue!r} at {self.address} is consumed by a running "
+                        f"process: stop the organism's processes, then delete") from None
             await channel.queue_delete(topology.record_queue)
             await channel.exchange_delete(topology.exchange)
             await channel.exchange_delete(topology.dead_letter_exchange)

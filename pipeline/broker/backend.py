@@ -374,8 +374,9 @@ class Backend(abc.ABC):
         """Stop consuming and disconnect; unacked messages go back to their queues."""
 
     @abc.abstractmethod
-    async def destroy(self, topology: Topology) -> None:
-        """Delete the queues and exchanges of ``topology`` (tests, teardown)."""
+    async def destroy(self, topology: Topology, *, unused_only: bool = False) -> None:
+        """Delete the queues and exchanges of ``topology`` (tests, ``broker-delete``);
+        ``unused_only``: refuse (:class:`BrokerError`) a queue a process consumes."""
 
     @abc.abstractmethod
     def statistics(self) -> BackendStatistics:

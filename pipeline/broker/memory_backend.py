@@ -332,7 +332,7 @@ class MemoryBackend(Backend):
             self.broker.queues.pop(self._reply.name, None)
             self._reply = None
 
-    async def destroy(self, topology: Topology) -> None:
+    async def destroy(self, topology: Topology, *, unused_only: bool = False) -> None:
         self.broker.delete(topology)
 
     def boot_record(self, topology: Topology) -> BootRecord:

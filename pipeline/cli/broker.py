@@ -96,3 +96,36 @@ async def _declare(url: str, topology: Topology) -> tuple[str, Leftovers]:
                               f"topology of {topology.exchange!r}; use a user with configure "
                               f"permission on the vhost (an administrator)")
     return backend.address, backend.leftovers
+
+
+@click.command("broker-delete")
+@ORGANISM_FILE
+@click.option("--backend", metavar="URL", help="An amqp:// or amqps:// URL of a user allowed "
+              "to delete them (${NAME} reads the environment); default: organism.backend.")
+@click.option("--yes", is_flag=True, help="Delete them; without it, say what would go.")
+@click.pass_context
+def broker_delete(ctx: click.Context, organism: Path, backend: str | None, yes: bool) -> None:
+    """Delete ORGANISM's exchanges and queues from RabbitMQ, the spores waiting in its
+    agents' queues and the letters of its dead-letter queue with them, and its boot and
+    declaration records: a deployment taken away for good. Refused while a process
+    consumes one of its queues; without --yes, it only says what it would delete."""
+    spec = guarded(ctx, lambda: load_organism(organism))
+    topology = Topology.of(spec)
+    queues = [*map(topology.queue, sorted(topology.subscriptions)), topology.dead_letter_queue]
+    what = (f"exchanges {topology.exchange}, {topology.dead_letter_exchange}; queues "
+            f"{', '.join(queues)}")
+    if not yes:
+        click.echo(f"would delete {what}, and every spore and dead letter in them; pass "
+                   f"--yes to delete", err=True)
+        ctx.exit(1)
+    address = guarded(ctx, lambda: run_to_end(_delete(backend or spec.backend, topology)))
+    click.echo(f"deleted from {address}: {what}")
+
+
+async def _delete(url: str, topology: Topology) -> str:
+    backend = open_backend(url)
+    if backend is None:
+        raise BrokerError("broker-delete needs a broker: give --backend amqp://... or set "
+                          "organism.backend")
+    await backend.destroy(topology, unused_only=True)
+    return backend.address

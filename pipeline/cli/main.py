@@ -28,7 +28,7 @@ from sporeflow.config import (
 from sporeflow.config.words import plural
 from sporeflow.pipeline.agents.state import read_snapshot, write_snapshot
 from sporeflow.pipeline.broker.backend import resolve_backend_url
-from sporeflow.pipeline.cli.broker import broker_declare, broker_permissions
+from sporeflow.pipeline.cli.broker import broker_declare, broker_delete, broker_permissions
 from sporeflow.pipeline.cli.control import (
     PROCESS_OPTION,
     call,
@@ -471,6 +471,7 @@ cli.add_command(reload)
 cli.add_command(keygen)
 cli.add_command(broker_permissions)
 cli.add_command(broker_declare)
+cli.add_command(broker_delete)
 
 
 def main() -> None:
