@@ -18,6 +18,7 @@ from sporeflow.config.model import (
     OrganismSpec,
 )
 from sporeflow.config.positions import Located
+from sporeflow.config.references import mapping
 
 __all__ = ["wiring_warnings"]
 
@@ -59,11 +60,13 @@ def wiring_warnings(located: Located, spec: OrganismSpec) -> list[Problem]:
                 warning=True))
         retry = agent.retry
         if retry.attempts > 1 and retry.backoff > retry.max_backoff:
+            given = "max_backoff" in mapping(mapping(mapping(located.data.get(
+                "agents")).get(agent.name)).get("retry"))
             warnings.append(located.problem(
                 ("agents", agent.name, "retry", "backoff"),
                 f"{_seconds(retry.backoff)} is more than retry.max_backoff "
-                f"({_seconds(retry.max_backoff)}, its default unless set): every pause is "
-                f"capped there; raise max_backoff to wait longer", warning=True))
+                f"({_seconds(retry.max_backoff)}{'' if given else ', its default'}): every "
+                f"pause is capped there; raise max_backoff to wait longer", warning=True))
         reached = (agent.subscribe or agent.boot is not None or agent.name in emitted_to
                    or agent.name in named_peers or agent.name in fed)
         if self_driving and not reached:

@@ -330,4 +330,9 @@ def test_a_backoff_above_max_backoff_is_warned_of(tmp_path: Path) -> None:
     [warning] = problems
     assert warning.warning
     assert warning.path == "agents.a.retry.backoff"
-    assert "3600s is more than retry.max_backoff (10s" in warning.message
+    assert "3600s is more than retry.max_backoff (10s, its default): every" in warning.message
+    # Found by a new user: one set below the backoff was called "its default unless set".
+    file.write_text("agents:\n  b: {handler: operator:eq, retry: {attempts: 3, backoff: 1h, "
+                    "max_backoff: 5s}}\n")
+    _, [set_one] = check_organism(file)
+    assert "3600s is more than retry.max_backoff (5s): every pause" in set_one.message
