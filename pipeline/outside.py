@@ -78,16 +78,19 @@ class OutsideApi:
             spore_type=SporeType.BROADCAST, priority=priority, expires_in=expires_in,
             extra=extra), confirm=confirm)
 
-    async def confirmed(self) -> None:
+    async def confirmed(self, spore: Spore | None = None) -> None:
         """Return once every spore sent so far (``confirm=False`` ones included) is on
         disk, or, over a broker, confirmed by it (or ended here); at once with neither.
         Raises the journal's :class:`JournalError` if it failed, :class:`BrokerError` if
-        a spore sent since the last call could not be published."""
+        a spore sent since the last call could not be published. With ``spore``, once it
+        has left, raising nothing for it (its own loss is a dead letter) and leaving
+        what other sends lost to the next ``confirmed()`` without one."""
         self._require_running()
         if self._journal is not None:
             await self._journal.flush()
         elif self._bridge is not None:
-            await self._bridge.publisher.sent.confirmed()
+            sent = self._bridge.publisher.sent
+            await (sent.gone(spore.id) if spore is not None else sent.confirmed())
 
     async def boot(self, agent: str, knowledge: Mapping[str, Any], *,
                    again: bool = False) -> Spore | None:

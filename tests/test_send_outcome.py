@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from sporeflow.config import BrokerError
 from sporeflow.pipeline import Organism, Spore
 from sporeflow.pipeline.broker.memory_backend import MemoryBackend, MemoryBroker
 from sporeflow.pipeline.service import operations
@@ -57,3 +58,36 @@ async def test_a_spore_this_process_refused_is_dead_lettered_not_sent(
     sent = await operations.send_spore(here, {"sku": "apple"}, to="pricer", timeout=BACKSTOP)
     assert (sent.status, sent.ok) == ("sent", True)
     assert [letter.reason for letter in here.dead_letters] == ["schema"]
+
+
+class _Losing(MemoryBackend):
+    """A broker that loses (refuses) every spore whose knowledge says ``lost``."""
+
+    async def publish(self, spore: Spore, **options: Any) -> None:
+        if spore.knowledge.get("lost"):
+            raise BrokerError(f"{self.address}: lost spore {spore.id}")
+        await super().publish(spore, **options)
+
+
+async def test_a_send_from_the_control_endpoint_does_not_swallow_another_senders_loss(
+        tmp_path: Path) -> None:
+    # Review: send_spore (`sporeflow send`, POST /v1/send) awaits organism.confirmed(),
+    # which reports a lost spore once, to whichever caller awaits it first, and then
+    # forgets it. A program that sends with confirm=False and acknowledges its own source
+    # after confirmed() (README: "acknowledge it upstream") was told nothing of its lost
+    # spore when a `sporeflow send` ran in between: it acknowledged a spore never sent.
+    (tmp_path / "sku.json").write_text(json.dumps({"type": "object"}))
+    data = {"organism": {"name": "shop"},
+            "agents": {"ingest": {"handler": ingest}, "pricer": {"handler": price}}}
+    broker = MemoryBroker()
+    here = Organism.from_dict(data, base_dir=tmp_path, backend=_Losing(broker),
+                              hosted=["ingest"])
+    there = Organism.from_dict(data, base_dir=tmp_path, backend=MemoryBackend(broker),
+                               hosted=["pricer"])
+    async with there.running(drain_timeout=BACKSTOP), here.running(drain_timeout=BACKSTOP):
+        await here.send("pricer", {"lost": True}, confirm=False)  # the program's batch
+        told = await operations.send_spore(here, {"sku": "apple"}, to="pricer",
+                                           timeout=BACKSTOP)  # an operator's send meanwhile
+        assert told.status == "sent"
+        with pytest.raises(BrokerError):  # the program's own confirmed(): its spore is lost
+            await here.confirmed()

@@ -70,6 +70,17 @@ class SentSpores:
                               f"{self.address}: each is a dead letter saying why (see "
                               f"organism.dead_letters, or `sporeflow dlq list`)")
 
+    async def gone(self, spore_id: str) -> None:
+        """Return once spore ``spore_id`` (and those sent before it) left; unlike
+        :meth:`confirmed`, raise nothing and keep the count of spores not published for
+        the sender that asks ``confirmed()`` (its own spore's fate is its own to read)."""
+        numbers = self._by_id.get(spore_id)
+        if numbers is None:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((numbers[-1], waiter))
+        await waiter
+
     def release(self) -> None:
         """The bridge closed: what is still out will never be published."""
         self._unpublished += len(self._numbers)

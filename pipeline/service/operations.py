@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sporeflow.config import (
-    BrokerError,
     HandlerError,
     OrganismStateError,
     RequestTimeout,
@@ -92,7 +91,7 @@ class Controlled(Protocol):
 
     def submit(self, spore: Spore) -> Coroutine[Any, Any, Spore]: ...
 
-    async def confirmed(self) -> None: ...
+    async def confirmed(self, spore: Spore | None = None) -> None: ...
 
     def send(self, to_agent: str, knowledge: dict[str, Any], *, sender: str = ...,
              channel: str | None = ..., **extra: Any) -> Coroutine[Any, Any, Spore]: ...
@@ -320,11 +319,9 @@ async def _left(organism: Controlled, spore: Spore, fates: _Fates,
     sending process too: a schema, an expiry), as a dead letter of this process's."""
     try:
         async with asyncio.timeout(timeout):
-            await organism.confirmed()
+            await organism.confirmed(spore)  # this one: what others lost stays theirs
     except TimeoutError:
         return SendOutcome("pending", spore.id)
-    except BrokerError:
-        pass  # a spore not published: its dead letter, here, says why
     end = fates.seen(spore.id)
     return SendOutcome("sent", spore.id) if end is None else _outcome(organism, spore.id, end)
 
