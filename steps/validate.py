@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import datetime
 from math import isfinite
+from operator import attrgetter
 from typing import Any
 
 from aiostream import pipable_operator, streamcontext
@@ -129,7 +130,9 @@ def check_spore(spore: Any, limits: Limits, *, built: bool = False) -> None:
     if not ok:
         pass
     elif built:  # a handler's send is one hop further than what it handles
-        ok = hops <= limits.max_hops
+        # The sender's names: a recipient is an agent's, checked where it is looked up.
+        ok = hops <= limits.max_hops and (
+            from_agent.isascii() and channel.isascii() or _texts_writable(spore))
     else:
         spore_id, expires_at, reply_to = spore.id, spore.expires_at, spore.reply_to
         created_at, thread_id = spore.created_at, spore.thread_id
@@ -161,9 +164,7 @@ def json_size_bound(spore: Spore, max_depth: int, budget: int) -> int | None:
     """An upper bound of ``spore``'s size as JSON (its strings measured exactly), walked
     no further than ``budget``: ``budget + 1`` past it; None for a spore that is no JSON
     (what a dead letter may hold: its ids and names too may be of any length)."""
-    names = sum(len(value) for value in (
-        spore.id, spore.from_agent, spore.to_agent, spore.channel, spore.reply_to,
-        spore.thread_id, spore.causation_id, spore.correlation_id) if isinstance(value, str))
+    names = sum(len(value) for value in _texts_of(spore) if isinstance(value, str))
     try:
         return names + _measure(spore, max_depth, _EXACT, budget)
     except _Over:
@@ -178,14 +179,13 @@ def _strings(values: object) -> bool:
 
 _TEXT_FIELDS = ("id", "from_agent", "to_agent", "channel", "reply_to", "thread_id",
                 "causation_id", "correlation_id")
+_texts_of = attrgetter(*_TEXT_FIELDS)  # a spore's names and ids
 
 
 def _texts_writable(spore: Spore) -> bool:
     """Whether UTF-8 can write every name and id of ``spore`` (what is no text is told
     by ``_explain``). ASCII, as ids and names almost always are, needs no more test."""
-    for value in (spore.id, spore.from_agent, spore.to_agent, spore.channel, spore.reply_to,
-                  spore.thread_id, spore.causation_id, spore.correlation_id,
-                  *spore.knowledge_references, *spore.data_references):
+    for value in (*_texts_of(spore), *spore.knowledge_references, *spore.data_references):
         if value.__class__ is str and not value.isascii() and not utf8_writable(value):
             return False
     return True

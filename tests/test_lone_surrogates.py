@@ -139,3 +139,22 @@ def test_organism_yaml_with_a_surrogate_escape_says_which_escape(tmp_path: Path)
     assert ":5:18:" in said
     assert "invalid Unicode character escape" in said
     assert "never closed" not in said  # found: "the string opened by \" here is never closed"
+
+
+async def test_an_outside_senders_name_with_a_lone_surrogate_is_refused_at_the_call(
+        tmp_path: Path) -> None:
+    # Review: organism.send/broadcast build their spore (check_spore(built=True)), which
+    # skips the names' UTF-8 test: the sender's name passed, the agent handled the spore,
+    # and its answer was refused at validate, a dead letter blamed on the agent (over a
+    # broker, the publish itself failed). One rule, every path: refused where it is sent.
+    (tmp_path / "h_sur.py").write_text("async def echo(spore, ctx):\n    return {'ok': 1}\n")
+    organism = Organism.from_dict({"organism": {"name": "sur"},
+                                   "agents": {"a": {"handler": "h_sur:echo"}}},
+                                  base_dir=tmp_path)
+    async with organism.running():
+        with pytest.raises(SporeError, match="from_agent 'cli\\\\udc80' holds a lone surrogate"):
+            await organism.send("a", {"x": 1}, sender="cli\udc80")
+        with pytest.raises(SporeError, match="channel 'c\\\\udc80' holds a lone surrogate"):
+            await organism.send("a", {"x": 1}, channel="c\udc80")
+        await organism.idle()
+    assert list(organism.dead_letters) == []
