@@ -14,6 +14,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
 from sporeflow.config import SporeError
+from sporeflow.config.json_shape import utf8_writable
 from sporeflow.pipeline.broker.amqp_codec import (
     CONTENT_TYPE,
     forwardable_headers,
@@ -48,10 +49,18 @@ def spore_letter(spore: Spore, routing_key: str, *, reason: str, error: str,
         body = json.dumps(spore_form(spore), ensure_ascii=True).encode()
         headers = {"spore_id": str(spore.id)[:200]}
     headers.update(_why(reason, error, agent, attempts, routing_key))
+    # Its names may be what got it refused (a lone surrogate, which AMQP's text cannot
+    # hold): written escaped, so that the letter reaches the queue all the same.
+    headers = {key: _writable(value) if isinstance(value, str) else value
+               for key, value in headers.items()}
     made = spore.created_at if isinstance(spore.created_at, datetime) else None
     return aio_pika.Message(body, headers=headers, content_type=CONTENT_TYPE,
-                            message_id=str(spore.id)[:200], timestamp=made,
+                            message_id=_writable(str(spore.id)[:200]), timestamp=made,
                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+
+
+def _writable(text: str) -> str:
+    return text if utf8_writable(text) else text.encode("utf-8", "backslashreplace").decode()
 
 
 def _why(reason: str, error: str, agent: str | None, attempts: int,

@@ -56,7 +56,7 @@ class LettersOut:
                 letter.spore, reason=str(letter.reason), error=letter.error,
                 agent=letter.agent, attempts=letter.attempts)
             self.counts["letters_out"] += 1
-        except BrokerError as exc:  # kept here all the same, and logged when it was made
+        except (BrokerError, ValueError) as exc:  # kept here all the same, logged when made
             self.logger.warning("could not put dead letter of spore %s in the broker's "
                                 "dead-letter queue (it is kept in this process): %s",
                                 letter.spore.id, exc)
