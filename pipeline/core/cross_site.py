@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -24,18 +25,20 @@ from sporeflow.pipeline.core.http_serving import error_response
 __all__ = ["cross_site_guard", "why_cross_site"]
 
 _FROM_ANOTHER_SITE = frozenset({"cross-site", "same-site"})  # same-site: another port
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def cross_site_guard(bound_host: str) -> Any:
+def cross_site_guard(bound_host: str, *, tokenless: bool = False) -> Any:
     """A middleware answering 403 to what :func:`why_cross_site` refuses, for a server
-    listening on ``bound_host``."""
-    local = is_loopback(bound_host)
+    listening on ``bound_host``; ``tokenless``: it asks no token (an ``insecure: true``
+    ingress), so a page whose name was made to point at it must be told apart by Host."""
+    check_host = tokenless and is_loopback(bound_host)
 
     @web.middleware
     async def guard(request: web.Request,
                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                     ) -> web.StreamResponse:
-        why = why_cross_site(request, local=local, bound_host=bound_host)
+        why = why_cross_site(request, check_host=check_host, bound_host=bound_host)
         if why is not None:
             return error_response(403, "cross_site", why)
         return await handler(request)
@@ -43,20 +46,34 @@ def cross_site_guard(bound_host: str) -> Any:
     return guard
 
 
-def why_cross_site(request: web.Request, *, local: bool, bound_host: str) -> str | None:
-    """Why ``request`` looks made by a page of another site, or None."""
-    if local:
+def why_cross_site(request: web.Request, *, check_host: bool, bound_host: str) -> str | None:
+    """Why ``request`` looks made by a page of another site, or None.
+
+    Only what a page could make a browser send counts. A read (GET, HEAD) is no harm: the
+    page cannot read the answer without CORS, which these servers never grant, and a
+    link to the dashboard from another page is a navigation that must open it. A
+    request carrying ``Authorization`` is a program's: a page cannot add that header
+    without a preflight that is never answered. The ``Host`` test (DNS rebinding) is for
+    a server without a token alone: on one with a token, a rebound page has none to send
+    (its cookie belongs to 127.0.0.1), while a reverse proxy may keep its public Host."""
+    if check_host:
         name = _host_name(request.host)
         if not is_loopback(name) and name != bound_host:
             return (f"Host {request.host!r} is not a name of this loopback server (a page of "
                     f"another site, its name made to point here?); reach it as 127.0.0.1 "
                     f"or localhost")
+    if request.method in _READS or "Authorization" in request.headers:
+        return None
     fetched_from = request.headers.get("Sec-Fetch-Site")
-    if fetched_from in _FROM_ANOTHER_SITE:
-        return (f"a web page of another origin made this request (Sec-Fetch-Site: "
-                f"{fetched_from}); this server answers programs and its own pages only")
+    if fetched_from is not None:  # what every current browser says: the test that counts
+        if fetched_from in _FROM_ANOTHER_SITE:
+            return (f"a web page of another origin made this request (Sec-Fetch-Site: "
+                    f"{fetched_from}); this server answers programs and its own pages only")
+        return None
     origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
+    # Its host and port against Host's, not its scheme: behind a proxy ending TLS, the
+    # dashboard's own page is https:// while the request reaching here is http://.
+    if origin is not None and urlsplit(origin).netloc != request.host:
         return (f"a web page of another origin ({origin[:100]!r}) made this request; this "
                 f"server answers programs and its own pages only")
     return None

@@ -118,7 +118,8 @@ class HttpIngress(Source):
 
     async def open(self) -> None:
         app = application(client_max_size=self.max_bytes,
-                          middlewares=[self._answers, cross_site_guard(self.spec.host)])
+                          middlewares=[self._answers, cross_site_guard(
+                              self.spec.host, tokenless=self.spec.token is None)])
         app.router.add_post("/spores", self._spores)
         app.router.add_post("/requests", self._requests)
         app.router.add_get("/openapi.json", self._openapi)
