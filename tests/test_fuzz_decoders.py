@@ -293,7 +293,8 @@ def test_fuzz_amqp_message(message: tuple[bytes, Any]) -> None:
 # -- organism YAML ----------------------------------------------------------------------------
 
 
-def _fake_resolver(ref: str, base_dir: Path, *, reload: bool = False) -> Callable[..., Any]:
+def _fake_resolver(ref: str, base_dir: Path, *, reload: bool = False,
+                   from_file: bool = True) -> Callable[..., Any]:
     """Stand-in for handler imports: fuzzed module names must never import real modules."""
     if ref.startswith(("examples.wordcount.agents:", "small_handlers:", "m:")):
         return lambda spore, ctx: None
