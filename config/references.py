@@ -57,12 +57,14 @@ def reference_problems(located: Located, external: Collection[str] = ()) -> list
     hint = _Hints()
     problems: list[Problem] = []
 
-    def unknown_agent(path: DataPath, name: str) -> None:
-        if name not in agents and name not in external:
-            if not agent_names:
-                agent_names.extend([*agents, *external])
-            problems.append(located.problem(
-                path, f"unknown agent {name!r}{hint(name, agent_names)}"))
+    def unknown_agent(path: DataPath, name: str) -> bool:
+        if name in agents or name in external:
+            return False
+        if not agent_names:
+            agent_names.extend([*agents, *external])
+        problems.append(located.problem(
+            path, f"unknown agent {name!r}{hint(name, agent_names)}"))
+        return True
 
     def unknown_channel(path: DataPath, name: str) -> bool:
         if name in known_channels:
@@ -103,8 +105,9 @@ def reference_problems(located: Located, external: Collection[str] = ()) -> list
         emit = mapping(agent.get("emit"))
         peers = agent.get("peers") if isinstance(agent.get("peers"), list) else None
         if isinstance(emit.get("to"), str):
-            unknown_agent((*base, "emit", "to"), emit["to"])
-            if peers is not None and emit["to"] not in peers:
+            # A typo is one problem: an unknown agent is no question of peers.
+            if (not unknown_agent((*base, "emit", "to"), emit["to"]) and peers is not None
+                    and emit["to"] not in peers):
                 problems.append(located.problem(
                     (*base, "emit", "to"),
                     f"emit to {emit['to']!r} is forbidden by this agent's own peers "
@@ -129,7 +132,7 @@ def reference_problems(located: Located, external: Collection[str] = ()) -> list
 
 
 def _kind_problems(located: Located, base: DataPath, agent: dict[str, Any],
-                   unknown_agent: Callable[[DataPath, str], None],
+                   unknown_agent: Callable[[DataPath, str], bool],
                    unknown_channel: Callable[[DataPath, str], bool]) -> list[Problem]:
     """An agent is exactly one of a handler, a gather or a sequence; check their names."""
     kinds = [key for key in ("handler", "handlers", "gather", "sequence") if key in agent]

@@ -261,6 +261,23 @@ def test_emit_forbidden_by_own_peers_is_a_located_error(tmp_path: Path) -> None:
     assert "emit to 'carol' is forbidden" in result.output
 
 
+def test_an_emit_to_a_misspelt_agent_is_one_problem_not_two(tmp_path: Path) -> None:
+    # Found by a new user: emit: {to: audti} with peers declared was reported twice, an
+    # unknown agent and then "forbidden by this agent's own peers", as if to add it.
+    path = write(tmp_path, """\
+        agents:
+          alice:
+            handler: perm_handlers:h
+            peers: [bob]
+            emit: {to: bbo}
+          bob: {handler: perm_handlers:h}
+        """)
+    with pytest.raises(ConfigError) as caught:
+        check_organism(path)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}:5:16: agents.alice.emit.to: unknown agent 'bbo' (did you mean 'bob'?)"]
+
+
 def test_subscription_not_in_subscribe_list_is_a_located_error(tmp_path: Path) -> None:
     path = write(tmp_path, """\
         channels:
