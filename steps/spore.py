@@ -44,7 +44,9 @@ __all__ = [
     "Unreadable",
     "new_spore",
     "new_spore_id",
+    "TEXT_FIELDS",
     "spore_as_found",
+    "spore_texts",
     "spore_values",
     "spore_from_values",
     "spore_from_xml",
@@ -281,6 +283,12 @@ def mark_of(spore: Spore) -> int:
 # A spore's fields as a tuple, in slot order, and back: a compact, fast form for the
 # intake's disk spill (the values are a spore's own, already made; nothing is checked).
 spore_values: Callable[[Spore], tuple[Any, ...]] = operator.attrgetter(*_FIELD_ORDER)
+
+
+# A spore's names and ids, which validation holds to be text UTF-8 can write.
+TEXT_FIELDS = ("id", "from_agent", "to_agent", "channel", "reply_to", "thread_id",
+               "causation_id", "correlation_id")
+spore_texts: Callable[[Spore], tuple[Any, ...]] = operator.attrgetter(*TEXT_FIELDS)
 
 
 def spore_from_values(values: tuple[Any, ...], mark: int = 0) -> Spore:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import datetime
-from math import isfinite
-from operator import attrgetter
 from typing import Any
 
 from aiostream import pipable_operator, streamcontext
@@ -21,13 +19,16 @@ from sporeflow.config.model import Limits
 from sporeflow.config.reasons import reason_of
 from sporeflow.config.schemas import field_path
 from sporeflow.config.words import shown, with_article
+from sporeflow.steps.sizebound import check_bytes, json_size_bound
 from sporeflow.steps.spore import (
     PRIORITY_MAX,
     PRIORITY_MIN,
+    TEXT_FIELDS,
     Spore,
     SporeType,
     Unreadable,
     set_checked,
+    spore_texts,
 )
 from sporeflow.steps.types import Batch, Reject, SchemaCheck
 
@@ -38,21 +39,7 @@ MAX_NAME_LENGTH = 128
 # spore that passes here crosses a broker too.
 MAX_LINEAGE_ID_LENGTH = 1024
 _SCALARS = JSON_SCALARS
-# A cheap upper bound on a short string's JSON size: it may grow 6x when escaped. A
-# longer one is measured exactly (_string_bytes): a 6x bound would send a 200 KB text
-# to the costly exact measure of the whole spore at every check.
-_STRING_GROWTH = 6
-_SHORT = 64
-_EXACT = -1  # as _bound's `short`: every string measured exactly
-_ENVELOPE_BYTES = 512
-# How far past the limit an exact-strings bound may go and still be written out to be
-# measured: writing costs its size in memory, and a bound is never below the JSON.
-_WRITTEN = 4
 _SHOWN = 40  # characters of a value a refusal quotes
-_BIG_INT = 10**21  # an int inside (-_BIG_INT, _BIG_INT) is at most 22 characters as JSON
-_ESCAPED = bytes(range(0x20)) + b'"\\'
-_UNESCAPED = bytes(b for b in range(256) if b not in _ESCAPED)
-_SHORT_ESCAPES = b'"\\\b\f\n\r\t'
 
 
 
@@ -160,32 +147,16 @@ def check_spore(spore: Any, limits: Limits, *, built: bool = False) -> None:
     _check_size(spore, limits)
 
 
-def json_size_bound(spore: Spore, max_depth: int, budget: int) -> int | None:
-    """An upper bound of ``spore``'s size as JSON (its strings measured exactly), walked
-    no further than ``budget``: ``budget + 1`` past it; None for a spore that is no JSON
-    (what a dead letter may hold: its ids and names too may be of any length)."""
-    names = sum(len(value) for value in _texts_of(spore) if isinstance(value, str))
-    try:
-        return names + _measure(spore, max_depth, _EXACT, budget)
-    except _Over:
-        return budget + 1
-    except Exception:  # noqa: BLE001  # refused, or an object whose repr raised: no JSON
-        return None
-
-
 def _strings(values: object) -> bool:
     return type(values) is tuple and all(type(v) is str for v in values)
 
 
-_TEXT_FIELDS = ("id", "from_agent", "to_agent", "channel", "reply_to", "thread_id",
-                "causation_id", "correlation_id")
-_texts_of = attrgetter(*_TEXT_FIELDS)  # a spore's names and ids
 
 
 def _texts_writable(spore: Spore) -> bool:
     """Whether UTF-8 can write every name and id of ``spore`` (what is no text is told
     by ``_explain``). ASCII, as ids and names almost always are, needs no more test."""
-    for value in (*_texts_of(spore), *spore.knowledge_references, *spore.data_references):
+    for value in (*spore_texts(spore), *spore.knowledge_references, *spore.data_references):
         if value.__class__ is str and not value.isascii() and not utf8_writable(value):
             return False
     return True
@@ -243,7 +214,7 @@ def _explain(spore: Spore, limits: Limits) -> None:
         value = getattr(spore, name)
         if value and not _strings(value):
             raise SporeError(f"{name} must be a tuple of strings, got {shown(value, 80)}")
-    for name in (*_TEXT_FIELDS, "knowledge_references", "data_references"):
+    for name in (*TEXT_FIELDS, "knowledge_references", "data_references"):
         value = getattr(spore, name)
         for text in value if isinstance(value, tuple) else (value,):
             if type(text) is str and not utf8_writable(text):
@@ -254,91 +225,13 @@ def _check_size(spore: Spore, limits: Limits) -> None:
     """Raise unless ``spore``'s knowledge and metadata are JSON within the size and depth
     limits (the part of a check that a spore's own fields cannot vouch for)."""
     try:
-        _check_bytes(spore, limits)
+        check_bytes(spore, limits)
     except LimitExceeded:
         raise
     except SporeError as exc:  # found in one walk, told with its place by another
         place = (_not_json(spore.knowledge, "knowledge", limits.max_depth)
                  or _not_json(spore.metadata, "metadata", limits.max_depth))
         raise SporeError(place or str(exc)) from None
-
-
-def _check_bytes(spore: Spore, limits: Limits) -> None:
-    # Every walk has a budget and stops past it: an object referred to many times is
-    # written as many times, so a spore of a few objects may stand for any size of JSON.
-    limit, depth = limits.max_spore_bytes, limits.max_depth
-    try:
-        if _measure(spore, depth, _SHORT, limit) <= limit:
-            return
-    except _Over:
-        pass
-    try:  # loose for short strings: bound them exactly, as far as is worth writing out
-        if _measure(spore, depth, _EXACT, _WRITTEN * limit) <= limit:
-            return
-    except _Over:  # only numbers leave the bound loose now: is the least size over too?
-        try:
-            _least_size(spore, depth, limit)
-        except _Over:
-            raise LimitExceeded(
-                f"spore {spore.id} is more than {limit} bytes as JSON, over "
-                f"limits.max_spore_bytes={limit} (more than {_human(limit)})") from None
-    try:  # a bound still (numbers, the envelope): measure
-        size = len(spore.to_json().encode("utf-8", "surrogatepass"))
-    except (TypeError, ValueError) as exc:  # what a walk cut short did not reach
-        raise SporeError(f"knowledge is not JSON: {exc}") from None
-    if size > limit:
-        raise LimitExceeded(
-            f"spore {spore.id} is {size} bytes as JSON, over "
-            f"limits.max_spore_bytes={limit} ({_over(size, limit)})")
-
-
-class _Over(Exception):
-    """A walk passed its budget."""
-
-
-def _measure(spore: Spore, max_depth: int, short: int, budget: int) -> int:
-    """An upper bound of ``spore``'s JSON size; :class:`_Over` once past ``budget``."""
-    size = _ENVELOPE_BYTES + _bound(spore.knowledge, max_depth, 1, short,
-                                    budget - _ENVELOPE_BYTES)
-    if spore.metadata:
-        size += _bound(spore.metadata, max_depth, 1, short, budget - size)
-    if spore.knowledge_references or spore.data_references:  # the envelope bounds the rest
-        size += (_bound(spore.knowledge_references, max_depth, 1, short, budget - size)
-                 + _bound(spore.data_references, max_depth, 1, short, budget - size))
-    if size > budget:
-        raise _Over
-    return size
-
-
-def _least_size(spore: Spore, max_depth: int, budget: int) -> int:
-    """A lower bound of ``spore``'s JSON size; :class:`_Over` once past ``budget``."""
-    size = _least(spore.knowledge, max_depth, 1, budget)
-    size += _least(spore.metadata, max_depth, 1, budget - size)
-    size += _least(spore.knowledge_references, max_depth, 1, budget - size)
-    return size + _least(spore.data_references, max_depth, 1, budget - size)
-
-
-def _least(value: Any, max_depth: int, depth: int, budget: int) -> int:
-    kind = type(value)
-    if kind is dict or kind is list or kind is tuple:
-        if depth > max_depth:  # depth counts containers, as _bound's does
-            raise LimitExceeded(f"knowledge is nested deeper than limits.max_depth={max_depth}")
-        total = 2
-        for item in (value.values() if kind is dict else value):
-            total += _least(item, max_depth, depth + 1, budget - total) + 1
-            if total > budget:
-                raise _Over
-        if kind is dict:
-            total += sum(len(key) + 3 for key in value if type(key) is str)
-            if total > budget:
-                raise _Over
-        return total
-    if isinstance(value, str):
-        return len(value) + 2
-    if isinstance(value, int) and not isinstance(value, bool) and not (
-            -_BIG_INT < value < _BIG_INT):
-        return len(str(int(value)))
-    return 1
 
 
 def _not_json(value: Any, root: str, depth: int) -> str | None:
@@ -364,26 +257,6 @@ def _not_json(value: Any, root: str, depth: int) -> str | None:
     return f"{where} holds {with_article(name)}, which is not JSON: {shown(bad, _SHOWN)}{hint}"
 
 
-def _human(size: int, digits: int = 1) -> str:
-    """``size`` bytes for people: ``1 MiB``, ``2.1 MiB``, ``512 KiB``, ``900 B``."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale:
-            return f"{size / scale:.{digits}f}".rstrip("0").removesuffix(".") + f" {unit}"
-    return f"{size} B"
-
-
-def _over(size: int, limit: int) -> str:
-    """``size > limit`` for people, with the digits that tell them apart (not ``1 MiB >
-    1 MiB``)."""
-    for digits in (1, 2, 3):
-        said = _human(size, digits), _human(limit, digits)
-        if said[0] != said[1]:
-            break
-    else:
-        said = f"{size} B", f"{limit} B"
-    return f"{said[0]} > {said[1]}"
-
-
 def _check_name(field: str, value: object) -> None:
     if type(value) is not str or not value or len(value) > MAX_NAME_LENGTH:
         raise SporeError(
@@ -391,109 +264,3 @@ def _check_name(field: str, value: object) -> None:
             f"got {shown(value, 80)}")
 
 
-def _string_bytes(text: str) -> int:
-    """The exact UTF-8 size of ``text`` as a JSON string, quotes included, as
-    ``Spore.to_json`` writes it (``ensure_ascii=False``): two C passes over its bytes
-    (escaping in Python, or ``str.isprintable``, cost several times more). Text UTF-8
-    cannot write (a lone surrogate) is refused."""
-    try:
-        data = text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _unwritable() from None
-    escaped = data.translate(None, _UNESCAPED)  # what JSON escapes: " \ and controls
-    if not escaped:
-        return len(data) + 2
-    # \" \\ \b \f \n \r \t take one byte more; the other controls \u00XX, five more.
-    long = len(escaped.translate(None, _SHORT_ESCAPES))
-    return len(data) + 2 + len(escaped) + 4 * long
-
-
-def _bound(value: Any, max_depth: int, depth: int, short: int, budget: int) -> int:
-    """Return an upper bound of ``value``'s JSON size (``value`` is ``depth`` deep);
-    refuse what JSON cannot hold. Strings of at most ``short`` characters are bounded at
-    6x, longer ones exactly. :class:`_Over` once past ``budget``: in a list after each
-    item, as one object referred to many times costs nothing to hold. Depth counts
-    containers. Scalars are measured in the loops themselves: a call per item would be
-    most of a walk's cost, and most items are scalars."""
-    kind = type(value)
-    if kind is dict:
-        if depth > max_depth:
-            raise LimitExceeded(f"knowledge is nested deeper than limits.max_depth={max_depth}")
-        total = 2
-        for key, item in value.items():
-            if key.__class__ is not str:
-                raise SporeError(f"knowledge keys must be strings, got {shown(key, 40)}")
-            size = len(key)  # with its quotes, a colon and a comma
-            if size > short:
-                total += _string_bytes(key) + 2
-            elif key.isascii() or utf8_writable(key):
-                total += size * _STRING_GROWTH + 4
-            else:
-                raise _unwritable()
-            kind = item.__class__
-            if kind is str:
-                size = len(item)
-                if size > short:
-                    total += _string_bytes(item)
-                elif item.isascii() or utf8_writable(item):
-                    total += size * _STRING_GROWTH + 2
-                else:
-                    raise _unwritable()
-            elif kind is int:
-                total += 24 if -_BIG_INT < item < _BIG_INT else len(str(item))
-            elif kind is bool or item is None or (kind is float and isfinite(item)):
-                total += 32
-            else:
-                total += _bound(item, max_depth, depth + 1, short, budget - total)
-                if total > budget:
-                    raise _Over
-        if total > budget:
-            raise _Over
-        return total
-    if kind is list or kind is tuple:
-        if depth > max_depth:
-            raise LimitExceeded(f"knowledge is nested deeper than limits.max_depth={max_depth}")
-        total = 2
-        for item in value:
-            kind = item.__class__
-            if kind is str:
-                size = len(item)
-                if size > short:
-                    total += _string_bytes(item) + 1
-                elif item.isascii() or utf8_writable(item):
-                    total += size * _STRING_GROWTH + 3
-                else:
-                    raise _unwritable()
-            elif kind is int:
-                total += 25 if -_BIG_INT < item < _BIG_INT else len(str(item)) + 1
-            elif kind is bool or item is None or (kind is float and isfinite(item)):
-                total += 33
-            else:
-                total += _bound(item, max_depth, depth + 1, short, budget - total) + 1
-            if total > budget:
-                raise _Over
-        return total
-    return _odd_scalar(value)
-
-
-def _unwritable() -> SporeError:
-    """Text UTF-8 cannot write, found by a walk that knows no place: ``_check_size``
-    finds it again with ``first_not_json`` to name it."""
-    return SporeError("knowledge holds text with a lone surrogate, which UTF-8 cannot write")
-
-
-def _odd_scalar(value: Any) -> int:
-    """An upper bound of the JSON size of a value that is no container: a scalar, one of
-    a subclass, or what JSON cannot hold (refused)."""
-    if type(value) is float:
-        if not isfinite(value):
-            raise SporeError(f"knowledge holds {value!r}, which JSON cannot represent")
-        return 32
-    if isinstance(value, str):  # a subclass's too: written as a string, measured as one
-        return _string_bytes(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return 24 if -_BIG_INT < value < _BIG_INT else len(str(int(value)))
-    if isinstance(value, _SCALARS):
-        return 24
-    raise SporeError(f"knowledge holds a {type(value).__name__} ({shown(value, 40)}), which is "
-                     f"not JSON")

@@ -16,7 +16,7 @@ from sporeflow.config.errors import LimitExceeded, SporeError
 from sporeflow.config.model import Limits
 from sporeflow.pipeline.core.deadletters import DeadLetter, DeadLetterStore
 from sporeflow.steps import Spore, check_spore
-from sporeflow.steps.validate import _EXACT, _SHORT, _bound, _string_bytes
+from sporeflow.steps.sizebound import _EXACT, _SHORT, _bound, _string_bytes
 
 
 def json_bytes(value: Any) -> int:
