@@ -176,3 +176,24 @@ async def test_the_agents_a_process_hosts_are_checked_with_what_to_write(
     assert caught.value.problems[0].message == message
     assert caught.value.problems[0].path == "--agents (hosted)"  # was organism.backend
     assert organism.state == "new"  # nothing started
+
+
+async def test_a_local_letter_is_not_waited_for_while_the_broker_is_away(
+        harness: Harness) -> None:
+    # The reviewer's remark on 628b7d2: a letter made here went to aio-pika's robust
+    # channel, which waits for the broker to return, and a stop waits for what the bridge
+    # puts out: a stop during an outage could wait for the broker (or give_up_after).
+    async with harness.running({"agents": {"a": {"handler": print}}}) as org:
+        topology = Topology.of(org.spec)
+    backend = AmqpBackend(AMQP_URL)
+    async with backend:
+        await backend.open(topology)
+        letter = Spore(knowledge={"n": 1}, to_agent="nobody")
+        backend.link.lost(ConnectionError("the test's outage"))
+        with pytest.raises(BrokerError, match="is not connected"):
+            await asyncio.wait_for(backend.dead_letter_spore(
+                letter, reason="unknown agent", error="no agent 'nobody'"), BACKSTOP)
+        backend.link.connected()
+        await backend.dead_letter_spore(letter, reason="unknown agent", error="no 'nobody'")
+    [(headers, body)] = await broker_dead_letters(topology)
+    assert (json.loads(body), headers["x-sporeflow-reason"]) == ({"n": 1}, "unknown agent")

@@ -370,6 +370,8 @@ class AmqpBackend(Backend):
                                 agent: str | None = None, attempts: int = 0) -> None:
         if self._dead is None or self._topology is None:
             raise BrokerError(f"RabbitMQ at {self.address}: not open, no dead-letter queue")
+        if not self._link.up:  # aio-pika would wait for the broker: a stop would wait too
+            raise BrokerError(f"RabbitMQ at {self.address} is not connected ({self._link.state})")
         await self._put_letter(spore_letter(spore, self._topology.routing_key(spore),
                                             reason=reason, error=error, agent=agent,
                                             attempts=attempts))
