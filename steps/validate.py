@@ -28,7 +28,6 @@ from sporeflow.steps.spore import (
     SporeType,
     Unreadable,
     set_checked,
-    spore_texts,
 )
 from sporeflow.steps.types import Batch, Reject, SchemaCheck
 
@@ -104,7 +103,9 @@ def check_spore(spore: Any, limits: Limits, *, built: bool = False) -> None:
             raise problem
         raise SporeError(f"expected a Spore, got {type(spore).__name__}")
     # One quick test for the common case; the detailed checks (and their messages)
-    # only when it fails. First the fields a sender gives, then the others.
+    # only when it fails. First the fields a sender gives, then the others. Names and ids
+    # pass it in ASCII only: _explain then finds whether one is text UTF-8 cannot write
+    # (a lone surrogate), which a non-ASCII name that can be written is not.
     priority, from_agent, channel, to_agent = (spore.priority, spore.from_agent, spore.channel,
                                                spore.to_agent)
     ok = (spore.knowledge.__class__ is dict and spore.spore_type.__class__ is SporeType
@@ -118,8 +119,7 @@ def check_spore(spore: Any, limits: Limits, *, built: bool = False) -> None:
         pass
     elif built:  # a handler's send is one hop further than what it handles
         # The sender's names: a recipient is an agent's, checked where it is looked up.
-        ok = hops <= limits.max_hops and (
-            from_agent.isascii() and channel.isascii() or _texts_writable(spore))
+        ok = hops <= limits.max_hops and from_agent.isascii() and channel.isascii()
     else:
         spore_id, expires_at, reply_to = spore.id, spore.expires_at, spore.reply_to
         created_at, thread_id = spore.created_at, spore.thread_id
@@ -131,35 +131,27 @@ def check_spore(spore: Any, limits: Limits, *, built: bool = False) -> None:
               and (expires_at is None or (expires_at.__class__ is datetime
                                           and expires_at.tzinfo is not None))
               and (reply_to is None or (reply_to.__class__ is str
-                                        and len(reply_to) <= MAX_LINEAGE_ID_LENGTH))
+                                        and len(reply_to) <= MAX_LINEAGE_ID_LENGTH
+                                        and reply_to.isascii()))
               and (thread_id is None or (thread_id.__class__ is str
-                                         and len(thread_id) <= MAX_LINEAGE_ID_LENGTH))
+                                         and len(thread_id) <= MAX_LINEAGE_ID_LENGTH
+                                         and thread_id.isascii()))
               and (causation_id is None or (causation_id.__class__ is str and 0 < len(
-                  causation_id) <= MAX_LINEAGE_ID_LENGTH))
+                  causation_id) <= MAX_LINEAGE_ID_LENGTH and causation_id.isascii()))
               and (correlation_id is None or (correlation_id.__class__ is str and 0 < len(
-                  correlation_id) <= MAX_LINEAGE_ID_LENGTH))
+                  correlation_id) <= MAX_LINEAGE_ID_LENGTH and correlation_id.isascii()))
               and (not spore.knowledge_references or _strings(spore.knowledge_references))
               and (not spore.data_references or _strings(spore.data_references))
-              # From a broker or a file: its names and ids are text UTF-8 can write.
-              and _texts_writable(spore))
+              and spore_id.isascii() and from_agent.isascii() and channel.isascii()
+              and (to_agent is None or to_agent.isascii()))
     if not ok:
         _explain(spore, limits)
     _check_size(spore, limits)
 
 
 def _strings(values: object) -> bool:
-    return type(values) is tuple and all(type(v) is str for v in values)
-
-
-
-
-def _texts_writable(spore: Spore) -> bool:
-    """Whether UTF-8 can write every name and id of ``spore`` (what is no text is told
-    by ``_explain``). ASCII, as ids and names almost always are, needs no more test."""
-    for value in (*spore_texts(spore), *spore.knowledge_references, *spore.data_references):
-        if value.__class__ is str and not value.isascii() and not utf8_writable(value):
-            return False
-    return True
+    """A tuple of ASCII strings (others: _explain tells which is wrong, if one is)."""
+    return type(values) is tuple and all(type(v) is str and v.isascii() for v in values)
 
 
 def _explain(spore: Spore, limits: Limits) -> None:
@@ -212,7 +204,7 @@ def _explain(spore: Spore, limits: Limits) -> None:
         raise SporeError(f"metadata must be a JSON object (dict), got {shown(spore.metadata, 80)}")
     for name in ("knowledge_references", "data_references"):
         value = getattr(spore, name)
-        if value and not _strings(value):
+        if value and not (type(value) is tuple and all(type(v) is str for v in value)):
             raise SporeError(f"{name} must be a tuple of strings, got {shown(value, 80)}")
     for name in (*TEXT_FIELDS, "knowledge_references", "data_references"):
         value = getattr(spore, name)

@@ -158,3 +158,13 @@ async def test_an_outside_senders_name_with_a_lone_surrogate_is_refused_at_the_c
             await organism.send("a", {"x": 1}, channel="c\udc80")
         await organism.idle()
     assert list(organism.dead_letters) == []
+
+
+def test_names_ids_and_references_not_ascii_but_writable_pass() -> None:
+    # The quick test takes ASCII names and ids; others are looked at closely, not refused.
+    spore = Spore(knowledge={"ok": 1}, from_agent="agent-é", to_agent="récepteur",
+                  channel="canal-ü", thread_id="fil-ß", knowledge_references=("réf-1",),
+                  data_references=("données",))
+    check_spore(spore, Limits())
+    check_spore(Spore(knowledge={}, from_agent="agent-é", to_agent="b"), Limits(),
+                built=True)
