@@ -188,7 +188,7 @@ def _bound(value: Any, max_depth: int, depth: int, short: int, budget: int) -> i
             size = len(key)  # with its quotes, a colon and a comma
             if size > short:
                 total += _string_bytes(key) + 2
-            elif key.isascii() or utf8_writable(key):
+            elif key.isascii() or key.isprintable() or utf8_writable(key):
                 total += size * _STRING_GROWTH + 4
             else:
                 raise _unwritable()
@@ -197,7 +197,7 @@ def _bound(value: Any, max_depth: int, depth: int, short: int, budget: int) -> i
                 size = len(item)
                 if size > short:
                     total += _string_bytes(item)
-                elif item.isascii() or utf8_writable(item):
+                elif item.isascii() or item.isprintable() or utf8_writable(item):
                     total += size * _STRING_GROWTH + 2
                 else:
                     raise _unwritable()
@@ -222,7 +222,7 @@ def _bound(value: Any, max_depth: int, depth: int, short: int, budget: int) -> i
                 size = len(item)
                 if size > short:
                     total += _string_bytes(item) + 1
-                elif item.isascii() or utf8_writable(item):
+                elif item.isascii() or item.isprintable() or utf8_writable(item):
                     total += size * _STRING_GROWTH + 3
                 else:
                     raise _unwritable()
@@ -236,6 +236,11 @@ def _bound(value: Any, max_depth: int, depth: int, short: int, budget: int) -> i
                 raise _Over
         return total
     return _odd_scalar(value)
+
+
+# A short string is tested for text UTF-8 cannot write inline: isascii(), then
+# isprintable() (a lone surrogate is not printable), both without a Python call; only
+# text with a control character goes on to the encoding test (utf8_writable).
 
 
 def _unwritable() -> SporeError:
