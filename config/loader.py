@@ -68,7 +68,12 @@ from sporeflow.config.size_cap import (
 from sporeflow.config.sources import read_sources
 from sporeflow.config.typed import PayloadRoutes, read_payloads
 from sporeflow.config.unit_hints import bare_duration_warnings
-from sporeflow.config.units import parse_duration, parse_size
+from sporeflow.config.units import (
+    DURATION_PATTERN,
+    duration_mistake,
+    parse_duration,
+    parse_size,
+)
 from sporeflow.config.wiring_checks import wiring_warnings
 from sporeflow.config.words import with_article
 
@@ -257,8 +262,11 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
     if error.validator == "oneOf" and isinstance(instance, str | int | float):
         hint = schema.get("x-write", "a value of the documented form")
         kinds = [branch.get("type") for branch in error.validator_value]
+        durations = any(branch.get("pattern") == DURATION_PATTERN
+                        for branch in error.validator_value)
+        mistake = duration_mistake(instance) if durations and isinstance(instance, str) else ""
         return [located.problem(path, f"{instance!r} is not valid here; write {hint}"
-                                      f"{shape_hint(path, instance, kinds)}")]
+                                      f"{mistake or shape_hint(path, instance, kinds)}")]
     if error.validator == "oneOf":
         return [located.problem(path, f"{_short(instance)} is not valid here; "
                                       f"expected a mapping of settings")]

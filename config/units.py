@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["DURATION_PATTERN", "SIZE_PATTERN", "parse_duration", "parse_size"]
+__all__ = ["DURATION_PATTERN", "SIZE_PATTERN", "duration_mistake", "parse_duration",
+           "parse_size"]
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
@@ -29,8 +30,43 @@ def parse_duration(value: str | int | float) -> float:
         return float(value)
     match = _DURATION.match(str(value))
     if not match:
-        raise ValueError(f"duration {value!r} is not understood; write it like 250ms, 5s or 2m")
+        raise ValueError(f"duration {value!r} is not understood; write it like 250ms, 5s or "
+                         f"2m{duration_mistake(str(value))}")
     return float(match[1]) * _DURATION_UNITS[match[2]]
+
+
+_PARTS = re.compile(r"\s*(-?)(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
+_UNIT_WORDS = {"sec": "s", "secs": "s", "second": "s", "seconds": "s", "min": "m",
+               "mins": "m", "minute": "m", "minutes": "m", "hr": "h", "hrs": "h",
+               "hour": "h", "hours": "h", "msec": "ms", "millis": "ms"}
+
+
+def duration_mistake(text: str) -> str:
+    """``"; ..."``: the fix of a duration written in a common wrong way (a negative one,
+    a unit in capitals or as a word, two units), or "" for none of those."""
+    parts = _PARTS.findall(text)
+    written = "".join(f"{sign}{number}{unit}" for sign, number, unit in parts)
+    if not parts or written != "".join(text.split()):  # something else is wrong
+        return ""
+    if any(sign for sign, _, _ in parts):
+        return "; a duration is 0 or more"
+    units = [_UNIT_WORDS.get(unit.lower(), unit.lower()) for _, _, unit in parts]
+    if any(unit not in _DURATION_UNITS for unit in units):
+        return ""
+    if len(parts) > 1:
+        seconds = sum(float(number) * _DURATION_UNITS[unit]
+                      for (_, number, _), unit in zip(parts, units, strict=True))
+        return f"; one number and one unit: {_shortest(seconds)}"
+    return f"; the unit is {units[0]!r}: {parts[0][1]}{units[0]}"
+
+
+def _shortest(seconds: float) -> str:
+    """``seconds`` in the largest unit that writes them whole (90m, not 5400s)."""
+    for unit in ("h", "m", "s"):
+        count = seconds / _DURATION_UNITS[unit]
+        if count == int(count):
+            return f"{int(count)}{unit}"
+    return f"{int(seconds * 1000)}ms"
 
 
 def parse_size(value: str | int) -> int:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from sporeflow.config import check_organism, load_organism
+from sporeflow.config import ConfigError, check_organism, load_organism, parse_duration
 from sporeflow.pipeline.cli.main import cli
 
 ORGANISM = """\
@@ -52,3 +53,23 @@ def test_check_prints_it_and_a_load_logs_it(tmp_path: Path,
     with caplog.at_level(logging.WARNING, logger="sporeflow.config"):
         load_organism(file)
     assert ["100 is read as 100 seconds" in r.getMessage() for r in caplog.records] == [True]
+
+
+@pytest.mark.parametrize(("written", "fix"), [
+    ("-1s", "; a duration is 0 or more"),
+    ("5S", "; the unit is 's': 5s"),
+    ("5sec", "; the unit is 's': 5s"),
+    ("1h30m", "; one number and one unit: 90m"),
+    ("2 minutes", "; the unit is 'm': 2m"),
+])
+def test_a_duration_written_a_common_wrong_way_says_how_to_write_it(
+        tmp_path: Path, written: str, fix: str) -> None:
+    # Found by a new user: '-1s', '5S' and '1h30m' said only "is not valid here; write ...
+    # like 250ms, 5s or 2m", while '5 s' and '1.5m' passed.
+    file = tmp_path / "organism.yaml"
+    file.write_text(f"agents:\n  a: {{handler: operator:eq, timeout: '{written}'}}\n")
+    with pytest.raises(ConfigError) as refused:
+        check_organism(file)
+    assert refused.value.problems[0].message.endswith(fix)
+    with pytest.raises(ValueError, match=f"{re.escape(fix)}$"):
+        parse_duration(written)
