@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,21 @@ from .test_http_ingress import AUTH, TOKEN, TOKEN_ENV, organism_with_api, post, 
 
 async def echo(spore: Spore, ctx: Any) -> dict[str, Any]:
     return {"echo": spore.knowledge}
+
+
+@asynccontextmanager
+async def control_client(handler: Any = None, name: str = "echo",
+                         ) -> AsyncIterator[tuple[Organism, TestClient[Any, Any]]]:
+    """A running organism of one agent, and a client of its control endpoint (in process)."""
+    organism = Organism.from_dict({"organism": {"name": "ctl"},
+                                   "agents": {name: {"handler": handler or echo}}})
+    async with organism.running(drain_timeout=5):
+        client: TestClient[Any, Any] = TestClient(TestServer(control_app(organism)))
+        await client.start_server()
+        try:
+            yield organism, client
+        finally:
+            await client.close()
 
 
 @pytest.fixture(autouse=True)
@@ -94,21 +110,14 @@ async def test_a_body_that_does_not_decode_as_its_content_encoding_is_400(
 
 
 async def test_the_control_endpoint_answers_400_to_such_a_body_too() -> None:
-    organism = Organism.from_dict({"organism": {"name": "ctl"},
-                                   "agents": {"echo": {"handler": echo}}})
-    async with organism.running(drain_timeout=5):
-        client: TestClient[Any, Any] = TestClient(TestServer(control_app(organism)))
-        await client.start_server()
-        try:
-            answer = await client.post("/v1/send", data=b'{"to": "echo", "knowledge": {}}',
-                                       headers={"Content-Encoding": "gzip",
-                                                "Content-Type": "application/json"})
-            assert answer.status == 400  # found: 500 "Server got itself in trouble"
-            assert answer.headers["Connection"] == "close"
-            again = await client.post("/v1/send", json={"to": "echo", "knowledge": {}})
-            assert again.status == 200
-        finally:
-            await client.close()
+    async with control_client() as (_, client):
+        answer = await client.post("/v1/send", data=b'{"to": "echo", "knowledge": {}}',
+                                   headers={"Content-Encoding": "gzip",
+                                            "Content-Type": "application/json"})
+        assert answer.status == 400  # found: 500 "Server got itself in trouble"
+        assert answer.headers["Connection"] == "close"
+        again = await client.post("/v1/send", json={"to": "echo", "knowledge": {}})
+        assert again.status == 200
 
 
 # -- a page of another site (CSRF, DNS rebinding) ----------------------------------------
@@ -193,17 +202,10 @@ async def test_an_insecure_loopback_ingress_refuses_a_page_of_another_site(
 async def test_an_event_stream_buffer_past_its_bound_is_400(buffer: str) -> None:
     # Found: ?buffer=99999999999999999999 was a 500 (OverflowError in deque(maxlen=));
     # 10**15 was taken, so a follower reading slowly held every event and its spore.
-    organism = Organism.from_dict({"organism": {"name": "ctl"},
-                                   "agents": {"echo": {"handler": echo}}})
-    async with organism.running(drain_timeout=5):
-        client: TestClient[Any, Any] = TestClient(TestServer(control_app(organism)))
-        await client.start_server()
-        try:
-            answer = await client.get("/v1/events", params={"buffer": buffer})
-            assert answer.status == 400
-            assert "from 1 to 100,000" in (await answer.json())["message"]
-        finally:
-            await client.close()
+    async with control_client() as (_, client):
+        answer = await client.get("/v1/events", params={"buffer": buffer})
+        assert answer.status == 400
+        assert "from 1 to 100,000" in (await answer.json())["message"]
 
 
 async def test_a_priority_written_5_point_0_is_5_as_the_openapi_document_says(
@@ -245,34 +247,27 @@ async def fails(spore: Spore, ctx: Any) -> None:
 async def test_the_dead_letters_are_listed_a_page_at_a_time(tmp_path: Path) -> None:
     # Found: GET /v1/dead-letters answered every letter kept in one body, made on the loop
     # (67 MB for 2,200 letters of 30 kB: every agent stalled 2 s; 8 at once, 1.2 GB).
-    organism = Organism.from_dict({"organism": {"name": "ctl"},
-                                   "agents": {"fails": {"handler": fails}}})
-    async with organism.running(drain_timeout=5):
+    async with control_client(fails, "fails") as (organism, client):
         for n in range(1, 1_101):
             await organism.send("fails", {"n": n})
         await organism.idle()
-        client: TestClient[Any, Any] = TestClient(TestServer(control_app(organism)))
-        await client.start_server()
-        try:
-            first = await (await client.get("/v1/dead-letters")).json()
-            assert (len(first["letters"]), first["next"], first["kept"]) == (500, 500, 1_100)
-            numbers = [letter["number"] for letter in first["letters"]]
-            after: int | None = first["next"]
-            while after is not None:
-                page = await (await client.get("/v1/dead-letters",
-                                               params={"after": after, "limit": 300})).json()
-                numbers += [letter["number"] for letter in page["letters"]]
-                after = page["next"]
-            assert numbers == list(range(1, 1_101))
-            chosen = await (await client.get("/v1/dead-letters", params={
-                "id": [str(n) for n in (3, 700, 1_100)], "limit": 2})).json()
-            assert [letter["number"] for letter in chosen["letters"]] == [3, 700]
-            assert chosen["next"] == 700
-            for bad in ({"limit": "0"}, {"limit": "5001"}, {"after": "-1"}, {"limit": "x"}):
-                answer = await client.get("/v1/dead-letters", params=bad)
-                assert answer.status == 400, bad
-        finally:
-            await client.close()
+        first = await (await client.get("/v1/dead-letters")).json()
+        assert (len(first["letters"]), first["next"], first["kept"]) == (500, 500, 1_100)
+        numbers = [letter["number"] for letter in first["letters"]]
+        after: int | None = first["next"]
+        while after is not None:
+            page = await (await client.get("/v1/dead-letters",
+                                           params={"after": after, "limit": 300})).json()
+            numbers += [letter["number"] for letter in page["letters"]]
+            after = page["next"]
+        assert numbers == list(range(1, 1_101))
+        chosen = await (await client.get("/v1/dead-letters", params={
+            "id": [str(n) for n in (3, 700, 1_100)], "limit": 2})).json()
+        assert [letter["number"] for letter in chosen["letters"]] == [3, 700]
+        assert chosen["next"] == 700
+        for bad in ({"limit": "0"}, {"limit": "5001"}, {"after": "-1"}, {"limit": "x"}):
+            answer = await client.get("/v1/dead-letters", params=bad)
+            assert answer.status == 400, bad
 
 
 async def test_dlq_list_reads_every_page_of_a_running_organism(tmp_path: Path) -> None:
