@@ -278,8 +278,32 @@ def test_a_purge_of_a_running_organism_with_a_journal_is_done_in_the_journal(
     with journaled_run_with_a_letter(organism):
         code, _, err = invoke("dlq", "purge", str(organism), "--all")
         assert code == 0, err
-        assert "1 dead letter(s) purged from" in err
-        assert "journal.db" in err
+        assert "1 dead letter(s) purged in the running organism (control socket " in err
+        assert err.rstrip().endswith(") and its journal")
+
+
+def test_a_purge_of_a_running_organism_with_a_journal_takes_the_letter_list_showed(
+        organism: Path) -> None:
+    # Found by a new user: `dlq list` numbered the running process's letters, `dlq purge
+    # --id N` the journal's (its own numbers): it deleted another letter for good, and the
+    # process kept the ones purged, which a replay then brought back.
+    with journaled_run_with_a_letter(organism):
+        assert invoke("send", str(organism), "--to", "flaky", '{"n": 9}')[0] == 1
+        code, out, _ = invoke("dlq", "list", str(organism), "--json")
+        [seven] = [str(letter["number"]) for letter in map(json.loads, out.splitlines())
+                   if letter["spore"]["knowledge"] == {"n": 7}]
+        code, _, err = invoke("dlq", "purge", str(organism), "--id", seven)
+        assert code == 0, err
+        code, out, _ = invoke("dlq", "list", str(organism), "--json")
+        assert [json.loads(line)["spore"]["knowledge"] for line in out.splitlines()] == [
+            {"n": 9}]  # found: both, the purged one still in the process
+        code, out, _ = invoke("dlq", "list", str(organism), "--from", "journal", "--json")
+        assert [json.loads(line)["spore"]["knowledge"] for line in out.splitlines()] == [
+            {"n": 9}]
+        (organism.parent / "allow").touch()
+        assert invoke("dlq", "replay", str(organism), "--all")[0] == 0
+        flaky = organism.parent / "flaky.txt"
+        until(lambda: flaky.exists() and flaky.read_text() == '{"n": 9}\n', "the replay")
 
 
 def test_a_replay_in_a_running_organism_with_a_journal_leaves_no_letter_there(

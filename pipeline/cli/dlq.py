@@ -242,13 +242,12 @@ def _screen(spec: OrganismSpec | None) -> Screen | None:
     return organism_rules(routing_table(spec), OUTSIDE_SENDERS) if spec is not None else None
 
 
-def _in_running(ctx: click.Context, organism: Path, explicit: bool, choice: LetterChoice, *,
-                for_good: bool = False) -> tuple[Path, list[StoredDeadLetter], str | None] | None:
+def _in_running(ctx: click.Context, organism: Path, explicit: bool, choice: LetterChoice,
+                ) -> tuple[Path, list[StoredDeadLetter], str | None] | None:
     """The running organism's socket and its letters ``choice`` matches, when ``dlq`` acts
     on it: no source was named, a run of the file answers, and it keeps them (over a broker
     the dead-letter queue holds every process's: it is read as before; an organism in
     several processes runs over a broker, so any one of them answers this alike).
-    ``for_good`` (a purge): not when a journal keeps them too, where it is done for good.
     Last: the journal that keeps them too, if one does."""
     path = None if explicit else attached(organism)
     if path is None:
@@ -261,11 +260,25 @@ def _in_running(ctx: click.Context, organism: Path, explicit: bool, choice: Lett
             "after": str(after)})
         if status != 200:
             refused(ctx, answer)
-        if answer.get("brokered") or (for_good and answer.get("journal")):
+        if answer.get("brokered"):
             return None
         letters += (_stored(data) for data in answer["letters"])
         after = answer.get("next")
     return path, letters, answer.get("journal")
+
+
+def _forget_in_journal(journal: str | None, letters: list[StoredDeadLetter]) -> None:
+    """The running organism replayed or purged ``letters``; its ``journal`` keeps them
+    too (numbered its own way): take the same ones out there, or they would come back.
+    Found by a new user: a purge by the numbers `list` showed went to the journal by its
+    own numbers, and deleted another letter for good."""
+    if journal is None or not letters:
+        return
+    wanted = {(s.letter.spore.id, s.letter.agent, s.letter.at) for s in letters}
+    with JournalFile(journal) as file:
+        kept = file.dead_letters(ids=tuple({key[0] for key in wanted}))
+        file.purge([s for s in kept
+                    if (s.letter.spore.id, s.letter.agent, s.letter.at) in wanted])
 
 
 def _in_process(path: Path) -> str:
@@ -392,10 +405,8 @@ def replay(ctx: click.Context, organism: Path, journal: Path | None, backend: st
     running = _in_running(ctx, organism, bool(journal or backend or origin), choice)
     if running is not None:  # the running organism delivers them now (--run or not)
         replayed = _replay_in_running(ctx, running[0], choice)
-        if running[2] is not None:  # its journal keeps them too: replayed, not to be again
-            spores = tuple(s.letter.spore.id for s in running[1] if s.number in replayed)
-            with JournalFile(running[2]) as file:
-                file.purge(file.dead_letters(ids=spores) if spores else [])
+        # Its journal keeps them too: replayed, not to be again.
+        _forget_in_journal(running[2], [s for s in running[1] if s.number in replayed])
         if len(replayed) < len(running[1]):
             ctx.exit(1)  # some stay dead letters: said above
         return
@@ -463,14 +474,16 @@ def purge(ctx: click.Context, organism: Path, journal: Path | None, backend: str
     """Delete the chosen dead letters for good (from the journal, the broker, or the
     running organism that keeps them)."""
     choice = _choice(ctx, agents, reasons, ids, everything)
-    running = _in_running(ctx, organism, bool(journal or backend or origin), choice,
-                          for_good=True)
-    if running is not None:
+    running = _in_running(ctx, organism, bool(journal or backend or origin), choice)
+    if running is not None:  # by the numbers `list` showed, in the process and its journal
         status, answer = call(ctx, running[0], "POST", "dead-letters/purge", _asked(choice))
         if status != 200:
             refused(ctx, answer)
-        click.echo(f"{answer['purged']} dead letter(s) purged in {_in_process(running[0])}",
-                   err=True)
+        gone = set(answer["numbers"])
+        _forget_in_journal(running[2], [s for s in running[1] if s.number in gone])
+        also = " and its journal" if running[2] is not None else ""
+        click.echo(f"{answer['purged']} dead letter(s) purged in "
+                   f"{_in_process(running[0])}{also}", err=True)
         return
     source = _source(ctx, organism, journal, backend, origin)
     purged = _apply(ctx, source, choice, "purge").done
