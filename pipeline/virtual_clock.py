@@ -69,6 +69,8 @@ class VirtualClock:
         self._held_since = time.monotonic()  # real time when the clock last moved
         self._look_at = self._held_since + HELD_WARN_S  # when _read looks again
         self._told_held = False
+        self._test: asyncio.Task[Any] | None = None  # the task that attached: the test's
+        self.helping = 0  # a TestOrganism helper waits (with a backstop and a message)
 
     def now(self) -> datetime:
         """The virtual wall-clock time (timezone-aware UTC): an organism's ``now``."""
@@ -96,24 +98,31 @@ class VirtualClock:
         loop.time = self._read  # type: ignore[method-assign]
         loop.call_at = call_at  # type: ignore[method-assign, assignment]  # call_later too
         self._loop = loop
+        self._test = asyncio.current_task(loop)
 
     def _read(self) -> float:
         """The loop's clock while attached: it stands still. Found by a new user: a
         test's own ``asyncio.sleep`` (or ``wait_for``) then waits for ever, without a
-        word; once the loop has waited ``HELD_WARN_S`` of real time on such a timer,
-        the test is told so, once."""
-        if not self._told_held and time.monotonic() >= self._look_at:
+        word (under pytest a log line is not even shown: the test never ends). Once the
+        loop has waited ``HELD_WARN_S`` of real time on a timer the clock never reaches
+        by itself, while no helper waits (``idle``, ``request`` and ``advance`` end in
+        real time with messages of their own), the test's task is cancelled, saying why."""
+        if (not self._told_held and not self.helping
+                and time.monotonic() >= self._look_at):
             self._look_at = time.monotonic() + 1.0
             waiting = [when for when, _, handle in self._timers
                        if when > self._time and not handle.cancelled()]
             if waiting:
                 self._told_held = True
-                logger.warning(
-                    "the event loop has waited %.0f s of real time for a timer due in %g s "
-                    "of virtual time, which stands still: a test's own asyncio.sleep, "
-                    "wait_for or timeout waits for ever under a TestOrganism; move the "
-                    "clock with `await t.advance(seconds)`, or wait with `await t.idle()`",
-                    time.monotonic() - self._held_since, min(waiting) - self._time)
+                why = (f"the event loop waited {time.monotonic() - self._held_since:.0f} s "
+                       f"of real time for a timer due in {min(waiting) - self._time:g} s of "
+                       f"virtual time, which stands still: a test's own asyncio.sleep, "
+                       f"wait_for or timeout waits for ever under a TestOrganism; move the "
+                       f"clock with `await t.advance(seconds)`, or wait with "
+                       f"`await t.idle()`")
+                logger.warning("%s", why)
+                if self._test is not None:
+                    self._test.cancel(why)
         return self._time
 
     def _moved(self) -> None:
@@ -154,19 +163,23 @@ class VirtualClock:
             return
         limit = self._origin + target
         span = _Span(seconds, timeout, time.monotonic() + timeout)
-        while True:
+        self.helping += 1  # its own backstop tells of what it waits on
+        try:
+            while True:
+                await self._settle(span)
+                due = self._next_due(limit)
+                if due is None:
+                    break
+                # Onto the timer's own reading: it is due now, and _next_due drops it
+                # next, so each turn drops one timer at least and the advance ends.
+                self._time = due
+                self.offset = max(self.offset, due - self._origin)
+                span.steps += 1
+            self.offset = target
+            self._time = max(self._time, limit)
             await self._settle(span)
-            due = self._next_due(limit)
-            if due is None:
-                break
-            # Onto the timer's own reading: it is due now, and _next_due drops it next,
-            # so each turn drops one timer at least and the advance ends.
-            self._time = due
-            self.offset = max(self.offset, due - self._origin)
-            span.steps += 1
-        self.offset = target
-        self._time = max(self._time, limit)
-        await self._settle(span)
+        finally:
+            self.helping -= 1
         self._moved()
 
     def _next_due(self, limit: float) -> float | None:

@@ -16,8 +16,6 @@ from sporeflow.config import OrganismStateError
 from sporeflow.pipeline import virtual_clock
 from sporeflow.testing import TestOrganism, VirtualClock
 
-from .conftest import wait_until
-
 
 def greeter_organism() -> dict[str, Any]:
     async def greet(spore: Spore, ctx: Context) -> dict[str, Any]:
@@ -263,25 +261,51 @@ async def test_a_request_whose_handler_returned_none_says_so_not_to_move_the_clo
         "its handler returns (a dict), or by ctx.reply: did it return None?")
 
 
-async def test_a_tests_own_sleep_is_told_once_the_loop_waited_on_it(
+async def test_a_tests_own_sleep_fails_the_test_saying_why(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     # Found by a new user: `await asyncio.sleep(0.1)` in a test hung until pytest's own
-    # timeout, without a word: the loop's clock stands still under a TestOrganism.
+    # timeout, without a word: the loop's clock stands still under a TestOrganism. A log
+    # line alone was not enough (found by a second one): pytest shows it only for a test
+    # that ends, and this one never did.
     monkeypatch.setattr(virtual_clock, "HELD_WARN_S", 0.2)
 
     async def mute(spore: Spore, ctx: Context) -> None:
         return None
 
-    async with TestOrganism({"agents": {"q": {"handler": mute}}}) as t:
-        sleeper = asyncio.ensure_future(asyncio.sleep(5))
-        await wait_until(lambda: "waits for ever" in caplog.text)  # turns, no timers
-        await t.advance(5)
-        await sleeper
-        await wait_until(lambda: sleeper.done())
+    async def the_test() -> None:
+        async with TestOrganism({"agents": {"q": {"handler": mute}}}) as t:
+            await t.send("q", {})
+            await t.idle()  # a helper waits: not told
+            await asyncio.sleep(0.1)  # the mistake
+
+    task = asyncio.ensure_future(the_test())
+    await asyncio.wait([task])
+    with pytest.raises(asyncio.CancelledError, match="waits for ever under a TestOrganism"):
+        task.result()
     [told] = [r for r in caplog.records if "waits for ever" in r.getMessage()]
     assert told.levelname == "WARNING"
-    assert "for a timer due in 5 s of virtual time" in told.getMessage()
+    assert "for a timer due in 0.1 s of virtual time" in told.getMessage()
     assert "`await t.advance(seconds)`" in told.getMessage()
+
+
+async def test_a_helper_waiting_on_a_retry_is_not_told_of_it(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # Found by a second new user: t.idle() while a retry waited logged "a test's own
+    # asyncio.sleep ... waits for ever ... or wait with `await t.idle()`", next to
+    # idle()'s own, right, TimeoutError.
+    monkeypatch.setattr(virtual_clock, "HELD_WARN_S", 0.2)
+
+    async def flaky(spore: Spore, ctx: Context) -> None:
+        raise ValueError("not yet")
+
+    async with TestOrganism({"agents": {"f": {"handler": flaky, "retry": {
+            "attempts": 2, "backoff": "30s"}}}}) as t:
+        await t.send("f", {})
+        with pytest.raises(TimeoutError, match="waiting for a retry or a timer"):
+            await t.idle(timeout=0.5)
+        await t.advance(60)
+        await t.idle()
+    assert "waits for ever" not in caplog.text
 
 
 # A loop's clock a hundred minutes after boot, and a timer's time that origin + offset
