@@ -156,6 +156,15 @@ async def test_trace_reads_the_organism_file_here_when_given_only_a_spore_id(
     too_many = CliRunner().invoke(cli, ["trace", "a.yaml", root, "extra"])
     assert too_many.exit_code == 2
     assert "give [ORGANISM] SPORE_ID" in too_many.output
+    # Found by a new user: the id read as the file ("cannot read the file"), and a
+    # missing id blamed the file given.
+    swapped = CliRunner().invoke(cli, ["trace", root, str(organism_file)])
+    assert swapped.exit_code == 2
+    assert (f"{str(organism_file)!r} names an organism file, not a spore id; give the "
+            f"organism first: `sporeflow trace {organism_file} {root}`") in swapped.output
+    missing = CliRunner().invoke(cli, ["trace", str(organism_file)])
+    assert missing.exit_code == 2
+    assert "the SPORE_ID is missing" in missing.output
 
 
 async def test_trace_asks_the_running_organism(unjournaled_file: Path) -> None:

@@ -50,6 +50,7 @@ def trace(ctx: click.Context, arguments: tuple[str, ...], journal: Path | None,
                                f"[ORGANISM] SPORE_ID: an organism file and one spore id")
     organism = Path(arguments[0]) if len(arguments) == 2 else DEFAULT_ORGANISM
     spore_id = arguments[-1]
+    _check_order(organism, spore_id, given=len(arguments) == 2)
     tree, where = _find(ctx, organism, spore_id, journal)
     if tree is None:
         click.echo(masked(ctx, f"NotFound: spore {spore_id!r} is not in {where}; a running "
@@ -62,6 +63,16 @@ def trace(ctx: click.Context, arguments: tuple[str, ...], journal: Path | None,
         return
     for line in render_tree(tree):
         click.echo(masked(ctx, line))
+
+
+def _check_order(organism: Path, spore_id: str, *, given: bool) -> None:
+    """Found by a new user: `trace ID organism.yaml` said the spore id, read as the
+    file, could not be read; `trace organism.yaml` said ./organism.yaml could not be.
+    What names an organism file is no spore id: say which argument is which."""
+    if spore_id.endswith((".yaml", ".yml")) or Path(spore_id).is_file():
+        fix = (f"give the organism first: `sporeflow trace {spore_id} {organism}`" if given
+               else f"the SPORE_ID is missing: `sporeflow trace {spore_id} SPORE_ID`")
+        raise click.UsageError(f"{spore_id!r} names an organism file, not a spore id; {fix}")
 
 
 def _find(ctx: click.Context, organism: Path, spore_id: str,
