@@ -120,6 +120,13 @@ def test_knowledge_comes_from_standard_input_or_a_file(
     assert "KNOWLEDGE is not JSON: NaN is no JSON number" in err
     code, _, err = invoke("send", str(SMALL), "--start", "--to", "picky", "@nowhere.json")
     assert "KNOWLEDGE is not JSON: cannot read 'nowhere.json'" in err
+    # Found by a new user: a file that is no JSON was not named, and the hint said to
+    # give @FILE, which was what had been given.
+    (tmp_path / "bad.json").write_text('{"a": 1,}')
+    code, _, err = invoke("send", str(SMALL), "--start", "--to", "picky", "@bad.json")
+    assert code == 1
+    assert err.startswith("SporeError: KNOWLEDGE is not JSON: bad.json: Expecting property")
+    assert err.rstrip().endswith("; fix the JSON in the file")
 
 
 def test_a_request_to_a_channel_is_a_usage_error() -> None:

@@ -423,9 +423,10 @@ def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_requ
         try:
             payload = knowledge_of(knowledge or "")
         except ValueError as exc:
-            click.echo(f"SporeError: KNOWLEDGE is not JSON: {exc}; quote it like "
-                       f"'{{\"a\": 1}}', or give - (standard input) or @FILE"
-                       f"{knowledge_names_a_file(knowledge or '')}", err=True)
+            hint = ("fix the JSON in the file" if (knowledge or "").startswith("@") else
+                    f"quote it like '{{\"a\": 1}}', or give - (standard input) or @FILE"
+                    f"{knowledge_names_a_file(knowledge or '')}")
+            click.echo(f"SporeError: KNOWLEDGE is not JSON: {exc}; {hint}", err=True)
             ctx.exit(1)
     # Over a broker, in several processes: any one sends through the broker; the one
     # hosting the recipient also sees its fate (handled, or its dead letter).

@@ -62,18 +62,22 @@ DURATION = Duration()
 def knowledge_of(text: str) -> Any:
     """The JSON a KNOWLEDGE argument gives: itself, ``-`` standard input, ``@FILE`` that
     file (a command line holds some 128 KiB at most). Raises ValueError saying why not."""
+    where = ""
     if text == "-":
-        text = sys.stdin.read()
+        text, where = sys.stdin.read(), "standard input: "
     elif text.startswith("@"):
         try:
-            text = Path(text[1:]).read_text(encoding="utf-8")
+            text, where = Path(text[1:]).read_text(encoding="utf-8"), f"{text[1:]}: "
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"cannot read {text[1:]!r}: {exc}") from None
 
     def no_constant(name: str) -> None:
         raise ValueError(f"{name} is no JSON number; send null or a string")
 
-    return json.loads(text, parse_constant=no_constant)
+    try:
+        return json.loads(text, parse_constant=no_constant)
+    except ValueError as exc:  # where it was read from first (found by a new user)
+        raise ValueError(f"{where}{exc}") from None
 
 
 def mask_with(ctx: click.Context, masker: Masker) -> None:
