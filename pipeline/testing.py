@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import Any
 
 from sporeflow.config import (
+    RequestTimeout,
     StageSpec,
     did_you_mean,
     load_organism,
@@ -134,8 +135,13 @@ class TestOrganism:
         the organism's timers are) and, as a backstop, real time too."""
         asked = self.organism.request(to_agent, knowledge, timeout=timeout, sender=sender)
         with self._helping():
-            return await within_real(asked, timeout,
-                                     lambda: self._unanswered(to_agent, timeout))
+            try:
+                return await within_real(asked, timeout,
+                                         lambda: self._unanswered(to_agent, timeout))
+            except TimeoutError as exc:  # the error organism.request raises for it
+                if isinstance(exc, RequestTimeout):
+                    raise
+                raise RequestTimeout(str(exc)) from None
 
     @contextlib.contextmanager
     def _helping(self) -> Iterator[None]:

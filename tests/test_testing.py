@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sporeflow import Context, Spore
-from sporeflow.config import OrganismStateError
+from sporeflow.config import OrganismStateError, RequestTimeout
 from sporeflow.pipeline import virtual_clock
 from sporeflow.testing import TestOrganism, VirtualClock
 
@@ -253,7 +253,9 @@ async def test_a_request_whose_handler_returned_none_says_so_not_to_move_the_clo
         return None
 
     async with TestOrganism({"agents": {"q": {"handler": mute}}}) as t:
-        with pytest.raises(TimeoutError) as said:
+        # RequestTimeout, as organism.request raises (found by a second new user: the
+        # built-in TimeoutError, not the error README names for a request).
+        with pytest.raises(RequestTimeout) as said:
             await t.request("q", {}, timeout=0.5)
     assert str(said.value) == (
         "TestOrganism.request('q'): no response within 0.5s of real time; 'q' handled it "
