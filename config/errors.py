@@ -85,8 +85,11 @@ class ConfigError(SporeflowError):
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
-        count = len(problems)
+        warned = sum(problem.warning for problem in problems)
+        count = len(problems) - warned
         head = f"{count} problem{'s' if count != 1 else ''} in the organism"
+        if warned:  # shown with them, but no problem (found by a new user: "3 problems")
+            head += f", and {warned} warning{'s' if warned != 1 else ''}"
         super().__init__("\n".join([head, *(str(p) for p in problems)]))
 
 

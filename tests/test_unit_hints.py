@@ -73,3 +73,13 @@ def test_a_duration_written_a_common_wrong_way_says_how_to_write_it(
     assert refused.value.problems[0].message.endswith(fix)
     with pytest.raises(ValueError, match=f"{re.escape(fix)}$"):
         parse_duration(written)
+
+
+def test_a_warning_beside_a_problem_is_not_counted_as_one(tmp_path: Path) -> None:
+    # Found by a new user: "3 problems in the organism" where one was a warning.
+    file = tmp_path / "organism.yaml"
+    file.write_text("agents:\n  a: {handler: operator:eq, retry: {attempts: 3, backoff: 50}, "
+                    "concurrency: 0}\n")
+    with pytest.raises(ConfigError) as refused:
+        check_organism(file)
+    assert str(refused.value).splitlines()[0] == "1 problem in the organism, and 1 warning"
