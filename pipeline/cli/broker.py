@@ -119,7 +119,8 @@ def broker_delete(ctx: click.Context, organism: Path, backend: str | None, yes: 
                    f"--yes to delete", err=True)
         ctx.exit(1)
     address = guarded(ctx, lambda: run_to_end(_delete(backend or spec.backend, topology)))
-    click.echo(f"deleted from {address}: {what}")
+    # RabbitMQ deletes what is not there without a word: said so (found by a new user).
+    click.echo(f"deleted from {address}, those that were there: {what}")
 
 
 async def _delete(url: str, topology: Topology) -> str:
