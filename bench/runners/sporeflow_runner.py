@@ -12,8 +12,10 @@ into an in-memory terminal, so their costs show side by side with the plain run.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import io
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -58,7 +60,9 @@ def sending() -> dict[str, bool]:
 def organism(agents: dict[str, dict[str, Any]], channels: Iterable[str] = ()) -> Organism:
     head: dict[str, Any] = {"name": "bench"}
     if OPTIONS.journal:
-        head["journal"] = str(Path(tempfile.mkdtemp(prefix="sporeflow-bench-")) / "journal.db")
+        folder = tempfile.mkdtemp(prefix="sporeflow-bench-")
+        atexit.register(shutil.rmtree, folder, True)  # each run is a process of its own
+        head["journal"] = str(Path(folder) / "journal.db")
     return Organism.from_dict(
         {
             "organism": head,

@@ -24,7 +24,11 @@ GROUP = 256
 
 def rows_per_second(total: int, group: int = GROUP) -> Outcome:
     """Write and then delete ``total`` rows, ``group`` rows per commit."""
-    path = Path(tempfile.mkdtemp(prefix="sporeflow-bench-sqlite-")) / "limit.db"
+    with tempfile.TemporaryDirectory(prefix="sporeflow-bench-sqlite-") as folder:
+        return _rows_per_second(Path(folder) / "limit.db", total, group)
+
+
+def _rows_per_second(path: Path, total: int, group: int) -> Outcome:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
