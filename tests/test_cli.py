@@ -332,3 +332,19 @@ def test_a_run_without_a_journal_prints_its_dead_letters_at_its_end(tmp_path: Pa
     kept = done.stderr.split("1 dead letter, kept by this run only")[1]
     assert "feed  invalid  SporeError: " in kept
     assert f"{tmp_path / 'lines.jsonl'}:2: " in kept
+
+
+@pytest.mark.parametrize("command", ["broker-delete", "broker-declare", "broker-permissions"])
+def test_the_broker_commands_take_organism_yaml_here_as_every_command_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    # Found by a new user: README says every command reads ./organism.yaml by default;
+    # the broker commands answered "Missing argument 'ORGANISM'".
+    (tmp_path / "organism.yaml").write_text(
+        "organism: {name: here, backend: 'amqp://guest:guest@127.0.0.1:1/'}\n"
+        "agents:\n  a: {handler: operator:eq}\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, [command, "--help"])
+    assert "[ORGANISM]" in result.output
+    if command == "broker-delete":  # says what it would delete: nothing is reached
+        result = CliRunner().invoke(cli, [command])
+        assert "would delete exchanges sporeflow.here, " in result.stderr

@@ -22,13 +22,13 @@ from sporeflow.pipeline.broker.permissions import (
     permissions,
     shell_script,
 )
-from sporeflow.pipeline.cli.util import ORGANISM_FILE, guarded, run_to_end
+from sporeflow.pipeline.cli.util import ORGANISM_ARG, guarded, run_to_end
 
 __all__ = ["broker_declare", "broker_permissions"]
 
 
 @click.command("broker-permissions")
-@ORGANISM_FILE
+@ORGANISM_ARG
 @click.option("--agents", metavar="A,B", help="The agents the process hosts, as for "
               "`sporeflow run --agents` (default: all of them).")
 @click.option("--client", is_flag=True, help="A client: hosts no agent, sends to the "
@@ -58,7 +58,7 @@ def broker_permissions(ctx: click.Context, organism: Path, agents: str | None, c
 
 
 @click.command("broker-declare")
-@ORGANISM_FILE
+@ORGANISM_ARG
 @click.option("--backend", metavar="URL", help="An amqp:// or amqps:// URL of a user allowed "
               "to declare them (${NAME} reads the environment); default: organism.backend.")
 @click.pass_context
@@ -99,7 +99,7 @@ async def _declare(url: str, topology: Topology) -> tuple[str, Leftovers]:
 
 
 @click.command("broker-delete")
-@ORGANISM_FILE
+@ORGANISM_ARG
 @click.option("--backend", metavar="URL", help="An amqp:// or amqps:// URL of a user allowed "
               "to delete them (${NAME} reads the environment); default: organism.backend.")
 @click.option("--yes", is_flag=True, help="Delete them; without it, say what would go.")

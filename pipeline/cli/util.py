@@ -19,7 +19,7 @@ import click
 from sporeflow.config import ConfigError, SporeflowError, parse_duration, redact_text
 from sporeflow.pipeline.core.deadletters import Masker
 
-__all__ = ["DEFAULT_ORGANISM", "DURATION", "ORGANISM_ARG", "ORGANISM_FILE", "fail", "guarded",
+__all__ = ["DEFAULT_ORGANISM", "DURATION", "ORGANISM_ARG", "fail", "guarded",
            "knowledge_of", "mask_with", "masked", "run_to_end"]
 
 T = TypeVar("T")
@@ -29,8 +29,6 @@ DEFAULT_ORGANISM = Path("organism.yaml")
 ORGANISM_ARG = click.argument(
     "organism", required=False, default=str(DEFAULT_ORGANISM),
     type=click.Path(dir_okay=False, path_type=Path))
-# Required: commands that inspect a named file.
-ORGANISM_FILE = click.argument("organism", type=click.Path(dir_okay=False, path_type=Path))
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]
