@@ -20,7 +20,7 @@ from sporeflow.config.model import Limits
 from sporeflow.config.words import shown
 from sporeflow.steps.spore import Spore, spore_texts
 
-__all__ = ["check_bytes", "json_size_bound"]
+__all__ = ["check_bytes", "json_size_bound", "spore_weight"]
 
 _SCALARS = JSON_SCALARS
 # A cheap upper bound on a short string's JSON size: it may grow 6x when escaped. A
@@ -50,6 +50,14 @@ def json_size_bound(spore: Spore, max_depth: int, budget: int) -> int | None:
         return budget + 1
     except Exception:  # noqa: BLE001  # refused, or an object whose repr raised: no JSON
         return None
+
+
+def spore_weight(spore: Spore, limits: Limits, max_bytes: int) -> int:
+    """What ``spore`` weighs in memory as its JSON size, walked no further than
+    ``max_bytes``: one that is no JSON (or too deep to walk) weighs what a spore may (the
+    dead letters' and the outbox's bound in bytes)."""
+    size = json_size_bound(spore, limits.max_depth, max_bytes)
+    return min(limits.max_spore_bytes, max_bytes) if size is None else size
 
 
 def check_bytes(spore: Spore, limits: Limits) -> None:

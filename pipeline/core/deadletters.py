@@ -18,8 +18,8 @@ from typing import Any, Protocol
 from sporeflow.config import Limits, SporeflowError, redact_text
 from sporeflow.config.reasons import SENDERS_MISTAKES, Reason, did_you_mean, reason_named
 from sporeflow.config.words import shown
-from sporeflow.pipeline.core.outbox import spore_weight
 from sporeflow.steps import Spore, json_size_bound, redelivery
+from sporeflow.steps.sizebound import spore_weight
 
 __all__ = ["URL_PASSWORDS", "DeadLetter", "DeadLetterStore", "LetterChoice", "Masker",
            "NoSuchDeadLetter", "StoredDeadLetter", "UnknownAgent", "error_text", "letter_number",

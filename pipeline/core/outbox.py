@@ -12,19 +12,13 @@ from collections import deque
 from collections.abc import Iterator
 
 from sporeflow.config.model import Limits
-from sporeflow.steps import Spore, json_size_bound
+from sporeflow.steps import Spore
+from sporeflow.steps.sizebound import spore_weight
 
-__all__ = ["Outbox", "spore_weight"]
+__all__ = ["Outbox"]
 
 CAPACITY = 10_000
 MAX_BYTES = 64 << 20
-
-
-def spore_weight(spore: Spore, limits: Limits, max_bytes: int) -> int:
-    """What ``spore`` weighs in memory as its JSON size, walked no further than
-    ``max_bytes``: one that is no JSON (or too deep to walk) weighs what a spore may."""
-    size = json_size_bound(spore, limits.max_depth, max_bytes)
-    return min(limits.max_spore_bytes, max_bytes) if size is None else size
 
 
 class Outbox:
