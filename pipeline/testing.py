@@ -27,9 +27,8 @@ hour of backoff is ``await t.advance(3600)``, not an hour. (The loop's ``time`` 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -134,7 +133,7 @@ class TestOrganism:
         """Ask ``to_agent`` and return its response spore. ``timeout`` is virtual (as
         the organism's timers are) and, as a backstop, real time too."""
         asked = self.organism.request(to_agent, knowledge, timeout=timeout, sender=sender)
-        with self._helping():
+        with self.clock.helper():
             try:
                 return await within_real(asked, timeout,
                                          lambda: self._unanswered(to_agent, timeout))
@@ -142,16 +141,6 @@ class TestOrganism:
                 if isinstance(exc, RequestTimeout):
                     raise
                 raise RequestTimeout(str(exc)) from None
-
-    @contextlib.contextmanager
-    def _helping(self) -> Iterator[None]:
-        """A helper waits in real time, with a message of its own at its end: the clock
-        does not tell the test of a timer it waits on meanwhile."""
-        self.clock.helping += 1
-        try:
-            yield
-        finally:
-            self.clock.helping -= 1
 
     def _unanswered(self, to_agent: str, timeout: float) -> str:
         said = (f"TestOrganism.request({to_agent!r}): no response within {timeout:g}s of "
@@ -169,7 +158,7 @@ class TestOrganism:
         """Wait until nothing is queued or in flight; ``timeout`` (seconds of real time,
         as the virtual clock stands still) is a backstop against a test that would hang:
         past it, TimeoutError says what is still held."""
-        with self._helping():
+        with self.clock.helper():
             await within_real(self.organism.idle(), timeout,
                               lambda: self._still_held(timeout))
 

@@ -9,6 +9,7 @@ thread's timer (:func:`within_real`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import heapq
@@ -17,7 +18,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sized
+from collections.abc import Awaitable, Callable, Iterator, Sized
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -70,7 +71,7 @@ class VirtualClock:
         self._look_at = self._held_since + HELD_WARN_S  # when _read looks again
         self._told_held = False
         self._test: asyncio.Task[Any] | None = None  # the task that attached: the test's
-        self.helping = 0  # a TestOrganism helper waits (with a backstop and a message)
+        self._helping = 0  # helpers waiting now (each with a backstop and a message)
 
     def now(self) -> datetime:
         """The virtual wall-clock time (timezone-aware UTC): an organism's ``now``."""
@@ -107,7 +108,7 @@ class VirtualClock:
         loop has waited ``HELD_WARN_S`` of real time on a timer the clock never reaches
         by itself, while no helper waits (``idle``, ``request`` and ``advance`` end in
         real time with messages of their own), the test's task is cancelled, saying why."""
-        if (not self._told_held and not self.helping
+        if (not self._told_held and not self._helping
                 and time.monotonic() >= self._look_at):
             self._look_at = time.monotonic() + 1.0
             waiting = [when for when, _, handle in self._timers
@@ -124,6 +125,17 @@ class VirtualClock:
                 if self._test is not None:
                     self._test.cancel(why)
         return self._time
+
+    @contextlib.contextmanager
+    def helper(self) -> Iterator[None]:
+        """A helper (``advance``, ``TestOrganism.idle`` and ``request``) waits in real
+        time, with a message of its own at its end: the test is not told of a timer it
+        waits on meanwhile."""
+        self._helping += 1
+        try:
+            yield
+        finally:
+            self._helping -= 1
 
     def _moved(self) -> None:
         self._held_since = time.monotonic()
@@ -163,8 +175,7 @@ class VirtualClock:
             return
         limit = self._origin + target
         span = _Span(seconds, timeout, time.monotonic() + timeout)
-        self.helping += 1  # its own backstop tells of what it waits on
-        try:
+        with self.helper():  # its own backstop tells of what it waits on
             while True:
                 await self._settle(span)
                 due = self._next_due(limit)
@@ -178,8 +189,6 @@ class VirtualClock:
             self.offset = target
             self._time = max(self._time, limit)
             await self._settle(span)
-        finally:
-            self.helping -= 1
         self._moved()
 
     def _next_due(self, limit: float) -> float | None:
