@@ -46,6 +46,8 @@ WORKER = '''
 import asyncio
 from pathlib import Path
 
+from sporeflow.pipeline import DeliveryError
+
 HERE = Path(__file__).parent
 
 
@@ -59,6 +61,13 @@ def work(spore, ctx):
 
 def grumpy(spore, ctx):
     raise KeyError("never")
+
+
+async def forward(spore, ctx):
+    try:
+        await ctx.send("nob\\udc80dy", {"n": 1})  # a name decoded from bytes, say
+    except DeliveryError:
+        pass
 
 
 async def hang(spore, ctx):
@@ -82,7 +91,8 @@ class Made:
 async def made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                ) -> AsyncIterator[Callable[[str], Made]]:
     """``made(extra)``: an organism file (``extra`` goes under ``organism:``) with agents
-    worker, other (always fails) and stuck (hangs); deleted from the broker after."""
+    worker, other (always fails), stuck (hangs) and fwd (sends to a name UTF-8 cannot
+    write); deleted from the broker after."""
     why = broker_reachable()
     if why is not None:
         pytest.fail(f"RabbitMQ is not reachable at 127.0.0.1:5672 ({why}); start it")
@@ -99,7 +109,8 @@ async def made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
             f"agents:\n"
             f"  worker: {{handler: {module}:work}}\n"
             f"  other: {{handler: {module}:grumpy}}\n"
-            f"  stuck: {{handler: {module}:hang, max_crashes: 2}}\n")
+            f"  stuck: {{handler: {module}:hang, max_crashes: 2}}\n"
+            f"  fwd: {{handler: {module}:forward}}\n")
         topologies.append(Topology.of(load_organism(path)))
         return Made(path, topologies[-1])
 
@@ -504,45 +515,21 @@ def test_quorum_queues_refuse_reject_publish_dlx_and_bound_what_they_can() -> No
     assert spec().dead_letter_arguments() == spec(queue_type="quorum").dead_letter_arguments()
 
 
-FORWARDER = '''
-from sporeflow.pipeline import DeliveryError
-
-
-async def forward(spore, ctx):
-    try:
-        await ctx.send("nob\\udc80dy", {"n": 1})  # a name decoded from bytes, say
-    except DeliveryError:
-        pass
-'''
-
-
 async def test_a_letter_naming_what_utf8_cannot_write_still_reaches_the_broker_queue(
-        tmp_path: Path) -> None:
+        made: Callable[[str], Made]) -> None:
     # Review: letters_out puts a letter of this process's in the broker's queue with the
     # spore's names as AMQP headers (to_agent, the routing key, message_id). A name with a
     # lone surrogate (refused at validate, or an unknown agent) cannot be encoded there:
     # UnicodeEncodeError, no BrokerError, so LettersOut logged "a broker task failed" with
     # a traceback and the letter never reached the queue `dlq` reads.
-    why = broker_reachable()
-    if why is not None:
-        pytest.fail(f"RabbitMQ is not reachable ({why})")
-    module = f"fwd_{uuid.uuid4().hex[:10]}"
-    (tmp_path / f"{module}.py").write_text(FORWARDER)
-    name = f"dlqs-{uuid.uuid4().hex[:10]}"
-    path = tmp_path / "organism.yaml"
-    path.write_text(f"organism: {{name: {name}, backend: '{AMQP_URL}'}}\n"
-                    f"agents:\n  fwd: {{handler: {module}:forward}}\n")
-    topology = Topology.of(load_organism(path))
-    try:
-        organism = Organism.from_file(path)
-        async with organism.running(drain_timeout=5):
-            await organism.send("fwd", {"go": 1})
-            await eventually(lambda: len(organism.dead_letters) == 1, "the letter")
-            await organism.idle()
-        # The stop waited for the letters it was putting in the broker's queue.
-        assert organism.stats()["broker"]["letters_out"] == 1
-        code, out, err = await dlq("list", str(path))
-        assert code == 0, err
-        assert [reason for _, _, reason in rows(out)] == ["unknown agent"]
-    finally:
-        await AmqpBackend(AMQP_URL).destroy(topology)
+    org = made("")
+    organism = Organism.from_file(org.path)
+    async with organism.running(drain_timeout=5):
+        await organism.send("fwd", {"go": 1})
+        await eventually(lambda: len(organism.dead_letters) == 1, "the letter")
+        await organism.idle()
+    # The stop waited for the letters it was putting in the broker's queue.
+    assert organism.stats()["broker"]["letters_out"] == 1
+    code, out, err = await dlq("list", str(org.path))
+    assert code == 0, err
+    assert [reason for _, _, reason in rows(out)] == ["unknown agent"]
