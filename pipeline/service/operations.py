@@ -251,9 +251,9 @@ class _Fates:
         self._id = spore_id
         while True:
             self._changed.clear()
-            for event in self._seen:
-                if isinstance(event, _ENDS) and event.spore.id == spore_id:
-                    return event
+            found = self.seen(spore_id)
+            if found is not None:
+                return found
             self._seen.clear()  # none of them was its: from now on only its own come
             await self._changed.wait()
 
