@@ -267,18 +267,27 @@ def _in_running(ctx: click.Context, organism: Path, explicit: bool, choice: Lett
     return path, letters, answer.get("journal")
 
 
+_JOURNAL_LAG_S, _JOURNAL_LOOK_S = 2.0, 0.02  # how long, how often: a letter reaching it
+
+
 def _forget_in_journal(journal: str | None, letters: list[StoredDeadLetter]) -> None:
     """The running organism replayed or purged ``letters``; its ``journal`` keeps them
-    too (numbered its own way): take the same ones out there, or they would come back.
-    Found by a new user: a purge by the numbers `list` showed went to the journal by its
-    own numbers, and deleted another letter for good."""
+    too (numbered its own way): take the same ones out there, or they would come back."""
     if journal is None or not letters:
         return
     wanted = {(s.letter.spore.id, s.letter.agent, s.letter.at) for s in letters}
+    ids = tuple({key[0] for key in wanted})
+    # The journal's writer commits a letter a moment after the process made it: one made
+    # just now may not be there yet, so look again for a while before purging.
+    give_up = time.monotonic() + _JOURNAL_LAG_S
     with JournalFile(journal) as file:
-        kept = file.dead_letters(ids=tuple({key[0] for key in wanted}))
-        file.purge([s for s in kept
-                    if (s.letter.spore.id, s.letter.agent, s.letter.at) in wanted])
+        while True:
+            kept = [s for s in file.dead_letters(ids=ids)
+                    if (s.letter.spore.id, s.letter.agent, s.letter.at) in wanted]
+            if len(kept) >= len(wanted) or time.monotonic() >= give_up:
+                break
+            time.sleep(_JOURNAL_LOOK_S)
+        file.purge(kept)
 
 
 def _in_process(path: Path) -> str:
