@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 from click.testing import CliRunner
@@ -19,6 +21,8 @@ from sporeflow.pipeline.cli.main import cli
 from sporeflow.pipeline.reload.diff import ReloadReport
 from sporeflow.pipeline.reload.watch import (
     Changes,
+    Reloadable,
+    ReloadTriggers,
     require_watchfiles,
     watch_changes,
     watched_files,
@@ -219,3 +223,25 @@ def test_run_watch_applies_edits_to_the_organism_file_and_to_a_handler_module(
     assert f"re-imported {mod}" in reimported
     assert "changed first (handler), second (handler)" in reimported
     assert process.returncode == 0
+
+
+class _Logged:
+    """A stand-in organism for ReloadTriggers.report: only its logger is read."""
+
+    def __init__(self, level: int) -> None:
+        self.logger = logging.getLogger(f"sporeflow.test.watch.{level}")
+        self.logger.setLevel(level)
+
+
+@pytest.mark.parametrize(("level", "echoed"), [(logging.WARNING, False),
+                                                (logging.CRITICAL, True)])
+def test_a_refused_reload_is_echoed_only_where_its_error_record_is_not_shown(
+        level: int, echoed: bool) -> None:
+    lines: list[str] = []
+    triggers = ReloadTriggers(cast(Reloadable, _Logged(level)), watch=False,
+                              echo=lines.append)
+    triggers.report(ReloadReport(ok=False, source="o.yaml", errors=("o.yaml:3: bad",)))
+    triggers.report(ReloadReport(ok=True, source="o.yaml", added=("b",)))
+    refused = [line for line in lines if "refused" in line]
+    assert refused == (["reload: o.yaml: refused, 1 problem"] if echoed else [])
+    assert lines[-1].startswith("reload: o.yaml: applied: added b")

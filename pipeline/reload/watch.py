@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Set
 from pathlib import Path
@@ -34,9 +35,10 @@ __all__ = [
 
 
 class Reloadable(Protocol):
-    """What the watcher needs: the organism's spec and its reload."""
+    """What the watcher needs: the organism's spec, its reload and its logger."""
 
     spec: OrganismSpec
+    logger: logging.Logger
 
     async def reload(self, path: str | Path | None = None) -> ReloadReport: ...
 
@@ -212,9 +214,11 @@ class ReloadTriggers:
         await self.aclose()
 
     def report(self, report: ReloadReport) -> None:
-        """Echo ``report`` in one line; its errors and warnings are the reloader's log
-        records already (echoed too, each showed twice)."""
-        self.echo(f"reload: {report.summary()}")
+        """Echo an applied ``report`` in one line (the reloader logs it at INFO, below the
+        default level). A refused one is the reloader's ERROR record already, with its
+        problems: echoed only where that record is not shown, never twice."""
+        if report.ok or not self.organism.logger.isEnabledFor(logging.ERROR):
+            self.echo(f"reload: {report.summary()}")
 
     def _on_hangup(self) -> None:
         if not self._started:
