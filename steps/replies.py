@@ -56,9 +56,11 @@ _DEFAULT_LIMITS: Final = Limits()
 
 
 def shape_replies(result: Any, *, parent: Spore, agent: str, emit: Emit | None,
-                  limits: Limits = _DEFAULT_LIMITS, start: int = 0) -> list[Spore]:
+                  limits: Limits = _DEFAULT_LIMITS, start: int = 0,
+                  made: str = "returned") -> list[Spore]:
     """Return the spores that ``result``, returned by ``agent`` for ``parent``, stands for,
-    their ids derived from positions ``start`` on."""
+    their ids derived from positions ``start`` on. ``made`` is how the handler made it,
+    for the error a bad value gets (``"yielded"`` for an item of a stream)."""
     if result is None:
         return []
     kind = type(result)
@@ -71,18 +73,18 @@ def shape_replies(result: Any, *, parent: Spore, agent: str, emit: Emit | None,
         return _numbered(_xml_replies(result, parent=parent, agent=agent, emit=emit,
                                       limits=limits), parent, agent, start)
     if kind is set or kind is frozenset:  # no order, so no ids to derive from positions
-        raise SporeError(_bad_return(agent, result))
+        raise SporeError(_bad_return(agent, result, made))
     if isinstance(result, Iterable) and not isinstance(result, str | bytes | dict):
         shaped: list[Spore] = []
-        _shape_items(_Items(result), shaped, parent=parent, agent=agent, emit=emit,
+        _shape_items(_Items(result, made), shaped, parent=parent, agent=agent, emit=emit,
                      limits=limits, offload=None)
         return _numbered(shaped, parent, agent, start)
-    raise SporeError(_bad_return(agent, result))
+    raise SporeError(_bad_return(agent, result, made))
 
 
 def shape_replies_off_loop(
     result: Any, *, parent: Spore, agent: str, emit: Emit | None,
-    limits: Limits = _DEFAULT_LIMITS, start: int = 0,
+    limits: Limits = _DEFAULT_LIMITS, start: int = 0, made: str = "returned",
 ) -> list[Spore] | Awaitable[list[Spore]]:
     """:func:`shape_replies`, or, when ``result`` is or holds XML text over
     ``OFFLOAD_XML_BYTES``, an awaitable of the same spores that parses it on a worker
@@ -95,15 +97,15 @@ def shape_replies_off_loop(
                             id=derived_id(parent.id, agent, start))]
     if kind is str or kind is bytes:
         if len(result) > OFFLOAD_XML_BYTES:
-            return _rest_off_loop([], result, _Items(()), parent=parent, agent=agent, emit=emit,
-                                  limits=limits, start=start)
+            return _rest_off_loop([], result, _Items((), made), parent=parent, agent=agent,
+                                  emit=emit, limits=limits, start=start)
         return _numbered(_xml_replies(result, parent=parent, agent=agent, emit=emit,
                                       limits=limits), parent, agent, start)
     if result is None or kind is Spore or kind is set or kind is frozenset or not isinstance(
             result, Iterable) or isinstance(result, str | bytes | dict):
         return shape_replies(result, parent=parent, agent=agent, emit=emit, limits=limits,
-                             start=start)
-    items = _Items(result)
+                             start=start, made=made)
+    items = _Items(result, made)
     shaped: list[Spore] = []
     large = _shape_items(items, shaped, parent=parent, agent=agent, emit=emit, limits=limits,
                          offload=OFFLOAD_XML_BYTES)
@@ -123,13 +125,14 @@ def _numbered(spores: list[Spore], parent: Spore, agent: str, start: int) -> lis
 
 
 class _Items:
-    """The items of what a handler returned, not yet shaped, and how many were taken: a
-    bad one is named by its place."""
+    """The items of what a handler returned (or ``made`` otherwise), not yet shaped, and
+    how many were taken: a bad one is named by its place."""
 
-    __slots__ = ("container", "rest", "taken")
+    __slots__ = ("container", "made", "rest", "taken")
 
-    def __init__(self, container: Iterable[Any]) -> None:
+    def __init__(self, container: Iterable[Any], made: str) -> None:
         self.container = container
+        self.made = made
         self.rest = iter(container)
         self.taken = 0
 
@@ -153,7 +156,8 @@ def _shape_items(items: _Items, shaped: list[Spore], *, parent: Spore, agent: st
             shaped.extend(_xml_replies(item, parent=parent, agent=agent, emit=emit,
                                        limits=limits))
         else:
-            raise SporeError(_bad_return(agent, item, within=(items.container, index)))
+            raise SporeError(_bad_return(agent, item, items.made,
+                                         within=(items.container, index)))
     return None
 
 
@@ -292,10 +296,10 @@ def _seconds_attr(value: str, agent: str) -> float:
         raise SporeError(f"agent {agent!r} wrote expires_in={value!r} in its XML: {exc}") from None
 
 
-def _bad_return(agent: str, value: object, *,
+def _bad_return(agent: str, value: object, made: str, *,
                 within: tuple[Iterable[Any], int] | None = None) -> str:
-    """Why ``value``, returned by ``agent`` (``within``: the item at that index of what it
-    returned), makes no reply, and what to return."""
+    """Why ``value``, returned (or ``made`` otherwise) by ``agent`` (``within``: the item
+    at that index of what it made), makes no reply, and what to make instead."""
     returned = with_article(type(value).__name__)
     if within is not None:
         container, index = within
@@ -305,6 +309,7 @@ def _bad_return(agent: str, value: object, *,
                  "it is handled; return a list)") if isinstance(value, set | frozenset) else (
         f" (a {type(value).__name__} is a dict of another type: return dict(it))"
         if isinstance(value, dict) else "")
-    return (f"agent {agent!r} returned {returned}, {shown(value, 60)}; "
-            f"return None, a dict, a Spore, XML text, or a list or other ordered iterable "
+    verb = "return" if made == "returned" else "yield"
+    return (f"agent {agent!r} {made} {returned}, {shown(value, 60)}; "
+            f"{verb} None, a dict, a Spore, XML text, or a list or other ordered iterable "
             f"of those{unordered}")

@@ -162,3 +162,23 @@ async def test_a_dict_of_another_type_is_refused_saying_to_make_it_a_dict() -> N
     errors = sorted(letter.error for letter in org.dead_letters)
     assert errors[0].endswith("(a Counter is a dict of another type: return dict(it))")
     assert errors[1].endswith("; make it a plain dict: dict(it)")
+
+
+async def test_a_bad_item_an_async_generator_yields_is_said_to_be_yielded() -> None:
+    # The error said "returned an int" for an item the handler yielded.
+    async def stream(spore: Spore, ctx: Any) -> Any:
+        yield {"ok": 1}
+        yield 42
+
+    async def sink(spore: Spore, ctx: Any) -> None:
+        return None
+
+    org = Organism.from_dict({"agents": {
+        "stream": {"handler": stream, "emit": {"to": "sink"}},
+        "sink": {"handler": sink}}})
+    async with org.running():
+        await org.send("stream", {})
+        await org.idle()
+    [letter] = org.dead_letters
+    assert letter.error.startswith("SporeError: agent 'stream' yielded an int, 42; yield None, "
+                                   "a dict"), letter.error

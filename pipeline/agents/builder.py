@@ -222,7 +222,7 @@ async def _stream(results: Any, parent: Spore, name: str, emit: Emit | None,
             contextlib.nullcontext(results)) as items:
         async for item in items:
             replies = shape_replies_off_loop(item, parent=parent, agent=name, emit=emit,
-                                             limits=limits, start=position)
+                                             limits=limits, start=position, made="yielded")
             if not isinstance(replies, list):
                 replies = await replies  # large XML, parsed on a worker thread
             if replies:
