@@ -8,7 +8,7 @@ import inspect
 import logging
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -196,14 +196,31 @@ class AgentBuilder:
         port, ledger, limits = self.port, self.ledger, self.limits
 
         def shape(result: Any, parent: Spore) -> Any:
-            if result.__class__ is not dict and hasattr(result, "__aiter__"):
-                return _stream(result, parent, name, emit, port, ledger.intake, runtime,
-                               limits)
+            if result.__class__ is not dict and result is not None:
+                if hasattr(result, "__aiter__"):
+                    return _stream(result, parent, name, emit, port, ledger.intake, runtime,
+                                   limits)
+                if hasattr(result, "__next__"):  # a generator: memory bounded, as a stream's
+                    return _stream(_lazily(result), parent, name, emit, port,
+                                   ledger.intake, runtime, limits)
             # Large XML comes back as an awaitable that parses on a worker thread.
             return shape_replies_off_loop(result, parent=parent, agent=name, emit=emit,
                                           limits=limits)
 
         return shape
+
+
+async def _lazily(items: Iterator[Any]) -> AsyncIterator[Any]:
+    """The items of a returned iterator (a generator), taken one at a time as a stream's
+    are, so that what it makes past ``limits.max_in_memory`` is paged out as it comes
+    rather than held whole first."""
+    try:
+        for item in items:
+            yield item
+    finally:  # the stream ended early (a timeout, a stop): end the generator too
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 async def _stream(results: Any, parent: Spore, name: str, emit: Emit | None,

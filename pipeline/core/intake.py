@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sporeflow.config.errors import OrganismStateError
@@ -181,14 +181,15 @@ class Intake:
         self.capacities = dict(capacities)
         self.settle(0)
 
-    def feed(self, spores: Iterable[Spore]) -> None:
+    def feed(self, spores: Sequence[Spore]) -> None:
         """Queue spores made inside (replies, broker deliveries, replays); never waits.
 
         They are not checked yet: a priority out of range is queued as the highest, so
-        that the validate stage refuses it first thing.
+        that the validate stage refuses it first thing. What would take memory past
+        ``max_in_memory``, the whole of a long list of replies included, is paged out.
         """
         limit = self.max_in_memory
-        if limit is not None and (self.held >= limit or self.spill.count):
+        if limit is not None and (self.held + len(spores) > limit or self.spill.count):
             self._feed_paged(list(spores), limit)
             return
         count = self._push_feedback(spores)

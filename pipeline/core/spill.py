@@ -12,10 +12,16 @@ the spores' own) and their holders' marks (``mark_of``: a spore read back is ano
 object, known by its mark); the chain checks them again when they are read back,
 like any fed spore. A spore that cannot be pickled (knowledge holding a live object)
 is kept in memory instead; the chain refuses it soon after.
+
+When the file cannot be written (its disk full, ``TMPDIR`` gone or read-only), what
+would have been paged out is kept in memory too: memory goes past the limit, but no
+spore is lost and no handler fails for it. That is told once, as an ERROR naming the
+cause, and once more when writing works again.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
 import struct
 import tempfile
@@ -27,6 +33,7 @@ from sporeflow.steps import Spore, mark_of, spore_from_values, spore_values
 __all__ = ["SpillFile"]
 
 _LENGTH = struct.Struct("<I")
+_logger = logging.getLogger(__name__)
 
 
 def _picklable(value: object) -> bool:
@@ -47,6 +54,8 @@ class SpillFile:
         self._ready: deque[Spore] = deque()  # read back from the file, not yet taken
         self.count = 0  # spores paged out and not yet taken, in the file or read back
         self.spilled_total = 0  # spores ever paged out, for stats
+        self.unwritable: OSError | None = None  # why the last write failed, until one works
+        self.kept_in_memory = 0  # spores kept in memory since then
 
     def __len__(self) -> int:
         return self.count
@@ -66,14 +75,34 @@ class SpillFile:
             if not values:
                 return kept
             record = pickle.dumps((values, marks), protocol=pickle.HIGHEST_PROTOCOL)
-        file = self._open()
-        file.seek(self._write_at)
-        file.write(_LENGTH.pack(len(record)))
-        file.write(record)
+        try:
+            file = self._open()
+            file.seek(self._write_at)
+            file.write(_LENGTH.pack(len(record)))
+            file.write(record)
+            file.flush()
+        except OSError as exc:  # a record cut short is overwritten by the next one
+            self._cannot_write(exc, len(spores))
+            return spores
+        if self.unwritable is not None:
+            _logger.warning("paging spores out works again: %d kept in memory meanwhile "
+                            "are read as usual", self.kept_in_memory)
+            self.unwritable = None
         self._write_at = file.tell()
         self.count += len(values)
         self.spilled_total += len(values)
         return kept
+
+    def _cannot_write(self, error: OSError, count: int) -> None:
+        if self.unwritable is None:
+            self.kept_in_memory = 0
+            _logger.error(
+                "cannot page spores out to a temporary file in %s (%s): they are kept in "
+                "memory, past limits.max_in_memory, until writing works again; free space "
+                "there or set TMPDIR to a folder with room", tempfile.gettempdir(),
+                error.strerror or error)
+        self.unwritable = error
+        self.kept_in_memory += count
 
     def pop(self, limit: int) -> list[Spore]:
         """Read back up to ``limit`` spores, oldest first."""

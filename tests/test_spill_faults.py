@@ -1,0 +1,142 @@
+"""Paging out under faults and at scale (found by a fault-injecting helper): a spill file
+that cannot be written, a long list of replies, a returned generator."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from typing import Any
+
+import pytest
+
+from sporeflow.pipeline import Organism, Spore
+from sporeflow.pipeline.core import spill as spill_module
+
+from .conformance.harness import BACKSTOP
+
+
+async def _hundred(spore: Spore, ctx: Any) -> list[dict[str, Any]]:
+    base = spore.knowledge["base"]
+    return [{"i": base + i, "pad": "x" * 200} for i in range(100)]
+
+
+def _fan_in(sink: Any, limit: int) -> Organism:
+    return Organism.from_dict({
+        "agents": {"mid": {"handler": _hundred, "emit": {"to": "sink"}, "concurrency": 4},
+                   "sink": {"handler": sink, "concurrency": 2}},
+        "limits": {"max_in_memory": limit}})
+
+
+class _Full(io.RawIOBase):
+    """A spill file on a disk that is full until ``room`` is set."""
+
+    def __init__(self) -> None:
+        self.room = False
+        self.data = io.BytesIO()
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.data.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.data.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        return self.data.truncate(size)
+
+    def readinto(self, buffer: Any) -> int:
+        return self.data.readinto(buffer)
+
+    def write(self, data: Any) -> int:
+        if not self.room:
+            raise OSError(28, "No space left on device")
+        return self.data.write(data)
+
+
+async def test_a_spill_file_that_cannot_be_written_keeps_spores_in_memory_and_says_so(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # Before: spill.push raised OSError in the runner that fed the replies: the runner
+    # task died ("Task exception was never retrieved"), the replies not yet queued were
+    # lost with no dead letter, and the organism never became idle.
+    disk = _Full()
+    monkeypatch.setattr(spill_module.tempfile, "TemporaryFile",
+                        lambda **_: io.BufferedRandom(disk))
+    handled: list[int] = []
+
+    async def sink(spore: Spore, ctx: Any) -> None:
+        handled.append(spore.knowledge["i"])
+
+    org = _fan_in(sink, limit=50)
+    with caplog.at_level(logging.WARNING, logger=spill_module.__name__):
+        async with org.running(drain_timeout=BACKSTOP):
+            for base in range(0, 500, 100):
+                await org.send("mid", {"base": base})
+            await asyncio.wait_for(org.idle(), BACKSTOP)
+            disk.room = True  # the disk has room again: paging out works as before
+            for base in range(500, 1000, 100):
+                await org.send("mid", {"base": base})
+            await asyncio.wait_for(org.idle(), BACKSTOP)
+    assert sorted(handled) == list(range(1000))
+    assert not org.dead_letters
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "No space left on device" in errors[0]
+    assert "kept in memory" in errors[0]
+    assert "TMPDIR" in errors[0]
+    assert any("works again" in r.getMessage() for r in caplog.records)
+    assert org.stats()["totals"]["paged_out_total"] > 0  # once it could write
+
+
+async def test_a_long_list_of_replies_is_paged_out_past_the_memory_limit() -> None:
+    # Before: the limit was compared with what was held before the list came, so one
+    # handler's 100 replies went into memory whole with 50 allowed.
+    seen: list[int] = []
+
+    async def sink(spore: Spore, ctx: Any) -> None:
+        seen.append(spore.knowledge["i"])
+
+    org = _fan_in(sink, limit=50)
+    async with org.running(drain_timeout=BACKSTOP):
+        await org.send("mid", {"base": 0})
+        await asyncio.wait_for(org.idle(), BACKSTOP)
+    assert org.stats()["totals"]["paged_out_total"] >= 50
+    assert sorted(seen) == list(range(100))
+
+
+async def test_a_returned_generator_is_taken_lazily_so_memory_stays_bounded() -> None:
+    # Before: a returned generator was made into a list of spores whole (200,000 items:
+    # 357 MiB peak, nothing paged out); now it is taken one item at a time, as a stream's,
+    # and pauses while anything is paged out, so the sink runs before it ends.
+    handled_when_made: list[int] = []
+    seen: list[int] = []
+
+    async def lazy(spore: Spore, ctx: Any) -> Any:
+        def items() -> Any:
+            for i in range(3000):
+                handled_when_made.append(len(seen))
+                yield {"i": i}
+        return items()
+
+    async def sink(spore: Spore, ctx: Any) -> None:
+        seen.append(spore.knowledge["i"])
+
+    org = Organism.from_dict({
+        "agents": {"gen": {"handler": lazy, "emit": {"to": "sink"}},
+                   "sink": {"handler": sink}},
+        "limits": {"max_in_memory": 100}})
+    async with org.running(drain_timeout=BACKSTOP):
+        await org.send("gen", {})
+        await asyncio.wait_for(org.idle(), BACKSTOP)
+    assert seen == list(range(3000))  # in order, each once
+    assert handled_when_made[-1] > 0, "the generator was taken whole before any was handled"
+    assert org.stats()["totals"]["paged_out_total"] > 0
+    assert [s.id for s in org.dead_letters] == []
