@@ -361,9 +361,11 @@ class Organism(OutsideApi):
         self._watchdog.stop()
         self._set_state(State.STOPPED)
         if left:
-            self.logger.warning("stopped with %d spore(s) unfinished: %d kept for the next "
-                                "start (journal, broker), the rest dead-lettered as "
-                                "'shutdown'", left, run.ledger.kept)
+            kept = ("kept for the next start (journal, broker)" if self.journal is None
+                    or self.journal.failure is None else
+                    "left to the journal, which failed: its error says what is durable")
+            self.logger.warning("stopped with %d spore(s) unfinished: %d %s, the rest "
+                                "dead-lettered as 'shutdown'", left, run.ledger.kept, kept)
         return left
 
     @contextlib.asynccontextmanager

@@ -5,12 +5,14 @@ replayed later."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import sqlite3
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +251,104 @@ async def test_when_nothing_can_be_recorded_the_next_start_refuses_to_replay(
     os.unlink(f"{path}-unrecorded")
     assert [s.id for s in await again.open()] == [a.id]
     await again.close()
+
+
+async def test_a_journal_file_deleted_while_the_organism_runs_stops_the_run(
+        tmp_path: Path) -> None:
+    # Found by a fault injector: with the journal's folder deleted mid-run, SQLite went
+    # on writing to the deleted file; sends were accepted as on disk, stop() said the
+    # unfinished ones were kept for the next start, and that start found no journal.
+    gate = asyncio.Event()
+
+    async def slow(spore: Spore, ctx: Any) -> None:
+        await gate.wait()
+
+    folder = tmp_path / "jd"
+    org = organism_with({"slow": slow}, folder / "j.db")
+    async with org.running(drain_timeout=0.1):
+        await org.send("slow", {"n": 0})
+        for name in os.listdir(folder):
+            os.unlink(folder / name)
+        folder.rmdir()
+        with pytest.raises(JournalError, match="deleted") as caught:
+            await org.send("slow", {"n": 1})
+        assert str(caught.value).startswith(f"journal {folder / 'j.db'}: the file was deleted")
+        assert org.state == "failed"
+
+
+async def test_a_journal_file_deleted_after_its_last_commit_is_told_at_close(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    gate = asyncio.Event()
+
+    async def slow(spore: Spore, ctx: Any) -> None:
+        await gate.wait()
+
+    org = organism_with({"slow": slow}, tmp_path / "j.db")
+    await org.start()
+    await org.send("slow", {"n": 0})
+    (tmp_path / "j.db").unlink()
+    assert await org.stop(drain_timeout=0.1) == 1
+    assert org.journal is not None
+    assert org.journal.failure is not None
+    assert "the file was deleted" in str(org.journal.failure)
+    assert str(org.journal.failure).endswith("the run stopped, no spore in it is durable")
+    assert not (tmp_path / "j.db-unrecorded").exists()  # no note: nothing to refuse
+    stopped = [r.getMessage() for r in caplog.records if "stopped with" in r.getMessage()]
+    assert stopped == ["stopped with 1 spore(s) unfinished: 1 left to the journal, which "
+                       "failed: its error says what is durable, the rest dead-lettered as "
+                       "'shutdown'"]
+
+
+FAN_OUT = """
+import asyncio, sys
+from sporeflow import Organism
+
+async def fan(spore, ctx):
+    return [{"n": n, "pad": "x" * 2000} for n in range(200)]
+
+async def sink(spore, ctx):
+    await asyncio.sleep(0.001)  # slower than fan: thousands of spores pending at once
+
+async def main():
+    org = Organism.from_dict({"agents": {
+        "fan": {"handler": fan, "emit": {"to": "sink"}, "concurrency": 8},
+        "sink": {"handler": sink, "concurrency": 4}}}, journal=sys.argv[1])
+    async with org.running():
+        for _ in range(20):
+            await org.send("fan", {})
+        await org.idle()
+    print(org.journal.failure, org.stats()["totals"]["handled"])
+
+asyncio.run(main())
+"""
+
+
+def test_the_journal_needs_no_room_in_the_temporary_folder(
+        full_folder: Path, tmp_path: Path) -> None:
+    # Found by a fault injector: with TMPDIR full, a large commit failed the journal as
+    # "disk full", naming the journal's own file, whose disk had room: SQLite kept its
+    # statement journals in files there. It keeps them in memory now. (SQLite reads
+    # TMPDIR once per process, hence a process of its own.)
+    done = subprocess.run([sys.executable, "-c", FAN_OUT, str(tmp_path / "j.db")],
+                          env={**os.environ, "TMPDIR": str(full_folder)},
+                          capture_output=True, text=True, timeout=BACKSTOP_S)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", str(20 * 201)], done.stdout + done.stderr
+
+
+@pytest.fixture
+def full_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a 1 MiB file system that is full (a tmpfs: needs root, as CI has)."""
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+            capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        with contextlib.suppress(OSError), (folder / "fill").open("wb") as fill:
+            while True:
+                fill.write(b"\0" * 65536)
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

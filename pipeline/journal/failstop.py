@@ -38,7 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from sporeflow.pipeline.core.privatefiles import open_private
-from sporeflow.pipeline.journal.sqlite import JournalError, describe_failure, logger
+from sporeflow.pipeline.journal.sqlite import (
+    JournalError,
+    JournalGone,
+    check_in_place,
+    describe_failure,
+    logger,
+)
 
 __all__ = ["LOST_LIMIT", "RESERVE_BYTES", "FailStop", "Ops"]
 
@@ -88,19 +94,21 @@ class FailStop:
     def fail(self, error: BaseException, ops: Ops | None = None, *, note: bool = True) -> None:
         """The journal cannot write: keep ``ops`` for the last attempt at close, tell why
         and whom it concerns, once (on the event loop). ``note``: leave the note that
-        makes the next start refuse, unless the last attempt succeeds."""
+        makes the next start refuse, unless the last attempt succeeds (never for a file
+        deleted: there is nothing left to refuse)."""
         if ops:
             self.keep(ops)
         if self._failure is not None:
             return
         cause = error.__cause__ if isinstance(error, JournalError) and error.__cause__ else error
         self._cause = describe_failure(self.path, cause)
-        failure = JournalError(f"journal {self.path}: {self._cause}; the run stopped, nothing "
-                               f"after the last commit is durable")
+        gone = isinstance(error, JournalGone)
+        lost = "no spore in it is durable" if gone else "nothing after the last commit is durable"
+        failure = JournalError(f"journal {self.path}: {self._cause}; the run stopped, {lost}")
         failure.__cause__ = cause
         self._failure = failure
         logger.critical("%s", failure)
-        if note:
+        if note and not gone:
             self._leave_note()
         self._failed.set()
         if self.on_failure is not None:
@@ -108,6 +116,16 @@ class FailStop:
                 self.on_failure()
             except Exception:  # the failure is what matters: it is reported regardless
                 logger.exception("%s: telling the organism that its journal failed", self.path)
+
+    def gone(self, fd: int | None) -> bool:
+        """Fail, unless failed already, if the journal's file (open as ``fd``) was deleted;
+        True if it was (at close: there is nothing left to record the rest in)."""
+        try:
+            check_in_place(fd)
+        except JournalGone as gone:
+            self.fail(gone)
+            return True
+        return False
 
     def keep(self, ops: Ops) -> None:
         """Keep changes the failed journal does not write, for the last attempt at close."""

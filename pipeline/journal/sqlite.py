@@ -157,6 +157,9 @@ def connect(path: Path, synchronous: Synchronous, *, exists: bool) -> sqlite3.Co
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 10000")
+        # Temporary tables and indices in memory: the journal never needs room in TMPDIR
+        # (a small /tmp full would fail it, named as its own disk being full).
+        conn.execute("PRAGMA temp_store = MEMORY")
         if not exists:
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table
         conn.execute("PRAGMA journal_mode = WAL")
@@ -298,10 +301,33 @@ def transaction(conn: sqlite3.Connection, path: Path) -> Iterator[sqlite3.Connec
         raise JournalError(f"{path}: writing the journal failed: {exc}") from exc
 
 
+class JournalGone(JournalError):
+    """The journal's file was deleted or replaced while the organism had it open."""
+
+
+def check_in_place(fd: int | None) -> None:
+    """Raise if the journal's file, open as ``fd``, has no name left (deleted, or renamed
+    over) while open: SQLite would go on writing to the deleted file, and each commit
+    would be a promise broken."""
+    if fd is None:
+        return
+    try:
+        gone = os.fstat(fd).st_nlink == 0
+    except OSError:
+        gone = True
+    if gone:
+        raise JournalGone(
+            "the file was deleted (or replaced) while the organism ran: the next start on "
+            "this path begins with no journal; keep the journal's folder out of "
+            "temporary-file cleaners")
+
+
 def describe_failure(path: Path, error: BaseException) -> str:
     """What made a write to the journal at ``path`` fail, in words: a full disk, the
     process's file size limit, an I/O error, or the exception itself."""
-    if isinstance(error, JournalError) and error.__cause__ is not None:
+    if isinstance(error, JournalError):
+        if error.__cause__ is None:  # the journal's own words
+            return str(error)
         error = error.__cause__
     if isinstance(error, sqlite3.Error):
         text = str(error)

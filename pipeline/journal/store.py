@@ -26,10 +26,8 @@ The journal fails stop: any error of the writer stops the run, and what happened
 its last commit is recorded at close if it can be, or the next start refuses to replay
 (see :mod:`sporeflow.pipeline.journal.failstop`).
 
-A spore whose handler keeps killing the process is dead-lettered ``poison``
-after ``agents.X.max_crashes`` deaths instead of replayed forever: see
-:mod:`sporeflow.pipeline.journal.inflight` (the rule) and
-:mod:`sporeflow.pipeline.journal.marking` (the marks of handler calls).
+A spore whose handler keeps killing the process is dead-lettered ``poison`` after
+``agents.X.max_crashes`` deaths: see ``journal.inflight`` (the rule) and ``.marking``.
 """
 
 from __future__ import annotations
@@ -60,6 +58,7 @@ from sporeflow.pipeline.journal.sqlite import (
     Synchronous,
     booted_agents,
     check_file,
+    check_in_place,
     compact,
     connect,
     file_size,
@@ -72,9 +71,6 @@ from sporeflow.pipeline.journal.sqlite import (
 from sporeflow.steps import Spore, new_spore_id
 
 __all__ = ["Journal"]
-
-
-# -- the journal a running organism writes -------------------------------------------
 
 
 # A commit nobody waits for waits this long for more (as Kafka's linger.ms), or until
@@ -231,6 +227,8 @@ class Journal:
         if conn is None:
             return
         try:
+            if self._stop.gone(self._lock_fd):  # told; nothing to salvage into
+                return
             if self._stop.failure is None:
                 with contextlib.suppress(JournalError), transaction(conn, self.path):
                     # Crash counts of finished spores end (see journal.inflight).
@@ -461,6 +459,7 @@ class Journal:
         conn = self._conn
         if conn is None:
             raise JournalError(f"{self.path}: the journal is closed")
+        check_in_place(self._lock_fd)
         removed, added = self._write(conn, batch)
         for spore_id in batch.boots:  # committed: noted for good
             self._boots.pop(spore_id, None)
