@@ -15,6 +15,7 @@ import pytest
 from sporeflow.pipeline import Organism, Spore
 from sporeflow.pipeline.agents.state import write_snapshot
 from sporeflow.pipeline.journal.failstop import FailStop
+from sporeflow.pipeline.journal.sqlite import JournalError
 
 
 @pytest.fixture(autouse=True)
@@ -92,3 +93,25 @@ def test_a_restrictive_umask_does_not_lock_the_owner_out(tmp_path: Path) -> None
     path = tmp_path / "state" / "organism.json"
     write_snapshot(path, {"sporeflow_state": 1, "agents": {}})
     assert (mode(path.parent), mode(path)) == (0o700, 0o600)
+
+
+async def test_a_symlink_planted_beside_the_journal_is_refused_and_its_target_untouched(
+        tmp_path: Path) -> None:
+    # Found by an attacker: the in-flight marks are written to JOURNAL-inflight.new first,
+    # opened with O_TRUNC following a symbolic link; one planted there by anyone who may
+    # write in the folder had its target truncated and filled with 1 MiB of marks.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious data\n")
+    folder = tmp_path / "journal"
+    folder.mkdir()
+    os.symlink(victim, folder / "j.db-inflight.new")
+
+    async def work(spore: Spore, ctx: Any) -> None:
+        return None
+
+    org = Organism.from_dict({"agents": {"w": {"handler": work}}},
+                             journal=str(folder / "j.db"))
+    with pytest.raises(JournalError, match="is a symbolic link, which sporeflow never "
+                                           "writes through; remove it"):
+        await org.start()
+    assert victim.read_text() == "precious data\n"

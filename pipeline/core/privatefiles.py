@@ -9,6 +9,7 @@ journal made here has private side files too.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -19,6 +20,7 @@ __all__ = ["FILE_MODE", "FOLDER_MODE", "make_folder", "open_private", "private_t
 
 FILE_MODE = 0o600
 FOLDER_MODE = 0o700
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)  # not on Windows
 
 
 def make_folder(folder: Path) -> None:
@@ -36,15 +38,24 @@ def make_folder(folder: Path) -> None:
 
 
 def open_private(path: Path, flags: int) -> int:
-    """``os.open(path, flags | O_CREAT)``, the file made 0600 if this call creates it."""
-    flags &= ~(os.O_CREAT | os.O_EXCL)
+    """``os.open(path, flags | O_CREAT)``, the file made 0600 if this call creates it.
+
+    A symbolic link in ``path``'s place is refused, never followed: anyone who may write
+    in the folder could plant one to make sporeflow truncate or fill another file."""
+    flags = (flags & ~(os.O_CREAT | os.O_EXCL)) | _NO_FOLLOW
     while True:
         try:
             fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
         except FileExistsError:
-            with contextlib.suppress(FileNotFoundError):  # removed meanwhile: make it
+            try:
                 return os.open(path, flags)
-            continue
+            except FileNotFoundError:  # removed meanwhile: make it
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ELOOP and os.path.islink(path):
+                    raise OSError(errno.ELOOP, f"{path} is a symbolic link, which sporeflow "
+                                               f"never writes through; remove it") from None
+                raise
         _set_mode(getattr(os, "fchmod", None), fd, FILE_MODE)
         return fd
 
