@@ -434,3 +434,38 @@ async def test_a_process_waiting_for_its_broker_stops_on_sigterm(
             process.wait()
     assert code == 0, tail_of(process)
     assert "gave up" not in log.read_text()
+
+
+async def test_an_outage_while_the_topology_is_declared_is_waited_out(
+        private_broker: PrivateBroker, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by a fault injector: a loss while ``open()`` declared the topology (here,
+    while it waited for the declaring lock another process held) made ``start()`` raise
+    BrokerError at once, and ``sporeflow run`` exit 1, seconds into a give_up_after of 5
+    minutes. It is waited out as an outage later is."""
+    client = Organism.from_dict(
+        {"organism": {"name": f"outage-{uuid.uuid4().hex[:8]}",
+                      "broker": {"give_up_after": "5m"}},
+         "agents": {"sink": {"handler": "relay_handlers:sink"}}},
+        base_dir=RELAY, backend=url_of(private_broker))
+    topology = Topology.of(client.spec)
+    holder = await aio_pika.connect(private_broker.url)  # another process declaring
+    await (await holder.channel()).declare_queue(topology.declaring_lock, exclusive=True)
+    starting: asyncio.Task[None] | None = None
+    try:
+        with caplog.at_level(logging.INFO, logger="sporeflow.broker.amqp"):
+            starting = asyncio.create_task(client.start())
+            await wait_for(lambda: "waiting for it" in caplog.text or starting.done(), [],
+                           "start() waits for the declaring lock")
+            assert not starting.done()
+            await asyncio.to_thread(private_broker.stop_app)  # the broker restarts meanwhile
+            await asyncio.to_thread(private_broker.start_app)
+            await asyncio.wait_for(starting, BACKSTOP)
+        assert client.state == "running"
+        assert "the connection was lost while declaring the topology" in caplog.text
+    finally:
+        if starting is not None and not starting.done():
+            starting.cancel()
+        if not holder.is_closed:
+            await holder.close()
+        await client.stop(drain_timeout=2)
+        await AmqpBackend(private_broker.url).destroy(topology)

@@ -62,6 +62,7 @@ from aio_pika.abc import (
     AbstractConnection,
     AbstractExchange,
     AbstractQueue,
+    AbstractRobustChannel,
 )
 from yarl import URL
 
@@ -72,7 +73,7 @@ from sporeflow.pipeline.broker.amqp_consumer import Consumer
 from sporeflow.pipeline.broker.amqp_declared import remember, tidy
 from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, AmqpInbound, broker_failure
 from sporeflow.pipeline.broker.amqp_letters import delivery_letter, spore_letter
-from sporeflow.pipeline.broker.amqp_link import ReconnectingConnection, connect
+from sporeflow.pipeline.broker.amqp_link import ReconnectingConnection, connect, through_losses
 from sporeflow.pipeline.broker.amqp_marks import mark, marked
 from sporeflow.pipeline.broker.amqp_outbound import Outbound
 from sporeflow.pipeline.broker.backend import (
@@ -161,29 +162,9 @@ class AmqpBackend(Backend):
                                          name=f"sporeflow {topology.exchange}")
         channel = self._connection.lasting(publisher_confirms=True)
         try:  # declared again on this channel after each reconnection
-            await channel
-            self._exchange = await channel.declare_exchange(
-                topology.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-            self._dead = await channel.declare_exchange(
-                topology.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
-            await self._check_signing(topology)
-            dead_letters = await channel.declare_queue(
-                topology.dead_letter_queue, durable=True,
-                arguments=topology.dead_letter_arguments())
-            await dead_letters.bind(self._dead, routing_key="")
-            for agent in topology.subscriptions:
-                queue = await channel.declare_queue(topology.queue(agent), durable=True,
-                                                    arguments=topology.queue_arguments(agent))
-                for pattern in topology.bindings(agent):
-                    await queue.bind(self._exchange, routing_key=pattern)
-            self.leftovers = await tidy(self._require_connection, topology, vhost=self._vhost,
-                                        address=self.address, fail=self._fail, errors=_ERRORS)
-            self.leftovers.report(_log, f"RabbitMQ at {self.address}", topology.exchange)
-            self.declared = True
-            self._connection.reconnect_callbacks.add(partial(self._redeclared, topology))
-            # Published apart: a refused publish closes that channel, not the topology's.
-            await self._publish_on(topology.exchange, topology.dead_letter_exchange,
-                                   ensure=False, topology=topology)
+            await through_losses(self._connection, link,
+                                 partial(self._declare, channel, topology),
+                                 doing=f"declaring the topology of {topology.exchange!r}")
         except aiormq.exceptions.ChannelAccessRefused:
             with contextlib.suppress(*_ERRORS):  # else aio-pika would open it again
                 await channel.close()
@@ -199,6 +180,33 @@ class AmqpBackend(Backend):
             raise self._fail(f"declaring the topology of {topology.exchange!r}", exc) from exc
         self._topology = topology
         link.connected()
+
+    async def _declare(self, channel: AbstractRobustChannel, topology: Topology) -> None:
+        """Declare ``topology`` through ``channel`` (and one-off channels), then publish."""
+        if not channel.is_initialized:  # a retry after a loss finds it restored
+            await channel
+        self._exchange = await channel.declare_exchange(
+            topology.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        self._dead = await channel.declare_exchange(
+            topology.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+        await self._check_signing(topology)
+        dead_letters = await channel.declare_queue(
+            topology.dead_letter_queue, durable=True,
+            arguments=topology.dead_letter_arguments())
+        await dead_letters.bind(self._dead, routing_key="")
+        for agent in topology.subscriptions:
+            queue = await channel.declare_queue(topology.queue(agent), durable=True,
+                                                arguments=topology.queue_arguments(agent))
+            for pattern in topology.bindings(agent):
+                await queue.bind(self._exchange, routing_key=pattern)
+        self.leftovers = await tidy(self._require_connection, topology, vhost=self._vhost,
+                                    address=self.address, fail=self._fail, errors=_ERRORS)
+        self.leftovers.report(_log, f"RabbitMQ at {self.address}", topology.exchange)
+        self.declared = True
+        self._require_connection().reconnect_callbacks.add(partial(self._redeclared, topology))
+        # Published apart: a refused publish closes that channel, not the topology's.
+        await self._publish_on(topology.exchange, topology.dead_letter_exchange,
+                               ensure=False, topology=topology)
 
     def _redeclared(self, topology: Topology, _: object) -> None:
         """aio-pika declared our bindings again on a new connection: record them

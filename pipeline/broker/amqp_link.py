@@ -21,16 +21,20 @@ come again, marked redelivered; a publish the loss cut off is not repeated by ai
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel
 from yarl import URL
 
+from sporeflow.config import BrokerError
 from sporeflow.pipeline.broker.link import Backoff, Link
 
-__all__ = ["RECONNECT_BASE", "ReconnectingConnection", "connect"]
+__all__ = ["RECONNECT_BASE", "ReconnectingConnection", "connect", "through_losses"]
 
 RECONNECT_BASE = 0.5  # seconds: the first pause after a failed attempt
 # The broker's refusals of this process (its credentials; a virtual host it may not use,
@@ -39,6 +43,9 @@ RECONNECT_BASE = 0.5  # seconds: the first pause after a failed attempt
 REFUSED = (aiormq.exceptions.AuthenticationError, aiormq.exceptions.ProbableAuthenticationError,
            aiormq.exceptions.ConnectionNotAllowed, aiormq.exceptions.IncompatibleProtocolError,
            aiormq.exceptions.ProtocolSyntaxError)
+_LOSS_SEEN_WITHIN = 1.0  # seconds: an error may come before the connection's close is seen
+_T = TypeVar("_T")
+_log = logging.getLogger("sporeflow.broker.amqp")
 
 
 class ReconnectingConnection(aio_pika.RobustConnection):
@@ -109,3 +116,44 @@ async def connect(url: str, link: Link, *, timeout: float, name: str) -> Reconne
         raise
     connection.backoff.reset()  # a later outage starts from the shortest pause
     return connection
+
+
+async def through_losses(connection: ReconnectingConnection, link: Link,
+                         attempt: Callable[[], Awaitable[_T]], *, doing: str) -> _T:
+    """Run ``attempt`` (``doing`` it, in words); when it fails because the connection was
+    lost meanwhile, wait for the robust connection to come back (until ``link`` gives up,
+    which raises :class:`BrokerError`) and run it again: a broker restarting while a
+    process starts is waited out by the same rule as an outage later. The broker's own
+    refusals (a channel it closed: a precondition, access, a lock) are raised at once."""
+    while True:
+        try:
+            return await attempt()
+        except Exception as exc:
+            if not _from_loss(exc) or not await _was_lost(connection):
+                raise
+            _log.warning("RabbitMQ at %s: the connection was lost while %s; doing it again "
+                         "once reconnected", link.address, doing)
+        await link.unless_ended(connection.connected.wait())
+
+
+def _from_loss(error: BaseException) -> bool:
+    """Whether ``error`` (or the AMQP error a BrokerError wraps) may come of a lost
+    connection, rather than of a channel the broker closed on purpose."""
+    if isinstance(error, BrokerError):
+        if error.__cause__ is None:
+            return False
+        error = error.__cause__
+    return not isinstance(error, aiormq.exceptions.ChannelClosed)
+
+
+async def _was_lost(connection: ReconnectingConnection) -> bool:
+    """Whether the connection is down (not closed by us), watching a moment for it."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + _LOSS_SEEN_WITHIN
+    while not connection.is_closed:
+        if not connection.connected.is_set():
+            return True
+        if loop.time() >= until:
+            return False
+        await asyncio.sleep(0.02)
+    return False
