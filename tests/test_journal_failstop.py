@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import resource
 import sqlite3
 import subprocess
@@ -352,3 +353,31 @@ def full_folder(tmp_path: Path) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+async def test_a_send_the_journal_failed_names_its_spore_which_may_still_be_handled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by a fault injector: the send raised "nothing after the last commit is
+    # durable" without the spore's id, and the spore was handled after the restart: a
+    # caller sending it again made a copy with a new id, which nothing could de-duplicate.
+    handled: dict[int, str] = {}
+
+    async def work(spore: Spore, ctx: Any) -> None:
+        handled[spore.knowledge["n"]] = spore.id
+
+    org = organism_with({"work": work}, tmp_path / "j.db")
+    async with org.running():
+        await org.send("work", {"n": 1})
+        await org.idle()
+        monkeypatch.setattr(org.journal, "_commit", lambda *_: (_ for _ in ()).throw(
+            Boom("the writer broke")))
+        with pytest.raises(JournalError, match="Boom: the writer broke") as caught:
+            await org.send("work", {"n": 2})
+    said = re.search(r"Spore (\S+) was admitted before the failure and may still be "
+                     r"handled", str(caught.value))
+    assert said is not None, str(caught.value)
+    monkeypatch.undo()
+    with JournalFile(tmp_path / "j.db") as journal:
+        pending = {spore.id for spore in journal.pending()}
+    assert said.group(1) in pending | {handled.get(2)}
+    assert said.group(1) != handled[1]

@@ -24,6 +24,7 @@ from sporeflow.config import (
     SporeError,
     SporeflowError,
 )
+from sporeflow.config.errors import JournalError
 from sporeflow.config.model import OUTSIDE_SENDERS
 from sporeflow.config.reasons import Reason, reason_of
 from sporeflow.pipeline.core.intake import Intake
@@ -254,7 +255,13 @@ class Ingress:
             self.ledger.admitted((spore,))
         if confirm:
             if self.persist is not None:  # the sender hears back once it is on disk
-                await self.persist.record((spore,))
+                try:
+                    await self.persist.record((spore,))
+                except JournalError as exc:  # the caller never learns the id otherwise
+                    raise JournalError(
+                        f"{exc}. Spore {spore.id} was admitted before the failure and may "
+                        f"still be handled, in this run or when the journal is replayed: "
+                        f"look for that id before sending it again") from exc.__cause__
             if self.confirm is not None:
                 await self.confirm(spore, None)
         elif self.persist is not None:  # pipelined: on disk with the next group commit
