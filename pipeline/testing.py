@@ -91,6 +91,12 @@ class TestOrganism:
                  boot: bool = False, stages: Sequence[StageSpec] = ()) -> None:
         spec = (organism_from_dict(source, base_dir=base_dir) if isinstance(source, Mapping)
                 else load_organism(source))
+        if spec.external:  # the memory backend's refusal would say to set a broker URL
+            raise UsageError(
+                f"TestOrganism runs in memory, where the external agents "
+                f"{', '.join(sorted(spec.external))} (reached through a broker) cannot be: "
+                f"test the organism's own agents with a dict that leaves them out, or run "
+                f"it over RabbitMQ (Organism.from_file(..., backend='amqp://...'))")
         self.clock = VirtualClock(start, off_loop=lambda: self.organism.threads_running())
         self.organism = Organism(dataclasses.replace(spec, journal=None), now=self.clock.now,
                                  backend="memory", stages=stages)

@@ -13,6 +13,7 @@ import pytest
 
 from sporeflow import Context, Spore
 from sporeflow.config import OrganismStateError, RequestTimeout
+from sporeflow.config.errors import UsageError
 from sporeflow.pipeline import virtual_clock
 from sporeflow.testing import TestOrganism, VirtualClock
 
@@ -496,3 +497,16 @@ async def test_each_organism_stamps_its_spores_with_its_own_clock() -> None:
         await organism.stop()
     assert made == {name: [at, at] for name, at in clocks.items()}
     assert Spore(knowledge={}).created_at.year == datetime.now(UTC).year  # this task's own
+
+
+def test_an_organism_with_external_agents_is_refused_saying_what_to_test_instead() -> None:
+    # Found by a documentation audit: the memory backend's refusal said to set a broker
+    # URL, which a TestOrganism (always in memory) cannot take.
+    async def sink(spore: Spore, ctx: Context) -> None:
+        return None
+
+    with pytest.raises(UsageError, match=r"TestOrganism runs in memory, where the external "
+                                         r"agents pr \(reached through a broker\) cannot be: "
+                                         r"test the organism's own agents with a dict"):
+        TestOrganism({"agents": {"sink": {"handler": sink},
+                                 "pr": {"external": "praval"}}})
