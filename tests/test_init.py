@@ -78,3 +78,13 @@ def test_two_organisms_made_side_by_side_test_in_one_pytest(tmp_path: Path) -> N
                             text=True, timeout=120)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "2 passed" in tested.stdout
+
+
+def test_the_next_step_quotes_a_folder_with_a_space(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by a documentation audit: `init "a b"` said `cd a b && ...`, which a shell
+    # reads as cd with two arguments.
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["init", "a b"])
+    assert result.exit_code == 0, result.output
+    assert "next: cd 'a b' && sporeflow check" in result.output

@@ -9,6 +9,7 @@ exists, nothing is written.
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import click
@@ -152,5 +153,5 @@ def init(ctx: click.Context, folder: Path) -> None:
     test and a README. Existing files are never overwritten."""
     written = guarded(ctx, lambda: scaffold(folder))
     click.echo(f"created {', '.join(str(path) for path in written)}")
-    go = "" if folder == Path(".") else f"cd {folder} && "
+    go = "" if folder == Path(".") else f"cd {shlex.quote(str(folder))} && "
     click.echo(f"next: {go}sporeflow check && sporeflow run --until-idle && pytest")
