@@ -6,7 +6,7 @@ import math
 import re
 
 __all__ = ["DURATION_PATTERN", "SIZE_PATTERN", "duration_mistake", "parse_duration",
-           "parse_size"]
+           "parse_size", "written_duration"]
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
@@ -79,3 +79,13 @@ def parse_size(value: str | int) -> int:
     if not match:
         raise ValueError(f"size {value!r} is not understood; write it like 512KiB or 1MiB")
     return int(match[1]) * _SIZE_UNITS[match[2] or ""]
+
+
+def written_duration(seconds: float) -> str:
+    """``seconds`` as organism.yaml would write it: ``720h``, ``90m``, ``1.5s``, ``250ms``
+    (for messages: ``2.592e+06s`` names 30 days to nobody)."""
+    for unit in ("h", "m", "s"):
+        size = _DURATION_UNITS[unit]
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s" if seconds >= 1 or seconds == 0 else f"{seconds * 1000:g}ms"

@@ -89,6 +89,7 @@ async def test_dead_letters_older_than_the_age_limit_are_dropped_at_the_next_sta
     assert kept(path) == [5, 6, 7]
     assert stats["dead_letters_dropped"] == 5
     assert logged_drops(caplog) == [5]
+    assert "limits.max_journal_dead_letter_age=24h," in caplog.text  # as written, not 86400s
 
 
 def test_the_age_is_swept_again_only_after_a_tenth_of_it() -> None:

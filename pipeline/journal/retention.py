@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sporeflow.config import Limits
+from sporeflow.config.units import written_duration
 from sporeflow.pipeline.journal.sqlite import logger, transaction
 
 __all__ = ["DeadLetterRetention"]
@@ -68,7 +69,7 @@ class DeadLetterRetention:
             self.dropped += too_old + over
             logger.warning(
                 "%s: dropped %d dead letters, the oldest first (%d older than "
-                "limits.max_journal_dead_letter_age=%ss, %d over "
+                "limits.max_journal_dead_letter_age=%s, %d over "
                 "limits.max_journal_dead_letters=%d); %d kept, %d dropped since open",
                 self.path, too_old + over, too_old, _seconds(self.max_age), over,
                 self.max_count, rows, self.dropped)
@@ -76,4 +77,4 @@ class DeadLetterRetention:
 
 
 def _seconds(age: float | None) -> str:
-    return "none" if age is None else f"{age:g}"
+    return "none" if age is None else written_duration(age)
