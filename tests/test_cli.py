@@ -348,3 +348,15 @@ def test_the_broker_commands_take_organism_yaml_here_as_every_command_does(
     if command == "broker-delete":  # says what it would delete: nothing is reached
         result = CliRunner().invoke(cli, [command])
         assert "would delete exchanges sporeflow.here, " in result.stderr
+
+
+def test_a_dead_letter_with_a_huge_error_is_printed_shortened() -> None:
+    # Found by an attacker: a handler's error of a megabyte was printed whole.
+    number = 3 * 10**2000
+    code, _, err = invoke("send", str(SMALL), "--start", "--to", "picky", f'{{"n": {number}}}')
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"dead letter (agent 'picky'): handler failed: ValueError: "
+                           f"{str(number)[:100]}")
+    assert last.endswith(" more characters: `sporeflow dlq show ID` prints it whole)")
+    assert len(last) < 1200

@@ -215,10 +215,23 @@ def send_outcome(ctx: click.Context, status: int, answer: Any, *, timeout: float
     if fate in ("dead-lettered", "refused"):
         what = (f"dead letter (agent {answer['agent']!r})" if answer.get("agent")
                 else "dead letter" if fate == "dead-lettered" else "refused")
-        click.echo(f"{what}: {answer.get('reason')}: {answer.get('error')}", err=True)
+        click.echo(f"{what}: {answer.get('reason')}: {_shortened(answer.get('error'))}",
+                   err=True)
     else:
         click.echo(f"{fate}: {answer.get('error') or answer.get('message')}", err=True)
     ctx.exit(1)
+
+
+_SHOWN_ERROR = 1000  # characters of a dead letter's error printed; `dlq show` has it all
+
+
+def _shortened(error: object) -> str:
+    """A dead letter's error for one line of a terminal: a handler's may be megabytes."""
+    text = str(error)
+    if len(text) <= _SHOWN_ERROR:
+        return text
+    return (f"{text[:_SHOWN_ERROR]}... ({len(text) - _SHOWN_ERROR:,} more characters: "
+            f"`sporeflow dlq show ID` prints it whole)")
 
 
 def send_started(ctx: click.Context, organism: Path, body: Mapping[str, Any],
