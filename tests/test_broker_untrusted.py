@@ -350,3 +350,111 @@ async def test_a_dead_letter_with_a_far_timestamp_can_be_listed(
         assert len(letters) == 1
     finally:
         await AmqpBackend(AMQP_URL).destroy(topology)
+
+
+# -- properties pamqp cannot read at all: found by a tester ---------------------------------
+
+class _RawText(str):
+    """Text written on the wire as these bytes (pamqp encodes only valid UTF-8)."""
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes) -> _RawText:
+        made = super().__new__(cls, "raw")
+        made.raw = raw
+        return made
+
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:  # type: ignore[override]
+        return self.raw
+
+
+def _nested_tables(depth: int) -> _Raw:
+    value = b"V"
+    for _ in range(depth):
+        content = b"\x01a" + value
+        value = b"F" + len(content).to_bytes(4, "big") + content
+    return _Raw(value)
+
+
+_UNREADABLE: dict[str, Callable[[dict[str, Any]], commands.Basic.Properties]] = {
+    "header-key-not-utf8": lambda h: commands.Basic.Properties(
+        headers={**h, _RawText(b"\xff\xfe"): "x"}),
+    "content-type-not-utf8": lambda h: commands.Basic.Properties(
+        headers=h, content_type=_RawText(b"\xff\xfe")),
+    "message-id-not-utf8": lambda h: commands.Basic.Properties(
+        headers=h, message_id=_RawText(b"\xc3")),
+    "tables-nested-500-deep": lambda h: commands.Basic.Properties(
+        headers={**h, "deep": _nested_tables(500)}),
+}
+
+
+async def _publish_raw(monkeypatch: pytest.MonkeyPatch, body: bytes,
+                       properties: commands.Basic.Properties, *, exchange: str = "",
+                       routing_key: str) -> None:
+    with monkeypatch.context() as patched:
+        patched.setattr(encode, "encode_table_value",
+                        _written_as_is(encode.encode_table_value))
+        connection = await aiormq.connect(AMQP_URL)
+        try:
+            channel = await connection.channel()
+            await channel.basic_publish(body, exchange=exchange, routing_key=routing_key,
+                                        properties=properties)
+        finally:
+            await connection.close()
+
+
+@pytest.mark.parametrize("poison", list(_UNREADABLE))
+async def test_a_message_whose_properties_pamqp_cannot_read_is_dead_lettered_and_the_rest_flow(
+        harness: Harness, poison: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a tester: a header key or a short-string property that is no UTF-8, or
+    tables nested past Python's recursion limit (RabbitMQ passes all of them on), made
+    pamqp's reader raise: the connection closed, the unacked message came back at each
+    reconnection and closed it again, and the process consumed nothing until it gave
+    up. Such a message is read as one whose properties could not be read."""
+    calls: Calls = []
+    async with harness.running({"agents": {"sink": {"handler": recorder(calls)("sink")}}}
+                               ) as org:
+        topology = Topology.of(org.spec)
+        _, headers, _ = spore_to_amqp(Spore(knowledge={"n": -1}, to_agent="sink"))
+        await _publish_raw(monkeypatch, b'{"n": -1}', _UNREADABLE[poison](headers),
+                           routing_key=topology.queue("sink"))
+        for n in range(3):
+            await publish(topology, Spore(knowledge={"n": n}, to_agent="sink"))
+        await wait_for(lambda: len(calls) == 3)
+        await harness.quiet(org)
+        assert org.stats()["broker"]["connection"]["state"] == "connected"
+    assert sorted(spore.knowledge["n"] for _, spore in calls) == [0, 1, 2]
+    letters = await broker_dead_letters(topology)
+    assert [(str(h.get("x-sporeflow-reason")), "could not be read" in str(
+        h.get("x-sporeflow-error"))) for h, _ in letters] == [("invalid", True)]
+
+
+async def test_dlq_list_survives_a_letter_whose_properties_pamqp_cannot_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a tester: such a message in the dead-letter queue (anyone who may
+    dead-letter may publish it) made `dlq list`, `show` and `purge` fail: no letter could
+    be listed or purged with sporeflow."""
+    name = f"unreadable-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "unread_handlers.py").write_text("def work(spore, ctx):\n    return None\n")
+    path = tmp_path / "organism.yaml"
+    path.write_text(f"organism: {{name: {name}, backend: '{AMQP_URL}'}}\n"
+                    f"agents:\n  worker: {{handler: unread_handlers:work}}\n")
+    topology = Topology.of(load_organism(path))
+    try:
+        async with Organism.from_file(path).running(drain_timeout=5):
+            pass  # declares the exchange, the queues and the dead-letter queue
+        for headers in ({"x-sporeflow-reason": "invalid"},
+                        {"x-sporeflow-reason": "invalid", _RawText(b"\xff"): "x"}):
+            await _publish_raw(monkeypatch, b"not json",
+                               commands.Basic.Properties(headers=headers),
+                               exchange=topology.dead_letter_exchange, routing_key="")
+        result = await asyncio.to_thread(CliRunner().invoke, cli, ["dlq", "list", str(path)])
+        assert result.exit_code == 0, (result.output, repr(result.exception))
+        assert "could not be read" in result.output
+        purged = await asyncio.to_thread(CliRunner().invoke, cli,
+                                         ["dlq", "purge", str(path), "--all"])
+        assert purged.exit_code == 0, (purged.output, repr(purged.exception))
+        async with DeadLetterQueue(AMQP_URL, topology) as reader:
+            assert await reader.read(LetterChoice()) == []
+    finally:
+        await AmqpBackend(AMQP_URL).destroy(topology)

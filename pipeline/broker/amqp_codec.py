@@ -31,12 +31,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sporeflow.config.errors import LimitExceeded, SporeError
+from sporeflow.pipeline.broker.amqp_properties import UNREADABLE_HEADER, guard_properties
 from sporeflow.pipeline.broker.amqp_timestamps import guard_timestamps
 from sporeflow.steps import DEFAULT_CHANNEL, Spore, utc_now
 from sporeflow.steps.spore import PRIORITY_DEFAULT
 
 # Every path that reads AMQP frames imports this codec: pamqp's reader is made safe here.
 guard_timestamps()
+guard_properties()
 
 __all__ = ["CONTENT_TYPE", "MAX_HEADERS_BYTES", "PERSISTENT", "SIGNATURE_HEADER",
            "WIRE_VERSION", "expiration_ms", "forwardable_headers", "headers_size",
@@ -222,6 +224,10 @@ def _decode(body: bytes, headers: Mapping[str, Any]) -> Spore:
         raise SporeError(f"AMQP headers must be a table, got {type(headers).__name__}")
     if not isinstance(body, bytes | bytearray | memoryview):
         raise SporeError(f"AMQP body must be bytes, got {type(body).__name__}")
+    if UNREADABLE_HEADER in headers:  # amqp_properties: pamqp could not read them
+        raise SporeError(f"AMQP message's properties could not be read "
+                         f"({_text(headers, UNREADABLE_HEADER)}); its sender must write "
+                         f"header keys and text properties as UTF-8")
     try:
         payload = json.loads(bytes(body))
     except (ValueError, RecursionError) as exc:
