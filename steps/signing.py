@@ -53,6 +53,7 @@ __all__ = [
     "signed",
     "signing_bytes",
     "verify",
+    "verify_origin",
 ]
 
 SIGNATURE_FIELD = "signature"
@@ -146,6 +147,20 @@ def verify(spore: Spore, key: Keys, *, reply_queue: str = "",
     """Return the good signature of ``spore``; raise :class:`BadSignature` or
     :class:`Replayed`."""
     keys = as_keys(key)
+    signature = verify_origin(spore, keys, reply_queue=reply_queue)
+    age = (time.time() if now is None else now) - signature.signed_at
+    if abs(age) > keys.window:
+        raise Replayed(
+            f"spore {spore.id!r:.80} was signed {age:.0f} s ago, outside the "
+            f"{keys.window:.0f} s window (a replay, a clock out of step, or a spore "
+            f"queued longer than signing.window)")
+    return signature
+
+
+def verify_origin(spore: Spore, key: Keys, *, reply_queue: str = "") -> Signature:
+    """Return the good signature of ``spore`` whatever its age, proving who made it (what
+    a dead letter's replay checks before signing it afresh); raise :class:`BadSignature`."""
+    keys = as_keys(key)
     kid, stamp, raw = _parse(spore)
     chosen = keys.key(kid)
     if chosen is None:
@@ -161,14 +176,7 @@ def verify(spore: Spore, key: Keys, *, reply_queue: str = "",
             f"spore {spore.id!r:.80} from {spore.from_agent!r:.80} has a bad signature: it "
             f"was signed with another key, or changed after signing (its reply queue too)")
     _check_sender(spore, chosen, keys)
-    signed_at = stamp / 1000
-    age = (time.time() if now is None else now) - signed_at
-    if abs(age) > keys.window:
-        raise Replayed(
-            f"spore {spore.id!r:.80} was signed {age:.0f} s ago, outside the "
-            f"{keys.window:.0f} s window (a replay, a clock out of step, or a spore "
-            f"queued longer than signing.window)")
-    return Signature(chosen, signed_at, str(spore.metadata[SIGNATURE_FIELD]))
+    return Signature(chosen, stamp / 1000, str(spore.metadata[SIGNATURE_FIELD]))
 
 
 def _check_sender(spore: Spore, key: KeySpec, keys: SigningSpec) -> None:

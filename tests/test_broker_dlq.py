@@ -322,7 +322,7 @@ async def test_a_letter_that_is_no_spore_is_listed_purged_never_replayed(
 
 
 async def test_a_letter_that_cannot_be_signed_is_refused_alone_and_the_rest_replayed(
-        made: Callable[[str], Made]) -> None:
+        made: Callable[[str], Made], monkeypatch: pytest.MonkeyPatch) -> None:
     """Found in review: with signing on, one letter from an agent whose private key this
     process lacks stopped `dlq replay --all` before anything moved: no letter after it
     (nor before) was replayed."""
@@ -330,15 +330,21 @@ async def test_a_letter_that_cannot_be_signed_is_refused_alone_and_the_rest_repl
 
     from sporeflow.pipeline.broker.amqp_codec import spore_to_amqp
     from sporeflow.steps import Spore
+    from sporeflow.steps.signing import signed
 
-    public = base64.b64encode(
-        ed25519.Ed25519PrivateKey.generate().public_key().public_bytes_raw()).decode()
+    private = ed25519.Ed25519PrivateKey.generate()
+    public = base64.b64encode(private.public_key().public_bytes_raw()).decode()
     org = made(f", signing: {{key_env: DLQ_TEST_KEY, agents: {{other: "
                f"{{public_key: '{public}', private_key_env: DLQ_OTHER_KEY}}}}}}")
     backend = AmqpBackend(AMQP_URL)
     async with backend:
         await backend.open(org.topology)
-    spores = [Spore(knowledge={"n": n}, from_agent=sender, to_agent="worker")
+    # Each signed by its sender, as its first delivery was: `other` in its own process.
+    monkeypatch.setenv("DLQ_OTHER_KEY", base64.b64encode(private.private_bytes_raw()).decode())
+    keys = load_organism(org.path).signing
+    monkeypatch.delenv("DLQ_OTHER_KEY")
+    assert keys is not None
+    spores = [signed(Spore(knowledge={"n": n}, from_agent=sender, to_agent="worker"), keys)
               for n, sender in enumerate(["cli", "other", "cli"])]
     for spore in spores:
         body, headers, _ = spore_to_amqp(spore)
@@ -355,6 +361,42 @@ async def test_a_letter_that_cannot_be_signed_is_refused_alone_and_the_rest_repl
     assert "2 dead letter(s) published again to exchange" in err
     code, out, _ = await dlq("list", str(org.path), "--json")
     assert [json.loads(line)["spore"]["id"] for line in out.splitlines()] == [spores[1].id]
+
+
+async def test_dlq_replay_never_signs_a_letter_forged_on_the_dead_letter_exchange(
+        made: Callable[[str], Made]) -> None:
+    """Found by a tester: a spore published to `<exchange>.dead` (every agent-hosting user
+    of broker-permissions may write there) with `x-sporeflow-reason: handler failed` was
+    listed as a dead letter, and `dlq replay` signed it with the organism's key: the
+    agent handled it as its sender's. Only a letter whose spore's signature proves its
+    sender is replayed; a letter this process made is signed as it would be published."""
+    from sporeflow.pipeline.broker.amqp_codec import spore_to_amqp
+    from sporeflow.steps.signing import signed
+
+    org = made(", signing: {key_env: DLQ_TEST_KEY}")
+    organism = Organism.from_file(org.path)
+    async with organism.running(drain_timeout=5):  # a letter of its own: replayed
+        await organism.send("worker", {"n": 7}, expires_in=-1)
+        await eventually(lambda: organism.stats()["broker"]["letters_out"] == 1, "put")
+    forged = [Spore(knowledge={"n": 100}, from_agent="other", to_agent="worker"),
+              signed(Spore(knowledge={"n": 101}, from_agent="other", to_agent="worker"),
+                     "another-key-0123456789abcdef0123")]
+    for spore in forged:
+        body, headers, _ = spore_to_amqp(spore)
+        await publish_letter(org.topology, body, {
+            **headers, "x-sporeflow-reason": "handler failed", "x-sporeflow-agent": "worker"})
+    code, _, err = await dlq("replay", str(org.path), "--all")
+    assert code == 1
+    refused = [line for line in err.splitlines() if line.startswith("not replayed: ")]
+    assert [line.split(": ", 2)[1] for line in refused] == [
+        f"dead letter 2 (spore {forged[0].id})", f"dead letter 3 (spore {forged[1].id})"]
+    assert all("signature does not prove its sender" in line
+               and "`dlq purge --id" in line for line in refused), refused
+    assert "1 dead letter(s) published again to exchange" in err
+    assert await queue_depth(org.topology.queue("worker")) == 1  # the process's own only
+    code, out, _ = await dlq("list", str(org.path), "--json")
+    assert [json.loads(line)["spore"]["id"] for line in out.splitlines()] == [
+        spore.id for spore in forged]
 
 
 async def test_an_id_that_names_no_broker_letter_is_an_error_naming_it(

@@ -33,8 +33,10 @@ def delivery_letter(raw: DeliveredMessage, properties: Basic.Properties, *, reas
     """The dead letter of a delivery: its body and the headers that can be written back."""
     headers = forwardable_headers(properties.headers)
     headers.update(_why(reason, error, agent, attempts, raw.routing_key or ""))
+    # reply_to kept: a signature covers it, checked before a replay signs the letter again.
     return aio_pika.Message(raw.body, headers=headers, content_type=properties.content_type,
                             message_id=properties.message_id, timestamp=properties.timestamp,
+                            reply_to=properties.reply_to,
                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
 
 

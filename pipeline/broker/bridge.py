@@ -124,7 +124,7 @@ class Bridge(LedgerHook):
                        "publish_failures": 0, "failure_notices": 0}
         self.publisher = Publisher(backend, spec.broker, self.counts)  # across outages
         self._settle = Settler(backend, self.counts, self.logger, self._spawn)
-        self._letters = LettersOut(backend, self._spawn, self.logger, self.counts)
+        self._letters = LettersOut(backend, self._spawn, self.logger, self.counts, self._signed)
 
     @property
     def run(self) -> Run:

@@ -45,7 +45,7 @@ from sporeflow.pipeline.broker.backend import Backend, Topology
 from sporeflow.pipeline.core.deadletters import DeadLetter, LetterChoice, StoredDeadLetter
 from sporeflow.pipeline.core.replaying import ReplayBook
 from sporeflow.steps import Spore
-from sporeflow.steps.signing import signed
+from sporeflow.steps.signing import signed, verify_origin
 
 __all__ = ["DeadLetterQueue", "read_letter"]
 
@@ -133,8 +133,12 @@ class DeadLetterQueue:
         with ``keys``) through ``backend``, opened on this topology, and remove it once the
         broker confirmed it. Each on its own (``book``: the replay's rule, and what came
         of each): one that cannot be signed or published stays in the queue, told in
-        ``book.refused``, and the others are replayed all the same."""
-        for stored, spore in book.judged(self._readable(letters, book)):
+        ``book.refused``, and the others are replayed all the same. With ``keys``, only a
+        letter whose spore carries a good signature is: anyone who may dead-letter may
+        write a letter, and a replay signs it as the organism's own."""
+        readable = self._readable(letters, book)
+        proven = readable if keys is None else self._proven(readable, keys, book)
+        for stored, spore in book.judged(proven):
             with book.delivering(stored) as attempt:
                 await backend.publish(signed(spore, keys) if keys is not None else spore,
                                       routing_key=self.topology.routing_key(spore))
@@ -150,6 +154,21 @@ class DeadLetterQueue:
             else:
                 book.refuse(stored, f"it holds no spore ({stored.letter.error[:200]})",
                             forever=True)
+
+    def _proven(self, letters: Iterable[StoredDeadLetter], keys: SigningSpec,
+                book: ReplayBook) -> Iterator[StoredDeadLetter]:
+        """``letters`` but those whose spore's signature does not prove its sender (its age
+        aside: a replay signs it afresh)."""
+        for stored in letters:
+            message, _ = self._held[stored.number]
+            try:
+                verify_origin(stored.letter.spore, keys, reply_queue=message.reply_to or "")
+            except SporeError as exc:
+                book.refuse(stored, f"its spore's signature does not prove its sender "
+                                    f"({exc}), and a replay would sign it as this "
+                                    f"organism's own", forever=True)
+            else:
+                yield stored
 
     async def close(self) -> None:
         """Give back every letter not removed, then disconnect."""

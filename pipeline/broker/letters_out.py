@@ -5,6 +5,8 @@ response that came back too late. Over a broker, ``sporeflow dlq`` reads that qu
 which holds every process's letters: kept only in the memory of the process that made
 them, these were invisible to it and gone with the process.
 
+Each is signed as it would have been published (with signing): a replay signs only a
+letter whose signature proves its sender, since anyone who may dead-letter may write one.
 A delivery's own letter is not put there again: the broker dead-letters the delivery
 itself as it settles it (``settling``), and the bridge says so (``with_delivery``).
 """
@@ -15,10 +17,11 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from sporeflow.config import BrokerError
+from sporeflow.config import BrokerError, SporeError
 from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.broker.backend import Backend
 from sporeflow.pipeline.core.deadletters import DeadLetter
+from sporeflow.steps import Spore
 
 __all__ = ["LettersOut"]
 
@@ -29,8 +32,10 @@ class LettersOut:
     the broker may be gone by then; the run tells them itself)."""
 
     def __init__(self, backend: Backend, spawn: Callable[[Coroutine[Any, Any, None]], None],
-                 logger: logging.Logger, counts: dict[str, int]) -> None:
+                 logger: logging.Logger, counts: dict[str, int],
+                 sign: Callable[[Spore, str | None], Spore]) -> None:
         self.backend = backend
+        self._sign = sign
         self._spawn = spawn
         self.logger = logger
         self.counts = counts
@@ -52,8 +57,12 @@ class LettersOut:
 
     async def _put(self, letter: DeadLetter) -> None:
         try:
+            spore = self._sign(letter.spore, None)
+        except SporeError:  # no key here for its sender: put as it is, replayed only if
+            spore = letter.spore  # it carries a good signature of its own
+        try:
             await self.backend.dead_letter_spore(
-                letter.spore, reason=str(letter.reason), error=letter.error,
+                spore, reason=str(letter.reason), error=letter.error,
                 agent=letter.agent, attempts=letter.attempts)
             self.counts["letters_out"] += 1
         except (BrokerError, ValueError) as exc:  # kept here all the same, logged when made
