@@ -233,6 +233,7 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
     if "propertyNames" in error.absolute_schema_path and isinstance(instance, str):
         # A key's name is wrong: at that key, not at its mapping's first one.
         advice = (_pattern_advice(path) if error.validator == "pattern"
+                  else schema["x-why"] if isinstance(schema, dict) and "x-why" in schema
                   else f"is not a valid name here: {error.message}")
         return [located.problem((*path, instance), f"{instance!r} {advice}", key=True)]
     if isinstance(schema, dict) and "x-why" in schema:  # a rule the schema explains itself
@@ -309,6 +310,11 @@ def _pattern_advice(path: DataPath) -> str:
     if last == "key":
         return ("is not a key path; write knowledge.FIELD (dotted, e.g. "
                 "knowledge.user.id), thread_id, from_agent or channel")
+    if path == ("organism", "name"):
+        return ("is not a valid organism name; use letters, digits, '_', '-', starting "
+                "with a letter or '_', at most 64 characters. No '.': its broker objects "
+                "are named sporeflow.<name>.<suffix>, and a dot lets two organisms' names "
+                "meet (organism 'X.signed' would take X's signing mark): write '-' for it")
     if last == "signing_key_env":
         return "is not an environment variable name; use letters, digits and '_'"
     if last == "backend":

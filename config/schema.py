@@ -13,11 +13,18 @@ from sporeflow.config.signing_keys import SIGNING_SCHEMA
 from sporeflow.config.sources import sources_schema
 from sporeflow.config.units import DURATION_PATTERN, SIZE_PATTERN
 
-__all__ = ["ENV_NAME_PATTERN", "EXTERNAL_AGENT_SCHEMA", "HANDLER_PATTERN", "KEY_PATTERN",
-           "MAX_DEPTH_CEILING", "NAME_PATTERN", "ORGANISM_SCHEMA"]
+__all__ = ["BROKER_WORDS", "ENV_NAME_PATTERN", "EXTERNAL_AGENT_SCHEMA", "HANDLER_PATTERN",
+           "KEY_PATTERN", "MAX_DEPTH_CEILING", "NAME_PATTERN", "ORGANISM_NAME_PATTERN",
+           "ORGANISM_SCHEMA"]
 
 # Names of agents and channels: short, printable, usable as AMQP routing-key parts.
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
+# An organism's: no '.'. Its broker objects are `sporeflow.<organism>.<suffix>`, and with
+# a dot two organisms' names meet on a shared vhost ('X.signed' is organism X's mark).
+ORGANISM_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
+# What follows `<exchange>.` in the organism's own broker objects: an agent's queue is
+# `<exchange>.<agent>`, so no agent is named so (nor so followed by a dot).
+BROKER_WORDS = ("dead", "dead-letters", "signed", "reply")
 
 # module:function with dotted Python names only: no file paths, no relative imports.
 HANDLER_PATTERN = r"^[^\W\d]\w*(\.[^\W\d]\w*)*:[^\W\d]\w*(\.[^\W\d]\w*)*$"
@@ -28,6 +35,11 @@ ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 MAX_DEPTH_CEILING = 256
 
 _name: dict[str, Any] = {"type": "string", "pattern": NAME_PATTERN}
+_agent_name: dict[str, Any] = {"allOf": [_name, {
+    "not": {"pattern": rf"^({'|'.join(BROKER_WORDS)})(\.|$)"},
+    "x-why": "is reserved: an agent's queue on a broker is `<exchange>.<agent>`, and the "
+             "organism's own objects are `<exchange>.dead`, `.dead-letters`, `.signed` and "
+             "`.reply.*`; rename the agent (e.g. with a prefix: 'my-dead-letters')"}]}
 _names: dict[str, Any] = {"type": "array", "items": _name, "uniqueItems": True}
 _duration: dict[str, Any] = {
     # At most a year: more is a mistake (.inf, 1e20), and overflows the platform's timers.
@@ -228,7 +240,7 @@ ORGANISM_SCHEMA: dict[str, Any] = {
     **_closed(
         {
             "organism": _closed(
-                {"name": _name,
+                {"name": {"type": "string", "pattern": ORGANISM_NAME_PATTERN},
                  "description": {"type": "string"},
                  "backend": {"type": "string",
                              "pattern": r"^(memory|amqps?://.*|\$\{[A-Za-z_][A-Za-z0-9_]*\})$",
@@ -276,7 +288,7 @@ ORGANISM_SCHEMA: dict[str, Any] = {
                          "additionalProperties": {"oneOf": [_channel, {"type": "null"}],
                                                   "x-write": "a mapping of settings, like "
                                                              "{capacity: 100}, or {}"}},
-            "agents": {"type": "object", "propertyNames": _name,
+            "agents": {"type": "object", "propertyNames": _agent_name,
                        # An entry with `external` is another framework's agent; the loader
                        # checks those itself (config.external), before this schema.
                        "additionalProperties": {"if": {"required": ["external"]},

@@ -42,6 +42,17 @@ def test_check_bad_file_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
     assert "Traceback" not in err
 
 
+def test_check_reports_names_that_would_collide_on_a_broker(tmp_path: Path) -> None:
+    bad = tmp_path / "organism.yaml"
+    bad.write_text("organism: {name: shop.orders}\nagents:\n"
+                   "  dead-letters: {handler: operator:eq}\n")
+    code, _, err = invoke("check", str(bad))
+    assert code == 1
+    assert err.startswith("ConfigError: 2 problems in the organism")
+    assert f"{bad}:1:18: organism.name: 'shop.orders' is not a valid organism name" in err
+    assert f"{bad}:3:3: agents.dead-letters: 'dead-letters' is reserved" in err
+
+
 def test_missing_file_is_one_clear_line() -> None:
     code, _, err = invoke("check", "/no/such/organism.yaml")
     assert code == 1

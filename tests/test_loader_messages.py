@@ -61,6 +61,35 @@ def test_a_bad_name_is_named_at_its_own_key() -> None:
     assert "'bad name!' is not a valid name; use letters" in found[0]
 
 
+def test_an_organism_name_with_a_dot_is_refused_saying_what_it_would_collide_with() -> None:
+    """Found by a fault injector: on a shared vhost, organism 'X.signed' declared
+    'sporeflow.X.signed', organism X's signing mark (X then refused to start, advising to
+    delete it), and organism 'shop' agent 'orders.a' met organism 'shop.orders' agent 'a'
+    (`broker-delete shop` deleted the other's queue). With no '.' in an organism's name,
+    `sporeflow.<name>.` belongs to that organism alone."""
+    [found] = problems_of("organism: {name: shop.signed}\nagents:\n"
+                          "  a: {handler: operator:eq}\n")
+    assert found.startswith("o.yaml:1:18: organism.name: 'shop.signed' is not a valid "
+                            "organism name; use letters, digits, '_', '-'"), found
+    assert "organism 'X.signed' would take X's signing mark): write '-' for it" in found
+    assert organism_from_text("organism: {name: shop-signed}\nagents:\n"
+                              "  orders.a: {handler: operator:eq}\n").name == "shop-signed"
+
+
+@pytest.mark.parametrize("agent", ["dead-letters", "dead", "signed", "reply", "reply.guest.x",
+                                   "dead-letters.reader"])
+def test_an_agent_named_as_the_organisms_own_broker_objects_is_refused(agent: str) -> None:
+    """Found by a fault injector: an agent 'dead-letters' had the organism's dead-letter
+    queue as its own: start failed, advising to delete that queue (its dead letters
+    lost, and the next start failing alike)."""
+    [found] = problems_of(f"agents:\n  {agent}: {{handler: operator:eq}}\n")
+    assert found.startswith(f"o.yaml:2:3: agents.{agent}: {agent!r} is reserved: an agent's "
+                            f"queue on a broker is `<exchange>.<agent>`"), found
+    assert found.endswith("rename the agent (e.g. with a prefix: 'my-dead-letters')")
+    assert organism_from_text("agents:\n  deadline: {handler: operator:eq}\n"
+                              "  my-dead-letters: {handler: operator:eq}\n").agents
+
+
 @pytest.mark.parametrize(("setting", "hint"), [
     ("retry: 3", "retry: 3 is an integer; expected an object; write {attempts: 3}"),
     ("emit: b", "emit: 'b' is a string; expected an object; write {to: b} (an agent) or "

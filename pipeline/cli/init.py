@@ -137,11 +137,11 @@ def scaffold(folder: Path) -> list[Path]:
 
 
 def _organism_name(folder: Path) -> str:
-    """A valid organism name from the folder's: letters, digits, '_', '.', '-'."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", folder.resolve().name).strip("-.")
+    """A valid organism name from the folder's: letters, digits, '_', '-'."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", folder.resolve().name).strip("-")
     if not re.match(r"[A-Za-z_]", name):
         name = f"organism-{name}"
-    return name[:64].rstrip("-.")
+    return name[:64].rstrip("-")
 
 
 @click.command()
