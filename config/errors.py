@@ -30,6 +30,7 @@ runtime both raise these, and ``config`` imports nothing of either.
     │   ├── Disconnected       the link went down before the broker confirmed (broker.link)
     │   └── Requeued           a delivery's link went down: the broker took it back
     └── JournalError           the journal file is foreign, damaged or failed (pipeline.journal)
+        └── JournalGone        its file was deleted or replaced while open (journal.sqlite)
 
 The dead-letter reason of each refusal is a :class:`~sporeflow.config.reasons.Reason`.
 Every message names the place, the bad value and the fix.

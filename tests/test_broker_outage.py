@@ -469,3 +469,57 @@ async def test_an_outage_while_the_topology_is_declared_is_waited_out(
             await holder.close()
         await client.stop(drain_timeout=2)
         await AmqpBackend(private_broker.url).destroy(topology)
+
+
+async def test_a_stop_during_an_outage_makes_no_dead_letter_of_output_whose_delivery_goes_back(
+        private_broker: PrivateBroker) -> None:
+    """Found by a fault injector: stopped while the broker was away, a process made a
+    'broker error' dead letter of each output of a delivery that went back to its queue
+    unacked, though the delivery comes again and its output is made again (same id)."""
+    release, entered = asyncio.Event(), asyncio.Event()
+
+    async def slow(spore: Any, ctx: Any) -> dict[str, Any]:
+        entered.set()
+        await release.wait()
+        return {"n": spore.knowledge["n"]}
+
+    async def nothing(spore: Any, ctx: Any) -> None:
+        return None
+
+    built = Organism.from_dict(
+        {"organism": {"name": f"outage-{uuid.uuid4().hex[:8]}",
+                      "broker": {"give_up_after": "5m"}},
+         "agents": {"a": {"handler": slow, "emit": {"to": "b"}}, "b": {"handler": nothing}}})
+    org = Organism(built.spec, backend=url_of(private_broker), hosted=["a"])
+    topology = Topology.of(org.spec)
+    await org.start()
+    broker_down = False
+    try:
+        await org.send("a", {"n": 1})
+        await asyncio.wait_for(entered.wait(), BACKSTOP)
+        await asyncio.to_thread(private_broker.stop_app)
+        broker_down = True
+        await wait_for(lambda: state_of(org)["connection"]["state"] != "connected", [],
+                       "the process sees the broker gone")
+        release.set()  # the handler ends while the broker is away: its output waits
+        await wait_for(lambda: org.stats()["agents"]["a"]["handled"] == 1, [],
+                       "the handler ended")
+        await org.stop(drain_timeout=2)
+        letters = [(str(letter.reason), letter.spore.id) for letter in org.dead_letters]
+        await asyncio.to_thread(private_broker.start_app)
+        broker_down = False
+        connection = await aio_pika.connect(private_broker.url)
+        try:
+            queue = await (await connection.channel()).declare_queue(topology.queue("a"),
+                                                                     passive=True)
+            waiting = queue.declaration_result.message_count
+        finally:
+            await connection.close()
+        assert waiting == 1  # the delivery of n=1 went back to a's queue: it comes again
+        assert letters == []
+    finally:
+        if broker_down:
+            await asyncio.to_thread(private_broker.start_app)
+        if org.state == "running":
+            await org.stop(drain_timeout=2)
+        await AmqpBackend(private_broker.url).destroy(topology)

@@ -71,6 +71,10 @@ class AmqpInbound:
     def user_id(self) -> str | None:
         return self.properties.user_id or None
 
+    @property
+    def given_back(self) -> bool:
+        return self.generation != self._link.generation
+
     def check_current(self, doing: str) -> None:
         """Raise :class:`Requeued` if its connection was lost: the broker gave it back."""
         if self.generation != self._link.generation:

@@ -243,6 +243,11 @@ class Inbound(Protocol):
         """The broker user that published it, as the broker validated it (AMQP ``user_id``;
         None when the publisher set none)."""
 
+    @property
+    def given_back(self) -> bool:
+        """True once the broker took it back unacked (its connection was lost): it comes
+        again, to this or another consumer, and its handler's output is made again."""
+
     def ack_nowait(self) -> bool:
         """Done with it, acked without waiting (with others of this turn of the loop):
         True if so; False when :meth:`ack` must be awaited instead. Raises as ``ack``."""

@@ -431,7 +431,11 @@ class Bridge(LedgerHook):
                 self.counts["publish_failures"] += 1
                 (self.logger.warning if self.backend.link.up else self.logger.debug)(
                     "could not publish spore %s: %s", spore.id, failure)  # else the link said
-                self.run.ledger.record(spore, Reason.BROKER_ERROR, failure)
+                owner = self._owners.get(mark_of(spore))
+                if owner is not None and owner.message.given_back:  # made again there
+                    self.run.ledger.kept_elsewhere(spore)
+                else:
+                    self.run.ledger.record(spore, Reason.BROKER_ERROR, failure)
             elif isinstance(failure, SporeflowError):  # e.g. not written as JSON
                 self.logger.warning("could not publish spore %s: %s", spore.id, failure)
                 self.run.ledger.record(spore, reason_of(failure), failure)

@@ -173,13 +173,15 @@ class MemoryBroker:
 
 
 class _MemoryInbound:
-    __slots__ = ("_broker", "_queue", "_consumer", "_message", "_settled", "_spore")
+    __slots__ = ("_broker", "_queue", "_consumer", "_message", "_settled", "_spore",
+                 "given_back")
 
     def __init__(self, broker: MemoryBroker, queue: _Queue, consumer: _Consumer,
                  message: _Message) -> None:
         self._broker, self._queue, self._consumer = broker, queue, consumer
         self._message = message
         self._settled = consumer.no_ack
+        self.given_back = False  # its connection closed with it unacked
         # A fresh object per delivery, as a decoded AMQP message is: the runtime tells
         # deliveries apart by identity, and one message may reach several queues.
         self._spore = dataclasses.replace(message.spore)
@@ -327,6 +329,7 @@ class MemoryBackend(Backend):
         self._consumers.clear()
         for inbound in held:
             inbound._settled = True  # a late ack of it is a no-op, as on a closed channel
+            inbound.given_back = True
             self.broker.give_back(inbound._queue, inbound._message)
         if self._reply is not None:
             self.broker.queues.pop(self._reply.name, None)

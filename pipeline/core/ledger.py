@@ -366,6 +366,11 @@ class Ledger:
         ``dlq`` agree."""
         return reason == Reason.SHUTDOWN and any(keeps(spore) for keeps in self._keepers)
 
+    def kept_elsewhere(self, spore: Spore) -> None:
+        """``spore`` could not leave, but what made it went back to the broker unacked, so
+        it is made again there: no dead letter (the caller settles it)."""
+        self.kept += 1
+
     def abandon(self, spores: Sequence[tuple[Spore, int]], agent: str | None,
                 reason: str) -> int:
         """Dead-letter and settle held spores a stop or removal leaves behind (unless

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from sporeflow.pipeline import Context, DeadLetter, Organism
     from sporeflow.pipeline.broker.link import Disconnected, Requeued
     from sporeflow.pipeline.core.deadletters import NoSuchDeadLetter, UnknownAgent
+    from sporeflow.pipeline.journal.sqlite import JournalGone
     from sporeflow.pipeline.service.address import AlreadyRunning, ControlError, NotRunning
     from sporeflow.pipeline.service.processes import AmbiguousProcess, NoSuchProcess
     from sporeflow.steps import Spore, SporeType
@@ -55,6 +56,7 @@ __all__ = [
     "Disconnected",
     "HandlerError",
     "JournalError",
+    "JournalGone",
     "LimitExceeded",
     "MissingExtra",
     "NoSuchDeadLetter",
@@ -91,6 +93,7 @@ _HOMES_BY_MODULE = {
     "sporeflow.pipeline": "Context DeadLetter Organism",
     "sporeflow.pipeline.broker.link": "Disconnected Requeued",
     "sporeflow.pipeline.core.deadletters": "NoSuchDeadLetter UnknownAgent",
+    "sporeflow.pipeline.journal.sqlite": "JournalGone",
     "sporeflow.pipeline.service.address": "AlreadyRunning ControlError NotRunning",
     "sporeflow.pipeline.service.processes": "AmbiguousProcess NoSuchProcess",
     "sporeflow.steps": "Spore SporeType",
