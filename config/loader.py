@@ -117,7 +117,12 @@ def check_organism(path: str | Path) -> tuple[OrganismSpec, list[Problem]]:
 def organism_from_dict(
     data: Mapping[str, Any], *, base_dir: str | Path = ".", name: str = "<dict>"
 ) -> OrganismSpec:
-    """Validate a plain dict as if it were an organism file; handlers may be callables."""
+    """Validate a plain dict as if it were an organism file; handlers may be callables.
+
+    The caller's dict is left as it was, so that one dict can build several organisms."""
+    # The loader replaces top-level entries (callables, external agents), never edits
+    # inner ones in place: a copy of the top level keeps the caller's whole.
+    data = dict(data) if isinstance(data, Mapping) else data
     spec, _ = _build(Located(data, name), Path(base_dir).resolve(), source=None)
     return spec
 

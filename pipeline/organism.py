@@ -147,7 +147,7 @@ class Organism(OutsideApi):
                   **options: Unpack[OrganismOptions]) -> Organism:
         """Build from a dict shaped like an organism file; handlers may be callables;
         ``options`` as for :meth:`from_file`."""
-        return cls(organism_from_dict(dict(data), base_dir=base_dir), **options)
+        return cls(organism_from_dict(data, base_dir=base_dir), **options)
 
     @property
     def state(self) -> str:

@@ -257,6 +257,18 @@ def test_from_dict_accepts_callables_and_checks_the_rest() -> None:
         organism_from_dict({"agents": {"a": {"handler": handler, "emit": {"to": "c"}}}})
 
 
+def test_from_dict_leaves_the_callers_dict_as_it_was() -> None:
+    async def handler(spore: object, ctx: object) -> None:
+        return None
+
+    data = {"agents": {"a": {"handler": handler}, "pr": {"external": "praval"}}}
+    before = repr(data)
+    for _ in range(2):  # the same dict gives the same spec again
+        spec = organism_from_dict(data)
+        assert spec.agents["a"].handler is handler
+        assert repr(data) == before
+
+
 def test_handlers_import_only_beside_the_file_or_installed(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     elsewhere = tmp_path / "elsewhere"

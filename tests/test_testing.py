@@ -510,3 +510,21 @@ def test_an_organism_with_external_agents_is_refused_saying_what_to_test_instead
                                          r"test the organism's own agents with a dict"):
         TestOrganism({"agents": {"sink": {"handler": sink},
                                  "pr": {"external": "praval"}}})
+
+
+async def _work(spore: Spore, ctx: Context) -> dict[str, Any]:
+    return {"ok": True}
+
+
+SHARED_SPEC: dict[str, Any] = {"organism": {"name": "shared"},
+                               "agents": {"worker": {"handler": _work}}}
+
+
+async def test_testorganism_leaves_the_callers_dict_as_it_was() -> None:
+    # A module-level dict shared by several tests must work in each of them.
+    for _ in range(2):
+        async with TestOrganism(SHARED_SPEC) as t:
+            await t.send("worker", {})
+            await t.idle()
+            assert t.knowledge("worker") == [{"ok": True}]
+        assert SHARED_SPEC["agents"]["worker"]["handler"] is _work
