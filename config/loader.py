@@ -56,7 +56,7 @@ from sporeflow.config.resolve import (
 )
 from sporeflow.config.schema import ORGANISM_SCHEMA
 from sporeflow.config.schemas import SchemaFileError, SchemaSpec, load_schema
-from sporeflow.config.secrets import redact_text
+from sporeflow.config.secrets import ENV_NAME_ADVICE, ENV_NAME_PATTERN, redact_text
 from sporeflow.config.shape_hints import shape_hint
 from sporeflow.config.signing_keys import read_signing
 from sporeflow.config.size_cap import (
@@ -237,7 +237,7 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
     instance, schema = error.instance, error.schema
     if "propertyNames" in error.absolute_schema_path and isinstance(instance, str):
         # A key's name is wrong: at that key, not at its mapping's first one.
-        advice = (_pattern_advice(path) if error.validator == "pattern"
+        advice = (_pattern_advice(path, error.validator_value) if error.validator == "pattern"
                   else schema["x-why"] if isinstance(schema, dict) and "x-why" in schema
                   else f"is not a valid name here: {error.message}")
         return [located.problem((*path, instance), f"{instance!r} {advice}", key=True)]
@@ -277,7 +277,8 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
         return [located.problem(path, f"{_short(instance)} is not valid here; "
                                       f"expected a mapping of settings")]
     if error.validator == "pattern":
-        return [located.problem(path, f"{instance!r} {_pattern_advice(path)}")]
+        return [located.problem(path, f"{instance!r} "
+                                      f"{_pattern_advice(path, error.validator_value)}")]
     if error.validator == "type":
         kinds = error.validator_value
         expected = " or ".join(kinds) if isinstance(kinds, list) else kinds
@@ -306,7 +307,9 @@ def _mapping_branch_errors(error: Any) -> list[Any]:
             and branches[e.relative_schema_path[0]].get("type") == "object"]
 
 
-def _pattern_advice(path: DataPath) -> str:
+def _pattern_advice(path: DataPath, pattern: str) -> str:
+    if pattern == ENV_NAME_PATTERN:  # every *_env setting, whatever its key
+        return ENV_NAME_ADVICE
     last = str(path[-1]) if path else ""
     if last == "handler":
         return ("is not a handler reference; write module:function with dotted Python "
@@ -320,8 +323,6 @@ def _pattern_advice(path: DataPath) -> str:
                 "with a letter or '_', at most 64 characters. No '.': its broker objects "
                 "are named sporeflow.<name>.<suffix>, and a dot lets two organisms' names "
                 "meet (organism 'X.signed' would take X's signing mark): write '-' for it")
-    if last == "signing_key_env":
-        return "is not an environment variable name; use letters, digits and '_'"
     if last == "backend":
         return ("is not a backend; write memory, an amqp:// or amqps:// URL, or ${NAME} "
                 "naming an environment variable that holds one")

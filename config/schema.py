@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from sporeflow.config.model import DEFAULT_CAPACITY, STAGE_NAMES
+from sporeflow.config.secrets import ENV_NAME_PATTERN
 from sporeflow.config.signing_keys import SIGNING_SCHEMA
 from sporeflow.config.sources import sources_schema
 from sporeflow.config.units import DURATION_PATTERN, SIZE_PATTERN
@@ -30,7 +31,6 @@ BROKER_WORDS = ("dead", "dead-letters", "signed", "reply")
 HANDLER_PATTERN = r"^[^\W\d]\w*(\.[^\W\d]\w*)*:[^\W\d]\w*(\.[^\W\d]\w*)*$"
 # A keyed agent's key: a field of the spore, or a dotted path into its knowledge.
 KEY_PATTERN = r"^(knowledge(\.[^.\s]{1,64}){1,8}|thread_id|from_agent|channel)$"
-ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # Deeper knowledge would let a spore exhaust the interpreter's recursion on checks.
 MAX_DEPTH_CEILING = 256
 

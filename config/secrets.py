@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 __all__ = [
+    "ENV_NAME_ADVICE",
+    "ENV_NAME_PATTERN",
     "ENV_REFERENCE",
     "MASK",
     "Secret",
@@ -42,6 +44,9 @@ __all__ = [
 ]
 
 MASK = "***"
+# What a *_env setting may name: a variable a shell can export ('.' and '-' cannot be).
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+ENV_NAME_ADVICE = "is not an environment variable name; use letters, digits and '_'"
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 """``${NAME}`` in a backend URL, read from the environment."""
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sporeflow.config.extras import extra_hint
-from sporeflow.config.secrets import Secret, read_secret_env
+from sporeflow.config.secrets import ENV_NAME_PATTERN, Secret, read_secret_env
 from sporeflow.config.units import parse_duration
 
 __all__ = [
@@ -118,7 +118,7 @@ class SigningSpec:
 
 
 def _key_env(description: str) -> dict[str, Any]:
-    return {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$",
+    return {"type": "string", "pattern": ENV_NAME_PATTERN,
             "description": description}
 
 

@@ -189,3 +189,26 @@ def test_a_list_with_an_item_twice_names_it() -> None:
                            "agents:\n  a: {handler: operator:eq}\n")
     assert len(problems) == 1, problems
     assert problems[0].endswith("lists 50 twice; list it once")
+
+
+_HANDLER = "agents: {a: {handler: operator:eq}}\n"
+
+
+@pytest.mark.parametrize(("text", "place"), [
+    ("organism: {signing_key_env: MY-KEY}\n", "organism.signing_key_env"),
+    ("organism: {signing: {key_env: MY-KEY}}\n", "organism.signing.key_env"),
+    ("organism: {signing: {key_env: K, accept_key_env: MY-KEY}}\n",
+     "organism.signing.accept_key_env"),
+    ("organism: {signing: {key_env: K, agents: {a: {public_key: "
+     "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=, private_key_env: MY-KEY}}}}\n",
+     "organism.signing.agents.a.private_key_env"),
+    ("sources: {api: {kind: http, port: 0, token_env: MY-KEY, to: a}}\n",
+     "sources.api.token_env"),
+], ids=["signing_key_env", "key_env", "accept_key_env", "private_key_env", "token_env"])
+def test_a_bad_environment_variable_name_is_told_the_rule_of_variable_names(
+        text: str, place: str) -> None:
+    # '.' and '-' make a valid agent name, never a variable a shell can export.
+    problems = [p for p in problems_of(text + _HANDLER) if place in p]
+    assert problems, problems_of(text + _HANDLER)
+    assert all(p.endswith(f"{place}: 'MY-KEY' is not an environment variable name; use "
+                          f"letters, digits and '_'") for p in problems), problems

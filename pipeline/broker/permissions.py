@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from sporeflow.config import BrokerError, OrganismSpec
+from sporeflow.config.secrets import ENV_NAME_ADVICE, ENV_NAME_PATTERN
 from sporeflow.pipeline.broker.backend import REPLY_WORD, Topology
 from sporeflow.steps import SporeType
 
@@ -147,9 +148,8 @@ def shell_script(perms: Permissions, *, organism: str,
     """``perms`` as a commented shell script of ``rabbitmqctl`` commands. The password is
     read from the environment variable ``password_env`` when the script runs: it is never
     part of the script, nor of a command line (rabbitmqctl reads it on stdin)."""
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", password_env):
-        raise BrokerError(f"{password_env!r} is not an environment variable name; use "
-                          f"letters, digits and '_'")
+    if not re.fullmatch(ENV_NAME_PATTERN, password_env):
+        raise BrokerError(f"{password_env!r} {ENV_NAME_ADVICE}")
     for text in (organism, perms.exchange):
         if not text.isprintable():  # it goes into comments: no line break may end one
             raise BrokerError(f"{text!r} must be printable to go into a script")
