@@ -241,6 +241,8 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
                   else schema["x-why"] if isinstance(schema, dict) and "x-why" in schema
                   else f"is not a valid name here: {error.message}")
         return [located.problem((*path, instance), f"{instance!r} {advice}", key=True)]
+    if error.validator == "pattern" and isinstance(schema, dict) and "x-checked-by" in schema:
+        return []  # told where it is checked, in its words
     if isinstance(schema, dict) and "x-why" in schema:  # a rule the schema explains itself
         return [located.problem(path, f"{_short(instance)}: {schema['x-why']}")]
     if error.validator == "additionalProperties" and isinstance(instance, dict):

@@ -122,7 +122,10 @@ def _key_env(description: str) -> dict[str, Any]:
             "description": description}
 
 
+# The pattern is for editors (`sporeflow schema`); the loader reports a bad key once,
+# by _decode_key's own message ("x-checked-by").
 _BASE64 = {"type": "string", "pattern": r"^[A-Za-z0-9+/_-]{43}=?$",
+           "x-checked-by": "config.signing_keys",
            "description": "the raw 32-byte Ed25519 public key, base64"}
 SIGNING_SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
@@ -259,8 +262,9 @@ def _agent_keys(agent: str, entry: Mapping[str, Any], where: tuple[str | int, ..
 def _decode_key(text: Any, where: tuple[str | int, ...], problem: Problem) -> bytes | None:
     if not isinstance(text, str):
         return None
-    try:
-        raw = base64.b64decode(text.replace("-", "+").replace("_", "/") + "==")
+    text = text.rstrip("=").replace("-", "+").replace("_", "/")
+    try:  # strict: a character outside base64 is a mistake, not something to skip
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
         raw = b""
     if len(raw) != _ED25519_BYTES:

@@ -330,6 +330,21 @@ def test_signing_config_mistakes_are_located(monkeypatch: pytest.MonkeyPatch) ->
             "Ed25519 key of 32 bytes; make a key pair with `sporeflow keygen`") in found
 
 
+@pytest.mark.parametrize("key", ["mU2abc", "A" * 42 + "!=", "A" * 44 + "="],
+                         ids=["short", "not-base64", "long"])
+def test_a_bad_public_key_is_not_called_a_bad_name(monkeypatch: pytest.MonkeyPatch,
+                                                   key: str) -> None:
+    # One problem, the key's own: not also the rule of names, whose fix leads nowhere.
+    monkeypatch.setenv("SPOREFLOW_TEST_KEY", "k" * 32)
+    with pytest.raises(ConfigError) as caught:
+        organism_from_dict({"organism": {"signing": {
+            "key_env": "SPOREFLOW_TEST_KEY", "agents": {"a": {"public_key": key}}}},
+            "agents": agents()})
+    assert [(p.path, p.message) for p in caught.value.problems] == [
+        ("organism.signing.agents.a.public_key", "public_key is not a base64 Ed25519 key of "
+         "32 bytes; make a key pair with `sporeflow keygen`")]
+
+
 def test_a_private_key_that_does_not_match_is_refused_without_showing_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     public, _ = ed25519_pair()
