@@ -332,6 +332,25 @@ async def test_following_a_file_sends_the_lines_appended(tmp_path: Path) -> None
     assert organism.stats()["sources"]["log"]["state"] == "stopped"
 
 
+async def test_a_truncated_file_is_read_again_counting_its_lines_from_one(
+        tmp_path: Path) -> None:
+    path = tmp_path / "grow.log"
+    path.write_text("one\ntwo\n")
+    got, take = collector()
+    organism = Organism.from_dict({
+        "agents": {"reader": {"handler": take}},
+        "sources": {"log": {"kind": "lines", "path": "grow.log", "follow": True,
+                            "start_at": "beginning", "poll": "10ms", "to": "reader"}}},
+        base_dir=tmp_path)
+    async with organism.running():
+        await until(lambda: len(got) == 2, "the lines there")
+        path.write_text("x\n")  # rewritten, shorter
+        await until(lambda: len(got) == 3, "the line of the new file")
+    assert [s.knowledge for s in got] == [
+        {"line": "one", "number": 1}, {"line": "two", "number": 2},
+        {"line": "x", "number": 1}]
+
+
 class CountedInput(io.BytesIO):
     """Standard input's stand-in: counts the lines read from it."""
 
@@ -480,3 +499,19 @@ async def test_refused_spores_of_a_source_are_dead_letters(tmp_path: Path) -> No
     assert [str(letter.reason) for letter in organism.dead_letters] == ["limit exceeded"] * 2
     assert {letter.spore.from_agent for letter in organism.dead_letters} == {"tick"}
     assert json.loads(json.dumps(organism.stats()))["sources"]["tick"]["refused"] == 2
+
+
+async def test_the_lines_before_the_start_are_counted_a_chunk_at_a_time(
+        tmp_path: Path) -> None:
+    from sporeflow.pipeline.sources.linereader import ChunkReader
+
+    path = tmp_path / "big.log"
+    path.write_bytes(b"x" * 999 + b"\n" + b"y\n" * 1_500_000)  # past one MiB's read
+    stream = path.open("rb")
+    stream.seek(0, 2)
+    reader = ChunkReader(stream, 1024, name="big", owned=True)
+    try:
+        assert await reader.lines_before() == 1_500_001
+        assert await reader.read() == (b"", False)  # the place it reads from is kept
+    finally:
+        reader.close()

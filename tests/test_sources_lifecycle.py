@@ -114,6 +114,13 @@ def test_idle_alone_does_not_wait_for_a_timer(virtual: Any) -> None:
 
 async def follow(tmp_path: Path, appended: str, lines: int, **settings: Any) -> list[Spore]:
     """Start a followed ``grow.log``, append ``appended``, stop once ``lines`` were read."""
+    got, _ = await follow_organism(tmp_path, appended, lines, **settings)
+    return got
+
+
+async def follow_organism(tmp_path: Path, appended: str, lines: int,
+                          **settings: Any) -> tuple[list[Spore], Organism]:
+    """As :func:`follow`, also giving the organism (its dead letters)."""
     got, take = collector()
     organism = Organism.from_dict({
         "agents": {"reader": {"handler": take}},
@@ -125,22 +132,33 @@ async def follow(tmp_path: Path, appended: str, lines: int, **settings: Any) -> 
         await until(lambda: organism.stats()["sources"]["log"].get("lines", 0) >= lines,
                     "the lines appended")
         await organism.idle()
-    return got
+    return got, organism
 
 
 async def test_a_restart_reads_a_followed_file_from_its_end(tmp_path: Path) -> None:
     (tmp_path / "grow.log").write_text("old 1\nold 2\n")
     first = await follow(tmp_path, "new 1\n", 1)
     second = await follow(tmp_path, "new 2\n", 1)  # a restart: nothing handled twice
-    assert [s.knowledge for s in first] == [{"line": "new 1", "number": 1}]
-    assert [s.knowledge for s in second] == [{"line": "new 2", "number": 1}]
+    # Numbered by their lines in the file, as a dead letter names FILE:N.
+    assert [s.knowledge for s in first] == [{"line": "new 1", "number": 3}]
+    assert [s.knowledge for s in second] == [{"line": "new 2", "number": 4}]
+
+
+async def test_a_bad_line_of_a_followed_file_is_named_by_its_line_in_the_file(
+        tmp_path: Path) -> None:
+    (tmp_path / "grow.log").write_text('{"old": 1}\n{"old": 2}\n')
+    got, organism = await follow_organism(tmp_path, '{"new": 3}\nnot json\n', 2, json=True)
+    assert [s.knowledge for s in got] == [{"new": 3}]
+    [letter] = organism.dead_letters
+    assert letter.spore.knowledge == {"line": "not json", "number": 4}
+    assert f"{tmp_path / 'grow.log'}:4: the line is not JSON" in letter.error
 
 
 async def test_starting_at_the_end_skips_the_rest_of_a_line_begun_before(
         tmp_path: Path) -> None:
     (tmp_path / "grow.log").write_text("old\nhalf a li")
     got = await follow(tmp_path, "ne\nnew\n", 1)
-    assert [s.knowledge["line"] for s in got] == ["new"]
+    assert [s.knowledge for s in got] == [{"line": "new", "number": 3}]
 
 
 async def test_start_at_beginning_reads_a_followed_file_again(tmp_path: Path) -> None:

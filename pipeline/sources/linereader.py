@@ -4,6 +4,11 @@ A read of standard input (a pipe, a terminal) can block for ever, and a thread o
 loop's default executor would then hold ``asyncio.run`` at its exit; this reader's
 thread is a daemon, reads only when asked (one outstanding read: the backpressure of
 the source reaches the file), and ends at the first ask after :meth:`ChunkReader.close`.
+
+It also counts the lines of a file before the place it starts at (:meth:`lines_before`),
+so that a line read from the end of a file is named by its line in the file: the part
+before is read through once, on this thread, a MiB at a time, so a huge file delays only
+this source (lines appended meanwhile wait, none is lost), and a close stops the count.
 """
 
 from __future__ import annotations
@@ -12,34 +17,48 @@ import asyncio
 import os
 import queue
 import threading
-from typing import BinaryIO
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 __all__ = ["ChunkReader"]
 
-_Ask = tuple[asyncio.AbstractEventLoop, "asyncio.Future[bytes]"]
+_Ask = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
+_COUNTED = 1 << 20  # bytes read at a time to count lines
 
 
 class ChunkReader:
     """``await read()`` gives the next line of ``stream`` (at most ``limit`` bytes of it;
-    b"" at its end, for now if it is a file still growing)."""
+    b"" at its end, for now if it is a file still growing) and whether the file was
+    truncated and read again from its start before that line."""
 
     def __init__(self, stream: BinaryIO, limit: int, *, name: str, owned: bool) -> None:
         self._stream = stream
         self._limit = limit
         self._owned = owned  # closed when the reader closes (a file; never stdin)
-        # Each ask: where to hand the next line; None: close.
+        # Each ask: where to hand what its work gives; None: close.
         self._asks: queue.SimpleQueue[_Ask | None] = queue.SimpleQueue()
+        self._closing = threading.Event()  # seen by a count under way
         self._thread = threading.Thread(target=self._serve, name=f"sporeflow lines {name}",
                                         daemon=True)
         self._thread.start()
 
-    async def read(self) -> bytes:
+    async def read(self) -> tuple[bytes, bool]:
+        line: tuple[bytes, bool] = await self._ask(self._next)
+        return line
+
+    async def lines_before(self) -> int:
+        """How many lines of the file are before the place it is read from."""
+        count: int = await self._ask(self._count_before)
+        return count
+
+    async def _ask(self, work: Callable[[], Any]) -> Any:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes] = loop.create_future()
-        self._asks.put((loop, future))
+        future: asyncio.Future[Any] = loop.create_future()
+        self._asks.put((loop, future, work))
         return await future
 
     def close(self) -> None:
+        self._closing.set()
         self._asks.put(None)
 
     def _serve(self) -> None:
@@ -48,9 +67,9 @@ class ChunkReader:
                 ask = self._asks.get()
                 if ask is None:
                     return
-                loop, future = ask
+                loop, future, work = ask
                 try:
-                    data: bytes | BaseException = self._next()
+                    data: Any = work()
                 except Exception as exc:  # handed to the source, which fails with it
                     data = exc
                 try:
@@ -61,17 +80,28 @@ class ChunkReader:
             if self._owned:
                 self._stream.close()
 
-    def _next(self) -> bytes:
+    def _next(self) -> tuple[bytes, bool]:
         line = self._stream.readline(self._limit)
         if not line and self._owned and self._stream.seekable():
             # At the end of a file: if it was truncated (rewritten), start over.
             if os.fstat(self._stream.fileno()).st_size < self._stream.tell():
                 self._stream.seek(0)
-                line = self._stream.readline(self._limit)
-        return line
+                return self._stream.readline(self._limit), True
+        return line, False
+
+    def _count_before(self) -> int:
+        if not (self._owned and self._stream.seekable()):
+            return 0
+        fd, end, count, at = self._stream.fileno(), self._stream.tell(), 0, 0
+        while at < end and not self._closing.is_set():
+            chunk = os.pread(fd, min(_COUNTED, end - at), at)  # leaves the place as it is
+            if not chunk:  # truncated meanwhile: the reader starts over anyway
+                break
+            count, at = count + chunk.count(b"\n"), at + len(chunk)
+        return count
 
 
-def _settle(future: asyncio.Future[bytes], data: bytes | BaseException) -> None:
+def _settle(future: asyncio.Future[Any], data: Any) -> None:
     if future.done():  # the read was cancelled (the source stopped)
         return
     if isinstance(data, BaseException):

@@ -8,8 +8,10 @@ the end of the file for lines appended (a part of a line waits for its newline; 
 truncated is read again from its start); standard input ends at its end.
 
 Each start reads a file from ``start_at``: its beginning, or its end (the default when
-following: a log read again at each restart would be handled twice), and then N counts
-the lines read since the start. Standard input is always read from its start.
+following: a log read again at each restart would be handled twice). Either way N is the
+line's number in the file: from the end, the lines before are counted first
+(``ChunkReader.lines_before``); a file truncated counts from 1 again. Standard input is
+always read from its start.
 """
 
 from __future__ import annotations
@@ -56,10 +58,13 @@ class Lines(Source):
     async def run(self) -> None:
         assert self._reader is not None, "opened first"
         reader, follow = self._reader, self.spec.follow and self.spec.path is not None
-        number, pending, too_long = 0, b"", False
+        pending, too_long = b"", False
         try:
+            number = await reader.lines_before()
             while True:
-                chunk = await reader.read()
+                chunk, rewound = await reader.read()
+                if rewound:  # the file was truncated: its lines count from 1 again
+                    number, pending, too_long, self._mid_line = 0, b"", False, False
                 if not chunk:
                     if not follow:
                         if (pending or too_long) and not self._mid_line:  # no newline last
@@ -72,10 +77,10 @@ class Lines(Source):
                     if len(pending) > self.max_bytes:
                         pending, too_long = pending[:_SHOWN], True
                     continue
+                number += 1
                 if self._mid_line:  # the rest of a line begun before the start: not ours
                     self._mid_line, pending, too_long = False, b"", False
                     continue
-                number += 1
                 line, pending = pending + chunk, b""
                 long_line, too_long = too_long or len(line) > self.max_bytes + 1, False
                 await self._line(number, line, too_long=long_line)
