@@ -91,19 +91,21 @@ _CALLABLE_PLACEHOLDER = "python:callable"
 _logger = logging.getLogger("sporeflow.config")
 
 
-def load_organism(path: str | Path) -> OrganismSpec:
+def load_organism(path: str | Path, *, signs: bool = True) -> OrganismSpec:
     """Read and validate an organism file; raise :class:`ConfigError` listing every problem.
 
     Its warnings are logged (on ``sporeflow.config``): a load that runs the organism
-    shows them too; :func:`check_organism` returns them instead.
+    shows them too; :func:`check_organism` returns them instead. ``signs=False``: for
+    what signs no spore, an unset signing key's variable is a warning, the key left out.
     """
-    spec, warnings = check_organism(path)
+    spec, warnings = check_organism(path, signs=signs)
     for warning in warnings:
         _logger.warning("%s", warning)
     return spec
 
 
-def check_organism(path: str | Path) -> tuple[OrganismSpec, list[Problem]]:
+def check_organism(path: str | Path, *,
+                   signs: bool = True) -> tuple[OrganismSpec, list[Problem]]:
     """Like :func:`load_organism`, also returning the warnings."""
     file = Path(path)
     text = read_capped(file)
@@ -111,7 +113,7 @@ def check_organism(path: str | Path) -> tuple[OrganismSpec, list[Problem]]:
         located = read_yaml(text, str(file))
     except YamlSyntaxError as exc:
         raise ConfigError([exc.problem]) from None
-    return _build(located, file.resolve().parent, source=file.resolve())
+    return _build(located, file.resolve().parent, source=file.resolve(), signs=signs)
 
 
 def organism_from_dict(
@@ -144,7 +146,7 @@ def organism_from_text(
 
 
 def _build(
-    located: Located, base_dir: Path, source: Path | None
+    located: Located, base_dir: Path, source: Path | None, *, signs: bool = True
 ) -> tuple[OrganismSpec, list[Problem]]:
     data = located.data
     if data is None:
@@ -171,7 +173,9 @@ def _build(
     signing = read_signing(mapping(data.get("organism")), mapping(data.get("agents")),
                            lambda path, message: problems.append(located.problem(path,
                                                                                  message)),
-                           external=external)
+                           external=external, unset=None if signs else (
+                               lambda path, message: problems.append(located.problem(
+                                   path, message, warning=True))))
     if [p for p in problems if not p.warning]:
         raise ConfigError(_sorted(problems))
     handlers = {**handlers, **{name: routes.routes[0].handler

@@ -157,10 +157,12 @@ SIGNING_SCHEMA: dict[str, Any] = {
 }
 
 
-def read_signing(organism: Mapping[str, Any], agents: Iterable[str],
-                 problem: Problem, *, external: Iterable[str] = ()) -> SigningSpec | None:
+def read_signing(organism: Mapping[str, Any], agents: Iterable[str], problem: Problem, *,
+                 external: Iterable[str] = (), unset: Problem | None = None
+                 ) -> SigningSpec | None:
     """The signing keys ``organism`` declares (None: unsigned); each mistake is reported
-    through ``problem(path, message)``."""
+    through ``problem(path, message)``. ``unset``: where a shared key's variable unset or
+    empty is told instead, its key left out (for a command that signs nothing)."""
     conf = organism.get("signing")
     short = organism.get("signing_key_env")
     if conf is None and short is None:
@@ -177,7 +179,7 @@ def read_signing(organism: Mapping[str, Any], agents: Iterable[str],
     for name, current in (("key_env", True), ("accept_key_env", False)):
         env = conf.get(name)
         if isinstance(env, str) and env.isidentifier():  # else the schema reported it
-            secret = _secret(env, paths[name], problem)
+            secret = _secret(env, paths[name], problem, unset)
             if secret is not None:
                 keys.append(KeySpec(key_id("hmac-sha256", secret.reveal()), "hmac-sha256",
                                     current=current, secret=secret))
@@ -219,11 +221,16 @@ def _unsigned_from(conf: Mapping[str, Any], external: set[str],
     return frozenset(accepted)
 
 
-def _secret(env: str, where: tuple[str | int, ...], problem: Problem) -> Secret | None:
+def _secret(env: str, where: tuple[str | int, ...], problem: Problem,
+            unset: Problem | None = None) -> Secret | None:
     try:
         return read_secret_env(env)
     except LookupError as exc:
-        problem(where, str(exc))
+        if unset is None:
+            problem(where, str(exc))
+        else:
+            unset(where, f"{exc} before a command that signs spores (run, send, dlq "
+                         f"replay); this one signs none")
         return None
 
 

@@ -280,6 +280,29 @@ async def test_broker_delete_takes_a_deployment_away_only_when_asked_and_unused(
             await queue_depth(queue)
 
 
+async def test_commands_that_never_sign_run_without_the_signing_key(
+        made: Callable[[str], Made], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Admin tools need no secret they never use; those that sign still ask for it.
+    org = made(", signing: {key_env: DLQ_TEST_KEY}")
+    await dead_letter_some(org)
+    monkeypatch.delenv("DLQ_TEST_KEY")
+    where = str(org.path)
+    for command in (["graph"], ["check"], ["broker-permissions", "--agents", "worker"],
+                    ["broker-declare"], ["dlq", "list"], ["dlq", "show", "--id", "1"],
+                    ["dlq", "purge", "--id", "1"]):
+        code, _, err = await asyncio.to_thread(invoke, *command, where)
+        assert code == 0, (command, err)
+        if command == ["check"]:  # a warning, as for an http source's unset token_env
+            assert "warning: environment variable 'DLQ_TEST_KEY' is not set" in err
+            assert "this one signs none" in err
+    code, _, err = await dlq("replay", where, "--all")
+    assert code == 1
+    assert "environment variable 'DLQ_TEST_KEY' is not set; export it with the key" in err
+    assert await queue_depth(org.topology.dead_letter_queue) == 3  # only the one purged
+    code, _, err = await asyncio.to_thread(invoke, "broker-delete", where, "--yes")
+    assert code == 0, err
+
+
 async def test_purge_and_replay_need_a_choice_and_run_is_for_journals(
         made: Callable[[str], Made]) -> None:
     org = made("")

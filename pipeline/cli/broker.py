@@ -50,7 +50,7 @@ def broker_permissions(ctx: click.Context, organism: Path, agents: str | None, c
         raise click.UsageError("give --agents or --client, not both")
     hosted = [] if client else (None if agents is None else
                                 [a.strip() for a in agents.split(",") if a.strip()])
-    spec = guarded(ctx, lambda: load_organism(organism))
+    spec = guarded(ctx, lambda: load_organism(organism, signs=False))  # signs nothing
     script = guarded(ctx, lambda: shell_script(
         permissions(spec, hosted, user=user, vhost=vhost), organism=str(organism),
         password_env=password_env))
@@ -69,7 +69,7 @@ def broker_declare(ctx: click.Context, organism: Path, backend: str | None) -> N
     subscriptions change). Bindings an earlier declaration made that the file no longer
     has are taken away, each named; a queue of an agent no longer in the file is unbound,
     and deleted if empty, else kept (named, with the command that deletes it)."""
-    spec = guarded(ctx, lambda: load_organism(organism))
+    spec = guarded(ctx, lambda: load_organism(organism, signs=False))  # signs nothing
     topology = Topology.of(spec)
     declared, leftovers = guarded(ctx, lambda: run_to_end(
         _declare(backend or spec.backend, topology)))
@@ -109,7 +109,7 @@ def broker_delete(ctx: click.Context, organism: Path, backend: str | None, yes: 
     agents' queues and the letters of its dead-letter queue with them, and its boot and
     declaration records: a deployment taken away for good. Refused while a process
     consumes one of its queues; without --yes, it only says what it would delete."""
-    spec = guarded(ctx, lambda: load_organism(organism))
+    spec = guarded(ctx, lambda: load_organism(organism, signs=False))  # signs nothing
     topology = Topology.of(spec)
     queues = [*map(topology.queue, sorted(topology.subscriptions)), topology.dead_letter_queue]
     what = (f"exchanges {topology.exchange}, {topology.dead_letter_exchange}; queues "

@@ -130,10 +130,11 @@ class _Outcome:
 
 
 def _source(ctx: click.Context, organism: Path, journal: Path | None, backend: str | None,
-            origin: str | None) -> _Source:
+            origin: str | None, *, signs: bool = False) -> _Source:
     """Where to read: ``--journal``, ``--backend`` or ``--from`` say; else the broker of
     an amqp organism, the journal of one in memory. The organism's secrets are masked in
-    what is printed from now on (a letter written by an older sporeflow may hold them)."""
+    what is printed from now on (a letter written by an older sporeflow may hold them).
+    ``signs``: what is done with the letters signs spores (replay), so the keys are needed."""
     listing = _listing(organism, journal, backend, origin)
     if journal is not None:
         if backend is not None or origin == "broker":
@@ -141,12 +142,12 @@ def _source(ctx: click.Context, organism: Path, journal: Path | None, backend: s
                                    "--from broker", ctx=ctx)
         loaded = None
         with contextlib.suppress(SporeflowError):  # no organism: URL passwords only
-            loaded = load_organism(organism)
+            loaded = load_organism(organism, signs=signs)
             _mask_secrets_of(ctx, loaded)
         return _Source(str(journal), journal=journal, spec=loaded, listing=listing)
     if backend is not None and origin == "journal":
         raise click.UsageError("--backend names a broker: not with --from journal", ctx=ctx)
-    spec = guarded(ctx, lambda: load_organism(organism))
+    spec = guarded(ctx, lambda: load_organism(organism, signs=signs))
     url = backend or spec.backend
     _mask_secrets_of(ctx, dataclasses.replace(spec, backend=url))
     if origin == "journal" or (origin is None and url == "memory"):
@@ -419,7 +420,7 @@ def replay(ctx: click.Context, organism: Path, journal: Path | None, backend: st
         if len(replayed) < len(running[1]):
             ctx.exit(1)  # some stay dead letters: said above
         return
-    source = _source(ctx, organism, journal, backend, origin)
+    source = _source(ctx, organism, journal, backend, origin, signs=True)
     if run_now and source.journal is None:
         raise click.UsageError("--run delivers what a journal replays; on a broker the "
                                "organism's running processes deliver them", ctx=ctx)

@@ -53,7 +53,7 @@ def draw_image(dot_source: str, output: Path, *, dot: str = "dot") -> None:
 def graph(ctx: click.Context, organism: Path, fmt: str | None, output: Path | None) -> None:
     """Print the wiring of ORGANISM (default ./organism.yaml): agents, channels,
     subscriptions, emit routes and peers, as Mermaid or DOT."""
-    spec = guarded(ctx, lambda: load_organism(organism))
+    spec = guarded(ctx, lambda: load_organism(organism, signs=False))  # names only
     suffix = output.suffix.lower() if output is not None else ""
     if output is not None and suffix in _IMAGE_SUFFIXES:
         if fmt == "mermaid":

@@ -358,7 +358,7 @@ def _forget_terminal() -> None:
 def check(ctx: click.Context, organism: Path) -> None:
     """Validate ORGANISM (default ./organism.yaml); print every problem with its line and
     column."""
-    spec, warnings = guarded(ctx, lambda: check_organism(organism))
+    spec, warnings = guarded(ctx, lambda: check_organism(organism, signs=False))
     for warning in warnings:
         click.echo(str(warning), err=True)
     channels = [c for c in spec.channels if c not in ("main", "dead-letter")]
