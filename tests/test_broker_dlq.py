@@ -563,6 +563,23 @@ def test_x_death_reasons_read_as_sporeflow_reasons() -> None:
     assert (readable, junk.reason) == (False, "invalid")
 
 
+def test_a_letter_without_a_timestamp_is_dated_by_its_spore_at_every_listing() -> None:
+    from sporeflow.config import organism_from_dict
+    from sporeflow.pipeline.broker.amqp_codec import spore_to_amqp
+    from sporeflow.pipeline.broker.dead_letter_queue import read_letter
+    from sporeflow.steps import Spore
+
+    topology = Topology.of(organism_from_dict({"agents": {"a": {"handler": print}}}))
+    made = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    body, headers, _ = spore_to_amqp(Spore(knowledge={"k": 1}, to_agent="a",
+                                           created_at=made))
+    ours = {**headers, "x-sporeflow-reason": "timeout", "x-sporeflow-agent": "a"}
+    by_hand = dict(headers)  # published to the dead-letter exchange by hand
+    unreadable = {**headers, "x-sporeflow-reason": "invalid"}
+    for given, content in ((ours, body), (by_hand, body), (unreadable, b"\xff")):
+        assert read_letter(given, content, None, topology)[0].at == made, given
+
+
 def test_quorum_queues_refuse_reject_publish_dlx_and_bound_what_they_can() -> None:
     from sporeflow.config import ConfigError, organism_from_dict
 

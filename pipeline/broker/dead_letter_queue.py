@@ -230,11 +230,13 @@ def read_letter(headers: Mapping[str, Any], body: bytes, timestamp: datetime | N
         readable = False
         spore = Spore(knowledge={"unreadable": _text(f"{type(exc).__name__}: {exc}")},
                       from_agent=_text(headers.get("from_agent"))[:80] or "?",
-                      id=_text(headers.get("spore_id"))[:80] or "?")
+                      id=_text(headers.get("spore_id"))[:80] or "?",
+                      created_at=_moment(_iso(headers.get("created_at")), datetime.now(UTC)))
         fallback: tuple[str, str] = (reason_of(exc), _text(f"{type(exc).__name__}: {exc}"))
     else:
         fallback = (Reason.INVALID, "the message came to the dead-letter queue with no reason")
-    at = _moment(timestamp)
+    # No AMQP timestamp: the time of its spore, the same at every listing.
+    at = _moment(timestamp, spore.created_at)
     reason = _text(headers.get("x-sporeflow-reason"))
     if reason:  # sporeflow's own
         attempts = headers.get("x-sporeflow-attempts")
@@ -251,7 +253,7 @@ def read_letter(headers: Mapping[str, Any], body: bytes, timestamp: datetime | N
     error = _death_error(cause, queue, agent, limit)
     return DeadLetter(spore, _DEATHS.get(cause, Reason.BROKER_ERROR), error, agent,
                       limit if cause == "delivery_limit" else 0,
-                      at=_moment(death.get("time")) if death.get("time") else at), readable
+                      at=_moment(death.get("time"), at)), readable
 
 
 def _death_error(cause: str, queue: str, agent: str | None, limit: int) -> str:
@@ -283,8 +285,16 @@ def _text(value: Any) -> str:
     return value[:_MAX_TEXT] if isinstance(value, str) else ""
 
 
-def _moment(value: Any) -> datetime:
-    """A header's or property's time (a naive one is UTC, as AMQP times are), else now."""
+def _moment(value: Any, otherwise: datetime) -> datetime:
+    """A header's or property's time (a naive one is UTC, as AMQP times are)."""
     if isinstance(value, datetime):
         return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-    return datetime.now(UTC)
+    return otherwise
+
+
+def _iso(value: Any) -> datetime | None:
+    """An ISO time written in a header (None: none that reads as one)."""
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
