@@ -234,3 +234,48 @@ async def test_the_running_organism_keeps_a_letter_refused_for_its_signature() -
         assert [letter.spore.id for letter in organism.dead_letters] == [forged.id]
     [problem] = result.problems
     assert "it failed its signature check (bad signature)" in problem
+
+
+# -- letters of agents and channels taken out of the file --------------------------------------
+
+async def fails(spore: Spore, ctx: Any) -> None:
+    raise RuntimeError("disk full")
+
+
+def test_a_letter_to_an_agent_or_channel_no_longer_there_is_refused_at_replay() -> None:
+    from sporeflow.pipeline.core.replaying import replay_refusals
+    from sporeflow.pipeline.core.wiring import routing_table
+
+    table = routing_table(_organism([]).spec)
+    gone = _letter(1, Spore(knowledge={}, from_agent="cli", to_agent="archivr"),
+                   "handler failed", agent="archivr")
+    old_news = _letter(2, Spore(knowledge={}, from_agent="triage", channel="old-news",
+                                spore_type=SporeType.BROADCAST), "timeout")
+    allowed, refused = replay_refusals([gone, old_news], table, frozenset({"cli"}))
+    assert allowed == []
+    assert "no agent 'archivr' in organism 'replays' (did you mean 'archiver'?)" in refused[0]
+    assert "on channel 'old-news' reaches no agent (unknown channel)" in refused[1]
+
+
+async def test_a_journal_replay_of_an_agent_taken_out_exits_1_and_keeps_the_letter(
+        tmp_path: Path) -> None:
+    # Was: "1 dead letter(s) moved back", exit 0; the next run made it `unknown agent`,
+    # its first reason lost.
+    organism_file = tmp_path / "organism.yaml"
+    organism_file.write_text("organism: {name: replays, journal: j.db}\nagents:\n"
+                             "  keeper: {handler: tests.test_replay_permissions:keep}\n"
+                             "  archiver: {handler: tests.test_replay_permissions:fails}\n")
+    organism = Organism.from_file(organism_file)
+    async with organism.running():
+        await organism.send("archiver", {})
+        await organism.idle()
+    organism_file.write_text("organism: {name: replays, journal: j.db}\nagents:\n"
+                             "  keeper: {handler: tests.test_replay_permissions:keep}\n")
+    result = CliRunner().invoke(cli, ["dlq", "replay", str(organism_file), "--all"])
+    assert result.exit_code == 1
+    assert "not replayed: dead letter 1 (spore " in result.stderr
+    assert "no agent 'archiver' in organism 'replays'" in result.stderr
+    with JournalFile(tmp_path / "j.db") as journal:
+        assert [stored.letter.reason for stored in journal.dead_letters()] == [
+            "handler failed"]
+        assert journal.pending() == []

@@ -201,7 +201,9 @@ def _apply(ctx: click.Context, source: _Source, choice: LetterChoice,
                 return _Outcome(letters, journal.purge(letters))
             if action == "read":
                 return _Outcome(letters)
-            book = ReplayBook(screen=_screen(source.spec))
+            # Judged by the organism whose runs wrote it (a file in the folder may be another's).
+            ours = source.spec is not None and journal.organism() in (None, source.spec.name)
+            book = ReplayBook(screen=_screen(source.spec if ours else None))
             moved = journal.replay(letters, book)
             return _Outcome(letters, moved, [str(refusal) for refusal in book.refused])
 

@@ -30,7 +30,7 @@ from sporeflow.pipeline.core.deadletters import (
     Masker,
     StoredDeadLetter,
 )
-from sporeflow.steps import RoutingTable, Spore, SporeType, permission_error
+from sporeflow.steps import RoutingTable, Spore, SporeType, permission_error, unroutable
 
 __all__ = ["Attempt", "Refusal", "ReplayBook", "Screen", "never_replayed", "organism_rules",
            "replay_refusals"]
@@ -140,12 +140,16 @@ class ReplayBook:
 def organism_rules(table: RoutingTable, outside: Container[str]) -> Screen:
     """The organism's rules applied to a letter before a replay it will deliver later (a
     journal's, the broker's), whose letters anyone who could write there may have
-    written: route's permission rule (``permission_error``) and a broadcast's delivery
-    only to a subscriber of its channel, heard at replay rather than as the same dead
-    letter again. A broadcast's delivery is allowed as it was."""
+    written: route's permission rule (``permission_error``), a broadcast's delivery
+    only to a subscriber of its channel, and an agent or channel the organism still has
+    (``unroutable``: one taken out of the file since), heard at replay rather than as
+    another dead letter at the next run, with another reason. A broadcast's delivery is
+    allowed as it was."""
 
     def screen(stored: StoredDeadLetter, spore: Spore) -> str | Exception | None:
         return _unsubscribed(stored, spore, table) or (
+            None if spore.spore_type is SporeType.RESPONSE
+            else unroutable(table, spore, outside=outside)) or (
             permission_error(table, spore, outside=outside) if table.guarded else None)
 
     return screen

@@ -56,6 +56,11 @@ class JournalFile:
     def close(self) -> None:
         self._conn.close()
 
+    def organism(self) -> str | None:
+        """The name of the organism whose runs wrote this journal (None: not recorded)."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'organism'").fetchone()
+        return None if row is None else str(row[0])
+
     def booted(self) -> set[str]:
         """The agents whose boot spore this journal has recorded (it sends them once)."""
         return booted_agents(self._conn)
