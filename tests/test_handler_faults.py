@@ -107,6 +107,37 @@ def test_system_exit_in_a_handler_is_that_spores_failure() -> None:
     asyncio.run(main())  # a sync handler runs on a worker thread: the real clock
 
 
+class _Unprintable(Exception):
+    """An exception whose str() raises (a third-party library's bug, or a hostile one)."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception fails")
+
+
+async def test_an_exception_whose_str_raises_is_that_spores_dead_letter() -> None:
+    """Once, its text raised inside the ledger: the runner's task died, no dead letter,
+    `held` never back to 0, idle() never returned."""
+
+    async def bad(spore: Spore, ctx: Any) -> None:
+        raise _Unprintable()
+
+    def sync_bad(spore: Spore, ctx: Any) -> None:
+        raise StopIteration(_Unprintable())  # its text quotes the unprintable one
+
+    org = Organism.from_dict({"agents": {"bad": {"handler": bad},
+                                         "sync_bad": {"handler": sync_bad}}})
+    async with org.running(drain_timeout=2):
+        await org.send("bad", {"n": 1})
+        await org.send("sync_bad", {"n": 1})
+        done, _ = await asyncio.wait([asyncio.ensure_future(org.idle())], timeout=5)
+        stuck = None if done else org.stats()["totals"]
+    assert stuck is None, f"idle() never returned: {stuck}"
+    letters = sorted((d.agent, d.reason, d.error) for d in org.dead_letters)
+    assert [letter[:2] for letter in letters] == [("bad", "handler failed"),
+                                                  ("sync_bad", "handler failed")]
+    assert letters[0][2] == "_Unprintable: <str() failed: RuntimeError>", letters
+
+
 def test_sporeflow_run_survives_a_handler_calling_sys_exit(tmp_path: Path) -> None:
     (tmp_path / "quits.py").write_text(textwrap.dedent("""
         import argparse

@@ -162,6 +162,30 @@ async def test_a_failing_handler_span_records_the_error_and_each_retry_has_one(
     assert all(any(e.name == "exception" for e in span.events) for span in spans)
 
 
+async def test_a_span_records_an_exception_whose_str_raises(
+        provider: tuple[TracerProvider, InMemorySpanExporter]) -> None:
+    tracer_provider, exporter = provider
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("str() of this exception fails")
+
+    async def bad(spore: Spore, ctx: Any) -> None:
+        raise Unprintable()
+
+    organism = Organism.from_dict({"organism": {"name": "bad"}, "agents": {"bad": {
+        "handler": bad}}}, tracing=SporeTracer(tracer_provider))
+    async with organism.running():
+        await organism.send("bad", {})
+        await organism.idle()
+    [span] = by_name(exporter.get_finished_spans())["handle bad"]
+    [event] = [e for e in span.events if e.name == "exception"]
+    assert event.attributes is not None
+    assert event.attributes["exception.message"] == "<str() failed: RuntimeError>"
+    assert [d.error for d in organism.dead_letters] == [
+        "Unprintable: <str() failed: RuntimeError>"]
+
+
 async def test_a_sync_handlers_span_covers_its_thread(
         provider: tuple[TracerProvider, InMemorySpanExporter]) -> None:
     tracer_provider, exporter = provider

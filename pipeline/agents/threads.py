@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from sporeflow.pipeline.core.deadletters import message_of
 from sporeflow.pipeline.core.logfields import spore_fields
 from sporeflow.steps import AgentLane, Spore
 
@@ -209,7 +210,7 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
     if error is None:
         future.set_result(result)
     elif isinstance(error, StopIteration):  # a future refuses it
-        failure = RuntimeError(f"the handler raised StopIteration: {error}")
+        failure = RuntimeError(f"the handler raised StopIteration: {message_of(error)}")
         failure.__cause__ = error
         future.set_exception(failure)
     else:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from sporeflow.config.extras import extra_hint, has_modules, missing_extra
-from sporeflow.pipeline.core.deadletters import URL_PASSWORDS, Masker, error_text
+from sporeflow.pipeline.core.deadletters import URL_PASSWORDS, Masker, error_text, message_of
 from sporeflow.steps import Spore
 
 if TYPE_CHECKING:
@@ -118,9 +118,12 @@ class SporeTracer:
         """Record ``error`` on ``span``, masked: spans leave the process (an exporter)."""
         from opentelemetry.trace import Status, StatusCode
 
-        span.record_exception(error, attributes={
-            "exception.message": self.masker.mask(str(error)),
+        # The event record_exception makes, less its str(error), which may raise.
+        span.add_event("exception", attributes={
+            "exception.type": type(error).__name__,
+            "exception.message": self.masker.mask(message_of(error)),
             "exception.stacktrace": self.masker.mask("".join(traceback.format_exception(error))),
+            "exception.escaped": "False",
         })
         span.set_status(Status(StatusCode.ERROR, error_text(error, self.masker)))
 
