@@ -11,7 +11,12 @@ this process. A record is one push: the pickled list of the spores' fields as tu
 the spores' own) and their holders' marks (``mark_of``: a spore read back is another
 object, known by its mark); the chain checks them again when they are read back,
 like any fed spore. A spore that cannot be pickled (knowledge holding a live object)
-is kept in memory instead; the chain refuses it soon after.
+is kept in memory instead; the chain refuses it soon after. One that pickles but does
+not unpickle (an exception whose ``__init__`` takes two arguments) is found only when
+its record is read back: that record is read again with a stand-in for every class no
+spore of ours holds (``_Standin``), so its other spores come back as written and that
+one is refused as not JSON, naming the class, as it is in memory. The common path pays
+nothing for it.
 
 When the file cannot be written (its disk full, ``TMPDIR`` gone or read-only), what
 would have been paged out is kept in memory too: memory goes past the limit, but no
@@ -26,9 +31,10 @@ import pickle
 import struct
 import tempfile
 from collections import deque
-from typing import IO
+from io import BytesIO
+from typing import IO, Any
 
-from sporeflow.steps import Spore, mark_of, spore_from_values, spore_values
+from sporeflow.steps import Spore, SporeType, mark_of, spore_from_values, spore_values
 
 __all__ = ["SpillFile"]
 
@@ -42,6 +48,55 @@ def _picklable(value: object) -> bool:
     except Exception:
         return False
     return True
+
+
+def _spores_of(record: bytes) -> list[Spore]:
+    try:
+        values, marks = pickle.loads(record)
+    except Exception:  # noqa: BLE001 - whatever an object's own unpickling raises
+        values, marks = _Lenient(BytesIO(record)).load()
+    return list(map(spore_from_values, values, marks))
+
+
+# What a spore's own fields pickle by reference (a ZoneInfo through getattr): every
+# other class is a stand-in when a record must be read leniently.
+_OURS = frozenset({(SporeType.__module__, SporeType.__qualname__), ("builtins", "getattr")})
+_OUR_MODULES = frozenset({"datetime", "zoneinfo"})
+
+
+class _AnyAttribute(type):
+    def __getattr__(cls, name: str) -> Any:
+        return cls  # getattr(stand-in, "_unpickle") and the like: the stand-in again
+
+
+class _Standin(metaclass=_AnyAttribute):
+    """What a record read leniently holds in place of an object of another class: no
+    JSON, so the chain refuses its spore, naming the class it stands for."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Standin:
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+class _Lenient(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module in _OUR_MODULES or (module, name) in _OURS:
+            return super().find_class(module, name)
+        return _AnyAttribute(name.rpartition(".")[2], (_Standin,), {"__module__": module})
 
 
 class SpillFile:
@@ -112,7 +167,7 @@ class SpillFile:
             file.seek(self._read_at)
             while len(ready) < limit and self._read_at < self._write_at:
                 (size,) = _LENGTH.unpack(file.read(_LENGTH.size))
-                ready.extend(map(spore_from_values, *pickle.loads(file.read(size))))
+                ready.extend(_spores_of(file.read(size)))
                 self._read_at += _LENGTH.size + size
             if self._read_at == self._write_at:  # all read: start the file over
                 file.seek(0)
@@ -130,7 +185,7 @@ class SpillFile:
             file.seek(self._read_at)
             while file.tell() < self._write_at:
                 (size,) = _LENGTH.unpack(file.read(_LENGTH.size))
-                spores.extend(map(spore_from_values, *pickle.loads(file.read(size))))
+                spores.extend(_spores_of(file.read(size)))
         return spores
 
     def clear(self) -> list[Spore]:
