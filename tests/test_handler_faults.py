@@ -9,6 +9,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +289,36 @@ async def test_handlers_that_keep_replying_still_let_the_loop_turn() -> None:
         await asyncio.wait_for(organism.idle(), 60)
     assert turned
     assert max(hops) < bound
+
+
+async def test_a_generator_an_async_handler_returns_lets_the_loop_turn() -> None:
+    """Before: its items were taken on the loop with no turn between them, so the loop
+    was held until the generator ended (an endless one for good) and the handler's
+    timeout never fired. Here it would end by itself after 1.5 s."""
+
+    def slow_items() -> Any:
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            sum(range(5000))
+            yield {"x": 1}
+
+    async def start(spore: Spore, ctx: Any) -> Any:
+        return slow_items()
+
+    async def sink(spore: Spore, ctx: Any) -> None:
+        return None
+
+    org = Organism.from_dict({"agents": {
+        "start": {"handler": start, "timeout": "300ms", "emit": {"to": "sink"}},
+        "sink": {"handler": sink}}})
+    async with org.running(drain_timeout=5):
+        await org.send("start", {})
+        began = time.monotonic()
+        await asyncio.sleep(0.1)
+        held = time.monotonic() - began
+        await asyncio.wait_for(org.idle(), 30)
+    assert held < 0.5, f"a 0.1 s sleep took {held:.1f} s: the loop was held"
+    assert [d.reason for d in org.dead_letters] == ["timeout"]
 
 
 async def test_a_loop_with_a_task_factory_of_its_own_still_runs_handlers() -> None:

@@ -269,3 +269,29 @@ async def test_each_agent_runs_its_sync_handlers_on_threads_of_its_own() -> None
         assert all(name.startswith(f"sporeflow:{agent}:") for name in names), names
     assert len(seen["plain"]) <= 2
     assert len(seen["instance"]) <= 3
+
+
+async def test_a_plain_generator_handler_runs_off_the_event_loop() -> None:
+    # Before: its thread only made the generator object; the lane's shaper then ran its
+    # body on the event loop (a time.sleep in it held the loop).
+    where: list[str] = []
+    seen: list[int] = []
+
+    def produce(spore: Spore, ctx: Any) -> Any:
+        for i in range(3):
+            where.append(threading.current_thread().name)
+            time.sleep(0.05)
+            yield {"i": i}
+
+    async def sink(spore: Spore, ctx: Any) -> None:
+        seen.append(spore.knowledge["i"])
+
+    org = Organism.from_dict({"agents": {"produce": {"handler": produce,
+                                                     "emit": {"to": "sink"}},
+                                         "sink": {"handler": sink}}})
+    async with org.running(drain_timeout=5):
+        await org.send("produce", {})
+        await asyncio.wait_for(org.idle(), 10)
+    assert len(where) == 3
+    assert all(name.startswith("sporeflow:produce:") for name in where), where
+    assert seen == [0, 1, 2]

@@ -3,6 +3,7 @@ orchestrator, worker process), how its results become spores, and its lane."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
@@ -211,12 +212,15 @@ class AgentBuilder:
 
 
 async def _lazily(items: Iterator[Any]) -> AsyncIterator[Any]:
-    """The items of a returned iterator (a generator), taken one at a time as a stream's
-    are, so that what it makes past ``limits.max_in_memory`` is paged out as it comes
-    rather than held whole first."""
+    """The items of an iterator an async handler returned (a generator), taken one at a
+    time as a stream's are, so that what it makes past ``limits.max_in_memory`` is paged
+    out as it comes rather than held whole first. The loop turns between items, so that
+    the handler's timeout and other tasks run. (A sync handler's is taken on its
+    threads: ``AgentThreads.run``.)"""
     try:
         for item in items:
             yield item
+            await asyncio.sleep(0)
     finally:  # the stream ended early (a timeout, a stop): end the generator too
         close = getattr(items, "close", None)
         if close is not None:

@@ -19,13 +19,14 @@ without waiting for an abandoned thread to return.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from sporeflow.pipeline.core.deadletters import message_of
@@ -39,6 +40,7 @@ __all__ = ["KEEPALIVE", "AgentThreads"]
 KEEPALIVE = 30.0
 
 _QUEUED, _RUNNING, _DONE = range(3)
+_END = object()  # what next() gives at an iterator's end (a future refuses StopIteration)
 
 
 class _Job:
@@ -86,7 +88,29 @@ class AgentThreads:
 
     async def run(self, function: Callable[..., Any], /, *args: Any, spore: Spore) -> Any:
         """``function(*args)`` on one of the agent's threads, for ``spore``; cancelled
-        while that thread runs it, the thread is abandoned (see the module)."""
+        while that thread runs it, the thread is abandoned (see the module).
+
+        An iterator it returns (a plain generator handler's) comes back as an async
+        iterator taking each item on these threads too: its body runs off the loop, as
+        the rest of a sync handler does, and the handler's timeout can end it."""
+        result = await self._call(function, *args, spore=spore)
+        if result.__class__ is not dict and hasattr(result, "__next__"):
+            return self._items(result, spore)
+        return result
+
+    async def _items(self, items: Iterator[Any], spore: Spore) -> AsyncIterator[Any]:
+        try:
+            while (item := await self._call(next, items, _END, spore=spore)) is not _END:
+                yield item
+        finally:  # ended early (a timeout, a stop): end the generator too
+            close = getattr(items, "close", None)
+            if close is not None:
+                # On the loop: a thread may be closed by now. Still running on an
+                # abandoned thread, it cannot be closed; it ends with that thread.
+                with contextlib.suppress(ValueError):
+                    close()
+
+    async def _call(self, function: Callable[..., Any], /, *args: Any, spore: Spore) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         # The caller's context goes along, as with asyncio.to_thread (a tracing span).
