@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
-
-import jsonschema
 
 from sporeflow.config.declared_knowledge import declared_knowledge_problems
 from sporeflow.config.errors import ConfigError, Problem
@@ -54,7 +53,7 @@ from sporeflow.config.resolve import (
     resolve_stages,
     resolve_store,
 )
-from sporeflow.config.schema import ORGANISM_SCHEMA
+from sporeflow.config.schema import ORGANISM_VALIDATOR
 from sporeflow.config.schemas import SchemaFileError, SchemaSpec, load_schema
 from sporeflow.config.secrets import ENV_NAME_ADVICE, ENV_NAME_PATTERN, redact_text
 from sporeflow.config.shape_hints import shape_hint
@@ -86,7 +85,7 @@ __all__ = [
     "organism_from_text",
 ]
 
-_VALIDATOR = jsonschema.Draft202012Validator(ORGANISM_SCHEMA)
+_VALIDATOR = ORGANISM_VALIDATOR
 _CALLABLE_PLACEHOLDER = "python:callable"
 _logger = logging.getLogger("sporeflow.config")
 
@@ -285,6 +284,10 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
     if error.validator == "pattern":
         return [located.problem(path, f"{instance!r} "
                                       f"{_pattern_advice(path, error.validator_value)}")]
+    if error.validator == "type" and instance.__class__ is float and not math.isfinite(
+            instance):
+        return [located.problem(path, f"{instance!r} is no finite number; write one like 5 "
+                                      f"or 2.5")]
     if error.validator == "type":
         kinds = error.validator_value
         expected = " or ".join(kinds) if isinstance(kinds, list) else kinds

@@ -6,7 +6,10 @@ checked by the loader, which can say "did you mean"; this schema checks shapes.
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import jsonschema
 
 from sporeflow.config.model import DEFAULT_CAPACITY, STAGE_NAMES
 from sporeflow.config.secrets import ENV_NAME_PATTERN
@@ -16,7 +19,7 @@ from sporeflow.config.units import DURATION_PATTERN, SIZE_PATTERN
 
 __all__ = ["BROKER_WORDS", "ENV_NAME_PATTERN", "EXTERNAL_AGENT_SCHEMA", "HANDLER_PATTERN",
            "KEY_PATTERN", "MAX_DEPTH_CEILING", "NAME_PATTERN", "ORGANISM_NAME_PATTERN",
-           "ORGANISM_SCHEMA"]
+           "ORGANISM_SCHEMA", "ORGANISM_VALIDATOR"]
 
 # Names of agents and channels: short, printable, usable as AMQP routing-key parts.
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
@@ -312,3 +315,16 @@ ORGANISM_SCHEMA: dict[str, Any] = {
         required=["agents"],
     ),
 }
+
+
+def _finite_number(checker: Any, instance: Any) -> bool:
+    return _DRAFT.TYPE_CHECKER.is_type(instance, "number") and (
+        instance.__class__ is not float or math.isfinite(instance))
+
+
+# No number of the file is NaN or infinite: every comparison with NaN is false, so the
+# schema's bounds would let it through, and a cost or a duration of NaN turns a limit off.
+_DRAFT = jsonschema.Draft202012Validator
+ORGANISM_VALIDATOR = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+    _DRAFT, type_checker=_DRAFT.TYPE_CHECKER.redefine("number", _finite_number),
+)(ORGANISM_SCHEMA)

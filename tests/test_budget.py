@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
+from sporeflow.config import organism_from_text
 from sporeflow.pipeline import ConfigError, LimitExceeded, Organism, Spore, ThreadBudgetReached
 from sporeflow.pipeline.core.budget import ThreadBudget
 
@@ -252,3 +254,48 @@ async def test_a_broadcast_costs_what_every_agent_it_reaches_declares() -> None:
 def test_declared_costs_are_checked_when_loaded() -> None:
     with pytest.raises(ConfigError, match="cost"):
         Organism.from_dict({"agents": {"a": {"handler": bounce, "cost": 0}}})
+
+
+@pytest.mark.parametrize("amount", [float("nan"), float("inf")])
+def test_a_cost_that_is_no_finite_number_is_refused(amount: float) -> None:
+    # Before: ctx.spend(nan) passed the `amount < 0` check; the tally became NaN, and
+    # `cost > max_cost` was never true again: the conversation's budget was off.
+    budget = ThreadBudget(max_cost=20)
+    with pytest.raises(ValueError, match=r"a cost is a finite number"):
+        budget.spend("t", amount)
+    assert budget.cost("t") == 0
+
+
+async def test_spending_nan_does_not_lift_a_conversations_budget() -> None:
+    ran: list[int] = []
+
+    async def first(spore: Spore, ctx: Any) -> None:
+        try:
+            ctx.spend(float("nan"))
+        finally:
+            for i in range(10):
+                await ctx.send("worker", {"i": i})
+
+    async def worker(spore: Spore, ctx: Any) -> None:
+        ran.append(spore.knowledge["i"])
+
+    org = Organism.from_dict({"agents": {"first": {"handler": first},
+                                         "worker": {"handler": worker, "cost": 5}},
+                              "limits": {"max_cost_per_thread": 20}})
+    async with org.running(drain_timeout=2):
+        await org.send("first", {})
+        await asyncio.wait_for(org.idle(), 10)
+    assert len(ran) == 4, f"{len(ran)} spores of cost 5 ran within a budget of 20"
+
+
+@pytest.mark.parametrize(("setting", "column"), [
+    ("agents: {a: {handler: operator:eq, cost: .nan}}", 42),
+    ("agents: {a: {handler: operator:eq, cost: .inf}}", 42),
+    ("limits: {max_cost_per_thread: .nan}\nagents: {}", 31)])
+def test_a_cost_in_the_organism_file_that_is_no_finite_number_is_refused_at_its_line(
+        setting: str, column: int) -> None:
+    with pytest.raises(ConfigError) as caught:
+        organism_from_text(setting + "\n", name="o.yaml")
+    [problem] = [str(p) for p in caught.value.problems]
+    assert problem.startswith(f"o.yaml:1:{column}: "), problem
+    assert "is no finite number; write" in problem, problem

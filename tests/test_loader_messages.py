@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from click.testing import CliRunner
 
 from sporeflow.config import ConfigError, organism_from_text
+from sporeflow.pipeline.cli.main import cli
 
 
 def problems_of(text: str) -> list[str]:
@@ -212,3 +216,31 @@ def test_a_bad_environment_variable_name_is_told_the_rule_of_variable_names(
     assert problems, problems_of(text + _HANDLER)
     assert all(p.endswith(f"{place}: 'MY-KEY' is not an environment variable name; use "
                           f"letters, digits and '_'") for p in problems), problems
+
+
+@pytest.mark.parametrize("setting", [
+    "timeout: .nan", "retry: {attempts: 2, backoff: .nan}",
+    "retry: {attempts: 2, max_backoff: .nan}", "dedupe: .nan", "key_idle: .nan"])
+def test_a_nan_duration_is_named_at_its_line(setting: str) -> None:
+    # Before: the schema let NaN through (every comparison with it is false) and
+    # parse_duration's ValueError escaped `check` and `run` as a raw traceback.
+    problem = problems_of(f"agents:\n  a: {{handler: operator:eq, {setting}}}\n")[0]
+    assert problem.startswith("o.yaml:2:"), problem
+    assert "nan is not valid here; write a number of seconds" in problem, problem
+
+
+def test_a_nan_loop_stall_warning_is_named_at_its_line() -> None:
+    [problem] = problems_of("limits: {loop_stall_warning: .nan}\nagents: {}\n")
+    assert problem.startswith("o.yaml:1:30: limits.loop_stall_warning: nan is not valid"
+                              " here; write"), problem
+
+
+def test_sporeflow_check_of_a_nan_duration_is_a_config_error(tmp_path: Any) -> None:
+    (tmp_path / "nan_handlers.py").write_text("def sink(spore, ctx):\n    return None\n")
+    path = tmp_path / "organism.yaml"
+    path.write_text("organism: {name: nan}\nagents:\n"
+                    "  sink: {handler: nan_handlers:sink, timeout: .nan}\n")
+    result = CliRunner().invoke(cli, ["check", str(path)])
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 1
+    assert "organism.yaml:3:" in result.output, result.output

@@ -24,6 +24,7 @@ limit the organism does not put the stage in its chain at all.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -118,6 +119,9 @@ class ThreadBudget:
         """Add ``amount`` to ``thread``'s cost; return its total so far."""
         if amount < 0:
             raise ValueError(f"ctx.spend({amount!r}): a cost cannot be negative")
+        if not math.isfinite(amount):  # a NaN tally is never past the limit again
+            raise ValueError(f"ctx.spend({amount!r}): a cost is a finite number; check how "
+                             f"it was computed (a division by zero, a missing price)")
         tally = self._tally(thread)
         tally.cost += amount
         if self.max_cost is not None:
