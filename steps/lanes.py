@@ -151,7 +151,9 @@ class AgentLane(SlotLending):
         self.handled = 0
         self.failed = 0
         self.retried = 0
-        self._cancel_reason: str = Reason.SHUTDOWN
+        # Why ``cancel`` is cancelling this lane's handlers; None while it is not: a
+        # cancellation then is the handler's own (a library's task.cancel()), its failure.
+        self._cancel_reason: str | None = None
         self._cancelled = 0
 
     async def serve(self, pool: RunnerPool, task: asyncio.Task[Any]) -> None:
@@ -297,13 +299,18 @@ class AgentLane(SlotLending):
         tasks = list(self._running)
         for task in tasks:
             task.cancel()
-        if tasks:
-            done, stuck = await asyncio.wait(tasks, timeout=grace)
-            for task in done:
-                if not task.cancelled():
-                    task.exception()  # retrieved: a runner ends by its cancellation
-            if stuck:
-                self._abandon(stuck, reason)
+        stuck: set[asyncio.Task[Any]] = set()
+        try:
+            if tasks:
+                done, stuck = await asyncio.wait(tasks, timeout=grace)
+                for task in done:
+                    if not task.cancelled():
+                        task.exception()  # retrieved: a runner ends by its cancellation
+                if stuck:
+                    self._abandon(stuck, reason)
+        finally:
+            if not stuck:  # an abandoned handler ending later was still stopped
+                self._cancel_reason = None
         cancelled, self._cancelled = self._cancelled, 0
         return cancelled
 
@@ -377,10 +384,11 @@ class AgentLane(SlotLending):
             raise exc  # our own coroutine is being closed (an abandoned one, at exit)
         if isinstance(exc, asyncio.CancelledError):
             task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            stopping = self._cancel_reason
+            if stopping is not None and task is not None and task.cancelling():
                 # We are being stopped, not the handler failing: account for the spore.
                 self._cancelled += 1
-                self._failed(spore, self._cancel_reason, asyncio.CancelledError(
+                self._failed(spore, stopping, asyncio.CancelledError(
                     f"{self.name!r} was stopped while handling it"), attempt)
                 raise exc
             self._fail(spore, attempt, Reason.HANDLER_FAILED, asyncio.CancelledError(

@@ -12,11 +12,12 @@ import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sporeflow.config import load_organism
-from sporeflow.pipeline import Organism
+from sporeflow.pipeline import Organism, Spore
 from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
 from sporeflow.pipeline.broker.backend import Topology
 
@@ -87,3 +88,36 @@ async def test_sporeflow_run_says_what_went_back_to_the_broker(tmp_path: Path) -
         assert await queue_depth(topology.queue("stuck")) == 2
     finally:
         await AmqpBackend(AMQP_URL).destroy(topology)
+
+
+async def test_over_a_broker_a_handler_whose_task_is_cancelled_does_not_stall_its_agent(
+) -> None:
+    # Before: its spore was a 'shutdown' letter though nothing stopped, which leaves the
+    # delivery unacked: with concurrency 1 (prefetch 2), two of them held the agent for
+    # good, and came back to stall it again at the next start.
+    handled: list[Any] = []
+
+    async def bad(spore: Spore, ctx: Any) -> None:
+        if spore.knowledge.get("cancel"):
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await asyncio.sleep(0.1)
+        handled.append(spore.knowledge)
+
+    name = f"fixhandlers-{uuid.uuid4().hex[:10]}"
+    org = Organism.from_dict({"organism": {"name": name},
+                              "agents": {"bad": {"handler": bad, "concurrency": 1}}},
+                             backend=AMQP_URL)
+    try:
+        async with org.running(drain_timeout=3):
+            for i in range(2):
+                await org.send("bad", {"cancel": True, "i": i})
+            for i in range(3):
+                await org.send("bad", {"n": i})
+            await eventually(lambda: len(handled) >= 3, "the three others handled")
+            await eventually(lambda: len(org.dead_letters) >= 2, "two dead letters")
+        assert [k.get("n") for k in handled] == [0, 1, 2]
+        assert [d.reason for d in org.dead_letters] == ["handler failed"] * 2
+    finally:
+        await AmqpBackend(AMQP_URL).destroy(Topology.of(org.spec))

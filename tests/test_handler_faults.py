@@ -267,6 +267,26 @@ async def test_a_handler_that_cancels_its_own_task_before_waiting_leaves_the_cha
     assert handled == [0, 1]
 
 
+async def test_a_handler_whose_task_is_cancelled_is_a_failure_not_a_shutdown() -> None:
+    """A library cancelling the handler's task while nothing stops: once a `shutdown`
+    letter ("'bad' was stopped while handling it"), which over a broker leaves the
+    delivery unacked; `raise CancelledError` is `handler failed`, and so is this."""
+
+    async def bad(spore: Spore, ctx: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        await asyncio.sleep(0.1)
+
+    org = Organism.from_dict({"agents": {"bad": {"handler": bad}}})
+    async with org.running(drain_timeout=3):
+        await org.send("bad", {})
+        await asyncio.wait_for(org.idle(), 10)
+        letters = [(d.reason, d.error) for d in org.dead_letters]
+    assert letters == [("handler failed",
+                        "CancelledError: handler of 'bad' was cancelled from inside")]
+
+
 async def test_handlers_that_keep_replying_still_let_the_loop_turn() -> None:
     """A self-loop of replies never holds the loop for long: a callback queued at its
     first hop runs long before the hops run out."""
