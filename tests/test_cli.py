@@ -140,6 +140,18 @@ def test_knowledge_comes_from_standard_input_or_a_file(
     assert err.rstrip().endswith("; fix the JSON in the file")
 
 
+def test_send_of_knowledge_nested_past_the_recursion_limit_is_a_usage_error(
+        tmp_path: Path) -> None:
+    # Before: json.loads raised RecursionError, which escaped as a raw traceback.
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    for given, named in ((f"@{deep}", f"{deep}: "), ("[" * 100_000 + "]" * 100_000, "")):
+        code, _, err = invoke("send", str(SMALL), "--start", "--to", "picky", given)
+        assert code == 1
+        assert err.startswith(f"SporeError: KNOWLEDGE is not JSON: {named}nested too deep "
+                              f"to read"), err
+
+
 def test_a_request_to_a_channel_is_a_usage_error() -> None:
     # Before: the running organism answered 500 Internal Server Error.
     code, _, err = invoke("send", str(SMALL), "--channel", "main", "--request", "{}")

@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from sporeflow.config import ConfigError, SporeflowError, parse_duration, redact_text
+from sporeflow.config import ConfigError, Limits, SporeflowError, parse_duration, redact_text
 from sporeflow.pipeline.core.deadletters import Masker
 
 __all__ = ["DEFAULT_ORGANISM", "DURATION", "ORGANISM_ARG", "fail", "guarded",
@@ -76,6 +76,10 @@ def knowledge_of(text: str) -> Any:
         return json.loads(text, parse_constant=no_constant)
     except ValueError as exc:  # where it was read from first (found by a new user)
         raise ValueError(f"{where}{exc}") from None
+    except RecursionError:  # json's own parser recurses per level
+        raise ValueError(f"{where}nested too deep to read (past Python's recursion limit); "
+                         f"a spore's knowledge nests at most limits.max_depth levels "
+                         f"({Limits().max_depth} by default)") from None
 
 
 def mask_with(ctx: click.Context, masker: Masker) -> None:
