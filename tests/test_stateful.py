@@ -177,6 +177,20 @@ def test_run_with_state_file_restores_the_total_on_the_next_run(tmp_path: Path) 
         assert json.loads(state.read_text())["agents"] == {"totaliser": {"total": expected}}
 
 
+def test_a_state_file_that_is_no_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    # Before: read_text's UnicodeDecodeError escaped `run --state` as a raw traceback.
+    path = tmp_path / "state.json"
+    path.write_bytes(b'\xff\xfe{"sporeflow_state": 1}')
+    with pytest.raises(OrganismStateError, match="state.json' is not UTF-8 text \\(byte 0xff "
+                                                 "at 0\\); remove it to start afresh"):
+        read_snapshot(path)
+    result = CliRunner().invoke(cli, ["run", str(FIXTURES / "stateful_organism.yaml"),
+                                      "--until-idle", "--quiet", "--state", str(path)])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "remove it to start afresh" in result.output
+
+
 def test_a_state_file_nested_past_the_parser_is_refused_by_name(tmp_path: Path) -> None:
     """Found by an attacker: a --state file 100,000 levels deep raised RecursionError, a
     traceback, where other malformed snapshots get an OrganismStateError."""

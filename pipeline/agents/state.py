@@ -262,6 +262,10 @@ def read_snapshot(path: str | Path) -> dict[str, Any] | None:
     except OSError as exc:
         raise OrganismStateError(f"cannot read the state file {str(file)!r}: "
                                  f"{exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise OrganismStateError(f"the state file {str(file)!r} is not UTF-8 text (byte "
+                                 f"{exc.object[exc.start]:#04x} at {exc.start}); remove it "
+                                 f"to start afresh") from None
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:  # nested past the parser's depth too
