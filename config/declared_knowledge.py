@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sporeflow.config.errors import Problem
-from sporeflow.config.json_shape import first_not_json, lone_surrogate
+from sporeflow.config.json_shape import first_not_json, lone_surrogate, long_integer
 from sporeflow.config.limits import limits_of
 from sporeflow.config.model import Limits
 from sporeflow.config.positions import Located
@@ -71,5 +71,7 @@ def _not_json(knowledge: dict[str, Any], path: DataPath) -> tuple[DataPath, str]
                        f"JSON keys are text; quote it")
     if found.number:
         return where, f"is {bad}, which JSON cannot represent; write a number or text"
+    if found.digits:
+        return where, f"is {long_integer()}"
     return where, (f"is {with_article(type(bad).__name__)} ({shown(bad, 40)}), which is not "
                    f"JSON; quote it to make it text")

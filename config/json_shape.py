@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["JSON_SCALARS", "NotJson", "first_not_json", "lone_surrogate", "utf8_writable",
-           "writable_json"]
+__all__ = ["JSON_SCALARS", "NotJson", "decimal_writable", "first_not_json", "lone_surrogate",
+           "long_integer", "utf8_writable", "writable_json"]
 
 JSON_SCALARS = (str, int, float, bool, type(None))  # and their subclasses (a bool is an int)
 
@@ -29,6 +30,11 @@ class NotJson:
     def number(self) -> bool:
         """A float JSON cannot represent (NaN, an infinity)."""
         return type(self.value) is float
+
+    @property
+    def digits(self) -> bool:
+        """An integer longer than Python writes in decimal (``long_integer``)."""
+        return isinstance(self.value, int) and not isinstance(self.value, bool)
 
     @property
     def text(self) -> bool:
@@ -61,6 +67,24 @@ def writable_json(value: Any, **options: Any) -> str:
     return text if utf8_writable(text) else json.dumps(value, ensure_ascii=True, **options)
 
 
+def decimal_writable(number: int) -> bool:
+    """Whether Python writes ``number`` in decimal: not past ``sys.get_int_max_str_digits()``
+    digits (4300 by default), where ``str`` and ``json.dumps`` raise ValueError."""
+    if -(1 << 64) < number < 1 << 64:
+        return True
+    try:
+        str(int(number))
+    except ValueError:
+        return False
+    return True
+
+
+def long_integer() -> str:
+    """What an integer ``decimal_writable`` refuses is, and what to do, for a refusal."""
+    return (f"an integer of more than {sys.get_int_max_str_digits()} digits, which Python "
+            f"will not write as JSON (sys.set_int_max_str_digits); send it as text")
+
+
 def lone_surrogate(text: str) -> str:
     """Where ``text`` holds its first lone surrogate, and what to do, for a refusal."""
     at = next(i for i, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF)
@@ -82,6 +106,8 @@ def first_not_json(value: Any, depth: int, parts: tuple[str | int, ...] = (),
         return None if math.isfinite(value) else NotJson(parts, value)
     elif isinstance(value, str):
         return None if utf8_writable(value) else NotJson(parts, value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return None if decimal_writable(value) else NotJson(parts, value)
     else:
         return None if isinstance(value, JSON_SCALARS) else NotJson(parts, value)
     for part, item in (value.items() if kind is dict else enumerate(value)):

@@ -15,7 +15,7 @@ from math import isfinite
 from typing import Any
 
 from sporeflow.config.errors import LimitExceeded, SporeError
-from sporeflow.config.json_shape import JSON_SCALARS, utf8_writable
+from sporeflow.config.json_shape import JSON_SCALARS, long_integer, utf8_writable
 from sporeflow.config.model import Limits
 from sporeflow.config.words import shown
 from sporeflow.steps.spore import Spore, spore_texts
@@ -137,7 +137,7 @@ def _least(value: Any, max_depth: int, depth: int, budget: int) -> int:
         return len(value) + 2
     if isinstance(value, int) and not isinstance(value, bool) and not (
             -_BIG_INT < value < _BIG_INT):
-        return len(str(int(value)))
+        return _digits(value)
     return 1
 
 
@@ -210,7 +210,7 @@ def _bound(value: Any, max_depth: int, depth: int, short: int, budget: int) -> i
                 else:
                     raise _unwritable()
             elif kind is int:
-                total += 24 if -_BIG_INT < item < _BIG_INT else len(str(item))
+                total += 24 if -_BIG_INT < item < _BIG_INT else _digits(item)
             elif kind is bool or item is None or (kind is float and isfinite(item)):
                 total += 32
             else:
@@ -235,7 +235,7 @@ def _bound(value: Any, max_depth: int, depth: int, short: int, budget: int) -> i
                 else:
                     raise _unwritable()
             elif kind is int:
-                total += 25 if -_BIG_INT < item < _BIG_INT else len(str(item)) + 1
+                total += 25 if -_BIG_INT < item < _BIG_INT else _digits(item) + 1
             elif kind is bool or item is None or (kind is float and isfinite(item)):
                 total += 33
             else:
@@ -249,6 +249,15 @@ def _bound(value: Any, max_depth: int, depth: int, short: int, budget: int) -> i
 # A short string is tested for text UTF-8 cannot write inline: isascii(), then
 # isprintable() (a lone surrogate is not printable), both without a Python call; only
 # text with a control character goes on to the encoding test (utf8_writable).
+
+
+def _digits(number: int) -> int:
+    """How long ``number`` is in decimal; :class:`SporeError` past what Python writes
+    (``_check_size`` finds it again with ``first_not_json`` to name it)."""
+    try:
+        return len(str(int(number)))
+    except ValueError:
+        raise SporeError(f"knowledge holds {long_integer()}") from None
 
 
 def _unwritable() -> SporeError:
@@ -267,7 +276,7 @@ def _odd_scalar(value: Any) -> int:
     if isinstance(value, str):  # a subclass's too: written as a string, measured as one
         return _string_bytes(value)
     if isinstance(value, int) and not isinstance(value, bool):
-        return 24 if -_BIG_INT < value < _BIG_INT else len(str(int(value)))
+        return 24 if -_BIG_INT < value < _BIG_INT else _digits(value)
     if isinstance(value, _SCALARS):
         return 24
     raise SporeError(f"knowledge holds a {type(value).__name__} ({shown(value, 40)}), which is "

@@ -13,6 +13,7 @@ from sporeflow.config.json_shape import (
     JSON_SCALARS,
     first_not_json,
     lone_surrogate,
+    long_integer,
     utf8_writable,
 )
 from sporeflow.config.model import Limits
@@ -241,6 +242,8 @@ def _not_json(value: Any, root: str, depth: int) -> str | None:
                 f"{with_article(type(bad).__name__)}: knowledge keys must be strings")
     if found.number:
         return f"{where} holds {bad!r}, which JSON cannot represent; send null or a string"
+    if found.digits:
+        return f"{where} holds {long_integer()}"
     name = type(bad).__name__
     hint = {"datetime": "; write it as text with .isoformat()", "set": "; make it a list",
             "frozenset": "; make it a list", "bytes": "; decode it to text"}.get(

@@ -90,3 +90,40 @@ def test_a_built_spore_is_still_checked_in_every_field_its_sender_gave() -> None
     too_far = new_spore(knowledge={}, hops=Limits().max_hops + 1)
     with pytest.raises(LimitExceeded, match="max_hops"):
         check_spore(too_far, Limits(), built=True)
+
+
+@pytest.mark.parametrize("knowledge", [
+    {"n": 10**5000}, {"a": [1, {"n": -(10**5000)}]}, {"n": 10**5000, "pad": "x" * 70_000}])
+def test_an_integer_python_will_not_write_is_named_at_its_place(knowledge: Any) -> None:
+    # Before: `ValueError: Exceeds the limit (4300 digits) for integer string conversion`,
+    # naming neither the place nor a fix, unlike every other value JSON cannot write.
+    with pytest.raises(SporeError, match=r"^knowledge\.(n|a\[1\]\.n) holds an integer of more "
+                                         r"than 4300 digits, .*; send it as text"):
+        check_spore(Spore(knowledge=knowledge), Limits())
+
+
+async def test_a_handler_returning_an_integer_python_will_not_write_is_told_its_place(
+) -> None:
+    from sporeflow.pipeline import Organism
+
+    async def big(spore: Spore, ctx: Any) -> dict[str, Any]:
+        return {"n": 10**5000}
+
+    org = Organism.from_dict({"agents": {"big": {"handler": big, "emit": {"to": "sink"}},
+                                         "sink": {"handler": lambda spore, ctx: None}}})
+    async with org.running():
+        await org.send("big", {})
+        await org.idle()
+    [letter] = org.dead_letters
+    assert letter.reason == "invalid"
+    assert letter.error.startswith("SporeError: knowledge.n holds an integer of more than"), (
+        letter.error)
+
+
+def test_declared_knowledge_with_an_integer_python_will_not_write_is_named() -> None:
+    from sporeflow.pipeline import ConfigError, Organism
+
+    with pytest.raises(ConfigError, match=r"agents\.a\.boot\.n: is an integer of more than "
+                                          r"4300 digits, .*; send it as text"):
+        Organism.from_dict({"agents": {"a": {"handler": lambda spore, ctx: None,
+                                             "boot": {"n": 10**5000}}}})
