@@ -55,8 +55,8 @@ from sporeflow.config.resolve import (
 )
 from sporeflow.config.schema import ORGANISM_VALIDATOR
 from sporeflow.config.schemas import SchemaFileError, SchemaSpec, load_schema
-from sporeflow.config.secrets import ENV_NAME_ADVICE, ENV_NAME_PATTERN, redact_text
-from sporeflow.config.shape_hints import shape_hint
+from sporeflow.config.secrets import redact_text
+from sporeflow.config.shape_hints import pattern_hint, shape_hint
 from sporeflow.config.signing_keys import read_signing
 from sporeflow.config.size_cap import (
     DEFAULT_MAX_ORGANISM_BYTES,
@@ -240,7 +240,7 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
     instance, schema = error.instance, error.schema
     if "propertyNames" in error.absolute_schema_path and isinstance(instance, str):
         # A key's name is wrong: at that key, not at its mapping's first one.
-        advice = (_pattern_advice(path, error.validator_value) if error.validator == "pattern"
+        advice = (pattern_hint(path, error.validator_value) if error.validator == "pattern"
                   else schema["x-why"] if isinstance(schema, dict) and "x-why" in schema
                   else f"is not a valid name here: {error.message}")
         return [located.problem((*path, instance), f"{instance!r} {advice}", key=True)]
@@ -283,7 +283,7 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
                                       f"expected a mapping of settings")]
     if error.validator == "pattern":
         return [located.problem(path, f"{instance!r} "
-                                      f"{_pattern_advice(path, error.validator_value)}")]
+                                      f"{pattern_hint(path, error.validator_value)}")]
     if error.validator == "type" and instance.__class__ is float and not math.isfinite(
             instance):
         return [located.problem(path, f"{instance!r} is no finite number; write one like 5 "
@@ -314,32 +314,6 @@ def _mapping_branch_errors(error: Any) -> list[Any]:
     return [e for e in error.context or ()
             if e.relative_schema_path and isinstance(branches[e.relative_schema_path[0]], dict)
             and branches[e.relative_schema_path[0]].get("type") == "object"]
-
-
-def _pattern_advice(path: DataPath, pattern: str) -> str:
-    if pattern == ENV_NAME_PATTERN:  # every *_env setting, whatever its key
-        return ENV_NAME_ADVICE
-    last = str(path[-1]) if path else ""
-    if last == "handler":
-        return ("is not a handler reference; write module:function with dotted Python "
-                "names, found beside the organism file or installed (no file paths, no "
-                "leading dots)")
-    if last == "key":
-        return ("is not a key path; write knowledge.FIELD (dotted, e.g. "
-                "knowledge.user.id), thread_id, from_agent or channel")
-    if path == ("organism", "name"):
-        return ("is not a valid organism name; use letters, digits, '_', '-', starting "
-                "with a letter or '_', at most 64 characters. No '.': its broker objects "
-                "are named sporeflow.<name>.<suffix>, and a dot lets two organisms' names "
-                "meet (organism 'X.signed' would take X's signing mark): write '-' for it")
-    if last == "backend":
-        return ("is not a backend; write memory, an amqp:// or amqps:// URL, or ${NAME} "
-                "naming an environment variable that holds one")
-    if last in ("direct_key", "broadcast_key"):
-        return ("is not a routing-key template; put {agent} (direct_key) or {channel} "
-                "(broadcast_key) in it, e.g. agent.{agent}.{type}")
-    return ("is not a valid name; use letters, digits, '_', '.', '-', "
-            "starting with a letter or '_', at most 64 characters")
 
 
 # -- pass 3: signing and message schemas ----------------------------------------

@@ -317,7 +317,7 @@ ORGANISM_SCHEMA: dict[str, Any] = {
 }
 
 
-def _finite_number(checker: Any, instance: Any) -> bool:
+def _finite_number(_checker: Any, instance: Any) -> bool:
     return _DRAFT.TYPE_CHECKER.is_type(instance, "number") and (
         instance.__class__ is not float or math.isfinite(instance))
 

@@ -1,5 +1,6 @@
 """What a value of the wrong type in an organism file most likely meant: the one rule
-behind the hints of the schema's type errors, whatever the key (``loader._describe``).
+behind the hints of the schema's type errors, whatever the key (``loader._describe``),
+and what a text that fails its pattern should be (``pattern_hint``).
 
     concurrency: "4"    a number quoted          write it unquoted, 4
     subscribe: orders   one name where a list    write a list, [orders]
@@ -14,8 +15,9 @@ import re
 from typing import Any
 
 from sporeflow.config.positions import Path as DataPath
+from sporeflow.config.secrets import ENV_NAME_ADVICE, ENV_NAME_PATTERN
 
-__all__ = ["shape_hint"]
+__all__ = ["pattern_hint", "shape_hint"]
 
 _BARE = re.compile(r"[A-Za-z_][\w.-]*|-?\d+(\.\d+)?")  # written in a YAML list as it is
 
@@ -45,3 +47,30 @@ def _number(text: str) -> bool:
         return math.isfinite(float(text))
     except ValueError:
         return False
+
+
+def pattern_hint(path: DataPath, pattern: str) -> str:
+    """What a text that fails ``pattern`` at ``path`` should be, and how to write it."""
+    if pattern == ENV_NAME_PATTERN:  # every *_env setting, whatever its key
+        return ENV_NAME_ADVICE
+    last = str(path[-1]) if path else ""
+    if last == "handler":
+        return ("is not a handler reference; write module:function with dotted Python "
+                "names, found beside the organism file or installed (no file paths, no "
+                "leading dots)")
+    if last == "key":
+        return ("is not a key path; write knowledge.FIELD (dotted, e.g. "
+                "knowledge.user.id), thread_id, from_agent or channel")
+    if path == ("organism", "name"):
+        return ("is not a valid organism name; use letters, digits, '_', '-', starting "
+                "with a letter or '_', at most 64 characters. No '.': its broker objects "
+                "are named sporeflow.<name>.<suffix>, and a dot lets two organisms' names "
+                "meet (organism 'X.signed' would take X's signing mark): write '-' for it")
+    if last == "backend":
+        return ("is not a backend; write memory, an amqp:// or amqps:// URL, or ${NAME} "
+                "naming an environment variable that holds one")
+    if last in ("direct_key", "broadcast_key"):
+        return ("is not a routing-key template; put {agent} (direct_key) or {channel} "
+                "(broadcast_key) in it, e.g. agent.{agent}.{type}")
+    return ("is not a valid name; use letters, digits, '_', '.', '-', "
+            "starting with a letter or '_', at most 64 characters")

@@ -52,7 +52,7 @@ from sporeflow.pipeline.core.outbox import Outbox
 from sporeflow.pipeline.core.recent import RecentNames
 from sporeflow.pipeline.core.requests import RequestBook
 from sporeflow.pipeline.core.run import Run
-from sporeflow.pipeline.core.shutdown import drain_then_abandon
+from sporeflow.pipeline.core.shutdown import drain_then_abandon, kept_where
 from sporeflow.pipeline.core.subscriptions import set_subscription
 from sporeflow.pipeline.core.wiring import AgentRuntime, WiringCell, WiringSnapshot
 from sporeflow.pipeline.journal import journal_hook, open_journal
@@ -361,11 +361,9 @@ class Organism(OutsideApi):
         self._watchdog.stop()
         self._set_state(State.STOPPED)
         if left:
-            kept = ("kept for the next start (journal, broker)" if self.journal is None
-                    or self.journal.failure is None else
-                    "left to the journal, which failed: its error says what is durable")
             self.logger.warning("stopped with %d spore(s) unfinished: %d %s, the rest "
-                                "dead-lettered as 'shutdown'", left, run.ledger.kept, kept)
+                                "dead-lettered as 'shutdown'", left, run.ledger.kept,
+                                kept_where(self.journal))
         return left
 
     @contextlib.asynccontextmanager

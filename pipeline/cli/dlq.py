@@ -11,16 +11,15 @@ process: ``list``, ``show`` and ``replay`` reach it through its control socket (
 it at once. Else, on an amqp organism (or with ``--backend URL``), the broker's
 dead-letter queue (``pipeline.broker.dead_letter_queue``); in one process, the
 journal (``organism.journal`` in its file, or ``--journal FILE`` here); ``--from``
-says which when an organism has both. Both give the same letters to the same
-filters (``LetterChoice``) and the same printing below. ``replay`` moves the
-chosen ones back among the journal's unfinished spores (the next ``sporeflow
-run`` delivers them; ``--run`` does it now, until idle), or publishes them to the
-organism's exchange, taking them off the dead-letter queue once the broker has
-confirmed them. Each letter is replayed or refused on its own (``core.replaying``, the
-rule of every replay): a refused one stays, told on one line ``not replayed: dead letter
-N (spore ID): why; what to do``, the others are replayed, and the exit status is 1.
-``show``, ``replay`` and ``purge`` of an ``--id`` that names no letter there fail
-(``NoSuchDeadLetter``) before anything is done; ``list`` lists none.
+says which when an organism has both. Both give the same letters to the same filters
+(``LetterChoice``) and the same printing below. ``replay`` moves the chosen ones back
+among the journal's unfinished spores (the next ``sporeflow run`` delivers them;
+``--run`` does it now, until idle), or publishes them to the organism's exchange,
+taking them off the dead-letter queue once the broker has confirmed them. Each letter
+is replayed or refused on its own (``core.replaying``, the rule of every replay): a
+refused one stays, told on one line ``not replayed: dead letter N (spore ID): why; what
+to do``, the others are replayed, and the exit status is 1. An ``--id`` naming no letter
+there fails ``show``, ``replay`` and ``purge`` (``NoSuchDeadLetter``) at once.
 """
 
 from __future__ import annotations
@@ -132,9 +131,8 @@ class _Outcome:
 def _source(ctx: click.Context, organism: Path, journal: Path | None, backend: str | None,
             origin: str | None, *, signs: bool = False) -> _Source:
     """Where to read: ``--journal``, ``--backend`` or ``--from`` say; else the broker of
-    an amqp organism, the journal of one in memory. The organism's secrets are masked in
-    what is printed from now on (a letter written by an older sporeflow may hold them).
-    ``signs``: what is done with the letters signs spores (replay), so the keys are needed."""
+    an amqp organism, the journal of one in memory (loaded with its keys if it ``signs``).
+    The organism's secrets are masked in what is printed from now on."""
     listing = _listing(organism, journal, backend, origin)
     if journal is not None:
         if backend is not None or origin == "broker":
@@ -201,9 +199,8 @@ def _apply(ctx: click.Context, source: _Source, choice: LetterChoice,
                 return _Outcome(letters, journal.purge(letters))
             if action == "read":
                 return _Outcome(letters)
-            # Judged by the organism whose runs wrote it (a file in the folder may be another's).
             ours = source.spec is not None and journal.organism() in (None, source.spec.name)
-            book = ReplayBook(screen=_screen(source.spec if ours else None))
+            book = ReplayBook(screen=_screen(source.spec if ours else None))  # its writer's
             moved = journal.replay(letters, book)
             return _Outcome(letters, moved, [str(refusal) for refusal in book.refused])
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.core.ledger import Ledger
 from sporeflow.pipeline.core.run import Run
 from sporeflow.steps import AgentLane
 
-__all__ = ["CANCEL_GRACE", "abandon_all", "drain_then_abandon"]
+__all__ = ["CANCEL_GRACE", "abandon_all", "drain_then_abandon", "kept_where"]
 
 # Seconds a cancelled handler gets to end at a stop (at most a quarter of the drain).
 CANCEL_GRACE = 0.5
@@ -55,3 +56,16 @@ async def abandon_all(lanes: Sequence[tuple[str, AgentLane]], ledger: Ledger,
     left += ledger.abandon([(spore, 0) for spore in ledger.intake.finish()], None,
                            Reason.SHUTDOWN)
     return left
+
+
+class _Failing(Protocol):
+    @property
+    def failure(self) -> BaseException | None: ...
+
+
+def kept_where(journal: _Failing | None) -> str:
+    """Where a stop's unfinished spores went, for its summary: never said kept for the
+    next start when the journal failed (its error says what is durable)."""
+    if journal is None or journal.failure is None:
+        return "kept for the next start (journal, broker)"
+    return "left to the journal, which failed: its error says what is durable"
