@@ -615,3 +615,33 @@ async def test_a_letter_naming_what_utf8_cannot_write_still_reaches_the_broker_q
     code, out, err = await dlq("list", str(org.path))
     assert code == 0, err
     assert [reason for _, _, reason in rows(out)] == ["unknown agent"]
+
+
+async def test_broker_delete_takes_the_queues_kept_for_removed_agents_too(
+        made: Callable[[str], Made]) -> None:
+    # Found by a documentation audit: broker-declare kept the queue of an agent taken out
+    # of the file (it held a spore), and broker-delete left it, unnamed, with the record
+    # that would have told of it gone: nothing would ever warn of it again.
+    org = made("")
+    code, _, err = await asyncio.to_thread(invoke, "broker-declare", str(org.path))
+    assert code == 0, err
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        await (await connection.channel()).default_exchange.publish(
+            aio_pika.Message(b"{}"), routing_key=org.topology.queue("other"))
+    finally:
+        await connection.close()
+    text = org.path.read_text()
+    org.path.write_text("".join(line for line in text.splitlines(keepends=True)
+                                if not line.startswith("  other:")))
+    code, out, err = await asyncio.to_thread(invoke, "broker-declare", str(org.path))
+    assert code == 0, err
+    assert f"kept {org.topology.queue('other')}, unbound" in out + err
+    code, _, err = await asyncio.to_thread(invoke, "broker-delete", str(org.path))
+    assert code == 1
+    assert org.topology.queue("other") in err  # the preview names it
+    code, out, err = await asyncio.to_thread(invoke, "broker-delete", str(org.path), "--yes")
+    assert code == 0, err
+    assert org.topology.queue("other") in out
+    with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
+        await queue_depth(org.topology.queue("other"))

@@ -70,7 +70,12 @@ from sporeflow.config import BrokerError, redact_text, redact_url
 from sporeflow.pipeline.broker.ack_window import AckWindow
 from sporeflow.pipeline.broker.amqp_boots import AmqpBootRecord
 from sporeflow.pipeline.broker.amqp_consumer import Consumer
-from sporeflow.pipeline.broker.amqp_declared import remember, tidy
+from sporeflow.pipeline.broker.amqp_declared import (
+    recorded_queues,
+    remember,
+    take_away,
+    tidy,
+)
 from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, AmqpInbound, broker_failure
 from sporeflow.pipeline.broker.amqp_letters import delivery_letter, spore_letter
 from sporeflow.pipeline.broker.amqp_link import ReconnectingConnection, connect, through_losses
@@ -436,27 +441,24 @@ class AmqpBackend(Backend):
         try:
             if connection is None:
                 connection = await aio_pika.connect(self._url, timeout=self.connect_timeout)
-            channel = await connection.channel()
-            for queue in (*map(topology.queue, topology.subscriptions),
-                          topology.dead_letter_queue):
-                try:
-                    await channel.queue_delete(queue, if_unused=unused_only)
-                except aiormq.exceptions.ChannelPreconditionFailed:
-                    raise BrokerError(
-                        f"queue {queue!r} at {self.address} is consumed by a running "
-                        f"process: stop the organism's processes, then delete") from None
-            await channel.queue_delete(topology.record_queue)
-            await channel.exchange_delete(topology.exchange)
-            await channel.exchange_delete(topology.dead_letter_exchange)
-            await channel.exchange_delete(topology.signing_marker)
-            for agent in topology.subscriptions:  # the deployment's boot record too
-                await channel.exchange_delete(topology.boot_marker(agent))
-            await channel.close()
+            await take_away(connection, topology, unused_only=unused_only,
+                            address=self.address)
         except _ERRORS as exc:
             raise self._fail(f"deleting the topology of {topology.exchange!r}", exc) from exc
         finally:
             if owned and connection is not None:
                 await connection.close()
+
+    async def recorded_queues(self, topology: Topology) -> list[str]:
+        try:
+            connection = await aio_pika.connect(self._url, timeout=self.connect_timeout)
+            try:
+                return await recorded_queues(connection, topology)
+            finally:
+                await connection.close()
+        except _ERRORS as exc:
+            raise self._fail(f"reading the declaration record of {topology.exchange!r}",
+                             exc) from exc
 
     def statistics(self) -> BackendStatistics:
         return BackendStatistics(**{**self.stats.as_dict(), "state": self._link.state,

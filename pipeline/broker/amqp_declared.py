@@ -40,7 +40,7 @@ from sporeflow.pipeline.broker.amqp_lock import holding as lock
 from sporeflow.pipeline.broker.backend import Topology
 from sporeflow.pipeline.broker.leftovers import Leftovers, Plan, Record, decode, encode, merged
 
-__all__ = ["remember", "tidy"]
+__all__ = ["recorded_queues", "remember", "take_away", "tidy"]
 
 _MOST_READ = 100  # messages of the record read at most (a few, unless written by others)
 _log = logging.getLogger("sporeflow.broker.amqp")
@@ -101,6 +101,44 @@ async def _locked(connection: Callable[[], AbstractConnection], topology: Topolo
         finally:
             if not channel.is_closed:
                 await channel.close()
+
+
+async def recorded_queues(connection: AbstractConnection, topology: Topology) -> list[str]:
+    """The queues the record lists (the agents' of the last declaration, and those it
+    kept unbound for the spores they held), left in place: read unacked, then given
+    back as the channel closes. None there, or no record: []."""
+    channel = await connection.channel()
+    try:
+        record = await channel.declare_queue(topology.record_queue, passive=True)
+        records = [r for r in (decode(m.body) for m in await _read(record)) if r is not None]
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return []
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    prefix = f"{topology.exchange}."  # never another organism's (names hold no '.')
+    return sorted(q for q in merged(records) if q.startswith(prefix) and ":" not in q)
+
+
+async def take_away(connection: AbstractConnection, topology: Topology, *, unused_only: bool,
+                    address: str) -> None:
+    """Delete what the declarations of ``topology`` made: its agents' queues, those the
+    record kept for agents removed since, the dead letters, the record, the exchanges
+    and marks. ``unused_only``: refuse (:class:`BrokerError`) a queue a process consumes."""
+    kept = await recorded_queues(connection, topology)
+    channel = await connection.channel()
+    for queue in dict.fromkeys((*map(topology.queue, sorted(topology.subscriptions)), *kept,
+                                topology.dead_letter_queue)):
+        try:
+            await channel.queue_delete(queue, if_unused=unused_only)
+        except aiormq.exceptions.ChannelPreconditionFailed:
+            raise BrokerError(f"queue {queue!r} at {address} is consumed by a running "
+                              f"process: stop the organism's processes, then delete") from None
+    await channel.queue_delete(topology.record_queue)
+    for exchange in (topology.exchange, topology.dead_letter_exchange, topology.signing_marker,
+                     *map(topology.boot_marker, topology.subscriptions)):  # boot records too
+        await channel.exchange_delete(exchange)
+    await channel.close()
 
 
 async def _read(record: AbstractQueue) -> list[AbstractIncomingMessage]:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from sporeflow.config import BrokerError, load_organism
-from sporeflow.pipeline.broker.backend import Topology
+from sporeflow.config import BrokerError, SporeflowError, load_organism
+from sporeflow.pipeline.broker.backend import Backend, Topology
 from sporeflow.pipeline.broker.factory import open_backend
 from sporeflow.pipeline.broker.leftovers import Leftovers
 from sporeflow.pipeline.broker.permissions import (
@@ -111,22 +111,40 @@ def broker_delete(ctx: click.Context, organism: Path, backend: str | None, yes: 
     consumes one of its queues; without --yes, it only says what it would delete."""
     spec = guarded(ctx, lambda: load_organism(organism, signs=False))  # signs nothing
     topology = Topology.of(spec)
-    queues = [*map(topology.queue, sorted(topology.subscriptions)), topology.dead_letter_queue]
+    url = backend or spec.backend
+    # The queues the record kept for agents removed since go too (found by an audit).
+    queues = [topology.queue(agent) for agent in sorted(topology.subscriptions)]
+    unasked = ""
+    try:
+        queues = list(dict.fromkeys([*queues, *run_to_end(_recorded(url, topology))]))
+    except SporeflowError as exc:
+        unasked = f" (and the queues its record kept, which the broker could not tell: {exc})"
     what = (f"exchanges {topology.exchange}, {topology.dead_letter_exchange}; queues "
-            f"{', '.join(queues)}")
+            f"{', '.join([*queues, topology.dead_letter_queue])}{unasked}; the records of "
+            f"its declarations, boots and signing ({topology.record_queue}, "
+            f"{topology.signing_marker} and the like)")
     if not yes:
         click.echo(f"would delete {what}, and every spore and dead letter in them; pass "
                    f"--yes to delete", err=True)
         ctx.exit(1)
-    address = guarded(ctx, lambda: run_to_end(_delete(backend or spec.backend, topology)))
+    address = guarded(ctx, lambda: run_to_end(_delete(url, topology)))
     # RabbitMQ deletes what is not there without a word: said so (found by a new user).
     click.echo(f"deleted from {address}, those that were there: {what}")
 
 
-async def _delete(url: str, topology: Topology) -> str:
+def _broker(url: str) -> Backend:
     backend = open_backend(url)
     if backend is None:
         raise BrokerError("broker-delete needs a broker: give --backend amqp://... or set "
                           "organism.backend")
+    return backend
+
+
+async def _recorded(url: str, topology: Topology) -> list[str]:
+    return await _broker(url).recorded_queues(topology)
+
+
+async def _delete(url: str, topology: Topology) -> str:
+    backend = _broker(url)
     await backend.destroy(topology, unused_only=True)
     return backend.address
