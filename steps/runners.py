@@ -15,9 +15,9 @@ from typing import Any
 
 from sporeflow.steps.lanes import AgentLane
 
-__all__ = ["RunnerPool"]
+__all__ = ["HOLD_LOOP_AT_MOST", "RunnerPool"]
 
-_HOLD_LOOP_AT_MOST = 0.01  # seconds a runner runs bursts before it lets the loop run
+HOLD_LOOP_AT_MOST = 0.01  # seconds a runner (or a stream) runs before it lets the loop run
 
 
 class RunnerPool:
@@ -77,7 +77,7 @@ class RunnerPool:
                         # Let the loop run between bursts now and then: not after every
                         # one (a turn of the loop is a system call), but often enough
                         # that quick handlers never hold it for long.
-                        if ready and loop.time() - since > _HOLD_LOOP_AT_MOST:
+                        if ready and loop.time() - since > HOLD_LOOP_AT_MOST:
                             await asyncio.sleep(0)
                             since = loop.time()
                 if len(parked) >= self.max_idle:

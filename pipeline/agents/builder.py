@@ -32,6 +32,7 @@ from sporeflow.steps.dedupe import Dedupe, DedupingLane
 from sporeflow.steps.keyed import KeyedDedupingLane, KeyedLane, key_reader
 from sporeflow.steps.keytable import KeyTable
 from sporeflow.steps.replies import shape_replies_off_loop
+from sporeflow.steps.runners import HOLD_LOOP_AT_MOST
 
 __all__ = ["AgentBuilder", "InvocationWrapper"]
 
@@ -214,13 +215,18 @@ class AgentBuilder:
 async def _lazily(items: Iterator[Any]) -> AsyncIterator[Any]:
     """The items of an iterator an async handler returned (a generator), taken one at a
     time as a stream's are, so that what it makes past ``limits.max_in_memory`` is paged
-    out as it comes rather than held whole first. The loop turns between items, so that
-    the handler's timeout and other tasks run. (A sync handler's is taken on its
-    threads: ``AgentThreads.run``.)"""
+    out as it comes rather than held whole first. The loop turns every 10 ms of it (as a
+    runner lets it), so that the handler's timeout and other tasks run; a turn per item
+    would cost more than the item. (A sync handler's is taken on its threads:
+    ``AgentThreads.run``.)"""
+    loop = asyncio.get_running_loop()
+    turn = loop.time() + HOLD_LOOP_AT_MOST
     try:
         for item in items:
             yield item
-            await asyncio.sleep(0)
+            if loop.time() >= turn:
+                await asyncio.sleep(0)
+                turn = loop.time() + HOLD_LOOP_AT_MOST
     finally:  # the stream ended early (a timeout, a stop): end the generator too
         close = getattr(items, "close", None)
         if close is not None:

@@ -48,6 +48,10 @@ _OURS = tuple(str(folder) + os.sep for folder in (
 _LIBRARIES = tuple(sorted({str(Path(path)) + os.sep for key, path in sysconfig.get_paths().items()
                            if key in ("stdlib", "platstdlib", "purelib", "platlib")}))
 _ADVICE = "use a sync handler (runs in a thread) or await instead of blocking"
+# A handler's run, but no line of the user's: sporeflow's own work on what it made.
+_OUR_WORK = ("sporeflow's own work on what the handler made (a long list returned at once "
+             "is shaped, and paged out past limits.max_in_memory, in one go): return a "
+             "generator, or yield, to stream it")
 _NOT_A_HANDLER = "no agent runs meanwhile"
 
 
@@ -65,11 +69,12 @@ def _where(frame: FrameType) -> str:
     return f"{path}:{frame.f_lineno} in {code.co_name}()"
 
 
-def describe_stall(frame: FrameType | None) -> str:
+def describe_stall(frame: FrameType | None) -> tuple[str, str]:
     """Who blocks the loop whose innermost frame is ``frame``: "by agent 'x' handling
-    spore <id> at handlers.py:12 in slow()", or only where, outside any handler."""
+    spore <id> at handlers.py:12 in slow()", or only where, outside any handler; and what
+    to do about it."""
     if frame is None:
-        return "(its thread's stack is not available)"
+        return "(its thread's stack is not available)", _NOT_A_HANDLER
     innermost, user, handler = frame, None, ""
     current: FrameType | None = frame
     while current is not None and current.f_code is not _LOOP:
@@ -87,7 +92,8 @@ def describe_stall(frame: FrameType | None) -> str:
     where = f"at {_where(user or innermost)}"
     if user is not None and user is not innermost:
         where += f", inside {_where(innermost)}"
-    return handler + where
+    advice = _NOT_A_HANDLER if not handler else _ADVICE if user is not None else _OUR_WORK
+    return handler + where, advice
 
 
 class LoopWatchdog:
@@ -155,9 +161,8 @@ class LoopWatchdog:
                 except RuntimeError:  # closed meanwhile
                     return
             elif warned is None and now - ping >= self.threshold and loop.is_running():
-                stall = describe_stall(sys._current_frames().get(self._loop_thread))
+                stall, advice = describe_stall(sys._current_frames().get(self._loop_thread))
                 if self._ping == ping:  # still blocked once the stack was read
                     warned = ping
                     self.logger.warning("the event loop has been blocked for %.1f s %s; %s",
-                                        now - ping, stall, _ADVICE if stall.startswith("by ")
-                                        else _NOT_A_HANDLER)
+                                        now - ping, stall, advice)
