@@ -40,7 +40,19 @@ __all__ = ["KEEPALIVE", "AgentThreads"]
 KEEPALIVE = 30.0
 
 _QUEUED, _RUNNING, _DONE = range(3)
-_END = object()  # what next() gives at an iterator's end (a future refuses StopIteration)
+_TAKE_MOST, _TAKE_FOR = 256, 0.01  # items (and seconds) of an iterator taken per hop
+
+
+def _taken(items: Iterator[Any]) -> list[Any]:
+    """The next items of ``items`` (on a thread): up to ``_TAKE_MOST``, for up to
+    ``_TAKE_FOR`` seconds; [] only at its end. A hop per item cost 18x the items."""
+    taken: list[Any] = []
+    until = time.monotonic() + _TAKE_FOR
+    for item in items:  # a break leaves the generator open for the next hop
+        taken.append(item)
+        if len(taken) >= _TAKE_MOST or time.monotonic() >= until:
+            break
+    return taken
 
 
 class _Job:
@@ -91,8 +103,9 @@ class AgentThreads:
         while that thread runs it, the thread is abandoned (see the module).
 
         An iterator it returns (a plain generator handler's) comes back as an async
-        iterator taking each item on these threads too: its body runs off the loop, as
-        the rest of a sync handler does, and the handler's timeout can end it."""
+        iterator taking its items on these threads too, a few at a time (``_taken``): its
+        body runs off the loop, as the rest of a sync handler does, and the handler's
+        timeout can end it."""
         result = await self._call(function, *args, spore=spore)
         if result.__class__ is not dict and hasattr(result, "__next__"):
             return self._items(result, spore)
@@ -100,8 +113,9 @@ class AgentThreads:
 
     async def _items(self, items: Iterator[Any], spore: Spore) -> AsyncIterator[Any]:
         try:
-            while (item := await self._call(next, items, _END, spore=spore)) is not _END:
-                yield item
+            while taken := await self._call(_taken, items, spore=spore):
+                for item in taken:
+                    yield item
         finally:  # ended early (a timeout, a stop): end the generator too
             close = getattr(items, "close", None)
             if close is not None:
