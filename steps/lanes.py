@@ -391,6 +391,8 @@ class AgentLane(SlotLending):
                 self._failed(spore, stopping, asyncio.CancelledError(
                     f"{self.name!r} was stopped while handling it"), attempt)
                 raise exc
+            if task is not None and task.cancelling():
+                task.uncancel()  # swallowed here: the runner task runs on, uncancelled
             self._fail(spore, attempt, Reason.HANDLER_FAILED, asyncio.CancelledError(
                 f"handler of {self.name!r} was cancelled from inside"))
         elif isinstance(exc, TimeoutError) and deadline is not None and (

@@ -272,19 +272,26 @@ async def test_a_handler_whose_task_is_cancelled_is_a_failure_not_a_shutdown() -
     letter ("'bad' was stopped while handling it"), which over a broker leaves the
     delivery unacked; `raise CancelledError` is `handler failed`, and so is this."""
 
+    cancelling: list[int] = []
+
     async def bad(spore: Spore, ctx: Any) -> None:
         task = asyncio.current_task()
         assert task is not None
-        task.cancel()
-        await asyncio.sleep(0.1)
+        cancelling.append(task.cancelling())
+        if spore.knowledge["cancel"]:
+            task.cancel()
+            await asyncio.sleep(0.1)
 
     org = Organism.from_dict({"agents": {"bad": {"handler": bad}}})
     async with org.running(drain_timeout=3):
-        await org.send("bad", {})
+        await org.send("bad", {"cancel": True})
+        await org.send("bad", {"cancel": False})
         await asyncio.wait_for(org.idle(), 10)
         letters = [(d.reason, d.error) for d in org.dead_letters]
     assert letters == [("handler failed",
                         "CancelledError: handler of 'bad' was cancelled from inside")]
+    # Found in review: the runner task, which runs the next handler, stayed 'cancelling'.
+    assert cancelling == [0, 0]
 
 
 async def test_handlers_that_keep_replying_still_let_the_loop_turn() -> None:

@@ -5,6 +5,7 @@ cannot be read back as written."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import io
 import logging
 from datetime import datetime
@@ -192,3 +193,21 @@ def test_a_record_read_back_leniently_keeps_its_other_spores_as_written() -> Non
     assert not isinstance(bad.knowledge["x"], _TwoArguments)  # a stand-in: no JSON
     assert (back.id, back.knowledge, back.expires_at) == (good.id, good.knowledge,
                                                          good.expires_at)
+
+
+class _Colour(enum.IntEnum):
+    RED = 1
+
+
+def test_a_record_read_back_leniently_keeps_an_enum_of_another_spore() -> None:
+    # Found in review: every class but datetime's stood in, so an IntEnum (JSON to the
+    # chain) of another spore in the same record was refused after the read.
+    good = Spore(knowledge={"colour": _Colour.RED})
+    spill = spill_module.SpillFile()
+    try:
+        assert spill.push([Spore(knowledge={"x": _TwoArguments(1, 2)}), good]) == []
+        _, back = spill.pop(10)
+    finally:
+        spill.close()
+    assert back.knowledge == {"colour": _Colour.RED}
+    assert type(back.knowledge["colour"]) is _Colour

@@ -148,3 +148,37 @@ def test_a_typo_in_until_is_reported_at_start_not_after_the_drain(tmp_path: Path
         cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "did you mean 'agents.ping.handled'?" in result.stderr
+
+
+async def test_a_retried_generator_makes_its_items_again_with_the_same_ids() -> None:
+    # The contract (README, retries): a generator's items are fed as they come, so a run
+    # that fails after some and is retried makes them again, with the same ids, which
+    # `dedupe` drops. (Found in review: it had been all or nothing, as a list is.)
+    seen: dict[str, list[tuple[int, str]]] = {"plain": [], "deduped": []}
+    tries: dict[str, int] = {}
+
+    async def produce(spore: Spore, ctx: Any) -> Any:
+        to = spore.knowledge["to"]
+        tries[to] = tries.get(to, 0) + 1
+        yield Spore(knowledge={"i": 0}, to_agent=to)
+        if tries[to] == 1:
+            raise RuntimeError("flaky")
+        yield Spore(knowledge={"i": 1}, to_agent=to)
+
+    def sink(name: str) -> Any:
+        async def handle(spore: Spore, ctx: Any) -> None:
+            seen[name].append((spore.knowledge["i"], spore.id))
+        return handle
+
+    org = Organism.from_dict({"agents": {
+        "produce": {"handler": produce, "retry": {"attempts": 2, "backoff": "0s"}},
+        "plain": {"handler": sink("plain")},
+        "deduped": {"handler": sink("deduped"), "dedupe": "1m"}}})
+    async with org.running(drain_timeout=5):
+        for to in ("plain", "deduped"):
+            await org.send("produce", {"to": to})
+            await asyncio.wait_for(org.idle(), 30)
+    plain, deduped = seen["plain"], seen["deduped"]
+    assert [i for i, _ in plain] == [0, 0, 1]
+    assert plain[0][1] == plain[1][1]  # the copy has the first one's id
+    assert [i for i, _ in deduped] == [0, 1]

@@ -204,7 +204,7 @@ class AgentBuilder:
                                    limits)
                 if hasattr(result, "__next__"):  # a generator: memory bounded, as a stream's
                     return _stream(_lazily(result), parent, name, emit, port,
-                                   ledger.intake, runtime, limits)
+                                   ledger.intake, runtime, limits, made="returned")
             # Large XML comes back as an awaitable that parses on a worker thread.
             return shape_replies_off_loop(result, parent=parent, agent=name, emit=emit,
                                           limits=limits)
@@ -235,7 +235,7 @@ async def _lazily(items: Iterator[Any]) -> AsyncIterator[Any]:
 
 async def _stream(results: Any, parent: Spore, name: str, emit: Emit | None,
                   port: HandlerPort, intake: Intake, runtime: Callable[[], AgentRuntime],
-                  limits: Limits) -> list[Spore]:
+                  limits: Limits, made: str = "yielded") -> list[Spore]:
     """Route what an async generator (or iterable) yields as it yields it, under the
     handler's timeout: a continuous source is a generator that yields forever.
 
@@ -249,7 +249,7 @@ async def _stream(results: Any, parent: Spore, name: str, emit: Emit | None,
             contextlib.nullcontext(results)) as items:
         async for item in items:
             replies = shape_replies_off_loop(item, parent=parent, agent=name, emit=emit,
-                                             limits=limits, start=position, made="yielded")
+                                             limits=limits, start=position, made=made)
             if not isinstance(replies, list):
                 replies = await replies  # large XML, parsed on a worker thread
             if replies:

@@ -77,7 +77,7 @@ class AmqpInbound:
 
     def check_current(self, doing: str) -> None:
         """Raise :class:`Requeued` if its connection was lost: the broker gave it back."""
-        if self.generation != self._link.generation:
+        if self.given_back:
             raise Requeued(f"RabbitMQ at {self._address}: {doing} a message of a lost "
                            f"connection: the broker gave it back to its queue, and delivers "
                            f"it again")

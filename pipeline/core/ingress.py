@@ -258,7 +258,7 @@ class Ingress:
                 try:
                     await self.persist.record((spore,))
                 except JournalError as exc:  # the caller never learns the id otherwise
-                    raise JournalError(
+                    raise type(exc)(  # JournalGone stays one
                         f"{exc}. Spore {spore.id} was admitted before the failure and may "
                         f"still be handled, in this run or when the journal is replayed: "
                         f"look for that id before sending it again") from exc.__cause__

@@ -26,6 +26,8 @@ cause, and once more when writing works again.
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import logging
 import pickle
 import struct
@@ -63,6 +65,9 @@ def _spores_of(record: bytes) -> list[Spore]:
 # other class is a stand-in when a record must be read leniently.
 _OURS = frozenset({(SporeType.__module__, SporeType.__qualname__), ("builtins", "getattr")})
 _OUR_MODULES = frozenset({"datetime", "zoneinfo"})
+# Classes whose values the chain takes as JSON (an IntEnum, a str subclass): a record read
+# leniently keeps them; only the others stand in.
+_JSON_LIKE = (enum.Enum, int, float, str, list, dict, tuple)
 
 
 class _AnyAttribute(type):
@@ -97,6 +102,10 @@ class _Lenient(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module in _OUR_MODULES or (module, name) in _OURS:
             return super().find_class(module, name)
+        with contextlib.suppress(Exception):  # an enum or a kind of JSON value is JSON
+            found = super().find_class(module, name)  # to the chain: kept as written
+            if isinstance(found, type) and issubclass(found, _JSON_LIKE):
+                return found
         return _AnyAttribute(name.rpartition(".")[2], (_Standin,), {"__module__": module})
 
 

@@ -19,6 +19,7 @@ from sporeflow.pipeline.journal.sqlite import (
     booted_agents,
     check_file,
     connect,
+    owner_of,
     stored_spore,
     to_json,
     transaction,
@@ -58,8 +59,7 @@ class JournalFile:
 
     def organism(self) -> str | None:
         """The name of the organism whose runs wrote this journal (None: not recorded)."""
-        row = self._conn.execute("SELECT value FROM meta WHERE key = 'organism'").fetchone()
-        return None if row is None else str(row[0])
+        return owner_of(self._conn)
 
     def booted(self) -> set[str]:
         """The agents whose boot spore this journal has recorded (it sends them once)."""

@@ -174,17 +174,23 @@ def connect(path: Path, synchronous: Synchronous, *, exists: bool) -> sqlite3.Co
     return conn
 
 
+def owner_of(conn: sqlite3.Connection) -> str | None:
+    """The name of the organism whose runs wrote the journal (None: not recorded)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'organism'").fetchone()
+    return None if row is None else str(row[0])
+
+
 def owned(conn: sqlite3.Connection, path: Path, organism: str | None) -> None:
     """Claim the journal for ``organism`` (its name, kept in ``meta``), or refuse a
     journal another organism's runs wrote: its spores would be replayed here, to agents
     this organism may not have (found by a new user: accepted silently)."""
     if organism is None:
         return
-    row = conn.execute("SELECT value FROM meta WHERE key = 'organism'").fetchone()
-    if row is None:
+    owner = owner_of(conn)
+    if owner is None:
         conn.execute("INSERT INTO meta (key, value) VALUES ('organism', ?)", (organism,))
-    elif row[0] != organism:
-        raise JournalError(f"{path}: this journal belongs to organism {row[0]!r}, not "
+    elif owner != organism:
+        raise JournalError(f"{path}: this journal belongs to organism {owner!r}, not "
                            f"{organism!r}: its spores would be replayed here; give this "
                            f"organism a journal of its own")
 
