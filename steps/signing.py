@@ -203,11 +203,16 @@ def _parse(spore: Spore) -> tuple[str, int, bytes]:
         raise BadSignature(
             f"spore {spore.id!r:.80} from {spore.from_agent!r:.80} carries a signature "
             f"that is not of the form {_VERSION}:<key id>:<time>:<signature>")
-    try:
-        raw = base64.urlsafe_b64decode(parts[3] + "==")
+    text = parts[3]
+    try:  # strictly: a character out of the alphabet is no signature, not one skipped
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
+        raw = b""
+    # Only the one way of writing it: another (junk, spare bits) would be a new token to
+    # the replay guard, which remembers tokens, for a signature it has seen.
+    if not raw or _b64(raw) != text:
         raise BadSignature(f"spore {spore.id!r:.80} carries a signature that is not "
-                           f"base64") from None
+                           f"unpadded URL-safe base64 as a signer writes it")
     return parts[1], int(parts[2]), raw
 
 
@@ -268,17 +273,31 @@ class ReplayGuard:
     def check(self, scope: str, signature: Signature, *, now: float | None = None) -> None:
         """Remember ``signature``; raise :class:`Replayed` when it was seen before."""
         now = time.time() if now is None else now
-        self._seen.forget(now)
-        digest = int.from_bytes(hashlib.blake2b(
-            f"{scope}\0{signature.token}".encode("utf-8", "surrogatepass"),
-            digest_size=8).digest(), "big")
+        digest = self._digest(scope, signature, now)
         if digest in self._seen or signature.signed_at <= self._forgotten_up_to:
             self.refused += 1
             raise Replayed(f"signature {signature.token[:40]}... was seen before within the "
                            f"{self.window:.0f} s window on {scope!r}: a replay")
+        self._remember(digest, signature, now)
+
+    def note(self, scope: str, signature: Signature, *, now: float | None = None) -> None:
+        """Remember ``signature`` without refusing it: a broker's redelivery of what this
+        process may have seen (a copy published again afterwards is still refused)."""
+        now = time.time() if now is None else now
+        self._remember(self._digest(scope, signature, now), signature, now)
+
+    def _digest(self, scope: str, signature: Signature, now: float) -> int:
+        self._seen.forget(now)
+        return int.from_bytes(hashlib.blake2b(
+            f"{scope}\0{signature.token}".encode("utf-8", "surrogatepass"),
+            digest_size=8).digest(), "big")
+
+    def _remember(self, digest: int, signature: Signature, now: float) -> None:
         dropped = self._seen.add(digest, signature.signed_at)
         if dropped is not None:
-            self._forgotten_up_to = max(self._forgotten_up_to, dropped)
+            # Never past now: one signature dated ahead (a skewed clock, or a signer's
+            # doing) forgotten early would otherwise refuse every honest one after it.
+            self._forgotten_up_to = max(self._forgotten_up_to, min(dropped, now))
 
     def __len__(self) -> int:
         return len(self._seen)

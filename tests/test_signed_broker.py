@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -287,3 +288,57 @@ async def test_a_process_without_the_key_cannot_join_a_signing_organism(
                                               r"no signing key"):
             await keyless.start()
         assert keyless.state != "running"
+
+
+async def test_a_captured_spore_with_junk_in_its_signature_is_refused(
+        harness: Harness, channel: aio_pika.abc.AbstractChannel) -> None:
+    # Found by an attacker: the signature's base64 was decoded leniently (characters out
+    # of the alphabet skipped) and the replay guard remembers the token's text, so each
+    # copy with a character appended verified and was new to it: handled again.
+    calls: Calls = []
+    async with harness.running(organism_data(calls, "vault")) as org:
+        topology = Topology.of(org.spec)
+        exchange = await channel.get_exchange(topology.exchange)
+        async with Tap(channel, topology) as tap:
+            await org.send("vault", {"order": "open the vault"})
+            captured = await tap.take()
+            await wait_for(lambda: len(calls) == 1)
+            for junk in ("!", "!!", "."):
+                body = json.loads(captured.body)
+                body["metadata"]["signature"] += junk
+                message = copy_of(captured)
+                message.body = json.dumps(body).encode()
+                await exchange.publish(message, routing_key=captured.routing_key or "")
+            reasons = await settled(harness, org, 3)
+    assert reasons == ["bad signature"] * 3
+    assert [name for name, _ in calls] == ["vault"]
+
+
+async def test_a_spore_first_seen_as_a_redelivery_is_remembered_against_replays(
+        harness: Harness, channel: aio_pika.abc.AbstractChannel) -> None:
+    # Found by an attacker: a delivery that came first as a redelivery (its first
+    # consumer died holding it) skipped the replay guard, unremembered, so a captured
+    # copy published afterwards, inside the window, was handled again.
+    calls: Calls = []
+    async with harness.running(organism_data(calls, "vault")) as org:
+        topology = Topology.of(org.spec)
+        queue = await channel.get_queue(topology.queue("vault"))
+        got: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop(
+        ).create_future()
+
+        async def dying(message: AbstractIncomingMessage) -> None:
+            if not got.done():
+                got.set_result(message)
+
+        await channel.set_qos(prefetch_count=1)
+        tag = await queue.consume(dying, arguments={"x-priority": 10})  # served first
+        await org.send("vault", {"order": "open the vault"})
+        captured = await asyncio.wait_for(got, 10)
+        await queue.cancel(tag)
+        await captured.nack(requeue=True)  # given back: redelivered to the organism
+        await wait_for(lambda: len(calls) == 1)
+        exchange = await channel.get_exchange(topology.exchange)
+        await exchange.publish(copy_of(captured), routing_key=captured.routing_key or "")
+        reasons = await settled(harness, org, 1)
+    assert reasons == ["replayed"]
+    assert len(calls) == 1

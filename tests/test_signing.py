@@ -360,3 +360,39 @@ def test_a_private_key_that_does_not_match_is_refused_without_showing_it(
     assert problem.message == ("$A_KEY holds a private key that does not match a's "
                                "public_key; put the key pair's private half in it")
     assert other not in str(caught.value)
+
+
+def test_one_signature_dated_ahead_never_makes_the_guard_refuse_honest_ones() -> None:
+    # Found by an attacker: the guard forgets in the order it was told; one signature
+    # stamped 299 s ahead held the front, was the one dropped at the cap, and its time
+    # became the bound below which all were refused: every honest spore for 5 minutes.
+    guard = ReplayGuard(window=300, max_seen=1000)
+    t0 = 1_000_000.0
+    ahead = verify(signed(dataclasses.replace(SPORE, id="ahead"), KEY, now=t0 + 299), KEY,
+                   now=t0)
+    guard.check("vault", ahead, now=t0)
+    refused = 0
+    for i in range(3000):  # honest traffic, 10 a second, each signed as it is sent
+        now = t0 + i / 10
+        honest = verify(signed(dataclasses.replace(SPORE, id=f"h{i}"), KEY, now=now), KEY,
+                        now=now)
+        try:
+            guard.check("vault", honest, now=now)
+        except Replayed:
+            refused += 1
+    assert refused == 0
+
+
+def test_a_signature_is_read_only_as_its_signer_wrote_it() -> None:
+    # Found by an attacker: base64 read leniently took 'SIG!' (or spare bits set) for
+    # 'SIG', a new token to the replay guard for the same signature.
+    stamped = signed(SPORE, KEY, now=50.0)
+    token = stamped.metadata["signature"]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    spare = alphabet[alphabet.index(token[-1]) ^ 1]  # 32 bytes: the last 2 bits are spare
+    for changed in (token + "!", token + ".", token + "=", token[:-1] + spare):
+        altered = dataclasses.replace(stamped, metadata={**stamped.metadata,
+                                                          "signature": changed})
+        with pytest.raises(BadSignature):
+            verify(altered, KEY, now=50.0)
+    verify(stamped, KEY, now=50.0)  # as written: good

@@ -205,8 +205,11 @@ class Bridge(LedgerHook):
         if (self._keys is not None and self._replays is not None
                 and not self.external.unsigned_accepted(spore)):
             signature = verify(spore, self._keys, reply_queue=reply_queue or "")
-            if ticket is None or not ticket.message.redelivered:  # a redelivery is no replay
-                self._replays.check(ticket.agent if ticket is not None else "", signature)
+            scope = ticket.agent if ticket is not None else ""
+            if ticket is not None and ticket.message.redelivered:  # no replay: noted only
+                self._replays.note(scope, signature)
+            else:
+                self._replays.check(scope, signature)
         if ticket is not None and spore.spore_type is _REQUEST and type(spore.id) is str:
             self.run.requests.expect(spore.id, ticket.agent)  # its answer, from that agent
             # Only a reply queue of this organism's, reached through the exchange: a queue
