@@ -310,15 +310,20 @@ async def test_a_line_longer_than_a_spore_may_be_is_a_dead_letter(tmp_path: Path
     assert "longer than limits.max_spore_bytes (1024 bytes)" in letter.error
 
 
+def following(folder: Path, take: Any) -> Organism:
+    """An organism whose source follows ``folder/grow.log`` from its start, to ``take``."""
+    return Organism.from_dict({
+        "agents": {"reader": {"handler": take}},
+        "sources": {"log": {"kind": "lines", "path": "grow.log", "follow": True,
+                            "start_at": "beginning", "poll": "10ms", "to": "reader"}}},
+        base_dir=folder)
+
+
 async def test_following_a_file_sends_the_lines_appended(tmp_path: Path) -> None:
     path = tmp_path / "grow.log"
     path.write_text("one\n")
     got, take = collector()
-    organism = Organism.from_dict({
-        "agents": {"reader": {"handler": take}},
-        "sources": {"log": {"kind": "lines", "path": "grow.log", "follow": True,
-                            "start_at": "beginning", "poll": "10ms", "to": "reader"}}},
-        base_dir=tmp_path)
+    organism = following(tmp_path, take)
     async with organism.running():
         await until(lambda: len(got) == 1, "the first line")
         with path.open("a") as file:
@@ -337,11 +342,7 @@ async def test_a_truncated_file_is_read_again_counting_its_lines_from_one(
     path = tmp_path / "grow.log"
     path.write_text("one\ntwo\n")
     got, take = collector()
-    organism = Organism.from_dict({
-        "agents": {"reader": {"handler": take}},
-        "sources": {"log": {"kind": "lines", "path": "grow.log", "follow": True,
-                            "start_at": "beginning", "poll": "10ms", "to": "reader"}}},
-        base_dir=tmp_path)
+    organism = following(tmp_path, take)
     async with organism.running():
         await until(lambda: len(got) == 2, "the lines there")
         path.write_text("x\n")  # rewritten, shorter
