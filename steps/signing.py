@@ -38,7 +38,7 @@ from sporeflow.config.errors import SporeError
 from sporeflow.config.reasons import Reason
 from sporeflow.config.secrets import Secret
 from sporeflow.config.signing_keys import KeySpec, SigningSpec, key_id
-from sporeflow.steps.seen import SeenWindow
+from sporeflow.steps.seen import SeenByTime
 from sporeflow.steps.spore import Spore
 
 __all__ = [
@@ -266,7 +266,7 @@ class ReplayGuard:
     def __init__(self, window: float, max_seen: int) -> None:
         self.window = window
         self.max_seen = max_seen
-        self._seen = SeenWindow(window, max_seen)  # digest -> signed at
+        self._seen = SeenByTime(window, max_seen)  # digest -> signed at
         self._forgotten_up_to = 0.0  # signatures this old or older may have been seen
         self.refused = 0
 
@@ -294,10 +294,8 @@ class ReplayGuard:
 
     def _remember(self, digest: int, signature: Signature, now: float) -> None:
         dropped = self._seen.add(digest, signature.signed_at)
-        if dropped is not None:
-            # Never past now: one signature dated ahead (a skewed clock, or a signer's
-            # doing) forgotten early would otherwise refuse every honest one after it.
-            self._forgotten_up_to = max(self._forgotten_up_to, min(dropped, now))
+        if dropped is not None:  # the oldest time kept: one dated ahead is dropped last
+            self._forgotten_up_to = max(self._forgotten_up_to, dropped)
 
     def __len__(self) -> int:
         return len(self._seen)

@@ -396,3 +396,19 @@ def test_a_signature_is_read_only_as_its_signer_wrote_it() -> None:
         with pytest.raises(BadSignature):
             verify(altered, KEY, now=50.0)
     verify(stamped, KEY, now=50.0)  # as written: good
+
+
+def test_a_signature_dated_ahead_and_forgotten_early_is_still_refused_when_replayed() -> None:
+    # Found in review of the fix above: bounding at now let a copy of the signature
+    # dated ahead, once forgotten, through; the guard forgets by signature time now.
+    guard = ReplayGuard(window=300, max_seen=2)
+    t0 = 1_000_000.0
+    ahead = verify(signed(dataclasses.replace(SPORE, id="ahead"), KEY, now=t0 + 200), KEY,
+                   now=t0)
+    guard.check("vault", ahead, now=t0)
+    for i in range(2):  # honest traffic fills the guard
+        honest = verify(signed(dataclasses.replace(SPORE, id=f"h{i}"), KEY, now=t0), KEY,
+                        now=t0)
+        guard.check("vault", honest, now=t0)
+    with pytest.raises(Replayed):
+        guard.check("vault", ahead, now=t0 + 1)

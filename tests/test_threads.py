@@ -295,3 +295,62 @@ async def test_a_plain_generator_handler_runs_off_the_event_loop() -> None:
     assert len(where) == 3
     assert all(name.startswith("sporeflow:produce:") for name in where), where
     assert seen == [0, 1, 2]
+
+
+async def test_a_def_generators_item_goes_before_the_next_is_made() -> None:
+    # Found in review: items were taken a batch at a time, each batch waiting for its
+    # last item, so an item made before a wait (a poll, a sensor) went only with the
+    # next. Here the generator waits for the sink to have item 0: held, it would not.
+    reached = threading.Event()
+    released: list[bool] = []
+
+    def produce(spore: Spore, ctx: Any) -> Any:
+        yield {"i": 0}
+        released.append(reached.wait(10))  # a backstop: True only if item 0 went first
+        yield {"i": 1}
+        for i in range(2, 600):  # quick items go a batch at a time
+            yield {"i": i}
+
+    got: list[int] = []
+
+    async def sink(spore: Spore, ctx: Any) -> None:
+        got.append(spore.knowledge["i"])
+        if spore.knowledge["i"] == 0:
+            reached.set()
+
+    org = Organism.from_dict({"agents": {"produce": {"handler": produce, "emit": {"to": "sink"}},
+                                         "sink": {"handler": sink}}})
+    async with org.running(drain_timeout=5):
+        await org.send("produce", {})
+        await asyncio.wait_for(org.idle(), 30)
+    assert released == [True]
+    assert got == list(range(600))
+
+
+async def test_a_def_generators_items_before_its_failure_go_as_an_async_ones_do() -> None:
+    # Found in review: the items taken on the thread were lost when the generator raised.
+    seen: dict[str, list[int]] = {"sync": [], "async": []}
+
+    def sync_produce(spore: Spore, ctx: Any) -> Any:
+        yield {"i": 0}
+        raise RuntimeError("flaky")
+
+    async def async_produce(spore: Spore, ctx: Any) -> Any:
+        yield {"i": 0}
+        raise RuntimeError("flaky")
+
+    def sink(name: str) -> Any:
+        async def handle(spore: Spore, ctx: Any) -> None:
+            seen[name].append(spore.knowledge["i"])
+        return handle
+
+    org = Organism.from_dict({"agents": {
+        "sp": {"handler": sync_produce, "emit": {"to": "sync"}},
+        "ap": {"handler": async_produce, "emit": {"to": "async"}},
+        "sync": {"handler": sink("sync")}, "async": {"handler": sink("async")}}})
+    async with org.running(drain_timeout=5):
+        await org.send("sp", {})
+        await org.send("ap", {})
+        await asyncio.wait_for(org.idle(), 30)
+    assert seen == {"sync": [0], "async": [0]}
+    assert sorted(d.reason for d in org.dead_letters) == ["handler failed"] * 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Iterator
@@ -175,3 +176,21 @@ async def test_a_disabled_watchdog_starts_nothing() -> None:
         watchdog.start()
         assert watchdogs() == []
         watchdog.stop()
+
+
+async def test_a_blocking_handler_installed_in_site_packages_gets_the_blocking_advice(
+        records: pytest.LogCaptureFixture) -> None:
+    # Found in review: with no frame outside sporeflow, the standard library and
+    # site-packages, a handler's stall was told it was "sporeflow's own work"; a user's
+    # agents installed with pip live in site-packages.
+    filename = f"{sysconfig.get_paths()['purelib']}/myagents/handlers.py"
+    namespace: dict[str, Any] = {"time": time}
+    exec(compile(f"async def slow(spore, ctx):\n    time.sleep({THRESHOLD * 3})\n",  # noqa: S102
+                 filename, "exec"), namespace)
+    async with organism(namespace["slow"]).running() as org:
+        await org.send("sleeper", {"n": 1})
+        await org.idle()
+    (_, warning), _ = stall_lines(records)
+    assert "myagents/handlers.py:2 in slow()" in warning
+    assert warning.endswith("use a sync handler (runs in a thread) or await instead of "
+                            "blocking")

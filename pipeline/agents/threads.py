@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from sporeflow.pipeline.core.deadletters import message_of
 from sporeflow.pipeline.core.logfields import spore_fields
@@ -41,18 +41,38 @@ KEEPALIVE = 30.0
 
 _QUEUED, _RUNNING, _DONE = range(3)
 _TAKE_MOST, _TAKE_FOR = 256, 0.01  # items (and seconds) of an iterator taken per hop
+_SLOW = 0.001  # seconds: an item that took longer to make goes at once, alone
 
 
-def _taken(items: Iterator[Any]) -> list[Any]:
-    """The next items of ``items`` (on a thread): up to ``_TAKE_MOST``, for up to
-    ``_TAKE_FOR`` seconds; [] only at its end. A hop per item cost 18x the items."""
+class _Taken(NamedTuple):
+    items: list[Any]
+    error: BaseException | None  # what the iterator raised after ``items``
+    ended: bool
+    slow: bool  # an item took a while to make: the iterator waits between items
+
+
+def _taken(items: Iterator[Any], most: int) -> _Taken:
+    """The next items of ``items`` (on a thread): up to ``most``, for up to
+    ``_TAKE_FOR`` seconds, and none after one that took a while to make (an iterator
+    that polls or waits: what it made goes at once). A hop per item cost 18x the items;
+    what was taken before the iterator raised is kept, as a stream's items are."""
     taken: list[Any] = []
     until = time.monotonic() + _TAKE_FOR
-    for item in items:  # a break leaves the generator open for the next hop
-        taken.append(item)
-        if len(taken) >= _TAKE_MOST or time.monotonic() >= until:
-            break
-    return taken
+    try:
+        while len(taken) < most:
+            began = time.monotonic()
+            try:
+                taken.append(next(items))
+            except StopIteration:
+                return _Taken(taken, None, True, False)
+            done = time.monotonic()
+            if done - began > _SLOW:
+                return _Taken(taken, None, False, True)
+            if done >= until:
+                break
+    except BaseException as exc:  # raised on the loop, once its items are out
+        return _Taken(taken, exc, True, False)
+    return _Taken(taken, None, False, False)
 
 
 class _Job:
@@ -112,10 +132,17 @@ class AgentThreads:
         return result
 
     async def _items(self, items: Iterator[Any], spore: Spore) -> AsyncIterator[Any]:
+        most = 1  # the first item goes at once; then twice as many per hop, while quick
         try:
-            while taken := await self._call(_taken, items, spore=spore):
-                for item in taken:
+            while True:
+                taken = await self._call(_taken, items, most, spore=spore)
+                for item in taken.items:
                     yield item
+                if taken.error is not None:
+                    raise taken.error
+                if taken.ended:
+                    return
+                most = 1 if taken.slow else min(most * 2, _TAKE_MOST)
         finally:  # ended early (a timeout, a stop): end the generator too
             close = getattr(items, "close", None)
             if close is not None:

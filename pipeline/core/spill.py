@@ -57,7 +57,10 @@ def _spores_of(record: bytes) -> list[Spore]:
     try:
         values, marks = pickle.loads(record)
     except Exception:  # noqa: BLE001 - whatever an object's own unpickling raises
-        values, marks = _Lenient(BytesIO(record)).load()
+        try:  # its enums (JSON to the chain) kept, each other class a stand-in
+            values, marks = _Lenient(BytesIO(record), keep=_JSON_LIKE).load()
+        except Exception:  # noqa: BLE001 - one of those failed too: every class stands in
+            values, marks = _Lenient(BytesIO(record), keep=()).load()
     return list(map(spore_from_values, values, marks))
 
 
@@ -66,8 +69,8 @@ def _spores_of(record: bytes) -> list[Spore]:
 _OURS = frozenset({(SporeType.__module__, SporeType.__qualname__), ("builtins", "getattr")})
 _OUR_MODULES = frozenset({"datetime", "zoneinfo"})
 # Classes whose values the chain takes as JSON (an IntEnum, a str subclass): a record read
-# leniently keeps them; only the others stand in.
-_JSON_LIKE = (enum.Enum, int, float, str, list, dict, tuple)
+# leniently keeps them first; if one of them is what failed, they stand in too.
+_JSON_LIKE: tuple[type, ...] = (enum.Enum, int, float, str, list, dict, tuple)
 
 
 class _AnyAttribute(type):
@@ -99,12 +102,16 @@ class _Standin(metaclass=_AnyAttribute):
 
 
 class _Lenient(pickle.Unpickler):
+    def __init__(self, file: BytesIO, *, keep: tuple[type, ...]) -> None:
+        super().__init__(file)
+        self.keep = keep  # foreign classes kept as they are, not stood in for
+
     def find_class(self, module: str, name: str) -> Any:
         if module in _OUR_MODULES or (module, name) in _OURS:
             return super().find_class(module, name)
         with contextlib.suppress(Exception):  # an enum or a kind of JSON value is JSON
             found = super().find_class(module, name)  # to the chain: kept as written
-            if isinstance(found, type) and issubclass(found, _JSON_LIKE):
+            if self.keep and isinstance(found, type) and issubclass(found, self.keep):
                 return found
         return _AnyAttribute(name.rpartition(".")[2], (_Standin,), {"__module__": module})
 

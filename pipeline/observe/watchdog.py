@@ -47,6 +47,9 @@ _OURS = tuple(str(folder) + os.sep for folder in (
     Path(__file__).parent.parent))  # pipeline/, which is still being imported here
 _LIBRARIES = tuple(sorted({str(Path(path)) + os.sep for key, path in sysconfig.get_paths().items()
                            if key in ("stdlib", "platstdlib", "purelib", "platlib")}))
+_STDLIB, _SITE = (tuple(sorted({str(Path(path)) + os.sep for key, path
+                                 in sysconfig.get_paths().items() if key in keys}))
+                   for keys in (("stdlib", "platstdlib"), ("purelib", "platlib")))
 _ADVICE = "use a sync handler (runs in a thread) or await instead of blocking"
 # A handler's run, but no line of the user's: sporeflow's own work on what it made.
 _OUR_WORK = ("sporeflow's own work on what the handler made (a long list returned at once "
@@ -76,6 +79,7 @@ def describe_stall(frame: FrameType | None) -> tuple[str, str]:
     if frame is None:
         return "(its thread's stack is not available)", _NOT_A_HANDLER
     innermost, user, handler = frame, None, ""
+    ours = _works_in_ours(frame)
     current: FrameType | None = frame
     while current is not None and current.f_code is not _LOOP:
         lane_local = _RUNNERS.get(current.f_code)
@@ -92,8 +96,21 @@ def describe_stall(frame: FrameType | None) -> tuple[str, str]:
     where = f"at {_where(user or innermost)}"
     if user is not None and user is not innermost:
         where += f", inside {_where(innermost)}"
-    advice = _NOT_A_HANDLER if not handler else _ADVICE if user is not None else _OUR_WORK
+    advice = _NOT_A_HANDLER if not handler else _OUR_WORK if ours else _ADVICE
     return handler + where, advice
+
+
+def _works_in_ours(frame: FrameType) -> bool:
+    """Whether the innermost frame outside Python's own library is sporeflow's (a
+    handler's own code, even installed in site-packages, is not)."""
+    current: FrameType | None = frame
+    while current is not None:
+        filename = current.f_code.co_filename
+        if not (filename.startswith("<") or (filename.startswith(_STDLIB)
+                                             and not filename.startswith(_SITE))):
+            return filename.startswith(_OURS)
+        current = current.f_back
+    return False
 
 
 class LoopWatchdog:
