@@ -640,6 +640,20 @@ async def test_broker_delete_takes_the_queues_kept_for_removed_agents_too(
     code, _, err = await asyncio.to_thread(invoke, "broker-delete", str(org.path))
     assert code == 1
     assert org.topology.queue("other") in err  # the preview names it
+    connection = await aio_pika.connect(AMQP_URL)  # a process of it still consumes
+    try:
+        queue = await (await connection.channel()).get_queue(org.topology.queue("worker"))
+        async def hold(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            return None
+
+        await queue.consume(hold)
+        code, _, err = await asyncio.to_thread(invoke, "broker-delete", str(org.path),
+                                               "--yes")
+        assert code == 1
+        assert "is consumed by a running process" in err
+        assert await queue_depth(org.topology.queue("other")) == 1  # nothing deleted yet
+    finally:
+        await connection.close()
     code, out, err = await asyncio.to_thread(invoke, "broker-delete", str(org.path), "--yes")
     assert code == 0, err
     assert org.topology.queue("other") in out

@@ -442,7 +442,7 @@ class AmqpBackend(Backend):
             if connection is None:
                 connection = await aio_pika.connect(self._url, timeout=self.connect_timeout)
             await take_away(connection, topology, unused_only=unused_only,
-                            address=self.address)
+                            address=self.address, fail=self._fail, errors=_ERRORS)
         except _ERRORS as exc:
             raise self._fail(f"deleting the topology of {topology.exchange!r}", exc) from exc
         finally:
@@ -453,7 +453,8 @@ class AmqpBackend(Backend):
         try:
             connection = await aio_pika.connect(self._url, timeout=self.connect_timeout)
             try:
-                return await recorded_queues(connection, topology)
+                return await recorded_queues(connection, topology, address=self.address,
+                                             fail=self._fail, errors=_ERRORS)
             finally:
                 await connection.close()
         except _ERRORS as exc:

@@ -103,40 +103,54 @@ async def _locked(connection: Callable[[], AbstractConnection], topology: Topolo
                 await channel.close()
 
 
-async def recorded_queues(connection: AbstractConnection, topology: Topology) -> list[str]:
+async def recorded_queues(connection: AbstractConnection, topology: Topology, *, address: str,
+                          fail: Callable[[str, BaseException], BrokerError],
+                          errors: tuple[type[BaseException], ...]) -> list[str]:
     """The queues the record lists (the agents' of the last declaration, and those it
-    kept unbound for the spores they held), left in place: read unacked, then given
-    back as the channel closes. None there, or no record: []."""
-    channel = await connection.channel()
-    try:
-        record = await channel.declare_queue(topology.record_queue, passive=True)
+    kept unbound for the spores they held), read holding the declaring lock (a process
+    declaring meanwhile would find the record taken) and given back. None: []."""
+    async def read(channel: AbstractChannel) -> list[str]:
+        try:
+            record = await channel.declare_queue(topology.record_queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return []
         records = [r for r in (decode(m.body) for m in await _read(record)) if r is not None]
-    except aiormq.exceptions.ChannelNotFoundEntity:
-        return []
-    finally:
-        if not channel.is_closed:
-            await channel.close()
-    prefix = f"{topology.exchange}."  # never another organism's (names hold no '.')
-    return sorted(q for q in merged(records) if q.startswith(prefix) and ":" not in q)
+        prefix = f"{topology.exchange}."  # never another organism's (names hold no '.')
+        return sorted(q for q in merged(records) if q.startswith(prefix) and ":" not in q)
+
+    try:
+        return await _locked(lambda: connection, topology, "reading the declaration record",
+                             address, fail, errors, read)
+    except _Refused:
+        raise BrokerError(f"RabbitMQ at {address}: this user may not take the lock "
+                          f"{topology.declaring_lock!r} to read the declaration record; "
+                          f"use an administrator's URL (--backend)") from None
 
 
 async def take_away(connection: AbstractConnection, topology: Topology, *, unused_only: bool,
-                    address: str) -> None:
+                    address: str, fail: Callable[[str, BaseException], BrokerError],
+                    errors: tuple[type[BaseException], ...]) -> None:
     """Delete what the declarations of ``topology`` made: its agents' queues, those the
-    record kept for agents removed since, the dead letters, the record, the exchanges
-    and marks. ``unused_only``: refuse (:class:`BrokerError`) a queue a process consumes."""
-    kept = await recorded_queues(connection, topology)
+    record kept for agents removed since, the dead letters, the record, the exchanges,
+    the signing mark and every such agent's boot record. ``unused_only``: refuse
+    (:class:`BrokerError`) while a process consumes one, before anything is deleted."""
+    kept = await recorded_queues(connection, topology, address=address, fail=fail,
+                                 errors=errors)
+    agents = sorted({*topology.subscriptions,
+                     *(queue[len(topology.exchange) + 1:] for queue in kept)})
+    queues = [*map(topology.queue, agents), topology.dead_letter_queue]
+    if unused_only:
+        for queue in queues:
+            counts = await _counts(lambda: connection, queue)
+            if counts is not None and counts[1]:
+                raise BrokerError(f"queue {queue!r} at {address} is consumed by a running "
+                                  f"process: stop the organism's processes, then delete")
     channel = await connection.channel()
-    for queue in dict.fromkeys((*map(topology.queue, sorted(topology.subscriptions)), *kept,
-                                topology.dead_letter_queue)):
-        try:
-            await channel.queue_delete(queue, if_unused=unused_only)
-        except aiormq.exceptions.ChannelPreconditionFailed:
-            raise BrokerError(f"queue {queue!r} at {address} is consumed by a running "
-                              f"process: stop the organism's processes, then delete") from None
+    for queue in queues:
+        await channel.queue_delete(queue)
     await channel.queue_delete(topology.record_queue)
     for exchange in (topology.exchange, topology.dead_letter_exchange, topology.signing_marker,
-                     *map(topology.boot_marker, topology.subscriptions)):  # boot records too
+                     *map(topology.boot_marker, agents)):  # boot records too
         await channel.exchange_delete(exchange)
     await channel.close()
 
