@@ -28,7 +28,7 @@ from sporeflow.steps import (
     validate,
     verify,
 )
-from sporeflow.steps.signing import as_keys
+from sporeflow.steps.signing import Signature, as_keys
 
 from .conftest import aiter_of, collect
 
@@ -362,20 +362,24 @@ def test_a_private_key_that_does_not_match_is_refused_without_showing_it(
     assert other not in str(caught.value)
 
 
+def verified(spore_id: str, *, signed_at: float, now: float) -> Signature:
+    """SPORE as ``spore_id``, signed at ``signed_at``, verified at ``now``."""
+    return verify(signed(dataclasses.replace(SPORE, id=spore_id), KEY, now=signed_at), KEY,
+                  now=now)
+
+
 def test_one_signature_dated_ahead_never_makes_the_guard_refuse_honest_ones() -> None:
     # Found by an attacker: the guard forgets in the order it was told; one signature
     # stamped 299 s ahead held the front, was the one dropped at the cap, and its time
     # became the bound below which all were refused: every honest spore for 5 minutes.
     guard = ReplayGuard(window=300, max_seen=1000)
     t0 = 1_000_000.0
-    ahead = verify(signed(dataclasses.replace(SPORE, id="ahead"), KEY, now=t0 + 299), KEY,
-                   now=t0)
+    ahead = verified("ahead", signed_at=t0 + 299, now=t0)
     guard.check("vault", ahead, now=t0)
     refused = 0
     for i in range(3000):  # honest traffic, 10 a second, each signed as it is sent
         now = t0 + i / 10
-        honest = verify(signed(dataclasses.replace(SPORE, id=f"h{i}"), KEY, now=now), KEY,
-                        now=now)
+        honest = verified(f"h{i}", signed_at=now, now=now)
         try:
             guard.check("vault", honest, now=now)
         except Replayed:
@@ -403,12 +407,10 @@ def test_a_signature_dated_ahead_and_forgotten_early_is_still_refused_when_repla
     # dated ahead, once forgotten, through; the guard forgets by signature time now.
     guard = ReplayGuard(window=300, max_seen=2)
     t0 = 1_000_000.0
-    ahead = verify(signed(dataclasses.replace(SPORE, id="ahead"), KEY, now=t0 + 200), KEY,
-                   now=t0)
+    ahead = verified("ahead", signed_at=t0 + 200, now=t0)
     guard.check("vault", ahead, now=t0)
     for i in range(2):  # honest traffic fills the guard
-        honest = verify(signed(dataclasses.replace(SPORE, id=f"h{i}"), KEY, now=t0), KEY,
-                        now=t0)
+        honest = verified(f"h{i}", signed_at=t0, now=t0)
         guard.check("vault", honest, now=t0)
     with pytest.raises(Replayed):
         guard.check("vault", ahead, now=t0 + 1)
