@@ -413,3 +413,17 @@ async def test_another_organisms_journal_is_refused(tmp_path: Path) -> None:
                                 "agents": {"a": {"handler": lambda s, c: None}}}, journal=path)
     async with again.running():  # its own organism opens it as before
         await again.idle()
+
+
+def test_a_listed_letter_shows_unprintable_characters_as_escapes() -> None:
+    # Found by an attacker: a broker letter is anyone's; an agent name or error with a
+    # right-to-left override or an escape sequence reached the terminal raw, where it can
+    # reorder or hide what the line says.
+    from sporeflow.pipeline.cli.letters import letter_lines
+    from sporeflow.pipeline.core.deadletters import DeadLetter, StoredDeadLetter
+
+    letter = DeadLetter(Spore(knowledge={}, to_agent="bank"), "handler failed",
+                        "ValueError: \x1b[2Jcleared", agent="bank\u202eknab")
+    [line] = letter_lines(lambda text: text, [StoredDeadLetter(1, letter)])
+    assert "bank\\u202eknab  handler failed  ValueError: \\u001b[2Jcleared" in line
+    assert line.isprintable()

@@ -22,8 +22,8 @@ def letter_lines(mask: Callable[[str], str], letters: list[StoredDeadLetter],
                  width: int = _ERROR_WIDTH) -> list[str]:
     """One line per letter, each column as wide as its longest value in this listing."""
     number = max((len(str(stored.number)) for stored in letters), default=0)
-    agent = max((len(stored.letter.agent or "-") for stored in letters), default=0)
-    reason = max((len(stored.letter.reason) for stored in letters), default=0)
+    agent = max((len(_safe(stored.letter.agent or "-")) for stored in letters), default=0)
+    reason = max((len(_safe(stored.letter.reason)) for stored in letters), default=0)
     return [_line(mask, stored, number, agent, reason, width) for stored in letters]
 
 
@@ -31,12 +31,21 @@ def _line(mask: Callable[[str], str], stored: StoredDeadLetter, number: int, age
           reason: int, width: int) -> str:
     letter = stored.letter
     # Masked before it is cut short: a secret cut in two would no longer match.
-    error = mask(letter.error).splitlines()[0] if letter.error else ""
+    error = _safe(mask(letter.error).splitlines()[0]) if letter.error else ""
     if len(error) > width:
         error = error[:width - 3] + "..."
     return (f"{stored.number:>{number}}  {letter.at:%Y-%m-%d %H:%M:%S}  "
-            f"{letter.agent or '-':<{agent}}  {letter.reason:<{reason}}  {error}  "
-            f"[spore {letter.spore.id}]")
+            f"{_safe(letter.agent or '-'):<{agent}}  {_safe(letter.reason):<{reason}}  "
+            f"{error}  [spore {_safe(str(letter.spore.id))}]")
+
+
+def _safe(text: str) -> str:
+    """``text`` as a terminal shows it as written: a letter from the broker is anyone's,
+    and a control character or a right-to-left mark in it would move or hide what the
+    line says; each unprintable one is written as its escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
 
 
 def echo_kept_by_this_run(org: Organism) -> None:
