@@ -20,6 +20,7 @@ from sporeflow.config.secrets import ENV_NAME_ADVICE, ENV_NAME_PATTERN
 __all__ = ["pattern_hint", "shape_hint"]
 
 _BARE = re.compile(r"[A-Za-z_][\w.-]*|-?\d+(\.\d+)?")  # written in a YAML list as it is
+_NO_DOT_EXPONENT = re.compile(r"[-+]?\d+[eE][-+]?\d+")  # 1e3: text to YAML 1.1
 
 
 def shape_hint(path: DataPath, instance: Any, expected: str | list[str] | None) -> str:
@@ -27,7 +28,13 @@ def shape_hint(path: DataPath, instance: Any, expected: str | list[str] | None) 
     ``expected`` (a JSON type or a list of them), or "" where nothing is likely."""
     kinds = expected if isinstance(expected, list) else [expected]
     if (isinstance(instance, str) and {"integer", "number"} & set(kinds)
-            and "string" not in kinds and _number(instance)):  # a number quoted
+            and "string" not in kinds and _number(instance)):
+        if _NO_DOT_EXPONENT.fullmatch(instance.strip()):  # read as text, unquoted too
+            value = float(instance)
+            plain = f"{value:.0f}" if value.is_integer() else repr(value)
+            mantissa, exponent = instance.strip().lower().split("e")
+            return (f"; YAML reads an exponent without a dot as text: write {plain}, or "
+                    f"{mantissa}.0e{exponent}")
         return f"; it is a string (quoted): write it unquoted, {instance.strip()}"
     if "array" in kinds and isinstance(instance, str | int | float) and (
             not isinstance(instance, bool)):

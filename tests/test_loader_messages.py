@@ -244,3 +244,11 @@ def test_sporeflow_check_of_a_nan_duration_is_a_config_error(tmp_path: Any) -> N
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code == 1
     assert "organism.yaml:3:" in result.output, result.output
+
+
+def test_an_exponent_without_a_dot_is_told_yaml_reads_it_as_text() -> None:
+    # Found by an attacker: `max_spore_bytes: 1e3` (YAML 1.1 reads it as text) was told
+    # "it is a string (quoted): write it unquoted, 1e3", which is what had been written.
+    [problem] = problems_of("limits: {max_in_flight: 1e3}\nagents: {}\n")
+    assert problem.endswith("; YAML reads an exponent without a dot as text: write 1000, "
+                            "or 1.0e3"), problem
