@@ -21,7 +21,7 @@ from sporeflow.pipeline.agents.orchestration import orchestrator
 from sporeflow.pipeline.agents.payloads import typed_invoker, typed_shaper
 from sporeflow.pipeline.agents.procpool import ProcessPool
 from sporeflow.pipeline.agents.state import AgentStates
-from sporeflow.pipeline.agents.threads import AgentThreads
+from sporeflow.pipeline.agents.threads import AgentThreads, close_iterator
 from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.latency import BOUNDS as LATENCY_BOUNDS
 from sporeflow.pipeline.core.latency import LatencyHistogram
@@ -228,9 +228,7 @@ async def _lazily(items: Iterator[Any]) -> AsyncIterator[Any]:
                 await asyncio.sleep(0)
                 turn = loop.time() + HOLD_LOOP_AT_MOST
     finally:  # the stream ended early (a timeout, a stop): end the generator too
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()
+        close_iterator(items)
 
 
 async def _stream(results: Any, parent: Spore, name: str, emit: Emit | None,

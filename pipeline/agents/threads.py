@@ -33,7 +33,7 @@ from sporeflow.pipeline.core.deadletters import message_of
 from sporeflow.pipeline.core.logfields import spore_fields
 from sporeflow.steps import AgentLane, Spore
 
-__all__ = ["KEEPALIVE", "AgentThreads"]
+__all__ = ["KEEPALIVE", "AgentThreads", "close_iterator"]
 
 # Seconds a thread waits for work before it ends (a removed or replaced agent's
 # threads thus end on their own; a busy agent keeps its threads).
@@ -73,6 +73,16 @@ def _taken(items: Iterator[Any], most: int) -> _Taken:
     except BaseException as exc:  # raised on the loop, once its items are out
         return _Taken(taken, exc, True, False)
     return _Taken(taken, None, False, False)
+
+
+def close_iterator(items: Iterator[Any]) -> None:
+    """End what is left of ``items`` (a generator a stream stopped taking: a timeout, a
+    stop), on the loop. One still running on an abandoned thread cannot be closed: it
+    ends with that thread."""
+    close = getattr(items, "close", None)
+    if close is not None:
+        with contextlib.suppress(ValueError):  # "generator already executing"
+            close()
 
 
 class _Job:
@@ -144,12 +154,7 @@ class AgentThreads:
                     return
                 most = 1 if taken.slow else min(most * 2, _TAKE_MOST)
         finally:  # ended early (a timeout, a stop): end the generator too
-            close = getattr(items, "close", None)
-            if close is not None:
-                # On the loop: a thread may be closed by now. Still running on an
-                # abandoned thread, it cannot be closed; it ends with that thread.
-                with contextlib.suppress(ValueError):
-                    close()
+            close_iterator(items)
 
     async def _call(self, function: Callable[..., Any], /, *args: Any, spore: Spore) -> Any:
         loop = asyncio.get_running_loop()

@@ -71,7 +71,7 @@ from sporeflow.pipeline.broker.ack_window import AckWindow
 from sporeflow.pipeline.broker.amqp_boots import AmqpBootRecord
 from sporeflow.pipeline.broker.amqp_consumer import Consumer
 from sporeflow.pipeline.broker.amqp_declared import (
-    recorded_queues,
+    deployment_queues,
     remember,
     take_away,
     tidy,
@@ -449,12 +449,12 @@ class AmqpBackend(Backend):
             if owned and connection is not None:
                 await connection.close()
 
-    async def recorded_queues(self, topology: Topology) -> list[str]:
+    async def deployment_queues(self, topology: Topology) -> list[str]:
         try:
             connection = await aio_pika.connect(self._url, timeout=self.connect_timeout)
             try:
-                return await recorded_queues(connection, topology, address=self.address,
-                                             fail=self._fail, errors=_ERRORS)
+                return await deployment_queues(connection, topology, address=self.address,
+                                               fail=self._fail, errors=_ERRORS)
             finally:
                 await connection.close()
         except _ERRORS as exc:

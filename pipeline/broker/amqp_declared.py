@@ -40,7 +40,7 @@ from sporeflow.pipeline.broker.amqp_lock import holding as lock
 from sporeflow.pipeline.broker.backend import Topology
 from sporeflow.pipeline.broker.leftovers import Leftovers, Plan, Record, decode, encode, merged
 
-__all__ = ["recorded_queues", "remember", "take_away", "tidy"]
+__all__ = ["deployment_queues", "remember", "take_away", "tidy"]
 
 _MOST_READ = 100  # messages of the record read at most (a few, unless written by others)
 _log = logging.getLogger("sporeflow.broker.amqp")
@@ -103,12 +103,13 @@ async def _locked(connection: Callable[[], AbstractConnection], topology: Topolo
                 await channel.close()
 
 
-async def recorded_queues(connection: AbstractConnection, topology: Topology, *, address: str,
-                          fail: Callable[[str, BaseException], BrokerError],
-                          errors: tuple[type[BaseException], ...]) -> list[str]:
-    """The queues the record lists (the agents' of the last declaration, and those it
-    kept unbound for the spores they held), read holding the declaring lock (a process
-    declaring meanwhile would find the record taken) and given back. None: []."""
+async def deployment_queues(connection: AbstractConnection, topology: Topology, *,
+                            address: str, fail: Callable[[str, BaseException], BrokerError],
+                            errors: tuple[type[BaseException], ...]) -> list[str]:
+    """The agents' queues of ``topology``'s deployment: those it declares and those its
+    record lists (the last declaration's, and those it kept unbound for the spores they
+    held), the record read holding the declaring lock (a process declaring meanwhile
+    would find it taken) and given back."""
     async def read(channel: AbstractChannel) -> list[str]:
         try:
             record = await channel.declare_queue(topology.record_queue, passive=True)
@@ -116,15 +117,16 @@ async def recorded_queues(connection: AbstractConnection, topology: Topology, *,
             return []
         records = [r for r in (decode(m.body) for m in await _read(record)) if r is not None]
         prefix = f"{topology.exchange}."  # never another organism's (names hold no '.')
-        return sorted(q for q in merged(records) if q.startswith(prefix) and ":" not in q)
+        return [q for q in merged(records) if q.startswith(prefix) and ":" not in q]
 
     try:
-        return await _locked(lambda: connection, topology, "reading the declaration record",
-                             address, fail, errors, read)
+        recorded = await _locked(lambda: connection, topology,
+                                 "reading the declaration record", address, fail, errors, read)
     except _Refused:
         raise BrokerError(f"RabbitMQ at {address}: this user may not take the lock "
                           f"{topology.declaring_lock!r} to read the declaration record; "
                           f"use an administrator's URL (--backend)") from None
+    return sorted({*topology.declared(), *recorded})
 
 
 async def take_away(connection: AbstractConnection, topology: Topology, *, unused_only: bool,
@@ -134,11 +136,10 @@ async def take_away(connection: AbstractConnection, topology: Topology, *, unuse
     record kept for agents removed since, the dead letters, the record, the exchanges,
     the signing mark and every such agent's boot record. ``unused_only``: refuse
     (:class:`BrokerError`) while a process consumes one, before anything is deleted."""
-    kept = await recorded_queues(connection, topology, address=address, fail=fail,
-                                 errors=errors)
-    agents = sorted({*topology.subscriptions,
-                     *(queue[len(topology.exchange) + 1:] for queue in kept)})
-    queues = [*map(topology.queue, agents), topology.dead_letter_queue]
+    agent_queues = await deployment_queues(connection, topology, address=address, fail=fail,
+                                           errors=errors)
+    agents = [queue[len(topology.exchange) + 1:] for queue in agent_queues]
+    queues = [*agent_queues, topology.dead_letter_queue]
     if unused_only:
         for queue in queues:
             counts = await _counts(lambda: connection, queue)

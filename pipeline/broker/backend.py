@@ -383,10 +383,10 @@ class Backend(abc.ABC):
         """Delete the queues and exchanges of ``topology`` (tests, ``broker-delete``);
         ``unused_only``: refuse (:class:`BrokerError`) a queue a process consumes."""
 
-    async def recorded_queues(self, topology: Topology) -> list[str]:
-        """The queues the last declaration of ``topology`` recorded, those it kept for
+    async def deployment_queues(self, topology: Topology) -> list[str]:
+        """The agents' queues of ``topology``'s deployment, those a declaration kept for
         the spores of agents since removed included (``broker-delete``'s preview)."""
-        return [topology.queue(agent) for agent in sorted(topology.subscriptions)]
+        return sorted(topology.declared())
 
     @abc.abstractmethod
     def statistics(self) -> BackendStatistics:

@@ -113,10 +113,9 @@ def broker_delete(ctx: click.Context, organism: Path, backend: str | None, yes: 
     topology = Topology.of(spec)
     url = backend or spec.backend
     # The queues the record kept for agents removed since go too (found by an audit).
-    queues = [topology.queue(agent) for agent in sorted(topology.subscriptions)]
-    unasked = ""
+    queues, unasked = sorted(topology.declared()), ""
     try:
-        queues = list(dict.fromkeys([*queues, *run_to_end(_recorded(url, topology))]))
+        queues = run_to_end(_broker(url).deployment_queues(topology))
     except SporeflowError as exc:
         unasked = f" (and the queues its record kept, which the broker could not tell: {exc})"
     what = (f"exchanges {topology.exchange}, {topology.dead_letter_exchange}; queues "
@@ -138,10 +137,6 @@ def _broker(url: str) -> Backend:
         raise BrokerError("broker-delete needs a broker: give --backend amqp://... or set "
                           "organism.backend")
     return backend
-
-
-async def _recorded(url: str, topology: Topology) -> list[str]:
-    return await _broker(url).recorded_queues(topology)
 
 
 async def _delete(url: str, topology: Topology) -> str:
