@@ -310,6 +310,16 @@ async def test_a_timestamp_past_the_year_9999_never_closes_the_connection(
         [] if where == "header" else ["invalid"])
 
 
+def worker_organism(folder: Path, prefix: str, module: str) -> tuple[Path, Topology]:
+    """An organism file in ``folder`` on the shared broker, named ``prefix-<random>``,
+    with one agent, worker, whose handler (``module``, beside it) does nothing."""
+    (folder / f"{module}.py").write_text("def work(spore, ctx):\n    return None\n")
+    path = folder / "organism.yaml"
+    path.write_text(f"organism: {{name: {prefix}-{uuid.uuid4().hex[:8]}, "
+                    f"backend: '{AMQP_URL}'}}\nagents:\n  worker: {{handler: {module}:work}}\n")
+    return path, Topology.of(load_organism(path))
+
+
 async def test_a_dead_letter_with_a_far_timestamp_can_be_listed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Found in review: a timestamp past the year 9999 read as an int (77da0be) made
@@ -317,12 +327,7 @@ async def test_a_dead_letter_with_a_far_timestamp_can_be_listed(
     queue while such a letter was in it (RabbitMQ's own dead-lettering keeps the
     original timestamp)."""
     far = (2**63).to_bytes(8, "big")
-    name = f"review-ts-{uuid.uuid4().hex[:8]}"
-    (tmp_path / "rvts_handlers.py").write_text("def work(spore, ctx):\n    return None\n")
-    path = tmp_path / "organism.yaml"
-    path.write_text(f"organism: {{name: {name}, backend: '{AMQP_URL}'}}\n"
-                    f"agents:\n  worker: {{handler: rvts_handlers:work}}\n")
-    topology = Topology.of(load_organism(path))
+    path, topology = worker_organism(tmp_path, "review-ts", "rvts_handlers")
     try:
         org = Organism.from_file(path)
         async with org.running(drain_timeout=5):
@@ -434,12 +439,7 @@ async def test_dlq_list_survives_a_letter_whose_properties_pamqp_cannot_read(
     """Found by a tester: such a message in the dead-letter queue (anyone who may
     dead-letter may publish it) made `dlq list`, `show` and `purge` fail: no letter could
     be listed or purged with sporeflow."""
-    name = f"unreadable-{uuid.uuid4().hex[:8]}"
-    (tmp_path / "unread_handlers.py").write_text("def work(spore, ctx):\n    return None\n")
-    path = tmp_path / "organism.yaml"
-    path.write_text(f"organism: {{name: {name}, backend: '{AMQP_URL}'}}\n"
-                    f"agents:\n  worker: {{handler: unread_handlers:work}}\n")
-    topology = Topology.of(load_organism(path))
+    path, topology = worker_organism(tmp_path, "unreadable", "unread_handlers")
     try:
         async with Organism.from_file(path).running(drain_timeout=5):
             pass  # declares the exchange, the queues and the dead-letter queue
