@@ -187,7 +187,7 @@ class Organism(OutsideApi):
     def rewire(self, spec: OrganismSpec, agents: Mapping[str, AgentRuntime]) -> None:
         """Swap in the wiring of ``spec`` run by ``agents``, at once."""
         self.spec = spec
-        self._cell.current = WiringSnapshot.of(spec, agents)
+        self._cell.current = WiringSnapshot.of(spec, agents, self._cell.current)
         if self._run is not None:
             self._run.intake.configure(
                 max_in_flight=spec.limits.max_in_flight,
@@ -224,6 +224,7 @@ class Organism(OutsideApi):
             for letter in self._journal.poisoned:
                 self.dead_letters.add(letter)
         run = self._open_run()
+        self._cell.current = WiringSnapshot.empty(self.spec)  # a run counts from 0
         self.rewire(self.spec, {name: self.build_agent(a) for name, a in
                                 self.spec.agents.items()})
         self._set_state(State.RUNNING)

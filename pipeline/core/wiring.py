@@ -18,7 +18,11 @@ from sporeflow.config import AgentSpec, ExternalAgentSpec, OrganismSpec
 from sporeflow.steps import AgentLane, RoutingTable, SchemaCheck, schema_check
 from sporeflow.steps.keytable import KeyTable
 
-__all__ = ["AgentRuntime", "WiringCell", "WiringSnapshot", "routing_table"]
+__all__ = ["LANE_COUNTS", "AgentRuntime", "Retired", "WiringCell", "WiringSnapshot",
+           "routing_table"]
+
+# A lane's cumulative counts, which the organism's totals add up.
+LANE_COUNTS = ("received", "handled", "failed", "retried", "deduplicated")
 
 
 @dataclass(eq=False, slots=True)  # one per agent: no __dict__ each
@@ -54,6 +58,28 @@ def routing_table(spec: OrganismSpec) -> RoutingTable:
 
 
 @dataclass(frozen=True, slots=True)
+class Retired:
+    """The lanes of agents taken out of the wiring (a reload, ``remove_agent``), by name:
+    what they counted, and go on counting while they settle what they held, stays in the
+    organism's totals, which never go down. One entry per removal, an operator's act."""
+
+    lanes: tuple[tuple[str, AgentLane], ...] = ()
+    back: frozenset[str] = frozenset()  # names in the wiring again
+
+    def count(self, counter: str) -> int:
+        # An agent back under its name goes on with its dedupe window and its count.
+        return sum(getattr(lane, counter) for name, lane in self.lanes
+                   if counter != "deduplicated" or name not in self.back)
+
+    def after(self, previous: Mapping[str, AgentRuntime],
+              agents: Mapping[str, AgentRuntime]) -> Retired:
+        """These lanes, and those of ``previous`` agents not among ``agents``."""
+        left = tuple((name, agent.lane) for name, agent in previous.items()
+                     if name not in agents)
+        return Retired(self.lanes + left, frozenset(agents))
+
+
+@dataclass(frozen=True, slots=True)
 class WiringSnapshot:
     """Read it, never change it: its mappings are plain dicts for the stages' speed."""
 
@@ -64,10 +90,13 @@ class WiringSnapshot:
     schemas: Mapping[str, SchemaCheck]
     # Each channel's subscribers' lanes: what outside admission looks at per broadcast.
     channel_lanes: Mapping[str, tuple[AgentLane, ...]]
+    retired: Retired = Retired()
 
     @classmethod
-    def of(cls, spec: OrganismSpec, agents: Mapping[str, AgentRuntime]) -> WiringSnapshot:
-        """The snapshot of ``spec`` run by ``agents`` (one runtime per agent of ``spec``)."""
+    def of(cls, spec: OrganismSpec, agents: Mapping[str, AgentRuntime],
+           previous: WiringSnapshot | None = None) -> WiringSnapshot:
+        """The snapshot of ``spec`` run by ``agents`` (one runtime per agent of ``spec``);
+        the lanes of ``previous``'s agents that are not among them are ``retired``."""
         lanes = {name: agent.lane for name, agent in agents.items()}
         table = routing_table(spec)
         return cls(
@@ -79,6 +108,8 @@ class WiringSnapshot:
                      for name, a in spec.agents.items() if a.schema is not None},
             channel_lanes={channel: tuple(lanes[name] for name in names if name in lanes)
                            for channel, names in table.subscribers.items()},
+            retired=(Retired() if previous is None
+                     else previous.retired.after(previous.agents, agents)),
         )
 
     @classmethod

@@ -11,7 +11,7 @@ from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.latency import LatencyHistogram
 from sporeflow.pipeline.core.ledger import OTHER, Ledger
 from sporeflow.pipeline.core.recent import RecentNames
-from sporeflow.pipeline.core.wiring import WiringSnapshot
+from sporeflow.pipeline.core.wiring import LANE_COUNTS, WiringSnapshot
 
 __all__ = ["organism_stats"]
 
@@ -53,11 +53,9 @@ def organism_stats(*, name: str, state: str, uptime: float, wiring: WiringSnapsh
             "admitted": intake.admitted if intake else 0,
             # What handlers produced: replayed or delivered spores are fed too, not made.
             "replies": ledger.produced if ledger is not None else 0,
-            "received": sum(a["received"] for a in agents.values()),
-            "handled": sum(a["handled"] for a in agents.values()),
-            "failed": sum(a["failed"] for a in agents.values()),
-            "retried": sum(a["retried"] for a in agents.values()),
-            "deduplicated": sum(a["deduplicated"] for a in agents.values()),
+            # Agents a reload removed included: what they did stays counted.
+            **{count: sum(a[count] for a in agents.values()) + wiring.retired.count(count)
+               for count in LANE_COUNTS},
             "returned": returned,
             "dead_letters": dead_letters.total,
             # Interrupted by a stop and kept for the next start (the journal's), not dead.
