@@ -494,6 +494,6 @@ class Organism(OutsideApi):
             "sources": self.sources.stats()}
 
     def latency_histograms(self) -> dict[str, LatencyHistogram]:
-        """Each agent's handler-latency histogram (live objects: read them on the loop)."""
-        return dict(self._latency)
+        """Each declared agent's handler-latency histogram (live: read them on the loop)."""
+        return {name: h for name, h in self._latency.items() if name in self.spec.agents}
 

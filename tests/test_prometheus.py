@@ -114,6 +114,36 @@ async def test_latency_buckets_are_cumulative_and_end_in_the_count() -> None:
     assert len(buckets) == 15  # 1 us .. 67 s by factors of 4, and +Inf
 
 
+async def test_the_latency_histogram_says_it_counts_runs_that_succeeded() -> None:
+    organism = news_organism()
+    async with organism.running():
+        await feed(organism)
+        snapshot = take_snapshot(organism)
+    [family] = [f for f in StatsCollector(lambda: snapshot).collect()
+                if f.name == "sporeflow_handler_latency_seconds"]
+    [count] = [s.value for s in family.samples
+               if s.name.endswith("_count") and s.labels["agent"] == "flaky"]
+    flaky = snapshot.stats["agents"]["flaky"]
+    # Four runs of flaky, two failed: the histogram holds the two that succeeded, and
+    # its help says so (it said "per invocation attempt", which failed runs are too).
+    assert (flaky["handled"], flaky["failed"], count) == (2, 2, 2)
+    assert "succeeded" in family.documentation
+    assert "attempt" not in family.documentation
+
+
+async def test_a_removed_agent_leaves_the_latency_histogram_as_its_counters_do() -> None:
+    organism = news_organism()
+    async with organism.running():
+        await feed(organism)
+        await organism.remove_agent("rogue")
+        snapshot = take_snapshot(organism)
+    agents = {s.labels["agent"] for family in StatsCollector(lambda: snapshot).collect()
+              for s in family.samples if "agent" in s.labels}
+    # Labels name declared agents only: rogue handled a spore, then was removed.
+    assert "flaky" in agents
+    assert "rogue" not in agents
+
+
 def test_collector_yields_nothing_before_the_first_snapshot() -> None:
     assert list(StatsCollector(lambda: None).collect()) == []
 

@@ -145,7 +145,8 @@ class StatsCollector:
                 keys.add_metric([organism, name], counts[key])
             yield keys
         latency = HistogramMetricFamily(
-            f"{p}_handler_latency_seconds", "Handler latency per invocation attempt.",
+            f"{p}_handler_latency_seconds",
+            "How long each handler run that succeeded took (failed runs are not counted).",
             labels=["organism", "agent"])
         for name, (buckets, total) in snapshot.latency.items():
             latency.add_metric([organism, name], _buckets(buckets, floatToGoString), total)
