@@ -16,6 +16,11 @@ As a thread's spores or cost pass each of ``limits.budget_warnings`` (percent of
 its limit: 75, 90, 95 by default), ``on_warning`` is told once (a
 :class:`BudgetWarning`; the organism makes it a typed event and a log line).
 
+Over a broker a spore for one of the organism's agents passes the chain twice: where it
+is sent, then where its agent takes it from the broker (any process's, as untrusted
+input). It is counted and charged once, on that second pass, each delivery of a
+broadcast its own agent's cost (:func:`charged_here`).
+
 Tallies are kept for the most recently active ``capacity`` threads only (an
 LRU), so memory stays bounded however many conversations come and go; a
 thread evicted that way starts afresh if it ever comes back. Without either
@@ -36,7 +41,8 @@ from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.core.wiring import WiringSnapshot
 from sporeflow.steps import Batch, Reject, Spore, SporeType
 
-__all__ = ["BudgetWarning", "Charge", "ThreadBudget", "enforce_budget", "expected_cost"]
+__all__ = ["BudgetWarning", "Charge", "ThreadBudget", "charged_here", "enforce_budget",
+           "expected_cost"]
 
 _THREADS_TRACKED = 10_000
 MAX_SPORES = "max_spores_per_thread"
@@ -186,14 +192,32 @@ def declared_costs(wiring: WiringSnapshot) -> dict[str, float]:
             if agent.spec.cost is not None}
 
 
+def charged_here(spore: Spore, wiring: WiringSnapshot, queue: str | None) -> bool:
+    """Whether the budget stage counts and charges ``spore`` on this pass. Over a broker
+    (``queue``: the agent whose queue it came from, None when it did not) a spore for an
+    agent of the organism is published and comes back through the chain where that agent
+    takes it from the broker: it is counted there, once, and not where it was sent. The
+    rest (responses, spores to outside senders and to external agents) are counted here."""
+    if queue is not None or spore.spore_type is SporeType.RESPONSE:
+        return True
+    ours = wiring.spec.agents
+    target = spore.to_agent
+    if target is not None:
+        return target not in ours
+    return not any(name in ours and name != spore.from_agent
+                   for name in wiring.table.subscribers.get(spore.channel, ()))
+
+
 def expected_cost(spore: Spore, costs: Mapping[str, float],
-                  subscribers: Mapping[str, Sequence[str]]) -> Charge | None:
+                  subscribers: Mapping[str, Sequence[str]],
+                  queue: str | None = None) -> Charge | None:
     """What ``spore`` will cost its thread by the agents' declared ``costs``: the cost of
-    its recipient, or of every agent its broadcast reaches; None when nothing is declared
-    (a response goes to whoever awaits it, no handler)."""
+    its recipient, or of every agent its broadcast reaches (taken from agent ``queue``'s
+    queue on a broker: that agent's alone); None when nothing is declared (a response
+    goes to whoever awaits it, no handler)."""
     if spore.spore_type is SporeType.RESPONSE:
         return None
-    target = spore.to_agent
+    target = queue if queue is not None else spore.to_agent
     if target is not None:
         cost = costs.get(target)
         return None if cost is None else Charge(cost, f"agents.{target}.cost is {cost:g}")
@@ -209,9 +233,12 @@ def expected_cost(spore: Spore, costs: Mapping[str, float],
 @pipable_operator
 async def enforce_budget(source: AsyncIterable[Batch], *, budget: ThreadBudget,
                          on_reject: Reject, wiring: Callable[[], WiringSnapshot] | None = None,
+                         arrived: Callable[[Spore], str | None] | None = None,
                          ) -> AsyncIterator[Batch]:
     """Count each spore for its thread and charge it what its recipients declare; reject
-    (reason ``budget``) those of stopped threads and those that would stop theirs."""
+    (reason ``budget``) those of stopped threads and those that would stop theirs.
+    ``arrived``: over a broker, the agent whose queue a spore came from (see
+    :func:`charged_here`)."""
     seen: WiringSnapshot | None = None
     costs: dict[str, float] = {}
     async with streamcontext(source) as batches:
@@ -221,7 +248,13 @@ async def enforce_budget(source: AsyncIterable[Batch], *, budget: ThreadBudget,
             subscribers = seen.table.subscribers if seen is not None else {}
             kept: Batch = []
             for spore in batch:
-                charge = expected_cost(spore, costs, subscribers) if costs else None
+                queue = None
+                if arrived is not None and seen is not None:
+                    queue = arrived(spore)
+                    if not charged_here(spore, seen, queue):
+                        kept.append(spore)  # counted where its agent takes it
+                        continue
+                charge = expected_cost(spore, costs, subscribers, queue) if costs else None
                 refusal = budget.refusal(spore, charge)
                 if refusal is None:
                     kept.append(spore)

@@ -67,7 +67,7 @@ def declare_chain(*, limits: Limits, ledger: Ledger, requests: RequestBook,
     ]
     if budget.enforcing:  # only with a per-thread limit: no cost otherwise
         stages.append(Stage("budget", enforce_budget.pipe(budget=budget, on_reject=reject,
-                                                          wiring=wiring)))
+                                                          wiring=wiring, arrived=arrived)))
     stages += [
         Stage("route", route.pipe(
             table=lambda: wiring().table, on_reject=reject, asked=requests.asked,
