@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from aiostream import pipable_operator, streamcontext
 
 from sporeflow.config import LimitExceeded, Limits
+from sporeflow.config.model import DEAD_LETTER_CHANNEL, SYSTEM_SENDER
 from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.core.wiring import WiringSnapshot
 from sporeflow.steps import Batch, Reject, Spore, SporeType
@@ -192,13 +193,23 @@ def declared_costs(wiring: WiringSnapshot) -> dict[str, float]:
             if agent.spec.cost is not None}
 
 
-def charged_here(spore: Spore, wiring: WiringSnapshot, queue: str | None) -> bool:
-    """Whether the budget stage counts and charges ``spore`` on this pass. Over a broker
-    (``queue``: the agent whose queue it came from, None when it did not) a spore for an
-    agent of the organism is published and comes back through the chain where that agent
-    takes it from the broker: it is counted there, once, and not where it was sent. The
-    rest (responses, spores to outside senders and to external agents) are counted here."""
-    if queue is not None or spore.spore_type is SporeType.RESPONSE:
+def charged_here(spore: Spore, wiring: WiringSnapshot | None, queue: str | None, *,
+                 brokered: bool) -> bool:
+    """Whether the budget stage counts and charges ``spore`` on this pass.
+
+    The organism's notice of a dead letter (on the ``dead-letter`` channel) is no work of
+    the conversation it names: never counted, so that a thread stopped by its budget is
+    heard of, and a listener there changes no thread's budget. Over a broker
+    (``brokered``; ``queue``: the agent whose queue it came from, None when it did not) a
+    spore for an agent of the organism is published and comes back through the chain
+    where that agent takes it from the broker: it is counted there, once, and not where
+    it was sent. The rest (responses, spores to outside senders and to external agents)
+    are counted here."""
+    if (spore.channel == DEAD_LETTER_CHANNEL and spore.from_agent == SYSTEM_SENDER
+            and spore.to_agent is None and spore.spore_type is SporeType.NOTIFICATION):
+        return False
+    if (not brokered or wiring is None or queue is not None
+            or spore.spore_type is SporeType.RESPONSE):
         return True
     ours = wiring.spec.agents
     target = spore.to_agent
@@ -248,12 +259,10 @@ async def enforce_budget(source: AsyncIterable[Batch], *, budget: ThreadBudget,
             subscribers = seen.table.subscribers if seen is not None else {}
             kept: Batch = []
             for spore in batch:
-                queue = None
-                if arrived is not None and seen is not None:
-                    queue = arrived(spore)
-                    if not charged_here(spore, seen, queue):
-                        kept.append(spore)  # counted where its agent takes it
-                        continue
+                queue = arrived(spore) if arrived is not None else None
+                if not charged_here(spore, seen, queue, brokered=arrived is not None):
+                    kept.append(spore)
+                    continue
                 charge = expected_cost(spore, costs, subscribers, queue) if costs else None
                 refusal = budget.refusal(spore, charge)
                 if refusal is None:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sporeflow.config import HandlerError, OrganismStateError
+from sporeflow.config import HandlerError, Limits, OrganismStateError
 from sporeflow.config.model import DEAD_LETTER_CHANNEL, SYSTEM_SENDER
 from sporeflow.config.reasons import SENDERS_MISTAKES, Reason
 from sporeflow.pipeline.core.deadletters import (
@@ -38,7 +38,7 @@ from sporeflow.pipeline.core.logfields import describe_error, spore_fields
 from sporeflow.pipeline.core.outbox import Outbox
 from sporeflow.pipeline.core.requests import RequestBook
 from sporeflow.pipeline.core.wiring import WiringSnapshot
-from sporeflow.steps import Spore, SporeType
+from sporeflow.steps import Spore, SporeType, check_spore
 
 __all__ = ["OTHER", "Ledger", "LedgerHook"]
 
@@ -130,8 +130,9 @@ class Ledger:
                  requests: RequestBook, wiring: Callable[[], WiringSnapshot],
                  logger: logging.Logger, now: Callable[[], datetime],
                  outbox: Outbox, listeners: list[Callable[[Spore], None]],
-                 masker: Masker = URL_PASSWORDS) -> None:
+                 limits: Limits, masker: Masker = URL_PASSWORDS) -> None:
         self.intake = intake
+        self.limits = limits  # the chain's: what a notice of a dead letter must keep to
         # The organism's secrets: masked in every failure's text, before a hook sees it.
         self.masker = masker
         self.dead_letters = dead_letters
@@ -298,16 +299,24 @@ class Ledger:
         return letter
 
     def _announce(self, letter: DeadLetter) -> None:
-        """Broadcast on the ``dead-letter`` channel when some agent listens there."""
+        """Broadcast on the ``dead-letter`` channel when some agent listens there. The
+        notice carries the dead spore, two levels deeper and with the error besides: when
+        that would take it past the chain's limits, or the spore was refused for knowledge
+        that is no JSON, the spore goes without its knowledge and metadata, and
+        ``omitted`` says why (else the notice itself is refused)."""
         if (not self._wiring().table.subscribers.get(DEAD_LETTER_CHANNEL)
                 or letter.spore.channel == DEAD_LETTER_CHANNEL):
             return
-        notice = Spore(
-            knowledge={"reason": str(letter.reason), "error": letter.error,
-                       "agent": letter.agent, "attempts": letter.attempts,
-                       "spore": letter.spore.to_dict()},
-            spore_type=SporeType.NOTIFICATION, from_agent=SYSTEM_SENDER,
-            channel=DEAD_LETTER_CHANNEL, thread_id=letter.spore.thread)
+        about = {"reason": str(letter.reason), "error": letter.error, "agent": letter.agent,
+                 "attempts": letter.attempts}
+        dead = letter.spore.to_dict()
+        notice = _notice({**about, "spore": dead}, letter.spore)
+        try:
+            check_spore(notice, self.limits)  # the validate stage's own check
+        except Exception as exc:  # as there: hostile knowledge may break a check
+            notice = _notice({**about, "spore": {**dead, "knowledge": {}, "metadata": {}},
+                              "omitted": f"the spore's knowledge and metadata: {exc}"},
+                             letter.spore)
         self.feed((notice,), SYSTEM_SENDER)  # made inside: the journal keeps it like a send
 
     def resolve(self, response: Spore) -> None:
@@ -384,3 +393,9 @@ class Ledger:
                             agent=agent, attempts=attempts)
             self.intake.settle(1)
         return len(spores)
+
+
+def _notice(knowledge: dict[str, Any], dead: Spore) -> Spore:
+    """The organism's notice on the ``dead-letter`` channel of ``dead``, in its thread."""
+    return Spore(knowledge=knowledge, spore_type=SporeType.NOTIFICATION,
+                 from_agent=SYSTEM_SENDER, channel=DEAD_LETTER_CHANNEL, thread_id=dead.thread)

@@ -47,7 +47,7 @@ class Run:
                              wiring=wiring)
         self.ledger = Ledger(intake=self.intake, dead_letters=dead_letters, requests=requests,
                              wiring=wiring, logger=logger, now=now, outbox=outbox,
-                             listeners=listeners, masker=masker)
+                             listeners=listeners, masker=masker, limits=spec.limits)
         self.ingress = Ingress(intake=self.intake, ledger=self.ledger, requests=requests,
                                wiring=wiring, limits=spec.limits, now=now,
                                outside=outside, organism=spec.name)

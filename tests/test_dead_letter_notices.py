@@ -1,0 +1,94 @@
+"""The dead-letter channel hears of every dead letter, whatever the dead spore was.
+
+Found by the paths audit: a notice (the organism's own broadcast on ``dead-letter``)
+passed the chain as a spore of the dead spore's conversation, and carried that spore
+two levels deeper. So a spore refused for its conversation's budget, or one within the
+limits but nested near ``limits.max_depth`` (or near ``max_spore_bytes``), made a notice
+that was refused in turn: a second dead letter for one refusal, and nothing heard.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sporeflow.pipeline import Organism, Spore
+
+
+def watched(agents: dict[str, Any], heard: list[Spore], **limits: Any) -> Organism:
+    async def watch(spore: Spore, ctx: Any) -> None:
+        heard.append(spore)
+
+    return Organism.from_dict({
+        "agents": {**agents, "watcher": {"handler": watch, "subscribe": ["dead-letter"]}},
+        "limits": limits})
+
+
+async def test_a_spore_refused_for_its_conversations_budget_is_heard_of_once() -> None:
+    async def bounce(spore: Spore, ctx: Any) -> dict[str, Any]:
+        return {"n": spore.knowledge["n"] + 1}
+
+    heard: list[Spore] = []
+    organism = watched({"ping": {"handler": bounce, "emit": {"to": "pong"}},
+                        "pong": {"handler": bounce, "emit": {"to": "ping"}}},
+                       heard, max_spores_per_thread=5, max_hops=100)
+    async with organism.running():
+        await organism.send("ping", {"n": 0})
+        await organism.idle()
+    assert [letter.reason for letter in organism.dead_letters] == ["budget"]
+    assert [notice.knowledge["reason"] for notice in heard] == ["budget"]
+    assert organism.stats()["agents"]["ping"]["handled"] + \
+        organism.stats()["agents"]["pong"]["handled"] == 5  # the notices counted for none
+
+
+async def test_a_spore_nested_to_the_depth_limit_is_heard_of_once() -> None:
+    heard: list[Spore] = []
+    organism = watched({"sink": {"handler": lambda spore, ctx: None}}, heard, max_depth=5)
+    deep = {"a": {"b": {"c": {"d": {"e": 1}}}}}  # 5 levels: within the limit
+    async with organism.running():
+        await organism.submit(Spore(knowledge=deep, to_agent="nobody"))
+        await organism.idle()
+    assert [letter.reason for letter in organism.dead_letters] == ["unknown agent"]
+    [notice] = heard
+    assert notice.knowledge["reason"] == "unknown agent"
+    assert notice.knowledge["spore"]["to_agent"] == "nobody"
+    assert "max_depth" in notice.knowledge["omitted"]
+
+
+async def test_a_spore_near_the_size_limit_is_heard_of_once() -> None:
+    heard: list[Spore] = []
+    organism = watched({"sink": {"handler": lambda spore, ctx: None}}, heard,
+                       max_spore_bytes=2000)
+    async with organism.running():
+        await organism.submit(Spore(knowledge={"text": "x" * 1600}, to_agent="nobody"))
+        await organism.idle()
+    assert [letter.reason for letter in organism.dead_letters] == ["unknown agent"]
+    [notice] = heard
+    assert "max_spore_bytes" in notice.knowledge["omitted"]
+    assert notice.knowledge["spore"]["knowledge"] == {}
+
+
+async def test_a_notice_within_the_limits_carries_the_whole_spore() -> None:
+    heard: list[Spore] = []
+    organism = watched({"sink": {"handler": lambda spore, ctx: None}}, heard)
+    async with organism.running():
+        await organism.submit(Spore(knowledge={"n": 1}, to_agent="nobody"))
+        await organism.idle()
+    [notice] = heard
+    assert notice.knowledge["spore"]["knowledge"] == {"n": 1}
+    assert "omitted" not in notice.knowledge
+
+
+async def test_a_reply_refused_as_no_json_is_heard_of_once() -> None:
+    async def unwritable(spore: Spore, ctx: Any) -> dict[str, Any]:
+        return {"tags": {"a", "b"}}  # a set: no JSON
+
+    heard: list[Spore] = []
+    organism = watched({"maker": {"handler": unwritable, "emit": {"to": "sink"}},
+                        "sink": {"handler": lambda spore, ctx: None}}, heard)
+    async with organism.running():
+        await organism.send("maker", {})
+        await organism.idle()
+    assert [letter.reason for letter in organism.dead_letters] == ["invalid"]
+    [notice] = heard
+    assert notice.knowledge["spore"]["from_agent"] == "maker"
+    assert "not JSON" in notice.knowledge["omitted"]
