@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import reprlib
 
-__all__ = ["plural", "shown", "with_article"]
+__all__ = ["message_of", "plural", "shown", "with_article"]
 
 
 def plural(count: int, word: str, many: str | None = None) -> str:
     """``count`` and ``word``, in the plural (``many``, else ``word + 's'``) unless 1:
     ``plural(1, "reply", "replies")`` is ``1 reply``. Counts get thousands separators."""
     return f"{count:,} {word if count == 1 else many or word + 's'}"
+
+
+def message_of(error: BaseException) -> str:
+    """``str(error)``, or what stands for it when that raises: a handler's exception may
+    be any object, and its text must never fail the spore's settlement."""
+    try:
+        text = str(error)
+    except BaseException as exc:  # noqa: BLE001 - any __str__ at all, SystemExit too
+        return f"<str() failed: {type(exc).__name__}>"
+    return text
 
 
 def with_article(word: str) -> str:

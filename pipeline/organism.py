@@ -200,6 +200,11 @@ class Organism(OutsideApi):
     async def start_agent(self, agent: AgentRuntime) -> None:
         await self._agent_states.start({agent.spec.name: agent})
 
+    def reject(self, spore: Spore, reason: str, error: BaseException) -> None:
+        """Dead-letter and settle ``spore``, held for an agent, as a stage refuses one."""
+        if self._run is not None:
+            self._run.ledger.reject(spore, reason, error)
+
     # -- lifecycle ----------------------------------------------------------------
 
     async def start(self, *, reboot: bool = False, boot: bool = True) -> None:
@@ -396,11 +401,8 @@ class Organism(OutsideApi):
 
     async def remove_agent(self, name: str) -> ReloadReport:
         """Remove agent ``name`` as a reload would: it finishes what it holds, and spores
-        for it afterwards are dead-lettered as ``unknown agent``.
-
-        Raises :class:`ConfigError` while another agent still emits to it or names it
-        among its peers.
-        """
+        for it afterwards are ``unknown agent`` dead letters. Raises :class:`ConfigError`
+        while another agent still emits to it or names it among its peers."""
         return await self._reloader.apply(without_agent(self.spec, name),
                                           source=f"remove_agent({name!r})")
 
@@ -415,14 +417,10 @@ class Organism(OutsideApi):
 
     def stop_when(self, condition: str | Callable[[Stats], bool], *, interval: float = 0.1,
                   drain_timeout: float | None = 30.0) -> asyncio.Task[int]:
-        """Stop (draining) once ``condition`` holds over :meth:`stats`.
-
-        ``condition`` is a predicate taking the stats dict, or an expression like
-        ``"totals.handled >= 100"`` (see ``pipeline.observe.stopping``). It is checked
-        every ``interval`` seconds, then the organism stops as :meth:`stop` does. Returns a
-        task to await; its result is what :meth:`stop` returns (0 when the organism was
-        stopped otherwise first).
-        """
+        """Stop (draining) once ``condition`` holds over :meth:`stats`: a predicate taking
+        the stats dict, or an expression like ``"totals.handled >= 100"`` (see
+        ``pipeline.observe.stopping``), checked every ``interval`` seconds. Returns a task
+        to await: what :meth:`stop` returns (0 when the organism was stopped otherwise)."""
         self._require_running()
         task = stop_task(self.stats, lambda: self._state == State.RUNNING,
                          lambda: self.stop(drain_timeout=drain_timeout), condition,

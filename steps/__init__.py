@@ -26,7 +26,12 @@ from sporeflow.steps.route import (
     unroutable,
 )
 from sporeflow.steps.runners import RunnerPool
-from sporeflow.steps.schemagate import check_schemas, knowledge_element, schema_check
+from sporeflow.steps.schemagate import (
+    check_schemas,
+    knowledge_element,
+    schema_check,
+    schema_refusal,
+)
 from sporeflow.steps.signing import (
     SIGNATURE_FIELD,
     BadSignature,
@@ -98,6 +103,7 @@ __all__ = [
     "reply_spore",
     "route",
     "schema_check",
+    "schema_refusal",
     "shape_replies",
     "timeout_seconds",
     "sign",

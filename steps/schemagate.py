@@ -28,14 +28,17 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 
 from aiostream import pipable_operator, streamcontext
 
+from sporeflow.config.errors import SporeError, SporeflowError
 from sporeflow.config.lazy_etree import etree
 from sporeflow.config.reasons import reason_of
 from sporeflow.config.schemas import SchemaSpec, SchemaViolation
+from sporeflow.config.words import message_of
 from sporeflow.steps.spore import Spore
 from sporeflow.steps.types import Delivery, Reject, SchemaCheck
 from sporeflow.steps.xmldocument import DEFAULT_ROOT, WRITTEN_KEY, spore_document
 
-__all__ = ["DEFAULT_ROOT", "check_schemas", "knowledge_element", "schema_check"]
+__all__ = ["DEFAULT_ROOT", "check_schemas", "knowledge_element", "schema_check",
+           "schema_refusal"]
 
 
 def knowledge_element(spore: Spore) -> etree._Element:
@@ -71,6 +74,23 @@ def schema_check(agent: str, schema: SchemaSpec) -> SchemaCheck:
     return check_xml if schema.wants_xml else check_knowledge
 
 
+def schema_refusal(check: SchemaCheck, spore: Spore, agent: str) -> SporeflowError | None:
+    """Why agent ``agent``'s schema ``check`` refuses ``spore`` (None: it passes): its
+    :class:`SchemaViolation`, or a :class:`SporeError` when hostile knowledge broke the
+    check itself. The one rule of every place a schema is asked: this gate, an outside
+    send (told at the call), the spores a reload finds held for the agent."""
+    try:
+        check(spore)
+    except SporeflowError as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001 - hostile knowledge broke the check: refuse
+        error = SporeError(f"the schema of {agent!r} could not check spore {spore.id}: "
+                           f"{type(exc).__name__}: {message_of(exc)}")
+        error.__cause__ = exc
+        return error
+    return None
+
+
 @pipable_operator
 async def check_schemas(
     source: AsyncIterable[list[Delivery]],
@@ -102,16 +122,11 @@ def _admitted(deliveries: list[Delivery], schemas: Mapping[str, SchemaCheck],
         kept: list[str] = []
         for target in targets:
             check = schemas.get(target)
-            if check is None:
+            refusal = None if check is None else schema_refusal(check, spore, target)
+            if refusal is None:
                 kept.append(target)
-                continue
-            try:
-                check(spore)
-            except Exception as exc:  # hostile knowledge broke a check: refuse, never crash
-                # One dead letter per refused recipient: a delivery is settled per target.
-                on_reject(spore, reason_of(exc), exc)
-            else:
-                kept.append(target)
+            else:  # one dead letter per refused recipient: a delivery is settled per target
+                on_reject(spore, reason_of(refusal), refusal)
         if kept:
             admitted.append((spore, tuple(kept)))
     return admitted

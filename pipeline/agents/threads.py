@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NamedTuple
 
-from sporeflow.pipeline.core.deadletters import message_of
+from sporeflow.config.words import message_of
 from sporeflow.pipeline.core.logfields import spore_fields
 from sporeflow.steps import AgentLane, Spore
 

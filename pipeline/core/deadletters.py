@@ -17,13 +17,13 @@ from typing import Any, Protocol
 
 from sporeflow.config import Limits, SporeflowError, redact_text
 from sporeflow.config.reasons import SENDERS_MISTAKES, Reason, did_you_mean, reason_named
-from sporeflow.config.words import shown
+from sporeflow.config.words import message_of, shown
 from sporeflow.steps import Spore, json_size_bound, redelivery
 from sporeflow.steps.sizebound import spore_weight
 
 __all__ = ["URL_PASSWORDS", "DeadLetter", "DeadLetterStore", "LetterChoice", "Masker",
            "NoSuchDeadLetter", "StoredDeadLetter", "UnknownAgent", "error_text", "letter_number",
-           "message_of", "no_such_letters", "spore_form"]
+           "no_such_letters", "spore_form"]
 
 
 class Masker(Protocol):
@@ -44,16 +44,6 @@ URL_PASSWORDS: Masker = _UrlPasswords()
 def error_text(error: BaseException, masker: Masker = URL_PASSWORDS) -> str:
     """``Type: message`` of a failure, masked: how every failure is written."""
     return masker.mask(f"{type(error).__name__}: {message_of(error)}")
-
-
-def message_of(error: BaseException) -> str:
-    """``str(error)``, or what stands for it when that raises: a handler's exception may
-    be any object, and its text must never fail the spore's settlement."""
-    try:
-        text = str(error)
-    except BaseException as exc:  # noqa: BLE001 - any __str__ at all, SystemExit too
-        return f"<str() failed: {type(exc).__name__}>"
-    return text
 
 
 @dataclass(frozen=True, slots=True)

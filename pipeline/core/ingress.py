@@ -22,7 +22,6 @@ from sporeflow.config import (
     OrganismStateError,
     RequestTimeout,
     SporeError,
-    SporeflowError,
 )
 from sporeflow.config.errors import JournalError
 from sporeflow.config.model import OUTSIDE_SENDERS
@@ -42,6 +41,7 @@ from sporeflow.steps import (
     new_spore,
     no_agent_error,
     permission_error,
+    schema_refusal,
     set_checked,
     timeout_seconds,
     unroutable,
@@ -183,15 +183,13 @@ class Ingress:
         refusal = unroutable(wiring.table, spore)
         if refusal is not None:
             raise refusal
-        check = wiring.schemas.get(spore.to_agent) if spore.to_agent is not None else None
-        if check is not None:
-            try:
-                check(spore)  # SchemaViolation: what the schema gate would dead-letter
-            except SporeflowError:
-                raise
-            except Exception as exc:  # hostile knowledge broke the check, as in the gate
-                raise SporeError(f"the schema of {spore.to_agent!r} could not check spore "
-                                 f"{spore.id}: {type(exc).__name__}: {exc}") from exc
+        target = spore.to_agent
+        check = wiring.schemas.get(target) if target is not None else None
+        if check is not None:  # what the schema gate would dead-letter, told at the call
+            assert target is not None
+            violation = schema_refusal(check, spore, target)
+            if violation is not None:
+                raise violation
 
     def _check_recipient(self, spore: Spore, outside: Container[str], *,
                          named: bool = True) -> None:

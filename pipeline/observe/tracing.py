@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from sporeflow.config.extras import extra_hint, has_modules, missing_extra
-from sporeflow.pipeline.core.deadletters import URL_PASSWORDS, Masker, error_text, message_of
+from sporeflow.config.words import message_of
+from sporeflow.pipeline.core.deadletters import URL_PASSWORDS, Masker, error_text
 from sporeflow.steps import Spore
 
 if TYPE_CHECKING:

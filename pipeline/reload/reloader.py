@@ -9,7 +9,8 @@ in-flight work and its counters are not touched. A changed agent gets a new
 lane at once, so every new spore queues there, but the new lane runs nothing
 until the old lane's in-flight handlers have finished with the old settings; the
 old lane's queue and pending retries move over, in priority order (a pending
-retry runs without waiting out the rest of its backoff). A removed
+retry runs without waiting out the rest of its backoff); a new schema checks them as
+they move, and what it refuses is a ``schema`` dead letter, as at the gate. A removed
 agent leaves the routing table (spores for it become ``unknown agent`` dead
 letters) and its lane drains what it already holds. A new agent starts and
 gets its ``boot`` spore. Channels update the intake and the routing table;
@@ -32,12 +33,13 @@ import importlib
 import logging
 import sys
 import time
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from sporeflow.config import AgentSpec, ConfigError, OrganismSpec, SporeflowError, check_organism
+from sporeflow.config.reasons import reason_of
 from sporeflow.pipeline.core.wiring import AgentRuntime, WiringSnapshot
 from sporeflow.pipeline.observe.events import AgentStateChanged, EventBus, OrganismReloaded
 from sporeflow.pipeline.reload.diff import (
@@ -51,7 +53,7 @@ from sporeflow.pipeline.reload.diff import (
     restart_only,
 )
 from sporeflow.pipeline.reload.sources import HandlerSources
-from sporeflow.steps import AgentLane
+from sporeflow.steps import AgentLane, Spore, schema_refusal
 
 
 class ReloadPort(Protocol):
@@ -81,6 +83,8 @@ class ReloadPort(Protocol):
     async def start_agent(self, agent: AgentRuntime) -> None: ...
 
     async def boot(self, name: str, knowledge: Mapping[str, Any]) -> Any: ...
+
+    def reject(self, spore: Spore, reason: str, error: BaseException) -> None: ...
 
 __all__ = ["ReloadPort", "Reloader"]
 
@@ -247,11 +251,12 @@ class Reloader:
         organism.rewire(applied, {name: built.get(name) or old_agents[name]
                                   for name in applied.agents})
 
-        bases = {}
-        for name in diff.changed:
+        bases, refusers = {}, {}
+        for name, fields in diff.changed.items():
             old_lane, new_lane = old_agents[name].lane, built[name].lane
             old_lane.pause()
-            _move(old_lane, new_lane)
+            refusers[name] = refuse = self._refuser(name) if "schema" in fields else None
+            _move(old_lane, new_lane, refuse)
             bases[name] = base = _counters(old_lane)
             for counter, value in base.items():  # the agent's counts go on, not restart
                 setattr(new_lane, counter, value)
@@ -263,7 +268,24 @@ class Reloader:
             self._announce(name, "running", "stopping")
         for name in diff.changed:
             self._handovers[name] = self._spawn(
-                self._hand_over(name, old_agents[name], built[name], bases[name]))
+                self._hand_over(name, old_agents[name], built[name], bases[name],
+                                refusers[name]))
+
+    def _refuser(self, name: str) -> Callable[[Spore], bool] | None:
+        """What dead-letters a spore held for ``name`` that its new schema refuses (True:
+        it did), as the schema gate would have, had the spore come after the reload."""
+        organism = self._organism
+        check = organism.wiring().schemas.get(name)
+        if check is None:
+            return None
+
+        def refused(spore: Spore) -> bool:
+            refusal = schema_refusal(check, spore, name)
+            if refusal is not None:
+                organism.reject(spore, reason_of(refusal), refusal)
+            return refusal is not None
+
+        return refused
 
     async def _start_added(self, names: Iterable[str]) -> list[str]:
         """Start the new agents: class agents with ``lazy: false``, then boot spores."""
@@ -283,10 +305,12 @@ class Reloader:
         return notes
 
     async def _hand_over(self, name: str, old: AgentRuntime, new: AgentRuntime,
-                         base: dict[str, int]) -> None:
+                         base: dict[str, int], refuse: Callable[[Spore], bool] | None,
+                         ) -> None:
         """Let the old lane's in-flight handlers finish, then run the new lane.
 
-        ``base`` holds the old lane's counters when the new lane took over.
+        ``base`` holds the old lane's counters when the new lane took over; ``refuse``
+        dead-letters what the new schema refuses of what the old lane still leaves.
         """
         old_lane, new_lane = old.lane, new.lane
         try:
@@ -302,7 +326,7 @@ class Reloader:
             if self._closing:
                 return
             # What the last handlers of the old lane left: retries now due on the new one.
-            counted_twice = _move(old_lane, new_lane)
+            counted_twice = _move(old_lane, new_lane, refuse)
             for counter, value in _counters(old_lane).items():  # what they did meanwhile
                 setattr(new_lane, counter, getattr(new_lane, counter) + value - base[counter])
             new_lane.received -= counted_twice
@@ -370,11 +394,14 @@ class Reloader:
                                                   report=report.to_dict(), at=organism.now()))
 
 
-def _move(old: AgentLane, new: AgentLane) -> int:
+def _move(old: AgentLane, new: AgentLane, refuse: Callable[[Spore], bool] | None) -> int:
     """Move ``old``'s queued spores and pending retries to ``new``, highest priority
-    first; return how many were first attempts (``new`` counts those as received)."""
+    first, but those ``refuse`` dead-letters; return how many first attempts moved
+    (``new`` counts those as received)."""
     entries = old.drain_queue() + [(spore, tries + 1) for spore, tries in old.cancel_timers()]
     entries.sort(key=lambda entry: -entry[0].priority)  # stable: FIFO within a priority
+    if refuse is not None:
+        entries = [entry for entry in entries if not refuse(entry[0])]
     for spore, attempt in entries:
         new.deliver(spore, attempt)
     return sum(1 for _, attempt in entries if attempt == 1)
