@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sporeflow.config import Limits, SporeflowError, redact_text
-from sporeflow.config.reasons import SENDERS_MISTAKES, Reason, did_you_mean, reason_named
+from sporeflow.config.reasons import SENDERS_MISTAKES, did_you_mean, reason_named
 from sporeflow.config.words import message_of, shown
 from sporeflow.steps import Spore, json_size_bound, redelivery
 from sporeflow.steps.sizebound import spore_weight
@@ -119,12 +119,13 @@ class StoredDeadLetter:
 
     def replayable(self) -> Spore:
         """The spore to deliver again: a broadcast goes back to the agent that failed on it
-        only; an expired spore loses its expiry (replaying it asks for it to be handled)."""
+        only; it loses its expiry, whatever its reason (replaying it asks for it to be
+        handled now: one that expired while it waited as a letter was dead again at once)."""
         letter = self.letter
         spore = letter.spore
         if letter.agent is not None and not letter.names_its_sender():
             spore = redelivery(spore, letter.agent)
-        if letter.reason == Reason.EXPIRED:
+        if spore.expires_at is not None:
             spore = replace(spore, expires_at=None)
         return spore
 

@@ -1,0 +1,63 @@
+"""What a replay of a dead letter delivers, whatever its reason: found by a new user.
+
+A replay means "handle it now": a letter whose expiry passed while it waited was
+replayed and dead-lettered again at once as ``expired`` (its first reason lost, exit 0);
+a response nobody awaits was "replayed" and came straight back as the same letter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from sporeflow.pipeline import Organism, Spore, SporeType
+from sporeflow.pipeline.core.deadletters import DeadLetter, StoredDeadLetter
+from sporeflow.pipeline.core.replaying import replay_refusals
+
+
+def _letter(number: int, spore: Spore, reason: str, agent: str | None = None) -> Any:
+    return StoredDeadLetter(number, DeadLetter.of(spore, reason, None, agent=agent))
+
+
+async def test_a_replayed_letter_whose_expiry_passed_is_handled() -> None:
+    handled: list[Any] = []
+    fail = [True]
+
+    async def worker(spore: Spore, ctx: Any) -> None:
+        if fail[0]:
+            raise RuntimeError("not yet")
+        handled.append(spore.knowledge["n"])
+
+    organism = Organism.from_dict({"organism": {"name": "replays"},
+                                   "agents": {"worker": {"handler": worker}}})
+    async with organism.running():
+        await organism.send("worker", {"n": 1}, expires_in=60)
+        await organism.idle()
+        [failed] = organism.dead_letters
+        assert failed.reason == "handler failed"
+        # It waited past its expiry as a dead letter; the handler is fixed; replay it.
+        stale = failed.spore.expires_at - timedelta(days=1)  # as if it passed long ago
+        stored = _letter(1, replace(failed.spore, expires_at=stale), "handler failed",
+                         agent="worker")
+        fail[0] = False
+        spore = stored.replayable()
+        assert spore.expires_at is None
+        await organism.submit(spore)
+        await organism.idle()
+    assert handled == [1]
+    assert [letter.reason for letter in organism.dead_letters] == ["handler failed"]
+
+
+@pytest.mark.parametrize("reason", ["late response", "unexpected response"])
+def test_a_response_nobody_awaits_is_never_replayed(reason: str) -> None:
+    response = Spore(knowledge={"answer": 1}, from_agent="kb", to_agent="classifier",
+                     spore_type=SporeType.RESPONSE, reply_to="r-gone",
+                     created_at=datetime.now(UTC))
+    allowed, refused = replay_refusals([_letter(1, response, reason, agent="kb")], None, ())
+    assert allowed == []
+    [why] = refused
+    assert "a response nobody awaits" in why
+    assert "purge it" in why
