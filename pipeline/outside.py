@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from sporeflow.pipeline.broker.bridge import Bridge
 from sporeflow.pipeline.core.ingress import Ingress
 from sporeflow.pipeline.core.run import Run
-from sporeflow.steps import ExpiresIn, Spore, SporeType
+from sporeflow.steps import ExpiresIn, Spore, SporeType, timeout_seconds
 
 if TYPE_CHECKING:
     from sporeflow.pipeline.journal.store import Journal
@@ -129,8 +129,9 @@ class OutsideApi:
         within that many seconds.
         """
         ingress = self._require_running().ingress
+        seconds = timeout_seconds(timeout)  # a request expires when its asker stops waiting
         spore = ingress.outside_spore(knowledge, to=to_agent, channel=None, sender=sender,
                                       spore_type=SporeType.REQUEST, priority=priority,
-                                      expires_in=None, extra={})
-        return await ingress.request(spore, timeout, admit_within=admit_within)
+                                      expires_in=seconds, extra={})
+        return await ingress.request(spore, seconds, admit_within=admit_within)
 

@@ -25,6 +25,7 @@ from sporeflow.steps import (
     expiry_after,
     new_spore,
     reply_spore,
+    timeout_seconds,
 )
 from sporeflow.steps.ids import derived_id
 
@@ -214,9 +215,10 @@ class Context:
 
     async def _request(self, to: str, knowledge: dict[str, Any],
                        timeout: float | timedelta | str, priority: int | None) -> Spore:
+        seconds = timeout_seconds(timeout)  # a request expires when its asker stops waiting
         spore = self._spore(knowledge, to=to, channel=None, spore_type=SporeType.REQUEST,
-                            priority=priority, expires_in=None)
-        return await self._lent(self._organism.ask(spore, timeout, self.spore, self.agent))
+                            priority=priority, expires_in=seconds)
+        return await self._lent(self._organism.ask(spore, seconds, self.spore, self.agent))
 
     async def _lent(self, waiting: Awaitable[T]) -> T:
         """``await waiting`` (a request's response) with this run's slot lent: once, for

@@ -1,0 +1,49 @@
+"""A request expires with its timeout: found by a new user. A request queued behind a
+busy responder past the time its asker waits was still handled, its work wasted, and its
+response a `late response` dead letter; over RabbitMQ the broker kept it for a responder
+that was down, where RabbitMQ's own RPC pattern gives it a TTL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sporeflow.config import RequestTimeout
+from sporeflow.pipeline import Organism, Spore
+
+from .conftest import VirtualClockLoop
+
+
+def test_a_request_its_asker_gave_up_on_is_an_expired_letter_never_handled(
+        virtual: Callable[..., Any]) -> None:
+    handled: list[Any] = []
+    gate, busy = asyncio.Event(), asyncio.Event()
+
+    async def kb(spore: Spore, ctx: Any) -> dict[str, Any]:
+        handled.append(spore.knowledge["q"])
+        if spore.knowledge["q"] == "first":
+            busy.set()
+            await gate.wait()  # busy: the second request waits in the mailbox
+        return {"a": spore.knowledge["q"]}
+
+    async def main(loop: VirtualClockLoop) -> Organism:
+        organism = Organism.from_dict({
+            "organism": {"name": "asking"},
+            "agents": {"kb": {"handler": kb, "concurrency": 1}}})
+        async with organism.running():
+            first = asyncio.create_task(organism.request("kb", {"q": "first"}, timeout=60))
+            await busy.wait()
+            with pytest.raises(RequestTimeout):
+                await organism.request("kb", {"q": "second"}, timeout=1)
+            gate.set()
+            assert (await first).knowledge == {"a": "first"}
+            await organism.idle()
+        return organism
+
+    organism = virtual(main)
+    assert handled == ["first"]  # the second was never worked on
+    [letter] = organism.dead_letters
+    assert (letter.reason, letter.spore.knowledge) == ("expired", {"q": "second"})
