@@ -130,7 +130,10 @@ def test_knowledge_comes_from_standard_input_or_a_file(
     assert code == 1
     assert "KNOWLEDGE is not JSON: NaN is no JSON number" in err
     code, _, err = invoke("send", str(SMALL), "--start", "--to", "picky", "@nowhere.json")
-    assert "KNOWLEDGE is not JSON: cannot read 'nowhere.json'" in err
+    assert code == 1
+    # Found by a new user: "is not JSON ...; fix the JSON in the file" for no file at all.
+    assert err.startswith("SporeError: cannot read KNOWLEDGE from 'nowhere.json': ")
+    assert err.rstrip().endswith("; check the path after @")
     # Found by a new user: a file that is no JSON was not named, and the hint said to
     # give @FILE, which was what had been given.
     (tmp_path / "bad.json").write_text('{"a": 1,}')

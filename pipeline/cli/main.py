@@ -51,6 +51,7 @@ from sporeflow.pipeline.cli.trace import trace
 from sporeflow.pipeline.cli.util import (
     DURATION,
     ORGANISM_ARG,
+    Unreadable,
     fail,
     guarded,
     knowledge_of,
@@ -422,6 +423,9 @@ def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_requ
     else:
         try:
             payload = knowledge_of(knowledge or "")
+        except Unreadable as exc:
+            click.echo(f"SporeError: {exc}; check the path after @", err=True)
+            ctx.exit(1)
         except ValueError as exc:
             hint = ("fix the JSON in the file" if (knowledge or "").startswith("@") else
                     f"quote it like '{{\"a\": 1}}', or give - (standard input) or @FILE"

@@ -20,7 +20,7 @@ from sporeflow.config import ConfigError, Limits, SporeflowError, parse_duration
 from sporeflow.pipeline.core.deadletters import Masker
 
 __all__ = ["DEFAULT_ORGANISM", "DURATION", "ORGANISM_ARG", "fail", "guarded",
-           "knowledge_of", "mask_with", "masked", "run_to_end"]
+           "Unreadable", "knowledge_of", "mask_with", "masked", "run_to_end"]
 
 T = TypeVar("T")
 
@@ -57,6 +57,10 @@ def _is_number(text: str) -> bool:
 DURATION = Duration()
 
 
+class Unreadable(ValueError):
+    """A KNOWLEDGE file (``@FILE``) that could not be read: no JSON to judge."""
+
+
 def knowledge_of(text: str) -> Any:
     """The JSON a KNOWLEDGE argument gives: itself, ``-`` standard input, ``@FILE`` that
     file (a command line holds some 128 KiB at most). Raises ValueError saying why not."""
@@ -67,7 +71,7 @@ def knowledge_of(text: str) -> Any:
         try:
             text, where = Path(text[1:]).read_text(encoding="utf-8"), f"{text[1:]}: "
         except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read {text[1:]!r}: {exc}") from None
+            raise Unreadable(f"cannot read KNOWLEDGE from {text[1:]!r}: {exc}") from None
 
     def no_constant(name: str) -> None:
         raise ValueError(f"{name} is no JSON number; send null or a string")
