@@ -47,3 +47,34 @@ def test_a_request_its_asker_gave_up_on_is_an_expired_letter_never_handled(
     assert handled == ["first"]  # the second was never worked on
     [letter] = organism.dead_letters
     assert (letter.reason, letter.spore.knowledge) == ("expired", {"q": "second"})
+
+
+def test_a_spore_that_expires_in_a_mailbox_is_logged_as_expired_not_failed(
+        virtual: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
+    # Found by a new user: "agent 'kb' failed on spore ... (attempt 1)" for a spore
+    # whose handler never ran.
+    gate, busy = asyncio.Event(), asyncio.Event()
+
+    async def kb(spore: Spore, ctx: Any) -> None:
+        busy.set()
+        await gate.wait()
+
+    async def main(loop: VirtualClockLoop) -> Organism:
+        organism = Organism.from_dict({
+            "organism": {"name": "expiring"},
+            "agents": {"kb": {"handler": kb, "concurrency": 1}}}, now=loop.wall)
+        async with organism.running():
+            await organism.send("kb", {"n": 1})
+            await busy.wait()
+            await organism.send("kb", {"n": 2}, expires_in=1)
+            await asyncio.sleep(2)  # virtual time: the second expires in the mailbox
+            gate.set()
+            await organism.idle()
+        return organism
+
+    organism = virtual(main)
+    [letter] = organism.dead_letters
+    assert letter.reason == "expired"
+    [line] = [r.getMessage() for r in caplog.records if letter.spore.id in r.getMessage()]
+    assert line.startswith(f"spore {letter.spore.id} expired waiting for agent 'kb'")
+    assert "failed" not in line

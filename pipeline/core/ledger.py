@@ -219,8 +219,11 @@ class Ledger:
     def failed(self, agent: str, spore: Spore, reason: str, error: BaseException,
                attempts: int) -> None:
         """``spore``'s last attempt at ``agent`` failed: dead-letter and settle it."""
-        self.logger.warning("agent %r failed on spore %s (attempt %d): %s", agent,
-                            spore.id, attempts, describe_error(error, self.masker),
+        # A spore that expired in the mailbox never ran: its line says so, not "failed".
+        said = ("spore %s expired waiting for agent %r (attempt %d): %s"
+                if reason == Reason.EXPIRED else "agent %r failed on spore %s (attempt %d): %s")
+        first, second = (spore.id, agent) if reason == Reason.EXPIRED else (agent, spore.id)
+        self.logger.warning(said, first, second, attempts, describe_error(error, self.masker),
                             extra=spore_fields(spore, agent=agent, event="failed",
                                                reason=reason))
         kept = self._kept_for_next_start(reason, spore)  # asked before the hooks hear of it
