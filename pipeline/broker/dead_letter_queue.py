@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import aio_pika
@@ -114,7 +115,8 @@ class DeadLetterQueue:
             self._outstanding = True
             letter, readable = read_letter(message.headers or {}, message.body,
                                            message.timestamp, self.topology)
-            if choice.matches(number, letter.spore.id, letter.agent, letter.reason):
+            if choice.matches(number, letter.spore.id, letter.agent, letter.reason,
+                              partial(getattr, letter.spore, "to_agent", None)):
                 chosen.append(StoredDeadLetter(number, letter))
                 self._held[number] = (message, readable)
         return chosen

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import traceback
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 
 from sporeflow.config import Limits, SporeflowError, redact_text
@@ -149,10 +150,15 @@ class LetterChoice:
     def __bool__(self) -> bool:
         return bool(self.agents or self.reasons or self.ids)
 
-    def matches(self, number: int, spore_id: str, agent: str | None, reason: str) -> bool:
+    def matches(self, number: int, spore_id: str, agent: str | None, reason: str,
+                addressee: Callable[[], object] = lambda: None) -> bool:
+        """Whether the letter is chosen. An ``agents`` filter takes a letter no agent was
+        involved in (``agent`` None: refused or expired on its way) by its spore's
+        ``addressee()`` (its ``to_agent``, read only then)."""
         if agent is not None:
             self.seen.add(agent)
-        return ((not self.agents or agent in self.agents)
+        return ((not self.agents or agent in self.agents
+                 or (agent is None and addressee() in self.agents))
                 and (not self.reasons or reason in self.reasons)
                 and (not self.ids or any(_names(ident, number, spore_id)
                                          for ident in self.ids)))
@@ -285,7 +291,8 @@ class DeadLetterStore:
         if not choice:
             return list(self._letters)
         return [stored for stored in self._letters if choice.matches(
-            stored.number, stored.letter.spore.id, stored.letter.agent, stored.letter.reason)]
+            stored.number, stored.letter.spore.id, stored.letter.agent, stored.letter.reason,
+            partial(getattr, stored.letter.spore, "to_agent", None))]
 
     def take(self, numbers: Iterable[int]) -> list[StoredDeadLetter]:
         """Remove the letters with these numbers (those still kept) and return them."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +90,8 @@ class JournalFile:
             "FROM dead_letters ORDER BY seq")
         # Filtered here, not in SQL: the rule is the broker's dead-letter queue's too.
         return [_letter(row) for row in rows
-                if choice.matches(row[0], _text(row[8]), _text(row[4]), _text(row[2]))]
+                if choice.matches(row[0], _text(row[8]), _text(row[4]) if row[4] is not None
+                                  else None, _text(row[2]), partial(_addressee, row[1]))]
 
     def replay(self, letters: Iterable[StoredDeadLetter],
                book: ReplayBook | None = None) -> int:
@@ -157,6 +160,15 @@ def _letter(row: tuple[Any, ...]) -> StoredDeadLetter:
         _text(agent) if agent is not None else None,
         attempts if type(attempts) is int else 0,
         _text(trace) if trace is not None else None, _moment(at)))
+
+
+def _addressee(spore: object) -> object:
+    """The ``to_agent`` of a stored spore's JSON (None when it has none, or is no JSON)."""
+    try:
+        data = json.loads(spore)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RecursionError):  # a row changed behind our back
+        return None
+    return data.get("to_agent") if isinstance(data, dict) else None
 
 
 def _text(value: object) -> str:
