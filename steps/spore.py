@@ -420,9 +420,11 @@ def _object(name: str, value: object) -> JSONObject:
 
 
 def _priority(name: str, value: object) -> int:
-    if type(value) is not int or not PRIORITY_MIN <= value <= PRIORITY_MAX:
+    # Its range is a limit, the validate stage's (``limit exceeded``), whatever the
+    # spore came from: decoded, an integer out of range is refused there, as one sent is.
+    if type(value) is not int:
         raise SporeError(
-            f"spore field {name!r} is {value!r}; use an integer from "
+            f"spore field {name!r} is {value!r:.40}; use an integer from "
             f"{PRIORITY_MIN} to {PRIORITY_MAX}"
         )
     return value

@@ -172,6 +172,30 @@ async def test_spore_with_a_wrongly_typed_field_is_dead_lettered_and_the_rest_fl
     assert (refused, [spore.knowledge for _, spore in calls]) == ({reason}, [{"n": 2}])
 
 
+async def test_a_priority_out_of_range_is_refused_as_a_limit_here_as_from_any_sender(
+        harness: Harness) -> None:
+    """The priority range is one rule, the validate stage's: a message whose priority
+    header is out of range is the organism's ``limit exceeded`` dead letter (its
+    dead_letters, its stats), as the same spore submitted in the process is, not a
+    message refused as no spore and seen only on the broker."""
+    calls: Calls = []
+    async with harness.running({"agents": {"sink": {"handler": recorder(calls)("sink")}}}
+                               ) as org:
+        topology = Topology.of(org.spec)
+        await publish(topology, Spore(knowledge={"n": 1}, to_agent="sink"),
+                      headers={"priority": "11"})
+        await publish(topology, Spore(knowledge={"n": 2}, to_agent="sink"))
+        await wait_for(lambda: bool(calls) and len(org.dead_letters) > 0)
+        await harness.quiet(org)
+        [letter] = org.dead_letters
+        refused = org.stats()["dead_letters"]["by_reason"]
+    assert (letter.reason, letter.spore.knowledge, letter.spore.priority) == (
+        "limit exceeded", {"n": 1}, 11)
+    assert "priority 11 is out of range" in letter.error
+    assert refused == {"limit exceeded": 1}
+    assert [spore.knowledge for _, spore in calls] == [{"n": 2}]
+
+
 async def test_well_formed_spore_from_a_plain_client_to_a_peer_is_handled(
         harness: Harness) -> None:
     calls: Calls = []

@@ -143,8 +143,8 @@ _ENV = f'xmlns:sf="{NAMESPACE}"'
     (f"<sf:spore {_ENV}><sf:knowledge/><sf:extra/></sf:spore>".encode(),
      "unknown element <{urn:sporeflow:spore:1}extra>"),
     (f"<sf:spore {_ENV}>hello<sf:knowledge/></sf:spore>".encode(), "stray text 'hello'"),
-    (f"<sf:spore {_ENV} priority='11'><sf:knowledge/></sf:spore>".encode(),
-     "spore field 'priority' is 11; use an integer from 1 to 10"),
+    (f"<sf:spore {_ENV} priority='high'><sf:knowledge/></sf:spore>".encode(),
+     "spore field 'priority' is 'high'"),
     (f"<sf:spore {_ENV} hops='many'><sf:knowledge/></sf:spore>".encode(),
      "spore field 'hops' is 'many'"),
     (f"<sf:spore {_ENV} created_at='soon'><sf:knowledge/></sf:spore>".encode(),
@@ -158,6 +158,12 @@ def test_malformed_envelope_is_a_clear_spore_error(data: bytes, message: str) ->
     with pytest.raises(SporeError) as caught:
         spore_from_xml(data)
     assert message in str(caught.value)
+
+
+def test_a_priority_out_of_range_is_read_as_written_for_the_validate_stage() -> None:
+    """Its range is the validate stage's limit, whatever the spore came from."""
+    spore = spore_from_xml(f"<sf:spore {_ENV} priority='11'><sf:knowledge/></sf:spore>")
+    assert spore.priority == 11
 
 
 def test_envelope_over_max_bytes_is_refused_before_parsing() -> None:

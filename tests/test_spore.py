@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sporeflow.config import LimitExceeded, Limits
 from sporeflow.pipeline import Spore, SporeError, SporeType
+from sporeflow.steps.validate import check_spore
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
 json_values = st.recursive(
@@ -107,7 +109,6 @@ def test_naive_timestamps_from_praval_read_as_utc() -> None:
         ("[1, 2]", "must be a JSON object"),
         ("{}", "'knowledge' is missing"),
         ('{"knowledge": []}', "'knowledge' must be a JSON object"),
-        ('{"knowledge": {}, "priority": 11}', "from 1 to 10"),
         ('{"knowledge": {}, "priority": true}', "from 1 to 10"),
         ('{"knowledge": {}, "spore_type": "shout"}', "use one of: knowledge, request"),
         ('{"knowledge": {}, "hops": -1}', ">= 0"),
@@ -125,6 +126,17 @@ def test_from_json_rejects_malformed_input_with_a_clear_error(text: str, hint: s
     with pytest.raises(SporeError) as caught:
         Spore.from_json(text)
     assert hint in str(caught.value)
+
+
+@pytest.mark.parametrize("priority", [0, 11, 10**30])
+def test_a_priority_out_of_range_decodes_and_is_the_validate_stages_limit(
+        priority: int) -> None:
+    """The range is one rule, where every spore passes: decoded as found, refused by the
+    validate stage as ``limit exceeded``, as the same spore sent in the process is."""
+    spore = Spore.from_json(json.dumps({"knowledge": {}, "priority": priority}))
+    assert spore.priority == priority
+    with pytest.raises(LimitExceeded, match="out of range; use 1..10"):
+        check_spore(spore, Limits())
 
 
 @given(st.binary(max_size=200) | st.text(max_size=200))
