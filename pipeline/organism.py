@@ -274,8 +274,9 @@ class Organism(OutsideApi):
         for hook in self._hooks:
             ledger.add_hook(hook, guarded=True)
         if self._journal is not None:
-            ledger.add_hook(journal_hook(self._journal, self._requests, self.now))
-            ingress.persist = self._journal
+            writer = journal_hook(self._journal, self._requests, self.now)
+            ledger.add_hook(writer)
+            ingress.persist = writer  # outside spores too: what it writes is its rule
             self._journal.on_failure = self._fail_stop  # fail stop: see journal.failstop
         if self.events.spores_active:  # events per spore only for those who want them
             ledger.add_hook(self._event_hook)

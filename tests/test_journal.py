@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from sporeflow.config import HandlerError
 from sporeflow.pipeline import Organism, Spore
 from sporeflow.pipeline.journal.offline import JournalFile
 from sporeflow.pipeline.journal.sqlite import JournalError
@@ -340,3 +341,65 @@ async def test_a_replayed_broadcast_goes_only_to_the_agent_that_failed_on_it(
     async with org.running():
         await org.idle()
     assert heard == ["good", "bad"]
+
+
+# -- requests: their asker does not outlive the process -----------------------------------
+
+
+async def test_an_outside_request_a_stop_interrupts_is_a_shutdown_letter_never_replayed(
+        tmp_path: Path) -> None:
+    """The caller is told its request failed at the stop; it is not kept for the next
+    start, where nobody would await its response (which would be dead-lettered
+    'unexpected response' after its handler ran again)."""
+    started = asyncio.Event()
+    runs: list[str] = []
+
+    async def answer(spore: Spore, ctx: Any) -> dict[str, Any]:
+        runs.append(spore.id)
+        started.set()
+        if len(runs) == 1:
+            await asyncio.Event().wait()  # the stop cancels it
+        return {"answer": 42}
+
+    org = organism({"answer": answer}, tmp_path / "j.db")
+    await org.start()
+    asked = asyncio.ensure_future(org.request("answer", {"q": 1}, timeout=60))
+    await started.wait()
+    assert await org.stop(drain_timeout=0) == 1
+    with pytest.raises(HandlerError, match="shutdown"):
+        await asked
+    assert [(letter.reason, letter.spore.id) for letter in org.dead_letters] == [
+        ("shutdown", runs[0])]
+    assert org.stats()["totals"]["unfinished_kept"] == 0
+    with JournalFile(tmp_path / "j.db") as file:
+        assert file.pending() == []
+        assert [s.letter.reason for s in file.dead_letters()] == ["shutdown"]
+    again = organism({"answer": answer}, tmp_path / "j.db")
+    async with again.running():
+        await again.idle()
+    assert (len(runs), list(again.dead_letters)) == (1, [])
+
+
+async def test_a_stop_counts_as_kept_only_what_the_journal_keeps(tmp_path: Path) -> None:
+    """A handler's request is not written (its handler, replayed, asks again): at a stop
+    it is a 'shutdown' dead letter, not counted kept, and the count of what was kept is
+    what the journal holds."""
+    asked = asyncio.Event()
+
+    async def asker(spore: Spore, ctx: Any) -> None:
+        await ctx.request("answer", {"q": 1}, timeout=60)
+
+    async def answer(spore: Spore, ctx: Any) -> None:
+        asked.set()
+        await asyncio.Event().wait()  # the stop cancels it
+
+    org = organism({"asker": asker, "answer": answer}, tmp_path / "j.db")
+    await org.start()
+    sent = await org.send("asker", {})
+    await asked.wait()
+    await org.stop(drain_timeout=0)
+    with JournalFile(tmp_path / "j.db") as file:
+        assert [s.id for s in file.pending()] == [sent.id]
+    assert org.stats()["totals"]["unfinished_kept"] == 1
+    assert [(letter.reason, letter.agent) for letter in org.dead_letters] == [
+        ("shutdown", "answer")]

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sporeflow.pipeline.core.ledger import LedgerHook
     from sporeflow.pipeline.core.requests import RequestBook
+    from sporeflow.pipeline.journal.hook import JournalHook
     from sporeflow.pipeline.journal.store import Journal
 
 
@@ -27,8 +27,8 @@ def open_journal(journal: str | Path | Journal | None) -> Journal | None:
 
 
 def journal_hook(journal: Journal, requests: RequestBook,
-                 now: Callable[[], datetime]) -> LedgerHook:
-    """The ledger's hook writing what the journal keeps."""
+                 now: Callable[[], datetime]) -> JournalHook:
+    """The ledger's hook writing what the journal keeps; the ingress's way to it too."""
     from sporeflow.pipeline.journal.hook import JournalHook
 
     return JournalHook(journal, requests, now)
