@@ -21,7 +21,7 @@ from sporeflow.steps.spore import Spore, SporeType
 from sporeflow.steps.types import Batch, Delivery, Reject
 
 __all__ = ["RoutingTable", "no_agent_error", "permission_error", "route", "unheard_error",
-           "unroutable"]
+           "unroutable", "unsubscribed_error"]
 
 _RESPONSE = SporeType.RESPONSE
 _BROADCAST = SporeType.BROADCAST
@@ -71,13 +71,29 @@ def unheard_error(table: RoutingTable, spore: Spore) -> DeliveryError:
         reason=reason)
 
 
+def unsubscribed_error(table: RoutingTable, spore: Spore) -> NotAPeer | None:
+    """Why ``spore``, a broadcast addressed to one agent of ``table`` (a delivery of it
+    replayed: to the subscriber that failed on it), may not reach that agent: a broadcast
+    goes only to its channel's subscribers, whatever its sender's peers."""
+    target = spore.to_agent
+    if (spore.spore_type is not _BROADCAST or target is None
+            or target in table.subscribers.get(spore.channel, ())):
+        return None
+    return NotAPeer(
+        f"agent {shown(target, _NAME_SHOWN)} does not subscribe to channel "
+        f"{shown(spore.channel, _NAME_SHOWN)}: a broadcast goes only to its channel's "
+        f"subscribers (a delivery of one replayed, to the subscriber that failed on it)")
+
+
 def unroutable(table: RoutingTable, spore: Spore, *,
                outside: Container[str] = frozenset()) -> DeliveryError | None:
     """Why route would find no agent for ``spore`` (not a response), or None: what a
     sender that wants to hear of it at once (the HTTP ingress) is told before admission."""
     target = spore.to_agent
     if target is not None:
-        if target in table.agents or target in outside:
+        if target in table.agents:
+            return unsubscribed_error(table, spore)
+        if target in outside:
             return None
         return no_agent_error(table, target, spore)
     if any(name != spore.from_agent for name in table.subscribers.get(spore.channel, ())):
@@ -166,6 +182,11 @@ async def route(
                     continue
                 if check_permissions:
                     refusal = permission_error(routes, spore, outside=outside)
+                    if refusal is not None:
+                        on_reject(spore, refusal.reason, refusal)
+                        continue
+                if spore.spore_type is _BROADCAST and spore.to_agent in agents:
+                    refusal = unsubscribed_error(routes, spore)  # a delivery, replayed
                     if refusal is not None:
                         on_reject(spore, refusal.reason, refusal)
                         continue

@@ -124,6 +124,16 @@ async def test_broadcast_from_a_sender_off_the_channels_publish_list_is_dead_let
                         channels={"news": {"publish": ["editor"]}}) == (["not a peer"], [])
 
 
+async def test_a_broadcast_addressed_to_an_agent_off_its_channel_is_dead_lettered(
+        harness: Harness) -> None:
+    """A broadcast's delivery (one replayed) goes only to a subscriber of its channel."""
+    agents = {"boss": {}, "director": {"subscribe": ["board"]}, "intern": {}}
+    spore = Spore(knowledge={"memo": "salaries"}, from_agent="boss", channel="board",
+                  spore_type=SporeType.BROADCAST, to_agent="intern")
+    assert await inject(harness, agents, spore,
+                        channels={"board": {"publish": ["boss"]}}) == (["not a peer"], [])
+
+
 async def test_response_to_no_pending_request_is_dead_lettered_as_unexpected(
         harness: Harness) -> None:
     spore = Spore(knowledge={"answer": 42}, spore_type=SporeType.RESPONSE, from_agent="helper",

@@ -213,9 +213,10 @@ def test_a_replayed_broadcast_goes_only_to_a_subscriber() -> None:
     as_sent = _letter(3, news, "no subscribers", agent="triage")
     allowed, refused = replay_refusals([to_triage, to_reader, as_sent], table, ())
     assert allowed == [to_reader, as_sent]
-    assert refused == [f"dead letter 1 (spore {news.id}): agent 'triage' does not subscribe "
-                       f"to channel 'news': a replayed broadcast goes back only to a "
-                       f"subscriber that failed on it; it stays a dead letter: once that is "
+    assert refused == [f"dead letter 1 (spore {news.id}): NotAPeer: agent 'triage' does not "
+                       f"subscribe to channel 'news': a broadcast goes only to its channel's "
+                       f"subscribers (a delivery of one replayed, to the subscriber that "
+                       f"failed on it); it stays a dead letter: once that is "
                        f"fixed, `dlq replay --id {news.id}` again, or `dlq purge --id "
                        f"{news.id}` to drop it"]
 
@@ -279,3 +280,58 @@ async def test_a_journal_replay_of_an_agent_taken_out_exits_1_and_keeps_the_lett
         assert [stored.letter.reason for stored in journal.dead_letters()] == [
             "handler failed"]
         assert journal.pending() == []
+
+
+BOARD = {"organism": {"name": "board"}, "channels": {"board": {"publish": ["boss"]}},
+         "agents": {"boss": {}, "director": {"subscribe": ["board"]}, "intern": {}}}
+
+
+def _board(heard: list[tuple[str, Spore]]) -> dict[str, Any]:
+    def handler(name: str) -> Any:
+        async def handle(spore: Spore, ctx: Any) -> None:
+            heard.append((name, spore))
+        return handle
+
+    return {**BOARD, "agents": {name: {"handler": handler(name), **settings}
+                                for name, settings in BOARD["agents"].items()}}
+
+
+async def test_a_broadcast_delivery_replayed_at_a_start_reaches_no_agent_off_its_channel(
+        tmp_path: Path) -> None:
+    """`dlq replay` moved a broadcast's delivery back to the journal, addressed to the
+    subscriber that failed on it; the file took that agent off the channel before the
+    next start: the start refuses it, as `dlq replay` would have (a broadcast goes only
+    to its channel's subscribers), rather than hand it to an agent that left."""
+    from sporeflow.pipeline.journal.store import Journal
+
+    journal = Journal(tmp_path / "j.db")
+    await journal.open()
+    await journal.record([Spore(knowledge={"secret": 1}, from_agent="boss", channel="board",
+                                spore_type=SporeType.BROADCAST, to_agent="intern")])
+    await journal.close()
+    heard: list[tuple[str, Spore]] = []
+    organism = Organism(Organism.from_dict(_board(heard)).spec, journal=tmp_path / "j.db")
+    async with organism.running():
+        await organism.idle()
+    assert heard == []
+    [letter] = organism.dead_letters
+    assert letter.reason == "not a peer"
+    assert "'intern' does not subscribe to channel 'board'" in letter.error
+
+
+async def test_a_broadcast_typed_spore_reaches_no_agent_off_its_channel_whatever_peers(
+        ) -> None:
+    """Calling a direct spore a broadcast of a channel gains nothing, also from a sender
+    that may address anyone: the agent it names must subscribe to the channel."""
+    heard: list[tuple[str, Spore]] = []
+    organism = Organism.from_dict(_board(heard))
+    async with organism.running():
+        await organism.submit(Spore(knowledge={"secret": 2}, from_agent="boss",
+                                    channel="board", spore_type=SporeType.BROADCAST,
+                                    to_agent="intern"))
+        await organism.submit(Spore(knowledge={"memo": 3}, from_agent="boss",
+                                    channel="board", spore_type=SporeType.BROADCAST,
+                                    to_agent="director"))
+        await organism.idle()
+    assert [(name, spore.knowledge) for name, spore in heard] == [("director", {"memo": 3})]
+    assert [letter.reason for letter in organism.dead_letters] == ["not a peer"]

@@ -207,7 +207,8 @@ class Ingress:
             return
         to = spore.to_agent
         if to is not None:
-            raise refusal if named else no_agent_error(table, to, None)
+            raise (refusal if named or refusal.reason != Reason.UNKNOWN_AGENT
+                   else no_agent_error(table, to, None))
         if refusal.reason == Reason.UNKNOWN_CHANNEL:
             raise refusal
 

@@ -145,16 +145,16 @@ class ReplayBook:
 def organism_rules(table: RoutingTable, outside: Container[str]) -> Screen:
     """The organism's rules applied to a letter before a replay it will deliver later (a
     journal's, the broker's), whose letters anyone who could write there may have
-    written: route's permission rule (``permission_error``), a broadcast's delivery
-    only to a subscriber of its channel, and an agent or channel the organism still has
-    (``unroutable``: one taken out of the file since), heard at replay rather than as
+    written: route's permission rule (``permission_error``), and route's rule of where a
+    spore may go (``unroutable``: an agent or channel the organism still has, not one
+    taken out of the file since; a broadcast's delivery only to a subscriber of its
+    channel, ``unsubscribed_error``), heard at replay rather than as
     another dead letter at the next run, with another reason. A broadcast's delivery is
     allowed as it was."""
 
     def screen(stored: StoredDeadLetter, spore: Spore) -> str | Exception | None:
-        return _unsubscribed(stored, spore, table) or (
-            None if spore.spore_type is SporeType.RESPONSE
-            else unroutable(table, spore, outside=outside)) or (
+        return (None if spore.spore_type is SporeType.RESPONSE
+                else unroutable(table, spore, outside=outside)) or (
             permission_error(table, spore, outside=outside) if table.guarded else None)
 
     return screen
@@ -168,15 +168,3 @@ def replay_refusals(letters: Iterable[StoredDeadLetter], table: RoutingTable | N
     allowed = [stored for stored, _ in book.judged(letters)]
     return allowed, [str(refusal) for refusal in book.refused]
 
-
-def _unsubscribed(stored: StoredDeadLetter, spore: Spore, table: RoutingTable) -> str | None:
-    """A broadcast's delivery goes back only to an agent of its channel (the letter's
-    agent is what the store says: a journal row or a broker header)."""
-    broadcast = stored.letter.spore
-    if (broadcast.spore_type is not SporeType.BROADCAST or broadcast.to_agent is not None
-            or spore.to_agent is None):  # replayed as a broadcast: its channel's rule
-        return None  # (a letter holding no spore is refused as such where it is kept)
-    if spore.to_agent in table.subscribers.get(broadcast.channel, ()):
-        return None
-    return (f"agent {spore.to_agent!r} does not subscribe to channel {broadcast.channel!r}: "
-            f"a replayed broadcast goes back only to a subscriber that failed on it")
