@@ -8,6 +8,7 @@ test_control_cli.py.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
@@ -119,6 +120,32 @@ async def test_send_answers_once_the_spore_is_handled(client: TestClient[Any, An
     assert data["status"] == "handled"
     assert data["agent"] == "echo"
     assert organism.stats()["agents"]["echo"]["handled"] == 1
+
+
+def _as_sent(body: dict[str, Any]) -> io.BytesIO:
+    """``body`` as the command line's client sends it (JSON, what is not ASCII escaped)."""
+    return io.BytesIO(json.dumps(body).encode())
+
+
+@pytest.mark.parametrize("text", ["x", "\u00e9", "\U0001f600"], ids=["ascii", "bmp", "astral"])
+async def test_send_takes_what_the_organisms_spore_limit_takes(text: str) -> None:
+    """The body's bound follows limits.max_spore_bytes: a spore the organism takes from
+    organism.send it takes from `sporeflow send` (whose JSON escapes what is not ASCII),
+    and one over the limit is the chain's refusal, naming it."""
+    org = Organism.from_dict({"organism": {"name": "ctl-big"}, "limits": {
+        "max_spore_bytes": "3MiB"}, "agents": {"echo": {"handler": echo}}})
+    big = {"blob": text * ((2 << 20) // len(text.encode()))}  # 2 MiB as UTF-8
+    async with org.running(drain_timeout=5):
+        served = await serve(org)
+        try:
+            reply = await served.post("/v1/send", data=_as_sent({"to": "echo", "knowledge": big}))
+            assert reply.status == 200, await reply.text()
+            assert (await reply.json())["status"] == "handled"
+            over = {"blob": text * ((4 << 20) // len(text.encode()))}
+            reply = await served.post("/v1/send", data=_as_sent({"to": "echo", "knowledge": over}))
+            assert "max_spore_bytes" in await reply.text()
+        finally:
+            await served.close()
 
 
 async def test_a_request_answers_with_the_response(client: TestClient[Any, Any]) -> None:

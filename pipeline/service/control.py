@@ -69,7 +69,11 @@ from sporeflow.steps import SporeType
 __all__ = ["ControlOrganism", "OPEN_ROUTES", "control_app", "token_guard"]
 
 OPEN_ROUTES = frozenset({"/v1/health", "/v1/ready"})  # probes carry no token
-_MAX_BODY = 1 << 20  # a spore is capped far below this by limits.max_spore_bytes
+_MAX_BODY = 1 << 20  # at least; a send's body is bounded by the organism's spore limit:
+# JSON's escapes (what the command line's client writes) make of a character of 2 to 4
+# bytes in UTF-8, as limits.max_spore_bytes measures it, at most 3 times as many bytes.
+_ESCAPED, _FIELDS = 3, 64 << 10  # and the body's other fields
+_SPORE_LIMIT = web.AppKey("spore_limit", int)
 _MAX_TIMEOUT = 24 * 3600.0
 _SEND_KEYS = frozenset({"to", "channel", "knowledge", "sender", "request", "timeout",
                         "metadata"})
@@ -99,7 +103,10 @@ def control_app(organism: ControlOrganism, *,
                 trace: TraceWindow | None = None) -> web.Application:
     """The API's routes over ``organism``; ``on_reload`` hears of each reload done here;
     ``trace``: the window the trace route reads (None: one is made and attached)."""
-    app = application(middlewares=[*middlewares, _errors], client_max_size=_MAX_BODY)
+    # What organism.send takes, this takes; the chain judges the spore's size itself.
+    bound = max(_MAX_BODY, _ESCAPED * organism.spec.limits.max_spore_bytes + _FIELDS)
+    app = application(middlewares=[*middlewares, _errors], client_max_size=bound)
+    app[_SPORE_LIMIT] = organism.spec.limits.max_spore_bytes
     if trace is None:
         trace = TraceWindow()
         organism.add_hook(trace)
@@ -162,6 +169,12 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except _BadRequest as exc:
         return error_response(400, "BadRequest", str(exc))
+    except web.HTTPRequestEntityTooLarge as exc:  # a body past what a spore may weigh
+        limit = request.app[_SPORE_LIMIT]
+        return error_response(exc.status, "RequestEntityTooLarge", (
+            f"the request body is over {request.client_max_size:,} bytes, more than a spore "
+            f"within limits.max_spore_bytes={limit:,} can be as JSON: send less, or raise "
+            f"limits.max_spore_bytes in the organism file (at the next start)"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
