@@ -419,15 +419,18 @@ class AmqpBackend(Backend):
         if self._recording is not None:
             self._recording.cancel()
         reply, self._reply = self._reply, None
+        replies = self._reply_consumer
         self._link.close("the backend was closed")
         self._exchange = self._dead = self._out = None
-        for consumer in [*self._consumers, self._reply_consumer]:
-            if consumer is not None:  # deleting the reply queue cancels its consumer
+        for consumer in [*self._consumers, replies]:
+            if consumer is not None:
                 consumer.stop()
         self._consumers, self._reply_consumer = [], None
         if connection is not None and not connection.is_closed:
             if reply is not None and connection.connected.is_set():
                 with contextlib.suppress(*_ERRORS):  # it would wait for x-expires else
+                    if replies is not None:  # else the delete has the broker cancel it,
+                        await replies.cancel()  # which aiormq logs as a WARNING
                     await reply.delete(if_unused=False, if_empty=False)
             try:
                 await connection.close()
