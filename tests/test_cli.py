@@ -88,6 +88,19 @@ def test_send_start_prints_what_comes_back_as_json_lines_then_the_id() -> None:
     assert spore["thread_id"] == spore_id
 
 
+def test_send_takes_a_priority_and_an_expiry() -> None:
+    # Found by a new user: README gives send both; the command line had neither.
+    code, out, err = invoke("send", str(SMALL), "--start", "--to", "picky", "--priority",
+                            "9", "--expires-in", "30s", '{"n": 4}')
+    assert code == 0, err
+    reply = json.loads(out.strip().splitlines()[0])
+    assert reply["priority"] == 9  # a reply takes its parent's priority
+    code, _, err = invoke("send", str(SMALL), "--start", "--to", "picky", "--priority",
+                          "11", '{"n": 4}')
+    assert code == 2
+    assert "'--priority': 11 is not in the range 1<=x<=10" in err
+
+
 def test_send_request_prints_the_response() -> None:
     code, out, _ = invoke("send", str(SMALL), "--start", "--to", "squarer", "--request",
                           '{"n": 5}')

@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sporeflow.config import organism_from_dict
 from sporeflow.pipeline import Organism, Spore
 from sporeflow.pipeline.core.deadletters import DeadLetter, DeadLetterStore, LetterChoice
+from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.service import operations
 from sporeflow.pipeline.service.address import (
     AlreadyRunning,
@@ -120,6 +121,32 @@ async def test_send_answers_once_the_spore_is_handled(client: TestClient[Any, An
     assert data["status"] == "handled"
     assert data["agent"] == "echo"
     assert organism.stats()["agents"]["echo"]["handled"] == 1
+
+
+async def test_send_takes_the_priority_and_expiry_organism_send_takes(
+        client: TestClient[Any, Any], organism: Organism) -> None:
+    # Found by a new user: `sporeflow send` had no --priority nor --expires-in.
+    seen: list[Spore] = []
+    organism.add_hook(_Seen(seen))
+    reply = await client.post("/v1/send", json={"to": "echo", "knowledge": {"n": 1},
+                                                "priority": 9, "expires_in": "30s"})
+    assert reply.status == 200, await reply.text()
+    [spore] = [s for s in seen if s.knowledge == {"n": 1}]
+    assert spore.priority == 9
+    assert spore.expires_at is not None
+    assert 29 <= (spore.expires_at - spore.created_at).total_seconds() <= 30
+    reply = await client.post("/v1/send", json={"to": "echo", "knowledge": {"n": 2},
+                                                "priority": 11})
+    assert reply.status == 422
+    assert "priority 11 is out of range" in (await reply.json())["error"]
+
+
+class _Seen(LedgerHook):
+    def __init__(self, seen: list[Spore]) -> None:
+        self.seen = seen
+
+    def admitted(self, spores: Any, agent: str | None, parent: Spore | None) -> None:
+        self.seen.extend(spores)
 
 
 def _as_sent(body: dict[str, Any]) -> io.BytesIO:

@@ -267,7 +267,7 @@ async def _send_once(org: Organism, body: Mapping[str, Any],
         outcome = await operations.send_spore(
             org, body["knowledge"], to=body.get("to"), channel=body.get("channel"),
             sender=sender, request=body.get("request", False), timeout=timeout,
-            extra={"metadata": body["metadata"]} if body.get("metadata") else None)
+            extra=operations.send_options(body))
         try:
             async with asyncio.timeout(timeout):
                 await org.idle()

@@ -376,6 +376,10 @@ def check(ctx: click.Context, organism: Path) -> None:
 @click.option("--timeout", default="30s", show_default=True, type=DURATION,
               help="How long to wait for the spore to be handled (or for the response to a "
                    "request), e.g. 5s.")
+@click.option("--priority", type=click.IntRange(1, 10), help="The spore's priority, 1 to 10 "
+              "(higher first; default 5).")
+@click.option("--expires-in", type=DURATION, help="Past this (e.g. 30s) the spore is an "
+              "'expired' dead letter, never handled (a request expires with --timeout).")
 @click.option("--start", is_flag=True, help="With no run of ORGANISM going on, run one here "
               "without its boot spores: send, wait until idle, stop.")
 @click.option("--xml", "xml_payload", metavar="ELEMENT",
@@ -386,7 +390,8 @@ def check(ctx: click.Context, organism: Path) -> None:
 @click.pass_context
 def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_request: bool,
          timeout: float, knowledge: str | None, xml_payload: str | None,
-         channel: str | None = None, start: bool = False, process: str | None = None) -> None:
+         channel: str | None = None, start: bool = False, process: str | None = None,
+         priority: int | None = None, expires_in: float | None = None) -> None:
     """Send KNOWLEDGE (JSON) or --xml ELEMENT to an agent (or a channel) of the running
     ORGANISM (default ./organism.yaml); print the spore's id once it is handled, or a
     request's response. A single argument is the KNOWLEDGE, unless --xml is given or it
@@ -443,7 +448,7 @@ def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_requ
         fail(ctx, not_running(file, f"start it with `sporeflow run {file}`, or pass "
                                     f"--start to run one now without its boot spores"))
     body = {"to": to_agent, "channel": channel, "knowledge": payload, "request": as_request,
-            "timeout": timeout, **extra}
+            "timeout": timeout, "priority": priority, "expires_in": expires_in, **extra}
     if path is None:
         send_started(ctx, file, body, timeout)
         return

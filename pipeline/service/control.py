@@ -8,7 +8,8 @@ with a bearer token.
                                      broker, an organism may run in several processes)
     GET  /v1/stats                   organism.stats()
     POST /v1/send                    {to | channel, knowledge, sender?, request?, timeout?,
-                                      metadata?} -> the spore's fate, or the response
+                                      metadata?, priority?, expires_in?} -> the spore's
+                                      fate, or the response
     GET  /v1/events                  NDJSON of spore events; ?agent= &channel= &type=
                                      &event= (repeatable) &knowledge=false &until_idle=true
     POST /v1/reload                  the reload's report (422 when refused)
@@ -76,7 +77,7 @@ _ESCAPED, _FIELDS = 3, 64 << 10  # and the body's other fields
 _SPORE_LIMIT = web.AppKey("spore_limit", int)
 _MAX_TIMEOUT = 24 * 3600.0
 _SEND_KEYS = frozenset({"to", "channel", "knowledge", "sender", "request", "timeout",
-                        "metadata"})
+                        *operations.SEND_OPTIONS})
 _REPLAY_KEYS = frozenset({"agents", "reasons", "ids", "all"})
 
 
@@ -277,8 +278,7 @@ class _Routes:
             return refusal
         outcome = await operations.send_spore(
             self.organism, body["knowledge"], to=to, channel=channel, sender=sender,
-            request=request_it, timeout=float(timeout),
-            extra={"metadata": metadata} if metadata else None)
+            request=request_it, timeout=float(timeout), extra=operations.send_options(body))
         return self.json(outcome.to_dict(), status=operations.refusal_status(outcome))
 
     async def events(self, request: web.Request) -> web.StreamResponse:

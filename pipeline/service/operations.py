@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -100,7 +100,8 @@ class Controlled(Protocol):
                   sender: str = ..., **extra: Any) -> Coroutine[Any, Any, Spore]: ...
 
     async def request(self, to_agent: str, knowledge: dict[str, Any], *,
-                      timeout: float = ..., sender: str = ...) -> Spore: ...
+                      timeout: float = ..., sender: str = ..., priority: int = ...,
+                      ) -> Spore: ...
 
     async def reload(self) -> ReloadReport: ...
 
@@ -258,6 +259,16 @@ class _Fates:
             await self._changed.wait()
 
 
+# What a send's body (the control endpoint's, `sporeflow send`'s) may add to the spore,
+# as organism.send's keywords; a request takes its priority (its expiry is its timeout).
+SEND_OPTIONS = ("metadata", "priority", "expires_in")
+
+
+def send_options(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords for organism.send that ``body`` gives (those not null)."""
+    return {key: body[key] for key in SEND_OPTIONS if body.get(key) is not None}
+
+
 async def send_spore(organism: Controlled, knowledge: dict[str, Any], *,
                      to: str | None = None, channel: str | None = None,
                      sender: str = "cli", request: bool = False, timeout: float = 30.0,
@@ -278,7 +289,9 @@ async def send_spore(organism: Controlled, knowledge: dict[str, Any], *,
             raise SporeError("a request goes to one agent: give `to`")
         if request:
             assert to is not None
-            response = await organism.request(to, knowledge, timeout=timeout, sender=sender)
+            asked = {"priority": extra["priority"]} if extra and "priority" in extra else {}
+            response = await organism.request(to, knowledge, timeout=timeout, sender=sender,
+                                              **asked)
             return SendOutcome("answered", response.reply_to, agent=response.from_agent,
                                response=response)
         spore = await (organism.send(to, knowledge, sender=sender, channel=channel,
