@@ -18,13 +18,14 @@ from typing import Any, Protocol
 from sporeflow.config import (
     DeliveryError,
     Limits,
+    NotAPeer,
     OrganismFull,
     OrganismStateError,
     RequestTimeout,
     SporeError,
 )
 from sporeflow.config.errors import JournalError
-from sporeflow.config.model import OUTSIDE_SENDERS
+from sporeflow.config.model import DEAD_LETTER_CHANNEL, OUTSIDE_SENDERS
 from sporeflow.config.reasons import Reason, reason_of
 from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.ledger import Ledger
@@ -125,6 +126,15 @@ class Ingress:
 
     # -- from outside ------------------------------------------------------------------
 
+    def _screen_outside(self, spore: Spore, *, built: bool = False) -> None:
+        """:meth:`screen`, and the rule of outside callers alone: the ``dead-letter``
+        channel carries the organism's own notices, whose voice (``system``) is also the
+        name of a caller that gives none; a forged one would look real."""
+        if spore.channel == DEAD_LETTER_CHANNEL and spore.to_agent is None:
+            raise NotAPeer(f"an outside sender may not post on {DEAD_LETTER_CHANNEL!r}: it "
+                           f"carries the organism's own notices of its dead letters")
+        self.screen(spore, self._senders_with(spore.from_agent), built=built)
+
     def outside_spore(self, knowledge: dict[str, Any], *, to: str | None,
                       channel: str | None, sender: str, spore_type: SporeType,
                       priority: int, expires_in: ExpiresIn | None,
@@ -156,7 +166,7 @@ class Ingress:
                           expires_at=expires_at, **{"created_at": now, **extra})
         # The chain's own checks, run now so that the caller hears of a refusal at once:
         # the fields' types first (a recipient that is no name cannot be looked up).
-        self.screen(spore, self._senders_with(sender), built=built)
+        self._screen_outside(spore, built=built)
         self._check_recipient(spore, (), named=False)
         self._remember(sender)
         return spore
@@ -170,7 +180,7 @@ class Ingress:
         ``confirm``: as :meth:`enter`."""
         if self.refusal is not None:
             raise self.refusal
-        self.screen(spore, self._senders_with(spore.from_agent))
+        self._screen_outside(spore)
         if whole:
             self._deliverable(spore)
         self._remember(spore.from_agent)
