@@ -391,10 +391,14 @@ class AgentLane(SlotLending):
                 self._failed(spore, stopping, asyncio.CancelledError(
                     f"{self.name!r} was stopped while handling it"), attempt)
                 raise exc
-            if task is not None and task.cancelling():
-                task.uncancel()  # swallowed here: the runner task runs on, uncancelled
             self._fail(spore, attempt, Reason.HANDLER_FAILED, asyncio.CancelledError(
                 f"handler of {self.name!r} was cancelled from inside"))
+            if task is not None and task.cancelling():
+                # Its runner's task was cancelled: the handler's own doing, or the loop's
+                # end (asyncio.run cancels every task left). The runner ends either way,
+                # as a cancelled task must (one that ran on would keep asyncio.run from
+                # returning); the pool calls another for the lanes still waiting.
+                raise exc
         elif isinstance(exc, TimeoutError) and deadline is not None and (
                 deadline.expired() or isinstance(exc, Overrun)):
             caught = (": it caught the cancellation its timeout sent and ran on until it "

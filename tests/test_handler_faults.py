@@ -294,6 +294,36 @@ async def test_a_handler_whose_task_is_cancelled_is_a_failure_not_a_shutdown() -
     assert cancelling == [0, 0]
 
 
+def test_the_loop_ends_when_it_is_closed_with_a_handler_in_flight() -> None:
+    """asyncio.run ends by cancelling every task left, an organism's runners amid their
+    handlers included (it was not stopped, or its stop was cancelled: a Ctrl-C in its
+    drain). Once the runner took that cancellation for the handler's own, ran on and
+    parked: asyncio.run never returned."""
+    loop = asyncio.new_event_loop()
+    running = asyncio.Event()
+
+    async def slow(spore: Spore, ctx: Any) -> None:
+        running.set()
+        await asyncio.sleep(3600)
+
+    async def main() -> None:
+        org = Organism.from_dict({"agents": {"a": {"handler": slow}}})
+        await org.start()
+        await org.send("a", {})
+        await asyncio.wait_for(running.wait(), 10)
+
+    try:
+        loop.run_until_complete(main())
+        left = asyncio.all_tasks(loop)
+        for task in left:  # what asyncio.run does at its end
+            task.cancel()
+        loop.run_until_complete(asyncio.wait(left, timeout=10))
+        assert [task for task in left if not task.done()] == []
+        assert [task for task in asyncio.all_tasks(loop) if not task.done()] == []
+    finally:
+        loop.close()
+
+
 async def test_handlers_that_keep_replying_still_let_the_loop_turn() -> None:
     """A self-loop of replies never holds the loop for long: a callback queued at its
     first hop runs long before the hops run out."""
