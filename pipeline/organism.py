@@ -52,7 +52,7 @@ from sporeflow.pipeline.core.outbox import Outbox
 from sporeflow.pipeline.core.recent import RecentNames
 from sporeflow.pipeline.core.requests import RequestBook
 from sporeflow.pipeline.core.run import Run
-from sporeflow.pipeline.core.shutdown import drain_then_abandon, kept_where
+from sporeflow.pipeline.core.shutdown import OneStop, drain_then_abandon, kept_where
 from sporeflow.pipeline.core.subscriptions import set_subscription
 from sporeflow.pipeline.core.wiring import AgentRuntime, WiringCell, WiringSnapshot
 from sporeflow.pipeline.journal import journal_hook, open_journal
@@ -69,11 +69,7 @@ from sporeflow.pipeline.reload.diff import ReloadReport
 from sporeflow.pipeline.reload.edits import with_agent, without_agent
 from sporeflow.pipeline.reload.reloader import Reloader
 from sporeflow.pipeline.sources import Sources
-from sporeflow.steps import (
-    RunnerPool,
-    Spore,
-    utc_now,
-)
+from sporeflow.steps import RunnerPool, Spore, utc_now
 
 if TYPE_CHECKING:
     from sporeflow.pipeline.journal.store import Journal
@@ -123,6 +119,7 @@ class Organism(OutsideApi):
         self._pool = RunnerPool(name=f"sporeflow:{spec.name}")
         self._agent_states = AgentStates(spec.name, self.logger)
         self._stop_watchers: set[asyncio.Task[int]] = set()
+        self._one_stop = OneStop()  # a stop called while another drains waits for it
         self._budget = warned_budget(spec.limits, self.events, self.logger, now)
         self._procpool = ProcessPool(spec.limits.process_pool)
         self._watchdog = LoopWatchdog(spec.limits.loop_stall_warning, self.logger)
@@ -338,8 +335,12 @@ class Organism(OutsideApi):
         What could not finish within ``drain_timeout`` is dead-lettered with reason
         ``shutdown``; returns how many spores that was. ``drain_timeout`` bounds the
         whole stop: in-flight work gets it less a grace of up to 0.5 s in which cancelled
-        handlers end; one that ignores its cancellation is abandoned and reported.
+        handlers end; one that ignores its cancellation is abandoned and reported. Called
+        while another stop drains, it returns (0) once that one has ended.
         """
+        return await self._one_stop.run(lambda: self._stop(drain_timeout))
+
+    async def _stop(self, drain_timeout: float | None) -> int:
         run = self._run
         if self._state not in (State.RUNNING, State.FAILED) or run is None:
             return 0

@@ -240,6 +240,35 @@ async def test_sends_after_stop_began_raise_organism_state_error() -> None:
     assert stats["dead_letters"]["total"] == 0
 
 
+async def test_a_stop_called_while_another_drains_returns_once_the_organism_stopped() -> None:
+    """`async with organism.running():` around a `stop_when`, or two stoppers: the second
+    `stop()` once returned 0 at once, the organism still draining, and the block exited
+    with its handlers still running (asyncio.run's end then cut them off)."""
+    gate = asyncio.Event()
+    started = asyncio.Event()
+
+    async def blocker(spore: Spore, ctx: Any) -> None:
+        started.set()
+        await gate.wait()
+
+    org = Organism.from_dict({"agents": {"blocker": {"handler": blocker}}})
+    await org.start()
+    await org.send("blocker", {})
+    await asyncio.wait_for(started.wait(), BACKSTOP)
+    first = asyncio.ensure_future(org.stop(drain_timeout=BACKSTOP))
+    await wait_until(lambda: org.state == "stopping")
+
+    async def second_stop() -> tuple[int, str, int]:
+        left = await org.stop(drain_timeout=BACKSTOP)
+        return left, org.state, org.stats()["agents"]["blocker"]["handled"]
+
+    second = asyncio.ensure_future(second_stop())
+    await asyncio.sleep(0)  # its call runs: it must wait for the drain, not return
+    gate.set()
+    assert await asyncio.wait_for(second, BACKSTOP) == (0, "stopped", 1)
+    assert await asyncio.wait_for(first, BACKSTOP) == 0
+
+
 # -- the CLI ---------------------------------------------------------------------------------
 
 HANDLERS = '''

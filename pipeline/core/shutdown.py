@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from sporeflow.config.reasons import Reason
@@ -12,7 +12,7 @@ from sporeflow.pipeline.core.ledger import Ledger
 from sporeflow.pipeline.core.run import Run
 from sporeflow.steps import AgentLane
 
-__all__ = ["CANCEL_GRACE", "abandon_all", "drain_then_abandon", "kept_where"]
+__all__ = ["CANCEL_GRACE", "OneStop", "abandon_all", "drain_then_abandon", "kept_where"]
 
 # Seconds a cancelled handler gets to end at a stop (at most a quarter of the drain).
 CANCEL_GRACE = 0.5
@@ -69,3 +69,23 @@ def kept_where(journal: _Failing | None) -> str:
     if journal is None or journal.failure is None:
         return "kept for the next start (journal, broker)"
     return "left to the journal, which failed: its error says what is durable"
+
+
+class OneStop:
+    """One stop at a time: a stop called while another drains returns once that one has
+    ended (with 0: the spores it left are the first one's to tell), never while handlers
+    still run."""
+
+    def __init__(self) -> None:
+        self._ended: asyncio.Future[None] | None = None
+
+    async def run(self, stop: Callable[[], Awaitable[int]]) -> int:
+        if self._ended is not None:
+            await asyncio.shield(self._ended)
+            return 0
+        ended = self._ended = asyncio.get_running_loop().create_future()
+        try:
+            return await stop()
+        finally:
+            self._ended = None
+            ended.set_result(None)
