@@ -393,3 +393,29 @@ def test_cli_run_exits_at_once_on_a_second_sigint(tmp_path: Path) -> None:
     assert took < 5.0
     assert "interrupted twice" in stderr
     assert SUMMARY.search(stderr) is None  # it did not wait for the drain
+    # No journal: what it held is gone, and it says how much (it once said nothing).
+    lost = re.search(r"([\d,]+) spores? held in memory (?:is|are) lost", stderr)
+    assert lost is not None, stderr
+    assert 0 < int(lost.group(1).replace(",", "")) <= 3000
+
+
+def test_cli_run_exits_at_once_on_a_second_sigterm_keeping_the_journal(tmp_path: Path) -> None:
+    path = write_job(tmp_path, count=3000, delay=0.05, ready=3, concurrency=1)
+    journal = tmp_path / "drain.db"
+    with start_run(path, "--drain-timeout", "600", "--journal", str(journal)) as proc:
+        try:
+            read_until(proc.stdout, b"ready after 3", timeout=BACKSTOP)
+            proc.send_signal(signal.SIGTERM)
+            early = read_until(proc.stderr, b"stopping: finishing in-flight work",
+                               timeout=BACKSTOP)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=BACKSTOP)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    stderr = early.decode() + err.decode()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "interrupted twice" in stderr
+    assert f"stays in the journal {journal}" in stderr
+    assert "lost" not in stderr

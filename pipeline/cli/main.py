@@ -254,13 +254,14 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
     hangup = getattr(signal, "SIGHUP", None) if on_terminal else None
     stopping = (signal.SIGINT, signal.SIGTERM, *((hangup,) if hangup is not None else ()))
 
-    def on_signal() -> None:
+    def on_signal(sig: int) -> None:
         nonlocal signals
         signals += 1
         if signals > 1:
             # Second Ctrl-C: the user does not want to wait for the drain.
-            click.echo("interrupted twice: exiting without draining", err=True)
-            os._exit(130)
+            click.echo(f"interrupted twice: exiting without draining; {_left_behind(org)}",
+                       err=True)
+            os._exit(128 + sig)  # 130 for Ctrl-C, 143 for SIGTERM: as a shell reports them
         # file=sys.stderr, not err=True: click would write past the live view's redirection.
         click.echo("stopping: finishing in-flight work (Ctrl-C again to exit now)",
                    file=sys.stderr)
@@ -271,7 +272,10 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
         _forget_terminal()  # writing to a closed terminal fails: the state file is still saved
 
     for sig in stopping:
-        loop.add_signal_handler(sig, on_hangup if sig == hangup else on_signal)
+        if sig == hangup:
+            loop.add_signal_handler(sig, on_hangup)
+        else:
+            loop.add_signal_handler(sig, on_signal, sig)
     started = time.perf_counter()
     waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
     # Observers outlive the drain (the live view shows it) and close before the summary.
@@ -342,6 +346,19 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
             click.echo(f"source {name!r} failed: {error}", err=True)
         return 1
     return 0
+
+
+def _left_behind(org: Organism) -> str:
+    """What an exit without a drain leaves, where it goes: never lost unsaid."""
+    if org.journal is not None:
+        return (f"what was unfinished stays in the journal {org.journal.path} and is "
+                f"replayed at the next start")
+    if org.brokered:
+        return "the deliveries not yet acked go back to their queues, for the next consumer"
+    held = org.stats()["totals"]["held"]
+    return (f"{held:,} spore{'' if held == 1 else 's'} held in memory "
+            f"{'is' if held == 1 else 'are'} lost (queued or in flight; a journal keeps "
+            f"them: --journal FILE)")
 
 
 def _forget_terminal() -> None:
