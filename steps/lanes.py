@@ -32,13 +32,14 @@ from sporeflow.steps.spore import SPORE_CLOCK, Spore
 if TYPE_CHECKING:
     from sporeflow.steps.runners import RunnerPool
 
-__all__ = ["AgentLane", "Invoke", "LanePolicy", "Shape", "handler_at"]
+__all__ = ["HOLD_LOOP_AT_MOST", "AgentLane", "Invoke", "LanePolicy", "Shape", "handler_at"]
 
 Invoke = Callable[[Spore, int], Awaitable[Any]]
 Shape = Callable[[Any, Spore], Awaitable[list[Spore]] | list[Spore]]
 
 # Spores a runner takes from one lane before letting the next runnable lane go.
 _BURST = 64
+HOLD_LOOP_AT_MOST = 0.01  # seconds a runner (or a stream) runs before it lets the loop run
 _clock = time.perf_counter
 _clock_of = SPORE_CLOCK.get
 
@@ -167,12 +168,15 @@ class AgentLane(SlotLending):
         concurrency, quick = policy.concurrency, policy.timeout is None and lane.inline
         invoke, shape = lane.invoke, lane.shape
         burst = _BURST
+        # A burst ends once it has held the loop HOLD_LOOP_AT_MOST too: handlers that
+        # block the loop, one after another, must still let it turn (a signal, a timer).
+        until = _clock() + HOLD_LOOP_AT_MOST
         # While serving the lane this task is only ever suspended inside its handlers:
         # that is when `cancel` and `wait_quiet` look at it.
         lane._running.add(task)
         try:
             while mailbox.size and burst and not lane.paused and not resumers and (
-                    lane.busy < concurrency):
+                    lane.busy < concurrency) and _clock() < until:
                 burst -= 1
                 lane.busy += 1
                 item = mailbox.pop()

@@ -13,11 +13,9 @@ import asyncio
 from collections import deque
 from typing import Any
 
-from sporeflow.steps.lanes import AgentLane
+from sporeflow.steps.lanes import HOLD_LOOP_AT_MOST, AgentLane
 
 __all__ = ["HOLD_LOOP_AT_MOST", "RunnerPool"]
-
-HOLD_LOOP_AT_MOST = 0.01  # seconds a runner (or a stream) runs before it lets the loop run
 
 
 class RunnerPool:

@@ -348,6 +348,29 @@ async def test_handlers_that_keep_replying_still_let_the_loop_turn() -> None:
     assert max(hops) < bound
 
 
+async def test_handlers_that_block_the_loop_one_after_another_still_let_it_turn() -> None:
+    """One lane's queued spores whose handlers each block the loop (time.sleep in an
+    async def) ran back to back, up to 64 of them, before the loop turned: a SIGTERM, a
+    stop's drain timeout and the watchdog's end of stall all waited for the lot. A
+    runner lets the loop run once it has held it 10 ms, between handlers of one lane too."""
+    loop = asyncio.get_running_loop()
+    order: list[str] = []
+
+    async def blocking(spore: Spore, ctx: Any) -> None:
+        if not order:
+            loop.call_soon(order.append, "loop turned")
+        order.append(f"handler {spore.knowledge['n']}")
+        time.sleep(0.02)  # noqa: ASYNC251 - the fault under test: blocks the loop 20 ms
+
+    organism = Organism.from_dict({"limits": {"loop_stall_warning": 0},
+                                   "agents": {"b": {"handler": blocking}}})
+    async with organism.running():
+        for n in range(6):
+            await organism.send("b", {"n": n}, confirm=False)
+        await asyncio.wait_for(organism.idle(), 60)
+    assert order.index("loop turned") < order.index("handler 2"), order
+
+
 async def test_a_generator_an_async_handler_returns_lets_the_loop_turn() -> None:
     """Before: its items were taken on the loop with no turn between them, so the loop
     was held until the generator ended (an endless one for good) and the handler's
