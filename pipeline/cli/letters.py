@@ -1,5 +1,5 @@
 """How dead letters are printed: a line each (``sporeflow dlq list``), and those a run
-kept in memory only, at its end."""
+kept in memory only, at its end; and what a run's exit without a drain leaves."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sporeflow.config.words import plural
 from sporeflow.pipeline.core.deadletters import StoredDeadLetter
 from sporeflow.pipeline.organism import Organism
 
-__all__ = ["echo_kept_by_this_run", "letter_lines"]
+__all__ = ["echo_kept_by_this_run", "left_behind", "letter_lines"]
 
 _ERROR_WIDTH = 80
 _SHOWN = 20  # a run's letters printed at its end, at most
@@ -62,3 +62,16 @@ def echo_kept_by_this_run(org: Organism) -> None:
         click.echo(f"  {line}", err=True)
     if len(letters) > _SHOWN:
         click.echo(f"  ... and {len(letters) - _SHOWN:,} more", err=True)
+
+
+def left_behind(org: Organism) -> str:
+    """What an exit without a drain leaves, where it goes: never lost unsaid."""
+    if org.journal is not None:
+        return (f"what was unfinished stays in the journal {org.journal.path} and is "
+                f"replayed at the next start")
+    if org.brokered:
+        return "the deliveries not yet acked go back to their queues, for the next consumer"
+    held = org.stats()["totals"]["held"]
+    return (f"{held:,} spore{'' if held == 1 else 's'} held in memory "
+            f"{'is' if held == 1 else 'are'} lost (queued or in flight; a journal keeps "
+            f"them: --journal FILE)")

@@ -43,7 +43,7 @@ from sporeflow.pipeline.cli.dlq import dlq
 from sporeflow.pipeline.cli.graph import graph
 from sporeflow.pipeline.cli.init import init
 from sporeflow.pipeline.cli.keygen import keygen
-from sporeflow.pipeline.cli.letters import echo_kept_by_this_run
+from sporeflow.pipeline.cli.letters import echo_kept_by_this_run, left_behind
 from sporeflow.pipeline.cli.schemas import schema
 from sporeflow.pipeline.cli.sendargs import knowledge_names_a_file, send_arguments
 from sporeflow.pipeline.cli.tail import tail
@@ -248,18 +248,20 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0
+    stopped_by: list[signal.Signals] = []  # the signal that stopped it, if one did
     # SIGHUP from a terminal: it was closed, stop (not reload and run on, orphaned); from a
     # service manager (no terminal): reload, as `sporeflow reload` does.
     on_terminal = sys.stdin is not None and sys.stdin.isatty()
     hangup = getattr(signal, "SIGHUP", None) if on_terminal else None
     stopping = (signal.SIGINT, signal.SIGTERM, *((hangup,) if hangup is not None else ()))
 
-    def on_signal(sig: int) -> None:
+    def on_signal(sig: signal.Signals) -> None:
         nonlocal signals
         signals += 1
+        stopped_by.append(sig)
         if signals > 1:
             # Second Ctrl-C: the user does not want to wait for the drain.
-            click.echo(f"interrupted twice: exiting without draining; {_left_behind(org)}",
+            click.echo(f"interrupted twice: exiting without draining; {left_behind(org)}",
                        err=True)
             os._exit(128 + sig)  # 130 for Ctrl-C, 143 for SIGTERM: as a shell reports them
         # file=sys.stderr, not err=True: click would write past the live view's redirection.
@@ -268,6 +270,7 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
         stop.set()
 
     def on_hangup() -> None:
+        stopped_by.append(signal.Signals.SIGHUP)
         stop.set()
         _forget_terminal()  # writing to a closed terminal fails: the state file is still saved
 
@@ -298,7 +301,7 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
             if observers is not None:
                 watching = await observers(org)
             if until_idle:
-                waiters.append(asyncio.ensure_future(_until_idle(org)))
+                waiters.append(idle := asyncio.ensure_future(_until_idle(org)))
             if until is not None:
                 try:
                     until(org.stats())  # a name the stats lack fails now, not mid-run
@@ -311,6 +314,8 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # surfaces a crashed organism
+            if until_idle and idle in done:
+                stopped_by.clear()  # idle: the batch is done, whatever came with it
     finally:
         for waiter in waiters:
             waiter.cancel()
@@ -345,20 +350,11 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
         for name, error in failed.items():
             click.echo(f"source {name!r} failed: {error}", err=True)
         return 1
+    if until_idle and stopped_by:  # nor did one a signal ended first: as a shell says it
+        click.echo(f"stopped by {stopped_by[0].name} before it was idle: the batch did not "
+                   f"finish", err=True)
+        return 128 + stopped_by[0]
     return 0
-
-
-def _left_behind(org: Organism) -> str:
-    """What an exit without a drain leaves, where it goes: never lost unsaid."""
-    if org.journal is not None:
-        return (f"what was unfinished stays in the journal {org.journal.path} and is "
-                f"replayed at the next start")
-    if org.brokered:
-        return "the deliveries not yet acked go back to their queues, for the next consumer"
-    held = org.stats()["totals"]["held"]
-    return (f"{held:,} spore{'' if held == 1 else 's'} held in memory "
-            f"{'is' if held == 1 else 'are'} lost (queued or in flight; a journal keeps "
-            f"them: --journal FILE)")
 
 
 def _forget_terminal() -> None:
