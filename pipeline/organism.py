@@ -237,7 +237,7 @@ class Organism(OutsideApi):
             await self._agent_states.start(self._cell.current.agents, run.ingress)
             if self._bridge is not None:
                 await self._bridge.start(run)
-        except Exception:
+        except BaseException:  # cancelled too (wait_for, Ctrl-C): never left half started
             await self.stop(drain_timeout=0)
             raise
         if unfinished:  # replayed through the whole chain, before anything new

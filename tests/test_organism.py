@@ -183,6 +183,31 @@ async def test_organism_cannot_start_twice() -> None:
             await organism.start()
 
 
+async def test_a_start_cancelled_halfway_stops_what_it_started() -> None:
+    """`asyncio.wait_for(organism.start(), ...)` timing out (a broker not there yet, an
+    on_start that takes long) or a Ctrl-C: the organism once stayed 'running', half
+    started, admitting spores it could not handle and refusing a new start."""
+    entered = asyncio.Event()
+
+    class Slow:
+        async def on_start(self) -> None:
+            entered.set()
+            await asyncio.Event().wait()  # never set: the start is cancelled here
+
+        async def handle(self, spore: Spore, ctx: Any) -> None:
+            return None
+
+    organism = Organism.from_dict({"agents": {"slow": {"handler": Slow, "lazy": False}}})
+    starting = asyncio.ensure_future(organism.start())
+    await asyncio.wait_for(entered.wait(), 10)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert organism.state == "stopped"
+    with pytest.raises(OrganismStateError, match="stopped"):
+        await organism.send("slow", {})
+
+
 def test_a_send_from_another_event_loop_is_refused_not_lost() -> None:
     # Found by a new user: started under one asyncio.run and sent to under another, the
     # spore was admitted (send returned) and never handled; idle() then failed with a raw
