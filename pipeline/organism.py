@@ -162,8 +162,7 @@ class Organism(OutsideApi):
     @property
     def returned(self) -> int:
         """How many spores were returned to the outside world."""
-        run = self._run
-        return self._returned_before + (run.ledger.returned if run is not None else 0)
+        return self._returned_before + (self._run.ledger.returned if self._run else 0)
 
     @property
     def brokered(self) -> bool:
@@ -237,22 +236,22 @@ class Organism(OutsideApi):
             await self._agent_states.start(self._cell.current.agents, run.ingress)
             if self._bridge is not None:
                 await self._bridge.start(run)
+            if unfinished:  # replayed through the whole chain, before anything new
+                assert self._journal is not None
+                self._journal.replayed += len(unfinished)
+                run.intake.feed(unfinished)
+                self.logger.info("replaying %d unfinished spore(s) from %s",
+                                 len(unfinished), self._journal.path)
+            for agent in self.spec.agents.values():
+                # With a broker, each process boots the agents it hosts.
+                if boot and agent.boot is not None and (
+                        self._bridge is None or agent.name in self._bridge.hosted):
+                    await self.boot(agent.name, agent.boot, again=reboot)
+            if boot:  # its inputs, last: a one-off run (boot=False) reads none
+                await self.sources.start(self.spec)
         except BaseException:  # cancelled too (wait_for, Ctrl-C): never left half started
             await self.stop(drain_timeout=0)
             raise
-        if unfinished:  # replayed through the whole chain, before anything new
-            assert self._journal is not None
-            self._journal.replayed += len(unfinished)
-            run.intake.feed(unfinished)
-            self.logger.info("replaying %d unfinished spore(s) from %s", len(unfinished),
-                             self._journal.path)
-        for agent in self.spec.agents.values():
-            # With a broker, each process boots the agents it hosts.
-            if boot and agent.boot is not None and (self._bridge is None
-                                                    or agent.name in self._bridge.hosted):
-                await self.boot(agent.name, agent.boot, again=reboot)
-        if boot:  # its inputs, last: a one-off run (boot=False) reads none
-            await self.sources.start(self.spec)
 
     def _open_run(self) -> Run:
         """Make this run's intake, ledger and ingress, and attach the active hooks."""
@@ -336,8 +335,7 @@ class Organism(OutsideApi):
         ``shutdown``; returns how many spores that was. ``drain_timeout`` bounds the
         whole stop: in-flight work gets it less a grace of up to 0.5 s in which cancelled
         handlers end; one that ignores its cancellation is abandoned and reported. Called
-        while another stop drains, it returns (0) once that one has ended.
-        """
+        while another stop drains, it returns (0) once that one has ended."""
         return await self._one_stop.run(lambda: self._stop(drain_timeout))
 
     async def _stop(self, drain_timeout: float | None) -> int:
@@ -351,7 +349,7 @@ class Organism(OutsideApi):
             await self._bridge.stop_consuming()
         # Lanes a reload retired (removed or replaced agents) may still hold work too;
         # what the chain did not take is dead-lettered.
-        left = await drain_then_abandon(run, lambda: [
+        left, cancelled = await drain_then_abandon(run, lambda: [
             *((name, agent.lane) for name, agent in self._cell.current.agents.items()),
             *self._reloader.close()], drain_timeout)
         await run.finish_chain()
@@ -372,6 +370,8 @@ class Organism(OutsideApi):
             self.logger.warning("stopped with %d spore(s) unfinished: %d %s, the rest "
                                 "dead-lettered as 'shutdown'", left, run.ledger.kept,
                                 kept_where(self.journal))
+        if cancelled:  # while it drained: the stop ended at once, and said what it left
+            raise asyncio.CancelledError
         return left
 
     @contextlib.asynccontextmanager

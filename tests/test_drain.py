@@ -269,6 +269,33 @@ async def test_a_stop_called_while_another_drains_returns_once_the_organism_stop
     assert await asyncio.wait_for(first, BACKSTOP) == 0
 
 
+async def test_a_stop_cancelled_while_it_drains_ends_at_once_and_loses_nothing_unsaid(
+) -> None:
+    """A Ctrl-C in a script's asyncio.run while `async with organism.running():` drains
+    cancels the stop: it once ended there, 'stopping' for good, the spores in flight and
+    queued neither handled nor dead-lettered. Now it drains no more, dead-letters what
+    is left as a timed-out drain does, ends the stop, and then raises the cancellation."""
+    started = asyncio.Event()
+
+    async def blocker(spore: Spore, ctx: Any) -> None:
+        started.set()
+        await asyncio.Event().wait()  # never set: only the stop ends it
+
+    org = Organism.from_dict({"agents": {"blocker": {"handler": blocker}}})
+    await org.start()
+    for n in range(3):
+        await org.send("blocker", {"n": n})
+    await asyncio.wait_for(started.wait(), BACKSTOP)
+    stopping = asyncio.ensure_future(org.stop(drain_timeout=BACKSTOP))
+    await wait_until(lambda: org.state == "stopping")
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(stopping, BACKSTOP)
+    assert org.state == "stopped"
+    assert sorted(d.spore.knowledge["n"] for d in org.dead_letters) == [0, 1, 2]
+    assert {d.reason for d in org.dead_letters} == {"shutdown"}
+
+
 # -- the CLI ---------------------------------------------------------------------------------
 
 HANDLERS = '''

@@ -19,15 +19,22 @@ CANCEL_GRACE = 0.5
 
 
 async def drain_then_abandon(run: Run, lanes: Callable[[], Sequence[tuple[str, AgentLane]]],
-                             drain_timeout: float | None) -> int:
+                             drain_timeout: float | None) -> tuple[int, bool]:
     """Let ``run`` finish its work, then cancel and dead-letter what is
     left (see :func:`abandon_all`). ``drain_timeout`` bounds both: the drain gets it
-    less the grace cancelled handlers get to end."""
+    less the grace cancelled handlers get to end. A stop cancelled while it drains (a
+    Ctrl-C in a script's ``asyncio.run``) drains no more: what is left is abandoned as
+    after a timeout, never left unsaid; True then says to raise the cancellation once
+    the stop has ended. Returns how many spores were left, and that."""
     grace = CANCEL_GRACE if drain_timeout is None else min(CANCEL_GRACE, drain_timeout / 4)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(run.idle(), None if drain_timeout is None
-                               else drain_timeout - grace)
-    return await abandon_all(lanes(), run.ledger, grace)
+    cancelled = False
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.idle(), None if drain_timeout is None
+                                   else drain_timeout - grace)
+    except asyncio.CancelledError:
+        cancelled = True
+    return await abandon_all(lanes(), run.ledger, grace), cancelled
 
 
 async def abandon_all(lanes: Sequence[tuple[str, AgentLane]], ledger: Ledger,
