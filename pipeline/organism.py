@@ -119,7 +119,7 @@ class Organism(OutsideApi):
         self._pool = RunnerPool(name=f"sporeflow:{spec.name}")
         self._agent_states = AgentStates(spec.name, self.logger)
         self._stop_watchers: set[asyncio.Task[int]] = set()
-        self._one_stop = OneStop()  # a stop called while another drains waits for it
+        self._one_stop = OneStop(lambda: [a.lane for a in self._cell.current.agents.values()])
         self._budget = warned_budget(spec.limits, self.events, self.logger, now)
         self._procpool = ProcessPool(spec.limits.process_pool)
         self._watchdog = LoopWatchdog(spec.limits.loop_stall_warning, self.logger)

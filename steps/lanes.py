@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from sporeflow.config.errors import DeliveryError
@@ -32,7 +34,8 @@ from sporeflow.steps.spore import SPORE_CLOCK, Spore
 if TYPE_CHECKING:
     from sporeflow.steps.runners import RunnerPool
 
-__all__ = ["HOLD_LOOP_AT_MOST", "AgentLane", "Invoke", "LanePolicy", "Shape", "handler_at"]
+__all__ = ["HOLD_LOOP_AT_MOST", "AgentLane", "Invoke", "LanePolicy", "Shape", "handler_at",
+           "lane_running_here"]
 
 Invoke = Callable[[Spore, int], Awaitable[Any]]
 Shape = Callable[[Any, Spore], Awaitable[list[Spore]] | list[Spore]]
@@ -74,6 +77,15 @@ def handler_at(task: asyncio.Task[Any]) -> tuple[Spore, int] | None:
             found = frame.f_locals["spore"], frame.f_locals.get("attempt", 1)
         coro = coro.cr_await
     return found
+
+
+def lane_running_here() -> tuple[AgentLane, Spore] | None:
+    """The lane, and the spore, whose handler the code running now was called from, read
+    off the stack (as :func:`handler_at` reads a suspended task): a handler calling in."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code not in _HANDLER_FRAMES:
+        frame = frame.f_back
+    return None if frame is None else (frame.f_locals["self"], frame.f_locals["spore"])
 
 
 @dataclass(frozen=True, slots=True)

@@ -296,6 +296,33 @@ async def test_a_stop_cancelled_while_it_drains_ends_at_once_and_loses_nothing_u
     assert {d.reason for d in org.dead_letters} == {"shutdown"}
 
 
+async def test_a_stop_awaited_in_a_handler_is_refused_with_the_way_to_stop_from_one() -> None:
+    """`await organism.stop()` in a handler waits for that handler to end: its drain ran
+    out, the stop cancelled the handler, so itself, and the organism stayed 'stopping'.
+    It is refused, saying what to do; a stop the handler leaves to a task works."""
+    refusals: list[str] = []
+    holder: list[Organism] = []
+
+    async def quitter(spore: Spore, ctx: Any) -> None:
+        org = holder[0]
+        try:
+            await org.stop(drain_timeout=BACKSTOP)
+        except OrganismStateError as exc:
+            refusals.append(str(exc))
+            asyncio.get_running_loop().create_task(org.stop(drain_timeout=BACKSTOP))
+
+    org = Organism.from_dict({"agents": {"quitter": {"handler": quitter}}})
+    holder.append(org)
+    await org.start()
+    await org.send("quitter", {})
+    await wait_until(lambda: org.state == "stopped", timeout=BACKSTOP)
+    assert len(refusals) == 1
+    assert "the handler of 'quitter'" in refusals[0]
+    assert "asyncio.create_task(organism.stop())" in refusals[0]
+    assert org.stats()["agents"]["quitter"]["handled"] == 1
+    assert list(org.dead_letters) == []
+
+
 # -- the CLI ---------------------------------------------------------------------------------
 
 HANDLERS = '''

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Protocol
 
+from sporeflow.config.errors import OrganismStateError
 from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.core.ledger import Ledger
 from sporeflow.pipeline.core.run import Run
 from sporeflow.steps import AgentLane
+from sporeflow.steps.lanes import lane_running_here
 
 __all__ = ["CANCEL_GRACE", "OneStop", "abandon_all", "drain_then_abandon", "kept_where"]
 
@@ -81,12 +83,21 @@ def kept_where(journal: _Failing | None) -> str:
 class OneStop:
     """One stop at a time: a stop called while another drains returns once that one has
     ended (with 0: the spores it left are the first one's to tell), never while handlers
-    still run."""
+    still run. A stop awaited in a handler is refused: it would wait for that handler,
+    then cancel it, and itself with it."""
 
-    def __init__(self) -> None:
+    def __init__(self, lanes: Callable[[], Collection[AgentLane]]) -> None:
+        self._lanes = lanes  # the organism's: a handler of another one may stop this one
         self._ended: asyncio.Future[None] | None = None
 
     async def run(self, stop: Callable[[], Awaitable[int]]) -> int:
+        if (here := lane_running_here()) is not None and here[0] in self._lanes():
+            lane, spore = here
+            raise OrganismStateError(
+                f"organism.stop() awaited in the handler of {lane.name!r} (spore "
+                f"{spore.id}): a stop waits for every handler to end, this one too; let "
+                f"a task stop it, asyncio.create_task(organism.stop()), or use "
+                f"organism.stop_when(...)")
         if self._ended is not None:
             await asyncio.shield(self._ended)
             return 0
