@@ -21,7 +21,6 @@ import click
 
 from sporeflow.config import (
     Limits,
-    SporeError,
     SporeflowError,
     check_organism,
 )
@@ -45,7 +44,7 @@ from sporeflow.pipeline.cli.init import init
 from sporeflow.pipeline.cli.keygen import keygen
 from sporeflow.pipeline.cli.letters import echo_kept_by_this_run, left_behind
 from sporeflow.pipeline.cli.schemas import schema
-from sporeflow.pipeline.cli.sendargs import knowledge_names_a_file, send_arguments
+from sporeflow.pipeline.cli.sendargs import knowledge_names_a_file, send_arguments, xml_knowledge
 from sporeflow.pipeline.cli.tail import tail
 from sporeflow.pipeline.cli.trace import trace
 from sporeflow.pipeline.cli.util import (
@@ -67,8 +66,6 @@ from sporeflow.pipeline.observe.tracing import ensure_tracer_provider
 from sporeflow.pipeline.organism import Organism
 from sporeflow.pipeline.reload.watch import ReloadTriggers, require_watchfiles
 from sporeflow.pipeline.service.server import ControlServer
-from sporeflow.steps import payload_from_xml
-from sporeflow.steps.xmldocument import payload_metadata
 
 __all__ = ["main"]
 
@@ -436,7 +433,7 @@ def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_requ
                                "may have many subscribers, and a request one answer)")
     extra: dict[str, Any] = {}
     if xml_payload is not None:
-        payload, extra = guarded(ctx, lambda: _xml_knowledge(xml_payload, as_request,
+        payload, extra = guarded(ctx, lambda: xml_knowledge(xml_payload, as_request,
                                                              Limits()))
     else:
         try:
@@ -467,20 +464,6 @@ def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_requ
         return
     status, answer = call(ctx, path, "POST", "send", body)
     send_outcome(ctx, status, answer, timeout=timeout)
-
-
-def _xml_knowledge(text: str, as_request: bool, limits: Limits) -> tuple[Any, dict[str, Any]]:
-    """``--xml``: one payload element, read by the mapping of replies; its tag is the kind."""
-    if as_request:
-        raise SporeError("--xml cannot be combined with --request: a request carries no "
-                         "kind; send the knowledge as JSON")
-    payload = payload_from_xml(text, limits=limits, strict=True)  # not repaired: a user wrote it
-    if payload.attrs:
-        raise SporeError(
-            f"--xml: <{payload.tag}> has addressing attribute(s) {', '.join(payload.attrs)}; "
-            f"on the command line --to addresses the spore: remove them, or write the data "
-            f"as child elements")
-    return payload.knowledge, {"metadata": payload_metadata(payload)}
 
 
 cli.add_command(graph)

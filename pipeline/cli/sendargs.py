@@ -8,15 +8,19 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
-from sporeflow.config import ConfigError
+from sporeflow.config import ConfigError, Limits, SporeError
 from sporeflow.config.positions import YamlSyntaxError, read_yaml
 from sporeflow.config.size_cap import read_capped
 from sporeflow.pipeline.cli.util import DEFAULT_ORGANISM
+from sporeflow.steps import payload_from_xml
+from sporeflow.steps.xmldocument import payload_metadata
 
-__all__ = ["SendArguments", "knowledge_names_a_file", "not_an_organism", "send_arguments"]
+__all__ = ["SendArguments", "knowledge_names_a_file", "not_an_organism", "send_arguments",
+           "xml_knowledge"]
 
 
 @dataclass(frozen=True)
@@ -121,3 +125,17 @@ def _is_json(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def xml_knowledge(text: str, as_request: bool, limits: Limits) -> tuple[Any, dict[str, Any]]:
+    """``--xml``: one payload element, read by the mapping of replies; its tag is the kind."""
+    if as_request:
+        raise SporeError("--xml cannot be combined with --request: a request carries no "
+                         "kind; send the knowledge as JSON")
+    payload = payload_from_xml(text, limits=limits, strict=True)  # not repaired: a user wrote it
+    if payload.attrs:
+        raise SporeError(
+            f"--xml: <{payload.tag}> has addressing attribute(s) {', '.join(payload.attrs)}; "
+            f"on the command line --to addresses the spore: remove them, or write the data "
+            f"as child elements")
+    return payload.knowledge, {"metadata": payload_metadata(payload)}
