@@ -55,6 +55,7 @@ __all__ = [
     "Problem",
     "RequestTimeout",
     "SporeError",
+    "StreamInterrupted",
     "SporeflowError",
     "UsageError",
 ]
@@ -134,6 +135,13 @@ class RequestTimeout(SporeflowError, TimeoutError):
 
 class OrganismStateError(SporeflowError):
     """The organism is not in a state that allows this call (not started, stopping...)."""
+
+
+class StreamInterrupted(OrganismStateError):
+    """A stop cut a handler's stream short where the organism keeps unfinished work (a
+    journal, a broker): its spore is kept, and the stream starts again at the next start."""
+
+    reason = Reason.SHUTDOWN
 
 
 class UsageError(SporeflowError, ValueError):

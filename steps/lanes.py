@@ -21,7 +21,7 @@ from datetime import datetime
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from sporeflow.config.errors import DeliveryError
+from sporeflow.config.errors import DeliveryError, StreamInterrupted
 from sporeflow.config.model import Retry
 from sporeflow.config.reasons import Reason
 from sporeflow.steps.backoff import backoff_delay
@@ -415,6 +415,8 @@ class AgentLane(SlotLending):
                 # as a cancelled task must (one that ran on would keep asyncio.run from
                 # returning); the pool calls another for the lanes still waiting.
                 raise exc
+        elif isinstance(exc, StreamInterrupted):  # a stop cut its stream short: no retry
+            self._failed(spore, Reason.SHUTDOWN, exc, attempt)
         elif isinstance(exc, TimeoutError) and deadline is not None and (
                 deadline.expired() or isinstance(exc, Overrun)):
             caught = (": it caught the cancellation its timeout sent and ran on until it "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sporeflow.config import AgentSpec, Emit, Limits
+from sporeflow.config.errors import StreamInterrupted
 from sporeflow.pipeline.agents.context import Context, HandlerPort
 from sporeflow.pipeline.agents.keyed import KeyHolders, keyed_invoker
 from sporeflow.pipeline.agents.orchestration import orchestrator
@@ -201,10 +202,11 @@ class AgentBuilder:
             if result.__class__ is not dict and result is not None:
                 if hasattr(result, "__aiter__"):
                     return _stream(result, parent, name, emit, port, ledger.intake, runtime,
-                                   limits)
+                                   limits, ledger.keeps_unfinished)
                 if hasattr(result, "__next__"):  # a generator: memory bounded, as a stream's
                     return _stream(_lazily(result), parent, name, emit, port,
-                                   ledger.intake, runtime, limits, made="returned")
+                                   ledger.intake, runtime, limits, ledger.keeps_unfinished,
+                                   made="returned")
             # Large XML comes back as an awaitable that parses on a worker thread.
             return shape_replies_off_loop(result, parent=parent, agent=name, emit=emit,
                                           limits=limits)
@@ -233,11 +235,14 @@ async def _lazily(items: Iterator[Any]) -> AsyncIterator[Any]:
 
 async def _stream(results: Any, parent: Spore, name: str, emit: Emit | None,
                   port: HandlerPort, intake: Intake, runtime: Callable[[], AgentRuntime],
-                  limits: Limits, made: str = "yielded") -> list[Spore]:
+                  limits: Limits, keeps: Callable[[Spore], bool],
+                  made: str = "yielded") -> list[Spore]:
     """Route what an async generator (or iterable) yields as it yields it, under the
     handler's timeout: a continuous source is a generator that yields forever.
 
-    It stops at its next item once the organism is stopping, and waits, its slot lent,
+    It stops at its next item once the organism is stopping (cut short: kept, when a
+    journal or a broker keeps its spore, and started again at the next start; else it
+    ends as handled, nothing being there to resume it), and waits, its slot lent,
     while spores are paged out to disk, so that a fast source keeps memory and disk
     bounded (see ``Intake.feed``). What it yields is numbered across the stream, for the
     derived ids (see ``steps.ids``).
@@ -253,7 +258,10 @@ async def _stream(results: Any, parent: Spore, name: str, emit: Emit | None,
             if replies:
                 position += len(replies)
                 port.output(replies, parent, name)
-            if intake.closed:
+            if intake.closed:  # a stop: resumed at the next start, if one keeps its spore
+                if keeps(parent):
+                    raise StreamInterrupted(f"the organism stopped before the stream of "
+                                            f"{name!r} ended; it starts again at the next start")
                 break
             if intake.spill.count:
                 await intake.paged_in(runtime().lane)

@@ -219,13 +219,12 @@ class Ledger:
     def failed(self, agent: str, spore: Spore, reason: str, error: BaseException,
                attempts: int) -> None:
         """``spore``'s last attempt at ``agent`` failed: dead-letter and settle it."""
-        # A spore that expired in the mailbox never ran: its line says so, not "failed".
-        said = ("spore %s expired waiting for agent %r (attempt %d): %s"
-                if reason == Reason.EXPIRED else "agent %r failed on spore %s (attempt %d): %s")
-        first, second = (spore.id, agent) if reason == Reason.EXPIRED else (agent, spore.id)
-        self.logger.warning(said, first, second, attempts, describe_error(error, self.masker),
-                            extra=spore_fields(spore, agent=agent, event="failed",
-                                               reason=reason))
+        # A spore that expired in the mailbox never ran, and one a stop interrupted did
+        # not fail: each line says what happened (the reason is kept on the record).
+        self.logger.warning(_FAILED_LINES.get(reason, _FAILED), {
+            "agent": agent, "spore": spore.id, "attempt": attempts,
+            "error": describe_error(error, self.masker)},
+            extra=spore_fields(spore, agent=agent, event="failed", reason=reason))
         kept = self._kept_for_next_start(reason, spore)  # asked before the hooks hear of it
         for hook in self._on_failed:
             hook(spore, agent, reason, error, attempts)
@@ -378,6 +377,11 @@ class Ledger:
         ``dlq`` agree."""
         return reason == Reason.SHUTDOWN and any(keeps(spore) for keeps in self._keepers)
 
+    def keeps_unfinished(self, spore: Spore) -> bool:
+        """Whether ``spore``, were a stop to interrupt it now, would be kept for the next
+        start (see :meth:`_kept_for_next_start`): a stream a stop cuts short asks."""
+        return self._kept_for_next_start(Reason.SHUTDOWN, spore)
+
     def kept_elsewhere(self, spore: Spore) -> None:
         """``spore`` could not leave, but what made it went back to the broker unacked, so
         it is made again there: no dead letter (the caller settles it)."""
@@ -396,6 +400,15 @@ class Ledger:
                             agent=agent, attempts=attempts)
             self.intake.settle(1)
         return len(spores)
+
+
+_FAILED = "agent %(agent)r failed on spore %(spore)s (attempt %(attempt)d): %(error)s"
+_FAILED_LINES: dict[str, str] = {
+    Reason.EXPIRED: "spore %(spore)s expired waiting for agent %(agent)r (attempt "
+                    "%(attempt)d): %(error)s",
+    Reason.SHUTDOWN: "the stop interrupted agent %(agent)r on spore %(spore)s (attempt "
+                     "%(attempt)d): %(error)s",
+}
 
 
 def _notice(knowledge: dict[str, Any], dead: Spore) -> Spore:
