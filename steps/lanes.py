@@ -182,13 +182,15 @@ class AgentLane(SlotLending):
         burst = _BURST
         # A burst ends once it has held the loop HOLD_LOOP_AT_MOST too: handlers that
         # block the loop, one after another, must still let it turn (a signal, a timer).
-        until = _clock() + HOLD_LOOP_AT_MOST
+        # ``now`` is the clock read each run ends with (its latency's): no read more.
+        now = _clock()
+        until = now + HOLD_LOOP_AT_MOST
         # While serving the lane this task is only ever suspended inside its handlers:
         # that is when `cancel` and `wait_quiet` look at it.
         lane._running.add(task)
         try:
             while mailbox.size and burst and not lane.paused and not resumers and (
-                    lane.busy < concurrency) and _clock() < until:
+                    lane.busy < concurrency) and now < until:
                 burst -= 1
                 lane.busy += 1
                 item = mailbox.pop()
@@ -207,6 +209,7 @@ class AgentLane(SlotLending):
                 try:
                     if not quick or spore.expires_at is not None:
                         await lane._run(spore, attempt)
+                        now = _clock()
                         continue
                     # The common case, inline: no timeout, no expiry to re-check.
                     started = _clock()
@@ -216,10 +219,12 @@ class AgentLane(SlotLending):
                         if replies.__class__ is not list:
                             replies = await replies  # type: ignore[misc]
                     except BaseException as exc:
+                        now = _clock()
                         lane._failed_run(spore, attempt, exc, None)
                         continue
                     lane.handled += 1
-                    lane._on_done(spore, replies, _clock() - started)
+                    now = _clock()
+                    lane._on_done(spore, replies, now - started)
                 finally:
                     lane.busy -= 1
                     if resumers and lane._hand_over():

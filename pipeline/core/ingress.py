@@ -118,6 +118,11 @@ class Ingress:
         """Raise what the chain would refuse ``spore`` for, by the chain's own rules
         (``built``: made by ``new_spore`` from a sender's arguments, see ``check_spore``)."""
         check_spore(spore, self.limits, built=built)
+        if spore.channel == DEAD_LETTER_CHANNEL and spore.to_agent is None:
+            # The organism's own notices go there, never through here; their voice
+            # (``system``) is also an outside caller's that gives no name: no forgery.
+            raise NotAPeer(f"{spore.from_agent!r} may not post on {DEAD_LETTER_CHANNEL!r}: "
+                           f"it carries the organism's own notices of its dead letters")
         table = self._cell.current.table
         if table.guarded:
             refusal = permission_error(table, spore, outside=outside)
@@ -125,15 +130,6 @@ class Ingress:
                 raise refusal
 
     # -- from outside ------------------------------------------------------------------
-
-    def _screen_outside(self, spore: Spore, *, built: bool = False) -> None:
-        """:meth:`screen`, and the rule of outside callers alone: the ``dead-letter``
-        channel carries the organism's own notices, whose voice (``system``) is also the
-        name of a caller that gives none; a forged one would look real."""
-        if spore.channel == DEAD_LETTER_CHANNEL and spore.to_agent is None:
-            raise NotAPeer(f"an outside sender may not post on {DEAD_LETTER_CHANNEL!r}: it "
-                           f"carries the organism's own notices of its dead letters")
-        self.screen(spore, self._senders_with(spore.from_agent), built=built)
 
     def outside_spore(self, knowledge: dict[str, Any], *, to: str | None,
                       channel: str | None, sender: str, spore_type: SporeType,
@@ -166,7 +162,7 @@ class Ingress:
                           expires_at=expires_at, **{"created_at": now, **extra})
         # The chain's own checks, run now so that the caller hears of a refusal at once:
         # the fields' types first (a recipient that is no name cannot be looked up).
-        self._screen_outside(spore, built=built)
+        self.screen(spore, self._senders_with(sender), built=built)
         self._check_recipient(spore, (), named=False)
         self._remember(sender)
         return spore
@@ -180,7 +176,7 @@ class Ingress:
         ``confirm``: as :meth:`enter`."""
         if self.refusal is not None:
             raise self.refusal
-        self._screen_outside(spore)
+        self.screen(spore, self._senders_with(spore.from_agent))
         if whole:
             self._deliverable(spore)
         self._remember(spore.from_agent)
