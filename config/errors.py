@@ -16,6 +16,7 @@ runtime both raise these, and ``config`` imports nothing of either.
     ├── HandlerError           the handler of a request failed; carries the cause
     ├── RequestTimeout         no response arrived in time
     ├── OrganismStateError     the organism is not running, or already running
+    │   └── StreamInterrupted  a stop cut a stream short; kept, it starts again (agents)
     ├── OrganismFull           it stayed full as long as the sender would wait (admit_within)
     ├── UsageError             a call given what it cannot take (TestOrganism's helpers)
     ├── MissingExtra           a feature's optional extra is not installed (config.extras)
