@@ -98,13 +98,19 @@ async def test_scrape_during_a_run_matches_stats() -> None:
     assert stats["dead_letters"]["by_reason"] == {"handler failed": 2, "not a peer": 1}
 
 
-async def test_latency_buckets_are_cumulative_and_end_in_the_count() -> None:
+async def latency_family() -> tuple[Any, Any]:
+    """The latency histogram's family scraped after ``feed``, and the snapshot it is of."""
     organism = news_organism()
     async with organism.running():
         await feed(organism)
         snapshot = take_snapshot(organism)
     [family] = [f for f in StatsCollector(lambda: snapshot).collect()
                 if f.name == "sporeflow_handler_latency_seconds"]
+    return family, snapshot
+
+
+async def test_latency_buckets_are_cumulative_and_end_in_the_count() -> None:
+    family, snapshot = await latency_family()
     buckets = [s for s in family.samples
                if s.name.endswith("_bucket") and s.labels["agent"] == "source"]
     counts = [s.value for s in buckets]
@@ -115,12 +121,7 @@ async def test_latency_buckets_are_cumulative_and_end_in_the_count() -> None:
 
 
 async def test_the_latency_histogram_says_it_counts_runs_that_succeeded() -> None:
-    organism = news_organism()
-    async with organism.running():
-        await feed(organism)
-        snapshot = take_snapshot(organism)
-    [family] = [f for f in StatsCollector(lambda: snapshot).collect()
-                if f.name == "sporeflow_handler_latency_seconds"]
+    family, snapshot = await latency_family()
     [count] = [s.value for s in family.samples
                if s.name.endswith("_count") and s.labels["agent"] == "flaky"]
     flaky = snapshot.stats["agents"]["flaky"]
