@@ -50,6 +50,7 @@ class Intake:
         self.spill = SpillFile()
         self._paged_in = asyncio.Event()  # set while nothing is paged out
         self._paged_in.set()
+        self._pausing = 0  # handlers waiting in paged_in
         self.capacities = dict(capacities)
         self.default_capacity = default_capacity
         self.max_batch = max_batch
@@ -223,13 +224,27 @@ class Intake:
 
     def _refill(self) -> None:
         """Read paged-out spores back while memory has room (below half the limit, or
-        when the chain has nothing else to do)."""
+        when the chain has nothing else to do). When there is none and nothing but
+        handlers paused in :meth:`paged_in` could make any, they go on (see there)."""
         limit = self.max_in_memory or 0
         room = limit - (self.held - self.spill.count)
         if room > 0 and (room >= limit // 2 or not (self.feedback or self.ingress)):
             self._push_feedback(self.spill.pop(min(room, _REFILL)))
             if not self.spill.count:
                 self._paged_in.set()
+        elif self._pausing and not (self.feedback or self.ingress) and not self._working():
+            self._paged_in.set()  # cleared again by the next spore paged out
+
+    def _working(self) -> bool:
+        """Whether a handler runs holding its slot: one that may settle a spore, and so
+        make room, without anything read back. (Each handler that stops running wakes
+        the chain: it settles, or it feeds what it waits on, or it pauses here.)"""
+        if self.wiring is None:
+            return True  # lanes unknown: nothing is released early
+        snapshot = self.wiring.current
+        return any(lane.busy > lane.stuck
+                   for lane in (*snapshot.lanes.values(),
+                                *(lane for _, lane in snapshot.retired.lanes)))
 
     async def paged_in(self, lane: AgentLane,
                        lend: Callable[[Awaitable[Any]], Awaitable[Any]] | None = None,
@@ -243,9 +258,20 @@ class Intake:
         run the agent past its ``concurrency``; waiting without lending could hold the
         slot the spores paged out need. Its spore is sent already: it returns at once.
         ``lend`` lends the slot meanwhile: a handler's ``Context``, which lends it once for
-        its requests and this wait together; by default the lane's ``lent_while``."""
+        its requests and this wait together; by default the lane's ``lent_while``.
+
+        The wait never waits on itself: the spores of paused handlers take memory's room,
+        and once nothing else runs that could free some, nothing would be read back, so
+        the chain lets them go on (``_refill``), their output paged out behind."""
         if self.spill.count and lane.serving():
-            await (lend or lane.lent_while)(self._paged_in.wait())
+            self._pausing += 1
+            wake = self._wake
+            if wake is not None and not wake.done():
+                wake.set_result(None)  # the chain sees whether anything else still runs
+            try:
+                await (lend or lane.lent_while)(self._paged_in.wait())
+            finally:
+                self._pausing -= 1
 
     @property
     def closed(self) -> bool:
