@@ -7,6 +7,7 @@ Time-based behaviour (timeouts, backoff, expiry) runs on the virtual clock of
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -392,6 +393,24 @@ def test_request_timeout_raises_and_the_late_response_is_dead_lettered(virtual: 
         assert stats["dead_letters"]["by_reason"] == {"late response": 1}
 
     virtual(main)
+
+
+async def test_a_response_that_resolved_the_request_as_its_timeout_fired_is_returned() -> None:
+    # Found by a randomized stress: the response resolved the request's future in the
+    # turn of the loop in which its timeout fired; request() then raised a bare
+    # TimeoutError (no SporeflowError, no RequestTimeout), and the response, settled
+    # as resolved, was neither returned nor a dead letter.
+    async def blocker(spore: Spore, ctx: Any) -> dict[str, bool]:
+        time.sleep(0.05)  # noqa: ASYNC251 - the fault: holds the loop past the deadline
+        return {"ok": True}
+
+    org = Organism.from_dict({"agents": {"blocker": {"handler": blocker}},
+                              "limits": {"loop_stall_warning": 0}})
+    async with org.running():
+        answer = await org.request("blocker", {}, timeout=0.01)
+        await org.idle()
+    assert answer.knowledge == {"ok": True}
+    assert list(org.dead_letters) == []
 
 
 def test_request_to_a_failing_responder_raises_handler_error_at_once_caused_by_it(

@@ -312,7 +312,9 @@ class Ingress:
                 return await future
         except TimeoutError:
             if future.done() and not future.cancelled():
-                raise  # the failure came from the responder, not from our clock
+                # Settled before our clock struck (in the turn of the loop in which it
+                # did): its response, or the responder's failure, is the answer.
+                return future.result()
             timed_out = True
             hint = (f"; {spore.to_agent!r} handled it, and no response came back (a "
                     f"request is answered by what its handler returns, or by ctx.reply: "
