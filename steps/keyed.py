@@ -116,6 +116,8 @@ class KeyedLane(AgentLane):
         self.keys = keys
         self._waiting: dict[str, deque[tuple[Spore, int]]] = {}  # by running key
         self.parked = 0  # spores waiting for their key
+        self._run_keys: dict[asyncio.Task[Any], str] = {}  # the key each runner runs
+        self._held: dict[str, int] = {}  # keys an abandoned thread still runs (hold_slot)
         self.backlog = _Backlog(self._mailbox, self)  # type: ignore[assignment]
 
     def parked_spores(self) -> list[Spore]:
@@ -147,10 +149,13 @@ class KeyedLane(AgentLane):
             return
         waiting = self._waiting[key] = deque()
         run = super()._run
+        task = asyncio.current_task()
+        assert task is not None
+        self._run_keys[task] = key
         try:
             await run(spore, attempt)
             ran = 1
-            while waiting and not self.paused:
+            while waiting and not self.paused and key not in self._held:
                 spore, attempt = waiting.popleft()
                 self.parked -= 1
                 if self.on_room is not None and self.parked + len(
@@ -161,9 +166,37 @@ class KeyedLane(AgentLane):
                 ran += 1
                 await run(spore, attempt)
         finally:
-            del self._waiting[key]
-            self._put_back(waiting)
-            self.keys.release(key)
+            del self._run_keys[task]
+            if key not in self._held:  # else the key waits for the thread (hold_slot)
+                self._free_key(key)
+
+    def _free_key(self, key: str) -> None:
+        """``key`` runs no more: what waited for it goes back to the mailbox."""
+        self._put_back(self._waiting.pop(key))
+        self.keys.release(key)
+
+    def hold_slot(self) -> Callable[[], None]:
+        """An abandoned thread keeps its key as well as its slot: the key's next spores
+        wait until it returns, as they would for its run (one key, one run at a time)."""
+        free_slot = super().hold_slot()
+        key = self._run_keys.get(asyncio.current_task())  # type: ignore[arg-type]
+        if key is None:
+            return free_slot
+        self._held[key] = self._held.get(key, 0) + 1
+        freed = False
+
+        def free() -> None:
+            nonlocal freed
+            if not freed:
+                freed = True
+                self._held[key] -= 1
+                if not self._held[key]:
+                    del self._held[key]
+                    if key not in self._run_keys.values():  # else its run frees it
+                        self._free_key(key)
+                free_slot()  # after: the freed slot takes what waited for the key
+
+        return free
 
     def _put_back(self, waiting: deque[tuple[Spore, int]]) -> None:
         """The lane paused (a reload, a stop) or this run was cancelled: what waited for the

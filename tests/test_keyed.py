@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from rich.console import Console
 from sporeflow.config import ConfigError, organism_from_dict
 from sporeflow.pipeline import LiveView, Organism, OrganismStateError, Spore
 from sporeflow.pipeline.testing import TestOrganism
+from tests.conftest import wait_until
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -473,3 +475,35 @@ async def test_a_snapshot_keeps_the_spores_waiting_for_their_key() -> None:
         await asyncio.wait_for(organism.idle(), 10)
     queued = snapshot["spores"]["queued"]["k"]
     assert sorted(spore["knowledge"]["n"] for spore in queued) == [1, 2]
+
+
+async def test_an_abandoned_sync_handler_keeps_its_key_until_its_thread_returns() -> None:
+    # Found by a randomized stress: a sync handler given up past its timeout kept its
+    # slot, but not its key: the next spore of that key ran at once, beside the thread
+    # still running the first, on the same key's state.
+    gate = threading.Event()
+    started: list[int] = []
+
+    def handler(spore: Spore, ctx: Any) -> None:
+        started.append(spore.knowledge["n"])
+        if spore.knowledge["n"] == 1:
+            gate.wait(5)  # past the 20 ms timeout: the thread is abandoned
+
+    organism = Organism.from_dict({"agents": {"keyed": {
+        "handler": handler, "key": "knowledge.k", "concurrency": 2, "timeout": "20ms"}}})
+    async with organism.running():
+        await organism.send("keyed", {"n": 1, "k": "a"})
+        await organism.send("keyed", {"n": 2, "k": "a"})
+
+        def lane() -> dict[str, Any]:
+            return organism.stats()["agents"]["keyed"]
+
+        await wait_until(lambda: lane()["abandoned"] == 1
+                         and (lane()["in_flight"] == 1 or lane()["queued"] == 1))
+        assert (lane()["in_flight"], lane()["queued"]) == (0, 1)  # 2 waits for its key
+        assert started == [1]
+        gate.set()
+        await asyncio.wait_for(organism.idle(), 5)
+    assert started == [1, 2]
+    assert organism.stats()["agents"]["keyed"]["handled"] == 1
+    assert [letter.reason for letter in organism.dead_letters] == ["timeout"]
