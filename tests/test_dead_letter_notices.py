@@ -92,3 +92,21 @@ async def test_a_reply_refused_as_no_json_is_heard_of_once() -> None:
     [notice] = heard
     assert notice.knowledge["spore"]["from_agent"] == "maker"
     assert "not JSON" in notice.knowledge["omitted"]
+
+
+async def test_a_notice_is_not_counted_as_a_reply_of_the_handlers() -> None:
+    # Found by a randomized stress: totals.replies (sporeflow_replies_total, "spores
+    # handlers sent") counted the organism's own notices on the dead-letter channel.
+    async def fail(spore: Spore, ctx: Any) -> None:
+        raise RuntimeError("planned")
+
+    heard: list[Spore] = []
+    organism = watched({"failing": {"handler": fail}}, heard)
+    async with organism.running():
+        for n in range(3):
+            await organism.send("failing", {"n": n})
+        await organism.idle()
+        totals = organism.stats()["totals"]
+    assert len(heard) == 3
+    assert totals["replies"] == 0
+    assert totals["handled"] == 3  # the watcher handled the notices

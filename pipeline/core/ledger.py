@@ -196,8 +196,9 @@ class Ledger:
 
     def feed(self, spores: Sequence[Spore], agent: str | None = None,
              parent: Spore | None = None) -> None:
-        """Queue spores made inside the organism (``agent``'s sends, notices); never waits."""
-        if agent is not None:
+        """Queue spores made inside the organism (``agent``'s sends, notices); never waits.
+        What a handler made counts as its reply; the organism's own notices do not."""
+        if agent is not None and agent != SYSTEM_SENDER:
             self.produced += len(spores)
         if self._on_admitted:  # first: a hook that knows them must before any is paged out
             self.admitted(spores, agent, parent)
