@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         RequestTimeout,
         SporeError,
         SporeflowError,
+        StreamInterrupted,
         UsageError,
     )
     from sporeflow.config.extras import MissingExtra
@@ -75,6 +76,7 @@ __all__ = [
     "SporeType",
     "SporeflowError",
     "StageSpec",
+    "StreamInterrupted",
     "UnknownAgent",
     "UsageError",
     "XmlPayloadError",
@@ -87,7 +89,7 @@ _HOMES_BY_MODULE = {
     "sporeflow.config": "StageSpec",
     "sporeflow.config.errors": "BrokerError ConfigError DeliveryError HandlerError JournalError "
     "LimitExceeded NotAPeer OrganismFull OrganismStateError RequestTimeout SporeError "
-    "SporeflowError UsageError",
+    "SporeflowError StreamInterrupted UsageError",
     "sporeflow.config.extras": "MissingExtra",
     "sporeflow.config.schemas": "SchemaViolation",
     "sporeflow.pipeline": "Context DeadLetter Organism",
