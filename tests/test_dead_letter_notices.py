@@ -9,6 +9,7 @@ that was refused in turn: a second dead letter for one refusal, and nothing hear
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sporeflow.pipeline import Organism, Spore
@@ -110,3 +111,30 @@ async def test_a_notice_is_not_counted_as_a_reply_of_the_handlers() -> None:
     assert len(heard) == 3
     assert totals["replies"] == 0
     assert totals["handled"] == 3  # the watcher handled the notices
+
+
+
+async def test_a_spore_refused_for_its_thread_id_is_heard_of_once(tmp_path: Path) -> None:
+    """Found by review: the notice takes the dead spore's thread (``thread_id``) as its
+    own. A spore from untrusted input (a journal row, a broker message) refused as
+    invalid for that very field (past MAX_LINEAGE_ID_LENGTH) makes a notice the validate
+    stage refuses too, with or without the knowledge 'omitted': a second dead letter, on
+    the dead-letter channel, so never announced; the listener hears nothing."""
+    heard: list[Spore] = []
+
+    def organism() -> Organism:
+        built = watched({"sink": {"handler": lambda spore, ctx: None}}, heard)
+        return Organism(built.spec, journal=tmp_path / "j.db")
+
+    first = organism()
+    async with first.running():
+        journal = first.journal
+        assert journal is not None
+        journal.add([Spore(knowledge={}, to_agent="sink", thread_id="t" * 2000)])
+        await journal.record([])  # on disk: unfinished, replayed at the next start
+    second = organism()
+    async with second.running():
+        await second.idle()
+    assert [(letter.reason, letter.spore.channel) for letter in second.dead_letters] == [
+        ("invalid", "main")]  # and no second letter: the notice, refused too
+    assert [notice.knowledge["reason"] for notice in heard] == ["invalid"]

@@ -40,3 +40,21 @@ async def test_an_agent_filter_finds_letters_addressed_to_it(tmp_path: Path) -> 
     assert result.exit_code == 0, result.stderr
     listed = [json.loads(line) for line in result.stdout.splitlines()]
     assert sorted(letter["spore"]["knowledge"]["n"] for letter in listed) == [1, 2]
+
+
+def test_an_agent_found_only_as_an_addressee_is_no_unknown_agent() -> None:
+    """Found by review: ``LetterChoice.require`` knows an agent by the organism's agents,
+    ``seen`` and the found letters' ``agent`` only, not by the addressee ``matches`` now
+    chooses letters by. ``dlq list --agent notifier`` after notifier was taken out of the
+    file, when its letters are ones it never touched (expired on the way: agent -),
+    finds them and then fails 'no agent 'notifier', nor a dead letter of one'."""
+    from sporeflow.pipeline.core.deadletters import DeadLetter, DeadLetterStore
+
+    store = DeadLetterStore(10)
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    store.add(DeadLetter.of(Spore(knowledge={"n": 1}, from_agent="cli", to_agent="notifier",
+                                  expires_at=past), "expired", None))
+    choice = LetterChoice(("notifier",))
+    found = store.numbered(choice)
+    assert len(found) == 1  # the filter finds it by its addressee
+    choice.require(found, ["other"], "the journal j.db", "sporeflow dlq list")  # no raise

@@ -61,3 +61,19 @@ def test_a_response_nobody_awaits_is_never_replayed(reason: str) -> None:
     [why] = refused
     assert "a response nobody awaits" in why
     assert "purge it" in why
+
+
+@pytest.mark.parametrize("reason", ["budget", "shutdown", "limit exceeded"])
+def test_a_response_dead_for_another_reason_is_never_replayed_either(reason: str) -> None:
+    """Found by review: the rule is keyed on two reasons, not on what a response is. A
+    response refused 'budget' (its request failed with LimitExceeded then) or left by a
+    stop ('shutdown': its asker is gone with the run) has nobody awaiting it either:
+    replayed (say ``dlq replay --reason budget`` after raising the limit) it comes back
+    at once as an 'unexpected response' letter, its first reason lost."""
+    response = Spore(knowledge={"answer": 1}, from_agent="kb", to_agent="classifier",
+                     spore_type=SporeType.RESPONSE, reply_to="r-gone",
+                     created_at=datetime.now(UTC))
+    allowed, refused = replay_refusals([_letter(1, response, reason)], None, ())
+    assert allowed == []
+    [why] = refused
+    assert "a response nobody awaits" in why

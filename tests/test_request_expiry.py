@@ -78,3 +78,46 @@ def test_a_spore_that_expires_in_a_mailbox_is_logged_as_expired_not_failed(
     [line] = [r.getMessage() for r in caplog.records if letter.spore.id in r.getMessage()]
     assert line.startswith(f"spore {letter.spore.id} expired waiting for agent 'kb'")
     assert "failed" not in line
+
+
+def test_a_gathered_request_its_asker_gave_up_on_is_never_handled(
+        virtual: Callable[..., Any]) -> None:
+    """Found by review: ctx.gather's requests (Context._gather's ``ask``) are still made
+    with ``expires_in=None``: the rule of e8d8149 reached ctx.request and
+    organism.request, not this sibling, so a gathered request queued past its asker's
+    timeout is still worked on, and its response is a 'late response' dead letter."""
+    handled: list[Any] = []
+    gate, busy = asyncio.Event(), asyncio.Event()
+    gathered: list[Any] = []
+    given_up = asyncio.Event()
+
+    async def kb(spore: Spore, ctx: Any) -> dict[str, Any]:
+        handled.append(spore.knowledge["q"])
+        if spore.knowledge["q"] == "first":
+            busy.set()
+            await gate.wait()  # busy: the gathered request waits in the mailbox
+        return {"a": spore.knowledge["q"]}
+
+    async def asker(spore: Spore, ctx: Any) -> None:
+        gathered.append(await ctx.gather(["kb"], {"q": "gathered"}, timeout=1))
+        given_up.set()
+
+    async def main(loop: VirtualClockLoop) -> Organism:
+        organism = Organism.from_dict({
+            "organism": {"name": "gathering"},
+            "agents": {"kb": {"handler": kb, "concurrency": 1},
+                       "asker": {"handler": asker, "peers": ["kb"]}}}, now=loop.wall)
+        async with organism.running():
+            first = asyncio.create_task(organism.request("kb", {"q": "first"}, timeout=60))
+            await busy.wait()
+            await organism.send("asker", {})
+            await given_up.wait()  # virtual time: the gather's timeout passes
+            gate.set()
+            assert (await first).knowledge == {"a": "first"}
+            await organism.idle()
+        return organism
+
+    organism = virtual(main)
+    assert handled == ["first"]  # the gathered request was never worked on
+    assert [(letter.reason, letter.spore.knowledge) for letter in organism.dead_letters] == [
+        ("expired", {"q": "gathered"})]

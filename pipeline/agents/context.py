@@ -215,10 +215,16 @@ class Context:
 
     async def _request(self, to: str, knowledge: dict[str, Any],
                        timeout: float | timedelta | str, priority: int | None) -> Spore:
-        seconds = timeout_seconds(timeout)  # a request expires when its asker stops waiting
+        return await self._lent(self._ask(to, knowledge, timeout, priority))
+
+    async def _ask(self, to: str, knowledge: dict[str, Any],
+                   timeout: float | timedelta | str, priority: int | None) -> Spore:
+        """Send request ``knowledge`` to ``to`` and await its response (a request, one of a
+        gather's): it expires when its asker stops waiting, so nobody works on it then."""
+        seconds = timeout_seconds(timeout)
         spore = self._spore(knowledge, to=to, channel=None, spore_type=SporeType.REQUEST,
                             priority=priority, expires_in=seconds)
-        return await self._lent(self._organism.ask(spore, seconds, self.spore, self.agent))
+        return await self._organism.ask(spore, seconds, self.spore, self.agent)
 
     async def _lent(self, waiting: Awaitable[T]) -> T:
         """``await waiting`` (a request's response) with this run's slot lent: once, for
@@ -286,10 +292,8 @@ class Context:
             subscribers = self._organism.subscribers(channel or self.spore.channel)
             to = [name for name in subscribers if name != self.agent]
 
-        async def ask(target: str, payload: dict[str, Any], wait: float) -> Spore:
-            spore = self._spore(payload, to=target, channel=None, spore_type=SporeType.REQUEST,
-                                priority=None, expires_in=None)
-            return await self._organism.ask(spore, wait, self.spore, self.agent)
+        def ask(target: str, payload: dict[str, Any], wait: float) -> Awaitable[Spore]:
+            return self._ask(target, payload, wait, None)
 
         # The slot is lent once for all the requests: they wait together.
         return await self._lent(gather_replies(ask, list(to), knowledge, timeout=timeout))

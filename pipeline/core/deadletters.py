@@ -155,10 +155,13 @@ class LetterChoice:
         """Whether the letter is chosen. An ``agents`` filter takes a letter no agent was
         involved in (``agent`` None: refused or expired on its way) by its spore's
         ``addressee()`` (its ``to_agent``, read only then)."""
+        chosen = not self.agents or agent in self.agents
         if agent is not None:
             self.seen.add(agent)
-        return ((not self.agents or agent in self.agents
-                 or (agent is None and addressee() in self.agents))
+        elif not chosen and (to := addressee()) in self.agents:
+            self.seen.add(str(to))  # in agents, so a str: known to require
+            chosen = True
+        return (chosen
                 and (not self.reasons or reason in self.reasons)
                 and (not self.ids or any(_names(ident, number, spore_id)
                                          for ident in self.ids)))

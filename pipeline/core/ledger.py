@@ -312,14 +312,18 @@ class Ledger:
             return
         about = {"reason": str(letter.reason), "error": letter.error, "agent": letter.agent,
                  "attempts": letter.attempts}
-        dead = letter.spore.to_dict()
-        notice = _notice({**about, "spore": dead}, letter.spore)
+        dead, thread = letter.spore.to_dict(), letter.spore.thread
+        notice = _notice({**about, "spore": dead}, thread)
         try:
             check_spore(notice, self.limits)  # the validate stage's own check
         except Exception as exc:  # as there: hostile knowledge may break a check
-            notice = _notice({**about, "spore": {**dead, "knowledge": {}, "metadata": {}},
-                              "omitted": f"the spore's knowledge and metadata: {exc}"},
-                             letter.spore)
+            stripped = {**about, "spore": {**dead, "knowledge": {}, "metadata": {}},
+                        "omitted": f"the spore's knowledge and metadata: {exc}"}
+            notice = _notice(stripped, thread)
+            try:
+                check_spore(notice, self.limits)
+            except Exception:  # noqa: BLE001 - its thread was what is wrong (an id too long)
+                notice = _notice(stripped, None)
         self.feed((notice,), SYSTEM_SENDER)  # made inside: the journal keeps it like a send
 
     def resolve(self, response: Spore) -> None:
@@ -412,7 +416,9 @@ _FAILED_LINES: dict[str, str] = {
 }
 
 
-def _notice(knowledge: dict[str, Any], dead: Spore) -> Spore:
-    """The organism's notice on the ``dead-letter`` channel of ``dead``, in its thread."""
+def _notice(knowledge: dict[str, Any], thread: object) -> Spore:
+    """The organism's notice on the ``dead-letter`` channel, in the dead spore's
+    ``thread`` (None: its own)."""
     return Spore(knowledge=knowledge, spore_type=SporeType.NOTIFICATION,
-                 from_agent=SYSTEM_SENDER, channel=DEAD_LETTER_CHANNEL, thread_id=dead.thread)
+                 from_agent=SYSTEM_SENDER, channel=DEAD_LETTER_CHANNEL,
+                 thread_id=thread)  # type: ignore[arg-type]  # checked with the notice

@@ -42,8 +42,6 @@ None; it may raise instead."""
 # A spore refused for its signature was never shown to come from its sender: a replay
 # would sign it with this organism's key, laundering a forgery, a change or a replay.
 _UNPROVEN = frozenset({Reason.BAD_SIGNATURE, Reason.REPLAYED})
-# A response goes only to the request that awaits it: once that is gone, none ever will.
-_UNAWAITED = frozenset({Reason.LATE_RESPONSE, Reason.UNEXPECTED_RESPONSE})
 _MAX_NAMED = 80  # a spore id longer than this (a changed row's) is not quoted in a hint
 
 
@@ -52,9 +50,11 @@ def never_replayed(letter: DeadLetter) -> str | None:
     if letter.reason in _UNPROVEN:
         return (f"it failed its signature check ({letter.reason}): a replay would sign it "
                 f"as this organism's own")
-    if letter.reason in _UNAWAITED:  # found by a new user: it came straight back
-        return ("it is a response nobody awaits (its request timed out, or was never made "
-                "here): delivered again, it is this dead letter again; purge it")
+    # A response goes only to the request that awaits it: once its letter is written,
+    # none does (whatever its reason: late, a budget, a stop). Found by a new user.
+    if getattr(letter.spore, "spore_type", None) is SporeType.RESPONSE:
+        return ("it is a response nobody awaits (its request timed out, failed, or was "
+                "never made here): delivered again, it is a dead letter again; purge it")
     if letter.reason == Reason.INVALID:  # found by a new user: a source's bad line, replayed
         return ("it was refused as invalid: what it keeps is no spore to deliver (a stand-in "
                 "for a source's bad input, or a spore the chain refuses again); fix it where "
