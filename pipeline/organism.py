@@ -336,9 +336,9 @@ class Organism(OutsideApi):
         whole stop: in-flight work gets it less a grace of up to 0.5 s in which cancelled
         handlers end; one that ignores its cancellation is abandoned and reported. Called
         while another stop drains, it returns (0) once that one has ended."""
-        return await self._one_stop.run(lambda: self._stop(drain_timeout))
+        return await self._one_stop.run(lambda hurry: self._stop(drain_timeout, hurry))
 
-    async def _stop(self, drain_timeout: float | None) -> int:
+    async def _stop(self, drain_timeout: float | None, hurry: asyncio.Future[None]) -> int:
         run = self._run
         if self._state not in (State.RUNNING, State.FAILED) or run is None:
             return 0
@@ -349,9 +349,9 @@ class Organism(OutsideApi):
             await self._bridge.stop_consuming()
         # Lanes a reload retired (removed or replaced agents) may still hold work too;
         # what the chain did not take is dead-lettered.
-        left, cancelled = await drain_then_abandon(run, lambda: [
+        left = await drain_then_abandon(run, lambda: [
             *((name, agent.lane) for name, agent in self._cell.current.agents.items()),
-            *self._reloader.close()], drain_timeout)
+            *self._reloader.close()], drain_timeout, hurry)
         await run.finish_chain()
         self._requests.stop(lambda: OrganismStateError("the organism stopped"))
         await self._agent_states.stop(self._cell.current.agents)  # on_stop hooks, after the drain
@@ -370,8 +370,6 @@ class Organism(OutsideApi):
             self.logger.warning("stopped with %d spore(s) unfinished: %d %s, the rest "
                                 "dead-lettered as 'shutdown'", left, run.ledger.kept,
                                 kept_where(self.journal))
-        if cancelled:  # while it drained: the stop ended at once, and said what it left
-            raise asyncio.CancelledError
         return left
 
     @contextlib.asynccontextmanager

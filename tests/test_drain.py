@@ -8,6 +8,7 @@ child's output with a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import select
@@ -321,6 +322,34 @@ async def test_a_stop_awaited_in_a_handler_is_refused_with_the_way_to_stop_from_
     assert "asyncio.create_task(organism.stop())" in refusals[0]
     assert org.stats()["agents"]["quitter"]["handled"] == 1
     assert list(org.dead_letters) == []
+
+
+async def test_a_stop_under_wait_for_in_a_handler_never_leaves_the_organism_stopping(
+) -> None:
+    """Found by review: on Python 3.11 (supported: requires-python >=3.11)
+    ``asyncio.wait_for`` runs ``organism.stop()`` in a task of its own, so
+    ``lane_running_here`` sees no handler on the stack and the stop is not refused. The
+    stop waits for the handler, its drain runs out, it cancels the handler; wait_for then
+    cancels the stop in its grace (after the drain, where a cancellation is not caught),
+    and the organism stays 'stopping' for good, as before 32f925a."""
+    holder: list[Organism] = []
+
+    async def quitter(spore: Spore, ctx: Any) -> None:
+        with contextlib.suppress(OrganismStateError):  # refused: the documented outcome
+            await asyncio.wait_for(holder[0].stop(drain_timeout=1), BACKSTOP)
+
+    org = Organism.from_dict({"agents": {"quitter": {"handler": quitter}}})
+    holder.append(org)
+    await org.start()
+    try:
+        await org.send("quitter", {})
+        await wait_until(lambda: org.stats()["agents"]["quitter"]["handled"]
+                         + len(org.dead_letters) >= 1, timeout=BACKSTOP)
+        await wait_until(lambda: org.state != "stopping", timeout=5)
+        assert org.state in ("running", "stopped")
+    finally:
+        if org.state == "running":
+            await org.stop(drain_timeout=BACKSTOP)
 
 
 # -- the CLI ---------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Protocol
 
@@ -21,22 +20,24 @@ CANCEL_GRACE = 0.5
 
 
 async def drain_then_abandon(run: Run, lanes: Callable[[], Sequence[tuple[str, AgentLane]]],
-                             drain_timeout: float | None) -> tuple[int, bool]:
+                             drain_timeout: float | None, hurry: asyncio.Future[None]) -> int:
     """Let ``run`` finish its work, then cancel and dead-letter what is
-    left (see :func:`abandon_all`). ``drain_timeout`` bounds both: the drain gets it
-    less the grace cancelled handlers get to end. A stop cancelled while it drains (a
-    Ctrl-C in a script's ``asyncio.run``) drains no more: what is left is abandoned as
-    after a timeout, never left unsaid; True then says to raise the cancellation once
-    the stop has ended. Returns how many spores were left, and that."""
+    left (see :func:`abandon_all`); return how many spores. ``drain_timeout`` bounds
+    both: the drain gets it less the grace cancelled handlers get to end. Once ``hurry``
+    is done (the stop's caller was cancelled: see :class:`OneStop`) it drains no more:
+    what is left is abandoned as after a timeout, never left unsaid."""
     grace = CANCEL_GRACE if drain_timeout is None else min(CANCEL_GRACE, drain_timeout / 4)
-    cancelled = False
+    idle = asyncio.ensure_future(run.idle())
     try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(run.idle(), None if drain_timeout is None
-                                   else drain_timeout - grace)
-    except asyncio.CancelledError:
-        cancelled = True
-    return await abandon_all(lanes(), run.ledger, grace), cancelled
+        await asyncio.wait((idle, hurry), return_when=asyncio.FIRST_COMPLETED,
+                           timeout=None if drain_timeout is None else drain_timeout - grace)
+    finally:
+        if not idle.done():
+            idle.cancel()
+            await asyncio.wait((idle,))
+    if not idle.cancelled() and idle.exception() is not None:
+        raise idle.exception()  # type: ignore[misc]  # the chain crashed: the stop says so
+    return await abandon_all(lanes(), run.ledger, grace)
 
 
 async def abandon_all(lanes: Sequence[tuple[str, AgentLane]], ledger: Ledger,
@@ -90,7 +91,11 @@ class OneStop:
         self._lanes = lanes  # the organism's: a handler of another one may stop this one
         self._ended: asyncio.Future[None] | None = None
 
-    async def run(self, stop: Callable[[], Awaitable[int]]) -> int:
+    async def run(self, stop: Callable[[asyncio.Future[None]], Awaitable[int]]) -> int:
+        """Run ``stop(hurry)`` to its end whatever happens to this call: cancelled (a
+        Ctrl-C, a ``wait_for`` around it, a handler's task it runs in), the stop drains
+        no more (``hurry``), ends, says what it left, and then the cancellation is
+        raised. Cut off half-way, it would leave the organism stopping for good."""
         if (here := lane_running_here()) is not None and here[0] in self._lanes():
             lane, spore = here
             raise OrganismStateError(
@@ -101,9 +106,25 @@ class OneStop:
         if self._ended is not None:
             await asyncio.shield(self._ended)
             return 0
-        ended = self._ended = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        ended = self._ended = loop.create_future()
+        hurry: asyncio.Future[None] = loop.create_future()
+        stopping = asyncio.ensure_future(stop(hurry))
+        cancelled = False
         try:
-            return await stop()
+            while True:
+                try:
+                    left = await asyncio.shield(stopping)
+                    break
+                except asyncio.CancelledError:
+                    if stopping.cancelled():
+                        raise
+                    cancelled = True
+                    if not hurry.done():
+                        hurry.set_result(None)
         finally:
             self._ended = None
             ended.set_result(None)
+        if cancelled:
+            raise asyncio.CancelledError
+        return left
