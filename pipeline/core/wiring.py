@@ -57,26 +57,48 @@ def routing_table(spec: OrganismSpec) -> RoutingTable:
     )
 
 
-@dataclass(frozen=True, slots=True)
 class Retired:
-    """The lanes of agents taken out of the wiring (a reload, ``remove_agent``), by name:
+    """The lanes of agents taken out of the wiring in this run (a reload, ``remove_agent``):
     what they counted, and go on counting while they settle what they held, stays in the
-    organism's totals, which never go down. One entry per removal, an operator's act."""
+    organism's totals, which never go down. One per run, shared by its snapshots (a
+    tally, not wiring). Once a lane has settled (:meth:`settled`), its counts are kept,
+    not it: a program adding and removing agents as it goes holds no lane it had."""
 
-    lanes: tuple[tuple[str, AgentLane], ...] = ()
-    back: frozenset[str] = frozenset()  # names in the wiring again
+    __slots__ = ("_dropped", "_sums", "back", "lanes")
+
+    def __init__(self) -> None:
+        self.lanes: list[tuple[str, AgentLane]] = []  # those still settling, by name
+        self._sums: dict[str, int] = dict.fromkeys(LANE_COUNTS, 0)  # of the settled ones
+        self._dropped: dict[str, int] = {}  # their 'deduplicated', by agent name
+        self.back: frozenset[str] = frozenset()  # names in the wiring again
 
     def count(self, counter: str) -> int:
-        # An agent back under its name goes on with its dedupe window and its count.
-        return sum(getattr(lane, counter) for name, lane in self.lanes
-                   if counter != "deduplicated" or name not in self.back)
+        if counter != "deduplicated":
+            return self._sums[counter] + sum(int(getattr(lane, counter)) for _, lane in self.lanes)
+        # An agent's dedupe (its window and its count) is one per name in a run, shared by
+        # its lanes: counted once a name, and not while the name is in the wiring again.
+        dropped = dict(self._dropped)
+        for name, lane in self.lanes:
+            dropped[name] = max(dropped.get(name, 0), lane.deduplicated)
+        return sum(count for name, count in dropped.items() if name not in self.back)
 
     def after(self, previous: Mapping[str, AgentRuntime],
               agents: Mapping[str, AgentRuntime]) -> Retired:
-        """These lanes, and those of ``previous`` agents not among ``agents``."""
-        left = tuple((name, agent.lane) for name, agent in previous.items()
-                     if name not in agents)
-        return Retired(self.lanes + left, frozenset(agents))
+        """Take in the lanes of ``previous`` agents not among ``agents``."""
+        self.lanes += [(name, agent.lane) for name, agent in previous.items()
+                       if name not in agents]
+        self.back = frozenset(agents)
+        return self
+
+    def settled(self, lane: AgentLane) -> None:
+        """``lane`` holds nothing more: keep its counts, and let it go."""
+        for index, (name, held) in enumerate(self.lanes):
+            if held is lane:
+                del self.lanes[index]
+                for counter in LANE_COUNTS:
+                    self._sums[counter] += getattr(lane, counter)
+                self._dropped[name] = max(self._dropped.get(name, 0), lane.deduplicated)
+                return
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +112,7 @@ class WiringSnapshot:
     schemas: Mapping[str, SchemaCheck]
     # Each channel's subscribers' lanes: what outside admission looks at per broadcast.
     channel_lanes: Mapping[str, tuple[AgentLane, ...]]
-    retired: Retired = Retired()
+    retired: Retired = field(default_factory=Retired)
 
     @classmethod
     def of(cls, spec: OrganismSpec, agents: Mapping[str, AgentRuntime],

@@ -353,6 +353,7 @@ class Reloader:
                     lane.deliver(spore, tries + 1)
             await self._stop_actor(name, agent)
             self._announce(name, "stopping", "stopped")
+            self._organism.wiring().retired.settled(lane)  # its counts stay, not it
         finally:
             self._retiring.pop(lane, None)
 
