@@ -99,6 +99,11 @@ def test_send_takes_a_priority_and_an_expiry() -> None:
                           "11", '{"n": 4}')
     assert code == 2
     assert "'--priority': 11 is not in the range 1<=x<=10" in err
+    # Found by review: with --request the expiry was ignored unsaid (its timeout is it).
+    code, _, err = invoke("send", str(SMALL), "--start", "--to", "squarer", "--request",
+                          "--expires-in", "5s", '{"n": 4}')
+    assert code == 1
+    assert "a request expires with its timeout" in err
 
 
 def test_send_request_prints_the_response() -> None:

@@ -287,6 +287,9 @@ async def send_spore(organism: Controlled, knowledge: dict[str, Any], *,
             raise SporeError("say where the spore goes: an agent (to) or a channel")
         if request and to is None:  # refused, as a send is: a 422, never a 500
             raise SporeError("a request goes to one agent: give `to`")
+        if request and extra and "expires_in" in extra:  # never ignored unsaid
+            raise SporeError("a request expires with its timeout: give the timeout "
+                             "(--timeout), not expires_in (--expires-in)")
         if request:
             assert to is not None
             asked = {"priority": extra["priority"]} if extra and "priority" in extra else {}
