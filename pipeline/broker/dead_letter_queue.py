@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 import aio_pika
@@ -115,9 +114,9 @@ class DeadLetterQueue:
             self._outstanding = True
             letter, readable = read_letter(message.headers or {}, message.body,
                                            message.timestamp, self.topology)
-            if choice.matches(number, letter.spore.id, letter.agent, letter.reason,
-                              partial(getattr, letter.spore, "to_agent", None)):
-                chosen.append(StoredDeadLetter(number, letter))
+            stored = StoredDeadLetter(number, letter)
+            if choice.picks(stored):
+                chosen.append(stored)
                 self._held[number] = (message, readable)
         return chosen
 

@@ -166,6 +166,12 @@ class LetterChoice:
                 and (not self.ids or any(_names(ident, number, spore_id)
                                          for ident in self.ids)))
 
+    def picks(self, stored: StoredDeadLetter) -> bool:
+        """:meth:`matches` for a letter read whole."""
+        letter = stored.letter
+        return self.matches(stored.number, letter.spore.id, letter.agent, letter.reason,
+                            partial(getattr, letter.spore, "to_agent", None))
+
     def unmatched(self, letters: Iterable[StoredDeadLetter]) -> tuple[str, ...]:
         """The ``ids`` that name none of ``letters`` (those this choice found): a letter
         asked for by name that is not there, which a replay or purge must not pass over
@@ -293,9 +299,7 @@ class DeadLetterStore:
         """The letters kept, oldest first, with their numbers; those ``choice`` matches."""
         if not choice:
             return list(self._letters)
-        return [stored for stored in self._letters if choice.matches(
-            stored.number, stored.letter.spore.id, stored.letter.agent, stored.letter.reason,
-            partial(getattr, stored.letter.spore, "to_agent", None))]
+        return [stored for stored in self._letters if choice.picks(stored)]
 
     def take(self, numbers: Iterable[int]) -> list[StoredDeadLetter]:
         """Remove the letters with these numbers (those still kept) and return them."""

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 from sporeflow.config import AgentSpec, ConfigError, OrganismSpec, SporeflowError, check_organism
 from sporeflow.config.reasons import reason_of
-from sporeflow.pipeline.core.wiring import AgentRuntime, WiringSnapshot
+from sporeflow.pipeline.core.wiring import LANE_COUNTS, AgentRuntime, WiringSnapshot
 from sporeflow.pipeline.observe.events import AgentStateChanged, EventBus, OrganismReloaded
 from sporeflow.pipeline.reload.diff import (
     LIVE_LIMITS,
@@ -409,8 +409,10 @@ def _move(old: AgentLane, new: AgentLane, refuse: Callable[[Spore], bool] | None
 
 
 def _counters(lane: AgentLane) -> dict[str, int]:
-    return {"received": lane.received, "handled": lane.handled, "failed": lane.failed,
-            "retried": lane.retried}
+    """The lane's counts a new lane of its agent goes on from ('deduplicated' is its
+    dedupe's, which the new lane shares)."""
+    return {counter: getattr(lane, counter) for counter in LANE_COUNTS
+            if counter != "deduplicated"}
 
 
 async def _until_no_slot_held(lane: AgentLane) -> None:
