@@ -53,6 +53,15 @@ async def test_a_spore_at_the_address_of_a_paged_out_send_is_still_checked() -> 
     assert org.stats()["dead_letters"]["by_reason"] == {"invalid": SENDS}
 
 
+async def settled(org: Organism, acks: int) -> None:
+    """Wait until nothing is in flight or awaiting a confirm, and ``acks`` acks were
+    counted: a delivery leaves in_flight when settled, and its ack (a task on this
+    backend) is counted a turn or two later. The caller checks there are no more."""
+    await wait_for(lambda: org.stats()["broker"]["in_flight"] == 0
+                   and org.stats()["broker"]["awaiting_confirms"] == 0
+                   and org.stats()["broker"]["acked"] >= acks)
+
+
 async def test_paged_deliveries_and_products_are_handled_once_and_acked() -> None:
     # Before: the bridge knew them by id(); a delivery paged out came back unknown and was
     # published to its queue again while the first stayed unacked, the prefetch filled,
@@ -74,11 +83,7 @@ async def test_paged_deliveries_and_products_are_handled_once_and_acked() -> Non
     async with org.running(drain_timeout=BACKSTOP):
         await org.send("fan", {"go": True})
         await wait_for(lambda: sum(handled.values()) >= 2 * MADE)
-        await wait_for(lambda: org.stats()["broker"]["in_flight"] == 0
-                       and org.stats()["broker"]["awaiting_confirms"] == 0)
-        # A delivery leaves in_flight when settled; its ack (a task on this backend) is
-        # counted a turn or two later: wait for the count, then check it is no more.
-        await wait_for(lambda: org.stats()["broker"]["acked"] >= 1 + 2 * MADE)
+        await settled(org, 1 + 2 * MADE)
         assert org.stats()["broker"]["acked"] == 1 + 2 * MADE  # fan's delivery too
     assert len(handled) == 2 * MADE
     assert set(handled.values()) == {1}
@@ -142,8 +147,7 @@ async def test_over_a_broker_a_stream_is_paged_out_past_the_memory_limit() -> No
     async with org.running(drain_timeout=BACKSTOP):
         await org.send("stream", {"go": True})
         await wait_for(lambda: sum(handled.values()) >= yielded)
-        await wait_for(lambda: org.stats()["broker"]["in_flight"] == 0
-                       and org.stats()["broker"]["awaiting_confirms"] == 0)
+        await settled(org, 1 + yielded)
         assert org.stats()["totals"]["paged_out_total"] > 0
         assert org.stats()["broker"]["acked"] == 1 + yielded  # the stream's delivery too
     assert len(handled) == yielded
