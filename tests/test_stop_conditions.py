@@ -152,3 +152,4 @@ def test_run_until_comparing_a_count_with_text_is_a_usage_error() -> None:
                            "--until", 'totals.handled >= "x"')
     assert code == 2
     assert "compare counts with numbers" in output
+

@@ -124,6 +124,15 @@ def test_run_with_max_duration_ends_an_endless_source(tmp_path: Path) -> None:
         cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "sink" in result.stderr  # the summary
+    # Found by a new user: a batch (--until-idle) that --max-duration ended before it was
+    # idle exited 0, as if it had finished; 124 says it ran out of time, as timeout(1) does.
+    result = subprocess.run(
+        [sys.executable, "-m", "sporeflow.pipeline.cli", "run", "organism.yaml", "--quiet",
+         "--until-idle", "--max-duration", "0.2s", "--drain-timeout", "1s"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 124, result.stderr
+    assert ("stopped at --max-duration 0.2s before it was idle: the batch did not finish"
+            in result.stderr)
 
 
 def test_a_typo_in_until_is_reported_at_start_not_after_the_drain(tmp_path: Path) -> None:

@@ -30,7 +30,14 @@ from typing import Any, NoReturn
 import click
 
 from sporeflow.config import SporeflowError
-from sporeflow.pipeline.cli.util import ORGANISM_ARG, fail, guarded, mask_with, run_to_end
+from sporeflow.pipeline.cli.util import (
+    EXIT_OUT_OF_TIME,
+    ORGANISM_ARG,
+    fail,
+    guarded,
+    mask_with,
+    run_to_end,
+)
 from sporeflow.pipeline.observe.logs import configure_logging
 from sporeflow.pipeline.organism import Organism
 from sporeflow.pipeline.service import operations
@@ -201,9 +208,10 @@ def send_outcome(ctx: click.Context, status: int, answer: Any, *, timeout: float
         click.echo(json.dumps(answer["response"], ensure_ascii=False))
     elif spore_id is not None:
         click.echo(spore_id)
-    if fate == "pending":
+    if fate == "pending":  # not a failure (it may yet be handled), nor done: say which
         click.echo(f"spore {spore_id}: not handled within {timeout:g}s; it is still queued "
                    f"or running", err=True)
+        ctx.exit(EXIT_OUT_OF_TIME)
     elif fate == "sent":  # not silence: what becomes of it is told elsewhere
         click.echo(f"spore {spore_id}: sent over the broker; its recipient runs in another "
                    f"process, which keeps its dead letter if it has one (`sporeflow dlq "

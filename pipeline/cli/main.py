@@ -49,6 +49,7 @@ from sporeflow.pipeline.cli.tail import tail
 from sporeflow.pipeline.cli.trace import trace
 from sporeflow.pipeline.cli.util import (
     DURATION,
+    EXIT_OUT_OF_TIME,
     ORGANISM_ARG,
     Unreadable,
     fail,
@@ -96,7 +97,8 @@ def _parsed(parse: Callable[[str], T], value: str | None, option: str) -> T | No
                    "at the next start (overrides organism.journal).")
 @click.option("--until-idle", is_flag=True,
               help="Exit 0 once the sources that end (a file, stdin, a timer with count) "
-                   "have ended and nothing is queued or running.")
+                   "have ended and nothing is queued or running (124 if --max-duration "
+                   "came first).")
 @click.option("--drain-timeout", type=DURATION, default="30s", show_default=True,
               help="How long a stop may take (finishing in-flight work), e.g. 30s.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
@@ -246,6 +248,7 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
     stop = asyncio.Event()
     signals = 0
     stopped_by: list[signal.Signals] = []  # the signal that stopped it, if one did
+    out_of_time: float | None = None  # --max-duration, if it ended a batch before idle
     # SIGHUP from a terminal: it was closed, stop (not reload and run on, orphaned); from a
     # service manager (no terminal): reload, as `sporeflow reload` does.
     on_terminal = sys.stdin is not None and sys.stdin.isatty()
@@ -307,12 +310,14 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
                     raise click.BadParameter(str(exc), param_hint="'--until'") from None
                 waiters.append(asyncio.ensure_future(wait_until(org.stats, until)))
             if max_duration is not None:
-                waiters.append(asyncio.ensure_future(asyncio.sleep(max_duration)))
+                waiters.append(timer := asyncio.ensure_future(asyncio.sleep(max_duration)))
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # surfaces a crashed organism
             if until_idle and idle in done:
                 stopped_by.clear()  # idle: the batch is done, whatever came with it
+            elif until_idle and max_duration is not None and timer in done:
+                out_of_time = max_duration
     finally:
         for waiter in waiters:
             waiter.cancel()
@@ -351,6 +356,10 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
         click.echo(f"stopped by {stopped_by[0].name} before it was idle: the batch did not "
                    f"finish", err=True)
         return 128 + stopped_by[0]
+    if out_of_time is not None:  # as timeout(1) says it: the batch did not finish in time
+        click.echo(f"stopped at --max-duration {out_of_time:g}s before it was idle: the "
+                   f"batch did not finish", err=True)
+        return EXIT_OUT_OF_TIME
     return 0
 
 
@@ -385,7 +394,7 @@ def check(ctx: click.Context, organism: Path) -> None:
               help="Send a request and print its response.")
 @click.option("--timeout", default="30s", show_default=True, type=DURATION,
               help="How long to wait for the spore to be handled (or for the response to a "
-                   "request), e.g. 5s.")
+                   "request), e.g. 5s; exit 124 if it is still pending then.")
 @click.option("--priority", type=click.IntRange(1, 10), help="The spore's priority, 1 to 10 "
               "(higher first; default 5).")
 @click.option("--expires-in", type=DURATION, help="Past this (e.g. 30s) the spore is an "

@@ -25,6 +25,9 @@ __all__ = ["DEFAULT_ORGANISM", "DURATION", "ORGANISM_ARG", "fail", "guarded",
 T = TypeVar("T")
 
 DEFAULT_ORGANISM = Path("organism.yaml")
+# A wait that ran out of time (`run --until-idle --max-duration`, `send --timeout` with the
+# spore still pending): neither done nor failed; the code timeout(1) gives it.
+EXIT_OUT_OF_TIME = 124
 # Optional: `sporeflow run` with no argument runs ./organism.yaml.
 ORGANISM_ARG = click.argument(
     "organism", required=False, default=str(DEFAULT_ORGANISM),
