@@ -40,7 +40,8 @@ from sporeflow.pipeline.agents.procpool import ProcessPool
 from sporeflow.pipeline.agents.state import AgentStates
 from sporeflow.pipeline.broker.backend import Backend
 from sporeflow.pipeline.broker.boots import refuse_journal
-from sporeflow.pipeline.broker.bridge import Bridge, make_bridge, publish_deliveries
+from sporeflow.pipeline.broker.bridge import Bridge
+from sporeflow.pipeline.broker.bridging import make_bridge, publish_deliveries
 from sporeflow.pipeline.broker.transport import check_transport
 from sporeflow.pipeline.core.chain import Stage, declare_chain
 from sporeflow.pipeline.core.deadletters import DeadLetterStore
@@ -407,9 +408,11 @@ class Organism(OutsideApi):
                                           source=f"remove_agent({name!r})")
 
     async def idle(self) -> None:
-        """Return once nothing is queued or in flight (raise if the chain crashed). No
-        source is waited for: ``--until-idle`` awaits ``sources.ended()`` first."""
-        await self._require_running().idle()
+        """Return once nothing is queued or in flight, here or on the broker on its way to
+        agents hosted here (raise if the chain crashed). No source is waited for:
+        ``--until-idle`` awaits ``sources.ended()`` first."""
+        run, bridge = self._require_running(), self._bridge
+        await (bridge.quiet() if bridge is not None else run.idle())
 
     def threads_running(self) -> int:
         """Sync handlers' calls awaited from their agents' threads (the test clock waits)."""

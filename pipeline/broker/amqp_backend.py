@@ -72,13 +72,19 @@ from sporeflow.pipeline.broker.amqp_boots import AmqpBootRecord
 from sporeflow.pipeline.broker.amqp_consumer import Consumer
 from sporeflow.pipeline.broker.amqp_declared import (
     deployment_queues,
+    ready_count,
     remember,
     take_away,
     tidy,
 )
 from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, AmqpInbound, broker_failure
 from sporeflow.pipeline.broker.amqp_letters import delivery_letter, spore_letter
-from sporeflow.pipeline.broker.amqp_link import ReconnectingConnection, connect, through_losses
+from sporeflow.pipeline.broker.amqp_link import (
+    ReconnectingConnection,
+    connect,
+    login_of,
+    through_losses,
+)
 from sporeflow.pipeline.broker.amqp_marks import mark, marked
 from sporeflow.pipeline.broker.amqp_outbound import Outbound
 from sporeflow.pipeline.broker.backend import (
@@ -125,7 +131,7 @@ class AmqpBackend(Backend):
         self._topology: Topology | None = None
         self._consumers: list[Consumer] = []
         self._windows: weakref.WeakKeyDictionary[Any, AckWindow] = weakref.WeakKeyDictionary()
-        self.user, self._user_id = _login(url)
+        self.user, self._user_id = login_of(url)
         self._vhost = URL(url).path[1:] or "/"
         self.declared = False  # True: open() declared the topology, not just joined it
         self._reopening = asyncio.Lock()
@@ -452,6 +458,9 @@ class AmqpBackend(Backend):
             if owned and connection is not None:
                 await connection.close()
 
+    async def waiting(self, queue: str) -> int | None:
+        return await ready_count(self._require_connection, queue, _ERRORS)
+
     async def deployment_queues(self, topology: Topology) -> list[str]:
         try:
             connection = await aio_pika.connect(self._url, timeout=self.connect_timeout)
@@ -486,14 +495,4 @@ class AmqpBackend(Backend):
         if self._connection is None:
             raise BrokerError(f"RabbitMQ at {self.address} is not open; call open() first")
         return self._connection
-
-
-def _login(url: str) -> tuple[str, str | None]:
-    """The user ``url`` logs in as (aiormq's default: guest), and the ``user_id`` to
-    publish with: none under EXTERNAL authentication, where the certificate names the
-    user (name it in the URL too, ``amqps://NAME@host/?auth=external``, for its reply
-    queues' names)."""
-    parsed = URL(url)
-    user = parsed.user or "guest"
-    return user, (user if parsed.query.get("auth", "plain").lower() == "plain" else None)
 

@@ -40,7 +40,7 @@ from sporeflow.pipeline.broker.amqp_lock import holding as lock
 from sporeflow.pipeline.broker.backend import Topology
 from sporeflow.pipeline.broker.leftovers import Leftovers, Plan, Record, decode, encode, merged
 
-__all__ = ["deployment_queues", "remember", "take_away", "tidy"]
+__all__ = ["deployment_queues", "queue_counts", "ready_count", "remember", "take_away", "tidy"]
 
 _MOST_READ = 100  # messages of the record read at most (a few, unless written by others)
 _log = logging.getLogger("sporeflow.broker.amqp")
@@ -142,7 +142,7 @@ async def take_away(connection: AbstractConnection, topology: Topology, *, unuse
     queues = [*agent_queues, topology.dead_letter_queue]
     if unused_only:
         for queue in queues:
-            counts = await _counts(lambda: connection, queue)
+            counts = await queue_counts(lambda: connection, queue)
             if counts is not None and counts[1]:
                 raise BrokerError(f"queue {queue!r} at {address} is consumed by a running "
                                   f"process: stop the organism's processes, then delete")
@@ -184,7 +184,7 @@ async def _tidy(channel: AbstractChannel, *, connection: Callable[[], AbstractCo
     records = [r for r in (decode(m.body) for m in read) if r is not None]
     now = topology.declared()
     before: Record = merged(records) if records else topology.guessed()
-    counts = {queue: await _counts(connection, queue) for queue in Plan.asked(now, before)}
+    counts = {queue: await queue_counts(connection, queue) for queue in Plan.asked(now, before)}
     plan = Plan.of(now, before, counts)
     underlay = await channel.get_underlay_channel()
     for queue, pattern in plan.unbind:
@@ -203,7 +203,7 @@ async def _tidy(channel: AbstractChannel, *, connection: Callable[[], AbstractCo
                      left=tuple(plan.left))
 
 
-async def _counts(connection: Callable[[], AbstractConnection],
+async def queue_counts(connection: Callable[[], AbstractConnection],
                   queue: str) -> tuple[int, int] | None:
     """``queue``'s messages and consumers; None when it does not exist (a passive
     declaration of a missing queue closes its channel: a channel of its own)."""
@@ -217,6 +217,19 @@ async def _counts(connection: Callable[[], AbstractConnection],
             await channel.close()
     result = declared.declaration_result
     return result.message_count or 0, result.consumer_count or 0
+
+
+async def ready_count(connection: Callable[[], AbstractConnection], queue: str,
+                      errors: tuple[type[BaseException], ...]) -> int | None:
+    """``queue``'s messages no consumer has taken; None when not known (no such queue, or
+    the connection is lost: the caller asks again later)."""
+    try:
+        counts = await queue_counts(connection, queue)
+    except errors:
+        return None
+    except BrokerError:
+        return None
+    return counts[0] if counts is not None else None
 
 
 async def _delete_if_idle(connection: Callable[[], AbstractConnection], queue: str) -> bool:

@@ -34,7 +34,7 @@ from yarl import URL
 from sporeflow.config import BrokerError
 from sporeflow.pipeline.broker.link import Backoff, Link
 
-__all__ = ["RECONNECT_BASE", "ReconnectingConnection", "connect", "through_losses"]
+__all__ = ["RECONNECT_BASE", "ReconnectingConnection", "connect", "login_of", "through_losses"]
 
 RECONNECT_BASE = 0.5  # seconds: the first pause after a failed attempt
 # The broker's refusals of this process (its credentials; a virtual host it may not use,
@@ -157,3 +157,13 @@ async def _was_lost(connection: ReconnectingConnection) -> bool:
             return False
         await asyncio.sleep(0.02)
     return False
+
+def login_of(url: str) -> tuple[str, str | None]:
+    """The user ``url`` logs in as (aiormq's default: guest), and the ``user_id`` to
+    publish with: none under EXTERNAL authentication, where the certificate names the
+    user (name it in the URL too, ``amqps://NAME@host/?auth=external``, for its reply
+    queues' names)."""
+    parsed = URL(url)
+    user = parsed.user or "guest"
+    return user, (user if parsed.query.get("auth", "plain").lower() == "plain" else None)
+

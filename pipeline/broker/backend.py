@@ -383,6 +383,10 @@ class Backend(abc.ABC):
         """Delete the queues and exchanges of ``topology`` (tests, ``broker-delete``);
         ``unused_only``: refuse (:class:`BrokerError`) a queue a process consumes."""
 
+    async def waiting(self, queue: str) -> int | None:
+        """How many messages ``queue`` holds that no consumer has taken (None: unknown)."""
+        return None
+
     async def deployment_queues(self, topology: Topology) -> list[str]:
         """The agents' queues of ``topology``'s deployment, those a declaration kept for
         the spores of agents since removed included (``broker-delete``'s preview)."""

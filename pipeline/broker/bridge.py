@@ -39,20 +39,18 @@ import contextlib
 import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from functools import partial
 from typing import Any
-
-from aiostream import pipable_operator, streamcontext
 
 from sporeflow.config.errors import BrokerError, SporeError, SporeflowError
 from sporeflow.config.model import OrganismSpec
 from sporeflow.config.reasons import Reason, reason_of
 from sporeflow.pipeline.broker.backend import Backend, Inbound, Topology
 from sporeflow.pipeline.broker.boots import BootOnce
+from sporeflow.pipeline.broker.expected import ExpectedBack
 from sporeflow.pipeline.broker.external import ExternalAgents
-from sporeflow.pipeline.broker.factory import open_backend
-from sporeflow.pipeline.broker.hosting import hosted_names, without_broker
+from sporeflow.pipeline.broker.hosting import hosted_names
 from sporeflow.pipeline.broker.letters_out import LettersOut
 from sporeflow.pipeline.broker.publisher import Publisher
 from sporeflow.pipeline.broker.settling import Settler, Ticket
@@ -64,25 +62,15 @@ from sporeflow.steps import Delivery, Spore, SporeType, mark_of, set_mark
 from sporeflow.steps.dispatch import hand_to_lanes
 from sporeflow.steps.signing import BadSignature, ReplayGuard, signed, verify
 
-__all__ = ["Bridge", "make_bridge", "publish_deliveries"]
+__all__ = ["Bridge"]
 
 _RESPONSE, _REQUEST = SporeType.RESPONSE, SporeType.REQUEST
 _REPLY_ROUTES_KEPT = 10_000
+_LOOK_AGAIN = 0.05  # seconds idle() waits for a copy on its way back before asking the queues
 # The marks of every bridge of this process, never given twice: a spore object outlives
 # its bridge (kept by a user, a dead letter) and may be submitted to a later start's,
 # where a mark counted from 1 again would name one of that bridge's deliveries.
 _MARKS = itertools.count(1)
-
-
-def make_bridge(spec: OrganismSpec, backend: Backend | str | None,
-                hosted: Iterable[str] | None) -> Bridge | None:
-    """The bridge for ``spec``: None on the embedded path (``memory``)."""
-    chosen = open_backend(spec.backend if backend is None else backend) if (
-        backend is None or isinstance(backend, str)) else backend
-    if chosen is None:
-        without_broker(spec, hosted)
-        return None
-    return Bridge(spec, chosen, hosted=hosted)
 
 
 class Bridge(LedgerHook):
@@ -116,7 +104,7 @@ class Bridge(LedgerHook):
         self._in_air = 0  # publishes started, not yet confirmed or failed
         # Published while start() connects: held until the reply queue exists (None: started)
         self._held: list[tuple[Spore, int, tuple[str, ...]]] | None = []
-        self._expected = 0  # published to agents hosted here, not yet consumed back
+        self._expected = ExpectedBack()  # published to agents hosted here, not back yet
         self._changed = asyncio.Event()
         self.counts = {"consumed": 0, "redelivered": 0, "own_broadcasts": 0,
                        "external_elsewhere": 0, "refused": 0,
@@ -177,14 +165,23 @@ class Bridge(LedgerHook):
 
     async def quiet(self) -> None:
         """Wait until this process holds nothing and each spore it published to an agent it
-        hosts came back; with one process hosting everything: until all work is done."""
+        hosts came back, or was taken from its queue by another process's consumer (or
+        dropped by the broker); with one process hosting everything: all work is done."""
         while True:
             await self.run.idle()
-            if (self._expected <= 0 and not self._tasks and not self._in_air
-                    and not self._held and not self.run.intake.held):
-                return
             self._changed.clear()
-            await self._changed.wait()
+            if not (self._tasks or self._in_air or self._held or self.run.intake.held):
+                if not self._expected or await self._expected.gone_elsewhere(
+                        map(self.topology.queue, self.hosted), self.backend.waiting,
+                        self._still_idle):
+                    return
+            try:  # a copy on its way back sets it; else look at the queues again
+                await asyncio.wait_for(self._changed.wait(), _LOOK_AGAIN)
+            except TimeoutError:
+                pass
+
+    def _still_idle(self) -> bool:
+        return not (self._changed.is_set() or self.run.intake.held)
 
     # -- from the broker: into the chain's source -------------------------------------------
 
@@ -223,13 +220,14 @@ class Bridge(LedgerHook):
 
     def _on_message(self, agent: str, message: Inbound) -> None:
         self.counts["consumed"] += 1
-        self._expected -= 1
         self._changed.set()
         if message.redelivered:
             self.counts["redelivered"] += 1
         spore = self._decoded(agent, message)
         if spore is None:
             return
+        if self._expected:
+            self._expected.came_back(spore.id)
         if spore.to_agent is None and spore.from_agent == agent:
             self.counts["own_broadcasts"] += 1  # a broadcast never goes back to its sender
             self._settle.ack_soon(message)
@@ -408,7 +406,8 @@ class Bridge(LedgerHook):
             if spore.spore_type is _REQUEST and self.run.requests.awaits(spore.id):
                 reply_queue = self._reply_queue
         expected = self._expected_back(spore, targets) if queue is None else 0
-        self._expected += expected
+        if expected:
+            self._expected.published(spore.id, expected)
         self._in_air += 1
         done = partial(self._published, spore, count, expected)
         try:
@@ -426,7 +425,7 @@ class Bridge(LedgerHook):
             if self.boots.waiting:  # a boot is recorded once the broker holds its spore
                 self.boots.confirmed(spore)
         else:
-            self._expected -= expected
+            self._expected.came_back(spore.id, expected)  # it never will
             if isinstance(failure, BadSignature):  # no key here for its sender
                 self.logger.warning("could not sign spore %s: %s", spore.id, failure)
                 self.run.ledger.record(spore, Reason.BAD_SIGNATURE, failure)
@@ -482,17 +481,8 @@ class Bridge(LedgerHook):
             "backend": self.backend.address, "exchange": self.topology.exchange,
             "hosted": sorted(self.hosted), "reply_queue": self._reply_queue,
             "in_flight": len(self._inflight), "awaiting_confirms": len(self._owners),
-            "expected_back": self._expected, **self.counts,
+            "expected_back": self._expected.total, **self.counts,
             "waiting_sends": self.publisher.waiting,  # outside sends, on a lost broker
             "connection": self.backend.statistics().as_dict(),
         }
 
-
-@pipable_operator
-async def publish_deliveries(source: AsyncIterable[list[Delivery]], *,
-                             bridge: Bridge) -> AsyncIterator[list[Delivery]]:
-    """Hand deliveries from the broker to their lanes, publish the others; pass them on."""
-    async with streamcontext(source) as batches:
-        async for deliveries in batches:
-            bridge.deliver_or_publish(deliveries)
-            yield deliveries

@@ -294,6 +294,9 @@ class MemoryBackend(Backend):
         self._reply = queue
         return name
 
+    async def waiting(self, queue: str) -> int | None:
+        return self.broker.ready(queue)
+
     def is_reply_queue(self, queue: str) -> bool:
         held = self.broker.queues.get(queue)
         return held is not None and held.owner is not None

@@ -94,9 +94,7 @@ class Harness:
 
     async def quiet(self, organism: Organism) -> None:
         """Wait until all the organism's work is done (on a broker: came back and done)."""
-        bridge = organism._bridge
-        await asyncio.wait_for(bridge.quiet() if bridge is not None else organism.idle(),
-                               BACKSTOP)
+        await asyncio.wait_for(organism.idle(), BACKSTOP)
 
     async def published(self, organism: Organism, count: int) -> None:
         """Wait until ``count`` spores left the chain: in a mailbox, or on the broker."""
