@@ -262,11 +262,10 @@ class Bridge(LedgerHook):
         self.logger.warning("refused a message from the broker for %r: %s: %s", agent,
                             reason, error)
         if message.spore is not None and self._run is not None:
-            if agent is not None:  # dead-lettered below with its delivery
-                self._letters.with_delivery(self._mark(message.spore))
+            self._letters.with_delivery(self._mark(message.spore))  # dead-lettered below
             self._run.ledger.refused(message.spore, reason, error, agent=agent)
-        if agent is not None:
-            self._spawn(self._settle.dead_letter(message, agent, reason, str(error)))
+        # The reply queue's too (agent None): untrusted, anyone may publish there.
+        self._spawn(self._settle.dead_letter(message, agent, reason, str(error)))
         return None
 
     def _on_reply(self, message: Inbound) -> None:

@@ -82,8 +82,10 @@ class Settler:
         except BrokerError:
             pass  # gone with its connection: the broker gave it back already
 
-    async def dead_letter(self, message: Inbound, agent: str, reason: str, error: str,
+    async def dead_letter(self, message: Inbound, agent: str | None, reason: str, error: str,
                           attempts: int = 0) -> None:
+        """Put ``message`` in the broker's dead-letter queue, then ack it. A message of the
+        reply queue (``agent`` None) was taken without an ack: it is put there only."""
         try:
             await self.backend.dead_letter(message, reason=reason, error=error, agent=agent,
                                            attempts=attempts)
@@ -91,7 +93,8 @@ class Settler:
         except BrokerError as exc:
             self._report("could not dead-letter a delivery on the broker (it is recorded "
                          "here): %s", exc)
-        await self.ack(message)
+        if agent is not None:
+            await self.ack(message)
 
     def _report(self, text: str, exc: BrokerError) -> None:
         (self.logger.debug if isinstance(exc, Requeued) else self.logger.warning)(text, exc)
