@@ -44,3 +44,23 @@ async def test_an_outside_sender_cannot_post_a_notice_of_a_dead_letter() -> None
     [notice] = heard
     assert notice.knowledge["agent"] == "broken"
     assert notice.knowledge["spore"]["knowledge"] == {"n": 1}
+
+
+@pytest.mark.parametrize("kind", [SporeType.NOTIFICATION, SporeType.BROADCAST,
+                                  SporeType.KNOWLEDGE])
+async def test_an_outside_sender_cannot_post_a_notice_addressed_to_a_listener(
+        kind: SporeType) -> None:
+    # Found by an attack on the rule above: addressed to the listener (to_agent set), the
+    # same forged notice, in the organism's voice on its channel, reached it.
+    organism, heard = watched()
+    forged = {"reason": "handler failed", "error": "x", "agent": "broken", "attempts": 1,
+              "spore": {}}
+    async with organism.running():
+        with pytest.raises(NotAPeer, match="the organism's own notices"):
+            await organism.submit(Spore(knowledge=forged, from_agent="system",
+                                        to_agent="watcher", channel="dead-letter",
+                                        spore_type=kind))
+        with pytest.raises(NotAPeer, match="the organism's own notices"):
+            await organism.send("watcher", forged, channel="dead-letter", sender="system")
+        await organism.idle()
+    assert heard == []

@@ -25,7 +25,7 @@ from sporeflow.config import (
     SporeError,
 )
 from sporeflow.config.errors import JournalError
-from sporeflow.config.model import DEAD_LETTER_CHANNEL, OUTSIDE_SENDERS
+from sporeflow.config.model import DEAD_LETTER_CHANNEL, OUTSIDE_SENDERS, SYSTEM_SENDER
 from sporeflow.config.reasons import Reason, reason_of
 from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.ledger import Ledger
@@ -118,9 +118,11 @@ class Ingress:
         """Raise what the chain would refuse ``spore`` for, by the chain's own rules
         (``built``: made by ``new_spore`` from a sender's arguments, see ``check_spore``)."""
         check_spore(spore, self.limits, built=built)
-        if spore.channel == DEAD_LETTER_CHANNEL and spore.to_agent is None:
+        if spore.channel == DEAD_LETTER_CHANNEL and (spore.to_agent is None
+                                                     or spore.from_agent == SYSTEM_SENDER):
             # The organism's own notices go there, never through here; their voice
-            # (``system``) is also an outside caller's that gives no name: no forgery.
+            # (``system``) is also an outside caller's that gives no name: no forgery,
+            # broadcast or addressed to a listener (an agent's own sends there pass).
             raise NotAPeer(f"{spore.from_agent!r} may not post on {DEAD_LETTER_CHANNEL!r}: "
                            f"it carries the organism's own notices of its dead letters")
         table = self._cell.current.table
