@@ -77,3 +77,36 @@ def test_a_response_dead_for_another_reason_is_never_replayed_either(reason: str
     assert allowed == []
     [why] = refused
     assert "a response nobody awaits" in why
+
+
+async def test_a_dead_letter_notice_a_listener_failed_on_is_never_replayed() -> None:
+    """Found by an attacker: the organism's notices are refused from anyone else (a forged
+    one addressed to a listener reached it), so a replay, which submits as an outside
+    sender, was refused with a message saying to fix the spore and replay again: it never
+    could be. A notice is the organism's word about another letter, kept beside it: the
+    rule of every replay (journal, broker, a running organism) says so, and what to do."""
+    heard: list[Any] = []
+
+    async def worker(spore: Spore, ctx: Any) -> None:
+        raise RuntimeError("broken")
+
+    async def pager(spore: Spore, ctx: Any) -> None:
+        heard.append(spore.knowledge["reason"])
+        raise RuntimeError("the pager is down")
+
+    organism = Organism.from_dict({
+        "organism": {"name": "pages"},
+        "agents": {"worker": {"handler": worker},
+                   "pager": {"handler": pager, "subscribe": ["dead-letter"]}}})
+    async with organism.running():
+        await organism.send("worker", {"n": 1})
+        await organism.idle()
+        letters = list(organism.dead_letters)
+        assert sorted(letter.agent or "" for letter in letters) == ["pager", "worker"]
+        stored = [StoredDeadLetter(n, letter) for n, letter in enumerate(letters, 1)]
+        allowed, refused = replay_refusals(stored, None, ())
+    assert [s.letter.agent for s in allowed] == ["worker"]
+    [why] = refused
+    assert "the organism's notice of another dead letter" in why
+    assert "purge it" in why
+    assert heard == ["handler failed"]

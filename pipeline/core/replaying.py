@@ -23,6 +23,7 @@ from collections.abc import Callable, Container, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from sporeflow.config.model import DEAD_LETTER_CHANNEL, SYSTEM_SENDER
 from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.core.deadletters import (
     URL_PASSWORDS,
@@ -55,6 +56,13 @@ def never_replayed(letter: DeadLetter) -> str | None:
     if getattr(letter.spore, "spore_type", None) is SporeType.RESPONSE:
         return ("it is a response nobody awaits (its request timed out, failed, or was "
                 "never made here): delivered again, it is a dead letter again; purge it")
+    spore = letter.spore
+    if (getattr(spore, "channel", None) == DEAD_LETTER_CHANNEL
+            and getattr(spore, "from_agent", None) == SYSTEM_SENDER):
+        # Only the organism sends its notices (Ingress.screen refuses them from anyone
+        # else, a replay included): found by an attacker.
+        return ("it is the organism's notice of another dead letter (that letter is the "
+                "one to replay), and notices come from the organism alone: purge it")
     if letter.reason == Reason.INVALID:  # found by a new user: a source's bad line, replayed
         return ("it was refused as invalid: what it keeps is no spore to deliver (a stand-in "
                 "for a source's bad input, or a spore the chain refuses again); fix it where "
