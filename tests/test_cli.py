@@ -88,6 +88,24 @@ def test_send_start_prints_what_comes_back_as_json_lines_then_the_id() -> None:
     assert spore["thread_id"] == spore_id
 
 
+def test_send_start_prints_the_dead_letters_its_one_off_run_made(tmp_path: Path) -> None:
+    # Found by a new user: a reply refused downstream was logged "the dead letter has the
+    # details", and the one-off run ended with them: nothing showed them, exit 0.
+    (tmp_path / "newuser_send_start_handlers.py").write_text(
+        "async def forward(spore, ctx):\n    return {'tags': {'a set'}}\n"
+        "async def take(spore, ctx):\n    return None\n")
+    organism = tmp_path / "organism.yaml"
+    organism.write_text("organism: {name: oneoff}\nagents:\n"
+                        "  a: {handler: newuser_send_start_handlers:forward, emit: {to: b}}\n"
+                        "  b: {handler: newuser_send_start_handlers:take}\n")
+    code, out, err = invoke("send", str(organism), "--start", "--to", "a", "{}")
+    assert code == 0, err  # its own spore was handled
+    assert out.strip()  # its id
+    assert "1 dead letter, kept by this run only" in err
+    assert "(the dead letter has the details)" in err  # the log line, and then they are:
+    assert "a  invalid  SporeError: knowledge.tags holds a set, which is not JSON" in err
+
+
 def test_send_takes_a_priority_and_an_expiry() -> None:
     # Found by a new user: README gives send both; the command line had neither.
     code, out, err = invoke("send", str(SMALL), "--start", "--to", "picky", "--priority",

@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 import click
 
 from sporeflow.config import SporeflowError
+from sporeflow.pipeline.cli.letters import echo_kept_by_this_run
 from sporeflow.pipeline.cli.util import (
     EXIT_OUT_OF_TIME,
     ORGANISM_ARG,
@@ -252,12 +253,15 @@ def send_started(ctx: click.Context, organism: Path, body: Mapping[str, Any],
     mask_with(ctx, org.masker)
     address = ControlAddress.of(organism, org.spec.name)
     held = guarded(ctx, lambda: claim(address, organism))
+    outcome: operations.SendOutcome | None = None
     try:
         outcome = run_to_end(_send_once(org, body, timeout))
     except SporeflowError as exc:
         fail(ctx, exc)
     finally:
         held.release()
+        # Its dead letters end with it, as a run's do; send_outcome tells its own spore's.
+        echo_kept_by_this_run(org, told=None if outcome is None else outcome.spore_id)
     send_outcome(ctx, operations.refusal_status(outcome), outcome.to_dict(), timeout=timeout)
 
 

@@ -48,12 +48,14 @@ def _safe(text: str) -> str:
     return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
 
 
-def echo_kept_by_this_run(org: Organism) -> None:
+def echo_kept_by_this_run(org: Organism, told: str | None = None) -> None:
     """At the end of a run with no journal and no broker, print its dead letters: the
-    log said "the dead letter has the details", and they go with this process."""
+    log said "the dead letter has the details", and they go with this process. ``told``:
+    the id of a spore whose letter the caller prints itself (``send --start``'s own)."""
     if org.journal is not None or org.brokered:
         return  # kept there: `sporeflow dlq list` reads them
-    letters = org.dead_letters.numbered()
+    letters = [stored for stored in org.dead_letters.numbered()
+               if told is None or stored.letter.spore.id != told]
     if not letters:
         return
     click.echo(f"{plural(len(letters), 'dead letter')}, kept by this run only (a journal "
