@@ -153,3 +153,20 @@ def test_run_until_comparing_a_count_with_text_is_a_usage_error() -> None:
     assert code == 2
     assert "compare counts with numbers" in output
 
+
+def test_a_stop_condition_that_max_duration_ends_first_is_no_success(tmp_path: Path) -> None:
+    # Found by a new user: `run --until-idle --max-duration 1s` (or `--until COND`) on work
+    # that was not done in time exited 0, as if the batch had finished (a signal gives 130).
+    (tmp_path / "newuser_sleepy.py").write_text(
+        "import asyncio\n\nasync def nap(spore, ctx):\n    await asyncio.sleep(3600)\n")
+    (tmp_path / "organism.yaml").write_text(
+        "organism: {name: sleepy}\nagents:\n  nap: {handler: newuser_sleepy:nap, boot: {}}\n")
+    code, output = run_cli(str(tmp_path / "organism.yaml"), "--until-idle",
+                           "--max-duration", "50ms", "--drain-timeout", "0.2s")
+    assert code == 124, output
+    assert "stopped by --max-duration 50ms before it was idle: the batch did not finish" in output
+    code, output = run_cli(str(FIXTURES / "stateful_organism.yaml"), "--max-duration", "50ms",
+                           "--until", "agents.totaliser.handled >= 100")
+    assert code == 124, output
+    assert ("stopped by --max-duration 50ms before 'agents.totaliser.handled >= 100' held"
+            in output)

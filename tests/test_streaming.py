@@ -131,7 +131,7 @@ def test_run_with_max_duration_ends_an_endless_source(tmp_path: Path) -> None:
          "--until-idle", "--max-duration", "0.2s", "--drain-timeout", "1s"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 124, result.stderr
-    assert ("stopped at --max-duration 0.2s before it was idle: the batch did not finish"
+    assert ("stopped by --max-duration 200ms before it was idle: the batch did not finish"
             in result.stderr)
 
 

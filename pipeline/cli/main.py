@@ -24,6 +24,7 @@ from sporeflow.config import (
     SporeflowError,
     check_organism,
 )
+from sporeflow.config.units import written_duration
 from sporeflow.config.words import plural
 from sporeflow.pipeline.agents.state import read_snapshot, write_snapshot
 from sporeflow.pipeline.broker.backend import resolve_backend_url
@@ -114,7 +115,8 @@ def _parsed(parse: Callable[[str], T], value: str | None, option: str) -> T | No
                    "graceful stop.")
 @click.option("--until", metavar="EXPRESSION",
               help="Stop once this holds over the stats, e.g. 'totals.handled >= 1000'.")
-@click.option("--max-duration", type=DURATION, help="Stop after this long, e.g. 30s or 5m.")
+@click.option("--max-duration", type=DURATION, help="Stop after this long, e.g. 30s or 5m; "
+              "exit 124 if --until-idle or --until did not hold by then.")
 @click.option("--watch", "--reload", "watch", is_flag=True, help="Reload when the organism "
               "file or its handler "
               "modules change (needs sporeflow[watch]); SIGHUP reloads too.")
@@ -248,7 +250,6 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
     stop = asyncio.Event()
     signals = 0
     stopped_by: list[signal.Signals] = []  # the signal that stopped it, if one did
-    out_of_time: float | None = None  # --max-duration, if it ended a batch before idle
     # SIGHUP from a terminal: it was closed, stop (not reload and run on, orphaned); from a
     # service manager (no terminal): reload, as `sporeflow reload` does.
     on_terminal = sys.stdin is not None and sys.stdin.isatty()
@@ -281,6 +282,8 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
             loop.add_signal_handler(sig, on_signal, sig)
     started = time.perf_counter()
     waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+    goals: list[asyncio.Future[Any]] = []  # --until-idle, --until: what the run is for
+    out_of_time = ""  # what --max-duration ended the run before, if it did
     # Observers outlive the drain (the live view shows it) and close before the summary.
     watching = contextlib.AsyncExitStack()
     reloads = ReloadTriggers(org, watch=watch, echo=partial(click.echo, err=True),
@@ -301,23 +304,25 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
             if observers is not None:
                 watching = await observers(org)
             if until_idle:
-                waiters.append(idle := asyncio.ensure_future(_until_idle(org)))
+                goals.append(idle := asyncio.ensure_future(_until_idle(org)))
             if until is not None:
                 try:
                     until(org.stats())  # a name the stats lack fails now, not mid-run
                 except ValueError as exc:
                     drain_timeout = 0  # nothing ran for long: stop at once, then say why
                     raise click.BadParameter(str(exc), param_hint="'--until'") from None
-                waiters.append(asyncio.ensure_future(wait_until(org.stats, until)))
+                goals.append(asyncio.ensure_future(wait_until(org.stats, until)))
+            waiters += goals
             if max_duration is not None:
                 waiters.append(timer := asyncio.ensure_future(asyncio.sleep(max_duration)))
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if goals and max_duration is not None and timer in done and not done & set(goals):
+                out_of_time = " or ".join([*(["it was idle"] if until_idle else []),
+                                           *([f"{until.text!r} held"] if until else [])])
             for task in done:
                 task.result()  # surfaces a crashed organism
             if until_idle and idle in done:
                 stopped_by.clear()  # idle: the batch is done, whatever came with it
-            elif until_idle and max_duration is not None and timer in done:
-                out_of_time = max_duration
     finally:
         for waiter in waiters:
             waiter.cancel()
@@ -352,14 +357,14 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
         for name, error in failed.items():
             click.echo(f"source {name!r} failed: {error}", err=True)
         return 1
+    if out_of_time:  # not done in time is no success, as `timeout` says: exit 124
+        click.echo(f"stopped by --max-duration {written_duration(max_duration or 0)} before "
+                   f"{out_of_time}: the batch did not finish", err=True)
+        return EXIT_OUT_OF_TIME
     if until_idle and stopped_by:  # nor did one a signal ended first: as a shell says it
         click.echo(f"stopped by {stopped_by[0].name} before it was idle: the batch did not "
                    f"finish", err=True)
         return 128 + stopped_by[0]
-    if out_of_time is not None:  # as timeout(1) says it: the batch did not finish in time
-        click.echo(f"stopped at --max-duration {out_of_time:g}s before it was idle: the "
-                   f"batch did not finish", err=True)
-        return EXIT_OUT_OF_TIME
     return 0
 
 
