@@ -453,13 +453,18 @@ def test_cli_run_drains_on_sigterm_and_exits_zero_with_a_consistent_summary(
     assert "could not finish" not in stderr
 
 
-def test_cli_run_until_idle_stopped_by_a_signal_before_idle_exits_non_zero(
-    tmp_path: Path,
+@pytest.mark.parametrize(("goal", "said"), [
+    (("--until-idle",), "it was idle"),
+    # Found by a new user: --until's goal, unreached, exited 0 where --until-idle's did not.
+    (("--until", "totals.handled >= 100000"), "'totals.handled >= 100000' held"),
+])
+def test_cli_run_with_a_goal_stopped_by_a_signal_before_it_held_exits_non_zero(
+    tmp_path: Path, goal: tuple[str, ...], said: str,
 ) -> None:
     """A batch (--until-idle) that a SIGTERM ended before it was idle did not do its work
     (what was left is dead-lettered 'shutdown'): it once exited 0, as a finished batch."""
     path = write_job(tmp_path, count=3000, delay=0.05, ready=3, concurrency=1)
-    with start_run(path, "--until-idle", "--drain-timeout", "1") as proc:
+    with start_run(path, *goal, "--drain-timeout", "1") as proc:
         try:
             read_until(proc.stdout, b"ready after 3", timeout=BACKSTOP)
             proc.send_signal(signal.SIGTERM)
@@ -471,7 +476,7 @@ def test_cli_run_until_idle_stopped_by_a_signal_before_idle_exits_non_zero(
     stderr = err.decode()
     assert proc.returncode == 128 + signal.SIGTERM, stderr
     assert "could not finish and were dead-lettered" in stderr
-    assert "stopped by SIGTERM before it was idle" in stderr
+    assert f"stopped by SIGTERM before {said}: the batch did not finish" in stderr
 
 
 def test_cli_run_exits_at_once_on_a_second_sigint(tmp_path: Path) -> None:

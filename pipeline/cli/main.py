@@ -283,7 +283,9 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
     started = time.perf_counter()
     waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
     goals: list[asyncio.Future[Any]] = []  # --until-idle, --until: what the run is for
-    out_of_time = ""  # what --max-duration ended the run before, if it did
+    out_of_time = False  # --max-duration ended the run before its goal held
+    goal = " or ".join([*(["it was idle"] if until_idle else []),  # what the run is for
+                        *([f"{until.text!r} held"] if until is not None else [])])
     # Observers outlive the drain (the live view shows it) and close before the summary.
     watching = contextlib.AsyncExitStack()
     reloads = ReloadTriggers(org, watch=watch, echo=partial(click.echo, err=True),
@@ -304,7 +306,7 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
             if observers is not None:
                 watching = await observers(org)
             if until_idle:
-                goals.append(idle := asyncio.ensure_future(_until_idle(org)))
+                goals.append(asyncio.ensure_future(_until_idle(org)))
             if until is not None:
                 try:
                     until(org.stats())  # a name the stats lack fails now, not mid-run
@@ -316,13 +318,12 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
             if max_duration is not None:
                 waiters.append(timer := asyncio.ensure_future(asyncio.sleep(max_duration)))
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if goals and max_duration is not None and timer in done and not done & set(goals):
-                out_of_time = " or ".join([*(["it was idle"] if until_idle else []),
-                                           *([f"{until.text!r} held"] if until else [])])
             for task in done:
                 task.result()  # surfaces a crashed organism
-            if until_idle and idle in done:
-                stopped_by.clear()  # idle: the batch is done, whatever came with it
+            if done & set(goals):
+                stopped_by.clear()  # the goal held: the batch is done, whatever came with it
+            elif max_duration is not None and timer in done:
+                out_of_time = bool(goal)
     finally:
         for waiter in waiters:
             waiter.cancel()
@@ -359,10 +360,10 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
         return 1
     if out_of_time:  # not done in time is no success, as `timeout` says: exit 124
         click.echo(f"stopped by --max-duration {written_duration(max_duration or 0)} before "
-                   f"{out_of_time}: the batch did not finish", err=True)
+                   f"{goal}: the batch did not finish", err=True)
         return EXIT_OUT_OF_TIME
-    if until_idle and stopped_by:  # nor did one a signal ended first: as a shell says it
-        click.echo(f"stopped by {stopped_by[0].name} before it was idle: the batch did not "
+    if goal and stopped_by:  # nor did one a signal ended first: as a shell says it
+        click.echo(f"stopped by {stopped_by[0].name} before {goal}: the batch did not "
                    f"finish", err=True)
         return 128 + stopped_by[0]
     return 0
