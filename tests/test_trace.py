@@ -143,7 +143,7 @@ async def test_trace_from_the_journal_shows_the_tree_with_parents(organism_file:
     assert "[request] middle -> back" in lines[3]
     assert lines[4].startswith("      └─ ")
     assert "[response] back -> middle" in lines[4]
-    assert lines[4].endswith(": ended without a handler")
+    assert lines[4].endswith(": answered its request")  # not "ended without a handler"
     assert len(lines) == 5
 
 

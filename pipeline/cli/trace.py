@@ -7,14 +7,14 @@
 
 Each line is one spore, under the spore whose handling made it (its ``causation_id``):
 its type, sender and addressee, when it was made after the root, and each delivery's
-outcome: handled (by whom, in how long), failed or dead letter (with the reason), or
-ended without a handler (a response, a spore returned outside). ``--journal`` reads a
-journal file; without it a running organism answers from its recent window (the last
-``observe.lineage.TRACE_WINDOW`` settlements; over a broker, those of every process
-of the organism that holds the spore, together: a process that settled only what the
-spore's handling made elsewhere does not know it as the root, and adds nothing), and
-the organism's own journal, if it has one, is read when it is not running or no longer
-holds the spore.
+outcome: handled (by whom, in how long), failed or dead letter (with the reason),
+answered its request (a response), or ended without a handler (a spore returned
+outside). ``--journal`` reads a journal file; without it a running organism answers from
+its recent window (the last ``observe.lineage.TRACE_WINDOW`` settlements; over a broker,
+those of every process of the organism that holds the spore, together: a process that
+settled only what the spore's handling made elsewhere does not know it as the root, and
+adds nothing), and the organism's own journal, if it has one, is read when it is not
+running or no longer holds the spore.
 """
 
 from __future__ import annotations

@@ -236,7 +236,10 @@ def _describe(node: TraceNode, origin: datetime | None) -> str:
 
 
 def _outcome(step: TraceStep) -> str:
-    words = "ended without a handler" if step.outcome == ENDED else step.outcome
+    # A response ends so whenever it answers its request (found by a new user: "ended
+    # without a handler" read as a failure there).
+    words = step.outcome if step.outcome != ENDED else (
+        "answered its request" if step.spore_type == "response" else "ended without a handler")
     if step.agent is not None:
         words += f" by {step.agent}"
     if step.reason is not None:
