@@ -51,6 +51,7 @@ from jsonschema.exceptions import best_match
 from sporeflow.config.errors import SporeError
 from sporeflow.config.lazy_etree import etree
 from sporeflow.config.safexml import DoctypeRefused, parse_xml
+from sporeflow.config.size_cap import FileTooLarge, read_bounded
 from sporeflow.config.words import with_article
 
 __all__ = [
@@ -151,12 +152,10 @@ def load_schema(path: str | Path) -> SchemaSpec:
 
 def _read(file: Path) -> bytes:
     try:
-        size = file.stat().st_size
-        if size > MAX_SCHEMA_BYTES:
-            raise SchemaFileError(
-                f"schema file {str(file)!r} is {size} bytes, over the {MAX_SCHEMA_BYTES} "
-                f"bytes sporeflow reads")
-        return file.read_bytes()
+        return read_bounded(file, MAX_SCHEMA_BYTES)
+    except FileTooLarge as exc:
+        raise SchemaFileError(f"schema file {str(file)!r}: {exc} sporeflow reads of a "
+                              f"schema; split it or shorten it") from None
     except FileNotFoundError:
         raise SchemaFileError(
             f"schema file {str(file)!r} does not exist; the path is relative to the "

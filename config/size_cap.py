@@ -8,6 +8,7 @@ The cap is ``DEFAULT_MAX_ORGANISM_BYTES`` (8 MiB); the environment variable
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from sporeflow.config.errors import ConfigError, Problem
@@ -16,7 +17,9 @@ from sporeflow.config.units import parse_size
 __all__ = [
     "DEFAULT_MAX_ORGANISM_BYTES",
     "MAX_ORGANISM_BYTES_ENV",
+    "FileTooLarge",
     "capped_text",
+    "read_bounded",
     "read_capped",
 ]
 
@@ -35,20 +38,45 @@ def read_capped(file: Path) -> str:
         return ConfigError([Problem(str(file), 1, 1, "", message)])
 
     try:
-        with file.open("rb") as stream:
-            size = os.fstat(stream.fileno()).st_size
-            if size > cap:
-                raise refuse(_over_cap("the file", size, cap))
-            data = stream.read(cap + 1)
+        data = read_bounded(file, cap)
+    except FileTooLarge as exc:
+        raise refuse(_over_cap("the file", exc.size, cap)) from None
     except OSError as exc:
         raise refuse(f"cannot read the file: {exc.strerror}") from None
-    if len(data) > cap:
-        raise refuse(_over_cap("the file", None, cap))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise refuse(f"the file is not UTF-8: {exc.reason}") from None
     return text.replace("\r\n", "\n").replace("\r", "\n")  # as read_text() reads it
+
+
+class FileTooLarge(ValueError):
+    """A file over the cap of what is read of it; ``size`` is None when only reading told."""
+
+    def __init__(self, size: int | None, cap: int) -> None:
+        super().__init__(f"it {_amount(size)} the {cap}-byte cap")
+        self.size = size
+        self.cap = cap
+
+
+def read_bounded(file: str | Path, cap: int) -> bytes:
+    """The bytes of a file someone named, at most ``cap``: refused from its size before
+    anything is read when over it, and read no further than it when the size is unknown
+    (a pipe, a device: /dev/zero never ends). Raises :class:`FileTooLarge`, or OSError.
+
+    Opened without blocking, so a named pipe nobody writes to reads as empty rather than
+    hanging the command for good; reads then block as usual (a pipe being written).
+    """
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as stream:
+        os.set_blocking(fd, True)
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_size > cap:
+            raise FileTooLarge(info.st_size, cap)
+        data = stream.read(cap + 1)
+    if len(data) > cap:
+        raise FileTooLarge(None, cap)
+    return data
 
 
 def capped_text(text: str | bytes, name: str) -> str:
@@ -79,7 +107,10 @@ def _max_organism_bytes(name: str) -> int:
                             f"or a size like 32MiB")]) from None
 
 
+def _amount(size: int | None) -> str:
+    return f"is {size} bytes, over" if size is not None else "is larger than"
+
+
 def _over_cap(what: str, size: int | None, cap: int) -> str:
-    amount = f"is {size} bytes, over" if size is not None else "is larger than"
-    return (f"{what} {amount} the {cap}-byte cap on organism files; split it, or set "
+    return (f"{what} {_amount(size)} the {cap}-byte cap on organism files; split it, or set "
             f"{MAX_ORGANISM_BYTES_ENV} to a larger size (e.g. {MAX_ORGANISM_BYTES_ENV}=32MiB)")

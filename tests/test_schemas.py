@@ -223,7 +223,7 @@ def test_oversized_schema_file_is_refused_unread(
     monkeypatch.setattr(schemas, "MAX_SCHEMA_BYTES", 64)
     big = tmp_path / "big.json"
     big.write_text(json.dumps({"description": "x" * 100}))
-    with pytest.raises(SchemaFileError, match=r"is 1\d\d bytes, over the 64 bytes"):
+    with pytest.raises(SchemaFileError, match=r"is 1\d\d bytes, over the 64-byte cap"):
         load_schema(big)
 
 

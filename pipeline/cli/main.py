@@ -454,7 +454,7 @@ def send(ctx: click.Context, organism: str | None, to_agent: str | None, as_requ
         try:
             payload = knowledge_of(knowledge or "")
         except Unreadable as exc:
-            click.echo(f"SporeError: {exc}; check the path after @", err=True)
+            click.echo(f"SporeError: {exc}", err=True)
             ctx.exit(1)
         except ValueError as exc:
             hint = ("fix the JSON in the file" if (knowledge or "").startswith("@") else

@@ -17,6 +17,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from sporeflow.config import ConfigError, Limits, SporeflowError, parse_duration, redact_text
+from sporeflow.config.size_cap import FileTooLarge, read_bounded
 from sporeflow.pipeline.core.deadletters import Masker
 
 __all__ = ["DEFAULT_ORGANISM", "DURATION", "ORGANISM_ARG", "fail", "guarded",
@@ -60,21 +61,35 @@ def _is_number(text: str) -> bool:
 DURATION = Duration()
 
 
+# What @FILE or standard input gives is read no further: a spore is far smaller
+# (limits.max_spore_bytes), and /dev/zero never ends.
+MAX_KNOWLEDGE_BYTES = 64 << 20
+
+
 class Unreadable(ValueError):
-    """A KNOWLEDGE file (``@FILE``) that could not be read: no JSON to judge."""
+    """KNOWLEDGE (``@FILE``, ``-``) that could not be read: no JSON to judge; the
+    message ends with what to do."""
 
 
 def knowledge_of(text: str) -> Any:
     """The JSON a KNOWLEDGE argument gives: itself, ``-`` standard input, ``@FILE`` that
     file (a command line holds some 128 KiB at most). Raises ValueError saying why not."""
     where = ""
-    if text == "-":
-        text, where = sys.stdin.read(), "standard input: "
-    elif text.startswith("@"):
+    if text == "-" or text.startswith("@"):
+        path = text[1:] if text != "-" else None
+        where = f"{path}: " if path is not None else "standard input: "
         try:
-            text, where = Path(text[1:]).read_text(encoding="utf-8"), f"{text[1:]}: "
-        except (OSError, UnicodeDecodeError) as exc:
-            raise Unreadable(f"cannot read KNOWLEDGE from {text[1:]!r}: {exc}") from None
+            if path is not None:
+                data = read_bounded(path, MAX_KNOWLEDGE_BYTES)
+            else:
+                data = sys.stdin.buffer.read(MAX_KNOWLEDGE_BYTES + 1)
+                if len(data) > MAX_KNOWLEDGE_BYTES:
+                    raise FileTooLarge(None, MAX_KNOWLEDGE_BYTES)
+            text = data.decode("utf-8")
+        except (OSError, UnicodeDecodeError, FileTooLarge) as exc:
+            named, fix = ((repr(path), "check the path after @") if path is not None else
+                          ("standard input", "send less: a spore is far smaller"))
+            raise Unreadable(f"cannot read KNOWLEDGE from {named}: {exc}; {fix}") from None
 
     def no_constant(name: str) -> None:
         raise ValueError(f"{name} is no JSON number; send null or a string")

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -111,12 +112,21 @@ def refuse(path: Path, why: str) -> JournalError:
                         f"another file (a new path is created)")
 
 
+_KINDS = {stat.S_IFIFO: "a named pipe", stat.S_IFDIR: "a folder", stat.S_IFCHR: "a device",
+          stat.S_IFBLK: "a device", stat.S_IFSOCK: "a socket"}
+
+
 def check_file(path: Path) -> bool:
     """Return True when ``path`` is a sporeflow journal, False when it is new or empty.
 
     Raise :class:`JournalError` for anything else, without writing to the file.
     """
     try:
+        # Not a plain open: a named pipe would block it for good, waiting for a writer.
+        kind = os.stat(path).st_mode
+        if not stat.S_ISREG(kind):
+            what = _KINDS.get(stat.S_IFMT(kind), "a special file")
+            raise refuse(path, f"not a sporeflow journal ({what}, not a regular file)")
         with path.open("rb") as file:
             head = file.read(len(SQLITE_MAGIC))
     except FileNotFoundError:
