@@ -58,9 +58,10 @@ def _small_memory() -> None:
 
 
 def _organism_with_schema(folder: Path, schema: str) -> Path:
-    (folder / "h.py").write_text("async def h(spore, ctx):\n    return None\n")
+    (folder / "bounded_reads_h.py").write_text("async def h(spore, ctx):\n    return None\n")
     file = folder / "organism.yaml"
-    file.write_text(f"organism: {{name: x}}\nagents:\n  a: {{handler: 'h:h', schema: {schema}}}\n")
+    file.write_text(f"organism: {{name: x}}\nagents:\n"
+                    f"  a: {{handler: 'bounded_reads_h:h', schema: {schema}}}\n")
     return file
 
 
