@@ -1,4 +1,5 @@
-"""Message schemas: ``agents.<name>.schema`` files, compiled once at load.
+"""Message schemas: ``agents.<name>.schema`` files, read and compiled once at load (what
+describes them later, the peers prompt, uses what was read: ``SchemaSpec.source``).
 
 An agent's schema says what the knowledge of every spore addressed to it must look
 like. The file is named relative to the organism file, and its suffix says its
@@ -8,6 +9,7 @@ language:
   (4, 6, 7, 2019-09, 2020-12; 2020-12 when absent); the schema is checked against its
   metaschema at load. ``$ref`` may point only inside the same file (``#/$defs/...``):
   nothing is fetched or read from elsewhere. It applies to the knowledge (a JSON object).
+  YAML is read as the organism file is (nesting and aliases bounded).
 * ``.xsd``: a W3C XML Schema, compiled with lxml. It applies to the XML form of the
   knowledge (see :func:`sporeflow.steps.schemagate.knowledge_element`): the payload as
   written when the spore came from XML (``sporeflow.steps.xmldocument``), else the
@@ -45,11 +47,11 @@ from typing import Any, Final, cast
 import jsonschema
 import referencing
 import referencing.exceptions
-import yaml
 from jsonschema.exceptions import best_match
 
 from sporeflow.config.errors import SporeError
 from sporeflow.config.lazy_etree import etree
+from sporeflow.config.positions import YamlSyntaxError, read_yaml
 from sporeflow.config.safexml import DoctypeRefused, parse_xml
 from sporeflow.config.size_cap import FileTooLarge, read_bounded
 from sporeflow.config.words import with_article
@@ -119,6 +121,10 @@ class SchemaSpec:
     language: str
     digest: str
     _validate: Callable[[Any], None] = field(compare=False, repr=False)
+    # What was read and checked at load, for those that describe the schema (the peers
+    # prompt): the file may have changed since, and is never read again unchecked.
+    source: bytes = field(default=b"", compare=False, repr=False)
+    document: Any = field(default=None, compare=False, repr=False)  # a JSON Schema's
 
     @property
     def wants_xml(self) -> bool:
@@ -145,9 +151,11 @@ def load_schema(path: str | Path) -> SchemaSpec:
     data = _read(file)
     digest = hashlib.sha256(data).hexdigest()
     if suffix == XSD_SUFFIX:
-        return SchemaSpec(file, "xsd", digest, _compile_xsd(data, str(file)))
+        return SchemaSpec(file, "xsd", digest, _compile_xsd(data, str(file)), source=data)
+    document = _decode_json(data, suffix, str(file))
     return SchemaSpec(file, "json-schema", digest,
-                      _compile_json_schema(_decode_json(data, suffix), str(file)))
+                      _compile_json_schema(document, str(file)), source=data,
+                      document=document)
 
 
 def _read(file: Path) -> bytes:
@@ -164,20 +172,20 @@ def _read(file: Path) -> bytes:
         raise SchemaFileError(f"cannot read schema file {str(file)!r}: {exc.strerror}") from None
 
 
-def _decode_json(data: bytes, suffix: str) -> Any:
+def _decode_json(data: bytes, suffix: str, name: str) -> Any:
     try:
         text = data.decode("utf-8-sig")
         if suffix == ".json":
             return json.loads(text)
-        return yaml.safe_load(text)
+        return read_yaml(text, name).data  # the organism file's reader: aliases checked
+    except YamlSyntaxError as exc:
+        raise SchemaFileError(f"the schema is not YAML sporeflow reads: {exc}") from None
     except UnicodeDecodeError as exc:
         raise SchemaFileError(f"the schema file is not UTF-8: {exc.reason}") from None
     except json.JSONDecodeError as exc:
         raise SchemaFileError(
             f"the schema is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
-    except yaml.YAMLError as exc:
-        raise SchemaFileError(f"the schema is not YAML: {exc}") from None
     except RecursionError:
         raise SchemaFileError("the schema is nested too deeply to read") from None
 

@@ -130,3 +130,17 @@ async def test_an_xsd_peer_shows_its_element_s_fields_and_an_example_element() -
         "line (repeated): {sku (string); qty (positiveInteger)}",
         "  example: <order><id>1</id><line><sku>text</sku><qty>1</qty></line></order>",
     ]
+
+
+async def test_the_prompt_describes_the_schemas_checked_at_load_not_the_files_now(
+        organism: Organism, tmp_path: Path) -> None:
+    # Found by an attacker: the prompt read each schema file again, unbounded and unchecked
+    # (a file swapped after load for /dev/zero's link ran out of memory); the spores are
+    # checked against what was loaded, and the prompt now describes that.
+    (tmp_path / "counts.json").unlink()
+    (tmp_path / "counts.json").symlink_to("/dev/zero")
+    (tmp_path / "note.xsd").write_text("<not a schema")
+    text = await prompt_of(organism, "writer")
+    assert "  accepts: an object with file (string, required): the file's path; counts " \
+           "(object)" in text
+    assert "  accepts: XML valid against note.xsd: <note> (string)" in text

@@ -239,3 +239,15 @@ def test_remote_refs_are_never_fetched() -> None:
 ])
 def test_field_path_renders_keys_and_indexes(parts: tuple[Any, ...], rendered: str) -> None:
     assert field_path(parts) == rendered
+
+
+def test_a_yaml_schema_with_an_alias_bomb_is_refused_as_the_organism_file_would_be(
+        tmp_path: Path) -> None:
+    # Found by an attacker: a .yaml schema was read with yaml.safe_load, without the
+    # organism loader's check of aliases: nine levels of nine aliases hung `check`.
+    lines = ["  a0: &a0 {type: string}"]
+    lines += [f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("type: object\n$defs:\n" + "\n".join(lines) + "\n")
+    with pytest.raises(SchemaFileError, match="aliases expand this value to over"):
+        load_schema(bomb)

@@ -15,8 +15,6 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
 from sporeflow.config import AgentSpec
 from sporeflow.pipeline.agents.xsdpeers import xsd_lines
 
@@ -49,8 +47,8 @@ def _describe(peer: AgentSpec, agents: Mapping[str, AgentSpec]) -> list[str]:
         lines.append("  accepts: any JSON object")
         return lines
     if schema.language == "xsd":
-        return lines + xsd_lines(schema.path)
-    document = _json_schema(schema.path)
+        return lines + xsd_lines(schema.source, schema.path.name)
+    document = schema.document  # as loaded and checked: the file is never read again
     lines.append(f"  accepts: {_summary(document)}")
     lines.append(f"  example: {json.dumps(example_payload(document), sort_keys=True)}")
     return lines
@@ -91,11 +89,6 @@ def _accepting(peer: AgentSpec, agents: Mapping[str, AgentSpec]) -> AgentSpec:
     if peer.sequence is not None and peer.sequence.steps[0] in agents:
         return agents[peer.sequence.steps[0]]
     return peer
-
-
-def _json_schema(path: Any) -> Any:
-    with open(path, encoding="utf-8") as file:
-        return yaml.safe_load(file)  # JSON is YAML too: one reader for both suffixes
 
 
 def _summary(schema: Any, root: Any = None) -> str:

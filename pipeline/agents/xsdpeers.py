@@ -10,7 +10,6 @@ simple types of the same file; ``xs:sequence``, ``xs:all``, ``xs:choice`` (neste
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Final
 
 from sporeflow.config.lazy_etree import etree
@@ -26,23 +25,24 @@ _SAMPLES: Final = {"string": "text", "boolean": "true", "double": "1.5", "float"
                    "time": "00:00:00"}
 
 
-def xsd_lines(path: Path) -> list[str]:
-    """The peer lines of the XSD at ``path``: ``accepts:`` and ``example:`` per element."""
+def xsd_lines(source: bytes, file: str) -> list[str]:
+    """The peer lines of the XSD ``source`` (``file``'s, as loaded): ``accepts:`` and
+    ``example:`` per element."""
     try:
-        root = parse_xml(path.read_bytes())
-    except (OSError, DoctypeRefused, etree.XMLSyntaxError):
-        return [f"  accepts: XML valid against {path.name}"]
+        root = parse_xml(source)
+    except (DoctypeRefused, etree.XMLSyntaxError):
+        return [f"  accepts: XML valid against {file}"]
     assert root is not None  # a parser that does not recover raises instead
     reader = _Reader(root)
     lines = []
     for element in root.findall(f"{_XS}element"):
-        name = element.get("name")
-        if not name:
+        element_name = element.get("name")
+        if not element_name:
             continue
-        lines.append(f"  accepts: XML valid against {path.name}: <{name}>"
+        lines.append(f"  accepts: XML valid against {file}: <{element_name}>"
                      f"{reader.describe(element, 0)}")
         lines.append(f"  example: {reader.example(element)}")
-    return lines or [f"  accepts: XML valid against {path.name}"]
+    return lines or [f"  accepts: XML valid against {file}"]
 
 
 class _Reader:
