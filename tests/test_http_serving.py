@@ -141,25 +141,37 @@ async def test_a_connection_that_never_finishes_its_request_is_closed(
         writer.close()
 
 
+def posting(port: str) -> bytes:
+    """The head and first byte of a POST whose body never ends: its handler holds it. The
+    server's "100 Continue" says the request has reached the application."""
+    where = b"/spores" if port == "ingress" else b"/v1/send"
+    return (b"POST " + where + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+            + TOKEN.encode() + b"\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: 100\r\n\r\n{")
+
+
+TOKEN = "test-http-serving-token"
+
+
 @pytest.mark.parametrize("port", ["ingress", "control"])
-async def test_a_port_holding_its_most_connections_answers_503_until_one_closes(
+async def test_a_port_whose_connections_are_all_in_a_request_answers_503_until_one_ends(
         port: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(http_serving, "MAX_CONNECTIONS", 2)
+    monkeypatch.setenv("SPOREFLOW_CONTROL_TOKEN", TOKEN)
     closing = HEALTH.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
     held: list[asyncio.StreamWriter] = []
     async with serving(port, tmp_path) as (host, number):
         url = f"http://{host}:{number}"
         try:
-            for _ in range(2):  # each answered (200, or 401 without the token) and kept
+            for _ in range(2):  # each in its handler, waiting for the rest of its body
                 reader, writer = await asyncio.open_connection(host, number)
                 held.append(writer)
-                writer.write(HEALTH)
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BACKSTOP)
-                assert head.startswith((b"HTTP/1.1 200", b"HTTP/1.1 401"))
-            for _ in range(2):
-                assert (await answer_to(url, HEALTH)).startswith(
-                    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1")
+                writer.write(posting(port))
+                assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BACKSTOP) == (
+                    b"HTTP/1.1 100 Continue\r\n\r\n")
+            assert (await answer_to(url, HEALTH)).startswith(
+                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1")
             held.pop().close()
             async with asyncio.timeout(BACKSTOP):  # until the server has seen it close
                 while (await answer_to(url, closing)).startswith(b"HTTP/1.1 503"):
@@ -210,3 +222,28 @@ async def test_a_client_leaving_before_its_body_arrived_is_no_failure_of_the_ser
                     if key.startswith("http_")}
     assert answered == {"http_400": 1}
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("port", ["ingress", "control"])
+async def test_connections_that_never_finish_a_request_cannot_lock_the_port(
+        port: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by attacker3: one client, no token, holding MAX_CONNECTIONS half-sent heads
+    # (renewed every IDLE_TIMEOUT) had every other client answered 503, the CLI and the
+    # dashboard included. Past the bound the oldest idle connection makes room instead.
+    monkeypatch.setattr(http_serving, "MAX_CONNECTIONS", 2)
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    async with serving(port, tmp_path) as (host, number):
+        try:
+            for _ in range(2):
+                reader, writer = await asyncio.open_connection(host, number)
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                await writer.drain()
+                held.append((reader, writer))
+            answer = await answer_to(f"http://{host}:{number}", HEALTH.replace(
+                b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+            assert answer.startswith((b"HTTP/1.1 200", b"HTTP/1.1 401"))
+            # the oldest of the slow ones was closed for it
+            assert await asyncio.wait_for(held[0][0].read(), BACKSTOP) == b""
+        finally:
+            for _, writer in held:
+                writer.close()

@@ -11,9 +11,12 @@ Clients cannot hold a server's resources: a connection that has not finished a r
 head (a client trickling its headers, "slowloris") or idles between requests is closed
 after :data:`IDLE_TIMEOUT` seconds (aiohttp's own default is an hour), a body must arrive
 within :data:`BODY_TIMEOUT` seconds (:func:`read_body`), and a port holds at most
-:data:`MAX_CONNECTIONS` connections at once (:class:`BoundedSite`): past them a new one is
-answered 503 and closed, so that held connections never take every file descriptor of
-the process (its journal, its broker connection) or its memory.
+:data:`MAX_CONNECTIONS` connections at once (:class:`BoundedSite`), so that held
+connections never take every file descriptor of the process (its journal, its broker
+connection) or its memory. Past them the oldest idle connection (no request in a handler:
+a head still arriving, a keep-alive) is closed for the new one, so that one client
+holding many never locks the others out; only when every one is in a request is the new
+one answered 503.
 """
 
 from __future__ import annotations
@@ -113,9 +116,28 @@ async def read_body(request: web.Request) -> bytes:
 def application(*, client_max_size: int, middlewares: Sequence[Any]) -> web.Application:
     """An aiohttp application of sporeflow's (the HTTP ingress, the control endpoint):
     a connection whose body could not be read closes after its answer."""
-    app = web.Application(client_max_size=client_max_size, middlewares=middlewares)
+    app = web.Application(client_max_size=client_max_size,
+                          middlewares=[_in_handler, *middlewares])
+    app[_IN_HANDLER] = set()
     app.on_response_prepare.append(_close_after_unreadable_body)
     return app
+
+
+# The connections whose request a handler holds now: BoundedSite never closes those.
+_IN_HANDLER = web.AppKey("in_handler", set[asyncio.BaseTransport])
+
+
+@web.middleware
+async def _in_handler(request: web.Request, handler: Any) -> web.StreamResponse:
+    transport = request.transport
+    if transport is None:
+        return await handler(request)  # type: ignore[no-any-return]
+    held = request.app[_IN_HANDLER]
+    held.add(transport)
+    try:
+        return await handler(request)  # type: ignore[no-any-return]
+    finally:
+        held.discard(transport)
 
 
 async def _close_after_unreadable_body(request: web.Request,
@@ -182,16 +204,18 @@ def app_runner(app: web.Application, logger: logging.Logger, *,
 
 
 class BoundedSite(web.BaseSite):
-    """A TCP port of ``runner``'s server that holds at most :data:`MAX_CONNECTIONS`
-    connections: one more is answered 503 and closed, and ``logger`` told once per
+    """A TCP port of ``runner``'s server (an app made by :func:`application`) that holds at
+    most :data:`MAX_CONNECTIONS` connections: one more closes the oldest idle one, or,
+    every one being in a request, is answered 503 and closed; ``logger`` is told once per
     time the port is full."""
 
-    __slots__ = ("_host", "_port", "_logger", "_full", "_listening")
+    __slots__ = ("_host", "_port", "_logger", "_full", "_listening", "_in_handler")
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int,
+    def __init__(self, runner: web.AppRunner, host: str, port: int,
                  logger: logging.Logger) -> None:
         super().__init__(runner)
         self._host, self._port, self._logger = host, port, logger
+        self._in_handler = runner.app[_IN_HANDLER]
         self._full = False
         self._listening: asyncio.Server | None = None
 
@@ -216,9 +240,16 @@ class BoundedSite(web.BaseSite):
         if not self._full:
             self._full = True
             self._logger.warning(
-                "%s holds %d connections, its most: new ones are answered 503 until some "
-                "close (a client holding many open, or more clients than one process "
-                "serves)", self.name, held)
+                "%s holds %d connections, its most: the oldest idle one is closed for each "
+                "new one, which is answered 503 while every one is in a request (a client "
+                "holding many open, or more clients than one process serves)",
+                self.name, held)
+        for connection in server.connections:  # oldest first
+            transport = connection.transport
+            if (transport is not None and not transport.is_closing()
+                    and transport not in self._in_handler):
+                transport.abort()
+                return server()
         return _Busy()
 
 
