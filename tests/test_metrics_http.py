@@ -7,6 +7,7 @@ import asyncio
 import select
 import socket
 import threading
+import urllib.error
 import urllib.request
 
 from sporeflow.pipeline import MetricsServer, Organism
@@ -103,3 +104,27 @@ async def test_past_max_connections_the_oldest_idle_one_makes_room_for_a_scrape(
         finally:
             for sock in idle:
                 sock.close()
+
+
+async def test_an_accept_header_the_exposition_cannot_read_is_400_not_a_server_error() -> None:
+    # Found by attacker3: `Accept: application/openmetrics-text; version=banana` made
+    # prometheus-client's negotiation raise, answered "500 Internal Server Error" as if a
+    # collector had failed. The client's header is at fault: 400, saying which.
+    organism = news()
+    async with organism.running(), MetricsServer(organism, port=0) as server:
+        def ask(accept: str) -> tuple[int, str]:
+            request = urllib.request.Request(f"http://127.0.0.1:{server.port}/metrics",
+                                             headers={"Accept": accept})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as reply:
+                    return reply.status, reply.read().decode()
+            except urllib.error.HTTPError as error:
+                return error.code, error.read().decode()
+
+        status, text = await asyncio.to_thread(
+            ask, "application/openmetrics-text; version=banana")
+        assert (status, text) == (400, "the Accept header cannot be read: "
+                                       "'application/openmetrics-text; version=banana'\n")
+        status, text = await asyncio.to_thread(ask, "application/openmetrics-text")
+        assert status == 200
+        assert text.endswith("# EOF\n")

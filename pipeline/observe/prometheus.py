@@ -100,6 +100,23 @@ def _require_client() -> Any:
     return prometheus_client
 
 
+def _readable_accept(app: Any, choose: Callable[[str], Any]) -> Any:
+    """``app`` (prometheus-client's WSGI app), a scrape whose Accept header its format
+    negotiation ``choose`` cannot read answered 400: it raised (``version=banana``),
+    and the server answered 500, as if a collector had failed."""
+
+    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        accept = environ.get("HTTP_ACCEPT", "")
+        try:
+            choose(accept)
+        except Exception:  # whatever it raises, the header it read is at fault
+            start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"the Accept header cannot be read: {accept[:200]!r}\n".encode()]
+        return app(environ, start_response)
+
+    return serve
+
+
 class StatsCollector:
     """A prometheus-client collector: metric families from the latest :class:`Snapshot`.
 
@@ -247,7 +264,9 @@ class MetricsServer:
         registry = client.CollectorRegistry(auto_describe=False)
         registry.register(StatsCollector(lambda: self._snapshot))
         self.refresh()
-        server = MetricsHttp(client.make_wsgi_app(registry), host=self.host,
+        server = MetricsHttp(_readable_accept(client.make_wsgi_app(registry),
+                                              client.exposition.choose_encoder),
+                             host=self.host,
                              port=self._requested_port, timeout=self.timeout,
                              max_connections=self.max_connections)
         try:
