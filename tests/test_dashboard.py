@@ -292,10 +292,23 @@ async def test_dead_letters_list_newest_first_filtered_and_cut_short(
     assert [row["number"] for row in two["letters"]] == numbers[2:4]
     bad = await client.get("/dashboard/api/dead-letters?limit=many")
     assert bad.status == 400
-    assert (await bad.json())["message"] == "limit must be a number, got 'many'"  # was lost
+    assert (await bad.json())["message"] == (
+        "limit must be a whole number from 1 to 1,000, got 'many'")  # was lost
     misspelt = await client.get("/dashboard/api/dead-letters?reason=unknown+agnet")
     assert misspelt.status == 400  # was: nothing matching, as if there were none
     assert "(did you mean 'unknown agent'?)" in await misspelt.text()
+
+
+@pytest.mark.parametrize("limit", ["-5", "0", "1001", "99999999999999999999", "1_0", " 5",
+                                   "9" * 5000])
+async def test_a_list_limit_out_of_bounds_is_refused_as_the_control_api_refuses_it(
+        client: TestClient[Any, Any], limit: str) -> None:
+    # Found by attacker3: the page's list took -5 and 10**20 as 1 and 1,000 without a word,
+    # and 1_0 and " 5" as numbers, where GET /v1/dead-letters refuses them: one rule now.
+    bad = await client.get("/dashboard/api/dead-letters", params={"limit": limit})
+    assert bad.status == 400
+    assert (await bad.json())["message"] == (
+        f"limit must be a whole number from 1 to 1,000, got {limit[:40]!r}")
 
 
 async def test_a_listed_letter_is_shown_and_replayed_through_the_control_api(

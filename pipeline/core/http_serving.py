@@ -36,7 +36,7 @@ from sporeflow.config.reasons import Reason
 
 __all__ = ["BEARER_CHALLENGE", "BODY_TIMEOUT", "IDLE_TIMEOUT", "MAX_CONNECTIONS", "BoundedSite",
            "ClientErrorLog", "app_runner", "application", "bearer_token", "error_response",
-           "json_body", "read_body", "refusal_status", "token_matches"]
+           "json_body", "query_whole", "read_body", "refusal_status", "token_matches"]
 
 IDLE_TIMEOUT = 15.0  # seconds a connection may go without a whole request head
 BODY_TIMEOUT = 30.0  # seconds a request's body may take to arrive (408 past them)
@@ -158,6 +158,21 @@ def _reason_text(error: BaseException) -> str:
 
 def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
+
+
+def query_whole(query: Any, name: str, default: int, least: int, most: int | None) -> int:
+    """The query's whole number ``name`` (``default`` without it), within its bounds; 400
+    naming them for anything else (a sign, digits grouped by ``_``, spaces, past 19 digits,
+    which ``int`` would take or clamp), on every route that takes one."""
+    text = query.get(name)
+    if text is None:
+        return default
+    value = int(text) if text.isdecimal() and len(text) <= 19 else None
+    if value is None or value < least or (most is not None and value > most):
+        bounds = f"from {least:,} to {most:,}" if most is not None else f"{least} or more"
+        raise web.HTTPBadRequest(
+            text=f"{name} must be a whole number {bounds}, got {text[:40]!r}")
+    return value
 
 
 def refusal_status(reason: str) -> int:

@@ -55,6 +55,7 @@ from sporeflow.pipeline.core.http_serving import (
     bearer_token,
     error_response,
     json_body,
+    query_whole,
     read_body,
     token_matches,
 )
@@ -286,7 +287,7 @@ class _Routes:
         knowledge = _flag(request, "knowledge", True)
         until_idle = _flag(request, "until_idle", False)
         # Each event waiting holds its spore: a bound for memory.
-        buffer = _whole(request.query, "buffer", 10_000, 1, _MAX_BUFFER)
+        buffer = query_whole(request.query, "buffer", 10_000, 1, _MAX_BUFFER)
         stream = self.organism.events.stream(buffer, accept=accept).open()
         self.streams.add(stream)
         idle = asyncio.ensure_future(self._idle_then_close(stream)) if until_idle else None
@@ -343,8 +344,8 @@ class _Routes:
         query = request.query
         choice = _letter_choice(query.getall("agent", []), query.getall("reason", []),
                                 query.getall("id", []))
-        limit = _whole(query, "limit", _PAGE, 1, _MAX_PAGE)
-        after = _whole(query, "after", 0, 0, None)
+        limit = query_whole(query, "limit", _PAGE, 1, _MAX_PAGE)
+        after = query_whole(query, "after", 0, 0, None)
         store = self.organism.dead_letters
         letters = operations.dead_letters(self.organism, choice)
         self._require(choice, letters, named=False)
@@ -453,18 +454,6 @@ def _text(body: dict[str, Any], key: str) -> str | None:
     value = body.get(key)
     if value is not None and (not isinstance(value, str) or not value):
         raise _BadRequest(f"\"{key}\" must be a name, got {value!r:.60}")
-    return value
-
-
-def _whole(query: Any, name: str, default: int, least: int, most: int | None) -> int:
-    """The query's whole number ``name`` (``default`` without it), within its bounds."""
-    text = query.get(name)
-    if text is None:
-        return default
-    value = int(text) if text.isdecimal() and len(text) <= 19 else None
-    if value is None or value < least or (most is not None and value > most):
-        bounds = f"from {least:,} to {most:,}" if most is not None else f"{least} or more"
-        raise _BadRequest(f"{name} must be a whole number {bounds}, got {text[:40]!r}")
     return value
 
 

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from sporeflow.config.reasons import UnknownReason
 from sporeflow.pipeline.core.deadletters import LetterChoice, StoredDeadLetter
+from sporeflow.pipeline.core.http_serving import query_whole
 from sporeflow.pipeline.service.dashboard_graph import graph_json
 from sporeflow.pipeline.service.dashboard_state import (
     EdgeTally,
@@ -159,7 +160,7 @@ class _Dashboard:
                                   reasons=tuple(query.getall("reason", ())))
         except UnknownReason as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
-        limit = _limit(query.get("limit"))
+        limit = query_whole(query, "limit", _LIST_LIMIT, 1, _LIST_MAX)
         kept = dead_letters(self.organism)
         chosen = dead_letters(self.organism, choice) if choice else kept
         store = self.organism.dead_letters
@@ -169,15 +170,6 @@ class _Dashboard:
             "reasons": sorted({str(s.letter.reason) for s in kept}),
             "letters": [_row(stored) for stored in reversed(chosen[-limit:])],
         })
-
-
-def _limit(text: str | None) -> int:
-    if text is None:
-        return _LIST_LIMIT
-    try:
-        return max(1, min(int(text), _LIST_MAX))
-    except ValueError:
-        raise web.HTTPBadRequest(text=f"limit must be a number, got {text!r}") from None
 
 
 def _row(stored: StoredDeadLetter) -> dict[str, Any]:
