@@ -258,7 +258,7 @@ class BoundedSite(web.BaseSite):
                 "%s holds %d connections, its most: the oldest idle one is closed for each "
                 "new one, which is answered 503 while every one is in a request (a client "
                 "holding many open, or more clients than one process serves)",
-                self.name, held)
+                self.name, MAX_CONNECTIONS)  # held may pass it in a burst of accepts
         for connection in server.connections:  # oldest first
             transport = connection.transport
             if (transport is not None and not transport.is_closing()
