@@ -145,8 +145,9 @@ async def route(
     on_reject: Reject,
     asked: Callable[[str], str | None] = lambda request_id: None,
     abandoned: Container[str] = frozenset(),
-    answered: Container[str] = frozenset(),
+    answered: Mapping[str, str] | None = None,
     on_response: Callable[[Spore], None] = lambda spore: None,
+    on_copy: Callable[[Spore], None] = lambda spore: None,
     outside: Container[str] = frozenset(),
     on_outside: Callable[[Spore], None] = lambda spore: None,
     on_broadcast: Callable[[Spore, int], None] = lambda spore, targets: None,
@@ -158,14 +159,17 @@ async def route(
     the agent a still pending request went to. Any other response is refused
     (``late response`` when its request was ``abandoned``, else ``unexpected
     response``, saying so when it was ``answered`` already) and never reaches a
-    handler. ``arrived`` tells, for a spore consumed from a broker, the agent whose
-    queue it came from: it goes to that agent only,
-    and only if that agent is its recipient or subscribes to its channel.
+    handler, but for a copy of the response that answered it (``answered`` maps a request
+    to that response's id; at-least-once delivery makes a request's answer again, with the
+    same id): that copy goes to ``on_copy``. ``arrived`` tells, for a spore consumed from
+    a broker, the agent whose queue it came from: it goes to that agent only, and only if
+    that agent is its recipient or subscribes to its channel.
     ``on_broadcast`` is told, for each broadcast routed here, how many agents it reaches.
     """
     # One ``(name,)`` per agent, reused: a tuple per direct spore would be one more
     # object to allocate and for the garbage collector to track while it is queued.
     alone: dict[str, tuple[str]] = {}
+    answers: Mapping[str, str] = {} if answered is None else answered
     async with streamcontext(source) as batches:
         async for batch in batches:
             routes = table()
@@ -174,9 +178,11 @@ async def route(
             deliveries: list[Delivery] = []
             for spore in batch:
                 if spore.spore_type is _RESPONSE:
-                    refusal = _response_refusal(spore, asked, abandoned, answered)
+                    refusal = _response_refusal(spore, asked, abandoned, answers)
                     if refusal is None:
                         on_response(spore)
+                    elif refusal is _COPY:
+                        on_copy(spore)
                     else:
                         on_reject(spore, refusal.reason, refusal)
                     continue
@@ -224,10 +230,16 @@ async def route(
                 yield deliveries
 
 
+# What _response_refusal says of a copy of the response that answered its request.
+_COPY = DeliveryError("a copy of the response that answered its request",
+                      reason=Reason.UNEXPECTED_RESPONSE)
+
+
 def _response_refusal(spore: Spore, asked: Callable[[str], str | None],
                       abandoned: Container[str],
-                      answered: Container[str] = frozenset()) -> DeliveryError | None:
-    """Why ``spore``, a response, may not resolve anything; None when it may."""
+                      answered: Mapping[str, str]) -> DeliveryError | None:
+    """Why ``spore``, a response, may not resolve anything (``_COPY``: it is a copy of the
+    one that answered); None when it may."""
     reply_to = spore.reply_to
     if reply_to is None:
         return DeliveryError(f"response {spore.id} from {spore.from_agent!r} answers no "
@@ -243,6 +255,8 @@ def _response_refusal(spore: Spore, asked: Callable[[str], str | None],
         return DeliveryError(f"response {spore.id} came after request {reply_to} timed out",
                              reason=Reason.LATE_RESPONSE)
     if reply_to in answered:
+        if answered[reply_to] == spore.id:
+            return _COPY
         return DeliveryError(
             f"response {spore.id} from {spore.from_agent!r} answers request {reply_to}, "
             f"which an earlier response answered already: a request takes one response "

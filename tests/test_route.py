@@ -140,3 +140,26 @@ async def test_a_second_response_to_one_request_says_the_request_was_answered() 
     assert letter.reason == "unexpected response"
     assert (f"answers request {answer.reply_to}, which an earlier response answered "
             f"already: a request takes one response") in letter.error
+
+
+async def test_a_copy_of_the_response_that_answered_is_dropped_not_refused() -> None:
+    # Found by a fault injector: over a broker a request redelivered (its responder's
+    # connection lost mid-handling) is answered again with the same response (same id);
+    # that copy was refused 'unexpected response', telling a handler to return one item.
+    answer = Spore(knowledge={"n": 1}, from_agent="b", to_agent="a",
+                   spore_type=SporeType.RESPONSE, reply_to="r1")
+    copy = Spore(knowledge={"n": 1}, from_agent="b", to_agent="a", id=answer.id,
+                 spore_type=SporeType.RESPONSE, reply_to="r1")
+    second = Spore(knowledge={"n": 2}, from_agent="b", to_agent="a",
+                   spore_type=SporeType.RESPONSE, reply_to="r1")
+    # A response this process forwarded for a request that timed out here meanwhile comes
+    # back to it through the broker: late, whatever was forwarded.
+    late = Spore(knowledge={}, from_agent="b", to_agent="a", spore_type=SporeType.RESPONSE,
+                 reply_to="r2")
+    copies: list[Spore] = []
+    deliveries, rejected = await run(copy, second, late, abandoned={"r2"},
+                                     answered={"r1": answer.id, "r2": late.id},
+                                     on_copy=copies.append)
+    assert copies == [copy]
+    assert rejected == [(second, "unexpected response"), (late, "late response")]
+    assert deliveries == []

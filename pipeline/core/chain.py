@@ -72,7 +72,7 @@ def declare_chain(*, limits: Limits, ledger: Ledger, requests: RequestBook,
         Stage("route", route.pipe(
             table=lambda: wiring().table, on_reject=reject, asked=requests.asked,
             abandoned=requests.abandoned, answered=requests.answered,
-            on_response=ledger.resolve, outside=outside,
+            on_response=ledger.resolve, on_copy=ledger.response_copy, outside=outside,
             on_outside=lambda spore: ledger.on_outside(spore),
             on_broadcast=ledger.broadcast_routed, arrived=arrived)),
         Stage("schema", check_schemas.pipe(schemas=lambda: wiring().schemas, on_reject=reject)),

@@ -8,6 +8,7 @@ A spore the intake holds ends in one of these ways, and each has one method here
     resolved  a response that answered a pending request         (``resolve``)
     returned  addressed to the outside world                     (``return_outside``)
     dropped   a copy of one its agent handled lately (dedupe)    (``dropped``)
+              or of the response that answered its request       (``response_copy``)
 
 Each settles the intake's count once (``idle()`` and ``max_in_flight`` rest on it).
 What watches settlement, the journal, typed events, the broker bridge, attaches as
@@ -152,6 +153,7 @@ class Ledger:
         self.refused_on: Counter[str] = Counter()
         self.fanout: dict[str, list[int]] = {}  # channel -> [broadcasts, deliveries]
         self.kept = 0  # spores a stop interrupted, kept by a hook for the next start
+        self.duplicate_responses = 0  # copies of the response that answered a request
         self._hooks: list[LedgerHook] = []
         self._guarded: list[LedgerHook] = []  # the user's (organism.add_hook)
         self._index()
@@ -353,6 +355,16 @@ class Ledger:
                           "dedupe window", agent, spore.id,
                           extra=spore_fields(spore, agent=agent, event="deduplicated"))
         self.ended(spore)
+
+    def response_copy(self, response: Spore) -> None:
+        """``response`` is a copy of the one that answered its request (the request was
+        delivered again, over a broker, and answered again with the same spore): it ends,
+        counted, without a dead letter (a copy is no error)."""
+        self.duplicate_responses += 1
+        self.logger.debug("dropped response %s: a copy of the one that answered request %s",
+                          response.id, response.reply_to,
+                          extra=spore_fields(response, event="deduplicated"))
+        self.ended(response)
 
     def ended(self, spore: Spore) -> None:
         """``spore`` is finished without a handler."""

@@ -13,6 +13,7 @@ import asyncio
 import os
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TypeVar
 
 from sporeflow.config import DeliveryError, HandlerError
 from sporeflow.steps import Spore
@@ -24,6 +25,7 @@ FAILURE_KEY = "sporeflow.failure"
 
 _ABANDONED_REMEMBERED = 10_000
 _REMOTE_REMEMBERED = 10_000
+_V = TypeVar("_V")
 
 
 def new_request_id() -> str:
@@ -37,7 +39,10 @@ class RequestBook:
         self._waiting: dict[str, tuple[asyncio.Future[Spore], str]] = {}
         self._remote: OrderedDict[str, str] = OrderedDict()  # request id -> asked agent
         self.abandoned: OrderedDict[str, None] = OrderedDict()
-        self.answered: OrderedDict[str, None] = OrderedDict()  # lately, here
+        # Answered lately (here, or forwarded to a requester elsewhere): request id -> the
+        # id of the response that answered it, so that a copy of that response (its
+        # request delivered again over a broker, answered again) is known as one.
+        self.answered: OrderedDict[str, str] = OrderedDict()
         self._returned: set[str] = set()  # awaited here; their handler returned, unanswered
 
     def open(self, spore: Spore) -> asyncio.Future[Spore]:
@@ -51,7 +56,7 @@ class RequestBook:
         self._waiting.pop(request_id, None)
         self._returned.discard(request_id)
         if timed_out:
-            _remember(self.abandoned, request_id)
+            _remember(self.abandoned, request_id, None)
 
     def returned(self, request_id: str) -> None:
         """The handler of request ``request_id`` returned (a response may be on its way)."""
@@ -85,11 +90,12 @@ class RequestBook:
         request_id = response.reply_to or ""
         entry = self._waiting.get(request_id)
         if entry is None:
-            self._remote.pop(request_id, None)
+            if self._remote.pop(request_id, None) is not None:
+                _remember(self.answered, request_id, response.id)
             return False
         future = entry[0]
         if not future.done():
-            _remember(self.answered, request_id)  # a second response is told why
+            _remember(self.answered, request_id, response.id)  # a second one is told why
             failure = response.metadata.get(FAILURE_KEY)
             if isinstance(failure, dict):
                 future.set_exception(HandlerError(
@@ -123,8 +129,9 @@ class RequestBook:
                 future.set_exception(error())
 
 
-def _remember(ids: OrderedDict[str, None], request_id: str) -> None:
-    """Keep ``request_id`` among the last ``_ABANDONED_REMEMBERED`` of ``ids``."""
-    ids[request_id] = None
+def _remember(ids: OrderedDict[str, _V], request_id: str, value: _V) -> None:
+    """Keep ``request_id`` (with ``value``) among the last ``_ABANDONED_REMEMBERED`` of
+    ``ids``."""
+    ids[request_id] = value
     if len(ids) > _ABANDONED_REMEMBERED:
         ids.popitem(last=False)

@@ -60,6 +60,8 @@ def organism_stats(*, name: str, state: str, uptime: float, wiring: WiringSnapsh
             "dead_letters": dead_letters.total,
             # Interrupted by a stop and kept for the next start (the journal's), not dead.
             "unfinished_kept": ledger.kept if ledger is not None else 0,
+            # Copies of the response that answered a request (a request delivered again).
+            "duplicate_responses": ledger.duplicate_responses if ledger is not None else 0,
             "held": intake.held if intake else 0,
             # Spores paged out to disk past limits.max_in_memory: now, and ever.
             "paged_out": intake.spill.count if intake else 0,
