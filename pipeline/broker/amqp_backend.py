@@ -78,7 +78,7 @@ from sporeflow.pipeline.broker.amqp_declared import (
     tidy,
 )
 from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, AmqpInbound, broker_failure
-from sporeflow.pipeline.broker.amqp_letters import delivery_letter, spore_letter
+from sporeflow.pipeline.broker.amqp_letters import delivery_letter, put_letter, spore_letter
 from sporeflow.pipeline.broker.amqp_link import (
     ReconnectingConnection,
     connect,
@@ -96,7 +96,7 @@ from sporeflow.pipeline.broker.backend import (
     Topology,
 )
 from sporeflow.pipeline.broker.link import Disconnected, Link
-from sporeflow.pipeline.broker.queue_bounds import full_queue_message, redeclared_message
+from sporeflow.pipeline.broker.queue_bounds import redeclared_message
 from sporeflow.steps import Spore
 
 __all__ = ["AmqpBackend"]
@@ -382,8 +382,9 @@ class AmqpBackend(Backend):
         if not isinstance(message, AmqpInbound) or self._dead is None:
             raise BrokerError(f"RabbitMQ at {self.address}: cannot dead-letter {message!r}")
         message.check_current("dead-lettering")
-        await self._put_letter(delivery_letter(message.raw, message.properties, reason=reason,
-                                               error=error, agent=agent, attempts=attempts))
+        await put_letter(self._dead, delivery_letter(
+            message.raw, message.properties, reason=reason, error=error, agent=agent,
+            attempts=attempts), topology=self._topology, address=self.address, stats=self.stats)
 
     async def dead_letter_spore(self, spore: Spore, *, reason: str, error: str,
                                 agent: str | None = None, attempts: int = 0) -> None:
@@ -391,21 +392,9 @@ class AmqpBackend(Backend):
             raise BrokerError(f"RabbitMQ at {self.address}: not open, no dead-letter queue")
         if not self._link.up:  # aio-pika would wait for the broker: a stop would wait too
             raise BrokerError(f"RabbitMQ at {self.address} is not connected ({self._link.state})")
-        await self._put_letter(spore_letter(spore, self._topology.routing_key(spore),
-                                            reason=reason, error=error, agent=agent,
-                                            attempts=attempts))
-
-    async def _put_letter(self, letter: aio_pika.Message) -> None:
-        assert self._dead is not None
-        try:
-            await self._dead.publish(letter, routing_key="", mandatory=True)
-        except aiormq.exceptions.DeliveryError as exc:  # a nack: the dead-letter queue is full
-            raise BrokerError(full_queue_message(
-                self._topology, f"a dead letter for the dead-letter queue at "
-                                f"{self.address}")) from exc
-        except _ERRORS as exc:
-            raise self._fail("dead-lettering a message", exc) from exc
-        self.stats.dead_lettered += 1
+        await put_letter(self._dead, spore_letter(
+            spore, self._topology.routing_key(spore), reason=reason, error=error, agent=agent,
+            attempts=attempts), topology=self._topology, address=self.address, stats=self.stats)
 
     async def cancel(self) -> None:
         """Stop every consumer; what they hold unacked stays held until ack or close."""

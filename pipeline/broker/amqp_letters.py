@@ -10,20 +10,25 @@ from datetime import datetime
 from typing import Any
 
 import aio_pika
+import aiormq
+from aio_pika.abc import AbstractExchange
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
-from sporeflow.config import SporeError
+from sporeflow.config import BrokerError, SporeError
 from sporeflow.config.json_shape import utf8_writable
 from sporeflow.pipeline.broker.amqp_codec import (
     CONTENT_TYPE,
     forwardable_headers,
     spore_body_headers,
 )
+from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, broker_failure
+from sporeflow.pipeline.broker.backend import BackendStatistics, Topology
+from sporeflow.pipeline.broker.queue_bounds import full_queue_message
 from sporeflow.pipeline.core.deadletters import spore_form
 from sporeflow.steps import Spore
 
-__all__ = ["delivery_letter", "spore_letter"]
+__all__ = ["delivery_letter", "put_letter", "spore_letter"]
 
 _MAX_ERROR_HEADER = 2000
 
@@ -70,3 +75,18 @@ def _why(reason: str, error: str, agent: str | None, attempts: int,
     return {"x-sporeflow-reason": reason, "x-sporeflow-error": error[:_MAX_ERROR_HEADER],
             "x-sporeflow-agent": agent or "", "x-sporeflow-attempts": attempts,
             "x-sporeflow-routing-key": routing_key}
+
+
+async def put_letter(dead: AbstractExchange, letter: aio_pika.Message, *,
+                     topology: Topology | None, address: str,
+                     stats: BackendStatistics) -> None:
+    """Publish ``letter`` to the dead-letter exchange ``dead`` and wait for its confirm;
+    a nack (the dead-letter queue is full) or any AMQP error raises :class:`BrokerError`."""
+    try:
+        await dead.publish(letter, routing_key="", mandatory=True)
+    except aiormq.exceptions.DeliveryError as exc:  # a nack: the dead-letter queue is full
+        raise BrokerError(full_queue_message(
+            topology, f"a dead letter for the dead-letter queue at {address}")) from exc
+    except AMQP_ERRORS as exc:
+        raise broker_failure(address, "dead-lettering a message", exc) from exc
+    stats.dead_lettered += 1

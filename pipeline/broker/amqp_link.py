@@ -158,6 +158,7 @@ async def _was_lost(connection: ReconnectingConnection) -> bool:
         await asyncio.sleep(0.02)
     return False
 
+
 def login_of(url: str) -> tuple[str, str | None]:
     """The user ``url`` logs in as (aiormq's default: guest), and the ``user_id`` to
     publish with: none under EXTERNAL authentication, where the certificate names the
@@ -166,4 +167,3 @@ def login_of(url: str) -> tuple[str, str | None]:
     parsed = URL(url)
     user = parsed.user or "guest"
     return user, (user if parsed.query.get("auth", "plain").lower() == "plain" else None)
-

@@ -45,7 +45,7 @@ from typing import Any
 
 from sporeflow.config.errors import BrokerError, SporeError, SporeflowError
 from sporeflow.config.model import OrganismSpec
-from sporeflow.config.reasons import Reason, reason_of
+from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.broker.backend import Backend, Inbound, Topology
 from sporeflow.pipeline.broker.boots import BootOnce
 from sporeflow.pipeline.broker.expected import ExpectedBack
@@ -425,24 +425,9 @@ class Bridge(LedgerHook):
                 self.boots.confirmed(spore)
         else:
             self._expected.came_back(spore.id, expected)  # it never will
-            if isinstance(failure, BadSignature):  # no key here for its sender
-                self.logger.warning("could not sign spore %s: %s", spore.id, failure)
-                self.run.ledger.record(spore, Reason.BAD_SIGNATURE, failure)
-            elif isinstance(failure, BrokerError):
-                self.counts["publish_failures"] += 1
-                (self.logger.warning if self.backend.link.up else self.logger.debug)(
-                    "could not publish spore %s: %s", spore.id, failure)  # else the link said
-                owner = self._owners.get(mark_of(spore))
-                if owner is not None and owner.message.given_back:  # made again there
-                    self.run.ledger.kept_elsewhere(spore)
-                else:
-                    self.run.ledger.record(spore, Reason.BROKER_ERROR, failure)
-            elif isinstance(failure, SporeflowError):  # e.g. not written as JSON
-                self.logger.warning("could not publish spore %s: %s", spore.id, failure)
-                self.run.ledger.record(spore, reason_of(failure), failure)
-            elif not isinstance(failure, asyncio.CancelledError):
-                self.logger.error("publishing spore %s failed", spore.id, exc_info=failure)
-                self.run.ledger.record(spore, Reason.BROKER_ERROR, failure)
+            owner = self._owners.get(mark_of(spore))
+            self.publisher.unpublished(spore, failure, self.run.ledger, logger=self.logger,
+                                       made_again=owner is not None and owner.message.given_back)
         self.run.intake.settle(count)
         self.publisher.sent.left(spore, failure)  # before released(): it may have failed
         self.released(spore)

@@ -28,9 +28,11 @@ from functools import partial
 from typing import Any
 
 from sporeflow.config import BrokerError, BrokerSpec, SporeflowError
+from sporeflow.config.reasons import Reason, reason_of
 from sporeflow.pipeline.broker.backend import Backend, Published
 from sporeflow.pipeline.broker.link import Disconnected
 from sporeflow.pipeline.broker.sent import SentSpores
+from sporeflow.pipeline.core.ledger import Ledger
 from sporeflow.pipeline.core.requests import FAILURE_KEY
 from sporeflow.steps import Spore, SporeType
 from sporeflow.steps.signing import BadSignature
@@ -196,6 +198,29 @@ class Publisher:
                 waiter.set_result(None)
             else:
                 waiter.set_exception(BrokerError(str(failure)))
+
+    def unpublished(self, spore: Spore, failure: BaseException, ledger: Ledger, *,
+                    made_again: bool, logger: logging.Logger) -> None:
+        """Tell ``ledger`` why ``spore`` was not published, a dead letter, unless the broker
+        refused it while its handler's delivery went back to its queue (``made_again``:
+        its handler makes it again there, with the same id)."""
+        if isinstance(failure, BadSignature):  # no key here for its sender
+            logger.warning("could not sign spore %s: %s", spore.id, failure)
+            ledger.record(spore, Reason.BAD_SIGNATURE, failure)
+        elif isinstance(failure, BrokerError):
+            self.counts["publish_failures"] += 1
+            (logger.warning if self.backend.link.up else logger.debug)(
+                "could not publish spore %s: %s", spore.id, failure)  # else the link said
+            if made_again:
+                ledger.kept_elsewhere(spore)
+            else:
+                ledger.record(spore, Reason.BROKER_ERROR, failure)
+        elif isinstance(failure, SporeflowError):  # e.g. not written as JSON
+            logger.warning("could not publish spore %s: %s", spore.id, failure)
+            ledger.record(spore, reason_of(failure), failure)
+        elif not isinstance(failure, asyncio.CancelledError):
+            logger.error("publishing spore %s failed", spore.id, exc_info=failure)
+            ledger.record(spore, Reason.BROKER_ERROR, failure)
 
     def _gave_up(self, failure: BrokerError) -> None:
         if self.on_failure is not None:
