@@ -185,6 +185,8 @@ class Organism(OutsideApi):
         """Swap in the wiring of ``spec`` run by ``agents``, at once."""
         self.spec = spec
         self._cell.current = WiringSnapshot.of(spec, agents, self._cell.current)
+        if self._bridge is not None:  # a hosted agent's new concurrency: its prefetch
+            self._bridge.rewired(spec)
         if self._run is not None:
             self._run.intake.configure(
                 max_in_flight=spec.limits.max_in_flight,

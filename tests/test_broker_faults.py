@@ -10,9 +10,11 @@ The tests wait on conditions, a backstop failing them, never on a clock.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,3 +106,62 @@ async def test_a_response_made_again_for_a_redelivered_request_is_a_copy_not_a_d
     assert answer.knowledge == {"square": 9}
     assert [list(org.dead_letters) for org in both] == [[], []]
     assert sum(org.stats()["totals"]["duplicate_responses"] for org in both) == 1
+
+
+HANDLERS = """
+import asyncio
+
+RUNNING = set()
+GATE = []
+
+
+async def gated(spore, ctx):
+    RUNNING.add(spore.knowledge["n"])
+    if not GATE:
+        GATE.append(asyncio.Event())
+    await GATE[0].wait()
+"""
+
+
+async def test_a_reload_during_an_outage_raising_concurrency_runs_that_many_once_back(
+        private_broker: PrivateBroker, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a fault injector: over a broker, a reload raising an agent's concurrency
+    from 1 to 4 said "changed worker (concurrency)", yet two ran at once: the consumer's
+    prefetch stays what the start made of the old concurrency (twice it). Reloaded while
+    the broker is away, the new prefetch is applied once it is back."""
+    module = unique("faults_handlers").replace("-", "_")
+    (tmp_path / f"{module}.py").write_text(HANDLERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    handlers = importlib.import_module(module)
+    file = tmp_path / "organism.yaml"
+    text = (f"organism: {{name: {unique('reload')}, broker: {{give_up_after: 1m}}}}\n"
+            f"agents:\n  worker: {{handler: '{module}:gated', concurrency: CONCURRENCY}}\n")
+    file.write_text(text.replace("CONCURRENCY", "1"))
+    org = Organism.from_file(file, backend=url_of(private_broker))
+    topology = Topology.of(org.spec)
+    await org.start()
+    broker_down = False
+    try:
+        await asyncio.to_thread(private_broker.stop_app)
+        broker_down = True
+        await wait_for(lambda: org.stats()["broker"]["connection"]["state"] != "connected",
+                       "the organism saw the broker go")
+        file.write_text(text.replace("CONCURRENCY", "4"))
+        report = await asyncio.wait_for(org.reload(), BACKSTOP)
+        assert dict(report.changed) == {"worker": ("concurrency",)}
+        await asyncio.to_thread(private_broker.start_app)
+        broker_down = False
+        await wait_for(lambda: org.stats()["broker"]["connection"]["state"] == "connected",
+                       "the organism reconnected")
+        for n in range(4):
+            await org.send("worker", {"n": n})
+        await wait_for(lambda: len(handlers.RUNNING) == 4,
+                       lambda: f"four ran at once (running: {sorted(handlers.RUNNING)})")
+    finally:
+        if broker_down:
+            await asyncio.to_thread(private_broker.start_app)
+        if handlers.GATE:
+            handlers.GATE[0].set()
+        await org.stop(drain_timeout=2)
+        await AmqpBackend(private_broker.url).destroy(topology)

@@ -345,6 +345,11 @@ class AmqpBackend(Backend):
             raise self._fail(f"consuming {queue!r}", exc) from exc
         self._consumers.append(consumer)
 
+    def prefetch(self, queue: str, prefetch: int) -> None:
+        for consumer in self._consumers:
+            if consumer.queue == queue:
+                consumer.prefetch(max(prefetch, 1))
+
     def is_reply_queue(self, queue: str) -> bool:
         return self._topology is not None and self._topology.reply_key(queue) is not None
 

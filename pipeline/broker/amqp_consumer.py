@@ -16,6 +16,11 @@ queues, bindings) but not these consumers, so each restores itself:
 
 Nothing is lost meanwhile: unacked deliveries go back to their queue with their
 channel, and the broker holds the rest until someone consumes.
+
+A new prefetch (a reload changed the agent's concurrency) is set on the channel, which
+aio-pika restores with it, and the consumer consumes again: RabbitMQ applies a channel's
+prefetch to the consumers started after it (``global`` off). While the broker is away
+that waits, in a task of the consumer's, for the channel to be open again.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ class Consumer:
         self._cancelled = False
         self._consuming = asyncio.Lock()
         self._retrying: asyncio.Task[None] | None = None
+        self._prefetch = 0  # asked by prefetch(), not yet applied (0: none asked)
+        self._prefetching: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Consume (raising aiormq's error if the broker refuses), and again after each
@@ -65,8 +72,33 @@ class Consumer:
         """Restore this consumer no more (its connection is closing)."""
         self._cancelled = True
         self.channel.reopen_callbacks.discard(self._reopened)
-        if self._retrying is not None:
-            self._retrying.cancel()
+        for task in (self._retrying, self._prefetching):
+            if task is not None:
+                task.cancel()
+
+    def prefetch(self, count: int) -> None:
+        """At most ``count`` unacked deliveries from now on (see the module docstring)."""
+        self._prefetch = count
+        if self._prefetching is None or self._prefetching.done():
+            self._prefetching = asyncio.get_running_loop().create_task(self._prefetched())
+
+    async def _prefetched(self) -> None:
+        applied = 0
+        while applied != self._prefetch and not self._cancelled:
+            applied = self._prefetch
+            try:  # aio-pika waits for the channel, then keeps the value for its restores
+                await self.channel.set_qos(prefetch_count=applied)
+                async with self._consuming:
+                    raw = await self._raw()
+                    if self.tag in raw.consumers:  # what it delivered stays ours, unacked
+                        await raw.basic_cancel(self.tag)
+                await self._consume()  # under the new prefetch
+            except AMQP_ERRORS as exc:  # lost meanwhile: restored with the new prefetch
+                _log.debug("RabbitMQ at %s: the prefetch of %r is applied once reconnected: "
+                           "%s", self.address, self.queue, redact_text(str(exc)))
+                return
+        _log.info("RabbitMQ at %s: consuming %r, at most %d unacked", self.address,
+                  self.queue, applied)
 
     async def cancel(self) -> None:
         """Consume no more; what was delivered stays unacked until settled or closed."""

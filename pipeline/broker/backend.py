@@ -351,6 +351,12 @@ class Backend(abc.ABC):
         """Call ``on_message`` for each message of ``queue``, at most ``prefetch`` unacked."""
 
     @abc.abstractmethod
+    def prefetch(self, queue: str, prefetch: int) -> None:
+        """From now on, at most ``prefetch`` unacked messages of ``queue`` for its consumer
+        here (a reload changed its agent's concurrency); a broker away, once it is back:
+        this never waits for the broker."""
+
+    @abc.abstractmethod
     async def reply_queue(self, on_message: OnMessage) -> str:
         """Declare this connection's own reply queue, consume it, and return its name."""
 

@@ -285,6 +285,12 @@ class MemoryBackend(Backend):
         self._consumers.append((target, consumer))
         self.broker.pump(target)
 
+    def prefetch(self, queue: str, prefetch: int) -> None:
+        for held, consumer in self._consumers:
+            if held.name == queue:
+                consumer.prefetch = max(prefetch, 1)
+                self.broker.pump(held)
+
     async def reply_queue(self, on_message: OnMessage) -> str:
         self._require_open()
         name = f"reply.{next(_connection_ids)}.{id(self):x}"
