@@ -349,7 +349,7 @@ class Organism(OutsideApi):
         run.intake.close()
         await self.sources.stop()  # first: they admit nothing more (see sources.runner)
         if self._bridge is not None:  # take no new deliveries; finish those taken
-            await self._bridge.stop_consuming()
+            await self._bridge.stop_consuming(drain_timeout)
         # Lanes a reload retired (removed or replaced agents) may still hold work too;
         # what the chain did not take is dead-lettered.
         left = await drain_then_abandon(run, lambda: [

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -165,3 +167,50 @@ async def test_a_reload_during_an_outage_raising_concurrency_runs_that_many_once
             handlers.GATE[0].set()
         await org.stop(drain_timeout=2)
         await AmqpBackend(private_broker.url).destroy(topology)
+
+
+async def nothing(spore: Spore, ctx: Any) -> None:
+    return None
+
+
+async def test_a_stop_while_the_broker_blocks_the_connection_ends_by_its_drain_timeout(
+        private_broker: PrivateBroker, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by a fault injector: under RabbitMQ's memory alarm the broker blocks a
+    publishing connection (it reads nothing from it, confirms nothing) though the
+    connection stays up. ``stop(drain_timeout=1)`` then waited for the confirms of the
+    spores sent meanwhile for as long as the alarm lasted (for ever, as far as the stop
+    could tell), and so did ``sporeflow run`` on SIGTERM."""
+    sent = 50
+    org = Organism(Organism.from_dict({"organism": {"name": unique("blocked")},
+                                       "agents": {"sink": {"handler": nothing}}}).spec,
+                   backend=url_of(private_broker), hosted=[])
+    topology = Topology.of(org.spec)
+    await org.start()
+    stopping: asyncio.Task[int] | None = None
+    try:
+        await org.send("sink", {"n": 0})
+        await org.confirmed()
+        with caplog.at_level(logging.WARNING, logger="aiormq.connection"):
+            await asyncio.to_thread(private_broker.ctl, "set_vm_memory_high_watermark",
+                                    "0.000001")  # the alarm
+            for n in range(1, sent):
+                await org.send("sink", {"n": n})
+            await wait_for(lambda: "was blocked by" in caplog.text,
+                           "the broker blocked the publishing connection")
+        assert org.stats()["broker"]["published"] == 1  # the others wait for a confirm
+        stopping = asyncio.create_task(org.stop(drain_timeout=1))
+        done, _ = await asyncio.wait({stopping}, timeout=BACKSTOP)
+        assert done, "the stop waited past its drain timeout for a broker reading nothing"
+    finally:
+        await asyncio.to_thread(private_broker.ctl, "set_vm_memory_high_watermark",
+                                "0.4")  # RabbitMQ's default
+        if stopping is not None:
+            await stopping  # ends once the broker reads again, if not before
+        elif org.state == "running":
+            await org.stop(drain_timeout=2)
+        await AmqpBackend(private_broker.url).destroy(topology)
+    assert org.state == "stopped"
+    published = org.stats()["broker"]["published"]
+    letters = Counter(str(letter.reason) for letter in org.dead_letters)
+    assert set(letters) <= {"broker error"}
+    assert published + letters["broker error"] == sent  # each confirmed or dead-lettered

@@ -121,6 +121,7 @@ class AmqpBackend(Backend):
         self.connect_timeout = connect_timeout
         self.stats = BackendStatistics(self.address)
         self._connection: ReconnectingConnection | None = None
+        self._closing: ReconnectingConnection | None = None  # while close() closes it
         self._link = Link(self.address)
         self._reply: AbstractQueue | None = None
         self._reply_consumer: Consumer | None = None
@@ -414,8 +415,17 @@ class AmqpBackend(Backend):
             except _ERRORS:
                 pass  # the channel is gone already: nothing more will come from it
 
+    def abort(self, why: str) -> None:
+        """Publishes not confirmed end (the link closed, they are not made again), the
+        socket is dropped, and a close under way ends (``ReconnectingConnection.abort``)."""
+        self._link.dropped(why)
+        connection = self._connection or self._closing
+        if connection is not None:
+            connection.abort(why)
+
     async def close(self) -> None:
         connection, self._connection = self._connection, None
+        self._closing = connection  # for abort(): this close may wait on the broker
         if self._recording is not None:
             self._recording.cancel()
         reply, self._reply = self._reply, None

@@ -16,7 +16,10 @@ come again, marked redelivered; a publish the loss cut off is not repeated by ai
   each failed attempt, reconnected once everything was declared again);
 - ``channel()`` gives one-off channels, never restored (a check, a lock: what a
   failed declaration closes must stay closed); ``lasting()`` gives the channels that
-  are restored, for the topology, publishing, consumers and the reply queue.
+  are restored, for the topology, publishing, consumers and the reply queue;
+- ``abort()`` closes it without a word to the broker, its socket dropped: under its
+  memory or disk alarm RabbitMQ keeps a publishing connection up but reads nothing
+  from it (``connection.blocked``), and a close waits for it as long as the alarm lasts.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any, TypeVar
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel
+from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
 from yarl import URL
 
 from sporeflow.config import BrokerError
@@ -48,10 +52,44 @@ _T = TypeVar("_T")
 _log = logging.getLogger("sporeflow.broker.amqp")
 
 
+class _Sockets(TransportFactory):
+    """aiormq's way of opening the socket (TLS for ``amqps``), the last one kept: a
+    connection the broker reads nothing from ends only by dropping it."""
+
+    def __init__(self, tls: bool) -> None:
+        self._opening = TLSTransportFactory() if tls else TCPTransportFactory()
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def create(self, url: URL, **kwargs: Any) -> tuple[asyncio.StreamReader,
+                                                              asyncio.StreamWriter]:
+        reader, self._writer = await self._opening.create(url, **kwargs)
+        return reader, self._writer
+
+    def drop(self) -> None:
+        if self._writer is not None:
+            self._writer.transport.abort()
+
+
 class ReconnectingConnection(aio_pika.RobustConnection):
     """aio-pika's robust connection, pausing longer after each failed attempt."""
 
     backoff: Backoff
+
+    def __init__(self, url: URL, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._sockets = _Sockets(url.scheme == "amqps")
+        self.kwargs["transport_factory"] = self._sockets  # aio-pika passes these to aiormq
+        self._aborting: asyncio.Task[None] | None = None
+
+    def abort(self, why: str) -> None:
+        """Close, the socket dropped at once: nothing waits for the broker's answer, and
+        what waited on it raises ConnectionClosed saying ``why`` (aio-pika's default, a
+        CancelledError, would cancel whoever waited)."""
+        if self._aborting is None:  # first: once closing, it is not made again
+            self._aborting = asyncio.ensure_future(
+                self.close(aiormq.exceptions.ConnectionClosed(320, why)))
+            self._aborting.add_done_callback(lambda task: task.cancelled() or task.exception())
+        self._sockets.drop()
 
     # aio-pika sleeps this long between attempts, and sets it from ``reconnect_interval``:
     # here that is the backoff's base, and each read the pause now due.

@@ -384,6 +384,12 @@ class Backend(abc.ABC):
     async def close(self) -> None:
         """Stop consuming and disconnect; unacked messages go back to their queues."""
 
+    def abort(self, why: str) -> None:
+        """Disconnect now, waiting for the broker no more (a stop ran out of time): what
+        waits on it ends, unacked messages go back to their queues. A backend whose broker
+        always answers has nothing to drop."""
+        return None
+
     @abc.abstractmethod
     async def destroy(self, topology: Topology, *, unused_only: bool = False) -> None:
         """Delete the queues and exchanges of ``topology`` (tests, ``broker-delete``);

@@ -54,6 +54,7 @@ from sporeflow.pipeline.broker.hosting import hosted_names, prefetches
 from sporeflow.pipeline.broker.letters_out import LettersOut
 from sporeflow.pipeline.broker.publisher import Publisher
 from sporeflow.pipeline.broker.settling import Settler, Ticket
+from sporeflow.pipeline.broker.stop_deadline import StopDeadline
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.pipeline.core.ledger import LedgerHook
 from sporeflow.pipeline.core.recent import RecentNames
@@ -114,6 +115,7 @@ class Bridge(LedgerHook):
         self.publisher = Publisher(backend, spec.broker, self.counts)  # across outages
         self._settle = Settler(backend, self.counts, self.logger, self._spawn)
         self._letters = LettersOut(backend, self._spawn, self.logger, self.counts, self._signed)
+        self._deadline = StopDeadline(backend, lambda: self._tasks, self.logger)
 
     @property
     def run(self) -> Run:
@@ -149,8 +151,11 @@ class Bridge(LedgerHook):
         for spore, count, targets in held:
             self._publish(spore, count, targets)
 
-    async def stop_consuming(self) -> None:
-        """Take no new deliveries (a stop drains those already taken)."""
+    async def stop_consuming(self, within: float | None = None) -> None:
+        """Take no new deliveries (a stop drains those already taken); wait on the broker
+        ``within`` seconds from now at most (None: as long as it takes): see
+        ``stop_deadline``."""
+        self._deadline.arm(within)
         with contextlib.suppress(SporeflowError):
             await self.backend.cancel()
 
@@ -167,6 +172,7 @@ class Bridge(LedgerHook):
                 await self._changed.wait()
         self.publisher.sent.release()  # what is still out now will never be published
         await self.backend.close()
+        self._deadline.disarm()
 
     async def quiet(self) -> None:
         """Wait until this process holds nothing and each spore it published to an agent it

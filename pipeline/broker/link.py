@@ -8,7 +8,7 @@ consumers and reply queue restored):
     connecting ─▶ connected ─▶ disconnected ─▶ connected ─▶ ...   (reconnects + 1)
          │                           │
          └───────── give_up_after ───┴─▶ gave up   (fail stop)
-    any state ─▶ closed   (the backend closed)
+    any state ─▶ closed   (the backend closed, or dropped the connection: ``dropped``)
 
 One rule for the first connection and for every one after a loss: attempts are paused
 by :class:`Backoff`, each failed one counted and logged at a falling rate (the 1st, 2nd,
@@ -228,6 +228,15 @@ class Link:
             _log.error("%s", failure)
         for callback in self.on_give_up:
             callback(failure)
+
+    def dropped(self, why: str) -> None:
+        """The backend dropped the connection without waiting for the broker (a stop out
+        of time): as at a loss, what came on it is the broker's again and what waits on it
+        ends (``on_lost``); then the link is closed, saying ``why``."""
+        self.generation += 1
+        for callback in self.on_lost:
+            callback()
+        self.close(why)
 
     def close(self, why: str = "it was closed") -> None:
         """The backend closed: waiters get :class:`BrokerError` saying ``why``."""
