@@ -41,7 +41,7 @@ from sporeflow.pipeline.agents.state import AgentStates
 from sporeflow.pipeline.broker.backend import Backend
 from sporeflow.pipeline.broker.boots import refuse_journal
 from sporeflow.pipeline.broker.bridge import Bridge
-from sporeflow.pipeline.broker.bridging import make_bridge, publish_deliveries
+from sporeflow.pipeline.broker.bridging import attach_bridge, make_bridge, publish_deliveries
 from sporeflow.pipeline.broker.transport import check_transport
 from sporeflow.pipeline.core.chain import Stage, declare_chain
 from sporeflow.pipeline.core.deadletters import DeadLetterStore
@@ -280,10 +280,7 @@ class Organism(OutsideApi):
         if self.events.spores_active:  # events per spore only for those who want them
             ledger.add_hook(self._event_hook)
         if self._bridge is not None:
-            ledger.add_hook(self._bridge)
-            ledger.on_outside = self._bridge.outside_or(ledger.return_outside)
-            ingress.confirm = self._bridge.publisher.confirmed  # a lost broker: publisher
-            self._bridge.publisher.on_failure = self._fail_stop
+            attach_bridge(self._bridge, ledger, ingress, on_failure=self._fail_stop)
         if self.tracer is not None:  # the caller's span, if any, becomes the spore's origin
             ingress.stamp_outside, ingress.stamp_sent = self.tracer.stamp, self.tracer.stamp_sent
         port = RunPort(ingress=ingress, wiring=self.wiring, budget=self._budget,

@@ -14,11 +14,12 @@ room, of the deliveries after it.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["AckWindow"]
+__all__ = ["AckWindow", "AckWindows"]
 
 
 class AckWindow:
@@ -86,3 +87,20 @@ class AckWindow:
             self._on_error(exc)
         finally:
             self._sending.discard(asyncio.current_task())
+
+
+class AckWindows:
+    """The ack window of each consuming channel (a new one after a reconnect: delivery
+    tags start again on a new channel), forgotten with its channel."""
+
+    def __init__(self, failed: Callable[[BaseException], None]) -> None:
+        self._failed = failed
+        self._windows: weakref.WeakKeyDictionary[Any, AckWindow] = weakref.WeakKeyDictionary()
+
+    def of(self, channel: Any, delivery_tag: int) -> AckWindow:
+        """The window of ``channel``, told of the delivery ``delivery_tag``."""
+        window = self._windows.get(channel)
+        if window is None:
+            window = self._windows[channel] = AckWindow(channel, self._failed)
+        window.delivered(delivery_tag)
+        return window

@@ -52,7 +52,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import weakref
 from functools import partial
 from typing import Any
 
@@ -67,7 +66,7 @@ from aio_pika.abc import (
 from yarl import URL
 
 from sporeflow.config import BrokerError, redact_text, redact_url
-from sporeflow.pipeline.broker.ack_window import AckWindow
+from sporeflow.pipeline.broker.ack_window import AckWindow, AckWindows
 from sporeflow.pipeline.broker.amqp_boots import AmqpBootRecord
 from sporeflow.pipeline.broker.amqp_consumer import Consumer
 from sporeflow.pipeline.broker.amqp_declared import (
@@ -131,7 +130,7 @@ class AmqpBackend(Backend):
         self._dead: AbstractExchange | None = None
         self._topology: Topology | None = None
         self._consumers: list[Consumer] = []
-        self._windows: weakref.WeakKeyDictionary[Any, AckWindow] = weakref.WeakKeyDictionary()
+        self._windows = AckWindows(self._ack_failed)
         self.user, self._user_id = login_of(url)
         self._vhost = URL(url).path[1:] or "/"
         self.declared = False  # True: open() declared the topology, not just joined it
@@ -148,16 +147,6 @@ class AmqpBackend(Backend):
         return AmqpInbound(message, link=self._link, stats=self.stats, address=self.address,
                            max_spore_bytes=topology.max_spore_bytes if topology else None,
                            window=window)
-
-    def _window(self, message: aiormq.abc.DeliveredMessage) -> AckWindow:
-        """The ack window of the channel ``message`` came on (a new one after a
-        reconnect: delivery tags start again on a new channel)."""
-        channel = message.channel
-        window = self._windows.get(channel)
-        if window is None:
-            window = self._windows[channel] = AckWindow(channel, self._ack_failed)
-        window.delivered(message.delivery_tag or 0)
-        return window
 
     def _ack_failed(self, exc: BaseException) -> None:
         # The channel went with its connection: the broker redelivers what was unacked.
@@ -334,7 +323,8 @@ class AmqpBackend(Backend):
         connection = self._require_connection()
 
         def deliver(message: aiormq.abc.DeliveredMessage) -> None:
-            on_message(self._received(message, self._window(message)))
+            on_message(self._received(message, self._windows.of(message.channel,
+                                                                  message.delivery_tag or 0)))
 
         try:
             channel = await connection.lasting(publisher_confirms=False)
