@@ -180,6 +180,8 @@ class Bridge(LedgerHook):
         dropped by the broker); with one process hosting everything: all work is done."""
         while True:
             await self.run.idle()
+            if not self.run.running():  # stopping: what is still queued never comes here
+                return
             self._changed.clear()
             if not (self._tasks or self._in_air or self._held or self.run.intake.held):
                 if not self._expected or await self._expected.gone_elsewhere(

@@ -79,3 +79,25 @@ async def test_idle_returns_when_the_broker_dropped_copies_from_a_full_queue(
 
 def _handled_by(org: Organism, agent: str) -> int:
     return int(org.stats()["agents"][agent]["handled"])
+
+
+async def test_idle_returns_when_a_stop_ends_the_run_it_waits_on(backend: Harness) -> None:
+    # Found in review: over a broker, idle() awaiting copies still queued for a hosted agent
+    # when the organism stopped looked at the queues every 50 ms for ever (the stop had
+    # taken its consumers away; the copies would never come back to this process).
+    started = asyncio.Event()
+
+    async def stuck(spore: Spore, ctx: Any) -> None:
+        started.set()
+        await asyncio.Event().wait()  # until the stop cancels it
+
+    org = backend.organism({"agents": {"stuck": {"handler": stuck, "concurrency": 1}}})
+    await org.start()
+    for n in range(5):
+        await org.send("stuck", {"n": n})
+    await backend.published(org, 5)
+    await asyncio.wait_for(started.wait(), BACKSTOP)
+    waiting = asyncio.ensure_future(org.idle())
+    await org.stop(drain_timeout=0.2)
+    await asyncio.wait_for(waiting, BACKSTOP)
+
