@@ -221,15 +221,16 @@ async def queue_counts(connection: Callable[[], AbstractConnection],
 
 async def ready_count(connection: Callable[[], AbstractConnection], queue: str,
                       errors: tuple[type[BaseException], ...]) -> int | None:
-    """``queue``'s messages no consumer has taken; None when not known (no such queue, or
-    the connection is lost: the caller asks again later)."""
+    """``queue``'s messages no consumer has taken; None when not known (the connection is
+    lost: the caller asks again later). A queue that is gone holds none: what it held went
+    with it."""
     try:
         counts = await queue_counts(connection, queue)
     except errors:
         return None
     except BrokerError:
         return None
-    return counts[0] if counts is not None else None
+    return counts[0] if counts is not None else 0
 
 
 async def _delete_if_idle(connection: Callable[[], AbstractConnection], queue: str) -> bool:
