@@ -95,6 +95,9 @@ def test_knowledge_from_a_device_is_read_no_further_than_the_cap() -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("SporeError: cannot read KNOWLEDGE from '/dev/zero': it is "
                                   "larger than the 67108864-byte cap"), done.stderr[-500:]
+    # Found by a reviewer: the advice was "check the path after @", for a path that is right.
+    assert done.stderr.rstrip().endswith("; send less: a spore is far smaller "
+                                         "(limits.max_spore_bytes)"), done.stderr[-500:]
 
 
 def test_knowledge_from_a_named_pipe_nobody_writes_to_does_not_hang(tmp_path: Path) -> None:

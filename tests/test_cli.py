@@ -427,10 +427,10 @@ def test_a_dead_letter_with_a_huge_error_is_printed_shortened() -> None:
 def test_send_still_pending_at_its_timeout_exits_124_not_0(tmp_path: Path) -> None:
     # Found by a new user: `sporeflow send --timeout 1s ... && next-step` went on as if
     # the spore had been handled; "pending" is neither done (0) nor failed (1).
-    (tmp_path / "slow.py").write_text(
+    (tmp_path / "cli_pending_slow.py").write_text(
         "import asyncio\n\nasync def slow(spore, ctx):\n    await asyncio.sleep(0.5)\n")
     (tmp_path / "organism.yaml").write_text(
-        "organism: {name: slowpoke}\nagents:\n  slow: {handler: slow:slow}\n")
+        "organism: {name: slowpoke}\nagents:\n  slow: {handler: cli_pending_slow:slow}\n")
     code, out, err = invoke("send", str(tmp_path / "organism.yaml"), "--start", "--to",
                             "slow", "--timeout", "50ms", "{}")
     assert code == 124, err

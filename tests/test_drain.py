@@ -479,6 +479,26 @@ def test_cli_run_with_a_goal_stopped_by_a_signal_before_it_held_exits_non_zero(
     assert f"stopped by SIGTERM before {said}: the batch did not finish" in stderr
 
 
+def test_cli_run_whose_goal_held_exits_0_though_a_signal_comes_during_the_drain(
+    tmp_path: Path,
+) -> None:
+    """Found by a reviewer: once --until held, the run was done; a SIGTERM during the drain
+    that followed made it exit 143 saying the batch did not finish."""
+    path = write_job(tmp_path, count=3000, delay=0.05, ready=12, concurrency=1)
+    with start_run(path, "--until", "totals.handled >= 2", "--drain-timeout", "2") as proc:
+        try:  # 12 handled: some 0.5 s after the goal held (checked every 0.1 s), draining
+            read_until(proc.stdout, b"ready after 12", timeout=BACKSTOP)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=BACKSTOP)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    stderr = err.decode()
+    assert proc.returncode == 0, stderr
+    assert "did not finish" not in stderr
+
+
 def test_cli_run_exits_at_once_on_a_second_sigint(tmp_path: Path) -> None:
     # A drain of this work would take minutes: 3000 spores at 50 ms, one at a time.
     path = write_job(tmp_path, count=3000, delay=0.05, ready=3, concurrency=1)

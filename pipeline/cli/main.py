@@ -320,8 +320,9 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # surfaces a crashed organism
-            if done & set(goals):
-                stopped_by.clear()  # the goal held: the batch is done, whatever came with it
+            if done & set(goals):  # the goal held: the batch is done, whatever comes now
+                stopped_by.clear()  # (a signal with it, or during the drain)
+                goal = ""
             elif max_duration is not None and timer in done:
                 out_of_time = bool(goal)
     finally:

@@ -78,6 +78,7 @@ def knowledge_of(text: str) -> Any:
     if text == "-" or text.startswith("@"):
         path = text[1:] if text != "-" else None
         where = f"{path}: " if path is not None else "standard input: "
+        named = repr(path) if path is not None else "standard input"
         try:
             if path is not None:
                 data = read_bounded(path, MAX_KNOWLEDGE_BYTES)
@@ -87,8 +88,9 @@ def knowledge_of(text: str) -> Any:
                     raise FileTooLarge(None, MAX_KNOWLEDGE_BYTES)
             text = data.decode("utf-8")
         except (OSError, UnicodeDecodeError, FileTooLarge) as exc:
-            named, fix = ((repr(path), "check the path after @") if path is not None else
-                          ("standard input", "send less: a spore is far smaller"))
+            fix = ("send less: a spore is far smaller (limits.max_spore_bytes)"
+                   if isinstance(exc, FileTooLarge) else "write it as UTF-8"
+                   if isinstance(exc, UnicodeDecodeError) else "check the path after @")
             raise Unreadable(f"cannot read KNOWLEDGE from {named}: {exc}; {fix}") from None
 
     def no_constant(name: str) -> None:
