@@ -247,3 +247,47 @@ async def test_connections_that_never_finish_a_request_cannot_lock_the_port(
         finally:
             for _, writer in held:
                 writer.close()
+
+
+async def test_a_response_still_going_to_a_slow_reader_is_not_the_connection_closed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by a reviewer: a connection counted as idle once its handler returned, though
+    # aiohttp was still writing the answer to a client reading it slowly; a port full of
+    # connections closed it mid-answer for a newcomer instead of one truly idle.
+    from aiohttp import web
+    monkeypatch.setattr(http_serving, "MAX_CONNECTIONS", 2)
+    body = b"x" * (32 << 20)  # more than the socket's buffers: writing waits for the reader
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    app = http_serving.application(client_max_size=1024, middlewares=[])
+    app.router.add_get("/big", big)
+    logger = logging.getLogger("test.http_serving")
+    runner = http_serving.app_runner(app, logger, shutdown_timeout=0.1)
+    await runner.setup()
+    site = http_serving.BoundedSite(runner, "127.0.0.1", 0, logger)
+    await site.start()
+    host, number = site.name.removeprefix("http://").rsplit(":", 1)
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        slow_reader, slow = await asyncio.open_connection(host, int(number))
+        writers.append(slow)
+        slow.write(b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        await slow.drain()
+        first = await asyncio.wait_for(slow_reader.read(65536), BACKSTOP)  # it is answering
+        _, idle = await asyncio.open_connection(host, int(number))
+        writers.append(idle)
+        idle.write(b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # a head not done
+        await idle.drain()
+        newcomer = await asyncio.wait_for(answer_to(site.name, b"GET /nothing HTTP/1.1\r\n"
+                                                    b"Host: 127.0.0.1\r\nConnection: close"
+                                                    b"\r\n\r\n"), BACKSTOP)
+        assert newcomer.startswith(b"HTTP/1.1 404")
+        answer = first + await asyncio.wait_for(slow_reader.read(), BACKSTOP)
+        got = len(answer) - answer.index(b"\r\n\r\n") - 4
+        assert got == len(body)  # the whole answer: the idle one was closed instead
+    finally:
+        for writer in writers:
+            writer.close()
+        await runner.cleanup()

@@ -22,6 +22,7 @@ one answered 503.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -123,7 +124,8 @@ def application(*, client_max_size: int, middlewares: Sequence[Any]) -> web.Appl
     return app
 
 
-# The connections whose request a handler holds now: BoundedSite never closes those.
+# The connections whose request a handler holds now, or whose answer is still being written:
+# BoundedSite never closes those.
 _IN_HANDLER = web.AppKey("in_handler", set[asyncio.BaseTransport])
 
 
@@ -135,7 +137,12 @@ async def _in_handler(request: web.Request, handler: Any) -> web.StreamResponse:
     held = request.app[_IN_HANDLER]
     held.add(transport)
     try:
-        return await handler(request)  # type: ignore[no-any-return]
+        response: web.StreamResponse = await handler(request)
+        if not response.prepared:  # written here: a slow reader's answer is no idle time
+            with contextlib.suppress(ConnectionError):  # gone: aiohttp's to see, as ever
+                await response.prepare(request)
+                await response.write_eof()
+        return response
     finally:
         held.discard(transport)
 
