@@ -40,7 +40,7 @@ from sporeflow.pipeline.broker.amqp_lock import holding as lock
 from sporeflow.pipeline.broker.backend import Topology
 from sporeflow.pipeline.broker.leftovers import Leftovers, Plan, Record, decode, encode, merged
 
-__all__ = ["deployment_queues", "queue_counts", "ready_count", "remember", "take_away", "tidy"]
+__all__ = ["deployment_queues", "ready_count", "remember", "take_away", "tidy"]
 
 _MOST_READ = 100  # messages of the record read at most (a few, unless written by others)
 _log = logging.getLogger("sporeflow.broker.amqp")
