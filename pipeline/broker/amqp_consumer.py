@@ -93,10 +93,12 @@ class Consumer:
                     if self.tag in raw.consumers:  # what it delivered stays ours, unacked
                         await raw.basic_cancel(self.tag)
                 await self._consume()  # under the new prefetch
-            except AMQP_ERRORS as exc:  # lost meanwhile: restored with the new prefetch
+            except AMQP_ERRORS as exc:  # lost meanwhile: aio-pika restores what it was given
                 _log.debug("RabbitMQ at %s: the prefetch of %r is applied once reconnected: "
                            "%s", self.address, self.queue, redact_text(str(exc)))
-                return
+                if applied == self._prefetch:
+                    return
+                # A later reload's value came meanwhile: aio-pika has only the older one.
         _log.info("RabbitMQ at %s: consuming %r, at most %d unacked", self.address,
                   self.queue, applied)
 
