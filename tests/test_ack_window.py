@@ -4,8 +4,10 @@ are ever acked, several with one frame, and a slow one holds back no other."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
-from sporeflow.pipeline.broker.ack_window import AckWindow
+from sporeflow.pipeline.broker.ack_window import AckWindow, AckWindows
 
 
 class Channel:
@@ -81,8 +83,23 @@ async def test_a_failed_send_is_reported_not_raised() -> None:
         async def basic_ack(self, tag: int, *, multiple: bool, wait: bool = True) -> None:
             raise ConnectionError("the connection is gone")
 
-    window = AckWindow(Gone(), on_error=errors.append)
+    channel = Gone()  # held, as a delivery in hand holds its channel
+    window = AckWindow(channel, on_error=errors.append)
     window.delivered(1)
     window.settled(1, ack=True)
     await turn()
     assert [str(error) for error in errors] == ["the connection is gone"]
+
+
+async def test_a_channel_gone_takes_its_window_with_it() -> None:
+    """A reconnect makes a new channel: the old one, and its window, are not kept."""
+    windows = AckWindows(lambda exc: None)
+    channel = Channel()
+    gone = weakref.ref(channel)
+    window = windows.of(channel, 1)
+    window.settled(1, ack=True)
+    await turn()
+    assert channel.frames == [(1, True)]
+    del channel, window
+    gc.collect()
+    assert gone() is None

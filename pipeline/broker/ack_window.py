@@ -31,7 +31,10 @@ class AckWindow:
     _sending: set[asyncio.Task[None]] = set()  # a reference to each flush, of any window
 
     def __init__(self, channel: Any, on_error: Callable[[BaseException], None]) -> None:
-        self._channel = channel  # aiormq's channel: basic_ack(tag, multiple=...)
+        # aiormq's channel (basic_ack(tag, multiple=...)), weakly: AckWindows keys its
+        # windows by their channel weakly, and a window holding it would keep both for ever.
+        # A delivery in hand holds its channel; once it is gone its deliveries come again.
+        self._channel = weakref.ref(channel)
         self._on_error = on_error
         self._open: deque[int] = deque()  # delivered, in order, not yet acked or nacked
         self._done: set[int] = set()  # settled here, behind an open one
@@ -80,9 +83,11 @@ class AckWindow:
             self._acked.discard(tag)
         frames = [(up_to, True)] if up_to else []
         frames += [(tag, False) for tag in ahead]
+        channel = self._channel()
         try:  # queued for the connection's writer: nothing waits for it to be written
             for tag, multiple in frames:
-                await self._channel.basic_ack(tag, multiple=multiple, wait=False)
+                if channel is not None:
+                    await channel.basic_ack(tag, multiple=multiple, wait=False)
         except Exception as exc:  # the channel or connection is gone: they come again
             self._on_error(exc)
         finally:
