@@ -6,7 +6,9 @@ nothing and would look idle. ``organism.idle()`` waits for these copies too. The
 known by spore id, so what other processes publish to the same queues (and redeliveries)
 count nothing here. A copy that never comes back (another process's consumer took it,
 or the broker dropped it: a queue bound, an expiry) is let go once the hosted agents'
-queues hold nothing for any consumer.
+queues hold nothing for any consumer. The record is bounded (``MAX_EXPECTED``, the oldest
+forgotten first, as copies other processes take pile up while nobody waits): once it
+forgot some, only the queues let ``idle()`` return.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 
-__all__ = ["ExpectedBack"]
+__all__ = ["MAX_EXPECTED", "ExpectedBack"]
+
+MAX_EXPECTED = 10_000  # ids: some 1 MB at most
 
 
 class ExpectedBack:
@@ -22,16 +26,22 @@ class ExpectedBack:
 
     def __init__(self) -> None:
         self._copies: Counter[str] = Counter()
+        self._forgot = False  # some dropped by the bound: the queues must say they left
 
     def __bool__(self) -> bool:
-        return bool(self._copies)
+        """Whether copies may still come back (or an idle() must ask the queues)."""
+        return bool(self._copies) or self._forgot
 
     @property
     def total(self) -> int:
         return self._copies.total()
 
     def published(self, spore_id: str, copies: int) -> None:
-        self._copies[spore_id] += copies
+        book = self._copies
+        if len(book) >= MAX_EXPECTED and spore_id not in book:
+            del book[next(iter(book))]
+            self._forgot = True
+        book[spore_id] += copies
 
     def came_back(self, spore_id: object, copies: int = 1) -> None:
         """One of ours arrived (another's, or a redelivery of one already back: nothing)."""
@@ -59,4 +69,5 @@ class ExpectedBack:
             if not still_idle():
                 return False
         self._copies.clear()
+        self._forgot = False
         return True
