@@ -436,6 +436,7 @@ class AmqpBackend(Backend):
                 await connection.close()
             except _ERRORS:
                 pass  # closing a broken connection: the broker requeues what it held
+        self._closing = None
 
     async def destroy(self, topology: Topology, *, unused_only: bool = False) -> None:
         """``unused_only``: delete no queue a process consumes (RabbitMQ refuses)."""

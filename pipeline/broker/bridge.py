@@ -164,15 +164,17 @@ class Bridge(LedgerHook):
         rest)."""
         self.publisher.closing()  # a publish waiting for a lost broker waits no more
         self._release()  # held by a start that failed: each published or failed now
-        while self._tasks or self._in_air:
-            if self._tasks:
-                await asyncio.gather(*list(self._tasks), return_exceptions=True)
-            else:
-                self._changed.clear()
-                await self._changed.wait()
-        self.publisher.sent.release()  # what is still out now will never be published
-        await self.backend.close()
-        self._deadline.disarm()
+        try:
+            while self._tasks or self._in_air:
+                if self._tasks:
+                    await asyncio.gather(*list(self._tasks), return_exceptions=True)
+                else:
+                    self._changed.clear()
+                    await self._changed.wait()
+            self.publisher.sent.release()  # what is still out now will never be published
+            await self.backend.close()
+        finally:  # closed, or given up on (cancelled): the deadline has nothing left to do
+            self._deadline.disarm()
 
     async def quiet(self) -> None:
         """Wait until this process holds nothing and each spore it published to an agent it
