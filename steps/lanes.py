@@ -154,6 +154,7 @@ class AgentLane(SlotLending):
         self.busy = 0
         self.stuck = 0  # slots held by abandoned threads (see hold_slot)
         self.lent = 0  # handlers waiting on a request, their slot lent (lent_while)
+        self.on_lent = None
         self.abandoned = 0  # handlers that ignored their cancellation at a stop
         # Called once when the mailbox has shrunk to ``room_at`` spores (set by an outside
         # sender waiting: half its capacity, so that senders and lane work in batches).

@@ -29,12 +29,16 @@ class SlotLending:
     # Its books, set by the lane: ``busy`` slots taken, ``stuck`` by abandoned threads
     # (hold_slot), ``lent`` by handlers waiting on another agent (lent_while), and the
     # handlers waiting in reclaim for a slot, oldest first (``_resumers``).
-    __slots__ = ("_resumers", "busy", "lent", "stuck")
+    __slots__ = ("_resumers", "busy", "lent", "on_lent", "stuck")
 
     busy: int
     stuck: int
     lent: int
     _resumers: list[asyncio.Future[None]]
+    # Told each change of ``lent`` (+1, -1): a broker consumer lets one more delivery in
+    # per slot lent, else a request to this agent could wait behind the deliveries whose
+    # handlers await it (set by the broker bridge; None: nobody asks).
+    on_lent: Callable[[int], None] | None
     # The lane's own, read here.
     policy: LanePolicy
     _running: set[asyncio.Task[Any]]  # runners inside one of the lane's handlers
@@ -51,9 +55,15 @@ class SlotLending:
             waiter = resumers.pop(0)
             if not waiter.done():
                 waiter.set_result(None)
-                self.lent -= 1  # the slot is that handler's again
+                self._lend(-1)  # the slot is that handler's again
                 return True
         return False
+
+    def _lend(self, change: int) -> None:
+        """The one place ``lent`` changes."""
+        self.lent += change
+        if self.on_lent is not None:
+            self.on_lent(change)
 
     def hold_slot(self) -> Callable[[], None]:
         """Keep one slot taken beyond its handler's end (a thread that ran past its
@@ -83,7 +93,7 @@ class SlotLending:
     def lend(self) -> None:
         """Give a handler's slot back while it waits on another agent; :meth:`reclaim`
         takes it again. The caller lends the slot its handler holds, once."""
-        self.lent += 1
+        self._lend(1)
         self._release()
 
     async def lent_while(self, waiting: Awaitable[T]) -> T:
@@ -108,7 +118,7 @@ class SlotLending:
         """
         if self.busy < self.policy.concurrency and not self._resumers:
             self.busy += 1
-            self.lent -= 1
+            self._lend(-1)
             return
         loop = asyncio.get_running_loop()
         running = self._watch.running
@@ -128,7 +138,7 @@ class SlotLending:
                 except ValueError:
                     pass  # _hand_over skipped it already
                 self.busy += 1
-                self.lent -= 1
+                self._lend(-1)
             raise
         finally:
             if remaining is not None:

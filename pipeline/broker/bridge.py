@@ -50,8 +50,9 @@ from sporeflow.pipeline.broker.backend import Backend, Inbound, Topology
 from sporeflow.pipeline.broker.boots import BootOnce
 from sporeflow.pipeline.broker.expected import ExpectedBack
 from sporeflow.pipeline.broker.external import ExternalAgents
-from sporeflow.pipeline.broker.hosting import hosted_names, prefetches
+from sporeflow.pipeline.broker.hosting import hosted_names
 from sporeflow.pipeline.broker.letters_out import LettersOut
+from sporeflow.pipeline.broker.prefetch import Prefetches
 from sporeflow.pipeline.broker.publisher import Publisher
 from sporeflow.pipeline.broker.settling import Settler, Ticket
 from sporeflow.pipeline.broker.stop_deadline import StopDeadline
@@ -105,7 +106,8 @@ class Bridge(LedgerHook):
         self._in_air = 0  # publishes started, not yet confirmed or failed
         # Published while start() connects: held until the reply queue exists (None: started)
         self._held: list[tuple[Spore, int, tuple[str, ...]]] | None = []
-        self._prefetches: dict[str, int] = {}  # the hosted agents', as their queues are consumed
+        self._prefetches = Prefetches(lambda agent, count: self.backend.prefetch(
+            self.topology.queue(agent), count))
         self._expected = ExpectedBack()  # published to agents hosted here, not back yet
         self._changed = asyncio.Event()
         self.counts = {"consumed": 0, "redelivered": 0, "own_broadcasts": 0,
@@ -130,21 +132,23 @@ class Bridge(LedgerHook):
         await self.backend.open(self.topology)
         self.publisher.opened()
         self._reply_queue = await self.backend.reply_queue(self._on_reply)
-        self._prefetches = prefetches(self.spec, self.hosted)
+        self._prefetches.configure(self.spec, self.hosted)
+        self._prefetches.watch(run.wiring().lanes)
         for name in sorted(self.hosted):
             await self.backend.consume(self.topology.queue(name), partial(
-                self._on_message, name), prefetch=self._prefetches[name])
+                self._on_message, name), prefetch=self._prefetches.of(name))
+            self._prefetches.consumed(name)
         self.logger.info("on %s: hosting %s; exchange %r, reply queue %r",
                          self.backend.address, sorted(self.hosted) or "no agent",
                          self.topology.exchange, self._reply_queue)
         self._release()
 
     def rewired(self, spec: OrganismSpec) -> None:
-        """A reload applied ``spec``: a hosted agent's queue is consumed by its concurrency."""
-        for name, prefetch in prefetches(spec, self._prefetches).items():
-            if prefetch != self._prefetches[name]:
-                self._prefetches[name] = prefetch
-                self.backend.prefetch(self.topology.queue(name), prefetch)
+        """A reload applied ``spec``: a hosted agent's queue is consumed by its concurrency,
+        and the lent slots of its new lane count too."""
+        if self._run is not None:
+            self._prefetches.configure(spec, self.hosted)
+            self._prefetches.watch(self._run.wiring().lanes)
 
     def _release(self) -> None:
         held, self._held = self._held or [], None

@@ -1,16 +1,16 @@
 """Which agents a process hosts on a broker (``--agents``, ``hosted=``), checked before
-anything connects: each a name of the organism's, each with its signing key here; and
-how many deliveries of each one's queue it holds unacked (``prefetches``)."""
+anything connects: each a name of the organism's, each with its signing key here (how
+many deliveries of each one's queue it holds unacked: ``prefetch``)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 
 from sporeflow.config.errors import ConfigError, Problem
 from sporeflow.config.model import OrganismSpec
 from sporeflow.config.reasons import did_you_mean
 
-__all__ = ["hosted_names", "prefetches", "usage_error", "without_broker"]
+__all__ = ["hosted_names", "usage_error", "without_broker"]
 
 
 _HOSTED = "--agents (hosted)"  # where a wrong choice of hosted agents is told
@@ -56,9 +56,3 @@ def hosted_names(spec: OrganismSpec, hosted: Iterable[str] | None) -> frozenset[
                                 f"name")
     return names
 
-
-def prefetches(spec: OrganismSpec, hosted: Collection[str]) -> dict[str, int]:
-    """How many deliveries of each ``hosted`` agent's queue a process holds unacked: room
-    beyond its concurrency for slots lent while handlers await ctx.request (a request to
-    this same agent must be able to arrive meanwhile)."""
-    return {name: spec.agents[name].concurrency * 2 for name in hosted}

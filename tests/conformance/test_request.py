@@ -9,7 +9,7 @@ import pytest
 
 from sporeflow.pipeline import HandlerError, RequestTimeout, Spore, SporeType
 
-from .harness import Harness, wait_for
+from .harness import BACKSTOP, Harness, wait_for
 
 
 async def square(spore: Spore, ctx: Any) -> dict[str, Any]:
@@ -75,3 +75,23 @@ async def test_a_response_after_the_timeout_is_dead_lettered_as_late(backend: Ha
         await backend.quiet(org)
         await wait_for(lambda: len(org.dead_letters) == 1)
     assert [d.reason for d in org.dead_letters] == ["late response"]
+
+
+async def test_an_agent_with_concurrency_one_answers_requests_nested_deeper_than_two(
+        backend: Harness) -> None:
+    # Found by the random-organism stress test (tests/random_organisms.py): over a broker,
+    # a hosted agent's queue was consumed with a fixed prefetch (2 x concurrency), so a
+    # third nested request to the same agent stayed on the broker behind the unacked
+    # deliveries whose handlers waited on it, until its timeout; embedded, it is answered.
+    async def countdown(spore: Spore, ctx: Any) -> dict[str, Any]:
+        n = spore.knowledge["n"]
+        if n == 0:
+            return {"depth": 0}
+        inner = await ctx.request("countdown", {"n": n - 1}, timeout=BACKSTOP)
+        return {"depth": inner.knowledge["depth"] + 1}
+
+    data = {"agents": {"countdown": {"handler": countdown, "concurrency": 1}}}
+    async with backend.running(data) as org:
+        answer = await asyncio.wait_for(org.request("countdown", {"n": 4}, timeout=BACKSTOP),
+                                        BACKSTOP / 2)
+    assert answer.knowledge == {"depth": 4}
