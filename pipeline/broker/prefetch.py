@@ -5,7 +5,10 @@ one per slot its handlers lent while they await another agent (``ctx.request``,
 ``ctx.gather``): each lent slot lets one more handler start, which holds one more
 delivery, and a request to this same agent must still be able to arrive. Without that
 one, requests nested deeper than the room stayed on the broker behind the deliveries
-whose handlers awaited them, until their timeout.
+whose handlers awaited them, until their timeout. On RabbitMQ a change restarts the
+queue's consumer (a prefetch applies to consumers started after it), so the prefetch
+grows by doubling and is not lowered again until a reload sets the agent's room anew: a
+handler's every request would otherwise restart it twice.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from sporeflow.steps.lanes import AgentLane
 
 __all__ = ["Prefetches"]
 
+_MOST = 65_535  # AMQP's prefetch count is 16 bits
+
 
 class Prefetches:
     """The prefetch of each hosted agent's queue, applied through ``apply(agent, count)``
@@ -28,9 +33,17 @@ class Prefetches:
         self._apply = apply
         self._room: dict[str, int] = {}  # by agent: twice its concurrency
         self._lent: Counter[str] = Counter()  # by agent: slots lent by its lanes now
+        self._granted: dict[str, int] = {}  # by agent: the prefetch given its consumer
         self._consumed: set[str] = set()
 
     def of(self, agent: str) -> int:
+        """The prefetch ``agent``'s consumer is given (fixed by the first ask)."""
+        granted = self._granted.get(agent)
+        if granted is None:
+            granted = self._granted[agent] = self._needed(agent)
+        return granted
+
+    def _needed(self, agent: str) -> int:
         return self._room[agent] + max(self._lent[agent], 0)
 
     def configure(self, spec: OrganismSpec, hosted: Collection[str]) -> None:
@@ -40,7 +53,8 @@ class Prefetches:
                 before = self._room.get(name)
                 self._room[name] = spec.agents[name].concurrency * 2
                 if before is not None and before != self._room[name]:
-                    self._changed(name)
+                    self._granted[name] = self._needed(name)  # anew, lower too
+                    self._apply_to(name)
 
     def consumed(self, agent: str) -> None:
         """``agent``'s queue is consumed now: its changes are applied from here on."""
@@ -54,9 +68,13 @@ class Prefetches:
                 lane.on_lent = partial(self._lent_by, name)
 
     def _lent_by(self, agent: str, change: int) -> None:
+        granted = self.of(agent)
         self._lent[agent] += change
-        self._changed(agent)
+        needed = self._needed(agent)
+        if needed > granted:  # doubled: a few restarts however deep requests nest
+            self._granted[agent] = min(max(needed, granted * 2), _MOST)
+            self._apply_to(agent)
 
-    def _changed(self, agent: str) -> None:
+    def _apply_to(self, agent: str) -> None:
         if agent in self._consumed:
             self._apply(agent, self.of(agent))
