@@ -236,25 +236,24 @@ class Organism(OutsideApi):
         self._watchdog.start()  # a daemon thread that names a handler blocking the loop
         run.start_chain(self._declare_chain(run), lambda: self._set_state(State.FAILED))
         try:
-            await self._agent_states.start(self._cell.current.agents, run.ingress)
-            if self._bridge is not None:
-                await self._bridge.start(run)
-            if unfinished:  # replayed through the whole chain, before anything new
-                assert self._journal is not None
-                self._journal.replayed += len(unfinished)
-                run.intake.feed(unfinished)
-                self.logger.info("replaying %d unfinished spore(s) from %s",
-                                 len(unfinished), self._journal.path)
-            for agent in self.spec.agents.values():
-                # With a broker, each process boots the agents it hosts.
-                if boot and agent.boot is not None and (
-                        self._bridge is None or agent.name in self._bridge.hosted):
-                    await self.boot(agent.name, agent.boot, again=reboot)
-            if boot:  # its inputs, last: a one-off run (boot=False) reads none
-                await self.sources.start(self.spec)
+            await self._begin(run, unfinished, boot, reboot)
         except BaseException:  # cancelled too (wait_for, Ctrl-C): never left half started
             await self.stop(drain_timeout=0)
             raise
+
+    async def _begin(self, run: Run, unfinished: list[Spore], boot: bool, reboot: bool) -> None:
+        """The start past the chain: agents, broker, the journal's replay, boots, sources."""
+        await self._agent_states.start(self._cell.current.agents, run.ingress)
+        if self._bridge is not None:
+            await self._bridge.start(run)
+        if unfinished and self._journal is not None:  # replayed through the chain, first
+            self._journal.replayed += len(unfinished)
+            run.intake.feed(unfinished)
+            self.logger.info("replaying %d unfinished spore(s) from %s",
+                             len(unfinished), self._journal.path)
+        if boot:  # the boot spores, then its inputs: a one-off run (boot=False) has neither
+            await self._boot_hosted(again=reboot)
+            await self.sources.start(self.spec)
 
     def _open_run(self) -> Run:
         """Make this run's intake, ledger and ingress, and attach the active hooks."""

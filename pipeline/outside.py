@@ -8,6 +8,7 @@ from collections.abc import Coroutine, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from sporeflow.config import OrganismSpec
 from sporeflow.pipeline.broker.bridge import Bridge
 from sporeflow.pipeline.core.ingress import Ingress
 from sporeflow.pipeline.core.run import Run
@@ -25,6 +26,7 @@ class OutsideApi:
     _ingress: Ingress | None  # the current run's, at hand for the hot path
     _bridge: Bridge | None  # the broker's, when there is one
     _journal: Journal | None
+    spec: OrganismSpec
 
     def _not_started(self) -> NoReturn:
         raise NotImplementedError
@@ -106,6 +108,14 @@ class OutsideApi:
             if boot_id is None:
                 return None
         return await self._boot_spore(agent, knowledge, boot_id)
+
+    async def _boot_hosted(self, *, again: bool) -> None:
+        """Send the boot spore of each agent declaring one (``boot``), of those this
+        process hosts over a broker."""
+        for agent in self.spec.agents.values():
+            if agent.boot is not None and (self._bridge is None
+                                           or agent.name in self._bridge.hosted):
+                await self.boot(agent.name, agent.boot, again=again)
 
     async def _boot_spore(self, agent: str, knowledge: Mapping[str, Any],
                           spore_id: str | None = None) -> Spore:
