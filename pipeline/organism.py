@@ -235,8 +235,9 @@ class Organism(OutsideApi):
         self._started_at = time.monotonic()
         self._watchdog.start()  # a daemon thread that names a handler blocking the loop
         run.start_chain(self._declare_chain(run), lambda: self._set_state(State.FAILED))
-        try:
-            await self._begin(run, unfinished, boot, reboot)
+        steps = self._begin(run, unfinished, boot, reboot)
+        try:  # cancelled, it waits on a broker no longer than a stop would (stop_deadline)
+            await (steps if self._bridge is None else self._bridge.starting(steps))
         except BaseException:  # cancelled too (wait_for, Ctrl-C): never left half started
             await self.stop(drain_timeout=0)
             raise

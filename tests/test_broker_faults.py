@@ -12,6 +12,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -21,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from sporeflow.config import BrokerError
 from sporeflow.pipeline import Organism, Spore
 from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
 from sporeflow.pipeline.broker.backend import Topology
@@ -214,3 +219,175 @@ async def test_a_stop_while_the_broker_blocks_the_connection_ends_by_its_drain_t
     letters = Counter(str(letter.reason) for letter in org.dead_letters)
     assert set(letters) <= {"broker error"}
     assert published + letters["broker error"] == sent  # each confirmed or dead-lettered
+
+
+# -- a start under the broker's memory alarm ---------------------------------------------
+
+ALARM, NO_ALARM = "0.000001", "0.4"  # vm_memory_high_watermark: on, RabbitMQ's default
+PROMPTLY = 10.0  # seconds: a backstop; these end within about one (the stop's LEAST)
+
+
+def alarm(broker: PrivateBroker, watermark: str) -> None:
+    broker.ctl("set_vm_memory_high_watermark", watermark)
+
+
+def blocked(broker: PrivateBroker) -> bool:
+    """Whether the node blocks a connection (one that published under its alarm)."""
+    states = broker.ctl("list_connections", "state", "--quiet", "--no-table-headers")
+    return "blocked" in states.split()
+
+
+async def wait_until_blocked(broker: PrivateBroker, starting: asyncio.Future[Any]) -> None:
+    """Wait until the node blocks the starting connection (asked of the node: ``ctl``
+    takes about a second, and paces the polling)."""
+    deadline = time.monotonic() + BACKSTOP
+    while not await asyncio.to_thread(blocked, broker):
+        assert not starting.done(), "the start ended before the broker blocked it"
+        assert time.monotonic() < deadline, f"not within {BACKSTOP}s: the broker blocked it"
+
+
+async def test_a_start_cancelled_while_the_broker_blocks_its_connection_ends_at_once(
+        private_broker: PrivateBroker, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by a fault injector: under RabbitMQ's memory alarm the broker blocks the
+    connection of a process starting (its declaration's record is a publish), and reads
+    nothing more from it. A start cancelled then (Ctrl-C, SIGTERM, a caller's timeout)
+    stayed stuck in its own cleanup, closing a channel on the blocked connection, for as
+    long as the alarm lasted; and the log said nothing of the alarm."""
+    org = Organism(Organism.from_dict({"organism": {"name": unique("blocked-start")},
+                                       "agents": {"sink": {"handler": nothing}}}).spec,
+                   backend=url_of(private_broker), hosted=[])
+    topology = Topology.of(org.spec)
+    starting: asyncio.Task[None] | None = None
+    try:
+        with caplog.at_level(logging.INFO, logger="sporeflow"):
+            await asyncio.to_thread(alarm, private_broker, ALARM)
+            starting = asyncio.create_task(org.start())
+            await wait_until_blocked(private_broker, starting)
+            starting.cancel()
+            done, _ = await asyncio.wait({starting}, timeout=PROMPTLY)
+            assert done, "the cancelled start waited on a broker reading nothing"
+    finally:
+        await asyncio.to_thread(alarm, private_broker, NO_ALARM)
+        if starting is not None:
+            await asyncio.gather(starting, return_exceptions=True)
+        await AmqpBackend(private_broker.url).destroy(topology)
+    assert starting.cancelled()
+    assert org.state == "stopped"
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("sporeflow")]
+    assert len([line for line in said if "blocking the connection" in line]) == 1, said
+    assert not [line for line in said if "is the broker running" in line], said
+    assert "memory or disk alarm" in str(org.failure)  # `sporeflow run` exits 1, saying so
+
+
+async def test_a_start_the_broker_blocks_for_a_while_goes_on_once_unblocked(
+        private_broker: PrivateBroker, caplog: pytest.LogCaptureFixture) -> None:
+    """The alarm clears: the start goes on, and the log said each change once."""
+    org = Organism(Organism.from_dict({"organism": {"name": unique("unblocked")},
+                                       "agents": {"sink": {"handler": nothing}}}).spec,
+                   backend=url_of(private_broker), hosted=[])
+    topology = Topology.of(org.spec)
+    starting: asyncio.Task[None] | None = None
+    try:
+        with caplog.at_level(logging.INFO, logger="sporeflow"):
+            await asyncio.to_thread(alarm, private_broker, ALARM)
+            starting = asyncio.create_task(org.start())
+            await wait_until_blocked(private_broker, starting)
+            await asyncio.to_thread(alarm, private_broker, NO_ALARM)
+            await asyncio.wait_for(starting, BACKSTOP)
+            await org.send("sink", {"n": 1})
+            await org.confirmed()
+    finally:
+        await asyncio.to_thread(alarm, private_broker, NO_ALARM)
+        if starting is not None:
+            await asyncio.gather(starting, return_exceptions=True)
+        await org.stop(drain_timeout=2)
+        await AmqpBackend(private_broker.url).destroy(topology)
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("sporeflow")]
+    assert len([line for line in said if "is blocking the connection" in line]) == 1, said
+    assert len([line for line in said if "unblocked the connection" in line]) == 1, said
+    assert org.failure is None
+    assert org.stats()["broker"]["published"] == 1
+
+
+async def test_a_start_the_broker_blocks_gives_up_in_time_saying_why(
+        private_broker: PrivateBroker, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by a fault injector: a start blocked by the memory alarm gave up after
+    ``give_up_after`` saying "could not connect ... 0 attempt(s) failed (the last:
+    none); is the broker running?" (it was, and blocked the connection); closing the
+    blocked connection cancelled what waited on it, so ``start()`` raised CancelledError,
+    not the BrokerError, and ``sporeflow run`` ended in its traceback."""
+    org = Organism(Organism.from_dict({"organism": {"name": unique("blocked-limit"),
+                                                    "broker": {"give_up_after": "2s"}},
+                                       "agents": {"sink": {"handler": nothing}}}).spec,
+                   backend=url_of(private_broker), hosted=[])
+    topology = Topology.of(org.spec)
+    starting: asyncio.Task[None] | None = None
+    try:
+        with caplog.at_level(logging.INFO, logger="sporeflow"):
+            await asyncio.to_thread(alarm, private_broker, ALARM)
+            starting = asyncio.create_task(org.start())
+            done, _ = await asyncio.wait({starting}, timeout=PROMPTLY)
+            assert done, "the start waited past give_up_after on a broker reading nothing"
+    finally:
+        await asyncio.to_thread(alarm, private_broker, NO_ALARM)
+        if starting is not None:
+            await asyncio.gather(starting, return_exceptions=True)
+        await AmqpBackend(private_broker.url).destroy(topology)
+    failure = starting.exception()
+    assert isinstance(failure, BrokerError), failure
+    assert "blocked the connection" in str(failure), failure
+    assert "memory or disk alarm" in str(failure), failure
+    assert "is the broker running" not in caplog.text
+    assert org.state == "stopped"
+
+
+def run_quietly(file: Path, url: str, log: Path) -> subprocess.Popen[bytes]:
+    """``sporeflow run FILE`` over ``url``, its stderr (the logs) written to ``log``."""
+    with log.open("wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "sporeflow.pipeline.cli", "run", str(file), "--quiet",
+             "--no-control", "--backend", url, "--drain-timeout", "1"],
+            cwd=file.parent, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.DEVNULL, stderr=err)
+
+
+async def test_sporeflow_run_stops_on_sigterm_while_the_broker_blocks_its_start(
+        private_broker: PrivateBroker, tmp_path: Path) -> None:
+    """Found by a fault injector: ``sporeflow run`` started under the memory alarm waited
+    in "connecting" up to give_up_after (300 s), and a SIGTERM meanwhile was not honoured
+    (the cancelled start waited on the blocked connection, measured ~296 s). It stops at
+    once, exits 1 and says the broker blocked the connection."""
+    module = unique("alarm_handlers").replace("-", "_")
+    (tmp_path / f"{module}.py").write_text("async def sink(spore, ctx):\n    return None\n")
+    file = tmp_path / "organism.yaml"
+    file.write_text(f"organism: {{name: {unique('blocked-run')}}}\n"
+                    f"agents:\n  sink: {{handler: '{module}:sink'}}\n")
+    topology = Topology.of(Organism.from_file(file).spec)
+    log = tmp_path / "run.log"
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        await asyncio.to_thread(alarm, private_broker, ALARM)
+        process = run_quietly(file, url_of(private_broker), log)
+        deadline = time.monotonic() + BACKSTOP
+        while not await asyncio.to_thread(blocked, private_broker):
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"not within {BACKSTOP}s: the broker blocked it"
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.to_thread(process.wait, PROMPTLY)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("SIGTERM was not honoured while the broker blocked the "
+                                 f"start:\n{log.read_text()[-3000:]}") from None
+    finally:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        await asyncio.to_thread(alarm, private_broker, NO_ALARM)
+        await AmqpBackend(private_broker.url).destroy(topology)
+    text = log.read_text()
+    assert code == 1, text[-3000:]
+    last = text.splitlines()[-1]
+    assert last.startswith("BrokerError: "), last
+    assert "memory or disk alarm" in last, last
+    assert text.count("blocking the connection") == 1, text
+    assert "is the broker running" not in text

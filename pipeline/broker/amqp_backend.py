@@ -124,7 +124,6 @@ class AmqpBackend(Backend):
         self._link = Link(self.address)
         self._reply: AbstractQueue | None = None
         self._reply_consumer: Consumer | None = None
-        self._stopping: asyncio.Task[None] | None = None  # closing, after giving up
         self._out: Outbound | None = None  # publishing, on a channel of its own
         self._exchange: AbstractExchange | None = None
         self._dead: AbstractExchange | None = None
@@ -158,7 +157,6 @@ class AmqpBackend(Backend):
         self._link = link = self._link.reopened()
         link.on_give_up.append(self._gave_up)
         link.on_lost.append(self._cut_off)
-        self._stopping = None
         self._connection = await connect(self._url, link, timeout=self.connect_timeout,
                                          name=f"sporeflow {topology.exchange}")
         channel = self._connection.lasting(publisher_confirms=True)
@@ -476,11 +474,12 @@ class AmqpBackend(Backend):
     def link(self) -> Link:
         return self._link
 
-    def _gave_up(self, _: BrokerError) -> None:
-        """Stop reconnecting: a supervisor restarts the process (see ``link``)."""
+    def _gave_up(self, failure: BrokerError) -> None:
+        """Stop reconnecting: a supervisor restarts the process (see ``link``). Dropped,
+        not closed: a connection the broker blocks would close once its alarm cleared."""
         connection = self._connection
-        if connection is not None and self._stopping is None:
-            self._stopping = asyncio.get_running_loop().create_task(connection.close())
+        if connection is not None:
+            connection.abort(str(failure))
 
     def boot_record(self, topology: Topology) -> BootRecord:
         return AmqpBootRecord(topology, self._require_connection, fail=self._fail,

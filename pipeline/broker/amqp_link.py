@@ -19,7 +19,8 @@ come again, marked redelivered; a publish the loss cut off is not repeated by ai
   are restored, for the topology, publishing, consumers and the reply queue;
 - ``abort()`` closes it without a word to the broker, its socket dropped: under its
   memory or disk alarm RabbitMQ keeps a publishing connection up but reads nothing
-  from it (``connection.blocked``), and a close waits for it as long as the alarm lasts.
+  from it (``connection.blocked``), and a close waits for it as long as the alarm lasts;
+- that the broker blocks it, or unblocks it, is told to the ``Link`` (``amqp_blocked``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from aiormq.connection import TCPTransportFactory, TLSTransportFactory, Transpor
 from yarl import URL
 
 from sporeflow.config import BrokerError
+from sporeflow.pipeline.broker.amqp_blocked import listen
 from sporeflow.pipeline.broker.link import Backoff, Link
 
 __all__ = ["RECONNECT_BASE", "ReconnectingConnection", "connect", "login_of", "through_losses"]
@@ -80,6 +82,16 @@ class ReconnectingConnection(aio_pika.RobustConnection):
         self._sockets = _Sockets(url.scheme == "amqps")
         self.kwargs["transport_factory"] = self._sockets  # aio-pika passes these to aiormq
         self._aborting: asyncio.Task[None] | None = None
+        self.on_blocked: Callable[[str | None], None] | None = None
+        listen(self)
+
+    def underlay(self) -> object | None:
+        """aiormq's connection, this one's now (``amqp_blocked.Listener``)."""
+        return self.transport.connection if self.transport is not None else None
+
+    def heard_blocked(self, reason: str | None) -> None:
+        if self.on_blocked is not None:
+            self.on_blocked(reason)
 
     def abort(self, why: str) -> None:
         """Close, the socket dropped at once: nothing waits for the broker's answer, and
@@ -146,6 +158,7 @@ async def connect(url: str, link: Link, *, timeout: float, name: str) -> Reconne
 
     connection.close_callbacks.add(on_close)
     connection.reconnect_callbacks.add(on_reconnect)
+    connection.on_blocked = link.blocked
     link.connecting()
     try:
         await link.unless_ended(connection.connect(timeout=timeout))
@@ -162,11 +175,14 @@ async def through_losses(connection: ReconnectingConnection, link: Link,
     lost meanwhile, wait for the robust connection to come back (until ``link`` gives up,
     which raises :class:`BrokerError`) and run it again: a broker restarting while a
     process starts is waited out by the same rule as an outage later. The broker's own
-    refusals (a channel it closed: a precondition, access, a lock) are raised at once."""
+    refusals (a channel it closed: a precondition, access, a lock) are raised at once;
+    once ``link`` gave up or was closed, what it says is raised."""
     while True:
         try:
             return await attempt()
         except Exception as exc:
+            if link.failure is not None:  # why the connection went, not what that cut off
+                raise BrokerError(str(link.failure)) from exc
             if not _from_loss(exc) or not await _was_lost(connection):
                 raise
             _log.warning("RabbitMQ at %s: the connection was lost while %s; doing it again "

@@ -143,6 +143,12 @@ class Bridge(LedgerHook):
                          self.topology.exchange, self._reply_queue)
         self._release()
 
+    def starting(self, steps: Coroutine[Any, Any, None]) -> Coroutine[Any, Any, None]:
+        """The organism's start (its ``steps`` past the chain), which a cancellation ends
+        within the stop's deadline, a broker blocking it failing the organism: see
+        ``stop_deadline``."""
+        return self._deadline.start(steps, self.publisher.on_failure)
+
     def rewired(self, spec: OrganismSpec) -> None:
         """A reload applied ``spec``: a hosted agent's queue is consumed by its concurrency,
         and the lent slots of its new lane count too."""

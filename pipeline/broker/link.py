@@ -10,6 +10,11 @@ consumers and reply queue restored):
          └───────── give_up_after ───┴─▶ gave up   (fail stop)
     any state ─▶ closed   (the backend closed, or dropped the connection: ``dropped``)
 
+A connection may also be up and blocked (:meth:`Link.blocked`): under its memory or disk
+alarm RabbitMQ reads nothing from a connection that published until the alarm clears.
+That is said once, and so is its end; a start it blocks gives up saying so, not asking
+whether the broker runs (it does).
+
 One rule for the first connection and for every one after a loss: attempts are paused
 by :class:`Backoff`, each failed one counted and logged at a falling rate (the 1st, 2nd,
 4th, 8th...), and the link gives up after ``give_up_after`` seconds without a connection
@@ -37,6 +42,9 @@ __all__ = ["Backoff", "Disconnected", "Link", "Requeued"]
 CONNECTING, CONNECTED, DISCONNECTED = "connecting", "connected", "disconnected"
 GAVE_UP, CLOSED = "gave up", "closed"
 _ENDED = (GAVE_UP, CLOSED)
+# What a blocked connection means, in the operator's words.
+_ALARM = ("it is running, but its memory or disk alarm is on (rabbitmq-diagnostics alarms), "
+          "and it reads nothing from a publishing connection until the alarm clears")
 _log = logging.getLogger("sporeflow.broker.link")
 _T = TypeVar("_T")
 
@@ -106,6 +114,8 @@ class Link:
         self._last_error = ""
         self._changed = asyncio.Event()  # set, and replaced, at each change of state
         self._timer: asyncio.TimerHandle | None = None
+        self.blocked_by: str | None = None  # why the broker blocks the connection now
+        self._blocked_at = 0.0
 
     @property
     def up(self) -> bool:
@@ -153,9 +163,34 @@ class Link:
         self.attempts = 0
         self._enter(CONNECTED)
 
+    def blocked(self, reason: str | None) -> None:
+        """The broker blocks the connection, saying ``reason`` ("low on memory"), or
+        (None) unblocked it: its memory or disk alarm began, or cleared."""
+        if (reason is None) == (self.blocked_by is None) or self.state in _ENDED:
+            return
+        if reason is not None:
+            self._blocked_at = self._clock()
+            _log.warning("RabbitMQ at %s is blocking the connection (%s): %s; %s waits until "
+                         "then", self.address, reason, _ALARM,
+                         "this process's start" if self.state == CONNECTING else "publishing")
+        else:
+            _log.warning("RabbitMQ at %s unblocked the connection after %.1f s: its alarm "
+                         "cleared", self.address, self._clock() - self._blocked_at)
+        self.blocked_by = reason
+
+    def blocked_start(self) -> BrokerError | None:
+        """Why a start given up meanwhile did not start, if the broker blocked it."""
+        if self.blocked_by is None:
+            return None
+        return BrokerError(f"RabbitMQ at {self.address} blocked the connection while this "
+                           f"process started ({self.blocked_by}): {_ALARM}; the start was "
+                           f"given up")
+
     def lost(self, cause: BaseException | None) -> None:
         """The connection dropped; called again for each attempt to connect that fails,
         the first connection's as those after a loss."""
+        if self.state not in _ENDED:  # the next connection is not blocked (yet)
+            self.blocked_by = None
         if cause is not None:
             self._last_error = redact_text(f"{type(cause).__name__}: {cause}")
         if self.state in (CONNECTING, DISCONNECTED):
@@ -213,14 +248,8 @@ class Link:
                 f"and are the host, port and credentials right?")
             self._end(GAVE_UP, failure)
         else:
-            tried = (f"could not connect for {self.down_for:.1f} s since starting, "
-                     f"{self.attempts} attempt(s) failed (the last: {last}); is the broker "
-                     f"running, and are the host, port and credentials right?"
-                     if self.state == CONNECTING else
-                     f"disconnected for {self.down_for:.1f} s, {self.attempts} attempt(s) to "
-                     f"reconnect failed (the last: {last});")
             failure = BrokerError(
-                f"gave up on RabbitMQ at {self.address}: {tried} "
+                f"gave up on RabbitMQ at {self.address}: {self._tried(last)} "
                 f"organism.broker.give_up_after is {self.give_up_after or 0:g} s (raise it, "
                 f"or null: never give up, to wait longer). Exiting so that a supervisor "
                 f"restarts this process")
@@ -228,6 +257,18 @@ class Link:
             _log.error("%s", failure)
         for callback in self.on_give_up:
             callback(failure)
+
+    def _tried(self, last: str) -> str:
+        """What the link waited for before giving up, in words (``last``: its last error)."""
+        if self.state == CONNECTING and self.blocked_by is not None:
+            return (f"it blocked the connection while this process started ({self.blocked_by}), "
+                    f"{self.down_for:.1f} s since starting: {_ALARM};")
+        if self.state == CONNECTING:
+            return (f"could not connect for {self.down_for:.1f} s since starting, "
+                    f"{self.attempts} attempt(s) failed (the last: {last}); is the broker "
+                    f"running, and are the host, port and credentials right?")
+        return (f"disconnected for {self.down_for:.1f} s, {self.attempts} attempt(s) to "
+                f"reconnect failed (the last: {last});")
 
     def dropped(self, why: str) -> None:
         """The backend dropped the connection without waiting for the broker (a stop out
