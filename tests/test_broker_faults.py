@@ -19,7 +19,8 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +247,33 @@ async def wait_until_blocked(broker: PrivateBroker, starting: asyncio.Future[Any
         assert time.monotonic() < deadline, f"not within {BACKSTOP}s: the broker blocked it"
 
 
+def hosting_nothing(node: PrivateBroker, name: str, **settings: Any) -> Organism:
+    """A process of a one-agent organism named ``name`` on ``node`` hosting no agent
+    (``settings``: more of ``organism:``)."""
+    return Organism(Organism.from_dict({"organism": {"name": unique(name), **settings},
+                                        "agents": {"sink": {"handler": nothing}}}).spec,
+                    backend=url_of(node), hosted=[])
+
+
+@asynccontextmanager
+async def starting_under_alarm(broker: PrivateBroker,
+                               org: Organism) -> AsyncIterator[asyncio.Task[None]]:
+    """``org`` starting while ``broker``'s memory alarm is on; after, whatever happened:
+    the alarm off, the start ended, ``org`` stopped and its topology deleted."""
+    topology = Topology.of(org.spec)
+    starting: asyncio.Task[None] | None = None
+    try:
+        await asyncio.to_thread(alarm, broker, ALARM)
+        starting = asyncio.create_task(org.start())
+        yield starting
+    finally:
+        await asyncio.to_thread(alarm, broker, NO_ALARM)
+        if starting is not None:
+            await asyncio.gather(starting, return_exceptions=True)
+        await org.stop(drain_timeout=2)
+        await AmqpBackend(broker.url).destroy(topology)
+
+
 async def test_a_start_cancelled_while_the_broker_blocks_its_connection_ends_at_once(
         private_broker: PrivateBroker, caplog: pytest.LogCaptureFixture) -> None:
     """Found by a fault injector: under RabbitMQ's memory alarm the broker blocks the
@@ -253,24 +281,13 @@ async def test_a_start_cancelled_while_the_broker_blocks_its_connection_ends_at_
     nothing more from it. A start cancelled then (Ctrl-C, SIGTERM, a caller's timeout)
     stayed stuck in its own cleanup, closing a channel on the blocked connection, for as
     long as the alarm lasted; and the log said nothing of the alarm."""
-    org = Organism(Organism.from_dict({"organism": {"name": unique("blocked-start")},
-                                       "agents": {"sink": {"handler": nothing}}}).spec,
-                   backend=url_of(private_broker), hosted=[])
-    topology = Topology.of(org.spec)
-    starting: asyncio.Task[None] | None = None
-    try:
-        with caplog.at_level(logging.INFO, logger="sporeflow"):
-            await asyncio.to_thread(alarm, private_broker, ALARM)
-            starting = asyncio.create_task(org.start())
+    org = hosting_nothing(private_broker, "blocked-start")
+    with caplog.at_level(logging.INFO, logger="sporeflow"):
+        async with starting_under_alarm(private_broker, org) as starting:
             await wait_until_blocked(private_broker, starting)
             starting.cancel()
             done, _ = await asyncio.wait({starting}, timeout=PROMPTLY)
             assert done, "the cancelled start waited on a broker reading nothing"
-    finally:
-        await asyncio.to_thread(alarm, private_broker, NO_ALARM)
-        if starting is not None:
-            await asyncio.gather(starting, return_exceptions=True)
-        await AmqpBackend(private_broker.url).destroy(topology)
     assert starting.cancelled()
     assert org.state == "stopped"
     said = [r.getMessage() for r in caplog.records if r.name.startswith("sporeflow")]
@@ -282,31 +299,20 @@ async def test_a_start_cancelled_while_the_broker_blocks_its_connection_ends_at_
 async def test_a_start_the_broker_blocks_for_a_while_goes_on_once_unblocked(
         private_broker: PrivateBroker, caplog: pytest.LogCaptureFixture) -> None:
     """The alarm clears: the start goes on, and the log said each change once."""
-    org = Organism(Organism.from_dict({"organism": {"name": unique("unblocked")},
-                                       "agents": {"sink": {"handler": nothing}}}).spec,
-                   backend=url_of(private_broker), hosted=[])
-    topology = Topology.of(org.spec)
-    starting: asyncio.Task[None] | None = None
-    try:
-        with caplog.at_level(logging.INFO, logger="sporeflow"):
-            await asyncio.to_thread(alarm, private_broker, ALARM)
-            starting = asyncio.create_task(org.start())
+    org = hosting_nothing(private_broker, "unblocked")
+    with caplog.at_level(logging.INFO, logger="sporeflow"):
+        async with starting_under_alarm(private_broker, org) as starting:
             await wait_until_blocked(private_broker, starting)
             await asyncio.to_thread(alarm, private_broker, NO_ALARM)
             await asyncio.wait_for(starting, BACKSTOP)
             await org.send("sink", {"n": 1})
             await org.confirmed()
-    finally:
-        await asyncio.to_thread(alarm, private_broker, NO_ALARM)
-        if starting is not None:
-            await asyncio.gather(starting, return_exceptions=True)
-        await org.stop(drain_timeout=2)
-        await AmqpBackend(private_broker.url).destroy(topology)
+            published = org.stats()["broker"]["published"]
     said = [r.getMessage() for r in caplog.records if r.name.startswith("sporeflow")]
     assert len([line for line in said if "is blocking the connection" in line]) == 1, said
     assert len([line for line in said if "unblocked the connection" in line]) == 1, said
     assert org.failure is None
-    assert org.stats()["broker"]["published"] == 1
+    assert published == 1
 
 
 async def test_a_start_the_broker_blocks_gives_up_in_time_saying_why(
@@ -316,23 +322,11 @@ async def test_a_start_the_broker_blocks_gives_up_in_time_saying_why(
     none); is the broker running?" (it was, and blocked the connection); closing the
     blocked connection cancelled what waited on it, so ``start()`` raised CancelledError,
     not the BrokerError, and ``sporeflow run`` ended in its traceback."""
-    org = Organism(Organism.from_dict({"organism": {"name": unique("blocked-limit"),
-                                                    "broker": {"give_up_after": "2s"}},
-                                       "agents": {"sink": {"handler": nothing}}}).spec,
-                   backend=url_of(private_broker), hosted=[])
-    topology = Topology.of(org.spec)
-    starting: asyncio.Task[None] | None = None
-    try:
-        with caplog.at_level(logging.INFO, logger="sporeflow"):
-            await asyncio.to_thread(alarm, private_broker, ALARM)
-            starting = asyncio.create_task(org.start())
+    org = hosting_nothing(private_broker, "blocked-limit", broker={"give_up_after": "2s"})
+    with caplog.at_level(logging.INFO, logger="sporeflow"):
+        async with starting_under_alarm(private_broker, org) as starting:
             done, _ = await asyncio.wait({starting}, timeout=PROMPTLY)
             assert done, "the start waited past give_up_after on a broker reading nothing"
-    finally:
-        await asyncio.to_thread(alarm, private_broker, NO_ALARM)
-        if starting is not None:
-            await asyncio.gather(starting, return_exceptions=True)
-        await AmqpBackend(private_broker.url).destroy(topology)
     failure = starting.exception()
     assert isinstance(failure, BrokerError), failure
     assert "blocked the connection" in str(failure), failure

@@ -453,6 +453,21 @@ def test_cli_run_drains_on_sigterm_and_exits_zero_with_a_consistent_summary(
     assert "could not finish" not in stderr
 
 
+def terminated_once_ready(path: Path, ready: int, *extra: str) -> tuple[int, str]:
+    """Run ``path``, SIGTERM it once its job printed ``ready after READY``; its exit code
+    and what it printed on stderr."""
+    with start_run(path, *extra) as proc:
+        try:
+            read_until(proc.stdout, f"ready after {ready}".encode(), timeout=BACKSTOP)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=BACKSTOP)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return proc.returncode, err.decode()
+
+
 @pytest.mark.parametrize(("goal", "said"), [
     (("--until-idle",), "it was idle"),
     # Found by a new user: --until's goal, unreached, exited 0 where --until-idle's did not.
@@ -464,17 +479,8 @@ def test_cli_run_with_a_goal_stopped_by_a_signal_before_it_held_exits_non_zero(
     """A batch (--until-idle) that a SIGTERM ended before it was idle did not do its work
     (what was left is dead-lettered 'shutdown'): it once exited 0, as a finished batch."""
     path = write_job(tmp_path, count=3000, delay=0.05, ready=3, concurrency=1)
-    with start_run(path, *goal, "--drain-timeout", "1") as proc:
-        try:
-            read_until(proc.stdout, b"ready after 3", timeout=BACKSTOP)
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=BACKSTOP)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    stderr = err.decode()
-    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    code, stderr = terminated_once_ready(path, 3, *goal, "--drain-timeout", "1")
+    assert code == 128 + signal.SIGTERM, stderr
     assert "could not finish and were dead-lettered" in stderr
     assert f"stopped by SIGTERM before {said}: the batch did not finish" in stderr
 
@@ -485,17 +491,10 @@ def test_cli_run_whose_goal_held_exits_0_though_a_signal_comes_during_the_drain(
     """Found by a reviewer: once --until held, the run was done; a SIGTERM during the drain
     that followed made it exit 143 saying the batch did not finish."""
     path = write_job(tmp_path, count=3000, delay=0.05, ready=12, concurrency=1)
-    with start_run(path, "--until", "totals.handled >= 2", "--drain-timeout", "2") as proc:
-        try:  # 12 handled: some 0.5 s after the goal held (checked every 0.1 s), draining
-            read_until(proc.stdout, b"ready after 12", timeout=BACKSTOP)
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=BACKSTOP)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    stderr = err.decode()
-    assert proc.returncode == 0, stderr
+    # 12 handled: some 0.5 s after the goal held (checked every 0.1 s), while it drains
+    code, stderr = terminated_once_ready(path, 12, "--until", "totals.handled >= 2",
+                                         "--drain-timeout", "2")
+    assert code == 0, stderr
     assert "did not finish" not in stderr
 
 
