@@ -54,6 +54,7 @@ from sporeflow.pipeline.cli.util import (
     ORGANISM_ARG,
     Unreadable,
     fail,
+    forget_terminal,
     guarded,
     knowledge_of,
     mask_with,
@@ -273,7 +274,7 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
     def on_hangup() -> None:
         stopped_by.append(signal.Signals.SIGHUP)
         stop.set()
-        _forget_terminal()  # writing to a closed terminal fails: the state file is still saved
+        forget_terminal()  # writing to a closed terminal fails: the state file is still saved
 
     for sig in stopping:
         if sig == hangup:
@@ -368,15 +369,6 @@ async def _run(org: Organism, *, until_idle: bool, drain_timeout: float,
                    f"finish", err=True)
         return 128 + stopped_by[0]
     return 0
-
-
-def _forget_terminal() -> None:
-    """Send what is still printed to /dev/null: the terminal it went to is gone."""
-    null = os.open(os.devnull, os.O_WRONLY)
-    for fd in (1, 2):
-        with contextlib.suppress(OSError):
-            os.dup2(null, fd)
-    os.close(null)
 
 
 @cli.command()

@@ -7,7 +7,9 @@ group in ``cli.py``; they import these helpers rather than ``cli`` itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable, Coroutine
@@ -20,8 +22,9 @@ from sporeflow.config import ConfigError, Limits, SporeflowError, parse_duration
 from sporeflow.config.size_cap import FileTooLarge, read_bounded
 from sporeflow.pipeline.core.deadletters import Masker
 
-__all__ = ["DEFAULT_ORGANISM", "DURATION", "ORGANISM_ARG", "fail", "guarded",
-           "Unreadable", "knowledge_of", "mask_with", "masked", "run_to_end"]
+__all__ = ["DEFAULT_ORGANISM", "DURATION", "EXIT_OUT_OF_TIME", "ORGANISM_ARG", "fail",
+           "forget_terminal", "guarded", "Unreadable", "knowledge_of", "mask_with", "masked",
+           "run_to_end"]
 
 T = TypeVar("T")
 
@@ -169,3 +172,12 @@ def run_to_end(main: Coroutine[Any, Any, T], *, grace: float = 0.1) -> T:
         finally:
             asyncio.set_event_loop(None)
             loop.close()
+
+
+def forget_terminal() -> None:
+    """Send what is still printed to /dev/null: the terminal it went to is gone."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            os.dup2(null, fd)
+    os.close(null)
