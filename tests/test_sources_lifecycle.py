@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from sporeflow.config import ConfigError, check_organism
 from sporeflow.pipeline import Organism, Spore
+from sporeflow.pipeline.broker.memory_backend import MemoryBackend, MemoryBroker
 from sporeflow.pipeline.cli.main import cli
 from sporeflow.testing import TestOrganism
 
@@ -228,3 +229,27 @@ async def test_the_token_read_at_start_is_masked_as_a_secret(
     async with organism.running():
         assert "api" in organism.sources.addresses()  # it serves, with the token
         assert organism.masker.mask("sent t0ken-set-after-the-load") == "sent ***"
+
+
+# -- partial hosting: a source runs where its target is hosted ---------------------------
+
+
+async def test_a_source_runs_only_in_the_processes_hosting_its_target(
+        tmp_path: Path, handler_modules: Any) -> None:
+    (tmp_path / "in.txt").write_text("".join(f"line {n}\n" for n in range(1, 6)))
+    path = write_organism(tmp_path, handler_modules,
+                          "jobs: {kind: lines, path: in.txt, to: reader}\n"
+                          "news: {kind: lines, path: in.txt, channel: events}\n")
+    broker = MemoryBroker()
+    readers = Organism.from_file(path, backend=MemoryBackend(broker), hosted=["reader"])
+    others = Organism.from_file(path, backend=MemoryBackend(broker), hosted=["other"])
+    async with readers.running(), others.running():
+        for organism in (readers, others):
+            await organism.sources.ended()
+            await organism.idle()
+        await readers.idle()
+        # Each line once, by the process hosting the source's target (not once a process).
+        assert readers.stats()["agents"]["reader"]["handled"] == 5
+        assert others.stats()["agents"]["other"]["handled"] == 5
+        assert readers.stats()["sources"]["news"]["state"] == "not hosted here"
+        assert others.stats()["sources"]["jobs"]["state"] == "not hosted here"

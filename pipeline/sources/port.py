@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sporeflow.config import DeliveryError, OrganismStateError, SporeError
+from sporeflow.config import DeliveryError, OrganismSpec, OrganismStateError, SporeError
 from sporeflow.config.secrets import SecretFilter
 from sporeflow.config.sources import SourceSpec
 from sporeflow.pipeline.core.wiring import WiringSnapshot
 from sporeflow.steps import DEFAULT_CHANNEL, Spore, SporeType, new_spore
 
-__all__ = ["Feed", "Source", "SourcePort", "SourceStats", "Stopped", "target_of"]
+__all__ = ["Feed", "Source", "SourcePort", "SourceStats", "Stopped", "runs_here",
+           "target_of"]
 
 
 class SourcePort(Protocol):
@@ -49,6 +50,10 @@ class SourcePort(Protocol):
 
     def wiring(self) -> WiringSnapshot: ...
 
+    @property
+    def hosted(self) -> frozenset[str] | None:
+        """The agents this process runs if a broker runs others elsewhere, else None."""
+
 
 class Stopped(Exception):  # noqa: N818  (a signal, not an error)
     """The source is stopping: end the read loop, nothing is half sent."""
@@ -60,7 +65,7 @@ class SourceStats:
 
     kind: str
     target: str | None
-    state: str = "new"  # running, done, stopped, failed
+    state: str = "new"  # running, done, stopped, failed, not hosted here
     sent: int = 0
     refused: int = 0  # dead-lettered (or, over HTTP, answered 4xx)
     error: str | None = None  # why it failed
@@ -73,6 +78,18 @@ class SourceStats:
         if self.address is not None:
             shown["address"] = self.address
         return {**shown, **dict(sorted(self.counts.items()))}
+
+
+def runs_here(spec: SourceSpec, organism: OrganismSpec, hosted: frozenset[str] | None) -> bool:
+    """Whether this process runs the source: with agents hosted in several processes, only
+    one hosting its target (its ``to`` agent, or a subscriber of its channel) does, else
+    each process would send the source's spores once more. An external target (hosted by
+    no process of ours) keeps it in every process, as before partial hosting."""
+    if hosted is None:
+        return True
+    if spec.to is not None:
+        return spec.to in hosted or spec.to not in organism.agents
+    return any(spec.channel in organism.agents[name].subscribe for name in hosted)
 
 
 def target_of(spec: SourceSpec) -> str | None:

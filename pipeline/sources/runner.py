@@ -38,6 +38,7 @@ from sporeflow.pipeline.sources.port import (
     SourcePort,
     SourceStats,
     Stopped,
+    runs_here,
     target_of,
 )
 from sporeflow.pipeline.sources.timer import Timer
@@ -90,6 +91,9 @@ class Sources:
         self._stats = {}
         for name, declared in ready.items():
             stats = self._stats[name] = SourceStats(declared.kind, target_of(declared))
+            if not runs_here(declared, spec, self._port.hosted):
+                stats.state = "not hosted here"  # another process runs it
+                continue
             source = self._make(declared, Feed(self._port, declared, stats), spec)
             try:
                 await source.open()
