@@ -427,3 +427,16 @@ def test_a_listed_letter_shows_unprintable_characters_as_escapes() -> None:
     [line] = letter_lines(lambda text: text, [StoredDeadLetter(1, letter)])
     assert "bank\\u202eknab  handler failed  ValueError: \\u001b[2Jcleared" in line
     assert line.isprintable()
+
+
+def test_dlq_of_an_organism_without_journal_names_the_broker_it_may_have_run_on(
+        tmp_path: Path) -> None:
+    # Found by a new user: a run over RabbitMQ given on the command line (`run --backend
+    # URL`, the file saying memory) left its letters on the broker; `dlq list` spoke only
+    # of journals, never of the --backend that reads them.
+    (tmp_path / "organism.yaml").write_text(
+        "organism: {name: plain}\nagents:\n  a: {handler: 'operator:eq'}\n")
+    result = CliRunner().invoke(cli, ["dlq", "list", str(tmp_path / "organism.yaml")])
+    assert result.exit_code == 1
+    assert "has no journal" in result.stderr
+    assert "pass the same --backend URL" in result.stderr

@@ -5,21 +5,20 @@
     sporeflow dlq replay  ORGANISM (filters | --all) [--run]
     sporeflow dlq purge   ORGANISM (filters | --all)
 
-Where they are: while the organism runs in one process (``sporeflow run``), in that
-process: ``list``, ``show`` and ``replay`` reach it through its control socket (unless
-``--journal``, ``--backend`` or ``--from`` say otherwise), and a replay is delivered by
-it at once. Else, on an amqp organism (or with ``--backend URL``), the broker's
-dead-letter queue (``pipeline.broker.dead_letter_queue``); in one process, the
-journal (``organism.journal`` in its file, or ``--journal FILE`` here); ``--from``
-says which when an organism has both. Both give the same letters to the same filters
-(``LetterChoice``) and the same printing below. ``replay`` moves the chosen ones back
-among the journal's unfinished spores (the next ``sporeflow run`` delivers them;
-``--run`` does it now, until idle), or publishes them to the organism's exchange,
-taking them off the dead-letter queue once the broker has confirmed them. Each letter
-is replayed or refused on its own (``core.replaying``, the rule of every replay): a
-refused one stays, told on one line ``not replayed: dead letter N (spore ID): why; what
-to do``, the others are replayed, and the exit status is 1. An ``--id`` naming no letter
-there fails ``show``, ``replay`` and ``purge`` (``NoSuchDeadLetter``) at once.
+Where they are: while the organism runs in one process (``sporeflow run``), in that process:
+``list``, ``show`` and ``replay`` reach it through its control socket (unless ``--journal``,
+``--backend`` or ``--from`` say otherwise), and a replay is delivered by it at once. Else,
+on an amqp organism (or with ``--backend URL``), the broker's dead-letter queue
+(``pipeline.broker.dead_letter_queue``); in one process, the journal (``organism.journal``
+in its file, or ``--journal FILE`` here); ``--from`` says which when an organism has both.
+Both give the same letters to the same filters (``LetterChoice``) and the same printing
+below. ``replay`` moves the chosen ones back among the journal's unfinished spores (the next
+``sporeflow run`` delivers them; ``--run`` does it now, until idle), or publishes them to
+the organism's exchange, taking them off the dead-letter queue once the broker has confirmed
+them. Each letter is replayed or refused on its own (``core.replaying``, the rule of every
+replay): a refused one stays, told on one line ``not replayed: dead letter N (spore ID):
+why; what to do``, the others are replayed, and the exit status is 1. An ``--id`` naming no
+letter there fails ``show``, ``replay`` and ``purge`` (``NoSuchDeadLetter``) at once.
 """
 
 from __future__ import annotations
@@ -153,7 +152,8 @@ def _source(ctx: click.Context, organism: Path, journal: Path | None, backend: s
             fail(ctx, JournalError(
                 f"{organism}: organism {spec.name!r} has no journal, and in one process dead "
                 f"letters are only persisted with one: add `journal: FILE` under `organism:` "
-                f"in the file, or pass --journal FILE"))
+                f"in the file, or pass --journal FILE" + ("; or, if it ran over a broker (`run "
+                "--backend URL`), pass the same --backend URL" if origin is None else "")))
         return _Source(str(spec.journal), journal=spec.journal, spec=spec, listing=listing)
     resolved = guarded(ctx, lambda: resolve_backend_url(url))
     if guarded(ctx, lambda: open_backend(resolved)) is None:  # checks the URL and aio-pika
