@@ -25,3 +25,25 @@ async def test_the_rate_keeps_two_figures_below_ten(elapsed: float, rate: str) -
         stats = org.stats()
     last = render_summary(stats, elapsed).splitlines()[-1]
     assert last.startswith(f"16 spores handled in {elapsed:.2f}s {rate};")
+
+
+async def test_a_process_hosting_some_agents_lists_only_those() -> None:
+    # Found by a new user: with --agents, the summary listed every agent of the file, those
+    # of other processes with zeros, which read as work lost.
+    from sporeflow.pipeline.broker.memory_backend import MemoryBackend
+
+    async def sink(spore: Spore, ctx: Any) -> None:
+        return None
+
+    org = Organism.from_dict({"organism": {"name": "partly"},
+                              "agents": {"here": {"handler": sink},
+                                         "elsewhere": {"handler": sink}}},
+                             backend=MemoryBackend(), hosted=["here"])
+    async with org.running():
+        await org.send("here", {"n": 1})
+        await org.idle()
+        stats = org.stats()
+    names = [line.split()[0] for line in render_summary(stats, 1.0).splitlines()[2:]
+             if line.strip() and not line[0].isdigit()]
+    assert "here" in names
+    assert "elsewhere" not in names

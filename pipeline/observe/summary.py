@@ -19,8 +19,11 @@ _CHANNEL_COLUMNS = ("broadcasts", "deliveries", "refused")
 
 
 def render_summary(stats: dict[str, Any], elapsed: float) -> str:
-    """Render ``organism.stats()`` after a run of ``elapsed`` seconds as a text table."""
-    agents = stats["agents"]
+    """Render ``organism.stats()`` after a run of ``elapsed`` seconds as a text table: the
+    agents this process hosts (over a broker with ``--agents``, not the others' zeros)."""
+    hosted = (stats.get("broker") or {}).get("hosted")
+    agents = {name: counts for name, counts in stats["agents"].items()
+              if hosted is None or name in hosted}
     columns: tuple[str, ...] = _COLUMNS
     if any(counts.get(_ABANDONED) for counts in agents.values()):
         columns = (*columns, _ABANDONED)
