@@ -385,3 +385,42 @@ async def test_sporeflow_run_stops_on_sigterm_while_the_broker_blocks_its_start(
     assert "memory or disk alarm" in last, last
     assert text.count("blocking the connection") == 1, text
     assert "is the broker running" not in text
+
+
+def one_off(file: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    """``sporeflow COMMAND... FILE`` run to its end, or killed after PROMPTLY seconds."""
+    try:
+        return subprocess.run([sys.executable, "-m", "sporeflow.pipeline.cli", *command,
+                               str(file)], cwd=file.parent, capture_output=True, text=True,
+                              timeout=PROMPTLY)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"`sporeflow {' '.join(command)}` waited on a broker reading "
+                             f"nothing:\n{exc.stderr!r}") from None
+
+
+async def test_broker_declare_under_the_memory_alarm_exits_1_saying_so(
+        private_broker: PrivateBroker, tmp_path: Path) -> None:
+    """Found by a fault injector: ``sporeflow broker-declare`` (a one-off command: it
+    gives up on the broker at once, give_up_after 0) run under RabbitMQ's memory alarm
+    hung as long as the alarm lasted: its declaration's record is a publish, the broker
+    blocked the connection, and a blocked connection was never given up. It exits 1 at
+    once, saying the broker blocks it and why."""
+    module = unique("declare_handlers").replace("-", "_")
+    (tmp_path / f"{module}.py").write_text("async def sink(spore, ctx):\n    return None\n")
+    file = tmp_path / "organism.yaml"
+    file.write_text(f"organism: {{name: {unique('blocked-declare')}}}\n"
+                    f"agents:\n  sink: {{handler: '{module}:sink'}}\n")
+    topology = Topology.of(Organism.from_file(file).spec)
+    try:
+        await asyncio.to_thread(alarm, private_broker, ALARM)
+        done = await asyncio.to_thread(one_off, file, "broker-declare", "--backend",
+                                       url_of(private_broker))
+    finally:
+        await asyncio.to_thread(alarm, private_broker, NO_ALARM)
+        await AmqpBackend(private_broker.url).destroy(topology)
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("BrokerError: "), last
+    assert "blocks the connection" in last, last
+    assert "memory or disk alarm" in last, last
+    assert "is the broker running" not in done.stderr

@@ -168,6 +168,31 @@ def test_a_link_that_may_not_wait_gives_up_at_the_first_failed_attempt(virtual: 
     virtual(main)
 
 
+@pytest.mark.parametrize("give_up_after", [0.0, None])
+def test_a_one_off_link_the_broker_blocks_gives_up_at_once_and_a_lasting_one_waits(
+        virtual: Any, give_up_after: float | None) -> None:
+    """A blocked connection is no failed attempt: a one-off command (give_up_after 0)
+    waited as long as the broker's alarm lasted. It gives up at once, saying so; a
+    process that may wait (None: for ever) waits."""
+    async def main(loop: VirtualClockLoop) -> None:
+        link = Link("amqp://host/", clock=loop.time)
+        link.give_up_after = give_up_after
+        connecting = asyncio.ensure_future(link.unless_ended(loop.create_future()))
+        link.connecting()
+        link.blocked("low on memory")
+        await asyncio.sleep(0)
+        if give_up_after is None:
+            assert not connecting.done()
+            assert link.state == "connecting"
+            connecting.cancel()
+            return
+        with pytest.raises(BrokerError, match=r"blocks the connection \(low on memory\): "
+                                              r"it is running, but its memory or disk alarm"):
+            await connecting
+
+    virtual(main)
+
+
 class _Flaky(MemoryBackend):
     """A MemoryBackend whose first ``cuts`` publishes are cut off by a lost connection."""
 

@@ -13,7 +13,7 @@ consumers and reply queue restored):
 A connection may also be up and blocked (:meth:`Link.blocked`): under its memory or disk
 alarm RabbitMQ reads nothing from a connection that published until the alarm clears.
 That is said once, and so is its end; a start it blocks gives up saying so, not asking
-whether the broker runs (it does).
+whether the broker runs (it does), and a one-off command's (``give_up_after`` 0) at once.
 
 One rule for the first connection and for every one after a loss: attempts are paused
 by :class:`Backoff`, each failed one counted and logged at a falling rate (the 1st, 2nd,
@@ -168,6 +168,10 @@ class Link:
         (None) unblocked it: its memory or disk alarm began, or cleared."""
         if (reason is None) == (self.blocked_by is None) or self.state in _ENDED:
             return
+        if reason is not None and self._one_off:  # it would wait as long as the alarm lasts
+            self.blocked_by = reason
+            self.give_up()
+            return
         if reason is not None:
             self._blocked_at = self._clock()
             _log.warning("RabbitMQ at %s is blocking the connection (%s): %s; %s waits until "
@@ -242,8 +246,11 @@ class Link:
                 f"cannot help; check the user, password and virtual host of the backend URL, "
                 f"and that the user may use that virtual host")
             self._end(GAVE_UP, failure)
-        elif self.state == CONNECTING and not self.give_up_after:  # a one-off command: raised
-            failure = BrokerError(  # to it, and said no more
+        elif self._one_off:  # raised to the command, and said no more
+            failure = BrokerError(
+                f"RabbitMQ at {self.address} blocks the connection ({self.blocked_by}): "
+                f"{_ALARM}; this command does not wait for it: run it again once "
+                f"`rabbitmq-diagnostics alarms` lists none" if self.blocked_by is not None else
                 f"cannot reach RabbitMQ at {self.address}: {last}; is the broker running, "
                 f"and are the host, port and credentials right?")
             self._end(GAVE_UP, failure)
@@ -257,6 +264,12 @@ class Link:
             _log.error("%s", failure)
         for callback in self.on_give_up:
             callback(failure)
+
+    @property
+    def _one_off(self) -> bool:
+        """A one-off command first connecting (``give_up_after`` 0): it waits for nothing,
+        neither a broker it cannot reach nor one that blocks its connection."""
+        return self.state == CONNECTING and self.give_up_after == 0
 
     def _tried(self, last: str) -> str:
         """What the link waited for before giving up, in words (``last``: its last error)."""
