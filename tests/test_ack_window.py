@@ -103,3 +103,39 @@ async def test_a_channel_gone_takes_its_window_with_it() -> None:
     del channel, window
     gc.collect()
     assert gone() is None
+
+
+class Broker:
+    """A channel whose first ack frame waits (aiormq's write queue full, under load),
+    refusing an ack of a tag not outstanding as RabbitMQ does (``unknown delivery tag``,
+    which closes the channel: every unacked delivery comes again)."""
+
+    def __init__(self, delivered: range) -> None:
+        self.outstanding = set(delivered)
+        self.unknown: list[int] = []
+        self.gate = asyncio.Event()
+        self.calls = 0
+
+    async def basic_ack(self, tag: int, *, multiple: bool, wait: bool = True) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            await self.gate.wait()
+        if tag not in self.outstanding:
+            self.unknown.append(tag)
+        self.outstanding -= {t for t in self.outstanding if t <= tag} if multiple else {tag}
+
+
+async def test_a_flush_held_up_writing_is_not_overtaken_by_the_next() -> None:
+    broker = Broker(range(1, 5))
+    window = AckWindow(broker, on_error=lambda exc: None)
+    for tag in range(1, 5):
+        window.delivered(tag)
+    window.settled(1, ack=True)
+    await turn()  # the first flush waits to write ack(1, multiple)
+    window.settled(2, ack=True)
+    window.settled(3, ack=True)
+    await turn()
+    broker.gate.set()
+    await turn()
+    assert broker.unknown == []
+    assert broker.outstanding == {4}

@@ -73,7 +73,20 @@ class AckWindow:
                 self._up_to = tag
 
     async def _flush(self) -> None:
-        self._flushing = False
+        # One flush at a time, until nothing is left: a frame may wait for room in the
+        # connection's write queue, and a second flush's ack(multiple) written before the
+        # first's would ack its tags, so the first's then names unknown tags: RabbitMQ
+        # closes the channel, and every delivery still in hand comes again.
+        try:
+            while self._up_to or self._ahead:
+                await self._send()
+        except Exception as exc:  # the channel or connection is gone: they come again
+            self._on_error(exc)
+        finally:
+            self._flushing = False
+            self._sending.discard(asyncio.current_task())
+
+    async def _send(self) -> None:
         up_to, self._up_to = self._up_to, 0
         # Acked on their own: the ones still behind an open delivery (none is in the range
         # the multiple ack covers, which ends below the first open one).
@@ -84,14 +97,9 @@ class AckWindow:
         frames = [(up_to, True)] if up_to else []
         frames += [(tag, False) for tag in ahead]
         channel = self._channel()
-        try:  # queued for the connection's writer: nothing waits for it to be written
-            for tag, multiple in frames:
-                if channel is not None:
-                    await channel.basic_ack(tag, multiple=multiple, wait=False)
-        except Exception as exc:  # the channel or connection is gone: they come again
-            self._on_error(exc)
-        finally:
-            self._sending.discard(asyncio.current_task())
+        for tag, multiple in frames:  # queued for the connection's writer: not awaited
+            if channel is not None:
+                await channel.basic_ack(tag, multiple=multiple, wait=False)
 
 
 class AckWindows:
