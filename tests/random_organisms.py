@@ -343,7 +343,8 @@ async def check_seed(seed: int, kind: str, *, compare: bool = True) -> list[str]
     plan = make_plan(seed)
     outcome = await run_plan(plan, kind)
     problems = list(outcome.problems)
-    if compare and plan.deterministic and kind != "embedded" and not problems:
+    # Compared even when this run has problems of its own: both sides are printed.
+    if compare and plan.deterministic and kind != "embedded":
         embedded = await run_plan(make_plan(seed), "embedded")
         problems += [f"embedded: {p}" for p in embedded.problems]
         if embedded.totals != outcome.totals:
