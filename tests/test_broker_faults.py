@@ -345,17 +345,24 @@ def run_quietly(file: Path, url: str, log: Path) -> subprocess.Popen[bytes]:
             stdout=subprocess.DEVNULL, stderr=err)
 
 
+def sink_file(folder: Path, name: str) -> Path:
+    """An organism file in ``folder``: one agent, its handler in a module of a name of its
+    own (one process imports one module of a name)."""
+    module = unique(f"{name}_handlers").replace("-", "_")
+    (folder / f"{module}.py").write_text("async def sink(spore, ctx):\n    return None\n")
+    file = folder / "organism.yaml"
+    file.write_text(f"organism: {{name: {unique(name)}}}\n"
+                    f"agents:\n  sink: {{handler: '{module}:sink'}}\n")
+    return file
+
+
 async def test_sporeflow_run_stops_on_sigterm_while_the_broker_blocks_its_start(
         private_broker: PrivateBroker, tmp_path: Path) -> None:
     """Found by a fault injector: ``sporeflow run`` started under the memory alarm waited
     in "connecting" up to give_up_after (300 s), and a SIGTERM meanwhile was not honoured
     (the cancelled start waited on the blocked connection, measured ~296 s). It stops at
     once, exits 1 and says the broker blocked the connection."""
-    module = unique("alarm_handlers").replace("-", "_")
-    (tmp_path / f"{module}.py").write_text("async def sink(spore, ctx):\n    return None\n")
-    file = tmp_path / "organism.yaml"
-    file.write_text(f"organism: {{name: {unique('blocked-run')}}}\n"
-                    f"agents:\n  sink: {{handler: '{module}:sink'}}\n")
+    file = sink_file(tmp_path, "blocked-run")
     topology = Topology.of(Organism.from_file(file).spec)
     log = tmp_path / "run.log"
     process: subprocess.Popen[bytes] | None = None
@@ -405,11 +412,7 @@ async def test_broker_declare_under_the_memory_alarm_exits_1_saying_so(
     hung as long as the alarm lasted: its declaration's record is a publish, the broker
     blocked the connection, and a blocked connection was never given up. It exits 1 at
     once, saying the broker blocks it and why."""
-    module = unique("declare_handlers").replace("-", "_")
-    (tmp_path / f"{module}.py").write_text("async def sink(spore, ctx):\n    return None\n")
-    file = tmp_path / "organism.yaml"
-    file.write_text(f"organism: {{name: {unique('blocked-declare')}}}\n"
-                    f"agents:\n  sink: {{handler: '{module}:sink'}}\n")
+    file = sink_file(tmp_path, "blocked-declare")
     topology = Topology.of(Organism.from_file(file).spec)
     try:
         await asyncio.to_thread(alarm, private_broker, ALARM)
