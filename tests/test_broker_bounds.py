@@ -107,11 +107,13 @@ async def test_a_12_mib_body_is_dead_lettered_too_large_without_being_parsed(
     kept = status("VmRSS") - before  # what stays once it is dead-lettered
     [(letter, dead_body)] = await broker_dead_letters(topology)
     # aio-pika assembles the body (twice its size at the peak) and dead-lettering sends it
-    # on; parsing it took about 30 times its size.
-    assert rise < 4 * size, f"the peak rose by {rise / MiB:.0f} MiB for a {size / MiB:.0f} " \
+    # on, its frames a copy more: 15 to 49 MiB measured (4 times the body failed a CI run);
+    # parsing it took about 30 times its size.
+    assert rise < 8 * size, f"the peak rose by {rise / MiB:.0f} MiB for a {size / MiB:.0f} " \
                             f"MiB body"
-    # Measured 3.6 to 7.4 MiB (the organism's own start included); before: about 350.
-    assert kept < 12 * MiB, f"{kept / MiB:.0f} MiB stayed resident"
+    # Measured -11 to 25 MiB (the organism's own start included: what the allocator keeps
+    # or gives back varies run to run, by a copy of the body or two); before: about 350.
+    assert kept < 4 * size, f"{kept / MiB:.0f} MiB stayed resident"
     assert letter["x-sporeflow-reason"] == "limit exceeded"
     assert f"{size} bytes" in letter["x-sporeflow-error"]
     assert "limits.max_spore_bytes=1048576" in letter["x-sporeflow-error"]
