@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from sporeflow.config.errors import ConfigError, Problem
 from sporeflow.config.units import parse_size
@@ -19,6 +20,7 @@ __all__ = [
     "MAX_ORGANISM_BYTES_ENV",
     "FileTooLarge",
     "capped_text",
+    "read_at_most",
     "read_bounded",
     "read_capped",
 ]
@@ -73,7 +75,13 @@ def read_bounded(file: str | Path, cap: int) -> bytes:
         info = os.fstat(fd)
         if stat.S_ISREG(info.st_mode) and info.st_size > cap:
             raise FileTooLarge(info.st_size, cap)
-        data = stream.read(cap + 1)
+        return read_at_most(stream, cap)
+
+
+def read_at_most(stream: BinaryIO, cap: int) -> bytes:
+    """What ``stream`` holds, read no further than ``cap`` bytes (:class:`FileTooLarge`
+    past them): a file, a pipe, standard input."""
+    data = stream.read(cap + 1)
     if len(data) > cap:
         raise FileTooLarge(None, cap)
     return data

@@ -224,11 +224,10 @@ async def ready_count(connection: Callable[[], AbstractConnection], queue: str,
     """``queue``'s messages no consumer has taken; None when not known (the connection is
     lost: the caller asks again later). A queue that is gone holds none: what it held went
     with it."""
+    unknown: tuple[type[BaseException], ...] = (*errors, BrokerError)
     try:
         counts = await queue_counts(connection, queue)
-    except errors:
-        return None
-    except BrokerError:
+    except unknown:
         return None
     return counts[0] if counts is not None else 0
 

@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from sporeflow.config import ConfigError, Limits, SporeflowError, parse_duration, redact_text
-from sporeflow.config.size_cap import FileTooLarge, read_bounded
+from sporeflow.config.size_cap import FileTooLarge, read_at_most, read_bounded
 from sporeflow.pipeline.core.deadletters import Masker
 
 __all__ = ["DEFAULT_ORGANISM", "DURATION", "EXIT_OUT_OF_TIME", "ORGANISM_ARG", "fail",
@@ -86,9 +86,7 @@ def knowledge_of(text: str) -> Any:
             if path is not None:
                 data = read_bounded(path, MAX_KNOWLEDGE_BYTES)
             else:
-                data = sys.stdin.buffer.read(MAX_KNOWLEDGE_BYTES + 1)
-                if len(data) > MAX_KNOWLEDGE_BYTES:
-                    raise FileTooLarge(None, MAX_KNOWLEDGE_BYTES)
+                data = read_at_most(sys.stdin.buffer, MAX_KNOWLEDGE_BYTES)
             text = data.decode("utf-8")
         except (OSError, UnicodeDecodeError, FileTooLarge) as exc:
             fix = ("send less: a spore is far smaller (limits.max_spore_bytes)"
