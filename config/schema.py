@@ -15,7 +15,7 @@ from sporeflow.config.model import DEFAULT_CAPACITY, STAGE_NAMES
 from sporeflow.config.secrets import ENV_NAME_PATTERN
 from sporeflow.config.signing_keys import SIGNING_SCHEMA
 from sporeflow.config.sources import sources_schema
-from sporeflow.config.units import DURATION_PATTERN, SIZE_PATTERN
+from sporeflow.config.units import DURATION_PATTERN, SIZE_PATTERN, parse_duration
 
 __all__ = ["BROKER_WORDS", "ENV_NAME_PATTERN", "EXTERNAL_AGENT_SCHEMA", "HANDLER_PATTERN",
            "KEY_PATTERN", "MAX_DEPTH_CEILING", "NAME_PATTERN", "ORGANISM_NAME_PATTERN",
@@ -44,10 +44,11 @@ _agent_name: dict[str, Any] = {"allOf": [_name, {
              "organism's own objects are `<exchange>.dead`, `.dead-letters`, `.signed` and "
              "`.reply.*`; rename the agent (e.g. with a prefix: 'my-dead-letters')"}]}
 _names: dict[str, Any] = {"type": "array", "items": _name, "uniqueItems": True}
+DURATION_FORMAT = "sporeflow-duration"  # text parse_duration reads
 _duration: dict[str, Any] = {
     # At most a year: more is a mistake (.inf, 1e20), and overflows the platform's timers.
     "oneOf": [{"type": "number", "minimum": 0, "maximum": 365 * 24 * 3600},
-              {"type": "string", "pattern": DURATION_PATTERN}],
+              {"type": "string", "pattern": DURATION_PATTERN, "format": DURATION_FORMAT}],
     # A quoted number ('5') is a string without its unit: say both forms.
     "x-write": "a number of seconds (5, unquoted), or a string with its unit like 250ms, "
                "5s or 2m",
@@ -325,6 +326,17 @@ def _finite_number(_checker: Any, instance: Any) -> bool:
 # No number of the file is NaN or infinite: every comparison with NaN is false, so the
 # schema's bounds would let it through, and a cost or a duration of NaN turns a limit off.
 _DRAFT = jsonschema.Draft202012Validator
+# A duration written with its unit is bounded as a number of seconds is, by the rule of
+# parse_duration (a pattern cannot say "at most a year").
+def _duration_within_bound(text: object) -> bool:
+    parse_duration(text)  # type: ignore[arg-type]  # raises past a year
+    return True  # "0s" too, which is 0.0
+
+
+_FORMATS = jsonschema.FormatChecker(formats=())
+_FORMATS.checks(DURATION_FORMAT, raises=ValueError)(_duration_within_bound)
+
+
 ORGANISM_VALIDATOR = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
     _DRAFT, type_checker=_DRAFT.TYPE_CHECKER.redefine("number", _finite_number),
-)(ORGANISM_SCHEMA)
+)(ORGANISM_SCHEMA, format_checker=_FORMATS)

@@ -16,6 +16,7 @@ DURATION_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$"
 SIZE_PATTERN = r"^\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$"
 _DURATION = re.compile(DURATION_PATTERN)
 _LONGEST = 365 * 24 * 3600.0  # longer is a mistake (and overflows the platform's timers)
+_LONGEST_WRITTEN = "8760h"  # _LONGEST with its largest unit
 _SIZE = re.compile(SIZE_PATTERN)
 
 
@@ -28,11 +29,20 @@ def parse_duration(value: str | int | float) -> float:
         if value < 0:
             raise ValueError(f"duration {value!r} is negative; use 0 or more")
         return float(value)
-    match = _DURATION.match(str(value))
-    if not match:
+    seconds = _written_seconds(str(value))
+    if seconds is None:
         raise ValueError(f"duration {value!r} is not understood; write it like 250ms, 5s or "
                          f"2m{duration_mistake(str(value))}")
-    return float(match[1]) * _DURATION_UNITS[match[2]]
+    if not seconds <= _LONGEST:  # the bound of a number of seconds, whatever the unit
+        raise ValueError(f"duration {value!r} is longer than a year; write one up to "
+                         f"{_LONGEST_WRITTEN}")
+    return seconds
+
+
+def _written_seconds(text: str) -> float | None:
+    """The seconds ``text`` writes with its unit (None: it is no duration)."""
+    match = _DURATION.match(text)
+    return None if match is None else float(match[1]) * _DURATION_UNITS[match[2]]
 
 
 _PARTS = re.compile(r"\s*(-?)(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
@@ -43,7 +53,11 @@ _UNIT_WORDS = {"sec": "s", "secs": "s", "second": "s", "seconds": "s", "min": "m
 
 def duration_mistake(text: str) -> str:
     """``"; ..."``: the fix of a duration written in a common wrong way (a negative one,
-    a unit in capitals or as a word, two units), or "" for none of those."""
+    a unit in capitals or as a word, two units, one longer than a year), or "" for none of
+    those."""
+    seconds = _written_seconds(text)
+    if seconds is not None:  # well written: what can be wrong is its length
+        return "" if seconds <= _LONGEST else f"; at most a year: {_LONGEST_WRITTEN}"
     parts = _PARTS.findall(text)
     written = "".join(f"{sign}{number}{unit}" for sign, number, unit in parts)
     if not parts or written != "".join(text.split()):  # something else is wrong

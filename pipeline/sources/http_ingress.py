@@ -81,15 +81,22 @@ _CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
 def _as_documented(body: dict[str, Any]) -> dict[str, Any]:
     """``body`` as the OpenAPI document reads it, where JSON Schema says more than the
     schema can: 5.0 is the integer 5 (a priority), and an ``expires_in`` written as a
-    duration is above 0, as one written as a number must be."""
+    duration is above 0 and at most a year, as one written as a number must be."""
     priority = body.get("priority")
     if type(priority) is float:  # the schema took it: a whole number
         body = {**body, "priority": int(priority)}
     expires_in = body.get("expires_in")
-    if isinstance(expires_in, str) and parse_duration(expires_in) <= 0:
-        raise _Answer(error_response(400, "bad_request", f"body['expires_in']: "
-                                     f"{expires_in[:40]!r} is no time at all: a spore expiring "
-                                     f"at once is never handled; give a duration above 0"))
+    if isinstance(expires_in, str):
+        try:  # at most a year, as a number must be
+            seconds = parse_duration(expires_in)
+        except ValueError as exc:
+            raise _Answer(error_response(400, "bad_request",
+                                         f"body['expires_in']: {exc}")) from None
+        if seconds <= 0:
+            raise _Answer(error_response(400, "bad_request", f"body['expires_in']: "
+                                         f"{expires_in[:40]!r} is no time at all: a spore "
+                                         f"expiring at once is never handled; give a "
+                                         f"duration above 0"))
     return body
 
 
