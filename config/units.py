@@ -6,7 +6,7 @@ import math
 import re
 
 __all__ = ["DURATION_PATTERN", "SIZE_PATTERN", "duration_mistake", "parse_duration",
-           "parse_size", "written_duration"]
+           "parse_size", "parse_written_seconds", "written_duration"]
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
@@ -37,6 +37,16 @@ def parse_duration(value: str | int | float) -> float:
         raise ValueError(f"duration {value!r} is longer than a year; write one up to "
                          f"{_LONGEST_WRITTEN}")
     return seconds
+
+
+def parse_written_seconds(text: str) -> float:
+    """A duration written as text where no YAML types it (a command line, an XML
+    attribute): a bare number is seconds (``1.5``, ``30``), else it carries its unit."""
+    try:
+        number = float(text)
+    except ValueError:
+        return parse_duration(text)
+    return parse_duration(number)
 
 
 def _written_seconds(text: str) -> float | None:

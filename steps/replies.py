@@ -37,7 +37,7 @@ from typing import Any, Final
 
 from sporeflow.config.errors import SporeError
 from sporeflow.config.model import Emit, Limits
-from sporeflow.config.units import parse_duration
+from sporeflow.config.units import parse_written_seconds
 from sporeflow.config.words import shown, with_article
 from sporeflow.steps.ids import derived_id
 from sporeflow.steps.spore import Spore, SporeType, new_spore
@@ -287,11 +287,7 @@ def _int_attr(attrs: dict[str, str], name: str, agent: str) -> int | None:
 def _seconds_attr(value: str, agent: str) -> float:
     """``expires_in`` as seconds: a bare number, or a duration like ``30s``."""
     try:
-        return parse_duration(float(value))
-    except ValueError:
-        pass
-    try:
-        return parse_duration(value)
+        return parse_written_seconds(value)
     except ValueError as exc:
         raise SporeError(f"agent {agent!r} wrote expires_in={value!r} in its XML: {exc}") from None
 

@@ -69,6 +69,7 @@ from sporeflow.pipeline.observe.tracing import ensure_tracer_provider
 from sporeflow.pipeline.organism import Organism
 from sporeflow.pipeline.reload.watch import ReloadTriggers, require_watchfiles
 from sporeflow.pipeline.service.server import ControlServer
+from sporeflow.steps.spore import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN
 
 __all__ = ["main"]
 
@@ -394,8 +395,9 @@ def check(ctx: click.Context, organism: Path) -> None:
 @click.option("--timeout", default="30s", show_default=True, type=DURATION,
               help="How long to wait for the spore to be handled (or for the response to a "
                    "request), e.g. 5s; exit 124 if it is still pending then.")
-@click.option("--priority", type=click.IntRange(1, 10), help="The spore's priority, 1 to 10 "
-              "(higher first; default 5).")
+@click.option("--priority", type=click.IntRange(PRIORITY_MIN, PRIORITY_MAX),
+              help=f"The spore's priority, {PRIORITY_MIN} to {PRIORITY_MAX} (higher first; "
+                   f"default {PRIORITY_DEFAULT}).")
 @click.option("--expires-in", type=DURATION, help="Past this (e.g. 30s) the spore is an "
               "'expired' dead letter, never handled (a request expires with --timeout).")
 @click.option("--start", is_flag=True, help="With no run of ORGANISM going on, run one here "

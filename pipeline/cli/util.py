@@ -18,8 +18,9 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from sporeflow.config import ConfigError, Limits, SporeflowError, parse_duration, redact_text
+from sporeflow.config import ConfigError, Limits, SporeflowError, redact_text
 from sporeflow.config.size_cap import FileTooLarge, read_at_most, read_bounded
+from sporeflow.config.units import parse_written_seconds
 from sporeflow.pipeline.core.deadletters import Masker
 
 __all__ = ["DEFAULT_ORGANISM", "DURATION", "EXIT_OUT_OF_TIME", "ORGANISM_ARG", "fail",
@@ -48,17 +49,9 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
         if isinstance(value, int | float):
             return float(value)
         try:
-            return parse_duration(float(value) if _is_number(value) else value)
+            return parse_written_seconds(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 DURATION = Duration()
