@@ -11,9 +11,10 @@ from typing import Any
 
 from sporeflow.config import AgentSpec, OrganismSpec
 from sporeflow.config.positions import read_yaml
+from sporeflow.config.sources import SourceSpec
 
 __all__ = ["LIVE_LIMITS", "ReloadReport", "SpecDiff", "broker_bound", "diff_specs", "refusal",
-           "rekeyed", "restart_only"]
+           "rekeyed", "restart_only", "stranded"]
 
 
 # Fields that name or describe something without changing how it runs.
@@ -195,6 +196,20 @@ def broker_bound(diff: SpecDiff) -> str:
     if diff.channels_added or diff.channels_removed:
         return "a reload cannot add or remove channels"
     return ""
+
+
+def stranded(sources: Mapping[str, SourceSpec], diff: SpecDiff) -> str:
+    """The running ``sources`` whose agent or channel ``diff`` takes away ('' when none):
+    a source runs on as started until the next start, and would feed what is gone."""
+    fed = [f"source {name!r} feeds agent {source.to!r}" for name, source in sources.items()
+           if source.to in diff.removed]
+    fed += [f"source {name!r} feeds channel {source.channel!r}"
+            for name, source in sources.items() if source.channel in diff.channels_removed]
+    if not fed:
+        return ""
+    return (f"a reload cannot take away what a running source feeds ({'; '.join(fed)}): "
+            f"sources keep their targets until the next start; keep that target in the "
+            f"file, or restart the organism to apply the new sources")
 
 
 def rekeyed(diff: SpecDiff) -> str:

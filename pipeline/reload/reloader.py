@@ -51,6 +51,7 @@ from sporeflow.pipeline.reload.diff import (
     refusal,
     rekeyed,
     restart_only,
+    stranded,
 )
 from sporeflow.pipeline.reload.sources import HandlerSources
 from sporeflow.steps import AgentLane, Spore, schema_refusal
@@ -197,8 +198,9 @@ class Reloader:
                 f"(each start binds what it declares and unbinds what it no longer does; "
                 f"with per-process broker users, run `sporeflow broker-declare` first)"],
                 reimported=reimported)
-        if rekeys := rekeyed(diff):
-            return refusal(str(file), started, [f"{file}: {rekeys}"], reimported=reimported)
+        for rule in (rekeyed(diff), stranded(old.sources, diff)):
+            if rule:
+                return refusal(str(file), started, [f"{file}: {rule}"], reimported=reimported)
         notes = warnings + restart_only(Path(file), diff)
         previous = [task for name, task in self._handovers.items()
                     if name in diff.changed or name in diff.removed]
