@@ -187,15 +187,21 @@ def refusal(source: str, started: float, errors: list[str], *,
 def broker_bound(diff: SpecDiff) -> str:
     """What in ``diff`` the broker's topology would have to follow ('' when nothing)."""
     if diff.added or diff.removed:
-        return "a reload cannot add or remove agents"
+        return f"a reload cannot add or remove agents ({_named(diff.added, diff.removed)})"
     if "external" in diff.organism_changed:  # their broadcasts' bindings, their addresses
         return "a reload cannot add, remove or change external agents"
     moved = [name for name, what in diff.changed.items() if "subscribe" in what]
     if moved:
         return f"a reload cannot change subscriptions ({', '.join(moved)})"
     if diff.channels_added or diff.channels_removed:
-        return "a reload cannot add or remove channels"
+        return (f"a reload cannot add or remove channels "
+                f"({_named(diff.channels_added, diff.channels_removed)})")
     return ""
+
+
+def _named(added: tuple[str, ...], removed: tuple[str, ...]) -> str:
+    return "; ".join(f"{label} {', '.join(names)}"
+                     for label, names in (("added", added), ("removed", removed)) if names)
 
 
 def stranded(sources: Mapping[str, SourceSpec], diff: SpecDiff) -> str:
