@@ -21,7 +21,8 @@ from sporeflow.pipeline.journal.sqlite import (
 )
 from sporeflow.steps import Spore
 
-__all__ = ["DEAD", "DELETE", "INSERT", "META", "TRACE", "Batch", "fold", "write_batch"]
+__all__ = ["DEAD", "DELETE", "INSERT", "META", "TRACE", "Batch", "Fanout", "fold",
+           "write_batch"]
 
 INSERT, DELETE, DEAD, META, TRACE = range(5)  # the writer's operations
 
@@ -36,6 +37,28 @@ class Batch:
     meta: list[tuple[str, str]] = field(default_factory=list)
     boots: list[str] = field(default_factory=list)  # boot spore ids noted in meta
     trace: list[list[list[Any]]] = field(default_factory=list)  # batches of settlements
+
+
+class Fanout(dict[str, int]):
+    """Broadcasts delivered to several agents: spore id -> its deliveries not settled yet.
+    A broadcast is finished in the journal only after its last delivery."""
+
+    def count(self, spore_id: str, targets: int) -> None:
+        """Broadcast ``spore_id`` went to ``targets`` agents: it is done after the last."""
+        self[spore_id] = self.get(spore_id, 0) + targets
+
+    def last(self, spore_id: str) -> bool:
+        """A delivery of ``spore_id`` is settled: True if it was its last (or only) one."""
+        if not self:
+            return True
+        left = self.get(spore_id)
+        if left is None:
+            return True
+        if left > 1:
+            self[spore_id] = left - 1
+            return False
+        del self[spore_id]
+        return True
 
 
 def fold(ops: list[tuple[Any, ...]], boots: Mapping[str, str]) -> Batch:

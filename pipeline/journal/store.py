@@ -47,7 +47,16 @@ from sporeflow.config import Limits, OrganismSpec
 from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.core.deadletters import DeadLetter
 from sporeflow.pipeline.core.lineage import TraceStep
-from sporeflow.pipeline.journal.batch import DEAD, DELETE, INSERT, TRACE, Batch, fold, write_batch
+from sporeflow.pipeline.journal.batch import (
+    DEAD,
+    DELETE,
+    INSERT,
+    TRACE,
+    Batch,
+    Fanout,
+    fold,
+    write_batch,
+)
 from sporeflow.pipeline.journal.failstop import FailStop, Ops
 from sporeflow.pipeline.journal.inflight import count_crashes
 from sporeflow.pipeline.journal.lineage import TraceBuffer, TraceRows
@@ -109,7 +118,7 @@ class Journal:
         self._deleted_since_compaction = 0
         self._ops: Ops = []
         self._waiters: list[asyncio.Future[None]] = []
-        self._fanout: dict[str, int] = {}
+        self._fanout = Fanout()
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()  # ends a linger: a waiter, a close, a full batch
         self._writer: asyncio.Task[None] | None = None
@@ -292,20 +301,20 @@ class Journal:
         if replies:
             ops.extend([(INSERT, reply) for reply in replies])
             self.written += len(replies)
-        if self._last_delivery(spore.id):
+        if self._fanout.last(spore.id):
             ops.append((DELETE, spore.id))
         self._kick()
 
     def settle(self, spore: Spore) -> None:
         """Queue ``spore`` as finished without replies (a resolved response, returned outside)."""
-        if self._last_delivery(spore.id):
+        if self._fanout.last(spore.id):
             self._ops.append((DELETE, spore.id))
             self._kick()
 
     def dead(self, letter: DeadLetter) -> None:
         """Queue a dead letter: kept in the journal, and its spore no longer pending."""
         self._marking.settled(letter.spore.id, letter.agent)
-        self._ops.append((DEAD, letter, self._last_delivery(letter.spore.id)))
+        self._ops.append((DEAD, letter, self._fanout.last(letter.spore.id)))
         self._kick()
 
     def trace(self, step: TraceStep) -> None:
@@ -339,20 +348,7 @@ class Journal:
 
     def count_fanout(self, spore_id: str, targets: int) -> None:
         """Broadcast ``spore_id`` went to ``targets`` agents: it is done after the last."""
-        self._fanout[spore_id] = self._fanout.get(spore_id, 0) + targets
-
-    def _last_delivery(self, spore_id: str) -> bool:
-        fanout = self._fanout
-        if not fanout:
-            return True
-        left = fanout.get(spore_id)
-        if left is None:
-            return True
-        if left > 1:
-            fanout[spore_id] = left - 1
-            return False
-        del fanout[spore_id]
-        return True
+        self._fanout.count(spore_id, targets)
 
     def _kick(self) -> None:
         if not self._wake.is_set():
