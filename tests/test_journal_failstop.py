@@ -300,6 +300,32 @@ async def test_a_journal_file_deleted_after_its_last_commit_is_told_at_close(
                        "'shutdown'"]
 
 
+async def test_a_write_ahead_log_deleted_while_the_organism_runs_stops_the_run_keeping_what_was_committed(  # noqa: E501
+        tmp_path: Path) -> None:
+    # Found by a fault injector: with j.db-wal deleted mid-run, SQLite went on committing
+    # to the deleted log, sends returned as on disk, and a kill then left j.db without
+    # them, refused as "not a sporeflow journal".
+    gate = asyncio.Event()
+
+    async def slow(spore: Spore, ctx: Any) -> None:
+        await gate.wait()
+
+    path = tmp_path / "j.db"
+    org = organism_with({"slow": slow}, path)
+    async with org.running(drain_timeout=0.1):
+        first = await org.send("slow", {"n": 0})
+        os.unlink(f"{path}-wal")
+        with pytest.raises(JournalError, match="write-ahead log") as caught:
+            await org.send("slow", {"n": 1})
+        assert f"{path}-wal was deleted (or replaced)" in str(caught.value)
+        assert org.state == "failed"
+        # What a kill now leaves: the journal's file alone, with what was committed.
+        killed = tmp_path / "killed.db"
+        killed.write_bytes(path.read_bytes())
+        with JournalFile(killed) as left:
+            assert [s.id for s in left.pending()] == [first.id]
+
+
 FAN_OUT = """
 import asyncio, sys
 from sporeflow import Organism

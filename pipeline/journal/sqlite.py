@@ -52,10 +52,12 @@ __all__ = [
     "WAL_LIMIT",
     "booted_agents",
     "check_file",
+    "check_log_in_place",
     "connect",
     "describe_failure",
     "letter_row",
     "lock",
+    "log_identity",
     "logger",
     "refuse",
     "spores_json",
@@ -336,6 +338,37 @@ def check_in_place(fd: int | None) -> None:
             "the file was deleted (or replaced) while the organism ran: the next start on "
             "this path begins with no journal; keep the journal's folder out of "
             "temporary-file cleaners")
+
+
+def log_identity(path: Path) -> tuple[int, int] | None:
+    """Which file the journal at ``path`` has as its write-ahead log (``-wal``): its device
+    and inode, or None when it has none."""
+    try:
+        found = os.stat(f"{path}-wal")
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def check_log_in_place(conn: sqlite3.Connection, path: Path,
+                       log: tuple[int, int] | None) -> None:
+    """Raise if the write-ahead log the journal opened (``log``, its identity) was deleted or
+    replaced: SQLite would go on committing to the deleted file, and a kill would then
+    lose every commit since the last checkpoint. What was committed is first copied into
+    the journal's file (a checkpoint: the connection still has the deleted log open)."""
+    if log is None or log_identity(path) == log:
+        return
+    try:
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    except sqlite3.Error:
+        busy = 1
+    kept = (f"what was committed until then is in {path}" if not busy else
+            f"what was committed since the last checkpoint could not be copied into {path} "
+            f"and is lost if the process dies")
+    raise JournalError(
+        f"its write-ahead log {path}-wal was deleted (or replaced) while the organism ran; "
+        f"{kept}; keep {path.name} and its -wal and -shm files out of temporary-file "
+        f"cleaners")
 
 
 def describe_failure(path: Path, error: BaseException) -> str:

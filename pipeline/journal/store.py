@@ -68,10 +68,12 @@ from sporeflow.pipeline.journal.sqlite import (
     booted_agents,
     check_file,
     check_in_place,
+    check_log_in_place,
     compact,
     connect,
     file_size,
     lock,
+    log_identity,
     logger,
     owned,
     stored_spore,
@@ -125,6 +127,7 @@ class Journal:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._log: tuple[int, int] | None = None  # the write-ahead log's identity
         self._committing: Ops = []  # the batch on the writer thread
         self._closing = False
         self._stop = FailStop(self.path)
@@ -202,6 +205,7 @@ class Journal:
                 conn.execute("INSERT INTO meta (key, value) VALUES ('journal', ?)", row)
             self._key = row[0]
         self._marking.counted(counted)
+        self._log = log_identity(self.path)  # the write-ahead log, there once written to
         # Within a priority, spores running at a death go last (see journal.inflight).
         rows = conn.execute("SELECT spore, id FROM pending ORDER BY priority DESC, "
                             "id IN (SELECT id FROM crashes), seq").fetchall()
@@ -456,6 +460,7 @@ class Journal:
         if conn is None:
             raise JournalError(f"{self.path}: the journal is closed")
         check_in_place(self._lock_fd)
+        check_log_in_place(conn, self.path, self._log)
         removed, added = self._write(conn, batch)
         for spore_id in batch.boots:  # committed: noted for good
             self._boots.pop(spore_id, None)
