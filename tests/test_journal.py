@@ -246,6 +246,27 @@ async def test_a_damaged_journal_is_refused_and_left_untouched(tmp_path: Path) -
     assert path.read_bytes() == bytes(data)
 
 
+
+async def test_a_journal_whose_side_files_cannot_be_made_is_not_called_damaged(
+        tmp_path: Path) -> None:
+    # Found by a fault injector: on a read-only file system `dlq list` called a sound
+    # journal "damaged" and said to point the journal at another file. Here SQLite cannot
+    # create the journal's -shm beside it (a dangling link), as in a read-only folder.
+    source = tmp_path / "source.db"
+    running = Journal(source)
+    await running.open()
+    await running.record([Spore(knowledge={}, to_agent="a")])
+    path = tmp_path / "j.db"
+    path.write_bytes(source.read_bytes())  # what a killed run leaves: the file and its log
+    (tmp_path / "j.db-wal").write_bytes((tmp_path / "source.db-wal").read_bytes())
+    await running.close()
+    (tmp_path / "j.db-shm").symlink_to(tmp_path / "no such folder" / "shm")
+    with pytest.raises(JournalError, match="cannot open the journal") as caught:
+        JournalFile(path)
+    assert "damaged" not in str(caught.value)
+    assert "j.db-shm" in str(caught.value)
+    assert "writable" in str(caught.value)
+
 async def test_one_journal_cannot_serve_two_running_organisms(tmp_path: Path) -> None:
     first = Journal(tmp_path / "j.db")
     await first.open()

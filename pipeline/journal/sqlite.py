@@ -158,10 +158,26 @@ def check_file(path: Path) -> bool:
         if problems != ["ok"]:
             raise refuse(path, f"the journal is damaged ({problems[0]})")
     except sqlite3.DatabaseError as exc:
-        raise refuse(path, f"the journal is damaged ({exc})") from None
+        raise _unreadable(path, exc) from None
     finally:
         conn.close()
     return True
+
+
+def _unreadable(path: Path, error: sqlite3.DatabaseError) -> JournalError:
+    """Why SQLite could not read the journal at ``path``: the file is damaged, or SQLite
+    cannot open or write what it needs beside it (a read-only folder or file system)."""
+    name = getattr(error, "sqlite_errorname", "") or ""
+    if name.startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM")):
+        return JournalError(
+            f"{path}: cannot open the journal ({error}): SQLite keeps {path.name}-wal and "
+            f"{path.name}-shm beside it, and must be able to create and write them: make "
+            f"the folder writable (not on a read-only file system); the journal was left "
+            f"untouched")
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or not name:
+        return refuse(path, f"the journal is damaged ({error})")
+    return JournalError(f"{path}: cannot read the journal ({error}, {name}); it was left "
+                        f"untouched")
 
 
 def connect(path: Path, synchronous: Synchronous, *, exists: bool) -> sqlite3.Connection:
