@@ -440,3 +440,25 @@ def test_dlq_of_an_organism_without_journal_names_the_broker_it_may_have_run_on(
     assert result.exit_code == 1
     assert "has no journal" in result.stderr
     assert "pass the same --backend URL" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["replay", "purge"])
+async def test_a_journal_a_running_organism_holds_is_not_changed_behind_its_back(
+        tmp_path: Path, command: str) -> None:
+    # Replayed into the file, a letter would be delivered by the next start while the
+    # running organism, which still keeps it, could replay it too: handled twice.
+    def picky(spore: Spore, ctx: Any) -> None:
+        raise ValueError("never")
+
+    org = Organism(Organism.from_dict({"agents": {"picky": {"handler": picky}}}).spec,
+                   journal=tmp_path / "j.db")
+    async with org.running():
+        await org.send("picky", {})
+        await org.idle()
+        code, _, err = invoke("dlq", command, "--journal", str(tmp_path / "j.db"), "--all")
+        assert code != 0
+        assert "in use by a running organism" in err
+        assert "without --journal" in err
+    code, out, _ = invoke("dlq", "list", "--journal", str(tmp_path / "j.db"))
+    assert code == 0
+    assert len(out.splitlines()) == 1  # the letter is still there

@@ -192,6 +192,7 @@ def _apply(ctx: click.Context, source: _Source, choice: LetterChoice,
 
     def on_journal() -> _Outcome:
         with JournalFile(path) as journal:
+            journal.refuse_if_running(action)  # reading it is no change
             letters = journal.dead_letters(choice=choice)
             choice.require(letters, _agents_of(source), source.where, source.listing,
                            named=named)

@@ -21,6 +21,7 @@ from sporeflow.pipeline.journal.sqlite import (
     booted_agents,
     check_file,
     connect,
+    held_by_a_run,
     owner_of,
     stored_spore,
     to_json,
@@ -58,6 +59,17 @@ class JournalFile:
 
     def close(self) -> None:
         self._conn.close()
+
+    def refuse_if_running(self, action: str) -> None:
+        """Raise if ``action`` (but ``read``) would change a journal a running organism
+        holds: it keeps its dead letters in memory too, so a ``replay`` or ``purge`` made
+        here behind its back could be undone or done twice (replayed here and by it: a
+        letter handled twice)."""
+        if action != "read" and held_by_a_run(self.path):
+            raise JournalError(
+                f"{self.path}: the journal is in use by a running organism; {action} its "
+                f"dead letters through it: `sporeflow dlq {action} ORGANISM.yaml` without "
+                f"--journal asks the running organism (or stop it first)")
 
     def organism(self) -> str | None:
         """The name of the organism whose runs wrote this journal (None: not recorded)."""
