@@ -121,3 +121,45 @@ def test_a_gathered_request_its_asker_gave_up_on_is_never_handled(
     assert handled == ["first"]  # the gathered request was never worked on
     assert [(letter.reason, letter.spore.knowledge) for letter in organism.dead_letters] == [
         ("expired", {"q": "gathered"})]
+
+
+def test_a_request_that_expires_before_its_responder_runs_is_a_timeout_not_a_failure(
+        virtual: Callable[..., Any]) -> None:
+    """Found by fault injection (reqrep): a handler blocking the loop past a queued
+    request's timeout made the lane find the request expired before the asker's timer
+    fired, and the asker got ``HandlerError: agent 'kb' failed on request ... (expired)``
+    for an agent that never ran; a ``gather`` counted it as ``failed``, not ``missing``.
+    A request's expiry is its asker's timeout: ``RequestTimeout``, on every path."""
+    gathered: list[Any] = []
+
+    async def hog(spore: Spore, ctx: Any) -> None:
+        asyncio.get_running_loop()._now += 3.0  # type: ignore[attr-defined]  # time.sleep(3)
+
+    async def kb(spore: Spore, ctx: Any) -> dict[str, Any]:
+        return {"a": 1}
+
+    async def asker(spore: Spore, ctx: Any) -> None:
+        await ctx.send("hog", {})
+        gathered.append(await ctx.gather(["kb"], {}, timeout=1))
+
+    async def main(loop: VirtualClockLoop) -> tuple[Organism, BaseException]:
+        organism = Organism.from_dict({
+            "organism": {"name": "blocked-loop"}, "limits": {"loop_stall_warning": 0},
+            "agents": {"kb": {"handler": kb}, "hog": {"handler": hog},
+                       "asker": {"handler": asker, "peers": ["kb", "hog"]}}}, now=loop.wall)
+        async with organism.running():
+            await organism.send("hog", {})
+            try:
+                await organism.request("kb", {}, timeout=1)
+            except Exception as exc:  # noqa: BLE001  # what it is, is what is asserted
+                raised: BaseException = exc
+            await organism.send("asker", {})
+            await organism.idle()
+        return organism, raised
+
+    organism, raised = virtual(main)
+    assert isinstance(raised, RequestTimeout), repr(raised)
+    assert "expired before 'kb' could answer it" in str(raised)
+    [result] = gathered
+    assert (result.missing, result.failed) == (("kb",), {})
+    assert [letter.reason for letter in organism.dead_letters] == ["expired", "expired"]

@@ -239,7 +239,7 @@ class Ledger:
         failure = HandlerError(f"agent {agent!r} failed on request {spore.id} ({reason}): "
                                f"{text}", agent=agent, spore_id=spore.id)
         failure.__cause__ = error
-        self.requests.fail(spore.id, failure)
+        self.requests.fail(spore.id, failure, reason=reason)
         self.intake.settle(1)
 
     def describe(self, error: BaseException) -> str:

@@ -15,7 +15,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
 
-from sporeflow.config import DeliveryError, HandlerError
+from sporeflow.config import DeliveryError, HandlerError, RequestTimeout
+from sporeflow.config.reasons import Reason
 from sporeflow.steps import Spore
 
 __all__ = ["FAILURE_KEY", "RequestBook", "new_request_id"]
@@ -97,7 +98,9 @@ class RequestBook:
         if not future.done():
             _remember(self.answered, request_id, response.id)  # a second one is told why
             failure = response.metadata.get(FAILURE_KEY)
-            if isinstance(failure, dict):
+            if isinstance(failure, dict) and failure.get("reason") == Reason.EXPIRED:
+                future.set_exception(_expired(request_id, entry[1]))
+            elif isinstance(failure, dict):
                 future.set_exception(HandlerError(
                     f"agent {failure.get('agent')!r} failed on request {request_id} "
                     f"({failure.get('reason')}): {failure.get('error')}",
@@ -106,11 +109,13 @@ class RequestBook:
                 future.set_result(response)
         return True
 
-    def fail(self, request_id: str, error: BaseException) -> None:
-        """The handler of request ``request_id`` failed: its waiter raises ``error``."""
+    def fail(self, request_id: str, error: BaseException, *, reason: str) -> None:
+        """The handler of request ``request_id`` failed (``reason``): its waiter raises
+        ``error``, or, when it expired before it could run, ``RequestTimeout``."""
         entry = self._waiting.get(request_id)
         if entry is not None and not entry[0].done():
-            entry[0].set_exception(error)
+            entry[0].set_exception(_expired(request_id, entry[1]) if reason == Reason.EXPIRED
+                                   else error)
 
     def refused(self, request_id: str, reason: str, error: BaseException | None, *,
                 responder: str | None = None) -> None:
@@ -118,6 +123,9 @@ class RequestBook:
         entry = self._waiting.get(request_id)
         if entry is None or entry[0].done() or (responder is not None
                                                 and responder != entry[1]):
+            return
+        if reason == Reason.EXPIRED:
+            entry[0].set_exception(_expired(request_id, entry[1]))
             return
         entry[0].set_exception(error if isinstance(error, Exception) else DeliveryError(
             f"request {request_id} was refused: {reason}", reason=reason))
@@ -127,6 +135,16 @@ class RequestBook:
         for future, _ in self._waiting.values():
             if not future.done():
                 future.set_exception(error())
+
+
+def _expired(request_id: str, agent: str) -> RequestTimeout:
+    """What the asker of request ``request_id`` raises when it (or its response) expired
+    on its way: a request expires with its asker's timeout, so that is a timeout, whichever
+    stage or process noticed it first, never the responder's failure."""
+    return RequestTimeout(
+        f"no response from {agent!r} to request {request_id}: it expired (its timeout "
+        f"passed) before {agent!r} could answer it, {agent!r} busy or the event loop "
+        f"blocked; give the request a longer timeout, or {agent!r} more concurrency")
 
 
 def _remember(ids: OrderedDict[str, _V], request_id: str, value: _V) -> None:
