@@ -252,8 +252,9 @@ def _response_refusal(spore: Spore, asked: Callable[[str], str | None],
             f"response {spore.id} to request {reply_to} comes from {spore.from_agent!r}, "
             f"but the request went to {responder!r}", reason=Reason.UNEXPECTED_RESPONSE)
     if reply_to in abandoned:
-        return DeliveryError(f"response {spore.id} came after request {reply_to} timed out",
-                             reason=Reason.LATE_RESPONSE)
+        return DeliveryError(f"response {spore.id} came after the asker of request "
+                             f"{reply_to} stopped waiting (its timeout passed, or it was "
+                             f"cancelled)", reason=Reason.LATE_RESPONSE)
     if reply_to in answered:
         if answered[reply_to] == spore.id:
             return _COPY

@@ -7,6 +7,7 @@ Time-based behaviour (timeouts, backoff, expiry) runs on the virtual clock of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -391,6 +392,44 @@ def test_request_timeout_raises_and_the_late_response_is_dead_lettered(virtual: 
         assert late[0].spore.spore_type == "response"
         assert stats["agents"]["slow"]["handled"] == 1
         assert stats["dead_letters"]["by_reason"] == {"late response": 1}
+
+    virtual(main)
+
+
+def test_a_response_to_a_request_whose_asker_was_cancelled_is_a_late_response(
+        virtual: Any) -> None:
+    # Found by fault injection (reqrep): an asker cancelled while it waited (its task
+    # cancelled, asyncio.wait_for, a handler's timeout around ctx.request) left no trace
+    # of its request, and the response that came later was an 'unexpected response',
+    # "answers ..., which is no pending request", as a forged one is.
+    async def main(loop: Any) -> None:
+        gate = asyncio.Event()
+
+        async def slow(spore: Spore, ctx: Any) -> dict[str, bool]:
+            await gate.wait()
+            return {"late": True}
+
+        async def asker(spore: Spore, ctx: Any) -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ctx.request("slow", {}, timeout=60), 1)
+
+        org = Organism.from_dict({"agents": {
+            "slow": {"handler": slow, "concurrency": 2},
+            "asker": {"handler": asker, "peers": ["slow"]}}})
+        async with org.running():
+            waiting = asyncio.create_task(org.request("slow", {}, timeout=60))
+            await org.send("asker", {})
+            await asyncio.sleep(2)  # virtual time: both askers stopped waiting
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            gate.set()
+            await org.idle()
+
+        late = letters(org, "late response")
+        assert len(late) == 2, [(d.reason, d.error) for d in org.dead_letters]
+        assert all("stopped waiting" in letter.error for letter in late)
+        assert org.stats()["dead_letters"]["by_reason"] == {"late response": 2}
 
     virtual(main)
 

@@ -293,7 +293,6 @@ class Ingress:
         and await its response (``admit_within``: as :meth:`enter`)."""
         timeout = timeout_seconds(timeout)  # a bad one raises here, nothing opened
         future = self.requests.open(spore)
-        timed_out = False
         deadline = asyncio.get_running_loop().time() + timeout
         try:
             # From outside, over a broker (never with a journal: refused at start).
@@ -317,7 +316,6 @@ class Ingress:
                 # Settled before our clock struck (in the turn of the loop in which it
                 # did): its response, or the responder's failure, is the answer.
                 return future.result()
-            timed_out = True
             hint = (f"; {spore.to_agent!r} handled it, and no response came back (a "
                     f"request is answered by what its handler returns, or by ctx.reply: "
                     f"did it return None?)"
@@ -326,7 +324,7 @@ class Ingress:
                 f"no response from {spore.to_agent!r} to request {spore.id} within "
                 f"{timeout}s{hint}") from None
         finally:
-            self.requests.close(spore.id, timed_out=timed_out)
+            self.requests.close(spore.id)
             if future.done() and not future.cancelled():
                 future.exception()  # a refusal raised here already: asyncio must not report it
 

@@ -52,11 +52,12 @@ class RequestBook:
         self._waiting[spore.id] = (future, spore.to_agent or "")
         return future
 
-    def close(self, request_id: str, *, timed_out: bool = False) -> None:
-        """Stop waiting; a response that comes after a timeout is a ``late response``."""
-        self._waiting.pop(request_id, None)
+    def close(self, request_id: str) -> None:
+        """Stop waiting. Unanswered (its asker timed out, or was cancelled), the request is
+        remembered: a response that comes after is a ``late response``."""
+        entry = self._waiting.pop(request_id, None)
         self._returned.discard(request_id)
-        if timed_out:
+        if entry is not None and (entry[0].cancelled() or not entry[0].done()):
             _remember(self.abandoned, request_id, None)
 
     def returned(self, request_id: str) -> None:
@@ -113,7 +114,7 @@ class RequestBook:
         """The handler of request ``request_id`` failed (``reason``): its waiter raises
         ``error``, or, when it expired before it could run, ``RequestTimeout``."""
         entry = self._waiting.get(request_id)
-        if entry is not None and not entry[0].done():
+        if entry is not None and (entry[0].cancelled() or not entry[0].done()):
             entry[0].set_exception(_expired(request_id, entry[1]) if reason == Reason.EXPIRED
                                    else error)
 
