@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from sporeflow.config import RequestTimeout
+from sporeflow.config import HandlerError, RequestTimeout
 from sporeflow.pipeline import Organism, Spore
+from sporeflow.pipeline.core.requests import RequestBook
 
 from .conftest import VirtualClockLoop
 
@@ -163,3 +164,18 @@ def test_a_request_that_expires_before_its_responder_runs_is_a_timeout_not_a_fai
     [result] = gathered
     assert (result.missing, result.failed) == (("kb",), {})
     assert [letter.reason for letter in organism.dead_letters] == ["expired", "expired"]
+
+
+@pytest.mark.parametrize("reason", ["expired", "handler failed"])
+async def test_a_failure_told_to_a_request_whose_asker_was_cancelled_raises_nothing(
+        reason: str) -> None:
+    # Between its asker's cancellation and the asker's own `finally` (a turn of the loop),
+    # the request is still in the book, its future cancelled: telling it a failure must
+    # not raise InvalidStateError into the ledger that tells it.
+    book = RequestBook()
+    request = Spore(knowledge={}, to_agent="kb")
+    future = book.open(request)
+    future.cancel()
+    book.fail(request.id, HandlerError("boom", agent="kb", spore_id=request.id),
+              reason=reason)
+    assert future.cancelled()

@@ -114,7 +114,7 @@ class RequestBook:
         """The handler of request ``request_id`` failed (``reason``): its waiter raises
         ``error``, or, when it expired before it could run, ``RequestTimeout``."""
         entry = self._waiting.get(request_id)
-        if entry is not None and (entry[0].cancelled() or not entry[0].done()):
+        if entry is not None and not entry[0].done():  # a cancelled one is done too
             entry[0].set_exception(_expired(request_id, entry[1]) if reason == Reason.EXPIRED
                                    else error)
 
