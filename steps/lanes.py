@@ -357,6 +357,10 @@ class AgentLane(SlotLending):
                 self._quiet = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._quiet)
 
+    def handling(self) -> list[Spore]:
+        """The spores whose handlers run now (read off their suspended tasks)."""
+        return [found[0] for task in self._running if (found := handler_at(task)) is not None]
+
     def _check_quiet(self) -> None:
         quiet = self._quiet
         if (quiet is not None and not quiet.done() and not self._running

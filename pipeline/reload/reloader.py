@@ -16,6 +16,11 @@ letters) and its lane drains what it already holds. A new agent starts and
 gets its ``boot`` spore. Channels update the intake and the routing table;
 ``limits.max_in_flight`` applies to the next admission.
 
+A reload never waits for a swap (a handler may never end). An agent changed or removed
+again while its swap still waits stacks: its lanes form a chain (:class:`_Swap`), each
+running once the lanes before it hold no slot, what the older ones leave going to the
+newest; so the newest settings win once the old handlers end.
+
 What cannot change in a running organism (``organism.*`` such as the backend,
 and the limits the chain's stages hold) is kept, and the report warns that it
 takes effect at the next start.
@@ -96,12 +101,34 @@ _logger = logging.getLogger("sporeflow.reload")
 _LENT_CHECK = 0.05
 
 
+class _Chain:
+    """One agent's swaps still going: ``newest`` takes what the older lanes leave (the
+    agent in the wiring, or the last one it had if a reload removed it)."""
+
+    __slots__ = ("newest",)
+
+    def __init__(self, newest: AgentRuntime) -> None:
+        self.newest = newest
+
+
+class _Swap:
+    """A hand-over from ``old``, after ``after`` (the agent's swap still going when it
+    began, or None): ``released`` once no lane up to ``old``'s holds a slot (the new lane
+    may run); ``task`` ends once it has finished, after ``after``'s."""
+
+    __slots__ = ("after", "chain", "old", "released", "task")
+    task: asyncio.Task[None]  # set once made
+
+    def __init__(self, chain: _Chain, old: AgentRuntime, after: _Swap | None) -> None:
+        self.chain, self.old, self.after = chain, old, after
+        self.released = asyncio.Event()
+
 
 class Reloader:
     """Reloads one organism: ``Organism.reload`` calls :meth:`reload`.
 
-    Reloads run one at a time. A reload that changes or removes an agent still
-    handing over from the previous reload waits for that hand-over first.
+    Reloads run one at a time, and none waits for a hand-over: one that changes or
+    removes an agent still handing over chains onto it (see the module docstring).
     """
 
     def __init__(self, organism: ReloadPort) -> None:
@@ -109,9 +136,10 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._sources = HandlerSources()
         self._sources.track(organism.spec)
-        self._handovers: dict[str, asyncio.Task[None]] = {}  # by agent
+        self._handovers: dict[str, _Swap] = {}  # the newest, by agent in the wiring
+        self._tasks: set[asyncio.Task[None]] = set()  # hand-overs and retirements
         # Lanes that left the routing table and still finish work: stop() cancels them.
-        self._retiring: dict[AgentLane, tuple[str, asyncio.Task[None] | None]] = {}
+        self._retiring: dict[AgentLane, str] = {}
         self._closing = False
         self.count = 0
         self.last: ReloadReport | None = None
@@ -124,14 +152,10 @@ class Reloader:
         """The organism stops: end the hand-overs, and return the lanes still draining
         (name, lane) so that ``stop()`` cancels and dead-letters what they hold."""
         self._closing = True
-        for handover in self._handovers.values():
-            handover.cancel()
+        for task in self._tasks:
+            task.cancel()
         self._handovers.clear()
-        lanes = []
-        for lane, (name, task) in self._retiring.items():
-            if task is not None:
-                task.cancel()
-            lanes.append((name, lane))
+        lanes = [(name, lane) for lane, name in self._retiring.items()]
         self._retiring.clear()
         return lanes
 
@@ -202,19 +226,12 @@ class Reloader:
             if rule:
                 return refusal(str(file), started, [f"{file}: {rule}"], reimported=reimported)
         notes = warnings + restart_only(Path(file), diff)
-        previous = [task for name, task in self._handovers.items()
-                    if name in diff.changed or name in diff.removed]
-        if previous:  # one swap at a time per agent; the others go ahead
-            await asyncio.wait(previous)
-            if organism.state in ("stopping", "failed"):
-                return refusal(str(file), started, [
-                    f"{file}: organism {organism.spec.name!r} began stopping during the "
-                    f"reload; nothing was applied"], reimported=reimported)
         applied = replace(
             old, agents=new.agents, channels=new.channels, source=new.source,
             base_dir=new.base_dir, description=new.description,
             limits=replace(old.limits, **{k: getattr(new.limits, k) for k in LIVE_LIMITS}))
         if organism.state == "running":
+            notes += self._stacked(diff.changed)
             self._switch(applied, diff)
             notes += await self._start_added(diff.added)
         else:
@@ -262,16 +279,39 @@ class Reloader:
             bases[name] = base = _counters(old_lane)
             for counter, value in base.items():  # the agent's counts go on, not restart
                 setattr(new_lane, counter, value)
-            self._retiring[old_lane] = (name, None)
-            self._announce(name, "running", "reloading")
+            self._retiring[old_lane] = name
+            if name not in self._handovers:
+                self._announce(name, "running", "reloading")
         for name in diff.removed:
             lane = old_agents[name].lane
-            self._retiring[lane] = (name, self._spawn(self._retire(name, old_agents[name])))
-            self._announce(name, "running", "stopping")
+            self._retiring[lane] = name
+            after = self._handovers.pop(name, None)
+            self._spawn(self._retire(name, old_agents[name], after))
+            self._announce(name, "reloading" if after else "running", "stopping")
         for name in diff.changed:
-            self._handovers[name] = self._spawn(
-                self._hand_over(name, old_agents[name], built[name], bases[name],
-                                refusers[name]))
+            after = self._handovers.get(name)
+            chain = after.chain if after is not None else _Chain(built[name])
+            chain.newest = built[name]
+            swap = self._handovers[name] = _Swap(chain, old_agents[name], after)
+            swap.task = self._spawn(self._hand_over(
+                name, swap, built[name], bases[name], refusers[name]))
+
+    def _stacked(self, changed: Iterable[str]) -> list[str]:
+        """Notes on the changed agents whose previous swap still waits on handlers."""
+        notes = []
+        for name in changed:
+            swap, spores = self._handovers.get(name), []
+            if swap is None or swap.released.is_set():
+                continue
+            while swap is not None:  # the lanes before it, whose handlers hold slots
+                spores += [spore.id for spore in swap.old.lane.handling()]
+                swap = swap.after
+            notes.append(
+                f"agent {name!r}: the previous reload's settings still wait for the "
+                f"handlers in flight (spores {', '.join(spores) or '-'}); these replace "
+                f"them, once those end (one that never ends holds them until a restart: "
+                f"give {name!r} a `timeout`)")
+        return notes
 
     def _refuser(self, name: str) -> Callable[[Spore], bool] | None:
         """What dead-letters a spore held for ``name`` that its new schema refuses (True:
@@ -306,7 +346,7 @@ class Reloader:
                     notes.append(f"the boot spore of new agent {name!r} was not sent: {exc}")
         return notes
 
-    async def _hand_over(self, name: str, old: AgentRuntime, new: AgentRuntime,
+    async def _hand_over(self, name: str, swap: _Swap, new: AgentRuntime,
                          base: dict[str, int], refuse: Callable[[Spore], bool] | None,
                          ) -> None:
         """Let the old lane's in-flight handlers finish, then run the new lane.
@@ -314,8 +354,11 @@ class Reloader:
         ``base`` holds the old lane's counters when the new lane took over; ``refuse``
         dead-letters what the new schema refuses of what the old lane still leaves.
         """
+        old, chain, after = swap.old, swap.chain, swap.after
         old_lane, new_lane = old.lane, new.lane
         try:
+            if after is not None:
+                await after.released.wait()
             await _until_no_slot_held(old_lane)
             if self._closing:
                 return
@@ -323,27 +366,42 @@ class Reloader:
                 state = old.actor.save()  # a class agent's state outlives its code
                 if state is not None:
                     new.actor.load(state)
-            new_lane.resume()
+            if chain.newest is new:  # else a newer swap replaced it before it ran
+                new_lane.resume()
+            swap.released.set()
             await old_lane.wait_quiet()
             if self._closing:
                 return
-            # What the last handlers of the old lane left: retries now due on the new one.
-            counted_twice = _move(old_lane, new_lane, refuse)
+            # What the last handlers of the old lane left: retries now due on the newest
+            # lane (checked by its schema, should a later reload have changed it).
+            newest = chain.newest.lane
+            if newest is not new_lane:
+                refuse = self._refuser(name)
+            counted_twice = _move(old_lane, newest, refuse)
             for counter, value in _counters(old_lane).items():  # what they did meanwhile
-                setattr(new_lane, counter, getattr(new_lane, counter) + value - base[counter])
-            new_lane.received -= counted_twice
+                setattr(newest, counter, getattr(newest, counter) + value - base[counter])
+            newest.received -= counted_twice
+            if after is not None:  # swaps end in order: an older lane may share our actor
+                await asyncio.wait([after.task])  # however it ended
+                if self._closing:
+                    return
             if old.actor is not None and old.actor is not new.actor:
                 await self._stop_actor(name, old)
-            self._announce(name, "reloading", "running")
+            if self._handovers.get(name) is swap:
+                self._announce(name, "reloading", "running")
         finally:
+            swap.released.set()  # a crash must not hold the newer swaps back
             self._retiring.pop(old_lane, None)
-            if self._handovers.get(name) is asyncio.current_task():
+            if self._handovers.get(name) is swap:
                 del self._handovers[name]
 
-    async def _retire(self, name: str, agent: AgentRuntime) -> None:
-        """Let a removed agent's lane finish what it holds, retries included."""
+    async def _retire(self, name: str, agent: AgentRuntime, after: _Swap | None) -> None:
+        """Let a removed agent's lane finish what it holds, retries included (after the
+        swap it still waited on, which runs it and gives it what the old lanes left)."""
         lane = agent.lane
         try:
+            if after is not None:
+                await asyncio.wait([after.task])  # however it ended
             while True:
                 await lane.wait_quiet()
                 if self._closing:
@@ -370,6 +428,8 @@ class Reloader:
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(
             work, name=f"sporeflow:{self._organism.spec.name}:reload")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_log_crash)
         return task
 
