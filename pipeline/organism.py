@@ -343,18 +343,18 @@ class Organism(OutsideApi):
         if self._state not in (State.RUNNING, State.FAILED) or run is None:
             return 0
         self._set_state(State.STOPPING)
+        ends = None if drain_timeout is None else asyncio.get_running_loop().time() + drain_timeout
         run.intake.close()
         await self.sources.stop()  # first: they admit nothing more (see sources.runner)
         if self._bridge is not None:  # take no new deliveries; finish those taken
             await self._bridge.stop_consuming(drain_timeout)
-        # Lanes a reload retired (removed or replaced agents) may still hold work too;
-        # what the chain did not take is dead-lettered.
+        # Lanes a reload retired may hold work too; what the chain did not take: dead letters.
         left = await drain_then_abandon(run, lambda: [
             *((name, agent.lane) for name, agent in self._cell.current.agents.items()),
             *self._reloader.close()], drain_timeout, hurry)
         await run.finish_chain()
         self._requests.stop(lambda: OrganismStateError("the organism stopped"))
-        await self._agent_states.stop(self._cell.current.agents)  # on_stop hooks, after the drain
+        await self._agent_states.stop(self._cell.current.agents, until=ends, hurry=hurry)  # hooks
         if self._builder is not None:  # sync handlers' threads; abandoned ones not waited for
             self._builder.close()
         await self._procpool.close()

@@ -199,3 +199,32 @@ def test_a_state_file_nested_past_the_parser_is_refused_by_name(tmp_path: Path) 
     with pytest.raises(OrganismStateError, match="is not JSON \\(it nests deeper than the "
                                                  "parser goes\\); remove it to start afresh"):
         read_snapshot(path)
+
+
+async def test_an_on_stop_that_hangs_is_abandoned_within_the_drain_timeout(
+        caplog: pytest.LogCaptureFixture) -> None:
+    stopped: list[str] = []
+
+    class Hangs:
+        async def handle(self, spore: Spore, ctx: Any) -> None:
+            return None
+
+        async def on_stop(self) -> None:
+            await asyncio.Event().wait()  # a connection that never closes, say
+
+    class Polite:
+        async def handle(self, spore: Spore, ctx: Any) -> None:
+            return None
+
+        async def on_stop(self) -> None:
+            stopped.append("polite")
+
+    organism = Organism.from_dict({"agents": {"hangs": {"handler": Hangs, "lazy": False},
+                                              "polite": {"handler": Polite, "lazy": False}}})
+    await organism.start()
+    stop = asyncio.ensure_future(organism.stop(drain_timeout=0.2))
+    done, _ = await asyncio.wait({stop}, timeout=10)  # a backstop: the stop must end by itself
+    assert done, "the stop waited on the hanging on_stop"
+    assert organism.state == "stopped"
+    assert stopped == ["polite"]  # the other agents' hooks still ran
+    assert "on_stop of agent 'hangs' did not end within" in caplog.text

@@ -38,6 +38,7 @@ from sporeflow.steps import Spore
 __all__ = ["AgentStates", "ClassAgent", "read_snapshot", "write_snapshot"]
 
 SNAPSHOT_VERSION = 1
+HOOK_GRACE = 0.5  # seconds on_stop hooks get at least, even once a stop's drain used its time
 _NOTHING: Any = object()
 
 
@@ -83,10 +84,26 @@ class ClassAgent:
         else:
             _load_into(self.instance, state, self.name)
 
-    async def stop(self) -> None:
+    async def stop(self, logger: logging.Logger, *, within: float | None = None,
+                   hurry: asyncio.Future[None] | None = None) -> None:
+        """Run the instance's ``on_stop`` if it has one, for at most ``within`` seconds
+        (None: no bound) and not past ``hurry``: a hook that fails is logged, one that
+        has not ended by then is cancelled, logged and abandoned. The hook is the
+        user's code: whatever it does, the stop goes on."""
         on_stop = getattr(self.instance, "on_stop", None) if self.instance is not None else None
-        if on_stop is not None:
-            await on_stop()
+        if on_stop is None:
+            return
+        hook = asyncio.ensure_future(on_stop())
+        waited: set[asyncio.Future[Any]] = {hook} if hurry is None else {hook, hurry}
+        await asyncio.wait(waited, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        if not hook.done():
+            hook.cancel()  # not awaited: a hook that ignores its cancellation is let go
+            hook.add_done_callback(_retrieved)
+            logger.error("on_stop of agent %r did not end within %ss of the stop's drain "
+                         "timeout; cancelled and abandoned (make it finish sooner, or give "
+                         "the stop a longer drain timeout)", self.name, within)
+        elif not hook.cancelled() and (error := hook.exception()) is not None:
+            logger.error("on_stop of agent %r failed", self.name, exc_info=error)
 
     async def call(self, spore: Spore, ctx: Any, threads: AgentThreads, *,
                    payload: Any = _NOTHING) -> Any:
@@ -104,6 +121,12 @@ class ClassAgent:
             return method(given, ctx)
         # A plain method may block: it runs on a thread of the agent, off the loop.
         return await threads.run(method, given, ctx, spore=spore)
+
+
+def _retrieved(hook: asyncio.Future[Any]) -> None:
+    """An abandoned hook's end: its exception taken, so asyncio does not report it."""
+    if not hook.cancelled():
+        hook.exception()
 
 
 def _load_into(instance: Any, state: Any, name: str) -> None:
@@ -153,18 +176,23 @@ class AgentStates:
                         f"{agent.actor.cls.__qualname__!r} raised {type(exc).__name__}: "
                         f"{exc}") from exc
 
-    async def stop(self, agents: Mapping[str, AgentRuntime]) -> None:
-        """Run each made instance's ``on_stop``; a failing hook is logged, not raised."""
+    async def stop(self, agents: Mapping[str, AgentRuntime], *, until: float | None = None,
+                   hurry: asyncio.Future[None] | None = None) -> None:
+        """Run each made instance's ``on_stop``, side by side, until the loop's time
+        ``until`` (a stop's drain deadline; a grace of ``HOOK_GRACE`` seconds at least) or
+        ``hurry`` (see :meth:`ClassAgent.stop`): one hook that hangs holds up no other, nor
+        the stop past then; a failing or hanging hook is logged, not raised."""
+        within = None if until is None else max(
+            HOOK_GRACE, until - asyncio.get_running_loop().time())
+        stopping: list[ClassAgent] = []
         for agent in agents.values():
             actors = [agent.actor] if agent.actor is not None else []
             if agent.keys is not None:  # each live key's instance (steps.keytable)
                 actors = [holder.actor for holder in agent.keys.live.values()
                           if getattr(holder, "actor", None) is not None]
-            for actor in actors:
-                try:
-                    await actor.stop()
-                except Exception:
-                    self.logger.exception("on_stop of agent %r failed", actor.name)
+            stopping.extend(actors)
+        await asyncio.gather(*(actor.stop(self.logger, within=within, hurry=hurry)
+                               for actor in stopping))
 
     def save(self, agents: Mapping[str, AgentRuntime],
              port: SnapshotPort | None = None) -> dict[str, Any]:

@@ -386,7 +386,7 @@ class Reloader:
                 if self._closing:
                     return
             if old.actor is not None and old.actor is not new.actor:
-                await self._stop_actor(name, old)
+                await self._stop_actor(old)
             if self._handovers.get(name) is swap:
                 self._announce(name, "reloading", "running")
         finally:
@@ -411,19 +411,15 @@ class Reloader:
                     break
                 for spore, tries in retries:  # nothing will swap in: retry at once
                     lane.deliver(spore, tries + 1)
-            await self._stop_actor(name, agent)
+            await self._stop_actor(agent)
             self._announce(name, "stopping", "stopped")
             self._organism.wiring().retired.settled(lane)  # its counts stay, not it
         finally:
             self._retiring.pop(lane, None)
 
-    async def _stop_actor(self, name: str, agent: AgentRuntime) -> None:
-        if agent.actor is None:
-            return
-        try:
-            await agent.actor.stop()
-        except Exception:  # the hook is the user's code: log it, the reload goes on
-            self._organism.logger.exception("on_stop of agent %r failed", name)
+    async def _stop_actor(self, agent: AgentRuntime) -> None:
+        if agent.actor is not None:  # the hook is the user's code: logged, the reload goes on
+            await agent.actor.stop(self._organism.logger)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(
