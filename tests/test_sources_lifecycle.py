@@ -253,3 +253,25 @@ async def test_a_source_runs_only_in_the_processes_hosting_its_target(
         assert others.stats()["agents"]["other"]["handled"] == 5
         assert readers.stats()["sources"]["news"]["state"] == "not hosted here"
         assert others.stats()["sources"]["jobs"]["state"] == "not hosted here"
+
+
+async def test_a_followed_file_rotated_away_is_followed_at_its_path_again(
+        tmp_path: Path) -> None:
+    path = tmp_path / "grow.log"
+    path.write_text("one\n")
+    got, take = collector()
+    organism = Organism.from_dict({
+        "agents": {"reader": {"handler": take}},
+        "sources": {"log": {"kind": "lines", "path": "grow.log", "follow": True,
+                            "start_at": "beginning", "poll": "10ms", "to": "reader"}}},
+        base_dir=tmp_path)
+    async with organism.running():
+        await until(lambda: len(got) == 1, "the first line")
+        path.rename(tmp_path / "grow.log.1")  # logrotate: renamed, a new file made
+        with (tmp_path / "grow.log.1").open("a") as old:
+            old.write("two\nlast")  # written before its writer reopened; no newline last
+        path.write_text("three\n")
+        await until(lambda: len(got) == 4, "the lines of the new file")
+    assert [s.knowledge for s in got] == [
+        {"line": "one", "number": 1}, {"line": "two", "number": 2},
+        {"line": "last", "number": 3}, {"line": "three", "number": 1}]

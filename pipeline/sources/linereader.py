@@ -18,6 +18,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 __all__ = ["ChunkReader"]
@@ -31,8 +32,10 @@ class ChunkReader:
     b"" at its end, for now if it is a file still growing) and whether the file was
     truncated and read again from its start before that line."""
 
-    def __init__(self, stream: BinaryIO, limit: int, *, name: str, owned: bool) -> None:
+    def __init__(self, stream: BinaryIO, limit: int, *, name: str, owned: bool,
+                 path: Path | None = None) -> None:
         self._stream = stream
+        self._path = path  # followed: a file put in its place (rotated) is read next
         self._limit = limit
         self._owned = owned  # closed when the reader closes (a file; never stdin)
         # Each ask: where to hand what its work gives; None: close.
@@ -83,11 +86,31 @@ class ChunkReader:
     def _next(self) -> tuple[bytes, bool]:
         line = self._stream.readline(self._limit)
         if not line and self._owned and self._stream.seekable():
-            # At the end of a file: if it was truncated (rewritten), start over.
-            if os.fstat(self._stream.fileno()).st_size < self._stream.tell():
+            # At the end of a file: if it was truncated (rewritten), start over; if
+            # another file took its path (rotated: renamed, or deleted, and made again),
+            # go on with that one from its start, as `tail -F` does.
+            held = os.fstat(self._stream.fileno())
+            if self._replaced(held):
+                assert self._path is not None
+                replacement = open(self._path, "rb")  # noqa: SIM115  (closed as the old one)
+                self._stream.close()
+                self._stream = replacement
+                return self._stream.readline(self._limit), True
+            if held.st_size < self._stream.tell():
                 self._stream.seek(0)
                 return self._stream.readline(self._limit), True
         return line, False
+
+    def _replaced(self, held: os.stat_result) -> bool:
+        """Whether the followed path now names another file than the one read (a path
+        with no file yet, between a rotation's rename and its new file: not yet)."""
+        if self._path is None:
+            return False
+        try:
+            now = os.stat(self._path)
+        except OSError:
+            return False
+        return (now.st_ino, now.st_dev) != (held.st_ino, held.st_dev)
 
     def _count_before(self) -> int:
         if not (self._owned and self._stream.seekable()):

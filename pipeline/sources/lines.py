@@ -5,7 +5,8 @@ included), or with ``json: true`` the line's JSON object itself (blank lines ski
 A line that is no JSON object, or longer than ``limits.max_spore_bytes``, is a dead
 letter naming ``FILE:N``, and reading goes on. With ``follow: true`` the source waits at
 the end of the file for lines appended (a part of a line waits for its newline; a file
-truncated is read again from its start); standard input ends at its end.
+truncated, or another put in its place (rotated), is read again from its start);
+standard input ends at its end.
 
 Each start reads a file from ``start_at``: its beginning, or its end (the default when
 following: a log read again at each restart would be handled twice). Either way N is the
@@ -53,7 +54,7 @@ class Lines(Source):
                 _open_at, self.spec.path, end=self.spec.start_at == "end")
             owned = True
         self._reader = ChunkReader(stream, self.max_bytes + 1, name=self.feed.spec.name,
-                                   owned=owned)
+                                   owned=owned, path=self.spec.path if self.spec.follow else None)
 
     async def run(self) -> None:
         assert self._reader is not None, "opened first"
@@ -63,12 +64,12 @@ class Lines(Source):
             number = await reader.lines_before()
             while True:
                 chunk, rewound = await reader.read()
-                if rewound:  # the file was truncated: its lines count from 1 again
+                if rewound:  # the file was truncated or rotated: its lines count from 1 again
+                    await self._last(number, pending, too_long)
                     number, pending, too_long, self._mid_line = 0, b"", False, False
                 if not chunk:
                     if not follow:
-                        if (pending or too_long) and not self._mid_line:  # no newline last
-                            await self._line(number + 1, pending, too_long=too_long)
+                        await self._last(number, pending, too_long)
                         return
                     await asyncio.sleep(self.spec.poll)  # as tail -f: look again later
                     continue
@@ -86,6 +87,12 @@ class Lines(Source):
                 await self._line(number, line, too_long=long_line)
         finally:
             reader.close()
+
+    async def _last(self, number: int, pending: bytes, too_long: bool) -> None:
+        """The file's last line, which no newline ended (at its end, or as it was
+        truncated or rotated): a line all the same, unless begun before the start."""
+        if (pending or too_long) and not self._mid_line:
+            await self._line(number + 1, pending, too_long=too_long)
 
     async def _line(self, number: int, raw: bytes, *, too_long: bool) -> None:
         self.stats.counts["lines"] += 1
