@@ -228,3 +228,30 @@ async def test_an_on_stop_that_hangs_is_abandoned_within_the_drain_timeout(
     assert organism.state == "stopped"
     assert stopped == ["polite"]  # the other agents' hooks still ran
     assert "on_stop of agent 'hangs' did not end within" in caplog.text
+
+
+async def test_a_snapshot_refused_for_one_agent_changes_no_other() -> None:
+    async def count(spore: Spore, ctx: Any) -> None:
+        ctx.state["n"] = ctx.state.get("n", 0) + 1
+
+    class Forgetful:  # keeps no state: it has no load_state
+        async def handle(self, spore: Spore, ctx: Any) -> None:
+            return None
+
+    organism = Organism.from_dict({"agents": {"a": {"handler": count},
+                                              "b": {"handler": count},
+                                              "c": {"handler": Forgetful}}})
+    async with organism.running():
+        await organism.send("a", {})
+        await organism.idle()
+        with pytest.raises(OrganismStateError, match="agent 'b' is a function agent: its "
+                                                     "state must be a dict"):
+            organism.load_state({"sporeflow_state": 1, "agents": {"a": {"n": 100}, "b": 5}})
+        with pytest.raises(OrganismStateError, match="agent 'c' has saved state but its "
+                                                     "class .*Forgetful' has no load_state"):
+            organism.load_state({"sporeflow_state": 1, "agents": {"a": {"n": 100},
+                                                                  "c": {"x": 1}}})
+        assert organism.save_state()["agents"] == {"a": {"n": 1}}  # as it was
+        await organism.send("c", {})  # nothing pending for c: its spores are handled
+        await organism.idle()
+    assert list(organism.dead_letters) == []

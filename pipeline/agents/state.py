@@ -130,12 +130,18 @@ def _retrieved(hook: asyncio.Future[Any]) -> None:
 
 
 def _load_into(instance: Any, state: Any, name: str) -> None:
-    load = getattr(instance, "load_state", None)
-    if load is None:
-        raise OrganismStateError(
-            f"agent {name!r} has saved state but its class {type(instance).__qualname__!r} "
-            f"has no load_state(state) method; add one or drop its entry from the snapshot")
-    load(state)
+    if (refusal := _class_refusal(type(instance), name)) is not None:
+        raise refusal
+    instance.load_state(state)
+
+
+def _class_refusal(cls: type, name: str) -> OrganismStateError | None:
+    """Why agent ``name``'s class ``cls`` cannot take saved state, if it cannot."""
+    if callable(getattr(cls, "load_state", None)):
+        return None
+    return OrganismStateError(
+        f"agent {name!r} has saved state but its class {cls.__qualname__!r} has no "
+        f"load_state(state) method; add one or drop its entry from the snapshot")
 
 
 class AgentStates:
@@ -240,8 +246,12 @@ class AgentStates:
             raise OrganismStateError(
                 f"the snapshot's 'keys' must map each keyed agent to {{key: state}}, got "
                 f"{keys!r:.80}")
-        # A bad spore raises here, before any state is applied.
+        # A bad spore, or a state an agent running cannot take, raises here, before any
+        # state is applied: a snapshot is loaded whole or not at all.
         spores = parse(snapshot[SPORES]) if SPORES in snapshot else []
+        for name, state in snapshot["agents"].items():
+            if name in agents and (refusal := _refusal(agents[name], state)) is not None:
+                raise refusal
         for name, state in snapshot["agents"].items():
             agent = agents.get(name)
             if agent is None:
@@ -261,21 +271,39 @@ class AgentStates:
             self.spores.load(spores, port)
 
 
+def _what(agent: AgentRuntime) -> str:
+    return f"agent {agent.spec.name!r} is a function agent: its state"
+
+
 def _apply(agent: AgentRuntime, state: Any) -> None:
-    apply_state(agent.actor, agent.state, state, f"agent {agent.spec.name!r} is a function "
-                                                 f"agent: its state")
+    apply_state(agent.actor, agent.state, state, _what(agent))
+
+
+def _refusal(agent: AgentRuntime, state: Any) -> OrganismStateError | None:
+    return state_refusal(agent.actor, state, _what(agent))
+
+
+def state_refusal(actor: ClassAgent | None, state: Any, what: str) -> OrganismStateError | None:
+    """Why ``state`` cannot be loaded into a class agent (``actor``: its class has no
+    ``load_state``) or a function agent (None: it is no dict), if it cannot."""
+    if actor is not None:
+        return _class_refusal(actor.cls, actor.name)
+    if not isinstance(state, dict):
+        return OrganismStateError(f"{what} must be a dict (ctx.state), got "
+                                  f"{type(state).__name__}")
+    return None
 
 
 def apply_state(actor: ClassAgent | None, held: dict[str, Any], state: Any,
                 what: str) -> None:
     """Load ``state`` into a class agent's instance (``actor``), else into ``held``, a
-    function agent's ``ctx.state``; ``what`` names it in the error for a non-dict."""
+    function agent's ``ctx.state``; ``what`` names it in the error for a non-dict (a class
+    without ``load_state`` is told as its instance is made: :func:`state_refusal`)."""
     if actor is not None:
         actor.load(state)
         return
-    if not isinstance(state, dict):
-        raise OrganismStateError(f"{what} must be a dict (ctx.state), got "
-                                 f"{type(state).__name__}")
+    if (refusal := state_refusal(actor, state, what)) is not None:
+        raise refusal
     held.clear()  # in place: running handlers hold this very dict
     held.update(state)
 
