@@ -228,7 +228,7 @@ class Organism(OutsideApi):
             for letter in self._journal.poisoned:
                 self.dead_letters.add(letter)
         run = self._open_run()
-        self._cell.current = WiringSnapshot.empty(self.spec)  # a run counts from 0
+        self._cell.current = WiringSnapshot.empty(self.spec, run.owed)  # a run counts from 0
         self.rewire(self.spec, {name: self.build_agent(a) for name, a in
                                 self.spec.agents.items()})
         self._set_state(State.RUNNING)
@@ -325,7 +325,7 @@ class Organism(OutsideApi):
         return declare_chain(
             limits=self.spec.limits, ledger=run.ledger, requests=self._requests,
             wiring=self.wiring, outside=self._outside, now=self.now,
-            budget=self._budget, verify=bridge.verify if bridge else None,
+            budget=self._budget, owed=run.owed, verify=bridge.verify if bridge else None,
             arrived=bridge.arrived if bridge else None, last=last, user=self._user_stages)
 
     async def stop(self, *, drain_timeout: float | None = 30.0) -> int:

@@ -37,6 +37,10 @@ class RoutingTable:
     publishers: Mapping[str, frozenset[str]] = field(default_factory=dict)
     channels: frozenset[str] = frozenset()
     organism: str = ""  # its name, for messages
+    # Names a reload took out of the organism in this run and no reload put back: a
+    # refusal of a spore to one says so, and only a spore to one may be owed to its
+    # agent's retiring lane (see ``route``'s ``owed``).
+    removed: frozenset[str] = frozenset()
 
     @property
     def guarded(self) -> bool:
@@ -56,6 +60,10 @@ def no_agent_error(table: RoutingTable, target: str, spore: Spore | None = None
     named = shown(target, _NAME_SHOWN)  # what a sender names may be of any length
     about = (f"spore {spore.id} from {shown(spore.from_agent, _NAME_SHOWN)} is addressed to "
              f"{named}: " if spore is not None else "")
+    if target in table.removed:  # not a typo: no did-you-mean
+        return DeliveryError(f"{about}no agent {named} in organism {table.organism!r}: it "
+                             f"was removed by a reload (what was sent to it before that "
+                             f"reload is still handled)", reason=Reason.UNKNOWN_AGENT)
     return DeliveryError(f"{about}no agent {named} in organism {table.organism!r}"
                          f"{did_you_mean(target, table.agents)}", reason=Reason.UNKNOWN_AGENT)
 
@@ -152,6 +160,7 @@ async def route(
     on_outside: Callable[[Spore], None] = lambda spore: None,
     on_broadcast: Callable[[Spore, int], None] = lambda spore, targets: None,
     arrived: Callable[[Spore], str | None] | None = None,
+    owed: Callable[[Spore], bool] = lambda spore: False,
 ) -> AsyncIterator[list[Delivery]]:
     """Yield one delivery per routable spore; settle or reject every other spore.
 
@@ -165,6 +174,9 @@ async def route(
     a broker, the agent whose queue it came from: it goes to that agent only, and only if
     that agent is its recipient or subscribes to its channel.
     ``on_broadcast`` is told, for each broadcast routed here, how many agents it reaches.
+    A spore to an agent a reload ``removed`` that ``owed`` says was accepted for it before
+    that reload goes to it still (to its retiring lane: see ``dispatch``); asked only of
+    a spore addressed to no agent, so that routing pays nothing for it otherwise.
     """
     # One ``(name,)`` per agent, reused: a tuple per direct spore would be one more
     # object to allocate and for the garbage collector to track while it is queued.
@@ -213,6 +225,8 @@ async def route(
                         deliveries.append((spore, single))
                     elif target in outside:
                         on_outside(spore)
+                    elif target in routes.removed and owed(spore):
+                        deliveries.append((spore, (target,)))
                     else:
                         on_reject(spore, Reason.UNKNOWN_AGENT,
                                   no_agent_error(routes, target, spore))

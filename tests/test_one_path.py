@@ -359,7 +359,7 @@ def test_the_stage_names_a_user_may_name_are_the_chains() -> None:
               running=lambda: True)
     stages = declare_chain(limits=spec.limits, ledger=run.ledger, requests=run.requests,
                            wiring=organism.wiring, outside=set(),
-                           now=organism.now, budget=budget)
+                           now=organism.now, budget=budget, owed=run.owed)
     assert tuple(stage.name for stage in stages) == STAGE_NAMES
 
 

@@ -23,6 +23,7 @@ from sporeflow.config import ConfigError, Limits, Problem, StageSpec
 from sporeflow.config.reasons import did_you_mean
 from sporeflow.pipeline.core.budget import ThreadBudget, enforce_budget
 from sporeflow.pipeline.core.ledger import Ledger
+from sporeflow.pipeline.core.owed import Owed
 from sporeflow.pipeline.core.requests import RequestBook
 from sporeflow.pipeline.core.wiring import WiringSnapshot
 from sporeflow.steps import (
@@ -50,14 +51,15 @@ class Stage:
 
 def declare_chain(*, limits: Limits, ledger: Ledger, requests: RequestBook,
                   wiring: Callable[[], WiringSnapshot], outside: Container[str],
-                  now: Callable[[], datetime], budget: ThreadBudget,
+                  now: Callable[[], datetime], budget: ThreadBudget, owed: Owed,
                   verify: SchemaCheck | None = None,
                   arrived: Callable[[Spore], str | None] | None = None,
                   last: Stage | None = None, user: Sequence[StageSpec] = ()) -> list[Stage]:
     """An organism's stages, in order, with the user's in their places.
 
     ``verify`` and ``arrived`` come from a broker bridge (signatures, the queue a spore
-    came from); ``last`` replaces ``dispatch`` (a bridge publishes instead).
+    came from); ``last`` replaces ``dispatch`` (a bridge publishes instead). ``owed``: what
+    route and dispatch still deliver to agents a reload removed.
     """
     reject = ledger.reject
     stages = [
@@ -74,10 +76,10 @@ def declare_chain(*, limits: Limits, ledger: Ledger, requests: RequestBook,
             abandoned=requests.abandoned, answered=requests.answered,
             on_response=ledger.resolve, on_copy=ledger.response_copy, outside=outside,
             on_outside=lambda spore: ledger.on_outside(spore),
-            on_broadcast=ledger.broadcast_routed, arrived=arrived)),
+            on_broadcast=ledger.broadcast_routed, arrived=arrived, owed=owed.owes)),
         Stage("schema", check_schemas.pipe(schemas=lambda: wiring().schemas, on_reject=reject)),
         last or Stage("dispatch", dispatch.pipe(lanes=lambda: wiring().lanes,
-                                                on_reject=reject)),
+                                                on_reject=reject, retiring=owed.take)),
     ]
     placed = place(stages, user, reject)
     if placed[0].name != "validate":  # the user's first: what was checked is checked again

@@ -252,7 +252,7 @@ class Ingress:
         if not intake.try_admit(spore):
             try:
                 if admit_within is None:
-                    await intake.admit(spore)
+                    await intake.admit(spore, self._still_addressed)
                 else:  # only the wait for room is bounded: once admitted, it is sent whole
                     await self._admit_within(spore, admit_within)
             except BaseException:
@@ -276,10 +276,19 @@ class Ingress:
                 await self.persist.record(())
         return spore
 
+    def _still_addressed(self, spore: Spore) -> None:
+        """Raise, for a spore that waited for room, when a reload removed its recipient
+        meanwhile: it was screened before, and an outside send to an agent a reload
+        removed is refused at the call (nothing admitted), as it is without a wait."""
+        to = spore.to_agent
+        table = self._cell.current.table
+        if to is not None and to in table.removed:
+            raise no_agent_error(table, to, None)
+
     async def _admit_within(self, spore: Spore, seconds: float) -> None:
         try:
             async with asyncio.timeout(seconds):
-                await self.intake.admit(spore)
+                await self.intake.admit(spore, self._still_addressed)
         except TimeoutError:
             target = (repr(spore.to_agent) if spore.to_agent is not None
                       else f"channel {spore.channel!r}")

@@ -16,13 +16,26 @@ loses its checked mark (the chain checks it again).
 ``batches`` hands the chain everything queued, up to ``max_batch``, highest
 priority first; at equal priority the feedback lane goes first, so work
 already admitted finishes before new work comes in.
+
+``held_for`` tells a reload that removes agents what is queued here for them (and,
+as they are read back, what is paged out): the run still owes those spores to them
+(``core.owed``). An outside sender that waited for room is asked again (``admit``'s
+``recheck``) whether its spore may still enter.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
 from sporeflow.config.errors import OrganismStateError
@@ -35,7 +48,11 @@ __all__ = ["Intake"]
 
 _NEVER_PAGED = frozenset({SporeType.REQUEST, SporeType.RESPONSE})
 _REFILL = 4096  # spores read back from disk at a time
+_RESPONSE = SporeType.RESPONSE
 
+# Told of spores read back that were paged out before a reload removed their agent
+# (and True once the last of them is read back): see Intake.held_for.
+ReadBack = Callable[[list[Spore], bool], None]
 
 
 class Intake:
@@ -67,6 +84,8 @@ class Intake:
         self._asleep = 0  # senders in the queue not yet woken
         self._closed = False
         self._finished = False
+        # (position in the spill up to which, agent names, whom to tell): see held_for.
+        self._owed_paged: list[tuple[int, frozenset[str], ReadBack]] = []
 
     # -- entering ---------------------------------------------------------------
 
@@ -103,12 +122,21 @@ class Intake:
         lane.room_at = capacity // 2
         lane.on_room = self._room_freed
 
-    async def admit(self, spore: Spore) -> None:
-        """Queue a spore from outside; wait (in arrival order) while the organism is full."""
+    async def admit(self, spore: Spore,
+                    recheck: Callable[[Spore], None] | None = None) -> None:
+        """Queue a spore from outside; wait (in arrival order) while the organism is full.
+        After a wait, ``recheck`` may raise why the spore may no longer enter (a reload
+        removed its recipient meanwhile): then nothing is admitted."""
         if self._closed:
             raise OrganismStateError("the organism is stopping; it admits no new spores")
         if self._senders or not self._has_room(spore):
             await self._wait_for_room(spore)
+            if recheck is not None:
+                try:
+                    recheck(spore)
+                except BaseException:
+                    self._room_freed()  # the room this sender found is the next one's
+                    raise
         self._push_ingress(spore)
 
     def try_admit(self, spore: Spore) -> bool:
@@ -229,11 +257,44 @@ class Intake:
         limit = self.max_in_memory or 0
         room = limit - (self.held - self.spill.count)
         if room > 0 and (room >= limit // 2 or not (self.feedback or self.ingress)):
-            self._push_feedback(self.spill.pop(min(room, _REFILL)))
+            first = self.spill.spilled_total - self.spill.count  # the first one's place
+            back = self.spill.pop(min(room, _REFILL))
+            if self._owed_paged:
+                self._paged_back(back, first)
+            self._push_feedback(back)
             if not self.spill.count:
                 self._paged_in.set()
         elif self._pausing and not (self.feedback or self.ingress) and not self._working():
             self._paged_in.set()  # cleared again by the next spore paged out
+
+    def held_for(self, names: Collection[str], read_back: ReadBack,
+                 ) -> tuple[list[Spore], bool]:
+        """The spores queued here and not yet taken by the chain that are addressed to
+        one of the agents ``names`` (no response: a request's answer goes by its request),
+        left in place; and whether some may be paged out. Those paged out now go to
+        ``read_back`` as they are read back, True with the last of them. A reload that
+        removes agents asks: what was accepted for them is still theirs."""
+        wanted = frozenset(names)
+        found = [spore for spore in (*self.feedback.items(), *self.ingress.items())
+                 if _addressed(spore, wanted)]
+        if not self.spill.count:
+            return found, False
+        self._owed_paged.append((self.spill.spilled_total, wanted, read_back))
+        return found, True
+
+    def _paged_back(self, spores: list[Spore], first: int) -> None:
+        """Tell ``held_for``'s askers of the spores read back now (``first``: the place of
+        ``spores[0]`` among all those ever paged out) that were paged out before they
+        asked and are addressed to their agents."""
+        for entry in list(self._owed_paged):
+            until, names, read_back = entry
+            theirs = [spore for spore in spores[:max(0, until - first)]
+                      if _addressed(spore, names)]
+            last = first + len(spores) >= until
+            if theirs or last:
+                read_back(theirs, last)
+            if last:
+                self._owed_paged.remove(entry)
 
     def _working(self) -> bool:
         """Whether a handler runs holding its slot: one that may settle a spore, and so
@@ -387,8 +448,15 @@ class Intake:
         self._finished = True
         left = self.feedback.clear() + self.ingress.clear() + self.spill.clear()
         self.spill.close()
+        self._owed_paged.clear()
         self._paged_in.set()
         self.queued_by_channel.clear()
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
         return left
+
+
+def _addressed(spore: Spore, names: frozenset[str]) -> bool:
+    """Whether ``spore`` (perhaps not checked yet) goes to one of the agents ``names``."""
+    to = spore.to_agent
+    return type(to) is str and to in names and spore.spore_type is not _RESPONSE

@@ -19,6 +19,7 @@ from sporeflow.pipeline.core.ingress import Ingress
 from sporeflow.pipeline.core.intake import Intake
 from sporeflow.pipeline.core.ledger import Ledger
 from sporeflow.pipeline.core.outbox import Outbox
+from sporeflow.pipeline.core.owed import Owed
 from sporeflow.pipeline.core.recent import RecentNames
 from sporeflow.pipeline.core.requests import RequestBook
 from sporeflow.pipeline.core.wiring import WiringCell
@@ -48,6 +49,8 @@ class Run:
         self.ledger = Ledger(intake=self.intake, dead_letters=dead_letters, requests=requests,
                              wiring=wiring, logger=logger, now=now, outbox=outbox,
                              listeners=listeners, masker=masker, limits=spec.limits)
+        # What is owed to the lanes of agents a reload removed (core.owed).
+        self.owed = Owed(self.intake, self.ledger)
         self.ingress = Ingress(intake=self.intake, ledger=self.ledger, requests=requests,
                                wiring=wiring, limits=spec.limits, now=now,
                                outside=outside, organism=spec.name)

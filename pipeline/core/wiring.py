@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sporeflow.config import AgentSpec, ExternalAgentSpec, OrganismSpec
 from sporeflow.steps import AgentLane, RoutingTable, SchemaCheck, schema_check
 from sporeflow.steps.keytable import KeyTable
+
+if TYPE_CHECKING:
+    from sporeflow.pipeline.core.owed import Owed
 
 __all__ = ["LANE_COUNTS", "AgentRuntime", "Retired", "WiringCell", "WiringSnapshot",
            "routing_table"]
@@ -37,8 +40,9 @@ class AgentRuntime:
     keys: KeyTable | None = None  # a keyed agent's keys and their states (steps.keytable)
 
 
-def routing_table(spec: OrganismSpec) -> RoutingTable:
-    """Who exists, who subscribes to what and who may address whom, per ``spec``."""
+def routing_table(spec: OrganismSpec, removed: frozenset[str] = frozenset()) -> RoutingTable:
+    """Who exists, who subscribes to what and who may address whom, per ``spec``;
+    ``removed``: the names reloads took out in this run (those of ``spec`` left out)."""
     subscribers: dict[str, list[str]] = {}
     # External agents (on the broker, outside sporeflow) are addressed like ours; the
     # bridge publishes what goes to them, and no lane or queue of theirs exists here.
@@ -47,13 +51,15 @@ def routing_table(spec: OrganismSpec) -> RoutingTable:
     for agent in listeners:
         for channel in agent.subscribe:
             subscribers.setdefault(channel, []).append(agent.name)
+    agents = frozenset((*spec.agents, *spec.external))
     return RoutingTable(
-        agents=frozenset((*spec.agents, *spec.external)),
+        agents=agents,
         subscribers={c: tuple(names) for c, names in subscribers.items()},
         peers={a.name: a.peers for a in spec.agents.values() if a.peers is not None},
         publishers={c.name: c.publish for c in spec.channels.values() if c.publish is not None},
         channels=frozenset(spec.channels),
         organism=spec.name,
+        removed=removed - agents,
     )
 
 
@@ -62,11 +68,14 @@ class Retired:
     what they counted, and go on counting while they settle what they held, stays in the
     organism's totals, which never go down. One per run, shared by its snapshots (a
     tally, not wiring). Once a lane has settled (:meth:`settled`), its counts are kept,
-    not it: a program adding and removing agents as it goes holds no lane it had."""
+    not it: a program adding and removing agents as it goes holds no lane it had.
+    ``owed``: the run's spores accepted for those agents before a reload removed them
+    (:mod:`.owed`; None outside a run)."""
 
-    __slots__ = ("_dropped", "_sums", "back", "lanes")
+    __slots__ = ("_dropped", "_sums", "back", "lanes", "owed")
 
-    def __init__(self) -> None:
+    def __init__(self, owed: Owed | None = None) -> None:
+        self.owed = owed
         self.lanes: list[tuple[str, AgentLane]] = []  # those still settling, by name
         self._sums: dict[str, int] = dict.fromkeys(LANE_COUNTS, 0)  # of the settled ones
         self._dropped: dict[str, int] = {}  # their 'deduplicated', by agent name
@@ -118,26 +127,39 @@ class WiringSnapshot:
     def of(cls, spec: OrganismSpec, agents: Mapping[str, AgentRuntime],
            previous: WiringSnapshot | None = None) -> WiringSnapshot:
         """The snapshot of ``spec`` run by ``agents`` (one runtime per agent of ``spec``);
-        the lanes of ``previous``'s agents that are not among them are ``retired``."""
+        the lanes of ``previous``'s agents that are not among them are ``retired``.
+
+        A retiring agent's schema is kept while its lane settles: what was accepted for
+        it before the reload is checked by it on its way there, as it would have been."""
         lanes = {name: agent.lane for name, agent in agents.items()}
-        table = routing_table(spec)
+        if previous is None:
+            table, retired = routing_table(spec), Retired()
+        else:
+            table = routing_table(spec, previous.table.removed | previous.table.agents)
+            retired = previous.retired.after(previous.agents, agents)
+        schemas = {name: schema_check(name, a.schema)
+                   for name, a in spec.agents.items() if a.schema is not None}
+        if previous is not None:
+            for name, _ in retired.lanes:
+                check = previous.schemas.get(name)
+                if check is not None and name not in agents:
+                    schemas.setdefault(name, check)
         return cls(
             spec=spec,
             agents=dict(agents),
             lanes=lanes,
             table=table,
-            schemas={name: schema_check(name, a.schema)
-                     for name, a in spec.agents.items() if a.schema is not None},
+            schemas=schemas,
             channel_lanes={channel: tuple(lanes[name] for name in names if name in lanes)
                            for channel, names in table.subscribers.items()},
-            retired=(Retired() if previous is None
-                     else previous.retired.after(previous.agents, agents)),
+            retired=retired,
         )
 
     @classmethod
-    def empty(cls, spec: OrganismSpec) -> WiringSnapshot:
+    def empty(cls, spec: OrganismSpec, owed: Owed | None = None) -> WiringSnapshot:
+        """No agent yet: the first snapshot of a run (whose ``owed`` it is)."""
         return cls(spec=spec, agents={}, lanes={}, table=RoutingTable(agents=frozenset()),
-                   schemas={}, channel_lanes={})
+                   schemas={}, channel_lanes={}, retired=Retired(owed))
 
 
 class WiringCell:

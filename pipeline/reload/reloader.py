@@ -11,15 +11,15 @@ until the old lane's in-flight handlers have finished with the old settings; the
 old lane's queue and pending retries move over, in priority order (a pending
 retry runs without waiting out the rest of its backoff); a new schema checks them as
 they move, and what it refuses is a ``schema`` dead letter, as at the gate. A removed
-agent leaves the routing table (spores for it become ``unknown agent`` dead
-letters) and its lane drains what it already holds. A new agent starts and
-gets its ``boot`` spore. Channels update the intake and the routing table;
-``limits.max_in_flight`` applies to the next admission.
+agent leaves the routing table (spores made for it later become ``unknown agent`` dead
+letters) and its lane drains what it already holds and what the intake held for it
+when the wiring swapped (``core.owed``: the chain still routes those to it); it stops
+once that is all settled. A new agent starts and gets its ``boot`` spore. Channels
+update the intake and the routing table; ``limits.max_in_flight`` applies to the next
+admission.
 
-A reload never waits for a swap (a handler may never end). An agent changed or removed
-again while its swap still waits stacks: its lanes form a chain (:class:`_Swap`), each
-running once the lanes before it hold no slot, what the older ones leave going to the
-newest; so the newest settings win once the old handlers end.
+A reload never waits for a swap (a handler may never end): an agent changed or removed
+again while its swap still waits stacks on it (:mod:`.swaps`).
 
 What cannot change in a running organism (``organism.*`` such as the backend,
 and the limits the chain's stages hold) is kept, and the report warns that it
@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 from sporeflow.config import AgentSpec, ConfigError, OrganismSpec, SporeflowError, check_organism
 from sporeflow.config.reasons import reason_of
+from sporeflow.pipeline.core.owed import Owed
 from sporeflow.pipeline.core.wiring import LANE_COUNTS, AgentRuntime, WiringSnapshot
 from sporeflow.pipeline.observe.events import AgentStateChanged, EventBus, OrganismReloaded
 from sporeflow.pipeline.reload.diff import (
@@ -59,6 +60,7 @@ from sporeflow.pipeline.reload.diff import (
     stranded,
 )
 from sporeflow.pipeline.reload.sources import HandlerSources
+from sporeflow.pipeline.reload.swaps import Swap, SwapChain, stacked_notes
 from sporeflow.steps import AgentLane, Spore, schema_refusal
 
 
@@ -101,29 +103,6 @@ _logger = logging.getLogger("sporeflow.reload")
 _LENT_CHECK = 0.05
 
 
-class _Chain:
-    """One agent's swaps still going: ``newest`` takes what the older lanes leave (the
-    agent in the wiring, or the last one it had if a reload removed it)."""
-
-    __slots__ = ("newest",)
-
-    def __init__(self, newest: AgentRuntime) -> None:
-        self.newest = newest
-
-
-class _Swap:
-    """A hand-over from ``old``, after ``after`` (the agent's swap still going when it
-    began, or None): ``released`` once no lane up to ``old``'s holds a slot (the new lane
-    may run); ``task`` ends once it has finished, after ``after``'s."""
-
-    __slots__ = ("after", "chain", "old", "released", "task")
-    task: asyncio.Task[None]  # set once made
-
-    def __init__(self, chain: _Chain, old: AgentRuntime, after: _Swap | None) -> None:
-        self.chain, self.old, self.after = chain, old, after
-        self.released = asyncio.Event()
-
-
 class Reloader:
     """Reloads one organism: ``Organism.reload`` calls :meth:`reload`.
 
@@ -136,7 +115,7 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._sources = HandlerSources()
         self._sources.track(organism.spec)
-        self._handovers: dict[str, _Swap] = {}  # the newest, by agent in the wiring
+        self._handovers: dict[str, Swap] = {}  # the newest, by agent in the wiring
         self._tasks: set[asyncio.Task[None]] = set()  # hand-overs and retirements
         # Lanes that left the routing table and still finish work: stop() cancels them.
         self._retiring: dict[AgentLane, str] = {}
@@ -231,7 +210,7 @@ class Reloader:
             base_dir=new.base_dir, description=new.description,
             limits=replace(old.limits, **{k: getattr(new.limits, k) for k in LIVE_LIMITS}))
         if organism.state == "running":
-            notes += self._stacked(diff.changed)
+            notes += stacked_notes(self._handovers, diff.changed)
             self._switch(applied, diff)
             notes += await self._start_added(diff.added)
         else:
@@ -282,36 +261,25 @@ class Reloader:
             self._retiring[old_lane] = name
             if name not in self._handovers:
                 self._announce(name, "running", "reloading")
+        # What the intake holds for the removed agents is still theirs (core.owed); what
+        # an earlier reload owed to the old lanes of agents now back goes to the new ones.
+        owed = organism.wiring().retired.owed
+        if owed is not None:
+            owed.forget(diff.added)
+            owed.hold({name: old_agents[name].lane for name in diff.removed})
         for name in diff.removed:
             lane = old_agents[name].lane
             self._retiring[lane] = name
             after = self._handovers.pop(name, None)
-            self._spawn(self._retire(name, old_agents[name], after))
+            self._spawn(self._retire(name, old_agents[name], after, owed))
             self._announce(name, "reloading" if after else "running", "stopping")
         for name in diff.changed:
             after = self._handovers.get(name)
-            chain = after.chain if after is not None else _Chain(built[name])
+            chain = after.chain if after is not None else SwapChain(built[name])
             chain.newest = built[name]
-            swap = self._handovers[name] = _Swap(chain, old_agents[name], after)
+            swap = self._handovers[name] = Swap(chain, old_agents[name], after)
             swap.task = self._spawn(self._hand_over(
                 name, swap, built[name], bases[name], refusers[name]))
-
-    def _stacked(self, changed: Iterable[str]) -> list[str]:
-        """Notes on the changed agents whose previous swap still waits on handlers."""
-        notes = []
-        for name in changed:
-            swap, spores = self._handovers.get(name), []
-            if swap is None or swap.released.is_set():
-                continue
-            while swap is not None:  # the lanes before it, whose handlers hold slots
-                spores += [spore.id for spore in swap.old.lane.handling()]
-                swap = swap.after
-            notes.append(
-                f"agent {name!r}: the previous reload's settings still wait for the "
-                f"handlers in flight (spores {', '.join(spores) or '-'}); these replace "
-                f"them, once those end (one that never ends holds them until a restart: "
-                f"give {name!r} a `timeout`)")
-        return notes
 
     def _refuser(self, name: str) -> Callable[[Spore], bool] | None:
         """What dead-letters a spore held for ``name`` that its new schema refuses (True:
@@ -346,7 +314,7 @@ class Reloader:
                     notes.append(f"the boot spore of new agent {name!r} was not sent: {exc}")
         return notes
 
-    async def _hand_over(self, name: str, swap: _Swap, new: AgentRuntime,
+    async def _hand_over(self, name: str, swap: Swap, new: AgentRuntime,
                          base: dict[str, int], refuse: Callable[[Spore], bool] | None,
                          ) -> None:
         """Let the old lane's in-flight handlers finish, then run the new lane.
@@ -395,13 +363,17 @@ class Reloader:
             if self._handovers.get(name) is swap:
                 del self._handovers[name]
 
-    async def _retire(self, name: str, agent: AgentRuntime, after: _Swap | None) -> None:
+    async def _retire(self, name: str, agent: AgentRuntime, after: Swap | None,
+                      owed: Owed | None) -> None:
         """Let a removed agent's lane finish what it holds, retries included (after the
-        swap it still waited on, which runs it and gives it what the old lanes left)."""
+        swap it still waited on, which runs it and gives it what the old lanes left), and
+        what was accepted for it before the reload (``owed``: once the chain delivered it)."""
         lane = agent.lane
         try:
             if after is not None:
                 await asyncio.wait([after.task])  # however it ended
+            if owed is not None:
+                await owed.settled(lane)
             while True:
                 await lane.wait_quiet()
                 if self._closing:
