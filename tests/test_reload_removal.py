@@ -232,3 +232,21 @@ async def test_what_is_owed_still_passes_the_chain_and_a_refusal_ends_the_wait(
     assert seen == [0]
     assert sorted((letter.reason, letter.spore.knowledge["n"])
                   for letter in organism.dead_letters) == [("expired", 2), ("schema", 1)]
+
+
+async def test_a_send_made_before_the_removal_and_awaited_after_it_is_refused_at_the_call(
+) -> None:
+    # `send()` screens the spore when it is called; its coroutine admits it when first
+    # run: run after the removal, with room by then, it must be refused as a send made
+    # after it is (it has not returned), not admitted and dead-lettered `unknown agent`.
+    seen: list[int] = []
+    organism = worker_organism(seen)
+    async with organism.running():
+        late = organism.send("worker", {"n": 0})  # screened now, not yet admitted
+        await organism.remove_agent("worker")
+        await organism.idle()  # room everywhere
+        with pytest.raises(DeliveryError, match="removed by a reload"):
+            await late
+        await organism.idle()
+    assert seen == []
+    assert list(organism.dead_letters) == []

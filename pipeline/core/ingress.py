@@ -182,7 +182,7 @@ class Ingress:
         if whole:
             self._deliverable(spore)
         self._remember(spore.from_agent)
-        return self.enter(spore, admit_within=admit_within, confirm=confirm)
+        return self.enter(spore, admit_within=admit_within, confirm=confirm, refused=whole)
 
     def _deliverable(self, spore: Spore) -> None:
         wiring = self._cell.current
@@ -237,12 +237,14 @@ class Ingress:
             outside.add(sender)
 
     async def enter(self, spore: Spore, *, confirm: bool = True,
-                    admit_within: float | None = None) -> Spore:
+                    admit_within: float | None = None, refused: bool = True) -> Spore:
         """Queue a screened spore from outside: wait while the organism is full (at most
         ``admit_within`` seconds, then raise :class:`OrganismFull`, nothing admitted), then,
         if ``confirm``, with a journal until it is on disk, and over a broker it lost until
         the broker has it. Without ``confirm`` the journal writes it with the next group
-        commit (the organism's ``confirmed()`` waits for that)."""
+        commit (the organism's ``confirmed()`` waits for that). ``refused``: a spore whose
+        recipient a reload removed since it was screened is refused here, as at the call
+        (else the chain dead-letters it, as any unknown recipient of a ``submit``)."""
         if self.loop is not None and asyncio.get_running_loop() is not self.loop:
             self.on_its_loop("send")  # raises, saying why (the test first: per spore)
         if self.stamp_outside is not None:  # the caller's span becomes the spore's origin
@@ -251,10 +253,11 @@ class Ingress:
         set_checked(spore, True)  # the validate stage need not check it again
         if not intake.try_admit(spore):
             try:
+                recheck = self._still_addressed if refused else None
                 if admit_within is None:
-                    await intake.admit(spore, self._still_addressed)
+                    await intake.admit(spore, recheck)
                 else:  # only the wait for room is bounded: once admitted, it is sent whole
-                    await self._admit_within(spore, admit_within)
+                    await self._admit_within(spore, admit_within, recheck)
             except BaseException:
                 set_checked(spore, False)  # never admitted: sent again, it is checked again
                 raise
@@ -277,7 +280,7 @@ class Ingress:
         return spore
 
     def _still_addressed(self, spore: Spore) -> None:
-        """Raise, for a spore that waited for room, when a reload removed its recipient
+        """Raise, for a spore not admitted at once, when a reload removed its recipient
         meanwhile: it was screened before, and an outside send to an agent a reload
         removed is refused at the call (nothing admitted), as it is without a wait."""
         to = spore.to_agent
@@ -285,10 +288,11 @@ class Ingress:
         if to is not None and to in table.removed:
             raise no_agent_error(table, to, None)
 
-    async def _admit_within(self, spore: Spore, seconds: float) -> None:
+    async def _admit_within(self, spore: Spore, seconds: float,
+                            recheck: Callable[[Spore], None] | None) -> None:
         try:
             async with asyncio.timeout(seconds):
-                await self.intake.admit(spore, self._still_addressed)
+                await self.intake.admit(spore, recheck)
         except TimeoutError:
             target = (repr(spore.to_agent) if spore.to_agent is not None
                       else f"channel {spore.channel!r}")

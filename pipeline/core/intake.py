@@ -125,18 +125,20 @@ class Intake:
     async def admit(self, spore: Spore,
                     recheck: Callable[[Spore], None] | None = None) -> None:
         """Queue a spore from outside; wait (in arrival order) while the organism is full.
-        After a wait, ``recheck`` may raise why the spore may no longer enter (a reload
-        removed its recipient meanwhile): then nothing is admitted."""
+        Then ``recheck`` may raise why the spore may no longer enter (a reload removed its
+        recipient since it was screened): then nothing is admitted."""
         if self._closed:
             raise OrganismStateError("the organism is stopping; it admits no new spores")
-        if self._senders or not self._has_room(spore):
+        waited = bool(self._senders or not self._has_room(spore))
+        if waited:
             await self._wait_for_room(spore)
-            if recheck is not None:
-                try:
-                    recheck(spore)
-                except BaseException:
+        if recheck is not None:  # screened when sent, perhaps before a reload
+            try:
+                recheck(spore)
+            except BaseException:
+                if waited:
                     self._room_freed()  # the room this sender found is the next one's
-                    raise
+                raise
         self._push_ingress(spore)
 
     def try_admit(self, spore: Spore) -> bool:
@@ -154,7 +156,10 @@ class Intake:
             to = spore.to_agent
             if to is not None:  # _full_target's direct case, inlined
                 lane = wiring.current.lanes.get(to)
-                if lane is not None and lane.backlog.size >= capacity - queued:
+                if lane is None:  # no lane: perhaps removed since it was screened
+                    if to in wiring.current.table.removed:
+                        return False  # admit() asks its recheck
+                elif lane.backlog.size >= capacity - queued:
                     self._wait_on(lane, capacity)
                     return False
             elif (full := self._full_target(spore, capacity - queued)) is not None:
