@@ -430,6 +430,55 @@ async def test_existing_files_are_sent_at_start_when_asked(tmp_path: Path) -> No
     assert sorted(s.knowledge["name"] for s in got) == ["a.txt", "b.txt"]
 
 
+def folder_organism(tmp_path: Path, take: Any) -> Organism:
+    return Organism.from_dict({
+        "agents": {"reader": {"handler": take}},
+        "sources": {"box": {"kind": "folder", "path": "inbox", "poll": "10ms",
+                            "to": "reader"}}}, base_dir=tmp_path)
+
+
+async def test_a_symbolic_link_in_the_folder_is_skipped_and_said_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A link may point anywhere (/etc/passwd): whoever may drop files in the inbox would
+    # have the handler read what it names.
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the inbox")
+    got, take = collector()
+    organism = folder_organism(tmp_path, take)
+    async with organism.running():
+        (inbox / "link.txt").symlink_to(secret)
+        (inbox / "real.txt").write_text("a file")
+        await until(lambda: len(got) == 1, "the real file")
+        listings = organism.stats()["sources"]["box"]["listings"]
+        await until(lambda: organism.stats()["sources"]["box"]["listings"] >= listings + 3,
+                    "more listings with the link still there")
+    assert [s.knowledge["name"] for s in got] == ["real.txt"]
+    said = [r.getMessage() for r in caplog.records if "link.txt" in r.getMessage()]
+    assert len(said) == 1
+    assert "symbolic link" in said[0]
+
+
+async def test_a_folder_gone_and_made_again_is_listed_again(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    got, take = collector()
+    organism = folder_organism(tmp_path, take)
+    async with organism.running():
+        (inbox / "a.txt").write_text("a")
+        await until(lambda: len(got) == 1, "the first file")
+        inbox.rename(tmp_path / "inbox.old")  # as a rotation or a clean-up script does
+        listings = organism.stats()["sources"]["box"]["listings"]
+        await until(lambda: organism.stats()["sources"]["box"]["listings"] >= listings + 2,
+                    "listings of the missing folder")
+        inbox.mkdir()
+        (inbox / "b.txt").write_text("b")
+        await until(lambda: len(got) == 2, "the file in the folder made again")
+        assert organism.stats()["sources"]["box"]["state"] == "running"
+    assert [s.knowledge["name"] for s in got] == ["a.txt", "b.txt"]
+
+
 # -- stopping, failing ------------------------------------------------------------------------
 
 

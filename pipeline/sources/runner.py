@@ -175,4 +175,4 @@ class Sources:
         if isinstance(declared, LinesSource):
             return Lines(feed, declared, spec.limits.max_spore_bytes)
         assert isinstance(declared, FolderSource)
-        return Folder(feed, declared)
+        return Folder(feed, declared, self._logger)
