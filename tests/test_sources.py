@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 import sys
 import textwrap
 import threading
@@ -277,6 +278,45 @@ async def run_lines(tmp_path: Path, text: str, **settings: Any) -> tuple[list[Sp
                     "the file was read to its end")
         await organism.idle()
     return got, organism
+
+
+async def test_a_named_pipe_is_read_once_a_writer_opens_it_and_never_holds_the_start(
+        tmp_path: Path) -> None:
+    # Opening a FIFO blocks until a writer opens it: at start (on a thread of the loop's
+    # executor), the organism never started, and the process could not exit.
+    fifo = tmp_path / "in.pipe"
+    os.mkfifo(fifo)
+    got, take = collector()
+    organism = Organism.from_dict({
+        "agents": {"reader": {"handler": take}},
+        "sources": {"pipe": {"kind": "lines", "path": "in.pipe", "to": "reader"}}},
+        base_dir=tmp_path)
+    await asyncio.wait_for(organism.start(), 10)  # backstop: it hung for ever
+    try:
+        def write() -> None:
+            with open(fifo, "w") as writer:
+                writer.write("one\ntwo\n")
+
+        await asyncio.to_thread(write)
+        await until(lambda: len(got) == 2, "the lines written to the pipe")
+    finally:
+        await organism.stop()
+    assert [s.knowledge for s in got] == [{"line": "one", "number": 1},
+                                          {"line": "two", "number": 2}]
+
+
+async def test_a_named_pipe_nobody_writes_to_lets_the_organism_stop(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "in.pipe")
+    organism = Organism.from_dict({
+        "agents": {"reader": {"handler": lambda spore, ctx: None}},
+        "sources": {"pipe": {"kind": "lines", "path": "in.pipe", "to": "reader"}}},
+        base_dir=tmp_path)
+    await asyncio.wait_for(organism.start(), 10)
+    await asyncio.wait_for(organism.stop(), 10)
+    assert organism.stats()["sources"]["pipe"]["state"] == "stopped"
+    # Its reader's thread, which waited for a writer, is let go too (not left for ever).
+    await until(lambda: not [t for t in threading.enumerate()
+                             if t.name.startswith("sporeflow lines")], "the reader ended")
 
 
 async def test_each_line_is_a_spore_with_its_number(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -48,13 +49,17 @@ class Lines(Source):
             if sys.stdin is None:  # a process started without one (pythonw, some services)
                 raise OSError("this process has no standard input to read lines from")
             stream, owned = sys.stdin.buffer, False
+        elif _is_pipe(path := self.spec.path):  # its open waits for a writer: the reader's
+            stream, owned = None, True  # thread opens it, not the start
         else:
             # The reader closes it; opened off the loop, as any file may be slow to open.
             stream, self._mid_line = await asyncio.to_thread(
-                _open_at, self.spec.path, end=self.spec.start_at == "end")
+                _open_at, path, end=self.spec.start_at == "end")
             owned = True
+        pipe = self.spec.path if stream is None else None
         self._reader = ChunkReader(stream, self.max_bytes + 1, name=self.feed.spec.name,
-                                   owned=owned, path=self.spec.path if self.spec.follow else None)
+                                   owned=owned, path=self.spec.path if self.spec.follow else None,
+                                   pipe=pipe)
 
     async def run(self) -> None:
         assert self._reader is not None, "opened first"
@@ -125,6 +130,11 @@ class Lines(Source):
         """The line holds no spore: a dead letter with the line as found (its start)."""
         self.stats.counts["bad_lines"] += 1
         self.feed.refuse(self.feed.spore({"line": text[:_SHOWN], "number": number}), error)
+
+
+def _is_pipe(path: Path) -> bool:
+    """Whether ``path`` is a named pipe (a missing one raises: the source fails at start)."""
+    return stat.S_ISFIFO(os.stat(path).st_mode)
 
 
 def _open_at(path: Path, *, end: bool) -> tuple[BinaryIO, bool]:
