@@ -179,6 +179,9 @@ def _handler_kind_problem(handler: Callable[..., Any], *, cpu_bound: bool) -> st
                     f"give __init__'s parameters defaults")
         except ValueError:
             pass  # no signature to read (a builtin's): the call tells
+        hook_problem = _hooks_problem(handler)
+        if hook_problem is not None:
+            return hook_problem
         declared = inspect.getattr_static(handler, method)
         if isinstance(declared, staticmethod | classmethod):
             takes_self = False
@@ -195,6 +198,17 @@ def _handler_kind_problem(handler: Callable[..., Any], *, cpu_bound: bool) -> st
         return (f"{qualname(handler)!r} cannot be cpu_bound: a worker process imports and "
                 f"calls it, so it must be a plain (not async) module-level function")
     return _arguments_problem(handler, qualname(handler), (None, None))
+
+
+def _hooks_problem(cls: type) -> str | None:
+    """Why a class agent's ``on_start``/``on_stop`` cannot be awaited as sporeflow does
+    (a plain ``def``: its None is no awaitable, and every start or spore would fail)."""
+    for hook in ("on_start", "on_stop"):
+        declared = inspect.getattr_static(cls, hook, None)
+        if inspect.isfunction(declared) and not inspect.iscoroutinefunction(declared):
+            return (f"{cls.__qualname__}.{hook} must be `async def {hook}(self)`: sporeflow "
+                    f"awaits it (as the instance is made, or as the organism stops)")
+    return None
 
 
 def _arguments_problem(function: Callable[..., Any], name: str,

@@ -144,6 +144,22 @@ def test_class_without_handle_method_is_a_config_problem() -> None:
         Organism.from_dict({"agents": {"mute": {"handler": Mute}}})
 
 
+@pytest.mark.parametrize("hook", ["on_start", "on_stop"])
+def test_a_hook_that_is_no_coroutine_function_is_a_config_problem(hook: str) -> None:
+    # Awaited, a plain `def` hook's None raised "object NoneType can't be used in 'await'
+    # expression" at start, or for a lazy agent at every spore.
+    def plain(self: Any) -> None:
+        return None
+
+    async def handle(self: Any, spore: Spore, ctx: Any) -> None:
+        return None
+
+    Plain = type("Plain", (), {"handle": handle, hook: plain})
+    with pytest.raises(ConfigError, match=rf"agents.plain.handler: .*Plain.{hook} must be "
+                                          rf"`async def {hook}\(self\)`"):
+        Organism.from_dict({"agents": {"plain": {"handler": Plain}}})
+
+
 async def test_failing_on_start_of_an_eager_agent_fails_start_and_stops() -> None:
     class Broken:
         async def on_start(self) -> None:
