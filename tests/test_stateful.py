@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,19 @@ def test_a_state_file_that_is_no_utf8_is_a_clear_error(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert "remove it to start afresh" in result.output
+
+
+def test_a_state_file_that_cannot_be_written_is_refused_before_the_run() -> None:
+    # Before: the run went to its end, then the snapshot's write raised a traceback and
+    # the state it had built was lost. /proc takes no new file, whoever runs the test.
+    path = Path("/proc") / f"sporeflow-state-{os.getpid()}.json"
+    with pytest.raises(OrganismStateError, match="cannot write the state file"):
+        write_snapshot(path, {"sporeflow_state": 1, "agents": {}})
+    result = CliRunner().invoke(cli, ["run", str(FIXTURES / "stateful_organism.yaml"),
+                                      "--until-idle", "--quiet", "--state", str(path)])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "cannot write the state file" in result.output
 
 
 def test_a_state_file_nested_past_the_parser_is_refused_by_name(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from sporeflow.pipeline.core.privatefiles import private_temporary
 from sporeflow.pipeline.core.wiring import AgentRuntime
 from sporeflow.steps import Spore
 
-__all__ = ["AgentStates", "ClassAgent", "read_snapshot", "write_snapshot"]
+__all__ = ["AgentStates", "ClassAgent", "check_writable", "read_snapshot", "write_snapshot"]
 
 SNAPSHOT_VERSION = 1
 HOOK_GRACE = 0.5  # seconds on_stop hooks get at least, even once a stop's drain used its time
@@ -338,14 +338,37 @@ def write_snapshot(path: str | Path, snapshot: Mapping[str, Any]) -> None:
     """Write ``snapshot`` atomically: a temporary file beside ``path``, then a rename; the
     file is 0600, its folder made 0700 if missing (see ``core.privatefiles``)."""
     file = Path(path)
-    handle, temporary = private_temporary(file.parent, f".{file.name}.", ".tmp")
+    try:
+        handle, temporary = private_temporary(file.parent, f".{file.name}.", ".tmp")
+    except OSError as exc:
+        raise _unwritable(file, exc) from None
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump(snapshot, out, indent=1, sort_keys=True)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, file)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
+        if isinstance(exc, OSError):
+            raise _unwritable(file, exc) from None
         raise
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise what :func:`write_snapshot` would at ``path`` for its folder: told before a
+    run, not after it, when the state it built would be lost."""
+    file = Path(path)
+    try:
+        handle, temporary = private_temporary(file.parent, f".{file.name}.", ".tmp")
+    except OSError as exc:
+        raise _unwritable(file, exc) from None
+    os.close(handle)
+    os.unlink(temporary)
+
+
+def _unwritable(file: Path, error: OSError) -> OrganismStateError:
+    return OrganismStateError(f"cannot write the state file {str(file)!r}: "
+                              f"{error.strerror or error}; choose a file in a folder this "
+                              f"process may write")

@@ -26,7 +26,7 @@ from sporeflow.config import (
 )
 from sporeflow.config.units import written_duration
 from sporeflow.config.words import plural
-from sporeflow.pipeline.agents.state import read_snapshot, write_snapshot
+from sporeflow.pipeline.agents.state import check_writable, read_snapshot, write_snapshot
 from sporeflow.pipeline.broker.backend import resolve_backend_url
 from sporeflow.pipeline.cli.broker import broker_declare, broker_delete, broker_permissions
 from sporeflow.pipeline.cli.control import (
@@ -181,6 +181,8 @@ def run(ctx: click.Context, organism: Path, until_idle: bool, drain_timeout: flo
     try:
         if state_file is not None and (snapshot := read_snapshot(state_file)) is not None:
             org.load_state(snapshot)
+        if state_file is not None:  # now, not once the run built the state to save
+            check_writable(state_file)
         code = run_to_end(_run(org, until_idle=until_idle, drain_timeout=drain_timeout,
                                 observers=observers, until=condition, max_duration=max_duration,
                                 watch=watch, reboot=reboot, control=control))
