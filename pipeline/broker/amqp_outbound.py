@@ -42,7 +42,7 @@ from sporeflow.pipeline.broker.amqp_codec import (
 )
 from sporeflow.pipeline.broker.amqp_inbound import AMQP_ERRORS, broker_failure
 from sporeflow.pipeline.broker.backend import BackendStatistics, Published, Topology
-from sporeflow.pipeline.broker.link import Disconnected, Link
+from sporeflow.pipeline.broker.link import Disconnected, Link, Unroutable
 from sporeflow.pipeline.broker.queue_bounds import full_queue_message
 from sporeflow.steps import Spore
 
@@ -216,7 +216,7 @@ class Outbound:
         """The error for a publish that raised ``exc``."""
         if isinstance(exc, aiormq.exceptions.PublishError):  # returned: no queue takes it
             self.stats.failed_publishes += 1
-            return BrokerError(f"RabbitMQ at {self.address} returned spore {spore.id}: no "
+            return Unroutable(f"RabbitMQ at {self.address} returned spore {spore.id}: no "
                                f"queue takes routing key {key!r} ({exc})")
         if isinstance(exc, aiormq.exceptions.DeliveryError):  # a nack: a full queue
             self.stats.failed_publishes += 1

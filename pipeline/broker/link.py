@@ -37,7 +37,7 @@ from typing import TypeVar
 from sporeflow.config import BrokerError, redact_text
 from sporeflow.steps.backoff import equal_jitter
 
-__all__ = ["Backoff", "Disconnected", "Link", "Requeued"]
+__all__ = ["Backoff", "Disconnected", "Link", "Requeued", "Unroutable"]
 
 CONNECTING, CONNECTED, DISCONNECTED = "connecting", "connected", "disconnected"
 GAVE_UP, CLOSED = "gave up", "closed"
@@ -52,6 +52,10 @@ _T = TypeVar("_T")
 class Disconnected(BrokerError):
     """The connection was lost before the broker confirmed a publish: it may or may not
     hold the message. Publish it again once the link is up (at least once)."""
+
+
+class Unroutable(BrokerError):
+    """The broker returned a publish: no queue is bound to its routing key just now."""
 
 
 class Requeued(BrokerError):

@@ -14,6 +14,10 @@
   dead-lettered here, never published later, unless it was on the wire already (then
   it may still arrive). While the link is up, ``send`` returns once the spore is
   admitted, as on the embedded path; an outage after that delays its publish only.
+- A response the broker returns (no queue bound to its requester's reply key: after an
+  outage the requester's process may not have declared its reply queue again yet) is
+  published again, pausing by the backoff rule, for ``REPLY_ROUTE_WAIT`` seconds; then
+  it fails as any refused publish.
 - The bridge publishes with :meth:`Publisher.publish_soon`: while the link is up, the
   backend publishes and tells a callback once confirmed (many confirms in flight, no
   task of ours per spore); a publish cut off goes on as :meth:`Publisher.publish`.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -30,14 +35,18 @@ from typing import Any
 from sporeflow.config import BrokerError, BrokerSpec, SporeflowError
 from sporeflow.config.reasons import Reason, reason_of
 from sporeflow.pipeline.broker.backend import Backend, Published
-from sporeflow.pipeline.broker.link import Disconnected
+from sporeflow.pipeline.broker.link import Disconnected, Unroutable
 from sporeflow.pipeline.broker.sent import SentSpores
 from sporeflow.pipeline.core.ledger import Ledger
 from sporeflow.pipeline.core.requests import FAILURE_KEY
 from sporeflow.steps import Spore, SporeType
+from sporeflow.steps.backoff import equal_jitter
 from sporeflow.steps.signing import BadSignature
 
-__all__ = ["Publisher", "failure_notice"]
+__all__ = ["REPLY_ROUTE_WAIT", "Publisher", "failure_notice"]
+
+REPLY_ROUTE_WAIT = 10.0  # seconds a response waits for its reply queue's route
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.05, 1.0  # seconds between its attempts
 
 Sign = Callable[[Spore, str | None], Spore]  # a spore as published: signed, with signing
 
@@ -94,6 +103,7 @@ class Publisher:
         link is up, again after a loss; raise :class:`BrokerError` when the broker refuses
         it, the link gave up or closed, or its sender withdrew it."""
         link = self.backend.link
+        unroutable = 0  # responses returned so far
         try:
             while True:
                 await link.wait_up()
@@ -107,6 +117,11 @@ class Publisher:
                 except Disconnected:  # its confirm was cut off: it may be there already
                     self.counts["republished"] += 1  # when the link is up again
                     continue
+                except Unroutable:
+                    if queue is None or not await self._route_awaited(unroutable):
+                        raise
+                    unroutable += 1
+                    continue
                 self._done(spore, None)
                 return
         except BrokerError as exc:
@@ -114,6 +129,16 @@ class Publisher:
             raise
         finally:
             self._on_wire.discard(id(spore))
+
+    async def _route_awaited(self, attempt: int) -> bool:
+        """Whether a response returned ``attempt`` times before (its reply queue unbound)
+        is tried again, after a pause; False once ``REPLY_ROUTE_WAIT`` is spent."""
+        pause = equal_jitter(_FIRST_PAUSE, _LONGEST_PAUSE, attempt + 1, random.random)
+        spent = sum(min(_FIRST_PAUSE * 2 ** n, _LONGEST_PAUSE) for n in range(attempt))
+        if spent + pause > REPLY_ROUTE_WAIT:
+            return False
+        await self.backend.link.unless_ended(asyncio.sleep(pause))
+        return True
 
     def publish_soon(self, spore: Spore, wire: Callable[[], Spore], done: Published, *,
                      routing_key: str | None = None, queue: str | None = None,
@@ -137,6 +162,9 @@ class Publisher:
         if isinstance(failure, Disconnected):
             self.counts["republished"] += 1  # when the link is up again
             self._again(spore, wire, where, done)
+            return
+        if isinstance(failure, Unroutable) and where["queue"] is not None:
+            self._again(spore, wire, where, done)  # a response: its route is waited for
             return
         if failure is None or isinstance(failure, BrokerError):
             self._done(spore, failure)
