@@ -282,8 +282,7 @@ class Ledger:
             self.refused_from[spore.from_agent] += 1
             self.refused_why[spore.from_agent, reason] += 1
         if spore.to_agent is None and type(spore.channel) is str:
-            channel = spore.channel
-            self.refused_on[channel if channel in self._wiring().table.channels else OTHER] += 1
+            self.refused_on[self._counted_under(spore.channel)] += 1
         # A refused request fails its waiter now, and so does a refused response from
         # the agent that was asked (a forged one fails nothing).
         if type(spore.id) is str:
@@ -381,11 +380,19 @@ class Ledger:
             self.intake.fanout(targets - 1)
             for hook in self._on_fanned_out:
                 hook(spore, targets)
-        counts = self.fanout.get(spore.channel)
+        channel = self._counted_under(spore.channel)
+        counts = self.fanout.get(channel)
         if counts is None:
-            counts = self.fanout[spore.channel] = [0, 0]
+            counts = self.fanout[channel] = [0, 0]
         counts[0] += 1
         counts[1] += targets
+
+    def _counted_under(self, channel: str) -> str:
+        """The name a channel's tallies go under, once and for good: its own while it is
+        declared, else ``other`` (a name a sender made up). A channel a reload removes
+        keeps what it counted under its name, for when it comes back: ``other`` never
+        takes it over, so no count of a name ever goes down."""
+        return channel if channel in self._wiring().table.channels else OTHER
 
     def _kept_for_next_start(self, reason: str, spore: Spore) -> bool:
         """Whether ``spore``, failed or abandoned for ``reason``, is kept by a hook for the

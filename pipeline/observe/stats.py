@@ -84,20 +84,17 @@ def organism_stats(*, name: str, state: str, uptime: float, wiring: WiringSnapsh
 
 def _channels(declared: Mapping[str, ChannelSpec], fanout: Mapping[str, Sequence[int]],
               refused_on: Mapping[str, int]) -> dict[str, dict[str, int]]:
-    """Counts per declared channel; any other name (made up by a sender, or of a channel
-    since removed) is counted under ``other``, so that input never adds a key."""
+    """Counts per declared channel, and ``other`` for the names no one declared (the
+    ledger's tallies are kept under those two: ``Ledger._counted_under``). A channel a
+    reload removed is left out, as a removed agent is; its counts come back with it."""
     table = {name: {"broadcasts": 0, "deliveries": 0, "refused": 0} for name in declared}
-
-    def row(name: str) -> dict[str, int]:
-        found = table.get(name)
-        if found is None:
-            found = table.setdefault(OTHER, {"broadcasts": 0, "deliveries": 0, "refused": 0})
-        return found
-
+    if OTHER in fanout or OTHER in refused_on:
+        table.setdefault(OTHER, {"broadcasts": 0, "deliveries": 0, "refused": 0})
     for name, (broadcasts, deliveries) in fanout.items():
-        counts = row(name)
-        counts["broadcasts"] += broadcasts
-        counts["deliveries"] += deliveries
+        if name in table:
+            table[name]["broadcasts"] += broadcasts
+            table[name]["deliveries"] += deliveries
     for name, refused in refused_on.items():
-        row(name)["refused"] += refused
+        if name in table:
+            table[name]["refused"] += refused
     return table
