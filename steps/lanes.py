@@ -283,6 +283,14 @@ class AgentLane(SlotLending):
         self._timers.clear()
         return entries
 
+    def give_up_held(self) -> list[tuple[Spore, int]]:
+        """Take out what waits here (queued, or for a retry) that a stop will not run; each
+        leaves the lane as failed, as one that expired in the mailbox does (so that what it
+        received stays accounted for), and goes to the caller's dead letters."""
+        held = self.drain_queue() + self.cancel_timers()
+        self.failed += len(held)
+        return held
+
     # -- slots ----------------------------------------------------------------
 
     def _schedule_if_runnable(self) -> None:

@@ -9,13 +9,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from sporeflow.pipeline import Organism
+from sporeflow.pipeline import Organism, Spore
+
+from .conformance.harness import wait_for
 
 SINK = """
 async def sink(spore, ctx):
     return None
 """
+
+
+def balanced(row: dict[str, Any]) -> bool:
+    """An agent's row at rest: each spore it received ended one way."""
+    return row["received"] == (row["handled"] + row["failed"] + row["deduplicated"]
+                               + row["in_flight"] + row["queued"])
 
 
 def test_the_other_channel_never_goes_down_when_a_channel_comes_back(
@@ -47,5 +56,37 @@ def test_the_other_channel_never_goes_down_when_a_channel_comes_back(
                 for count, value in before[name].items():
                     assert after[name][count] >= value, (name, count, before, after)
         assert news_again["news"]["broadcasts"] == 3  # its series goes on where it was
+
+    asyncio.run(scenario())
+
+
+def test_what_a_stop_takes_out_of_a_mailbox_stays_in_the_agents_books() -> None:
+    gate = asyncio.Event()
+
+    async def blocked(spore: Spore, ctx: Any) -> None:
+        await gate.wait()
+
+    async def flaky(spore: Spore, ctx: Any) -> None:
+        raise ValueError("again later")
+
+    async def scenario() -> None:
+        organism = Organism.from_dict({"agents": {
+            "slow": {"handler": blocked},
+            "flaky": {"handler": flaky, "retry": {"attempts": 3, "backoff": "1h"}},
+        }})
+        await organism.start()
+        for n in range(4):
+            await organism.send("slow", {"n": n})
+        await organism.send("flaky", {"n": 0})
+        await wait_for(lambda: organism.stats()["agents"]["flaky"]["retried"] == 1
+                       and organism.stats()["agents"]["slow"]["queued"] == 3)
+        await organism.stop(drain_timeout=0.2)
+        stats = organism.stats()
+        slow, flaky_row = stats["agents"]["slow"], stats["agents"]["flaky"]
+        assert stats["dead_letters"]["by_reason"] == {"shutdown": 5}
+        assert balanced(slow), slow
+        assert balanced(flaky_row), flaky_row
+        totals = stats["totals"]
+        assert totals["received"] == totals["handled"] + totals["failed"]
 
     asyncio.run(scenario())

@@ -62,7 +62,7 @@ async def abandon_all(lanes: Sequence[tuple[str, AgentLane]], ledger: Ledger,
                 "abandoned; their spores are dead-lettered as 'shutdown' (a handler must "
                 "not swallow asyncio.CancelledError)", lane.abandoned - before, name, grace)
     for name, lane in lanes:
-        left += ledger.abandon(lane.drain_queue() + lane.cancel_timers(), name, Reason.SHUTDOWN)
+        left += ledger.abandon(lane.give_up_held(), name, Reason.SHUTDOWN)
     left += ledger.abandon([(spore, 0) for spore in ledger.intake.finish()], None,
                            Reason.SHUTDOWN)
     return left
