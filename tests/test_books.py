@@ -7,6 +7,7 @@ Prometheus scrape, the summary and the dashboard, which read it) report.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,5 +89,45 @@ def test_what_a_stop_takes_out_of_a_mailbox_stays_in_the_agents_books() -> None:
         assert balanced(flaky_row), flaky_row
         totals = stats["totals"]
         assert totals["received"] == totals["handled"] + totals["failed"]
+
+    asyncio.run(scenario())
+
+
+GATED = """
+import asyncio
+import sys
+
+GATE = asyncio.Event()
+
+
+async def gated(spore, ctx):
+    if spore.knowledge.get("block"):
+        await GATE.wait()
+"""
+
+
+def test_held_spores_a_new_schema_refuses_stay_in_the_agents_books(
+        tmp_path: Path, handler_modules: Callable[[str, str | None], str]) -> None:
+    mod = handler_modules(GATED, None)
+    (tmp_path / "must.json").write_text('{"type": "object", "required": ["must"]}')
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(f"agents: {{a: {{handler: '{mod}:gated'}}}}\n")
+    second.write_text(f"agents: {{a: {{handler: '{mod}:gated', schema: must.json}}}}\n")
+
+    async def scenario() -> None:
+        organism = Organism.from_file(first)
+        async with organism.running():
+            await organism.send("a", {"block": True})
+            for n in range(3):
+                await organism.send("a", {"n": n})
+            await wait_for(lambda: organism.stats()["agents"]["a"]["queued"] == 3)
+            assert (await organism.reload(second)).ok
+            sys.modules[mod].GATE.set()
+            await organism.idle()
+        stats = organism.stats()
+        assert stats["dead_letters"]["by_reason"] == {"schema": 3}
+        row = stats["agents"]["a"]
+        assert (row["received"], row["handled"]) == (4, 1)
+        assert balanced(row), row
 
     asyncio.run(scenario())

@@ -427,12 +427,15 @@ class Reloader:
 
 def _move(old: AgentLane, new: AgentLane, refuse: Callable[[Spore], bool] | None) -> int:
     """Move ``old``'s queued spores and pending retries to ``new``, highest priority
-    first, but those ``refuse`` dead-letters; return how many first attempts moved
-    (``new`` counts those as received)."""
+    first, but those ``refuse`` dead-letters (they leave ``old`` as failed, as a spore
+    expired in its mailbox does: received, so accounted for); return how many first
+    attempts moved (``new`` counts those as received)."""
     entries = old.drain_queue() + [(spore, tries + 1) for spore, tries in old.cancel_timers()]
     entries.sort(key=lambda entry: -entry[0].priority)  # stable: FIFO within a priority
     if refuse is not None:
-        entries = [entry for entry in entries if not refuse(entry[0])]
+        kept = [entry for entry in entries if not refuse(entry[0])]
+        old.failed += len(entries) - len(kept)
+        entries = kept
     for spore, attempt in entries:
         new.deliver(spore, attempt)
     return sum(1 for _, attempt in entries if attempt == 1)
