@@ -25,6 +25,8 @@ _INEQUIVALENT = re.compile(
 _VALUE = re.compile(r"^(?:the value )?'(?P<value>[^']*)'(?: of type '[^']*')?$")
 _KEYS = {"x-max-length": "max_length", "x-max-length-bytes": "max_length_bytes",
          "x-overflow": "overflow", "x-queue-type": "queue_type"}
+# Arguments only a quorum queue is declared with (Topology.queue_arguments).
+_QUORUM_ONLY = frozenset({"x-delivery-limit", "x-dead-letter-strategy"})
 
 
 def redeclared_message(address: str, topology: Topology, error: str) -> str | None:
@@ -38,6 +40,9 @@ def redeclared_message(address: str, topology: Topology, error: str) -> str | No
     if arg == "x-max-priority" and topology.queue_type == "quorum":
         # Checked before the type: a queue with priorities is classic, a quorum one has none.
         arg, old, new = "x-queue-type", None, "quorum"
+    elif arg in _QUORUM_ONLY and new is None and topology.queue_type != "quorum":
+        # Checked before the type too: a queue with these is a quorum one.
+        arg, old, new = "x-queue-type", "quorum", None
     head = (f"RabbitMQ at {address} holds queue {queue!r} with {arg}={old or 'unset'}, and "
             f"this organism declares it with {arg}={new or 'unset'}")
     key = _KEYS.get(arg)
