@@ -236,11 +236,11 @@ def _agents_of(source: _Source) -> Collection[str] | None:
 
 
 def _screen(spec: OrganismSpec | None) -> Screen | None:
-    """The organism's rules a letter must pass to be replayed: said now, rather than
-    found dead-lettered again at the next run."""
+    """The organism's rules a letter must pass to be replayed: said now, not found again."""
     # Without its organism (a journal named alone) the run checks the permissions, but a
     # letter that may never be replayed is refused now all the same (``ReplayBook``).
-    return organism_rules(routing_table(spec), OUTSIDE_SENDERS) if spec is not None else None
+    return (organism_rules(routing_table(spec), OUTSIDE_SENDERS, limits=spec.limits)
+            if spec is not None else None)
 
 
 def _in_running(ctx: click.Context, organism: Path, explicit: bool, choice: LetterChoice,

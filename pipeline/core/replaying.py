@@ -23,6 +23,7 @@ from collections.abc import Callable, Container, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from sporeflow.config import Limits
 from sporeflow.config.model import DEAD_LETTER_CHANNEL, SYSTEM_SENDER
 from sporeflow.config.reasons import Reason
 from sporeflow.pipeline.core.deadletters import (
@@ -31,7 +32,14 @@ from sporeflow.pipeline.core.deadletters import (
     Masker,
     StoredDeadLetter,
 )
-from sporeflow.steps import RoutingTable, Spore, SporeType, permission_error, unroutable
+from sporeflow.steps import (
+    RoutingTable,
+    Spore,
+    SporeType,
+    check_spore,
+    permission_error,
+    unroutable,
+)
 
 __all__ = ["Attempt", "Refusal", "ReplayBook", "Screen", "never_replayed", "organism_rules",
            "replay_refusals"]
@@ -150,17 +158,22 @@ class ReplayBook:
                                     self.masker.mask(text), todo))
 
 
-def organism_rules(table: RoutingTable, outside: Container[str]) -> Screen:
+def organism_rules(table: RoutingTable, outside: Container[str], *,
+                   limits: Limits | None = None) -> Screen:
     """The organism's rules applied to a letter before a replay it will deliver later (a
     journal's, the broker's), whose letters anyone who could write there may have
-    written: route's permission rule (``permission_error``), and route's rule of where a
+    written: with ``limits``, validate's check of every spore (``check_spore``: its
+    size, hops and fields, as the running organism's ingress checks a replay), route's
+    permission rule (``permission_error``), and route's rule of where a
     spore may go (``unroutable``: an agent or channel the organism still has, not one
     taken out of the file since; a broadcast's delivery only to a subscriber of its
     channel, ``unsubscribed_error``), heard at replay rather than as
-    another dead letter at the next run, with another reason. A broadcast's delivery is
-    allowed as it was."""
+    another dead letter at the next run (or the same one again). A broadcast's delivery
+    is allowed as it was."""
 
     def screen(stored: StoredDeadLetter, spore: Spore) -> str | Exception | None:
+        if limits is not None:
+            check_spore(spore, limits)  # raises: the letter is refused with its error
         return (None if spore.spore_type is SporeType.RESPONSE
                 else unroutable(table, spore, outside=outside)) or (
             permission_error(table, spore, outside=outside) if table.guarded else None)
