@@ -29,7 +29,6 @@ import json
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -40,7 +39,6 @@ from sporeflow.config import (
     BrokerError,
     OrganismSpec,
     SecretFilter,
-    SporeError,
     SporeflowError,
     load_organism,
     redact_url,
@@ -49,7 +47,14 @@ from sporeflow.config import (
 from sporeflow.config.reasons import UnknownReason
 from sporeflow.pipeline.broker.backend import Topology, resolve_backend_url
 from sporeflow.pipeline.broker.factory import open_backend
-from sporeflow.pipeline.cli.control import attached, call, refused
+from sporeflow.pipeline.cli.control import call, refused
+from sporeflow.pipeline.cli.dlq_running import (
+    asked,
+    forget_in_journal,
+    in_process,
+    in_running,
+    replay_in_running,
+)
 from sporeflow.pipeline.cli.letters import letter_lines
 from sporeflow.pipeline.cli.util import (
     DURATION,
@@ -61,7 +66,6 @@ from sporeflow.pipeline.cli.util import (
     run_to_end,
 )
 from sporeflow.pipeline.core.deadletters import (
-    DeadLetter,
     LetterChoice,
     StoredDeadLetter,
     spore_form,
@@ -74,8 +78,6 @@ from sporeflow.pipeline.journal.sqlite import JournalError
 from sporeflow.pipeline.observe.logs import configure_logging
 from sporeflow.pipeline.observe.summary import render_summary
 from sporeflow.pipeline.organism import Organism
-from sporeflow.steps import Spore
-from sporeflow.steps.spore import Unreadable
 
 __all__ = ["dlq"]
 
@@ -243,75 +245,6 @@ def _screen(spec: OrganismSpec | None) -> Screen | None:
             if spec is not None else None)
 
 
-def _in_running(ctx: click.Context, organism: Path, explicit: bool, choice: LetterChoice,
-                ) -> tuple[Path, list[StoredDeadLetter], str | None] | None:
-    """The running organism's socket and its letters ``choice`` matches, when ``dlq`` acts
-    on it: no source was named, a run of the file answers, and it keeps them (over a broker
-    the dead-letter queue holds every process's: it is read as before; an organism in
-    several processes runs over a broker, so any one of them answers this alike).
-    Last: the journal that keeps them too, if one does."""
-    path = None if explicit else attached(organism)
-    if path is None:
-        return None
-    letters: list[StoredDeadLetter] = []
-    after: int | None = 0
-    while after is not None:  # the endpoint answers a page at a time
-        status, answer = call(ctx, path, "GET", "dead-letters", params={
-            "agent": choice.agents, "reason": choice.reasons, "id": choice.ids,
-            "after": str(after)})
-        if status != 200:
-            refused(ctx, answer)
-        if answer.get("brokered"):
-            return None
-        letters += (_stored(data) for data in answer["letters"])
-        after = answer.get("next")
-    return path, letters, answer.get("journal")
-
-
-_JOURNAL_LAG_S, _JOURNAL_LOOK_S = 2.0, 0.02  # how long, how often: a letter reaching it
-
-
-def _forget_in_journal(journal: str | None, letters: list[StoredDeadLetter]) -> None:
-    """The running organism replayed or purged ``letters``; its ``journal`` keeps them
-    too (numbered its own way): take the same ones out there, or they would come back."""
-    if journal is None or not letters:
-        return
-    wanted = {(s.letter.spore.id, s.letter.agent, s.letter.at) for s in letters}
-    ids = tuple({key[0] for key in wanted})
-    # The journal's writer commits a letter a moment after the process made it: one made
-    # just now may not be there yet, so look again for a while before purging.
-    give_up = time.monotonic() + _JOURNAL_LAG_S
-    with JournalFile(journal) as file:
-        while True:
-            kept = [s for s in file.dead_letters(ids=ids)
-                    if (s.letter.spore.id, s.letter.agent, s.letter.at) in wanted]
-            if len(kept) >= len(wanted) or time.monotonic() >= give_up:
-                break
-            time.sleep(_JOURNAL_LOOK_S)
-        file.purge(kept)
-
-
-def _in_process(path: Path) -> str:
-    return f"the running organism (control socket {path})"
-
-
-def _stored(data: dict[str, Any]) -> StoredDeadLetter:
-    """A dead letter as the control endpoint answers it (``operations.letter_dict``)."""
-    return StoredDeadLetter(int(data["number"]), DeadLetter(
-        _spore(data["spore"]), data["reason"], data["error"], data.get("agent"),
-        int(data.get("attempts", 0)), data.get("traceback"),
-        datetime.fromisoformat(data["at"])))
-
-
-def _spore(form: dict[str, Any]) -> Spore:
-    """A letter's spore as the endpoint wrote it (``spore_form``): one that has no JSON
-    form comes as its id and a text of it, shown as such."""
-    try:
-        return Spore.from_dict(form)
-    except SporeError as exc:
-        return Unreadable.of(exc, id=str(form.get("id")), data=json.dumps(form))
-
-
 def _choice(ctx: click.Context, agents: tuple[str, ...], reasons: tuple[str, ...],
             ids: tuple[str, ...], everything: bool | None = None) -> LetterChoice:
     """The filters given; replay and purge (``everything`` not None) need one, or --all."""
@@ -344,9 +277,9 @@ def list_(ctx: click.Context, organism: Path, journal: Path | None, backend: str
           ids: tuple[str, ...], as_json: bool) -> None:
     """One line per dead letter: number, time, agent, reason, error."""
     choice = _choice(ctx, agents, reasons, ids)
-    running = _in_running(ctx, organism, bool(journal or backend or origin), choice)
+    running = in_running(ctx, organism, bool(journal or backend or origin), choice)
     if running is not None:
-        letters, where = running[1], _in_process(running[0])
+        letters, where = running[1], in_process(running[0])
     else:
         source = _source(ctx, organism, journal, backend, origin)
         letters = _apply(ctx, source, choice, "read", named=False).letters
@@ -366,10 +299,10 @@ def show(ctx: click.Context, organism: Path, journal: Path | None, backend: str 
          ids: tuple[str, ...]) -> None:
     """Each chosen dead letter whole: its error, traceback and spore."""
     choice = _choice(ctx, agents, reasons, ids)
-    running = _in_running(ctx, organism, bool(journal or backend or origin), choice)
+    running = in_running(ctx, organism, bool(journal or backend or origin), choice)
     if running is not None:
         letters = running[1]
-        guarded(ctx, lambda: choice.require(letters, None, _in_process(running[0]),
+        guarded(ctx, lambda: choice.require(letters, None, in_process(running[0]),
                                             _listing(organism, None, None, None)))
     else:
         letters = _apply(ctx, _source(ctx, organism, journal, backend, origin), choice,
@@ -412,11 +345,11 @@ def replay(ctx: click.Context, organism: Path, journal: Path | None, backend: st
     has confirmed it: the organism's running processes deliver them.
     """
     choice = _choice(ctx, agents, reasons, ids, everything)
-    running = _in_running(ctx, organism, bool(journal or backend or origin), choice)
+    running = in_running(ctx, organism, bool(journal or backend or origin), choice)
     if running is not None:  # the running organism delivers them now (--run or not)
-        replayed = _replay_in_running(ctx, running[0], choice)
+        replayed = replay_in_running(ctx, running[0], choice)
         # Its journal keeps them too: replayed, not to be again.
-        _forget_in_journal(running[2], [s for s in running[1] if s.number in replayed])
+        forget_in_journal(running[2], [s for s in running[1] if s.number in replayed])
         if len(replayed) < len(running[1]):
             ctx.exit(1)  # some stay dead letters: said above
         return
@@ -451,24 +384,6 @@ def replay(ctx: click.Context, organism: Path, journal: Path | None, backend: st
         ctx.exit(1)
 
 
-def _replay_in_running(ctx: click.Context, path: Path, choice: LetterChoice) -> set[int]:
-    """Replay in the running organism; the numbers of the letters it replayed."""
-    status, answer = call(ctx, path, "POST", "dead-letters/replay", _asked(choice))
-    if status != 200:
-        refused(ctx, answer)
-    for problem in answer["problems"]:
-        click.echo(masked(ctx, f"not replayed: {problem}"), err=True)
-    click.echo(f"{answer['replayed']} dead letter(s) replayed in the running organism "
-               f"(control socket {path})", err=True)
-    return set(answer["numbers"])
-
-
-def _asked(choice: LetterChoice) -> dict[str, Any]:
-    """``choice`` as the control endpoint's replay and purge take it."""
-    return {"agents": list(choice.agents), "reasons": list(choice.reasons),
-            "ids": list(choice.ids), "all": not choice}
-
-
 async def _run_until_idle(org: Organism, drain_timeout: float) -> None:
     async with org.running(drain_timeout=drain_timeout):
         await org.idle()
@@ -484,16 +399,16 @@ def purge(ctx: click.Context, organism: Path, journal: Path | None, backend: str
     """Delete the chosen dead letters for good (from the journal, the broker, or the
     running organism that keeps them)."""
     choice = _choice(ctx, agents, reasons, ids, everything)
-    running = _in_running(ctx, organism, bool(journal or backend or origin), choice)
+    running = in_running(ctx, organism, bool(journal or backend or origin), choice)
     if running is not None:  # by the numbers `list` showed, in the process and its journal
-        status, answer = call(ctx, running[0], "POST", "dead-letters/purge", _asked(choice))
+        status, answer = call(ctx, running[0], "POST", "dead-letters/purge", asked(choice))
         if status != 200:
             refused(ctx, answer)
         gone = set(answer["numbers"])
-        _forget_in_journal(running[2], [s for s in running[1] if s.number in gone])
+        forget_in_journal(running[2], [s for s in running[1] if s.number in gone])
         also = " and its journal" if running[2] is not None else ""
         click.echo(f"{answer['purged']} dead letter(s) purged in "
-                   f"{_in_process(running[0])}{also}", err=True)
+                   f"{in_process(running[0])}{also}", err=True)
         return
     source = _source(ctx, organism, journal, backend, origin)
     purged = _apply(ctx, source, choice, "purge").done
