@@ -250,3 +250,26 @@ async def test_a_send_made_before_the_removal_and_awaited_after_it_is_refused_at
         await organism.idle()
     assert seen == []
     assert list(organism.dead_letters) == []
+
+
+async def test_what_is_owed_is_charged_the_removed_agents_declared_cost() -> None:
+    # Found by a review: the budget stage read the costs of the agents in the wiring
+    # only, so a spore owed to a removed agent reached it uncharged (here: handled,
+    # though its thread had no budget left for it, as it would have been refused).
+    seen: list[int] = []
+
+    async def work(spore: Spore, ctx: Any) -> None:
+        seen.append(spore.knowledge["n"])
+
+    organism = Organism.from_dict({
+        "organism": {"name": "removal-cost"},
+        "limits": {"max_cost_per_thread": 15},
+        "agents": {"worker": {"handler": work, "cost": 10}, "keep": {"handler": work}}})
+    async with organism.running():
+        await organism.send("worker", {"n": 0}, thread_id="t1")
+        await organism.send("worker", {"n": 1}, thread_id="t1")  # 10 + 10 > 15
+        await organism.remove_agent("worker")
+        await organism.idle()
+        await wait_for(lambda: not organism.wiring().retired.lanes)
+    assert seen == [0]
+    assert [letter.reason for letter in organism.dead_letters] == ["budget"]
