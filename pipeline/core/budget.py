@@ -188,9 +188,10 @@ class ThreadBudget:
 
 
 def declared_costs(wiring: WiringSnapshot) -> dict[str, float]:
-    """The agents of ``wiring`` that declare a cost (``agents.X.cost``), and what it is."""
-    return {name: agent.spec.cost for name, agent in wiring.agents.items()
-            if agent.spec.cost is not None}
+    """The agents of ``wiring`` that declare a cost (``agents.X.cost``), and what it is;
+    those a reload removed too, while they still settle what was accepted for them."""
+    specs = [*wiring.retiring.items(), *((name, a.spec) for name, a in wiring.agents.items())]
+    return {name: spec.cost for name, spec in specs if spec.cost is not None}
 
 
 def charged_here(spore: Spore, wiring: WiringSnapshot | None, queue: str | None, *,

@@ -122,6 +122,8 @@ class WiringSnapshot:
     # Each channel's subscribers' lanes: what outside admission looks at per broadcast.
     channel_lanes: Mapping[str, tuple[AgentLane, ...]]
     retired: Retired = field(default_factory=Retired)
+    # Agents taken out whose lanes still settle what was accepted for them: their specs.
+    retiring: Mapping[str, AgentSpec] = field(default_factory=dict)
 
     @classmethod
     def of(cls, spec: OrganismSpec, agents: Mapping[str, AgentRuntime],
@@ -129,8 +131,9 @@ class WiringSnapshot:
         """The snapshot of ``spec`` run by ``agents`` (one runtime per agent of ``spec``);
         the lanes of ``previous``'s agents that are not among them are ``retired``.
 
-        A retiring agent's schema is kept while its lane settles: what was accepted for
-        it before the reload is checked by it on its way there, as it would have been."""
+        A retiring agent's spec and schema are kept while its lane settles (``retiring``):
+        what was accepted for it before the reload is checked by its schema and charged its
+        declared cost on its way there, as it would have been."""
         lanes = {name: agent.lane for name, agent in agents.items()}
         if previous is None:
             table, retired = routing_table(spec), Retired()
@@ -139,10 +142,17 @@ class WiringSnapshot:
             retired = previous.retired.after(previous.agents, agents)
         schemas = {name: schema_check(name, a.schema)
                    for name, a in spec.agents.items() if a.schema is not None}
+        retiring: dict[str, AgentSpec] = {}
         if previous is not None:
             for name, _ in retired.lanes:
+                if name in agents:  # the old lane of a changed agent: its new spec rules
+                    continue
+                was = previous.agents.get(name)
+                kept = was.spec if was is not None else previous.retiring.get(name)
+                if kept is not None:
+                    retiring[name] = kept
                 check = previous.schemas.get(name)
-                if check is not None and name not in agents:
+                if check is not None:
                     schemas.setdefault(name, check)
         return cls(
             spec=spec,
@@ -153,6 +163,7 @@ class WiringSnapshot:
             channel_lanes={channel: tuple(lanes[name] for name in names if name in lanes)
                            for channel, names in table.subscribers.items()},
             retired=retired,
+            retiring=retiring,
         )
 
     @classmethod
