@@ -59,3 +59,26 @@ def test_an_xml_reply_expiring_after_a_year_is_refused_as_a_send_is() -> None:
     assert got == []
     [error] = errors
     assert "longer than a year; write one up to 8760h" in error
+
+
+def test_a_request_timeout_over_a_year_as_a_number_is_refused_naming_the_timeout() -> None:
+    # Found by a review: written with its unit it was refused as a timeout; as a number
+    # of seconds it passed, and its request's expiry refused it naming `expires_in`, a
+    # keyword the caller never gave.
+    def echo(spore: Spore, ctx: Any) -> dict[str, Any]:
+        return {}
+
+    async def main() -> list[str]:
+        organism = Organism.from_dict({"organism": {"name": "timeout-bound"},
+                                       "agents": {"echo": {"handler": echo}}})
+        said = []
+        async with organism.running():
+            for timeout in (400 * 24 * 3600, "9600h"):
+                with pytest.raises(SporeError) as caught:
+                    await organism.request("echo", {}, timeout=timeout)
+                said.append(str(caught.value))
+        return said
+
+    for said in asyncio.run(main()):
+        assert said.startswith("timeout: duration"), said
+        assert "year" in said
