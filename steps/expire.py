@@ -49,7 +49,7 @@ def expiry_after(now: datetime, expires_in: object) -> datetime | None:
     if isinstance(expires_in, timedelta):
         return now + expires_in
     if isinstance(expires_in, str):  # "30s", as organism.yaml writes durations
-        expires_in = _text_seconds(expires_in, "expires_in")
+        expires_in = _seconds(expires_in, "expires_in")
     if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
         raise SporeError(f"expires_in must be a number of seconds or a timedelta, got "
                          f"{expires_in!r:.40}; write expires_in=30 for 30 seconds")
@@ -59,8 +59,8 @@ def expiry_after(now: datetime, expires_in: object) -> datetime | None:
     return now + timedelta(seconds=expires_in)
 
 
-def _text_seconds(text: str, name: str) -> float:
-    """``text``, a duration written as organism.yaml writes them (``30s``, ``2m``)."""
+def _seconds(text: str | float, name: str) -> float:
+    """``text``, a duration as organism.yaml writes them (``30s``, ``2m``, a number)."""
     try:
         return parse_duration(text)  # at most a year, as a number of seconds is
     except ValueError as exc:
@@ -73,12 +73,14 @@ def timeout_seconds(timeout: object) -> float:
     if isinstance(timeout, timedelta):
         timeout = timeout.total_seconds()
     if isinstance(timeout, str):  # "5s", as organism.yaml writes durations
-        timeout = _text_seconds(timeout, "timeout")
+        timeout = _seconds(timeout, "timeout")
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
             0 < timeout < math.inf):
         raise SporeError(f"timeout must be a number of seconds above 0 or a timedelta, got "
                          f"{shown(timeout, 40)}; write timeout=5 for 5 seconds")
-    return float(timeout)
+    # At most a year, however written: the request expires with it (else its expiry
+    # refuses it, naming an expires_in its asker never gave).
+    return _seconds(timeout, "timeout")
 
 
 def expired(spore: Spore, now: float, *, wall: Callable[[], datetime] = utc_now) -> bool:
