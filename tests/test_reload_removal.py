@@ -286,8 +286,6 @@ async def _copy_each(source: AsyncIterable[list[Spore]], *, reject: Any,
                    for spore in batch]
 
 
-@pytest.mark.xfail(strict=True, reason="found by review1, not fixed: Owed knows a spore by "
-                   "object identity, and a user's stage before route may pass on a copy")
 async def test_what_is_owed_reaches_the_removed_agent_through_a_stage_that_copies_it() -> None:
     # A stage before validate may replace what it passes on. The copy is owed nothing:
     # it is an 'unknown agent' dead letter whose error says what was sent before the

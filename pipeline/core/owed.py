@@ -2,10 +2,10 @@
 
 A removed agent finishes what it holds and what was already accepted for it. What the
 intake still holds for it when the reload swaps the wiring (an outside send that
-returned, a handler's send, a reply, those paged out included) is known here by object
-identity, with the agent's retiring lane. Each still passes the whole chain: route's
-unknown-agent branch asks :meth:`Owed.owes`, and ``hand_to_lanes`` takes the lane from
-:meth:`Owed.take`. Either is asked only of a spore addressed to no agent, so an organism
+returned, a handler's send, a reply, those paged out included) is known here by its id
+(a user's stage may pass on a copy), with the agent's retiring lane. Each still passes
+the whole chain: route's unknown-agent branch asks :meth:`Owed.owes`, and
+``hand_to_lanes`` takes the lane from :meth:`Owed.take`. Either is asked only of a spore addressed to no agent, so an organism
 with nothing owed pays nothing per spore. A spore owed that a stage refuses, or that is
 settled otherwise, is let go here (a ledger hook, attached only while something is
 owed), so that :meth:`Owed.settled`, which a retiring lane waits on before its agent
@@ -33,8 +33,9 @@ class Owed(LedgerHook):
     def __init__(self, intake: Intake, ledger: Ledger) -> None:
         self._intake = intake
         self._ledger = ledger
-        # id(spore) -> (spore, lane): the spore is held here, so its id is not reused.
-        self._spores: dict[int, tuple[Spore, AgentLane]] = {}
+        # The spore's id -> its retiring lane: by id, not by object, since a user's stage
+        # before route may pass on a copy (``dataclasses.replace``) of what it was given.
+        self._spores: dict[str, AgentLane] = {}
         self._count: dict[AgentLane, int] = {}  # spores owed, by lane
         self._paged: set[AgentLane] = set()  # lanes some of whose spores are paged out
         self._waiters: dict[AgentLane, asyncio.Event] = {}
@@ -68,7 +69,7 @@ class Owed(LedgerHook):
         names = set(names)
         if not names or not (self._spores or self._paged):
             return
-        for key, (_, lane) in list(self._spores.items()):
+        for key, lane in list(self._spores.items()):
             if lane.name in names:
                 self._let_go(key)
         lanes = {lane for lane in self._paged if lane.name in names}
@@ -85,38 +86,36 @@ class Owed(LedgerHook):
 
     def owes(self, spore: Spore) -> bool:
         """Whether ``spore`` is owed to a retiring lane."""
-        entry = self._spores.get(id(spore))
-        return entry is not None and entry[0] is spore
+        return type(spore.id) is str and spore.id in self._spores
 
     def take(self, spore: Spore, name: str) -> AgentLane | None:
         """The retiring lane of agent ``name`` that ``spore`` is owed to (no longer owed
         once taken), or None."""
-        key = id(spore)
-        entry = self._spores.get(key)
-        if entry is None or entry[0] is not spore or entry[1].name != name:
+        key = spore.id
+        lane = self._spores.get(key) if type(key) is str else None
+        if lane is None or lane.name != name:
             return None
         self._let_go(key)
-        return entry[1]
+        return lane
 
     # -- the ledger's hook: a spore owed, settled without reaching its lane ------------
 
     def released(self, spore: Spore) -> None:
-        key = id(spore)
-        entry = self._spores.get(key)
-        if entry is not None and entry[0] is spore:
+        key = spore.id
+        if type(key) is str and key in self._spores:
             self._let_go(key)
 
     # -- inside ------------------------------------------------------------------------
 
     def _owe(self, spore: Spore, lane: AgentLane) -> None:
-        key = id(spore)
-        if key not in self._spores:
-            self._spores[key] = (spore, lane)
+        key = spore.id
+        if type(key) is str and key not in self._spores:  # else validate refuses it
+            self._spores[key] = lane
             self._count[lane] = self._count.get(lane, 0) + 1
             self._attach()
 
-    def _let_go(self, key: int) -> None:
-        _, lane = self._spores.pop(key)
+    def _let_go(self, key: str) -> None:
+        lane = self._spores.pop(key)
         left = self._count[lane] - 1
         if left:
             self._count[lane] = left
