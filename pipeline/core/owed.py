@@ -5,11 +5,11 @@ intake still holds for it when the reload swaps the wiring (an outside send that
 returned, a handler's send, a reply, those paged out included) is known here by its id
 (a user's stage may pass on a copy), with the agent's retiring lane. Each still passes
 the whole chain: route's unknown-agent branch asks :meth:`Owed.owes`, and
-``hand_to_lanes`` takes the lane from :meth:`Owed.take`. Either is asked only of a spore addressed to no agent, so an organism
-with nothing owed pays nothing per spore. A spore owed that a stage refuses, or that is
-settled otherwise, is let go here (a ledger hook, attached only while something is
-owed), so that :meth:`Owed.settled`, which a retiring lane waits on before its agent
-stops, always returns.
+``hand_to_lanes`` takes the lane from :meth:`Owed.take`. Either is asked only of a spore
+addressed to no agent, so an organism with nothing owed pays nothing per spore. A spore
+owed that a stage refuses, or that is settled otherwise, is let go here (a ledger hook,
+attached only while something is owed), so that :meth:`Owed.settled`, which a retiring
+lane waits on before its agent stops, always returns.
 
 A broadcast is not owed: it goes to its channel's subscribers when route takes it, as
 after ``unsubscribe``.
