@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from sporeflow.pipeline import Organism, Spore, SporeType
 from sporeflow.pipeline.cli.main import cli
 from sporeflow.pipeline.journal.offline import JournalFile
+from sporeflow.pipeline.journal.sqlite import JournalError, lock
 
 BROKEN = '''
 from pathlib import Path
@@ -462,3 +463,13 @@ async def test_a_journal_a_running_organism_holds_is_not_changed_behind_its_back
     code, out, _ = invoke("dlq", "list", "--journal", str(tmp_path / "j.db"))
     assert code == 0
     assert len(out.splitlines()) == 1  # the letter is still there
+
+
+def test_a_replay_from_a_journal_file_holds_its_lock_until_it_is_done(journal: Path) -> None:
+    # Found in review: the check took the lock and let it go at once, so an organism
+    # starting between the check and the write loaded the letters being replayed.
+    with JournalFile(journal) as file:
+        file.refuse_if_running("replay")
+        with pytest.raises(JournalError, match="in use by another running organism"):
+            lock(journal)  # what an organism starting now does first
+    os.close(lock(journal))  # let go once the replay is done

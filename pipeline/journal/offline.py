@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from functools import partial
@@ -21,7 +22,7 @@ from sporeflow.pipeline.journal.sqlite import (
     booted_agents,
     check_file,
     connect,
-    held_by_a_run,
+    lock,
     owner_of,
     stored_spore,
     to_json,
@@ -50,6 +51,7 @@ class JournalFile:
         if not check_file(self.path):
             raise JournalError(f"{self.path}: the file is empty; it is not a journal yet")
         self._conn = connect(self.path, "normal", exists=True)
+        self._lock_fd: int | None = None  # held while a change is made (refuse_if_running)
 
     def __enter__(self) -> JournalFile:
         return self
@@ -59,17 +61,25 @@ class JournalFile:
 
     def close(self) -> None:
         self._conn.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # the lock goes with it
+            self._lock_fd = None
 
     def refuse_if_running(self, action: str) -> None:
-        """Raise if ``action`` (but ``read``) would change a journal a running organism
-        holds: it keeps its dead letters in memory too, so a ``replay`` or ``purge`` made
-        here behind its back could be undone or done twice (replayed here and by it: a
-        letter handled twice)."""
-        if action != "read" and held_by_a_run(self.path):
+        """Unless ``action`` is ``read``: hold the journal's lock, as a running organism
+        does, until this file is closed, or raise if a running organism holds it. It keeps
+        its dead letters in memory too, so a ``replay`` or ``purge`` made here behind its
+        back could be undone or done twice (replayed here and by it: a letter handled
+        twice); held, no organism starts on it meanwhile."""
+        if action == "read" or self._lock_fd is not None:
+            return
+        try:
+            self._lock_fd = lock(self.path)
+        except JournalError:
             raise JournalError(
                 f"{self.path}: the journal is in use by a running organism; {action} its "
                 f"dead letters through it: `sporeflow dlq {action} ORGANISM.yaml` without "
-                f"--journal asks the running organism (or stop it first)")
+                f"--journal asks the running organism (or stop it first)") from None
 
     def organism(self) -> str | None:
         """The name of the organism whose runs wrote this journal (None: not recorded)."""

@@ -55,7 +55,6 @@ __all__ = [
     "check_log_in_place",
     "connect",
     "describe_failure",
-    "held_by_a_run",
     "letter_row",
     "lock",
     "log_identity",
@@ -310,23 +309,6 @@ def lock(path: Path) -> int:
             raise JournalError(f"{path}: the journal is in use by another running organism; "
                                f"stop it first or use another journal file") from None
     return fd
-
-
-def held_by_a_run(path: Path) -> bool:
-    """Whether a running organism holds the journal at ``path`` (its :func:`lock`)."""
-    if fcntl is None:
-        return False
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the close below
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 @contextlib.contextmanager
