@@ -13,9 +13,14 @@ import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from sporeflow.pipeline import Organism
+from sporeflow.pipeline.reload import reloader
 
+from .conformance.harness import wait_for
 from .test_reload import module, started, state, until, write_organism
 
 __all__ = ["module"]  # the fixture, imported for pytest
@@ -123,3 +128,23 @@ async def test_stop_while_stacked_swaps_wait_on_a_hung_handler_dead_letters_what
     assert left == 3
     assert sorted(letter.spore.knowledge["n"] for letter in organism.dead_letters) == [1, 2, 3]
     assert {letter.reason for letter in organism.dead_letters} == {"shutdown"}
+
+
+async def test_a_removed_class_agent_whose_on_stop_hangs_is_let_go_within_a_bound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found in review: the stop bounds on_stop hooks, a reload did not: the retirement
+    # (and every swap stacked behind one) waited on the hook for ever.
+    monkeypatch.setattr(reloader, "HOOK_LIMIT", 0.2, raising=False)
+
+    class Stubborn:
+        async def handle(self, spore: Any, ctx: Any) -> None:
+            return None
+
+        async def on_stop(self) -> None:
+            await asyncio.Event().wait()  # never ends
+
+    organism = Organism.from_dict({"agents": {"s": {"handler": Stubborn, "lazy": False},
+                                              "keep": {"handler": lambda s, c: None}}})
+    async with organism.running():
+        await organism.remove_agent("s")
+        await wait_for(lambda: not organism.wiring().retired.lanes, timeout=10)

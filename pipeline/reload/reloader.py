@@ -101,6 +101,10 @@ _logger = logging.getLogger("sporeflow.reload")
 # How often a hand-over looks whether the old lane's remaining handlers all wait on a
 # request (they then hold no slot, and the responder may be the new lane itself).
 _LENT_CHECK = 0.05
+# Seconds a replaced or removed class agent's on_stop may run (a stop's drain timeout, by
+# default); past them it is cancelled and let go, as at a stop: a hook that never ends
+# would hold its agent's retirement and every swap stacked behind it.
+HOOK_LIMIT = 30.0
 
 
 class Reloader:
@@ -391,7 +395,7 @@ class Reloader:
 
     async def _stop_actor(self, agent: AgentRuntime) -> None:
         if agent.actor is not None:  # the hook is the user's code: logged, the reload goes on
-            await agent.actor.stop(self._organism.logger)
+            await agent.actor.stop(self._organism.logger, within=HOOK_LIMIT)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(
