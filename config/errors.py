@@ -29,7 +29,8 @@ runtime both raise these, and ``config`` imports nothing of either.
     │   └── AmbiguousProcess   it runs in several processes; the command needs one chosen
     ├── BrokerError            the message broker failed or is unreachable
     │   ├── Disconnected       the link went down before the broker confirmed (broker.link)
-    │   └── Requeued           a delivery's link went down: the broker took it back
+    │   ├── Requeued           a delivery's link went down: the broker took it back
+    │   └── Unroutable         the broker returned a publish: no queue bound to its key
     └── JournalError           the journal file is foreign, damaged or failed (pipeline.journal)
         └── JournalGone        its file was deleted or replaced while open (journal.sqlite)
 
