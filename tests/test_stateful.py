@@ -285,3 +285,31 @@ async def test_a_snapshot_refused_for_one_agent_changes_no_other() -> None:
         await organism.send("c", {})  # nothing pending for c: its spores are handled
         await organism.idle()
     assert list(organism.dead_letters) == []
+
+
+async def test_the_stop_cancels_the_hanging_on_stop_of_an_agent_a_reload_removed() -> None:
+    """Found by tests/random_reloads.py: the removed agent's hook, run by the reload, was
+    orphaned when the stop cancelled the reload's work, and still ran after the stop."""
+    began, ended = asyncio.Event(), asyncio.Event()
+
+    class Hangs:
+        async def handle(self, spore: Spore, ctx: Any) -> None:
+            return None
+
+        async def on_stop(self) -> None:
+            began.set()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                ended.set()
+
+    async def keep(spore: Spore, ctx: Any) -> None:
+        return None
+
+    organism = Organism.from_dict({"agents": {"hangs": {"handler": Hangs, "lazy": False},
+                                              "keep": {"handler": keep}}})
+    await organism.start()
+    await organism.remove_agent("hangs")
+    await asyncio.wait_for(began.wait(), 10)
+    await organism.stop(drain_timeout=0.2)
+    await asyncio.wait_for(ended.wait(), 10)  # a backstop: the stop cancels the hook

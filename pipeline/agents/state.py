@@ -88,14 +88,20 @@ class ClassAgent:
                    hurry: asyncio.Future[None] | None = None) -> None:
         """Run the instance's ``on_stop`` if it has one, for at most ``within`` seconds
         (None: no bound) and not past ``hurry``: a hook that fails is logged, one that
-        has not ended by then is cancelled, logged and abandoned. The hook is the
-        user's code: whatever it does, the stop goes on."""
+        has not ended by then is cancelled, logged and abandoned, and so is one whose
+        wait is cancelled (a stop ending a reload's work). The hook is the user's code:
+        whatever it does, the stop goes on."""
         on_stop = getattr(self.instance, "on_stop", None) if self.instance is not None else None
         if on_stop is None:
             return
         hook = asyncio.ensure_future(on_stop())
         waited: set[asyncio.Future[Any]] = {hook} if hurry is None else {hook, hurry}
-        await asyncio.wait(waited, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait(waited, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # our caller gave up (a stop ended a reload's work)
+            hook.cancel()  # the hook with it, never left running on its own
+            hook.add_done_callback(_retrieved)
+            raise
         if not hook.done():
             hook.cancel()  # not awaited: a hook that ignores its cancellation is let go
             hook.add_done_callback(_retrieved)
