@@ -352,6 +352,7 @@ class Organism(OutsideApi):
         left = await drain_then_abandon(run, lambda: [
             *((name, agent.lane) for name, agent in self._cell.current.agents.items()),
             *self._reloader.close()], drain_timeout, hurry)
+        self._reloader.closed()  # the counts of the lanes it cut short
         await run.finish_chain()
         self._requests.stop(lambda: OrganismStateError("the organism stopped"))
         await self._agent_states.stop(self._cell.current.agents, until=ends, hurry=hurry)  # hooks

@@ -148,3 +148,27 @@ async def test_a_removed_class_agent_whose_on_stop_hangs_is_let_go_within_a_boun
     async with organism.running():
         await organism.remove_agent("s")
         await wait_for(lambda: not organism.wiring().retired.lanes, timeout=10)
+
+
+async def test_what_an_old_lane_did_while_its_swap_waited_stays_counted_after_a_stop(
+        tmp_path: Path, module: Callable[..., str]) -> None:
+    """Found by tests/random_reloads.py: a stop ended the swap before it added what the
+    old lane handled or failed after the reload to the agent's counts, so the totals
+    said 2 received and none handled or failed."""
+    mod = module()
+    file = write_organism(tmp_path, TEXT, mod=mod, n=2, to="a")
+    organism = Organism.from_file(file)
+    handlers = sys.modules[mod]
+    handlers.GATES.update(hang=asyncio.Event(), done=asyncio.Event())  # hang never set
+    await organism.start()
+    await organism.send("slow", {"n": 1, "gate": "hang"})
+    await organism.send("slow", {"n": 2, "gate": "done"})
+    await started(handlers, 1, 2)
+    write_organism(tmp_path, TEXT, mod=mod, n=3, to="a")
+    await organism.reload()  # the swap waits on the old lane's handler of spore 1
+    handlers.GATES["done"].set()
+    await until(lambda: state(organism, "slow") == [2], organism.events)
+    await organism.stop(drain_timeout=0.2)  # spore 1: cancelled, a shutdown dead letter
+    counts = organism.stats()["agents"]["slow"]
+    assert (counts["received"], counts["handled"], counts["failed"]) == (2, 1, 1)
+    assert [letter.spore.knowledge["n"] for letter in organism.dead_letters] == [1]

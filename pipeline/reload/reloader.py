@@ -46,7 +46,7 @@ from typing import Any, Protocol
 from sporeflow.config import AgentSpec, ConfigError, OrganismSpec, SporeflowError, check_organism
 from sporeflow.config.reasons import reason_of
 from sporeflow.pipeline.core.owed import Owed
-from sporeflow.pipeline.core.wiring import LANE_COUNTS, AgentRuntime, WiringSnapshot
+from sporeflow.pipeline.core.wiring import AgentRuntime, WiringSnapshot
 from sporeflow.pipeline.observe.events import AgentStateChanged, EventBus, OrganismReloaded
 from sporeflow.pipeline.reload.diff import (
     LIVE_LIMITS,
@@ -60,7 +60,7 @@ from sporeflow.pipeline.reload.diff import (
     stranded,
 )
 from sporeflow.pipeline.reload.sources import HandlerSources
-from sporeflow.pipeline.reload.swaps import Swap, SwapChain, stacked_notes
+from sporeflow.pipeline.reload.swaps import Swap, SwapChain, lane_counts, stacked_notes
 from sporeflow.steps import AgentLane, Spore, schema_refusal
 
 
@@ -120,6 +120,7 @@ class Reloader:
         self._sources = HandlerSources()
         self._sources.track(organism.spec)
         self._handovers: dict[str, Swap] = {}  # the newest, by agent in the wiring
+        self._swaps: set[Swap] = set()  # every swap whose old lane's counts are not folded
         self._tasks: set[asyncio.Task[None]] = set()  # hand-overs and retirements
         # Lanes that left the routing table and still finish work: stop() cancels them.
         self._retiring: dict[AgentLane, str] = {}
@@ -141,6 +142,13 @@ class Reloader:
         lanes = [(name, lane) for lane, name in self._retiring.items()]
         self._retiring.clear()
         return lanes
+
+    def closed(self) -> None:
+        """The stop has abandoned what the lanes :meth:`close` returned held: what the old
+        lanes of the swaps it cut counted goes to their agents, as a finished swap's does."""
+        for swap in self._swaps:
+            swap.fold()
+        self._swaps.clear()
 
     async def reload(self, path: str | Path | None = None) -> ReloadReport:
         """Re-read ``path`` (default: the organism's file), validate it fully, apply it."""
@@ -253,14 +261,13 @@ class Reloader:
         organism.rewire(applied, {name: built.get(name) or old_agents[name]
                                   for name in applied.agents})
 
-        bases, refusers = {}, {}
+        refusers = {}
         for name, fields in diff.changed.items():
             old_lane, new_lane = old_agents[name].lane, built[name].lane
             old_lane.pause()
             refusers[name] = refuse = self._refuser(name) if "schema" in fields else None
             _move(old_lane, new_lane, refuse)
-            bases[name] = base = _counters(old_lane)
-            for counter, value in base.items():  # the agent's counts go on, not restart
+            for counter, value in lane_counts(old_lane).items():  # they go on, not restart
                 setattr(new_lane, counter, value)
             self._retiring[old_lane] = name
             if name not in self._handovers:
@@ -282,8 +289,8 @@ class Reloader:
             chain = after.chain if after is not None else SwapChain(built[name])
             chain.newest = built[name]
             swap = self._handovers[name] = Swap(chain, old_agents[name], after)
-            swap.task = self._spawn(self._hand_over(
-                name, swap, built[name], bases[name], refusers[name]))
+            self._swaps.add(swap)
+            swap.task = self._spawn(self._hand_over(name, swap, built[name], refusers[name]))
 
     def _refuser(self, name: str) -> Callable[[Spore], bool] | None:
         """What dead-letters a spore held for ``name`` that its new schema refuses (True:
@@ -319,12 +326,11 @@ class Reloader:
         return notes
 
     async def _hand_over(self, name: str, swap: Swap, new: AgentRuntime,
-                         base: dict[str, int], refuse: Callable[[Spore], bool] | None,
-                         ) -> None:
+                         refuse: Callable[[Spore], bool] | None) -> None:
         """Let the old lane's in-flight handlers finish, then run the new lane.
 
-        ``base`` holds the old lane's counters when the new lane took over; ``refuse``
-        dead-letters what the new schema refuses of what the old lane still leaves.
+        ``refuse`` dead-letters what the new schema refuses of what the old lane still
+        leaves.
         """
         old, chain, after = swap.old, swap.chain, swap.after
         old_lane, new_lane = old.lane, new.lane
@@ -350,8 +356,8 @@ class Reloader:
             if newest is not new_lane:
                 refuse = self._refuser(name)
             counted_twice = _move(old_lane, newest, refuse)
-            for counter, value in _counters(old_lane).items():  # what they did meanwhile
-                setattr(newest, counter, getattr(newest, counter) + value - base[counter])
+            swap.fold()  # what they did meanwhile
+            self._swaps.discard(swap)
             newest.received -= counted_twice
             if after is not None:  # swaps end in order: an older lane may share our actor
                 await asyncio.wait([after.task])  # however it ended
@@ -443,13 +449,6 @@ def _move(old: AgentLane, new: AgentLane, refuse: Callable[[Spore], bool] | None
     for spore, attempt in entries:
         new.deliver(spore, attempt)
     return sum(1 for _, attempt in entries if attempt == 1)
-
-
-def _counters(lane: AgentLane) -> dict[str, int]:
-    """The lane's counts a new lane of its agent goes on from ('deduplicated' is its
-    dedupe's, which the new lane shares)."""
-    return {counter: getattr(lane, counter) for counter in LANE_COUNTS
-            if counter != "deduplicated"}
 
 
 async def _until_no_slot_held(lane: AgentLane) -> None:
