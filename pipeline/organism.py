@@ -348,8 +348,7 @@ class Organism(OutsideApi):
         await self.sources.stop()  # first: they admit nothing more (see sources.runner)
         if self._bridge is not None:  # take no new deliveries; finish those taken
             await self._bridge.stop_consuming(drain_timeout)
-        # Lanes a reload retired may hold work too; what the chain did not take: dead letters.
-        left = await drain_then_abandon(run, lambda: [
+        left = await drain_then_abandon(run, lambda: [  # and the lanes a reload retired
             *((name, agent.lane) for name, agent in self._cell.current.agents.items()),
             *self._reloader.close()], drain_timeout, hurry)
         self._reloader.closed()  # the counts of the lanes it cut short
