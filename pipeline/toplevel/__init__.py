@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     )
     from sporeflow.config.extras import MissingExtra
     from sporeflow.pipeline import Context, DeadLetter, Organism
-    from sporeflow.pipeline.broker.link import Disconnected, Requeued
+    from sporeflow.pipeline.broker.link import Disconnected, Requeued, Unroutable
     from sporeflow.pipeline.core.deadletters import NoSuchDeadLetter, UnknownAgent
     from sporeflow.pipeline.journal.sqlite import JournalGone
     from sporeflow.pipeline.service.address import AlreadyRunning, ControlError, NotRunning
@@ -78,6 +78,7 @@ __all__ = [
     "StageSpec",
     "StreamInterrupted",
     "UnknownAgent",
+    "Unroutable",
     "UsageError",
     "XmlPayloadError",
 ]
@@ -93,7 +94,7 @@ _HOMES_BY_MODULE = {
     "sporeflow.config.extras": "MissingExtra",
     "sporeflow.config.schemas": "SchemaViolation",
     "sporeflow.pipeline": "Context DeadLetter Organism",
-    "sporeflow.pipeline.broker.link": "Disconnected Requeued",
+    "sporeflow.pipeline.broker.link": "Disconnected Requeued Unroutable",
     "sporeflow.pipeline.core.deadletters": "NoSuchDeadLetter UnknownAgent",
     "sporeflow.pipeline.journal.sqlite": "JournalGone",
     "sporeflow.pipeline.service.address": "AlreadyRunning ControlError NotRunning",
