@@ -30,6 +30,7 @@ import functools
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -59,6 +60,7 @@ __all__ = [
 SIGNATURE_FIELD = "signature"
 _VERSION = "sf2"
 _MAX_TOKEN = 256  # a longer signature field is not one of ours
+_STAMP = re.compile(r"0|[1-9][0-9]*")  # ms since the epoch, as str(int) writes them
 
 Key = bytes | str | Secret | KeySpec
 Keys = SigningSpec | Key
@@ -199,7 +201,9 @@ def _parse(spore: Spore) -> tuple[str, int, bytes]:
             f"spore {spore.id!r:.80} from {spore.from_agent!r:.80} carries no signature in "
             f"metadata[{SIGNATURE_FIELD!r}]; this organism accepts only signed spores")
     parts = token.split(":") if len(token) <= _MAX_TOKEN else []
-    if len(parts) != 4 or parts[0] != _VERSION or not parts[2].isdigit():
+    # The time as a signer writes it, str(int): another way of writing the same number
+    # (a leading 0, another script's digits) would be a new token to the replay guard.
+    if len(parts) != 4 or parts[0] != _VERSION or not _STAMP.fullmatch(parts[2]):
         raise BadSignature(
             f"spore {spore.id!r:.80} from {spore.from_agent!r:.80} carries a signature "
             f"that is not of the form {_VERSION}:<key id>:<time>:<signature>")

@@ -402,6 +402,25 @@ def test_a_signature_is_read_only_as_its_signer_wrote_it() -> None:
     verify(stamped, KEY, now=50.0)  # as written: good
 
 
+def test_a_signing_time_is_read_only_as_its_signer_wrote_it() -> None:
+    # Found by an attacker: the time was read by int(), so '01800...' or the same digits
+    # in another script (Arabic-Indic, full-width) verified as the same signature but
+    # were new tokens to the replay guard: a captured spore replayed at will.
+    stamped = signed(SPORE, KEY, now=50.0)
+    version, kid, stamp, mac = stamped.metadata["signature"].split(":")
+    guard = ReplayGuard(window=300, max_seen=1000)
+    guard.check("vault", verify(stamped, KEY, now=50.0), now=50.0)
+    for written in ("0" + stamp, "00" + stamp, "+" + stamp, " " + stamp,
+                    "".join(chr(0x660 + int(c)) for c in stamp),
+                    "".join(chr(0xFF10 + int(c)) for c in stamp)):
+        altered = dataclasses.replace(stamped, metadata={
+            **stamped.metadata, "signature": f"{version}:{kid}:{written}:{mac}"})
+        with pytest.raises(BadSignature, match="not of the form"):
+            verify(altered, KEY, now=51.0)
+    zero = signed(SPORE, KEY, now=0.0)  # time 0 is written "0", and read back
+    verify(zero, KEY, now=1.0)
+
+
 def test_a_signature_dated_ahead_and_forgotten_early_is_still_refused_when_replayed() -> None:
     # Found in review of the fix above: bounding at now let a copy of the signature
     # dated ahead, once forgotten, through; the guard forgets by signature time now.
