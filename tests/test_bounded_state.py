@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from sporeflow.config import organism_from_dict
@@ -16,6 +17,7 @@ from sporeflow.pipeline.broker.backend import Topology
 from sporeflow.pipeline.broker.memory_backend import MemoryBackend
 from sporeflow.pipeline.core.recent import RecentNames
 from sporeflow.pipeline.observe.prometheus import StatsCollector, take_snapshot
+from sporeflow.steps.signing import signed
 
 from .conformance.harness import wait_for
 
@@ -108,3 +110,34 @@ async def test_five_thousand_channel_names_leave_bounded_state() -> None:
     assert b'channel="other"' in scrape
     assert b"made-up" not in scrape
     assert len(scrape) < 20_000, f"a scrape of {len(scrape)} bytes"
+
+
+async def test_with_signing_only_a_proven_sender_is_remembered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by an attacker: a foreign sender's name was remembered as its spore arrived,
+    # before its signature was checked; 1,000 forgeries under new names (each refused,
+    # no key needed) pushed out the senders whose replies were on their way.
+    monkeypatch.setenv("SF_BOUNDED_KEY", "bounded-state-key-" + "k" * 16)
+    spec = organism_from_dict({"organism": {"name": "signed-remote",
+                                            "signing_key_env": "SF_BOUNDED_KEY"},
+                               "limits": {"max_outside_senders": 1000},
+                               "agents": {"sink": {"handler": listen}}})
+    assert spec.signing is not None
+    backend = MemoryBackend()
+    organism = Organism(spec, backend=backend)
+    topology = Topology.of(spec)
+    async with organism.running():
+        honest = signed(Spore(knowledge={"n": -1}, from_agent="webhook", to_agent="sink"),
+                        spec.signing)
+        await backend.publish(honest, routing_key=topology.routing_key(honest))
+        for n in range(1500):
+            spore = Spore(knowledge={"n": n}, from_agent=f"forger-{n}", to_agent="sink")
+            await backend.publish(spore, routing_key=topology.routing_key(spore))
+        bridge = organism._bridge
+        assert bridge is not None
+        await wait_for(lambda: bridge.counts["acked"] == 1501)  # each settled
+        remote = set(bridge._remote)
+    assert remote == {"webhook"}
+    assert "webhook" in organism._outside
+    assert not any(name.startswith("forger-") for name in organism._outside)
+    assert [letter.reason for letter in organism.dead_letters] == ["bad signature"] * 1500

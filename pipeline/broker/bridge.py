@@ -218,7 +218,8 @@ class Bridge(LedgerHook):
     def verify(self, spore: Spore) -> None:
         """The validate stage's hook on a spore from the broker: with signing, its signature
         must be good, fresh and not seen before; then (never before: a forged copy must
-        not redirect the answer) a request's reply route is kept."""
+        not redirect the answer, nor its name push out a true sender's) a foreign sender
+        is remembered and a request's reply route kept."""
         key = mark_of(spore)
         if key not in self._untrusted:
             return
@@ -232,6 +233,12 @@ class Bridge(LedgerHook):
                 self._replays.note(scope, signature)
             else:
                 self._replays.check(scope, signature)
+        sender = spore.from_agent
+        if (ticket is not None and type(sender) is str and sender not in self.spec.agents
+                and (sender not in self.run.outside or sender in self._remote)):
+            # A foreign agent (Praval's, say): what goes back to it goes through the broker.
+            self._remote.add(sender)  # again when known: the last to be forgotten
+            self.run.outside.add(sender)
         if ticket is not None and spore.spore_type is _REQUEST and type(spore.id) is str:
             self.run.requests.expect(spore.id, ticket.agent)  # its answer, from that agent
             # Only a reply queue of this organism's, reached through the exchange: a queue
@@ -266,12 +273,7 @@ class Bridge(LedgerHook):
             self.counts["external_elsewhere"] += 1  # a copy for another agent's queue
             self._settle.ack_soon(message)
             return
-        spore, sender = heard, heard.from_agent
-        if (type(sender) is str and sender not in self.spec.agents
-                and (sender not in run.outside or sender in self._remote)):
-            # A foreign agent (Praval's, say): what goes back to it goes through the broker.
-            self._remote.add(sender)  # again when known: the last to be forgotten
-            run.outside.add(sender)
+        spore = heard
         key = self._mark(spore)
         self._inflight[key] = Ticket(message, agent)
         self._untrusted.add(key)
