@@ -343,7 +343,9 @@ class _Reader:
             self.problem((*where, "start_at"), "standard input is read from its start, "
                          "whatever start_at says; remove start_at or read a file")
             return None
-        if path is not None and not follow and not path.is_file():
+        # A named pipe or a device is read as a file is: only what is not there, or a
+        # folder, fails the start.
+        if path is not None and not follow and not (path.exists() and not path.is_dir()):
             self.problem((*where, "path"), f"no file {str(path)!r} (yet); the source "
                          f"fails at start unless it is there then", warning=True)
         start_at = conf.get("start_at", "end" if follow and path is not None else "beginning")

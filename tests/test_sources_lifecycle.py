@@ -6,6 +6,7 @@ and the http token, read when the source starts rather than when the file loads.
 from __future__ import annotations
 
 import asyncio
+import os
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -166,6 +167,18 @@ async def test_start_at_beginning_reads_a_followed_file_again(tmp_path: Path) ->
     (tmp_path / "grow.log").write_text("old\n")
     got = await follow(tmp_path, "new\n", 2, start_at="beginning")
     assert [s.knowledge["line"] for s in got] == ["old", "new"]
+
+
+def test_check_takes_a_named_pipe_for_the_file_a_lines_source_reads(
+        tmp_path: Path, handler_modules: Any) -> None:
+    # Found by a README check: README says a lines source reads a named pipe, but check
+    # (and every load) warned "no file ... (yet); the source fails at start" for one.
+    os.mkfifo(tmp_path / "in.pipe")
+    path = write_organism(tmp_path, handler_modules,
+                          "pipe: {kind: lines, path: in.pipe, to: reader}\n"
+                          "gone: {kind: lines, path: missing.log, to: reader}\n")
+    _, warnings = check_organism(path)
+    assert [w.path for w in warnings] == ["sources.gone.path"]
 
 
 # -- the http token: read at the source's start -----------------------------------------------
