@@ -103,7 +103,7 @@ class Publisher:
         link is up, again after a loss; raise :class:`BrokerError` when the broker refuses
         it, the link gave up or closed, or its sender withdrew it."""
         link = self.backend.link
-        unroutable = 0  # responses returned so far
+        unroutable, waited = 0, 0.0  # times a response was returned; seconds paused since
         try:
             while True:
                 await link.wait_up()
@@ -118,9 +118,11 @@ class Publisher:
                     self.counts["republished"] += 1  # when the link is up again
                     continue
                 except Unroutable:
-                    if queue is None or not await self._route_awaited(unroutable):
+                    pause = None if queue is None else await self._route_awaited(unroutable,
+                                                                                 waited)
+                    if pause is None:
                         raise
-                    unroutable += 1
+                    unroutable, waited = unroutable + 1, waited + pause
                     continue
                 self._done(spore, None)
                 return
@@ -130,15 +132,18 @@ class Publisher:
         finally:
             self._on_wire.discard(id(spore))
 
-    async def _route_awaited(self, attempt: int) -> bool:
-        """Whether a response returned ``attempt`` times before (its reply queue unbound)
-        is tried again, after a pause; False once ``REPLY_ROUTE_WAIT`` is spent."""
-        pause = equal_jitter(_FIRST_PAUSE, _LONGEST_PAUSE, attempt + 1, random.random)
-        spent = sum(min(_FIRST_PAUSE * 2 ** n, _LONGEST_PAUSE) for n in range(attempt))
-        if spent + pause > REPLY_ROUTE_WAIT:
-            return False
+    async def _route_awaited(self, attempt: int, waited: float) -> float | None:
+        """The pause made before a response returned ``attempt`` times before (its reply
+        queue unbound), ``waited`` seconds paused so far, is tried again; None once
+        ``REPLY_ROUTE_WAIT`` is spent: the pauses slept add up to it, the last one cut
+        short, so a route back within it is found."""
+        left = REPLY_ROUTE_WAIT - waited
+        if left <= 0:
+            return None
+        pause = min(left, equal_jitter(_FIRST_PAUSE, _LONGEST_PAUSE, attempt + 1,
+                                       random.random))
         await self.backend.link.unless_ended(asyncio.sleep(pause))
-        return True
+        return pause
 
     def publish_soon(self, spore: Spore, wire: Callable[[], Spore], done: Published, *,
                      routing_key: str | None = None, queue: str | None = None,
