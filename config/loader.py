@@ -275,7 +275,7 @@ def _describe(located: Located, path: DataPath, error: Any) -> list[Problem]:
         kinds = [branch.get("type") for branch in error.validator_value]
         durations = any(branch.get("pattern") == DURATION_PATTERN
                         for branch in error.validator_value)
-        mistake = duration_mistake(instance) if durations and isinstance(instance, str) else ""
+        mistake = duration_mistake(instance) if durations else ""
         return [located.problem(path, f"{instance!r} is not valid here; write {hint}"
                                       f"{mistake or shape_hint(path, instance, kinds)}")]
     if error.validator == "oneOf":

@@ -61,10 +61,13 @@ _UNIT_WORDS = {"sec": "s", "secs": "s", "second": "s", "seconds": "s", "min": "m
                "hour": "h", "hours": "h", "msec": "ms", "millis": "ms"}
 
 
-def duration_mistake(text: str) -> str:
+def duration_mistake(text: str | int | float) -> str:
     """``"; ..."``: the fix of a duration written in a common wrong way (a negative one,
-    a unit in capitals or as a word, two units, one longer than a year), or "" for none of
-    those."""
+    a unit in capitals or as a word, two units, one longer than a year, with its unit or
+    as a number of seconds), or "" for none of those."""
+    if not isinstance(text, str):  # a number of seconds: only its length can be wrong
+        longer = not isinstance(text, bool) and math.isfinite(text) and text > _LONGEST
+        return f"; at most a year: {_LONGEST_WRITTEN}" if longer else ""
     seconds = _written_seconds(text)
     if seconds is not None:  # well written: what can be wrong is its length
         return "" if seconds <= _LONGEST else f"; at most a year: {_LONGEST_WRITTEN}"

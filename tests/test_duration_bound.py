@@ -36,6 +36,15 @@ def test_an_agent_timeout_over_a_year_with_its_unit_is_refused_at_its_place() ->
     assert "at most a year: 8760h" in str(caught.value)
 
 
+def test_an_agent_timeout_over_a_year_in_seconds_is_told_the_bound_too() -> None:
+    # Found by a README check: 'timeout: 36000000' was told "write a number of seconds
+    # (5, unquoted), or a string with its unit", which it was: nothing named the bound.
+    with pytest.raises(ConfigError) as caught:
+        organism_from_dict({"agents": {"a": {"handler": "operator:eq", "timeout": 36000000}}})
+    assert "agents.a.timeout: 36000000 is not valid here" in str(caught.value)
+    assert "at most a year: 8760h" in str(caught.value)
+
+
 def test_an_xml_reply_expiring_after_a_year_is_refused_as_a_send_is() -> None:
     got: list[dict[str, Any]] = []
 
