@@ -88,3 +88,18 @@ def test_the_next_step_quotes_a_folder_with_a_space(tmp_path: Path,
     result = CliRunner().invoke(cli, ["init", "a b"])
     assert result.exit_code == 0, result.output
     assert "next: cd 'a b' && sporeflow check" in result.output
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_init_says_how_to_get_pytest_only_where_it_is_missing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, installed: bool) -> None:
+    # README's first command installs sporeflow alone: its `next: ... && pytest` failed
+    # with "pytest: command not found" for a new user.
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+        real(name, *a) if installed or name != "pytest" else None))
+    result = CliRunner().invoke(cli, ["init", str(tmp_path / "bot")])
+    assert result.exit_code == 0, result.output
+    assert ("pip install pytest" in result.output) is not installed

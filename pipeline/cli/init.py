@@ -8,6 +8,7 @@ exists, nothing is written.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -155,3 +156,5 @@ def init(ctx: click.Context, folder: Path) -> None:
     click.echo(f"created {', '.join(str(path) for path in written)}")
     go = "" if folder == Path(".") else f"cd {shlex.quote(str(folder))} && "
     click.echo(f"next: {go}sporeflow check && sporeflow run --until-idle && pytest")
+    if importlib.util.find_spec("pytest") is None:  # `pip install sporeflow` brings none
+        click.echo("(the test runs with pytest, not installed here: pip install pytest)")
