@@ -473,3 +473,14 @@ def test_a_replay_from_a_journal_file_holds_its_lock_until_it_is_done(journal: P
         with pytest.raises(JournalError, match="in use by another running organism"):
             lock(journal)  # what an organism starting now does first
     os.close(lock(journal))  # let go once the replay is done
+
+
+@pytest.mark.parametrize("command", ["show", "replay", "purge"])
+def test_a_letters_number_given_for_the_organism_says_to_write_id(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    # Found by a new user: `dlq show 1` (the number `list` shows) said
+    # "1:1:1: <root>: cannot read the file", naming no fix.
+    monkeypatch.chdir(tmp_path)
+    code, _, err = invoke("dlq", command, "1")
+    assert code == 2
+    assert "to choose dead letter 1, write --id 1" in err

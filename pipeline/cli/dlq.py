@@ -57,8 +57,8 @@ from sporeflow.pipeline.cli.dlq_running import (
 )
 from sporeflow.pipeline.cli.letters import letter_lines
 from sporeflow.pipeline.cli.util import (
+    DEFAULT_ORGANISM,
     DURATION,
-    ORGANISM_ARG,
     fail,
     guarded,
     mask_with,
@@ -88,7 +88,8 @@ Action = Literal["read", "replay", "purge"]
 def _filters(command: F) -> F:
     """The organism argument and the options that choose dead letters."""
     for option in reversed([
-        ORGANISM_ARG,
+        click.argument("organism", required=False, default=str(DEFAULT_ORGANISM),
+                       type=click.Path(dir_okay=False, path_type=Path), callback=_no_number),
         click.option("--journal", "journal", type=click.Path(dir_okay=False, path_type=Path),
                      help="The journal file (default: the organism file's journal)."),
         click.option("--backend", metavar="URL",
@@ -108,6 +109,14 @@ def _filters(command: F) -> F:
     ]):
         command = option(command)
     return command
+
+
+def _no_number(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    """The organism file, which a letter's number is not (`dlq show 1` for `--id 1`)."""
+    if value.name.isdigit() and not value.exists():
+        raise click.BadParameter(f"{value} is no organism file; to choose dead letter "
+                                 f"{value.name}, write --id {value.name}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
