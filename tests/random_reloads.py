@@ -71,11 +71,14 @@ class Book:
             for n in range(int(knowledge.get("k", 0))):
                 to = self.present[(n + len(spore.id)) % len(self.present)]
                 try:
-                    sent = await ctx.send(to, {"n": n, "d": depth + 1})
+                    sent = ctx.send(to, {"n": n, "d": depth + 1})
                 except DeliveryError:
                     continue  # removed meanwhile: refused at the call, nothing sent
-                self.tracked.add(sent.id)
-                self.parent_of[sent.id] = (spore.id, ctx.agent, ctx.attempt)
+                # Sent at the call: a run cancelled in the await (spores paged out, its
+                # timeout passing) has sent it, and its retry sends it again, same id.
+                self.tracked.add(sent.spore.id)
+                self.parent_of[sent.spore.id] = (spore.id, ctx.agent, ctx.attempt)
+                await sent
         if kind == "ask" and depth < 1:
             to = self.present[len(spore.id) % len(self.present)]
             try:
