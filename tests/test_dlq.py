@@ -484,3 +484,16 @@ def test_a_letters_number_given_for_the_organism_says_to_write_id(
     code, _, err = invoke("dlq", command, "1")
     assert code == 2
     assert "to choose dead letter 1, write --id 1" in err
+
+
+def test_a_journal_no_organism_holds_is_not_said_to_be_in_use(journal: Path) -> None:
+    # Found in review: refuse_if_running took every failure to take the lock (a symbolic
+    # link, which the lock never opens through; a read-only file) for a running organism
+    # holding it, and said so: `dlq purge --journal link.db` told to stop an organism that
+    # was not running.
+    link = journal.with_name("link.db")
+    link.symlink_to(journal)
+    code, _, err = invoke("dlq", "purge", "--journal", str(link), "--all")
+    assert code == 1
+    assert "running organism" not in err
+    assert "symbolic link" in err

@@ -73,13 +73,10 @@ class JournalFile:
         twice); held, no organism starts on it meanwhile."""
         if action == "read" or self._lock_fd is not None:
             return
-        try:
-            self._lock_fd = lock(self.path)
-        except JournalError:
-            raise JournalError(
-                f"{self.path}: the journal is in use by a running organism; {action} its "
-                f"dead letters through it: `sporeflow dlq {action} ORGANISM.yaml` without "
-                f"--journal asks the running organism (or stop it first)") from None
+        self._lock_fd = lock(self.path, busy=(
+            f"the journal is in use by a running organism; {action} its dead letters "
+            f"through it: `sporeflow dlq {action} ORGANISM.yaml` without --journal asks the "
+            f"running organism (or stop it first)"))
 
     def organism(self) -> str | None:
         """The name of the organism whose runs wrote this journal (None: not recorded)."""

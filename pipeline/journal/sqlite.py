@@ -294,8 +294,13 @@ def letter_row(letter: DeadLetter) -> list[Any]:
             letter.error, letter.traceback, letter.attempts, spore_form(spore)]
 
 
-def lock(path: Path) -> int:
-    """Hold an advisory lock on ``path`` (created if missing) for as long as the fd is open."""
+_BUSY = "the journal is in use by another running organism; stop it first or use another " \
+        "journal file"
+
+
+def lock(path: Path, busy: str = _BUSY) -> int:
+    """Hold an advisory lock on ``path`` (created if missing) for as long as the fd is open;
+    ``busy``: what is said when a running organism holds it (and only then)."""
     try:
         make_folder(path.parent)
         fd = open_private(path, os.O_RDWR)  # made first, so SQLite's side files are 0600 too
@@ -306,8 +311,7 @@ def lock(path: Path) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise JournalError(f"{path}: the journal is in use by another running organism; "
-                               f"stop it first or use another journal file") from None
+            raise JournalError(f"{path}: {busy}") from None
     return fd
 
 
