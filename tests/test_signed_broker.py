@@ -13,15 +13,16 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
+from aiostream import pipable_operator, streamcontext
 
-from sporeflow.config import organism_from_dict
+from sporeflow.config import StageSpec, organism_from_dict
 from sporeflow.config.signing_keys import SigningSpec
 from sporeflow.pipeline import BrokerError, Organism, Spore
 from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
@@ -30,7 +31,7 @@ from sporeflow.pipeline.broker.backend import Topology
 from sporeflow.steps.signing import as_keys, signed
 
 from .conformance.harness import AMQP_URL, Harness, wait_for
-from .test_broker_untrusted import Calls, recorder
+from .test_broker_untrusted import Calls, publish, recorder
 
 pytestmark = pytest.mark.amqp
 
@@ -344,3 +345,51 @@ async def test_a_spore_first_seen_as_a_redelivery_is_remembered_against_replays(
         reasons = await settled(harness, org, 1)
     assert reasons == ["replayed"]
     assert len(calls) == 1
+
+
+@pipable_operator
+async def _stamp_each(source: AsyncIterable[list[Spore]], *, reject: Any,
+                      ) -> AsyncIterator[list[Spore]]:
+    """A user's stage before validate that passes on copies (a metadata stamp)."""
+    async with streamcontext(source) as batches:
+        async for batch in batches:
+            yield [dataclasses.replace(spore, metadata={**spore.metadata, "seen": True})
+                   for spore in batch]
+
+
+@pytest.mark.xfail(strict=True, reason="review2: a copy made before validate loses the "
+                   "bridge's mark; left for the owner (see the report)")
+async def test_an_unsigned_spore_copied_by_a_stage_before_validate_is_still_refused(
+        harness: Harness) -> None:
+    # Found in review: what the bridge knows a broker's spore by (its mark) was not on a
+    # copy a user's stage before validate passed on, so verify took the copy for one of
+    # this organism's own and checked no signature: a forgery was handled.
+    calls: Calls = []
+    stage = StageSpec(operator=_stamp_each, before="validate")
+    async with harness.running(organism_data(calls, "vault"), stages=[stage]) as org:
+        forged = Spore(knowledge={"order": "open the vault"}, from_agent="teller",
+                       to_agent="vault")
+        await publish(Topology.of(org.spec), forged)
+        await wait_for(lambda: len(org.dead_letters) > 0 or bool(calls))
+        await harness.quiet(org)
+        reasons = [letter.reason for letter in org.dead_letters]
+    assert calls == []
+    assert reasons == ["bad signature"]
+
+
+@pytest.mark.xfail(strict=True, reason="review2: a copy made before validate loses the "
+                   "bridge's mark; left for the owner (see the report)")
+async def test_a_send_copied_by_a_stage_before_validate_is_handled_once_on_the_broker(
+        harness: Harness) -> None:
+    # Found in review: the copy's delivery is not known to the bridge; it is published
+    # again as a new spore, consumed, copied, published again, and its deliveries are
+    # never acked: the handler never runs and the agent's queue stalls.
+    calls: Calls = []
+    stage = StageSpec(operator=_stamp_each, before="validate")
+    async with harness.running(organism_data(calls, "vault"), stages=[stage]) as org:
+        await org.send("vault", {"order": "count"})
+        await wait_for(lambda: bool(calls), 5)
+        await harness.quiet(org)
+        assert org._bridge is not None
+        assert org._bridge.counts["acked"] == 1
+    assert [name for name, _ in calls] == ["vault"]

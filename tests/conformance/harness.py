@@ -16,7 +16,7 @@ import asyncio
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from sporeflow.config import OrganismSpec, organism_from_dict
+from sporeflow.config import OrganismSpec, StageSpec, organism_from_dict
 from sporeflow.pipeline import Organism
 from sporeflow.pipeline.broker.backend import Backend, Topology
 from sporeflow.pipeline.broker.memory_backend import MemoryBackend
@@ -50,13 +50,14 @@ class Harness:
         self._made: list[tuple[Organism, Backend | None]] = []
 
     def organism(self, data: dict[str, Any], *, now: Callable[[], datetime] | None = None,
-                 journal: Path | None = None) -> Organism:
+                 journal: Path | None = None, stages: Sequence[StageSpec] = ()) -> Organism:
         """An organism of ``data`` (a dict as in organism.yaml) on this backend, uniquely
         named so that its exchange and queues are its own. ``journal``: the embedded
-        path's durable journal (see :meth:`successor`); the broker paths have the broker."""
+        path's durable journal (see :meth:`successor`); the broker paths have the broker.
+        ``stages``: the user's, in their places."""
         head = {**data.get("organism", {}), "name": f"conf-{uuid.uuid4().hex[:12]}"}
         spec = organism_from_dict({**data, "organism": head})
-        return self._made_on(spec, None, now, journal if not self.brokered else None)
+        return self._made_on(spec, None, now, journal if not self.brokered else None, stages)
 
     def successor(self, organism: Organism, *,
                   now: Callable[[], datetime] | None = None) -> Organism:
@@ -68,7 +69,8 @@ class Harness:
         return self._made_on(organism.spec, broker, now, journal)
 
     def _made_on(self, spec: OrganismSpec, previous: Backend | None,
-                 now: Callable[[], datetime] | None, journal: Path | None) -> Organism:
+                 now: Callable[[], datetime] | None, journal: Path | None,
+                 stages: Sequence[StageSpec] = ()) -> Organism:
         backend: Backend | None = None
         if self.kind == "memory-broker":
             backend = MemoryBackend(previous.broker if isinstance(previous, MemoryBackend)
@@ -77,14 +79,15 @@ class Harness:
             from sporeflow.pipeline.broker.amqp_backend import AmqpBackend
             backend = AmqpBackend(AMQP_URL)
         extra: dict[str, Any] = {"now": now} if now is not None else {}
-        organism = Organism(spec, backend=backend, journal=journal, **extra)
+        organism = Organism(spec, backend=backend, journal=journal, stages=stages, **extra)
         self._made.append((organism, backend))
         return organism
 
     @asynccontextmanager
     async def running(self, data: dict[str, Any], *,
-                      now: Callable[[], datetime] | None = None) -> AsyncIterator[Organism]:
-        organism = self.organism(data, now=now)
+                      now: Callable[[], datetime] | None = None,
+                      stages: Sequence[StageSpec] = ()) -> AsyncIterator[Organism]:
+        organism = self.organism(data, now=now, stages=stages)
         async with organism.running(drain_timeout=BACKSTOP):
             yield organism
 
