@@ -357,8 +357,6 @@ async def _stamp_each(source: AsyncIterable[list[Spore]], *, reject: Any,
                    for spore in batch]
 
 
-@pytest.mark.xfail(strict=True, reason="review2: a copy made before validate loses the "
-                   "bridge's mark; left for the owner (see the report)")
 async def test_an_unsigned_spore_copied_by_a_stage_before_validate_is_still_refused(
         harness: Harness) -> None:
     # Found in review: what the bridge knows a broker's spore by (its mark) was not on a
@@ -377,8 +375,6 @@ async def test_an_unsigned_spore_copied_by_a_stage_before_validate_is_still_refu
     assert reasons == ["bad signature"]
 
 
-@pytest.mark.xfail(strict=True, reason="review2: a copy made before validate loses the "
-                   "bridge's mark; left for the owner (see the report)")
 async def test_a_send_copied_by_a_stage_before_validate_is_handled_once_on_the_broker(
         harness: Harness) -> None:
     # Found in review: the copy's delivery is not known to the bridge; it is published

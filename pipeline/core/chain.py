@@ -7,17 +7,20 @@ The organism declares its stages as :class:`Stage` values; users insert their ow
 organism.yaml) before or after a named one. A user stage is a pipable operator over
 batches (lists) of spores before ``route``, or over batches of deliveries
 (``(spore, targets)``) after it. It must pass on or ``reject`` every spore it takes:
-``reject(spore, reason, error)`` dead-letters and settles it.
+``reject(spore, reason, error)`` dead-letters and settles it. What it passes on or
+rejects before ``route`` may be a copy (``dataclasses.replace``): the copy gets the mark
+of the spore it took with that id (:class:`_Marks`), by which a broker bridge knows the
+delivery it came in (its signature still to check, its ack still owed).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Callable, Container, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Container, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from aiostream import stream
+from aiostream import pipable_operator, stream, streamcontext
 
 from sporeflow.config import ConfigError, Limits, Problem, StageSpec
 from sporeflow.config.reasons import did_you_mean
@@ -34,7 +37,9 @@ from sporeflow.steps import (
     dispatch,
     expire_filter,
     forget_checked,
+    mark_of,
     route,
+    set_mark,
     validate,
 )
 
@@ -100,9 +105,79 @@ def place(stages: Sequence[Stage], user: Sequence[StageSpec], reject: Reject) ->
                 f"{names!r}; got before={extra.before!r}, after={extra.after!r}"
                 f"{did_you_mean(anchor, names)}")])
         index = names.index(anchor) + (1 if extra.after else 0)
-        piped = extra.operator.pipe(reject=reject, **dict(extra.options))
+        if "route" in names and index <= names.index("route"):  # over spores: copies kept
+            marks = _Marks()
+            users = extra.operator.pipe(reject=marks.rejecting(reject), **dict(extra.options))
+            piped: Any = _marks_kept(users, marks)
+        else:
+            piped = extra.operator.pipe(reject=reject, **dict(extra.options))
         placed.insert(index, Stage(f"user:{extra.label()}", piped))
     return placed
+
+
+class _Marks:
+    """The marks (``mark_of``) of the spores a user's stage before route holds, by id: a
+    copy it passes on or rejects gets the mark of the spore it took with that id."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held: dict[str, list[int]] = {}
+
+    def took(self, spore: Spore) -> None:
+        mark = mark_of(spore)
+        if mark:
+            self._held.setdefault(_key(spore), []).append(mark)
+
+    def gave(self, spore: Spore) -> None:
+        key = _key(spore)
+        marks = self._held.get(key)
+        if not marks:
+            return
+        mark = mark_of(spore)
+        if not mark:  # a copy
+            mark = marks[0]
+            set_mark(spore, mark)
+        if mark in marks:
+            marks.remove(mark)
+            if not marks:
+                del self._held[key]
+
+    def rejecting(self, reject: Reject) -> Reject:
+        def rejected(spore: Spore, reason: str, error: BaseException | None) -> None:
+            self.gave(spore)
+            reject(spore, reason, error)
+        return rejected
+
+
+def _key(spore: Spore) -> str:
+    """The id a spore is known by in :class:`_Marks` (not yet validated: any value)."""
+    return spore.id if type(spore.id) is str else f"{type(spore.id).__name__}:{spore.id!r:.200}"
+
+
+def _marks_kept(users: Callable[[Any], Any], marks: _Marks) -> Callable[[Any], Any]:
+    """The user's piped stage ``users``, the marks of what it takes put on what it gives."""
+    return lambda source: _gave(users(_took(source, marks)), marks)
+
+
+@pipable_operator
+async def _took(source: AsyncIterable[list[Spore]], marks: _Marks,
+                ) -> AsyncIterator[list[Spore]]:
+    async with streamcontext(source) as batches:
+        async for batch in batches:
+            for spore in batch:
+                marks.took(spore)
+            yield batch
+
+
+@pipable_operator
+async def _gave(source: AsyncIterable[list[Spore]], marks: _Marks,
+                ) -> AsyncIterator[list[Spore]]:
+    async with streamcontext(source) as batches:
+        async for batch in batches:
+            for spore in batch:
+                marks.gave(spore)
+            yield batch
 
 
 def assemble(source: AsyncIterable[Any], stages: Sequence[Stage]) -> Any:
