@@ -389,3 +389,26 @@ async def test_a_send_copied_by_a_stage_before_validate_is_handled_once_on_the_b
         assert org._bridge is not None
         assert org._bridge.counts["acked"] == 1
     assert [name for name, _ in calls] == ["vault"]
+
+
+@pipable_operator
+async def _stamp_each_delivery(source: AsyncIterable[list[Any]], *, reject: Any,
+                               ) -> AsyncIterator[list[Any]]:
+    """A user's stage after route that passes on copies of the deliveries' spores."""
+    async with streamcontext(source) as batches:
+        async for batch in batches:
+            yield [(dataclasses.replace(spore, metadata={**spore.metadata, "seen": True}),
+                    targets) for spore, targets in batch]
+
+
+async def test_a_send_copied_by_a_stage_after_route_is_handled_once_on_the_broker(
+        harness: Harness) -> None:
+    calls: Calls = []
+    stage = StageSpec(operator=_stamp_each_delivery, after="route")
+    async with harness.running(organism_data(calls, "vault"), stages=[stage]) as org:
+        await org.send("vault", {"order": "count"})
+        await wait_for(lambda: bool(calls), 5)
+        await harness.quiet(org)
+        assert org._bridge is not None
+        assert org._bridge.counts["acked"] == 1
+    assert [name for name, _ in calls] == ["vault"]

@@ -8,9 +8,9 @@ organism.yaml) before or after a named one. A user stage is a pipable operator o
 batches (lists) of spores before ``route``, or over batches of deliveries
 (``(spore, targets)``) after it. It must pass on or ``reject`` every spore it takes:
 ``reject(spore, reason, error)`` dead-letters and settles it. What it passes on or
-rejects before ``route`` may be a copy (``dataclasses.replace``): the copy gets the mark
-of the spore it took with that id (:class:`_Marks`), by which a broker bridge knows the
-delivery it came in (its signature still to check, its ack still owed).
+rejects may be a copy (``dataclasses.replace``): the copy gets the mark of the spore it
+took with that id (:class:`_Marks`), by which a broker bridge knows the delivery it came
+in (its signature still to check, its ack still owed).
 """
 
 from __future__ import annotations
@@ -105,18 +105,16 @@ def place(stages: Sequence[Stage], user: Sequence[StageSpec], reject: Reject) ->
                 f"{names!r}; got before={extra.before!r}, after={extra.after!r}"
                 f"{did_you_mean(anchor, names)}")])
         index = names.index(anchor) + (1 if extra.after else 0)
-        if "route" in names and index <= names.index("route"):  # over spores: copies kept
-            marks = _Marks()
-            users = extra.operator.pipe(reject=marks.rejecting(reject), **dict(extra.options))
-            piped: Any = _marks_kept(users, marks)
-        else:
-            piped = extra.operator.pipe(reject=reject, **dict(extra.options))
+        marks = _Marks()  # over spores before route, over (spore, targets) after it
+        spore_of = _itself if index <= names.index("route") else _first
+        users = extra.operator.pipe(reject=marks.rejecting(reject), **dict(extra.options))
+        piped = _marks_kept(users, marks, spore_of)
         placed.insert(index, Stage(f"user:{extra.label()}", piped))
     return placed
 
 
 class _Marks:
-    """The marks (``mark_of``) of the spores a user's stage before route holds, by id: a
+    """The marks (``mark_of``) of the spores a user's stage holds, by id: a
     copy it passes on or rejects gets the mark of the spore it took with that id."""
 
     __slots__ = ("_held",)
@@ -155,28 +153,37 @@ def _key(spore: Spore) -> str:
     return spore.id if type(spore.id) is str else f"{type(spore.id).__name__}:{spore.id!r:.200}"
 
 
-def _marks_kept(users: Callable[[Any], Any], marks: _Marks) -> Callable[[Any], Any]:
+def _itself(spore: Spore) -> Spore:
+    return spore
+
+
+def _first(delivery: tuple[Spore, Any]) -> Spore:
+    return delivery[0]
+
+
+def _marks_kept(users: Callable[[Any], Any], marks: _Marks,
+                spore_of: Callable[[Any], Spore]) -> Callable[[Any], Any]:
     """The user's piped stage ``users``, the marks of what it takes put on what it gives."""
-    return lambda source: _gave(users(_took(source, marks)), marks)
+    return lambda source: _gave(users(_took(source, marks, spore_of)), marks, spore_of)
 
 
 @pipable_operator
-async def _took(source: AsyncIterable[list[Spore]], marks: _Marks,
-                ) -> AsyncIterator[list[Spore]]:
+async def _took(source: AsyncIterable[list[Any]], marks: _Marks,
+                spore_of: Callable[[Any], Spore]) -> AsyncIterator[list[Any]]:
     async with streamcontext(source) as batches:
         async for batch in batches:
-            for spore in batch:
-                marks.took(spore)
+            for item in batch:
+                marks.took(spore_of(item))
             yield batch
 
 
 @pipable_operator
-async def _gave(source: AsyncIterable[list[Spore]], marks: _Marks,
-                ) -> AsyncIterator[list[Spore]]:
+async def _gave(source: AsyncIterable[list[Any]], marks: _Marks,
+                spore_of: Callable[[Any], Spore]) -> AsyncIterator[list[Any]]:
     async with streamcontext(source) as batches:
         async for batch in batches:
-            for spore in batch:
-                marks.gave(spore)
+            for item in batch:
+                marks.gave(spore_of(item))
             yield batch
 
 
