@@ -164,26 +164,18 @@ def _first(delivery: tuple[Spore, Any]) -> Spore:
 def _marks_kept(users: Callable[[Any], Any], marks: _Marks,
                 spore_of: Callable[[Any], Spore]) -> Callable[[Any], Any]:
     """The user's piped stage ``users``, the marks of what it takes put on what it gives."""
-    return lambda source: _gave(users(_took(source, marks, spore_of)), marks, spore_of)
+    return lambda source: _noting(users(_noting(source, marks.took, spore_of)), marks.gave,
+                                  spore_of)
 
 
 @pipable_operator
-async def _took(source: AsyncIterable[list[Any]], marks: _Marks,
-                spore_of: Callable[[Any], Spore]) -> AsyncIterator[list[Any]]:
+async def _noting(source: AsyncIterable[list[Any]], note: Callable[[Spore], None],
+                  spore_of: Callable[[Any], Spore]) -> AsyncIterator[list[Any]]:
+    """``source``'s batches as they are, each item's spore told to ``note`` first."""
     async with streamcontext(source) as batches:
         async for batch in batches:
             for item in batch:
-                marks.took(spore_of(item))
-            yield batch
-
-
-@pipable_operator
-async def _gave(source: AsyncIterable[list[Any]], marks: _Marks,
-                spore_of: Callable[[Any], Spore]) -> AsyncIterator[list[Any]]:
-    async with streamcontext(source) as batches:
-        async for batch in batches:
-            for item in batch:
-                marks.gave(spore_of(item))
+                note(spore_of(item))
             yield batch
 
 
