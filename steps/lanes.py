@@ -288,8 +288,14 @@ class AgentLane(SlotLending):
         leaves the lane as failed, as one that expired in the mailbox does (so that what it
         received stays accounted for), and goes to the caller's dead letters."""
         held = self.drain_queue() + self.cancel_timers()
-        self.failed += len(held)
+        self.taken_out(len(held))
         return held
+
+    def taken_out(self, count: int) -> None:
+        """``count`` spores this lane received left it without running (a stop took them,
+        a new schema refused them): they count as failed, as one expired in the mailbox
+        does, so that what it received stays accounted for."""
+        self.failed += count
 
     # -- slots ----------------------------------------------------------------
 

@@ -57,12 +57,12 @@ from sporeflow.pipeline.cli.dlq_running import (
 )
 from sporeflow.pipeline.cli.letters import letter_lines
 from sporeflow.pipeline.cli.util import (
-    DEFAULT_ORGANISM,
     DURATION,
     fail,
     guarded,
     mask_with,
     masked,
+    organism_argument,
     run_to_end,
 )
 from sporeflow.pipeline.core.deadletters import (
@@ -88,8 +88,7 @@ Action = Literal["read", "replay", "purge"]
 def _filters(command: F) -> F:
     """The organism argument and the options that choose dead letters."""
     for option in reversed([
-        click.argument("organism", required=False, default=str(DEFAULT_ORGANISM),
-                       type=click.Path(dir_okay=False, path_type=Path), callback=_no_number),
+        organism_argument(callback=_no_number),
         click.option("--journal", "journal", type=click.Path(dir_okay=False, path_type=Path),
                      help="The journal file (default: the organism file's journal)."),
         click.option("--backend", metavar="URL",

@@ -25,7 +25,7 @@ from sporeflow.pipeline.core.deadletters import Masker
 
 __all__ = ["DEFAULT_ORGANISM", "DURATION", "EXIT_OUT_OF_TIME", "ORGANISM_ARG", "fail",
            "forget_terminal", "guarded", "Unreadable", "knowledge_of", "mask_with", "masked",
-           "run_to_end"]
+           "organism_argument", "run_to_end"]
 
 T = TypeVar("T")
 
@@ -34,9 +34,13 @@ DEFAULT_ORGANISM = Path("organism.yaml")
 # spore still pending): neither done nor failed; the code timeout(1) gives it.
 EXIT_OUT_OF_TIME = 124
 # Optional: `sporeflow run` with no argument runs ./organism.yaml.
-ORGANISM_ARG = click.argument(
-    "organism", required=False, default=str(DEFAULT_ORGANISM),
-    type=click.Path(dir_okay=False, path_type=Path))
+def organism_argument(callback: Callable[..., Any] | None = None) -> Callable[[Any], Any]:
+    """The ORGANISM argument (``callback``: a check of its own, as click calls one)."""
+    return click.argument("organism", required=False, default=str(DEFAULT_ORGANISM),
+                          type=click.Path(dir_okay=False, path_type=Path), callback=callback)
+
+
+ORGANISM_ARG = organism_argument()
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]

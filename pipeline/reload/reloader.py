@@ -444,7 +444,7 @@ def _move(old: AgentLane, new: AgentLane, refuse: Callable[[Spore], bool] | None
     entries.sort(key=lambda entry: -entry[0].priority)  # stable: FIFO within a priority
     if refuse is not None:
         kept = [entry for entry in entries if not refuse(entry[0])]
-        old.failed += len(entries) - len(kept)
+        old.taken_out(len(entries) - len(kept))
         entries = kept
     for spore, attempt in entries:
         new.deliver(spore, attempt)
